@@ -1,0 +1,61 @@
+# workerfleet's entry points. Every target does its own set-up (venv, Debian tools, helm,
+# the Kubernetes test binaries), idempotently, so a fresh machine needs nothing else.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export WORKERFLEET_CACHE ?= $(HOME)/.cache/workerfleet
+export PATH := $(CURDIR)/.venv/bin:$(WORKERFLEET_CACHE)/bin:$(PATH)
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: help deps venv testbin lint test test-fast e2e chaos chart-check demo bench \
+        bench-runtime bench-autoscaler bench-operator crd install-yaml clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+deps: ## install redis-server, prometheus/promtool, helm, kubectl (idempotent)
+	@bash scripts/ensure-deps.sh
+
+venv: ## create/refresh .venv with the project and its dev tools
+	@bash scripts/ensure-venv.sh
+
+testbin: ## build (once per version, cached outside the repo) the Kubernetes control plane for e2e tests
+	@bash scripts/testbin.sh
+
+lint: venv ## ruff, mypy --strict, import-linter contracts
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	.venv/bin/lint-imports
+
+test: deps venv testbin lint ## everything CI runs: lint, unit, integration, chaos, chart and e2e tests
+	$(PYTEST) -p no:cacheprovider tests
+
+test-fast: deps venv ## the tests without the control plane and the chaos run
+	$(PYTEST) -p no:cacheprovider -m "not e2e and not chaos" tests
+
+e2e: deps venv testbin ## only the end-to-end tests on the real Kubernetes control plane
+	$(PYTEST) -p no:cacheprovider -m e2e tests
+
+chaos: deps venv ## only the chaos test (CHAOS_JOBS=N for a bigger run)
+	$(PYTEST) -p no:cacheprovider -m chaos -s tests
+
+chart-check: deps venv ## only the packaging checks: helm lint/template, promtool, checkov, RBAC
+	$(PYTEST) -p no:cacheprovider -m chart tests
+
+demo: deps venv ## the whole system locally: embedded Redis, worker processes, autoscaler, Prometheus
+	.venv/bin/workerfleet demo $(DEMO_ARGS)
+
+bench: bench-runtime bench-autoscaler bench-operator ## every benchmark
+
+bench-runtime: deps venv ## throughput vs rq, arq, celery, dramatiq, saq, taskiq, BullMQ
+	bash bench/runtime/run.sh
+
+bench-autoscaler: deps venv ## reaction time of the autoscaler vs KEDA's defaults
+	$(PY) bench/autoscaler_reaction.py
+
+bench-operator: deps venv ## 1,000 WorkerPools: time to Ready, operator RSS and CPU
+	$(PY) bench/operator_scale.py
+
+clean: ## remove the venv and caches inside the repo (never the cache in ~/.cache)
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

