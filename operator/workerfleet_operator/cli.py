@@ -2,15 +2,54 @@
 
 Installed as the `workerfleet` console script. Subcommands import their modules lazily so a
 worker pod never loads kopf or the Kubernetes client.
+
+Subcommands come in groups. A group is a function that adds its subparsers to the shared
+``argparse`` subparsers object; every subparser sets ``handler=`` (a function taking the parsed
+namespace and returning the exit code) through ``set_defaults``. Registering a group must stay
+cheap: import heavy modules inside the handlers, never at registration. To add a group (the
+operator, ``run``, ``demo``), append its registrar to :data:`COMMAND_GROUPS`.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
+
+SubParsers = Any  # argparse's _SubParsersAction is private; registrars only call add_parser().
+CommandGroup = Callable[[SubParsers], None]
+
+
+def _register_runtime_commands(subparsers: SubParsers) -> None:
+    # `worker`, `queue stats`, `dlq ...`, `enqueue`: the runtime's own commands.
+    from worker_runtime import cli as runtime_cli
+
+    runtime_cli.register_commands(subparsers)
+
+
+COMMAND_GROUPS: list[CommandGroup] = [_register_runtime_commands]
+
+
+def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentParser:
+    """The full parser with every registered command group."""
+    parser = argparse.ArgumentParser(
+        prog="workerfleet",
+        description="Background-job workers on Redis, scaled by a Kubernetes operator.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in COMMAND_GROUPS if groups is None else groups:
+        register(subparsers)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    print("workerfleet: no subcommands yet", args, file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    result = handler(args)
+    return int(result or 0)

@@ -1,0 +1,82 @@
+"""Worker configuration from the environment: the operator → worker-pod contract.
+
+The operator (and the local fleet) set ``WORKERFLEET_*`` variables on worker pods; the worker
+process, the CLI and the operator's read-only Redis access build a validated
+:class:`WorkerSettings` from them. The variable names and defaults are fixed in
+``docs/architecture.md`` ("the environment contract"); change them there first.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackoffStrategy = Literal["exponential", "fixed"]
+Jitter = Literal["full", "equal", "decorrelated", "none"]
+LogFormat = Literal["json", "text"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+def _default_pod_name() -> str:
+    # Outside Kubernetes the hostname is the most useful stand-in for a pod name.
+    return socket.gethostname()
+
+
+class WorkerSettings(BaseSettings):
+    """Every ``WORKERFLEET_*`` setting a worker process reads, validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WORKERFLEET_",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    redis_url: str = Field(description="Redis URL (redis://, rediss://, sentinel://)")
+    queue: str | None = Field(default=None, description="queue name; defaults to the App's")
+    app: str | None = Field(default=None, description="module:attr of the App")
+    concurrency: int = Field(default=8, ge=1, le=10_000)
+    lease_seconds: float = Field(default=30.0, gt=0.0, le=86_400.0)
+    job_timeout_seconds: float = Field(default=300.0, gt=0.0)
+    drain_timeout_seconds: float = Field(default=60.0, ge=0.0)
+    retry_max_attempts: int = Field(default=5, ge=1)
+    retry_max_deliveries: int = Field(default=5, ge=1)
+    retry_backoff_strategy: BackoffStrategy = "exponential"
+    retry_backoff_base_seconds: float = Field(default=2.0, ge=0.0)
+    retry_backoff_max_seconds: float = Field(default=300.0, ge=0.0)
+    retry_backoff_jitter: Jitter = "full"
+    dlq_max_length: int = Field(default=100_000, ge=1)
+    dlq_retention_seconds: float = Field(default=604_800.0, gt=0.0)
+    rate_limit_jobs: int | None = Field(default=None, ge=1)
+    rate_limit_per_seconds: float | None = Field(default=None, gt=0.0)
+    metrics_port: int = Field(default=9100, ge=0, le=65_535)
+    metrics_host: str = Field(default="0.0.0.0", description="bind address of /metrics")
+    pod_name: str = Field(default_factory=_default_pod_name)
+    pod_namespace: str = ""
+    log_level: LogLevel = "info"
+    log_format: LogFormat = "json"
+
+    @model_validator(mode="after")
+    def _rate_limit_is_complete(self) -> WorkerSettings:
+        # A half-configured rate limit is a typo, not "no limit": refuse it loudly.
+        if (self.rate_limit_jobs is None) != (self.rate_limit_per_seconds is None):
+            msg = "WORKERFLEET_RATE_LIMIT_JOBS and _PER_SECONDS must be set together"
+            raise ValueError(msg)
+        if self.retry_backoff_max_seconds < self.retry_backoff_base_seconds:
+            msg = "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS must be >= _BASE_SECONDS"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def heartbeat_interval_seconds(self) -> float:
+        """How often held leases are renewed: a third of the lease, so two renewals may fail."""
+        return self.lease_seconds / 3.0
+
+    @property
+    def health_stale_after_seconds(self) -> float:
+        """/healthz turns red when the last good Redis round trip is older than this."""
+        return 3.0 * self.heartbeat_interval_seconds

@@ -1,0 +1,130 @@
+"""Structured logs for worker processes: one JSON object per line, carrying job and correlation ids.
+
+The worker calls :func:`configure` once at start-up; the worker loop sets the current job with
+:func:`bind_job` (a context variable, so every log record emitted while a handler runs — in its
+asyncio task or in its worker thread — carries ``job_id``, ``task`` and ``correlation_id``
+without the handler passing anything around). Handlers log through ``ctx.logger``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+ROOT_LOGGER = "workerfleet"
+
+
+@dataclass(frozen=True)
+class JobLogContext:
+    """What every log record written on behalf of a job carries."""
+
+    job_id: str
+    task: str
+    correlation_id: str | None
+    attempt: int
+    queue: str
+
+
+_current_job: contextvars.ContextVar[JobLogContext | None] = contextvars.ContextVar(
+    "workerfleet_current_job", default=None
+)
+
+# LogRecord attributes that are not user "extra" fields.
+_RESERVED = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "taskName"}
+)
+
+
+def bind_job(context: JobLogContext | None) -> contextvars.Token[JobLogContext | None]:
+    """Make ``context`` the current job for log records in this context; returns a reset token."""
+    return _current_job.set(context)
+
+
+def unbind_job(token: contextvars.Token[JobLogContext | None]) -> None:
+    """Undo :func:`bind_job`."""
+    _current_job.reset(token)
+
+
+def current_job() -> JobLogContext | None:
+    """The job whose handler is running in this context, if any."""
+    return _current_job.get()
+
+
+def build_log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The JSON object written for one log record (pure; exposed for tests)."""
+    fields: dict[str, Any] = {
+        "ts": round(record.created, 6),
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    job = _current_job.get()
+    if job is not None:
+        fields["job_id"] = job.job_id
+        fields["task"] = job.task
+        fields["attempt"] = job.attempt
+        fields["queue"] = job.queue
+        if job.correlation_id is not None:
+            fields["correlation_id"] = job.correlation_id
+    for key, value in record.__dict__.items():
+        if key not in _RESERVED and not key.startswith("_"):
+            fields[key] = value
+    if record.exc_info and record.exc_info[0] is not None:
+        fields["exc_type"] = record.exc_info[0].__name__
+        fields["traceback"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; values that JSON cannot encode are written with ``str()``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(build_log_record_fields(record), default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines for a terminal, still naming the job when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        job = _current_job.get()
+        where = f" [{job.task} {job.job_id}]" if job is not None else ""
+        line = f"{stamp} {record.levelname.lower():<7} {record.name}{where}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[0] is not None:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Install the workerfleet handler on the root logger (idempotent: replaces an earlier one)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_workerfleet", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler._workerfleet = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def get_logger(name: str = "", **static: Any) -> logging.LoggerAdapter[logging.Logger]:
+    """A logger under ``workerfleet.`` whose records carry ``static`` fields as JSON keys."""
+    full = f"{ROOT_LOGGER}.{name}" if name else ROOT_LOGGER
+    return _ExtraAdapter(logging.getLogger(full), static)
+
+
+class _ExtraAdapter(logging.LoggerAdapter[logging.Logger]):
+    """Merges static fields with per-call ``extra=`` instead of replacing them."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra: Mapping[str, Any] = self.extra or {}
+        kwargs["extra"] = {**extra, **(kwargs.get("extra") or {})}
+        return msg, kwargs

@@ -1,0 +1,129 @@
+"""Prometheus metrics of one worker process (``workerfleet_`` prefix, base units).
+
+Created by the worker loop (one :class:`WorkerMetrics` per worker, each with its own registry so
+several workers in one test process do not collide) and served by :mod:`worker_runtime.health`.
+The names are the contract in ``docs/architecture.md`` ("Metrics"); every series carries the
+``queue`` label. Labelled children are cached because the worker touches them for every job.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+OUTCOMES = ("completed", "failed", "retried", "dead_lettered", "released", "timeout")
+
+# Seconds; no-op jobs take microseconds and real ones minutes, so the range is wide.
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+)
+
+
+class WorkerMetrics:
+    """The worker's series, bound to one queue label."""
+
+    def __init__(self, queue: str, registry: CollectorRegistry | None = None) -> None:
+        self.queue = queue
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter(
+            "workerfleet_jobs_total",
+            "Jobs handled by this worker, by task and outcome.",
+            ["queue", "task", "outcome"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "workerfleet_job_duration_seconds",
+            "Handler run time per attempt.",
+            ["queue", "task"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "workerfleet_jobs_in_flight", "Jobs held by this worker.", ["queue"], registry=r
+        ).labels(queue)
+        self.retries = Counter(
+            "workerfleet_job_retries_total",
+            "Failed attempts scheduled for a retry.",
+            ["queue", "task"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "workerfleet_dead_lettered_total",
+            "Jobs this worker moved to the dead-letter queue, by reason.",
+            ["queue", "reason"],
+            registry=r,
+        )
+        self.fetch_errors = Counter(
+            "workerfleet_fetch_errors_total",
+            "Fetch calls that failed (Redis unreachable, script error).",
+            ["queue"],
+            registry=r,
+        ).labels(queue)
+        self.redis_errors = Counter(
+            "workerfleet_redis_errors_total",
+            "Redis calls that failed, by operation.",
+            ["queue", "op"],
+            registry=r,
+        )
+        self.lease_renewals = Counter(
+            "workerfleet_lease_renewals_total",
+            "Lease renewals (one per held job per heartbeat).",
+            ["queue"],
+            registry=r,
+        ).labels(queue)
+        self.leases_lost = Counter(
+            "workerfleet_leases_lost_total",
+            "Held jobs whose lease was found expired or taken over (their result is discarded).",
+            ["queue"],
+            registry=r,
+        ).labels(queue)
+        self.draining = Gauge(
+            "workerfleet_worker_draining", "1 while the worker drains.", ["queue"], registry=r
+        ).labels(queue)
+        self._job_children: dict[tuple[str, str], Counter] = {}
+        self._duration_children: dict[str, Histogram] = {}
+
+    def job_finished(self, task: str, outcome: str, seconds: float | None) -> None:
+        """Count one attempt's outcome and, when it ran, its duration."""
+        key = (task, outcome)
+        child = self._job_children.get(key)
+        if child is None:
+            child = self._job_children[key] = self.jobs.labels(self.queue, task, outcome)
+        child.inc()
+        if seconds is not None:
+            hist = self._duration_children.get(task)
+            if hist is None:
+                hist = self._duration_children[task] = self.duration.labels(self.queue, task)
+            hist.observe(seconds)
+
+    def retried(self, task: str) -> None:
+        """Count a failed attempt that was scheduled for a retry."""
+        self.retries.labels(self.queue, task).inc()
+
+    def dead_letter(self, reason: str) -> None:
+        """Count one job moved to the DLQ."""
+        self.dead_lettered.labels(self.queue, reason).inc()
+
+    def redis_error(self, op: str) -> None:
+        """Count one failed Redis call."""
+        self.redis_errors.labels(self.queue, op).inc()
+
+    def exposition(self) -> bytes:
+        """The text exposition format of this worker's registry."""
+        return generate_latest(self.registry)
