@@ -1,0 +1,77 @@
+"""pytest wiring for the end-to-end tests on a real Kubernetes control plane.
+
+Provides the session fixture `kube_cluster` (one control plane for the whole session, see
+tests/e2e/kubecluster.py), a per-test `namespace` fixture, component log tails attached to every
+failing e2e test, and the control plane's warm start time in the terminal summary. Missing
+binaries fail the tests (never skip) with a pointer to `make testbin`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Generator, Iterator
+
+import pytest
+
+from tests.e2e import kubecluster
+
+_started: list[kubecluster.KubeCluster] = []
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[kubecluster.KubeCluster]:
+    """A running control plane (etcd, apiserver, controller-manager, scheduler, kwok nodes)."""
+    missing = kubecluster.missing_binaries()
+    if missing:
+        pytest.fail(
+            f"Kubernetes test binaries missing in {kubecluster.TESTBIN}: {', '.join(missing)}. "
+            "Run `make testbin` (builds them once, cached outside the repo).",
+            pytrace=False,
+        )
+    for tool in ("kubectl", "helm"):
+        if not (kubecluster.TOOLS_BIN / tool).exists():
+            pytest.fail(f"{tool} missing: run `make deps`", pytrace=False)
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl missing: the harness generates its certificates with it")
+    workdir = tmp_path_factory.mktemp("kube")
+    try:
+        cluster = kubecluster.start_kube_cluster(workdir)
+    except kubecluster.ClusterStartError as error:
+        pytest.fail(f"control plane failed to start (logs in {workdir / 'logs'}):\n{error}")
+    _started.append(cluster)
+    print(f"\ne2e control plane warm start: {cluster.start_seconds:.1f}s ({cluster.server})")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def namespace(kube_cluster: kubecluster.KubeCluster) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for finalization)."""
+    name = f"e2e-{secrets.token_hex(3)}"
+    kube_cluster.kubectl("create", "namespace", name)
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    # A failing e2e test is rarely explicable without the control plane's side of the story.
+    if report.failed and _started and "kube_cluster" in getattr(item, "fixturenames", ()):
+        report.sections.append(("control-plane logs", _started[-1].log_tails()))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for cluster in _started:
+        terminalreporter.write_line(
+            f"e2e control plane ({kubecluster.K8S_VERSION}): warm start "
+            f"{cluster.start_seconds:.1f}s, logs in {cluster.workdir / 'logs'}"
+        )
