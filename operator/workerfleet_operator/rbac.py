@@ -1,0 +1,159 @@
+"""The Kubernetes permissions the workerfleet operator needs: the ONE list.
+
+Who reads it:
+- the chart's RBAC templates (``charts/workerfleet/templates/rbac.yaml``) render exactly these
+  rules, each commented by the reason given here; ``tests/packaging/test_rbac.py`` renders the
+  chart for a cluster-wide, a namespaced and a peering install and proves that the rendered
+  rules grant every permission listed here and nothing beyond (no wildcards, secrets only
+  ``get``, no exec/escalate/bind/impersonate);
+- the operator's Kubernetes I/O (``workerfleet_operator.shell``) should import it and assert
+  (in its own tests) that every API call it makes is covered, so code and chart cannot drift.
+
+When the operator starts calling a new verb or resource, add it HERE first, then to the chart
+(the packaging test fails until both agree).
+
+Modes (see ``build_permission_set``):
+- cluster-wide (``WORKERFLEET_OPERATOR_NAMESPACES`` empty): one ClusterRole. kopf also watches
+  CustomResourceDefinitions ("scanning") so a CRD installed after the operator is noticed.
+- namespaced (``WORKERFLEET_OPERATOR_NAMESPACES=a,b``): a Role per namespace and NOTHING
+  cluster-scoped. The operator must then run kopf with ``settings.scanning.disabled = True`` and
+  exact namespace names (no globs): kopf then neither lists namespaces nor watches CRDs (see
+  ``kopf._core.reactor.observation``). Note that kopf lists namespaces only in namespaced mode
+  with scanning on, never cluster-wide, so no mode here needs ``namespaces``.
+- peering (``WORKERFLEET_OPERATOR_PEERING`` set, only with more than one replica): kopf's
+  ClusterKopfPeering (cluster-wide) or KopfPeering (namespaced) objects. kopf peering is not
+  leader election; it only pauses standby operators, which is why one replica is the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Scope = Literal["namespaced", "cluster"]
+Condition = Literal["always", "cluster-wide", "peering-cluster-wide", "peering-namespaced"]
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One RBAC rule the operator needs: verbs on one resource of one API group."""
+
+    api_group: str  # "" is the core group
+    resource: str  # plural name, "name/subresource" for subresources
+    verbs: tuple[str, ...]
+    reason: str  # what in the operator needs it; rendered as the rule's comment in the chart
+    scope: Scope = "namespaced"  # "cluster": a cluster-scoped resource (always a ClusterRole)
+    condition: Condition = "always"
+
+
+REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
+    Permission(
+        "workerfleet.io",
+        "workerpools",
+        ("get", "list", "watch", "patch"),
+        "kopf watches WorkerPools and patches their finalizer and last-handled annotations",
+    ),
+    Permission(
+        "workerfleet.io",
+        "workerpools/status",
+        ("get", "patch", "update"),
+        "the operator writes status: replicas, queue stats, autoscaling signals, conditions",
+    ),
+    Permission(
+        "apps",
+        "deployments",
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "each WorkerPool owns a worker Deployment; drift is restored, replicas are set by the"
+        " builtin autoscaler, and the Deployment is removed when the pool is deleted",
+    ),
+    Permission(
+        "",
+        "services",
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "each WorkerPool owns a headless metrics Service for its workers",
+    ),
+    Permission(
+        "policy",
+        "poddisruptionbudgets",
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "each WorkerPool with more than one replica owns a PodDisruptionBudget",
+    ),
+    Permission(
+        "",
+        "pods",
+        ("list", "watch", "patch"),
+        "scale-in marks idle worker pods cheapest to delete"
+        " (controller.kubernetes.io/pod-deletion-cost annotation)",
+    ),
+    Permission(
+        "",
+        "secrets",
+        ("get",),
+        "the operator reads the Redis URL from spec.queue.redis.urlSecretRef to fetch queue stats",
+    ),
+    Permission(
+        "",
+        "events",
+        ("create", "patch"),
+        "an Event per scaling decision and per handler outcome (kopf posts events too)",
+    ),
+    Permission(
+        "monitoring.coreos.com",
+        "podmonitors",
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "spec.metrics.podMonitor: true makes the operator own a PodMonitor for the workers",
+    ),
+    Permission(
+        "keda.sh",
+        "scaledobjects",
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling",
+    ),
+    Permission(
+        "keda.sh",
+        "triggerauthentications",
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "the KEDA ScaledObject reads the Redis URL through a TriggerAuthentication",
+    ),
+    Permission(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        ("list", "watch"),
+        "kopf scans CRDs cluster-wide so a WorkerPool CRD installed later is noticed",
+        scope="cluster",
+        condition="cluster-wide",
+    ),
+    Permission(
+        "kopf.dev",
+        "clusterkopfpeerings",
+        ("get", "list", "watch", "patch"),
+        "kopf peering between operator replicas (cluster-wide install)",
+        scope="cluster",
+        condition="peering-cluster-wide",
+    ),
+    Permission(
+        "kopf.dev",
+        "kopfpeerings",
+        ("get", "list", "watch", "patch"),
+        "kopf peering between operator replicas (namespaced install)",
+        condition="peering-namespaced",
+    ),
+)
+
+
+def build_permission_set(*, cluster_wide: bool, peering: bool) -> frozenset[tuple[str, str, str]]:
+    """Return the (apiGroup, resource, verb) triples an install mode needs.
+
+    Pure; the packaging tests compare it with the rendered chart.
+    """
+    wanted: set[Condition] = {"always"}
+    if cluster_wide:
+        wanted.add("cluster-wide")
+    if peering:
+        wanted.add("peering-cluster-wide" if cluster_wide else "peering-namespaced")
+    return frozenset(
+        (p.api_group, p.resource, verb)
+        for p in REQUIRED_PERMISSIONS
+        if p.condition in wanted
+        for verb in p.verbs
+    )
