@@ -1,0 +1,678 @@
+"""The one scaling decision of workerfleet: queue statistics in, replicas and reasons out.
+
+Pure and deterministic: no I/O, no clock of its own (``now`` is passed in), no randomness. The
+operator's control loop (``shell``) and the local fleet (``local``) both call :func:`decide` once
+per ``pollingIntervalSeconds`` with the latest :class:`Observation` and carry the returned
+:class:`ScalerState` into the next call. Right before lowering replicas they call
+:func:`build_deletion_costs` so that idle workers are removed first.
+
+How a decision is made (the order matters, and each step that changes the value is named in
+``Decision.clamped_by``):
+
+1. Signals, each expressed in replicas (``None`` when disabled in the policy or not measurable
+   yet); ``raw_desired`` is the ceiling of the largest one.
+   - ``backlog``: backlog / targetBacklogPerReplica (the KEDA-style signal).
+   - ``capacity``: (backlog + in-flight) / (concurrency x targetUtilization). Counting in-flight
+     jobs is what makes a busy queue with an empty backlog keep its workers.
+   - ``latency`` (only with targetOldestJobAgeSeconds = T): Little's law. With arrival rate
+     lambda (jobs/s, from the rise of ``enqueued_total`` over the carried history) and service
+     rate mu per replica (jobs/s, measured), ``(lambda / targetUtilization + backlog / T) / mu``
+     replicas keep up with arrivals with the same headroom as the capacity signal and drain the
+     current backlog within T, so the newest waiting job starts within T. When the oldest waiting
+     job is already older than T the scaler also reacts HPA-style,
+     ``max(current, 1) x oldestAge / T``, which works before any rate is known.
+   Retries waiting in the delayed set (``future_delayed``) and dead letters are not work: only
+   ``backlog`` (which includes due retries) and ``in_flight`` enter the signals.
+2. Activation: from 0 replicas the pool wakes only when ``backlog >= activationBacklog``. We use
+   ``>=`` (KEDA uses ``>``, with a default of 0) so the default ``activationBacklog: 1`` reads
+   "the first job wakes the pool".
+3. In-flight floor: never below what running jobs need — ``max(ceil(in_flight / concurrency),
+   busy workers)`` where busy workers are non-draining heartbeats holding at least one job — and
+   never raised by it above the current count. Together with deletion costs this is how scale-in
+   avoids busy pods (KEDA's pain point 1).
+4. ``minReplicas``/``maxReplicas`` clamp.
+5. Stabilization exactly like the HPA: the recommendation is recorded; scaling up uses the
+   minimum of the recommendations within the scale-up window, scaling down the maximum within the
+   scale-down window. The same window governs every step down, including 1 -> 0 (one cooldown
+   model, unlike KEDA's split cooldownPeriod/HPA behaviour); in addition 1 -> 0 needs the queue
+   to have been idle (no backlog, nothing in flight) for the whole scale-down window. A fresh
+   state is seeded with the current replica count, so a restarted controller never scales down
+   before it has watched one full window.
+6. Step limits per decision: a step may change replicas by the larger of ``maxStepPercent`` of
+   the current count and ``maxStepPods`` (the HPA's default ``selectPolicy: Max``, which is why
+   the defaults 100 % / 4 pods allow 2 -> 6), and always by at least one pod so 0 -> 1 and 1 -> 0
+   stay possible.
+7. ``minReplicas``/``maxReplicas`` again: they are hard limits and win over everything above.
+
+If the queue cannot be read, the decision holds the current count (``onMetricFailure: hold``) or
+goes to ``fallbackReplicas`` (``fallback``), says why in the reason and records the held value
+in the history so the windows stay honest after the outage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+ScalingMode = Literal["builtin", "keda", "disabled"]
+MetricFailurePolicy = Literal["hold", "fallback"]
+
+_X = "\N{MULTIPLICATION SIGN}"  # reasons read "backlog 530 over 6 times 100" with the sign
+
+# A float signal of 5.000000001 replicas must not become 6 because of binary rounding.
+_CEIL_TOLERANCE = 1e-9
+
+# pod-deletion-cost bands: pods without a heartbeat, draining, idle, then busy (kept longest).
+COST_NO_HEARTBEAT = -1000
+COST_DRAINING = -500
+COST_IDLE = -100
+_COST_PER_JOB = 10_000
+_COST_MAX_AGE = 9_999
+_COST_MAX_JOBS = 100_000  # keeps the cost inside the annotation's int32 range
+
+
+class HeartbeatLike(Protocol):
+    """The fields of ``worker_runtime.stats.WorkerHeartbeat`` the scaler reads."""
+
+    @property
+    def worker_id(self) -> str: ...
+    @property
+    def pod_name(self) -> str: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def processed(self) -> int: ...
+    @property
+    def busy_seconds(self) -> float: ...
+    @property
+    def last_seen(self) -> float: ...
+    @property
+    def oldest_job_started_at(self) -> float | None: ...
+    @property
+    def draining(self) -> bool: ...
+
+
+class QueueStatsLike(Protocol):
+    """The fields of ``worker_runtime.stats.QueueStats`` the scaler reads."""
+
+    @property
+    def now(self) -> float: ...
+    @property
+    def backlog(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def oldest_job_age_seconds(self) -> float: ...
+    @property
+    def enqueued_total(self) -> int: ...
+    @property
+    def completed_total(self) -> int: ...
+    @property
+    def workers(self) -> Sequence[HeartbeatLike]: ...
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    """How fast one direction may move: ``spec.autoscaling.scaleUp`` or ``scaleDown``."""
+
+    stabilization_window_seconds: float = 0.0
+    max_step_percent: float | None = None
+    max_step_pods: int | None = None
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """Every knob of ``spec.autoscaling`` (plus the pool's concurrency), in internal units."""
+
+    min_replicas: int = 0
+    max_replicas: int = 10
+    concurrency: int = 8
+    target_backlog_per_replica: float | None = 100.0
+    target_utilization: float | None = 0.8
+    target_oldest_job_age_seconds: float | None = None
+    activation_backlog: int = 1
+    polling_interval_seconds: float = 5.0
+    scale_up: StepPolicy = StepPolicy(0.0, 100.0, 4)
+    scale_down: StepPolicy = StepPolicy(120.0, 50.0, None)
+    on_metric_failure: MetricFailurePolicy = "hold"
+    fallback_replicas: int | None = None
+    mode: ScalingMode = "builtin"
+    dry_run: bool = False
+    # How far back arrival and service rates look; at least three polling intervals are used.
+    rate_window_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems = build_policy_problems(self)
+        if problems:
+            raise ValueError("invalid ScalingPolicy: " + "; ".join(problems))
+
+
+def build_policy_problems(policy: ScalingPolicy) -> list[str]:
+    """Return what is inconsistent in a policy (empty when it is usable)."""
+    problems: list[str] = []
+    if policy.min_replicas < 0:
+        problems.append("minReplicas must be >= 0")
+    if policy.max_replicas < max(policy.min_replicas, 1):
+        problems.append("maxReplicas must be >= max(minReplicas, 1)")
+    if policy.concurrency < 1:
+        problems.append("concurrency must be >= 1")
+    if policy.target_backlog_per_replica is not None and policy.target_backlog_per_replica <= 0:
+        problems.append("targetBacklogPerReplica must be > 0")
+    if policy.target_utilization is not None and not 0 < policy.target_utilization <= 1:
+        problems.append("targetUtilization must be in (0, 1]")
+    age = policy.target_oldest_job_age_seconds
+    if age is not None and age <= 0:
+        problems.append("targetOldestJobAgeSeconds must be > 0")
+    if (
+        policy.target_backlog_per_replica is None
+        and policy.target_utilization is None
+        and policy.target_oldest_job_age_seconds is None
+    ):
+        problems.append("at least one signal target must be set")
+    if policy.activation_backlog < 0:
+        problems.append("activationBacklog must be >= 0")
+    if policy.polling_interval_seconds <= 0:
+        problems.append("pollingIntervalSeconds must be > 0")
+    for name, step in (("scaleUp", policy.scale_up), ("scaleDown", policy.scale_down)):
+        if step.stabilization_window_seconds < 0:
+            problems.append(f"{name}.stabilizationWindowSeconds must be >= 0")
+        if step.max_step_percent is not None and step.max_step_percent <= 0:
+            problems.append(f"{name}.maxStepPercent must be > 0")
+        if step.max_step_pods is not None and step.max_step_pods < 1:
+            problems.append(f"{name}.maxStepPods must be >= 1")
+    if policy.on_metric_failure == "fallback" and policy.fallback_replicas is None:
+        problems.append("onMetricFailure: fallback needs fallbackReplicas")
+    if policy.fallback_replicas is not None and policy.fallback_replicas < 0:
+        problems.append("fallbackReplicas must be >= 0")
+    return problems
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One poll of the queue: its stats, or why they could not be read."""
+
+    stats: QueueStatsLike | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """A shaped-but-unstabilized replica count at one moment (the windows look at these)."""
+
+    at: float
+    replicas: int
+
+
+@dataclass(frozen=True)
+class WorkerSample:
+    """One worker's monotonic counters at one sample, to measure the service rate."""
+
+    worker_id: str
+    processed: int
+    busy_seconds: float
+
+
+@dataclass(frozen=True)
+class StatsSample:
+    """The counters of one QueueStats reading, to measure arrival and completion rates."""
+
+    at: float
+    enqueued_total: int
+    completed_total: int
+    backlog: int
+    workers: tuple[WorkerSample, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    """What the loop carries between calls; start with ``ScalerState()``."""
+
+    recommendations: tuple[Recommendation, ...] = ()
+    samples: tuple[StatsSample, ...] = ()
+    idle_since: float | None = None
+    last_scale_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Rates measured over the carried history; ``None`` until two samples exist."""
+
+    arrival: float | None = None
+    completion: float | None = None
+    service_per_replica: float | None = None
+    backlog_growing: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one :func:`decide` call, with everything needed to explain it."""
+
+    desired: int
+    current: int
+    signals: Mapping[str, float | None]
+    raw_desired: int
+    clamped_by: str | None
+    reason: str
+    changed: bool
+    state: ScalerState
+    chosen: str | None = None
+    clamps: tuple[str, ...] = ()
+    scaling_limited: bool = False
+    queue_reachable: bool = True
+    dry_run: bool = False
+    rates: Rates = field(default_factory=Rates)
+
+
+def decide(
+    policy: ScalingPolicy,
+    observation: Observation,
+    current_replicas: int,
+    state: ScalerState,
+    now: float,
+) -> Decision:
+    """Return the replica count the pool should have now, and why.
+
+    ``now`` is the caller's clock for the stabilization windows; rates use the Redis server
+    time carried in the stats. The caller applies ``desired`` unless ``policy.dry_run``.
+    """
+    current = max(0, current_replicas)
+    if policy.mode != "builtin":
+        return _build_unmanaged(policy, current, state)
+    if not state.recommendations:
+        # Seed: behave as if the current count had been recommended until now.
+        state = ScalerState((Recommendation(now, current),), state.samples, state.idle_since)
+    if observation.stats is None:
+        return _build_metric_failure(policy, observation, current, state, now)
+    return _build_decision(policy, observation.stats, current, state, now)
+
+
+def _build_unmanaged(policy: ScalingPolicy, current: int, state: ScalerState) -> Decision:
+    """In keda/disabled mode the builtin scaler owns nothing: keep what is there."""
+    return Decision(
+        desired=current,
+        current=current,
+        signals={"backlog": None, "capacity": None, "latency": None},
+        raw_desired=current,
+        clamped_by=None,
+        reason=f"NotManaged: autoscaling mode {policy.mode}, replicas left at {current}",
+        changed=False,
+        state=state,
+        dry_run=policy.dry_run,
+    )
+
+
+def _build_metric_failure(
+    policy: ScalingPolicy,
+    observation: Observation,
+    current: int,
+    state: ScalerState,
+    now: float,
+) -> Decision:
+    why = observation.error or "queue stats unavailable"
+    if policy.on_metric_failure == "fallback" and policy.fallback_replicas is not None:
+        target, clamp = policy.fallback_replicas, "fallback"
+        what = f"going to fallbackReplicas {target}"
+    else:
+        target, clamp = current, "metricFailureHold"
+        what = f"holding {current} replicas"
+    desired = min(max(target, policy.min_replicas), policy.max_replicas)
+    clamps = [clamp]
+    if desired != target:
+        clamps.append("maxReplicas" if desired < target else "minReplicas")
+    history = _build_history(state.recommendations, Recommendation(now, desired), policy, now)
+    changed = desired != current
+    new_state = ScalerState(
+        recommendations=history,
+        samples=state.samples,
+        idle_since=None,
+        last_scale_time=now if changed and not policy.dry_run else state.last_scale_time,
+    )
+    verb = _build_verb(current, desired)
+    reason = f"{verb}: queue unreadable ({why}); {what}"
+    return Decision(
+        desired=desired,
+        current=current,
+        signals={"backlog": None, "capacity": None, "latency": None},
+        raw_desired=target,
+        clamped_by=clamps[-1],
+        reason=reason,
+        changed=changed,
+        state=new_state,
+        clamps=tuple(clamps),
+        queue_reachable=False,
+        dry_run=policy.dry_run,
+    )
+
+
+def _build_decision(
+    policy: ScalingPolicy,
+    stats: QueueStatsLike,
+    current: int,
+    state: ScalerState,
+    now: float,
+) -> Decision:
+    samples = _build_samples(state.samples, stats, policy)
+    rates = _build_rates(samples, stats, policy)
+    signals, chosen, explanation = _build_signals(policy, stats, rates, current)
+    present = [value for value in signals.values() if value is not None]
+    raw = _ceil(max(present)) if present else 0
+    value = raw
+    clamps: list[str] = []
+
+    def clamp(name: str, new_value: int) -> None:
+        nonlocal value
+        if new_value != value:
+            clamps.append(name)
+            value = new_value
+
+    # 2. Activation (0 -> 1 only with enough backlog).
+    if current == 0 and value > 0 and stats.backlog < policy.activation_backlog:
+        clamp("activation", 0)
+    # 3. In-flight floor: running jobs keep their workers.
+    if current > 0:
+        clamp("inFlightWork", max(value, min(current, _build_in_flight_floor(policy, stats))))
+    # 4. Hard limits.
+    clamp("minReplicas", max(value, policy.min_replicas))
+    clamp("maxReplicas", min(value, policy.max_replicas))
+    recommended = value
+    # 5. Stabilization windows, one model for every step.
+    history = _build_history(state.recommendations, Recommendation(now, recommended), policy, now)
+    up_floor = min([r.replicas for r in _in_window(history, now, policy.scale_up)] + [recommended])
+    down_ceiling = max(
+        [r.replicas for r in _in_window(history, now, policy.scale_down)] + [recommended]
+    )
+    if value > current:
+        clamp("scaleUpStabilization", max(current, up_floor))
+    elif value < current:
+        clamp("scaleDownStabilization", min(current, down_ceiling))
+    idle = stats.backlog == 0 and stats.in_flight == 0
+    idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    window = policy.scale_down.stabilization_window_seconds
+    if value == 0 and current > 0 and (idle_since is None or now - idle_since < window):
+        clamp("scaleDownStabilization", 1)
+    # 6. Step limits.
+    if value > current:
+        clamp("scaleUpStep", min(value, current + _build_step(policy.scale_up, current)))
+    elif value < current:
+        clamp("scaleDownStep", max(value, current - _build_step(policy.scale_down, current)))
+    # 7. Hard limits win over everything.
+    clamp("minReplicas", max(value, policy.min_replicas))
+    clamp("maxReplicas", min(value, policy.max_replicas))
+
+    desired = value
+    changed = desired != current
+    limited = current >= policy.max_replicas and raw > policy.max_replicas and rates.backlog_growing
+    new_state = ScalerState(
+        recommendations=history,
+        samples=samples,
+        idle_since=idle_since,
+        last_scale_time=now if changed and not policy.dry_run else state.last_scale_time,
+    )
+    reason = f"{_build_verb(current, desired)}: {explanation}"
+    if clamps and desired != raw:
+        reason += f" (wanted {raw}, limited by {clamps[-1]})"
+    return Decision(
+        desired=desired,
+        current=current,
+        signals=signals,
+        raw_desired=raw,
+        clamped_by=clamps[-1] if clamps else None,
+        reason=reason,
+        changed=changed,
+        state=new_state,
+        chosen=chosen,
+        clamps=tuple(clamps),
+        scaling_limited=limited,
+        dry_run=policy.dry_run,
+        rates=rates,
+    )
+
+
+def _ceil(value: float) -> int:
+    return max(0, math.ceil(value - _CEIL_TOLERANCE))
+
+
+def _build_verb(current: int, desired: int) -> str:
+    if desired > current:
+        return f"ScaledUp {current}→{desired}"
+    if desired < current:
+        return f"ScaledDown {current}→{desired}"
+    return f"Steady at {current}"
+
+
+def _build_in_flight_floor(policy: ScalingPolicy, stats: QueueStatsLike) -> int:
+    busy_workers = sum(1 for w in stats.workers if w.in_flight > 0 and not w.draining)
+    return max(_ceil(stats.in_flight / policy.concurrency), busy_workers)
+
+
+def _build_step(step: StepPolicy, current: int) -> int:
+    """The most pods one decision may add or remove (at least one)."""
+    allowed: list[int] = []
+    if step.max_step_percent is not None:
+        allowed.append(math.floor(current * step.max_step_percent / 100.0 + _CEIL_TOLERANCE))
+    if step.max_step_pods is not None:
+        allowed.append(step.max_step_pods)
+    if not allowed:
+        return 1 << 30
+    return max(1, *allowed)
+
+
+def _build_history(
+    history: tuple[Recommendation, ...],
+    latest: Recommendation,
+    policy: ScalingPolicy,
+    now: float,
+) -> tuple[Recommendation, ...]:
+    keep = max(
+        policy.scale_up.stabilization_window_seconds,
+        policy.scale_down.stabilization_window_seconds,
+    )
+    return (*(r for r in history if r.at > now - keep), latest)
+
+
+def _in_window(
+    history: tuple[Recommendation, ...], now: float, step: StepPolicy
+) -> list[Recommendation]:
+    # Strictly inside the window: a 0 s window sees only the latest recommendation.
+    return [r for r in history if r.at > now - step.stabilization_window_seconds]
+
+
+def _build_samples(
+    samples: tuple[StatsSample, ...], stats: QueueStatsLike, policy: ScalingPolicy
+) -> tuple[StatsSample, ...]:
+    latest = StatsSample(
+        at=stats.now,
+        enqueued_total=stats.enqueued_total,
+        completed_total=stats.completed_total,
+        backlog=stats.backlog,
+        workers=tuple(
+            WorkerSample(w.worker_id, w.processed, w.busy_seconds) for w in stats.workers
+        ),
+    )
+    previous = [s for s in samples if s.at < latest.at]
+    if previous and (
+        previous[-1].enqueued_total > latest.enqueued_total
+        or previous[-1].completed_total > latest.completed_total
+    ):
+        previous = []  # counters went backwards: Redis lost its data, start over
+    window = max(policy.rate_window_seconds, 3 * policy.polling_interval_seconds)
+    kept = [s for s in previous if s.at >= latest.at - window]
+    if not kept and previous:
+        kept = [previous[-1]]  # polls further apart than the window: use the last one
+    return (*kept, latest)
+
+
+def _build_rates(
+    samples: tuple[StatsSample, ...], stats: QueueStatsLike, policy: ScalingPolicy
+) -> Rates:
+    if len(samples) < 2:
+        return Rates()
+    first, last = samples[0], samples[-1]
+    elapsed = last.at - first.at
+    if elapsed <= 0:
+        return Rates()
+    arrival = (last.enqueued_total - first.enqueued_total) / elapsed
+    completion = (last.completed_total - first.completed_total) / elapsed
+    return Rates(
+        arrival=arrival,
+        completion=completion,
+        service_per_replica=_build_service_rate(first, last, stats, policy, completion),
+        backlog_growing=last.backlog > first.backlog,
+    )
+
+
+def _build_service_rate(
+    first: StatsSample,
+    last: StatsSample,
+    stats: QueueStatsLike,
+    policy: ScalingPolicy,
+    completion: float,
+) -> float | None:
+    """Jobs per second one replica finishes when busy.
+
+    Preferred: the heartbeats' processed jobs per busy slot-second times concurrency. Busy
+    seconds are wall time, so CPU-bound jobs sharing one process slow each other down and the
+    rate stays honest. Without heartbeat deltas: the completion rate per busy worker.
+    """
+    before = {w.worker_id: w for w in first.workers}
+    jobs = 0
+    busy = 0.0
+    for worker in last.workers:
+        old = before.get(worker.worker_id)
+        if (
+            old is None
+            or worker.processed < old.processed
+            or worker.busy_seconds < old.busy_seconds
+        ):
+            continue
+        jobs += worker.processed - old.processed
+        busy += worker.busy_seconds - old.busy_seconds
+    if jobs > 0 and busy > 0:
+        return jobs / busy * policy.concurrency
+    busy_workers = sum(1 for w in stats.workers if w.in_flight > 0 and not w.draining)
+    if completion > 0:
+        return completion / max(1, busy_workers)
+    return None
+
+
+def _build_signals(
+    policy: ScalingPolicy, stats: QueueStatsLike, rates: Rates, current: int
+) -> tuple[dict[str, float | None], str | None, str]:
+    """Every signal in replicas, the one that dominates, and a sentence explaining it."""
+    backlog, in_flight = stats.backlog, stats.in_flight
+    signals: dict[str, float | None] = {"backlog": None, "capacity": None, "latency": None}
+    words: dict[str, str] = {}
+    if policy.target_backlog_per_replica is not None:
+        target = policy.target_backlog_per_replica
+        signals["backlog"] = backlog / target
+        words["backlog"] = f"backlog {backlog} over {_ceil(backlog / target)}{_X}{target:g}"
+    if policy.target_utilization is not None:
+        per_replica = policy.concurrency * policy.target_utilization
+        value = (backlog + in_flight) / per_replica
+        signals["capacity"] = value
+        words["capacity"] = (
+            f"{backlog} queued + {in_flight} in flight over "
+            f"{_ceil(value)}{_X}{policy.concurrency}{_X}{policy.target_utilization:g}"
+        )
+    if policy.target_oldest_job_age_seconds is not None:
+        latency, sentence = _build_latency_signal(policy, stats, rates, current)
+        signals["latency"] = latency
+        if sentence:
+            words["latency"] = sentence
+    present = {name: value for name, value in signals.items() if value is not None}
+    if not present or max(present.values()) <= 0:
+        if backlog == 0 and in_flight == 0:
+            return signals, None, "no backlog and nothing in flight"
+        return signals, None, f"backlog {backlog}, {in_flight} in flight"
+    chosen = max(present, key=lambda name: present[name])
+    return signals, chosen, words[chosen]
+
+
+def _build_latency_signal(
+    policy: ScalingPolicy, stats: QueueStatsLike, rates: Rates, current: int
+) -> tuple[float | None, str]:
+    assert policy.target_oldest_job_age_seconds is not None
+    target = policy.target_oldest_job_age_seconds
+    utilization = policy.target_utilization or 1.0
+    candidates: list[tuple[float, str]] = []
+    mu = rates.service_per_replica
+    if rates.arrival is not None and mu is not None and mu > 0:
+        value = (rates.arrival / utilization + stats.backlog / target) / mu
+        candidates.append(
+            (
+                value,
+                f"arrivals {rates.arrival:.1f}/s + backlog {stats.backlog} need "
+                f"{_ceil(value)}{_X}{mu:.2f}/s to start jobs within {target:g}s",
+            )
+        )
+    age = stats.oldest_job_age_seconds
+    if age > target:
+        value = max(current, 1) * age / target
+        candidates.append(
+            (value, f"oldest job {age:.0f}s over target {target:g}s at {max(current, 1)} replicas")
+        )
+    if not candidates:
+        return None, ""
+    return max(candidates, key=lambda c: c[0])
+
+
+def build_deletion_costs(
+    workers: Sequence[HeartbeatLike], pod_names: Sequence[str], now: float
+) -> dict[str, int]:
+    """Return ``controller.kubernetes.io/pod-deletion-cost`` per pod (lower is removed first).
+
+    - no heartbeat: -1000 — the pod has not started its worker yet, or it is dead; removing it
+      loses nothing;
+    - draining: -500 — it is leaving anyway;
+    - idle (nothing in flight): -100;
+    - busy: in-flight jobs x 10000 + age in seconds of its oldest running job (capped at 9999),
+      so the pods holding the most work, then the oldest work, are kept longest.
+    When several heartbeats name the same pod (a restarted container), the latest one counts.
+    """
+    latest: dict[str, HeartbeatLike] = {}
+    for worker in workers:
+        seen = latest.get(worker.pod_name)
+        if seen is None or worker.last_seen > seen.last_seen:
+            latest[worker.pod_name] = worker
+    return {pod: _build_deletion_cost(latest.get(pod), now) for pod in pod_names}
+
+
+def _build_deletion_cost(worker: HeartbeatLike | None, now: float) -> int:
+    if worker is None:
+        return COST_NO_HEARTBEAT
+    if worker.draining:
+        return COST_DRAINING
+    if worker.in_flight <= 0:
+        return COST_IDLE
+    started = worker.oldest_job_started_at
+    age = 0 if started is None else int(max(0.0, now - started))
+    jobs = min(worker.in_flight, _COST_MAX_JOBS)
+    return jobs * _COST_PER_JOB + min(age, _COST_MAX_AGE)
+
+
+def build_explanation(decision: Decision) -> str:
+    """One line for an Event message or ``status.autoscaling``: reason, signals, clamps, rates."""
+    parts = [decision.reason]
+    signal_words = ", ".join(
+        f"{name}={'off' if value is None else f'{value:.2f}'}"
+        for name, value in decision.signals.items()
+    )
+    parts.append(f"signals {signal_words}")
+    if decision.chosen is not None:
+        parts.append(f"chosen {decision.chosen} → {decision.raw_desired}")
+    if decision.clamps:
+        parts.append("shaped by " + " → ".join(decision.clamps))
+    rates = decision.rates
+    if rates.arrival is not None:
+        parts.append(f"arrival {rates.arrival:.2f}/s")
+    if rates.completion is not None:
+        parts.append(f"completion {rates.completion:.2f}/s")
+    if rates.service_per_replica is not None:
+        parts.append(f"service {rates.service_per_replica:.2f}/s per replica")
+    if decision.scaling_limited:
+        parts.append("ScalingLimited: pinned at maxReplicas while the backlog grows")
+    if decision.dry_run:
+        parts.append("dry run: not applied")
+    return "; ".join(parts)

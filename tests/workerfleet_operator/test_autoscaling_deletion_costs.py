@@ -1,0 +1,78 @@
+"""build_deletion_costs(): which pods the ReplicaSet removes first on scale-in (lowest cost)."""
+
+from __future__ import annotations
+
+import pytest
+import scaling_fixtures as fx
+from workerfleet_operator import autoscaling
+
+NOW = 1_000.0
+
+
+def _removal_order(costs: dict[str, int]) -> list[str]:
+    return sorted(costs, key=lambda pod: (costs[pod], pod))
+
+
+def test_idle_pods_are_removed_first_and_busy_pods_are_ranked_by_work_held() -> None:
+    workers = [
+        fx.heartbeat("busy-3-jobs", in_flight=3, oldest_job_started_at=NOW - 5),
+        fx.heartbeat("busy-old-job", in_flight=1, oldest_job_started_at=NOW - 300),
+        fx.heartbeat("busy-young-job", in_flight=1, oldest_job_started_at=NOW - 10),
+        fx.heartbeat("idle", in_flight=0),
+        fx.heartbeat("draining", in_flight=2, oldest_job_started_at=NOW - 50, draining=True),
+    ]
+    pods = ["busy-3-jobs", "busy-old-job", "busy-young-job", "idle", "draining", "not-started"]
+    costs = autoscaling.build_deletion_costs(workers, pods, NOW)
+    assert _removal_order(costs) == [
+        "not-started",
+        "draining",
+        "idle",
+        "busy-young-job",
+        "busy-old-job",
+        "busy-3-jobs",
+    ]
+    assert set(costs) == set(pods)
+    assert costs["idle"] < 0 < costs["busy-young-job"]
+
+
+def test_a_pod_without_a_heartbeat_is_the_cheapest_to_delete() -> None:
+    costs = autoscaling.build_deletion_costs([fx.heartbeat("idle")], ["idle", "ghost"], NOW)
+    assert costs["ghost"] == autoscaling.COST_NO_HEARTBEAT
+    assert costs["ghost"] < costs["idle"]
+
+
+def test_heartbeats_of_pods_outside_the_pool_are_ignored() -> None:
+    workers = [fx.heartbeat("other-pool-pod", in_flight=5, oldest_job_started_at=NOW)]
+    assert autoscaling.build_deletion_costs(workers, ["mine"], NOW) == {
+        "mine": autoscaling.COST_NO_HEARTBEAT
+    }
+
+
+def test_a_restarted_container_is_judged_by_its_latest_heartbeat() -> None:
+    workers = [
+        fx.heartbeat(
+            "p", worker_id="old", in_flight=4, last_seen=NOW - 20, oldest_job_started_at=NOW - 99
+        ),
+        fx.heartbeat("p", worker_id="new", in_flight=0, last_seen=NOW - 1),
+    ]
+    assert autoscaling.build_deletion_costs(workers, ["p"], NOW) == {"p": autoscaling.COST_IDLE}
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "age"),
+    [
+        pytest.param(10**9, 10**9, id="absurd_counts"),
+        pytest.param(1, -50.0, id="job_started_in_the_future_by_clock_skew"),
+    ],
+)
+def test_costs_stay_inside_the_annotation_int32_range(in_flight: int, age: float) -> None:
+    worker = fx.heartbeat("p", in_flight=in_flight, oldest_job_started_at=NOW - age)
+    cost = autoscaling.build_deletion_costs([worker], ["p"], NOW)["p"]
+    assert -(2**31) <= cost < 2**31
+    assert cost > autoscaling.COST_IDLE
+
+
+def test_a_busy_pod_without_a_job_start_time_still_outranks_an_idle_pod() -> None:
+    workers = [fx.heartbeat("busy", in_flight=1), fx.heartbeat("idle")]
+    costs = autoscaling.build_deletion_costs(workers, ["busy", "idle"], NOW)
+    assert costs["busy"] > costs["idle"]
