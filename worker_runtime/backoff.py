@@ -1,0 +1,98 @@
+"""Pure retry-delay arithmetic: exponential or fixed backoff with jitter, and HTTP Retry-After.
+
+The worker calls :func:`build_delay` after a handler failure to decide when the retry becomes
+due (the wait happens in Redis, never in worker memory), and :func:`parse_retry_after` when a
+handler reports an HTTP-style ``Retry-After``. No I/O; the random source is injectable.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+Strategy = Literal["exponential", "fixed"]
+Jitter = Literal["full", "equal", "decorrelated", "none"]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A retry-delay policy (CRD ``retry.backoff``; env ``WORKERFLEET_RETRY_BACKOFF_*``)."""
+
+    strategy: Strategy = "exponential"
+    base_seconds: float = 2.0
+    max_seconds: float = 300.0
+    jitter: Jitter = "full"
+
+    def __post_init__(self) -> None:
+        if self.base_seconds < 0 or self.max_seconds < 0:
+            raise ValueError("backoff seconds must not be negative")
+        if self.strategy not in ("exponential", "fixed"):
+            raise ValueError(f"unknown backoff strategy {self.strategy!r}")
+        if self.jitter not in ("full", "equal", "decorrelated", "none"):
+            raise ValueError(f"unknown jitter {self.jitter!r}")
+
+
+def build_ceiling(policy: Backoff, attempt: int) -> float:
+    """The un-jittered delay for retry number ``attempt`` (1 = first retry), capped."""
+    if policy.strategy == "fixed":
+        return min(policy.base_seconds, policy.max_seconds)
+    exponent = max(0, attempt - 1)
+    # 2**exponent overflows floats long after it passes any cap; stop early
+    if exponent > 60:
+        return policy.max_seconds
+    return min(policy.max_seconds, policy.base_seconds * math.pow(2.0, exponent))
+
+
+def build_delay(
+    policy: Backoff,
+    attempt: int,
+    *,
+    previous: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 = first retry).
+
+    ``full``: uniform in [0, ceiling]; ``equal``: ceiling/2 + uniform in [0, ceiling/2];
+    ``decorrelated``: uniform in [base, previous × 3] (previous defaults to base), capped;
+    ``none``: the ceiling itself. Always within [0, max_seconds].
+    """
+    r = rng if rng is not None else random
+    ceiling = build_ceiling(policy, attempt)
+    if policy.jitter == "none":
+        return ceiling
+    if policy.jitter == "full":
+        return r.uniform(0.0, ceiling)
+    if policy.jitter == "equal":
+        return ceiling / 2.0 + r.uniform(0.0, ceiling / 2.0)
+    last = policy.base_seconds if previous is None else max(previous, policy.base_seconds)
+    return min(policy.max_seconds, r.uniform(policy.base_seconds, last * 3.0))
+
+
+def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` value (delta seconds or an HTTP date).
+
+    Returns None when the value is neither; a date in the past gives 0.0.
+    """
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if math.isnan(seconds) or math.isinf(seconds):
+            return None
+        return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)

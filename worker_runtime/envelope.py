@@ -1,0 +1,118 @@
+"""The job envelope: the JSON document stored for every job (schema version ``v`` = 1).
+
+Built by the producer (:mod:`worker_runtime.producer`), parsed by the engine at fetch
+(:mod:`worker_runtime.queue`); an envelope that does not parse is dead-lettered with its reason,
+never executed. JSON only: nothing is ever unpickled or imported because a message says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Literal
+
+import pydantic
+
+SCHEMA_VERSION = 1
+
+
+class Priority(StrEnum):
+    """Job priority; fetch serves high before normal before low."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class JobEnvelope(pydantic.BaseModel):
+    """One job as stored in Redis (see docs/architecture.md, "Queue engine API")."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="ignore")
+
+    v: Literal[1] = 1
+    id: str = pydantic.Field(min_length=1, max_length=200)
+    task: str = pydantic.Field(min_length=1, max_length=200)
+    payload: pydantic.JsonValue = None
+    priority: Priority = Priority.NORMAL
+    max_attempts: int | None = pydantic.Field(default=None, ge=1)
+    correlation_id: str | None = None
+    idempotency_key: str | None = None
+    enqueued_at: float
+    headers: dict[str, str] = pydantic.Field(default_factory=dict)
+
+
+class EnvelopeError(ValueError):
+    """An envelope that cannot be run; ``reason`` is what the DLQ records."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_envelope(raw: str | bytes) -> JobEnvelope:
+    """Parse stored JSON into an envelope, or raise :class:`EnvelopeError` with a DLQ reason."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EnvelopeError("unparseable_json", str(exc)[:200]) from None
+    if not isinstance(data, dict):
+        raise EnvelopeError("invalid_envelope", "the envelope is not a JSON object")
+    version = data.get("v")
+    if version != SCHEMA_VERSION:
+        raise EnvelopeError("unknown_schema_version", f"schema version {version!r} is not known")
+    try:
+        return JobEnvelope.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise EnvelopeError("invalid_envelope", str(exc)[:500]) from None
+
+
+def build_payload(payload: pydantic.BaseModel | Mapping[str, Any] | None) -> pydantic.JsonValue:
+    """A JSON-ready payload from a pydantic model or a JSON-able mapping."""
+    if payload is None:
+        return None
+    if isinstance(payload, pydantic.BaseModel):
+        dumped: pydantic.JsonValue = payload.model_dump(mode="json")
+        return dumped
+    # a round trip through json proves the mapping is JSON (no pickling fallback, ever)
+    checked: pydantic.JsonValue = json.loads(json.dumps(dict(payload)))
+    return checked
+
+
+def build_job_id() -> str:
+    """A new random job id."""
+    return uuid.uuid4().hex
+
+
+def build_envelope(
+    task: str,
+    payload: pydantic.BaseModel | Mapping[str, Any] | None,
+    *,
+    priority: Priority | str = Priority.NORMAL,
+    max_attempts: int | None = None,
+    correlation_id: str | None = None,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    now: float | None = None,
+) -> JobEnvelope:
+    """A validated envelope for a new job."""
+    return JobEnvelope(
+        id=job_id or build_job_id(),
+        task=task,
+        payload=build_payload(payload),
+        priority=Priority(priority),
+        max_attempts=max_attempts,
+        correlation_id=correlation_id,
+        idempotency_key=idempotency_key,
+        enqueued_at=time.time() if now is None else now,
+        headers=dict(headers or {}),
+    )
+
+
+def build_envelope_json(envelope: JobEnvelope) -> str:
+    """The stored form of an envelope."""
+    return envelope.model_dump_json(exclude_defaults=False)

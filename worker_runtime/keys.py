@@ -1,0 +1,136 @@
+"""THE Redis key schema of a workerfleet queue; every other module builds key names here.
+
+Called by the engine (:mod:`worker_runtime.queue`), the read-only stats (:mod:`worker_runtime.stats`),
+the DLQ tools and the helpers. The Lua scripts receive these names as KEYS, in the order of
+:meth:`QueueKeys.script_keys`, and each script's header repeats the part it touches.
+
+All keys of queue ``Q`` start with the hash tag ``{wf:Q}`` so they live in one Redis Cluster slot
+and every script is single-slot. Times are Redis server milliseconds unless noted.
+
+=============================  ======  =====================================================
+key                            type    contents
+=============================  ======  =====================================================
+``{wf:Q}:ready:high``          stream  ready jobs of priority high; field ``j`` = job id.
+``{wf:Q}:ready:normal``        stream  same, priority normal. Consumer group ``workers``,
+``{wf:Q}:ready:low``           stream  consumer = worker id. An entry lives until the job leaves
+                                       the in-flight state (ack/retry/dead-letter/release:
+                                       XACK + XDEL). Never MAXLEN-trimmed. Invariant: total
+                                       stream length = undelivered ready jobs + leased jobs.
+``{wf:Q}:env``                 hash    job id → envelope JSON (:class:`~worker_runtime.envelope.JobEnvelope`).
+``{wf:Q}:state``               hash    job id → JSON ``{a: attempts, d: deliveries, l: lost,
+                                       t: fencing token, w: worker, e: stream entry id,
+                                       p: priority, s: started ms}``.
+``{wf:Q}:history``             hash    job id → JSON list of failure records (only after failures).
+``{wf:Q}:leases``              zset    job id → lease expiry ms (in-flight jobs).
+``{wf:Q}:delayed``             zset    job id → due ms (delayed jobs and retries waiting).
+``{wf:Q}:dlq``                 zset    job id → dead-lettered ms (the DLQ, oldest first).
+``{wf:Q}:dlq:data``            hash    job id → JSON dead-letter record (envelope, history,
+                                       reason, counts, worker, timestamps).
+``{wf:Q}:counters``            hash    enqueued, completed, failed, retried, dead_lettered,
+                                       released, workers_lost (monotonic) and ``fence`` (the
+                                       last fencing token handed out).
+``{wf:Q}:workers``             hash    worker id → heartbeat JSON.
+``{wf:Q}:workers:expiry``      zset    worker id → heartbeat expiry ms; expired without
+                                       deregistration = a lost (killed) worker.
+``{wf:Q}:ratelimit``           hash    token bucket ``{tokens, ts}`` of the queue-wide rate limit.
+``{wf:Q}:idem:<key>``          string  enqueue dedup: job id, with TTL (SET NX PX).
+``{wf:Q}:done:<key>``          string  "done" marker written atomically with an ack, with TTL.
+=============================  ======  =====================================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
+"""Priority levels, most urgent first; fetch reads the streams in this order."""
+
+GROUP = "workers"
+"""The consumer group on every ready stream."""
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class InvalidQueueName(ValueError):
+    """A queue name that would break the hash tag or the key schema."""
+
+
+def build_queue_name(name: str) -> str:
+    """Validate a queue name: braces would break the cluster hash tag, so only a safe alphabet."""
+    if not _QUEUE_NAME.match(name):
+        raise InvalidQueueName(
+            f"queue name {name!r} must match {_QUEUE_NAME.pattern} (letters, digits, . _ : -)"
+        )
+    return name
+
+
+def build_prefix(queue: str) -> str:
+    """The hash-tagged prefix shared by every key of ``queue``."""
+    return "{wf:" + build_queue_name(queue) + "}"
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """Every key name of one queue (see the module docstring for types and contents)."""
+
+    queue: str
+    prefix: str
+    ready: tuple[str, ...]
+    env: str
+    state: str
+    history: str
+    leases: str
+    delayed: str
+    dlq: str
+    dlq_data: str
+    counters: str
+    workers: str
+    workers_expiry: str
+    ratelimit: str
+
+    def script_keys(self) -> list[str]:
+        """The fixed KEYS list every engine script receives (order matters to the Lua side)."""
+        return [
+            *self.ready,
+            self.env,
+            self.state,
+            self.history,
+            self.leases,
+            self.delayed,
+            self.dlq,
+            self.dlq_data,
+            self.counters,
+            self.workers,
+            self.workers_expiry,
+            self.ratelimit,
+        ]
+
+    def idempotency(self, key: str) -> str:
+        """The enqueue-dedup key for an idempotency key."""
+        return f"{self.prefix}:idem:{key}"
+
+    def done(self, key: str) -> str:
+        """The handler-side "done" marker for an idempotency key."""
+        return f"{self.prefix}:done:{key}"
+
+
+def build_keys(queue: str) -> QueueKeys:
+    """All key names of ``queue``."""
+    p = build_prefix(queue)
+    return QueueKeys(
+        queue=queue,
+        prefix=p,
+        ready=tuple(f"{p}:ready:{name}" for name in PRIORITIES),
+        env=f"{p}:env",
+        state=f"{p}:state",
+        history=f"{p}:history",
+        leases=f"{p}:leases",
+        delayed=f"{p}:delayed",
+        dlq=f"{p}:dlq",
+        dlq_data=f"{p}:dlq:data",
+        counters=f"{p}:counters",
+        workers=f"{p}:workers",
+        workers_expiry=f"{p}:workers:expiry",
+        ratelimit=f"{p}:ratelimit",
+    )

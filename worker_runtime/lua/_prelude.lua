@@ -1,0 +1,140 @@
+-- workerfleet Lua prelude: prepended to every engine script by worker_runtime/scripts.py.
+-- KEYS layout (worker_runtime.keys.QueueKeys.script_keys), all under the hash tag {wf:Q}:
+--   1-3 ready streams high/normal/low (group "workers"), 4 env (hash), 5 state (hash),
+--   6 history (hash), 7 leases (zset), 8 delayed (zset), 9 dlq (zset), 10 dlq:data (hash),
+--   11 counters (hash), 12 workers (hash), 13 workers:expiry (zset), 14 ratelimit (hash),
+--   15.. per-call keys ({wf:Q}:idem:<k>, {wf:Q}:done:<k>) given by index in ARGV.
+-- Times are Redis server milliseconds. Job state JSON: {a attempts, d deliveries, l lost,
+-- t fencing token (0 = not in flight), w worker, e stream entry id ('' = not in a stream),
+-- p priority, s started ms}.
+local K_READY = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
+local PRIO = {'high', 'normal', 'low'}
+local K_ENV, K_STATE, K_HIST, K_LEASES = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_DELAYED, K_DLQ, K_DLQDATA, K_COUNTERS = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local K_WORKERS, K_WEXP, K_RL = KEYS[12], KEYS[13], KEYS[14]
+local GROUP = 'workers'
+local HISTORY_KEEP = 25
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function enc(st) return cjson.encode(st) end
+
+local function dec(raw)
+  if not raw then return nil end
+  local ok, st = pcall(cjson.decode, raw)
+  if ok then return st end
+  return nil
+end
+
+-- Remove the job's stream entry (acknowledge and delete): it leaves the in-flight state.
+local function stream_remove(st)
+  if st.e and st.e ~= '' then
+    local k = K_READY[st.p] or K_READY['normal']
+    redis.call('XACK', k, GROUP, st.e)
+    redis.call('XDEL', k, st.e)
+  end
+  st.e = ''
+end
+
+-- Append one failure (client JSON object) to the job's history, stamping server-side facts.
+local function history_append(id, failure_json, st, now)
+  local f = dec(failure_json) or {message = tostring(failure_json)}
+  f.at = now / 1000
+  f.attempt = st.a
+  f.delivery = st.d
+  local hist = dec(redis.call('HGET', K_HIST, id))
+  if type(hist) ~= 'table' or hist[1] == nil then hist = {} end
+  hist[#hist + 1] = f
+  if #hist > HISTORY_KEEP then table.remove(hist, 2) end  -- keep the first failure and the latest
+  redis.call('HSET', K_HIST, id, cjson.encode(hist))
+end
+
+-- Apply DLQ retention (age, then length); bounded work per call.
+local function dlq_trim(now, max_len, retention_ms)
+  if retention_ms > 0 then
+    local old = redis.call('ZRANGEBYSCORE', K_DLQ, '-inf', now - retention_ms, 'LIMIT', 0, 500)
+    if #old > 0 then
+      redis.call('ZREM', K_DLQ, unpack(old))
+      redis.call('HDEL', K_DLQDATA, unpack(old))
+    end
+  end
+  if max_len > 0 then
+    local n = redis.call('ZCARD', K_DLQ)
+    if n > max_len then
+      local popped = redis.call('ZPOPMIN', K_DLQ, math.min(n - max_len, 500))
+      local ids = {}
+      for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
+      if #ids > 0 then redis.call('HDEL', K_DLQDATA, unpack(ids)) end
+    end
+  end
+end
+
+-- Move job `id` (state st, already out of the streams and leases) into the DLQ with its full
+-- failure metadata, then forget its live state.
+local function dlq_insert(id, st, reason, now, max_len, retention_ms)
+  local env = redis.call('HGET', K_ENV, id) or ''
+  local hist = redis.call('HGET', K_HIST, id)
+  if not hist or hist == '{}' then hist = '[]' end
+  local rec = '{"id":' .. cjson.encode(id) .. ',"reason":' .. cjson.encode(reason)
+    .. ',"priority":' .. cjson.encode(st.p or 'normal')
+    .. ',"attempts":' .. tostring(st.a or 0) .. ',"deliveries":' .. tostring(st.d or 0)
+    .. ',"lost":' .. tostring(st.l or 0) .. ',"worker":' .. cjson.encode(st.w or '')
+    .. ',"dead_lettered_at":' .. tostring(now / 1000)
+    .. ',"history":' .. hist .. ',"envelope":' .. cjson.encode(env) .. '}'
+  redis.call('HSET', K_DLQDATA, id, rec)
+  redis.call('ZADD', K_DLQ, now, id)
+  redis.call('HDEL', K_ENV, id)
+  redis.call('HDEL', K_STATE, id)
+  redis.call('HDEL', K_HIST, id)
+  redis.call('HINCRBY', K_COUNTERS, 'dead_lettered', 1)
+  dlq_trim(now, max_len, retention_ms)
+end
+
+-- Token bucket (capacity = jobs, refill jobs per per_ms): how many of `want` may start now,
+-- and ms until the next token. Does not take tokens; bucket_take does.
+local function bucket_peek(key, cap, per_ms, now)
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or cap
+  local ts = tonumber(b[2]) or now
+  local rate = cap / per_ms
+  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+  return tokens, rate
+end
+
+local function bucket_take(key, tokens, taken, now, per_ms)
+  redis.call('HSET', key, 'tokens', tostring(tokens - taken), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(per_ms * 2) + 1000)
+end
+
+-- XREADGROUP that creates the group at id 0 (so earlier entries are delivered) when missing.
+local function read_new(stream, worker, n)
+  local r = redis.pcall('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', n, 'STREAMS', stream, '>')
+  if type(r) == 'table' and r.err then
+    if string.find(r.err, 'NOGROUP') then
+      redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
+      r = redis.call('XREADGROUP', 'GROUP', GROUP, worker, 'COUNT', n, 'STREAMS', stream, '>')
+    else
+      error(r.err)
+    end
+  end
+  if not r then return {} end
+  return r[1][2]
+end
+
+-- The group's last delivered id of a stream ('0-0' when there is no group yet).
+local function last_delivered(stream)
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if type(groups) ~= 'table' or groups.err then return '0-0' end
+  for _, g in ipairs(groups) do
+    local name, last = nil, nil
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] end
+      if g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name == GROUP then return last end
+  end
+  return '0-0'
+end

@@ -1,0 +1,35 @@
+-- dlq_replay: move dead letters back to their ready stream (oldest first when no ids given).
+-- Touches: {wf:Q}:dlq (ZREM), {wf:Q}:dlq:data (HDEL), {wf:Q}:env, {wf:Q}:state,
+--          {wf:Q}:history (restored), {wf:Q}:ready:<prio> (XADD), {wf:Q}:counters (replayed).
+-- ARGV: reset attempts 1|0, limit, then job ids (none = the oldest `limit` entries).
+-- Returns: the replayed job ids. Lost deliveries always restart at 0: replay is a human decision.
+local reset = ARGV[1] == '1'
+local limit = tonumber(ARGV[2])
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', K_DLQ, 0, limit - 1)
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local rec = dec(redis.call('HGET', K_DLQDATA, id))
+  if rec then
+    local env = rec.envelope or ''
+    local prio = rec.priority
+    if not K_READY[prio] then prio = 'normal' end
+    local st = {a = reset and 0 or (rec.attempts or 0), d = rec.deliveries or 0, l = 0, t = 0,
+                w = '', e = '', p = prio, s = 0}
+    st.e = redis.call('XADD', K_READY[prio], '*', 'j', id)
+    redis.call('HSET', K_ENV, id, env)
+    redis.call('HSET', K_STATE, id, enc(st))
+    if type(rec.history) == 'table' and rec.history[1] ~= nil then
+      redis.call('HSET', K_HIST, id, cjson.encode(rec.history))
+    end
+    redis.call('ZREM', K_DLQ, id)
+    redis.call('HDEL', K_DLQDATA, id)
+    out[#out + 1] = id
+  end
+end
+if #out > 0 then redis.call('HINCRBY', K_COUNTERS, 'replayed', #out) end
+return out

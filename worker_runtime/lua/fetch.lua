@@ -1,0 +1,150 @@
+-- fetch: everything a worker needs to start work, in one call.
+-- Touches: {wf:Q}:delayed (promote due → XADD {wf:Q}:ready:<prio>), {wf:Q}:leases (reclaim
+--          expired, new leases), {wf:Q}:state (deliveries, lost, token, worker), {wf:Q}:env (read),
+--          {wf:Q}:ready:* (XREADGROUP group "workers", XCLAIM reclaimed, XACK+XDEL poison),
+--          {wf:Q}:dlq, {wf:Q}:dlq:data, {wf:Q}:history (poison → DLQ), {wf:Q}:counters (fence,
+--          dead_lettered), {wf:Q}:ratelimit (token bucket when enabled).
+-- ARGV: worker, count, lease ms, max deliveries, promote limit, rate jobs (0 = off), rate per
+--       ms, dlq max length, dlq retention ms.
+-- Order: 1 promote due delayed jobs; 2 reclaim expired leases (lost+1; lost >= max deliveries →
+--        DLQ "max_deliveries" before running); 3 read new entries high → normal → low;
+--        4 hand out fencing tokens (counters.fence) and leases.
+-- Returns: {now, poisoned, next event ms (-1 none), {last delivered ids} (only when empty),
+--           {id, token, envelope, attempts, deliveries, lost, ...}}.
+local worker = ARGV[1]
+local count = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+local max_deliveries = tonumber(ARGV[4])
+local promote_limit = tonumber(ARGV[5])
+local rl_jobs, rl_per = tonumber(ARGV[6]), tonumber(ARGV[7])
+local dlq_max, dlq_ret = tonumber(ARGV[8]), tonumber(ARGV[9])
+local now = now_ms()
+
+-- 1. promote due delayed/retry entries to their ready stream
+local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, promote_limit)
+if #due > 0 then
+  local raws = redis.call('HMGET', K_STATE, unpack(due))
+  for i, id in ipairs(due) do
+    local st = dec(raws[i])
+    if st then
+      st.e = redis.call('XADD', K_READY[st.p] or K_READY['normal'], '*', 'j', id)
+      redis.call('HSET', K_STATE, id, enc(st))
+    end
+  end
+  redis.call('ZREM', K_DELAYED, unpack(due))
+end
+
+-- the global rate limit caps how many may start now
+local grant = count
+local tokens, rate = 0, 0
+if rl_jobs > 0 then
+  tokens, rate = bucket_peek(K_RL, rl_jobs, rl_per, now)
+  grant = math.min(count, math.floor(tokens))
+end
+
+local ids, states = {}, {}
+local poisoned = 0
+
+-- 2. reclaim expired leases (a delivery that ended without a verdict: crash, kill, stop)
+if grant > 0 then
+  local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, grant)
+  if #expired > 0 then
+    local raws = redis.call('HMGET', K_STATE, unpack(expired))
+    redis.call('ZREM', K_LEASES, unpack(expired))
+    for i, id in ipairs(expired) do
+      local st = dec(raws[i])
+      if st then
+        st.l = (st.l or 0) + 1
+        if st.l >= max_deliveries then
+          stream_remove(st)
+          dlq_insert(id, st, 'max_deliveries', now, dlq_max, dlq_ret)
+          poisoned = poisoned + 1
+        else
+          if st.e ~= '' then
+            redis.call('XCLAIM', K_READY[st.p], GROUP, worker, 0, st.e, 'JUSTID')
+          end
+          ids[#ids + 1] = id
+          states[#states + 1] = st
+        end
+      end
+    end
+  end
+end
+
+-- 3. new entries, most urgent priority first
+for _, p in ipairs(PRIO) do
+  local want = grant - #ids
+  if want <= 0 then break end
+  local entries = read_new(K_READY[p], worker, want)
+  if #entries > 0 then
+    local jids = {}
+    for i, e in ipairs(entries) do jids[i] = e[2][2] end
+    local raws = redis.call('HMGET', K_STATE, unpack(jids))
+    for i, e in ipairs(entries) do
+      local st = dec(raws[i])
+      if st then
+        st.e = e[1]
+        st.p = p
+        ids[#ids + 1] = jids[i]
+        states[#states + 1] = st
+      else
+        -- an entry whose job state is gone (purged): drop it so it cannot block the stream
+        redis.call('XACK', K_READY[p], GROUP, e[1])
+        redis.call('XDEL', K_READY[p], e[1])
+      end
+    end
+  end
+end
+
+local n = #ids
+local next_event = -1
+if rl_jobs > 0 then
+  bucket_take(K_RL, tokens, n, now, rl_per)
+  if n >= grant and grant < count then
+    next_event = now + math.ceil(math.max(1 - (tokens - n), 0) / rate)
+  end
+end
+
+if n == 0 then
+  -- idle: tell the caller when something may become due, and where the streams stand
+  -- (when the rate limit is the reason, the next token is the next event)
+  if next_event < 0 then
+    local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+    local l = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')
+    for _, z in ipairs({d, l}) do
+      if #z > 0 then
+        local t = tonumber(z[2])
+        if next_event < 0 or t < next_event then next_event = t end
+      end
+    end
+  end
+  local last = {}
+  for i, p in ipairs(PRIO) do last[i] = last_delivered(K_READY[p]) end
+  return {now, poisoned, next_event, last, {}}
+end
+
+-- 4. fencing tokens and leases
+local fence = redis.call('HINCRBY', K_COUNTERS, 'fence', n) - n
+local envs = redis.call('HMGET', K_ENV, unpack(ids))
+local zargs, hargs, out = {}, {}, {}
+local until_ms = now + lease
+for i, id in ipairs(ids) do
+  local st = states[i]
+  st.t = fence + i
+  st.d = (st.d or 0) + 1
+  st.w = worker
+  st.s = now
+  zargs[#zargs + 1] = until_ms
+  zargs[#zargs + 1] = id
+  hargs[#hargs + 1] = id
+  hargs[#hargs + 1] = enc(st)
+  out[#out + 1] = id
+  out[#out + 1] = st.t
+  out[#out + 1] = envs[i] or ''
+  out[#out + 1] = st.a
+  out[#out + 1] = st.d
+  out[#out + 1] = st.l
+end
+redis.call('ZADD', K_LEASES, unpack(zargs))
+redis.call('HSET', K_STATE, unpack(hargs))
+return {now, poisoned, next_event, {}, out}

@@ -1,0 +1,42 @@
+#!lua flags=no-writes
+-- stats: READ-ONLY snapshot of a queue in one round trip (the operator's input).
+-- Touches (reads only): {wf:Q}:ready:* (XLEN, XINFO GROUPS, XRANGE first undelivered),
+--          {wf:Q}:leases (ZCARD), {wf:Q}:delayed (ZCOUNT, first due), {wf:Q}:dlq (ZCARD),
+--          {wf:Q}:counters (HGETALL), {wf:Q}:workers (HMGET live), {wf:Q}:workers:expiry.
+-- ARGV: none.
+-- Returns: {now ms, stream entries total, leases, due delayed, future delayed, dlq length,
+--           oldest unstarted ms (-1 none), {counters flat}, {live worker JSON...}, expired workers}.
+local now = now_ms()
+local entries = 0
+local oldest = -1
+for _, p in ipairs(PRIO) do
+  local k = K_READY[p]
+  local len = redis.call('XLEN', k)
+  entries = entries + len
+  if len > 0 then
+    local last = last_delivered(k)
+    local first = redis.call('XRANGE', k, '(' .. last, '+', 'COUNT', 1)
+    if #first > 0 then
+      local ms = tonumber(string.match(first[1][1], '^(%d+)'))
+      if oldest < 0 or ms < oldest then oldest = ms end
+    end
+  end
+end
+local leases = redis.call('ZCARD', K_LEASES)
+local due = redis.call('ZCOUNT', K_DELAYED, '-inf', now)
+local future = redis.call('ZCARD', K_DELAYED) - due
+if due > 0 then
+  local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
+  local ms = tonumber(d[2])
+  if oldest < 0 or ms < oldest then oldest = ms end
+end
+local dlq = redis.call('ZCARD', K_DLQ)
+local counters = redis.call('HGETALL', K_COUNTERS)
+local live = redis.call('ZRANGEBYSCORE', K_WEXP, '(' .. now, '+inf')
+local workers = {}
+if #live > 0 then
+  local recs = redis.call('HMGET', K_WORKERS, unpack(live))
+  for i = 1, #recs do if recs[i] then workers[#workers + 1] = recs[i] end end
+end
+local expired = redis.call('ZCOUNT', K_WEXP, '-inf', now)
+return {now, entries, leases, due, future, dlq, oldest, counters, workers, expired}

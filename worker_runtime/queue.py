@@ -1,0 +1,520 @@
+"""The queue engine: enqueue, fetch, renew, ack, retry, dead-letter and release jobs on Redis.
+
+Every part of workerfleet that moves jobs goes through :class:`QueueClient`: the worker loop
+(:mod:`worker_runtime.worker`), the producer (:mod:`worker_runtime.producer`) and the tests. Each
+operation is one Lua script call (:mod:`worker_runtime.scripts`) over the keys of
+:mod:`worker_runtime.keys`; the contract is docs/architecture.md, "Queue engine API".
+
+Throughput comes from batching: ``fetch`` hands out up to ``count`` jobs in one call, and
+``ack``/``retry``/``dead_letter``/``release`` calls made concurrently are coalesced into one
+script call per kind (a batch leaves as soon as the previous one has returned, so an idle queue
+adds no latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+import pydantic
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.exceptions
+
+from worker_runtime import envelope as envelope_mod
+from worker_runtime import keys as keys_mod
+from worker_runtime import scripts
+
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+MAX_BATCH = 500
+"""Largest number of jobs one script call settles or enqueues (keeps each script short)."""
+
+PROMOTE_LIMIT = 1000
+"""Due delayed jobs moved to the ready streams per fetch (bounds the script's run time)."""
+
+TRACEBACK_KEEP = 4000
+"""Characters of traceback kept per failure (the end, where the error is)."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A global rate limit shared by all workers of a queue: ``jobs`` starts per ``per_seconds``."""
+
+    jobs: int
+    per_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1 or self.per_seconds <= 0:
+            raise ValueError("a rate limit needs jobs >= 1 and per_seconds > 0")
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """Per-queue engine settings (from WorkerSettings / the WorkerPool spec)."""
+
+    lease_seconds: float = 30.0
+    max_deliveries: int = 5
+    dlq_max_length: int = 100_000
+    dlq_retention_seconds: float = 604_800.0
+    rate_limit: RateLimit | None = None
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One delivery of a job to this worker; ``token`` fences every later call about it."""
+
+    id: str
+    token: int
+    envelope: envelope_mod.JobEnvelope
+    attempts: int
+    deliveries: int
+    lost: int
+    leased_until: float
+    fetched_at: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One handler failure, appended to the job's history (the server adds time and counts)."""
+
+    error_type: str
+    message: str
+    traceback: str = ""
+    worker_id: str = ""
+
+
+@dataclass(frozen=True)
+class EnqueueRequest:
+    """One job to enqueue: the envelope and how it enters the queue."""
+
+    envelope: envelope_mod.JobEnvelope
+    delay_seconds: float = 0.0
+    idempotency_ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    """The job id a request resolved to; ``created`` is False when deduplicated."""
+
+    job_id: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class RenewResult:
+    """Which held jobs kept their lease and which were lost (token handed to someone else)."""
+
+    renewed: tuple[str, ...]
+    lost: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """What a worker writes as its heartbeat (readers get ``stats.WorkerHeartbeat``)."""
+
+    worker_id: str
+    pod_name: str
+    concurrency: int
+    in_flight: int
+    processed: int
+    busy_seconds: float
+    started_at: float
+    oldest_job_started_at: float | None
+    draining: bool
+    ttl_seconds: float
+
+
+class DeadLetterReason(StrEnum):
+    """Why a job went to the DLQ (the ``reason`` of its record and of metrics)."""
+
+    MAX_ATTEMPTS = "max_attempts"
+    MAX_DELIVERIES = "max_deliveries"
+    NON_RETRYABLE = "non_retryable"
+    UNKNOWN_TASK = "unknown_task"
+    INVALID_PAYLOAD = "invalid_payload"
+    INVALID_ENVELOPE = "invalid_envelope"
+    UNPARSEABLE_JSON = "unparseable_json"
+    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+
+
+def build_failure(exc: BaseException, *, worker_id: str = "") -> Failure:
+    """A failure record from an exception, with the end of its traceback."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Failure(
+        error_type=type(exc).__qualname__,
+        message=str(exc)[:2000],
+        traceback=tb[-TRACEBACK_KEEP:],
+        worker_id=worker_id,
+    )
+
+
+def build_failure_json(failure: Failure) -> str:
+    """The JSON the scripts append to a job's history."""
+    return json.dumps(
+        {
+            "error_type": failure.error_type,
+            "message": failure.message,
+            "traceback": failure.traceback,
+            "worker": failure.worker_id,
+        }
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Coalescer(Generic[T, R]):
+    """Merges concurrent submissions into one flush call; each caller gets its own result."""
+
+    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]], max_batch: int) -> None:
+        self._flush = flush
+        self._max = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max]
+            del self._pending[: self._max]
+            try:
+                results = await self._flush([item for item, _ in batch])
+            except BaseException as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    for _, fut in self._pending:
+                        fut.cancel()
+                    self._pending.clear()
+                    raise
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def drain(self) -> None:
+        """Wait until everything submitted so far has been flushed."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait({self._task})
+
+
+_AckItem = tuple[str, int, str | None, float | None]
+_RetryItem = tuple[str, int, float, str]
+_DeadItem = tuple[str, int, str, str, bool]
+_ReleaseItem = tuple[str, int]
+
+
+class QueueClient:
+    """The engine for one queue over one asyncio Redis (or Redis Cluster) client."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        queue: str,
+        options: QueueOptions | None = None,
+    ) -> None:
+        self.client = client
+        self.queue = keys_mod.build_queue_name(queue)
+        self.options = options if options is not None else QueueOptions()
+        self.keys = keys_mod.build_keys(queue)
+        self._k = self.keys.script_keys()
+        self._acks: _Coalescer[_AckItem, bool] = _Coalescer(self._flush_acks, MAX_BATCH)
+        self._retries: _Coalescer[_RetryItem, bool] = _Coalescer(self._flush_retries, MAX_BATCH)
+        self._deads: _Coalescer[_DeadItem, bool] = _Coalescer(self._flush_deads, MAX_BATCH)
+        self._releases: _Coalescer[_ReleaseItem, bool] = _Coalescer(
+            self._flush_releases, MAX_BATCH
+        )
+
+    # -- enqueue -----------------------------------------------------------------------------
+
+    async def enqueue(self, request: EnqueueRequest) -> EnqueueResult:
+        """Add one job (see :meth:`enqueue_many`)."""
+        return (await self.enqueue_many([request]))[0]
+
+    async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        """Add jobs atomically per batch of ≤ MAX_BATCH; idempotency keys deduplicate."""
+        out: list[EnqueueResult] = []
+        for start in range(0, len(requests), MAX_BATCH):
+            chunk = requests[start : start + MAX_BATCH]
+            keys, args = build_enqueue_call(self.keys, chunk)
+            raw = await scripts.ENQUEUE(self.client, keys, args)
+            out.extend(build_enqueue_results(raw))
+        return out
+
+    # -- fetch -------------------------------------------------------------------------------
+
+    def _fetch_args(self, worker_id: str, count: int) -> list[scripts.Arg]:
+        o = self.options
+        rl = o.rate_limit
+        return [
+            worker_id,
+            count,
+            int(o.lease_seconds * 1000),
+            o.max_deliveries,
+            PROMOTE_LIMIT,
+            rl.jobs if rl else 0,
+            int(rl.per_seconds * 1000) if rl else 0,
+            o.dlq_max_length,
+            int(o.dlq_retention_seconds * 1000),
+        ]
+
+    async def fetch(self, worker_id: str, count: int, *, block: float = 0.0) -> list[Job]:
+        """Up to ``count`` jobs for ``worker_id``, leased and fenced, in priority order.
+
+        One script call promotes due delayed jobs, reclaims expired leases (poison → DLQ) and
+        reads new entries. With ``block`` > 0 and nothing to do, waits for new entries (or the
+        next due/lease time) up to ``block`` seconds and tries again; [] on timeout.
+        """
+        if count <= 0:
+            return []
+        deadline = time.monotonic() + block
+        args = self._fetch_args(worker_id, count)
+        while True:
+            raw = await scripts.FETCH(self.client, self._k, args)
+            now_ms, _poisoned, next_event, last_ids, flat = raw
+            jobs, invalid = self._build_jobs(float(now_ms), flat)
+            for job_id, token, error in invalid:
+                await self._deads.submit(
+                    (
+                        job_id,
+                        token,
+                        error.reason,
+                        build_failure_json(Failure("EnvelopeError", str(error), "", worker_id)),
+                        False,
+                    )
+                )
+            if jobs or block <= 0:
+                return jobs
+            if invalid:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            wait = remaining
+            if int(next_event) >= 0:
+                wait = min(wait, max(0.001, (int(next_event) - int(now_ms)) / 1000.0))
+            # an idle wait never outlives a typical socket timeout; the loop re-checks
+            wait = min(wait, 2.0)
+            if last_ids:
+                await self._wait_for_entries([_text(x) for x in last_ids], wait)
+            else:
+                await asyncio.sleep(wait)
+
+    async def _wait_for_entries(self, last_ids: list[str], wait: float) -> None:
+        streams: dict[Any, Any] = dict(zip(self.keys.ready, last_ids, strict=True))
+        try:
+            await self.client.xread(streams, count=1, block=max(1, int(wait * 1000)))
+        except (redis.exceptions.TimeoutError, asyncio.TimeoutError):
+            return
+
+    def _build_jobs(
+        self, now_ms: float, flat: Sequence[Any]
+    ) -> tuple[list[Job], list[tuple[str, int, envelope_mod.EnvelopeError]]]:
+        jobs: list[Job] = []
+        invalid: list[tuple[str, int, envelope_mod.EnvelopeError]] = []
+        now = now_ms / 1000.0
+        until = now + self.options.lease_seconds
+        validate = envelope_mod.JobEnvelope.model_validate_json
+        for i in range(0, len(flat), 6):
+            job_id = _text(flat[i])
+            token = int(flat[i + 1])
+            raw_env = flat[i + 2]
+            try:
+                env = validate(raw_env)
+            except pydantic.ValidationError:
+                try:
+                    env = envelope_mod.parse_envelope(raw_env)
+                except envelope_mod.EnvelopeError as error:
+                    invalid.append((job_id, token, error))
+                    continue
+            jobs.append(
+                Job(
+                    id=job_id,
+                    token=token,
+                    envelope=env,
+                    attempts=int(flat[i + 3]),
+                    deliveries=int(flat[i + 4]),
+                    lost=int(flat[i + 5]),
+                    leased_until=until,
+                    fetched_at=now,
+                )
+            )
+        return jobs, invalid
+
+    # -- leases and heartbeats ---------------------------------------------------------------
+
+    async def renew(
+        self,
+        worker_id: str,
+        jobs: Sequence[Job],
+        *,
+        heartbeat: WorkerBeat | None = None,
+    ) -> RenewResult:
+        """Extend the leases of all ``jobs`` in one call; report the ones no longer ours."""
+        args: list[scripts.Arg] = [
+            worker_id,
+            int(self.options.lease_seconds * 1000),
+            build_heartbeat_json(heartbeat) if heartbeat else "",
+            int(heartbeat.ttl_seconds * 1000) if heartbeat else 0,
+            len(jobs),
+        ]
+        for job in jobs:
+            args.extend((job.id, job.token))
+        flags = await scripts.RENEW(self.client, self._k, args)
+        renewed = tuple(j.id for j, f in zip(jobs, flags, strict=True) if int(f) == 1)
+        lost = tuple(j.id for j, f in zip(jobs, flags, strict=True) if int(f) != 1)
+        return RenewResult(renewed=renewed, lost=lost)
+
+    async def heartbeat(self, beat: WorkerBeat) -> None:
+        """Write the worker's heartbeat record (and reap workers whose heartbeat expired)."""
+        await self.renew(beat.worker_id, (), heartbeat=beat)
+
+    async def deregister(self, worker_id: str) -> None:
+        """Remove a worker's heartbeat on a clean exit (it is not counted as lost)."""
+        await scripts.DEREGISTER(self.client, self._k, [worker_id])
+
+    # -- settling a delivery -----------------------------------------------------------------
+
+    async def ack(
+        self,
+        job: Job,
+        *,
+        done_key: str | None = None,
+        done_ttl_seconds: float | None = None,
+    ) -> bool:
+        """Finish a job; False when the token is stale. ``done_key`` is set with the ack."""
+        return await self._acks.submit((job.id, job.token, done_key, done_ttl_seconds))
+
+    async def retry(self, job: Job, failure: Failure, *, delay_seconds: float) -> bool:
+        """Record a failure (attempts+1) and make the job due again after ``delay_seconds``."""
+        item = (job.id, job.token, delay_seconds, build_failure_json(failure))
+        return await self._retries.submit(item)
+
+    async def dead_letter(
+        self,
+        job: Job,
+        reason: str,
+        *,
+        failure: Failure | None = None,
+        attempt: bool = True,
+    ) -> bool:
+        """Move the job to the DLQ; with ``failure`` and ``attempt`` it counts as an attempt."""
+        failure_json = build_failure_json(failure) if failure else ""
+        item = (job.id, job.token, str(reason), failure_json, bool(failure) and attempt)
+        return await self._deads.submit(item)
+
+    async def release(self, job: Job) -> bool:
+        """Give the job back to the ready queue without spending an attempt (drain)."""
+        return await self._releases.submit((job.id, job.token))
+
+    async def aclose(self) -> None:
+        """Wait for every batched settle call to reach Redis."""
+        for c in (self._acks, self._retries, self._deads, self._releases):
+            await c.drain()
+
+    async def _flush_acks(self, items: list[_AckItem]) -> list[bool]:
+        keys = list(self._k)
+        args: list[scripts.Arg] = [len(items)]
+        for job_id, token, done_key, ttl in items:
+            idx = 0
+            if done_key is not None:
+                keys.append(self.keys.done(done_key))
+                idx = len(keys)
+            args.extend((job_id, token, idx, int((ttl or 86_400.0) * 1000)))
+        flags = await scripts.ACK(self.client, keys, args)
+        return [int(f) == 1 for f in flags]
+
+    async def _flush_retries(self, items: list[_RetryItem]) -> list[bool]:
+        args: list[scripts.Arg] = [len(items)]
+        for job_id, token, delay, failure_json in items:
+            args.extend((job_id, token, int(max(0.0, delay) * 1000), failure_json))
+        flags = await scripts.RETRY(self.client, self._k, args)
+        return [int(f) == 1 for f in flags]
+
+    async def _flush_deads(self, items: list[_DeadItem]) -> list[bool]:
+        o = self.options
+        args: list[scripts.Arg] = [
+            len(items),
+            o.dlq_max_length,
+            int(o.dlq_retention_seconds * 1000),
+        ]
+        for job_id, token, reason, failure_json, counts in items:
+            args.extend((job_id, token, reason, failure_json, 1 if counts else 0))
+        flags = await scripts.DEAD_LETTER(self.client, self._k, args)
+        return [int(f) == 1 for f in flags]
+
+    async def _flush_releases(self, items: list[_ReleaseItem]) -> list[bool]:
+        args: list[scripts.Arg] = [len(items)]
+        for job_id, token in items:
+            args.extend((job_id, token))
+        flags = await scripts.RELEASE(self.client, self._k, args)
+        return [int(f) == 1 for f in flags]
+
+
+def build_heartbeat_json(beat: WorkerBeat) -> str:
+    """The heartbeat record a worker writes (``last_seen`` is added from server time)."""
+    data = dataclasses.asdict(beat)
+    data.pop("ttl_seconds")
+    return json.dumps(data)
+
+
+def build_enqueue_call(
+    queue_keys: keys_mod.QueueKeys, requests: Sequence[EnqueueRequest]
+) -> tuple[list[str], list[scripts.Arg]]:
+    """KEYS and ARGV of one enqueue script call (shared by the async and sync producers)."""
+    keys = queue_keys.script_keys()
+    args: list[scripts.Arg] = [len(requests)]
+    for req in requests:
+        env = req.envelope
+        idx = 0
+        ttl_ms = 0
+        if env.idempotency_key is not None:
+            keys.append(queue_keys.idempotency(env.idempotency_key))
+            idx = len(keys)
+            ttl = req.idempotency_ttl_seconds if req.idempotency_ttl_seconds else 86_400.0
+            ttl_ms = int(ttl * 1000)
+        args.extend(
+            (
+                env.id,
+                envelope_mod.build_envelope_json(env),
+                env.priority.value,
+                int(max(0.0, req.delay_seconds) * 1000),
+                idx,
+                ttl_ms,
+            )
+        )
+    return keys, args
+
+
+def build_enqueue_results(raw: Sequence[Any]) -> list[EnqueueResult]:
+    """Parse the enqueue script's reply."""
+    return [
+        EnqueueResult(job_id=_text(raw[i]), created=int(raw[i + 1]) == 1)
+        for i in range(0, len(raw), 2)
+    ]

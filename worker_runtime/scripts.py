@@ -1,0 +1,79 @@
+"""Loads the engine's Lua scripts and runs them by EVALSHA (SCRIPT LOAD on NOSCRIPT); nothing else.
+
+Used by :mod:`worker_runtime.queue`, :mod:`worker_runtime.stats`, :mod:`worker_runtime.dlq` and the
+helpers. Each script is ``lua/_prelude.lua`` (the shared KEYS layout and functions) followed by
+``lua/<name>.lua``; a ``#!lua flags=...`` shebang of the script stays on the first line. Works
+on a single Redis and on Redis Cluster: every call passes the queue's keys, which share one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.exceptions
+
+Arg = str | int | float | bytes
+
+
+def _read(name: str) -> str:
+    return resources.files("worker_runtime").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+def build_source(name: str) -> str:
+    """The full text sent to Redis for script ``name`` (prelude included)."""
+    body = _read(name)
+    prelude = _read("_prelude")
+    if body.startswith("#!"):
+        first, _, rest = body.partition("\n")
+        return f"{first}\n{prelude}\n{rest}"
+    return f"{prelude}\n{body}"
+
+
+@dataclass(frozen=True)
+class Script:
+    """One server-side script: its name, full source and SHA1."""
+
+    name: str
+    source: str
+    sha: str
+
+    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Run on an asyncio client (Redis or RedisCluster); loads the script once if missing."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def call_sync(self, client: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        """Run on a blocking client (redis.Redis or redis.cluster.RedisCluster)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def build_script(name: str) -> Script:
+    """Load ``lua/<name>.lua`` with the prelude and compute its SHA1."""
+    source = build_source(name)
+    return Script(name=name, source=source, sha=hashlib.sha1(source.encode("utf-8")).hexdigest())
+
+
+ENQUEUE = build_script("enqueue")
+FETCH = build_script("fetch")
+ACK = build_script("ack")
+RETRY = build_script("retry")
+DEAD_LETTER = build_script("dead_letter")
+RELEASE = build_script("release")
+RENEW = build_script("renew")
+DEREGISTER = build_script("deregister")
+STATS = build_script("stats")
+DLQ_LIST = build_script("dlq_list")
+DLQ_REPLAY = build_script("dlq_replay")
+DLQ_PURGE = build_script("dlq_purge")
+RATELIMIT = build_script("ratelimit")
