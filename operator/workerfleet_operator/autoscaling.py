@@ -23,6 +23,8 @@ How a decision is made (the order matters, and each step that changes the value 
      ``max(current, 1) x oldestAge / T``, which works before any rate is known.
    Retries waiting in the delayed set (``future_delayed``) and dead letters are not work: only
    ``backlog`` (which includes due retries) and ``in_flight`` enter the signals.
+   In ``keda`` mode decide() keeps the current count (KEDA owns it); in ``disabled`` mode it
+   returns the fixed ``replicas``.
 2. Activation: from 0 replicas the pool wakes only when ``backlog >= activationBacklog``. We use
    ``>=`` (KEDA uses ``>``, with a default of 0) so the default ``activationBacklog: 1`` reads
    "the first job wakes the pool".
@@ -140,6 +142,8 @@ class ScalingPolicy:
     fallback_replicas: int | None = None
     mode: ScalingMode = "builtin"
     dry_run: bool = False
+    # The fixed count of ``mode: disabled`` (``spec.autoscaling.replicas``).
+    replicas: int | None = None
     # How far back arrival and service rates look; at least three polling intervals are used.
     rate_window_seconds: float = 30.0
 
@@ -184,6 +188,8 @@ def build_policy_problems(policy: ScalingPolicy) -> list[str]:
             problems.append(f"{name}.maxStepPods must be >= 1")
     if policy.on_metric_failure == "fallback" and policy.fallback_replicas is None:
         problems.append("onMetricFailure: fallback needs fallbackReplicas")
+    if policy.replicas is not None and policy.replicas < 0:
+        problems.append("replicas must be >= 0")
     if policy.fallback_replicas is not None and policy.fallback_replicas < 0:
         problems.append("fallbackReplicas must be >= 0")
     return problems
@@ -289,15 +295,21 @@ def decide(
 
 
 def _build_unmanaged(policy: ScalingPolicy, current: int, state: ScalerState) -> Decision:
-    """In keda/disabled mode the builtin scaler owns nothing: keep what is there."""
+    """keda mode: KEDA owns the count, keep it; disabled mode: the fixed ``replicas``."""
+    if policy.mode == "disabled" and policy.replicas is not None:
+        desired = policy.replicas
+        reason = f"{_build_verb(current, desired)}: autoscaling disabled, fixed replicas {desired}"
+    else:
+        desired = current
+        reason = f"NotManaged: autoscaling mode {policy.mode}, replicas left at {current}"
     return Decision(
-        desired=current,
+        desired=desired,
         current=current,
         signals={"backlog": None, "capacity": None, "latency": None},
-        raw_desired=current,
+        raw_desired=desired,
         clamped_by=None,
-        reason=f"NotManaged: autoscaling mode {policy.mode}, replicas left at {current}",
-        changed=False,
+        reason=reason,
+        changed=desired != current,
         state=state,
         dry_run=policy.dry_run,
     )

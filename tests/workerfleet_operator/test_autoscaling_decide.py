@@ -496,13 +496,19 @@ def test_a_dry_run_decides_the_same_but_records_no_scale_time() -> None:
     assert "dry run" in autoscaling.build_explanation(decisions[-1])
 
 
-@pytest.mark.parametrize("mode", ["keda", "disabled"])
-def test_outside_builtin_mode_the_scaler_leaves_replicas_alone(mode: str) -> None:
-    policy = replace(BACKLOG_ONLY, mode=mode)  # type: ignore[arg-type]
+def test_in_keda_mode_the_builtin_scaler_leaves_replicas_alone() -> None:
+    policy = replace(BACKLOG_ONLY, mode="keda")
     decision = fx.run(policy, fx.polls(0, 1, backlog=5000), current=3)[0]
     assert decision.desired == 3
     assert not decision.changed
     assert decision.reason.startswith("NotManaged")
+
+
+def test_in_disabled_mode_the_fixed_replica_count_applies_whatever_the_queue() -> None:
+    policy = replace(BACKLOG_ONLY, mode="disabled", replicas=2)
+    decisions = fx.run(policy, [*fx.polls(0, 2, backlog=5000), *fx.outage(10, 1)], current=7)
+    assert fx.desired(decisions) == [2, 2, 2]
+    assert decisions[0].reason == "ScaledDown 7→2: autoscaling disabled, fixed replicas 2"
 
 
 @pytest.mark.parametrize(
