@@ -1,0 +1,79 @@
+{{/*
+Names and labels shared by every template of the workerfleet chart.
+*/}}
+
+{{/* The chart name, overridable with nameOverride. */}}
+{{- define "workerfleet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name prefix: the release name, plus the chart name unless it already contains it. */}}
+{{- define "workerfleet.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the operator's Deployment, pods and metrics Service. */}}
+{{- define "workerfleet.operatorName" -}}
+{{- printf "%s-operator" (include "workerfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* chart label value */}}
+{{- define "workerfleet.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every resource. */}}
+{{- define "workerfleet.labels" -}}
+helm.sh/chart: {{ include "workerfleet.chart" . }}
+{{ include "workerfleet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: workerfleet
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of the operator pods (immutable once installed). */}}
+{{- define "workerfleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "workerfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "workerfleet.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "workerfleet.operatorName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The operator image: repository@digest when a digest is given, else repository:tag. */}}
+{{- define "workerfleet.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if eq $tag "latest" }}
+{{- fail "image.tag must not be \"latest\": pin a version (or image.digest)" }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces with workers, for the workers' NetworkPolicy. */}}
+{{- define "workerfleet.workerNamespaces" -}}
+{{- $ns := .Values.networkPolicy.workers.namespaces | default .Values.watchNamespaces }}
+{{- toJson $ns }}
+{{- end }}
