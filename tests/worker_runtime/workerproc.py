@@ -1,0 +1,236 @@
+"""Test helpers: real redis-server processes, real worker subprocesses, bounded polling.
+
+Used by the worker, drain, CLI and chaos tests. Everything listens on 127.0.0.1, every wait has
+a deadline, and every process started here is stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import redis
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE_APP = "tests.worker_runtime.tasks_fixture:app"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns a truthy value or ``timeout`` passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {message}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server of our own on a loopback port; can be stopped and restarted in place."""
+
+    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (make deps installs it)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="wf-redis-")
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
+        ]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        try:
+
+            def up() -> bool:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                try:
+                    return bool(client.ping())
+                except redis.exceptions.ConnectionError:
+                    return False
+
+            wait_until(up, 10.0, f"redis-server on port {self.port}")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def new_queue(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class WorkerProc:
+    """One ``python -m worker_runtime worker`` subprocess with its own log file."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        queue: str,
+        *,
+        concurrency: int = 4,
+        lease_seconds: float = 3.0,
+        drain_timeout: float = 10.0,
+        metrics_port: int = 0,
+        extra_env: dict[str, str] | None = None,
+        app: str = FIXTURE_APP,
+        log_dir: str | None = None,
+    ) -> None:
+        self.queue = queue
+        self.metrics_port = metrics_port
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "operator")]),
+            "WORKERFLEET_REDIS_URL": redis_url,
+            "WORKERFLEET_QUEUE": queue,
+            "WORKERFLEET_CONCURRENCY": str(concurrency),
+            "WORKERFLEET_LEASE_SECONDS": str(lease_seconds),
+            "WORKERFLEET_DRAIN_TIMEOUT_SECONDS": str(drain_timeout),
+            "WORKERFLEET_METRICS_PORT": str(metrics_port),
+            "WORKERFLEET_METRICS_HOST": "127.0.0.1",
+            "WORKERFLEET_LOG_FORMAT": "json",
+            "WORKERFLEET_LOG_LEVEL": "info",
+            "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS": "0.05",
+            "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "0.5",
+            **(extra_env or {}),
+        }
+        self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="wf-worker-")) / (
+            f"worker-{uuid.uuid4().hex[:6]}.log"
+        )
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker_runtime", "worker", app],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.pid = self.proc.pid
+
+    def send(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.logs().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def http(self, path: str) -> tuple[int, dict[str, Any] | str]:
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                body = resp.read().decode()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode()
+            status = exc.code
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGCONT)
+                os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        self._log.close()
+
+
+@contextlib.contextmanager
+def workers(*procs: WorkerProc) -> Iterator[tuple[WorkerProc, ...]]:
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def events(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    """What the fixture tasks recorded, in order."""
+    return [json.loads(e) for e in client.lrange(f"test:{queue}:events", 0, -1)]
+
+
+def done_counts(client: redis.Redis, queue: str) -> dict[str, int]:
+    return {k: int(v) for k, v in client.hgetall(f"test:{queue}:done").items()}

@@ -1,0 +1,393 @@
+"""The developer API: ``App``, task registration, ``JobContext`` and the control-flow exceptions.
+
+Application code declares tasks on an :class:`App` and enqueues jobs through it; the worker
+(:mod:`worker_runtime.worker`) looks tasks up by name in ``App.tasks``. Nothing here is imported
+or resolved because a message says so: a job names a task, and only tasks registered with
+``@app.task`` can run.
+
+    app = App(queue="email-notifications")
+
+    @app.task("send-email", retry=Retry(max_attempts=5), timeout=30)
+    async def send_email(payload: Email, ctx: JobContext) -> None: ...
+
+    await app.enqueue("send-email", Email(...), priority=Priority.HIGH)
+
+Handlers take the validated payload (typed by the first parameter's annotation, usually a
+pydantic model) and optionally a :class:`JobContext`. They finish normally (ack), raise
+:class:`Reject` or a configured ``non_retryable`` type (straight to the DLQ), raise
+:class:`RetryLater` (retry after the given delay or ``Retry-After``), or raise anything else
+(retry with backoff until ``max_attempts``, then the DLQ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+
+from pydantic import BaseModel, TypeAdapter
+
+from worker_runtime import backoff, envelope, logs
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+    from worker_runtime import producer as producer_mod
+    from worker_runtime import queue as queue_mod
+
+Priority = envelope.Priority
+HIGH = Priority.HIGH
+NORMAL = Priority.NORMAL
+LOW = Priority.LOW
+
+Handler = Callable[..., Any]
+F = TypeVar("F", bound=Handler)
+
+
+class Reject(Exception):
+    """Raise from a handler to send the job to the dead-letter queue now, without retries."""
+
+    def __init__(self, reason: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RetryLater(Exception):
+    """Raise from a handler to retry after ``delay`` seconds (or an HTTP ``Retry-After`` value).
+
+    The attempt counts toward ``max_attempts`` so a job that always asks for later still ends in
+    the DLQ. Without a delay the task's backoff decides.
+    """
+
+    def __init__(self, delay: float | None = None, *, retry_after: str | None = None) -> None:
+        if delay is None and retry_after is not None:
+            delay = backoff.parse_retry_after(retry_after)
+        self.delay = None if delay is None else max(0.0, float(delay))
+        super().__init__(f"retry requested in {self.delay}s" if self.delay is not None else "")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Per-task retry policy; fields left ``None`` fall back to the worker settings."""
+
+    max_attempts: int | None = None
+    backoff: backoff.Backoff | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and self.max_attempts < 1:
+            msg = "max_attempts must be >= 1"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One registered task: what the worker needs to validate, run and settle its jobs."""
+
+    name: str
+    handler: Handler
+    payload_adapter: TypeAdapter[Any]
+    is_async: bool
+    wants_context: bool
+    retry: Retry | None
+    timeout: float | None
+    non_retryable: tuple[type[BaseException], ...]
+    logger: logging.LoggerAdapter[logging.Logger]
+
+
+class JobContext:
+    """What a handler knows about the job it runs. One per delivery; cheap to create.
+
+    ``attempt`` is 1 for the first run and grows with each recorded failure; ``deliveries``
+    counts every hand-out (crashes and lease expiries too). ``lease_lost`` turns true when the
+    worker learns the job was handed to someone else: a long handler can check it and stop,
+    because its result will be discarded anyway.
+    """
+
+    __slots__ = (
+        "_done_key",
+        "_done_ttl",
+        "_idempotency",
+        "_loop",
+        "attempt",
+        "correlation_id",
+        "deliveries",
+        "enqueued_at",
+        "headers",
+        "idempotency_key",
+        "job_id",
+        "lease_lost",
+        "leased_until",
+        "logger",
+        "priority",
+        "queue",
+        "task",
+        "worker_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        task: str,
+        queue: str,
+        attempt: int,
+        deliveries: int,
+        correlation_id: str | None,
+        idempotency_key: str | None,
+        enqueued_at: float,
+        headers: Mapping[str, str],
+        priority: envelope.Priority,
+        leased_until: float,
+        worker_id: str,
+        logger: logging.LoggerAdapter[logging.Logger],
+        idempotency: Callable[[str], Awaitable[bool]] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.task = task
+        self.queue = queue
+        self.attempt = attempt
+        self.deliveries = deliveries
+        self.correlation_id = correlation_id
+        self.idempotency_key = idempotency_key
+        self.enqueued_at = enqueued_at
+        self.headers = headers
+        self.priority = priority
+        self.leased_until = leased_until
+        self.worker_id = worker_id
+        self.logger = logger
+        self.lease_lost = False
+        self._idempotency = idempotency
+        self._loop = loop
+        self._done_key: str | None = None
+        self._done_ttl: float | None = None
+
+    async def already_done(self, key: str | None = None) -> bool:
+        """Whether ``key`` (default: the job's idempotency key) was recorded done by an ack."""
+        key = key if key is not None else self.idempotency_key
+        if key is None or self._idempotency is None:
+            return False
+        return await self._idempotency(key)
+
+    def already_done_sync(self, key: str | None = None) -> bool:
+        """:meth:`already_done` for sync handlers (they run in a worker thread)."""
+        if self._loop is None:
+            return False
+        return asyncio.run_coroutine_threadsafe(self.already_done(key), self._loop).result(30.0)
+
+    def mark_done_on_ack(self, key: str | None = None, *, ttl_seconds: float = 86_400.0) -> None:
+        """Record ``key`` as done atomically with this job's ack (only if the ack succeeds)."""
+        key = key if key is not None else self.idempotency_key
+        if key is None:
+            msg = "mark_done_on_ack needs a key: the job has no idempotency key"
+            raise ValueError(msg)
+        self._done_key = key
+        self._done_ttl = ttl_seconds
+
+    @property
+    def done_key(self) -> tuple[str | None, float | None]:
+        """The idempotency key (and TTL) the ack should record, if the handler asked for one."""
+        return self._done_key, self._done_ttl
+
+
+def _build_task_spec(
+    name: str,
+    handler: Handler,
+    *,
+    retry: Retry | None,
+    timeout: float | None,
+    non_retryable: Sequence[type[BaseException]],
+    payload: type[Any] | None,
+) -> TaskSpec:
+    params = [
+        p
+        for p in inspect.signature(handler).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not 1 <= len(params) <= 2:
+        msg = f"task {name!r}: handler must take (payload) or (payload, ctx)"
+        raise TypeError(msg)
+    if payload is None:
+        hints = get_type_hints(handler)
+        payload = hints.get(params[0].name, Any)
+    if timeout is not None and timeout <= 0:
+        msg = f"task {name!r}: timeout must be > 0"
+        raise ValueError(msg)
+    return TaskSpec(
+        name=name,
+        handler=handler,
+        payload_adapter=TypeAdapter(payload),
+        is_async=inspect.iscoroutinefunction(handler),
+        wants_context=len(params) == 2,
+        retry=retry,
+        timeout=timeout,
+        non_retryable=tuple(non_retryable),
+        logger=logs.get_logger(f"task.{name}"),
+    )
+
+
+@dataclass
+class _Producers:
+    # The async producer is bound to the event loop that created its client.
+    loop: asyncio.AbstractEventLoop | None = None
+    async_producer: producer_mod.Producer | None = None
+    sync_producer: producer_mod.SyncProducer | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class App:
+    """A queue's task registry plus the producer API for it."""
+
+    def __init__(self, queue: str, *, redis_url: str | None = None) -> None:
+        self.queue = queue
+        self.redis_url = redis_url
+        self.tasks: dict[str, TaskSpec] = {}
+        self._producers = _Producers()
+
+    def task(
+        self,
+        name: str,
+        *,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        non_retryable: Sequence[type[BaseException]] = (),
+        payload: type[Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a handler under ``name`` (the name jobs carry; never an import path)."""
+
+        def register(handler: F) -> F:
+            if name in self.tasks:
+                msg = f"task {name!r} is already registered"
+                raise ValueError(msg)
+            self.tasks[name] = _build_task_spec(
+                name,
+                handler,
+                retry=retry,
+                timeout=timeout,
+                non_retryable=non_retryable,
+                payload=payload,
+            )
+            return handler
+
+        return register
+
+    # ---- producing -------------------------------------------------------------------------
+
+    def bind(self, client: redis.asyncio.Redis | Any) -> None:
+        """Use ``client`` (on the running loop) for ``enqueue``; the worker binds its own."""
+        from worker_runtime import producer
+
+        self._producers.loop = asyncio.get_running_loop()
+        self._producers.async_producer = producer.Producer(client, self.queue)
+
+    def _url(self) -> str:
+        url = self.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+        if not url:
+            msg = "no Redis URL: pass App(redis_url=...) or set WORKERFLEET_REDIS_URL"
+            raise RuntimeError(msg)
+        return url
+
+    def _async_producer(self) -> producer_mod.Producer:
+        from worker_runtime import connection, producer
+
+        loop = asyncio.get_running_loop()
+        p = self._producers
+        if p.async_producer is None or p.loop is not loop:
+            p.async_producer = producer.Producer(connection.fetch_client(self._url()), self.queue)
+            p.loop = loop
+        return p.async_producer
+
+    def _sync_producer(self) -> producer_mod.SyncProducer:
+        from worker_runtime import connection, producer
+
+        p = self._producers
+        with p.lock:
+            if p.sync_producer is None:
+                client = connection.fetch_sync_client(self._url())
+                p.sync_producer = producer.SyncProducer(client, self.queue)
+            return p.sync_producer
+
+    def _checked_payload(self, task: str, payload: BaseModel | Mapping[str, Any]) -> Any:
+        # When this process knows the task, a bad payload fails here, at the caller, not later
+        # in a worker's dead-letter queue.
+        spec = self.tasks.get(task)
+        if spec is None:
+            return payload
+        value = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+        validated = spec.payload_adapter.validate_python(value)
+        return validated if isinstance(validated, BaseModel) else payload
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        delay: float | None = None,
+        eta: datetime | float | None = None,
+        priority: envelope.Priority | str = NORMAL,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 86_400.0,
+        correlation_id: str | None = None,
+        max_attempts: int | None = None,
+    ) -> queue_mod.EnqueueResult:
+        """Enqueue one job; returns its id and whether it was created (False: deduplicated)."""
+        return await self._async_producer().enqueue(
+            task,
+            self._checked_payload(task, payload),
+            delay=delay,
+            eta=eta,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            correlation_id=correlation_id,
+            max_attempts=max_attempts,
+        )
+
+    async def enqueue_many(
+        self, jobs: Sequence[producer_mod.JobSpec]
+    ) -> list[queue_mod.EnqueueResult]:
+        """Enqueue many jobs in pipelined batches."""
+        return await self._async_producer().enqueue_many(jobs)
+
+    def enqueue_sync(
+        self,
+        task: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        delay: float | None = None,
+        eta: datetime | float | None = None,
+        priority: envelope.Priority | str = NORMAL,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 86_400.0,
+        correlation_id: str | None = None,
+        max_attempts: int | None = None,
+    ) -> queue_mod.EnqueueResult:
+        """Blocking :meth:`enqueue` for sync code (web views, scripts)."""
+        return self._sync_producer().enqueue(
+            task,
+            self._checked_payload(task, payload),
+            delay=delay,
+            eta=eta,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            correlation_id=correlation_id,
+            max_attempts=max_attempts,
+        )
+
+    async def aclose(self) -> None:
+        """Close the producer connections this App opened."""
+        p = self._producers
+        if p.async_producer is not None:
+            await p.async_producer.aclose()
+            p.async_producer = None
+        if p.sync_producer is not None:
+            p.sync_producer.close()
+            p.sync_producer = None

@@ -1,0 +1,560 @@
+"""The runtime's commands: ``worker``, ``queue stats``, ``dlq ls|show|replay|purge``, ``enqueue``.
+
+Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli`` (through
+:func:`register_commands`) and runnable without the operator as ``python -m worker_runtime``
+(:func:`main`). Registration only builds argparse parsers; each handler imports what it needs
+when it runs. Every read command has a ``--json`` variant for scripts; the default output is
+a table that fits a terminal.
+
+Connection settings come from flags or the environment (``WORKERFLEET_REDIS_URL``,
+``WORKERFLEET_QUEUE``), exactly as a worker pod sees them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from worker_runtime import app as app_mod
+    from worker_runtime import dlq, stats
+
+SubParsers = Any  # argparse's _SubParsersAction is private
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+# ---- registration ----------------------------------------------------------------------------
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis URL (default: $WORKERFLEET_REDIS_URL)",
+    )
+    parser.add_argument(
+        "--queue", "-q", default=None, help="queue name (default: $WORKERFLEET_QUEUE)"
+    )
+
+
+def register_commands(subparsers: SubParsers) -> None:
+    """Add the runtime's subcommands to a ``workerfleet`` subparsers object."""
+    w = subparsers.add_parser(
+        "worker",
+        help="run a worker process for an App",
+        description="Run a worker: fetch jobs of the App's queue and run its tasks. "
+        "Flags override the WORKERFLEET_* environment.",
+    )
+    w.add_argument("app", nargs="?", default=None, help="MODULE:ATTR of the App ($WORKERFLEET_APP)")
+    _connection_flags(w)
+    w.add_argument("--concurrency", "-c", type=int, default=None, help="jobs in flight")
+    w.add_argument("--lease-seconds", type=float, default=None)
+    w.add_argument("--drain-timeout", type=float, default=None, help="drain budget in seconds")
+    w.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
+    w.add_argument("--log-format", choices=("json", "text"), default=None)
+    w.add_argument("--log-level", default=None)
+    w.set_defaults(handler=cmd_worker)
+
+    q = subparsers.add_parser("queue", help="inspect a queue")
+    qsub = q.add_subparsers(dest="queue_command", metavar="COMMAND")
+    qs = qsub.add_parser("stats", help="backlog, in flight, delayed, DLQ, workers (read-only)")
+    _connection_flags(qs)
+    qs.add_argument("--json", action="store_true", help="machine-readable output")
+    qs.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
+    qs.set_defaults(handler=cmd_queue_stats)
+    q.set_defaults(handler=_needs_subcommand(q))
+
+    d = subparsers.add_parser("dlq", help="list, show, replay or purge dead letters")
+    dsub = d.add_subparsers(dest="dlq_command", metavar="COMMAND")
+    ls = dsub.add_parser("ls", help="list dead letters, newest first")
+    _connection_flags(ls)
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--offset", type=int, default=0)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=cmd_dlq_ls)
+    show = dsub.add_parser("show", help="one dead letter with its payload and failure history")
+    _connection_flags(show)
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_dlq_show)
+    rp = dsub.add_parser("replay", help="put dead letters back on the queue (rate-limited)")
+    _connection_flags(rp)
+    rp.add_argument("job_ids", nargs="*", help="job ids (or --all)")
+    rp.add_argument("--all", action="store_true", help="replay every dead letter")
+    rp.add_argument("--limit", type=int, default=None, help="at most this many (oldest first)")
+    rp.add_argument("--reset-attempts", action="store_true", help="start attempts from zero")
+    rp.add_argument("--rate", type=float, default=100.0, help="jobs per second (default 100)")
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(handler=cmd_dlq_replay)
+    pg = dsub.add_parser("purge", help="delete dead letters")
+    _connection_flags(pg)
+    pg.add_argument("job_ids", nargs="*", help="job ids (or --all / --older-than)")
+    pg.add_argument("--all", action="store_true", help="delete every dead letter")
+    pg.add_argument("--older-than", type=float, default=None, metavar="SECONDS")
+    pg.add_argument("--yes", action="store_true", help="required with --all")
+    pg.add_argument("--json", action="store_true")
+    pg.set_defaults(handler=cmd_dlq_purge)
+    d.set_defaults(handler=_needs_subcommand(d))
+
+    e = subparsers.add_parser("enqueue", help="enqueue one job")
+    _connection_flags(e)
+    e.add_argument("task", help="task name")
+    e.add_argument("payload", help="payload as JSON (or @file.json, or - for stdin)")
+    e.add_argument("--delay", type=float, default=None, help="seconds before it may run")
+    e.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
+    e.add_argument("--idempotency-key", default=None)
+    e.add_argument("--correlation-id", default=None)
+    e.add_argument("--max-attempts", type=int, default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(handler=cmd_enqueue)
+
+
+def _needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def handler(_: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m worker_runtime`` (the runtime's commands only)."""
+    parser = argparse.ArgumentParser(prog="python -m worker_runtime")
+    register_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m worker_runtime``."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return int(handler(args) or 0)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def load_app(path: str) -> app_mod.App:
+    """Import ``module:attr`` named on the command line (never from a message) and check it."""
+    from worker_runtime import app as app_mod
+
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        msg = f"expected MODULE:ATTR, got {path!r}"
+        raise CliError(msg)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # Like `python -m`, find application modules relative to the working directory.
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            msg = f"{module_name!r} has no attribute {attr!r}"
+            raise CliError(msg)
+    if not isinstance(obj, app_mod.App):
+        msg = f"{path} is a {type(obj).__name__}, not a worker_runtime.App"
+        raise CliError(msg)
+    return obj
+
+
+def _redis_url(args: argparse.Namespace) -> str:
+    url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+    if not url:
+        msg = "no Redis URL: pass --redis-url or set WORKERFLEET_REDIS_URL"
+        raise CliError(msg)
+    return str(url)
+
+
+def _queue_name(args: argparse.Namespace) -> str:
+    name = args.queue or os.environ.get("WORKERFLEET_QUEUE")
+    if not name:
+        msg = "no queue: pass --queue or set WORKERFLEET_QUEUE"
+        raise CliError(msg)
+    return str(name)
+
+
+def _run_async(make: Callable[[Any], Any], url: str) -> Any:
+    from worker_runtime import connection
+
+    async def go() -> Any:
+        client = connection.fetch_client(url)
+        try:
+            return await make(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def wrapped(args: argparse.Namespace) -> int:
+        import redis.exceptions
+
+        try:
+            return fn(args)
+        except CliError as exc:
+            print(f"workerfleet: {exc}", file=sys.stderr)
+            return 2
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            print(f"workerfleet: cannot reach Redis: {exc}", file=sys.stderr)
+            return 1
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+# ---- worker ----------------------------------------------------------------------------------
+
+
+@_guard
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker until SIGTERM/SIGINT (then drain and exit 0)."""
+    from pydantic import ValidationError
+
+    from worker_runtime import config, logs, worker
+
+    app_path = args.app or os.environ.get("WORKERFLEET_APP")
+    if not app_path:
+        msg = "no app: pass MODULE:ATTR or set WORKERFLEET_APP"
+        raise CliError(msg)
+    overrides: dict[str, Any] = {
+        "redis_url": args.redis_url,
+        "queue": args.queue,
+        "concurrency": args.concurrency,
+        "lease_seconds": args.lease_seconds,
+        "drain_timeout_seconds": args.drain_timeout,
+        "metrics_port": args.metrics_port,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+        "app": app_path,
+    }
+    try:
+        settings = config.WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"WORKERFLEET_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise CliError(f"invalid settings: {problems}") from None
+    logs.configure(settings.log_level, settings.log_format)
+    app = load_app(app_path)
+    return worker.run_worker(app, settings)
+
+
+# ---- queue stats -----------------------------------------------------------------------------
+
+
+def build_stats_json(s: stats.QueueStats) -> dict[str, Any]:
+    """QueueStats as plain JSON (stable keys, for scripts and the tests)."""
+    import dataclasses
+
+    data = dataclasses.asdict(s)
+    data["workers"] = [dataclasses.asdict(w) for w in s.workers]
+    return data
+
+
+def _render_stats(s: stats.QueueStats) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    rows = [
+        ("queue", s.queue),
+        ("backlog", f"{s.backlog:,}"),
+        ("  due delayed", f"{s.due_delayed:,}"),
+        ("delayed (future)", f"{s.future_delayed:,}"),
+        ("in flight", f"{s.in_flight:,}"),
+        ("dead letters", f"{s.dead_letter:,}"),
+        ("oldest job age", _age(s.oldest_job_age_seconds)),
+        ("enqueued total", f"{s.enqueued_total:,}"),
+        ("completed total", f"{s.completed_total:,}"),
+        ("failed total", f"{s.failed_total:,}"),
+        ("retried total", f"{s.retried_total:,}"),
+        ("dead-lettered total", f"{s.dead_lettered_total:,}"),
+        ("workers lost total", f"{s.workers_lost_total:,}"),
+    ]
+    for k, v in rows:
+        summary.add_row(k, v)
+    workers = Table(title=f"{len(s.workers)} live worker(s)", title_justify="left")
+    for col in ("worker", "pod", "in flight", "processed", "busy", "up", "oldest job", "state"):
+        workers.add_column(
+            col, justify="right" if col not in ("worker", "pod", "state") else "left"
+        )
+    for w in s.workers:
+        workers.add_row(
+            w.worker_id,
+            w.pod_name,
+            f"{w.in_flight}/{w.concurrency}",
+            f"{w.processed:,}",
+            _age(w.busy_seconds),
+            _age(s.now - w.started_at),
+            _age(None if w.oldest_job_started_at is None else s.now - w.oldest_job_started_at),
+            "draining" if w.draining else "running",
+        )
+    return Group(summary, workers)
+
+
+@_guard
+def cmd_queue_stats(args: argparse.Namespace) -> int:
+    """Print the queue's stats (one read-only round trip)."""
+    from worker_runtime import stats
+
+    url, queue = _redis_url(args), _queue_name(args)
+
+    async def once(client: Any) -> stats.QueueStats:
+        return await stats.fetch_queue_stats(client, queue)
+
+    if args.watch is None:
+        s = _run_async(once, url)
+        if args.json:
+            _print_json(build_stats_json(s))
+        else:
+            _console().print(_render_stats(s))
+        return 0
+
+    from rich.live import Live
+
+    async def watch(client: Any) -> None:
+        with Live(auto_refresh=False) as live:
+            while True:
+                live.update(_render_stats(await once(client)), refresh=True)
+                await asyncio.sleep(max(0.2, args.watch))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run_async(watch, url)
+    return 0
+
+
+# ---- dlq -------------------------------------------------------------------------------------
+
+
+def build_dead_letter_json(d: dlq.DeadLetter) -> dict[str, Any]:
+    """A DeadLetter as plain JSON; the envelope is decoded when it is valid JSON."""
+    import dataclasses
+
+    data = dataclasses.asdict(d)
+    try:
+        data["envelope"] = json.loads(d.envelope_raw)
+    except (ValueError, TypeError):
+        data["envelope"] = None
+    return data
+
+
+@_guard
+def cmd_dlq_ls(args: argparse.Namespace) -> int:
+    """List dead letters, newest first."""
+    from worker_runtime import dlq
+
+    url, queue = _redis_url(args), _queue_name(args)
+
+    async def go(client: Any) -> list[dlq.DeadLetter]:
+        return await dlq.fetch_dead_letters(client, queue, offset=args.offset, limit=args.limit)
+
+    items = _run_async(go, url)
+    if args.json:
+        _print_json([build_dead_letter_json(d) for d in items])
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"dead letters of {queue} (newest first)", title_justify="left")
+    for col in ("job id", "task", "reason", "attempts", "deliveries", "age", "last error"):
+        table.add_column(col, overflow="fold" if col == "last error" else "ellipsis")
+    now = time.time()
+    for d in items:
+        last = d.history[-1] if d.history else None
+        error = f"{last.error_type}: {last.message}" if last is not None else ""
+        table.add_row(
+            d.job_id,
+            d.task,
+            d.reason,
+            str(d.attempts),
+            str(d.deliveries),
+            _age(now - d.dead_lettered_at),
+            error[:120],
+        )
+    _console().print(table)
+    if not items:
+        print("no dead letters", file=sys.stderr)
+    return 0
+
+
+@_guard
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    """Show one dead letter: payload and failure history."""
+    from worker_runtime import dlq
+
+    url, queue = _redis_url(args), _queue_name(args)
+
+    async def go(client: Any) -> dlq.DeadLetter | None:
+        return await dlq.fetch_dead_letter(client, queue, args.job_id)
+
+    d = _run_async(go, url)
+    if d is None:
+        print(f"workerfleet: no dead letter {args.job_id!r} in {queue}", file=sys.stderr)
+        return 1
+    data = build_dead_letter_json(d)
+    if args.json:
+        _print_json(data)
+        return 0
+    console = _console()
+    console.print(f"[bold]{d.job_id}[/bold]  task={d.task}  reason={d.reason}")
+    console.print(
+        f"attempts={d.attempts} deliveries={d.deliveries} lost={d.lost} "
+        f"worker={d.worker_id or '-'} correlation_id={d.correlation_id or '-'}"
+    )
+    console.print(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}")
+    for i, f in enumerate(d.history, 1):
+        console.print(f"[bold]failure {i}[/bold] {f.error_type}: {f.message}")
+        trace = getattr(f, "traceback", "")
+        if trace:
+            console.print(trace.rstrip(), style="dim")
+    return 0
+
+
+@_guard
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    """Replay dead letters onto the queue, rate-limited."""
+    from worker_runtime import dlq
+
+    url, queue = _redis_url(args), _queue_name(args)
+    if not args.job_ids and not args.all and args.limit is None:
+        msg = "name job ids, or pass --all or --limit N"
+        raise CliError(msg)
+
+    async def go(client: Any) -> int:
+        return await dlq.apply_replay(
+            client,
+            queue,
+            job_ids=args.job_ids or None,
+            limit=args.limit,
+            reset_attempts=args.reset_attempts,
+            rate_per_second=args.rate,
+        )
+
+    count = _run_async(go, url)
+    if args.json:
+        _print_json({"replayed": count})
+    else:
+        print(f"replayed {count} job(s) onto {queue}")
+    return 0
+
+
+@_guard
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    """Delete dead letters."""
+    from worker_runtime import dlq
+
+    url, queue = _redis_url(args), _queue_name(args)
+    if not args.job_ids and not args.all and args.older_than is None:
+        msg = "name job ids, or pass --all --yes or --older-than SECONDS"
+        raise CliError(msg)
+    if args.all and not args.yes:
+        msg = "--all deletes every dead letter: add --yes to confirm"
+        raise CliError(msg)
+
+    async def go(client: Any) -> int:
+        return await dlq.delete_dead_letters(
+            client,
+            queue,
+            job_ids=args.job_ids or None,
+            older_than_seconds=args.older_than,
+            everything=bool(args.all),
+        )
+
+    count = _run_async(go, url)
+    if args.json:
+        _print_json({"purged": count})
+    else:
+        print(f"purged {count} dead letter(s) from {queue}")
+    return 0
+
+
+# ---- enqueue ---------------------------------------------------------------------------------
+
+
+def _read_payload(text: str) -> Any:
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as fh:
+            text = fh.read()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        msg = f"payload is not valid JSON: {exc}"
+        raise CliError(msg) from None
+
+
+@_guard
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    """Enqueue one job (the payload is validated by the worker's task model when it runs)."""
+    from worker_runtime import producer
+
+    url, queue = _redis_url(args), _queue_name(args)
+    payload = _read_payload(args.payload)
+    if not isinstance(payload, dict):
+        msg = "payload must be a JSON object"
+        raise CliError(msg)
+
+    async def go(client: Any) -> Any:
+        p = producer.Producer(client, queue)
+        return await p.enqueue(
+            args.task,
+            payload,
+            delay=args.delay,
+            priority=args.priority,
+            idempotency_key=args.idempotency_key,
+            correlation_id=args.correlation_id,
+            max_attempts=args.max_attempts,
+        )
+
+    result = _run_async(go, url)
+    if args.json:
+        _print_json({"job_id": result.job_id, "created": result.created, "queue": queue})
+    elif result.created:
+        print(f"enqueued {result.job_id} on {queue}")
+    else:
+        print(f"duplicate of {result.job_id} (idempotency key already used); nothing enqueued")
+    return 0

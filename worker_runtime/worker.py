@@ -1,0 +1,841 @@
+"""The worker process: fetch jobs into free slots, run handlers, settle them, drain on SIGTERM.
+
+Started by ``workerfleet worker MODULE:APP`` (:mod:`worker_runtime.cli`) or by tests and the
+local fleet through :func:`run_worker`. Two threads:
+
+* the **job loop** (main thread, asyncio): fetches at most as many jobs as it has free slots
+  (one script call for the whole batch; the engine folds promotion of due retries, reclaim of
+  expired leases and poison detection into it), runs async handlers as tasks and sync handlers
+  in a bounded pool of daemon threads, and settles each job with ``ack``/``retry``/
+  ``dead_letter`` (the engine coalesces concurrent settles into one script call);
+* the **control thread** (its own event loop and Redis connection): renews the leases of all
+  held jobs and writes the worker heartbeat in one call every ``lease/3``, and serves
+  ``/metrics``, ``/healthz``, ``/readyz``. A handler that blocks the job loop's event loop, or a
+  sync handler hogging a thread, therefore cannot stop lease renewal (a failure mode of several
+  peers); ``/healthz`` reports a stalled job loop instead.
+
+Counting and fencing: a job whose renewal reports it lost (the lease expired and the job was
+handed to someone else) is never acknowledged; the engine rejects such a stale settle anyway.
+
+Timeouts: an async handler past its timeout is cancelled and the attempt fails with outcome
+``timeout``. A sync handler cannot be killed (Python threads cannot be interrupted): at the
+timeout its attempt is recorded as failed (``timeout``) and retried or dead-lettered like any
+failure, its eventual result is discarded, and its thread keeps its slot until the function
+returns, so the worker never runs more than ``concurrency`` handlers at once.
+
+Drain (SIGTERM/SIGINT; handlers only set flags, so this is safe as PID 1): stop fetching at
+once, report not-ready, let in-flight jobs finish until the budget
+(``WORKERFLEET_DRAIN_TIMEOUT_SECONDS``) is almost spent, release the rest to the queue without
+spending an attempt, deregister and return exit code 0 before the budget ends. A second signal
+releases immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import os
+import queue as stdlib_queue
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.exceptions
+from pydantic import ValidationError
+
+from worker_runtime import app as app_mod
+from worker_runtime import backoff, config, connection, health, logs, metrics
+from worker_runtime import queue as queue_mod
+
+log = logs.get_logger("worker")
+
+# Errors that mean "Redis is unreachable or stalled right now": retried with backoff.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    OSError,
+    TimeoutError,
+)
+
+FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the loop looks around
+
+
+class DaemonThreadPool(concurrent.futures.Executor):
+    """A bounded executor of daemon threads for sync handlers.
+
+    ``ThreadPoolExecutor`` joins its threads at interpreter exit, so one stuck sync handler
+    would keep a drained worker alive past its grace period; daemon threads do not.
+    """
+
+    def __init__(self, max_workers: int, name: str = "wf-sync") -> None:
+        self._max = max_workers
+        self._name = name
+        self._work: stdlib_queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ] = stdlib_queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            msg = "DaemonThreadPool.submit takes positional arguments only"
+            raise TypeError(msg)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._shutdown:
+                msg = "pool is shut down"
+                raise RuntimeError(msg)
+            self._work.put((future, fn, args))
+            if self._idle == 0 and len(self._threads) < self._max:
+                t = threading.Thread(
+                    target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(t)
+                t.start()
+            else:
+                self._idle -= 1 if self._idle > 0 else 0
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            future, fn, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            for _ in self._threads:
+                self._work.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
+@dataclass
+class _Held:
+    """One job this worker holds, from fetch until its settle returned."""
+
+    job: queue_mod.Job
+    spec: app_mod.TaskSpec | None
+    ctx: app_mod.JobContext | None
+    started_wall: float
+    started: float = 0.0
+    task: asyncio.Task[None] | None = None
+    lost: bool = False  # renewal found the lease gone: never settle
+    released: bool = False  # drain released it: the handler's result is discarded
+    settling: bool = False  # the handler finished; its settle call is on its way
+
+
+class Worker:
+    """One worker process's job loop. Create, then ``await run()`` (returns the exit code)."""
+
+    def __init__(
+        self,
+        app: app_mod.App,
+        settings: config.WorkerSettings,
+        *,
+        worker_id: str | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.queue_name = settings.queue or app.queue
+        self.worker_id = worker_id or f"{settings.pod_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.concurrency = settings.concurrency
+        self.install_signal_handlers = install_signal_handlers
+        self.metrics = metrics.WorkerMetrics(self.queue_name)
+        self.health = health.HealthState(settings.health_stale_after_seconds)
+        rate = None
+        if settings.rate_limit_jobs is not None and settings.rate_limit_per_seconds is not None:
+            rate = queue_mod.RateLimit(
+                jobs=settings.rate_limit_jobs, per_seconds=settings.rate_limit_per_seconds
+            )
+        self.options = queue_mod.QueueOptions(
+            lease_seconds=settings.lease_seconds,
+            max_deliveries=settings.retry_max_deliveries,
+            dlq_max_length=settings.dlq_max_length,
+            dlq_retention_seconds=settings.dlq_retention_seconds,
+            rate_limit=rate,
+        )
+        self.default_backoff = backoff.Backoff(
+            strategy=settings.retry_backoff_strategy,
+            base_seconds=settings.retry_backoff_base_seconds,
+            max_seconds=settings.retry_backoff_max_seconds,
+            jitter=settings.retry_backoff_jitter,
+        )
+        self.held: dict[str, _Held] = {}
+        self._held_lock = threading.Lock()
+        self._zombies = 0  # timed-out sync handlers still occupying a thread (and a slot)
+        self.processed = 0
+        self.busy_seconds = 0.0
+        self.started_at = time.time()
+        self.draining = False
+        self.drain_started: float | None = None
+        self._hurry = False
+        self._wake: asyncio.Event | None = None
+        self._pool: DaemonThreadPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: Any = None
+        self.q: queue_mod.QueueClient | None = None
+        self.control: _ControlThread | None = None
+        self._rng = random.Random()
+
+    # ---- control ---------------------------------------------------------------------------
+
+    def request_drain(self, signum: int | None = None) -> None:
+        """First call: start draining. Second call: stop waiting and release now."""
+        if self.draining:
+            self._hurry = True
+            log.info("second signal: releasing in-flight jobs now", extra={"signal": signum})
+        else:
+            self.draining = True
+            self.drain_started = time.monotonic()
+            self.health.draining = True
+            self.metrics.draining.set(1)
+            log.info("draining", extra={"signal": signum, "in_flight": len(self.held)})
+            if self.control is not None:
+                self.control.wake()
+        if self._wake is not None:
+            self._wake.set()
+
+    def _in_use(self) -> int:
+        return len(self.held) + self._zombies
+
+    def build_beat(self) -> queue_mod.WorkerBeat:
+        """The heartbeat record this worker publishes (read by the autoscaler)."""
+        with self._held_lock:
+            starts = [h.started_wall for h in self.held.values()]
+            in_flight = len(self.held)
+        return queue_mod.WorkerBeat(
+            worker_id=self.worker_id,
+            pod_name=self.settings.pod_name,
+            concurrency=self.concurrency,
+            in_flight=in_flight,
+            processed=self.processed,
+            busy_seconds=round(self.busy_seconds, 6),
+            started_at=self.started_at,
+            oldest_job_started_at=min(starts) if starts else None,
+            draining=self.draining,
+            ttl_seconds=self.settings.lease_seconds,
+        )
+
+    def snapshot_jobs(self) -> list[queue_mod.Job]:
+        """The held jobs whose leases must be renewed (called from the control thread)."""
+        with self._held_lock:
+            return [h.job for h in self.held.values() if not h.lost and not h.released]
+
+    def apply_renewal(self, result: queue_mod.RenewResult) -> None:
+        """Mark jobs whose lease was lost (control thread); their results will be discarded."""
+        if result.renewed:
+            self.metrics.lease_renewals.inc(len(result.renewed))
+        leased_until = time.time() + self.settings.lease_seconds
+        with self._held_lock:
+            for job_id in result.renewed:
+                h = self.held.get(job_id)
+                if h is not None and h.ctx is not None:
+                    h.ctx.leased_until = leased_until
+            for job_id in result.lost:
+                h = self.held.get(job_id)
+                if h is not None and not h.lost:
+                    h.lost = True
+                    if h.ctx is not None:
+                        h.ctx.lease_lost = True
+                    self.metrics.leases_lost.inc()
+                    log.warning(
+                        "lease lost: the job was handed to another worker; result discarded",
+                        extra={"job_id": job_id},
+                    )
+
+    # ---- main ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until drained; returns the process exit code (0 after a clean drain)."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._wake = asyncio.Event()
+        if self.install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_drain, int(sig))
+        self._client = connection.fetch_client(
+            self.settings.redis_url, socket_timeout=FETCH_BLOCK_SECONDS + 5.0
+        )
+        self.q = queue_mod.QueueClient(self._client, self.queue_name, self.options)
+        self.app.bind(self._client)
+        self._pool = DaemonThreadPool(self.concurrency)
+        self.control = _ControlThread(self)
+        self.control.start()
+        ticker = asyncio.create_task(self._tick_forever())
+        log.info(
+            "worker started",
+            extra={
+                "worker_id": self.worker_id,
+                "queue": self.queue_name,
+                "concurrency": self.concurrency,
+                "tasks": sorted(self.app.tasks),
+                "lease_seconds": self.settings.lease_seconds,
+            },
+        )
+        try:
+            await self._fetch_loop()
+            await self._drain()
+        finally:
+            ticker.cancel()
+            await self._shutdown()
+            if self.install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        log.info(
+            "worker stopped",
+            extra={"worker_id": self.worker_id, "processed": self.processed},
+        )
+        return 0
+
+    async def _tick_forever(self) -> None:
+        # Proves to /healthz that the job loop's event loop is responsive.
+        while True:
+            self.health.loop_tick()
+            await asyncio.sleep(0.5)
+
+    async def _fetch_loop(self) -> None:
+        assert self.q is not None and self._wake is not None
+        failures = 0
+        while not self.draining:
+            free = self.concurrency - self._in_use()
+            if free <= 0:
+                self._wake.clear()
+                if self.concurrency - self._in_use() <= 0 and not self.draining:
+                    await self._wake.wait()
+                continue
+            t0 = time.monotonic()
+            try:
+                jobs = await self.q.fetch(self.worker_id, free, block=FETCH_BLOCK_SECONDS)
+            except REDIS_ERRORS as exc:
+                failures += 1
+                self.metrics.fetch_errors.inc()
+                self.metrics.redis_error("fetch")
+                delay = min(5.0, 0.1 * 2 ** min(failures, 6)) * (0.5 + self._rng.random() / 2)
+                log.warning(
+                    "fetch failed; retrying",
+                    extra={"error": repr(exc), "retry_in_seconds": round(delay, 3)},
+                )
+                await self._sleep_unless_draining(delay)
+                continue
+            failures = 0
+            self.health.redis_ok()
+            if not jobs:
+                # A fetch that returns empty at once (rate limited, or Redis answered early)
+                # must not turn into a busy loop.
+                if time.monotonic() - t0 < 0.005:
+                    await self._sleep_unless_draining(0.01)
+                continue
+            for job in jobs:
+                self._start(job)
+
+    async def _sleep_unless_draining(self, seconds: float) -> None:
+        assert self._wake is not None
+        self._wake.clear()
+        if self.draining:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    # ---- running one job -------------------------------------------------------------------
+
+    def _start(self, job: queue_mod.Job) -> None:
+        env = job.envelope
+        spec = self.app.tasks.get(env.task)
+        ctx = None
+        if spec is not None:
+            ctx = app_mod.JobContext(
+                job_id=job.id,
+                task=env.task,
+                queue=self.queue_name,
+                attempt=job.attempts + 1,
+                deliveries=job.deliveries,
+                correlation_id=env.correlation_id,
+                idempotency_key=env.idempotency_key,
+                enqueued_at=env.enqueued_at,
+                headers=env.headers,
+                priority=env.priority,
+                leased_until=job.leased_until,
+                worker_id=self.worker_id,
+                logger=spec.logger,
+                idempotency=self._is_done,
+                loop=self._loop,
+            )
+        h = _Held(job=job, spec=spec, ctx=ctx, started_wall=time.time())
+        with self._held_lock:
+            self.held[job.id] = h
+        self.metrics.in_flight.set(len(self.held))
+        if self.draining:
+            # A fetch that was already on its way when the drain began: give the job back.
+            h.task = asyncio.create_task(self._release_fetched(h))
+            return
+        h.task = asyncio.create_task(self._run(h))
+
+    async def _is_done(self, key: str) -> bool:
+        from worker_runtime import idempotency
+
+        return await idempotency.fetch_is_done(self._client, self.queue_name, key)
+
+    async def _run(self, h: _Held) -> None:
+        job = h.job
+        env = job.envelope
+        spec = h.spec
+        token = logs.bind_job(
+            logs.JobLogContext(
+                job_id=job.id,
+                task=env.task,
+                correlation_id=env.correlation_id,
+                attempt=job.attempts + 1,
+                queue=self.queue_name,
+            )
+        )
+        try:
+            if spec is None:
+                # Never import anything a message names: unknown tasks go to the DLQ.
+                await self._dead_letter(
+                    h,
+                    queue_mod.DeadLetterReason.UNKNOWN_TASK,
+                    error_type="UnknownTask",
+                    message=f"no task named {env.task!r} is registered on this worker",
+                )
+                return
+            try:
+                payload = spec.payload_adapter.validate_python(env.payload)
+            except ValidationError as exc:
+                await self._dead_letter(
+                    h,
+                    queue_mod.DeadLetterReason.INVALID_PAYLOAD,
+                    error_type="ValidationError",
+                    message=str(exc)[:4000],
+                )
+                return
+            timeout = (
+                spec.timeout if spec.timeout is not None else self.settings.job_timeout_seconds
+            )
+            h.started = time.perf_counter()
+            if spec.is_async:
+                await self._run_async(h, spec, payload, timeout)
+            else:
+                await self._run_sync(h, spec, payload, timeout)
+        except asyncio.CancelledError:
+            if not h.released:
+                raise
+        finally:
+            logs.unbind_job(token)
+            self._forget(h)
+
+    async def _run_async(
+        self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float
+    ) -> None:
+        args = (payload, h.ctx) if spec.wants_context else (payload,)
+        try:
+            async with asyncio.timeout(limit) as cm:
+                await spec.handler(*args)
+        except TimeoutError as exc:
+            if cm.expired():
+                expired = TimeoutError(f"{spec.name} timed out after {limit}s (cancelled)")
+                await self._failed(h, spec, expired, True)
+            else:
+                await self._failed(h, spec, exc, False)
+            return
+        except Exception as exc:
+            await self._failed(h, spec, exc, False)
+            return
+        await self._completed(h, spec)
+
+    async def _run_sync(self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float) -> None:
+        assert self._pool is not None and self._loop is not None
+        args = (payload, h.ctx) if spec.wants_context else (payload,)
+        context = contextvars.copy_context()  # carries the job's log fields into the thread
+        cfut = self._pool.submit(context.run, spec.handler, *args)
+        fut = asyncio.wrap_future(cfut, loop=self._loop)
+        done, _ = await asyncio.wait((fut,), timeout=limit)
+        if not done:
+            # The thread cannot be stopped: fail the attempt now, keep the slot until it returns.
+            self._zombies += 1
+            fut.add_done_callback(self._zombie_done)
+            expired = TimeoutError(f"{spec.name} timed out after {limit}s (thread left to finish)")
+            await self._failed(h, spec, expired, True)
+            return
+        exc = fut.exception()
+        if exc is None:
+            await self._completed(h, spec)
+        elif isinstance(exc, Exception):
+            await self._failed(h, spec, exc, False)
+        else:
+            raise exc
+
+    def _zombie_done(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieve it so asyncio does not log "never retrieved"
+        self._zombies -= 1
+        if self._wake is not None:
+            self._wake.set()
+
+    def _ran_for(self, h: _Held) -> float:
+        seconds = time.perf_counter() - h.started
+        self.busy_seconds += seconds
+        return seconds
+
+    async def _completed(self, h: _Held, spec: app_mod.TaskSpec) -> None:
+        seconds = self._ran_for(h)
+        if h.released:
+            return
+        if h.lost:
+            return
+        assert self.q is not None
+        h.settling = True
+        done_key, done_ttl = h.ctx.done_key if h.ctx is not None else (None, None)
+        q = self.q
+        ok = await self._settle(
+            "ack", lambda: q.ack(h.job, done_key=done_key, done_ttl_seconds=done_ttl)
+        )
+        if ok:
+            self.metrics.job_finished(spec.name, "completed", seconds)
+        else:
+            self._stale(h)
+
+    async def _failed(
+        self, h: _Held, spec: app_mod.TaskSpec, exc: BaseException, timed_out: bool
+    ) -> None:
+        seconds = self._ran_for(h)
+        if h.released or h.lost:
+            return
+        assert self.q is not None
+        h.settling = True
+        q = self.q
+        job = h.job
+        failure = queue_mod.build_failure(exc, worker_id=self.worker_id)
+        attempt = job.attempts + 1
+        if isinstance(exc, app_mod.Reject) or (
+            spec.non_retryable and isinstance(exc, spec.non_retryable)
+        ):
+            reason = queue_mod.DeadLetterReason.NON_RETRYABLE
+            ok = await self._settle(
+                "dead_letter", lambda: q.dead_letter(job, reason, failure=failure)
+            )
+            outcome = "dead_lettered"
+        else:
+            max_attempts = (
+                job.envelope.max_attempts
+                or (spec.retry.max_attempts if spec.retry is not None else None)
+                or self.settings.retry_max_attempts
+            )
+            if attempt >= max_attempts:
+                reason = queue_mod.DeadLetterReason.MAX_ATTEMPTS
+                ok = await self._settle(
+                    "dead_letter", lambda: q.dead_letter(job, reason, failure=failure)
+                )
+                outcome = "dead_lettered"
+            else:
+                delay = self._retry_delay(spec, exc, attempt)
+                ok = await self._settle("retry", lambda: q.retry(job, failure, delay_seconds=delay))
+                outcome = "retried"
+                if ok:
+                    self.metrics.retried(spec.name)
+        if not ok:
+            self._stale(h)
+            self.metrics.job_finished(spec.name, "failed", seconds)
+            return
+        if outcome == "dead_lettered":
+            self.metrics.dead_letter(str(reason))
+        self.metrics.job_finished(spec.name, "timeout" if timed_out else outcome, seconds)
+        log.info(
+            "job failed",
+            extra={
+                "error_type": failure.error_type,
+                "error": failure.message[:500],
+                "outcome": outcome,
+                "timed_out": timed_out,
+            },
+        )
+
+    def _retry_delay(self, spec: app_mod.TaskSpec, exc: BaseException, attempt: int) -> float:
+        if isinstance(exc, app_mod.RetryLater) and exc.delay is not None:
+            return exc.delay
+        hinted = _retry_after_hint(exc)
+        if hinted is not None:
+            return hinted
+        policy = (
+            spec.retry.backoff
+            if spec.retry is not None and spec.retry.backoff is not None
+            else self.default_backoff
+        )
+        return backoff.build_delay(policy, attempt, rng=self._rng)
+
+    async def _dead_letter(
+        self, h: _Held, reason: queue_mod.DeadLetterReason, *, error_type: str, message: str
+    ) -> None:
+        assert self.q is not None
+        h.settling = True
+        failure = queue_mod.Failure(
+            error_type=error_type, message=message, worker_id=self.worker_id
+        )
+        q = self.q
+        ok = await self._settle(
+            "dead_letter", lambda: q.dead_letter(h.job, reason, failure=failure)
+        )
+        task = h.job.envelope.task if h.spec is not None else "<unknown>"
+        if ok:
+            self.metrics.dead_letter(str(reason))
+            self.metrics.job_finished(task, "dead_lettered", None)
+            log.warning("job dead-lettered", extra={"reason": str(reason), "error": message[:500]})
+        else:
+            self._stale(h)
+
+    async def _settle(self, op: str, make_call: Callable[[], Awaitable[bool]]) -> bool:
+        # A settle that fails on a Redis error is retried until the lease would have run out:
+        # settles are fenced by the delivery's token, so a retry of one that did land is
+        # rejected as stale instead of being applied twice. After that the job simply returns
+        # to the queue when its lease expires (at-least-once).
+        deadline = time.monotonic() + self.settings.lease_seconds
+        attempt = 0
+        while True:
+            try:
+                result = bool(await make_call())
+            except REDIS_ERRORS as exc:
+                self.metrics.redis_error(op)
+                attempt += 1
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "giving up a settle; the job returns after its lease",
+                        extra={"op": op, "error": repr(exc)},
+                    )
+                    return False
+                await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
+                continue
+            self.health.redis_ok()
+            return result
+
+    def _stale(self, h: _Held) -> None:
+        if not h.lost:
+            h.lost = True
+            self.metrics.leases_lost.inc()
+        log.warning("settle rejected: the lease was lost; result discarded")
+
+    def _forget(self, h: _Held) -> None:
+        with self._held_lock:
+            self.held.pop(h.job.id, None)
+        self.processed += 1
+        self.metrics.in_flight.set(len(self.held))
+        if self._wake is not None:
+            self._wake.set()
+
+    # ---- drain -----------------------------------------------------------------------------
+
+    def _release_budget_end(self) -> float:
+        # Keep a reserve for releasing, deregistering and exiting inside the budget.
+        budget = self.settings.drain_timeout_seconds
+        reserve = min(5.0, max(0.5, 0.1 * budget))
+        start = self.drain_started if self.drain_started is not None else time.monotonic()
+        return start + max(0.0, budget - reserve)
+
+    async def _drain(self) -> None:
+        assert self._wake is not None
+        end = self._release_budget_end()
+        while self.held and not self._hurry:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                break
+        await self._release_all()
+
+    async def _release_all(self) -> None:
+        with self._held_lock:
+            to_release = [h for h in self.held.values() if not h.settling and not h.released]
+        if not to_release:
+            return
+        log.info("releasing unfinished jobs", extra={"count": len(to_release)})
+        for h in to_release:
+            h.released = True
+            if h.task is not None and not h.task.done():
+                h.task.cancel()
+        results = await asyncio.gather(
+            *(self._release_one(h) for h in to_release if not h.lost), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                log.warning(
+                    "release failed; the job returns after its lease", extra={"error": repr(r)}
+                )
+        # Let cancelled handlers unwind (bounded: a handler that swallows cancellation is left).
+        tasks = [h.task for h in to_release if h.task is not None and not h.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        # Settles in flight (handlers that finished just before the deadline) get a moment.
+        settling = [h.task for h in self.held.values() if h.settling and h.task is not None]
+        if settling:
+            await asyncio.wait(settling, timeout=2.0)
+
+    async def _release_fetched(self, h: _Held) -> None:
+        try:
+            await self._release_one(h)
+        finally:
+            self._forget(h)
+
+    async def _release_one(self, h: _Held) -> None:
+        assert self.q is not None
+        h.released = True
+        ok = await asyncio.wait_for(self.q.release(h.job), timeout=3.0)
+        task = h.spec.name if h.spec is not None else h.job.envelope.task
+        if ok:
+            self.metrics.job_finished(task, "released", None)
+
+    async def _shutdown(self) -> None:
+        if self.control is not None:
+            self.control.stop()
+            await asyncio.to_thread(self.control.join, 10.0)
+        if self.q is not None:
+            try:
+                await asyncio.wait_for(self.q.deregister(self.worker_id), timeout=3.0)
+            except REDIS_ERRORS as exc:
+                log.warning("deregister failed", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(self.q.aclose(), timeout=3.0)
+            except REDIS_ERRORS as exc:
+                log.warning("closing the queue client failed", extra={"error": repr(exc)})
+        if self._client is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._client.aclose()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self.metrics.in_flight.set(0)
+        self.health.stopped = True
+
+
+def _retry_after_hint(exc: BaseException) -> float | None:
+    """A delay the error itself asks for: ``exc.retry_after`` or an HTTP ``Retry-After`` header."""
+    value: Any = getattr(exc, "retry_after", None)
+    if value is None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        if headers is not None:
+            try:
+                value = headers.get("Retry-After")
+            except (AttributeError, TypeError):
+                value = None
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return max(0.0, float(value))
+    return backoff.parse_retry_after(str(value))
+
+
+class _ControlThread(threading.Thread):
+    """Lease renewal, heartbeat and the probe server, on their own thread and event loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="wf-control", daemon=True)
+        self.worker = worker
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._stopping = False
+        self.started_event = threading.Event()
+        self.server: health.HealthServer | None = None
+
+    def wake(self) -> None:
+        """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once."""
+        loop, event = self._loop, self._wake_event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    def stop(self) -> None:
+        """Stop after a last round (thread-safe)."""
+        self._stopping = True
+        self.wake()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        w = self.worker
+        self._loop = asyncio.get_running_loop()
+        self._wake_event = asyncio.Event()
+        interval = w.settings.heartbeat_interval_seconds
+        client = connection.fetch_client(
+            w.settings.redis_url, socket_timeout=max(0.5, min(5.0, interval))
+        )
+        q = queue_mod.QueueClient(client, w.queue_name, w.options)
+        if w.settings.metrics_port:
+            self.server = health.HealthServer(
+                w.health, w.metrics, w.settings.metrics_host, w.settings.metrics_port
+            )
+            try:
+                await self.server.start()
+            except OSError as exc:
+                log.error("cannot serve metrics/health", extra={"error": repr(exc)})
+                self.server = None
+        self.started_event.set()
+        failures = 0
+        try:
+            while not self._stopping:
+                try:
+                    result = await q.renew(w.worker_id, w.snapshot_jobs(), heartbeat=w.build_beat())
+                except REDIS_ERRORS as exc:
+                    failures += 1
+                    w.metrics.redis_error("renew")
+                    log.warning("lease renewal failed", extra={"error": repr(exc)})
+                    wait = min(interval, 0.25 * failures)
+                else:
+                    failures = 0
+                    w.health.redis_ok()
+                    w.apply_renewal(result)
+                    wait = interval
+                self._wake_event.clear()
+                if self._stopping:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_event.wait(), wait)
+        finally:
+            if self.server is not None:
+                await self.server.stop()
+            try:
+                await q.aclose()
+                await client.aclose()
+            except REDIS_ERRORS:
+                pass
+
+
+def run_worker(
+    app: app_mod.App,
+    settings: config.WorkerSettings,
+    *,
+    install_signal_handlers: bool = True,
+    on_started: Callable[[Worker], None] | None = None,
+) -> int:
+    """Run a worker to completion in a fresh event loop; returns the exit code."""
+
+    async def main() -> int:
+        worker = Worker(app, settings, install_signal_handlers=install_signal_handlers)
+        if on_started is not None:
+            on_started(worker)
+        return await worker.run()
+
+    return asyncio.run(main())
