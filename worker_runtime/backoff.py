@@ -57,7 +57,7 @@ def build_delay(
     """Seconds to wait before retry number ``attempt`` (1 = first retry).
 
     ``full``: uniform in [0, ceiling]; ``equal``: ceiling/2 + uniform in [0, ceiling/2];
-    ``decorrelated``: uniform in [base, previous × 3] (previous defaults to base), capped;
+    ``decorrelated``: uniform in [base, previous * 3] (previous defaults to base), capped;
     ``none``: the ceiling itself. Always within [0, max_seconds].
     """
     r = rng if rng is not None else random

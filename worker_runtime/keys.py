@@ -1,8 +1,9 @@
 """THE Redis key schema of a workerfleet queue; every other module builds key names here.
 
-Called by the engine (:mod:`worker_runtime.queue`), the read-only stats (:mod:`worker_runtime.stats`),
-the DLQ tools and the helpers. The Lua scripts receive these names as KEYS, in the order of
-:meth:`QueueKeys.script_keys`, and each script's header repeats the part it touches.
+Called by the engine (:mod:`worker_runtime.queue`), the read-only stats
+(:mod:`worker_runtime.stats`), the DLQ tools and the helpers. The Lua scripts receive these
+names as KEYS, in the order of :meth:`QueueKeys.script_keys`, and each script's header repeats
+the part it touches.
 
 All keys of queue ``Q`` start with the hash tag ``{wf:Q}`` so they live in one Redis Cluster slot
 and every script is single-slot. Times are Redis server milliseconds unless noted.
@@ -16,7 +17,7 @@ key                            type    contents
                                        the in-flight state (ack/retry/dead-letter/release:
                                        XACK + XDEL). Never MAXLEN-trimmed. Invariant: total
                                        stream length = undelivered ready jobs + leased jobs.
-``{wf:Q}:env``                 hash    job id → envelope JSON (:class:`~worker_runtime.envelope.JobEnvelope`).
+``{wf:Q}:env``                 hash    job id → envelope JSON (envelope.JobEnvelope).
 ``{wf:Q}:state``               hash    job id → JSON ``{a: attempts, d: deliveries, l: lost,
                                        t: fencing token, w: worker, e: stream entry id,
                                        p: priority, s: started ms}``.

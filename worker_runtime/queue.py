@@ -247,9 +247,7 @@ class QueueClient:
         self._acks: _Coalescer[_AckItem, bool] = _Coalescer(self._flush_acks, MAX_BATCH)
         self._retries: _Coalescer[_RetryItem, bool] = _Coalescer(self._flush_retries, MAX_BATCH)
         self._deads: _Coalescer[_DeadItem, bool] = _Coalescer(self._flush_deads, MAX_BATCH)
-        self._releases: _Coalescer[_ReleaseItem, bool] = _Coalescer(
-            self._flush_releases, MAX_BATCH
-        )
+        self._releases: _Coalescer[_ReleaseItem, bool] = _Coalescer(self._flush_releases, MAX_BATCH)
 
     # -- enqueue -----------------------------------------------------------------------------
 
@@ -330,7 +328,7 @@ class QueueClient:
         streams: dict[Any, Any] = dict(zip(self.keys.ready, last_ids, strict=True))
         try:
             await self.client.xread(streams, count=1, block=max(1, int(wait * 1000)))
-        except (redis.exceptions.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, redis.exceptions.TimeoutError):
             return
 
     def _build_jobs(

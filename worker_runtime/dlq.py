@@ -1,0 +1,224 @@
+"""Dead-letter queue tools: list (paged), show, replay (rate-limited) and purge.
+
+Called by ``workerfleet dlq ls|show|replay|purge`` (:mod:`worker_runtime.cli`) and by
+applications. Dead letters are written by the engine (:mod:`worker_runtime.queue`); retention by
+length and age is applied there, on every insert (``QueueOptions.dlq_max_length`` and
+``dlq_retention_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+import redis.asyncio.cluster
+
+from worker_runtime import keys, scripts
+
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+REPLAY_BATCH = 100
+"""Most dead letters moved back per script call."""
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One failure in a job's history."""
+
+    error_type: str
+    message: str
+    traceback: str
+    worker_id: str
+    at: float
+    attempt: int
+    delivery: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered job with its payload and full failure history."""
+
+    job_id: str
+    task: str | None
+    reason: str
+    priority: str
+    dead_lettered_at: float
+    attempts: int
+    deliveries: int
+    lost: int
+    worker_id: str
+    correlation_id: str | None
+    first_failure_at: float | None
+    last_failure_at: float | None
+    history: tuple[FailureRecord, ...]
+    envelope_raw: str
+
+    @property
+    def payload(self) -> Any:
+        """The job's payload, or None when the envelope is not JSON."""
+        try:
+            return json.loads(self.envelope_raw).get("payload")
+        except (ValueError, AttributeError):
+            return None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def build_dead_letter(raw: str | bytes) -> DeadLetter:
+    """Parse a stored DLQ record (pure)."""
+    data = json.loads(raw)
+    history_raw = data.get("history") or []
+    if not isinstance(history_raw, list):
+        history_raw = []
+    history = tuple(
+        FailureRecord(
+            error_type=str(h.get("error_type", "")),
+            message=str(h.get("message", "")),
+            traceback=str(h.get("traceback", "")),
+            worker_id=str(h.get("worker", "")),
+            at=float(h.get("at", 0.0)),
+            attempt=int(h.get("attempt", 0)),
+            delivery=int(h.get("delivery", 0)),
+        )
+        for h in history_raw
+        if isinstance(h, dict)
+    )
+    envelope_raw = str(data.get("envelope", ""))
+    task: str | None = None
+    correlation_id: str | None = None
+    try:
+        env = json.loads(envelope_raw)
+        if isinstance(env, dict):
+            task = env.get("task") if isinstance(env.get("task"), str) else None
+            cid = env.get("correlation_id")
+            correlation_id = cid if isinstance(cid, str) else None
+    except ValueError:
+        pass
+    return DeadLetter(
+        job_id=str(data["id"]),
+        task=task,
+        reason=str(data.get("reason", "")),
+        priority=str(data.get("priority", "normal")),
+        dead_lettered_at=float(data.get("dead_lettered_at", 0.0)),
+        attempts=int(data.get("attempts", 0)),
+        deliveries=int(data.get("deliveries", 0)),
+        lost=int(data.get("lost", 0)),
+        worker_id=str(data.get("worker", "")),
+        correlation_id=correlation_id,
+        first_failure_at=history[0].at if history else None,
+        last_failure_at=history[-1].at if history else None,
+        history=history,
+        envelope_raw=envelope_raw,
+    )
+
+
+async def fetch_dead_letters(
+    client: AsyncClient, queue: str, *, offset: int = 0, limit: int = 50
+) -> list[DeadLetter]:
+    """One page of dead letters, newest first (one read-only round trip)."""
+    if limit <= 0:
+        return []
+    _total, recs = await scripts.DLQ_LIST(
+        client, keys.build_keys(queue).script_keys(), [max(0, offset), limit]
+    )
+    return [build_dead_letter(r) for r in recs]
+
+
+async def fetch_dead_letter_count(client: AsyncClient, queue: str) -> int:
+    """How many dead letters the queue holds."""
+    return int(await client.zcard(keys.build_keys(queue).dlq))
+
+
+async def fetch_dead_letter(client: AsyncClient, queue: str, job_id: str) -> DeadLetter | None:
+    """One dead letter by job id, or None."""
+    raw = await client.hget(keys.build_keys(queue).dlq_data, job_id)
+    return None if raw is None else build_dead_letter(raw)
+
+
+async def apply_replay(
+    client: AsyncClient,
+    queue: str,
+    *,
+    job_ids: Sequence[str] | None = None,
+    limit: int | None = None,
+    reset_attempts: bool = False,
+    rate_per_second: float = 100.0,
+) -> list[str]:
+    """Move dead letters back to the ready queue, oldest first, at most ``rate_per_second``.
+
+    ``job_ids`` picks entries (else the oldest, up to ``limit``, else all); ``reset_attempts``
+    gives them a full set of attempts again. Returns the replayed ids.
+    """
+    if rate_per_second <= 0:
+        raise ValueError("rate_per_second must be positive")
+    k = keys.build_keys(queue).script_keys()
+    batch = max(1, min(REPLAY_BATCH, int(rate_per_second)))
+    reset = "1" if reset_attempts else "0"
+    replayed: list[str] = []
+    pending = list(job_ids) if job_ids is not None else None
+    remaining = limit
+    while True:
+        started = time.monotonic()
+        size = batch if remaining is None else min(batch, remaining)
+        if size <= 0:
+            break
+        if pending is not None:
+            chunk, pending = pending[:size], pending[size:]
+            if not chunk:
+                break
+            raw = await scripts.DLQ_REPLAY(client, k, [reset, size, *chunk])
+        else:
+            raw = await scripts.DLQ_REPLAY(client, k, [reset, size])
+            if not raw:
+                break
+        done = [_text(x) for x in raw]
+        replayed.extend(done)
+        if remaining is not None:
+            remaining -= len(done) if pending is None else len(chunk)
+        if pending is not None and not pending:
+            break
+        # the rate limit: a batch of `size` may leave only every size/rate seconds
+        pause = size / rate_per_second - (time.monotonic() - started)
+        if pause > 0:
+            await asyncio.sleep(pause)
+    return replayed
+
+
+async def delete_dead_letters(
+    client: AsyncClient,
+    queue: str,
+    *,
+    job_ids: Sequence[str] | None = None,
+    older_than_seconds: float | None = None,
+    everything: bool = False,
+) -> int:
+    """Purge dead letters by id, by age, or all; returns how many were deleted."""
+    k = keys.build_keys(queue).script_keys()
+    if job_ids is not None:
+        total = 0
+        ids = list(job_ids)
+        for start in range(0, len(ids), 1000):
+            total += int(await scripts.DLQ_PURGE(client, k, ["ids", *ids[start : start + 1000]]))
+        return total
+    if older_than_seconds is not None:
+        args: list[scripts.Arg] = ["age", int(older_than_seconds * 1000)]
+    elif everything:
+        args = ["all"]
+    else:
+        raise ValueError(
+            "say which dead letters to purge: job_ids, older_than_seconds or everything"
+        )
+    total = 0
+    for _ in range(100_000):
+        n = int(await scripts.DLQ_PURGE(client, k, args))
+        total += n
+        if n < 1000:
+            break
+    return total

@@ -1,0 +1,170 @@
+"""The public enqueue API, async (:class:`Producer`) and blocking (:class:`SyncProducer`).
+
+Application code and ``App.enqueue`` (:mod:`worker_runtime.app`) call it; ``workerfleet enqueue``
+too. Each call is one Lua script call (``enqueue_many`` batches up to 500 jobs per call), so an
+accepted job is in Redis, with its idempotency key, when the call returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pydantic
+import redis
+import redis.cluster
+
+from worker_runtime import envelope, keys, queue, scripts
+
+Payload = pydantic.BaseModel | Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for :meth:`Producer.enqueue_many` (same meaning as ``enqueue``'s arguments)."""
+
+    task: str
+    payload: Payload = None
+    delay: float | None = None
+    eta: datetime | float | None = None
+    priority: envelope.Priority | str = envelope.Priority.NORMAL
+    idempotency_key: str | None = None
+    idempotency_ttl: float = 86_400.0
+    correlation_id: str | None = None
+    max_attempts: int | None = None
+    job_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: float) -> float:
+    """Seconds from ``now`` until the job is due (``delay`` and ``eta`` are exclusive)."""
+    if delay is not None and eta is not None:
+        raise ValueError("give either delay or eta, not both")
+    if delay is not None:
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        return float(delay)
+    if eta is None:
+        return 0.0
+    when = eta.timestamp() if isinstance(eta, datetime) else float(eta)
+    return max(0.0, when - now)
+
+
+def build_request(spec: JobSpec, *, now: float | None = None) -> queue.EnqueueRequest:
+    """A validated engine request from a job spec (pure apart from the id and clock)."""
+    current = time.time() if now is None else now
+    if spec.idempotency_ttl <= 0:
+        raise ValueError("idempotency_ttl must be positive")
+    env = envelope.build_envelope(
+        spec.task,
+        spec.payload,
+        priority=spec.priority,
+        max_attempts=spec.max_attempts,
+        correlation_id=spec.correlation_id,
+        idempotency_key=spec.idempotency_key,
+        job_id=spec.job_id,
+        headers=spec.headers,
+        now=current,
+    )
+    return queue.EnqueueRequest(
+        envelope=env,
+        delay_seconds=build_delay_seconds(spec.delay, spec.eta, current),
+        idempotency_ttl_seconds=spec.idempotency_ttl,
+    )
+
+
+class Producer:
+    """Enqueue jobs on one queue over an asyncio Redis or Redis Cluster client."""
+
+    def __init__(self, client: queue.AsyncClient, queue_name: str) -> None:
+        self._engine = queue.QueueClient(client, queue_name)
+        self.queue = self._engine.queue
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: Payload = None,
+        *,
+        delay: float | None = None,
+        eta: datetime | float | None = None,
+        priority: envelope.Priority | str = envelope.Priority.NORMAL,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 86_400.0,
+        correlation_id: str | None = None,
+        max_attempts: int | None = None,
+        job_id: str | None = None,
+    ) -> queue.EnqueueResult:
+        """Enqueue one job; a repeated idempotency key inside its TTL returns the first id."""
+        spec = JobSpec(
+            task=task,
+            payload=payload,
+            delay=delay,
+            eta=eta,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            correlation_id=correlation_id,
+            max_attempts=max_attempts,
+            job_id=job_id,
+        )
+        return await self._engine.enqueue(build_request(spec))
+
+    async def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[queue.EnqueueResult]:
+        """Enqueue many jobs, ≤ 500 per script call, results in input order."""
+        now = time.time()
+        return await self._engine.enqueue_many([build_request(s, now=now) for s in jobs])
+
+
+class SyncProducer:
+    """Blocking twin of :class:`Producer` over ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
+
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, queue_name: str) -> None:
+        self._client = client
+        self.queue = keys.build_queue_name(queue_name)
+        self._keys = keys.build_keys(queue_name)
+
+    def enqueue(
+        self,
+        task: str,
+        payload: Payload = None,
+        *,
+        delay: float | None = None,
+        eta: datetime | float | None = None,
+        priority: envelope.Priority | str = envelope.Priority.NORMAL,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 86_400.0,
+        correlation_id: str | None = None,
+        max_attempts: int | None = None,
+        job_id: str | None = None,
+    ) -> queue.EnqueueResult:
+        """Enqueue one job (see :meth:`Producer.enqueue`)."""
+        spec = JobSpec(
+            task=task,
+            payload=payload,
+            delay=delay,
+            eta=eta,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            correlation_id=correlation_id,
+            max_attempts=max_attempts,
+            job_id=job_id,
+        )
+        return self.enqueue_many([spec])[0]
+
+    def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[queue.EnqueueResult]:
+        """Enqueue many jobs (see :meth:`Producer.enqueue_many`)."""
+        now = time.time()
+        requests: Sequence[queue.EnqueueRequest] = [build_request(s, now=now) for s in jobs]
+        out: list[queue.EnqueueResult] = []
+        for start in range(0, len(requests), queue.MAX_BATCH):
+            k, args = queue.build_enqueue_call(
+                self._keys, requests[start : start + queue.MAX_BATCH]
+            )
+            out.extend(
+                queue.build_enqueue_results(scripts.ENQUEUE.call_sync(self._client, k, args))
+            )
+        return out

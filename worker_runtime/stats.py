@@ -1,0 +1,132 @@
+"""READ-ONLY queue statistics in one round trip: the operator's, the CLI's and the metrics' input.
+
+:func:`fetch_queue_stats` runs one read-only Lua script (``lua/stats.lua``, flag ``no-writes``)
+that needs no worker running. The dataclasses are the contract in docs/architecture.md
+("Runtime ↔ operator: the read-only stats API"); change them there first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+
+from worker_runtime import keys, scripts
+
+
+@dataclass(frozen=True)
+class WorkerHeartbeat:
+    """One live worker, as its last heartbeat described it."""
+
+    worker_id: str
+    pod_name: str
+    concurrency: int
+    in_flight: int
+    processed: int
+    busy_seconds: float
+    started_at: float
+    last_seen: float
+    oldest_job_started_at: float | None
+    draining: bool
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A consistent snapshot of one queue (all numbers from the same instant)."""
+
+    queue: str
+    now: float
+    backlog: int
+    due_delayed: int
+    future_delayed: int
+    in_flight: int
+    dead_letter: int
+    oldest_job_age_seconds: float
+    enqueued_total: int
+    completed_total: int
+    failed_total: int
+    retried_total: int
+    dead_lettered_total: int
+    workers_lost_total: int
+    workers: tuple[WorkerHeartbeat, ...]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def build_worker_heartbeat(raw: str | bytes) -> WorkerHeartbeat | None:
+    """Parse one heartbeat record; None if it is not a usable record."""
+    try:
+        data = json.loads(raw)
+        return WorkerHeartbeat(
+            worker_id=str(data["worker_id"]),
+            pod_name=str(data.get("pod_name", "")),
+            concurrency=int(data.get("concurrency", 0)),
+            in_flight=int(data.get("in_flight", 0)),
+            processed=int(data.get("processed", 0)),
+            busy_seconds=float(data.get("busy_seconds", 0.0)),
+            started_at=float(data.get("started_at", 0.0)),
+            last_seen=float(data.get("last_seen", 0.0)),
+            oldest_job_started_at=_opt_float(data.get("oldest_job_started_at")),
+            draining=bool(data.get("draining", False)),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
+    """Turn the stats script's reply into :class:`QueueStats` (pure)."""
+    now_ms, entries, leases, due, future, dlq, oldest_ms, counters_flat, workers_raw, expired = raw
+    counters = {
+        _text(counters_flat[i]): int(counters_flat[i + 1]) for i in range(0, len(counters_flat), 2)
+    }
+    in_flight = int(leases)
+    due_delayed = int(due)
+    backlog = max(0, int(entries) - in_flight) + due_delayed
+    oldest = int(oldest_ms)
+    age = max(0.0, (int(now_ms) - oldest) / 1000.0) if oldest >= 0 else 0.0
+    beats = tuple(b for b in (build_worker_heartbeat(w) for w in workers_raw) if b is not None)
+    return QueueStats(
+        queue=queue,
+        now=int(now_ms) / 1000.0,
+        backlog=backlog,
+        due_delayed=due_delayed,
+        future_delayed=int(future),
+        in_flight=in_flight,
+        dead_letter=int(dlq),
+        oldest_job_age_seconds=age,
+        enqueued_total=counters.get("enqueued", 0),
+        completed_total=counters.get("completed", 0),
+        failed_total=counters.get("failed", 0),
+        retried_total=counters.get("retried", 0),
+        dead_lettered_total=counters.get("dead_lettered", 0),
+        workers_lost_total=counters.get("workers_lost", 0) + int(expired),
+        workers=tuple(sorted(beats, key=lambda b: b.worker_id)),
+    )
+
+
+async def fetch_queue_stats(
+    client: redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster, queue: str
+) -> QueueStats:
+    """The queue's stats in one read-only round trip (works with no worker running)."""
+    raw = await scripts.STATS(client, keys.build_keys(queue).script_keys(), [])
+    return build_queue_stats(queue, raw)
+
+
+def fetch_queue_stats_sync(
+    client: redis.Redis | redis.cluster.RedisCluster, queue: str
+) -> QueueStats:
+    """Blocking twin of :func:`fetch_queue_stats`."""
+    raw = scripts.STATS.call_sync(client, keys.build_keys(queue).script_keys(), [])
+    return build_queue_stats(queue, raw)
