@@ -57,5 +57,8 @@ bench-autoscaler: deps venv ## reaction time of the autoscaler vs KEDA's default
 bench-operator: deps venv ## 1,000 WorkerPools: time to Ready, operator RSS and CPU
 	$(PY) bench/operator_scale.py
 
+crd: venv ## regenerate deploy/crds/ from the WorkerPool pydantic models
+	$(PY) scripts/gen_crd.py
+
 clean: ## remove the venv and caches inside the repo (never the cache in ~/.cache)
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,954 @@
+"""The WorkerPool spec as pydantic models: THE one source of truth for the WorkerPool schema.
+
+Who uses it: :mod:`workerfleet_operator.api.crd` generates the CRD's ``openAPIV3Schema`` (field
+descriptions, defaults, bounds and CEL ``x-kubernetes-validations``) from these models; the
+operator's shell parses every WorkerPool with :class:`WorkerPoolSpec` (see
+:func:`workerfleet_operator.api.pool.parse_pool`) so that bad input is explained with the same
+messages the API server would give; the pure builders in ``manifests`` and ``plan`` read it.
+
+Cross-field rules are declared once, as :class:`Rule` objects that carry both the CEL expression
+(for the API server) and a Python predicate (for the model). ``test_api_rules`` proves, rule by
+rule, that a violating object is rejected by both with the same message.
+
+Lease consistency (reliability brief, item 5). The rules, and why:
+
+- ``leaseSeconds >= 3``: workers renew held leases every ``leaseSeconds / 3``; below 1 s that
+  renewal would compete with the jobs for the event loop and the Redis connection.
+- ``leaseSeconds <= jobTimeoutSeconds``: the lease bounds how long a crashed worker's jobs wait
+  before they are delivered again. A job never legitimately runs longer than its timeout, so a
+  lease longer than the timeout only delays crash recovery.
+- ``retry.backoff.baseSeconds <= retry.backoff.maxSeconds``: otherwise the cap would undercut
+  the first delay. Retries wait in Redis (the delayed set), not under a lease, so no rule ties
+  the delays to ``leaseSeconds`` beyond the upper bound of one day per delay.
+- ``drain.timeoutSeconds``: the operator sets ``terminationGracePeriodSeconds`` to the drain
+  budget plus a fixed margin (see ``manifests.GRACE_MARGIN_SECONDS``), so the drain always ends
+  before the kubelet's SIGKILL; the bound (1 h) keeps rollouts finite.
+
+Security (brief, check 4): the spec has no field that could pass a pod spec, volume, host path,
+privileged flag, capability or service account to the worker pods; env values are plain strings
+or ``secretKeyRef`` only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
+
+# --- shared vocabulary -----------------------------------------------------------------------
+
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+"""Same alphabet as ``worker_runtime.keys`` (braces would break the Redis Cluster hash tag)."""
+
+_DOTTED_NAME = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+APP_PATTERN = f"^{_DOTTED_NAME}:{_DOTTED_NAME}$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+PERCENT_PATTERN = r"^[0-9]+%$"
+
+OPERATOR_ENV_NAMES: tuple[str, ...] = (
+    "WORKERFLEET_REDIS_URL",
+    "WORKERFLEET_QUEUE",
+    "WORKERFLEET_APP",
+    "WORKERFLEET_CONCURRENCY",
+    "WORKERFLEET_LEASE_SECONDS",
+    "WORKERFLEET_JOB_TIMEOUT_SECONDS",
+    "WORKERFLEET_DRAIN_TIMEOUT_SECONDS",
+    "WORKERFLEET_RETRY_MAX_ATTEMPTS",
+    "WORKERFLEET_RETRY_MAX_DELIVERIES",
+    "WORKERFLEET_RETRY_BACKOFF_STRATEGY",
+    "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS",
+    "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS",
+    "WORKERFLEET_RETRY_BACKOFF_JITTER",
+    "WORKERFLEET_DLQ_MAX_LENGTH",
+    "WORKERFLEET_DLQ_RETENTION_SECONDS",
+    "WORKERFLEET_RATE_LIMIT_JOBS",
+    "WORKERFLEET_RATE_LIMIT_PER_SECONDS",
+    "WORKERFLEET_METRICS_PORT",
+    "WORKERFLEET_POD_NAME",
+    "WORKERFLEET_POD_NAMESPACE",
+)
+"""Env names the operator sets on worker pods (``docs/architecture.md``); ``spec.env`` may not."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cross-field rule, stated twice: CEL for the API server, Python for the model.
+
+    ``field_path`` (relative to the object the rule sits on) points ``kubectl`` users at the
+    field to change; the API server requires it to name a field of the schema.
+    """
+
+    cel: str
+    message: str
+    check: Callable[[Any], bool]
+    field_path: str | None = None
+
+    def build_validation(self) -> dict[str, str]:
+        """The rule as one entry of ``x-kubernetes-validations``."""
+        entry = {"rule": self.cel, "message": self.message}
+        if self.field_path is not None:
+            entry["fieldPath"] = self.field_path
+        return entry
+
+
+class SpecModel(BaseModel):
+    """Base of every spec model: camelCase on the wire, unknown fields refused, immutable.
+
+    Subclasses list their cross-field :class:`Rule` objects in ``cel_rules``; they become the
+    schema's ``x-kubernetes-validations`` and are checked by the model validator below.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        # JSON has no "5" for 5: refuse coercions the API server would refuse too.
+        strict=True,
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_cel_rules(self) -> Self:
+        for rule in type(self).cel_rules:
+            if not rule.check(self):
+                # A custom error keeps the message exactly as the API server prints it.
+                raise PydanticCustomError("workerpool_rule", rule.message)
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        target = handler.resolve_ref_schema(json_schema)
+        if cls.cel_rules:
+            target["x-kubernetes-validations"] = [r.build_validation() for r in cls.cel_rules]
+        return json_schema
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("a quantity is an integer or a string such as 500m or 1Gi")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a quantity must not be negative")
+        return value
+    if not re.match(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (for example 500m, 1Gi)")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+def _check_int_or_percent(value: int | str) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer or a percentage such as 25%")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if not re.match(PERCENT_PATTERN, value):
+        raise ValueError(f"{value!r} is neither an integer nor a percentage such as 25%")
+    return value
+
+
+IntOrPercent = Annotated[
+    int | str,
+    AfterValidator(_check_int_or_percent),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": PERCENT_PATTERN,
+            "x-kubernetes-int-or-string": True,
+        }
+    ),
+]
+
+
+def _object_default() -> Any:
+    # Kubernetes applies nested defaults only below an object that exists; "default: {}" makes
+    # the API server create the object so every nested default shows up in the stored spec.
+    return {"default": {}}
+
+
+# --- queue -----------------------------------------------------------------------------------
+
+
+class SecretKeyRef(SpecModel):
+    """A key of a Secret in the WorkerPool's namespace."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Name of the Secret, in the WorkerPool's namespace.",
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key inside the Secret.",
+    )
+
+
+class KedaRedisAuth(SpecModel):
+    """Keys of the same Secret in the form KEDA's redis-streams scaler reads (host:port, not a URL).
+
+    KEDA cannot parse a Redis URL, so ``autoscaling.mode: keda`` needs the address (and, when the
+    server requires them, the ACL user and password) as separate keys of the Secret named in
+    ``urlSecretRef``. The operator only references these keys; it never copies their values.
+    """
+
+    address_key: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key whose value is the Redis address as host:port.",
+    )
+    username_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key whose value is the Redis ACL user name (optional).",
+    )
+    password_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=SECRET_KEY_PATTERN,
+        description="Key whose value is the Redis password (optional).",
+    )
+    enable_tls: bool = Field(
+        default=False,
+        alias="enableTLS",
+        description="Connect with TLS (set when the URL scheme is rediss://).",
+    )
+    database_index: int = Field(
+        default=0, ge=0, le=15, description="Redis database number (the URL path /N)."
+    )
+
+
+class RedisSpec(SpecModel):
+    """Where the queue's Redis is; the URL lives in a Secret, never in the WorkerPool."""
+
+    url_secret_ref: SecretKeyRef = Field(
+        description=(
+            "Secret key holding the Redis URL (redis://, rediss://, sentinel://, with an ACL "
+            "user and password if needed). Passed to workers only as a secretKeyRef."
+        )
+    )
+    keda: KedaRedisAuth | None = Field(
+        default=None,
+        description="Secret keys KEDA reads; required when autoscaling.mode is keda.",
+    )
+
+
+class QueueSpec(SpecModel):
+    """The queue this pool consumes."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=QUEUE_NAME_PATTERN,
+        description="Queue name (letters, digits, . _ : -), as given to worker_runtime.App.",
+    )
+    redis: RedisSpec = Field(description="The Redis server holding the queue.")
+
+
+# --- autoscaling -----------------------------------------------------------------------------
+
+
+class ScaleUpSpec(SpecModel):
+    """How fast the pool may grow."""
+
+    stabilization_window_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=3600.0,
+        description="Scale up only to the lowest replica count recommended within this window.",
+    )
+    max_step_percent: float = Field(
+        default=100.0,
+        gt=0.0,
+        le=1000.0,
+        description="Largest step per decision, in percent of the current replica count.",
+    )
+    max_step_pods: int | None = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Largest step per decision in pods; the larger of the two limits applies.",
+    )
+
+
+class ScaleDownSpec(SpecModel):
+    """How fast the pool may shrink (every step, including the last one to zero)."""
+
+    stabilization_window_seconds: float = Field(
+        default=120.0,
+        ge=0.0,
+        le=3600.0,
+        description=(
+            "Scale down only to the highest replica count recommended within this window; "
+            "scaling to zero also needs the queue idle for the whole window."
+        ),
+    )
+    max_step_percent: float = Field(
+        default=50.0,
+        gt=0.0,
+        le=100.0,
+        description="Largest step per decision, in percent of the current replica count.",
+    )
+    max_step_pods: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Largest step per decision in pods; the larger of the two limits applies.",
+    )
+
+
+class AutoscalingSpec(SpecModel):
+    """How the replica count follows the queue."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas",
+            check=lambda a: a.min_replicas <= a.max_replicas,
+            field_path=".minReplicas",
+        ),
+        Rule(
+            cel=(
+                "self.onMetricFailure != 'fallback' || (has(self.fallbackReplicas) && "
+                "self.fallbackReplicas >= self.minReplicas && "
+                "self.fallbackReplicas <= self.maxReplicas)"
+            ),
+            message=(
+                "onMetricFailure: fallback requires fallbackReplicas between minReplicas "
+                "and maxReplicas"
+            ),
+            check=lambda a: (
+                a.on_metric_failure != "fallback"
+                or (
+                    a.fallback_replicas is not None
+                    and a.min_replicas <= a.fallback_replicas <= a.max_replicas
+                )
+            ),
+            field_path=".fallbackReplicas",
+        ),
+        Rule(
+            cel="self.mode != 'keda' || !self.dryRun",
+            message="dryRun is not supported in keda mode: KEDA applies its own decisions",
+            check=lambda a: a.mode != "keda" or not a.dry_run,
+            field_path=".dryRun",
+        ),
+        Rule(
+            cel="self.mode != 'disabled' || has(self.replicas)",
+            message="mode: disabled requires replicas",
+            check=lambda a: a.mode != "disabled" or a.replicas is not None,
+            field_path=".replicas",
+        ),
+        Rule(
+            cel="self.mode == 'disabled' || !has(self.replicas)",
+            message=(
+                "replicas is only used when mode is disabled; "
+                "use minReplicas and maxReplicas otherwise"
+            ),
+            check=lambda a: a.mode == "disabled" or a.replicas is None,
+            field_path=".replicas",
+        ),
+    )
+
+    mode: Literal["builtin", "keda", "disabled"] = Field(
+        default="builtin",
+        description=(
+            "builtin: the operator's own autoscaler sets the replicas; keda: the operator "
+            "renders a KEDA ScaledObject and never writes replicas; disabled: fixed replicas."
+        ),
+    )
+    min_replicas: int = Field(
+        default=0, ge=0, le=1000, description="Fewest replicas (0 allows scale to zero)."
+    )
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Most replicas.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Fixed replica count; only (and then required) with mode: disabled.",
+    )
+    target_backlog_per_replica: float = Field(
+        default=100.0,
+        gt=0.0,
+        le=1_000_000.0,
+        description="Backlog signal: one replica per this many waiting jobs (as KEDA's lagCount).",
+    )
+    target_utilization: float = Field(
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Capacity signal: replicas = (backlog + in-flight) / (concurrency x this). "
+            "Counts running jobs, so busy pods are kept."
+        ),
+    )
+    target_oldest_job_age_seconds: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=86400.0,
+        description=(
+            "Latency signal (optional): scale so that a waiting job starts within this many "
+            "seconds, from arrival and service rates (Little's law)."
+        ),
+    )
+    activation_backlog: int = Field(
+        default=1,
+        ge=0,
+        le=1_000_000,
+        description="From zero replicas, wake up only when the backlog reaches this many jobs.",
+    )
+    polling_interval_seconds: float = Field(
+        default=5.0, ge=1.0, le=300.0, description="How often the queue is read and scaled."
+    )
+    scale_up: ScaleUpSpec = Field(
+        default_factory=ScaleUpSpec,
+        json_schema_extra=_object_default(),
+        description="Scale-up behaviour.",
+    )
+    scale_down: ScaleDownSpec = Field(
+        default_factory=ScaleDownSpec,
+        json_schema_extra=_object_default(),
+        description="Scale-down behaviour.",
+    )
+    on_metric_failure: Literal["hold", "fallback"] = Field(
+        default="hold",
+        description=(
+            "When the queue cannot be read: hold the current replicas, or go to fallbackReplicas."
+        ),
+    )
+    fallback_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Replicas while the queue cannot be read (with onMetricFailure: fallback).",
+    )
+    dry_run: bool = Field(
+        default=False,
+        description=(
+            "Record every decision in status and Events without changing replicas "
+            "(builtin mode only)."
+        ),
+    )
+
+
+# --- retries, dead letters, limits -------------------------------------------------------------
+
+
+class BackoffSpec(SpecModel):
+    """Delay before a failed job is retried (waits in Redis, never in a worker)."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.baseSeconds <= self.maxSeconds",
+            message="backoff baseSeconds must not exceed maxSeconds",
+            check=lambda b: b.base_seconds <= b.max_seconds,
+            field_path=".baseSeconds",
+        ),
+    )
+
+    strategy: Literal["exponential", "fixed"] = Field(
+        default="exponential",
+        description="exponential: baseSeconds x 2^(attempt-1), capped; fixed: baseSeconds.",
+    )
+    base_seconds: float = Field(default=2.0, ge=0.0, le=86400.0, description="First retry delay.")
+    max_seconds: float = Field(
+        default=300.0, ge=0.0, le=86400.0, description="Upper bound of any retry delay."
+    )
+    jitter: Literal["full", "equal", "decorrelated", "none"] = Field(
+        default="full", description="Randomisation of the delay, to spread retries out."
+    )
+
+
+class RetrySpec(SpecModel):
+    """When a job goes to the dead-letter queue instead of running again."""
+
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Handler failures (exceptions, timeouts) before the job is dead-lettered.",
+    )
+    max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description=(
+            "Deliveries (worker crashes, lease expiries) before the job is dead-lettered as poison."
+        ),
+    )
+    backoff: BackoffSpec = Field(
+        default_factory=BackoffSpec,
+        json_schema_extra=_object_default(),
+        description="Retry delays.",
+    )
+
+
+class DeadLetterSpec(SpecModel):
+    """The dead-letter queue of the pool's queue."""
+
+    max_length: int = Field(
+        default=100_000, ge=1, le=100_000_000, description="Most dead letters kept (oldest go)."
+    )
+    retention_seconds: float = Field(
+        default=604_800.0,
+        ge=60.0,
+        le=31_536_000.0,
+        description="How long dead letters are kept.",
+    )
+    alert_threshold: int = Field(
+        default=1,
+        ge=1,
+        le=100_000_000,
+        description="WorkerPoolDeadLetterBacklog fires when the DLQ holds at least this many.",
+    )
+
+
+class RateLimitSpec(SpecModel):
+    """A global rate limit shared by every worker of the pool."""
+
+    jobs: int = Field(ge=1, le=1_000_000, description="Jobs started per window.")
+    per_seconds: float = Field(
+        default=1.0, gt=0.0, le=86400.0, description="Window length of the rate limit."
+    )
+
+
+class DrainSpec(SpecModel):
+    """Graceful shutdown of a worker pod."""
+
+    timeout_seconds: float = Field(
+        default=60.0,
+        ge=0.0,
+        le=3600.0,
+        description=(
+            "After SIGTERM, in-flight jobs may finish for this long; the rest go back to the "
+            "queue. terminationGracePeriodSeconds is set above it."
+        ),
+    )
+
+
+# --- pod shape: resources, env, scheduling ------------------------------------------------------
+
+
+class ResourcesSpec(SpecModel):
+    """CPU and memory of each worker container (defaults apply only when resources is unset)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Requested resources, e.g. {cpu: 250m, memory: 256Mi}.",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Resource limits, e.g. {cpu: '1', memory: 512Mi}.",
+    )
+
+
+class SecretKeySelector(SpecModel):
+    """A key of a Secret in the WorkerPool's namespace, for an env value."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
+    )
+    key: str = Field(
+        min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN, description="Key in the Secret."
+    )
+    optional: bool | None = Field(
+        default=None, description="Start the pod even if the Secret or key is missing."
+    )
+
+
+class EnvVarSource(SpecModel):
+    """Where an env value comes from: only a Secret key is allowed."""
+
+    secret_key_ref: SecretKeySelector = Field(description="The Secret key to read.")
+
+
+class EnvVar(SpecModel):
+    """One environment variable of the worker container."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.value) != has(self.valueFrom)",
+            message="exactly one of value or valueFrom.secretKeyRef must be set",
+            check=lambda e: (e.value is None) != (e.value_from is None),
+        ),
+        Rule(
+            cel="!(self.name in " + repr(list(OPERATOR_ENV_NAMES)).replace('"', "'") + ")",
+            message="this name is set by the operator from the WorkerPool spec",
+            check=lambda e: e.name not in OPERATOR_ENV_NAMES,
+            field_path=".name",
+        ),
+    )
+
+    name: str = Field(
+        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, description="Variable name."
+    )
+    value: str | None = Field(default=None, max_length=32768, description="A plain value.")
+    value_from: EnvVarSource | None = Field(default=None, description="A Secret key reference.")
+
+
+class Toleration(SpecModel):
+    """A node taint the worker pods tolerate."""
+
+    key: str | None = Field(default=None, max_length=317, description="Taint key (empty: all).")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (default Equal)."
+    )
+    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match (empty: all)."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint."
+    )
+
+
+class LabelSelectorRequirement(SpecModel):
+    """One label expression."""
+
+    key: str = Field(min_length=1, max_length=317, description="Label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(
+        description="In, NotIn, Exists or DoesNotExist."
+    )
+    values: list[str] | None = Field(
+        default=None, max_length=64, description="Values for In and NotIn."
+    )
+
+
+class LabelSelector(SpecModel):
+    """A Kubernetes label selector."""
+
+    match_labels: dict[str, str] | None = Field(
+        default=None, max_length=32, description="Labels that must all match."
+    )
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        default=None, max_length=16, description="Expressions that must all match."
+    )
+
+
+class NodeSelectorRequirement(SpecModel):
+    """One node label (or field) expression."""
+
+    key: str = Field(min_length=1, max_length=317, description="Node label or field key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"] = Field(
+        description="In, NotIn, Exists, DoesNotExist, Gt or Lt."
+    )
+    values: list[str] | None = Field(default=None, max_length=64, description="Values.")
+
+
+class NodeSelectorTerm(SpecModel):
+    """Node expressions that must all match."""
+
+    match_expressions: list[NodeSelectorRequirement] | None = Field(
+        default=None, max_length=16, description="Node label expressions."
+    )
+    match_fields: list[NodeSelectorRequirement] | None = Field(
+        default=None, max_length=16, description="Node field expressions."
+    )
+
+
+class NodeSelector(SpecModel):
+    """Node terms of which at least one must match."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(
+        min_length=1, max_length=16, description="Terms, ORed."
+    )
+
+
+class PreferredSchedulingTerm(SpecModel):
+    """A weighted node preference."""
+
+    weight: int = Field(ge=1, le=100, description="Weight 1-100.")
+    preference: NodeSelectorTerm = Field(description="The preferred nodes.")
+
+
+class NodeAffinity(SpecModel):
+    """Which nodes the worker pods need or prefer."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Hard node requirement."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = (
+        Field(default=None, max_length=16, description="Soft node preferences.")
+    )
+
+
+class PodAffinityTerm(SpecModel):
+    """Pods (by label) that must or should share (or not share) a topology domain."""
+
+    label_selector: LabelSelector | None = Field(default=None, description="The other pods.")
+    namespaces: list[str] | None = Field(
+        default=None, max_length=16, description="Their namespaces (default: the pool's)."
+    )
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Their namespaces, by label."
+    )
+    topology_key: str = Field(
+        min_length=1, max_length=317, description="Node label defining the domain."
+    )
+
+
+class WeightedPodAffinityTerm(SpecModel):
+    """A weighted pod (anti-)affinity preference."""
+
+    weight: int = Field(ge=1, le=100, description="Weight 1-100.")
+    pod_affinity_term: PodAffinityTerm = Field(description="The term.")
+
+
+class PodAffinity(SpecModel):
+    """Pod affinity or anti-affinity rules."""
+
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] | None = Field(
+        default=None, max_length=16, description="Hard rules."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] | None = (
+        Field(default=None, max_length=16, description="Soft rules.")
+    )
+
+
+class Affinity(SpecModel):
+    """Node and pod affinity of the worker pods (the Kubernetes fields, typed)."""
+
+    node_affinity: NodeAffinity | None = Field(default=None, description="Node affinity.")
+    pod_affinity: PodAffinity | None = Field(default=None, description="Pod affinity.")
+    pod_anti_affinity: PodAffinity | None = Field(default=None, description="Pod anti-affinity.")
+
+
+class TopologySpread(SpecModel):
+    """Spread the pool's pods over a topology domain (the selector is the pool's own pods)."""
+
+    max_skew: int = Field(default=1, ge=1, le=1000, description="Largest allowed imbalance.")
+    topology_key: str = Field(
+        min_length=1, max_length=317, description="Node label, e.g. topology.kubernetes.io/zone."
+    )
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = Field(
+        default="ScheduleAnyway", description="DoNotSchedule or ScheduleAnyway."
+    )
+
+
+class SchedulingSpec(SpecModel):
+    """Where the worker pods may run."""
+
+    node_selector: dict[str, str] | None = Field(
+        default=None, max_length=32, description="Node labels the pods require."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Taints the pods tolerate."
+    )
+    affinity: Affinity | None = Field(default=None, description="Node and pod affinity.")
+    topology_spread: list[TopologySpread] | None = Field(
+        default=None, max_length=8, description="Topology spread constraints over the pool's pods."
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="PriorityClass of the pods.",
+    )
+
+
+class MetricsSpec(SpecModel):
+    """The worker's /metrics, /healthz and /readyz endpoint."""
+
+    port: int = Field(
+        default=9100,
+        ge=1024,
+        le=65535,
+        description="Port of /metrics, /healthz and /readyz (probes use it too).",
+    )
+    pod_monitor: bool = Field(
+        default=False, description="Create a Prometheus Operator PodMonitor for the pods."
+    )
+    service: bool = Field(
+        default=False, description="Create a headless Service exposing the metrics port."
+    )
+
+
+class PodDisruptionBudgetSpec(SpecModel):
+    """A PodDisruptionBudget for the pool's pods."""
+
+    enabled: bool = Field(default=False, description="Create a PodDisruptionBudget.")
+    max_unavailable: IntOrPercent = Field(
+        default=1, description="Pods that voluntary disruptions may take down (count or %)."
+    )
+
+
+class LocalObjectReference(SpecModel):
+    """A Secret of type kubernetes.io/dockerconfigjson in the WorkerPool's namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
+    )
+
+
+# --- the spec ----------------------------------------------------------------------------------
+
+
+class WorkerPoolSpec(SpecModel):
+    """A pool of worker pods consuming one queue, scaled on its depth."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.leaseSeconds <= self.jobTimeoutSeconds",
+            message=(
+                "leaseSeconds must not exceed jobTimeoutSeconds: a crashed worker's jobs "
+                "would wait longer for redelivery than any job may run"
+            ),
+            check=lambda s: s.lease_seconds <= s.job_timeout_seconds,
+            field_path=".leaseSeconds",
+        ),
+        Rule(
+            cel=(
+                "!has(self.autoscaling) || self.autoscaling.mode != 'keda' || "
+                "has(self.queue.redis.keda)"
+            ),
+            message="autoscaling.mode: keda requires queue.redis.keda (the Secret keys KEDA reads)",
+            check=lambda s: s.autoscaling.mode != "keda" or s.queue.redis.keda is not None,
+            field_path=".queue.redis",
+        ),
+    )
+
+    image: str = Field(
+        min_length=1,
+        max_length=512,
+        description="Worker image (contains the application and worker_runtime); pin a digest.",
+    )
+    app: str = Field(
+        min_length=3,
+        max_length=256,
+        pattern=APP_PATTERN,
+        description="module:attribute of the worker_runtime.App in the image.",
+    )
+    queue: QueueSpec = Field(description="The queue this pool consumes.")
+    concurrency: int = Field(default=8, ge=1, le=1000, description="Jobs in flight per pod.")
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec,
+        json_schema_extra=_object_default(),
+        description="How the replica count follows the queue.",
+    )
+    retry: RetrySpec = Field(
+        default_factory=RetrySpec,
+        json_schema_extra=_object_default(),
+        description="Retries and dead-lettering.",
+    )
+    dead_letter: DeadLetterSpec = Field(
+        default_factory=DeadLetterSpec,
+        json_schema_extra=_object_default(),
+        description="The dead-letter queue.",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        ge=3.0,
+        le=3600.0,
+        description=(
+            "A job held by a worker that dies is delivered again within this time; held "
+            "leases are renewed every leaseSeconds/3."
+        ),
+    )
+    job_timeout_seconds: float = Field(
+        default=300.0,
+        ge=1.0,
+        le=86400.0,
+        description="Default per-job timeout (a task may set its own).",
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default=None, description="Global rate limit across the pool (optional)."
+    )
+    drain: DrainSpec = Field(
+        default_factory=DrainSpec,
+        json_schema_extra=_object_default(),
+        description="Graceful shutdown budget.",
+    )
+    resources: ResourcesSpec | None = Field(
+        default=None,
+        description=(
+            "Container resources; when unset: requests cpu 100m, memory 128Mi; limits cpu 1, "
+            "memory 512Mi."
+        ),
+    )
+    env: list[EnvVar] | None = Field(
+        default=None,
+        max_length=64,
+        description="Extra environment: plain values or secretKeyRef only.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+    scheduling: SchedulingSpec | None = Field(default=None, description="Pod placement.")
+    metrics: MetricsSpec = Field(
+        default_factory=MetricsSpec,
+        json_schema_extra=_object_default(),
+        description="Metrics and health endpoint.",
+    )
+    pod_disruption_budget: PodDisruptionBudgetSpec = Field(
+        default_factory=PodDisruptionBudgetSpec,
+        json_schema_extra=_object_default(),
+        description="Optional PodDisruptionBudget.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy (Kubernetes default when unset)."
+    )
+    image_pull_secrets: list[LocalObjectReference] | None = Field(
+        default=None, max_length=16, description="Registry credentials for the image."
+    )
+
+    @model_validator(mode="after")
+    def _env_names_are_unique(self) -> Self:
+        # The API server enforces this through x-kubernetes-list-type: map.
+        names = [e.name for e in self.env or ()]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise PydanticCustomError(
+                "workerpool_rule", "duplicate env name: " + ", ".join(duplicates)
+            )
+        return self
+
+
+def iter_rule_models() -> tuple[type[SpecModel], ...]:
+    """Every spec model that declares cross-field rules (the tests walk them)."""
+    return (WorkerPoolSpec, AutoscalingSpec, BackoffSpec, EnvVar)

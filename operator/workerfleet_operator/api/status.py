@@ -1,0 +1,187 @@
+"""The WorkerPool status as pydantic models, and the condition helpers.
+
+Who uses it: :mod:`workerfleet_operator.plan` builds a :class:`WorkerPoolStatus` each reconcile
+and the shell writes ``build_status_patch(status)`` to the ``/status`` subresource;
+:mod:`workerfleet_operator.api.crd` generates the status part of the CRD schema from these
+models. Parsing an existing status is lenient (unknown fields are ignored) so that an operator
+upgrade never fails on a status written by an older version.
+
+Condition types and their CamelCase reasons are listed here so every part of the operator uses
+the same words.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+QUEUE_REACHABLE = "QueueReachable"
+SCALING_LIMITED = "ScalingLimited"
+CONDITION_TYPES: tuple[str, ...] = (READY, PROGRESSING, DEGRADED, QUEUE_REACHABLE, SCALING_LIMITED)
+
+REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+"""The reason format of metav1.Condition (CamelCase in practice)."""
+
+
+class StatusModel(BaseModel):
+    """Base of the status models: camelCase on the wire, tolerant of unknown fields, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=True,
+    )
+
+
+class Condition(StatusModel):
+    """One observation of the pool's state (the metav1.Condition fields)."""
+
+    type: str = Field(max_length=316, description="Ready, Progressing, Degraded, ...")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=REASON_PATTERN, description="CamelCase cause."
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    last_transition_time: str = Field(
+        json_schema_extra={"format": "date-time"},
+        description="When the status last changed (RFC 3339).",
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The spec generation this condition was computed from."
+    )
+
+
+class QueueStatus(StatusModel):
+    """The latest read of the pool's queue (worker_runtime.stats.QueueStats)."""
+
+    backlog: int = Field(default=0, ge=0, description="Jobs waiting to start (incl. due retries).")
+    in_flight: int = Field(default=0, ge=0, description="Jobs running now.")
+    delayed: int = Field(default=0, ge=0, description="Retries and delayed jobs not yet due.")
+    dead_letter: int = Field(default=0, ge=0, description="Jobs in the dead-letter queue.")
+    oldest_job_age_seconds: float = Field(
+        default=0.0, ge=0.0, description="Age of the oldest waiting job."
+    )
+    arrival_rate: float | None = Field(default=None, description="Jobs enqueued per second.")
+    completion_rate: float | None = Field(default=None, description="Jobs finished per second.")
+    workers: int = Field(default=0, ge=0, description="Live workers with a heartbeat.")
+    observed_time: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="When the queue was read (RFC 3339).",
+    )
+
+
+class AutoscalingStatus(StatusModel):
+    """The latest scaling decision, with what it was made from."""
+
+    mode: str | None = Field(default=None, description="The autoscaling mode in force.")
+    signals: dict[str, float | None] | None = Field(
+        default=None, description="Each signal's replica count (null: disabled or unmeasured)."
+    )
+    chosen: str | None = Field(default=None, description="The signal that set the replicas.")
+    raw_desired: int | None = Field(
+        default=None, ge=0, description="Replicas wanted by the signals before shaping."
+    )
+    clamped_by: str | None = Field(
+        default=None, description="The last limit that changed the value (e.g. maxReplicas)."
+    )
+    last_scale_time: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="When replicas were last changed (RFC 3339).",
+    )
+    reason: str | None = Field(default=None, description="The decision, in words.")
+    dry_run: bool | None = Field(default=None, description="Decisions are recorded, not applied.")
+
+
+class WorkerPoolStatus(StatusModel):
+    """What the operator observed and decided for the pool."""
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="The spec generation last reconciled."
+    )
+    replicas: int | None = Field(default=None, ge=0, description="Worker pods (Deployment).")
+    ready_replicas: int | None = Field(default=None, ge=0, description="Ready worker pods.")
+    updated_replicas: int | None = Field(
+        default=None, ge=0, description="Worker pods running the current spec."
+    )
+    desired_replicas: int | None = Field(
+        default=None, ge=0, description="Replicas the pool should have now."
+    )
+    selector: str | None = Field(default=None, description="Label selector of the pool's pods.")
+    queue: QueueStatus | None = Field(default=None, description="The latest queue statistics.")
+    autoscaling: AutoscalingStatus | None = Field(
+        default=None, description="The latest scaling decision."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Ready, Progressing, Degraded, QueueReachable, ScalingLimited.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+
+
+def build_timestamp(now: dt.datetime) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_status(raw: Mapping[str, Any] | None) -> WorkerPoolStatus | None:
+    """Read a stored status; ``None`` when absent or unreadable (it is rebuilt from scratch)."""
+    if not raw:
+        return None
+    try:
+        return WorkerPoolStatus.model_validate(dict(raw))
+    except ValidationError:
+        return None
+
+
+def find_condition(conditions: Sequence[Condition] | None, type_: str) -> Condition | None:
+    """The condition of ``type_``, if present."""
+    for condition in conditions or ():
+        if condition.type == type_:
+            return condition
+    return None
+
+
+def build_condition(
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: dt.datetime,
+    previous: Sequence[Condition] | None,
+) -> Condition:
+    """A condition whose ``lastTransitionTime`` only moves when its status changes."""
+    before = find_condition(previous, type_)
+    if before is not None and before.status == status:
+        since = before.last_transition_time
+    else:
+        since = build_timestamp(now)
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def build_status_patch(status: WorkerPoolStatus) -> dict[str, Any]:
+    """The status as the JSON the API server stores (camelCase, unset fields left out)."""
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
