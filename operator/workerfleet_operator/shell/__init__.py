@@ -1,0 +1,9 @@
+"""The operator's I/O shell: Kubernetes client, kopf handlers, queue reads, metrics, process.
+
+``workerfleet operator`` runs :func:`main.run_operator`; the handlers drive the pure core
+(``workerfleet_operator.api``/``manifests``/``plan``/``autoscaling``) against the API server.
+"""
+
+from workerfleet_operator.shell.config import OperatorConfig
+
+__all__ = ["OperatorConfig"]

@@ -1,0 +1,370 @@
+"""The operator's Kubernetes I/O: fetch, server-side apply, delete, pod annotations, Events.
+
+Called by ``shell.handlers`` (the reconcile and the autoscaler loop). Plain dicts over aiohttp,
+not the ``kubernetes_asyncio`` models: deserializing one Deployment into ``V1Deployment`` costs
+~350 µs against ~18 µs for ``json.loads`` (measured, 19x), server-side apply sends dicts anyway,
+and kopf already brings aiohttp. Credentials come from kopf's login (:class:`kopf.ConnectionInfo`),
+so the operator and kopf always talk to the same server with the same identity.
+
+Writes to children use server-side apply with field manager :data:`FIELD_MANAGER`; the replica
+count is written by a separate manager, :data:`REPLICAS_FIELD_MANAGER`, without force, so that we
+never fight another owner of ``spec.replicas`` (the API server answers 409 instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import json
+import ssl
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import kopf
+
+FIELD_MANAGER = "workerfleet"
+REPLICAS_FIELD_MANAGER = "workerfleet-autoscaler"
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+EVENT_SOURCE = "workerfleet-operator"
+
+Body = dict[str, Any]
+
+# kind -> (apiVersion, plural) for every kind the operator reads or writes.
+KINDS: dict[str, tuple[str, str]] = {
+    "WorkerPool": ("workerfleet.io/v1alpha1", "workerpools"),
+    "Deployment": ("apps/v1", "deployments"),
+    "Service": ("v1", "services"),
+    "Pod": ("v1", "pods"),
+    "Secret": ("v1", "secrets"),
+    "Event": ("v1", "events"),
+    "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
+    "PodMonitor": ("monitoring.coreos.com/v1", "podmonitors"),
+    "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects"),
+}
+
+
+class ApiError(Exception):
+    """A non-2xx answer of the API server, with its HTTP status and Status reason."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def is_not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def is_conflict(self) -> bool:
+        return self.status == 409
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Where an object lives: enough to build its URL."""
+
+    api_version: str
+    plural: str
+    namespace: str | None
+    name: str | None = None
+
+    def build_path(self, subresource: str | None = None) -> str:
+        prefix = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        parts = [prefix]
+        if self.namespace:
+            parts.append(f"namespaces/{urllib.parse.quote(self.namespace)}")
+        parts.append(self.plural)
+        if self.name:
+            parts.append(urllib.parse.quote(self.name))
+        if subresource:
+            parts.append(subresource)
+        return "/".join(parts)
+
+
+def build_ref(kind: str, namespace: str | None, name: str | None = None) -> ObjectRef:
+    api_version, plural = KINDS[kind]
+    return ObjectRef(api_version, plural, namespace, name)
+
+
+def build_ref_of(body: Mapping[str, Any]) -> ObjectRef:
+    meta = body.get("metadata", {})
+    _, plural = KINDS[str(body["kind"])]
+    return ObjectRef(str(body["apiVersion"]), plural, meta.get("namespace"), meta.get("name"))
+
+
+class KubeClient:
+    """A thin JSON client over one aiohttp session, authenticated like kopf."""
+
+    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 30.0) -> None:
+        self._info = info
+        self._server = info.server.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": f"{FIELD_MANAGER}-operator"}
+        if info.token:
+            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
+        elif info.username and info.password:
+            raw = f"{info.username}:{info.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        self._headers = headers
+        self._ssl = _build_ssl_context(info)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self.request_count = 0
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _fetch_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
+            self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, connector=connector
+            )
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Body:
+        """Send one request; return the decoded JSON answer or raise :class:`ApiError`."""
+        session = self._fetch_session()
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        headers = {"Content-Type": content_type} if data is not None else {}
+        self.request_count += 1
+        async with session.request(
+            method, self._server + path, params=params, data=data, headers=headers
+        ) as response:
+            text = await response.text()
+            if response.status >= 400:
+                try:
+                    status = json.loads(text)
+                    reason, message = str(status.get("reason", "")), str(status.get("message", ""))
+                except ValueError:
+                    reason, message = response.reason or "", text[:200]
+                raise ApiError(response.status, reason, message)
+            return json.loads(text) if text else {}
+
+
+def _build_ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if not info.server.startswith("https"):
+        return False
+    if info.insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
+        context = ssl.create_default_context(cafile=info.ca_path or None, cadata=cadata or None)  # type: ignore[arg-type]
+    if info.certificate_path and info.private_key_path:
+        context.load_cert_chain(info.certificate_path, info.private_key_path)  # type: ignore[arg-type]
+    return context
+
+
+# ---------------------------------------------------------------------------- fetch_*
+
+
+async def fetch_object(client: KubeClient, ref: ObjectRef) -> Body | None:
+    """The object, or None when it does not exist (or its API is not served)."""
+    try:
+        return await client.request("GET", ref.build_path())
+    except ApiError as exc:
+        if exc.is_not_found:
+            return None
+        raise
+
+
+async def fetch_objects(client: KubeClient, ref: ObjectRef, *, label_selector: str = "") -> list[Body]:
+    """Every object of the ref's kind in its namespace matching the label selector."""
+    params = {"labelSelector": label_selector} if label_selector else None
+    try:
+        answer = await client.request("GET", ref.build_path(), params=params)
+    except ApiError as exc:
+        if exc.is_not_found:  # the API (e.g. a CRD such as PodMonitor) is not installed
+            return []
+        raise
+    return list(answer.get("items", []))
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """One key of a Secret, decoded; lives only in memory (never logged, never written)."""
+
+    resource_version: str
+    value: str
+
+    def __repr__(self) -> str:  # a stray log line must not print the secret
+        return f"SecretValue(resource_version={self.resource_version!r}, value=<redacted>)"
+
+
+class SecretNotFoundError(Exception):
+    """The referenced Secret, or the key inside it, does not exist."""
+
+    def __init__(self, namespace: str, name: str, key: str, *, key_missing: bool) -> None:
+        what = f'key "{key}" in Secret "{name}"' if key_missing else f'Secret "{name}"'
+        super().__init__(f"{what} not found in namespace {namespace}")
+        self.key_missing = key_missing
+
+
+async def fetch_secret_value(client: KubeClient, namespace: str, name: str, key: str) -> SecretValue:
+    """Decode ``data[key]`` of the Secret; raise :class:`SecretNotFoundError` when absent."""
+    body = await fetch_object(client, build_ref("Secret", namespace, name))
+    if body is None:
+        raise SecretNotFoundError(namespace, name, key, key_missing=False)
+    data = body.get("data") or {}
+    string_data = body.get("stringData") or {}
+    if key in data:
+        value = base64.b64decode(data[key]).decode()
+    elif key in string_data:
+        value = str(string_data[key])
+    else:
+        raise SecretNotFoundError(namespace, name, key, key_missing=True)
+    return SecretValue(resource_version=str(body["metadata"].get("resourceVersion", "")), value=value.strip())
+
+
+# ---------------------------------------------------------------------------- apply_*
+
+
+async def apply_object(
+    client: KubeClient, body: Body, *, manager: str = FIELD_MANAGER, force: bool = True
+) -> Body:
+    """Server-side apply ``body`` (creates it when absent). ``force`` only for fields we own."""
+    params = {"fieldManager": manager}
+    if force:
+        params["force"] = "true"
+    return await client.request(
+        "PATCH",
+        build_ref_of(body).build_path(),
+        params=params,
+        body=body,
+        content_type="application/apply-patch+yaml",
+    )
+
+
+async def apply_replicas(client: KubeClient, namespace: str, name: str, replicas: int) -> Body:
+    """Write ``spec.replicas`` of our Deployment as the autoscaler's field manager, never forced.
+
+    A 409 means another manager (an HPA, ``kubectl scale``) owns the field with another value: the
+    caller holds and reports it instead of fighting.
+    """
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": replicas},
+    }
+    return await apply_object(client, body, manager=REPLICAS_FIELD_MANAGER, force=False)
+
+
+async def apply_status(client: KubeClient, ref: ObjectRef, status: Mapping[str, Any]) -> Body:
+    """Merge-patch the status subresource (conditions are sent whole)."""
+    return await client.request(
+        "PATCH",
+        ref.build_path("status"),
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+async def apply_pod_deletion_costs(
+    client: KubeClient, namespace: str, costs: Mapping[str, int], current: Mapping[str, str | None]
+) -> int:
+    """Set the deletion-cost annotation on pods whose value differs; return how many changed."""
+    changed = 0
+    for pod, cost in costs.items():
+        if current.get(pod) == str(cost):
+            continue
+        patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: str(cost)}}}
+        try:
+            await client.request(
+                "PATCH",
+                build_ref("Pod", namespace, pod).build_path(),
+                params={"fieldManager": REPLICAS_FIELD_MANAGER},
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
+            changed += 1
+        except ApiError as exc:
+            if not exc.is_not_found:  # a pod that went away needs no cost
+                raise
+    return changed
+
+
+async def apply_event(
+    client: KubeClient,
+    involved: Mapping[str, Any],
+    *,
+    event_type: str,
+    reason: str,
+    message: str,
+) -> Body:
+    """Create a core/v1 Event about ``involved`` (a WorkerPool body), named by generateName."""
+    meta = involved.get("metadata", {})
+    now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    namespace = meta.get("namespace") or "default"
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name', 'workerpool')}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": EVENT_SOURCE},
+        "reportingComponent": EVENT_SOURCE,
+        "reportingInstance": EVENT_SOURCE,
+        "action": reason,
+        "firstTimestamp": now[:19] + "Z",
+        "lastTimestamp": now[:19] + "Z",
+        "eventTime": now,
+        "count": 1,
+    }
+    return await client.request("POST", build_ref("Event", namespace).build_path(), body=event)
+
+
+# ---------------------------------------------------------------------------- delete_*
+
+
+async def delete_object(client: KubeClient, ref: ObjectRef) -> bool:
+    """Delete (background propagation); True if it existed."""
+    try:
+        await client.request("DELETE", ref.build_path(), params={"propagationPolicy": "Background"})
+    except ApiError as exc:
+        if exc.is_not_found:
+            return False
+        raise
+    return True
+
+
+async def delete_objects(client: KubeClient, refs: Sequence[ObjectRef]) -> int:
+    """Delete several objects concurrently; return how many existed."""
+    results = await asyncio.gather(*(delete_object(client, ref) for ref in refs))
+    return sum(results)
+
+
+def build_owner_of_replicas(deployment: Mapping[str, Any]) -> list[str]:
+    """The field managers that own ``spec.replicas`` according to ``managedFields``."""
+    owners = []
+    for entry in deployment.get("metadata", {}).get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        if "f:replicas" in (fields.get("f:spec") or {}):
+            owners.append(str(entry.get("manager", "")))
+    return owners

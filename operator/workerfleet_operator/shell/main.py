@@ -1,0 +1,58 @@
+"""The operator process: ``workerfleet operator`` runs kopf with workerfleet's handlers.
+
+Called by ``workerfleet_operator.cli`` (the ``operator`` subcommand), by the tests (in a thread,
+with a stop flag) and by bench/operator_scale.py. Standalone by default (one replica; kopf
+peering is not leader election), cluster-wide unless ``WORKERFLEET_OPERATOR_NAMESPACES`` lists
+namespaces; kopf's liveness endpoint on ``/healthz`` and a Prometheus endpoint on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import kopf
+import prometheus_client
+from worker_runtime import logs
+
+from workerfleet_operator.shell import config as config_module
+from workerfleet_operator.shell import handlers, metrics
+
+
+def run_operator(
+    cfg: config_module.OperatorConfig | None = None,
+    *,
+    stop_flag: threading.Event | asyncio.Event | None = None,
+    ready_flag: threading.Event | asyncio.Event | None = None,
+    operator_metrics: metrics.OperatorMetrics | None = None,
+    configure_logging: bool = True,
+    context: handlers.OperatorContext | None = None,
+) -> int:
+    """Run the operator until stopped (SIGTERM/SIGINT, or ``stop_flag``); return the exit code."""
+    cfg = cfg if cfg is not None else config_module.OperatorConfig()
+    if configure_logging:
+        logs.configure(cfg.log_level, cfg.log_format)
+    ctx = context if context is not None else handlers.build_context(cfg, operator_metrics)
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, ctx)
+    if cfg.metrics_port:
+        prometheus_client.start_http_server(cfg.metrics_port, cfg.bind_host, registry=ctx.metrics.registry)
+    liveness = f"http://{cfg.bind_host}:{cfg.health_port}/healthz" if cfg.health_port else None
+    kwargs: dict[str, Any] = {"clusterwide": True} if not cfg.namespaces else {"namespaces": list(cfg.namespaces)}
+    kopf.run(
+        registry=registry,
+        settings=handlers.build_settings(cfg),
+        standalone=cfg.peering is None,
+        peering_name=cfg.peering,
+        liveness_endpoint=liveness,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+        **kwargs,
+    )
+    return 0
+
+
+def main(args: Any = None) -> int:
+    """Entry point of ``workerfleet operator`` (argparse namespace ignored: config is env)."""
+    return run_operator()

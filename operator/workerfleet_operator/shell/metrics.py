@@ -1,0 +1,119 @@
+"""The operator's Prometheus metrics: per-pool gauges and the reconcile counters/histogram.
+
+Names are the contract in docs/architecture.md ("Metrics"); alert rules in the chart use them.
+Created once per operator process by ``shell.main`` (or per test run with its own registry) and
+updated by ``shell.handlers`` after every reconcile and every autoscaler poll.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+POOL_LABELS = ("namespace", "pool", "queue")
+
+
+class OperatorMetrics:
+    """Every series the operator exports, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, POOL_LABELS, registry=self.registry)
+
+        self.backlog = gauge("workerfleet_pool_backlog", "Ready jobs not yet delivered (incl. due retries).")
+        self.in_flight = gauge("workerfleet_pool_in_flight", "Jobs delivered and not yet finished.")
+        self.delayed = gauge("workerfleet_pool_delayed", "Delayed/retry jobs still waiting for their time.")
+        self.dead_letter = gauge("workerfleet_pool_dead_letter", "Entries in the dead-letter queue.")
+        self.oldest_job_age = gauge(
+            "workerfleet_pool_oldest_job_age_seconds", "Age of the oldest ready job not yet started."
+        )
+        self.replicas_desired = gauge("workerfleet_pool_replicas_desired", "Replicas the autoscaler wants.")
+        self.replicas_current = gauge("workerfleet_pool_replicas_current", "spec.replicas of the Deployment.")
+        self.replicas_ready = gauge("workerfleet_pool_replicas_ready", "Ready replicas of the Deployment.")
+        self.replicas_max = gauge("workerfleet_pool_replicas_max", "autoscaling.maxReplicas of the pool.")
+        self.dead_letter_alert_threshold = gauge(
+            "workerfleet_pool_dead_letter_alert_threshold", "deadLetter.alertThreshold of the pool."
+        )
+        self.queue_reachable = gauge("workerfleet_pool_queue_reachable", "1 if the last stats read worked.")
+        self.jobs_enqueued = _MirroredCounter(
+            "workerfleet_pool_jobs_enqueued", "Jobs ever enqueued (from Redis).", self.registry
+        )
+        self.jobs_completed = _MirroredCounter(
+            "workerfleet_pool_jobs_completed", "Jobs completed (from Redis).", self.registry
+        )
+        self.jobs_failed = _MirroredCounter(
+            "workerfleet_pool_jobs_failed", "Handler failures (from Redis).", self.registry
+        )
+        self.jobs_dead_lettered = _MirroredCounter(
+            "workerfleet_pool_jobs_dead_lettered", "Jobs dead-lettered (from Redis).", self.registry
+        )
+        self.workers_killed = _MirroredCounter(
+            "workerfleet_pool_workers_killed", "Worker heartbeats that expired (from Redis).", self.registry
+        )
+        self.reconcile_total = Counter(
+            "workerfleet_operator_reconcile",
+            "Reconciles of WorkerPools by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "workerfleet_operator_reconcile_errors", "Reconciles that raised.", registry=self.registry
+        )
+        self.reconcile_duration = Histogram(
+            "workerfleet_operator_reconcile_duration_seconds",
+            "Duration of one reconcile.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+
+    def forget_pool(self, labels: Sequence[str]) -> None:
+        """Drop every per-pool series of a deleted pool."""
+        for metric in (
+            self.backlog,
+            self.in_flight,
+            self.delayed,
+            self.dead_letter,
+            self.oldest_job_age,
+            self.replicas_desired,
+            self.replicas_current,
+            self.replicas_ready,
+            self.replicas_max,
+            self.dead_letter_alert_threshold,
+            self.queue_reachable,
+        ):
+            try:
+                metric.remove(*labels)
+            except KeyError:
+                pass
+        for mirrored in (
+            self.jobs_enqueued,
+            self.jobs_completed,
+            self.jobs_failed,
+            self.jobs_dead_lettered,
+            self.workers_killed,
+        ):
+            mirrored.remove(labels)
+
+
+class _MirroredCounter:
+    """A counter whose value is copied from Redis (monotonic there), exported as ``*_total``.
+
+    Exported with the counter type (a gauge would break ``rate()`` semantics in dashboards).
+    """
+
+    def __init__(self, name: str, doc: str, registry: CollectorRegistry) -> None:
+        self._counter = Counter(name, doc, POOL_LABELS, registry=registry)
+
+    def set(self, labels: Sequence[str], value: float) -> None:
+        child = self._counter.labels(*labels)
+        # Counter has no public set(); a restart of the operator starts from Redis's value anyway.
+        child._value.set(float(value))
+
+    def remove(self, labels: Sequence[str]) -> None:
+        try:
+            self._counter.remove(*labels)
+        except KeyError:
+            pass

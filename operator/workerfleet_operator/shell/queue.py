@@ -1,0 +1,100 @@
+"""The operator's read-only view of a pool's queue: one stats read per poll, clients cached.
+
+Called by ``shell.handlers`` (the per-pool loop). Wraps ``worker_runtime.connection`` (a Redis
+client from the URL in the pool's Secret) and ``worker_runtime.stats`` (the one-round-trip,
+read-only stats call) — the only runtime modules the operator may use. Clients are cached per
+(Secret, key, resourceVersion) so that pools sharing a Secret share a connection pool and a
+rotated Secret gets a new client. The URL never leaves this module's memory: error texts are
+scrubbed of it before they are returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from dataclasses import dataclass
+
+import redis.asyncio
+from worker_runtime import connection, stats
+
+from workerfleet_operator import autoscaling
+from workerfleet_operator.shell import kube
+
+ALLOWED_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel", "sentinels"})
+
+
+@dataclass(frozen=True)
+class ClientKey:
+    namespace: str
+    secret: str
+    key: str
+    resource_version: str
+
+
+class InvalidRedisUrlError(ValueError):
+    """The Secret's value is not a Redis URL we can use (the message never contains it)."""
+
+
+def check_redis_url(value: str) -> None:
+    """Raise :class:`InvalidRedisUrlError` unless ``value`` parses as a supported Redis URL."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        _ = parts.port  # raises on a non-numeric port
+    except ValueError as exc:
+        raise InvalidRedisUrlError("the value is not a parseable URL") from exc
+    if parts.scheme not in ALLOWED_SCHEMES:
+        shown = parts.scheme if parts.scheme.isalnum() and len(parts.scheme) < 16 else "?"
+        raise InvalidRedisUrlError(
+            f"unsupported URL scheme {shown!r} (expected one of {', '.join(sorted(ALLOWED_SCHEMES))})"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise InvalidRedisUrlError("the URL has no host")
+
+
+def redact(text: str, secret: kube.SecretValue | None) -> str:
+    """Remove the URL and its password from an error text before it is logged or written."""
+    if secret is None or not secret.value:
+        return text
+    text = text.replace(secret.value, "<redis-url>")
+    try:
+        password = urllib.parse.urlsplit(secret.value).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+        text = text.replace(urllib.parse.unquote(password), "***")
+    return text
+
+
+class QueueReader:
+    """Redis clients keyed by Secret version, and the one stats call per poll."""
+
+    def __init__(self, *, socket_timeout: float = 2.0) -> None:
+        self._socket_timeout = socket_timeout
+        self._clients: dict[ClientKey, redis.asyncio.Redis] = {}
+
+    def _fetch_client(self, key: ClientKey, secret: kube.SecretValue) -> redis.asyncio.Redis:
+        client = self._clients.get(key)
+        if client is None:
+            for old in [k for k in self._clients if (k.namespace, k.secret, k.key) == (key.namespace, key.secret, key.key)]:
+                stale = self._clients.pop(old)
+                asyncio.ensure_future(stale.aclose())  # a rotated Secret: drop the old pool
+            client = connection.fetch_client(secret.value, socket_timeout=self._socket_timeout)
+            self._clients[key] = client
+        return client
+
+    async def fetch_observation(
+        self, key: ClientKey, secret: kube.SecretValue, queue: str, *, timeout: float
+    ) -> autoscaling.Observation:
+        """Read the queue's stats in one round trip; a failure becomes an Observation error."""
+        try:
+            client = self._fetch_client(key, secret)
+            queue_stats = await asyncio.wait_for(stats.fetch_queue_stats(client, queue), timeout)
+        except Exception as exc:  # any failure is "metric unavailable" for the scaler
+            return autoscaling.Observation(stats=None, error=redact(f"{type(exc).__name__}: {exc}", secret))
+        return autoscaling.Observation(stats=queue_stats, error=None)
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()

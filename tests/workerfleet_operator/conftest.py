@@ -1,0 +1,258 @@
+"""pytest wiring for the operator tests: the API emulator, a real redis-server, the operator in a thread.
+
+Fixtures: ``emulator`` (tests/workerfleet_operator/emulator.py on a free loopback port),
+``kubeconfig`` (a file pointing at it), ``redis_server`` (a real redis-server on a free port),
+``operator`` (a factory starting ``workerfleet operator``'s ``run_operator`` in a thread with a
+stop flag; every run gets a fresh kopf registry and logs in explicitly through the kubeconfig),
+``captured_logs`` (every log record of the run, formatted) and the helpers ``wait_until`` and
+``build_pool``. A missing redis-server fails the tests, never skips them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from tests.workerfleet_operator.emulator import Emulator
+from workerfleet_operator.shell import config as config_module
+from workerfleet_operator.shell import handlers, main, metrics
+
+NAMESPACE = "default"
+GROUP = "workerfleet.io"
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, message: str = ""
+) -> Any:
+    """Poll ``predicate`` until truthy (bounded); return its value or fail with ``message``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s: {message} (last value: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (no persistence)."""
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        self.workdir = workdir
+        self.password = password
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is missing: run `make deps`", pytrace=False)
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping, timeout=10, message="redis-server did not start")
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=2, decode_responses=True)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, password="canary-Pa55-" + "x7Q9")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    with Emulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def kubeconfig(emulator: Emulator, tmp_path: Path) -> Path:
+    path = tmp_path / "kubeconfig.yaml"
+    path.write_text(yaml.safe_dump(emulator.kubeconfig()))
+    return path
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a broken record must not break the test
+            text = repr(record.__dict__)
+        self.lines.append(text)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[str]]:
+    """Every log record (any logger, any thread, DEBUG and up) while the test runs."""
+    handler = _ListHandler()
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler.lines
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+class OperatorRunner:
+    """``run_operator`` in a thread; ``stop()`` sets the stop flag and joins it (bounded)."""
+
+    def __init__(self, cfg: config_module.OperatorConfig) -> None:
+        self.cfg = cfg
+        self.metrics = metrics.OperatorMetrics()
+        self.context = handlers.build_context(cfg, self.metrics)
+        self.stop_flag = threading.Event()
+        self.ready_flag = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="operator", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            main.run_operator(
+                self.cfg,
+                stop_flag=self.stop_flag,
+                ready_flag=self.ready_flag,
+                configure_logging=False,
+                context=self.context,
+            )
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def start(self) -> OperatorRunner:
+        self.thread.start()
+        wait_until(lambda: self.ready_flag.is_set() or self.errors, timeout=20, message="operator not ready")
+        assert not self.errors, self.errors
+        return self
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the operator did not stop within 30 s"
+
+
+@pytest.fixture
+def operator(kubeconfig: Path) -> Iterator[Callable[..., OperatorRunner]]:
+    """Factory: ``operator(**config_overrides)`` starts one; all are stopped at teardown."""
+    runners: list[OperatorRunner] = []
+
+    def start(**overrides: Any) -> OperatorRunner:
+        values: dict[str, Any] = {
+            "kubeconfig": str(kubeconfig),
+            "health_port": 0,
+            "metrics_port": 0,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 2.0,
+            "secret_cache_seconds": 0.0,
+            "redis_timeout_seconds": 0.5,
+        }
+        values.update(overrides)
+        runner = OperatorRunner(config_module.OperatorConfig(**values))
+        runners.append(runner)
+        return runner.start()
+
+    yield start
+    for runner in runners:
+        if runner.thread.is_alive():
+            with contextlib.suppress(AssertionError):
+                runner.stop()
+
+
+def build_secret(name: str, url: str, key: str = "url", namespace: str = NAMESPACE) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "Opaque",
+        "data": {key: base64.b64encode(url.encode()).decode()},
+    }
+
+
+def build_pool(
+    name: str,
+    *,
+    secret: str = "redis-creds",
+    queue: str | None = None,
+    image: str = "registry.example/email-worker:1.4.2",
+    autoscaling: dict[str, Any] | None = None,
+    namespace: str = NAMESPACE,
+    **spec: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "image": image,
+            "app": "emails.tasks:app",
+            "queue": {"name": queue or name, "redis": {"urlSecretRef": {"name": secret, "key": "url"}}},
+            "concurrency": 4,
+            "autoscaling": {"mode": "builtin", "minReplicas": 0, "maxReplicas": 10, "pollingIntervalSeconds": 1,
+                            **(autoscaling or {})},
+            **spec,
+        },
+    }
+    return body
+
+
+def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return dict(cond)
+    return {}
+
+
+def events_for(emu: Emulator, name: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    return [e for e in emu.list("events", namespace) if e.get("involvedObject", {}).get("name") == name]
