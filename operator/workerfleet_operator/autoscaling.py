@@ -56,7 +56,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
+
+from worker_runtime import stats
 
 ScalingMode = Literal["builtin", "keda", "disabled"]
 MetricFailurePolicy = Literal["hold", "fallback"]
@@ -73,46 +75,6 @@ COST_IDLE = -100
 _COST_PER_JOB = 10_000
 _COST_MAX_AGE = 9_999
 _COST_MAX_JOBS = 100_000  # keeps the cost inside the annotation's int32 range
-
-
-class HeartbeatLike(Protocol):
-    """The fields of ``worker_runtime.stats.WorkerHeartbeat`` the scaler reads."""
-
-    @property
-    def worker_id(self) -> str: ...
-    @property
-    def pod_name(self) -> str: ...
-    @property
-    def in_flight(self) -> int: ...
-    @property
-    def processed(self) -> int: ...
-    @property
-    def busy_seconds(self) -> float: ...
-    @property
-    def last_seen(self) -> float: ...
-    @property
-    def oldest_job_started_at(self) -> float | None: ...
-    @property
-    def draining(self) -> bool: ...
-
-
-class QueueStatsLike(Protocol):
-    """The fields of ``worker_runtime.stats.QueueStats`` the scaler reads."""
-
-    @property
-    def now(self) -> float: ...
-    @property
-    def backlog(self) -> int: ...
-    @property
-    def in_flight(self) -> int: ...
-    @property
-    def oldest_job_age_seconds(self) -> float: ...
-    @property
-    def enqueued_total(self) -> int: ...
-    @property
-    def completed_total(self) -> int: ...
-    @property
-    def workers(self) -> Sequence[HeartbeatLike]: ...
 
 
 @dataclass(frozen=True)
@@ -199,7 +161,7 @@ def build_policy_problems(policy: ScalingPolicy) -> list[str]:
 class Observation:
     """One poll of the queue: its stats, or why they could not be read."""
 
-    stats: QueueStatsLike | None
+    stats: stats.QueueStats | None
     error: str | None = None
 
 
@@ -360,14 +322,14 @@ def _build_metric_failure(
 
 def _build_decision(
     policy: ScalingPolicy,
-    stats: QueueStatsLike,
+    queue: stats.QueueStats,
     current: int,
     state: ScalerState,
     now: float,
 ) -> Decision:
-    samples = _build_samples(state.samples, stats, policy)
-    rates = _build_rates(samples, stats, policy)
-    signals, chosen, explanation = _build_signals(policy, stats, rates, current)
+    samples = _build_samples(state.samples, queue, policy)
+    rates = _build_rates(samples, queue, policy)
+    signals, chosen, explanation = _build_signals(policy, queue, rates, current)
     present = [value for value in signals.values() if value is not None]
     raw = _ceil(max(present)) if present else 0
     value = raw
@@ -380,11 +342,11 @@ def _build_decision(
             value = new_value
 
     # 2. Activation (0 -> 1 only with enough backlog).
-    if current == 0 and value > 0 and stats.backlog < policy.activation_backlog:
+    if current == 0 and value > 0 and queue.backlog < policy.activation_backlog:
         clamp("activation", 0)
     # 3. In-flight floor: running jobs keep their workers.
     if current > 0:
-        clamp("inFlightWork", max(value, min(current, _build_in_flight_floor(policy, stats))))
+        clamp("inFlightWork", max(value, min(current, _build_in_flight_floor(policy, queue))))
     # 4. Hard limits.
     clamp("minReplicas", max(value, policy.min_replicas))
     clamp("maxReplicas", min(value, policy.max_replicas))
@@ -399,7 +361,7 @@ def _build_decision(
         clamp("scaleUpStabilization", max(current, up_floor))
     elif value < current:
         clamp("scaleDownStabilization", min(current, down_ceiling))
-    idle = stats.backlog == 0 and stats.in_flight == 0
+    idle = queue.backlog == 0 and queue.in_flight == 0
     idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
     window = policy.scale_down.stabilization_window_seconds
     if value == 0 and current > 0 and (idle_since is None or now - idle_since < window):
@@ -454,9 +416,9 @@ def _build_verb(current: int, desired: int) -> str:
     return f"Steady at {current}"
 
 
-def _build_in_flight_floor(policy: ScalingPolicy, stats: QueueStatsLike) -> int:
-    busy_workers = sum(1 for w in stats.workers if w.in_flight > 0 and not w.draining)
-    return max(_ceil(stats.in_flight / policy.concurrency), busy_workers)
+def _build_in_flight_floor(policy: ScalingPolicy, queue: stats.QueueStats) -> int:
+    busy_workers = sum(1 for w in queue.workers if w.in_flight > 0 and not w.draining)
+    return max(_ceil(queue.in_flight / policy.concurrency), busy_workers)
 
 
 def _build_step(step: StepPolicy, current: int) -> int:
@@ -492,15 +454,15 @@ def _in_window(
 
 
 def _build_samples(
-    samples: tuple[StatsSample, ...], stats: QueueStatsLike, policy: ScalingPolicy
+    samples: tuple[StatsSample, ...], queue: stats.QueueStats, policy: ScalingPolicy
 ) -> tuple[StatsSample, ...]:
     latest = StatsSample(
-        at=stats.now,
-        enqueued_total=stats.enqueued_total,
-        completed_total=stats.completed_total,
-        backlog=stats.backlog,
+        at=queue.now,
+        enqueued_total=queue.enqueued_total,
+        completed_total=queue.completed_total,
+        backlog=queue.backlog,
         workers=tuple(
-            WorkerSample(w.worker_id, w.processed, w.busy_seconds) for w in stats.workers
+            WorkerSample(w.worker_id, w.processed, w.busy_seconds) for w in queue.workers
         ),
     )
     previous = [s for s in samples if s.at < latest.at]
@@ -517,7 +479,7 @@ def _build_samples(
 
 
 def _build_rates(
-    samples: tuple[StatsSample, ...], stats: QueueStatsLike, policy: ScalingPolicy
+    samples: tuple[StatsSample, ...], queue: stats.QueueStats, policy: ScalingPolicy
 ) -> Rates:
     if len(samples) < 2:
         return Rates()
@@ -530,7 +492,7 @@ def _build_rates(
     return Rates(
         arrival=arrival,
         completion=completion,
-        service_per_replica=_build_service_rate(first, last, stats, policy, completion),
+        service_per_replica=_build_service_rate(first, last, queue, policy, completion),
         backlog_growing=last.backlog > first.backlog,
     )
 
@@ -538,7 +500,7 @@ def _build_rates(
 def _build_service_rate(
     first: StatsSample,
     last: StatsSample,
-    stats: QueueStatsLike,
+    queue: stats.QueueStats,
     policy: ScalingPolicy,
     completion: float,
 ) -> float | None:
@@ -563,17 +525,17 @@ def _build_service_rate(
         busy += worker.busy_seconds - old.busy_seconds
     if jobs > 0 and busy > 0:
         return jobs / busy * policy.concurrency
-    busy_workers = sum(1 for w in stats.workers if w.in_flight > 0 and not w.draining)
+    busy_workers = sum(1 for w in queue.workers if w.in_flight > 0 and not w.draining)
     if completion > 0:
         return completion / max(1, busy_workers)
     return None
 
 
 def _build_signals(
-    policy: ScalingPolicy, stats: QueueStatsLike, rates: Rates, current: int
+    policy: ScalingPolicy, queue: stats.QueueStats, rates: Rates, current: int
 ) -> tuple[dict[str, float | None], str | None, str]:
     """Every signal in replicas, the one that dominates, and a sentence explaining it."""
-    backlog, in_flight = stats.backlog, stats.in_flight
+    backlog, in_flight = queue.backlog, queue.in_flight
     signals: dict[str, float | None] = {"backlog": None, "capacity": None, "latency": None}
     words: dict[str, str] = {}
     if policy.target_backlog_per_replica is not None:
@@ -589,7 +551,7 @@ def _build_signals(
             f"{_ceil(value)}{_X}{policy.concurrency}{_X}{policy.target_utilization:g}"
         )
     if policy.target_oldest_job_age_seconds is not None:
-        latency, sentence = _build_latency_signal(policy, stats, rates, current)
+        latency, sentence = _build_latency_signal(policy, queue, rates, current)
         signals["latency"] = latency
         if sentence:
             words["latency"] = sentence
@@ -603,7 +565,7 @@ def _build_signals(
 
 
 def _build_latency_signal(
-    policy: ScalingPolicy, stats: QueueStatsLike, rates: Rates, current: int
+    policy: ScalingPolicy, queue: stats.QueueStats, rates: Rates, current: int
 ) -> tuple[float | None, str]:
     assert policy.target_oldest_job_age_seconds is not None
     target = policy.target_oldest_job_age_seconds
@@ -611,15 +573,15 @@ def _build_latency_signal(
     candidates: list[tuple[float, str]] = []
     mu = rates.service_per_replica
     if rates.arrival is not None and mu is not None and mu > 0:
-        value = (rates.arrival / utilization + stats.backlog / target) / mu
+        value = (rates.arrival / utilization + queue.backlog / target) / mu
         candidates.append(
             (
                 value,
-                f"arrivals {rates.arrival:.1f}/s + backlog {stats.backlog} need "
+                f"arrivals {rates.arrival:.1f}/s + backlog {queue.backlog} need "
                 f"{_ceil(value)}{_X}{mu:.2f}/s to start jobs within {target:g}s",
             )
         )
-    age = stats.oldest_job_age_seconds
+    age = queue.oldest_job_age_seconds
     if age > target:
         value = max(current, 1) * age / target
         candidates.append(
@@ -631,7 +593,7 @@ def _build_latency_signal(
 
 
 def build_deletion_costs(
-    workers: Sequence[HeartbeatLike], pod_names: Sequence[str], now: float
+    workers: Sequence[stats.WorkerHeartbeat], pod_names: Sequence[str], now: float
 ) -> dict[str, int]:
     """Return ``controller.kubernetes.io/pod-deletion-cost`` per pod (lower is removed first).
 
@@ -643,7 +605,7 @@ def build_deletion_costs(
       so the pods holding the most work, then the oldest work, are kept longest.
     When several heartbeats name the same pod (a restarted container), the latest one counts.
     """
-    latest: dict[str, HeartbeatLike] = {}
+    latest: dict[str, stats.WorkerHeartbeat] = {}
     for worker in workers:
         seen = latest.get(worker.pod_name)
         if seen is None or worker.last_seen > seen.last_seen:
@@ -651,7 +613,7 @@ def build_deletion_costs(
     return {pod: _build_deletion_cost(latest.get(pod), now) for pod in pod_names}
 
 
-def _build_deletion_cost(worker: HeartbeatLike | None, now: float) -> int:
+def _build_deletion_cost(worker: stats.WorkerHeartbeat | None, now: float) -> int:
     if worker is None:
         return COST_NO_HEARTBEAT
     if worker.draining:

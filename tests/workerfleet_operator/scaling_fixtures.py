@@ -13,10 +13,7 @@ from dataclasses import dataclass
 
 from workerfleet_operator import autoscaling
 
-try:  # TEMPORARY until worker_runtime/stats.py is committed (then the mirror goes)
-    from worker_runtime import stats
-except ImportError:
-    import stats_contract_mirror as stats  # type: ignore[no-redef]
+from worker_runtime import stats
 
 WorkerHeartbeat = stats.WorkerHeartbeat
 POLL = 5.0  # seconds between decisions in every scenario unless it says otherwise
