@@ -35,7 +35,11 @@ GROUP = "workerfleet.io"
 
 
 def wait_until(
-    predicate: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05, message: str = ""
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    message: str = "",
 ) -> Any:
     """Poll ``predicate`` until truthy (bounded); return its value or fail with ``message``."""
     deadline = time.monotonic() + timeout
@@ -72,8 +76,19 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is missing: run `make deps`", pytrace=False)
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir)]
+        args = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -173,7 +188,11 @@ class OperatorRunner:
 
     def start(self) -> OperatorRunner:
         self.thread.start()
-        wait_until(lambda: self.ready_flag.is_set() or self.errors, timeout=20, message="operator not ready")
+        wait_until(
+            lambda: self.ready_flag.is_set() or self.errors,
+            timeout=20,
+            message="operator not ready",
+        )
         assert not self.errors, self.errors
         return self
 
@@ -210,7 +229,9 @@ def operator(kubeconfig: Path) -> Iterator[Callable[..., OperatorRunner]]:
                 runner.stop()
 
 
-def build_secret(name: str, url: str, key: str = "url", namespace: str = NAMESPACE) -> dict[str, Any]:
+def build_secret(
+    name: str, url: str, key: str = "url", namespace: str = NAMESPACE
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -237,10 +258,18 @@ def build_pool(
         "spec": {
             "image": image,
             "app": "emails.tasks:app",
-            "queue": {"name": queue or name, "redis": {"urlSecretRef": {"name": secret, "key": "url"}}},
+            "queue": {
+                "name": queue or name,
+                "redis": {"urlSecretRef": {"name": secret, "key": "url"}},
+            },
             "concurrency": 4,
-            "autoscaling": {"mode": "builtin", "minReplicas": 0, "maxReplicas": 10, "pollingIntervalSeconds": 1,
-                            **(autoscaling or {})},
+            "autoscaling": {
+                "mode": "builtin",
+                "minReplicas": 0,
+                "maxReplicas": 10,
+                "pollingIntervalSeconds": 1,
+                **(autoscaling or {}),
+            },
             **spec,
         },
     }
@@ -255,4 +284,6 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
 
 
 def events_for(emu: Emulator, name: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
-    return [e for e in emu.list("events", namespace) if e.get("involvedObject", {}).get("name") == name]
+    return [
+        e for e in emu.list("events", namespace) if e.get("involvedObject", {}).get("name") == name
+    ]

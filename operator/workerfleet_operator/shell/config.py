@@ -21,17 +21,29 @@ class OperatorConfig(BaseSettings):
     namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="namespaces to watch (comma-separated); empty = cluster-wide"
     )
-    health_port: int = Field(default=8080, ge=0, le=65_535, description="kopf liveness /healthz; 0 = off")
-    metrics_port: int = Field(default=9090, ge=0, le=65_535, description="Prometheus /metrics; 0 = off")
-    bind_host: str = Field(default="0.0.0.0", description="address of the health and metrics servers")
+    health_port: int = Field(
+        default=8080, ge=0, le=65_535, description="kopf liveness /healthz; 0 = off"
+    )
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65_535, description="Prometheus /metrics; 0 = off"
+    )
+    bind_host: str = Field(
+        default="0.0.0.0", description="address of the health and metrics servers"
+    )
     kubeconfig: str | None = Field(default=None, description="kubeconfig path; default in-cluster")
     peering: str | None = Field(
         default=None, description="kopf peering name; unset = standalone (single replica)"
     )
-    resync_seconds: float = Field(default=300.0, gt=0, description="re-reconcile every pool this often")
-    secret_cache_seconds: float = Field(default=30.0, ge=0, description="re-read a Secret after this")
+    resync_seconds: float = Field(
+        default=300.0, gt=0, description="re-reconcile every pool this often"
+    )
+    secret_cache_seconds: float = Field(
+        default=30.0, ge=0, description="re-read a Secret after this"
+    )
     redis_timeout_seconds: float = Field(default=2.0, gt=0, description="timeout of one stats read")
-    retry_base_seconds: float = Field(default=1.0, gt=0, description="first retry of a failed reconcile")
+    retry_base_seconds: float = Field(
+        default=1.0, gt=0, description="first retry of a failed reconcile"
+    )
     retry_max_seconds: float = Field(default=60.0, gt=0, description="longest retry delay")
     watch_server_timeout_seconds: float = Field(default=300.0, gt=0)
     watch_client_timeout_seconds: float = Field(

@@ -43,7 +43,7 @@ from typing import Any
 
 import kopf
 
-from workerfleet_operator import autoscaling
+from workerfleet_operator import api, autoscaling
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import interim, kube, metrics, queue
 
@@ -77,7 +77,9 @@ class OperatorContext:
         return self.client
 
 
-def build_context(cfg: config_module.OperatorConfig, registry: metrics.OperatorMetrics | None = None) -> OperatorContext:
+def build_context(
+    cfg: config_module.OperatorConfig, registry: metrics.OperatorMetrics | None = None
+) -> OperatorContext:
     return OperatorContext(
         config=cfg,
         metrics=registry if registry is not None else metrics.OperatorMetrics(),
@@ -142,7 +144,9 @@ def build_conditions(
                 "reason": reason,
                 "message": message,
                 "observedGeneration": generation,
-                "lastTransitionTime": _now_rfc3339() if changed else prior.get("lastTransitionTime"),
+                "lastTransitionTime": _now_rfc3339()
+                if changed
+                else prior.get("lastTransitionTime"),
             }
         )
     return result, transitions
@@ -201,9 +205,9 @@ class PoolController:
         generation = body.get("metadata", {}).get("generation")
         if self.body is None or generation != self.reconciled_generation:
             self.dirty = True
-        if self.body is not None and self.body.get("metadata", {}).get("labels") != body.get("metadata", {}).get(
-            "labels"
-        ):
+        if self.body is not None and self.body.get("metadata", {}).get("labels") != body.get(
+            "metadata", {}
+        ).get("labels"):
             self.dirty = True
         self.body = body
         self.wake.set()
@@ -217,13 +221,18 @@ class PoolController:
             if _newer(body, self.deployment):
                 self.deployment = body
             generation = body.get("metadata", {}).get("generation")
-            if self.applied_deployment_generation is not None and generation != self.applied_deployment_generation:
+            if (
+                self.applied_deployment_generation is not None
+                and generation != self.applied_deployment_generation
+            ):
                 self.dirty = True  # someone else changed the spec: check for drift
         self.wake.set()
 
     def start(self) -> None:
         if self.task is None:
-            self.task = asyncio.create_task(self.run(), name=f"workerpool/{self.namespace}/{self.name}")
+            self.task = asyncio.create_task(
+                self.run(), name=f"workerpool/{self.namespace}/{self.name}"
+            )
 
     async def stop(self) -> None:
         self.stopped = True
@@ -248,10 +257,17 @@ class PoolController:
                     self.next_reconcile = self.ctx.clock() + cfg.resync_seconds
                 else:
                     self.failures += 1
-                    delay = min(cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** (self.failures - 1))
+                    delay = min(
+                        cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** (self.failures - 1)
+                    )
                     self.next_reconcile = self.ctx.clock() + delay
             now = self.ctx.clock()
-            if self.body is not None and self.spec_problem is None and self.secret is not None and now >= self.next_poll:
+            if (
+                self.body is not None
+                and self.spec_problem is None
+                and self.secret is not None
+                and now >= self.next_poll
+            ):
                 policy = self._policy()
                 self.next_poll = now + (policy.polling_interval_seconds if policy else 5.0)
                 try:
@@ -265,7 +281,10 @@ class PoolController:
                         self.name,
                         queue.redact(str(exc), self.secret),
                     )
-            deadline = min(self.next_reconcile, self.next_poll if self.secret is not None else self.next_reconcile)
+            deadline = min(
+                self.next_reconcile,
+                self.next_poll if self.secret is not None else self.next_reconcile,
+            )
             timeout = max(0.0, deadline - self.ctx.clock())
             if self.dirty:
                 continue
@@ -289,9 +308,17 @@ class PoolController:
             self.ctx.metrics.reconcile_errors.inc()
             text = queue.redact(str(exc), self.secret)
             if isinstance(exc, kube.ApiError) and exc.status in (409, 422, 429, 500, 503):
-                logger.info("reconcile of %s/%s will be retried: %s", self.namespace, self.name, text)
+                logger.info(
+                    "reconcile of %s/%s will be retried: %s", self.namespace, self.name, text
+                )
             else:
-                logger.error("reconcile of %s/%s failed: %s: %s", self.namespace, self.name, type(exc).__name__, text)
+                logger.error(
+                    "reconcile of %s/%s failed: %s: %s",
+                    self.namespace,
+                    self.name,
+                    type(exc).__name__,
+                    text,
+                )
             with contextlib.suppress(Exception):
                 await self._write_status(
                     {"Degraded": ("True", "ReconcileFailed", f"{type(exc).__name__}: {text}"[:512])}
@@ -306,23 +333,30 @@ class PoolController:
     def _spec(self) -> Mapping[str, Any]:
         return (self.body or {}).get("spec") or {}
 
+    def _pool(self) -> api.Pool:
+        parsed = api.parse_pool(self.body or {})
+        if isinstance(parsed, api.InvalidPool):
+            raise SpecProblemError("InvalidSpec", parsed.message)
+        return parsed
+
     def _policy(self) -> autoscaling.ScalingPolicy | None:
         try:
-            return interim.build_scaling_policy(self._spec())
-        except (ValueError, TypeError, KeyError):
+            return api.build_scaling_policy(self._pool().spec)
+        except (SpecProblemError, ValueError):
             return None
 
     async def _read_secret(self) -> kube.SecretValue:
-        spec = self._spec()
-        try:
-            ref = spec["queue"]["redis"]["urlSecretRef"]
-            secret_name, secret_key = str(ref["name"]), str(ref["key"])
-        except (KeyError, TypeError) as exc:
-            raise SpecProblemError("InvalidSpec", "spec.queue.redis.urlSecretRef is missing") from exc
+        ref = self._pool().spec.queue.redis.url_secret_ref
+        secret_name, secret_key = ref.name, ref.key
         now = self.ctx.clock()
         key = self.secret_key
         fresh = now - self.secret_read_at < self.ctx.config.secret_cache_seconds
-        if self.secret is not None and key is not None and (key.secret, key.key) == (secret_name, secret_key) and fresh:
+        if (
+            self.secret is not None
+            and key is not None
+            and (key.secret, key.key) == (secret_name, secret_key)
+            and fresh
+        ):
             return self.secret
         client = self.ctx.fetch_client()
         try:
@@ -339,7 +373,9 @@ class PoolController:
                 "InvalidRedisURL", f'key "{secret_key}" of Secret "{secret_name}": {exc}'
             ) from None
         self.secret = value
-        self.secret_key = queue.ClientKey(self.namespace, secret_name, secret_key, value.resource_version)
+        self.secret_key = queue.ClientKey(
+            self.namespace, secret_name, secret_key, value.resource_version
+        )
         self.secret_read_at = now
         return value
 
@@ -350,10 +386,12 @@ class PoolController:
         client = self.ctx.fetch_client()
         generation = int(body["metadata"].get("generation", 1))
         try:
+            pool = self._pool()
+            try:
+                policy = api.build_scaling_policy(pool.spec)
+            except ValueError as exc:
+                raise SpecProblemError("InvalidSpec", str(exc)) from None
             await self._read_secret()
-            policy = self._policy()
-            if policy is None:
-                raise SpecProblemError("InvalidSpec", "spec.autoscaling is inconsistent")
         except SpecProblemError as problem:
             first = self.spec_problem is None or self.spec_problem.reason != problem.reason
             self.spec_problem = problem
@@ -365,19 +403,31 @@ class PoolController:
                 observed_generation=generation,
             )
             if first:
-                logger.warning("WorkerPool %s/%s: %s: %s", self.namespace, self.name, problem.reason, problem.message)
+                logger.warning(
+                    "WorkerPool %s/%s: %s: %s",
+                    self.namespace,
+                    self.name,
+                    problem.reason,
+                    problem.message,
+                )
             return
         self.spec_problem = None
 
         mode = policy.mode
         deployment = self.deployment
         if deployment is None or self.deployment_gone:
-            deployment = await kube.fetch_object(client, kube.build_ref("Deployment", self.namespace, self.name))
+            deployment = await kube.fetch_object(
+                client, kube.build_ref("Deployment", self.namespace, self.name)
+            )
             self.deployment_gone = False
         creating = deployment is None
         replicas: int | None = None
         if mode == "disabled":
-            replicas = int(self._spec().get("autoscaling", {}).get("replicas", policy.min_replicas) or 0)
+            replicas = int(
+                pool.spec.autoscaling.replicas
+                if pool.spec.autoscaling.replicas is not None
+                else policy.min_replicas
+            )
         elif mode == "builtin" and creating:
             replicas = max(policy.min_replicas, 0)
         desired = interim.build_deployment(body, replicas)
@@ -393,16 +443,26 @@ class PoolController:
             if creating and mode == "builtin":
                 # Hand the initial count to the autoscaler's manager (same value: shared ownership)
                 with contextlib.suppress(kube.ApiError):
-                    self.deployment = await kube.apply_replicas(client, self.namespace, self.name, replicas or 0)
+                    self.deployment = await kube.apply_replicas(
+                        client, self.namespace, self.name, replicas or 0
+                    )
                     deployment = self.deployment
             if drifted:
-                await self._event("Normal", "DriftCorrected", f"Deployment {self.name} restored to the pool's spec")
+                await self._event(
+                    "Normal",
+                    "DriftCorrected",
+                    f"Deployment {self.name} restored to the pool's spec",
+                )
         else:
             self.applied_deployment_generation = int(deployment["metadata"].get("generation", 1))  # type: ignore[index]
         self.reconciled_generation = generation
-        await self._write_status(self._rollout_conditions(deployment), observed_generation=generation)
+        await self._write_status(
+            self._rollout_conditions(deployment), observed_generation=generation
+        )
 
-    def _rollout_conditions(self, deployment: Mapping[str, Any] | None) -> dict[str, tuple[str, str, str]]:
+    def _rollout_conditions(
+        self, deployment: Mapping[str, Any] | None
+    ) -> dict[str, tuple[str, str, str]]:
         if deployment is None:
             return {"Ready": ("False", "DeploymentMissing", "the Deployment does not exist yet")}
         spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
@@ -414,14 +474,26 @@ class PoolController:
         if observed < gen or updated < spec_replicas:
             rolling = ("True", "RollingOut", f"{updated}/{spec_replicas} replicas updated")
             return {
-                "Ready": ("False", "RolloutInProgress", f"{updated}/{spec_replicas} replicas updated"),
+                "Ready": (
+                    "False",
+                    "RolloutInProgress",
+                    f"{updated}/{spec_replicas} replicas updated",
+                ),
                 "Progressing": rolling,
                 "Degraded": ("False", "AsExpected", "no errors"),
             }
         if available < spec_replicas:
             return {
-                "Ready": ("False", "ReplicasUnavailable", f"{available}/{spec_replicas} replicas available"),
-                "Progressing": ("True", "WaitingForReplicas", f"{available}/{spec_replicas} replicas available"),
+                "Ready": (
+                    "False",
+                    "ReplicasUnavailable",
+                    f"{available}/{spec_replicas} replicas available",
+                ),
+                "Progressing": (
+                    "True",
+                    "WaitingForReplicas",
+                    f"{available}/{spec_replicas} replicas available",
+                ),
                 "Degraded": ("False", "AsExpected", "no errors"),
             }
         return {
@@ -444,7 +516,9 @@ class PoolController:
             return
         current = body.get("status") or {}
         generation = int(body["metadata"].get("generation", 1))
-        conditions, transitions = build_conditions(current.get("conditions") or [], wanted, generation)
+        conditions, transitions = build_conditions(
+            current.get("conditions") or [], wanted, generation
+        )
         status: Body = {"conditions": conditions}
         if observed_generation is not None:
             status["observedGeneration"] = observed_generation
@@ -459,7 +533,12 @@ class PoolController:
             status["desiredReplicas"] = status["replicas"]
         if extra:
             status.update(extra)
-        if all(current.get(k) == v for k, v in status.items()):
+        # Normalize through the API's status model: only schema fields, in the stored shape, so
+        # that "unchanged" compares equal to what the API server kept (it prunes unknown fields).
+        status = api.build_status_patch(api.WorkerPoolStatus.model_validate(status))
+        stored = api.parse_status(current)
+        stored_patch = api.build_status_patch(stored) if stored is not None else {}
+        if all(stored_patch.get(k) == v for k, v in status.items()):
             return
         ref = kube.build_ref("WorkerPool", self.namespace, self.name)
         try:
@@ -490,45 +569,72 @@ class PoolController:
                 message=queue.redact(message, self.secret),
             )
         except kube.ApiError as exc:  # an Event is best-effort; never fail a reconcile for it
-            logger.info("could not post Event %s for %s/%s: %s", reason, self.namespace, self.name, exc.reason)
+            logger.info(
+                "could not post Event %s for %s/%s: %s",
+                reason,
+                self.namespace,
+                self.name,
+                exc.reason,
+            )
 
     # ------------------------------------------------------------------ autoscaler
 
     async def _poll_queue(self, policy: autoscaling.ScalingPolicy | None) -> None:
         if policy is None or self.secret is None or self.secret_key is None or self.body is None:
             return
-        spec = self._spec()
-        queue_name = str(spec["queue"]["name"])
+        queue_name = self._pool().spec.queue.name
         observation = await self.ctx.queues.fetch_observation(
             self.secret_key, self.secret, queue_name, timeout=self.ctx.config.redis_timeout_seconds
         )
         self.last_observation = observation
         deployment = self.deployment
         current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
-        decision = autoscaling.decide(policy, observation, current, self.scaler_state, self.ctx.clock())
+        decision = autoscaling.decide(
+            policy, observation, current, self.scaler_state, self.ctx.clock()
+        )
         self.scaler_state = decision.state
         self.last_decision = decision
         explanation = autoscaling.build_explanation(decision)
         wanted: dict[str, tuple[str, str, str]] = {}
         if observation.stats is None:
-            wanted["QueueReachable"] = ("False", "QueueUnreachable", observation.error or "stats read failed")
+            wanted["QueueReachable"] = (
+                "False",
+                "QueueUnreachable",
+                observation.error or "stats read failed",
+            )
         else:
             wanted["QueueReachable"] = ("True", "StatsRead", f"queue {queue_name} read")
         if policy.mode == "builtin" and deployment is not None and decision.desired != current:
             if policy.dry_run:
                 if self.last_dry_run_desired != decision.desired:
                     self.last_dry_run_desired = decision.desired
-                    await self._event("Normal", "DryRunScale", f"would scale {current}→{decision.desired}: {explanation}")
+                    await self._event(
+                        "Normal",
+                        "DryRunScale",
+                        f"would scale {current}→{decision.desired}: {explanation}",
+                    )
             else:
                 await self._scale(deployment, current, decision, explanation, observation)
         if self.replicas_blocked_by:
             owners = ", ".join(self.replicas_blocked_by)
-            wanted["ScalingLimited"] = ("True", "ReplicasOwnedElsewhere", f"spec.replicas is owned by {owners}")
+            wanted["ScalingLimited"] = (
+                "True",
+                "ReplicasOwnedElsewhere",
+                f"spec.replicas is owned by {owners}",
+            )
         elif decision.scaling_limited:
-            wanted["ScalingLimited"] = ("True", "MaxReplicas", "pinned at maxReplicas while the backlog grows")
+            wanted["ScalingLimited"] = (
+                "True",
+                "MaxReplicas",
+                "pinned at maxReplicas while the backlog grows",
+            )
         elif policy.mode == "builtin":
             wanted["ScalingLimited"] = ("False", "WithinLimits", "the autoscaler is not limited")
-        extra: Body = {"autoscaling": _build_autoscaling_status(decision, explanation, self.scaler_state)}
+        extra: Body = {
+            "autoscaling": _build_autoscaling_status(
+                policy, decision, explanation, self.scaler_state
+            )
+        }
         if observation.stats is not None:
             extra["queue"] = _build_queue_status(observation.stats, decision)
         await self._write_status(wanted, extra=extra)
@@ -546,7 +652,9 @@ class PoolController:
         if decision.desired < current:
             await self._mark_deletion_costs(deployment, observation)
         try:
-            self.deployment = await kube.apply_replicas(client, self.namespace, self.name, decision.desired)
+            self.deployment = await kube.apply_replicas(
+                client, self.namespace, self.name, decision.desired
+            )
         except kube.ApiError as exc:
             if not exc.is_conflict:
                 raise
@@ -556,45 +664,63 @@ class PoolController:
                 if o not in (kube.REPLICAS_FIELD_MANAGER, kube.FIELD_MANAGER)
             ) or ("another field manager",)
             if others != self.replicas_blocked_by:
-                logger.warning("%s/%s: spec.replicas is owned by %s; holding", self.namespace, self.name, others)
+                logger.warning(
+                    "%s/%s: spec.replicas is owned by %s; holding",
+                    self.namespace,
+                    self.name,
+                    others,
+                )
             self.replicas_blocked_by = others
             return
         self.replicas_blocked_by = ()
         verb = "ScaledUp" if decision.desired > current else "ScaledDown"
         await self._event("Normal", verb, f"{verb} {current}→{decision.desired}: {explanation}")
 
-    async def _mark_deletion_costs(self, deployment: Mapping[str, Any], observation: autoscaling.Observation) -> None:
+    async def _mark_deletion_costs(
+        self, deployment: Mapping[str, Any], observation: autoscaling.Observation
+    ) -> None:
         selector = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
         if not selector:
             return
         client = self.ctx.fetch_client()
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
-        pods = await kube.fetch_objects(client, kube.build_ref("Pod", self.namespace), label_selector=label_selector)
+        pods = await kube.fetch_objects(
+            client, kube.build_ref("Pod", self.namespace), label_selector=label_selector
+        )
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         names = [p["metadata"]["name"] for p in live]
         workers = observation.stats.workers if observation.stats is not None else ()
         now = observation.stats.now if observation.stats is not None else time.time()
         costs = autoscaling.build_deletion_costs(workers, names, now)
         current = {
-            p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(kube.DELETION_COST_ANNOTATION)
+            p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
+                kube.DELETION_COST_ANNOTATION
+            )
             for p in live
         }
         await kube.apply_pod_deletion_costs(client, self.namespace, costs, current)
 
     def _export(
-        self, policy: autoscaling.ScalingPolicy, observation: autoscaling.Observation, decision: autoscaling.Decision
+        self,
+        policy: autoscaling.ScalingPolicy,
+        observation: autoscaling.Observation,
+        decision: autoscaling.Decision,
     ) -> None:
         m = self.ctx.metrics
         labels = self.labels
-        spec = self._spec()
+        pool = self._pool()
         m.queue_reachable.labels(*labels).set(1 if observation.stats is not None else 0)
         m.replicas_desired.labels(*labels).set(decision.desired)
         m.replicas_max.labels(*labels).set(policy.max_replicas)
-        threshold = (spec.get("deadLetter") or {}).get("alertThreshold", 1)
+        threshold = pool.spec.dead_letter.alert_threshold
         m.dead_letter_alert_threshold.labels(*labels).set(float(threshold))
         if self.deployment is not None:
-            m.replicas_current.labels(*labels).set(int(self.deployment.get("spec", {}).get("replicas", 0)))
-            m.replicas_ready.labels(*labels).set(int((self.deployment.get("status") or {}).get("readyReplicas", 0)))
+            m.replicas_current.labels(*labels).set(
+                int(self.deployment.get("spec", {}).get("replicas", 0))
+            )
+            m.replicas_ready.labels(*labels).set(
+                int((self.deployment.get("status") or {}).get("readyReplicas", 0))
+            )
         s = observation.stats
         if s is None:
             return
@@ -617,18 +743,26 @@ def _build_queue_status(s: Any, decision: autoscaling.Decision) -> Body:
         "inFlight": int(s.in_flight),
         "delayed": int(getattr(s, "future_delayed", 0)),
         "deadLetter": int(getattr(s, "dead_letter", 0)),
-        "oldestJobAgeSeconds": round(float(s.oldest_job_age_seconds)),
+        # whole seconds and 2-decimal rates: an idle pool's status must not change every poll
+        "oldestJobAgeSeconds": float(round(float(s.oldest_job_age_seconds))),
         "arrivalRate": None if rates.arrival is None else round(rates.arrival, 2),
         "completionRate": None if rates.completion is None else round(rates.completion, 2),
+        "workers": len(getattr(s, "workers", ())),
     }
 
 
-def _build_autoscaling_status(decision: autoscaling.Decision, explanation: str, state: autoscaling.ScalerState) -> Body:
+def _build_autoscaling_status(
+    policy: autoscaling.ScalingPolicy,
+    decision: autoscaling.Decision,
+    explanation: str,
+    state: autoscaling.ScalerState,
+) -> Body:
     last = state.last_scale_time
     return {
+        "mode": policy.mode,
         "signals": {k: (None if v is None else round(v, 2)) for k, v in decision.signals.items()},
         "chosen": decision.chosen,
-        "desired": decision.desired,
+        "rawDesired": decision.raw_desired,
         "clampedBy": decision.clamped_by,
         "reason": explanation[:1024],
         "dryRun": decision.dry_run,
@@ -656,7 +790,9 @@ def _newer(candidate: Mapping[str, Any] | None, current: Mapping[str, Any] | Non
 def _is_subset(wanted: Any, actual: Any) -> bool:
     """True if every field we apply is present with the same value (our drift check)."""
     if isinstance(wanted, dict):
-        return isinstance(actual, dict) and all(_is_subset(v, actual.get(k)) for k, v in wanted.items())
+        return isinstance(actual, dict) and all(
+            _is_subset(v, actual.get(k)) for k, v in wanted.items()
+        )
     if isinstance(wanted, list):
         return (
             isinstance(actual, list)
@@ -668,7 +804,9 @@ def _is_subset(wanted: Any, actual: Any) -> bool:
 
 def _owner_pool(body: Mapping[str, Any]) -> str | None:
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("kind") == "WorkerPool" and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        if ref.get("kind") == "WorkerPool" and str(ref.get("apiVersion", "")).startswith(
+            f"{GROUP}/"
+        ):
             return str(ref.get("name"))
     return None
 
@@ -689,7 +827,9 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         else:
             info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         if info is None:
-            raise kopf.LoginError("no credentials: set WORKERFLEET_OPERATOR_KUBECONFIG or run in a pod")
+            raise kopf.LoginError(
+                "no credentials: set WORKERFLEET_OPERATOR_KUBECONFIG or run in a pod"
+            )
         ctx.login = info
         return info
 
@@ -730,7 +870,9 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         controller = ctx.pools.get((namespace, pool or ""))
         if controller is None:
             return  # the pool is gone or not seen yet; its own event will reconcile
-        controller.observe_deployment(copy.deepcopy(dict(raw)), deleted=event.get("type") == "DELETED")
+        controller.observe_deployment(
+            copy.deepcopy(dict(raw)), deleted=event.get("type") == "DELETED"
+        )
 
     @kopf.on.probe(registry=registry, id="pools")
     async def pools_probe(**_: Any) -> int:

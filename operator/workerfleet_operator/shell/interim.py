@@ -42,7 +42,10 @@ def build_deployment(pool: Mapping[str, Any], replicas: int | None) -> Body:
     ref = spec["queue"]["redis"]["urlSecretRef"]
     labels = build_labels(name)
     env = [
-        {"name": "WORKERFLEET_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref["key"]}}},
+        {
+            "name": "WORKERFLEET_REDIS_URL",
+            "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref["key"]}},
+        },
         {"name": "WORKERFLEET_QUEUE", "value": spec["queue"]["name"]},
         {"name": "WORKERFLEET_APP", "value": spec.get("app", "")},
         {"name": "WORKERFLEET_CONCURRENCY", "value": str(spec.get("concurrency", 8))},
@@ -94,10 +97,14 @@ def build_scaling_policy(spec: Mapping[str, Any]) -> autoscaling.ScalingPolicy:
         activation_backlog=a.get("activationBacklog", 1),
         polling_interval_seconds=a.get("pollingIntervalSeconds", 5.0),
         scale_up=autoscaling.StepPolicy(
-            up.get("stabilizationWindowSeconds", 0.0), up.get("maxStepPercent", 100.0), up.get("maxStepPods", 4)
+            up.get("stabilizationWindowSeconds", 0.0),
+            up.get("maxStepPercent", 100.0),
+            up.get("maxStepPods", 4),
         ),
         scale_down=autoscaling.StepPolicy(
-            down.get("stabilizationWindowSeconds", 120.0), down.get("maxStepPercent", 50.0), down.get("maxStepPods")
+            down.get("stabilizationWindowSeconds", 120.0),
+            down.get("maxStepPercent", 50.0),
+            down.get("maxStepPods"),
         ),
         on_metric_failure=a.get("onMetricFailure", "hold"),
         fallback_replicas=a.get("fallbackReplicas"),

@@ -75,7 +75,11 @@ class ObjectRef:
     name: str | None = None
 
     def build_path(self, subresource: str | None = None) -> str:
-        prefix = f"/api/{self.api_version}" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        prefix = (
+            f"/api/{self.api_version}"
+            if "/" not in self.api_version
+            else f"/apis/{self.api_version}"
+        )
         parts = [prefix]
         if self.namespace:
             parts.append(f"namespaces/{urllib.parse.quote(self.namespace)}")
@@ -185,7 +189,9 @@ async def fetch_object(client: KubeClient, ref: ObjectRef) -> Body | None:
         raise
 
 
-async def fetch_objects(client: KubeClient, ref: ObjectRef, *, label_selector: str = "") -> list[Body]:
+async def fetch_objects(
+    client: KubeClient, ref: ObjectRef, *, label_selector: str = ""
+) -> list[Body]:
     """Every object of the ref's kind in its namespace matching the label selector."""
     params = {"labelSelector": label_selector} if label_selector else None
     try:
@@ -217,7 +223,9 @@ class SecretNotFoundError(Exception):
         self.key_missing = key_missing
 
 
-async def fetch_secret_value(client: KubeClient, namespace: str, name: str, key: str) -> SecretValue:
+async def fetch_secret_value(
+    client: KubeClient, namespace: str, name: str, key: str
+) -> SecretValue:
     """Decode ``data[key]`` of the Secret; raise :class:`SecretNotFoundError` when absent."""
     body = await fetch_object(client, build_ref("Secret", namespace, name))
     if body is None:
@@ -230,7 +238,9 @@ async def fetch_secret_value(client: KubeClient, namespace: str, name: str, key:
         value = str(string_data[key])
     else:
         raise SecretNotFoundError(namespace, name, key, key_missing=True)
-    return SecretValue(resource_version=str(body["metadata"].get("resourceVersion", "")), value=value.strip())
+    return SecretValue(
+        resource_version=str(body["metadata"].get("resourceVersion", "")), value=value.strip()
+    )
 
 
 # ---------------------------------------------------------------------------- apply_*

@@ -37,9 +37,13 @@ def run_operator(
     registry = kopf.OperatorRegistry()
     handlers.register(registry, ctx)
     if cfg.metrics_port:
-        prometheus_client.start_http_server(cfg.metrics_port, cfg.bind_host, registry=ctx.metrics.registry)
+        prometheus_client.start_http_server(
+            cfg.metrics_port, cfg.bind_host, registry=ctx.metrics.registry
+        )
     liveness = f"http://{cfg.bind_host}:{cfg.health_port}/healthz" if cfg.health_port else None
-    kwargs: dict[str, Any] = {"clusterwide": True} if not cfg.namespaces else {"namespaces": list(cfg.namespaces)}
+    kwargs: dict[str, Any] = (
+        {"clusterwide": True} if not cfg.namespaces else {"namespaces": list(cfg.namespaces)}
+    )
     kopf.run(
         registry=registry,
         settings=handlers.build_settings(cfg),

@@ -23,21 +23,38 @@ class OperatorMetrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, POOL_LABELS, registry=self.registry)
 
-        self.backlog = gauge("workerfleet_pool_backlog", "Ready jobs not yet delivered (incl. due retries).")
-        self.in_flight = gauge("workerfleet_pool_in_flight", "Jobs delivered and not yet finished.")
-        self.delayed = gauge("workerfleet_pool_delayed", "Delayed/retry jobs still waiting for their time.")
-        self.dead_letter = gauge("workerfleet_pool_dead_letter", "Entries in the dead-letter queue.")
-        self.oldest_job_age = gauge(
-            "workerfleet_pool_oldest_job_age_seconds", "Age of the oldest ready job not yet started."
+        self.backlog = gauge(
+            "workerfleet_pool_backlog", "Ready jobs not yet delivered (incl. due retries)."
         )
-        self.replicas_desired = gauge("workerfleet_pool_replicas_desired", "Replicas the autoscaler wants.")
-        self.replicas_current = gauge("workerfleet_pool_replicas_current", "spec.replicas of the Deployment.")
-        self.replicas_ready = gauge("workerfleet_pool_replicas_ready", "Ready replicas of the Deployment.")
-        self.replicas_max = gauge("workerfleet_pool_replicas_max", "autoscaling.maxReplicas of the pool.")
+        self.in_flight = gauge("workerfleet_pool_in_flight", "Jobs delivered and not yet finished.")
+        self.delayed = gauge(
+            "workerfleet_pool_delayed", "Delayed/retry jobs still waiting for their time."
+        )
+        self.dead_letter = gauge(
+            "workerfleet_pool_dead_letter", "Entries in the dead-letter queue."
+        )
+        self.oldest_job_age = gauge(
+            "workerfleet_pool_oldest_job_age_seconds",
+            "Age of the oldest ready job not yet started.",
+        )
+        self.replicas_desired = gauge(
+            "workerfleet_pool_replicas_desired", "Replicas the autoscaler wants."
+        )
+        self.replicas_current = gauge(
+            "workerfleet_pool_replicas_current", "spec.replicas of the Deployment."
+        )
+        self.replicas_ready = gauge(
+            "workerfleet_pool_replicas_ready", "Ready replicas of the Deployment."
+        )
+        self.replicas_max = gauge(
+            "workerfleet_pool_replicas_max", "autoscaling.maxReplicas of the pool."
+        )
         self.dead_letter_alert_threshold = gauge(
             "workerfleet_pool_dead_letter_alert_threshold", "deadLetter.alertThreshold of the pool."
         )
-        self.queue_reachable = gauge("workerfleet_pool_queue_reachable", "1 if the last stats read worked.")
+        self.queue_reachable = gauge(
+            "workerfleet_pool_queue_reachable", "1 if the last stats read worked."
+        )
         self.jobs_enqueued = _MirroredCounter(
             "workerfleet_pool_jobs_enqueued", "Jobs ever enqueued (from Redis).", self.registry
         )
@@ -51,7 +68,9 @@ class OperatorMetrics:
             "workerfleet_pool_jobs_dead_lettered", "Jobs dead-lettered (from Redis).", self.registry
         )
         self.workers_killed = _MirroredCounter(
-            "workerfleet_pool_workers_killed", "Worker heartbeats that expired (from Redis).", self.registry
+            "workerfleet_pool_workers_killed",
+            "Worker heartbeats that expired (from Redis).",
+            self.registry,
         )
         self.reconcile_total = Counter(
             "workerfleet_operator_reconcile",
@@ -60,7 +79,9 @@ class OperatorMetrics:
             registry=self.registry,
         )
         self.reconcile_errors = Counter(
-            "workerfleet_operator_reconcile_errors", "Reconciles that raised.", registry=self.registry
+            "workerfleet_operator_reconcile_errors",
+            "Reconciles that raised.",
+            registry=self.registry,
         )
         self.reconcile_duration = Histogram(
             "workerfleet_operator_reconcile_duration_seconds",

@@ -76,7 +76,11 @@ class QueueReader:
     def _fetch_client(self, key: ClientKey, secret: kube.SecretValue) -> redis.asyncio.Redis:
         client = self._clients.get(key)
         if client is None:
-            for old in [k for k in self._clients if (k.namespace, k.secret, k.key) == (key.namespace, key.secret, key.key)]:
+            for old in [
+                k
+                for k in self._clients
+                if (k.namespace, k.secret, k.key) == (key.namespace, key.secret, key.key)
+            ]:
                 stale = self._clients.pop(old)
                 asyncio.ensure_future(stale.aclose())  # a rotated Secret: drop the old pool
             client = connection.fetch_client(secret.value, socket_timeout=self._socket_timeout)
@@ -91,7 +95,9 @@ class QueueReader:
             client = self._fetch_client(key, secret)
             queue_stats = await asyncio.wait_for(stats.fetch_queue_stats(client, queue), timeout)
         except Exception as exc:  # any failure is "metric unavailable" for the scaler
-            return autoscaling.Observation(stats=None, error=redact(f"{type(exc).__name__}: {exc}", secret))
+            return autoscaling.Observation(
+                stats=None, error=redact(f"{type(exc).__name__}: {exc}", secret)
+            )
         return autoscaling.Observation(stats=queue_stats, error=None)
 
     async def close(self) -> None:
