@@ -13,16 +13,18 @@ When the operator starts calling a new verb or resource, add it HERE first, then
 (the packaging test fails until both agree).
 
 Modes (see ``build_permission_set``):
-- cluster-wide (``WORKERFLEET_OPERATOR_NAMESPACES`` empty): one ClusterRole. kopf also watches
-  CustomResourceDefinitions ("scanning") so a CRD installed after the operator is noticed.
+- cluster-wide (``WORKERFLEET_OPERATOR_NAMESPACES`` empty): one ClusterRole.
 - namespaced (``WORKERFLEET_OPERATOR_NAMESPACES=a,b``): a Role per namespace and NOTHING
-  cluster-scoped. The operator must then run kopf with ``settings.scanning.disabled = True`` and
-  exact namespace names (no globs): kopf then neither lists namespaces nor watches CRDs (see
-  ``kopf._core.reactor.observation``). Note that kopf lists namespaces only in namespaced mode
-  with scanning on, never cluster-wide, so no mode here needs ``namespaces``.
+  cluster-scoped.
 - peering (``WORKERFLEET_OPERATOR_PEERING`` set, only with more than one replica): kopf's
   ClusterKopfPeering (cluster-wide) or KopfPeering (namespaced) objects. kopf peering is not
   leader election; it only pauses standby operators, which is why one replica is the default.
+
+In every mode the operator runs kopf with ``settings.scanning.disabled = True`` and exact namespace
+names (``shell.handlers``): kopf then neither watches CRDs nor lists namespaces (see
+``kopf._core.reactor.observation``), so no mode needs ``customresourcedefinitions`` or
+``namespaces``. Children are written by server-side apply: creating an object that way is
+authorized as both ``patch`` and ``create``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Scope = Literal["namespaced", "cluster"]
-Condition = Literal["always", "cluster-wide", "peering-cluster-wide", "peering-namespaced"]
+Condition = Literal["always", "peering-cluster-wide", "peering-namespaced"]
 
 
 @dataclass(frozen=True)
@@ -107,21 +109,8 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
         "keda.sh",
         "scaledobjects",
         ("get", "list", "watch", "create", "patch", "update", "delete"),
-        "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling",
-    ),
-    Permission(
-        "keda.sh",
-        "triggerauthentications",
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
-        "the KEDA ScaledObject reads the Redis URL through a TriggerAuthentication",
-    ),
-    Permission(
-        "apiextensions.k8s.io",
-        "customresourcedefinitions",
-        ("list", "watch"),
-        "kopf scans CRDs cluster-wide so a WorkerPool CRD installed later is noticed",
-        scope="cluster",
-        condition="cluster-wide",
+        "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling"
+        " (KEDA's Redis scaler reads the URL from the workers' env: no TriggerAuthentication)",
     ),
     Permission(
         "kopf.dev",
@@ -147,8 +136,6 @@ def build_permission_set(*, cluster_wide: bool, peering: bool) -> frozenset[tupl
     Pure; the packaging tests compare it with the rendered chart.
     """
     wanted: set[Condition] = {"always"}
-    if cluster_wide:
-        wanted.add("cluster-wide")
     if peering:
         wanted.add("peering-cluster-wide" if cluster_wide else "peering-namespaced")
     return frozenset(

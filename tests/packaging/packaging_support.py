@@ -1,0 +1,64 @@
+"""Shared helpers of the packaging tests: where the chart and tools are, running and rendering.
+
+Imported by tests/packaging/conftest.py and the test modules. A missing binary FAILS the test
+(never a skip): `make deps` installs helm, promtool and checkov.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "workerfleet"
+CI_VALUES = CHART / "ci"
+CACHE_BIN = Path(os.environ.get("WORKERFLEET_CACHE", Path.home() / ".cache" / "workerfleet")) / "bin"
+NAMESPACE = "workerfleet-system"
+RELEASE = "workerfleet"
+VALUES_SETS = ("default", "namespaced", "monitoring")
+
+Manifest = dict[str, Any]
+
+
+def find_binary(name: str, *candidates: Path) -> str:
+    """Return the path of a real tool, or fail the test naming how to get it."""
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: run `make deps` (scripts/ensure-deps.sh)")
+    return found
+
+
+def run(cmd: list[str], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a tool with a time bound; the caller asserts on the exit code and output."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False, env=env)
+
+
+def helm_template(helm: str, values: Path | None = None, *args: str) -> str:
+    """`helm template` the chart as release RELEASE in NAMESPACE; asserts it renders."""
+    cmd = [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    if values is not None:
+        cmd += ["-f", str(values)]
+    done = run([*cmd, *args])
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def values_file(values_set: str) -> Path:
+    return CI_VALUES / f"{values_set}-values.yaml"
+
+
+def load_manifests(text: str) -> list[Manifest]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def of_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m.get("kind") == kind]

@@ -1,0 +1,249 @@
+"""helm lint --strict, the strict values schema, the chart's guard rails and its documentation."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import Render
+from packaging_support import CHART, NAMESPACE, VALUES_SETS, of_kind, run, values_file
+
+pytestmark = pytest.mark.chart
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_helm_lint_strict_is_clean_for_every_values_set(helm: str, values_set: str) -> None:
+    done = run([helm, "lint", "--strict", str(CHART), "-f", str(values_file(values_set)), "--namespace", NAMESPACE])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("bad_values", "message"),
+    [
+        ({"operator": {"replica": 2}}, "at '/operator': additional properties 'replica' not allowed"),
+        ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
+        (
+            {"operator": {"securityContext": {"readOnlyRootFilesystem": False, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}},
+            "at '/operator/securityContext/readOnlyRootFilesystem': value must be true",
+        ),
+        ({"image": {"digest": "sha256:short"}}, "at '/image/digest'"),
+        ({"prometheusRule": {"disabledAlerts": ["NoSuchAlert"]}}, "at '/prometheusRule/disabledAlerts/0'"),
+    ],
+    ids=["unknown-key", "wrong-type", "writable-root-fs", "bad-digest", "unknown-alert"],
+)
+def test_a_values_file_violating_the_schema_fails_with_a_clear_message(
+    helm: str, tmp_path: Path, bad_values: dict[str, Any], message: str
+) -> None:
+    # Given a values file that breaks the schema
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text(yaml.safe_dump(bad_values))
+    # When the chart is rendered with it
+    done = run([helm, "template", "workerfleet", str(CHART), "-f", str(bad)])
+    # Then helm refuses, naming the schema and the offending path
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr
+    assert message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "operator.replicas=2"], "operator.replicas > 1 needs operator.peering.enabled: kopf peering is not leader election"),
+        (["--set", "image.tag=latest"], 'image.tag must not be "latest"'),
+        (["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"], "metrics.serviceMonitor.enabled needs metrics.service.enabled"),
+    ],
+    ids=["replicas-without-peering", "latest-tag", "servicemonitor-without-service"],
+)
+def test_unsafe_combinations_are_refused_with_the_reason(helm: str, args: list[str], message: str) -> None:
+    done = run([helm, "template", "workerfleet", str(CHART), *args])
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_the_operator_runs_one_restricted_replica_with_probes_and_resources(render: Render) -> None:
+    (deployment,) = of_kind(render("default"), "Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"]["type"] == "Recreate"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] >= 10000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["WORKERFLEET_OPERATOR_NAMESPACES"] == ""
+    assert env["WORKERFLEET_OPERATOR_HEALTH_PORT"] == "8080"
+    assert env["WORKERFLEET_OPERATOR_METRICS_PORT"] == "9090"
+    assert "WORKERFLEET_OPERATOR_PEERING" not in env  # unset = standalone
+    # No automounted token; the projected one expires and lands where client libraries look.
+    assert pod["automountServiceAccountToken"] is False
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/var/run/secrets/kubernetes.io/serviceaccount" in mounts
+
+
+def test_the_namespaced_install_passes_its_namespaces_to_the_operator(render: Render) -> None:
+    (deployment,) = of_kind(render("namespaced"), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WORKERFLEET_OPERATOR_NAMESPACES"] == "team-a,team-b"
+
+
+def test_the_image_defaults_to_the_app_version_and_a_digest_pins_it(render: Render) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    (default,) = of_kind(render("default"), "Deployment")
+    assert default["spec"]["template"]["spec"]["containers"][0]["image"] == f"workerfleet/operator:{chart['appVersion']}"
+    (pinned,) = of_kind(render("monitoring"), "Deployment")
+    image = pinned["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert re.fullmatch(r"workerfleet/operator@sha256:[0-9a-f]{64}", image)
+
+
+def test_the_crd_is_kept_on_uninstall_and_can_be_left_out(render: Render) -> None:
+    (crd,) = of_kind(render("default"), "CustomResourceDefinition")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert of_kind(render("default", "--set", "crds.enabled=false"), "CustomResourceDefinition") == []
+
+
+def test_monitoring_objects_are_off_by_default_and_on_behind_their_flags(render: Render) -> None:
+    optional = ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy")
+    default = render("default")
+    assert [k for k in optional if of_kind(default, k)] == []
+    monitoring = render("monitoring")
+    assert [k for k in optional if not of_kind(monitoring, k)] == []
+    (sm,) = of_kind(monitoring, "ServiceMonitor")
+    (endpoint,) = sm["spec"]["endpoints"]
+    # The pools' own namespace label must survive the scrape, and the rules select this job.
+    assert endpoint["honorLabels"] is True
+    assert {"targetLabel": "job", "replacement": "workerfleet-operator"} in endpoint["relabelings"]
+    (dashboard,) = of_kind(monitoring, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_the_network_policies_limit_redis_to_the_operator_and_the_workers(render: Render) -> None:
+    policies = {p["metadata"]["name"]: p for p in of_kind(render("monitoring"), "NetworkPolicy")}
+    redis = policies["workerfleet-redis"]
+    assert redis["metadata"]["namespace"] == "redis"
+    (rule,) = redis["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    sources = [peer["podSelector"] for peer in rule["from"]]
+    assert {"matchLabels": {"app.kubernetes.io/component": "operator", "app.kubernetes.io/instance": "workerfleet", "app.kubernetes.io/name": "workerfleet"}} in sources
+    assert {"matchExpressions": [{"key": "workerfleet.io/pool", "operator": "Exists"}]} in sources
+    workers = policies["workerfleet-workers"]
+    assert workers["metadata"]["namespace"] == "team-a"
+    assert workers["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    egress_ports = sorted(p["port"] for rule in workers["spec"]["egress"] for p in rule["ports"])
+    assert egress_ports == [53, 53, 6379]  # DNS and Redis, nothing else by default
+
+
+# ----------------------------------------------------------------------------- documentation
+
+
+def _documented_paths(values_text: str) -> tuple[set[str], set[str]]:
+    """Return (all key paths, key paths preceded by a `# --` comment) of values.yaml."""
+    stack: list[tuple[int, str]] = []
+    documented: set[str] = set()
+    paths: set[str] = set()
+    comment: list[str] = []
+    for line in values_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped)
+            continue
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not match or stripped.startswith("-"):
+            comment = []
+            continue
+        indent = len(match[1])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([*(key for _, key in stack), match[2]])
+        stack.append((indent, match[2]))
+        paths.add(path)
+        if any(c.startswith("# --") for c in comment):
+            documented.add(path)
+        comment = []
+    return paths, documented
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> set[str]:
+    if isinstance(node, dict) and node:
+        out: set[str] = set()
+        for key, value in node.items():
+            out |= _leaf_paths(value, f"{prefix}.{key}" if prefix else key)
+        return out
+    return {prefix}
+
+
+def test_every_value_is_documented_with_a_helm_docs_comment() -> None:
+    text = (CHART / "values.yaml").read_text()
+    _, documented = _documented_paths(text)
+    leaves = _leaf_paths(yaml.safe_load(text))
+    # A leaf is documented by its own `# --` or by the `# --` of the object it belongs to.
+    undocumented = sorted(
+        leaf for leaf in leaves if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
+    )
+    assert undocumented == []
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        out.add(path)
+        out |= _schema_paths(sub, path)
+    return out
+
+
+def test_the_schema_is_strict_and_covers_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: dict[str, Any], where: str) -> None:
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, f"{where or '/'} is not strict"
+            for key, sub in node["properties"].items():
+                walk(sub, f"{where}.{key}")
+
+    walk(schema, "")
+    all_paths, _ = _documented_paths((CHART / "values.yaml").read_text())
+    schema_paths = _schema_paths(schema)
+    free_form = _free_form(schema)
+    # Every key of values.yaml has a schema entry, or sits inside a free-form map / Kubernetes
+    # object the schema leaves open (labels, resources, affinity).
+    missing = sorted(
+        p for p in all_paths if p not in schema_paths and not any(p.startswith(f + ".") for f in free_form)
+    )
+    assert missing == []
+
+
+def _free_form(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    """Schema paths whose content is a free-form map or a Kubernetes object (no properties)."""
+    out: set[str] = set()
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        if "properties" not in sub:
+            out.add(path)
+        out |= _free_form(sub, path)
+    return out
+
+
+def test_the_readme_values_table_lists_every_documented_value() -> None:
+    readme = (CHART / "README.md").read_text()
+    _, documented = _documented_paths((CHART / "values.yaml").read_text())
+    listed = set(re.findall(r"^\| `([^`]+)` \|", readme, re.MULTILINE))
+    assert sorted(documented - listed) == []
+    assert sorted(listed - documented) == []
