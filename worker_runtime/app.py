@@ -238,7 +238,9 @@ class _Producers:
     # The async producer is bound to the event loop that created its client.
     loop: asyncio.AbstractEventLoop | None = None
     async_producer: producer_mod.Producer | None = None
+    async_client: Any = None  # set only when this App opened the client (and must close it)
     sync_producer: producer_mod.SyncProducer | None = None
+    sync_client: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -286,6 +288,7 @@ class App:
 
         self._producers.loop = asyncio.get_running_loop()
         self._producers.async_producer = producer.Producer(client, self.queue)
+        self._producers.async_client = None  # the caller owns it
 
     def _url(self) -> str:
         url = self.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
@@ -300,7 +303,8 @@ class App:
         loop = asyncio.get_running_loop()
         p = self._producers
         if p.async_producer is None or p.loop is not loop:
-            p.async_producer = producer.Producer(connection.fetch_client(self._url()), self.queue)
+            p.async_client = connection.fetch_client(self._url())
+            p.async_producer = producer.Producer(p.async_client, self.queue)
             p.loop = loop
         return p.async_producer
 
@@ -310,8 +314,8 @@ class App:
         p = self._producers
         with p.lock:
             if p.sync_producer is None:
-                client = connection.fetch_sync_client(self._url())
-                p.sync_producer = producer.SyncProducer(client, self.queue)
+                p.sync_client = connection.fetch_client_sync(self._url())
+                p.sync_producer = producer.SyncProducer(p.sync_client, self.queue)
             return p.sync_producer
 
     def _checked_payload(self, task: str, payload: BaseModel | Mapping[str, Any]) -> Any:
@@ -385,9 +389,9 @@ class App:
     async def aclose(self) -> None:
         """Close the producer connections this App opened."""
         p = self._producers
-        if p.async_producer is not None:
-            await p.async_producer.aclose()
-            p.async_producer = None
-        if p.sync_producer is not None:
-            p.sync_producer.close()
-            p.sync_producer = None
+        if p.async_client is not None:
+            await p.async_client.aclose()
+        if p.sync_client is not None:
+            p.sync_client.close()
+        p.async_producer = p.sync_producer = p.async_client = p.sync_client = None
+        p.loop = None

@@ -392,7 +392,7 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
     async def go(client: Any) -> list[dlq.DeadLetter]:
         return await dlq.fetch_dead_letters(client, queue, offset=args.offset, limit=args.limit)
 
-    items = _run_async(go, url)
+    items: list[dlq.DeadLetter] = _run_async(go, url)
     if args.json:
         _print_json([build_dead_letter_json(d) for d in items])
         return 0
@@ -463,7 +463,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         msg = "name job ids, or pass --all or --limit N"
         raise CliError(msg)
 
-    async def go(client: Any) -> int:
+    async def go(client: Any) -> list[str]:
         return await dlq.apply_replay(
             client,
             queue,
@@ -473,11 +473,13 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             rate_per_second=args.rate,
         )
 
-    count = _run_async(go, url)
+    if not args.json:
+        print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
+    replayed: list[str] = _run_async(go, url)
     if args.json:
-        _print_json({"replayed": count})
+        _print_json({"replayed": len(replayed), "job_ids": replayed})
     else:
-        print(f"replayed {count} job(s) onto {queue}")
+        print(f"replayed {len(replayed)} job(s) onto {queue}")
     return 0
 
 
@@ -503,7 +505,7 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
             everything=bool(args.all),
         )
 
-    count = _run_async(go, url)
+    count: int = _run_async(go, url)
     if args.json:
         _print_json({"purged": count})
     else:

@@ -36,6 +36,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
+import inspect
 import os
 import queue as stdlib_queue
 import random
@@ -66,6 +67,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the loop looks around
+_FETCH_TAKES_WAKE = "wake" in inspect.signature(queue_mod.QueueClient.fetch).parameters
 
 
 class DaemonThreadPool(concurrent.futures.Executor):
@@ -194,6 +196,7 @@ class Worker:
         self.drain_started: float | None = None
         self._hurry = False
         self._wake: asyncio.Event | None = None
+        self._drain_event: asyncio.Event | None = None
         self._pool: DaemonThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -218,6 +221,8 @@ class Worker:
                 self.control.wake()
         if self._wake is not None:
             self._wake.set()
+        if self._drain_event is not None:
+            self._drain_event.set()
 
     def _in_use(self) -> int:
         return len(self.held) + self._zombies
@@ -274,6 +279,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._wake = asyncio.Event()
+        self._drain_event = asyncio.Event()
+        if self.draining:
+            self._drain_event.set()
         if self.install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_drain, int(sig))
@@ -319,6 +327,10 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         assert self.q is not None and self._wake is not None
+        fetch_kwargs: dict[str, Any] = {"block": FETCH_BLOCK_SECONDS}
+        if _FETCH_TAKES_WAKE:
+            # Lets a drain interrupt a blocking fetch between script calls (never inside one).
+            fetch_kwargs["wake"] = self._drain_event
         failures = 0
         while not self.draining:
             free = self.concurrency - self._in_use()
@@ -329,7 +341,7 @@ class Worker:
                 continue
             t0 = time.monotonic()
             try:
-                jobs = await self.q.fetch(self.worker_id, free, block=FETCH_BLOCK_SECONDS)
+                jobs = await self.q.fetch(self.worker_id, free, **fetch_kwargs)
             except REDIS_ERRORS as exc:
                 failures += 1
                 self.metrics.fetch_errors.inc()

@@ -62,6 +62,12 @@ class Empty(BaseModel):
 class Sleep(BaseModel):
     seconds: float
     marker: str = ""
+    later_seconds: float | None = None  # how long later deliveries sleep (default: seconds)
+
+    def for_delivery(self, deliveries: int) -> float:
+        if deliveries > 1 and self.later_seconds is not None:
+            return self.later_seconds
+        return self.seconds
 
 
 class Flaky(BaseModel):
@@ -104,7 +110,7 @@ def noop_sync(payload: Empty) -> None:
 @app.task("sleep")
 async def sleep(payload: Sleep, ctx: JobContext) -> None:
     record("start", ctx, marker=payload.marker)
-    await asyncio.sleep(payload.seconds)
+    await asyncio.sleep(payload.for_delivery(ctx.deliveries))
     record("done", ctx, marker=payload.marker)
     mark_done(ctx, payload.marker or ctx.job_id)
 
@@ -112,7 +118,7 @@ async def sleep(payload: Sleep, ctx: JobContext) -> None:
 @app.task("sleep-sync")
 def sleep_sync(payload: Sleep, ctx: JobContext) -> None:
     record("start", ctx, marker=payload.marker)
-    time.sleep(payload.seconds)
+    time.sleep(payload.for_delivery(ctx.deliveries))
     record("done", ctx, marker=payload.marker)
     mark_done(ctx, payload.marker or ctx.job_id)
 
