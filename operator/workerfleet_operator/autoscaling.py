@@ -418,7 +418,9 @@ def _build_verb(current: int, desired: int) -> str:
 
 def _build_in_flight_floor(policy: ScalingPolicy, queue: stats.QueueStats) -> int:
     busy_workers = sum(1 for w in queue.workers if w.in_flight > 0 and not w.draining)
-    return max(_ceil(queue.in_flight / policy.concurrency), busy_workers)
+    # Heartbeats are up to lease/3 old; the queue's in-flight count is exact. A busy worker
+    # holds at least one job, so no more workers than jobs in flight can be busy.
+    return max(_ceil(queue.in_flight / policy.concurrency), min(busy_workers, queue.in_flight))
 
 
 def _build_step(step: StepPolicy, current: int) -> int:

@@ -28,7 +28,14 @@ def _register_runtime_commands(subparsers: SubParsers) -> None:
     runtime_cli.register_commands(subparsers)
 
 
-COMMAND_GROUPS: list[CommandGroup] = [_register_runtime_commands]
+def _register_local_commands(subparsers: SubParsers) -> None:
+    # `run` (and later `demo`): the local fleet; its handlers import the heavy parts.
+    from workerfleet_operator.local import cli as local_cli
+
+    local_cli.register_commands(subparsers)
+
+
+COMMAND_GROUPS: list[CommandGroup] = [_register_runtime_commands, _register_local_commands]
 
 
 def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentParser:

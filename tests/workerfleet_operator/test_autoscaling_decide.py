@@ -324,6 +324,16 @@ def test_in_flight_work_prevents_scale_down_below_what_it_needs(
     assert decisions[-1].clamped_by == "inFlightWork"
 
 
+def test_stale_heartbeats_do_not_keep_workers_once_the_queue_says_nothing_is_in_flight() -> None:
+    # Heartbeats lag by up to lease/3: six workers still claim a job each, the queue has none.
+    stale = [fx.heartbeat(f"p{n}", in_flight=1) for n in range(6)]
+    timeline = [fx.Poll(0, fx.queue_stats(0, backlog=0, in_flight=0, workers=stale))]
+    policy = replace(BACKLOG_ONLY, scale_down=StepPolicy(0, None, None))
+    decision = fx.run(policy, timeline, current=6)[0]
+    assert decision.desired == 0
+    assert "inFlightWork" not in decision.clamps
+
+
 def test_in_flight_work_does_not_by_itself_raise_the_replica_count() -> None:
     decision = fx.run(BACKLOG_ONLY, _in_flight_only(busy=6)[:1], current=2)[0]
     assert decision.desired == 2

@@ -1,0 +1,181 @@
+"""``workerfleet run POOL.yaml``: run a WorkerPool on this machine, with the real autoscaler.
+
+Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli``. Resolves
+Redis (``--redis-url`` or ``$WORKERFLEET_REDIS_URL`` if it answers, else an embedded
+redis-server), builds a :class:`runner.FleetRunner`, shows the live view, and on Ctrl-C (or
+SIGTERM, or ``--seconds``) drains every worker and stops the embedded Redis before exiting 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+SubParsers = Any  # argparse's _SubParsersAction is private
+
+
+def register_commands(subparsers: SubParsers) -> None:
+    """Add ``run`` to the ``workerfleet`` command line (cheap: imports happen in the handler)."""
+    run = subparsers.add_parser(
+        "run",
+        help="run a WorkerPool locally: worker processes scaled by the real autoscaler",
+        description="Run the WorkerPool of POOL.yaml on this machine: local worker processes, "
+        "the operator's autoscaler, per-pool metrics on loopback, and a live view. Uses "
+        "--redis-url / $WORKERFLEET_REDIS_URL when it answers, else an embedded redis-server.",
+    )
+    run.add_argument("manifest", type=pathlib.Path, help="a WorkerPool manifest (YAML)")
+    run.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
+    run.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        default=None,
+        help="where the embedded Redis keeps its AOF (default: a temporary directory)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9109,
+        help="per-pool metrics on 127.0.0.1:PORT/metrics (0: any free port, -1: off)",
+    )
+    run.add_argument(
+        "--app-path",
+        type=pathlib.Path,
+        default=None,
+        help="directory the App module is imported from (default: the current directory)",
+    )
+    run.add_argument(
+        "--poll-interval", type=float, default=None, help="override pollingIntervalSeconds"
+    )
+    run.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--no-view", action="store_true", help="plain log lines instead of the view")
+    run.add_argument(
+        "--log-dir", type=pathlib.Path, default=None, help="worker logs (default: a temp dir)"
+    )
+    run.set_defaults(handler=cmd_run)
+
+
+@dataclass(frozen=True)
+class ResolvedRedis:
+    """The Redis the fleet uses and, when it was started here, the server to stop."""
+
+    url: str
+    label: str
+    embedded: Any  # embedded_redis.EmbeddedRedis | None
+
+
+@contextmanager
+def open_redis(url: str | None, data_dir: pathlib.Path | None) -> Iterator[ResolvedRedis]:
+    """Use ``url`` if a Redis answers there, else start an embedded one (stopped on exit)."""
+    from workerfleet_operator.local import embedded_redis
+
+    if url:
+        problem = embedded_redis.fetch_reachable(url)
+        if problem is None:
+            yield ResolvedRedis(url=url, label="given URL", embedded=None)
+            return
+        print(f"workerfleet: Redis not reachable ({problem}); starting an embedded redis-server")
+    server = embedded_redis.EmbeddedRedis(data_dir).start()
+    try:
+        label = f"embedded 127.0.0.1:{server.port} (AOF in {server.data_dir})"
+        yield ResolvedRedis(url=server.url, label=label, embedded=server)
+    finally:
+        server.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the pool until Ctrl-C/SIGTERM/--seconds; drain; exit 0."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from workerfleet_operator.local import embedded_redis, manifest, runner, view
+
+    try:
+        pool = manifest.fetch_pool(args.manifest)
+    except manifest.ManifestError as exc:
+        print(f"workerfleet: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    restore = _install_stop_handlers(stop)
+    console = Console()
+    log_dir = args.log_dir or pathlib.Path(tempfile.mkdtemp(prefix=f"workerfleet-{pool.name}-"))
+    url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+    try:
+        with open_redis(url, args.data_dir) as redis_target:
+            fleet_runner = runner.FleetRunner(
+                pool,
+                redis_url=redis_target.url,
+                log_dir=log_dir,
+                app_path=args.app_path,
+                metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                poll_interval=args.poll_interval,
+                redis_label=redis_target.label,
+            )
+            console.print(
+                f"workerfleet run: pool {pool.name}, queue {pool.queue}, redis "
+                f"{redis_target.label}, metrics "
+                + (
+                    f"http://127.0.0.1:{fleet_runner.metrics_port}/metrics"
+                    if fleet_runner.metrics_port
+                    else "off"
+                )
+                + f", worker logs in {log_dir}"
+            )
+            try:
+                if args.no_view or not console.is_terminal:
+                    last: list[str] = []
+
+                    def print_line(snapshot: runner.Snapshot) -> None:
+                        if snapshot.decision.changed or not last:
+                            line = view.build_line(snapshot)
+                            last[:] = [line]
+                            print(line, flush=True)
+
+                    fleet_runner.run(stop, on_snapshot=print_line, max_seconds=args.seconds)
+                else:
+                    with Live(console=console, refresh_per_second=4, transient=False) as live:
+                        fleet_runner.run(
+                            stop,
+                            on_snapshot=lambda snap: live.update(view.build_view(snap)),
+                            max_seconds=args.seconds,
+                        )
+            finally:
+                draining = fleet_runner.fleet.replicas + fleet_runner.fleet.terminating
+                console.print(f"workerfleet run: draining {draining} worker(s)…")
+                fleet_runner.close()
+                c = fleet_runner.fleet.counters
+                console.print(
+                    f"workerfleet run: stopped; workers started={c.started} "
+                    f"stopped_cleanly={c.stopped_cleanly} crashed={c.crashed} killed={c.killed}"
+                )
+    except embedded_redis.EmbeddedRedisError as exc:
+        print(f"workerfleet: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        restore()
+    return 0
+
+
+def _install_stop_handlers(stop: threading.Event) -> Any:
+    """SIGINT/SIGTERM set ``stop`` (handlers only set a flag); returns a restore function."""
+    previous = {}
+
+    def handle(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handle)
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
