@@ -244,3 +244,22 @@ def validate(
         return found  # CEL on a value of the wrong shape would only add noise
     old_defaulted = apply_defaults(schema, old) if old is not None else None
     return list(_cel_violations(schema, defaulted, old_defaulted, ""))
+
+
+# --- shared by the API/CRD/manifest tests --------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+SAMPLES_DIR = REPO / "deploy" / "samples"
+CRD_FILE = REPO / "deploy" / "crds" / "workerpools.workerfleet.io.yaml"
+SAMPLE_NAMES = ("minimal", "full", "keda")
+KUBERNETES_VERSIONS = ("1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0")
+
+
+def load_sample(name: str) -> dict[str, Any]:
+    """A sample WorkerPool from deploy/samples/ (a fresh copy each call)."""
+    import yaml
+
+    with open(SAMPLES_DIR / f"{name}.yaml") as handle:
+        loaded = yaml.safe_load(handle)
+    assert isinstance(loaded, dict)
+    return loaded

@@ -385,8 +385,8 @@ class AutoscalingSpec(SpecModel):
         Rule(
             cel="self.mode == 'disabled' || !has(self.replicas)",
             message=(
-                "replicas is only used when mode is disabled; "
-                "use minReplicas and maxReplicas otherwise"
+                "replicas is only used when mode is disabled "
+                "(use minReplicas and maxReplicas otherwise)"
             ),
             check=lambda a: a.mode == "disabled" or a.replicas is None,
             field_path=".replicas",

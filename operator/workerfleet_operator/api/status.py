@@ -125,6 +125,7 @@ class WorkerPoolStatus(StatusModel):
     )
     conditions: list[Condition] | None = Field(
         default=None,
+        max_length=16,
         description="Ready, Progressing, Degraded, QueueReachable, ScalingLimited.",
         json_schema_extra={
             "x-kubernetes-list-type": "map",

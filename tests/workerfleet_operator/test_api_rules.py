@@ -1,0 +1,244 @@
+"""Every cross-field rule refuses the same objects in the API server (CEL) and in the model.
+
+Each case starts from the minimal sample, breaks exactly one rule and expects both the CRD's
+CEL rules (evaluated with cel-python) and ``api.parse_pool`` to refuse it with the rule's
+message. A meta-test checks that every rule of the generated CRD has a case here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from workerfleet_operator import api
+
+from tests.workerfleet_operator import crd_validation
+
+CRD = api.build_crd()
+Mutation = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    mutate: Mutation
+    message: str
+
+
+def _autoscaling(**fields: Any) -> Mutation:
+    def mutate(obj: dict[str, Any]) -> None:
+        obj["spec"].setdefault("autoscaling", {}).update(fields)
+
+    return mutate
+
+
+def _spec(**fields: Any) -> Mutation:
+    def mutate(obj: dict[str, Any]) -> None:
+        obj["spec"].update(fields)
+
+    return mutate
+
+
+def _keda_auth(obj: dict[str, Any]) -> None:
+    obj["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
+
+
+def _both(*mutations: Mutation) -> Mutation:
+    def mutate(obj: dict[str, Any]) -> None:
+        for m in mutations:
+            m(obj)
+
+    return mutate
+
+
+def _rename(name: str) -> Mutation:
+    def mutate(obj: dict[str, Any]) -> None:
+        obj["metadata"]["name"] = name
+
+    return mutate
+
+
+MIN_MAX = "minReplicas must not exceed maxReplicas"
+FALLBACK = "onMetricFailure: fallback requires fallbackReplicas between minReplicas and maxReplicas"
+KEDA_DRY_RUN = "dryRun is not supported in keda mode: KEDA applies its own decisions"
+DISABLED_NEEDS_REPLICAS = "mode: disabled requires replicas"
+REPLICAS_ONLY_DISABLED = (
+    "replicas is only used when mode is disabled (use minReplicas and maxReplicas otherwise)"
+)
+BACKOFF = "backoff baseSeconds must not exceed maxSeconds"
+ENV_ONE_OF = "exactly one of value or valueFrom.secretKeyRef must be set"
+ENV_RESERVED = "this name is set by the operator from the WorkerPool spec"
+LEASE = (
+    "leaseSeconds must not exceed jobTimeoutSeconds: a crashed worker's jobs would wait longer "
+    "for redelivery than any job may run"
+)
+KEDA_AUTH = "autoscaling.mode: keda requires queue.redis.keda (the Secret keys KEDA reads)"
+NAME = (
+    "metadata.name must be a DNS-1035 label of at most 55 characters "
+    "(it names the pool's Deployment and Service)"
+)
+
+CASES = (
+    Case("min above max", _autoscaling(minReplicas=5, maxReplicas=3), MIN_MAX),
+    Case("fallback without replicas", _autoscaling(onMetricFailure="fallback"), FALLBACK),
+    Case(
+        "fallback above max",
+        _autoscaling(onMetricFailure="fallback", fallbackReplicas=11, maxReplicas=10),
+        FALLBACK,
+    ),
+    Case(
+        "fallback below min",
+        _autoscaling(onMetricFailure="fallback", fallbackReplicas=1, minReplicas=2),
+        FALLBACK,
+    ),
+    Case("keda dry run", _both(_keda_auth, _autoscaling(mode="keda", dryRun=True)), KEDA_DRY_RUN),
+    Case("disabled without replicas", _autoscaling(mode="disabled"), DISABLED_NEEDS_REPLICAS),
+    Case("replicas in builtin mode", _autoscaling(replicas=3), REPLICAS_ONLY_DISABLED),
+    Case(
+        "replicas in keda mode",
+        _both(_keda_auth, _autoscaling(mode="keda", replicas=3)),
+        REPLICAS_ONLY_DISABLED,
+    ),
+    Case(
+        "backoff base above max",
+        _spec(retry={"backoff": {"baseSeconds": 10, "maxSeconds": 5}}),
+        BACKOFF,
+    ),
+    Case("env without a value", _spec(env=[{"name": "A"}]), ENV_ONE_OF),
+    Case(
+        "env with value and secret",
+        _spec(
+            env=[
+                {
+                    "name": "A",
+                    "value": "x",
+                    "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
+                }
+            ]
+        ),
+        ENV_ONE_OF,
+    ),
+    Case(
+        "env overriding the redis url",
+        _spec(env=[{"name": "WORKERFLEET_REDIS_URL", "value": "redis://elsewhere:6379"}]),
+        ENV_RESERVED,
+    ),
+    Case(
+        "env overriding the queue",
+        _spec(env=[{"name": "WORKERFLEET_QUEUE", "value": "q"}]),
+        ENV_RESERVED,
+    ),
+    Case("lease above job timeout", _spec(leaseSeconds=120, jobTimeoutSeconds=60), LEASE),
+    Case("keda without secret keys", _autoscaling(mode="keda"), KEDA_AUTH),
+    Case("upper-case name", _rename("Emails"), NAME),
+    Case("name too long for the metrics service", _rename("a" * 56), NAME),
+)
+
+
+def _broken(case: Case) -> dict[str, Any]:
+    obj = crd_validation.load_sample("minimal")
+    case.mutate(obj)
+    return obj
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_api_server_refuses_an_object_breaking_a_rule_with_its_message(case: Case) -> None:
+    messages = [v.message for v in crd_validation.validate(CRD, _broken(case))]
+    assert messages == [case.message]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_model_refuses_the_same_object_with_the_same_message(case: Case) -> None:
+    parsed = api.parse_pool(_broken(case))
+    assert isinstance(parsed, api.InvalidPool)
+    assert case.message in parsed.message
+    assert parsed.message.count(";") == 0, "exactly one problem is reported"
+
+
+def test_every_cel_rule_of_the_crd_has_a_refusal_case() -> None:
+    root = crd_validation.build_root_schema(CRD)
+    rule_messages = {entry["message"] for _, entry in crd_validation.iter_rules(root)}
+    assert rule_messages == {case.message for case in CASES}
+
+
+VALID_EDGES = (
+    ("min equals max", _autoscaling(minReplicas=3, maxReplicas=3)),
+    ("fallback at min", _autoscaling(onMetricFailure="fallback", fallbackReplicas=0)),
+    ("fallback at max", _autoscaling(onMetricFailure="fallback", fallbackReplicas=10)),
+    ("disabled with replicas", _autoscaling(mode="disabled", replicas=0)),
+    ("keda with secret keys", _both(_keda_auth, _autoscaling(mode="keda"))),
+    ("builtin dry run", _autoscaling(dryRun=True)),
+    ("backoff base equals max", _spec(retry={"backoff": {"baseSeconds": 5, "maxSeconds": 5}})),
+    ("lease equals job timeout", _spec(leaseSeconds=60, jobTimeoutSeconds=60)),
+    ("log level is the user's", _spec(env=[{"name": "WORKERFLEET_LOG_LEVEL", "value": "debug"}])),
+    ("name of 55 characters", _rename("a" * 55)),
+)
+
+
+@pytest.mark.parametrize("mutate", [m for _, m in VALID_EDGES], ids=[i for i, _ in VALID_EDGES])
+def test_objects_at_the_edge_of_a_rule_are_accepted_by_both(mutate: Mutation) -> None:
+    obj = crd_validation.load_sample("minimal")
+    mutate(obj)
+    assert crd_validation.validate(CRD, obj) == []
+    assert isinstance(api.parse_pool(obj), api.Pool)
+
+
+SCHEMA_REFUSALS: tuple[tuple[str, Mutation], ...] = (
+    ("lease below 3 s", _spec(leaseSeconds=2)),
+    ("zero concurrency", _spec(concurrency=0)),
+    ("unknown mode", _autoscaling(mode="hpa")),
+    ("utilization above 1", _autoscaling(targetUtilization=1.5)),
+    ("negative drain", _spec(drain={"timeoutSeconds": -1})),
+    ("privileged port for metrics", _spec(metrics={"port": 80})),
+    ("volumes", _spec(volumes=[{"name": "host", "hostPath": {"path": "/"}}])),
+    ("a service account", _spec(serviceAccountName="admin")),
+    ("a security context", _spec(securityContext={"privileged": True})),
+    (
+        "env from a config map",
+        _spec(env=[{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]),
+    ),
+    ("a cpu quantity that is not one", _spec(resources={"requests": {"cpu": "lots"}})),
+    ("a string number", _spec(concurrency="8")),
+    (
+        "a queue name with braces",
+        _spec(queue={"name": "a{b}", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}}),
+    ),
+    ("an app without attribute", _spec(app="emails.tasks")),
+    ("duplicate env names", _spec(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}])),
+    (
+        "pdb budget that is not a percentage",
+        _spec(podDisruptionBudget={"enabled": True, "maxUnavailable": "half"}),
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    "mutate", [m for _, m in SCHEMA_REFUSALS], ids=[i for i, _ in SCHEMA_REFUSALS]
+)
+def test_out_of_bounds_or_unknown_fields_are_refused_by_both(mutate: Mutation) -> None:
+    obj = crd_validation.load_sample("minimal")
+    mutate(obj)
+    assert crd_validation.validate(CRD, obj) != []
+    parsed = api.parse_pool(obj)
+    assert isinstance(parsed, api.InvalidPool)
+    assert parsed.message.startswith("spec")
+
+
+def test_model_messages_name_the_field_and_never_echo_its_value() -> None:
+    obj = crd_validation.load_sample("minimal")
+    obj["spec"]["image"] = ""
+    obj["spec"]["env"] = [{"name": "TOKEN", "value": "canary-s3cr3t", "extra": 1}]
+    parsed = api.parse_pool(obj)
+    assert isinstance(parsed, api.InvalidPool)
+    assert "spec.image:" in parsed.message
+    assert "spec.env.0.extra:" in parsed.message
+    assert "canary-s3cr3t" not in parsed.message
+
+
+def test_a_body_without_spec_is_invalid_not_a_crash() -> None:
+    parsed = api.parse_pool({"metadata": {"name": "emails", "namespace": "ns", "generation": 2}})
+    assert isinstance(parsed, api.InvalidPool)
+    assert (parsed.name, parsed.namespace, parsed.generation) == ("emails", "ns", 2)
+    assert parsed.message == "spec: required"
