@@ -33,7 +33,7 @@ class JobEnvelope(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True, extra="ignore")
 
     v: Literal[1] = 1
-    id: str = pydantic.Field(min_length=1, max_length=200)
+    id: str = pydantic.Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
     task: str = pydantic.Field(min_length=1, max_length=200)
     payload: pydantic.JsonValue = None
     priority: Priority = Priority.NORMAL
@@ -77,9 +77,8 @@ def build_payload(payload: pydantic.BaseModel | Mapping[str, Any] | None) -> pyd
     if isinstance(payload, pydantic.BaseModel):
         dumped: pydantic.JsonValue = payload.model_dump(mode="json")
         return dumped
-    # a round trip through json proves the mapping is JSON (no pickling fallback, ever)
-    checked: pydantic.JsonValue = json.loads(json.dumps(dict(payload)))
-    return checked
+    # JobEnvelope validates it as a JSON value (no pickling fallback, ever)
+    return dict(payload)
 
 
 def build_job_id() -> str:

@@ -18,9 +18,9 @@ key                            type    contents
                                        XACK + XDEL). Never MAXLEN-trimmed. Invariant: total
                                        stream length = undelivered ready jobs + leased jobs.
 ``{wf:Q}:env``                 hash    job id → envelope JSON (envelope.JobEnvelope).
-``{wf:Q}:state``               hash    job id → JSON ``{a: attempts, d: deliveries, l: lost,
-                                       t: fencing token, w: worker, e: stream entry id,
-                                       p: priority, s: started ms}``.
+``{wf:Q}:state``               hash    job id → ``prio|attempts|deliveries|lost`` (every live job).
+``{wf:Q}:inflight``            hash    job id → ``token|prio|stream entry id|worker`` while the
+                                       job is delivered; ``token`` is the fencing token.
 ``{wf:Q}:history``             hash    job id → JSON list of failure records (only after failures).
 ``{wf:Q}:leases``              zset    job id → lease expiry ms (in-flight jobs).
 ``{wf:Q}:delayed``             zset    job id → due ms (delayed jobs and retries waiting).
@@ -89,6 +89,7 @@ class QueueKeys:
     workers: str
     workers_expiry: str
     ratelimit: str
+    inflight: str
 
     def script_keys(self) -> list[str]:
         """The fixed KEYS list every engine script receives (order matters to the Lua side)."""
@@ -105,6 +106,7 @@ class QueueKeys:
             self.workers,
             self.workers_expiry,
             self.ratelimit,
+            self.inflight,
         ]
 
     def idempotency(self, key: str) -> str:
@@ -134,4 +136,5 @@ def build_keys(queue: str) -> QueueKeys:
         workers=f"{p}:workers",
         workers_expiry=f"{p}:workers:expiry",
         ratelimit=f"{p}:ratelimit",
+        inflight=f"{p}:inflight",
     )

@@ -178,6 +178,20 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_RS = "\x1e"
+_US = "\x1f"
+_CONTROL = str.maketrans({c: " " for c in map(chr, range(32))})
+
+
+def build_packed(rows: Sequence[Sequence[object]]) -> str:
+    """Pack per-job values into the one ARGV string the batch scripts split (RS/US separated).
+
+    JSON never contains raw control characters and ids are checked by the envelope model, so
+    the separators cannot occur inside a value; free text (reasons) is cleaned here.
+    """
+    return _RS.join(_US.join(map(str, row)) for row in rows)
+
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -380,10 +394,8 @@ class QueueClient:
             int(self.options.lease_seconds * 1000),
             build_heartbeat_json(heartbeat) if heartbeat else "",
             int(heartbeat.ttl_seconds * 1000) if heartbeat else 0,
-            len(jobs),
+            build_packed([(job.id, job.token) for job in jobs]),
         ]
-        for job in jobs:
-            args.extend((job.id, job.token))
         flags = await scripts.RENEW(self.client, self._k, args)
         renewed = tuple(j.id for j, f in zip(jobs, flags, strict=True) if int(f) == 1)
         lost = tuple(j.id for j, f in zip(jobs, flags, strict=True) if int(f) != 1)
@@ -437,41 +449,43 @@ class QueueClient:
             await c.drain()
 
     async def _flush_acks(self, items: list[_AckItem]) -> list[bool]:
-        keys = list(self._k)
-        args: list[scripts.Arg] = [len(items)]
+        keys = self._k
+        rows: list[tuple[object, ...]] = []
         for job_id, token, done_key, ttl in items:
-            idx = 0
-            if done_key is not None:
-                keys.append(self.keys.done(done_key))
-                idx = len(keys)
-            args.extend((job_id, token, idx, int((ttl or 86_400.0) * 1000)))
-        flags = await scripts.ACK(self.client, keys, args)
+            if done_key is None:
+                rows.append((job_id, token, 0, 0))
+                continue
+            if keys is self._k:
+                keys = list(self._k)
+            keys.append(self.keys.done(done_key))
+            rows.append((job_id, token, len(keys), int((ttl or 86_400.0) * 1000)))
+        flags = await scripts.ACK(self.client, keys, [build_packed(rows)])
         return [int(f) == 1 for f in flags]
 
     async def _flush_retries(self, items: list[_RetryItem]) -> list[bool]:
-        args: list[scripts.Arg] = [len(items)]
-        for job_id, token, delay, failure_json in items:
-            args.extend((job_id, token, int(max(0.0, delay) * 1000), failure_json))
-        flags = await scripts.RETRY(self.client, self._k, args)
+        rows = [
+            (job_id, token, int(max(0.0, delay) * 1000), failure_json)
+            for job_id, token, delay, failure_json in items
+        ]
+        flags = await scripts.RETRY(self.client, self._k, [build_packed(rows)])
         return [int(f) == 1 for f in flags]
 
     async def _flush_deads(self, items: list[_DeadItem]) -> list[bool]:
         o = self.options
+        rows = [
+            (job_id, token, reason.translate(_CONTROL), 1 if counts else 0, failure_json)
+            for job_id, token, reason, failure_json, counts in items
+        ]
         args: list[scripts.Arg] = [
-            len(items),
             o.dlq_max_length,
             int(o.dlq_retention_seconds * 1000),
+            build_packed(rows),
         ]
-        for job_id, token, reason, failure_json, counts in items:
-            args.extend((job_id, token, reason, failure_json, 1 if counts else 0))
         flags = await scripts.DEAD_LETTER(self.client, self._k, args)
         return [int(f) == 1 for f in flags]
 
     async def _flush_releases(self, items: list[_ReleaseItem]) -> list[bool]:
-        args: list[scripts.Arg] = [len(items)]
-        for job_id, token in items:
-            args.extend((job_id, token))
-        flags = await scripts.RELEASE(self.client, self._k, args)
+        flags = await scripts.RELEASE(self.client, self._k, [build_packed(items)])
         return [int(f) == 1 for f in flags]
 
 
@@ -487,7 +501,7 @@ def build_enqueue_call(
 ) -> tuple[list[str], list[scripts.Arg]]:
     """KEYS and ARGV of one enqueue script call (shared by the async and sync producers)."""
     keys = queue_keys.script_keys()
-    args: list[scripts.Arg] = [len(requests)]
+    rows: list[tuple[object, ...]] = []
     for req in requests:
         env = req.envelope
         idx = 0
@@ -497,17 +511,17 @@ def build_enqueue_call(
             idx = len(keys)
             ttl = req.idempotency_ttl_seconds if req.idempotency_ttl_seconds else 86_400.0
             ttl_ms = int(ttl * 1000)
-        args.extend(
+        rows.append(
             (
                 env.id,
-                envelope_mod.build_envelope_json(env),
                 env.priority.value,
                 int(max(0.0, req.delay_seconds) * 1000),
                 idx,
                 ttl_ms,
+                envelope_mod.build_envelope_json(env),
             )
         )
-    return keys, args
+    return keys, [build_packed(rows)]
 
 
 def build_enqueue_results(raw: Sequence[Any]) -> list[EnqueueResult]:

@@ -3,40 +3,78 @@
 --   1-3 ready streams high/normal/low (group "workers"), 4 env (hash), 5 state (hash),
 --   6 history (hash), 7 leases (zset), 8 delayed (zset), 9 dlq (zset), 10 dlq:data (hash),
 --   11 counters (hash), 12 workers (hash), 13 workers:expiry (zset), 14 ratelimit (hash),
---   15.. per-call keys ({wf:Q}:idem:<k>, {wf:Q}:done:<k>) given by index in ARGV.
--- Times are Redis server milliseconds. Job state JSON: {a attempts, d deliveries, l lost,
--- t fencing token (0 = not in flight), w worker, e stream entry id ('' = not in a stream),
--- p priority, s started ms}.
+--   15 inflight (hash), 16.. per-call keys ({wf:Q}:idem:<k>, {wf:Q}:done:<k>) given by index.
+-- Times are Redis server milliseconds.
+-- state value   "prio|attempts|deliveries|lost"          (every live job)
+-- inflight value "token|prio|stream entry id|worker"     (only while delivered; token fences)
+-- Plain delimited strings, not JSON: cjson costs several microseconds per job on the hot path.
 local K_READY = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
 local PRIO = {'high', 'normal', 'low'}
 local K_ENV, K_STATE, K_HIST, K_LEASES = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local K_DELAYED, K_DLQ, K_DLQDATA, K_COUNTERS = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local K_WORKERS, K_WEXP, K_RL = KEYS[12], KEYS[13], KEYS[14]
+local K_WORKERS, K_WEXP, K_RL, K_INFLIGHT = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local GROUP = 'workers'
 local HISTORY_KEEP = 25
+
+local function st_get(raw)
+  if not raw then return nil end
+  local p, a, d, l = string.match(raw, '^(%a+)|(%d+)|(%d+)|(%d+)$')
+  if not p then return nil end
+  return {p = p, a = tonumber(a), d = tonumber(d), l = tonumber(l)}
+end
+
+local function st_put(st)
+  return st.p .. '|' .. st.a .. '|' .. st.d .. '|' .. st.l
+end
+
+local function fl_get(raw)
+  if not raw then return nil end
+  local t, p, e, w = string.match(raw, '^(%d+)|(%a+)|([^|]*)|(.*)$')
+  if not t then return nil end
+  return {t = t, p = p, e = e, w = w}
+end
+
+-- Acknowledge and delete a delivered job's stream entry: it leaves the in-flight state.
+local function entry_remove(fl)
+  if fl.e ~= '' and K_READY[fl.p] then
+    redis.call('XACK', K_READY[fl.p], GROUP, fl.e)
+    redis.call('XDEL', K_READY[fl.p], fl.e)
+  end
+end
+
+-- Batched calls pack their per-job values into one ARGV string: records separated by \30 (RS),
+-- fields by \31 (US). Valid JSON never contains raw control characters, and ids are checked
+-- client-side, so the separators cannot occur inside a value.
+local function split(s, sep)
+  local out, i = {}, 1
+  while true do
+    local j = string.find(s, sep, i, true)
+    if not j then
+      out[#out + 1] = string.sub(s, i)
+      return out
+    end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+
+local function records(packed)
+  if packed == nil or packed == '' then return {} end
+  local out = {}
+  for i, r in ipairs(split(packed, '\30')) do out[i] = split(r, '\31') end
+  return out
+end
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function enc(st) return cjson.encode(st) end
-
 local function dec(raw)
   if not raw then return nil end
-  local ok, st = pcall(cjson.decode, raw)
-  if ok then return st end
+  local ok, v = pcall(cjson.decode, raw)
+  if ok then return v end
   return nil
-end
-
--- Remove the job's stream entry (acknowledge and delete): it leaves the in-flight state.
-local function stream_remove(st)
-  if st.e and st.e ~= '' then
-    local k = K_READY[st.p] or K_READY['normal']
-    redis.call('XACK', k, GROUP, st.e)
-    redis.call('XDEL', k, st.e)
-  end
-  st.e = ''
 end
 
 -- Append one failure (client JSON object) to the job's history, stamping server-side facts.
@@ -72,16 +110,16 @@ local function dlq_trim(now, max_len, retention_ms)
   end
 end
 
--- Move job `id` (state st, already out of the streams and leases) into the DLQ with its full
--- failure metadata, then forget its live state.
-local function dlq_insert(id, st, reason, now, max_len, retention_ms)
+-- Move job `id` (state st; already out of the streams, leases and inflight) into the DLQ with
+-- its full failure metadata, then forget its live state.
+local function dlq_insert(id, st, reason, worker, now, max_len, retention_ms)
   local env = redis.call('HGET', K_ENV, id) or ''
   local hist = redis.call('HGET', K_HIST, id)
   if not hist or hist == '{}' then hist = '[]' end
   local rec = '{"id":' .. cjson.encode(id) .. ',"reason":' .. cjson.encode(reason)
     .. ',"priority":' .. cjson.encode(st.p or 'normal')
     .. ',"attempts":' .. tostring(st.a or 0) .. ',"deliveries":' .. tostring(st.d or 0)
-    .. ',"lost":' .. tostring(st.l or 0) .. ',"worker":' .. cjson.encode(st.w or '')
+    .. ',"lost":' .. tostring(st.l or 0) .. ',"worker":' .. cjson.encode(worker or '')
     .. ',"dead_lettered_at":' .. tostring(now / 1000)
     .. ',"history":' .. hist .. ',"envelope":' .. cjson.encode(env) .. '}'
   redis.call('HSET', K_DLQDATA, id, rec)

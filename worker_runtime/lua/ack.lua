@@ -1,31 +1,29 @@
 -- ack: finish a batch of jobs, fenced by their tokens; a stale token is rejected.
--- Touches: {wf:Q}:state (token check, HDEL), {wf:Q}:env, {wf:Q}:history (HDEL),
+-- Touches: {wf:Q}:inflight (token check, HDEL), {wf:Q}:state, {wf:Q}:env, {wf:Q}:history (HDEL),
 --          {wf:Q}:ready:<prio> (XACK + XDEL), {wf:Q}:leases (ZREM), {wf:Q}:counters (completed),
 --          {wf:Q}:done:<key> (SET PX; KEYS[idx]) when the handler records "done" with the ack.
--- ARGV: n, then per job 4 values: id, token, done key index (0 = none), done ttl ms.
+-- ARGV[1]: packed records, per job: id, token, done key index (0 = none), done ttl ms.
 -- Returns: flat {1|0, ...} (1 = acknowledged, 0 = stale: the job was handed to someone else).
-local n = tonumber(ARGV[1])
+local recs = records(ARGV[1])
 local ids = {}
-for i = 0, n - 1 do ids[i + 1] = ARGV[2 + i * 4] end
-local raws = redis.call('HMGET', K_STATE, unpack(ids))
-local out, done_ids = {}, {}
+for i, r in ipairs(recs) do ids[i] = r[1] end
+local raws = redis.call('HMGET', K_INFLIGHT, unpack(ids))
+local out, done_ids, seen = {}, {}, {}
 local by_prio = {high = {}, normal = {}, low = {}}
-for i = 0, n - 1 do
-  local b = 2 + i * 4
-  local st = dec(raws[i + 1])
-  if st and st.t ~= 0 and tostring(st.t) == ARGV[b + 1] then
-    out[i + 1] = 1
-    done_ids[#done_ids + 1] = ids[i + 1]
-    st.t = 0  -- a second ack of the same delivery inside this batch is stale
-    raws[i + 1] = enc(st)
-    if st.e ~= '' then
-      local list = by_prio[st.p] or by_prio['normal']
-      list[#list + 1] = st.e
+for i, r in ipairs(recs) do
+  local fl = fl_get(raws[i])
+  if fl and fl.t == r[2] and not seen[r[1]] then
+    seen[r[1]] = true  -- a second ack of the same delivery inside this batch is stale
+    out[i] = 1
+    done_ids[#done_ids + 1] = r[1]
+    if fl.e ~= '' and by_prio[fl.p] then
+      local list = by_prio[fl.p]
+      list[#list + 1] = fl.e
     end
-    local idx = tonumber(ARGV[b + 2])
-    if idx > 0 then redis.call('SET', KEYS[idx], '1', 'PX', math.max(1, tonumber(ARGV[b + 3]))) end
+    local idx = tonumber(r[3])
+    if idx > 0 then redis.call('SET', KEYS[idx], '1', 'PX', math.max(1, tonumber(r[4]))) end
   else
-    out[i + 1] = 0
+    out[i] = 0
   end
 end
 for _, p in ipairs(PRIO) do
@@ -37,6 +35,7 @@ for _, p in ipairs(PRIO) do
 end
 if #done_ids > 0 then
   redis.call('ZREM', K_LEASES, unpack(done_ids))
+  redis.call('HDEL', K_INFLIGHT, unpack(done_ids))
   redis.call('HDEL', K_STATE, unpack(done_ids))
   redis.call('HDEL', K_ENV, unpack(done_ids))
   redis.call('HDEL', K_HIST, unpack(done_ids))

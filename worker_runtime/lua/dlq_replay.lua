@@ -1,5 +1,5 @@
 -- dlq_replay: move dead letters back to their ready stream (oldest first when no ids given).
--- Touches: {wf:Q}:dlq (ZREM), {wf:Q}:dlq:data (HDEL), {wf:Q}:env, {wf:Q}:state,
+-- Touches: {wf:Q}:dlq (ZREM), {wf:Q}:dlq:data (HDEL), {wf:Q}:env, {wf:Q}:state ("prio|a|d|0"),
 --          {wf:Q}:history (restored), {wf:Q}:ready:<prio> (XADD), {wf:Q}:counters (replayed).
 -- ARGV: reset attempts 1|0, limit, then job ids (none = the oldest `limit` entries).
 -- Returns: the replayed job ids. Lost deliveries always restart at 0: replay is a human decision.
@@ -18,11 +18,11 @@ for _, id in ipairs(ids) do
     local env = rec.envelope or ''
     local prio = rec.priority
     if not K_READY[prio] then prio = 'normal' end
-    local st = {a = reset and 0 or (rec.attempts or 0), d = rec.deliveries or 0, l = 0, t = 0,
-                w = '', e = '', p = prio, s = 0}
-    st.e = redis.call('XADD', K_READY[prio], '*', 'j', id)
+    local st = {p = prio, a = reset and 0 or math.floor(tonumber(rec.attempts) or 0),
+                d = math.floor(tonumber(rec.deliveries) or 0), l = 0}
+    redis.call('XADD', K_READY[prio], '*', 'j', id)
     redis.call('HSET', K_ENV, id, env)
-    redis.call('HSET', K_STATE, id, enc(st))
+    redis.call('HSET', K_STATE, id, st_put(st))
     if type(rec.history) == 'table' and rec.history[1] ~= nil then
       redis.call('HSET', K_HIST, id, cjson.encode(rec.history))
     end

@@ -1,9 +1,9 @@
 -- fetch: everything a worker needs to start work, in one call.
 -- Touches: {wf:Q}:delayed (promote due → XADD {wf:Q}:ready:<prio>), {wf:Q}:leases (reclaim
---          expired, new leases), {wf:Q}:state (deliveries, lost, token, worker), {wf:Q}:env (read),
---          {wf:Q}:ready:* (XREADGROUP group "workers", XCLAIM reclaimed, XACK+XDEL poison),
---          {wf:Q}:dlq, {wf:Q}:dlq:data, {wf:Q}:history (poison → DLQ), {wf:Q}:counters (fence,
---          dead_lettered), {wf:Q}:ratelimit (token bucket when enabled).
+--          expired, new leases), {wf:Q}:state (deliveries, lost), {wf:Q}:inflight (token, prio,
+--          entry, worker), {wf:Q}:env (read), {wf:Q}:ready:* (XREADGROUP group "workers", XCLAIM
+--          reclaimed, XACK+XDEL poison), {wf:Q}:dlq, {wf:Q}:dlq:data, {wf:Q}:history (poison →
+--          DLQ), {wf:Q}:counters (fence, dead_lettered), {wf:Q}:ratelimit (when enabled).
 -- ARGV: worker, count, lease ms, max deliveries, promote limit, rate jobs (0 = off), rate per
 --       ms, dlq max length, dlq retention ms.
 -- Order: 1 promote due delayed jobs; 2 reclaim expired leases (lost+1; lost >= max deliveries →
@@ -25,11 +25,8 @@ local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, prom
 if #due > 0 then
   local raws = redis.call('HMGET', K_STATE, unpack(due))
   for i, id in ipairs(due) do
-    local st = dec(raws[i])
-    if st then
-      st.e = redis.call('XADD', K_READY[st.p] or K_READY['normal'], '*', 'j', id)
-      redis.call('HSET', K_STATE, id, enc(st))
-    end
+    local st = st_get(raws[i])
+    if st then redis.call('XADD', K_READY[st.p], '*', 'j', id) end
   end
   redis.call('ZREM', K_DELAYED, unpack(due))
 end
@@ -42,30 +39,36 @@ if rl_jobs > 0 then
   grant = math.min(count, math.floor(tokens))
 end
 
-local ids, states = {}, {}
+local ids, states, prios, entries = {}, {}, {}, {}
 local poisoned = 0
 
 -- 2. reclaim expired leases (a delivery that ended without a verdict: crash, kill, stop)
 if grant > 0 then
   local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, grant)
   if #expired > 0 then
-    local raws = redis.call('HMGET', K_STATE, unpack(expired))
+    local sraws = redis.call('HMGET', K_STATE, unpack(expired))
+    local fraws = redis.call('HMGET', K_INFLIGHT, unpack(expired))
     redis.call('ZREM', K_LEASES, unpack(expired))
     for i, id in ipairs(expired) do
-      local st = dec(raws[i])
-      if st then
-        st.l = (st.l or 0) + 1
+      local st, fl = st_get(sraws[i]), fl_get(fraws[i])
+      if st and fl then
+        st.l = st.l + 1
         if st.l >= max_deliveries then
-          stream_remove(st)
-          dlq_insert(id, st, 'max_deliveries', now, dlq_max, dlq_ret)
+          entry_remove(fl)
+          redis.call('HDEL', K_INFLIGHT, id)
+          dlq_insert(id, st, 'max_deliveries', fl.w, now, dlq_max, dlq_ret)
           poisoned = poisoned + 1
         else
-          if st.e ~= '' then
-            redis.call('XCLAIM', K_READY[st.p], GROUP, worker, 0, st.e, 'JUSTID')
+          if fl.e ~= '' then
+            redis.call('XCLAIM', K_READY[fl.p], GROUP, worker, 0, fl.e, 'JUSTID')
           end
           ids[#ids + 1] = id
           states[#states + 1] = st
+          prios[#prios + 1] = fl.p
+          entries[#entries + 1] = fl.e
         end
+      elseif not st then
+        redis.call('HDEL', K_INFLIGHT, id)
       end
     end
   end
@@ -75,20 +78,20 @@ end
 for _, p in ipairs(PRIO) do
   local want = grant - #ids
   if want <= 0 then break end
-  local entries = read_new(K_READY[p], worker, want)
-  if #entries > 0 then
+  local got = read_new(K_READY[p], worker, want)
+  if #got > 0 then
     local jids = {}
-    for i, e in ipairs(entries) do jids[i] = e[2][2] end
+    for i, e in ipairs(got) do jids[i] = e[2][2] end
     local raws = redis.call('HMGET', K_STATE, unpack(jids))
-    for i, e in ipairs(entries) do
-      local st = dec(raws[i])
+    for i, e in ipairs(got) do
+      local st = st_get(raws[i])
       if st then
-        st.e = e[1]
-        st.p = p
         ids[#ids + 1] = jids[i]
         states[#states + 1] = st
+        prios[#prios + 1] = p
+        entries[#entries + 1] = e[1]
       else
-        -- an entry whose job state is gone (purged): drop it so it cannot block the stream
+        -- an entry whose job is gone (purged): drop it so it cannot block the stream
         redis.call('XACK', K_READY[p], GROUP, e[1])
         redis.call('XDEL', K_READY[p], e[1])
       end
@@ -126,25 +129,26 @@ end
 -- 4. fencing tokens and leases
 local fence = redis.call('HINCRBY', K_COUNTERS, 'fence', n) - n
 local envs = redis.call('HMGET', K_ENV, unpack(ids))
-local zargs, hargs, out = {}, {}, {}
+local zargs, sargs, fargs, out = {}, {}, {}, {}
 local until_ms = now + lease
 for i, id in ipairs(ids) do
   local st = states[i]
-  st.t = fence + i
-  st.d = (st.d or 0) + 1
-  st.w = worker
-  st.s = now
+  local token = fence + i
+  st.d = st.d + 1
   zargs[#zargs + 1] = until_ms
   zargs[#zargs + 1] = id
-  hargs[#hargs + 1] = id
-  hargs[#hargs + 1] = enc(st)
+  sargs[#sargs + 1] = id
+  sargs[#sargs + 1] = st_put(st)
+  fargs[#fargs + 1] = id
+  fargs[#fargs + 1] = token .. '|' .. prios[i] .. '|' .. entries[i] .. '|' .. worker
   out[#out + 1] = id
-  out[#out + 1] = st.t
+  out[#out + 1] = token
   out[#out + 1] = envs[i] or ''
   out[#out + 1] = st.a
   out[#out + 1] = st.d
   out[#out + 1] = st.l
 end
 redis.call('ZADD', K_LEASES, unpack(zargs))
-redis.call('HSET', K_STATE, unpack(hargs))
+redis.call('HSET', K_STATE, unpack(sargs))
+redis.call('HSET', K_INFLIGHT, unpack(fargs))
 return {now, poisoned, next_event, {}, out}

@@ -1,26 +1,23 @@
 -- release: give held jobs back without spending an attempt (drain). Streams cannot un-claim an
 -- entry, so the job is re-added and the old entry acknowledged and deleted in this one step.
--- Touches: {wf:Q}:state (token cleared, new entry id), {wf:Q}:ready:<prio> (XACK + XDEL old,
---          XADD new), {wf:Q}:leases (ZREM), {wf:Q}:counters (released).
--- ARGV: n, then per job 2 values: id, token.
+-- Touches: {wf:Q}:inflight (token check, HDEL), {wf:Q}:ready:<prio> (XACK + XDEL old, XADD
+--          new), {wf:Q}:leases (ZREM), {wf:Q}:counters (released). State is unchanged.
+-- ARGV[1]: packed records, per job: id, token.
 -- Returns: flat {1|0, ...} (0 = stale token).
-local n = tonumber(ARGV[1])
 local out = {}
 local ok = 0
-for i = 0, n - 1 do
-  local id = ARGV[2 + i * 2]
-  local st = dec(redis.call('HGET', K_STATE, id))
-  if st and st.t ~= 0 and tostring(st.t) == ARGV[3 + i * 2] then
-    stream_remove(st)
+for i, r in ipairs(records(ARGV[1])) do
+  local id = r[1]
+  local fl = fl_get(redis.call('HGET', K_INFLIGHT, id))
+  if fl and fl.t == r[2] then
+    entry_remove(fl)
     redis.call('ZREM', K_LEASES, id)
-    st.t = 0
-    st.w = ''
-    st.e = redis.call('XADD', K_READY[st.p] or K_READY['normal'], '*', 'j', id)
-    redis.call('HSET', K_STATE, id, enc(st))
+    redis.call('HDEL', K_INFLIGHT, id)
+    redis.call('XADD', K_READY[fl.p], '*', 'j', id)
     ok = ok + 1
-    out[i + 1] = 1
+    out[i] = 1
   else
-    out[i + 1] = 0
+    out[i] = 0
   end
 end
 if ok > 0 then redis.call('HINCRBY', K_COUNTERS, 'released', ok) end

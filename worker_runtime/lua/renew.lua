@@ -1,23 +1,24 @@
 -- renew: extend the leases of all jobs a worker holds, fenced by token and worker, and
 -- (optionally) write the worker's heartbeat; reap workers whose heartbeat expired.
--- Touches: {wf:Q}:state (read), {wf:Q}:leases (ZADD), {wf:Q}:workers (HSET/HDEL),
+-- Touches: {wf:Q}:inflight (read), {wf:Q}:leases (ZADD), {wf:Q}:workers (HSET/HDEL),
 --          {wf:Q}:workers:expiry (ZADD/ZREM), {wf:Q}:counters (workers_lost),
 --          {wf:Q}:ready:* (XGROUP DELCONSUMER of reaped workers; leases stay the truth).
--- ARGV: worker, lease ms, heartbeat JSON ('' = none), heartbeat ttl ms, n, then n pairs id, token.
+-- ARGV: worker, lease ms, heartbeat JSON ('' = none), heartbeat ttl ms, packed records id, token.
 -- Returns: flat {1|0, ...} (1 = renewed, 0 = lost: the token is no longer this worker's).
 local now = now_ms()
 local worker, lease = ARGV[1], tonumber(ARGV[2])
 local hb, hb_ttl = ARGV[3], tonumber(ARGV[4])
-local n = tonumber(ARGV[5])
+local recs = records(ARGV[5])
+local n = #recs
 local out = {}
 if n > 0 then
   local ids = {}
-  for i = 0, n - 1 do ids[i + 1] = ARGV[6 + i * 2] end
-  local raws = redis.call('HMGET', K_STATE, unpack(ids))
+  for i, r in ipairs(recs) do ids[i] = r[1] end
+  local raws = redis.call('HMGET', K_INFLIGHT, unpack(ids))
   local zargs = {}
   for i = 1, n do
-    local st = dec(raws[i])
-    if st and st.t ~= 0 and tostring(st.t) == ARGV[7 + (i - 1) * 2] and st.w == worker then
+    local fl = fl_get(raws[i])
+    if fl and fl.t == recs[i][2] and fl.w == worker then
       zargs[#zargs + 1] = now + lease
       zargs[#zargs + 1] = ids[i]
       out[i] = 1

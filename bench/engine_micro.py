@@ -1,0 +1,111 @@
+"""Micro-benchmark of the queue engine alone: fetch (batch 100) + ack throughput, no worker.
+
+Run: .venv/bin/python bench/engine_micro.py [--jobs 50000] [--batch 100] [--url redis://...]
+Without --url it starts its own redis-server on a free loopback port (temp dir, no persistence)
+and stops it afterwards. Prints enqueue and fetch+ack rates; never asserts timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import redis.asyncio
+
+from worker_runtime import envelope, queue
+
+
+@contextlib.contextmanager
+def own_redis() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp = tempfile.mkdtemp(prefix="wf-bench-")
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            tmp,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            time.sleep(0.02)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def run(url: str, jobs: int, batch: int, mode: str) -> None:
+    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    q = queue.QueueClient(client, "bench-micro", queue.QueueOptions(lease_seconds=60))
+    await client.delete(*q.keys.script_keys())
+    reqs = [queue.EnqueueRequest(envelope.build_envelope("noop", {"i": i})) for i in range(jobs)]
+    t0 = time.perf_counter()
+    await q.enqueue_many(reqs)
+    t1 = time.perf_counter()
+    print(f"enqueue_many: {jobs} jobs in {t1 - t0:.2f}s = {jobs / (t1 - t0):,.0f} jobs/s")
+
+    done = 0
+    t2 = time.perf_counter()
+    pending: set[asyncio.Task[bool]] = set()
+    while done < jobs:
+        got = await q.fetch("bench-worker", batch)
+        if not got:
+            break
+        if mode == "sequential":
+            # fetch a batch, then ack it as one batch (what a worker with all slots free does)
+            await asyncio.gather(*(q.ack(j) for j in got))
+        else:
+            # ack in the background while the next fetch runs (a pipelined worker)
+            for j in got:
+                t = asyncio.ensure_future(q.ack(j))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+        done += len(got)
+    if pending:
+        await asyncio.gather(*pending)
+    t3 = time.perf_counter()
+    print(
+        f"fetch+ack ({mode}, batch {batch}): {done} jobs in {t3 - t2:.2f}s = "
+        f"{done / (t3 - t2):,.0f} jobs/s"
+    )
+    await client.aclose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--jobs", type=int, default=50_000)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--url")
+    ap.add_argument("--mode", choices=["sequential", "pipelined"], default="sequential")
+    a = ap.parse_args()
+    if a.url:
+        asyncio.run(run(a.url, a.jobs, a.batch, a.mode))
+        return
+    with own_redis() as url:
+        asyncio.run(run(url, a.jobs, a.batch, a.mode))
+
+
+if __name__ == "__main__":
+    main()
