@@ -1,0 +1,196 @@
+"""The rendered RBAC grants exactly what the operator needs (operator/workerfleet_operator/rbac.py).
+
+Every install mode is rendered with the real helm; the (apiGroup, resource, verb) triples of its
+rules must equal REQUIRED_PERMISSIONS for that mode: nothing missing, nothing beyond. The list is
+then checked against the operator's own code (the kinds it reads and writes, the resources kopf
+watches), so code, list and chart cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Render
+from packaging_support import CHART, NAMESPACE, ROOT, Manifest, of_kind
+
+from workerfleet_operator import rbac
+
+pytestmark = pytest.mark.chart
+
+ROLE_KINDS = ("ClusterRole", "Role")
+FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate"}
+FORBIDDEN_RESOURCES = {"*", "pods/exec", "pods/attach", "pods/portforward", "nodes/proxy", "serviceaccounts/token"}
+
+MODES = {
+    "cluster-wide": (("default",), True, False),
+    "namespaced": (("namespaced",), False, False),
+    "cluster-wide-peering": (("default", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"), True, True),
+    "namespaced-peering": (("namespaced", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"), False, True),
+}
+
+
+def granted(manifests: list[Manifest]) -> set[tuple[str, str, str]]:
+    out: set[tuple[str, str, str]] = set()
+    for role in (m for m in manifests if m["kind"] in ROLE_KINDS):
+        for rule in role["rules"]:
+            assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        out.add((group, resource, verb))
+    return out
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_rendered_rules_grant_exactly_the_permissions_the_operator_needs(render: Render, mode: str) -> None:
+    args, cluster_wide, peering = MODES[mode]
+    manifests = render(*args)
+    needed = rbac.build_permission_set(cluster_wide=cluster_wide, peering=peering)
+    have = granted(manifests)
+    assert sorted(needed - have) == [], "missing"
+    assert sorted(have - needed) == [], "beyond what the operator needs"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_wildcards_no_escalation_and_secrets_only_get(render: Render, mode: str) -> None:
+    args, _, _ = MODES[mode]
+    have = granted(render(*args))
+    assert have  # the rules rendered at all
+    assert {v for _, _, v in have} & FORBIDDEN_VERBS == set()
+    assert {r for _, r, _ in have} & FORBIDDEN_RESOURCES == set()
+    assert "*" not in {g for g, _, _ in have}
+    assert {v for _, r, v in have if r == "secrets"} == {"get"}
+
+
+def test_a_namespaced_install_renders_roles_only_in_the_watched_namespaces(render: Render) -> None:
+    manifests = render("namespaced")
+    assert of_kind(manifests, "ClusterRole") == [] and of_kind(manifests, "ClusterRoleBinding") == []
+    roles = of_kind(manifests, "Role")
+    bindings = of_kind(manifests, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "workerfleet-operator", "namespace": NAMESPACE}
+        ]
+    # The only cluster-scoped object left is the CRD itself.
+    cluster_scoped = {m["kind"] for m in manifests if "namespace" not in m["metadata"]}
+    assert cluster_scoped == {"CustomResourceDefinition"}
+
+
+def test_a_cluster_wide_install_binds_the_cluster_role_to_the_operator_only(render: Render) -> None:
+    manifests = render("default")
+    assert of_kind(manifests, "Role") == []
+    (binding,) = of_kind(manifests, "ClusterRoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "workerfleet-operator", "namespace": NAMESPACE}]
+
+
+def test_every_rule_in_the_template_is_commented_with_what_needs_it() -> None:
+    lines = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    rule_lines = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
+    assert len(rule_lines) >= len(rbac.REQUIRED_PERMISSIONS) - 1  # keda kinds may share a rule
+    for i in rule_lines:
+        above = lines[i - 1].strip()
+        assert above.startswith("#") or above.startswith("{{- if"), f"rule at line {i + 1} has no comment"
+
+
+def test_every_permission_says_what_needs_it() -> None:
+    for permission in rbac.REQUIRED_PERMISSIONS:
+        assert len(permission.reason) > 20, permission
+
+
+# ------------------------------------------------------------------ against the operator's code
+
+SHELL = ROOT / "operator" / "workerfleet_operator" / "shell"
+KOPF_INTERNAL = {("kopf.dev", "clusterkopfpeerings"), ("kopf.dev", "kopfpeerings")}
+
+
+def _operator_kinds() -> dict[str, tuple[str, str]]:
+    """kind -> (apiGroup, plural) of every kind the operator reads or writes (shell/kube.py)."""
+    from workerfleet_operator.shell import kube
+
+    return {kind: (api_version.rpartition("/")[0], plural) for kind, (api_version, plural) in kube.KINDS.items()}
+
+
+def _kopf_watched() -> set[tuple[str, str]]:
+    """(apiGroup, plural) of every resource a kopf handler in shell/ watches."""
+    watched: set[tuple[str, str]] = set()
+    for path in SHELL.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        constants = {
+            t.id: n.value.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+            for t in n.targets
+            if isinstance(t, ast.Name)
+        }
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and _is_kopf_on(node.func) and len(node.args) == 3):
+                continue
+            values = [_literal(a, constants) for a in node.args]
+            if all(isinstance(v, str) for v in values):
+                group = "" if values[0] in ("v1", "") else str(values[0])
+                watched.add((group, str(values[2])))
+    return watched
+
+
+def _is_kopf_on(func: ast.expr) -> bool:
+    return (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Attribute)
+        and func.value.attr == "on"
+        and isinstance(func.value.value, ast.Name)
+        and func.value.value.id == "kopf"
+        and func.attr in {"event", "create", "update", "delete", "resume", "field"}
+    )
+
+
+def _literal(node: ast.expr, constants: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        return constants.get(node.id)
+    return None
+
+
+def _http_verbs_used() -> set[str]:
+    source = (SHELL / "kube.py").read_text()
+    return set(re.findall(r'request\(\s*"(GET|POST|PATCH|PUT|DELETE)"', source))
+
+
+def test_every_kind_the_operator_touches_is_granted() -> None:
+    needed = rbac.build_permission_set(cluster_wide=True, peering=False)
+    resources = {(g, r) for g, r, _ in needed}
+    missing = sorted(
+        kind for kind, group_plural in _operator_kinds().items() if group_plural not in resources
+    )
+    assert missing == []
+
+
+def test_every_resource_kopf_watches_can_be_listed_and_watched() -> None:
+    needed = rbac.build_permission_set(cluster_wide=True, peering=False)
+    watched = _kopf_watched()
+    assert ("workerfleet.io", "workerpools") in watched  # the scan found the handlers
+    for group, plural in watched:
+        assert {(group, plural, "list"), (group, plural, "watch")} <= needed, (group, plural)
+
+
+def test_the_kinds_the_operator_writes_allow_server_side_apply_and_status() -> None:
+    needed = rbac.build_permission_set(cluster_wide=True, peering=False)
+    assert "PATCH" in _http_verbs_used()  # server-side apply, status and pod annotations
+    assert ("workerfleet.io", "workerpools/status", "patch") in needed
+    assert ("", "pods", "patch") in needed
+    assert ("", "events", "create") in needed  # apply_event POSTs core/v1 Events
+    assert ("", "secrets", "get") in needed  # fetch_secret_value
+
+
+def test_nothing_is_granted_that_the_operator_never_touches() -> None:
+    touched = set(_operator_kinds().values()) | _kopf_watched() | KOPF_INTERNAL
+    for permission in rbac.REQUIRED_PERMISSIONS:
+        base = permission.resource.partition("/")[0]
+        assert (permission.api_group, base) in touched, permission
