@@ -647,6 +647,7 @@ class Emulator:
                     if key not in ("status", "metadata"):
                         new[key] = copy.deepcopy(value)
                 new["metadata"] = copy.deepcopy(old["metadata"])
+                new["metadata"].pop("managedFields", None)
             elif "status" in old:
                 new["status"] = copy.deepcopy(old["status"])
             else:

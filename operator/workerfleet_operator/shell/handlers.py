@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -190,6 +191,7 @@ class PoolController:
     last_decision: autoscaling.Decision | None = None
     replicas_blocked_by: tuple[str, ...] = ()
     last_dry_run_desired: int | None = None
+    last_scale_time: str | None = None
     spec_problem: SpecProblemError | None = None
     task: asyncio.Task[None] | None = None
     stopped: bool = False
@@ -209,7 +211,8 @@ class PoolController:
             "metadata", {}
         ).get("labels"):
             self.dirty = True
-        self.body = body
+        if _newer(body, self.body):
+            self.body = body  # never step back to a stale body (our own status writes are newer)
         self.wake.set()
 
     def observe_deployment(self, body: Body, deleted: bool) -> None:
@@ -538,8 +541,8 @@ class PoolController:
         status = api.build_status_patch(api.WorkerPoolStatus.model_validate(status))
         stored = api.parse_status(current)
         stored_patch = api.build_status_patch(stored) if stored is not None else {}
-        if all(stored_patch.get(k) == v for k, v in status.items()):
-            return
+        if _merge(stored_patch, status) == stored_patch:
+            return  # the merge patch would change nothing: keep the resourceVersion
         ref = kube.build_ref("WorkerPool", self.namespace, self.name)
         try:
             updated = await kube.apply_status(self.ctx.fetch_client(), ref, status)
@@ -630,10 +633,13 @@ class PoolController:
             )
         elif policy.mode == "builtin":
             wanted["ScalingLimited"] = ("False", "WithinLimits", "the autoscaler is not limited")
+        # Rates live in status.queue; the stored reason leaves them out so that a restarted
+        # operator (no rate history yet) does not rewrite an unchanged pool's status.
+        steady = autoscaling.build_explanation(
+            dataclasses.replace(decision, rates=autoscaling.Rates())
+        )
         extra: Body = {
-            "autoscaling": _build_autoscaling_status(
-                policy, decision, explanation, self.scaler_state
-            )
+            "autoscaling": _build_autoscaling_status(policy, decision, steady, self.last_scale_time)
         }
         if observation.stats is not None:
             extra["queue"] = _build_queue_status(observation.stats, decision)
@@ -673,6 +679,7 @@ class PoolController:
             self.replicas_blocked_by = others
             return
         self.replicas_blocked_by = ()
+        self.last_scale_time = _now_rfc3339()
         verb = "ScaledUp" if decision.desired > current else "ScaledDown"
         await self._event("Normal", verb, f"{verb} {current}→{decision.desired}: {explanation}")
 
@@ -755,9 +762,8 @@ def _build_autoscaling_status(
     policy: autoscaling.ScalingPolicy,
     decision: autoscaling.Decision,
     explanation: str,
-    state: autoscaling.ScalerState,
+    last_scale_time: str | None,
 ) -> Body:
-    last = state.last_scale_time
     return {
         "mode": policy.mode,
         "signals": {k: (None if v is None else round(v, 2)) for k, v in decision.signals.items()},
@@ -766,13 +772,21 @@ def _build_autoscaling_status(
         "clampedBy": decision.clamped_by,
         "reason": explanation[:1024],
         "dryRun": decision.dry_run,
-        "lastScaleTime": None if last is None else _rfc3339_from_monotonic(last),
+        "lastScaleTime": last_scale_time,
     }
 
 
-def _rfc3339_from_monotonic(value: float) -> str:
-    wall = time.time() - (time.monotonic() - value)
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+def _merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 merge of ``patch`` into ``target`` (what the API server will store)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
 
 
 def _newer(candidate: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> bool:

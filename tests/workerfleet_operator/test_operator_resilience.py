@@ -1,0 +1,173 @@
+"""The operator's reliability promises against the API emulator: idempotence, restarts, GC, conflicts.
+
+Covers reliability items 10-15 of shared/briefs/reliability-security.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.workerfleet_operator.conftest import (
+    NAMESPACE,
+    OperatorRunner,
+    RedisServer,
+    build_pool,
+    build_secret,
+    condition,
+    wait_until,
+)
+from tests.workerfleet_operator.emulator import Emulator
+from worker_runtime import producer
+
+
+def pool(emu: Emulator, name: str) -> dict[str, Any] | None:
+    return emu.get("workerpools", NAMESPACE, name, group="workerfleet.io")
+
+
+def deployments(emu: Emulator) -> list[dict[str, Any]]:
+    return emu.list("deployments", NAMESPACE, group="apps")
+
+
+def ready(emu: Emulator, name: str) -> bool:
+    return condition(pool(emu, name), "Ready").get("status") == "True"
+
+
+def versions(emu: Emulator) -> dict[str, str]:
+    """resourceVersion of every child object the operator writes, plus the pools."""
+    result = {}
+    for plural, group in (("deployments", "apps"), ("workerpools", "workerfleet.io")):
+        for obj in emu.list(plural, NAMESPACE, group=group):
+            result[f"{plural}/{obj['metadata']['name']}"] = obj["metadata"]["resourceVersion"]
+    return result
+
+
+def stable_versions(
+    emu: Emulator, quiet_seconds: float = 1.5, timeout: float = 15.0
+) -> dict[str, str]:
+    """Wait until no resourceVersion changed for ``quiet_seconds``; return them."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = versions(emu)
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = versions(emu)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_seconds:
+            return now
+    raise AssertionError(f"resourceVersions kept changing for {timeout}s: {last}")
+
+
+def test_after_convergence_and_a_restart_children_are_neither_duplicated_nor_rewritten(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given three converged pools
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    first = operator()
+    for name in ("a", "b", "c"):
+        emulator.create("workerpools", build_pool(name), group="workerfleet.io")
+    wait_until(lambda: all(ready(emulator, n) for n in "abc"), message="pools not Ready")
+    converged = stable_versions(emulator)
+    # When the operator is stopped and started again
+    first.stop()
+    operator()
+    # Then, after it has seen every pool again, nothing was rewritten and nothing duplicated
+    wait_until(
+        lambda: emulator.request_counts["WATCH"] >= 4, message="restarted operator did not watch"
+    )
+    after = stable_versions(emulator)
+    assert after == converged
+    assert sorted(d["metadata"]["name"] for d in deployments(emulator)) == ["a", "b", "c"]
+
+
+def test_three_spec_changes_while_the_operator_is_down_apply_only_the_latest(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a converged pool and a stopped operator
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    runner = operator()
+    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
+    wait_until(lambda: ready(emulator, "emails"), message="not Ready")
+    runner.stop()
+    # When the spec changes three times
+    for version in ("1.5.0", "1.6.0", "1.7.0"):
+        emulator.patch(
+            "workerpools",
+            NAMESPACE,
+            "emails",
+            {"spec": {"image": f"registry.example/email-worker:{version}"}},
+            group="workerfleet.io",
+        )
+    writes_before = sum(
+        1 for m, p, _ in list(emulator.request_log) if m == "PATCH" and "/deployments/emails" in p
+    )
+    # And the operator starts again
+    operator()
+    # Then the latest spec is applied in a single write, and observedGeneration == generation
+    wait_until(
+        lambda: (pool(emulator, "emails") or {}).get("status", {}).get("observedGeneration") == 4,
+        message="observedGeneration did not reach 4",
+    )
+    dep = emulator.get("deployments", NAMESPACE, "emails", group="apps")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.7.0")
+    assert pool(emulator, "emails")["metadata"]["generation"] == 4
+    writes = sum(
+        1 for m, p, _ in list(emulator.request_log) if m == "PATCH" and "/deployments/emails" in p
+    )
+    assert writes - writes_before == 1
+
+
+def test_deleting_a_pool_removes_its_children_and_keeps_its_queue_data(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a converged pool with jobs waiting in Redis
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    operator()
+    emulator.create(
+        "workerpools", build_pool("emails", autoscaling={"maxReplicas": 2}), group="workerfleet.io"
+    )
+    wait_until(lambda: ready(emulator, "emails"), message="not Ready")
+    producer.SyncProducer(redis_server.client(), "emails").enqueue(
+        "send-email", {"to": "a@example.com"}
+    )
+    keys_before = sorted(redis_server.client().keys("*"))
+    # When the pool is deleted
+    emulator.delete("workerpools", NAMESPACE, "emails", group="workerfleet.io")
+    # Then its Deployment is garbage-collected, nothing stays Terminating (no finalizer) ...
+    wait_until(lambda: not deployments(emulator), message="Deployment left behind")
+    assert pool(emulator, "emails") is None
+    # ... and the queue's data is still in Redis
+    assert keys_before
+    assert set(keys_before) <= set(redis_server.client().keys("*"))
+
+
+def test_conflicts_and_server_errors_are_retried_without_a_crash_loop(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given the API server answers the first applies of the Deployment with 409, 422 and 500,
+    # and the first status write with 409
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.inject_failure("PATCH", r"/deployments/emails$", 409, count=1)
+    emulator.inject_failure("PATCH", r"/deployments/emails$", 422, count=1)
+    emulator.inject_failure("PATCH", r"/deployments/emails$", 500, count=1)
+    emulator.inject_failure("PATCH", r"/workerpools/emails/status$", 409, count=1)
+    runner = operator()
+    # When a pool is created
+    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
+    # Then it converges, every injected failure was consumed, and the operator is still running
+    wait_until(
+        lambda: ready(emulator, "emails"), timeout=20, message="did not converge after conflicts"
+    )
+    assert emulator.injected_failures_left() == 0
+    assert runner.thread.is_alive() and not runner.errors
+    # And the failed attempts were counted as errors, then a success
+    samples = {
+        s.labels.get("result"): s.value
+        for m in runner.metrics.reconcile_total.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+    assert samples.get("error", 0) >= 3 and samples.get("success", 0) >= 1
