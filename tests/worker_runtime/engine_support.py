@@ -1,0 +1,52 @@
+"""Helpers of the queue-engine tests: building engines and jobs on a test's queue."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from worker_runtime import envelope, queue
+
+
+def make_engine(client: Any, queue_name: str, **options: Any) -> queue.QueueClient:
+    return queue.QueueClient(client, queue_name, queue.QueueOptions(**options))
+
+
+def request(
+    task: str = "t",
+    payload: dict[str, Any] | None = None,
+    *,
+    delay: float = 0.0,
+    priority: str = "normal",
+    idempotency_key: str | None = None,
+    idempotency_ttl: float | None = None,
+    correlation_id: str | None = None,
+) -> queue.EnqueueRequest:
+    env = envelope.build_envelope(
+        task,
+        payload or {},
+        priority=priority,
+        idempotency_key=idempotency_key,
+        correlation_id=correlation_id,
+    )
+    return queue.EnqueueRequest(
+        envelope=env, delay_seconds=delay, idempotency_ttl_seconds=idempotency_ttl
+    )
+
+
+async def fetch_all(
+    engine: queue.QueueClient, worker: str, *, want: int, within: float = 5.0
+) -> list[queue.Job]:
+    """Fetch until ``want`` jobs arrived or ``within`` seconds passed (bounded)."""
+    got: list[queue.Job] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while len(got) < want and loop.time() < deadline:
+        got += await engine.fetch(worker, want - len(got), block=0.2)
+    return got
+
+
+def failure(message: str = "boom", worker: str = "w1") -> queue.Failure:
+    return queue.Failure(
+        error_type="RuntimeError", message=message, traceback="tb", worker_id=worker
+    )
