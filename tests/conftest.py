@@ -9,7 +9,7 @@
 - ``redis_client`` / ``cluster_client``: per-test asyncio clients; ``engine_client`` is
   parametrized over both, so a contract test runs on a single Redis and on the cluster.
 
-A missing ``redis-server``/``redis-cli`` FAILS the run (``make deps`` installs them); it never skips.
+A missing ``redis-server``/``redis-cli`` FAILS the run (``make deps`` installs them), never skips.
 """
 
 from __future__ import annotations
