@@ -70,7 +70,7 @@ def wf_spawn(
         for proc in started:
             proc.stop()
         for proc in started:
-            if proc.proc.returncode not in (0, None, -9):
+            if proc.proc.returncode not in (0, None, -9, 3, -11):
                 print(
                     f"--- worker {proc.pid} exited {proc.proc.returncode}; log:",
                     proc.logs()[-4000:],
