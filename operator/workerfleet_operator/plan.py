@@ -1,0 +1,545 @@
+"""The reconcile decision of one WorkerPool, as a pure function: observations in, a plan out.
+
+Who calls it: the operator's shell, once per reconcile (and after each autoscaler poll). The
+shell gathers what it saw into an :class:`Observed` (the Deployment's status, whether the Redis
+Secret is usable, the queue statistics or the error reading them, the autoscaler's decision,
+the pool's stored status), calls :func:`plan`, then applies ``Plan.children`` by server-side
+apply, deletes ``Plan.obsolete``, writes ``Plan.status`` to the ``/status`` subresource and posts
+``Plan.events``. No I/O here, no clock (``Observed.now``), so every branch is a unit test.
+
+Rules:
+
+- Bad input (an invalid spec, a missing Secret or key, an unparseable Redis URL) gives
+  ``Ready=False`` and ``Degraded=True`` with a precise CamelCase reason, a Warning Event on the
+  transition, and an empty plan (``hold=True``): nothing applied and nothing deleted, so a pool
+  never ends half-applied and running workers keep running until the input is fixed.
+- Conditions keep their ``lastTransitionTime`` while their status is unchanged; Events are
+  emitted only when a condition's status or reason changes, and for each replica change the
+  autoscaler decided, so a converged pool emits nothing.
+- ``spec.replicas`` is only in the applied Deployment when this manager owns it: always with
+  ``mode: disabled``, and at creation in ``builtin`` mode (the autoscaler's own manager owns it
+  afterwards). ``keda`` mode never sets it (KEDA's HPA does).
+- The plan never sees the Secret's value, only :class:`SecretCheck`; error texts are passed
+  through :func:`build_redacted` as a last line of defence against URLs with passwords.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from workerfleet_operator import api, autoscaling, manifests
+
+Manifest = dict[str, Any]
+SecretState = Literal["ok", "missing", "key_missing", "invalid_url"]
+EventType = Literal["Normal", "Warning"]
+
+SECRET_REASONS: Mapping[SecretState, str] = {
+    "missing": "SecretNotFound",
+    "key_missing": "SecretKeyNotFound",
+    "invalid_url": "InvalidRedisURL",
+}
+INVALID_SPEC = "InvalidSpec"
+PROBLEM_REASONS = frozenset({INVALID_SPEC, *SECRET_REASONS.values()})
+"""Reasons of bad input: Ready=False with these means the user must act."""
+
+
+class QueueStatsView(Protocol):
+    """The fields of ``worker_runtime.stats.QueueStats`` the status shows."""
+
+    @property
+    def backlog(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def future_delayed(self) -> int: ...
+    @property
+    def dead_letter(self) -> int: ...
+    @property
+    def oldest_job_age_seconds(self) -> float: ...
+    @property
+    def workers(self) -> Sequence[object]: ...
+
+
+@dataclass(frozen=True)
+class SecretCheck:
+    """What the shell found behind ``spec.queue.redis.urlSecretRef`` (never the value)."""
+
+    state: SecretState
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """The parts of the pool's Deployment the status is computed from."""
+
+    generation: int
+    observed_generation: int
+    spec_replicas: int
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    available_replicas: int = 0
+    progress_deadline_exceeded: bool = False
+    replica_failure: str | None = None
+
+
+def build_deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:
+    """Read a Deployment object (as the API server returns it) into a :class:`DeploymentState`."""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or ()}
+    progressing = conditions.get("Progressing") or {}
+    failure = conditions.get("ReplicaFailure") or {}
+    return DeploymentState(
+        generation=int((deployment.get("metadata") or {}).get("generation") or 0),
+        observed_generation=int(status.get("observedGeneration") or 0),
+        spec_replicas=int(spec.get("replicas", 1)),
+        replicas=int(status.get("replicas") or 0),
+        ready_replicas=int(status.get("readyReplicas") or 0),
+        updated_replicas=int(status.get("updatedReplicas") or 0),
+        available_replicas=int(status.get("availableReplicas") or 0),
+        progress_deadline_exceeded=progressing.get("status") == "False"
+        and progressing.get("reason") == "ProgressDeadlineExceeded",
+        replica_failure=str(failure.get("message") or "ReplicaFailure")
+        if failure.get("status") == "True"
+        else None,
+    )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the shell saw for one pool; ``stats``/``stats_error`` both None = not read now."""
+
+    now: dt.datetime
+    secret: SecretCheck
+    deployment: DeploymentState | None = None
+    stats: QueueStatsView | None = None
+    stats_error: str | None = None
+    decision: autoscaling.Decision | None = None
+    previous: api.WorkerPoolStatus | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the WorkerPool."""
+
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ChildRef:
+    """A child object by identity (what to delete when it is no longer wanted)."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the shell does for one reconcile."""
+
+    children: tuple[Manifest, ...]
+    obsolete: tuple[ChildRef, ...]
+    replicas: int | None
+    status: api.WorkerPoolStatus
+    events: tuple[Event, ...]
+    hold: bool = False
+    problem: str | None = field(default=None)
+
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+_PASSWORD_WORDS = re.compile(r"(?i)(password|passwd|pwd|auth)(\s*[=:]\s*)\S+")
+
+
+def build_redacted(text: str) -> str:
+    """Remove credentials from an error text: ``redis://user:pw@host`` -> ``redis://***@host``."""
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    return _PASSWORD_WORDS.sub(r"\1\2***", text)
+
+
+# --- children ------------------------------------------------------------------------------
+
+
+def build_replicas(pool: api.Pool, deployment: DeploymentState | None) -> int | None:
+    """The ``spec.replicas`` this manager puts in the Deployment, or None to leave it alone."""
+    a = pool.spec.autoscaling
+    if a.mode == "disabled":
+        return a.replicas
+    if a.mode == "builtin" and deployment is None:
+        return a.min_replicas
+    return None
+
+
+def build_children(pool: api.Pool, *, replicas: int | None) -> tuple[Manifest, ...]:
+    """Every child the pool wants, in apply order (the Deployment first)."""
+    spec = pool.spec
+    children = [manifests.build_deployment(pool, replicas=replicas)]
+    if spec.metrics.service:
+        children.append(manifests.build_metrics_service(pool))
+    if spec.metrics.pod_monitor:
+        children.append(manifests.build_pod_monitor(pool))
+    if spec.pod_disruption_budget.enabled:
+        children.append(manifests.build_pdb(pool))
+    if spec.autoscaling.mode == "keda":
+        children.append(manifests.build_trigger_authentication(pool))
+        children.append(manifests.build_scaled_object(pool))
+    return tuple(children)
+
+
+def build_optional_child_refs(namespace: str, name: str) -> tuple[ChildRef, ...]:
+    """Every child a pool may own besides its Deployment (candidates for deletion)."""
+    return (
+        ChildRef("v1", "Service", namespace, manifests.build_metrics_service_name(name)),
+        ChildRef("monitoring.coreos.com/v1", "PodMonitor", namespace, name),
+        ChildRef("policy/v1", "PodDisruptionBudget", namespace, name),
+        ChildRef(
+            "keda.sh/v1alpha1",
+            "TriggerAuthentication",
+            namespace,
+            manifests.build_trigger_authentication_name(name),
+        ),
+        ChildRef("keda.sh/v1alpha1", "ScaledObject", namespace, name),
+    )
+
+
+def _build_obsolete(pool: api.Pool, children: Sequence[Manifest]) -> tuple[ChildRef, ...]:
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
+    return tuple(
+        ref
+        for ref in build_optional_child_refs(pool.namespace, pool.name)
+        if (ref.kind, ref.name) not in wanted
+    )
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Conditions:
+    """Collects the conditions of one plan, keeping transition times from the stored status."""
+
+    generation: int
+    now: dt.datetime
+    previous: Sequence[api.Condition]
+    items: dict[str, api.Condition] = field(default_factory=dict)
+
+    def set(self, type_: str, status: api.ConditionStatus, reason: str, message: str) -> None:
+        self.items[type_] = api.build_condition(
+            type_,
+            status,
+            reason,
+            message,
+            generation=self.generation,
+            now=self.now,
+            previous=self.previous,
+        )
+
+    def carry(self, type_: str, status: api.ConditionStatus, reason: str, msg: str) -> None:
+        """Keep the stored condition when there is no new observation, else set a default."""
+        before = api.find_condition(self.previous, type_)
+        if before is not None:
+            self.items[type_] = before.model_copy(update={"observed_generation": self.generation})
+        else:
+            self.set(type_, status, reason, msg)
+
+    def build(self) -> list[api.Condition]:
+        order = {t: i for i, t in enumerate(api.CONDITION_TYPES)}
+        return sorted(self.items.values(), key=lambda c: order.get(c.type, len(order)))
+
+
+def _build_events(
+    previous: Sequence[api.Condition],
+    current: Sequence[api.Condition],
+    decision: autoscaling.Decision | None,
+) -> tuple[Event, ...]:
+    events: list[Event] = []
+    for condition in current:
+        before = api.find_condition(previous, condition.type)
+        if before is not None and (before.status, before.reason) == (
+            condition.status,
+            condition.reason,
+        ):
+            continue
+        event = _build_condition_event(condition, before)
+        if event is not None:
+            events.append(event)
+    if decision is not None and decision.desired != decision.current:
+        verb = decision.reason.split(" ", 1)[0] if decision.reason else "Scaled"
+        reason = ("DryRun" + verb) if decision.dry_run else verb
+        events.append(Event("Normal", reason, build_redacted(decision.reason)))
+    return tuple(events)
+
+
+def _build_condition_event(condition: api.Condition, before: api.Condition | None) -> Event | None:
+    message = condition.message
+    if condition.type == api.READY:
+        if condition.status == "True":
+            return Event("Normal", "Ready", message)
+        kind: EventType = "Warning" if condition.reason in PROBLEM_REASONS else "Normal"
+        return Event(kind, condition.reason, message)
+    if condition.type == api.QUEUE_REACHABLE:
+        if condition.status == "False":
+            return Event("Warning", condition.reason, message)
+        if condition.status == "True" and before is not None and before.status == "False":
+            return Event("Normal", condition.reason, message)
+        return None
+    if condition.type == api.DEGRADED:
+        # Bad input already has its Ready event; queue outages have their QueueReachable one.
+        if condition.status == "True" and condition.reason not in PROBLEM_REASONS | {
+            "QueueUnreachable"
+        }:
+            return Event("Warning", condition.reason, message)
+        return None
+    if condition.type == api.SCALING_LIMITED and condition.status == "True":
+        return Event("Warning", condition.reason, message)
+    return None
+
+
+def _build_rollout_conditions(
+    conds: _Conditions, pool: api.Pool, deployment: DeploymentState | None
+) -> None:
+    name = pool.name
+    if deployment is None:
+        conds.set(api.READY, "False", "Creating", f"creating Deployment {name}")
+        conds.set(api.PROGRESSING, "True", "Creating", f"creating Deployment {name}")
+        return
+    want = deployment.spec_replicas
+    if deployment.observed_generation < deployment.generation or deployment.updated_replicas < want:
+        message = f"{deployment.updated_replicas}/{want} replicas run the current spec"
+        conds.set(api.READY, "False", "RollingOut", message)
+        conds.set(api.PROGRESSING, "True", "RollingOut", message)
+        return
+    if want > 0 and deployment.available_replicas == 0:
+        message = f"0/{want} replicas available"
+        conds.set(api.READY, "False", "ReplicasUnavailable", message)
+        conds.set(api.PROGRESSING, "True", "WaitingForReplicas", message)
+        return
+    if want == 0:
+        conds.set(api.READY, "True", "ScaledToZero", "no replicas wanted: the queue is idle")
+    else:
+        conds.set(
+            api.READY,
+            "True",
+            "Available",
+            f"{deployment.available_replicas}/{want} replicas available",
+        )
+    if deployment.available_replicas < want:
+        message = f"{deployment.available_replicas}/{want} replicas available"
+        conds.set(api.PROGRESSING, "True", "WaitingForReplicas", message)
+    else:
+        conds.set(api.PROGRESSING, "False", "RolloutComplete", "the Deployment is up to date")
+
+
+def _build_queue_status(
+    stats: QueueStatsView, decision: autoscaling.Decision | None, now: dt.datetime
+) -> api.QueueStatus:
+    rates = decision.rates if decision is not None else None
+    return api.QueueStatus(
+        backlog=stats.backlog,
+        in_flight=stats.in_flight,
+        delayed=stats.future_delayed,
+        dead_letter=stats.dead_letter,
+        oldest_job_age_seconds=round(float(stats.oldest_job_age_seconds), 3),
+        arrival_rate=None if rates is None or rates.arrival is None else round(rates.arrival, 4),
+        completion_rate=None
+        if rates is None or rates.completion is None
+        else round(rates.completion, 4),
+        workers=len(stats.workers),
+        observed_time=api.build_timestamp(now),
+    )
+
+
+def _build_autoscaling_status(
+    pool: api.Pool, decision: autoscaling.Decision | None, previous: api.WorkerPoolStatus | None
+) -> api.AutoscalingStatus | None:
+    a = pool.spec.autoscaling
+    if decision is None:
+        before = previous.autoscaling if previous is not None else None
+        if a.mode == "keda":
+            return api.AutoscalingStatus(mode="keda", reason="replicas are managed by KEDA")
+        if a.mode == "disabled":
+            return api.AutoscalingStatus(
+                mode="disabled", reason=f"autoscaling disabled: fixed replicas {a.replicas}"
+            )
+        if before is not None and before.mode == a.mode:
+            return before
+        return api.AutoscalingStatus(mode=a.mode, dry_run=a.dry_run or None)
+    last = decision.state.last_scale_time
+    return api.AutoscalingStatus(
+        mode=a.mode,
+        signals={k: None if v is None else round(float(v), 4) for k, v in decision.signals.items()},
+        chosen=decision.chosen,
+        raw_desired=decision.raw_desired,
+        clamped_by=decision.clamped_by,
+        last_scale_time=None
+        if last is None
+        else api.build_timestamp(dt.datetime.fromtimestamp(last, dt.UTC)),
+        reason=build_redacted(decision.reason),
+        dry_run=decision.dry_run or None,
+    )
+
+
+def _build_desired(
+    pool: api.Pool,
+    decision: autoscaling.Decision | None,
+    deployment: DeploymentState | None,
+    previous: api.WorkerPoolStatus | None,
+) -> int | None:
+    a = pool.spec.autoscaling
+    if a.mode == "disabled":
+        return a.replicas
+    if a.mode == "builtin" and decision is not None:
+        return decision.desired
+    if deployment is not None:
+        return deployment.spec_replicas
+    if a.mode == "builtin":
+        return a.min_replicas
+    return previous.desired_replicas if previous is not None else None
+
+
+def _build_queue_conditions(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
+    queue = pool.spec.queue.name
+    if observed.stats is not None:
+        conds.set(api.QUEUE_REACHABLE, "True", "QueueRead", f"queue {queue} read")
+    elif observed.stats_error is not None:
+        message = f"queue {queue} unreadable: {build_redacted(observed.stats_error)}"
+        conds.set(api.QUEUE_REACHABLE, "False", "QueueUnreachable", message)
+    else:
+        conds.carry(api.QUEUE_REACHABLE, "Unknown", "NotYetRead", f"queue {queue} not read yet")
+
+
+def _build_scaling_condition(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
+    mode = pool.spec.autoscaling.mode
+    decision = observed.decision
+    if mode != "builtin":
+        conds.set(
+            api.SCALING_LIMITED, "False", "NotManaged", f"the builtin autoscaler is off ({mode})"
+        )
+    elif decision is None:
+        conds.carry(api.SCALING_LIMITED, "Unknown", "NotYetEvaluated", "no decision yet")
+    elif decision.scaling_limited:
+        message = (
+            f"pinned at maxReplicas {pool.spec.autoscaling.max_replicas} while the backlog "
+            f"grows (signals want {decision.raw_desired})"
+        )
+        conds.set(api.SCALING_LIMITED, "True", "MaxReplicasReached", message)
+    else:
+        conds.set(api.SCALING_LIMITED, "False", "WithinLimits", "the replicas meet the signals")
+
+
+def _build_degraded(conds: _Conditions, observed: Observed) -> None:
+    deployment = observed.deployment
+    if deployment is not None and deployment.progress_deadline_exceeded:
+        message = "the Deployment's rollout exceeded its progress deadline"
+        conds.set(api.DEGRADED, "True", "ProgressDeadlineExceeded", message)
+    elif deployment is not None and deployment.replica_failure is not None:
+        conds.set(api.DEGRADED, "True", "ReplicaFailure", deployment.replica_failure)
+    elif observed.stats_error is not None:
+        message = "the queue cannot be read; autoscaling holds or falls back"
+        conds.set(api.DEGRADED, "True", "QueueUnreachable", message)
+    else:
+        conds.set(api.DEGRADED, "False", "AsExpected", "no problems observed")
+
+
+# --- the plan ------------------------------------------------------------------------------
+
+
+def _previous_conditions(observed: Observed) -> list[api.Condition]:
+    previous = observed.previous
+    return list(previous.conditions or ()) if previous is not None else []
+
+
+def _build_held_plan(
+    pool: api.Pool | api.InvalidPool, observed: Observed, reason: str, message: str
+) -> Plan:
+    """Bad input: explain it, apply nothing, delete nothing."""
+    previous = _previous_conditions(observed)
+    conds = _Conditions(pool.generation, observed.now, previous)
+    conds.set(api.READY, "False", reason, message)
+    conds.set(api.DEGRADED, "True", reason, message)
+    conds.carry(api.PROGRESSING, "False", reason, "nothing is applied until the input is fixed")
+    if reason in SECRET_REASONS.values():
+        conds.set(api.QUEUE_REACHABLE, "Unknown", reason, "the Redis URL is not usable")
+    else:
+        conds.carry(api.QUEUE_REACHABLE, "Unknown", reason, "the spec is not usable")
+    conds.carry(api.SCALING_LIMITED, "Unknown", reason, "the spec is not usable")
+    conditions = conds.build()
+    before = observed.previous
+    deployment = observed.deployment
+    status = api.WorkerPoolStatus(
+        observed_generation=pool.generation,
+        replicas=deployment.replicas if deployment is not None else None,
+        ready_replicas=deployment.ready_replicas if deployment is not None else None,
+        updated_replicas=deployment.updated_replicas if deployment is not None else None,
+        desired_replicas=before.desired_replicas if before is not None else None,
+        selector=manifests.build_selector(pool.name),
+        queue=before.queue if before is not None else None,
+        autoscaling=before.autoscaling if before is not None else None,
+        conditions=conditions,
+    )
+    return Plan(
+        children=(),
+        obsolete=(),
+        replicas=None,
+        status=status,
+        events=_build_events(previous, conditions, None),
+        hold=True,
+        problem=f"{reason}: {message}",
+    )
+
+
+def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
+    """Decide the children, the status and the Events of one WorkerPool."""
+    if isinstance(pool, api.InvalidPool):
+        return _build_held_plan(pool, observed, INVALID_SPEC, pool.message)
+    if pool.spec.autoscaling.mode == "keda" and pool.spec.queue.redis.keda is None:
+        message = "spec: autoscaling.mode: keda requires queue.redis.keda"
+        return _build_held_plan(pool, observed, INVALID_SPEC, message)
+    if observed.secret.state != "ok":
+        reason = SECRET_REASONS[observed.secret.state]
+        return _build_held_plan(pool, observed, reason, build_redacted(observed.secret.message))
+
+    deployment = observed.deployment
+    replicas = build_replicas(pool, deployment)
+    children = build_children(pool, replicas=replicas)
+    previous = _previous_conditions(observed)
+    conds = _Conditions(pool.generation, observed.now, previous)
+    _build_rollout_conditions(conds, pool, deployment)
+    _build_degraded(conds, observed)
+    _build_queue_conditions(conds, pool, observed)
+    _build_scaling_condition(conds, pool, observed)
+    conditions = conds.build()
+    before = observed.previous
+    if observed.stats is not None:
+        queue_status: api.QueueStatus | None = _build_queue_status(
+            observed.stats, observed.decision, observed.now
+        )
+    else:
+        queue_status = before.queue if before is not None else None
+    decision = observed.decision if pool.spec.autoscaling.mode == "builtin" else None
+    status = api.WorkerPoolStatus(
+        observed_generation=pool.generation,
+        replicas=deployment.replicas if deployment is not None else 0,
+        ready_replicas=deployment.ready_replicas if deployment is not None else 0,
+        updated_replicas=deployment.updated_replicas if deployment is not None else 0,
+        desired_replicas=_build_desired(pool, decision, deployment, before),
+        selector=manifests.build_selector(pool.name),
+        queue=queue_status,
+        autoscaling=_build_autoscaling_status(pool, decision, before),
+        conditions=conditions,
+    )
+    return Plan(
+        children=children,
+        obsolete=_build_obsolete(pool, children),
+        replicas=replicas,
+        status=status,
+        events=_build_events(previous, conditions, decision),
+    )
