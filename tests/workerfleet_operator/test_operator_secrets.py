@@ -35,21 +35,43 @@ def test_the_canary_password_never_appears_in_the_pool_its_status_events_or_logs
     emulator.create("workerpools", build_pool("good"), group="workerfleet.io")
     emulator.create("workerpools", build_pool("bad", secret="bad-url"), group="workerfleet.io")
     emulator.create("workerpools", build_pool("gone", queue="gone"), group="workerfleet.io")
-    wait_until(lambda: condition(emulator.get("workerpools", NAMESPACE, "good", group="workerfleet.io"),
-                                 "QueueReachable").get("status") == "True", message="good pool not polled")
-    bad = wait_until(lambda: condition(emulator.get("workerpools", NAMESPACE, "bad", group="workerfleet.io"),
-                                       "Ready"), message="bad pool not reported")
+    wait_until(
+        lambda: (
+            condition(
+                emulator.get("workerpools", NAMESPACE, "good", group="workerfleet.io"),
+                "QueueReachable",
+            ).get("status")
+            == "True"
+        ),
+        message="good pool not polled",
+    )
+    bad = wait_until(
+        lambda: condition(
+            emulator.get("workerpools", NAMESPACE, "bad", group="workerfleet.io"), "Ready"
+        ),
+        message="bad pool not reported",
+    )
     assert bad["reason"] == "InvalidRedisURL"
     redis_server.stop()
-    wait_until(lambda: condition(emulator.get("workerpools", NAMESPACE, "gone", group="workerfleet.io"),
-                                 "QueueReachable").get("status") == "False", timeout=15,
-               message="unreachable Redis not reported")
+    wait_until(
+        lambda: (
+            condition(
+                emulator.get("workerpools", NAMESPACE, "gone", group="workerfleet.io"),
+                "QueueReachable",
+            ).get("status")
+            == "False"
+        ),
+        timeout=15,
+        message="unreachable Redis not reported",
+    )
     # Then the canary is nowhere: pools (annotations included), children, Events, logs, metrics
     pools = emulator.list("workerpools", NAMESPACE, group="workerfleet.io")
     children = emulator.list("deployments", NAMESPACE, group="apps")
     events = emulator.list("events", NAMESPACE)
     assert events, "expected Events to inspect"
-    assert any("kopf" in line or "workerfleet" in line for line in captured_logs), "no logs captured"
+    assert any("kopf" in line or "workerfleet" in line for line in captured_logs), (
+        "no logs captured"
+    )
     metrics_text = prometheus_client.generate_latest(runner.metrics.registry).decode()
     for where, text in (
         ("pools", json.dumps(pools)),

@@ -655,33 +655,36 @@ class PoolController:
         observation: autoscaling.Observation,
     ) -> None:
         client = self.ctx.fetch_client()
+        foreign = tuple(kube.build_foreign_replicas_owners(deployment))
+        if foreign:
+            self._block_replicas(foreign)
+            return
         if decision.desired < current:
             await self._mark_deletion_costs(deployment, observation)
         try:
+            # Forced only against our own managers (the creation apply co-owns the field).
             self.deployment = await kube.apply_replicas(
-                client, self.namespace, self.name, decision.desired
+                client, self.namespace, self.name, decision.desired, force=True
             )
         except kube.ApiError as exc:
             if not exc.is_conflict:
                 raise
-            others = tuple(
-                o
-                for o in kube.build_owner_of_replicas(deployment)
-                if o not in (kube.REPLICAS_FIELD_MANAGER, kube.FIELD_MANAGER)
-            ) or ("another field manager",)
-            if others != self.replicas_blocked_by:
-                logger.warning(
-                    "%s/%s: spec.replicas is owned by %s; holding",
-                    self.namespace,
-                    self.name,
-                    others,
-                )
-            self.replicas_blocked_by = others
+            self._block_replicas(("another field manager",))
             return
         self.replicas_blocked_by = ()
         self.last_scale_time = _now_rfc3339()
         verb = "ScaledUp" if decision.desired > current else "ScaledDown"
         await self._event("Normal", verb, f"{verb} {current}→{decision.desired}: {explanation}")
+
+    def _block_replicas(self, owners: tuple[str, ...]) -> None:
+        if owners != self.replicas_blocked_by:
+            logger.warning(
+                "%s/%s: spec.replicas is owned by %s; the autoscaler holds instead of fighting",
+                self.namespace,
+                self.name,
+                ", ".join(owners),
+            )
+        self.replicas_blocked_by = owners
 
     async def _mark_deletion_costs(
         self, deployment: Mapping[str, Any], observation: autoscaling.Observation

@@ -262,11 +262,14 @@ async def apply_object(
     )
 
 
-async def apply_replicas(client: KubeClient, namespace: str, name: str, replicas: int) -> Body:
-    """Write ``spec.replicas`` of our Deployment as the autoscaler's field manager, never forced.
+async def apply_replicas(
+    client: KubeClient, namespace: str, name: str, replicas: int, *, force: bool = False
+) -> Body:
+    """Write ``spec.replicas`` of our Deployment as the autoscaler's field manager.
 
-    A 409 means another manager (an HPA, ``kubectl scale``) owns the field with another value: the
-    caller holds and reports it instead of fighting.
+    ``force`` only when no manager but ours owns the field (the caller checks ``managedFields``):
+    otherwise a 409 means another manager (an HPA, ``kubectl scale``) owns it with another value,
+    and the caller holds and reports it instead of fighting.
     """
     body = {
         "apiVersion": "apps/v1",
@@ -274,7 +277,7 @@ async def apply_replicas(client: KubeClient, namespace: str, name: str, replicas
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"replicas": replicas},
     }
-    return await apply_object(client, body, manager=REPLICAS_FIELD_MANAGER, force=False)
+    return await apply_object(client, body, manager=REPLICAS_FIELD_MANAGER, force=force)
 
 
 async def apply_status(client: KubeClient, ref: ObjectRef, status: Mapping[str, Any]) -> Body:
@@ -368,6 +371,14 @@ async def delete_objects(client: KubeClient, refs: Sequence[ObjectRef]) -> int:
     """Delete several objects concurrently; return how many existed."""
     results = await asyncio.gather(*(delete_object(client, ref) for ref in refs))
     return sum(results)
+
+
+OUR_MANAGERS = frozenset({FIELD_MANAGER, REPLICAS_FIELD_MANAGER})
+
+
+def build_foreign_replicas_owners(deployment: Mapping[str, Any]) -> list[str]:
+    """Managers other than ours that own ``spec.replicas`` (empty: we may force our value)."""
+    return [m for m in build_owner_of_replicas(deployment) if m not in OUR_MANAGERS]
 
 
 def build_owner_of_replicas(deployment: Mapping[str, Any]) -> list[str]:

@@ -20,7 +20,17 @@ from worker_runtime import connection, stats
 from workerfleet_operator import autoscaling
 from workerfleet_operator.shell import kube
 
-ALLOWED_SCHEMES = frozenset({"redis", "rediss", "unix", "sentinel", "sentinels"})
+ALLOWED_SCHEMES = frozenset(
+    {
+        "redis",
+        "rediss",
+        "unix",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "redis+cluster",
+        "rediss+cluster",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,246 @@
+"""The builtin autoscaler end to end: real Redis backlog, the operator, the API emulator (issue 4, must-show 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio
+
+from tests.workerfleet_operator.conftest import (
+    NAMESPACE,
+    OperatorRunner,
+    RedisServer,
+    build_pool,
+    build_secret,
+    condition,
+    events_for,
+    wait_until,
+)
+from tests.workerfleet_operator.emulator import Emulator
+from worker_runtime import producer
+from worker_runtime import queue as engine
+
+POLL = 1.0
+COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def pool(emu: Emulator, name: str) -> dict[str, Any] | None:
+    return emu.get("workerpools", NAMESPACE, name, group="workerfleet.io")
+
+
+def replicas(emu: Emulator, name: str) -> int | None:
+    dep = emu.get("deployments", NAMESPACE, name, group="apps")
+    return None if dep is None else int(dep["spec"]["replicas"])
+
+
+def enqueue(server: RedisServer, queue_name: str, count: int) -> None:
+    jobs = [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(count)]
+    producer.SyncProducer(server.client(), queue_name).enqueue_many(jobs)
+
+
+def start_pool(emu: Emulator, server: RedisServer, name: str, **autoscaling: Any) -> None:
+    emu.create("secrets", build_secret("redis-creds", server.url))
+    settings = {
+        "pollingIntervalSeconds": POLL,
+        "targetBacklogPerReplica": 100,
+        "maxReplicas": 10,
+        "scaleUp": {"stabilizationWindowSeconds": 0, "maxStepPercent": 100, "maxStepPods": 4},
+    }
+    settings.update(autoscaling)
+    emu.create("workerpools", build_pool(name, autoscaling=settings), group="workerfleet.io")
+    wait_until(
+        lambda: condition(pool(emu, name), "QueueReachable").get("status") == "True",
+        message="pool never read its queue",
+    )
+
+
+def scale_up_to_four(emu: Emulator, server: RedisServer, name: str) -> None:
+    enqueue(server, name, 400)
+    wait_until(lambda: replicas(emu, name) == 4, timeout=10, message="no scale-up to 4")
+
+
+def test_a_burst_of_jobs_raises_replicas_within_one_polling_interval(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given an idle pool at zero replicas polling its queue every second
+    operator()
+    start_pool(emulator, redis_server, "emails")
+    assert replicas(emulator, "emails") == 0
+    # When 530 jobs arrive
+    started = time.monotonic()
+    enqueue(redis_server, "emails", 530)
+    # Then replicas are raised within one polling interval (plus scheduling slack on a busy box)
+    wait_until(
+        lambda: (replicas(emulator, "emails") or 0) > 0,
+        timeout=5,
+        interval=0.01,
+        message="no scale-up",
+    )
+    reaction = time.monotonic() - started
+    assert reaction <= POLL + 1.0, f"reaction {reaction:.2f}s"
+    # And the decision is explained in status and in a ScaledUp Event
+    wait_until(
+        lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledUp"],
+        message="no Event",
+    )
+    scaled = [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledUp"][0]
+    assert "0→4" in scaled["message"] and "backlog" in scaled["message"]
+    status = wait_until(
+        lambda: (
+            (s := pool(emulator, "emails")["status"]).get("queue", {}).get("backlog") == 530 and s
+        ),
+        message="status.queue not updated",
+    )
+    assert status["desiredReplicas"] == 4 and status["autoscaling"]["chosen"] in (
+        "backlog",
+        "capacity",
+    )
+    assert status["autoscaling"]["rawDesired"] > 4 and status["autoscaling"]["clampedBy"]
+
+
+def _heartbeats(server: RedisServer, queue_name: str, beats: list[engine.WorkerBeat]) -> None:
+    async def run() -> None:
+        client = redis.asyncio.Redis.from_url(server.url)
+        try:
+            engine_client = engine.QueueClient(client, queue_name)
+            for beat in beats:
+                await engine_client.heartbeat(beat)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def _drain(server: RedisServer, queue_name: str) -> int:
+    async def run() -> int:
+        client = redis.asyncio.Redis.from_url(server.url)
+        done = 0
+        try:
+            engine_client = engine.QueueClient(client, queue_name)
+            for _ in range(100):  # bounded: 100 batches of 100
+                jobs = await engine_client.fetch("drainer", 100)
+                if not jobs:
+                    break
+                await asyncio.gather(*(engine_client.ack(job) for job in jobs))
+                done += len(jobs)
+            await engine_client.aclose()
+        finally:
+            await client.aclose()
+        return done
+
+    return asyncio.run(run())
+
+
+def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a pool scaled to 4 by a backlog, with 4 pods: one busy worker, three idle ones
+    operator()
+    start_pool(
+        emulator,
+        redis_server,
+        "emails",
+        scaleDown={"stabilizationWindowSeconds": 1, "maxStepPercent": 50},
+    )
+    scale_up_to_four(emulator, redis_server, "emails")
+    dep = emulator.get("deployments", NAMESPACE, "emails", group="apps")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    pods = [f"emails-7c9f-{suffix}" for suffix in ("busy0", "idle1", "idle2", "idle3")]
+    for name in pods:
+        emulator.create(
+            "pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+                "spec": {"containers": [{"name": "worker", "image": "x"}]},
+            },
+        )
+    now = time.time()
+    _heartbeats(
+        redis_server,
+        "emails",
+        [
+            engine.WorkerBeat(
+                worker_id=f"w-{name}",
+                pod_name=name,
+                concurrency=4,
+                in_flight=2 if "busy" in name else 0,
+                processed=10,
+                busy_seconds=5.0,
+                started_at=now - 60,
+                oldest_job_started_at=now - 20 if "busy" in name else None,
+                draining=False,
+                ttl_seconds=120,
+            )
+            for name in pods
+        ],
+    )
+    # When the queue is drained and the scale-down window has passed
+    assert _drain(redis_server, "emails") == 400
+    wait_until(lambda: (replicas(emulator, "emails") or 4) < 4, timeout=10, message="no scale-down")
+    # Then every idle pod was marked cheaper to delete than the busy one
+    costs = {
+        p["metadata"]["name"]: int(p["metadata"]["annotations"][COST])
+        for p in emulator.list("pods", NAMESPACE, labels=f"workerfleet.io/pool=emails")
+        if COST in (p["metadata"].get("annotations") or {})
+    }
+    assert set(costs) == set(pods)
+    busy = costs["emails-7c9f-busy0"]
+    assert all(costs[p] < busy for p in pods if "idle" in p)
+    # And the annotations were written before replicas were lowered
+    log = list(emulator.request_log)
+    last_pod_patch = max(i for i, (m, p, _) in enumerate(log) if m == "PATCH" and "/pods/" in p)
+    lowering = [
+        i for i, (m, p, _) in enumerate(log) if m == "PATCH" and p.endswith("/deployments/emails")
+    ]
+    assert lowering and last_pod_patch < lowering[-1]
+    assert [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledDown"]
+
+
+def test_when_redis_is_unreachable_replicas_are_held_and_queue_reachable_is_false(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a pool scaled to 4 by a backlog
+    operator()
+    start_pool(emulator, redis_server, "emails")
+    scale_up_to_four(emulator, redis_server, "emails")
+    # When Redis goes away
+    redis_server.stop()
+    # Then QueueReachable turns False with a Warning Event ...
+    cond = wait_until(
+        lambda: (
+            (c := condition(pool(emulator, "emails"), "QueueReachable")).get("status") == "False"
+            and c
+        ),
+        timeout=10,
+        message="QueueReachable stayed True",
+    )
+    assert cond["reason"] == "QueueUnreachable"
+    wait_until(
+        lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "QueueUnreachable"],
+        message="no Warning Event",
+    )
+    # ... and the decision says it holds, over several polls, without touching replicas
+    wait_until(
+        lambda: (
+            "holding 4 replicas"
+            in (pool(emulator, "emails")["status"]["autoscaling"]["reason"] or "")
+        ),
+        message="no hold decision recorded",
+    )
+    writes = sum(
+        1
+        for m, p, _ in list(emulator.request_log)
+        if m == "PATCH" and p.endswith("/deployments/emails")
+    )
+    time.sleep(3 * POLL)  # the subject is "held over time": three polling intervals of it
+    assert replicas(emulator, "emails") == 4
+    assert writes == sum(
+        1
+        for m, p, _ in list(emulator.request_log)
+        if m == "PATCH" and p.endswith("/deployments/emails")
+    )
