@@ -1,0 +1,186 @@
+"""``workerfleet run`` as a user runs it, and the embedded redis-server it starts."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import local_fleet_support as support
+import pytest
+import redis
+from workerfleet_operator.local import embedded_redis
+
+pytestmark = pytest.mark.slow
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _run_cli(args: list[str], cwd: pathlib.Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(pathlib.Path(sys.executable).parent / "workerfleet"), "run", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+class Output:
+    """Collects a process's output on a thread, so the test can wait for a line (bounded)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.text)
+            if match:
+                return match
+            time.sleep(0.05)
+        pytest.fail(f"no {pattern!r} in output within {timeout}s:\n{self.text}")
+
+
+def test_workerfleet_run_with_no_reachable_redis_embeds_one_and_ctrl_c_drains_cleanly(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given a pool that keeps one worker, and a Redis URL nobody listens on
+    manifest_path = support.write_manifest(tmp_path, support.build_manifest("cli", minReplicas=1))
+    env = dict(
+        os.environ, WORKERFLEET_REDIS_URL=f"redis://127.0.0.1:{embedded_redis.fetch_free_port()}/0"
+    )
+    process = _run_cli(
+        [
+            str(manifest_path),
+            "--no-view",
+            "--metrics-port",
+            "0",
+            "--app-path",
+            str(support.HERE),
+            "--poll-interval",
+            "0.5",
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        tmp_path,
+        env,
+    )
+    output = Output(process)
+    try:
+        # When it starts, it embeds a redis-server and scales to the minimum
+        port = int(output.wait_for(r"embedded 127\.0\.0\.1:(\d+)", 20).group(1))
+        output.wait_for(r"ScaledUp 0→1", 20)
+        client = redis.Redis(port=port)
+        support.wait_for(
+            lambda: client.config_get("appendonly").get("appendonly") == "yes",
+            timeout=5,
+            message="AOF on",
+        )
+        support.wait_for(
+            lambda: client.keys("*cli*"), timeout=20, message="the worker registered in Redis"
+        )
+        client.close()
+        # And Ctrl-C arrives
+        process.send_signal(signal.SIGINT)
+        output.wait_for(r"stopped; workers .*killed=\d+", 40)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    # Then the worker drained and exited 0, nothing was killed, and Redis is gone
+    assert "started=1 stopped_cleanly=1 crashed=0 killed=0" in output.text
+    assert not _port_open(port)
+
+
+def test_workerfleet_run_uses_a_reachable_redis_url_as_given(tmp_path: pathlib.Path) -> None:
+    with embedded_redis.EmbeddedRedis(tmp_path / "given") as server:
+        manifest_path = support.write_manifest(tmp_path, support.build_manifest("given"))
+        process = _run_cli(
+            [
+                str(manifest_path),
+                "--redis-url",
+                server.url,
+                "--no-view",
+                "--metrics-port",
+                "-1",
+                "--seconds",
+                "2",
+                "--app-path",
+                str(support.HERE),
+            ],
+            tmp_path,
+            dict(os.environ),
+        )
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+        assert "redis given URL" in output
+        assert "metrics off" in output
+        assert "Steady at 0" in output
+
+
+def test_workerfleet_run_refuses_an_invalid_manifest_with_exit_code_2(
+    tmp_path: pathlib.Path,
+) -> None:
+    document = support.build_manifest("bad", minReplicas=4, maxReplicas=2)
+    process = _run_cli(
+        [str(support.write_manifest(tmp_path, document))], tmp_path, dict(os.environ)
+    )
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "minReplicas must not exceed maxReplicas" in output
+
+
+def test_the_embedded_redis_keeps_accepted_jobs_across_a_restart_in_a_given_directory(
+    tmp_path: pathlib.Path,
+) -> None:
+    data = tmp_path / "data"
+    with embedded_redis.EmbeddedRedis(data) as first:
+        client = redis.Redis.from_url(first.url)
+        client.rpush("k", "accepted")
+        client.close()
+    assert (data / "appendonlydir").is_dir() or list(data.glob("*.aof*"))
+    with embedded_redis.EmbeddedRedis(data) as second:
+        client = redis.Redis.from_url(second.url)
+        assert client.lrange("k", 0, -1) == [b"accepted"]
+        assert client.config_get("bind")["bind"] == "127.0.0.1"
+        client.close()
+
+
+def test_a_temporary_embedded_redis_removes_its_directory_on_stop() -> None:
+    server = embedded_redis.EmbeddedRedis().start()
+    directory, port = server.data_dir, server.port
+    server.stop()
+    assert not directory.exists()
+    assert not _port_open(port)
+
+
+def test_a_missing_redis_server_binary_is_reported_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(embedded_redis.EmbeddedRedisError, match="make deps"):
+        embedded_redis.EmbeddedRedis().start()
