@@ -35,7 +35,18 @@ def _register_local_commands(subparsers: SubParsers) -> None:
     local_cli.register_commands(subparsers)
 
 
-COMMAND_GROUPS: list[CommandGroup] = [_register_runtime_commands, _register_local_commands]
+def _register_operator_commands(subparsers: SubParsers) -> None:
+    # `operator`: the Kubernetes operator; kopf is imported only when it runs.
+    from workerfleet_operator.shell import cli as operator_cli
+
+    operator_cli.register_commands(subparsers)
+
+
+COMMAND_GROUPS: list[CommandGroup] = [
+    _register_runtime_commands,
+    _register_local_commands,
+    _register_operator_commands,
+]
 
 
 def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentParser:
