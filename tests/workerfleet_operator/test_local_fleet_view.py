@@ -1,0 +1,59 @@
+"""The live view of ``workerfleet run`` shows the queue, the replicas and the last decision."""
+
+from __future__ import annotations
+
+import scaling_fixtures as fx
+from rich.console import Console
+from workerfleet_operator import autoscaling
+from workerfleet_operator.local import fleet, runner, view
+
+POLICY = autoscaling.ScalingPolicy(max_replicas=4, target_utilization=None)
+
+
+def _snapshot(reachable: bool) -> runner.Snapshot:
+    stats = fx.queue_stats(10, backlog=530, in_flight=6, dead_letter=3, oldest_job_age_seconds=4.2)
+    poll = fx.Poll(10, stats if reachable else None, None if reachable else "ConnectionError: x")
+    decision = fx.run(POLICY, [poll], current=2)[0]
+    return runner.Snapshot(
+        at=12.0,
+        pool="emails",
+        queue="emails",
+        queue_stats=poll.stats,
+        error=poll.error,
+        decision=decision,
+        replicas=2,
+        ready=1,
+        terminating=1,
+        last_change=decision,
+        last_change_at=12.0,
+        counters=fleet.FleetCounters(started=3, stopped_cleanly=1),
+        events=(fleet.FleetEvent(11.0, "Stopping", "emails-2", "deletion cost -100"),),
+        redis="embedded 127.0.0.1:1234",
+    )
+
+
+def _render(snapshot: runner.Snapshot) -> str:
+    console = Console(width=160, record=True, color_system=None)
+    console.print(view.build_view(snapshot))
+    return console.export_text()
+
+
+def test_the_view_shows_backlog_in_flight_dlq_replicas_and_the_decision_reason() -> None:
+    text = _render(_snapshot(reachable=True))
+    assert "530" in text and "DLQ" in text and "in flight" in text
+    assert "ScaledUp 2→4" in text
+    assert "Stopping" in text and "emails-2" in text
+    assert "1 draining" in text
+    assert "Ctrl-C" in text
+
+
+def test_the_view_says_when_the_queue_is_unreachable() -> None:
+    text = _render(_snapshot(reachable=False))
+    assert "unreachable" in text
+    assert "metricFailureHold" in view.build_line(_snapshot(reachable=False))
+
+
+def test_the_plain_line_carries_the_counts_and_the_explanation() -> None:
+    line = view.build_line(_snapshot(reachable=True))
+    assert "backlog=530 in_flight=6 dlq=3 replicas=2 ready=1 desired=4" in line
+    assert "signals backlog=5.30" in line
