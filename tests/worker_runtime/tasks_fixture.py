@@ -237,3 +237,13 @@ async def chaos(payload: Chaos, ctx: JobContext) -> None:
     if ctx.attempt <= payload.fail_first:
         raise RuntimeError("transient failure")
     mark_done(ctx, payload.marker)
+
+
+@app.task("log")
+async def log_async(payload: Empty, ctx: JobContext) -> None:
+    ctx.logger.info("handler says hello", extra={"custom": "async"})
+
+
+@app.task("log-sync")
+def log_sync(payload: Empty, ctx: JobContext) -> None:
+    ctx.logger.info("handler says hello", extra={"custom": "sync"})
