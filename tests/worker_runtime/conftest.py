@@ -1,7 +1,7 @@
-"""Fixtures of the worker-process tests: a real redis-server, worker subprocesses, producers.
+"""Fixtures of the worker-process tests: worker subprocesses, producers, sync clients.
 
-Temporary home of the worker tests' Redis fixture until the shared one in tests/conftest.py
-lands; names are prefixed ``wf_`` so they never shadow the shared fixtures.
+Built on the shared redis-server fixtures of tests/conftest.py; names are prefixed ``wf_`` so
+they never shadow the shared ones.
 """
 
 from __future__ import annotations
@@ -16,19 +16,15 @@ from tests.worker_runtime import workerproc
 from worker_runtime import producer
 
 
-@pytest.fixture(scope="session")
-def wf_redis() -> Iterator[workerproc.RedisServer]:
-    server = workerproc.RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+@pytest.fixture
+def wf_redis(redis_server: workerproc.RedisLike) -> workerproc.RedisLike:
+    """The shared session redis-server (tests/conftest.py)."""
+    return redis_server
 
 
 @pytest.fixture
-def wf_client(wf_redis: workerproc.RedisServer) -> Iterator[redis.Redis]:
-    client = wf_redis.client()
+def wf_client(wf_redis: workerproc.RedisLike) -> Iterator[redis.Redis]:
+    client = workerproc.sync_client(wf_redis)
     try:
         yield client
     finally:
@@ -36,12 +32,12 @@ def wf_client(wf_redis: workerproc.RedisServer) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def wf_queue() -> str:
-    return workerproc.new_queue()
+def wf_queue(queue_name: str) -> str:
+    return queue_name
 
 
 @pytest.fixture
-def wf_producer(wf_redis: workerproc.RedisServer, wf_queue: str) -> Iterator[producer.SyncProducer]:
+def wf_producer(wf_redis: workerproc.RedisLike, wf_queue: str) -> Iterator[producer.SyncProducer]:
     client = redis.Redis.from_url(wf_redis.url, decode_responses=True)
     try:
         yield producer.SyncProducer(client, wf_queue)
@@ -51,7 +47,7 @@ def wf_producer(wf_redis: workerproc.RedisServer, wf_queue: str) -> Iterator[pro
 
 @pytest.fixture
 def wf_spawn(
-    wf_redis: workerproc.RedisServer, wf_queue: str, tmp_path: Any
+    wf_redis: workerproc.RedisLike, wf_queue: str, tmp_path: Any
 ) -> Iterator[Callable[..., workerproc.WorkerProc]]:
     """Start worker subprocesses on the test's queue; all are killed at teardown."""
     started: list[workerproc.WorkerProc] = []

@@ -38,7 +38,7 @@ def test_a_job_that_keeps_failing_reaches_the_dlq_after_exactly_max_attempts_wit
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
 ) -> None:
     # Given a worker and a task allowing 3 attempts whose handler always fails
@@ -87,7 +87,7 @@ def test_a_job_that_kills_its_worker_reaches_the_dlq_after_exactly_max_deliverie
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
 ) -> None:
     # Given workers allowing 3 deliveries with a 1 s lease, restarted when they die
@@ -125,7 +125,7 @@ def test_a_message_naming_an_unregistered_task_is_dead_lettered_without_any_impo
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
     tmp_path: Path,
 ) -> None:
@@ -165,7 +165,7 @@ def test_an_invalid_payload_is_dead_lettered_with_the_validation_error_and_never
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
 ) -> None:
     # Given a worker whose "order" task takes {order_id: int, amount: float}
@@ -188,7 +188,7 @@ def test_an_envelope_that_is_not_json_is_dead_lettered_and_the_worker_keeps_goin
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
 ) -> None:
     # Given a queued job whose stored envelope was corrupted, followed by a good job
@@ -211,7 +211,7 @@ def test_reject_and_configured_non_retryable_errors_go_straight_to_the_dlq(
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
 ) -> None:
     # Given a worker; one task raises Reject, another a type listed as non_retryable

@@ -65,7 +65,7 @@ def test_an_async_job_past_its_timeout_is_cancelled_and_counted_as_a_failed_atte
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
 ) -> None:
     # Given a task with a 0.5 s timeout and 2 attempts, whose handler would take 30 s
@@ -86,7 +86,7 @@ def test_a_sync_job_past_its_timeout_fails_its_attempt_and_keeps_its_slot_until_
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
-    wf_redis: workerproc.RedisServer,
+    wf_redis: workerproc.RedisLike,
     wf_queue: str,
 ) -> None:
     # Given a one-slot worker and a sync task with a 0.5 s timeout that sleeps 1.5 s

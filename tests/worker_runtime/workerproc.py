@@ -1,4 +1,4 @@
-"""Test helpers: real redis-server processes, real worker subprocesses, bounded polling.
+"""Test helpers: real worker subprocesses, bounded polling, what the fixture tasks recorded.
 
 Used by the worker, drain, CLI and chaos tests. Everything listens on 127.0.0.1, every wait has
 a deadline, and every process started here is stopped by its own PID.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -49,78 +48,17 @@ def wait_until(
         time.sleep(interval)
 
 
-class RedisServer:
-    """A redis-server of our own on a loopback port; can be stopped and restarted in place."""
-
-    def __init__(self, *, appendonly: bool = False, port: int | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (make deps installs it)")
-        self.binary = binary
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="wf-redis-")
-        self.appendonly = appendonly
-        self.proc: subprocess.Popen[bytes] | None = None
+class RedisLike(Protocol):
+    """What the tests need of a redis-server fixture (tests/conftest.py's RedisServer)."""
 
     @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def url(self) -> str: ...
 
-    def start(self) -> None:
-        args = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            self.dir,
-            "--save",
-            "",
-            "--daemonize",
-            "no",
-            "--protected-mode",
-            "yes",
-            "--loglevel",
-            "warning",
-        ]
-        if self.appendonly:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
-        else:
-            args += ["--appendonly", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        try:
+    port: int
 
-            def up() -> bool:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-                try:
-                    return bool(client.ping())
-                except redis.exceptions.ConnectionError:
-                    return False
 
-            wait_until(up, 10.0, f"redis-server on port {self.port}")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=10)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+def sync_client(server: RedisLike) -> redis.Redis:
+    return redis.Redis(port=server.port, decode_responses=True, socket_timeout=10)
 
 
 def new_queue(prefix: str = "t") -> str:
