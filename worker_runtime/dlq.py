@@ -184,8 +184,8 @@ async def apply_replay(
             remaining -= len(done) if pending is None else len(chunk)
         if pending is not None and not pending:
             break
-        # the rate limit: a batch of `size` may leave only every size/rate seconds
-        pause = size / rate_per_second - (time.monotonic() - started)
+        # the rate limit: n replayed jobs take at least n/rate seconds
+        pause = len(done) / rate_per_second - (time.monotonic() - started)
         if pause > 0:
             await asyncio.sleep(pause)
     return replayed
