@@ -1,0 +1,1 @@
+"""Example worker application packaged by examples/worker-image/Dockerfile (docs/worker-image.md)."""
