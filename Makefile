@@ -60,5 +60,8 @@ bench-operator: deps venv ## 1,000 WorkerPools: time to Ready, operator RSS and 
 crd: venv ## regenerate deploy/crds/ from the WorkerPool pydantic models
 	$(PY) scripts/gen_crd.py
 
+install-yaml: deps venv ## refresh the chart's copies (CRD, alerts, dashboard) and render deploy/install.yaml
+	$(PY) scripts/render_install.py
+
 clean: ## remove the venv and caches inside the repo (never the cache in ~/.cache)
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

@@ -41,4 +41,6 @@ mkdir -p "$CACHE/bin"
 ln -sf "$TOOLS/helm" "$CACHE/bin/helm"
 ln -sf "$TOOLS/kubectl" "$CACHE/bin/kubectl"
 "$CACHE/bin/helm" version --short >/dev/null
+# checkov (chart security checks) lives in its own venv in the cache: see the script.
+bash "$(dirname "$0")/ensure-checkov.sh"
 say "ok: $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3) helm $("$CACHE/bin/helm" version --short)"
