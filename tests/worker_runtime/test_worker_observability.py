@@ -1,0 +1,120 @@
+"""What a running worker exposes: /metrics, /healthz, /readyz, JSON logs, heartbeat records."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable
+
+import redis
+
+from tests.worker_runtime import workerproc
+from tests.worker_runtime.workerproc import wait_until
+from worker_runtime import producer, stats
+
+METRIC_NAMES = [
+    "workerfleet_jobs_total",
+    "workerfleet_job_duration_seconds_bucket",
+    "workerfleet_jobs_in_flight",
+    "workerfleet_job_retries_total",
+    "workerfleet_dead_lettered_total",
+    "workerfleet_fetch_errors_total",
+    "workerfleet_redis_errors_total",
+    "workerfleet_lease_renewals_total",
+    "workerfleet_leases_lost_total",
+    "workerfleet_worker_draining",
+]
+
+
+def test_a_worker_serves_its_metrics_probes_and_heartbeat_and_readyz_fails_while_draining(
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_producer: producer.SyncProducer,
+    wf_client: redis.Redis,
+    wf_queue: str,
+) -> None:
+    # Given a worker with its metrics port, a completed job, a retried job, a dead letter and
+    # a long job in flight
+    port = workerproc.free_port()
+    worker = wf_spawn(concurrency=4, lease_seconds=1.5, metrics_port=port, drain_timeout=3.0)
+    wf_producer.enqueue("order", {"order_id": 1, "amount": 2.0})
+    wf_producer.enqueue("flaky", {"fail_times": 1})
+    wf_producer.enqueue("reject", {})
+    wf_producer.enqueue("sleep", {"seconds": 30.0})
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total == 2,
+        20,
+        "two completions",
+    )
+    # When the endpoints are scraped
+    status, text = worker.http("/metrics")
+    # Then every contract metric is there, labelled with the queue
+    assert status == 200 and isinstance(text, str)
+    for name in METRIC_NAMES:
+        assert f"{name}{{" in text or f"{name} " in text, name
+    q = f'queue="{wf_queue}"'
+    assert f'workerfleet_jobs_total{{outcome="completed",{q},task="order"}} 1.0' in text
+    assert f'workerfleet_jobs_total{{outcome="retried",{q},task="flaky"}} 1.0' in text
+    assert f'workerfleet_dead_lettered_total{{{q},reason="non_retryable"}} 1.0' in text
+    assert f"workerfleet_jobs_in_flight{{{q}}} 1.0" in text
+    wait_until(
+        lambda: f"workerfleet_lease_renewals_total{{{q}}} 0.0" not in worker.http("/metrics")[1],
+        5,
+        "a lease renewal",
+    )
+    assert worker.http("/healthz")[0] == 200
+    assert worker.http("/readyz")[0] == 200
+    # And the heartbeat record describes the worker for the autoscaler
+    beat = stats.fetch_queue_stats_sync(wf_client, wf_queue).workers
+    assert len(beat) == 1
+    assert beat[0].pod_name == socket.gethostname()
+    assert beat[0].concurrency == 4 and beat[0].in_flight == 1
+    assert beat[0].processed >= 3 and beat[0].busy_seconds > 0
+    assert beat[0].oldest_job_started_at is not None and not beat[0].draining
+    # When it drains
+    worker.send(signal.SIGTERM)
+    # Then /readyz fails at once while /healthz stays green, and the heartbeat says draining
+    wait_until(lambda: worker.http("/readyz")[0] == 503, 5, "readyz 503")
+    assert worker.http("/healthz")[0] == 200
+    assert f"workerfleet_worker_draining{{{q}}} 1.0" in str(worker.http("/metrics")[1])
+    wait_until(
+        lambda: any(w.draining for w in stats.fetch_queue_stats_sync(wf_client, wf_queue).workers),
+        5,
+        "the draining heartbeat",
+    )
+    assert worker.wait(10) == 0
+    assert stats.fetch_queue_stats_sync(wf_client, wf_queue).workers == ()
+
+
+def test_logs_are_json_lines_carrying_job_id_and_correlation_id_in_async_and_sync_handlers(
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_producer: producer.SyncProducer,
+    wf_client: redis.Redis,
+    wf_queue: str,
+) -> None:
+    # Given a worker writing JSON logs
+    worker = wf_spawn(concurrency=2)
+    # When an async and a sync handler log, and a job fails
+    a = wf_producer.enqueue("log", {}, correlation_id="corr-async")
+    b = wf_producer.enqueue("log-sync", {}, correlation_id="corr-sync")
+    c = wf_producer.enqueue("flaky", {"fail_times": 1}, correlation_id="corr-fail")
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total == 3,
+        20,
+        "three completions",
+    )
+    worker.send(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    records = worker.log_records()
+    # Then every line is JSON, and records written for a job carry its ids
+    assert all(isinstance(r, dict) for r in records)
+    assert len(records) == len(worker.logs().splitlines())
+    hello = {r["custom"]: r for r in records if r.get("msg") == "handler says hello"}
+    assert hello["async"]["job_id"] == a.job_id
+    assert hello["async"]["correlation_id"] == "corr-async"
+    assert hello["sync"]["job_id"] == b.job_id
+    assert hello["sync"]["correlation_id"] == "corr-sync"
+    failed = [r for r in records if r.get("msg") == "job failed"]
+    assert len(failed) == 1
+    assert failed[0]["job_id"] == c.job_id and failed[0]["correlation_id"] == "corr-fail"
+    assert failed[0]["error_type"] == "RuntimeError" and failed[0]["task"] == "flaky"
+    assert {"ts", "level", "logger"} <= set(failed[0])

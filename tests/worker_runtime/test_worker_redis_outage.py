@@ -1,0 +1,121 @@
+"""Redis trouble under a running worker: killed connections, a stopped or crashed server.
+
+The worker must reconnect by itself, lose nothing, acknowledge nothing twice, and say so in
+``/healthz`` (red while Redis is gone, green again after) instead of reporting "fine".
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from tests.worker_runtime import workerproc
+from tests.worker_runtime.workerproc import done_counts, wait_until
+from worker_runtime import producer, stats
+
+
+def _health(worker: workerproc.WorkerProc) -> int | None:
+    try:
+        status, _ = worker.http("/healthz")
+    except OSError:
+        return None
+    return status
+
+
+def test_killed_connections_are_reopened_and_every_job_is_acknowledged_exactly_once(
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_producer: producer.SyncProducer,
+    wf_client: redis.Redis,
+    wf_queue: str,
+) -> None:
+    # Given 400 queued jobs and a worker processing them
+    n = 400
+    for start in range(0, n, 100):
+        wf_producer.enqueue_many(
+            [
+                producer.JobSpec(task="chaos", payload={"marker": str(i), "work_ms": 5})
+                for i in range(start, start + 100)
+            ]
+        )
+    worker = wf_spawn(concurrency=8, lease_seconds=3.0)
+    # When every client connection is killed three times while it works
+    for round_ in range(3):
+        wait_until(
+            lambda r=round_: (
+                stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total >= (r + 1) * 80
+            ),
+            30,
+            "progress",
+        )
+        killed = wf_client.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+    # Then the worker reconnects and finishes everything, each job acknowledged exactly once
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total >= n,
+        60,
+        "all jobs",
+    )
+    s = stats.fetch_queue_stats_sync(wf_client, wf_queue)
+    assert s.completed_total == n
+    assert s.backlog == 0 and s.in_flight == 0 and s.dead_letter == 0
+    counts = done_counts(wf_client, wf_queue)
+    assert set(counts) == {str(i) for i in range(n)}  # nothing lost
+    assert worker.alive()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(15) == 0
+
+
+@pytest.mark.parametrize("outage", ["stop", "kill"])
+def test_a_redis_outage_turns_healthz_red_and_green_again_and_loses_nothing(
+    outage: str,
+    redis_factory: Callable[..., Any],
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_queue: str,
+) -> None:
+    # Given a Redis that fsyncs every write, 200 queued jobs and a worker with /healthz
+    server = redis_factory(appendonly="yes", appendfsync="always")
+    client = workerproc.sync_client(server)
+    p = producer.SyncProducer(client, wf_queue)
+    n = 200
+    p.enqueue_many(
+        [
+            producer.JobSpec(task="chaos", payload={"marker": str(i), "work_ms": 20})
+            for i in range(n)
+        ]
+    )
+    port = workerproc.free_port()
+    worker = wf_spawn(redis_url=server.url, concurrency=4, lease_seconds=1.5, metrics_port=port)
+    wait_until(lambda: _health(worker) == 200, 20, "healthz green")
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(client, wf_queue).completed_total >= 20,
+        30,
+        "progress",
+    )
+    # When Redis goes away (graceful stop, or SIGKILL)
+    server.kill() if outage == "kill" else server.stop()
+    # Then /healthz turns red within the staleness window (3 heartbeats = one lease)
+    wait_until(lambda: _health(worker) == 503, 10, "healthz red")
+    status, body = worker.http("/healthz")
+    assert status == 503 and isinstance(body, dict)
+    assert "Redis" in str(body["detail"])
+    # When Redis comes back on the same port with its data
+    server.start()
+    # Then the worker reconnects, /healthz is green again, and every job completes
+    wait_until(lambda: _health(worker) == 200, 30, "healthz green again")
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(client, wf_queue).completed_total >= n,
+        60,
+        "all jobs after the outage",
+    )
+    s = stats.fetch_queue_stats_sync(client, wf_queue)
+    assert s.completed_total == n
+    assert s.backlog == 0 and s.in_flight == 0
+    assert set(done_counts(client, wf_queue)) == {str(i) for i in range(n)}
+    assert worker.alive()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    client.close()
