@@ -1,0 +1,231 @@
+"""Redis URLs: TLS (rediss://), ACL users with no dangerous commands, Sentinel, reconnects."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from tests.conftest import RedisServer, free_port
+from tests.worker_runtime import engine_support as es
+from worker_runtime import connection, producer, stats
+
+
+def test_a_sentinel_url_names_every_sentinel_the_service_and_credentials() -> None:
+    t = connection.build_sentinel_target(
+        "redis+sentinel://app:s%40cret@h1:26379,h2:26380/mymaster/2"
+    )
+    assert t.hosts == (("h1", 26379), ("h2", 26380))
+    assert (t.service_name, t.db, t.username, t.password, t.tls) == (
+        "mymaster",
+        2,
+        "app",
+        "s@cret",
+        False,
+    )
+    assert connection.build_sentinel_target("rediss+sentinel://h/m").hosts == (("h", 26379),)
+    with pytest.raises(ValueError):
+        connection.build_sentinel_target("redis+sentinel://h:1")
+
+
+def test_an_unknown_url_scheme_is_refused() -> None:
+    with pytest.raises(ValueError):
+        connection.fetch_client("http://127.0.0.1:6379")
+
+
+async def test_a_restricted_acl_user_runs_the_whole_engine_on_its_own_keys_only(
+    redis_factory: Any, queue_name: str
+) -> None:
+    # Given an ACL user without dangerous commands (CONFIG, FLUSHALL, KEYS, ...) and with access
+    # to its queue's keys only
+    server = redis_factory()
+    admin = redis.Redis(port=server.port, decode_responses=True)
+    admin.execute_command(
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">s3cret",
+        "resetkeys",
+        "~{wf:" + queue_name + "}:*",
+        "+@all",
+        "-@dangerous",
+    )
+    admin.close()
+    client = connection.fetch_client(f"redis://app:s3cret@127.0.0.1:{server.port}/0")
+    # When it enqueues, fetches, retries, dead-letters, acks and reads stats
+    engine = es.make_engine(client, queue_name)
+    await engine.enqueue_many([es.request(idempotency_key="k"), es.request(), es.request()])
+    a, b, c = await engine.fetch("w", 3)
+    assert await engine.ack(a, done_key="d")
+    assert await engine.retry(b, es.failure(), delay_seconds=0)
+    assert await engine.dead_letter(c, "non_retryable", failure=es.failure())
+    s = await stats.fetch_queue_stats(client, queue_name)
+    # Then everything worked, and other keys are out of its reach
+    assert (s.completed_total, s.retried_total, s.dead_letter) == (1, 1, 1)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        await client.get("someone-else")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        await client.keys("*")
+    await client.aclose()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A TLS-only redis-server with a self-signed certificate: (port, CA file)."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is needed to make a test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    port = free_port()
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed (make deps)"
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--save",
+            "",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield port, cert
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def sentinel(redis_factory: Any, tmp_path: Path) -> Iterator[tuple[int, RedisServer]]:
+    """A primary and a Sentinel watching it as "mymaster": (sentinel port, primary)."""
+    primary = redis_factory()
+    sport = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sport}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n"
+    )
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed (make deps)"
+    proc = subprocess.Popen(
+        [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        probe = redis.Redis(port=sport, decode_responses=True, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if probe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"):
+                    break
+            except redis.exceptions.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "sentinel did not come up"
+            time.sleep(0.05)
+        probe.close()
+        yield sport, primary
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on {port}"
+            time.sleep(0.05)
+
+
+async def test_rediss_urls_talk_tls(tls_server: tuple[int, Path], queue_name: str) -> None:
+    # Given a TLS-only redis-server
+    port, cert = tls_server
+    client = connection.fetch_client(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}")
+    # When a producer enqueues over TLS and stats are read over TLS
+    await producer.Producer(client, queue_name).enqueue("t", {"x": 1})
+    s = await stats.fetch_queue_stats(client, queue_name)
+    # Then it worked end to end
+    assert s.backlog == 1
+    await client.aclose()
+
+
+async def test_a_sentinel_url_finds_the_primary(
+    sentinel: tuple[int, RedisServer], queue_name: str
+) -> None:
+    # Given a Sentinel watching a primary
+    sport, primary = sentinel
+    # When a client connects through the Sentinel URL and enqueues
+    client = connection.fetch_client(f"redis+sentinel://127.0.0.1:{sport}/mymaster")
+    await producer.Producer(client, queue_name).enqueue("t", {"x": 1})
+    await client.aclose()
+    # Then the job landed on the primary
+    direct = redis.asyncio.Redis(port=primary.port, decode_responses=True)
+    assert (await stats.fetch_queue_stats(direct, queue_name)).backlog == 1
+    await direct.aclose()
+
+
+async def test_a_killed_connection_is_reestablished_by_the_next_call(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    # Given a client built from a URL, in use
+    client = connection.fetch_client(redis_server.url)
+    engine = es.make_engine(client, queue_name)
+    await engine.enqueue(es.request())
+    # When the server kills every normal client connection
+    admin = redis.Redis(port=redis_server.port)
+    killed = admin.client_kill_filter(_type="normal", skipme=True)
+    admin.close()
+    # Then the next engine call reconnects and succeeds
+    jobs = await engine.fetch("w", 1)
+    assert killed >= 1 and len(jobs) == 1
+    await client.aclose()

@@ -1,0 +1,106 @@
+"""The public enqueue API, async and blocking, on a single Redis and on Redis Cluster."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+import pytest
+import redis
+import redis.cluster
+
+from tests.conftest import RedisClusterProcesses, RedisServer
+from tests.worker_runtime import engine_support as es
+from worker_runtime import envelope, producer, stats
+
+
+class Email(pydantic.BaseModel):
+    to: str
+
+
+async def test_a_producer_enqueues_a_typed_payload_with_every_option(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a producer
+    p = producer.Producer(engine_client, queue_name)
+    # When it enqueues with priority, correlation id, attempt override and an idempotency key
+    res = await p.enqueue(
+        "send-email",
+        Email(to="a@b"),
+        priority=envelope.Priority.HIGH,
+        correlation_id="req-1",
+        max_attempts=2,
+        idempotency_key="mail-1",
+    )
+    dup = await p.enqueue("send-email", Email(to="a@b"), idempotency_key="mail-1")
+    # Then a worker sees exactly one job carrying all of it
+    [job] = await es.make_engine(engine_client, queue_name).fetch("w", 10)
+    env = job.envelope
+    assert res.created and not dup.created and dup.job_id == res.job_id == job.id
+    assert (env.task, env.payload, env.priority, env.correlation_id, env.max_attempts) == (
+        "send-email",
+        {"to": "a@b"},
+        envelope.Priority.HIGH,
+        "req-1",
+        2,
+    )
+    assert abs(env.enqueued_at - time.time()) < 60
+
+
+async def test_delay_and_eta_put_jobs_in_the_future(engine_client: Any, queue_name: str) -> None:
+    p = producer.Producer(engine_client, queue_name)
+    await p.enqueue("t", {}, delay=30)
+    await p.enqueue("t", {}, eta=datetime.now(tz=UTC).timestamp() + 30)
+    await p.enqueue("t", {}, eta=datetime(2000, 1, 1, tzinfo=UTC))  # in the past: ready now
+    s = await stats.fetch_queue_stats(engine_client, queue_name)
+    assert (s.future_delayed, s.backlog) == (2, 1)
+
+
+def test_delay_and_eta_together_or_negative_are_refused() -> None:
+    with pytest.raises(ValueError):
+        producer.build_request(producer.JobSpec("t", delay=1, eta=5.0))
+    with pytest.raises(ValueError):
+        producer.build_request(producer.JobSpec("t", delay=-1))
+    with pytest.raises(ValueError):
+        producer.build_request(producer.JobSpec("t", priority="urgent"))
+
+
+async def test_enqueue_many_returns_one_result_per_job_in_order(
+    engine_client: Any, queue_name: str
+) -> None:
+    p = producer.Producer(engine_client, queue_name)
+    specs = [producer.JobSpec("t", {"i": i}, job_id=f"job-{i}") for i in range(1100)]
+    results = await p.enqueue_many(specs)
+    assert [r.job_id for r in results] == [f"job-{i}" for i in range(1100)]
+    assert (await stats.fetch_queue_stats(engine_client, queue_name)).backlog == 1100
+
+
+async def test_enqueueing_an_existing_job_id_again_adds_nothing(
+    engine_client: Any, queue_name: str
+) -> None:
+    # (what a resent call after a lost reply looks like)
+    p = producer.Producer(engine_client, queue_name)
+    first = await p.enqueue("t", {}, job_id="same")
+    again = await p.enqueue("t", {}, job_id="same")
+    assert first.created and not again.created
+    assert (await stats.fetch_queue_stats(engine_client, queue_name)).backlog == 1
+
+
+def test_the_blocking_producer_works_on_redis_and_on_the_cluster(
+    redis_server: RedisServer, redis_cluster: RedisClusterProcesses, queue_name: str
+) -> None:
+    single = redis.Redis(port=redis_server.port, decode_responses=True)
+    cluster = redis.cluster.RedisCluster(
+        host="127.0.0.1", port=redis_cluster.ports[0], decode_responses=True
+    )
+    for client in (single, cluster):
+        p = producer.SyncProducer(client, queue_name)
+        a = p.enqueue("t", Email(to="x"), idempotency_key="once")
+        b = p.enqueue("t", Email(to="x"), idempotency_key="once")
+        many = p.enqueue_many([producer.JobSpec("t", {"i": i}) for i in range(3)])
+        assert a.created and not b.created and len(many) == 3
+        assert stats.fetch_queue_stats_sync(client, queue_name).backlog == 4
+    single.close()
+    cluster.close()

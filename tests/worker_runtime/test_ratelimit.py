@@ -1,0 +1,36 @@
+"""The named token buckets handlers can use (the queue-wide limit is tested with fetch)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from worker_runtime import queue, ratelimit
+
+
+async def test_a_bucket_grants_its_burst_then_refills_at_its_rate(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a bucket of 3 per 0.3 s
+    limit = queue.RateLimit(jobs=3, per_seconds=0.3)
+    # When 5 tokens are asked for at once
+    granted, wait = await ratelimit.apply_acquire(engine_client, queue_name, limit, 5, name="api")
+    # Then 3 are granted and the next comes in about 0.1 s
+    assert granted == 3
+    assert 0 < wait <= 0.11
+    # And waiting for a token succeeds after the refill
+    started = time.monotonic()
+    assert await ratelimit.apply_wait(engine_client, queue_name, limit, name="api")
+    assert time.monotonic() - started >= 0.05
+
+
+async def test_named_buckets_are_independent(engine_client: Any, queue_name: str) -> None:
+    limit = queue.RateLimit(jobs=1, per_seconds=60)
+    a, _ = await ratelimit.apply_acquire(engine_client, queue_name, limit, 1, name="a")
+    b, _ = await ratelimit.apply_acquire(engine_client, queue_name, limit, 1, name="b")
+    a2, wait = await ratelimit.apply_acquire(engine_client, queue_name, limit, 1, name="a")
+    assert (a, b, a2) == (1, 1, 0)
+    assert wait > 50
+    assert not await ratelimit.apply_wait(
+        engine_client, queue_name, limit, name="a", within_seconds=0.1
+    )
