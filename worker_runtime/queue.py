@@ -296,14 +296,22 @@ class QueueClient:
             int(o.dlq_retention_seconds * 1000),
         ]
 
-    async def fetch(self, worker_id: str, count: int, *, block: float = 0.0) -> list[Job]:
+    async def fetch(
+        self,
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+    ) -> list[Job]:
         """Up to ``count`` jobs for ``worker_id``, leased and fenced, in priority order.
 
         One script call promotes due delayed jobs, reclaims expired leases (poison → DLQ) and
         reads new entries. With ``block`` > 0 and nothing to do, waits for new entries (or the
-        next due/lease time) up to ``block`` seconds and tries again; [] on timeout.
+        next due/lease time) up to ``block`` seconds and tries again; [] on timeout. Setting
+        ``wake`` (e.g. on SIGTERM) ends a wait at once with [].
         """
-        if count <= 0:
+        if count <= 0 or (wake is not None and wake.is_set()):
             return []
         deadline = time.monotonic() + block
         args = self._fetch_args(worker_id, count)
@@ -334,9 +342,14 @@ class QueueClient:
             # an idle wait never outlives a typical socket timeout; the loop re-checks
             wait = min(wait, 2.0)
             if last_ids:
-                await self._wait_for_entries([_text(x) for x in last_ids], wait)
+                waiting = self._wait_for_entries([_text(x) for x in last_ids], wait)
             else:
-                await asyncio.sleep(wait)
+                waiting = asyncio.sleep(wait)
+            if wake is None:
+                await waiting
+                continue
+            if await _first_or_wake(waiting, wake):
+                return []
 
     async def _wait_for_entries(self, last_ids: list[str], wait: float) -> None:
         streams: dict[Any, Any] = dict(zip(self.keys.ready, last_ids, strict=True))
@@ -487,6 +500,21 @@ class QueueClient:
     async def _flush_releases(self, items: list[_ReleaseItem]) -> list[bool]:
         flags = await scripts.RELEASE(self.client, self._k, [build_packed(items)])
         return [int(f) == 1 for f in flags]
+
+
+async def _first_or_wake(waiting: Awaitable[Any], wake: asyncio.Event) -> bool:
+    """Await ``waiting`` unless ``wake`` is set first (then cancel it); True if woken."""
+    wait_task = asyncio.ensure_future(waiting)
+    wake_task = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait({wait_task, wake_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (wait_task, wake_task):
+            if not t.done():
+                t.cancel()
+        # a cancelled blocking read makes redis-py drop that connection; nothing else leaks
+        await asyncio.gather(wait_task, wake_task, return_exceptions=True)
+    return wake.is_set()
 
 
 def build_heartbeat_json(beat: WorkerBeat) -> str:

@@ -478,3 +478,23 @@ async def test_queue_keys_all_live_in_one_cluster_slot(engine_client: Any, queue
     from redis.crc import key_slot
 
     assert len({key_slot(n.encode()) for n in names}) == 1
+
+
+async def test_setting_wake_ends_a_blocking_fetch_at_once(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given an idle worker blocked in fetch for up to 5 s
+    engine = es.make_engine(engine_client, queue_name)
+    wake = asyncio.Event()
+    waiter = asyncio.create_task(engine.fetch("w1", 5, block=5.0, wake=wake))
+    await asyncio.sleep(0.2)
+    # When the worker is told to stop fetching (SIGTERM)
+    started = time.monotonic()
+    wake.set()
+    jobs = await waiter
+    # Then fetch returns empty at once, and later jobs are not taken by it
+    assert jobs == []
+    assert time.monotonic() - started < 0.5
+    assert await engine.fetch("w1", 5, wake=wake) == []
+    await engine.enqueue(es.request())
+    assert len(await engine.fetch("w2", 5)) == 1
