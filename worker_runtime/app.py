@@ -215,7 +215,12 @@ def _build_task_spec(
         msg = f"task {name!r}: handler must take (payload) or (payload, ctx)"
         raise TypeError(msg)
     if payload is None:
-        hints = get_type_hints(handler)
+        try:
+            hints = get_type_hints(handler)
+        except NameError as exc:
+            # e.g. a model defined inside a function under `from __future__ import annotations`
+            msg = f"task {name!r}: cannot resolve the payload annotation ({exc}); pass payload="
+            raise TypeError(msg) from None
         payload = hints.get(params[0].name, Any)
     if timeout is not None and timeout <= 0:
         msg = f"task {name!r}: timeout must be > 0"

@@ -1,0 +1,223 @@
+"""The developer API: task registration, control-flow exceptions, JobContext, enqueue."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
+
+import pydantic
+import pytest
+import redis
+import redis.asyncio
+
+from worker_runtime import (
+    HIGH,
+    App,
+    Backoff,
+    JobContext,
+    Reject,
+    Retry,
+    RetryLater,
+    config,
+    envelope,
+    keys,
+    logs,
+    worker,
+)
+
+
+class Email(pydantic.BaseModel):
+    to: str
+    subject: str = ""
+
+
+def _ctx(**overrides: Any) -> JobContext:
+    values: dict[str, Any] = {
+        "job_id": "j1",
+        "task": "t",
+        "queue": "q",
+        "attempt": 1,
+        "deliveries": 1,
+        "correlation_id": None,
+        "idempotency_key": None,
+        "enqueued_at": 0.0,
+        "headers": {},
+        "priority": envelope.Priority.NORMAL,
+        "leased_until": 0.0,
+        "worker_id": "w",
+        "logger": logs.get_logger("test"),
+    }
+    values.update(overrides)
+    return JobContext(**values)
+
+
+def test_a_task_is_registered_by_name_with_its_payload_model_from_the_annotation() -> None:
+    app = App(queue="emails")
+
+    @app.task("send-email", retry=Retry(max_attempts=7), timeout=30)
+    async def send(payload: Email, ctx: JobContext) -> None:
+        return None
+
+    @app.task("plain-sync")
+    def plain(payload: dict[str, int]) -> None:
+        return None
+
+    spec = app.tasks["send-email"]
+    assert spec.is_async and spec.wants_context
+    assert spec.retry == Retry(max_attempts=7) and spec.timeout == 30
+    assert spec.payload_adapter.validate_python({"to": "a@b"}) == Email(to="a@b")
+    with pytest.raises(pydantic.ValidationError):
+        spec.payload_adapter.validate_python({"subject": "no recipient"})
+    other = app.tasks["plain-sync"]
+    assert not other.is_async and not other.wants_context
+    assert other.payload_adapter.validate_python({"a": 1}) == {"a": 1}
+    # the decorator hands back the function itself
+    assert send.__name__ == "send"
+
+
+def test_registration_refuses_duplicates_bad_signatures_and_nonsense_limits() -> None:
+    app = App(queue="q")
+
+    @app.task("once")
+    async def once(payload: Email) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="already registered"):
+        app.task("once")(once)
+    with pytest.raises(TypeError, match="payload"):
+
+        @app.task("no-args")
+        async def no_args() -> None:
+            return None
+
+    with pytest.raises(ValueError, match="timeout"):
+        app.task("zero-timeout", timeout=0)(once)
+    with pytest.raises(ValueError, match="max_attempts"):
+        Retry(max_attempts=0)
+
+
+def test_retry_later_accepts_seconds_or_an_http_retry_after_value() -> None:
+    assert RetryLater(2.5).delay == 2.5
+    assert RetryLater(-3).delay == 0.0
+    assert RetryLater(retry_after="120").delay == 120.0
+    in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
+    delay = RetryLater(retry_after=in_a_minute).delay
+    assert delay is not None and 55 <= delay <= 61
+    assert RetryLater().delay is None
+    assert Reject("bad input").reason == "bad input"
+
+
+def test_the_retry_delay_prefers_retry_later_then_an_errors_retry_after_then_the_backoff() -> None:
+    # Given a worker whose default backoff has no jitter, and a task with its own backoff
+    settings = config.WorkerSettings(
+        redis_url="redis://127.0.0.1:1/0",
+        retry_backoff_jitter="none",
+        retry_backoff_base_seconds=1.0,
+    )
+    app = App(queue="q")
+
+    @app.task("own", retry=Retry(backoff=Backoff(base_seconds=10.0, jitter="none")))
+    async def own(payload: Email) -> None:
+        return None
+
+    @app.task("default")
+    async def default(payload: Email) -> None:
+        return None
+
+    w = worker.Worker(app, settings, install_signal_handlers=False)
+
+    class Response:
+        headers = {"Retry-After": "7"}
+
+    class HttpError(Exception):
+        response = Response()
+
+    class Throttled(Exception):
+        retry_after = 4.0
+
+    # Then the delay comes from, in order: RetryLater, the error itself, the task, the worker
+    assert w._retry_delay(app.tasks["own"], RetryLater(3.0), 1) == 3.0
+    assert w._retry_delay(app.tasks["own"], HttpError(), 1) == 7.0
+    assert w._retry_delay(app.tasks["own"], Throttled(), 1) == 4.0
+    assert w._retry_delay(app.tasks["own"], RuntimeError(), 1) == 10.0
+    assert w._retry_delay(app.tasks["own"], RuntimeError(), 2) == 20.0
+    assert w._retry_delay(app.tasks["default"], RuntimeError(), 1) == 1.0
+    assert w._retry_delay(app.tasks["default"], RuntimeError(), 3) == 4.0
+
+
+def test_mark_done_on_ack_needs_a_key_and_records_the_one_given() -> None:
+    ctx = _ctx()
+    with pytest.raises(ValueError, match="idempotency key"):
+        ctx.mark_done_on_ack()
+    ctx.mark_done_on_ack("order-7", ttl_seconds=60)
+    assert ctx.done_key == ("order-7", 60)
+    keyed = _ctx(idempotency_key="k-1")
+    keyed.mark_done_on_ack()
+    assert keyed.done_key == ("k-1", 86_400.0)
+
+
+async def test_enqueue_validates_a_known_tasks_payload_before_anything_reaches_redis() -> None:
+    app = App(queue="q", redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+
+    @app.task("send-email")
+    async def send(payload: Email) -> None:
+        return None
+
+    with pytest.raises(pydantic.ValidationError):
+        await app.enqueue("send-email", {"subject": "no recipient"})
+    with pytest.raises(pydantic.ValidationError):
+        app.enqueue_sync("send-email", {"subject": "no recipient"})
+
+
+async def test_enqueue_and_enqueue_sync_put_typed_jobs_on_the_queue(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given an App bound to a real Redis
+    app = App(queue=queue_name, redis_url=redis_server.url)
+
+    @app.task("send-email")
+    async def send(payload: Email) -> None:
+        return None
+
+    # When jobs are enqueued from async and sync code, one twice with the same key
+    first = await app.enqueue(
+        "send-email", Email(to="a@b"), priority=HIGH, correlation_id="c-1", idempotency_key="k"
+    )
+    again = await asyncio.to_thread(
+        app.enqueue_sync, "send-email", {"to": "x@y"}, idempotency_key="k"
+    )
+    other = await asyncio.to_thread(app.enqueue_sync, "send-email", {"to": "c@d"}, delay=60)
+    await app.aclose()
+    # Then both paths stored JSON envelopes; the duplicate was recognised
+    assert first.created and not again.created and again.job_id == first.job_id
+    assert other.created
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        stored = client.hget(keys.build_keys(queue_name).env, first.job_id)
+        assert stored is not None
+        env = envelope.parse_envelope(stored)
+        assert env.task == "send-email" and env.payload == {"to": "a@b", "subject": ""}
+        assert env.priority == envelope.Priority.HIGH and env.correlation_id == "c-1"
+        assert client.zscore(keys.build_keys(queue_name).delayed, other.job_id) is not None
+    finally:
+        client.close()
+
+
+def test_enqueue_without_a_redis_url_says_how_to_configure_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("WORKERFLEET_REDIS_URL", raising=False)
+    app = App(queue="q")
+    with pytest.raises(RuntimeError, match="WORKERFLEET_REDIS_URL"):
+        app.enqueue_sync("anything", {})
+
+
+def test_the_package_exports_the_public_names() -> None:
+    import worker_runtime
+
+    for name in ("App", "JobContext", "Retry", "RetryLater", "Reject", "Priority", "Backoff"):
+        assert hasattr(worker_runtime, name), name
+    assert worker_runtime.Priority.HIGH == "high"
+    assert isinstance(redis.asyncio.Redis, type)

@@ -1,0 +1,202 @@
+"""Worker settings from the environment, health decisions, JSON log records and metric names."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pydantic
+import pytest
+
+from worker_runtime import config, health, logs, metrics
+
+CONTRACT_ENV = {
+    "WORKERFLEET_REDIS_URL": "rediss://user:secret@redis.example:6380/2",
+    "WORKERFLEET_QUEUE": "emails",
+    "WORKERFLEET_APP": "emails.tasks:app",
+    "WORKERFLEET_CONCURRENCY": "16",
+    "WORKERFLEET_LEASE_SECONDS": "12",
+    "WORKERFLEET_JOB_TIMEOUT_SECONDS": "40",
+    "WORKERFLEET_DRAIN_TIMEOUT_SECONDS": "25",
+    "WORKERFLEET_RETRY_MAX_ATTEMPTS": "7",
+    "WORKERFLEET_RETRY_MAX_DELIVERIES": "3",
+    "WORKERFLEET_RETRY_BACKOFF_STRATEGY": "fixed",
+    "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS": "0.5",
+    "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "10",
+    "WORKERFLEET_RETRY_BACKOFF_JITTER": "decorrelated",
+    "WORKERFLEET_DLQ_MAX_LENGTH": "500",
+    "WORKERFLEET_DLQ_RETENTION_SECONDS": "3600",
+    "WORKERFLEET_RATE_LIMIT_JOBS": "10",
+    "WORKERFLEET_RATE_LIMIT_PER_SECONDS": "2",
+    "WORKERFLEET_METRICS_PORT": "9200",
+    "WORKERFLEET_POD_NAME": "emails-7d9f-abcde",
+    "WORKERFLEET_POD_NAMESPACE": "team-a",
+    "WORKERFLEET_LOG_LEVEL": "debug",
+    "WORKERFLEET_LOG_FORMAT": "text",
+}
+
+
+def test_every_contract_variable_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in CONTRACT_ENV.items():
+        monkeypatch.setenv(key, value)
+    s = config.WorkerSettings()  # type: ignore[call-arg]
+    assert (s.redis_url, s.queue, s.app) == (
+        CONTRACT_ENV["WORKERFLEET_REDIS_URL"],
+        "emails",
+        "emails.tasks:app",
+    )
+    assert (s.concurrency, s.lease_seconds, s.job_timeout_seconds) == (16, 12.0, 40.0)
+    assert s.drain_timeout_seconds == 25.0
+    assert (s.retry_max_attempts, s.retry_max_deliveries) == (7, 3)
+    assert (s.retry_backoff_strategy, s.retry_backoff_jitter) == ("fixed", "decorrelated")
+    assert (s.retry_backoff_base_seconds, s.retry_backoff_max_seconds) == (0.5, 10.0)
+    assert (s.dlq_max_length, s.dlq_retention_seconds) == (500, 3600.0)
+    assert (s.rate_limit_jobs, s.rate_limit_per_seconds) == (10, 2.0)
+    assert (s.metrics_port, s.pod_name, s.pod_namespace) == (9200, "emails-7d9f-abcde", "team-a")
+    assert (s.log_level, s.log_format) == ("debug", "text")
+    assert s.heartbeat_interval_seconds == 4.0
+    assert s.health_stale_after_seconds == 12.0
+
+
+def test_defaults_match_the_architecture_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(CONTRACT_ENV):
+        monkeypatch.delenv(key, raising=False)
+    s = config.WorkerSettings(redis_url="redis://127.0.0.1:6379/0")
+    assert (s.concurrency, s.lease_seconds, s.job_timeout_seconds) == (8, 30.0, 300.0)
+    assert (s.drain_timeout_seconds, s.retry_max_attempts, s.retry_max_deliveries) == (60.0, 5, 5)
+    assert (s.retry_backoff_strategy, s.retry_backoff_jitter) == ("exponential", "full")
+    assert (s.retry_backoff_base_seconds, s.retry_backoff_max_seconds) == (2.0, 300.0)
+    assert (s.dlq_max_length, s.dlq_retention_seconds) == (100_000, 604_800.0)
+    assert s.rate_limit_jobs is None and s.metrics_port == 9100
+    assert (s.log_level, s.log_format, s.pod_namespace) == ("info", "json", "")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"WORKERFLEET_RATE_LIMIT_JOBS": "5"},  # half a rate limit
+        {"WORKERFLEET_CONCURRENCY": "0"},
+        {"WORKERFLEET_RETRY_BACKOFF_JITTER": "random"},
+        {
+            "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS": "10",
+            "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "1",
+        },
+        {"WORKERFLEET_LEASE_SECONDS": "-1"},
+    ],
+)
+def test_invalid_settings_are_refused_at_start(
+    bad: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKERFLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
+    for key, value in bad.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(pydantic.ValidationError):
+        config.WorkerSettings()  # type: ignore[call-arg]
+
+
+def test_a_missing_redis_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORKERFLEET_REDIS_URL", raising=False)
+    with pytest.raises(pydantic.ValidationError, match="redis_url"):
+        config.WorkerSettings()  # type: ignore[call-arg]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_healthz_turns_red_when_redis_has_not_answered_for_the_staleness_window() -> None:
+    clock = FakeClock()
+    state = health.HealthState(stale_after_seconds=9.0, clock=clock)
+    # a fresh worker gets one window of grace before its first round trip
+    clock.now += 5
+    state.loop_tick()
+    assert state.build_report().healthy
+    clock.now += 5
+    state.loop_tick()
+    report = state.build_report()
+    assert not report.healthy and "Redis" in report.detail
+    state.redis_ok()
+    assert state.build_report().healthy
+    clock.now += 8.9
+    state.loop_tick()
+    assert state.build_report().healthy
+    clock.now += 0.2
+    assert not state.build_report().healthy
+    state.redis_ok()
+    assert state.build_report().healthy and state.ready()
+
+
+def test_healthz_turns_red_when_the_job_loop_stalls_and_readyz_when_draining() -> None:
+    clock = FakeClock()
+    state = health.HealthState(stale_after_seconds=9.0, clock=clock)
+    state.redis_ok()
+    clock.now += 10
+    state.redis_ok()  # the control thread still reaches Redis ...
+    report = state.build_report()
+    assert not report.healthy and "job loop stalled" in report.detail  # ... the loop does not
+    state.loop_tick()
+    assert state.ready()
+    state.draining = True
+    assert state.build_report().healthy and not state.ready()
+
+
+def test_json_log_records_carry_the_bound_job_and_extra_fields() -> None:
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    try:
+        log = logs.get_logger("unit", component="test")
+        token = logs.bind_job(
+            logs.JobLogContext(
+                job_id="j-9", task="send", correlation_id="c-9", attempt=2, queue="q"
+            )
+        )
+        try:
+            log.info("inside", extra={"n": 3})
+        finally:
+            logs.unbind_job(token)
+        log.info("outside")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        logging.getLogger().handlers = [
+            h for h in logging.getLogger().handlers if not getattr(h, "_workerfleet", False)
+        ]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    inside, outside, failed = lines
+    assert inside["msg"] == "inside" and inside["job_id"] == "j-9"
+    assert inside["correlation_id"] == "c-9" and inside["attempt"] == 2 and inside["n"] == 3
+    assert inside["component"] == "test" and inside["logger"] == "workerfleet.unit"
+    assert "job_id" not in outside
+    assert failed["exc_type"] == "ValueError" and "boom" in failed["traceback"]
+
+
+def test_the_metric_names_are_the_contract() -> None:
+    m = metrics.WorkerMetrics("q")
+    m.job_finished("t", "completed", 0.01)
+    m.retried("t")
+    m.dead_letter("max_attempts")
+    m.redis_error("fetch")
+    text = m.exposition().decode()
+    for name in (
+        "workerfleet_jobs_total",
+        "workerfleet_job_duration_seconds",
+        "workerfleet_jobs_in_flight",
+        "workerfleet_job_retries_total",
+        "workerfleet_dead_lettered_total",
+        "workerfleet_fetch_errors_total",
+        "workerfleet_redis_errors_total",
+        "workerfleet_lease_renewals_total",
+        "workerfleet_leases_lost_total",
+        "workerfleet_worker_draining",
+    ):
+        assert f"# TYPE {name.removesuffix('_total')} " in text or f"# TYPE {name} " in text
+    assert 'workerfleet_jobs_total{outcome="completed",queue="q",task="t"} 1.0' in text
