@@ -18,7 +18,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "workerfleet"
 CI_VALUES = CHART / "ci"
-CACHE_BIN = Path(os.environ.get("WORKERFLEET_CACHE", Path.home() / ".cache" / "workerfleet")) / "bin"
+CACHE_BIN = (
+    Path(os.environ.get("WORKERFLEET_CACHE", Path.home() / ".cache" / "workerfleet")) / "bin"
+)
 NAMESPACE = "workerfleet-system"
 RELEASE = "workerfleet"
 VALUES_SETS = ("default", "namespaced", "monitoring")

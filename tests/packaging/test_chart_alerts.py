@@ -145,50 +145,42 @@ def test_the_fast_rules_shorten_every_window_for_the_demo() -> None:
         assert rule["annotations"] == normal[alert]["annotations"]
 
 
-def test_the_demo_sees_dead_letter_growing_fire_within_30_seconds(promtool: str, tmp_path: Path) -> None:
+FAST_SUITE = """
+rule_files: [{rules}]
+evaluation_interval: 1s
+tests:
+  - interval: 1s
+    input_series:
+      - series: >-
+          workerfleet_pool_jobs_dead_lettered_total{{namespace="local",pool="demo",queue="demo"}}
+        values: 0x10 2x60
+    alert_rule_test:
+      - {{eval_time: 9s, alertname: WorkerPoolDeadLetterGrowing, exp_alerts: []}}
+      # Then the alert fires within seconds of the first dead letter
+      - eval_time: 13s
+        alertname: WorkerPoolDeadLetterGrowing
+        exp_alerts:
+          - exp_labels: {{severity: warning, namespace: local, pool: demo, queue: demo}}
+            exp_annotations:
+              summary: Jobs of pool local/demo are being dead-lettered.
+              description: >-
+                2 jobs of queue demo (WorkerPool local/demo) went to the dead-letter queue in the
+                last 5 minutes. They will not run again until replayed. Inspect them with
+                `kubectl -n local exec deploy/demo -- workerfleet dlq ls --queue demo` and
+                `workerfleet dlq show` for the error history.
+              runbook_url: {runbook}
+      # And it resolves 15 s (5 min / 20) after the last one
+      - {{eval_time: 40s, alertname: WorkerPoolDeadLetterGrowing, exp_alerts: []}}
+"""
+
+
+def test_the_demo_sees_dead_letter_growing_fire_within_30_seconds(
+    promtool: str, tmp_path: Path
+) -> None:
     # Given the fast rules, scraped and evaluated every second as in `workerfleet demo`
     # When 2 jobs are dead-lettered 10 s after the operator's first scrape
-    suite = {
-        "rule_files": [str(FAST_RULES)],
-        "evaluation_interval": "1s",
-        "tests": [
-            {
-                "interval": "1s",
-                "input_series": [
-                    {
-                        "series": 'workerfleet_pool_jobs_dead_lettered_total{namespace="local",pool="demo",queue="demo"}',
-                        "values": "0x10 2x60",
-                    }
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "9s", "alertname": "WorkerPoolDeadLetterGrowing", "exp_alerts": []},
-                    {
-                        # Then the alert fires within seconds of the first dead letter
-                        "eval_time": "13s",
-                        "alertname": "WorkerPoolDeadLetterGrowing",
-                        "exp_alerts": [
-                            {
-                                "exp_labels": {"severity": "warning", "namespace": "local", "pool": "demo", "queue": "demo"},
-                                "exp_annotations": {
-                                    "summary": "Jobs of pool local/demo are being dead-lettered.",
-                                    "description": (
-                                        "2 jobs of queue demo (WorkerPool local/demo) went to the dead-letter"
-                                        " queue in the last 5 minutes. They will not run again until replayed."
-                                        " Inspect them with `kubectl -n local exec deploy/demo -- workerfleet"
-                                        " dlq ls --queue demo` and `workerfleet dlq show` for the error history."
-                                    ),
-                                    "runbook_url": _rules()["WorkerPoolDeadLetterGrowing"]["annotations"]["runbook_url"],
-                                },
-                            }
-                        ],
-                    },
-                    # And it resolves 15 s (5 min / 20) after the last one
-                    {"eval_time": "40s", "alertname": "WorkerPoolDeadLetterGrowing", "exp_alerts": []},
-                ],
-            }
-        ],
-    }
+    runbook = _rules()["WorkerPoolDeadLetterGrowing"]["annotations"]["runbook_url"]
     path = tmp_path / "fast-suite.yaml"
-    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    path.write_text(FAST_SUITE.format(rules=FAST_RULES, runbook=runbook))
     done = run([promtool, "test", "rules", str(path)])
     assert done.returncode == 0, done.stdout + done.stderr

@@ -36,17 +36,26 @@ CORE = POD_SECURITY | RESOURCES | RBAC
 def readme_skips() -> dict[str, tuple[set[str], str]]:
     """check id -> (frameworks, reason) from the chart README's skip table."""
     rows = re.findall(
-        r"^\| (CKV2?_K8S_\d+) \| ([a-z, ]+) \| (.+) \|$", (CHART / "README.md").read_text(), re.MULTILINE
+        r"^\| (CKV2?_K8S_\d+) \| ([a-z, ]+) \| (.+) \|$",
+        (CHART / "README.md").read_text(),
+        re.MULTILINE,
     )
-    return {check: ({f.strip() for f in frameworks.split(",")}, reason) for check, frameworks, reason in rows}
+    return {
+        check: ({f.strip() for f in frameworks.split(",")}, reason)
+        for check, frameworks, reason in rows
+    }
 
 
 def skips_for(framework: str) -> list[str]:
-    return sorted(check for check, (frameworks, _) in readme_skips().items() if framework in frameworks)
+    return sorted(
+        check for check, (frameworks, _) in readme_skips().items() if framework in frameworks
+    )
 
 
-@functools.lru_cache(maxsize=None)
-def _run_checkov(checkov: str, framework: str, target: tuple[str, ...], skip: tuple[str, ...]) -> str:
+@functools.cache
+def _run_checkov(
+    checkov: str, framework: str, target: tuple[str, ...], skip: tuple[str, ...]
+) -> str:
     """One real checkov run, cached for the session (each costs 3-6 s)."""
     # checkov's helm framework shells out to `helm`: use the project's pinned one.
     env = {**os.environ, "PATH": f"{CACHE_BIN}:{os.environ.get('PATH', '')}"}
@@ -68,7 +77,8 @@ def run_checkov(checkov: str, framework: str, target: list[str], skip: list[str]
 
 def failures(report: dict[str, Any]) -> list[str]:
     return [
-        f"{c['check_id']} {c['check_name']} ({c['resource']})" for c in report["results"]["failed_checks"]
+        f"{c['check_id']} {c['check_name']} ({c['resource']})"
+        for c in report["results"]["failed_checks"]
     ]
 
 
@@ -87,16 +97,22 @@ def test_checkov_kubernetes_finds_no_failures_on_the_rendered_chart(
 ) -> None:
     # One unskipped run per values set (shared with the tests below); the README's skips are
     # applied here, exactly as `--skip-check` would.
-    report = run_checkov(checkov, "kubernetes", ["-f", str(rendered_dir / f"{values_set}.yaml")], [])
+    report = run_checkov(
+        checkov, "kubernetes", ["-f", str(rendered_dir / f"{values_set}.yaml")], []
+    )
     skipped = set(skips_for("kubernetes"))
     assert [f for f in failures(report) if f.split()[0] not in skipped] == []
     assert report["summary"]["passed"] > 50  # it really ran
 
 
-def test_the_pod_security_resource_and_rbac_checks_all_ran_and_passed(checkov: str, rendered_dir: Path) -> None:
+def test_the_pod_security_resource_and_rbac_checks_all_ran_and_passed(
+    checkov: str, rendered_dir: Path
+) -> None:
     passed: set[str] = set()
     for values_set in VALUES_SETS:
-        report = run_checkov(checkov, "kubernetes", ["-f", str(rendered_dir / f"{values_set}.yaml")], [])
+        report = run_checkov(
+            checkov, "kubernetes", ["-f", str(rendered_dir / f"{values_set}.yaml")], []
+        )
         passed |= {c["check_id"] for c in report["results"]["passed_checks"]}
         assert {c["check_id"] for c in report["results"]["failed_checks"]} & CORE == set()
     assert sorted(CORE - passed) == []

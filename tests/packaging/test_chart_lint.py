@@ -17,7 +17,18 @@ pytestmark = pytest.mark.chart
 
 @pytest.mark.parametrize("values_set", VALUES_SETS)
 def test_helm_lint_strict_is_clean_for_every_values_set(helm: str, values_set: str) -> None:
-    done = run([helm, "lint", "--strict", str(CHART), "-f", str(values_file(values_set)), "--namespace", NAMESPACE])
+    done = run(
+        [
+            helm,
+            "lint",
+            "--strict",
+            str(CHART),
+            "-f",
+            str(values_file(values_set)),
+            "--namespace",
+            NAMESPACE,
+        ]
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "[WARNING]" not in done.stdout and "[ERROR]" not in done.stdout, done.stdout
     assert "1 chart(s) linted, 0 chart(s) failed" in done.stdout
@@ -26,14 +37,28 @@ def test_helm_lint_strict_is_clean_for_every_values_set(helm: str, values_set: s
 @pytest.mark.parametrize(
     ("bad_values", "message"),
     [
-        ({"operator": {"replica": 2}}, "at '/operator': additional properties 'replica' not allowed"),
+        (
+            {"operator": {"replica": 2}},
+            "at '/operator': additional properties 'replica' not allowed",
+        ),
         ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
         (
-            {"operator": {"securityContext": {"readOnlyRootFilesystem": False, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}},
+            {
+                "operator": {
+                    "securityContext": {
+                        "readOnlyRootFilesystem": False,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    }
+                }
+            },
             "at '/operator/securityContext/readOnlyRootFilesystem': value must be true",
         ),
         ({"image": {"digest": "sha256:short"}}, "at '/image/digest'"),
-        ({"prometheusRule": {"disabledAlerts": ["NoSuchAlert"]}}, "at '/prometheusRule/disabledAlerts/0'"),
+        (
+            {"prometheusRule": {"disabledAlerts": ["NoSuchAlert"]}},
+            "at '/prometheusRule/disabledAlerts/0'",
+        ),
     ],
     ids=["unknown-key", "wrong-type", "writable-root-fs", "bad-digest", "unknown-alert"],
 )
@@ -54,13 +79,27 @@ def test_a_values_file_violating_the_schema_fails_with_a_clear_message(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "operator.replicas=2"], "operator.replicas > 1 needs operator.peering.enabled: kopf peering is not leader election"),
+        (
+            ["--set", "operator.replicas=2"],
+            "operator.replicas > 1 needs operator.peering.enabled: kopf peering is not leader"
+            " election",
+        ),
         (["--set", "image.tag=latest"], 'image.tag must not be "latest"'),
-        (["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.service.enabled=false"], "metrics.serviceMonitor.enabled needs metrics.service.enabled"),
+        (
+            [
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+                "--set",
+                "metrics.service.enabled=false",
+            ],
+            "metrics.serviceMonitor.enabled needs metrics.service.enabled",
+        ),
     ],
     ids=["replicas-without-peering", "latest-tag", "servicemonitor-without-service"],
 )
-def test_unsafe_combinations_are_refused_with_the_reason(helm: str, args: list[str], message: str) -> None:
+def test_unsafe_combinations_are_refused_with_the_reason(
+    helm: str, args: list[str], message: str
+) -> None:
     done = run([helm, "template", "workerfleet", str(CHART), *args])
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
@@ -99,14 +138,20 @@ def test_the_operator_runs_one_restricted_replica_with_probes_and_resources(rend
 
 def test_the_namespaced_install_passes_its_namespaces_to_the_operator(render: Render) -> None:
     (deployment,) = of_kind(render("namespaced"), "Deployment")
-    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["WORKERFLEET_OPERATOR_NAMESPACES"] == "team-a,team-b"
 
 
 def test_the_image_defaults_to_the_app_version_and_a_digest_pins_it(render: Render) -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     (default,) = of_kind(render("default"), "Deployment")
-    assert default["spec"]["template"]["spec"]["containers"][0]["image"] == f"workerfleet/operator:{chart['appVersion']}"
+    assert (
+        default["spec"]["template"]["spec"]["containers"][0]["image"]
+        == f"workerfleet/operator:{chart['appVersion']}"
+    )
     (pinned,) = of_kind(render("monitoring"), "Deployment")
     image = pinned["spec"]["template"]["spec"]["containers"][0]["image"]
     assert re.fullmatch(r"workerfleet/operator@sha256:[0-9a-f]{64}", image)
@@ -115,7 +160,9 @@ def test_the_image_defaults_to_the_app_version_and_a_digest_pins_it(render: Rend
 def test_the_crd_is_kept_on_uninstall_and_can_be_left_out(render: Render) -> None:
     (crd,) = of_kind(render("default"), "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    assert of_kind(render("default", "--set", "crds.enabled=false"), "CustomResourceDefinition") == []
+    assert (
+        of_kind(render("default", "--set", "crds.enabled=false"), "CustomResourceDefinition") == []
+    )
 
 
 def test_monitoring_objects_are_off_by_default_and_on_behind_their_flags(render: Render) -> None:
@@ -140,7 +187,13 @@ def test_the_network_policies_limit_redis_to_the_operator_and_the_workers(render
     (rule,) = redis["spec"]["ingress"]
     assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
     sources = [peer["podSelector"] for peer in rule["from"]]
-    assert {"matchLabels": {"app.kubernetes.io/component": "operator", "app.kubernetes.io/instance": "workerfleet", "app.kubernetes.io/name": "workerfleet"}} in sources
+    assert {
+        "matchLabels": {
+            "app.kubernetes.io/component": "operator",
+            "app.kubernetes.io/instance": "workerfleet",
+            "app.kubernetes.io/name": "workerfleet",
+        }
+    } in sources
     assert {"matchExpressions": [{"key": "workerfleet.io/pool", "operator": "Exists"}]} in sources
     workers = policies["workerfleet-workers"]
     assert workers["metadata"]["namespace"] == "team-a"
@@ -194,7 +247,9 @@ def test_every_value_is_documented_with_a_helm_docs_comment() -> None:
     leaves = _leaf_paths(yaml.safe_load(text))
     # A leaf is documented by its own `# --` or by the `# --` of the object it belongs to.
     undocumented = sorted(
-        leaf for leaf in leaves if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
+        leaf
+        for leaf in leaves
+        if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
     )
     assert undocumented == []
 
@@ -210,7 +265,6 @@ def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
 
 def test_the_schema_is_strict_and_covers_every_value() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
 
     def walk(node: dict[str, Any], where: str) -> None:
         if "properties" in node:
@@ -225,7 +279,9 @@ def test_the_schema_is_strict_and_covers_every_value() -> None:
     # Every key of values.yaml has a schema entry, or sits inside a free-form map / Kubernetes
     # object the schema leaves open (labels, resources, affinity).
     missing = sorted(
-        p for p in all_paths if p not in schema_paths and not any(p.startswith(f + ".") for f in free_form)
+        p
+        for p in all_paths
+        if p not in schema_paths and not any(p.startswith(f + ".") for f in free_form)
     )
     assert missing == []
 

@@ -10,26 +10,39 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Render
 from packaging_support import CHART, NAMESPACE, ROOT, Manifest, of_kind
-
 from workerfleet_operator import rbac
 
 pytestmark = pytest.mark.chart
 
 ROLE_KINDS = ("ClusterRole", "Role")
 FORBIDDEN_VERBS = {"*", "escalate", "bind", "impersonate"}
-FORBIDDEN_RESOURCES = {"*", "pods/exec", "pods/attach", "pods/portforward", "nodes/proxy", "serviceaccounts/token"}
+FORBIDDEN_RESOURCES = {
+    "*",
+    "pods/exec",
+    "pods/attach",
+    "pods/portforward",
+    "nodes/proxy",
+    "serviceaccounts/token",
+}
 
 MODES = {
     "cluster-wide": (("default",), True, False),
     "namespaced": (("namespaced",), False, False),
-    "cluster-wide-peering": (("default", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"), True, True),
-    "namespaced-peering": (("namespaced", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"), False, True),
+    "cluster-wide-peering": (
+        ("default", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"),
+        True,
+        True,
+    ),
+    "namespaced-peering": (
+        ("namespaced", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"),
+        False,
+        True,
+    ),
 }
 
 
@@ -46,7 +59,9 @@ def granted(manifests: list[Manifest]) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_the_rendered_rules_grant_exactly_the_permissions_the_operator_needs(render: Render, mode: str) -> None:
+def test_the_rendered_rules_grant_exactly_the_permissions_the_operator_needs(
+    render: Render, mode: str
+) -> None:
     args, cluster_wide, peering = MODES[mode]
     manifests = render(*args)
     needed = rbac.build_permission_set(cluster_wide=cluster_wide, peering=peering)
@@ -68,7 +83,9 @@ def test_no_wildcards_no_escalation_and_secrets_only_get(render: Render, mode: s
 
 def test_a_namespaced_install_renders_roles_only_in_the_watched_namespaces(render: Render) -> None:
     manifests = render("namespaced")
-    assert of_kind(manifests, "ClusterRole") == [] and of_kind(manifests, "ClusterRoleBinding") == []
+    assert (
+        of_kind(manifests, "ClusterRole") == [] and of_kind(manifests, "ClusterRoleBinding") == []
+    )
     roles = of_kind(manifests, "Role")
     bindings = of_kind(manifests, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -87,7 +104,9 @@ def test_a_cluster_wide_install_binds_the_cluster_role_to_the_operator_only(rend
     manifests = render("default")
     assert of_kind(manifests, "Role") == []
     (binding,) = of_kind(manifests, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "workerfleet-operator", "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "workerfleet-operator", "namespace": NAMESPACE}
+    ]
 
 
 def test_every_rule_in_the_template_is_commented_with_what_needs_it() -> None:
@@ -96,7 +115,9 @@ def test_every_rule_in_the_template_is_commented_with_what_needs_it() -> None:
     assert len(rule_lines) >= len(rbac.REQUIRED_PERMISSIONS) - 1  # keda kinds may share a rule
     for i in rule_lines:
         above = lines[i - 1].strip()
-        assert above.startswith("#") or above.startswith("{{- if"), f"rule at line {i + 1} has no comment"
+        assert above.startswith("#") or above.startswith("{{- if"), (
+            f"rule at line {i + 1} has no comment"
+        )
 
 
 def test_every_permission_says_what_needs_it() -> None:
@@ -114,7 +135,10 @@ def _operator_kinds() -> dict[str, tuple[str, str]]:
     """kind -> (apiGroup, plural) of every kind the operator reads or writes (shell/kube.py)."""
     from workerfleet_operator.shell import kube
 
-    return {kind: (api_version.rpartition("/")[0], plural) for kind, (api_version, plural) in kube.KINDS.items()}
+    return {
+        kind: (api_version.rpartition("/")[0], plural)
+        for kind, (api_version, plural) in kube.KINDS.items()
+    }
 
 
 def _kopf_watched() -> set[tuple[str, str]]:
@@ -125,7 +149,9 @@ def _kopf_watched() -> set[tuple[str, str]]:
         constants = {
             t.id: n.value.value
             for n in ast.walk(tree)
-            if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+            if isinstance(n, ast.Assign)
+            and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)
             for t in n.targets
             if isinstance(t, ast.Name)
         }

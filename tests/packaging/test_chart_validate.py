@@ -38,7 +38,9 @@ def test_every_rendered_values_set_and_install_yaml_pass_kubernetes_validate_str
             if manifest["kind"] in CUSTOM_KINDS:
                 continue
             name = f"{manifest['kind'].lower()}/{manifest['metadata']['name']}"
-            assert f"{path} passed for resource {name}" in output, f"{name} in {path.name} not validated"
+            assert f"{path} passed for resource {name}" in output, (
+                f"{name} in {path.name} not validated"
+            )
     unknown = set(re.findall(r"Couldn't find schema for kind (\w+)", output))
     assert unknown <= CUSTOM_KINDS
 
@@ -58,7 +60,10 @@ _ENDPOINT = {
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"targetLabel": {"type": "string"}, "replacement": {"type": "string"}},
+                "properties": {
+                    "targetLabel": {"type": "string"},
+                    "replacement": {"type": "string"},
+                },
             },
         },
     },
@@ -150,8 +155,14 @@ CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
                                         "alert": {"type": "string"},
                                         "expr": {"type": "string"},
                                         "for": {"type": "string"},
-                                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-                                        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                                        "labels": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
+                                        "annotations": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "string"},
+                                        },
                                     },
                                 },
                             },
@@ -175,7 +186,9 @@ def test_the_prometheus_operator_resources_have_the_right_shape(rendered_dir: Pa
 
 
 def test_the_shape_check_rejects_a_misspelt_field(rendered_dir: Path) -> None:
-    (monitor,) = of_kind(load_manifests((rendered_dir / "monitoring.yaml").read_text()), "ServiceMonitor")
+    (monitor,) = of_kind(
+        load_manifests((rendered_dir / "monitoring.yaml").read_text()), "ServiceMonitor"
+    )
     monitor["spec"]["endpoints"][0]["honourLabels"] = True
     with pytest.raises(jsonschema.ValidationError, match="honourLabels"):
         jsonschema.validate(monitor, CUSTOM_SCHEMAS["ServiceMonitor"])
@@ -184,7 +197,9 @@ def test_the_shape_check_rejects_a_misspelt_field(rendered_dir: Path) -> None:
 def test_the_rendered_prometheus_rule_passes_promtool_check_rules(
     rendered_dir: Path, promtool: str, tmp_path: Path
 ) -> None:
-    (rule,) = of_kind(load_manifests((rendered_dir / "monitoring.yaml").read_text()), "PrometheusRule")
+    (rule,) = of_kind(
+        load_manifests((rendered_dir / "monitoring.yaml").read_text()), "PrometheusRule"
+    )
     rule_file = tmp_path / "rendered-rules.yaml"
     rule_file.write_text(yaml.safe_dump(rule["spec"]))
     done = run([promtool, "check", "rules", str(rule_file)])

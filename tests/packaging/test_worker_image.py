@@ -87,11 +87,18 @@ def test_the_base_is_pinned_and_never_latest(path: Path) -> None:
 
 def test_the_worker_image_documentation_states_the_rules() -> None:
     doc = (ROOT / "docs" / "worker-image.md").read_text()
-    for essential in ('ENTRYPOINT ["workerfleet", "worker"]', "USER 10001:10001", "@sha256:<digest>", "PID 1"):
+    for essential in (
+        'ENTRYPOINT ["workerfleet", "worker"]',
+        "USER 10001:10001",
+        "@sha256:<digest>",
+        "PID 1",
+    ):
         assert essential in doc
 
 
-def test_the_example_app_imports_by_its_documented_module_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_example_app_imports_by_its_documented_module_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Given the image's PYTHONPATH (/app holds examples/worker-image/emails)
     monkeypatch.syspath_prepend(str(WORKER.parent))
     monkeypatch.delitem(sys.modules, "emails", raising=False)

@@ -1,1 +1,1 @@
-"""Example worker application packaged by examples/worker-image/Dockerfile (docs/worker-image.md)."""
+"""Example worker app packaged by examples/worker-image/Dockerfile (see docs/worker-image.md)."""

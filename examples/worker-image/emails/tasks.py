@@ -1,4 +1,4 @@
-"""The example App of the documented worker image: ``emails.tasks:app`` on queue email-notifications.
+"""The example App of the documented worker image: ``emails.tasks:app``, queue email-notifications.
 
 Run in the image as ``workerfleet worker emails.tasks:app`` (the WorkerPool's ``spec.app``);
 tests/packaging/test_worker_image.py imports it to prove the documented module path registers.
