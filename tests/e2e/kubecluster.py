@@ -378,6 +378,13 @@ def start_kube_cluster(workdir: Path, node_count: int = 2, testbin: Path = TESTB
                 f"--tls-cert-file={crt}",
                 f"--tls-private-key-file={key}",
                 f"--client-ca-file={ca_crt}",
+                # Without a front-proxy CA the controller-manager and scheduler log an error
+                # every few ms about the empty requestheader bundle they delegate auth to.
+                f"--requestheader-client-ca-file={ca_crt}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 f"--secure-port={api_port}",
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
