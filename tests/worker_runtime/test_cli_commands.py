@@ -1,0 +1,188 @@
+"""The runtime's command line, run as real processes: enqueue, queue stats, dlq, worker errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from tests.worker_runtime import workerproc
+from worker_runtime import envelope, queue
+
+
+def run_cli(
+    *args: str, redis_url: str | None = None, queue_name: str | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WORKERFLEET_REDIS_URL", "WORKERFLEET_QUEUE")
+    }
+    env["PYTHONPATH"] = os.pathsep.join([str(workerproc.REPO), str(workerproc.REPO / "operator")])
+    env["COLUMNS"] = "160"
+    if redis_url:
+        env["WORKERFLEET_REDIS_URL"] = redis_url
+    if queue_name:
+        env["WORKERFLEET_QUEUE"] = queue_name
+    return subprocess.run(
+        [sys.executable, "-m", "worker_runtime", *args],
+        cwd=workerproc.REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _dead_letter_one(url: str, queue_name: str, task: str) -> str:
+    """Put one job into the DLQ through the engine (enqueue, fetch, dead_letter)."""
+
+    async def go() -> str:
+        client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        try:
+            q = queue.QueueClient(client, queue_name)
+            env = envelope.build_envelope(task, {"n": 1}, correlation_id="corr-cli")
+            await q.enqueue(queue.EnqueueRequest(env))
+            (job,) = await q.fetch("cli-test", 1)
+            failure = queue.Failure("ValueError", "bad things", "Traceback: here", "cli-test")
+            assert await q.dead_letter(job, "max_attempts", failure=failure)
+            return job.id
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_enqueue_then_queue_stats_show_the_job_in_the_backlog(
+    redis_server: Any, queue_name: str
+) -> None:
+    # When a job is enqueued from the command line (payload on stdin)
+    out = run_cli(
+        "enqueue",
+        "order",
+        "-",
+        "--priority",
+        "high",
+        "--json",
+        redis_url=redis_server.url,
+        queue_name=queue_name,
+        stdin='{"order_id": 1, "amount": 2.5}',
+    )
+    # Then it reports the job id, and stats (JSON and table) show the backlog
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["created"] is True and result["queue"] == queue_name
+    stats_out = run_cli(
+        "queue", "stats", "--json", redis_url=redis_server.url, queue_name=queue_name
+    )
+    assert stats_out.returncode == 0, stats_out.stderr
+    data = json.loads(stats_out.stdout)
+    assert data["backlog"] == 1 and data["enqueued_total"] == 1 and data["workers"] == []
+    table = run_cli("queue", "stats", redis_url=redis_server.url, queue_name=queue_name)
+    assert table.returncode == 0, table.stderr
+    assert "backlog" in table.stdout and queue_name in table.stdout
+    # And the same idempotency key twice enqueues once
+    first = run_cli(
+        "enqueue", "order", "{}", "--idempotency-key", "k1", "--json",
+        redis_url=redis_server.url, queue_name=queue_name,
+    )  # fmt: skip
+    second = run_cli(
+        "enqueue", "order", "{}", "--idempotency-key", "k1",
+        redis_url=redis_server.url, queue_name=queue_name,
+    )  # fmt: skip
+    assert json.loads(first.stdout)["created"] is True
+    assert second.returncode == 0 and "duplicate" in second.stdout
+
+
+def test_dlq_ls_show_replay_and_purge(redis_server: Any, queue_name: str) -> None:
+    # Given two dead letters
+    url = redis_server.url
+    a = _dead_letter_one(url, queue_name, "send-email")
+    b = _dead_letter_one(url, queue_name, "resize")
+    # When they are listed and shown
+    ls = run_cli("dlq", "ls", "--json", redis_url=url, queue_name=queue_name)
+    assert ls.returncode == 0, ls.stderr
+    listed = json.loads(ls.stdout)
+    assert {d["job_id"] for d in listed} == {a, b}
+    table = run_cli("dlq", "ls", redis_url=url, queue_name=queue_name)
+    assert a in table.stdout and "max_attempts" in table.stdout and "bad things" in table.stdout
+    show = run_cli("dlq", "show", a, "--json", redis_url=url, queue_name=queue_name)
+    shown = json.loads(show.stdout)
+    assert shown["task"] == "send-email" and shown["envelope"]["payload"] == {"n": 1}
+    assert shown["correlation_id"] == "corr-cli"
+    assert shown["history"][0]["message"] == "bad things"
+    text = run_cli("dlq", "show", a, redis_url=url, queue_name=queue_name)
+    assert "failure 1" in text.stdout and "Traceback: here" in text.stdout
+    missing = run_cli("dlq", "show", "nope", redis_url=url, queue_name=queue_name)
+    assert missing.returncode == 1 and "no dead letter" in missing.stderr
+    # When one is replayed
+    replay = run_cli("dlq", "replay", a, "--json", redis_url=url, queue_name=queue_name)
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout) == {"replayed": 1, "job_ids": [a]}
+    stats = json.loads(
+        run_cli("queue", "stats", "--json", redis_url=url, queue_name=queue_name).stdout
+    )
+    assert stats["backlog"] == 1 and stats["dead_letter"] == 1
+    # When purging everything without confirmation, then with it
+    refused = run_cli("dlq", "purge", "--all", redis_url=url, queue_name=queue_name)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    purge = run_cli(
+        "dlq", "purge", "--all", "--yes", "--json", redis_url=url, queue_name=queue_name
+    )
+    assert json.loads(purge.stdout) == {"purged": 1}
+    empty = run_cli("dlq", "ls", "--json", redis_url=url, queue_name=queue_name)
+    assert json.loads(empty.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("queue", "stats"), "no Redis URL"),
+        (("worker", "tests.worker_runtime.tasks_fixture:app"), "WORKERFLEET_REDIS_URL"),
+        (("worker",), "no app"),
+        (("enqueue", "t", "{not json", "--redis-url", "redis://127.0.0.1:1/0", "-q", "q"), "JSON"),
+        (("dlq", "replay", "--redis-url", "redis://127.0.0.1:1/0", "-q", "q"), "--all"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_saying_what_to_do(
+    args: tuple[str, ...], message: str
+) -> None:
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_worker_pointed_at_something_that_is_not_an_app_refuses_to_start(
+    redis_server: Any, queue_name: str
+) -> None:
+    out = run_cli("worker", "tests.worker_runtime.workerproc:REPO", redis_url=redis_server.url)
+    assert out.returncode == 2 and "not a worker_runtime.App" in out.stderr
+    out = run_cli("worker", "no_colon_here", redis_url=redis_server.url)
+    assert out.returncode == 2 and "MODULE:ATTR" in out.stderr
+
+
+def test_an_unreachable_redis_is_reported_not_a_traceback() -> None:
+    out = run_cli("queue", "stats", "--redis-url", "redis://127.0.0.1:1/0", "-q", "q")
+    assert out.returncode == 1
+    assert "cannot reach Redis" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:
+    script = shutil.which("workerfleet", path=str(workerproc.REPO / ".venv" / "bin"))
+    assert script is not None, "the console script is installed by scripts/ensure-venv.sh"
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for command in ("worker", "queue", "dlq", "enqueue"):
+        assert command in out.stdout
+    dlq_help = subprocess.run([script, "dlq", "--help"], capture_output=True, text=True, timeout=60)
+    for sub in ("ls", "show", "replay", "purge"):
+        assert sub in dlq_help.stdout
