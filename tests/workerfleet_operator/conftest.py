@@ -1,4 +1,4 @@
-"""pytest wiring for the operator tests: the API emulator, a real redis-server, the operator in a thread.
+"""pytest wiring for the operator tests: API emulator, real redis-server, operator in a thread.
 
 Fixtures: ``emulator`` (tests/workerfleet_operator/emulator.py on a free loopback port),
 ``kubeconfig`` (a file pointing at it), ``redis_server`` (a real redis-server on a free port),
@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 import redis
 import yaml
-
-from tests.workerfleet_operator.emulator import Emulator
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import handlers, main, metrics
+
+from tests.workerfleet_operator.emulator import Emulator
 
 NAMESPACE = "default"
 GROUP = "workerfleet.io"

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -376,7 +377,8 @@ class Emulator:
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         ready.set()
-        while not self._stopped.is_set():
+        # the stop request comes from another thread: poll the threading.Event
+        while not self._stopped.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         with self._lock:
             for watchers in self._watchers.values():
@@ -604,7 +606,8 @@ class Emulator:
             raise ApiError(
                 409,
                 "Conflict",
-                f'Operation cannot be fulfilled on {res.plural} "{name}": the object has been modified',
+                f'Operation cannot be fulfilled on {res.plural} "{name}": '
+                "the object has been modified",
             )
         new = mutate(copy.deepcopy(old))
         self._restore_protected(res, old, new, subresource)
@@ -768,10 +771,8 @@ class Emulator:
             for (ns, name), stored in list(store.items()):
                 refs = stored.body["metadata"].get("ownerReferences") or []
                 if any(ref.get("uid") == owner_uid for ref in refs):
-                    try:
+                    with contextlib.suppress(ApiError):
                         self._delete(res, ns, name)
-                    except ApiError:
-                        pass
 
     # ---------------------------------------------------------------- HTTP
 

@@ -1,4 +1,4 @@
-"""The builtin autoscaler end to end: real Redis backlog, the operator, the API emulator (issue 4, must-show 2)."""
+"""The builtin autoscaler end to end: real Redis backlog, operator, API emulator (issue 4 #2)."""
 
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ def test_a_burst_of_jobs_raises_replicas_within_one_polling_interval(
         lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledUp"],
         message="no Event",
     )
-    scaled = [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledUp"][0]
-    assert "0→4" in scaled["message"] and "backlog" in scaled["message"]
+    scaled = next(e for e in events_for(emulator, "emails") if e["reason"] == "ScaledUp")
+    assert "0→4" in scaled["message"] and "530" in scaled["message"]
     status = wait_until(
         lambda: (
             (s := pool(emulator, "emails")["status"]).get("queue", {}).get("backlog") == 530 and s
@@ -185,7 +185,7 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
     # Then every idle pod was marked cheaper to delete than the busy one
     costs = {
         p["metadata"]["name"]: int(p["metadata"]["annotations"][COST])
-        for p in emulator.list("pods", NAMESPACE, labels=f"workerfleet.io/pool=emails")
+        for p in emulator.list("pods", NAMESPACE, labels="workerfleet.io/pool=emails")
         if COST in (p["metadata"].get("annotations") or {})
     }
     assert set(costs) == set(pods)

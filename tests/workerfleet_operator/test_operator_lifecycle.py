@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.workerfleet_operator.conftest import (
-    events_for,
     NAMESPACE,
     OperatorRunner,
     RedisServer,
     build_pool,
     build_secret,
     condition,
+    events_for,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator

@@ -1,4 +1,4 @@
-"""The Redis password in the referenced Secret never leaves the operator's memory (security item 5)."""
+"""The Redis password in the referenced Secret never leaves the operator's memory (security #5)."""
 
 from __future__ import annotations
 

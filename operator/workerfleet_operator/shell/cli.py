@@ -17,11 +17,15 @@ def register_commands(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "operator",
         help="run the WorkerPool operator (kopf, standalone by default)",
-        description="Reconcile WorkerPools into worker Deployments and autoscale them on queue depth. "
-        "Configured by WORKERFLEET_OPERATOR_* environment variables.",
+        description="Reconcile WorkerPools into worker Deployments and autoscale them on queue "
+        "depth. Configured by WORKERFLEET_OPERATOR_* environment variables.",
     )
-    parser.add_argument("--namespaces", help="comma-separated namespaces to watch (default: cluster-wide)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+    parser.add_argument(
+        "--namespaces", help="comma-separated namespaces to watch (default: cluster-wide)"
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster service account)"
+    )
     parser.set_defaults(handler=_run)
 
 

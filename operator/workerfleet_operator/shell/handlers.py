@@ -33,20 +33,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from workerfleet_operator import api, autoscaling
+from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import interim, kube, metrics, queue
+from workerfleet_operator.shell import kube, metrics, queue
 
 GROUP = "workerfleet.io"
 VERSION = "v1alpha1"
@@ -109,50 +110,6 @@ def build_settings(cfg: config_module.OperatorConfig) -> kopf.OperatorSettings:
     return settings
 
 
-# ------------------------------------------------------------------------------------ conditions
-
-CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "QueueReachable", "ScalingLimited")
-
-
-def _now_rfc3339() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def build_conditions(
-    previous: list[Mapping[str, Any]], wanted: Mapping[str, tuple[str, str, str]], generation: int
-) -> tuple[list[Body], list[tuple[str, str, str, str]]]:
-    """Merge wanted (type -> status, reason, message) into previous; keep transition times.
-
-    Returns the new list and the transitions (type, status, reason, message).
-    """
-    old = {str(c.get("type")): c for c in previous}
-    result: list[Body] = []
-    transitions: list[tuple[str, str, str, str]] = []
-    for ctype in CONDITION_TYPES:
-        if ctype not in wanted:
-            if ctype in old:
-                result.append(dict(old[ctype]))
-            continue
-        status, reason, message = wanted[ctype]
-        prior = old.get(ctype)
-        changed = prior is None or prior.get("status") != status
-        if prior is None or changed or prior.get("reason") != reason:
-            transitions.append((ctype, status, reason, message))
-        result.append(
-            {
-                "type": ctype,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": _now_rfc3339()
-                if changed
-                else prior.get("lastTransitionTime"),
-            }
-        )
-    return result, transitions
-
-
 # ------------------------------------------------------------------------------------ pool loop
 
 
@@ -191,7 +148,9 @@ class PoolController:
     last_decision: autoscaling.Decision | None = None
     replicas_blocked_by: tuple[str, ...] = ()
     last_dry_run_desired: int | None = None
-    last_scale_time: str | None = None
+    problem_logged: str | None = None
+    cleaned_generation: int | None = None
+    next_full_apply: float = 0.0
     spec_problem: SpecProblemError | None = None
     task: asyncio.Task[None] | None = None
     stopped: bool = False
@@ -302,7 +261,8 @@ class PoolController:
             await self.reconcile()
             if self.spec_problem is not None:
                 result = "invalid"
-                return False
+                # A bad spec waits for its next change; a Secret problem is retried (backoff).
+                return self.spec_problem.reason == plan_mod.INVALID_SPEC
             return True
         except asyncio.CancelledError:
             raise
@@ -339,7 +299,7 @@ class PoolController:
     def _pool(self) -> api.Pool:
         parsed = api.parse_pool(self.body or {})
         if isinstance(parsed, api.InvalidPool):
-            raise SpecProblemError("InvalidSpec", parsed.message)
+            raise SpecProblemError(plan_mod.INVALID_SPEC, parsed.message)
         return parsed
 
     def _policy(self) -> autoscaling.ScalingPolicy | None:
@@ -348,217 +308,214 @@ class PoolController:
         except (SpecProblemError, ValueError):
             return None
 
-    async def _read_secret(self) -> kube.SecretValue:
-        ref = self._pool().spec.queue.redis.url_secret_ref
+    async def _read_secret(self, pool: api.Pool) -> plan_mod.SecretCheck:
+        """Check the Secret behind urlSecretRef; keep its value in memory only."""
+        ref = pool.spec.queue.redis.url_secret_ref
         secret_name, secret_key = ref.name, ref.key
         now = self.ctx.clock()
         key = self.secret_key
         fresh = now - self.secret_read_at < self.ctx.config.secret_cache_seconds
-        if (
-            self.secret is not None
-            and key is not None
-            and (key.secret, key.key) == (secret_name, secret_key)
-            and fresh
-        ):
-            return self.secret
+        same = key is not None and (key.secret, key.key) == (secret_name, secret_key)
+        if self.secret is not None and same and fresh:
+            return plan_mod.SecretCheck("ok")
         client = self.ctx.fetch_client()
         try:
             value = await kube.fetch_secret_value(client, self.namespace, secret_name, secret_key)
         except kube.SecretNotFoundError as exc:
             self.secret = None
-            reason = "SecretKeyNotFound" if exc.key_missing else "SecretNotFound"
-            raise SpecProblemError(reason, str(exc)) from None
+            return plan_mod.SecretCheck("key_missing" if exc.key_missing else "missing", str(exc))
         try:
             queue.check_redis_url(value.value)
         except queue.InvalidRedisUrlError as exc:
             self.secret = None
-            raise SpecProblemError(
-                "InvalidRedisURL", f'key "{secret_key}" of Secret "{secret_name}": {exc}'
-            ) from None
+            message = f'key "{secret_key}" of Secret "{secret_name}": {exc}'
+            return plan_mod.SecretCheck("invalid_url", message)
         self.secret = value
         self.secret_key = queue.ClientKey(
             self.namespace, secret_name, secret_key, value.resource_version
         )
         self.secret_read_at = now
-        return value
+        return plan_mod.SecretCheck("ok")
+
+    def _observed(self, secret: plan_mod.SecretCheck, **more: Any) -> plan_mod.Observed:
+        body = self.body or {}
+        return plan_mod.Observed(
+            now=dt.datetime.now(dt.UTC),
+            secret=secret,
+            deployment=None
+            if self.deployment is None
+            else plan_mod.build_deployment_state(self.deployment),
+            previous=api.parse_status(body.get("status")),
+            **more,
+        )
 
     async def reconcile(self) -> None:
+        """Level-triggered and idempotent: compare, apply what differs, report."""
         body = self.body
         if body is None:
             return
         client = self.ctx.fetch_client()
-        generation = int(body["metadata"].get("generation", 1))
-        try:
-            pool = self._pool()
-            try:
-                policy = api.build_scaling_policy(pool.spec)
-            except ValueError as exc:
-                raise SpecProblemError("InvalidSpec", str(exc)) from None
-            await self._read_secret()
-        except SpecProblemError as problem:
-            first = self.spec_problem is None or self.spec_problem.reason != problem.reason
-            self.spec_problem = problem
-            await self._write_status(
-                {
-                    "Ready": ("False", problem.reason, problem.message),
-                    "Degraded": ("True", problem.reason, problem.message),
-                },
-                observed_generation=generation,
-            )
-            if first:
-                logger.warning(
-                    "WorkerPool %s/%s: %s: %s",
-                    self.namespace,
-                    self.name,
-                    problem.reason,
-                    problem.message,
-                )
-            return
-        self.spec_problem = None
-
-        mode = policy.mode
-        deployment = self.deployment
-        if deployment is None or self.deployment_gone:
-            deployment = await kube.fetch_object(
+        parsed = api.parse_pool(body)
+        if isinstance(parsed, api.InvalidPool):
+            secret = plan_mod.SecretCheck("ok")
+        else:
+            secret = await self._read_secret(parsed)
+        if self.deployment is None or self.deployment_gone:
+            self.deployment = await kube.fetch_object(
                 client, kube.build_ref("Deployment", self.namespace, self.name)
             )
             self.deployment_gone = False
-        creating = deployment is None
-        replicas: int | None = None
-        if mode == "disabled":
-            replicas = int(
-                pool.spec.autoscaling.replicas
-                if pool.spec.autoscaling.replicas is not None
-                else policy.min_replicas
+        the_plan = plan_mod.plan(parsed, self._observed(secret))
+        if the_plan.hold:
+            # Bad input: nothing applied, nothing deleted; explain, and retry a Secret slowly.
+            self.spec_problem = SpecProblemError(
+                secret.state if secret.state != "ok" else plan_mod.INVALID_SPEC,
+                the_plan.problem or "",
             )
-        elif mode == "builtin" and creating:
-            replicas = max(policy.min_replicas, 0)
-        desired = interim.build_deployment(body, replicas)
-        desired_hash = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()
-        drifted = deployment is not None and not _is_subset(desired, deployment)
-        if creating or drifted or desired_hash != self.applied_hash:
-            applied = await kube.apply_object(client, desired)
-            self.applied_hash = desired_hash
-            self.applied_deployment_generation = int(applied["metadata"].get("generation", 1))
-            if _newer(applied, self.deployment) or self.deployment is None:
-                self.deployment = applied
-            deployment = applied
-            if creating and mode == "builtin":
-                # Hand the initial count to the autoscaler's manager (same value: shared ownership)
+            await self._write_plan_status(the_plan.status, the_plan.events)
+            if self.problem_logged != the_plan.problem:
+                self.problem_logged = the_plan.problem
+                logger.warning("WorkerPool %s/%s: %s", self.namespace, self.name, the_plan.problem)
+            return
+        self.spec_problem = None
+        self.problem_logged = None
+        assert isinstance(parsed, api.Pool)
+        await self._apply_children(parsed, the_plan)
+        self.reconciled_generation = parsed.generation
+        # The status from what the writes returned (a plan on the fresh Deployment state).
+        final = plan_mod.plan(parsed, self._observed(secret))
+        events = tuple(e for e in final.events if e.reason not in ("Creating",))
+        await self._write_plan_status(final.status, events)
+
+    async def _apply_children(self, pool: api.Pool, the_plan: plan_mod.Plan) -> None:
+        client = self.ctx.fetch_client()
+        deployment = self.deployment
+        creating = deployment is None
+        children = list(the_plan.children)
+        desired_hash = hashlib.sha256(
+            json.dumps(children, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        resync = self.ctx.clock() >= self.next_full_apply
+        main = children[0]
+        drifted = deployment is not None and not _is_subset(main, deployment)
+        if creating or drifted or resync or desired_hash != self.applied_hash:
+            for index, child in enumerate(children):
+                if index > 0 and not resync and desired_hash == self.applied_hash:
+                    continue  # only the Deployment drifted
+                try:
+                    applied = await kube.apply_object(client, child)
+                except kube.ApiError as exc:
+                    if exc.is_not_found and child["kind"] != "Deployment":
+                        # the kind's API (PodMonitor, KEDA) is not installed: say so, go on
+                        await self._event(
+                            "Warning", "ChildKindMissing", f"{child['kind']} API not served"
+                        )
+                        continue
+                    raise
+                if child["kind"] == "Deployment":
+                    self.applied_deployment_generation = int(
+                        applied["metadata"].get("generation", 1)
+                    )
+                    if _newer(applied, self.deployment):
+                        self.deployment = applied
+            if (
+                creating
+                and the_plan.replicas is not None
+                and pool.spec.autoscaling.mode == "builtin"
+            ):
+                # The autoscaler's manager co-owns the initial count from the start.
                 with contextlib.suppress(kube.ApiError):
                     self.deployment = await kube.apply_replicas(
-                        client, self.namespace, self.name, replicas or 0
+                        client, self.namespace, self.name, the_plan.replicas
                     )
-                    deployment = self.deployment
+            self.applied_hash = desired_hash
+            self.next_full_apply = self.ctx.clock() + self.ctx.config.resync_seconds
             if drifted:
                 await self._event(
                     "Normal",
                     "DriftCorrected",
                     f"Deployment {self.name} restored to the pool's spec",
                 )
-        else:
-            self.applied_deployment_generation = int(deployment["metadata"].get("generation", 1))  # type: ignore[index]
-        self.reconciled_generation = generation
-        await self._write_status(
-            self._rollout_conditions(deployment), observed_generation=generation
-        )
+        elif deployment is not None:
+            self.applied_deployment_generation = int(deployment["metadata"].get("generation", 1))
+        await self._delete_obsolete(pool, the_plan.obsolete)
 
-    def _rollout_conditions(
-        self, deployment: Mapping[str, Any] | None
-    ) -> dict[str, tuple[str, str, str]]:
-        if deployment is None:
-            return {"Ready": ("False", "DeploymentMissing", "the Deployment does not exist yet")}
-        spec_replicas = int(deployment.get("spec", {}).get("replicas", 1))
-        status = deployment.get("status") or {}
-        gen = int(deployment.get("metadata", {}).get("generation", 1))
-        observed = int(status.get("observedGeneration", 0))
-        updated = int(status.get("updatedReplicas", 0))
-        available = int(status.get("availableReplicas", 0))
-        if observed < gen or updated < spec_replicas:
-            rolling = ("True", "RollingOut", f"{updated}/{spec_replicas} replicas updated")
-            return {
-                "Ready": (
-                    "False",
-                    "RolloutInProgress",
-                    f"{updated}/{spec_replicas} replicas updated",
-                ),
-                "Progressing": rolling,
-                "Degraded": ("False", "AsExpected", "no errors"),
-            }
-        if available < spec_replicas:
-            return {
-                "Ready": (
-                    "False",
-                    "ReplicasUnavailable",
-                    f"{available}/{spec_replicas} replicas available",
-                ),
-                "Progressing": (
-                    "True",
-                    "WaitingForReplicas",
-                    f"{available}/{spec_replicas} replicas available",
-                ),
-                "Degraded": ("False", "AsExpected", "no errors"),
-            }
-        return {
-            "Ready": ("True", "Available", f"{available}/{spec_replicas} replicas available"),
-            "Progressing": ("False", "RolloutComplete", "the Deployment is up to date"),
-            "Degraded": ("False", "AsExpected", "no errors"),
-        }
+    async def _delete_obsolete(
+        self, pool: api.Pool, obsolete: tuple[plan_mod.ChildRef, ...]
+    ) -> None:
+        # Deleting is only needed when the spec changed since a reconcile of ours (or while we
+        # were down); a converged pool does not cost five DELETEs per resync.
+        stored = api.parse_status((self.body or {}).get("status"))
+        stored_generation = stored.observed_generation if stored is not None else None
+        if pool.generation in (self.cleaned_generation,) or (
+            self.cleaned_generation is None and stored_generation == pool.generation
+        ):
+            self.cleaned_generation = pool.generation
+            return
+        client = self.ctx.fetch_client()
+        for ref in obsolete:
+            try:
+                kind = kube.KINDS.get(ref.kind)
+                plural = kind[1] if kind else ref.kind.lower() + "s"
+                await kube.delete_object(
+                    client, kube.ObjectRef(ref.api_version, plural, ref.namespace, ref.name)
+                )
+            except kube.ApiError as exc:
+                if exc.status not in (404, 405):
+                    raise
+        self.cleaned_generation = pool.generation
 
     # ------------------------------------------------------------------ status and events
 
-    async def _write_status(
-        self,
-        wanted: Mapping[str, tuple[str, str, str]],
-        *,
-        observed_generation: int | None = None,
-        extra: Mapping[str, Any] | None = None,
+    async def _write_plan_status(
+        self, status_model: api.WorkerPoolStatus, events: Sequence[plan_mod.Event]
     ) -> None:
+        """Write the status only if the merge would change it; post the plan's Events."""
         body = self.body
         if body is None:
             return
-        current = body.get("status") or {}
-        generation = int(body["metadata"].get("generation", 1))
-        conditions, transitions = build_conditions(
-            current.get("conditions") or [], wanted, generation
-        )
-        status: Body = {"conditions": conditions}
-        if observed_generation is not None:
-            status["observedGeneration"] = observed_generation
-        deployment = self.deployment
-        if deployment is not None:
-            dstatus = deployment.get("status") or {}
-            status["replicas"] = int(deployment.get("spec", {}).get("replicas", 0))
-            status["readyReplicas"] = int(dstatus.get("readyReplicas", 0))
-        if self.last_decision is not None:
-            status["desiredReplicas"] = self.last_decision.desired
-        elif "replicas" in status:
-            status["desiredReplicas"] = status["replicas"]
-        if extra:
-            status.update(extra)
-        # Normalize through the API's status model: only schema fields, in the stored shape, so
-        # that "unchanged" compares equal to what the API server kept (it prunes unknown fields).
-        status = api.build_status_patch(api.WorkerPoolStatus.model_validate(status))
-        stored = api.parse_status(current)
+        status = api.build_status_patch(status_model)
+        stored = api.parse_status(body.get("status"))
         stored_patch = api.build_status_patch(stored) if stored is not None else {}
-        if _merge(stored_patch, status) == stored_patch:
-            return  # the merge patch would change nothing: keep the resourceVersion
-        ref = kube.build_ref("WorkerPool", self.namespace, self.name)
-        try:
-            updated = await kube.apply_status(self.ctx.fetch_client(), ref, status)
-        except kube.ApiError as exc:
-            if exc.is_not_found:
-                return  # deleted meanwhile; the DELETED event stops this loop
-            raise
-        if _newer(updated, self.body):
-            self.body = updated
-        for ctype, cstatus, reason, message in transitions:
-            if ctype in ("Ready", "QueueReachable") and cstatus == "False":
-                await self._event("Warning", reason, message)
-            elif ctype == "Ready" and cstatus == "True":
-                await self._event("Normal", "Ready", message)
-            elif ctype == "ScalingLimited" and cstatus == "True":
-                await self._event("Warning", reason, message)
+        if _merge(_without_observed_time(stored_patch), _without_observed_time(status)) != (
+            _without_observed_time(stored_patch)
+        ):
+            ref = kube.build_ref("WorkerPool", self.namespace, self.name)
+            try:
+                updated = await kube.apply_status(self.ctx.fetch_client(), ref, status)
+            except kube.ApiError as exc:
+                if exc.is_not_found:
+                    return  # deleted meanwhile; the DELETED event stops this loop
+                raise
+            if _newer(updated, self.body):
+                self.body = updated
+        for event in events:
+            await self._event(event.type, event.reason, event.message)
+
+    async def _write_status(
+        self, wanted: Mapping[str, tuple[api.ConditionStatus, str, str]]
+    ) -> None:
+        """Set a few conditions on the stored status (used when a reconcile raised)."""
+        body = self.body
+        if body is None:
+            return
+        stored = api.parse_status(body.get("status")) or api.WorkerPoolStatus()
+        generation = int(body["metadata"].get("generation", 1))
+        now = dt.datetime.now(dt.UTC)
+        previous = list(stored.conditions or ())
+        conditions = {c.type: c for c in previous}
+        events = []
+        for ctype, (status, reason, message) in wanted.items():
+            before = conditions.get(ctype)
+            conditions[ctype] = api.build_condition(
+                ctype, status, reason, message, generation=generation, now=now, previous=previous
+            )
+            transitioned = before is None or (before.status, before.reason) != (status, reason)
+            if transitioned and status == "True" and ctype in (api.DEGRADED, api.SCALING_LIMITED):
+                events.append(plan_mod.Event("Warning", reason, message))
+        order = {t: i for i, t in enumerate(api.CONDITION_TYPES)}
+        merged = sorted(conditions.values(), key=lambda c: order.get(c.type, len(order)))
+        await self._write_plan_status(stored.model_copy(update={"conditions": merged}), events)
 
     async def _event(self, event_type: str, reason: str, message: str) -> None:
         if self.body is None:
@@ -585,80 +542,84 @@ class PoolController:
     async def _poll_queue(self, policy: autoscaling.ScalingPolicy | None) -> None:
         if policy is None or self.secret is None or self.secret_key is None or self.body is None:
             return
-        queue_name = self._pool().spec.queue.name
+        pool = self._pool()
         observation = await self.ctx.queues.fetch_observation(
-            self.secret_key, self.secret, queue_name, timeout=self.ctx.config.redis_timeout_seconds
+            self.secret_key,
+            self.secret,
+            pool.spec.queue.name,
+            deadline_seconds=self.ctx.config.redis_timeout_seconds,
         )
         self.last_observation = observation
         deployment = self.deployment
         current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
-        decision = autoscaling.decide(
-            policy, observation, current, self.scaler_state, self.ctx.clock()
-        )
+        # decide() takes wall-clock seconds: plan() shows its lastScaleTime as a date.
+        decision = autoscaling.decide(policy, observation, current, self.scaler_state, time.time())
         self.scaler_state = decision.state
         self.last_decision = decision
-        explanation = autoscaling.build_explanation(decision)
-        wanted: dict[str, tuple[str, str, str]] = {}
-        if observation.stats is None:
-            wanted["QueueReachable"] = (
-                "False",
-                "QueueUnreachable",
-                observation.error or "stats read failed",
-            )
-        else:
-            wanted["QueueReachable"] = ("True", "StatsRead", f"queue {queue_name} read")
+        applied = True
         if policy.mode == "builtin" and deployment is not None and decision.desired != current:
             if policy.dry_run:
-                if self.last_dry_run_desired != decision.desired:
-                    self.last_dry_run_desired = decision.desired
-                    await self._event(
-                        "Normal",
-                        "DryRunScale",
-                        f"would scale {current}→{decision.desired}: {explanation}",
-                    )
+                applied = self.last_dry_run_desired != decision.desired  # one Event per change
+                self.last_dry_run_desired = decision.desired
             else:
-                await self._scale(deployment, current, decision, explanation, observation)
-        if self.replicas_blocked_by:
-            owners = ", ".join(self.replicas_blocked_by)
-            wanted["ScalingLimited"] = (
-                "True",
-                "ReplicasOwnedElsewhere",
-                f"spec.replicas is owned by {owners}",
-            )
-        elif decision.scaling_limited:
-            wanted["ScalingLimited"] = (
-                "True",
-                "MaxReplicas",
-                "pinned at maxReplicas while the backlog grows",
-            )
-        elif policy.mode == "builtin":
-            wanted["ScalingLimited"] = ("False", "WithinLimits", "the autoscaler is not limited")
-        # Rates live in status.queue; the stored reason leaves them out so that a restarted
-        # operator (no rate history yet) does not rewrite an unchanged pool's status.
-        steady = autoscaling.build_explanation(
-            dataclasses.replace(decision, rates=autoscaling.Rates())
+                applied = await self._scale(deployment, current, decision, observation)
+        the_plan = plan_mod.plan(
+            pool,
+            self._observed(
+                plan_mod.SecretCheck("ok"),
+                stats=observation.stats,
+                stats_error=observation.error,
+                decision=decision,
+            ),
         )
-        extra: Body = {
-            "autoscaling": _build_autoscaling_status(policy, decision, steady, self.last_scale_time)
-        }
-        if observation.stats is not None:
-            extra["queue"] = _build_queue_status(observation.stats, decision)
-        await self._write_status(wanted, extra=extra)
+        status = the_plan.status
+        events = list(the_plan.events)
+        if not applied:
+            events = [e for e in events if e.message != plan_mod.build_redacted(decision.reason)]
+        if self.replicas_blocked_by:
+            status, blocked_event = self._blocked_condition(status)
+            events = [e for e in events if e.reason != "WithinLimits"]
+            if blocked_event is not None:
+                events.append(blocked_event)
+        await self._write_plan_status(status, events)
         self._export(policy, observation, decision)
+
+    def _blocked_condition(
+        self, status: api.WorkerPoolStatus
+    ) -> tuple[api.WorkerPoolStatus, plan_mod.Event | None]:
+        owners = ", ".join(self.replicas_blocked_by)
+        message = f"spec.replicas is owned by {owners}; the autoscaler holds instead of fighting"
+        previous = list(status.conditions or ())
+        stored = api.parse_status((self.body or {}).get("status"))
+        before = api.find_condition(stored.conditions if stored else None, api.SCALING_LIMITED)
+        condition = api.build_condition(
+            api.SCALING_LIMITED,
+            "True",
+            "ReplicasOwnedElsewhere",
+            message,
+            generation=int((self.body or {})["metadata"].get("generation", 1)),
+            now=dt.datetime.now(dt.UTC),
+            previous=list(stored.conditions or ()) if stored else [],
+        )
+        merged = [condition if c.type == api.SCALING_LIMITED else c for c in previous]
+        event = None
+        if before is None or (before.status, before.reason) != ("True", "ReplicasOwnedElsewhere"):
+            event = plan_mod.Event("Warning", "ReplicasOwnedElsewhere", message)
+        return status.model_copy(update={"conditions": merged}), event
 
     async def _scale(
         self,
         deployment: Mapping[str, Any],
         current: int,
         decision: autoscaling.Decision,
-        explanation: str,
         observation: autoscaling.Observation,
-    ) -> None:
+    ) -> bool:
+        """Write the decided replicas; False when held because another manager owns them."""
         client = self.ctx.fetch_client()
         foreign = tuple(kube.build_foreign_replicas_owners(deployment))
         if foreign:
             self._block_replicas(foreign)
-            return
+            return False
         if decision.desired < current:
             await self._mark_deletion_costs(deployment, observation)
         try:
@@ -670,11 +631,9 @@ class PoolController:
             if not exc.is_conflict:
                 raise
             self._block_replicas(("another field manager",))
-            return
+            return False
         self.replicas_blocked_by = ()
-        self.last_scale_time = _now_rfc3339()
-        verb = "ScaledUp" if decision.desired > current else "ScaledDown"
-        await self._event("Normal", verb, f"{verb} {current}→{decision.desired}: {explanation}")
+        return True
 
     def _block_replicas(self, owners: tuple[str, ...]) -> None:
         if owners != self.replicas_blocked_by:
@@ -746,37 +705,12 @@ class PoolController:
         m.workers_killed.set(labels, getattr(s, "workers_lost_total", 0))
 
 
-def _build_queue_status(s: Any, decision: autoscaling.Decision) -> Body:
-    rates = decision.rates
-    return {
-        "backlog": int(s.backlog),
-        "inFlight": int(s.in_flight),
-        "delayed": int(getattr(s, "future_delayed", 0)),
-        "deadLetter": int(getattr(s, "dead_letter", 0)),
-        # whole seconds and 2-decimal rates: an idle pool's status must not change every poll
-        "oldestJobAgeSeconds": float(round(float(s.oldest_job_age_seconds))),
-        "arrivalRate": None if rates.arrival is None else round(rates.arrival, 2),
-        "completionRate": None if rates.completion is None else round(rates.completion, 2),
-        "workers": len(getattr(s, "workers", ())),
-    }
-
-
-def _build_autoscaling_status(
-    policy: autoscaling.ScalingPolicy,
-    decision: autoscaling.Decision,
-    explanation: str,
-    last_scale_time: str | None,
-) -> Body:
-    return {
-        "mode": policy.mode,
-        "signals": {k: (None if v is None else round(v, 2)) for k, v in decision.signals.items()},
-        "chosen": decision.chosen,
-        "rawDesired": decision.raw_desired,
-        "clampedBy": decision.clamped_by,
-        "reason": explanation[:1024],
-        "dryRun": decision.dry_run,
-        "lastScaleTime": last_scale_time,
-    }
+def _without_observed_time(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status minus ``queue.observedTime``, which changes on every poll by design."""
+    result = dict(status)
+    if isinstance(result.get("queue"), dict):
+        result["queue"] = {k: v for k, v in result["queue"].items() if k != "observedTime"}
+    return result
 
 
 def _merge(target: Any, patch: Any) -> Any:

@@ -17,7 +17,9 @@ import asyncio
 import base64
 import datetime
 import json
+import os
 import ssl
+import tempfile
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -170,10 +172,27 @@ def _build_ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
         context.verify_mode = ssl.CERT_NONE
     else:
         cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
-        context = ssl.create_default_context(cafile=info.ca_path or None, cadata=cadata or None)  # type: ignore[arg-type]
-    if info.certificate_path and info.private_key_path:
-        context.load_cert_chain(info.certificate_path, info.private_key_path)  # type: ignore[arg-type]
+        cafile = os.fsdecode(info.ca_path) if info.ca_path else None
+        context = ssl.create_default_context(cafile=cafile, cadata=cadata or None)
+    cert = _as_file(info.certificate_path, info.certificate_data)
+    key = _as_file(info.private_key_path, info.private_key_data)
+    if cert and key:
+        context.load_cert_chain(cert, key)
     return context
+
+
+def _as_file(path: str | bytes | os.PathLike[Any] | None, data: str | bytes | None) -> str | None:
+    """A client certificate or key as a file path (ssl needs files); data goes to a 0600 file."""
+    if path:
+        return os.fsdecode(path)
+    if not data:
+        return None
+    raw = data.encode() if isinstance(data, str) else data
+    handle = tempfile.NamedTemporaryFile(prefix="workerfleet-", delete=False)  # noqa: SIM115
+    with handle:
+        os.chmod(handle.name, 0o600)
+        handle.write(raw)
+    return handle.name
 
 
 # ---------------------------------------------------------------------------- fetch_*

@@ -14,8 +14,8 @@ from typing import Any
 
 import kopf
 import prometheus_client
-from worker_runtime import logs
 
+from worker_runtime import logs
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import handlers, metrics
 

@@ -7,6 +7,7 @@ updated by ``shell.handlers`` after every reconcile and every autoscaler poll.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -105,10 +106,8 @@ class OperatorMetrics:
             self.dead_letter_alert_threshold,
             self.queue_reachable,
         ):
-            try:
+            with contextlib.suppress(KeyError):
                 metric.remove(*labels)
-            except KeyError:
-                pass
         for mirrored in (
             self.jobs_enqueued,
             self.jobs_completed,
@@ -134,7 +133,5 @@ class _MirroredCounter:
         child._value.set(float(value))
 
     def remove(self, labels: Sequence[str]) -> None:
-        try:
+        with contextlib.suppress(KeyError):
             self._counter.remove(*labels)
-        except KeyError:
-            pass

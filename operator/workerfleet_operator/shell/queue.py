@@ -14,9 +14,7 @@ import asyncio
 import urllib.parse
 from dataclasses import dataclass
 
-import redis.asyncio
 from worker_runtime import connection, stats
-
 from workerfleet_operator import autoscaling
 from workerfleet_operator.shell import kube
 
@@ -55,7 +53,8 @@ def check_redis_url(value: str) -> None:
     if parts.scheme not in ALLOWED_SCHEMES:
         shown = parts.scheme if parts.scheme.isalnum() and len(parts.scheme) < 16 else "?"
         raise InvalidRedisUrlError(
-            f"unsupported URL scheme {shown!r} (expected one of {', '.join(sorted(ALLOWED_SCHEMES))})"
+            f"unsupported URL scheme {shown!r} "
+            f"(expected one of {', '.join(sorted(ALLOWED_SCHEMES))})"
         )
     if parts.scheme != "unix" and not parts.hostname:
         raise InvalidRedisUrlError("the URL has no host")
@@ -81,9 +80,10 @@ class QueueReader:
 
     def __init__(self, *, socket_timeout: float = 2.0) -> None:
         self._socket_timeout = socket_timeout
-        self._clients: dict[ClientKey, redis.asyncio.Redis] = {}
+        self._clients: dict[ClientKey, connection.AsyncClient] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
-    def _fetch_client(self, key: ClientKey, secret: kube.SecretValue) -> redis.asyncio.Redis:
+    def _fetch_client(self, key: ClientKey, secret: kube.SecretValue) -> connection.AsyncClient:
         client = self._clients.get(key)
         if client is None:
             for old in [
@@ -91,19 +91,23 @@ class QueueReader:
                 for k in self._clients
                 if (k.namespace, k.secret, k.key) == (key.namespace, key.secret, key.key)
             ]:
+                # a rotated Secret: close the old pool in the background, keep a reference
                 stale = self._clients.pop(old)
-                asyncio.ensure_future(stale.aclose())  # a rotated Secret: drop the old pool
+                task = asyncio.ensure_future(stale.aclose())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             client = connection.fetch_client(secret.value, socket_timeout=self._socket_timeout)
             self._clients[key] = client
         return client
 
     async def fetch_observation(
-        self, key: ClientKey, secret: kube.SecretValue, queue: str, *, timeout: float
+        self, key: ClientKey, secret: kube.SecretValue, queue: str, *, deadline_seconds: float
     ) -> autoscaling.Observation:
         """Read the queue's stats in one round trip; a failure becomes an Observation error."""
         try:
             client = self._fetch_client(key, secret)
-            queue_stats = await asyncio.wait_for(stats.fetch_queue_stats(client, queue), timeout)
+            async with asyncio.timeout(deadline_seconds):
+                queue_stats = await stats.fetch_queue_stats(client, queue)
         except Exception as exc:  # any failure is "metric unavailable" for the scaler
             return autoscaling.Observation(
                 stats=None, error=redact(f"{type(exc).__name__}: {exc}", secret)
