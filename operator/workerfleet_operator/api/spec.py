@@ -198,10 +198,11 @@ IntOrPercent = Annotated[
 ]
 
 
-def _object_default() -> Any:
-    # Kubernetes applies nested defaults only below an object that exists; "default: {}" makes
-    # the API server create the object so every nested default shows up in the stored spec.
-    return {"default": {}}
+def _object_default(model: type[BaseModel]) -> dict[str, Any]:
+    # Kubernetes applies nested defaults only below an object that exists, and it checks a
+    # default against the CEL rules as written (without nested defaulting), so the default of
+    # an optional object is the model's complete default, spelled out.
+    return {"default": model().model_dump(by_alias=True, exclude_none=True, mode="json")}
 
 
 # --- queue -----------------------------------------------------------------------------------
@@ -445,12 +446,12 @@ class AutoscalingSpec(SpecModel):
     )
     scale_up: ScaleUpSpec = Field(
         default_factory=ScaleUpSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(ScaleUpSpec),
         description="Scale-up behaviour.",
     )
     scale_down: ScaleDownSpec = Field(
         default_factory=ScaleDownSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(ScaleDownSpec),
         description="Scale-down behaviour.",
     )
     on_metric_failure: Literal["hold", "fallback"] = Field(
@@ -521,7 +522,7 @@ class RetrySpec(SpecModel):
     )
     backoff: BackoffSpec = Field(
         default_factory=BackoffSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(BackoffSpec),
         description="Retry delays.",
     )
 
@@ -867,17 +868,17 @@ class WorkerPoolSpec(SpecModel):
     concurrency: int = Field(default=8, ge=1, le=1000, description="Jobs in flight per pod.")
     autoscaling: AutoscalingSpec = Field(
         default_factory=AutoscalingSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(AutoscalingSpec),
         description="How the replica count follows the queue.",
     )
     retry: RetrySpec = Field(
         default_factory=RetrySpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(RetrySpec),
         description="Retries and dead-lettering.",
     )
     dead_letter: DeadLetterSpec = Field(
         default_factory=DeadLetterSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(DeadLetterSpec),
         description="The dead-letter queue.",
     )
     lease_seconds: float = Field(
@@ -900,7 +901,7 @@ class WorkerPoolSpec(SpecModel):
     )
     drain: DrainSpec = Field(
         default_factory=DrainSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(DrainSpec),
         description="Graceful shutdown budget.",
     )
     resources: ResourcesSpec | None = Field(
@@ -922,12 +923,12 @@ class WorkerPoolSpec(SpecModel):
     scheduling: SchedulingSpec | None = Field(default=None, description="Pod placement.")
     metrics: MetricsSpec = Field(
         default_factory=MetricsSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(MetricsSpec),
         description="Metrics and health endpoint.",
     )
     pod_disruption_budget: PodDisruptionBudgetSpec = Field(
         default_factory=PodDisruptionBudgetSpec,
-        json_schema_extra=_object_default(),
+        json_schema_extra=_object_default(PodDisruptionBudgetSpec),
         description="Optional PodDisruptionBudget.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(

@@ -1,0 +1,168 @@
+"""The generated CRD and manifests against a real kube-apiserver (not an approximation).
+
+The cel-python/jsonschema checks in the other CRD tests approximate the API server; this file
+asks the real one (the control plane of tests/e2e/kubecluster.py, `make testbin`): the CRD is
+accepted as structural with CEL rules inside the cost budget, the samples are admitted, every
+rule case of test_api_rules is refused with its message, defaults are what the model assumes,
+the status subresource accepts a planned status, and the built-in children pass the server's
+own validation (server-side dry run). Marked ``e2e``: `make e2e` / `make test` run it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from workerfleet_operator import api, plan
+
+from tests.e2e import kubecluster
+from tests.workerfleet_operator import crd_validation, test_api_rules
+from tests.workerfleet_operator.test_manifests_golden import build_sample_children
+
+pytestmark = pytest.mark.e2e
+
+NAMESPACE = "crd-check"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kubecluster.KubeCluster]:
+    missing = kubecluster.missing_binaries()
+    if missing:
+        pytest.fail(f"missing {missing} in {kubecluster.TESTBIN}: run `make testbin`")
+    workdir: Path = tmp_path_factory.mktemp("crd-kube")
+    with kubecluster.running_kube_cluster(workdir, node_count=0) as running:
+        running.kubectl("apply", "--server-side", "-f", str(crd_validation.CRD_FILE))
+        running.kubectl(
+            "wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s"
+        )
+        running.kubectl("create", "namespace", NAMESPACE)
+        yield running
+
+
+def _apply(
+    cluster: kubecluster.KubeCluster, obj: dict[str, Any], *, dry_run: bool = True
+) -> subprocess.CompletedProcess[str]:
+    args = ["apply", "--server-side", "-n", NAMESPACE, "-f", "-"]
+    if dry_run:
+        args.append("--dry-run=server")
+    return cluster.kubectl(*args, input=json.dumps(obj), check=False)
+
+
+def test_the_api_server_accepts_the_crd_as_structural(cluster: kubecluster.KubeCluster) -> None:
+    crd = cluster.fetch_json(f"crd/{api.CRD_NAME}")
+    conditions = {c["type"]: c for c in crd["status"]["conditions"]}  # type: ignore[index]
+    assert conditions["Established"]["status"] == "True"
+    assert conditions["NamesAccepted"]["status"] == "True"
+    assert "NonStructuralSchema" not in conditions
+
+
+@pytest.mark.parametrize("name", crd_validation.SAMPLE_NAMES)
+def test_the_api_server_admits_each_sample(cluster: kubecluster.KubeCluster, name: str) -> None:
+    result = _apply(cluster, crd_validation.load_sample(name))
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("case", test_api_rules.CASES, ids=[c.id for c in test_api_rules.CASES])
+def test_the_api_server_refuses_each_rule_case_with_its_message(
+    cluster: kubecluster.KubeCluster, case: test_api_rules.Case
+) -> None:
+    obj = crd_validation.load_sample("minimal")
+    case.mutate(obj)
+    result = _apply(cluster, obj)
+    assert result.returncode != 0
+    assert case.message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [m for _, m in test_api_rules.SCHEMA_REFUSALS],
+    ids=[i for i, _ in test_api_rules.SCHEMA_REFUSALS],
+)
+def test_the_api_server_refuses_out_of_bounds_and_unknown_fields(
+    cluster: kubecluster.KubeCluster, mutate: test_api_rules.Mutation
+) -> None:
+    obj = crd_validation.load_sample("minimal")
+    mutate(obj)
+    result = _apply(cluster, obj)
+    assert result.returncode != 0, "admitted"
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [m for _, m in test_api_rules.VALID_EDGES],
+    ids=[i for i, _ in test_api_rules.VALID_EDGES],
+)
+def test_the_api_server_admits_objects_at_the_edge_of_a_rule(
+    cluster: kubecluster.KubeCluster, mutate: test_api_rules.Mutation
+) -> None:
+    obj = crd_validation.load_sample("minimal")
+    mutate(obj)
+    result = _apply(cluster, obj)
+    assert result.returncode == 0, result.stderr
+
+
+def test_server_defaults_equal_the_model_defaults_and_the_status_is_writable(
+    cluster: kubecluster.KubeCluster,
+) -> None:
+    # Given the minimal sample created for real
+    minimal = crd_validation.load_sample("minimal")
+    result = _apply(cluster, minimal, dry_run=False)
+    assert result.returncode == 0, result.stderr
+    stored = cluster.fetch_json("workerpool", "emails", "-n", NAMESPACE)
+    # Then the defaulted spec parses to exactly the model's defaults
+    parsed = api.parse_pool(stored)
+    assert isinstance(parsed, api.Pool)
+    assert parsed.spec == api.WorkerPoolSpec.model_validate(minimal["spec"])
+    assert stored["spec"]["autoscaling"]["scaleDown"]["stabilizationWindowSeconds"] == 120  # type: ignore[index]
+    # When a planned status is written to the status subresource
+    state = plan.DeploymentState(1, 1, 2, 2, 2, 2, 2)
+    now = dt.datetime.now(dt.UTC)
+    planned = plan.plan(
+        parsed, plan.Observed(now=now, secret=plan.SecretCheck("ok"), deployment=state)
+    )
+    patch = {"status": api.build_status_patch(planned.status)}
+    cluster.kubectl(
+        "patch",
+        "workerpool",
+        "emails",
+        "-n",
+        NAMESPACE,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+    )
+    # Then it is stored as written and kubectl get shows the printer columns
+    again = cluster.fetch_json("workerpool", "emails", "-n", NAMESPACE)
+    assert again["status"] == patch["status"]
+    table = cluster.kubectl("get", "wp", "-n", NAMESPACE).stdout.split()
+    assert table[:7] == ["NAME", "READY", "REPLICAS", "DESIRED", "BACKLOG", "DLQ", "AGE"]
+    assert table[7:10] == ["emails", "True", "2"]
+
+
+def _builtin_children() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for name in crd_validation.SAMPLE_NAMES:
+        for child in build_sample_children(name):
+            if child["kind"] in {"Deployment", "Service", "PodDisruptionBudget"}:
+                child = yaml.safe_load(yaml.safe_dump(child))
+                child["metadata"]["namespace"] = NAMESPACE
+                found.append((f"{name}-{child['kind']}", child))
+    return found
+
+
+BUILTIN = _builtin_children()
+
+
+@pytest.mark.parametrize("child", [c for _, c in BUILTIN], ids=[i for i, _ in BUILTIN])
+def test_the_api_server_accepts_every_builtin_child(
+    cluster: kubecluster.KubeCluster, child: dict[str, Any]
+) -> None:
+    result = _apply(cluster, child)
+    assert result.returncode == 0, result.stderr
