@@ -107,7 +107,7 @@ class ScalingPolicy:
     # The fixed count of ``mode: disabled`` (``spec.autoscaling.replicas``).
     replicas: int | None = None
     # How far back arrival and service rates look; at least three polling intervals are used.
-    rate_window_seconds: float = 30.0
+    rate_window_seconds: float = 15.0
 
     def __post_init__(self) -> None:
         problems = build_policy_problems(self)
@@ -191,6 +191,7 @@ class StatsSample:
     completed_total: int
     backlog: int
     workers: tuple[WorkerSample, ...] = ()
+    in_flight: int = 0
 
 
 @dataclass(frozen=True)
@@ -463,6 +464,7 @@ def _build_samples(
         enqueued_total=queue.enqueued_total,
         completed_total=queue.completed_total,
         backlog=queue.backlog,
+        in_flight=queue.in_flight,
         workers=tuple(
             WorkerSample(w.worker_id, w.processed, w.busy_seconds) for w in queue.workers
         ),
@@ -494,24 +496,23 @@ def _build_rates(
     return Rates(
         arrival=arrival,
         completion=completion,
-        service_per_replica=_build_service_rate(first, last, queue, policy, completion),
+        service_per_replica=_build_service_rate(samples, policy, completion),
         backlog_growing=last.backlog > first.backlog,
     )
 
 
 def _build_service_rate(
-    first: StatsSample,
-    last: StatsSample,
-    queue: stats.QueueStats,
-    policy: ScalingPolicy,
-    completion: float,
+    samples: tuple[StatsSample, ...], policy: ScalingPolicy, completion: float
 ) -> float | None:
     """Jobs per second one replica finishes when busy.
 
     Preferred: the heartbeats' processed jobs per busy slot-second times concurrency. Busy
     seconds are wall time, so CPU-bound jobs sharing one process slow each other down and the
-    rate stays honest. Without heartbeat deltas: the completion rate per busy worker.
+    rate stays honest. Without heartbeat deltas (workers just started): Little's law on the
+    jobs in service — the mean time in service is mean in-flight / completion rate, so one
+    replica finishes ``concurrency x completion / mean in-flight`` jobs per second.
     """
+    first, last = samples[0], samples[-1]
     before = {w.worker_id: w for w in first.workers}
     jobs = 0
     busy = 0.0
@@ -527,9 +528,9 @@ def _build_service_rate(
         busy += worker.busy_seconds - old.busy_seconds
     if jobs > 0 and busy > 0:
         return jobs / busy * policy.concurrency
-    busy_workers = sum(1 for w in queue.workers if w.in_flight > 0 and not w.draining)
-    if completion > 0:
-        return completion / max(1, busy_workers)
+    mean_in_flight = sum(s.in_flight for s in samples) / len(samples)
+    if completion > 0 and mean_in_flight > 0:
+        return policy.concurrency * completion / mean_in_flight
     return None
 
 

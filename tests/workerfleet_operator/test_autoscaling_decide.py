@@ -412,16 +412,29 @@ def test_an_oldest_job_older_than_the_target_scales_up_even_before_rates_are_kno
         assert decision.chosen == "latency"
 
 
-def test_the_service_rate_falls_back_to_completions_per_busy_worker_without_heartbeat_deltas() -> (
+def test_without_heartbeat_deltas_the_service_rate_comes_from_littles_law_on_jobs_in_service() -> (
     None
 ):
+    # 40 jobs finished in 10 s with 4 in flight on average: 1 s per job, 2 slots per replica.
     timeline = [
-        fx.Poll(0, fx.queue_stats(0, backlog=100)),
-        fx.Poll(10, fx.queue_stats(10, backlog=100, enqueued_total=50, completed_total=40)),
+        fx.Poll(0, fx.queue_stats(0, backlog=100, in_flight=4)),
+        fx.Poll(
+            10, fx.queue_stats(10, backlog=100, in_flight=4, enqueued_total=50, completed_total=40)
+        ),
     ]
     decision = fx.run(LATENCY, timeline, current=1)[-1]
-    assert decision.rates.service_per_replica == pytest.approx(4.0)  # 40 jobs / 10 s / 1 worker
-    assert decision.signals["latency"] == pytest.approx((5.0 + 100 / 10) / 4.0)
+    assert decision.rates.service_per_replica == pytest.approx(2.0)
+    assert decision.signals["latency"] == pytest.approx((5.0 + 100 / 10) / 2.0)
+
+
+def test_without_completions_the_service_rate_is_unknown_and_little_s_law_is_off() -> None:
+    timeline = [
+        fx.Poll(0, fx.queue_stats(0, backlog=100)),
+        fx.Poll(10, fx.queue_stats(10, backlog=100, enqueued_total=50)),
+    ]
+    decision = fx.run(LATENCY, timeline, current=1)[-1]
+    assert decision.rates.service_per_replica is None
+    assert decision.signals["latency"] is None
 
 
 def test_counters_that_go_backwards_restart_the_rate_history_instead_of_going_negative() -> None:

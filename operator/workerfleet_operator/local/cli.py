@@ -62,6 +62,22 @@ def register_commands(subparsers: SubParsers) -> None:
     )
     run.set_defaults(handler=cmd_run)
 
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole system locally for ~90 s: load spike, autoscaling, retries, DLQ, alerts",
+        description="Run examples/demo-pool.yaml on an embedded Redis with the real autoscaler "
+        "and worker processes, drive it with a load spike, a lull and failing/poison jobs, "
+        "evaluate the alert rules in a real Prometheus when installed, then print a summary "
+        "and write a chart.",
+    )
+    demo.add_argument("--seconds", type=float, default=80.0, help="how long the fleet runs")
+    demo.add_argument(
+        "--out", type=pathlib.Path, default=pathlib.Path("demo-out"), help="chart and logs"
+    )
+    demo.add_argument("--no-prometheus", action="store_true", help="skip the Prometheus server")
+    demo.add_argument("--no-view", action="store_true", help="plain lines instead of the view")
+    demo.set_defaults(handler=cmd_demo)
+
 
 @dataclass(frozen=True)
 class ResolvedRedis:
@@ -162,6 +178,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         restore()
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demo; exit 0 when no job was lost and no worker was killed."""
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from workerfleet_operator.local import demo, runner, view
+
+    console = Console()
+    stop = threading.Event()
+    restore = _install_stop_handlers(stop)
+    console.print(
+        f"workerfleet demo: {args.seconds:g}s of load on pool {demo.DEFAULT_POOL.name}; "
+        f"output in {args.out}"
+    )
+    try:
+        if args.no_view or not console.is_terminal:
+            last_desired = [-1]
+
+            def print_change(snapshot: runner.Snapshot, phase: str) -> None:
+                if snapshot.decision.desired != last_desired[0]:
+                    last_desired[0] = snapshot.decision.desired
+                    print(f"{view.build_line(snapshot)} [{phase}]", flush=True)
+
+            result = demo.run_demo(
+                seconds=args.seconds,
+                out_dir=args.out,
+                use_prometheus=not args.no_prometheus,
+                on_snapshot=print_change,
+                stop=stop,
+            )
+        else:
+            with Live(console=console, refresh_per_second=4) as live:
+                result = demo.run_demo(
+                    seconds=args.seconds,
+                    out_dir=args.out,
+                    use_prometheus=not args.no_prometheus,
+                    on_snapshot=lambda snap, phase: live.update(
+                        Group(view.build_view(snap), Text(phase))
+                    ),
+                    stop=stop,
+                )
+    finally:
+        restore()
+    console.print(demo.build_summary(result), highlight=False, soft_wrap=True)
+    healthy = result.lost == 0 and result.workers_killed == 0 and result.load_errors == 0
+    return 0 if healthy else 1
 
 
 def _install_stop_handlers(stop: threading.Event) -> Any:

@@ -1,0 +1,475 @@
+"""``workerfleet demo``: the whole system on one machine in about a minute and a half.
+
+What ``make demo`` runs. It starts an embedded redis-server, runs ``examples/demo-pool.yaml``
+with the local fleet (the operator's autoscaler driving real worker processes that import
+``examples/demo_tasks.py``), and drives it with a load generator: a warm-up, a spike, a lull, a
+second bump and a quiet tail, with a share of jobs that fail once (retried) and of poison jobs
+(dead-lettered). When ``prometheus`` is installed it also runs a real Prometheus on loopback
+with the project's alert rules (the fast variant, ``deploy/alerts/workerfleet-alerts.fast.yaml``)
+scraping the fleet's metrics, and reports the alerts that fired. At the end it drains the fleet,
+prints a summary that ends with
+
+    demo: enqueued=N completed=N dead_lettered=N lost=N peak_replicas=N chart=PATH
+
+and writes a PNG chart (backlog, replicas, DLQ over time) and the decision log (JSON lines).
+Also used by the end-to-end test ``tests/workerfleet_operator/test_local_fleet_demo.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from worker_runtime import connection, producer, stats
+from workerfleet_operator.local import embedded_redis, manifest, runner
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+EXAMPLES = REPO_ROOT / "examples"
+DEFAULT_POOL = EXAMPLES / "demo-pool.yaml"
+FAST_RULES = REPO_ROOT / "deploy" / "alerts" / "workerfleet-alerts.fast.yaml"
+TASK = "thumbnail"
+LOAD_SHARE = 0.62  # load runs for this share of the demo; the rest shows the scale-down
+TICK_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of the load: jobs per second between two offsets (seconds from the start)."""
+
+    name: str
+    start: float
+    end: float
+    rate: float
+
+
+@dataclass(frozen=True)
+class JobMix:
+    """Shares of the job kinds (the rest are plain jobs)."""
+
+    flaky: float = 0.05  # fail the first attempt, then succeed
+    poison: float = 0.015  # always fail: dead-lettered after retry.maxAttempts
+    min_work_ms: int = 300
+    max_work_ms: int = 900
+
+
+def build_load_plan(seconds: float) -> tuple[Phase, ...]:
+    """The demo's load: warm-up, spike, lull, bump, tail, scaled to ``seconds``."""
+    load = seconds * LOAD_SHARE
+    shape = (
+        ("warm-up", 0.00, 0.10, 4.0),
+        ("spike", 0.10, 0.35, 60.0),
+        ("lull", 0.35, 0.65, 3.0),
+        ("bump", 0.65, 0.80, 25.0),
+        ("tail", 0.80, 1.00, 1.0),
+    )
+    return tuple(Phase(name, a * load, b * load, rate) for name, a, b, rate in shape)
+
+
+def build_job_payload(index: int, rng: random.Random, mix: JobMix) -> dict[str, Any]:
+    """One thumbnail job of the mix (``rng`` seeded by the caller: the demo is reproducible)."""
+    roll = rng.random()
+    return {
+        "image_id": index,
+        "work_ms": rng.randint(mix.min_work_ms, mix.max_work_ms),
+        "poison": roll < mix.poison,
+        "fail_attempts": 1 if mix.poison <= roll < mix.poison + mix.flaky else 0,
+    }
+
+
+def build_due_count(plan: Sequence[Phase], elapsed: float) -> int:
+    """How many jobs the plan has asked for by ``elapsed`` seconds."""
+    total = 0.0
+    for phase in plan:
+        covered = min(elapsed, phase.end) - phase.start
+        if covered > 0:
+            total += covered * phase.rate
+    return int(total)
+
+
+@dataclass
+class LoadCounts:
+    enqueued: int = 0
+    poison: int = 0
+    flaky: int = 0
+    errors: int = 0
+
+
+class LoadGenerator(threading.Thread):
+    """Enqueues the plan's jobs in small batches, on its own thread and Redis connection."""
+
+    def __init__(self, redis_url: str, queue: str, plan: Sequence[Phase], *, seed: int = 7) -> None:
+        super().__init__(name="demo-load", daemon=True)
+        self.plan = tuple(plan)
+        self.counts = LoadCounts()
+        self.stop_event = threading.Event()
+        self._client = connection.fetch_client_sync(redis_url, socket_timeout=2.0)
+        self._producer = producer.SyncProducer(self._client, queue)
+        self._rng = random.Random(seed)
+        self._mix = JobMix()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        end = self.plan[-1].end if self.plan else 0.0
+        while not self.stop_event.is_set():
+            elapsed = time.monotonic() - started
+            due = build_due_count(self.plan, min(elapsed, end))
+            batch = []
+            for index in range(self.counts.enqueued, due):
+                payload = build_job_payload(index, self._rng, self._mix)
+                self.counts.poison += int(payload["poison"])
+                self.counts.flaky += int(payload["fail_attempts"] > 0)
+                batch.append(producer.JobSpec(task=TASK, payload=payload))
+            if batch:
+                try:
+                    results = self._producer.enqueue_many(batch)
+                    self.counts.enqueued += sum(1 for r in results if r.created)
+                except Exception:  # counted; the demo's summary shows it
+                    self.counts.errors += 1
+            if elapsed >= end:
+                break
+            self.stop_event.wait(TICK_SECONDS)
+        self._client.close()
+
+
+class Prometheus:
+    """A real Prometheus server on loopback scraping the fleet, with the project's alert rules."""
+
+    def __init__(self, workdir: pathlib.Path, rules: pathlib.Path, target_port: int) -> None:
+        self.workdir = workdir
+        self.rules = rules
+        self.target_port = target_port
+        self.port = embedded_redis.fetch_free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("prometheus") is not None
+
+    def start(self, timeout: float = 20.0) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus not found: run `make deps`")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(self.rules)],
+            "scrape_configs": [
+                {
+                    # The local fleet plays the operator: it serves the operator's metrics.
+                    "job_name": "workerfleet-operator",
+                    "static_configs": [{"targets": [f"127.0.0.1:{self.target_port}"]}],
+                }
+            ],
+        }
+        config_path = self.workdir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        with (self.workdir / "prometheus.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited (see {self.workdir}/prometheus.log)")
+            try:
+                with urllib.request.urlopen(self.url("/-/ready"), timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("prometheus did not become ready")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def fetch_alerts(self) -> list[dict[str, Any]]:
+        """``/api/v1/alerts``: every pending or firing alert with its labels."""
+        try:
+            with urllib.request.urlopen(self.url("/api/v1/alerts"), timeout=2) as response:
+                body = json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return []
+        return list(body.get("data", {}).get("alerts", []))
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One poll of the demo, for the chart."""
+
+    t: float
+    backlog: int
+    in_flight: int
+    delayed: int
+    dead_letter: int
+    replicas: int
+    desired: int
+    completed: int
+
+
+@dataclass
+class DemoResult:
+    enqueued: int = 0
+    completed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    pending: int = 0
+    lost: int = 0
+    peak_replicas: int = 0
+    scale_ups: int = 0
+    scale_downs: int = 0
+    workers_killed: int = 0
+    load_errors: int = 0
+    poison_sent: int = 0
+    flaky_sent: int = 0
+    alerts: dict[str, float] = field(default_factory=dict)  # alert name -> first firing (s)
+    prometheus: str = "not run"
+    chart: pathlib.Path | None = None
+    decisions: pathlib.Path | None = None
+    seconds: float = 0.0
+
+
+def build_summary(result: DemoResult) -> str:
+    """The demo's closing lines; the last one is the machine-readable ``demo:`` line."""
+    alerts = (
+        ", ".join(
+            f"{name} at {t:.0f}s" for name, t in sorted(result.alerts.items(), key=lambda i: i[1])
+        )
+        or "none"
+    )
+    lines = [
+        f"workerfleet demo finished in {result.seconds:.0f}s",
+        f"  jobs:     enqueued {result.enqueued} ({result.flaky_sent} flaky, "
+        f"{result.poison_sent} poison), completed {result.completed}, retried "
+        f"{result.retried}, dead-lettered {result.dead_lettered}, still queued "
+        f"{result.pending}, lost {result.lost}",
+        f"  scaling:  peak {result.peak_replicas} replicas, {result.scale_ups} scale-ups, "
+        f"{result.scale_downs} scale-downs, workers killed {result.workers_killed}",
+        f"  alerts:   {alerts} (prometheus: {result.prometheus})",
+        f"  decisions: {result.decisions}",
+        f"demo: enqueued={result.enqueued} completed={result.completed} "
+        f"dead_lettered={result.dead_lettered} lost={result.lost} "
+        f"peak_replicas={result.peak_replicas} chart={result.chart}",
+    ]
+    return "\n".join(lines)
+
+
+def build_chart(
+    points: Sequence[Point],
+    plan: Sequence[Phase],
+    alerts: dict[str, float],
+    path: pathlib.Path,
+    title: str,
+) -> pathlib.Path:
+    """A PNG of backlog/in-flight, replicas (actual and desired) and the DLQ over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [p.t for p in points]
+    fig, (ax_queue, ax_replicas, ax_dlq) = plt.subplots(
+        3, 1, figsize=(11, 8), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.5]}
+    )
+    ax_queue.plot(t, [p.backlog for p in points], label="backlog", color="tab:blue")
+    ax_queue.plot(t, [p.in_flight for p in points], label="in flight", color="tab:green")
+    ax_queue.plot(t, [p.delayed for p in points], label="retries waiting", color="tab:orange")
+    ax_queue.set_ylabel("jobs")
+    ax_replicas.step(t, [p.replicas for p in points], where="post", label="replicas", color="k")
+    ax_replicas.step(
+        t, [p.desired for p in points], where="post", label="desired", color="tab:red", ls="--"
+    )
+    ax_replicas.set_ylabel("replicas")
+    ax_dlq.plot(t, [p.dead_letter for p in points], label="dead letters", color="tab:purple")
+    ax_dlq.set_ylabel("DLQ")
+    ax_dlq.set_xlabel("seconds")
+    for phase in plan:
+        if phase.name in ("spike", "bump"):
+            for ax in (ax_queue, ax_replicas, ax_dlq):
+                ax.axvspan(phase.start, phase.end, color="tab:gray", alpha=0.12)
+            ax_queue.annotate(
+                phase.name, (phase.start, 1), xycoords=("data", "axes fraction"), va="top"
+            )
+    for name, at in alerts.items():
+        ax_dlq.axvline(at, color="tab:red", lw=0.8)
+        ax_dlq.annotate(
+            name.removeprefix("WorkerPool"),
+            (at, 0.9),
+            xycoords=("data", "axes fraction"),
+            fontsize=7,
+            rotation=90,
+            va="top",
+            ha="right",
+        )
+    for ax in (ax_queue, ax_replicas, ax_dlq):
+        ax.legend(loc="upper right", fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_demo(
+    *,
+    seconds: float = 80.0,
+    out_dir: pathlib.Path,
+    pool_path: pathlib.Path = DEFAULT_POOL,
+    app_path: pathlib.Path = EXAMPLES,
+    use_prometheus: bool = True,
+    rules: pathlib.Path = FAST_RULES,
+    on_snapshot: Callable[[runner.Snapshot, str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> DemoResult:
+    """Run the demo for ``seconds`` (then drain) and return what happened."""
+    started = time.monotonic()
+    stop = stop or threading.Event()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pool = manifest.fetch_pool(pool_path)
+    plan = build_load_plan(seconds)
+    result = DemoResult()
+    decisions = out_dir / "decisions.jsonl"
+    decisions.write_text("", encoding="utf-8")
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="workerfleet-demo-"))
+    points: list[Point] = []
+    server = embedded_redis.EmbeddedRedis(workdir / "redis").start()
+    prometheus: Prometheus | None = None
+    try:
+        fleet_runner = runner.FleetRunner(
+            pool,
+            redis_url=server.url,
+            log_dir=out_dir / "worker-logs",
+            app_path=app_path,
+            metrics_port=0,
+            redis_label=f"embedded 127.0.0.1:{server.port}",
+            decision_log=decisions,
+        )
+        if use_prometheus and Prometheus.available() and fleet_runner.metrics_port:
+            prometheus = Prometheus(workdir / "prometheus", rules, fleet_runner.metrics_port)
+            try:
+                prometheus.start()
+                result.prometheus = prometheus.url("/alerts")
+            except RuntimeError as exc:
+                result.prometheus = f"failed: {exc}"
+                prometheus = None
+        elif use_prometheus:
+            result.prometheus = "not installed (run `make deps`)"
+        load = LoadGenerator(server.url, pool.queue, plan)
+        load.start()
+        last_alert_check = [0.0]
+
+        def record(snapshot: runner.Snapshot) -> None:
+            s = snapshot.queue_stats
+            if s is not None:
+                points.append(
+                    Point(
+                        t=snapshot.at,
+                        backlog=s.backlog,
+                        in_flight=s.in_flight,
+                        delayed=s.future_delayed,
+                        dead_letter=s.dead_letter,
+                        replicas=snapshot.replicas,
+                        desired=snapshot.decision.desired,
+                        completed=s.completed_total,
+                    )
+                )
+            if prometheus is not None and snapshot.at - last_alert_check[0] >= 2.0:
+                last_alert_check[0] = snapshot.at
+                for alert in prometheus.fetch_alerts():
+                    name = str(alert.get("labels", {}).get("alertname", "?"))
+                    if alert.get("state") == "firing" and name not in result.alerts:
+                        result.alerts[name] = snapshot.at
+            if on_snapshot is not None:
+                on_snapshot(snapshot, _build_phase_label(plan, snapshot.at, load.counts))
+
+        try:
+            fleet_runner.run(stop, on_snapshot=record, max_seconds=seconds)
+        finally:
+            load.stop_event.set()
+            load.join(10)
+            fleet_runner.close()
+        final = _fetch_final_stats(server.url, pool.queue)
+        if prometheus is not None:
+            for alert in prometheus.fetch_alerts():
+                name = str(alert.get("labels", {}).get("alertname", "?"))
+                if alert.get("state") == "firing" and name not in result.alerts:
+                    result.alerts[name] = time.monotonic() - started
+        counts = load.counts
+        result.enqueued = counts.enqueued
+        result.load_errors = counts.errors
+        result.poison_sent = counts.poison
+        result.flaky_sent = counts.flaky
+        result.completed = final.completed_total
+        result.retried = final.retried_total
+        result.dead_lettered = final.dead_lettered_total
+        result.pending = final.backlog + final.in_flight + final.future_delayed
+        result.lost = result.enqueued - result.completed - result.dead_lettered - result.pending
+        result.peak_replicas = fleet_runner.totals.peak_replicas
+        result.scale_ups = fleet_runner.totals.scale_ups
+        result.scale_downs = fleet_runner.totals.scale_downs
+        result.workers_killed = fleet_runner.fleet.counters.killed
+        result.decisions = decisions
+        result.chart = build_chart(
+            points,
+            plan,
+            result.alerts,
+            out_dir / "workerfleet-demo.png",
+            f"workerfleet demo: pool {pool.name} (max {pool.policy.max_replicas} replicas)",
+        )
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _fetch_final_stats(url: str, queue: str) -> stats.QueueStats:
+    client = connection.fetch_client_sync(url, socket_timeout=5.0)
+    try:
+        return stats.fetch_queue_stats_sync(client, queue)
+    finally:
+        client.close()
+
+
+def _build_phase_label(plan: Sequence[Phase], at: float, counts: LoadCounts) -> str:
+    current = next((p for p in plan if p.start <= at < p.end), None)
+    phase = f"{current.name} ({current.rate:g} jobs/s)" if current else "quiet"
+    return f"load: {phase} · enqueued {counts.enqueued}"
