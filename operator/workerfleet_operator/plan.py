@@ -123,6 +123,10 @@ class Observed:
     previous: api.WorkerPoolStatus | None = None
 
 
+EVENT_MESSAGE_MAX_LENGTH = 1024
+"""Event messages are cut here (events.k8s.io/v1 refuses notes above 1 kB)."""
+
+
 @dataclass(frozen=True)
 class Event:
     """A Kubernetes Event to post on the WorkerPool."""
@@ -130,6 +134,10 @@ class Event:
     type: EventType
     reason: str
     message: str
+
+    def __post_init__(self) -> None:
+        cut = api.build_message(self.message, EVENT_MESSAGE_MAX_LENGTH)
+        object.__setattr__(self, "message", cut)
 
 
 @dataclass(frozen=True)

@@ -486,3 +486,16 @@ def test_the_planned_status_is_valid_for_the_crd_status_schema() -> None:
 )
 def test_credentials_are_redacted_from_error_texts(text: str) -> None:
     assert CANARY not in plan.build_redacted(text)
+
+
+def test_huge_messages_are_cut_so_status_and_events_stay_writable() -> None:
+    body = crd_validation.load_sample("minimal")
+    body["metadata"].update(namespace="team-a", uid="u", generation=1)
+    body["spec"]["env"] = [{"name": f"V{i}", "bad": "x" * 50} for i in range(64)]
+    invalid = api.parse_pool(body)
+    assert isinstance(invalid, api.InvalidPool) and len(invalid.message) > 1024
+    result = plan.plan(invalid, plan.Observed(now=T0, secret=OK))
+    (ready,) = [c for c in result.status.conditions or () if c.type == "Ready"]
+    assert len(ready.message) <= api.status.MESSAGE_MAX_LENGTH
+    assert all(len(e.message) <= plan.EVENT_MESSAGE_MAX_LENGTH for e in result.events)
+    assert result.events[0].message.endswith("(truncated)")

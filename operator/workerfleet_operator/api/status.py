@@ -31,6 +31,15 @@ CONDITION_TYPES: tuple[str, ...] = (READY, PROGRESSING, DEGRADED, QUEUE_REACHABL
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 """The reason format of metav1.Condition (CamelCase in practice)."""
 
+MESSAGE_MAX_LENGTH = 4096
+"""Condition messages are cut here: a status the API server refuses would never be written."""
+
+
+def build_message(text: str, limit: int = MESSAGE_MAX_LENGTH) -> str:
+    """``text`` cut to ``limit`` characters, marking the cut."""
+    suffix = " ... (truncated)"
+    return text if len(text) <= limit else text[: limit - len(suffix)] + suffix
+
 
 class StatusModel(BaseModel):
     """Base of the status models: camelCase on the wire, tolerant of unknown fields, immutable."""
@@ -177,7 +186,7 @@ def build_condition(
         type=type_,
         status=status,
         reason=reason,
-        message=message,
+        message=build_message(message),
         last_transition_time=since,
         observed_generation=generation,
     )
