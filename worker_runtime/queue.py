@@ -262,12 +262,15 @@ class QueueClient:
         self._retries: _Coalescer[_RetryItem, bool] = _Coalescer(self._flush_retries, MAX_BATCH)
         self._deads: _Coalescer[_DeadItem, bool] = _Coalescer(self._flush_deads, MAX_BATCH)
         self._releases: _Coalescer[_ReleaseItem, bool] = _Coalescer(self._flush_releases, MAX_BATCH)
+        self._enqueues: _Coalescer[EnqueueRequest, EnqueueResult] = _Coalescer(
+            self.enqueue_many, MAX_BATCH
+        )
 
     # -- enqueue -----------------------------------------------------------------------------
 
     async def enqueue(self, request: EnqueueRequest) -> EnqueueResult:
-        """Add one job (see :meth:`enqueue_many`)."""
-        return (await self.enqueue_many([request]))[0]
+        """Add one job (see :meth:`enqueue_many`); concurrent calls share one script call."""
+        return await self._enqueues.submit(request)
 
     async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
         """Add jobs atomically per batch of ≤ MAX_BATCH; idempotency keys deduplicate."""
@@ -458,6 +461,7 @@ class QueueClient:
 
     async def aclose(self) -> None:
         """Wait for every batched settle call to reach Redis."""
+        await self._enqueues.drain()
         for c in (self._acks, self._retries, self._deads, self._releases):
             await c.drain()
 

@@ -498,3 +498,19 @@ async def test_setting_wake_ends_a_blocking_fetch_at_once(
     assert await engine.fetch("w1", 5, wake=wake) == []
     await engine.enqueue(es.request())
     assert len(await engine.fetch("w2", 5)) == 1
+
+
+async def test_concurrent_single_enqueues_each_get_their_own_result(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given many producers enqueueing at the same moment (coalesced into few script calls)
+    engine = es.make_engine(engine_client, queue_name)
+    reqs = [es.request(payload={"i": i}, idempotency_key=f"k{i % 50}") for i in range(200)]
+    # When they all enqueue concurrently
+    results = await asyncio.gather(*(engine.enqueue(r) for r in reqs))
+    # Then each got an answer for its own request: 50 created, 150 deduplicated to them
+    created = {r.job_id for r in results if r.created}
+    assert len(created) == 50
+    assert all(r.job_id in created for r in results)
+    assert [r.job_id for r in results[:50]] == [q.envelope.id for q in reqs[:50]]
+    assert (await stats.fetch_queue_stats(engine_client, queue_name)).backlog == 50
