@@ -249,9 +249,15 @@ def _age(seconds: float | None) -> str:
 @_guard
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM/SIGINT (then drain and exit 0)."""
+    from worker_runtime import worker as worker_mod
+
+    # Before anything slow (importing the application): a SIGTERM that arrives while the
+    # worker starts is remembered and becomes a drain as soon as the loop runs. As PID 1 the
+    # signal would otherwise be ignored; elsewhere it would kill the process mid-start.
+    worker_mod.install_early_signal_handlers()
     from pydantic import ValidationError
 
-    from worker_runtime import config, logs, worker
+    from worker_runtime import config, logs
 
     app_path = args.app or os.environ.get("WORKERFLEET_APP")
     if not app_path:
@@ -278,7 +284,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CliError(f"invalid settings: {problems}") from None
     logs.configure(settings.log_level, settings.log_format)
     app = load_app(app_path)
-    return worker.run_worker(app, settings)
+    return worker_mod.run_worker(app, settings)
 
 
 # ---- queue stats -----------------------------------------------------------------------------

@@ -70,6 +70,20 @@ FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the lo
 _FETCH_TAKES_WAKE = "wake" in inspect.signature(queue_mod.QueueClient.fetch).parameters
 
 
+_early_signals: list[int] = []
+
+
+def _remember_signal(signum: int, frame: object) -> None:
+    # Only records the signal (async-signal-safe enough: one list append).
+    _early_signals.append(signum)
+
+
+def install_early_signal_handlers() -> None:
+    """Remember SIGTERM/SIGINT that arrive before the worker's loop installs its handlers."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _remember_signal)
+
+
 class DaemonThreadPool(concurrent.futures.Executor):
     """A bounded executor of daemon threads for sync handlers.
 
@@ -285,6 +299,8 @@ class Worker:
         if self.install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_drain, int(sig))
+            while _early_signals:
+                self.request_drain(_early_signals.pop(0))
         self._client = connection.fetch_client(
             self.settings.redis_url, socket_timeout=FETCH_BLOCK_SECONDS + 5.0
         )

@@ -173,3 +173,14 @@ def events(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
 
 def done_counts(client: redis.Redis, queue: str) -> dict[str, int]:
     return {k: int(v) for k, v in client.hgetall(f"test:{queue}:done").items()}
+
+
+def registered_pids(client: redis.Redis, queue: str) -> set[int]:
+    """PIDs of the workers with a live heartbeat (worker ids end in ``-<pid>-<random>``)."""
+    from worker_runtime import stats
+
+    pids = set()
+    for w in stats.fetch_queue_stats_sync(client, queue).workers:
+        with contextlib.suppress(ValueError, IndexError):
+            pids.add(int(w.worker_id.rsplit("-", 2)[1]))
+    return pids
