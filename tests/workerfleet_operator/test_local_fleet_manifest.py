@@ -45,6 +45,12 @@ def test_every_autoscaling_knob_of_the_spec_reaches_the_scaling_policy() -> None
     assert policy.mode == "builtin"
 
 
+def test_a_keda_pool_is_scaled_by_the_builtin_loop_locally() -> None:
+    document = support.build_manifest("keda", mode="keda")
+    document["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
+    assert manifest.build_pool(document).policy.mode == "builtin"
+
+
 def test_a_disabled_pool_runs_its_fixed_replica_count_locally() -> None:
     document = support.build_manifest("fixed", mode="disabled", replicas=2)
     policy = manifest.build_pool(document).policy

@@ -8,6 +8,7 @@ the cluster accepts. Everything here is pure except :func:`fetch_pool`, which re
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from workerfleet_operator import autoscaling
+from workerfleet_operator import api, autoscaling
 from workerfleet_operator.api import spec as spec_mod
 
 LOCAL_NAMESPACE = "local"  # the namespace label of local metrics (docs/architecture.md)
@@ -69,34 +70,9 @@ def build_pool(document: Mapping[str, Any]) -> LocalPool:
 
 
 def build_scaling_policy(spec: spec_mod.WorkerPoolSpec) -> autoscaling.ScalingPolicy:
-    """The autoscaler's policy from the spec (every ``spec.autoscaling`` knob plus concurrency)."""
-    a = spec.autoscaling
-    return autoscaling.ScalingPolicy(
-        min_replicas=a.min_replicas,
-        max_replicas=a.max_replicas,
-        concurrency=spec.concurrency,
-        target_backlog_per_replica=a.target_backlog_per_replica,
-        target_utilization=a.target_utilization,
-        target_oldest_job_age_seconds=a.target_oldest_job_age_seconds,
-        activation_backlog=a.activation_backlog,
-        polling_interval_seconds=a.polling_interval_seconds,
-        scale_up=autoscaling.StepPolicy(
-            a.scale_up.stabilization_window_seconds,
-            a.scale_up.max_step_percent,
-            a.scale_up.max_step_pods,
-        ),
-        scale_down=autoscaling.StepPolicy(
-            a.scale_down.stabilization_window_seconds,
-            a.scale_down.max_step_percent,
-            a.scale_down.max_step_pods,
-        ),
-        on_metric_failure=a.on_metric_failure,
-        fallback_replicas=a.fallback_replicas,
-        # KEDA does not exist locally: a keda-mode pool is scaled by the builtin loop.
-        mode="disabled" if a.mode == "disabled" else "builtin",
-        dry_run=a.dry_run,
-        replicas=a.replicas,
-    )
+    """The operator's policy for the pool; KEDA does not exist locally, so keda means builtin."""
+    policy = api.build_scaling_policy(spec)
+    return dataclasses.replace(policy, mode="builtin") if policy.mode == "keda" else policy
 
 
 def build_worker_env(
