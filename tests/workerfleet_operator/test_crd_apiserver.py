@@ -166,3 +166,75 @@ def test_the_api_server_accepts_every_builtin_child(
 ) -> None:
     result = _apply(cluster, child)
     assert result.returncode == 0, result.stderr
+
+
+RESTRICTED_NAMESPACE = "crd-check-restricted"
+
+
+def _ensure_restricted_namespace(cluster: kubecluster.KubeCluster) -> None:
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": RESTRICTED_NAMESPACE,
+            "labels": {
+                f"pod-security.kubernetes.io/{mode}": "restricted"
+                for mode in ("enforce", "warn", "audit")
+            },
+        },
+    }
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(namespace))
+
+
+def _deployments() -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for name, child in BUILTIN:
+        if child["kind"] == "Deployment":
+            child = yaml.safe_load(yaml.safe_dump(child))
+            child["metadata"]["namespace"] = RESTRICTED_NAMESPACE
+            found.append((name, child))
+    return found
+
+
+DEPLOYMENTS = _deployments()
+
+
+@pytest.mark.parametrize("deployment", [d for _, d in DEPLOYMENTS], ids=[i for i, _ in DEPLOYMENTS])
+def test_worker_pods_pass_the_restricted_pod_security_admission(
+    cluster: kubecluster.KubeCluster, deployment: dict[str, Any]
+) -> None:
+    # Given a namespace enforcing (and warning about) the restricted Pod Security Standard
+    _ensure_restricted_namespace(cluster)
+    # When the worker Deployment is submitted there
+    result = cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps(deployment),
+        check=False,
+    )
+    # Then it is admitted without any PodSecurity warning
+    assert result.returncode == 0, result.stderr
+    assert "PodSecurity" not in result.stderr
+
+
+def test_the_pod_security_check_does_catch_a_worker_with_extra_capabilities(
+    cluster: kubecluster.KubeCluster,
+) -> None:
+    # The control for the test above: the same Deployment with an added capability is refused.
+    _ensure_restricted_namespace(cluster)
+    deployment = yaml.safe_load(yaml.safe_dump(DEPLOYMENTS[0][1]))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["capabilities"] = {"add": ["NET_ADMIN"]}
+    result = cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=json.dumps(deployment),
+        check=False,
+    )
+    assert 'would violate PodSecurity "restricted' in result.stderr
