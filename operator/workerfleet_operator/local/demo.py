@@ -252,7 +252,8 @@ class DemoResult:
     peak_replicas: int = 0
     scale_ups: int = 0
     scale_downs: int = 0
-    workers_killed: int = 0
+    workers_killed: int = 0  # SIGKILLed by the fleet after an overdue drain
+    workers_lost: int = 0  # heartbeats that expired without deregistration (Redis' count)
     load_errors: int = 0
     poison_sent: int = 0
     flaky_sent: int = 0
@@ -261,6 +262,7 @@ class DemoResult:
     chart: pathlib.Path | None = None
     decisions: pathlib.Path | None = None
     seconds: float = 0.0
+    points: list[Point] = field(default_factory=list)
 
 
 def build_summary(result: DemoResult) -> str:
@@ -278,7 +280,8 @@ def build_summary(result: DemoResult) -> str:
         f"{result.retried}, dead-lettered {result.dead_lettered}, still queued "
         f"{result.pending}, lost {result.lost}",
         f"  scaling:  peak {result.peak_replicas} replicas, {result.scale_ups} scale-ups, "
-        f"{result.scale_downs} scale-downs, workers killed {result.workers_killed}",
+        f"{result.scale_downs} scale-downs, workers killed {result.workers_killed}, "
+        f"lost without drain {result.workers_lost}",
         f"  alerts:   {alerts} (prometheus: {result.prometheus})",
         f"  decisions: {result.decisions}",
         f"demo: enqueued={result.enqueued} completed={result.completed} "
@@ -444,6 +447,8 @@ def run_demo(
         result.scale_ups = fleet_runner.totals.scale_ups
         result.scale_downs = fleet_runner.totals.scale_downs
         result.workers_killed = fleet_runner.fleet.counters.killed
+        result.workers_lost = final.workers_lost_total
+        result.points = points
         result.decisions = decisions
         result.chart = build_chart(
             points,
