@@ -1,0 +1,69 @@
+// BullMQ peer for bench/runtime/driver.py: `node bench.js produce|work` (CommonJS; bullmq and
+// ioredis come from NODE_PATH = ~/.cache/workerfleet/bench-node/node_modules).
+// Same protocol as peers/common.py: the no-op processor counts in memory, a 20 ms timer flushes
+// bench:done (INCRBY), bench:ts:<pid> (first/last wall-clock seconds) in one MULTI.
+// produce: Queue.addBulk 1000 jobs at a time; work: one Worker, concurrency 50 (BENCH_CONCURRENCY
+// overrides), removeOnComplete/removeOnFail so finished jobs are deleted like workerfleet's.
+'use strict';
+const { Queue, Worker } = require('bullmq');
+const IORedis = require('ioredis');
+const { performance } = require('perf_hooks');
+
+const url = new URL(process.env.BENCH_REDIS_URL || 'redis://127.0.0.1:6379/0');
+const connection = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
+const JOBS = Number(process.env.BENCH_JOBS || 1000);
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY || 0) || 50;
+const QUEUE = 'bench';
+const nowSeconds = () => (performance.timeOrigin + performance.now()) / 1000;
+
+let pending = 0;
+let first = null;
+let last = 0;
+
+function hit() {
+  const now = nowSeconds();
+  pending += 1;
+  if (first === null) first = now;
+  last = now;
+}
+
+function startFlusher() {
+  const client = new IORedis(connection);
+  const key = `bench:ts:${process.pid}`;
+  setInterval(async () => {
+    if (pending === 0) return;
+    const n = pending;
+    pending = 0;
+    await client.multi().hset(key, 'first', String(first), 'last', String(last)).incrby('bench:done', n).exec();
+  }, 20);
+}
+
+async function produce() {
+  const queue = new Queue(QUEUE, { connection });
+  await queue.waitUntilReady();
+  const start = performance.now();
+  for (let i = 0; i < JOBS; i += 1000) {
+    const batch = [];
+    for (let j = i; j < Math.min(JOBS, i + 1000); j++) batch.push({ name: 'noop', data: { i: j } });
+    await queue.addBulk(batch);
+  }
+  const seconds = (performance.now() - start) / 1000;
+  console.log(JSON.stringify({ enqueued: JOBS, seconds }));
+  await queue.close();
+}
+
+function work() {
+  startFlusher();
+  const worker = new Worker(QUEUE, async () => { hit(); }, {
+    connection,
+    concurrency: CONCURRENCY,
+    removeOnComplete: { count: 0 },
+    removeOnFail: { count: 0 },
+  });
+  worker.on('error', (err) => console.error(err));
+}
+
+const cmd = process.argv[2];
+if (cmd === 'produce') produce().catch((e) => { console.error(e); process.exit(1); });
+else if (cmd === 'work') work();
+else { console.error('usage: bench.js produce|work'); process.exit(2); }

@@ -1,0 +1,550 @@
+"""Side-by-side runtime throughput benchmark; run by bench/runtime/run.sh (``make bench-runtime``).
+
+One redis-server on a free loopback port, flushed between systems. For each system: the
+producer enqueues N no-op jobs (enqueue rate measured, batched where the library offers it),
+then ONE worker process starts and the no-op handlers count jobs (see peers/common.py). A
+system's jobs/s is (N - 1) / (last job start - first job start), so interpreter start-up and
+imports are not counted; the wall time from spawn to the last job is reported too. Workers are
+killed by their process group id afterwards; every wait has a deadline.
+
+workerfleet and BullMQ run BENCH_REPEATS times (median reported); the other peers once. Then
+workerfleet alone at concurrency 1 and 8 (its default), and enqueue→start latency at half the
+measured max rate (paced producer, start timestamps recorded in the handler).
+
+Env: BENCH_JOBS (N, default 20000), BENCH_REPEATS (3), BENCH_SYSTEMS (comma list), BENCH_OUT
+(JSON path), BENCH_LAT_SECONDS (5), BENCH_DEADLINE_SECONDS (per worker run, 120).
+Prints a table and ends with the line
+``runtime: workerfleet_jps=X best_python_peer=NAME best_python_jps=Y ratio=Z bullmq_jps=W``.
+No timing is asserted anywhere: it measures and reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PEERS = HERE / "peers"
+RESULTS = ROOT / "bench" / "results"
+LOGS = RESULTS / "logs"
+
+JOBS = int(os.environ.get("BENCH_JOBS", "20000"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+DEADLINE = float(os.environ.get("BENCH_DEADLINE_SECONDS", "120"))
+LAT_SECONDS = float(os.environ.get("BENCH_LAT_SECONDS", "5"))
+PRODUCE_DEADLINE = 180.0
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    kind: str  # "python" (a venv from run.sh, or the project's .venv) | "node"
+    script: str  # peers/<script>.py or bullmq/bench.js
+    venv_env: str | None  # env var holding the peer venv; None = the project's .venv
+    package: str  # distribution whose version is reported
+    jobs_factor: float  # share of N this system gets (slow systems get fewer jobs)
+    repeats: int
+    concurrency: str  # what "typical concurrency" means for it, for the table
+
+
+SYSTEMS: tuple[System, ...] = (
+    System(
+        "workerfleet",
+        "python",
+        "wf_bench",
+        None,
+        "workerfleet",
+        1.0,
+        REPEATS,
+        "1 process, concurrency 50 (async)",
+    ),
+    System("bullmq", "node", "bench.js", None, "bullmq", 1.0, REPEATS, "1 process, concurrency 50"),
+    System(
+        "dramatiq",
+        "python",
+        "dramatiq_bench",
+        "BENCH_VENV_DRAMATIQ",
+        "dramatiq",
+        1.0,
+        1,
+        "1 process x 8 threads",
+    ),
+    System(
+        "taskiq",
+        "python",
+        "taskiq_bench",
+        "BENCH_VENV_TASKIQ",
+        "taskiq-redis",
+        0.5,
+        1,
+        "1 process, 100 async tasks (streams)",
+    ),
+    System(
+        "saq", "python", "saq_bench", "BENCH_VENV_SAQ", "saq", 0.5, 1, "1 process, concurrency 10"
+    ),
+    System(
+        "arq",
+        "python",
+        "arq_bench",
+        "BENCH_VENV_ARQ",
+        "arq",
+        0.5,
+        1,
+        "1 process, max_jobs 10, poll 10 ms",
+    ),
+    System(
+        "celery",
+        "python",
+        "celery_bench",
+        "BENCH_VENV_CELERY",
+        "celery",
+        0.5,
+        1,
+        "1 process, --pool=solo",
+    ),
+    System(
+        "rq",
+        "python",
+        "rq_bench",
+        "BENCH_VENV_RQ",
+        "rq",
+        0.1,
+        1,
+        "1 SimpleWorker (1 job at a time)",
+    ),
+)
+
+
+@dataclass
+class Run:
+    system: str
+    jobs: int
+    concurrency: int | None
+    enqueue_seconds: float = 0.0
+    enqueue_rate: float = 0.0
+    processed: int = 0
+    jps: float = 0.0
+    wall_seconds: float = 0.0
+    status: str = "ok"
+    load_before: float = 0.0
+    log: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], redis.Redis, int]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        sys.exit("bench-runtime: redis-server not found (run: make deps)")
+    for _ in range(5):
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                exe,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        client = redis.Redis(port=port, host="127.0.0.1", decode_responses=True)
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                # Make sure the server answering is the one we started (the port could race).
+                if client.info("server")["process_id"] == proc.pid:
+                    return proc, client, port
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        kill_group(proc)
+    sys.exit("bench-runtime: could not start redis-server on a free loopback port")
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group we created for ``proc`` (its pid), then reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+def command(system: System, action: str) -> list[str]:
+    if system.kind == "node":
+        return [shutil.which("node") or "node", str(HERE / "bullmq" / system.script), action]
+    return [python_of(system), str(PEERS / f"{system.script}.py"), action]
+
+
+def python_of(system: System) -> str:
+    if system.venv_env is None:
+        return sys.executable
+    venv = os.environ.get(system.venv_env)
+    if not venv:
+        raise RuntimeError(f"{system.venv_env} not set: run through bench/runtime/run.sh")
+    return str(Path(venv) / "bin" / "python")
+
+
+def child_env(port: int, jobs: int, concurrency: int | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERFLEET_")}
+    env.update(
+        BENCH_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        BENCH_JOBS=str(jobs),
+        BENCH_CONCURRENCY=str(concurrency or 0),
+        PYTHONPATH=str(PEERS),
+        PYTHONUNBUFFERED="1",
+        NODE_PATH=os.environ.get("BENCH_NODE_MODULES", ""),
+        **extra,
+    )
+    return env
+
+
+def version_of(system: System) -> str:
+    if system.kind == "node":
+        pkg = Path(os.environ.get("BENCH_NODE_MODULES", "")) / system.package / "package.json"
+        try:
+            return str(json.loads(pkg.read_text())["version"])
+        except (OSError, ValueError, KeyError):
+            return "?"
+    code = f"import importlib.metadata as m; print(m.version({system.package!r}))"
+    try:
+        out = subprocess.run(
+            [python_of(system), "-c", code], capture_output=True, text=True, timeout=30, check=True
+        )
+        return out.stdout.strip()
+    except (subprocess.SubprocessError, RuntimeError, OSError):
+        return "?"
+
+
+def available(system: System) -> str | None:
+    """Why the system cannot run here, or None."""
+    if system.kind == "node":
+        if shutil.which("node") is None:
+            return "node not found"
+        if not (Path(os.environ.get("BENCH_NODE_MODULES", "")) / "bullmq").is_dir():
+            return "bullmq not installed (run through run.sh)"
+        return None
+    try:
+        python_of(system)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+# ---- one measurement -------------------------------------------------------------------------
+
+
+def produce(system: System, env: dict[str, str], action: str = "produce") -> dict[str, Any]:
+    out = subprocess.run(
+        command(system, action),
+        env=env,
+        cwd=PEERS,
+        capture_output=True,
+        text=True,
+        timeout=PRODUCE_DEADLINE,
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"{system.name} {action} failed: {out.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def read_span(client: redis.Redis) -> tuple[float, float]:
+    firsts, lasts = [], []
+    for key in client.scan_iter("bench:ts:*"):
+        h = client.hgetall(key)
+        firsts.append(float(h["first"]))
+        lasts.append(float(h["last"]))
+    return (min(firsts), max(lasts)) if firsts else (0.0, 0.0)
+
+
+def done_count(client: redis.Redis) -> int:
+    return int(client.get("bench:done") or 0)
+
+
+def start_worker(system: System, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen(
+            command(system, "work"),
+            env=env,
+            cwd=PEERS,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for(
+    client: redis.Redis, target: int, proc: subprocess.Popen[bytes], deadline: float
+) -> str:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if done_count(client) >= target:
+            return "ok"
+        if proc.poll() is not None:
+            return f"worker exited ({proc.returncode})"
+        time.sleep(0.02)
+    return "deadline"
+
+
+def measure(
+    system: System, client: redis.Redis, port: int, jobs: int, concurrency: int | None, label: str
+) -> Run:
+    client.flushall()
+    run = Run(system.name, jobs, concurrency, load_before=os.getloadavg()[0])
+    env = child_env(port, jobs, concurrency)
+    log = LOGS / f"{label}.log"
+    run.log = str(log.relative_to(ROOT))
+    try:
+        enq = produce(system, env)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        run.status = f"producer failed: {str(exc)[:300]}"
+        return run
+    run.enqueue_seconds = float(enq["seconds"])
+    run.enqueue_rate = jobs / run.enqueue_seconds if run.enqueue_seconds else 0.0
+    spawned = time.monotonic()
+    proc = start_worker(system, env, log)
+    try:
+        run.status = wait_for(client, jobs, proc, DEADLINE)
+        run.wall_seconds = time.monotonic() - spawned
+    finally:
+        kill_group(proc)
+    time.sleep(0.05)
+    run.processed = done_count(client)
+    first, last = read_span(client)
+    if run.processed > 1 and last > first:
+        run.jps = (run.processed - 1) / (last - first)
+    return run
+
+
+def measure_latency(client: redis.Redis, port: int, rate: float) -> dict[str, Any]:
+    """Enqueue→start latency of workerfleet (concurrency 50) under a paced load of ``rate``."""
+    system = SYSTEMS[0]
+    client.flushall()
+    env = child_env(port, 1, 50, BENCH_RATE=f"{rate:.1f}", BENCH_SECONDS=str(LAT_SECONDS))
+    proc = start_worker(system, env, LOGS / "workerfleet-latency.log")
+    try:
+        # Warm-up: one unstamped job proves the worker is up before the paced load starts.
+        produce(system, env)
+        status = wait_for(client, 1, proc, 60)
+        if status != "ok":
+            return {"status": f"warm-up: {status}"}
+        paced = produce(system, env, "pace")
+        sent = int(paced["enqueued"])
+        status = wait_for(client, 1 + sent, proc, DEADLINE)
+    finally:
+        kill_group(proc)
+    time.sleep(0.05)
+    lat = sorted(float(x) for x in client.lrange("bench:lat", 0, -1))
+    if not lat:
+        return {"status": status, "samples": 0}
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, round(p / 100 * (len(lat) - 1)))]
+
+    return {
+        "status": status,
+        "target_rate": rate,
+        "achieved_rate": sent / float(paced["seconds"]),
+        "samples": len(lat),
+        "p50_ms": pct(50) * 1000,
+        "p90_ms": pct(90) * 1000,
+        "p99_ms": pct(99) * 1000,
+        "max_ms": lat[-1] * 1000,
+    }
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def median_run(runs: list[Run]) -> Run:
+    ok = [r for r in runs if r.jps > 0] or runs
+    return sorted(ok, key=lambda r: r.jps)[(len(ok) - 1) // 2]
+
+
+def fmt(x: float) -> str:
+    return f"{x:,.0f}" if x else "-"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = ["system", "version", "concurrency", "jobs", "enqueue/s", "jobs/s", "runs", "status"]
+    table = [head] + [
+        [
+            r["system"],
+            r["version"],
+            r["concurrency"],
+            f"{r['jobs']:,}",
+            fmt(r["enqueue_rate"]),
+            fmt(r["jps"]),
+            r["runs_text"],
+            r["status"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
+    for n, row in enumerate(table):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main() -> int:
+    wanted = {s.strip() for s in os.environ.get("BENCH_SYSTEMS", "").split(",") if s.strip()}
+    systems = [s for s in SYSTEMS if not wanted or s.name in wanted]
+    LOGS.mkdir(parents=True, exist_ok=True)
+    redis_proc, client, port = start_redis()
+    started = time.time()
+    rows: list[dict[str, Any]] = []
+    all_runs: dict[str, list[dict[str, Any]]] = {}
+    extras: dict[str, Any] = {}
+    print(
+        f"bench-runtime: N={JOBS:,} no-op jobs, redis-server 127.0.0.1:{port} "
+        f"(v{client.info('server')['redis_version']}), {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    try:
+        for system in systems:
+            why = available(system)
+            version = version_of(system) if why is None else "-"
+            jobs = max(100, int(JOBS * system.jobs_factor))
+            conc = 50 if system.name in ("workerfleet", "bullmq") else None
+            runs: list[Run] = []
+            if why is None:
+                for i in range(system.repeats):
+                    run = measure(system, client, port, jobs, conc, f"{system.name}-{i + 1}")
+                    runs.append(run)
+                    print(
+                        f"  {system.name} run {i + 1}/{system.repeats}: {fmt(run.jps)} jobs/s, "
+                        f"enqueue {fmt(run.enqueue_rate)}/s, {run.processed:,}/{jobs:,} "
+                        f"({run.status}, load {run.load_before:.1f})",
+                        flush=True,
+                    )
+            all_runs[system.name] = [asdict(r) for r in runs]
+            best = median_run(runs) if runs else Run(system.name, jobs, conc, status=why or "")
+            rows.append(
+                {
+                    "system": system.name,
+                    "version": version,
+                    "concurrency": system.concurrency,
+                    "jobs": jobs,
+                    "enqueue_rate": statistics.median([r.enqueue_rate for r in runs])
+                    if runs
+                    else 0.0,
+                    "jps": best.jps,
+                    "runs_text": f"median of {len(runs)}" if len(runs) > 1 else str(len(runs)),
+                    "status": best.status if runs else f"unavailable: {why}",
+                }
+            )
+
+        wf = next((r for r in rows if r["system"] == "workerfleet"), None)
+        if wf is not None and wf["jps"] > 0:
+            wf_sys = SYSTEMS[0]
+            for conc, factor in ((1, 0.25), (8, 0.5)):
+                run = measure(
+                    wf_sys, client, port, max(100, int(JOBS * factor)), conc, f"workerfleet-c{conc}"
+                )
+                extras[f"workerfleet_c{conc}"] = asdict(run)
+                print(
+                    f"  workerfleet concurrency {conc}: {fmt(run.jps)} jobs/s ({run.status})",
+                    flush=True,
+                )
+            lat = measure_latency(client, port, wf["jps"] / 2)
+            extras["latency_half_load"] = lat
+            print(f"  workerfleet latency at {fmt(wf['jps'] / 2)} jobs/s: {lat}", flush=True)
+    finally:
+        kill_group(redis_proc)
+
+    print()
+    print_table(rows)
+    wf_jps = next((r["jps"] for r in rows if r["system"] == "workerfleet"), 0.0)
+    bull_jps = next((r["jps"] for r in rows if r["system"] == "bullmq"), 0.0)
+    peers = [r for r in rows if r["system"] not in ("workerfleet", "bullmq") and r["jps"] > 0]
+    best = max(peers, key=lambda r: r["jps"]) if peers else {"system": "none", "jps": 0.0}
+    ratio = wf_jps / best["jps"] if best["jps"] else 0.0
+    print()
+    if "workerfleet_c1" in extras:
+        print(
+            f"workerfleet concurrency 1: {fmt(extras['workerfleet_c1']['jps'])} jobs/s; "
+            f"concurrency 8 (default): {fmt(extras['workerfleet_c8']['jps'])} jobs/s; "
+            f"concurrency 50: {fmt(wf_jps)} jobs/s"
+        )
+    lat = extras.get("latency_half_load")
+    if lat and "p50_ms" in lat:
+        print(
+            f"workerfleet enqueue->start latency at half load ({fmt(lat['achieved_rate'])} "
+            f"jobs/s, {lat['samples']:,} jobs): p50={lat['p50_ms']:.1f} ms "
+            f"p99={lat['p99_ms']:.1f} ms max={lat['max_ms']:.1f} ms"
+        )
+
+    out = Path(
+        os.environ.get("BENCH_OUT")
+        or RESULTS / time.strftime("runtime-%Y%m%dT%H%M%SZ.json", time.gmtime(started))
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "workerfleet_jps": wf_jps,
+        "best_python_peer": best["system"],
+        "best_python_jps": best["jps"],
+        "ratio": ratio,
+        "bullmq_jps": bull_jps,
+    }
+    out.write_text(
+        json.dumps(
+            {
+                "started": started,
+                "jobs": JOBS,
+                "cores": os.cpu_count(),
+                "duration_seconds": time.time() - started,
+                "summary": summary,
+                "table": rows,
+                "runs": all_runs,
+                "workerfleet_extras": extras,
+            },
+            indent=2,
+        )
+    )
+    print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    print(
+        f"runtime: workerfleet_jps={wf_jps:.0f} best_python_peer={best['system']} "
+        f"best_python_jps={best['jps']:.0f} ratio={ratio:.2f} bullmq_jps={bull_jps:.0f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Shared plumbing for the per-system benchmark scripts (imported by every ``*_bench.py`` here).
+
+Runs inside each peer's own venv, so it needs nothing but the standard library and redis-py.
+
+The no-op job handlers call :func:`hit`. Counting happens in process memory (a lock and two
+``time.time()`` calls, the same for every system) and a daemon thread flushes it to Redis every
+``FLUSH_SECONDS`` in one transaction, so no system pays an extra Redis round trip per job:
+
+- ``bench:done``          INCRBY of jobs handled, summed over every worker process;
+- ``bench:ts:<pid>``      hash ``first``/``last``: wall-clock time of the first and the latest job
+                          this process handled (the driver takes min(first) and max(last));
+- ``bench:lat``           list of enqueue→start latencies (seconds) for jobs whose payload
+                          carried the producer's timestamp ``t``.
+
+Producers print exactly one JSON line on stdout: ``{"enqueued": N, "seconds": S}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+FLUSH_SECONDS = 0.02
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+JOBS = int(os.environ.get("BENCH_JOBS", "1000"))
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "0"))
+QUEUE = "bench"
+
+_lock = threading.Lock()
+_pending = 0
+_first: float | None = None
+_last = 0.0
+_latencies: list[float] = []
+_flusher: threading.Thread | None = None
+_flusher_pid = 0
+
+
+def hit(enqueued_at: float | None = None) -> None:
+    """Record one handled job (called first thing in every no-op handler)."""
+    global _pending, _first, _last
+    now = time.time()
+    with _lock:
+        _pending += 1
+        if _first is None:
+            _first = now
+        _last = now
+        if enqueued_at is not None:
+            _latencies.append(now - enqueued_at)
+    if _flusher_pid != os.getpid():
+        _start_flusher()
+
+
+def _start_flusher() -> None:
+    # Started lazily on the first job, in whichever process runs handlers (prefork/fork children
+    # included), so producers importing the same module never start one.
+    global _flusher, _flusher_pid
+    with _lock:
+        if _flusher_pid == os.getpid():
+            return
+        _flusher_pid = os.getpid()
+        _flusher = threading.Thread(target=_flush_forever, name="bench-flush", daemon=True)
+        _flusher.start()
+
+
+def _flush_forever() -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    key = f"bench:ts:{os.getpid()}"
+    while True:
+        time.sleep(FLUSH_SECONDS)
+        _flush_once(client, key)
+
+
+def _flush_once(client: Any, key: str) -> None:
+    global _pending, _latencies
+    with _lock:
+        n, first, last, lats = _pending, _first, _last, _latencies
+        _pending, _latencies = 0, []
+    if n == 0:
+        return
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(key, mapping={"first": repr(first), "last": repr(last)})
+    if lats:
+        pipe.rpush("bench:lat", *[repr(x) for x in lats])
+    pipe.incrby("bench:done", n)
+    pipe.execute()
+
+
+def report_enqueue(enqueued: int, seconds: float, **extra: Any) -> None:
+    """Print the producer's one-line JSON result for the driver."""
+    print(json.dumps({"enqueued": enqueued, "seconds": seconds, **extra}), flush=True)
+
+
+def chunks(n: int, size: int) -> list[range]:
+    """Split ``range(n)`` into consecutive ranges of at most ``size``."""
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def usage(name: str) -> None:
+    print(f"usage: {name} produce|work", file=sys.stderr)
+    raise SystemExit(2)

@@ -1,0 +1,43 @@
+"""dramatiq peer for bench/runtime/driver.py: ``produce`` N no-op jobs, ``work`` runs them.
+
+The worker is dramatiq's own CLI with ``--processes 1 --threads 8`` (BENCH_CONCURRENCY
+overrides the threads): one worker process under dramatiq's supervisor, default middleware.
+dramatiq's Redis broker has no batch enqueue: the producer loops ``send``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import common
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+broker = RedisBroker(url=common.REDIS_URL)
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(queue_name=common.QUEUE, max_retries=0)
+def noop(i: int) -> None:
+    common.hit()
+
+
+def produce() -> None:
+    start = time.perf_counter()
+    for i in range(common.JOBS):
+        noop.send(i)
+    common.report_enqueue(common.JOBS, time.perf_counter() - start)
+
+
+def work() -> None:
+    threads = str(common.CONCURRENCY or 8)
+    args = [sys.executable, "-m", "dramatiq", "dramatiq_bench", "--processes", "1"]
+    args += ["--threads", threads]
+    os.execv(sys.executable, args)
+
+
+if __name__ == "__main__":
+    actions = {"produce": produce, "work": work}
+    actions.get(sys.argv[1] if len(sys.argv) > 1 else "", lambda: common.usage("dramatiq_bench"))()
