@@ -25,6 +25,7 @@ def build_view(snapshot: runner.Snapshot) -> RenderableType:
     return Panel(
         Group(
             _build_numbers(snapshot),
+            Text(_build_workers_line(snapshot), style="dim"),
             Text(""),
             _build_decision(snapshot),
             Text(""),
@@ -40,16 +41,7 @@ def _build_numbers(snapshot: runner.Snapshot) -> Table:
     for column in ("backlog", "in flight", "delayed", "DLQ", "oldest", "replicas", "ready"):
         table.add_column(column, justify="right")
     table.add_column("desired", justify="right")
-    table.add_column("workers", justify="left")
     s = snapshot.queue_stats
-    counters = snapshot.counters
-    workers = (
-        f"started {counters.started} · crashed {counters.crashed} · "
-        f"restarted {counters.restarted} · stopped {counters.stopped_cleanly} · "
-        f"killed {counters.killed}"
-    )
-    if snapshot.terminating:
-        workers = f"{snapshot.terminating} draining · " + workers
     if s is None:
         queue_cells = ["?"] * 5
     else:
@@ -63,8 +55,20 @@ def _build_numbers(snapshot: runner.Snapshot) -> Table:
     desired = str(snapshot.decision.desired)
     if snapshot.decision.scaling_limited:
         desired += " [yellow](limited)[/]"
-    table.add_row(*queue_cells, str(snapshot.replicas), str(snapshot.ready), desired, workers)
+    table.add_row(*queue_cells, str(snapshot.replicas), str(snapshot.ready), desired)
     return table
+
+
+def _build_workers_line(snapshot: runner.Snapshot) -> str:
+    counters = snapshot.counters
+    line = (
+        f"workers: started {counters.started} · crashed {counters.crashed} · "
+        f"restarted {counters.restarted} · stopped {counters.stopped_cleanly} · "
+        f"killed {counters.killed}"
+    )
+    if snapshot.terminating:
+        line = f"{snapshot.terminating} draining · " + line
+    return line
 
 
 def _build_decision(snapshot: runner.Snapshot) -> Table:
