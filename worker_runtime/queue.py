@@ -37,6 +37,9 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 MAX_BATCH = 500
 """Largest number of jobs one script call settles or enqueues (keeps each script short)."""
 
+MAX_FETCH = 1000
+"""Most jobs one fetch hands out (Lua's unpack limit and script run time stay small)."""
+
 PROMOTE_LIMIT = 1000
 """Due delayed jobs moved to the ready streams per fetch (bounds the script's run time)."""
 
@@ -317,7 +320,7 @@ class QueueClient:
         if count <= 0 or (wake is not None and wake.is_set()):
             return []
         deadline = time.monotonic() + block
-        args = self._fetch_args(worker_id, count)
+        args = self._fetch_args(worker_id, min(count, MAX_FETCH))
         while True:
             raw = await scripts.FETCH(self.client, self._k, args)
             now_ms, _poisoned, next_event, last_ids, flat = raw

@@ -514,3 +514,12 @@ async def test_concurrent_single_enqueues_each_get_their_own_result(
     assert all(r.job_id in created for r in results)
     assert [r.job_id for r in results[:50]] == [q.envelope.id for q in reqs[:50]]
     assert (await stats.fetch_queue_stats(engine_client, queue_name)).backlog == 50
+
+
+async def test_a_huge_fetch_is_capped_instead_of_failing(
+    engine_client: Any, queue_name: str
+) -> None:
+    engine = es.make_engine(engine_client, queue_name)
+    await engine.enqueue_many([es.request() for _ in range(queue.MAX_FETCH + 20)])
+    jobs = await engine.fetch("w", 50_000)
+    assert len(jobs) == queue.MAX_FETCH
