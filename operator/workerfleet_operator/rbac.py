@@ -109,8 +109,13 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
         "keda.sh",
         "scaledobjects",
         ("get", "list", "watch", "create", "patch", "update", "delete"),
-        "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling"
-        " (KEDA's Redis scaler reads the URL from the workers' env: no TriggerAuthentication)",
+        "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling",
+    ),
+    Permission(
+        "keda.sh",
+        "triggerauthentications",
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "the KEDA ScaledObject reads the Redis URL's Secret through a TriggerAuthentication",
     ),
     Permission(
         "kopf.dev",

@@ -184,6 +184,29 @@ def _literal(node: ast.expr, constants: dict[str, Any]) -> Any:
     return None
 
 
+def _built_kinds() -> set[tuple[str, str]]:
+    """(apiGroup, plural) of every child object the pure core builds (manifests.py dict literals).
+
+    Children are written by server-side apply and deleted when no longer wanted (plan.obsolete).
+    """
+    tree = ast.parse((SHELL.parent / "manifests.py").read_text())
+    built: set[tuple[str, str]] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Dict):
+            continue
+        fields = {
+            k.value: v.value
+            for k, v in zip(node.keys, node.values, strict=True)
+            if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)
+        }
+        if isinstance(fields.get("apiVersion"), str) and isinstance(fields.get("kind"), str):
+            if "name" in fields:  # a reference (scaleTargetRef, fieldRef), not an object
+                continue
+            group = str(fields["apiVersion"]).rpartition("/")[0]
+            built.add((group, str(fields["kind"]).lower() + "s"))
+    return built
+
+
 def _http_verbs_used() -> set[str]:
     source = (SHELL / "kube.py").read_text()
     return set(re.findall(r'request\(\s*"(GET|POST|PATCH|PUT|DELETE)"', source))
@@ -215,8 +238,17 @@ def test_the_kinds_the_operator_writes_allow_server_side_apply_and_status() -> N
     assert ("", "secrets", "get") in needed  # fetch_secret_value
 
 
+def test_every_child_the_operator_builds_can_be_applied_observed_and_removed() -> None:
+    needed = rbac.build_permission_set(cluster_wide=True, peering=False)
+    built = _built_kinds()
+    assert ("apps", "deployments") in built  # the scan found the builders
+    for group, plural in built:
+        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+            assert (group, plural, verb) in needed, (group, plural, verb)
+
+
 def test_nothing_is_granted_that_the_operator_never_touches() -> None:
-    touched = set(_operator_kinds().values()) | _kopf_watched() | KOPF_INTERNAL
+    touched = set(_operator_kinds().values()) | _kopf_watched() | _built_kinds() | KOPF_INTERNAL
     for permission in rbac.REQUIRED_PERMISSIONS:
         base = permission.resource.partition("/")[0]
         assert (permission.api_group, base) in touched, permission
