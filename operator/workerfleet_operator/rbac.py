@@ -24,7 +24,8 @@ In every mode the operator runs kopf with ``settings.scanning.disabled = True`` 
 names (``shell.handlers``): kopf then neither watches CRDs nor lists namespaces (see
 ``kopf._core.reactor.observation``), so no mode needs ``customresourcedefinitions`` or
 ``namespaces``. Children are written by server-side apply: creating an object that way is
-authorized as both ``patch`` and ``create``.
+authorized as both ``patch`` and ``create``. Neither the operator nor kopf ever sends PUT, so no
+rule grants ``update``; Events are only POSTed (``create``).
 """
 
 from __future__ import annotations
@@ -53,31 +54,32 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
         "workerfleet.io",
         "workerpools",
         ("get", "list", "watch", "patch"),
-        "kopf watches WorkerPools and patches their finalizer and last-handled annotations",
+        "kopf watches WorkerPools; patch is for kopf's finalizer and handler-state annotations"
+        " (today's handlers only watch: drop it if no change handler or finalizer ever comes)",
     ),
     Permission(
         "workerfleet.io",
         "workerpools/status",
-        ("get", "patch", "update"),
+        ("get", "patch"),
         "the operator writes status: replicas, queue stats, autoscaling signals, conditions",
     ),
     Permission(
         "apps",
         "deployments",
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         "each WorkerPool owns a worker Deployment; drift is restored, replicas are set by the"
         " builtin autoscaler, and the Deployment is removed when the pool is deleted",
     ),
     Permission(
         "",
         "services",
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         "each WorkerPool owns a headless metrics Service for its workers",
     ),
     Permission(
         "policy",
         "poddisruptionbudgets",
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         "each WorkerPool with more than one replica owns a PodDisruptionBudget",
     ),
     Permission(
@@ -96,25 +98,25 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission(
         "",
         "events",
-        ("create", "patch"),
+        ("create",),
         "an Event per scaling decision and per handler outcome (kopf posts events too)",
     ),
     Permission(
         "monitoring.coreos.com",
         "podmonitors",
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         "spec.metrics.podMonitor: true makes the operator own a PodMonitor for the workers",
     ),
     Permission(
         "keda.sh",
         "scaledobjects",
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling",
     ),
     Permission(
         "keda.sh",
         "triggerauthentications",
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         "the KEDA ScaledObject reads the Redis URL's Secret through a TriggerAuthentication",
     ),
     Permission(

@@ -247,6 +247,22 @@ def test_every_child_the_operator_builds_can_be_applied_observed_and_removed() -
             assert (group, plural, verb) in needed, (group, plural, verb)
 
 
+def test_no_verb_is_granted_that_no_request_of_the_operator_or_kopf_makes() -> None:
+    # HTTP method -> RBAC verbs it is authorized as (server-side apply PATCH may create).
+    verbs_of = {
+        "GET": {"get", "list", "watch"},
+        "POST": {"create"},
+        "PATCH": {"patch", "create"},
+        "PUT": {"update"},
+        "DELETE": {"delete"},
+    }
+    # kopf itself only GETs, watches, POSTs Events and PATCHes (kopf._cogs.clients.api).
+    methods = _http_verbs_used() | {"GET", "POST", "PATCH"}
+    possible = set().union(*(verbs_of[m] for m in methods))
+    granted_verbs = {v for p in rbac.REQUIRED_PERMISSIONS for v in p.verbs}
+    assert sorted(granted_verbs - possible) == []
+
+
 def test_nothing_is_granted_that_the_operator_never_touches() -> None:
     touched = set(_operator_kinds().values()) | _kopf_watched() | _built_kinds() | KOPF_INTERNAL
     for permission in rbac.REQUIRED_PERMISSIONS:
