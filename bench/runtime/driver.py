@@ -140,6 +140,8 @@ class Run:
     jps: float = 0.0
     wall_seconds: float = 0.0
     status: str = "ok"
+    cpu_us_per_job: float = 0.0
+    redis_cpu_us_per_job: float = 0.0
     load_before: float = 0.0
     log: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -308,17 +310,65 @@ def start_worker(system: System, env: dict[str, str], log: Path) -> subprocess.P
         )
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user+system, reaped children included) of every process in group ``pgid``."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            data = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2 :].split()
+        # after "pid (comm)": state ppid pgrp ... utime(14) stime cutime cstime (1-based)
+        if int(fields[2]) == pgid:
+            ticks += sum(int(x) for x in fields[11:15])
+    return ticks / CLOCK_TICKS
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+@dataclass
+class Progress:
+    """Where a worker run ended, plus CPU use between the first observed job and the end."""
+
+    status: str = "deadline"
+    cpu_us_per_job: float = 0.0  # worker process group
+    redis_cpu_us_per_job: float = 0.0
+
+
 def wait_for(
     client: redis.Redis, target: int, proc: subprocess.Popen[bytes], deadline: float
-) -> str:
+) -> Progress:
+    # CPU per job is measured from the first job seen to the end, so start-up (imports) is
+    # excluded; on a shared, busy machine it is a steadier figure than jobs/s.
+    out = Progress()
     end = time.monotonic() + deadline
+    start: tuple[int, float, float] | None = None
     while time.monotonic() < end:
-        if done_count(client) >= target:
-            return "ok"
+        done = done_count(client)
+        if start is None and done > 0:
+            start = (done, group_cpu_seconds(proc.pid), redis_cpu_seconds(client))
+        if done >= target:
+            out.status = "ok"
+            break
         if proc.poll() is not None:
-            return f"worker exited ({proc.returncode})"
+            out.status = f"worker exited ({proc.returncode})"
+            return out
         time.sleep(0.02)
-    return "deadline"
+    done = done_count(client)
+    if start is not None and done > start[0]:
+        n = done - start[0]
+        out.cpu_us_per_job = (group_cpu_seconds(proc.pid) - start[1]) / n * 1e6
+        out.redis_cpu_us_per_job = (redis_cpu_seconds(client) - start[2]) / n * 1e6
+    return out
 
 
 def measure(
@@ -339,7 +389,10 @@ def measure(
     spawned = time.monotonic()
     proc = start_worker(system, env, log)
     try:
-        run.status = wait_for(client, jobs, proc, DEADLINE)
+        progress = wait_for(client, jobs, proc, DEADLINE)
+        run.status = progress.status
+        run.cpu_us_per_job = progress.cpu_us_per_job
+        run.redis_cpu_us_per_job = progress.redis_cpu_us_per_job
         run.wall_seconds = time.monotonic() - spawned
     finally:
         kill_group(proc)
@@ -360,12 +413,12 @@ def measure_latency(client: redis.Redis, port: int, rate: float) -> dict[str, An
     try:
         # Warm-up: one unstamped job proves the worker is up before the paced load starts.
         produce(system, env)
-        status = wait_for(client, 1, proc, 60)
+        status = wait_for(client, 1, proc, 60).status
         if status != "ok":
             return {"status": f"warm-up: {status}"}
         paced = produce(system, env, "pace")
         sent = int(paced["enqueued"])
-        status = wait_for(client, 1 + sent, proc, DEADLINE)
+        status = wait_for(client, 1 + sent, proc, DEADLINE).status
     finally:
         kill_group(proc)
     time.sleep(0.05)
@@ -401,7 +454,8 @@ def fmt(x: float) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = ["system", "version", "concurrency", "jobs", "enqueue/s", "jobs/s", "runs", "status"]
+    head = ["system", "version", "concurrency", "jobs", "enqueue/s", "jobs/s", "runs"]
+    head += ["worker CPU us/job", "jobs/CPU-s", "redis CPU us/job", "status"]
     table = [head] + [
         [
             r["system"],
@@ -411,6 +465,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             fmt(r["enqueue_rate"]),
             fmt(r["jps"]),
             r["runs_text"],
+            fmt(r["cpu_us_per_job"]),
+            fmt(1e6 / r["cpu_us_per_job"] if r["cpu_us_per_job"] else 0.0),
+            fmt(r["redis_cpu_us_per_job"]),
             r["status"],
         ]
         for r in rows
@@ -450,7 +507,8 @@ def main() -> int:
                     runs.append(run)
                     print(
                         f"  {system.name} run {i + 1}/{system.repeats}: {fmt(run.jps)} jobs/s, "
-                        f"enqueue {fmt(run.enqueue_rate)}/s, {run.processed:,}/{jobs:,} "
+                        f"enqueue {fmt(run.enqueue_rate)}/s, {run.processed:,}/{jobs:,}, "
+                        f"worker CPU {run.cpu_us_per_job:.0f} us/job "
                         f"({run.status}, load {run.load_before:.1f})",
                         flush=True,
                     )
@@ -466,6 +524,14 @@ def main() -> int:
                     if runs
                     else 0.0,
                     "jps": best.jps,
+                    "cpu_us_per_job": statistics.median([r.cpu_us_per_job for r in runs])
+                    if runs
+                    else 0.0,
+                    "redis_cpu_us_per_job": statistics.median(
+                        [r.redis_cpu_us_per_job for r in runs]
+                    )
+                    if runs
+                    else 0.0,
                     "runs_text": f"median of {len(runs)}" if len(runs) > 1 else str(len(runs)),
                     "status": best.status if runs else f"unavailable: {why}",
                 }
@@ -480,7 +546,8 @@ def main() -> int:
                 )
                 extras[f"workerfleet_c{conc}"] = asdict(run)
                 print(
-                    f"  workerfleet concurrency {conc}: {fmt(run.jps)} jobs/s ({run.status})",
+                    f"  workerfleet concurrency {conc}: {fmt(run.jps)} jobs/s, "
+                    f"worker CPU {run.cpu_us_per_job:.0f} us/job ({run.status})",
                     flush=True,
                 )
             lat = measure_latency(client, port, wf["jps"] / 2)
