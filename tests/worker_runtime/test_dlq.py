@@ -144,3 +144,19 @@ def test_a_dead_letter_record_with_a_broken_envelope_still_parses() -> None:
         '{"id":"x","reason":"unparseable_json","envelope":"{oops","history":{},"attempts":0}'
     )
     assert (rec.job_id, rec.task, rec.payload, rec.history) == ("x", None, None, ())
+
+
+async def test_replay_skips_a_dead_letter_whose_job_id_is_live_again(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose id was enqueued again meanwhile
+    engine = es.make_engine(engine_client, queue_name)
+    [job_id] = await dead_letter_n(engine, 1)
+    env = es.request().envelope.model_copy(update={"id": job_id})
+    assert (await engine.enqueue(queue.EnqueueRequest(envelope=env))).created
+    # When the DLQ is replayed
+    replayed = await dlq.apply_replay(engine_client, queue_name, job_ids=[job_id])
+    # Then nothing is replayed (no second copy) and the record stays
+    assert replayed == []
+    assert await dlq.fetch_dead_letter(engine_client, queue_name, job_id) is not None
+    assert len(await engine.fetch("w", 10)) == 1

@@ -3,6 +3,7 @@
 --          {wf:Q}:history (restored), {wf:Q}:ready:<prio> (XADD), {wf:Q}:counters (replayed).
 -- ARGV: reset attempts 1|0, limit, then job ids (none = the oldest `limit` entries).
 -- Returns: the replayed job ids. Lost deliveries always restart at 0: replay is a human decision.
+-- An id that is live again is skipped (it stays in the DLQ).
 local reset = ARGV[1] == '1'
 local limit = tonumber(ARGV[2])
 local ids = {}
@@ -14,7 +15,8 @@ end
 local out = {}
 for _, id in ipairs(ids) do
   local rec = dec(redis.call('HGET', K_DLQDATA, id))
-  if rec then
+  -- a job id that is live again (re-enqueued meanwhile) stays in the DLQ: never two copies
+  if rec and redis.call('HEXISTS', K_ENV, id) == 0 then
     local env = rec.envelope or ''
     local prio = rec.priority
     if not K_READY[prio] then prio = 'normal' end
