@@ -221,15 +221,18 @@ class _Coalescer(Generic[T, R]):
             del self._pending[: self._max]
             try:
                 results = await self._flush([item for item, _ in batch])
-            except BaseException as exc:
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
+            except asyncio.CancelledError:
+                for _, fut in batch + self._pending:
+                    fut.cancel()
+                self._pending.clear()
+                raise
+            except Exception as exc:
+                # every caller of this batch sees the error (e.g. Redis unreachable)
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    for _, fut in self._pending:
-                        fut.cancel()
-                    self._pending.clear()
-                    raise
                 continue
             for (_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
