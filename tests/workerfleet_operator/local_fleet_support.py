@@ -123,10 +123,13 @@ def driven_fleet(
     *,
     redis_server: embedded_redis.EmbeddedRedis | None = None,
     metrics_port: int | None = None,
+    drain_seconds: float = 10.0,
     **autoscaling: Any,
 ) -> Iterator[DrivenFleet]:
     """Given an embedded Redis and a pool, a runner the test polls; drained on exit."""
-    pool = manifest.build_pool(build_manifest(name, **autoscaling))
+    document = build_manifest(name, **autoscaling)
+    document["spec"]["drain"] = {"timeoutSeconds": drain_seconds}
+    pool = manifest.build_pool(document)
     own = redis_server is None
     server = redis_server or embedded_redis.EmbeddedRedis(tmp_path / "redis").start()
     fleet_runner = runner.FleetRunner(

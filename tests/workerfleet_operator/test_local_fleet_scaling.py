@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
+import time
 import urllib.request
 
 import local_fleet_support as support
@@ -112,6 +114,30 @@ def test_a_crashed_worker_is_restarted_under_the_same_pod_name(tmp_path: pathlib
         )
         assert new_pid != pid
         assert any(e.kind == "Crashed" and e.pod == pod for e in fleet.runner.fleet.events)
+
+
+def test_a_worker_that_outlives_its_drain_budget_is_killed_and_counted(
+    tmp_path: pathlib.Path,
+) -> None:
+    with support.driven_fleet(tmp_path, "stuck", minReplicas=1, drain_seconds=1) as fleet:
+        # Given one worker that cannot react to signals (stopped by SIGSTOP)
+        fleet.drive_until(lambda s: s.ready == 1, timeout=15, message="one ready worker")
+        pod, pid = next(iter(fleet.runner.fleet.pids.items()))
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            # When the fleet stops it
+            started = time.monotonic()
+            fleet.runner.fleet.stop_all()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        # Then it is killed after drain budget + margin, and the kill is counted and logged
+        waited = time.monotonic() - started
+        grace = fleet.runner.fleet.grace_seconds
+        assert grace <= waited < grace + 5
+        assert fleet.runner.fleet.counters.killed == 1
+        assert any(e.kind == "Killed" and e.pod == pod for e in fleet.runner.fleet.events)
+        assert fleet.runner.fleet.replicas == 0
 
 
 def test_when_redis_becomes_unreachable_the_fleet_holds_its_workers_and_says_why(
