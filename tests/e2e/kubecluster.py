@@ -54,6 +54,13 @@ class ClusterStartError(RuntimeError):
     """The control plane did not come up; the message carries each component's log tail."""
 
 
+class ToolError(subprocess.CalledProcessError):
+    """A kubectl/helm call failed; unlike its base class, the message carries stderr."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}\nstderr: {self.stderr}\nstdout: {self.output}"
+
+
 @dataclass
 class Component:
     """One running control-plane process and where its output goes."""
@@ -144,9 +151,7 @@ def run_tool(
         [str(exe), *args], input=input, capture_output=True, text=True, timeout=timeout, env=env
     )
     if check and result.returncode != 0:
-        raise subprocess.CalledProcessError(
-            result.returncode, result.args, output=result.stdout, stderr=result.stderr
-        )
+        raise ToolError(result.returncode, result.args, output=result.stdout, stderr=result.stderr)
     return result
 
 
