@@ -15,8 +15,11 @@ How a decision is made (the order matters, and each step that changes the value 
    - ``capacity``: (backlog + in-flight) / (concurrency x targetUtilization). Counting in-flight
      jobs is what makes a busy queue with an empty backlog keep its workers.
    - ``latency`` (only with targetOldestJobAgeSeconds = T): Little's law. With arrival rate
-     lambda (jobs/s, from the rise of ``enqueued_total`` over the carried history) and service
-     rate mu per replica (jobs/s, measured), ``(lambda / targetUtilization + backlog / T) / mu``
+     lambda (jobs/s, from the rise of ``enqueued_total`` over the carried history, at most
+     ``rate_window_seconds`` = 15 s or three polls) and service rate mu per replica (jobs/s:
+     heartbeats' processed jobs per busy slot-second x concurrency; before two heartbeats of a
+     worker exist, Little's law again: concurrency x completion rate / mean in-flight),
+     ``(lambda / targetUtilization + backlog / T) / mu``
      replicas keep up with arrivals with the same headroom as the capacity signal and drain the
      current backlog within T, so the newest waiting job starts within T. When the oldest waiting
      job is already older than T the scaler also reacts HPA-style,
@@ -29,7 +32,8 @@ How a decision is made (the order matters, and each step that changes the value 
    ``>=`` (KEDA uses ``>``, with a default of 0) so the default ``activationBacklog: 1`` reads
    "the first job wakes the pool".
 3. In-flight floor: never below what running jobs need — ``max(ceil(in_flight / concurrency),
-   busy workers)`` where busy workers are non-draining heartbeats holding at least one job — and
+   busy workers)`` where busy workers are non-draining heartbeats holding at least one job
+   (capped at the queue's exact in-flight count, since heartbeats lag by up to lease/3) — and
    never raised by it above the current count. Together with deletion costs this is how scale-in
    avoids busy pods (KEDA's pain point 1).
 4. ``minReplicas``/``maxReplicas`` clamp.
@@ -45,6 +49,9 @@ How a decision is made (the order matters, and each step that changes the value 
    the defaults 100 % / 4 pods allow 2 -> 6), and always by at least one pod so 0 -> 1 and 1 -> 0
    stay possible.
 7. ``minReplicas``/``maxReplicas`` again: they are hard limits and win over everything above.
+
+``scaling_limited`` (the ScalingLimited condition) is set when the pool is already at
+maxReplicas, the signals want more, and the backlog grew over the rate window.
 
 If the queue cannot be read, the decision holds the current count (``onMetricFailure: hold``) or
 goes to ``fallbackReplicas`` (``fallback``), says why in the reason and records the held value
