@@ -15,23 +15,38 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 ROOT_LOGGER = "workerfleet"
 
 
+class JobLogFields(Protocol):
+    """What a log record written on behalf of a job carries (read only when a record is made)."""
+
+    @property
+    def job_id(self) -> str: ...
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def queue(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class JobLogContext:
-    """What every log record written on behalf of a job carries."""
+    """A plain :class:`JobLogFields` (the worker binds its own held-job record instead)."""
 
     job_id: str
-    task: str
+    task_name: str
     correlation_id: str | None
     attempt: int
     queue: str
 
 
-_current_job: contextvars.ContextVar[JobLogContext | None] = contextvars.ContextVar(
+_current_job: contextvars.ContextVar[JobLogFields | None] = contextvars.ContextVar(
     "workerfleet_current_job", default=None
 )
 
@@ -42,17 +57,17 @@ _RESERVED = frozenset(
 )
 
 
-def bind_job(context: JobLogContext | None) -> contextvars.Token[JobLogContext | None]:
+def bind_job(context: JobLogFields | None) -> contextvars.Token[JobLogFields | None]:
     """Make ``context`` the current job for log records in this context; returns a reset token."""
     return _current_job.set(context)
 
 
-def unbind_job(token: contextvars.Token[JobLogContext | None]) -> None:
+def unbind_job(token: contextvars.Token[JobLogFields | None]) -> None:
     """Undo :func:`bind_job`."""
     _current_job.reset(token)
 
 
-def current_job() -> JobLogContext | None:
+def current_job() -> JobLogFields | None:
     """The job whose handler is running in this context, if any."""
     return _current_job.get()
 
@@ -68,7 +83,7 @@ def build_log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
     job = _current_job.get()
     if job is not None:
         fields["job_id"] = job.job_id
-        fields["task"] = job.task
+        fields["task"] = job.task_name
         fields["attempt"] = job.attempt
         fields["queue"] = job.queue
         if job.correlation_id is not None:
@@ -95,7 +110,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         job = _current_job.get()
-        where = f" [{job.task} {job.job_id}]" if job is not None else ""
+        where = f" [{job.task_name} {job.job_id}]" if job is not None else ""
         line = f"{stamp} {record.levelname.lower():<7} {record.name}{where}: {record.getMessage()}"
         if record.exc_info and record.exc_info[0] is not None:
             line += "\n" + self.formatException(record.exc_info)

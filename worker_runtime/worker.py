@@ -45,7 +45,6 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
@@ -67,6 +66,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the loop looks around
+WATCHDOG_SECONDS = 0.05  # job timeouts are enforced with this precision
 _FETCH_TAKES_WAKE = "wake" in inspect.signature(queue_mod.QueueClient.fetch).parameters
 
 
@@ -148,19 +148,59 @@ class DaemonThreadPool(concurrent.futures.Executor):
                 t.join()
 
 
-@dataclass
 class _Held:
-    """One job this worker holds, from fetch until its settle returned."""
+    """One job this worker holds, from fetch until its settle returned.
 
-    job: queue_mod.Job
-    spec: app_mod.TaskSpec | None
-    ctx: app_mod.JobContext | None
-    started_wall: float
-    started: float = 0.0
-    task: asyncio.Task[None] | None = None
-    lost: bool = False  # renewal found the lease gone: never settle
-    released: bool = False  # drain released it: the handler's result is discarded
-    settling: bool = False  # the handler finished; its settle call is on its way
+    It doubles as the job's log context (:class:`worker_runtime.logs.JobLogFields`): the
+    fields are read only when a record is actually written, so binding it costs nothing.
+    """
+
+    __slots__ = (
+        "ctx",
+        "deadline",
+        "job",
+        "lost",
+        "queue",
+        "released",
+        "settling",
+        "spec",
+        "started",
+        "started_wall",
+        "task",
+        "timed_out",
+    )
+
+    def __init__(
+        self, job: queue_mod.Job, spec: app_mod.TaskSpec | None, queue: str, now: float
+    ) -> None:
+        self.job = job
+        self.spec = spec
+        self.queue = queue
+        self.ctx: app_mod.JobContext | None = None
+        self.started_wall = now
+        self.started = 0.0
+        self.deadline = 0.0  # monotonic; 0 = not running a handler (yet)
+        self.task: asyncio.Task[None] | None = None
+        self.lost = False  # renewal found the lease gone: never settle
+        self.released = False  # drain released it: the handler's result is discarded
+        self.settling = False  # the handler finished; its settle call is on its way
+        self.timed_out = False  # the watchdog cancelled it at its timeout
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def task_name(self) -> str:
+        return self.job.envelope.task
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.job.envelope.correlation_id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts + 1
 
 
 class Worker:
@@ -181,6 +221,7 @@ class Worker:
         self.concurrency = settings.concurrency
         self.install_signal_handlers = install_signal_handlers
         self.metrics = metrics.WorkerMetrics(self.queue_name)
+        self.metrics.in_flight.set_function(lambda: len(self.held))
         self.health = health.HealthState(settings.health_stale_after_seconds)
         rate = None
         if settings.rate_limit_jobs is not None and settings.rate_limit_per_seconds is not None:
@@ -200,6 +241,7 @@ class Worker:
             max_seconds=settings.retry_backoff_max_seconds,
             jitter=settings.retry_backoff_jitter,
         )
+        self.default_timeout = settings.job_timeout_seconds
         self.held: dict[str, _Held] = {}
         self._held_lock = threading.Lock()
         self._zombies = 0  # timed-out sync handlers still occupying a thread (and a slot)
@@ -276,7 +318,9 @@ class Worker:
                     h.ctx.leased_until = leased_until
             for job_id in result.lost:
                 h = self.held.get(job_id)
-                if h is not None and not h.lost:
+                # A job whose settle is on its way may already be acked (the snapshot raced
+                # the ack): its settle's own result decides, not the renewal.
+                if h is not None and not h.lost and not h.settling:
                     h.lost = True
                     if h.ctx is not None:
                         h.ctx.lease_lost = True
@@ -310,6 +354,7 @@ class Worker:
         self.control = _ControlThread(self)
         self.control.start()
         ticker = asyncio.create_task(self._tick_forever())
+        watchdog = asyncio.create_task(self._watch_timeouts())
         log.info(
             "worker started",
             extra={
@@ -325,6 +370,7 @@ class Worker:
             await self._drain()
         finally:
             ticker.cancel()
+            watchdog.cancel()
             await self._shutdown()
             if self.install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -391,36 +437,36 @@ class Worker:
     # ---- running one job -------------------------------------------------------------------
 
     def _start(self, job: queue_mod.Job) -> None:
-        env = job.envelope
-        spec = self.app.tasks.get(env.task)
-        ctx = None
-        if spec is not None:
-            ctx = app_mod.JobContext(
-                job_id=job.id,
-                task=env.task,
-                queue=self.queue_name,
-                attempt=job.attempts + 1,
-                deliveries=job.deliveries,
-                correlation_id=env.correlation_id,
-                idempotency_key=env.idempotency_key,
-                enqueued_at=env.enqueued_at,
-                headers=env.headers,
-                priority=env.priority,
-                leased_until=job.leased_until,
-                worker_id=self.worker_id,
-                logger=spec.logger,
-                idempotency=self._is_done,
-                loop=self._loop,
-            )
-        h = _Held(job=job, spec=spec, ctx=ctx, started_wall=time.time())
+        h = _Held(job, self.app.tasks.get(job.envelope.task), self.queue_name, time.time())
         with self._held_lock:
             self.held[job.id] = h
-        self.metrics.in_flight.set(len(self.held))
         if self.draining:
             # A fetch that was already on its way when the drain began: give the job back.
             h.task = asyncio.create_task(self._release_fetched(h))
             return
         h.task = asyncio.create_task(self._run(h))
+
+    def _build_context(self, h: _Held, spec: app_mod.TaskSpec) -> app_mod.JobContext:
+        job = h.job
+        env = job.envelope
+        h.ctx = app_mod.JobContext(
+            job_id=job.id,
+            task=env.task,
+            queue=self.queue_name,
+            attempt=job.attempts + 1,
+            deliveries=job.deliveries,
+            correlation_id=env.correlation_id,
+            idempotency_key=env.idempotency_key,
+            enqueued_at=env.enqueued_at,
+            headers=env.headers,
+            priority=env.priority,
+            leased_until=job.leased_until,
+            worker_id=self.worker_id,
+            logger=spec.logger,
+            idempotency=self._is_done,
+            loop=self._loop,
+        )
+        return h.ctx
 
     async def _is_done(self, key: str) -> bool:
         from worker_runtime import idempotency
@@ -428,18 +474,10 @@ class Worker:
         return await idempotency.fetch_is_done(self._client, self.queue_name, key)
 
     async def _run(self, h: _Held) -> None:
-        job = h.job
-        env = job.envelope
+        # The hot path: keep it to one coroutine frame for async handlers.
+        env = h.job.envelope
         spec = h.spec
-        token = logs.bind_job(
-            logs.JobLogContext(
-                job_id=job.id,
-                task=env.task,
-                correlation_id=env.correlation_id,
-                attempt=job.attempts + 1,
-                queue=self.queue_name,
-            )
-        )
+        token = logs.bind_job(h)
         try:
             if spec is None:
                 # Never import anything a message names: unknown tasks go to the DLQ.
@@ -460,14 +498,33 @@ class Worker:
                     message=str(exc)[:4000],
                 )
                 return
-            timeout = (
-                spec.timeout if spec.timeout is not None else self.settings.job_timeout_seconds
-            )
+            limit = spec.timeout if spec.timeout is not None else self.default_timeout
             h.started = time.perf_counter()
-            if spec.is_async:
-                await self._run_async(h, spec, payload, timeout)
-            else:
-                await self._run_sync(h, spec, payload, timeout)
+            h.deadline = time.monotonic() + limit
+            if not spec.is_async:
+                await self._run_sync(h, spec, payload, limit)
+                return
+            try:
+                if spec.wants_context:
+                    await spec.handler(payload, self._build_context(h, spec))
+                else:
+                    await spec.handler(payload)
+            except asyncio.CancelledError:
+                if not h.timed_out or h.released:
+                    raise
+                self._uncancel()
+                expired = TimeoutError(f"{spec.name} timed out after {limit}s (cancelled)")
+                await self._failed(h, spec, expired, True)
+                return
+            except BaseException as exc:
+                await self._failed(h, spec, exc, False)
+                return
+            if h.timed_out:  # the handler swallowed the cancellation: still a timeout
+                self._uncancel()
+                expired = TimeoutError(f"{spec.name} timed out after {limit}s")
+                await self._failed(h, spec, expired, True)
+                return
+            await self._completed(h, spec)
         except asyncio.CancelledError:
             if not h.released:
                 raise
@@ -475,53 +532,59 @@ class Worker:
             logs.unbind_job(token)
             self._forget(h)
 
-    async def _run_async(
-        self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float
-    ) -> None:
-        args = (payload, h.ctx) if spec.wants_context else (payload,)
+    @staticmethod
+    def _uncancel() -> None:
+        # The cancellation was ours (timeout) and has been handled: later awaits must work.
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+
+    async def _run_sync(self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float) -> None:
+        assert self._pool is not None and self._loop is not None
+        args = (payload, self._build_context(h, spec)) if spec.wants_context else (payload,)
+        context = contextvars.copy_context()  # carries the job's log fields into the thread
+        cfut = self._pool.submit(context.run, spec.handler, *args)
         try:
-            async with asyncio.timeout(limit) as cm:
-                await spec.handler(*args)
-        except TimeoutError as exc:
-            if cm.expired():
-                expired = TimeoutError(f"{spec.name} timed out after {limit}s (cancelled)")
-                await self._failed(h, spec, expired, True)
-            else:
-                await self._failed(h, spec, exc, False)
+            await asyncio.wrap_future(cfut, loop=self._loop)
+        except asyncio.CancelledError:
+            if not cfut.done() and not cfut.cancelled():
+                # The thread cannot be stopped: it keeps its slot until the function returns.
+                self._zombies += 1
+                loop = self._loop
+                cfut.add_done_callback(lambda _: loop.call_soon_threadsafe(self._zombie_done))
+            if not h.timed_out or h.released:
+                raise
+            self._uncancel()
+            expired = TimeoutError(f"{spec.name} timed out after {limit}s (thread left to finish)")
+            await self._failed(h, spec, expired, True)
             return
-        except Exception as exc:
+        except BaseException as exc:
             await self._failed(h, spec, exc, False)
             return
         await self._completed(h, spec)
 
-    async def _run_sync(self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float) -> None:
-        assert self._pool is not None and self._loop is not None
-        args = (payload, h.ctx) if spec.wants_context else (payload,)
-        context = contextvars.copy_context()  # carries the job's log fields into the thread
-        cfut = self._pool.submit(context.run, spec.handler, *args)
-        fut = asyncio.wrap_future(cfut, loop=self._loop)
-        done, _ = await asyncio.wait((fut,), timeout=limit)
-        if not done:
-            # The thread cannot be stopped: fail the attempt now, keep the slot until it returns.
-            self._zombies += 1
-            fut.add_done_callback(self._zombie_done)
-            expired = TimeoutError(f"{spec.name} timed out after {limit}s (thread left to finish)")
-            await self._failed(h, spec, expired, True)
-            return
-        exc = fut.exception()
-        if exc is None:
-            await self._completed(h, spec)
-        elif isinstance(exc, Exception):
-            await self._failed(h, spec, exc, False)
-        else:
-            raise exc
-
-    def _zombie_done(self, fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled():
-            fut.exception()  # retrieve it so asyncio does not log "never retrieved"
+    def _zombie_done(self) -> None:
         self._zombies -= 1
         if self._wake is not None:
             self._wake.set()
+
+    async def _watch_timeouts(self) -> None:
+        # One watchdog instead of a timer per job: cancels handlers past their deadline
+        # (precision: WATCHDOG_SECONDS).
+        while True:
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            if not self.held:
+                continue
+            now = time.monotonic()
+            for h in list(self.held.values()):
+                if (
+                    h.deadline
+                    and now >= h.deadline
+                    and not (h.timed_out or h.settling or h.released or h.lost)
+                    and h.task is not None
+                ):
+                    h.timed_out = True
+                    h.task.cancel()
 
     def _ran_for(self, h: _Held) -> float:
         seconds = time.perf_counter() - h.started
@@ -668,7 +731,6 @@ class Worker:
         with self._held_lock:
             self.held.pop(h.job.id, None)
         self.processed += 1
-        self.metrics.in_flight.set(len(self.held))
         if self._wake is not None:
             self._wake.set()
 
@@ -754,7 +816,6 @@ class Worker:
                 await self._client.aclose()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
-        self.metrics.in_flight.set(0)
         self.health.stopped = True
 
 

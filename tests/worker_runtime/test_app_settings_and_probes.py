@@ -154,7 +154,7 @@ def test_json_log_records_carry_the_bound_job_and_extra_fields() -> None:
         log = logs.get_logger("unit", component="test")
         token = logs.bind_job(
             logs.JobLogContext(
-                job_id="j-9", task="send", correlation_id="c-9", attempt=2, queue="q"
+                job_id="j-9", task_name="send", correlation_id="c-9", attempt=2, queue="q"
             )
         )
         try:

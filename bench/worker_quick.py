@@ -1,0 +1,155 @@
+"""Quick throughput check of ONE worker process on no-op jobs (not a timed test; prints only).
+
+Starts its own redis-server on a free loopback port (or uses ``--redis-url``), enqueues N no-op
+jobs with the batched producer, then starts ``python -m worker_runtime worker`` exactly as a pod
+would and measures from the first to the last acknowledgement (polling the queue stats), plus
+the worker's CPU time per job from /proc. Repeats for each ``--concurrency`` value.
+
+    .venv/bin/python bench/worker_quick.py --jobs 50000 --concurrency 1 8 50 --handler async
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "operator")]
+
+from worker_runtime import producer, stats  # noqa: E402
+
+APP_MODULE = '''
+from pydantic import BaseModel
+from worker_runtime import App
+import os
+app = App(queue=os.environ["WORKERFLEET_QUEUE"])
+class Noop(BaseModel):
+    i: int
+@app.task("noop")
+async def noop(payload: Noop) -> None:
+    return None
+@app.task("noop-sync")
+def noop_sync(payload: Noop) -> None:
+    return None
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def run_once(url: str, jobs: int, concurrency: int, task: str, app_dir: str) -> dict[str, float]:
+    queue = f"bench-{concurrency}-{int(time.time() * 1000) % 100000}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    p = producer.SyncProducer(client, queue)
+    t = time.perf_counter()
+    for start in range(0, jobs, 5000):
+        p.enqueue_many(
+            [producer.JobSpec(task, {"i": i}) for i in range(start, min(jobs, start + 5000))]
+        )
+    enqueue_rate = jobs / (time.perf_counter() - t)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([app_dir, str(REPO), str(REPO / "operator")]),
+        "WORKERFLEET_REDIS_URL": url,
+        "WORKERFLEET_QUEUE": queue,
+        "WORKERFLEET_CONCURRENCY": str(concurrency),
+        "WORKERFLEET_METRICS_PORT": "0",
+        "WORKERFLEET_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker_runtime", "worker", "wfquick_app:app"], env=env, cwd=REPO
+    )
+    try:
+        first = None
+        cpu0 = 0.0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = stats.fetch_queue_stats_sync(client, queue).completed_total
+            if first is None and done > 0:
+                first, first_done, cpu0 = time.perf_counter(), done, cpu_seconds(proc.pid)
+            if done >= jobs:
+                break
+            time.sleep(0.01)
+        assert first is not None
+        elapsed = time.perf_counter() - first
+        cpu = cpu_seconds(proc.pid) - cpu0
+        measured = jobs - first_done
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        client.close()
+    return {
+        "jobs_per_second": measured / elapsed,
+        "cpu_us_per_job": cpu / measured * 1e6,
+        "enqueue_per_second": enqueue_rate,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=50_000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 50])
+    parser.add_argument("--handler", choices=("async", "sync"), default="async")
+    parser.add_argument("--redis-url", default=None)
+    args = parser.parse_args()
+    app_dir = tempfile.mkdtemp(prefix="wfquick-")
+    Path(app_dir, "wfquick_app.py").write_text(APP_MODULE)
+    server = None
+    url = args.redis_url
+    if url is None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("redis-server not found (make deps)", file=sys.stderr)
+            return 1
+        port = free_port()
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--dir", app_dir],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        url = f"redis://127.0.0.1:{port}/0"
+        probe = redis.Redis.from_url(url)
+        for _ in range(200):
+            try:
+                probe.ping()
+                break
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        probe.close()
+    task = "noop" if args.handler == "async" else "noop-sync"
+    try:
+        print(f"{'concurrency':>11} {'jobs/s':>9} {'cpu us/job':>10} {'enqueue/s':>10}")
+        for c in args.concurrency:
+            r = run_once(url, args.jobs, c, task, app_dir)
+            print(
+                f"{c:>11} {r['jobs_per_second']:>9,.0f} {r['cpu_us_per_job']:>10.1f} "
+                f"{r['enqueue_per_second']:>10,.0f}"
+            )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+        shutil.rmtree(app_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
