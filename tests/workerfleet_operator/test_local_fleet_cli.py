@@ -154,6 +154,23 @@ def test_workerfleet_run_refuses_an_invalid_manifest_with_exit_code_2(
     assert "minReplicas must not exceed maxReplicas" in output
 
 
+def test_workerfleet_run_says_how_to_fix_a_metrics_port_in_use(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        manifest_path = support.write_manifest(tmp_path, support.build_manifest("busyport"))
+        process = _run_cli(
+            [str(manifest_path), "--metrics-port", str(port), "--no-view", "--seconds", "1"],
+            tmp_path,
+            dict(os.environ),
+        )
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in output
+    assert "--metrics-port 0" in output
+
+
 def test_the_embedded_redis_keeps_accepted_jobs_across_a_restart_in_a_given_directory(
     tmp_path: pathlib.Path,
 ) -> None:

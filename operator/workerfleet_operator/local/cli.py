@@ -126,15 +126,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
     try:
         with open_redis(url, args.data_dir) as redis_target:
-            fleet_runner = runner.FleetRunner(
-                pool,
-                redis_url=redis_target.url,
-                log_dir=log_dir,
-                app_path=args.app_path,
-                metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-                poll_interval=args.poll_interval,
-                redis_label=redis_target.label,
-            )
+            try:
+                fleet_runner = runner.FleetRunner(
+                    pool,
+                    redis_url=redis_target.url,
+                    log_dir=log_dir,
+                    app_path=args.app_path,
+                    metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+                    poll_interval=args.poll_interval,
+                    redis_label=redis_target.label,
+                )
+            except OSError as exc:
+                print(
+                    f"workerfleet: cannot serve metrics on 127.0.0.1:{args.metrics_port} "
+                    f"({exc.strerror or exc}); pass --metrics-port 0 for any free port",
+                    file=sys.stderr,
+                )
+                return 1
             console.print(
                 f"workerfleet run: pool {pool.name}, queue {pool.queue}, redis "
                 f"{redis_target.label}, metrics "
