@@ -329,15 +329,7 @@ class QueueClient:
             now_ms, _poisoned, next_event, last_ids, flat = raw
             jobs, invalid = self._build_jobs(float(now_ms), flat)
             for job_id, token, error in invalid:
-                await self._deads.submit(
-                    (
-                        job_id,
-                        token,
-                        error.reason,
-                        build_failure_json(Failure("EnvelopeError", str(error), "", worker_id)),
-                        False,
-                    )
-                )
+                await self._dead_letter_invalid(job_id, token, error, worker_id)
             if jobs or block <= 0:
                 return jobs
             if invalid:
@@ -359,6 +351,43 @@ class QueueClient:
                 continue
             if await _first_or_wake(waiting, wake):
                 return []
+
+    async def ack_and_fetch(
+        self,
+        jobs: Sequence[Job],
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+    ) -> tuple[list[bool], list[Job]]:
+        """Acknowledge ``jobs`` and fetch up to ``count`` new ones in ONE round trip.
+
+        The acks are applied first (fenced, exactly like :meth:`ack`), then the fetch runs as
+        :meth:`fetch`; a worker whose slots just freed saves a round trip per cycle. With
+        ``block`` > 0 and nothing fetched, it continues as ``fetch(block=...)``.
+        """
+        if not jobs:
+            return [], await self.fetch(worker_id, count, block=block, wake=wake)
+        if count <= 0 or (wake is not None and wake.is_set()):
+            return [await self.ack(j) for j in jobs], []
+        packed = build_packed([(j.id, j.token, 0, 0) for j in jobs])
+        raw = await scripts.ACK_FETCH(
+            self.client, self._k, [*self._fetch_args(worker_id, min(count, MAX_FETCH)), packed]
+        )
+        now_ms, _poisoned, _next_event, _last_ids, flat, acked = raw
+        fetched, invalid = self._build_jobs(float(now_ms), flat)
+        for job_id, token, error in invalid:
+            await self._dead_letter_invalid(job_id, token, error, worker_id)
+        if not fetched and block > 0:
+            fetched = await self.fetch(worker_id, count, block=block, wake=wake)
+        return [int(f) == 1 for f in acked], fetched
+
+    async def _dead_letter_invalid(
+        self, job_id: str, token: int, error: envelope_mod.EnvelopeError, worker_id: str
+    ) -> None:
+        failure = Failure("EnvelopeError", str(error), "", worker_id)
+        await self._deads.submit((job_id, token, error.reason, build_failure_json(failure), False))
 
     async def _wait_for_entries(self, last_ids: list[str], wait: float) -> None:
         streams: dict[Any, Any] = dict(zip(self.keys.ready, last_ids, strict=True))

@@ -58,6 +58,27 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
+def build_combined_source(first: str, second: str, first_argc: int) -> str:
+    """One script running ``second`` (ARGV after the first ``first_argc``) then ``first``.
+
+    Each body becomes a function whose parameter shadows ARGV, so the bodies stay unchanged;
+    the reply is ``second``'s reply followed by ``first``'s. Used for ack-and-fetch: the acks
+    are applied before the fetch reads, in one round trip.
+    """
+    prelude = _read("_prelude")
+    return (
+        f"{prelude}\n"
+        f"local function run_first(ARGV)\n{_read(first)}\nend\n"
+        f"local function run_second(ARGV)\n{_read(second)}\nend\n"
+        "local rest = {}\n"
+        f"for i = {first_argc + 1}, #ARGV do rest[#rest + 1] = ARGV[i] end\n"
+        "local done = run_second(rest)\n"
+        f"local out = run_first({{unpack(ARGV, 1, {first_argc})}})\n"
+        "out[#out + 1] = done\n"
+        "return out\n"
+    )
+
+
 def build_script(name: str) -> Script:
     """Load ``lua/<name>.lua`` with the prelude and compute its SHA1."""
     source = build_source(name)
@@ -77,3 +98,11 @@ DLQ_LIST = build_script("dlq_list")
 DLQ_REPLAY = build_script("dlq_replay")
 DLQ_PURGE = build_script("dlq_purge")
 RATELIMIT = build_script("ratelimit")
+
+_ACK_FETCH_SOURCE = build_combined_source("fetch", "ack", 9)
+ACK_FETCH = Script(
+    name="ack_fetch",
+    source=_ACK_FETCH_SOURCE,
+    sha=hashlib.sha1(_ACK_FETCH_SOURCE.encode("utf-8")).hexdigest(),
+)
+"""ack (ARGV[10]: packed acks) then fetch (ARGV[1..9]) in one call; reply = fetch's + acks."""

@@ -523,3 +523,39 @@ async def test_a_huge_fetch_is_capped_instead_of_failing(
     await engine.enqueue_many([es.request() for _ in range(queue.MAX_FETCH + 20)])
     jobs = await engine.fetch("w", 50_000)
     assert len(jobs) == queue.MAX_FETCH
+
+
+async def test_ack_and_fetch_settles_finished_jobs_and_hands_out_new_ones_in_one_call(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a worker holding two jobs, one of which was meanwhile reclaimed by another worker
+    engine = es.make_engine(engine_client, queue_name, lease_seconds=0.2)
+    await engine.enqueue_many([es.request(payload={"i": i}) for i in range(2)])
+    first, second = await engine.fetch("w1", 2)
+    await asyncio.sleep(0.3)
+    await engine.renew("w1", [first])  # first keeps its lease; second expires
+    [stolen] = await engine.fetch("w2", 1)
+    await engine.enqueue_many([es.request(payload={"i": i}) for i in range(2, 5)])
+    # When w1 acks both and asks for two more in one call
+    acked, fresh = await engine.ack_and_fetch([first, second], "w1", 2)
+    # Then the live ack counts, the stale one is rejected, and new work arrives
+    assert stolen.id == second.id
+    assert acked == [True, False]
+    assert [j.envelope.payload for j in fresh] == [{"i": 2}, {"i": 3}]
+    s = await stats.fetch_queue_stats(engine_client, queue_name)
+    assert (s.completed_total, s.in_flight, s.backlog) == (1, 3, 1)
+
+
+async def test_ack_and_fetch_on_an_empty_queue_can_block_for_new_work(
+    engine_client: Any, queue_name: str
+) -> None:
+    engine = es.make_engine(engine_client, queue_name)
+    await engine.enqueue(es.request())
+    [job] = await engine.fetch("w1", 1)
+    later = asyncio.get_running_loop().call_later(
+        0.2, lambda: asyncio.ensure_future(engine.enqueue(es.request(payload={"late": 1})))
+    )
+    acked, fresh = await engine.ack_and_fetch([job], "w1", 1, block=3.0)
+    later.cancel()
+    assert acked == [True]
+    assert [j.envelope.payload for j in fresh] == [{"late": 1}]
