@@ -370,7 +370,8 @@ def _build_decision(
     elif value < current:
         clamp("scaleDownStabilization", min(current, down_ceiling))
     idle = queue.backlog == 0 and queue.in_flight == 0
-    idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+    idle_since = min(state.idle_since, now) if idle and state.idle_since is not None else None
+    idle_since = now if idle and idle_since is None else idle_since
     window = policy.scale_down.stabilization_window_seconds
     if value == 0 and current > 0 and (idle_since is None or now - idle_since < window):
         clamp("scaleDownStabilization", 1)
@@ -453,7 +454,10 @@ def _build_history(
         policy.scale_up.stabilization_window_seconds,
         policy.scale_down.stabilization_window_seconds,
     )
-    return (*(r for r in history if r.at > now - keep), latest)
+    # A clock that stepped back would leave entries "in the future", inside every window for
+    # as long as the step; treat them as recorded now (conservative: the window restarts).
+    kept = (Recommendation(min(r.at, now), r.replicas) for r in history if r.at > now - keep)
+    return (*kept, latest)
 
 
 def _in_window(

@@ -128,6 +128,16 @@ def test_a_fresh_scaler_never_scales_down_before_watching_one_full_window() -> N
     assert decisions[0].clamped_by == "scaleDownStabilization"
 
 
+def test_a_clock_that_steps_back_restarts_the_window_instead_of_freezing_or_skipping_it() -> None:
+    # Busy at t=1000, then the clock steps back to t=0 and the queue is idle from then on.
+    busy = fx.run(BACKLOG_ONLY, [fx.Poll(1000, fx.queue_stats(1000, backlog=400))], current=4)
+    idle = fx.polls(0, 40, backlog=0)  # t = 0 .. 195
+    decisions = fx.run(BACKLOG_ONLY, idle, current=4, state=busy[-1].state)
+    by_time = {p.at: d.desired for p, d in zip(idle, decisions, strict=True)}
+    assert all(v == 4 for t, v in by_time.items() if t < DOWN_WINDOW)
+    assert decisions[-1].desired == 0
+
+
 # --- activation ------------------------------------------------------------------------------
 
 
