@@ -11,17 +11,22 @@ every stale file, writes nothing). Sources of truth and what is derived from the
 - deploy/grafana/workerfleet-dashboard.json     -> charts/workerfleet/files/dashboards/ (byte copy)
 - charts/workerfleet (default values)           -> deploy/install.yaml (`helm template`, with a
                                                    header saying so, plus its Namespace)
+- charts/workerfleet/values.yaml (`# --` docs)   -> the "## Values" table of the chart README
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "workerfleet"
@@ -76,6 +81,54 @@ def build_fast_rules(source: str) -> str:
     return FAST_HEADER + _DURATION.sub(shorten, body.lstrip("\n")) + "\n"
 
 
+_KEY = re.compile(r"^(\s*)([A-Za-z][\w.-]*):")
+
+
+def build_values_table(values_text: str) -> str:
+    """Return the README's values table: every key documented with `# --` in values.yaml."""
+    values = yaml.safe_load(values_text)
+    stack: list[tuple[int, str]] = []
+    comment: list[str] = []
+    rows = ["| Key | Type | Default | Description |", "|---|---|---|---|"]
+    for line in values_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped)
+            continue
+        match = _KEY.match(line)
+        if not match or stripped.startswith("-"):
+            comment = []
+            continue
+        while stack and stack[-1][0] >= len(match[1]):
+            stack.pop()
+        stack.append((len(match[1]), match[2]))
+        starts = [i for i, c in enumerate(comment) if c.startswith("# --")]
+        if starts:
+            doc = [comment[starts[0]][4:].strip()] + [
+                c[1:].strip() for c in comment[starts[0] + 1 :]
+            ]
+            node: Any = values
+            for _, key in stack:
+                node = node[key]
+            rows.append(_build_row(".".join(k for _, k in stack), node, " ".join(doc)))
+        comment = []
+    return "\n".join(rows) + "\n"
+
+
+def _build_row(path: str, default: Any, description: str) -> str:
+    kinds = {bool: "bool", int: "int", str: "string", list: "list", dict: "object"}
+    shown = json.dumps(default)
+    shown = "see values.yaml" if len(shown) > 60 else "`" + shown.replace("|", "\\|") + "`"
+    text = description.replace("|", "\\|")
+    return f"| `{path}` | {kinds[type(default)]} | {shown} | {text} |"
+
+
+def build_readme(readme: str, values_text: str) -> str:
+    """Return the chart README with its "## Values" section (the last one) regenerated."""
+    head = readme[: readme.index("## Values\n")]
+    return head + "## Values\n\n" + build_values_table(values_text)
+
+
 def find_helm() -> str:
     """Return the helm binary: $WORKERFLEET_CACHE/bin/helm (scripts/ensure-deps.sh), else PATH."""
     cache = Path(os.environ.get("WORKERFLEET_CACHE", Path.home() / ".cache" / "workerfleet"))
@@ -112,6 +165,8 @@ def build_expected_files() -> dict[Path, str]:
         expected[CHART / copy] = src.read_text()
     alerts = (ROOT / "deploy/alerts/workerfleet-alerts.yaml").read_text()
     expected[ROOT / "deploy/alerts/workerfleet-alerts.fast.yaml"] = build_fast_rules(alerts)
+    readme = CHART / "README.md"
+    expected[readme] = build_readme(readme.read_text(), (CHART / "values.yaml").read_text())
     return expected
 
 

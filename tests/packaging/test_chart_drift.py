@@ -86,6 +86,7 @@ def test_the_prometheus_rule_values_disable_label_and_relink_alerts(render: Rend
             "--set", "prometheusRule.enabled=true",
             "--set", "prometheusRule.disabledAlerts={WorkerPoolDrainKilled}",
             "--set", "prometheusRule.additionalRuleLabels.team=platform",
+            "--set", "prometheusRule.additionalRuleLabels.severity=info",
             "--set", "prometheusRule.runbookBaseURL=https://wiki.example/workerfleet",
         ),
         "PrometheusRule",
