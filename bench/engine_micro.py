@@ -69,7 +69,13 @@ async def run(url: str, jobs: int, batch: int, mode: str) -> None:
     done = 0
     t2 = time.perf_counter()
     previous: asyncio.Future[list[bool]] | None = None
-    while done < jobs:
+    if mode == "combined":
+        # ack the finished batch and fetch the next in one script call (ack_and_fetch)
+        got = await q.fetch("bench-worker", batch)
+        while got:
+            done += len(got)
+            _acked, got = await q.ack_and_fetch(got, "bench-worker", batch)
+    while mode != "combined" and done < jobs:
         got = await q.fetch("bench-worker", batch)
         if not got:
             break
@@ -98,7 +104,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=50_000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--url")
-    ap.add_argument("--mode", choices=["sequential", "overlapped"], default="sequential")
+    ap.add_argument(
+        "--mode", choices=["sequential", "overlapped", "combined"], default="sequential"
+    )
     a = ap.parse_args()
     if a.url:
         asyncio.run(run(a.url, a.jobs, a.batch, a.mode))
