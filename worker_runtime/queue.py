@@ -14,6 +14,7 @@ adds no latency).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import time
@@ -264,6 +265,9 @@ class QueueClient:
         self.options = options if options is not None else QueueOptions()
         self.keys = keys_mod.build_keys(queue)
         self._k = self.keys.script_keys()
+        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        """Jobs this client's fetches sent to the DLQ, by reason (poison, bad envelopes):
+        they never reach the worker, so its metrics read them here."""
         self._acks: _Coalescer[_AckItem, bool] = _Coalescer(self._flush_acks, MAX_BATCH)
         self._retries: _Coalescer[_RetryItem, bool] = _Coalescer(self._flush_retries, MAX_BATCH)
         self._deads: _Coalescer[_DeadItem, bool] = _Coalescer(self._flush_deads, MAX_BATCH)
@@ -326,7 +330,9 @@ class QueueClient:
         args = self._fetch_args(worker_id, min(count, MAX_FETCH))
         while True:
             raw = await scripts.FETCH(self.client, self._k, args)
-            now_ms, _poisoned, next_event, last_ids, flat = raw
+            now_ms, poisoned, next_event, last_ids, flat = raw
+            if int(poisoned):
+                self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
             jobs, invalid = self._build_jobs(float(now_ms), flat)
             for job_id, token, error in invalid:
                 await self._dead_letter_invalid(job_id, token, error, worker_id)
@@ -375,7 +381,9 @@ class QueueClient:
         raw = await scripts.ACK_FETCH(
             self.client, self._k, [*self._fetch_args(worker_id, min(count, MAX_FETCH)), packed]
         )
-        now_ms, _poisoned, _next_event, _last_ids, flat, acked = raw
+        now_ms, poisoned, _next_event, _last_ids, flat, acked = raw
+        if int(poisoned):
+            self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
         fetched, invalid = self._build_jobs(float(now_ms), flat)
         for job_id, token, error in invalid:
             await self._dead_letter_invalid(job_id, token, error, worker_id)
@@ -387,7 +395,9 @@ class QueueClient:
         self, job_id: str, token: int, error: envelope_mod.EnvelopeError, worker_id: str
     ) -> None:
         failure = Failure("EnvelopeError", str(error), "", worker_id)
-        await self._deads.submit((job_id, token, error.reason, build_failure_json(failure), False))
+        item = (job_id, token, error.reason, build_failure_json(failure), False)
+        if await self._deads.submit(item):
+            self.fetch_dead_lettered[error.reason] += 1
 
     async def _wait_for_entries(self, last_ids: list[str], wait: float) -> None:
         streams: dict[Any, Any] = dict(zip(self.keys.ready, last_ids, strict=True))
