@@ -18,7 +18,8 @@ How a decision is made (the order matters, and each step that changes the value 
      lambda (jobs/s, from the rise of ``enqueued_total`` over the carried history, at most
      ``rate_window_seconds`` = 15 s or three polls) and service rate mu per replica (jobs/s:
      heartbeats' processed jobs per busy slot-second x concurrency; before two heartbeats of a
-     worker exist, Little's law again: concurrency x completion rate / mean in-flight),
+     worker exist, Little's law again: concurrency x completion rate / mean in-flight, once at
+     least max(3, concurrency) jobs finished; no rate before two polling intervals of history),
      ``(lambda / targetUtilization + backlog / T) / mu``
      replicas keep up with arrivals with the same headroom as the capacity signal and drain the
      current backlog within T, so the newest waiting job starts within T. When the oldest waiting
@@ -502,13 +503,16 @@ def _build_rates(
     elapsed = last.at - first.at
     if elapsed <= 0:
         return Rates()
+    growing = last.backlog > first.backlog
+    if elapsed < 2 * policy.polling_interval_seconds:
+        return Rates(backlog_growing=growing)  # one interval of counts is noise, not a rate
     arrival = (last.enqueued_total - first.enqueued_total) / elapsed
     completion = (last.completed_total - first.completed_total) / elapsed
     return Rates(
         arrival=arrival,
         completion=completion,
         service_per_replica=_build_service_rate(samples, policy, completion),
-        backlog_growing=last.backlog > first.backlog,
+        backlog_growing=growing,
     )
 
 
@@ -540,7 +544,9 @@ def _build_service_rate(
     if jobs > 0 and busy > 0:
         return jobs / busy * policy.concurrency
     mean_in_flight = sum(s.in_flight for s in samples) / len(samples)
-    if completion > 0 and mean_in_flight > 0:
+    finished = last.completed_total - first.completed_total
+    # A handful of completions right after start-up says little about the time in service.
+    if finished >= max(3, policy.concurrency) and mean_in_flight > 0:
         return policy.concurrency * completion / mean_in_flight
     return None
 

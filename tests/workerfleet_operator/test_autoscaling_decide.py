@@ -354,6 +354,7 @@ def test_in_flight_work_does_not_by_itself_raise_the_replica_count() -> None:
 
 LATENCY = replace(
     BACKLOG_ONLY,
+    polling_interval_seconds=2,
     max_replicas=50,
     concurrency=2,
     target_oldest_job_age_seconds=10,
@@ -445,6 +446,31 @@ def test_without_completions_the_service_rate_is_unknown_and_little_s_law_is_off
     decision = fx.run(LATENCY, timeline, current=1)[-1]
     assert decision.rates.service_per_replica is None
     assert decision.signals["latency"] is None
+
+
+def test_rates_over_less_than_two_polling_intervals_are_not_trusted() -> None:
+    timeline = [
+        fx.Poll(0, fx.queue_stats(0, backlog=100, in_flight=4)),
+        fx.Poll(
+            3, fx.queue_stats(3, backlog=90, in_flight=4, enqueued_total=30, completed_total=20)
+        ),
+    ]
+    decision = fx.run(LATENCY, timeline, current=1)[-1]  # polls every 2 s: 3 s is too short
+    assert decision.rates.arrival is None
+    assert decision.rates.service_per_replica is None
+    assert decision.signals["latency"] is None
+
+
+def test_a_handful_of_completions_gives_no_little_s_law_service_rate() -> None:
+    timeline = [
+        fx.Poll(0, fx.queue_stats(0, backlog=100, in_flight=1)),
+        fx.Poll(
+            10, fx.queue_stats(10, backlog=100, in_flight=1, enqueued_total=50, completed_total=2)
+        ),
+    ]
+    decision = fx.run(LATENCY, timeline, current=1)[-1]
+    assert decision.rates.arrival == pytest.approx(5.0)
+    assert decision.rates.service_per_replica is None
 
 
 def test_counters_that_go_backwards_restart_the_rate_history_instead_of_going_negative() -> None:

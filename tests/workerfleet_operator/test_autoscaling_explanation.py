@@ -19,7 +19,7 @@ POLICY = ScalingPolicy(
 def test_the_explanation_names_the_reason_every_signal_and_every_clamp() -> None:
     timeline = [
         fx.Poll(0, fx.queue_stats(0, backlog=530)),
-        fx.Poll(5, fx.queue_stats(5, backlog=3000)),
+        fx.Poll(10, fx.queue_stats(10, backlog=3000, enqueued_total=100)),
     ]
     decision = fx.run(POLICY, timeline, current=2)[-1]
     text = autoscaling.build_explanation(decision)
@@ -29,7 +29,7 @@ def test_the_explanation_names_the_reason_every_signal_and_every_clamp() -> None
     assert "latency=off" in text
     assert "chosen backlog → 30" in text
     assert "maxReplicas → scaleUpStep" in text
-    assert "arrival 0.00/s" in text
+    assert "arrival 10.00/s" in text
 
 
 def test_the_explanation_of_an_outage_says_the_queue_was_unreadable() -> None:
