@@ -551,6 +551,30 @@ class QueueClient:
         return [int(f) == 1 for f in flags]
 
 
+async def delete_queue(client: AsyncClient, queue_name: str) -> int:
+    """Delete every key of a queue (jobs, DLQ, counters, heartbeats, dedup and done markers).
+
+    For an explicit "delete the queue's data" request only (deleting a WorkerPool keeps the
+    data). Uses SCAN with the queue's hash-tag prefix, never KEYS. Returns keys deleted.
+    """
+    k = keys_mod.build_keys(queue_name)
+    deleted = int(await client.delete(*k.script_keys()))
+    batch: list[str] = []
+    # idempotency and done markers are one key each; they share the prefix (and the slot)
+    async for name in client.scan_iter(match=_glob_escape(k.prefix) + ":*", count=1000):
+        batch.append(name.decode() if isinstance(name, bytes) else name)
+        if len(batch) >= 500:
+            deleted += int(await client.delete(*batch))
+            batch.clear()
+    if batch:
+        deleted += int(await client.delete(*batch))
+    return deleted
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
 async def _first_or_wake(waiting: Awaitable[Any], wake: asyncio.Event) -> bool:
     """Await ``waiting`` unless ``wake`` is set first (then cancel it); True if woken."""
     wait_task = asyncio.ensure_future(waiting)

@@ -561,3 +561,36 @@ async def test_ack_and_fetch_on_an_empty_queue_can_block_for_new_work(
     later.cancel()
     assert acked == [True]
     assert [j.envelope.payload for j in fresh] == [{"late": 1}]
+
+
+async def test_deleting_a_queue_removes_all_its_keys_and_nothing_else(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a queue using every structure, and a neighbour queue
+    engine = es.make_engine(engine_client, queue_name)
+    neighbour = es.make_engine(engine_client, queue_name + "-n")
+    await engine.enqueue_many(
+        [es.request(idempotency_key="i1"), es.request(delay=30), es.request()]
+    )
+    a, b = await engine.fetch("w", 2)
+    await engine.ack(a, done_key="d1")
+    await engine.dead_letter(b, "non_retryable", failure=es.failure())
+    await engine.heartbeat(
+        queue.WorkerBeat("w", "p", 1, 0, 0, 0.0, time.time(), None, False, ttl_seconds=30)
+    )
+    await neighbour.enqueue(es.request())
+    # When the queue is deleted
+    deleted = await queue.delete_queue(engine_client, queue_name)
+    # Then its stats are empty, its markers are gone, and the neighbour is untouched
+    s = await stats.fetch_queue_stats(engine_client, queue_name)
+    assert deleted >= 8
+    assert (s.backlog, s.future_delayed, s.dead_letter, s.enqueued_total, s.workers) == (
+        0,
+        0,
+        0,
+        0,
+        (),
+    )
+    assert not await idempotency.fetch_is_done(engine_client, queue_name, "d1")
+    assert (await engine.enqueue(es.request(idempotency_key="i1"))).created
+    assert (await stats.fetch_queue_stats(engine_client, queue_name + "-n")).backlog == 1
