@@ -5,7 +5,6 @@ Used by every tests/packaging/test_*.py (all carry the `chart` marker, run by `m
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,12 @@ from packaging_support import (
     CACHE_BIN,
     VALUES_SETS,
     Manifest,
+    Render,
     find_binary,
     helm_template,
     load_manifests,
     values_file,
 )
-
-Render = Callable[..., list[Manifest]]
 
 
 @pytest.fixture(scope="session")

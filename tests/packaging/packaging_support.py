@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ RELEASE = "workerfleet"
 VALUES_SETS = ("default", "namespaced", "monitoring")
 
 Manifest = dict[str, Any]
+# The `render` fixture (conftest.py): render(values_set or None, *extra helm args) -> manifests.
+Render = Callable[..., list[Manifest]]
 
 
 def find_binary(name: str, *candidates: Path) -> str:

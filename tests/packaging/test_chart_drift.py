@@ -17,8 +17,7 @@ from types import ModuleType
 
 import pytest
 import yaml
-from conftest import Render
-from packaging_support import CHART, ROOT, load_manifests, of_kind, run
+from packaging_support import CHART, ROOT, Render, load_manifests, of_kind, run
 
 pytestmark = pytest.mark.chart
 

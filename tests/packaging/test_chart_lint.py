@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import Render
-from packaging_support import CHART, NAMESPACE, VALUES_SETS, of_kind, run, values_file
+from packaging_support import CHART, NAMESPACE, VALUES_SETS, Render, of_kind, run, values_file
 
 pytestmark = pytest.mark.chart
 

@@ -13,8 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import Render
-from packaging_support import CHART, NAMESPACE, ROOT, Manifest, of_kind
+from packaging_support import CHART, NAMESPACE, ROOT, Manifest, Render, of_kind
 from workerfleet_operator import rbac
 
 pytestmark = pytest.mark.chart
