@@ -36,7 +36,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import contextvars
-import inspect
 import os
 import queue as stdlib_queue
 import random
@@ -67,7 +66,6 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 
 FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the loop looks around
 WATCHDOG_SECONDS = 0.05  # job timeouts are enforced with this precision
-_FETCH_TAKES_WAKE = "wake" in inspect.signature(queue_mod.QueueClient.fetch).parameters
 
 
 _early_signals: list[int] = []
@@ -156,11 +154,13 @@ class _Held:
     """
 
     __slots__ = (
+        "ack_pending",
         "ctx",
         "deadline",
         "job",
         "lost",
         "queue",
+        "ran",
         "released",
         "settling",
         "spec",
@@ -185,6 +185,8 @@ class _Held:
         self.released = False  # drain released it: the handler's result is discarded
         self.settling = False  # the handler finished; its settle call is on its way
         self.timed_out = False  # the watchdog cancelled it at its timeout
+        self.ack_pending = False  # finished; waits for the fetch loop's next ack_and_fetch
+        self.ran = 0.0  # handler seconds (for the duration metric at ack time)
 
     @property
     def job_id(self) -> str:
@@ -253,6 +255,8 @@ class Worker:
         self._hurry = False
         self._wake: asyncio.Event | None = None
         self._drain_event: asyncio.Event | None = None
+        self._fetch_wake: asyncio.Event | None = None  # interrupts the fetch in flight
+        self._ack_queue: list[_Held] = []  # finished jobs to ack with the next fetch
         self._pool: DaemonThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -275,8 +279,7 @@ class Worker:
             log.info("draining", extra={"signal": signum, "in_flight": len(self.held)})
             if self.control is not None:
                 self.control.wake()
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
         if self._drain_event is not None:
             self._drain_event.set()
 
@@ -387,24 +390,46 @@ class Worker:
             self.health.loop_tick()
             await asyncio.sleep(0.5)
 
+    def _poke(self) -> None:
+        """Wake the fetch loop (a slot freed, an ack is queued, or the drain began)."""
+        if self._wake is not None:
+            self._wake.set()
+        if self._fetch_wake is not None:
+            self._fetch_wake.set()
+
     async def _fetch_loop(self) -> None:
+        # Each cycle acknowledges the jobs that finished since the last one AND fetches jobs
+        # for the slots they free, in one script call (ack_and_fetch); when nothing finished it
+        # is a plain fetch. A blocking fetch is interrupted (between script calls, never inside
+        # one) when a job finishes or the drain begins, so acks never wait behind it.
         assert self.q is not None and self._wake is not None
-        fetch_kwargs: dict[str, Any] = {"block": FETCH_BLOCK_SECONDS}
-        if _FETCH_TAKES_WAKE:
-            # Lets a drain interrupt a blocking fetch between script calls (never inside one).
-            fetch_kwargs["wake"] = self._drain_event
+        q = self.q
         failures = 0
         while not self.draining:
-            free = self.concurrency - self._in_use()
+            acks = self._ack_queue
+            free = self.concurrency - self._in_use() + len(acks)
             if free <= 0:
                 self._wake.clear()
-                if self.concurrency - self._in_use() <= 0 and not self.draining:
+                full = self.concurrency - self._in_use() + len(self._ack_queue) <= 0
+                if full and not self.draining:
                     await self._wake.wait()
                 continue
+            self._fetch_wake = wake = asyncio.Event()
+            if self.draining:
+                break
+            self._ack_queue = []
             t0 = time.monotonic()
             try:
-                jobs = await self.q.fetch(self.worker_id, free, **fetch_kwargs)
+                if acks:
+                    flags, jobs = await q.ack_and_fetch(
+                        [h.job for h in acks], self.worker_id, free, block=0.0, wake=wake
+                    )
+                    self._finish_acks(acks, flags)
+                else:
+                    jobs = await q.fetch(self.worker_id, free, block=FETCH_BLOCK_SECONDS, wake=wake)
             except REDIS_ERRORS as exc:
+                # Acks are fenced, so sending them again is safe: they go back in the queue.
+                self._ack_queue[:0] = acks
                 failures += 1
                 self.metrics.fetch_errors.inc()
                 self.metrics.redis_error("fetch")
@@ -415,16 +440,44 @@ class Worker:
                 )
                 await self._sleep_unless_draining(delay)
                 continue
+            finally:
+                self._fetch_wake = None
             failures = 0
             self.health.redis_ok()
-            if not jobs:
-                # A fetch that returns empty at once (rate limited, or Redis answered early)
-                # must not turn into a busy loop.
-                if time.monotonic() - t0 < 0.005:
-                    await self._sleep_unless_draining(0.01)
-                continue
             for job in jobs:
                 self._start(job)
+            if not jobs and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
+                # A fetch that came back empty at once (rate limited, Redis answered early)
+                # must not become a busy loop.
+                await self._sleep_unless_draining(0.01)
+        self._flush_queued_acks()
+
+    def _finish_acks(self, acks: list[_Held], flags: list[bool]) -> None:
+        for h, ok in zip(acks, flags, strict=True):
+            h.ack_pending = False
+            if ok:
+                name = h.spec.name if h.spec is not None else h.job.envelope.task
+                self.metrics.job_finished(name, "completed", h.ran)
+            else:
+                self._stale(h)
+            self._forget(h)
+
+    def _flush_queued_acks(self) -> None:
+        # Acks queued for the next cycle when there will be none (drain): send them directly.
+        acks, self._ack_queue = self._ack_queue, []
+        for h in acks:
+            h.task = asyncio.create_task(self._ack_directly(h))
+
+    async def _ack_directly(self, h: _Held) -> None:
+        assert self.q is not None
+        q = self.q
+        try:
+            ok = await self._settle("ack", lambda: q.ack(h.job))
+            self._finish_acks([h], [ok])
+        finally:
+            if h.ack_pending:  # the settle raised: forget it; the lease returns the job
+                h.ack_pending = False
+                self._forget(h)
 
     async def _sleep_unless_draining(self, seconds: float) -> None:
         assert self._wake is not None
@@ -530,7 +583,8 @@ class Worker:
                 raise
         finally:
             logs.unbind_job(token)
-            self._forget(h)
+            if not h.ack_pending:
+                self._forget(h)
 
     @staticmethod
     def _uncancel() -> None:
@@ -565,8 +619,7 @@ class Worker:
 
     def _zombie_done(self) -> None:
         self._zombies -= 1
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
 
     async def _watch_timeouts(self) -> None:
         # One watchdog instead of a timer per job: cancels handlers past their deadline
@@ -600,6 +653,13 @@ class Worker:
         assert self.q is not None
         h.settling = True
         done_key, done_ttl = h.ctx.done_key if h.ctx is not None else (None, None)
+        if done_key is None and not self.draining:
+            # The common case: the fetch loop acks it with its next fetch, in one call.
+            h.ran = seconds
+            h.ack_pending = True
+            self._ack_queue.append(h)
+            self._poke()
+            return
         q = self.q
         ok = await self._settle(
             "ack", lambda: q.ack(h.job, done_key=done_key, done_ttl_seconds=done_ttl)
@@ -731,8 +791,7 @@ class Worker:
         with self._held_lock:
             self.held.pop(h.job.id, None)
         self.processed += 1
-        if self._wake is not None:
-            self._wake.set()
+        self._poke()
 
     # ---- drain -----------------------------------------------------------------------------
 

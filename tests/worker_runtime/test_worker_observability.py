@@ -64,7 +64,16 @@ def test_a_worker_serves_its_metrics_probes_and_heartbeat_and_readyz_fails_while
     assert worker.http("/healthz")[0] == 200
     assert worker.http("/readyz")[0] == 200
     # And the heartbeat record describes the worker for the autoscaler
-    beat = stats.fetch_queue_stats_sync(wf_client, wf_queue).workers
+    # (heartbeats are written every lease/3: wait for one written after the completions)
+    beat = wait_until(
+        lambda: [
+            w
+            for w in stats.fetch_queue_stats_sync(wf_client, wf_queue).workers
+            if w.in_flight == 1 and w.processed >= 3
+        ],
+        5,
+        "a heartbeat showing the long job alone in flight",
+    )
     assert len(beat) == 1
     assert beat[0].pod_name == socket.gethostname()
     assert beat[0].concurrency == 4 and beat[0].in_flight == 1
