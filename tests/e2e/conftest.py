@@ -1,8 +1,10 @@
 """pytest wiring for the end-to-end tests on a real Kubernetes control plane.
 
 Provides the session fixture `kube_cluster` (one control plane for the whole session, see
-tests/e2e/kubecluster.py), a per-test `namespace` fixture, component log tails attached to every
-failing e2e test, and the control plane's warm start time in the terminal summary. Missing
+tests/e2e/kubecluster.py), a per-test `namespace` fixture, the chart installed with helm
+(`workerfleet_chart`), the operator running as the chart's ServiceAccount (`operator`, watching
+`pools_namespace`), component log tails attached to every failing e2e test, and the control
+plane's warm start time in the terminal summary. Missing
 binaries fail the tests (never skip) with a pointer to `make testbin`.
 """
 
@@ -14,7 +16,11 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
-from tests.e2e import kubecluster
+from tests.conftest import RedisServer
+from tests.e2e import kubecluster, workerfleet_support
+
+# The namespace the shared `operator` fixture watches.
+POOLS_NAMESPACE = "e2e-pools"
 
 _started: list[kubecluster.KubeCluster] = []
 
@@ -75,3 +81,53 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"e2e control plane ({kubecluster.K8S_VERSION}): warm start "
             f"{cluster.start_seconds:.1f}s, logs in {cluster.workdir / 'logs'}"
         )
+
+
+@pytest.fixture(scope="session")
+def workerfleet_chart(kube_cluster: kubecluster.KubeCluster) -> Iterator[str]:
+    """charts/workerfleet installed with helm; yields the operator's ServiceAccount name."""
+    yield workerfleet_support.apply_chart(kube_cluster)
+    kube_cluster.helm(
+        "uninstall", workerfleet_support.RELEASE, "-n", workerfleet_support.SYSTEM_NAMESPACE,
+        "--wait", check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pools_namespace(kube_cluster: kubecluster.KubeCluster, redis_server: RedisServer) -> str:
+    """The namespace the shared operator watches, with Secret `redis` holding the Redis URL."""
+    kube_cluster.kubectl("create", "namespace", POOLS_NAMESPACE)
+    kube_cluster.kubectl(
+        "create", "secret", "generic", "redis", "-n", POOLS_NAMESPACE,
+        f"--from-literal=url={redis_server.url}",
+    )  # fmt: skip
+    return POOLS_NAMESPACE
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kube_cluster: kubecluster.KubeCluster,
+    workerfleet_chart: str,
+    pools_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[workerfleet_support.Operator]:
+    """`workerfleet operator` as the chart's ServiceAccount, watching `pools_namespace`.
+
+    A request refused by RBAC anywhere in its log fails the session at teardown (each test
+    also checks after its own steps), proving the chart's RBAC is sufficient.
+    """
+    try:
+        running = workerfleet_support.start_operator(
+            kube_cluster,
+            workerfleet_chart,
+            (pools_namespace,),
+            tmp_path_factory.mktemp("operator"),
+        )
+    except AssertionError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield running
+    finally:
+        running.stop()
+    forbidden = running.forbidden_lines()
+    assert not forbidden, "the operator was refused by RBAC:\n" + "\n".join(forbidden[:10])

@@ -1,0 +1,187 @@
+"""Helpers for the e2e tests of the chart and the operator on the real control plane.
+
+Used by tests/e2e/conftest.py (the `workerfleet_chart` and `operator` fixtures) and the
+tests/e2e/test_*_on_kube.py files: installing the chart, running `workerfleet operator` as a
+local process under the chart's ServiceAccount (a TokenRequest token), building WorkerPools and
+reading back what the cluster made of them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.e2e import kubecluster
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "workerfleet"
+SAMPLES = sorted((REPO / "deploy" / "samples").glob("*.yaml"))
+RELEASE = "wf"
+SYSTEM_NAMESPACE = "workerfleet-system"
+CRD = "workerpools.workerfleet.io"
+POOL_LABEL = "workerfleet.io/pool"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+WORKERFLEET = Path(sys.executable).parent / "workerfleet"
+# Any refusal by RBAC shows up in the operator's log as an HTTP 403 / "forbidden".
+FORBIDDEN = re.compile(r"forbidden|\b403\b", re.IGNORECASE)
+START_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass
+class Operator:
+    """A running `workerfleet operator` process, its log, and the identity it runs as."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    user: str
+    namespaces: tuple[str, ...]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def forbidden_lines(self) -> list[str]:
+        return [line for line in self.log().splitlines() if FORBIDDEN.search(line)]
+
+    def stop(self) -> None:
+        kubecluster.stop_process(self.process)
+
+
+def apply_chart(cluster: kubecluster.KubeCluster) -> str:
+    """`helm install` the chart; return the operator's ServiceAccount name.
+
+    operator.replicas=0: the operator image is not available here (kwok would only pretend to
+    run it); the real operator runs on the host under the chart's identity instead.
+    """
+    cluster.helm(
+        "install", RELEASE, str(CHART), "-n", SYSTEM_NAMESPACE, "--create-namespace",
+        "--set", "operator.replicas=0", "--wait", "--timeout", "120s",
+    )  # fmt: skip
+    accounts = cluster.kubectl(
+        "get", "sa", "-n", SYSTEM_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
+        "-o", "jsonpath={.items[*].metadata.name}",
+    ).stdout.split()  # fmt: skip
+    if len(accounts) != 1:
+        raise AssertionError(f"expected one ServiceAccount from the chart, found {accounts}")
+    return accounts[0]
+
+
+def fetch_url_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_operator(
+    cluster: kubecluster.KubeCluster,
+    service_account: str,
+    namespaces: tuple[str, ...],
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Operator:
+    """Start `workerfleet operator` as `service_account`, watching `namespaces`; wait /healthz.
+
+    Raises AssertionError with the operator's log if it exits or never becomes healthy.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = cluster.fetch_service_account_token(SYSTEM_NAMESPACE, service_account)
+    kubeconfig = cluster.write_kubeconfig(workdir / "operator.kubeconfig", token, service_account)
+    health_port, metrics_port = kubecluster.fetch_free_port(), kubecluster.fetch_free_port()
+    env = {
+        **os.environ,
+        "WORKERFLEET_OPERATOR_HEALTH_PORT": str(health_port),
+        "WORKERFLEET_OPERATOR_METRICS_PORT": str(metrics_port),
+        "WORKERFLEET_OPERATOR_BIND_HOST": "127.0.0.1",
+        "WORKERFLEET_OPERATOR_LOG_FORMAT": "json",
+        **(extra_env or {}),
+    }
+    env.pop("KUBECONFIG", None)
+    command = [str(WORKERFLEET), "operator", "--kubeconfig", str(kubeconfig)]
+    command += ["--namespaces", ",".join(namespaces)]
+    log_path = workdir / "operator.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+        )
+    user = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{service_account}"
+    operator = Operator(process, log_path, user, namespaces)
+    try:
+        kubecluster.poll_until(
+            "the operator's /healthz",
+            lambda: (process.poll(), fetch_url_ok(f"http://127.0.0.1:{health_port}/healthz")),
+            lambda state: state[0] is not None or state[1],
+            timeout_seconds=START_TIMEOUT_SECONDS,
+        )
+    except AssertionError:
+        operator.stop()
+        raise
+    if process.poll() is not None:
+        raise AssertionError(f"the operator exited with {process.returncode}:\n{operator.log()}")
+    return operator
+
+
+def build_pool(
+    name: str, queue: str, autoscaling: dict[str, Any], secret: str = "redis"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "workerfleet.io/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": name},
+        "spec": {
+            "image": "registry.example/e2e-worker:1.0.0",
+            "app": "tests.e2e.e2e_tasks:app",
+            "queue": {"name": queue, "redis": {"urlSecretRef": {"name": secret, "key": "url"}}},
+            "autoscaling": autoscaling,
+        },
+    }
+
+
+def fetch_running_pods(
+    cluster: kubecluster.KubeCluster, namespace: str, pool: str
+) -> list[dict[str, Any]]:
+    """The pool's pods that are Running and not being deleted."""
+    listing = cluster.fetch_json("pods", "-n", namespace, "-l", f"{POOL_LABEL}={pool}")
+    items: list[dict[str, Any]] = listing["items"]  # type: ignore[assignment]
+    return [
+        p
+        for p in items
+        if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"]
+    ]
+
+
+def fetch_condition(
+    cluster: kubecluster.KubeCluster, namespace: str, pool: str, kind: str
+) -> dict[str, Any]:
+    """The pool's condition of type `kind` ({} while it has none)."""
+    stored = cluster.fetch_json("wp", pool, "-n", namespace)
+    status: dict[str, Any] = stored.get("status") or {}  # type: ignore[assignment]
+    for condition in status.get("conditions", []):
+        if condition["type"] == kind:
+            found: dict[str, Any] = condition
+            return found
+    return {}
+
+
+def fetch_events(
+    cluster: kubecluster.KubeCluster, namespace: str, pool: str
+) -> list[dict[str, Any]]:
+    """Events about the WorkerPool `pool`."""
+    listing = cluster.fetch_json(
+        "events", "-n", namespace, "--field-selector",
+        f"involvedObject.kind=WorkerPool,involvedObject.name={pool}",
+    )  # fmt: skip
+    items: list[dict[str, Any]] = listing["items"]  # type: ignore[assignment]
+    return items
