@@ -4,12 +4,13 @@ One redis-server on a free loopback port, flushed between systems. For each syst
 producer enqueues N no-op jobs (enqueue rate measured, batched where the library offers it),
 then ONE worker process starts and the no-op handlers count jobs (see peers/common.py). A
 system's jobs/s is (N - 1) / (last job start - first job start), so interpreter start-up and
-imports are not counted; the wall time from spawn to the last job is reported too. Workers are
-killed by their process group id afterwards; every wait has a deadline.
+imports are not counted; the wall time from spawn to the last job and the CPU per job of the
+worker's process group and of redis-server are reported too. Workers are killed by their
+process group id afterwards; every wait has a deadline. bench/README.md explains every choice.
 
 workerfleet and BullMQ run BENCH_REPEATS times (median reported); the other peers once. Then
-workerfleet alone at concurrency 1 and 8 (its default), and enqueue→start latency at half the
-measured max rate (paced producer, start timestamps recorded in the handler).
+workerfleet alone at concurrency 1 and 8 (its default), and enqueue→start latency at a quarter
+and at half of its measured max rate (paced producer, start timestamps taken in the handler).
 
 Env: BENCH_JOBS (N, default 20000), BENCH_REPEATS (3), BENCH_SYSTEMS (comma list), BENCH_OUT
 (JSON path), BENCH_LAT_SECONDS (5), BENCH_DEADLINE_SECONDS (per worker run, 120).
@@ -416,9 +417,14 @@ def measure_latency(client: redis.Redis, port: int, rate: float) -> dict[str, An
         status = wait_for(client, 1, proc, 60).status
         if status != "ok":
             return {"status": f"warm-up: {status}"}
+        cpu_before = group_cpu_seconds(proc.pid)
         paced = produce(system, env, "pace")
         sent = int(paced["enqueued"])
+        produced_at = time.monotonic()
         status = wait_for(client, 1 + sent, proc, DEADLINE).status
+        cpu_us_per_job = (group_cpu_seconds(proc.pid) - cpu_before) / max(sent, 1) * 1e6
+        # How long the backlog took to clear once the producer stopped: ~0 when keeping up.
+        drain_seconds = time.monotonic() - produced_at
     finally:
         kill_group(proc)
     time.sleep(0.05)
@@ -438,6 +444,8 @@ def measure_latency(client: redis.Redis, port: int, rate: float) -> dict[str, An
         "p90_ms": pct(90) * 1000,
         "p99_ms": pct(99) * 1000,
         "max_ms": lat[-1] * 1000,
+        "worker_cpu_us_per_job": cpu_us_per_job,
+        "backlog_drain_seconds": drain_seconds,
     }
 
 
@@ -550,9 +558,17 @@ def main() -> int:
                     f"worker CPU {run.cpu_us_per_job:.0f} us/job ({run.status})",
                     flush=True,
                 )
-            lat = measure_latency(client, port, wf["jps"] / 2)
-            extras["latency_half_load"] = lat
-            print(f"  workerfleet latency at {fmt(wf['jps'] / 2)} jobs/s: {lat}", flush=True)
+            for share, key in ((0.25, "latency_quarter_load"), (0.5, "latency_half_load")):
+                lat = measure_latency(client, port, wf["jps"] * share)
+                extras[key] = lat
+                print(
+                    f"  workerfleet latency at {fmt(wf['jps'] * share)} jobs/s: "
+                    + ", ".join(
+                        f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in lat.items()
+                    ),
+                    flush=True,
+                )
     finally:
         kill_group(redis_proc)
 
@@ -570,13 +586,15 @@ def main() -> int:
             f"concurrency 8 (default): {fmt(extras['workerfleet_c8']['jps'])} jobs/s; "
             f"concurrency 50: {fmt(wf_jps)} jobs/s"
         )
-    lat = extras.get("latency_half_load")
-    if lat and "p50_ms" in lat:
-        print(
-            f"workerfleet enqueue->start latency at half load ({fmt(lat['achieved_rate'])} "
-            f"jobs/s, {lat['samples']:,} jobs): p50={lat['p50_ms']:.1f} ms "
-            f"p99={lat['p99_ms']:.1f} ms max={lat['max_ms']:.1f} ms"
-        )
+    for key, name in (("latency_quarter_load", "quarter"), ("latency_half_load", "half")):
+        lat = extras.get(key)
+        if lat and "p50_ms" in lat:
+            print(
+                f"workerfleet enqueue->start latency at {name} load "
+                f"({fmt(lat['achieved_rate'])} jobs/s paced, {lat['samples']:,} jobs): "
+                f"p50={lat['p50_ms']:.1f} ms p99={lat['p99_ms']:.1f} ms "
+                f"max={lat['max_ms']:.1f} ms, worker CPU {lat['worker_cpu_us_per_job']:.0f} us/job"
+            )
 
     out = Path(
         os.environ.get("BENCH_OUT")
