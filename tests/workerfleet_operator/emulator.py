@@ -440,6 +440,11 @@ class Emulator:
                 and _matches(s.body.get("metadata", {}).get("labels") or {}, selector)
             ]
 
+    def count(self, plural: str, predicate: Callable[[Obj], bool], group: str = "") -> int:
+        """How many stored objects satisfy ``predicate`` (no copies: for benchmarks)."""
+        with self._lock:
+            return sum(1 for s in self._store[(group, plural)].values() if predicate(s.body))
+
     def create(self, plural: str, body: Obj, group: str = "", manager: str = "test") -> Obj:
         res = self.resource(plural, group)
         namespace = body.get("metadata", {}).get("namespace") if res.namespaced else None

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import datetime as dt
 import hashlib
 import json
@@ -139,7 +138,9 @@ class PoolController:
     next_poll: float = 0.0
     reconciled_generation: int | None = None
     applied_hash: str | None = None
-    applied_deployment_generation: int | None = None
+    # The Deployment fields we own, as last applied (spec.replicas left out unless we own it):
+    # any observed Deployment that is not a superset of this has drifted.
+    drift_reference: Body | None = None
     secret: kube.SecretValue | None = None
     secret_key: queue.ClientKey | None = None
     secret_read_at: float = -1e9
@@ -149,6 +150,12 @@ class PoolController:
     replicas_blocked_by: tuple[str, ...] = ()
     last_dry_run_desired: int | None = None
     problem_logged: str | None = None
+    parsed: api.Pool | api.InvalidPool | None = None
+    parsed_key: tuple[Any, ...] | None = None
+    policy: autoscaling.ScalingPolicy | None = None
+    poll_signature: tuple[Any, ...] | None = None
+    series: metrics.PoolSeries | None = None
+    series_labels: tuple[str, str, str] | None = None
     cleaned_generation: int | None = None
     next_full_apply: float = 0.0
     spec_problem: SpecProblemError | None = None
@@ -182,12 +189,8 @@ class PoolController:
         else:
             if _newer(body, self.deployment):
                 self.deployment = body
-            generation = body.get("metadata", {}).get("generation")
-            if (
-                self.applied_deployment_generation is not None
-                and generation != self.applied_deployment_generation
-            ):
-                self.dirty = True  # someone else changed the spec: check for drift
+            if self.drift_reference is not None and not _is_subset(self.drift_reference, body):
+                self.dirty = True  # someone else changed what we own: restore it
         self.wake.set()
 
     def start(self) -> None:
@@ -203,7 +206,8 @@ class PoolController:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-        self.ctx.metrics.forget_pool(self.labels)
+        if self.series_labels is not None:
+            self.ctx.metrics.forget_pool(self.series_labels)
 
     # ------------------------------------------------------------------ the loop
 
@@ -296,17 +300,32 @@ class PoolController:
     def _spec(self) -> Mapping[str, Any]:
         return (self.body or {}).get("spec") or {}
 
+    def _parsed(self) -> api.Pool | api.InvalidPool:
+        """The parsed pool, cached per (uid, generation, labels): parsing is the costly part."""
+        meta = (self.body or {}).get("metadata") or {}
+        key = (meta.get("uid"), meta.get("generation"), str(meta.get("labels")))
+        if self.parsed_key != key or self.parsed is None:
+            self.parsed = api.parse_pool(self.body or {})
+            self.parsed_key = key
+            try:
+                self.policy = (
+                    api.build_scaling_policy(self.parsed.spec)
+                    if isinstance(self.parsed, api.Pool)
+                    else None
+                )
+            except ValueError:
+                self.policy = None
+        return self.parsed
+
     def _pool(self) -> api.Pool:
-        parsed = api.parse_pool(self.body or {})
+        parsed = self._parsed()
         if isinstance(parsed, api.InvalidPool):
             raise SpecProblemError(plan_mod.INVALID_SPEC, parsed.message)
         return parsed
 
     def _policy(self) -> autoscaling.ScalingPolicy | None:
-        try:
-            return api.build_scaling_policy(self._pool().spec)
-        except (SpecProblemError, ValueError):
-            return None
+        self._parsed()
+        return self.policy
 
     async def _read_secret(self, pool: api.Pool) -> plan_mod.SecretCheck:
         """Check the Secret behind urlSecretRef; keep its value in memory only."""
@@ -355,7 +374,7 @@ class PoolController:
         if body is None:
             return
         client = self.ctx.fetch_client()
-        parsed = api.parse_pool(body)
+        parsed = self._parsed()
         if isinstance(parsed, api.InvalidPool):
             secret = plan_mod.SecretCheck("ok")
         else:
@@ -397,7 +416,8 @@ class PoolController:
         ).hexdigest()
         resync = self.ctx.clock() >= self.next_full_apply
         main = children[0]
-        drifted = deployment is not None and not _is_subset(main, deployment)
+        reference = _build_drift_reference(main, pool)
+        drifted = deployment is not None and not _is_subset(reference, deployment)
         if creating or drifted or resync or desired_hash != self.applied_hash:
             for index, child in enumerate(children):
                 if index > 0 and not resync and desired_hash == self.applied_hash:
@@ -413,9 +433,7 @@ class PoolController:
                         continue
                     raise
                 if child["kind"] == "Deployment":
-                    self.applied_deployment_generation = int(
-                        applied["metadata"].get("generation", 1)
-                    )
+                    self.drift_reference = reference
                     if _newer(applied, self.deployment):
                         self.deployment = applied
             if (
@@ -428,6 +446,8 @@ class PoolController:
                     self.deployment = await kube.apply_replicas(
                         client, self.namespace, self.name, the_plan.replicas
                     )
+                if self.deployment is not None and not _is_subset(reference, self.deployment):
+                    self.dirty = True  # edited between our two writes: go round again
             self.applied_hash = desired_hash
             self.next_full_apply = self.ctx.clock() + self.ctx.config.resync_seconds
             if drifted:
@@ -436,8 +456,8 @@ class PoolController:
                     "DriftCorrected",
                     f"Deployment {self.name} restored to the pool's spec",
                 )
-        elif deployment is not None:
-            self.applied_deployment_generation = int(deployment["metadata"].get("generation", 1))
+        else:
+            self.drift_reference = reference
         await self._delete_obsolete(pool, the_plan.obsolete)
 
     async def _delete_obsolete(
@@ -447,8 +467,10 @@ class PoolController:
         # were down); a converged pool does not cost five DELETEs per resync.
         stored = api.parse_status((self.body or {}).get("status"))
         stored_generation = stored.observed_generation if stored is not None else None
-        if pool.generation in (self.cleaned_generation,) or (
-            self.cleaned_generation is None and stored_generation == pool.generation
+        if (
+            pool.generation == self.cleaned_generation
+            or stored_generation is None  # never reconciled: nothing of ours can exist yet
+            or (self.cleaned_generation is None and stored_generation == pool.generation)
         ):
             self.cleaned_generation = pool.generation
             return
@@ -563,6 +585,12 @@ class PoolController:
                 self.last_dry_run_desired = decision.desired
             else:
                 applied = await self._scale(deployment, current, decision, observation)
+        # An unchanged poll (an idle pool) costs no plan and no write: only the metrics.
+        signature = _poll_signature(observation, decision, self.deployment, self.body)
+        if signature == self.poll_signature and applied and not self.replicas_blocked_by:
+            self._export(policy, observation, decision)
+            return
+        self.poll_signature = signature
         the_plan = plan_mod.plan(
             pool,
             self._observed(
@@ -632,6 +660,10 @@ class PoolController:
                 raise
             self._block_replicas(("another field manager",))
             return False
+        if self.drift_reference is not None and not _is_subset(
+            self.drift_reference, self.deployment
+        ):
+            self.dirty = True  # edited by someone between our writes
         self.replicas_blocked_by = ()
         return True
 
@@ -675,34 +707,33 @@ class PoolController:
         observation: autoscaling.Observation,
         decision: autoscaling.Decision,
     ) -> None:
-        m = self.ctx.metrics
         labels = self.labels
-        pool = self._pool()
-        m.queue_reachable.labels(*labels).set(1 if observation.stats is not None else 0)
-        m.replicas_desired.labels(*labels).set(decision.desired)
-        m.replicas_max.labels(*labels).set(policy.max_replicas)
-        threshold = pool.spec.dead_letter.alert_threshold
-        m.dead_letter_alert_threshold.labels(*labels).set(float(threshold))
+        if self.series is None or self.series_labels != labels:
+            if self.series_labels is not None:
+                self.ctx.metrics.forget_pool(self.series_labels)
+            self.series = self.ctx.metrics.bind_pool(labels)
+            self.series_labels = labels
+        m = self.series
+        m.queue_reachable.set(1 if observation.stats is not None else 0)
+        m.replicas_desired.set(decision.desired)
+        m.replicas_max.set(policy.max_replicas)
+        m.dead_letter_alert_threshold.set(float(self._pool().spec.dead_letter.alert_threshold))
         if self.deployment is not None:
-            m.replicas_current.labels(*labels).set(
-                int(self.deployment.get("spec", {}).get("replicas", 0))
-            )
-            m.replicas_ready.labels(*labels).set(
-                int((self.deployment.get("status") or {}).get("readyReplicas", 0))
-            )
+            m.replicas_current.set(int(self.deployment.get("spec", {}).get("replicas", 0)))
+            m.replicas_ready.set(int((self.deployment.get("status") or {}).get("readyReplicas", 0)))
         s = observation.stats
         if s is None:
             return
-        m.backlog.labels(*labels).set(s.backlog)
-        m.in_flight.labels(*labels).set(s.in_flight)
-        m.delayed.labels(*labels).set(getattr(s, "future_delayed", 0))
-        m.dead_letter.labels(*labels).set(getattr(s, "dead_letter", 0))
-        m.oldest_job_age.labels(*labels).set(s.oldest_job_age_seconds)
-        m.jobs_enqueued.set(labels, s.enqueued_total)
-        m.jobs_completed.set(labels, s.completed_total)
-        m.jobs_failed.set(labels, getattr(s, "failed_total", 0))
-        m.jobs_dead_lettered.set(labels, getattr(s, "dead_lettered_total", 0))
-        m.workers_killed.set(labels, getattr(s, "workers_lost_total", 0))
+        m.backlog.set(s.backlog)
+        m.in_flight.set(s.in_flight)
+        m.delayed.set(s.future_delayed)
+        m.dead_letter.set(s.dead_letter)
+        m.oldest_job_age.set(s.oldest_job_age_seconds)
+        m.jobs_enqueued(s.enqueued_total)
+        m.jobs_completed(s.completed_total)
+        m.jobs_failed(s.failed_total)
+        m.jobs_dead_lettered(s.dead_lettered_total)
+        m.workers_killed(s.workers_lost_total)
 
 
 def _without_observed_time(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -711,6 +742,51 @@ def _without_observed_time(status: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(result.get("queue"), dict):
         result["queue"] = {k: v for k, v in result["queue"].items() if k != "observedTime"}
     return result
+
+
+def _poll_signature(
+    observation: autoscaling.Observation,
+    decision: autoscaling.Decision,
+    deployment: Mapping[str, Any] | None,
+    pool: Mapping[str, Any] | None,
+) -> tuple[Any, ...]:
+    """Everything a poll's status depends on; equal signatures give equal statuses."""
+    s = observation.stats
+    stats_part = (
+        None
+        if s is None
+        else (
+            s.backlog,
+            s.in_flight,
+            s.future_delayed,
+            s.dead_letter,
+            round(float(s.oldest_job_age_seconds), 3),
+            len(s.workers),
+        )
+    )
+    rates = decision.rates
+    dep = deployment or {}
+    return (
+        stats_part,
+        observation.error,
+        decision.desired,
+        decision.raw_desired,
+        decision.clamped_by,
+        decision.chosen,
+        decision.reason,
+        decision.scaling_limited,
+        decision.dry_run,
+        None if rates.arrival is None else round(rates.arrival, 4),
+        None if rates.completion is None else round(rates.completion, 4),
+        decision.state.last_scale_time,
+        (dep.get("spec") or {}).get("replicas"),
+        json.dumps(dep.get("status"), sort_keys=True),
+        _generation(pool or {}),
+    )
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
 
 
 def _merge(target: Any, patch: Any) -> Any:
@@ -736,6 +812,14 @@ def _newer(candidate: Mapping[str, Any] | None, current: Mapping[str, Any] | Non
     if a.isdigit() and b.isdigit():
         return int(a) >= int(b)
     return True
+
+
+def _build_drift_reference(deployment: Body, pool: api.Pool) -> Body:
+    """Our applied Deployment minus spec.replicas when the autoscaler (or KEDA) owns it."""
+    if pool.spec.autoscaling.mode == "disabled":
+        return deployment
+    spec = {k: v for k, v in (deployment.get("spec") or {}).items() if k != "replicas"}
+    return {**deployment, "spec": spec}
 
 
 def _is_subset(wanted: Any, actual: Any) -> bool:
@@ -807,7 +891,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         controller = ctx.pools.get(key)
         if controller is None:
             controller = ctx.pools[key] = PoolController(ctx, key[0], key[1])
-        controller.observe(copy.deepcopy(dict(raw)))
+        controller.observe(dict(raw))  # read-only: we replace bodies, never mutate them
         controller.start()
 
     def owned_by_a_pool(body: kopf.Body, **_: Any) -> bool:
@@ -821,9 +905,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         controller = ctx.pools.get((namespace, pool or ""))
         if controller is None:
             return  # the pool is gone or not seen yet; its own event will reconcile
-        controller.observe_deployment(
-            copy.deepcopy(dict(raw)), deleted=event.get("type") == "DELETED"
-        )
+        controller.observe_deployment(dict(raw), deleted=event.get("type") == "DELETED")
 
     @kopf.on.probe(registry=registry, id="pools")
     async def pools_probe(**_: Any) -> int:

@@ -8,7 +8,9 @@ updated by ``shell.handlers`` after every reconcile and every autoscaler poll.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -91,6 +93,27 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
+    def bind_pool(self, labels: Sequence[str]) -> PoolSeries:
+        """Every per-pool series for one pool, bound once (``labels()`` is a dict lookup + lock)."""
+        return PoolSeries(
+            backlog=self.backlog.labels(*labels),
+            in_flight=self.in_flight.labels(*labels),
+            delayed=self.delayed.labels(*labels),
+            dead_letter=self.dead_letter.labels(*labels),
+            oldest_job_age=self.oldest_job_age.labels(*labels),
+            replicas_desired=self.replicas_desired.labels(*labels),
+            replicas_current=self.replicas_current.labels(*labels),
+            replicas_ready=self.replicas_ready.labels(*labels),
+            replicas_max=self.replicas_max.labels(*labels),
+            dead_letter_alert_threshold=self.dead_letter_alert_threshold.labels(*labels),
+            queue_reachable=self.queue_reachable.labels(*labels),
+            jobs_enqueued=self.jobs_enqueued.bind(labels),
+            jobs_completed=self.jobs_completed.bind(labels),
+            jobs_failed=self.jobs_failed.bind(labels),
+            jobs_dead_lettered=self.jobs_dead_lettered.bind(labels),
+            workers_killed=self.workers_killed.bind(labels),
+        )
+
     def forget_pool(self, labels: Sequence[str]) -> None:
         """Drop every per-pool series of a deleted pool."""
         for metric in (
@@ -118,6 +141,28 @@ class OperatorMetrics:
             mirrored.remove(labels)
 
 
+@dataclass(frozen=True)
+class PoolSeries:
+    """One pool's bound series (see :meth:`OperatorMetrics.bind_pool`)."""
+
+    backlog: Any
+    in_flight: Any
+    delayed: Any
+    dead_letter: Any
+    oldest_job_age: Any
+    replicas_desired: Any
+    replicas_current: Any
+    replicas_ready: Any
+    replicas_max: Any
+    dead_letter_alert_threshold: Any
+    queue_reachable: Any
+    jobs_enqueued: Callable[[float], None]
+    jobs_completed: Callable[[float], None]
+    jobs_failed: Callable[[float], None]
+    jobs_dead_lettered: Callable[[float], None]
+    workers_killed: Callable[[float], None]
+
+
 class _MirroredCounter:
     """A counter whose value is copied from Redis (monotonic there), exported as ``*_total``.
 
@@ -127,10 +172,15 @@ class _MirroredCounter:
     def __init__(self, name: str, doc: str, registry: CollectorRegistry) -> None:
         self._counter = Counter(name, doc, POOL_LABELS, registry=registry)
 
-    def set(self, labels: Sequence[str], value: float) -> None:
+    def bind(self, labels: Sequence[str]) -> Callable[[float], None]:
+        """A setter for one pool's series."""
         child = self._counter.labels(*labels)
-        # Counter has no public set(); a restart of the operator starts from Redis's value anyway.
-        child._value.set(float(value))
+
+        def set_value(value: float) -> None:
+            # Counter has no public set(); a restarted operator starts from Redis's value anyway.
+            child._value.set(float(value))
+
+        return set_value
 
     def remove(self, labels: Sequence[str]) -> None:
         with contextlib.suppress(KeyError):
