@@ -603,6 +603,7 @@ def build_enqueue_call(
     """KEYS and ARGV of one enqueue script call (shared by the async and sync producers)."""
     keys = queue_keys.script_keys()
     rows: list[tuple[object, ...]] = []
+    envelopes: list[scripts.Arg] = []
     for req in requests:
         env = req.envelope
         idx = 0
@@ -613,16 +614,11 @@ def build_enqueue_call(
             ttl = req.idempotency_ttl_seconds if req.idempotency_ttl_seconds else 86_400.0
             ttl_ms = int(ttl * 1000)
         rows.append(
-            (
-                env.id,
-                env.priority.value,
-                int(max(0.0, req.delay_seconds) * 1000),
-                idx,
-                ttl_ms,
-                envelope_mod.build_envelope_json(env),
-            )
+            (env.id, env.priority.value, int(max(0.0, req.delay_seconds) * 1000), idx, ttl_ms)
         )
-    return keys, [build_packed(rows)]
+        # each envelope is its own argument: the script never copies it out of a packed string
+        envelopes.append(envelope_mod.build_envelope_json(env))
+    return keys, [build_packed(rows), *envelopes]
 
 
 def build_enqueue_results(raw: Sequence[Any]) -> list[EnqueueResult]:

@@ -4,9 +4,11 @@
 --          {wf:Q}:done:<key> (SET PX; KEYS[idx]) when the handler records "done" with the ack.
 -- ARGV[1]: packed records, per job: id, token, done key index (0 = none), done ttl ms.
 -- Returns: flat {1|0, ...} (1 = acknowledged, 0 = stale: the job was handed to someone else).
-local recs = records(ARGV[1])
-local ids = {}
-for i, r in ipairs(recs) do ids[i] = r[1] end
+local recs, ids = {}, {}
+for id, token, idx, ttl in string.gmatch(ARGV[1], REC[4]) do
+  recs[#recs + 1] = {id, token, idx, ttl}
+  ids[#ids + 1] = id
+end
 local raws = redis.call('HMGET', K_INFLIGHT, unpack(ids))
 local out, done_ids, seen = {}, {}, {}
 local by_prio = {high = {}, normal = {}, low = {}}

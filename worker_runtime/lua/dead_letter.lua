@@ -11,8 +11,10 @@ local now = now_ms()
 local dlq_max, dlq_ret = tonumber(ARGV[1]), tonumber(ARGV[2])
 local out = {}
 local failed = 0
-for i, r in ipairs(records(ARGV[3])) do
-  local id = r[1]
+local i = 0
+for id, token, reason, counts, failure in string.gmatch(ARGV[3], REC[5]) do
+  i = i + 1
+  local r = {id, token, reason, counts, failure}
   local fl = fl_get(redis.call('HGET', K_INFLIGHT, id))
   local st = st_get(redis.call('HGET', K_STATE, id))
   if fl and st and fl.t == r[2] then

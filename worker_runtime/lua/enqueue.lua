@@ -3,15 +3,18 @@
 --          {wf:Q}:delayed (ZADD), {wf:Q}:counters (enqueued), {wf:Q}:idem:<key> (SET NX PX;
 --          KEYS[idx]).
 -- ARGV[1]: packed records (see prelude), per job: id, priority, delay ms, idem key index
---       (0 = none), idem ttl ms, envelope JSON.
+--       (0 = none), idem ttl ms; ARGV[1 + i]: the envelope JSON of job i (kept as its own
+--       argument so Lua never copies it).
 -- Returns: flat {job id, created 1|0, ...}; a duplicate idempotency key returns the first id,
 --          a job id that already exists is not added again (a resent call after a lost reply).
 local now = now_ms()
 local out = {}
 local states = {}
-for _, r in ipairs(records(ARGV[1])) do
-  local id, prio, env = r[1], r[2], r[6]
-  local delay, idx, ttl = tonumber(r[3]), tonumber(r[4]), tonumber(r[5])
+local i = 1
+for id, prio, delay_s, idx_s, ttl_s in string.gmatch(ARGV[1], REC[5]) do
+  i = i + 1
+  local env = ARGV[i]
+  local delay, idx, ttl = tonumber(delay_s), tonumber(idx_s), tonumber(ttl_s)
   if not K_READY[prio] then prio = 'normal' end
   local dup = nil
   if idx > 0 then

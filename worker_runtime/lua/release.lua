@@ -6,8 +6,10 @@
 -- Returns: flat {1|0, ...} (0 = stale token).
 local out = {}
 local ok = 0
-for i, r in ipairs(records(ARGV[1])) do
-  local id = r[1]
+local i = 0
+for id, token in string.gmatch(ARGV[1], REC[2]) do
+  i = i + 1
+  local r = {id, token}
   local fl = fl_get(redis.call('HGET', K_INFLIGHT, id))
   if fl and fl.t == r[2] then
     entry_remove(fl)

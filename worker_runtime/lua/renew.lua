@@ -8,12 +8,14 @@
 local now = now_ms()
 local worker, lease = ARGV[1], tonumber(ARGV[2])
 local hb, hb_ttl = ARGV[3], tonumber(ARGV[4])
-local recs = records(ARGV[5])
+local recs, ids = {}, {}
+for id, token in string.gmatch(ARGV[5], REC[2]) do
+  recs[#recs + 1] = {id, token}
+  ids[#ids + 1] = id
+end
 local n = #recs
 local out = {}
 if n > 0 then
-  local ids = {}
-  for i, r in ipairs(recs) do ids[i] = r[1] end
   local raws = redis.call('HMGET', K_INFLIGHT, unpack(ids))
   local zargs = {}
   for i = 1, n do

@@ -7,8 +7,10 @@
 local now = now_ms()
 local out = {}
 local ok = 0
-for i, r in ipairs(records(ARGV[1])) do
-  local id = r[1]
+local i = 0
+for id, token, delay_ms, failure in string.gmatch(ARGV[1], REC[4]) do
+  i = i + 1
+  local r = {id, token, delay_ms, failure}
   local fl = fl_get(redis.call('HGET', K_INFLIGHT, id))
   local st = st_get(redis.call('HGET', K_STATE, id))
   if fl and st and fl.t == r[2] then
