@@ -89,6 +89,7 @@ class FleetRunner:
         self.registry = prometheus_client.CollectorRegistry()
         self.metrics = operator_metrics.OperatorMetrics(self.registry)
         self.labels = (manifest.LOCAL_NAMESPACE, pool.name, pool.queue)
+        self.series = self.metrics.bind_pool(self.labels)
         self.totals = RunnerTotals()
         self.last_change: autoscaling.Decision | None = None
         self.last_change_at: float | None = None
@@ -171,29 +172,26 @@ class FleetRunner:
         )
 
     def _publish(self, snapshot: Snapshot) -> None:
-        m, labels = self.metrics, self.labels
-        policy = self.pool.policy
-        m.queue_reachable.labels(*labels).set(1 if snapshot.queue_stats is not None else 0)
-        m.replicas_desired.labels(*labels).set(snapshot.decision.desired)
-        m.replicas_current.labels(*labels).set(snapshot.replicas)
-        m.replicas_ready.labels(*labels).set(snapshot.ready)
-        m.replicas_max.labels(*labels).set(policy.max_replicas)
-        m.dead_letter_alert_threshold.labels(*labels).set(
-            self.pool.spec.dead_letter.alert_threshold
-        )
+        series = self.series
+        series.queue_reachable.set(1 if snapshot.queue_stats is not None else 0)
+        series.replicas_desired.set(snapshot.decision.desired)
+        series.replicas_current.set(snapshot.replicas)
+        series.replicas_ready.set(snapshot.ready)
+        series.replicas_max.set(self.pool.policy.max_replicas)
+        series.dead_letter_alert_threshold.set(self.pool.spec.dead_letter.alert_threshold)
         s = snapshot.queue_stats
         if s is None:
             return
-        m.backlog.labels(*labels).set(s.backlog)
-        m.in_flight.labels(*labels).set(s.in_flight)
-        m.delayed.labels(*labels).set(s.future_delayed)
-        m.dead_letter.labels(*labels).set(s.dead_letter)
-        m.oldest_job_age.labels(*labels).set(s.oldest_job_age_seconds)
-        m.jobs_enqueued.set(labels, s.enqueued_total)
-        m.jobs_completed.set(labels, s.completed_total)
-        m.jobs_failed.set(labels, s.failed_total)
-        m.jobs_dead_lettered.set(labels, s.dead_lettered_total)
-        m.workers_killed.set(labels, s.workers_lost_total)
+        series.backlog.set(s.backlog)
+        series.in_flight.set(s.in_flight)
+        series.delayed.set(s.future_delayed)
+        series.dead_letter.set(s.dead_letter)
+        series.oldest_job_age.set(s.oldest_job_age_seconds)
+        series.jobs_enqueued(s.enqueued_total)
+        series.jobs_completed(s.completed_total)
+        series.jobs_failed(s.failed_total)
+        series.jobs_dead_lettered(s.dead_lettered_total)
+        series.workers_killed(s.workers_lost_total)
 
     def _log_decision(self, now: float, decision: autoscaling.Decision) -> None:
         if self.decision_log is None:
