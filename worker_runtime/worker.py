@@ -798,7 +798,7 @@ class Worker:
     def _release_budget_end(self) -> float:
         # Keep a reserve for releasing, deregistering and exiting inside the budget.
         budget = self.settings.drain_timeout_seconds
-        reserve = min(5.0, max(0.5, 0.1 * budget))
+        reserve = min(5.0, max(1.0, 0.2 * budget))
         start = self.drain_started if self.drain_started is not None else time.monotonic()
         return start + max(0.0, budget - reserve)
 

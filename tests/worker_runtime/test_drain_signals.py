@@ -23,16 +23,24 @@ def _started(client: redis.Redis, queue: str, n: int = 1) -> Callable[[], Any]:
     return lambda: len([e for e in events(client, queue) if e["event"] == "start"]) >= n
 
 
-@pytest.mark.parametrize("task", ["sleep", "sleep-sync"])
+@pytest.mark.parametrize(
+    ("task", "concurrency"),
+    [
+        ("sleep", 1),
+        ("sleep-sync", 1),
+        ("sleep", 4),  # free slots: a blocking fetch is waiting when the signal comes
+    ],
+)
 def test_sigterm_during_a_short_job_finishes_and_acks_it_fetches_nothing_new_and_exits_zero(
     task: str,
+    concurrency: int,
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
     wf_queue: str,
 ) -> None:
-    # Given a worker (one slot) running a job that needs one more second
-    worker = wf_spawn(concurrency=1, drain_timeout=5.0)
+    # Given a worker running a job that needs one more second
+    worker = wf_spawn(concurrency=concurrency, drain_timeout=5.0)
     short = wf_producer.enqueue(task, {"seconds": 1.0, "marker": "short"})
     wait_until(_started(wf_client, wf_queue), 20, "the short job to start")
     # When SIGTERM arrives and another job is enqueued during the drain
