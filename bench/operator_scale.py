@@ -1,4 +1,4 @@
-"""Operator scale benchmark: 1,000 WorkerPools against the API emulator; time to all Ready, RSS, CPU.
+"""Operator scale benchmark: 1,000 WorkerPools on the API emulator; time to all Ready, RSS, CPU.
 
 Run by ``make bench-operator``. Starts the Kubernetes API emulator of the test suite
 (tests/workerfleet_operator/emulator.py) in this process, one real redis-server, and the real
@@ -64,7 +64,10 @@ def build_pool(name: str) -> dict[str, Any]:
         "spec": {
             "image": "registry.example/email-worker:1.4.2",
             "app": "emails.tasks:app",
-            "queue": {"name": name, "redis": {"urlSecretRef": {"name": "redis-creds", "key": "url"}}},
+            "queue": {
+                "name": name,
+                "redis": {"urlSecretRef": {"name": "redis-creds", "key": "url"}},
+            },
             "autoscaling": {"mode": "builtin", "minReplicas": 0, "maxReplicas": 10},
         },
     }
@@ -95,7 +98,17 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wf-bench-operator-"))
     redis_port = free_port()
     redis_proc = subprocess.Popen(
-        [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)],
+        [
+            redis_bin,
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -122,7 +135,11 @@ def main() -> int:
     )
     log_path = workdir / "operator.log"
     operator = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from workerfleet_operator.cli import main; sys.exit(main(['operator']))"],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from workerfleet_operator.cli import main; sys.exit(main(['operator']))",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log_path.open("wb"),
@@ -168,19 +185,31 @@ def main() -> int:
         by_kind: dict[str, int] = {}
         for method, path, _code in list(emu.request_log):
             parts = path.rstrip("/").split("/")
-            kind = parts[-2] if parts[-1] == "status" else (parts[-2] if len(parts) > 5 else parts[-1])
+            kind = (
+                parts[-2] if parts[-1] == "status" else (parts[-2] if len(parts) > 5 else parts[-1])
+            )
             status = parts[-1] == "status"
             key = f"{method} {'workerpools/status' if status else kind}"
             by_kind[key] = by_kind.get(key, 0) + 1
         top = sorted(by_kind.items(), key=lambda kv: -kv[1])[:8]
         print("requests by kind:", ", ".join(f"{k}={v}" for k, v in top))
         print(f"emulator+bench process cpu: {time.process_time():.1f}s")
-        print(f"pools created in {created_s:.1f}s; all Ready: {ready >= args.pools} ({ready}/{args.pools})")
-        print(f"deployments={deployments} api_requests_to_converge={converge_requests} "
-              f"({converge_requests / max(args.pools, 1):.1f}/pool)")
-        print(f"operator cpu: {cpu - cpu_idle:.1f}s to converge, {(cpu_after - cpu) / 10:.2f} cores "
-              f"in steady state (5 s polling of {args.pools} queues)")
-        print(f"operator rss: {rss:.0f}MB at convergence, {rss_steady:.0f}MB steady, peak {peak_seen:.0f}MB")
+        print(
+            f"pools created in {created_s:.1f}s; "
+            f"all Ready: {ready >= args.pools} ({ready}/{args.pools})"
+        )
+        print(
+            f"deployments={deployments} api_requests_to_converge={converge_requests} "
+            f"({converge_requests / max(args.pools, 1):.1f}/pool)"
+        )
+        print(
+            f"operator cpu: {cpu - cpu_idle:.1f}s to converge, {(cpu_after - cpu) / 10:.2f} cores "
+            f"in steady state (5 s polling of {args.pools} queues)"
+        )
+        print(
+            f"operator rss: {rss:.0f}MB at convergence, {rss_steady:.0f}MB steady, "
+            f"peak {peak_seen:.0f}MB"
+        )
         print(f"operator: pools={args.pools} ready_s={ready_s:.1f} rss_mb={peak_seen:.0f}")
         return 0 if ready >= args.pools else 1
     finally:

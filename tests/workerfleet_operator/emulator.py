@@ -330,6 +330,7 @@ class Emulator:
             tuple[str, str], list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Obj | None]]]
         ] = collections.defaultdict(list)
         self._failures: list[_Failure] = []
+        self._listeners: list[Callable[[str, Obj], None]] = []
         self.request_counts: collections.Counter[str] = collections.Counter()
         self.request_log: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=50_000)
         self._thread: threading.Thread | None = None
@@ -477,6 +478,11 @@ class Emulator:
         with self._lock:
             return self._delete(res, namespace or "", name)
 
+    def add_listener(self, listener: Callable[[str, Obj], None]) -> None:
+        """Call ``listener(plural, event)`` on every committed change (under the store lock)."""
+        with self._lock:
+            self._listeners.append(listener)
+
     def inject_failure(self, method: str, path_regex: str, code: int, count: int = 1) -> None:
         """Answer the next ``count`` matching requests with ``code`` (409, 422, 500, ...)."""
         with self._lock:
@@ -527,6 +533,8 @@ class Emulator:
         self._history[key].append((rv, event))
         for loop, queue in list(self._watchers[key]):
             loop.call_soon_threadsafe(queue.put_nowait, event)
+        for listener in self._listeners:
+            listener(res.plural, event)
 
     def _ownable(self, path: Path, res: Resource, subresource: str | None) -> bool:
         if not path or path[0] in ("apiVersion", "kind"):
