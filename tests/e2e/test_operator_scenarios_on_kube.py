@@ -371,3 +371,48 @@ def test_the_redis_password_never_appears_in_pools_children_events_or_the_log(
         assert canary not in json.dumps(kube_cluster.fetch_json(*args)), f"leaked into {where}"
     assert canary not in operator.log(), "leaked into the operator's log"
     assert operator.forbidden_lines() == []
+
+
+def test_three_spec_changes_while_the_operator_is_down_are_applied_as_one_rollout(
+    kube_cluster: kubecluster.KubeCluster,
+    workerfleet_chart: str,
+    namespace: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # Given a converged pool and its operator stopped
+    create_secret(kube_cluster, namespace, "redis", redis_server.url)
+    first = wf.start_operator(kube_cluster, workerfleet_chart, (namespace,), tmp_path / "first")
+    try:
+        pool = wf.build_pool("batch", "e2e-batch", {"minReplicas": 1, "maxReplicas": 1})
+        apply_pool(kube_cluster, namespace, pool)
+        wait_ready(kube_cluster, namespace, "batch")
+        before = kube_cluster.fetch_json("deploy", "batch", "-n", namespace)["metadata"]
+    finally:
+        first.stop()
+    # When the spec changes three times
+    for version in ("1.5.0", "1.6.0", "1.7.0"):
+        kube_cluster.kubectl(
+            "patch", "wp", "batch", "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"image": f"registry.example/e2e-worker:{version}"}}),
+        )  # fmt: skip
+    # And the operator starts again
+    second = wf.start_operator(kube_cluster, workerfleet_chart, (namespace,), tmp_path / "second")
+    try:
+        # Then the pool's latest generation is observed and only the latest image is applied,
+        # in a single Deployment write (its generation moves by one: one rollout, not three)
+        kubecluster.poll_until(
+            "observedGeneration 4",
+            lambda: kube_cluster.fetch_json("wp", "batch", "-n", namespace),
+            lambda o: o.get("status", {}).get("observedGeneration") == 4,  # type: ignore[attr-defined]
+            timeout_seconds=60,
+        )
+        after = kube_cluster.fetch_json("deploy", "batch", "-n", namespace)
+    finally:
+        second.stop()
+    image = after["spec"]["template"]["spec"]["containers"][0]["image"]  # type: ignore[index]
+    assert image == "registry.example/e2e-worker:1.7.0"
+    generation = after["metadata"]["generation"]  # type: ignore[index]
+    assert generation == before["generation"] + 1  # type: ignore[index]
+    assert first.forbidden_lines() == []
+    assert second.forbidden_lines() == []

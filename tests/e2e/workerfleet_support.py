@@ -32,6 +32,7 @@ WORKERFLEET = Path(sys.executable).parent / "workerfleet"
 # Any refusal by RBAC shows up in the operator's log as an HTTP 403 / "forbidden".
 FORBIDDEN = re.compile(r"forbidden|\b403\b", re.IGNORECASE)
 START_TIMEOUT_SECONDS = 60.0
+LOG_TAIL_LINES = 25
 
 
 @dataclass
@@ -129,7 +130,8 @@ def start_operator(
         operator.stop()
         raise
     if process.poll() is not None:
-        raise AssertionError(f"the operator exited with {process.returncode}:\n{operator.log()}")
+        tail = "\n".join(operator.log().splitlines()[-LOG_TAIL_LINES:])
+        raise AssertionError(f"the operator exited with {process.returncode}; log tail:\n{tail}")
     return operator
 
 
