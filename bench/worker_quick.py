@@ -27,7 +27,7 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 from worker_runtime import producer, stats  # noqa: E402
 
-APP_MODULE = '''
+APP_MODULE = """
 from pydantic import BaseModel
 from worker_runtime import App
 import os
@@ -40,7 +40,7 @@ async def noop(payload: Noop) -> None:
 @app.task("noop-sync")
 def noop_sync(payload: Noop) -> None:
     return None
-'''
+"""
 
 
 def free_port() -> int:
