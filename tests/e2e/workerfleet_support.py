@@ -130,8 +130,14 @@ def start_operator(
         operator.stop()
         raise
     if process.poll() is not None:
-        tail = "\n".join(operator.log().splitlines()[-LOG_TAIL_LINES:])
-        raise AssertionError(f"the operator exited with {process.returncode}; log tail:\n{tail}")
+        lines = operator.log().splitlines()
+        errors = [line for line in lines if '"level":"error"' in line][:5]
+        raise AssertionError(
+            f"the operator exited with {process.returncode}; its first errors:\n"
+            + "\n".join(errors)
+            + "\nlog tail:\n"
+            + "\n".join(lines[-LOG_TAIL_LINES:])
+        )
     return operator
 
 
