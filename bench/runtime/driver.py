@@ -257,8 +257,9 @@ def available(system: System) -> str | None:
     if system.kind == "node":
         if shutil.which("node") is None:
             return "node not found"
-        if not (Path(os.environ.get("BENCH_NODE_MODULES", "")) / "bullmq").is_dir():
-            return "bullmq not installed (run through run.sh)"
+        modules = Path(os.environ.get("BENCH_NODE_MODULES", ""))
+        if not ((modules / "bullmq").is_dir() and (modules / "ioredis").is_dir()):
+            return "bullmq/ioredis not installed (run through run.sh)"
         return None
     try:
         python_of(system)

@@ -27,8 +27,12 @@ for req in "$here"/requirements/*.txt; do
   if [ ! -f "$venv/.ready" ]; then
     echo "bench-runtime: installing $name into $venv" >&2
     rm -rf "$venv"
-    "$PY" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+    # A peer that cannot be installed is reported as unavailable in the table, not fatal.
+    if ! { "$PY" -m venv "$venv" \
+      && "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"; }; then
+      echo "bench-runtime: could not install $name; it will be reported as unavailable" >&2
+      continue
+    fi
     touch "$venv/.ready"
   fi
   # driver.py finds each peer's interpreter through these variables.
@@ -43,7 +47,9 @@ elif [ ! -f "$node_dir/node_modules/bullmq/package.json" ] \
   echo "bench-runtime: npm install bullmq@$BULLMQ_VERSION into $node_dir" >&2
   mkdir -p "$node_dir"
   [ -f "$node_dir/package.json" ] || printf '{"name":"workerfleet-bench","private":true}\n' > "$node_dir/package.json"
-  (cd "$node_dir" && npm install --silent --no-audit --no-fund "bullmq@$BULLMQ_VERSION" "ioredis@$IOREDIS_VERSION")
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund \
+    "bullmq@$BULLMQ_VERSION" "ioredis@$IOREDIS_VERSION") \
+    || echo "bench-runtime: npm install failed; BullMQ will be reported as unavailable" >&2
 fi
 export BENCH_NODE_MODULES="$node_dir/node_modules"
 
