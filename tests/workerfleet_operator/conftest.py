@@ -18,13 +18,14 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import yaml
+from workerfleet_operator import rbac
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import handlers, main, metrics
 
@@ -126,6 +127,46 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 def emulator() -> Iterator[Emulator]:
     with Emulator() as emu:
         yield emu
+
+
+_VERBS = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
+
+
+def build_rbac_triples(request_log: Iterable[tuple[str, str, int]]) -> set[tuple[str, str, str]]:
+    """The (apiGroup, resource, verb) an API server would authorize for each logged request."""
+    triples: set[tuple[str, str, str]] = set()
+    for method, path, _code in request_log:
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"] and len(parts) >= 3:
+            group, rest = "", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 4:
+            group, rest = parts[1], parts[3:]
+        else:
+            continue  # discovery: non-resource URLs every authenticated client may read
+        if rest[:1] == ["namespaces"] and len(rest) >= 3:
+            rest = rest[2:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        if method == "WATCH":
+            verb = "watch"
+        elif method == "GET" and len(rest) == 1:
+            verb = "list"
+        else:
+            verb = _VERBS[method]
+        triples.add((group, resource, verb))
+    return triples
+
+
+@pytest.fixture(autouse=True)
+def _every_api_call_is_covered_by_the_chart_rbac(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each operator test: every request the operator made is granted by rbac.py's list."""
+    if "emulator" not in request.fixturenames or "operator" not in request.fixturenames:
+        yield
+        return
+    emu: Emulator = request.getfixturevalue("emulator")
+    yield
+    granted = rbac.build_permission_set(cluster_wide=True, peering=False)
+    missing = build_rbac_triples(emu.request_log) - granted
+    assert not missing, f"API calls not covered by workerfleet_operator.rbac: {sorted(missing)}"
 
 
 @pytest.fixture

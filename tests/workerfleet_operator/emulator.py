@@ -108,6 +108,19 @@ BUILTIN_RESOURCES: tuple[Resource, ...] = (
     ),
 )
 
+# CRDs of other projects the operator may write (Prometheus Operator, KEDA).
+THIRD_PARTY_RESOURCES: tuple[Resource, ...] = (
+    Resource("monitoring.coreos.com", "v1", "podmonitors", "PodMonitor", status_subresource=False),
+    Resource("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject"),
+    Resource(
+        "keda.sh",
+        "v1alpha1",
+        "triggerauthentications",
+        "TriggerAuthentication",
+        status_subresource=False,
+    ),
+)
+
 WORKERPOOL = Resource(
     "workerfleet.io",
     "v1alpha1",
@@ -311,7 +324,7 @@ class Emulator:
 
     def __init__(
         self,
-        resources: tuple[Resource, ...] = (*BUILTIN_RESOURCES, WORKERPOOL),
+        resources: tuple[Resource, ...] = (*BUILTIN_RESOURCES, *THIRD_PARTY_RESOURCES, WORKERPOOL),
         *,
         history_size: int = 20_000,
         fake_deployment_controller: bool = True,
@@ -847,6 +860,7 @@ class Emulator:
                 raise ApiError(404, "NotFound", f"no route for {path}")
             res, namespace, name, sub = resolved
             if watch:
+                self.request_log.append(("WATCH", path, 200))
                 return await self._watch(request, res, namespace, name)
             body = await self._dispatch(request, res, namespace, name, sub)
             self.request_log.append((method, path, 200))

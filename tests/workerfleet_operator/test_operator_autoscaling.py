@@ -198,7 +198,10 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
         i for i, (m, p, _) in enumerate(log) if m == "PATCH" and p.endswith("/deployments/emails")
     ]
     assert lowering and last_pod_patch < lowering[-1]
-    assert [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledDown"]
+    wait_until(
+        lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledDown"],
+        message="no ScaledDown Event",
+    )
 
 
 def test_when_redis_is_unreachable_replicas_are_held_and_queue_reachable_is_false(

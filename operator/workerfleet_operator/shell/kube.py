@@ -46,6 +46,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
     "PodMonitor": ("monitoring.coreos.com/v1", "podmonitors"),
     "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects"),
+    "TriggerAuthentication": ("keda.sh/v1alpha1", "triggerauthentications"),
 }
 
 

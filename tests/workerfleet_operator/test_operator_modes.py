@@ -1,0 +1,206 @@
+"""Autoscaling modes and replica ownership on the API emulator: keda, disabled, dry run, owners."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.workerfleet_operator.conftest import (
+    NAMESPACE,
+    OperatorRunner,
+    RedisServer,
+    build_pool,
+    build_secret,
+    condition,
+    events_for,
+    wait_until,
+)
+from tests.workerfleet_operator.emulator import Emulator
+from worker_runtime import producer
+
+GROUP = "workerfleet.io"
+
+
+def pool(emu: Emulator, name: str) -> dict[str, Any] | None:
+    return emu.get("workerpools", NAMESPACE, name, group=GROUP)
+
+
+def replicas(emu: Emulator, name: str) -> int | None:
+    dep = emu.get("deployments", NAMESPACE, name, group="apps")
+    return None if dep is None else int(dep["spec"]["replicas"])
+
+
+def autoscaler_writes(emu: Emulator) -> int:
+    return sum(
+        1 for m, p, _ in list(emu.request_log) if m == "PATCH" and p.endswith("/deployments/emails")
+    )
+
+
+def enqueue(server: RedisServer, queue_name: str, count: int) -> None:
+    jobs = [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(count)]
+    producer.SyncProducer(server.client(), queue_name).enqueue_many(jobs)
+
+
+def test_mode_changes_create_and_remove_the_right_children(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a pool with a metrics Service, a PodMonitor and a PDB, in builtin mode
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    operator()
+    body = build_pool(
+        "emails",
+        metrics={"service": True, "podMonitor": True},
+        podDisruptionBudget={"enabled": True},
+    )
+    body["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
+    emulator.create("workerpools", body, group=GROUP)
+    wait_until(
+        lambda: emulator.get("podmonitors", NAMESPACE, "emails", group="monitoring.coreos.com"),
+        message="no PodMonitor",
+    )
+    assert emulator.get("poddisruptionbudgets", NAMESPACE, "emails", group="policy")
+    assert emulator.list("services", NAMESPACE)
+    # When the pool switches to keda mode
+    emulator.patch(
+        "workerpools", NAMESPACE, "emails", {"spec": {"autoscaling": {"mode": "keda"}}}, group=GROUP
+    )
+    # Then a ScaledObject and its TriggerAuthentication appear
+    scaled = wait_until(
+        lambda: emulator.get("scaledobjects", NAMESPACE, "emails", group="keda.sh"),
+        message="no ScaledObject",
+    )
+    assert scaled["metadata"]["ownerReferences"][0]["kind"] == "WorkerPool"
+    assert emulator.list("triggerauthentications", NAMESPACE, group="keda.sh")
+    # When it switches to disabled mode with 3 fixed replicas and drops the PodMonitor
+    emulator.patch(
+        "workerpools",
+        NAMESPACE,
+        "emails",
+        {
+            "spec": {
+                "autoscaling": {"mode": "disabled", "replicas": 3},
+                "metrics": {"podMonitor": False},
+            }
+        },
+        group=GROUP,
+    )
+    # Then replicas are 3 and the KEDA objects and the PodMonitor are gone
+    wait_until(lambda: replicas(emulator, "emails") == 3, message="replicas not fixed at 3")
+    wait_until(
+        lambda: not emulator.list("scaledobjects", NAMESPACE, group="keda.sh"),
+        message="ScaledObject left behind",
+    )
+    assert not emulator.list("triggerauthentications", NAMESPACE, group="keda.sh")
+    assert not emulator.list("podmonitors", NAMESPACE, group="monitoring.coreos.com")
+
+
+def test_keda_mode_never_writes_replicas(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a pool in keda mode (KEDA's HPA owns the replica count)
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    operator()
+    body = build_pool("emails", autoscaling={"mode": "keda"})
+    body["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
+    emulator.create("workerpools", body, group=GROUP)
+    wait_until(
+        lambda: emulator.get("scaledobjects", NAMESPACE, "emails", group="keda.sh"),
+        message="no ScaledObject",
+    )
+    dep = emulator.get("deployments", NAMESPACE, "emails", group="apps")
+    # When KEDA's HPA scales to 2 and a backlog arrives
+    emulator.patch(
+        "deployments",
+        NAMESPACE,
+        "emails",
+        {"spec": {"replicas": 2}},
+        group="apps",
+        manager="kube-controller-manager",
+    )
+    enqueue(redis_server, "emails", 700)
+    wait_until(
+        lambda: (
+            (pool(emulator, "emails") or {}).get("status", {}).get("queue", {}).get("backlog")
+            == 700
+        ),
+        message="queue not read",
+    )
+    # Then the operator never touched spec.replicas
+    assert replicas(emulator, "emails") == 2
+    managers = {
+        m["manager"]
+        for m in emulator.get("deployments", NAMESPACE, "emails", group="apps")["metadata"][
+            "managedFields"
+        ]
+        if "f:replicas" in m["fieldsV1"].get("f:spec", {})
+    }
+    assert managers == {"kube-controller-manager"}
+    assert "replicas" not in dep["spec"] or dep["spec"]["replicas"] == 1  # API default, not ours
+
+
+def test_another_owner_of_replicas_is_not_fought(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a builtin pool whose Deployment someone else scales (an HPA, kubectl scale)
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    operator()
+    emulator.create("workerpools", build_pool("emails"), group=GROUP)
+    wait_until(
+        lambda: condition(pool(emulator, "emails"), "QueueReachable").get("status") == "True",
+        message="queue not read",
+    )
+    emulator.patch(
+        "deployments",
+        NAMESPACE,
+        "emails",
+        {"spec": {"replicas": 7}},
+        group="apps",
+        manager="kube-controller-manager",
+    )
+    # When a backlog makes the autoscaler want 4
+    enqueue(redis_server, "emails", 400)
+    # Then it holds, says why, and leaves the other owner's value alone
+    cond = wait_until(
+        lambda: (
+            (c := condition(pool(emulator, "emails"), "ScalingLimited")).get("reason")
+            == "ReplicasOwnedElsewhere"
+            and c
+        ),
+        message="no ReplicasOwnedElsewhere",
+    )
+    assert cond["status"] == "True" and "kube-controller-manager" in cond["message"]
+    wait_until(
+        lambda: [
+            e for e in events_for(emulator, "emails") if e["reason"] == "ReplicasOwnedElsewhere"
+        ],
+        message="no Warning Event",
+    )
+    assert replicas(emulator, "emails") == 7
+
+
+def test_dry_run_records_decisions_without_applying_them(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a builtin pool in dry-run mode
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    operator()
+    emulator.create("workerpools", build_pool("emails", autoscaling={"dryRun": True}), group=GROUP)
+    wait_until(
+        lambda: condition(pool(emulator, "emails"), "QueueReachable").get("status") == "True",
+        message="queue not read",
+    )
+    writes = autoscaler_writes(emulator)
+    # When a backlog arrives
+    enqueue(redis_server, "emails", 400)
+    # Then the decision is recorded in status and an Event, and replicas stay at 0
+    status = wait_until(
+        lambda: (s := pool(emulator, "emails")["status"]).get("desiredReplicas") == 4 and s,
+        message="decision not recorded",
+    )
+    assert status["autoscaling"]["dryRun"] is True
+    wait_until(
+        lambda: [e for e in events_for(emulator, "emails") if e["reason"].startswith("DryRun")],
+        message="no dry-run Event",
+    )
+    assert replicas(emulator, "emails") == 0
+    assert autoscaler_writes(emulator) == writes
