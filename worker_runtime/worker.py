@@ -56,10 +56,12 @@ from worker_runtime import queue as queue_mod
 log = logs.get_logger("worker")
 
 # Errors that mean "Redis is unreachable or stalled right now": retried with backoff.
+# Errors of a Redis call that the worker survives by retrying with backoff: the connection
+# dropped or stalled, a restarted server still loading, a replica promoted (READONLY), or any
+# error reply. A persistent one turns /healthz red (no successful round trip) instead of
+# crashing the pod in a loop.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
+    redis.exceptions.RedisError,
     OSError,
     TimeoutError,
 )
@@ -946,7 +948,7 @@ class _ControlThread(threading.Thread):
             while not self._stopping:
                 try:
                     result = await q.renew(w.worker_id, w.snapshot_jobs(), heartbeat=w.build_beat())
-                except REDIS_ERRORS as exc:
+                except Exception as exc:  # never let the renewal thread die
                     failures += 1
                     w.metrics.redis_error("renew")
                     log.warning("lease renewal failed", extra={"error": repr(exc)})
