@@ -344,6 +344,7 @@ class Emulator:
         ] = collections.defaultdict(list)
         self._failures: list[_Failure] = []
         self._listeners: list[Callable[[str, Obj], None]] = []
+        self._stalled: set[int] = set()
         self.request_counts: collections.Counter[str] = collections.Counter()
         self.request_log: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=50_000)
         self._thread: threading.Thread | None = None
@@ -491,6 +492,13 @@ class Emulator:
         with self._lock:
             return self._delete(res, namespace or "", name)
 
+    def stall_open_watches(self) -> int:
+        """Make every open watch silent: connection kept, events dropped (a stalled stream)."""
+        with self._lock:
+            queues = [id(q) for watchers in self._watchers.values() for _, q in watchers]
+            self._stalled.update(queues)
+            return len(queues)
+
     def add_listener(self, listener: Callable[[str, Obj], None]) -> None:
         """Call ``listener(plural, event)`` on every committed change (under the store lock)."""
         with self._lock:
@@ -545,7 +553,8 @@ class Emulator:
         key = (res.group, res.plural)
         self._history[key].append((rv, event))
         for loop, queue in list(self._watchers[key]):
-            loop.call_soon_threadsafe(queue.put_nowait, event)
+            if id(queue) not in self._stalled:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
         for listener in self._listeners:
             listener(res.plural, event)
 

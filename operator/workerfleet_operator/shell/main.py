@@ -36,24 +36,30 @@ def run_operator(
     ctx = context if context is not None else handlers.build_context(cfg, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, ctx)
+    server = None
     if cfg.metrics_port:
-        prometheus_client.start_http_server(
+        server, _thread = prometheus_client.start_http_server(
             cfg.metrics_port, cfg.bind_host, registry=ctx.metrics.registry
         )
     liveness = f"http://{cfg.bind_host}:{cfg.health_port}/healthz" if cfg.health_port else None
     kwargs: dict[str, Any] = (
         {"clusterwide": True} if not cfg.namespaces else {"namespaces": list(cfg.namespaces)}
     )
-    kopf.run(
-        registry=registry,
-        settings=handlers.build_settings(cfg),
-        standalone=cfg.peering is None,
-        peering_name=cfg.peering,
-        liveness_endpoint=liveness,
-        stop_flag=stop_flag,
-        ready_flag=ready_flag,
-        **kwargs,
-    )
+    try:
+        kopf.run(
+            registry=registry,
+            settings=handlers.build_settings(cfg),
+            standalone=cfg.peering is None,
+            peering_name=cfg.peering,
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+            **kwargs,
+        )
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return 0
 
 

@@ -1,0 +1,145 @@
+"""The operator process's endpoints and watch modes: /healthz, /metrics names, namespaces, stalls."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable
+
+from tests.workerfleet_operator.conftest import (
+    NAMESPACE,
+    OperatorRunner,
+    RedisServer,
+    build_pool,
+    build_secret,
+    condition,
+    free_port,
+    wait_until,
+)
+from tests.workerfleet_operator.emulator import Emulator
+
+GROUP = "workerfleet.io"
+
+POOL_SERIES = (
+    "workerfleet_pool_backlog",
+    "workerfleet_pool_in_flight",
+    "workerfleet_pool_delayed",
+    "workerfleet_pool_dead_letter",
+    "workerfleet_pool_oldest_job_age_seconds",
+    "workerfleet_pool_replicas_desired",
+    "workerfleet_pool_replicas_current",
+    "workerfleet_pool_replicas_ready",
+    "workerfleet_pool_replicas_max",
+    "workerfleet_pool_dead_letter_alert_threshold",
+    "workerfleet_pool_queue_reachable",
+    "workerfleet_pool_jobs_enqueued_total",
+    "workerfleet_pool_jobs_completed_total",
+    "workerfleet_pool_jobs_failed_total",
+    "workerfleet_pool_jobs_dead_lettered_total",
+    "workerfleet_pool_workers_killed_total",
+)
+OPERATOR_SERIES = (
+    "workerfleet_operator_reconcile_total",
+    "workerfleet_operator_reconcile_errors_total",
+    "workerfleet_operator_reconcile_duration_seconds_bucket",
+)
+
+
+def fetch(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+        return response.status, response.read().decode()
+
+
+def test_the_operator_serves_healthz_and_every_documented_metric(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given an operator with its health and metrics ports open, and one polled pool
+    health, metrics_port = free_port(), free_port()
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    operator(health_port=health, metrics_port=metrics_port, bind_host="127.0.0.1")
+    emulator.create("workerpools", build_pool("emails"), group=GROUP)
+    wait_until(
+        lambda: (
+            condition(
+                emulator.get("workerpools", NAMESPACE, "emails", group=GROUP), "QueueReachable"
+            ).get("status")
+            == "True"
+        ),
+        message="pool not polled",
+    )
+    # When both endpoints are scraped
+    status, _ = wait_until(
+        lambda: fetch(f"http://127.0.0.1:{health}/healthz"), message="no /healthz"
+    )
+    code, text = fetch(f"http://127.0.0.1:{metrics_port}/metrics")
+    # Then liveness answers 200 and every series of docs/architecture.md is exported with its labels
+    assert status == 200 and code == 200
+    for name in POOL_SERIES:
+        assert f'{name}{{namespace="default",pool="emails",queue="emails"}}' in text, name
+    for name in OPERATOR_SERIES:
+        assert name in text, name
+
+
+def test_a_namespaced_operator_only_manages_its_namespaces(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given an operator watching only namespace "team-a"
+    for namespace in ("team-a", "team-b"):
+        emulator.create(
+            "secrets", build_secret("redis-creds", redis_server.url, namespace=namespace)
+        )
+    operator(namespaces="team-a")
+    # When both namespaces get a pool
+    emulator.create("workerpools", build_pool("emails", namespace="team-a"), group=GROUP)
+    emulator.create("workerpools", build_pool("emails", namespace="team-b"), group=GROUP)
+    # Then only team-a's pool gets a Deployment, and no cluster-wide request was made
+    wait_until(
+        lambda: emulator.get("deployments", "team-a", "emails", group="apps"),
+        message="no Deployment",
+    )
+    wait_until(
+        lambda: (
+            condition(emulator.get("workerpools", "team-a", "emails", group=GROUP), "Ready").get(
+                "status"
+            )
+            == "True"
+        ),
+        message="team-a pool not Ready",
+    )
+    assert emulator.get("deployments", "team-b", "emails", group="apps") is None
+    resource_paths = [p for _, p, _ in list(emulator.request_log) if p.count("/") > 3]
+    assert resource_paths and all("/namespaces/team-a/" in p for p in resource_paths), (
+        resource_paths
+    )
+
+
+def test_a_silently_stalled_watch_is_detected_and_the_operator_catches_up(
+    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a converged pool and an operator that gives up on a silent watch after 2 s
+    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    operator(watch_client_timeout_seconds=2.0, watch_server_timeout_seconds=600.0)
+    emulator.create("workerpools", build_pool("emails"), group=GROUP)
+    wait_until(
+        lambda: emulator.get("deployments", NAMESPACE, "emails", group="apps"),
+        message="no Deployment",
+    )
+    # When every open watch goes silent (connections stay open, events are lost) and the spec changes
+    emulator.stall_open_watches()
+    emulator.patch(
+        "workerpools",
+        NAMESPACE,
+        "emails",
+        {"spec": {"image": "registry.example/w:2.0.0"}},
+        group=GROUP,
+    )
+    # Then the operator notices, re-watches from its last resourceVersion and applies the change
+    wait_until(
+        lambda: (
+            emulator.get("deployments", NAMESPACE, "emails", group="apps")["spec"]["template"][
+                "spec"
+            ]["containers"][0]["image"]
+            == "registry.example/w:2.0.0"
+        ),
+        timeout=15,
+        message="stalled watch not recovered",
+    )
