@@ -1,4 +1,4 @@
-"""The operator process's endpoints and watch modes: /healthz, /metrics names, namespaces, stalls."""
+"""The operator process: /healthz, /metrics names, namespaced mode, stalled watches."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_a_silently_stalled_watch_is_detected_and_the_operator_catches_up(
         lambda: emulator.get("deployments", NAMESPACE, "emails", group="apps"),
         message="no Deployment",
     )
-    # When every open watch goes silent (connections stay open, events are lost) and the spec changes
+    # When every open watch goes silent (connection open, events lost) and the spec changes
     emulator.stall_open_watches()
     emulator.patch(
         "workerpools",
