@@ -287,12 +287,16 @@ class App:
 
     # ---- producing -------------------------------------------------------------------------
 
-    def bind(self, client: redis.asyncio.Redis | Any) -> None:
-        """Use ``client`` (on the running loop) for ``enqueue``; the worker binds its own."""
+    def bind(self, client: redis.asyncio.Redis | Any, *, queue: str | None = None) -> None:
+        """Use ``client`` (on the running loop) for ``enqueue``; the worker binds its own.
+
+        ``queue`` is the queue the worker actually serves (``WORKERFLEET_QUEUE`` may override
+        the App's), so follow-up jobs enqueued by handlers land where this pool works.
+        """
         from worker_runtime import producer
 
         self._producers.loop = asyncio.get_running_loop()
-        self._producers.async_producer = producer.Producer(client, self.queue)
+        self._producers.async_producer = producer.Producer(client, queue or self.queue)
         self._producers.async_client = None  # the caller owns it
 
     def _url(self) -> str:

@@ -354,7 +354,7 @@ class Worker:
             self.settings.redis_url, socket_timeout=FETCH_BLOCK_SECONDS + 5.0
         )
         self.q = queue_mod.QueueClient(self._client, self.queue_name, self.options)
-        self.app.bind(self._client)
+        self.app.bind(self._client, queue=self.queue_name)
         self._pool = DaemonThreadPool(self.concurrency)
         self.control = _ControlThread(self)
         self.control.start()

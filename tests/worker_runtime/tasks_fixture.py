@@ -247,3 +247,17 @@ async def log_async(payload: Empty, ctx: JobContext) -> None:
 @app.task("log-sync")
 def log_sync(payload: Empty, ctx: JobContext) -> None:
     ctx.logger.info("handler says hello", extra={"custom": "sync"})
+
+
+class Fanout(BaseModel):
+    children: int
+
+
+@app.task("fanout")
+async def fanout(payload: Fanout, ctx: JobContext) -> None:
+    # Follow-up jobs go through the worker's own connection, to the queue it serves.
+    record("start", ctx)
+    for i in range(payload.children):
+        await app.enqueue(
+            "order", {"order_id": 100 + i, "amount": 1.0}, correlation_id=ctx.correlation_id
+        )

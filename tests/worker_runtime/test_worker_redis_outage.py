@@ -119,3 +119,51 @@ def test_a_redis_outage_turns_healthz_red_and_green_again_and_loses_nothing(
     worker.send(signal.SIGTERM)
     assert worker.wait(15) == 0
     client.close()
+
+
+def test_a_worker_on_a_read_only_replica_waits_and_works_once_it_is_promoted(
+    redis_factory: Callable[..., Any],
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_queue: str,
+) -> None:
+    # Given a primary with 20 queued jobs and a replica of it (what a worker still points at
+    # right after a failover, before the replica is promoted)
+    primary = redis_factory()
+    replica = redis_factory()
+    primary_client = workerproc.sync_client(primary)
+    replica_client = workerproc.sync_client(replica)
+    n = 20
+    producer.SyncProducer(primary_client, wf_queue).enqueue_many(
+        [producer.JobSpec(task="chaos", payload={"marker": str(i)}) for i in range(n)]
+    )
+    replica_client.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+    wait_until(
+        lambda: (
+            replica_client.info("replication").get("master_link_status") == "up"
+            and replica_client.exists("{wf:" + wf_queue + "}:counters")
+        ),
+        20,
+        "the replica to sync",
+    )
+    # When a worker connects to the replica (every write answers READONLY)
+    port = workerproc.free_port()
+    worker = wf_spawn(redis_url=replica.url, concurrency=4, lease_seconds=1.5, metrics_port=port)
+    # Then it does not crash; /healthz turns red because no Redis call succeeds
+    wait_until(lambda: _health(worker) == 503, 15, "healthz red on a read-only replica")
+    assert worker.alive()
+    assert stats.fetch_queue_stats_sync(replica_client, wf_queue).completed_total == 0
+    # When the replica is promoted
+    replica_client.execute_command("REPLICAOF", "NO", "ONE")
+    # Then the worker recovers by itself and runs every job
+    wait_until(lambda: _health(worker) == 200, 20, "healthz green after promotion")
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(replica_client, wf_queue).completed_total == n,
+        30,
+        "all jobs on the promoted replica",
+    )
+    assert set(done_counts(replica_client, wf_queue)) == {str(i) for i in range(n)}
+    assert "ReadOnlyError" in worker.logs()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    primary_client.close()
+    replica_client.close()

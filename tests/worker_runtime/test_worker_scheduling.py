@@ -73,3 +73,20 @@ def test_a_job_whose_idempotency_key_was_recorded_done_skips_its_side_effects(
     # Then the second run saw the done marker and skipped its side effects
     kinds = [(e["event"], e["marker"]) for e in events(wf_client, wf_queue)]
     assert kinds == [("start", "first"), ("skipped", "second")]
+
+
+def test_a_handler_enqueues_follow_up_jobs_onto_the_queue_its_worker_serves(
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_producer: producer.SyncProducer,
+    wf_client: redis.Redis,
+    wf_queue: str,
+) -> None:
+    # Given a worker and a job whose handler enqueues two follow-ups
+    wf_spawn(concurrency=2)
+    wf_producer.enqueue("fanout", {"children": 2}, correlation_id="flow-1")
+    # When it runs
+    wait_until(lambda: _completed(wf_client, wf_queue) == 3, 20, "the job and its follow-ups")
+    # Then the follow-ups ran on the same queue
+    recorded = events(wf_client, wf_queue)
+    assert sorted(e.get("order_id", 0) for e in recorded) == [0, 100, 101]
+    assert stats.fetch_queue_stats_sync(wf_client, wf_queue).enqueued_total == 3
