@@ -69,6 +69,24 @@ class OperatorContext:
     login: kopf.ConnectionInfo | None = None
     client: kube.KubeClient | None = None
     pools: dict[PoolKey, PoolController] = field(default_factory=dict)
+    # (namespace, secret, key) -> (read at, value): pools sharing a Secret share one read.
+    secrets: dict[tuple[str, str, str], tuple[float, kube.SecretValue]] = field(
+        default_factory=dict
+    )
+
+    async def fetch_secret(self, namespace: str, name: str, key: str) -> kube.SecretValue:
+        """The Secret's value, re-read at most every ``secret_cache_seconds`` (memory only)."""
+        cached = self.secrets.get((namespace, name, key))
+        now = self.clock()
+        if cached is not None and now - cached[0] < self.config.secret_cache_seconds:
+            return cached[1]
+        try:
+            value = await kube.fetch_secret_value(self.fetch_client(), namespace, name, key)
+        except kube.SecretNotFoundError:
+            self.secrets.pop((namespace, name, key), None)
+            raise
+        self.secrets[(namespace, name, key)] = (now, value)
+        return value
 
     def fetch_client(self) -> kube.KubeClient:
         if self.client is None:
@@ -337,9 +355,8 @@ class PoolController:
         same = key is not None and (key.secret, key.key) == (secret_name, secret_key)
         if self.secret is not None and same and fresh:
             return plan_mod.SecretCheck("ok")
-        client = self.ctx.fetch_client()
         try:
-            value = await kube.fetch_secret_value(client, self.namespace, secret_name, secret_key)
+            value = await self.ctx.fetch_secret(self.namespace, secret_name, secret_key)
         except kube.SecretNotFoundError as exc:
             self.secret = None
             return plan_mod.SecretCheck("key_missing" if exc.key_missing else "missing", str(exc))
