@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -147,3 +149,41 @@ def test_sigint_drains_like_sigterm(
     # Then it exits 0 and deregisters
     assert worker.wait(10) == 0
     assert _stats(wf_client, wf_queue).workers == ()
+
+
+async def test_a_sigterm_that_arrives_while_the_worker_starts_becomes_an_immediate_drain(
+    redis_server: Any, queue_name: str
+) -> None:
+    from pydantic import BaseModel
+
+    from worker_runtime import App, config, worker
+
+    class Empty(BaseModel):
+        pass
+
+    app = App(queue=queue_name)
+
+    @app.task("noop", payload=Empty)  # a local model: name it explicitly
+    async def noop(payload: Empty) -> None:
+        return None
+
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    producer.SyncProducer(client, queue_name).enqueue("noop", {})
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # Given the early handlers `workerfleet worker` installs before importing the app
+        worker.install_early_signal_handlers()
+        # When SIGTERM arrives before the worker's event loop handlers exist
+        os.kill(os.getpid(), signal.SIGTERM)
+        settings = config.WorkerSettings(redis_url=redis_server.url, metrics_port=0)
+        w = worker.Worker(app, settings)
+        rc = await asyncio.wait_for(w.run(), 20)
+        # Then the worker drains at once: exit 0, nothing fetched, deregistered
+        assert rc == 0 and w.draining and w.processed == 0
+        s = stats.fetch_queue_stats_sync(client, queue_name)
+        assert s.backlog == 1 and s.in_flight == 0 and s.workers == ()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        worker._early_signals.clear()
+        client.close()
