@@ -33,7 +33,7 @@ releases immediately.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import contextlib
 import contextvars
 import os
@@ -84,68 +84,60 @@ def install_early_signal_handlers() -> None:
         signal.signal(sig, _remember_signal)
 
 
-class DaemonThreadPool(concurrent.futures.Executor):
-    """A bounded executor of daemon threads for sync handlers.
+class DaemonThreadPool:
+    """A bounded pool of daemon threads running fire-and-forget calls (sync handlers).
 
     ``ThreadPoolExecutor`` joins its threads at interpreter exit, so one stuck sync handler
-    would keep a drained worker alive past its grace period; daemon threads do not.
+    would keep a drained worker alive past its grace period; daemon threads do not. Threads
+    are started on demand, up to ``max_workers``; calls must not raise (the worker's wrapper
+    catches everything).
     """
 
     def __init__(self, max_workers: int, name: str = "wf-sync") -> None:
         self._max = max_workers
         self._name = name
-        self._work: stdlib_queue.SimpleQueue[
-            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]] | None
-        ] = stdlib_queue.SimpleQueue()
+        self._work: stdlib_queue.SimpleQueue[Callable[[], None] | None] = stdlib_queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
         self._shutdown = False
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        if kwargs:
-            msg = "DaemonThreadPool.submit takes positional arguments only"
-            raise TypeError(msg)
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    def run(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on a pool thread (queued while all threads are busy)."""
         with self._lock:
             if self._shutdown:
                 msg = "pool is shut down"
                 raise RuntimeError(msg)
-            self._work.put((future, fn, args))
-            if self._idle == 0 and len(self._threads) < self._max:
+            if self._idle > 0:
+                self._idle -= 1
+            elif len(self._threads) < self._max:
                 t = threading.Thread(
-                    target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True
+                    target=self._loop, name=f"{self._name}-{len(self._threads)}", daemon=True
                 )
                 self._threads.append(t)
                 t.start()
-            else:
-                self._idle -= 1 if self._idle > 0 else 0
-        return future
+        self._work.put(call)
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         while True:
-            item = self._work.get()
-            if item is None:
+            call = self._work.get()
+            if call is None:
                 return
-            future, fn, args = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn(*args)
-                except BaseException as exc:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
+            call()
             with self._lock:
                 self._idle += 1
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    @property
+    def size(self) -> int:
+        """Threads started so far (never more than ``max_workers``)."""
+        return len(self._threads)
+
+    def shutdown(self) -> None:
+        """Let idle threads exit; busy ones finish their call first (they are daemons)."""
         with self._lock:
             self._shutdown = True
             for _ in self._threads:
                 self._work.put(None)
-        if wait:
-            for t in self._threads:
-                t.join()
 
 
 class _Held:
@@ -170,6 +162,7 @@ class _Held:
         "started_wall",
         "task",
         "timed_out",
+        "zombie",
     )
 
     def __init__(
@@ -189,6 +182,7 @@ class _Held:
         self.timed_out = False  # the watchdog cancelled it at its timeout
         self.ack_pending = False  # finished; waits for the fetch loop's next ack_and_fetch
         self.ran = 0.0  # handler seconds (for the duration metric at ack time)
+        self.zombie = False  # a sync call given up on (timeout/drain) still running
 
     @property
     def job_id(self) -> str:
@@ -256,9 +250,12 @@ class Worker:
         self.drain_started: float | None = None
         self._hurry = False
         self._wake: asyncio.Event | None = None
-        self._drain_event: asyncio.Event | None = None
         self._fetch_wake: asyncio.Event | None = None  # interrupts the fetch in flight
         self._ack_queue: list[_Held] = []  # finished jobs to ack with the next fetch
+        self._sync_done: collections.deque[
+            tuple[_Held, asyncio.Future[None], BaseException | None]
+        ] = collections.deque()  # finished sync calls, collected on the loop thread
+        self._sync_notify = False
         self._pool: DaemonThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -282,8 +279,6 @@ class Worker:
             if self.control is not None:
                 self.control.wake()
         self._poke()
-        if self._drain_event is not None:
-            self._drain_event.set()
 
     def _in_use(self) -> int:
         return len(self.held) + self._zombies
@@ -341,10 +336,8 @@ class Worker:
         """Run until drained; returns the process exit code (0 after a clean drain)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._loop_call_soon_threadsafe = loop.call_soon_threadsafe
         self._wake = asyncio.Event()
-        self._drain_event = asyncio.Event()
-        if self.draining:
-            self._drain_event.set()
         if self.install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_drain, int(sig))
@@ -598,16 +591,30 @@ class Worker:
     async def _run_sync(self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float) -> None:
         assert self._pool is not None and self._loop is not None
         args = (payload, self._build_context(h, spec)) if spec.wants_context else (payload,)
+        fut: asyncio.Future[None] = self._loop.create_future()
         context = contextvars.copy_context()  # carries the job's log fields into the thread
-        cfut = self._pool.submit(context.run, spec.handler, *args)
+        handler = spec.handler
+
+        def call() -> None:
+            error: BaseException | None = None
+            if not fut.cancelled():  # released or timed out before a thread was free
+                try:
+                    context.run(handler, *args)
+                except BaseException as exc:
+                    error = exc
+            self._sync_done.append((h, fut, error))
+            if not self._sync_notify:
+                # One wake-up of the loop for all the calls that finish meanwhile.
+                self._sync_notify = True
+                self._loop_call_soon_threadsafe(self._collect_sync)
+
+        self._pool.run(call)
         try:
-            await asyncio.wrap_future(cfut, loop=self._loop)
+            await fut
         except asyncio.CancelledError:
-            if not cfut.done() and not cfut.cancelled():
-                # The thread cannot be stopped: it keeps its slot until the function returns.
-                self._zombies += 1
-                loop = self._loop
-                cfut.add_done_callback(lambda _: loop.call_soon_threadsafe(self._zombie_done))
+            # The thread cannot be stopped: it keeps its slot until the function returns.
+            h.zombie = True
+            self._zombies += 1
             if not h.timed_out or h.released:
                 raise
             self._uncancel()
@@ -619,9 +626,22 @@ class Worker:
             return
         await self._completed(h, spec)
 
-    def _zombie_done(self) -> None:
-        self._zombies -= 1
-        self._poke()
+    def _collect_sync(self) -> None:
+        # On the loop thread: hand finished sync calls their results (clear the flag first, so
+        # a call finishing during the collection schedules another one).
+        self._sync_notify = False
+        done = self._sync_done
+        while done:
+            h, fut, error = done.popleft()
+            if fut.cancelled():
+                if h.zombie:  # a timed-out or released call finally returned: free its slot
+                    h.zombie = False
+                    self._zombies -= 1
+                    self._poke()
+            elif error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
 
     async def _watch_timeouts(self) -> None:
         # One watchdog instead of a timer per job: cancels handlers past their deadline
@@ -876,7 +896,7 @@ class Worker:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._client.aclose()
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.shutdown()
         self.health.stopped = True
 
 
