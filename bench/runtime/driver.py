@@ -405,11 +405,17 @@ def wait_for(
 
 
 def measure(
-    system: System, client: redis.Redis, port: int, jobs: int, concurrency: int | None, label: str
+    system: System,
+    client: redis.Redis,
+    port: int,
+    jobs: int,
+    concurrency: int | None,
+    label: str,
+    **extra_env: str,
 ) -> Run:
     client.flushall()
     run = Run(system.name, jobs, concurrency, load_before=os.getloadavg()[0])
-    env = child_env(port, jobs, concurrency)
+    env = child_env(port, jobs, concurrency, **extra_env)
     log = LOGS / f"{label}.log"
     run.log = str(log.relative_to(ROOT))
     try:
@@ -601,13 +607,24 @@ def main() -> int:
         wf = next((r for r in rows if r["system"] == "workerfleet"), None)
         if wf is not None and wf["jps"] > 0:
             wf_sys = SYSTEMS[0]
-            for conc, factor in ((1, 0.25), (8, 1.0)):
+            # (concurrency, share of N, task): async at 1 and 8 (the default), and the same
+            # no-op as a plain sync function at 8 (the worker's thread pool, one per slot).
+            for conc, factor, task in ((1, 0.25, "noop"), (8, 1.0, "noop"), (8, 0.5, "noop-sync")):
+                key = f"workerfleet_c{conc}" + ("_sync" if task == "noop-sync" else "")
                 run = measure(
-                    wf_sys, client, port, max(100, int(JOBS * factor)), conc, f"workerfleet-c{conc}"
+                    wf_sys,
+                    client,
+                    port,
+                    max(100, int(JOBS * factor)),
+                    conc,
+                    key.replace("_", "-"),
+                    BENCH_WF_TASK=task,
                 )
-                extras[f"workerfleet_c{conc}"] = asdict(run)
+                extras[key] = asdict(run)
                 print(
-                    f"  workerfleet concurrency {conc}: {fmt(run.jps)} jobs/s, "
+                    f"  workerfleet concurrency {conc}"
+                    f"{' (sync handler, thread pool)' if task == 'noop-sync' else ''}: "
+                    f"{fmt(run.jps)} jobs/s, "
                     f"worker CPU {run.cpu_us_per_job:.0f} us/job ({run.status})",
                     flush=True,
                 )
@@ -637,7 +654,8 @@ def main() -> int:
         print(
             f"workerfleet concurrency 1: {fmt(extras['workerfleet_c1']['jps'])} jobs/s; "
             f"concurrency 8 (default): {fmt(extras['workerfleet_c8']['jps'])} jobs/s; "
-            f"concurrency 50: {fmt(wf_jps)} jobs/s"
+            f"concurrency 50: {fmt(wf_jps)} jobs/s; sync handler at concurrency 8: "
+            f"{fmt(extras['workerfleet_c8_sync']['jps'])} jobs/s"
         )
     for key, name in (("latency_quarter_load", "quarter"), ("latency_half_load", "half")):
         lat = extras.get(key)

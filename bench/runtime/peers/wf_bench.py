@@ -1,6 +1,7 @@
 """workerfleet for bench/runtime/driver.py: ``produce``, ``pace`` and ``work`` (run in .venv).
 
-``produce`` enqueues BENCH_JOBS no-op jobs with ``Producer.enqueue_many`` (the batched API);
+``produce`` enqueues BENCH_JOBS no-op jobs with ``Producer.enqueue_many`` (the batched API) for
+the async task ``noop``, or the sync task ``noop-sync`` with BENCH_WF_TASK=noop-sync;
 ``pace`` produces at BENCH_RATE jobs/s for BENCH_SECONDS, each job stamped with its enqueue time
 so the handler can record enqueue→start latency; ``work`` execs the real worker command,
 ``python -m worker_runtime worker wf_bench:app``, configured through WORKERFLEET_* like a pod.
@@ -31,11 +32,20 @@ async def noop(payload: Noop) -> None:
     common.hit(payload.t)
 
 
+@app.task("noop-sync")
+def noop_sync(payload: Noop) -> None:
+    # A plain function: the worker runs it in its bounded thread pool (one thread per slot).
+    common.hit(payload.t)
+
+
+TASK = os.environ.get("BENCH_WF_TASK", "noop")
+
+
 async def _produce() -> None:
     client = connection.fetch_client(common.REDIS_URL)
     p = producer.Producer(client, common.QUEUE)
     start = time.perf_counter()
-    await p.enqueue_many([producer.JobSpec("noop", {"i": i}) for i in range(common.JOBS)])
+    await p.enqueue_many([producer.JobSpec(TASK, {"i": i}) for i in range(common.JOBS)])
     common.report_enqueue(common.JOBS, time.perf_counter() - start)
     await client.aclose()
 
