@@ -445,12 +445,13 @@ def measure(
     return run
 
 
-def measure_latency(client: redis.Redis, port: int, rate: float) -> dict[str, Any]:
-    """Enqueue→start latency of workerfleet (concurrency 50) under a paced load of ``rate``."""
-    system = SYSTEMS[0]
+def measure_latency(
+    client: redis.Redis, port: int, rate: float, system: System = SYSTEMS[0]
+) -> dict[str, Any]:
+    """Enqueue→start latency of ``system`` (concurrency 50) under a paced load of ``rate``."""
     client.flushall()
     env = child_env(port, 1, 50, BENCH_RATE=f"{rate:.1f}", BENCH_SECONDS=str(LAT_SECONDS))
-    proc = start_worker(system, env, LOGS / "workerfleet-latency.log")
+    proc = start_worker(system, env, LOGS / f"{system.name}-latency-{rate:.0f}.log")
     try:
         # Warm-up: one unstamped job proves the worker is up before the paced load starts.
         produce(system, env)
@@ -639,6 +640,21 @@ def main() -> int:
                     ),
                     flush=True,
                 )
+            bull = next((r for r in rows if r["system"] == "bullmq"), None)
+            if bull is not None and bull["jps"] > 0:
+                # Both at one paced rate that each sustains: half of the slower one's max.
+                rate = 0.5 * min(wf["jps"], bull["jps"])
+                same: dict[str, Any] = {"rate": rate}
+                for sys_ in (SYSTEMS[0], SYSTEMS[1]):
+                    same[sys_.name] = measure_latency(client, port, rate, sys_)
+                    got = same[sys_.name]
+                    print(
+                        f"  {sys_.name} latency at {fmt(rate)} jobs/s: "
+                        f"p50={got.get('p50_ms', 0):.1f} ms p99={got.get('p99_ms', 0):.1f} ms "
+                        f"({got['status']})",
+                        flush=True,
+                    )
+                extras["latency_same_load"] = same
     finally:
         kill_group(redis_proc)
 
@@ -668,6 +684,15 @@ def main() -> int:
                 f"worker CPU {lat['worker_cpu_us_per_job']:.0f} us/job, "
                 f"waited for a core {lat['worker_runqueue_wait_share']:.0%} of the time"
             )
+
+    same = extras.get("latency_same_load")
+    if same and all("p50_ms" in same[n] for n in ("workerfleet", "bullmq")):
+        wfl, bql = same["workerfleet"], same["bullmq"]
+        print(
+            f"enqueue->start latency at the same load ({fmt(same['rate'])} jobs/s paced): "
+            f"workerfleet p50={wfl['p50_ms']:.1f} ms p99={wfl['p99_ms']:.1f} ms; "
+            f"BullMQ p50={bql['p50_ms']:.1f} ms p99={bql['p99_ms']:.1f} ms"
+        )
 
     out = Path(
         os.environ.get("BENCH_OUT")

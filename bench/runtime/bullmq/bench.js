@@ -1,7 +1,8 @@
-// BullMQ peer for bench/runtime/driver.py: `node bench.js produce|work` (CommonJS; bullmq and
+// BullMQ peer for bench/runtime/driver.py: `node bench.js produce|pace|work` (CommonJS; bullmq and
 // ioredis come from NODE_PATH = ~/.cache/workerfleet/bench-node/node_modules).
 // Same protocol as peers/common.py: the no-op processor counts in memory, a 20 ms timer flushes
-// bench:done (INCRBY), bench:ts:<pid> (first/last wall-clock seconds) in one MULTI.
+// bench:done (INCRBY), bench:ts:<pid> (first/last wall-clock seconds) and bench:lat (latencies
+// of jobs stamped with `t`) in one MULTI.
 // produce: Queue.addBulk 1000 jobs at a time; work: one Worker, concurrency 50 (BENCH_CONCURRENCY
 // overrides), removeOnComplete/removeOnFail so finished jobs are deleted like workerfleet's.
 'use strict';
@@ -19,12 +20,14 @@ const nowSeconds = () => (performance.timeOrigin + performance.now()) / 1000;
 let pending = 0;
 let first = null;
 let last = 0;
+let latencies = [];
 
-function hit() {
+function hit(enqueuedAt) {
   const now = nowSeconds();
   pending += 1;
   if (first === null) first = now;
   last = now;
+  if (typeof enqueuedAt === 'number') latencies.push(now - enqueuedAt);
 }
 
 function startFlusher() {
@@ -33,8 +36,12 @@ function startFlusher() {
   setInterval(async () => {
     if (pending === 0) return;
     const n = pending;
+    const lats = latencies;
     pending = 0;
-    await client.multi().hset(key, 'first', String(first), 'last', String(last)).incrby('bench:done', n).exec();
+    latencies = [];
+    const tx = client.multi().hset(key, 'first', String(first), 'last', String(last));
+    if (lats.length) tx.rpush('bench:lat', ...lats.map(String));
+    await tx.incrby('bench:done', n).exec();
   }, 20);
 }
 
@@ -52,9 +59,35 @@ async function produce() {
   await queue.close();
 }
 
+// A paced open-loop producer (same shape as wf_bench.py pace): every 5 ms one addBulk of the
+// jobs due by now, each stamped with the wall-clock time just before the call.
+async function pace() {
+  const rate = Number(process.env.BENCH_RATE);
+  const seconds = Number(process.env.BENCH_SECONDS || 5);
+  const total = Math.floor(rate * seconds);
+  const queue = new Queue(QUEUE, { connection });
+  await queue.waitUntilReady();
+  const start = performance.now();
+  let sent = 0;
+  while (sent < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
+    if (due > sent) {
+      const t = nowSeconds();
+      const batch = [];
+      for (let j = sent; j < due; j++) batch.push({ name: 'noop', data: { i: j, t } });
+      await queue.addBulk(batch);
+      sent = due;
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const elapsed = (performance.now() - start) / 1000;
+  console.log(JSON.stringify({ enqueued: sent, seconds: elapsed, rate }));
+  await queue.close();
+}
+
 function work() {
   startFlusher();
-  const worker = new Worker(QUEUE, async () => { hit(); }, {
+  const worker = new Worker(QUEUE, async (job) => { hit(job.data.t); }, {
     connection,
     concurrency: CONCURRENCY,
     removeOnComplete: { count: 0 },
@@ -65,5 +98,6 @@ function work() {
 
 const cmd = process.argv[2];
 if (cmd === 'produce') produce().catch((e) => { console.error(e); process.exit(1); });
+else if (cmd === 'pace') pace().catch((e) => { console.error(e); process.exit(1); });
 else if (cmd === 'work') work();
-else { console.error('usage: bench.js produce|work'); process.exit(2); }
+else { console.error('usage: bench.js produce|pace|work'); process.exit(2); }
