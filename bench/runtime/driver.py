@@ -244,6 +244,26 @@ def version_of(system: System) -> str:
             return str(json.loads(pkg.read_text())["version"])
         except (OSError, ValueError, KeyError):
             return "?"
+    if system.venv_env is None:
+        # workerfleet from this checkout: the commit says which runtime was measured.
+        try:
+            rev = subprocess.run(
+                ["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "worker_runtime"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "worker_runtime"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+            return f"{rev}{'+dirty' if dirty else ''}"
+        except (subprocess.SubprocessError, OSError):
+            return "?"
     code = f"import importlib.metadata as m; print(m.version({system.package!r}))"
     try:
         out = subprocess.run(
