@@ -302,6 +302,7 @@ def build_stats_json(s: stats.QueueStats) -> dict[str, Any]:
 def _render_stats(s: stats.QueueStats) -> Any:
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
@@ -323,6 +324,8 @@ def _render_stats(s: stats.QueueStats) -> Any:
     ]
     for k, v in rows:
         summary.add_row(k, v)
+    if not s.workers:
+        return Group(summary, Text("no live workers", style="dim"))
     workers = Table(title=f"{len(s.workers)} live worker(s)", title_justify="left")
     for col in ("worker", "pod", "in flight", "processed", "busy", "up", "oldest job", "state"):
         workers.add_column(
