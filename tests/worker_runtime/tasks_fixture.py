@@ -261,3 +261,13 @@ async def fanout(payload: Fanout, ctx: JobContext) -> None:
         await app.enqueue(
             "order", {"order_id": 100 + i, "amount": 1.0}, correlation_id=ctx.correlation_id
         )
+
+
+@app.task("idempotent-sync")
+def idempotent_sync(payload: Sleep, ctx: JobContext) -> None:
+    if ctx.already_done_sync():
+        record("skipped", ctx, marker=payload.marker)
+        return
+    record("start", ctx, marker=payload.marker)
+    mark_done(ctx, payload.marker or ctx.job_id)
+    ctx.mark_done_on_ack()

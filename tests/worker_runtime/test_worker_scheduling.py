@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
 
 from tests.worker_runtime import workerproc
@@ -51,7 +52,9 @@ def test_a_delayed_job_does_not_start_before_its_time(
     assert 1.5 - 0.05 <= started - enqueued <= 1.5 + 1.5
 
 
+@pytest.mark.parametrize("task", ["idempotent", "idempotent-sync"])
 def test_a_job_whose_idempotency_key_was_recorded_done_skips_its_side_effects(
+    task: str,
     wf_spawn: Callable[..., workerproc.WorkerProc],
     wf_producer: producer.SyncProducer,
     wf_client: redis.Redis,
@@ -60,14 +63,12 @@ def test_a_job_whose_idempotency_key_was_recorded_done_skips_its_side_effects(
     # Given a worker and a task that records its key as done with its ack
     wf_spawn(concurrency=2)
     wf_producer.enqueue(
-        "idempotent", {"seconds": 0, "marker": "first"}, idempotency_key="k", idempotency_ttl=0.2
+        task, {"seconds": 0, "marker": "first"}, idempotency_key="k", idempotency_ttl=0.2
     )
     wait_until(lambda: _completed(wf_client, wf_queue) == 1, 20, "the first job")
     # When the same logical job is enqueued again after the enqueue dedup window
     time.sleep(0.3)  # let the 0.2 s enqueue-dedup key expire (the done marker stays)
-    again = wf_producer.enqueue(
-        "idempotent", {"seconds": 0, "marker": "second"}, idempotency_key="k"
-    )
+    again = wf_producer.enqueue(task, {"seconds": 0, "marker": "second"}, idempotency_key="k")
     assert again.created
     wait_until(lambda: _completed(wf_client, wf_queue) == 2, 20, "the second job")
     # Then the second run saw the done marker and skipped its side effects
