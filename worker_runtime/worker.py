@@ -557,7 +557,13 @@ class Worker:
                     await spec.handler(payload, self._build_context(h, spec))
                 else:
                     await spec.handler(payload)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
+                current = asyncio.current_task()
+                if not h.released and current is not None and current.cancelling() == 0:
+                    # Nobody cancelled this task: the handler let an inner cancellation
+                    # escape. That is a failure of the handler, not a reason to drop the job.
+                    await self._failed(h, spec, exc, False)
+                    return
                 if not h.timed_out or h.released:
                     raise
                 self._uncancel()

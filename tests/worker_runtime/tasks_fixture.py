@@ -271,3 +271,12 @@ def idempotent_sync(payload: Sleep, ctx: JobContext) -> None:
     record("start", ctx, marker=payload.marker)
     mark_done(ctx, payload.marker or ctx.job_id)
     ctx.mark_done_on_ack()
+
+
+@app.task("inner-cancel", retry=Retry(max_attempts=2, backoff=backoff.Backoff(base_seconds=0.05)))
+async def inner_cancel(payload: Empty, ctx: JobContext) -> None:
+    # A handler that lets the cancellation of something it awaited escape.
+    record("start", ctx)
+    inner = asyncio.ensure_future(asyncio.sleep(10))
+    inner.cancel()
+    await inner

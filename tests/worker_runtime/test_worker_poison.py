@@ -228,3 +228,22 @@ def test_reject_and_configured_non_retryable_errors_go_straight_to_the_dlq(
         assert d.attempts == 1
         assert d.history[-1].error_type == error_type
     assert _stats(wf_client, wf_queue).retried_total == 0
+
+
+def test_a_cancellation_escaping_a_handler_is_a_failure_not_a_lost_job(
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_producer: producer.SyncProducer,
+    wf_client: redis.Redis,
+    wf_redis: workerproc.RedisLike,
+    wf_queue: str,
+) -> None:
+    # Given a handler that awaits an inner task which gets cancelled (2 attempts allowed)
+    wf_spawn(concurrency=2, lease_seconds=30.0)
+    job = wf_producer.enqueue("inner-cancel", {})
+    # When it runs
+    wait_until(lambda: _stats(wf_client, wf_queue).dead_letter == 1, 20, "the dead letter")
+    # Then each run counted as a failed attempt (no waiting for a 30 s lease to expire)
+    d = _dead_letter(wf_redis.url, wf_queue, job.job_id)
+    assert d is not None and d.reason == "max_attempts" and d.attempts == 2
+    assert [h.error_type for h in d.history] == ["CancelledError", "CancelledError"]
+    assert d.lost == 0
