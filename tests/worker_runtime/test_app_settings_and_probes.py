@@ -200,3 +200,39 @@ def test_the_metric_names_are_the_contract() -> None:
     ):
         assert f"# TYPE {name.removesuffix('_total')} " in text or f"# TYPE {name} " in text
     assert 'workerfleet_jobs_total{outcome="completed",queue="q",task="t"} 1.0' in text
+
+
+async def test_the_probe_server_answers_health_readiness_metrics_and_refuses_the_rest() -> None:
+    import asyncio
+
+    clock = FakeClock()
+    state = health.HealthState(stale_after_seconds=9.0, clock=clock)
+    state.redis_ok()
+    server = health.HealthServer(state, metrics.WorkerMetrics("q"), "127.0.0.1", 0)
+    await server.start()
+
+    async def get(path: str, method: str = "GET") -> tuple[int, bytes]:
+        assert server.bound_port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        data = await reader.read()
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        return int(head.split()[1]), body
+
+    try:
+        status, body = await get("/healthz")
+        assert status == 200 and json.loads(body)["healthy"] is True
+        assert (await get("/readyz"))[0] == 200
+        status, body = await get("/metrics")
+        assert status == 200 and b"workerfleet_jobs_in_flight" in body
+        assert (await get("/nope"))[0] == 404
+        assert (await get("/healthz", "POST"))[0] == 405
+        state.draining = True
+        assert (await get("/readyz"))[0] == 503
+        clock.now += 10  # Redis silent (and the loop too) for longer than the window
+        status, body = await get("/healthz")
+        assert status == 503 and json.loads(body)["healthy"] is False
+    finally:
+        await server.stop()
