@@ -1,7 +1,8 @@
 """pytest wiring for the operator tests: API emulator, real redis-server, operator in a thread.
 
 Fixtures: ``emulator`` (tests/workerfleet_operator/emulator.py on a free loopback port),
-``kubeconfig`` (a file pointing at it), ``redis_server`` (a real redis-server on a free port),
+``kubeconfig`` (a file pointing at it), ``queue_redis`` (a password-protected redis-server from
+the shared ``redis_factory`` of tests/conftest.py),
 ``operator`` (a factory starting ``workerfleet operator``'s ``run_operator`` in a thread with a
 stop flag; every run gets a fresh kopf registry and logs in explicitly through the kubeconfig),
 ``captured_logs`` (every log record of the run, formatted) and the helpers ``wait_until`` and
@@ -13,9 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -59,68 +58,44 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """A throwaway redis-server on a free loopback port (no persistence)."""
+CANARY_PASSWORD = "canary-Pa55-" + "x7Q9"
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
-        self.workdir = workdir
+
+class QueueRedis:
+    """A password-protected redis-server from the shared ``redis_factory`` (tests/conftest.py).
+
+    The password is the canary of the secret-leak test; the URL carrying it is what the
+    WorkerPool's Secret holds.
+    """
+
+    def __init__(self, server: Any, password: str) -> None:
+        self.server = server
         self.password = password
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.port)
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is missing: run `make deps`", pytrace=False)
-        args = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-        ]
-        if self.password:
-            args += ["--requirepass", self.password]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.ping, timeout=10, message="redis-server did not start")
-
-    def ping(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.RedisError:
-            return False
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=2, decode_responses=True)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-            self.process = None
+        self.server.stop()
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, password="canary-Pa55-" + "x7Q9")
-    server.start()
-    yield server
-    server.stop()
+def queue_redis(redis_factory: Callable[..., Any]) -> QueueRedis:
+    """A real redis-server for one test (tests stop it to simulate an outage)."""
+    server = redis_factory()
+    # The shared fixture pings without a password at start, so the canary is set afterwards.
+    admin = redis.Redis(port=server.port, socket_timeout=2)
+    admin.config_set("requirepass", CANARY_PASSWORD)
+    admin.close()
+    return QueueRedis(server, CANARY_PASSWORD)
 
 
 @pytest.fixture

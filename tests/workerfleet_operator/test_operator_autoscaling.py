@@ -12,7 +12,7 @@ import redis.asyncio
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
-    RedisServer,
+    QueueRedis,
     build_pool,
     build_secret,
     condition,
@@ -36,12 +36,12 @@ def replicas(emu: Emulator, name: str) -> int | None:
     return None if dep is None else int(dep["spec"]["replicas"])
 
 
-def enqueue(server: RedisServer, queue_name: str, count: int) -> None:
+def enqueue(server: QueueRedis, queue_name: str, count: int) -> None:
     jobs = [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(count)]
     producer.SyncProducer(server.client(), queue_name).enqueue_many(jobs)
 
 
-def start_pool(emu: Emulator, server: RedisServer, name: str, **autoscaling: Any) -> None:
+def start_pool(emu: Emulator, server: QueueRedis, name: str, **autoscaling: Any) -> None:
     emu.create("secrets", build_secret("redis-creds", server.url))
     settings = {
         "pollingIntervalSeconds": POLL,
@@ -57,21 +57,21 @@ def start_pool(emu: Emulator, server: RedisServer, name: str, **autoscaling: Any
     )
 
 
-def scale_up_to_four(emu: Emulator, server: RedisServer, name: str) -> None:
+def scale_up_to_four(emu: Emulator, server: QueueRedis, name: str) -> None:
     enqueue(server, name, 400)
     wait_until(lambda: replicas(emu, name) == 4, timeout=10, message="no scale-up to 4")
 
 
 def test_a_burst_of_jobs_raises_replicas_within_one_polling_interval(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given an idle pool at zero replicas polling its queue every second
     operator()
-    start_pool(emulator, redis_server, "emails")
+    start_pool(emulator, queue_redis, "emails")
     assert replicas(emulator, "emails") == 0
     # When 530 jobs arrive
     started = time.monotonic()
-    enqueue(redis_server, "emails", 530)
+    enqueue(queue_redis, "emails", 530)
     # Then replicas are raised within one polling interval (plus scheduling slack on a busy box)
     wait_until(
         lambda: (replicas(emulator, "emails") or 0) > 0,
@@ -101,7 +101,7 @@ def test_a_burst_of_jobs_raises_replicas_within_one_polling_interval(
     assert status["autoscaling"]["rawDesired"] > 4 and status["autoscaling"]["clampedBy"]
 
 
-def _heartbeats(server: RedisServer, queue_name: str, beats: list[engine.WorkerBeat]) -> None:
+def _heartbeats(server: QueueRedis, queue_name: str, beats: list[engine.WorkerBeat]) -> None:
     async def run() -> None:
         client = redis.asyncio.Redis.from_url(server.url)
         try:
@@ -114,7 +114,7 @@ def _heartbeats(server: RedisServer, queue_name: str, beats: list[engine.WorkerB
     asyncio.run(run())
 
 
-def _drain(server: RedisServer, queue_name: str) -> int:
+def _drain(server: QueueRedis, queue_name: str) -> int:
     async def run() -> int:
         client = redis.asyncio.Redis.from_url(server.url)
         done = 0
@@ -135,17 +135,17 @@ def _drain(server: RedisServer, queue_name: str) -> int:
 
 
 def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a pool scaled to 4 by a backlog, with 4 pods: one busy worker, three idle ones
     operator()
     start_pool(
         emulator,
-        redis_server,
+        queue_redis,
         "emails",
         scaleDown={"stabilizationWindowSeconds": 1, "maxStepPercent": 50},
     )
-    scale_up_to_four(emulator, redis_server, "emails")
+    scale_up_to_four(emulator, queue_redis, "emails")
     dep = emulator.get("deployments", NAMESPACE, "emails", group="apps")
     labels = dep["spec"]["template"]["metadata"]["labels"]
     pods = [f"emails-7c9f-{suffix}" for suffix in ("busy0", "idle1", "idle2", "idle3")]
@@ -161,7 +161,7 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
         )
     now = time.time()
     _heartbeats(
-        redis_server,
+        queue_redis,
         "emails",
         [
             engine.WorkerBeat(
@@ -180,7 +180,7 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
         ],
     )
     # When the queue is drained and the scale-down window has passed
-    assert _drain(redis_server, "emails") == 400
+    assert _drain(queue_redis, "emails") == 400
     wait_until(lambda: (replicas(emulator, "emails") or 4) < 4, timeout=10, message="no scale-down")
     # Then every idle pod was marked cheaper to delete than the busy one
     costs = {
@@ -205,14 +205,14 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
 
 
 def test_when_redis_is_unreachable_replicas_are_held_and_queue_reachable_is_false(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a pool scaled to 4 by a backlog
     operator()
-    start_pool(emulator, redis_server, "emails")
-    scale_up_to_four(emulator, redis_server, "emails")
+    start_pool(emulator, queue_redis, "emails")
+    scale_up_to_four(emulator, queue_redis, "emails")
     # When Redis goes away
-    redis_server.stop()
+    queue_redis.stop()
     # Then QueueReachable turns False with a Warning Event ...
     cond = wait_until(
         lambda: (

@@ -14,7 +14,7 @@ from workerfleet_operator.shell import config as config_module
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
-    RedisServer,
+    QueueRedis,
     build_pool,
     build_secret,
     condition,
@@ -65,10 +65,10 @@ def pool(emu: Emulator, name: str) -> dict[str, Any] | None:
 
 
 def test_a_missing_key_in_the_secret_is_reported_as_secret_key_not_found(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a Secret without the referenced key
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url, key="other"))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url, key="other"))
     operator()
     # When a pool references key "url"
     emulator.create("workerpools", build_pool("emails"), group=GROUP)
@@ -83,10 +83,10 @@ def test_a_missing_key_in_the_secret_is_reported_as_secret_key_not_found(
 
 
 def test_an_inconsistent_spec_is_explained_and_not_retried_until_it_changes(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given an API server without schema validation (so the CRD's CEL rule cannot stop it)
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     # When a pool asks for more minReplicas than maxReplicas
     bad = build_pool("emails", autoscaling={"minReplicas": 5, "maxReplicas": 2})
@@ -119,12 +119,12 @@ def test_an_inconsistent_spec_is_explained_and_not_retried_until_it_changes(
 
 
 def test_a_child_kind_whose_api_is_not_installed_is_reported_and_the_rest_applies(
-    redis_server: RedisServer,
+    queue_redis: QueueRedis,
     operator_factory_without_podmonitors: tuple[Emulator, Callable[[], OperatorRunner]],
 ) -> None:
     emulator, start = operator_factory_without_podmonitors
     # Given a cluster without the Prometheus Operator (no PodMonitor API)
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     start()
     # When a pool asks for a PodMonitor
     emulator.create("workerpools", build_pool("emails", metrics={"podMonitor": True}), group=GROUP)

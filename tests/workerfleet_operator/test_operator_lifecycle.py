@@ -7,7 +7,7 @@ from collections.abc import Callable
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
-    RedisServer,
+    QueueRedis,
     build_pool,
     build_secret,
     condition,
@@ -26,10 +26,10 @@ def deployment(emu: Emulator, name: str) -> dict | None:
 
 
 def test_a_new_workerpool_gets_an_owned_deployment_and_becomes_ready(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a Secret with the Redis URL and a running operator
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     # When a WorkerPool is created
     created = emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
@@ -57,10 +57,10 @@ def _image(emu: Emulator, name: str) -> str | None:
 
 
 def test_a_spec_change_is_rolled_out_and_observed_generation_follows(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
     wait_until(
@@ -88,10 +88,10 @@ def test_a_spec_change_is_rolled_out_and_observed_generation_follows(
 
 
 def test_a_hand_edited_deployment_is_restored(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
     original = wait_until(lambda: _image(emulator, "emails"), message="no Deployment")
@@ -112,10 +112,10 @@ def test_a_hand_edited_deployment_is_restored(
 
 
 def test_a_deleted_deployment_is_recreated(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
     first = wait_until(lambda: deployment(emulator, "emails"), message="no Deployment")
@@ -134,7 +134,7 @@ def test_a_deleted_deployment_is_recreated(
 
 
 def test_a_missing_secret_gives_ready_false_and_a_warning_then_recovers_when_created(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a running operator and no Secret
     operator()
@@ -164,7 +164,7 @@ def test_a_missing_secret_gives_ready_false_and_a_warning_then_recovers_when_cre
     )
     assert after - before <= 5
     # When the Secret is created
-    emulator.create("secrets", build_secret("not-yet", redis_server.url))
+    emulator.create("secrets", build_secret("not-yet", queue_redis.url))
     # Then the pool recovers
     wait_until(
         lambda: condition(pool(emulator, "emails"), "Ready").get("status") == "True",

@@ -8,7 +8,7 @@ from typing import Any
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
-    RedisServer,
+    QueueRedis,
     build_pool,
     build_secret,
     condition,
@@ -36,16 +36,16 @@ def autoscaler_writes(emu: Emulator) -> int:
     )
 
 
-def enqueue(server: RedisServer, queue_name: str, count: int) -> None:
+def enqueue(server: QueueRedis, queue_name: str, count: int) -> None:
     jobs = [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(count)]
     producer.SyncProducer(server.client(), queue_name).enqueue_many(jobs)
 
 
 def test_mode_changes_create_and_remove_the_right_children(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a pool with a metrics Service, a PodMonitor and a PDB, in builtin mode
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     body = build_pool(
         "emails",
@@ -95,10 +95,10 @@ def test_mode_changes_create_and_remove_the_right_children(
 
 
 def test_keda_mode_never_writes_replicas(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a pool in keda mode (KEDA's HPA owns the replica count)
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     body = build_pool("emails", autoscaling={"mode": "keda"})
     body["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
@@ -117,7 +117,7 @@ def test_keda_mode_never_writes_replicas(
         group="apps",
         manager="kube-controller-manager",
     )
-    enqueue(redis_server, "emails", 700)
+    enqueue(queue_redis, "emails", 700)
     wait_until(
         lambda: (
             (pool(emulator, "emails") or {}).get("status", {}).get("queue", {}).get("backlog")
@@ -139,10 +139,10 @@ def test_keda_mode_never_writes_replicas(
 
 
 def test_another_owner_of_replicas_is_not_fought(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a builtin pool whose Deployment someone else scales (an HPA, kubectl scale)
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     emulator.create("workerpools", build_pool("emails"), group=GROUP)
     wait_until(
@@ -158,7 +158,7 @@ def test_another_owner_of_replicas_is_not_fought(
         manager="kube-controller-manager",
     )
     # When a backlog makes the autoscaler want 4
-    enqueue(redis_server, "emails", 400)
+    enqueue(queue_redis, "emails", 400)
     # Then it holds, says why, and leaves the other owner's value alone
     cond = wait_until(
         lambda: (
@@ -179,10 +179,10 @@ def test_another_owner_of_replicas_is_not_fought(
 
 
 def test_dry_run_records_decisions_without_applying_them(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a builtin pool in dry-run mode
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     emulator.create("workerpools", build_pool("emails", autoscaling={"dryRun": True}), group=GROUP)
     wait_until(
@@ -191,7 +191,7 @@ def test_dry_run_records_decisions_without_applying_them(
     )
     writes = autoscaler_writes(emulator)
     # When a backlog arrives
-    enqueue(redis_server, "emails", 400)
+    enqueue(queue_redis, "emails", 400)
     # Then the decision is recorded in status and an Event, and replicas stay at 0
     status = wait_until(
         lambda: (s := pool(emulator, "emails")["status"]).get("desiredReplicas") == 4 and s,

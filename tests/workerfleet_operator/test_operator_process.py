@@ -8,7 +8,7 @@ from collections.abc import Callable
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
-    RedisServer,
+    QueueRedis,
     build_pool,
     build_secret,
     condition,
@@ -50,11 +50,11 @@ def fetch(url: str) -> tuple[int, str]:
 
 
 def test_the_operator_serves_healthz_and_every_documented_metric(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given an operator with its health and metrics ports open, and one polled pool
     health, metrics_port = free_port(), free_port()
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator(health_port=health, metrics_port=metrics_port, bind_host="127.0.0.1")
     emulator.create("workerpools", build_pool("emails"), group=GROUP)
     wait_until(
@@ -80,12 +80,12 @@ def test_the_operator_serves_healthz_and_every_documented_metric(
 
 
 def test_a_namespaced_operator_only_manages_its_namespaces(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given an operator watching only namespace "team-a"
     for namespace in ("team-a", "team-b"):
         emulator.create(
-            "secrets", build_secret("redis-creds", redis_server.url, namespace=namespace)
+            "secrets", build_secret("redis-creds", queue_redis.url, namespace=namespace)
         )
     operator(namespaces="team-a")
     # When both namespaces get a pool
@@ -113,10 +113,10 @@ def test_a_namespaced_operator_only_manages_its_namespaces(
 
 
 def test_a_silently_stalled_watch_is_detected_and_the_operator_catches_up(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool and an operator that gives up on a silent watch after 2 s
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator(watch_client_timeout_seconds=2.0, watch_server_timeout_seconds=600.0)
     emulator.create("workerpools", build_pool("emails"), group=GROUP)
     wait_until(

@@ -11,7 +11,7 @@ from typing import Any
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
-    RedisServer,
+    QueueRedis,
     build_pool,
     build_secret,
     condition,
@@ -62,10 +62,10 @@ def stable_versions(
 
 
 def test_after_convergence_and_a_restart_children_are_neither_duplicated_nor_rewritten(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given three converged pools
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     first = operator()
     for name in ("a", "b", "c"):
         emulator.create("workerpools", build_pool(name), group="workerfleet.io")
@@ -84,10 +84,10 @@ def test_after_convergence_and_a_restart_children_are_neither_duplicated_nor_rew
 
 
 def test_three_spec_changes_while_the_operator_is_down_apply_only_the_latest(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool and a stopped operator
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     runner = operator()
     emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
     wait_until(lambda: ready(emulator, "emails"), message="not Ready")
@@ -121,19 +121,19 @@ def test_three_spec_changes_while_the_operator_is_down_apply_only_the_latest(
 
 
 def test_deleting_a_pool_removes_its_children_and_keeps_its_queue_data(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool with jobs waiting in Redis
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator()
     emulator.create(
         "workerpools", build_pool("emails", autoscaling={"maxReplicas": 2}), group="workerfleet.io"
     )
     wait_until(lambda: ready(emulator, "emails"), message="not Ready")
-    producer.SyncProducer(redis_server.client(), "emails").enqueue(
+    producer.SyncProducer(queue_redis.client(), "emails").enqueue(
         "send-email", {"to": "a@example.com"}
     )
-    keys_before = sorted(redis_server.client().keys("*"))
+    keys_before = sorted(queue_redis.client().keys("*"))
     # When the pool is deleted
     emulator.delete("workerpools", NAMESPACE, "emails", group="workerfleet.io")
     # Then its Deployment is garbage-collected, nothing stays Terminating (no finalizer) ...
@@ -141,15 +141,15 @@ def test_deleting_a_pool_removes_its_children_and_keeps_its_queue_data(
     assert pool(emulator, "emails") is None
     # ... and the queue's data is still in Redis
     assert keys_before
-    assert set(keys_before) <= set(redis_server.client().keys("*"))
+    assert set(keys_before) <= set(queue_redis.client().keys("*"))
 
 
 def test_conflicts_and_server_errors_are_retried_without_a_crash_loop(
-    emulator: Emulator, redis_server: RedisServer, operator: Callable[..., OperatorRunner]
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given the API server answers the first applies of the Deployment with 409, 422 and 500,
     # and the first status write with 409
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     emulator.inject_failure("PATCH", r"/deployments/emails$", 409, count=1)
     emulator.inject_failure("PATCH", r"/deployments/emails$", 422, count=1)
     emulator.inject_failure("PATCH", r"/deployments/emails$", 500, count=1)

@@ -10,7 +10,7 @@ import prometheus_client
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
-    RedisServer,
+    QueueRedis,
     build_pool,
     build_secret,
     condition,
@@ -21,14 +21,14 @@ from tests.workerfleet_operator.emulator import Emulator
 
 def test_the_canary_password_never_appears_in_the_pool_its_status_events_or_logs(
     emulator: Emulator,
-    redis_server: RedisServer,
+    queue_redis: QueueRedis,
     operator: Callable[..., OperatorRunner],
     captured_logs: list[str],
 ) -> None:
-    canary = redis_server.password
-    assert canary and canary in redis_server.url
+    canary = queue_redis.password
+    assert canary and canary in queue_redis.url
     # Given Secrets holding the canary: a working URL, and an unusable URL with the same password
-    emulator.create("secrets", build_secret("redis-creds", redis_server.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     emulator.create("secrets", build_secret("bad-url", f"http://user:{canary}@127.0.0.1:1/0"))
     runner = operator(log_level="debug")
     # When pools use them, one pool's Redis goes away, and everything has been reported
@@ -52,7 +52,7 @@ def test_the_canary_password_never_appears_in_the_pool_its_status_events_or_logs
         message="bad pool not reported",
     )
     assert bad["reason"] == "InvalidRedisURL"
-    redis_server.stop()
+    queue_redis.stop()
     wait_until(
         lambda: (
             condition(
