@@ -177,3 +177,35 @@ def test_conflicts_and_server_errors_are_retried_without_a_crash_loop(
         lambda: (r := results()).get("success", 0) >= 1 and r, message="no success"
     )
     assert counted.get("error", 0) >= 3
+
+
+def test_a_pool_held_by_a_foreign_finalizer_gets_no_writes_while_terminating(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a converged pool carrying another controller's finalizer
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    operator()
+    body = build_pool("emails")
+    body["metadata"]["finalizers"] = ["backup.example.com/keep"]
+    emulator.create("workerpools", body, group="workerfleet.io")
+    wait_until(lambda: ready(emulator, "emails"), message="not Ready")
+    stable_versions(emulator)
+    # When it is deleted (it stays, Terminating, until that finalizer goes) and a backlog arrives
+    emulator.delete("workerpools", NAMESPACE, "emails", group="workerfleet.io")
+    producer.SyncProducer(queue_redis.client(), "emails").enqueue_many(
+        [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(300)]
+    )
+    # Then the operator writes nothing more to it or its Deployment
+    after = stable_versions(emulator, quiet_seconds=2.5)
+    assert emulator.get("deployments", NAMESPACE, "emails", group="apps")["spec"]["replicas"] == 0
+    assert pool(emulator, "emails")["metadata"]["deletionTimestamp"]
+    assert after == versions(emulator)
+    # And once the finalizer is removed, garbage collection removes the children
+    emulator.patch(
+        "workerpools",
+        NAMESPACE,
+        "emails",
+        {"metadata": {"finalizers": None}},
+        group="workerfleet.io",
+    )
+    wait_until(lambda: not deployments(emulator), message="Deployment left behind")

@@ -187,6 +187,10 @@ class PoolController:
         q = ((self.body or {}).get("spec") or {}).get("queue") or {}
         return (self.namespace, self.name, str(q.get("name", "")))
 
+    @property
+    def terminating(self) -> bool:
+        return bool(((self.body or {}).get("metadata") or {}).get("deletionTimestamp"))
+
     def observe(self, body: Body) -> None:
         generation = body.get("metadata", {}).get("generation")
         if self.body is None or generation != self.reconciled_generation:
@@ -232,6 +236,11 @@ class PoolController:
     async def run(self) -> None:
         cfg = self.ctx.config
         while not self.stopped:
+            if self.terminating:
+                # Someone else's finalizer holds the pool: write nothing while it goes away.
+                self.wake.clear()
+                await self.wake.wait()
+                continue
             now = self.ctx.clock()
             if self.body is not None and (self.dirty or now >= self.next_reconcile):
                 self.dirty = False
