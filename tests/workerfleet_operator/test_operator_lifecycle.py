@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+import redis
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
@@ -15,6 +18,7 @@ from tests.workerfleet_operator.conftest import (
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
+from worker_runtime import producer
 
 
 def pool(emu: Emulator, name: str) -> dict | None:
@@ -172,3 +176,35 @@ def test_a_missing_secret_gives_ready_false_and_a_warning_then_recovers_when_cre
         message="did not recover",
     )
     assert deployment(emulator, "emails") is not None
+
+
+def test_a_rotated_secret_pointing_at_another_redis_is_picked_up(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    redis_factory: Callable[..., Any],
+    operator: Callable[..., OperatorRunner],
+) -> None:
+    # Given a converged pool reading an empty queue
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    operator()
+    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
+    wait_until(
+        lambda: condition(pool(emulator, "emails"), "QueueReachable").get("status") == "True",
+        message="queue not read",
+    )
+    # When the Secret is rotated to another Redis that holds a backlog
+    other = redis_factory()
+    other_url = f"redis://127.0.0.1:{other.port}/0"
+    jobs = [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(42)]
+    producer.SyncProducer(redis.Redis.from_url(other_url), "emails").enqueue_many(jobs)
+    emulator.patch(
+        "secrets", NAMESPACE, "redis-creds", {"data": build_secret("x", other_url)["data"]}
+    )
+    # Then the operator reads the new server (the Deployment keeps its secretKeyRef unchanged)
+    wait_until(
+        lambda: (
+            (pool(emulator, "emails") or {}).get("status", {}).get("queue", {}).get("backlog") == 42
+        ),
+        timeout=15,
+        message="rotated Secret not used",
+    )

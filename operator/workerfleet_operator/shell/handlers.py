@@ -591,6 +591,11 @@ class PoolController:
         if policy is None or self.secret is None or self.secret_key is None or self.body is None:
             return
         pool = self._pool()
+        # A rotated (or deleted) Secret is noticed within secret_cache_seconds, not at resync.
+        check = await self._read_secret(pool)
+        if check.state != "ok" or self.secret is None or self.secret_key is None:
+            self.dirty = True  # the reconcile reports it (Ready=False) and holds
+            return
         observation = await self.ctx.queues.fetch_observation(
             self.secret_key,
             self.secret,

@@ -1,0 +1,69 @@
+"""Unit tests of the shell's pure helpers: URL checks, redaction, drift and merge comparisons."""
+
+from __future__ import annotations
+
+import pytest
+from workerfleet_operator.shell import handlers, kube, queue
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://user:pw@redis.example:6380/2",
+        "unix:///var/run/redis.sock",
+        "redis+sentinel://sentinel.example:26379/mymaster/0",
+    ],
+)
+def test_supported_redis_urls_are_accepted(url: str) -> None:
+    queue.check_redis_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://user:s3cret@host:1/0", "scheme"),
+        ("redis://", "no host"),
+        ("redis://host:notaport/0", "parseable"),
+        ("s3cret-not-a-url", "scheme"),
+    ],
+)
+def test_unusable_redis_urls_are_refused_without_echoing_them(url: str, words: str) -> None:
+    with pytest.raises(queue.InvalidRedisUrlError) as caught:
+        queue.check_redis_url(url)
+    assert words in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_redaction_removes_the_url_and_its_password_even_percent_encoded() -> None:
+    secret = kube.SecretValue("1", "redis://app:p%40ss-w0rd@10.0.0.1:6379/0")
+    text = "Error connecting to redis://app:p%40ss-w0rd@10.0.0.1:6379/0; auth p@ss-w0rd failed"
+    cleaned = queue.redact(text, secret)
+    assert "p%40ss-w0rd" not in cleaned and "p@ss-w0rd" not in cleaned
+    assert "<redis-url>" in cleaned
+
+
+def test_a_secret_value_never_prints_itself() -> None:
+    value = kube.SecretValue("7", "redis://:hunter2@host:6379/0")
+    assert "hunter2" not in repr(value) and "hunter2" not in str(value)
+
+
+def test_drift_is_any_owned_field_that_differs_and_extra_fields_are_not_drift() -> None:
+    ours = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "a:1"}]}}}}
+    same_plus_defaults = {
+        "spec": {
+            "replicas": 3,
+            "template": {"spec": {"containers": [{"name": "w", "image": "a:1", "tty": False}]}},
+        }
+    }
+    edited = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "b:2"}]}}}}
+    assert handlers._is_subset(ours, same_plus_defaults)
+    assert not handlers._is_subset(ours, edited)
+    assert not handlers._is_subset(ours, {"spec": {}})
+
+
+def test_a_status_merge_that_changes_nothing_is_detected() -> None:
+    stored = {"queue": {"backlog": 3, "arrivalRate": 0.5}, "replicas": 1}
+    assert handlers._merge(stored, {"queue": {"backlog": 3}}) == stored
+    assert handlers._merge(stored, {"queue": {"backlog": 4}}) != stored
+    assert handlers._merge(stored, {"replicas": None}) == {"queue": stored["queue"]}
