@@ -6,6 +6,7 @@ would and measures from the first to the last acknowledgement (polling the queue
 the worker's CPU time per job from /proc. Repeats for each ``--concurrency`` value.
 
     .venv/bin/python bench/worker_quick.py --jobs 50000 --concurrency 1 8 50 --handler async
+    .venv/bin/python bench/worker_quick.py --latency-rate 5000 --concurrency 50   # p50/p99
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from worker_runtime import producer, stats  # noqa: E402
 
 APP_MODULE = """
 from pydantic import BaseModel
-from worker_runtime import App
+from worker_runtime import App, JobContext
 import os
 app = App(queue=os.environ["WORKERFLEET_QUEUE"])
 class Noop(BaseModel):
@@ -40,6 +41,15 @@ async def noop(payload: Noop) -> None:
 @app.task("noop-sync")
 def noop_sync(payload: Noop) -> None:
     return None
+import redis, time
+_r = redis.Redis.from_url(os.environ["WORKERFLEET_REDIS_URL"])
+_lat = []
+@app.task("stamp")
+async def stamp(payload: Noop, ctx: JobContext) -> None:
+    _lat.append(time.time() - ctx.enqueued_at)
+    if len(_lat) >= 200:
+        _r.rpush("wfquick:latency", *_lat)
+        _lat.clear()
 """
 
 
@@ -103,12 +113,69 @@ def run_once(url: str, jobs: int, concurrency: int, task: str, app_dir: str) -> 
     }
 
 
+def run_latency(url: str, rate: float, seconds: float, concurrency: int, app_dir: str) -> None:
+    """Pace jobs at ``rate``/s for ``seconds`` and report enqueue→start latency percentiles."""
+    queue = f"lat-{int(time.time() * 1000) % 100000}"
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.delete("wfquick:latency")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([app_dir, str(REPO), str(REPO / "operator")]),
+        "WORKERFLEET_REDIS_URL": url,
+        "WORKERFLEET_QUEUE": queue,
+        "WORKERFLEET_CONCURRENCY": str(concurrency),
+        "WORKERFLEET_METRICS_PORT": "0",
+        "WORKERFLEET_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker_runtime", "worker", "wfquick_app:app"], env=env, cwd=REPO
+    )
+    p = producer.SyncProducer(client, queue)
+    try:
+        while not stats.fetch_queue_stats_sync(client, queue).workers:
+            time.sleep(0.05)
+        total = int(rate * seconds)
+        sent = 0
+        start = time.perf_counter()
+        while sent < total:
+            due = min(total, int((time.perf_counter() - start) * rate) + 1)
+            if due > sent:
+                p.enqueue_many([producer.JobSpec("stamp", {"i": i}) for i in range(sent, due)])
+                sent = due
+            time.sleep(0.002)
+        deadline = time.monotonic() + 60
+        want = total - total % 200
+        while client.llen("wfquick:latency") < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lat = sorted(float(x) for x in client.lrange("wfquick:latency", 0, -1))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        client.close()
+    if not lat:
+        print("no latencies recorded")
+        return
+    p50 = lat[len(lat) // 2] * 1000
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+    print(
+        f"latency at {rate:,.0f} jobs/s, concurrency {concurrency}: "
+        f"p50={p50:.2f} ms p99={p99:.2f} ms over {len(lat):,} jobs"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=50_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 50])
     parser.add_argument("--handler", choices=("async", "sync"), default="async")
     parser.add_argument("--redis-url", default=None)
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="instead of throughput: pace jobs at this rate and report enqueue→start p50/p99",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="pacing time (latency mode)")
     args = parser.parse_args()
     app_dir = tempfile.mkdtemp(prefix="wfquick-")
     Path(app_dir, "wfquick_app.py").write_text(APP_MODULE)
@@ -136,6 +203,10 @@ def main() -> int:
         probe.close()
     task = "noop" if args.handler == "async" else "noop-sync"
     try:
+        if args.latency_rate is not None:
+            for c in args.concurrency:
+                run_latency(url, args.latency_rate, args.seconds, c, app_dir)
+            return 0
         print(f"{'concurrency':>11} {'jobs/s':>9} {'cpu us/job':>10} {'enqueue/s':>10}")
         for c in args.concurrency:
             r = run_once(url, args.jobs, c, task, app_dir)

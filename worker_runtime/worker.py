@@ -250,7 +250,8 @@ class Worker:
         self.drain_started: float | None = None
         self._hurry = False
         self._wake: asyncio.Event | None = None
-        self._fetch_wake: asyncio.Event | None = None  # interrupts the fetch in flight
+        self._fetch_wake: asyncio.Event | None = None  # interrupts the fetch in flight (drain)
+        self._fetch_blocking = False  # the fetch loop waits in Redis for new work
         self._ack_queue: list[_Held] = []  # finished jobs to ack with the next fetch
         self._sync_done: collections.deque[
             tuple[_Held, asyncio.Future[None], BaseException | None]
@@ -279,6 +280,8 @@ class Worker:
             if self.control is not None:
                 self.control.wake()
         self._poke()
+        if self._fetch_wake is not None:
+            self._fetch_wake.set()  # a blocking fetch ends at once (between script calls)
 
     def _in_use(self) -> int:
         return len(self.held) + self._zombies
@@ -386,17 +389,15 @@ class Worker:
             await asyncio.sleep(0.5)
 
     def _poke(self) -> None:
-        """Wake the fetch loop (a slot freed, an ack is queued, or the drain began)."""
+        """Wake the fetch loop when it waits for a free slot (a slot freed, an ack queued)."""
         if self._wake is not None:
             self._wake.set()
-        if self._fetch_wake is not None:
-            self._fetch_wake.set()
 
     async def _fetch_loop(self) -> None:
         # Each cycle acknowledges the jobs that finished since the last one AND fetches jobs
         # for the slots they free, in one script call (ack_and_fetch); when nothing finished it
-        # is a plain fetch. A blocking fetch is interrupted (between script calls, never inside
-        # one) when a job finishes or the drain begins, so acks never wait behind it.
+        # is a plain fetch that waits in Redis when the queue is empty. The drain interrupts
+        # that wait (between script calls, never inside one).
         assert self.q is not None and self._wake is not None
         q = self.q
         failures = 0
@@ -421,7 +422,13 @@ class Worker:
                     )
                     self._finish_acks(acks, flags)
                 else:
-                    jobs = await q.fetch(self.worker_id, free, block=FETCH_BLOCK_SECONDS, wake=wake)
+                    self._fetch_blocking = True
+                    try:
+                        jobs = await q.fetch(
+                            self.worker_id, free, block=FETCH_BLOCK_SECONDS, wake=wake
+                        )
+                    finally:
+                        self._fetch_blocking = False
             except REDIS_ERRORS as exc:
                 # Acks are fenced, so sending them again is safe: they go back in the queue.
                 self._ack_queue[:0] = acks
@@ -681,8 +688,10 @@ class Worker:
         assert self.q is not None
         h.settling = True
         done_key, done_ttl = h.ctx.done_key if h.ctx is not None else (None, None)
-        if done_key is None and not self.draining:
-            # The common case: the fetch loop acks it with its next fetch, in one call.
+        if done_key is None and not self.draining and not self._fetch_blocking:
+            # The common case under load: the fetch loop acks it with its next fetch, in one
+            # call. (While the loop waits in a blocking fetch — the queue is empty — the ack
+            # goes out directly instead, so it neither waits nor interrupts that fetch.)
             h.ran = seconds
             h.ack_pending = True
             self._ack_queue.append(h)
