@@ -6,8 +6,10 @@ local fleet through :func:`run_worker`. Two threads:
 * the **job loop** (main thread, asyncio): fetches at most as many jobs as it has free slots
   (one script call for the whole batch; the engine folds promotion of due retries, reclaim of
   expired leases and poison detection into it), runs async handlers as tasks and sync handlers
-  in a bounded pool of daemon threads, and settles each job with ``ack``/``retry``/
-  ``dead_letter`` (the engine coalesces concurrent settles into one script call);
+  in a bounded pool of daemon threads, acknowledges finished jobs together with the next fetch
+  (``ack_and_fetch``: one round trip per cycle under load), and records failures with
+  ``retry``/``dead_letter`` (the engine coalesces concurrent settles into one script call);
+  timeouts are enforced by one watchdog task, not a timer per job;
 * the **control thread** (its own event loop and Redis connection): renews the leases of all
   held jobs and writes the worker heartbeat in one call every ``lease/3``, and serves
   ``/metrics``, ``/healthz``, ``/readyz``. A handler that blocks the job loop's event loop, or a
