@@ -19,10 +19,12 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -204,6 +206,25 @@ def format_log_tail(name: str, path: Path, lines: int) -> str:
     return f"----- {name} ({path}) -----\n" + "\n".join(text)
 
 
+def build_parent_death_signal() -> Callable[[], None] | None:
+    """A preexec hook making a child get SIGTERM when the test process dies (Linux prctl).
+
+    Without it a pytest killed by SIGKILL (a CI timeout) would leave etcd, the API server and
+    the rest running; teardown by PID only happens when pytest exits normally.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def set_signal() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_signal
+
+
 def fetch_free_port() -> int:
     """A free loopback port (the OS picks; the tiny reuse race is acceptable in tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -346,6 +367,7 @@ def start_kube_cluster(workdir: Path, node_count: int = 2, testbin: Path = TESTB
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=workdir,
+                preexec_fn=build_parent_death_signal(),
             )
         cluster.components.append(Component(name, process, log_path))
 
