@@ -205,6 +205,7 @@ def main_bench() -> int:
         daemon=True,
     )
     thread.start()
+    final_line = ""
     try:
         ready.wait(30)
         names = [f"pool-{i:02d}" for i in range(args.trials)]
@@ -270,7 +271,7 @@ def main_bench() -> int:
             f"= {round_trips:.2f} round trips per pool per poll "
             f"(Redis saw {scripts_per_poll:.2f} script calls per poll)"
         )
-        print(
+        final_line = (
             f"autoscaler: reaction_p50_s={p50:.2f} reaction_max_s={worst:.2f} "
             f"redis_round_trips_per_poll={round_trips:.2f}"
         )
@@ -282,6 +283,9 @@ def main_bench() -> int:
         redis_proc.terminate()
         redis_proc.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+        if final_line:
+            sys.stderr.flush()
+            print(final_line, flush=True)  # after shutdown noise: the summary is the last line
 
 
 if __name__ == "__main__":
