@@ -180,6 +180,14 @@ class JobContext:
         """:meth:`already_done` for sync handlers (they run in a worker thread)."""
         if self._loop is None:
             return False
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            # Blocking here would wait for the very loop that has to answer.
+            msg = "already_done_sync() is for sync handlers; use `await ctx.already_done()`"
+            raise RuntimeError(msg)
         return asyncio.run_coroutine_threadsafe(self.already_done(key), self._loop).result(30.0)
 
     def mark_done_on_ack(self, key: str | None = None, *, ttl_seconds: float = 86_400.0) -> None:

@@ -221,3 +221,12 @@ def test_the_package_exports_the_public_names() -> None:
         assert hasattr(worker_runtime, name), name
     assert worker_runtime.Priority.HIGH == "high"
     assert isinstance(redis.asyncio.Redis, type)
+
+
+async def test_already_done_sync_refuses_to_block_the_event_loop_it_needs() -> None:
+    async def never(key: str) -> bool:
+        raise AssertionError("must not be reached")
+
+    ctx = _ctx(idempotency_key="k", idempotency=never, loop=asyncio.get_running_loop())
+    with pytest.raises(RuntimeError, match=r"await ctx\.already_done"):
+        ctx.already_done_sync()
