@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
@@ -143,3 +149,57 @@ def test_a_silently_stalled_watch_is_detected_and_the_operator_catches_up(
         timeout=15,
         message="stalled watch not recovered",
     )
+
+
+def test_the_workerfleet_operator_command_runs_logs_json_and_stops_cleanly_on_sigterm(
+    emulator: Emulator, queue_redis: QueueRedis, kubeconfig: Path, tmp_path: Path
+) -> None:
+    # Given the `workerfleet operator` command started as its own process
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    env = dict(
+        os.environ,
+        WORKERFLEET_OPERATOR_KUBECONFIG=str(kubeconfig),
+        WORKERFLEET_OPERATOR_HEALTH_PORT="0",
+        WORKERFLEET_OPERATOR_METRICS_PORT="0",
+        WORKERFLEET_OPERATOR_LOG_LEVEL="debug",
+    )
+    stderr = (tmp_path / "operator.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from workerfleet_operator.cli import main; sys.exit(main(['operator']))",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    try:
+        # When a pool is created
+        emulator.create("workerpools", build_pool("emails"), group=GROUP)
+        # Then it becomes Ready
+        wait_until(
+            lambda: (
+                condition(
+                    emulator.get("workerpools", NAMESPACE, "emails", group=GROUP), "Ready"
+                ).get("status")
+                == "True"
+            ),
+            timeout=30,
+            message="pool not Ready under the CLI operator",
+        )
+        # And on SIGTERM the process exits 0 promptly
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        stderr.close()
+    # And its logs are JSON lines without the Redis password
+    text = (tmp_path / "operator.log").read_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines
+    parsed = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(parsed) >= len(lines) * 0.9, text[:2000]
+    assert queue_redis.password not in text
