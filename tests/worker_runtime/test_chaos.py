@@ -127,9 +127,10 @@ def test_chaos_kill_9_every_two_seconds_loses_nothing_and_bounds_duplicates(
     dead_markers = {marker_of[j] for j in _dead_letter_ids(wf_redis.url, wf_queue)}
     lost = sum(1 for m in marker_of.values() if counts.get(m, 0) == 0 and m not in dead_markers)
     duplicates = sum(c - 1 for c in counts.values() if c > 1)
+    print(f"\nchaos run: {elapsed:.1f} s, {WORKERS} workers x concurrency {CONCURRENCY}")
     print(
-        f"\nchaos: enqueued={n} completed={s.completed_total} dead_lettered={s.dead_letter} "
-        f"lost={lost} duplicates={duplicates} kills={kills} seconds={elapsed:.1f}"
+        f"chaos: enqueued={n} completed={s.completed_total} dead_lettered={s.dead_letter} "
+        f"lost={lost} duplicates={duplicates} kills={kills}"
     )
     assert s.enqueued_total == n
     assert n == s.completed_total + s.dead_letter
