@@ -192,6 +192,7 @@ def start_worker(
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=wf.REPO,
+            preexec_fn=kubecluster.build_parent_death_signal(),
         )
 
 

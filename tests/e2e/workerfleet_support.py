@@ -116,6 +116,7 @@ def start_operator(
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=REPO,
+            preexec_fn=kubecluster.build_parent_death_signal(),
         )
     user = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{service_account}"
     operator = Operator(process, log_path, user, namespaces)
