@@ -259,6 +259,7 @@ class Worker:
             tuple[_Held, asyncio.Future[None], BaseException | None]
         ] = collections.deque()  # finished sync calls, collected on the loop thread
         self._sync_notify = False
+        self._exported_dead_letters: collections.Counter[str] = collections.Counter()
         self._pool: DaemonThreadPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
@@ -385,9 +386,12 @@ class Worker:
         return 0
 
     async def _tick_forever(self) -> None:
-        # Proves to /healthz that the job loop's event loop is responsive.
+        # Proves to /healthz that the job loop's event loop is responsive (and exports what a
+        # fetch that is still waiting in Redis has dead-lettered meanwhile).
         while True:
             self.health.loop_tick()
+            if self.q is not None and self.q.fetch_dead_lettered:
+                self._export_fetch_dead_letters(self.q.fetch_dead_lettered)
             await asyncio.sleep(0.5)
 
     def _poke(self) -> None:
@@ -448,6 +452,8 @@ class Worker:
                 self._fetch_wake = None
             failures = 0
             self.health.redis_ok()
+            if q.fetch_dead_lettered:
+                self._export_fetch_dead_letters(q.fetch_dead_lettered)
             for job in jobs:
                 self._start(job)
             if not jobs and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
@@ -455,6 +461,15 @@ class Worker:
                 # must not become a busy loop.
                 await self._sleep_unless_draining(0.01)
         self._flush_queued_acks()
+
+    def _export_fetch_dead_letters(self, counts: collections.Counter[str]) -> None:
+        # Poison jobs (max_deliveries) and unreadable envelopes are dead-lettered inside the
+        # engine's fetch and never reach a handler; count them in this worker's metrics too.
+        for reason, total in counts.items():
+            delta = total - self._exported_dead_letters[reason]
+            if delta > 0:
+                self.metrics.dead_lettered.labels(self.queue_name, reason).inc(delta)
+                self._exported_dead_letters[reason] = total
 
     def _finish_acks(self, acks: list[_Held], flags: list[bool]) -> None:
         for h, ok in zip(acks, flags, strict=True):

@@ -94,7 +94,12 @@ def test_a_job_that_kills_its_worker_reaches_the_dlq_after_exactly_max_deliverie
     max_deliveries = 3
     env = {"WORKERFLEET_RETRY_MAX_DELIVERIES": str(max_deliveries)}
     job = wf_producer.enqueue("crash", {"mode": mode})
-    worker = wf_spawn(concurrency=1, lease_seconds=1.0, extra_env=env)
+
+    def start() -> workerproc.WorkerProc:
+        port = workerproc.free_port()
+        return wf_spawn(concurrency=1, lease_seconds=1.0, extra_env=env, metrics_port=port)
+
+    worker = start()
     restarts = 0
     deadline = time.monotonic() + 60
     # When the job crashes its worker each time (the test plays the supervisor)
@@ -104,7 +109,7 @@ def test_a_job_that_kills_its_worker_reaches_the_dlq_after_exactly_max_deliverie
             assert worker.proc.returncode != 0
             assert restarts < 10, "restarts must stay bounded"
             restarts += 1
-            worker = wf_spawn(concurrency=1, lease_seconds=1.0, extra_env=env)
+            worker = start()
         time.sleep(0.05)
     # Then it ran exactly max_deliveries times, the worker restarted that often, and the DLQ
     # says why; the last worker survives
@@ -117,6 +122,9 @@ def test_a_job_that_kills_its_worker_reaches_the_dlq_after_exactly_max_deliverie
     assert d.attempts == 0  # crashes are deliveries, not handler failures
     wait_until(lambda: _stats(wf_client, wf_queue).workers, 10, "the survivor's heartbeat")
     assert worker.alive()
+    # And the survivor, whose fetch dead-lettered it, counts it in its metrics
+    line = f'workerfleet_dead_lettered_total{{queue="{wf_queue}",reason="max_deliveries"}} 1.0'
+    wait_until(lambda: line in str(worker.http("/metrics")[1]), 5, "the dead-letter metric")
     worker.send(signal.SIGTERM)
     assert worker.wait(10) == 0
 
