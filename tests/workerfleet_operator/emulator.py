@@ -1051,7 +1051,13 @@ class Emulator:
         if name:
             fields["metadata.name"] = name
         since = query.get("resourceVersion") or ""
-        timeout = float(query.get("timeoutSeconds") or 3600)
+        raw_timeout = query.get("timeoutSeconds") or "3600"
+        if not raw_timeout.isdigit():
+            # As the real API server: timeoutSeconds is parsed as an integer (ParseInt).
+            raise ApiError(
+                400, "BadRequest", f'strconv.ParseInt: parsing "{raw_timeout}": invalid syntax'
+            )
+        timeout = float(raw_timeout)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Obj | None] = asyncio.Queue()
         key = (res.group, res.plural)

@@ -36,6 +36,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ def build_settings(cfg: config_module.OperatorConfig) -> kopf.OperatorSettings:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.watching.server_timeout = cfg.watch_server_timeout_seconds
+    # The API server parses timeoutSeconds as an integer and answers 400 to "300.0".
+    settings.watching.server_timeout = max(1, math.ceil(cfg.watch_server_timeout_seconds))
     settings.watching.client_timeout = cfg.watch_client_timeout_seconds
     settings.watching.connect_timeout = 10
     settings.peering.standalone = cfg.peering is None
