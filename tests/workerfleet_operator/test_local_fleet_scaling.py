@@ -44,9 +44,21 @@ def test_a_backlog_burst_scales_the_fleet_up_then_back_to_zero_with_every_job_se
             for s in fleet.snapshots
             if s.queue_stats is not None and (s.queue_stats.backlog or s.queue_stats.in_flight)
         )
-        first_down = min(s.at for s in fleet.snapshots if s.decision.desired < s.decision.current)
         window = fleet.runner.pool.policy.scale_down.stabilization_window_seconds
-        assert first_down > last_busy + window
+        # A step down waits a full window after the last recommendation for the peak ...
+        last_peak_wanted = max(s.at for s in fleet.snapshots if s.decision.raw_desired >= 3)
+        first_peak = min(s.at for s in fleet.snapshots if s.replicas == 3)
+        first_down = min(
+            s.at
+            for s in fleet.snapshots
+            if s.at > first_peak and s.decision.desired < s.decision.current
+        )
+        assert first_down > last_peak_wanted + window
+        # ... and the step to zero a full window after the queue was last busy.
+        first_zero = min(
+            s.at for s in fleet.snapshots if s.at > first_peak and s.decision.desired == 0
+        )
+        assert first_zero > last_busy + window
         assert last_busy <= idle_at
         counters = fleet.runner.fleet.counters
         # And no worker was killed: every one drained and exited 0
