@@ -800,8 +800,10 @@ class Worker:
             error_type=error_type, message=message, worker_id=self.worker_id
         )
         q = self.q
+        # Not a handler failure (the handler never ran): recorded in the history, but it
+        # spends no attempt and does not count in failed_total.
         ok = await self._settle(
-            "dead_letter", lambda: q.dead_letter(h.job, reason, failure=failure)
+            "dead_letter", lambda: q.dead_letter(h.job, reason, failure=failure, attempt=False)
         )
         task = h.job.envelope.task if h.spec is not None else "<unknown>"
         if ok:

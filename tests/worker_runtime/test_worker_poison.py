@@ -163,6 +163,8 @@ def test_a_message_naming_an_unregistered_task_is_dead_lettered_without_any_impo
         assert d is not None and d.reason == "unknown_task"
         assert d.task == name
         assert "no task named" in d.history[-1].message
+        assert d.attempts == 0  # not a handler failure: no attempt spent
+    assert _stats(wf_client, wf_queue).failed_total == 0
     assert not imported.exists()
     assert not touched.exists()
     assert worker.alive()
@@ -188,6 +190,9 @@ def test_an_invalid_payload_is_dead_lettered_with_the_validation_error_and_never
     assert d is not None and d.reason == "invalid_payload"
     assert d.history[-1].error_type == "ValidationError"
     assert "order_id" in d.history[-1].message
+    # And it spent no attempt (the handler never ran)
+    assert d.attempts == 0
+    assert _stats(wf_client, wf_queue).failed_total == 0
     assert [e["job"] for e in events(wf_client, wf_queue)] == [good.job_id]
     assert worker.alive()
 
