@@ -9,8 +9,8 @@ per ``pollingIntervalSeconds`` with the latest :class:`Observation` and carry th
 How a decision is made (the order matters, and each step that changes the value is named in
 ``Decision.clamped_by``):
 
-1. Signals, each expressed in replicas (``None`` when disabled in the policy or not measurable
-   yet); ``raw_desired`` is the ceiling of the largest one.
+1. Signals, each expressed in replicas (``None`` when disabled in the policy — a target of 0 in
+   the CRD — or not measurable yet); ``raw_desired`` is the ceiling of the largest one.
    - ``backlog``: backlog / targetBacklogPerReplica (the KEDA-style signal).
    - ``capacity``: (backlog + in-flight) / (concurrency x targetUtilization). Counting in-flight
      jobs is what makes a busy queue with an empty backlog keep its workers.

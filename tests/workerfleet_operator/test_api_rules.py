@@ -75,12 +75,29 @@ LEASE = (
     "for redelivery than any job may run"
 )
 KEDA_AUTH = "autoscaling.mode: keda requires queue.redis.keda (the Secret keys KEDA reads)"
+NO_SIGNAL = (
+    "at least one of targetBacklogPerReplica, targetUtilization and targetOldestJobAgeSeconds "
+    "must be above 0 (0 turns a signal off)"
+)
+KEDA_BACKLOG = (
+    "autoscaling.mode: keda scales on the backlog: targetBacklogPerReplica must be above 0"
+)
 NAME = (
     "metadata.name must be a DNS-1035 label of at most 55 characters "
     "(it names the pool's Deployment and Service)"
 )
 
 CASES = (
+    Case(
+        "every signal off",
+        _autoscaling(targetBacklogPerReplica=0, targetUtilization=0, targetOldestJobAgeSeconds=0),
+        NO_SIGNAL,
+    ),
+    Case(
+        "keda without the backlog signal",
+        _both(_keda_auth, _autoscaling(mode="keda", targetBacklogPerReplica=0)),
+        KEDA_BACKLOG,
+    ),
     Case("min above max", _autoscaling(minReplicas=5, maxReplicas=3), MIN_MAX),
     Case("fallback without replicas", _autoscaling(onMetricFailure="fallback"), FALLBACK),
     Case(
@@ -165,6 +182,12 @@ def test_every_cel_rule_of_the_crd_has_a_refusal_case() -> None:
 
 VALID_EDGES = (
     ("min equals max", _autoscaling(minReplicas=3, maxReplicas=3)),
+    ("backlog signal only", _autoscaling(targetUtilization=0)),
+    ("capacity signal only", _autoscaling(targetBacklogPerReplica=0)),
+    (
+        "latency signal only",
+        _autoscaling(targetBacklogPerReplica=0, targetUtilization=0, targetOldestJobAgeSeconds=30),
+    ),
     ("fallback at min", _autoscaling(onMetricFailure="fallback", fallbackReplicas=0)),
     ("fallback at max", _autoscaling(onMetricFailure="fallback", fallbackReplicas=10)),
     ("disabled with replicas", _autoscaling(mode="disabled", replicas=0)),
@@ -190,6 +213,7 @@ SCHEMA_REFUSALS: tuple[tuple[str, Mutation], ...] = (
     ("zero concurrency", _spec(concurrency=0)),
     ("unknown mode", _autoscaling(mode="hpa")),
     ("utilization above 1", _autoscaling(targetUtilization=1.5)),
+    ("a negative backlog target", _autoscaling(targetBacklogPerReplica=-1)),
     ("negative drain", _spec(drain={"timeoutSeconds": -1})),
     ("privileged port for metrics", _spec(metrics={"port": 80})),
     ("volumes", _spec(volumes=[{"name": "host", "hostPath": {"path": "/"}}])),

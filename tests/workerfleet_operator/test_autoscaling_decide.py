@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import scaling_fixtures as fx
-from workerfleet_operator import autoscaling
+from workerfleet_operator import api, autoscaling
 from workerfleet_operator.autoscaling import ScalingPolicy, StepPolicy
 
 # Backlog is the only signal, so expected counts follow from "backlog / 100" alone.
@@ -42,6 +42,69 @@ def test_a_traffic_spike_scales_up_at_once_within_the_step_limits() -> None:
     assert decisions[1].raw_desired == 20
     assert decisions[2].clamped_by == "maxReplicas"
     assert all(d.changed for d in decisions)
+
+
+def _pool_policy(**autoscaling_fields: object) -> ScalingPolicy:
+    """The policy of a WorkerPool with the given ``spec.autoscaling`` (CRD names)."""
+    spec = api.WorkerPoolSpec.model_validate(
+        {
+            "image": "registry.example/worker:1",
+            "app": "emails.tasks:app",
+            "queue": {"name": "emails", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}},
+            "autoscaling": {"maxReplicas": 50, **autoscaling_fields},
+        }
+    )
+    return api.build_scaling_policy(spec)
+
+
+@pytest.mark.parametrize(
+    ("fields", "signals", "reason"),
+    [
+        pytest.param(
+            {"targetUtilization": 0},
+            {"backlog": 5.3, "capacity": None, "latency": None},
+            "ScaledUp 2→6: backlog 530 over 6\N{MULTIPLICATION SIGN}100",
+            id="backlog_only",
+        ),
+        pytest.param(
+            {},
+            {"backlog": 5.3, "capacity": 530 / 6.4, "latency": None},
+            "ScaledUp 2→6: 530 queued + 0 in flight over 83\N{MULTIPLICATION SIGN}8"
+            "\N{MULTIPLICATION SIGN}0.8 (wanted 83, limited by scaleUpStep)",
+            id="defaults_capacity_dominates",
+        ),
+        pytest.param(
+            {"targetBacklogPerReplica": 0},
+            {"backlog": None, "capacity": 530 / 6.4, "latency": None},
+            "ScaledUp 2→6: 530 queued + 0 in flight over 83\N{MULTIPLICATION SIGN}8"
+            "\N{MULTIPLICATION SIGN}0.8 (wanted 83, limited by scaleUpStep)",
+            id="capacity_only",
+        ),
+    ],
+)
+def test_a_workerpool_target_of_zero_turns_its_signal_off(
+    fields: dict[str, object], signals: dict[str, float | None], reason: str
+) -> None:
+    # Given a WorkerPool with some signals off, at 2 replicas, and 530 jobs waiting
+    policy = _pool_policy(**fields)
+    # When the scaler decides
+    decision = fx.run(policy, [fx.Poll(0, fx.queue_stats(0, backlog=530))], current=2)[0]
+    # Then only the signals that are on count, and the largest one wins
+    assert decision.signals == pytest.approx(signals)
+    assert decision.reason == reason
+    assert decision.desired == 6
+
+
+def test_a_workerpool_with_only_the_latency_signal_scales_on_the_oldest_job_age() -> None:
+    policy = _pool_policy(
+        targetBacklogPerReplica=0, targetUtilization=0, targetOldestJobAgeSeconds=10
+    )
+    poll = fx.Poll(0, fx.queue_stats(0, backlog=530, oldest_job_age_seconds=30))
+    decision = fx.run(policy, [poll], current=2)[0]
+    assert decision.signals["backlog"] is None
+    assert decision.signals["capacity"] is None
+    assert decision.signals["latency"] == pytest.approx(2 * 30 / 10)
+    assert (decision.chosen, decision.desired) == ("latency", 6)
 
 
 def test_a_spike_from_zero_wakes_the_pool_in_the_first_poll() -> None:

@@ -146,6 +146,33 @@ def test_server_defaults_equal_the_model_defaults_and_the_status_is_writable(
     assert table[7:10] == ["emails", "True", "2"]
 
 
+def test_a_zero_target_turns_a_signal_off_and_survives_apply_while_null_is_defaulted_back(
+    cluster: kubecluster.KubeCluster,
+) -> None:
+    # Given a backlog-only pool (targetUtilization: 0) created with server-side apply
+    pool = crd_validation.load_sample("minimal")
+    pool["metadata"]["name"] = "backlog-only"
+    pool["spec"]["autoscaling"] = {"targetUtilization": 0}
+    assert _apply(cluster, pool, dry_run=False).returncode == 0
+    # When it is applied again with another change
+    pool["spec"]["autoscaling"]["maxReplicas"] = 20
+    assert _apply(cluster, pool, dry_run=False).returncode == 0
+    stored = cluster.fetch_json("workerpool", "backlog-only", "-n", NAMESPACE)
+    # Then the 0 is kept and the pool scales on the backlog signal alone
+    autoscaling = stored["spec"]["autoscaling"]  # type: ignore[index]
+    assert (autoscaling["targetUtilization"], autoscaling["maxReplicas"]) == (0, 20)
+    parsed = api.parse_pool(stored)
+    assert isinstance(parsed, api.Pool)
+    policy = api.build_scaling_policy(parsed.spec)
+    assert (policy.target_backlog_per_replica, policy.target_utilization) == (100.0, None)
+    # And a null is pruned and defaulted by the API server: it cannot mean "off"
+    pool["metadata"]["name"] = "null-target"
+    pool["spec"]["autoscaling"] = {"targetUtilization": None}
+    assert _apply(cluster, pool, dry_run=False).returncode == 0
+    stored = cluster.fetch_json("workerpool", "null-target", "-n", NAMESPACE)
+    assert stored["spec"]["autoscaling"]["targetUtilization"] == 0.8  # type: ignore[index]
+
+
 def _builtin_children() -> list[tuple[str, dict[str, Any]]]:
     found = []
     for name in crd_validation.SAMPLE_NAMES:

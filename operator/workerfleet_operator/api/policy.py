@@ -18,9 +18,9 @@ def build_scaling_policy(spec: WorkerPoolSpec) -> autoscaling.ScalingPolicy:
         min_replicas=a.min_replicas,
         max_replicas=a.max_replicas,
         concurrency=spec.concurrency,
-        target_backlog_per_replica=a.target_backlog_per_replica,
-        target_utilization=a.target_utilization,
-        target_oldest_job_age_seconds=a.target_oldest_job_age_seconds,
+        target_backlog_per_replica=_signal_target(a.target_backlog_per_replica),
+        target_utilization=_signal_target(a.target_utilization),
+        target_oldest_job_age_seconds=_signal_target(a.target_oldest_job_age_seconds),
         activation_backlog=a.activation_backlog,
         polling_interval_seconds=a.polling_interval_seconds,
         scale_up=autoscaling.StepPolicy(
@@ -39,3 +39,9 @@ def build_scaling_policy(spec: WorkerPoolSpec) -> autoscaling.ScalingPolicy:
         dry_run=a.dry_run,
         replicas=a.replicas,
     )
+
+
+def _signal_target(value: float) -> float | None:
+    # The CRD spells "signal off" as 0 (a null would be pruned and defaulted back by the API
+    # server); the autoscaler spells it None.
+    return value if value > 0 else None

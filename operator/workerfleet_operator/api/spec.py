@@ -343,9 +343,42 @@ class ScaleDownSpec(SpecModel):
 
 
 class AutoscalingSpec(SpecModel):
-    """How the replica count follows the queue."""
+    """How the replica count follows the queue.
+
+    Each signal (backlog, capacity, latency) turns queue statistics into a replica count; the
+    desired count is the largest of the signals that are on (a target of 0 turns a signal off,
+    at least one must stay on), then activation, minReplicas/maxReplicas, the stabilization
+    windows and the step limits shape it (``autoscaling`` module docstring). ``0`` rather than
+    ``null`` means "off" because the API server would prune a ``null`` and put the default
+    back, and a JSON merge patch (client-side ``kubectl apply``) reads ``null`` as "delete".
+    """
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "self.targetBacklogPerReplica > 0.0 || self.targetUtilization > 0.0 || "
+                "self.targetOldestJobAgeSeconds > 0.0"
+            ),
+            message=(
+                "at least one of targetBacklogPerReplica, targetUtilization and "
+                "targetOldestJobAgeSeconds must be above 0 (0 turns a signal off)"
+            ),
+            check=lambda a: (
+                a.target_backlog_per_replica > 0
+                or a.target_utilization > 0
+                or a.target_oldest_job_age_seconds > 0
+            ),
+            field_path=".targetBacklogPerReplica",
+        ),
+        Rule(
+            cel="self.mode != 'keda' || self.targetBacklogPerReplica > 0.0",
+            message=(
+                "autoscaling.mode: keda scales on the backlog: targetBacklogPerReplica must be "
+                "above 0"
+            ),
+            check=lambda a: a.mode != "keda" or a.target_backlog_per_replica > 0,
+            field_path=".targetBacklogPerReplica",
+        ),
         Rule(
             cel="self.minReplicas <= self.maxReplicas",
             message="minReplicas must not exceed maxReplicas",
@@ -413,26 +446,31 @@ class AutoscalingSpec(SpecModel):
     )
     target_backlog_per_replica: float = Field(
         default=100.0,
-        gt=0.0,
+        ge=0.0,
         le=1_000_000.0,
-        description="Backlog signal: one replica per this many waiting jobs (as KEDA's lagCount).",
+        description=(
+            "Backlog signal (KEDA-style, as KEDA's lagCount): replicas = backlog / this. "
+            "0 turns the signal off. The desired count is the largest of the signals that "
+            "are on, then clamped and shaped by scaleUp/scaleDown."
+        ),
     )
     target_utilization: float = Field(
         default=0.8,
-        gt=0.0,
+        ge=0.0,
         le=1.0,
         description=(
-            "Capacity signal: replicas = (backlog + in-flight) / (concurrency x this). "
-            "Counts running jobs, so busy pods are kept."
+            "Capacity signal: replicas = (backlog + in-flight) / (concurrency x this). Counts "
+            "running jobs, so busy pods are kept. 0 turns the signal off (with the defaults it "
+            "dominates the backlog signal: set 0 for backlog-only scaling)."
         ),
     )
-    target_oldest_job_age_seconds: float | None = Field(
-        default=None,
-        gt=0.0,
+    target_oldest_job_age_seconds: float = Field(
+        default=0.0,
+        ge=0.0,
         le=86400.0,
         description=(
-            "Latency signal (optional): scale so that a waiting job starts within this many "
-            "seconds, from arrival and service rates (Little's law)."
+            "Latency signal: scale so that a waiting job starts within this many seconds, "
+            "from arrival and service rates (Little's law). 0 (the default) turns it off."
         ),
     )
     activation_backlog: int = Field(
@@ -869,7 +907,11 @@ class WorkerPoolSpec(SpecModel):
     autoscaling: AutoscalingSpec = Field(
         default_factory=AutoscalingSpec,
         json_schema_extra=_object_default(AutoscalingSpec),
-        description="How the replica count follows the queue.",
+        description=(
+            "How the replica count follows the queue: the largest of the signals that are on "
+            "(targetBacklogPerReplica, targetUtilization, targetOldestJobAgeSeconds; 0 turns "
+            "one off), clamped to minReplicas/maxReplicas and shaped by scaleUp/scaleDown."
+        ),
     )
     retry: RetrySpec = Field(
         default_factory=RetrySpec,
