@@ -4,8 +4,15 @@ Called by the worker process, the CLI, the producer's users and the operator (re
 Supported URLs: ``redis://``, ``rediss://`` (TLS; ``?ssl_cert_reqs=none``/``ssl_ca_certs=`` as
 redis-py accepts), ACL ``user:password@``, ``redis+cluster://host:port`` (Redis Cluster, any node
 as seed) and ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]``
-(``rediss+sentinel://`` for TLS). Connection errors are retried with exponential backoff;
-blocking reads in the engine are bounded well below ``socket_timeout``.
+(``rediss+sentinel://`` for TLS). Blocking reads in the engine are bounded well below
+``socket_timeout``.
+
+Automatic retries (``retries=``): redis-py re-sends a command whose connection failed or whose
+reply timed out, with exponential backoff. That is right for idempotent calls (stats, renewals,
+the CLI's reads) and wrong for a non-idempotent script: a re-sent ``fetch`` leases a second
+batch while the first one's jobs, leased by the call whose reply was lost, are held by nobody
+until their lease expires. The worker's job loop therefore uses ``retries=0`` and handles
+errors itself (backoff, reconnect, then ``QueueClient.adopt`` to take those jobs back).
 """
 
 from __future__ import annotations
@@ -100,7 +107,11 @@ def fetch_client(
     health_check_interval: float = 15.0,
     retries: int = 3,
 ) -> AsyncClient:
-    """An asyncio client for ``url`` (connections are opened lazily, on first use)."""
+    """An asyncio client for ``url`` (connections are opened lazily, on first use).
+
+    ``retries``: automatic re-sends after a connection error or timeout; pass 0 for a client
+    that sends non-idempotent scripts (see the module docstring).
+    """
     opts = build_client_options(
         socket_timeout=socket_timeout,
         health_check_interval=health_check_interval,

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -390,6 +390,26 @@ class QueueClient:
         if not fetched and block > 0:
             fetched = await self.fetch(worker_id, count, block=block, wake=wake)
         return [int(f) == 1 for f in acked], fetched
+
+    async def adopt(self, worker_id: str, held: Collection[str] = ()) -> list[Job]:
+        """The jobs delivered to ``worker_id`` that it does not hold, with fresh leases.
+
+        After a fetch that failed on a Redis error the worker cannot know whether the script
+        ran: if it did, its jobs are leased to the worker but never reached it. This hands them
+        over (same delivery, same token) instead of leaving them to expire (a lost delivery).
+        ``held`` lists the job ids the worker already has; they are skipped.
+        """
+        args: list[scripts.Arg] = [
+            worker_id,
+            int(self.options.lease_seconds * 1000),
+            MAX_FETCH + len(held),
+            build_packed([(job_id,) for job_id in held]),
+        ]
+        now_ms, flat = await scripts.ADOPT(self.client, self._k, args)
+        jobs, invalid = self._build_jobs(float(now_ms), flat)
+        for job_id, token, error in invalid:
+            await self._dead_letter_invalid(job_id, token, error, worker_id)
+        return jobs
 
     async def _dead_letter_invalid(
         self, job_id: str, token: int, error: envelope_mod.EnvelopeError, worker_id: str

@@ -98,6 +98,7 @@ DLQ_LIST = build_script("dlq_list")
 DLQ_REPLAY = build_script("dlq_replay")
 DLQ_PURGE = build_script("dlq_purge")
 RATELIMIT = build_script("ratelimit")
+ADOPT = build_script("adopt")
 
 _ACK_FETCH_SOURCE = build_combined_source("fetch", "ack", 9)
 ACK_FETCH = Script(

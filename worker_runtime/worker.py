@@ -255,6 +255,7 @@ class Worker:
         self._fetch_wake: asyncio.Event | None = None  # interrupts the fetch in flight (drain)
         self._fetch_blocking = False  # the fetch loop waits in Redis for new work
         self._ack_queue: list[_Held] = []  # finished jobs to ack with the next fetch
+        self._fetch_unsure = False  # a fetch failed after it may have leased jobs to us
         self._sync_done: collections.deque[
             tuple[_Held, asyncio.Future[None], BaseException | None]
         ] = collections.deque()  # finished sync calls, collected on the loop thread
@@ -349,8 +350,10 @@ class Worker:
                 loop.add_signal_handler(sig, self.request_drain, int(sig))
             while _early_signals:
                 self.request_drain(_early_signals.pop(0))
+        # No automatic re-send on this connection: a fetch whose reply was lost must not run
+        # again blindly (its jobs would be held by nobody); the fetch loop retries and adopts.
         self._client = connection.fetch_client(
-            self.settings.redis_url, socket_timeout=FETCH_BLOCK_SECONDS + 5.0
+            self.settings.redis_url, socket_timeout=FETCH_BLOCK_SECONDS + 5.0, retries=0
         )
         self.q = queue_mod.QueueClient(self._client, self.queue_name, self.options)
         self.app.bind(self._client, queue=self.queue_name)
@@ -371,6 +374,9 @@ class Worker:
         )
         try:
             await self._fetch_loop()
+            if self._fetch_unsure:  # jobs a failed fetch leased to us: adopt and release them
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._adopt_orphans(), timeout=3.0)
             await self._drain()
         finally:
             ticker.cancel()
@@ -408,6 +414,10 @@ class Worker:
         q = self.q
         failures = 0
         while not self.draining:
+            if self._fetch_unsure and not await self._adopt_orphans():
+                failures += 1
+                await self._sleep_unless_draining(self._error_delay(failures))
+                continue
             acks = self._ack_queue
             free = self.concurrency - self._in_use() + len(acks)
             if free <= 0:
@@ -438,10 +448,13 @@ class Worker:
             except REDIS_ERRORS as exc:
                 # Acks are fenced, so sending them again is safe: they go back in the queue.
                 self._ack_queue[:0] = acks
+                # Without a reply the script may still have run: adopt what it leased to us.
+                # (An error reply, e.g. READONLY, is an answer: nothing to adopt.)
+                self._fetch_unsure = not isinstance(exc, redis.exceptions.ResponseError)
                 failures += 1
                 self.metrics.fetch_errors.inc()
                 self.metrics.redis_error("fetch")
-                delay = min(5.0, 0.1 * 2 ** min(failures, 6)) * (0.5 + self._rng.random() / 2)
+                delay = self._error_delay(failures)
                 log.warning(
                     "fetch failed; retrying",
                     extra={"error": repr(exc), "retry_in_seconds": round(delay, 3)},
@@ -461,6 +474,31 @@ class Worker:
                 # must not become a busy loop.
                 await self._sleep_unless_draining(0.01)
         self._flush_queued_acks()
+
+    def _error_delay(self, failures: int) -> float:
+        # Exponential backoff with jitter after consecutive failed fetch-loop calls.
+        return min(5.0, 0.1 * 2.0 ** min(failures, 6)) * (0.5 + self._rng.random() / 2)
+
+    async def _adopt_orphans(self) -> bool:
+        # A fetch failed on a Redis error after it may have run: the jobs it leased to this
+        # worker never arrived. Take them over now rather than let them wait out their lease
+        # (counted as lost deliveries). True when Redis answered.
+        assert self.q is not None
+        try:
+            jobs = await self.q.adopt(self.worker_id, list(self.held))
+        except REDIS_ERRORS as exc:
+            self.metrics.redis_error("adopt")
+            log.warning("adopting after a failed fetch failed", extra={"error": repr(exc)})
+            return False
+        self._fetch_unsure = False
+        if jobs:
+            log.warning(
+                "a failed fetch had leased jobs to this worker; adopted them",
+                extra={"count": len(jobs)},
+            )
+        for job in jobs:
+            self._start(job)
+        return True
 
     def _export_fetch_dead_letters(self, counts: collections.Counter[str]) -> None:
         # Poison jobs (max_deliveries) and unreadable envelopes are dead-lettered inside the

@@ -1,0 +1,194 @@
+"""A fetch whose reply never arrives: the script ran, its jobs are leased, the worker saw nothing.
+
+Neither the client (no blind re-send of the non-idempotent script) nor the worker (it adopts
+what the failed fetch leased to it) may leave those jobs to wait out their lease. A paused
+redis-server (SIGSTOP) makes the reply time out; a proxy that cuts the connection after the
+fetch went through loses the reply of a script that did run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.exceptions
+
+from tests.worker_runtime import workerproc
+from tests.worker_runtime.workerproc import events, wait_until
+from worker_runtime import connection, envelope, producer, scripts, stats
+from worker_runtime import queue as queue_mod
+
+
+@contextlib.contextmanager
+def _paused(pid: int) -> Iterator[None]:
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def test_jobs_leased_by_a_fetch_whose_reply_timed_out_are_adopted_by_that_worker(
+    redis_factory: Callable[..., Any], queue_name: str
+) -> None:
+    # Given a redis-server of our own, five queued jobs and a worker-style client that does
+    # not re-send commands (retries=0) with a short reply timeout
+    server = redis_factory()
+    options = queue_mod.QueueOptions(lease_seconds=60.0)
+    client = connection.fetch_client(server.url, socket_timeout=0.5, retries=0)
+    q = queue_mod.QueueClient(client, queue_name, options)
+    assert await q.fetch("w0", 1) == []  # the fetch script is loaded (EVALSHA will find it)
+    ids = [
+        (await q.enqueue(queue_mod.EnqueueRequest(envelope.build_envelope("noop", {})))).job_id
+        for _ in range(5)
+    ]
+    # When the server is paused while a fetch is on its way, so its reply times out, and then
+    # resumes (and runs the buffered script)
+    with _paused(server.pid), pytest.raises(redis.exceptions.TimeoutError):
+        await q.fetch("w1", 10)
+    sync = redis.Redis(port=server.port, decode_responses=True)
+    try:
+        wait_until(lambda: stats.fetch_queue_stats_sync(sync, queue_name).in_flight == 5, 5, "run")
+        # Then that one script ran once: one batch of five leased, nothing fetched twice
+        assert int(sync.hget(q.keys.counters, "fence") or 0) == 5
+    finally:
+        sync.close()
+    # And another worker can neither fetch nor adopt them
+    assert await q.fetch("w2", 10) == []
+    assert await q.adopt("w2") == []
+    # And the worker that lost the reply adopts all five: same delivery, nothing counted lost
+    adopted = await q.adopt("w1")
+    assert sorted(j.id for j in adopted) == sorted(ids)
+    assert {(j.deliveries, j.lost, j.attempts) for j in adopted} == {(1, 0, 0)}
+    # And what it already holds is not handed over twice
+    assert await q.adopt("w1", held=[j.id for j in adopted]) == []
+    # And the adopted deliveries are the real ones: their acks are accepted
+    assert all([await q.ack(j) for j in adopted])
+    final = await _stats(client, queue_name)
+    assert (final.in_flight, final.completed_total, final.backlog) == (0, 5, 0)
+    await q.aclose()
+    await client.aclose()
+
+
+async def _stats(client: connection.AsyncClient, queue: str) -> stats.QueueStats:
+    return await stats.fetch_queue_stats(client, queue)
+
+
+class _CuttingProxy:
+    """A TCP proxy to a redis-server that, once armed, loses the reply of the next fetch.
+
+    It forwards the fetch (or ack-and-fetch) command, gives the server time to run it, then
+    closes that client connection without forwarding the reply: the script ran, the worker
+    never hears of it. Everything else passes through. Listens on 127.0.0.1 only.
+    """
+
+    FETCH_SHAS = (scripts.FETCH.sha.encode(), scripts.ACK_FETCH.sha.encode())
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.armed = threading.Event()
+        self.cuts = 0
+        self._sockets: list[socket.socket] = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            upstream.settimeout(None)
+            self._sockets += [client, upstream]
+            cut = threading.Event()
+            threading.Thread(target=self._up, args=(client, upstream, cut), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client, cut), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if self.armed.is_set() and any(sha in data for sha in self.FETCH_SHAS):
+                    self.armed.clear()
+                    cut.set()  # from now on nothing goes back to this client
+                    upstream.sendall(data)
+                    threading.Event().wait(0.3)  # the server runs the script meanwhile
+                    self.cuts += 1
+                    break
+                upstream.sendall(data)
+        _close(client, upstream)
+
+    def _down(self, upstream: socket.socket, client: socket.socket, cut: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while (data := upstream.recv(65536)) and not cut.is_set():
+                client.sendall(data)
+        _close(client, upstream)
+
+    def close(self) -> None:
+        self._stop = True
+        self.listener.close()
+        _close(*self._sockets)
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+
+def test_a_worker_whose_fetch_reply_is_lost_runs_those_jobs_at_once_and_exactly_once(
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+    wf_producer: producer.SyncProducer,
+    wf_client: redis.Redis,
+    wf_redis: workerproc.RedisLike,
+    wf_queue: str,
+) -> None:
+    # Given 40 queued jobs, a proxy armed to lose the reply of the next fetch, and a worker
+    # behind it whose leases last 30 s
+    n = 40
+    wf_producer.enqueue_many(
+        [
+            producer.JobSpec(task="sleep", payload={"seconds": 0.01, "marker": str(i)})
+            for i in range(n)
+        ]
+    )
+    for script in (scripts.FETCH, scripts.ACK_FETCH):  # the cut fetch must run, not NOSCRIPT
+        wf_client.script_load(script.source)
+    proxy = _CuttingProxy(wf_redis.port)
+    try:
+        proxy.armed.set()
+        worker = wf_spawn(redis_url=proxy.url, concurrency=4, lease_seconds=30.0)
+        # When its first fetch runs in Redis but the reply never arrives
+        wait_until(lambda: proxy.cuts == 1, 20, "the fetch whose reply is lost")
+        # Then every job completes long before a 30 s lease could expire, each exactly once,
+        # on its first delivery (the lost fetch's jobs were neither re-fetched nor left to expire)
+        wait_until(
+            lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total == n,
+            15,
+            "all jobs, well inside one lease",
+        )
+        done = [e for e in events(wf_client, wf_queue) if e["event"] == "done"]
+        assert sorted(e["marker"] for e in done) == sorted(str(i) for i in range(n))
+        assert {e["deliveries"] for e in done} == {1}
+        final = stats.fetch_queue_stats_sync(wf_client, wf_queue)
+        assert (final.in_flight, final.backlog, final.dead_letter) == (0, 0, 0)
+        # And the worker said what happened, and is still serving
+        assert any("adopted" in r.get("msg", "") for r in worker.log_records())
+        worker.send(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    finally:
+        proxy.close()
