@@ -17,14 +17,9 @@ Never asserts timing (house rule for benchmarks).
 from __future__ import annotations
 
 import argparse
-import base64
 import random
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,26 +27,20 @@ from typing import Any
 
 import redis
 import redis.asyncio.connection
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from workerfleet_operator.local import embedded_redis  # noqa: E402
 from workerfleet_operator.shell import config as config_module  # noqa: E402
 from workerfleet_operator.shell import handlers, main  # noqa: E402
 
-from tests.workerfleet_operator.emulator import Emulator  # noqa: E402
+from bench import harness as bench_harness  # noqa: E402
 from worker_runtime import producer, stats  # noqa: E402
 
 NAMESPACE = "default"
 KEDA_POLLING_S = 30.0
 HPA_SYNC_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def script_calls(client: redis.Redis) -> int:
@@ -109,49 +98,13 @@ def main_bench() -> int:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        print("redis-server missing: run `make deps`", file=sys.stderr)
+    try:
+        harness = bench_harness.start_harness("wf-bench-autoscaler-", NAMESPACE)
+    except embedded_redis.EmbeddedRedisError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="wf-bench-autoscaler-"))
-    port = free_port()
-    redis_proc = subprocess.Popen(
-        [
-            redis_bin,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    emu, kubeconfig, url = harness.emulator, harness.kubeconfig, harness.url
     client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-
-    emu = Emulator()
-    emu.start()
-    kubeconfig = workdir / "kubeconfig.yaml"
-    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
-    emu.create(
-        "secrets",
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "redis-creds", "namespace": NAMESPACE},
-            "data": {"url": base64.b64encode(url.encode()).decode()},
-        },
-    )
 
     # A counting connection: every request the operator's asyncio Redis clients send (a pipeline
     # is one send, so this is the number of network round trips).
@@ -279,10 +232,8 @@ def main_bench() -> int:
     finally:
         stop.set()
         thread.join(30)
-        emu.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        client.close()
+        harness.stop()
         if final_line:
             sys.stderr.flush()
             print(final_line, flush=True)  # after shutdown noise: the summary is the last line

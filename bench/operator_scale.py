@@ -12,32 +12,23 @@ CPU seconds, the API requests it made, and ends with the line
 from __future__ import annotations
 
 import argparse
-import base64
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from workerfleet_operator.local import embedded_redis  # noqa: E402
+
+from bench import harness as bench_harness  # noqa: E402
 from tests.workerfleet_operator.emulator import Emulator  # noqa: E402
 
 NAMESPACE = "default"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
@@ -91,41 +82,12 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="progress every second")
     args = parser.parse_args()
 
-    redis_bin = shutil.which("redis-server")
-    if redis_bin is None:
-        print("redis-server missing: run `make deps`", file=sys.stderr)
+    try:
+        harness = bench_harness.start_harness("wf-bench-operator-", NAMESPACE, history_size=200_000)
+    except embedded_redis.EmbeddedRedisError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="wf-bench-operator-"))
-    redis_port = free_port()
-    redis_proc = subprocess.Popen(
-        [
-            redis_bin,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    emu = Emulator(history_size=200_000)
-    emu.start()
-    kubeconfig = workdir / "kubeconfig.yaml"
-    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
-    url = f"redis://127.0.0.1:{redis_port}/0"
-    emu.create(
-        "secrets",
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "redis-creds", "namespace": NAMESPACE},
-            "data": {"url": base64.b64encode(url.encode()).decode()},
-        },
-    )
+    emu, workdir, kubeconfig = harness.emulator, harness.workdir, harness.kubeconfig
     env = dict(
         os.environ,
         WORKERFLEET_OPERATOR_KUBECONFIG=str(kubeconfig),
@@ -219,13 +181,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             operator.kill()
             operator.wait(10)
-        emu.stop()
-        redis_proc.terminate()
-        redis_proc.wait(10)
-        if os.environ.get("KEEP"):
-            print("kept", workdir)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        harness.stop(keep_workdir=bool(os.environ.get("KEEP")))
 
 
 if __name__ == "__main__":

@@ -37,13 +37,39 @@ def create_secret(cluster: kubecluster.KubeCluster, namespace: str, name: str, u
     )
 
 
-def wait_ready(cluster: kubecluster.KubeCluster, namespace: str, pool: str) -> dict[str, Any]:
+def wait_condition(
+    cluster: kubecluster.KubeCluster,
+    namespace: str,
+    pool: str,
+    ctype: str,
+    status: str,
+    *,
+    timeout_seconds: float = 60,
+) -> dict[str, Any]:
+    """Wait (bounded) until the pool's condition ``ctype`` has ``status``; return it."""
     return kubecluster.poll_until(
-        f"{pool} Ready=True",
-        lambda: wf.fetch_condition(cluster, namespace, pool, "Ready"),
-        lambda c: c.get("status") == "True",
+        f"{pool} {ctype}={status}",
+        lambda: wf.fetch_condition(cluster, namespace, pool, ctype),
+        lambda c: c.get("status") == status,
+        timeout_seconds=timeout_seconds,
+    )
+
+
+def wait_ready(cluster: kubecluster.KubeCluster, namespace: str, pool: str) -> dict[str, Any]:
+    return wait_condition(cluster, namespace, pool, "Ready", "True", timeout_seconds=90)
+
+
+def wait_running_pods(
+    cluster: kubecluster.KubeCluster, namespace: str, pool: str, count: int
+) -> list[dict[str, Any]]:
+    """Wait (bounded) until exactly ``count`` of the pool's pods are Running."""
+    pods: list[dict[str, Any]] = kubecluster.poll_until(
+        f"{count} Running pod(s) of {pool}",
+        lambda: wf.fetch_running_pods(cluster, namespace, pool),
+        lambda ps: len(ps) == count,
         timeout_seconds=90,
     )
+    return pods
 
 
 def fetch_image(cluster: kubecluster.KubeCluster, namespace: str, name: str) -> str:
@@ -179,12 +205,7 @@ def test_a_deleted_deployment_is_recreated(
         timeout_seconds=90,
     )
     assert json.loads(again)["metadata"]["ownerReferences"][0]["name"] == "phoenix"
-    kubecluster.poll_until(
-        "1 Running pod",
-        lambda: wf.fetch_running_pods(kube_cluster, pools_namespace, "phoenix"),
-        lambda ps: len(ps) == 1,
-        timeout_seconds=90,
-    )
+    wait_running_pods(kube_cluster, pools_namespace, "phoenix", 1)
     assert operator.forbidden_lines() == []
 
 
@@ -198,12 +219,7 @@ def test_a_missing_secret_gives_ready_false_and_a_warning_then_recovers_when_cre
     pool = wf.build_pool("orphan", "e2e-orphan", {"minReplicas": 1, "maxReplicas": 1}, "not-yet")
     apply_pool(kube_cluster, pools_namespace, pool)
     # Then Ready=False with reason SecretNotFound, a Warning Event, and no Deployment
-    condition = kubecluster.poll_until(
-        "Ready=False",
-        lambda: wf.fetch_condition(kube_cluster, pools_namespace, "orphan", "Ready"),
-        lambda c: c.get("status") == "False",
-        timeout_seconds=60,
-    )
+    condition = wait_condition(kube_cluster, pools_namespace, "orphan", "Ready", "False")
     assert condition["reason"] == "SecretNotFound"
     assert "not-yet" in condition["message"]
     warnings = kubecluster.poll_until(
@@ -222,12 +238,7 @@ def test_a_missing_secret_gives_ready_false_and_a_warning_then_recovers_when_cre
     create_secret(kube_cluster, pools_namespace, "not-yet", redis_server.url)
     # Then the pool recovers and runs its pod
     wait_ready(kube_cluster, pools_namespace, "orphan")
-    kubecluster.poll_until(
-        "1 Running pod",
-        lambda: wf.fetch_running_pods(kube_cluster, pools_namespace, "orphan"),
-        lambda ps: len(ps) == 1,
-        timeout_seconds=90,
-    )
+    wait_running_pods(kube_cluster, pools_namespace, "orphan", 1)
     assert operator.forbidden_lines() == []
 
 
@@ -250,12 +261,7 @@ def test_when_redis_is_unreachable_replicas_are_held_and_queue_reachable_is_fals
     # When that Redis goes away
     own.stop()
     # Then QueueReachable turns False with a Warning Event
-    condition = kubecluster.poll_until(
-        "QueueReachable=False",
-        lambda: wf.fetch_condition(kube_cluster, pools_namespace, "outage", "QueueReachable"),
-        lambda c: c.get("status") == "False",
-        timeout_seconds=60,
-    )
+    condition = wait_condition(kube_cluster, pools_namespace, "outage", "QueueReachable", "False")
     assert condition["reason"] == "QueueUnreachable"
     kubecluster.poll_until(
         "a QueueUnreachable Event",
@@ -340,27 +346,12 @@ def test_the_redis_password_never_appears_in_pools_children_events_or_the_log(
     apply_pool(
         kube_cluster, pools_namespace, wf.build_pool("badurl", "e2e-badurl", one, "redis-bad-url")
     )
-    reachable = kubecluster.poll_until(
-        "the canary pool's queue read",
-        lambda: wf.fetch_condition(kube_cluster, pools_namespace, "canary", "QueueReachable"),
-        lambda c: c.get("status") == "True",
-        timeout_seconds=60,
-    )
+    reachable = wait_condition(kube_cluster, pools_namespace, "canary", "QueueReachable", "True")
     assert reachable["reason"] == "QueueRead"
-    bad = kubecluster.poll_until(
-        "the bad URL reported",
-        lambda: wf.fetch_condition(kube_cluster, pools_namespace, "badurl", "Ready"),
-        lambda c: c.get("status") == "False",
-        timeout_seconds=60,
-    )
+    bad = wait_condition(kube_cluster, pools_namespace, "badurl", "Ready", "False")
     assert bad["reason"] == "InvalidRedisURL"
     guarded.stop()
-    kubecluster.poll_until(
-        "the outage reported",
-        lambda: wf.fetch_condition(kube_cluster, pools_namespace, "canary", "QueueReachable"),
-        lambda c: c.get("status") == "False",
-        timeout_seconds=60,
-    )
+    wait_condition(kube_cluster, pools_namespace, "canary", "QueueReachable", "False")
     # Then the password is nowhere the cluster or the operator shows it
     for where, args in (
         ("pools", ("wp", "-n", pools_namespace)),

@@ -299,6 +299,39 @@ def condition(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
     return {}
 
 
+def wait_for_condition(
+    emu: Emulator, name: str, ctype: str, *, timeout: float = 10.0, message: str = ""
+) -> dict[str, Any]:
+    """Wait (bounded) until pool ``name`` reports condition ``ctype`` True; return the condition."""
+
+    def true_condition() -> dict[str, Any] | None:
+        found = condition(emu.get("workerpools", NAMESPACE, name, group=GROUP), ctype)
+        return found if found.get("status") == "True" else None
+
+    result: dict[str, Any] = wait_until(
+        true_condition, timeout=timeout, message=message or f"{name} never {ctype}"
+    )
+    return result
+
+
+def given_a_running_pool(
+    emu: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    body: dict[str, Any] | None = None,
+    *,
+    until: str = "QueueReachable",
+) -> OperatorRunner:
+    """The Given-step of most operator tests: the Redis Secret, the operator, pool ``emails``
+    (or ``body``) created, and its condition ``until`` True (QueueReachable: it read its queue)."""
+    emu.create("secrets", build_secret("redis-creds", queue_redis.url))
+    runner = operator()
+    body = body if body is not None else build_pool("emails")
+    emu.create("workerpools", body, group=GROUP)
+    wait_for_condition(emu, body["metadata"]["name"], until)
+    return runner
+
+
 def events_for(emu: Emulator, name: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
     return [
         e for e in emu.list("events", namespace) if e.get("involvedObject", {}).get("name") == name

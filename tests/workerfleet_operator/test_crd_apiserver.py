@@ -54,6 +54,15 @@ def _apply(
     return cluster.kubectl(*args, input=json.dumps(obj), check=False)
 
 
+def _apply_minimal_with(
+    cluster: kubecluster.KubeCluster, mutate: test_api_rules.Mutation
+) -> subprocess.CompletedProcess[str]:
+    """Server-side dry run of the minimal sample changed by ``mutate``."""
+    obj = crd_validation.load_sample("minimal")
+    mutate(obj)
+    return _apply(cluster, obj)
+
+
 def test_the_api_server_accepts_the_crd_as_structural(cluster: kubecluster.KubeCluster) -> None:
     crd = cluster.fetch_json(f"crd/{api.CRD_NAME}")
     conditions = {c["type"]: c for c in crd["status"]["conditions"]}  # type: ignore[index]
@@ -72,9 +81,7 @@ def test_the_api_server_admits_each_sample(cluster: kubecluster.KubeCluster, nam
 def test_the_api_server_refuses_each_rule_case_with_its_message(
     cluster: kubecluster.KubeCluster, case: test_api_rules.Case
 ) -> None:
-    obj = crd_validation.load_sample("minimal")
-    case.mutate(obj)
-    result = _apply(cluster, obj)
+    result = _apply_minimal_with(cluster, case.mutate)
     assert result.returncode != 0
     assert case.message in result.stderr
 
@@ -87,9 +94,7 @@ def test_the_api_server_refuses_each_rule_case_with_its_message(
 def test_the_api_server_refuses_out_of_bounds_and_unknown_fields(
     cluster: kubecluster.KubeCluster, mutate: test_api_rules.Mutation
 ) -> None:
-    obj = crd_validation.load_sample("minimal")
-    mutate(obj)
-    result = _apply(cluster, obj)
+    result = _apply_minimal_with(cluster, mutate)
     assert result.returncode != 0, "admitted"
 
 
@@ -101,9 +106,7 @@ def test_the_api_server_refuses_out_of_bounds_and_unknown_fields(
 def test_the_api_server_admits_objects_at_the_edge_of_a_rule(
     cluster: kubecluster.KubeCluster, mutate: test_api_rules.Mutation
 ) -> None:
-    obj = crd_validation.load_sample("minimal")
-    mutate(obj)
-    result = _apply(cluster, obj)
+    result = _apply_minimal_with(cluster, mutate)
     assert result.returncode == 0, result.stderr
 
 

@@ -30,8 +30,8 @@ def test_the_demo_scales_with_the_spike_settles_every_job_and_fires_the_dead_let
     # And the fleet scaled up with the spike and back down after it
     replicas = [p.replicas for p in result.points]
     peak_at = replicas.index(max(replicas))
-    assert result.peak_replicas == max(replicas) >= 4
-    assert replicas[-1] < result.peak_replicas
+    assert result.scaling.peak_replicas == max(replicas) >= 4
+    assert replicas[-1] < result.scaling.peak_replicas
     assert min(replicas[:peak_at] or [0]) == 0
     # And every enqueued job was completed or dead-lettered, none lost
     assert result.enqueued > 300

@@ -17,6 +17,7 @@ from tests.workerfleet_operator.conftest import (
     build_secret,
     condition,
     events_for,
+    wait_for_condition,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
@@ -51,10 +52,7 @@ def start_pool(emu: Emulator, server: QueueRedis, name: str, **autoscaling: Any)
     }
     settings.update(autoscaling)
     emu.create("workerpools", build_pool(name, autoscaling=settings), group="workerfleet.io")
-    wait_until(
-        lambda: condition(pool(emu, name), "QueueReachable").get("status") == "True",
-        message="pool never read its queue",
-    )
+    wait_for_condition(emu, name, "QueueReachable", message="pool never read its queue")
 
 
 def scale_up_to_four(emu: Emulator, server: QueueRedis, name: str) -> None:

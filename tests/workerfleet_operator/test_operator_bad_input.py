@@ -19,6 +19,7 @@ from tests.workerfleet_operator.conftest import (
     build_secret,
     condition,
     events_for,
+    wait_for_condition,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import (
@@ -112,10 +113,7 @@ def test_an_inconsistent_spec_is_explained_and_not_retried_until_it_changes(
         {"spec": {"autoscaling": {"minReplicas": 0}}},
         group=GROUP,
     )
-    wait_until(
-        lambda: condition(pool(emulator, "emails"), "Ready").get("status") == "True",
-        message="did not recover",
-    )
+    wait_for_condition(emulator, "emails", "Ready", message="did not recover")
 
 
 def test_a_child_kind_whose_api_is_not_installed_is_reported_and_the_rest_applies(

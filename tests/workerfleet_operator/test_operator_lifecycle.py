@@ -15,6 +15,8 @@ from tests.workerfleet_operator.conftest import (
     build_secret,
     condition,
     events_for,
+    given_a_running_pool,
+    wait_for_condition,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
@@ -46,11 +48,7 @@ def test_a_new_workerpool_gets_an_owned_deployment_and_becomes_ready(
         True,
     )
     # And the pool reports Ready with observedGeneration following its generation
-    ready = wait_until(
-        lambda: condition(pool(emulator, "emails"), "Ready").get("status") == "True",
-        message="pool not Ready",
-    )
-    assert ready
+    wait_for_condition(emulator, "emails", "Ready", message="pool not Ready")
     status = pool(emulator, "emails")["status"]
     assert status["observedGeneration"] == 1
 
@@ -64,13 +62,7 @@ def test_a_spec_change_is_rolled_out_and_observed_generation_follows(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool
-    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
-    operator()
-    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
-    wait_until(
-        lambda: condition(pool(emulator, "emails"), "Ready").get("status") == "True",
-        message="not Ready",
-    )
+    given_a_running_pool(emulator, queue_redis, operator, until="Ready")
     # When its image changes
     emulator.patch(
         "workerpools",
@@ -170,11 +162,7 @@ def test_a_missing_secret_gives_ready_false_and_a_warning_then_recovers_when_cre
     # When the Secret is created
     emulator.create("secrets", build_secret("not-yet", queue_redis.url))
     # Then the pool recovers
-    wait_until(
-        lambda: condition(pool(emulator, "emails"), "Ready").get("status") == "True",
-        timeout=15,
-        message="did not recover",
-    )
+    wait_for_condition(emulator, "emails", "Ready", timeout=15, message="did not recover")
     assert deployment(emulator, "emails") is not None
 
 
@@ -185,13 +173,7 @@ def test_a_rotated_secret_pointing_at_another_redis_is_picked_up(
     operator: Callable[..., OperatorRunner],
 ) -> None:
     # Given a converged pool reading an empty queue
-    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
-    operator()
-    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
-    wait_until(
-        lambda: condition(pool(emulator, "emails"), "QueueReachable").get("status") == "True",
-        message="queue not read",
-    )
+    given_a_running_pool(emulator, queue_redis, operator)
     # When the Secret is rotated to another Redis that holds a backlog
     other = redis_factory()
     other_url = f"redis://127.0.0.1:{other.port}/0"

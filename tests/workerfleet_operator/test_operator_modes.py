@@ -13,6 +13,7 @@ from tests.workerfleet_operator.conftest import (
     build_secret,
     condition,
     events_for,
+    given_a_running_pool,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
@@ -142,13 +143,7 @@ def test_another_owner_of_replicas_is_not_fought(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a builtin pool whose Deployment someone else scales (an HPA, kubectl scale)
-    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
-    operator()
-    emulator.create("workerpools", build_pool("emails"), group=GROUP)
-    wait_until(
-        lambda: condition(pool(emulator, "emails"), "QueueReachable").get("status") == "True",
-        message="queue not read",
-    )
+    given_a_running_pool(emulator, queue_redis, operator)
     emulator.patch(
         "deployments",
         NAMESPACE,
@@ -182,12 +177,8 @@ def test_dry_run_records_decisions_without_applying_them(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a builtin pool in dry-run mode
-    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
-    operator()
-    emulator.create("workerpools", build_pool("emails", autoscaling={"dryRun": True}), group=GROUP)
-    wait_until(
-        lambda: condition(pool(emulator, "emails"), "QueueReachable").get("status") == "True",
-        message="queue not read",
+    given_a_running_pool(
+        emulator, queue_redis, operator, build_pool("emails", autoscaling={"dryRun": True})
     )
     writes = autoscaler_writes(emulator)
     # When a backlog arrives

@@ -65,6 +65,11 @@ QUANTITY_PATTERN = (
 )
 PERCENT_PATTERN = r"^[0-9]+%$"
 
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+"""The name of a Kubernetes object the pool refers to (a Secret, by DNS-subdomain rules)."""
+SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN)]
+"""A key inside a Secret."""
+
 OPERATOR_ENV_NAMES: tuple[str, ...] = (
     "WORKERFLEET_REDIS_URL",
     "WORKERFLEET_QUEUE",
@@ -148,53 +153,48 @@ class SpecModel(BaseModel):
         return json_schema
 
 
-def _check_quantity(value: int | str) -> int | str:
-    if isinstance(value, bool):
-        raise ValueError("a quantity is an integer or a string such as 500m or 1Gi")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("a quantity must not be negative")
+def _build_int_or_string_check(
+    pattern: str, *, what: str, example: str
+) -> Callable[[int | str], int | str]:
+    """The validator of an ``int | str`` field: a non-negative integer or a matching string."""
+
+    def check(value: int | str) -> int | str:
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer or {what} such as {example}")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if not re.match(pattern, value):
+            raise ValueError(f"{value!r} is neither an integer nor {what} such as {example}")
         return value
-    if not re.match(QUANTITY_PATTERN, value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (for example 500m, 1Gi)")
-    return value
+
+    return check
+
+
+def _build_int_or_string_schema(pattern: str) -> WithJsonSchema:
+    """The CRD schema of an ``int | str`` field (Kubernetes' ``x-kubernetes-int-or-string``)."""
+    return WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": pattern,
+            "x-kubernetes-int-or-string": True,
+        }
+    )
 
 
 Quantity = Annotated[
     int | str,
-    AfterValidator(_check_quantity),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
-            "x-kubernetes-int-or-string": True,
-        }
+    AfterValidator(
+        _build_int_or_string_check(QUANTITY_PATTERN, what="a quantity", example="500m or 1Gi")
     ),
+    _build_int_or_string_schema(QUANTITY_PATTERN),
 ]
-
-
-def _check_int_or_percent(value: int | str) -> int | str:
-    if isinstance(value, bool):
-        raise ValueError("expected an integer or a percentage such as 25%")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-    if not re.match(PERCENT_PATTERN, value):
-        raise ValueError(f"{value!r} is neither an integer nor a percentage such as 25%")
-    return value
-
 
 IntOrPercent = Annotated[
     int | str,
-    AfterValidator(_check_int_or_percent),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": PERCENT_PATTERN,
-            "x-kubernetes-int-or-string": True,
-        }
-    ),
+    AfterValidator(_build_int_or_string_check(PERCENT_PATTERN, what="a percentage", example="25%")),
+    _build_int_or_string_schema(PERCENT_PATTERN),
 ]
 
 
@@ -211,16 +211,10 @@ def _object_default(model: type[BaseModel]) -> dict[str, Any]:
 class SecretKeyRef(SpecModel):
     """A key of a Secret in the WorkerPool's namespace."""
 
-    name: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN_PATTERN,
+    name: ObjectName = Field(
         description="Name of the Secret, in the WorkerPool's namespace.",
     )
-    key: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=SECRET_KEY_PATTERN,
+    key: SecretKey = Field(
         description="Key inside the Secret.",
     )
 
@@ -233,24 +227,15 @@ class KedaRedisAuth(SpecModel):
     ``urlSecretRef``. The operator only references these keys; it never copies their values.
     """
 
-    address_key: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=SECRET_KEY_PATTERN,
+    address_key: SecretKey = Field(
         description="Key whose value is the Redis address as host:port.",
     )
-    username_key: str | None = Field(
+    username_key: SecretKey | None = Field(
         default=None,
-        min_length=1,
-        max_length=253,
-        pattern=SECRET_KEY_PATTERN,
         description="Key whose value is the Redis ACL user name (optional).",
     )
-    password_key: str | None = Field(
+    password_key: SecretKey | None = Field(
         default=None,
-        min_length=1,
-        max_length=253,
-        pattern=SECRET_KEY_PATTERN,
         description="Key whose value is the Redis password (optional).",
     )
     enable_tls: bool = Field(
@@ -629,12 +614,8 @@ class ResourcesSpec(SpecModel):
 class SecretKeySelector(SpecModel):
     """A key of a Secret in the WorkerPool's namespace, for an env value."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
-    )
-    key: str = Field(
-        min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN, description="Key in the Secret."
-    )
+    name: ObjectName = Field(description="Secret name.")
+    key: SecretKey = Field(description="Key in the Secret.")
     optional: bool | None = Field(
         default=None, description="Start the pod even if the Secret or key is missing."
     )
@@ -859,9 +840,7 @@ class PodDisruptionBudgetSpec(SpecModel):
 class LocalObjectReference(SpecModel):
     """A Secret of type kubernetes.io/dockerconfigjson in the WorkerPool's namespace."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name."
-    )
+    name: ObjectName = Field(description="Secret name.")
 
 
 # --- the spec ----------------------------------------------------------------------------------

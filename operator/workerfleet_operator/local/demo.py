@@ -243,15 +243,15 @@ class Point:
 
 @dataclass
 class DemoResult:
+    """What the demo measured, for its summary (scaling totals are the runner's own)."""
+
     enqueued: int = 0
     completed: int = 0
     retried: int = 0
     dead_lettered: int = 0
     pending: int = 0
     lost: int = 0
-    peak_replicas: int = 0
-    scale_ups: int = 0
-    scale_downs: int = 0
+    scaling: runner.RunnerTotals = field(default_factory=runner.RunnerTotals)
     workers_killed: int = 0  # SIGKILLed by the fleet after an overdue drain
     workers_lost: int = 0  # heartbeats that expired without deregistration (Redis' count)
     load_errors: int = 0
@@ -279,14 +279,15 @@ def build_summary(result: DemoResult) -> str:
         f"{result.poison_sent} poison), completed {result.completed}, retried "
         f"{result.retried}, dead-lettered {result.dead_lettered}, still queued "
         f"{result.pending}, lost {result.lost}",
-        f"  scaling:  peak {result.peak_replicas} replicas, {result.scale_ups} scale-ups, "
-        f"{result.scale_downs} scale-downs, workers killed {result.workers_killed}, "
+        f"  scaling:  peak {result.scaling.peak_replicas} replicas, "
+        f"{result.scaling.scale_ups} scale-ups, {result.scaling.scale_downs} scale-downs, "
+        f"workers killed {result.workers_killed}, "
         f"lost without drain {result.workers_lost}",
         f"  alerts:   {alerts} (prometheus: {result.prometheus})",
         f"  decisions: {result.decisions}",
         f"demo: enqueued={result.enqueued} completed={result.completed} "
         f"dead_lettered={result.dead_lettered} lost={result.lost} "
-        f"peak_replicas={result.peak_replicas} chart={result.chart}",
+        f"peak_replicas={result.scaling.peak_replicas} chart={result.chart}",
     ]
     return "\n".join(lines)
 
@@ -443,9 +444,7 @@ def run_demo(
         result.dead_lettered = final.dead_lettered_total
         result.pending = final.backlog + final.in_flight + final.future_delayed
         result.lost = result.enqueued - result.completed - result.dead_lettered - result.pending
-        result.peak_replicas = fleet_runner.totals.peak_replicas
-        result.scale_ups = fleet_runner.totals.scale_ups
-        result.scale_downs = fleet_runner.totals.scale_downs
+        result.scaling = fleet_runner.totals
         result.workers_killed = fleet_runner.fleet.counters.killed
         result.workers_lost = final.workers_lost_total
         result.points = points

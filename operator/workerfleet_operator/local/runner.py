@@ -172,26 +172,14 @@ class FleetRunner:
         )
 
     def _publish(self, snapshot: Snapshot) -> None:
-        series = self.series
-        series.queue_reachable.set(1 if snapshot.queue_stats is not None else 0)
-        series.replicas_desired.set(snapshot.decision.desired)
-        series.replicas_current.set(snapshot.replicas)
-        series.replicas_ready.set(snapshot.ready)
-        series.replicas_max.set(self.pool.policy.max_replicas)
-        series.dead_letter_alert_threshold.set(self.pool.spec.dead_letter.alert_threshold)
-        s = snapshot.queue_stats
-        if s is None:
-            return
-        series.backlog.set(s.backlog)
-        series.in_flight.set(s.in_flight)
-        series.delayed.set(s.future_delayed)
-        series.dead_letter.set(s.dead_letter)
-        series.oldest_job_age.set(s.oldest_job_age_seconds)
-        series.jobs_enqueued(s.enqueued_total)
-        series.jobs_completed(s.completed_total)
-        series.jobs_failed(s.failed_total)
-        series.jobs_dead_lettered(s.dead_lettered_total)
-        series.workers_killed(s.workers_lost_total)
+        self.series.record_poll(
+            snapshot.queue_stats,
+            desired=snapshot.decision.desired,
+            max_replicas=self.pool.policy.max_replicas,
+            alert_threshold=self.pool.spec.dead_letter.alert_threshold,
+        )
+        self.series.replicas_current.set(snapshot.replicas)
+        self.series.replicas_ready.set(snapshot.ready)
 
     def _log_decision(self, now: float, decision: autoscaling.Decision) -> None:
         if self.decision_log is None:

@@ -746,27 +746,17 @@ class PoolController:
                 self.ctx.metrics.forget_pool(self.series_labels)
             self.series = self.ctx.metrics.bind_pool(labels)
             self.series_labels = labels
-        m = self.series
-        m.queue_reachable.set(1 if observation.stats is not None else 0)
-        m.replicas_desired.set(decision.desired)
-        m.replicas_max.set(policy.max_replicas)
-        m.dead_letter_alert_threshold.set(float(self._pool().spec.dead_letter.alert_threshold))
+        self.series.record_poll(
+            observation.stats,
+            desired=decision.desired,
+            max_replicas=policy.max_replicas,
+            alert_threshold=self._pool().spec.dead_letter.alert_threshold,
+        )
         if self.deployment is not None:
-            m.replicas_current.set(int(self.deployment.get("spec", {}).get("replicas", 0)))
-            m.replicas_ready.set(int((self.deployment.get("status") or {}).get("readyReplicas", 0)))
-        s = observation.stats
-        if s is None:
-            return
-        m.backlog.set(s.backlog)
-        m.in_flight.set(s.in_flight)
-        m.delayed.set(s.future_delayed)
-        m.dead_letter.set(s.dead_letter)
-        m.oldest_job_age.set(s.oldest_job_age_seconds)
-        m.jobs_enqueued(s.enqueued_total)
-        m.jobs_completed(s.completed_total)
-        m.jobs_failed(s.failed_total)
-        m.jobs_dead_lettered(s.dead_lettered_total)
-        m.workers_killed(s.workers_lost_total)
+            replicas = int(self.deployment.get("spec", {}).get("replicas", 0))
+            ready = int((self.deployment.get("status") or {}).get("readyReplicas", 0))
+            self.series.replicas_current.set(replicas)
+            self.series.replicas_ready.set(ready)
 
 
 def _without_observed_time(status: Mapping[str, Any]) -> dict[str, Any]:

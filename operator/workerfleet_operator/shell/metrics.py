@@ -2,7 +2,8 @@
 
 Names are the contract in docs/architecture.md ("Metrics"); alert rules in the chart use them.
 Created once per operator process by ``shell.main`` (or per test run with its own registry) and
-updated by ``shell.handlers`` after every reconcile and every autoscaler poll.
+updated by ``shell.handlers`` after every reconcile and every autoscaler poll; the local fleet
+(``local.runner``) exports the same per-pool series through :meth:`PoolSeries.record_poll`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from worker_runtime import stats
 
 POOL_LABELS = ("namespace", "pool", "queue")
 
@@ -161,6 +164,37 @@ class PoolSeries:
     jobs_failed: Callable[[float], None]
     jobs_dead_lettered: Callable[[float], None]
     workers_killed: Callable[[float], None]
+
+    def record_poll(
+        self,
+        queue_stats: stats.QueueStats | None,
+        *,
+        desired: int,
+        max_replicas: int,
+        alert_threshold: int,
+    ) -> None:
+        """Set what one autoscaler poll knows; replicas current/ready are the caller's to set.
+
+        Without stats (the queue was unreadable) the queue series keep their last values and
+        ``queue_reachable`` says why they stopped moving.
+        """
+        self.queue_reachable.set(1 if queue_stats is not None else 0)
+        self.replicas_desired.set(desired)
+        self.replicas_max.set(max_replicas)
+        self.dead_letter_alert_threshold.set(float(alert_threshold))
+        if queue_stats is None:
+            return
+        s = queue_stats
+        self.backlog.set(s.backlog)
+        self.in_flight.set(s.in_flight)
+        self.delayed.set(s.future_delayed)
+        self.dead_letter.set(s.dead_letter)
+        self.oldest_job_age.set(s.oldest_job_age_seconds)
+        self.jobs_enqueued(s.enqueued_total)
+        self.jobs_completed(s.completed_total)
+        self.jobs_failed(s.failed_total)
+        self.jobs_dead_lettered(s.dead_lettered_total)
+        self.workers_killed(s.workers_lost_total)
 
 
 class _MirroredCounter:
