@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Callable
 from typing import Any
@@ -200,6 +201,34 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
         lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "ScaledDown"],
         message="no ScaledDown Event",
     )
+
+
+def test_a_wall_clock_step_neither_skips_the_scale_down_window_nor_hides_the_scale_time(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a pool scaled to 4 by a backlog, with a 6 s scale-down window
+    window = 6.0
+    runner = operator()
+    start_pool(
+        emulator,
+        queue_redis,
+        "emails",
+        scaleDown={"stabilizationWindowSeconds": window, "maxStepPercent": 50},
+    )
+    scale_up_to_four(emulator, queue_redis, "emails")
+    # When the wall clock steps an hour ahead (NTP, a resumed VM) and the queue drains
+    runner.context.wall_clock = lambda: time.time() + 3600.0
+    drained_at = time.monotonic()
+    assert _drain(queue_redis, "emails") == 400
+    # Then the pool still waits out the window before scaling down (a recommendation of 4
+    # recorded up to one poll before the drain leaves the window at the earliest window - POLL
+    # later; the step did not empty the window at once)
+    wait_until(lambda: (replicas(emulator, "emails") or 4) < 4, timeout=20, message="no scale-down")
+    assert time.monotonic() - drained_at >= window - POLL - 0.5
+    # And the scale is recorded on the (stepped) wall clock, as people read status times
+    shown = (pool(emulator, "emails") or {})["status"]["autoscaling"]["lastScaleTime"]
+    recorded = dt.datetime.strptime(shown, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    assert recorded.timestamp() > time.time() + 3000.0
 
 
 def test_when_redis_is_unreachable_replicas_are_held_and_queue_reachable_is_false(

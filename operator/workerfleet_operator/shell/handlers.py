@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -66,7 +67,11 @@ class OperatorContext:
     config: config_module.OperatorConfig
     metrics: metrics.OperatorMetrics
     queues: queue.QueueReader
+    # Timers and the autoscaler's windows: monotonic, so a wall-clock step (NTP, a VM resumed)
+    # neither skips nor stretches a scale-down window.
     clock: Callable[[], float] = time.monotonic
+    # Only for times shown to people (status.autoscaling.lastScaleTime).
+    wall_clock: Callable[[], float] = time.time
     login: kopf.ConnectionInfo | None = None
     client: kube.KubeClient | None = None
     pools: dict[PoolKey, PoolController] = field(default_factory=dict)
@@ -167,6 +172,7 @@ class PoolController:
     scaler_state: autoscaling.ScalerState = field(default_factory=autoscaling.ScalerState)
     last_observation: autoscaling.Observation | None = None
     last_decision: autoscaling.Decision | None = None
+    last_scale_wall_time: float | None = None  # wall-clock time of the last scale, for status
     replicas_blocked_by: tuple[str, ...] = ()
     last_dry_run_desired: int | None = None
     problem_logged: str | None = None
@@ -607,8 +613,13 @@ class PoolController:
         self.last_observation = observation
         deployment = self.deployment
         current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
-        # decide() takes wall-clock seconds: plan() shows its lastScaleTime as a date.
-        decision = autoscaling.decide(policy, observation, current, self.scaler_state, time.time())
+        # decide() runs on the monotonic clock (its windows survive wall-clock steps); the time
+        # of each scale is recorded on the wall clock for status.autoscaling.lastScaleTime.
+        decision = autoscaling.decide(
+            policy, observation, current, self.scaler_state, self.ctx.clock()
+        )
+        if decision.state.last_scale_time != self.scaler_state.last_scale_time:
+            self.last_scale_wall_time = self.ctx.wall_clock()
         self.scaler_state = decision.state
         self.last_decision = decision
         applied = True
@@ -630,7 +641,7 @@ class PoolController:
                 plan_mod.SecretCheck("ok"),
                 stats=observation.stats,
                 stats_error=observation.error,
-                decision=decision,
+                decision=_with_scale_time(decision, self.last_scale_wall_time),
             ),
         )
         status = the_plan.status
@@ -724,7 +735,7 @@ class PoolController:
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         names = [p["metadata"]["name"] for p in live]
         workers = observation.stats.workers if observation.stats is not None else ()
-        now = observation.stats.now if observation.stats is not None else time.time()
+        now = observation.stats.now if observation.stats is not None else self.ctx.wall_clock()
         costs = autoscaling.build_deletion_costs(workers, names, now)
         current = {
             p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
@@ -757,6 +768,14 @@ class PoolController:
             ready = int((self.deployment.get("status") or {}).get("readyReplicas", 0))
             self.series.replicas_current.set(replicas)
             self.series.replicas_ready.set(ready)
+
+
+def _with_scale_time(
+    decision: autoscaling.Decision, wall_time: float | None
+) -> autoscaling.Decision:
+    """The decision as plan() shows it: ``last_scale_time`` in wall-clock unix seconds."""
+    state = dataclasses.replace(decision.state, last_scale_time=wall_time)
+    return dataclasses.replace(decision, state=state)
 
 
 def _without_observed_time(status: Mapping[str, Any]) -> dict[str, Any]:
