@@ -111,3 +111,17 @@ def test_a_disabled_pool_hands_its_fixed_replicas_to_the_policy() -> None:
     assert isinstance(parsed, api.Pool)
     policy = api.build_scaling_policy(parsed.spec)
     assert (policy.mode, policy.replicas) == ("disabled", 3)
+
+
+def test_an_explicit_null_reads_as_the_default_as_the_api_server_stores_it() -> None:
+    # Given a manifest that writes null where the CRD has a default (the API server prunes the
+    # null and applies the default, so `kubectl get` would show maxStepPods: 4)
+    sample = crd_validation.load_sample("minimal")
+    sample["spec"]["autoscaling"] = {"scaleUp": {"maxStepPods": None}, "targetUtilization": None}
+    # When it is parsed locally (as `workerfleet run` does)
+    parsed = api.parse_pool(sample)
+    # Then it is the spec the cluster would store: defaults, not "no limit"
+    assert isinstance(parsed, api.Pool), getattr(parsed, "message", "")
+    policy = api.build_scaling_policy(parsed.spec)
+    assert policy.scale_up.max_step_pods == 4
+    assert policy.target_utilization == 0.8

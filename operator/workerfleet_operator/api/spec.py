@@ -134,6 +134,16 @@ class SpecModel(BaseModel):
 
     cel_rules: ClassVar[tuple[Rule, ...]] = ()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _prune_nulls_like_the_api_server(cls, data: Any) -> Any:
+        # The API server prunes an explicit null on a non-nullable field and then applies the
+        # field's default; reading a manifest locally (`workerfleet run`) must give the same
+        # spec as the cluster stores, so a null is dropped here before defaults apply.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
     @model_validator(mode="after")
     def _check_cel_rules(self) -> Self:
         for rule in type(self).cel_rules:
