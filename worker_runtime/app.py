@@ -28,8 +28,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
 
@@ -349,26 +348,15 @@ class App:
         self,
         task: str,
         payload: BaseModel | Mapping[str, Any],
-        *,
-        delay: float | None = None,
-        eta: datetime | float | None = None,
-        priority: envelope.Priority | str = NORMAL,
-        idempotency_key: str | None = None,
-        idempotency_ttl: float = 86_400.0,
-        correlation_id: str | None = None,
-        max_attempts: int | None = None,
+        **options: Unpack[producer_mod.EnqueueOptions],
     ) -> queue_mod.EnqueueResult:
-        """Enqueue one job; returns its id and whether it was created (False: deduplicated)."""
+        """Enqueue one job; returns its id and whether it was created (False: deduplicated).
+
+        Options (``delay``, ``eta``, ``priority``, ``idempotency_key``, ``idempotency_ttl``,
+        ``correlation_id``, ``max_attempts``, ...): :class:`worker_runtime.producer.JobSpec`.
+        """
         return await self._async_producer().enqueue(
-            task,
-            self._checked_payload(task, payload),
-            delay=delay,
-            eta=eta,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            idempotency_ttl=idempotency_ttl,
-            correlation_id=correlation_id,
-            max_attempts=max_attempts,
+            task, self._checked_payload(task, payload), **options
         )
 
     async def enqueue_many(
@@ -381,27 +369,10 @@ class App:
         self,
         task: str,
         payload: BaseModel | Mapping[str, Any],
-        *,
-        delay: float | None = None,
-        eta: datetime | float | None = None,
-        priority: envelope.Priority | str = NORMAL,
-        idempotency_key: str | None = None,
-        idempotency_ttl: float = 86_400.0,
-        correlation_id: str | None = None,
-        max_attempts: int | None = None,
+        **options: Unpack[producer_mod.EnqueueOptions],
     ) -> queue_mod.EnqueueResult:
         """Blocking :meth:`enqueue` for sync code (web views, scripts)."""
-        return self._sync_producer().enqueue(
-            task,
-            self._checked_payload(task, payload),
-            delay=delay,
-            eta=eta,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            idempotency_ttl=idempotency_ttl,
-            correlation_id=correlation_id,
-            max_attempts=max_attempts,
-        )
+        return self._sync_producer().enqueue(task, self._checked_payload(task, payload), **options)
 
     async def aclose(self) -> None:
         """Close the producer connections this App opened."""

@@ -20,14 +20,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from worker_runtime import app as app_mod
     from worker_runtime import dlq, stats
 
 SubParsers = Any  # argparse's _SubParsersAction is private
+R = TypeVar("R")
 
 
 class CliError(Exception):
@@ -200,6 +201,16 @@ def _run_async(make: Callable[[Any], Any], url: str) -> Any:
             await client.aclose()
 
     return asyncio.run(go())
+
+
+def _run_on_queue(url: str, queue: str, call: Callable[..., Awaitable[R]], **kwargs: Any) -> R:
+    """``await call(client, queue, **kwargs)`` on a client of its own (the dlq commands)."""
+
+    async def go(client: Any) -> R:
+        return await call(client, queue, **kwargs)
+
+    result: R = _run_async(go, url)
+    return result
 
 
 def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -398,10 +409,7 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
 
     url, queue = _redis_url(args), _queue_name(args)
 
-    async def go(client: Any) -> list[dlq.DeadLetter]:
-        return await dlq.fetch_dead_letters(client, queue, offset=args.offset, limit=args.limit)
-
-    items: list[dlq.DeadLetter] = _run_async(go, url)
+    items = _run_on_queue(url, queue, dlq.fetch_dead_letters, offset=args.offset, limit=args.limit)
     if args.json:
         _print_json([build_dead_letter_json(d) for d in items])
         return 0
@@ -436,10 +444,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
     url, queue = _redis_url(args), _queue_name(args)
 
-    async def go(client: Any) -> dlq.DeadLetter | None:
-        return await dlq.fetch_dead_letter(client, queue, args.job_id)
-
-    d = _run_async(go, url)
+    d = _run_on_queue(url, queue, dlq.fetch_dead_letter, job_id=args.job_id)
     if d is None:
         print(f"workerfleet: no dead letter {args.job_id!r} in {queue}", file=sys.stderr)
         return 1
@@ -472,19 +477,17 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         msg = "name job ids, or pass --all or --limit N"
         raise CliError(msg)
 
-    async def go(client: Any) -> list[str]:
-        return await dlq.apply_replay(
-            client,
-            queue,
-            job_ids=args.job_ids or None,
-            limit=args.limit,
-            reset_attempts=args.reset_attempts,
-            rate_per_second=args.rate,
-        )
-
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
-    replayed: list[str] = _run_async(go, url)
+    replayed = _run_on_queue(
+        url,
+        queue,
+        dlq.apply_replay,
+        job_ids=args.job_ids or None,
+        limit=args.limit,
+        reset_attempts=args.reset_attempts,
+        rate_per_second=args.rate,
+    )
     if args.json:
         _print_json({"replayed": len(replayed), "job_ids": replayed})
     else:
@@ -505,16 +508,14 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         msg = "--all deletes every dead letter: add --yes to confirm"
         raise CliError(msg)
 
-    async def go(client: Any) -> int:
-        return await dlq.delete_dead_letters(
-            client,
-            queue,
-            job_ids=args.job_ids or None,
-            older_than_seconds=args.older_than,
-            everything=bool(args.all),
-        )
-
-    count: int = _run_async(go, url)
+    count = _run_on_queue(
+        url,
+        queue,
+        dlq.delete_dead_letters,
+        job_ids=args.job_ids or None,
+        older_than_seconds=args.older_than,
+        everything=bool(args.all),
+    )
     if args.json:
         _print_json({"purged": count})
     else:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import pydantic
 import redis
@@ -37,6 +37,20 @@ class JobSpec:
     max_attempts: int | None = None
     job_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class EnqueueOptions(TypedDict, total=False):
+    """The keyword options of every enqueue call (Producer, SyncProducer, App): JobSpec's fields."""
+
+    delay: float | None
+    eta: datetime | float | None
+    priority: envelope.Priority | str
+    idempotency_key: str | None
+    idempotency_ttl: float
+    correlation_id: str | None
+    max_attempts: int | None
+    job_id: str | None
+    headers: Mapping[str, str]
 
 
 def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: float) -> float:
@@ -84,33 +98,10 @@ class Producer:
         self.queue = self._engine.queue
 
     async def enqueue(
-        self,
-        task: str,
-        payload: Payload = None,
-        *,
-        delay: float | None = None,
-        eta: datetime | float | None = None,
-        priority: envelope.Priority | str = envelope.Priority.NORMAL,
-        idempotency_key: str | None = None,
-        idempotency_ttl: float = 86_400.0,
-        correlation_id: str | None = None,
-        max_attempts: int | None = None,
-        job_id: str | None = None,
+        self, task: str, payload: Payload = None, **options: Unpack[EnqueueOptions]
     ) -> queue.EnqueueResult:
         """Enqueue one job; a repeated idempotency key inside its TTL returns the first id."""
-        spec = JobSpec(
-            task=task,
-            payload=payload,
-            delay=delay,
-            eta=eta,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            idempotency_ttl=idempotency_ttl,
-            correlation_id=correlation_id,
-            max_attempts=max_attempts,
-            job_id=job_id,
-        )
-        return await self._engine.enqueue(build_request(spec))
+        return await self._engine.enqueue(build_request(JobSpec(task, payload, **options)))
 
     async def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[queue.EnqueueResult]:
         """Enqueue many jobs, ≤ 500 per script call, results in input order."""
@@ -127,33 +118,10 @@ class SyncProducer:
         self._keys = keys.build_keys(queue_name)
 
     def enqueue(
-        self,
-        task: str,
-        payload: Payload = None,
-        *,
-        delay: float | None = None,
-        eta: datetime | float | None = None,
-        priority: envelope.Priority | str = envelope.Priority.NORMAL,
-        idempotency_key: str | None = None,
-        idempotency_ttl: float = 86_400.0,
-        correlation_id: str | None = None,
-        max_attempts: int | None = None,
-        job_id: str | None = None,
+        self, task: str, payload: Payload = None, **options: Unpack[EnqueueOptions]
     ) -> queue.EnqueueResult:
         """Enqueue one job (see :meth:`Producer.enqueue`)."""
-        spec = JobSpec(
-            task=task,
-            payload=payload,
-            delay=delay,
-            eta=eta,
-            priority=priority,
-            idempotency_key=idempotency_key,
-            idempotency_ttl=idempotency_ttl,
-            correlation_id=correlation_id,
-            max_attempts=max_attempts,
-            job_id=job_id,
-        )
-        return self.enqueue_many([spec])[0]
+        return self.enqueue_many([JobSpec(task, payload, **options)])[0]
 
     def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[queue.EnqueueResult]:
         """Enqueue many jobs (see :meth:`Producer.enqueue_many`)."""

@@ -628,17 +628,13 @@ class Worker:
                     return
                 if not h.timed_out or h.released:
                     raise
-                self._uncancel()
-                expired = TimeoutError(f"{spec.name} timed out after {limit}s (cancelled)")
-                await self._failed(h, spec, expired, True)
+                await self._timed_out(h, spec, f"after {limit}s (cancelled)")
                 return
             except BaseException as exc:
                 await self._failed(h, spec, exc, False)
                 return
             if h.timed_out:  # the handler swallowed the cancellation: still a timeout
-                self._uncancel()
-                expired = TimeoutError(f"{spec.name} timed out after {limit}s")
-                await self._failed(h, spec, expired, True)
+                await self._timed_out(h, spec, f"after {limit}s")
                 return
             await self._completed(h, spec)
         except asyncio.CancelledError:
@@ -649,12 +645,13 @@ class Worker:
             if not h.ack_pending:
                 self._forget(h)
 
-    @staticmethod
-    def _uncancel() -> None:
-        # The cancellation was ours (timeout) and has been handled: later awaits must work.
+    async def _timed_out(self, h: _Held, spec: app_mod.TaskSpec, detail: str) -> None:
+        # The watchdog's cancellation is handled here, so later awaits must work again; the
+        # attempt fails with a TimeoutError (outcome ``timeout``).
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
+        await self._failed(h, spec, TimeoutError(f"{spec.name} timed out {detail}"), True)
 
     async def _run_sync(self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float) -> None:
         assert self._pool is not None and self._loop is not None
@@ -685,9 +682,7 @@ class Worker:
             self._zombies += 1
             if not h.timed_out or h.released:
                 raise
-            self._uncancel()
-            expired = TimeoutError(f"{spec.name} timed out after {limit}s (thread left to finish)")
-            await self._failed(h, spec, expired, True)
+            await self._timed_out(h, spec, f"after {limit}s (thread left to finish)")
             return
         except BaseException as exc:
             await self._failed(h, spec, exc, False)
