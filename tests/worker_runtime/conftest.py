@@ -71,3 +71,15 @@ def wf_spawn(
                     f"--- worker {proc.pid} exited {proc.proc.returncode}; log:",
                     proc.logs()[-4000:],
                 )
+
+
+@pytest.fixture
+def wf(
+    wf_redis: workerproc.RedisLike,
+    wf_queue: str,
+    wf_client: redis.Redis,
+    wf_producer: producer.SyncProducer,
+    wf_spawn: Callable[..., workerproc.WorkerProc],
+) -> workerproc.Testbed:
+    """The test's queue, a sync client and producer on it, and ``spawn`` for workers."""
+    return workerproc.Testbed(wf_redis, wf_queue, wf_client, wf_producer, wf_spawn)

@@ -13,15 +13,14 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
 import redis
 import redis.asyncio
 
 from tests.worker_runtime import workerproc
-from tests.worker_runtime.workerproc import done_counts, wait_until
-from worker_runtime import dlq, producer, stats
+from tests.worker_runtime.workerproc import wait_until
+from worker_runtime import dlq, producer
 
 WORKERS = 3
 CONCURRENCY = 8
@@ -51,11 +50,7 @@ def _dead_letter_ids(url: str, queue: str) -> set[str]:
 
 @pytest.mark.chaos
 def test_chaos_kill_9_every_two_seconds_loses_nothing_and_bounds_duplicates(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_redis: workerproc.RedisLike,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     rng = random.Random(7)
     n = int(os.environ.get("CHAOS_JOBS", "5000"))
@@ -74,7 +69,7 @@ def test_chaos_kill_9_every_two_seconds_loses_nothing_and_bounds_duplicates(
     marker_of: dict[str, str] = {}
     for start in range(0, len(specs), 500):
         chunk = specs[start : start + 500]
-        for spec, result in zip(chunk, wf_producer.enqueue_many(chunk), strict=True):
+        for spec, result in zip(chunk, wf.producer.enqueue_many(chunk), strict=True):
             assert result.created
             marker_of[result.job_id] = str(dict(spec.payload)["marker"])
     assert len(marker_of) == n
@@ -83,7 +78,7 @@ def test_chaos_kill_9_every_two_seconds_loses_nothing_and_bounds_duplicates(
     env = {"WORKERFLEET_RETRY_MAX_DELIVERIES": "10", "WORKERFLEET_LOG_LEVEL": "warning"}
 
     def start_worker() -> workerproc.WorkerProc:
-        return wf_spawn(
+        return wf.spawn(
             concurrency=CONCURRENCY, lease_seconds=LEASE_SECONDS, drain_timeout=5.0, extra_env=env
         )
 
@@ -94,7 +89,7 @@ def test_chaos_kill_9_every_two_seconds_loses_nothing_and_bounds_duplicates(
     deadline = t0 + max(120.0, n / 40)
     next_kill = t0 + KILL_EVERY_SECONDS
     while True:
-        s = stats.fetch_queue_stats_sync(wf_client, wf_queue)
+        s = wf.stats()
         if s.completed_total + s.dead_letter >= n and s.in_flight == 0 and s.backlog == 0:
             break
         assert time.monotonic() < deadline, f"chaos run did not finish: {s}"
@@ -113,7 +108,7 @@ def test_chaos_kill_9_every_two_seconds_loses_nothing_and_bounds_duplicates(
     elapsed = time.monotonic() - t0
     # (a worker restarted a moment ago may still be importing: let it come up first)
     wait_until(
-        lambda: {w.pid for w in pool} <= workerproc.registered_pids(wf_client, wf_queue),
+        lambda: {w.pid for w in pool} <= workerproc.registered_pids(wf.client, wf.queue),
         20,
         "every worker to register",
     )
@@ -122,9 +117,9 @@ def test_chaos_kill_9_every_two_seconds_loses_nothing_and_bounds_duplicates(
     for w in pool:
         assert w.wait(15) == 0
     # Then every job is completed or dead-lettered, nothing is lost, duplicates are bounded
-    s = stats.fetch_queue_stats_sync(wf_client, wf_queue)
-    counts = done_counts(wf_client, wf_queue)
-    dead_markers = {marker_of[j] for j in _dead_letter_ids(wf_redis.url, wf_queue)}
+    s = wf.stats()
+    counts = wf.done_counts()
+    dead_markers = {marker_of[j] for j in _dead_letter_ids(wf.redis.url, wf.queue)}
     lost = sum(1 for m in marker_of.values() if counts.get(m, 0) == 0 and m not in dead_markers)
     duplicates = sum(c - 1 for c in counts.values() if c > 1)
     print(f"\nchaos run: {elapsed:.1f} s, {WORKERS} workers x concurrency {CONCURRENCY}")

@@ -6,23 +6,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
 
 from tests.worker_runtime import workerproc
-from tests.worker_runtime.workerproc import events, wait_until
+from tests.worker_runtime.workerproc import wait_until
 from worker_runtime import keys, producer, stats
-
-
-def _stats(client: redis.Redis, queue: str) -> stats.QueueStats:
-    return stats.fetch_queue_stats_sync(client, queue)
-
-
-def _started(client: redis.Redis, queue: str, n: int = 1) -> Callable[[], Any]:
-    return lambda: len([e for e in events(client, queue) if e["event"] == "start"]) >= n
 
 
 @pytest.mark.parametrize(
@@ -36,34 +27,31 @@ def _started(client: redis.Redis, queue: str, n: int = 1) -> Callable[[], Any]:
 def test_sigterm_during_a_short_job_finishes_and_acks_it_fetches_nothing_new_and_exits_zero(
     task: str,
     concurrency: int,
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a worker running a job that needs one more second
-    worker = wf_spawn(concurrency=concurrency, drain_timeout=5.0)
-    short = wf_producer.enqueue(task, {"seconds": 1.0, "marker": "short"})
-    wait_until(_started(wf_client, wf_queue), 20, "the short job to start")
+    worker = wf.spawn(concurrency=concurrency, drain_timeout=5.0)
+    short = wf.producer.enqueue(task, {"seconds": 1.0, "marker": "short"})
+    wait_until(wf.starts, 20, "the short job to start")
     # When SIGTERM arrives and another job is enqueued during the drain
     t0 = time.monotonic()
     worker.send(signal.SIGTERM)
-    later = wf_producer.enqueue("sleep", {"seconds": 0.1, "marker": "later"})
+    later = wf.producer.enqueue("sleep", {"seconds": 0.1, "marker": "later"})
     rc = worker.wait(10)
     elapsed = time.monotonic() - t0
     # Then the short job completed and was acknowledged, the new one was never fetched,
     # and the worker exited 0 inside its 5 s budget
     assert rc == 0, worker.logs()[-3000:]
     assert elapsed < 5.0
-    recorded = events(wf_client, wf_queue)
+    recorded = wf.events()
     assert [(e["event"], e["marker"]) for e in recorded] == [("start", "short"), ("done", "short")]
     assert recorded[0]["job"] == short.job_id
-    s = _stats(wf_client, wf_queue)
+    s = wf.stats()
     assert s.completed_total == 1
     assert s.in_flight == 0
     assert s.backlog == 1  # the later job waits, undelivered
     # (had it been fetched and handed back, the release counter would show it)
-    assert int(wf_client.hget(keys.build_keys(wf_queue).counters, "released") or 0) == 0
+    assert int(wf.client.hget(keys.build_keys(wf.queue).counters, "released") or 0) == 0
     assert later.created
     # And the worker deregistered instead of being counted as lost
     assert s.workers == ()
@@ -73,15 +61,12 @@ def test_sigterm_during_a_short_job_finishes_and_acks_it_fetches_nothing_new_and
 @pytest.mark.parametrize("task", ["sleep", "sleep-sync"])
 def test_sigterm_during_a_long_job_releases_it_and_it_runs_exactly_once_more_elsewhere(
     task: str,
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a worker with a 2 s drain budget running a job that needs 30 s more
-    first = wf_spawn(concurrency=2, drain_timeout=2.0)
-    job = wf_producer.enqueue(task, {"seconds": 30.0, "later_seconds": 0.5, "marker": "long"})
-    wait_until(_started(wf_client, wf_queue), 20, "the long job to start")
+    first = wf.spawn(concurrency=2, drain_timeout=2.0)
+    job = wf.producer.enqueue(task, {"seconds": 30.0, "later_seconds": 0.5, "marker": "long"})
+    wait_until(wf.starts, 20, "the long job to start")
     # When SIGTERM arrives
     t0 = time.monotonic()
     first.send(signal.SIGTERM)
@@ -90,38 +75,35 @@ def test_sigterm_during_a_long_job_releases_it_and_it_runs_exactly_once_more_els
     # Then the worker gives the job back and exits 0 before the budget ends
     assert rc == 0, first.logs()[-3000:]
     assert elapsed < 2.0
-    s = _stats(wf_client, wf_queue)
+    s = wf.stats()
     assert s.in_flight == 0 and s.backlog == 1
-    assert int(wf_client.hget(keys.build_keys(wf_queue).counters, "released") or 0) == 1
+    assert int(wf.client.hget(keys.build_keys(wf.queue).counters, "released") or 0) == 1
     # When another worker starts (later deliveries of this job sleep only 0.5 s)
-    second = wf_spawn(concurrency=2)
-    wait_until(lambda: _stats(wf_client, wf_queue).completed_total == 1, 20, "the rerun")
+    second = wf.spawn(concurrency=2)
+    wait_until(lambda: wf.stats().completed_total == 1, 20, "the rerun")
     # Then it ran exactly once more, with its attempt count unchanged
-    starts = [e for e in events(wf_client, wf_queue) if e["event"] == "start"]
+    starts = [e for e in wf.events() if e["event"] == "start"]
     assert len(starts) == 2
     assert [e["attempt"] for e in starts] == [1, 1]
     assert starts[1]["pid"] == second.pid
     assert starts[1]["job"] == job.job_id
-    done = [e for e in events(wf_client, wf_queue) if e["event"] == "done"]
+    done = [e for e in wf.events() if e["event"] == "done"]
     assert len(done) == 1
     second.send(signal.SIGTERM)
     assert second.wait(10) == 0
 
 
 def test_a_second_sigterm_shortens_the_drain_and_releases_at_once(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a worker with a 60 s drain budget running a 60 s job
-    worker = wf_spawn(concurrency=1, drain_timeout=60.0)
-    wf_producer.enqueue("sleep", {"seconds": 60.0, "marker": "long"})
-    wait_until(_started(wf_client, wf_queue), 20, "the job to start")
+    worker = wf.spawn(concurrency=1, drain_timeout=60.0)
+    wf.producer.enqueue("sleep", {"seconds": 60.0, "marker": "long"})
+    wait_until(wf.starts, 20, "the job to start")
     # When SIGTERM arrives, and a second one a moment later
     worker.send(signal.SIGTERM)
     wait_until(
-        lambda: any(w.draining for w in _stats(wf_client, wf_queue).workers),
+        lambda: any(w.draining for w in wf.stats().workers),
         5,
         "the heartbeat to say draining",
     )
@@ -131,24 +113,21 @@ def test_a_second_sigterm_shortens_the_drain_and_releases_at_once(
     # Then the worker releases the job and exits 0 within a few seconds, not 60
     assert rc == 0, worker.logs()[-3000:]
     assert time.monotonic() - t0 < 5.0
-    s = _stats(wf_client, wf_queue)
+    s = wf.stats()
     assert s.backlog == 1 and s.in_flight == 0 and s.completed_total == 0
 
 
 def test_sigint_drains_like_sigterm(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given an idle worker that registered its heartbeat
-    worker = wf_spawn(concurrency=2, drain_timeout=5.0)
-    wait_until(lambda: _stats(wf_client, wf_queue).workers, 20, "the worker heartbeat")
+    worker = wf.spawn(concurrency=2, drain_timeout=5.0)
+    wait_until(lambda: wf.stats().workers, 20, "the worker heartbeat")
     # When it gets SIGINT (Ctrl-C)
     worker.send(signal.SIGINT)
     # Then it exits 0 and deregisters
     assert worker.wait(10) == 0
-    assert _stats(wf_client, wf_queue).workers == ()
+    assert wf.stats().workers == ()
 
 
 async def test_a_sigterm_that_arrives_while_the_worker_starts_becomes_an_immediate_drain(

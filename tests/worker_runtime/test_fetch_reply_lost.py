@@ -21,7 +21,7 @@ import redis
 import redis.exceptions
 
 from tests.worker_runtime import workerproc
-from tests.worker_runtime.workerproc import events, wait_until
+from tests.worker_runtime.workerproc import wait_until
 from worker_runtime import connection, envelope, producer, scripts, stats
 from worker_runtime import queue as queue_mod
 
@@ -151,40 +151,36 @@ def _close(*socks: socket.socket) -> None:
 
 
 def test_a_worker_whose_fetch_reply_is_lost_runs_those_jobs_at_once_and_exactly_once(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_redis: workerproc.RedisLike,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given 40 queued jobs, a proxy armed to lose the reply of the next fetch, and a worker
     # behind it whose leases last 30 s
     n = 40
-    wf_producer.enqueue_many(
+    wf.producer.enqueue_many(
         [
             producer.JobSpec(task="sleep", payload={"seconds": 0.01, "marker": str(i)})
             for i in range(n)
         ]
     )
     for script in (scripts.FETCH, scripts.ACK_FETCH):  # the cut fetch must run, not NOSCRIPT
-        wf_client.script_load(script.source)
-    proxy = _CuttingProxy(wf_redis.port)
+        wf.client.script_load(script.source)
+    proxy = _CuttingProxy(wf.redis.port)
     try:
         proxy.armed.set()
-        worker = wf_spawn(redis_url=proxy.url, concurrency=4, lease_seconds=30.0)
+        worker = wf.spawn(redis_url=proxy.url, concurrency=4, lease_seconds=30.0)
         # When its first fetch runs in Redis but the reply never arrives
         wait_until(lambda: proxy.cuts == 1, 20, "the fetch whose reply is lost")
         # Then every job completes long before a 30 s lease could expire, each exactly once,
         # on its first delivery (the lost fetch's jobs were neither re-fetched nor left to expire)
         wait_until(
-            lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total == n,
+            lambda: wf.stats().completed_total == n,
             15,
             "all jobs, well inside one lease",
         )
-        done = [e for e in events(wf_client, wf_queue) if e["event"] == "done"]
+        done = [e for e in wf.events() if e["event"] == "done"]
         assert sorted(e["marker"] for e in done) == sorted(str(i) for i in range(n))
         assert {e["deliveries"] for e in done} == {1}
-        final = stats.fetch_queue_stats_sync(wf_client, wf_queue)
+        final = wf.stats()
         assert (final.in_flight, final.backlog, final.dead_letter) == (0, 0, 0)
         # And the worker said what happened, and is still serving
         assert any("adopted" in r.get("msg", "") for r in worker.log_records())

@@ -4,34 +4,24 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 
 import pytest
-import redis
 
 from tests.worker_runtime import workerproc
-from tests.worker_runtime.workerproc import done_counts, events, wait_until
-from worker_runtime import producer, stats
-
-
-def _starts(client: redis.Redis, queue: str) -> list[dict[str, object]]:
-    return [e for e in events(client, queue) if e["event"] == "start"]
+from tests.worker_runtime.workerproc import wait_until
 
 
 def test_a_job_held_by_a_killed_worker_is_redelivered_within_the_lease(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a worker with a 2 s lease running a job, and a second idle worker
     lease = 2.0
-    victim = wf_spawn(concurrency=1, lease_seconds=lease)
-    job = wf_producer.enqueue("sleep", {"seconds": 30.0, "later_seconds": 0.2, "marker": "j"})
-    wait_until(lambda: _starts(wf_client, wf_queue), 20, "the job to start on the victim")
-    rescuer = wf_spawn(concurrency=1, lease_seconds=lease)
+    victim = wf.spawn(concurrency=1, lease_seconds=lease)
+    job = wf.producer.enqueue("sleep", {"seconds": 30.0, "later_seconds": 0.2, "marker": "j"})
+    wait_until(lambda: wf.starts(), 20, "the job to start on the victim")
+    rescuer = wf.spawn(concurrency=1, lease_seconds=lease)
     wait_until(
-        lambda: len(stats.fetch_queue_stats_sync(wf_client, wf_queue).workers) == 2,
+        lambda: len(wf.stats().workers) == 2,
         20,
         "both workers to heartbeat",
     )
@@ -40,15 +30,15 @@ def test_a_job_held_by_a_killed_worker_is_redelivered_within_the_lease(
     victim.send(signal.SIGKILL)
     victim.wait(10)
     # Then the job starts again on the other worker within the lease (plus fetch slack)
-    wait_until(lambda: len(_starts(wf_client, wf_queue)) == 2, lease + 5, "the redelivery")
-    second = _starts(wf_client, wf_queue)[1]
+    wait_until(lambda: len(wf.starts()) == 2, lease + 5, "the redelivery")
+    second = wf.starts()[1]
     assert second["pid"] == rescuer.pid
     assert second["job"] == job.job_id
     assert float(second["t"]) - killed_at <= lease + 1.5
     # And the delivery was counted, not the attempt
     assert second["deliveries"] == 2
     assert second["attempt"] == 1
-    wait_until(lambda: done_counts(wf_client, wf_queue).get("j") == 1, 10, "completion")
+    wait_until(lambda: wf.done_counts().get("j") == 1, 10, "completion")
 
 
 @pytest.mark.parametrize(
@@ -62,26 +52,23 @@ def test_a_job_held_by_a_killed_worker_is_redelivered_within_the_lease(
 )
 def test_a_job_running_three_times_the_lease_is_not_duplicated(
     task: str,
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given two workers with a 1.5 s lease and a job that runs 4.5 s
     lease = 1.5
-    a = wf_spawn(concurrency=2, lease_seconds=lease)
-    b = wf_spawn(concurrency=2, lease_seconds=lease)
+    a = wf.spawn(concurrency=2, lease_seconds=lease)
+    b = wf.spawn(concurrency=2, lease_seconds=lease)
     # When the job runs on one of them
-    wf_producer.enqueue(task, {"seconds": 3 * lease, "marker": "long"})
+    wf.producer.enqueue(task, {"seconds": 3 * lease, "marker": "long"})
     wait_until(
-        lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total == 1,
+        lambda: wf.stats().completed_total == 1,
         30,
         "the ack",
     )
     # Then it ran exactly once: the heartbeat kept its lease the whole time
-    assert len(_starts(wf_client, wf_queue)) == 1
-    assert done_counts(wf_client, wf_queue) == {"long": 1}
-    s = stats.fetch_queue_stats_sync(wf_client, wf_queue)
+    assert len(wf.starts()) == 1
+    assert wf.done_counts() == {"long": 1}
+    s = wf.stats()
     assert s.completed_total == 1 and s.in_flight == 0 and s.backlog == 0
     for w in (a, b):
         w.send(signal.SIGTERM)
@@ -90,28 +77,25 @@ def test_a_job_running_three_times_the_lease_is_not_duplicated(
 
 
 def test_a_stopped_worker_loses_its_job_once_and_its_late_ack_is_rejected(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a worker with a 1.5 s lease running a job that needs 2 s
     lease = 1.5
-    frozen = wf_spawn(concurrency=1, lease_seconds=lease)
-    wf_producer.enqueue("sleep", {"seconds": 2.0, "later_seconds": 0.1, "marker": "j"})
-    wait_until(lambda: _starts(wf_client, wf_queue), 20, "the job to start")
+    frozen = wf.spawn(concurrency=1, lease_seconds=lease)
+    wf.producer.enqueue("sleep", {"seconds": 2.0, "later_seconds": 0.1, "marker": "j"})
+    wait_until(lambda: wf.starts(), 20, "the job to start")
     # When the worker is SIGSTOPped and another worker is running
     frozen.send(signal.SIGSTOP)
-    other = wf_spawn(concurrency=1, lease_seconds=lease)
+    other = wf.spawn(concurrency=1, lease_seconds=lease)
     # Then the job is delivered again exactly once after the lease, and completes there
-    wait_until(lambda: done_counts(wf_client, wf_queue).get("j") == 1, lease + 15, "the rerun")
-    starts = _starts(wf_client, wf_queue)
+    wait_until(lambda: wf.done_counts().get("j") == 1, lease + 15, "the rerun")
+    starts = wf.starts()
     assert len(starts) == 2
     assert starts[1]["pid"] == other.pid
     assert starts[1]["deliveries"] == 2
     # When the stopped worker is continued, its handler finishes late
     frozen.send(signal.SIGCONT)
-    wait_until(lambda: done_counts(wf_client, wf_queue).get("j") == 2, 15, "the late finish")
+    wait_until(lambda: wf.done_counts().get("j") == 2, 15, "the late finish")
     wait_until(
         lambda: "lease lost" in frozen.logs() or "settle rejected" in frozen.logs(),
         10,
@@ -119,10 +103,10 @@ def test_a_stopped_worker_loses_its_job_once_and_its_late_ack_is_rejected(
     )
     # Then its stale ack was rejected: the queue counts one completion, nothing in flight
     time.sleep(0.2)  # nothing to poll for: we prove an ack did NOT happen
-    s = stats.fetch_queue_stats_sync(wf_client, wf_queue)
+    s = wf.stats()
     assert s.completed_total == 1
     assert s.in_flight == 0 and s.backlog == 0
-    assert len(_starts(wf_client, wf_queue)) == 2
+    assert len(wf.starts()) == 2
     for w in (frozen, other):
         w.send(signal.SIGTERM)
         assert w.wait(10) == 0

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Callable
-
-import redis
 
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import wait_until
-from worker_runtime import producer, stats
 
 METRIC_NAMES = [
     "workerfleet_jobs_total",
@@ -27,21 +23,18 @@ METRIC_NAMES = [
 
 
 def test_a_worker_serves_its_metrics_probes_and_heartbeat_and_readyz_fails_while_draining(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a worker with its metrics port, a completed job, a retried job, a dead letter and
     # a long job in flight
     port = workerproc.free_port()
-    worker = wf_spawn(concurrency=4, lease_seconds=1.5, metrics_port=port, drain_timeout=3.0)
-    wf_producer.enqueue("order", {"order_id": 1, "amount": 2.0})
-    wf_producer.enqueue("flaky", {"fail_times": 1})
-    wf_producer.enqueue("reject", {})
-    wf_producer.enqueue("sleep", {"seconds": 30.0})
+    worker = wf.spawn(concurrency=4, lease_seconds=1.5, metrics_port=port, drain_timeout=3.0)
+    wf.producer.enqueue("order", {"order_id": 1, "amount": 2.0})
+    wf.producer.enqueue("flaky", {"fail_times": 1})
+    wf.producer.enqueue("reject", {})
+    wf.producer.enqueue("sleep", {"seconds": 30.0})
     wait_until(
-        lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total == 2,
+        lambda: wf.stats().completed_total == 2,
         20,
         "two completions",
     )
@@ -51,7 +44,7 @@ def test_a_worker_serves_its_metrics_probes_and_heartbeat_and_readyz_fails_while
     assert status == 200 and isinstance(text, str)
     for name in METRIC_NAMES:
         assert f"{name}{{" in text or f"{name} " in text, name
-    q = f'queue="{wf_queue}"'
+    q = f'queue="{wf.queue}"'
     assert f'workerfleet_jobs_total{{outcome="completed",{q},task="order"}} 1.0' in text
     assert f'workerfleet_jobs_total{{outcome="retried",{q},task="flaky"}} 1.0' in text
     assert f'workerfleet_dead_lettered_total{{{q},reason="non_retryable"}} 1.0' in text
@@ -66,11 +59,7 @@ def test_a_worker_serves_its_metrics_probes_and_heartbeat_and_readyz_fails_while
     # And the heartbeat record describes the worker for the autoscaler
     # (heartbeats are written every lease/3: wait for one written after the completions)
     beat = wait_until(
-        lambda: [
-            w
-            for w in stats.fetch_queue_stats_sync(wf_client, wf_queue).workers
-            if w.in_flight == 1 and w.processed >= 3
-        ],
+        lambda: [w for w in wf.stats().workers if w.in_flight == 1 and w.processed >= 3],
         5,
         "a heartbeat showing the long job alone in flight",
     )
@@ -86,28 +75,25 @@ def test_a_worker_serves_its_metrics_probes_and_heartbeat_and_readyz_fails_while
     assert worker.http("/healthz")[0] == 200
     assert f"workerfleet_worker_draining{{{q}}} 1.0" in str(worker.http("/metrics")[1])
     wait_until(
-        lambda: any(w.draining for w in stats.fetch_queue_stats_sync(wf_client, wf_queue).workers),
+        lambda: any(w.draining for w in wf.stats().workers),
         5,
         "the draining heartbeat",
     )
     assert worker.wait(10) == 0
-    assert stats.fetch_queue_stats_sync(wf_client, wf_queue).workers == ()
+    assert wf.stats().workers == ()
 
 
 def test_logs_are_json_lines_carrying_job_id_and_correlation_id_in_async_and_sync_handlers(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a worker writing JSON logs
-    worker = wf_spawn(concurrency=2)
+    worker = wf.spawn(concurrency=2)
     # When an async and a sync handler log, and a job fails
-    a = wf_producer.enqueue("log", {}, correlation_id="corr-async")
-    b = wf_producer.enqueue("log-sync", {}, correlation_id="corr-sync")
-    c = wf_producer.enqueue("flaky", {"fail_times": 1}, correlation_id="corr-fail")
+    a = wf.producer.enqueue("log", {}, correlation_id="corr-async")
+    b = wf.producer.enqueue("log-sync", {}, correlation_id="corr-sync")
+    c = wf.producer.enqueue("flaky", {"fail_times": 1}, correlation_id="corr-fail")
     wait_until(
-        lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total == 3,
+        lambda: wf.stats().completed_total == 3,
         20,
         "three completions",
     )

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import done_counts, wait_until
@@ -27,42 +26,37 @@ def _health(worker: workerproc.WorkerProc) -> int | None:
 
 
 def test_killed_connections_are_reopened_and_every_job_is_acknowledged_exactly_once(
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_producer: producer.SyncProducer,
-    wf_client: redis.Redis,
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given 400 queued jobs and a worker processing them
     n = 400
     for start in range(0, n, 100):
-        wf_producer.enqueue_many(
+        wf.producer.enqueue_many(
             [
                 producer.JobSpec(task="chaos", payload={"marker": str(i), "work_ms": 5})
                 for i in range(start, start + 100)
             ]
         )
-    worker = wf_spawn(concurrency=8, lease_seconds=3.0)
+    worker = wf.spawn(concurrency=8, lease_seconds=3.0)
     # When every client connection is killed three times while it works
     for round_ in range(3):
         wait_until(
-            lambda r=round_: (
-                stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total >= (r + 1) * 80
-            ),
+            lambda r=round_: wf.stats().completed_total >= (r + 1) * 80,
             30,
             "progress",
         )
-        killed = wf_client.client_kill_filter(_type="normal", skipme=True)
+        killed = wf.client.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
     # Then the worker reconnects and finishes everything, each job acknowledged exactly once
     wait_until(
-        lambda: stats.fetch_queue_stats_sync(wf_client, wf_queue).completed_total >= n,
+        lambda: wf.stats().completed_total >= n,
         60,
         "all jobs",
     )
-    s = stats.fetch_queue_stats_sync(wf_client, wf_queue)
+    s = wf.stats()
     assert s.completed_total == n
     assert s.backlog == 0 and s.in_flight == 0 and s.dead_letter == 0
-    counts = done_counts(wf_client, wf_queue)
+    counts = wf.done_counts()
     assert set(counts) == {str(i) for i in range(n)}  # nothing lost
     assert worker.alive()
     worker.send(signal.SIGTERM)
@@ -73,13 +67,12 @@ def test_killed_connections_are_reopened_and_every_job_is_acknowledged_exactly_o
 def test_a_redis_outage_turns_healthz_red_and_green_again_and_loses_nothing(
     outage: str,
     redis_factory: Callable[..., Any],
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a Redis that fsyncs every write, 200 queued jobs and a worker with /healthz
     server = redis_factory(appendonly="yes", appendfsync="always")
     client = workerproc.sync_client(server)
-    p = producer.SyncProducer(client, wf_queue)
+    p = producer.SyncProducer(client, wf.queue)
     n = 200
     p.enqueue_many(
         [
@@ -88,10 +81,10 @@ def test_a_redis_outage_turns_healthz_red_and_green_again_and_loses_nothing(
         ]
     )
     port = workerproc.free_port()
-    worker = wf_spawn(redis_url=server.url, concurrency=4, lease_seconds=1.5, metrics_port=port)
+    worker = wf.spawn(redis_url=server.url, concurrency=4, lease_seconds=1.5, metrics_port=port)
     wait_until(lambda: _health(worker) == 200, 20, "healthz green")
     wait_until(
-        lambda: stats.fetch_queue_stats_sync(client, wf_queue).completed_total >= 20,
+        lambda: stats.fetch_queue_stats_sync(client, wf.queue).completed_total >= 20,
         30,
         "progress",
     )
@@ -107,14 +100,14 @@ def test_a_redis_outage_turns_healthz_red_and_green_again_and_loses_nothing(
     # Then the worker reconnects, /healthz is green again, and every job completes
     wait_until(lambda: _health(worker) == 200, 30, "healthz green again")
     wait_until(
-        lambda: stats.fetch_queue_stats_sync(client, wf_queue).completed_total >= n,
+        lambda: stats.fetch_queue_stats_sync(client, wf.queue).completed_total >= n,
         60,
         "all jobs after the outage",
     )
-    s = stats.fetch_queue_stats_sync(client, wf_queue)
+    s = stats.fetch_queue_stats_sync(client, wf.queue)
     assert s.completed_total == n
     assert s.backlog == 0 and s.in_flight == 0
-    assert set(done_counts(client, wf_queue)) == {str(i) for i in range(n)}
+    assert set(done_counts(client, wf.queue)) == {str(i) for i in range(n)}
     assert worker.alive()
     worker.send(signal.SIGTERM)
     assert worker.wait(15) == 0
@@ -123,8 +116,7 @@ def test_a_redis_outage_turns_healthz_red_and_green_again_and_loses_nothing(
 
 def test_a_worker_on_a_read_only_replica_waits_and_works_once_it_is_promoted(
     redis_factory: Callable[..., Any],
-    wf_spawn: Callable[..., workerproc.WorkerProc],
-    wf_queue: str,
+    wf: workerproc.Testbed,
 ) -> None:
     # Given a primary with 20 queued jobs and a replica of it (what a worker still points at
     # right after a failover, before the replica is promoted)
@@ -133,35 +125,35 @@ def test_a_worker_on_a_read_only_replica_waits_and_works_once_it_is_promoted(
     primary_client = workerproc.sync_client(primary)
     replica_client = workerproc.sync_client(replica)
     n = 20
-    producer.SyncProducer(primary_client, wf_queue).enqueue_many(
+    producer.SyncProducer(primary_client, wf.queue).enqueue_many(
         [producer.JobSpec(task="chaos", payload={"marker": str(i)}) for i in range(n)]
     )
     replica_client.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
     wait_until(
         lambda: (
             replica_client.info("replication").get("master_link_status") == "up"
-            and replica_client.exists("{wf:" + wf_queue + "}:counters")
+            and replica_client.exists("{wf:" + wf.queue + "}:counters")
         ),
         20,
         "the replica to sync",
     )
     # When a worker connects to the replica (every write answers READONLY)
     port = workerproc.free_port()
-    worker = wf_spawn(redis_url=replica.url, concurrency=4, lease_seconds=1.5, metrics_port=port)
+    worker = wf.spawn(redis_url=replica.url, concurrency=4, lease_seconds=1.5, metrics_port=port)
     # Then it does not crash; /healthz turns red because no Redis call succeeds
     wait_until(lambda: _health(worker) == 503, 15, "healthz red on a read-only replica")
     assert worker.alive()
-    assert stats.fetch_queue_stats_sync(replica_client, wf_queue).completed_total == 0
+    assert stats.fetch_queue_stats_sync(replica_client, wf.queue).completed_total == 0
     # When the replica is promoted
     replica_client.execute_command("REPLICAOF", "NO", "ONE")
     # Then the worker recovers by itself and runs every job
     wait_until(lambda: _health(worker) == 200, 20, "healthz green after promotion")
     wait_until(
-        lambda: stats.fetch_queue_stats_sync(replica_client, wf_queue).completed_total == n,
+        lambda: stats.fetch_queue_stats_sync(replica_client, wf.queue).completed_total == n,
         30,
         "all jobs on the promoted replica",
     )
-    assert set(done_counts(replica_client, wf_queue)) == {str(i) for i in range(n)}
+    assert set(done_counts(replica_client, wf.queue)) == {str(i) for i in range(n)}
     assert "ReadOnlyError" in worker.logs()
     worker.send(signal.SIGTERM)
     assert worker.wait(15) == 0

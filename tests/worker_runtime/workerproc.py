@@ -6,6 +6,7 @@ a deadline, and every process started here is stopped by its own PID.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,10 +20,16 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import redis
+import redis.asyncio
+
+from worker_runtime import dlq
+from worker_runtime import producer as producer_mod
+from worker_runtime import stats as stats_mod
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE_APP = "tests.worker_runtime.tasks_fixture:app"
@@ -166,6 +173,44 @@ def workers(*procs: WorkerProc) -> Iterator[tuple[WorkerProc, ...]]:
             p.stop()
 
 
+@dataclass(frozen=True)
+class Testbed:
+    """One test's queue on the shared redis-server, a producer, and a way to start workers.
+
+    The ``wf`` fixture (tests/worker_runtime/conftest.py); its methods are the Given/Then
+    steps the worker tests share (what the queue, the fixture tasks and the DLQ say now).
+    """
+
+    redis: RedisLike
+    queue: str
+    client: redis.Redis
+    producer: producer_mod.SyncProducer
+    spawn: Callable[..., WorkerProc]
+
+    def stats(self) -> stats_mod.QueueStats:
+        return stats_mod.fetch_queue_stats_sync(self.client, self.queue)
+
+    def events(self) -> list[dict[str, Any]]:
+        return events(self.client, self.queue)
+
+    def starts(self) -> list[dict[str, Any]]:
+        """The fixture tasks' ``start`` events, in order."""
+        return [e for e in self.events() if e["event"] == "start"]
+
+    def done_counts(self) -> dict[str, int]:
+        return done_counts(self.client, self.queue)
+
+    def dead_letter(self, job_id: str) -> dlq.DeadLetter | None:
+        async def go() -> dlq.DeadLetter | None:
+            client = redis.asyncio.Redis.from_url(self.redis.url, decode_responses=True)
+            try:
+                return await dlq.fetch_dead_letter(client, self.queue, job_id)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(go())
+
+
 def events(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
     """What the fixture tasks recorded, in order."""
     return [json.loads(e) for e in client.lrange(f"test:{queue}:events", 0, -1)]
@@ -177,10 +222,8 @@ def done_counts(client: redis.Redis, queue: str) -> dict[str, int]:
 
 def registered_pids(client: redis.Redis, queue: str) -> set[int]:
     """PIDs of the workers with a live heartbeat (worker ids end in ``-<pid>-<random>``)."""
-    from worker_runtime import stats
-
     pids = set()
-    for w in stats.fetch_queue_stats_sync(client, queue).workers:
+    for w in stats_mod.fetch_queue_stats_sync(client, queue).workers:
         with contextlib.suppress(ValueError, IndexError):
             pids.add(int(w.worker_id.rsplit("-", 2)[1]))
     return pids
