@@ -467,16 +467,21 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq_selection(args: argparse.Namespace, chosen: bool, hint: str) -> tuple[str, str]:
+    """URL and queue of a dlq command that acts on some dead letters: job ids, --all or ``hint``."""
+    url, queue = _redis_url(args), _queue_name(args)
+    if not args.job_ids and not args.all and not chosen:
+        msg = f"name job ids, or pass {hint}"
+        raise CliError(msg)
+    return url, queue
+
+
 @_guard
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     """Replay dead letters onto the queue, rate-limited."""
     from worker_runtime import dlq
 
-    url, queue = _redis_url(args), _queue_name(args)
-    if not args.job_ids and not args.all and args.limit is None:
-        msg = "name job ids, or pass --all or --limit N"
-        raise CliError(msg)
-
+    url, queue = _dlq_selection(args, args.limit is not None, "--all or --limit N")
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
     replayed = _run_on_queue(
@@ -500,10 +505,9 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     """Delete dead letters."""
     from worker_runtime import dlq
 
-    url, queue = _redis_url(args), _queue_name(args)
-    if not args.job_ids and not args.all and args.older_than is None:
-        msg = "name job ids, or pass --all --yes or --older-than SECONDS"
-        raise CliError(msg)
+    url, queue = _dlq_selection(
+        args, args.older_than is not None, "--all --yes or --older-than SECONDS"
+    )
     if args.all and not args.yes:
         msg = "--all deletes every dead letter: add --yes to confirm"
         raise CliError(msg)
