@@ -17,6 +17,7 @@ from typing import Any
 import redis.exceptions
 
 Arg = str | int | float | bytes
+Key = str | bytes
 
 
 def _read(name: str) -> str:
@@ -41,7 +42,7 @@ class Script:
     source: str
     sha: str
 
-    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    async def __call__(self, client: Any, keys: Sequence[Key], args: Sequence[Arg]) -> Any:
         """Run on an asyncio client (Redis or RedisCluster); loads the script once if missing."""
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
@@ -49,7 +50,7 @@ class Script:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
-    def call_sync(self, client: Any, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    def call_sync(self, client: Any, keys: Sequence[Key], args: Sequence[Arg]) -> Any:
         """Run on a blocking client (redis.Redis or redis.cluster.RedisCluster)."""
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
