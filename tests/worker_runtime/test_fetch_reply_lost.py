@@ -97,6 +97,7 @@ class _CuttingProxy:
         self.port = int(self.listener.getsockname()[1])
         self.armed = threading.Event()
         self.cuts = 0
+        self.fetches = 0  # fetch commands that went through to the server
         self._sockets: list[socket.socket] = []
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -121,7 +122,9 @@ class _CuttingProxy:
     def _up(self, client: socket.socket, upstream: socket.socket, cut: threading.Event) -> None:
         with contextlib.suppress(OSError):
             while data := client.recv(65536):
-                if self.armed.is_set() and any(sha in data for sha in self.FETCH_SHAS):
+                is_fetch = any(sha in data for sha in self.FETCH_SHAS)
+                self.fetches += is_fetch
+                if self.armed.is_set() and is_fetch:
                     self.armed.clear()
                     cut.set()  # from now on nothing goes back to this client
                     upstream.sendall(data)
@@ -148,6 +151,46 @@ def _close(*socks: socket.socket) -> None:
         with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
         s.close()
+
+
+@pytest.mark.parametrize(("retries", "sent"), [(0, 1), (3, 2)])
+async def test_only_a_client_without_automatic_retries_never_sends_a_fetch_twice(
+    retries: int, sent: int, redis_factory: Callable[..., Any], queue_name: str
+) -> None:
+    # Given ten queued jobs and a proxy armed to lose the reply of the next fetch
+    server = redis_factory()
+    options = queue_mod.QueueOptions(lease_seconds=60.0)
+    direct = connection.fetch_client(server.url)
+    setup = queue_mod.QueueClient(direct, queue_name, options)
+    assert await setup.fetch("w0", 1) == []  # loads the script: the cut fetch really runs
+    for _ in range(10):
+        await setup.enqueue(queue_mod.EnqueueRequest(envelope.build_envelope("noop", {})))
+    proxy = _CuttingProxy(server.port)
+    client = connection.fetch_client(proxy.url, socket_timeout=2.0, retries=retries)
+    q = queue_mod.QueueClient(client, queue_name, options)
+    try:
+        proxy.armed.set()
+        # When a worker-style fetch of 4 jobs loses its reply
+        try:
+            got = await q.fetch("w1", 4)
+        except redis.exceptions.ConnectionError:
+            got = []
+        # Then with retries=0 the script ran once and the caller sees the error; with
+        # automatic retries redis-py sent it again, leasing a second batch while the first
+        # four are held by nobody until their lease expires
+        assert proxy.fetches == sent
+        held_in_redis = (await _stats(direct, queue_name)).in_flight
+        assert held_in_redis == 4 * sent
+        assert len(got) == 4 * (sent - 1)
+        # And only the worker's own adopt (what the job loop does after the error) brings the
+        # lost batch back at once
+        adopted = await setup.adopt("w1", held=[j.id for j in got])
+        assert len(adopted) == 4
+    finally:
+        proxy.close()
+        await client.aclose()
+        await setup.aclose()
+        await direct.aclose()
 
 
 def test_a_worker_whose_fetch_reply_is_lost_runs_those_jobs_at_once_and_exactly_once(
