@@ -11,7 +11,7 @@ PYTEST := $(PY) -m pytest
         bench-runtime bench-autoscaler bench-operator crd install-yaml clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
 deps: ## install redis-server, prometheus/promtool, helm, kubectl (idempotent)
 	@bash scripts/ensure-deps.sh
