@@ -413,6 +413,9 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([build_dead_letter_json(d) for d in items])
         return 0
+    if not items:
+        print(f"no dead letters in {queue}", file=sys.stderr)
+        return 0
     from rich.table import Table
 
     table = Table(title=f"dead letters of {queue} (newest first)", title_justify="left")
@@ -432,8 +435,6 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
             error[:120],
         )
     _console().print(table)
-    if not items:
-        print("no dead letters", file=sys.stderr)
     return 0
 
 

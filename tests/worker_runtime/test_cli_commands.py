@@ -186,3 +186,14 @@ def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:
     dlq_help = subprocess.run([script, "dlq", "--help"], capture_output=True, text=True, timeout=60)
     for sub in ("ls", "show", "replay", "purge"):
         assert sub in dlq_help.stdout
+
+
+def test_dlq_ls_of_an_empty_dead_letter_queue_says_so_in_one_line(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue without dead letters, when they are listed
+    empty = run_cli("dlq", "ls", redis_url=redis_server.url, queue_name=queue_name)
+    # Then one line says so, and no empty table is drawn
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout == ""
+    assert empty.stderr.strip() == f"no dead letters in {queue_name}"
