@@ -34,6 +34,9 @@ GRACE_MARGIN_SECONDS = 15
 """terminationGracePeriodSeconds = drain budget + this: time to release jobs and exit 0."""
 
 POOL_LABEL = "workerfleet.io/pool"
+REDIS_SECRET_VERSION_ANNOTATION = "workerfleet.io/redis-secret-version"
+"""Pod-template annotation: the Redis Secret's ``<uid>/<resourceVersion>``, so a rotated Secret
+rolls the pods (they read WORKERFLEET_REDIS_URL only at start). Never derived from the value."""
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"cpu": "1", "memory": "512Mi"},
@@ -237,11 +240,16 @@ def _build_scheduling(pool: api.Pool, pod_spec: Manifest) -> None:
         pod_spec["priorityClassName"] = scheduling.priority_class_name
 
 
-def build_deployment(pool: api.Pool, *, replicas: int | None) -> Manifest:
+def build_deployment(
+    pool: api.Pool, *, replicas: int | None, redis_secret_version: str | None = None
+) -> Manifest:
     """The worker Deployment.
 
     ``replicas=None`` leaves ``spec.replicas`` out entirely, so a server-side apply by this
     field manager never claims (or fights over) a count another manager owns.
+    ``redis_secret_version`` (the Secret's ``<uid>/<resourceVersion>``, never its value) goes
+    into the pod template as :data:`REDIS_SECRET_VERSION_ANNOTATION`: a new one rolls the pods,
+    the same one leaves the Deployment byte-identical; None leaves the annotation out.
     """
     spec = pool.spec
     grace = build_grace_seconds(spec)
@@ -262,6 +270,13 @@ def build_deployment(pool: api.Pool, *, replicas: int | None) -> Manifest:
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     _build_scheduling(pool, pod_spec)
+    template_annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(spec.metrics.port),
+        "prometheus.io/path": "/metrics",
+    }
+    if redis_secret_version is not None:
+        template_annotations[REDIS_SECRET_VERSION_ANNOTATION] = redis_secret_version
     deployment_spec: Manifest = {}
     if replicas is not None:
         deployment_spec["replicas"] = replicas
@@ -279,11 +294,7 @@ def build_deployment(pool: api.Pool, *, replicas: int | None) -> Manifest:
             "template": {
                 "metadata": {
                     "labels": build_labels(pool.name),
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(spec.metrics.port),
-                        "prometheus.io/path": "/metrics",
-                    },
+                    "annotations": template_annotations,
                 },
                 "spec": pod_spec,
             },

@@ -19,6 +19,8 @@ Rules:
 - ``spec.replicas`` is only in the applied Deployment when this manager owns it: always with
   ``mode: disabled``, and at creation in ``builtin`` mode (the autoscaler's own manager owns it
   afterwards). ``keda`` mode never sets it (KEDA's HPA does).
+- The Secret's ``<uid>/<resourceVersion>`` (``SecretCheck.version``) is a pod-template
+  annotation: a rotated Secret rolls the pods, an unchanged one changes nothing.
 - The plan never sees the Secret's value, only :class:`SecretCheck`; error texts are passed
   through :func:`build_redacted` as a last line of defence against URLs with passwords.
 """
@@ -66,10 +68,15 @@ class QueueStatsView(Protocol):
 
 @dataclass(frozen=True)
 class SecretCheck:
-    """What the shell found behind ``spec.queue.redis.urlSecretRef`` (never the value)."""
+    """What the shell found behind ``spec.queue.redis.urlSecretRef`` (never the value).
+
+    ``version`` is the Secret's ``<uid>/<resourceVersion>`` when it was read: it becomes a
+    pod-template annotation so that a rotated Secret rolls the worker pods.
+    """
 
     state: SecretState
     message: str = ""
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,10 +193,16 @@ def build_replicas(pool: api.Pool, deployment: DeploymentState | None) -> int | 
     return None
 
 
-def build_children(pool: api.Pool, *, replicas: int | None) -> tuple[Manifest, ...]:
+def build_children(
+    pool: api.Pool, *, replicas: int | None, redis_secret_version: str | None = None
+) -> tuple[Manifest, ...]:
     """Every child the pool wants, in apply order (the Deployment first)."""
     spec = pool.spec
-    children = [manifests.build_deployment(pool, replicas=replicas)]
+    children = [
+        manifests.build_deployment(
+            pool, replicas=replicas, redis_secret_version=redis_secret_version
+        )
+    ]
     if spec.metrics.service:
         children.append(manifests.build_metrics_service(pool))
     if spec.metrics.pod_monitor:
@@ -517,7 +530,7 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
 
     deployment = observed.deployment
     replicas = build_replicas(pool, deployment)
-    children = build_children(pool, replicas=replicas)
+    children = build_children(pool, replicas=replicas, redis_secret_version=observed.secret.version)
     previous = _previous_conditions(observed)
     conds = _Conditions(pool.generation, observed.now, previous)
     _build_rollout_conditions(conds, pool, deployment)

@@ -26,6 +26,10 @@ Design (controller-runtime style, on kopf's watches):
 - The Redis URL is read from the referenced Secret into memory only (cached per Secret
   resourceVersion, re-read every ``secret_cache_seconds``); every error text that could carry it
   goes through ``queue.redact`` before it reaches a log, a status or an Event.
+- Worker pods read the URL only at start, so the Secret's ``<uid>/<resourceVersion>`` (not a
+  hash of its value) is a pod-template annotation: the autoscaler poll re-reads the Secret
+  (``get`` only; a watch would need list/watch on every Secret) and a new version marks the pool
+  dirty, so the reconcile rolls the pods within ``secret_cache_seconds`` + one poll.
 """
 
 from __future__ import annotations
@@ -80,19 +84,25 @@ class OperatorContext:
         default_factory=dict
     )
 
-    async def fetch_secret(self, namespace: str, name: str, key: str) -> kube.SecretValue:
-        """The Secret's value, re-read at most every ``secret_cache_seconds`` (memory only)."""
+    async def fetch_secret(
+        self, namespace: str, name: str, key: str
+    ) -> tuple[float, kube.SecretValue]:
+        """(when it was read, the Secret's value), re-read at most every ``secret_cache_seconds``.
+
+        The read time lets a pool's own cache expire with this one, so a rotated Secret is seen
+        within ``secret_cache_seconds``, not twice that.
+        """
         cached = self.secrets.get((namespace, name, key))
         now = self.clock()
         if cached is not None and now - cached[0] < self.config.secret_cache_seconds:
-            return cached[1]
+            return cached
         try:
             value = await kube.fetch_secret_value(self.fetch_client(), namespace, name, key)
         except kube.SecretNotFoundError:
             self.secrets.pop((namespace, name, key), None)
             raise
         self.secrets[(namespace, name, key)] = (now, value)
-        return value
+        return now, value
 
     def fetch_client(self) -> kube.KubeClient:
         if self.client is None:
@@ -371,9 +381,9 @@ class PoolController:
         fresh = now - self.secret_read_at < self.ctx.config.secret_cache_seconds
         same = key is not None and (key.secret, key.key) == (secret_name, secret_key)
         if self.secret is not None and same and fresh:
-            return plan_mod.SecretCheck("ok")
+            return plan_mod.SecretCheck("ok", version=self.secret.version)
         try:
-            value = await self.ctx.fetch_secret(self.namespace, secret_name, secret_key)
+            read_at, value = await self.ctx.fetch_secret(self.namespace, secret_name, secret_key)
         except kube.SecretNotFoundError as exc:
             self.secret = None
             return plan_mod.SecretCheck("key_missing" if exc.key_missing else "missing", str(exc))
@@ -387,8 +397,8 @@ class PoolController:
         self.secret_key = queue.ClientKey(
             self.namespace, secret_name, secret_key, value.resource_version
         )
-        self.secret_read_at = now
-        return plan_mod.SecretCheck("ok")
+        self.secret_read_at = read_at
+        return plan_mod.SecretCheck("ok", version=value.version)
 
     def _observed(self, secret: plan_mod.SecretCheck, **more: Any) -> plan_mod.Observed:
         body = self.body or {}
@@ -600,10 +610,13 @@ class PoolController:
             return
         pool = self._pool()
         # A rotated (or deleted) Secret is noticed within secret_cache_seconds, not at resync.
+        before = self.secret.version
         check = await self._read_secret(pool)
         if check.state != "ok" or self.secret is None or self.secret_key is None:
             self.dirty = True  # the reconcile reports it (Ready=False) and holds
             return
+        if check.version != before:
+            self.dirty = True  # a new pod-template annotation rolls the pods onto the new URL
         observation = await self.ctx.queues.fetch_observation(
             self.secret_key,
             self.secret,
@@ -638,7 +651,7 @@ class PoolController:
         the_plan = plan_mod.plan(
             pool,
             self._observed(
-                plan_mod.SecretCheck("ok"),
+                check,
                 stats=observation.stats,
                 stats_error=observation.error,
                 decision=_with_scale_time(decision, self.last_scale_wall_time),

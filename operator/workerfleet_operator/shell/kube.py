@@ -229,9 +229,19 @@ class SecretValue:
 
     resource_version: str
     value: str
+    uid: str = ""
+
+    @property
+    def version(self) -> str:
+        """``<uid>/<resourceVersion>``: changes whenever the Secret does, says nothing of its
+        value (a hash of the value could be brute-forced offline from a pod template)."""
+        return f"{self.uid}/{self.resource_version}"
 
     def __repr__(self) -> str:  # a stray log line must not print the secret
-        return f"SecretValue(resource_version={self.resource_version!r}, value=<redacted>)"
+        return (
+            f"SecretValue(resource_version={self.resource_version!r}, uid={self.uid!r}, "
+            "value=<redacted>)"
+        )
 
 
 class SecretNotFoundError(Exception):
@@ -258,8 +268,11 @@ async def fetch_secret_value(
         value = str(string_data[key])
     else:
         raise SecretNotFoundError(namespace, name, key, key_missing=True)
+    meta = body["metadata"]
     return SecretValue(
-        resource_version=str(body["metadata"].get("resourceVersion", "")), value=value.strip()
+        resource_version=str(meta.get("resourceVersion", "")),
+        value=value.strip(),
+        uid=str(meta.get("uid", "")),
     )
 
 
