@@ -161,7 +161,16 @@ def load_app(path: str) -> app_mod.App:
     if os.getcwd() not in sys.path and "" not in sys.path:
         # Like `python -m`, find application modules relative to the working directory.
         sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only a missing APP module is a usage error; a missing dependency imported inside the
+        # user's module keeps its traceback, which is what the user needs to see then.
+        missing = exc.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise
+        msg = f"cannot import {module_name!r} ({exc}); run from its folder or set PYTHONPATH"
+        raise CliError(msg) from exc
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)

@@ -197,3 +197,33 @@ def test_dlq_ls_of_an_empty_dead_letter_queue_says_so_in_one_line(
     assert empty.returncode == 0, empty.stderr
     assert empty.stdout == ""
     assert empty.stderr.strip() == f"no dead letters in {queue_name}"
+
+
+def test_a_worker_naming_a_missing_app_module_gets_one_clear_line() -> None:
+    # Given an App path whose module does not exist, when a worker is started with it
+    result = run_cli("worker", "no_such_tasks_module:app", redis_url="redis://127.0.0.1:1/0")
+    # Then it exits 2 with one line naming the module, not a traceback
+    assert result.returncode == 2
+    assert "cannot import 'no_such_tasks_module'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_dependency_inside_the_app_module_keeps_its_traceback(tmp_path: Any) -> None:
+    # Given an app module that itself imports a package that is not installed
+    (tmp_path / "broken_tasks.py").write_text("import no_such_dependency_pkg\n")
+    env = dict(os.environ, WORKERFLEET_REDIS_URL="redis://127.0.0.1:1/0")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(tmp_path), str(workerproc.REPO), str(workerproc.REPO / "operator")]
+    )
+    # When a worker is started with it
+    result = subprocess.run(
+        [sys.executable, "-m", "worker_runtime", "worker", "broken_tasks:app"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Then the user sees where the import failed
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "no_such_dependency_pkg" in result.stderr
