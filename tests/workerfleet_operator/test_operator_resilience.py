@@ -61,6 +61,11 @@ def stable_versions(
     raise AssertionError(f"resourceVersions kept changing for {timeout}s: {last}")
 
 
+def _queue_status(emu: Emulator, name: str) -> dict[str, Any]:
+    queue: dict[str, Any] = ((pool(emu, name) or {}).get("status") or {}).get("queue") or {}
+    return queue
+
+
 def test_after_convergence_and_a_restart_children_are_neither_duplicated_nor_rewritten(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
@@ -70,6 +75,12 @@ def test_after_convergence_and_a_restart_children_are_neither_duplicated_nor_rew
     for name in ("a", "b", "c"):
         emulator.create("workerpools", build_pool(name), group="workerfleet.io")
     wait_until(lambda: all(ready(emulator, n) for n in "abc"), message="pools not Ready")
+    # (the measured rates join the status about two polls in: wait for them before calling it
+    # converged, or the restarted operator's first write of them would look like a rewrite)
+    wait_until(
+        lambda: all("arrivalRate" in _queue_status(emulator, n) for n in "abc"),
+        message="no rates measured",
+    )
     converged = stable_versions(emulator)
     # When the operator is stopped and started again
     first.stop()
