@@ -201,3 +201,65 @@ def test_a_missing_redis_server_binary_is_reported_with_the_fix(
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(embedded_redis.EmbeddedRedisError, match="make deps"):
         embedded_redis.EmbeddedRedis().start()
+
+
+def _worker_pids_in(app_dir: pathlib.Path) -> set[int]:
+    """PIDs of worker processes whose working directory is ``app_dir`` (the fleet's app path)."""
+    pids: set[int] = set()
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"worker_runtime\x00worker" in cmdline and cwd == str(app_dir):
+            pids.add(int(entry.name))
+    return pids
+
+
+def test_a_killed_workerfleet_run_takes_its_workers_and_embedded_redis_with_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given `workerfleet run` with an embedded Redis and two workers, started from a private
+    # copy of the task module so its workers can be told apart from any other
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "local_fleet_tasks.py").write_bytes(
+        (support.HERE / "local_fleet_tasks.py").read_bytes()
+    )
+    manifest_path = support.write_manifest(
+        tmp_path, support.build_manifest("orphans", minReplicas=2)
+    )
+    env = dict(
+        os.environ, WORKERFLEET_REDIS_URL=f"redis://127.0.0.1:{embedded_redis.fetch_free_port()}/0"
+    )
+    process = _run_cli(
+        [str(manifest_path), "--no-view", "--metrics-port", "-1", "--app-path", str(app_dir)],
+        tmp_path,
+        env,
+    )
+    output = Output(process)
+    try:
+        port = int(output.wait_for(r"embedded 127\.0\.0\.1:(\d+)", 20).group(1))
+        support.wait_for(
+            lambda: len(_worker_pids_in(app_dir)) == 2, timeout=20, message="two workers"
+        )
+        workers = _worker_pids_in(app_dir)
+        # When the fleet process is killed outright (no chance to drain anything itself)
+        process.kill()
+        process.wait(10)
+        # Then its workers get SIGTERM from the kernel and exit, and Redis shuts down
+        support.wait_for(
+            lambda: not (workers & _worker_pids_in(app_dir)),
+            timeout=30,
+            message="workers outlived the fleet",
+        )
+        support.wait_for(lambda: not _port_open(port), timeout=15, message="Redis outlived it")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for pid in _worker_pids_in(app_dir):  # only this test's workers (their cwd is app_dir)
+            os.kill(pid, signal.SIGKILL)

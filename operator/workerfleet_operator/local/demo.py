@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from worker_runtime import connection, producer, stats
-from workerfleet_operator.local import embedded_redis, manifest, runner
+from workerfleet_operator.local import embedded_redis, lifeline, manifest, runner
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 EXAMPLES = REPO_ROOT / "examples"
@@ -178,13 +178,15 @@ class Prometheus:
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         with (self.workdir / "prometheus.log").open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config_path}",
-                    f"--storage.tsdb.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--log.level=warn",
-                ],
+                lifeline.build_tied_command(
+                    [
+                        binary,
+                        f"--config.file={config_path}",
+                        f"--storage.tsdb.path={self.workdir / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{self.port}",
+                        "--log.level=warn",
+                    ]
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -22,6 +22,8 @@ from types import TracebackType
 
 import redis
 
+from workerfleet_operator.local import lifeline
+
 REDIS_SERVER = "redis-server"
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
@@ -110,27 +112,29 @@ class EmbeddedRedis:
         log = (self._dir / "redis.log").open("ab")
         try:
             return subprocess.Popen(
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--protected-mode",
-                    "yes",
-                    "--dir",
-                    str(self._dir),
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "everysec",
-                    "--save",
-                    "",
-                    "--daemonize",
-                    "no",
-                    "--logfile",
-                    "",
-                ],
+                lifeline.build_tied_command(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--protected-mode",
+                        "yes",
+                        "--dir",
+                        str(self._dir),
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "everysec",
+                        "--save",
+                        "",
+                        "--daemonize",
+                        "no",
+                        "--logfile",
+                        "",
+                    ]
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from worker_runtime import stats
 from workerfleet_operator import autoscaling
-from workerfleet_operator.local import manifest
+from workerfleet_operator.local import lifeline, manifest
 
 KILL_MARGIN_SECONDS = 5.0  # like terminationGracePeriodSeconds = drain budget + a margin
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -164,7 +164,9 @@ class ProcessFleet:
         full_env.update(env)
         python_path = [str(self.app_path), full_env.get("PYTHONPATH", "")]
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in python_path if p)
-        command = [self.python, "-m", "worker_runtime", "worker", self.pool.spec.app]
+        command = lifeline.build_tied_command(
+            [self.python, "-m", "worker_runtime", "worker", self.pool.spec.app]
+        )
         with worker.log_path.open("ab") as log:
             worker.process = subprocess.Popen(
                 command,
