@@ -36,9 +36,10 @@ from workerfleet_operator.shell import config as config_module  # noqa: E402
 from workerfleet_operator.shell import handlers, main  # noqa: E402
 
 from bench import harness as bench_harness  # noqa: E402
+from tests.workerfleet_operator import conftest as fixtures  # noqa: E402
 from worker_runtime import producer, stats  # noqa: E402
 
-NAMESPACE = "default"
+NAMESPACE = fixtures.NAMESPACE
 KEDA_POLLING_S = 30.0
 HPA_SYNC_S = 15.0
 
@@ -61,32 +62,15 @@ def script_calls(client: redis.Redis) -> int:
 
 
 def build_pool(name: str, interval: float) -> dict[str, Any]:
-    return {
-        "apiVersion": "workerfleet.io/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "image": "registry.example/email-worker:1.4.2",
-            "app": "emails.tasks:app",
-            "queue": {
-                "name": name,
-                "redis": {"urlSecretRef": {"name": "redis-creds", "key": "url"}},
-            },
-            "autoscaling": {
-                "mode": "builtin",
-                "minReplicas": 0,
-                "maxReplicas": 20,
-                "pollingIntervalSeconds": interval,
-            },
-        },
-    }
+    return fixtures.build_pool(
+        name,
+        concurrency=8,
+        autoscaling={"minReplicas": 0, "maxReplicas": 20, "pollingIntervalSeconds": interval},
+    )
 
 
 def queue_reachable(obj: dict[str, Any]) -> bool:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "QueueReachable":
-            return bool(cond.get("status") == "True")
-    return False
+    return fixtures.condition(obj, "QueueReachable").get("status") == "True"
 
 
 def main_bench() -> int:

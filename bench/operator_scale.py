@@ -26,9 +26,10 @@ sys.path.insert(0, str(ROOT))
 from workerfleet_operator.local import embedded_redis  # noqa: E402
 
 from bench import harness as bench_harness  # noqa: E402
+from tests.workerfleet_operator import conftest as fixtures  # noqa: E402
 from tests.workerfleet_operator.emulator import Emulator  # noqa: E402
 
-NAMESPACE = "default"
+NAMESPACE = fixtures.NAMESPACE
 
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
@@ -48,27 +49,13 @@ def proc_stats(pid: int) -> tuple[float, float, float]:
 
 
 def build_pool(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "workerfleet.io/v1alpha1",
-        "kind": "WorkerPool",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "image": "registry.example/email-worker:1.4.2",
-            "app": "emails.tasks:app",
-            "queue": {
-                "name": name,
-                "redis": {"urlSecretRef": {"name": "redis-creds", "key": "url"}},
-            },
-            "autoscaling": {"mode": "builtin", "minReplicas": 0, "maxReplicas": 10},
-        },
-    }
+    return fixtures.build_pool(
+        name, concurrency=8, autoscaling={"maxReplicas": 10, "pollingIntervalSeconds": 5.0}
+    )
 
 
 def is_ready(obj: dict[str, Any]) -> bool:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "Ready":
-            return bool(cond.get("status") == "True")
-    return False
+    return fixtures.condition(obj, "Ready").get("status") == "True"
 
 
 def count_ready(emu: Emulator) -> int:
