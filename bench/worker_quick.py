@@ -65,6 +65,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def spawn_worker(url: str, queue: str, concurrency: int, app_dir: str) -> subprocess.Popen[bytes]:
+    """Start one `python -m worker_runtime worker` on the bench's no-op app."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([app_dir, str(REPO), str(REPO / "operator")]),
+        "WORKERFLEET_REDIS_URL": url,
+        "WORKERFLEET_QUEUE": queue,
+        "WORKERFLEET_CONCURRENCY": str(concurrency),
+        "WORKERFLEET_METRICS_PORT": "0",
+        "WORKERFLEET_LOG_LEVEL": "warning",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker_runtime", "worker", "wfquick_app:app"], env=env, cwd=REPO
+    )
+
+
 def run_once(url: str, jobs: int, concurrency: int, task: str, app_dir: str) -> dict[str, float]:
     queue = f"bench-{concurrency}-{int(time.time() * 1000) % 100000}"
     client = redis.Redis.from_url(url, decode_responses=True)
@@ -75,18 +91,7 @@ def run_once(url: str, jobs: int, concurrency: int, task: str, app_dir: str) -> 
             [producer.JobSpec(task, {"i": i}) for i in range(start, min(jobs, start + 5000))]
         )
     enqueue_rate = jobs / (time.perf_counter() - t)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([app_dir, str(REPO), str(REPO / "operator")]),
-        "WORKERFLEET_REDIS_URL": url,
-        "WORKERFLEET_QUEUE": queue,
-        "WORKERFLEET_CONCURRENCY": str(concurrency),
-        "WORKERFLEET_METRICS_PORT": "0",
-        "WORKERFLEET_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker_runtime", "worker", "wfquick_app:app"], env=env, cwd=REPO
-    )
+    proc = spawn_worker(url, queue, concurrency, app_dir)
     try:
         first = None
         cpu0 = 0.0
@@ -118,18 +123,7 @@ def run_latency(url: str, rate: float, seconds: float, concurrency: int, app_dir
     queue = f"lat-{int(time.time() * 1000) % 100000}"
     client = redis.Redis.from_url(url, decode_responses=True)
     client.delete("wfquick:latency")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([app_dir, str(REPO), str(REPO / "operator")]),
-        "WORKERFLEET_REDIS_URL": url,
-        "WORKERFLEET_QUEUE": queue,
-        "WORKERFLEET_CONCURRENCY": str(concurrency),
-        "WORKERFLEET_METRICS_PORT": "0",
-        "WORKERFLEET_LOG_LEVEL": "warning",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "worker_runtime", "worker", "wfquick_app:app"], env=env, cwd=REPO
-    )
+    proc = spawn_worker(url, queue, concurrency, app_dir)
     p = producer.SyncProducer(client, queue)
     try:
         while not stats.fetch_queue_stats_sync(client, queue).workers:
