@@ -344,7 +344,7 @@ class QueueClient:
             if invalid:
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or (wake is not None and wake.is_set()):
                 return []
             wait = remaining
             if int(next_event) >= 0:
@@ -594,6 +594,10 @@ async def delete_queue(client: AsyncClient, queue_name: str) -> int:
     return deleted
 
 
+_CANCEL_ATTEMPTS = 100
+_CANCEL_RECHECK_SECONDS = 0.01
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -605,12 +609,26 @@ async def _first_or_wake(waiting: Awaitable[Any], wake: asyncio.Event) -> bool:
     try:
         await asyncio.wait({wait_task, wake_task}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for t in (wait_task, wake_task):
-            if not t.done():
-                t.cancel()
+        wake_task.cancel()
+        await _cancel_until_done(wait_task)
         # a cancelled blocking read makes redis-py drop that connection; nothing else leaks
         await asyncio.gather(wait_task, wake_task, return_exceptions=True)
     return wake.is_set()
+
+
+async def _cancel_until_done(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` again until it ends (bounded).
+
+    Python 3.11's ``asyncio.wait_for`` loses a cancel that lands in the same loop step as
+    its inner future finishing, and redis-py wraps every socket write in one; a blocking
+    read whose cancel was lost would then run to its end (up to 2 s) and delay a drain.
+    A second cancel lands on the read itself.
+    """
+    for _ in range(_CANCEL_ATTEMPTS):
+        if task.done():
+            return
+        task.cancel()
+        await asyncio.wait({task}, timeout=_CANCEL_RECHECK_SECONDS)
 
 
 def build_heartbeat_json(beat: WorkerBeat) -> str:
