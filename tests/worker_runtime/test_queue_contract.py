@@ -11,6 +11,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from tests.worker_runtime import engine_support as es
 from worker_runtime import dlq, idempotency, keys, queue, stats
 
@@ -482,41 +484,31 @@ async def test_queue_keys_all_live_in_one_cluster_slot(engine_client: Any, queue
     assert len({key_slot(n.encode()) for n in names}) == 1
 
 
+@pytest.mark.parametrize(
+    "settle_seconds",
+    [0.2, 0.0],
+    ids=["during-the-idle-wait", "while-the-first-script-call-runs"],
+)
 async def test_setting_wake_ends_a_blocking_fetch_at_once(
-    engine_client: Any, queue_name: str
+    engine_client: Any, queue_name: str, settle_seconds: float
 ) -> None:
-    # Given an idle worker blocked in fetch for up to 5 s
+    # Given an idle worker blocked in fetch for up to 5 s (with a settle time of 0 it is
+    # still in its first script call: a fresh client connects and loads the script first)
     engine = es.make_engine(engine_client, queue_name)
     wake = asyncio.Event()
     waiter = asyncio.create_task(engine.fetch("w1", 5, block=5.0, wake=wake))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(settle_seconds)
     # When the worker is told to stop fetching (SIGTERM)
     started = time.monotonic()
     wake.set()
     jobs = await waiter
-    # Then fetch returns empty at once, and later jobs are not taken by it
+    # Then fetch returns empty at once (not after its 2 s idle re-check), and later jobs
+    # are not taken by it
     assert jobs == []
     assert time.monotonic() - started < 1.0
     assert await engine.fetch("w1", 5, wake=wake) == []
     await engine.enqueue(es.request())
     assert len(await engine.fetch("w2", 5)) == 1
-
-
-async def test_a_wake_set_while_the_fetch_script_runs_still_ends_the_fetch_at_once(
-    engine_client: Any, queue_name: str
-) -> None:
-    # Given a worker whose blocking fetch is still in its first script call (a fresh
-    # client: connecting and loading the script take a few round trips)
-    engine = es.make_engine(engine_client, queue_name)
-    wake = asyncio.Event()
-    waiter = asyncio.create_task(engine.fetch("w1", 5, block=5.0, wake=wake))
-    await asyncio.sleep(0)
-    # When SIGTERM sets the wake before that call has returned
-    started = time.monotonic()
-    wake.set()
-    # Then the fetch returns empty without starting (or finishing) its 2 s idle wait
-    assert await waiter == []
-    assert time.monotonic() - started < 1.0
 
 
 async def test_concurrent_single_enqueues_each_get_their_own_result(
