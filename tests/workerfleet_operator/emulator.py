@@ -263,6 +263,16 @@ def _get_pointer(doc: Any, parts: list[str]) -> Any:
     return doc
 
 
+def _check_precondition(res: Resource, name: str, old: Obj, expected_rv: str | None) -> None:
+    """409 when a write names a resourceVersion that is no longer the stored one."""
+    if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
+        raise ApiError(
+            409,
+            "Conflict",
+            f'Operation cannot be fulfilled on {res.plural} "{name}": the object has been modified',
+        )
+
+
 def _parse_selector(text: str) -> list[tuple[str, str, str | None]]:
     """Parse ``a=b,c!=d,e,!f`` into (op, key, value) triples."""
     result: list[tuple[str, str, str | None]] = []
@@ -637,13 +647,7 @@ class Emulator:
         if stored is None:
             raise ApiError(404, "NotFound", f'{res.plural} "{name}" not found')
         old = stored.body
-        if expected_rv and expected_rv != old["metadata"]["resourceVersion"]:
-            raise ApiError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {res.plural} "{name}": '
-                "the object has been modified",
-            )
+        _check_precondition(res, name, old, expected_rv)
         new = mutate(copy.deepcopy(old))
         self._restore_protected(res, old, new, subresource)
         changed = {
@@ -743,6 +747,8 @@ class Emulator:
             stored.operations[manager] = "Apply"
             return copy.deepcopy(self._render(res, stored)) if created else created
         old = stored.body
+        # an apply that names a resourceVersion is a precondition, as in the apiserver
+        _check_precondition(res, name, old, config.get("metadata", {}).get("resourceVersion"))
         conflicts = [
             (path, sorted(stored.owners.get(path, set()) - {manager}))
             for path, value in leaves.items()

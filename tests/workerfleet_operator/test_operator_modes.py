@@ -37,6 +37,27 @@ def autoscaler_writes(emu: Emulator) -> int:
     )
 
 
+def scale_elsewhere(emu: Emulator, count: int) -> None:
+    """Scale the Deployment as another manager would (an HPA, ``kubectl scale``)."""
+    emu.patch(
+        "deployments",
+        NAMESPACE,
+        "emails",
+        {"spec": {"replicas": count}},
+        group="apps",
+        manager="kube-controller-manager",
+    )
+
+
+def replicas_owners(emu: Emulator) -> set[str]:
+    dep = emu.get("deployments", NAMESPACE, "emails", group="apps") or {}
+    return {
+        m["manager"]
+        for m in dep["metadata"]["managedFields"]
+        if "f:replicas" in m["fieldsV1"].get("f:spec", {})
+    }
+
+
 def enqueue(server: QueueRedis, queue_name: str, count: int) -> None:
     jobs = [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(count)]
     producer.SyncProducer(server.client(), queue_name).enqueue_many(jobs)
@@ -110,14 +131,7 @@ def test_keda_mode_never_writes_replicas(
     )
     dep = emulator.get("deployments", NAMESPACE, "emails", group="apps")
     # When KEDA's HPA scales to 2 and a backlog arrives
-    emulator.patch(
-        "deployments",
-        NAMESPACE,
-        "emails",
-        {"spec": {"replicas": 2}},
-        group="apps",
-        manager="kube-controller-manager",
-    )
+    scale_elsewhere(emulator, 2)
     enqueue(queue_redis, "emails", 700)
     wait_until(
         lambda: (
@@ -128,14 +142,7 @@ def test_keda_mode_never_writes_replicas(
     )
     # Then the operator never touched spec.replicas
     assert replicas(emulator, "emails") == 2
-    managers = {
-        m["manager"]
-        for m in emulator.get("deployments", NAMESPACE, "emails", group="apps")["metadata"][
-            "managedFields"
-        ]
-        if "f:replicas" in m["fieldsV1"].get("f:spec", {})
-    }
-    assert managers == {"kube-controller-manager"}
+    assert replicas_owners(emulator) == {"kube-controller-manager"}
     assert "replicas" not in dep["spec"] or dep["spec"]["replicas"] == 1  # API default, not ours
 
 
@@ -144,14 +151,7 @@ def test_another_owner_of_replicas_is_not_fought(
 ) -> None:
     # Given a builtin pool whose Deployment someone else scales (an HPA, kubectl scale)
     given_a_running_pool(emulator, queue_redis, operator)
-    emulator.patch(
-        "deployments",
-        NAMESPACE,
-        "emails",
-        {"spec": {"replicas": 7}},
-        group="apps",
-        manager="kube-controller-manager",
-    )
+    scale_elsewhere(emulator, 7)
     # When a backlog makes the autoscaler want 4
     enqueue(queue_redis, "emails", 400)
     # Then it holds, says why, and leaves the other owner's value alone
@@ -171,6 +171,29 @@ def test_another_owner_of_replicas_is_not_fought(
         message="no Warning Event",
     )
     assert replicas(emulator, "emails") == 7
+
+
+def test_an_owner_the_operator_has_not_yet_seen_is_not_overwritten(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a builtin pool whose operator's watches have gone silent (its cached Deployment
+    # is stale), and someone else then scales the Deployment to 7
+    given_a_running_pool(emulator, queue_redis, operator)
+    emulator.stall_open_watches()
+    scale_elsewhere(emulator, 7)
+    # When a backlog makes the autoscaler want 4, judged on the stale copy
+    enqueue(queue_redis, "emails", 400)
+    # Then its write is refused as out of date, it reads the Deployment again, finds the
+    # other owner and holds instead of taking the field
+    wait_until(
+        lambda: (
+            condition(pool(emulator, "emails"), "ScalingLimited").get("reason")
+            == "ReplicasOwnedElsewhere"
+        ),
+        message="no ReplicasOwnedElsewhere",
+    )
+    assert replicas(emulator, "emails") == 7
+    assert replicas_owners(emulator) == {"kube-controller-manager"}
 
 
 def test_dry_run_records_decisions_without_applying_them(

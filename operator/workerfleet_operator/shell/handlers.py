@@ -624,6 +624,8 @@ class PoolController:
             deadline_seconds=self.ctx.config.redis_timeout_seconds,
         )
         self.last_observation = observation
+        if self.terminating or self.stopped:
+            return  # deleted while Redis was read: write nothing (another finalizer may hold it)
         deployment = self.deployment
         current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
         # decide() runs on the monotonic clock (its windows survive wall-clock steps); the time
@@ -701,22 +703,38 @@ class PoolController:
     ) -> bool:
         """Write the decided replicas; False when held because another manager owns them."""
         client = self.ctx.fetch_client()
-        foreign = tuple(kube.build_foreign_replicas_owners(deployment))
-        if foreign:
-            self._block_replicas(foreign)
-            return False
-        if decision.desired < current:
-            await self._mark_deletion_costs(deployment, observation)
-        try:
-            # Forced only against our own managers (the creation apply co-owns the field).
-            self.deployment = await kube.apply_replicas(
-                client, self.namespace, self.name, decision.desired, force=True
+        for attempt in range(2):
+            foreign = tuple(kube.build_foreign_replicas_owners(deployment))
+            if foreign:
+                self._block_replicas(foreign)
+                return False
+            if decision.desired < current and attempt == 0:
+                await self._mark_deletion_costs(deployment, observation)
+            try:
+                # Forced only against our own managers (the creation apply co-owns the field),
+                # and only on the version whose managers were just checked.
+                self.deployment = await kube.apply_replicas(
+                    client,
+                    self.namespace,
+                    self.name,
+                    decision.desired,
+                    force=True,
+                    resource_version=deployment.get("metadata", {}).get("resourceVersion"),
+                )
+                break
+            except kube.ApiError as exc:
+                if not exc.is_conflict:
+                    raise
+            # Changed since our watch saw it (maybe someone else scaled it): check it again.
+            fresh = await kube.fetch_object(
+                client, kube.build_ref("Deployment", self.namespace, self.name)
             )
-        except kube.ApiError as exc:
-            if not exc.is_conflict:
-                raise
-            self._block_replicas(("another field manager",))
-            return False
+            if fresh is None:
+                self.dirty = True  # deleted: the reconcile recreates it
+                return False
+            self.deployment = deployment = fresh
+        else:
+            return False  # changed twice in a row: the next poll decides again
         if self.drift_reference is not None and not _is_subset(
             self.drift_reference, self.deployment
         ):

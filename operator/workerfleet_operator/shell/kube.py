@@ -296,18 +296,29 @@ async def apply_object(
 
 
 async def apply_replicas(
-    client: KubeClient, namespace: str, name: str, replicas: int, *, force: bool = False
+    client: KubeClient,
+    namespace: str,
+    name: str,
+    replicas: int,
+    *,
+    force: bool = False,
+    resource_version: str | None = None,
 ) -> Body:
     """Write ``spec.replicas`` of our Deployment as the autoscaler's field manager.
 
     ``force`` only when no manager but ours owns the field (the caller checks ``managedFields``):
     otherwise a 409 means another manager (an HPA, ``kubectl scale``) owns it with another value,
-    and the caller holds and reports it instead of fighting.
+    and the caller holds and reports it instead of fighting. ``resource_version`` is the
+    version whose ``managedFields`` the caller checked: the apiserver then answers 409 if the
+    Deployment changed since, so a forced write never lands on an owner it has not seen.
     """
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+    if resource_version is not None:
+        metadata["resourceVersion"] = resource_version
     body = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": metadata,
         "spec": {"replicas": replicas},
     }
     return await apply_object(client, body, manager=REPLICAS_FIELD_MANAGER, force=force)
