@@ -258,6 +258,7 @@ def test_when_redis_is_unreachable_replicas_are_held_and_queue_reachable_is_fals
         wf.build_pool("outage", "e2e-outage", autoscaling, "redis-outage"),
     )
     wait_ready(kube_cluster, pools_namespace, "outage")
+    wait_running_pods(kube_cluster, pools_namespace, "outage", 2)  # Ready needs only one
     # When that Redis goes away
     own.stop()
     # Then QueueReachable turns False with a Warning Event

@@ -58,6 +58,9 @@ def test_sigterm_during_a_short_job_finishes_and_acks_it_fetches_nothing_new_and
     assert s.workers_lost_total == 0
 
 
+DRAIN_BOUNDS = ("draining", "worker stopped")
+
+
 @pytest.mark.parametrize("task", ["sleep", "sleep-sync"])
 def test_sigterm_during_a_long_job_releases_it_and_it_runs_exactly_once_more_elsewhere(
     task: str,
@@ -72,9 +75,12 @@ def test_sigterm_during_a_long_job_releases_it_and_it_runs_exactly_once_more_els
     first.send(signal.SIGTERM)
     rc = first.wait(10)
     elapsed = time.monotonic() - t0
-    # Then the worker gives the job back and exits 0 before the budget ends
+    # Then the worker gives the job back and stops before its budget ends (timed by its
+    # own log, from the signal's arrival), and the process is gone soon after
     assert rc == 0, first.logs()[-3000:]
-    assert elapsed < 2.0
+    at = {r["msg"]: r["ts"] for r in first.log_records() if r.get("msg") in DRAIN_BOUNDS}
+    assert at["worker stopped"] - at["draining"] < 2.0
+    assert elapsed < 2.0 + 1.5  # signal delivery and interpreter exit on a busy machine
     s = wf.stats()
     assert s.in_flight == 0 and s.backlog == 1
     assert int(wf.client.hget(keys.build_keys(wf.queue).counters, "released") or 0) == 1

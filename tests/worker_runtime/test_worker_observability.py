@@ -38,17 +38,27 @@ def test_a_worker_serves_its_metrics_probes_and_heartbeat_and_readyz_fails_while
         20,
         "two completions",
     )
-    # When the endpoints are scraped
+    # When the endpoints are scraped (the worker updates its metrics a moment after Redis
+    # counts the ack, so scrape until the last ack shows)
+    q = f'queue="{wf.queue}"'
+    expected = [
+        f'workerfleet_jobs_total{{outcome="completed",{q},task="order"}} 1.0',
+        f'workerfleet_jobs_total{{outcome="retried",{q},task="flaky"}} 1.0',
+        f'workerfleet_dead_lettered_total{{{q},reason="non_retryable"}} 1.0',
+        f"workerfleet_jobs_in_flight{{{q}}} 1.0",
+    ]
+    wait_until(
+        lambda: all(line in str(worker.http("/metrics")[1]) for line in expected),
+        5,
+        "the metrics of the finished jobs",
+    )
     status, text = worker.http("/metrics")
     # Then every contract metric is there, labelled with the queue
     assert status == 200 and isinstance(text, str)
     for name in METRIC_NAMES:
         assert f"{name}{{" in text or f"{name} " in text, name
-    q = f'queue="{wf.queue}"'
-    assert f'workerfleet_jobs_total{{outcome="completed",{q},task="order"}} 1.0' in text
-    assert f'workerfleet_jobs_total{{outcome="retried",{q},task="flaky"}} 1.0' in text
-    assert f'workerfleet_dead_lettered_total{{{q},reason="non_retryable"}} 1.0' in text
-    assert f"workerfleet_jobs_in_flight{{{q}}} 1.0" in text
+    for line in expected:
+        assert line in text
     wait_until(
         lambda: f"workerfleet_lease_renewals_total{{{q}}} 0.0" not in worker.http("/metrics")[1],
         5,

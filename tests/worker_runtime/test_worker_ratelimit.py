@@ -29,5 +29,7 @@ def test_two_workers_share_one_rate_limit(
     assert span >= (n - rate) / rate - 0.5  # 3 s for 15 jobs after the first burst of 5
     for i, start in enumerate(times):
         in_window = sum(1 for t in times[i:] if t < start + 1.0)
-        assert in_window <= 2 * rate
+        # a full bucket plus one second of refill; +1 because a start is recorded a moment
+        # after its token was taken, and that moment varies from job to job
+        assert in_window <= 2 * rate + 1
     assert {e["pid"] for e in wf.events()} <= {a.pid, b.pid}

@@ -203,6 +203,7 @@ def test_a_pool_held_by_a_foreign_finalizer_gets_no_writes_while_terminating(
     stable_versions(emulator)
     # When it is deleted (it stays, Terminating, until that finalizer goes) and a backlog arrives
     emulator.delete("workerpools", NAMESPACE, "emails", group="workerfleet.io")
+    stable_versions(emulator)  # the operator hears of the deletion before the backlog comes
     producer.SyncProducer(queue_redis.client(), "emails").enqueue_many(
         [producer.JobSpec(task="send-email", payload={"n": i}) for i in range(300)]
     )
