@@ -34,10 +34,14 @@ def test_helm_install_of_the_chart_establishes_the_workerpool_crd(
     # Given the chart installed with helm (the fixture)
     # Then its CRD is Established and served under the short name wp
     kube_cluster.kubectl("wait", "--for=condition=Established", f"crd/{wf.CRD}", "--timeout=60s")
-    resources = kube_cluster.kubectl("api-resources", "--api-group=workerfleet.io").stdout
-    assert re.search(
-        r"^workerpools\s+wp\s+workerfleet.io/v1alpha1\s+true\s+WorkerPool", resources, re.M
+    served = re.compile(r"^workerpools\s+wp\s+workerfleet.io/v1alpha1\s+true\s+WorkerPool", re.M)
+    resources = kubecluster.poll_until(
+        "discovery to list workerpools",  # discovery follows Established by a moment
+        lambda: kube_cluster.kubectl("api-resources", "--api-group=workerfleet.io").stdout,
+        lambda out: bool(served.search(out)),
+        timeout_seconds=30,
     )
+    assert served.search(resources)
     # And the operator's ServiceAccount exists in the release namespace
     assert workerfleet_chart.endswith("operator")
 
@@ -178,9 +182,10 @@ def start_worker(
         "WORKERFLEET_POD_NAME": pod_name,
         "WORKERFLEET_METRICS_PORT": "0",
         "WORKERFLEET_DRAIN_TIMEOUT_SECONDS": "1",
-        # Heartbeats every lease/3 s: a 3 s lease lets the operator see the held job within a
-        # second, instead of up to 10 s later (it marks deletion costs from heartbeats).
-        "WORKERFLEET_LEASE_SECONDS": "3",
+        # Heartbeats every lease/3 s: a 6 s lease lets the operator see the held job within
+        # 2 s, instead of up to 10 s later (it marks deletion costs from heartbeats), and a
+        # worker starved for a few seconds on a busy machine still keeps its slow job.
+        "WORKERFLEET_LEASE_SECONDS": "6",
     }
     command = [str(wf.WORKERFLEET), "worker", "tests.e2e.e2e_tasks:app"]
     command += ["--concurrency", str(concurrency)]

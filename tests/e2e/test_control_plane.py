@@ -145,21 +145,20 @@ def test_a_crd_applied_with_kubectl_becomes_established(
     kube_cluster.kubectl(
         "wait", "--for=condition=Established", "crd/widgets.e2e.example.com", "--timeout=60s"
     )
-    rejected = kube_cluster.kubectl(
-        "apply",
-        "-n",
-        "default",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "e2e.example.com/v1",
-                "kind": "Widget",
-                "metadata": {"name": "w"},
-                "spec": {"size": 0},
-            }
+    widget = {
+        "apiVersion": "e2e.example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w"},
+        "spec": {"size": 0},
+    }
+    # (discovery learns the kind a moment after Established: "no matches for kind" until then)
+    rejected = kubecluster.poll_until(
+        "the Widget schema to refuse size 0",
+        lambda: kube_cluster.kubectl(
+            "apply", "-n", "default", "-f", "-", input=json.dumps(widget), check=False
         ),
-        check=False,
+        lambda r: "no matches for kind" not in r.stderr,
+        timeout_seconds=30,
     )
     assert rejected.returncode != 0
     assert "should be greater than or equal to 1" in rejected.stderr

@@ -30,7 +30,8 @@ POOL_LABEL = "workerfleet.io/pool"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 WORKERFLEET = Path(sys.executable).parent / "workerfleet"
 # Any refusal by RBAC shows up in the operator's log as an HTTP 403 / "forbidden".
-FORBIDDEN = re.compile(r"forbidden|\b403\b", re.IGNORECASE)
+# A refusal by RBAC, not any "403" (a resourceVersion, a count or a duration can contain it).
+FORBIDDEN = re.compile(r'forbidden|"status":\s*403|\bHTTP/\S+ 403\b|\b403 Forbidden\b', re.I)
 START_TIMEOUT_SECONDS = 60.0
 LOG_TAIL_LINES = 25
 

@@ -38,12 +38,16 @@ def test_killed_connections_are_reopened_and_every_job_is_acknowledged_exactly_o
             ]
         )
     worker = wf.spawn(concurrency=8, lease_seconds=3.0)
-    # When every client connection is killed three times while it works
+    # When every client connection is killed three times while it works (each time once the
+    # worker has connected again)
     for round_ in range(3):
         wait_until(
             lambda r=round_: wf.stats().completed_total >= (r + 1) * 80,
             30,
             "progress",
+        )
+        wait_until(
+            lambda: len(wf.client.client_list(_type="normal")) > 1, 10, "the worker connected"
         )
         killed = wf.client.client_kill_filter(_type="normal", skipme=True)
         assert killed >= 1
