@@ -423,9 +423,27 @@ class QueueClient:
             self.fetch_dead_lettered[error.reason] += 1
 
     async def _wait_for_entries(self, last_ids: list[str], wait: float) -> None:
-        streams: dict[Any, Any] = dict(zip(self.keys.ready, last_ids, strict=True))
+        block_ms = max(1, int(wait * 1000))
         try:
-            await self.client.xread(streams, count=1, block=max(1, int(wait * 1000)))
+            if isinstance(self.client, redis.asyncio.cluster.RedisCluster):
+                # Sent straight to the node of the queue's slot: to route an XREAD itself,
+                # redis-py asks the server for its keys (COMMAND GETKEYS, twice) every time,
+                # which tripled an idle worker's round trips. Redirects are still followed.
+                node = self.client.get_node_from_key(self.keys.ready[0])
+                await self.client.execute_command(
+                    "XREAD",
+                    "COUNT",
+                    1,
+                    "BLOCK",
+                    block_ms,
+                    "STREAMS",
+                    *self.keys.ready,
+                    *last_ids,
+                    target_nodes=node,
+                )
+                return
+            streams: dict[Any, Any] = dict(zip(self.keys.ready, last_ids, strict=True))
+            await self.client.xread(streams, count=1, block=block_ms)
         except (TimeoutError, redis.exceptions.TimeoutError):
             return
 

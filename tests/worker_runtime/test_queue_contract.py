@@ -12,7 +12,9 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
+from tests.conftest import RedisClusterProcesses
 from tests.worker_runtime import engine_support as es
 from worker_runtime import dlq, idempotency, keys, queue, stats
 
@@ -399,6 +401,31 @@ async def test_a_blocking_fetch_wakes_up_when_a_job_arrives(
     # Then the worker gets it long before its block timeout
     assert [j.envelope.payload for j in jobs] == [{"x": 1}]
     assert time.monotonic() - started < 1.5
+
+
+async def test_an_idle_wait_on_a_redis_cluster_sends_no_command_getkeys(
+    cluster_client: Any, redis_cluster: RedisClusterProcesses, queue_name: str
+) -> None:
+    # Given a worker fetching from an empty queue on a Redis Cluster (its client warmed up)
+    engine = es.make_engine(cluster_client, queue_name)
+    assert await engine.fetch("w1", 5) == []
+    before = _cluster_calls(redis_cluster)
+    # When it waits for work for a while (the idle wait re-checks every 2 s at most)
+    assert await engine.fetch("w1", 5, block=2.5) == []
+    # Then it waited in XREAD, and never asked the cluster for XREAD's keys (COMMAND GETKEYS)
+    # to route it (the counts also hold what the fetch script runs inside Redis)
+    sent = {k: v - before.get(k, 0) for k, v in _cluster_calls(redis_cluster).items()}
+    assert sent.get("cmdstat_xread", 0) >= 1
+    assert sent.get("cmdstat_command|getkeys", 0) == 0, sent
+
+
+def _cluster_calls(cluster: RedisClusterProcesses) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for port in cluster.ports:
+        with redis.Redis(port=port) as node:
+            for name, stat in node.info("commandstats").items():
+                calls[name] = calls.get(name, 0) + int(stat["calls"])
+    return calls
 
 
 async def test_a_blocking_fetch_on_an_empty_queue_returns_nothing_after_its_timeout(
