@@ -5,7 +5,28 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import redis.asyncio
+import redis.asyncio.connection
+
 from worker_runtime import envelope, queue
+
+
+class CountingConnection(redis.asyncio.connection.Connection):
+    """Counts every command this connection sends (handshake included)."""
+
+    sent: list[str] = []
+
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        CountingConnection.sent.append(str(args[0]))
+        await super().send_command(*args, **kwargs)
+
+
+def build_counting_client(port: int) -> redis.asyncio.Redis:
+    """A client whose every command is recorded in ``CountingConnection.sent``."""
+    pool = redis.asyncio.ConnectionPool(
+        port=port, decode_responses=True, connection_class=CountingConnection
+    )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def make_engine(client: Any, queue_name: str, **options: Any) -> queue.QueueClient:

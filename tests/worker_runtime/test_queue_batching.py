@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis.asyncio
 
 from tests.conftest import RedisServer
 from tests.worker_runtime import engine_support as es
-from tests.worker_runtime.test_stats import CountingConnection
 from worker_runtime import queue
 
 
@@ -61,18 +59,15 @@ async def test_ack_and_fetch_is_one_command_on_the_wire(
     redis_server: RedisServer, queue_name: str
 ) -> None:
     # Given a worker holding one job, on a connection that counts commands
-    pool = redis.asyncio.ConnectionPool(
-        port=redis_server.port, decode_responses=True, connection_class=CountingConnection
-    )
-    client = redis.asyncio.Redis(connection_pool=pool)
+    client = es.build_counting_client(redis_server.port)
     engine = es.make_engine(client, queue_name)
     await engine.enqueue_many([es.request() for _ in range(3)])
     [job] = await engine.fetch("w", 1)
     warm, [held] = await engine.ack_and_fetch([job], "w", 1)
-    CountingConnection.sent.clear()
+    es.CountingConnection.sent.clear()
     # When it acks the job and fetches the next
     acked, fresh = await engine.ack_and_fetch([held], "w", 1)
     # Then that was one EVALSHA
-    assert CountingConnection.sent == ["EVALSHA"]
+    assert es.CountingConnection.sent == ["EVALSHA"]
     assert warm == [True] and acked == [True] and len(fresh) == 1
     await client.aclose()

@@ -15,32 +15,19 @@ from tests.worker_runtime import engine_support as es
 from worker_runtime import stats
 
 
-class CountingConnection(redis.asyncio.connection.Connection):
-    """Counts every command this connection sends (handshake included)."""
-
-    sent: list[str] = []
-
-    async def send_command(self, *args: Any, **kwargs: Any) -> None:
-        CountingConnection.sent.append(str(args[0]))
-        await super().send_command(*args, **kwargs)
-
-
 async def test_stats_take_exactly_one_command_and_need_no_worker(
     redis_server: RedisServer, queue_name: str
 ) -> None:
     # Given a queue with work and no worker process anywhere
-    pool = redis.asyncio.ConnectionPool(
-        port=redis_server.port, decode_responses=True, connection_class=CountingConnection
-    )
-    client = redis.asyncio.Redis(connection_pool=pool)
+    client = es.build_counting_client(redis_server.port)
     engine = es.make_engine(client, queue_name)
     await engine.enqueue_many([es.request() for _ in range(3)])
     await stats.fetch_queue_stats(client, queue_name)  # connection handshake, script load
-    CountingConnection.sent.clear()
+    es.CountingConnection.sent.clear()
     # When stats are read
     s = await stats.fetch_queue_stats(client, queue_name)
     # Then it was one command (EVALSHA of the read-only script) and the numbers are right
-    assert CountingConnection.sent == ["EVALSHA"]
+    assert es.CountingConnection.sent == ["EVALSHA"]
     assert (s.backlog, s.in_flight, s.enqueued_total, s.workers) == (3, 0, 3, ())
     await client.aclose()
 
