@@ -62,17 +62,6 @@ def write_manifest(directory: pathlib.Path, document: dict[str, Any]) -> pathlib
     return path
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout}s: {message} (last: {last!r})")
-
-
 @dataclass
 class DrivenFleet:
     """A FleetRunner whose polls the test drives, with every snapshot kept."""

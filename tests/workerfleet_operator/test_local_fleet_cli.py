@@ -17,6 +17,8 @@ import pytest
 import redis
 from workerfleet_operator.local import embedded_redis
 
+from tests.workerfleet_operator.conftest import wait_until
+
 pytestmark = pytest.mark.slow
 
 
@@ -94,12 +96,12 @@ def test_workerfleet_run_with_no_reachable_redis_embeds_one_and_ctrl_c_drains_cl
         port = int(output.wait_for(r"embedded 127\.0\.0\.1:(\d+)", 20).group(1))
         output.wait_for(r"ScaledUp 0→1", 20)
         client = redis.Redis(port=port)
-        support.wait_for(
+        wait_until(
             lambda: client.config_get("appendonly").get("appendonly") == "yes",
             timeout=5,
             message="AOF on",
         )
-        support.wait_for(
+        wait_until(
             lambda: client.keys("*cli*"), timeout=20, message="the worker registered in Redis"
         )
         client.close()
@@ -243,20 +245,18 @@ def test_a_killed_workerfleet_run_takes_its_workers_and_embedded_redis_with_it(
     output = Output(process)
     try:
         port = int(output.wait_for(r"embedded 127\.0\.0\.1:(\d+)", 20).group(1))
-        support.wait_for(
-            lambda: len(_worker_pids_in(app_dir)) == 2, timeout=20, message="two workers"
-        )
+        wait_until(lambda: len(_worker_pids_in(app_dir)) == 2, timeout=20, message="two workers")
         workers = _worker_pids_in(app_dir)
         # When the fleet process is killed outright (no chance to drain anything itself)
         process.kill()
         process.wait(10)
         # Then its workers get SIGTERM from the kernel and exit, and Redis shuts down
-        support.wait_for(
+        wait_until(
             lambda: not (workers & _worker_pids_in(app_dir)),
             timeout=30,
             message="workers outlived the fleet",
         )
-        support.wait_for(lambda: not _port_open(port), timeout=15, message="Redis outlived it")
+        wait_until(lambda: not _port_open(port), timeout=15, message="Redis outlived it")
     finally:
         if process.poll() is None:
             process.kill()

@@ -12,6 +12,8 @@ import urllib.request
 import local_fleet_support as support
 import pytest
 
+from tests.workerfleet_operator.conftest import wait_until
+
 pytestmark = pytest.mark.slow
 
 
@@ -90,7 +92,7 @@ def test_scale_in_stops_idle_workers_and_lets_the_busy_one_finish_its_job(
             busy = [w.pod_name for w in s.workers if w.in_flight > 0]
             return busy[0] if len(busy) == 1 and s.completed_total == 4 else None
 
-        long_runner = support.wait_for(busy_pod, timeout=20, message="one worker busy")
+        long_runner = wait_until(busy_pod, timeout=20, message="one worker busy")
         # When the autoscaler scales in
         fleet.drive_until(lambda s: s.replicas == 1, timeout=20, message="scale in to one")
         # Then the busy worker is the one that stays, and its job completes on its first delivery
@@ -121,7 +123,7 @@ def test_a_crashed_worker_is_restarted_under_the_same_pod_name(tmp_path: pathlib
         )
         assert fleet.runner.fleet.counters.crashed >= 1
         assert fleet.runner.fleet.replicas == 1
-        new_pid = support.wait_for(
+        new_pid = wait_until(
             lambda: fleet.runner.fleet.pids.get(pod), timeout=5, message="new process"
         )
         assert new_pid != pid
