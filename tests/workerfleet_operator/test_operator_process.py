@@ -19,6 +19,7 @@ from tests.workerfleet_operator.conftest import (
     build_secret,
     condition,
     free_port,
+    wait_for_condition,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
@@ -63,15 +64,7 @@ def test_the_operator_serves_healthz_and_every_documented_metric(
     emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator(health_port=health, metrics_port=metrics_port, bind_host="127.0.0.1")
     emulator.create("workerpools", build_pool("emails"), group=GROUP)
-    wait_until(
-        lambda: (
-            condition(
-                emulator.get("workerpools", NAMESPACE, "emails", group=GROUP), "QueueReachable"
-            ).get("status")
-            == "True"
-        ),
-        message="pool not polled",
-    )
+    wait_for_condition(emulator, "emails", "QueueReachable", message="pool not polled")
     # When both endpoints are scraped
     status, _ = wait_until(
         lambda: fetch(f"http://127.0.0.1:{health}/healthz"), message="no /healthz"
@@ -187,15 +180,8 @@ def test_the_workerfleet_operator_command_runs_logs_json_and_stops_cleanly_on_si
         # When a pool is created
         emulator.create("workerpools", build_pool("emails"), group=GROUP)
         # Then it becomes Ready
-        wait_until(
-            lambda: (
-                condition(
-                    emulator.get("workerpools", NAMESPACE, "emails", group=GROUP), "Ready"
-                ).get("status")
-                == "True"
-            ),
-            timeout=30,
-            message="pool not Ready under the CLI operator",
+        wait_for_condition(
+            emulator, "emails", "Ready", timeout=30, message="pool not Ready under the CLI operator"
         )
         # And on SIGTERM the process exits 0 promptly
         process.send_signal(signal.SIGTERM)
