@@ -428,7 +428,7 @@ class QueueClient:
             if isinstance(self.client, redis.asyncio.cluster.RedisCluster):
                 # Sent straight to the node of the queue's slot: to route an XREAD itself,
                 # redis-py asks the server for its keys (COMMAND GETKEYS, twice) every time,
-                # which tripled an idle worker's round trips. Redirects are still followed.
+                # which doubled an idle worker's round trips. Redirects are still followed.
                 node = self.client.get_node_from_key(self.keys.ready[0])
                 await self.client.execute_command(
                     "XREAD",
