@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -33,19 +34,22 @@ async def test_stats_take_exactly_one_command_and_need_no_worker(
 
 
 async def test_stats_run_on_a_read_only_replica(redis_factory: Any, queue_name: str) -> None:
-    # Given a primary with jobs and a read-only replica of it
-    primary = redis_factory()
+    # Given a primary with jobs and a read-only replica that has caught up with it (the first
+    # full sync waits repl-diskless-sync-delay, 5 s by default: set to 0 here)
+    primary = redis_factory(repl_diskless_sync_delay="0")
     replica = redis_factory()
     p = redis.asyncio.Redis(port=primary.port, decode_responses=True)
     r = redis.asyncio.Redis(port=replica.port, decode_responses=True)
     await r.replicaof("127.0.0.1", primary.port)
     engine = es.make_engine(p, queue_name)
     await engine.enqueue_many([es.request() for _ in range(4)])
-    for _ in range(100):
-        if (await r.info("replication")).get("master_link_status") == "up" and await r.exists(
-            engine.keys.state
-        ):
+    written = int((await p.info("replication"))["master_repl_offset"])
+    deadline = time.monotonic() + 30.0
+    while True:
+        link = await r.info("replication")
+        if link.get("master_link_status") == "up" and int(link["slave_repl_offset"]) >= written:
             break
+        assert time.monotonic() < deadline, f"the replica never caught up: {link}"
         await asyncio.sleep(0.05)
     # When the stats script runs on the replica (writes would fail there with READONLY)
     s = await stats.fetch_queue_stats(r, queue_name)
