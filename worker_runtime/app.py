@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -62,12 +63,15 @@ class RetryLater(Exception):
     """Raise from a handler to retry after ``delay`` seconds (or an HTTP ``Retry-After`` value).
 
     The attempt counts toward ``max_attempts`` so a job that always asks for later still ends in
-    the DLQ. Without a delay the task's backoff decides.
+    the DLQ. Without a delay the task's backoff decides; a delay above the backoff's
+    ``max_seconds`` waits ``max_seconds``. A non-finite delay is refused with ``ValueError``.
     """
 
     def __init__(self, delay: float | None = None, *, retry_after: str | None = None) -> None:
         if delay is None and retry_after is not None:
             delay = backoff.parse_retry_after(retry_after)
+        if delay is not None and not math.isfinite(delay):
+            raise ValueError(f"RetryLater needs a finite delay in seconds, not {delay!r}")
         self.delay = None if delay is None else max(0.0, float(delay))
         super().__init__(f"retry requested in {self.delay}s" if self.delay is not None else "")
 

@@ -72,6 +72,18 @@ def build_delay(
     return min(policy.max_seconds, r.uniform(policy.base_seconds, last * 3.0))
 
 
+def clamp_delay(policy: Backoff, requested: float) -> float | None:
+    """A delay a handler asked for, bounded to [0, max_seconds]; None when it is not finite.
+
+    Handlers ask through ``RetryLater``, an error's ``retry_after`` or an HTTP ``Retry-After``;
+    ``inf``/``nan`` would never come due (and cannot be stored as milliseconds), so the caller
+    falls back to the policy's own delay for them.
+    """
+    if not math.isfinite(requested):
+        return None
+    return min(policy.max_seconds, max(0.0, requested))
+
+
 def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
     """Seconds to wait from an HTTP ``Retry-After`` value (delta seconds or an HTTP date).
 

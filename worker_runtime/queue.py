@@ -17,6 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import json
+import math
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -524,7 +525,13 @@ class QueueClient:
         return await self._acks.submit((job.id, job.token, done_key, done_ttl_seconds))
 
     async def retry(self, job: Job, failure: Failure, *, delay_seconds: float) -> bool:
-        """Record a failure (attempts+1) and make the job due again after ``delay_seconds``."""
+        """Record a failure (attempts+1) and make the job due again after ``delay_seconds``.
+
+        A non-finite delay raises ``ValueError`` here, before the call joins a batch: it
+        could never come due, and it must not fail the retries coalesced with it.
+        """
+        if not math.isfinite(delay_seconds):
+            raise ValueError(f"a retry delay must be a finite number of seconds: {delay_seconds}")
         item = (job.id, job.token, delay_seconds, build_failure_json(failure))
         return await self._retries.submit(item)
 

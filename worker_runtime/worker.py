@@ -812,16 +812,24 @@ class Worker:
         )
 
     def _retry_delay(self, spec: app_mod.TaskSpec, exc: BaseException, attempt: int) -> float:
-        if isinstance(exc, app_mod.RetryLater) and exc.delay is not None:
-            return exc.delay
-        hinted = _retry_after_hint(exc)
-        if hinted is not None:
-            return hinted
         policy = (
             spec.retry.backoff
             if spec.retry is not None and spec.retry.backoff is not None
             else self.default_backoff
         )
+        if isinstance(exc, app_mod.RetryLater) and exc.delay is not None:
+            requested: float | None = exc.delay
+        else:
+            requested = _retry_after_hint(exc)
+        if requested is not None:
+            # a requested delay waits at most the backoff maximum; inf/nan never come due
+            bounded = backoff.clamp_delay(policy, requested)
+            if bounded is not None:
+                return bounded
+            log.warning(
+                "ignoring a non-finite retry delay; the backoff decides",
+                extra={"requested": repr(requested)},
+            )
         return backoff.build_delay(policy, attempt, rng=self._rng)
 
     async def _dead_letter(
@@ -981,7 +989,7 @@ def _retry_after_hint(exc: BaseException) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | float):
-        return max(0.0, float(value))
+        return float(value)
     return backoff.parse_retry_after(str(value))
 
 

@@ -175,7 +175,11 @@ def crash(payload: Crash, ctx: JobContext) -> None:
     os.kill(os.getpid(), signal.SIGKILL) if payload.mode == "kill" else os._exit(3)
 
 
-@app.task("later", retry=Retry(max_attempts=5))
+@app.task(
+    "later",
+    # requested delays are capped at the backoff maximum: room for the seconds tests ask for
+    retry=Retry(max_attempts=5, backoff=backoff.Backoff(base_seconds=0.05, max_seconds=10.0)),
+)
 async def later(payload: Later, ctx: JobContext) -> None:
     record("start", ctx, marker=payload.marker)
     if ctx.attempt == 1:

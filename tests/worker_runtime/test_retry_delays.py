@@ -1,0 +1,112 @@
+"""Retry delays are finite and bounded: an infinite or absurd delay never breaks a retry.
+
+A handler may ask for any delay (``RetryLater(delay)``, an error's ``retry_after``, an HTTP
+``Retry-After`` header). The worker turns a non-finite request into the task's backoff and clamps
+every request to the backoff maximum; the engine refuses a non-finite delay for that one retry,
+so the retries coalesced into the same script call still land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import pytest
+import redis.asyncio
+
+from tests.worker_runtime import engine_support as es
+from worker_runtime import App, JobContext, RetryLater, config, keys, worker
+
+
+async def test_a_non_finite_retry_delay_is_refused_alone_and_its_batch_mates_still_retry(
+    redis_client: redis.asyncio.Redis, queue_name: str
+) -> None:
+    # Given three delivered jobs
+    engine = es.make_engine(redis_client, queue_name)
+    await engine.enqueue_many([es.request(payload={"n": n}) for n in range(3)])
+    jobs = await es.fetch_all(engine, "w1", want=3)
+    assert len(jobs) == 3
+    # When their retries are submitted together (one script call), one asking for inf seconds
+    results = await asyncio.gather(
+        engine.retry(jobs[0], es.failure(), delay_seconds=math.inf),
+        engine.retry(jobs[1], es.failure(), delay_seconds=1.0),
+        engine.retry(jobs[2], es.failure(), delay_seconds=2.0),
+        return_exceptions=True,
+    )
+    # Then that retry alone is refused, with a clear error, and the job stays delivered
+    assert isinstance(results[0], ValueError) and "finite" in str(results[0])
+    # and its batch-mates are waiting in the delayed set, not dropped until lease expiry
+    assert results[1:] == [True, True]
+    k = keys.build_keys(queue_name)
+    delayed = set(await redis_client.zrange(k.delayed, 0, -1))
+    assert delayed == {jobs[1].id, jobs[2].id}
+    assert await redis_client.hexists(k.inflight, jobs[0].id)
+
+
+def _retrying_app(queue_name: str) -> App:
+    app = App(queue=queue_name)
+
+    @app.task("ask")
+    async def ask(payload: dict[str, Any], ctx: JobContext) -> None:
+        if ctx.attempt == 1:
+            if payload["how"] == "retry_after_attr":
+                error = RuntimeError("throttled")
+                error.retry_after = float(payload["delay"])  # type: ignore[attr-defined]
+                raise error
+            raise RetryLater(float(payload["delay"]))
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("how", "delay"),
+    [
+        ("retry_later", 1e11),  # absurd but finite: clamped to the backoff maximum
+        ("retry_after_attr", math.inf),  # an error's own retry_after of inf: backoff decides
+        ("retry_after_attr", 1e300),
+    ],
+)
+async def test_a_worker_keeps_every_requested_retry_delay_within_the_backoff_maximum(
+    redis_client: redis.asyncio.Redis, queue_name: str, redis_server: Any, how: str, delay: float
+) -> None:
+    # Given a worker whose backoff maximum is 40 s, and a job that asks for `delay` seconds
+    app = _retrying_app(queue_name)
+    settings = config.WorkerSettings(
+        redis_url=redis_server.url,
+        queue=queue_name,
+        metrics_port=0,
+        retry_backoff_max_seconds=40.0,
+        lease_seconds=30.0,
+    )
+    engine = es.make_engine(redis_client, queue_name)
+    [res] = await engine.enqueue_many([es.request("ask", {"how": how, "delay": repr(delay)})])
+    w = worker.Worker(app, settings, install_signal_handlers=False)
+    run = asyncio.create_task(w.run())
+    k = keys.build_keys(queue_name)
+    try:
+        # When the first attempt fails asking for that delay (sent as text: JSON has no inf)
+        score = None
+        for _ in range(200):  # bounded: 10 s
+            score = await redis_client.zscore(k.delayed, res.job_id)
+            if score is not None or run.done():
+                break
+            await asyncio.sleep(0.05)
+        # Then the retry waits in Redis, due within the backoff maximum of now
+        assert score is not None, "the retry never reached the delayed set"
+        now_s, now_us = await redis_client.time()
+        now_ms = now_s * 1000 + now_us // 1000
+        assert 0 < score - now_ms <= 40_000
+        assert not await redis_client.hexists(k.inflight, res.job_id)
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 20) == 0
+
+
+def test_retry_later_refuses_a_non_finite_delay_when_it_is_raised() -> None:
+    # A handler that asks for inf/nan seconds gets an error naming the mistake (the attempt fails
+    # and the task's backoff applies) instead of a retry that never comes due.
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite"):
+            RetryLater(bad)
+    assert RetryLater(1e11).delay == 1e11  # bounded by the worker, which knows the maximum
