@@ -25,6 +25,9 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 REPLAY_BATCH = 100
 """Most dead letters moved back per script call."""
 
+LIST_BATCH = 1000
+"""Most dead-letter records one list script call returns."""
+
 
 @dataclass(frozen=True)
 class FailureRecord:
@@ -122,13 +125,20 @@ def build_dead_letter(raw: str | bytes) -> DeadLetter:
 async def fetch_dead_letters(
     client: AsyncClient, queue: str, *, offset: int = 0, limit: int = 50
 ) -> list[DeadLetter]:
-    """One page of dead letters, newest first (one read-only round trip)."""
-    if limit <= 0:
-        return []
-    _total, recs = await scripts.DLQ_LIST(
-        client, keys.build_keys(queue).script_keys(), [max(0, offset), limit]
-    )
-    return [build_dead_letter(r) for r in recs]
+    """One page of dead letters, newest first (read-only; one round trip per LIST_BATCH)."""
+    k = keys.build_keys(queue).script_keys()
+    out: list[DeadLetter] = []
+    start = max(0, offset)
+    while len(out) < limit:
+        # A large page is read in slices: one script call never copies more than LIST_BATCH
+        # records (each up to a few KB of history), so Redis is never blocked for long.
+        want = min(LIST_BATCH, limit - len(out))
+        total, recs = await scripts.DLQ_LIST(client, k, [start, want])
+        out.extend(build_dead_letter(r) for r in recs)
+        start += want
+        if start >= int(total):
+            break
+    return out
 
 
 async def fetch_dead_letter_count(client: AsyncClient, queue: str) -> int:

@@ -16,6 +16,38 @@ local K_WORKERS, K_WEXP, K_RL, K_INFLIGHT = KEYS[12], KEYS[13], KEYS[14], KEYS[1
 local GROUP = 'workers'
 local HISTORY_KEEP = 25
 
+-- Lua's unpack() fails at about 8,000 values ("too many results to unpack"), so a list is never
+-- unpacked whole: call_chunked / hmget_chunked pass it CHUNK values at a time (CHUNK is even,
+-- so ZADD/HSET score-member and field-value pairs never split). Every list the scripts hand to
+-- a command goes through them: renewals carry up to a worker's concurrency (10,000).
+local CHUNK = 1000
+
+-- redis.call(cmd, key[, arg], list...) in slices; returns the sum of the integer replies.
+local function call_chunked(cmd, key, list, arg)
+  local n, total = #list, 0
+  for s = 1, n, CHUNK do
+    local e = math.min(n, s + CHUNK - 1)
+    if arg then
+      total = total + redis.call(cmd, key, arg, unpack(list, s, e))
+    else
+      total = total + redis.call(cmd, key, unpack(list, s, e))
+    end
+  end
+  return total
+end
+
+-- HMGET key list... in slices; one reply value per list entry (false where absent).
+local function hmget_chunked(key, list)
+  local n = #list
+  if n <= CHUNK then return redis.call('HMGET', key, unpack(list)) end
+  local out = {}
+  for s = 1, n, CHUNK do
+    local part = redis.call('HMGET', key, unpack(list, s, math.min(n, s + CHUNK - 1)))
+    for i = 1, #part do out[#out + 1] = part[i] end
+  end
+  return out
+end
+
 local function st_get(raw)
   if not raw then return nil end
   local p, a, d, l = string.match(raw, '^(%a+)|(%d+)|(%d+)|(%d+)$')
@@ -81,8 +113,8 @@ local function dlq_trim(now, max_len, retention_ms)
   if retention_ms > 0 then
     local old = redis.call('ZRANGEBYSCORE', K_DLQ, '-inf', now - retention_ms, 'LIMIT', 0, 500)
     if #old > 0 then
-      redis.call('ZREM', K_DLQ, unpack(old))
-      redis.call('HDEL', K_DLQDATA, unpack(old))
+      call_chunked('ZREM', K_DLQ, old)
+      call_chunked('HDEL', K_DLQDATA, old)
     end
   end
   if max_len > 0 then
@@ -91,7 +123,7 @@ local function dlq_trim(now, max_len, retention_ms)
       local popped = redis.call('ZPOPMIN', K_DLQ, math.min(n - max_len, 500))
       local ids = {}
       for i = 1, #popped, 2 do ids[#ids + 1] = popped[i] end
-      if #ids > 0 then redis.call('HDEL', K_DLQDATA, unpack(ids)) end
+      if #ids > 0 then call_chunked('HDEL', K_DLQDATA, ids) end
     end
   end
 end

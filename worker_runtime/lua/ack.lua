@@ -9,7 +9,7 @@ for id, token, idx, ttl in string.gmatch(ARGV[1], REC[4]) do
   recs[#recs + 1] = {id, token, idx, ttl}
   ids[#ids + 1] = id
 end
-local raws = redis.call('HMGET', K_INFLIGHT, unpack(ids))
+local raws = hmget_chunked(K_INFLIGHT, ids)
 local out, done_ids, seen = {}, {}, {}
 local by_prio = {high = {}, normal = {}, low = {}}
 for i, r in ipairs(recs) do
@@ -31,16 +31,16 @@ end
 for _, p in ipairs(PRIO) do
   local list = by_prio[p]
   if #list > 0 then
-    redis.call('XACK', K_READY[p], GROUP, unpack(list))
-    redis.call('XDEL', K_READY[p], unpack(list))
+    call_chunked('XACK', K_READY[p], list, GROUP)
+    call_chunked('XDEL', K_READY[p], list)
   end
 end
 if #done_ids > 0 then
-  redis.call('ZREM', K_LEASES, unpack(done_ids))
-  redis.call('HDEL', K_INFLIGHT, unpack(done_ids))
-  redis.call('HDEL', K_STATE, unpack(done_ids))
-  redis.call('HDEL', K_ENV, unpack(done_ids))
-  redis.call('HDEL', K_HIST, unpack(done_ids))
+  call_chunked('ZREM', K_LEASES, done_ids)
+  call_chunked('HDEL', K_INFLIGHT, done_ids)
+  call_chunked('HDEL', K_STATE, done_ids)
+  call_chunked('HDEL', K_ENV, done_ids)
+  call_chunked('HDEL', K_HIST, done_ids)
   redis.call('HINCRBY', K_COUNTERS, 'completed', #done_ids)
 end
 return out

@@ -8,7 +8,7 @@ local total = redis.call('ZCARD', K_DLQ)
 local ids = redis.call('ZREVRANGE', K_DLQ, offset, offset + limit - 1)
 local out = {}
 if #ids > 0 then
-  local recs = redis.call('HMGET', K_DLQDATA, unpack(ids))
+  local recs = hmget_chunked(K_DLQDATA, ids)
   for i = 1, #recs do if recs[i] then out[#out + 1] = recs[i] end end
 end
 return {total, out}

@@ -12,6 +12,6 @@ else
   ids = redis.call('ZRANGE', K_DLQ, 0, 999)
 end
 if #ids == 0 then return 0 end
-local n = redis.call('ZREM', K_DLQ, unpack(ids))
-redis.call('HDEL', K_DLQDATA, unpack(ids))
+local n = call_chunked('ZREM', K_DLQ, ids)
+call_chunked('HDEL', K_DLQDATA, ids)
 return n

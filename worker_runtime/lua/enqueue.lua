@@ -39,7 +39,7 @@ for id, prio, delay_s, idx_s, ttl_s in string.gmatch(ARGV[1], REC[5]) do
   end
 end
 if #states > 0 then
-  redis.call('HSET', K_STATE, unpack(states))
+  call_chunked('HSET', K_STATE, states)
   redis.call('HINCRBY', K_COUNTERS, 'enqueued', #states / 2)
 end
 return out

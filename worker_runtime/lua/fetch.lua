@@ -23,12 +23,12 @@ local now = now_ms()
 -- 1. promote due delayed/retry entries to their ready stream
 local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, promote_limit)
 if #due > 0 then
-  local raws = redis.call('HMGET', K_STATE, unpack(due))
+  local raws = hmget_chunked(K_STATE, due)
   for i, id in ipairs(due) do
     local st = st_get(raws[i])
     if st then redis.call('XADD', K_READY[st.p], '*', 'j', id) end
   end
-  redis.call('ZREM', K_DELAYED, unpack(due))
+  call_chunked('ZREM', K_DELAYED, due)
 end
 
 -- the global rate limit caps how many may start now
@@ -46,9 +46,9 @@ local poisoned = 0
 if grant > 0 then
   local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, grant)
   if #expired > 0 then
-    local sraws = redis.call('HMGET', K_STATE, unpack(expired))
-    local fraws = redis.call('HMGET', K_INFLIGHT, unpack(expired))
-    redis.call('ZREM', K_LEASES, unpack(expired))
+    local sraws = hmget_chunked(K_STATE, expired)
+    local fraws = hmget_chunked(K_INFLIGHT, expired)
+    call_chunked('ZREM', K_LEASES, expired)
     for i, id in ipairs(expired) do
       local st, fl = st_get(sraws[i]), fl_get(fraws[i])
       if st and fl then
@@ -82,7 +82,7 @@ for _, p in ipairs(PRIO) do
   if #got > 0 then
     local jids = {}
     for i, e in ipairs(got) do jids[i] = e[2][2] end
-    local raws = redis.call('HMGET', K_STATE, unpack(jids))
+    local raws = hmget_chunked(K_STATE, jids)
     for i, e in ipairs(got) do
       local st = st_get(raws[i])
       if st then
@@ -128,7 +128,7 @@ end
 
 -- 4. fencing tokens and leases
 local fence = redis.call('HINCRBY', K_COUNTERS, 'fence', n) - n
-local envs = redis.call('HMGET', K_ENV, unpack(ids))
+local envs = hmget_chunked(K_ENV, ids)
 local zargs, sargs, fargs, out = {}, {}, {}, {}
 local until_ms = now + lease
 for i, id in ipairs(ids) do
@@ -148,7 +148,7 @@ for i, id in ipairs(ids) do
   out[#out + 1] = st.d
   out[#out + 1] = st.l
 end
-redis.call('ZADD', K_LEASES, unpack(zargs))
-redis.call('HSET', K_STATE, unpack(sargs))
-redis.call('HSET', K_INFLIGHT, unpack(fargs))
+call_chunked('ZADD', K_LEASES, zargs)
+call_chunked('HSET', K_STATE, sargs)
+call_chunked('HSET', K_INFLIGHT, fargs)
 return {now, poisoned, next_event, {}, out}

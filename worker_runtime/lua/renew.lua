@@ -16,7 +16,7 @@ end
 local n = #recs
 local out = {}
 if n > 0 then
-  local raws = redis.call('HMGET', K_INFLIGHT, unpack(ids))
+  local raws = hmget_chunked(K_INFLIGHT, ids)
   local zargs = {}
   for i = 1, n do
     local fl = fl_get(raws[i])
@@ -28,7 +28,7 @@ if n > 0 then
       out[i] = 0
     end
   end
-  if #zargs > 0 then redis.call('ZADD', K_LEASES, unpack(zargs)) end
+  if #zargs > 0 then call_chunked('ZADD', K_LEASES, zargs) end
 end
 if hb ~= '' then
   local rec = dec(hb) or {}
@@ -39,8 +39,8 @@ if hb ~= '' then
 end
 local gone = redis.call('ZRANGEBYSCORE', K_WEXP, '-inf', now, 'LIMIT', 0, 100)
 if #gone > 0 then
-  redis.call('ZREM', K_WEXP, unpack(gone))
-  redis.call('HDEL', K_WORKERS, unpack(gone))
+  call_chunked('ZREM', K_WEXP, gone)
+  call_chunked('HDEL', K_WORKERS, gone)
   redis.call('HINCRBY', K_COUNTERS, 'workers_lost', #gone)
   for _, w in ipairs(gone) do
     for _, p in ipairs(PRIO) do redis.pcall('XGROUP', 'DELCONSUMER', K_READY[p], GROUP, w) end

@@ -35,7 +35,7 @@ local counters = redis.call('HGETALL', K_COUNTERS)
 local live = redis.call('ZRANGEBYSCORE', K_WEXP, '(' .. now, '+inf')
 local workers = {}
 if #live > 0 then
-  local recs = redis.call('HMGET', K_WORKERS, unpack(live))
+  local recs = hmget_chunked(K_WORKERS, live)
   for i = 1, #recs do if recs[i] then workers[#workers + 1] = recs[i] end end
 end
 local expired = redis.call('ZCOUNT', K_WEXP, '-inf', now)
