@@ -341,6 +341,7 @@ def _render_stats(s: stats.QueueStats) -> Any:
         ("retried total", f"{s.retried_total:,}"),
         ("dead-lettered total", f"{s.dead_lettered_total:,}"),
         ("workers lost total", f"{s.workers_lost_total:,}"),
+        ("heartbeats expired", f"{s.workers_expired:,}"),
     ]
     for k, v in rows:
         summary.add_row(k, v)

@@ -54,6 +54,7 @@ class QueueStats:
     retried_total: int
     dead_lettered_total: int
     workers_lost_total: int
+    workers_expired: int
     workers: tuple[WorkerHeartbeat, ...]
 
 
@@ -111,7 +112,10 @@ def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
         failed_total=counters.get("failed", 0),
         retried_total=counters.get("retried", 0),
         dead_lettered_total=counters.get("dead_lettered", 0),
-        workers_lost_total=counters.get("workers_lost", 0) + int(expired),
+        # Only Redis' own counter: a reaped worker stays counted. An expired heartbeat not yet
+        # reaped is a separate gauge, since its worker may still renew (a stall, not a kill).
+        workers_lost_total=counters.get("workers_lost", 0),
+        workers_expired=int(expired),
         workers=tuple(sorted(beats, key=lambda b: b.worker_id)),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import redis.asyncio
@@ -31,6 +32,22 @@ def build_counting_client(port: int) -> redis.asyncio.Redis:
 
 def make_engine(client: Any, queue_name: str, **options: Any) -> queue.QueueClient:
     return queue.QueueClient(client, queue_name, queue.QueueOptions(**options))
+
+
+def beat(worker: str, ttl: float) -> queue.WorkerBeat:
+    """A heartbeat of ``worker`` (pod ``pod-<worker>``, 3 of 8 slots busy) living ``ttl`` s."""
+    return queue.WorkerBeat(
+        worker_id=worker,
+        pod_name=f"pod-{worker}",
+        concurrency=8,
+        in_flight=3,
+        processed=10,
+        busy_seconds=1.5,
+        started_at=time.time(),
+        oldest_job_started_at=None,
+        draining=False,
+        ttl_seconds=ttl,
+    )
 
 
 def request(

@@ -462,38 +462,25 @@ async def test_worker_heartbeats_are_listed_and_an_expired_one_counts_as_lost(
 ) -> None:
     # Given two workers heartbeating; one will deregister cleanly, one dies
     engine = es.make_engine(engine_client, queue_name)
-
-    def beat(worker: str, ttl: float) -> queue.WorkerBeat:
-        return queue.WorkerBeat(
-            worker_id=worker,
-            pod_name=f"pod-{worker}",
-            concurrency=8,
-            in_flight=3,
-            processed=10,
-            busy_seconds=1.5,
-            started_at=time.time(),
-            oldest_job_started_at=None,
-            draining=False,
-            ttl_seconds=ttl,
-        )
-
-    await engine.heartbeat(beat("clean", 5.0))
-    await engine.heartbeat(beat("killed", 0.2))
+    await engine.heartbeat(es.beat("clean", 5.0))
+    await engine.heartbeat(es.beat("killed", 0.2))
     s1 = await stats.fetch_queue_stats(engine_client, queue_name)
     # When the clean one deregisters and the killed one's heartbeat expires
     await engine.deregister("clean")
     await asyncio.sleep(0.3)
     s2 = await stats.fetch_queue_stats(engine_client, queue_name)
-    await engine.heartbeat(beat("other", 5.0))  # a writer reaps the expired record
+    await engine.heartbeat(es.beat("other", 5.0))  # a writer reaps the expired record
     s3 = await stats.fetch_queue_stats(engine_client, queue_name)
-    # Then stats list live workers with their records, and only the killed one counts as lost
+    # Then stats list live workers with their records; the killed one shows as expired until a
+    # writer reaps it, then counts as lost (once)
     assert [(w.worker_id, w.pod_name, w.in_flight) for w in s1.workers] == [
         ("clean", "pod-clean", 3),
         ("killed", "pod-killed", 3),
     ]
     assert s1.workers[0].last_seen > 0
-    assert (s2.workers, s2.workers_lost_total) == ((), 1)
-    assert ([w.worker_id for w in s3.workers], s3.workers_lost_total) == (["other"], 1)
+    assert (s2.workers, s2.workers_lost_total, s2.workers_expired) == ((), 0, 1)
+    assert [w.worker_id for w in s3.workers] == ["other"]
+    assert (s3.workers_lost_total, s3.workers_expired) == (1, 0)
 
 
 async def test_queue_keys_all_live_in_one_cluster_slot(engine_client: Any, queue_name: str) -> None:

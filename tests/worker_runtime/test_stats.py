@@ -127,3 +127,24 @@ def test_a_corrupt_heartbeat_record_is_ignored_not_fatal() -> None:
     assert stats.build_worker_heartbeat('{"pod_name": "no id"}') is None
     beat = stats.build_worker_heartbeat('{"worker_id": "w", "last_seen": 5}')
     assert beat is not None and (beat.worker_id, beat.last_seen) == ("w", 5.0)
+
+
+async def test_a_worker_that_stalls_past_its_heartbeat_and_renews_never_steps_the_lost_count_back(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    # Given one worker heartbeating with a 0.2 s TTL
+    client = redis.asyncio.Redis(port=redis_server.port, socket_timeout=2)
+    engine = es.make_engine(client, queue_name)
+    await engine.heartbeat(es.beat("stall", 0.2))
+    before = await stats.fetch_queue_stats(client, queue_name)
+    # When it stalls past its TTL (no one reaps it) and then renews its heartbeat
+    await asyncio.sleep(0.3)
+    stalled = await stats.fetch_queue_stats(client, queue_name)
+    await engine.heartbeat(es.beat("stall", 5.0))
+    after = await stats.fetch_queue_stats(client, queue_name)
+    # Then the lost counter never went down (it mirrors Redis' monotonic count only), and the
+    # stall showed as one expired, not yet reaped, heartbeat
+    lost = [s.workers_lost_total for s in (before, stalled, after)]
+    assert lost == sorted(lost) == [0, 0, 0]
+    assert [s.workers_expired for s in (before, stalled, after)] == [0, 1, 0]
+    await client.aclose()

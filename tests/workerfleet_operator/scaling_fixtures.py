@@ -72,6 +72,7 @@ def queue_stats(
         retried_total=0,
         dead_lettered_total=0,
         workers_lost_total=0,
+        workers_expired=0,
         workers=tuple(workers),
     )
 

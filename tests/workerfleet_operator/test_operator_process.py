@@ -37,12 +37,19 @@ POOL_SERIES = (
     "workerfleet_pool_replicas_ready",
     "workerfleet_pool_replicas_max",
     "workerfleet_pool_dead_letter_alert_threshold",
-    "workerfleet_pool_queue_reachable",
+    "workerfleet_pool_oldest_job_age_target_seconds",
+    "workerfleet_pool_workers_expired",
     "workerfleet_pool_jobs_enqueued_total",
     "workerfleet_pool_jobs_completed_total",
     "workerfleet_pool_jobs_failed_total",
     "workerfleet_pool_jobs_dead_lettered_total",
     "workerfleet_pool_workers_killed_total",
+)
+# Series with more labels than the pool's: (name, the labels after the pool's, sorted as the
+# exposition sorts them). An idle pool with minReplicas 0 is Ready as ScaledToZero.
+LABELLED_POOL_SERIES = (
+    ("workerfleet_pool_queue_reachable", 'reason="QueueRead"'),
+    ("workerfleet_pool_condition", 'reason="ScaledToZero",status="True",type="Ready"'),
 )
 OPERATOR_SERIES = (
     "workerfleet_operator_reconcile_total",
@@ -70,7 +77,9 @@ def test_the_operator_serves_healthz_and_every_documented_metric(
         lambda: fetch(f"http://127.0.0.1:{health}/healthz"), message="no /healthz"
     )
     # (the pool's series are exported after that poll's status and Events are written)
-    series = [f'{n}{{namespace="default",pool="emails",queue="emails"}}' for n in POOL_SERIES]
+    pool = 'namespace="default",pool="emails",queue="emails"'
+    series = [f"{n}{{{pool}}}" for n in POOL_SERIES]
+    series += [f"{n}{{{pool},{more}}}" for n, more in LABELLED_POOL_SERIES]
     code, text = wait_until(
         lambda: (
             (r := fetch(f"http://127.0.0.1:{metrics_port}/metrics"))

@@ -58,6 +58,7 @@ def _stats(backlog: int = 0, in_flight: int = 0, dead_letter: int = 0) -> QueueS
         retried_total=1,
         dead_lettered_total=dead_letter,
         workers_lost_total=0,
+        workers_expired=0,
         workers=(),
     )
 

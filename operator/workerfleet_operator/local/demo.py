@@ -448,7 +448,8 @@ def run_demo(
         result.lost = result.enqueued - result.completed - result.dead_lettered - result.pending
         result.scaling = fleet_runner.totals
         result.workers_killed = fleet_runner.fleet.counters.killed
-        result.workers_lost = final.workers_lost_total
+        # Reaped or not yet: the demo ends before a stalled worker could come back.
+        result.workers_lost = final.workers_lost_total + final.workers_expired
         result.points = points
         result.decisions = decisions
         result.chart = build_chart(

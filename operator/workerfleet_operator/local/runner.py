@@ -177,6 +177,7 @@ class FleetRunner:
             desired=snapshot.decision.desired,
             max_replicas=self.pool.policy.max_replicas,
             alert_threshold=self.pool.spec.dead_letter.alert_threshold,
+            oldest_job_age_target=self.pool.spec.autoscaling.target_oldest_job_age_seconds,
         )
         self.series.replicas_current.set(snapshot.replicas)
         self.series.replicas_ready.set(snapshot.ready)

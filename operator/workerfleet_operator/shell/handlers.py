@@ -247,7 +247,9 @@ class PoolController:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
         if self.series_labels is not None:
-            self.ctx.metrics.forget_pool(self.series_labels)
+            self.ctx.metrics.forget_pool(self.series_labels, self.series)
+        else:
+            self.ctx.metrics.forget_pool(self.labels)
 
     # ------------------------------------------------------------------ the loop
 
@@ -317,7 +319,6 @@ class PoolController:
             raise
         except Exception as exc:
             result = "error"
-            self.ctx.metrics.reconcile_errors.inc()
             text = queue.redact(str(exc), self.secret)
             if isinstance(exc, kube.ApiError) and exc.status in (409, 422, 429, 500, 503):
                 logger.info(
@@ -337,7 +338,7 @@ class PoolController:
                 )
             return False
         finally:
-            self.ctx.metrics.reconcile_total.labels(result).inc()
+            self.ctx.metrics.count_reconcile(self.namespace, self.name, result)
             self.ctx.metrics.reconcile_duration.observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ reconcile
@@ -540,6 +541,7 @@ class PoolController:
         body = self.body
         if body is None:
             return
+        self._export_conditions(status_model)
         status = api.build_status_patch(status_model)
         stored = api.parse_status(body.get("status"))
         stored_patch = api.build_status_patch(stored) if stored is not None else {}
@@ -557,6 +559,16 @@ class PoolController:
                 self.body = updated
         for event in events:
             await self._event(event.type, event.reason, event.message)
+
+    def _export_conditions(self, status_model: api.WorkerPoolStatus) -> None:
+        """Every status we write is exported too: a held pool (its Secret gone, its spec invalid)
+        never polls, and its series must not freeze at the last good values."""
+        conditions = list(status_model.conditions or ())
+        series = self._bound_series()
+        series.record_conditions((c.type, c.status, c.reason) for c in conditions)
+        reachable = api.find_condition(conditions, api.QUEUE_REACHABLE)
+        if reachable is not None:
+            series.record_queue_reachable(reachable.status == "True", reachable.reason)
 
     async def _write_status(
         self, wanted: Mapping[str, tuple[api.ConditionStatus, str, str]]
@@ -782,23 +794,30 @@ class PoolController:
         observation: autoscaling.Observation,
         decision: autoscaling.Decision,
     ) -> None:
-        labels = self.labels
-        if self.series is None or self.series_labels != labels:
-            if self.series_labels is not None:
-                self.ctx.metrics.forget_pool(self.series_labels)
-            self.series = self.ctx.metrics.bind_pool(labels)
-            self.series_labels = labels
-        self.series.record_poll(
+        series = self._bound_series()
+        spec = self._pool().spec
+        series.record_poll(
             observation.stats,
             desired=decision.desired,
             max_replicas=policy.max_replicas,
-            alert_threshold=self._pool().spec.dead_letter.alert_threshold,
+            alert_threshold=spec.dead_letter.alert_threshold,
+            oldest_job_age_target=spec.autoscaling.target_oldest_job_age_seconds,
         )
         if self.deployment is not None:
             replicas = int(self.deployment.get("spec", {}).get("replicas", 0))
             ready = int((self.deployment.get("status") or {}).get("readyReplicas", 0))
-            self.series.replicas_current.set(replicas)
-            self.series.replicas_ready.set(ready)
+            series.replicas_current.set(replicas)
+            series.replicas_ready.set(ready)
+
+    def _bound_series(self) -> metrics.PoolSeries:
+        """The pool's series, bound again when its queue (a label) changed."""
+        labels = self.labels
+        if self.series is None or self.series_labels != labels:
+            if self.series_labels is not None:
+                self.ctx.metrics.forget_pool(self.series_labels, self.series)
+            self.series = self.ctx.metrics.bind_pool(labels)
+            self.series_labels = labels
+        return self.series
 
 
 def _with_scale_time(

@@ -1,15 +1,20 @@
 """The operator's Prometheus metrics: per-pool gauges and the reconcile counters/histogram.
 
-Names are the contract in docs/architecture.md ("Metrics"); alert rules in the chart use them.
-Created once per operator process by ``shell.main`` (or per test run with its own registry) and
-updated by ``shell.handlers`` after every reconcile and every autoscaler poll; the local fleet
-(``local.runner``) exports the same per-pool series through :meth:`PoolSeries.record_poll`.
+Names are the contract in docs/architecture.md ("Metrics"); the alert rules in deploy/alerts/ use
+them. Created once per operator process by ``shell.main`` (or per test run with its own registry)
+and updated by ``shell.handlers`` after every reconcile and every autoscaler poll; the local
+fleet (``local.runner``) exports the same per-pool series through :meth:`PoolSeries.record_poll`.
+
+Two per-pool series carry a label whose value changes: ``workerfleet_pool_queue_reachable``
+(``reason``) and ``workerfleet_pool_condition`` (``status``, ``reason``; one series per condition
+type). Each keeps exactly one series per pool (and type): the previous one is removed when the
+label changes, so a query never sees a stale reason next to the current one.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +63,25 @@ class OperatorMetrics:
         self.dead_letter_alert_threshold = gauge(
             "workerfleet_pool_dead_letter_alert_threshold", "deadLetter.alertThreshold of the pool."
         )
-        self.queue_reachable = gauge(
-            "workerfleet_pool_queue_reachable", "1 if the last stats read worked."
+        self.oldest_job_age_target = gauge(
+            "workerfleet_pool_oldest_job_age_target_seconds",
+            "autoscaling.targetOldestJobAgeSeconds of the pool (0: not set).",
+        )
+        self.workers_expired = gauge(
+            "workerfleet_pool_workers_expired",
+            "Worker heartbeats expired and not yet reaped (killed, or stalled and may renew).",
+        )
+        self.queue_reachable = Gauge(
+            "workerfleet_pool_queue_reachable",
+            "1 if the last stats read worked, else 0; reason: the QueueReachable reason.",
+            (*POOL_LABELS, "reason"),
+            registry=self.registry,
+        )
+        self.condition = Gauge(
+            "workerfleet_pool_condition",
+            "1 for the pool's current status and reason of each condition type.",
+            (*POOL_LABELS, "type", "status", "reason"),
+            registry=self.registry,
         )
         self.jobs_enqueued = _MirroredCounter(
             "workerfleet_pool_jobs_enqueued", "Jobs ever enqueued (from Redis).", self.registry
@@ -75,18 +97,19 @@ class OperatorMetrics:
         )
         self.workers_killed = _MirroredCounter(
             "workerfleet_pool_workers_killed",
-            "Worker heartbeats that expired (from Redis).",
+            "Expired worker heartbeats reaped without a clean deregistration (from Redis).",
             self.registry,
         )
         self.reconcile_total = Counter(
             "workerfleet_operator_reconcile",
-            "Reconciles of WorkerPools by result.",
-            ["result"],
+            "Reconciles of WorkerPools by pool and result.",
+            ["namespace", "pool", "result"],
             registry=self.registry,
         )
         self.reconcile_errors = Counter(
             "workerfleet_operator_reconcile_errors",
-            "Reconciles that raised.",
+            "Reconciles that raised, by pool.",
+            ["namespace", "pool"],
             registry=self.registry,
         )
         self.reconcile_duration = Histogram(
@@ -109,7 +132,12 @@ class OperatorMetrics:
             replicas_ready=self.replicas_ready.labels(*labels),
             replicas_max=self.replicas_max.labels(*labels),
             dead_letter_alert_threshold=self.dead_letter_alert_threshold.labels(*labels),
-            queue_reachable=self.queue_reachable.labels(*labels),
+            oldest_job_age_target=self.oldest_job_age_target.labels(*labels),
+            workers_expired=self.workers_expired.labels(*labels),
+            queue_reachable=_OneSeries(self.queue_reachable, labels),
+            conditions={},
+            condition_gauge=self.condition,
+            labels=tuple(labels),
             jobs_enqueued=self.jobs_enqueued.bind(labels),
             jobs_completed=self.jobs_completed.bind(labels),
             jobs_failed=self.jobs_failed.bind(labels),
@@ -117,8 +145,23 @@ class OperatorMetrics:
             workers_killed=self.workers_killed.bind(labels),
         )
 
-    def forget_pool(self, labels: Sequence[str]) -> None:
-        """Drop every per-pool series of a deleted pool."""
+    def count_reconcile(self, namespace: str, pool: str, result: str) -> None:
+        """Count one reconcile of a pool (``result``: success, invalid or error)."""
+        self.reconcile_total.labels(namespace, pool, result).inc()
+        errors = self.reconcile_errors.labels(namespace, pool)  # exported from 0, not at the first
+        if result == "error":
+            errors.inc()
+
+    def forget_pool(self, labels: Sequence[str], series: PoolSeries | None = None) -> None:
+        """Drop every per-pool series of a deleted pool (``series``: its bound ones, if any)."""
+        if series is not None:
+            series.remove_labelled()
+        namespace, pool = labels[0], labels[1]
+        for result in RECONCILE_RESULTS:
+            with contextlib.suppress(KeyError):
+                self.reconcile_total.remove(namespace, pool, result)
+        with contextlib.suppress(KeyError):
+            self.reconcile_errors.remove(namespace, pool)
         for metric in (
             self.backlog,
             self.in_flight,
@@ -130,7 +173,8 @@ class OperatorMetrics:
             self.replicas_ready,
             self.replicas_max,
             self.dead_letter_alert_threshold,
-            self.queue_reachable,
+            self.oldest_job_age_target,
+            self.workers_expired,
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)
@@ -158,7 +202,12 @@ class PoolSeries:
     replicas_ready: Any
     replicas_max: Any
     dead_letter_alert_threshold: Any
-    queue_reachable: Any
+    oldest_job_age_target: Any
+    workers_expired: Any
+    queue_reachable: _OneSeries
+    conditions: dict[str, _OneSeries]
+    condition_gauge: Gauge
+    labels: tuple[str, ...]
     jobs_enqueued: Callable[[float], None]
     jobs_completed: Callable[[float], None]
     jobs_failed: Callable[[float], None]
@@ -172,16 +221,22 @@ class PoolSeries:
         desired: int,
         max_replicas: int,
         alert_threshold: int,
+        oldest_job_age_target: float,
     ) -> None:
         """Set what one autoscaler poll knows; replicas current/ready are the caller's to set.
 
         Without stats (the queue was unreadable) the queue series keep their last values and
-        ``queue_reachable`` says why they stopped moving.
+        ``queue_reachable`` says why they stopped moving (reasons as the QueueReachable
+        condition's: QueueRead, QueueUnreachable).
         """
-        self.queue_reachable.set(1 if queue_stats is not None else 0)
+        if queue_stats is not None:
+            self.record_queue_reachable(True, "QueueRead")
+        else:
+            self.record_queue_reachable(False, "QueueUnreachable")
         self.replicas_desired.set(desired)
         self.replicas_max.set(max_replicas)
         self.dead_letter_alert_threshold.set(float(alert_threshold))
+        self.oldest_job_age_target.set(float(oldest_job_age_target))
         if queue_stats is None:
             return
         s = queue_stats
@@ -195,6 +250,52 @@ class PoolSeries:
         self.jobs_failed(s.failed_total)
         self.jobs_dead_lettered(s.dead_lettered_total)
         self.workers_killed(s.workers_lost_total)
+        self.workers_expired.set(s.workers_expired)
+
+    def record_queue_reachable(self, reachable: bool, reason: str) -> None:
+        """1/0 with the reason, replacing the series of the previous reason."""
+        self.queue_reachable.set((reason,), 1.0 if reachable else 0.0)
+
+    def record_conditions(self, conditions: Iterable[tuple[str, str, str]]) -> None:
+        """The pool's conditions as (type, status, reason): one series per type, value 1."""
+        for ctype, status, reason in conditions:
+            one = self.conditions.get(ctype)
+            if one is None:
+                one = self.conditions[ctype] = _OneSeries(self.condition_gauge, self.labels)
+            one.set((ctype, status, reason), 1.0)
+
+    def remove_labelled(self) -> None:
+        """Remove the series whose extra labels change (reason, condition status)."""
+        self.queue_reachable.remove()
+        for one in self.conditions.values():
+            one.remove()
+
+
+RECONCILE_RESULTS = ("success", "invalid", "error")
+
+
+class _OneSeries:
+    """One series of a gauge for a pool whose extra label values change over time.
+
+    Setting other extra labels removes the previous series, so there is always exactly one.
+    """
+
+    def __init__(self, gauge: Gauge, labels: Sequence[str]) -> None:
+        self._gauge = gauge
+        self._labels = tuple(labels)
+        self._extra: tuple[str, ...] | None = None
+
+    def set(self, extra: tuple[str, ...], value: float) -> None:
+        if self._extra is not None and self._extra != extra:
+            self.remove()
+        self._extra = extra
+        self._gauge.labels(*self._labels, *extra).set(value)
+
+    def remove(self) -> None:
+        if self._extra is not None:
+            with contextlib.suppress(KeyError):
+                self._gauge.remove(*self._labels, *self._extra)
+            self._extra = None
 
 
 class _MirroredCounter:
