@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
 
-from worker_runtime import backoff, envelope, logs
+from worker_runtime import backoff, envelope, expiry, logs
 
 if TYPE_CHECKING:
     import redis
@@ -102,6 +102,8 @@ class TaskSpec:
     timeout: float | None
     non_retryable: tuple[type[BaseException], ...]
     logger: logging.LoggerAdapter[logging.Logger]
+    ttl: float | None = None
+    on_expire: expiry.OnExpire = "dead_letter"
 
 
 class JobContext:
@@ -216,6 +218,8 @@ def _build_task_spec(
     timeout: float | None,
     non_retryable: Sequence[type[BaseException]],
     payload: type[Any] | None,
+    ttl: float | None = None,
+    on_expire: expiry.OnExpire = "dead_letter",
 ) -> TaskSpec:
     params = [
         p
@@ -236,6 +240,12 @@ def _build_task_spec(
     if timeout is not None and timeout <= 0:
         msg = f"task {name!r}: timeout must be > 0"
         raise ValueError(msg)
+    if ttl is not None and not 0 < ttl < float("inf"):
+        msg = f"task {name!r}: ttl must be a finite number of seconds > 0"
+        raise ValueError(msg)
+    if on_expire not in ("dead_letter", "drop"):
+        msg = f"task {name!r}: on_expire must be 'dead_letter' or 'drop'"
+        raise ValueError(msg)
     return TaskSpec(
         name=name,
         handler=handler,
@@ -246,6 +256,8 @@ def _build_task_spec(
         timeout=timeout,
         non_retryable=tuple(non_retryable),
         logger=logs.get_logger(f"task.{name}"),
+        ttl=ttl,
+        on_expire=on_expire,
     )
 
 
@@ -277,8 +289,15 @@ class App:
         timeout: float | None = None,
         non_retryable: Sequence[type[BaseException]] = (),
         payload: type[Any] | None = None,
+        ttl: float | None = None,
+        on_expire: expiry.OnExpire = "dead_letter",
     ) -> Callable[[F], F]:
-        """Register a handler under ``name`` (the name jobs carry; never an import path)."""
+        """Register a handler under ``name`` (the name jobs carry; never an import path).
+
+        ``ttl``: seconds after enqueue past which a job of this task must not start (a job's
+        own ``ttl``/``expires_at`` wins); ``on_expire``: such a job goes to the dead-letter
+        queue with reason ``expired`` (default) or is dropped.
+        """
 
         def register(handler: F) -> F:
             if name in self.tasks:
@@ -291,6 +310,8 @@ class App:
                 timeout=timeout,
                 non_retryable=non_retryable,
                 payload=payload,
+                ttl=ttl,
+                on_expire=on_expire,
             )
             return handler
 

@@ -42,6 +42,8 @@ class JobEnvelope(pydantic.BaseModel):
     idempotency_key: str | None = None
     enqueued_at: float
     headers: dict[str, str] = pydantic.Field(default_factory=dict)
+    # Epoch seconds after which the job must not start (worker_runtime.expiry); None = never.
+    expires_at: float | None = None
 
 
 class EnvelopeError(ValueError):
@@ -97,6 +99,7 @@ def build_envelope(
     job_id: str | None = None,
     headers: Mapping[str, str] | None = None,
     now: float | None = None,
+    expires_at: float | None = None,
 ) -> JobEnvelope:
     """A validated envelope for a new job."""
     return JobEnvelope(
@@ -109,6 +112,7 @@ def build_envelope(
         idempotency_key=idempotency_key,
         enqueued_at=time.time() if now is None else now,
         headers=dict(headers or {}),
+        expires_at=expires_at,
     )
 
 

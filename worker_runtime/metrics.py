@@ -69,6 +69,13 @@ class WorkerMetrics:
             ["queue", "reason"],
             registry=r,
         )
+        self.expired = Counter(
+            "workerfleet_jobs_expired_total",
+            "Jobs not started because their deadline had passed, by task and action"
+            " (dead_lettered or dropped).",
+            ["queue", "task", "action"],
+            registry=r,
+        )
         self.fetch_errors = Counter(
             "workerfleet_fetch_errors_total",
             "Fetch calls that failed (Redis unreachable, script error).",
@@ -119,6 +126,10 @@ class WorkerMetrics:
     def dead_letter(self, reason: str) -> None:
         """Count one job moved to the DLQ."""
         self.dead_lettered.labels(self.queue, reason).inc()
+
+    def job_expired(self, task: str, action: str) -> None:
+        """Count one job that was not started because its deadline had passed."""
+        self.expired.labels(self.queue, task, action).inc()
 
     def redis_error(self, op: str) -> None:
         """Count one failed Redis call."""

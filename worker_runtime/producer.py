@@ -17,7 +17,7 @@ import pydantic
 import redis
 import redis.cluster
 
-from worker_runtime import envelope, keys, queue, scripts
+from worker_runtime import envelope, expiry, keys, queue, scripts
 
 Payload = pydantic.BaseModel | Mapping[str, Any] | None
 
@@ -37,6 +37,8 @@ class JobSpec:
     max_attempts: int | None = None
     job_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    ttl: float | None = None
+    expires_at: datetime | float | None = None
 
 
 class EnqueueOptions(TypedDict, total=False):
@@ -51,6 +53,8 @@ class EnqueueOptions(TypedDict, total=False):
     max_attempts: int | None
     job_id: str | None
     headers: Mapping[str, str]
+    ttl: float | None
+    expires_at: datetime | float | None
 
 
 def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: float) -> float:
@@ -72,6 +76,11 @@ def build_request(spec: JobSpec, *, now: float | None = None) -> queue.EnqueueRe
     current = time.time() if now is None else now
     if spec.idempotency_ttl <= 0:
         raise ValueError("idempotency_ttl must be positive")
+    delay = build_delay_seconds(spec.delay, spec.eta, current)
+    expires_at = expiry.build_expires_at(spec.ttl, spec.expires_at, current)
+    if expires_at is not None and expires_at <= current + delay:
+        # It could never start: refuse it here rather than dead-letter it later.
+        raise ValueError("the job would expire before it is due (ttl/expires_at vs delay/eta)")
     env = envelope.build_envelope(
         spec.task,
         spec.payload,
@@ -82,10 +91,11 @@ def build_request(spec: JobSpec, *, now: float | None = None) -> queue.EnqueueRe
         job_id=spec.job_id,
         headers=spec.headers,
         now=current,
+        expires_at=expires_at,
     )
     return queue.EnqueueRequest(
         envelope=env,
-        delay_seconds=build_delay_seconds(spec.delay, spec.eta, current),
+        delay_seconds=delay,
         idempotency_ttl_seconds=spec.idempotency_ttl,
     )
 

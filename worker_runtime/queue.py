@@ -31,8 +31,8 @@ import redis.asyncio.cluster
 import redis.exceptions
 
 from worker_runtime import envelope as envelope_mod
+from worker_runtime import expiry, scripts
 from worker_runtime import keys as keys_mod
-from worker_runtime import scripts
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
@@ -154,6 +154,7 @@ class DeadLetterReason(StrEnum):
     INVALID_ENVELOPE = "invalid_envelope"
     UNPARSEABLE_JSON = "unparseable_json"
     UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+    EXPIRED = "expired"
 
 
 def build_failure(exc: BaseException, *, worker_id: str = "") -> Failure:
@@ -254,6 +255,9 @@ _ReleaseItem = tuple[str, int]
 
 class QueueClient:
     """The engine for one queue over one asyncio Redis (or Redis Cluster) client."""
+
+    expiry_enforcement = expiry.Enforcement.WORKER_AT_START
+    """Redis has no per-entry expiry on streams: job deadlines are checked by the worker."""
 
     def __init__(
         self,

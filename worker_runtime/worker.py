@@ -52,7 +52,7 @@ import redis.exceptions
 from pydantic import ValidationError
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, config, connection, health, logs, metrics
+from worker_runtime import backoff, config, connection, expiry, health, logs, metrics
 from worker_runtime import queue as queue_mod
 
 log = logs.get_logger("worker")
@@ -598,6 +598,13 @@ class Worker:
                     message=f"no task named {env.task!r} is registered on this worker",
                 )
                 return
+            if env.expires_at is not None or spec.ttl is not None:
+                late = expiry.seconds_past(
+                    expiry.deadline_of(env.expires_at, env.enqueued_at, spec.ttl), time.time()
+                )
+                if late is not None:  # never start a job past its deadline
+                    await self._expired(h, spec, late)
+                    return
             try:
                 payload = spec.payload_adapter.validate_python(env.payload)
             except ValidationError as exc:
@@ -832,9 +839,27 @@ class Worker:
             )
         return backoff.build_delay(policy, attempt, rng=self._rng)
 
+    async def _expired(self, h: _Held, spec: app_mod.TaskSpec, late: float) -> None:
+        # The handler never runs; the task says whether the job is kept (DLQ) or dropped.
+        message = f"not started: its deadline passed {late:.3f}s before a worker took it"
+        if spec.on_expire == "drop":
+            assert self.q is not None
+            q = self.q
+            h.settling = True
+            if not await self._settle("ack", lambda: q.ack(h.job)):
+                self._stale(h)
+                return
+            self.metrics.job_expired(spec.name, "dropped")
+            log.info("expired job dropped", extra={"late_seconds": round(late, 3)})
+            return
+        if await self._dead_letter(
+            h, queue_mod.DeadLetterReason.EXPIRED, error_type="Expired", message=message
+        ):
+            self.metrics.job_expired(spec.name, "dead_lettered")
+
     async def _dead_letter(
         self, h: _Held, reason: queue_mod.DeadLetterReason, *, error_type: str, message: str
-    ) -> None:
+    ) -> bool:
         assert self.q is not None
         h.settling = True
         failure = queue_mod.Failure(
@@ -853,6 +878,7 @@ class Worker:
             log.warning("job dead-lettered", extra={"reason": str(reason), "error": message[:500]})
         else:
             self._stale(h)
+        return ok
 
     async def _settle(self, op: str, make_call: Callable[[], Awaitable[bool]]) -> bool:
         # A settle that fails on a Redis error is retried until the lease would have run out:
