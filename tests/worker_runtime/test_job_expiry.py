@@ -90,8 +90,9 @@ def test_a_job_within_its_task_ttl_runs(wf: workerproc.Testbed) -> None:
 def test_a_retry_that_becomes_due_after_the_deadline_is_not_started_again(
     wf: workerproc.Testbed,
 ) -> None:
-    # Given a job with a 1.5 s TTL whose first attempt asks to be retried in 2.5 s
-    wf.spawn(concurrency=2, app=APP)
+    # Given a job with a 1.5 s TTL whose first attempt asks to be retried in 2.5 s (a worker
+    # whose backoff maximum allows that wait)
+    wf.spawn(concurrency=2, app=APP, extra_env={"WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "10"})
     wait_until(lambda: len(wf.stats().workers) == 1, 20, "the worker's first heartbeat")
     job = wf.producer.enqueue("late-retry", {}, ttl=1.5)
     # When the retry comes due after the deadline
