@@ -427,6 +427,7 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
         print(f"no dead letters in {queue}", file=sys.stderr)
         return 0
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"dead letters of {queue} (newest first)", title_justify="left")
     for col in ("job id", "task", "reason", "attempts", "deliveries", "age", "last error"):
@@ -435,14 +436,20 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
     for d in items:
         last = d.history[-1] if d.history else None
         error = f"{last.error_type}: {last.message}" if last is not None else ""
+        # cells as Text, never markup: task names and error texts come from jobs ("[/red]")
         table.add_row(
-            d.job_id,
-            d.task,
-            d.reason,
-            str(d.attempts),
-            str(d.deliveries),
-            _age(now - d.dead_lettered_at),
-            error[:120],
+            *map(
+                Text,
+                (
+                    d.job_id,
+                    d.task or "",
+                    d.reason,
+                    str(d.attempts),
+                    str(d.deliveries),
+                    _age(now - d.dead_lettered_at),
+                    error[:120],
+                ),
+            )
         )
     _console().print(table)
     return 0
@@ -463,18 +470,23 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
         return 0
+    from rich.text import Text
+
+    # every value comes from the job or its errors: printed as Text, never parsed as markup
     console = _console()
-    console.print(f"[bold]{d.job_id}[/bold]  task={d.task}  reason={d.reason}")
+    console.print(Text.assemble((d.job_id, "bold"), f"  task={d.task}  reason={d.reason}"))
     console.print(
-        f"attempts={d.attempts} deliveries={d.deliveries} lost={d.lost} "
-        f"worker={d.worker_id or '-'} correlation_id={d.correlation_id or '-'}"
+        Text(
+            f"attempts={d.attempts} deliveries={d.deliveries} lost={d.lost} "
+            f"worker={d.worker_id or '-'} correlation_id={d.correlation_id or '-'}"
+        )
     )
-    console.print(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}")
+    console.print(Text(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}"))
     for i, f in enumerate(d.history, 1):
-        console.print(f"[bold]failure {i}[/bold] {f.error_type}: {f.message}")
+        console.print(Text.assemble((f"failure {i}", "bold"), f" {f.error_type}: {f.message}"))
         trace = getattr(f, "traceback", "")
         if trace:
-            console.print(trace.rstrip(), style="dim")
+            console.print(Text(trace.rstrip(), style="dim"))
     return 0
 
 

@@ -164,7 +164,8 @@ async def apply_replay(
     """Move dead letters back to the ready queue, oldest first, at most ``rate_per_second``.
 
     ``job_ids`` picks entries (else the oldest, up to ``limit``, else all); ``reset_attempts``
-    gives them a full set of attempts again. Returns the replayed ids.
+    gives them a full set of attempts again. Returns the replayed ids. An entry whose job id
+    is live again (enqueued anew meanwhile) is skipped and stays; the walk goes on past it.
     """
     if rate_per_second <= 0:
         raise ValueError("rate_per_second must be positive")
@@ -174,6 +175,7 @@ async def apply_replay(
     replayed: list[str] = []
     pending = list(job_ids) if job_ids is not None else None
     remaining = limit
+    skipped = 0  # oldest entries left in place (live again): the next page starts after them
     while True:
         started = time.monotonic()
         size = batch if remaining is None else min(batch, remaining)
@@ -183,11 +185,12 @@ async def apply_replay(
             chunk, pending = pending[:size], pending[size:]
             if not chunk:
                 break
-            raw = await scripts.DLQ_REPLAY(client, k, [reset, size, *chunk])
+            _seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, 0, *chunk])
         else:
-            raw = await scripts.DLQ_REPLAY(client, k, [reset, size])
-            if not raw:
+            seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, skipped])
+            if int(seen) == 0:
                 break
+            skipped += int(seen) - len(raw)
         done = [_text(x) for x in raw]
         replayed.extend(done)
         if remaining is not None:

@@ -168,16 +168,17 @@ def build_failure(exc: BaseException, *, worker_id: str = "") -> Failure:
     )
 
 
-def build_failure_json(failure: Failure) -> str:
-    """The JSON the scripts append to a job's history."""
-    return json.dumps(
-        {
-            "error_type": failure.error_type,
-            "message": failure.message,
-            "traceback": failure.traceback,
-            "worker": failure.worker_id,
-        }
-    )
+def build_failure_json(failure: Failure, *, retry_in_seconds: float | None = None) -> str:
+    """The JSON the scripts append to a job's history (``retry_in``: the delay a retry chose)."""
+    record: dict[str, object] = {
+        "error_type": failure.error_type,
+        "message": failure.message,
+        "traceback": failure.traceback,
+        "worker": failure.worker_id,
+    }
+    if retry_in_seconds is not None:
+        record["retry_in"] = retry_in_seconds
+    return json.dumps(record)
 
 
 def _text(value: Any) -> str:
@@ -536,8 +537,27 @@ class QueueClient:
         """
         if not math.isfinite(delay_seconds):
             raise ValueError(f"a retry delay must be a finite number of seconds: {delay_seconds}")
-        item = (job.id, job.token, delay_seconds, build_failure_json(failure))
+        failure_json = build_failure_json(failure, retry_in_seconds=delay_seconds)
+        item = (job.id, job.token, delay_seconds, failure_json)
         return await self._retries.submit(item)
+
+    async def fetch_previous_delay(self, job_id: str) -> float | None:
+        """The delay the job's last retry waited (its history's last ``retry_in``), if any.
+
+        Decorrelated jitter grows from the previous delay; a job's retries may run on any
+        worker, so the delay is read back from the job's history (one read, on failures only).
+        """
+        raw = await self.client.hget(self.keys.history, job_id)
+        try:
+            history = json.loads(raw) if raw is not None else None
+        except ValueError:
+            return None
+        if not isinstance(history, list) or not history or not isinstance(history[-1], dict):
+            return None
+        previous = history[-1].get("retry_in")
+        if isinstance(previous, int | float) and math.isfinite(previous) and previous >= 0:
+            return float(previous)
+        return None
 
     async def dead_letter(
         self,

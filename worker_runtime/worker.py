@@ -796,7 +796,7 @@ class Worker:
                 )
                 outcome = "dead_lettered"
             else:
-                delay = self._retry_delay(spec, exc, attempt)
+                delay = await self._retry_delay(spec, exc, job)
                 ok = await self._settle("retry", lambda: q.retry(job, failure, delay_seconds=delay))
                 outcome = "retried"
                 if ok:
@@ -818,7 +818,9 @@ class Worker:
             },
         )
 
-    def _retry_delay(self, spec: app_mod.TaskSpec, exc: BaseException, attempt: int) -> float:
+    async def _retry_delay(
+        self, spec: app_mod.TaskSpec, exc: BaseException, job: queue_mod.Job
+    ) -> float:
         policy = (
             spec.retry.backoff
             if spec.retry is not None and spec.retry.backoff is not None
@@ -837,7 +839,20 @@ class Worker:
                 "ignoring a non-finite retry delay; the backoff decides",
                 extra={"requested": repr(requested)},
             )
-        return backoff.build_delay(policy, attempt, rng=self._rng)
+        previous = None
+        if policy.jitter == "decorrelated" and job.attempts > 0:
+            previous = await self._previous_delay(job)
+        return backoff.build_delay(policy, job.attempts + 1, previous=previous, rng=self._rng)
+
+    async def _previous_delay(self, job: queue_mod.Job) -> float | None:
+        assert self.q is not None
+        try:
+            return await self.q.fetch_previous_delay(job.id)
+        except REDIS_ERRORS as exc:
+            # the retry itself is what matters: without the history, jitter restarts at base
+            self.metrics.redis_error("history")
+            log.warning("could not read the previous retry delay", extra={"error": repr(exc)})
+            return None
 
     async def _expired(self, h: _Held, spec: app_mod.TaskSpec, late: float) -> None:
         # The handler never runs; the task says whether the job is kept (DLQ) or dropped.

@@ -88,3 +88,9 @@ def failure(message: str = "boom", worker: str = "w1") -> queue.Failure:
     return queue.Failure(
         error_type="RuntimeError", message=message, traceback="tb", worker_id=worker
     )
+
+
+async def enqueue_again(engine: queue.QueueClient, env: envelope.JobEnvelope) -> None:
+    """Enqueue a job id that was used before (e.g. one now in the DLQ) as a new job."""
+    [res] = await engine.enqueue_many([queue.EnqueueRequest(envelope=env)])
+    assert res.created and res.job_id == env.id

@@ -42,7 +42,9 @@ def run_cli(
     )
 
 
-def _dead_letter_one(url: str, queue_name: str, task: str) -> str:
+def _dead_letter_one(
+    url: str, queue_name: str, task: str, message: str = "bad things", trace: str = "here"
+) -> str:
     """Put one job into the DLQ through the engine (enqueue, fetch, dead_letter)."""
 
     async def go() -> str:
@@ -52,7 +54,7 @@ def _dead_letter_one(url: str, queue_name: str, task: str) -> str:
             env = envelope.build_envelope(task, {"n": 1}, correlation_id="corr-cli")
             await q.enqueue(queue.EnqueueRequest(env))
             (job,) = await q.fetch("cli-test", 1)
-            failure = queue.Failure("ValueError", "bad things", "Traceback: here", "cli-test")
+            failure = queue.Failure("ValueError", message, f"Traceback: {trace}", "cli-test")
             assert await q.dead_letter(job, "max_attempts", failure=failure)
             return job.id
         finally:
@@ -140,6 +142,25 @@ def test_dlq_ls_show_replay_and_purge(redis_server: Any, queue_name: str) -> Non
     assert json.loads(purge.stdout) == {"purged": 1}
     empty = run_cli("dlq", "ls", "--json", redis_url=url, queue_name=queue_name)
     assert json.loads(empty.stdout) == []
+
+
+def test_dlq_ls_and_show_print_rich_markup_in_task_names_and_errors_as_plain_text(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose task name and error text look like rich markup
+    url = redis_server.url
+    markup = "[bold]x[/] [/red] y"
+    job_id = _dead_letter_one(url, queue_name, "[/red]send", message=markup, trace=markup)
+    # When it is listed and shown as tables/text
+    ls = run_cli("dlq", "ls", redis_url=url, queue_name=queue_name)
+    show = run_cli("dlq", "show", job_id, redis_url=url, queue_name=queue_name)
+    # Then neither command crashes, and the text appears as it was written
+    assert ls.returncode == 0, ls.stderr
+    assert show.returncode == 0, show.stderr
+    assert "[/red]send" in ls.stdout and "[bold]x[/] [/red] y" in ls.stdout
+    assert "task=[/red]send" in show.stdout
+    assert "ValueError: [bold]x[/] [/red] y" in show.stdout
+    assert "Traceback: [bold]x[/] [/red] y" in show.stdout
 
 
 @pytest.mark.parametrize(

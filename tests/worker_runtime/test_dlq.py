@@ -153,10 +153,27 @@ async def test_replay_skips_a_dead_letter_whose_job_id_is_live_again(
     engine = es.make_engine(engine_client, queue_name)
     [job_id] = await dead_letter_n(engine, 1)
     env = es.request().envelope.model_copy(update={"id": job_id})
-    assert (await engine.enqueue(queue.EnqueueRequest(envelope=env))).created
+    await es.enqueue_again(engine, env)
     # When the DLQ is replayed
     replayed = await dlq.apply_replay(engine_client, queue_name, job_ids=[job_id])
     # Then nothing is replayed (no second copy) and the record stays
     assert replayed == []
     assert await dlq.fetch_dead_letter(engine_client, queue_name, job_id) is not None
     assert len(await engine.fetch("w", 10)) == 1
+
+
+async def test_replay_all_keeps_paging_past_a_batch_of_dead_letters_that_are_live_again(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given five dead letters whose two oldest ids were enqueued again meanwhile
+    engine = es.make_engine(redis_client, queue_name)
+    ids = await dead_letter_n(engine, 5)
+    for job_id in ids[:2]:
+        env = es.request().envelope.model_copy(update={"id": job_id})
+        await es.enqueue_again(engine, env)
+    # When everything is replayed two per batch (--all --rate 2), the first batch all skipped
+    replayed = await dlq.apply_replay(redis_client, queue_name, rate_per_second=2.0)
+    # Then the three others are replayed, and the live-again ones stay in the DLQ
+    assert replayed == ids[2:]
+    left = await dlq.fetch_dead_letters(redis_client, queue_name)
+    assert sorted(d.job_id for d in left) == sorted(ids[:2])

@@ -9,14 +9,16 @@ so the retries coalesced into the same script call still land.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+import time
 from typing import Any
 
 import pytest
 import redis.asyncio
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import App, JobContext, RetryLater, config, keys, worker
+from worker_runtime import App, Backoff, JobContext, Retry, RetryLater, config, keys, worker
 
 
 async def test_a_non_finite_retry_delay_is_refused_alone_and_its_batch_mates_still_retry(
@@ -110,3 +112,55 @@ def test_retry_later_refuses_a_non_finite_delay_when_it_is_raised() -> None:
         with pytest.raises(ValueError, match="finite"):
             RetryLater(bad)
     assert RetryLater(1e11).delay == 1e11  # bounded by the worker, which knows the maximum
+
+
+class _HighestDraw:
+    """A random source that always draws the top of the range (jitter made predictable)."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high
+
+    def random(self) -> float:
+        return 0.5
+
+
+async def test_decorrelated_jitter_grows_from_the_previous_delay_of_the_same_job(
+    redis_client: redis.asyncio.Redis, queue_name: str, redis_server: Any
+) -> None:
+    # Given a task with decorrelated jitter (base 0.1 s) that fails three times, and a worker
+    # whose jitter always draws the top of its range [base, 3 * previous delay]
+    app = App(queue=queue_name)
+    starts: list[float] = []
+
+    @app.task(
+        "fails",
+        retry=Retry(
+            max_attempts=4,
+            backoff=Backoff(base_seconds=0.1, max_seconds=100.0, jitter="decorrelated"),
+        ),
+    )
+    async def fails(payload: dict[str, Any], ctx: JobContext) -> None:
+        starts.append(time.monotonic())
+        raise RuntimeError(f"attempt {ctx.attempt}")
+
+    settings = config.WorkerSettings(redis_url=redis_server.url, queue=queue_name, metrics_port=0)
+    engine = es.make_engine(redis_client, queue_name)
+    await engine.enqueue_many([es.request("fails")])
+    w = worker.Worker(app, settings, install_signal_handlers=False)
+    w._rng = _HighestDraw()  # type: ignore[assignment]
+    run = asyncio.create_task(w.run())
+    try:
+        # When it runs all four attempts
+        for _ in range(300):  # bounded: 15 s
+            if len(starts) == 4 or run.done():
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 20) == 0
+    # Then each retry waited three times the one before: 0.3 s, 0.9 s, 2.7 s (not 0.3 s each)
+    assert len(starts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps[0] >= 0.3 - 0.02
+    assert gaps[1] >= 0.9 - 0.02
+    assert gaps[2] >= 2.7 - 0.02

@@ -1,16 +1,18 @@
 -- dlq_replay: move dead letters back to their ready stream (oldest first when no ids given).
 -- Touches: {wf:Q}:dlq (ZREM), {wf:Q}:dlq:data (HDEL), {wf:Q}:env, {wf:Q}:state ("prio|a|d|0"),
 --          {wf:Q}:history (restored), {wf:Q}:ready:<prio> (XADD), {wf:Q}:counters (replayed).
--- ARGV: reset attempts 1|0, limit, then job ids (none = the oldest `limit` entries).
--- Returns: the replayed job ids. Lost deliveries always restart at 0: replay is a human decision.
--- An id that is live again is skipped (it stays in the DLQ).
+-- ARGV: reset attempts 1|0, limit, offset, then job ids (none = the `limit` oldest entries
+--       after the first `offset`: the caller skips the entries it already found live again).
+-- Returns: {entries looked at, {replayed job ids}}. Lost deliveries always restart at 0: replay
+-- is a human decision. An id that is live again is skipped (it stays in the DLQ).
 local reset = ARGV[1] == '1'
 local limit = tonumber(ARGV[2])
+local offset = tonumber(ARGV[3])
 local ids = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ARGV > 3 then
+  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
 else
-  ids = redis.call('ZRANGE', K_DLQ, 0, limit - 1)
+  ids = redis.call('ZRANGE', K_DLQ, offset, offset + limit - 1)
 end
 local out = {}
 for _, id in ipairs(ids) do
@@ -34,4 +36,4 @@ for _, id in ipairs(ids) do
   end
 end
 if #out > 0 then redis.call('HINCRBY', K_COUNTERS, 'replayed', #out) end
-return out
+return {#ids, out}
