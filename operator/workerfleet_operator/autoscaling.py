@@ -24,11 +24,17 @@ How a decision is made (the order matters, and each step that changes the value 
      replicas keep up with arrivals with the same headroom as the capacity signal and drain the
      current backlog within T, so the newest waiting job starts within T. When the oldest waiting
      job is already older than T the scaler also reacts HPA-style,
-     ``max(current, 1) x oldestAge / T``, which works before any rate is known.
+     ``max(serving, 1) x oldestAge / T``, which works before any rate is known. ``serving`` is
+     the replicas that heartbeat (non-draining workers, at most ``current``), not the replicas
+     asked for: the age keeps growing while new pods start, and weighing it against pods that
+     do not work yet compounded (2 -> 200 in 40 s with T = 30 s and 60 s pod starts).
    Retries waiting in the delayed set (``future_delayed``) and dead letters are not work: only
    ``backlog`` (which includes due retries) and ``in_flight`` enter the signals.
    In ``keda`` mode decide() keeps the current count (KEDA owns it); in ``disabled`` mode it
    returns the fixed ``replicas``.
+   Tolerance (like the HPA's): when the largest signal is within ``tolerance`` (default 10 %)
+   of the current count, the recommendation is the current count (``clamped_by: tolerance``),
+   so a backlog of 4001 does not move 40 replicas to 41. It never applies at 0 replicas.
 2. Activation: from 0 replicas the pool wakes only when ``backlog >= activationBacklog``. We use
    ``>=`` (KEDA uses ``>``, with a default of 0) so the default ``activationBacklog: 1`` reads
    "the first job wakes the pool".
@@ -54,13 +60,18 @@ How a decision is made (the order matters, and each step that changes the value 
 ``scaling_limited`` (the ScalingLimited condition) is set when the pool is already at
 maxReplicas, the signals want more, and the backlog grew over the rate window.
 
-If the queue cannot be read, the decision holds the current count (``onMetricFailure: hold``) or
-goes to ``fallbackReplicas`` (``fallback``), says why in the reason and records the held value
-in the history so the windows stay honest after the outage.
+If the queue cannot be read, the decision holds the current count (``onMetricFailure: hold``),
+says why in the reason and records the held value in the history so the windows stay honest
+after the outage. With ``fallback`` it holds too until ``failureThreshold`` consecutive polls
+have failed (KEDA's ``failureThreshold``, default 3: one Redis timeout is not an outage); from
+then on ``fallbackReplicas`` is the recommendation and goes through the same stabilization
+windows and step limits as any other (steps 5-7), so a pool at 20 with fallback 2 steps down
+only after the scale-down window and by at most ``scaleDown``'s step per decision.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +127,10 @@ class ScalingPolicy:
     replicas: int | None = None
     # How far back arrival and service rates look; at least three polling intervals are used.
     rate_window_seconds: float = 15.0
+    # Consecutive failed polls before ``fallback`` acts (before that the replicas hold).
+    failure_threshold: int = 3
+    # A signal within this fraction of the current count keeps the current count (HPA: 0.1).
+    tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         problems = build_policy_problems(self)
@@ -162,6 +177,10 @@ def build_policy_problems(policy: ScalingPolicy) -> list[str]:
         problems.append("replicas must be >= 0")
     if policy.fallback_replicas is not None and policy.fallback_replicas < 0:
         problems.append("fallbackReplicas must be >= 0")
+    if policy.failure_threshold < 1:
+        problems.append("failureThreshold must be >= 1")
+    if not 0 <= policy.tolerance < 1:
+        problems.append("tolerance must be in [0, 1)")
     return problems
 
 
@@ -210,6 +229,8 @@ class ScalerState:
     samples: tuple[StatsSample, ...] = ()
     idle_since: float | None = None
     last_scale_time: float | None = None
+    # Consecutive polls that could not read the queue (0 after a good one).
+    failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -259,7 +280,7 @@ def decide(
         return _build_unmanaged(policy, current, state)
     if not state.recommendations:
         # Seed: behave as if the current count had been recommended until now.
-        state = ScalerState((Recommendation(now, current),), state.samples, state.idle_since)
+        state = dataclasses.replace(state, recommendations=(Recommendation(now, current),))
     if observation.stats is None:
         return _build_metric_failure(policy, observation, current, state, now)
     return _build_decision(policy, observation.stats, current, state, now)
@@ -294,26 +315,36 @@ def _build_metric_failure(
     now: float,
 ) -> Decision:
     why = observation.error or "queue stats unavailable"
-    if policy.on_metric_failure == "fallback" and policy.fallback_replicas is not None:
-        target, clamp = policy.fallback_replicas, "fallback"
+    failures = state.failures + 1
+    fallback = policy.on_metric_failure == "fallback" and policy.fallback_replicas is not None
+    if fallback and failures >= policy.failure_threshold:
+        assert policy.fallback_replicas is not None
+        target = policy.fallback_replicas
+        shaping = _Shaping(current, target, ["fallback"])
         what = f"going to fallbackReplicas {target}"
     else:
-        target, clamp = current, "metricFailureHold"
+        target = current
+        shaping = _Shaping(current, current, ["metricFailureHold"])
         what = f"holding {current} replicas"
-    desired = min(max(target, policy.min_replicas), policy.max_replicas)
-    clamps = [clamp]
-    if desired != target:
-        clamps.append("maxReplicas" if desired < target else "minReplicas")
-    history = _build_history(state.recommendations, Recommendation(now, desired), policy, now)
+        if fallback:
+            what += f" (failure {failures} of {policy.failure_threshold} before fallback)"
+    shaping.clamp("minReplicas", max(shaping.value, policy.min_replicas))
+    shaping.clamp("maxReplicas", min(shaping.value, policy.max_replicas))
+    history = _build_history(state.recommendations, Recommendation(now, shaping.value), policy, now)
+    # No stats, so no idea whether the queue is idle: the 1 -> 0 idle rule cannot be checked
+    # and is not applied; the windows and steps are.
+    _shape_steps(policy, shaping, history, now, idle_since=None, idle_known=False)
+    desired = shaping.value
     changed = desired != current
     new_state = ScalerState(
         recommendations=history,
         samples=state.samples,
         idle_since=None,
         last_scale_time=now if changed and not policy.dry_run else state.last_scale_time,
+        failures=failures,
     )
-    verb = _build_verb(current, desired)
-    reason = f"{verb}: queue unreadable ({why}); {what}"
+    reason = f"{_build_verb(current, desired)}: queue unreadable ({why}); {what}"
+    clamps = tuple(shaping.clamps)
     return Decision(
         desired=desired,
         current=current,
@@ -323,10 +354,64 @@ def _build_metric_failure(
         reason=reason,
         changed=changed,
         state=new_state,
-        clamps=tuple(clamps),
+        clamps=clamps,
         queue_reachable=False,
         dry_run=policy.dry_run,
     )
+
+
+@dataclass
+class _Shaping:
+    """The replica count being shaped by steps 2-7, and the names of the steps that changed it."""
+
+    current: int
+    value: int
+    clamps: list[str] = field(default_factory=list)
+
+    def clamp(self, name: str, new_value: int) -> None:
+        if new_value != self.value:
+            self.clamps.append(name)
+            self.value = new_value
+
+
+def _shape_steps(
+    policy: ScalingPolicy,
+    shaping: _Shaping,
+    history: tuple[Recommendation, ...],
+    now: float,
+    *,
+    idle_since: float | None,
+    idle_known: bool = True,
+) -> None:
+    """Steps 5-7 on a recommendation already recorded as ``history[-1]``."""
+    current = shaping.current
+    recommended = history[-1].replicas
+    up_floor = min([r.replicas for r in _in_window(history, now, policy.scale_up)] + [recommended])
+    down_ceiling = max(
+        [r.replicas for r in _in_window(history, now, policy.scale_down)] + [recommended]
+    )
+    if shaping.value > current:
+        shaping.clamp("scaleUpStabilization", max(current, up_floor))
+    elif shaping.value < current:
+        shaping.clamp("scaleDownStabilization", min(current, down_ceiling))
+    window = policy.scale_down.stabilization_window_seconds
+    if (
+        idle_known
+        and shaping.value == 0
+        and current > 0
+        and (idle_since is None or now - idle_since < window)
+    ):
+        shaping.clamp("scaleDownStabilization", 1)
+    if shaping.value > current:
+        shaping.clamp(
+            "scaleUpStep", min(shaping.value, current + _build_step(policy.scale_up, current))
+        )
+    elif shaping.value < current:
+        shaping.clamp(
+            "scaleDownStep", max(shaping.value, current - _build_step(policy.scale_down, current))
+        )
+    shaping.clamp("minReplicas", max(shaping.value, policy.min_replicas))
+    shaping.clamp("maxReplicas", min(shaping.value, policy.max_replicas))
 
 
 def _build_decision(
@@ -341,51 +426,29 @@ def _build_decision(
     signals, chosen, explanation = _build_signals(policy, queue, rates, current)
     present = [value for value in signals.values() if value is not None]
     raw = _ceil(max(present)) if present else 0
-    value = raw
-    clamps: list[str] = []
-
-    def clamp(name: str, new_value: int) -> None:
-        nonlocal value
-        if new_value != value:
-            clamps.append(name)
-            value = new_value
-
+    shaping = _Shaping(current, raw)
+    # 1b. Tolerance: a signal close to the current count keeps it (never from or to zero).
+    if current > 0 and present and _within_tolerance(max(present), current, policy.tolerance):
+        shaping.clamp("tolerance", current)
     # 2. Activation (0 -> 1 only with enough backlog).
-    if current == 0 and value > 0 and queue.backlog < policy.activation_backlog:
-        clamp("activation", 0)
+    if current == 0 and shaping.value > 0 and queue.backlog < policy.activation_backlog:
+        shaping.clamp("activation", 0)
     # 3. In-flight floor: running jobs keep their workers.
     if current > 0:
-        clamp("inFlightWork", max(value, min(current, _build_in_flight_floor(policy, queue))))
+        floor = min(current, _build_in_flight_floor(policy, queue))
+        shaping.clamp("inFlightWork", max(shaping.value, floor))
     # 4. Hard limits.
-    clamp("minReplicas", max(value, policy.min_replicas))
-    clamp("maxReplicas", min(value, policy.max_replicas))
-    recommended = value
-    # 5. Stabilization windows, one model for every step.
-    history = _build_history(state.recommendations, Recommendation(now, recommended), policy, now)
-    up_floor = min([r.replicas for r in _in_window(history, now, policy.scale_up)] + [recommended])
-    down_ceiling = max(
-        [r.replicas for r in _in_window(history, now, policy.scale_down)] + [recommended]
-    )
-    if value > current:
-        clamp("scaleUpStabilization", max(current, up_floor))
-    elif value < current:
-        clamp("scaleDownStabilization", min(current, down_ceiling))
+    shaping.clamp("minReplicas", max(shaping.value, policy.min_replicas))
+    shaping.clamp("maxReplicas", min(shaping.value, policy.max_replicas))
+    # 5-7. Stabilization windows (one model for every step), step limits, hard limits again.
+    history = _build_history(state.recommendations, Recommendation(now, shaping.value), policy, now)
     idle = queue.backlog == 0 and queue.in_flight == 0
     idle_since = min(state.idle_since, now) if idle and state.idle_since is not None else None
     idle_since = now if idle and idle_since is None else idle_since
-    window = policy.scale_down.stabilization_window_seconds
-    if value == 0 and current > 0 and (idle_since is None or now - idle_since < window):
-        clamp("scaleDownStabilization", 1)
-    # 6. Step limits.
-    if value > current:
-        clamp("scaleUpStep", min(value, current + _build_step(policy.scale_up, current)))
-    elif value < current:
-        clamp("scaleDownStep", max(value, current - _build_step(policy.scale_down, current)))
-    # 7. Hard limits win over everything.
-    clamp("minReplicas", max(value, policy.min_replicas))
-    clamp("maxReplicas", min(value, policy.max_replicas))
+    _shape_steps(policy, shaping, history, now, idle_since=idle_since)
 
-    desired = value
+    desired = shaping.value
+    clamps = shaping.clamps
     changed = desired != current
     limited = current >= policy.max_replicas and raw > policy.max_replicas and rates.backlog_growing
     new_state = ScalerState(
@@ -412,6 +475,11 @@ def _build_decision(
         dry_run=policy.dry_run,
         rates=rates,
     )
+
+
+def _within_tolerance(signal: float, current: int, tolerance: float) -> bool:
+    # The HPA's rule, |signal / current - 1| <= tolerance, with room for binary rounding.
+    return abs(signal / current - 1.0) <= tolerance + _CEIL_TOLERANCE
 
 
 def _ceil(value: float) -> int:
@@ -603,13 +671,21 @@ def _build_latency_signal(
         )
     age = queue.oldest_job_age_seconds
     if age > target:
-        value = max(current, 1) * age / target
+        # Weighed against the replicas that work (heartbeat), not those asked for: the age
+        # keeps growing while new pods start, and counting them compounded every poll.
+        serving = max(min(current, _count_serving(queue)), 1)
+        value = serving * age / target
         candidates.append(
-            (value, f"oldest job {age:.0f}s over target {target:g}s at {max(current, 1)} replicas")
+            (value, f"oldest job {age:.0f}s over target {target:g}s at {serving} serving replicas")
         )
     if not candidates:
         return None, ""
     return max(candidates, key=lambda c: c[0])
+
+
+def _count_serving(queue: stats.QueueStats) -> int:
+    """Workers that heartbeat and are not draining (one worker per pod)."""
+    return sum(1 for w in queue.workers if not w.draining)
 
 
 def build_deletion_costs(

@@ -460,7 +460,10 @@ def build_scaled_object(pool: api.Pool) -> Manifest:
         "triggers": triggers,
     }
     if a.on_metric_failure == "fallback" and a.fallback_replicas is not None:
-        scaled["fallback"] = {"failureThreshold": 3, "replicas": a.fallback_replicas}
+        scaled["fallback"] = {
+            "failureThreshold": a.failure_threshold,
+            "replicas": a.fallback_replicas,
+        }
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",

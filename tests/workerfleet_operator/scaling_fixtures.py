@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from workerfleet_operator import autoscaling
+from workerfleet_operator import api, autoscaling
 
 from worker_runtime import stats
 
@@ -126,3 +126,16 @@ def direction_changes(values: Sequence[int]) -> int:
     """How often the replica count turned around (up then down, or down then up)."""
     moves = [b - a for a, b in itertools.pairwise(values) if b != a]
     return sum(1 for a, b in itertools.pairwise(moves) if (a > 0) != (b > 0))
+
+
+def pool_policy(**autoscaling_fields: object) -> autoscaling.ScalingPolicy:
+    """The policy of a WorkerPool with the given ``spec.autoscaling`` (CRD names)."""
+    spec = api.WorkerPoolSpec.model_validate(
+        {
+            "image": "registry.example/worker:1",
+            "app": "emails.tasks:app",
+            "queue": {"name": "emails", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}},
+            "autoscaling": {"maxReplicas": 50, **autoscaling_fields},
+        }
+    )
+    return api.build_scaling_policy(spec)

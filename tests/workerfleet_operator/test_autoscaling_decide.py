@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import scaling_fixtures as fx
-from workerfleet_operator import api, autoscaling
+from workerfleet_operator import autoscaling
 from workerfleet_operator.autoscaling import ScalingPolicy, StepPolicy
 
 # Backlog is the only signal, so expected counts follow from "backlog / 100" alone.
@@ -44,19 +44,6 @@ def test_a_traffic_spike_scales_up_at_once_within_the_step_limits() -> None:
     assert all(d.changed for d in decisions)
 
 
-def _pool_policy(**autoscaling_fields: object) -> ScalingPolicy:
-    """The policy of a WorkerPool with the given ``spec.autoscaling`` (CRD names)."""
-    spec = api.WorkerPoolSpec.model_validate(
-        {
-            "image": "registry.example/worker:1",
-            "app": "emails.tasks:app",
-            "queue": {"name": "emails", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}},
-            "autoscaling": {"maxReplicas": 50, **autoscaling_fields},
-        }
-    )
-    return api.build_scaling_policy(spec)
-
-
 @pytest.mark.parametrize(
     ("fields", "signals", "reason"),
     [
@@ -86,7 +73,7 @@ def test_a_workerpool_target_of_zero_turns_its_signal_off(
     fields: dict[str, object], signals: dict[str, float | None], reason: str
 ) -> None:
     # Given a WorkerPool with some signals off, at 2 replicas, and 530 jobs waiting
-    policy = _pool_policy(**fields)
+    policy = fx.pool_policy(**fields)
     # When the scaler decides
     decision = fx.run(policy, [fx.Poll(0, fx.queue_stats(0, backlog=530))], current=2)[0]
     # Then only the signals that are on count, and the largest one wins
@@ -96,10 +83,11 @@ def test_a_workerpool_target_of_zero_turns_its_signal_off(
 
 
 def test_a_workerpool_with_only_the_latency_signal_scales_on_the_oldest_job_age() -> None:
-    policy = _pool_policy(
+    policy = fx.pool_policy(
         targetBacklogPerReplica=0, targetUtilization=0, targetOldestJobAgeSeconds=10
     )
-    poll = fx.Poll(0, fx.queue_stats(0, backlog=530, oldest_job_age_seconds=30))
+    serving = [fx.heartbeat(f"p{n}", in_flight=8) for n in range(2)]
+    poll = fx.Poll(0, fx.queue_stats(0, backlog=530, oldest_job_age_seconds=30, workers=serving))
     decision = fx.run(policy, [poll], current=2)[0]
     assert decision.signals["backlog"] is None
     assert decision.signals["capacity"] is None
@@ -341,11 +329,15 @@ def test_after_an_outage_the_scaler_does_not_scale_down_before_the_window() -> N
 def test_a_metric_outage_with_fallback_goes_to_the_fallback_replicas(
     fallback: int, max_replicas: int, expected: int, clamp: str
 ) -> None:
+    # Acting on the first failure, without windows or step limits, to isolate the target.
     policy = replace(
         BACKLOG_ONLY,
         on_metric_failure="fallback",
         fallback_replicas=fallback,
         max_replicas=max_replicas,
+        failure_threshold=1,
+        scale_up=StepPolicy(0, None, None),
+        scale_down=StepPolicy(0, None, None),
     )
     decision = fx.run(policy, fx.outage(0, 1, "TimeoutError"), current=7)[0]
     assert decision.desired == expected
@@ -476,7 +468,8 @@ def test_an_oldest_job_older_than_the_target_scales_up_even_before_rates_are_kno
     age: float, current: int, expected_signal: float | None
 ) -> None:
     policy = replace(LATENCY, target_oldest_job_age_seconds=10)
-    stats = fx.queue_stats(0, backlog=50, oldest_job_age_seconds=age)
+    serving = [fx.heartbeat(f"p{n}", in_flight=2) for n in range(current)]
+    stats = fx.queue_stats(0, backlog=50, oldest_job_age_seconds=age, workers=serving)
     decision = fx.run(policy, [fx.Poll(0, stats)], current=current)[0]
     assert decision.signals["latency"] == (
         None if expected_signal is None else pytest.approx(expected_signal)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -100,6 +100,24 @@ def test_a_burst_of_jobs_raises_replicas_within_one_polling_interval(
     assert status["autoscaling"]["rawDesired"] > 4 and status["autoscaling"]["clampedBy"]
 
 
+def create_pods(emu: Emulator, name: str, suffixes: Sequence[str]) -> list[str]:
+    """Pods carrying the pool Deployment's template labels (the emulator runs no ReplicaSet)."""
+    dep = emu.get("deployments", NAMESPACE, name, group="apps")
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    pods = [f"{name}-7c9f-{suffix}" for suffix in suffixes]
+    for pod in pods:
+        emu.create(
+            "pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "namespace": NAMESPACE, "labels": labels},
+                "spec": {"containers": [{"name": "worker", "image": "x"}]},
+            },
+        )
+    return pods
+
+
 def _heartbeats(server: QueueRedis, queue_name: str, beats: list[engine.WorkerBeat]) -> None:
     async def run() -> None:
         client = redis.asyncio.Redis.from_url(server.url)
@@ -145,19 +163,7 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
         scaleDown={"stabilizationWindowSeconds": 1, "maxStepPercent": 50},
     )
     scale_up_to_four(emulator, queue_redis, "emails")
-    dep = emulator.get("deployments", NAMESPACE, "emails", group="apps")
-    labels = dep["spec"]["template"]["metadata"]["labels"]
-    pods = [f"emails-7c9f-{suffix}" for suffix in ("busy0", "idle1", "idle2", "idle3")]
-    for name in pods:
-        emulator.create(
-            "pods",
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
-                "spec": {"containers": [{"name": "worker", "image": "x"}]},
-            },
-        )
+    pods = create_pods(emulator, "emails", ("busy0", "idle1", "idle2", "idle3"))
     now = time.time()
     _heartbeats(
         queue_redis,

@@ -35,6 +35,8 @@ def build_scaling_policy(spec: WorkerPoolSpec) -> autoscaling.ScalingPolicy:
         ),
         on_metric_failure=a.on_metric_failure,
         fallback_replicas=a.fallback_replicas,
+        failure_threshold=a.failure_threshold,
+        tolerance=a.tolerance,
         mode=a.mode,
         dry_run=a.dry_run,
         replicas=a.replicas,

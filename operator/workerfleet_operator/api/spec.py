@@ -499,6 +499,25 @@ class AutoscalingSpec(SpecModel):
         le=1000,
         description="Replicas while the queue cannot be read (with onMetricFailure: fallback).",
     )
+    failure_threshold: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description=(
+            "Consecutive failed queue reads before onMetricFailure: fallback applies (KEDA's "
+            "failureThreshold); until then the replicas hold. The way to fallbackReplicas then "
+            "goes through the scaleUp/scaleDown windows and steps like any other decision."
+        ),
+    )
+    tolerance: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "No scaling while the largest signal is within this fraction of the current "
+            "replicas (the HPA's tolerance): 0.1 keeps 40 replicas for anything from 36 to 44."
+        ),
+    )
     dry_run: bool = Field(
         default=False,
         description=(

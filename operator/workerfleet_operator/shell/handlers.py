@@ -720,7 +720,9 @@ class PoolController:
             if foreign:
                 self._block_replicas(foreign)
                 return False
-            if decision.desired < current and attempt == 0:
+            # Costs rank pods by their heartbeats: without stats (a fallback during an outage)
+            # every pod would look dead, so none is marked and the ReplicaSet picks.
+            if decision.desired < current and attempt == 0 and observation.stats is not None:
                 await self._mark_deletion_costs(deployment, observation)
             try:
                 # Forced only against our own managers (the creation apply co-owns the field),
@@ -777,9 +779,10 @@ class PoolController:
         )
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         names = [p["metadata"]["name"] for p in live]
-        workers = observation.stats.workers if observation.stats is not None else ()
-        now = observation.stats.now if observation.stats is not None else self.ctx.wall_clock()
-        costs = autoscaling.build_deletion_costs(workers, names, now)
+        assert observation.stats is not None
+        costs = autoscaling.build_deletion_costs(
+            observation.stats.workers, names, observation.stats.now
+        )
         current = {
             p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
                 kube.DELETION_COST_ANNOTATION
