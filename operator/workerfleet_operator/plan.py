@@ -360,19 +360,25 @@ def _build_rollout_conditions(
 
 
 def _build_queue_status(
-    stats: QueueStatsView, decision: autoscaling.Decision | None, now: dt.datetime
+    stats: QueueStatsView,
+    decision: autoscaling.Decision | None,
+    now: dt.datetime,
+    before: api.QueueStatus | None,
 ) -> api.QueueStatus:
     rates = decision.rates if decision is not None else None
+    arrival = None if rates is None or rates.arrival is None else round(rates.arrival, 4)
+    completion = None if rates is None or rates.completion is None else round(rates.completion, 4)
+    # Rates need two reads: until an operator (re)started has them, the last measured ones stay.
+    if arrival is None and completion is None and before is not None:
+        arrival, completion = before.arrival_rate, before.completion_rate
     return api.QueueStatus(
         backlog=stats.backlog,
         in_flight=stats.in_flight,
         delayed=stats.future_delayed,
         dead_letter=stats.dead_letter,
         oldest_job_age_seconds=round(float(stats.oldest_job_age_seconds), 3),
-        arrival_rate=None if rates is None or rates.arrival is None else round(rates.arrival, 4),
-        completion_rate=None
-        if rates is None or rates.completion is None
-        else round(rates.completion, 4),
+        arrival_rate=arrival,
+        completion_rate=completion,
         workers=len(stats.workers),
         observed_time=api.build_timestamp(now),
     )
@@ -541,7 +547,10 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     before = observed.previous
     if observed.stats is not None:
         queue_status: api.QueueStatus | None = _build_queue_status(
-            observed.stats, observed.decision, observed.now
+            observed.stats,
+            observed.decision,
+            observed.now,
+            before.queue if before is not None else None,
         )
     else:
         queue_status = before.queue if before is not None else None

@@ -28,7 +28,8 @@ HTTP) in ~600 lines of aiohttp that we control. What it implements, on purpose:
   simplification of the real list-map merge);
 - deletion with finalizers (``deletionTimestamp``) and background garbage collection of objects
   whose ``ownerReferences`` point at a deleted uid;
-- fault injection for the conflict tests (``inject_failure``) and a request log with counters;
+- fault injection for the conflict tests (``inject_failure``), a request log with counters and
+  a log of each watch's label selector;
 - an optional fake Deployment controller that copies ``spec.replicas`` into ``status``.
 
 Not implemented: schema/CEL validation, admission, authentication (any token is accepted).
@@ -357,6 +358,8 @@ class Emulator:
         self._stalled: set[int] = set()
         self.request_counts: collections.Counter[str] = collections.Counter()
         self.request_log: collections.deque[tuple[str, str, int]] = collections.deque(maxlen=50_000)
+        # (path, labelSelector) of every watch opened: what a client asked the server to filter
+        self.watch_log: collections.deque[tuple[str, str]] = collections.deque(maxlen=1_000)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -1052,6 +1055,7 @@ class Emulator:
         self, request: web.Request, res: Resource, namespace: str | None, name: str | None
     ) -> web.StreamResponse:
         query = request.query
+        self.watch_log.append((request.path, query.get("labelSelector", "")))
         selector = _parse_selector(query.get("labelSelector", ""))
         fields = self._fields(query.get("fieldSelector", ""))
         if name:

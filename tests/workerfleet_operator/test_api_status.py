@@ -71,3 +71,24 @@ def test_an_unreadable_stored_status_is_treated_as_absent() -> None:
     # unknown fields from a newer operator are ignored rather than fatal
     parsed = api.parse_status({"observedGeneration": 2, "somethingNew": {"a": 1}})
     assert parsed is not None and parsed.observed_generation == 2
+
+
+def test_a_status_field_that_no_longer_applies_is_sent_as_null_so_the_merge_removes_it() -> None:
+    stored = {
+        "observedGeneration": 3,
+        "autoscaling": {"mode": "builtin", "chosen": "backlog", "signals": {"backlog": 4.0}},
+        "conditions": [{"type": "Ready"}],
+    }
+    now = api.WorkerPoolStatus(
+        observed_generation=4,
+        autoscaling=api.AutoscalingStatus(mode="disabled", reason="fixed"),
+    )
+    assert api.build_status_patch(now, stored) == {
+        "observedGeneration": 4,
+        "autoscaling": {"mode": "disabled", "reason": "fixed", "chosen": None, "signals": None},
+        "conditions": None,
+    }
+    assert api.build_status_patch(now) == {
+        "observedGeneration": 4,
+        "autoscaling": {"mode": "disabled", "reason": "fixed"},
+    }

@@ -80,7 +80,11 @@ def test_mode_changes_create_and_remove_the_right_children(
         lambda: emulator.get("podmonitors", NAMESPACE, "emails", group="monitoring.coreos.com"),
         message="no PodMonitor",
     )
-    assert emulator.get("poddisruptionbudgets", NAMESPACE, "emails", group="policy")
+    # (applied in order: the budget comes after the PodMonitor)
+    wait_until(
+        lambda: emulator.get("poddisruptionbudgets", NAMESPACE, "emails", group="policy"),
+        message="no PodDisruptionBudget",
+    )
     assert emulator.list("services", NAMESPACE)
     # When the pool switches to keda mode
     emulator.patch(
@@ -218,3 +222,42 @@ def test_dry_run_records_decisions_without_applying_them(
     )
     assert replicas(emulator, "emails") == 0
     assert autoscaler_writes(emulator) == writes
+
+
+def test_switching_to_disabled_clears_the_builtin_decision_fields_from_status(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a builtin pool that has scaled on a backlog (its status shows the decision)
+    given_a_running_pool(emulator, queue_redis, operator)
+    enqueue(queue_redis, "emails", 400)
+    wait_until(
+        lambda: (
+            (pool(emulator, "emails") or {})
+            .get("status", {})
+            .get("autoscaling", {})
+            .get("lastScaleTime")
+        ),
+        message="no scale recorded",
+    )
+    # When the pool switches to disabled mode with 2 fixed replicas
+    emulator.patch(
+        "workerpools",
+        NAMESPACE,
+        "emails",
+        {"spec": {"autoscaling": {"mode": "disabled", "replicas": 2}}},
+        group=GROUP,
+    )
+    # Then status.autoscaling says disabled and keeps nothing of the builtin decision
+    shown = wait_until(
+        lambda: (
+            (a := (pool(emulator, "emails") or {}).get("status", {}).get("autoscaling", {})).get(
+                "mode"
+            )
+            == "disabled"
+            and a
+        ),
+        message="status.autoscaling never switched to disabled",
+    )
+    left = {"signals", "chosen", "rawDesired", "clampedBy", "lastScaleTime"} & set(shown)
+    assert not left, f"builtin fields left in status.autoscaling: {shown}"
+    assert shown["reason"] == "autoscaling disabled: fixed replicas 2"

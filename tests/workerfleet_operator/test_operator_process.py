@@ -129,6 +129,24 @@ def test_a_namespaced_operator_only_manages_its_namespaces(
     )
 
 
+def test_the_deployment_watch_asks_the_api_server_only_for_pools_deployments(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a running pool (its Deployment is watched)
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    operator()
+    emulator.create("workerpools", build_pool("emails"), group=GROUP)
+    wait_until(
+        lambda: emulator.get("deployments", "default", "emails", group="apps"),
+        message="no Deployment",
+    )
+    # Then every Deployment watch carries the pool label as its selector: the server filters,
+    # so the operator never receives the other Deployments of its namespaces
+    watches = [sel for path, sel in list(emulator.watch_log) if path.endswith("/deployments")]
+    assert watches, "no Deployment watch"
+    assert all(sel == "workerfleet.io/pool" for sel in watches), watches
+
+
 def test_a_silently_stalled_watch_is_detected_and_the_operator_catches_up(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:

@@ -155,6 +155,30 @@ def test_deleting_a_pool_removes_its_children_and_keeps_its_queue_data(
     assert set(keys_before) <= set(queue_redis.client().keys("*"))
 
 
+def test_a_deleted_pools_redis_client_and_secret_value_are_released_with_its_last_user(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given two pools reading their queues through the same Secret
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    runner = operator()
+    for name in ("emails", "invoices"):
+        emulator.create("workerpools", build_pool(name), group="workerfleet.io")
+    for name in ("emails", "invoices"):
+        wait_until(lambda n=name: _queue_status(emulator, n), message=f"{name} never read")
+    ctx = runner.context
+    assert ctx.queues.open_client_count() == 1 and len(ctx.secrets) == 1
+    # When one pool is deleted, the shared client and value stay for the other
+    emulator.delete("workerpools", NAMESPACE, "emails", group="workerfleet.io")
+    wait_until(lambda: ("default", "emails") not in ctx.pools, message="emails never stopped")
+    assert ctx.queues.open_client_count() == 1 and len(ctx.secrets) == 1
+    # When the last one goes, its Redis client is closed and the decoded URL is forgotten
+    emulator.delete("workerpools", NAMESPACE, "invoices", group="workerfleet.io")
+    wait_until(
+        lambda: ctx.queues.open_client_count() == 0 and not ctx.secrets,
+        message="the Redis client or the Secret value outlived every pool using it",
+    )
+
+
 def test_conflicts_and_server_errors_are_retried_without_a_crash_loop(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:

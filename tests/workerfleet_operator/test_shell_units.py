@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import pathlib
+import ssl
+import subprocess
+import tempfile
+
+import kopf
 import pytest
 from workerfleet_operator.shell import handlers, kube, queue
 
@@ -67,3 +73,29 @@ def test_a_status_merge_that_changes_nothing_is_detected() -> None:
     assert handlers._merge(stored, {"queue": {"backlog": 3}}) == stored
     assert handlers._merge(stored, {"queue": {"backlog": 4}}) != stored
     assert handlers._merge(stored, {"replicas": None}) == {"queue": stored["queue"]}
+
+
+def test_a_client_key_given_as_kubeconfig_data_leaves_no_file_behind(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a client certificate and key as inline data (client-*-data in a kubeconfig)
+    key, cert = tmp_path / "client.key", tmp_path / "client.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=workerfleet-test", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    info = kopf.ConnectionInfo(
+        server="https://127.0.0.1:6443",
+        insecure=True,
+        certificate_data=cert.read_bytes(),
+        private_key_data=key.read_bytes(),
+    )
+    # When the operator's client is built from it
+    client = kube.KubeClient(info)
+    # Then the TLS context holds the certificate, and no copy of the key is left on disk
+    assert isinstance(client._ssl, ssl.SSLContext)
+    assert list(scratch.iterdir()) == []

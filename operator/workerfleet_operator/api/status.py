@@ -192,6 +192,25 @@ def build_condition(
     )
 
 
-def build_status_patch(status: WorkerPoolStatus) -> dict[str, Any]:
-    """The status as the JSON the API server stores (camelCase, unset fields left out)."""
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+def build_status_patch(
+    status: WorkerPoolStatus, stored: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The status as the JSON the API server stores (camelCase, unset fields left out).
+
+    With ``stored`` (the status as the API server has it), the result is the merge patch that
+    turns ``stored`` into ``status``: a field set there and unset now is sent as ``null``, so
+    it is removed instead of keeping a value that no longer applies (RFC 7386 keeps what a
+    merge patch leaves out).
+    """
+    wanted = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return _null_what_is_gone(wanted, stored) if stored else wanted
+
+
+def _null_what_is_gone(wanted: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    patch = dict(wanted)
+    for key, before in stored.items():
+        if key not in wanted:
+            patch[key] = None
+        elif isinstance(before, Mapping) and isinstance(wanted[key], dict):
+            patch[key] = _null_what_is_gone(wanted[key], before)
+    return patch

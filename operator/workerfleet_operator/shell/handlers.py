@@ -49,7 +49,7 @@ from typing import Any
 
 import kopf
 
-from workerfleet_operator import api, autoscaling
+from workerfleet_operator import api, autoscaling, manifests
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import kube, metrics, queue
@@ -104,6 +104,18 @@ class OperatorContext:
         self.secrets[(namespace, name, key)] = (now, value)
         return now, value
 
+    async def release_unused(self) -> None:
+        """Forget Secret values and close Redis clients that no running pool uses any more.
+
+        Called when a pool stops: a deleted pool's decoded URL must not stay in memory, nor
+        its connection pool open, for the rest of the operator's life.
+        """
+        keys = {p.secret_key for p in self.pools.values() if p.secret_key is not None}
+        in_use = {(k.namespace, k.secret, k.key) for k in keys}
+        for cached in [c for c in self.secrets if c not in in_use]:
+            del self.secrets[cached]
+        await self.queues.close_unused(keys)
+
     def fetch_client(self) -> kube.KubeClient:
         if self.client is None:
             if self.login is None:
@@ -138,6 +150,9 @@ def build_settings(cfg: config_module.OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.standalone = cfg.peering is None
     if cfg.peering is not None:
         settings.peering.name = cfg.peering
+    # Only Deployments carrying the pool label, filtered by the API server: the operator never
+    # receives (nor decodes) the other Deployments of the namespaces it watches.
+    settings.watching.label_selectors["apps", "deployments"] = manifests.POOL_LABEL
     # The CRD is installed before the operator; no need to watch CRDs or list namespaces.
     settings.scanning.disabled = True
     settings.networking.request_timeout = 60
@@ -399,6 +414,8 @@ class PoolController:
             self.namespace, secret_name, secret_key, value.resource_version
         )
         self.secret_read_at = read_at
+        if key is not None and not same:
+            await self.ctx.release_unused()  # the pool moved to another Secret (or key)
         return plan_mod.SecretCheck("ok", version=value.version)
 
     def _observed(self, secret: plan_mod.SecretCheck, **more: Any) -> plan_mod.Observed:
@@ -542,9 +559,9 @@ class PoolController:
         if body is None:
             return
         self._export_conditions(status_model)
-        status = api.build_status_patch(status_model)
         stored = api.parse_status(body.get("status"))
         stored_patch = api.build_status_patch(stored) if stored is not None else {}
+        status = api.build_status_patch(status_model, stored_patch)
         if _merge(_without_observed_time(stored_patch), _without_observed_time(status)) != (
             _without_observed_time(stored_patch)
         ):
@@ -982,6 +999,7 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
             controller = ctx.pools.pop(key, None)
             if controller is not None:
                 await controller.stop()
+                await ctx.release_unused()
             return
         controller = ctx.pools.get(key)
         if controller is None:

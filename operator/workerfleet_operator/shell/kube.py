@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -175,24 +176,33 @@ def _build_ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
         cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
         cafile = os.fsdecode(info.ca_path) if info.ca_path else None
         context = ssl.create_default_context(cafile=cafile, cadata=cadata or None)
-    cert = _as_file(info.certificate_path, info.certificate_data)
-    key = _as_file(info.private_key_path, info.private_key_data)
-    if cert and key:
-        context.load_cert_chain(cert, key)
+    with contextlib.ExitStack() as files:
+        cert = _as_file(files, info.certificate_path, info.certificate_data)
+        key = _as_file(files, info.private_key_path, info.private_key_data)
+        if cert and key:
+            # ssl reads both files here, once: the temporary copies are deleted on leaving.
+            context.load_cert_chain(cert, key)
     return context
 
 
-def _as_file(path: str | bytes | os.PathLike[Any] | None, data: str | bytes | None) -> str | None:
-    """A client certificate or key as a file path (ssl needs files); data goes to a 0600 file."""
+def _as_file(
+    files: contextlib.ExitStack,
+    path: str | bytes | os.PathLike[Any] | None,
+    data: str | bytes | None,
+) -> str | None:
+    """A client certificate or key as a file path (ssl needs files).
+
+    Inline data goes to a 0600 temporary file that ``files`` deletes when it closes: a client
+    key from a kubeconfig is never left on disk.
+    """
     if path:
         return os.fsdecode(path)
     if not data:
         return None
     raw = data.encode() if isinstance(data, str) else data
-    handle = tempfile.NamedTemporaryFile(prefix="workerfleet-", delete=False)  # noqa: SIM115
-    with handle:
-        os.chmod(handle.name, 0o600)
-        handle.write(raw)
+    handle = files.enter_context(tempfile.NamedTemporaryFile(prefix="workerfleet-"))  # noqa: SIM115
+    handle.write(raw)
+    handle.flush()
     return handle.name
 
 

@@ -114,6 +114,16 @@ class QueueReader:
             )
         return autoscaling.Observation(stats=queue_stats, error=None)
 
+    def open_client_count(self) -> int:
+        """How many Redis clients (connection pools) are cached."""
+        return len(self._clients)
+
+    async def close_unused(self, in_use: set[ClientKey]) -> None:
+        """Close and forget every client no pool uses any more (a deleted pool's, a rotated
+        Secret's): an operator that outlives many pools keeps no connection pools for them."""
+        for key in [k for k in self._clients if k not in in_use]:
+            await self._clients.pop(key).aclose()
+
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
