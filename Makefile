@@ -37,8 +37,8 @@ test-fast: deps venv ## the tests without the control plane and the chaos run
 e2e: deps venv testbin ## only the end-to-end tests on the real Kubernetes control plane
 	$(PYTEST) -p no:cacheprovider -m e2e tests
 
-chaos: deps venv ## only the chaos test (CHAOS_JOBS=N for a bigger run)
-	$(PYTEST) -p no:cacheprovider -m chaos -s tests
+chaos: deps venv ## only the fault suite: scenarios on real processes, judged by history (CHAOS_JOBS=N for more)
+	$(PYTEST) -p no:cacheprovider -m chaos tests
 
 chart-check: deps venv ## only the packaging checks: helm lint/template, promtool, checkov, RBAC
 	$(PYTEST) -p no:cacheprovider -m chart tests

@@ -1,0 +1,202 @@
+"""The history checker catches each kind of broken promise in a hand-made history.
+
+The fault suite is only as good as its checker, so the checker is tested on its own: a clean
+history passes, and a lost job, a wrongly dead-lettered job, a phantom completion, an
+unexplained duplicate, a duplicate beyond its fault's bound and a double ack are each caught.
+"""
+
+from __future__ import annotations
+
+from tests.chaos import history as h
+
+MAX_ATTEMPTS = 4
+
+
+def _check(
+    enqueues: list[h.Enqueue],
+    runs: list[h.Run],
+    faults: list[h.Fault] | None = None,
+    *,
+    dead: dict[str, tuple[str, float]] | None = None,
+    live: set[str] | None = None,
+    acks: set[tuple[str, str]] | None = None,
+) -> h.Verdict:
+    final = h.Final(dead=dead or {}, live=live or set(), acks=acks or set())
+    return h.check_history(enqueues, runs, faults or [], final, max_attempts=MAX_ATTEMPTS)
+
+
+def _ok(job: str, run: str, pid: int, start: float) -> h.Run:
+    return h.Run(job, run, pid, start, start + 0.1, True)
+
+
+def test_a_clean_history_of_completions_retries_and_a_poison_job_has_no_violation() -> None:
+    # Given a job that ran once, a transient one retried after its failure, and a poison job
+    enqueues = [
+        h.Enqueue("a", 1.0, True),
+        h.Enqueue("b", 1.0, True, fails=1),
+        h.Enqueue("p", 1.0, True, fails=h.POISON),
+    ]
+    runs = [
+        _ok("a", "a1", 10, 2.0),
+        h.Run("b", "b1", 10, 2.0, 2.1, False),
+        _ok("b", "b2", 11, 3.0),
+        *(h.Run("p", f"p{i}", 10, 2.0 + i, 2.1 + i, False) for i in range(MAX_ATTEMPTS)),
+    ]
+    # When the checker judges it
+    v = _check(enqueues, runs, dead={"p": ("max_attempts", 9.0)}, acks={("a", "a1"), ("b", "b2")})
+    # Then nothing is violated and each job is counted where it ended
+    assert v.violations == 0, v.describe()
+    assert (v.enqueued, v.completed, v.dead_lettered, v.duplicates, v.runs) == (3, 2, 1, 0, 7)
+
+
+def test_an_acknowledged_enqueue_that_never_ends_anywhere_is_lost() -> None:
+    # Given two acknowledged enqueues, one of which vanished without a run, and one stuck job
+    enqueues = [h.Enqueue("a", 1.0, True), h.Enqueue("gone", 1.0, True), h.Enqueue("s", 1, True)]
+    v = _check(enqueues, [_ok("a", "a1", 10, 2.0)], live={"s"})
+    # Then both are lost
+    assert v.lost == 2
+    assert {x.split()[0] for x in v.examples["lost"]} == {"gone", "s"}
+
+
+def test_an_unanswered_enqueue_that_never_ran_is_not_lost() -> None:
+    # Given an enqueue whose reply never came (Redis may never have applied it)
+    v = _check([h.Enqueue("maybe", 1.0, False)], [])
+    # Then it is counted as unanswered, not lost
+    assert (v.lost, v.unanswered, v.enqueued) == (0, 1, 0)
+
+
+def test_an_acknowledged_write_lost_inside_a_write_losing_faults_window_is_counted_apart() -> None:
+    # Given a Redis kill -9 at t=10 under appendfsync everysec (may lose ~1 s of writes)
+    kill = h.Fault("redis_kill", 10.0, 10.0, loses_writes=True, write_window=2.0)
+    enqueues = [h.Enqueue("recent", 9.5, True), h.Enqueue("old", 5.0, True)]
+    # When both jobs are gone without a run
+    v = _check(enqueues, [], [kill])
+    # Then the one inside the window is a reported fault loss, the older one is lost
+    assert (v.writes_lost_to_fault, v.lost) == (1, 1)
+    assert v.examples["lost"] == ("old",)
+
+
+def test_a_dead_lettered_job_whose_run_succeeded_is_wrongly_dead() -> None:
+    # Given a healthy job that ran to success yet sits in the DLQ as max_deliveries
+    # (a worker reclaimed its own running job until the delivery limit)
+    kill = h.Fault("kill", 2.5, 2.5, pid=10, capacity=8)
+    runs = [_ok("a", "a1", 10, 2.0), _ok("a", "a2", 11, 3.0)]
+    v = _check([h.Enqueue("a", 1.0, True)], runs, [kill], dead={"a": ("max_deliveries", 4.0)})
+    # Then it is wrongly dead
+    assert v.wrongly_dead == 1
+    assert v.examples["wrongly_dead"] == ("a (max_deliveries)",)
+
+
+def test_a_dead_letter_reason_that_does_not_fit_the_job_is_wrongly_dead() -> None:
+    # Given a job failing once (fewer than its attempts) dead-lettered as max_attempts, and a
+    # healthy job dead-lettered as max_deliveries with no fault anywhere
+    enqueues = [h.Enqueue("t", 1.0, True, fails=1), h.Enqueue("q", 1.0, True)]
+    runs = [h.Run("t", "t1", 10, 2.0, 2.1, False)]
+    dead = {"t": ("max_attempts", 3.0), "q": ("max_deliveries", 3.0)}
+    v = _check(enqueues, runs, dead=dead)
+    # Then both are wrongly dead
+    assert v.wrongly_dead == 2
+
+
+def test_legitimate_dead_letters_are_not_wrongly_dead() -> None:
+    # Given bad bytes dead-lettered as invalid, and a healthy job whose every delivery was
+    # interrupted by kills until the delivery limit
+    kills = [h.Fault("kill", t, t, pid=10, capacity=8) for t in (2.5, 3.5)]
+    enqueues = [h.Enqueue("bad", 1.0, True, bad=True), h.Enqueue("k", 1.0, True)]
+    runs = [h.Run("k", "k1", 10, 2.0), h.Run("k", "k2", 10, 3.0)]
+    dead = {"bad": ("unparseable_json", 2.0), "k": ("max_deliveries", 4.0)}
+    v = _check(enqueues, runs, kills, dead=dead)
+    # Then neither is wrongly dead, and the second run is a duplicate the first kill explains
+    assert (v.wrongly_dead, v.duplicates, v.violations) == (0, 1, 0), v.describe()
+
+
+def test_a_run_or_ack_of_a_job_never_enqueued_is_a_phantom() -> None:
+    # Given a completion and an ack of a job id the harness never enqueued, and a DLQ entry
+    # of another
+    runs = [_ok("a", "a1", 10, 2.0), _ok("ghost", "g1", 10, 2.0)]
+    v = _check(
+        [h.Enqueue("a", 1.0, True)],
+        runs,
+        dead={"ghost2": ("max_attempts", 3.0)},
+        acks={("a", "a1"), ("ghost", "g1")},
+    )
+    # Then both ids are phantoms
+    assert v.phantoms == 2
+    assert set(v.examples["phantom"]) == {"ghost", "ghost2"}
+
+
+def test_a_second_run_without_a_fault_is_an_unexplained_duplicate() -> None:
+    # Given a job that succeeded and ran again, with no fault at all
+    runs = [_ok("a", "a1", 10, 2.0), _ok("a", "a2", 11, 5.0)]
+    v = _check([h.Enqueue("a", 1.0, True)], runs)
+    # Then the second run is an unexplained duplicate
+    assert (v.duplicates, v.unexplained_duplicates) == (1, 1)
+
+
+def test_a_fault_on_another_worker_or_at_another_time_does_not_explain_a_duplicate() -> None:
+    # Given a duplicate of a run on worker 10, and kills of worker 11 then, and of 10 later
+    faults = [
+        h.Fault("kill", 3.0, 3.0, pid=11, capacity=8),
+        h.Fault("kill", 9.0, 9.0, pid=10, capacity=8),
+    ]
+    runs = [h.Run("a", "a1", 10, 2.0), _ok("a", "a2", 12, 5.0)]
+    v = _check([h.Enqueue("a", 1.0, True)], runs, faults)
+    # Then it stays unexplained
+    assert v.unexplained_duplicates == 1
+
+
+def test_a_stop_of_the_first_runs_worker_explains_its_duplicate() -> None:
+    # Given worker 10 stopped past its lease while running a job that another worker then
+    # ran, and worker 10's run finishing after it was continued
+    stop = h.Fault("sigstop", 2.5, 6.0, pid=10, capacity=8)
+    runs = [h.Run("a", "a1", 10, 2.0, 6.1, True), _ok("a", "a2", 11, 4.5)]
+    v = _check([h.Enqueue("a", 1.0, True)], runs, [stop], acks={("a", "a2")})
+    # Then the duplicate is explained and nothing is violated
+    assert (v.duplicates, v.violations, v.completed) == (1, 0, 1), v.describe()
+
+
+def test_duplicates_beyond_a_faults_capacity_are_over_the_bound() -> None:
+    # Given one kill of a worker that could hold 2 jobs, followed by 3 re-runs
+    kill = h.Fault("kill", 2.5, 2.5, pid=10, capacity=2)
+    enqueues = [h.Enqueue(j, 1.0, True) for j in "abc"]
+    runs = [r for j in "abc" for r in (h.Run(j, j + "1", 10, 2.0), _ok(j, j + "2", 11, 3.0))]
+    v = _check(enqueues, runs, [kill])
+    # Then two are explained and one is over the bound
+    assert (v.duplicates, v.unexplained_duplicates, v.duplicates_over_bound) == (3, 0, 1)
+
+
+def test_two_accepted_acks_of_one_job_are_a_double_ack() -> None:
+    # Given a job run twice (explained by a stop) whose two runs were BOTH acknowledged
+    stop = h.Fault("sigstop", 2.5, 6.0, pid=10, capacity=8)
+    runs = [h.Run("a", "a1", 10, 2.0, 6.1, True), _ok("a", "a2", 11, 4.5)]
+    v = _check([h.Enqueue("a", 1.0, True)], runs, [stop], acks={("a", "a1"), ("a", "a2")})
+    # Then fencing failed: one double ack
+    assert v.double_acks == 1
+    assert v.violations == 1
+
+
+def test_a_stop_of_the_later_runs_worker_explains_a_run_right_after_it_continues() -> None:
+    # Given worker 10 stopped while it held a fetched job, which worker 11 ran meanwhile, and
+    # worker 10 running it as soon as it was continued (and once more, much later)
+    stop = h.Fault("sigstop", 2.0, 5.0, pid=10, capacity=8)
+    enqueues = [h.Enqueue("a", 1.0, True), h.Enqueue("b", 1.0, True)]
+    runs = [
+        _ok("a", "a1", 11, 4.0),
+        _ok("a", "a2", 10, 5.2),
+        _ok("b", "b1", 11, 4.0),
+        _ok("b", "b2", 10, 9.0),
+    ]
+    v = _check(enqueues, runs, [stop])
+    # Then the run right after the stop is explained, the one 4 s later is not
+    assert (v.duplicates, v.unexplained_duplicates) == (2, 1)
+    assert v.examples["unexplained_duplicate"] == ("b",)
+
+
+def test_a_fault_with_no_capacity_explains_no_duplicate() -> None:
+    # Given the only worker, whose stop past its lease may cause no re-run at all (nobody else
+    # can take its jobs, and it must never reclaim its own), yet its job ran twice
+    stop = h.Fault("sigstop", 2.0, 5.0, pid=10, capacity=0)
+    runs = [_ok("a", "a1", 10, 5.1), _ok("a", "a2", 10, 5.2)]
+    v = _check([h.Enqueue("a", 1.0, True)], runs, [stop])
+    # Then the duplicate is over the bound
+    assert (v.duplicates, v.duplicates_over_bound) == (1, 1)
