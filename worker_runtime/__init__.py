@@ -3,7 +3,7 @@
 Application code imports this package to declare tasks and enqueue jobs; every worker pod runs
 it. It knows nothing of Kubernetes or of the operator.
 
-    from worker_runtime import App, JobContext, Retry, Priority
+    from worker_runtime import App, JobContext, Retry, Priority, CircuitBreaker
 
 The engine (:mod:`worker_runtime.queue`), the worker loop (:mod:`worker_runtime.worker`) and the
 read-only stats (:mod:`worker_runtime.stats`) are imported by their module names.
@@ -22,6 +22,7 @@ from worker_runtime.app import (
     TaskSpec,
 )
 from worker_runtime.backoff import Backoff
+from worker_runtime.circuit import CircuitBreaker, CircuitOpenError
 from worker_runtime.config import WorkerSettings
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "NORMAL",
     "App",
     "Backoff",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "JobContext",
     "Priority",
     "Reject",

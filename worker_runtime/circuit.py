@@ -1,17 +1,26 @@
-"""A small circuit breaker for handlers that call flaky dependencies (pure state machine).
+"""A circuit breaker for handlers that call a flaky dependency (pure state machine, public API).
 
-Application handlers hold one per dependency: ``allow()`` before the call, ``record_success()`` /
-``record_failure()`` after. Closed → Open after ``failure_threshold`` consecutive failures;
-Open → Half-open after ``reset_timeout_seconds``; Half-open lets ``half_open_max_calls`` trial
-calls through, closes on a success and re-opens on a failure. The clock is injected so tests
-control time; when open, raise ``RetryLater(delay=breaker.retry_after())`` to wait in Redis.
+Application handlers hold one breaker per dependency (module level, shared by the worker's
+jobs) and wrap each call in ``with breaker.guard():`` — or use ``allow()`` before the call and
+``record_success()`` / ``record_failure()`` after. ``worker_runtime.retrying`` feeds 503s into one.
+
+Closed → Open after ``failure_threshold`` consecutive failures; Open → Half-open after
+``reset_timeout_seconds``; Half-open lets ``half_open_max_calls`` trial calls through, closes on a
+success and re-opens on a failure. A trial whose outcome is never recorded (its task was
+cancelled or timed out, its code forgot) expires after ``half_open_trial_seconds``, so the
+breaker can never stay half-open forever; ``guard()`` gives a cancelled trial back at once.
+
+While calls are refused, :class:`CircuitOpenError` carries a positive ``retry_after``; raised out
+of a handler, the worker reads it (``exc.retry_after``) and the job waits that long in Redis
+instead of spending its attempts in milliseconds. The clock is injected so tests control time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 
 
@@ -24,7 +33,10 @@ class CircuitState(StrEnum):
 
 
 class CircuitOpenError(RuntimeError):
-    """Raised by :meth:`CircuitBreaker.check` while calls are not allowed."""
+    """Raised by :meth:`CircuitBreaker.check` while calls are not allowed.
+
+    ``retry_after`` (seconds, > 0) is honoured by the worker: the job is retried after it.
+    """
 
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"circuit open; retry in {retry_after:.1f}s")
@@ -40,19 +52,26 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         reset_timeout_seconds: float = 30.0,
         half_open_max_calls: int = 1,
+        half_open_trial_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if failure_threshold < 1 or reset_timeout_seconds <= 0 or half_open_max_calls < 1:
-            raise ValueError("threshold and half-open calls >= 1, reset timeout > 0")
+        trial = half_open_trial_seconds
+        if trial is None:
+            trial = reset_timeout_seconds
+        if failure_threshold < 1 or half_open_max_calls < 1:
+            raise ValueError("failure_threshold and half_open_max_calls must be >= 1")
+        if reset_timeout_seconds <= 0 or trial <= 0:
+            raise ValueError("reset_timeout_seconds and half_open_trial_seconds must be > 0")
         self._threshold = failure_threshold
         self._reset = reset_timeout_seconds
         self._half_open_max = half_open_max_calls
+        self._trial_seconds = trial
         self._clock = clock
         self._lock = threading.Lock()
         self._state = CircuitState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
-        self._trials = 0
+        self._trials: list[float] = []  # start times of the trial calls in flight (half-open)
 
     @property
     def state(self) -> CircuitState:
@@ -62,40 +81,58 @@ class CircuitBreaker:
             return self._state
 
     def _tick(self) -> None:
-        if self._state is CircuitState.OPEN and self._clock() - self._opened_at >= self._reset:
+        now = self._clock()
+        if self._state is CircuitState.OPEN and now - self._opened_at >= self._reset:
             self._state = CircuitState.HALF_OPEN
-            self._trials = 0
+            self._trials = []
+        if self._state is CircuitState.HALF_OPEN:
+            # a trial nobody reported on is forgotten after its time: its slot frees up
+            self._trials = [t for t in self._trials if now - t < self._trial_seconds]
+
+    def _take_trial(self) -> bool:
+        self._tick()
+        if self._state is CircuitState.CLOSED:
+            return True
+        if self._state is CircuitState.HALF_OPEN and len(self._trials) < self._half_open_max:
+            self._trials.append(self._clock())
+            return True
+        return False
+
+    def _wait(self) -> float:
+        """Seconds until a call may go through (0 when one may now); lock held, ticked."""
+        now = self._clock()
+        if self._state is CircuitState.OPEN:
+            return max(0.0, self._reset - (now - self._opened_at))
+        if self._state is CircuitState.HALF_OPEN and len(self._trials) >= self._half_open_max:
+            # a slot frees when the oldest trial reports, or at the latest when it expires
+            return max(0.0, min(self._trials) + self._trial_seconds - now)
+        return 0.0
 
     def allow(self) -> bool:
         """May a call go through now? (Counts a trial call while half-open.)"""
         with self._lock:
-            self._tick()
-            if self._state is CircuitState.CLOSED:
-                return True
-            if self._state is CircuitState.HALF_OPEN and self._trials < self._half_open_max:
-                self._trials += 1
-                return True
-            return False
+            return self._take_trial()
 
     def check(self) -> None:
-        """Raise :class:`CircuitOpenError` unless a call is allowed."""
-        if not self.allow():
-            raise CircuitOpenError(self.retry_after())
+        """Raise :class:`CircuitOpenError` (with a positive ``retry_after``) unless allowed."""
+        with self._lock:
+            if self._take_trial():
+                return
+            wait = self._wait()
+        raise CircuitOpenError(wait if wait > 0 else self._reset)
 
     def retry_after(self) -> float:
-        """Seconds until the breaker lets a trial call through (0 when it would now)."""
+        """Seconds until the breaker lets a call through (0 when it would now)."""
         with self._lock:
             self._tick()
-            if self._state is CircuitState.OPEN:
-                return max(0.0, self._reset - (self._clock() - self._opened_at))
-            return 0.0
+            return self._wait()
 
     def record_success(self) -> None:
         """A call succeeded: close the breaker and forget earlier failures."""
         with self._lock:
             self._state = CircuitState.CLOSED
             self._failures = 0
-            self._trials = 0
+            self._trials = []
 
     def record_failure(self) -> None:
         """A call failed: open after the threshold, or re-open from half-open at once."""
@@ -108,8 +145,33 @@ class CircuitBreaker:
             if self._failures >= self._threshold:
                 self._open()
 
+    def release_trial(self) -> None:
+        """A call ended without a verdict (cancelled): free its half-open trial slot."""
+        with self._lock:
+            if self._state is CircuitState.HALF_OPEN and self._trials:
+                self._trials.pop(0)
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """``with breaker.guard(): call()`` — check, then record the call's outcome.
+
+        Refused → :class:`CircuitOpenError` before the body runs. An ``Exception`` from the
+        body is a failure (and propagates); a normal exit a success; a cancellation (or any
+        other ``BaseException``) says nothing about the dependency and only frees the trial.
+        """
+        self.check()
+        try:
+            yield
+        except Exception:
+            self.record_failure()
+            raise
+        except BaseException:
+            self.release_trial()
+            raise
+        self.record_success()
+
     def _open(self) -> None:
         self._state = CircuitState.OPEN
         self._opened_at = self._clock()
         self._failures = 0
-        self._trials = 0
+        self._trials = []
