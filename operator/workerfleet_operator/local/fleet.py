@@ -4,9 +4,16 @@ Driven by :mod:`workerfleet_operator.local.runner`: it asks for a replica count,
 starts ``python -m worker_runtime worker APP`` processes (the same command as the container's
 ``workerfleet worker``), stops surplus ones with SIGTERM — the cheapest first by the
 autoscaler's deletion costs, so idle workers go and busy ones finish their jobs — and restarts
-crashed ones with a growing back-off, like a kubelet. A stopped worker drains; it is killed with
-SIGKILL only if it outlives its drain budget plus a margin, and every such kill is counted
-(the tests require zero). Terminating workers are not counted as replicas, as in Kubernetes.
+crashed ones with a growing back-off, like a kubelet: the back-off starts again from its first
+step once a run lasted ``HEALTHY_RUN_SECONDS`` (the kubelet resets after twice its longest
+back-off). A stopped worker drains; it is killed with SIGKILL only if it outlives its drain budget
+plus a margin, and every such kill is counted (the tests require zero). Terminating workers are
+not counted as replicas, as in Kubernetes.
+
+Each worker leads its own process group (its own session), like a container: SIGTERM goes to the
+worker alone so that it drains (a job's subprocess keeps running until its job is done), and
+when the worker has exited, crashed or been killed, whatever it forked and left behind gets
+SIGKILL, as the processes of a container do when its main process ends.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from workerfleet_operator.local import lifeline, manifest
 
 KILL_MARGIN_SECONDS = 5.0  # like terminationGracePeriodSeconds = drain budget + a margin
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+HEALTHY_RUN_SECONDS = 2 * RESTART_BACKOFF_SECONDS[-1]
 
 
 @dataclass
@@ -39,6 +47,7 @@ class LocalWorker:
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     restarts: int = 0
+    backoff_step: int = 0  # index into RESTART_BACKOFF_SECONDS; 0 again after a healthy run
     restart_at: float | None = None  # waiting to be restarted after a crash
     terminating_since: float | None = None
 
@@ -202,17 +211,23 @@ class ProcessFleet:
                     with contextlib.suppress(ProcessLookupError):
                         process.kill()
                     process.wait(5.0)
+                    _kill_leftovers(process)
                     self.counters.killed += 1
                     self._event(now, "Killed", name, f"drain exceeded {self.grace_seconds:g}s")
                     del self.workers[name]
                 continue
             if code is not None and worker.restart_at is None:
+                assert process is not None
+                _kill_leftovers(process)
                 worker.process = None
                 self.counters.crashed += 1
                 self.counters.exit_codes.append(code)
+                if now - worker.started_at >= HEALTHY_RUN_SECONDS:
+                    worker.backoff_step = 0
                 delay = RESTART_BACKOFF_SECONDS[
-                    min(worker.restarts, len(RESTART_BACKOFF_SECONDS) - 1)
+                    min(worker.backoff_step, len(RESTART_BACKOFF_SECONDS) - 1)
                 ]
+                worker.backoff_step += 1
                 worker.restart_at = now + delay
                 self._event(now, "Crashed", name, f"exit code {code}, restart in {delay:g}s")
             elif worker.restart_at is not None and now >= worker.restart_at:
@@ -223,6 +238,8 @@ class ProcessFleet:
 
     def _finish(self, name: str, worker: LocalWorker, code: int | None, now: float) -> None:
         del self.workers[name]
+        if worker.process is not None:
+            _kill_leftovers(worker.process)
         if code is None:
             return  # it had crashed before it was asked to stop
         self.counters.exit_codes.append(code)
@@ -252,3 +269,13 @@ class ProcessFleet:
     def _event(self, at: float, kind: str, pod: str, detail: str = "") -> None:
         self.events.append(FleetEvent(at, kind, pod, detail))
         del self.events[:-500]  # bounded: the view shows the last few
+
+
+def _kill_leftovers(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what an exited worker left in its process group (its pid is the group's id).
+
+    The worker has been reaped, but Linux does not hand out a pid that is still some process
+    group's id, so the group cannot be a stranger's while any of its members lives.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
