@@ -33,12 +33,12 @@ MODES = {
     "cluster-wide": (("default",), True, False),
     "namespaced": (("namespaced",), False, False),
     "cluster-wide-peering": (
-        ("default", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"),
+        ("default", "--set", "operator.peering.enabled=true"),
         True,
         True,
     ),
     "namespaced-peering": (
-        ("namespaced", "--set", "operator.peering.enabled=true", "--set", "operator.replicas=2"),
+        ("namespaced", "--set", "operator.peering.enabled=true"),
         False,
         True,
     ),
