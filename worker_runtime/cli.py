@@ -482,6 +482,10 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
         )
     )
     console.print(Text(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}"))
+    if d.envelope_base64 is not None:
+        # an envelope that is not UTF-8: escaped for reading, exact bytes for tools
+        console.print(Text(f"envelope (not UTF-8): {d.envelope_raw}"), soft_wrap=True)
+        console.print(Text(f"envelope bytes (base64): {d.envelope_base64}"), soft_wrap=True)
     for i, f in enumerate(d.history, 1):
         console.print(Text.assemble((f"failure {i}", "bold"), f" {f.error_type}: {f.message}"))
         trace = getattr(f, "traceback", "")

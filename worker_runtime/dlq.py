@@ -9,6 +9,7 @@ length and age is applied there, on every insert (``QueueOptions.dlq_max_length`
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.client
 
 from worker_runtime import keys, scripts
 
@@ -60,6 +62,9 @@ class DeadLetter:
     last_failure_at: float | None
     history: tuple[FailureRecord, ...]
     envelope_raw: str
+    """The stored envelope as text; bytes that are not UTF-8 appear escaped (``\\xe9``)."""
+    envelope_base64: str | None = None
+    """The envelope's exact bytes (base64) when they are not UTF-8; None otherwise."""
 
     @property
     def payload(self) -> Any:
@@ -75,7 +80,14 @@ def _text(value: Any) -> str:
 
 
 def build_dead_letter(raw: str | bytes) -> DeadLetter:
-    """Parse a stored DLQ record (pure)."""
+    """Parse a stored DLQ record (pure).
+
+    Records are read as bytes: an envelope that is not UTF-8 is stored as ``envelope_base64``
+    by the engine, and a record written before that (raw bytes inside its JSON) still parses:
+    its bytes are kept through ``surrogateescape`` and reported the same way.
+    """
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "surrogateescape")
     data = json.loads(raw)
     history_raw = data.get("history") or []
     if not isinstance(history_raw, list):
@@ -94,6 +106,18 @@ def build_dead_letter(raw: str | bytes) -> DeadLetter:
         if isinstance(h, dict)
     )
     envelope_raw = str(data.get("envelope", ""))
+    envelope_base64: str | None = None
+    stored_b64 = data.get("envelope_base64")
+    if isinstance(stored_b64, str):
+        envelope_base64 = stored_b64
+        exact = base64.b64decode(stored_b64)
+    else:
+        exact = envelope_raw.encode("utf-8", "surrogateescape")
+    try:
+        exact.decode("utf-8")
+    except UnicodeDecodeError:
+        envelope_raw = exact.decode("utf-8", "backslashreplace")
+        envelope_base64 = base64.b64encode(exact).decode("ascii")
     task: str | None = None
     correlation_id: str | None = None
     try:
@@ -119,6 +143,7 @@ def build_dead_letter(raw: str | bytes) -> DeadLetter:
         last_failure_at=history[-1].at if history else None,
         history=history,
         envelope_raw=envelope_raw,
+        envelope_base64=envelope_base64,
     )
 
 
@@ -133,7 +158,7 @@ async def fetch_dead_letters(
         # A large page is read in slices: one script call never copies more than LIST_BATCH
         # records (each up to a few KB of history), so Redis is never blocked for long.
         want = min(LIST_BATCH, limit - len(out))
-        total, recs = await scripts.DLQ_LIST(client, k, [start, want])
+        total, recs = await scripts.DLQ_LIST(client, k, [start, want], decode=False)
         out.extend(build_dead_letter(r) for r in recs)
         start += want
         if start >= int(total):
@@ -148,7 +173,9 @@ async def fetch_dead_letter_count(client: AsyncClient, queue: str) -> int:
 
 async def fetch_dead_letter(client: AsyncClient, queue: str, job_id: str) -> DeadLetter | None:
     """One dead letter by job id, or None."""
-    raw = await client.hget(keys.build_keys(queue).dlq_data, job_id)
+    raw = await client.execute_command(
+        "HGET", keys.build_keys(queue).dlq_data, job_id, **{redis.client.NEVER_DECODE: []}
+    )
     return None if raw is None else build_dead_letter(raw)
 
 

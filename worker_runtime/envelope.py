@@ -57,6 +57,12 @@ class EnvelopeError(ValueError):
 
 def parse_envelope(raw: str | bytes) -> JobEnvelope:
     """Parse stored JSON into an envelope, or raise :class:`EnvelopeError` with a DLQ reason."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            detail = f"the envelope is not UTF-8 ({exc.reason} at byte {exc.start})"
+            raise EnvelopeError("invalid_envelope", detail) from None
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -26,7 +26,8 @@ key                            type    contents
 ``{wf:Q}:delayed``             zset    job id → due ms (delayed jobs and retries waiting).
 ``{wf:Q}:dlq``                 zset    job id → dead-lettered ms (the DLQ, oldest first).
 ``{wf:Q}:dlq:data``            hash    job id → JSON dead-letter record (envelope, history,
-                                       reason, counts, worker, timestamps).
+                                       reason, counts, worker, timestamps); an envelope that
+                                       is not UTF-8 is kept as ``envelope_base64`` instead.
 ``{wf:Q}:counters``            hash    enqueued, completed, failed, retried, dead_lettered,
                                        released, workers_lost (monotonic) and ``fence`` (the
                                        last fencing token handed out).

@@ -182,7 +182,9 @@ def build_failure_json(failure: Failure, *, retry_in_seconds: float | None = Non
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # Replies carrying job data are read undecoded (see _build_jobs). An id that is not UTF-8
+    # keeps its bytes as lone surrogates, which build_packed turns back into the same bytes.
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 _RS = "\x1e"
@@ -190,13 +192,15 @@ _US = "\x1f"
 _CONTROL = str.maketrans({c: " " for c in map(chr, range(32))})
 
 
-def build_packed(rows: Sequence[Sequence[object]]) -> str:
+def build_packed(rows: Sequence[Sequence[object]]) -> bytes:
     """Pack per-job values into the one ARGV string the batch scripts split (RS/US separated).
 
     JSON never contains raw control characters and ids are checked by the envelope model, so
-    the separators cannot occur inside a value; free text (reasons) is cleaned here.
+    the separators cannot occur inside a value; free text (reasons) is cleaned here. Encoded
+    with ``surrogateescape``: an id read back from Redis as bytes that are not UTF-8 is sent
+    as exactly those bytes.
     """
-    return _RS.join(_US.join(map(str, row)) for row in rows)
+    return _RS.join(_US.join(map(str, row)) for row in rows).encode("utf-8", "surrogateescape")
 
 
 T = TypeVar("T")
@@ -338,7 +342,7 @@ class QueueClient:
         deadline = time.monotonic() + block
         args = self._fetch_args(worker_id, min(count, MAX_FETCH))
         while True:
-            raw = await scripts.FETCH(self.client, self._k, args)
+            raw = await scripts.FETCH(self.client, self._k, args, decode=False)
             now_ms, poisoned, next_event, last_ids, flat = raw
             if int(poisoned):
                 self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
@@ -388,7 +392,10 @@ class QueueClient:
             return [await self.ack(j) for j in jobs], []
         packed = build_packed([(j.id, j.token, 0, 0) for j in jobs])
         raw = await scripts.ACK_FETCH(
-            self.client, self._k, [*self._fetch_args(worker_id, min(count, MAX_FETCH)), packed]
+            self.client,
+            self._k,
+            [*self._fetch_args(worker_id, min(count, MAX_FETCH)), packed],
+            decode=False,
         )
         now_ms, poisoned, _next_event, _last_ids, flat, acked = raw
         if int(poisoned):
@@ -414,7 +421,7 @@ class QueueClient:
             MAX_FETCH + len(held),
             build_packed([(job_id,) for job_id in held]),
         ]
-        now_ms, flat = await scripts.ADOPT(self.client, self._k, args)
+        now_ms, flat = await scripts.ADOPT(self.client, self._k, args, decode=False)
         jobs, invalid = self._build_jobs(float(now_ms), flat)
         for job_id, token, error in invalid:
             await self._dead_letter_invalid(job_id, token, error, worker_id)
@@ -460,6 +467,9 @@ class QueueClient:
         invalid: list[tuple[str, int, envelope_mod.EnvelopeError]] = []
         now = now_ms / 1000.0
         until = now + self.options.lease_seconds
+        # ``flat`` comes undecoded (bytes): a stored envelope need not be UTF-8, and decoding the
+        # whole reply would fail it for every job of the batch. The envelope model parses the
+        # bytes itself; one that fails is dead-lettered alone (parse_envelope names why).
         validate = envelope_mod.JobEnvelope.model_validate_json
         for i in range(0, len(flat), 6):
             job_id = _text(flat[i])

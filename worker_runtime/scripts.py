@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import redis.client
 import redis.exceptions
 
 Arg = str | int | float | bytes
@@ -42,13 +43,25 @@ class Script:
     source: str
     sha: str
 
-    async def __call__(self, client: Any, keys: Sequence[Key], args: Sequence[Arg]) -> Any:
-        """Run on an asyncio client (Redis or RedisCluster); loads the script once if missing."""
+    async def __call__(
+        self, client: Any, keys: Sequence[Key], args: Sequence[Arg], *, decode: bool = True
+    ) -> Any:
+        """Run on an asyncio client (Redis or RedisCluster); loads the script once if missing.
+
+        ``decode=False`` returns the reply's strings as bytes even on a ``decode_responses``
+        client: for replies carrying stored job data, which need not be UTF-8 (a single bad
+        byte would otherwise fail the whole reply).
+        """
+        options: dict[str, Any] = {} if decode else {redis.client.NEVER_DECODE: []}
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.execute_command(
+                "EVALSHA", self.sha, len(keys), *keys, *args, **options
+            )
         except redis.exceptions.NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.execute_command(
+                "EVALSHA", self.sha, len(keys), *keys, *args, **options
+            )
 
     def call_sync(self, client: Any, keys: Sequence[Key], args: Sequence[Arg]) -> Any:
         """Run on a blocking client (redis.Redis or redis.cluster.RedisCluster)."""

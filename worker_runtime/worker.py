@@ -445,7 +445,10 @@ class Worker:
                         )
                     finally:
                         self._fetch_blocking = False
-            except REDIS_ERRORS as exc:
+            except Exception as exc:
+                # Only a deliberate shutdown (cancellation) ends this loop: any other error,
+                # foreseen (Redis) or not (a bug, a reply nobody expected), is retried with
+                # backoff, so one bad reply can never stop a worker with jobs leased to it.
                 # Acks are fenced, so sending them again is safe: they go back in the queue.
                 self._ack_queue[:0] = acks
                 # Without a reply the script may still have run: adopt what it leased to us.
@@ -453,12 +456,13 @@ class Worker:
                 self._fetch_unsure = not isinstance(exc, redis.exceptions.ResponseError)
                 failures += 1
                 self.metrics.fetch_errors.inc()
-                self.metrics.redis_error("fetch")
                 delay = self._error_delay(failures)
-                log.warning(
-                    "fetch failed; retrying",
-                    extra={"error": repr(exc), "retry_in_seconds": round(delay, 3)},
-                )
+                extra = {"error": repr(exc), "retry_in_seconds": round(delay, 3)}
+                if isinstance(exc, REDIS_ERRORS):
+                    self.metrics.redis_error("fetch")
+                    log.warning("fetch failed; retrying", extra=extra)
+                else:
+                    log.error("fetch failed unexpectedly; retrying", extra=extra, exc_info=True)
                 await self._sleep_unless_draining(delay)
                 continue
             finally:
@@ -486,9 +490,12 @@ class Worker:
         assert self.q is not None
         try:
             jobs = await self.q.adopt(self.worker_id, list(self.held))
-        except REDIS_ERRORS as exc:
-            self.metrics.redis_error("adopt")
-            log.warning("adopting after a failed fetch failed", extra={"error": repr(exc)})
+        except Exception as exc:  # like the fetch itself: retried, never the end of the loop
+            if isinstance(exc, REDIS_ERRORS):
+                self.metrics.redis_error("adopt")
+                log.warning("adopting after a failed fetch failed", extra={"error": repr(exc)})
+            else:
+                log.error("adopting failed unexpectedly", extra={"error": repr(exc)}, exc_info=True)
             return False
         self._fetch_unsure = False
         if jobs:

@@ -38,7 +38,8 @@ def test_an_envelope_round_trips_through_json_with_its_typed_payload() -> None:
     ("raw", "reason"),
     [
         ("{not json", "unparseable_json"),
-        (b"\xff\xfe", "unparseable_json"),
+        (b"\xff\xfe", "invalid_envelope"),  # bytes that are not UTF-8
+        (b'{"v": 1, "task": "caf\xe9"}', "invalid_envelope"),
         ("[1, 2]", "invalid_envelope"),
         (json.dumps({"v": 2, "id": "x", "task": "t", "enqueued_at": 1}), "unknown_schema_version"),
         (json.dumps({"id": "x", "task": "t", "enqueued_at": 1}), "unknown_schema_version"),

@@ -128,18 +128,67 @@ local function dlq_trim(now, max_len, retention_ms)
   end
 end
 
+-- Is s valid UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF)? Pure ASCII, the
+-- usual case, is decided by one find.
+local function utf8_valid(s)
+  local i, n = string.find(s, '[\128-\255]'), #s
+  while i do
+    local c = string.byte(s, i)
+    local len, lo, hi = 0, 0x80, 0xBF
+    if c >= 0xC2 and c <= 0xDF then len = 1
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 2
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 3
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    else return false end
+    if i + len > n then return false end
+    local c2 = string.byte(s, i + 1)
+    if c2 < lo or c2 > hi then return false end
+    for j = i + 2, i + len do
+      local cj = string.byte(s, j)
+      if cj < 0x80 or cj > 0xBF then return false end
+    end
+    i = string.find(s, '[\128-\255]', i + len + 1)
+  end
+  return true
+end
+
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+
+local function b64_encode(s)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = string.byte(s, i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local q = {math.floor(n / 262144), math.floor(n / 4096) % 64, math.floor(n / 64) % 64, n % 64}
+    local chunk = ''
+    for k = 1, 4 do chunk = chunk .. string.sub(B64, q[k] + 1, q[k] + 1) end
+    if not b then chunk = string.sub(chunk, 1, 2) .. '=='
+    elseif not c then chunk = string.sub(chunk, 1, 3) .. '=' end
+    out[#out + 1] = chunk
+  end
+  return table.concat(out)
+end
+
 -- Move job `id` (state st; already out of the streams, leases and inflight) into the DLQ with
--- its full failure metadata, then forget its live state.
+-- its full failure metadata, then forget its live state. An envelope that is not UTF-8 is
+-- kept as "envelope_base64" (its exact bytes): the record stays valid JSON every reader parses.
 local function dlq_insert(id, st, reason, worker, now, max_len, retention_ms)
   local env = redis.call('HGET', K_ENV, id) or ''
   local hist = redis.call('HGET', K_HIST, id)
   if not hist or hist == '{}' then hist = '[]' end
+  local env_field = ',"envelope":' .. cjson.encode(env)
+  if not utf8_valid(env) then
+    env_field = ',"envelope":"","envelope_base64":"' .. b64_encode(env) .. '"'
+  end
   local rec = '{"id":' .. cjson.encode(id) .. ',"reason":' .. cjson.encode(reason)
     .. ',"priority":' .. cjson.encode(st.p or 'normal')
     .. ',"attempts":' .. tostring(st.a or 0) .. ',"deliveries":' .. tostring(st.d or 0)
     .. ',"lost":' .. tostring(st.l or 0) .. ',"worker":' .. cjson.encode(worker or '')
     .. ',"dead_lettered_at":' .. tostring(now / 1000)
-    .. ',"history":' .. hist .. ',"envelope":' .. cjson.encode(env) .. '}'
+    .. ',"history":' .. hist .. env_field .. '}'
   redis.call('HSET', K_DLQDATA, id, rec)
   redis.call('ZADD', K_DLQ, now, id)
   redis.call('HDEL', K_ENV, id)
