@@ -89,12 +89,35 @@ def build_log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
         if job.correlation_id is not None:
             fields["correlation_id"] = job.correlation_id
     for key, value in record.__dict__.items():
-        if key not in _RESERVED and not key.startswith("_"):
+        if key in _RESERVED or key.startswith("_"):
+            continue
+        if _is_plain(value):
             fields[key] = value
+        elif len(text := str(value)) <= _OBJECT_TEXT_MAX:
+            fields[key] = text
     if record.exc_info and record.exc_info[0] is not None:
         fields["exc_type"] = record.exc_info[0].__name__
         fields["traceback"] = logging.Formatter().formatException(record.exc_info)
     return fields
+
+
+_PLAIN_DEPTH = 3
+# Other objects are written as str() only when that is short: libraries attach whole objects to
+# their records (kopf: its settings object, ~2 KB on every line), and a log line carries facts.
+_OBJECT_TEXT_MAX = 120
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    """True for JSON's own values (nested at most three deep)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if depth >= _PLAIN_DEPTH:
+        return False
+    if isinstance(value, list | tuple):
+        return all(_is_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 class JsonFormatter(logging.Formatter):

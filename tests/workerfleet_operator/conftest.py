@@ -232,6 +232,8 @@ def operator(kubeconfig: Path) -> Iterator[Callable[..., OperatorRunner]]:
             "retry_max_seconds": 2.0,
             "secret_cache_seconds": 0.0,
             "redis_timeout_seconds": 0.5,
+            # Every status change written at once: the tests read status right after a poll.
+            "status_refresh_seconds": 0.0,
         }
         values.update(overrides)
         runner = OperatorRunner(config_module.OperatorConfig(**values))

@@ -35,7 +35,23 @@ class OperatorConfig(BaseSettings):
         default=None, description="kopf peering name; unset = standalone (single replica)"
     )
     resync_seconds: float = Field(
-        default=300.0, gt=0, description="re-reconcile every pool this often"
+        default=300.0,
+        gt=0,
+        description="re-reconcile every pool this often (each pool's delay jittered by ±10 %)",
+    )
+    status_refresh_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "write status numbers that move on every poll (backlog, oldest-job age, rates, "
+            "signals) at most this often; conditions and replica changes are written at once"
+        ),
+    )
+    api_qps: float = Field(
+        default=20.0, gt=0, description="the operator's own API requests per second (sustained)"
+    )
+    api_burst: int = Field(
+        default=40, ge=1, description="API requests allowed at once before api_qps applies"
     )
     secret_cache_seconds: float = Field(
         default=30.0, ge=0, description="re-read a Secret after this"

@@ -9,7 +9,8 @@ Design (controller-runtime style, on kopf's watches):
   status moved) does the same for its owner. Events never write, so they cannot race.
 - Each pool has ONE asyncio task, the only writer for that pool. It runs a level-triggered,
   idempotent reconcile whenever it is woken, on a failure retry (capped exponential backoff, so a
-  bad pool never storms the API server), and every ``resync_seconds``; and, in between, the
+  bad pool never storms the API server), and every ``resync_seconds`` (jittered by ±10 % per
+  pool and per round, so pools created together do not resync in lockstep); and, in between, the
   autoscaler poll every ``pollingIntervalSeconds``. Serializing both in one task means the
   reconcile and the scaler never write the same Deployment concurrently.
 - Children are written by server-side apply (field manager ``workerfleet``, forced: we own those
@@ -42,6 +43,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +78,8 @@ class OperatorContext:
     clock: Callable[[], float] = time.monotonic
     # Only for times shown to people (status.autoscaling.lastScaleTime).
     wall_clock: Callable[[], float] = time.time
+    # Jitter of the resync delays (seedable in tests).
+    rng: random.Random = field(default_factory=random.Random)
     login: kopf.ConnectionInfo | None = None
     client: kube.KubeClient | None = None
     pools: dict[PoolKey, PoolController] = field(default_factory=dict)
@@ -120,8 +124,17 @@ class OperatorContext:
         if self.client is None:
             if self.login is None:
                 raise RuntimeError("the operator has not logged in yet")
-            self.client = kube.KubeClient(self.login)
+            budget = kube.RequestBudget(self.config.api_qps, self.config.api_burst)
+            self.client = kube.KubeClient(self.login, budget=budget)
         return self.client
+
+
+RESYNC_JITTER = 0.1
+
+
+def build_resync_delay(seconds: float, rng: random.Random) -> float:
+    """``seconds`` ±10 %: a thousand pools created together spread their resyncs over 60 s."""
+    return seconds * rng.uniform(1.0 - RESYNC_JITTER, 1.0 + RESYNC_JITTER)
 
 
 def build_context(
@@ -185,6 +198,8 @@ class PoolController:
     dirty: bool = True
     failures: int = 0
     next_reconcile: float = 0.0
+    # When (ctx.clock) the status was last written: telemetry-only changes wait for the refresh.
+    status_written_at: float = -math.inf
     next_poll: float = 0.0
     reconciled_generation: int | None = None
     applied_hash: str | None = None
@@ -282,7 +297,9 @@ class PoolController:
                 ok = await self._reconcile_once()
                 if ok:
                     self.failures = 0
-                    self.next_reconcile = self.ctx.clock() + cfg.resync_seconds
+                    self.next_reconcile = self.ctx.clock() + build_resync_delay(
+                        cfg.resync_seconds, self.ctx.rng
+                    )
                 else:
                     self.failures += 1
                     delay = min(
@@ -511,7 +528,9 @@ class PoolController:
                 if self.deployment is not None and not _is_subset(reference, self.deployment):
                     self.dirty = True  # edited between our two writes: go round again
             self.applied_hash = desired_hash
-            self.next_full_apply = self.ctx.clock() + self.ctx.config.resync_seconds
+            self.next_full_apply = self.ctx.clock() + build_resync_delay(
+                self.ctx.config.resync_seconds, self.ctx.rng
+            )
             if drifted:
                 await self._event(
                     "Normal",
@@ -553,29 +572,41 @@ class PoolController:
 
     async def _write_plan_status(
         self, status_model: api.WorkerPoolStatus, events: Sequence[plan_mod.Event]
-    ) -> None:
-        """Write the status only if the merge would change it; post the plan's Events."""
+    ) -> bool:
+        """Write the status only if the merge would change it; post the plan's Events.
+
+        Returns False when a change was held back for the refresh interval (nothing else waits).
+        """
         body = self.body
         if body is None:
-            return
+            return True
         self._export_conditions(status_model)
         stored = api.parse_status(body.get("status"))
         stored_patch = api.build_status_patch(stored) if stored is not None else {}
         status = api.build_status_patch(status_model, stored_patch)
-        if _merge(_without_observed_time(stored_patch), _without_observed_time(status)) != (
-            _without_observed_time(stored_patch)
-        ):
+        base = _without_observed_time(stored_patch)
+        merged = _merge(base, _without_observed_time(status))
+        now = self.ctx.clock()
+        # Numbers that move on every poll of a busy pool (an ageing backlog) wait for the
+        # refresh interval; anything else (conditions, replicas, generation) goes at once.
+        waits = (
+            _without_telemetry(merged) == _without_telemetry(base)
+            and now - self.status_written_at < self.ctx.config.status_refresh_seconds
+        )
+        if merged != base and not waits:
+            self.status_written_at = now
             ref = kube.build_ref("WorkerPool", self.namespace, self.name)
             try:
                 updated = await kube.apply_status(self.ctx.fetch_client(), ref, status)
             except kube.ApiError as exc:
                 if exc.is_not_found:
-                    return  # deleted meanwhile; the DELETED event stops this loop
+                    return True  # deleted meanwhile; the DELETED event stops this loop
                 raise
             if _newer(updated, self.body):
                 self.body = updated
         for event in events:
             await self._event(event.type, event.reason, event.message)
+        return merged == base or not waits
 
     def _export_conditions(self, status_model: api.WorkerPoolStatus) -> None:
         """Every status we write is exported too: a held pool (its Secret gone, its spec invalid)
@@ -697,7 +728,8 @@ class PoolController:
             events = [e for e in events if e.reason != "WithinLimits"]
             if blocked_event is not None:
                 events.append(blocked_event)
-        await self._write_plan_status(status, events)
+        if not await self._write_plan_status(status, events):
+            self.poll_signature = None  # deferred: the next poll writes it once the refresh is due
         self._export(policy, observation, decision)
 
     def _blocked_condition(
@@ -853,6 +885,22 @@ def _without_observed_time(status: Mapping[str, Any]) -> dict[str, Any]:
     result = dict(status)
     if isinstance(result.get("queue"), dict):
         result["queue"] = {k: v for k, v in result["queue"].items() if k != "observedTime"}
+    return result
+
+
+_TELEMETRY_AUTOSCALING_FIELDS = frozenset(
+    {"signals", "reason", "rawDesired", "chosen", "clampedBy"}
+)
+
+
+def _without_telemetry(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status minus what a busy pool changes on every poll (``queue``, the signals and the
+    explanation of a decision): what is left changes only when something happened."""
+    result = {k: v for k, v in status.items() if k != "queue"}
+    if isinstance(result.get("autoscaling"), dict):
+        result["autoscaling"] = {
+            k: v for k, v in result["autoscaling"].items() if k not in _TELEMETRY_AUTOSCALING_FIELDS
+        }
     return result
 
 

@@ -21,8 +21,9 @@ import json
 import os
 import ssl
 import tempfile
+import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,10 +107,58 @@ def build_ref_of(body: Mapping[str, Any]) -> ObjectRef:
     return ObjectRef(str(body["apiVersion"]), plural, meta.get("namespace"), meta.get("name"))
 
 
+class RequestBudget:
+    """A token bucket: ``burst`` requests at once, then ``qps`` per second (client-go's limiter).
+
+    Every request of :class:`KubeClient` waits for a token, so a thousand busy pools cannot
+    flood the API server; kopf's own watches are not counted (they are long-lived streams).
+    ``clock`` and ``sleep`` are injectable for fake-clock tests.
+    """
+
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if qps <= 0 or burst < 1:
+            raise ValueError("qps must be > 0 and burst >= 1")
+        self.qps = qps
+        self.burst = burst
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = float(burst)
+        self._updated = clock()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        """Wait until one request may go (first come, first served)."""
+        async with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._updated) * self.qps)
+            self._updated = now
+            if self._tokens < 1.0:
+                await self._sleep((1.0 - self._tokens) / self.qps)
+                now = self._clock()
+                self._tokens = min(
+                    float(self.burst), self._tokens + (now - self._updated) * self.qps
+                )
+                self._updated = now
+            self._tokens -= 1.0
+
+
 class KubeClient:
     """A thin JSON client over one aiohttp session, authenticated like kopf."""
 
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        *,
+        timeout: float = 30.0,
+        budget: RequestBudget | None = None,
+    ) -> None:
         self._info = info
         self._server = info.server.rstrip("/")
         headers = {"Accept": "application/json", "User-Agent": f"{FIELD_MANAGER}-operator"}
@@ -122,6 +171,7 @@ class KubeClient:
         self._ssl = _build_ssl_context(info)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._budget = budget
         self.request_count = 0
 
     async def close(self) -> None:
@@ -150,6 +200,8 @@ class KubeClient:
         session = self._fetch_session()
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         headers = {"Content-Type": content_type} if data is not None else {}
+        if self._budget is not None:
+            await self._budget.acquire()
         self.request_count += 1
         async with session.request(
             method, self._server + path, params=params, data=data, headers=headers

@@ -9,6 +9,7 @@ namespaces; kopf's liveness endpoint on ``/healthz`` and a Prometheus endpoint o
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -32,7 +33,7 @@ def run_operator(
     """Run the operator until stopped (SIGTERM/SIGINT, or ``stop_flag``); return the exit code."""
     cfg = cfg if cfg is not None else config_module.OperatorConfig()
     if configure_logging:
-        logs.configure(cfg.log_level, cfg.log_format)
+        configure_operator_logs(cfg)
     ctx = context if context is not None else handlers.build_context(cfg, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, ctx)
@@ -61,6 +62,18 @@ def run_operator(
             server.shutdown()
             server.server_close()
     return 0
+
+
+def configure_operator_logs(cfg: config_module.OperatorConfig) -> None:
+    """The operator's log: one lean JSON (or text) line per record.
+
+    kopf logs "Handler ... succeeded." at info for every watch event it hands us, and every
+    status write of ours comes back as one: below debug, kopf's per-object logger keeps only
+    warnings and errors, and our own lines say what the operator did.
+    """
+    logs.configure(cfg.log_level, cfg.log_format)
+    kopf_objects = logging.getLogger("kopf.objects")
+    kopf_objects.setLevel(logging.DEBUG if cfg.log_level == "debug" else logging.WARNING)
 
 
 def main(args: Any = None) -> int:
