@@ -72,6 +72,7 @@ class Row:
     kills: int
     faults: int
     seconds: float
+    test: str = ""  # the pytest node id, so the summary can tell expected failures apart
 
 
 ROWS: list[Row] = []
@@ -191,6 +192,34 @@ class Bed:
                 assert spec.job_id is not None
                 self.enqueues.append(history.Enqueue(spec.job_id, t, ok, fails=fails))
 
+    def inject_raw(self, envelope: bytes, *, stream: str = "normal") -> str:
+        """Write a job whose stored envelope is ``envelope`` (any bytes), as enqueue would.
+
+        Logged as a bad enqueue: the only legitimate end for it is the DLQ with an envelope
+        reason. Returns the job id.
+        """
+        job = uuid.uuid4().hex
+        client = redis.Redis(port=self.server.port, socket_timeout=5)
+        try:
+            pipe = client.pipeline(transaction=True)
+            pipe.hset(self.keys.env, job, envelope)
+            pipe.hset(self.keys.state, job, f"{stream}|0|0|0")
+            pipe.xadd(self.keys.ready[keys.PRIORITIES.index(stream)], {"j": job})
+            pipe.execute()
+        finally:
+            client.close()
+        with self._lock:
+            self.enqueues.append(history.Enqueue(job, time.time(), True, bad=True))
+        return job
+
+    def inject_stream_entry(self, fields: dict[bytes, bytes], *, stream: str = "normal") -> None:
+        """Add a stream entry that names no job (or no job id at all): no job may come of it."""
+        client = redis.Redis(port=self.server.port, socket_timeout=5)
+        try:
+            client.xadd(self.keys.ready[keys.PRIORITIES.index(stream)], fields)
+        finally:
+            client.close()
+
     def _produce(self) -> None:
         c = self.config
         client = _producer_client(self.server.port)
@@ -296,8 +325,18 @@ class Bed:
             history.Fault(f"redis_{how}", t0, time.time(), capacity=self.fleet_capacity())
         )
 
-    def net_fault(self, slot: Slot, kind: str, seconds: float, apply: Callable[[], None]) -> None:
-        """Apply a proxy fault to one worker's connections for ``seconds``, then heal it."""
+    def net_fault(
+        self,
+        slot: Slot,
+        kind: str,
+        seconds: float,
+        apply: Callable[[], None],
+        capacity: int | None = None,
+    ) -> None:
+        """Apply a proxy fault to one worker's connections for ``seconds``, then heal it.
+
+        It may explain ``capacity`` re-runs (default: the jobs the worker can hold).
+        """
         assert slot.proxy is not None
         t0 = time.time()
         apply()
@@ -307,7 +346,7 @@ class Bed:
             slot.proxy.latency = 0.0
             slot.proxy.drop_reply_share = 0.0
             slot.proxy.heal()
-        cap = self.config.concurrency
+        cap = self.config.concurrency if capacity is None else capacity
         self.add_fault(history.Fault(kind, t0, time.time(), pid=slot.pid, capacity=cap))
 
     # ---- waiting and the end ---------------------------------------------------------------
@@ -444,9 +483,9 @@ class Bed:
         return "\n".join(lines)
 
     def record_row(self, verdict: history.Verdict) -> Row:
-        row = Row(
-            self.config.name, verdict, self.kills, len(self.faults), time.monotonic() - self.started
-        )
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+        seconds = time.monotonic() - self.started
+        row = Row(self.config.name, verdict, self.kills, len(self.faults), seconds, test)
         ROWS.append(row)
         return row
 

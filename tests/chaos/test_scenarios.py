@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.chaos import harness, history
+from worker_runtime import scripts
 
 pytestmark = pytest.mark.chaos
 
 TOTAL_JOBS = int(os.environ.get("CHAOS_JOBS", "6000"))
 
 
-def _jobs(share: float) -> int:
-    return max(100, int(TOTAL_JOBS * share))
+def _jobs(share: float, least: int = 100) -> int:
+    return max(least, int(TOTAL_JOBS * share))
 
 
 def run_scenario(
@@ -175,3 +178,159 @@ def test_redis_stalled_longer_than_the_lease_under_long_jobs(
 
     # Then every job ends once, re-runs are within the fleet's held jobs, none is lost
     run_scenario(config, redis_factory, tmp_path, faults)
+
+
+# ---- network faults (each worker behind its own TCP proxy on loopback) -------------------------
+
+
+def _drop_replies(slot: harness.Slot) -> None:
+    assert slot.proxy is not None
+    slot.proxy.drop_reply_share = 0.05
+
+
+def _latency(slot: harness.Slot) -> None:
+    assert slot.proxy is not None
+    slot.proxy.latency = 0.2
+
+
+def _partition(slot: harness.Slot) -> None:
+    assert slot.proxy is not None
+    slot.proxy.partition()
+
+
+def _cut_renewals(slot: harness.Slot) -> None:
+    assert slot.proxy is not None
+    slot.proxy.blackhole_marker = scripts.RENEW.sha.encode()
+
+
+NET_FAULTS: dict[str, tuple[Callable[[harness.Slot], None], float]] = {
+    # name: (what the proxy does, for how long)
+    "dropped-replies": (_drop_replies, 3.0),
+    "latency": (_latency, 3.0),
+    "partition-one-worker": (_partition, 5.0),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(NET_FAULTS))
+def test_network_faults_between_a_worker_and_redis(
+    fault: str, redis_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Given three workers, each talking to Redis through its own TCP proxy
+    config = harness.Config(
+        f"net-{fault}",
+        jobs=_jobs(0.05),
+        lease_seconds=2.0,
+        work_ms=(20.0, 400.0),
+        enqueue_seconds=8.0,
+        enqueue_batch=10,
+        proxies=True,
+    )
+    apply, seconds = NET_FAULTS[fault]
+
+    # When one worker after another suffers the fault (replies dropped after Redis ran the
+    # command, every chunk delayed, or a partition longer than the lease), then it is healed
+    def faults(bed: harness.Bed) -> None:
+        def act(i: int) -> None:
+            slot = bed.slots[i % len(bed.slots)]
+            bed.net_fault(slot, f"net_{fault}", seconds, lambda: apply(slot))
+
+        _every(bed, 0.5, act, 3)
+
+    # Then nothing is lost or wrongly dead, a cut-off worker's late acks were rejected (no
+    # double ack), and re-runs are explained by the fault on the worker that ran them first
+    bed, _ = run_scenario(config, redis_factory, tmp_path, faults)
+    if fault == "dropped-replies":
+        assert sum(s.proxy.dropped_replies for s in bed.slots if s.proxy is not None) > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 10 defect 2: a worker reclaims its own held job; healthy jobs whose every run "
+    "succeeded end in the DLQ as max_deliveries",
+)
+@pytest.mark.parametrize("workers", [1, 2], ids=["only-worker", "two-workers"])
+def test_renewals_cut_while_fetches_work(
+    workers: int, redis_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Given workers behind proxies running jobs of up to twice the lease (renewals keep them)
+    config = harness.Config(
+        f"net-renewals-cut-{workers}w",
+        jobs=_jobs(0.006, least=20 * workers),
+        workers=workers,
+        concurrency=4,
+        lease_seconds=1.5,
+        work_ms=(1000.0, 2500.0),
+        max_deliveries=3,
+        enqueue_seconds=6.0,
+        enqueue_batch=4,
+        proxies=True,
+    )
+    # (alone, a worker cut from its renewals has nobody to hand its jobs to, and it must
+    # never reclaim its own held job: the cut explains no re-run at all)
+    capacity = 0 if workers == 1 else config.concurrency
+
+    # When the first worker's renewal connection is blackholed for longer than the lease while
+    # its fetches and acks still get through (an asymmetric cut), twice
+    def faults(bed: harness.Bed) -> None:
+        slot = bed.slots[0]
+
+        def act(_: int) -> None:
+            bed.net_fault(slot, "net_renewals_cut", 3.0, lambda: _cut_renewals(slot), capacity)
+
+        _every(bed, 1.0, act, 2)
+
+    # Then every job ends once (or within the bound), none is wrongly dead-lettered
+    run_scenario(config, redis_factory, tmp_path, faults)
+
+
+# ---- bad input and operations under load -----------------------------------------------------
+
+
+def _envelope(job_id: str, payload: bytes) -> bytes:
+    now = str(time.time()).encode()
+    return (
+        b'{"v":1,"id":"'
+        + job_id.encode()
+        + b'","task":"chaos","payload":'
+        + payload
+        + b',"priority":"normal","enqueued_at":'
+        + now
+        + b',"headers":{}}'
+    )
+
+
+BAD_ENVELOPES: tuple[bytes, ...] = (
+    _envelope("x", b'{"pad":"\xff\xfe not UTF-8"}'),  # one byte that is not UTF-8
+    b"\x00\x01 not JSON at all",
+    b'{"v": 99, "id": "x", "task": "chaos"}',  # a schema version nobody knows
+    b'{"v": 1, "payload": {}}',  # no id, no task
+    b"[1, 2, 3]",
+)
+
+
+def test_bad_bytes_and_oversized_payloads_in_the_streams(
+    redis_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Given three workers and a stream of ordinary jobs
+    config = harness.Config("bad-bytes-and-oversized", jobs=_jobs(0.04), enqueue_seconds=6.0)
+
+    # When envelopes that are not UTF-8, not JSON or not valid are written into the queue,
+    # stream entries that name no job are added, and jobs with 1 MiB payloads are enqueued
+    def faults(bed: harness.Bed) -> None:
+        client = redis.Redis(port=bed.server.port, socket_timeout=10)
+        try:
+            for i in range(3):
+                time.sleep(1.0)
+                for raw in BAD_ENVELOPES:
+                    bed.inject_raw(raw, stream=("high", "normal", "low")[i])
+                bed.inject_stream_entry({b"j": uuid.uuid4().hex.encode()})
+                bed.inject_stream_entry({b"\xff": b"\xfe"}, stream="high")
+                payloads = [({"pad": "x" * (1 << 20), "work_ms": 5.0}, 0) for _ in range(2)]
+                bed.enqueue(payloads, client)
+        finally:
+            client.close()
+
+    # Then each bad job alone is dead-lettered for its envelope (its batch-mates run), no
+    # worker dies, the oversized jobs complete, and nothing else is lost or wrongly dead
+    _, verdict = run_scenario(config, redis_factory, tmp_path, faults)
+    assert verdict.dead_lettered == config.poison + 3 * len(BAD_ENVELOPES)
