@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -59,14 +60,58 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free loopback port (no persistence); (process, URL)."""
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server not found (make deps)"
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    probe = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            probe.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    probe.close()
+    return server, url
+
+
+def _stat_fields(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    """CPU seconds of a process and its children (live ones, and those it has reaped)."""
+    fields = _stat_fields(pid)
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = _stat_fields(int(entry.name))
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if int(child[1]) == pid:  # ppid
+            ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def spawn_worker(url: str, queue: str, concurrency: int, app_dir: str) -> subprocess.Popen[bytes]:
-    """Start one `python -m worker_runtime worker` on the bench's no-op app."""
+def spawn_worker(
+    url: str,
+    queue: str,
+    concurrency: int,
+    app_dir: str,
+    *,
+    app: str = "wfquick_app:app",
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start one `python -m worker_runtime worker` on the bench's no-op app (or ``app``)."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([app_dir, str(REPO), str(REPO / "operator")]),
@@ -75,13 +120,17 @@ def spawn_worker(url: str, queue: str, concurrency: int, app_dir: str) -> subpro
         "WORKERFLEET_CONCURRENCY": str(concurrency),
         "WORKERFLEET_METRICS_PORT": "0",
         "WORKERFLEET_LOG_LEVEL": "warning",
+        **(extra_env or {}),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "worker_runtime", "worker", "wfquick_app:app"], env=env, cwd=REPO
+        [sys.executable, "-m", "worker_runtime", "worker", app], env=env, cwd=REPO
     )
 
 
-def run_once(url: str, jobs: int, concurrency: int, task: str, app_dir: str) -> dict[str, float]:
+def run_once(
+    url: str, jobs: int, concurrency: int, task: str, app_dir: str, **spawn_options: Any
+) -> dict[str, float]:
+    """Throughput of one worker on ``jobs`` queued jobs (``spawn_options``: spawn_worker's)."""
     queue = f"bench-{concurrency}-{int(time.time() * 1000) % 100000}"
     client = redis.Redis.from_url(url, decode_responses=True)
     p = producer.SyncProducer(client, queue)
@@ -91,7 +140,7 @@ def run_once(url: str, jobs: int, concurrency: int, task: str, app_dir: str) -> 
             [producer.JobSpec(task, {"i": i}) for i in range(start, min(jobs, start + 5000))]
         )
     enqueue_rate = jobs / (time.perf_counter() - t)
-    proc = spawn_worker(url, queue, concurrency, app_dir)
+    proc = spawn_worker(url, queue, concurrency, app_dir, **spawn_options)
     try:
         first = None
         cpu0 = 0.0
@@ -176,25 +225,10 @@ def main() -> int:
     server = None
     url = args.redis_url
     if url is None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+        if shutil.which("redis-server") is None:
             print("redis-server not found (make deps)", file=sys.stderr)
             return 1
-        port = free_port()
-        server = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", app_dir],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        url = f"redis://127.0.0.1:{port}/0"
-        probe = redis.Redis.from_url(url)
-        for _ in range(200):
-            try:
-                probe.ping()
-                break
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        probe.close()
+        server, url = start_redis(app_dir)
     task = "noop" if args.handler == "async" else "noop-sync"
     try:
         if args.latency_rate is not None:

@@ -29,11 +29,11 @@ import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, Unpack, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
 
-from worker_runtime import backoff, envelope, expiry, logs
+from worker_runtime import backoff, envelope, expiry, logs, processes
 
 if TYPE_CHECKING:
     import redis
@@ -49,6 +49,7 @@ LOW = Priority.LOW
 
 Handler = Callable[..., Any]
 F = TypeVar("F", bound=Handler)
+Executor = Literal["thread", "process"]
 
 
 class Reject(Exception):
@@ -104,6 +105,9 @@ class TaskSpec:
     logger: logging.LoggerAdapter[logging.Logger]
     ttl: float | None = None
     on_expire: expiry.OnExpire = "dead_letter"
+    executor: Executor = "thread"
+    # (module, qualified name) a child process imports the handler by (process tasks only)
+    handler_ref: tuple[str, str] | None = None
 
 
 class JobContext:
@@ -220,6 +224,7 @@ def _build_task_spec(
     payload: type[Any] | None,
     ttl: float | None = None,
     on_expire: expiry.OnExpire = "dead_letter",
+    executor: Executor = "thread",
 ) -> TaskSpec:
     params = [
         p
@@ -246,6 +251,15 @@ def _build_task_spec(
     if on_expire not in ("dead_letter", "drop"):
         msg = f"task {name!r}: on_expire must be 'dead_letter' or 'drop'"
         raise ValueError(msg)
+    handler_ref = None
+    if executor == "process":
+        if inspect.iscoroutinefunction(handler):
+            msg = f"task {name!r}: executor='process' is for sync handlers (CPU-bound work)"
+            raise TypeError(msg)
+        handler_ref = processes.handler_reference(handler, name)
+    elif executor != "thread":
+        msg = f"task {name!r}: executor must be 'thread' or 'process'"
+        raise ValueError(msg)
     return TaskSpec(
         name=name,
         handler=handler,
@@ -258,6 +272,8 @@ def _build_task_spec(
         logger=logs.get_logger(f"task.{name}"),
         ttl=ttl,
         on_expire=on_expire,
+        executor=executor,
+        handler_ref=handler_ref,
     )
 
 
@@ -291,12 +307,15 @@ class App:
         payload: type[Any] | None = None,
         ttl: float | None = None,
         on_expire: expiry.OnExpire = "dead_letter",
+        executor: Executor = "thread",
     ) -> Callable[[F], F]:
         """Register a handler under ``name`` (the name jobs carry; never an import path).
 
         ``ttl``: seconds after enqueue past which a job of this task must not start (a job's
         own ``ttl``/``expires_at`` wins); ``on_expire``: such a job goes to the dead-letter
-        queue with reason ``expired`` (default) or is dropped.
+        queue with reason ``expired`` (default) or is dropped. ``executor="process"`` runs a
+        sync handler in the worker's pool of child processes (:mod:`worker_runtime.processes`)
+        instead of a thread: for CPU-bound work, which threads cannot spread over cores.
         """
 
         def register(handler: F) -> F:
@@ -312,6 +331,7 @@ class App:
                 payload=payload,
                 ttl=ttl,
                 on_expire=on_expire,
+                executor=executor,
             )
             return handler
 

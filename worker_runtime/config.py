@@ -51,6 +51,11 @@ class WorkerSettings(BaseSettings):
     retry_backoff_jitter: Jitter = "full"
     dlq_max_length: int = Field(default=100_000, ge=1)
     dlq_retention_seconds: float = Field(default=604_800.0, gt=0.0)
+    process_pool_size: int | None = Field(
+        default=None, ge=1, le=1024, description="children for process tasks; default cores"
+    )
+    process_max_jobs_per_child: int = Field(default=1000, ge=0, description="0 = never recycle")
+    process_max_memory_growth_mb: float = Field(default=0.0, ge=0.0, description="0 = off")
     rate_limit_jobs: int | None = Field(default=None, ge=1)
     rate_limit_per_seconds: float | None = Field(default=None, gt=0.0)
     metrics_port: int = Field(default=9100, ge=0, le=65_535)

@@ -76,6 +76,13 @@ class WorkerMetrics:
             ["queue", "task", "action"],
             registry=r,
         )
+        self.children_exited = Counter(
+            "workerfleet_process_children_exited_total",
+            "Child processes of the process pool that ended, by reason (jobs, memory: recycled;"
+            " timeout: killed at a job's timeout; died: crashed mid-job).",
+            ["queue", "reason"],
+            registry=r,
+        )
         self.fetch_errors = Counter(
             "workerfleet_fetch_errors_total",
             "Fetch calls that failed (Redis unreachable, script error).",
@@ -130,6 +137,10 @@ class WorkerMetrics:
     def job_expired(self, task: str, action: str) -> None:
         """Count one job that was not started because its deadline had passed."""
         self.expired.labels(self.queue, task, action).inc()
+
+    def child_exited(self, reason: str) -> None:
+        """Count one child process of the process pool that ended."""
+        self.children_exited.labels(self.queue, reason).inc()
 
     def redis_error(self, op: str) -> None:
         """Count one failed Redis call."""

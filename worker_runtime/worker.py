@@ -52,7 +52,7 @@ import redis.exceptions
 from pydantic import ValidationError
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, config, connection, expiry, health, logs, metrics
+from worker_runtime import backoff, config, connection, expiry, health, logs, metrics, processes
 from worker_runtime import queue as queue_mod
 
 log = logs.get_logger("worker")
@@ -262,6 +262,8 @@ class Worker:
         self._sync_notify = False
         self._exported_dead_letters: collections.Counter[str] = collections.Counter()
         self._pool: DaemonThreadPool | None = None
+        self._procs: processes.ProcessPool | None = None
+        self._prestart: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self.q: queue_mod.QueueClient | None = None
@@ -358,6 +360,8 @@ class Worker:
         self.q = queue_mod.QueueClient(self._client, self.queue_name, self.options)
         self.app.bind(self._client, queue=self.queue_name)
         self._pool = DaemonThreadPool(self.concurrency)
+        if any(spec.executor == "process" for spec in self.app.tasks.values()):
+            self._start_process_pool()
         self.control = _ControlThread(self)
         self.control.start()
         ticker = asyncio.create_task(self._tick_forever())
@@ -390,6 +394,27 @@ class Worker:
             extra={"worker_id": self.worker_id, "processed": self.processed},
         )
         return 0
+
+    def _start_process_pool(self) -> None:
+        s = self.settings
+        self._procs = processes.ProcessPool(
+            s.process_pool_size or processes.default_size(self.concurrency),
+            max_jobs_per_child=s.process_max_jobs_per_child,
+            max_memory_growth_bytes=int(s.process_max_memory_growth_mb * 1024 * 1024),
+            log=(s.log_level, s.log_format),
+            on_child_retired=self.metrics.child_exited,
+        )
+        self._prestart = asyncio.create_task(self._prestart_children(self._procs))
+
+    async def _prestart_children(self, pool: processes.ProcessPool) -> None:
+        # Boot the children while the first fetch runs; a failure here is only logged: the
+        # jobs themselves start children on demand and fail (and retry) with the reason.
+        try:
+            await pool.prestart()
+        except Exception as exc:
+            log.error("starting the process pool failed", extra={"error": repr(exc)})
+        else:
+            log.info("process pool started", extra={"children": pool.size, "pids": pool.pids})
 
     async def _tick_forever(self) -> None:
         # Proves to /healthz that the job loop's event loop is responsive (and exports what a
@@ -626,7 +651,10 @@ class Worker:
             h.started = time.perf_counter()
             h.deadline = time.monotonic() + limit
             if not spec.is_async:
-                await self._run_sync(h, spec, payload, limit)
+                if spec.handler_ref is not None:
+                    await self._run_process(h, spec, payload, limit)
+                else:
+                    await self._run_sync(h, spec, payload, limit)
                 return
             try:
                 if spec.wants_context:
@@ -701,6 +729,59 @@ class Worker:
         except BaseException as exc:
             await self._failed(h, spec, exc, False)
             return
+        await self._completed(h, spec)
+
+    async def _run_process(
+        self, h: _Held, spec: app_mod.TaskSpec, payload: Any, limit: float
+    ) -> None:
+        assert self._procs is not None and spec.handler_ref is not None
+        pool = self._procs
+        h.deadline = 0.0  # the timeout starts when a child takes the job, not while it waits
+        try:
+            child = await pool.acquire()
+        except processes.ProcessPoolError as exc:
+            await self._failed(h, spec, exc, False)
+            return
+        ctx = self._build_context(h, spec)
+        fields = None
+        if spec.wants_context:
+            fields = {
+                "job_id": ctx.job_id,
+                "task": ctx.task,
+                "queue": ctx.queue,
+                "attempt": ctx.attempt,
+                "deliveries": ctx.deliveries,
+                "correlation_id": ctx.correlation_id,
+                "idempotency_key": ctx.idempotency_key,
+                "enqueued_at": ctx.enqueued_at,
+                "headers": dict(ctx.headers),
+                "priority": ctx.priority,
+                "leased_until": ctx.leased_until,
+                "worker_id": ctx.worker_id,
+            }
+        module, qualname = spec.handler_ref
+        h.started = time.perf_counter()
+        h.deadline = time.monotonic() + limit
+        try:
+            reply = await pool.run(child, processes.Call(module, qualname, payload, fields))
+        except asyncio.CancelledError:
+            # pool.run killed the child: a timed-out CPU-bound job really stops.
+            if not h.timed_out or h.released:
+                raise
+            self.metrics.child_exited("timeout")
+            await self._timed_out(h, spec, f"after {limit}s (child process killed)")
+            return
+        except processes.ProcessPoolError as exc:
+            if isinstance(exc, processes.ChildProcessDied):
+                self.metrics.child_exited("died")
+                log.warning("the child process running the job died", extra={"error": str(exc)})
+            await self._failed(h, spec, exc, False)
+            return
+        if reply.error is not None:
+            await self._failed(h, spec, reply.error, False)
+            return
+        if reply.done_key is not None:
+            ctx.mark_done_on_ack(reply.done_key, ttl_seconds=reply.done_ttl or 86_400.0)
         await self._completed(h, spec)
 
     def _collect_sync(self) -> None:
@@ -1003,6 +1084,13 @@ class Worker:
             self.metrics.job_finished(task, "released", None)
 
     async def _shutdown(self) -> None:
+        if self._prestart is not None:
+            self._prestart.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._prestart
+        if self._procs is not None:
+            # Every job is settled or released by now: stop the idle children, kill stragglers.
+            await self._procs.close(wait_seconds=3.0)
         if self.control is not None:
             self.control.stop()
             await asyncio.to_thread(self.control.join, 10.0)
