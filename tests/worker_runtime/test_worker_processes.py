@@ -29,6 +29,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pool_pids(worker: workerproc.WorkerProc) -> list[int]:
+    """The children the worker logged when its pool started."""
+    for record in worker.log_records():
+        if record.get("msg") == "process pool started":
+            return [int(p) for p in record["pids"]]
+    raise AssertionError("the worker never logged its process pool")
+
+
 def test_cpu_jobs_run_side_by_side_in_child_processes_of_the_worker(
     wf: workerproc.Testbed,
 ) -> None:
@@ -115,20 +123,22 @@ def test_a_child_is_replaced_after_its_job_limit_or_its_memory_growth(
 def test_drain_waits_for_a_running_child_then_leaves_no_process_behind(
     wf: workerproc.Testbed,
 ) -> None:
-    # Given a worker running a 2 s CPU job in a child
+    # Given a worker (60 s drain budget) running a CPU job of 1 s in one of its two children
     worker = wf.spawn(
-        concurrency=2, app=APP, drain_timeout=20.0, extra_env={"WORKERFLEET_PROCESS_POOL_SIZE": "2"}
+        concurrency=2, app=APP, drain_timeout=60.0, extra_env={"WORKERFLEET_PROCESS_POOL_SIZE": "2"}
     )
-    wf.producer.enqueue("cpu", {"marker": "long", "seconds": 2.0})
+    wf.producer.enqueue("cpu", {"marker": "long", "seconds": 1.0})
     wait_until(lambda: len(wf.starts()) == 1, 60, "the job to start")
-    child = wf.starts()[0]["pid"]
-    # When the worker is told to drain
+    # When the worker is told to drain while the child runs it
     worker.send(signal.SIGTERM)
-    # Then it finishes the job, exits 0, and its children are gone
-    assert worker.wait(30) == 0
+    # Then it lets the child finish the job, exits 0, and no child of it is left
+    assert worker.wait(60) == 0
     assert wf.done_counts() == {"long": 1}
     assert wf.stats().completed_total == 1
-    assert not _alive(child)
+    assert "releasing unfinished jobs" not in worker.logs()
+    children = [wf.starts()[0]["pid"], *_pool_pids(worker)]
+    assert len(children) == 3  # the one that ran the job, and both children the pool started
+    assert not any(_alive(pid) for pid in children)
 
 
 def test_a_process_task_records_done_on_ack_and_runs_context_free_handlers(
