@@ -5,6 +5,7 @@
   be killed with SIGKILL and restarted in place on the same port and data directory.
 - ``redis_cluster``: a session-wide Redis Cluster of 3 masters on loopback ports, joined with
   ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``.
+- ``redis_sentinel``: a primary and a Sentinel watching it as ``mymaster`` (sentinel port, primary).
 - ``queue_name``: a unique queue per test, so tests never see each other's keys.
 - ``redis_client`` / ``cluster_client``: per-test asyncio clients; ``engine_client`` is
   parametrized over both, so a contract test runs on a single Redis and on the cluster.
@@ -210,6 +211,41 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in started:
             server.close()
+
+
+@pytest.fixture
+def redis_sentinel(
+    redis_factory: Callable[..., RedisServer], tmp_path: Any
+) -> Iterator[tuple[int, RedisServer]]:
+    """A primary and a Sentinel watching it as "mymaster": (sentinel port, primary)."""
+    primary = redis_factory()
+    sport = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {sport}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n"
+    )
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not installed (make deps)"
+    proc = subprocess.Popen(
+        [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        probe = redis.Redis(port=sport, decode_responses=True, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if probe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"):
+                    break
+            except redis.exceptions.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "sentinel did not come up"
+            time.sleep(0.05)
+        probe.close()
+        yield sport, primary
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="session")

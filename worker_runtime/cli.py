@@ -184,10 +184,16 @@ def load_app(path: str) -> app_mod.App:
 
 
 def _redis_url(args: argparse.Namespace) -> str:
+    from worker_runtime import connection
+
     url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
     if not url:
         msg = "no Redis URL: pass --redis-url or set WORKERFLEET_REDIS_URL"
         raise CliError(msg)
+    try:
+        connection.parse_redis_url(str(url))
+    except connection.InvalidRedisURL as exc:
+        raise CliError(f"unusable Redis URL: {exc}") from None
     return str(url)
 
 

@@ -36,7 +36,9 @@ class WorkerSettings(BaseSettings):
         populate_by_name=True,
     )
 
-    redis_url: str = Field(description="Redis URL (redis://, rediss://, sentinel://)")
+    redis_url: str = Field(
+        description="Redis URL (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://)"
+    )
     queue: str | None = Field(default=None, description="queue name; defaults to the App's")
     app: str | None = Field(default=None, description="module:attr of the App")
     concurrency: int = Field(default=8, ge=1, le=10_000)

@@ -1,9 +1,11 @@
 """Build asyncio (and blocking) Redis clients from a URL, with timeouts and reconnect backoff.
 
 Called by the worker process, the CLI, the producer's users and the operator (read-only stats).
-Supported URLs: ``redis://``, ``rediss://`` (TLS; ``?ssl_cert_reqs=none``/``ssl_ca_certs=`` as
-redis-py accepts), ACL ``user:password@``, ``redis+cluster://host:port`` (Redis Cluster, any node
-as seed) and ``redis+sentinel://[user:pass@]host:port[,host:port...]/service_name[/db]``
+:func:`parse_redis_url` is the one URL parser of all of them (the operator checks a Secret's URL
+with it before using it). Supported URLs: ``redis://``, ``rediss://`` (TLS;
+``?ssl_cert_reqs=none``/``ssl_ca_certs=`` as redis-py accepts), ``unix:///path?db=N``, ACL
+``user:password@``, ``redis+cluster://host:port`` (Redis Cluster, any node as seed;
+``rediss+cluster://``) and ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]``
 (``rediss+sentinel://`` for TLS). Blocking reads in the engine are bounded well below
 ``socket_timeout``.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -36,49 +38,111 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 
 
-@dataclass(frozen=True)
-class SentinelTarget:
-    """A parsed ``redis+sentinel://`` URL."""
+SCHEMES: dict[str, tuple[str, bool]] = {
+    "redis": ("single", False),
+    "rediss": ("single", True),
+    "unix": ("unix", False),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+}
+"""Every URL scheme workerfleet accepts → (kind, TLS). The docs name exactly these."""
 
-    hosts: tuple[tuple[str, int], ...]
-    service_name: str
-    db: int
+_DEFAULT_PORTS = {"single": 6379, "cluster": 6379, "sentinel": 26379}
+
+
+class InvalidRedisURL(ValueError):
+    """A Redis URL that cannot work; the message says why and never contains the URL."""
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    """A parsed Redis URL (see the module docstring for the forms)."""
+
+    kind: str  # single | unix | sentinel | cluster
+    tls: bool
+    hosts: tuple[tuple[str, int], ...]  # one for single/cluster, every Sentinel for sentinel
     username: str | None
     password: str | None
-    tls: bool
+    db: int
+    service_name: str | None = None  # sentinel only
+    socket_path: str | None = None  # unix only
 
 
-def build_sentinel_target(url: str) -> SentinelTarget:
-    """Parse ``redis+sentinel://[user:pass@]h1:p1[,h2:p2]/service[/db]`` (pure)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
+def _parse_host(item: str, default_port: int) -> tuple[str, int]:
+    if item.startswith("["):  # an IPv6 literal: [::1]:7000
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    else:
+        host, sep, port_text = item.rpartition(":")
+        if not sep:
+            host, port_text = item, ""
+    if not host:
+        raise InvalidRedisURL("the URL has no host (an empty entry in its host list?)")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65_536:
+        raise InvalidRedisURL("the URL has a port that is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _parse_db(text: str) -> int:
+    if not text.isdigit():
+        raise InvalidRedisURL("the URL's database (its path /N or ?db=N) is not a number")
+    return int(text)
+
+
+def parse_redis_url(url: str) -> RedisURL:
+    """Parse and check a Redis URL; the one parser of the runtime, the operator and the CLI.
+
+    Raises :class:`InvalidRedisURL` (without echoing the URL) when it cannot work.
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme.lower() not in SCHEMES:
+        shown = scheme if sep and scheme.replace("+", "").isalnum() and len(scheme) < 20 else "?"
+        hint = " (Sentinel URLs are redis+sentinel://)" if shown == "sentinel" else ""
+        raise InvalidRedisURL(
+            f"unsupported URL scheme {shown!r}{hint}; expected one of "
+            + ", ".join(f"{name}://" for name in SCHEMES)
+        )
+    kind, tls = SCHEMES[scheme.lower()]
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise InvalidRedisURL("the value is not a parseable URL") from exc
+    query = parse_qs(parts.query)
+    db_text = query.get("db", [""])[0]
+    userinfo, _, netloc = parts.netloc.rpartition("@")
     username: str | None = None
     password: str | None = None
-    if "@" in netloc:
-        creds, netloc = netloc.rsplit("@", 1)
-        if ":" in creds:
-            user, pw = creds.split(":", 1)
-            username, password = (unquote(user) or None), unquote(pw)
-        else:
-            password = unquote(creds)
-    hosts: list[tuple[str, int]] = []
-    for item in netloc.split(","):
-        host, _, port = item.rpartition(":")
-        if not host:
-            host, port = item, "26379"
-        hosts.append((host, int(port or 26379)))
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    if kind == "unix":
+        if not parts.path:
+            raise InvalidRedisURL("a unix:// URL needs the socket path: unix:///path/redis.sock")
+        db = _parse_db(db_text or "0")
+        return RedisURL(kind, tls, (), username, password, db, None, parts.path)
+    items = netloc.split(",") if netloc else []
+    if not items:
+        raise InvalidRedisURL("the URL has no host")
+    hosts = tuple(_parse_host(item, _DEFAULT_PORTS[kind]) for item in items)
     path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ValueError("a sentinel URL needs the service name: redis+sentinel://host:port/name")
-    db = int(path[1]) if len(path) > 1 else 0
-    return SentinelTarget(
-        hosts=tuple(hosts),
-        service_name=path[0],
-        db=db,
-        username=username,
-        password=password,
-        tls=parts.scheme.startswith("rediss"),
-    )
+    if kind == "sentinel":
+        if not path:
+            raise InvalidRedisURL(
+                "a Sentinel URL needs the service name: redis+sentinel://host:port[,host:port]/name"
+            )
+        db = _parse_db(path[1] if len(path) > 1 else db_text or "0")
+        return RedisURL(kind, tls, hosts, username, password, db, path[0])
+    if len(hosts) > 1:
+        many = "one seed node" if kind == "cluster" else "one host"
+        hint = "" if kind == "cluster" else " (several Sentinels: redis+sentinel://)"
+        raise InvalidRedisURL(f"a {scheme}:// URL names {many}{hint}")
+    db = _parse_db(path[0] if path else db_text or "0")
+    return RedisURL(kind, tls, hosts, username, password, db)
 
 
 def build_client_options(
@@ -117,10 +181,17 @@ def fetch_client(
         health_check_interval=health_check_interval,
         retries=retries,
     )
-    scheme = urlsplit(url).scheme
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        target = build_sentinel_target(url)
-        sentinel_kwargs: dict[str, Any] = {"socket_timeout": socket_timeout}
+    target = parse_redis_url(url)
+    if target.kind == "sentinel":
+        assert target.service_name is not None
+        # No re-sends to one Sentinel: the next one in the list is the retry. (redis-py's
+        # default, 3 retries with 1-10 s backoff, spent ~7 s on a dead first Sentinel per
+        # discovery, longer than any caller's deadline, so a live second one was never asked.)
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            "retry": redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0),
+        }
         if target.tls:
             opts["ssl"] = True
             sentinel_kwargs["ssl"] = True
@@ -134,7 +205,7 @@ def fetch_client(
         )
         master: AsyncClient = sentinel.master_for(target.service_name)
         return master
-    if scheme in ("redis+cluster", "rediss+cluster"):
+    if target.kind == "cluster":
         plain = url.replace("+cluster", "", 1)
         cluster_opts = {k: v for k, v in opts.items() if k not in ("retry_on_error",)}
         cluster_opts.pop("health_check_interval", None)
@@ -142,8 +213,6 @@ def fetch_client(
             redis.backoff.ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries
         )
         return redis.asyncio.cluster.RedisCluster.from_url(plain, **cluster_opts)
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
     return redis.asyncio.Redis.from_url(url, **opts)
 
 
@@ -157,14 +226,19 @@ def fetch_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3
             redis.backoff.ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries
         ),
     }
-    scheme = urlsplit(url).scheme
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        target = build_sentinel_target(url)
+    target = parse_redis_url(url)
+    if target.kind == "sentinel":
+        assert target.service_name is not None
         if target.tls:
             opts["ssl"] = True
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(target.hosts),
-            sentinel_kwargs={"socket_timeout": socket_timeout, "ssl": target.tls},
+            sentinel_kwargs={
+                "socket_timeout": socket_timeout,
+                "socket_connect_timeout": socket_timeout,
+                "ssl": target.tls,
+                "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),  # as fetch_client
+            },
             username=target.username,
             password=target.password,
             db=target.db,
@@ -174,8 +248,6 @@ def fetch_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3
             target.service_name
         )
         return sync_master
-    if scheme in ("redis+cluster", "rediss+cluster"):
+    if target.kind == "cluster":
         return redis.cluster.RedisCluster.from_url(url.replace("+cluster", "", 1), **opts)
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported Redis URL scheme {scheme!r}")
     return redis.Redis.from_url(url, **opts)

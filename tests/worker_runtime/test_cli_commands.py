@@ -191,6 +191,15 @@ def test_a_worker_pointed_at_something_that_is_not_an_app_refuses_to_start(
     assert out.returncode == 2 and "MODULE:ATTR" in out.stderr
 
 
+def test_an_unusable_redis_url_is_one_line_naming_the_scheme_to_use() -> None:
+    out = run_cli(
+        "queue", "stats", "-q", "q", redis_url="sentinel://user:s3cret@127.0.0.1:26379/mymaster"
+    )
+    assert out.returncode == 2, out.stderr
+    assert "redis+sentinel://" in out.stderr and "Traceback" not in out.stderr
+    assert "s3cret" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
 def test_an_unreachable_redis_is_reported_not_a_traceback() -> None:
     out = run_cli("queue", "stats", "--redis-url", "redis://127.0.0.1:1/0", "-q", "q")
     assert out.returncode == 1

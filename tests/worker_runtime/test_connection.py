@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -18,22 +19,60 @@ from tests.conftest import RedisServer, free_port
 from tests.worker_runtime import engine_support as es
 from worker_runtime import connection, producer, stats
 
+LOCAL = (("127.0.0.1", 6379),)
 
-def test_a_sentinel_url_names_every_sentinel_the_service_and_credentials() -> None:
-    t = connection.build_sentinel_target(
-        "redis+sentinel://app:s%40cret@h1:26379,h2:26380/mymaster/2"
-    )
-    assert t.hosts == (("h1", 26379), ("h2", 26380))
-    assert (t.service_name, t.db, t.username, t.password, t.tls) == (
-        "mymaster",
-        2,
-        "app",
-        "s@cret",
-        False,
-    )
-    assert connection.build_sentinel_target("rediss+sentinel://h/m").hosts == (("h", 26379),)
-    with pytest.raises(ValueError):
-        connection.build_sentinel_target("redis+sentinel://h:1")
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", ("single", False, LOCAL, None, None, 0)),
+        ("rediss://app:pw@r.example/2", ("single", True, (("r.example", 6379),), "app", "pw", 2)),
+        ("redis://:s%40cret@[::1]:7000", ("single", False, (("::1", 7000),), None, "s@cret", 0)),
+        ("unix:///run/redis.sock?db=3", ("unix", False, (), None, None, 3)),
+        (
+            "redis+sentinel://app:s%40cret@h1:26379,h2:26380/mymaster/2",
+            ("sentinel", False, (("h1", 26379), ("h2", 26380)), "app", "s@cret", 2),
+        ),
+        ("rediss+sentinel://h/m", ("sentinel", True, (("h", 26379),), None, None, 0)),
+        ("redis+cluster://127.0.0.1", ("cluster", False, LOCAL, None, None, 0)),
+    ],
+)  # fmt: skip
+def test_one_parser_reads_every_supported_redis_url_form(
+    url: str, expected: tuple[Any, ...]
+) -> None:
+    parsed = connection.parse_redis_url(url)
+    got = (parsed.kind, parsed.tls, parsed.hosts, parsed.username, parsed.password, parsed.db)
+    assert got == expected
+    if parsed.kind == "sentinel":
+        assert parsed.service_name in ("mymaster", "m")
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sentinel://h1:26379/mymaster", "redis+sentinel://"),  # the name the docs once used
+        ("http://user:s3cret@host:1/0", "scheme"),
+        ("s3cret-not-a-url", "scheme"),
+        ("redis://", "no host"),
+        ("redis://user:s3cret@host:notaport/0", "port"),
+        ("redis://user:s3cret@host:6379/x", "database"),
+        ("redis+sentinel://user:s3cret@h1:1,h2:x/m", "port"),
+        ("redis+sentinel://user:s3cret@h1:1,h2:2", "service name"),
+        ("redis+sentinel://user:s3cret@h1:1,,h2:2/m", "host"),
+        ("redis+cluster://user:s3cret@h1:1,h2:2", "one seed"),
+        ("unix://", "socket path"),
+    ],
+)
+def test_unusable_redis_urls_are_refused_with_a_reason_and_never_echoed(
+    url: str, words: str
+) -> None:
+    with pytest.raises(connection.InvalidRedisURL) as caught:
+        connection.parse_redis_url(url)
+    assert words in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    # and the clients refuse them the same way
+    with pytest.raises(connection.InvalidRedisURL):
+        connection.fetch_client(url)
 
 
 def test_an_unknown_url_scheme_is_refused() -> None:
@@ -143,39 +182,6 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         proc.wait(10)
 
 
-@pytest.fixture
-def sentinel(redis_factory: Any, tmp_path: Path) -> Iterator[tuple[int, RedisServer]]:
-    """A primary and a Sentinel watching it as "mymaster": (sentinel port, primary)."""
-    primary = redis_factory()
-    sport = free_port()
-    conf = tmp_path / "sentinel.conf"
-    conf.write_text(
-        f"port {sport}\nbind 127.0.0.1\ndir {tmp_path}\n"
-        f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n"
-    )
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server is not installed (make deps)"
-    proc = subprocess.Popen(
-        [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        probe = redis.Redis(port=sport, decode_responses=True, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if probe.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"):
-                    break
-            except redis.exceptions.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "sentinel did not come up"
-            time.sleep(0.05)
-        probe.close()
-        yield sport, primary
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
 def wait_for_port(port: int) -> None:
     deadline = time.monotonic() + 10
     while True:
@@ -200,10 +206,10 @@ async def test_rediss_urls_talk_tls(tls_server: tuple[int, Path], queue_name: st
 
 
 async def test_a_sentinel_url_finds_the_primary(
-    sentinel: tuple[int, RedisServer], queue_name: str
+    redis_sentinel: tuple[int, RedisServer], queue_name: str
 ) -> None:
     # Given a Sentinel watching a primary
-    sport, primary = sentinel
+    sport, primary = redis_sentinel
     # When a client connects through the Sentinel URL and enqueues
     client = connection.fetch_client(f"redis+sentinel://127.0.0.1:{sport}/mymaster")
     await producer.Producer(client, queue_name).enqueue("t", {"x": 1})
@@ -212,6 +218,25 @@ async def test_a_sentinel_url_finds_the_primary(
     direct = redis.asyncio.Redis(port=primary.port, decode_responses=True)
     assert (await stats.fetch_queue_stats(direct, queue_name)).backlog == 1
     await direct.aclose()
+
+
+async def test_a_sentinel_url_whose_first_sentinel_is_down_asks_the_next_one_at_once(
+    redis_sentinel: tuple[int, RedisServer], queue_name: str
+) -> None:
+    # Given a multi-host Sentinel URL whose first Sentinel does not answer
+    sport, _primary = redis_sentinel
+    url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{sport}/mymaster"
+    client = connection.fetch_client(url, socket_timeout=2.0)
+    try:
+        # When a caller with a 2 s deadline (the operator's stats read) enqueues and reads
+        async with asyncio.timeout(2.0):
+            await producer.Producer(client, queue_name).enqueue("t", {"x": 1})
+            s = await stats.fetch_queue_stats(client, queue_name)
+    finally:
+        await client.aclose()
+    # Then the second Sentinel named the primary in time (redis-py's default re-sends to the
+    # dead one took ~7 s)
+    assert s.backlog == 1
 
 
 async def test_a_killed_connection_is_reestablished_by_the_next_call(

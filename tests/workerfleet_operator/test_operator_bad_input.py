@@ -11,6 +11,7 @@ import pytest
 import yaml
 from workerfleet_operator.shell import config as config_module
 
+from tests.conftest import free_port
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
@@ -136,3 +137,23 @@ def test_a_child_kind_whose_api_is_not_installed_is_reported_and_the_rest_applie
         message="no ChildKindMissing Event",
     )
     assert "PodMonitor" in event[0]["message"]
+
+
+def test_a_pool_whose_secret_names_several_sentinels_reads_its_queue_through_them(
+    emulator: Emulator,
+    redis_sentinel: tuple[int, Any],
+    operator: Callable[..., OperatorRunner],
+    queue_name: str,
+) -> None:
+    # Given a Secret with a multi-host Sentinel URL: one Sentinel that is down, one that answers
+    sentinel_port, _primary = redis_sentinel
+    url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{sentinel_port}/mymaster"
+    emulator.create("secrets", build_secret("redis-creds", url))
+    operator()
+    # When a pool uses it
+    emulator.create("workerpools", build_pool("emails", queue=queue_name), group=GROUP)
+    # Then the operator reads the queue through the Sentinels (it held the pool as
+    # InvalidRedisURL, though workers accept the same URL)
+    wait_for_condition(emulator, "emails", "QueueReachable", timeout=20)
+    ready = condition(pool(emulator, "emails"), "Ready")
+    assert ready.get("reason") != "InvalidRedisURL"

@@ -19,6 +19,9 @@ from workerfleet_operator.shell import handlers, kube, queue
         "rediss://user:pw@redis.example:6380/2",
         "unix:///var/run/redis.sock",
         "redis+sentinel://sentinel.example:26379/mymaster/0",
+        "redis+sentinel://h1:26379,h2:26379/mymaster",  # several Sentinels, as the runtime takes
+        "rediss+sentinel://app:pw@h1:26379,h2:26380,h3/mymaster/1",
+        "redis+cluster://10.0.0.1:7000",
     ],
 )
 def test_supported_redis_urls_are_accepted(url: str) -> None:
@@ -30,8 +33,10 @@ def test_supported_redis_urls_are_accepted(url: str) -> None:
     [
         ("http://user:s3cret@host:1/0", "scheme"),
         ("redis://", "no host"),
-        ("redis://host:notaport/0", "parseable"),
+        ("redis://host:notaport/0", "port"),
         ("s3cret-not-a-url", "scheme"),
+        ("sentinel://user:s3cret@h1:26379/mymaster", "redis+sentinel://"),
+        ("redis+sentinel://user:s3cret@h1:1,h2:x/m", "port"),
     ],
 )
 def test_unusable_redis_urls_are_refused_without_echoing_them(url: str, words: str) -> None:

@@ -263,8 +263,9 @@ class RedisSpec(SpecModel):
 
     url_secret_ref: SecretKeyRef = Field(
         description=(
-            "Secret key holding the Redis URL (redis://, rediss://, sentinel://, with an ACL "
-            "user and password if needed). Passed to workers only as a secretKeyRef."
+            "Secret key holding the Redis URL (redis://, rediss://, unix://, "
+            "redis+sentinel://h1:26379,h2:26379/service, redis+cluster://, with an ACL user and "
+            "password if needed). Passed to workers only as a secretKeyRef."
         )
     )
     keda: KedaRedisAuth | None = Field(

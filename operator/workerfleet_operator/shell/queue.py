@@ -18,18 +18,6 @@ from worker_runtime import connection, stats
 from workerfleet_operator import autoscaling
 from workerfleet_operator.shell import kube
 
-ALLOWED_SCHEMES = frozenset(
-    {
-        "redis",
-        "rediss",
-        "unix",
-        "redis+sentinel",
-        "rediss+sentinel",
-        "redis+cluster",
-        "rediss+cluster",
-    }
-)
-
 
 @dataclass(frozen=True)
 class ClientKey:
@@ -44,20 +32,15 @@ class InvalidRedisUrlError(ValueError):
 
 
 def check_redis_url(value: str) -> None:
-    """Raise :class:`InvalidRedisUrlError` unless ``value`` parses as a supported Redis URL."""
+    """Raise :class:`InvalidRedisUrlError` unless ``value`` is a Redis URL the workers accept.
+
+    The check is the runtime's own parser (``connection.parse_redis_url``), so the operator
+    never holds a pool for a URL its workers would use (multi-host Sentinel URLs included).
+    """
     try:
-        parts = urllib.parse.urlsplit(value)
-        _ = parts.port  # raises on a non-numeric port
-    except ValueError as exc:
-        raise InvalidRedisUrlError("the value is not a parseable URL") from exc
-    if parts.scheme not in ALLOWED_SCHEMES:
-        shown = parts.scheme if parts.scheme.isalnum() and len(parts.scheme) < 16 else "?"
-        raise InvalidRedisUrlError(
-            f"unsupported URL scheme {shown!r} "
-            f"(expected one of {', '.join(sorted(ALLOWED_SCHEMES))})"
-        )
-    if parts.scheme != "unix" and not parts.hostname:
-        raise InvalidRedisUrlError("the URL has no host")
+        connection.parse_redis_url(value)
+    except connection.InvalidRedisURL as exc:
+        raise InvalidRedisUrlError(str(exc)) from None
 
 
 def redact(text: str, secret: kube.SecretValue | None) -> str:
