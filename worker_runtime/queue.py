@@ -20,7 +20,7 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -78,12 +78,16 @@ class QueueOptions:
             raise ValueError("max_deliveries must be at least 1")
 
 
+Token = int
+"""A delivery's fencing token (opaque to callers: only ever compared and sent back)."""
+
+
 @dataclass(frozen=True)
 class Job:
     """One delivery of a job to this worker; ``token`` fences every later call about it."""
 
     id: str
-    token: int
+    token: Token
     envelope: envelope_mod.JobEnvelope
     attempts: int
     deliveries: int
@@ -125,6 +129,9 @@ class RenewResult:
 
     renewed: tuple[str, ...]
     lost: tuple[str, ...]
+    renewed_jobs: tuple[Job, ...] = ()
+    """The renewed deliveries themselves (a worker may hold two deliveries of one job id)."""
+    lost_jobs: tuple[Job, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,7 +262,7 @@ class _Coalescer(Generic[T, R]):
 _AckItem = tuple[str, int, str | None, float | None]
 _RetryItem = tuple[str, int, float, str]
 _DeadItem = tuple[str, int, str, str, bool]
-_ReleaseItem = tuple[str, int]
+_ReleaseItem = tuple[str, Token]
 
 
 class QueueClient:
@@ -329,6 +336,7 @@ class QueueClient:
         *,
         block: float = 0.0,
         wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, Token]] = (),
     ) -> list[Job]:
         """Up to ``count`` jobs for ``worker_id``, leased and fenced, in priority order.
 
@@ -336,6 +344,11 @@ class QueueClient:
         reads new entries. With ``block`` > 0 and nothing to do, waits for new entries (or the
         next due/lease time) up to ``block`` seconds and tries again; [] on timeout. Setting
         ``wake`` (e.g. on SIGTERM) ends a wait at once with [].
+
+        ``holding``: the (job id, token) deliveries the caller still holds. An expired lease of
+        the caller's own is never handed to it again (that would start a second run next to
+        the one still going): the script renews it, and a delivery the caller does not hold
+        any more is released back to the queue here.
         """
         if count <= 0 or (wake is not None and wake.is_set()):
             return []
@@ -343,7 +356,8 @@ class QueueClient:
         args = self._fetch_args(worker_id, min(count, MAX_FETCH))
         while True:
             raw = await scripts.FETCH(self.client, self._k, args, decode=False)
-            now_ms, poisoned, next_event, last_ids, flat = raw
+            now_ms, poisoned, next_event, last_ids, flat, own = raw
+            await self._release_unheld(own, holding)
             if int(poisoned):
                 self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
             jobs, invalid = self._build_jobs(float(now_ms), flat)
@@ -379,6 +393,7 @@ class QueueClient:
         *,
         block: float = 0.0,
         wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, Token]] = (),
     ) -> tuple[list[bool], list[Job]]:
         """Acknowledge ``jobs`` and fetch up to ``count`` new ones in ONE round trip.
 
@@ -387,7 +402,7 @@ class QueueClient:
         ``block`` > 0 and nothing fetched, it continues as ``fetch(block=...)``.
         """
         if not jobs:
-            return [], await self.fetch(worker_id, count, block=block, wake=wake)
+            return [], await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         if count <= 0 or (wake is not None and wake.is_set()):
             return [await self.ack(j) for j in jobs], []
         packed = build_packed([(j.id, j.token, 0, 0) for j in jobs])
@@ -397,35 +412,47 @@ class QueueClient:
             [*self._fetch_args(worker_id, min(count, MAX_FETCH)), packed],
             decode=False,
         )
-        now_ms, poisoned, _next_event, _last_ids, flat, acked = raw
+        now_ms, poisoned, _next_event, _last_ids, flat, own, acked = raw
+        await self._release_unheld(own, holding)
         if int(poisoned):
             self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
         fetched, invalid = self._build_jobs(float(now_ms), flat)
         for job_id, token, error in invalid:
             await self._dead_letter_invalid(job_id, token, error, worker_id)
         if not fetched and block > 0:
-            fetched = await self.fetch(worker_id, count, block=block, wake=wake)
+            fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         return [int(f) == 1 for f in acked], fetched
 
-    async def adopt(self, worker_id: str, held: Collection[str] = ()) -> list[Job]:
+    async def adopt(self, worker_id: str, held: Collection[tuple[str, Token]] = ()) -> list[Job]:
         """The jobs delivered to ``worker_id`` that it does not hold, with fresh leases.
 
         After a fetch that failed on a Redis error the worker cannot know whether the script
         ran: if it did, its jobs are leased to the worker but never reached it. This hands them
         over (same delivery, same token) instead of leaving them to expire (a lost delivery).
-        ``held`` lists the job ids the worker already has; they are skipped.
+        ``held`` lists the (job id, token) deliveries the worker already has; they are skipped.
         """
         args: list[scripts.Arg] = [
             worker_id,
             int(self.options.lease_seconds * 1000),
             MAX_FETCH + len(held),
-            build_packed([(job_id,) for job_id in held]),
+            build_packed(list(held)),
         ]
         now_ms, flat = await scripts.ADOPT(self.client, self._k, args, decode=False)
         jobs, invalid = self._build_jobs(float(now_ms), flat)
         for job_id, token, error in invalid:
             await self._dead_letter_invalid(job_id, token, error, worker_id)
         return jobs
+
+    async def _release_unheld(
+        self, own: Sequence[Any], holding: Container[tuple[str, Token]]
+    ) -> None:
+        # The caller's own expired leases, renewed by the fetch script: one it no longer holds
+        # (e.g. dropped after its settle gave up) goes back to the queue instead of being
+        # renewed for nobody. Fenced: a delivery acknowledged meanwhile is left alone.
+        for i in range(0, len(own), 2):
+            key = (_text(own[i]), int(own[i + 1]))
+            if key not in holding:
+                await self._releases.submit(key)
 
     async def _dead_letter_invalid(
         self, job_id: str, token: int, error: envelope_mod.EnvelopeError, worker_id: str
@@ -515,9 +542,14 @@ class QueueClient:
             build_packed([(job.id, job.token) for job in jobs]),
         ]
         flags = await scripts.RENEW(self.client, self._k, args)
-        renewed = tuple(j.id for j, f in zip(jobs, flags, strict=True) if int(f) == 1)
-        lost = tuple(j.id for j, f in zip(jobs, flags, strict=True) if int(f) != 1)
-        return RenewResult(renewed=renewed, lost=lost)
+        renewed = tuple(j for j, f in zip(jobs, flags, strict=True) if int(f) == 1)
+        lost = tuple(j for j, f in zip(jobs, flags, strict=True) if int(f) != 1)
+        return RenewResult(
+            renewed=tuple(j.id for j in renewed),
+            lost=tuple(j.id for j in lost),
+            renewed_jobs=renewed,
+            lost_jobs=lost,
+        )
 
     async def heartbeat(self, beat: WorkerBeat) -> None:
         """Write the worker's heartbeat record (and reap workers whose heartbeat expired)."""

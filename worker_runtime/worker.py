@@ -242,7 +242,10 @@ class Worker:
             jitter=settings.retry_backoff_jitter,
         )
         self.default_timeout = settings.job_timeout_seconds
-        self.held: dict[str, _Held] = {}
+        # Keyed by delivery (job id, token), not by job id: a job lost to another worker can
+        # come back to this one while the stale run still finishes, and the stale run's
+        # rejected settle must not remove the live delivery's entry.
+        self.held: dict[tuple[str, queue_mod.Token], _Held] = {}
         self._held_lock = threading.Lock()
         self._zombies = 0  # timed-out sync handlers still occupying a thread (and a slot)
         self.processed = 0
@@ -321,12 +324,13 @@ class Worker:
             self.metrics.lease_renewals.inc(len(result.renewed))
         leased_until = time.time() + self.settings.lease_seconds
         with self._held_lock:
-            for job_id in result.renewed:
-                h = self.held.get(job_id)
+            for job in result.renewed_jobs:
+                h = self.held.get((job.id, job.token))
                 if h is not None and h.ctx is not None:
                     h.ctx.leased_until = leased_until
-            for job_id in result.lost:
-                h = self.held.get(job_id)
+            for job in result.lost_jobs:
+                job_id = job.id
+                h = self.held.get((job_id, job.token))
                 # A job whose settle is on its way may already be acked (the snapshot raced
                 # the ack): its settle's own result decides, not the renewal.
                 if h is not None and not h.lost and not h.settling:
@@ -459,14 +463,23 @@ class Worker:
             try:
                 if acks:
                     flags, jobs = await q.ack_and_fetch(
-                        [h.job for h in acks], self.worker_id, free, block=0.0, wake=wake
+                        [h.job for h in acks],
+                        self.worker_id,
+                        free,
+                        block=0.0,
+                        wake=wake,
+                        holding=self.held,
                     )
                     self._finish_acks(acks, flags)
                 else:
                     self._fetch_blocking = True
                     try:
                         jobs = await q.fetch(
-                            self.worker_id, free, block=FETCH_BLOCK_SECONDS, wake=wake
+                            self.worker_id,
+                            free,
+                            block=FETCH_BLOCK_SECONDS,
+                            wake=wake,
+                            holding=self.held,
                         )
                     finally:
                         self._fetch_blocking = False
@@ -581,7 +594,7 @@ class Worker:
     def _start(self, job: queue_mod.Job) -> None:
         h = _Held(job, self.app.tasks.get(job.envelope.task), self.queue_name, time.time())
         with self._held_lock:
-            self.held[job.id] = h
+            self.held[(job.id, job.token)] = h
         if self.draining:
             # A fetch that was already on its way when the drain began: give the job back.
             h.task = asyncio.create_task(self._release_fetched(h))
@@ -1015,7 +1028,7 @@ class Worker:
 
     def _forget(self, h: _Held) -> None:
         with self._held_lock:
-            self.held.pop(h.job.id, None)
+            self.held.pop((h.job.id, h.job.token), None)
         self.processed += 1
         self._poke()
 

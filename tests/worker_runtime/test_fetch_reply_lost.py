@@ -68,7 +68,7 @@ async def test_jobs_leased_by_a_fetch_whose_reply_timed_out_are_adopted_by_that_
     assert sorted(j.id for j in adopted) == sorted(ids)
     assert {(j.deliveries, j.lost, j.attempts) for j in adopted} == {(1, 0, 0)}
     # And what it already holds is not handed over twice
-    assert await q.adopt("w1", held=[j.id for j in adopted]) == []
+    assert await q.adopt("w1", held=[(j.id, j.token) for j in adopted]) == []
     # And the adopted deliveries are the real ones: their acks are accepted
     assert all([await q.ack(j) for j in adopted])
     final = await _stats(client, queue_name)
@@ -184,7 +184,7 @@ async def test_only_a_client_without_automatic_retries_never_sends_a_fetch_twice
         assert len(got) == 4 * (sent - 1)
         # And only the worker's own adopt (what the job loop does after the error) brings the
         # lost batch back at once
-        adopted = await setup.adopt("w1", held=[j.id for j in got])
+        adopted = await setup.adopt("w1", held=[(j.id, j.token) for j in got])
         assert len(adopted) == 4
     finally:
         proxy.close()

@@ -5,14 +5,15 @@
 -- Touches: {wf:Q}:ready:* (XPENDING of the worker's consumer, XRANGE of each entry; read),
 --          {wf:Q}:inflight (read: token, entry, worker), {wf:Q}:state (read), {wf:Q}:env (read),
 --          {wf:Q}:leases (ZADD: a fresh lease for each adopted job).
--- ARGV: worker, lease ms, most entries to look at per stream, packed ids the worker holds (skipped).
+-- ARGV: worker, lease ms, most entries to look at per stream, packed records id, token of the
+--       deliveries the worker holds (skipped).
 -- Returns: {now, {id, token, envelope, attempts, deliveries, lost, ...}} (fetch's job layout;
 --          the delivery is the one the lost fetch made: tokens and counts are unchanged).
 local worker = ARGV[1]
 local lease = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local held = {}
-for id in string.gmatch(ARGV[4], REC[1]) do held[id] = true end
+for id, token in string.gmatch(ARGV[4], REC[2]) do held[id .. '|' .. token] = true end
 local now = now_ms()
 local until_ms = now + lease
 local out = {}
@@ -22,10 +23,10 @@ for _, p in ipairs(PRIO) do
   for _, pe in ipairs(pending) do
     local entry = redis.call('XRANGE', K_READY[p], pe[1], pe[1])
     local id = entry[1] and entry[1][2][2]
-    if id and not held[id] then
+    if id then
       local fl = fl_get(redis.call('HGET', K_INFLIGHT, id))
       local st = st_get(redis.call('HGET', K_STATE, id))
-      if fl and st and fl.w == worker and fl.e == pe[1] then
+      if fl and st and fl.w == worker and fl.e == pe[1] and not held[id .. '|' .. fl.t] then
         redis.call('ZADD', K_LEASES, until_ms, id)
         out[#out + 1] = id
         out[#out + 1] = fl.t

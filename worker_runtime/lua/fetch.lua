@@ -7,10 +7,14 @@
 -- ARGV: worker, count, lease ms, max deliveries, promote limit, rate jobs (0 = off), rate per
 --       ms, dlq max length, dlq retention ms.
 -- Order: 1 promote due delayed jobs; 2 reclaim expired leases (lost+1; lost >= max deliveries →
---        DLQ "max_deliveries" before running); 3 read new entries high → normal → low;
---        4 hand out fencing tokens (counters.fence) and leases.
+--        DLQ "max_deliveries" before running) — except the caller's own: a worker that is
+--        fetching is alive, so its expired leases are renewed, never handed to it a second
+--        time; 3 read new entries high → normal → low; 4 hand out fencing tokens
+--        (counters.fence) and leases.
 -- Returns: {now, poisoned, next event ms (-1 none), {last delivered ids} (only when empty),
---           {id, token, envelope, attempts, deliveries, lost, ...}}.
+--           {id, token, envelope, attempts, deliveries, lost, ...},
+--           {id, token, ...} of the caller's own expired leases renewed by step 2 (the caller
+--           releases those it no longer holds)}.
 local worker = ARGV[1]
 local count = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
@@ -41,6 +45,7 @@ end
 
 local ids, states, prios, entries = {}, {}, {}, {}
 local poisoned = 0
+local own = {}
 
 -- 2. reclaim expired leases (a delivery that ended without a verdict: crash, kill, stop)
 if grant > 0 then
@@ -51,7 +56,11 @@ if grant > 0 then
     call_chunked('ZREM', K_LEASES, expired)
     for i, id in ipairs(expired) do
       local st, fl = st_get(sraws[i]), fl_get(fraws[i])
-      if st and fl then
+      if st and fl and fl.w == worker then
+        redis.call('ZADD', K_LEASES, now + lease, id)
+        own[#own + 1] = id
+        own[#own + 1] = fl.t
+      elseif st and fl then
         st.l = st.l + 1
         if st.l >= max_deliveries then
           entry_remove(fl)
@@ -123,7 +132,7 @@ if n == 0 then
   end
   local last = {}
   for i, p in ipairs(PRIO) do last[i] = last_delivered(K_READY[p]) end
-  return {now, poisoned, next_event, last, {}}
+  return {now, poisoned, next_event, last, {}, own}
 end
 
 -- 4. fencing tokens and leases
@@ -151,4 +160,4 @@ end
 call_chunked('ZADD', K_LEASES, zargs)
 call_chunked('HSET', K_STATE, sargs)
 call_chunked('HSET', K_INFLIGHT, fargs)
-return {now, poisoned, next_event, {}, out}
+return {now, poisoned, next_event, {}, out, own}
