@@ -128,6 +128,20 @@ class Observed:
     stats_error: str | None = None
     decision: autoscaling.Decision | None = None
     previous: api.WorkerPoolStatus | None = None
+    # Other pools reading the same queue on the same Redis; None = not known yet.
+    queue_sharing: QueueSharing | None = None
+
+
+@dataclass(frozen=True)
+class QueueSharing:
+    """Who else reads this pool's queue on the same Redis (``namespace/name``, sorted).
+
+    ``first`` is the pool created first among all of them: it alone scales; the others hold.
+    """
+
+    others: tuple[str, ...]
+    first: str
+    holds: bool
 
 
 EVENT_MESSAGE_MAX_LENGTH = 1024
@@ -319,7 +333,7 @@ def _build_condition_event(condition: api.Condition, before: api.Condition | Non
         }:
             return Event("Warning", condition.reason, message)
         return None
-    if condition.type == api.SCALING_LIMITED and condition.status == "True":
+    if condition.type in (api.SCALING_LIMITED, api.QUEUE_CONFLICT) and condition.status == "True":
         return Event("Warning", condition.reason, message)
     return None
 
@@ -462,6 +476,24 @@ def _build_scaling_condition(conds: _Conditions, pool: api.Pool, observed: Obser
         conds.set(api.SCALING_LIMITED, "False", "WithinLimits", "the replicas meet the signals")
 
 
+def _build_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharing | None) -> None:
+    queue = pool.spec.queue.name
+    if sharing is None:
+        conds.carry(api.QUEUE_CONFLICT, "Unknown", "NotYetChecked", f"queue {queue} not read yet")
+    elif not sharing.others:
+        message = f"no other WorkerPool reads queue {queue} on this Redis"
+        conds.set(api.QUEUE_CONFLICT, "False", "QueueNotShared", message)
+    else:
+        who = "this pool holds its replicas" if sharing.holds else "this pool scales"
+        message = (
+            f"queue {queue} on this Redis is also read by WorkerPool "
+            f"{', '.join(sharing.others)}: pools on one queue would each scale to the whole "
+            f"backlog and take each other's jobs. {sharing.first} (created first) scales and "
+            f"the others hold: {who}. Give each pool its own queue."
+        )
+        conds.set(api.QUEUE_CONFLICT, "True", "QueueShared", message)
+
+
 def _build_degraded(conds: _Conditions, observed: Observed) -> None:
     deployment = observed.deployment
     if deployment is not None and deployment.progress_deadline_exceeded:
@@ -498,6 +530,7 @@ def _build_held_plan(
     else:
         conds.carry(api.QUEUE_REACHABLE, "Unknown", reason, "the spec is not usable")
     conds.carry(api.SCALING_LIMITED, "Unknown", reason, "the spec is not usable")
+    conds.carry(api.QUEUE_CONFLICT, "Unknown", reason, "the spec is not usable")
     conditions = conds.build()
     before = observed.previous
     deployment = observed.deployment
@@ -543,6 +576,7 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     _build_degraded(conds, observed)
     _build_queue_conditions(conds, pool, observed)
     _build_scaling_condition(conds, pool, observed)
+    _build_queue_conflict(conds, pool, observed.queue_sharing)
     conditions = conds.build()
     before = observed.previous
     if observed.stats is not None:

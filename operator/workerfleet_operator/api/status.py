@@ -26,7 +26,15 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 QUEUE_REACHABLE = "QueueReachable"
 SCALING_LIMITED = "ScalingLimited"
-CONDITION_TYPES: tuple[str, ...] = (READY, PROGRESSING, DEGRADED, QUEUE_REACHABLE, SCALING_LIMITED)
+QUEUE_CONFLICT = "QueueConflict"
+CONDITION_TYPES: tuple[str, ...] = (
+    READY,
+    PROGRESSING,
+    DEGRADED,
+    QUEUE_REACHABLE,
+    SCALING_LIMITED,
+    QUEUE_CONFLICT,
+)
 
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 """The reason format of metav1.Condition (CamelCase in practice)."""

@@ -87,6 +87,26 @@ class OperatorContext:
     secrets: dict[tuple[str, str, str], tuple[float, kube.SecretValue]] = field(
         default_factory=dict
     )
+    # pool -> (where its queue lives, its creationTimestamp): pools on one queue are found here.
+    queue_readers: dict[PoolKey, tuple[str, str]] = field(default_factory=dict)
+
+    def find_queue_sharing(self, key: PoolKey) -> plan_mod.QueueSharing | None:
+        """Which other pools read the same queue on the same Redis; None before ``key`` read it.
+
+        The pool created first (then by namespace/name) scales; the others hold their replicas.
+        """
+        mine = self.queue_readers.get(key)
+        if mine is None:
+            return None
+        sharing = sorted(
+            (created, k) for k, (where, created) in self.queue_readers.items() if where == mine[0]
+        )
+        first = sharing[0][1]
+        return plan_mod.QueueSharing(
+            others=tuple(sorted(f"{k[0]}/{k[1]}" for _, k in sharing if k != key)),
+            first=f"{first[0]}/{first[1]}",
+            holds=first != key,
+        )
 
     async def fetch_secret(
         self, namespace: str, name: str, key: str
@@ -271,6 +291,7 @@ class PoolController:
 
     async def stop(self) -> None:
         self.stopped = True
+        self.ctx.queue_readers.pop((self.namespace, self.name), None)
         self.wake.set()
         if self.task is not None:
             self.task.cancel()
@@ -444,6 +465,7 @@ class PoolController:
             if self.deployment is None
             else plan_mod.build_deployment_state(self.deployment),
             previous=api.parse_status(body.get("status")),
+            queue_sharing=self.ctx.find_queue_sharing((self.namespace, self.name)),
             **more,
         )
 
@@ -673,10 +695,15 @@ class PoolController:
         before = self.secret.version
         check = await self._read_secret(pool)
         if check.state != "ok" or self.secret is None or self.secret_key is None:
+            self.ctx.queue_readers.pop((self.namespace, self.name), None)
             self.dirty = True  # the reconcile reports it (Ready=False) and holds
             return
         if check.version != before:
             self.dirty = True  # a new pod-template annotation rolls the pods onto the new URL
+        created = str(((self.body or {}).get("metadata") or {}).get("creationTimestamp") or "")
+        where = queue.identify_queue(self.secret.value, pool.spec.queue.name)
+        self.ctx.queue_readers[(self.namespace, self.name)] = (where, created)
+        sharing = self.ctx.find_queue_sharing((self.namespace, self.name))
         observation = await self.ctx.queues.fetch_observation(
             self.secret_key,
             self.secret,
@@ -699,13 +726,18 @@ class PoolController:
         self.last_decision = decision
         applied = True
         if policy.mode == "builtin" and deployment is not None and decision.desired != current:
-            if policy.dry_run:
+            if sharing is not None and sharing.holds:
+                applied = False  # another pool scales for this queue (QueueConflict)
+            elif policy.dry_run:
                 applied = self.last_dry_run_desired != decision.desired  # one Event per change
                 self.last_dry_run_desired = decision.desired
             else:
                 applied = await self._scale(deployment, current, decision, observation)
         # An unchanged poll (an idle pool) costs no plan and no write: only the metrics.
-        signature = _poll_signature(observation, decision, self.deployment, self.body)
+        signature = (
+            *_poll_signature(observation, decision, self.deployment, self.body),
+            sharing,
+        )
         if signature == self.poll_signature and applied and not self.replicas_blocked_by:
             self._export(policy, observation, decision)
             return

@@ -43,6 +43,26 @@ def check_redis_url(value: str) -> None:
         raise InvalidRedisUrlError(str(exc)) from None
 
 
+def identify_queue(url: str, queue: str) -> str:
+    """Where a queue lives, without credentials: ``scheme://host:port/db queue``.
+
+    Queue keys carry no Kubernetes namespace (producers share a queue by name), so two pools
+    with equal identities read the same keys. Hosts are compared as written (lower-cased, the
+    default port and db filled in): two names for one server are not recognised.
+    """
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    db = parts.path.strip("/") if parts.scheme != "unix" else query.get("db", ["0"])[0]
+    if parts.scheme == "unix":
+        where = parts.path
+    else:
+        hosts = parts.netloc.rsplit("@", 1)[-1].lower()
+        where = ",".join(h if ":" in h else f"{h}:6379" for h in hosts.split(","))
+        db = db or query.get("db", ["0"])[0]
+    scheme = parts.scheme.replace("rediss", "redis")
+    return f"{scheme}://{where}/{db or '0'} {queue}"
+
+
 def redact(text: str, secret: kube.SecretValue | None) -> str:
     """Remove the URL and its password from an error text before it is logged or written."""
     if secret is None or not secret.value:

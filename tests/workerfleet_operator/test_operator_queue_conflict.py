@@ -1,0 +1,129 @@
+"""Two WorkerPools on one queue: reported as QueueConflict, and only the first one scales.
+
+Queue keys carry no Kubernetes namespace on purpose (a queue is a name producers share, and
+they do not know about namespaces), so two pools naming the same queue on the same Redis would
+each scale to the whole backlog and take each other's jobs. The operator sees every pool it
+watches, detects the sharing, and lets the pool created first scale alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.workerfleet_operator.conftest import (
+    GROUP,
+    NAMESPACE,
+    OperatorRunner,
+    QueueRedis,
+    build_pool,
+    build_secret,
+    condition,
+    events_for,
+    wait_until,
+)
+from tests.workerfleet_operator.emulator import Emulator
+from tests.workerfleet_operator.test_operator_autoscaling import enqueue
+
+
+def _pool(emu: Emulator, name: str, namespace: str = NAMESPACE) -> dict[str, Any] | None:
+    return emu.get("workerpools", namespace, name, group=GROUP)
+
+
+def _replicas(emu: Emulator, name: str, namespace: str = NAMESPACE) -> int:
+    dep = emu.get("deployments", namespace, name, group="apps")
+    return -1 if dep is None else int(dep["spec"]["replicas"])
+
+
+def _conflict(emu: Emulator, name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
+    return condition(_pool(emu, name, namespace), "QueueConflict")
+
+
+def _create(emu: Emulator, name: str, namespace: str = NAMESPACE) -> None:
+    body = build_pool(
+        name,
+        queue="emails",
+        namespace=namespace,
+        autoscaling={"targetBacklogPerReplica": 100, "targetUtilization": 0, "maxReplicas": 10},
+    )
+    emu.create("workerpools", body, group=GROUP)
+
+
+def test_two_pools_on_one_queue_report_the_conflict_and_only_the_first_one_scales(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given two pools reading queue "emails" on the same Redis: one in this namespace, one in
+    # another namespace through its own Secret with the same URL
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url, namespace="team-b"))
+    operator()
+    _create(emulator, "a-first")
+    wait_until(lambda: _replicas(emulator, "a-first") == 0, message="first pool not created")
+    _create(emulator, "b-second", namespace="team-b")
+    # Then both report QueueConflict=True, naming the other pool, with a Warning Event each
+    first = wait_until(
+        lambda: (c := _conflict(emulator, "a-first")).get("status") == "True" and c,
+        message="no QueueConflict on the first pool",
+    )
+    second = wait_until(
+        lambda: (c := _conflict(emulator, "b-second", "team-b")).get("status") == "True" and c,
+        message="no QueueConflict on the second pool",
+    )
+    assert first["reason"] == second["reason"] == "QueueShared"
+    assert "team-b/b-second" in first["message"]
+    assert f"{NAMESPACE}/a-first" in second["message"] and "holds" in second["message"]
+    wait_until(
+        lambda: [e for e in events_for(emulator, "a-first") if e["reason"] == "QueueShared"],
+        message="no Warning Event on the first pool",
+    )
+    # When 600 jobs arrive on the shared queue
+    enqueue(queue_redis, "emails", 600)
+    # Then only the first pool scales for them; the second holds instead of doubling the workers
+    wait_until(lambda: _replicas(emulator, "a-first") == 4, message="first pool did not scale")
+    wait_until(lambda: _replicas(emulator, "a-first") == 6, message="first pool did not scale")
+    assert _replicas(emulator, "b-second", "team-b") == 0
+
+
+def test_the_conflict_clears_when_the_other_pool_is_deleted(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given two pools in conflict on queue "emails"
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    operator()
+    _create(emulator, "a-first")
+    wait_until(lambda: _replicas(emulator, "a-first") == 0, message="first pool not created")
+    _create(emulator, "b-second")
+    wait_until(
+        lambda: _conflict(emulator, "a-first").get("status") == "True",
+        message="no QueueConflict",
+    )
+    # When the second pool is deleted
+    emulator.delete("workerpools", NAMESPACE, "b-second", group=GROUP)
+    # Then the first pool's condition turns False
+    cleared = wait_until(
+        lambda: (c := _conflict(emulator, "a-first")).get("status") == "False" and c,
+        message="QueueConflict stayed True",
+    )
+    assert cleared["reason"] == "QueueNotShared"
+
+
+def test_pools_on_different_queues_or_different_redis_databases_do_not_conflict(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given pool "emails" on db 0 and pool "emails-db1" on the same queue name but db 1
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    db1 = queue_redis.url.rsplit("/", 1)[0] + "/1"
+    emulator.create("secrets", build_secret("redis-db1", db1))
+    operator()
+    _create(emulator, "a-first")
+    other = build_pool("emails-db1", queue="emails", secret="redis-db1")
+    emulator.create("workerpools", other, group=GROUP)
+    # Then neither reports a conflict
+    for name in ("a-first", "emails-db1"):
+        found = wait_until(
+            lambda name=name: (
+                (c := _conflict(emulator, name)).get("status") in ("True", "False") and c
+            ),
+            message=f"no QueueConflict condition on {name}",
+        )
+        assert found["status"] == "False", found
