@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(WORKERFLEET_CACHE)/bin:$(PATH)
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: help deps venv testbin lint test test-fast e2e chaos chart-check demo bench \
+.PHONY: help deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo bench \
         bench-runtime bench-autoscaler bench-operator crd install-yaml clean
 
 help: ## list the targets
@@ -16,11 +16,17 @@ help: ## list the targets
 deps: ## install redis-server, prometheus/promtool, helm, kubectl (idempotent)
 	@bash scripts/ensure-deps.sh
 
+node-deps: ## install what images and the real e2e node need: mmdebstrap, umoci, containerd, runc, CNI (idempotent)
+	@bash scripts/ensure-node-deps.sh
+
 venv: ## create/refresh .venv with the project and its dev tools
 	@bash scripts/ensure-venv.sh
 
 testbin: ## build (once per version, cached outside the repo) the Kubernetes control plane for e2e tests
 	@bash scripts/testbin.sh
+
+images: node-deps venv ## the operator and example worker images as OCI archives in dist/ (no Docker; cached by inputs)
+	@bash scripts/build-images.sh operator worker
 
 lint: venv ## ruff, mypy --strict, import-linter contracts
 	$(PY) -m ruff check .
@@ -28,13 +34,13 @@ lint: venv ## ruff, mypy --strict, import-linter contracts
 	$(PY) -m mypy
 	.venv/bin/lint-imports
 
-test: deps venv testbin lint ## everything CI runs: lint, unit, integration, chaos, chart and e2e tests
+test: deps node-deps venv testbin lint ## everything CI runs: lint, unit, integration, chaos, chart and e2e tests
 	$(PYTEST) -p no:cacheprovider tests
 
 test-fast: deps venv ## the tests without the control plane and the chaos run
 	$(PYTEST) -p no:cacheprovider -m "not e2e and not chaos" tests
 
-e2e: deps venv testbin ## only the end-to-end tests on the real Kubernetes control plane
+e2e: deps node-deps venv testbin ## only the end-to-end tests on the real control plane and the real node
 	$(PYTEST) -p no:cacheprovider -m e2e tests
 
 chaos: deps venv ## only the fault suite: scenarios on real processes, judged by history (CHAOS_JOBS=N for more)

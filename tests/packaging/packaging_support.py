@@ -7,6 +7,7 @@ Imported by tests/packaging/conftest.py and the test modules. A missing binary F
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -67,3 +68,25 @@ def load_manifests(text: str) -> list[Manifest]:
 
 def of_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
     return [m for m in manifests if m.get("kind") == kind]
+
+
+def read_instructions(path: Path) -> list[tuple[str, str]]:
+    """A Dockerfile's (INSTRUCTION, arguments) pairs, comments dropped, continuation lines joined.
+
+    Also used by tests/e2e/test_images.py to compare the built images with the Dockerfiles.
+    """
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def read_final_stage(path: Path) -> list[tuple[str, str]]:
+    """The instructions of a Dockerfile's last stage (from its last FROM)."""
+    steps = read_instructions(path)
+    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
+    return steps[last_from:]

@@ -1,8 +1,9 @@
 """The operator's Dockerfile and the documented worker-image base keep their essential lines.
 
-No container engine runs here, so the images cannot be built; these tests read the Dockerfiles
-(exec-form entrypoint, numeric non-root USER in the final stage, pinned base, never `latest`) and
-import the example App by the module path its WorkerPool would name.
+These tests read the Dockerfiles (exec-form entrypoint, numeric non-root USER in the final stage,
+pinned base, never `latest`) and import the example App by the module path its WorkerPool would
+name. No container engine runs here: `make images` builds the same images without one, and
+tests/e2e/test_images.py checks that those match these Dockerfiles.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+import packaging_support
 import pytest
 from packaging_support import ROOT
 
@@ -21,50 +23,36 @@ OPERATOR = ROOT / "operator" / "Dockerfile"
 WORKER = ROOT / "examples" / "worker-image" / "Dockerfile"
 
 
-def instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, comments dropped, continuation lines joined."""
-    text = re.sub(r"\\\n\s*", " ", path.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            word, _, rest = line.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
-
-
-def final_stage(path: Path) -> list[tuple[str, str]]:
-    steps = instructions(path)
-    last_from = max(i for i, (word, _) in enumerate(steps) if word == "FROM")
-    return steps[last_from:]
-
-
 @pytest.mark.parametrize("path", [OPERATOR, WORKER], ids=["operator", "worker"])
 def test_the_entrypoint_is_exec_form_with_no_shell(path: Path) -> None:
-    entrypoints = [args for word, args in final_stage(path) if word == "ENTRYPOINT"]
+    entrypoints = [
+        args for word, args in packaging_support.read_final_stage(path) if word == "ENTRYPOINT"
+    ]
     assert len(entrypoints) == 1
     command = json.loads(entrypoints[0])  # exec form is a JSON array; shell form does not parse
     assert isinstance(command, list) and command[0] == "workerfleet"
     assert not {"sh", "/bin/sh", "bash", "/bin/bash", "-c"} & set(command)
-    for word, args in final_stage(path):
+    for word, args in packaging_support.read_final_stage(path):
         if word == "CMD":
             assert isinstance(json.loads(args), list)
 
 
 def test_the_worker_image_runs_workerfleet_worker() -> None:
-    (entrypoint,) = [args for word, args in final_stage(WORKER) if word == "ENTRYPOINT"]
+    (entrypoint,) = [
+        args for word, args in packaging_support.read_final_stage(WORKER) if word == "ENTRYPOINT"
+    ]
     assert json.loads(entrypoint) == ["workerfleet", "worker"]
 
 
 def test_the_operator_image_runs_workerfleet_operator() -> None:
-    stage = dict(final_stage(OPERATOR))
+    stage = dict(packaging_support.read_final_stage(OPERATOR))
     assert json.loads(stage["ENTRYPOINT"]) == ["workerfleet"]
     assert json.loads(stage["CMD"]) == ["operator"]
 
 
 @pytest.mark.parametrize("path", [OPERATOR, WORKER], ids=["operator", "worker"])
 def test_the_final_stage_runs_as_numeric_non_root_uid_10001(path: Path) -> None:
-    users = [args for word, args in final_stage(path) if word == "USER"]
+    users = [args for word, args in packaging_support.read_final_stage(path) if word == "USER"]
     assert users, "no USER in the final stage: the image would run as root"
     uid, _, gid = users[-1].partition(":")
     assert uid == "10001" and gid in ("", "10001")
@@ -72,7 +60,7 @@ def test_the_final_stage_runs_as_numeric_non_root_uid_10001(path: Path) -> None:
 
 @pytest.mark.parametrize("path", [OPERATOR, WORKER], ids=["operator", "worker"])
 def test_the_base_is_pinned_and_never_latest(path: Path) -> None:
-    steps = instructions(path)
+    steps = packaging_support.read_instructions(path)
     args = dict(a.split("=", 1) for word, a in steps if word == "ARG" and "=" in a)
     base = args["BASE_IMAGE"]
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base), base
