@@ -8,7 +8,7 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
 .PHONY: help deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo bench \
-        bench-runtime bench-autoscaler bench-operator crd install-yaml clean
+        bench-runtime bench-autoscaler bench-operator bench-soak crd install-yaml clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -62,6 +62,9 @@ bench-autoscaler: deps venv ## reaction time of the autoscaler vs KEDA's default
 
 bench-operator: deps venv ## 1,000 WorkerPools: time to Ready, operator RSS and CPU
 	$(PY) bench/operator_scale.py
+
+bench-soak: deps venv testbin ## 50 busy WorkerPools for 5 min on the real control plane: status writes, Events, log bytes
+	$(PY) bench/operator_soak.py
 
 crd: venv ## regenerate deploy/crds/ from the WorkerPool pydantic models
 	$(PY) scripts/gen_crd.py
