@@ -3,7 +3,8 @@
 `promtool check rules` on the source and its generated fast variant; `promtool test rules` on
 every suite in deploy/alerts/tests/; every alert of the product contract exists once, fires in a
 suite and stays quiet in one, carries severity/summary/description/runbook, and uses only the
-series docs/architecture.md lists.
+series docs/architecture.md lists, through per-pool recording rules (so operator restarts and
+double scrapes do not matter) and never with increase()/rate() on a counter mirrored from Redis.
 """
 
 from __future__ import annotations
@@ -32,26 +33,45 @@ PRODUCT_ALERTS = (
     "WorkerPoolHighFailureRate",
     "WorkerPoolQueueUnreachable",
     "WorkerPoolDrainKilled",
+    "WorkerPoolNotReady",
+    "WorkerPoolReplicasNotReady",
+    "WorkerPoolLeasesLost",
+    "WorkerPoolRedisErrors",
     "WorkerfleetOperatorDown",
     "WorkerfleetOperatorReconcileErrors",
 )
-# Alerts whose value is not a count worth quoting: 0/1 reachability and absent().
-NO_VALUE_IN_DESCRIPTION = {"WorkerPoolQueueUnreachable", "WorkerfleetOperatorDown"}
+# Alerts whose value is not a count worth quoting: 0/1 reachability and readiness, absent().
+NO_VALUE_IN_DESCRIPTION = {
+    "WorkerPoolQueueUnreachable",
+    "WorkerPoolNotReady",
+    "WorkerfleetOperatorDown",
+}
+
+
+def _all_rules(path: Path = RULES) -> list[dict[str, Any]]:
+    groups = yaml.safe_load(path.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
 
 
 def _rules(path: Path = RULES) -> dict[str, dict[str, Any]]:
-    groups = yaml.safe_load(path.read_text())["groups"]
-    rules = [rule for group in groups for rule in group["rules"]]
+    rules = [rule for rule in _all_rules(path) if "alert" in rule]
     names = [rule["alert"] for rule in rules]
     assert len(names) == len(set(names)), "an alert is defined twice"
     return {rule["alert"]: rule for rule in rules}
+
+
+def _records(path: Path = RULES) -> dict[str, dict[str, Any]]:
+    rules = [rule for rule in _all_rules(path) if "record" in rule]
+    names = [rule["record"] for rule in rules]
+    assert len(names) == len(set(names)), "a series is recorded twice"
+    return {rule["record"]: rule for rule in rules}
 
 
 @pytest.mark.parametrize("path", [RULES, FAST_RULES], ids=["rules", "fast-rules"])
 def test_promtool_check_rules_is_clean(promtool: str, path: Path) -> None:
     done = run([promtool, "check", "rules", str(path)])
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(PRODUCT_ALERTS)} rules found" in done.stdout
+    assert f"SUCCESS: {len(PRODUCT_ALERTS) + len(_records())} rules found" in done.stdout
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
@@ -116,16 +136,47 @@ def test_every_runbook_url_points_at_a_section_of_docs_runbooks(alert: str) -> N
 
 def _architecture_metrics() -> set[str]:
     text = (ROOT / "docs" / "architecture.md").read_text()
-    return set(re.findall(r"`(workerfleet_(?:pool|operator)_[a-z_]+)", text))
+    metrics = text[text.index("## Metrics") :]
+    return set(re.findall(r"`(workerfleet_[a-z_]+)", metrics[: metrics.index("\n## ")]))
 
 
-def test_the_rules_use_only_the_operator_series_from_the_architecture_and_up() -> None:
+def _series_of(expr: str) -> set[str]:
+    """Metric names an expression reads (recorded names whole, with their colons)."""
+    return set(re.findall(r"(?<![\w:])([a-z_]+:[a-z_]+:[a-z_0-9]+|workerfleet_[a-z_]+|up)\b", expr))
+
+
+def test_the_rules_use_only_the_series_from_the_architecture_and_up() -> None:
     allowed = _architecture_metrics() | {"up"}
     assert "workerfleet_pool_dead_letter_alert_threshold" in allowed  # the contract was parsed
+    assert "workerfleet_leases_lost_total" in allowed
+    records = _records()
+    for name, rule in [*_rules().items(), *records.items()]:
+        names = _series_of(rule["expr"])
+        assert names, name
+        raw = {n for n in names if ":" not in n}
+        assert raw <= allowed, f"{name} uses {sorted(raw - allowed)}"
+        assert {n for n in names if ":" in n} <= set(records), name
+
+
+def test_pool_alerts_read_only_the_per_pool_recording_rules() -> None:
+    # An operator restart (new pod/instance labels) or a ServiceMonitor plus a PodMonitor (two
+    # series per pool) must not split a pool in two: alerts see one series per pool.
     for alert, rule in _rules().items():
-        names = set(re.findall(r"\b(workerfleet_[a-z_]+|up)\b", rule["expr"]))
-        assert names, alert
-        assert names <= allowed, f"{alert} uses {sorted(names - allowed)}"
+        if alert == "WorkerfleetOperatorDown":
+            continue
+        raw = {n for n in _series_of(rule["expr"]) if ":" not in n}
+        assert not raw, f"{alert} reads {sorted(raw)} directly"
+    for record, rule in _records().items():
+        level = record.split(":")[0]
+        labels = ", ".join(level.split("_"))
+        growth = record.split(":")[-1].startswith("growth")
+        assert f"by ({labels})" in rule["expr"] or growth, record
+
+
+def test_no_rule_applies_increase_or_rate_to_a_counter_mirrored_from_redis() -> None:
+    # They step back with Redis (failover, restore); increase() would count the whole counter.
+    for rule in _all_rules():
+        assert not re.search(r"(increase|rate|irate|resets)\(workerfleet_pool_", rule["expr"]), rule
 
 
 def test_the_dead_letter_threshold_comes_from_the_pool_spec_metric() -> None:
@@ -184,3 +235,24 @@ def test_the_demo_sees_dead_letter_growing_fire_within_30_seconds(
     path.write_text(FAST_SUITE.format(rules=FAST_RULES, runbook=runbook))
     done = run([promtool, "test", "rules", str(path)])
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_documented_inhibitions_name_existing_alerts_and_their_labels() -> None:
+    text = RUNBOOKS.read_text()
+    section = text[text.index("## Inhibitions") :]
+    block = section[section.index("```yaml\n") + 8 : section.index("```\n", 8)]
+    rules = yaml.safe_load(block)["inhibit_rules"]
+    alerts = set(_rules())
+    assert len(rules) >= 4
+    for rule in rules:
+        for matcher in (*rule["source_matchers"], *rule["target_matchers"]):
+            parsed = re.fullmatch(r'(\w+)(=~|=)"([^"]+)"', matcher)
+            assert parsed, matcher
+            name, op, value = parsed.groups()
+            assert name == "alertname"
+            matched = {a for a in alerts if re.fullmatch(value, a)}
+            assert matched, f"{matcher} matches no alert"
+            if op == "=":
+                assert value in alerts
+        # Pool alerts carry exactly namespace, pool and queue: the labels an inhibition can equal.
+        assert set(rule.get("equal", [])) <= {"namespace", "pool", "queue"}

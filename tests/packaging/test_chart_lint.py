@@ -64,6 +64,10 @@ def test_helm_lint_strict_is_clean_for_every_values_set(helm: str, values_set: s
             {"prometheusRule": {"disabledAlerts": ["NoSuchAlert"]}},
             "at '/prometheusRule/disabledAlerts/0'",
         ),
+        (
+            {"metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}}},
+            "at '/metrics'",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -73,6 +77,7 @@ def test_helm_lint_strict_is_clean_for_every_values_set(helm: str, values_set: s
         "two-operator-replicas",
         "two-operator-replicas-with-peering",
         "unknown-alert",
+        "service-and-pod-monitor",
     ],
 )
 def test_a_values_file_violating_the_schema_fails_with_a_clear_message(
@@ -174,11 +179,18 @@ def test_the_crd_is_kept_on_uninstall_and_can_be_left_out(render: Render) -> Non
 
 
 def test_monitoring_objects_are_off_by_default_and_on_behind_their_flags(render: Render) -> None:
+    # (ServiceMonitor and PodMonitor are alternatives: never both, see the schema test)
     optional = ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy")
     default = render("default")
     assert [k for k in optional if of_kind(default, k)] == []
     monitoring = render("monitoring")
-    assert [k for k in optional if not of_kind(monitoring, k)] == []
+    assert [k for k in optional if not of_kind(monitoring, k)] == ["PodMonitor"]
+    pod_monitor = render(
+        "monitoring",
+        "--set", "metrics.serviceMonitor.enabled=false",
+        "--set", "metrics.podMonitor.enabled=true",
+    )  # fmt: skip
+    assert of_kind(pod_monitor, "PodMonitor") and not of_kind(pod_monitor, "ServiceMonitor")
     (sm,) = of_kind(monitoring, "ServiceMonitor")
     (endpoint,) = sm["spec"]["endpoints"]
     # The pools' own namespace label must survive the scrape, and the rules select this job.
@@ -311,3 +323,18 @@ def test_the_readme_values_table_lists_every_documented_value() -> None:
     listed = set(re.findall(r"^\| `([^`]+)` \|", readme, re.MULTILINE))
     assert sorted(documented - listed) == []
     assert sorted(listed - documented) == []
+
+
+def test_the_template_refuses_a_service_monitor_and_a_pod_monitor_together(helm: str) -> None:
+    # Even past the schema (helm template --skip-schema-validation): both would scrape the
+    # operator twice and double every pool series.
+    done = run(
+        [
+            helm, "template", "wf", str(CHART),
+            "--skip-schema-validation",
+            "--set", "metrics.serviceMonitor.enabled=true",
+            "--set", "metrics.podMonitor.enabled=true",
+        ]
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "enable one of metrics.serviceMonitor and metrics.podMonitor, not both" in done.stderr

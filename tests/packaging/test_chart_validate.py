@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from packaging_support import ROOT, VALUES_SETS, load_manifests, of_kind, run
+from packaging_support import ROOT, VALUES_SETS, Render, load_manifests, of_kind, run
 
 pytestmark = pytest.mark.chart
 
@@ -150,9 +150,11 @@ CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
                                 "items": {
                                     "type": "object",
                                     "additionalProperties": False,
-                                    "required": ["alert", "expr"],
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
                                     "properties": {
                                         "alert": {"type": "string"},
+                                        "record": {"type": "string"},
                                         "expr": {"type": "string"},
                                         "for": {"type": "string"},
                                         "labels": {
@@ -175,8 +177,17 @@ CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def test_the_prometheus_operator_resources_have_the_right_shape(rendered_dir: Path) -> None:
+def test_the_prometheus_operator_resources_have_the_right_shape(
+    rendered_dir: Path, render: Render
+) -> None:
+    # The monitoring set has the ServiceMonitor; the PodMonitor is its alternative.
+    pod_monitor = render(
+        "monitoring",
+        "--set", "metrics.serviceMonitor.enabled=false",
+        "--set", "metrics.podMonitor.enabled=true",
+    )  # fmt: skip
     manifests = load_manifests((rendered_dir / "monitoring.yaml").read_text())
+    manifests += of_kind(pod_monitor, "PodMonitor")
     seen = set()
     for manifest in manifests:
         if manifest["kind"] in CUSTOM_SCHEMAS:
@@ -204,4 +215,6 @@ def test_the_rendered_prometheus_rule_passes_promtool_check_rules(
     rule_file.write_text(yaml.safe_dump(rule["spec"]))
     done = run([promtool, "check", "rules", str(rule_file)])
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 9 rules found" in done.stdout
+    source = yaml.safe_load((ROOT / "deploy/alerts/workerfleet-alerts.yaml").read_text())
+    count = sum(len(group["rules"]) for group in source["groups"])
+    assert f"SUCCESS: {count} rules found" in done.stdout
