@@ -23,6 +23,15 @@ Rules:
   annotation: a rotated Secret rolls the pods, an unchanged one changes nothing.
 - The plan never sees the Secret's value, only :class:`SecretCheck`; error texts are passed
   through :func:`build_redacted` as a last line of defence against URLs with passwords.
+- ``status.observedGeneration`` is the generation whose children were applied
+  (``Observed.applied_generation``): a spec the API server refuses (422, e.g. requests above
+  limits) gives ``Ready=False``/``Degraded=True`` reason ``ApplyRejected`` and leaves it at
+  the last applied one. A child kind that is not served (no KEDA, no Prometheus Operator) is
+  ``Degraded=True`` reason ``ChildAPIMissing`` (and not Ready in keda mode, where nothing else
+  scales the pool): one Warning on the transition, not one per resync.
+- A rollout is a pod template the Deployment controller has not acted on, or pods of an older
+  template still running; a generation bumped by a replicas write alone is not one, so scaling
+  never flips Ready.
 """
 
 from __future__ import annotations
@@ -45,8 +54,14 @@ SECRET_REASONS: Mapping[SecretState, str] = {
     "invalid_url": "InvalidRedisURL",
 }
 INVALID_SPEC = "InvalidSpec"
-PROBLEM_REASONS = frozenset({INVALID_SPEC, *SECRET_REASONS.values()})
+APPLY_REJECTED = "ApplyRejected"
+"""The API server refused a child as written (422: e.g. requests above limits)."""
+CHILD_API_MISSING = "ChildAPIMissing"
+"""A child's kind is not served (KEDA or the Prometheus Operator's CRDs are not installed)."""
+PROBLEM_REASONS = frozenset({INVALID_SPEC, APPLY_REJECTED, *SECRET_REASONS.values()})
 """Reasons of bad input: Ready=False with these means the user must act."""
+SCALING_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
+"""Children without which a keda pool cannot scale: their API missing makes it not Ready."""
 
 
 class QueueStatsView(Protocol):
@@ -92,6 +107,10 @@ class DeploymentState:
     available_replicas: int = 0
     progress_deadline_exceeded: bool = False
     replica_failure: str | None = None
+    # The Deployment generation at which the pod template last changed (the shell knows: it
+    # wrote it). A generation bumped by a replicas write alone is no rollout. None: unknown,
+    # every generation the controller has not observed counts as one.
+    rollout_generation: int | None = None
 
 
 def build_deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:
@@ -130,6 +149,13 @@ class Observed:
     previous: api.WorkerPoolStatus | None = None
     # Other pools reading the same queue on the same Redis; None = not known yet.
     queue_sharing: QueueSharing | None = None
+
+    # The generation whose children were last applied successfully (None: this one).
+    applied_generation: int | None = None
+    # Why the API server refused the children of this generation (a 422), if it did.
+    apply_problem: str | None = None
+    # Kinds of children whose API is not served (their CRD is not installed).
+    missing_apis: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -347,7 +373,17 @@ def _build_rollout_conditions(
         conds.set(api.PROGRESSING, "True", "Creating", f"creating Deployment {name}")
         return
     want = deployment.spec_replicas
-    if deployment.observed_generation < deployment.generation or deployment.updated_replicas < want:
+    template_generation = (
+        deployment.generation
+        if deployment.rollout_generation is None
+        else deployment.rollout_generation
+    )
+    # A rollout: a pod template the controller has not acted on yet, or pods of an older
+    # template still running. Pods still being created for a scale-up are not one.
+    if (
+        deployment.observed_generation < template_generation
+        or deployment.replicas > deployment.updated_replicas
+    ):
         message = f"{deployment.updated_replicas}/{want} replicas run the current spec"
         conds.set(api.READY, "False", "RollingOut", message)
         conds.set(api.PROGRESSING, "True", "RollingOut", message)
@@ -494,13 +530,25 @@ def _build_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueShar
         conds.set(api.QUEUE_CONFLICT, "True", "QueueShared", message)
 
 
+def _build_missing_apis_message(kinds: Sequence[str]) -> str:
+    return (
+        f"not served by the API server: {', '.join(kinds)} (install its CRDs, or turn off what "
+        "asks for it: autoscaling.mode keda, metrics.podMonitor)"
+    )
+
+
 def _build_degraded(conds: _Conditions, observed: Observed) -> None:
     deployment = observed.deployment
-    if deployment is not None and deployment.progress_deadline_exceeded:
+    if observed.apply_problem is not None:
+        conds.set(api.DEGRADED, "True", APPLY_REJECTED, observed.apply_problem)
+    elif deployment is not None and deployment.progress_deadline_exceeded:
         message = "the Deployment's rollout exceeded its progress deadline"
         conds.set(api.DEGRADED, "True", "ProgressDeadlineExceeded", message)
     elif deployment is not None and deployment.replica_failure is not None:
         conds.set(api.DEGRADED, "True", "ReplicaFailure", deployment.replica_failure)
+    elif observed.missing_apis:
+        message = _build_missing_apis_message(observed.missing_apis)
+        conds.set(api.DEGRADED, "True", CHILD_API_MISSING, message)
     elif observed.stats_error is not None:
         message = "the queue cannot be read; autoscaling holds or falls back"
         conds.set(api.DEGRADED, "True", "QueueUnreachable", message)
@@ -573,6 +621,12 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     previous = _previous_conditions(observed)
     conds = _Conditions(pool.generation, observed.now, previous)
     _build_rollout_conditions(conds, pool, deployment)
+    if observed.apply_problem is not None:
+        conds.set(api.READY, "False", APPLY_REJECTED, observed.apply_problem)
+        conds.set(api.PROGRESSING, "False", APPLY_REJECTED, "the spec is not applied")
+    elif SCALING_KINDS & set(observed.missing_apis):
+        message = _build_missing_apis_message(observed.missing_apis)
+        conds.set(api.READY, "False", CHILD_API_MISSING, message)
     _build_degraded(conds, observed)
     _build_queue_conditions(conds, pool, observed)
     _build_scaling_condition(conds, pool, observed)
@@ -589,8 +643,10 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     else:
         queue_status = before.queue if before is not None else None
     decision = observed.decision if pool.spec.autoscaling.mode == "builtin" else None
+    applied = observed.applied_generation
     status = api.WorkerPoolStatus(
-        observed_generation=pool.generation,
+        # Only a generation whose children were applied is observed (a 422 keeps the last).
+        observed_generation=pool.generation if applied is None else applied,
         replicas=deployment.replicas if deployment is not None else 0,
         ready_replicas=deployment.ready_replicas if deployment is not None else 0,
         updated_replicas=deployment.updated_replicas if deployment is not None else 0,

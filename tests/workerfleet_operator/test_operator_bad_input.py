@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,33 +34,42 @@ from tests.workerfleet_operator.emulator import (
 GROUP = "workerfleet.io"
 
 
+StartWithout = Callable[..., tuple[Emulator, OperatorRunner]]
+
+
 @pytest.fixture
-def operator_factory_without_podmonitors(
-    tmp_path: Path,
-) -> Iterator[tuple[Emulator, Callable[[], OperatorRunner]]]:
-    resources = (
-        *BUILTIN_RESOURCES,
-        *(r for r in THIRD_PARTY_RESOURCES if r.plural != "podmonitors"),
-        WORKERPOOL,
-    )
-    emu = Emulator(resources)
-    emu.start()
-    kubeconfig = tmp_path / "kubeconfig.yaml"
-    kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
-    runners: list[OperatorRunner] = []
+def cluster_without(tmp_path: Path) -> Iterator[StartWithout]:
+    """Factory: ``cluster_without({"podmonitors"}, **config)`` starts an emulator that does not
+    serve those third-party kinds (their CRDs not installed) and an operator on it."""
+    started: list[tuple[Emulator, OperatorRunner]] = []
 
-    def start() -> OperatorRunner:
-        cfg = config_module.OperatorConfig(
-            kubeconfig=str(kubeconfig), health_port=0, metrics_port=0, secret_cache_seconds=0
+    def start(missing: set[str], **overrides: Any) -> tuple[Emulator, OperatorRunner]:
+        resources = (
+            *BUILTIN_RESOURCES,
+            *(r for r in THIRD_PARTY_RESOURCES if r.plural not in missing),
+            WORKERPOOL,
         )
-        runner = OperatorRunner(cfg).start()
-        runners.append(runner)
-        return runner
+        emu = Emulator(resources)
+        emu.start()
+        kubeconfig = tmp_path / f"kubeconfig-{len(started)}.yaml"
+        kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
+        cfg = config_module.OperatorConfig(
+            kubeconfig=str(kubeconfig),
+            health_port=0,
+            metrics_port=0,
+            secret_cache_seconds=0,
+            **overrides,
+        )
+        runner = OperatorRunner(cfg)
+        started.append((emu, runner))
+        runner.start()
+        return emu, runner
 
-    yield emu, start
-    for runner in runners:
-        runner.stop()
-    emu.stop()
+    yield start
+    for emu, runner in started:
+        with contextlib.suppress(AssertionError):
+            runner.stop()
+        emu.stop()
 
 
 def pool(emu: Emulator, name: str) -> dict[str, Any] | None:
@@ -117,26 +127,77 @@ def test_an_inconsistent_spec_is_explained_and_not_retried_until_it_changes(
     wait_for_condition(emulator, "emails", "Ready", message="did not recover")
 
 
-def test_a_child_kind_whose_api_is_not_installed_is_reported_and_the_rest_applies(
-    queue_redis: QueueRedis,
-    operator_factory_without_podmonitors: tuple[Emulator, Callable[[], OperatorRunner]],
+def test_a_child_kind_whose_api_is_not_installed_is_degraded_and_warned_once_not_per_resync(
+    queue_redis: QueueRedis, cluster_without: StartWithout
 ) -> None:
-    emulator, start = operator_factory_without_podmonitors
-    # Given a cluster without the Prometheus Operator (no PodMonitor API)
+    # Given a cluster without the Prometheus Operator (no PodMonitor API), resyncing often
+    emulator, _ = cluster_without({"podmonitors"}, resync_seconds=0.3)
     emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
-    start()
     # When a pool asks for a PodMonitor
     emulator.create("workerpools", build_pool("emails", metrics={"podMonitor": True}), group=GROUP)
-    # Then its Deployment is still applied and a Warning says which API is missing
+    # Then its Deployment is still applied and the pool runs (Ready), but Degraded says
+    # which API is missing
+    wait_for_condition(emulator, "emails", "Ready", message="not Ready")
+    degraded = wait_for_condition(emulator, "emails", "Degraded", message="not Degraded")
+    assert degraded["reason"] == "ChildAPIMissing" and "PodMonitor" in degraded["message"]
+
+    # And over many resyncs one Warning Event says so, not one per resync
+    def podmonitor_applies() -> int:
+        return sum(
+            1 for m, p, _ in list(emulator.request_log) if m == "PATCH" and "podmonitors" in p
+        )
+
+    applies_before = podmonitor_applies()
     wait_until(
-        lambda: emulator.get("deployments", NAMESPACE, "emails", group="apps"),
-        message="no Deployment",
+        lambda: podmonitor_applies() >= applies_before + 5,
+        message="the operator did not resync",
     )
-    event = wait_until(
-        lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "ChildKindMissing"],
-        message="no ChildKindMissing Event",
+    warnings = [e for e in events_for(emulator, "emails") if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["ChildAPIMissing"], warnings
+
+
+def test_a_keda_pool_without_keda_installed_is_not_ready(
+    queue_redis: QueueRedis, cluster_without: StartWithout
+) -> None:
+    # Given a cluster without KEDA
+    emulator, _ = cluster_without({"scaledobjects", "triggerauthentications"})
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    # When a pool asks for keda mode
+    body = build_pool("emails", autoscaling={"mode": "keda"})
+    body["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
+    emulator.create("workerpools", body, group=GROUP)
+    # Then it is not Ready (nothing would scale it) and says why
+    wait_for_condition(emulator, "emails", "Degraded", message="not Degraded")
+    ready = condition(pool(emulator, "emails"), "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ChildAPIMissing")
+    assert "ScaledObject" in ready["message"]
+
+
+def test_a_spec_the_api_server_refuses_is_not_ready_and_its_generation_not_observed(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a running pool at generation 1
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    operator(retry_base_seconds=0.2, retry_max_seconds=0.5)
+    emulator.create("workerpools", build_pool("emails"), group=GROUP)
+    wait_for_condition(emulator, "emails", "QueueReachable", message="never read its queue")
+    # When its spec changes and the API server refuses the new Deployment (422, as for requests
+    # above limits), twice
+    emulator.inject_failure("PATCH", r"/deployments/emails$", 422, count=2)
+    emulator.patch("workerpools", NAMESPACE, "emails", {"spec": {"concurrency": 8}}, group=GROUP)
+    # Then the pool is not Ready, Degraded says why, and generation 2 is not observed
+    degraded = wait_for_condition(emulator, "emails", "Degraded", message="not Degraded")
+    assert degraded["reason"] == "ApplyRejected" and degraded["observedGeneration"] == 2
+    stored = pool(emulator, "emails") or {}
+    ready = condition(stored, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ApplyRejected")
+    assert stored["status"]["observedGeneration"] == 1
+    # And once the API server accepts it, generation 2 is applied and observed
+    wait_until(
+        lambda: (pool(emulator, "emails") or {}).get("status", {}).get("observedGeneration") == 2,
+        message="generation 2 never applied",
     )
-    assert "PodMonitor" in event[0]["message"]
+    wait_for_condition(emulator, "emails", "Ready", message="never Ready again")
 
 
 def test_a_pool_whose_secret_names_several_sentinels_reads_its_queue_through_them(

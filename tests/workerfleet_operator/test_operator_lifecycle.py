@@ -81,6 +81,9 @@ def test_a_spec_change_is_rolled_out_and_observed_generation_follows(
         message="observedGeneration did not follow",
     )
     assert condition(pool(emulator, "emails"), "Ready")["observedGeneration"] == 2
+    # And an ordinary spec change is not announced as drift (nobody edited the Deployment)
+    reasons = [e["reason"] for e in events_for(emulator, "emails")]
+    assert "DriftCorrected" not in reasons, reasons
 
 
 def test_a_hand_edited_deployment_is_restored(
@@ -103,8 +106,12 @@ def test_a_hand_edited_deployment_is_restored(
         group="apps",
         manager="kubectl-edit",
     )
-    # Then the operator puts the pool's image back
+    # Then the operator puts the pool's image back, and says so
     wait_until(lambda: _image(emulator, "emails") == original, message="drift not corrected")
+    wait_until(
+        lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "DriftCorrected"],
+        message="no DriftCorrected Event",
+    )
 
 
 def test_a_deleted_deployment_is_recreated(

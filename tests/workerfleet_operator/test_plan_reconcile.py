@@ -6,6 +6,7 @@ autoscaler matters, a real ``autoscaling.decide`` on real ``worker_runtime.stats
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -188,6 +189,87 @@ def test_scaling_up_keeps_the_pool_ready_while_new_pods_start() -> None:
     result = plan.plan(_pool(), plan.Observed(now=T0, secret=OK, deployment=state))
     assert _conditions(result)["Ready"] == ("True", "Available")
     assert _conditions(result)["Progressing"] == ("True", "WaitingForReplicas")
+
+
+def test_a_scale_the_deployment_controller_has_not_yet_observed_is_not_a_rollout() -> None:
+    # The autoscaler's write bumped the Deployment's generation (5 -> 6); the pod template
+    # last changed at generation 5, which the controller has observed.
+    before = plan.plan(_pool(), plan.Observed(now=T0, secret=OK, deployment=_converged(2, 5)))
+    scaled = dataclasses.replace(
+        _converged(2, generation=6), observed_generation=5, spec_replicas=4, rollout_generation=5
+    )
+    result = plan.plan(_pool(), _later(before, deployment=scaled))
+    assert _conditions(result)["Ready"] == ("True", "Available")
+    assert _conditions(result)["Progressing"] == ("True", "WaitingForReplicas")
+    assert [e.reason for e in result.events] == []  # Ready did not flip: nothing announced
+
+
+def test_a_new_pod_template_not_yet_observed_is_a_rollout() -> None:
+    state = dataclasses.replace(
+        _converged(2, generation=6), observed_generation=5, rollout_generation=6
+    )
+    result = plan.plan(_pool(), plan.Observed(now=T0, secret=OK, deployment=state))
+    assert _conditions(result)["Ready"] == ("False", "RollingOut")
+
+
+def test_a_spec_the_api_server_rejected_is_not_ready_and_not_observed() -> None:
+    # Given a pool at generation 2 whose Deployment still runs generation 1's spec, because the
+    # API server refused the new one (422)
+    rejected = "Deployment emails: spec.template...resources.requests: must be <= cpu limit"
+    result = plan.plan(
+        _pool(generation=2),
+        plan.Observed(
+            now=T0,
+            secret=OK,
+            deployment=_converged(2),
+            applied_generation=1,
+            apply_problem=rejected,
+        ),
+    )
+    # Then it is not Ready, Degraded says why, and observedGeneration stays at the applied one
+    conditions = _conditions(result)
+    assert conditions["Ready"] == ("False", "ApplyRejected")
+    assert conditions["Degraded"] == ("True", "ApplyRejected")
+    assert result.status.observed_generation == 1
+    ready = api.find_condition(result.status.conditions, "Ready")
+    assert ready is not None and rejected in ready.message and ready.observed_generation == 2
+    assert [(e.type, e.reason) for e in result.events if e.type == "Warning"] == [
+        ("Warning", "ApplyRejected")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "missing", "ready"),
+    [
+        ({"metrics": {"podMonitor": True}}, ("PodMonitor",), ("True", "Available")),
+        (
+            {"autoscaling": {"mode": "keda"}},
+            ("TriggerAuthentication", "ScaledObject"),
+            ("False", "ChildAPIMissing"),
+        ),
+    ],
+)
+def test_a_child_api_that_is_not_served_is_degraded_and_warned_once(
+    spec: dict[str, Any], missing: tuple[str, ...], ready: tuple[str, str]
+) -> None:
+    pool = _pool()
+    body = pool.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    for key, value in spec.items():
+        body[key] = {**body.get(key, {}), **value}
+    if "keda" in json.dumps(spec):
+        body["queue"]["redis"]["keda"] = {"addressKey": "address"}
+    changed = _pool(**body)
+    observed = plan.Observed(now=T0, secret=OK, deployment=_converged(2), missing_apis=missing)
+    first = plan.plan(changed, observed)
+    conditions = _conditions(first)
+    assert conditions["Degraded"] == ("True", "ChildAPIMissing")
+    assert conditions["Ready"] == ready
+    degraded = api.find_condition(first.status.conditions, "Degraded")
+    assert degraded is not None and all(kind in degraded.message for kind in missing)
+    assert [e.reason for e in first.events if e.type == "Warning"] == ["ChildAPIMissing"]
+    # And the next resync, with the API still missing, announces nothing again
+    again = plan.plan(changed, _later(first, deployment=_converged(2), missing_apis=missing))
+    assert again.events == ()
 
 
 def test_no_available_pod_makes_the_pool_unready() -> None:

@@ -73,6 +73,37 @@ def test_drift_is_any_owned_field_that_differs_and_extra_fields_are_not_drift() 
     assert not handlers._is_subset(ours, {"spec": {}})
 
 
+def _resources(cpu: object, memory: object, env: str = "0.5") -> dict[str, object]:
+    container = {
+        "name": "w",
+        "env": [{"name": "RATIO", "value": env}],
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu}},
+    }
+    return {"spec": {"template": {"spec": {"containers": [container]}}}}
+
+
+@pytest.mark.parametrize(
+    ("applied", "stored"),
+    [
+        (("0.5", "1024Mi"), ("500m", "1Gi")),
+        ((1, "512Mi"), ("1", "512Mi")),
+        (("1000m", "1.5Gi"), ("1", "1536Mi")),
+        (("100m", "1e3"), ("0.1", "1k")),
+    ],
+)
+def test_a_quantity_the_api_server_stored_in_its_canonical_spelling_is_not_drift(
+    applied: tuple[object, object], stored: tuple[object, object]
+) -> None:
+    assert handlers._is_subset(_resources(*applied), _resources(*stored))
+
+
+def test_a_quantity_with_another_value_is_drift_and_only_quantities_are_compared_as_such() -> None:
+    assert not handlers._is_subset(_resources("0.5", "1Gi"), _resources("600m", "1Gi"))
+    assert not handlers._is_subset(_resources("0.5", "1Gi"), _resources("0.5", "1G"))
+    # an env value is a string, whatever it looks like
+    assert not handlers._is_subset(_resources("1", "1Gi"), _resources("1", "1Gi", env="500m"))
+
+
 def test_a_status_merge_that_changes_nothing_is_detected() -> None:
     stored = {"queue": {"backlog": 3, "arrivalRate": 0.5}, "replicas": 1}
     assert handlers._merge(stored, {"queue": {"backlog": 3}}) == stored
@@ -104,3 +135,32 @@ def test_a_client_key_given_as_kubeconfig_data_leaves_no_file_behind(
     # Then the TLS context holds the certificate, and no copy of the key is left on disk
     assert isinstance(client._ssl, ssl.SSLContext)
     assert list(scratch.iterdir()) == []
+
+
+def _deployment(generation: int, observed: int, image: str, replicas: int = 2) -> dict[str, object]:
+    template = {"spec": {"containers": [{"name": "w", "image": image}]}}
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas, "template": template},
+        "status": {"observedGeneration": observed},
+    }
+
+
+def test_the_rollout_generation_moves_with_the_pod_template_not_with_replicas() -> None:
+    # our write changed the template: a rollout starts at its generation
+    assert (
+        handlers._build_rollout_generation(3, _deployment(3, 3, "a:1"), _deployment(4, 3, "a:2"))
+        == 4
+    )
+    # a replicas write bumped the generation: the rollout generation stays
+    scaled = _deployment(5, 4, "a:2", replicas=6)
+    assert handlers._build_rollout_generation(4, _deployment(4, 4, "a:2"), scaled) == 4
+    # unknown after a restart: a controller that has caught up bounds it, one behind does not
+    assert (
+        handlers._build_rollout_generation(None, _deployment(7, 7, "a:2"), _deployment(7, 7, "a:2"))
+        == 7
+    )
+    assert (
+        handlers._build_rollout_generation(None, _deployment(8, 7, "a:2"), _deployment(8, 7, "a:2"))
+        is None
+    )

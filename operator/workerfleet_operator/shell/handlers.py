@@ -51,7 +51,7 @@ from typing import Any
 
 import kopf
 
-from workerfleet_operator import api, autoscaling, manifests
+from workerfleet_operator import api, autoscaling, manifests, quantity
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import kube, metrics, queue
@@ -222,6 +222,15 @@ class PoolController:
     status_written_at: float = -math.inf
     next_poll: float = 0.0
     reconciled_generation: int | None = None
+    # A generation whose children the API server refused (422): retried with backoff, not on
+    # every event of the pool (our own status writes would turn that into a storm).
+    rejected_generation: int | None = None
+    apply_problem: str | None = None
+    # Kinds whose API is not served (no KEDA, no Prometheus Operator): Degraded, not an Event
+    # per apply.
+    missing_apis: tuple[str, ...] = ()
+    # The Deployment generation at which we last changed its pod template (see plan.py).
+    rollout_generation: int | None = None
     applied_hash: str | None = None
     # The Deployment fields we own, as last applied (spec.replicas left out unless we own it):
     # any observed Deployment that is not a superset of this has drifted.
@@ -261,7 +270,10 @@ class PoolController:
 
     def observe(self, body: Body) -> None:
         generation = body.get("metadata", {}).get("generation")
-        if self.body is None or generation != self.reconciled_generation:
+        if self.body is None or generation not in (
+            self.reconciled_generation,
+            self.rejected_generation,
+        ):
             self.dirty = True
         if self.body is not None and self.body.get("metadata", {}).get("labels") != body.get(
             "metadata", {}
@@ -367,6 +379,9 @@ class PoolController:
                 result = "invalid"
                 # A bad spec waits for its next change; a Secret problem is retried (backoff).
                 return self.spec_problem.reason == plan_mod.INVALID_SPEC
+            if self.apply_problem is not None:
+                result = "invalid"
+                return False  # retried with backoff: a LimitRange or webhook may change
             return True
         except asyncio.CancelledError:
             raise
@@ -458,13 +473,24 @@ class PoolController:
 
     def _observed(self, secret: plan_mod.SecretCheck, **more: Any) -> plan_mod.Observed:
         body = self.body or {}
+        previous = api.parse_status(body.get("status"))
+        applied = self.reconciled_generation
+        if applied is None and previous is not None:
+            applied = previous.observed_generation  # not applied by this run yet: as stored
+        deployment = None
+        if self.deployment is not None:
+            deployment = dataclasses.replace(
+                plan_mod.build_deployment_state(self.deployment),
+                rollout_generation=self.rollout_generation,
+            )
         return plan_mod.Observed(
             now=dt.datetime.now(dt.UTC),
             secret=secret,
-            deployment=None
-            if self.deployment is None
-            else plan_mod.build_deployment_state(self.deployment),
-            previous=api.parse_status(body.get("status")),
+            deployment=deployment,
+            previous=previous,
+            applied_generation=applied,
+            apply_problem=self.apply_problem,
+            missing_apis=self.missing_apis,
             queue_sharing=self.ctx.find_queue_sharing((self.namespace, self.name)),
             **more,
         )
@@ -501,7 +527,11 @@ class PoolController:
         self.problem_logged = None
         assert isinstance(parsed, api.Pool)
         await self._apply_children(parsed, the_plan)
-        self.reconciled_generation = parsed.generation
+        if self.apply_problem is None:
+            self.reconciled_generation = parsed.generation
+            self.rejected_generation = None
+        else:
+            self.rejected_generation = parsed.generation
         # The status from what the writes returned (a plan on the fresh Deployment state).
         final = plan_mod.plan(parsed, self._observed(secret))
         events = tuple(e for e in final.events if e.reason not in ("Creating",))
@@ -519,24 +549,37 @@ class PoolController:
         main = children[0]
         reference = _build_drift_reference(main, pool)
         drifted = deployment is not None and not _is_subset(reference, deployment)
+        # Drift is someone else's edit: what we would send is what we last sent, and the live
+        # object differs from it. A new spec (or Secret version) differs too, but is no drift.
+        announce_drift = drifted and reference == self.drift_reference
         if creating or drifted or resync or desired_hash != self.applied_hash:
-            for index, child in enumerate(children):
-                if index > 0 and not resync and desired_hash == self.applied_hash:
+            every_child = resync or desired_hash != self.applied_hash or creating
+            missing: list[str] = []
+            for child in children:
+                if child["kind"] != "Deployment" and not every_child:
                     continue  # only the Deployment drifted
                 try:
                     applied = await kube.apply_object(client, child)
                 except kube.ApiError as exc:
                     if exc.is_not_found and child["kind"] != "Deployment":
-                        # the kind's API (PodMonitor, KEDA) is not installed: say so, go on
-                        await self._event(
-                            "Warning", "ChildKindMissing", f"{child['kind']} API not served"
-                        )
+                        missing.append(child["kind"])  # its CRD is not installed: go on
                         continue
+                    if exc.status in (400, 422):
+                        # Refused as written (admission, validation): the spec must change.
+                        kind, name = child["kind"], child["metadata"]["name"]
+                        self.apply_problem = f"{kind} {name} refused: {exc.message}"
+                        return
                     raise
                 if child["kind"] == "Deployment":
                     self.drift_reference = reference
+                    self.rollout_generation = _build_rollout_generation(
+                        self.rollout_generation, self.deployment, applied
+                    )
                     if _newer(applied, self.deployment):
                         self.deployment = applied
+            self.apply_problem = None
+            if every_child:
+                self.missing_apis = tuple(missing)
             if (
                 creating
                 and the_plan.replicas is not None
@@ -553,7 +596,7 @@ class PoolController:
             self.next_full_apply = self.ctx.clock() + build_resync_delay(
                 self.ctx.config.resync_seconds, self.ctx.rng
             )
-            if drifted:
+            if announce_drift:
                 await self._event(
                     "Normal",
                     "DriftCorrected",
@@ -1006,6 +1049,25 @@ def _newer(candidate: Mapping[str, Any] | None, current: Mapping[str, Any] | Non
     return True
 
 
+def _build_rollout_generation(
+    known: int | None, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+) -> int | None:
+    """The Deployment generation at which its pod template last changed, as far as we know.
+
+    Our write changed the template: its generation. Otherwise, a controller that has caught up
+    (observedGeneration == generation) has seen every template: its generation bounds it.
+    """
+    generation = int((after.get("metadata") or {}).get("generation") or 0)
+    template = (after.get("spec") or {}).get("template")
+    if before is None or (before.get("spec") or {}).get("template") != template:
+        return generation
+    if known is None and int((after.get("status") or {}).get("observedGeneration") or 0) == (
+        generation
+    ):
+        return generation
+    return known
+
+
 def _build_drift_reference(deployment: Body, pool: api.Pool) -> Body:
     """Our applied Deployment minus spec.replicas when the autoscaler (or KEDA) owns it."""
     if pool.spec.autoscaling.mode == "disabled":
@@ -1014,19 +1076,39 @@ def _build_drift_reference(deployment: Body, pool: api.Pool) -> Body:
     return {**deployment, "spec": spec}
 
 
-def _is_subset(wanted: Any, actual: Any) -> bool:
+# Quantities the API server re-spells (0.5 -> 500m, 1024Mi -> 1Gi): compared by amount.
+_QUANTITY_MAPS = frozenset({"requests", "limits"})  # container resources: each value a quantity
+_QUANTITY_FIELDS = frozenset({"sizeLimit"})  # emptyDir
+
+
+def _is_subset(wanted: Any, actual: Any, *, is_quantity: bool = False) -> bool:
     """True if every field we apply is present with the same value (our drift check)."""
     if isinstance(wanted, dict):
-        return isinstance(actual, dict) and all(
-            _is_subset(v, actual.get(k)) for k, v in wanted.items()
-        )
+        if not isinstance(actual, dict):
+            return False
+        for key, value in wanted.items():
+            if key in _QUANTITY_MAPS and isinstance(value, dict):
+                same = _is_subset_of_quantities(value, actual.get(key))
+            else:
+                same = _is_subset(value, actual.get(key), is_quantity=key in _QUANTITY_FIELDS)
+            if not same:
+                return False
+        return True
     if isinstance(wanted, list):
         return (
             isinstance(actual, list)
             and len(wanted) == len(actual)
             and all(_is_subset(w, a) for w, a in zip(wanted, actual, strict=True))
         )
+    if is_quantity:
+        return quantity.equal_quantities(wanted, actual)
     return bool(wanted == actual)
+
+
+def _is_subset_of_quantities(wanted: Mapping[str, Any], actual: Any) -> bool:
+    return isinstance(actual, dict) and all(
+        _is_subset(amount, actual.get(name), is_quantity=True) for name, amount in wanted.items()
+    )
 
 
 def _owner_pool(body: Mapping[str, Any]) -> str | None:
