@@ -149,7 +149,6 @@ class Observed:
     previous: api.WorkerPoolStatus | None = None
     # Other pools reading the same queue on the same Redis; None = not known yet.
     queue_sharing: QueueSharing | None = None
-
     # The generation whose children were last applied successfully (None: this one).
     applied_generation: int | None = None
     # Why the API server refused the children of this generation (a 422), if it did.
