@@ -110,6 +110,13 @@ class WorkerMetrics:
         self.draining = Gauge(
             "workerfleet_worker_draining", "1 while the worker drains.", ["queue"], registry=r
         ).labels(queue)
+        self.eviction_unsafe = Gauge(
+            "workerfleet_redis_eviction_unsafe",
+            "1 when the Redis maxmemory-policy (label policy) may evict queue keys, 0 for"
+            " noeviction; absent while it could not be read.",
+            ["queue", "policy"],
+            registry=r,
+        )
         self._job_children: dict[tuple[str, str], Counter] = {}
         self._duration_children: dict[str, Histogram] = {}
 
@@ -141,6 +148,11 @@ class WorkerMetrics:
     def child_exited(self, reason: str) -> None:
         """Count one child process of the process pool that ended."""
         self.children_exited.labels(self.queue, reason).inc()
+
+    def eviction_policy(self, policy: str, unsafe: bool) -> None:
+        """Export the server's maxmemory-policy (one series: the current policy)."""
+        self.eviction_unsafe.clear()
+        self.eviction_unsafe.labels(self.queue, policy).set(1.0 if unsafe else 0.0)
 
     def redis_error(self, op: str) -> None:
         """Count one failed Redis call."""

@@ -56,6 +56,8 @@ class QueueStats:
     workers_lost_total: int
     workers_expired: int
     workers: tuple[WorkerHeartbeat, ...]
+    maxmemory_policy: str | None = None
+    """The server's ``maxmemory-policy``; None when it could not be read (no INFO right)."""
 
 
 def _text(value: Any) -> str:
@@ -88,7 +90,8 @@ def build_worker_heartbeat(raw: str | bytes) -> WorkerHeartbeat | None:
 
 def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
     """Turn the stats script's reply into :class:`QueueStats` (pure)."""
-    now_ms, entries, leases, due, future, dlq, oldest_ms, counters_flat, workers_raw, expired = raw
+    head, policy = raw[:10], (_text(raw[10]) if len(raw) > 10 else "")
+    now_ms, entries, leases, due, future, dlq, oldest_ms, counters_flat, workers_raw, expired = head
     counters = {
         _text(counters_flat[i]): int(counters_flat[i + 1]) for i in range(0, len(counters_flat), 2)
     }
@@ -117,6 +120,29 @@ def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
         workers_lost_total=counters.get("workers_lost", 0),
         workers_expired=int(expired),
         workers=tuple(sorted(beats, key=lambda b: b.worker_id)),
+        maxmemory_policy=policy or None,
+    )
+
+
+EVICTION_SAFE_POLICY = "noeviction"
+"""The only ``maxmemory-policy`` under which Redis never drops a queue's keys."""
+
+
+def build_eviction_warning(policy: str | None) -> str | None:
+    """What a ``maxmemory-policy`` other than noeviction risks, or None (safe, or unknown).
+
+    ``allkeys-*`` may evict any key: job hashes, streams, leases, the DLQ (jobs vanish);
+    ``volatile-*`` the keys with a TTL: idempotency and done markers (duplicates slip through).
+    """
+    if policy is None or policy == EVICTION_SAFE_POLICY:
+        return None
+    if policy.startswith("volatile"):
+        risk = "idempotency and done markers (keys with a TTL), so duplicates slip through"
+    else:
+        risk = "any key, so queued jobs, leases and dead letters can vanish"
+    return (
+        f"Redis maxmemory-policy is {policy}: under memory pressure it may evict {risk}; "
+        f"set maxmemory-policy {EVICTION_SAFE_POLICY}"
     )
 
 

@@ -52,7 +52,17 @@ import redis.exceptions
 from pydantic import ValidationError
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, config, connection, expiry, health, logs, metrics, processes
+from worker_runtime import (
+    backoff,
+    config,
+    connection,
+    expiry,
+    health,
+    logs,
+    metrics,
+    processes,
+    stats,
+)
 from worker_runtime import queue as queue_mod
 
 log = logs.get_logger("worker")
@@ -69,6 +79,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the loop looks around
+EVICTION_POLICY_CHECK_SECONDS = 300.0  # maxmemory-policy re-read (it can change at run time)
 WATCHDOG_SECONDS = 0.05  # job timeouts are enforced with this precision
 
 
@@ -1153,6 +1164,7 @@ class _ControlThread(threading.Thread):
         self._stopping = False
         self.started_event = threading.Event()
         self.server: health.HealthServer | None = None
+        self._reported_policy: str | None = None  # the maxmemory-policy last logged
 
     def wake(self) -> None:
         """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once."""
@@ -1167,6 +1179,26 @@ class _ControlThread(threading.Thread):
 
     def run(self) -> None:
         asyncio.run(self._main())
+
+    async def _check_eviction_policy(self, client: connection.AsyncClient) -> None:
+        """Read the server's maxmemory-policy; anything but noeviction is an ERROR and a metric.
+
+        Under allkeys-* Redis may evict a queue's jobs, under volatile-* its idempotency and
+        done markers: the at-least-once promise no longer holds, and nothing else would say so.
+        """
+        w = self.worker
+        try:
+            policy = (await stats.fetch_queue_stats(client, w.queue_name)).maxmemory_policy
+        except Exception as exc:  # a check, never a reason to stop renewing
+            log.debug("maxmemory-policy check failed", extra={"error": repr(exc)})
+            return
+        if policy is None:
+            return  # not readable with this user's rights: unknown, not unsafe
+        warning = stats.build_eviction_warning(policy)
+        w.metrics.eviction_policy(policy, warning is not None)
+        if warning is not None and policy != self._reported_policy:
+            log.error(warning, extra={"maxmemory_policy": policy})
+        self._reported_policy = policy
 
     async def _main(self) -> None:
         w = self.worker
@@ -1188,6 +1220,7 @@ class _ControlThread(threading.Thread):
                 self.server = None
         self.started_event.set()
         failures = 0
+        next_policy_check = 0.0
         try:
             while not self._stopping:
                 try:
@@ -1202,6 +1235,9 @@ class _ControlThread(threading.Thread):
                     w.health.redis_ok()
                     w.apply_renewal(result)
                     wait = interval
+                if failures == 0 and time.monotonic() >= next_policy_check:
+                    next_policy_check = time.monotonic() + EVICTION_POLICY_CHECK_SECONDS
+                    await self._check_eviction_policy(client)
                 self._wake_event.clear()
                 if self._stopping:
                     break

@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from worker_runtime import stats
 from workerfleet_operator import api, autoscaling, manifests
 
 Manifest = dict[str, Any]
@@ -58,6 +59,8 @@ APPLY_REJECTED = "ApplyRejected"
 """The API server refused a child as written (422: e.g. requests above limits)."""
 CHILD_API_MISSING = "ChildAPIMissing"
 """A child's kind is not served (KEDA or the Prometheus Operator's CRDs are not installed)."""
+REDIS_MAY_EVICT = "RedisMayEvict"
+"""Degraded reason: the queue's Redis has a maxmemory-policy other than noeviction."""
 PROBLEM_REASONS = frozenset({INVALID_SPEC, APPLY_REJECTED, *SECRET_REASONS.values()})
 """Reasons of bad input: Ready=False with these means the user must act."""
 SCALING_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
@@ -79,6 +82,8 @@ class QueueStatsView(Protocol):
     def oldest_job_age_seconds(self) -> float: ...
     @property
     def workers(self) -> Sequence[object]: ...
+    @property
+    def maxmemory_policy(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -551,8 +556,20 @@ def _build_degraded(conds: _Conditions, observed: Observed) -> None:
     elif observed.stats_error is not None:
         message = "the queue cannot be read; autoscaling holds or falls back"
         conds.set(api.DEGRADED, "True", "QueueUnreachable", message)
+    elif observed.stats is not None and (
+        warning := stats.build_eviction_warning(observed.stats.maxmemory_policy)
+    ):
+        # reachable, but Redis may drop the queue's keys: at-least-once no longer holds
+        conds.set(api.DEGRADED, "True", REDIS_MAY_EVICT, warning)
+    elif observed.stats is None and _previous_reason(observed, api.DEGRADED) == REDIS_MAY_EVICT:
+        conds.carry(api.DEGRADED, "True", REDIS_MAY_EVICT, "")  # not read now: keep it
     else:
         conds.set(api.DEGRADED, "False", "AsExpected", "no problems observed")
+
+
+def _previous_reason(observed: Observed, type_: str) -> str | None:
+    found = api.find_condition(_previous_conditions(observed), type_)
+    return found.reason if found is not None else None
 
 
 # --- the plan ------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import redis
+
 from tests.workerfleet_operator.conftest import (
     GROUP,
     NAMESPACE,
@@ -13,6 +15,7 @@ from tests.workerfleet_operator.conftest import (
     build_pool,
     build_secret,
     condition,
+    events_for,
     given_a_running_pool,
     wait_until,
 )
@@ -132,3 +135,38 @@ def test_reconcile_errors_are_counted_for_the_pool_that_fails(
     assert by_pool.get("emails", 0) == 0
     results = samples(runner, "workerfleet_operator_reconcile_total")
     assert {dict(k)["pool"] for k in results} == {"emails", "invoices"}
+
+
+def test_a_pool_on_a_redis_that_may_evict_is_degraded_with_a_warning_and_a_metric(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a queue's Redis whose maxmemory-policy lets it evict any key under memory pressure
+    admin = redis.Redis(port=queue_redis.port, password=queue_redis.password)
+    admin.config_set("maxmemory-policy", "allkeys-lru")
+    admin.close()
+    # When a pool reads its queue there
+    runner = given_a_running_pool(emulator, queue_redis, operator)
+    # Then the pool is Degraded saying why and what to set, with one Warning Event
+    degraded = wait_until(
+        lambda: (
+            found
+            if (
+                found := condition(
+                    emulator.get("workerpools", NAMESPACE, "emails", group=GROUP), "Degraded"
+                )
+            ).get("reason")
+            == "RedisMayEvict"
+            else None
+        ),
+        message="the eviction risk was never reported",
+    )
+    assert degraded["status"] == "True"
+    assert "allkeys-lru" in degraded["message"] and "noeviction" in degraded["message"]
+    wait_until(
+        lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "RedisMayEvict"],
+        message="no Warning Event",
+    )
+    # and the operator's metrics say so too
+    assert pool_sample(runner, "workerfleet_pool_redis_eviction_unsafe") == {
+        "policy=allkeys-lru": 1.0
+    }

@@ -43,7 +43,9 @@ def _converged(replicas: int = 2, generation: int = 1) -> plan.DeploymentState:
     )
 
 
-def _stats(backlog: int = 0, in_flight: int = 0, dead_letter: int = 0) -> QueueStats:
+def _stats(
+    backlog: int = 0, in_flight: int = 0, dead_letter: int = 0, policy: str | None = "noeviction"
+) -> QueueStats:
     return QueueStats(
         queue="email-notifications",
         now=T0.timestamp(),
@@ -61,6 +63,7 @@ def _stats(backlog: int = 0, in_flight: int = 0, dead_letter: int = 0) -> QueueS
         workers_lost_total=0,
         workers_expired=0,
         workers=(),
+        maxmemory_policy=policy,
     )
 
 
@@ -459,6 +462,40 @@ def test_an_unreachable_queue_warns_once_and_never_leaks_the_url() -> None:
     assert again.events == ()
     back = plan.plan(_pool(), _later(again, deployment=_converged(1), stats=_stats()))
     assert ("Normal", "QueueRead") in {(e.type, e.reason) for e in back.events}
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lfu"])
+def test_a_redis_that_may_evict_the_queue_marks_the_pool_degraded_with_one_warning(
+    policy: str,
+) -> None:
+    # Given a readable queue on a Redis whose maxmemory-policy is not noeviction
+    first = plan.plan(
+        _pool(),
+        plan.Observed(now=T0, secret=OK, deployment=_converged(1), stats=_stats(policy=policy)),
+    )
+    # Then the queue is reachable, but the pool is Degraded and says why, once
+    conditions = {c.type: c for c in first.status.conditions or ()}
+    assert (conditions["QueueReachable"].status, conditions["QueueReachable"].reason) == (
+        "True",
+        "QueueRead",
+    )
+    degraded = conditions["Degraded"]
+    assert (degraded.status, degraded.reason) == ("True", "RedisMayEvict")
+    assert policy in degraded.message and "noeviction" in degraded.message
+    assert [e.reason for e in first.events if e.type == "Warning"] == ["RedisMayEvict"]
+    # and a poll without a new read keeps it; a fixed policy clears it
+    kept = plan.plan(_pool(), _later(first, deployment=_converged(1)))
+    assert _conditions(kept)["Degraded"] == ("True", "RedisMayEvict") and kept.events == ()
+    fixed = plan.plan(_pool(), _later(kept, deployment=_converged(1), stats=_stats()))
+    assert _conditions(fixed)["Degraded"] == ("False", "AsExpected")
+
+
+def test_a_policy_the_operator_may_not_read_raises_no_alarm() -> None:
+    result = plan.plan(
+        _pool(),
+        plan.Observed(now=T0, secret=OK, deployment=_converged(1), stats=_stats(policy=None)),
+    )
+    assert _conditions(result)["Degraded"] == ("False", "AsExpected")
 
 
 def test_without_a_new_read_the_last_queue_status_is_kept() -> None:

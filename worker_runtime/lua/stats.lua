@@ -3,9 +3,11 @@
 -- Touches (reads only): {wf:Q}:ready:* (XLEN, XINFO GROUPS, XRANGE first undelivered),
 --          {wf:Q}:leases (ZCARD), {wf:Q}:delayed (ZCOUNT, first due), {wf:Q}:dlq (ZCARD),
 --          {wf:Q}:counters (HGETALL), {wf:Q}:workers (HMGET live), {wf:Q}:workers:expiry.
+-- Also reads the server's maxmemory-policy (INFO memory; '' when the user may not run INFO).
 -- ARGV: none.
 -- Returns: {now ms, stream entries total, leases, due delayed, future delayed, dlq length,
---           oldest unstarted ms (-1 none), {counters flat}, {live worker JSON...}, expired workers}.
+--           oldest unstarted ms (-1 none), {counters flat}, {live worker JSON...}, expired workers,
+--           maxmemory-policy}.
 local now = now_ms()
 local entries = 0
 local oldest = -1
@@ -39,4 +41,9 @@ if #live > 0 then
   for i = 1, #recs do if recs[i] then workers[#workers + 1] = recs[i] end end
 end
 local expired = redis.call('ZCOUNT', K_WEXP, '-inf', now)
-return {now, entries, leases, due, future, dlq, oldest, counters, workers, expired}
+-- Anything but noeviction may drop queue keys (docs/queue-engine.md); pcall: INFO is an ACL
+-- "dangerous" command a restricted user may lack, which must not cost it its stats.
+local info = redis.pcall('INFO', 'memory')
+local policy = ''
+if type(info) == 'string' then policy = string.match(info, 'maxmemory_policy:([%w%-]+)') or '' end
+return {now, entries, leases, due, future, dlq, oldest, counters, workers, expired, policy}

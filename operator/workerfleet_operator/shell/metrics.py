@@ -5,10 +5,11 @@ them. Created once per operator process by ``shell.main`` (or per test run with 
 and updated by ``shell.handlers`` after every reconcile and every autoscaler poll; the local
 fleet (``local.runner``) exports the same per-pool series through :meth:`PoolSeries.record_poll`.
 
-Two per-pool series carry a label whose value changes: ``workerfleet_pool_queue_reachable``
-(``reason``) and ``workerfleet_pool_condition`` (``status``, ``reason``; one series per condition
-type). Each keeps exactly one series per pool (and type): the previous one is removed when the
-label changes, so a query never sees a stale reason next to the current one.
+Three per-pool series carry a label whose value changes: ``workerfleet_pool_queue_reachable``
+(``reason``), ``workerfleet_pool_redis_eviction_unsafe`` (``policy``) and
+``workerfleet_pool_condition`` (``status``, ``reason``; one series per condition type). Each
+keeps exactly one series per pool (and type): the previous one is removed when the label
+changes, so a query never sees a stale reason next to the current one.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ class OperatorMetrics:
             (*POOL_LABELS, "reason"),
             registry=self.registry,
         )
+        self.eviction_unsafe = Gauge(
+            "workerfleet_pool_redis_eviction_unsafe",
+            "1 when the queue's Redis maxmemory-policy (label policy) may evict its keys, 0 for"
+            " noeviction; absent while the policy could not be read.",
+            (*POOL_LABELS, "policy"),
+            registry=self.registry,
+        )
         self.condition = Gauge(
             "workerfleet_pool_condition",
             "1 for the pool's current status and reason of each condition type.",
@@ -135,6 +143,7 @@ class OperatorMetrics:
             oldest_job_age_target=self.oldest_job_age_target.labels(*labels),
             workers_expired=self.workers_expired.labels(*labels),
             queue_reachable=_OneSeries(self.queue_reachable, labels),
+            eviction_unsafe=_OneSeries(self.eviction_unsafe, labels),
             conditions={},
             condition_gauge=self.condition,
             labels=tuple(labels),
@@ -205,6 +214,7 @@ class PoolSeries:
     oldest_job_age_target: Any
     workers_expired: Any
     queue_reachable: _OneSeries
+    eviction_unsafe: _OneSeries
     conditions: dict[str, _OneSeries]
     condition_gauge: Gauge
     labels: tuple[str, ...]
@@ -251,6 +261,9 @@ class PoolSeries:
         self.jobs_dead_lettered(s.dead_lettered_total)
         self.workers_killed(s.workers_lost_total)
         self.workers_expired.set(s.workers_expired)
+        if s.maxmemory_policy is not None:
+            unsafe = stats.build_eviction_warning(s.maxmemory_policy) is not None
+            self.eviction_unsafe.set((s.maxmemory_policy,), 1.0 if unsafe else 0.0)
 
     def record_queue_reachable(self, reachable: bool, reason: str) -> None:
         """1/0 with the reason, replacing the series of the previous reason."""
@@ -267,6 +280,7 @@ class PoolSeries:
     def remove_labelled(self) -> None:
         """Remove the series whose extra labels change (reason, condition status)."""
         self.queue_reachable.remove()
+        self.eviction_unsafe.remove()
         for one in self.conditions.values():
             one.remove()
 
