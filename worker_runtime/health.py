@@ -6,7 +6,8 @@ handlers, so a handler that blocks its loop cannot make the probes hang; instead
 reports the stalled loop. Kubelet probes and Prometheus scrapes are its only clients.
 
 ``/healthz`` is green only while the last successful Redis round trip and the last tick of the
-job loop are both recent (see :class:`HealthState`); ``/readyz`` is false while draining.
+job loop are both recent (see :class:`HealthState`); ``/readyz`` is false while draining and
+until Redis has answered once.
 """
 
 from __future__ import annotations
@@ -78,8 +79,17 @@ class HealthState:
         )
 
     def ready(self) -> bool:
-        """Ready means: not draining and healthy."""
-        return not self.draining and not self.stopped and self.build_report().healthy
+        """Ready means: Redis answered at least once, not draining, and healthy.
+
+        Liveness has a grace window before the first round trip; readiness has none, or a pod
+        with a wrong Redis URL would be counted available by a rollout.
+        """
+        return (
+            self.last_redis_ok is not None
+            and not self.draining
+            and not self.stopped
+            and self.build_report().healthy
+        )
 
 
 class HealthServer:

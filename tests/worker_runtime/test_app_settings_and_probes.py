@@ -133,6 +133,18 @@ def test_healthz_turns_red_when_redis_has_not_answered_for_the_staleness_window(
     assert state.build_report().healthy and state.ready()
 
 
+def test_readyz_stays_red_until_the_first_redis_round_trip_while_healthz_has_its_grace() -> None:
+    # A pod whose Redis URL is wrong must never turn Ready: a rollout would count it available
+    # and retire the old pods. Liveness keeps its grace window (no restart before it ends).
+    clock = FakeClock()
+    state = health.HealthState(stale_after_seconds=9.0, clock=clock)
+    clock.now += 1
+    state.loop_tick()
+    assert state.build_report().healthy and not state.ready()
+    state.redis_ok()
+    assert state.ready()
+
+
 def test_healthz_turns_red_when_the_job_loop_stalls_and_readyz_when_draining() -> None:
     clock = FakeClock()
     state = health.HealthState(stale_after_seconds=9.0, clock=clock)
