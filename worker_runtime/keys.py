@@ -20,7 +20,12 @@ key                            type    contents
 ``{wf:Q}:env``                 hash    job id → envelope JSON (envelope.JobEnvelope).
 ``{wf:Q}:state``               hash    job id → ``prio|attempts|deliveries|lost`` (every live job).
 ``{wf:Q}:inflight``            hash    job id → ``token|prio|stream entry id|worker`` while the
-                                       job is delivered; ``token`` is the fencing token.
+                                       job is delivered; ``token`` is the fencing token
+                                       ``<epoch>:<n>``: ``n`` from ``counters.fence``, the
+                                       epoch the first 8 hex digits of the run id and of the
+                                       replication id of the server that issued it (new
+                                       after a restart or a promotion, so a failover never
+                                       reissues a token).
 ``{wf:Q}:history``             hash    job id → JSON list of failure records (only after failures).
 ``{wf:Q}:leases``              zset    job id → lease expiry ms (in-flight jobs).
 ``{wf:Q}:delayed``             zset    job id → due ms (delayed jobs and retries waiting).
@@ -30,7 +35,7 @@ key                            type    contents
                                        is not UTF-8 is kept as ``envelope_base64`` instead.
 ``{wf:Q}:counters``            hash    enqueued, completed, failed, retried, dead_lettered,
                                        released, workers_lost (monotonic) and ``fence`` (the
-                                       last fencing token handed out).
+                                       counter of the last fencing token handed out).
 ``{wf:Q}:workers``             hash    worker id → heartbeat JSON.
 ``{wf:Q}:workers:expiry``      zset    worker id → heartbeat expiry ms; expired without
                                        deregistration = a lost (killed) worker.

@@ -78,8 +78,9 @@ class QueueOptions:
             raise ValueError("max_deliveries must be at least 1")
 
 
-Token = int
-"""A delivery's fencing token (opaque to callers: only ever compared and sent back)."""
+Token = str
+"""A delivery's fencing token, ``<epoch>:<n>`` (opaque to callers: only compared and sent back;
+the epoch names the server incarnation that issued it, see :mod:`worker_runtime.keys`)."""
 
 
 @dataclass(frozen=True)
@@ -259,9 +260,9 @@ class _Coalescer(Generic[T, R]):
             await asyncio.wait({self._task})
 
 
-_AckItem = tuple[str, int, str | None, float | None]
-_RetryItem = tuple[str, int, float, str]
-_DeadItem = tuple[str, int, str, str, bool]
+_AckItem = tuple[str, Token, str | None, float | None]
+_RetryItem = tuple[str, Token, float, str]
+_DeadItem = tuple[str, Token, str, str, bool]
 _ReleaseItem = tuple[str, Token]
 
 
@@ -450,12 +451,12 @@ class QueueClient:
         # (e.g. dropped after its settle gave up) goes back to the queue instead of being
         # renewed for nobody. Fenced: a delivery acknowledged meanwhile is left alone.
         for i in range(0, len(own), 2):
-            key = (_text(own[i]), int(own[i + 1]))
+            key = (_text(own[i]), _text(own[i + 1]))
             if key not in holding:
                 await self._releases.submit(key)
 
     async def _dead_letter_invalid(
-        self, job_id: str, token: int, error: envelope_mod.EnvelopeError, worker_id: str
+        self, job_id: str, token: Token, error: envelope_mod.EnvelopeError, worker_id: str
     ) -> None:
         failure = Failure("EnvelopeError", str(error), "", worker_id)
         item = (job_id, token, error.reason, build_failure_json(failure), False)
@@ -489,9 +490,9 @@ class QueueClient:
 
     def _build_jobs(
         self, now_ms: float, flat: Sequence[Any]
-    ) -> tuple[list[Job], list[tuple[str, int, envelope_mod.EnvelopeError]]]:
+    ) -> tuple[list[Job], list[tuple[str, Token, envelope_mod.EnvelopeError]]]:
         jobs: list[Job] = []
-        invalid: list[tuple[str, int, envelope_mod.EnvelopeError]] = []
+        invalid: list[tuple[str, Token, envelope_mod.EnvelopeError]] = []
         now = now_ms / 1000.0
         until = now + self.options.lease_seconds
         # ``flat`` comes undecoded (bytes): a stored envelope need not be UTF-8, and decoding the
@@ -500,7 +501,7 @@ class QueueClient:
         validate = envelope_mod.JobEnvelope.model_validate_json
         for i in range(0, len(flat), 6):
             job_id = _text(flat[i])
-            token = int(flat[i + 1])
+            token = _text(flat[i + 1])
             raw_env = flat[i + 2]
             try:
                 env = validate(raw_env)

@@ -6,7 +6,8 @@
 --   15 inflight (hash), 16.. per-call keys ({wf:Q}:idem:<k>, {wf:Q}:done:<k>) given by index.
 -- Times are Redis server milliseconds.
 -- state value   "prio|attempts|deliveries|lost"          (every live job)
--- inflight value "token|prio|stream entry id|worker"     (only while delivered; token fences)
+-- inflight value "token|prio|stream entry id|worker"     (only while delivered; token fences;
+--                token = "<epoch>:<n>", see fence_epoch)
 -- Plain delimited strings, not JSON: cjson costs several microseconds per job on the hot path.
 local K_READY = {high = KEYS[1], normal = KEYS[2], low = KEYS[3]}
 local PRIO = {'high', 'normal', 'low'}
@@ -61,7 +62,7 @@ end
 
 local function fl_get(raw)
   if not raw then return nil end
-  local t, p, e, w = string.match(raw, '^(%d+)|(%a+)|([^|]*)|(.*)$')
+  local t, p, e, w = string.match(raw, '^([^|]+)|(%a+)|([^|]*)|(.*)$')
   if not t then return nil end
   return {t = t, p = p, e = e, w = w}
 end
@@ -81,6 +82,18 @@ end
 local REC = {}
 for n = 1, 6 do
   REC[n] = string.rep('([^\31\30]*)\31', n - 1) .. '([^\30]*)'
+end
+
+-- The fencing epoch: the first 8 hex digits of the run id and of the replication id of the
+-- server handing out tokens (each 40 random hex digits). The counter (counters.fence) is replicated data, so a promoted replica that missed the
+-- last writes, or a server restarted from a file older than its last writes, would count the
+-- same numbers again; the epoch differs then (a new process has a new run id, a promotion
+-- makes a new replication id), so a token is never issued twice and a stale one never matches.
+local function fence_epoch()
+  local info = redis.call('INFO', 'server', 'replication')
+  local run_id = string.match(info, 'run_id:(%x+)') or ''
+  local replid = string.match(info, 'master_replid:(%x+)') or ''
+  return string.sub(run_id, 1, 8) .. string.sub(replid, 1, 8)
 end
 
 local function now_ms()

@@ -10,7 +10,7 @@
 --        DLQ "max_deliveries" before running) — except the caller's own: a worker that is
 --        fetching is alive, so its expired leases are renewed, never handed to it a second
 --        time; 3 read new entries high → normal → low; 4 hand out fencing tokens
---        (counters.fence) and leases.
+--        ("<epoch>:<counters.fence>", the epoch naming this server incarnation) and leases.
 -- Returns: {now, poisoned, next event ms (-1 none), {last delivered ids} (only when empty),
 --           {id, token, envelope, attempts, deliveries, lost, ...},
 --           {id, token, ...} of the caller's own expired leases renewed by step 2 (the caller
@@ -137,12 +137,13 @@ end
 
 -- 4. fencing tokens and leases
 local fence = redis.call('HINCRBY', K_COUNTERS, 'fence', n) - n
+local epoch = fence_epoch() .. ':'
 local envs = hmget_chunked(K_ENV, ids)
 local zargs, sargs, fargs, out = {}, {}, {}, {}
 local until_ms = now + lease
 for i, id in ipairs(ids) do
   local st = states[i]
-  local token = fence + i
+  local token = epoch .. (fence + i)
   st.d = st.d + 1
   zargs[#zargs + 1] = until_ms
   zargs[#zargs + 1] = id
