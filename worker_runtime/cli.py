@@ -340,6 +340,7 @@ def _render_stats(s: stats.QueueStats) -> Any:
         ("delayed (future)", f"{s.future_delayed:,}"),
         ("in flight", f"{s.in_flight:,}"),
         ("dead letters", f"{s.dead_letter:,}"),
+        ("oldest dead letter age", _age(s.oldest_dead_letter_age_seconds)),
         ("oldest job age", _age(s.oldest_job_age_seconds)),
         ("enqueued total", f"{s.enqueued_total:,}"),
         ("completed total", f"{s.completed_total:,}"),

@@ -58,6 +58,8 @@ class QueueStats:
     workers: tuple[WorkerHeartbeat, ...]
     maxmemory_policy: str | None = None
     """The server's ``maxmemory-policy``; None when it could not be read (no INFO right)."""
+    oldest_dead_letter_age_seconds: float = 0.0
+    """How long the oldest entry of the DLQ has waited there (0 when the DLQ is empty)."""
 
 
 def _text(value: Any) -> str:
@@ -91,6 +93,7 @@ def build_worker_heartbeat(raw: str | bytes) -> WorkerHeartbeat | None:
 def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
     """Turn the stats script's reply into :class:`QueueStats` (pure)."""
     head, policy = raw[:10], (_text(raw[10]) if len(raw) > 10 else "")
+    dlq_oldest_ms = int(raw[11]) if len(raw) > 11 else -1
     now_ms, entries, leases, due, future, dlq, oldest_ms, counters_flat, workers_raw, expired = head
     counters = {
         _text(counters_flat[i]): int(counters_flat[i + 1]) for i in range(0, len(counters_flat), 2)
@@ -98,8 +101,7 @@ def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
     in_flight = int(leases)
     due_delayed = int(due)
     backlog = max(0, int(entries) - in_flight) + due_delayed
-    oldest = int(oldest_ms)
-    age = max(0.0, (int(now_ms) - oldest) / 1000.0) if oldest >= 0 else 0.0
+    age = _age_seconds(int(now_ms), int(oldest_ms))
     beats = tuple(b for b in (build_worker_heartbeat(w) for w in workers_raw) if b is not None)
     return QueueStats(
         queue=queue,
@@ -121,6 +123,7 @@ def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
         workers_expired=int(expired),
         workers=tuple(sorted(beats, key=lambda b: b.worker_id)),
         maxmemory_policy=policy or None,
+        oldest_dead_letter_age_seconds=_age_seconds(int(now_ms), dlq_oldest_ms),
     )
 
 
@@ -144,6 +147,11 @@ def build_eviction_warning(policy: str | None) -> str | None:
         f"Redis maxmemory-policy is {policy}: under memory pressure it may evict {risk}; "
         f"set maxmemory-policy {EVICTION_SAFE_POLICY}"
     )
+
+
+def _age_seconds(now_ms: int, since_ms: int) -> float:
+    # -1 = nothing there; a clock that stepped back never makes an age negative
+    return max(0.0, (now_ms - since_ms) / 1000.0) if since_ms >= 0 else 0.0
 
 
 async def fetch_queue_stats(

@@ -28,6 +28,7 @@ RUNBOOKS = ROOT / "docs" / "runbooks.md"
 PRODUCT_ALERTS = (
     "WorkerPoolDeadLetterGrowing",
     "WorkerPoolDeadLetterBacklog",
+    "WorkerPoolDeadLetterStale",
     "WorkerPoolBacklogGrowingAtMaxReplicas",
     "WorkerPoolOldestJobTooOld",
     "WorkerPoolHighFailureRate",

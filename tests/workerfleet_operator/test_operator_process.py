@@ -31,6 +31,7 @@ POOL_SERIES = (
     "workerfleet_pool_in_flight",
     "workerfleet_pool_delayed",
     "workerfleet_pool_dead_letter",
+    "workerfleet_pool_dead_letter_oldest_age_seconds",
     "workerfleet_pool_oldest_job_age_seconds",
     "workerfleet_pool_replicas_desired",
     "workerfleet_pool_replicas_current",

@@ -1,13 +1,13 @@
 #!lua flags=no-writes
 -- stats: READ-ONLY snapshot of a queue in one round trip (the operator's input).
 -- Touches (reads only): {wf:Q}:ready:* (XLEN, XINFO GROUPS, XRANGE first undelivered),
---          {wf:Q}:leases (ZCARD), {wf:Q}:delayed (ZCOUNT, first due), {wf:Q}:dlq (ZCARD),
+--          {wf:Q}:leases (ZCARD), {wf:Q}:delayed (ZCOUNT, first due), {wf:Q}:dlq (ZCARD, first),
 --          {wf:Q}:counters (HGETALL), {wf:Q}:workers (HMGET live), {wf:Q}:workers:expiry.
 -- Also reads the server's maxmemory-policy (INFO memory; '' when the user may not run INFO).
 -- ARGV: none.
 -- Returns: {now ms, stream entries total, leases, due delayed, future delayed, dlq length,
 --           oldest unstarted ms (-1 none), {counters flat}, {live worker JSON...}, expired workers,
---           maxmemory-policy}.
+--           maxmemory-policy, oldest dead letter ms (-1 none)}.
 local now = now_ms()
 local entries = 0
 local oldest = -1
@@ -46,4 +46,10 @@ local expired = redis.call('ZCOUNT', K_WEXP, '-inf', now)
 local info = redis.pcall('INFO', 'memory')
 local policy = ''
 if type(info) == 'string' then policy = string.match(info, 'maxmemory_policy:([%w%-]+)') or '' end
-return {now, entries, leases, due, future, dlq, oldest, counters, workers, expired, policy}
+local dlq_oldest = -1
+if dlq > 0 then
+  local first = redis.call('ZRANGE', K_DLQ, 0, 0, 'WITHSCORES')
+  dlq_oldest = tonumber(first[2])
+end
+return {now, entries, leases, due, future, dlq, oldest, counters, workers, expired, policy,
+  dlq_oldest}

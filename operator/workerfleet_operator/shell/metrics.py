@@ -45,6 +45,10 @@ class OperatorMetrics:
         self.dead_letter = gauge(
             "workerfleet_pool_dead_letter", "Entries in the dead-letter queue."
         )
+        self.dead_letter_oldest_age = gauge(
+            "workerfleet_pool_dead_letter_oldest_age_seconds",
+            "How long the oldest entry of the dead-letter queue has waited (0 when empty).",
+        )
         self.oldest_job_age = gauge(
             "workerfleet_pool_oldest_job_age_seconds",
             "Age of the oldest ready job not yet started.",
@@ -134,6 +138,7 @@ class OperatorMetrics:
             in_flight=self.in_flight.labels(*labels),
             delayed=self.delayed.labels(*labels),
             dead_letter=self.dead_letter.labels(*labels),
+            dead_letter_oldest_age=self.dead_letter_oldest_age.labels(*labels),
             oldest_job_age=self.oldest_job_age.labels(*labels),
             replicas_desired=self.replicas_desired.labels(*labels),
             replicas_current=self.replicas_current.labels(*labels),
@@ -176,6 +181,7 @@ class OperatorMetrics:
             self.in_flight,
             self.delayed,
             self.dead_letter,
+            self.dead_letter_oldest_age,
             self.oldest_job_age,
             self.replicas_desired,
             self.replicas_current,
@@ -205,6 +211,7 @@ class PoolSeries:
     in_flight: Any
     delayed: Any
     dead_letter: Any
+    dead_letter_oldest_age: Any
     oldest_job_age: Any
     replicas_desired: Any
     replicas_current: Any
@@ -254,6 +261,7 @@ class PoolSeries:
         self.in_flight.set(s.in_flight)
         self.delayed.set(s.future_delayed)
         self.dead_letter.set(s.dead_letter)
+        self.dead_letter_oldest_age.set(s.oldest_dead_letter_age_seconds)
         self.oldest_job_age.set(s.oldest_job_age_seconds)
         self.jobs_enqueued(s.enqueued_total)
         self.jobs_completed(s.completed_total)
