@@ -66,11 +66,19 @@ class Verdict:
 
 
 class Breaker(Protocol):
-    """What :func:`build_error` needs of a circuit breaker (``circuit.CircuitBreaker`` fits)."""
+    """What :func:`build_error` needs of a circuit breaker (``CircuitBreaker`` fits)."""
 
     def record_failure(self) -> None: ...
 
     def retry_after(self) -> float: ...
+
+
+class GuardingBreaker(Breaker, Protocol):
+    """What :func:`classify_errors` needs: it also asks before the call and reports success."""
+
+    def allow(self) -> bool: ...
+
+    def record_success(self) -> None: ...
 
 
 NEVER_RETRY_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 410, 422})
@@ -191,6 +199,17 @@ def build_error(exc: BaseException, *, breaker: Breaker | None = None) -> BaseEx
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _admit(breaker: GuardingBreaker | None) -> None:
+    # An open breaker refuses the call: the job waits in Redis for the breaker's wait.
+    if breaker is not None and not breaker.allow():
+        raise app_mod.RetryLater(max(breaker.retry_after(), 0.001))
+
+
+def _succeeded(breaker: GuardingBreaker | None) -> None:
+    if breaker is not None:
+        breaker.record_success()
+
+
 def _raise_decided(exc: Exception, breaker: Breaker | None) -> NoReturn:
     error = build_error(exc, breaker=breaker)
     if error is exc:
@@ -203,16 +222,18 @@ def classify_errors(handler: F, /) -> F: ...
 
 
 @overload
-def classify_errors(*, breaker: Breaker | None = None) -> Callable[[F], F]: ...
+def classify_errors(*, breaker: GuardingBreaker | None = None) -> Callable[[F], F]: ...
 
 
 def classify_errors(
-    handler: F | None = None, /, *, breaker: Breaker | None = None
+    handler: F | None = None, /, *, breaker: GuardingBreaker | None = None
 ) -> F | Callable[[F], F]:
     """Decorate a handler (sync or async) so what it raises is decided by the matrix.
 
     Use bare (``@retrying.classify_errors``) or with a breaker. Put it under ``@app.task``: the
     task keeps the handler's signature. ``Reject`` and ``RetryLater`` pass through unchanged.
+    With a breaker, an open breaker refuses the call (``RetryLater`` with its wait, the handler
+    does not run), a 503 records a failure and a handler that returns records a success.
     """
 
     def wrap(fn: F) -> F:
@@ -221,23 +242,29 @@ def classify_errors(
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
+                _admit(breaker)
                 try:
-                    return await fn(*args, **kwargs)
+                    result = await fn(*args, **kwargs)
                 except passthrough:
                     raise
                 except Exception as exc:
                     _raise_decided(exc, breaker)
+                _succeeded(breaker)
+                return result
 
             return cast("F", run_async)
 
         @functools.wraps(fn)
         def run_sync(*args: Any, **kwargs: Any) -> Any:
+            _admit(breaker)
             try:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
             except passthrough:
                 raise
             except Exception as exc:
                 _raise_decided(exc, breaker)
+            _succeeded(breaker)
+            return result
 
         return cast("F", run_sync)
 

@@ -251,3 +251,31 @@ def test_a_decorated_handler_registers_as_a_task_with_its_payload_and_context() 
     spec = app.tasks["charge"]
     assert spec.is_async and spec.wants_context
     assert spec.payload_adapter.validate_python({"cents": 5}) == Charge(cents=5)
+
+
+def test_the_decorator_with_an_open_breaker_does_not_call_and_a_success_closes_it() -> None:
+    now = [0.0]
+    breaker = circuit.CircuitBreaker(
+        failure_threshold=1, reset_timeout_seconds=10.0, clock=lambda: now[0]
+    )
+    calls: list[int] = []
+
+    @retrying.classify_errors(breaker=breaker)
+    def handler(payload: dict[str, int]) -> None:
+        calls.append(payload["status"])
+        if payload["status"] != 200:
+            raise _httpx_status(payload["status"])
+
+    # a 503 opens the breaker (threshold 1) ...
+    with pytest.raises(RetryLater):
+        handler({"status": 503})
+    # ... so the next job is refused without a call, and waits for the breaker
+    with pytest.raises(RetryLater) as refused:
+        handler({"status": 200})
+    assert calls == [503]
+    assert refused.value.delay == 10.0
+    # after the reset timeout a trial goes through; its success closes the breaker
+    now[0] = 10.5
+    handler({"status": 200})
+    assert calls == [503, 200]
+    assert breaker.state is circuit.CircuitState.CLOSED
