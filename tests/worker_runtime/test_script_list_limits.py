@@ -3,20 +3,22 @@
 Lua's ``unpack`` fails at about 8,000 values ("too many results to unpack"), so every script
 that hands a list to a command slices it. These tests run each such list at the largest size
 the configuration admits: a worker's concurrency (``WORKERFLEET_CONCURRENCY`` ≤ 10,000) is the
-number of jobs one renewal carries, and ``dlq ls --limit`` is whatever the operator types.
+number of jobs one renewal carries, ``dlq ls --limit`` is whatever the operator types, and the
+stats read every live worker of the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import redis.asyncio
 
 from tests.worker_runtime import engine_support as es
 from tests.worker_runtime.test_cli_commands import run_cli
-from worker_runtime import config, dlq, keys, queue, scripts
+from worker_runtime import config, dlq, keys, queue, scripts, stats
 
 MAX_CONCURRENCY = 10_000
 """The largest ``WORKERFLEET_CONCURRENCY`` the settings accept: one renewal holds this many."""
@@ -106,3 +108,21 @@ def test_dlq_ls_with_a_limit_above_the_unpack_limit_lists_every_entry(
     # Then every one is listed (and the command did not fail)
     assert out.returncode == 0, out.stderr[-2000:]
     assert {d["job_id"] for d in json.loads(out.stdout)} == set(ids)
+
+
+async def test_queue_stats_read_more_live_workers_than_one_unpack_holds(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given 9,000 live worker heartbeats on one queue (far above a pool's 1,000 replicas)
+    k = keys.build_keys(queue_name)
+    now = time.time()
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(9_000):
+        beat = queue.WorkerBeat(f"w{i}", f"pod-{i}", 1, 0, 0, 0.0, now, None, False, 30.0)
+        pipe.hset(k.workers, f"w{i}", queue.build_heartbeat_json(beat))
+        pipe.zadd(k.workers_expiry, {f"w{i}": (now + 600) * 1000})
+    await pipe.execute()
+    # When the stats are read
+    s = await stats.fetch_queue_stats(redis_client, queue_name)
+    # Then every worker is in them
+    assert len(s.workers) == 9_000
