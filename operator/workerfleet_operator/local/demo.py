@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -145,12 +146,23 @@ class LoadGenerator(threading.Thread):
 
 
 class Prometheus:
-    """A real Prometheus server on loopback scraping the fleet, with the project's alert rules."""
+    """A real Prometheus server on loopback scraping the fleet, with the project's alert rules.
 
-    def __init__(self, workdir: pathlib.Path, rules: pathlib.Path, target_port: int) -> None:
+    By default it scrapes the fleet's metrics port as the operator; the alert tests pass their own
+    ``scrape_configs`` (file-based discovery, to move targets as Kubernetes would).
+    """
+
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        rules: pathlib.Path,
+        target_port: int,
+        scrape_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.rules = rules
         self.target_port = target_port
+        self.scrape_configs = scrape_configs
         self.port = embedded_redis.fetch_free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -166,7 +178,8 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(self.rules)],
-            "scrape_configs": [
+            "scrape_configs": self.scrape_configs
+            or [
                 {
                     # The local fleet plays the operator: it serves the operator's metrics.
                     "job_name": "workerfleet-operator",
@@ -207,6 +220,15 @@ class Prometheus:
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+    def fetch_query(self, expr: str) -> list[dict[str, Any]]:
+        """``/api/v1/query``: the instant vector of ``expr`` (raises if Prometheus refuses it)."""
+        url = self.url("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.loads(response.read())
+        if body.get("status") != "success":
+            raise RuntimeError(f"query {expr!r} failed: {body}")
+        return list(body["data"]["result"])
 
     def fetch_alerts(self) -> list[dict[str, Any]]:
         """``/api/v1/alerts``: every pending or firing alert with its labels."""
