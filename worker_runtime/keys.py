@@ -40,6 +40,9 @@ key                            type    contents
 ``{wf:Q}:workers:expiry``      zset    worker id → heartbeat expiry ms; expired without
                                        deregistration = a lost (killed) worker.
 ``{wf:Q}:ratelimit``           hash    token bucket ``{tokens, ts}`` of the queue-wide rate limit.
+``{wf:Q}:enqueued``            zset    job id → enqueue ms, for ``queue.ENQUEUE_DEDUP_SECONDS``:
+                                       a re-sent enqueue of an id in it is a no-op (the job
+                                       may have run and been deleted). Trimmed by enqueue.
 ``{wf:Q}:idem:<key>``          string  enqueue dedup: job id, with TTL (SET NX PX).
 ``{wf:Q}:done:<key>``          string  "done" marker written atomically with an ack, with TTL.
 =============================  ======  =====================================================
@@ -96,6 +99,7 @@ class QueueKeys:
     workers_expiry: str
     ratelimit: str
     inflight: str
+    enqueued: str
 
     def script_keys(self) -> list[str]:
         """The fixed KEYS list every engine script receives (order matters to the Lua side)."""
@@ -143,4 +147,5 @@ def build_keys(queue: str) -> QueueKeys:
         workers_expiry=f"{p}:workers:expiry",
         ratelimit=f"{p}:ratelimit",
         inflight=f"{p}:inflight",
+        enqueued=f"{p}:enqueued",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -91,6 +92,12 @@ def failure(message: str = "boom", worker: str = "w1") -> queue.Failure:
 
 
 async def enqueue_again(engine: queue.QueueClient, env: envelope.JobEnvelope) -> None:
-    """Enqueue a job id that was used before (e.g. one now in the DLQ) as a new job."""
-    [res] = await engine.enqueue_many([queue.EnqueueRequest(envelope=env)])
+    """Enqueue a job id that was used before (e.g. one now in the DLQ) as a new job.
+
+    Inside ``queue.ENQUEUE_DEDUP_SECONDS`` that would be a no-op (a re-send), so this goes
+    through an engine without the window: what a producer sees once the window has passed.
+    """
+    options = dataclasses.replace(engine.options, enqueue_dedup_seconds=0.0)
+    without_window = queue.QueueClient(engine.client, engine.queue, options)
+    [res] = await without_window.enqueue_many([queue.EnqueueRequest(envelope=env)])
     assert res.created and res.job_id == env.id

@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 import redis
 import redis.exceptions
 
-from tests.worker_runtime import workerproc
+from tests.worker_runtime import cutting_proxy, workerproc
 from tests.worker_runtime.workerproc import wait_until
 from worker_runtime import connection, envelope, producer, scripts, stats
 from worker_runtime import queue as queue_mod
@@ -81,76 +79,8 @@ async def _stats(client: connection.AsyncClient, queue: str) -> stats.QueueStats
     return await stats.fetch_queue_stats(client, queue)
 
 
-class _CuttingProxy:
-    """A TCP proxy to a redis-server that, once armed, loses the reply of the next fetch.
-
-    It forwards the fetch (or ack-and-fetch) command, gives the server time to run it, then
-    closes that client connection without forwarding the reply: the script ran, the worker
-    never hears of it. Everything else passes through. Listens on 127.0.0.1 only.
-    """
-
-    FETCH_SHAS = (scripts.FETCH.sha.encode(), scripts.ACK_FETCH.sha.encode())
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.armed = threading.Event()
-        self.cuts = 0
-        self.fetches = 0  # fetch commands that went through to the server
-        self._sockets: list[socket.socket] = []
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            upstream.settimeout(None)
-            self._sockets += [client, upstream]
-            cut = threading.Event()
-            threading.Thread(target=self._up, args=(client, upstream, cut), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client, cut), daemon=True).start()
-
-    def _up(self, client: socket.socket, upstream: socket.socket, cut: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while data := client.recv(65536):
-                is_fetch = any(sha in data for sha in self.FETCH_SHAS)
-                self.fetches += is_fetch
-                if self.armed.is_set() and is_fetch:
-                    self.armed.clear()
-                    cut.set()  # from now on nothing goes back to this client
-                    upstream.sendall(data)
-                    threading.Event().wait(0.3)  # the server runs the script meanwhile
-                    self.cuts += 1
-                    break
-                upstream.sendall(data)
-        _close(client, upstream)
-
-    def _down(self, upstream: socket.socket, client: socket.socket, cut: threading.Event) -> None:
-        with contextlib.suppress(OSError):
-            while (data := upstream.recv(65536)) and not cut.is_set():
-                client.sendall(data)
-        _close(client, upstream)
-
-    def close(self) -> None:
-        self._stop = True
-        self.listener.close()
-        _close(*self._sockets)
-
-
-def _close(*socks: socket.socket) -> None:
-    for s in socks:
-        with contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)
-        s.close()
+FETCH_SHAS = (scripts.FETCH.sha.encode(), scripts.ACK_FETCH.sha.encode())
+"""What the proxy recognises a fetch (or ack-and-fetch) by: the script's SHA in the command."""
 
 
 @pytest.mark.parametrize(("retries", "sent"), [(0, 1), (3, 2)])
@@ -165,7 +95,7 @@ async def test_only_a_client_without_automatic_retries_never_sends_a_fetch_twice
     assert await setup.fetch("w0", 1) == []  # loads the script: the cut fetch really runs
     for _ in range(10):
         await setup.enqueue(queue_mod.EnqueueRequest(envelope.build_envelope("noop", {})))
-    proxy = _CuttingProxy(server.port)
+    proxy = cutting_proxy.CuttingProxy(server.port, FETCH_SHAS)
     client = connection.fetch_client(proxy.url, socket_timeout=2.0, retries=retries)
     q = queue_mod.QueueClient(client, queue_name, options)
     try:
@@ -178,7 +108,7 @@ async def test_only_a_client_without_automatic_retries_never_sends_a_fetch_twice
         # Then with retries=0 the script ran once and the caller sees the error; with
         # automatic retries redis-py sent it again, leasing a second batch while the first
         # four are held by nobody until their lease expires
-        assert proxy.fetches == sent
+        assert proxy.matched == sent
         held_in_redis = (await _stats(direct, queue_name)).in_flight
         assert held_in_redis == 4 * sent
         assert len(got) == 4 * (sent - 1)
@@ -207,7 +137,7 @@ def test_a_worker_whose_fetch_reply_is_lost_runs_those_jobs_at_once_and_exactly_
     )
     for script in (scripts.FETCH, scripts.ACK_FETCH):  # the cut fetch must run, not NOSCRIPT
         wf.client.script_load(script.source)
-    proxy = _CuttingProxy(wf.redis.port)
+    proxy = cutting_proxy.CuttingProxy(wf.redis.port, FETCH_SHAS)
     try:
         proxy.armed.set()
         worker = wf.spawn(redis_url=proxy.url, concurrency=4, lease_seconds=30.0)
