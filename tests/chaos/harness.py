@@ -17,6 +17,7 @@ every process is stopped by its own PID.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -146,13 +147,18 @@ class Bed:
         self._producer: threading.Thread | None = None
         self._producer_error: BaseException | None = None
         self.slots: list[Slot] = []
+        self.producer_proxy: netproxy.FaultProxy | None = None
         self.started = time.monotonic()
 
     # ---- set-up ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers, then the producer thread."""
+        """Start the workers, wait until they serve, then start the producer thread."""
         self.slots = [Slot(self, i) for i in range(self.config.workers)]
+        # (faults must meet working workers, not processes still importing)
+        self.wait_registered({s.pid for s in self.slots})
+        if self.config.proxies:
+            self.producer_proxy = netproxy.FaultProxy(self.server.port)
         self._producer = threading.Thread(target=self._produce, name="chaos-producer", daemon=True)
         self._producer.start()
 
@@ -175,7 +181,7 @@ class Bed:
         self.rng.shuffle(out)
         return out
 
-    def enqueue(self, payloads: list[tuple[dict[str, Any], int]], client: redis.Redis) -> None:
+    def enqueue(self, payloads: list[tuple[dict[str, Any], int]], client: redis.Redis) -> list[str]:
         """Enqueue one batch (one script call) and log each job with whether Redis answered."""
         prod = producer.SyncProducer(client, self.queue)
         specs = [
@@ -191,6 +197,7 @@ class Bed:
             for spec, (_, fails), ok in zip(specs, payloads, answered, strict=True):
                 assert spec.job_id is not None
                 self.enqueues.append(history.Enqueue(spec.job_id, t, ok, fails=fails))
+        return [spec.job_id for spec in specs if spec.job_id is not None]
 
     def inject_raw(self, envelope: bytes, *, stream: str = "normal") -> str:
         """Write a job whose stored envelope is ``envelope`` (any bytes), as enqueue would.
@@ -222,7 +229,8 @@ class Bed:
 
     def _produce(self) -> None:
         c = self.config
-        client = _producer_client(self.server.port)
+        port = self.producer_proxy.port if self.producer_proxy is not None else self.server.port
+        client = _producer_client(port)
         try:
             payloads = self.build_job_payloads(c.jobs)
             batches = [
@@ -325,6 +333,36 @@ class Bed:
             history.Fault(f"redis_{how}", t0, time.time(), capacity=self.fleet_capacity())
         )
 
+    def fail_over(self, replica: Any, *, split_seconds: float) -> None:
+        """Promote ``replica``; the old primary keeps taking writes for ``split_seconds`` (the
+        time a failover takes to notice), then is killed and every client is sent to the new
+        primary. Writes the old primary acknowledged that its replica never got are lost.
+        """
+        assert self.producer_proxy is not None, "a failover needs proxies (config.proxies)"
+        t0 = time.time()
+        admin = redis.Redis(port=replica.port, socket_timeout=5)
+        try:
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+        finally:
+            admin.close()
+        time.sleep(split_seconds)
+        self.server.kill()
+        self.kills += 1
+        self.server = replica
+        for proxy in [self.producer_proxy, *(s.proxy for s in self.slots)]:
+            if proxy is not None:
+                proxy.retarget(replica.port)
+        self.add_fault(
+            history.Fault(
+                "failover",
+                t0,
+                time.time(),
+                capacity=self.fleet_capacity(),
+                loses_writes=True,
+                write_window=1.0,
+            )
+        )
+
     def net_fault(
         self,
         slot: Slot,
@@ -415,9 +453,9 @@ class Bed:
     def close(self) -> None:
         for proc in self.procs:
             proc.stop()
-        for slot in self.slots:
-            if slot.proxy is not None:
-                slot.proxy.close()
+        for proxy in [self.producer_proxy, *(s.proxy for s in self.slots)]:
+            if proxy is not None:
+                proxy.close()
 
     def read_runs(self) -> list[history.Run]:
         """Every handler run, from the files the handlers wrote."""
@@ -458,11 +496,27 @@ class Bed:
         finally:
             client.close()
 
+    def bound_faults(self, runs: list[history.Run]) -> list[history.Fault]:
+        """The faults with their final bounds: one that may lose writes may also lose the acks
+        of the runs that finished inside its window, so those may run again too."""
+        out = []
+        for f in self.faults:
+            if f.loses_writes:
+                acked_then = sum(
+                    1
+                    for r in runs
+                    if r.ok and r.end is not None and f.t0 - f.write_window <= r.end <= f.t1
+                )
+                f = dataclasses.replace(f, capacity=f.capacity + acked_then)
+            out.append(f)
+        return out
+
     def verdict(self) -> history.Verdict:
+        runs = self.read_runs()
         return history.check_history(
             self.enqueues,
-            self.read_runs(),
-            self.faults,
+            runs,
+            self.bound_faults(runs),
             self.read_final(),
             max_attempts=tasks.MAX_ATTEMPTS,
         )
