@@ -59,6 +59,7 @@ class Config:
     enqueue_batch: int = 50
     enqueue_seconds: float = 6.0  # the enqueues are spread over this long
     proxies: bool = False
+    producer_resends: bool = False  # the producer keeps redis-py's automatic re-send
     redis_config: dict[str, str] = field(default_factory=dict)
     settle_seconds: float = 90.0  # after the last enqueue, every job must have ended by then
     seed: int = 7
@@ -80,7 +81,14 @@ ROWS: list[Row] = []
 """Every scenario's row, printed as a table at the end of the session (tests/chaos/conftest.py)."""
 
 
-def _producer_client(port: int) -> redis.Redis:
+PRODUCER = -1
+"""The ``pid`` of a fault that hit the producer: it explains no worker's re-run."""
+
+
+def _producer_client(port: int, *, resends: bool) -> redis.Redis:
+    if resends:
+        # what an application gets by default: redis-py re-sends after a timeout
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=1.0)
     # No automatic re-send: an enqueue whose reply is lost is recorded as unanswered.
     return redis.Redis(
         port=port,
@@ -190,7 +198,9 @@ class Bed:
         t = time.time()
         try:
             results = prod.enqueue_many(specs)
-            answered = [r.created for r in results]
+            # a reply for the id (created, or found already there: a re-send of this very
+            # call) means Redis holds the job
+            answered = [r.job_id == s.job_id for r, s in zip(results, specs, strict=True)]
         except (redis.RedisError, OSError):
             answered = [False] * len(specs)
         with self._lock:
@@ -230,7 +240,7 @@ class Bed:
     def _produce(self) -> None:
         c = self.config
         port = self.producer_proxy.port if self.producer_proxy is not None else self.server.port
-        client = _producer_client(port)
+        client = _producer_client(port, resends=c.producer_resends)
         try:
             payloads = self.build_job_payloads(c.jobs)
             batches = [

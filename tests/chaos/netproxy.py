@@ -6,7 +6,8 @@ time and apply to connections that exist and to new ones:
 
 * ``latency``: every chunk waits this many seconds before it is forwarded (both directions);
 * ``drop_reply_share``: that share of the client's requests reach Redis (which runs them) but
-  their reply never comes back: the connection is cut instead;
+  their reply never comes back: the connection is cut instead (or, with ``drop_hangs``, left
+  silent until the client's own timeout);
 * ``partition``: nothing is forwarded either way and new connections hang (packets dropped,
   no reset); when it is healed the stalled connections are closed, so clients reconnect;
 * ``blackhole_marker``: a connection that sends these bytes (the renewal script's SHA) is
@@ -54,6 +55,7 @@ class FaultProxy:
         self.port = int(self.listener.getsockname()[1])
         self.latency = 0.0
         self.drop_reply_share = 0.0
+        self.drop_hangs = False  # a dropped reply leaves the connection open: the client times out
         self.partitioned = False
         self.blackhole_marker: bytes | None = None
         self.dropped_replies = 0
@@ -134,6 +136,8 @@ class FaultProxy:
                     pipe.upstream.sendall(data)
                     time.sleep(0.05)  # Redis runs the command meanwhile
                     self.dropped_replies += 1
+                    if self.drop_hangs:
+                        continue  # nothing more is forwarded; the client gives up on its own
                     break
                 pipe.upstream.sendall(data)
         pipe.close()

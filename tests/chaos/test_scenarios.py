@@ -402,3 +402,37 @@ def test_replica_promotion_with_lost_acknowledged_writes_accounted(
     # from before the failover is accepted twice (fencing across the failover)
     bed, _ = run_scenario(config, redis_factory, tmp_path, faults, server=primary)
     assert bed.kills == 1
+
+
+def test_enqueue_replies_lost_and_re_sent_by_the_producer(
+    redis_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Given a producer on redis-py's defaults (a request whose reply times out is sent again)
+    # behind a proxy, and three workers running quick jobs
+    config = harness.Config(
+        "producer-replies-lost",
+        jobs=_jobs(0.04),
+        enqueue_seconds=8.0,
+        enqueue_batch=10,
+        proxies=True,
+        producer_resends=True,
+    )
+
+    # When a third of the enqueue replies are swallowed for a while: Redis ran the enqueue,
+    # the producer times out after 1 s and sends it again (by then the job has run)
+    def faults(bed: harness.Bed) -> None:
+        proxy = bed.producer_proxy
+        assert proxy is not None
+        time.sleep(1.0)
+        t0 = time.time()
+        proxy.drop_hangs = True
+        proxy.drop_reply_share = 0.3
+        try:
+            time.sleep(5.0)
+        finally:
+            proxy.drop_reply_share = 0.0
+        bed.add_fault(history.Fault("producer_replies_lost", t0, time.time(), pid=harness.PRODUCER))
+        assert proxy.dropped_replies > 0
+
+    # Then a re-sent enqueue never runs a job again: the fault explains no re-run at all
+    run_scenario(config, redis_factory, tmp_path, faults)
