@@ -98,3 +98,24 @@ async def test_the_remembered_ids_never_outgrow_the_window(
     await engine.enqueue_many([es.request()])
     # Then only that job's id is still remembered (the expired ones were trimmed)
     assert await redis_client.zcard(remembered) == 1
+
+
+async def test_an_id_past_the_window_is_new_even_before_the_trim_reaches_it(
+    redis_client: redis.asyncio.Redis, queue_name: str
+) -> None:
+    # Given 2,100 remembered ids, all past a 0.3 s window (a call trims at most 2,000)
+    engine = es.make_engine(redis_client, queue_name, enqueue_dedup_seconds=0.3)
+    envs = [envelope.build_envelope("t", {}, job_id=f"id-{i}") for i in range(2100)]
+    await engine.enqueue_many([queue.EnqueueRequest(e) for e in envs])
+    jobs = await es.fetch_all(engine, "w", want=2100)
+    assert all(await asyncio.gather(*(engine.ack(j) for j in jobs)))
+    await asyncio.sleep(0.5)
+    # When the newest of them is enqueued again (its entry is among the 100 left untrimmed)
+    [again] = await engine.enqueue_many([queue.EnqueueRequest(envs[-1])])
+    # Then it is a new job, and its entry is fresh (the call trimmed 2,000 of the others)
+    assert again.created
+    remembered = engine.keys.enqueued
+    assert await redis_client.zcard(remembered) == 100
+    fresh = await redis_client.zscore(remembered, "id-2099")
+    stale = await redis_client.zscore(remembered, "id-2098")
+    assert fresh is not None and stale is not None and fresh - stale >= 300

@@ -1,6 +1,6 @@
 -- enqueue: add a batch of jobs atomically.
 -- Touches: {wf:Q}:ready:<prio> (XADD), {wf:Q}:env (HSETNX), {wf:Q}:state (HSET "prio|0|0|0"),
---          {wf:Q}:delayed (ZADD), {wf:Q}:counters (enqueued), {wf:Q}:enqueued (ZSCORE, ZADD,
+--          {wf:Q}:delayed (ZADD), {wf:Q}:counters (enqueued), {wf:Q}:enqueued (ZADD NX,
 --          trimmed; KEYS[ARGV[1]]), {wf:Q}:idem:<key> (SET NX PX; KEYS[idx]).
 -- ARGV[1]: index in KEYS of {wf:Q}:enqueued; ARGV[2]: its window ms (0 = none);
 -- ARGV[3]: packed records (see prelude), per job: id, priority, delay ms, idem key index
@@ -14,7 +14,6 @@ local K_ENQUEUED = KEYS[tonumber(ARGV[1])]
 local window = tonumber(ARGV[2])
 local out = {}
 local states = {}
-local seen = {}
 local i = 3
 -- forget the ids older than the window, bounded per call (each call adds at most one batch)
 local expired = redis.call('ZRANGEBYSCORE', K_ENQUEUED, '-inf', now - window, 'LIMIT', 0, 2000)
@@ -25,11 +24,18 @@ for id, prio, delay_s, idx_s, ttl_s in string.gmatch(ARGV[3], REC[5]) do
   local delay, idx, ttl = tonumber(delay_s), tonumber(idx_s), tonumber(ttl_s)
   if not K_READY[prio] then prio = 'normal' end
   local dup = nil
-  local at = window > 0 and redis.call('ZSCORE', K_ENQUEUED, id)
-  if at and tonumber(at) > now - window then dup = id end
-  if not dup and idx > 0 then
+  if idx > 0 then
     if not redis.call('SET', KEYS[idx], id, 'NX', 'PX', math.max(1, ttl)) then
       dup = redis.call('GET', KEYS[idx])
+    end
+  end
+  -- one ZADD NX per job remembers the id; an id already there is a re-send unless its entry
+  -- outlived the window (an expired entry the bounded trim has not reached yet)
+  if not dup and window > 0 and redis.call('ZADD', K_ENQUEUED, 'NX', now, id) == 0 then
+    if tonumber(redis.call('ZSCORE', K_ENQUEUED, id)) > now - window then
+      dup = id
+    else
+      redis.call('ZADD', K_ENQUEUED, now, id)
     end
   end
   if not dup and redis.call('HSETNX', K_ENV, id, env) == 0 then dup = id end
@@ -44,8 +50,6 @@ for id, prio, delay_s, idx_s, ttl_s in string.gmatch(ARGV[3], REC[5]) do
     end
     states[#states + 1] = id
     states[#states + 1] = prio .. '|0|0|0'
-    seen[#seen + 1] = now
-    seen[#seen + 1] = id
     out[#out + 1] = id
     out[#out + 1] = 1
   end
@@ -53,6 +57,5 @@ end
 if #states > 0 then
   call_chunked('HSET', K_STATE, states)
   redis.call('HINCRBY', K_COUNTERS, 'enqueued', #states / 2)
-  if window > 0 then call_chunked('ZADD', K_ENQUEUED, seen) end
 end
 return out
