@@ -188,6 +188,10 @@ class JobContext:
     def already_done_sync(self, key: str | None = None) -> bool:
         """:meth:`already_done` for sync handlers (they run in a worker thread)."""
         if self._loop is None:
+            if self._idempotency is not None:
+                # A process task's child: there is no worker loop here to ask Redis through.
+                msg = "ctx.already_done_sync() is not available in a process task"
+                raise RuntimeError(msg)
             return False
         try:
             running = asyncio.get_running_loop()

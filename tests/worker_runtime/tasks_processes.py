@@ -84,6 +84,16 @@ def done_on_ack(payload: Spin, ctx: JobContext) -> None:
     ctx.mark_done_on_ack()
 
 
+@app.task("asks-already-done", executor="process")
+def asks_already_done(payload: Spin, ctx: JobContext) -> None:
+    try:
+        ctx.already_done_sync()
+    except RuntimeError as exc:
+        tasks_fixture.record("refused", ctx, marker=payload.marker, error=str(exc))
+        return
+    tasks_fixture.record("answered", ctx, marker=payload.marker)
+
+
 @app.task("no-context", executor="process")
 def no_context(payload: Spin) -> None:
     tasks_fixture._redis().rpush(f"test:{tasks_fixture.QUEUE}:plain", str(os.getpid()))

@@ -156,6 +156,19 @@ def test_a_process_task_records_done_on_ack_and_runs_context_free_handlers(
     assert len(wf.client.lrange(f"test:{wf.queue}:plain", 0, -1)) == 1
 
 
+def test_already_done_is_refused_loudly_in_a_child_rather_than_answered_wrongly(
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a process task that asks whether its idempotency key is already done
+    wf.spawn(concurrency=1, app=APP)
+    wf.producer.enqueue("asks-already-done", {"marker": "q"}, idempotency_key="k-1")
+    wait_until(lambda: wf.stats().completed_total == 1, 60, "the job")
+    # Then the child got an error saying so, not a silent "no"
+    (event,) = wf.events()
+    assert event["event"] == "refused"
+    assert "not available in a process task" in event["error"]
+
+
 # ---- registration (pure) -------------------------------------------------------------------
 
 
