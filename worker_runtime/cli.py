@@ -256,6 +256,12 @@ def _console() -> Any:
     return Console(highlight=False)
 
 
+def _printable(text: str) -> str:
+    """``text`` for a terminal: bytes that were not UTF-8 (kept as lone surrogates so the id
+    still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -448,7 +454,7 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
             *map(
                 Text,
                 (
-                    d.job_id,
+                    _printable(d.job_id),
                     d.task or "",
                     d.reason,
                     str(d.attempts),
@@ -481,7 +487,9 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
     # every value comes from the job or its errors: printed as Text, never parsed as markup
     console = _console()
-    console.print(Text.assemble((d.job_id, "bold"), f"  task={d.task}  reason={d.reason}"))
+    console.print(
+        Text.assemble((_printable(d.job_id), "bold"), f"  task={d.task}  reason={d.reason}")
+    )
     console.print(
         Text(
             f"attempts={d.attempts} deliveries={d.deliveries} lost={d.lost} "

@@ -76,7 +76,8 @@ class DeadLetter:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    # A job id that is not UTF-8 keeps its bytes as lone surrogates (and is sent back as them).
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 def build_dead_letter(raw: str | bytes) -> DeadLetter:
@@ -212,9 +213,10 @@ async def apply_replay(
             chunk, pending = pending[:size], pending[size:]
             if not chunk:
                 break
-            _seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, 0, *chunk])
+            ids = [job_id.encode("utf-8", "surrogateescape") for job_id in chunk]
+            _seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, 0, *ids], decode=False)
         else:
-            seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, skipped])
+            seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, skipped], decode=False)
             if int(seen) == 0:
                 break
             skipped += int(seen) - len(raw)

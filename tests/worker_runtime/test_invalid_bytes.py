@@ -37,6 +37,20 @@ def _corrupt(client: redis.Redis, queue_name: str, job_id: str) -> bytes:
     return bad
 
 
+def _store_dead_letter(
+    client: redis.Redis, queue_name: str, job_id: bytes, envelope: bytes
+) -> None:
+    """Write a DLQ record byte for byte, as an older version (or another tool) may have."""
+    k = keys.build_keys(queue_name)
+    record = (
+        b'{"id":"' + job_id + b'","reason":"max_deliveries","priority":"normal","attempts":0,'
+        b'"deliveries":2,"lost":2,"worker":"w","dead_lettered_at":1700000000.0,"history":[],'
+        b'"envelope":' + envelope + b"}"
+    )
+    client.hset(k.dlq_data, job_id, record)
+    client.zadd(k.dlq, {job_id: 1700000000000})
+
+
 async def test_a_non_utf8_envelope_is_dead_lettered_alone_and_its_batch_mates_are_handed_out(
     engine_client: Any, queue_name: str, request: pytest.FixtureRequest
 ) -> None:
@@ -154,16 +168,9 @@ def test_a_stored_dead_letter_record_with_raw_non_utf8_bytes_is_still_readable(
     wf: workerproc.Testbed,
 ) -> None:
     # Given a DLQ record whose envelope holds raw non-UTF-8 bytes (as older versions wrote)
-    k = keys.build_keys(wf.queue)
-    record = (
-        b'{"id":"old-1","reason":"max_deliveries","priority":"normal","attempts":0,'
-        b'"deliveries":2,"lost":2,"worker":"w","dead_lettered_at":1700000000.0,"history":[],'
-        b'"envelope":"{\\"v\\":1,\\"task\\":\\"caf\xe9\\"}"}'
-    )
     raw = redis.Redis(port=wf.redis.port)
     try:
-        raw.hset(k.dlq_data, "old-1", record)
-        raw.zadd(k.dlq, {"old-1": 1700000000000})
+        _store_dead_letter(raw, wf.queue, b"old-1", b'"{\\"v\\":1,\\"task\\":\\"caf\xe9\\"}"')
     finally:
         raw.close()
     cli = {"redis_url": wf.redis.url, "queue_name": wf.queue}
@@ -229,3 +236,33 @@ async def test_an_unexpected_error_in_a_fetch_does_not_end_the_fetch_loop(
         assert (s.completed_total, s.in_flight, s.backlog, s.dead_letter) == (3, 0, 0, 0)
     finally:
         await client.aclose()
+
+
+def test_a_dead_letter_whose_job_id_is_not_utf8_can_be_listed_replayed_and_purged(
+    wf: workerproc.Testbed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a dead letter whose job id itself holds a byte that is not UTF-8, and a terminal
+    # whose output encoding is strict UTF-8
+    k = keys.build_keys(wf.queue)
+    raw = redis.Redis(port=wf.redis.port)
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8:strict")
+    try:
+        _store_dead_letter(raw, wf.queue, b"bad\xff", b'"{}"')
+        cli = {"redis_url": wf.redis.url, "queue_name": wf.queue}
+        # When it is listed, then replayed
+        ls = run_cli("dlq", "ls", **cli)
+        ls_json = run_cli("dlq", "ls", "--json", **cli)
+        replay = run_cli("dlq", "replay", "--all", **cli)
+        # Then the list shows the id escaped, and the replay puts back the exact id
+        for out in (ls, ls_json, replay):
+            assert out.returncode == 0, out.stderr[-2000:]
+        assert "bad\\xff" in ls.stdout
+        assert json.loads(ls_json.stdout)[0]["job_id"] == "bad\udcff"
+        assert "replayed 1" in replay.stdout
+        assert raw.hexists(k.env, b"bad\xff") and raw.zcard(k.dlq) == 0
+        # and once it is a dead letter again, purging it by everything works
+        _store_dead_letter(raw, wf.queue, b"bad\xff", b'"{}"')
+        purge = run_cli("dlq", "purge", "--all", "--yes", **cli)
+        assert purge.returncode == 0 and "purged 1" in purge.stdout, purge.stderr[-2000:]
+    finally:
+        raw.close()
