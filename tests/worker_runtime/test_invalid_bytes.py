@@ -72,7 +72,8 @@ async def test_a_non_utf8_envelope_is_dead_lettered_alone_and_its_batch_mates_ar
     # When a worker fetches the whole batch
     jobs = await engine.fetch("w1", 10)
     # Then it gets the five good jobs, and the bad one is in the DLQ with its exact bytes
-    assert sorted(j.envelope.payload["n"] for j in jobs) == [0, 1, 2, 3, 4]
+    payloads = sorted(json.dumps(j.envelope.payload) for j in jobs)
+    assert payloads == [json.dumps({"n": i}) for i in range(5)]
     dead = await dlq.fetch_dead_letter(engine_client, queue_name, bad_id)
     assert dead is not None and dead.reason == "invalid_envelope"
     assert dead.envelope_base64 is not None
