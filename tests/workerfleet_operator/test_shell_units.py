@@ -164,3 +164,32 @@ def test_the_rollout_generation_moves_with_the_pod_template_not_with_replicas() 
         handlers._build_rollout_generation(None, _deployment(8, 7, "a:2"), _deployment(8, 7, "a:2"))
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("redis://:pw@Redis.Example:6379/0", "redis://redis.example/0"),
+        ("rediss://u:pw@h/2", "redis://h:6379?db=2"),
+        ("redis://[::1]:6379/0", "redis://[::1]/0"),  # an IPv6 host, default port
+        ("redis+sentinel://h1,h2/mymaster", "redis+sentinel://h1:26379,h2:26379/mymaster/0"),
+    ],
+)
+def test_two_urls_for_one_queue_home_identify_it_alike_and_without_credentials(
+    a: str, b: str
+) -> None:
+    assert queue.identify_queue(a, "q") == queue.identify_queue(b, "q")
+    assert "pw" not in queue.identify_queue(a, "q")
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("redis://h/0", "redis://h/1"),
+        ("redis://h:6379/0", "redis://h:6380/0"),
+        ("redis+sentinel://h1:26379/one", "redis+sentinel://h1:26379/two"),
+        ("unix:///run/a.sock", "unix:///run/b.sock"),
+    ],
+)
+def test_different_queue_homes_identify_apart(a: str, b: str) -> None:
+    assert queue.identify_queue(a, "q") != queue.identify_queue(b, "q")

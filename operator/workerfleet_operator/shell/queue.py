@@ -44,23 +44,20 @@ def check_redis_url(value: str) -> None:
 
 
 def identify_queue(url: str, queue: str) -> str:
-    """Where a queue lives, without credentials: ``scheme://host:port/db queue``.
+    """Where a queue lives, without credentials: ``kind://host:port[,...]/[service/]db queue``.
 
     Queue keys carry no Kubernetes namespace (producers share a queue by name), so two pools
-    with equal identities read the same keys. Hosts are compared as written (lower-cased, the
-    default port and db filled in): two names for one server are not recognised.
+    with equal identities read the same keys. Read with the runtime's URL parser (default
+    ports and db filled in, hosts lower-cased, TLS or not alike); two names for one server are
+    not recognised. ``url`` has passed :func:`check_redis_url`.
     """
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qs(parts.query)
-    db = parts.path.strip("/") if parts.scheme != "unix" else query.get("db", ["0"])[0]
-    if parts.scheme == "unix":
-        where = parts.path
+    target = connection.parse_redis_url(url)
+    if target.kind == "unix":
+        where = target.socket_path or ""
     else:
-        hosts = parts.netloc.rsplit("@", 1)[-1].lower()
-        where = ",".join(h if ":" in h else f"{h}:6379" for h in hosts.split(","))
-        db = db or query.get("db", ["0"])[0]
-    scheme = parts.scheme.replace("rediss", "redis")
-    return f"{scheme}://{where}/{db or '0'} {queue}"
+        where = ",".join(f"{host.lower()}:{port}" for host, port in target.hosts)
+    service = f"{target.service_name}/" if target.service_name is not None else ""
+    return f"{target.kind}://{where}/{service}{target.db} {queue}"
 
 
 def redact(text: str, secret: kube.SecretValue | None) -> str:
