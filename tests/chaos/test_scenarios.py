@@ -227,11 +227,6 @@ def test_network_faults_between_a_worker_and_redis(
         assert sum(s.proxy.dropped_replies for s in bed.slots if s.proxy is not None) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 10 defect 2: a worker reclaims its own held job; healthy jobs whose every run "
-    "succeeded end in the DLQ as max_deliveries",
-)
 @pytest.mark.parametrize("workers", [1], ids=["only-worker"])
 def test_renewals_cut_while_fetches_work(
     workers: int, redis_factory: Callable[..., Any], tmp_path: Path
