@@ -463,10 +463,10 @@ class QueueClient:
         self, own: Sequence[Any], holding: Container[tuple[str, Token]]
     ) -> None:
         # The caller's own expired leases, renewed by the fetch script: one it no longer holds
-        # (it crashed a handler's bookkeeping, or dropped the job after its settle gave up)
-        # ends as a lost delivery, as a reclaim would end it — back on the queue, or to the
-        # DLQ at max deliveries — instead of being renewed for nobody. Fenced: a delivery
-        # acknowledged meanwhile is left alone.
+        # (e.g. it dropped the job after its settle kept failing) ends as a lost delivery, as
+        # a reclaim would end it — back on the queue, or to the DLQ at max deliveries —
+        # instead of being renewed for nobody. Fenced: a delivery acknowledged meanwhile is
+        # left alone.
         for i in range(0, len(own), 2):
             job_id, token = _text(own[i]), _text(own[i + 1])
             if (job_id, token) in holding:
