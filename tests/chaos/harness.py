@@ -206,7 +206,10 @@ class Bed:
         with self._lock:
             for spec, (_, fails), ok in zip(specs, payloads, answered, strict=True):
                 assert spec.job_id is not None
-                self.enqueues.append(history.Enqueue(spec.job_id, t, ok, fails=fails))
+                marks = bool(dict(spec.payload or {}).get("ack_marker"))
+                self.enqueues.append(
+                    history.Enqueue(spec.job_id, t, ok, fails=fails, marks_acks=marks)
+                )
         return [spec.job_id for spec in specs if spec.job_id is not None]
 
     def inject_raw(self, envelope: bytes, *, stream: str = "normal") -> str:

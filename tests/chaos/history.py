@@ -14,7 +14,9 @@ It follows Jepsen's total-queue idea: the harness, never the runtime's own count
 
 :func:`check_history` then decides, per job:
 
-* **completed**: it left the queue with at least one successful run and is not in the DLQ;
+* **completed**: it left the queue with at least one successful run and is not in the DLQ
+  (and, for a job whose runs leave ack markers, with an accepted ack, unless a fault that
+  loses writes may have taken it);
 * **dead-lettered** legitimately (a bad envelope, a job that fails every attempt, or a job that
   never ran to success while faults kept interrupting it) or **wrongly** (any of its runs
   succeeded, or the reason does not fit what the job does);
@@ -53,10 +55,11 @@ ENVELOPE_REASONS = frozenset({"invalid_envelope", "unparseable_json", "unknown_s
 class Enqueue:
     """One enqueue attempt by the harness.
 
-    ``answered``: Redis replied that the job was created (an acknowledged write). False when
+    ``answered``: Redis replied that it holds the job (an acknowledged write). False when
     the call failed or timed out: the job may or may not exist. ``fails``: handler failures
     before the job succeeds (:data:`POISON` = always). ``bad``: raw bytes that are no valid
-    envelope were written instead of a job.
+    envelope were written instead of a job. ``marks_acks``: a completion of this job must show
+    an accepted ack marker.
     """
 
     job: str
@@ -64,6 +67,7 @@ class Enqueue:
     answered: bool
     fails: int = 0
     bad: bool = False
+    marks_acks: bool = False  # its runs leave an ack marker (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,20 @@ def _lost_in_window(enqueue: Enqueue, faults: Iterable[Fault]) -> bool:
     return any(f.loses_writes and f.t0 - f.write_window <= enqueue.t <= f.t1 for f in faults)
 
 
+def _ack_maybe_lost(spec: Enqueue, runs: Iterable[Run], faults: Iterable[Fault]) -> bool:
+    # The job's own enqueue lies in a write-losing fault's window (it ran from the old
+    # primary, and its ack found no job on the new one), or a successful run ended inside
+    # that window (its ack went with the unsynced writes).
+    if _lost_in_window(spec, faults):
+        return True
+    return any(
+        r.ok and r.end is not None and f.t0 - f.write_window <= r.end <= f.t1
+        for r in runs
+        for f in faults
+        if f.loses_writes
+    )
+
+
 def _legitimate_death(
     spec: Enqueue,
     reason: str,
@@ -239,6 +257,15 @@ def check_history(
             # still queued after the run settled: stuck, whether or not Redis had answered
             lost += 1
             note("lost", f"{job} (still queued)")
+        elif (
+            ran_ok
+            and spec.marks_acks
+            and job not in acked_jobs
+            and not _ack_maybe_lost(spec, job_runs, faults)
+        ):
+            # it left the queue, but Redis never accepted an ack of any of its runs
+            lost += 1
+            note("lost", f"{job} (gone without an accepted ack)")
         elif ran_ok:
             completed += 1
         elif spec.answered:

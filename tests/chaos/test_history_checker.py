@@ -58,6 +58,37 @@ def test_an_acknowledged_enqueue_that_never_ends_anywhere_is_lost() -> None:
     assert {x.split()[0] for x in v.examples["lost"]} == {"gone", "s"}
 
 
+def test_a_job_that_left_the_queue_without_an_accepted_ack_is_lost() -> None:
+    # Given two jobs whose runs leave ack markers, both run to success and gone from the
+    # queue, one with an accepted ack and one without any
+    enqueues = [h.Enqueue(j, 1.0, True, marks_acks=True) for j in ("acked", "vanished")]
+    runs = [_ok("acked", "a1", 10, 2.0), _ok("vanished", "v1", 10, 2.0)]
+    v = _check(enqueues, runs, acks={("acked", "a1")})
+    # Then the one Redis never acknowledged is lost, not completed
+    assert (v.completed, v.lost) == (1, 1)
+    assert v.examples["lost"] == ("vanished (gone without an accepted ack)",)
+
+
+def test_an_ack_taken_by_a_write_losing_fault_does_not_make_its_job_lost() -> None:
+    # Given a job acked just before Redis was killed under appendfsync everysec (the ack and
+    # its marker went with the unsynced writes) and the job itself too
+    kill = h.Fault("redis_kill", 10.0, 10.5, loses_writes=True, write_window=2.0)
+    enqueues = [h.Enqueue("a", 9.0, True, marks_acks=True)]
+    v = _check(enqueues, [_ok("a", "a1", 10, 9.5)], [kill])
+    # Then it counts as completed
+    assert (v.completed, v.lost) == (1, 0)
+
+
+def test_a_job_whose_enqueue_a_failover_lost_but_which_ran_is_completed() -> None:
+    # Given a job enqueued on the old primary during a failover, run from there, and acked
+    # after the failover on the new primary, which never had it (so no ack was accepted)
+    failover = h.Fault("failover", 10.0, 11.0, loses_writes=True, write_window=1.0)
+    enqueues = [h.Enqueue("a", 10.5, True, marks_acks=True)]
+    v = _check(enqueues, [h.Run("a", "a1", 10, 10.8, 11.6, True)], [failover])
+    # Then it ran: completed, not lost
+    assert (v.completed, v.lost) == (1, 0)
+
+
 def test_an_unanswered_enqueue_that_never_ran_is_not_lost() -> None:
     # Given an enqueue whose reply never came (Redis may never have applied it)
     v = _check([h.Enqueue("maybe", 1.0, False)], [])

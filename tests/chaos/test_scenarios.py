@@ -114,6 +114,28 @@ def test_worker_sigstop_past_its_lease_with_free_slots(
     run_scenario(config, redis_factory, tmp_path, faults)
 
 
+def test_sigstop_of_the_only_worker(redis_factory: Callable[..., Any], tmp_path: Path) -> None:
+    # Given a single worker with free slots, running slow jobs
+    config = harness.Config(
+        "only-worker-sigstop",
+        jobs=_jobs(0.03),
+        workers=1,
+        concurrency=16,
+        lease_seconds=1.5,
+        work_ms=(100.0, 500.0),
+        enqueue_seconds=8.0,
+        enqueue_batch=5,
+    )
+
+    # When it is SIGSTOPped past its lease and continued: its own held jobs expired meanwhile
+    def faults(bed: harness.Bed) -> None:
+        _every(bed, 1.5, lambda _: bed.stop_worker(bed.slots[0], 3.0, capacity=0), 3)
+
+    # Then it runs each of them once: nobody else can take its jobs, and a worker never
+    # reclaims its own held job (it renews it), so a stop explains no re-run at all
+    run_scenario(config, redis_factory, tmp_path, faults)
+
+
 def test_sigterm_drains_mixed_with_kills(redis_factory: Callable[..., Any], tmp_path: Path) -> None:
     # Given three workers with a short drain budget and jobs of up to 1.2 s
     config = harness.Config(
@@ -130,7 +152,7 @@ def test_sigterm_drains_mixed_with_kills(redis_factory: Callable[..., Any], tmp_
             slot = bed.slots[i % len(bed.slots)]
             (bed.drain_worker if i % 2 == 0 else bed.kill_worker)(slot)
 
-        _every(bed, 1.0, act, 12)
+        _every(bed, 1.0, act, 8)
 
     # Then released and killed jobs ran again, within the bound, and nothing was lost
     run_scenario(config, redis_factory, tmp_path, faults)
@@ -162,6 +184,28 @@ def test_redis_kill_9_and_restart_on_its_aof(
     _, verdict = run_scenario(config, redis_factory, tmp_path, faults)
     if not loses_writes:
         assert verdict.writes_lost_to_fault == 0
+
+
+@pytest.mark.parametrize("how", ["sigstop", "client_pause"])
+def test_redis_stalled_longer_than_the_lease_under_long_jobs(
+    how: str, redis_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    # Given three workers holding jobs that outlast the lease (renewals keep them alive)
+    config = harness.Config(
+        f"redis-{how.replace('_', '-')}",
+        jobs=_jobs(0.02),
+        lease_seconds=1.5,
+        work_ms=(800.0, 2000.0),
+        enqueue_seconds=6.0,
+        enqueue_batch=10,
+    )
+
+    # When Redis stalls for twice the lease (every lease looks expired when it resumes)
+    def faults(bed: harness.Bed) -> None:
+        _every(bed, 2.0, lambda _: bed.pause_redis(3.0, how=how), 2)
+
+    # Then every job ends once, re-runs are within the fleet's held jobs, none is lost
+    run_scenario(config, redis_factory, tmp_path, faults)
 
 
 # ---- network faults (each worker behind its own TCP proxy on loopback) -------------------------
@@ -227,14 +271,14 @@ def test_network_faults_between_a_worker_and_redis(
         assert sum(s.proxy.dropped_replies for s in bed.slots if s.proxy is not None) > 0
 
 
-@pytest.mark.parametrize("workers", [1], ids=["only-worker"])
+@pytest.mark.parametrize("workers", [1, 2], ids=["only-worker", "two-workers"])
 def test_renewals_cut_while_fetches_work(
     workers: int, redis_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
     # Given workers behind proxies running jobs of up to twice the lease (renewals keep them)
     config = harness.Config(
         f"net-renewals-cut-{workers}w",
-        jobs=_jobs(0.006, least=20 * workers),
+        jobs=_jobs(0.004, least=16 * workers),
         workers=workers,
         concurrency=4,
         lease_seconds=1.5,
