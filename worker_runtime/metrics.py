@@ -12,6 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 OUTCOMES = ("completed", "failed", "retried", "dead_lettered", "released", "timeout")
+# The ``op`` values of workerfleet_redis_errors_total, exported from 0 at start so dashboards and
+# alerts see a worker without errors as 0, not as no data.
+REDIS_OPS = ("fetch", "adopt", "renew", "ack", "retry", "dead_letter", "history")
 
 # Seconds; no-op jobs take microseconds and real ones minutes, so the range is wide.
 DURATION_BUCKETS = (
@@ -95,6 +98,8 @@ class WorkerMetrics:
             ["queue", "op"],
             registry=r,
         )
+        for op in REDIS_OPS:
+            self.redis_errors.labels(queue, op)
         self.lease_renewals = Counter(
             "workerfleet_lease_renewals_total",
             "Lease renewals (one per held job per heartbeat).",

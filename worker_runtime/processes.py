@@ -267,8 +267,10 @@ class ProcessPool:
             name="wf-process",
             daemon=False,  # it must be allowed to finish its job during a drain
         )
-        # Starting a spawn child writes its preparation data synchronously: off the loop.
-        await asyncio.to_thread(process.start)
+        # Started from the loop's own thread (a few ms: fork/exec and the preparation data):
+        # the kernel's parent-death signal follows the thread that forked, and a pool thread
+        # may exit while the worker lives on.
+        process.start()
         child_end.close()
         child = _Child(process, parent_end)
         self._children.add(child)

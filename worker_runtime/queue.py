@@ -275,7 +275,7 @@ class _Coalescer(Generic[T, R]):
 _AckItem = tuple[str, Token, str | None, float | None]
 _RetryItem = tuple[str, Token, float, str]
 _DeadItem = tuple[str, Token, str, str, bool]
-_ReleaseItem = tuple[str, Token]
+_ReleaseItem = tuple[str, Token, bool]  # id, token, lost (the holder dropped it)
 
 
 class QueueClient:
@@ -316,7 +316,7 @@ class QueueClient:
         self._acks: _Coalescer[_AckItem, bool] = _Coalescer(self._flush_acks, MAX_BATCH)
         self._retries: _Coalescer[_RetryItem, bool] = _Coalescer(self._flush_retries, MAX_BATCH)
         self._deads: _Coalescer[_DeadItem, bool] = _Coalescer(self._flush_deads, MAX_BATCH)
-        self._releases: _Coalescer[_ReleaseItem, bool] = _Coalescer(self._flush_releases, MAX_BATCH)
+        self._releases: _Coalescer[_ReleaseItem, int] = _Coalescer(self._flush_releases, MAX_BATCH)
         self._enqueues: _Coalescer[EnqueueRequest, EnqueueResult] = _Coalescer(
             self.enqueue_many, MAX_BATCH
         )
@@ -363,7 +363,8 @@ class QueueClient:
         ``holding``: the (job id, token) deliveries the caller still holds. An expired lease of
         the caller's own is never handed to it again (that would start a second run next to
         the one still going): the script renews it, and a delivery the caller does not hold
-        any more is released back to the queue here.
+        any more ends here as a lost delivery (lost+1: back on the queue, or to the DLQ as
+        ``max_deliveries``), as a reclaim would end it.
         """
         if count <= 0 or (wake is not None and wake.is_set()):
             return []
@@ -462,12 +463,16 @@ class QueueClient:
         self, own: Sequence[Any], holding: Container[tuple[str, Token]]
     ) -> None:
         # The caller's own expired leases, renewed by the fetch script: one it no longer holds
-        # (e.g. dropped after its settle gave up) goes back to the queue instead of being
-        # renewed for nobody. Fenced: a delivery acknowledged meanwhile is left alone.
+        # (e.g. it dropped the job after its settle kept failing) ends as a lost delivery, as
+        # a reclaim would end it — back on the queue, or to the DLQ at max deliveries —
+        # instead of being renewed for nobody. Fenced: a delivery acknowledged meanwhile is
+        # left alone.
         for i in range(0, len(own), 2):
-            key = (_text(own[i]), _text(own[i + 1]))
-            if key not in holding:
-                await self._releases.submit(key)
+            job_id, token = _text(own[i]), _text(own[i + 1])
+            if (job_id, token) in holding:
+                continue
+            if await self._releases.submit((job_id, token, True)) == 2:
+                self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += 1
 
     async def _dead_letter_invalid(
         self, job_id: str, token: Token, error: envelope_mod.EnvelopeError, worker_id: str
@@ -631,7 +636,7 @@ class QueueClient:
 
     async def release(self, job: Job) -> bool:
         """Give the job back to the ready queue without spending an attempt (drain)."""
-        return await self._releases.submit((job.id, job.token))
+        return await self._releases.submit((job.id, job.token, False)) == 1
 
     async def aclose(self) -> None:
         """Wait for every batched settle call to reach Redis."""
@@ -675,9 +680,15 @@ class QueueClient:
         flags = await scripts.DEAD_LETTER(self.client, self._k, args)
         return [int(f) == 1 for f in flags]
 
-    async def _flush_releases(self, items: list[_ReleaseItem]) -> list[bool]:
-        flags = await scripts.RELEASE(self.client, self._k, [build_packed(items)])
-        return [int(f) == 1 for f in flags]
+    async def _flush_releases(self, items: list[_ReleaseItem]) -> list[int]:
+        o = self.options
+        args: list[scripts.Arg] = [
+            o.max_deliveries,
+            o.dlq_max_length,
+            int(o.dlq_retention_seconds * 1000),
+            build_packed([(job_id, token, 1 if lost else 0) for job_id, token, lost in items]),
+        ]
+        return [int(f) for f in await scripts.RELEASE(self.client, self._k, args)]
 
 
 async def delete_queue(client: AsyncClient, queue_name: str) -> int:

@@ -336,16 +336,33 @@ def build_metrics_service(pool: api.Pool) -> Manifest:
 
 def build_pod_monitor(pool: api.Pool) -> Manifest:
     """A Prometheus Operator PodMonitor scraping every worker pod's /metrics."""
+    metrics = pool.spec.metrics
+    metadata = _build_metadata(pool, pool.name)
+    metadata["labels"] = {**metrics.pod_monitor_labels, **metadata["labels"]}
+    spec: Manifest = {
+        "selector": {"matchLabels": build_selector_labels(pool.name)},
+        "podMetricsEndpoints": [
+            {
+                "port": METRICS_PORT_NAME,
+                "path": "/metrics",
+                "interval": "15s",
+                # The alerts and the dashboard select worker series by pool, as the operator's.
+                "relabelings": [
+                    {
+                        "sourceLabels": ["__meta_kubernetes_pod_label_workerfleet_io_pool"],
+                        "targetLabel": "pool",
+                    }
+                ],
+            }
+        ],
+    }
+    if metrics.pod_target_labels:
+        spec["podTargetLabels"] = list(metrics.pod_target_labels)
     return {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PodMonitor",
-        "metadata": _build_metadata(pool, pool.name),
-        "spec": {
-            "selector": {"matchLabels": build_selector_labels(pool.name)},
-            "podMetricsEndpoints": [
-                {"port": METRICS_PORT_NAME, "path": "/metrics", "interval": "15s"}
-            ],
-        },
+        "metadata": metadata,
+        "spec": spec,
     }
 
 

@@ -102,6 +102,13 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
         "an Event per scaling decision and per handler outcome (kopf posts events too)",
     ),
     Permission(
+        "autoscaling",
+        "horizontalpodautoscalers",
+        ("list",),
+        "before each replicas write the builtin autoscaler looks for a live HPA targeting the"
+        " pool's Deployment, and holds (ReplicasOwnedElsewhere) while one exists",
+    ),
+    Permission(
         "monitoring.coreos.com",
         "podmonitors",
         ("get", "list", "watch", "create", "patch", "delete"),

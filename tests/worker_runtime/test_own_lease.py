@@ -39,7 +39,7 @@ async def test_a_fetch_renews_the_callers_own_expired_lease_instead_of_reclaimin
     assert (s.completed_total, s.in_flight, s.dead_letter) == (1, 0, 0)
 
 
-async def test_an_expired_lease_the_caller_no_longer_holds_is_given_back_to_the_queue(
+async def test_an_expired_lease_the_caller_no_longer_holds_ends_as_a_lost_delivery(
     engine_client: Any, queue_name: str
 ) -> None:
     # Given a job delivered to w1 that w1 dropped (it holds nothing), its lease expired
@@ -50,10 +50,11 @@ async def test_an_expired_lease_the_caller_no_longer_holds_is_given_back_to_the_
     # When w1 fetches again
     mine = await engine.fetch("w1", 5, holding={})
     await engine.aclose()
-    # Then the job is not renewed for nobody: it is back on the queue for anyone
+    # Then the job is not renewed for nobody: it is back on the queue for anyone, its lost
+    # delivery counted (so a job its worker keeps dropping still reaches max deliveries)
     [other] = await es.fetch_all(engine, "w2", want=1)
     assert mine == [] and other.id == dropped.id
-    assert other.deliveries == 2 and other.token != dropped.token
+    assert (other.deliveries, other.lost) == (2, 1) and other.token != dropped.token
     assert await engine.ack(dropped) is False
     assert await engine.ack(other) is True
 

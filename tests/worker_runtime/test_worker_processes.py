@@ -141,6 +141,20 @@ def test_drain_waits_for_a_running_child_then_leaves_no_process_behind(
     assert not any(_alive(pid) for pid in children)
 
 
+def test_a_killed_worker_takes_its_children_with_it(wf: workerproc.Testbed) -> None:
+    # Given a worker whose two children are running CPU jobs
+    worker = wf.spawn(concurrency=2, app=APP, extra_env={"WORKERFLEET_PROCESS_POOL_SIZE": "2"})
+    for marker in ("a", "b"):
+        wf.producer.enqueue("cpu", {"marker": marker, "seconds": 30.0})
+    wait_until(lambda: len(wf.starts()) == 2, 60, "both jobs to start")
+    children = {e["pid"] for e in wf.starts()}
+    # When the worker is killed (no drain, no cleanup of its own)
+    worker.send(signal.SIGKILL)
+    worker.wait(10)
+    # Then the kernel ends its children too: nothing keeps burning CPU for a dead worker
+    wait_until(lambda: not any(_alive(p) for p in children), 10, "the children to die")
+
+
 def test_a_process_task_records_done_on_ack_and_runs_context_free_handlers(
     wf: workerproc.Testbed,
 ) -> None:

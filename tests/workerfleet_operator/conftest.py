@@ -5,14 +5,17 @@ Fixtures: ``emulator`` (tests/workerfleet_operator/emulator.py on a free loopbac
 the shared ``redis_factory`` of tests/conftest.py),
 ``operator`` (a factory starting ``workerfleet operator``'s ``run_operator`` in a thread with a
 stop flag; every run gets a fresh kopf registry and logs in explicitly through the kubeconfig),
-``captured_logs`` (every log record of the run, formatted) and the helpers ``wait_until`` and
-``build_pool``. A missing redis-server fails the tests, never skips them.
+``captured_logs`` (every log record of the run, formatted), ``prometheus`` (a real Prometheus
+with the fast alert rules, discovering operator "pods" from a file, see :class:`OperatorTargets`)
+and the helpers ``wait_until`` and ``build_pool``. A missing redis-server or prometheus fails the
+tests, never skips them.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import socket
 import threading
@@ -25,10 +28,14 @@ import pytest
 import redis
 import yaml
 from workerfleet_operator import rbac
+from workerfleet_operator.local import demo
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import handlers, main, metrics
 
 from tests.workerfleet_operator.emulator import Emulator
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST_RULES = ROOT / "deploy" / "alerts" / "workerfleet-alerts.fast.yaml"
 
 NAMESPACE = "default"
 GROUP = "workerfleet.io"
@@ -338,3 +345,59 @@ def events_for(emu: Emulator, name: str, namespace: str = NAMESPACE) -> list[dic
     return [
         e for e in emu.list("events", namespace) if e.get("involvedObject", {}).get("name") == name
     ]
+
+
+class OperatorTargets:
+    """The file Prometheus discovers the operator "pods" from (file_sd, re-read at once).
+
+    Each pod is an operator run with its own metrics port: a target with its own ``instance``
+    and ``pod`` labels, as Kubernetes discovery gives them; a removed pod's target disappears and
+    Prometheus marks its series stale.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pods: dict[str, int] = {}
+        self._write()
+
+    def start_pod(self, operator: Callable[..., OperatorRunner], pod: str) -> OperatorRunner:
+        """Start an operator run serving metrics on a free port, listed as ``pod``."""
+        port = free_port()
+        runner = operator(metrics_port=port, bind_host="127.0.0.1")
+        self.pods[pod] = port
+        self._write()
+        return runner
+
+    def remove_pod(self, pod: str) -> None:
+        del self.pods[pod]
+        self._write()
+
+    def _write(self) -> None:
+        groups = [
+            {"targets": [f"127.0.0.1:{port}"], "labels": {"pod": pod, "container": "operator"}}
+            for pod, port in self.pods.items()
+        ]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(self.path)  # atomic: Prometheus never reads half a file
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[tuple[demo.Prometheus, OperatorTargets]]:
+    assert demo.Prometheus.available(), "prometheus not installed: run `make deps`"
+    targets = OperatorTargets(tmp_path / "operator-targets.json")
+    server = demo.Prometheus(
+        tmp_path / "prometheus",
+        FAST_RULES,
+        0,
+        scrape_configs=[
+            {
+                "job_name": "workerfleet-operator",
+                "honor_labels": True,
+                "file_sd_configs": [{"files": [str(targets.path)], "refresh_interval": "1s"}],
+            }
+        ],
+    )
+    server.start()
+    yield server, targets
+    server.stop()

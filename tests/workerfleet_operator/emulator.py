@@ -20,7 +20,8 @@ HTTP) in ~600 lines of aiohttp that we control. What it implements, on purpose:
   (the watcher is registered under the same lock as the snapshot);
 - json-patch ``test`` failures answer 422; optimistic concurrency on PUT answers 409;
 - lists carry ``kind``/``apiVersion``/``metadata.resourceVersion``;
-- ``generateName``; Deployment ``spec.replicas`` defaults to 1;
+- ``generateName``; Deployment ``spec.replicas`` defaults to 1 (on every write, as a field
+  that loses its last manager is defaulted again);
 - server-side apply (``application/apply-patch+yaml``, JSON body): leaf-level field ownership per
   manager, conflicts (409) unless ``force=true``, removal of fields a manager stops applying,
   upsert; non-apply writes take ownership of the leaves they change (as "Update" managers);
@@ -99,6 +100,7 @@ BUILTIN_RESOURCES: tuple[Resource, ...] = (
     Resource("events.k8s.io", "v1", "events", "Event", status_subresource=False),
     Resource("apps", "v1", "deployments", "Deployment", scale_subresource=True),
     Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
     Resource("coordination.k8s.io", "v1", "leases", "Lease", status_subresource=False),
     Resource(
         "apiextensions.k8s.io",
@@ -699,6 +701,7 @@ class Emulator:
                 new.pop("status", None)
 
     def _commit(self, res: Resource, stored: _Stored, old: Obj, new: Obj) -> Obj:
+        self._default(res, new)  # as the API server: a field no manager keeps gets its default
         old_cmp = {k: v for k, v in old.items()}
         old_cmp["metadata"] = {k: v for k, v in old["metadata"].items() if k != "managedFields"}
         if new == old_cmp:

@@ -10,70 +10,26 @@ series stale). A missing ``prometheus`` binary fails these tests.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from workerfleet_operator.local import demo
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
+    OperatorTargets,
     QueueRedis,
-    free_port,
     given_a_running_pool,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
 from worker_runtime import keys
 
-ROOT = Path(__file__).resolve().parents[2]
-FAST_RULES = ROOT / "deploy" / "alerts" / "workerfleet-alerts.fast.yaml"
 POOL_LABELS = {"namespace": NAMESPACE, "pool": "emails", "queue": "emails"}
 COUNTERS = keys.build_keys("emails").counters
 DEAD_LETTERED = 'workerfleet_pool_jobs_dead_lettered_total{pool="emails"}'
-
-
-class OperatorTargets:
-    """The file Prometheus discovers the operator pods from (file_sd, re-read at once)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.write({})
-
-    def write(self, pods: dict[str, int]) -> None:
-        """Expose exactly these operator pods: pod name -> metrics port."""
-        groups = [
-            {"targets": [f"127.0.0.1:{port}"], "labels": {"pod": pod, "container": "operator"}}
-            for pod, port in pods.items()
-        ]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.replace(self.path)  # atomic: Prometheus never reads half a file
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[tuple[demo.Prometheus, OperatorTargets]]:
-    assert demo.Prometheus.available(), "prometheus not installed: run `make deps`"
-    targets = OperatorTargets(tmp_path / "operator-targets.json")
-    server = demo.Prometheus(
-        tmp_path / "prometheus",
-        FAST_RULES,
-        0,
-        scrape_configs=[
-            {
-                "job_name": "workerfleet-operator",
-                "honor_labels": True,
-                "file_sd_configs": [{"files": [str(targets.path)], "refresh_interval": "1s"}],
-            }
-        ],
-    )
-    server.start()
-    yield server, targets
-    server.stop()
 
 
 def alerts_named(server: demo.Prometheus, name: str) -> list[dict[str, Any]]:
@@ -87,19 +43,6 @@ def firing(server: demo.Prometheus, name: str) -> list[dict[str, Any]]:
 def scraped_value(server: demo.Prometheus, expr: str) -> float | None:
     result = server.fetch_query(expr)
     return float(result[0]["value"][1]) if result else None
-
-
-def start_operator_pod(
-    operator: Callable[..., OperatorRunner],
-    targets: OperatorTargets,
-    pods: dict[str, int],
-    pod: str,
-) -> OperatorRunner:
-    port = free_port()
-    runner = operator(metrics_port=port, bind_host="127.0.0.1")
-    pods[pod] = port
-    targets.write(pods)
-    return runner
 
 
 def given_a_scraped_dead_letter_count(
@@ -131,13 +74,12 @@ def test_a_dead_letter_counter_that_steps_back_pages_nothing(
     # Given a pool whose Redis says 5,000 jobs were dead-lettered, scraped for longer than the
     # growth window (15 s in the fast rules)
     server, targets = prometheus
-    pods: dict[str, int] = {}
     given_a_scraped_dead_letter_count(
         5000,
         server,
         emulator,
         queue_redis,
-        lambda: start_operator_pod(operator, targets, pods, "op-a"),
+        lambda: targets.start_pod(operator, "op-a"),
     )
     assert alerts_named(server, "WorkerPoolDeadLetterGrowing") == []
     # When the counter steps back, as after a failover to a replica that missed two writes
@@ -165,11 +107,10 @@ def test_a_deleted_secret_fires_queue_unreachable_within_its_for_with_the_reason
 ) -> None:
     # Given a running pool whose queue Prometheus sees as reachable
     server, targets = prometheus
-    pods: dict[str, int] = {}
     given_a_running_pool(
         emulator,
         queue_redis,
-        lambda **kw: start_operator_pod(operator, targets, pods, "op-a"),
+        lambda **kw: targets.start_pod(operator, "op-a"),
     )
     wait_until(
         lambda: scraped_value(server, 'workerfleet_pool_queue_reachable{pool="emails"}') == 1,
@@ -182,17 +123,15 @@ def test_a_deleted_secret_fires_queue_unreachable_within_its_for_with_the_reason
     # Then WorkerPoolQueueUnreachable (for: 6 s in the fast rules) fires: not before its for:,
     # and within it plus the pipeline (operator poll 1 s, scrape 1 s, two rule evaluations 1 s
     # each, with room for a loaded machine)
-    firing = wait_until(
-        lambda: [
-            a for a in alerts_named(server, "WorkerPoolQueueUnreachable") if a["state"] == "firing"
-        ],
+    fired = wait_until(
+        lambda: firing(server, "WorkerPoolQueueUnreachable"),
         timeout=6 + 14,
         interval=0.25,
         message="WorkerPoolQueueUnreachable never fired after the Secret was deleted",
     )
     elapsed = time.monotonic() - deleted_at
     assert elapsed >= 6
-    [alert] = firing
+    [alert] = fired
     assert {k: alert["labels"][k] for k in POOL_LABELS} == POOL_LABELS
     assert "pod" not in alert["labels"] and "instance" not in alert["labels"]
     assert "(reason: SecretNotFound)" in alert["annotations"]["description"]
@@ -207,34 +146,30 @@ def test_an_operator_restart_during_dead_letter_growth_still_fires(
     # Given operator pod A exporting a pool with 10 dead letters, scraped for longer than the
     # growth window
     server, targets = prometheus
-    pods: dict[str, int] = {}
     first = given_a_scraped_dead_letter_count(
         10,
         server,
         emulator,
         queue_redis,
-        lambda: start_operator_pod(operator, targets, pods, "op-a"),
+        lambda: targets.start_pod(operator, "op-a"),
     )
     # When A stops (its target goes away), 3 jobs are dead-lettered while no operator runs, and
     # pod B (another instance, another pod label: new series) takes over
     first.stop()
-    del pods["op-a"]
-    targets.write(pods)
+    targets.remove_pod("op-a")
     wait_until(
         lambda: scraped_value(server, DEAD_LETTERED) is None, timeout=10, message="A not stale"
     )
     queue_redis.client().hincrby(COUNTERS, "dead_lettered", 3)
-    start_operator_pod(operator, targets, pods, "op-b")
+    targets.start_pod(operator, "op-b")
     # Then WorkerPoolDeadLetterGrowing fires for the pool with the 3 jobs of the restart
-    firing = wait_until(
-        lambda: [
-            a for a in alerts_named(server, "WorkerPoolDeadLetterGrowing") if a["state"] == "firing"
-        ],
+    fired = wait_until(
+        lambda: firing(server, "WorkerPoolDeadLetterGrowing"),
         timeout=20,
         interval=0.25,
         message="the dead letters of the restart never fired",
     )
-    [alert] = firing
+    [alert] = fired
     assert {k: alert["labels"][k] for k in POOL_LABELS} == POOL_LABELS
     assert "pod" not in alert["labels"]
     assert alert["annotations"]["description"].startswith("3 jobs of queue emails")

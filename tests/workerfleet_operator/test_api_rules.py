@@ -75,6 +75,10 @@ LEASE = (
     "for redelivery than any job may run"
 )
 KEDA_AUTH = "autoscaling.mode: keda requires queue.redis.keda (the Secret keys KEDA reads)"
+POD_MONITOR_LABELS = (
+    "podMonitorLabels cannot set app.kubernetes.io/* or workerfleet.io/* labels "
+    "(the operator's own)"
+)
 NO_SIGNAL = (
     "at least one of targetBacklogPerReplica, targetUtilization and targetOldestJobAgeSeconds "
     "must be above 0 (0 turns a signal off)"
@@ -122,6 +126,11 @@ CASES = (
         "backoff base above max",
         _spec(retry={"backoff": {"baseSeconds": 10, "maxSeconds": 5}}),
         BACKOFF,
+    ),
+    Case(
+        "pod monitor label of the operator's",
+        _spec(metrics={"podMonitorLabels": {"workerfleet.io/pool": "other"}}),
+        POD_MONITOR_LABELS,
     ),
     Case("env without a value", _spec(env=[{"name": "A"}]), ENV_ONE_OF),
     Case(

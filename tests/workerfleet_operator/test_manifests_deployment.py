@@ -256,3 +256,40 @@ def test_the_disruption_budget_takes_the_spec_budget_and_lets_unhealthy_pods_go(
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["maxUnavailable"] == "25%"
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_the_worker_pod_monitor_labels_series_with_the_pool_and_carries_the_spec_labels() -> None:
+    # Given a pool whose Prometheus selects PodMonitors by `release` and wants the pods' team
+    pool = _pool(
+        metrics={
+            "podMonitor": True,
+            "podMonitorLabels": {"release": "kube-prometheus-stack"},
+            "podTargetLabels": ["team"],
+        }
+    )
+    # When its PodMonitor is built
+    monitor = manifests.build_pod_monitor(pool)
+    # Then Prometheus selects it, the pods' team label is copied, and every worker series gets
+    # the pool label the alerts and the dashboard filter on
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["podTargetLabels"] == ["team"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert {
+        "sourceLabels": ["__meta_kubernetes_pod_label_workerfleet_io_pool"],
+        "targetLabel": "pool",
+    } in endpoint["relabelings"]
+    # And the pool's own labels still win over the extra ones
+    assert monitor["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "workerfleet"
+
+
+def test_a_pod_monitor_label_cannot_override_the_operator_s_own() -> None:
+    parsed = api.parse_pool(
+        {
+            **crd_validation.load_sample("minimal"),
+            "spec": {
+                **crd_validation.load_sample("minimal")["spec"],
+                "metrics": {"podMonitorLabels": {"app.kubernetes.io/managed-by": "me"}},
+            },
+        }
+    )
+    assert isinstance(parsed, api.InvalidPool)

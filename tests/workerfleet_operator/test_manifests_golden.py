@@ -224,9 +224,19 @@ CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
                                 "port": _STR,
                                 "path": _STR,
                                 "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                "relabelings": {
+                                    "type": "array",
+                                    "items": _obj(
+                                        {
+                                            "sourceLabels": {"type": "array", "items": _STR},
+                                            "targetLabel": _STR,
+                                        }
+                                    ),
+                                },
                             }
                         ),
                     },
+                    "podTargetLabels": {"type": "array", "items": _STR},
                 },
                 ("selector", "podMetricsEndpoints"),
             ),

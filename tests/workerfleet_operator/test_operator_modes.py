@@ -150,24 +150,46 @@ def test_keda_mode_never_writes_replicas(
     assert "replicas" not in dep["spec"] or dep["spec"]["replicas"] == 1  # API default, not ours
 
 
-def test_another_owner_of_replicas_is_not_fought(
+def create_hpa(emu: Emulator, name: str = "emails-hpa") -> None:
+    """A live HorizontalPodAutoscaler whose scale target is the pool's Deployment."""
+    emu.create(
+        "horizontalpodautoscalers",
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "emails"},
+                "minReplicas": 1,
+                "maxReplicas": 10,
+            },
+        },
+        group="autoscaling",
+    )
+
+
+def scaling_limited_reason(emu: Emulator) -> str | None:
+    return condition(pool(emu, "emails"), "ScalingLimited").get("reason")
+
+
+def test_a_live_hpa_is_not_fought_and_deleting_it_hands_the_replicas_back(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
-    # Given a builtin pool whose Deployment someone else scales (an HPA, kubectl scale)
+    # Given a builtin pool whose Deployment a live HPA scales to 7
     given_a_running_pool(emulator, queue_redis, operator)
+    create_hpa(emulator)
     scale_elsewhere(emulator, 7)
-    # When a backlog makes the autoscaler want 4
+    # When a backlog makes the autoscaler want its maximum (10)
     enqueue(queue_redis, "emails", 400)
-    # Then it holds, says why, and leaves the other owner's value alone
-    cond = wait_until(
-        lambda: (
-            (c := condition(pool(emulator, "emails"), "ScalingLimited")).get("reason")
-            == "ReplicasOwnedElsewhere"
-            and c
-        ),
+    # Then it holds, says which HPA drives the replicas, and leaves its value alone
+    wait_until(
+        lambda: scaling_limited_reason(emulator) == "ReplicasOwnedElsewhere",
         message="no ReplicasOwnedElsewhere",
     )
-    assert cond["status"] == "True" and "kube-controller-manager" in cond["message"]
+    cond = condition(pool(emulator, "emails"), "ScalingLimited")
+    assert cond["status"] == "True"
+    assert "HorizontalPodAutoscaler emails-hpa" in cond["message"]
+    assert "Delete it to hand the replicas back" in cond["message"]
     wait_until(
         lambda: [
             e for e in events_for(emulator, "emails") if e["reason"] == "ReplicasOwnedElsewhere"
@@ -175,25 +197,46 @@ def test_another_owner_of_replicas_is_not_fought(
         message="no Warning Event",
     )
     assert replicas(emulator, "emails") == 7
+    # When the HPA is deleted (the documented way to hand the replicas back)
+    emulator.delete("horizontalpodautoscalers", NAMESPACE, "emails-hpa", group="autoscaling")
+    # Then the builtin autoscaler drives them again: 10 for the backlog, owned by its manager
+    wait_until(lambda: replicas(emulator, "emails") == 10, message="replicas never handed back")
+    assert "workerfleet-autoscaler" in replicas_owners(emulator)
+    wait_until(
+        lambda: scaling_limited_reason(emulator) != "ReplicasOwnedElsewhere",
+        message="ReplicasOwnedElsewhere never cleared",
+    )
 
 
-def test_an_owner_the_operator_has_not_yet_seen_is_not_overwritten(
+def test_a_one_off_kubectl_scale_does_not_switch_the_autoscaler_off(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a builtin pool that someone scaled to 2 once by hand (an Update owner of
+    # spec.replicas in managedFields, for good), with no HPA
+    given_a_running_pool(emulator, queue_redis, operator)
+    scale_elsewhere(emulator, 2)
+    # When a backlog makes the autoscaler want its maximum (10)
+    enqueue(queue_redis, "emails", 400)
+    # Then it scales: the hand-set count is not an owner to defer to
+    wait_until(lambda: replicas(emulator, "emails") == 10, message="stuck at the hand-set 2")
+    assert "workerfleet-autoscaler" in replicas_owners(emulator)
+    assert scaling_limited_reason(emulator) != "ReplicasOwnedElsewhere"
+
+
+def test_an_hpa_the_operator_has_not_yet_seen_is_not_overwritten(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a builtin pool whose operator's watches have gone silent (its cached Deployment
-    # is stale), and someone else then scales the Deployment to 7
+    # is stale), and an HPA then created that scales the Deployment to 7
     given_a_running_pool(emulator, queue_redis, operator)
     emulator.stall_open_watches()
+    create_hpa(emulator)
     scale_elsewhere(emulator, 7)
-    # When a backlog makes the autoscaler want 4, judged on the stale copy
+    # When a backlog makes the autoscaler want more, judged on the stale copy
     enqueue(queue_redis, "emails", 400)
-    # Then its write is refused as out of date, it reads the Deployment again, finds the
-    # other owner and holds instead of taking the field
+    # Then it finds the live HPA before writing and holds instead of taking the field
     wait_until(
-        lambda: (
-            condition(pool(emulator, "emails"), "ScalingLimited").get("reason")
-            == "ReplicasOwnedElsewhere"
-        ),
+        lambda: scaling_limited_reason(emulator) == "ReplicasOwnedElsewhere",
         message="no ReplicasOwnedElsewhere",
     )
     assert replicas(emulator, "emails") == 7
@@ -261,3 +304,39 @@ def test_switching_to_disabled_clears_the_builtin_decision_fields_from_status(
     left = {"signals", "chosen", "rawDesired", "clampedBy", "lastScaleTime"} & set(shown)
     assert not left, f"builtin fields left in status.autoscaling: {shown}"
     assert shown["reason"] == "autoscaling disabled: fixed replicas 2"
+
+
+def test_switching_from_disabled_to_builtin_keeps_the_current_replicas(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a disabled pool pinned at 4 replicas, and a record of every replica count the
+    # Deployment has from now on
+    body = build_pool("emails", autoscaling={"mode": "disabled", "replicas": 4})
+    given_a_running_pool(emulator, queue_redis, operator, body)
+    wait_until(lambda: replicas(emulator, "emails") == 4, message="never at 4")
+    counts: list[int] = []
+
+    def record(plural: str, event: dict[str, Any]) -> None:
+        if plural == "deployments" and event["object"]["metadata"]["name"] == "emails":
+            counts.append(int(event["object"]["spec"].get("replicas", -1)))
+
+    emulator.add_listener(record)
+    # When it switches to builtin autoscaling (idle queue; the scale-down window is 120 s)
+    emulator.patch(
+        "workerpools",
+        NAMESPACE,
+        "emails",
+        {"spec": {"autoscaling": {"mode": "builtin", "minReplicas": 0, "replicas": None}}},
+        group=GROUP,
+    )
+    wait_until(
+        lambda: (
+            (pool(emulator, "emails") or {}).get("status", {}).get("autoscaling", {}).get("signals")
+        ),
+        message="the autoscaler never decided",
+    )
+    # Then the count was handed over as it was: never the API default of 1 in between
+    assert replicas(emulator, "emails") == 4
+    assert set(counts) <= {4}, counts
+    # And the autoscaler's own manager now owns it
+    assert "workerfleet-autoscaler" in replicas_owners(emulator)

@@ -166,7 +166,11 @@ def test_a_pool_on_a_redis_that_may_evict_is_degraded_with_a_warning_and_a_metri
         lambda: [e for e in events_for(emulator, "emails") if e["reason"] == "RedisMayEvict"],
         message="no Warning Event",
     )
-    # and the operator's metrics say so too
-    assert pool_sample(runner, "workerfleet_pool_redis_eviction_unsafe") == {
-        "policy=allkeys-lru": 1.0
-    }
+    # and the operator's metrics say so too (exported after the status write of the same poll)
+    wait_until(
+        lambda: (
+            pool_sample(runner, "workerfleet_pool_redis_eviction_unsafe")
+            == {"policy=allkeys-lru": 1.0}
+        ),
+        message="the eviction risk was never exported",
+    )

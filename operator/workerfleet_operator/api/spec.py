@@ -844,6 +844,26 @@ class SchedulingSpec(SpecModel):
 class MetricsSpec(SpecModel):
     """The worker's /metrics, /healthz and /readyz endpoint."""
 
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "self.podMonitorLabels.all(k, !k.startsWith('app.kubernetes.io/') && "
+                "!k.startsWith('workerfleet.io/'))"
+            ),
+            message=(
+                "podMonitorLabels cannot set app.kubernetes.io/* or workerfleet.io/* labels "
+                "(the operator's own)"
+            ),
+            check=lambda m: (
+                not any(
+                    k.startswith(("app.kubernetes.io/", "workerfleet.io/"))
+                    for k in m.pod_monitor_labels
+                )
+            ),
+            field_path=".podMonitorLabels",
+        ),
+    )
+
     port: int = Field(
         default=9100,
         ge=1024,
@@ -852,6 +872,22 @@ class MetricsSpec(SpecModel):
     )
     pod_monitor: bool = Field(
         default=False, description="Create a Prometheus Operator PodMonitor for the pods."
+    )
+    pod_monitor_labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description=(
+            "Extra labels on the PodMonitor, e.g. the `release` label a kube-prometheus-stack "
+            "Prometheus selects PodMonitors by."
+        ),
+    )
+    pod_target_labels: list[Annotated[str, Field(max_length=317)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Pod labels copied onto every worker series (PodMonitor podTargetLabels); the pool "
+            "label is always added as `pool`."
+        ),
     )
     service: bool = Field(
         default=False, description="Create a headless Service exposing the metrics port."

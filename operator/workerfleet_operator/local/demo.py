@@ -158,11 +158,13 @@ class Prometheus:
         rules: pathlib.Path,
         target_port: int,
         scrape_configs: list[dict[str, Any]] | None = None,
+        worker_targets: pathlib.Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.rules = rules
         self.target_port = target_port
         self.scrape_configs = scrape_configs
+        self.worker_targets = worker_targets
         self.port = embedded_redis.fetch_free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -178,14 +180,7 @@ class Prometheus:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(self.rules)],
-            "scrape_configs": self.scrape_configs
-            or [
-                {
-                    # The local fleet plays the operator: it serves the operator's metrics.
-                    "job_name": "workerfleet-operator",
-                    "static_configs": [{"targets": [f"127.0.0.1:{self.target_port}"]}],
-                }
-            ],
+            "scrape_configs": self.scrape_configs or self._build_fleet_scrape_configs(),
         }
         config_path = self.workdir / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -218,14 +213,38 @@ class Prometheus:
             time.sleep(0.2)
         raise RuntimeError("prometheus did not become ready")
 
+    def _build_fleet_scrape_configs(self) -> list[dict[str, Any]]:
+        configs: list[dict[str, Any]] = [
+            {
+                # The local fleet plays the operator: it serves the operator's metrics.
+                "job_name": "workerfleet-operator",
+                "honor_labels": True,
+                "static_configs": [{"targets": [f"127.0.0.1:{self.target_port}"]}],
+            }
+        ]
+        if self.worker_targets is not None:
+            # The worker processes, listed by the fleet as they start and stop.
+            configs.append(
+                {
+                    "job_name": "workerfleet-workers",
+                    "file_sd_configs": [
+                        {"files": [str(self.worker_targets)], "refresh_interval": "1s"}
+                    ],
+                }
+            )
+        return configs
+
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def fetch_query(self, expr: str) -> list[dict[str, Any]]:
         """``/api/v1/query``: the instant vector of ``expr`` (raises if Prometheus refuses it)."""
         url = self.url("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = json.loads(response.read())
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # 400/422: a query Prometheus refuses, and why
+            raise RuntimeError(f"query {expr!r} failed: {exc.read().decode()}") from exc
         if body.get("status") != "success":
             raise RuntimeError(f"query {expr!r} failed: {body}")
         return list(body["data"]["result"])
@@ -384,8 +403,12 @@ def run_demo(
     rules: pathlib.Path = FAST_RULES,
     on_snapshot: Callable[[runner.Snapshot, str], None] | None = None,
     stop: threading.Event | None = None,
+    probe: Callable[[runner.Snapshot, Prometheus], None] | None = None,
 ) -> DemoResult:
-    """Run the demo for ``seconds`` (then drain) and return what happened."""
+    """Run the demo for ``seconds`` (then drain) and return what happened.
+
+    ``probe`` (the dashboard test) is called after every poll with the running Prometheus.
+    """
     started = time.monotonic()
     stop = stop or threading.Event()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -409,7 +432,12 @@ def run_demo(
             decision_log=decisions,
         )
         if use_prometheus and Prometheus.available() and fleet_runner.metrics_port:
-            prometheus = Prometheus(workdir / "prometheus", rules, fleet_runner.metrics_port)
+            prometheus = Prometheus(
+                workdir / "prometheus",
+                rules,
+                fleet_runner.metrics_port,
+                worker_targets=fleet_runner.fleet.targets_path,
+            )
             try:
                 prometheus.start()
                 result.prometheus = prometheus.url("/alerts")
@@ -445,6 +473,8 @@ def run_demo(
                         result.alerts[name] = snapshot.at
             if on_snapshot is not None:
                 on_snapshot(snapshot, _build_phase_label(plan, snapshot.at, load.counts))
+            if probe is not None and prometheus is not None:
+                probe(snapshot, prometheus)
 
         try:
             fleet_runner.run(stop, on_snapshot=record, max_seconds=seconds)

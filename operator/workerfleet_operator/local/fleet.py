@@ -14,11 +14,17 @@ Each worker leads its own process group (its own session), like a container: SIG
 worker alone so that it drains (a job's subprocess keeps running until its job is done), and
 when the worker has exited, crashed or been killed, whatever it forked and left behind gets
 SIGKILL, as the processes of a container do when its main process ends.
+
+Every worker serves its own /metrics on a loopback port of its own (kept across restarts);
+:meth:`ProcessFleet.publish_targets` lists them in ``worker-targets.json`` (Prometheus file
+discovery, with the ``namespace``/``pool``/``pod`` labels the pool's PodMonitor gives worker
+series on Kubernetes), which the demo's Prometheus scrapes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import signal
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field
 
 from worker_runtime import stats
 from workerfleet_operator import autoscaling
-from workerfleet_operator.local import lifeline, manifest
+from workerfleet_operator.local import embedded_redis, lifeline, manifest
 
 KILL_MARGIN_SECONDS = 5.0  # like terminationGracePeriodSeconds = drain budget + a margin
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -50,6 +56,7 @@ class LocalWorker:
     backoff_step: int = 0  # index into RESTART_BACKOFF_SECONDS; 0 again after a healthy run
     restart_at: float | None = None  # waiting to be restarted after a crash
     terminating_since: float | None = None
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,10 @@ class ProcessFleet:
         self.skipped_env: list[str] = []
         self._next_index = 0
         self.grace_seconds = pool.spec.drain.timeout_seconds + KILL_MARGIN_SECONDS
+        self.targets_path = log_dir / "worker-targets.json"
+        self._published: str | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
+        self.publish_targets()
 
     # ---- views ---------------------------------------------------------------------------
 
@@ -164,9 +174,39 @@ class ProcessFleet:
         self._event(now, "Started", name)
         return worker
 
+    def publish_targets(self) -> None:
+        """Write the workers' metrics endpoints for Prometheus file discovery, when they changed.
+
+        A draining worker stays listed until it exits, as a terminating pod stays scraped.
+        """
+        groups = [
+            {
+                "targets": [f"127.0.0.1:{worker.metrics_port}"],
+                "labels": {
+                    "namespace": manifest.LOCAL_NAMESPACE,
+                    "pool": self.pool.name,
+                    "pod": worker.pod_name,
+                },
+            }
+            for worker in self.workers.values()
+            if worker.metrics_port and worker.process is not None
+        ]
+        text = json.dumps(groups, indent=1)
+        if text == self._published:
+            return
+        tmp = self.targets_path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self.targets_path)  # atomic: Prometheus never reads half a file
+        self._published = text
+
     def _spawn(self, worker: LocalWorker, now: float) -> None:
+        if not worker.metrics_port:
+            worker.metrics_port = embedded_redis.fetch_free_port()
         env, skipped = manifest.build_worker_env(
-            self.pool, redis_url=self.redis_url, pod_name=worker.pod_name
+            self.pool,
+            redis_url=self.redis_url,
+            pod_name=worker.pod_name,
+            metrics_port=worker.metrics_port,
         )
         self.skipped_env = skipped
         full_env = dict(os.environ)

@@ -138,6 +138,7 @@ class FleetRunner:
         self.totals.polls += 1
         self.totals.peak_replicas = max(self.totals.peak_replicas, self.fleet.replicas)
         self.totals.stopped_pods.extend(stopped)
+        self.fleet.publish_targets()
         snapshot = self._build_snapshot(now, observation, decision, tuple(stopped))
         self._publish(snapshot)
         self.last_snapshot = snapshot

@@ -559,6 +559,8 @@ class PoolController:
                 if child["kind"] != "Deployment" and not every_child:
                     continue  # only the Deployment drifted
                 try:
+                    if child["kind"] == "Deployment" and deployment is not None:
+                        deployment = await self._hand_over_replicas(child, deployment)
                     applied = await kube.apply_object(client, child)
                 except kube.ApiError as exc:
                     if exc.is_not_found and child["kind"] != "Deployment":
@@ -605,6 +607,28 @@ class PoolController:
         else:
             self.drift_reference = reference
         await self._delete_obsolete(pool, the_plan.obsolete)
+
+    async def _hand_over_replicas(self, main: Body, deployment: Body) -> Body:
+        """Before an apply that stops sending ``spec.replicas`` (leaving ``disabled``), give the
+        current count to the autoscaler's manager: a field its last manager releases is reset
+        to the API default (1), which would drop a pool of 4 to 1 at once."""
+        replicas = (deployment.get("spec") or {}).get("replicas")
+        owners = kube.build_owner_of_replicas(deployment)
+        releasing = "replicas" not in (main.get("spec") or {}) and kube.FIELD_MANAGER in owners
+        if not releasing or replicas is None or kube.REPLICAS_FIELD_MANAGER in owners:
+            return deployment  # nothing released, or the autoscaler co-owns it already
+        handed = await kube.apply_replicas(
+            self.ctx.fetch_client(), self.namespace, self.name, int(replicas)
+        )
+        logger.info(
+            "%s/%s: spec.replicas (%s) handed to the autoscaler's field manager",
+            self.namespace,
+            self.name,
+            replicas,
+        )
+        if _newer(handed, self.deployment):
+            self.deployment = handed
+        return handed
 
     async def _delete_obsolete(
         self, pool: api.Pool, obsolete: tuple[plan_mod.ChildRef, ...]
@@ -811,7 +835,10 @@ class PoolController:
         self, status: api.WorkerPoolStatus
     ) -> tuple[api.WorkerPoolStatus, plan_mod.Event | None]:
         owners = ", ".join(self.replicas_blocked_by)
-        message = f"spec.replicas is owned by {owners}; the autoscaler holds instead of fighting"
+        message = (
+            f"spec.replicas is driven by {owners}; the autoscaler holds instead of fighting. "
+            "Delete it to hand the replicas back (or set autoscaling.mode: disabled or keda)"
+        )
         previous = list(status.conditions or ())
         stored = api.parse_status((self.body or {}).get("status"))
         before = api.find_condition(stored.conditions if stored else None, api.SCALING_LIMITED)
@@ -840,9 +867,11 @@ class PoolController:
         """Write the decided replicas; False when held because another manager owns them."""
         client = self.ctx.fetch_client()
         for attempt in range(2):
-            foreign = tuple(kube.build_foreign_replicas_owners(deployment))
-            if foreign:
-                self._block_replicas(foreign)
+            # Decided on live autoscalers, not managedFields: one `kubectl scale` (or an HPA
+            # deleted since) stays listed there for good and would hold the pool forever.
+            controllers = await kube.fetch_replicas_controllers(client, self.namespace, self.name)
+            if controllers:
+                self._block_replicas(tuple(controllers))
                 return False
             # Costs rank pods by their heartbeats: without stats (a fallback during an outage)
             # every pod would look dead, so none is marked and the ReplicaSet picks.
@@ -883,7 +912,7 @@ class PoolController:
     def _block_replicas(self, owners: tuple[str, ...]) -> None:
         if owners != self.replicas_blocked_by:
             logger.warning(
-                "%s/%s: spec.replicas is owned by %s; the autoscaler holds instead of fighting",
+                "%s/%s: spec.replicas is driven by %s; the autoscaler holds instead of fighting",
                 self.namespace,
                 self.name,
                 ", ".join(owners),

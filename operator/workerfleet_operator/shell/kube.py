@@ -7,8 +7,10 @@ and kopf already brings aiohttp. Credentials come from kopf's login (:class:`kop
 so the operator and kopf always talk to the same server with the same identity.
 
 Writes to children use server-side apply with field manager :data:`FIELD_MANAGER`; the replica
-count is written by a separate manager, :data:`REPLICAS_FIELD_MANAGER`, without force, so that we
-never fight another owner of ``spec.replicas`` (the API server answers 409 instead).
+count is written by a separate manager, :data:`REPLICAS_FIELD_MANAGER`. Whether someone else
+drives ``spec.replicas`` is decided by :func:`fetch_replicas_controllers` (a live HPA or KEDA
+ScaledObject targeting the Deployment), not by ``managedFields``, where a manager stays listed
+after its one write (``kubectl scale``) or after its HPA is gone.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "Secret": ("v1", "secrets"),
     "Event": ("v1", "events"),
     "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": ("autoscaling/v2", "horizontalpodautoscalers"),
     "PodMonitor": ("monitoring.coreos.com/v1", "podmonitors"),
     "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects"),
     "TriggerAuthentication": ("keda.sh/v1alpha1", "triggerauthentications"),
@@ -368,11 +371,11 @@ async def apply_replicas(
 ) -> Body:
     """Write ``spec.replicas`` of our Deployment as the autoscaler's field manager.
 
-    ``force`` only when no manager but ours owns the field (the caller checks ``managedFields``):
-    otherwise a 409 means another manager (an HPA, ``kubectl scale``) owns it with another value,
-    and the caller holds and reports it instead of fighting. ``resource_version`` is the
-    version whose ``managedFields`` the caller checked: the apiserver then answers 409 if the
-    Deployment changed since, so a forced write never lands on an owner it has not seen.
+    ``force`` only when no live autoscaler drives the Deployment (the caller asks
+    :func:`fetch_replicas_controllers` first): it takes the field from a one-off writer such as
+    ``kubectl scale``. ``resource_version`` is the version the caller decided on: the apiserver
+    answers 409 if the Deployment changed since, so a forced write never lands on a count it
+    has not seen.
     """
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if resource_version is not None:
@@ -479,12 +482,27 @@ async def delete_objects(client: KubeClient, refs: Sequence[ObjectRef]) -> int:
     return sum(results)
 
 
-OUR_MANAGERS = frozenset({FIELD_MANAGER, REPLICAS_FIELD_MANAGER})
+REPLICAS_CONTROLLER_KINDS = ("HorizontalPodAutoscaler", "ScaledObject")
 
 
-def build_foreign_replicas_owners(deployment: Mapping[str, Any]) -> list[str]:
-    """Managers other than ours that own ``spec.replicas`` (empty: we may force our value)."""
-    return [m for m in build_owner_of_replicas(deployment) if m not in OUR_MANAGERS]
+async def fetch_replicas_controllers(client: KubeClient, namespace: str, name: str) -> list[str]:
+    """Live autoscalers whose scale target is Deployment ``name``, as ``"<Kind> <name>"``.
+
+    HPAs (KEDA's own included) and KEDA ScaledObjects; one being deleted no longer counts, and
+    a kind whose API is not installed has none. Empty: nobody else drives ``spec.replicas``.
+    """
+    found = []
+    for kind in REPLICAS_CONTROLLER_KINDS:
+        for obj in await fetch_objects(client, build_ref(kind, namespace)):
+            meta = obj.get("metadata") or {}
+            target = (obj.get("spec") or {}).get("scaleTargetRef") or {}
+            if (
+                target.get("name") == name
+                and target.get("kind", "Deployment") == "Deployment"
+                and not meta.get("deletionTimestamp")
+            ):
+                found.append(f"{kind} {meta.get('name')}")
+    return found
 
 
 def build_owner_of_replicas(deployment: Mapping[str, Any]) -> list[str]:
