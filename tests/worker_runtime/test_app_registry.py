@@ -24,6 +24,7 @@ from worker_runtime import (
     envelope,
     keys,
     logs,
+    queue,
     worker,
 )
 
@@ -109,7 +110,9 @@ def test_retry_later_accepts_seconds_or_an_http_retry_after_value() -> None:
     assert Reject("bad input").reason == "bad input"
 
 
-def test_the_retry_delay_prefers_retry_later_then_an_errors_retry_after_then_the_backoff() -> None:
+async def test_the_retry_delay_prefers_retry_later_then_an_errors_retry_after_then_the_backoff() -> (
+    None
+):
     # Given a worker whose default backoff has no jitter, and a task with its own backoff
     settings = config.WorkerSettings(
         redis_url="redis://127.0.0.1:1/0",
@@ -137,14 +140,27 @@ def test_the_retry_delay_prefers_retry_later_then_an_errors_retry_after_then_the
     class Throttled(Exception):
         retry_after = 4.0
 
+    def job(attempt: int) -> queue.Job:
+        # the delivery of a job's attempt-th run: attempts counts the failures before it
+        return queue.Job(
+            id="j",
+            token="e:1",
+            envelope=envelope.build_envelope("own", Email(to="a@b.c")),
+            attempts=attempt - 1,
+            deliveries=attempt,
+            lost=0,
+            leased_until=0.0,
+            fetched_at=0.0,
+        )
+
     # Then the delay comes from, in order: RetryLater, the error itself, the task, the worker
-    assert w._retry_delay(app.tasks["own"], RetryLater(3.0), 1) == 3.0
-    assert w._retry_delay(app.tasks["own"], HttpError(), 1) == 7.0
-    assert w._retry_delay(app.tasks["own"], Throttled(), 1) == 4.0
-    assert w._retry_delay(app.tasks["own"], RuntimeError(), 1) == 10.0
-    assert w._retry_delay(app.tasks["own"], RuntimeError(), 2) == 20.0
-    assert w._retry_delay(app.tasks["default"], RuntimeError(), 1) == 1.0
-    assert w._retry_delay(app.tasks["default"], RuntimeError(), 3) == 4.0
+    assert await w._retry_delay(app.tasks["own"], RetryLater(3.0), job(1)) == 3.0
+    assert await w._retry_delay(app.tasks["own"], HttpError(), job(1)) == 7.0
+    assert await w._retry_delay(app.tasks["own"], Throttled(), job(1)) == 4.0
+    assert await w._retry_delay(app.tasks["own"], RuntimeError(), job(1)) == 10.0
+    assert await w._retry_delay(app.tasks["own"], RuntimeError(), job(2)) == 20.0
+    assert await w._retry_delay(app.tasks["default"], RuntimeError(), job(1)) == 1.0
+    assert await w._retry_delay(app.tasks["default"], RuntimeError(), job(3)) == 4.0
 
 
 def test_mark_done_on_ack_needs_a_key_and_records_the_one_given() -> None:

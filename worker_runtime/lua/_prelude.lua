@@ -89,8 +89,15 @@ end
 -- last writes, or a server restarted from a file older than its last writes, would count the
 -- same numbers again; the epoch differs then (a new process has a new run id, a promotion
 -- makes a new replication id), so a token is never issued twice and a stale one never matches.
+-- INFO is in ACL's @dangerous category: a user refused it gets an epoch from the server clock
+-- instead ('t' + seconds and microseconds of this call), unique to the call unless a clock goes
+-- back, so a token is still never issued twice (docs/queue-engine.md, "Fencing").
 local function fence_epoch()
-  local info = redis.call('INFO', 'server', 'replication')
+  local info = redis.pcall('INFO', 'server', 'replication')
+  if type(info) ~= 'string' then
+    local t = redis.call('TIME')
+    return 't' .. t[1] .. string.format('%06d', tonumber(t[2]))
+  end
   local run_id = string.match(info, 'run_id:(%x+)') or ''
   local replid = string.match(info, 'master_replid:(%x+)') or ''
   return string.sub(run_id, 1, 8) .. string.sub(replid, 1, 8)
