@@ -110,9 +110,7 @@ def test_retry_later_accepts_seconds_or_an_http_retry_after_value() -> None:
     assert Reject("bad input").reason == "bad input"
 
 
-async def test_the_retry_delay_prefers_retry_later_then_an_errors_retry_after_then_the_backoff() -> (
-    None
-):
+async def test_a_retry_delay_prefers_retry_later_then_the_errors_retry_after_then_backoff() -> None:
     # Given a worker whose default backoff has no jitter, and a task with its own backoff
     settings = config.WorkerSettings(
         redis_url="redis://127.0.0.1:1/0",
