@@ -183,10 +183,33 @@ def test_the_model_refuses_the_same_object_with_the_same_message(case: Case) -> 
     assert parsed.message.count(";") == 0, "exactly one problem is reported"
 
 
+QUEUE_RENAME_MESSAGE = (
+    "queue.name is immutable: renaming would orphan the old queue's backlog, delayed jobs and "
+    "dead letters (create a new WorkerPool for another queue)"
+)
+TRANSITION_MESSAGES = {QUEUE_RENAME_MESSAGE}
+"""Rules that compare an update with the stored object (``oldSelf``): refused on update only."""
+
+
 def test_every_cel_rule_of_the_crd_has_a_refusal_case() -> None:
     root = crd_validation.build_root_schema(CRD)
     rule_messages = {entry["message"] for _, entry in crd_validation.iter_rules(root)}
-    assert rule_messages == {case.message for case in CASES}
+    assert rule_messages == {case.message for case in CASES} | TRANSITION_MESSAGES
+
+
+def test_renaming_the_queue_is_refused_on_update_and_a_new_pool_may_take_any_queue() -> None:
+    stored = crd_validation.load_sample("minimal")
+    renamed = crd_validation.load_sample("minimal")
+    renamed["spec"]["queue"]["name"] = "emails-v2"
+    # a new object (no stored version) may name any queue; the model, without one, accepts it
+    assert crd_validation.validate(CRD, renamed) == []
+    assert isinstance(api.parse_pool(renamed), api.Pool)
+    # an update renaming the queue is refused; one changing anything else is not
+    refused = crd_validation.validate(CRD, renamed, old=stored)
+    assert [v.message for v in refused] == [QUEUE_RENAME_MESSAGE]
+    other = crd_validation.load_sample("minimal")
+    other["spec"]["image"] = "registry.example/email-worker:9.9.9"
+    assert crd_validation.validate(CRD, other, old=stored) == []
 
 
 VALID_EDGES = (

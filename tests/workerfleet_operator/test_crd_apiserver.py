@@ -86,6 +86,29 @@ def test_the_api_server_refuses_each_rule_case_with_its_message(
     assert case.message in result.stderr
 
 
+def test_the_api_server_refuses_renaming_the_queue_of_a_stored_pool(
+    cluster: kubecluster.KubeCluster,
+) -> None:
+    # Given a stored pool
+    pool = crd_validation.load_sample("minimal")
+    pool["metadata"]["name"] = "rename-me"
+    created = _apply(cluster, pool, dry_run=False)
+    assert created.returncode == 0, created.stderr
+    # When its queue is renamed
+    renamed = cluster.kubectl(
+        "patch", "wp", "rename-me", "-n", NAMESPACE, "--type=merge",
+        "-p", json.dumps({"spec": {"queue": {"name": "emails-v2"}}}), check=False,
+    )  # fmt: skip
+    # Then the API server refuses it with the rule's message, and other changes still pass
+    assert renamed.returncode != 0
+    assert test_api_rules.QUEUE_RENAME_MESSAGE in renamed.stderr
+    changed = cluster.kubectl(
+        "patch", "wp", "rename-me", "-n", NAMESPACE, "--type=merge",
+        "-p", json.dumps({"spec": {"concurrency": 3}}), check=False,
+    )  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+
+
 @pytest.mark.parametrize(
     "mutate",
     [m for _, m in test_api_rules.SCHEMA_REFUSALS],

@@ -173,7 +173,7 @@ def test_crd_defaults_equal_the_model_defaults() -> None:
 
 
 def test_the_evaluator_runs_transition_rules_only_on_update() -> None:
-    # Given a CRD with a transition rule (the WorkerPool has none; this checks the evaluator)
+    # Given a CRD with a transition rule (a stand-in for the WorkerPool's own queue rule)
     crd = api.build_crd()
     queue = crd_validation.build_root_schema(crd)["properties"]["spec"]["properties"]["queue"]
     queue["x-kubernetes-validations"] = [

@@ -274,14 +274,40 @@ class RedisSpec(SpecModel):
     )
 
 
+def accept_without_the_stored_object(_: Any) -> bool:
+    """The local check of a transition rule (CEL ``oldSelf``): it compares an update with the
+    stored object, which only the API server has; a manifest read alone always passes."""
+    return True
+
+
 class QueueSpec(SpecModel):
-    """The queue this pool consumes."""
+    """The queue this pool consumes.
+
+    The name is immutable (a CEL transition rule): renaming would leave the old queue's
+    backlog, delayed retries and dead letters in Redis with no worker and no alert on them.
+    A pool for another queue is a new WorkerPool.
+    """
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.name == oldSelf.name",
+            message=(
+                "queue.name is immutable: renaming would orphan the old queue's backlog, "
+                "delayed jobs and dead letters (create a new WorkerPool for another queue)"
+            ),
+            check=accept_without_the_stored_object,
+            field_path=".name",
+        ),
+    )
 
     name: str = Field(
         min_length=1,
         max_length=128,
         pattern=QUEUE_NAME_PATTERN,
-        description="Queue name (letters, digits, . _ : -), as given to worker_runtime.App.",
+        description=(
+            "Queue name (letters, digits, . _ : -), as given to worker_runtime.App. Immutable: "
+            "a pool for another queue is a new WorkerPool."
+        ),
     )
     redis: RedisSpec = Field(description="The Redis server holding the queue.")
 
