@@ -111,6 +111,7 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="wf-bench-soak-"))
     print(f"starting the control plane in {workdir} ...")
+    (workdir / "kube").mkdir()
     cluster = kubecluster.start_kube_cluster(workdir / "kube")
     server: embedded_redis.EmbeddedRedis | None = None
     operator: workerfleet_support.Operator | None = None
