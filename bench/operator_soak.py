@@ -72,6 +72,19 @@ def fetch_pool_events(cluster: kubecluster.KubeCluster) -> list[dict[str, Any]]:
     return items
 
 
+def fetch_other_event_reasons(cluster: kubecluster.KubeCluster) -> Counter[str]:
+    """Reasons of the Events about anything but WorkerPools (pods, ReplicaSets, nodes), by kind."""
+    listing = cluster.fetch_json(
+        "events", "-A", "--field-selector", "involvedObject.kind!=WorkerPool"
+    )
+    items: list[dict[str, Any]] = listing["items"]  # type: ignore[assignment]
+    return Counter(
+        f"{e.get('involvedObject', {}).get('kind')}/{e.get('reason')}"
+        for e in items
+        for _ in range(int(e.get("count") or 1))
+    )
+
+
 def fetch_pools(cluster: kubecluster.KubeCluster) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = cluster.fetch_json("wp", "-n", NAMESPACE)["items"]  # type: ignore[assignment]
     return items
@@ -156,7 +169,10 @@ def main() -> int:
 
         # The window: the backlog keeps growing by one job per pool per polling interval.
         requests_before = fetch_request_totals(cluster)
-        events_before = len(fetch_pool_events(cluster))
+        events_seen = fetch_pool_events(cluster)
+        events_before = len(events_seen)
+        reasons_before = Counter(str(e.get("reason")) for e in events_seen)
+        others_before = fetch_other_event_reasons(cluster)
         log_before = operator.log_path.stat().st_size
         _, _, cpu_before = operator_scale.proc_stats(operator.process.pid)
         window = args.minutes * 60.0
@@ -173,6 +189,7 @@ def main() -> int:
         status_patches = requests["PATCH workerpools/status"]
         window_events = len(events) - events_before
         reasons = Counter(str(e.get("reason")) for e in events)
+        others = fetch_other_event_reasons(cluster) - others_before
         lines = operator.log().splitlines()
         loggers = Counter(_logger_of(line) for line in lines)
         per_pool_min = status_patches / args.pools / elapsed_min
@@ -187,7 +204,9 @@ def main() -> int:
             "events_in_window": window_events,
             "events_in_window_per_pool": round(window_events / args.pools, 3),
             "events_total_per_pool": round(len(events) / args.pools, 3),
+            "event_reasons_in_window": dict((reasons - reasons_before).most_common()),
             "event_reasons_total": dict(reasons.most_common()),
+            "other_components_event_reasons_in_window": dict(others.most_common(10)),
             "log_bytes_in_window": log_bytes,
             "log_bytes_per_minute": round(log_bytes / elapsed_min),
             "log_lines_total": len(lines),
