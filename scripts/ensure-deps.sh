@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real external tools the tests and the demo need, idempotently:
-# redis-server >= 7 and prometheus/promtool from Debian, helm + kubectl as pinned static
+# redis-server >= 7, prometheus/promtool and chromium + chromium-driver (the console's browser
+# tests) from Debian, helm + kubectl as pinned static
 # binaries (cached outside the repo, keyed by version). Called by `make deps`.
 # Exits non-zero when a tool cannot be had: tests must fail, never skip.
 set -euo pipefail
@@ -15,6 +16,9 @@ say() { printf 'deps: %s\n' "$*" >&2; }
 need_apt=()
 if ! command -v redis-server >/dev/null 2>&1; then need_apt+=(redis-server); fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  need_apt+=(chromium chromium-driver)
+fi
 if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]} from Debian"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -43,4 +47,5 @@ ln -sf "$TOOLS/kubectl" "$CACHE/bin/kubectl"
 "$CACHE/bin/helm" version --short >/dev/null
 # checkov (chart security checks) lives in its own venv in the cache: see the script.
 bash "$(dirname "$0")/ensure-checkov.sh"
+chromium --version >/dev/null
 say "ok: $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3) helm $("$CACHE/bin/helm" version --short)"

@@ -263,16 +263,9 @@ def _printable(text: str) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f}m"
-    if seconds < 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+    from worker_runtime import stats
+
+    return stats.format_age(seconds)
 
 
 # ---- worker ----------------------------------------------------------------------------------

@@ -149,6 +149,20 @@ def build_eviction_warning(policy: str | None) -> str | None:
     )
 
 
+def format_age(seconds: float | None) -> str:
+    """An age for people: ``4.2s``, ``3.0m``, ``1.5h``, ``2.0d`` (``-`` when unknown)."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
 def _age_seconds(now_ms: int, since_ms: int) -> float:
     # -1 = nothing there; a clock that stepped back never makes an age negative
     return max(0.0, (now_ms - since_ms) / 1000.0) if since_ms >= 0 else 0.0

@@ -42,10 +42,18 @@ def _register_operator_commands(subparsers: SubParsers) -> None:
     operator_cli.register_commands(subparsers)
 
 
+def _register_console_commands(subparsers: SubParsers) -> None:
+    # `console`: the web console; Starlette and uvicorn are imported only when it runs.
+    from workerfleet_operator.console import cli as console_cli
+
+    console_cli.register_commands(subparsers)
+
+
 COMMAND_GROUPS: list[CommandGroup] = [
     _register_runtime_commands,
     _register_local_commands,
     _register_operator_commands,
+    _register_console_commands,
 ]
 
 

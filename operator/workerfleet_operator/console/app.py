@@ -1,0 +1,368 @@
+"""The web console: pools, queue detail, DLQ browser, job detail, replay and purge.
+
+Built by :func:`build_app` for ``workerfleet console`` (:mod:`workerfleet_operator.console.cli`).
+Server-rendered (Starlette + Jinja2, autoescaped templates in ``templates/``), no JavaScript.
+Every page needs authentication (:mod:`.security`); writes exist only when the console was
+started with writes enabled, go through a confirmation page listing exactly the jobs they will
+touch, and carry the CSRF token. Queue data is read only through the runtime's read APIs
+(:mod:`worker_runtime.stats`, :mod:`worker_runtime.dlq`, :mod:`worker_runtime.inflight`,
+:mod:`worker_runtime.triage`); writes are the runtime's own replay and purge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from worker_runtime import stats
+from workerfleet_operator.console import security, sources
+
+ACTION_LIMIT = 1000
+"""Most dead letters one replay or purge touches (the confirmation page lists them)."""
+
+PAGE_SIZE = 50
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # no-referrer would make forms send "Origin: null"
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    """How one console process behaves."""
+
+    auth: security.AuthSettings
+    allow_writes: bool = False
+    title: str = "workerfleet"
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _build_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("workerfleet_operator.console", "templates"),
+        autoescape=True,  # every value from a job or an error is text, never markup
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["age"] = stats.format_age
+    env.filters["when"] = _when
+    env.filters["number"] = _number
+    env.filters["q"] = lambda params: urllib.parse.urlencode(
+        {k: v for k, v in params.items() if v not in (None, "")}
+    )
+    return env
+
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
+header{background:#1d2430;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
+header a{color:#cfe3ff;text-decoration:none}header .who{margin-left:auto;opacity:.7}
+main{padding:16px 20px}h1{font-size:20px;margin:4px 0 12px}h2{font-size:16px;margin:18px 0 8px}
+table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:12px}
+th,td{border-bottom:1px solid #e3e6ea;padding:5px 8px;text-align:left;vertical-align:top}
+th{background:#eef1f5;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.True{color:#0a7a2f}.False{color:#b3261e}.Unknown{color:#8a6d00}
+.err{color:#b3261e}.muted{color:#6b7380}.box{background:#fff;padding:10px;border:1px solid #e3e6ea}
+pre{background:#fff;border:1px solid #e3e6ea;padding:8px;overflow:auto;white-space:pre-wrap}
+form.inline{display:inline}input,select,button{font:inherit;padding:3px 6px}
+button.danger{background:#b3261e;color:#fff;border:0;padding:5px 12px}
+button.go{background:#1f5fbf;color:#fff;border:0;padding:5px 12px}
+.filters{display:flex;gap:8px;flex-wrap:wrap;align-items:end;margin-bottom:10px}
+.filters label{display:flex;flex-direction:column;font-size:12px;color:#4a5360}
+.banner{background:#fff4d6;border:1px solid #e8c766;padding:8px;margin-bottom:10px}
+"""
+
+
+class Console:
+    """The console's request handlers over one :class:`sources.Source`."""
+
+    def __init__(self, settings: ConsoleSettings, source: sources.Source) -> None:
+        self.settings = settings
+        self.source = source
+        self.env = _build_environment()
+        self.rates = sources.RateTracker()
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def _identity(self, request: Request) -> str | None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return security.identify(self.settings.auth, headers, dict(request.cookies))
+
+    def render(
+        self, request: Request, template: str, status_code: int = 200, **context: Any
+    ) -> HTMLResponse:
+        identity = self._identity(request)
+        body = self.env.get_template(template).render(
+            title=self.settings.title,
+            allow_writes=self.settings.allow_writes,
+            csrf=security.build_csrf_token(self.settings.auth, identity) if identity else "",
+            who=(identity or "").split("|")[1] if (identity or "").startswith("proxy|") else "",
+            signed_in=identity is not None,
+            **context,
+        )
+        return HTMLResponse(body, status_code=status_code, headers=SECURITY_HEADERS)
+
+    def guarded(
+        self, handler: Callable[[Request], Awaitable[Response]], *, write: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind authentication, and for a write behind CSRF and the write flag."""
+
+        async def run(request: Request) -> Response:
+            identity = self._identity(request)
+            if identity is None:
+                return self.render(request, "login.html", 401, error=None)
+            if request.method == "POST":
+                form = await request.form()
+                offered = str(form.get("csrf", ""))
+                if not security.check_csrf_token(self.settings.auth, identity, offered):
+                    return PlainTextResponse(
+                        "refused: missing or wrong CSRF token", 403, headers=SECURITY_HEADERS
+                    )
+                if write and not self.settings.allow_writes:
+                    return PlainTextResponse(
+                        "refused: this console is read-only (start it with --allow-writes)",
+                        403,
+                        headers=SECURITY_HEADERS,
+                    )
+            try:
+                return await handler(request)
+            except sources.PoolNotFoundError:
+                return self.render(request, "error.html", 404, message="no such pool or queue")
+
+        return run
+
+    async def _queue(self, request: Request) -> tuple[Any, str, str]:
+        key = request.query_params.get("pool", "")
+        client, queue = await self.source.fetch_queue_client(key)
+        return client, queue, key
+
+    # ---- pages -------------------------------------------------------------------------------
+
+    async def pools(self, request: Request) -> Response:
+        pools = await self.source.fetch_pools()
+        return self.render(request, "pools.html", pools=pools)
+
+    async def queue(self, request: Request) -> Response:
+        from worker_runtime import inflight, stats
+
+        client, queue, key = await self._queue(request)
+        s = await stats.fetch_queue_stats(client, queue)
+        running = await inflight.fetch_in_flight_jobs(client, queue)
+        rates = self.rates.observe(key, s)
+        return self.render(
+            request,
+            "queue.html",
+            key=key,
+            queue=queue,
+            s=s,
+            running=running,
+            rates=rates,
+            warning=stats.build_eviction_warning(s.maxmemory_policy),
+        )
+
+    def _filter(self, request: Request) -> tuple[Any, dict[str, str], str | None]:
+        from worker_runtime import triage
+
+        params = {
+            name: request.query_params.get(name, "").strip()
+            for name in ("task", "reason", "error", "since", "until")
+        }
+        now = time.time()
+        try:
+            where = triage.DeadLetterFilter(
+                task=params["task"] or None,
+                reason=params["reason"] or None,
+                error=params["error"] or None,
+                since=triage.parse_time_bound(params["since"], now) if params["since"] else None,
+                until=triage.parse_time_bound(params["until"], now) if params["until"] else None,
+            )
+        except triage.InvalidTime as exc:
+            return triage.DeadLetterFilter(), params, str(exc)
+        return where, params, None
+
+    async def dead_letters(self, request: Request) -> Response:
+        from worker_runtime import triage
+
+        client, queue, key = await self._queue(request)
+        where, params, problem = self._filter(request)
+        offset = max(0, int(request.query_params.get("offset", "0") or 0))
+        page = await triage.fetch_matching_dead_letters(
+            client, queue, where, offset=offset, limit=PAGE_SIZE
+        )
+        summary = triage.build_summary(page.items) if page.items else []
+        return self.render(
+            request,
+            "dlq.html",
+            key=key,
+            queue=queue,
+            page=page,
+            params=params,
+            problem=problem,
+            offset=offset,
+            page_size=PAGE_SIZE,
+            summary=summary,
+            now=time.time(),
+            error_type_of=triage.error_type_of,
+        )
+
+    async def job(self, request: Request) -> Response:
+        from worker_runtime import dlq
+
+        client, queue, key = await self._queue(request)
+        job_id = request.query_params.get("id", "")
+        d = await dlq.fetch_dead_letter(client, queue, job_id)
+        if d is None:
+            return self.render(request, "error.html", 404, message="no such dead letter")
+        try:
+            envelope = json.dumps(json.loads(d.envelope_raw), indent=2, ensure_ascii=False)
+        except ValueError:
+            envelope = d.envelope_raw
+        payload = json.dumps(d.payload, indent=2, ensure_ascii=False)
+        return self.render(
+            request, "job.html", key=key, queue=queue, d=d, envelope=envelope, payload=payload
+        )
+
+    async def _chosen_ids(self, request: Request, client: Any, queue: str) -> list[str]:
+        from worker_runtime import triage
+
+        ids = [i for i in request.query_params.getlist("id") if i]
+        if ids:
+            return ids[:ACTION_LIMIT]
+        where, _params, problem = self._filter(request)
+        if problem is not None:
+            return []
+        found = await triage.fetch_matching_ids(client, queue, where)
+        return found[:ACTION_LIMIT]
+
+    async def confirm(self, request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ("replay", "purge"):
+            return self.render(request, "error.html", 404, message="no such action")
+        client, queue, key = await self._queue(request)
+        ids = await self._chosen_ids(request, client, queue)
+        _where, params, problem = self._filter(request)
+        return self.render(
+            request,
+            "confirm.html",
+            key=key,
+            queue=queue,
+            action=action,
+            ids=ids,
+            params=params,
+            problem=problem,
+        )
+
+    async def act(self, request: Request) -> Response:
+        from worker_runtime import dlq
+
+        action = request.path_params["action"]
+        form = await request.form()
+        key = str(form.get("pool", ""))
+        client, queue = await self.source.fetch_queue_client(key)
+        ids = [str(i) for i in form.getlist("id") if str(i)][:ACTION_LIMIT]
+        if action == "replay":
+            done = await dlq.apply_replay(
+                client,
+                queue,
+                job_ids=ids,
+                reset_attempts=form.get("reset_attempts") == "1",
+                rate_per_second=200.0,
+            )
+            count = len(done)
+        elif action == "purge":
+            count = await dlq.delete_dead_letters(client, queue, job_ids=ids) if ids else 0
+        else:
+            return self.render(request, "error.html", 404, message="no such action")
+        return self.render(
+            request, "done.html", key=key, queue=queue, action=action, count=count, asked=len(ids)
+        )
+
+    # ---- login -------------------------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        if request.method == "GET":
+            return self.render(request, "login.html", error=None)
+        if not _same_origin(request):
+            return PlainTextResponse("refused: cross-site login", 403, headers=SECURITY_HEADERS)
+        form = await request.form()
+        if not security.check_token(self.settings.auth, str(form.get("token", ""))):
+            return self.render(request, "login.html", 401, error="wrong token")
+        response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
+        response.set_cookie(
+            security.SESSION_COOKIE,
+            security.build_session_cookie(self.settings.auth),
+            max_age=int(security.SESSION_SECONDS),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
+        response.delete_cookie(security.SESSION_COOKIE)
+        return response
+
+    async def style(self, request: Request) -> Response:
+        return Response(STYLE, media_type="text/css", headers={"Cache-Control": "max-age=300"})
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None
+    return urllib.parse.urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def build_app(settings: ConsoleSettings, source: sources.Source) -> Starlette:
+    """The console's ASGI application over ``source``."""
+    c = Console(settings, source)
+    routes = [
+        Route("/healthz", c.healthz),
+        Route("/static/console.css", c.style),
+        Route("/login", c.login, methods=["GET", "POST"]),
+        Route("/logout", c.guarded(c.logout), methods=["POST"]),
+        Route("/", c.guarded(c.pools)),
+        Route("/queue", c.guarded(c.queue)),
+        Route("/dlq", c.guarded(c.dead_letters)),
+        Route("/job", c.guarded(c.job)),
+        Route("/dlq/{action}", c.guarded(c.confirm), methods=["GET"]),
+        Route("/dlq/{action}", c.guarded(c.act, write=True), methods=["POST"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await source.close()
+
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,108 @@
+"""``workerfleet console``: serve the web console (registered by ``workerfleet_operator.cli``).
+
+Registration only builds the parser; the handler imports Starlette and uvicorn when it runs
+(they come with the ``console`` extra). The token and the Redis URL are read from the
+environment by default so they never appear in a process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+SubParsers = Any
+
+
+def register_commands(subparsers: SubParsers) -> None:
+    """Add ``console`` to a ``workerfleet`` subparsers object."""
+    c = subparsers.add_parser(
+        "console",
+        help="serve the web console (pools, queues, dead letters)",
+        description="Serve the web console. Read-only unless --allow-writes; every page needs "
+        "the token (Bearer header or the sign-in form) or a trusted auth-proxy header.",
+    )
+    c.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis URL of the queues (default: $WORKERFLEET_REDIS_URL)",
+    )
+    c.add_argument(
+        "--queue",
+        "-q",
+        action="append",
+        default=None,
+        help="a queue to show (repeatable; default: $WORKERFLEET_QUEUE)",
+    )
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    c.add_argument(
+        "--token-env",
+        default="WORKERFLEET_CONSOLE_TOKEN",
+        help="environment variable holding the access token (default WORKERFLEET_CONSOLE_TOKEN)",
+    )
+    c.add_argument(
+        "--auth-proxy-header",
+        default=None,
+        metavar="HEADER",
+        help="trust this header (e.g. X-Forwarded-User) as the signed-in user: only behind a "
+        "proxy that sets it and strips it from clients",
+    )
+    c.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="enable replay and purge (with confirmation and CSRF protection)",
+    )
+    c.set_defaults(handler=cmd_console)
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Serve the console until interrupted."""
+    try:
+        import uvicorn
+
+        from workerfleet_operator.console import app, security, sources
+    except ImportError as exc:
+        print(
+            f"workerfleet: the console needs its extra: pip install 'workerfleet[console]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    token = os.environ.get(args.token_env) or None
+    try:
+        auth = security.AuthSettings(token=token, proxy_header=args.auth_proxy_header)
+    except ValueError:
+        print(
+            f"workerfleet: set ${args.token_env} or pass --auth-proxy-header "
+            "(the console never runs without authentication)",
+            file=sys.stderr,
+        )
+        return 2
+    url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+    queues = args.queue or [q for q in [os.environ.get("WORKERFLEET_QUEUE")] if q]
+    if not url or not queues:
+        print("workerfleet: pass --redis-url and --queue (or set the environment)", file=sys.stderr)
+        return 2
+    from worker_runtime import connection
+
+    try:
+        source = sources.RedisSource(url, queues)
+    except connection.InvalidRedisURL as exc:
+        print(f"workerfleet: unusable Redis URL: {exc}", file=sys.stderr)
+        return 2
+    settings = app.ConsoleSettings(auth=auth, allow_writes=args.allow_writes)
+    print(
+        f"workerfleet console on http://{args.host}:{args.port} "
+        f"({'writes enabled' if args.allow_writes else 'read-only'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app.build_app(settings, source),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0

@@ -1,0 +1,88 @@
+"""The console's authentication and CSRF tokens.
+
+Called by :mod:`workerfleet_operator.console.app` on every request. Who may look: a request
+with ``Authorization: Bearer <token>``, a browser session (a signed cookie the login form sets
+after checking the same token), or, when configured, a trusted auth proxy's user header.
+Every write (POST) must carry the CSRF token derived from that identity. Keys are random per
+process: a restart ends every session, which is cheap for a console.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+
+SESSION_COOKIE = "wf_console_session"
+SESSION_SECONDS = 8 * 3600.0
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How the console authenticates; at least one way must be configured."""
+
+    token: str | None = None
+    proxy_header: str | None = None
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.token and not self.proxy_header:
+            raise ValueError("the console needs a token or a trusted auth-proxy header")
+
+
+def _sign(key: bytes, text: str) -> str:
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def check_token(settings: AuthSettings, offered: str) -> bool:
+    """Whether ``offered`` is the console token (constant time)."""
+    return bool(settings.token) and hmac.compare_digest(
+        offered.encode(), (settings.token or "").encode()
+    )
+
+
+def build_session_cookie(settings: AuthSettings, now: float | None = None) -> str:
+    """A signed session value: issue time and its signature."""
+    issued = str(int(time.time() if now is None else now))  # truncated: never in the future
+    return f"{issued}.{_sign(settings.key, 'session|' + issued)}"
+
+
+def check_session_cookie(settings: AuthSettings, value: str, now: float | None = None) -> bool:
+    """Whether ``value`` is a session this process issued and it has not expired."""
+    issued, _, signature = value.partition(".")
+    if not issued.isdigit() or not hmac.compare_digest(
+        signature, _sign(settings.key, "session|" + issued)
+    ):
+        return False
+    age = (time.time() if now is None else now) - int(issued)
+    return 0 <= age <= SESSION_SECONDS
+
+
+def identify(
+    settings: AuthSettings, headers: dict[str, str], cookies: dict[str, str]
+) -> str | None:
+    """The identity of a request (used to derive its CSRF token), or None: not authenticated."""
+    if settings.proxy_header:
+        user = headers.get(settings.proxy_header.lower(), "").strip()
+        if user:
+            return "proxy|" + user
+    auth = headers.get("authorization", "")
+    scheme, _, offered = auth.partition(" ")
+    if scheme.lower() == "bearer" and check_token(settings, offered.strip()):
+        return "bearer"
+    session = cookies.get(SESSION_COOKIE, "")
+    if session and check_session_cookie(settings, session):
+        return "session|" + session
+    return None
+
+
+def build_csrf_token(settings: AuthSettings, identity: str) -> str:
+    """The CSRF token of ``identity``: every form carries it, every write checks it."""
+    return _sign(settings.key, "csrf|" + identity)
+
+
+def check_csrf_token(settings: AuthSettings, identity: str, offered: str) -> bool:
+    """Whether ``offered`` is the CSRF token of ``identity`` (constant time)."""
+    return hmac.compare_digest(offered, build_csrf_token(settings, identity))
