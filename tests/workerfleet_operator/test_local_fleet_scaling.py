@@ -177,8 +177,9 @@ def test_when_redis_becomes_unreachable_the_fleet_holds_its_workers_and_says_why
                 assert held.decision.clamped_by == "metricFailureHold"
                 assert "queue unreadable" in held.decision.reason
             body = _scrape(fleet.runner.metrics_port)
-            labels = '{namespace="local",pool="outage",queue="outage"}'
+            labels = '{namespace="local",pool="outage",queue="outage",reason="QueueUnreachable"}'
             assert f"workerfleet_pool_queue_reachable{labels} 0.0" in body
+            assert 'reason="QueueRead"' not in body  # the reason before the outage is gone
     finally:
         server.stop()
 
@@ -201,10 +202,13 @@ def test_the_fleet_serves_the_operator_per_pool_metrics_under_namespace_local(
             "workerfleet_pool_replicas_desired",
             "workerfleet_pool_replicas_current",
             "workerfleet_pool_replicas_max",
-            "workerfleet_pool_queue_reachable",
+            "workerfleet_pool_workers_expired",
+            "workerfleet_pool_oldest_job_age_target_seconds",
             "workerfleet_pool_jobs_enqueued_total",
         ):
             assert f"{series}{labels}" in body, series
+        reachable = labels.replace('"}', '",reason="QueueRead"}')
+        assert f"workerfleet_pool_queue_reachable{reachable} 1.0" in body
         assert f"workerfleet_pool_dead_letter{labels} 2.0" in body
         assert f"workerfleet_pool_jobs_dead_lettered_total{labels} 2.0" in body
         assert f"workerfleet_pool_dead_letter_alert_threshold{labels} 1.0" in body
