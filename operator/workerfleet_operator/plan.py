@@ -58,6 +58,8 @@ INVALID_SPEC = "InvalidSpec"
 APPLY_REJECTED = "ApplyRejected"
 """The API server refused a child as written (422: e.g. requests above limits)."""
 CHILD_API_MISSING = "ChildAPIMissing"
+CHILD_NOT_OWNED = "ChildNotOwned"
+"""An object with a child's name exists and is not controlled by this pool: never adopted."""
 """A child's kind is not served (KEDA or the Prometheus Operator's CRDs are not installed)."""
 REDIS_MAY_EVICT = "RedisMayEvict"
 """Degraded reason: the queue's Redis has a maxmemory-policy other than noeviction."""
@@ -160,6 +162,8 @@ class Observed:
     apply_problem: str | None = None
     # Kinds of children whose API is not served (their CRD is not installed).
     missing_apis: tuple[str, ...] = ()
+    # Children by name ("<Kind> <name>") that exist but someone else controls: left alone.
+    not_owned: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -534,6 +538,13 @@ def _build_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueShar
         conds.set(api.QUEUE_CONFLICT, "True", "QueueShared", message)
 
 
+def _build_not_owned_message(names: Sequence[str]) -> str:
+    return (
+        f"exists and is not controlled by this WorkerPool, so it is left alone: "
+        f"{', '.join(names)} (rename or delete it, or turn off the feature that wants it)"
+    )
+
+
 def _build_missing_apis_message(kinds: Sequence[str]) -> str:
     return (
         f"not served by the API server: {', '.join(kinds)} (install its CRDs, or turn off what "
@@ -550,6 +561,9 @@ def _build_degraded(conds: _Conditions, observed: Observed) -> None:
         conds.set(api.DEGRADED, "True", "ProgressDeadlineExceeded", message)
     elif deployment is not None and deployment.replica_failure is not None:
         conds.set(api.DEGRADED, "True", "ReplicaFailure", deployment.replica_failure)
+    elif observed.not_owned:
+        message = _build_not_owned_message(observed.not_owned)
+        conds.set(api.DEGRADED, "True", CHILD_NOT_OWNED, message)
     elif observed.missing_apis:
         message = _build_missing_apis_message(observed.missing_apis)
         conds.set(api.DEGRADED, "True", CHILD_API_MISSING, message)
@@ -640,6 +654,10 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     if observed.apply_problem is not None:
         conds.set(api.READY, "False", APPLY_REJECTED, observed.apply_problem)
         conds.set(api.PROGRESSING, "False", APPLY_REJECTED, "the spec is not applied")
+    elif any(name.startswith("Deployment ") for name in observed.not_owned):
+        message = _build_not_owned_message(observed.not_owned)
+        conds.set(api.READY, "False", CHILD_NOT_OWNED, message)
+        conds.set(api.PROGRESSING, "False", CHILD_NOT_OWNED, "nothing of this pool runs")
     elif SCALING_KINDS & set(observed.missing_apis):
         message = _build_missing_apis_message(observed.missing_apis)
         conds.set(api.READY, "False", CHILD_API_MISSING, message)

@@ -27,8 +27,8 @@ HTTP) in ~600 lines of aiohttp that we control. What it implements, on purpose:
   upsert; non-apply writes take ownership of the leaves they change (as "Update" managers);
   ``metadata.managedFields`` is rendered in the FieldsV1 shape (lists are atomic leaves — a
   simplification of the real list-map merge);
-- deletion with finalizers (``deletionTimestamp``) and background garbage collection of objects
-  whose ``ownerReferences`` point at a deleted uid;
+- deletion with a uid precondition (409 on a mismatch), finalizers (``deletionTimestamp``) and
+  background garbage collection of objects whose ``ownerReferences`` point at a deleted uid;
 - fault injection for the conflict tests (``inject_failure``), a request log with counters and
   a log of each watch's label selector;
 - an optional fake Deployment controller that copies ``spec.replicas`` into ``status``.
@@ -934,7 +934,20 @@ class Emulator:
         if name is None:
             raise ApiError(405, "MethodNotAllowed", f"{method} on a collection")
         if method == "DELETE":
+            options = await self._json(request)
+            expected_uid = ((options or {}).get("preconditions") or {}).get("uid")
             with self._lock:
+                stored = self._store[(res.group, res.plural)].get((ns, name))
+                if stored is not None and expected_uid not in (
+                    None,
+                    stored.body["metadata"]["uid"],
+                ):
+                    raise ApiError(
+                        409,
+                        "Conflict",
+                        f"Precondition failed: UID in precondition: {expected_uid}, "
+                        f"UID in object meta: {stored.body['metadata']['uid']}",
+                    )
                 return self._delete(res, ns, name)
         if method == "PUT":
             body = await self._json(request)

@@ -58,19 +58,24 @@ def _image(emu: Emulator, name: str) -> str | None:
     return dep["spec"]["template"]["spec"]["containers"][0]["image"] if dep else None
 
 
+def change_image(emu: Emulator, tag: str) -> None:
+    """An ordinary spec change of pool ``emails``: its image."""
+    emu.patch(
+        "workerpools",
+        NAMESPACE,
+        "emails",
+        {"spec": {"image": f"registry.example/email-worker:{tag}"}},
+        group="workerfleet.io",
+    )
+
+
 def test_a_spec_change_is_rolled_out_and_observed_generation_follows(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a converged pool
     given_a_running_pool(emulator, queue_redis, operator, until="Ready")
     # When its image changes
-    emulator.patch(
-        "workerpools",
-        NAMESPACE,
-        "emails",
-        {"spec": {"image": "registry.example/email-worker:1.5.0"}},
-        group="workerfleet.io",
-    )
+    change_image(emulator, "1.5.0")
     # Then the Deployment runs the new image and observedGeneration catches up with generation 2
     wait_until(
         lambda: _image(emulator, "emails") == "registry.example/email-worker:1.5.0",
@@ -197,3 +202,82 @@ def test_a_rotated_secret_pointing_at_another_redis_is_picked_up(
         timeout=15,
         message="rotated Secret not used",
     )
+
+
+def _users_pdb(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"maxUnavailable": 3, "selector": {"matchLabels": {"app": "theirs"}}},
+    }
+
+
+def _users_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]},
+    }
+
+
+def test_objects_named_like_children_but_not_owned_are_neither_deleted_nor_adopted(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given the user's own PDB "emails" and Service "emails-metrics" (no owner), and a pool
+    # "emails" that wants a PDB but no metrics Service
+    emulator.create("poddisruptionbudgets", _users_pdb("emails"), group="policy")
+    emulator.create("services", _users_service("emails-metrics"))
+    body = build_pool("emails", podDisruptionBudget={"enabled": True})
+    given_a_running_pool(emulator, queue_redis, operator, body, until="Ready")
+    # When the pool's spec changes (obsolete children are cleaned up after a change)
+    change_image(emulator, "1.5.0")
+    wait_until(
+        lambda: (pool(emulator, "emails") or {}).get("status", {}).get("observedGeneration") == 2,
+        message="generation 2 never reconciled",
+    )
+    # Then both are still there, exactly as the user wrote them (no ownerReference added)
+    pdb = emulator.get("poddisruptionbudgets", NAMESPACE, "emails", group="policy")
+    service = emulator.get("services", NAMESPACE, "emails-metrics")
+    assert pdb is not None and service is not None
+    assert "ownerReferences" not in pdb["metadata"]
+    assert pdb["spec"]["maxUnavailable"] == 3
+    # And the pool says which object it left alone
+    degraded = wait_for_condition(emulator, "emails", "Degraded", message="not Degraded")
+    assert degraded["reason"] == "ChildNotOwned"
+    assert "PodDisruptionBudget emails" in degraded["message"]
+
+
+def test_a_deployment_of_the_pools_name_owned_by_someone_else_is_not_adopted_or_scaled(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given someone else's Deployment "emails" at 2 replicas
+    theirs = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "emails", "namespace": NAMESPACE},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "theirs"}},
+            "template": {
+                "metadata": {"labels": {"app": "theirs"}},
+                "spec": {"containers": [{"name": "web", "image": "theirs:1"}]},
+            },
+        },
+    }
+    emulator.create("deployments", theirs, group="apps")
+    # When a pool "emails" is created (its queue has a backlog the autoscaler would act on)
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    operator()
+    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
+    producer.SyncProducer(queue_redis.client(), "emails").enqueue("send-email", {"n": 1})
+    # Then the pool is not Ready and says why, and their Deployment is untouched
+    wait_until(
+        lambda: condition(pool(emulator, "emails"), "Ready").get("reason") == "ChildNotOwned",
+        message="no ChildNotOwned",
+    )
+    dep = deployment(emulator, "emails")
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "theirs:1"
+    assert "ownerReferences" not in dep["metadata"]

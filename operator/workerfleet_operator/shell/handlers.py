@@ -229,6 +229,9 @@ class PoolController:
     # Kinds whose API is not served (no KEDA, no Prometheus Operator): Degraded, not an Event
     # per apply.
     missing_apis: tuple[str, ...] = ()
+    # Children of ours by name that exist but are controlled by something else ("<Kind>
+    # <name>"): never applied over (adopted) nor deleted, reported in status.
+    not_owned: tuple[str, ...] = ()
     # The Deployment generation at which we last changed its pod template (see plan.py).
     rollout_generation: int | None = None
     applied_hash: str | None = None
@@ -289,11 +292,21 @@ class PoolController:
             self.deployment_gone = True
             self.dirty = True
         else:
+            if not self._is_ours(body):
+                self.dirty = True  # a Deployment of that name someone else controls: report it
+                self.wake.set()
+                return
             if _newer(body, self.deployment):
                 self.deployment = body
             if self.drift_reference is not None and not _is_subset(self.drift_reference, body):
                 self.dirty = True  # someone else changed what we own: restore it
         self.wake.set()
+
+    def _is_ours(self, child: Mapping[str, Any]) -> bool:
+        """Controlled by this pool (its uid, not just its name: a pool deleted and created
+        again under the same name owns nothing of the old one's)."""
+        uid = ((self.body or {}).get("metadata") or {}).get("uid")
+        return uid is not None and kube.build_controller_uid(child) == uid
 
     def start(self) -> None:
         if self.task is None:
@@ -491,6 +504,7 @@ class PoolController:
             applied_generation=applied,
             apply_problem=self.apply_problem,
             missing_apis=self.missing_apis,
+            not_owned=self.not_owned,
             queue_sharing=self.ctx.find_queue_sharing((self.namespace, self.name)),
             **more,
         )
@@ -506,11 +520,16 @@ class PoolController:
             secret = plan_mod.SecretCheck("ok")
         else:
             secret = await self._read_secret(parsed)
+        foreign_deployment = False
         if self.deployment is None or self.deployment_gone:
-            self.deployment = await kube.fetch_object(
+            fetched = await kube.fetch_object(
                 client, kube.build_ref("Deployment", self.namespace, self.name)
             )
             self.deployment_gone = False
+            # Someone else's Deployment of this name is neither adopted, applied over nor
+            # scaled: the pool reports it and runs nothing until it is renamed or deleted.
+            foreign_deployment = fetched is not None and not self._is_ours(fetched)
+            self.deployment = None if foreign_deployment else fetched
         the_plan = plan_mod.plan(parsed, self._observed(secret))
         if the_plan.hold:
             # Bad input: nothing applied, nothing deleted; explain, and retry a Secret slowly.
@@ -526,7 +545,7 @@ class PoolController:
         self.spec_problem = None
         self.problem_logged = None
         assert isinstance(parsed, api.Pool)
-        await self._apply_children(parsed, the_plan)
+        await self._apply_children(parsed, the_plan, foreign_deployment=foreign_deployment)
         if self.apply_problem is None:
             self.reconciled_generation = parsed.generation
             self.rejected_generation = None
@@ -537,9 +556,19 @@ class PoolController:
         events = tuple(e for e in final.events if e.reason not in ("Creating",))
         await self._write_plan_status(final.status, events)
 
-    async def _apply_children(self, pool: api.Pool, the_plan: plan_mod.Plan) -> None:
+    async def _apply_children(
+        self, pool: api.Pool, the_plan: plan_mod.Plan, *, foreign_deployment: bool = False
+    ) -> None:
         client = self.ctx.fetch_client()
         deployment = self.deployment
+        name_taken = f"Deployment {self.name}"
+        others = tuple(n for n in self.not_owned if n != name_taken)
+        if foreign_deployment:
+            self.not_owned = (name_taken, *others)
+            if await self._apply_optional_children(pool, the_plan.children[1:]):
+                await self._delete_obsolete(pool, the_plan.obsolete)
+            return
+        self.not_owned = others
         creating = deployment is None
         children = list(the_plan.children)
         desired_hash = hashlib.sha256(
@@ -553,35 +582,26 @@ class PoolController:
         # object differs from it. A new spec (or Secret version) differs too, but is no drift.
         announce_drift = drifted and reference == self.drift_reference
         if creating or drifted or resync or desired_hash != self.applied_hash:
+            try:
+                if deployment is not None:
+                    deployment = await self._hand_over_replicas(main, deployment)
+                applied = await kube.apply_object(client, main)
+            except kube.ApiError as exc:
+                if self._refused(main, exc):
+                    return
+                raise
+            self.drift_reference = reference
+            self.rollout_generation = _build_rollout_generation(
+                self.rollout_generation, self.deployment, applied
+            )
+            if _newer(applied, self.deployment):
+                self.deployment = applied
+            # The other children only when they may have changed (a Deployment drift alone
+            # re-applies the Deployment alone).
             every_child = resync or desired_hash != self.applied_hash or creating
-            missing: list[str] = []
-            for child in children:
-                if child["kind"] != "Deployment" and not every_child:
-                    continue  # only the Deployment drifted
-                try:
-                    if child["kind"] == "Deployment" and deployment is not None:
-                        deployment = await self._hand_over_replicas(child, deployment)
-                    applied = await kube.apply_object(client, child)
-                except kube.ApiError as exc:
-                    if exc.is_not_found and child["kind"] != "Deployment":
-                        missing.append(child["kind"])  # its CRD is not installed: go on
-                        continue
-                    if exc.status in (400, 422):
-                        # Refused as written (admission, validation): the spec must change.
-                        kind, name = child["kind"], child["metadata"]["name"]
-                        self.apply_problem = f"{kind} {name} refused: {exc.message}"
-                        return
-                    raise
-                if child["kind"] == "Deployment":
-                    self.drift_reference = reference
-                    self.rollout_generation = _build_rollout_generation(
-                        self.rollout_generation, self.deployment, applied
-                    )
-                    if _newer(applied, self.deployment):
-                        self.deployment = applied
+            if every_child and not await self._apply_optional_children(pool, children[1:]):
+                return
             self.apply_problem = None
-            if every_child:
-                self.missing_apis = tuple(missing)
             if (
                 creating
                 and the_plan.replicas is not None
@@ -607,6 +627,45 @@ class PoolController:
         else:
             self.drift_reference = reference
         await self._delete_obsolete(pool, the_plan.obsolete)
+
+    def _refused(self, child: Mapping[str, Any], exc: kube.ApiError) -> bool:
+        """A child refused as written (400/422: validation, admission): the spec must change.
+        Recorded for the status (ApplyRejected); True when ``exc`` is such a refusal."""
+        if exc.status not in (400, 422):
+            return False
+        kind, name = child["kind"], child["metadata"]["name"]
+        self.apply_problem = f"{kind} {name} refused: {exc.message}"
+        return True
+
+    async def _apply_optional_children(
+        self, pool: api.Pool, children: Sequence[Mapping[str, Any]]
+    ) -> bool:
+        """Apply the children besides the Deployment; False when one was refused (422).
+
+        A child whose kind is not served is skipped (``missing_apis``); one of that name that
+        someone else controls is left alone, never adopted (``not_owned``).
+        """
+        client = self.ctx.fetch_client()
+        missing: list[str] = []
+        taken: list[str] = [n for n in self.not_owned if n == f"Deployment {self.name}"]
+        for child in children:
+            kind, name = str(child["kind"]), str(child["metadata"]["name"])
+            try:
+                existing = await kube.fetch_object(client, kube.build_ref_of(child))
+                if existing is not None and not self._is_ours(existing):
+                    taken.append(f"{kind} {name}")
+                    continue
+                await kube.apply_object(client, dict(child))
+            except kube.ApiError as exc:
+                if exc.is_not_found:
+                    missing.append(kind)  # its CRD is not installed: go on
+                    continue
+                if self._refused(child, exc):
+                    return False
+                raise
+        self.missing_apis = tuple(dict.fromkeys(missing))
+        self.not_owned = tuple(taken)
+        return True
 
     async def _hand_over_replicas(self, main: Body, deployment: Body) -> Body:
         """Before an apply that stops sending ``spec.replicas`` (leaving ``disabled``), give the
@@ -646,14 +705,18 @@ class PoolController:
             return
         client = self.ctx.fetch_client()
         for ref in obsolete:
+            kind = kube.KINDS.get(ref.kind)
+            plural = kind[1] if kind else ref.kind.lower() + "s"
+            where = kube.ObjectRef(ref.api_version, plural, ref.namespace, ref.name)
             try:
-                kind = kube.KINDS.get(ref.kind)
-                plural = kind[1] if kind else ref.kind.lower() + "s"
-                await kube.delete_object(
-                    client, kube.ObjectRef(ref.api_version, plural, ref.namespace, ref.name)
-                )
+                existing = await kube.fetch_object(client, where)
+                if existing is None or not self._is_ours(existing):
+                    continue  # absent, or someone else's of the same name: never ours to delete
+                # Only the object just checked: one recreated since (another uid) answers 409.
+                uid = str(existing["metadata"]["uid"])
+                await kube.delete_object(client, where, uid=uid)
             except kube.ApiError as exc:
-                if exc.status not in (404, 405):
+                if exc.status not in (404, 405, 409):
                     raise
         self.cleaned_generation = pool.generation
 

@@ -25,7 +25,7 @@ import ssl
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -465,10 +465,21 @@ async def apply_event(
 # ---------------------------------------------------------------------------- delete_*
 
 
-async def delete_object(client: KubeClient, ref: ObjectRef) -> bool:
-    """Delete (background propagation); True if it existed."""
+async def delete_object(client: KubeClient, ref: ObjectRef, *, uid: str | None = None) -> bool:
+    """Delete (background propagation); True if it existed.
+
+    ``uid``: a precondition, so only the object that was checked is deleted; one recreated
+    under the same name since (another uid) answers 409 and stays.
+    """
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "propagationPolicy": "Background",
+    }
+    if uid is not None:
+        body["preconditions"] = {"uid": uid}
     try:
-        await client.request("DELETE", ref.build_path(), params={"propagationPolicy": "Background"})
+        await client.request("DELETE", ref.build_path(), body=body)
     except ApiError as exc:
         if exc.is_not_found:
             return False
@@ -476,10 +487,12 @@ async def delete_object(client: KubeClient, ref: ObjectRef) -> bool:
     return True
 
 
-async def delete_objects(client: KubeClient, refs: Sequence[ObjectRef]) -> int:
-    """Delete several objects concurrently; return how many existed."""
-    results = await asyncio.gather(*(delete_object(client, ref) for ref in refs))
-    return sum(results)
+def build_controller_uid(body: Mapping[str, Any]) -> str | None:
+    """The uid in the object's controller ownerReference (None: no controller)."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or ():
+        if ref.get("controller"):
+            return str(ref.get("uid") or "") or None
+    return None
 
 
 REPLICAS_CONTROLLER_KINDS = ("HorizontalPodAutoscaler", "ScaledObject")
