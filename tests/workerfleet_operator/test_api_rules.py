@@ -229,6 +229,7 @@ VALID_EDGES = (
     ("lease equals job timeout", _spec(leaseSeconds=60, jobTimeoutSeconds=60)),
     ("log level is the user's", _spec(env=[{"name": "WORKERFLEET_LOG_LEVEL", "value": "debug"}])),
     ("name of 55 characters", _rename("a" * 55)),
+    ("a PodMonitor without extra labels", _spec(metrics={"podMonitor": True})),
 )
 
 

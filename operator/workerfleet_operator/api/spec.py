@@ -873,8 +873,9 @@ class MetricsSpec(SpecModel):
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             cel=(
-                "self.podMonitorLabels.all(k, !k.startsWith('app.kubernetes.io/') && "
-                "!k.startsWith('workerfleet.io/'))"
+                # has(): a metrics object written without the key has no default for it
+                "!has(self.podMonitorLabels) || self.podMonitorLabels.all(k, "
+                "!k.startsWith('app.kubernetes.io/') && !k.startsWith('workerfleet.io/'))"
             ),
             message=(
                 "podMonitorLabels cannot set app.kubernetes.io/* or workerfleet.io/* labels "
