@@ -295,3 +295,52 @@ def test_kubectl_scale_does_not_stop_the_autoscaler_and_a_deleted_hpa_hands_repl
         timeout_seconds=60,
     )
     assert operator.forbidden_lines() == []
+
+
+def test_objects_named_like_children_but_not_owned_survive_a_spec_change_unadopted(
+    kube_cluster: kubecluster.KubeCluster, operator: wf.Operator, pools_namespace: str
+) -> None:
+    # Given the user's own PDB "mine" and Service "mine-metrics", and a pool "mine" that
+    # wants a PDB but no metrics Service
+    theirs = [
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "mine"},
+            "spec": {"maxUnavailable": 3, "selector": {"matchLabels": {"app": "theirs"}}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "mine-metrics"},
+            "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]},
+        },
+    ]
+    for obj in theirs:
+        kube_cluster.kubectl("apply", "-n", pools_namespace, "-f", "-", input=json.dumps(obj))
+    pool = wf.build_pool("mine", "e2e-mine", {"minReplicas": 1, "maxReplicas": 1})
+    pool["spec"]["podDisruptionBudget"] = {"enabled": True}
+    apply_pool(kube_cluster, pools_namespace, pool)
+    wait_condition(kube_cluster, pools_namespace, "mine", "Ready", {"status": "True"}, 90)
+    # When the pool's image changes (obsolete children are cleaned up after a change)
+    patch_pool(
+        kube_cluster, pools_namespace, "mine", {"image": "registry.example/e2e-worker:1.1.0"}
+    )
+    kubecluster.poll_until(
+        "generation 2 observed",
+        lambda: fetch_pool(kube_cluster, pools_namespace, "mine").get("status", {}),
+        lambda s: s.get("observedGeneration") == 2,
+        timeout_seconds=60,
+    )
+    # Then both are still there as the user wrote them, and the pool names what it left alone
+    pdb: Any = kube_cluster.fetch_json("pdb", "mine", "-n", pools_namespace)
+    service: Any = kube_cluster.fetch_json("service", "mine-metrics", "-n", pools_namespace)
+    assert "ownerReferences" not in pdb["metadata"]
+    assert pdb["spec"]["selector"] == {"matchLabels": {"app": "theirs"}}
+    assert "ownerReferences" not in service["metadata"]
+    degraded = wait_condition(
+        kube_cluster, pools_namespace, "mine", "Degraded", {"status": "True"}, 30
+    )
+    assert degraded["reason"] == "ChildNotOwned"
+    assert "PodDisruptionBudget mine" in degraded["message"]
+    assert operator.forbidden_lines() == []
