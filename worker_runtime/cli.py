@@ -35,10 +35,18 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+PoolResolver = Callable[[str, "str | None"], tuple[str, str]]
+
+POOL_RESOLVER: PoolResolver | None = None
+"""Finds (Redis URL, queue) of a WorkerPool ``NAMESPACE/NAME`` for ``--pool``; installed by the
+``workerfleet`` console script (the runtime itself knows nothing of Kubernetes). It raises
+LookupError for a pool that cannot be found or read."""
+
+
 # ---- registration ----------------------------------------------------------------------------
 
 
-def _connection_flags(parser: argparse.ArgumentParser) -> None:
+def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> None:
     parser.add_argument(
         "--redis-url",
         default=None,
@@ -47,6 +55,16 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue", "-q", default=None, help="queue name (default: $WORKERFLEET_QUEUE)"
     )
+    if pool:
+        parser.add_argument(
+            "--pool",
+            default=None,
+            metavar="NAMESPACE/NAME",
+            help="take the queue and its Redis URL from this WorkerPool and its Secret",
+        )
+        parser.add_argument(
+            "--kubeconfig", default=None, help="kubeconfig for --pool (default: $KUBECONFIG)"
+        )
 
 
 def register_commands(subparsers: SubParsers) -> None:
@@ -58,7 +76,7 @@ def register_commands(subparsers: SubParsers) -> None:
         "Flags override the WORKERFLEET_* environment.",
     )
     w.add_argument("app", nargs="?", default=None, help="MODULE:ATTR of the App ($WORKERFLEET_APP)")
-    _connection_flags(w)
+    _connection_flags(w, pool=False)
     w.add_argument("--concurrency", "-c", type=int, default=None, help="jobs in flight")
     w.add_argument("--lease-seconds", type=float, default=None)
     w.add_argument("--drain-timeout", type=float, default=None, help="drain budget in seconds")
@@ -74,16 +92,33 @@ def register_commands(subparsers: SubParsers) -> None:
     qs.add_argument("--json", action="store_true", help="machine-readable output")
     qs.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
     qs.set_defaults(handler=cmd_queue_stats)
+    qj = qsub.add_parser("jobs", help="the jobs running now: worker and time running (read-only)")
+    _connection_flags(qj)
+    qj.add_argument(
+        "--in-flight",
+        action="store_true",
+        required=True,
+        help="list the jobs delivered to workers and not yet finished",
+    )
+    qj.add_argument("--limit", type=int, default=200, help="at most this many (default 200)")
+    qj.add_argument("--json", action="store_true", help="machine-readable output")
+    qj.set_defaults(handler=cmd_queue_jobs)
     q.set_defaults(handler=_needs_subcommand(q))
 
     d = subparsers.add_parser("dlq", help="list, show, replay or purge dead letters")
     dsub = d.add_subparsers(dest="dlq_command", metavar="COMMAND")
     ls = dsub.add_parser("ls", help="list dead letters, newest first")
     _connection_flags(ls)
-    ls.add_argument("--limit", type=int, default=50)
-    ls.add_argument("--offset", type=int, default=0)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    ls.add_argument("--offset", type=int, default=0, help="skip this many matching ones first")
+    _filter_flags(ls)
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(handler=cmd_dlq_ls)
+    sm = dsub.add_parser("summary", help="dead letters grouped by reason and error type")
+    _connection_flags(sm)
+    _filter_flags(sm)
+    sm.add_argument("--json", action="store_true", help="machine-readable output")
+    sm.set_defaults(handler=cmd_dlq_summary)
     show = dsub.add_parser("show", help="one dead letter with its payload and failure history")
     _connection_flags(show)
     show.add_argument("job_id")
@@ -96,15 +131,20 @@ def register_commands(subparsers: SubParsers) -> None:
     rp.add_argument("--limit", type=int, default=None, help="at most this many (oldest first)")
     rp.add_argument("--reset-attempts", action="store_true", help="start attempts from zero")
     rp.add_argument("--rate", type=float, default=100.0, help="jobs per second (default 100)")
-    rp.add_argument("--json", action="store_true")
+    _filter_flags(rp)
+    rp.add_argument(
+        "--dry-run", action="store_true", help="list what would be replayed; change nothing"
+    )
+    rp.add_argument("--json", action="store_true", help="machine-readable output")
     rp.set_defaults(handler=cmd_dlq_replay)
     pg = dsub.add_parser("purge", help="delete dead letters")
     _connection_flags(pg)
     pg.add_argument("job_ids", nargs="*", help="job ids (or --all / --older-than)")
     pg.add_argument("--all", action="store_true", help="delete every dead letter")
     pg.add_argument("--older-than", type=float, default=None, metavar="SECONDS")
-    pg.add_argument("--yes", action="store_true", help="required with --all")
-    pg.add_argument("--json", action="store_true")
+    pg.add_argument("--yes", action="store_true", help="required with --all and with filters")
+    _filter_flags(pg)
+    pg.add_argument("--json", action="store_true", help="machine-readable output")
     pg.set_defaults(handler=cmd_dlq_purge)
     d.set_defaults(handler=_needs_subcommand(d))
 
@@ -119,6 +159,19 @@ def register_commands(subparsers: SubParsers) -> None:
     e.add_argument("--max-attempts", type=int, default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(handler=cmd_enqueue)
+
+
+def _filter_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("filters (combine; each narrows the selection)")
+    g.add_argument("--task", default=None, help="only dead letters of this task")
+    g.add_argument("--reason", default=None, help="only this reason (max_attempts, ...)")
+    g.add_argument(
+        "--error", default=None, help="only this error type of the last failure (ValueError)"
+    )
+    g.add_argument(
+        "--since", default=None, help="dead-lettered since: a duration ago (2h) or ISO date"
+    )
+    g.add_argument("--until", default=None, help="dead-lettered until: a duration ago or ISO date")
 
 
 def _needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -183,10 +236,32 @@ def load_app(path: str) -> app_mod.App:
     return obj
 
 
+def _pool_target(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(URL, queue) of ``--pool``, looked up once per command; None without --pool."""
+    pool = getattr(args, "pool", None)
+    if not pool:
+        return None
+    cached: tuple[str, str] | None = getattr(args, "_pool_target", None)
+    if cached is None:
+        if POOL_RESOLVER is None:
+            msg = "--pool needs the operator package (pip install 'workerfleet[operator]')"
+            raise CliError(msg)
+        if args.redis_url or args.queue:
+            msg = "--pool finds the queue and its Redis URL: drop --redis-url/--queue"
+            raise CliError(msg)
+        try:
+            cached = POOL_RESOLVER(str(pool), getattr(args, "kubeconfig", None))
+        except LookupError as exc:
+            raise CliError(str(exc)) from None
+        args._pool_target = cached
+    return cached
+
+
 def _redis_url(args: argparse.Namespace) -> str:
     from worker_runtime import connection
 
-    url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+    target = _pool_target(args)
+    url = target[0] if target else args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
     if not url:
         msg = "no Redis URL: pass --redis-url or set WORKERFLEET_REDIS_URL"
         raise CliError(msg)
@@ -198,7 +273,8 @@ def _redis_url(args: argparse.Namespace) -> str:
 
 
 def _queue_name(args: argparse.Namespace) -> str:
-    name = args.queue or os.environ.get("WORKERFLEET_QUEUE")
+    target = _pool_target(args)
+    name = (target[1] if target else None) or args.queue or os.environ.get("WORKERFLEET_QUEUE")
     if not name:
         msg = "no queue: pass --queue or set WORKERFLEET_QUEUE"
         raise CliError(msg)
@@ -403,6 +479,46 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guard
+def cmd_queue_jobs(args: argparse.Namespace) -> int:
+    """List the jobs running now (like ``celery inspect active``)."""
+    import dataclasses
+
+    from worker_runtime import inflight
+
+    url, queue = _redis_url(args), _queue_name(args)
+    jobs = _run_on_queue(url, queue, inflight.fetch_in_flight_jobs, limit=args.limit)
+    if args.json:
+        _print_json([dataclasses.asdict(j) for j in jobs])
+        return 0
+    if not jobs:
+        print(f"nothing in flight on {queue}", file=sys.stderr)
+        return 0
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{len(jobs)} job(s) in flight on {queue}", title_justify="left")
+    for col in ("job id", "task", "priority", "worker", "running", "deliveries", "lease left"):
+        table.add_column(col, no_wrap=col == "job id")
+    for j in jobs:
+        table.add_row(
+            *map(
+                Text,
+                (
+                    _printable(j.job_id),
+                    j.task or "?",
+                    j.priority,
+                    j.worker_id,
+                    _age(j.running_seconds),
+                    str(j.deliveries),
+                    _age(j.lease_expires_in_seconds),
+                ),
+            )
+        )
+    _console().print(table)
+    return 0
+
+
 # ---- dlq -------------------------------------------------------------------------------------
 
 
@@ -418,24 +534,67 @@ def build_dead_letter_json(d: dlq.DeadLetter) -> dict[str, Any]:
     return data
 
 
-@_guard
-def cmd_dlq_ls(args: argparse.Namespace) -> int:
-    """List dead letters, newest first."""
-    from worker_runtime import dlq
+def _dead_letter_filter(args: argparse.Namespace) -> Any:
+    from worker_runtime import triage
+
+    now = time.time()
+    try:
+        return triage.DeadLetterFilter(
+            task=args.task,
+            reason=args.reason,
+            error=args.error,
+            since=None if args.since is None else triage.parse_time_bound(args.since, now),
+            until=None if args.until is None else triage.parse_time_bound(args.until, now),
+        )
+    except triage.InvalidTime as exc:
+        raise CliError(str(exc)) from None
+
+
+def _filter_words(where: Any) -> str:
+    parts = [f"{k}={v}" for k, v in (("task", where.task), ("reason", where.reason),
+                                       ("error", where.error)) if v is not None]  # fmt: skip
+    if where.since is not None:
+        parts.append(f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(where.since))}Z")
+    if where.until is not None:
+        parts.append(f"until {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(where.until))}Z")
+    return ", ".join(parts)
+
+
+def _fetch_filtered(args: argparse.Namespace, *, offset: int, limit: int) -> tuple[str, Any, Any]:
+    """Queue name, filter and page of the dead letters the command's filter flags select."""
+    from worker_runtime import triage
 
     url, queue = _redis_url(args), _queue_name(args)
+    where = _dead_letter_filter(args)
+    page = _run_on_queue(
+        url, queue, triage.fetch_matching_dead_letters, where=where, offset=offset, limit=limit
+    )
+    return queue, where, page
 
-    items = _run_on_queue(url, queue, dlq.fetch_dead_letters, offset=args.offset, limit=args.limit)
+
+@_guard
+def cmd_dlq_ls(args: argparse.Namespace) -> int:
+    """List dead letters, newest first (filtered by --task/--reason/--error/--since/--until)."""
+    queue, where, page = _fetch_filtered(args, offset=args.offset, limit=args.limit)
+    items = list(page.items)
     if args.json:
         _print_json([build_dead_letter_json(d) for d in items])
         return 0
     if not items:
-        print(f"no dead letters in {queue}", file=sys.stderr)
+        what = f" matching {_filter_words(where)}" if not where.is_empty else ""
+        print(f"no dead letters{what} in {queue}", file=sys.stderr)
         return 0
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"dead letters of {queue} (newest first)", title_justify="left")
+    counted = f"{page.matched:,}" + ("" if page.complete else f"+ (first {page.scanned:,} read)")
+    header = (
+        f"{page.total:,} dead letter(s) in {queue}"
+        if where.is_empty
+        else f"{counted} of {page.total:,} dead letter(s) in {queue} match {_filter_words(where)}"
+    )
+    shown = f"showing {args.offset + 1}-{args.offset + len(items)}, newest first"
+    table = Table(title=f"{header}; {shown}", title_justify="left")
     for col in ("job id", "task", "reason", "attempts", "deliveries", "age", "last error"):
         table.add_column(col, overflow="fold" if col == "last error" else "ellipsis")
     now = time.time()
@@ -456,6 +615,44 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
                     error[:120],
                 ),
             )
+        )
+    _console().print(table)
+    return 0
+
+
+@_guard
+def cmd_dlq_summary(args: argparse.Namespace) -> int:
+    """Dead letters grouped by reason and error type (with the tasks concerned)."""
+    import dataclasses
+
+    from worker_runtime import triage
+
+    queue, where, page = _fetch_filtered(args, offset=0, limit=triage.SCAN_LIMIT)
+    rows = triage.build_summary(page.items)
+    if args.json:
+        _print_json(
+            {
+                "total": page.total,
+                "matched": page.matched,
+                "complete": page.complete,
+                "groups": [dataclasses.asdict(r) for r in rows],
+            }
+        )
+        return 0
+    from rich.table import Table
+    from rich.text import Text
+
+    scope = "" if where.is_empty else f" matching {_filter_words(where)}"
+    partial = "" if page.complete else f" (the newest {page.scanned:,} read)"
+    table = Table(
+        title=f"{page.matched:,} of {page.total:,} dead letter(s) in {queue}{scope}{partial}",
+        title_justify="left",
+    )
+    for col in ("reason", "error type", "count", "tasks"):
+        table.add_column(col, justify="right" if col == "count" else "left")
+    for r in rows:
+        table.add_row(
+            *map(Text, (r.reason, r.error_type or "-", f"{r.count:,}", ", ".join(r.tasks)))
         )
     _console().print(table)
     return 0
@@ -502,13 +699,37 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dlq_selection(args: argparse.Namespace, chosen: bool, hint: str) -> tuple[str, str]:
-    """URL and queue of a dlq command that acts on some dead letters: job ids, --all or ``hint``."""
-    url, queue = _redis_url(args), _queue_name(args)
-    if not args.job_ids and not args.all and not chosen:
-        msg = f"name job ids, or pass {hint}"
+def _dlq_selection(
+    args: argparse.Namespace, chosen: bool, hint: str
+) -> tuple[str, str, list[str] | None]:
+    """URL, queue and job ids of a dlq command that acts on some dead letters.
+
+    Job ids are given, or found by the filters (newest first, within triage.SCAN_LIMIT), or
+    None: ``--all`` or ``hint`` (the command's own selection) decide.
+    """
+    from worker_runtime import triage
+
+    where = _dead_letter_filter(args)
+    if not args.job_ids and not args.all and not chosen and where.is_empty:
+        msg = f"name job ids, or pass {hint}, or filter with --task/--reason/--error/--since"
         raise CliError(msg)
-    return url, queue
+    url, queue = _redis_url(args), _queue_name(args)
+    if where.is_empty:
+        return url, queue, list(args.job_ids) or None
+    if args.job_ids:
+        msg = "name job ids or filter, not both"
+        raise CliError(msg)
+    found = _run_on_queue(url, queue, triage.fetch_matching_ids, where=where)
+    return url, queue, list(reversed(found))  # oldest first, as a replay goes
+
+
+def _dry_run_ids(url: str, queue: str, ids: list[str] | None, limit: int | None) -> list[str]:
+    from worker_runtime import triage
+
+    if ids is None:
+        ids = list(reversed(_run_on_queue(url, queue, triage.fetch_matching_ids,
+                                          where=triage.DeadLetterFilter())))  # fmt: skip
+    return ids if limit is None else ids[:limit]
 
 
 @_guard
@@ -516,15 +737,31 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     """Replay dead letters onto the queue, rate-limited."""
     from worker_runtime import dlq
 
-    url, queue = _dlq_selection(args, args.limit is not None, "--all or --limit N")
+    url, queue, ids = _dlq_selection(args, args.limit is not None, "--all or --limit N")
+    if args.dry_run:
+        would = _dry_run_ids(url, queue, ids, args.limit)
+        if args.json:
+            _print_json({"dry_run": True, "would_replay": len(would), "job_ids": would})
+        else:
+            for job_id in would:
+                print(_printable(job_id))
+            print(f"dry run: would replay {len(would)} job(s) onto {queue}", file=sys.stderr)
+        return 0
+    if ids is not None and not ids:
+        print(f"no dead letters match in {queue}; nothing replayed", file=sys.stderr)
+        if args.json:
+            _print_json({"replayed": 0, "job_ids": []})
+        return 0
+    if ids is not None and args.limit is not None:
+        ids = ids[: args.limit]
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
     replayed = _run_on_queue(
         url,
         queue,
         dlq.apply_replay,
-        job_ids=args.job_ids or None,
-        limit=args.limit,
+        job_ids=ids,
+        limit=None if ids is not None else args.limit,
         reset_attempts=args.reset_attempts,
         rate_per_second=args.rate,
     )
@@ -540,21 +777,25 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     """Delete dead letters."""
     from worker_runtime import dlq
 
-    url, queue = _dlq_selection(
+    url, queue, ids = _dlq_selection(
         args, args.older_than is not None, "--all --yes or --older-than SECONDS"
     )
-    if args.all and not args.yes:
-        msg = "--all deletes every dead letter: add --yes to confirm"
+    filtered = ids is not None and not args.job_ids
+    if (args.all or filtered) and not args.yes:
+        what = "every dead letter" if args.all else f"{len(ids or [])} matching dead letter(s)"
+        msg = f"this deletes {what}: add --yes to confirm"
         raise CliError(msg)
-
-    count = _run_on_queue(
-        url,
-        queue,
-        dlq.delete_dead_letters,
-        job_ids=args.job_ids or None,
-        older_than_seconds=args.older_than,
-        everything=bool(args.all),
-    )
+    if ids is not None and not ids:
+        count = 0
+    else:
+        count = _run_on_queue(
+            url,
+            queue,
+            dlq.delete_dead_letters,
+            job_ids=ids,
+            older_than_seconds=args.older_than,
+            everything=bool(args.all),
+        )
     if args.json:
         _print_json({"purged": count})
     else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackoffStrategy = Literal["exponential", "fixed"]
@@ -66,6 +66,12 @@ class WorkerSettings(BaseSettings):
     pod_namespace: str = ""
     log_level: LogLevel = "info"
     log_format: LogFormat = "json"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        # INFO, Info and info are one level (operators copy levels from other tools' docs)
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _rate_limit_is_complete(self) -> WorkerSettings:

@@ -42,6 +42,15 @@ def _register_operator_commands(subparsers: SubParsers) -> None:
     operator_cli.register_commands(subparsers)
 
 
+def _register_pools_commands(subparsers: SubParsers) -> None:
+    # `pools`, and `--pool NAMESPACE/NAME` of the queue/dlq commands: the cluster's WorkerPools.
+    from worker_runtime import cli as runtime_cli
+    from workerfleet_operator.shell import pools_cli
+
+    pools_cli.register_commands(subparsers)
+    runtime_cli.POOL_RESOLVER = pools_cli.resolve_pool
+
+
 def _register_console_commands(subparsers: SubParsers) -> None:
     # `console`: the web console; Starlette and uvicorn are imported only when it runs.
     from workerfleet_operator.console import cli as console_cli
@@ -53,8 +62,18 @@ COMMAND_GROUPS: list[CommandGroup] = [
     _register_runtime_commands,
     _register_local_commands,
     _register_operator_commands,
+    _register_pools_commands,
     _register_console_commands,
 ]
+
+
+def _installed_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("workerfleet")
+    except metadata.PackageNotFoundError:  # a source tree without an install
+        return "unknown"
 
 
 def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentParser:
@@ -62,6 +81,9 @@ def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentP
     parser = argparse.ArgumentParser(
         prog="workerfleet",
         description="Background-job workers on Redis, scaled by a Kubernetes operator.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"workerfleet {_installed_version()}"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for register in COMMAND_GROUPS if groups is None else groups:

@@ -35,6 +35,16 @@ def register_commands(subparsers: SubParsers) -> None:
         default=None,
         help="a queue to show (repeatable; default: $WORKERFLEET_QUEUE)",
     )
+    c.add_argument(
+        "--kube",
+        action="store_true",
+        help="show the cluster's WorkerPools (status, conditions, scaling decisions) through "
+        "the kubeconfig instead of queues on one Redis URL",
+    )
+    c.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG)")
+    c.add_argument(
+        "--namespace", "-n", default=None, help="only this namespace's pools (with --kube)"
+    )
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     c.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     c.add_argument(
@@ -79,18 +89,31 @@ def cmd_console(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
-    queues = args.queue or [q for q in [os.environ.get("WORKERFLEET_QUEUE")] if q]
-    if not url or not queues:
-        print("workerfleet: pass --redis-url and --queue (or set the environment)", file=sys.stderr)
-        return 2
-    from worker_runtime import connection
+    source: sources.Source
+    if args.kube:
+        from workerfleet_operator.shell import inventory
 
-    try:
-        source = sources.RedisSource(url, queues)
-    except connection.InvalidRedisURL as exc:
-        print(f"workerfleet: unusable Redis URL: {exc}", file=sys.stderr)
-        return 2
+        try:
+            source = sources.KubeSource(args.kubeconfig, args.namespace)
+        except inventory.InventoryError as exc:
+            print(f"workerfleet: {exc}", file=sys.stderr)
+            return 2
+    else:
+        url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+        queues = args.queue or [q for q in [os.environ.get("WORKERFLEET_QUEUE")] if q]
+        if not url or not queues:
+            print(
+                "workerfleet: pass --kube, or --redis-url and --queue (or set the environment)",
+                file=sys.stderr,
+            )
+            return 2
+        from worker_runtime import connection
+
+        try:
+            source = sources.RedisSource(url, queues)
+        except connection.InvalidRedisURL as exc:
+            print(f"workerfleet: unusable Redis URL: {exc}", file=sys.stderr)
+            return 2
     settings = app.ConsoleSettings(auth=auth, allow_writes=args.allow_writes)
     print(
         f"workerfleet console on http://{args.host}:{args.port} "

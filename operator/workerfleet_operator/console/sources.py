@@ -173,3 +173,47 @@ class RateTracker:
             "completed": (sample.completed - prev.completed) / span,
             "failed": (sample.failed - prev.failed) / span,
         }
+
+
+class KubeSource:
+    """The WorkerPools of one namespace (or all) through the user's kubeconfig.
+
+    Pool rows come from each WorkerPool's status (replicas, conditions, the last scaling
+    decision, the queue numbers the operator measured); a pool's queue page reads the queue
+    itself, with the URL from the pool's Secret, kept in memory only.
+    """
+
+    def __init__(self, kubeconfig: str | None, namespace: str | None) -> None:
+        from workerfleet_operator.shell import inventory
+
+        self._login = inventory.build_login(kubeconfig)
+        self._namespace = namespace
+        self._clients: dict[str, Any] = {}
+
+    async def fetch_pools(self) -> list[PoolView]:
+        from workerfleet_operator.shell import inventory
+
+        bodies = await inventory.fetch_workerpools(self._login.client, self._namespace)
+        return [inventory.build_pool_view(b) for b in bodies]
+
+    async def fetch_queue_client(self, key: str) -> tuple[Any, str]:
+        from workerfleet_operator.shell import inventory
+
+        namespace, _, name = key.partition("/")
+        if not name or (self._namespace is not None and namespace != self._namespace):
+            raise PoolNotFoundError(key)
+        try:
+            body = await inventory.fetch_workerpool(self._login.client, namespace, name)
+            url, queue = await inventory.fetch_queue_target(self._login.client, body)
+        except inventory.InventoryError as exc:
+            raise PoolNotFoundError(key) from exc
+        client = self._clients.get(url)
+        if client is None:
+            client = self._clients[url] = connection.fetch_client(url)
+        return client, queue
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+        await self._login.client.close()

@@ -1,0 +1,136 @@
+"""The fleet as a person sees it: WorkerPools, their status numbers, and each pool's queue.
+
+Called by ``workerfleet pools`` (:mod:`workerfleet_operator.shell.pools_cli`), by the queue and
+dlq commands' ``--pool NAMESPACE/NAME`` and by the web console's cluster source. Talks to the
+API server through the operator's own client (:mod:`workerfleet_operator.shell.kube`) with the
+user's kubeconfig; reads only (WorkerPools, and a pool's Secret when its queue is asked for).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from workerfleet_operator.console import sources
+from workerfleet_operator.shell import kube
+
+
+class InventoryError(LookupError):
+    """No kubeconfig, no such pool, or a pool whose queue cannot be found: one line for people."""
+
+
+@dataclass(frozen=True)
+class KubeLogin:
+    """A client and the kubeconfig context's namespace (the default for commands)."""
+
+    client: kube.KubeClient
+    namespace: str
+
+
+def find_kubeconfig(path: str | None) -> str:
+    """The kubeconfig to use: ``path``, else the first of ``$KUBECONFIG``, else ~/.kube/config."""
+    candidates = [path] if path else []
+    candidates += [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    candidates.append(os.path.expanduser("~/.kube/config"))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate
+    raise InventoryError("no kubeconfig: pass --kubeconfig or set KUBECONFIG")
+
+
+def build_login(kubeconfig: str | None) -> KubeLogin:
+    """A read client for the kubeconfig's current context (as the operator logs in)."""
+    from workerfleet_operator.shell import handlers
+
+    info = handlers.build_connection_info(find_kubeconfig(kubeconfig))
+    return KubeLogin(kube.KubeClient(info), info.default_namespace or "default")
+
+
+def parse_pool_name(text: str, default_namespace: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME`` (or ``NAME`` in the default namespace) as (namespace, name)."""
+    namespace, sep, name = text.partition("/")
+    if not sep:
+        namespace, name = default_namespace, text
+    if not namespace or not name or "/" in name:
+        raise InventoryError(f"expected NAMESPACE/NAME, got {text!r}")
+    return namespace, name
+
+
+async def fetch_workerpools(client: kube.KubeClient, namespace: str | None) -> list[kube.Body]:
+    """Every WorkerPool in ``namespace`` (None: all namespaces), sorted by namespace and name."""
+    items = await kube.fetch_objects(client, kube.build_ref("WorkerPool", namespace))
+    return sorted(
+        items, key=lambda b: (b["metadata"].get("namespace", ""), b["metadata"].get("name", ""))
+    )
+
+
+async def fetch_workerpool(client: kube.KubeClient, namespace: str, name: str) -> kube.Body:
+    """One WorkerPool, or :class:`InventoryError` when there is none."""
+    body = await kube.fetch_object(client, kube.build_ref("WorkerPool", namespace, name))
+    if body is None:
+        raise InventoryError(f"no WorkerPool {namespace}/{name}")
+    return body
+
+
+async def fetch_queue_target(client: kube.KubeClient, body: Mapping[str, Any]) -> tuple[str, str]:
+    """The pool's Redis URL (from its Secret) and queue name; the URL stays in memory only."""
+    meta = body.get("metadata") or {}
+    queue = (body.get("spec") or {}).get("queue") or {}
+    ref = (queue.get("redis") or {}).get("urlSecretRef") or {}
+    namespace = str(meta.get("namespace", ""))
+    if not queue.get("name") or not ref.get("name") or not ref.get("key"):
+        raise InventoryError(f"WorkerPool {namespace}/{meta.get('name')} names no queue Secret")
+    try:
+        secret = await kube.fetch_secret_value(client, namespace, ref["name"], ref["key"])
+    except kube.SecretNotFoundError as exc:
+        raise InventoryError(str(exc)) from None
+    return secret.value, str(queue["name"])
+
+
+def build_pool_view(body: Mapping[str, Any]) -> sources.PoolView:
+    """A WorkerPool's row from its status as the operator last wrote it (pure)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    q = status.get("queue") or {}
+    scaling = status.get("autoscaling") or {}
+    namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+    def number(value: Any) -> int | None:
+        return None if value is None else int(value)
+
+    decision = scaling.get("reason")
+    if decision and scaling.get("chosen"):
+        decision = f"{decision} (signal {scaling['chosen']})"
+    return sources.PoolView(
+        key=f"{namespace}/{name}",
+        name=name,
+        namespace=namespace,
+        queue=str((spec.get("queue") or {}).get("name", "")),
+        target="Secret "
+        + str(
+            (((spec.get("queue") or {}).get("redis") or {}).get("urlSecretRef") or {}).get(
+                "name", "?"
+            )
+        ),
+        replicas=number(status.get("replicas")),
+        desired=number(status.get("desiredReplicas")),
+        backlog=number(q.get("backlog")) if q else None,
+        in_flight=number(q.get("inFlight")) if q else None,
+        oldest_age_seconds=float(q["oldestJobAgeSeconds"]) if "oldestJobAgeSeconds" in q else None,
+        dead_letter=number(q.get("deadLetter")) if q else None,
+        workers=number(q.get("workers")) if q else None,
+        conditions=tuple(
+            sources.ConditionView(
+                type=str(c.get("type", "")),
+                status=str(c.get("status", "")),
+                reason=str(c.get("reason", "")),
+                message=str(c.get("message", "")),
+            )
+            for c in status.get("conditions") or []
+        ),
+        decision=decision,
+        decision_time=scaling.get("lastScaleTime"),
+    )

@@ -1,0 +1,146 @@
+"""``workerfleet pools``: every WorkerPool's backlog, in flight, oldest job, DLQ and replicas.
+
+Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli``. Reads the
+WorkerPools through :mod:`workerfleet_operator.shell.inventory` with the user's kubeconfig:
+the numbers the operator last wrote into each status, or with ``--live`` each queue read now
+through the runtime's read-only stats (the URL from the pool's Secret, never printed).
+Also provides :func:`resolve_pool`, which the queue and dlq commands call for ``--pool``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from typing import Any
+
+SubParsers = Any
+
+
+def register_commands(subparsers: SubParsers) -> None:
+    """Add ``pools`` to a ``workerfleet`` subparsers object."""
+    p = subparsers.add_parser(
+        "pools",
+        help="list WorkerPools with backlog, in flight, oldest job, DLQ and replicas",
+        description="List WorkerPools (kubeconfig's namespace, or -A for all) with their "
+        "queue numbers and replicas, like `rq info` for the whole fleet.",
+    )
+    p.add_argument("--all-namespaces", "-A", action="store_true", help="pools of every namespace")
+    p.add_argument(
+        "--namespace", "-n", default=None, help="namespace (default: the kubeconfig context's)"
+    )
+    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG)")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="read each queue now (URL from the pool's Secret) instead of the pool's status",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_pools)
+
+
+async def _fetch_rows(args: argparse.Namespace) -> list[Any]:
+    from worker_runtime import connection, stats
+    from workerfleet_operator.console import sources
+    from workerfleet_operator.shell import inventory
+
+    login = inventory.build_login(args.kubeconfig)
+    try:
+        namespace = None if args.all_namespaces else (args.namespace or login.namespace)
+        bodies = await inventory.fetch_workerpools(login.client, namespace)
+        rows = [inventory.build_pool_view(b) for b in bodies]
+        if not args.live:
+            return rows
+        live = []
+        for body, row in zip(bodies, rows, strict=True):
+            try:
+                url, queue = await inventory.fetch_queue_target(login.client, body)
+            except inventory.InventoryError as exc:
+                live.append(dataclasses.replace(row, error=str(exc)))
+                continue
+            client = connection.fetch_client(url, socket_timeout=5.0)
+            try:
+                s = await asyncio.wait_for(stats.fetch_queue_stats(client, queue), 10.0)
+                live.append(sources.build_pool_from_stats(row, s))
+            except Exception as exc:  # one unreachable queue must not hide the others
+                live.append(dataclasses.replace(row, error=f"unreachable: {type(exc).__name__}"))
+            finally:
+                await client.aclose()
+        return live
+    finally:
+        await login.client.close()
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    """Print the pools table."""
+    from worker_runtime import stats
+    from workerfleet_operator.shell import inventory, kube
+
+    try:
+        rows = asyncio.run(_fetch_rows(args))
+    except inventory.InventoryError as exc:
+        print(f"workerfleet: {exc}", file=sys.stderr)
+        return 2
+    except (kube.ApiError, OSError) as exc:
+        print(f"workerfleet: cannot list WorkerPools: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print("no WorkerPools found", file=sys.stderr)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False)
+    columns = ("NAMESPACE", "NAME", "QUEUE", "READY", "REPLICAS", "DESIRED", "BACKLOG",
+               "IN FLIGHT", "OLDEST", "DLQ")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col in columns[:4] else "right")
+
+    def n(value: int | None) -> str:
+        return "-" if value is None else f"{value:,}"
+
+    for r in rows:
+        ready = next((c.status for c in r.conditions if c.type == "Ready"), "-")
+        table.add_row(
+            *map(
+                Text,
+                (
+                    r.namespace or "",
+                    r.name,
+                    r.queue,
+                    r.error or ready,
+                    n(r.replicas),
+                    n(r.desired),
+                    n(r.backlog),
+                    n(r.in_flight),
+                    stats.format_age(r.oldest_age_seconds),
+                    n(r.dead_letter),
+                ),
+            )
+        )
+    Console(highlight=False, width=200).print(table)
+    return 0
+
+
+def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
+    """(Redis URL, queue) of the WorkerPool ``NAMESPACE/NAME``, read from the cluster."""
+    from workerfleet_operator.shell import inventory, kube
+
+    async def go() -> tuple[str, str]:
+        login = inventory.build_login(kubeconfig)
+        try:
+            namespace, name = inventory.parse_pool_name(pool, login.namespace)
+            body = await inventory.fetch_workerpool(login.client, namespace, name)
+            return await inventory.fetch_queue_target(login.client, body)
+        except kube.ApiError as exc:
+            raise inventory.InventoryError(f"cannot read WorkerPool {pool}: {exc}") from None
+        finally:
+            await login.client.close()
+
+    return asyncio.run(go())

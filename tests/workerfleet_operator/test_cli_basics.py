@@ -1,0 +1,146 @@
+"""Command-line basics: ``--version``, log levels in any case, ``queue jobs --in-flight``,
+and ``dlq`` triage filters, run as the installed ``workerfleet`` against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import RedisServer
+from tests.workerfleet_operator import console_support as cs
+from worker_runtime import config
+
+REQUIRED: dict[str, Any] = {"app": "m:a", "redis_url": "redis://127.0.0.1:1/0", "queue": "q"}
+WORKERFLEET = str(Path(sys.executable).parent / "workerfleet")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [WORKERFLEET, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    done = run("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"workerfleet {version('workerfleet')}"
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "Info", "WARNING", "error"])
+def test_log_levels_are_accepted_in_any_case(level: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config.WorkerSettings(log_level=level, **REQUIRED).log_level == level.lower()
+    monkeypatch.setenv("WORKERFLEET_LOG_LEVEL", level)
+    assert config.WorkerSettings(**REQUIRED).log_level == level.lower()
+
+
+@pytest.fixture
+def seeded(redis_server: RedisServer, queue_name: str) -> tuple[dict[str, str], cs.Seeded]:
+    env = {
+        **__import__("os").environ,
+        "WORKERFLEET_REDIS_URL": redis_server.url,
+        "WORKERFLEET_QUEUE": queue_name,
+    }
+    return env, asyncio.run(cs.seed_queue(redis_server.url, queue_name))
+
+
+def ready_ids(env: dict[str, str]) -> set[str]:
+    return asyncio.run(
+        cs.fetch_ready_ids(env["WORKERFLEET_REDIS_URL"], env["WORKERFLEET_QUEUE"], want=10)
+    )
+
+
+def test_dlq_ls_filters_by_task_reason_error_and_time_and_says_the_total(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, s = seeded
+
+    def ids(*flags: str) -> set[str]:
+        out = run("dlq", "ls", "--json", *flags, env=env)
+        assert out.returncode == 0, out.stderr
+        return {d["job_id"] for d in json.loads(out.stdout)}
+
+    assert ids("--task", "charge_card") == {s.dead["charge-a"], s.dead["charge-b"]}
+    assert ids("--error", "ValueError") == {s.dead["charge-b"], s.dead["xss"]}
+    assert ids("--reason", "max_attempts", "--task", "send_email") == {s.dead["mail"]}
+    assert ids("--since", "1h") == set(s.dead.values())
+    assert ids("--until", "2000-01-01") == set()
+    table = run("dlq", "ls", "--task", "charge_card", env=env)
+    assert "2 of 4 dead letter(s)" in table.stdout and "task=charge_card" in table.stdout
+    everything = run("dlq", "ls", env=env)
+    assert "4 dead letter(s) in" in everything.stdout
+    bad = run("dlq", "ls", "--since", "yesterday", env=env)
+    assert bad.returncode == 2 and "neither a duration" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_dlq_summary_groups_by_reason_and_error_type(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, _ = seeded
+    out = run("dlq", "summary", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    summary: dict[str, Any] = json.loads(out.stdout)
+    groups = {(g["reason"], g["error_type"]): (g["count"], g["tasks"]) for g in summary["groups"]}
+    assert summary["total"] == 4 and summary["matched"] == 4
+    assert groups == {
+        ("non_retryable", "ValueError"): (2, ["charge_card", "render"]),
+        ("max_attempts", "TimeoutError"): (1, ["charge_card"]),
+        ("max_attempts", "ConnectionError"): (1, ["send_email"]),
+    }
+    table = run("dlq", "summary", "--task", "charge_card", env=env)
+    assert "2 of 4 dead letter(s)" in table.stdout and "TimeoutError" in table.stdout
+
+
+def test_replay_dry_run_changes_nothing_and_a_filtered_replay_reenqueues_only_the_matches(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, s = seeded
+    # When a filtered replay is dry-run: the matches are listed and the queue is untouched
+    dry = run("dlq", "replay", "--error", "ValueError", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert set(json.loads(dry.stdout)["job_ids"]) == {s.dead["charge-b"], s.dead["xss"]}
+    assert ready_ids(env) == set()
+    # When it is run for real: exactly those two are ready again, the others stay dead
+    done = run("dlq", "replay", "--error", "ValueError", "--json", env=env)
+    assert json.loads(done.stdout)["replayed"] == 2
+    assert ready_ids(env) == {s.dead["charge-b"], s.dead["xss"]}
+    left = json.loads(run("dlq", "ls", "--json", env=env).stdout)
+    assert {d["job_id"] for d in left} == {s.dead["charge-a"], s.dead["mail"]}
+
+
+def test_a_filtered_purge_needs_yes_and_deletes_only_the_matches(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, s = seeded
+    refused = run("dlq", "purge", "--reason", "max_attempts", env=env)
+    assert refused.returncode == 2 and "2 matching dead letter(s)" in refused.stderr
+    done = run("dlq", "purge", "--reason", "max_attempts", "--yes", "--json", env=env)
+    assert json.loads(done.stdout) == {"purged": 2}
+    left = json.loads(run("dlq", "ls", "--json", env=env).stdout)
+    assert {d["job_id"] for d in left} == {s.dead["charge-b"], s.dead["xss"]}
+
+
+def test_queue_jobs_in_flight_lists_the_running_job_with_its_worker(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, s = seeded
+    out = run("queue", "jobs", "--in-flight", "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    [job] = json.loads(out.stdout)
+    assert (job["job_id"], job["task"], job["worker_id"]) == (s.running, "resize", "w-busy")
+    assert job["deliveries"] == 1 and job["running_seconds"] >= 0
+    table = run("queue", "jobs", "--in-flight", env={**env, "COLUMNS": "200"})
+    assert s.running in table.stdout and "w-busy" in table.stdout
+
+
+def test_pool_without_a_kubeconfig_is_one_line() -> None:
+    out = run("dlq", "ls", "--pool", "ns/p", "--kubeconfig", "/nonexistent/kubeconfig",
+              env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})  # fmt: skip
+    assert out.returncode == 2 and "no kubeconfig" in out.stderr and "Traceback" not in out.stderr
