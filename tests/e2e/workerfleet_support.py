@@ -44,6 +44,7 @@ class Operator:
     log_path: Path
     user: str
     namespaces: tuple[str, ...]
+    metrics_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -120,7 +121,7 @@ def start_operator(
             preexec_fn=kubecluster.build_parent_death_signal(),
         )
     user = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{service_account}"
-    operator = Operator(process, log_path, user, namespaces)
+    operator = Operator(process, log_path, user, namespaces, metrics_port)
     try:
         kubecluster.poll_until(
             "the operator's /healthz",
