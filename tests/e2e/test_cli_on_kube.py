@@ -8,6 +8,7 @@ them, and must find a pool's queue and Secret for the dlq commands.
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+import requests
 
 from tests.conftest import RedisServer
 from tests.e2e import kubecluster
@@ -106,3 +108,57 @@ def test_pools_lists_every_pool_with_the_numbers_the_operator_measured_and_pool_
     missing = workerfleet(kube_cluster, "dlq", "ls", "--pool", f"{pools_namespace}/nope")
     assert missing.returncode == 2 and "no WorkerPool" in missing.stderr
     kube_cluster.kubectl("delete", "wp", "cli-pools", "-n", pools_namespace)
+
+
+def test_the_console_shows_workerpools_with_status_conditions_and_the_scaling_decision(
+    kube_cluster: kubecluster.KubeCluster,
+    operator: wf.Operator,
+    pools_namespace: str,
+    redis_server: RedisServer,
+) -> None:
+    from tests.workerfleet_operator import console_support as cs
+
+    # Given a measured pool (3 jobs waiting, 1 dead letter)
+    dead_id = asyncio.run(fill_queue(redis_server.url, "e2e-console", ready=3))
+    pool = wf.build_pool("console-pool", "e2e-console", {"minReplicas": 1, "maxReplicas": 2})
+    kube_cluster.kubectl("apply", "-n", pools_namespace, "-f", "-", input=json.dumps(pool))
+    kubecluster.poll_until(
+        "status.queue and a scaling decision of console-pool",
+        lambda: kube_cluster.fetch_json("wp", "console-pool", "-n", pools_namespace),
+        lambda o: (
+            (o.get("status", {}).get("queue") or {}).get("backlog") == 3  # type: ignore[union-attr]
+            and bool((o.get("status", {}).get("autoscaling") or {}).get("reason"))
+        ),  # type: ignore[union-attr]
+        timeout_seconds=90,
+    )
+    # When the console reads the cluster through the kubeconfig
+    console = cs.ConsoleProcess(
+        "", [], allow_writes=False,
+        extra_args=["--kube", "--namespace", pools_namespace],
+        extra_env={"KUBECONFIG": str(kube_cluster.kubeconfig)},
+    )  # fmt: skip
+    try:
+        auth = {"Authorization": f"Bearer {cs.TOKEN}"}
+        page = requests.get(console.base + "/", headers=auth, timeout=30)
+        # Then the pool's row has its numbers, its Ready condition and the decision in words
+        assert page.status_code == 200, console.log()
+        row = page.text.split(f'data-pool="{pools_namespace}/console-pool"')[1].split("</tr>")[0]
+        assert '<td class="n backlog">3</td>' in row and ">1</a>" in row
+        stored = kube_cluster.fetch_json("wp", "console-pool", "-n", pools_namespace)
+        conditions = stored["status"]["conditions"]  # type: ignore[index]
+        for c in conditions:  # every condition with its status and reason, as stored
+            assert f"{c['type']}={c['status']}</span> {c['reason']}" in row
+        reason = stored["status"]["autoscaling"]["reason"]  # type: ignore[index]
+        assert html.escape(reason, quote=False) in row
+        # and a pool's DLQ page reads the queue through the pool's Secret, never showing it
+        dlq = requests.get(
+            console.base + "/dlq",
+            params={"pool": f"{pools_namespace}/console-pool"},
+            headers=auth,
+            timeout=30,
+        )
+        assert dlq.status_code == 200 and dead_id in dlq.text
+        assert redis_server.url not in page.text + dlq.text
+    finally:
+        console.stop()
+        kube_cluster.kubectl("delete", "wp", "console-pool", "-n", pools_namespace)

@@ -33,7 +33,15 @@ REDIS_PASSWORD = "s3cret-redis-pw-91"
 class ConsoleProcess:
     """``workerfleet console`` on a free loopback port, stopped by :meth:`stop`."""
 
-    def __init__(self, url: str, queues: list[str], *, allow_writes: bool) -> None:
+    def __init__(
+        self,
+        url: str,
+        queues: list[str],
+        *,
+        allow_writes: bool,
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         args = [str(ROOT / ".venv" / "bin" / "workerfleet"), "console", "--port", str(self.port)]
@@ -41,7 +49,9 @@ class ConsoleProcess:
             args += ["--queue", q]
         if allow_writes:
             args.append("--allow-writes")
+        args += extra_args or []
         env = {**os.environ, "WORKERFLEET_CONSOLE_TOKEN": TOKEN, "WORKERFLEET_REDIS_URL": url}
+        env.update(extra_env or {})
         self.log_path = Path(tempfile.mkstemp(prefix="wf-console-", suffix=".log")[1])
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
