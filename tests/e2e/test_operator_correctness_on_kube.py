@@ -8,6 +8,7 @@ a defect the API emulator could not show; the operator runs as the chart's Servi
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from typing import Any
@@ -343,4 +344,43 @@ def test_objects_named_like_children_but_not_owned_survive_a_spec_change_unadopt
     )
     assert degraded["reason"] == "ChildNotOwned"
     assert "PodDisruptionBudget mine" in degraded["message"]
+    assert operator.forbidden_lines() == []
+
+
+def test_scaling_steps_do_not_flip_ready_as_if_they_were_rollouts(
+    kube_cluster: kubecluster.KubeCluster,
+    operator: wf.Operator,
+    pools_namespace: str,
+    redis_server: RedisServer,
+) -> None:
+    # Given a Ready pool of 1 replica (its creation was a rollout) that scales one pod per step
+    autoscaling = {
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "targetBacklogPerReplica": 10,
+        "pollingIntervalSeconds": 1,
+        "scaleUp": {"maxStepPercent": 1, "maxStepPods": 1},
+    }
+    apply_pool(kube_cluster, pools_namespace, wf.build_pool("steps", "e2e-steps", autoscaling))
+    wait_condition(kube_cluster, pools_namespace, "steps", "Ready", {"status": "True"}, 90)
+    before = kubecluster.poll_until(
+        "the Ready Event",
+        lambda: event_reasons(kube_cluster, pools_namespace, "steps"),
+        lambda reasons: "Ready" in reasons,
+        timeout_seconds=30,
+    )
+    # When a backlog takes it to 4 replicas, one step at a time (each step bumps the
+    # Deployment's generation before its controller observes it)
+    enqueue(redis_server.url, "e2e-steps", 40)
+    kubecluster.poll_until(
+        "4 replicas",
+        lambda: fetch_replicas(kube_cluster, pools_namespace, "steps"),
+        lambda n: n == 4,
+        timeout_seconds=60,
+    )
+    # Then Ready never left True: the steps are announced, no RollingOut and no Ready again
+    after = event_reasons(kube_cluster, pools_namespace, "steps")
+    new = collections.Counter(after) - collections.Counter(before)
+    assert new["ScaledUp"] == 3, after
+    assert new["RollingOut"] == 0 and new["Ready"] == 0, after
     assert operator.forbidden_lines() == []
