@@ -3,7 +3,9 @@
 The operator runs as the chart's ServiceAccount (tests/e2e/workerfleet_support.py) and watches a
 namespace of its own; Prometheus (the demo's :class:`demo.Prometheus`) loads the fast alert rules
 (every window divided by 20) and scrapes it every second as job ``workerfleet-operator`` with
-``honor_labels``, as the chart's ServiceMonitor does.
+``honor_labels``, as the chart's ServiceMonitor does. Targets come from a discovery file, so an
+operator restart is a new target (new ``instance`` and ``pod``) and the old one's series go stale,
+as with Kubernetes discovery.
 """
 
 from __future__ import annotations
@@ -12,99 +14,169 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from workerfleet_operator.local import demo
+import redis
+from workerfleet_operator.local import demo, fleet
 
 from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
+from worker_runtime import keys
 
 pytestmark = pytest.mark.e2e
 
-NAMESPACE = "e2e-alerts"
 FAST_RULES = wf.REPO / "deploy" / "alerts" / "workerfleet-alerts.fast.yaml"
 FOR_SECONDS = 6  # WorkerPoolQueueUnreachable's for: 2m, divided by 20
 
 
+class ScrapedOperators:
+    """Operator processes, each listed in Prometheus' discovery file as its own pod."""
+
+    def __init__(
+        self, cluster: kubecluster.KubeCluster, account: str, namespace: str, workdir: Path
+    ) -> None:
+        self.cluster, self.account, self.workdir = cluster, account, workdir
+        self.namespace = namespace
+        self.targets = workdir / "operator-targets.json"
+        self.running: dict[str, wf.Operator] = {}
+        self._publish()
+        assert demo.Prometheus.available(), "prometheus not installed: run `make deps`"
+        self.prometheus = demo.Prometheus(
+            workdir / "prometheus",
+            FAST_RULES,
+            0,
+            scrape_configs=[
+                {
+                    "job_name": "workerfleet-operator",
+                    "honor_labels": True,
+                    "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}],
+                }
+            ],
+        )
+
+    def start(self, pod: str) -> wf.Operator:
+        self.running[pod] = wf.start_operator(
+            self.cluster, self.account, (self.namespace,), self.workdir / pod
+        )
+        self._publish()
+        return self.running[pod]
+
+    def stop(self, pod: str) -> None:
+        self.running.pop(pod).stop()
+        self._publish()
+
+    def _publish(self) -> None:
+        groups = [
+            {"targets": [f"127.0.0.1:{op.metrics_port}"], "labels": {"pod": pod}}
+            for pod, op in self.running.items()
+        ]
+        fleet.write_file_targets(self.targets, json.dumps(groups))
+
+    def firing(self, alertname: str) -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.prometheus.fetch_alerts()
+            if a["labels"].get("alertname") == alertname and a["state"] == "firing"
+        ]
+
+
 @pytest.fixture
-def scraped_operator(
+def operators(
     kube_cluster: kubecluster.KubeCluster,
     workerfleet_chart: str,
     redis_server: RedisServer,
+    namespace: str,
     tmp_path: Path,
-) -> Iterator[tuple[wf.Operator, demo.Prometheus]]:
-    kube_cluster.kubectl("create", "namespace", NAMESPACE)
+) -> Iterator[ScrapedOperators]:
     kube_cluster.kubectl(
-        "create", "secret", "generic", "redis", "-n", NAMESPACE,
+        "create", "secret", "generic", "redis", "-n", namespace,
         f"--from-literal=url={redis_server.url}",
     )  # fmt: skip
-    running = wf.start_operator(kube_cluster, workerfleet_chart, (NAMESPACE,), tmp_path / "op")
-    assert demo.Prometheus.available(), "prometheus not installed: run `make deps`"
-    server = demo.Prometheus(
-        tmp_path / "prometheus",
-        FAST_RULES,
-        running.metrics_port,
-        scrape_configs=[
-            {
-                "job_name": "workerfleet-operator",
-                "honor_labels": True,
-                "static_configs": [
-                    {
-                        "targets": [f"127.0.0.1:{running.metrics_port}"],
-                        "labels": {"pod": "workerfleet-operator-e2e"},
-                    }
-                ],
-            }
-        ],
-    )
+    scraped = ScrapedOperators(kube_cluster, workerfleet_chart, namespace, tmp_path)
     try:
-        server.start()
-        yield running, server
+        scraped.prometheus.start()
+        yield scraped
     finally:
-        server.stop()
-        running.stop()
-        kube_cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        scraped.prometheus.stop()
+        for pod in list(scraped.running):
+            scraped.stop(pod)
 
 
-def test_a_deleted_secret_fires_queue_unreachable_after_its_for_with_the_reason(
-    kube_cluster: kubecluster.KubeCluster,
-    scraped_operator: tuple[wf.Operator, demo.Prometheus],
-) -> None:
-    # Given a pool whose queue the operator reads and Prometheus sees as reachable
-    operator, server = scraped_operator
+def given_a_scraped_pool(
+    cluster: kubecluster.KubeCluster, operators: ScrapedOperators, name: str
+) -> wf.Operator:
+    """Operator pod op-a runs pool ``name``, whose queue Prometheus sees as reachable."""
+    running = operators.start("op-a")
     pool = wf.build_pool(
-        "alerting",
-        "e2e-alerting",
-        {"minReplicas": 0, "maxReplicas": 1, "pollingIntervalSeconds": 1},
+        name, f"e2e-{name}", {"minReplicas": 0, "maxReplicas": 1, "pollingIntervalSeconds": 1}
     )
-    kube_cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(pool))
-    reachable = 'workerfleet_pool_queue_reachable{pool="alerting"}'
+    cluster.kubectl("apply", "-n", operators.namespace, "-f", "-", input=json.dumps(pool))
     kubecluster.poll_until(
         "the reachable queue scraped",
-        lambda: server.fetch_query(reachable),
+        lambda: operators.prometheus.fetch_query(
+            f'workerfleet_pool_queue_reachable{{pool="{name}"}}'
+        ),
         lambda result: bool(result) and result[0]["value"][1] == "1",
         timeout_seconds=60,
     )
+    return running
+
+
+def test_a_deleted_secret_fires_queue_unreachable_after_its_for_with_the_reason(
+    kube_cluster: kubecluster.KubeCluster, operators: ScrapedOperators
+) -> None:
+    # Given a pool whose queue the operator reads and Prometheus sees as reachable
+    operator = given_a_scraped_pool(kube_cluster, operators, "alerting")
     # When its Secret is deleted
     deleted_at = time.monotonic()
-    kube_cluster.kubectl("delete", "secret", "redis", "-n", NAMESPACE)
+    kube_cluster.kubectl("delete", "secret", "redis", "-n", operators.namespace)
     # Then WorkerPoolQueueUnreachable fires for the pool, not before its for:, with the reason;
     # the bound allows the operator's Secret cache (30 s by default) and a loaded machine
     firing = kubecluster.poll_until(
         "WorkerPoolQueueUnreachable firing",
-        lambda: [
-            a
-            for a in server.fetch_alerts()
-            if a["labels"].get("alertname") == "WorkerPoolQueueUnreachable"
-            and a["state"] == "firing"
-        ],
+        lambda: operators.firing("WorkerPoolQueueUnreachable"),
         bool,
         timeout_seconds=30 + FOR_SECONDS + 20,
     )
     assert time.monotonic() - deleted_at >= FOR_SECONDS
     [alert] = firing
-    assert alert["labels"]["namespace"] == NAMESPACE and alert["labels"]["pool"] == "alerting"
+    assert alert["labels"]["namespace"] == operators.namespace
+    assert alert["labels"]["pool"] == "alerting"
     assert "pod" not in alert["labels"]
     assert "(reason: SecretNotFound)" in alert["annotations"]["description"]
     assert operator.forbidden_lines() == []
+
+
+def test_an_operator_restart_during_dead_letter_growth_still_fires(
+    kube_cluster: kubecluster.KubeCluster, operators: ScrapedOperators, redis_server: RedisServer
+) -> None:
+    # Given pod op-a exporting a pool with 10 dead letters, scraped past the 15 s growth window
+    counters = keys.build_keys("e2e-restart").counters
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(counters, "dead_lettered", 10)
+    given_a_scraped_pool(kube_cluster, operators, "restart")
+    series = 'workerfleet_pool_jobs_dead_lettered_total{pool="restart"}'
+    kubecluster.poll_until(
+        "10 dead letters scraped",
+        lambda: operators.prometheus.fetch_query(series),
+        lambda result: bool(result) and result[0]["value"][1] == "10",
+    )
+    time.sleep(16)
+    assert operators.firing("WorkerPoolDeadLetterGrowing") == []
+    # When op-a stops, 3 jobs are dead-lettered while no operator runs, and op-b takes over
+    operators.stop("op-a")
+    client.hincrby(counters, "dead_lettered", 3)
+    operators.start("op-b")
+    # Then WorkerPoolDeadLetterGrowing fires for the pool with the 3 jobs of the restart
+    firing = kubecluster.poll_until(
+        "WorkerPoolDeadLetterGrowing firing",
+        lambda: operators.firing("WorkerPoolDeadLetterGrowing"),
+        bool,
+        timeout_seconds=60,
+    )
+    [alert] = firing
+    assert alert["labels"]["pool"] == "restart" and "pod" not in alert["labels"]
+    assert alert["annotations"]["description"].startswith("3 jobs of queue e2e-restart")
+    assert [s["metric"]["pod"] for s in operators.prometheus.fetch_query(series)] == ["op-b"]

@@ -28,7 +28,7 @@ import pytest
 import redis
 import yaml
 from workerfleet_operator import rbac
-from workerfleet_operator.local import demo
+from workerfleet_operator.local import demo, fleet
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import handlers, main, metrics
 
@@ -377,9 +377,7 @@ class OperatorTargets:
             {"targets": [f"127.0.0.1:{port}"], "labels": {"pod": pod, "container": "operator"}}
             for pod, port in self.pods.items()
         ]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(groups))
-        tmp.replace(self.path)  # atomic: Prometheus never reads half a file
+        fleet.write_file_targets(self.path, json.dumps(groups))
 
 
 @pytest.fixture

@@ -59,6 +59,13 @@ class LocalWorker:
     metrics_port: int = 0
 
 
+def write_file_targets(path: pathlib.Path, text: str) -> None:
+    """Replace a Prometheus file-discovery list (JSON text) atomically: never read half-written."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
 @dataclass(frozen=True)
 class FleetEvent:
     """Something the fleet did, for the live view and the demo's log."""
@@ -192,12 +199,9 @@ class ProcessFleet:
             if worker.metrics_port and worker.process is not None
         ]
         text = json.dumps(groups, indent=1)
-        if text == self._published:
-            return
-        tmp = self.targets_path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(self.targets_path)  # atomic: Prometheus never reads half a file
-        self._published = text
+        if text != self._published:
+            write_file_targets(self.targets_path, text)
+            self._published = text
 
     def _spawn(self, worker: LocalWorker, now: float) -> None:
         if not worker.metrics_port:
