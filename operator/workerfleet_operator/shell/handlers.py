@@ -43,6 +43,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -1225,8 +1226,14 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
         info: kopf.ConnectionInfo | None
         if ctx.config.kubeconfig:
             info = build_connection_info(ctx.config.kubeconfig)
+        elif (info := kopf.login_with_service_account(**kwargs)) is not None:
+            # kopf names the API server https://kubernetes.default.svc, which only cluster DNS
+            # resolves; the kubelet hands every pod the address itself, as client-go reads it.
+            server = build_in_cluster_server(os.environ)
+            if server is not None:
+                info = dataclasses.replace(info, server=server)
         else:
-            info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+            info = kopf.login_with_kubeconfig(**kwargs)
         if info is None:
             raise kopf.LoginError(
                 "no credentials: set WORKERFLEET_OPERATOR_KUBECONFIG or run in a pod"
@@ -1277,6 +1284,15 @@ def register(registry: kopf.OperatorRegistry, ctx: OperatorContext) -> None:
     @kopf.on.probe(registry=registry, id="pools")
     async def pools_probe(**_: Any) -> int:
         return len(ctx.pools)
+
+
+def build_in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server URL from KUBERNETES_SERVICE_HOST/PORT (set in every pod); None without."""
+    host = environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def build_connection_info(path: str) -> kopf.ConnectionInfo:
