@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane the e2e tests run against (kube-apiserver,
-# kube-controller-manager, kube-scheduler, etcd, kwok) from Go modules, once per version, into a
+# kube-controller-manager, kube-scheduler, etcd, kwok) and the kubelet of their real node
+# (tests/e2e/kubenode.py) from Go modules, once per version, into a
 # cache outside the repo. Called by `make testbin` (and so by `make test` / `make e2e`); the
 # pytest harness in tests/e2e/conftest.py reads the binaries and the manifest from the same place.
 #
@@ -26,7 +27,9 @@ MANIFEST="$BIN/manifest.txt"
 KWOK_STAGES="$BIN/kwok-stages.yaml"
 KWOK_STAGE_FILES=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
   pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
+# The kubelet last: it shares most packages with the other three, so it mostly reuses their
+# build cache (and a cache built before it was added here only gains the kubelet).
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
 ALL_BINARIES=("${K8S_BINARIES[@]}" etcd kwok)
 
 # Reproducible, self-contained builds: never switch toolchains behind our back, no C compiler.

@@ -3,26 +3,33 @@
 Provides the session fixture `kube_cluster` (one control plane for the whole session, see
 tests/e2e/kubecluster.py), a per-test `namespace` fixture, the chart installed with helm
 (`workerfleet_chart`), the operator running as the chart's ServiceAccount (`operator`, watching
-`pools_namespace`), component log tails attached to every failing e2e test, and the control
-plane's warm start time in the terminal summary. Missing
-binaries fail the tests (never skip) with a pointer to `make testbin`.
+`pools_namespace`), the real node (`real_node`: kubelet + containerd, tests/e2e/kubenode.py)
+with a Redis its pods reach (`node_redis`), component log tails attached to every failing e2e
+test, and the control plane's and the real node's start times in the terminal summary. Missing
+binaries fail the tests (never skip) with a pointer to `make testbin` / `make e2e`.
 """
 
 from __future__ import annotations
 
 import secrets
 import shutil
+import tempfile
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import RedisServer
-from tests.e2e import kubecluster, workerfleet_support
+from tests.e2e import kubecluster, kubenode, oci_images, workerfleet_support
 
 # The namespace the shared `operator` fixture watches.
 POOLS_NAMESPACE = "e2e-pools"
 
 _started: list[kubecluster.KubeCluster] = []
+_nodes: list[kubenode.RealNode] = []
+# The images the real node runs (scripts/build-images.sh names): the sandbox, the operator from
+# the chart, and the example worker image with the tests' tasks added (tests/e2e/node_tasks.py).
+NODE_IMAGES = ("pause", "operator", "e2e-worker")
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +79,8 @@ def pytest_runtest_makereport(
     # A failing e2e test is rarely explicable without the control plane's side of the story.
     if report.failed and _started and "kube_cluster" in getattr(item, "fixturenames", ()):
         report.sections.append(("control-plane logs", _started[-1].log_tails()))
+    if report.failed and _nodes and "real_node" in getattr(item, "fixturenames", ()):
+        report.sections.append(("real node logs", _nodes[-1].log_tails()))
     return report
 
 
@@ -81,6 +90,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             f"e2e control plane ({kubecluster.K8S_VERSION}): warm start "
             f"{cluster.start_seconds:.1f}s, logs in {cluster.workdir / 'logs'}"
         )
+    for node in _nodes:
+        terminalreporter.write_line(
+            f"e2e real node {node.name} (kubelet {kubecluster.K8S_VERSION} + containerd): "
+            f"start {node.start_seconds:.1f}s (images built before it), "
+            f"logs in {node.workdir / 'logs'}"
+        )
+        for line in node.reports:
+            terminalreporter.write_line(f"  {line}")
 
 
 @pytest.fixture(scope="session")
@@ -131,3 +148,45 @@ def operator(
         running.stop()
     forbidden = running.forbidden_lines()
     assert not forbidden, "the operator was refused by RBAC:\n" + "\n".join(forbidden[:10])
+
+
+@pytest.fixture(scope="session")
+def real_node(kube_cluster: kubecluster.KubeCluster) -> Iterator[kubenode.RealNode]:
+    """A real node (kubelet + containerd + runc + CNI bridge) joined to the control plane.
+
+    Builds or reuses the images first (scripts/build-images.sh, cached by their inputs).
+    """
+    missing = kubenode.missing_node_tools()
+    if missing:
+        pytest.fail(
+            "the real node needs: " + ", ".join(missing) + ". Run `make e2e` (it installs the "
+            "Debian packages with scripts/ensure-node-deps.sh and builds the kubelet).",
+            pytrace=False,
+        )
+    try:
+        images = oci_images.fetch_images(*NODE_IMAGES)
+    except oci_images.ImageBuildError as error:
+        pytest.fail(str(error), pytrace=False)
+    # Short and outside pytest's tree: containerd's socket path must fit in 108 bytes.
+    workdir = Path(tempfile.mkdtemp(prefix="wf-node-"))
+    try:
+        node = kubenode.start_real_node(kube_cluster, workdir, list(images.values()))
+    except kubenode.NodeStartError as error:
+        pytest.fail(f"the real node failed to start (logs in {workdir / 'logs'}):\n{error}")
+    _nodes.append(node)
+    print(f"\ne2e real node start: {node.start_seconds:.1f}s")
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="session")
+def node_redis(real_node: kubenode.RealNode) -> Iterator[RedisServer]:
+    """A redis-server on loopback and on the node's bridge gateway, where pods reach it."""
+    server = RedisServer({"bind": f"127.0.0.1 {kubenode.GATEWAY_IP}", "protected-mode": "no"})
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -41,11 +41,16 @@ CACHE = Path(os.environ.get("WORKERFLEET_CACHE", str(Path.home() / ".cache" / "w
 TESTBIN = CACHE / "testbin" / K8S_VERSION / "bin"
 TOOLS_BIN = CACHE / "bin"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Everything scripts/testbin.sh builds: the control plane and the real node's kubelet.
+TESTBIN_BINARIES = (*COMPONENTS, "kubelet")
 # kwok's node/pod lifecycle stages, collected by scripts/testbin.sh from the same kwok version.
 KWOK_STAGES = "kwok-stages.yaml"
 # Nodes carrying this annotation are the ones kwok fakes (it manages no other node).
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+# The real node's bridge gateway (tests/e2e/kubenode.py): pods reach the API server there
+# through a forwarder, so the serving certificate names it too.
+NODE_GATEWAY_IP = "10.213.77.1"
 START_TIMEOUT_SECONDS = 180.0
 STOP_TIMEOUT_SECONDS = 15.0
 
@@ -225,6 +230,21 @@ def build_parent_death_signal() -> Callable[[], None] | None:
     return set_signal
 
 
+def start_component(name: str, command: Sequence[str], workdir: Path) -> Component:
+    """Start `command` in `workdir`, its output in `workdir/logs/<name>.log`; dies with us."""
+    log_path = workdir / "logs" / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            preexec_fn=build_parent_death_signal(),
+        )
+    return Component(name, process, log_path)
+
+
 def fetch_free_port() -> int:
     """A free loopback port (the OS picks; the tiny reuse race is acceptable in tests)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -257,7 +277,7 @@ def apply_certificates(workdir: Path) -> tuple[Path, Path, Path, Path]:
     ext = pki / "san.ext"
     ext.write_text(
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,IP:10.0.0.1\n"
+        f"DNS:kubernetes.default.svc,IP:10.0.0.1,IP:{NODE_GATEWAY_IP}\n"
         "extendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
     )
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
@@ -355,21 +375,10 @@ def start_kube_cluster(workdir: Path, node_count: int = 2, testbin: Path = TESTB
         ca_file=ca_crt,
         node_names=tuple(f"kwok-node-{i}" for i in range(node_count)),
     )
-    logs = workdir / "logs"
-    logs.mkdir()
+    (workdir / "logs").mkdir()
 
     def launch(name: str, args: list[str]) -> None:
-        log_path = logs / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [str(testbin / name), *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=workdir,
-                preexec_fn=build_parent_death_signal(),
-            )
-        cluster.components.append(Component(name, process, log_path))
+        cluster.components.append(start_component(name, [str(testbin / name), *args], workdir))
 
     trusted = ssl.create_default_context(cafile=str(ca_crt))
     untrusted = ssl.create_default_context()
@@ -425,6 +434,9 @@ def start_kube_cluster(workdir: Path, node_count: int = 2, testbin: Path = TESTB
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--allow-privileged=true",
+                # Logs and exec reach the real node's kubelet by its IP (its name resolves
+                # nowhere); kwok nodes report 127.0.0.1.
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
                 "--v=1",
             ],

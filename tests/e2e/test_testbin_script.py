@@ -30,12 +30,13 @@ def run_script(cache: Path, path: str, **env: str) -> subprocess.CompletedProces
 def build_cached_testbin(cache: Path, version: str) -> Path:
     bin_dir = cache / "testbin" / version / "bin"
     bin_dir.mkdir(parents=True)
-    for name in kubecluster.COMPONENTS:
+    for name in kubecluster.TESTBIN_BINARIES:
         (bin_dir / name).write_text("#!/bin/sh\n")
         (bin_dir / name).chmod(0o755)
     (bin_dir / kubecluster.KWOK_STAGES).write_text("---\n")
     (bin_dir / "manifest.txt").write_text(
-        f"k8s={version} kwok=v0.8.0\n" + "".join(f"bin {n} x y\n" for n in kubecluster.COMPONENTS)
+        f"k8s={version} kwok=v0.8.0\n"
+        + "".join(f"bin {n} x y\n" for n in kubecluster.TESTBIN_BINARIES)
     )
     return bin_dir
 

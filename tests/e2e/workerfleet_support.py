@@ -160,15 +160,20 @@ def build_pool(
     }
 
 
+def fetch_pods(cluster: kubecluster.KubeCluster, namespace: str, pool: str) -> list[dict[str, Any]]:
+    """Every pod of the pool, whatever its phase."""
+    listing = cluster.fetch_json("pods", "-n", namespace, "-l", f"{POOL_LABEL}={pool}")
+    items: list[dict[str, Any]] = listing["items"]  # type: ignore[assignment]
+    return items
+
+
 def fetch_running_pods(
     cluster: kubecluster.KubeCluster, namespace: str, pool: str
 ) -> list[dict[str, Any]]:
     """The pool's pods that are Running and not being deleted."""
-    listing = cluster.fetch_json("pods", "-n", namespace, "-l", f"{POOL_LABEL}={pool}")
-    items: list[dict[str, Any]] = listing["items"]  # type: ignore[assignment]
     return [
         p
-        for p in items
+        for p in fetch_pods(cluster, namespace, pool)
         if p["status"].get("phase") == "Running" and "deletionTimestamp" not in p["metadata"]
     ]
 
