@@ -180,3 +180,38 @@ def test_an_operator_restart_during_dead_letter_growth_still_fires(
     assert alert["labels"]["pool"] == "restart" and "pod" not in alert["labels"]
     assert alert["annotations"]["description"].startswith("3 jobs of queue e2e-restart")
     assert [s["metric"]["pod"] for s in operators.prometheus.fetch_query(series)] == ["op-b"]
+
+
+def test_a_dead_letter_counter_that_steps_back_pages_nothing(
+    kube_cluster: kubecluster.KubeCluster, operators: ScrapedOperators, redis_server: RedisServer
+) -> None:
+    # Given a pool whose Redis counts 5,000 dead letters, scraped past the 15 s growth window
+    counters = keys.build_keys("e2e-stepback").counters
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(counters, "dead_lettered", 5000)
+    given_a_scraped_pool(kube_cluster, operators, "stepback")
+    series = 'workerfleet_pool_jobs_dead_lettered_total{pool="stepback"}'
+    kubecluster.poll_until(
+        "5000 dead letters scraped",
+        lambda: operators.prometheus.fetch_query(series),
+        lambda result: bool(result) and result[0]["value"][1] == "5000",
+    )
+    time.sleep(16)
+    # When the counter steps back, as after a failover to a replica that missed two writes
+    client.hset(counters, "dead_lettered", 4998)
+    kubecluster.poll_until(
+        "the step back scraped",
+        lambda: operators.prometheus.fetch_query(series),
+        lambda result: bool(result) and result[0]["value"][1] == "4998",
+    )
+    # Then for longer than the growth window nothing pends or fires
+    seen = []
+    deadline = time.monotonic() + 18
+    while time.monotonic() < deadline:
+        seen += [
+            a
+            for a in operators.prometheus.fetch_alerts()
+            if a["labels"].get("alertname") == "WorkerPoolDeadLetterGrowing"
+        ]
+        time.sleep(0.5)
+    assert seen == []
