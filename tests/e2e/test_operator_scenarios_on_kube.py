@@ -299,8 +299,14 @@ def test_after_a_restart_the_operator_rewrites_nothing_and_duplicates_nothing(
         converged = fetch_stable_snapshot(kube_cluster, namespace)
     finally:
         first.stop()
-    # When the operator starts again
-    second = wf.start_operator(kube_cluster, workerfleet_chart, (namespace,), tmp_path / "second")
+    # When the operator starts again (at debug level, whose log has kopf's per-object lines)
+    second = wf.start_operator(
+        kube_cluster,
+        workerfleet_chart,
+        (namespace,),
+        tmp_path / "second",
+        extra_env={"WORKERFLEET_OPERATOR_LOG_LEVEL": "debug"},
+    )
     try:
         # Then, once it has handled both pools again, nothing was rewritten, rolled out or
         # duplicated
