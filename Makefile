@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(WORKERFLEET_CACHE)/bin:$(PATH)
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: help deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo screenshots bench \
+.PHONY: help deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo dist screenshots bench \
         bench-runtime bench-autoscaler bench-operator bench-soak crd install-yaml clean
 
 help: ## list the targets
@@ -51,6 +51,9 @@ chart-check: deps venv ## only the packaging checks: helm lint/template, promtoo
 
 demo: deps venv ## the whole system locally: embedded Redis, worker processes, autoscaler, Prometheus
 	.venv/bin/workerfleet demo $(DEMO_ARGS)
+
+dist: deps venv ## wheel + sdist, the chart package (helm package) and SHA256SUMS in dist/
+	@bash scripts/build-dist.sh
 
 screenshots: deps venv ## refresh the console screenshots in docs/images/ (a real chromium run)
 	WORKERFLEET_SCREENSHOTS=$(CURDIR)/docs/images $(PYTEST) -p no:cacheprovider -q \

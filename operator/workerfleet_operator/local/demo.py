@@ -17,11 +17,13 @@ Also used by the end-to-end test ``tests/workerfleet_operator/test_local_fleet_d
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 import random
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -37,10 +39,13 @@ import yaml
 from worker_runtime import connection, producer, stats
 from workerfleet_operator.local import embedded_redis, lifeline, manifest, runner
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
-EXAMPLES = REPO_ROOT / "examples"
-DEFAULT_POOL = EXAMPLES / "demo-pool.yaml"
-FAST_RULES = REPO_ROOT / "deploy" / "alerts" / "workerfleet-alerts.fast.yaml"
+# The demo's pool, tasks and alert rules ship inside the package (workerfleet_operator/data/:
+# links to examples/ and deploy/alerts/ in the source tree, copies in a wheel), so an installed
+# `workerfleet demo` works outside the repository.
+ASSETS = pathlib.Path(__file__).resolve().parents[1] / "data"
+EXAMPLES = ASSETS
+DEFAULT_POOL = ASSETS / "demo-pool.yaml"
+FAST_RULES = ASSETS / "workerfleet-alerts.fast.yaml"
 TASK = "thumbnail"
 LOAD_SHARE = 0.62  # load runs for this share of the demo; the rest shows the scale-down
 TICK_SECONDS = 0.1
@@ -504,13 +509,22 @@ def run_demo(
         result.workers_lost = final.workers_lost_total + final.workers_expired
         result.points = points
         result.decisions = decisions
-        result.chart = build_chart(
-            points,
-            plan,
-            result.alerts,
-            out_dir / "workerfleet-demo.png",
-            f"workerfleet demo: pool {pool.name} (max {pool.policy.max_replicas} replicas)",
-        )
+        if importlib.util.find_spec("matplotlib") is None:
+            # matplotlib is the `demo` extra: a plain `pip install workerfleet` still runs the
+            # demo; only the PNG is left out (the decisions log and the summary remain)
+            print(
+                "workerfleet demo: no chart (pip install 'workerfleet[demo]' for the PNG)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            result.chart = build_chart(
+                points,
+                plan,
+                result.alerts,
+                out_dir / "workerfleet-demo.png",
+                f"workerfleet demo: pool {pool.name} (max {pool.policy.max_replicas} replicas)",
+            )
     finally:
         if prometheus is not None:
             prometheus.stop()
