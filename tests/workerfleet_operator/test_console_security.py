@@ -1,0 +1,69 @@
+"""The console's sign-in and CSRF rules, unit by unit, and the auth-proxy mode on a real process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+import requests
+from workerfleet_operator.console import security, sources
+
+from tests.conftest import RedisServer
+from tests.workerfleet_operator import console_support as cs
+
+AUTH = security.AuthSettings(token="t0ken")
+
+
+def test_a_session_is_good_until_it_expires_and_a_forged_or_future_one_is_refused() -> None:
+    cookie = security.build_session_cookie(AUTH, now=1_000_000.0)
+    assert security.check_session_cookie(AUTH, cookie, now=1_000_000.0)
+    assert security.check_session_cookie(AUTH, cookie, now=1_000_000.0 + security.SESSION_SECONDS)
+    assert not security.check_session_cookie(
+        AUTH, cookie, now=1_000_001.0 + security.SESSION_SECONDS
+    )
+    issued, _, signature = cookie.partition(".")
+    assert not security.check_session_cookie(AUTH, f"{int(issued) + 60}.{signature}", now=2e6)
+    other = security.AuthSettings(token="t0ken")  # another process: another key
+    assert not security.check_session_cookie(other, cookie, now=1_000_000.0)
+
+
+def test_identities_and_their_csrf_tokens() -> None:
+    proxied = security.AuthSettings(token=None, proxy_header="X-Forwarded-User")
+    assert security.identify(proxied, {"x-forwarded-user": "ana"}, {}) == "proxy|ana"
+    assert security.identify(proxied, {}, {}) is None
+    assert security.identify(proxied, {"authorization": "Bearer t0ken"}, {}) is None
+    assert security.identify(AUTH, {"authorization": "Bearer t0ken"}, {}) == "bearer"
+    assert security.identify(AUTH, {"authorization": "Bearer nope"}, {}) is None
+    assert security.identify(AUTH, {"x-forwarded-user": "ana"}, {}) is None  # not configured
+    ana, bob = (security.build_csrf_token(proxied, f"proxy|{u}") for u in ("ana", "bob"))
+    assert ana != bob and security.check_csrf_token(proxied, "proxy|ana", ana)
+    assert not security.check_csrf_token(proxied, "proxy|bob", ana)
+    with pytest.raises(ValueError, match="token or a trusted auth-proxy header"):
+        security.AuthSettings()
+
+
+def test_secrets_never_reach_the_display_target() -> None:
+    shown = sources.build_display_target("rediss://user:pa55@redis.example:6380/2")
+    assert shown == "rediss://redis.example:6380/2"
+    sentinel = sources.build_display_target("redis+sentinel://:pw@s1:26379,s2/mymaster/1")
+    assert sentinel == "redis+sentinel://s1:26379,s2:26379/mymaster/1"
+    assert "pw" not in sentinel
+
+
+def test_behind_an_auth_proxy_the_header_signs_in_and_its_absence_is_refused(
+    redis_factory: Callable[..., RedisServer], queue_name: str
+) -> None:
+    server = redis_factory()
+    asyncio.run(cs.seed_queue(server.url, queue_name))
+    proc = cs.ConsoleProcess(
+        server.url, [queue_name], allow_writes=False,
+        extra_args=["--auth-proxy-header", "X-Forwarded-User"],
+    )  # fmt: skip
+    try:
+        ok = requests.get(proc.base + "/", headers={"X-Forwarded-User": "ana"}, timeout=10)
+        assert ok.status_code == 200 and "ana" in ok.text and queue_name in ok.text
+        refused = requests.get(proc.base + "/", timeout=10)
+        assert refused.status_code == 401 and queue_name not in refused.text
+    finally:
+        proc.stop()
