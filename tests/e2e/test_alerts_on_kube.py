@@ -124,6 +124,28 @@ def given_a_scraped_pool(
     return running
 
 
+def given_scraped_dead_letters(
+    cluster: kubecluster.KubeCluster,
+    operators: ScrapedOperators,
+    redis_server: RedisServer,
+    name: str,
+    count: int,
+) -> str:
+    """Pool ``name`` (queue e2e-NAME) with ``count`` dead letters in Redis, scraped for longer
+    than the fast rules' 15 s growth window; returns the scraped series' selector."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.hset(keys.build_keys(f"e2e-{name}").counters, "dead_lettered", count)
+    given_a_scraped_pool(cluster, operators, name)
+    series = f'workerfleet_pool_jobs_dead_lettered_total{{pool="{name}"}}'
+    kubecluster.poll_until(
+        f"{count} dead letters scraped",
+        lambda: operators.prometheus.fetch_query(series),
+        lambda result: bool(result) and result[0]["value"][1] == str(count),
+    )
+    time.sleep(16)
+    return series
+
+
 def test_a_deleted_secret_fires_queue_unreachable_after_its_for_with_the_reason(
     kube_cluster: kubecluster.KubeCluster, operators: ScrapedOperators
 ) -> None:
@@ -153,17 +175,9 @@ def test_an_operator_restart_during_dead_letter_growth_still_fires(
     kube_cluster: kubecluster.KubeCluster, operators: ScrapedOperators, redis_server: RedisServer
 ) -> None:
     # Given pod op-a exporting a pool with 10 dead letters, scraped past the 15 s growth window
+    series = given_scraped_dead_letters(kube_cluster, operators, redis_server, "restart", 10)
     counters = keys.build_keys("e2e-restart").counters
     client = redis.Redis.from_url(redis_server.url)
-    client.hset(counters, "dead_lettered", 10)
-    given_a_scraped_pool(kube_cluster, operators, "restart")
-    series = 'workerfleet_pool_jobs_dead_lettered_total{pool="restart"}'
-    kubecluster.poll_until(
-        "10 dead letters scraped",
-        lambda: operators.prometheus.fetch_query(series),
-        lambda result: bool(result) and result[0]["value"][1] == "10",
-    )
-    time.sleep(16)
     assert operators.firing("WorkerPoolDeadLetterGrowing") == []
     # When op-a stops, 3 jobs are dead-lettered while no operator runs, and op-b takes over
     operators.stop("op-a")
@@ -186,17 +200,9 @@ def test_a_dead_letter_counter_that_steps_back_pages_nothing(
     kube_cluster: kubecluster.KubeCluster, operators: ScrapedOperators, redis_server: RedisServer
 ) -> None:
     # Given a pool whose Redis counts 5,000 dead letters, scraped past the 15 s growth window
+    series = given_scraped_dead_letters(kube_cluster, operators, redis_server, "stepback", 5000)
     counters = keys.build_keys("e2e-stepback").counters
     client = redis.Redis.from_url(redis_server.url)
-    client.hset(counters, "dead_lettered", 5000)
-    given_a_scraped_pool(kube_cluster, operators, "stepback")
-    series = 'workerfleet_pool_jobs_dead_lettered_total{pool="stepback"}'
-    kubecluster.poll_until(
-        "5000 dead letters scraped",
-        lambda: operators.prometheus.fetch_query(series),
-        lambda result: bool(result) and result[0]["value"][1] == "5000",
-    )
-    time.sleep(16)
     # When the counter steps back, as after a failover to a replica that missed two writes
     client.hset(counters, "dead_lettered", 4998)
     kubecluster.poll_until(
