@@ -57,17 +57,19 @@ async def fetch_in_flight_jobs(
     """The jobs running now, longest-running first (read-only; at most ``limit``)."""
     k = keys.build_keys(queue)
     limit = max(0, min(limit, LIST_LIMIT))
-    holders: dict[str, tuple[str, str, str]] = {}  # stream entry id → (job id, prio, worker)
+    # (priority, stream entry id) → (job id, worker): entry ids are unique per stream only (one
+    # enqueue script call can give the same id in the high and the normal stream)
+    holders: dict[tuple[str, str], tuple[str, str]] = {}
     async for job_id, value in client.hscan_iter(k.inflight, count=200):
         parts = _text(value).split("|")
         if len(parts) >= 4:
-            holders[parts[2]] = (_text(job_id), parts[1], "|".join(parts[3:]))
+            holders[(parts[1], parts[2])] = (_text(job_id), "|".join(parts[3:]))
         if len(holders) >= LIST_LIMIT:
             break
     if not holders:
         return []
-    pending: dict[str, tuple[float, int]] = {}  # entry id → (ms since delivery, deliveries)
-    for stream in k.ready:
+    pending: dict[tuple[str, str], tuple[float, int]] = {}  # → (ms since delivery, deliveries)
+    for prio, stream in zip(keys.PRIORITIES, k.ready, strict=True):
         try:
             rows = await client.xpending_range(stream, keys.GROUP, "-", "+", LIST_LIMIT)
         except redis.exceptions.ResponseError as exc:
@@ -75,19 +77,19 @@ async def fetch_in_flight_jobs(
                 raise
             continue  # a priority never used yet has no stream (or no group): nothing pending
         for row in rows:
-            pending[_text(row["message_id"])] = (
+            pending[(prio, _text(row["message_id"]))] = (
                 float(row["time_since_delivered"]),
                 int(row["times_delivered"]),
             )
     now_ms = _now_ms(await client.time())
-    ids = [job_id for job_id, _prio, _worker in holders.values()]
+    ids = [job_id for job_id, _worker in holders.values()]
     envelopes = await client.hmget(k.env, ids)
     expiries = await client.zmscore(k.leases, ids)
     tasks = {job_id: _task_of(raw) for job_id, raw in zip(ids, envelopes, strict=True)}
     lease = dict(zip(ids, expiries, strict=True))
     jobs = []
-    for entry, (job_id, prio, worker) in holders.items():
-        idle_ms, deliveries = pending.get(entry, (0.0, 0))
+    for (prio, entry), (job_id, worker) in holders.items():
+        idle_ms, deliveries = pending.get((prio, entry), (0.0, 0))
         expiry = lease.get(job_id)
         jobs.append(
             InFlightJob(

@@ -1,0 +1,35 @@
+"""The read-only list of running jobs, on a single Redis and on a Redis Cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.worker_runtime import engine_support as es
+from worker_runtime import inflight
+
+
+async def test_running_jobs_are_listed_with_their_worker_task_and_lease_longest_first(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given three jobs: two fetched by different workers, one still waiting
+    engine = es.make_engine(engine_client, queue_name)
+    await engine.enqueue_many([es.request("a"), es.request("b", priority="high"), es.request("c")])
+    [first] = await engine.fetch("w-1", 1)
+    [second] = await engine.fetch("w-2", 1)
+    # When the running jobs are listed
+    jobs = await inflight.fetch_in_flight_jobs(engine_client, queue_name)
+    # Then exactly the two fetched jobs appear, each with its worker, task, priority and lease
+    assert {(j.job_id, j.worker_id) for j in jobs} == {(first.id, "w-1"), (second.id, "w-2")}
+    by_id = {j.job_id: j for j in jobs}
+    assert by_id[first.id].task == first.envelope.task and by_id[first.id].priority == "high"
+    assert all(j.deliveries == 1 and j.lease_expires_in_seconds for j in jobs)
+    assert jobs[0].running_seconds >= jobs[1].running_seconds
+    # and a finished job leaves the list
+    assert await engine.ack(first)
+    assert [j.job_id for j in await inflight.fetch_in_flight_jobs(engine_client, queue_name)] == [
+        second.id
+    ]
+
+
+async def test_an_idle_queue_has_no_running_jobs(engine_client: Any, queue_name: str) -> None:
+    assert await inflight.fetch_in_flight_jobs(engine_client, queue_name) == []
