@@ -148,10 +148,20 @@ def register_commands(subparsers: SubParsers) -> None:
     pg.set_defaults(handler=cmd_dlq_purge)
     d.set_defaults(handler=_needs_subcommand(d))
 
-    e = subparsers.add_parser("enqueue", help="enqueue one job")
+    e = subparsers.add_parser("enqueue", help="enqueue one job (or many with --file)")
     _connection_flags(e)
-    e.add_argument("task", help="task name")
-    e.add_argument("payload", help="payload as JSON (or @file.json, or - for stdin)")
+    e.add_argument("task", nargs="?", default=None, help="task name")
+    e.add_argument(
+        "payload", nargs="?", default=None, help="payload as JSON (or @file.json, or - for stdin)"
+    )
+    e.add_argument(
+        "--file",
+        default=None,
+        metavar="JOBS.ndjson",
+        help='many jobs, one JSON object a line: {"task": ..., "payload": {...}} plus any of '
+        "delay, priority, idempotency_key, correlation_id, max_attempts (- for stdin); "
+        "every line is checked before any is enqueued",
+    )
     e.add_argument("--delay", type=float, default=None, help="seconds before it may run")
     e.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
     e.add_argument("--idempotency-key", default=None)
@@ -824,6 +834,11 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     """Enqueue one job (the payload is validated by the worker's task model when it runs)."""
     from worker_runtime import producer
 
+    if args.file is not None:
+        return _enqueue_file(args)
+    if args.task is None or args.payload is None:
+        msg = "name the task and its JSON payload, or pass --file JOBS.ndjson"
+        raise CliError(msg)
     url, queue = _redis_url(args), _queue_name(args)
     payload = _read_payload(args.payload)
     if not isinstance(payload, dict):
@@ -849,4 +864,77 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         print(f"enqueued {result.job_id} on {queue}")
     else:
         print(f"duplicate of {result.job_id} (idempotency key already used); nothing enqueued")
+    return 0
+
+
+NDJSON_FIELDS = {"task", "payload", "delay", "priority", "idempotency_key", "correlation_id",
+                 "max_attempts"}  # fmt: skip
+ENQUEUE_BATCH = 500
+
+
+def build_job_specs(lines: Sequence[str]) -> list[Any]:
+    """JobSpecs of an NDJSON file (blank lines skipped); CliError names the first bad line."""
+    from worker_runtime import producer
+
+    specs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise CliError(f"line {number}: not JSON ({exc})") from None
+        if not isinstance(item, dict) or not isinstance(item.get("task"), str):
+            raise CliError(f'line {number}: expected an object with a "task" string')
+        unknown = sorted(set(item) - NDJSON_FIELDS)
+        if unknown:
+            raise CliError(f"line {number}: unknown field(s) {', '.join(unknown)}")
+        payload = item.get("payload", {})
+        if not isinstance(payload, dict):
+            raise CliError(f"line {number}: payload must be a JSON object")
+        options = {k: v for k, v in item.items() if k not in ("task", "payload")}
+        try:
+            spec = producer.JobSpec(item["task"], payload, **options)
+            producer.build_request(spec)  # the envelope's own checks, before anything is sent
+        except (TypeError, ValueError) as exc:
+            raise CliError(f"line {number}: {str(exc).splitlines()[0]}") from None
+        specs.append(spec)
+    return specs
+
+
+def _enqueue_file(args: argparse.Namespace) -> int:
+    from worker_runtime import producer
+
+    if args.task is not None or args.payload is not None:
+        msg = "--file carries the tasks: drop the TASK and PAYLOAD arguments"
+        raise CliError(msg)
+    if args.file == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    specs = build_job_specs(lines)
+    url, queue = _redis_url(args), _queue_name(args)
+
+    async def go(client: Any) -> list[Any]:
+        p = producer.Producer(client, queue)
+        results: list[Any] = []
+        for start in range(0, len(specs), ENQUEUE_BATCH):
+            try:
+                results.extend(await p.enqueue_many(specs[start : start + ENQUEUE_BATCH]))
+            except ValueError as exc:  # a field the envelope refuses (priority, ...)
+                line = start + 1
+                raise CliError(f"jobs from line {line}: {exc}; {len(results)} enqueued") from None
+        return results
+
+    results = _run_async(go, url)
+    created = [r.job_id for r in results if r.created]
+    duplicates = len(results) - len(created)
+    if args.json:
+        _print_json({"enqueued": len(created), "duplicates": duplicates, "job_ids": created})
+    else:
+        print(f"enqueued {len(created)} job(s) on {queue} ({duplicates} duplicate(s) skipped)")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_log_levels_are_accepted_in_any_case(level: str, monkeypatch: pytest.Mon
 @pytest.fixture
 def seeded(redis_server: RedisServer, queue_name: str) -> tuple[dict[str, str], cs.Seeded]:
     env = {
-        **__import__("os").environ,
+        **os.environ,
         "WORKERFLEET_REDIS_URL": redis_server.url,
         "WORKERFLEET_QUEUE": queue_name,
     }
@@ -144,3 +145,34 @@ def test_pool_without_a_kubeconfig_is_one_line() -> None:
     out = run("dlq", "ls", "--pool", "ns/p", "--kubeconfig", "/nonexistent/kubeconfig",
               env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})  # fmt: skip
     assert out.returncode == 2 and "no kubeconfig" in out.stderr and "Traceback" not in out.stderr
+
+
+KEYED = {"task": "mail", "payload": {}, "idempotency_key": "k"}
+
+
+def test_enqueue_file_enqueues_every_line_and_a_bad_line_enqueues_nothing(
+    redis_server: RedisServer, queue_name: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url, "WORKERFLEET_QUEUE": queue_name}
+    good = tmp_path / "jobs.ndjson"
+    good.write_text(
+        "\n".join(
+            [json.dumps({"task": "mail", "payload": {"to": f"u{i}@x"}}) for i in range(700)]
+            + ["", json.dumps({**KEYED, "priority": "high"}), json.dumps(KEYED)]
+        )
+    )  # fmt: skip
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text(
+        json.dumps({"task": "a", "payload": {}}) + "\n" + '{"task": "b", "payload": 3}\n'
+    )
+    # When a file with a bad second line is given: one line names it and nothing is enqueued
+    refused = run("enqueue", "--file", str(bad), env=env)
+    assert refused.returncode == 2 and "line 2: payload must be a JSON object" in refused.stderr
+    assert json.loads(run("queue", "stats", "--json", env=env).stdout)["enqueued_total"] == 0
+    # When the good file is given: every line is enqueued once (the repeated key is a duplicate)
+    done = run("enqueue", "--file", str(good), "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["enqueued"], result["duplicates"]) == (701, 1)
+    assert len(set(result["job_ids"])) == 701
+    assert json.loads(run("queue", "stats", "--json", env=env).stdout)["backlog"] == 701
