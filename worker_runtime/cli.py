@@ -18,9 +18,10 @@ import contextlib
 import importlib
 import json
 import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -764,22 +765,92 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         return 0
     if ids is not None and args.limit is not None:
         ids = ids[: args.limit]
+    replayed: list[str] = []
+    total = [len(ids) if ids is not None else 0]
+    interrupted = [False]
+
+    async def go(client: Any) -> None:
+        # Ctrl-C stops between chunks: the chunk in flight finishes and is counted, so the
+        # summary says exactly what was replayed (a cancelled script call could have run)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+        if ids is None:
+            count = await dlq.fetch_dead_letter_count(client, queue)
+            total[0] = count if args.limit is None else min(count, args.limit)
+        chunk = max(1, min(dlq.REPLAY_BATCH, int(args.rate)))  # about one second of work
+        with _progress(f"replaying onto {queue}", total[0], quiet=args.json) as advance:
+            remaining = args.limit
+            pending = list(ids) if ids is not None else None
+            while not stop.is_set():
+                started = time.monotonic()
+                part: list[str] | None = None
+                if pending is not None:
+                    part, pending = pending[:chunk], pending[chunk:]
+                size = len(part) if part is not None else chunk
+                if remaining is not None and part is None:
+                    size = min(size, remaining)
+                if size <= 0:
+                    break
+                done = await dlq.apply_replay(
+                    client, queue, job_ids=part, limit=None if part is not None else size,
+                    reset_attempts=args.reset_attempts, rate_per_second=float(dlq.REPLAY_BATCH),
+                )  # fmt: skip
+                replayed.extend(done)
+                advance(size if part is not None else len(done))
+                if part is None:
+                    if remaining is not None:
+                        remaining -= len(done)
+                    if len(done) < size:
+                        break  # the DLQ has no more (or only entries live again)
+                pause = len(done) / args.rate - (time.monotonic() - started)  # the rate limit
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, pause))
+            interrupted[0] = stop.is_set()
+
+    if args.rate <= 0:
+        msg = "--rate must be positive"
+        raise CliError(msg)
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
-    replayed = _run_on_queue(
-        url,
-        queue,
-        dlq.apply_replay,
-        job_ids=ids,
-        limit=None if ids is not None else args.limit,
-        reset_attempts=args.reset_attempts,
-        rate_per_second=args.rate,
-    )
+    _run_async(go, url)
+    if interrupted[0]:
+        print(
+            f"interrupted: replayed {len(replayed)} of {total[0]} job(s) onto {queue}; "
+            "the rest stay dead-lettered",
+            file=sys.stderr,
+        )
+        if args.json:
+            _print_json({"replayed": len(replayed), "job_ids": replayed, "interrupted": True})
+        return 130
     if args.json:
         _print_json({"replayed": len(replayed), "job_ids": replayed})
     else:
         print(f"replayed {len(replayed)} job(s) onto {queue}")
     return 0
+
+
+@contextlib.contextmanager
+def _progress(what: str, total: int, *, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar with rate and ETA on stderr (none with --json); yields ``advance(n)``."""
+    if quiet or total <= 0:
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 @_guard

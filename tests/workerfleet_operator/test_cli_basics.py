@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
 from tests.conftest import RedisServer
 from tests.workerfleet_operator import console_support as cs
-from worker_runtime import config
+from worker_runtime import config, envelope, queue
 
 REQUIRED: dict[str, Any] = {"app": "m:a", "redis_url": "redis://127.0.0.1:1/0", "queue": "q"}
 WORKERFLEET = str(Path(sys.executable).parent / "workerfleet")
@@ -176,3 +177,42 @@ def test_enqueue_file_enqueues_every_line_and_a_bad_line_enqueues_nothing(
     assert (result["enqueued"], result["duplicates"]) == (701, 1)
     assert len(set(result["job_ids"])) == 701
     assert json.loads(run("queue", "stats", "--json", env=env).stdout)["backlog"] == 701
+
+
+def test_ctrl_c_during_a_long_replay_says_how_many_were_replayed_and_that_is_the_truth(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    import signal
+    import time
+
+    # Given 100 dead letters and a replay at 20 jobs/s (about 5 s)
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+
+    async def fill() -> None:
+        engine = queue.QueueClient(client, queue_name, queue.QueueOptions())
+        for i in range(100):
+            await engine.enqueue_many(
+                [queue.EnqueueRequest(envelope=envelope.build_envelope("t", {"i": i}))]
+            )
+            [job] = await engine.fetch("w", 1)
+            assert await engine.dead_letter(job, "non_retryable")
+        await client.aclose()
+
+    asyncio.run(fill())
+    env = {**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url, "WORKERFLEET_QUEUE": queue_name}
+    proc = subprocess.Popen(
+        [WORKERFLEET, "dlq", "replay", "--all", "--rate", "20"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # When it is interrupted (Ctrl-C) after about two seconds
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    # Then it exits 130 with a summary, and the summary matches the queue
+    assert proc.returncode == 130, out + err
+    summary = next(line for line in err.splitlines() if line.startswith("interrupted:"))
+    replayed = int(summary.split("replayed ")[1].split(" of ")[0])
+    assert summary.endswith("of 100 job(s) onto " + queue_name + "; the rest stay dead-lettered")
+    assert 0 < replayed < 100
+    stats = json.loads(run("queue", "stats", "--json", env=env).stdout)
+    assert (stats["backlog"], stats["dead_letter"]) == (replayed, 100 - replayed)
