@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/.venv/bin:$(WORKERFLEET_CACHE)/bin:$(PATH)
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: help deps demo-deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo dist screenshots bench \
+.PHONY: help deps demo-deps node-deps venv testbin images lint test test-fast e2e chaos chart-check demo dist docs screenshots bench \
         bench-runtime bench-autoscaler bench-operator bench-soak crd install-yaml clean
 
 help: ## list the targets
@@ -57,6 +57,14 @@ demo: demo-deps venv ## the whole system locally: embedded Redis, worker process
 
 dist: deps venv ## wheel + sdist, the chart package (helm package) and SHA256SUMS in dist/
 	@bash scripts/build-dist.sh
+
+# The docs site (docs/ + mkdocs.yml) into site/. --strict fails on any warning: a broken link
+# or anchor between pages, a nav entry without its page, a page left out of the nav. Then every
+# repository path and test the docs name must exist (scripts/check_doc_paths.py). External
+# http(s) links are NOT fetched (the build runs without network); `make test` runs both checks.
+docs: venv ## the docs site in site/ (strict: broken links and stale repo paths fail the build)
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
+	$(PY) scripts/check_doc_paths.py
 
 screenshots: deps venv ## refresh the console screenshots in docs/images/ (a real chromium run)
 	WORKERFLEET_SCREENSHOTS=$(CURDIR)/docs/images $(PYTEST) -p no:cacheprovider -q \

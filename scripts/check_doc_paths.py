@@ -1,0 +1,157 @@
+"""Fail when the docs name a repository path that does not exist (a stale reference).
+
+Called by ``make docs`` (after the strict mkdocs build) and by ``tests/test_docs_site.py``, so
+``make test`` fails on a stale reference too. mkdocs checks the links between pages of the site;
+this checks what it cannot: the repository paths the prose names (in inline code such as
+`` `tests/chaos/history.py` ``, in fenced command lines, in plain text) and the tests it names
+(`` test_fencing_failover.py ``, a test function ``test_a_stalled_renewal_...``, or a prefix of
+test names ending in "_"), and the relative links of the README and the chart's README (outside
+the site), in docs/*.md, the README and the chart's README. In a fenced package tree (a line
+``worker_runtime/   ...`` followed by entries indented two spaces, ``  keys.py   THE key
+schema``), every entry must exist under its folder.
+
+A word counts as a repository path when its first segment is a top-level folder of the
+repository (not a build output such as dist/) and it names a file (it has a suffix such as
+.py/.yaml, or is a Dockerfile/Makefile) or a folder (it ends with "/"). Placeholders (<name>,
+*, ...) are not paths. External http(s) links are never fetched.
+Usage: ``python scripts/check_doc_paths.py [REPO]``; exit 1 lists each stale reference as
+``file:line: path``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from pathlib import Path
+
+# Folders made by builds and tools: a path under them is an output, not a source file.
+BUILD_OUTPUTS = frozenset({"dist", "site", "build", "demo-out", ".venv", ".git", ".ci"})
+PLACEHOLDER = re.compile(r"[<>*\[\]{}$]|\.\.\.")
+TEST_NAME = re.compile(r"(?<![\w/.-])(test_[a-z0-9_]+)(\.py)?\b")
+TEST_DEF = re.compile(r"^\s*(?:async\s+)?def\s+(test_\w+)", re.MULTILINE)
+LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^\s*(```|~~~)")
+TREE_ROOT = re.compile(r"^([\w.-]+/(?:[\w.-]+/)*)(?:\s|$)")
+TREE_ENTRY = re.compile(r"^  (\S.*?)(?:\s{2,}|$)")
+FILE_NAMES_WITHOUT_SUFFIX = frozenset({"Dockerfile", "Makefile"})
+
+
+@dataclasses.dataclass(frozen=True)
+class StaleReference:
+    doc: Path
+    line: int
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.doc}:{self.line}: {self.path}"
+
+
+def docs_to_check(repo: Path) -> list[Path]:
+    """The newcomer-facing pages: every docs/*.md, the README and the chart's README."""
+    pages = sorted((repo / "docs").glob("*.md"))
+    pages += [p for p in (repo / "README.md", repo / "charts/workerfleet/README.md") if p.exists()]
+    return pages
+
+
+def looks_like_repo_path(word: str, top_dirs: frozenset[str]) -> bool:
+    if PLACEHOLDER.search(word) or "://" in word:
+        return False
+    first, sep, rest = word.partition("/")
+    if not sep or first not in top_dirs or not rest:
+        return False
+    name = word.rstrip("/").rsplit("/", 1)[-1]
+    return word.endswith("/") or "." in name or name in FILE_NAMES_WITHOUT_SUFFIX
+
+
+def words_of(text: str) -> list[str]:
+    # Backticks and trailing punctuation belong to the markdown or the sentence, not the path.
+    return [w.strip("`.,;:()'\"|") for w in text.split()]
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownTests:
+    modules: frozenset[str]
+    functions: frozenset[str]
+
+    def names(self, name: str, is_file: bool) -> bool:
+        if is_file:
+            return name in self.modules
+        if name.endswith("_"):  # a family of tests named by their common prefix
+            return any(f.startswith(name) for f in self.functions)
+        return name in self.modules or name in self.functions
+
+
+def collect_tests(repo: Path) -> KnownTests:
+    files = sorted((repo / "tests").rglob("test_*.py")) if (repo / "tests").is_dir() else []
+    functions = {m for f in files for m in TEST_DEF.findall(f.read_text())}
+    return KnownTests(frozenset(f.stem for f in files), frozenset(functions))
+
+
+def tree_entries(
+    line: str, root: str | None, top_dirs: frozenset[str]
+) -> tuple[str | None, list[str]]:
+    """(the package-tree folder after `line`, the repository paths `line` lists under it)."""
+    header = TREE_ROOT.match(line)
+    if header and header.group(1).split("/", 1)[0] in top_dirs:
+        return header.group(1), []
+    entry = TREE_ENTRY.match(line)
+    if root is None or entry is None:
+        return (None if line and not line.startswith(" ") else root), []
+    names = [n for n in re.split(r"[\s,]+", entry.group(1)) if n]
+    return root, [root + n for n in names if re.fullmatch(r"[\w./*-]+", n)]
+
+
+def exists(repo: Path, path: str) -> bool:
+    if "*" in path:
+        return any(repo.glob(path))
+    return (repo / path).exists()
+
+
+def find_stale_references(repo: Path) -> list[StaleReference]:
+    """Every repository path named in the docs that does not exist under `repo`."""
+    top_dirs = frozenset(
+        p.name for p in repo.iterdir() if p.is_dir() and p.name not in BUILD_OUTPUTS
+    )
+    tests = collect_tests(repo)
+    stale: list[StaleReference] = []
+    for doc in docs_to_check(repo):
+        in_fence, tree_root = False, None
+        for number, line in enumerate(doc.read_text().splitlines(), start=1):
+            if FENCE.match(line):
+                in_fence, tree_root = not in_fence, None
+                continue
+            if in_fence:
+                tree_root, listed = tree_entries(line, tree_root, top_dirs)
+                for path in listed:
+                    if not exists(repo, path):
+                        stale.append(StaleReference(doc.relative_to(repo), number, path))
+            for word in words_of(line):
+                if looks_like_repo_path(word, top_dirs) and not (repo / word).exists():
+                    stale.append(StaleReference(doc.relative_to(repo), number, word))
+            for name, suffix in TEST_NAME.findall(line):
+                if not tests.names(name, is_file=bool(suffix)):
+                    stale.append(StaleReference(doc.relative_to(repo), number, name + suffix))
+            for target in LINK.findall(line) if not in_fence else []:
+                target = target.split("#", 1)[0]
+                if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target):
+                    continue  # an anchor on the same page, or an external/mailto link
+                if not (doc.parent / target).exists():
+                    stale.append(StaleReference(doc.relative_to(repo), number, target))
+    return stale
+
+
+def main(argv: list[str]) -> int:
+    repo = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent
+    stale = find_stale_references(repo)
+    for ref in stale:
+        print(f"stale reference: {ref}", file=sys.stderr)
+    if stale:
+        print(f"{len(stale)} stale reference(s) in the docs", file=sys.stderr)
+        return 1
+    print(f"doc paths: {len(docs_to_check(repo))} pages checked, no stale reference")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
