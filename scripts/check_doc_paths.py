@@ -8,7 +8,8 @@ this checks what it cannot: the repository paths the prose names (in inline code
 test names ending in "_"), and the relative links of the README and the chart's README (outside
 the site), in docs/*.md, the README and the chart's README. In a fenced package tree (a line
 ``worker_runtime/   ...`` followed by entries indented two spaces, ``  keys.py   THE key
-schema``), every entry must exist under its folder.
+schema``), every entry must exist under its folder. A ``make TARGET`` in inline code or a
+fenced block must name a target of the Makefile.
 
 A word counts as a repository path when its first segment is a top-level folder of the
 repository (not a build output such as dist/) and it names a file (it has a suffix such as
@@ -32,6 +33,9 @@ TEST_NAME = re.compile(r"(?<![\w/.-])(test_[a-z0-9_]+)(\.py)?\b")
 TEST_DEF = re.compile(r"^\s*(?:async\s+)?def\s+(test_\w+)", re.MULTILINE)
 LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^\s*(```|~~~)")
+CODE_SPAN = re.compile(r"`([^`]+)`")
+MAKE_COMMAND = re.compile(r"(?:^|[\s;&|(])make\s+([a-z][a-z0-9-]*)")
+MAKE_TARGET = re.compile(r"^([a-z][a-z0-9-]*)\s*:(?!=)", re.MULTILINE)
 TREE_ROOT = re.compile(r"^([\w.-]+/(?:[\w.-]+/)*)(?:\s|$)")
 TREE_ENTRY = re.compile(r"^  (\S.*?)(?:\s{2,}|$)")
 FILE_NAMES_WITHOUT_SUFFIX = frozenset({"Dockerfile", "Makefile"})
@@ -102,6 +106,13 @@ def tree_entries(
     return root, [root + n for n in names if re.fullmatch(r"[\w./*-]+", n)]
 
 
+def collect_make_targets(repo: Path) -> frozenset[str]:
+    makefile = repo / "Makefile"
+    return (
+        frozenset(MAKE_TARGET.findall(makefile.read_text())) if makefile.exists() else frozenset()
+    )
+
+
 def exists(repo: Path, path: str) -> bool:
     if "*" in path:
         return any(repo.glob(path))
@@ -114,6 +125,7 @@ def find_stale_references(repo: Path) -> list[StaleReference]:
         p.name for p in repo.iterdir() if p.is_dir() and p.name not in BUILD_OUTPUTS
     )
     tests = collect_tests(repo)
+    targets = collect_make_targets(repo)
     stale: list[StaleReference] = []
     for doc in docs_to_check(repo):
         in_fence, tree_root = False, None
@@ -126,6 +138,11 @@ def find_stale_references(repo: Path) -> list[StaleReference]:
                 for path in listed:
                     if not exists(repo, path):
                         stale.append(StaleReference(doc.relative_to(repo), number, path))
+            # In a fenced block only the command counts, not its comment ("# ... make the pool").
+            code = [line.split("#", 1)[0]] if in_fence else CODE_SPAN.findall(line)
+            for target in (t for c in code for t in MAKE_COMMAND.findall(c)):
+                if target not in targets:
+                    stale.append(StaleReference(doc.relative_to(repo), number, f"make {target}"))
             for word in words_of(line):
                 if looks_like_repo_path(word, top_dirs) and not (repo / word).exists():
                     stale.append(StaleReference(doc.relative_to(repo), number, word))

@@ -100,10 +100,10 @@ def test_every_repository_path_and_test_the_docs_name_exists() -> None:
     assert [str(ref) for ref in stale] == []
 
 
-def test_a_stale_path_test_tree_entry_or_readme_link_is_each_named(
+def test_a_stale_path_test_tree_entry_make_target_or_readme_link_is_each_named(
     tmp_path: Path,
 ) -> None:
-    # Given a repository whose docs name existing things and five stale ones
+    # Given a repository whose docs name existing things and six stale ones
     (tmp_path / "tests/worker_runtime").mkdir(parents=True)
     (tmp_path / "tests/worker_runtime/test_kept.py").write_text(
         "def test_a_kept_behaviour() -> None:\n    pass\n"
@@ -120,18 +120,24 @@ def test_a_stale_path_test_tree_entry_or_readme_link_is_each_named(
         "```\nworker_runtime/    the runtime\n  keys.py       the key schema\n"
         "  queue.py      the engine, long gone\n                continued description\n```\n"
     )
-    (tmp_path / "README.md").write_text("[the page](docs/page.md), [gone](docs/gone.md)\n")
+    (tmp_path / "README.md").write_text(
+        "[the page](docs/page.md), [gone](docs/gone.md)\n"
+        "Run `make demo`, then `CHAOS_JOBS=5 make chaos`; to make it quick, `make fast-demo`.\n"
+        "```sh\nmake demo  # make the demo\n```\n"
+    )
+    (tmp_path / "Makefile").write_text("X := 1\ndemo: venv ## the demo\n\techo\nchaos:\n")
 
     # When the check runs over that repository
     stale = check_doc_paths.find_stale_references(tmp_path)
 
-    # Then exactly the five stale references are named, with their page and line
+    # Then exactly the six stale references are named, with their page and line
     assert [str(ref) for ref in stale] == [
         "docs/page.md:3: worker_runtime/old_keys.py",
         "docs/page.md:5: tests/worker_runtime/test_gone.py",
         "docs/page.md:7: test_a_vanished_behaviour",
         "docs/page.md:11: worker_runtime/queue.py",
         "README.md:1: docs/gone.md",
+        "README.md:2: make fast-demo",
     ]
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts/check_doc_paths.py"), str(tmp_path)],
