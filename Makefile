@@ -60,8 +60,9 @@ dist: deps venv ## wheel + sdist, the chart package (helm package) and SHA256SUM
 
 # The docs site (docs/ + mkdocs.yml) into site/. --strict fails on any warning: a broken link
 # or anchor between pages, a nav entry without its page, a page left out of the nav. Then every
-# repository path, test and make target the docs name must exist (scripts/check_doc_paths.py). External
-# http(s) links are NOT fetched (the build runs without network); `make test` runs both checks.
+# repository path, test, package-tree entry and make target the docs name must exist
+# (scripts/check_doc_paths.py). External http(s) links are NOT fetched (no network needed);
+# `make test` runs both checks (tests/test_docs_site.py).
 docs: venv ## the docs site in site/ (strict: broken links and stale repo paths fail the build)
 	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir site
 	$(PY) scripts/check_doc_paths.py

@@ -8,8 +8,9 @@ this checks what it cannot: the repository paths the prose names (in inline code
 test names ending in "_"), and the relative links of the README and the chart's README (outside
 the site), in docs/*.md, the README and the chart's README. In a fenced package tree (a line
 ``worker_runtime/   ...`` followed by entries indented two spaces, ``  keys.py   THE key
-schema``), every entry must exist under its folder. A ``make TARGET`` in inline code or a
-fenced block must name a target of the Makefile.
+schema``), every entry must exist under its folder and every module and sub-package of the
+folder must be listed. A ``make TARGET`` in inline code or a fenced block must name a target of
+the Makefile.
 
 A word counts as a repository path when its first segment is a top-level folder of the
 repository (not a build output such as dist/) and it names a file (it has a suffix such as
@@ -106,6 +107,43 @@ def tree_entries(
     return root, [root + n for n in names if re.fullmatch(r"[\w./*-]+", n)]
 
 
+def modules_of(folder: Path) -> set[str]:
+    """What a package tree of `folder` must list: its modules and sub-packages (not __init__)."""
+    names = {p.name for p in folder.glob("*.py") if not p.name.startswith("__init__")}
+    names |= {p.name + "/" for p in folder.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    return names
+
+
+def check_package_trees(repo: Path, doc: Path, top_dirs: frozenset[str]) -> list[StaleReference]:
+    """Each entry of a fenced package tree exists, and each module of its folder is listed."""
+    stale: list[StaleReference] = []
+    trees: dict[tuple[int, str], set[str]] = {}  # (line of the tree's header, folder) -> listed
+    in_fence, root, header_line = False, None, 0
+    for number, line in enumerate(doc.read_text().splitlines(), start=1):
+        if FENCE.match(line):
+            in_fence, root = not in_fence, None
+            continue
+        if not in_fence:
+            continue
+        new_root, listed = tree_entries(line, root, top_dirs)
+        if new_root is not None and new_root != root and not listed:
+            header_line = number
+            trees[(header_line, new_root)] = set()
+        root = new_root
+        for path in listed:
+            if not exists(repo, path):
+                stale.append(StaleReference(doc.relative_to(repo), number, path))
+            elif root is not None:
+                first = path[len(root) :].split("/", 1)
+                trees[(header_line, root)].add(first[0] + ("/" if len(first) > 1 else ""))
+    for (number, folder), entries in trees.items():
+        if (repo / folder).is_dir():
+            for name in sorted(modules_of(repo / folder) - entries):
+                missing = f"{folder}{name} (not in the package tree)"
+                stale.append(StaleReference(doc.relative_to(repo), number, missing))
+    return stale
+
+
 def collect_make_targets(repo: Path) -> frozenset[str]:
     makefile = repo / "Makefile"
     return (
@@ -128,33 +166,37 @@ def find_stale_references(repo: Path) -> list[StaleReference]:
     targets = collect_make_targets(repo)
     stale: list[StaleReference] = []
     for doc in docs_to_check(repo):
-        in_fence, tree_root = False, None
-        for number, line in enumerate(doc.read_text().splitlines(), start=1):
-            if FENCE.match(line):
-                in_fence, tree_root = not in_fence, None
-                continue
-            if in_fence:
-                tree_root, listed = tree_entries(line, tree_root, top_dirs)
-                for path in listed:
-                    if not exists(repo, path):
-                        stale.append(StaleReference(doc.relative_to(repo), number, path))
-            # In a fenced block only the command counts, not its comment ("# ... make the pool").
-            code = [line.split("#", 1)[0]] if in_fence else CODE_SPAN.findall(line)
-            for target in (t for c in code for t in MAKE_COMMAND.findall(c)):
-                if target not in targets:
-                    stale.append(StaleReference(doc.relative_to(repo), number, f"make {target}"))
-            for word in words_of(line):
-                if looks_like_repo_path(word, top_dirs) and not (repo / word).exists():
-                    stale.append(StaleReference(doc.relative_to(repo), number, word))
-            for name, suffix in TEST_NAME.findall(line):
-                if not tests.names(name, is_file=bool(suffix)):
-                    stale.append(StaleReference(doc.relative_to(repo), number, name + suffix))
-            for target in LINK.findall(line) if not in_fence else []:
-                target = target.split("#", 1)[0]
-                if not target or re.match(r"^[a-z][a-z0-9+.-]*:", target):
-                    continue  # an anchor on the same page, or an external/mailto link
-                if not (doc.parent / target).exists():
-                    stale.append(StaleReference(doc.relative_to(repo), number, target))
+        stale += sorted(check_lines(repo, doc, top_dirs, tests, targets), key=lambda r: r.line)
+    return stale
+
+
+def check_lines(
+    repo: Path, doc: Path, top_dirs: frozenset[str], tests: KnownTests, targets: frozenset[str]
+) -> list[StaleReference]:
+    """The stale references of one page: its package trees, then line by line."""
+    stale = check_package_trees(repo, doc, top_dirs)
+    page, in_fence = doc.relative_to(repo), False
+    for number, line in enumerate(doc.read_text().splitlines(), start=1):
+        if FENCE.match(line):
+            in_fence = not in_fence
+            continue
+        # In a fenced block only the command counts, not its comment ("# ... make the pool").
+        code = [line.split("#", 1)[0]] if in_fence else CODE_SPAN.findall(line)
+        for target in (t for c in code for t in MAKE_COMMAND.findall(c)):
+            if target not in targets:
+                stale.append(StaleReference(page, number, f"make {target}"))
+        for word in words_of(line):
+            if looks_like_repo_path(word, top_dirs) and not (repo / word).exists():
+                stale.append(StaleReference(page, number, word))
+        for name, suffix in TEST_NAME.findall(line):
+            if not tests.names(name, is_file=bool(suffix)):
+                stale.append(StaleReference(page, number, name + suffix))
+        for link in LINK.findall(line) if not in_fence else []:
+            link = link.split("#", 1)[0]
+            if not link or re.match(r"^[a-z][a-z0-9+.-]*:", link):
+                continue  # an anchor on the same page, or an external/mailto link
+            if not (doc.parent / link).exists():
+                stale.append(StaleReference(page, number, link))
     return stale
 
 

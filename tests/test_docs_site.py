@@ -100,16 +100,18 @@ def test_every_repository_path_and_test_the_docs_name_exists() -> None:
     assert [str(ref) for ref in stale] == []
 
 
-def test_a_stale_path_test_tree_entry_make_target_or_readme_link_is_each_named(
+def test_each_stale_path_test_tree_entry_make_target_or_readme_link_is_named(
     tmp_path: Path,
 ) -> None:
-    # Given a repository whose docs name existing things and six stale ones
+    # Given a repository whose docs name existing things and seven stale ones (one module
+    # the package tree leaves out)
     (tmp_path / "tests/worker_runtime").mkdir(parents=True)
     (tmp_path / "tests/worker_runtime/test_kept.py").write_text(
         "def test_a_kept_behaviour() -> None:\n    pass\n"
     )
     (tmp_path / "worker_runtime").mkdir()
     (tmp_path / "worker_runtime/keys.py").write_text("")
+    (tmp_path / "worker_runtime/unlisted.py").write_text("")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs/page.md").write_text(
         "The schema is `worker_runtime/keys.py`; see tests/worker_runtime/test_kept.py,\n"
@@ -130,11 +132,12 @@ def test_a_stale_path_test_tree_entry_make_target_or_readme_link_is_each_named(
     # When the check runs over that repository
     stale = check_doc_paths.find_stale_references(tmp_path)
 
-    # Then exactly the six stale references are named, with their page and line
+    # Then exactly the seven stale references are named, with their page and line
     assert [str(ref) for ref in stale] == [
         "docs/page.md:3: worker_runtime/old_keys.py",
         "docs/page.md:5: tests/worker_runtime/test_gone.py",
         "docs/page.md:7: test_a_vanished_behaviour",
+        "docs/page.md:9: worker_runtime/unlisted.py (not in the package tree)",
         "docs/page.md:11: worker_runtime/queue.py",
         "README.md:1: docs/gone.md",
         "README.md:2: make fast-demo",

@@ -2,7 +2,7 @@
 
 Who reads it:
 - the chart's RBAC templates (``charts/workerfleet/templates/rbac.yaml``) render exactly these
-  rules, each commented by the reason given here; ``tests/packaging/test_rbac.py`` renders the
+  rules, each commented by the reason given here; ``tests/packaging/test_chart_rbac.py`` renders the
   chart for a cluster-wide, a namespaced and a peering install and proves that the rendered
   rules grant every permission listed here and nothing beyond (no wildcards, secrets only
   ``get``, no exec/escalate/bind/impersonate);
