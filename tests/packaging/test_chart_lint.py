@@ -107,8 +107,30 @@ def test_a_values_file_violating_the_schema_fails_with_a_clear_message(
             ],
             "metrics.serviceMonitor.enabled needs metrics.service.enabled",
         ),
+        (["--set", "console.enabled=true"], "console.enabled needs console.auth.existingSecret"),
+        (
+            ["--set", "console.enabled=true", "--set", "console.auth.token=abc"],
+            "additional properties 'token' not allowed",
+        ),
+        (
+            [
+                "--set",
+                "console.enabled=true",
+                "--set",
+                "console.auth.existingSecret=t",
+                "--set",
+                "console.securityContext.readOnlyRootFilesystem=false",
+            ],
+            "readOnlyRootFilesystem",
+        ),
     ],
-    ids=["latest-tag", "servicemonitor-without-service"],
+    ids=[
+        "latest-tag",
+        "servicemonitor-without-service",
+        "console-without-authentication",
+        "console-token-as-a-value",
+        "console-writable-root-filesystem",
+    ],
 )
 def test_unsafe_combinations_are_refused_with_the_reason(
     helm: str, args: list[str], message: str
@@ -165,9 +187,12 @@ def test_the_image_defaults_to_the_app_version_and_a_digest_pins_it(render: Rend
         default["spec"]["template"]["spec"]["containers"][0]["image"]
         == f"workerfleet/operator:{chart['appVersion']}"
     )
-    (pinned,) = of_kind(render("monitoring"), "Deployment")
-    image = pinned["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert re.fullmatch(r"workerfleet/operator@sha256:[0-9a-f]{64}", image)
+    # The operator and (in these values) the console: one image, pinned for both.
+    pinned = of_kind(render("monitoring"), "Deployment")
+    assert len(pinned) == 2
+    for deployment in pinned:
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert re.fullmatch(r"workerfleet/operator@sha256:[0-9a-f]{64}", image)
 
 
 def test_the_crd_is_kept_on_uninstall_and_can_be_left_out(render: Render) -> None:

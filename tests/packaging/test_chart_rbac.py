@@ -45,9 +45,30 @@ MODES = {
 }
 
 
-def granted(manifests: list[Manifest]) -> set[tuple[str, str, str]]:
+CONSOLE_NEEDS = {
+    ("workerfleet.io", "workerpools", "get"),
+    ("workerfleet.io", "workerpools", "list"),
+    ("", "secrets", "get"),
+}
+CONSOLE_MODES = {
+    "cluster-wide": ("default", "--set", "console.enabled=true", "--set",
+                     "console.auth.existingSecret=t"),
+    "namespaced": ("console",),
+}  # fmt: skip
+# Every render whose roles must be free of wildcards and escalation: each operator mode, and
+# the console enabled in each scope.
+ALL_RENDERS = {
+    **{mode: args for mode, (args, _, _) in MODES.items()},
+    **{f"console-{mode}": args for mode, args in CONSOLE_MODES.items()},
+}
+
+
+def granted(manifests: list[Manifest], name: str | None = None) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every (Cluster)Role, or only of those called ``name``."""
     out: set[tuple[str, str, str]] = set()
     for role in (m for m in manifests if m["kind"] in ROLE_KINDS):
+        if name is not None and role["metadata"]["name"] != name:
+            continue
         for rule in role["rules"]:
             assert "nonResourceURLs" not in rule and "resourceNames" not in rule
             for group in rule["apiGroups"]:
@@ -69,10 +90,9 @@ def test_the_rendered_rules_grant_exactly_the_permissions_the_operator_needs(
     assert sorted(have - needed) == [], "beyond what the operator needs"
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ALL_RENDERS)
 def test_no_wildcards_no_escalation_and_secrets_only_get(render: Render, mode: str) -> None:
-    args, _, _ = MODES[mode]
-    have = granted(render(*args))
+    have = granted(render(*ALL_RENDERS[mode]))
     assert have  # the rules rendered at all
     assert {v for _, _, v in have} & FORBIDDEN_VERBS == set()
     assert {r for _, r, _ in have} & FORBIDDEN_RESOURCES == set()
@@ -108,10 +128,57 @@ def test_a_cluster_wide_install_binds_the_cluster_role_to_the_operator_only(rend
     ]
 
 
+# ------------------------------------------------------------------------------ the console
+
+
+@pytest.mark.parametrize("mode", CONSOLE_MODES)
+def test_the_console_may_only_list_pools_and_get_secrets(render: Render, mode: str) -> None:
+    manifests = render(*CONSOLE_MODES[mode])
+    assert granted(manifests, "workerfleet-console") == CONSOLE_NEEDS
+    # Enabling the console changes nothing the operator is granted.
+    needed = rbac.build_permission_set(cluster_wide=mode == "cluster-wide", peering=False)
+    assert granted(manifests, "workerfleet-operator") == needed
+
+
+@pytest.mark.parametrize("mode", CONSOLE_MODES)
+def test_the_console_role_is_bound_to_the_console_account_only_in_the_operator_scope(
+    render: Render, mode: str
+) -> None:
+    manifests = render(*CONSOLE_MODES[mode])
+    cluster_wide = mode == "cluster-wide"
+    roles = [m for m in manifests if m["kind"] in ROLE_KINDS and "console" in m["metadata"]["name"]]
+    bindings = [
+        m
+        for m in manifests
+        if m["kind"] in ("ClusterRoleBinding", "RoleBinding") and "console" in m["metadata"]["name"]
+    ]
+    assert {r["kind"] for r in roles} == {"ClusterRole" if cluster_wide else "Role"}
+    if not cluster_wide:
+        assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+        assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert bindings
+    for binding in bindings:
+        assert binding["roleRef"]["name"] == "workerfleet-console"
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "workerfleet-console", "namespace": NAMESPACE}
+        ]
+
+
+def test_no_console_rbac_without_the_console(render: Render) -> None:
+    for values_set in ("default", "namespaced"):
+        names = {m["metadata"]["name"] for m in render(values_set)}
+        assert "workerfleet-console" not in names
+
+
 def test_every_rule_in_the_template_is_commented_with_what_needs_it() -> None:
     lines = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
     rule_lines = [i for i, line in enumerate(lines) if line.strip().startswith("- apiGroups:")]
     assert len(rule_lines) >= len(rbac.REQUIRED_PERMISSIONS) - 1  # keda kinds may share a rule
+    console = (CHART / "templates" / "console-rbac.yaml").read_text().splitlines()
+    console_rules = [i for i, line in enumerate(console) if line.strip().startswith("- apiGroups:")]
+    assert len(console_rules) == 2
+    for i in console_rules:
+        assert console[i - 1].strip().startswith("#"), f"console rule at line {i + 1}"
     for i in rule_lines:
         above = lines[i - 1].strip()
         assert above.startswith("#") or above.startswith("{{- if"), (

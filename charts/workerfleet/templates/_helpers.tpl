@@ -77,3 +77,29 @@ app.kubernetes.io/component: operator
 {{- $ns := .Values.networkPolicy.workers.namespaces | default .Values.watchNamespaces }}
 {{- toJson $ns }}
 {{- end }}
+
+{{/* Name of the console's Deployment, pods, Service and RBAC objects. */}}
+{{- define "workerfleet.consoleName" -}}
+{{- printf "%s-console" (include "workerfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of the console pods (the operator's name and instance, component console). */}}
+{{- define "workerfleet.consoleSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "workerfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: console
+{{- end }}
+
+{{/* Labels on every console resource. */}}
+{{- define "workerfleet.consoleLabels" -}}
+{{ include "workerfleet.labels" . | replace "app.kubernetes.io/component: operator" "app.kubernetes.io/component: console" }}
+{{- end }}
+
+{{/* The console's ServiceAccount name. */}}
+{{- define "workerfleet.consoleServiceAccountName" -}}
+{{- if .Values.console.serviceAccount.create }}
+{{- default (include "workerfleet.consoleName" .) .Values.console.serviceAccount.name }}
+{{- else }}
+{{- required "console.serviceAccount.name is required when console.serviceAccount.create is false" .Values.console.serviceAccount.name }}
+{{- end }}
+{{- end }}

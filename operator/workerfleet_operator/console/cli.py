@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 SubParsers = Any
@@ -43,7 +44,11 @@ def register_commands(subparsers: SubParsers) -> None:
     )
     c.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG)")
     c.add_argument(
-        "--namespace", "-n", default=None, help="only this namespace's pools (with --kube)"
+        "--namespace",
+        "-n",
+        action="append",
+        default=None,
+        help="only this namespace's pools (with --kube; repeatable; default: every namespace)",
     )
     c.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     c.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
@@ -51,6 +56,13 @@ def register_commands(subparsers: SubParsers) -> None:
         "--token-env",
         default="WORKERFLEET_CONSOLE_TOKEN",
         help="environment variable holding the access token (default WORKERFLEET_CONSOLE_TOKEN)",
+    )
+    c.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="read the access token from this file instead (e.g. a mounted Secret); wins over "
+        "--token-env",
     )
     c.add_argument(
         "--auth-proxy-header",
@@ -67,6 +79,18 @@ def register_commands(subparsers: SubParsers) -> None:
     c.set_defaults(handler=cmd_console)
 
 
+def read_token(path: str | None, env_name: str, environ: Mapping[str, str]) -> str | None:
+    """The access token: the file's content (surrounding whitespace dropped), else the variable.
+
+    None when neither holds one. The chart mounts the token Secret as a file, so it is in no
+    environment a crash dump or ``/proc`` listing would show.
+    """
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    return environ.get(env_name) or None
+
+
 def cmd_console(args: argparse.Namespace) -> int:
     """Serve the console until interrupted."""
     try:
@@ -79,12 +103,16 @@ def cmd_console(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    token = os.environ.get(args.token_env) or None
+    try:
+        token = read_token(args.token_file, args.token_env, os.environ)
+    except OSError as exc:
+        print(f"workerfleet: cannot read the token file: {exc}", file=sys.stderr)
+        return 2
     try:
         auth = security.AuthSettings(token=token, proxy_header=args.auth_proxy_header)
     except ValueError:
         print(
-            f"workerfleet: set ${args.token_env} or pass --auth-proxy-header "
+            f"workerfleet: set ${args.token_env}, pass --token-file or --auth-proxy-header "
             "(the console never runs without authentication)",
             file=sys.stderr,
         )
@@ -94,7 +122,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         from workerfleet_operator.shell import inventory
 
         try:
-            source = sources.KubeSource(args.kubeconfig, args.namespace)
+            source = sources.KubeSource(args.kubeconfig, args.namespace or ())
         except inventory.InventoryError as exc:
             print(f"workerfleet: {exc}", file=sys.stderr)
             return 2

@@ -183,24 +183,29 @@ class KubeSource:
     itself, with the URL from the pool's Secret, kept in memory only.
     """
 
-    def __init__(self, kubeconfig: str | None, namespace: str | None) -> None:
+    def __init__(self, kubeconfig: str | None, namespaces: Sequence[str] = ()) -> None:
         from workerfleet_operator.shell import inventory
 
         self._login = inventory.build_login(kubeconfig)
-        self._namespace = namespace
+        # Empty: every namespace (a cluster-wide list); else only these, one list each (what a
+        # namespaced install's Roles allow).
+        self._namespaces = tuple(dict.fromkeys(namespaces))
         self._clients: dict[str, Any] = {}
 
     async def fetch_pools(self) -> list[PoolView]:
         from workerfleet_operator.shell import inventory
 
-        bodies = await inventory.fetch_workerpools(self._login.client, self._namespace)
-        return [inventory.build_pool_view(b) for b in bodies]
+        scopes: Sequence[str | None] = self._namespaces or (None,)
+        listed = await asyncio.gather(
+            *(inventory.fetch_workerpools(self._login.client, ns) for ns in scopes)
+        )
+        return [inventory.build_pool_view(b) for bodies in listed for b in bodies]
 
     async def fetch_queue_client(self, key: str) -> tuple[Any, str]:
         from workerfleet_operator.shell import inventory
 
         namespace, _, name = key.partition("/")
-        if not name or (self._namespace is not None and namespace != self._namespace):
+        if not name or (self._namespaces and namespace not in self._namespaces):
             raise PoolNotFoundError(key)
         try:
             body = await inventory.fetch_workerpool(self._login.client, namespace, name)

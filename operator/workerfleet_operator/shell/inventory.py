@@ -3,7 +3,8 @@
 Called by ``workerfleet pools`` (:mod:`workerfleet_operator.shell.pools_cli`), by the queue and
 dlq commands' ``--pool NAMESPACE/NAME`` and by the web console's cluster source. Talks to the
 API server through the operator's own client (:mod:`workerfleet_operator.shell.kube`) with the
-user's kubeconfig; reads only (WorkerPools, and a pool's Secret when its queue is asked for).
+user's kubeconfig, or in a pod (the chart's console Deployment) its service account; reads only
+(WorkerPools, and a pool's Secret when its queue is asked for).
 """
 
 from __future__ import annotations
@@ -29,23 +30,78 @@ class KubeLogin:
     namespace: str
 
 
-def find_kubeconfig(path: str | None) -> str:
-    """The kubeconfig to use: ``path``, else the first of ``$KUBECONFIG``, else ~/.kube/config."""
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where the kubelet mounts a pod's service-account token, cluster CA and namespace."""
+
+
+def find_kubeconfig(path: str | None) -> str | None:
+    """The kubeconfig to use: ``path``, else the first of ``$KUBECONFIG``, else ~/.kube/config.
+
+    None when there is none and no path was named (a pod may then use its service account).
+    """
     candidates = [path] if path else []
     candidates += [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     candidates.append(os.path.expanduser("~/.kube/config"))
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
-    raise InventoryError("no kubeconfig: pass --kubeconfig or set KUBECONFIG")
+    if path:
+        raise InventoryError(f"no kubeconfig at {path}")
+    return None
 
 
-def build_login(kubeconfig: str | None) -> KubeLogin:
-    """A read client for the kubeconfig's current context (as the operator logs in)."""
+def build_login(
+    kubeconfig: str | None,
+    environ: Mapping[str, str] = os.environ,
+    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+) -> KubeLogin:
+    """A read client for the kubeconfig's current context (as the operator logs in).
+
+    Without a kubeconfig, a pod's service account (the chart's console Deployment runs so);
+    without either, an error that says what to pass.
+    """
     from workerfleet_operator.shell import handlers
 
-    info = handlers.build_connection_info(find_kubeconfig(kubeconfig))
+    path = find_kubeconfig(kubeconfig)
+    if path is not None:
+        info = handlers.build_connection_info(path)
+    else:
+        found = build_service_account_info(environ, service_account_dir)
+        if found is None:
+            raise InventoryError("no kubeconfig: pass --kubeconfig or set KUBECONFIG")
+        info = found
     return KubeLogin(kube.KubeClient(info), info.default_namespace or "default")
+
+
+def build_service_account_info(environ: Mapping[str, str], directory: str) -> Any:
+    """kopf credentials of the pod's service account, or None outside a pod.
+
+    The API server address comes from KUBERNETES_SERVICE_HOST/PORT (as the operator's login:
+    no cluster DNS needed); the token, CA and namespace from the files the kubelet mounts.
+    """
+    import kopf
+
+    from workerfleet_operator.shell import handlers
+
+    server = handlers.build_in_cluster_server(environ)
+    token_path = os.path.join(directory, "token")
+    if server is None or not os.path.isfile(token_path):
+        return None
+    with open(token_path, encoding="utf-8") as handle:
+        token = handle.read().strip()
+    namespace_path = os.path.join(directory, "namespace")
+    namespace = None
+    if os.path.isfile(namespace_path):
+        with open(namespace_path, encoding="utf-8") as handle:
+            namespace = handle.read().strip() or None
+    ca_path = os.path.join(directory, "ca.crt")
+    return kopf.ConnectionInfo(
+        server=server,
+        ca_path=ca_path if os.path.isfile(ca_path) else None,
+        scheme="Bearer",
+        token=token,
+        default_namespace=namespace,
+    )
 
 
 def parse_pool_name(text: str, default_namespace: str) -> tuple[str, str]:
