@@ -8,11 +8,16 @@ Subcommands come in groups. A group is a function that adds its subparsers to th
 namespace and returning the exit code) through ``set_defaults``. Registering a group must stay
 cheap: import heavy modules inside the handlers, never at registration. To add a group (the
 operator, ``run``, ``demo``), append its registrar to :data:`COMMAND_GROUPS`.
+
+Shell completion is argcomplete's: ``workerfleet completion bash|zsh|fish`` prints the shell
+code, which runs ``workerfleet`` with ``_ARGCOMPLETE`` set; :func:`main` then answers from the
+same parser (so every registered command and flag completes) and exits before parsing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -58,12 +63,37 @@ def _register_console_commands(subparsers: SubParsers) -> None:
     console_cli.register_commands(subparsers)
 
 
+COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+def _register_completion_command(subparsers: SubParsers) -> None:
+    # `completion SHELL`: argcomplete's shell code for `workerfleet`.
+    c = subparsers.add_parser(
+        "completion",
+        help="print shell completion code (bash, zsh, fish)",
+        description="Print the code that makes SHELL complete workerfleet's commands and flags. "
+        'bash: eval "$(workerfleet completion bash)" in ~/.bashrc; zsh: the same with zsh in '
+        "~/.zshrc; fish: workerfleet completion fish | source.",
+    )
+    c.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell to complete in")
+    c.set_defaults(handler=cmd_completion)
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print argcomplete's completion code for ``workerfleet`` in ``args.shell``."""
+    from argcomplete import shell_integration
+
+    sys.stdout.write(shell_integration.shellcode(["workerfleet"], shell=args.shell))
+    return 0
+
+
 COMMAND_GROUPS: list[CommandGroup] = [
     _register_runtime_commands,
     _register_local_commands,
     _register_operator_commands,
     _register_pools_commands,
     _register_console_commands,
+    _register_completion_command,
 ]
 
 
@@ -94,6 +124,11 @@ def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentP
 def main(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code."""
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        # A shell asks for completions: argcomplete answers and exits (imported only then).
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     handler = getattr(args, "handler", None)
     if handler is None:

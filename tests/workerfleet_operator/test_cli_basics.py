@@ -1,11 +1,13 @@
-"""Command-line basics: ``--version``, log levels in any case, ``queue jobs --in-flight``,
-and ``dlq`` triage filters, run as the installed ``workerfleet`` against a real redis-server."""
+"""Command-line basics: ``--version``, shell completion, log levels in any case, ``queue jobs
+--in-flight``, and ``dlq`` triage filters, run as the installed ``workerfleet`` against a real
+redis-server (completion in a real bash)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,48 @@ def test_version_prints_the_installed_version() -> None:
 
     done = run("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"workerfleet {version('workerfleet')}"
+
+
+def complete_in_bash(line: str) -> list[str]:
+    """What bash offers for ``line`` (cursor at its end) with the completion code loaded."""
+    bash = shutil.which("bash")
+    assert bash is not None, "bash is not installed"
+    script = (
+        "source <(workerfleet completion bash) || exit 3\n"
+        'COMP_LINE="$LINE"; COMP_POINT=${#LINE}; read -r -a COMP_WORDS <<< "$LINE"\n'
+        '[[ "$LINE" == *" " ]] && COMP_WORDS+=("")\n'
+        "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n"
+        "_python_argcomplete workerfleet\n"
+        'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    env = {
+        "PATH": f"{Path(WORKERFLEET).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LINE": line,
+    }
+    done = subprocess.run(
+        [bash, "--norc", "--noprofile", "-c", script],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [w.strip() for w in done.stdout.splitlines() if w.strip()]
+
+
+def test_the_completion_command_prints_shell_code_for_each_shell() -> None:
+    for shell in ("bash", "zsh", "fish"):
+        done = run("completion", shell)
+        assert done.returncode == 0, done.stderr
+        assert "workerfleet" in done.stdout and "_ARGCOMPLETE" in done.stdout
+    assert run("completion", "csh").returncode == 2  # not a supported shell
+
+
+def test_bash_completes_a_subcommand_and_its_subcommands() -> None:
+    # Given bash with `workerfleet completion bash` loaded
+    # When a user types a prefix of a command and presses tab
+    # Then bash offers the command, and under `dlq` its subcommands
+    assert complete_in_bash("workerfleet con") == ["console"]
+    assert set(complete_in_bash("workerfleet dlq ")) >= {"ls", "show", "replay", "purge", "summary"}
+    assert "--allow-writes" in complete_in_bash("workerfleet console --allow")
 
 
 @pytest.mark.parametrize("level", ["DEBUG", "Info", "WARNING", "error"])
