@@ -196,7 +196,8 @@ PY_ENV=(--config.env=PYTHONDONTWRITEBYTECODE=1 --config.env=PYTHONUNBUFFERED=1 -
 build_operator() {
   local key
   key=$(hash_inputs pyproject.toml README.md worker_runtime operator/workerfleet_operator)
-  build_python_image workerfleet-operator "$key" /opt/workerfleet "[operator]" "" "" -- \
+  # The console extra too: the chart's opt-in console Deployment runs this image.
+  build_python_image workerfleet-operator "$key" /opt/workerfleet "[operator,console]" "" "" -- \
     "${PY_ENV[@]}" --config.env=PATH=/opt/workerfleet/bin:$SYSTEM_PATH \
     --config.exposedports=8080/tcp --config.exposedports=9090/tcp \
     --config.entrypoint=workerfleet --config.cmd=operator

@@ -50,6 +50,23 @@ def test_the_operator_image_runs_workerfleet_operator() -> None:
     assert json.loads(stage["CMD"]) == ["operator"]
 
 
+def test_the_operator_image_carries_the_console_as_both_builds_install_it() -> None:
+    # The chart's console Deployment runs `workerfleet console` from the operator image: the
+    # Dockerfile and the engine-free builder (scripts/build-images.sh) install the same extras.
+    (install,) = [
+        args
+        for word, args in packaging_support.read_instructions(OPERATOR)
+        if "pip install" in args
+    ]
+    extras = re.search(r"\.\[([a-z,]+)\]", install)
+    assert extras is not None and set(extras[1].split(",")) == {"operator", "console"}
+    script = (ROOT / "scripts" / "build-images.sh").read_text()
+    built = re.search(
+        r'build_python_image workerfleet-operator "\$key" \S+ "\[([a-z,]+)\]"', script
+    )
+    assert built is not None and set(built[1].split(",")) == {"operator", "console"}
+
+
 @pytest.mark.parametrize("path", [OPERATOR, WORKER], ids=["operator", "worker"])
 def test_the_final_stage_runs_as_numeric_non_root_uid_10001(path: Path) -> None:
     users = [args for word, args in packaging_support.read_final_stage(path) if word == "USER"]
