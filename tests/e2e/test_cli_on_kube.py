@@ -2,7 +2,9 @@
 
 A live operator (the shared ``operator`` fixture) measures a real queue and writes its numbers
 into the WorkerPool's status; the CLI, run as a process with the admin kubeconfig, must list
-them, and must find a pool's queue and Secret for the dlq commands.
+them, and must find a pool's queue and Secret for the dlq commands. The web console runs as the
+chart's console ServiceAccount (its RBAC applied from the chart, a TokenRequest token), so the
+chart's least-privilege rules are what it reads the cluster with.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import html
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio
 import requests
+import yaml
 
 from tests.conftest import RedisServer
 from tests.e2e import kubecluster
@@ -110,11 +114,33 @@ def test_pools_lists_every_pool_with_the_numbers_the_operator_measured_and_pool_
     kube_cluster.kubectl("delete", "wp", "cli-pools", "-n", pools_namespace)
 
 
+CONSOLE_RELEASE = "wfc"  # a second render of the chart: only its console identity is applied
+IDENTITY_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def apply_console_identity(cluster: kubecluster.KubeCluster, namespace: str, workdir: Path) -> Path:
+    """The chart's console ServiceAccount and RBAC (namespaced on ``namespace``), applied;
+    returns a kubeconfig authenticating as that ServiceAccount."""
+    rendered = cluster.helm(
+        "template", CONSOLE_RELEASE, str(wf.CHART), "-n", wf.SYSTEM_NAMESPACE,
+        "--set", "console.enabled=true", "--set", "console.auth.existingSecret=unused",
+        "--set", f"watchNamespaces={{{namespace}}}",
+        "--show-only", "templates/console.yaml", "--show-only", "templates/console-rbac.yaml",
+    ).stdout  # fmt: skip
+    identity = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in IDENTITY_KINDS]
+    assert {d["kind"] for d in identity} == {"ServiceAccount", "Role", "RoleBinding"}
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(identity))
+    account = f"{CONSOLE_RELEASE}-workerfleet-console"
+    token = cluster.fetch_service_account_token(wf.SYSTEM_NAMESPACE, account)
+    return cluster.write_kubeconfig(workdir / "console.kubeconfig", token, account)
+
+
 def test_the_console_shows_workerpools_with_status_conditions_and_the_scaling_decision(
     kube_cluster: kubecluster.KubeCluster,
     operator: wf.Operator,
     pools_namespace: str,
     redis_server: RedisServer,
+    tmp_path: Path,
 ) -> None:
     from tests.workerfleet_operator import console_support as cs
 
@@ -131,11 +157,13 @@ def test_the_console_shows_workerpools_with_status_conditions_and_the_scaling_de
         ),  # type: ignore[union-attr]
         timeout_seconds=90,
     )
-    # When the console reads the cluster through the kubeconfig
+    # When the console reads the cluster as the chart's console ServiceAccount (get/list
+    # workerpools, get secrets in the watched namespace; nothing else)
+    kubeconfig = apply_console_identity(kube_cluster, pools_namespace, tmp_path)
     console = cs.ConsoleProcess(
         "", [], allow_writes=False,
         extra_args=["--kube", "--namespace", pools_namespace],
-        extra_env={"KUBECONFIG": str(kube_cluster.kubeconfig)},
+        extra_env={"KUBECONFIG": str(kubeconfig)},
     )  # fmt: skip
     try:
         auth = {"Authorization": f"Bearer {cs.TOKEN}"}
