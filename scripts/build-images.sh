@@ -52,7 +52,7 @@ new_workdir() { WORK=$(mktemp -d "$CACHE/build-$1.XXXX"); WORKDIRS+=("$WORK"); }
 # hash_inputs FILE... -> one sha256 over the listed files' paths and contents (plus this script)
 hash_inputs() {
   { sha256sum "$ROOT/scripts/build-images.sh" | cut -d' ' -f1; echo "$SUITE"
-    find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; } |
+    find -L "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum; } |
     sha256sum | cut -c1-16
 }
 
@@ -84,7 +84,9 @@ build_project_wheels() {
   src=$(dirname "$dir")/src
   mkdir -p "$dir" "$src/operator"
   cp -r pyproject.toml README.md worker_runtime "$src/"
-  cp -r operator/workerfleet_operator "$src/operator/"
+  # -L: operator/workerfleet_operator/data/ holds links to files elsewhere in the repo (the
+  # demo's tasks and pool, the fast alert rules) that the wheel carries as package data.
+  cp -rL operator/workerfleet_operator "$src/operator/"
   find "$src" -name __pycache__ -prune -exec rm -rf {} +
   local pip=("$PY_BIN" -m pip --quiet --disable-pip-version-check)
   "${pip[@]}" wheel --no-deps --wheel-dir "$dir" "$src" >&2
