@@ -34,6 +34,8 @@ import redis.exceptions
 import redis.retry
 import redis.sentinel
 
+from worker_runtime import errors
+
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 
@@ -52,7 +54,7 @@ SCHEMES: dict[str, tuple[str, bool]] = {
 _DEFAULT_PORTS = {"single": 6379, "cluster": 6379, "sentinel": 26379}
 
 
-class InvalidRedisURL(ValueError):
+class InvalidRedisURL(errors.InvalidBrokerURL):
     """A Redis URL that cannot work; the message says why and never contains the URL."""
 
 

@@ -13,7 +13,6 @@ import base64
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
@@ -21,6 +20,7 @@ import redis.asyncio.cluster
 import redis.client
 
 from worker_runtime import keys, scripts
+from worker_runtime.brokers import base
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
@@ -31,48 +31,8 @@ LIST_BATCH = 1000
 """Most dead-letter records one list script call returns."""
 
 
-@dataclass(frozen=True)
-class FailureRecord:
-    """One failure in a job's history."""
-
-    error_type: str
-    message: str
-    traceback: str
-    worker_id: str
-    at: float
-    attempt: int
-    delivery: int
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One dead-lettered job with its payload and full failure history."""
-
-    job_id: str
-    task: str | None
-    reason: str
-    priority: str
-    dead_lettered_at: float
-    attempts: int
-    deliveries: int
-    lost: int
-    worker_id: str
-    correlation_id: str | None
-    first_failure_at: float | None
-    last_failure_at: float | None
-    history: tuple[FailureRecord, ...]
-    envelope_raw: str
-    """The stored envelope as text; bytes that are not UTF-8 appear escaped (``\\xe9``)."""
-    envelope_base64: str | None = None
-    """The envelope's exact bytes (base64) when they are not UTF-8; None otherwise."""
-
-    @property
-    def payload(self) -> Any:
-        """The job's payload, or None when the envelope is not JSON."""
-        try:
-            return json.loads(self.envelope_raw).get("payload")
-        except (ValueError, AttributeError):
-            return None
+FailureRecord = base.FailureRecord
+DeadLetter = base.DeadLetter
 
 
 def _text(value: Any) -> str:

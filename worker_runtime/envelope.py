@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import pydantic
 
+from worker_runtime import errors
+
 SCHEMA_VERSION = 1
 
 
@@ -46,13 +48,7 @@ class JobEnvelope(pydantic.BaseModel):
     expires_at: float | None = None
 
 
-class EnvelopeError(ValueError):
-    """An envelope that cannot be run; ``reason`` is what the DLQ records."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+EnvelopeError = errors.EnvelopeError
 
 
 def parse_envelope(raw: str | bytes) -> JobEnvelope:

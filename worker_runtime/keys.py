@@ -50,8 +50,10 @@ key                            type    contents
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
+from worker_runtime import errors
+from worker_runtime.brokers import base
 
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
 """Priority levels, most urgent first; fetch reads the streams in this order."""
@@ -59,20 +61,8 @@ PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
 GROUP = "workers"
 """The consumer group on every ready stream."""
 
-_QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-
-
-class InvalidQueueName(ValueError):
-    """A queue name that would break the hash tag or the key schema."""
-
-
-def build_queue_name(name: str) -> str:
-    """Validate a queue name: braces would break the cluster hash tag, so only a safe alphabet."""
-    if not _QUEUE_NAME.match(name):
-        raise InvalidQueueName(
-            f"queue name {name!r} must match {_QUEUE_NAME.pattern} (letters, digits, . _ : -)"
-        )
-    return name
+InvalidQueueName = errors.InvalidQueueName
+build_queue_name = base.validate_queue_name
 
 
 def build_prefix(queue: str) -> str:

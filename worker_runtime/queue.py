@@ -19,10 +19,8 @@ import dataclasses
 import json
 import math
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Collection, Container, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 import pydantic
@@ -33,6 +31,7 @@ import redis.exceptions
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import expiry, scripts
 from worker_runtime import keys as keys_mod
+from worker_runtime.brokers import base
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
@@ -45,49 +44,10 @@ MAX_FETCH = 1000
 PROMOTE_LIMIT = 1000
 """Due delayed jobs moved to the ready streams per fetch (bounds the script's run time)."""
 
-ENQUEUE_DEDUP_SECONDS = 300.0
-"""How long a queue remembers an enqueued job id: a re-sent enqueue of it is a no-op.
-
-redis-py re-sends a command whose reply timed out or was cut (producers keep that: their
-enqueue must not fail on a blip). The job's envelope is gone once it ran, so without this
-window the re-send would run a finished job again. 300 s covers the client's re-sends (a few
-seconds) and an application's own retry loop; a longer horizon is what idempotency keys are for.
-Costs one sorted-set entry per job enqueued in the window (about 140 bytes, measured)."""
-
-TRACEBACK_KEEP = 4000
-"""Characters of traceback kept per failure (the end, where the error is)."""
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """A global rate limit shared by all workers of a queue: ``jobs`` starts per ``per_seconds``."""
-
-    jobs: int
-    per_seconds: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.jobs < 1 or self.per_seconds <= 0:
-            raise ValueError("a rate limit needs jobs >= 1 and per_seconds > 0")
-
-
-@dataclass(frozen=True)
-class QueueOptions:
-    """Per-queue engine settings (from WorkerSettings / the WorkerPool spec)."""
-
-    lease_seconds: float = 30.0
-    max_deliveries: int = 5
-    dlq_max_length: int = 100_000
-    dlq_retention_seconds: float = 604_800.0
-    rate_limit: RateLimit | None = None
-    enqueue_dedup_seconds: float = ENQUEUE_DEDUP_SECONDS
-
-    def __post_init__(self) -> None:
-        if self.lease_seconds <= 0:
-            raise ValueError("lease_seconds must be positive")
-        if not 0 <= self.enqueue_dedup_seconds < math.inf:
-            raise ValueError("enqueue_dedup_seconds must be a finite number >= 0")
-        if self.max_deliveries < 1:
-            raise ValueError("max_deliveries must be at least 1")
+RateLimit = base.RateLimit
+QueueOptions = base.QueueOptions
+ENQUEUE_DEDUP_SECONDS = base.ENQUEUE_DEDUP_SECONDS
+TRACEBACK_KEEP = base.TRACEBACK_KEEP
 
 
 Token = str
@@ -109,31 +69,9 @@ class Job:
     fetched_at: float
 
 
-@dataclass(frozen=True)
-class Failure:
-    """One handler failure, appended to the job's history (the server adds time and counts)."""
-
-    error_type: str
-    message: str
-    traceback: str = ""
-    worker_id: str = ""
-
-
-@dataclass(frozen=True)
-class EnqueueRequest:
-    """One job to enqueue: the envelope and how it enters the queue."""
-
-    envelope: envelope_mod.JobEnvelope
-    delay_seconds: float = 0.0
-    idempotency_ttl_seconds: float | None = None
-
-
-@dataclass(frozen=True)
-class EnqueueResult:
-    """The job id a request resolved to; ``created`` is False when deduplicated."""
-
-    job_id: str
-    created: bool
+Failure = base.Failure
+EnqueueRequest = base.EnqueueRequest
+EnqueueResult = base.EnqueueResult
 
 
 @dataclass(frozen=True)
@@ -147,45 +85,9 @@ class RenewResult:
     lost_jobs: tuple[Job, ...] = ()
 
 
-@dataclass(frozen=True)
-class WorkerBeat:
-    """What a worker writes as its heartbeat (readers get ``stats.WorkerHeartbeat``)."""
-
-    worker_id: str
-    pod_name: str
-    concurrency: int
-    in_flight: int
-    processed: int
-    busy_seconds: float
-    started_at: float
-    oldest_job_started_at: float | None
-    draining: bool
-    ttl_seconds: float
-
-
-class DeadLetterReason(StrEnum):
-    """Why a job went to the DLQ (the ``reason`` of its record and of metrics)."""
-
-    MAX_ATTEMPTS = "max_attempts"
-    MAX_DELIVERIES = "max_deliveries"
-    NON_RETRYABLE = "non_retryable"
-    UNKNOWN_TASK = "unknown_task"
-    INVALID_PAYLOAD = "invalid_payload"
-    INVALID_ENVELOPE = "invalid_envelope"
-    UNPARSEABLE_JSON = "unparseable_json"
-    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
-    EXPIRED = "expired"
-
-
-def build_failure(exc: BaseException, *, worker_id: str = "") -> Failure:
-    """A failure record from an exception, with the end of its traceback."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return Failure(
-        error_type=type(exc).__qualname__,
-        message=str(exc)[:2000],
-        traceback=tb[-TRACEBACK_KEEP:],
-        worker_id=worker_id,
-    )
+WorkerBeat = base.WorkerBeat
+DeadLetterReason = base.DeadLetterReason
+build_failure = base.build_failure
 
 
 def build_failure_json(failure: Failure, *, retry_in_seconds: float | None = None) -> str:

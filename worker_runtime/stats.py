@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -18,48 +17,10 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from worker_runtime import keys, scripts
+from worker_runtime.brokers import base
 
-
-@dataclass(frozen=True)
-class WorkerHeartbeat:
-    """One live worker, as its last heartbeat described it."""
-
-    worker_id: str
-    pod_name: str
-    concurrency: int
-    in_flight: int
-    processed: int
-    busy_seconds: float
-    started_at: float
-    last_seen: float
-    oldest_job_started_at: float | None
-    draining: bool
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """A consistent snapshot of one queue (all numbers from the same instant)."""
-
-    queue: str
-    now: float
-    backlog: int
-    due_delayed: int
-    future_delayed: int
-    in_flight: int
-    dead_letter: int
-    oldest_job_age_seconds: float
-    enqueued_total: int
-    completed_total: int
-    failed_total: int
-    retried_total: int
-    dead_lettered_total: int
-    workers_lost_total: int
-    workers_expired: int
-    workers: tuple[WorkerHeartbeat, ...]
-    maxmemory_policy: str | None = None
-    """The server's ``maxmemory-policy``; None when it could not be read (no INFO right)."""
-    oldest_dead_letter_age_seconds: float = 0.0
-    """How long the oldest entry of the DLQ has waited there (0 when the DLQ is empty)."""
+WorkerHeartbeat = base.WorkerHeartbeat
+QueueStats = base.QueueStats
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,539 @@
+"""The broker seam: what a queue backend promises the worker, producer, operator and CLI.
+
+Every backend (``brokers/redis``, ``brokers/memory``, and the RabbitMQ and SQS ones) implements
+the protocols here; the worker (:mod:`worker_runtime.worker`), the producer, the CLI and the
+operator program against them only. This module imports no client library (no redis-py,
+aio-pika or botocore: an import-linter contract holds it to that), so the operator's pure
+autoscaling core can read :class:`QueueStats` without pulling a client in.
+
+The model, in one paragraph. ``enqueue`` stores a job (an :class:`~worker_runtime.envelope.
+JobEnvelope`). ``fetch`` hands it to one worker as a :class:`Delivery`: a lease on the job until
+``lease_deadline``, identified by ``(id, receipt)``. The receipt is opaque to callers (Redis: a
+fencing token ``<epoch>:<n>``; RabbitMQ: the channel's delivery tag; SQS: the receipt handle);
+callers only keep it, compare it and hand the delivery back. Exactly one settling call ends a
+delivery: ``ack`` (done), ``retry`` (failed, run again after a delay: one attempt spent),
+``dead_letter`` (give up: into the DLQ with the job's failure history) or ``release`` (put back
+untouched, e.g. on drain: no attempt spent). A lease not renewed (``renew``) before its deadline
+expires: the job is delivered again to someone (a *lost* delivery) and after
+``QueueOptions.max_deliveries`` deliveries it is dead-lettered as poison. A settling call made
+with a delivery that is no longer current (its lease expired and the job went to someone else,
+or it was already settled) returns False and changes nothing: that is the *fence*, and it is
+what makes re-sending a settling call after :class:`~worker_runtime.errors.BrokerUnavailable`
+safe. Where a backend cannot keep a promise fully it says so in its :class:`Capabilities`, and
+the contract suite (``tests/worker_runtime/brokers/test_contract.py``) skips the check with
+that reason.
+
+Errors: every method raises only :mod:`worker_runtime.errors` classes for broker trouble
+(:class:`~worker_runtime.errors.BrokerUnavailable` when no reply came, so the call may have been
+applied; :class:`~worker_runtime.errors.BrokerRejected` when the broker refused), never its
+client library's exceptions. ``ValueError`` still means a bad argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import math
+import re
+import traceback
+from collections.abc import Collection, Container, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from worker_runtime import envelope as envelope_mod
+from worker_runtime import errors, expiry
+
+# -- names ----------------------------------------------------------------------------------
+
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+"""Every queue name, on every broker and in the WorkerPool CRD: no braces (they would break
+Redis Cluster hash tags), no slashes or spaces (RabbitMQ and SQS names stay valid), ≤ 128."""
+
+_QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN)
+
+
+def validate_queue_name(name: str) -> str:
+    """Return ``name`` when it matches :data:`QUEUE_NAME_PATTERN`, else raise
+    :class:`~worker_runtime.errors.InvalidQueueName`."""
+    if not _QUEUE_NAME.match(name):
+        raise errors.InvalidQueueName(
+            f"queue name {name!r} must match {QUEUE_NAME_PATTERN} (letters, digits, . _ : -)"
+        )
+    return name
+
+
+Receipt = str
+"""A delivery's opaque handle (Redis: fencing token; RabbitMQ: delivery tag; SQS: receipt
+handle). Callers never parse it; they compare it and send it back."""
+
+TRACEBACK_KEEP = 4000
+"""Characters of traceback kept per failure (the end, where the error is)."""
+
+
+# -- what goes in and comes out ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A global rate limit shared by all workers of a queue: ``jobs`` starts per ``per_seconds``."""
+
+    jobs: int
+    per_seconds: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1 or self.per_seconds <= 0:
+            raise ValueError("a rate limit needs jobs >= 1 and per_seconds > 0")
+
+
+ENQUEUE_DEDUP_SECONDS = 300.0
+"""How long a queue remembers an enqueued job id: a re-sent enqueue of it is a no-op.
+
+A client re-sends an enqueue whose reply timed out or was cut (producers keep that: their
+enqueue must not fail on a blip). The job's envelope is gone once it ran, so without this
+window the re-send would run a finished job again. 300 s covers the client's re-sends (a few
+seconds) and an application's own retry loop; a longer horizon is what idempotency keys are for."""
+
+
+@dataclass(frozen=True)
+class QueueOptions:
+    """Per-queue settings every broker honours (from WorkerSettings / the WorkerPool spec)."""
+
+    lease_seconds: float = 30.0
+    max_deliveries: int = 5
+    dlq_max_length: int = 100_000
+    dlq_retention_seconds: float = 604_800.0
+    rate_limit: RateLimit | None = None
+    enqueue_dedup_seconds: float = ENQUEUE_DEDUP_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        if not 0 <= self.enqueue_dedup_seconds < math.inf:
+            raise ValueError("enqueue_dedup_seconds must be a finite number >= 0")
+        if self.max_deliveries < 1:
+            raise ValueError("max_deliveries must be at least 1")
+
+
+@dataclass(frozen=True)
+class EnqueueRequest:
+    """One job to enqueue: the envelope and how it enters the queue."""
+
+    envelope: envelope_mod.JobEnvelope
+    delay_seconds: float = 0.0
+    idempotency_ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    """The job id a request resolved to; ``created`` is False when deduplicated."""
+
+    job_id: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a job to one worker: a lease until ``lease_deadline``.
+
+    ``(id, receipt)`` names the delivery: a job delivered twice (its first lease expired) has
+    two deliveries with different receipts, and only the current one settles. ``attempts``
+    counts the failed runs recorded so far (retries and counted dead-letters), ``deliveries``
+    the times the job was handed out including this one, ``lost`` the deliveries that ended
+    without any settling call (lease expired, worker killed). Times are epoch seconds of the
+    broker's clock (``fetched_at``: when this delivery was made).
+    """
+
+    id: str
+    receipt: Receipt
+    envelope: envelope_mod.JobEnvelope
+    attempts: int
+    deliveries: int
+    lease_deadline: float
+    lost: int = 0
+    fetched_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One handler failure, appended to the job's history (the broker adds time and counts)."""
+
+    error_type: str
+    message: str
+    traceback: str = ""
+    worker_id: str = ""
+
+
+def build_failure(exc: BaseException, *, worker_id: str = "") -> Failure:
+    """A failure record from an exception, with the end of its traceback."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return Failure(
+        error_type=type(exc).__qualname__,
+        message=str(exc)[:2000],
+        traceback=tb[-TRACEBACK_KEEP:],
+        worker_id=worker_id,
+    )
+
+
+class DeadLetterReason(StrEnum):
+    """Why a job went to the DLQ (the ``reason`` of its record and of metrics)."""
+
+    MAX_ATTEMPTS = "max_attempts"
+    MAX_DELIVERIES = "max_deliveries"
+    NON_RETRYABLE = "non_retryable"
+    UNKNOWN_TASK = "unknown_task"
+    INVALID_PAYLOAD = "invalid_payload"
+    INVALID_ENVELOPE = "invalid_envelope"
+    UNPARSEABLE_JSON = "unparseable_json"
+    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True)
+class LeaseRenewal:
+    """What one ``renew`` call found: deliveries whose lease was extended, and those lost
+    (their lease had expired and the job went to someone else, or it was settled)."""
+
+    kept: tuple[Delivery, ...]
+    lost: tuple[Delivery, ...]
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """What a worker writes as its heartbeat (readers get :class:`WorkerHeartbeat`)."""
+
+    worker_id: str
+    pod_name: str
+    concurrency: int
+    in_flight: int
+    processed: int
+    busy_seconds: float
+    started_at: float
+    oldest_job_started_at: float | None
+    draining: bool
+    ttl_seconds: float
+
+
+# -- what a broker can do ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a broker promises beyond the core contract; the worker and the contract suite read
+    these instead of asking which broker it is. Each field says what False costs."""
+
+    priorities: bool
+    """Fetch serves high before normal before low. False: one FIFO-ish order for all."""
+    max_delay_seconds: float
+    """Longest ``delay_seconds`` an enqueue or retry honours exactly (``math.inf``: any);
+    beyond it the broker waits in steps (SQS: 900 s per message timer)."""
+    enqueue_dedup: bool
+    """A re-sent enqueue of a job id inside ``QueueOptions.enqueue_dedup_seconds``, and an
+    enqueue with a live idempotency key, is a no-op. False: a re-send may run a job twice."""
+    atomic_done_marker: bool
+    """``ack(done_key=...)`` writes the done marker in the same step as the ack. False: the
+    marker is written separately (a crash in between lets a duplicate run)."""
+    rate_limit: bool
+    """``QueueOptions.rate_limit`` is enforced by the broker across all workers."""
+    heartbeats: bool
+    """``renew(heartbeat=...)`` stores worker heartbeats that :class:`QueueStats` reports."""
+    dead_letter_by_id: bool
+    """The DLQ can be read, replayed and purged by job id (:class:`DeadLetters`)."""
+    failure_history: bool
+    """Each job keeps its full failure history, shown in its dead letter."""
+    fenced_receipts: bool
+    """A settling call with a stale delivery returns False and changes nothing. False: the
+    broker may apply it (SQS accepts an older receipt handle in some cases)."""
+    lease_expiry: bool
+    """An unrenewed lease expires and the job is delivered again. False: a delivery lasts
+    until the worker's connection ends (RabbitMQ's unacked messages)."""
+    recover_after_lost_reply: bool
+    """``recover`` returns the deliveries a fetch whose reply was lost handed out. False:
+    they come back only when their lease expires (counted as lost)."""
+    previous_delay: bool
+    """``fetch_previous_delay`` reads the delay a job's last retry waited (decorrelated jitter
+    grows from it). False: it returns None and backoff restarts from its base."""
+    exact_stats: bool
+    """:class:`QueueStats` is one consistent snapshot. False: approximate counts."""
+    expiry_enforcement: expiry.Enforcement
+    """Where job deadlines are enforced (the worker at start, or the broker itself)."""
+
+
+# -- the worker's and the producer's side -----------------------------------------------------
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """One queue on one backend. Methods are coroutines and safe to call concurrently from
+    one event loop (a broker may coalesce concurrent settling calls into one round trip)."""
+
+    queue: str
+    """The queue's name (checked with :func:`validate_queue_name`)."""
+    options: QueueOptions
+    capabilities: Capabilities
+    fetch_dead_lettered: collections.Counter[str]
+    """Jobs this broker's fetches dead-lettered themselves, by reason, running totals (poison
+    jobs at ``max_deliveries``, envelopes that do not parse): they never reach the worker, so
+    its metrics read them here."""
+
+    async def enqueue(self, request: EnqueueRequest) -> EnqueueResult:
+        """Store one job; it becomes due after ``request.delay_seconds``. When this returns the
+        job is durable on the broker. A duplicate (see ``Capabilities.enqueue_dedup``) returns
+        the existing id with ``created=False``."""
+        ...
+
+    async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
+        """:meth:`enqueue` for many jobs, one result per request in order (fewer round trips;
+        not atomic as a whole)."""
+        ...
+
+    async def fetch(
+        self,
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, Receipt]] = (),
+    ) -> list[Delivery]:
+        """Up to ``count`` due jobs leased to ``worker_id``, most urgent first.
+
+        With ``block`` > 0 and nothing due, waits up to ``block`` seconds for a job; returns
+        [] on timeout, at once when ``count`` <= 0, and as soon as ``wake`` is set. Never
+        hands ``worker_id`` a second delivery of a job it is ``holding`` (the ``(id,
+        receipt)`` pairs it still runs): its own expired lease is renewed instead, or ended as
+        a lost delivery when it holds it no more. A fetch may dead-letter jobs itself (poison,
+        unparseable envelopes): they are counted in :attr:`fetch_dead_lettered`, not returned.
+        """
+        ...
+
+    async def ack_and_fetch(
+        self,
+        deliveries: Sequence[Delivery],
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, Receipt]] = (),
+    ) -> tuple[list[bool], list[Delivery]]:
+        """Ack ``deliveries`` (one flag each, as :meth:`ack`) then :meth:`fetch`; a broker that
+        can do both in one round trip does (the worker's cycle under load)."""
+        ...
+
+    async def ack(
+        self,
+        delivery: Delivery,
+        *,
+        done_key: str | None = None,
+        done_ttl_seconds: float | None = None,
+    ) -> bool:
+        """Finish the job: it is gone for good. False (and nothing changed) when the delivery
+        is not current. ``done_key`` writes a done marker (see :meth:`fetch_is_done`) kept
+        ``done_ttl_seconds`` (default a day), with the ack when ``atomic_done_marker``."""
+        ...
+
+    async def retry(self, delivery: Delivery, failure: Failure, *, delay_seconds: float) -> bool:
+        """Record ``failure`` (attempts + 1) and make the job due again after
+        ``delay_seconds``. False (nothing changed) when the delivery is not current. A
+        non-finite delay raises ``ValueError`` before anything is sent."""
+        ...
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        reason: str,
+        *,
+        failure: Failure | None = None,
+        attempt: bool = True,
+    ) -> bool:
+        """Move the job to the DLQ with ``reason`` and its failure history (``failure``
+        appended; it counts as an attempt when ``attempt``). False when not current."""
+        ...
+
+    async def release(self, delivery: Delivery) -> bool:
+        """Put the job back as due now without spending an attempt (drain, a worker handing
+        work back). False when not current."""
+        ...
+
+    async def renew(
+        self,
+        worker_id: str,
+        deliveries: Sequence[Delivery],
+        *,
+        heartbeat: WorkerBeat | None = None,
+    ) -> LeaseRenewal:
+        """Extend every current delivery's lease by ``options.lease_seconds`` from now, and
+        write ``heartbeat`` when given (``Capabilities.heartbeats``). Deliveries that are not
+        current any more come back in ``lost``: their job is someone else's now."""
+        ...
+
+    async def recover(
+        self, worker_id: str, held: Collection[tuple[str, Receipt]] = ()
+    ) -> list[Delivery]:
+        """The deliveries leased to ``worker_id`` that it does not hold (``held``), with fresh
+        leases: what a fetch whose reply was lost handed out. [] when the broker cannot know
+        (``Capabilities.recover_after_lost_reply`` False)."""
+        ...
+
+    async def fetch_previous_delay(self, job_id: str) -> float | None:
+        """The delay the job's last retry waited, when the broker keeps it (else None)."""
+        ...
+
+    async def fetch_is_done(self, done_key: str) -> bool:
+        """True while a done marker written by ``ack(done_key=...)`` lives."""
+        ...
+
+    async def deregister(self, worker_id: str) -> None:
+        """Forget a worker's heartbeat on a clean exit (it is not counted as lost)."""
+        ...
+
+    async def close(self) -> None:
+        """Send every batched call still pending, then release the connection the broker
+        opened (one it was given stays open). The broker is unusable afterwards."""
+        ...
+
+
+# -- the read side: operator, CLI, console -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerHeartbeat:
+    """One live worker, as its last heartbeat described it."""
+
+    worker_id: str
+    pod_name: str
+    concurrency: int
+    in_flight: int
+    processed: int
+    busy_seconds: float
+    started_at: float
+    last_seen: float
+    oldest_job_started_at: float | None
+    draining: bool
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot of one queue (from one instant when ``Capabilities.exact_stats``).
+
+    The contract between the runtime and the operator (docs/architecture.md, "Runtime ↔
+    operator: the read-only stats API"); change it there first.
+    """
+
+    queue: str
+    now: float
+    backlog: int
+    due_delayed: int
+    future_delayed: int
+    in_flight: int
+    dead_letter: int
+    oldest_job_age_seconds: float
+    enqueued_total: int
+    completed_total: int
+    failed_total: int
+    retried_total: int
+    dead_lettered_total: int
+    workers_lost_total: int
+    workers_expired: int
+    workers: tuple[WorkerHeartbeat, ...]
+    maxmemory_policy: str | None = None
+    """Redis' ``maxmemory-policy``; None when it could not be read or the broker is not Redis."""
+    oldest_dead_letter_age_seconds: float = 0.0
+    """How long the oldest entry of the DLQ has waited there (0 when the DLQ is empty)."""
+
+
+@runtime_checkable
+class QueueProbe(Protocol):
+    """Read-only queue statistics: the autoscaler's, the CLI's and the metrics' input. Needs no
+    worker running and changes nothing."""
+
+    async def fetch_stats(self) -> QueueStats:
+        """The queue's statistics now (one round trip where the broker allows it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One failure in a job's history."""
+
+    error_type: str
+    message: str
+    traceback: str
+    worker_id: str
+    at: float
+    attempt: int
+    delivery: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered job with its payload and full failure history."""
+
+    job_id: str
+    task: str | None
+    reason: str
+    priority: str
+    dead_lettered_at: float
+    attempts: int
+    deliveries: int
+    lost: int
+    worker_id: str
+    correlation_id: str | None
+    first_failure_at: float | None
+    last_failure_at: float | None
+    history: tuple[FailureRecord, ...]
+    envelope_raw: str
+    """The stored envelope as text; bytes that are not UTF-8 appear escaped (``\\xe9``)."""
+    envelope_base64: str | None = None
+    """The envelope's exact bytes (base64) when they are not UTF-8; None otherwise."""
+
+    @property
+    def payload(self) -> Any:
+        """The job's payload, or None when the envelope is not JSON."""
+        try:
+            return json.loads(self.envelope_raw).get("payload")
+        except (ValueError, AttributeError):
+            return None
+
+
+@runtime_checkable
+class DeadLetters(Protocol):
+    """The DLQ of one queue: list, show, replay, purge (``workerfleet dlq``, the console)."""
+
+    async def count_dead_letters(self) -> int:
+        """How many dead letters the queue holds."""
+        ...
+
+    async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[DeadLetter]:
+        """One page of dead letters, newest first (read-only)."""
+        ...
+
+    async def show_dead_letter(self, job_id: str) -> DeadLetter | None:
+        """One dead letter by job id, or None."""
+        ...
+
+    async def replay_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        reset_attempts: bool = False,
+        rate_per_second: float = 100.0,
+    ) -> list[str]:
+        """Move dead letters back to the queue as due now, oldest first, at most
+        ``rate_per_second``: ``job_ids`` picks them (else the oldest ``limit``, else all);
+        ``reset_attempts`` gives a full set of attempts again. Returns the replayed ids; an
+        entry whose job id is live again stays in the DLQ and is skipped."""
+        ...
+
+    async def purge_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> int:
+        """Delete dead letters by id, by age, or all (exactly one); returns how many."""
+        ...

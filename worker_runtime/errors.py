@@ -1,0 +1,97 @@
+"""The runtime's one error taxonomy: every error a workerfleet API raises on purpose.
+
+Raised by the brokers (:mod:`worker_runtime.brokers`), the envelope parser, the URL and queue-name
+validators; caught by the worker, the producer, the CLI and the operator. A caller handles these
+classes and never a client library's own: each broker maps its client's exceptions
+(redis-py, aio-pika, botocore) onto this tree at its edge, keeping the original as ``__cause__``.
+
+::
+
+    WorkerfleetError
+    ├── ConfigError (also ValueError)       a setting that cannot work; fix the config, not retry
+    │   ├── InvalidQueueName
+    │   ├── InvalidBrokerURL
+    │   │   └── UnsupportedScheme
+    │   └── BrokerNotInstalled              the scheme is known, its client package is not
+    ├── EnvelopeError (also ValueError)     a stored job that cannot run; ``reason`` goes to the DLQ
+    └── BrokerError                         a broker call failed
+        ├── BrokerUnavailable               no reply: the call may or may not have been applied
+        ├── BrokerRejected                  the broker answered with an error: not applied
+        └── CapabilityMissing               the broker cannot do this (see ``Capabilities``)
+
+The split of :class:`BrokerError` is the one fact a caller needs to recover correctly: after
+:class:`BrokerUnavailable` a non-idempotent call (a fetch) may have taken effect, so the worker
+recovers what it may have been handed (``Broker.recover``); after :class:`BrokerRejected` nothing
+happened and a plain retry is right.
+"""
+
+from __future__ import annotations
+
+
+class WorkerfleetError(Exception):
+    """Base of every error workerfleet raises on purpose."""
+
+
+class ConfigError(WorkerfleetError, ValueError):
+    """A setting (URL, queue name, option) that can never work; retrying does not help.
+
+    Also a ``ValueError``, as the validators that raise it always were.
+    """
+
+
+class InvalidQueueName(ConfigError):
+    """A queue name outside :data:`worker_runtime.brokers.base.QUEUE_NAME_PATTERN`."""
+
+
+class InvalidBrokerURL(ConfigError):
+    """A broker URL that cannot work; the message says why and never contains the URL
+    (it may carry a password)."""
+
+
+class UnsupportedScheme(InvalidBrokerURL):
+    """A URL whose scheme no broker serves (the message lists the schemes that are served)."""
+
+
+class BrokerNotInstalled(ConfigError):
+    """A known scheme whose broker module or client package is not installed here."""
+
+
+class EnvelopeError(WorkerfleetError, ValueError):
+    """A stored job envelope that cannot be run; ``reason`` is what its DLQ record says.
+
+    ``reason`` is one of :class:`worker_runtime.brokers.base.DeadLetterReason`'s envelope
+    reasons (``unparseable_json``, ``invalid_envelope``, ``unknown_schema_version``).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(WorkerfleetError):
+    """A broker call failed. ``operation`` names the call (``fetch``, ``ack``...) when known."""
+
+    def __init__(self, message: str, *, operation: str = "") -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class BrokerUnavailable(BrokerError):
+    """No reply from the broker (connection refused or cut, timeout, failover in progress).
+
+    The call MAY have been applied: the request can have reached the broker and only the
+    reply been lost. Settling calls are fenced, so sending them again is safe; after a fetch
+    the caller recovers the deliveries the lost reply carried (``Broker.recover``).
+    """
+
+
+class BrokerRejected(BrokerError):
+    """The broker answered with an error (a read-only replica, a script error, access denied).
+
+    An answer means the call was NOT applied; retrying later is safe and nothing needs recovery.
+    """
+
+
+class CapabilityMissing(BrokerError):
+    """The broker was asked for something its ``Capabilities`` say it cannot do."""
