@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real external tools the tests and the demo need, idempotently:
-# redis-server >= 7, prometheus/promtool and chromium + chromium-driver (the console's browser
-# tests) from Debian, helm + kubectl as pinned static
+# redis-server >= 7, prometheus/promtool, chromium + chromium-driver (the console's browser
+# tests) and zsh + fish (the completion tests) from Debian, helm + kubectl as pinned static
 # binaries (cached outside the repo, keyed by version). Called by `make deps`.
 # Exits non-zero when a tool cannot be had: tests must fail, never skip.
 # `ensure-deps.sh --demo` installs only what `make demo` runs: redis-server and prometheus.
@@ -21,6 +21,10 @@ if ! command -v redis-server >/dev/null 2>&1; then need_apt+=(redis-server); fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
 if [ "$DEMO_ONLY" = 0 ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
   need_apt+=(chromium chromium-driver)
+fi
+# zsh and fish: the CLI's completion code is tested in each shell it is printed for.
+if [ "$DEMO_ONLY" = 0 ] && { ! command -v zsh >/dev/null 2>&1 || ! command -v fish >/dev/null 2>&1; }; then
+  need_apt+=(zsh fish)
 fi
 if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]} from Debian"

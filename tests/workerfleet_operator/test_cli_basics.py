@@ -37,10 +37,25 @@ def test_version_prints_the_installed_version() -> None:
     assert done.returncode == 0 and done.stdout.strip() == f"workerfleet {version('workerfleet')}"
 
 
+def run_in_shell(shell: str, flags: list[str], script: str, line: str) -> str:
+    """Run ``script`` in ``shell`` with ``$LINE`` set and only the venv on PATH; its stdout."""
+    path = shutil.which(shell)
+    assert path is not None, f"{shell} is not installed (make deps installs it)"
+    env = {
+        "PATH": f"{Path(WORKERFLEET).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LINE": line,
+    }
+    done = subprocess.run(
+        [path, *flags, "-c", script],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def complete_in_bash(line: str) -> list[str]:
     """What bash offers for ``line`` (cursor at its end) with the completion code loaded."""
-    bash = shutil.which("bash")
-    assert bash is not None, "bash is not installed"
     script = (
         "source <(workerfleet completion bash) || exit 3\n"
         'COMP_LINE="$LINE"; COMP_POINT=${#LINE}; read -r -a COMP_WORDS <<< "$LINE"\n'
@@ -49,17 +64,49 @@ def complete_in_bash(line: str) -> list[str]:
         "_python_argcomplete workerfleet\n"
         'printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
-    env = {
-        "PATH": f"{Path(WORKERFLEET).parent}{os.pathsep}/usr/bin{os.pathsep}/bin",
-        "HOME": os.environ.get("HOME", "/tmp"),
-        "LINE": line,
-    }
-    done = subprocess.run(
-        [bash, "--norc", "--noprofile", "-c", script],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return [w.strip() for w in done.stdout.splitlines() if w.strip()]
+    out = run_in_shell("bash", ["--norc", "--noprofile"], script, line)
+    return [w.strip() for w in out.splitlines() if w.strip()]
+
+
+def complete_in_zsh(line: str) -> list[str]:
+    """What zsh's completion system offers for ``line`` (its ``_describe`` call captured)."""
+    # compinit loads zsh's completion system; the loaded code registers itself with compdef and
+    # hands its candidates to `_describe`, which we replace by a printer (no terminal needed).
+    script = (
+        "autoload -Uz compinit is-at-least && compinit -u -D || exit 3\n"
+        "source <(workerfleet completion zsh) || exit 4\n"
+        "[[ ${_comps[workerfleet]} == _python_argcomplete ]] || exit 5\n"
+        '_describe() { print -rl -- "${completions[@]}"; }\n'
+        'BUFFER="$LINE"; CURSOR=${#BUFFER}; words=(${=BUFFER})\n'
+        '[[ "$LINE" == *" " ]] && words+=("")\n'
+        "_python_argcomplete\n"
+    )
+    out = run_in_shell("zsh", ["-f"], script, line)
+    return [w.split(":", 1)[0] for w in out.splitlines() if w.strip()]
+
+
+def complete_in_fish(line: str) -> list[str]:
+    """What fish offers for ``line``: its own ``complete -C``, the completion code sourced."""
+    script = 'workerfleet completion fish | source; or exit 3; complete -C "$LINE"'
+    out = run_in_shell("fish", ["--no-config"], script, line)
+    return [w.split("\t", 1)[0] for w in out.splitlines() if w.strip()]
+
+
+def test_zsh_completes_commands_and_subcommands_through_its_completion_system() -> None:
+    # Given zsh with compinit and `workerfleet completion zsh` sourced
+    # When a user asks for completions after `workerfleet dlq ` and `workerfleet con`
+    # Then zsh's completion function offers dlq's subcommands and the console command
+    assert set(complete_in_zsh("workerfleet dlq ")) >= {"ls", "show", "replay", "purge", "summary"}
+    assert "console" in complete_in_zsh("workerfleet con")
+
+
+def test_fish_completes_commands_subcommands_and_flags() -> None:
+    # Given fish with `workerfleet completion fish | source`
+    # When fish is asked what completes a line (its `complete -C`)
+    # Then it offers dlq's subcommands, the console command and a flag by prefix
+    assert set(complete_in_fish("workerfleet dlq ")) >= {"ls", "show", "replay", "purge", "summary"}
+    assert "console" in complete_in_fish("workerfleet con")
+    assert "--allow-writes" in complete_in_fish("workerfleet console --allow")
 
 
 def test_the_completion_command_prints_shell_code_for_each_shell() -> None:
