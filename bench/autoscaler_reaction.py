@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from workerfleet_operator.local import embedded_redis  # noqa: E402
 from workerfleet_operator.shell import config as config_module  # noqa: E402
-from workerfleet_operator.shell import handlers, main  # noqa: E402
+from workerfleet_operator.shell import context, main  # noqa: E402
 
 from bench import harness as bench_harness  # noqa: E402
 from tests.workerfleet_operator import conftest as fixtures  # noqa: E402
@@ -129,7 +129,7 @@ def main_bench() -> int:
         kubeconfig=str(kubeconfig), health_port=0, metrics_port=0, log_level="warning"
     )
     stop, ready = threading.Event(), threading.Event()
-    ctx = handlers.build_context(cfg)
+    ctx = context.build_context(cfg)
     thread = threading.Thread(
         target=main.run_operator,
         kwargs={

@@ -1,6 +1,6 @@
 """Kubernetes resource quantities as exact numbers, so two spellings of one amount compare equal.
 
-Who calls it: the operator shell's drift check (``shell.handlers``). The API server stores a
+Who calls it: the operator shell's drift check (``shell.drift``). The API server stores a
 quantity in its canonical spelling, not as applied: ``0.5`` comes back as ``500m``, ``1024Mi`` as
 ``1Gi``, the integer ``1`` as the string ``"1"``. Comparing the strings would see drift after
 every apply; comparing the parsed amounts sees only real edits. Pure: no I/O.

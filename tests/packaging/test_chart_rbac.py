@@ -247,6 +247,15 @@ def _literal(node: ast.expr, constants: dict[str, Any]) -> Any:
         return node.value
     if isinstance(node, ast.Name):
         return constants.get(node.id)
+    if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "api"
+    ):
+        # The API's vocabulary is defined once (workerfleet_operator.api) and named from there.
+        from workerfleet_operator import api
+
+        return getattr(api, node.attr, None)
     return None
 
 

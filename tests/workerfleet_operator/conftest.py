@@ -30,7 +30,7 @@ import yaml
 from workerfleet_operator import rbac
 from workerfleet_operator.local import demo, fleet
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import handlers, main, metrics
+from workerfleet_operator.shell import context, main, metrics
 
 from tests.workerfleet_operator.emulator import Emulator
 
@@ -191,7 +191,7 @@ class OperatorRunner:
     def __init__(self, cfg: config_module.OperatorConfig) -> None:
         self.cfg = cfg
         self.metrics = metrics.OperatorMetrics()
-        self.context = handlers.build_context(cfg, self.metrics)
+        self.context = context.build_context(cfg, self.metrics)
         self.stop_flag = threading.Event()
         self.ready_flag = threading.Event()
         self.errors: list[BaseException] = []

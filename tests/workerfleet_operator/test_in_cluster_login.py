@@ -8,19 +8,19 @@ no cluster DNS, which is how this was found.
 
 from __future__ import annotations
 
-from workerfleet_operator.shell import handlers
+from workerfleet_operator.shell import kubeconfig
 
 
 def test_the_in_cluster_server_comes_from_the_service_environment() -> None:
     environ = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
-    assert handlers.build_in_cluster_server(environ) == "https://10.96.0.1:443"
+    assert kubeconfig.in_cluster_server_url(environ) == "https://10.96.0.1:443"
 
 
 def test_an_ipv6_service_host_is_bracketed() -> None:
     environ = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "6443"}
-    assert handlers.build_in_cluster_server(environ) == "https://[fd00::1]:6443"
+    assert kubeconfig.in_cluster_server_url(environ) == "https://[fd00::1]:6443"
 
 
 def test_without_the_service_environment_there_is_no_in_cluster_server() -> None:
-    assert handlers.build_in_cluster_server({}) is None
-    assert handlers.build_in_cluster_server({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) is None
+    assert kubeconfig.in_cluster_server_url({}) is None
+    assert kubeconfig.in_cluster_server_url({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}) is None

@@ -19,7 +19,8 @@ from pathlib import Path
 import kopf
 import pytest
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import handlers, kube, main
+from workerfleet_operator.shell import context, kube, main
+from workerfleet_operator.shell import kubeconfig as kubeconfig_mod
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
@@ -116,7 +117,7 @@ def test_at_info_level_kopf_does_not_log_a_line_per_handled_watch_event() -> Non
 
 def test_resyncs_of_pools_started_together_are_spread_over_a_tenth_of_the_interval() -> None:
     rng = random.Random(7)
-    delays = [handlers.build_resync_delay(300.0, rng) for _ in range(1000)]
+    delays = [context.jittered_delay(300.0, rng) for _ in range(1000)]
     assert all(270.0 <= d <= 330.0 for d in delays)
     # spread, not lockstep: the thousand pools land in every 6 s slice of the 60 s band
     assert {int((d - 270.0) // 6) for d in delays} == set(range(10))
@@ -133,7 +134,7 @@ def test_the_operator_s_api_client_spends_at_most_its_burst_then_qps(
         slept.append(seconds)
         clock[0] += seconds
 
-    info = handlers.build_connection_info(str(kubeconfig))
+    info = kubeconfig_mod.read_kubeconfig(str(kubeconfig))
     limiter = kube.RequestBudget(qps=5.0, burst=5, clock=lambda: clock[0], sleep=fake_sleep)
 
     async def fifteen_reads() -> int:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from workerfleet_operator import api, manifests, plan
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import handlers, kube
+from workerfleet_operator.shell import context, kube
+from workerfleet_operator.shell import pool as pool_mod
 
 from tests.workerfleet_operator import crd_validation
 
@@ -118,23 +119,23 @@ def test_a_pools_cached_secret_expires_with_the_shared_cache_so_rotation_is_seen
 
     monkeypatch.setattr(kube, "fetch_secret_value", fake_fetch)
     cfg = config_module.OperatorConfig(secret_cache_seconds=10.0, health_port=0, metrics_port=0)
-    ctx = handlers.build_context(cfg)
+    ctx = context.build_context(cfg)
     ctx.clock = clock
     ctx.client = object()  # type: ignore[assignment]  # never used: fetch_secret_value is faked
-    first = handlers.PoolController(ctx, "team-a", "first")
-    second = handlers.PoolController(ctx, "team-a", "second")
+    first = pool_mod.PoolController(ctx, "team-a", "first")
+    second = pool_mod.PoolController(ctx, "team-a", "second")
     pool = _pool()
 
     async def scenario() -> tuple[str | None, str | None]:
-        await first._read_secret(pool)  # the shared cache is filled at t=1000
+        await first.read_secret(pool)  # the shared cache is filled at t=1000
         clock.now = 1009.0
-        await second._read_secret(pool)  # served from the shared cache (read at 1000)
+        await second.read_secret(pool)  # served from the shared cache (read at 1000)
         # When the Secret is rotated at 1009.5
         clock.now = 1009.5
         stored["value"] = kube.SecretValue("2", "redis://:new@127.0.0.1:6379/0", uid=UID)
         # Then one cache period after the shared read, both pools see the new version
         clock.now = 1010.1
-        return (await first._read_secret(pool)).version, (await second._read_secret(pool)).version
+        return (await first.read_secret(pool)).version, (await second.read_secret(pool)).version
 
     seen = asyncio.run(scenario())
 

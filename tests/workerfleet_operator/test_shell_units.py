@@ -9,7 +9,7 @@ import tempfile
 
 import kopf
 import pytest
-from workerfleet_operator.shell import handlers, kube, queue
+from workerfleet_operator.shell import drift, kube, queue
 
 
 @pytest.mark.parametrize(
@@ -68,9 +68,9 @@ def test_drift_is_any_owned_field_that_differs_and_extra_fields_are_not_drift() 
         }
     }
     edited = {"spec": {"template": {"spec": {"containers": [{"name": "w", "image": "b:2"}]}}}}
-    assert handlers._is_subset(ours, same_plus_defaults)
-    assert not handlers._is_subset(ours, edited)
-    assert not handlers._is_subset(ours, {"spec": {}})
+    assert drift.is_subset(ours, same_plus_defaults)
+    assert not drift.is_subset(ours, edited)
+    assert not drift.is_subset(ours, {"spec": {}})
 
 
 def _resources(cpu: object, memory: object, env: str = "0.5") -> dict[str, object]:
@@ -94,21 +94,21 @@ def _resources(cpu: object, memory: object, env: str = "0.5") -> dict[str, objec
 def test_a_quantity_the_api_server_stored_in_its_canonical_spelling_is_not_drift(
     applied: tuple[object, object], stored: tuple[object, object]
 ) -> None:
-    assert handlers._is_subset(_resources(*applied), _resources(*stored))
+    assert drift.is_subset(_resources(*applied), _resources(*stored))
 
 
 def test_a_quantity_with_another_value_is_drift_and_only_quantities_are_compared_as_such() -> None:
-    assert not handlers._is_subset(_resources("0.5", "1Gi"), _resources("600m", "1Gi"))
-    assert not handlers._is_subset(_resources("0.5", "1Gi"), _resources("0.5", "1G"))
+    assert not drift.is_subset(_resources("0.5", "1Gi"), _resources("600m", "1Gi"))
+    assert not drift.is_subset(_resources("0.5", "1Gi"), _resources("0.5", "1G"))
     # an env value is a string, whatever it looks like
-    assert not handlers._is_subset(_resources("1", "1Gi"), _resources("1", "1Gi", env="500m"))
+    assert not drift.is_subset(_resources("1", "1Gi"), _resources("1", "1Gi", env="500m"))
 
 
 def test_a_status_merge_that_changes_nothing_is_detected() -> None:
     stored = {"queue": {"backlog": 3, "arrivalRate": 0.5}, "replicas": 1}
-    assert handlers._merge(stored, {"queue": {"backlog": 3}}) == stored
-    assert handlers._merge(stored, {"queue": {"backlog": 4}}) != stored
-    assert handlers._merge(stored, {"replicas": None}) == {"queue": stored["queue"]}
+    assert drift.merge(stored, {"queue": {"backlog": 3}}) == stored
+    assert drift.merge(stored, {"queue": {"backlog": 4}}) != stored
+    assert drift.merge(stored, {"replicas": None}) == {"queue": stored["queue"]}
 
 
 def test_a_client_key_given_as_kubeconfig_data_leaves_no_file_behind(
@@ -149,19 +149,18 @@ def _deployment(generation: int, observed: int, image: str, replicas: int = 2) -
 def test_the_rollout_generation_moves_with_the_pod_template_not_with_replicas() -> None:
     # our write changed the template: a rollout starts at its generation
     assert (
-        handlers._build_rollout_generation(3, _deployment(3, 3, "a:1"), _deployment(4, 3, "a:2"))
-        == 4
+        drift.track_rollout_generation(3, _deployment(3, 3, "a:1"), _deployment(4, 3, "a:2")) == 4
     )
     # a replicas write bumped the generation: the rollout generation stays
     scaled = _deployment(5, 4, "a:2", replicas=6)
-    assert handlers._build_rollout_generation(4, _deployment(4, 4, "a:2"), scaled) == 4
+    assert drift.track_rollout_generation(4, _deployment(4, 4, "a:2"), scaled) == 4
     # unknown after a restart: a controller that has caught up bounds it, one behind does not
     assert (
-        handlers._build_rollout_generation(None, _deployment(7, 7, "a:2"), _deployment(7, 7, "a:2"))
+        drift.track_rollout_generation(None, _deployment(7, 7, "a:2"), _deployment(7, 7, "a:2"))
         == 7
     )
     assert (
-        handlers._build_rollout_generation(None, _deployment(8, 7, "a:2"), _deployment(8, 7, "a:2"))
+        drift.track_rollout_generation(None, _deployment(8, 7, "a:2"), _deployment(8, 7, "a:2"))
         is None
     )
 

@@ -1,6 +1,6 @@
 """The operator process's configuration, from ``WORKERFLEET_OPERATOR_*`` environment variables.
 
-Read once by ``shell.main`` (and built directly by the tests); passed to ``shell.handlers``.
+Read once by ``shell.main`` (and built directly by the tests); passed to ``shell.context``.
 """
 
 from __future__ import annotations

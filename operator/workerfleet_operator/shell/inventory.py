@@ -60,11 +60,11 @@ def build_login(
     Without a kubeconfig, a pod's service account (the chart's console Deployment runs so);
     without either, an error that says what to pass.
     """
-    from workerfleet_operator.shell import handlers
+    from workerfleet_operator.shell import kubeconfig as kubeconfig_mod
 
     path = find_kubeconfig(kubeconfig)
     if path is not None:
-        info = handlers.build_connection_info(path)
+        info = kubeconfig_mod.read_kubeconfig(path)
     else:
         found = build_service_account_info(environ, service_account_dir)
         if found is None:
@@ -81,9 +81,9 @@ def build_service_account_info(environ: Mapping[str, str], directory: str) -> An
     """
     import kopf
 
-    from workerfleet_operator.shell import handlers
+    from workerfleet_operator.shell import kubeconfig as kubeconfig_mod
 
-    server = handlers.build_in_cluster_server(environ)
+    server = kubeconfig_mod.in_cluster_server_url(environ)
     token_path = os.path.join(directory, "token")
     if server is None or not os.path.isfile(token_path):
         return None

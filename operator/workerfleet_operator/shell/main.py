@@ -18,6 +18,7 @@ import prometheus_client
 
 from worker_runtime import logs
 from workerfleet_operator.shell import config as config_module
+from workerfleet_operator.shell import context as context_mod
 from workerfleet_operator.shell import handlers, metrics
 
 
@@ -28,13 +29,13 @@ def run_operator(
     ready_flag: threading.Event | asyncio.Event | None = None,
     operator_metrics: metrics.OperatorMetrics | None = None,
     configure_logging: bool = True,
-    context: handlers.OperatorContext | None = None,
+    context: context_mod.OperatorContext | None = None,
 ) -> int:
     """Run the operator until stopped (SIGTERM/SIGINT, or ``stop_flag``); return the exit code."""
     cfg = cfg if cfg is not None else config_module.OperatorConfig()
     if configure_logging:
         configure_operator_logs(cfg)
-    ctx = context if context is not None else handlers.build_context(cfg, operator_metrics)
+    ctx = context if context is not None else context_mod.build_context(cfg, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, ctx)
     server = None

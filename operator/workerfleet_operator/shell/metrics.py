@@ -2,8 +2,9 @@
 
 Names are the contract in docs/architecture.md ("Metrics"); the alert rules in deploy/alerts/ use
 them. Created once per operator process by ``shell.main`` (or per test run with its own registry)
-and updated by ``shell.handlers`` after every reconcile and every autoscaler poll; the local
-fleet (``local.runner``) exports the same per-pool series through :meth:`PoolSeries.record_poll`.
+and updated by ``shell.report`` and ``shell.scaler`` after every reconcile and every autoscaler
+poll; the local fleet (``local.runner``) exports the same per-pool series through
+:meth:`PoolSeries.record_poll`.
 
 Three per-pool series carry a label whose value changes: ``workerfleet_pool_queue_reachable``
 (``reason``), ``workerfleet_pool_redis_eviction_unsafe`` (``policy``) and

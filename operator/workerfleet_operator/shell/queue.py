@@ -1,6 +1,6 @@
 """The operator's read-only view of a pool's queue: one stats read per poll, clients cached.
 
-Called by ``shell.handlers`` (the per-pool loop). Wraps ``worker_runtime.connection`` (a Redis
+Called by ``shell.scaler`` (the per-pool loop). Wraps ``worker_runtime.connection`` (a Redis
 client from the URL in the pool's Secret) and ``worker_runtime.stats`` (the one-round-trip,
 read-only stats call) — the only runtime modules the operator may use. Clients are cached per
 (Secret, key, resourceVersion) so that pools sharing a Secret share a connection pool and a

@@ -1,0 +1,135 @@
+"""What one run of the operator shares: config, metrics, Redis readers, the Kubernetes client,
+the Secret cache and every pool's controller.
+
+Built by ``shell.main`` (or the tests) with :func:`build_context`, handed to
+``shell.handlers.register``; every :class:`~workerfleet_operator.shell.pool.PoolController`
+holds it.
+
+The Redis URL is read from the referenced Secret into memory only (cached per Secret
+resourceVersion, re-read every ``secret_cache_seconds``); pools that share a Secret share one
+read, and a stopped pool's value is forgotten (:meth:`OperatorContext.release_unused`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from workerfleet_operator import plan as plan_mod
+from workerfleet_operator.shell import config as config_module
+from workerfleet_operator.shell import kube, metrics, queue
+
+if TYPE_CHECKING:
+    from workerfleet_operator.shell.pool import PoolController
+
+logger = logging.getLogger("workerfleet.operator")
+
+Body = dict[str, Any]
+PoolKey = tuple[str, str]
+
+
+@dataclass
+class OperatorContext:
+    """State shared by every handler and pool loop of one operator run."""
+
+    config: config_module.OperatorConfig
+    metrics: metrics.OperatorMetrics
+    queues: queue.QueueReader
+    # Timers and the autoscaler's windows: monotonic, so a wall-clock step (NTP, a VM resumed)
+    # neither skips nor stretches a scale-down window.
+    clock: Callable[[], float] = time.monotonic
+    # Only for times shown to people (status.autoscaling.lastScaleTime).
+    wall_clock: Callable[[], float] = time.time
+    # Jitter of the resync delays (seedable in tests).
+    rng: random.Random = field(default_factory=random.Random)
+    login: kopf.ConnectionInfo | None = None
+    client: kube.KubeClient | None = None
+    pools: dict[PoolKey, PoolController] = field(default_factory=dict)
+    # (namespace, secret, key) -> (read at, value): pools sharing a Secret share one read.
+    secrets: dict[tuple[str, str, str], tuple[float, kube.SecretValue]] = field(
+        default_factory=dict
+    )
+    # pool -> (where its queue lives, its creationTimestamp): pools on one queue are found here.
+    queue_readers: dict[PoolKey, tuple[str, str]] = field(default_factory=dict)
+
+    def find_queue_sharing(self, key: PoolKey) -> plan_mod.QueueSharing | None:
+        """Which other pools read the same queue on the same Redis; None before ``key`` read it.
+
+        The pool created first (then by namespace/name) scales; the others hold their replicas.
+        """
+        mine = self.queue_readers.get(key)
+        if mine is None:
+            return None
+        sharing = sorted(
+            (created, k) for k, (where, created) in self.queue_readers.items() if where == mine[0]
+        )
+        first = sharing[0][1]
+        return plan_mod.QueueSharing(
+            others=tuple(sorted(f"{k[0]}/{k[1]}" for _, k in sharing if k != key)),
+            first=f"{first[0]}/{first[1]}",
+            holds=first != key,
+        )
+
+    async def fetch_secret(
+        self, namespace: str, name: str, key: str
+    ) -> tuple[float, kube.SecretValue]:
+        """(when it was read, the Secret's value), re-read at most every ``secret_cache_seconds``.
+
+        The read time lets a pool's own cache expire with this one, so a rotated Secret is seen
+        within ``secret_cache_seconds``, not twice that.
+        """
+        cached = self.secrets.get((namespace, name, key))
+        now = self.clock()
+        if cached is not None and now - cached[0] < self.config.secret_cache_seconds:
+            return cached
+        try:
+            value = await kube.fetch_secret_value(self.fetch_client(), namespace, name, key)
+        except kube.SecretNotFoundError:
+            self.secrets.pop((namespace, name, key), None)
+            raise
+        self.secrets[(namespace, name, key)] = (now, value)
+        return now, value
+
+    async def release_unused(self) -> None:
+        """Forget Secret values and close Redis clients that no running pool uses any more.
+
+        Called when a pool stops: a deleted pool's decoded URL must not stay in memory, nor
+        its connection pool open, for the rest of the operator's life.
+        """
+        keys = {p.secret_key for p in self.pools.values() if p.secret_key is not None}
+        in_use = {(k.namespace, k.secret, k.key) for k in keys}
+        for cached in [c for c in self.secrets if c not in in_use]:
+            del self.secrets[cached]
+        await self.queues.close_unused(keys)
+
+    def fetch_client(self) -> kube.KubeClient:
+        if self.client is None:
+            if self.login is None:
+                raise RuntimeError("the operator has not logged in yet")
+            budget = kube.RequestBudget(self.config.api_qps, self.config.api_burst)
+            self.client = kube.KubeClient(self.login, budget=budget)
+        return self.client
+
+
+RESYNC_JITTER = 0.1
+
+
+def jittered_delay(seconds: float, rng: random.Random) -> float:
+    """``seconds`` ±10 %: a thousand pools created together spread their resyncs over 60 s."""
+    return seconds * rng.uniform(1.0 - RESYNC_JITTER, 1.0 + RESYNC_JITTER)
+
+
+def build_context(
+    cfg: config_module.OperatorConfig, registry: metrics.OperatorMetrics | None = None
+) -> OperatorContext:
+    return OperatorContext(
+        config=cfg,
+        metrics=registry if registry is not None else metrics.OperatorMetrics(),
+        queues=queue.QueueReader(socket_timeout=cfg.redis_timeout_seconds),
+    )

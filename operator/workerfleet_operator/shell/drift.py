@@ -1,0 +1,103 @@
+"""Comparisons of Kubernetes objects as dicts: is what we applied still there (drift), what will
+a merge patch store, which of two bodies is newer, when did a pod template last change.
+
+Pure functions used by the pool controller's reconcile and scaler (``shell.reconcile``,
+``shell.scaler``, ``shell.report``); no I/O. Quantities the API server re-spells are compared by
+amount (``workerfleet_operator.quantity``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from workerfleet_operator import api, quantity
+
+Body = dict[str, Any]
+
+
+def merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 merge of ``patch`` into ``target`` (what the API server will store)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge(result.get(key), value)
+    return result
+
+
+def is_newer(candidate: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> bool:
+    if candidate is None:
+        return False
+    if current is None:
+        return True
+    a = str(candidate.get("metadata", {}).get("resourceVersion", ""))
+    b = str(current.get("metadata", {}).get("resourceVersion", ""))
+    if a.isdigit() and b.isdigit():
+        return int(a) >= int(b)
+    return True
+
+
+def track_rollout_generation(
+    known: int | None, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+) -> int | None:
+    """The Deployment generation at which its pod template last changed, as far as we know.
+
+    Our write changed the template: its generation. Otherwise, a controller that has caught up
+    (observedGeneration == generation) has seen every template: its generation bounds it.
+    """
+    generation = int((after.get("metadata") or {}).get("generation") or 0)
+    template = (after.get("spec") or {}).get("template")
+    if before is None or (before.get("spec") or {}).get("template") != template:
+        return generation
+    if known is None and int((after.get("status") or {}).get("observedGeneration") or 0) == (
+        generation
+    ):
+        return generation
+    return known
+
+
+def build_drift_reference(deployment: Body, pool: api.Pool) -> Body:
+    """Our applied Deployment minus spec.replicas when the autoscaler (or KEDA) owns it."""
+    if pool.spec.autoscaling.mode == "disabled":
+        return deployment
+    spec = {k: v for k, v in (deployment.get("spec") or {}).items() if k != "replicas"}
+    return {**deployment, "spec": spec}
+
+
+# Quantities the API server re-spells (0.5 -> 500m, 1024Mi -> 1Gi): compared by amount.
+_QUANTITY_MAPS = frozenset({"requests", "limits"})  # container resources: each value a quantity
+_QUANTITY_FIELDS = frozenset({"sizeLimit"})  # emptyDir
+
+
+def is_subset(wanted: Any, actual: Any, *, is_quantity: bool = False) -> bool:
+    """True if every field we apply is present with the same value (our drift check)."""
+    if isinstance(wanted, dict):
+        if not isinstance(actual, dict):
+            return False
+        for key, value in wanted.items():
+            if key in _QUANTITY_MAPS and isinstance(value, dict):
+                same = _is_subset_of_quantities(value, actual.get(key))
+            else:
+                same = is_subset(value, actual.get(key), is_quantity=key in _QUANTITY_FIELDS)
+            if not same:
+                return False
+        return True
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(wanted) == len(actual)
+            and all(is_subset(w, a) for w, a in zip(wanted, actual, strict=True))
+        )
+    if is_quantity:
+        return quantity.equal_quantities(wanted, actual)
+    return bool(wanted == actual)
+
+
+def _is_subset_of_quantities(wanted: Mapping[str, Any], actual: Any) -> bool:
+    return isinstance(actual, dict) and all(
+        is_subset(amount, actual.get(name), is_quantity=True) for name, amount in wanted.items()
+    )

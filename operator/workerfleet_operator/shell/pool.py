@@ -1,0 +1,350 @@
+"""The pool controller: the one writer for one WorkerPool, its observed state and its loop.
+
+Created by the kopf wiring (``shell.handlers``) on a pool's first event; the reconcile
+(``shell.reconcile``) and the autoscaler poll (``shell.scaler``) run inside its task and report
+through ``shell.report``.
+
+Design (controller-runtime style, on kopf's watches):
+
+- kopf's ``on.event`` handlers only *observe*: a WorkerPool event stores the latest body in the
+  pool's :class:`PoolController` and wakes it; an owned Deployment event (edited, deleted, its
+  status moved) does the same for its owner. Events never write, so they cannot race.
+- Each pool has ONE asyncio task, the only writer for that pool. It runs a level-triggered,
+  idempotent reconcile whenever it is woken, on a failure retry (capped exponential backoff, so a
+  bad pool never storms the API server), and every ``resync_seconds`` (jittered by ±10 % per
+  pool and per round, so pools created together do not resync in lockstep); and, in between, the
+  autoscaler poll every ``pollingIntervalSeconds``. Serializing both in one task means the
+  reconcile and the scaler never write the same Deployment concurrently.
+- What the controller remembers between rounds is split by who writes it: the reconcile's
+  :class:`~workerfleet_operator.shell.reconcile.AppliedState`, the autoscaler's
+  :class:`~workerfleet_operator.shell.scaler.ScalerMemory`; the rest (bodies, Secret, timers,
+  the parsed spec) is the loop's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from workerfleet_operator import api, autoscaling
+from workerfleet_operator import plan as plan_mod
+from workerfleet_operator.shell import (
+    context,
+    drift,
+    kube,
+    metrics,
+    queue,
+    reconcile,
+    report,
+    scaler,
+)
+
+logger = logging.getLogger("workerfleet.operator")
+
+Body = dict[str, Any]
+
+
+@dataclass
+class PoolController:
+    """The one writer for one WorkerPool: reconcile + autoscaler poll in a single task."""
+
+    ctx: context.OperatorContext
+    namespace: str
+    name: str
+    body: Body | None = None
+    deployment: Body | None = None
+    deployment_gone: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dirty: bool = True
+    failures: int = 0
+    next_reconcile: float = 0.0
+    # When (ctx.clock) the status was last written: telemetry-only changes wait for the refresh.
+    status_written_at: float = -math.inf
+    next_poll: float = 0.0
+    secret: kube.SecretValue | None = None
+    secret_key: queue.ClientKey | None = None
+    secret_read_at: float = -1e9
+    problem_logged: str | None = None
+    parsed: api.Pool | api.InvalidPool | None = None
+    parsed_key: tuple[Any, ...] | None = None
+    policy: autoscaling.ScalingPolicy | None = None
+    series: metrics.PoolSeries | None = None
+    series_labels: tuple[str, str, str] | None = None
+    spec_problem: reconcile.SpecProblemError | None = None
+    applied: reconcile.AppliedState = field(default_factory=lambda: reconcile.AppliedState())
+    scaling: scaler.ScalerMemory = field(default_factory=lambda: scaler.ScalerMemory())
+    task: asyncio.Task[None] | None = None
+    stopped: bool = False
+
+    # ------------------------------------------------------------------ observation (from kopf)
+
+    @property
+    def labels(self) -> tuple[str, str, str]:
+        q = ((self.body or {}).get("spec") or {}).get("queue") or {}
+        return (self.namespace, self.name, str(q.get("name", "")))
+
+    @property
+    def terminating(self) -> bool:
+        return bool(((self.body or {}).get("metadata") or {}).get("deletionTimestamp"))
+
+    def observe(self, body: Body) -> None:
+        generation = body.get("metadata", {}).get("generation")
+        if self.body is None or generation not in (
+            self.applied.reconciled_generation,
+            self.applied.rejected_generation,
+        ):
+            self.dirty = True
+        if self.body is not None and self.body.get("metadata", {}).get("labels") != body.get(
+            "metadata", {}
+        ).get("labels"):
+            self.dirty = True
+        if drift.is_newer(body, self.body):
+            self.body = body  # never step back to a stale body (our own status writes are newer)
+        self.wake.set()
+
+    def observe_deployment(self, body: Body, deleted: bool) -> None:
+        if deleted:
+            self.deployment = None
+            self.deployment_gone = True
+            self.dirty = True
+        else:
+            if not self.is_ours(body):
+                self.dirty = True  # a Deployment of that name someone else controls: report it
+                self.wake.set()
+                return
+            if drift.is_newer(body, self.deployment):
+                self.deployment = body
+            if self.applied.drift_reference is not None and not drift.is_subset(
+                self.applied.drift_reference, body
+            ):
+                self.dirty = True  # someone else changed what we own: restore it
+        self.wake.set()
+
+    def is_ours(self, child: Mapping[str, Any]) -> bool:
+        """Controlled by this pool (its uid, not just its name: a pool deleted and created
+        again under the same name owns nothing of the old one's)."""
+        uid = ((self.body or {}).get("metadata") or {}).get("uid")
+        return uid is not None and kube.build_controller_uid(child) == uid
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(
+                self.run(), name=f"workerpool/{self.namespace}/{self.name}"
+            )
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self.ctx.queue_readers.pop((self.namespace, self.name), None)
+        self.wake.set()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        if self.series_labels is not None:
+            self.ctx.metrics.forget_pool(self.series_labels, self.series)
+        else:
+            self.ctx.metrics.forget_pool(self.labels)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        cfg = self.ctx.config
+        while not self.stopped:
+            if self.terminating:
+                # Someone else's finalizer holds the pool: write nothing while it goes away.
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            now = self.ctx.clock()
+            if self.body is not None and (self.dirty or now >= self.next_reconcile):
+                self.dirty = False
+                ok = await self.reconcile_once()
+                if ok:
+                    self.failures = 0
+                    self.next_reconcile = self.ctx.clock() + context.jittered_delay(
+                        cfg.resync_seconds, self.ctx.rng
+                    )
+                else:
+                    self.failures += 1
+                    delay = min(
+                        cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** (self.failures - 1)
+                    )
+                    self.next_reconcile = self.ctx.clock() + delay
+            now = self.ctx.clock()
+            if (
+                self.body is not None
+                and self.spec_problem is None
+                and self.secret is not None
+                and now >= self.next_poll
+            ):
+                policy = self.scaling_policy()
+                self.next_poll = now + (policy.polling_interval_seconds if policy else 5.0)
+                try:
+                    await scaler.poll_queue(self, policy)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    logger.warning(
+                        "autoscaler poll failed for %s/%s: %s",
+                        self.namespace,
+                        self.name,
+                        queue.redact(str(exc), self.secret),
+                    )
+            deadline = min(
+                self.next_reconcile,
+                self.next_poll if self.secret is not None else self.next_reconcile,
+            )
+            timeout = max(0.0, deadline - self.ctx.clock())
+            if self.dirty:
+                continue
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+
+    async def reconcile_once(self) -> bool:
+        started = time.perf_counter()
+        result = "success"
+        try:
+            await reconcile.reconcile(self)
+            if self.spec_problem is not None:
+                result = "invalid"
+                # A bad spec waits for its next change; a Secret problem is retried (backoff).
+                return self.spec_problem.reason == plan_mod.INVALID_SPEC
+            if self.applied.apply_problem is not None:
+                result = "invalid"
+                return False  # retried with backoff: a LimitRange or webhook may change
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = "error"
+            text = queue.redact(str(exc), self.secret)
+            if isinstance(exc, kube.ApiError) and exc.status in (409, 422, 429, 500, 503):
+                logger.info(
+                    "reconcile of %s/%s will be retried: %s", self.namespace, self.name, text
+                )
+            else:
+                logger.error(
+                    "reconcile of %s/%s failed: %s: %s",
+                    self.namespace,
+                    self.name,
+                    type(exc).__name__,
+                    text,
+                )
+            with contextlib.suppress(Exception):
+                await report.apply_failure(
+                    self,
+                    {
+                        "Degraded": (
+                            "True",
+                            "ReconcileFailed",
+                            f"{type(exc).__name__}: {text}"[:512],
+                        )
+                    },
+                )
+            return False
+        finally:
+            self.ctx.metrics.count_reconcile(self.namespace, self.name, result)
+            self.ctx.metrics.reconcile_duration.observe(time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ reconcile
+
+    def parse(self) -> api.Pool | api.InvalidPool:
+        """The parsed pool, cached per (uid, generation, labels): parsing is the costly part."""
+        meta = (self.body or {}).get("metadata") or {}
+        key = (meta.get("uid"), meta.get("generation"), str(meta.get("labels")))
+        if self.parsed_key != key or self.parsed is None:
+            self.parsed = api.parse_pool(self.body or {})
+            self.parsed_key = key
+            try:
+                self.policy = (
+                    api.build_scaling_policy(self.parsed.spec)
+                    if isinstance(self.parsed, api.Pool)
+                    else None
+                )
+            except ValueError:
+                self.policy = None
+        return self.parsed
+
+    def valid_pool(self) -> api.Pool:
+        parsed = self.parse()
+        if isinstance(parsed, api.InvalidPool):
+            raise reconcile.SpecProblemError(plan_mod.INVALID_SPEC, parsed.message)
+        return parsed
+
+    def scaling_policy(self) -> autoscaling.ScalingPolicy | None:
+        self.parse()
+        return self.policy
+
+    async def read_secret(self, pool: api.Pool) -> plan_mod.SecretCheck:
+        """Check the Secret behind urlSecretRef; keep its value in memory only."""
+        ref = pool.spec.queue.redis.url_secret_ref
+        secret_name, secret_key = ref.name, ref.key
+        now = self.ctx.clock()
+        key = self.secret_key
+        fresh = now - self.secret_read_at < self.ctx.config.secret_cache_seconds
+        same = key is not None and (key.secret, key.key) == (secret_name, secret_key)
+        if self.secret is not None and same and fresh:
+            return plan_mod.SecretCheck("ok", version=self.secret.version)
+        try:
+            read_at, value = await self.ctx.fetch_secret(self.namespace, secret_name, secret_key)
+        except kube.SecretNotFoundError as exc:
+            self.secret = None
+            return plan_mod.SecretCheck("key_missing" if exc.key_missing else "missing", str(exc))
+        try:
+            queue.check_redis_url(value.value)
+        except queue.InvalidRedisUrlError as exc:
+            self.secret = None
+            message = f'key "{secret_key}" of Secret "{secret_name}": {exc}'
+            return plan_mod.SecretCheck("invalid_url", message)
+        self.secret = value
+        self.secret_key = queue.ClientKey(
+            self.namespace, secret_name, secret_key, value.resource_version
+        )
+        self.secret_read_at = read_at
+        if key is not None and not same:
+            await self.ctx.release_unused()  # the pool moved to another Secret (or key)
+        return plan_mod.SecretCheck("ok", version=value.version)
+
+    def observed(self, secret: plan_mod.SecretCheck, **more: Any) -> plan_mod.Observed:
+        body = self.body or {}
+        previous = api.parse_status(body.get("status"))
+        applied = self.applied.reconciled_generation
+        if applied is None and previous is not None:
+            applied = previous.observed_generation  # not applied by this run yet: as stored
+        deployment = None
+        if self.deployment is not None:
+            deployment = dataclasses.replace(
+                plan_mod.build_deployment_state(self.deployment),
+                rollout_generation=self.applied.rollout_generation,
+            )
+        return plan_mod.Observed(
+            now=dt.datetime.now(dt.UTC),
+            secret=secret,
+            deployment=deployment,
+            previous=previous,
+            applied_generation=applied,
+            apply_problem=self.applied.apply_problem,
+            missing_apis=self.applied.missing_apis,
+            not_owned=self.applied.not_owned,
+            queue_sharing=self.ctx.find_queue_sharing((self.namespace, self.name)),
+            **more,
+        )
+
+    def bound_series(self) -> metrics.PoolSeries:
+        """The pool's series, bound again when its queue (a label) changed."""
+        labels = self.labels
+        if self.series is None or self.series_labels != labels:
+            if self.series_labels is not None:
+                self.ctx.metrics.forget_pool(self.series_labels, self.series)
+            self.series = self.ctx.metrics.bind_pool(labels)
+            self.series_labels = labels
+        return self.series

@@ -1,0 +1,297 @@
+"""One reconcile of one WorkerPool: read its Secret, plan, apply the children, delete the
+obsolete ones, report.
+
+Called by the pool controller's loop (``shell.pool``) whenever it is woken or a resync is due.
+
+- Children are written by server-side apply (field manager ``workerfleet``, forced: we own those
+  fields) and only when what we would send changed or the Deployment drifted; an unchanged pool
+  writes nothing, so resourceVersions stay stable after convergence. ``spec.replicas`` is sent by
+  the main apply only in ``disabled`` mode and at creation; in ``builtin`` mode it is written by
+  the autoscaler's own manager, never forced, so another owner (an HPA) is reported, not fought.
+- No finalizers: garbage collection removes the children through their ownerReferences.
+- Worker pods read the Redis URL only at start, so the Secret's ``<uid>/<resourceVersion>``
+  (not a hash of its value) is a pod-template annotation: a new version rolls the pods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workerfleet_operator import api
+from workerfleet_operator import plan as plan_mod
+from workerfleet_operator.shell import context, drift, kube, report
+
+if TYPE_CHECKING:
+    from workerfleet_operator.shell import pool as pool_mod
+
+logger = logging.getLogger("workerfleet.operator")
+
+Body = dict[str, Any]
+
+
+class SpecProblemError(Exception):
+    """Bad input the CRD cannot catch: reported as Ready=False with ``reason``; retried slowly."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class AppliedState:
+    """What the reconcile remembers of its own writes between rounds."""
+
+    reconciled_generation: int | None = None
+    # A generation whose children the API server refused (422): retried with backoff, not on
+    # every event of the pool (our own status writes would turn that into a storm).
+    rejected_generation: int | None = None
+    apply_problem: str | None = None
+    # Kinds whose API is not served (no KEDA, no Prometheus Operator): Degraded, not an Event
+    # per apply.
+    missing_apis: tuple[str, ...] = ()
+    # Children of ours by name that exist but are controlled by something else ("<Kind>
+    # <name>"): never applied over (adopted) nor deleted, reported in status.
+    not_owned: tuple[str, ...] = ()
+    # The Deployment generation at which we last changed its pod template (see plan.py).
+    rollout_generation: int | None = None
+    applied_hash: str | None = None
+    # The Deployment fields we own, as last applied (spec.replicas left out unless we own it):
+    # any observed Deployment that is not a superset of this has drifted.
+    drift_reference: Body | None = None
+    cleaned_generation: int | None = None
+    next_full_apply: float = 0.0
+
+
+async def reconcile(controller: pool_mod.PoolController) -> None:
+    """Level-triggered and idempotent: compare, apply what differs, report."""
+    body = controller.body
+    if body is None:
+        return
+    client = controller.ctx.fetch_client()
+    parsed = controller.parse()
+    if isinstance(parsed, api.InvalidPool):
+        secret = plan_mod.SecretCheck("ok")
+    else:
+        secret = await controller.read_secret(parsed)
+    foreign_deployment = False
+    if controller.deployment is None or controller.deployment_gone:
+        fetched = await kube.fetch_object(
+            client, kube.build_ref("Deployment", controller.namespace, controller.name)
+        )
+        controller.deployment_gone = False
+        # Someone else's Deployment of this name is neither adopted, applied over nor
+        # scaled: the pool reports it and runs nothing until it is renamed or deleted.
+        foreign_deployment = fetched is not None and not controller.is_ours(fetched)
+        controller.deployment = None if foreign_deployment else fetched
+    the_plan = plan_mod.plan(parsed, controller.observed(secret))
+    if the_plan.hold:
+        # Bad input: nothing applied, nothing deleted; explain, and retry a Secret slowly.
+        controller.spec_problem = SpecProblemError(
+            secret.state if secret.state != "ok" else plan_mod.INVALID_SPEC,
+            the_plan.problem or "",
+        )
+        await report.apply_status(controller, the_plan.status, the_plan.events)
+        if controller.problem_logged != the_plan.problem:
+            controller.problem_logged = the_plan.problem
+            logger.warning(
+                "WorkerPool %s/%s: %s", controller.namespace, controller.name, the_plan.problem
+            )
+        return
+    controller.spec_problem = None
+    controller.problem_logged = None
+    assert isinstance(parsed, api.Pool)
+    await _apply_children(controller, parsed, the_plan, foreign_deployment=foreign_deployment)
+    if controller.applied.apply_problem is None:
+        controller.applied.reconciled_generation = parsed.generation
+        controller.applied.rejected_generation = None
+    else:
+        controller.applied.rejected_generation = parsed.generation
+    # The status from what the writes returned (a plan on the fresh Deployment state).
+    final = plan_mod.plan(parsed, controller.observed(secret))
+    events = tuple(e for e in final.events if e.reason not in ("Creating",))
+    await report.apply_status(controller, final.status, events)
+
+
+async def _apply_children(
+    controller: pool_mod.PoolController,
+    pool: api.Pool,
+    the_plan: plan_mod.Plan,
+    *,
+    foreign_deployment: bool = False,
+) -> None:
+    client = controller.ctx.fetch_client()
+    deployment = controller.deployment
+    name_taken = f"Deployment {controller.name}"
+    others = tuple(n for n in controller.applied.not_owned if n != name_taken)
+    if foreign_deployment:
+        controller.applied.not_owned = (name_taken, *others)
+        if await _apply_optional_children(controller, pool, the_plan.children[1:]):
+            await _delete_obsolete(controller, pool, the_plan.obsolete)
+        return
+    controller.applied.not_owned = others
+    creating = deployment is None
+    children = list(the_plan.children)
+    desired_hash = hashlib.sha256(
+        json.dumps(children, sort_keys=True, default=str).encode()
+    ).hexdigest()
+    resync = controller.ctx.clock() >= controller.applied.next_full_apply
+    main = children[0]
+    reference = drift.build_drift_reference(main, pool)
+    drifted = deployment is not None and not drift.is_subset(reference, deployment)
+    # Drift is someone else's edit: what we would send is what we last sent, and the live
+    # object differs from it. A new spec (or Secret version) differs too, but is no drift.
+    announce_drift = drifted and reference == controller.applied.drift_reference
+    if creating or drifted or resync or desired_hash != controller.applied.applied_hash:
+        try:
+            if deployment is not None:
+                deployment = await _hand_over_replicas(controller, main, deployment)
+            applied = await kube.apply_object(client, main)
+        except kube.ApiError as exc:
+            if _refused(controller, main, exc):
+                return
+            raise
+        controller.applied.drift_reference = reference
+        controller.applied.rollout_generation = drift.track_rollout_generation(
+            controller.applied.rollout_generation, controller.deployment, applied
+        )
+        if drift.is_newer(applied, controller.deployment):
+            controller.deployment = applied
+        # The other children only when they may have changed (a Deployment drift alone
+        # re-applies the Deployment alone).
+        every_child = resync or desired_hash != controller.applied.applied_hash or creating
+        if every_child and not await _apply_optional_children(controller, pool, children[1:]):
+            return
+        controller.applied.apply_problem = None
+        if creating and the_plan.replicas is not None and pool.spec.autoscaling.mode == "builtin":
+            # The autoscaler's manager co-owns the initial count from the start.
+            with contextlib.suppress(kube.ApiError):
+                controller.deployment = await kube.apply_replicas(
+                    client, controller.namespace, controller.name, the_plan.replicas
+                )
+            if controller.deployment is not None and not drift.is_subset(
+                reference, controller.deployment
+            ):
+                controller.dirty = True  # edited between our two writes: go round again
+        controller.applied.applied_hash = desired_hash
+        controller.applied.next_full_apply = controller.ctx.clock() + context.jittered_delay(
+            controller.ctx.config.resync_seconds, controller.ctx.rng
+        )
+        if announce_drift:
+            await report.post_event(
+                controller,
+                "Normal",
+                "DriftCorrected",
+                f"Deployment {controller.name} restored to the pool's spec",
+            )
+    else:
+        controller.applied.drift_reference = reference
+    await _delete_obsolete(controller, pool, the_plan.obsolete)
+
+
+def _refused(
+    controller: pool_mod.PoolController, child: Mapping[str, Any], exc: kube.ApiError
+) -> bool:
+    """A child refused as written (400/422: validation, admission): the spec must change.
+    Recorded for the status (ApplyRejected); True when ``exc`` is such a refusal."""
+    if exc.status not in (400, 422):
+        return False
+    kind, name = child["kind"], child["metadata"]["name"]
+    controller.applied.apply_problem = f"{kind} {name} refused: {exc.message}"
+    return True
+
+
+async def _apply_optional_children(
+    controller: pool_mod.PoolController, pool: api.Pool, children: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Apply the children besides the Deployment; False when one was refused (422).
+
+    A child whose kind is not served is skipped (``missing_apis``); one of that name that
+    someone else controls is left alone, never adopted (``not_owned``).
+    """
+    client = controller.ctx.fetch_client()
+    missing: list[str] = []
+    taken: list[str] = [
+        n for n in controller.applied.not_owned if n == f"Deployment {controller.name}"
+    ]
+    for child in children:
+        kind, name = str(child["kind"]), str(child["metadata"]["name"])
+        try:
+            existing = await kube.fetch_object(client, kube.build_ref_of(child))
+            if existing is not None and not controller.is_ours(existing):
+                taken.append(f"{kind} {name}")
+                continue
+            await kube.apply_object(client, dict(child))
+        except kube.ApiError as exc:
+            if exc.is_not_found:
+                missing.append(kind)  # its CRD is not installed: go on
+                continue
+            if _refused(controller, child, exc):
+                return False
+            raise
+    controller.applied.missing_apis = tuple(dict.fromkeys(missing))
+    controller.applied.not_owned = tuple(taken)
+    return True
+
+
+async def _hand_over_replicas(
+    controller: pool_mod.PoolController, main: Body, deployment: Body
+) -> Body:
+    """Before an apply that stops sending ``spec.replicas`` (leaving ``disabled``), give the
+    current count to the autoscaler's manager: a field its last manager releases is reset
+    to the API default (1), which would drop a pool of 4 to 1 at once."""
+    replicas = (deployment.get("spec") or {}).get("replicas")
+    owners = kube.build_owner_of_replicas(deployment)
+    releasing = "replicas" not in (main.get("spec") or {}) and kube.FIELD_MANAGER in owners
+    if not releasing or replicas is None or kube.REPLICAS_FIELD_MANAGER in owners:
+        return deployment  # nothing released, or the autoscaler co-owns it already
+    handed = await kube.apply_replicas(
+        controller.ctx.fetch_client(), controller.namespace, controller.name, int(replicas)
+    )
+    logger.info(
+        "%s/%s: spec.replicas (%s) handed to the autoscaler's field manager",
+        controller.namespace,
+        controller.name,
+        replicas,
+    )
+    if drift.is_newer(handed, controller.deployment):
+        controller.deployment = handed
+    return handed
+
+
+async def _delete_obsolete(
+    controller: pool_mod.PoolController, pool: api.Pool, obsolete: tuple[plan_mod.ChildRef, ...]
+) -> None:
+    # Deleting is only needed when the spec changed since a reconcile of ours (or while we
+    # were down); a converged pool does not cost five DELETEs per resync.
+    stored = api.parse_status((controller.body or {}).get("status"))
+    stored_generation = stored.observed_generation if stored is not None else None
+    if (
+        pool.generation == controller.applied.cleaned_generation
+        or stored_generation is None  # never reconciled: nothing of ours can exist yet
+        or (controller.applied.cleaned_generation is None and stored_generation == pool.generation)
+    ):
+        controller.applied.cleaned_generation = pool.generation
+        return
+    client = controller.ctx.fetch_client()
+    for ref in obsolete:
+        kind = kube.KINDS.get(ref.kind)
+        plural = kind[1] if kind else ref.kind.lower() + "s"
+        where = kube.ObjectRef(ref.api_version, plural, ref.namespace, ref.name)
+        try:
+            existing = await kube.fetch_object(client, where)
+            if existing is None or not controller.is_ours(existing):
+                continue  # absent, or someone else's of the same name: never ours to delete
+            # Only the object just checked: one recreated since (another uid) answers 409.
+            uid = str(existing["metadata"]["uid"])
+            await kube.delete_object(client, where, uid=uid)
+        except kube.ApiError as exc:
+            if exc.status not in (404, 405, 409):
+                raise
+    controller.applied.cleaned_generation = pool.generation

@@ -1,0 +1,154 @@
+"""The pool's status and Events as the API server gets them: written only when they change,
+posted only on transitions, exported as metrics every time.
+
+Called by the reconcile (``shell.reconcile``), the autoscaler poll (``shell.scaler``) and the
+pool controller's loop (a reconcile that raised). What to write is decided by ``plan``; this
+module decides only *whether* a write is due (telemetry waits for ``status_refresh_seconds``)
+and redacts every Event text with ``queue.redact``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from workerfleet_operator import api
+from workerfleet_operator import plan as plan_mod
+from workerfleet_operator.shell import drift, kube, queue
+
+if TYPE_CHECKING:
+    from workerfleet_operator.shell import pool as pool_mod
+
+logger = logging.getLogger("workerfleet.operator")
+
+
+# ------------------------------------------------------------------ status and events
+
+
+async def apply_status(
+    controller: pool_mod.PoolController,
+    status_model: api.WorkerPoolStatus,
+    events: Sequence[plan_mod.Event],
+) -> bool:
+    """Write the status only if the merge would change it; post the plan's Events.
+
+    Returns False when a change was held back for the refresh interval (nothing else waits).
+    """
+    body = controller.body
+    if body is None:
+        return True
+    _export_conditions(controller, status_model)
+    stored = api.parse_status(body.get("status"))
+    stored_patch = api.build_status_patch(stored) if stored is not None else {}
+    status = api.build_status_patch(status_model, stored_patch)
+    base = _without_observed_time(stored_patch)
+    merged = drift.merge(base, _without_observed_time(status))
+    now = controller.ctx.clock()
+    # Numbers that move on every poll of a busy pool (an ageing backlog) wait for the
+    # refresh interval; anything else (conditions, replicas, generation) goes at once.
+    waits = (
+        _without_telemetry(merged) == _without_telemetry(base)
+        and now - controller.status_written_at < controller.ctx.config.status_refresh_seconds
+    )
+    if merged != base and not waits:
+        controller.status_written_at = now
+        ref = kube.build_ref("WorkerPool", controller.namespace, controller.name)
+        try:
+            updated = await kube.apply_status(controller.ctx.fetch_client(), ref, status)
+        except kube.ApiError as exc:
+            if exc.is_not_found:
+                return True  # deleted meanwhile; the DELETED event stops this loop
+            raise
+        if drift.is_newer(updated, controller.body):
+            controller.body = updated
+    for event in events:
+        await post_event(controller, event.type, event.reason, event.message)
+    return merged == base or not waits
+
+
+def _export_conditions(
+    controller: pool_mod.PoolController, status_model: api.WorkerPoolStatus
+) -> None:
+    """Every status we write is exported too: a held pool (its Secret gone, its spec invalid)
+    never polls, and its series must not freeze at the last good values."""
+    conditions = list(status_model.conditions or ())
+    series = controller.bound_series()
+    series.record_conditions((c.type, c.status, c.reason) for c in conditions)
+    reachable = api.find_condition(conditions, api.QUEUE_REACHABLE)
+    if reachable is not None:
+        series.record_queue_reachable(reachable.status == "True", reachable.reason)
+
+
+async def apply_failure(
+    controller: pool_mod.PoolController, wanted: Mapping[str, tuple[api.ConditionStatus, str, str]]
+) -> None:
+    """Set a few conditions on the stored status (used when a reconcile raised)."""
+    body = controller.body
+    if body is None:
+        return
+    stored = api.parse_status(body.get("status")) or api.WorkerPoolStatus()
+    generation = int(body["metadata"].get("generation", 1))
+    now = dt.datetime.now(dt.UTC)
+    previous = list(stored.conditions or ())
+    conditions = {c.type: c for c in previous}
+    events = []
+    for ctype, (status, reason, message) in wanted.items():
+        before = conditions.get(ctype)
+        conditions[ctype] = api.build_condition(
+            ctype, status, reason, message, generation=generation, now=now, previous=previous
+        )
+        transitioned = before is None or (before.status, before.reason) != (status, reason)
+        if transitioned and status == "True" and ctype in (api.DEGRADED, api.SCALING_LIMITED):
+            events.append(plan_mod.Event("Warning", reason, message))
+    order = {t: i for i, t in enumerate(api.CONDITION_TYPES)}
+    merged = sorted(conditions.values(), key=lambda c: order.get(c.type, len(order)))
+    await apply_status(controller, stored.model_copy(update={"conditions": merged}), events)
+
+
+async def post_event(
+    controller: pool_mod.PoolController, event_type: str, reason: str, message: str
+) -> None:
+    if controller.body is None:
+        return
+    try:
+        await kube.apply_event(
+            controller.ctx.fetch_client(),
+            controller.body,
+            event_type=event_type,
+            reason=reason,
+            message=queue.redact(message, controller.secret),
+        )
+    except kube.ApiError as exc:  # an Event is best-effort; never fail a reconcile for it
+        logger.info(
+            "could not post Event %s for %s/%s: %s",
+            reason,
+            controller.namespace,
+            controller.name,
+            exc.reason,
+        )
+
+
+def _without_observed_time(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status minus ``queue.observedTime``, which changes on every poll by design."""
+    result = dict(status)
+    if isinstance(result.get("queue"), dict):
+        result["queue"] = {k: v for k, v in result["queue"].items() if k != "observedTime"}
+    return result
+
+
+_TELEMETRY_AUTOSCALING_FIELDS = frozenset(
+    {"signals", "reason", "rawDesired", "chosen", "clampedBy"}
+)
+
+
+def _without_telemetry(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status minus what a busy pool changes on every poll (``queue``, the signals and the
+    explanation of a decision): what is left changes only when something happened."""
+    result = {k: v for k, v in status.items() if k != "queue"}
+    if isinstance(result.get("autoscaling"), dict):
+        result["autoscaling"] = {
+            k: v for k, v in result["autoscaling"].items() if k not in _TELEMETRY_AUTOSCALING_FIELDS
+        }
+    return result

@@ -1,0 +1,338 @@
+"""The autoscaler poll of one WorkerPool: read its queue, decide, write the replicas, report.
+
+Called by the pool controller's loop (``shell.pool``) every ``pollingIntervalSeconds`` between
+reconciles. The decision is ``autoscaling.decide`` (pure); this module does the I/O around it:
+
+- The poll re-reads the Secret (``get`` only; a watch would need list/watch on every Secret):
+  a new version marks the pool dirty, so the reconcile rolls the pods within
+  ``secret_cache_seconds`` + one poll.
+- Replicas are written by the autoscaler's own field manager, and only after checking that no
+  live autoscaler (an HPA, a ScaledObject) drives them: another owner is reported
+  (``ReplicasOwnedElsewhere``), not fought.
+- Pods are ranked for a scale-down by their heartbeats (the pod-deletion-cost annotation).
+- An unchanged poll costs no plan and no write: only the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from workerfleet_operator import api, autoscaling
+from workerfleet_operator import plan as plan_mod
+from workerfleet_operator.shell import drift, kube, queue, report
+
+if TYPE_CHECKING:
+    from workerfleet_operator.shell import pool as pool_mod
+
+logger = logging.getLogger("workerfleet.operator")
+
+
+@dataclass
+class ScalerMemory:
+    """What the autoscaler remembers between polls."""
+
+    scaler_state: autoscaling.ScalerState = field(default_factory=autoscaling.ScalerState)
+    last_observation: autoscaling.Observation | None = None
+    last_decision: autoscaling.Decision | None = None
+    last_scale_wall_time: float | None = None  # wall-clock time of the last scale, for status
+    replicas_blocked_by: tuple[str, ...] = ()
+    last_dry_run_desired: int | None = None
+    poll_signature: tuple[Any, ...] | None = None
+
+
+# ------------------------------------------------------------------ autoscaler
+
+
+async def poll_queue(
+    controller: pool_mod.PoolController, policy: autoscaling.ScalingPolicy | None
+) -> None:
+    if (
+        policy is None
+        or controller.secret is None
+        or controller.secret_key is None
+        or controller.body is None
+    ):
+        return
+    pool = controller.valid_pool()
+    # A rotated (or deleted) Secret is noticed within secret_cache_seconds, not at resync.
+    before = controller.secret.version
+    check = await controller.read_secret(pool)
+    if check.state != "ok" or controller.secret is None or controller.secret_key is None:
+        controller.ctx.queue_readers.pop((controller.namespace, controller.name), None)
+        controller.dirty = True  # the reconcile reports it (Ready=False) and holds
+        return
+    if check.version != before:
+        controller.dirty = True  # a new pod-template annotation rolls the pods onto the new URL
+    created = str(((controller.body or {}).get("metadata") or {}).get("creationTimestamp") or "")
+    where = queue.identify_queue(controller.secret.value, pool.spec.queue.name)
+    controller.ctx.queue_readers[(controller.namespace, controller.name)] = (where, created)
+    sharing = controller.ctx.find_queue_sharing((controller.namespace, controller.name))
+    observation = await controller.ctx.queues.fetch_observation(
+        controller.secret_key,
+        controller.secret,
+        pool.spec.queue.name,
+        deadline_seconds=controller.ctx.config.redis_timeout_seconds,
+    )
+    controller.scaling.last_observation = observation
+    if controller.terminating or controller.stopped:
+        return  # deleted while Redis was read: write nothing (another finalizer may hold it)
+    deployment = controller.deployment
+    current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
+    # decide() runs on the monotonic clock (its windows survive wall-clock steps); the time
+    # of each scale is recorded on the wall clock for status.autoscaling.lastScaleTime.
+    decision = autoscaling.decide(
+        policy, observation, current, controller.scaling.scaler_state, controller.ctx.clock()
+    )
+    if decision.state.last_scale_time != controller.scaling.scaler_state.last_scale_time:
+        controller.scaling.last_scale_wall_time = controller.ctx.wall_clock()
+    controller.scaling.scaler_state = decision.state
+    controller.scaling.last_decision = decision
+    applied = True
+    if policy.mode == "builtin" and deployment is not None and decision.desired != current:
+        if sharing is not None and sharing.holds:
+            applied = False  # another pool scales for this queue (QueueConflict)
+        elif policy.dry_run:
+            applied = (
+                controller.scaling.last_dry_run_desired != decision.desired
+            )  # one Event per change
+            controller.scaling.last_dry_run_desired = decision.desired
+        else:
+            applied = await _scale(controller, deployment, current, decision, observation)
+    # An unchanged poll (an idle pool) costs no plan and no write: only the metrics.
+    signature = (
+        *_poll_signature(observation, decision, controller.deployment, controller.body),
+        sharing,
+    )
+    if (
+        signature == controller.scaling.poll_signature
+        and applied
+        and not controller.scaling.replicas_blocked_by
+    ):
+        _export(controller, policy, observation, decision)
+        return
+    controller.scaling.poll_signature = signature
+    the_plan = plan_mod.plan(
+        pool,
+        controller.observed(
+            check,
+            stats=observation.stats,
+            stats_error=observation.error,
+            decision=_with_scale_time(decision, controller.scaling.last_scale_wall_time),
+        ),
+    )
+    status = the_plan.status
+    events = list(the_plan.events)
+    if not applied:
+        events = [e for e in events if e.message != plan_mod.build_redacted(decision.reason)]
+    if controller.scaling.replicas_blocked_by:
+        status, blocked_event = _blocked_condition(controller, status)
+        events = [e for e in events if e.reason != "WithinLimits"]
+        if blocked_event is not None:
+            events.append(blocked_event)
+    if not await report.apply_status(controller, status, events):
+        controller.scaling.poll_signature = (
+            None  # deferred: the next poll writes it once the refresh is due
+        )
+    _export(controller, policy, observation, decision)
+
+
+def _blocked_condition(
+    controller: pool_mod.PoolController, status: api.WorkerPoolStatus
+) -> tuple[api.WorkerPoolStatus, plan_mod.Event | None]:
+    owners = ", ".join(controller.scaling.replicas_blocked_by)
+    message = (
+        f"spec.replicas is driven by {owners}; the autoscaler holds instead of fighting. "
+        "Delete it to hand the replicas back (or set autoscaling.mode: disabled or keda)"
+    )
+    previous = list(status.conditions or ())
+    stored = api.parse_status((controller.body or {}).get("status"))
+    before = api.find_condition(stored.conditions if stored else None, api.SCALING_LIMITED)
+    condition = api.build_condition(
+        api.SCALING_LIMITED,
+        "True",
+        "ReplicasOwnedElsewhere",
+        message,
+        generation=int((controller.body or {})["metadata"].get("generation", 1)),
+        now=dt.datetime.now(dt.UTC),
+        previous=list(stored.conditions or ()) if stored else [],
+    )
+    merged = [condition if c.type == api.SCALING_LIMITED else c for c in previous]
+    event = None
+    if before is None or (before.status, before.reason) != ("True", "ReplicasOwnedElsewhere"):
+        event = plan_mod.Event("Warning", "ReplicasOwnedElsewhere", message)
+    return status.model_copy(update={"conditions": merged}), event
+
+
+async def _scale(
+    controller: pool_mod.PoolController,
+    deployment: Mapping[str, Any],
+    current: int,
+    decision: autoscaling.Decision,
+    observation: autoscaling.Observation,
+) -> bool:
+    """Write the decided replicas; False when held because another manager owns them."""
+    client = controller.ctx.fetch_client()
+    for attempt in range(2):
+        # Decided on live autoscalers, not managedFields: one `kubectl scale` (or an HPA
+        # deleted since) stays listed there for good and would hold the pool forever.
+        controllers = await kube.fetch_replicas_controllers(
+            client, controller.namespace, controller.name
+        )
+        if controllers:
+            _block_replicas(controller, tuple(controllers))
+            return False
+        # Costs rank pods by their heartbeats: without stats (a fallback during an outage)
+        # every pod would look dead, so none is marked and the ReplicaSet picks.
+        if decision.desired < current and attempt == 0 and observation.stats is not None:
+            await _mark_deletion_costs(controller, deployment, observation)
+        try:
+            # Forced only against our own managers (the creation apply co-owns the field),
+            # and only on the version whose managers were just checked.
+            controller.deployment = await kube.apply_replicas(
+                client,
+                controller.namespace,
+                controller.name,
+                decision.desired,
+                force=True,
+                resource_version=deployment.get("metadata", {}).get("resourceVersion"),
+            )
+            break
+        except kube.ApiError as exc:
+            if not exc.is_conflict:
+                raise
+        # Changed since our watch saw it (maybe someone else scaled it): check it again.
+        fresh = await kube.fetch_object(
+            client, kube.build_ref("Deployment", controller.namespace, controller.name)
+        )
+        if fresh is None:
+            controller.dirty = True  # deleted: the reconcile recreates it
+            return False
+        controller.deployment = deployment = fresh
+    else:
+        return False  # changed twice in a row: the next poll decides again
+    if controller.applied.drift_reference is not None and not drift.is_subset(
+        controller.applied.drift_reference, controller.deployment
+    ):
+        controller.dirty = True  # edited by someone between our writes
+    controller.scaling.replicas_blocked_by = ()
+    return True
+
+
+def _block_replicas(controller: pool_mod.PoolController, owners: tuple[str, ...]) -> None:
+    if owners != controller.scaling.replicas_blocked_by:
+        logger.warning(
+            "%s/%s: spec.replicas is driven by %s; the autoscaler holds instead of fighting",
+            controller.namespace,
+            controller.name,
+            ", ".join(owners),
+        )
+    controller.scaling.replicas_blocked_by = owners
+
+
+async def _mark_deletion_costs(
+    controller: pool_mod.PoolController,
+    deployment: Mapping[str, Any],
+    observation: autoscaling.Observation,
+) -> None:
+    selector = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+    if not selector:
+        return
+    client = controller.ctx.fetch_client()
+    label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    pods = await kube.fetch_objects(
+        client, kube.build_ref("Pod", controller.namespace), label_selector=label_selector
+    )
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    names = [p["metadata"]["name"] for p in live]
+    assert observation.stats is not None
+    costs = autoscaling.build_deletion_costs(
+        observation.stats.workers, names, observation.stats.now
+    )
+    current = {
+        p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
+            kube.DELETION_COST_ANNOTATION
+        )
+        for p in live
+    }
+    await kube.apply_pod_deletion_costs(client, controller.namespace, costs, current)
+
+
+def _export(
+    controller: pool_mod.PoolController,
+    policy: autoscaling.ScalingPolicy,
+    observation: autoscaling.Observation,
+    decision: autoscaling.Decision,
+) -> None:
+    series = controller.bound_series()
+    spec = controller.valid_pool().spec
+    series.record_poll(
+        observation.stats,
+        desired=decision.desired,
+        max_replicas=policy.max_replicas,
+        alert_threshold=spec.dead_letter.alert_threshold,
+        oldest_job_age_target=spec.autoscaling.target_oldest_job_age_seconds,
+    )
+    if controller.deployment is not None:
+        replicas = int(controller.deployment.get("spec", {}).get("replicas", 0))
+        ready = int((controller.deployment.get("status") or {}).get("readyReplicas", 0))
+        series.replicas_current.set(replicas)
+        series.replicas_ready.set(ready)
+
+
+def _with_scale_time(
+    decision: autoscaling.Decision, wall_time: float | None
+) -> autoscaling.Decision:
+    """The decision as plan() shows it: ``last_scale_time`` in wall-clock unix seconds."""
+    state = dataclasses.replace(decision.state, last_scale_time=wall_time)
+    return dataclasses.replace(decision, state=state)
+
+
+def _poll_signature(
+    observation: autoscaling.Observation,
+    decision: autoscaling.Decision,
+    deployment: Mapping[str, Any] | None,
+    pool: Mapping[str, Any] | None,
+) -> tuple[Any, ...]:
+    """Everything a poll's status depends on; equal signatures give equal statuses."""
+    s = observation.stats
+    stats_part = (
+        None
+        if s is None
+        else (
+            s.backlog,
+            s.in_flight,
+            s.future_delayed,
+            s.dead_letter,
+            round(float(s.oldest_job_age_seconds), 3),
+            len(s.workers),
+        )
+    )
+    rates = decision.rates
+    dep = deployment or {}
+    return (
+        stats_part,
+        observation.error,
+        decision.desired,
+        decision.raw_desired,
+        decision.clamped_by,
+        decision.chosen,
+        decision.reason,
+        decision.scaling_limited,
+        decision.dry_run,
+        None if rates.arrival is None else round(rates.arrival, 4),
+        None if rates.completion is None else round(rates.completion, 4),
+        decision.state.last_scale_time,
+        (dep.get("spec") or {}).get("replicas"),
+        json.dumps(dep.get("status"), sort_keys=True),
+        _generation(pool or {}),
+    )
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
