@@ -38,7 +38,7 @@ lint: venv ## ruff, mypy --strict, import-linter contracts
 	.venv/bin/lint-imports
 
 test: deps node-deps venv testbin lint ## everything CI runs: lint, unit, integration, chaos, chart and e2e tests
-	$(PYTEST) -p no:cacheprovider tests
+	$(PYTEST) -p no:cacheprovider --durations=25 tests
 
 test-fast: deps venv ## the tests without the control plane and the chaos run
 	$(PYTEST) -p no:cacheprovider -m "not e2e and not chaos" tests
