@@ -2,7 +2,8 @@
 # Installs the real external tools the tests and the demo need, idempotently:
 # redis-server >= 7, prometheus/promtool, chromium + chromium-driver (the console's browser
 # tests) and zsh + fish (the completion tests) from Debian, helm + kubectl as pinned static
-# binaries (cached outside the repo, keyed by version). Called by `make deps`.
+# binaries (cached outside the repo, keyed by version), ElasticMQ (scripts/ensure-elasticmq.sh).
+# Called by `make deps`.
 # Exits non-zero when a tool cannot be had: tests must fail, never skip.
 # `ensure-deps.sh --demo` installs only what `make demo` runs: redis-server and prometheus.
 set -euo pipefail
@@ -58,5 +59,7 @@ ln -sf "$TOOLS/kubectl" "$CACHE/bin/kubectl"
 "$CACHE/bin/helm" version --short >/dev/null
 # checkov (chart security checks) lives in its own venv in the cache: see the script.
 bash "$(dirname "$0")/ensure-checkov.sh"
+# ElasticMQ (the SQS-compatible server the SQS broker's tests run), jars cached by version.
+bash "$(dirname "$0")/ensure-elasticmq.sh"
 chromium --version >/dev/null
 say "ok: $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3) helm $("$CACHE/bin/helm" version --short)"

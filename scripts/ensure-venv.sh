@@ -9,7 +9,7 @@ if [ -f "$stamp" ]; then exit 0; fi
 echo "venv: installing the project into .venv" >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[operator,demo,console,dev]"
+.venv/bin/python -m pip install -q -e ".[operator,demo,console,sqs,dev]"
 # The operator package lives in the plain folder operator/ (a package named `operator` would
 # shadow the stdlib); a .pth entry makes both import packages visible to mypy, import-linter
 # and subprocesses exactly as in the source tree.

@@ -11,6 +11,10 @@
   parametrized over both, so a contract test runs on a single Redis and on the cluster.
 
 A missing ``redis-server``/``redis-cli`` FAILS the run (``make deps`` installs them), never skips.
+
+- ``elasticmq_server``: one session-wide ElasticMQ (SQS-compatible, tests/support/elasticmq.py) on
+  free 127.0.0.1 ports, in memory; ``elasticmq_factory`` starts more, optionally persistent, that
+  can be killed and restarted on the same ports and data. A missing ElasticMQ FAILS the run.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+
+from tests.support import elasticmq
 
 STARTUP_SECONDS = 15.0
 
@@ -290,3 +296,32 @@ def engine_client(request: pytest.FixtureRequest) -> Any:
     """The same test on a single Redis and on a 3-master Redis Cluster."""
     name = "redis_client" if request.param == "redis" else "cluster_client"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def elasticmq_server() -> Iterator[elasticmq.ElasticMQServer]:
+    """One in-memory ElasticMQ for the session (each test uses its own queue names)."""
+    server = elasticmq.ElasticMQServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def elasticmq_factory() -> Iterator[Callable[..., elasticmq.ElasticMQServer]]:
+    """Start extra ElasticMQ servers (``persistent=True`` keeps queues across a restart)."""
+    servers: list[elasticmq.ElasticMQServer] = []
+
+    def start(*, persistent: bool = False) -> elasticmq.ElasticMQServer:
+        server = elasticmq.ElasticMQServer(persistent=persistent)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.close()
