@@ -72,7 +72,7 @@ class ElasticMQServer:
     @property
     def url(self) -> str:
         """The broker URL of workerfleet's SQS broker for this server."""
-        return f"sqs://127.0.0.1:{self.port}?region=us-east-1&scheme=http"
+        return f"sqs://127.0.0.1:{self.port}?region=us-east-1&secure=false"
 
     @property
     def pid(self) -> int:

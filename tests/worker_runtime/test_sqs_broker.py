@@ -1,0 +1,222 @@
+"""The SQS broker on a real ElasticMQ: leases are visibility timeouts, retries are re-sent
+messages carrying their attempts and history, poison is caught before it runs, drain releases
+without spending anything, priorities are queues polled in order, FIFO keeps group order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tests.support import elasticmq
+from worker_runtime import envelope as envelope_mod
+from worker_runtime.brokers import base
+from worker_runtime.brokers.sqs import attributes
+from worker_runtime.brokers.sqs import broker as sqs_broker
+
+OpenBroker = Callable[..., Awaitable[sqs_broker.SqsBroker]]
+
+
+@pytest.fixture
+async def open_sqs(elasticmq_server: elasticmq.ElasticMQServer) -> AsyncIterator[OpenBroker]:
+    opened: list[sqs_broker.SqsBroker] = []
+
+    async def open_one(url: str | None = None, **options: Any) -> sqs_broker.SqsBroker:
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        b = await sqs_broker.open_sqs_broker(
+            url or elasticmq_server.url, name, options=base.QueueOptions(**options)
+        )
+        opened.append(b)
+        return b
+
+    yield open_one
+    for b in opened:
+        await b.close()
+
+
+def job(
+    task: str = "t", *, priority: str = "normal", headers: dict[str, str] | None = None
+) -> base.EnqueueRequest:
+    return base.EnqueueRequest(
+        envelope=envelope_mod.build_envelope(task, {"n": 1}, priority=priority, headers=headers)
+    )
+
+
+async def fetch_until(b: sqs_broker.SqsBroker, count: int, seconds: float) -> list[base.Delivery]:
+    """Fetch (long-polling) until ``count`` deliveries came or ``seconds`` passed."""
+    out: list[base.Delivery] = []
+    deadline = time.monotonic() + seconds
+    while len(out) < count and time.monotonic() < deadline:
+        wait = min(2.0, max(0.1, deadline - time.monotonic()))
+        out += await b.fetch("w1", count - len(out), block=wait)
+    return out
+
+
+async def test_an_acked_job_is_gone_for_good(open_sqs: OpenBroker) -> None:
+    # Given a queue with one job
+    b = await open_sqs(lease_seconds=2)
+    sent = await b.enqueue(job())
+    # When a worker fetches and acks it
+    [d] = await fetch_until(b, 1, 10)
+    assert d.id == sent.job_id and d.attempts == 0 and d.deliveries == 1 and d.lost == 0
+    assert await b.ack(d) is True
+    # Then it never comes back, even after its lease would have ended
+    await asyncio.sleep(2.5)
+    assert await b.fetch("w1", 10) == []
+    assert await b.ack(d) is False
+
+
+async def test_fetch_serves_high_before_normal_before_low(open_sqs: OpenBroker) -> None:
+    b = await open_sqs()
+    await b.enqueue_many([job("low", priority="low"), job("normal"), job("high", priority="high")])
+    got = await fetch_until(b, 3, 10)
+    assert [d.envelope.task for d in got] == ["high", "normal", "low"]
+
+
+async def test_a_retry_carries_attempts_history_and_waits_its_delay(open_sqs: OpenBroker) -> None:
+    b = await open_sqs()
+    await b.enqueue(job())
+    [d] = await fetch_until(b, 1, 10)
+    failure = base.Failure("ValueError", "boom", "tb", "w1")
+    # When the job fails and is retried in 2 s
+    assert await b.retry(d, failure, delay_seconds=2) is True
+    retried_at = time.monotonic()
+    # Then it is not due before its delay, and comes back with one attempt spent
+    assert await b.fetch("w1", 1) == []
+    [again] = await fetch_until(b, 1, 10)
+    assert time.monotonic() - retried_at >= 1.5
+    assert (again.id, again.attempts, again.lost) == (d.id, 1, 0)
+    assert await b.fetch_previous_delay(d.id) == 2
+
+
+async def test_release_spends_no_attempt_and_raises_no_lost_count(open_sqs: OpenBroker) -> None:
+    b = await open_sqs(max_deliveries=1)
+    await b.enqueue(job())
+    for _ in range(3):  # released more often than max_deliveries allows losses
+        [d] = await fetch_until(b, 1, 10)
+        assert (d.attempts, d.lost) == (0, 0)
+        assert await b.release(d) is True
+    [d] = await fetch_until(b, 1, 10)
+    assert (d.attempts, d.lost, d.deliveries) == (0, 0, 4)
+
+
+async def test_an_unrenewed_lease_expires_and_the_job_is_delivered_again_as_lost(
+    open_sqs: OpenBroker,
+) -> None:
+    b = await open_sqs(lease_seconds=1)
+    await b.enqueue(job())
+    [first] = await fetch_until(b, 1, 10)
+    # the lease (visibility timeout) ends without a renew: the job is delivered again
+    [second] = await fetch_until(b, 1, 10)
+    assert second.id == first.id and second.receipt != first.receipt
+    assert (second.lost, second.deliveries, second.attempts) == (1, 2, 0)
+
+
+async def test_renew_keeps_a_lease_past_its_first_deadline(open_sqs: OpenBroker) -> None:
+    b = await open_sqs(lease_seconds=2)
+    await b.enqueue(job())
+    [d] = await fetch_until(b, 1, 10)
+    for _ in range(3):
+        await asyncio.sleep(1.0)
+        renewal = await b.renew("w1", [d])
+        assert [k.id for k in renewal.kept] == [d.id] and renewal.lost == ()
+    assert await b.fetch("w1", 1) == []
+    assert await b.ack(d) is True
+
+
+async def test_a_poison_job_is_dead_lettered_before_it_runs_with_its_history(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a job whose worker dies on every delivery (its leases just expire)
+    b = await open_sqs(lease_seconds=1, max_deliveries=2)
+    await b.enqueue(job())
+    first = await fetch_until(b, 1, 10)
+    second = await fetch_until(b, 1, 10)
+    assert [d.lost for d in first + second] == [0, 1]
+    # When it comes back a third time (two deliveries lost)
+    third = await fetch_until(b, 1, 4)
+    # Then the fetch dead-letters it instead of handing it out
+    assert third == []
+    assert b.fetch_dead_lettered[base.DeadLetterReason.MAX_DELIVERIES] == 1
+    stats = await b.fetch_stats()
+    assert stats.dead_letter == 1 and stats.backlog == 0 and stats.in_flight == 0
+
+
+async def test_a_blocking_fetch_returns_at_once_when_woken(open_sqs: OpenBroker) -> None:
+    b = await open_sqs()
+    wake = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(b.fetch("w1", 1, block=15, wake=wake))
+    await asyncio.sleep(0.5)
+    wake.set()
+    assert await asyncio.wait_for(task, 5) == []
+    assert time.monotonic() - started < 5
+
+
+async def test_a_job_received_by_a_long_poll_after_the_wake_is_served_next(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a fetch woken while its long poll is still out
+    b = await open_sqs()
+    wake = asyncio.Event()
+    task = asyncio.create_task(b.fetch("w1", 1, block=15, wake=wake))
+    await asyncio.sleep(0.5)
+    wake.set()
+    await task
+    # When a job arrives for that poll
+    await b.enqueue(job())
+    # Then the next fetch hands it out (nothing is stranded invisible)
+    [d] = await fetch_until(b, 1, 10)
+    assert d.lost == 0
+
+
+async def test_a_delay_beyond_the_sqs_limit_waits_in_steps(
+    open_sqs: OpenBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker whose per-message limit is 1 s (SQS: 900 s), and a job delayed 3 s
+    monkeypatch.setattr(sqs_broker, "MAX_SQS_DELAY", 1)
+    b = await open_sqs()
+    await b.enqueue(base.EnqueueRequest(envelope=job().envelope, delay_seconds=3))
+    sent = time.monotonic()
+    # Then it is re-sent step by step and runs only after the whole delay, not as a delivery
+    [d] = await fetch_until(b, 1, 15)
+    assert time.monotonic() - sent >= 2.5
+    assert (d.deliveries, d.lost, d.attempts) == (1, 0, 0)
+
+
+async def test_the_dead_letter_keeps_reason_counts_and_full_failure_history(
+    open_sqs: OpenBroker,
+) -> None:
+    b = await open_sqs()
+    await b.enqueue(job())
+    for n in range(2):
+        [d] = await fetch_until(b, 1, 10)
+        await b.retry(d, base.Failure("KeyError", f"try {n}", "tb", "w1"), delay_seconds=0)
+    [d] = await fetch_until(b, 1, 10)
+    assert await b.dead_letter(d, "max_attempts", failure=base.Failure("KeyError", "last")) is True
+    client = b._client  # the record as SQS holds it
+    reply = await client.receive_message(
+        QueueUrl=b.dead_letter_url, MessageAttributeNames=["All"], WaitTimeSeconds=1
+    )
+    [message] = reply["Messages"]
+    carried = attributes.decode_carried(message["MessageAttributes"])
+    assert carried.reason == "max_attempts" and carried.attempts == 3
+    assert [r.message for r in carried.history] == ["try 0", "try 1", "last"]
+    assert [r.attempt for r in carried.history] == [1, 2, 3]
+
+
+async def test_a_fifo_queue_keeps_the_order_of_a_message_group(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    b = await open_sqs(url=elasticmq_server.url + "&fifo=true&priorities=false")
+    await b.enqueue_many([job(f"j{i}", headers={"message-group-id": "g"}) for i in range(5)])
+    got: list[str] = []
+    for _ in range(5):
+        [d] = (await fetch_until(b, 1, 10))[:1]
+        got.append(d.envelope.task)
+        await b.ack(d)
+    assert got == [f"j{i}" for i in range(5)]

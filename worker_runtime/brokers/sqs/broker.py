@@ -1,0 +1,834 @@
+"""The SQS broker: workerfleet's :class:`~worker_runtime.brokers.base.Broker` on Amazon SQS (or an
+SQS-compatible server such as ElasticMQ), plus its ``QueueProbe`` and ``DeadLetters``.
+
+Opened by :func:`open_sqs_broker` (``open_broker`` for ``sqs://`` URLs); used by the worker, the
+producer, the CLI and the operator like any broker. How the contract maps onto SQS:
+
+- lease = the message's visibility timeout (``QueueOptions.lease_seconds``, whole seconds);
+  ``renew`` = ChangeMessageVisibilityBatch (10 per call); the receipt is SQS's receipt handle.
+- ack = DeleteMessageBatch: concurrent acks are coalesced, 10 per call.
+- fetch = ReceiveMessage over the priority queues in order (high, normal, low); with ``block``
+  the queues are long-polled at once (WaitTimeSeconds <= 20) and ``wake`` or ``close`` ends the
+  wait at once. A poll still running when the wait ends keeps running; what it receives is
+  served by the next fetch (``close`` puts it back without spending anything).
+- retry = send a NEW message (SQS cannot re-delay a message it holds) with DelaySeconds (at most
+  900; a longer delay waits in 900 s steps, ``wf-not-before``), the attempt and the failure
+  history in its attributes (:mod:`worker_runtime.brokers.sqs.attributes`), then delete the
+  original. release = the same with no delay and no attempt (a visibility reset would raise the
+  receive count that poison detection reads).
+- poison: a message's ``ApproximateReceiveCount`` minus one is the deliveries it lost; once a
+  job's lost deliveries reach ``max_deliveries`` fetch dead-letters it with its history before it
+  runs. The SQS redrive policy (``maxReceiveCount`` = ``max_deliveries`` + 1, to the ``-dlq``
+  queue) is the backstop when even that dead-letter cannot be sent.
+- FIFO queue sets (``fifo=true``): MessageGroupId = the envelope header ``message-group-id``
+  (else the queue name: one ordered stream), MessageDeduplicationId = job id (+ attempt on a
+  re-send). SQS cannot delay single messages on FIFO queues: retries are due at once there
+  (``Capabilities.max_delay_seconds`` = 0), and a release resets the visibility instead.
+
+What SQS cannot promise is declared in :data:`STANDARD_CAPABILITIES` / :data:`FIFO_CAPABILITIES`
+(the per-broker table is docs/brokers.md). Credentials come from the standard AWS chain
+(environment, profile, IRSA / Pod Identity web-identity tokens); only an endpoint on this machine
+without any credentials gets a fixed local pair (ElasticMQ does not check signatures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Collection, Container, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiobotocore.config
+import aiobotocore.session
+import botocore.exceptions
+
+from worker_runtime import envelope as envelope_mod
+from worker_runtime import errors, expiry
+from worker_runtime.brokers import base
+from worker_runtime.brokers.sqs import attributes, settings
+
+MAX_SQS_DELAY = 900
+"""SQS's longest per-message delay (DelaySeconds), seconds."""
+
+MAX_VISIBILITY = 43_200
+"""SQS's longest visibility timeout (12 h): the longest lease."""
+
+MAX_WAIT = 20
+"""SQS's longest long poll (WaitTimeSeconds)."""
+
+BATCH = 10
+"""SQS's batch size for SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch."""
+
+LOCAL_CREDENTIALS = ("workerfleet-local", "workerfleet-local")
+"""Used only for an endpoint on this machine when the AWS chain finds nothing."""
+
+_BASE_CAPABILITIES = base.Capabilities(
+    priorities=True,
+    max_delay_seconds=MAX_SQS_DELAY,
+    enqueue_dedup=False,
+    atomic_done_marker=False,
+    rate_limit=False,
+    heartbeats=False,
+    dead_letter_by_id=True,
+    failure_history=True,
+    fenced_receipts=False,
+    lease_expiry=True,
+    recover_after_lost_reply=False,
+    previous_delay=True,
+    exact_stats=False,
+    expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+)
+
+STANDARD_CAPABILITIES = _BASE_CAPABILITIES
+"""Standard queues. enqueue_dedup: no (SQS has no id index; a re-sent enqueue runs twice);
+done markers, rate limit, heartbeats: no store for them; fenced_receipts: SQS may apply a call
+made with an older receipt handle; recover: a lost ReceiveMessage reply's messages come back
+only when their visibility expires; stats: approximate counts, no oldest-job age."""
+
+FIFO_CAPABILITIES = dataclasses.replace(_BASE_CAPABILITIES, max_delay_seconds=0.0)
+"""FIFO queues: as standard, and no per-message delay (retries are due at once)."""
+
+OLDEST_AGE_AVAILABLE = False
+"""SQS reports no age of its oldest message through GetQueueAttributes (CloudWatch's
+ApproximateAgeOfOldestMessage is a separate service, minutes late), so the age signal is
+unavailable on SQS: ``QueueStats.oldest_job_age_seconds`` is always 0 here."""
+
+_LOST_RECEIPT_CODES = frozenset(
+    {"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue"}
+)
+
+
+def _map_error(exc: Exception, operation: str) -> errors.WorkerfleetError:
+    """One botocore exception as the runtime's taxonomy (the original stays as __cause__)."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return errors.ConfigError("no AWS credentials found in the AWS credential chain")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        return errors.BrokerRejected(f"SQS refused {operation}: {code}", operation=operation)
+    return errors.BrokerUnavailable(
+        f"SQS did not answer {operation}: {type(exc).__name__}", operation=operation
+    )
+
+
+@contextlib.contextmanager
+def _mapped(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        raise _map_error(exc, operation) from exc
+    except (TimeoutError, OSError) as exc:
+        raise errors.BrokerUnavailable(
+            f"SQS did not answer {operation}: {type(exc).__name__}", operation=operation
+        ) from exc
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What this broker keeps about a delivery it handed out (to re-send it)."""
+
+    queue_url: str
+    priority: envelope_mod.Priority
+    body: str
+    carried: attributes.Carried
+    receive_count: int
+
+
+@dataclass
+class _Pending:
+    """One settling call waiting for its batch."""
+
+    entry: dict[str, Any]
+    done: asyncio.Future[bool]
+
+
+class SqsBroker:
+    """One workerfleet queue on SQS (see the module docstring for the mapping)."""
+
+    def __init__(
+        self,
+        queue: str,
+        sqs_settings: settings.SqsSettings,
+        *,
+        options: base.QueueOptions | None = None,
+    ) -> None:
+        self.queue = base.validate_queue_name(queue)
+        self.settings = sqs_settings
+        self.options = options or base.QueueOptions()
+        self.names = settings.build_queue_names(queue, sqs_settings)
+        self.capabilities = FIFO_CAPABILITIES if sqs_settings.fifo else STANDARD_CAPABILITIES
+        if not sqs_settings.priorities:
+            self.capabilities = dataclasses.replace(self.capabilities, priorities=False)
+        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self._urls: dict[str, str] = {}
+        self._ready = asyncio.Lock()
+        self._held: dict[str, _Held] = {}
+        self._by_job: dict[str, str] = {}
+        """job id -> the receipt of its delivery out of this broker now."""
+        self._alias: dict[str, str] = {}
+        """A receipt a worker still holds -> the receipt SQS gave the same job since (its lease
+        expired while the worker ran it, and the job came back to this worker)."""
+        self._buffer: collections.deque[tuple[str, envelope_mod.Priority, dict[str, Any], float]]
+        self._buffer = collections.deque()
+        self._polls: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
+        self._closing = asyncio.Event()
+        self._deletes: dict[str, list[_Pending]] = collections.defaultdict(list)
+        self._delete_flush: asyncio.Task[None] | None = None
+
+    # -- connection and queues ------------------------------------------------------------
+
+    @property
+    def visibility(self) -> int:
+        """The lease as SQS's whole-second visibility timeout."""
+        return max(1, min(MAX_VISIBILITY, math.ceil(self.options.lease_seconds)))
+
+    async def connect(self) -> None:
+        """Open the client and make sure the queues exist (idempotent)."""
+        async with self._ready:
+            if self._client is not None:
+                return
+            session = aiobotocore.session.get_session()
+            key_id: str | None = None
+            secret: str | None = None
+            if self.settings.local_endpoint and await session.get_credentials() is None:
+                key_id, secret = LOCAL_CREDENTIALS
+            region = self.settings.region
+            if region is None and self.settings.local_endpoint:
+                region = "us-east-1"
+            config = aiobotocore.config.AioConfig(
+                connect_timeout=5,
+                read_timeout=MAX_WAIT + 10,
+                retries={"max_attempts": 3, "mode": "standard"},
+                max_pool_connections=20,
+            )
+            with _mapped("connect"):
+                self._client = await self._stack.enter_async_context(
+                    session.create_client(
+                        "sqs",
+                        region_name=region,
+                        endpoint_url=self.settings.endpoint_url,
+                        config=config,
+                        aws_access_key_id=key_id,
+                        aws_secret_access_key=secret,
+                    )
+                )
+                await self._ensure_queues()
+
+    async def _ensure_queues(self) -> None:
+        fifo = {"FifoQueue": "true"} if self.settings.fifo else {}
+        dlq_url = await self._queue_url(self.names.dead_letter, fifo)
+        arn = await self._client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+        redrive = json.dumps(
+            {
+                "deadLetterTargetArn": arn["Attributes"]["QueueArn"],
+                "maxReceiveCount": str(self.options.max_deliveries + 1),
+            }
+        )
+        for _, name in self.names.by_priority:
+            await self._queue_url(
+                name,
+                {
+                    **fifo,
+                    "RedrivePolicy": redrive,
+                    "VisibilityTimeout": str(self.visibility),
+                },
+            )
+
+    async def _queue_url(self, name: str, attrs: dict[str, str]) -> str:
+        try:
+            reply = await self._client.get_queue_url(QueueName=name)
+            url = str(reply["QueueUrl"])
+            if "RedrivePolicy" in attrs:
+                # an existing queue gets this queue's redrive policy and lease
+                settable = {k: v for k, v in attrs.items() if k != "FifoQueue"}
+                await self._client.set_queue_attributes(QueueUrl=url, Attributes=settable)
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if "NonExistentQueue" not in code and "QueueDoesNotExist" not in code:
+                raise
+            reply = await self._client.create_queue(QueueName=name, Attributes=attrs)
+            url = str(reply["QueueUrl"])
+        self._urls[name] = url
+        return url
+
+    async def _ready_client(self) -> Any:
+        if self._client is None:
+            await self.connect()
+        return self._client
+
+    def _url(self, priority: envelope_mod.Priority) -> str:
+        return self._urls[self.names.for_priority(priority)]
+
+    @property
+    def dead_letter_url(self) -> str:
+        """The DLQ's queue URL (after :meth:`connect`)."""
+        return self._urls[self.names.dead_letter]
+
+    # -- enqueue ----------------------------------------------------------------------------
+
+    def _send_entry(
+        self,
+        body: str,
+        carried: attributes.Carried,
+        *,
+        delay: float,
+        job_id: str,
+        envelope: envelope_mod.JobEnvelope | None,
+        entry_id: str = "0",
+    ) -> dict[str, Any]:
+        """One SendMessage(Batch) entry; a delay over 900 s waits its first step."""
+        if not math.isfinite(delay):
+            raise ValueError("delay_seconds must be finite")
+        delay = max(0.0, delay)
+        if delay > MAX_SQS_DELAY and not self.settings.fifo:
+            carried = dataclasses.replace(carried, not_before=time.time() + delay)
+        entry: dict[str, Any] = {"Id": entry_id, "MessageBody": body}
+        attrs = attributes.encode_carried(carried)
+        if attrs:
+            entry["MessageAttributes"] = attrs
+        if self.settings.fifo:
+            group = (envelope.headers.get("message-group-id") if envelope else None) or self.queue
+            entry["MessageGroupId"] = group
+            entry["MessageDeduplicationId"] = f"{job_id}-{carried.attempts}-{carried.deliveries}"[
+                :128
+            ]
+        else:
+            entry["DelaySeconds"] = min(MAX_SQS_DELAY, math.ceil(delay))
+        return entry
+
+    async def enqueue(self, request: base.EnqueueRequest) -> base.EnqueueResult:
+        return (await self.enqueue_many([request]))[0]
+
+    async def enqueue_many(
+        self, requests: Sequence[base.EnqueueRequest]
+    ) -> list[base.EnqueueResult]:
+        client = await self._ready_client()
+        by_url: dict[str, list[tuple[int, dict[str, Any]]]] = collections.defaultdict(list)
+        for i, request in enumerate(requests):
+            env = request.envelope
+            if self.settings.fifo and request.delay_seconds > 0:
+                raise errors.CapabilityMissing(
+                    "SQS FIFO queues cannot delay single messages", operation="enqueue"
+                )
+            entry = self._send_entry(
+                envelope_mod.build_envelope_json(env),
+                attributes.Carried(),
+                delay=request.delay_seconds,
+                job_id=env.id,
+                envelope=env,
+                entry_id=str(i),
+            )
+            by_url[self._url(env.priority)].append((i, entry))
+        for url, entries in by_url.items():
+            for start in range(0, len(entries), BATCH):
+                chunk = [e for _, e in entries[start : start + BATCH]]
+                with _mapped("enqueue"):
+                    reply = await client.send_message_batch(QueueUrl=url, Entries=chunk)
+                if reply.get("Failed"):
+                    codes = ", ".join(str(f.get("Code")) for f in reply["Failed"])
+                    raise errors.BrokerRejected(
+                        f"SQS refused enqueue: {codes}", operation="enqueue"
+                    )
+        return [base.EnqueueResult(job_id=r.envelope.id, created=True) for r in requests]
+
+    # -- fetch ------------------------------------------------------------------------------
+
+    async def _receive(self, url: str, count: int, wait: int) -> list[dict[str, Any]]:
+        client = await self._ready_client()
+        with _mapped("fetch"):
+            reply = await client.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=max(1, min(BATCH, count)),
+                WaitTimeSeconds=wait,
+                VisibilityTimeout=self.visibility,
+                MessageAttributeNames=list(attributes.ALL),
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            )
+        return list(reply.get("Messages", []))
+
+    async def fetch(
+        self,
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> list[base.Delivery]:
+        if count <= 0:
+            return []
+        await self._ready_client()
+        deadline = time.monotonic() + max(0.0, block)
+        out: list[base.Delivery] = []
+        while True:
+            while self._buffer and len(out) < count:
+                url, priority, message, received = self._buffer.popleft()
+                out += await self._admit(url, priority, [message], received, worker_id, holding)
+            for priority, name in self.names.by_priority:
+                if len(out) >= count:
+                    break
+                url = self._urls[name]
+                if url in self._polls:
+                    continue  # a long poll of this queue is still out: its result comes next
+                received = time.time()
+                messages = await self._receive(url, count - len(out), 0)
+                out += await self._admit(url, priority, messages, received, worker_id, holding)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0 or (wake is not None and wake.is_set()):
+                return sorted(out, key=self._priority_rank)
+            await self._long_poll(min(remaining, MAX_WAIT), wake)
+            if self._closing.is_set():
+                return out
+
+    def _priority_rank(self, delivery: base.Delivery) -> int:
+        order = [p for p, _ in self.names.by_priority]
+        return order.index(delivery.envelope.priority) if delivery.envelope.priority in order else 1
+
+    async def _long_poll(self, wait: float, wake: asyncio.Event | None) -> None:
+        """Long-poll every priority queue at once until one answers, ``wake`` or ``close``."""
+        seconds = max(1, min(MAX_WAIT, math.ceil(wait)))
+        for priority, name in self.names.by_priority:
+            url = self._urls[name]
+            if url not in self._polls:
+                task = asyncio.create_task(self._receive(url, BATCH, seconds))
+                task.add_done_callback(self._make_buffer_callback(url, priority))
+                self._polls[url] = task
+        stoppers = [asyncio.create_task(self._closing.wait())]
+        if wake is not None:
+            stoppers.append(asyncio.create_task(wake.wait()))
+        try:
+            await asyncio.wait(
+                [*self._polls.values(), *stoppers],
+                timeout=seconds + 5,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for stopper in stoppers:
+                stopper.cancel()
+        await asyncio.sleep(0)  # let done callbacks move results into the buffer
+
+    def _make_buffer_callback(self, url: str, priority: envelope_mod.Priority) -> Any:
+        def done(task: asyncio.Task[list[dict[str, Any]]]) -> None:
+            if self._polls.get(url) is task:
+                del self._polls[url]
+            if task.cancelled() or task.exception() is not None:
+                return
+            now = time.time()
+            for message in task.result():
+                self._buffer.append((url, priority, message, now))
+
+        return done
+
+    async def _admit(
+        self,
+        url: str,
+        priority: envelope_mod.Priority,
+        messages: list[dict[str, Any]],
+        received: float,
+        worker_id: str,
+        holding: Container[tuple[str, base.Receipt]],
+    ) -> list[base.Delivery]:
+        """Deliveries from received messages: poison, unparseable and still-delayed messages
+        are handled here and never reach the worker."""
+        out: list[base.Delivery] = []
+        for message in messages:
+            body = str(message.get("Body", ""))
+            receipt = str(message["ReceiptHandle"])
+            carried = attributes.decode_carried(message.get("MessageAttributes") or {})
+            receive_count = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
+            held = _Held(url, priority, body, carried, receive_count)
+            if carried.not_before is not None and carried.not_before > time.time() + 0.5:
+                await self._park(receipt, held)
+                continue
+            lost = carried.lost + receive_count - 1
+            try:
+                env = envelope_mod.parse_envelope(body)
+            except envelope_mod.EnvelopeError as exc:
+                self._held[receipt] = held
+                await self._send_dead(receipt, exc.reason, worker_id=worker_id)
+                self.fetch_dead_lettered[exc.reason] += 1
+                continue
+            delivery = base.Delivery(
+                id=env.id,
+                receipt=receipt,
+                envelope=env,
+                attempts=carried.attempts,
+                deliveries=carried.deliveries + receive_count,
+                lease_deadline=received + self.visibility,
+                lost=lost,
+                fetched_at=received,
+            )
+            previous = self._by_job.get(env.id)
+            if previous is not None and (env.id, previous) in holding:
+                # This worker still runs the job (its lease ran out under it): keep the new
+                # receipt's lease for the running delivery instead of handing out a second one.
+                self._alias[previous] = receipt
+                self._held[receipt] = held
+                self._held.pop(previous, None)
+                await self._renew_receipts(url, [receipt])
+                continue
+            self._held[receipt] = held
+            self._by_job[env.id] = receipt
+            if lost >= self.options.max_deliveries:
+                reason = base.DeadLetterReason.MAX_DELIVERIES
+                await self._send_dead(receipt, reason, worker_id=worker_id)
+                self.fetch_dead_lettered[reason] += 1
+                continue
+            out.append(delivery)
+        return out
+
+    async def _park(self, receipt: str, held: _Held) -> None:
+        """A job whose delay is not over yet: re-send it for the next step (not a delivery)."""
+        assert held.carried.not_before is not None
+        carried = dataclasses.replace(
+            held.carried,
+            deliveries=held.carried.deliveries + held.receive_count - 1,
+            lost=held.carried.lost + held.receive_count - 1,
+        )
+        entry = self._send_entry(
+            held.body,
+            carried,
+            delay=min(MAX_SQS_DELAY, held.carried.not_before - time.time()),
+            job_id="parked",
+            envelope=None,
+        )
+        entry.pop("Id")
+        client = await self._ready_client()
+        with _mapped("fetch"):
+            await client.send_message(QueueUrl=held.queue_url, **entry)
+        await self._delete(held.queue_url, receipt)
+
+    async def ack_and_fetch(
+        self,
+        deliveries: Sequence[base.Delivery],
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> tuple[list[bool], list[base.Delivery]]:
+        acked = list(await asyncio.gather(*(self.ack(d) for d in deliveries)))
+        return acked, await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
+
+    # -- settling ---------------------------------------------------------------------------
+
+    async def _delete(self, url: str, receipt: str) -> bool:
+        """Delete one message; concurrent deletes leave together, 10 per call."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending({"ReceiptHandle": receipt}, loop.create_future())
+        self._deletes[url].append(pending)
+        if self._delete_flush is None or self._delete_flush.done():
+            self._delete_flush = asyncio.create_task(self._flush_deletes())
+        return await pending.done
+
+    async def _flush_deletes(self) -> None:
+        await asyncio.sleep(0)  # gather the deletes made in this loop turn
+        client = await self._ready_client()
+        while any(self._deletes.values()):
+            for url in list(self._deletes):
+                items, self._deletes[url] = self._deletes[url][:BATCH], self._deletes[url][BATCH:]
+                if not items:
+                    continue
+                entries = [{"Id": str(i), **p.entry} for i, p in enumerate(items)]
+                try:
+                    with _mapped("ack"):
+                        reply = await client.delete_message_batch(QueueUrl=url, Entries=entries)
+                except errors.WorkerfleetError as exc:
+                    for p in items:
+                        if not p.done.done():
+                            p.done.set_exception(exc)
+                    continue
+                ok = {e["Id"] for e in reply.get("Successful", [])}
+                for i, p in enumerate(items):
+                    if not p.done.done():
+                        p.done.set_result(str(i) in ok)
+
+    def _receipt(self, delivery: base.Delivery) -> str:
+        """The receipt to settle ``delivery`` with (its alias when SQS issued a newer one)."""
+        return self._alias.get(delivery.receipt, delivery.receipt)
+
+    def _take(self, delivery: base.Delivery) -> tuple[str, _Held] | None:
+        receipt = self._receipt(delivery)
+        held = self._held.pop(receipt, None)
+        if held is None:
+            return None
+        self._alias.pop(delivery.receipt, None)
+        if self._by_job.get(delivery.id) == receipt:
+            del self._by_job[delivery.id]
+        return receipt, held
+
+    async def ack(
+        self,
+        delivery: base.Delivery,
+        *,
+        done_key: str | None = None,
+        done_ttl_seconds: float | None = None,
+    ) -> bool:
+        if done_key is not None:
+            raise errors.CapabilityMissing("SQS keeps no done markers", operation="ack")
+        taken = self._take(delivery)
+        if taken is None:
+            return False
+        receipt, held = taken
+        return await self._delete(held.queue_url, receipt)
+
+    async def _resend(
+        self,
+        delivery: base.Delivery,
+        receipt: str,
+        held: _Held,
+        carried: attributes.Carried,
+        delay: float,
+    ) -> bool:
+        """Send the job again as a new message carrying ``carried``, then delete this one."""
+        entry = self._send_entry(
+            held.body, carried, delay=delay, job_id=delivery.id, envelope=delivery.envelope
+        )
+        entry.pop("Id")
+        client = await self._ready_client()
+        with _mapped("retry"):
+            await client.send_message(QueueUrl=held.queue_url, **entry)
+        return await self._delete(held.queue_url, receipt)
+
+    def _failed(
+        self, delivery: base.Delivery, held: _Held, failure: base.Failure | None, attempt: bool
+    ) -> attributes.Carried:
+        carried = held.carried
+        attempts = carried.attempts + (1 if attempt else 0)
+        history = carried.history
+        if failure is not None:
+            record = base.FailureRecord(
+                error_type=failure.error_type,
+                message=failure.message,
+                traceback=failure.traceback,
+                worker_id=failure.worker_id,
+                at=time.time(),
+                attempt=attempts,
+                delivery=delivery.deliveries,
+            )
+            history = (*history, record)
+        return dataclasses.replace(
+            carried,
+            attempts=attempts,
+            deliveries=delivery.deliveries,
+            lost=delivery.lost,
+            history=history,
+            not_before=None,
+        )
+
+    async def retry(
+        self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
+    ) -> bool:
+        if not math.isfinite(delay_seconds):
+            raise ValueError("delay_seconds must be finite")
+        taken = self._take(delivery)
+        if taken is None:
+            return False
+        receipt, held = taken
+        carried = dataclasses.replace(
+            self._failed(delivery, held, failure, attempt=True), previous_delay=delay_seconds
+        )
+        return await self._resend(delivery, receipt, held, carried, delay_seconds)
+
+    async def release(self, delivery: base.Delivery) -> bool:
+        taken = self._take(delivery)
+        if taken is None:
+            return False
+        receipt, held = taken
+        if self.settings.fifo:
+            client = await self._ready_client()
+            with _mapped("release"):
+                await client.change_message_visibility(
+                    QueueUrl=held.queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
+                )
+            return True
+        carried = dataclasses.replace(
+            held.carried, deliveries=delivery.deliveries, lost=delivery.lost, not_before=None
+        )
+        return await self._resend(delivery, receipt, held, carried, 0.0)
+
+    async def dead_letter(
+        self,
+        delivery: base.Delivery,
+        reason: str,
+        *,
+        failure: base.Failure | None = None,
+        attempt: bool = True,
+    ) -> bool:
+        taken = self._take(delivery)
+        if taken is None:
+            return False
+        receipt, held = taken
+        worker = failure.worker_id if failure else ""
+        carried = self._failed(delivery, held, failure, attempt)
+        self._held[receipt] = dataclasses.replace(held, carried=carried)
+        return await self._send_dead(receipt, reason, worker_id=worker)
+
+    async def _send_dead(self, receipt: str, reason: str, *, worker_id: str) -> bool:
+        """Send the held message to the DLQ with its counters and history, then delete it."""
+        held = self._held.pop(receipt)
+        carried = dataclasses.replace(
+            held.carried,
+            deliveries=max(held.carried.deliveries, held.receive_count),
+            reason=str(reason),
+            dead_lettered_at=time.time(),
+            worker_id=worker_id,
+            not_before=None,
+        )
+        entry: dict[str, Any] = {
+            "MessageBody": held.body,
+            "MessageAttributes": attributes.encode_carried(carried),
+        }
+        if self.settings.fifo:
+            entry["MessageGroupId"] = self.queue
+            entry["MessageDeduplicationId"] = f"dead-{receipt[-40:]}-{time.time_ns()}"[:128]
+        client = await self._ready_client()
+        with _mapped("dead_letter"):
+            await client.send_message(QueueUrl=self.dead_letter_url, **entry)
+        return await self._delete(held.queue_url, receipt)
+
+    async def renew(
+        self,
+        worker_id: str,
+        deliveries: Sequence[base.Delivery],
+        *,
+        heartbeat: base.WorkerBeat | None = None,
+    ) -> base.LeaseRenewal:
+        client = await self._ready_client()
+        kept: list[base.Delivery] = []
+        lost: list[base.Delivery] = []
+        by_url: dict[str, list[base.Delivery]] = collections.defaultdict(list)
+        for d in deliveries:
+            held = self._held.get(self._receipt(d))
+            if held is None:
+                lost.append(d)
+            else:
+                by_url[held.queue_url].append(d)
+        for url, group in by_url.items():
+            for start in range(0, len(group), BATCH):
+                chunk = group[start : start + BATCH]
+                now = time.time()
+                entries = [
+                    {
+                        "Id": str(i),
+                        "ReceiptHandle": self._receipt(d),
+                        "VisibilityTimeout": self.visibility,
+                    }
+                    for i, d in enumerate(chunk)
+                ]
+                with _mapped("renew"):
+                    reply = await client.change_message_visibility_batch(
+                        QueueUrl=url, Entries=entries
+                    )
+                ok = {e["Id"] for e in reply.get("Successful", [])}
+                for i, d in enumerate(chunk):
+                    if str(i) in ok:
+                        kept.append(dataclasses.replace(d, lease_deadline=now + self.visibility))
+                    else:
+                        self._take(d)
+                        lost.append(d)
+        return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
+
+    async def _renew_receipts(self, url: str, receipts: Sequence[str]) -> None:
+        client = await self._ready_client()
+        entries = [
+            {"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": self.visibility}
+            for i, r in enumerate(receipts)
+        ]
+        with _mapped("renew"):
+            await client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+
+    async def recover(
+        self, worker_id: str, held: Collection[tuple[str, base.Receipt]] = ()
+    ) -> list[base.Delivery]:
+        return []
+
+    async def fetch_previous_delay(self, job_id: str) -> float | None:
+        receipt = self._by_job.get(job_id)
+        held = self._held.get(receipt) if receipt is not None else None
+        return held.carried.previous_delay if held is not None else None
+
+    async def fetch_is_done(self, done_key: str) -> bool:
+        return False
+
+    async def deregister(self, worker_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._closing.set()
+        for task in list(self._polls.values()):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*self._polls.values(), return_exceptions=True)
+        # jobs received but never handed out go back without spending anything
+        while self._buffer:
+            url, priority, message, received = self._buffer.popleft()
+            with contextlib.suppress(errors.WorkerfleetError):
+                for d in await self._admit(url, priority, [message], received, "", ()):
+                    await self.release(d)
+        if self._delete_flush is not None:
+            with contextlib.suppress(Exception):
+                await self._delete_flush
+        await self._stack.aclose()
+        self._client = None
+
+    # -- QueueProbe -------------------------------------------------------------------------
+
+    async def fetch_stats(self) -> base.QueueStats:
+        """One GetQueueAttributes per SQS queue of this queue (priorities and DLQ)."""
+        client = await self._ready_client()
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        visible = not_visible = delayed = 0
+        with _mapped("stats"):
+            for _, name in self.names.by_priority:
+                reply = await client.get_queue_attributes(
+                    QueueUrl=self._urls[name], AttributeNames=names
+                )
+                a = reply.get("Attributes", {})
+                visible += int(a.get("ApproximateNumberOfMessages", 0))
+                not_visible += int(a.get("ApproximateNumberOfMessagesNotVisible", 0))
+                delayed += int(a.get("ApproximateNumberOfMessagesDelayed", 0))
+            dlq = await client.get_queue_attributes(
+                QueueUrl=self.dead_letter_url, AttributeNames=names[:2]
+            )
+        d = dlq.get("Attributes", {})
+        return base.QueueStats(
+            queue=self.queue,
+            now=time.time(),
+            backlog=visible,
+            due_delayed=0,
+            future_delayed=delayed,
+            in_flight=not_visible,
+            dead_letter=int(d.get("ApproximateNumberOfMessages", 0))
+            + int(d.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            oldest_job_age_seconds=0.0,
+            enqueued_total=0,
+            completed_total=0,
+            failed_total=0,
+            retried_total=0,
+            dead_lettered_total=0,
+            workers_lost_total=0,
+            workers_expired=0,
+            workers=(),
+        )
+
+
+async def open_sqs_broker(
+    url: str, queue: str, *, options: base.QueueOptions | None = None
+) -> SqsBroker:
+    """An :class:`SqsBroker` for ``queue`` at ``url`` (``sqs://...``), connected, queues created."""
+    broker = SqsBroker(queue, settings.parse_sqs_url(url), options=options)
+    await broker.connect()
+    return broker

@@ -1,0 +1,135 @@
+"""The SQS broker's settings: parsed from an ``sqs://`` URL, and the SQS queue names of a queue.
+
+Called by :func:`worker_runtime.brokers.sqs.broker.open_sqs_broker` (and so by ``open_broker``
+for the ``sqs`` scheme). No client library is imported here.
+
+URL form (no credentials in it, ever: they come from the standard AWS chain)::
+
+    sqs://                                  AWS, region from the chain (AWS_REGION, profile, IRSA)
+    sqs://?region=eu-west-1&fifo=true       AWS, a FIFO queue set
+    sqs://127.0.0.1:9324?region=us-east-1&secure=false   an SQS-compatible server (ElasticMQ)
+
+Query options: ``region``, ``secure`` (``false`` = plain http to the host), ``fifo``,
+``priorities`` (``false`` = one queue, no high/low queues), ``prefix`` (prepended to every SQS
+queue name). A workerfleet queue ``Q`` is these SQS queues (``.fifo`` appended on a FIFO set):
+``Q-high``, ``Q`` and ``Q-low`` (the priorities, polled in that order; only ``Q`` without
+priorities) and ``Q-dlq`` (the dead letters).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+
+from worker_runtime import envelope as envelope_mod
+from worker_runtime import errors
+
+SQS_NAME_MAX = 80
+"""SQS's longest queue name (including a ``.fifo`` suffix)."""
+
+_SQS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_LONGEST_SUFFIX = len("-high") + len(".fifo")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class SqsSettings:
+    """Where the SQS API is and how a queue maps onto SQS queues."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    fifo: bool = False
+    priorities: bool = True
+    prefix: str = ""
+
+    @property
+    def local_endpoint(self) -> bool:
+        """True for an endpoint on this machine (a test or demo server, not AWS)."""
+        if self.endpoint_url is None:
+            return False
+        return urllib.parse.urlsplit(self.endpoint_url).hostname in LOOPBACK_HOSTS
+
+
+def _flag(query: dict[str, str], name: str, default: bool) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise errors.InvalidBrokerURL(f"sqs URL option {name}= must be true or false")
+
+
+def parse_sqs_url(url: str) -> SqsSettings:
+    """The settings of an ``sqs://`` URL, or :class:`~worker_runtime.errors.InvalidBrokerURL`."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "sqs":
+        raise errors.InvalidBrokerURL("an SQS broker URL starts with sqs://")
+    if parts.username or parts.password:
+        raise errors.InvalidBrokerURL(
+            "an sqs:// URL carries no credentials: they come from the AWS credential chain"
+        )
+    query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    unknown = set(query) - {"region", "secure", "fifo", "priorities", "prefix"}
+    if unknown:
+        raise errors.InvalidBrokerURL(f"unknown sqs URL options: {', '.join(sorted(unknown))}")
+    endpoint = None
+    if parts.hostname:
+        scheme = "https" if _flag(query, "secure", True) else "http"
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        port = f":{parts.port}" if parts.port else ""
+        endpoint = f"{scheme}://{host}{port}{parts.path.rstrip('/')}"
+    prefix = query.get("prefix", "")
+    if prefix and not _SQS_NAME.match(prefix):
+        raise errors.InvalidBrokerURL("sqs URL option prefix= allows letters, digits, - and _")
+    return SqsSettings(
+        region=query.get("region") or None,
+        endpoint_url=endpoint,
+        fifo=_flag(query, "fifo", False),
+        priorities=_flag(query, "priorities", True),
+        prefix=prefix,
+    )
+
+
+@dataclass(frozen=True)
+class SqsQueueNames:
+    """The SQS queue names of one workerfleet queue."""
+
+    by_priority: tuple[tuple[envelope_mod.Priority, str], ...]
+    """(priority, SQS name) in the order fetch polls them: high, normal, low."""
+    dead_letter: str
+
+    def for_priority(self, priority: envelope_mod.Priority) -> str:
+        """The SQS queue a job of ``priority`` goes to (normal's when priorities are off)."""
+        for level, name in self.by_priority:
+            if level == priority:
+                return name
+        return dict(self.by_priority)[envelope_mod.Priority.NORMAL]
+
+
+def build_queue_names(queue: str, settings: SqsSettings) -> SqsQueueNames:
+    """The SQS names of ``queue``; raises :class:`~worker_runtime.errors.InvalidQueueName` when
+    SQS cannot hold them (SQS allows letters, digits, ``-`` and ``_``, 80 characters)."""
+    base = settings.prefix + queue
+    if not _SQS_NAME.match(base) or len(base) + _LONGEST_SUFFIX > SQS_NAME_MAX:
+        raise errors.InvalidQueueName(
+            f"queue name {queue!r} cannot be an SQS queue name: SQS allows letters, digits,"
+            f" - and _ and at most {SQS_NAME_MAX - _LONGEST_SUFFIX} characters with the prefix"
+        )
+    end = ".fifo" if settings.fifo else ""
+    normal = (envelope_mod.Priority.NORMAL, f"{base}{end}")
+    levels: tuple[tuple[envelope_mod.Priority, str], ...]
+    if settings.priorities:
+        levels = (
+            (envelope_mod.Priority.HIGH, f"{base}-high{end}"),
+            normal,
+            (envelope_mod.Priority.LOW, f"{base}-low{end}"),
+        )
+    else:
+        levels = (normal,)
+    return SqsQueueNames(by_priority=levels, dead_letter=f"{base}-dlq{end}")
