@@ -152,13 +152,13 @@ async def test_a_retry_delay_prefers_retry_later_then_the_errors_retry_after_the
         )
 
     # Then the delay comes from, in order: RetryLater, the error itself, the task, the worker
-    assert await w._retry_delay(app.tasks["own"], RetryLater(3.0), job(1)) == 3.0
-    assert await w._retry_delay(app.tasks["own"], HttpError(), job(1)) == 7.0
-    assert await w._retry_delay(app.tasks["own"], Throttled(), job(1)) == 4.0
-    assert await w._retry_delay(app.tasks["own"], RuntimeError(), job(1)) == 10.0
-    assert await w._retry_delay(app.tasks["own"], RuntimeError(), job(2)) == 20.0
-    assert await w._retry_delay(app.tasks["default"], RuntimeError(), job(1)) == 1.0
-    assert await w._retry_delay(app.tasks["default"], RuntimeError(), job(3)) == 4.0
+    assert await w.policy.retry_delay(app.tasks["own"], RetryLater(3.0), job(1)) == 3.0
+    assert await w.policy.retry_delay(app.tasks["own"], HttpError(), job(1)) == 7.0
+    assert await w.policy.retry_delay(app.tasks["own"], Throttled(), job(1)) == 4.0
+    assert await w.policy.retry_delay(app.tasks["own"], RuntimeError(), job(1)) == 10.0
+    assert await w.policy.retry_delay(app.tasks["own"], RuntimeError(), job(2)) == 20.0
+    assert await w.policy.retry_delay(app.tasks["default"], RuntimeError(), job(1)) == 1.0
+    assert await w.policy.retry_delay(app.tasks["default"], RuntimeError(), job(3)) == 4.0
 
 
 def test_mark_done_on_ack_needs_a_key_and_records_the_one_given() -> None:

@@ -147,7 +147,7 @@ async def test_decorrelated_jitter_grows_from_the_previous_delay_of_the_same_job
     engine = es.make_engine(redis_client, queue_name)
     await engine.enqueue_many([es.request("fails")])
     w = worker.Worker(app, settings, install_signal_handlers=False)
-    w._rng = _HighestDraw()  # type: ignore[assignment]
+    w.policy.rng = _HighestDraw()  # the default policy draws the jitter
     run = asyncio.create_task(w.run())
     try:
         # When it runs all four attempts

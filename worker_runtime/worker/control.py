@@ -1,0 +1,181 @@
+"""The control thread: lease renewals, the heartbeat and the probe server, away from the job loop.
+
+Started and stopped by :class:`worker_runtime.worker.core.Worker`. It runs its own event loop and
+its own broker connection, so a handler that blocks the job loop's event loop, or a sync handler
+hogging a thread, cannot stop lease renewal (a failure mode of several peers); ``/healthz``
+reports the stalled job loop instead. Every ``lease/3`` one call renews the leases of all held
+jobs and writes the worker's heartbeat; jobs whose lease was lost are marked so their results
+are discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from worker_runtime import connection, health, logs, stats
+from worker_runtime import queue as queue_mod
+from worker_runtime.worker import transient
+
+if TYPE_CHECKING:
+    from worker_runtime.worker.core import Worker
+
+log = logs.get_logger("worker")
+
+EVICTION_POLICY_CHECK_SECONDS = 300.0  # maxmemory-policy re-read (it can change at run time)
+
+
+class ControlThread(threading.Thread):
+    """Lease renewal, heartbeat and the probe server, on their own thread and event loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="wf-control", daemon=True)
+        self.worker = worker
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._stopping = False
+        self.started_event = threading.Event()
+        self.server: health.HealthServer | None = None
+        self._reported_policy: str | None = None  # the maxmemory-policy last logged
+
+    def wake(self) -> None:
+        """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once."""
+        loop, event = self._loop, self._wake_event
+        if loop is not None and event is not None:
+            loop.call_soon_threadsafe(event.set)
+
+    def stop(self) -> None:
+        """Stop after a last round (thread-safe)."""
+        self._stopping = True
+        self.wake()
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    def build_beat(self) -> queue_mod.WorkerBeat:
+        """The heartbeat record this worker publishes (read by the autoscaler)."""
+        w = self.worker
+        with w.held_lock:
+            starts = [h.started_wall for h in w.held.values()]
+            in_flight = len(w.held)
+        return queue_mod.WorkerBeat(
+            worker_id=w.worker_id,
+            pod_name=w.settings.pod_name,
+            concurrency=w.concurrency,
+            in_flight=in_flight,
+            processed=w.processed,
+            busy_seconds=round(w.busy_seconds, 6),
+            started_at=w.started_at,
+            oldest_job_started_at=min(starts) if starts else None,
+            draining=w.draining,
+            ttl_seconds=w.settings.lease_seconds,
+        )
+
+    def snapshot_jobs(self) -> list[queue_mod.Job]:
+        """The held jobs whose leases must be renewed."""
+        w = self.worker
+        with w.held_lock:
+            return [h.job for h in w.held.values() if not h.lost and not h.released]
+
+    def apply_renewal(self, result: queue_mod.RenewResult) -> None:
+        """Mark jobs whose lease was lost; their results will be discarded."""
+        w = self.worker
+        if result.renewed:
+            w.metrics.lease_renewals.inc(len(result.renewed))
+        leased_until = time.time() + w.settings.lease_seconds
+        with w.held_lock:
+            for job in result.renewed_jobs:
+                h = w.held.get((job.id, job.token))
+                if h is not None and h.ctx is not None:
+                    h.ctx.leased_until = leased_until
+            for job in result.lost_jobs:
+                job_id = job.id
+                h = w.held.get((job_id, job.token))
+                # A job whose settle is on its way may already be acked (the snapshot raced
+                # the ack): its settle's own result decides, not the renewal.
+                if h is not None and not h.lost and not h.settling:
+                    h.lost = True
+                    if h.ctx is not None:
+                        h.ctx.lease_lost = True
+                    w.metrics.leases_lost.inc()
+                    log.warning(
+                        "lease lost: the job was handed to another worker; result discarded",
+                        extra={"job_id": job_id},
+                    )
+
+    async def _check_eviction_policy(self, client: connection.AsyncClient) -> None:
+        """Read the server's maxmemory-policy; anything but noeviction is an ERROR and a metric.
+
+        Under allkeys-* Redis may evict a queue's jobs, under volatile-* its idempotency and
+        done markers: the at-least-once promise no longer holds, and nothing else would say so.
+        """
+        w = self.worker
+        try:
+            policy = (await stats.fetch_queue_stats(client, w.queue_name)).maxmemory_policy
+        except Exception as exc:  # a check, never a reason to stop renewing
+            log.debug("maxmemory-policy check failed", extra={"error": repr(exc)})
+            return
+        if policy is None:
+            return  # not readable with this user's rights: unknown, not unsafe
+        warning = stats.build_eviction_warning(policy)
+        w.metrics.eviction_policy(policy, warning is not None)
+        if warning is not None and policy != self._reported_policy:
+            log.error(warning, extra={"maxmemory_policy": policy})
+        self._reported_policy = policy
+
+    async def _main(self) -> None:
+        w = self.worker
+        self._loop = asyncio.get_running_loop()
+        self._wake_event = asyncio.Event()
+        interval = w.settings.heartbeat_interval_seconds
+        client = connection.fetch_client(
+            w.settings.redis_url, socket_timeout=max(0.5, min(5.0, interval))
+        )
+        q = queue_mod.QueueClient(client, w.queue_name, w.options)
+        if w.settings.metrics_port:
+            self.server = health.HealthServer(
+                w.health, w.metrics, w.settings.metrics_host, w.settings.metrics_port
+            )
+            try:
+                await self.server.start()
+            except OSError as exc:
+                log.error("cannot serve metrics/health", extra={"error": repr(exc)})
+                self.server = None
+        self.started_event.set()
+        failures = 0
+        next_policy_check = 0.0
+        try:
+            while not self._stopping:
+                try:
+                    result = await q.renew(
+                        w.worker_id, self.snapshot_jobs(), heartbeat=self.build_beat()
+                    )
+                except Exception as exc:  # never let the renewal thread die
+                    failures += 1
+                    w.metrics.redis_error("renew")
+                    log.warning("lease renewal failed", extra={"error": repr(exc)})
+                    wait = min(interval, 0.25 * failures)
+                else:
+                    failures = 0
+                    w.health.redis_ok()
+                    self.apply_renewal(result)
+                    wait = interval
+                if failures == 0 and time.monotonic() >= next_policy_check:
+                    next_policy_check = time.monotonic() + EVICTION_POLICY_CHECK_SECONDS
+                    await self._check_eviction_policy(client)
+                self._wake_event.clear()
+                if self._stopping:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake_event.wait(), wait)
+        finally:
+            if self.server is not None:
+                await self.server.stop()
+            try:
+                await q.aclose()
+                await client.aclose()
+            except transient.REDIS_ERRORS:
+                pass

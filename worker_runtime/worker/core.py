@@ -1,0 +1,237 @@
+"""The worker process's :class:`Worker`: what it holds, and how its rooms are wired together.
+
+Created by :func:`run_worker` (``workerfleet worker MODULE:APP``, the local fleet, tests). The
+worker owns the state every room shares (settings, metrics, health, the jobs it holds, the queue
+client) and composes the rooms of :mod:`worker_runtime.worker`: the fetch loop, the runner, the
+settler with its retry policy, the drain and the control thread. :meth:`Worker.run` starts them
+on the job loop (main thread, asyncio), fetches until a drain is requested, drains and shuts
+down, and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from worker_runtime import app as app_mod
+from worker_runtime import backoff, config, connection, health, logs, metrics
+from worker_runtime import queue as queue_mod
+from worker_runtime.worker import control as control_mod
+from worker_runtime.worker import drain as drain_mod
+from worker_runtime.worker import fetching, running, settling, signals, transient
+from worker_runtime.worker import held as held_mod
+from worker_runtime.worker import policy as policy_mod
+
+log = logs.get_logger("worker")
+
+
+class Worker:
+    """One worker process's job loop. Create, then ``await run()`` (returns the exit code).
+
+    ``policy`` decides what happens to a failed attempt (retry after a delay, or dead-letter);
+    by default :class:`worker_runtime.worker.policy.DefaultRetryPolicy` from ``settings``.
+    """
+
+    def __init__(
+        self,
+        app: app_mod.App,
+        settings: config.WorkerSettings,
+        *,
+        worker_id: str | None = None,
+        install_signal_handlers: bool = True,
+        policy: policy_mod.RetryPolicy | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.queue_name = settings.queue or app.queue
+        self.worker_id = worker_id or f"{settings.pod_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.concurrency = settings.concurrency
+        self.install_signal_handlers = install_signal_handlers
+        self.metrics = metrics.WorkerMetrics(self.queue_name)
+        self.metrics.in_flight.set_function(lambda: len(self.held))
+        self.health = health.HealthState(settings.health_stale_after_seconds)
+        self.default_timeout = settings.job_timeout_seconds
+        # Keyed by delivery (job id, token), not by job id: a job lost to another worker can
+        # come back to this one while the stale run still finishes, and the stale run's
+        # rejected settle must not remove the live delivery's entry.
+        self.held: dict[tuple[str, queue_mod.Token], held_mod.Held] = {}
+        self.held_lock = threading.Lock()
+        self.processed = 0
+        self.busy_seconds = 0.0
+        self.started_at = time.time()
+        self.draining = False
+        self.wake: asyncio.Event | None = None  # a slot freed or an ack queued
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.client: Any = None
+        self.q: queue_mod.QueueClient | None = None
+        self.control: control_mod.ControlThread | None = None
+        self.settler = settling.Settler(self, policy or self._default_policy())
+        self.runner = running.JobRunner(self, self.settler)
+        self.fetcher = fetching.FetchLoop(self)
+        self.drainer = drain_mod.Drain(self)
+        rate = None
+        if settings.rate_limit_jobs is not None and settings.rate_limit_per_seconds is not None:
+            rate = queue_mod.RateLimit(
+                jobs=settings.rate_limit_jobs, per_seconds=settings.rate_limit_per_seconds
+            )
+        self.options = queue_mod.QueueOptions(
+            lease_seconds=settings.lease_seconds,
+            max_deliveries=self.policy.max_deliveries,
+            dlq_max_length=settings.dlq_max_length,
+            dlq_retention_seconds=settings.dlq_retention_seconds,
+            rate_limit=rate,
+        )
+
+    def _default_policy(self) -> policy_mod.DefaultRetryPolicy:
+        s = self.settings
+        return policy_mod.DefaultRetryPolicy(
+            max_attempts=s.retry_max_attempts,
+            max_deliveries=s.retry_max_deliveries,
+            backoff_policy=backoff.Backoff(
+                strategy=s.retry_backoff_strategy,
+                base_seconds=s.retry_backoff_base_seconds,
+                max_seconds=s.retry_backoff_max_seconds,
+                jitter=s.retry_backoff_jitter,
+            ),
+            previous_delay=self._fetch_previous_delay,
+        )
+
+    async def _fetch_previous_delay(self, job: queue_mod.Job) -> float | None:
+        return await self.settler.fetch_previous_delay(job)
+
+    @property
+    def policy(self) -> policy_mod.RetryPolicy:
+        """The retry-or-dead-letter policy for failed attempts."""
+        return self.settler.policy
+
+    # ---- control ---------------------------------------------------------------------------
+
+    def request_drain(self, signum: int | None = None) -> None:
+        """First call: start draining. Second call: stop waiting and release now."""
+        self.drainer.request(signum)
+
+    def in_use(self) -> int:
+        """Slots taken: held jobs plus timed-out sync handlers still running in a thread."""
+        return len(self.held) + self.runner.zombies
+
+    def poke(self) -> None:
+        """Wake the fetch loop when it waits for a free slot (a slot freed, an ack queued)."""
+        if self.wake is not None:
+            self.wake.set()
+
+    def forget(self, h: held_mod.Held) -> None:
+        """The job is settled (or given up): free its slot."""
+        with self.held_lock:
+            self.held.pop((h.job.id, h.job.token), None)
+        self.processed += 1
+        self.poke()
+
+    # ---- main ------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until drained; returns the process exit code (0 after a clean drain)."""
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.wake = asyncio.Event()
+        if self.install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_drain, int(sig))
+            while (early := signals.take_early_signal()) is not None:
+                self.request_drain(early)
+        # No automatic re-send on this connection: a fetch whose reply was lost must not run
+        # again blindly (its jobs would be held by nobody); the fetch loop retries and adopts.
+        self.client = connection.fetch_client(
+            self.settings.redis_url,
+            socket_timeout=fetching.FETCH_BLOCK_SECONDS + 5.0,
+            retries=0,
+        )
+        self.q = queue_mod.QueueClient(self.client, self.queue_name, self.options)
+        self.app.bind(self.client, queue=self.queue_name)
+        self.runner.open()
+        self.control = control_mod.ControlThread(self)
+        self.control.start()
+        ticker = asyncio.create_task(self._tick_forever())
+        watchdog = asyncio.create_task(self.runner.watch_timeouts())
+        log.info(
+            "worker started",
+            extra={
+                "worker_id": self.worker_id,
+                "queue": self.queue_name,
+                "concurrency": self.concurrency,
+                "tasks": sorted(self.app.tasks),
+                "lease_seconds": self.settings.lease_seconds,
+            },
+        )
+        try:
+            await self.fetcher.run()
+            if self.fetcher.unsure:  # jobs a failed fetch leased to us: adopt and release them
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.fetcher.adopt_orphans(), timeout=3.0)
+            await self.drainer.run()
+        finally:
+            ticker.cancel()
+            watchdog.cancel()
+            await self._shutdown()
+            if self.install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+        log.info(
+            "worker stopped",
+            extra={"worker_id": self.worker_id, "processed": self.processed},
+        )
+        return 0
+
+    async def _tick_forever(self) -> None:
+        # Proves to /healthz that the job loop's event loop is responsive (and exports what a
+        # fetch that is still waiting in Redis has dead-lettered meanwhile).
+        while True:
+            self.health.loop_tick()
+            if self.q is not None and self.q.fetch_dead_lettered:
+                self.fetcher.export_fetch_dead_letters(self.q.fetch_dead_lettered)
+            await asyncio.sleep(0.5)
+
+    async def _shutdown(self) -> None:
+        # Every job is settled or released by now: stop the idle children, kill stragglers.
+        await self.runner.close_processes()
+        if self.control is not None:
+            self.control.stop()
+            await asyncio.to_thread(self.control.join, 10.0)
+        if self.q is not None:
+            try:
+                await asyncio.wait_for(self.q.deregister(self.worker_id), timeout=3.0)
+            except transient.REDIS_ERRORS as exc:
+                log.warning("deregister failed", extra={"error": repr(exc)})
+            try:
+                await asyncio.wait_for(self.q.aclose(), timeout=3.0)
+            except transient.REDIS_ERRORS as exc:
+                log.warning("closing the queue client failed", extra={"error": repr(exc)})
+        if self.client is not None:
+            with contextlib.suppress(*transient.REDIS_ERRORS):
+                await self.client.aclose()
+        self.runner.close_threads()
+        self.health.stopped = True
+
+
+def run_worker(
+    app: app_mod.App,
+    settings: config.WorkerSettings,
+    *,
+    install_signal_handlers: bool = True,
+    on_started: Callable[[Worker], None] | None = None,
+) -> int:
+    """Run a worker to completion in a fresh event loop; returns the exit code."""
+
+    async def main() -> int:
+        worker = Worker(app, settings, install_signal_handlers=install_signal_handlers)
+        if on_started is not None:
+            on_started(worker)
+        return await worker.run()
+
+    return asyncio.run(main())

@@ -1,0 +1,118 @@
+"""Drain: stop fetching, let in-flight jobs finish within the budget, release the rest.
+
+Started by SIGTERM/SIGINT through :meth:`worker_runtime.worker.core.Worker.request_drain` (the
+signal handlers only set flags, so this is safe as PID 1): fetching stops at once, the worker
+reports not-ready, in-flight jobs may finish until the budget
+(``WORKERFLEET_DRAIN_TIMEOUT_SECONDS``) is almost spent, then the rest are released to the queue
+without spending an attempt; the worker then deregisters and exits 0 before the budget ends.
+A second signal releases immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from worker_runtime import logs
+from worker_runtime.worker import held as held_mod
+
+if TYPE_CHECKING:
+    from worker_runtime.worker.core import Worker
+
+log = logs.get_logger("worker")
+
+
+class Drain:
+    """The worker's drain: its request, its budget, and the release of unfinished jobs."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.started: float | None = None  # monotonic time of the first drain request
+        self.hurry = False  # a second request: release now
+
+    def request(self, signum: int | None = None) -> None:
+        """First call: start draining. Second call: stop waiting and release now."""
+        w = self.worker
+        if w.draining:
+            self.hurry = True
+            log.info("second signal: releasing in-flight jobs now", extra={"signal": signum})
+        else:
+            w.draining = True
+            self.started = time.monotonic()
+            w.health.draining = True
+            w.metrics.draining.set(1)
+            log.info("draining", extra={"signal": signum, "in_flight": len(w.held)})
+            if w.control is not None:
+                w.control.wake()
+        w.poke()
+        w.fetcher.interrupt()  # a blocking fetch ends at once (between script calls)
+
+    def _release_budget_end(self) -> float:
+        w = self.worker
+        # Keep a reserve for releasing, deregistering and exiting inside the budget.
+        budget = w.settings.drain_timeout_seconds
+        reserve = min(5.0, max(1.0, 0.2 * budget))
+        start = self.started if self.started is not None else time.monotonic()
+        return start + max(0.0, budget - reserve)
+
+    async def run(self) -> None:
+        """Wait for in-flight jobs within the budget, then release what is left."""
+        w = self.worker
+        assert w.wake is not None
+        end = self._release_budget_end()
+        while w.held and not self.hurry:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                break
+            w.wake.clear()
+            try:
+                await asyncio.wait_for(w.wake.wait(), remaining)
+            except TimeoutError:
+                break
+        await self._release_all()
+
+    async def _release_all(self) -> None:
+        w = self.worker
+        with w.held_lock:
+            to_release = [h for h in w.held.values() if not h.settling and not h.released]
+        if not to_release:
+            return
+        log.info("releasing unfinished jobs", extra={"count": len(to_release)})
+        for h in to_release:
+            h.released = True
+            if h.task is not None and not h.task.done():
+                h.task.cancel()
+        results = await asyncio.gather(
+            *(self._release_one(h) for h in to_release if not h.lost), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                log.warning(
+                    "release failed; the job returns after its lease", extra={"error": repr(r)}
+                )
+        # Let cancelled handlers unwind (bounded: a handler that swallows cancellation is left).
+        tasks = [h.task for h in to_release if h.task is not None and not h.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        # Settles in flight (handlers that finished just before the deadline) get a moment.
+        settling = [h.task for h in w.held.values() if h.settling and h.task is not None]
+        if settling:
+            await asyncio.wait(settling, timeout=2.0)
+
+    async def release_fetched(self, h: held_mod.Held) -> None:
+        """Give back a job a fetch delivered after the drain began."""
+        w = self.worker
+        try:
+            await self._release_one(h)
+        finally:
+            w.forget(h)
+
+    async def _release_one(self, h: held_mod.Held) -> None:
+        w = self.worker
+        assert w.q is not None
+        h.released = True
+        ok = await asyncio.wait_for(w.q.release(h.job), timeout=3.0)
+        task = h.spec.name if h.spec is not None else h.job.envelope.task
+        if ok:
+            w.metrics.job_finished(task, "released", None)

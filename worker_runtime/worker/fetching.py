@@ -1,0 +1,222 @@
+"""The fetch loop: fetch jobs into free slots, acknowledge finished ones with the next fetch.
+
+Run by :meth:`worker_runtime.worker.core.Worker.run` on the job loop (main thread, asyncio). It
+fetches at most as many jobs as there are free slots (one script call for the whole batch; the
+engine folds promotion of due retries, reclaim of expired leases and poison detection into it),
+hands each to the runner (:mod:`worker_runtime.worker.running`), and acknowledges the jobs the
+settler queued as finished together with the next fetch (``ack_and_fetch``: one round trip per
+cycle under load). A fetch whose reply was lost may still have leased jobs to this worker:
+those are adopted before the next fetch. The drain interrupts a fetch waiting for work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import time
+from typing import TYPE_CHECKING
+
+import redis.exceptions
+
+from worker_runtime import logs
+from worker_runtime.worker import held as held_mod
+from worker_runtime.worker import transient
+
+if TYPE_CHECKING:
+    from worker_runtime.worker.core import Worker
+
+log = logs.get_logger("worker")
+
+FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the loop looks around
+
+
+class FetchLoop:
+    """The worker's fetch loop and the batch of acks that rides on its next fetch."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.wake: asyncio.Event | None = None  # interrupts the fetch in flight (drain)
+        self.blocking = False  # the fetch loop waits in Redis for new work
+        self.ack_queue: list[held_mod.Held] = []  # finished jobs to ack with the next fetch
+        self.unsure = False  # a fetch failed after it may have leased jobs to us
+        self._exported_dead_letters: collections.Counter[str] = collections.Counter()
+        self._rng = random.Random()
+
+    def interrupt(self) -> None:
+        """End a blocking fetch at once (between script calls), e.g. when the drain starts."""
+        if self.wake is not None:
+            self.wake.set()
+
+    def queue_ack(self, h: held_mod.Held) -> None:
+        """Acknowledge ``h`` with the next fetch (it is counted as finished then)."""
+        h.ack_pending = True
+        self.ack_queue.append(h)
+        self.worker.poke()
+
+    async def run(self) -> None:
+        """Fetch until the drain starts; then send the acks still queued directly."""
+        # Each cycle acknowledges the jobs that finished since the last one AND fetches jobs
+        # for the slots they free, in one script call (ack_and_fetch); when nothing finished it
+        # is a plain fetch that waits in Redis when the queue is empty. The drain interrupts
+        # that wait (between script calls, never inside one).
+        w = self.worker
+        assert w.q is not None and w.wake is not None
+        q = w.q
+        start = w.runner.start
+        failures = 0
+        while not w.draining:
+            if self.unsure and not await self.adopt_orphans():
+                failures += 1
+                await self._sleep_unless_draining(self._error_delay(failures))
+                continue
+            acks = self.ack_queue
+            free = w.concurrency - w.in_use() + len(acks)
+            if free <= 0:
+                w.wake.clear()
+                full = w.concurrency - w.in_use() + len(self.ack_queue) <= 0
+                if full and not w.draining:
+                    await w.wake.wait()
+                continue
+            self.wake = wake = asyncio.Event()
+            if w.draining:
+                break
+            self.ack_queue = []
+            t0 = time.monotonic()
+            try:
+                if acks:
+                    flags, jobs = await q.ack_and_fetch(
+                        [h.job for h in acks],
+                        w.worker_id,
+                        free,
+                        block=0.0,
+                        wake=wake,
+                        holding=w.held,
+                    )
+                    self.finish_acks(acks, flags)
+                else:
+                    self.blocking = True
+                    try:
+                        jobs = await q.fetch(
+                            w.worker_id,
+                            free,
+                            block=FETCH_BLOCK_SECONDS,
+                            wake=wake,
+                            holding=w.held,
+                        )
+                    finally:
+                        self.blocking = False
+            except Exception as exc:
+                # Only a deliberate shutdown (cancellation) ends this loop: any other error,
+                # foreseen (Redis) or not (a bug, a reply nobody expected), is retried with
+                # backoff, so one bad reply can never stop a worker with jobs leased to it.
+                # Acks are fenced, so sending them again is safe: they go back in the queue.
+                self.ack_queue[:0] = acks
+                # Without a reply the script may still have run: adopt what it leased to us.
+                # (An error reply, e.g. READONLY, is an answer: nothing to adopt.)
+                self.unsure = not isinstance(exc, redis.exceptions.ResponseError)
+                failures += 1
+                w.metrics.fetch_errors.inc()
+                delay = self._error_delay(failures)
+                extra = {"error": repr(exc), "retry_in_seconds": round(delay, 3)}
+                if isinstance(exc, transient.REDIS_ERRORS):
+                    w.metrics.redis_error("fetch")
+                    log.warning("fetch failed; retrying", extra=extra)
+                else:
+                    log.error("fetch failed unexpectedly; retrying", extra=extra, exc_info=True)
+                await self._sleep_unless_draining(delay)
+                continue
+            finally:
+                self.wake = None
+            failures = 0
+            w.health.redis_ok()
+            if q.fetch_dead_lettered:
+                self.export_fetch_dead_letters(q.fetch_dead_lettered)
+            for job in jobs:
+                start(job)
+            if not jobs and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
+                # A fetch that came back empty at once (rate limited, Redis answered early)
+                # must not become a busy loop.
+                await self._sleep_unless_draining(0.01)
+        self._flush_queued_acks()
+
+    def _error_delay(self, failures: int) -> float:
+        # Exponential backoff with jitter after consecutive failed fetch-loop calls.
+        return min(5.0, 0.1 * 2.0 ** min(failures, 6)) * (0.5 + self._rng.random() / 2)
+
+    async def adopt_orphans(self) -> bool:
+        """Take over the jobs a failed fetch may have leased to us; True when Redis answered."""
+        # A fetch failed on a Redis error after it may have run: the jobs it leased to this
+        # worker never arrived. Take them over now rather than let them wait out their lease
+        # (counted as lost deliveries).
+        w = self.worker
+        assert w.q is not None
+        try:
+            jobs = await w.q.adopt(w.worker_id, list(w.held))
+        except Exception as exc:  # like the fetch itself: retried, never the end of the loop
+            if isinstance(exc, transient.REDIS_ERRORS):
+                w.metrics.redis_error("adopt")
+                log.warning("adopting after a failed fetch failed", extra={"error": repr(exc)})
+            else:
+                log.error("adopting failed unexpectedly", extra={"error": repr(exc)}, exc_info=True)
+            return False
+        self.unsure = False
+        if jobs:
+            log.warning(
+                "a failed fetch had leased jobs to this worker; adopted them",
+                extra={"count": len(jobs)},
+            )
+        for job in jobs:
+            w.runner.start(job)
+        return True
+
+    def export_fetch_dead_letters(self, counts: collections.Counter[str]) -> None:
+        """Count what the engine's fetch dead-lettered in this worker's metrics too."""
+        # Poison jobs (max_deliveries) and unreadable envelopes are dead-lettered inside the
+        # engine's fetch and never reach a handler.
+        w = self.worker
+        for reason, total in counts.items():
+            delta = total - self._exported_dead_letters[reason]
+            if delta > 0:
+                w.metrics.dead_lettered.labels(w.queue_name, reason).inc(delta)
+                self._exported_dead_letters[reason] = total
+
+    def finish_acks(self, acks: list[held_mod.Held], flags: list[bool]) -> None:
+        """Record the outcome of acks sent (flag False: the lease was lost) and free the slots."""
+        w = self.worker
+        for h, ok in zip(acks, flags, strict=True):
+            h.ack_pending = False
+            if ok:
+                name = h.spec.name if h.spec is not None else h.job.envelope.task
+                w.metrics.job_finished(name, "completed", h.ran)
+            else:
+                w.settler.stale(h)
+            w.forget(h)
+
+    def _flush_queued_acks(self) -> None:
+        # Acks queued for the next cycle when there will be none (drain): send them directly.
+        acks, self.ack_queue = self.ack_queue, []
+        for h in acks:
+            h.task = asyncio.create_task(self._ack_directly(h))
+
+    async def _ack_directly(self, h: held_mod.Held) -> None:
+        w = self.worker
+        assert w.q is not None
+        q = w.q
+        try:
+            ok = await w.settler.settle("ack", lambda: q.ack(h.job))
+            self.finish_acks([h], [ok])
+        finally:
+            if h.ack_pending:  # the settle raised: forget it; the lease returns the job
+                h.ack_pending = False
+                w.forget(h)
+
+    async def _sleep_unless_draining(self, seconds: float) -> None:
+        w = self.worker
+        assert w.wake is not None
+        w.wake.clear()
+        if w.draining:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(w.wake.wait(), seconds)

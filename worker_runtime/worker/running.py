@@ -1,0 +1,329 @@
+"""Running one job: its handler as an asyncio task, in a pool thread, or in a child process.
+
+The fetch loop (:mod:`worker_runtime.worker.fetching`) hands every fetched job to
+:meth:`JobRunner.start`; the runner checks the job can run at all (a known task, not past its
+deadline, a valid payload), calls the handler and hands the outcome to the settler
+(:mod:`worker_runtime.worker.settling`). Async handlers run as tasks on the job loop, sync ones
+in the bounded daemon-thread pool, ``executor="process"`` ones in the child-process pool
+(:mod:`worker_runtime.worker.pool`).
+
+Timeouts are enforced by one watchdog task, not a timer per job: an async handler past its
+timeout is cancelled and the attempt fails with outcome ``timeout``. A sync handler cannot be
+killed (Python threads cannot be interrupted): at the timeout its attempt is recorded as failed
+(``timeout``) and retried or dead-lettered like any failure, its eventual result is discarded,
+and its thread keeps its slot until the function returns, so the worker never runs more than
+``concurrency`` handlers at once. A process handler's child is killed at its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import contextvars
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from worker_runtime import app as app_mod
+from worker_runtime import expiry, logs, processes
+from worker_runtime import queue as queue_mod
+from worker_runtime.worker import held as held_mod
+from worker_runtime.worker import pool as pool_mod
+
+if TYPE_CHECKING:
+    from worker_runtime.worker.core import Worker
+    from worker_runtime.worker.settling import Settler
+
+log = logs.get_logger("worker")
+
+WATCHDOG_SECONDS = 0.05  # job timeouts are enforced with this precision
+
+
+class JobRunner:
+    """Runs the handlers of held jobs; owns the thread pool and the child-process pool."""
+
+    def __init__(self, worker: Worker, settler: Settler) -> None:
+        self.worker = worker
+        self.settler = settler
+        self.zombies = 0  # timed-out sync handlers still occupying a thread (and a slot)
+        self._sync_done: collections.deque[
+            tuple[held_mod.Held, asyncio.Future[None], BaseException | None]
+        ] = collections.deque()  # finished sync calls, collected on the loop thread
+        self._sync_notify = False
+        self.pool: pool_mod.DaemonThreadPool | None = None
+        self.procs: processes.ProcessPool | None = None
+        self._prestart: asyncio.Task[None] | None = None
+
+    def open(self) -> None:
+        """Create the pools (on the job loop); process children boot in the background."""
+        w = self.worker
+        self.pool = pool_mod.DaemonThreadPool(w.concurrency)
+        if any(spec.executor == "process" for spec in w.app.tasks.values()):
+            self.procs = pool_mod.start_process_pool(w.settings, w.concurrency, w.metrics)
+            self._prestart = asyncio.create_task(pool_mod.prestart_children(self.procs))
+
+    async def close_processes(self) -> None:
+        """Stop booting children; stop the idle ones and kill stragglers (all jobs settled)."""
+        if self._prestart is not None:
+            self._prestart.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._prestart
+        if self.procs is not None:
+            await self.procs.close(wait_seconds=3.0)
+
+    def close_threads(self) -> None:
+        """Let the idle threads exit (busy ones finish their call: they are daemons)."""
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def start(self, job: queue_mod.Job) -> None:
+        """Hold a fetched job and run it as a task (or give it back when draining)."""
+        w = self.worker
+        h = held_mod.Held(job, w.app.tasks.get(job.envelope.task), w.queue_name, time.time())
+        with w.held_lock:
+            w.held[(job.id, job.token)] = h
+        if w.draining:
+            # A fetch that was already on its way when the drain began: give the job back.
+            h.task = asyncio.create_task(w.drainer.release_fetched(h))
+            return
+        h.task = asyncio.create_task(self.run(h))
+
+    def build_context(self, h: held_mod.Held, spec: app_mod.TaskSpec) -> app_mod.JobContext:
+        """The JobContext handed to a handler that asks for one."""
+        job = h.job
+        env = job.envelope
+        h.ctx = app_mod.JobContext(
+            job_id=job.id,
+            task=env.task,
+            queue=self.worker.queue_name,
+            attempt=job.attempts + 1,
+            deliveries=job.deliveries,
+            correlation_id=env.correlation_id,
+            idempotency_key=env.idempotency_key,
+            enqueued_at=env.enqueued_at,
+            headers=env.headers,
+            priority=env.priority,
+            leased_until=job.leased_until,
+            worker_id=self.worker.worker_id,
+            logger=spec.logger,
+            idempotency=self.is_done,
+            loop=self.worker.loop,
+        )
+        return h.ctx
+
+    async def is_done(self, key: str) -> bool:
+        """Whether a job with this idempotency key was marked done (``ctx.is_done``)."""
+        from worker_runtime import idempotency
+
+        return await idempotency.fetch_is_done(self.worker.client, self.worker.queue_name, key)
+
+    async def run(self, h: held_mod.Held) -> None:
+        """Run one held job's handler and hand its outcome to the settler."""
+        # The hot path: keep it to one coroutine frame for async handlers.
+        env = h.job.envelope
+        spec = h.spec
+        token = logs.bind_job(h)
+        try:
+            if spec is None:
+                # Never import anything a message names: unknown tasks go to the DLQ.
+                await self.settler.dead_letter(
+                    h,
+                    queue_mod.DeadLetterReason.UNKNOWN_TASK,
+                    error_type="UnknownTask",
+                    message=f"no task named {env.task!r} is registered on this worker",
+                )
+                return
+            if env.expires_at is not None or spec.ttl is not None:
+                late = expiry.seconds_past(
+                    expiry.deadline_of(env.expires_at, env.enqueued_at, spec.ttl), time.time()
+                )
+                if late is not None:  # never start a job past its deadline
+                    await self.settler.expired(h, spec, late)
+                    return
+            try:
+                payload = spec.payload_adapter.validate_python(env.payload)
+            except ValidationError as exc:
+                await self.settler.dead_letter(
+                    h,
+                    queue_mod.DeadLetterReason.INVALID_PAYLOAD,
+                    error_type="ValidationError",
+                    message=str(exc)[:4000],
+                )
+                return
+            limit = spec.timeout if spec.timeout is not None else self.worker.default_timeout
+            h.started = time.perf_counter()
+            h.deadline = time.monotonic() + limit
+            if not spec.is_async:
+                if spec.handler_ref is not None:
+                    await self._run_process(h, spec, payload, limit)
+                else:
+                    await self._run_sync(h, spec, payload, limit)
+                return
+            try:
+                if spec.wants_context:
+                    await spec.handler(payload, self.build_context(h, spec))
+                else:
+                    await spec.handler(payload)
+            except asyncio.CancelledError as exc:
+                current = asyncio.current_task()
+                if not h.released and current is not None and current.cancelling() == 0:
+                    # Nobody cancelled this task: the handler let an inner cancellation
+                    # escape. That is a failure of the handler, not a reason to drop the job.
+                    await self.settler.failed(h, spec, exc, False)
+                    return
+                if not h.timed_out or h.released:
+                    raise
+                await self._timed_out(h, spec, f"after {limit}s (cancelled)")
+                return
+            except BaseException as exc:
+                await self.settler.failed(h, spec, exc, False)
+                return
+            if h.timed_out:  # the handler swallowed the cancellation: still a timeout
+                await self._timed_out(h, spec, f"after {limit}s")
+                return
+            await self.settler.completed(h, spec)
+        except asyncio.CancelledError:
+            if not h.released:
+                raise
+        finally:
+            logs.unbind_job(token)
+            if not h.ack_pending:
+                self.worker.forget(h)
+
+    async def _timed_out(self, h: held_mod.Held, spec: app_mod.TaskSpec, detail: str) -> None:
+        # The watchdog's cancellation is handled here, so later awaits must work again; the
+        # attempt fails with a TimeoutError (outcome ``timeout``).
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        await self.settler.failed(h, spec, TimeoutError(f"{spec.name} timed out {detail}"), True)
+
+    async def _run_sync(
+        self, h: held_mod.Held, spec: app_mod.TaskSpec, payload: Any, limit: float
+    ) -> None:
+        loop = self.worker.loop
+        assert self.pool is not None and loop is not None
+        args = (payload, self.build_context(h, spec)) if spec.wants_context else (payload,)
+        fut: asyncio.Future[None] = loop.create_future()
+        context = contextvars.copy_context()  # carries the job's log fields into the thread
+        handler = spec.handler
+
+        def call() -> None:
+            error: BaseException | None = None
+            if not fut.cancelled():  # released or timed out before a thread was free
+                try:
+                    context.run(handler, *args)
+                except BaseException as exc:
+                    error = exc
+            self._sync_done.append((h, fut, error))
+            if not self._sync_notify:
+                # One wake-up of the loop for all the calls that finish meanwhile.
+                self._sync_notify = True
+                loop.call_soon_threadsafe(self._collect_sync)
+
+        self.pool.run(call)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: it keeps its slot until the function returns.
+            h.zombie = True
+            self.zombies += 1
+            if not h.timed_out or h.released:
+                raise
+            await self._timed_out(h, spec, f"after {limit}s (thread left to finish)")
+            return
+        except BaseException as exc:
+            await self.settler.failed(h, spec, exc, False)
+            return
+        await self.settler.completed(h, spec)
+
+    async def _run_process(
+        self, h: held_mod.Held, spec: app_mod.TaskSpec, payload: Any, limit: float
+    ) -> None:
+        assert self.procs is not None and spec.handler_ref is not None
+        pool = self.procs
+        h.deadline = 0.0  # the timeout starts when a child takes the job, not while it waits
+        try:
+            child = await pool.acquire()
+        except processes.ProcessPoolError as exc:
+            await self.settler.failed(h, spec, exc, False)
+            return
+        ctx = self.build_context(h, spec)
+        fields = None
+        if spec.wants_context:
+            fields = {
+                "job_id": ctx.job_id,
+                "task": ctx.task,
+                "queue": ctx.queue,
+                "attempt": ctx.attempt,
+                "deliveries": ctx.deliveries,
+                "correlation_id": ctx.correlation_id,
+                "idempotency_key": ctx.idempotency_key,
+                "enqueued_at": ctx.enqueued_at,
+                "headers": dict(ctx.headers),
+                "priority": ctx.priority,
+                "leased_until": ctx.leased_until,
+                "worker_id": ctx.worker_id,
+            }
+        module, qualname = spec.handler_ref
+        h.started = time.perf_counter()
+        h.deadline = time.monotonic() + limit
+        try:
+            reply = await pool.run(child, processes.Call(module, qualname, payload, fields))
+        except asyncio.CancelledError:
+            # pool.run killed the child: a timed-out CPU-bound job really stops.
+            if not h.timed_out or h.released:
+                raise
+            self.worker.metrics.child_exited("timeout")
+            await self._timed_out(h, spec, f"after {limit}s (child process killed)")
+            return
+        except processes.ProcessPoolError as exc:
+            if isinstance(exc, processes.ChildProcessDied):
+                self.worker.metrics.child_exited("died")
+                log.warning("the child process running the job died", extra={"error": str(exc)})
+            await self.settler.failed(h, spec, exc, False)
+            return
+        if reply.error is not None:
+            await self.settler.failed(h, spec, reply.error, False)
+            return
+        if reply.done_key is not None:
+            ctx.mark_done_on_ack(reply.done_key, ttl_seconds=reply.done_ttl or 86_400.0)
+        await self.settler.completed(h, spec)
+
+    def _collect_sync(self) -> None:
+        # On the loop thread: hand finished sync calls their results (clear the flag first, so
+        # a call finishing during the collection schedules another one).
+        self._sync_notify = False
+        done = self._sync_done
+        while done:
+            h, fut, error = done.popleft()
+            if fut.cancelled():
+                if h.zombie:  # a timed-out or released call finally returned: free its slot
+                    h.zombie = False
+                    self.zombies -= 1
+                    self.worker.poke()
+            elif error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+    async def watch_timeouts(self) -> None:
+        """Cancel handlers past their deadline (runs for the worker's whole life)."""
+        # One watchdog instead of a timer per job: cancels handlers past their deadline
+        # (precision: WATCHDOG_SECONDS).
+        while True:
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            if not self.worker.held:
+                continue
+            now = time.monotonic()
+            for h in list(self.worker.held.values()):
+                if (
+                    h.deadline
+                    and now >= h.deadline
+                    and not (h.timed_out or h.settling or h.released or h.lost)
+                    and h.task is not None
+                ):
+                    h.timed_out = True
+                    h.task.cancel()
