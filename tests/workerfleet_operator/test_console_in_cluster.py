@@ -9,14 +9,25 @@ a namespaced install lists pools one watched namespace at a time (its Roles allo
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from workerfleet_operator.console import cli, sources
-from workerfleet_operator.shell import inventory
+from workerfleet_operator.shell import credentials, inventory
 
 POD_ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+
+
+def write_ca(path: Path) -> None:
+    """A real (self-signed) certificate where the kubelet puts the cluster CA."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=workerfleet-test-ca", "-keyout", str(path.with_suffix(".key")),
+         "-out", str(path)],
+        check=True, capture_output=True,
+    )  # fmt: skip
 
 
 def service_account_dir(tmp_path: Path) -> Path:
@@ -32,7 +43,7 @@ def test_without_a_kubeconfig_a_pod_logs_in_with_its_service_account(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     monkeypatch.setenv("HOME", str(tmp_path))
     directory = service_account_dir(tmp_path)
-    info = inventory.build_service_account_info(POD_ENV, str(directory))
+    info = credentials.load_service_account_login(POD_ENV, str(directory))
     assert info is not None
     assert info.server == "https://10.96.0.1:443"
     assert info.token == "pod-token" and info.scheme == "Bearer"
@@ -48,7 +59,7 @@ async def test_build_login_falls_back_to_the_service_account_and_names_its_names
     directory = tmp_path / "sa"
     directory.mkdir()
     service_account_dir(directory)
-    (directory / "ca.crt").unlink()  # a placeholder is no certificate; the client loads it
+    write_ca(directory / "ca.crt")  # the client loads it: a placeholder would not do
     login = inventory.build_login(None, POD_ENV, str(directory))
     try:
         assert login.namespace == "workerfleet-system"

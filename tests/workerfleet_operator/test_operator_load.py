@@ -19,8 +19,7 @@ from pathlib import Path
 import kopf
 import pytest
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, kube, main
-from workerfleet_operator.shell import kubeconfig as kubeconfig_mod
+from workerfleet_operator.shell import context, credentials, kube, main
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
@@ -134,7 +133,7 @@ def test_the_operator_s_api_client_spends_at_most_its_burst_then_qps(
         slept.append(seconds)
         clock[0] += seconds
 
-    info = kubeconfig_mod.read_kubeconfig(str(kubeconfig))
+    info = credentials.load_kubeconfig_login(str(kubeconfig))
     limiter = kube.RequestBudget(qps=5.0, burst=5, clock=lambda: clock[0], sleep=fake_sleep)
 
     async def fifteen_reads() -> int:

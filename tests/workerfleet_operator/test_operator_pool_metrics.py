@@ -110,10 +110,11 @@ def test_a_recreated_secret_brings_the_queue_back_to_reachable(
 def test_reconcile_errors_are_counted_for_the_pool_that_fails(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
-    # Given two pools, one of which the API server refuses to apply (500, three times)
+    # Given two pools, one of which the API server refuses to apply (500, three times), and an
+    # operator whose client tries each request once (its own retries would hide the errors)
     emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     emulator.inject_failure("PATCH", r"/deployments/invoices$", 500, count=3)
-    runner = operator()
+    runner = operator(api_retry_attempts=1)
     emulator.create("workerpools", build_pool("emails"), group=GROUP)
     emulator.create("workerpools", build_pool("invoices"), group=GROUP)
     # When both converge

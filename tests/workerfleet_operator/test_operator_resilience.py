@@ -179,16 +179,27 @@ def test_a_deleted_pools_redis_client_and_secret_value_are_released_with_its_las
     )
 
 
-def test_conflicts_and_server_errors_are_retried_without_a_crash_loop(
+def test_conflicts_and_server_errors_are_retried_before_a_reconcile_counts_as_failed(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
-    # Given the API server answers the first applies of the Deployment with 409, 422 and 500,
+    # Given the API server answers the first applies of the Deployment with 409, 500 and 503,
     # and the first status write with 409
     emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     emulator.inject_failure("PATCH", r"/deployments/emails$", 409, count=1)
-    emulator.inject_failure("PATCH", r"/deployments/emails$", 422, count=1)
     emulator.inject_failure("PATCH", r"/deployments/emails$", 500, count=1)
+    emulator.inject_failure("PATCH", r"/deployments/emails$", 503, count=1)
     emulator.inject_failure("PATCH", r"/workerpools/emails/status$", 409, count=1)
+    reasons: list[str] = []  # every condition reason the pool ever carried
+    emulator.add_listener(
+        lambda plural, event: (
+            reasons.extend(
+                str(c.get("reason"))
+                for c in ((event.get("object") or {}).get("status") or {}).get("conditions") or []
+            )
+            if plural == "workerpools"
+            else None
+        )
+    )
     runner = operator()
     # When a pool is created
     emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
@@ -199,8 +210,8 @@ def test_conflicts_and_server_errors_are_retried_without_a_crash_loop(
     assert emulator.injected_failures_left() == 0
     assert runner.thread.is_alive() and not runner.errors
 
-    # And the failed attempts were counted (the 409 and the 500 as errors, the 422 as invalid
-    # input: the API server refused the object as written), then a success
+    # And no reconcile failed: the 5xx were retried by the client, the 409s read again and
+    # decided again; Degraded=ReconcileFailed was never written
     def results() -> dict[str, float]:
         return {
             str(s.labels.get("result")): s.value
@@ -212,7 +223,28 @@ def test_conflicts_and_server_errors_are_retried_without_a_crash_loop(
     counted = wait_until(
         lambda: (r := results()).get("success", 0) >= 1 and r, message="no success"
     )
-    assert counted.get("error", 0) >= 2 and counted.get("invalid", 0) >= 1, counted
+    assert counted.get("error", 0) == 0, counted
+    assert reasons and "ReconcileFailed" not in reasons
+
+
+def test_a_request_refused_with_422_still_counts_as_invalid_input(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given the API server refuses the first apply of the Deployment as written (422)
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    emulator.inject_failure("PATCH", r"/deployments/emails$", 422, count=1)
+    runner = operator()
+    # When a pool is created
+    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
+    # Then it converges after counting the refusal as invalid input (not retried blindly)
+    wait_until(lambda: ready(emulator, "emails"), timeout=20, message="did not converge")
+    counts = {
+        str(s.labels.get("result")): s.value
+        for m in runner.metrics.reconcile_total.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+    assert counts.get("invalid", 0) >= 1, counts
 
 
 def test_a_pool_held_by_a_foreign_finalizer_gets_no_writes_while_terminating(

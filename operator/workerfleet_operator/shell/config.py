@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -65,8 +65,53 @@ class OperatorConfig(BaseSettings):
     watch_client_timeout_seconds: float = Field(
         default=330.0, gt=0, description="a silent watch is broken and relisted after this"
     )
+    api_retry_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="tries of one API request answered 429/5xx or timing out, before it fails",
+    )
+    api_retry_max_seconds: float = Field(
+        default=8.0, gt=0, description="longest wait between two tries (Retry-After is capped)"
+    )
+    leader_election: bool = Field(
+        default=False,
+        description="elect one leader through a Lease; only the leader reconciles and writes",
+    )
+    lease_name: str = Field(default="workerfleet-operator", description="the Lease's name")
+    lease_namespace: str = Field(
+        default="",
+        description="the Lease's namespace; empty = the pod's (service account) or default",
+    )
+    leader_identity: str = Field(
+        default="", description="this replica's name in the Lease; empty = hostname and pid"
+    )
+    lease_duration_seconds: float = Field(
+        default=15.0, gt=0, description="a standby takes the Lease this long after its last renewal"
+    )
+    renew_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="the leader stops writing when it has not renewed for this long",
+    )
+    retry_period_seconds: float = Field(
+        default=2.0, gt=0, description="renew (leader) or try to acquire (standby) this often"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _check_lease_timing(self) -> OperatorConfig:
+        # client-go's rule: the leader must give up before a standby may take over.
+        if (
+            not self.retry_period_seconds
+            < self.renew_deadline_seconds
+            < self.lease_duration_seconds
+        ):
+            raise ValueError(
+                "leader election needs retry_period_seconds < renew_deadline_seconds < "
+                "lease_duration_seconds"
+            )
+        return self
 
     @field_validator("namespaces", mode="before")
     @classmethod

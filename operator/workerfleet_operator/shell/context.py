@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import kopf
-
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import config as config_module
+from workerfleet_operator.shell import credentials as credentials_module
 from workerfleet_operator.shell import kube, metrics, queue
 
 if TYPE_CHECKING:
@@ -48,7 +47,10 @@ class OperatorContext:
     wall_clock: Callable[[], float] = time.time
     # Jitter of the resync delays (seedable in tests).
     rng: random.Random = field(default_factory=random.Random)
-    login: kopf.ConnectionInfo | None = None
+    # The current login (kopf's login handler and every KubeClient share it; see credentials).
+    credentials: credentials_module.Credentials | None = None
+    # The leader elector's "may I write now?" (None: standalone, always).
+    fence: Callable[[], bool] | None = None
     client: kube.KubeClient | None = None
     pools: dict[PoolKey, PoolController] = field(default_factory=dict)
     # (namespace, secret, key) -> (read at, value): pools sharing a Secret share one read.
@@ -110,10 +112,16 @@ class OperatorContext:
 
     def fetch_client(self) -> kube.KubeClient:
         if self.client is None:
-            if self.login is None:
+            if self.credentials is None or self.credentials.current is None:
                 raise RuntimeError("the operator has not logged in yet")
             budget = kube.RequestBudget(self.config.api_qps, self.config.api_burst)
-            self.client = kube.KubeClient(self.login, budget=budget)
+            retry = kube.RetryPolicy(
+                attempts=self.config.api_retry_attempts,
+                max_seconds=self.config.api_retry_max_seconds,
+            )
+            self.client = kube.KubeClient(
+                self.credentials, budget=budget, retry=retry, fence=self.fence
+            )
         return self.client
 
 

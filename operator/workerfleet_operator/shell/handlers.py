@@ -15,9 +15,7 @@ controller (``shell.pool``) and returns; the controller's own task reconciles an
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +23,7 @@ import kopf
 
 from workerfleet_operator import api, manifests
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, kubeconfig, pool
+from workerfleet_operator.shell import context, credentials, pool
 
 
 def build_settings(cfg: config_module.OperatorConfig) -> kopf.OperatorSettings:
@@ -69,25 +67,17 @@ def register(registry: kopf.OperatorRegistry, ctx: context.OperatorContext) -> N
     """Register every handler of the operator into ``registry``."""
 
     @kopf.on.login(registry=registry)
-    async def login(**kwargs: Any) -> kopf.ConnectionInfo:
-        # Explicit, so the tests and the operator log in the same way: the configured kubeconfig,
-        # else the pod's service account, else the default kubeconfig.
-        info: kopf.ConnectionInfo | None
-        if ctx.config.kubeconfig:
-            info = kubeconfig.read_kubeconfig(ctx.config.kubeconfig)
-        elif (info := kopf.login_with_service_account(**kwargs)) is not None:
-            # kopf names the API server https://kubernetes.default.svc, which only cluster DNS
-            # resolves; the kubelet hands every pod the address itself, as client-go reads it.
-            server = kubeconfig.in_cluster_server_url(os.environ)
-            if server is not None:
-                info = dataclasses.replace(info, server=server)
-        else:
-            info = kopf.login_with_kubeconfig(**kwargs)
-        if info is None:
-            raise kopf.LoginError(
-                "no credentials: set WORKERFLEET_OPERATOR_KUBECONFIG or run in a pod"
-            )
-        ctx.login = info
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # Through the kubernetes package (exec plugins, in-cluster): the configured kubeconfig,
+        # else the pod's service account, else the default kubeconfig. kopf calls this again
+        # on a 401 or when the login expires; our own client follows (ctx.credentials).
+        if ctx.credentials is None:
+            ctx.credentials = build_credentials(ctx.config)
+        try:
+            info = await asyncio.to_thread(load_operator_login, ctx.config)
+        except credentials.CredentialsError as exc:
+            raise kopf.LoginError(str(exc)) from exc
+        ctx.credentials.replace(info)
         return info
 
     @kopf.on.cleanup(registry=registry)
@@ -133,3 +123,14 @@ def register(registry: kopf.OperatorRegistry, ctx: context.OperatorContext) -> N
     @kopf.on.probe(registry=registry, id="pools")
     async def pools_probe(**_: Any) -> int:
         return len(ctx.pools)
+
+
+def load_operator_login(cfg: config_module.OperatorConfig) -> kopf.ConnectionInfo:
+    """The operator's login: its kubeconfig, else the pod's service account, else the default
+    kubeconfig (blocking: an exec plugin may run)."""
+    return credentials.load_login(cfg.kubeconfig, prefer_service_account=True)
+
+
+def build_credentials(cfg: config_module.OperatorConfig) -> credentials.Credentials:
+    """The operator's shared credentials, loading as :func:`load_operator_login` does."""
+    return credentials.Credentials(lambda: load_operator_login(cfg))

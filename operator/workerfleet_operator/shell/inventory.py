@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerfleet_operator.console import sources
-from workerfleet_operator.shell import kube
+from workerfleet_operator.shell import credentials, kube
 
 
 class InventoryError(LookupError):
@@ -30,78 +30,27 @@ class KubeLogin:
     namespace: str
 
 
-SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-"""Where the kubelet mounts a pod's service-account token, cluster CA and namespace."""
-
-
-def find_kubeconfig(path: str | None) -> str | None:
-    """The kubeconfig to use: ``path``, else the first of ``$KUBECONFIG``, else ~/.kube/config.
-
-    None when there is none and no path was named (a pod may then use its service account).
-    """
-    candidates = [path] if path else []
-    candidates += [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
-    candidates.append(os.path.expanduser("~/.kube/config"))
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    if path:
-        raise InventoryError(f"no kubeconfig at {path}")
-    return None
-
-
 def build_login(
     kubeconfig: str | None,
     environ: Mapping[str, str] = os.environ,
-    service_account_dir: str = SERVICE_ACCOUNT_DIR,
+    service_account_dir: str = credentials.SERVICE_ACCOUNT_DIR,
 ) -> KubeLogin:
-    """A read client for the kubeconfig's current context (as the operator logs in).
+    """A read client for the kubeconfig's current context, loaded as the operator loads its own
+    (the ``kubernetes`` package: exec plugins run, tokens are loaded again on expiry or 401).
 
     Without a kubeconfig, a pod's service account (the chart's console Deployment runs so);
     without either, an error that says what to pass.
     """
-    from workerfleet_operator.shell import kubeconfig as kubeconfig_mod
 
-    path = find_kubeconfig(kubeconfig)
-    if path is not None:
-        info = kubeconfig_mod.read_kubeconfig(path)
-    else:
-        found = build_service_account_info(environ, service_account_dir)
-        if found is None:
-            raise InventoryError("no kubeconfig: pass --kubeconfig or set KUBECONFIG")
-        info = found
-    return KubeLogin(kube.KubeClient(info), info.default_namespace or "default")
+    def load() -> Any:
+        try:
+            return credentials.load_login(kubeconfig, environ, service_account_dir)
+        except credentials.CredentialsError as exc:
+            raise InventoryError(str(exc)) from exc
 
-
-def build_service_account_info(environ: Mapping[str, str], directory: str) -> Any:
-    """kopf credentials of the pod's service account, or None outside a pod.
-
-    The API server address comes from KUBERNETES_SERVICE_HOST/PORT (as the operator's login:
-    no cluster DNS needed); the token, CA and namespace from the files the kubelet mounts.
-    """
-    import kopf
-
-    from workerfleet_operator.shell import kubeconfig as kubeconfig_mod
-
-    server = kubeconfig_mod.in_cluster_server_url(environ)
-    token_path = os.path.join(directory, "token")
-    if server is None or not os.path.isfile(token_path):
-        return None
-    with open(token_path, encoding="utf-8") as handle:
-        token = handle.read().strip()
-    namespace_path = os.path.join(directory, "namespace")
-    namespace = None
-    if os.path.isfile(namespace_path):
-        with open(namespace_path, encoding="utf-8") as handle:
-            namespace = handle.read().strip() or None
-    ca_path = os.path.join(directory, "ca.crt")
-    return kopf.ConnectionInfo(
-        server=server,
-        ca_path=ca_path if os.path.isfile(ca_path) else None,
-        scheme="Bearer",
-        token=token,
-        default_namespace=namespace,
-    )
+    info = load()
+    shared = credentials.Credentials(load, initial=info)
+    return KubeLogin(kube.KubeClient(shared), info.default_namespace or "default")
 
 
 def parse_pool_name(text: str, default_namespace: str) -> tuple[str, str]:

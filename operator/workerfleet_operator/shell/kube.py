@@ -1,10 +1,16 @@
 """The operator's Kubernetes I/O: fetch, server-side apply, delete, pod annotations, Events.
 
-Called by ``shell.handlers`` (the reconcile and the autoscaler loop). Plain dicts over aiohttp,
-not the ``kubernetes_asyncio`` models: deserializing one Deployment into ``V1Deployment`` costs
-~350 µs against ~18 µs for ``json.loads`` (measured, 19x), server-side apply sends dicts anyway,
-and kopf already brings aiohttp. Credentials come from kopf's login (:class:`kopf.ConnectionInfo`),
-so the operator and kopf always talk to the same server with the same identity.
+Called by ``shell.handlers`` (the reconcile and the autoscaler loop), ``shell.leader`` (the
+Lease) and ``shell.inventory`` (the CLI and the console). Plain dicts over aiohttp, not the
+``kubernetes`` package's models: deserializing one Deployment into ``V1Deployment`` costs ~350 µs
+against ~18 µs for ``json.loads`` (measured, 19x; bench/kube_client.py compares whole requests),
+server-side apply sends dicts anyway, and kopf already brings aiohttp. Credentials do come from
+the ``kubernetes`` package (``shell.credentials``: exec plugins, in-cluster), and are read from
+:class:`credentials.Credentials` on every request: a token loaded again (by kopf's re-login, on
+expiry, or after a 401 here) is used from the next request on.
+
+Every request is retried as :class:`RetryPolicy` says (429 with Retry-After, 5xx, timeouts) before
+its caller sees an error; 409 goes to the caller, which must read again and decide again.
 
 Writes to children use server-side apply with field manager :data:`FIELD_MANAGER`; the replica
 count is written by a separate manager, :data:`REPLICAS_FIELD_MANAGER`. Whether someone else
@@ -21,6 +27,7 @@ import contextlib
 import datetime
 import json
 import os
+import random
 import ssl
 import tempfile
 import time
@@ -31,6 +38,8 @@ from typing import Any
 
 import aiohttp
 import kopf
+
+from workerfleet_operator.shell import credentials as credentials_module
 
 FIELD_MANAGER = "workerfleet"
 REPLICAS_FIELD_MANAGER = "workerfleet-autoscaler"
@@ -58,11 +67,14 @@ KINDS: dict[str, tuple[str, str]] = {
 class ApiError(Exception):
     """A non-2xx answer of the API server, with its HTTP status and Status reason."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
 
     @property
     def is_not_found(self) -> bool:
@@ -152,41 +164,104 @@ class RequestBudget:
             self._tokens -= 1.0
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How :class:`KubeClient` retries one request before its caller sees the error.
+
+    Retried: 429 (API Priority and Fairness or a webhook said "later"), 500/502/503/504, a
+    timeout or a broken connection. A ``Retry-After`` header is honoured (capped at
+    ``max_seconds``); otherwise full-jitter exponential backoff. Bounded three ways: ``attempts``
+    tries, ``max_seconds`` per wait, ``budget_seconds`` of waiting in all. A POST (a new Event)
+    is retried only on 429, which the API server answers before doing anything; a 5xx or a
+    timeout may come after it was stored. 409 is not retried here: the caller must read again
+    and decide again (the pool loop does). 401 loads the credentials again, once.
+    """
+
+    attempts: int = 5
+    base_seconds: float = 0.25
+    max_seconds: float = 8.0
+    budget_seconds: float = 20.0
+
+    def delay_for(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
+        """The wait before retry number ``retry`` (1 = the first retry)."""
+        if retry_after is not None:
+            return min(self.max_seconds, max(0.0, retry_after))
+        ceiling = min(self.max_seconds, self.base_seconds * 2 ** (retry - 1))
+        return rng.uniform(0.0, ceiling)
+
+
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "PATCH", "DELETE"})
+
+
+class FencedError(Exception):
+    """A write was refused before it was sent: this replica no longer holds the leader Lease."""
+
+
 class KubeClient:
-    """A thin JSON client over one aiohttp session, authenticated like kopf."""
+    """A thin JSON client over aiohttp, authenticated by the current login of :class:`Credentials`.
+
+    The Authorization header is built per request from the current login, never fixed at
+    construction: a token kopf (or a 401 here) loads again is used from the next request on.
+    ``fence`` (the leader elector's check) is asked before every write.
+    """
 
     def __init__(
         self,
-        info: kopf.ConnectionInfo,
+        credentials: credentials_module.Credentials | kopf.ConnectionInfo,
         *,
         timeout: float = 30.0,
         budget: RequestBudget | None = None,
+        retry: RetryPolicy | None = None,
+        fence: Callable[[], bool] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
-        self._info = info
-        self._server = info.server.rstrip("/")
-        headers = {"Accept": "application/json", "User-Agent": f"{FIELD_MANAGER}-operator"}
-        if info.token:
-            headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-        elif info.username and info.password:
-            raw = f"{info.username}:{info.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        self._headers = headers
-        self._ssl = _build_ssl_context(info)
+        if isinstance(credentials, kopf.ConnectionInfo):
+            credentials = credentials_module.Credentials.fixed(credentials)
+        self.credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._login: kopf.ConnectionInfo | None = None
+        self._server = ""
+        self._authorization: str | None = None
+        self._ssl: ssl.SSLContext | bool = False
+        self._ssl_source: kopf.ConnectionInfo | None = None
         self._budget = budget
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._fence = fence
+        self._sleep = sleep
+        self._rng = rng if rng is not None else random.Random()
         self.request_count = 0
+        self.retry_count = 0
+        if credentials.current is not None:
+            self._use_login(credentials.current)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+    def _use_login(self, info: kopf.ConnectionInfo) -> None:
+        """Take a (new) login: its server, header and TLS context; a new TLS context needs a
+        new connection pool, so the old session is closed in the background."""
+        self._login = info
+        self._server = info.server.rstrip("/")
+        self._authorization = build_authorization(info)
+        new_ssl = _build_ssl_context(info)
+        if self._session is not None and not _same_tls(self._ssl_source, info):
+            old, self._session = self._session, None
+            _background(old.close())
+        self._ssl = new_ssl
+        self._ssl_source = info
+
     def _fetch_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
             self._session = aiohttp.ClientSession(
-                headers=self._headers, timeout=self._timeout, connector=connector
+                headers={"Accept": "application/json", "User-Agent": f"{FIELD_MANAGER}-operator"},
+                timeout=self._timeout,
+                connector=connector,
             )
         return self._session
 
@@ -199,13 +274,63 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Body:
-        """Send one request; return the decoded JSON answer or raise :class:`ApiError`."""
-        session = self._fetch_session()
+        """Send one request (retried as :class:`RetryPolicy` says); return the decoded JSON
+        answer or raise :class:`ApiError` (or :class:`FencedError` for a write without the
+        lease)."""
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         headers = {"Content-Type": content_type} if data is not None else {}
-        if self._budget is not None:
-            await self._budget.acquire()
-        self.request_count += 1
+        policy = self._retry
+        waited = 0.0
+        relogged = False
+        retry = 0
+        while True:
+            if self._fence is not None and method != "GET" and not self._fence():
+                raise FencedError(f"not the leader: {method} {path} not sent")
+            info = await self.credentials.fetch()
+            if info is not self._login:
+                self._use_login(info)
+            if self._budget is not None:
+                await self._budget.acquire()
+            self.request_count += 1
+            retry_after: float | None = None
+            try:
+                return await self._send(method, path, params, data, headers)
+            except ApiError as exc:
+                if exc.status == 401 and not relogged:
+                    # The token was replaced or revoked: load the login again and resend once.
+                    relogged = True
+                    await self.credentials.renew(info)
+                    continue
+                retriable = exc.status in RETRIED_STATUSES and (
+                    method in IDEMPOTENT_METHODS or exc.status == 429
+                )
+                if not retriable:
+                    raise
+                retry_after = exc.retry_after
+                failure: Exception = exc
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                if method not in IDEMPOTENT_METHODS:
+                    raise
+                failure = exc
+            retry += 1
+            delay = policy.delay_for(retry, retry_after, self._rng)
+            if retry >= policy.attempts or waited + delay > policy.budget_seconds:
+                raise failure
+            waited += delay
+            self.retry_count += 1
+            await self._sleep(delay)
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        data: str | None,
+        headers: dict[str, str],
+    ) -> Body:
+        session = self._fetch_session()
+        if self._authorization is not None:
+            headers = {**headers, "Authorization": self._authorization}
         async with session.request(
             method, self._server + path, params=params, data=data, headers=headers
         ) as response:
@@ -214,10 +339,61 @@ class KubeClient:
                 try:
                     status = json.loads(text)
                     reason, message = str(status.get("reason", "")), str(status.get("message", ""))
-                except ValueError:
-                    reason, message = response.reason or "", text[:200]
-                raise ApiError(response.status, reason, message)
+                    details = status.get("details") or {}
+                except (ValueError, AttributeError):
+                    reason, message, details = response.reason or "", text[:200], {}
+                raise ApiError(
+                    response.status,
+                    reason,
+                    message,
+                    retry_after=parse_retry_after(
+                        response.headers.get("Retry-After"), details.get("retryAfterSeconds")
+                    ),
+                )
             return json.loads(text) if text else {}
+
+
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _background(coro: Awaitable[Any]) -> None:
+    task = asyncio.ensure_future(coro)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def _same_tls(old: kopf.ConnectionInfo | None, new: kopf.ConnectionInfo) -> bool:
+    if old is None:
+        return False
+    fields = (
+        "server", "ca_path", "ca_data", "insecure", "certificate_path", "certificate_data",
+        "private_key_path", "private_key_data",
+    )  # fmt: skip
+    return all(getattr(old, f) == getattr(new, f) for f in fields)
+
+
+def build_authorization(info: kopf.ConnectionInfo) -> str | None:
+    """The Authorization header value of a login (None: TLS client certificate only)."""
+    if info.token:
+        return f"{info.scheme or 'Bearer'} {info.token}"
+    if info.username and info.password:
+        raw = f"{info.username}:{info.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+    return None
+
+
+def parse_retry_after(header: str | None, details_seconds: Any = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds) or a Status' retryAfterSeconds."""
+    for value in (header, details_seconds):
+        if value is None:
+            continue
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            continue
+        if seconds >= 0:
+            return seconds
+    return None
 
 
 def _build_ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:

@@ -48,6 +48,8 @@ from workerfleet_operator.shell import (
 )
 
 logger = logging.getLogger("workerfleet.operator")
+# A reconcile that meets 409 reads again and decides again this many times in all.
+CONFLICT_ATTEMPTS = 3
 
 Body = dict[str, Any]
 
@@ -213,7 +215,7 @@ class PoolController:
         started = time.perf_counter()
         result = "success"
         try:
-            await reconcile.reconcile(self)
+            await self._reconcile_through_conflicts()
             if self.spec_problem is not None:
                 result = "invalid"
                 # A bad spec waits for its next change; a Secret problem is retried (backoff).
@@ -224,6 +226,11 @@ class PoolController:
             return True
         except asyncio.CancelledError:
             raise
+        except kube.FencedError as exc:
+            # Leadership lost: nothing may be written, not even Degraded; the process stops.
+            result = "error"
+            logger.warning("reconcile of %s/%s stopped: %s", self.namespace, self.name, exc)
+            return False
         except Exception as exc:
             result = "error"
             text = queue.redact(str(exc), self.secret)
@@ -254,6 +261,26 @@ class PoolController:
         finally:
             self.ctx.metrics.count_reconcile(self.namespace, self.name, result)
             self.ctx.metrics.reconcile_duration.observe(time.perf_counter() - started)
+
+    async def _reconcile_through_conflicts(self) -> None:
+        """Reconcile; on 409 (an object changed between our read and our write) read every
+        object again and decide again, up to :data:`CONFLICT_ATTEMPTS` times, before the
+        reconcile counts as failed. 429/5xx/timeouts are retried by the client itself."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                await reconcile.reconcile(self)
+                return
+            except kube.ApiError as exc:
+                if not exc.is_conflict or attempt == CONFLICT_ATTEMPTS:
+                    raise
+                logger.info(
+                    "reconcile of %s/%s met a conflict; reading again: %s",
+                    self.namespace,
+                    self.name,
+                    exc,
+                )
+                self.deployment = None  # fetched again by the next reconcile
+                self.applied.applied_hash = None  # and every child applied again
 
     # ------------------------------------------------------------------ reconcile
 
