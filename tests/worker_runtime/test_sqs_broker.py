@@ -220,3 +220,51 @@ async def test_a_fifo_queue_keeps_the_order_of_a_message_group(
         got.append(d.envelope.task)
         await b.ack(d)
     assert got == [f"j{i}" for i in range(5)]
+
+
+async def dead_letter_jobs(b: sqs_broker.SqsBroker, n: int) -> list[str]:
+    """Enqueue ``n`` jobs and dead-letter each after one failure; returns their ids in order."""
+    ids = []
+    for i in range(n):
+        await b.enqueue(job(f"task{i}"))
+        [d] = await fetch_until(b, 1, 10)
+        await b.dead_letter(d, "non_retryable", failure=base.Failure("E", f"fail {i}", "", "w1"))
+        ids.append(d.id)
+    return ids
+
+
+async def test_dlq_list_and_show_read_without_removing_anything(open_sqs: OpenBroker) -> None:
+    b = await open_sqs()
+    ids = await dead_letter_jobs(b, 3)
+    listed = await b.list_dead_letters()
+    assert [x.job_id for x in listed] == ids[::-1]  # newest first
+    shown = await b.show_dead_letter(ids[1])
+    assert shown is not None and shown.reason == "non_retryable" and shown.task == "task1"
+    assert [r.message for r in shown.history] == ["fail 1"] and shown.attempts == 1
+    # a read leaves every dead letter there, visible to the next reader at once
+    assert [x.job_id for x in await b.list_dead_letters(offset=1, limit=1)] == [ids[1]]
+    assert await b.count_dead_letters() == 3
+
+
+async def test_dlq_replay_sends_jobs_back_at_the_rate_asked_with_their_history(
+    open_sqs: OpenBroker,
+) -> None:
+    b = await open_sqs()
+    ids = await dead_letter_jobs(b, 3)
+    started = time.monotonic()
+    replayed = await b.replay_dead_letters(rate_per_second=2.0)
+    assert replayed == ids
+    assert time.monotonic() - started >= 1.0  # 3 jobs at 2/s: the 3rd leaves after ~1 s
+    back = await fetch_until(b, 3, 10)
+    assert sorted(d.id for d in back) == sorted(ids)
+    assert all(d.attempts == 1 and d.lost == 0 for d in back)
+    assert await b.count_dead_letters() == 0
+
+
+async def test_dlq_purge_by_id_deletes_only_those(open_sqs: OpenBroker) -> None:
+    b = await open_sqs()
+    ids = await dead_letter_jobs(b, 3)
+    assert await b.purge_dead_letters(job_ids=[ids[0]]) == 1
+    assert sorted(x.job_id for x in await b.list_dead_letters()) == sorted(ids[1:])
+    assert await b.purge_dead_letters(everything=True) == 2
+    assert await b.list_dead_letters() == []

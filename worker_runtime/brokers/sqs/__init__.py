@@ -6,3 +6,21 @@ Imported lazily by ``open_broker`` for ``sqs://`` URLs (needs the ``sqs`` extra:
 :mod:`~worker_runtime.brokers.sqs.settings` parses the URL and names the SQS queues, and
 :mod:`~worker_runtime.brokers.sqs.dlq` reads and replays the dead letters.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker_runtime.brokers import base
+from worker_runtime.brokers.sqs import broker
+
+
+async def open_from_url(
+    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+) -> broker.SqsBroker:
+    """``open_broker``'s entry for ``sqs://`` URLs: the queue's broker, connected, queues made.
+
+    Takes no backend settings beyond the URL's (a setting given here is an error)."""
+    if settings:
+        raise TypeError(f"the sqs broker takes no settings: {', '.join(sorted(settings))}")
+    return await broker.open_sqs_broker(url, queue, options=options)

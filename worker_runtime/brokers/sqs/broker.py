@@ -51,7 +51,7 @@ import botocore.exceptions
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import errors, expiry
 from worker_runtime.brokers import base
-from worker_runtime.brokers.sqs import attributes, settings
+from worker_runtime.brokers.sqs import attributes, dlq, settings
 
 MAX_SQS_DELAY = 900
 """SQS's longest per-message delay (DelaySeconds), seconds."""
@@ -823,6 +823,111 @@ class SqsBroker:
             workers_expired=0,
             workers=(),
         )
+
+    # -- DeadLetters ------------------------------------------------------------------------
+
+    async def count_dead_letters(self) -> int:
+        client = await self._ready_client()
+        with _mapped("dlq"):
+            reply = await client.get_queue_attributes(
+                QueueUrl=self.dead_letter_url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )
+        a = reply.get("Attributes", {})
+        return int(a.get("ApproximateNumberOfMessages", 0)) + int(
+            a.get("ApproximateNumberOfMessagesNotVisible", 0)
+        )
+
+    async def _read_dead_letters(self) -> list[dlq.ScannedLetter]:
+        """Every dead letter, oldest first, released again (a read changes nothing)."""
+        client = await self._ready_client()
+        with _mapped("dlq"):
+            scanned = await dlq.scan_dead_letters(client, self.dead_letter_url)
+            await dlq.release_scanned(client, self.dead_letter_url, scanned)
+        return sorted(scanned, key=lambda s: s.letter.dead_lettered_at)
+
+    async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[base.DeadLetter]:
+        newest_first = [s.letter for s in reversed(await self._read_dead_letters())]
+        return newest_first[offset : offset + limit]
+
+    async def show_dead_letter(self, job_id: str) -> base.DeadLetter | None:
+        for scanned in await self._read_dead_letters():
+            if scanned.letter.job_id == job_id:
+                return scanned.letter
+        return None
+
+    async def _pick(
+        self, job_ids: Sequence[str] | None, limit: int | None
+    ) -> tuple[Any, list[dlq.ScannedLetter]]:
+        """Scan the DLQ, release what is not picked, return the picked (oldest first)."""
+        client = await self._ready_client()
+        with _mapped("dlq"):
+            scanned = sorted(
+                await dlq.scan_dead_letters(client, self.dead_letter_url),
+                key=lambda s: s.letter.dead_lettered_at,
+            )
+            if job_ids is not None:
+                wanted = set(job_ids)
+                picked = [s for s in scanned if s.letter.job_id in wanted]
+            else:
+                picked = scanned if limit is None else scanned[:limit]
+            chosen = {id(s) for s in picked}
+            await dlq.release_scanned(
+                client, self.dead_letter_url, [s for s in scanned if id(s) not in chosen]
+            )
+        return client, picked
+
+    def _replay_entry(
+        self, body: str, carried: attributes.Carried, env: envelope_mod.JobEnvelope | None
+    ) -> dict[str, Any]:
+        entry = self._send_entry(
+            body, carried, delay=0.0, job_id=env.id if env else "replayed", envelope=env
+        )
+        entry.pop("Id")
+        return entry
+
+    async def replay_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        reset_attempts: bool = False,
+        rate_per_second: float = 100.0,
+    ) -> list[str]:
+        client, picked = await self._pick(job_ids, limit)
+        with _mapped("dlq"):
+            return await dlq.replay_scanned(
+                client,
+                self.dead_letter_url,
+                picked,
+                queue_url_for=self._url,
+                send_entry=self._replay_entry,
+                reset_attempts=reset_attempts,
+                rate_per_second=rate_per_second,
+            )
+
+    async def purge_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> int:
+        if sum((job_ids is not None, older_than_seconds is not None, everything)) != 1:
+            raise ValueError("give exactly one of job_ids, older_than_seconds, everything")
+        client, picked = await self._pick(job_ids, None)
+        if older_than_seconds is not None:
+            cutoff = time.time() - older_than_seconds
+            keep = [s for s in picked if s.letter.dead_lettered_at > cutoff]
+            picked = [s for s in picked if s.letter.dead_lettered_at <= cutoff]
+            with _mapped("dlq"):
+                await dlq.release_scanned(client, self.dead_letter_url, keep)
+        with _mapped("dlq"):
+            await dlq.delete_scanned(client, self.dead_letter_url, picked)
+        return len(picked)
 
 
 async def open_sqs_broker(
