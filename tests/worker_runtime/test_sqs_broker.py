@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import elasticmq
 from worker_runtime import envelope as envelope_mod
+from worker_runtime import errors
 from worker_runtime.brokers import base
 from worker_runtime.brokers.sqs import attributes
 from worker_runtime.brokers.sqs import broker as sqs_broker
@@ -268,3 +269,81 @@ async def test_dlq_purge_by_id_deletes_only_those(open_sqs: OpenBroker) -> None:
     assert sorted(x.job_id for x in await b.list_dead_letters()) == sorted(ids[1:])
     assert await b.purge_dead_letters(everything=True) == 2
     assert await b.list_dead_letters() == []
+
+
+async def test_the_sqs_broker_implements_the_broker_probe_and_dead_letter_protocols(
+    open_sqs: OpenBroker,
+) -> None:
+    b = await open_sqs()
+    assert isinstance(b, base.Broker)
+    assert isinstance(b, base.QueueProbe)
+    assert isinstance(b, base.DeadLetters)
+
+
+async def test_a_job_whose_lease_ran_out_under_its_worker_is_not_handed_to_it_twice(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a worker running a job whose lease (1 s) runs out before it renews
+    b = await open_sqs(lease_seconds=1)
+    await b.enqueue(job())
+    [d] = await fetch_until(b, 1, 10)
+    await asyncio.sleep(1.5)
+    # When the same worker fetches again, holding the job
+    again = await b.fetch("w1", 5, block=2, holding={(d.id, d.receipt)})
+    # Then it gets no second delivery of it, and its own delivery still settles
+    assert again == []
+    assert await b.ack(d) is True
+    await asyncio.sleep(1.5)
+    assert await b.fetch("w1", 5) == []
+
+
+async def test_close_ends_a_blocking_fetch_at_once(open_sqs: OpenBroker) -> None:
+    b = await open_sqs()
+    task = asyncio.create_task(b.fetch("w1", 1, block=15))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await b.close()
+    assert await asyncio.wait_for(task, 5) == []
+    assert time.monotonic() - started < 5
+
+
+async def test_a_server_that_does_not_answer_is_broker_unavailable_not_a_client_error(
+    elasticmq_factory: Callable[..., elasticmq.ElasticMQServer],
+) -> None:
+    server = elasticmq_factory()
+    b = await sqs_broker.open_sqs_broker(server.url, "gone")
+    try:
+        server.kill()
+        with pytest.raises(errors.BrokerUnavailable):
+            await b.fetch("w1", 1)
+        with pytest.raises(errors.BrokerUnavailable):
+            await b.enqueue(job())
+    finally:
+        await b.close()
+
+
+async def test_jobs_survive_a_kill_9_of_a_persistent_server(
+    elasticmq_factory: Callable[..., elasticmq.ElasticMQServer],
+) -> None:
+    # Given 30 jobs enqueued on a persistent server, 10 of them in flight
+    server = elasticmq_factory(persistent=True)
+    b = await sqs_broker.open_sqs_broker(
+        server.url, "kept", options=base.QueueOptions(lease_seconds=2)
+    )
+    try:
+        sent = {r.job_id for r in await b.enqueue_many([job(f"j{i}") for i in range(30)])}
+        in_flight = await fetch_until(b, 10, 10)
+        assert len(in_flight) == 10
+        # When the server is killed with SIGKILL and started again
+        server.kill()
+        server.start()
+        # Then every job is delivered again (the in-flight ones once their lease ends)
+        got: dict[str, base.Delivery] = {}
+        deadline = time.monotonic() + 30
+        while set(got) != sent and time.monotonic() < deadline:
+            for d in await b.fetch("w1", 10, block=2):
+                got[d.id] = d
+                assert await b.ack(d) is True
+        assert set(got) == sent
+    finally:
+        await b.close()
