@@ -1,7 +1,7 @@
 // BullMQ peer for bench/runtime/driver.py: `node bench.js produce|pace|work` (CommonJS; bullmq and
 // ioredis come from NODE_PATH = ~/.cache/workerfleet/bench-node/node_modules).
 // Same protocol as peers/common.py: the no-op processor counts in memory, a 20 ms timer flushes
-// bench:done (INCRBY), bench:ts:<pid> (first/last wall-clock seconds) and bench:lat (latencies
+// to the stats Redis (BENCH_STATS_URL) bench:done (INCRBY), bench:ts:<pid> (first/last wall-clock seconds) and bench:lat (latencies
 // of jobs stamped with `t`) in one MULTI.
 // produce: Queue.addBulk 1000 jobs at a time; work: one Worker, concurrency 50 (BENCH_CONCURRENCY
 // overrides), removeOnComplete/removeOnFail so finished jobs are deleted like workerfleet's.
@@ -12,6 +12,9 @@ const { performance } = require('perf_hooks');
 
 const url = new URL(process.env.BENCH_REDIS_URL || 'redis://127.0.0.1:6379/0');
 const connection = { host: url.hostname, port: Number(url.port || 6379), maxRetriesPerRequest: null };
+// The counters go to a separate Redis (BENCH_STATS_URL) so the Redis under test sees only BullMQ.
+const statsUrl = new URL(process.env.BENCH_STATS_URL || url.href);
+const statsConnection = { host: statsUrl.hostname, port: Number(statsUrl.port || 6379), maxRetriesPerRequest: null };
 const JOBS = Number(process.env.BENCH_JOBS || 1000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY || 0) || 50;
 const QUEUE = 'bench';
@@ -31,7 +34,7 @@ function hit(enqueuedAt) {
 }
 
 function startFlusher() {
-  const client = new IORedis(connection);
+  const client = new IORedis(statsConnection);
   const key = `bench:ts:${process.pid}`;
   setInterval(async () => {
     if (pending === 0) return;

@@ -3,8 +3,11 @@
 Runs inside each peer's own venv, so it needs nothing but the standard library and redis-py.
 
 The no-op job handlers call :func:`hit`. Counting happens in process memory (a lock and two
-``time.time()`` calls, the same for every system) and a daemon thread flushes it to Redis every
-``FLUSH_SECONDS`` in one transaction, so no system pays an extra Redis round trip per job:
+``time.time()`` calls, the same for every system) and a daemon thread flushes it every
+``FLUSH_SECONDS`` in one transaction to a SEPARATE Redis (``BENCH_STATS_URL``; the driver starts
+one next to the Redis under test), so no system pays an extra Redis round trip per job and the
+Redis under test sees only the system's own commands (its CPU and commands per job are the
+system's alone):
 
 - ``bench:done``          INCRBY of jobs handled, summed over every worker process;
 - ``bench:ts:<pid>``      hash ``first``/``last``: wall-clock time of the first and the latest job
@@ -26,6 +29,7 @@ from typing import Any
 
 FLUSH_SECONDS = 0.02
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+STATS_URL = os.environ.get("BENCH_STATS_URL", REDIS_URL)
 JOBS = int(os.environ.get("BENCH_JOBS", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "0"))
 QUEUE = "bench"
@@ -69,7 +73,7 @@ def _start_flusher() -> None:
 def _flush_forever() -> None:
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(STATS_URL)
     key = f"bench:ts:{os.getpid()}"
     while True:
         time.sleep(FLUSH_SECONDS)
@@ -94,6 +98,11 @@ def _flush_once(client: Any, key: str) -> None:
 def report_enqueue(enqueued: int, seconds: float, **extra: Any) -> None:
     """Print the producer's one-line JSON result for the driver."""
     print(json.dumps({"enqueued": enqueued, "seconds": seconds, **extra}), flush=True)
+
+
+def report_command(argv: list[str], env: dict[str, str]) -> None:
+    """Print the worker's own command line and extra environment as one JSON line (``argv``)."""
+    print(json.dumps({"argv": argv, "env": env}), flush=True)
 
 
 def chunks(n: int, size: int) -> list[range]:

@@ -31,13 +31,21 @@ def produce() -> None:
     common.report_enqueue(common.JOBS, time.perf_counter() - start)
 
 
-def work() -> None:
+def worker_command() -> list[str]:
     threads = str(common.CONCURRENCY or 8)
     args = [sys.executable, "-m", "dramatiq", "dramatiq_bench", "--processes", "1"]
-    args += ["--threads", threads]
-    os.execv(sys.executable, args)
+    return [*args, "--threads", threads]
+
+
+def work() -> None:
+    os.execv(sys.executable, worker_command())
+
+
+def argv() -> None:
+    # For the cold-start test: the command to spawn directly (no wrapper process).
+    common.report_command(worker_command(), {})
 
 
 if __name__ == "__main__":
-    actions = {"produce": produce, "work": work}
+    actions = {"produce": produce, "work": work, "argv": argv}
     actions.get(sys.argv[1] if len(sys.argv) > 1 else "", lambda: common.usage("dramatiq_bench"))()

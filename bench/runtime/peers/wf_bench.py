@@ -4,7 +4,8 @@
 the async task ``noop``, or the sync task ``noop-sync`` with BENCH_WF_TASK=noop-sync;
 ``pace`` produces at BENCH_RATE jobs/s for BENCH_SECONDS, each job stamped with its enqueue time
 so the handler can record enqueue→start latency; ``work`` execs the real worker command,
-``python -m worker_runtime worker wf_bench:app``, configured through WORKERFLEET_* like a pod.
+``python -m worker_runtime worker wf_bench:app``, configured through WORKERFLEET_* like a pod;
+``argv`` prints that command and its settings (the cold-start test spawns it directly).
 """
 
 from __future__ import annotations
@@ -74,14 +75,23 @@ async def _pace() -> None:
     await client.aclose()
 
 
-def work() -> None:
-    os.environ.setdefault("WORKERFLEET_REDIS_URL", common.REDIS_URL)
-    os.environ.setdefault("WORKERFLEET_QUEUE", common.QUEUE)
-    os.environ.setdefault("WORKERFLEET_METRICS_PORT", "0")
-    os.environ.setdefault("WORKERFLEET_LOG_LEVEL", "warning")
+def worker_command() -> tuple[list[str], dict[str, str]]:
+    """The pod's worker command and the WORKERFLEET_* settings it runs with here."""
+    env = {
+        "WORKERFLEET_REDIS_URL": common.REDIS_URL,
+        "WORKERFLEET_QUEUE": common.QUEUE,
+        "WORKERFLEET_METRICS_PORT": "0",
+        "WORKERFLEET_LOG_LEVEL": "warning",
+    }
     if common.CONCURRENCY:
-        os.environ["WORKERFLEET_CONCURRENCY"] = str(common.CONCURRENCY)
-    args = [sys.executable, "-m", "worker_runtime", "worker", "wf_bench:app"]
+        env["WORKERFLEET_CONCURRENCY"] = str(common.CONCURRENCY)
+    return [sys.executable, "-m", "worker_runtime", "worker", "wf_bench:app"], env
+
+
+def work() -> None:
+    args, env = worker_command()
+    for name, value in env.items():
+        os.environ.setdefault(name, value)
     os.execv(sys.executable, args)
 
 
@@ -93,5 +103,9 @@ if __name__ == "__main__":
         asyncio.run(_pace())
     elif cmd == "work":
         work()
+    elif cmd == "argv":
+        # For the cold-start test: the command to spawn directly (no wrapper process).
+        args, env = worker_command()
+        common.report_command(args, env)
     else:
         common.usage("wf_bench")
