@@ -19,7 +19,8 @@ from collections.abc import Iterator
 
 import redis.asyncio
 
-from worker_runtime import envelope, queue
+from worker_runtime import envelope
+from worker_runtime.brokers.redis import queue
 
 
 @contextlib.contextmanager

@@ -5,8 +5,9 @@ it. It knows nothing of Kubernetes or of the operator.
 
     from worker_runtime import App, JobContext, Retry, Priority, CircuitBreaker
 
-The engine (:mod:`worker_runtime.queue`), the worker loop (:mod:`worker_runtime.worker`) and the
-read-only stats (:mod:`worker_runtime.stats`) are imported by their module names.
+The broker seam (:mod:`worker_runtime.brokers.base`), the Redis engine
+(:mod:`worker_runtime.brokers.redis.queue`), the worker loop (:mod:`worker_runtime.worker`) and
+the read-only stats (:mod:`worker_runtime.brokers.redis.stats`) are imported by their module names.
 """
 
 from worker_runtime.app import (

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
     from worker_runtime import producer as producer_mod
-    from worker_runtime import queue as queue_mod
+    from worker_runtime.brokers.redis import queue as queue_mod
 
 Priority = envelope.Priority
 HIGH = Priority.HIGH
@@ -363,7 +363,8 @@ class App:
         return url
 
     def _async_producer(self) -> producer_mod.Producer:
-        from worker_runtime import connection, producer
+        from worker_runtime import producer
+        from worker_runtime.brokers.redis import connection
 
         loop = asyncio.get_running_loop()
         p = self._producers
@@ -374,7 +375,8 @@ class App:
         return p.async_producer
 
     def _sync_producer(self) -> producer_mod.SyncProducer:
-        from worker_runtime import connection, producer
+        from worker_runtime import producer
+        from worker_runtime.brokers.redis import connection
 
         p = self._producers
         with p.lock:

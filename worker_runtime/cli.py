@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from worker_runtime import app as app_mod
-    from worker_runtime import dlq, stats
+    from worker_runtime.brokers.redis import dlq, stats
 
 SubParsers = Any  # argparse's _SubParsersAction is private
 R = TypeVar("R")
@@ -269,7 +269,7 @@ def _pool_target(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _redis_url(args: argparse.Namespace) -> str:
-    from worker_runtime import connection
+    from worker_runtime.brokers.redis import connection
 
     target = _pool_target(args)
     url = target[0] if target else args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
@@ -293,7 +293,7 @@ def _queue_name(args: argparse.Namespace) -> str:
 
 
 def _run_async(make: Callable[[Any], Any], url: str) -> Any:
-    from worker_runtime import connection
+    from worker_runtime.brokers.redis import connection
 
     async def go() -> Any:
         client = connection.fetch_client(url)
@@ -350,7 +350,7 @@ def _printable(text: str) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    from worker_runtime import stats
+    from worker_runtime.brokers.redis import stats
 
     return stats.format_age(seconds)
 
@@ -462,7 +462,7 @@ def _render_stats(s: stats.QueueStats) -> Any:
 @_guard
 def cmd_queue_stats(args: argparse.Namespace) -> int:
     """Print the queue's stats (one read-only round trip)."""
-    from worker_runtime import stats
+    from worker_runtime.brokers.redis import stats
 
     url, queue = _redis_url(args), _queue_name(args)
 
@@ -495,7 +495,7 @@ def cmd_queue_jobs(args: argparse.Namespace) -> int:
     """List the jobs running now (like ``celery inspect active``)."""
     import dataclasses
 
-    from worker_runtime import inflight
+    from worker_runtime.brokers.redis import inflight
 
     url, queue = _redis_url(args), _queue_name(args)
     jobs = _run_on_queue(url, queue, inflight.fetch_in_flight_jobs, limit=args.limit)
@@ -672,7 +672,7 @@ def cmd_dlq_summary(args: argparse.Namespace) -> int:
 @_guard
 def cmd_dlq_show(args: argparse.Namespace) -> int:
     """Show one dead letter: payload and failure history."""
-    from worker_runtime import dlq
+    from worker_runtime.brokers.redis import dlq
 
     url, queue = _redis_url(args), _queue_name(args)
 
@@ -746,7 +746,7 @@ def _dry_run_ids(url: str, queue: str, ids: list[str] | None, limit: int | None)
 @_guard
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     """Replay dead letters onto the queue, rate-limited."""
-    from worker_runtime import dlq
+    from worker_runtime.brokers.redis import dlq
 
     url, queue, ids = _dlq_selection(args, args.limit is not None, "--all or --limit N")
     if args.dry_run:
@@ -856,7 +856,7 @@ def _progress(what: str, total: int, *, quiet: bool) -> Iterator[Callable[[int],
 @_guard
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
     """Delete dead letters."""
-    from worker_runtime import dlq
+    from worker_runtime.brokers.redis import dlq
 
     url, queue, ids = _dlq_selection(
         args, args.older_than is not None, "--all --yes or --older-than SECONDS"

@@ -1,8 +1,9 @@
 """The job envelope: the JSON document stored for every job (schema version ``v`` = 1).
 
 Built by the producer (:mod:`worker_runtime.producer`), parsed by the engine at fetch
-(:mod:`worker_runtime.queue`); an envelope that does not parse is dead-lettered with its reason,
-never executed. JSON only: nothing is ever unpickled or imported because a message says so.
+(:mod:`worker_runtime.brokers.redis.queue`); an envelope that does not parse is dead-lettered with
+its reason, never executed. JSON only: nothing is ever unpickled or imported because a message says
+so.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import pydantic
 import redis
 import redis.cluster
 
-from worker_runtime import envelope, expiry, keys, queue, scripts
+from worker_runtime import envelope, expiry
+from worker_runtime.brokers.redis import keys, queue, scripts
 
 Payload = pydantic.BaseModel | Mapping[str, Any] | None
 

@@ -1,8 +1,8 @@
 """Dead-letter triage: filter dead letters by task, reason, error type and time; group them.
 
-Called by the web console's DLQ browser and by ``workerfleet dlq ls|replay|purge|summary``.
-Reads through :mod:`worker_runtime.dlq` only (its paged, read-only list): a filter is applied
-here, in Python, over at most :data:`SCAN_LIMIT` dead letters, newest first, so a huge DLQ
+Called by the web console's DLQ browser and by ``workerfleet dlq ls|replay|purge|summary``. Reads
+through :mod:`worker_runtime.brokers.redis.dlq` only (its paged, read-only list): a filter is
+applied here, in Python, over at most :data:`SCAN_LIMIT` dead letters, newest first, so a huge DLQ
 never makes one request unbounded; :class:`FilteredPage` says when the scan stopped early.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-from worker_runtime import dlq
+from worker_runtime.brokers.redis import dlq
 
 SCAN_LIMIT = 10_000
 """Most dead letters one filtered read walks through (newest first)."""

@@ -77,7 +77,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from worker_runtime import stats
+from worker_runtime.brokers import base
 
 ScalingMode = Literal["builtin", "keda", "disabled"]
 MetricFailurePolicy = Literal["hold", "fallback"]
@@ -188,7 +188,7 @@ def build_policy_problems(policy: ScalingPolicy) -> list[str]:
 class Observation:
     """One poll of the queue: its stats, or why they could not be read."""
 
-    stats: stats.QueueStats | None
+    stats: base.QueueStats | None
     error: str | None = None
 
 
@@ -416,7 +416,7 @@ def _shape_steps(
 
 def _build_decision(
     policy: ScalingPolicy,
-    queue: stats.QueueStats,
+    queue: base.QueueStats,
     current: int,
     state: ScalerState,
     now: float,
@@ -494,7 +494,7 @@ def _build_verb(current: int, desired: int) -> str:
     return f"Steady at {current}"
 
 
-def _build_in_flight_floor(policy: ScalingPolicy, queue: stats.QueueStats) -> int:
+def _build_in_flight_floor(policy: ScalingPolicy, queue: base.QueueStats) -> int:
     busy_workers = sum(1 for w in queue.workers if w.in_flight > 0 and not w.draining)
     # Heartbeats are up to lease/3 old; the queue's in-flight count is exact. A busy worker
     # holds at least one job, so no more workers than jobs in flight can be busy.
@@ -537,7 +537,7 @@ def _in_window(
 
 
 def _build_samples(
-    samples: tuple[StatsSample, ...], queue: stats.QueueStats, policy: ScalingPolicy
+    samples: tuple[StatsSample, ...], queue: base.QueueStats, policy: ScalingPolicy
 ) -> tuple[StatsSample, ...]:
     latest = StatsSample(
         at=queue.now,
@@ -563,7 +563,7 @@ def _build_samples(
 
 
 def _build_rates(
-    samples: tuple[StatsSample, ...], queue: stats.QueueStats, policy: ScalingPolicy
+    samples: tuple[StatsSample, ...], queue: base.QueueStats, policy: ScalingPolicy
 ) -> Rates:
     if len(samples) < 2:
         return Rates()
@@ -620,7 +620,7 @@ def _build_service_rate(
 
 
 def _build_signals(
-    policy: ScalingPolicy, queue: stats.QueueStats, rates: Rates, current: int
+    policy: ScalingPolicy, queue: base.QueueStats, rates: Rates, current: int
 ) -> tuple[dict[str, float | None], str | None, str]:
     """Every signal in replicas, the one that dominates, and a sentence explaining it."""
     backlog, in_flight = queue.backlog, queue.in_flight
@@ -653,7 +653,7 @@ def _build_signals(
 
 
 def _build_latency_signal(
-    policy: ScalingPolicy, queue: stats.QueueStats, rates: Rates, current: int
+    policy: ScalingPolicy, queue: base.QueueStats, rates: Rates, current: int
 ) -> tuple[float | None, str]:
     assert policy.target_oldest_job_age_seconds is not None
     target = policy.target_oldest_job_age_seconds
@@ -683,13 +683,13 @@ def _build_latency_signal(
     return max(candidates, key=lambda c: c[0])
 
 
-def _count_serving(queue: stats.QueueStats) -> int:
+def _count_serving(queue: base.QueueStats) -> int:
     """Workers that heartbeat and are not draining (one worker per pod)."""
     return sum(1 for w in queue.workers if not w.draining)
 
 
 def build_deletion_costs(
-    workers: Sequence[stats.WorkerHeartbeat], pod_names: Sequence[str], now: float
+    workers: Sequence[base.WorkerHeartbeat], pod_names: Sequence[str], now: float
 ) -> dict[str, int]:
     """Return ``controller.kubernetes.io/pod-deletion-cost`` per pod (lower is removed first).
 
@@ -701,7 +701,7 @@ def build_deletion_costs(
       so the pods holding the most work, then the oldest work, are kept longest.
     When several heartbeats name the same pod (a restarted container), the latest one counts.
     """
-    latest: dict[str, stats.WorkerHeartbeat] = {}
+    latest: dict[str, base.WorkerHeartbeat] = {}
     for worker in workers:
         seen = latest.get(worker.pod_name)
         if seen is None or worker.last_seen > seen.last_seen:
@@ -709,7 +709,7 @@ def build_deletion_costs(
     return {pod: _build_deletion_cost(latest.get(pod), now) for pod in pod_names}
 
 
-def _build_deletion_cost(worker: stats.WorkerHeartbeat | None, now: float) -> int:
+def _build_deletion_cost(worker: base.WorkerHeartbeat | None, now: float) -> int:
     if worker is None:
         return COST_NO_HEARTBEAT
     if worker.draining:

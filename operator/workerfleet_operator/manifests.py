@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from worker_runtime import keys
+from worker_runtime.brokers.redis import keys
 from workerfleet_operator import api
 from workerfleet_operator.api import spec as spec_mod
 
@@ -420,7 +420,8 @@ def _build_hpa_rules(window: float, percent: float, pods: int | None, period: in
 def build_scaled_object(pool: api.Pool) -> Manifest:
     """A KEDA ScaledObject scaling the pool's Deployment on its ready streams' consumer lag.
 
-    One ``redis-streams`` trigger per priority stream (``worker_runtime.keys``), lag-based
+    One ``redis-streams`` trigger per priority stream (``worker_runtime.brokers.redis.keys``),
+    lag-based
     (``lagCount``: entries not yet delivered to the ``workers`` group), the only KEDA mode that
     scales to zero. KEDA activates when lag > activationLagCount; our activationBacklog means
     "at least", hence the ``- 1``. The HPA takes the largest trigger, so a backlog spread over

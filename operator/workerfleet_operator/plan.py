@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from worker_runtime import stats
+from worker_runtime.brokers.redis import eviction
 from workerfleet_operator import api, autoscaling, manifests
 
 Manifest = dict[str, Any]
@@ -70,7 +70,7 @@ SCALING_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
 
 
 class QueueStatsView(Protocol):
-    """The fields of ``worker_runtime.stats.QueueStats`` the status shows."""
+    """The fields of ``worker_runtime.brokers.redis.base.QueueStats`` the status shows."""
 
     @property
     def backlog(self) -> int: ...
@@ -571,7 +571,7 @@ def _build_degraded(conds: _Conditions, observed: Observed) -> None:
         message = "the queue cannot be read; autoscaling holds or falls back"
         conds.set(api.DEGRADED, "True", "QueueUnreachable", message)
     elif observed.stats is not None and (
-        warning := stats.build_eviction_warning(observed.stats.maxmemory_policy)
+        warning := eviction.build_eviction_warning(observed.stats.maxmemory_policy)
     ):
         # reachable, but Redis may drop the queue's keys: at-least-once no longer holds
         conds.set(api.DEGRADED, "True", REDIS_MAY_EVICT, warning)

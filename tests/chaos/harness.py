@@ -36,7 +36,8 @@ import redis.retry
 
 from tests.chaos import history, netproxy, tasks
 from tests.worker_runtime import workerproc
-from worker_runtime import dlq, keys, producer
+from worker_runtime import producer
+from worker_runtime.brokers.redis import dlq, keys
 
 APP = "tests.chaos.tasks:app"
 

@@ -27,7 +27,7 @@ import redis
 
 from tests.chaos import harness, history, tasks
 from tests.worker_runtime import workerproc
-from worker_runtime import scripts
+from worker_runtime.brokers.redis import scripts
 
 pytestmark = pytest.mark.chaos
 

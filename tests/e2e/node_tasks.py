@@ -18,7 +18,8 @@ import redis.asyncio
 from worker_runtime import App, JobContext
 
 app = App(queue=os.environ.get("WORKERFLEET_QUEUE", "node-e2e"))
-# Not a runtime key (worker_runtime/keys.py owns those): the tests' own record, one per queue.
+# Not a runtime key (worker_runtime/brokers/redis/keys.py owns those): the tests' own record,
+# one per queue.
 HISTORY_KEY = f"e2e-history:{app.queue}"
 
 

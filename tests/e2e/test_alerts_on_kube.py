@@ -23,7 +23,7 @@ from workerfleet_operator.local import demo, fleet
 from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
-from worker_runtime import keys
+from worker_runtime.brokers.redis import keys
 
 pytestmark = pytest.mark.e2e
 

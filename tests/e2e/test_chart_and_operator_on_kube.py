@@ -23,7 +23,8 @@ import redis
 from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
-from worker_runtime import producer, stats
+from worker_runtime import producer
+from worker_runtime.brokers.redis import stats
 
 pytestmark = pytest.mark.e2e
 

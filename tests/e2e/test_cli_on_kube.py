@@ -25,7 +25,8 @@ import yaml
 from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
-from worker_runtime import envelope, queue
+from worker_runtime import envelope
+from worker_runtime.brokers.redis import queue
 
 pytestmark = pytest.mark.e2e
 

@@ -29,7 +29,8 @@ import redis
 from tests.conftest import RedisServer
 from tests.e2e import kubecluster, kubenode
 from tests.e2e import workerfleet_support as wf
-from worker_runtime import keys, producer, stats
+from worker_runtime import producer
+from worker_runtime.brokers.redis import keys, stats
 
 pytestmark = pytest.mark.e2e
 

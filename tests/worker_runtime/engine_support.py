@@ -10,7 +10,8 @@ from typing import Any
 import redis.asyncio
 import redis.asyncio.connection
 
-from worker_runtime import envelope, queue
+from worker_runtime import envelope
+from worker_runtime.brokers.redis import queue
 
 
 class CountingConnection(redis.asyncio.connection.Connection):

@@ -22,11 +22,10 @@ from worker_runtime import (
     RetryLater,
     config,
     envelope,
-    keys,
     logs,
-    queue,
     worker,
 )
+from worker_runtime.brokers.redis import keys, queue
 
 
 class Email(pydantic.BaseModel):

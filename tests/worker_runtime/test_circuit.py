@@ -10,7 +10,8 @@ import pytest
 import redis.asyncio
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import App, JobContext, Retry, circuit, config, stats, worker
+from worker_runtime import App, JobContext, Retry, circuit, config, worker
+from worker_runtime.brokers.redis import stats
 
 
 class FakeClock:

@@ -14,7 +14,8 @@ import pytest
 import redis.asyncio
 
 from tests.worker_runtime import workerproc
-from worker_runtime import envelope, queue
+from worker_runtime import envelope
+from worker_runtime.brokers.redis import queue
 
 
 def run_cli(

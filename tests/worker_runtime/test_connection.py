@@ -17,7 +17,8 @@ import redis.asyncio
 
 from tests.conftest import RedisServer, free_port
 from tests.worker_runtime import engine_support as es
-from worker_runtime import connection, producer, stats
+from worker_runtime import producer
+from worker_runtime.brokers.redis import connection, stats
 
 LOCAL = (("127.0.0.1", 6379),)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import dlq, queue, stats
+from worker_runtime.brokers.redis import dlq, queue, stats
 
 
 async def dead_letter_n(

@@ -13,7 +13,8 @@ import redis
 
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import wait_until
-from worker_runtime import keys, producer, stats
+from worker_runtime import producer
+from worker_runtime.brokers.redis import keys, stats
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,8 @@ import redis.asyncio
 
 from tests.worker_runtime import cutting_proxy
 from tests.worker_runtime import engine_support as es
-from worker_runtime import connection, envelope, producer, queue, scripts, stats
+from worker_runtime import envelope, producer
+from worker_runtime.brokers.redis import connection, queue, scripts, stats
 
 
 async def test_a_resent_enqueue_of_a_job_that_already_ran_is_a_no_op(

@@ -15,7 +15,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from worker_runtime import App, config, stats, worker
+from worker_runtime import App, config, worker
+from worker_runtime.brokers.redis import stats
 
 
 @pytest.mark.parametrize("policy", ["noeviction", "allkeys-lru", "volatile-ttl"])

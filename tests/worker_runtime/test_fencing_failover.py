@@ -19,7 +19,7 @@ import redis.asyncio
 
 from tests.conftest import RedisServer
 from tests.worker_runtime import engine_support as es
-from worker_runtime import stats
+from worker_runtime.brokers.redis import stats
 
 
 def _wait_replica_in_sync(primary: redis.Redis, replica: redis.Redis) -> None:

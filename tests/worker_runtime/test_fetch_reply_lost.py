@@ -20,8 +20,9 @@ import redis.exceptions
 
 from tests.worker_runtime import cutting_proxy, workerproc
 from tests.worker_runtime.workerproc import wait_until
-from worker_runtime import connection, envelope, producer, scripts, stats
-from worker_runtime import queue as queue_mod
+from worker_runtime import envelope, producer
+from worker_runtime.brokers.redis import connection, scripts, stats
+from worker_runtime.brokers.redis import queue as queue_mod
 
 
 @contextlib.contextmanager

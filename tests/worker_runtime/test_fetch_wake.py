@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from worker_runtime import queue
+from worker_runtime.brokers.redis import queue
 
 
 async def test_a_wait_that_swallows_its_first_cancel_is_cancelled_again() -> None:

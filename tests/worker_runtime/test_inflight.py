@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import inflight
+from worker_runtime.brokers.redis import inflight
 
 
 async def test_running_jobs_are_listed_with_their_worker_task_and_lease_longest_first(

@@ -24,7 +24,8 @@ from tests.worker_runtime import engine_support as es
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.test_cli_commands import run_cli
 from tests.worker_runtime.workerproc import wait_until
-from worker_runtime import App, config, dlq, envelope, keys, queue, stats, worker
+from worker_runtime import App, config, envelope, worker
+from worker_runtime.brokers.redis import dlq, keys, queue, stats
 
 
 def _corrupt(client: redis.Redis, queue_name: str, job_id: str) -> bytes:

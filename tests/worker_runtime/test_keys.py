@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from worker_runtime import keys
+from worker_runtime.brokers.redis import keys
 
 
 def test_every_key_of_a_queue_shares_its_hash_tag_and_slot() -> None:

@@ -17,7 +17,8 @@ import pydantic
 import redis.asyncio
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import App, JobContext, config, queue, stats, worker
+from worker_runtime import App, JobContext, config, worker
+from worker_runtime.brokers.redis import queue, stats
 
 
 async def test_a_fetch_renews_the_callers_own_expired_lease_instead_of_reclaiming_it(

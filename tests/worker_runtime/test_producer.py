@@ -13,7 +13,8 @@ import redis.cluster
 
 from tests.conftest import RedisClusterProcesses, RedisServer
 from tests.worker_runtime import engine_support as es
-from worker_runtime import envelope, producer, stats
+from worker_runtime import envelope, producer
+from worker_runtime.brokers.redis import stats
 
 
 class Email(pydantic.BaseModel):

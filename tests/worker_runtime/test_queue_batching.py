@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import RedisServer
 from tests.worker_runtime import engine_support as es
-from worker_runtime import queue
+from worker_runtime.brokers.redis import queue
 
 
 async def test_concurrent_submissions_are_flushed_together_and_answered_individually() -> None:

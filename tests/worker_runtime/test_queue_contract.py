@@ -16,7 +16,7 @@ import redis
 
 from tests.conftest import RedisClusterProcesses
 from tests.worker_runtime import engine_support as es
-from worker_runtime import dlq, idempotency, keys, queue, stats
+from worker_runtime.brokers.redis import dlq, idempotency, keys, queue, stats
 
 
 async def test_an_enqueued_job_is_fetched_leased_and_acknowledged_exactly_once(

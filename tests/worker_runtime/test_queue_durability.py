@@ -8,7 +8,7 @@ from typing import Any
 import redis.asyncio
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import dlq, stats
+from worker_runtime.brokers.redis import dlq, stats
 
 
 async def test_redis_kill_9_and_restart_with_appendfsync_always_loses_nothing(

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import dlq, queue, stats
+from worker_runtime.brokers.redis import dlq, queue, stats
 
 
 async def test_concurrent_workers_that_crash_and_fail_lose_nothing(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from worker_runtime import queue, ratelimit
+from worker_runtime.brokers.redis import queue, ratelimit
 
 
 async def test_a_bucket_grants_its_burst_then_refills_at_its_rate(

@@ -18,7 +18,8 @@ import pytest
 import redis.asyncio
 
 from tests.worker_runtime import engine_support as es
-from worker_runtime import App, Backoff, JobContext, Retry, RetryLater, config, keys, worker
+from worker_runtime import App, Backoff, JobContext, Retry, RetryLater, config, worker
+from worker_runtime.brokers.redis import keys
 
 
 async def test_a_non_finite_retry_delay_is_refused_alone_and_its_batch_mates_still_retry(

@@ -18,7 +18,8 @@ import redis.asyncio
 
 from tests.worker_runtime import engine_support as es
 from tests.worker_runtime.test_cli_commands import run_cli
-from worker_runtime import config, dlq, keys, queue, scripts, stats
+from worker_runtime import config
+from worker_runtime.brokers.redis import dlq, keys, queue, scripts, stats
 
 MAX_CONCURRENCY = 10_000
 """The largest ``WORKERFLEET_CONCURRENCY`` the settings accept: one renewal holds this many."""

@@ -13,7 +13,7 @@ import redis.asyncio.connection
 
 from tests.conftest import RedisServer
 from tests.worker_runtime import engine_support as es
-from worker_runtime import stats
+from worker_runtime.brokers.redis import stats
 
 
 async def test_stats_take_exactly_one_command_and_need_no_worker(

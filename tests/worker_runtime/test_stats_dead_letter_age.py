@@ -7,7 +7,7 @@ from typing import Any
 
 from tests.conftest import RedisServer
 from tests.worker_runtime import engine_support as es
-from worker_runtime import keys, stats
+from worker_runtime.brokers.redis import keys, stats
 
 
 async def test_the_oldest_dead_letter_age_grows_from_its_dead_lettering_until_it_leaves(

@@ -12,7 +12,7 @@ import pytest
 
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import wait_until
-from worker_runtime import keys
+from worker_runtime.brokers.redis import keys
 
 
 def test_a_job_that_keeps_failing_reaches_the_dlq_after_exactly_max_attempts_with_its_history(

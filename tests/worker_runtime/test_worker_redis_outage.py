@@ -14,7 +14,8 @@ import pytest
 
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import done_counts, wait_until
-from worker_runtime import producer, stats
+from worker_runtime import producer
+from worker_runtime.brokers.redis import stats
 
 
 def _health(worker: workerproc.WorkerProc) -> int | None:

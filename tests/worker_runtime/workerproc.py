@@ -27,9 +27,9 @@ from typing import Any, Protocol
 import redis
 import redis.asyncio
 
-from worker_runtime import dlq
 from worker_runtime import producer as producer_mod
-from worker_runtime import stats as stats_mod
+from worker_runtime.brokers.redis import dlq
+from worker_runtime.brokers.redis import stats as stats_mod
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE_APP = "tests.worker_runtime.tasks_fixture:app"

@@ -23,7 +23,8 @@ import redis.asyncio
 import requests
 
 from tests.conftest import free_port
-from worker_runtime import envelope, queue
+from worker_runtime import envelope
+from worker_runtime.brokers.redis import queue
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "console-test-token-7f3a"

@@ -1,7 +1,7 @@
 """Builders and a fake-clock driver for the autoscaler's table-driven tests.
 
 Used by tests/workerfleet_operator/test_autoscaling_*.py. Queue stats are built as the runtime's
-real ``worker_runtime.stats`` dataclasses, so the tests prove the decision function reads the
+real ``worker_runtime.brokers.base`` dataclasses, so the tests prove the decision function reads the
 contract's fields.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from workerfleet_operator import api, autoscaling
 
-from worker_runtime import stats
+from worker_runtime.brokers.redis import stats
 
 WorkerHeartbeat = stats.WorkerHeartbeat
 POLL = 5.0  # seconds between decisions in every scenario unless it says otherwise

@@ -25,7 +25,7 @@ from tests.workerfleet_operator.conftest import (
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
-from worker_runtime import keys
+from worker_runtime.brokers.redis import keys
 
 POOL_LABELS = {"namespace": NAMESPACE, "pool": "emails", "queue": "emails"}
 COUNTERS = keys.build_keys("emails").counters

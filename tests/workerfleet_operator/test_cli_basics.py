@@ -18,7 +18,8 @@ import redis.asyncio
 
 from tests.conftest import RedisServer
 from tests.workerfleet_operator import console_support as cs
-from worker_runtime import config, envelope, queue
+from worker_runtime import config, envelope
+from worker_runtime.brokers.redis import queue
 
 REQUIRED: dict[str, Any] = {"app": "m:a", "redis_url": "redis://127.0.0.1:1/0", "queue": "q"}
 WORKERFLEET = str(Path(sys.executable).parent / "workerfleet")

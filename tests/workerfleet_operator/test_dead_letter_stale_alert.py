@@ -25,7 +25,7 @@ from workerfleet_operator.shell import metrics
 
 from tests.conftest import RedisServer
 from tests.worker_runtime import engine_support as es
-from worker_runtime import keys, stats
+from worker_runtime.brokers.redis import keys, stats
 
 FAST_RULES = (
     pathlib.Path(__file__).resolve().parents[2] / "deploy/alerts/workerfleet-alerts.fast.yaml"

@@ -8,7 +8,7 @@ import pytest
 from workerfleet_operator import api, manifests
 
 from tests.workerfleet_operator import crd_validation
-from worker_runtime import keys
+from worker_runtime.brokers.redis import keys
 
 
 def _pool(**autoscaling: Any) -> api.Pool:

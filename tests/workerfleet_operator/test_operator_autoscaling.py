@@ -23,7 +23,7 @@ from tests.workerfleet_operator.conftest import (
 )
 from tests.workerfleet_operator.emulator import Emulator
 from worker_runtime import producer
-from worker_runtime import queue as engine
+from worker_runtime.brokers.redis import queue as engine
 
 POLL = 1.0
 COST = "controller.kubernetes.io/pod-deletion-cost"

@@ -1,7 +1,7 @@
 """plan(): children by mode, conditions with stable transition times, Events only on change.
 
-Every test drives the pure function with a fake clock (``Observed.now``) and, where the
-autoscaler matters, a real ``autoscaling.decide`` on real ``worker_runtime.stats.QueueStats``.
+Every test drives the pure function with a fake clock (``Observed.now``) and, where the autoscaler
+matters, a real ``autoscaling.decide`` on real ``worker_runtime.brokers.base.QueueStats``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from workerfleet_operator import api, autoscaling, plan
 
 from tests.workerfleet_operator import crd_validation
-from worker_runtime.stats import QueueStats
+from worker_runtime.brokers.redis.stats import QueueStats
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 OK = plan.SecretCheck("ok")

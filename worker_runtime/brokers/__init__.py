@@ -1,7 +1,100 @@
-"""Queue backends behind one seam: the protocols in :mod:`worker_runtime.brokers.base`.
+"""Queue backends behind one seam, and :func:`open_broker`: a broker from a URL.
 
-The worker, the producer, the CLI and the operator program against
-:class:`~worker_runtime.brokers.base.Broker`, :class:`~worker_runtime.brokers.base.QueueProbe`
-and :class:`~worker_runtime.brokers.base.DeadLetters`; each backend lives in its own subpackage
-and is imported only when a URL asks for it.
+The worker, the producer, the CLI and the operator program against the protocols of
+:mod:`worker_runtime.brokers.base`; each backend lives in its own module or subpackage and is
+imported only when a URL asks for it (:data:`SCHEMES`), so an installation without aio-pika or
+botocore runs Redis, and the operator's pure core never imports a client library. This
+``__init__`` imports none itself (the backend is imported by name, inside :func:`open_broker`).
+
+A backend module offers one coroutine, ``open_from_url(url, queue, *, options, **settings)``,
+returning an object that implements ``Broker``, ``QueueProbe`` and ``DeadLetters``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from worker_runtime import errors
+from worker_runtime.brokers import base
+
+REDIS_SCHEMES: dict[str, tuple[str, bool]] = {
+    "redis": ("single", False),
+    "rediss": ("single", True),
+    "unix": ("unix", False),
+    "redis+sentinel": ("sentinel", False),
+    "rediss+sentinel": ("sentinel", True),
+    "redis+cluster": ("cluster", False),
+    "rediss+cluster": ("cluster", True),
+}
+"""Every Redis URL scheme → (kind, TLS); ``brokers/redis/connection.py`` parses exactly these."""
+
+_REDIS = "worker_runtime.brokers.redis.broker"
+
+SCHEMES: dict[str, str] = {
+    **dict.fromkeys(REDIS_SCHEMES, _REDIS),
+    "memory": "worker_runtime.brokers.memory",
+    "amqp": "worker_runtime.brokers.rabbitmq",
+    "amqps": "worker_runtime.brokers.rabbitmq",
+    "sqs": "worker_runtime.brokers.sqs",
+}
+"""Every broker URL scheme workerfleet knows → the module that serves it. The docs name these."""
+
+_EXTRAS = {
+    "worker_runtime.brokers.rabbitmq": "workerfleet[rabbitmq]",
+    "worker_runtime.brokers.sqs": "workerfleet[sqs]",
+}
+
+
+def scheme_of(url: str) -> str:
+    """The URL's scheme, lower-cased, when a broker serves it; else
+    :class:`~worker_runtime.errors.UnsupportedScheme` (the URL itself is never echoed)."""
+    scheme, sep, _ = url.partition("://")
+    if sep and scheme.lower() in SCHEMES:
+        return scheme.lower()
+    shown = scheme if sep and scheme.replace("+", "").isalnum() and len(scheme) < 20 else "?"
+    raise errors.UnsupportedScheme(
+        f"unsupported URL scheme {shown!r}; expected one of "
+        + ", ".join(f"{name}://" for name in SCHEMES)
+    )
+
+
+def backend_module(url: str) -> Any:
+    """Import and return the module serving ``url``'s scheme.
+
+    Raises :class:`~worker_runtime.errors.BrokerNotInstalled` when the scheme is known but its
+    module or client package is missing here (saying which to install).
+    """
+    name = SCHEMES[scheme_of(url)]
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        missing = exc.name or name
+        extra = _EXTRAS.get(name)
+        hint = f"; install {extra}" if extra else ""
+        raise errors.BrokerNotInstalled(
+            f"the {scheme_of(url)}:// broker is not available here ({missing} is not installed"
+            f"{hint})"
+        ) from exc
+
+
+async def open_broker(
+    url: str,
+    queue: str,
+    *,
+    options: base.QueueOptions | None = None,
+    **settings: Any,
+) -> base.Broker:
+    """The broker for ``queue`` at ``url``: Redis, memory, RabbitMQ or SQS by the URL's scheme.
+
+    ``settings`` are the backend's own (for Redis: ``socket_timeout``, ``retries``...). The
+    caller owns the result and ends it with ``await broker.close()``. Raises
+    :class:`~worker_runtime.errors.ConfigError` subclasses for a URL or queue name that cannot
+    work, before any connection is attempted.
+    """
+    base.validate_queue_name(queue)
+    module = backend_module(url)
+    broker: base.Broker = await module.open_from_url(
+        url, queue, options=options or base.QueueOptions(), **settings
+    )
+    return broker

@@ -16,8 +16,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from worker_runtime import connection, health, logs, stats
-from worker_runtime import queue as queue_mod
+from worker_runtime import health, logs
+from worker_runtime.brokers.redis import connection, stats
+from worker_runtime.brokers.redis import queue as queue_mod
 from worker_runtime.worker import transient
 
 if TYPE_CHECKING:

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, config, connection, health, logs, metrics
-from worker_runtime import queue as queue_mod
+from worker_runtime import backoff, config, health, logs, metrics
+from worker_runtime.brokers.redis import connection
+from worker_runtime.brokers.redis import queue as queue_mod
 from worker_runtime.worker import control as control_mod
 from worker_runtime.worker import drain as drain_mod
 from worker_runtime.worker import fetching, running, settling, signals, transient

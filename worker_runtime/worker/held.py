@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from worker_runtime import app as app_mod
-from worker_runtime import queue as queue_mod
+from worker_runtime.brokers.redis import queue as queue_mod
 
 
 class Held:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from worker_runtime import app as app_mod
 from worker_runtime import backoff, logs
-from worker_runtime import queue as queue_mod
+from worker_runtime.brokers.redis import queue as queue_mod
 
 log = logs.get_logger("worker")
 

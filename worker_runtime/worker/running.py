@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from worker_runtime import app as app_mod
 from worker_runtime import expiry, logs, processes
-from worker_runtime import queue as queue_mod
+from worker_runtime.brokers.redis import queue as queue_mod
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import pool as pool_mod
 
@@ -115,7 +115,7 @@ class JobRunner:
 
     async def is_done(self, key: str) -> bool:
         """Whether a job with this idempotency key was marked done (``ctx.is_done``)."""
-        from worker_runtime import idempotency
+        from worker_runtime.brokers.redis import idempotency
 
         return await idempotency.fetch_is_done(self.worker.client, self.worker.queue_name, key)
 

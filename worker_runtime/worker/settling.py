@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from worker_runtime import app as app_mod
 from worker_runtime import logs
-from worker_runtime import queue as queue_mod
+from worker_runtime.brokers.redis import queue as queue_mod
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import policy as policy_mod
 from worker_runtime.worker import transient

@@ -18,7 +18,8 @@ import time
 import common
 import pydantic
 
-from worker_runtime import App, connection, producer
+from worker_runtime import App, producer
+from worker_runtime.brokers.redis import connection
 
 app = App(queue=common.QUEUE)
 

@@ -49,10 +49,12 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from worker_runtime.brokers import base
+
 # --- shared vocabulary -----------------------------------------------------------------------
 
-QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-"""Same alphabet as ``worker_runtime.keys`` (braces would break the Redis Cluster hash tag)."""
+QUEUE_NAME_PATTERN = base.QUEUE_NAME_PATTERN
+"""The runtime's queue-name pattern, defined once there (the CRD schema repeats it)."""
 
 _DOTTED_NAME = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 APP_PATTERN = f"^{_DOTTED_NAME}:{_DOTTED_NAME}$"

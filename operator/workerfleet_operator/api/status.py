@@ -79,7 +79,7 @@ class Condition(StatusModel):
 
 
 class QueueStatus(StatusModel):
-    """The latest read of the pool's queue (worker_runtime.stats.QueueStats)."""
+    """The latest read of the pool's queue (worker_runtime.brokers.redis.stats.QueueStats)."""
 
     backlog: int = Field(default=0, ge=0, description="Jobs waiting to start (incl. due retries).")
     in_flight: int = Field(default=0, ge=0, description="Jobs running now.")

@@ -1,12 +1,13 @@
 """The web console: pools, queue detail, DLQ browser, job detail, replay and purge.
 
 Built by :func:`build_app` for ``workerfleet console`` (:mod:`workerfleet_operator.console.cli`).
-Server-rendered (Starlette + Jinja2, autoescaped templates in ``templates/``), no JavaScript.
-Every page needs authentication (:mod:`.security`); writes exist only when the console was
-started with writes enabled, go through a confirmation page listing exactly the jobs they will
-touch, and carry the CSRF token. Queue data is read only through the runtime's read APIs
-(:mod:`worker_runtime.stats`, :mod:`worker_runtime.dlq`, :mod:`worker_runtime.inflight`,
-:mod:`worker_runtime.triage`); writes are the runtime's own replay and purge.
+Server-rendered (Starlette + Jinja2, autoescaped templates in ``templates/``), no JavaScript. Every
+page needs authentication (:mod:`.security`); writes exist only when the console was started with
+writes enabled, go through a confirmation page listing exactly the jobs they will touch, and carry
+the CSRF token. Queue data is read only through the runtime's read APIs
+(:mod:`worker_runtime.brokers.redis.stats`, :mod:`worker_runtime.brokers.redis.dlq`,
+:mod:`worker_runtime.brokers.redis.inflight`, :mod:`worker_runtime.triage`); writes are the
+runtime's own replay and purge.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from worker_runtime import stats
+from worker_runtime.brokers.redis import stats
 from workerfleet_operator.console import security, sources
 
 ACTION_LIMIT = 1000
@@ -168,7 +169,7 @@ class Console:
         return self.render(request, "pools.html", pools=pools)
 
     async def queue(self, request: Request) -> Response:
-        from worker_runtime import inflight, stats
+        from worker_runtime.brokers.redis import inflight, stats
 
         client, queue, key = await self._queue(request)
         s = await stats.fetch_queue_stats(client, queue)
@@ -231,7 +232,7 @@ class Console:
         )
 
     async def job(self, request: Request) -> Response:
-        from worker_runtime import dlq
+        from worker_runtime.brokers.redis import dlq
 
         client, queue, key = await self._queue(request)
         job_id = request.query_params.get("id", "")
@@ -278,7 +279,7 @@ class Console:
         )
 
     async def act(self, request: Request) -> Response:
-        from worker_runtime import dlq
+        from worker_runtime.brokers.redis import dlq
 
         action = request.path_params["action"]
         form = await request.form()

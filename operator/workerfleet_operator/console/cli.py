@@ -135,7 +135,7 @@ def cmd_console(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        from worker_runtime import connection
+        from worker_runtime.brokers.redis import connection
 
         try:
             source = sources.RedisSource(url, queues)

@@ -3,8 +3,8 @@
 Called by :mod:`workerfleet_operator.console.app`. A source lists pools (one row per queue with
 its numbers, and for a WorkerPool its replicas, conditions and last scaling decision from the
 status the operator wrote) and hands out a Redis client for a pool's queue. Queue numbers come
-only from the runtime's read-only APIs (:mod:`worker_runtime.stats`). Redis URLs stay inside
-the source: pages show :func:`build_display_target` (no user, no password).
+only from the runtime's read-only APIs (:mod:`worker_runtime.brokers.redis.stats`). Redis URLs
+stay inside the source: pages show :func:`build_display_target` (no user, no password).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from worker_runtime import connection, stats
+from worker_runtime.brokers.redis import connection, stats
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from worker_runtime import connection, producer, stats
+from worker_runtime import producer
+from worker_runtime.brokers.redis import connection, stats
 from workerfleet_operator.local import embedded_redis, lifeline, manifest, runner
 
 # The demo's pool, tasks and alert rules ship inside the package (workerfleet_operator/data/:

@@ -34,7 +34,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from worker_runtime import stats
+from worker_runtime.brokers.redis import stats
 from workerfleet_operator import autoscaling
 from workerfleet_operator.local import embedded_redis, lifeline, manifest
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import prometheus_client
 
-from worker_runtime import connection, stats
+from worker_runtime.brokers.redis import connection, stats
 from workerfleet_operator import autoscaling
 from workerfleet_operator.local import fleet as fleet_mod
 from workerfleet_operator.local import manifest

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from worker_runtime import stats
+from worker_runtime.brokers.redis import stats
 
 POOL_LABELS = ("namespace", "pool", "queue")
 

@@ -42,7 +42,7 @@ def register_commands(subparsers: SubParsers) -> None:
 
 
 async def _fetch_rows(args: argparse.Namespace) -> list[Any]:
-    from worker_runtime import connection, stats
+    from worker_runtime.brokers.redis import connection, stats
     from workerfleet_operator.console import sources
     from workerfleet_operator.shell import inventory
 
@@ -75,7 +75,7 @@ async def _fetch_rows(args: argparse.Namespace) -> list[Any]:
 
 def cmd_pools(args: argparse.Namespace) -> int:
     """Print the pools table."""
-    from worker_runtime import stats
+    from worker_runtime.brokers.redis import stats
     from workerfleet_operator.shell import inventory, kube
 
     try:

@@ -1,10 +1,10 @@
 """The operator's read-only view of a pool's queue: one stats read per poll, clients cached.
 
-Called by ``shell.scaler`` (the per-pool loop). Wraps ``worker_runtime.connection`` (a Redis
-client from the URL in the pool's Secret) and ``worker_runtime.stats`` (the one-round-trip,
-read-only stats call) — the only runtime modules the operator may use. Clients are cached per
-(Secret, key, resourceVersion) so that pools sharing a Secret share a connection pool and a
-rotated Secret gets a new client. The URL never leaves this module's memory: error texts are
+Called by ``shell.scaler`` (the per-pool loop). Wraps ``worker_runtime.brokers.redis.connection``
+(a Redis client from the URL in the pool's Secret) and ``worker_runtime.brokers.redis.stats`` (the
+one-round-trip, read-only stats call) — the only runtime modules the operator may use. Clients are
+cached per (Secret, key, resourceVersion) so that pools sharing a Secret share a connection pool and
+a rotated Secret gets a new client. The URL never leaves this module's memory: error texts are
 scrubbed of it before they are returned.
 """
 
@@ -14,7 +14,7 @@ import asyncio
 import urllib.parse
 from dataclasses import dataclass
 
-from worker_runtime import connection, stats
+from worker_runtime.brokers.redis import connection, stats
 from workerfleet_operator import autoscaling
 from workerfleet_operator.shell import kube
 

@@ -1,9 +1,10 @@
 """Loads the engine's Lua scripts and runs them by EVALSHA (SCRIPT LOAD on NOSCRIPT); nothing else.
 
-Used by :mod:`worker_runtime.queue`, :mod:`worker_runtime.stats`, :mod:`worker_runtime.dlq` and the
-helpers. Each script is ``lua/_prelude.lua`` (the shared KEYS layout and functions) followed by
-``lua/<name>.lua``; a ``#!lua flags=...`` shebang of the script stays on the first line. Works
-on a single Redis and on Redis Cluster: every call passes the queue's keys, which share one slot.
+Used by :mod:`worker_runtime.brokers.redis.queue`, :mod:`worker_runtime.brokers.redis.stats`,
+:mod:`worker_runtime.brokers.redis.dlq` and the helpers. Each script is ``lua/_prelude.lua`` (the
+shared KEYS layout and functions) followed by ``lua/<name>.lua``; a ``#!lua flags=...`` shebang of
+the script stays on the first line. Works on a single Redis and on Redis Cluster: every call passes
+the queue's keys, which share one slot.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ Key = str | bytes
 
 
 def _read(name: str) -> str:
-    return resources.files("worker_runtime").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    return (
+        resources.files("worker_runtime.brokers.redis")
+        .joinpath("lua", f"{name}.lua")
+        .read_text("utf-8")
+    )
 
 
 def build_source(name: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from worker_runtime import keys, queue, scripts
+from worker_runtime.brokers.redis import keys, queue, scripts
 
 RateLimit = queue.RateLimit
 

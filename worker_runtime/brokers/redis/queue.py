@@ -2,8 +2,8 @@
 
 Every part of workerfleet that moves jobs goes through :class:`QueueClient`: the worker loop
 (:mod:`worker_runtime.worker`), the producer (:mod:`worker_runtime.producer`) and the tests. Each
-operation is one Lua script call (:mod:`worker_runtime.scripts`) over the keys of
-:mod:`worker_runtime.keys`; the contract is docs/architecture.md, "Queue engine API".
+operation is one Lua script call (:mod:`worker_runtime.brokers.redis.scripts`) over the keys of
+:mod:`worker_runtime.brokers.redis.keys`; the contract is docs/architecture.md, "Queue engine API".
 
 Throughput comes from batching: ``fetch`` hands out up to ``count`` jobs in one call, and
 ``ack``/``retry``/``dead_letter``/``release`` calls made concurrently are coalesced into one
@@ -29,9 +29,10 @@ import redis.asyncio.cluster
 import redis.exceptions
 
 from worker_runtime import envelope as envelope_mod
-from worker_runtime import expiry, scripts
-from worker_runtime import keys as keys_mod
+from worker_runtime import expiry
 from worker_runtime.brokers import base
+from worker_runtime.brokers.redis import keys as keys_mod
+from worker_runtime.brokers.redis import scripts
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
@@ -52,7 +53,8 @@ TRACEBACK_KEEP = base.TRACEBACK_KEEP
 
 Token = str
 """A delivery's fencing token, ``<epoch>:<n>`` (opaque to callers: only compared and sent back;
-the epoch names the server incarnation that issued it, see :mod:`worker_runtime.keys`)."""
+the epoch names the server incarnation that issued it, see
+:mod:`worker_runtime.brokers.redis.keys`)."""
 
 
 @dataclass(frozen=True)

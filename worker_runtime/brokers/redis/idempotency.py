@@ -9,7 +9,7 @@ enqueue script.
 
 from __future__ import annotations
 
-from worker_runtime import keys, queue
+from worker_runtime.brokers.redis import keys, queue
 
 DEFAULT_TTL_SECONDS = 7 * 86_400.0
 """How long a "done" marker is kept unless the caller says otherwise."""

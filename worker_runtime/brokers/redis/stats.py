@@ -16,8 +16,8 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from worker_runtime import keys, scripts
 from worker_runtime.brokers import base
+from worker_runtime.brokers.redis import eviction, keys, scripts
 
 WorkerHeartbeat = base.WorkerHeartbeat
 QueueStats = base.QueueStats
@@ -88,26 +88,8 @@ def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
     )
 
 
-EVICTION_SAFE_POLICY = "noeviction"
-"""The only ``maxmemory-policy`` under which Redis never drops a queue's keys."""
-
-
-def build_eviction_warning(policy: str | None) -> str | None:
-    """What a ``maxmemory-policy`` other than noeviction risks, or None (safe, or unknown).
-
-    ``allkeys-*`` may evict any key: job hashes, streams, leases, the DLQ (jobs vanish);
-    ``volatile-*`` the keys with a TTL: idempotency and done markers (duplicates slip through).
-    """
-    if policy is None or policy == EVICTION_SAFE_POLICY:
-        return None
-    if policy.startswith("volatile"):
-        risk = "idempotency and done markers (keys with a TTL), so duplicates slip through"
-    else:
-        risk = "any key, so queued jobs, leases and dead letters can vanish"
-    return (
-        f"Redis maxmemory-policy is {policy}: under memory pressure it may evict {risk}; "
-        f"set maxmemory-policy {EVICTION_SAFE_POLICY}"
-    )
+EVICTION_SAFE_POLICY = eviction.EVICTION_SAFE_POLICY
+build_eviction_warning = eviction.build_eviction_warning
 
 
 def format_age(seconds: float | None) -> str:

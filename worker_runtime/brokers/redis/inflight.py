@@ -3,8 +3,8 @@
 Called by the web console's queue page and ``workerfleet queue jobs --in-flight``. Reads the
 ``inflight`` hash (job → ``token|prio|stream entry id|worker``), each ready stream's pending
 entries (XPENDING: time since delivery) and the jobs' envelopes (task name), with keys from
-:mod:`worker_runtime.keys`. Several reads, not one script: a job finishing between them is
-simply left out (the list is a view, nothing acts on it), and no write ever happens here.
+:mod:`worker_runtime.brokers.redis.keys`. Several reads, not one script: a job finishing between
+them is simply left out (the list is a view, nothing acts on it), and no write ever happens here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.exceptions
 
-from worker_runtime import keys
+from worker_runtime.brokers.redis import keys
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 

@@ -34,22 +34,14 @@ import redis.exceptions
 import redis.retry
 import redis.sentinel
 
-from worker_runtime import errors
+from worker_runtime import brokers, errors
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 
 
-SCHEMES: dict[str, tuple[str, bool]] = {
-    "redis": ("single", False),
-    "rediss": ("single", True),
-    "unix": ("unix", False),
-    "redis+sentinel": ("sentinel", False),
-    "rediss+sentinel": ("sentinel", True),
-    "redis+cluster": ("cluster", False),
-    "rediss+cluster": ("cluster", True),
-}
-"""Every URL scheme workerfleet accepts → (kind, TLS). The docs name exactly these."""
+SCHEMES = brokers.REDIS_SCHEMES
+"""Every URL scheme this parser accepts → (kind, TLS); defined with the other brokers' schemes."""
 
 _DEFAULT_PORTS = {"single": 6379, "cluster": 6379, "sentinel": 26379}
 

@@ -1,8 +1,8 @@
 """THE Redis key schema of a workerfleet queue; every other module builds key names here.
 
-Called by the engine (:mod:`worker_runtime.queue`), the read-only stats
-(:mod:`worker_runtime.stats`), the DLQ tools and the helpers. The Lua scripts receive these
-names as KEYS, in the order of :meth:`QueueKeys.script_keys`, and each script's header repeats
+Called by the engine (:mod:`worker_runtime.brokers.redis.queue`), the read-only stats
+(:mod:`worker_runtime.brokers.redis.stats`), the DLQ tools and the helpers. The Lua scripts receive
+these names as KEYS, in the order of :meth:`QueueKeys.script_keys`, and each script's header repeats
 the part it touches.
 
 All keys of queue ``Q`` start with the hash tag ``{wf:Q}`` so they live in one Redis Cluster slot

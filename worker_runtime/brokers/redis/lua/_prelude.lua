@@ -1,5 +1,5 @@
--- workerfleet Lua prelude: prepended to every engine script by worker_runtime/scripts.py.
--- KEYS layout (worker_runtime.keys.QueueKeys.script_keys), all under the hash tag {wf:Q}:
+-- workerfleet Lua prelude: prepended to every engine script by worker_runtime/brokers/redis/scripts.py.
+-- KEYS layout (worker_runtime.brokers.redis.keys.QueueKeys.script_keys), all under the hash tag {wf:Q}:
 --   1-3 ready streams high/normal/low (group "workers"), 4 env (hash), 5 state (hash),
 --   6 history (hash), 7 leases (zset), 8 delayed (zset), 9 dlq (zset), 10 dlq:data (hash),
 --   11 counters (hash), 12 workers (hash), 13 workers:expiry (zset), 14 ratelimit (hash),

@@ -1,8 +1,8 @@
 """Dead-letter queue tools: list (paged), show, replay (rate-limited) and purge.
 
 Called by ``workerfleet dlq ls|show|replay|purge`` (:mod:`worker_runtime.cli`) and by
-applications. Dead letters are written by the engine (:mod:`worker_runtime.queue`); retention by
-length and age is applied there, on every insert (``QueueOptions.dlq_max_length`` and
+applications. Dead letters are written by the engine (:mod:`worker_runtime.brokers.redis.queue`);
+retention by length and age is applied there, on every insert (``QueueOptions.dlq_max_length`` and
 ``dlq_retention_seconds``).
 """
 
@@ -19,8 +19,8 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.client
 
-from worker_runtime import keys, scripts
 from worker_runtime.brokers import base
+from worker_runtime.brokers.redis import keys, scripts
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 

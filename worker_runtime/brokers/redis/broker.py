@@ -1,0 +1,353 @@
+"""RedisBroker: the ``Broker``, ``QueueProbe`` and ``DeadLetters`` protocols over the Redis engine.
+
+Opened by :func:`worker_runtime.brokers.open_broker` for the Redis schemes (through
+:func:`open_from_url`) or built around a client the caller already has. Each call goes to the
+engine that was there before the seam (:class:`~worker_runtime.brokers.redis.queue.QueueClient`,
+:mod:`~worker_runtime.brokers.redis.stats`, :mod:`~worker_runtime.brokers.redis.dlq`): this
+module only translates. A ``Delivery``'s receipt is the engine's fencing token; redis-py's
+exceptions become :mod:`worker_runtime.errors` ones here and nowhere else — a connection
+error or timeout is :class:`~worker_runtime.errors.BrokerUnavailable` (the script may have
+run), an error reply (READONLY, a script error) :class:`~worker_runtime.errors.BrokerRejected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+from collections.abc import Collection, Container, Sequence
+from typing import Any, NoReturn
+
+import redis.exceptions
+
+from worker_runtime import errors, expiry
+from worker_runtime.brokers import base
+from worker_runtime.brokers.redis import connection, dlq, idempotency, stats
+from worker_runtime.brokers.redis import queue as queue_mod
+
+CAPABILITIES = base.Capabilities(
+    priorities=True,
+    max_delay_seconds=math.inf,
+    enqueue_dedup=True,
+    atomic_done_marker=True,
+    rate_limit=True,
+    heartbeats=True,
+    dead_letter_by_id=True,
+    failure_history=True,
+    fenced_receipts=True,
+    lease_expiry=True,
+    recover_after_lost_reply=True,
+    previous_delay=True,
+    exact_stats=True,
+    expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+)
+"""Everything the contract describes: the engine was the model the seam was cut from."""
+
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    TimeoutError,
+)
+"""No reply came: the call may have been applied (redis-py's connection and timeout errors)."""
+
+
+def raise_mapped(exc: BaseException, operation: str) -> NoReturn:
+    """Re-raise a redis-py (or socket) error as the taxonomy's class; anything else unchanged.
+
+    An error reply (``ResponseError``: READONLY after a failover, a script error, NOPERM) is an
+    answer, so the call was not applied; every other Redis error (connection, timeout, a
+    cluster that is re-sharding) left it unknown.
+    """
+    if isinstance(exc, redis.exceptions.ResponseError):
+        raise errors.BrokerRejected(
+            f"redis refused {operation}: {exc}", operation=operation
+        ) from exc
+    if isinstance(exc, redis.exceptions.RedisError | OSError | TimeoutError):
+        raise errors.BrokerUnavailable(
+            f"no reply from redis to {operation}: {exc!r}", operation=operation
+        ) from exc
+    raise exc
+
+
+def to_delivery(job: queue_mod.Job) -> base.Delivery:
+    """The seam's view of an engine delivery (the fencing token is the receipt)."""
+    return base.Delivery(
+        id=job.id,
+        receipt=job.token,
+        envelope=job.envelope,
+        attempts=job.attempts,
+        deliveries=job.deliveries,
+        lease_deadline=job.leased_until,
+        lost=job.lost,
+        fetched_at=job.fetched_at,
+    )
+
+
+def to_job(delivery: base.Delivery) -> queue_mod.Job:
+    """The engine's view of a delivery this broker handed out."""
+    return queue_mod.Job(
+        id=delivery.id,
+        token=delivery.receipt,
+        envelope=delivery.envelope,
+        attempts=delivery.attempts,
+        deliveries=delivery.deliveries,
+        lost=delivery.lost,
+        leased_until=delivery.lease_deadline,
+        fetched_at=delivery.fetched_at,
+    )
+
+
+class RedisBroker:
+    """One queue on Redis (single, Sentinel or Cluster), through the Lua engine."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        client: queue_mod.AsyncClient,
+        queue: str,
+        options: base.QueueOptions | None = None,
+        *,
+        owns_client: bool = False,
+    ) -> None:
+        self.client = client
+        self.engine = queue_mod.QueueClient(client, queue, options)
+        self.queue: str = self.engine.queue
+        self.options: base.QueueOptions = self.engine.options
+        self.fetch_dead_lettered: collections.Counter[str] = self.engine.fetch_dead_lettered
+        self._owns_client = owns_client
+
+    # -- Broker --------------------------------------------------------------------------------
+
+    async def enqueue(self, request: base.EnqueueRequest) -> base.EnqueueResult:
+        try:
+            return await self.engine.enqueue(request)
+        except Exception as exc:
+            raise_mapped(exc, "enqueue")
+
+    async def enqueue_many(
+        self, requests: Sequence[base.EnqueueRequest]
+    ) -> list[base.EnqueueResult]:
+        try:
+            return await self.engine.enqueue_many(requests)
+        except Exception as exc:
+            raise_mapped(exc, "enqueue")
+
+    async def fetch(
+        self,
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> list[base.Delivery]:
+        try:
+            jobs = await self.engine.fetch(
+                worker_id, count, block=block, wake=wake, holding=holding
+            )
+        except Exception as exc:
+            raise_mapped(exc, "fetch")
+        return [to_delivery(job) for job in jobs]
+
+    async def ack_and_fetch(
+        self,
+        deliveries: Sequence[base.Delivery],
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> tuple[list[bool], list[base.Delivery]]:
+        try:
+            flags, jobs = await self.engine.ack_and_fetch(
+                [to_job(d) for d in deliveries],
+                worker_id,
+                count,
+                block=block,
+                wake=wake,
+                holding=holding,
+            )
+        except Exception as exc:
+            raise_mapped(exc, "ack_and_fetch")
+        return flags, [to_delivery(job) for job in jobs]
+
+    async def ack(
+        self,
+        delivery: base.Delivery,
+        *,
+        done_key: str | None = None,
+        done_ttl_seconds: float | None = None,
+    ) -> bool:
+        try:
+            return await self.engine.ack(
+                to_job(delivery), done_key=done_key, done_ttl_seconds=done_ttl_seconds
+            )
+        except Exception as exc:
+            raise_mapped(exc, "ack")
+
+    async def retry(
+        self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
+    ) -> bool:
+        try:
+            return await self.engine.retry(to_job(delivery), failure, delay_seconds=delay_seconds)
+        except Exception as exc:
+            raise_mapped(exc, "retry")
+
+    async def dead_letter(
+        self,
+        delivery: base.Delivery,
+        reason: str,
+        *,
+        failure: base.Failure | None = None,
+        attempt: bool = True,
+    ) -> bool:
+        try:
+            return await self.engine.dead_letter(
+                to_job(delivery), reason, failure=failure, attempt=attempt
+            )
+        except Exception as exc:
+            raise_mapped(exc, "dead_letter")
+
+    async def release(self, delivery: base.Delivery) -> bool:
+        try:
+            return await self.engine.release(to_job(delivery))
+        except Exception as exc:
+            raise_mapped(exc, "release")
+
+    async def renew(
+        self,
+        worker_id: str,
+        deliveries: Sequence[base.Delivery],
+        *,
+        heartbeat: base.WorkerBeat | None = None,
+    ) -> base.LeaseRenewal:
+        jobs = [to_job(d) for d in deliveries]
+        try:
+            result = await self.engine.renew(worker_id, jobs, heartbeat=heartbeat)
+        except Exception as exc:
+            raise_mapped(exc, "renew")
+        # the engine returns the very Job objects it was given: map them back by identity
+        by_job = {id(job): d for job, d in zip(jobs, deliveries, strict=True)}
+        return base.LeaseRenewal(
+            kept=tuple(by_job[id(j)] for j in result.renewed_jobs),
+            lost=tuple(by_job[id(j)] for j in result.lost_jobs),
+        )
+
+    async def recover(
+        self, worker_id: str, held: Collection[tuple[str, base.Receipt]] = ()
+    ) -> list[base.Delivery]:
+        try:
+            jobs = await self.engine.adopt(worker_id, held)
+        except Exception as exc:
+            raise_mapped(exc, "recover")
+        return [to_delivery(job) for job in jobs]
+
+    async def fetch_previous_delay(self, job_id: str) -> float | None:
+        try:
+            return await self.engine.fetch_previous_delay(job_id)
+        except Exception as exc:
+            raise_mapped(exc, "fetch_previous_delay")
+
+    async def fetch_is_done(self, done_key: str) -> bool:
+        try:
+            return await idempotency.fetch_is_done(self.client, self.queue, done_key)
+        except Exception as exc:
+            raise_mapped(exc, "fetch_is_done")
+
+    async def deregister(self, worker_id: str) -> None:
+        try:
+            await self.engine.deregister(worker_id)
+        except Exception as exc:
+            raise_mapped(exc, "deregister")
+
+    async def close(self) -> None:
+        try:
+            await self.engine.aclose()
+        except Exception as exc:
+            raise_mapped(exc, "close")
+        finally:
+            if self._owns_client:
+                self._owns_client = False
+                await self.client.aclose()
+
+    # -- QueueProbe ----------------------------------------------------------------------------
+
+    async def fetch_stats(self) -> base.QueueStats:
+        try:
+            return await stats.fetch_queue_stats(self.client, self.queue)
+        except Exception as exc:
+            raise_mapped(exc, "stats")
+
+    # -- DeadLetters ---------------------------------------------------------------------------
+
+    async def count_dead_letters(self) -> int:
+        try:
+            return await dlq.fetch_dead_letter_count(self.client, self.queue)
+        except Exception as exc:
+            raise_mapped(exc, "dlq count")
+
+    async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[base.DeadLetter]:
+        try:
+            return await dlq.fetch_dead_letters(self.client, self.queue, offset=offset, limit=limit)
+        except Exception as exc:
+            raise_mapped(exc, "dlq list")
+
+    async def show_dead_letter(self, job_id: str) -> base.DeadLetter | None:
+        try:
+            return await dlq.fetch_dead_letter(self.client, self.queue, job_id)
+        except Exception as exc:
+            raise_mapped(exc, "dlq show")
+
+    async def replay_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        reset_attempts: bool = False,
+        rate_per_second: float = 100.0,
+    ) -> list[str]:
+        try:
+            return await dlq.apply_replay(
+                self.client,
+                self.queue,
+                job_ids=job_ids,
+                limit=limit,
+                reset_attempts=reset_attempts,
+                rate_per_second=rate_per_second,
+            )
+        except Exception as exc:
+            raise_mapped(exc, "dlq replay")
+
+    async def purge_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> int:
+        try:
+            return await dlq.delete_dead_letters(
+                self.client,
+                self.queue,
+                job_ids=job_ids,
+                older_than_seconds=older_than_seconds,
+                everything=everything,
+            )
+        except Exception as exc:
+            raise_mapped(exc, "dlq purge")
+
+
+async def open_from_url(
+    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+) -> RedisBroker:
+    """A RedisBroker with its own client for ``url`` (closed by ``close``).
+
+    ``settings`` go to :func:`~worker_runtime.brokers.redis.connection.fetch_client`
+    (``socket_timeout``, ``health_check_interval``, ``retries``: 0 for a worker's job loop,
+    whose fetch script must not be re-sent blindly).
+    """
+    client = connection.fetch_client(url, **settings)
+    return RedisBroker(client, queue, options, owns_client=True)
