@@ -37,7 +37,8 @@ from workerfleet_operator.shell import context, main  # noqa: E402
 
 from bench import harness as bench_harness  # noqa: E402
 from tests.workerfleet_operator import conftest as fixtures  # noqa: E402
-from worker_runtime import producer, stats  # noqa: E402
+from worker_runtime import producer  # noqa: E402
+from worker_runtime.brokers.redis import stats  # noqa: E402
 
 NAMESPACE = fixtures.NAMESPACE
 KEDA_POLLING_S = 30.0

@@ -27,7 +27,8 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
-from worker_runtime import producer, stats  # noqa: E402
+from worker_runtime import producer  # noqa: E402
+from worker_runtime.brokers.redis import stats  # noqa: E402
 
 APP_MODULE = """
 from pydantic import BaseModel
