@@ -110,12 +110,11 @@ def test_each_stale_path_test_tree_entry_make_target_or_readme_link_is_named(
         "def test_a_kept_behaviour() -> None:\n    pass\n"
     )
     (tmp_path / "worker_runtime").mkdir()
-    (tmp_path / "worker_runtime/brokers/redis/keys.py").write_text("")
+    (tmp_path / "worker_runtime/keys.py").write_text("")
     (tmp_path / "worker_runtime/unlisted.py").write_text("")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs/page.md").write_text(
-        "The schema is `worker_runtime/brokers/redis/keys.py`; see "
-        "tests/worker_runtime/test_kept.py,\n"
+        "The schema is `worker_runtime/keys.py`; see tests/worker_runtime/test_kept.py,\n"
         "`test_a_kept_behaviour` and the family `test_a_kept_`.\n"
         "Moved: `worker_runtime/old_keys.py` and\n"
         "```sh\npython -m pytest tests/worker_runtime/test_gone.py\n```\n"
@@ -139,7 +138,7 @@ def test_each_stale_path_test_tree_entry_make_target_or_readme_link_is_named(
         "docs/page.md:5: tests/worker_runtime/test_gone.py",
         "docs/page.md:7: test_a_vanished_behaviour",
         "docs/page.md:9: worker_runtime/unlisted.py (not in the package tree)",
-        "docs/page.md:11: worker_runtime/brokers/redis/queue.py",
+        "docs/page.md:11: worker_runtime/queue.py",
         "README.md:1: docs/gone.md",
         "README.md:2: make fast-demo",
     ]
