@@ -13,7 +13,7 @@ PYTEST := $(PY) -m pytest
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
-deps: ## install redis-server, prometheus/promtool, chromium + chromium-driver, helm, kubectl, checkov, ElasticMQ (idempotent)
+deps: ## install redis-server, rabbitmq-server, prometheus/promtool, chromium + chromium-driver, helm, kubectl, checkov, ElasticMQ (idempotent)
 	@bash scripts/ensure-deps.sh
 
 demo-deps: ## only what `make demo` runs: redis-server and prometheus (idempotent)

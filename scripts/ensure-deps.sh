@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real external tools the tests and the demo need, idempotently:
-# redis-server >= 7, prometheus/promtool, chromium + chromium-driver (the console's browser
+# redis-server >= 7, prometheus/promtool, rabbitmq-server (scripts/ensure-rabbitmq.sh),
+# chromium + chromium-driver (the console's browser
 # tests) and zsh + fish (the completion tests) from Debian, helm + kubectl as pinned static
 # binaries (cached outside the repo, keyed by version), ElasticMQ (scripts/ensure-elasticmq.sh).
 # Called by `make deps`.
@@ -57,6 +58,8 @@ mkdir -p "$CACHE/bin"
 ln -sf "$TOOLS/helm" "$CACHE/bin/helm"
 ln -sf "$TOOLS/kubectl" "$CACHE/bin/kubectl"
 "$CACHE/bin/helm" version --short >/dev/null
+# rabbitmq-server (the RabbitMQ broker's tests start private instances of it): see the script.
+bash "$(dirname "$0")/ensure-rabbitmq.sh"
 # checkov (chart security checks) lives in its own venv in the cache: see the script.
 bash "$(dirname "$0")/ensure-checkov.sh"
 # ElasticMQ (the SQS-compatible server the SQS broker's tests run), jars cached by version.

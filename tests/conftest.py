@@ -6,6 +6,8 @@
 - ``redis_cluster``: a session-wide Redis Cluster of 3 masters on loopback ports, joined with
   ``redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes``.
 - ``redis_sentinel``: a primary and a Sentinel watching it as ``mymaster`` (sentinel port, primary).
+- ``rabbitmq_server`` / ``rabbitmq_factory``: private rabbitmq-servers on loopback (own node name,
+  ports and directories; tests/support/rabbitmq_server.py), stopped by the broker's PID.
 - ``queue_name``: a unique queue per test, so tests never see each other's keys.
 - ``redis_client`` / ``cluster_client``: per-test asyncio clients; ``engine_client`` is
   parametrized over both, so a contract test runs on a single Redis and on the cluster.
@@ -316,6 +318,42 @@ def elasticmq_factory() -> Iterator[Callable[..., elasticmq.ElasticMQServer]]:
 
     def start(*, persistent: bool = False) -> elasticmq.ElasticMQServer:
         server = elasticmq.ElasticMQServer(persistent=persistent)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.close()
+
+
+# -- RabbitMQ: private brokers on loopback (tests/support/rabbitmq_server.py) --------------------
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[Any]:
+    """One session-wide private rabbitmq-server (own node name, ports, dirs); FAILS if missing."""
+    from tests.support import rabbitmq_server as rabbitmq_support
+
+    server = rabbitmq_support.RabbitMQServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def rabbitmq_factory() -> Iterator[Callable[[], Any]]:
+    """Start extra private rabbitmq-servers (each may be killed and restarted in place)."""
+    from tests.support import rabbitmq_server as rabbitmq_support
+
+    servers: list[rabbitmq_support.RabbitMQServer] = []
+
+    def start() -> rabbitmq_support.RabbitMQServer:
+        server = rabbitmq_support.RabbitMQServer()
         servers.append(server)
         server.start()
         return server
