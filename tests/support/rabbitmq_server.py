@@ -13,7 +13,7 @@ Facts of Debian's package this works with (3.10, Erlang 25):
   ``RABBITMQ_PID_FILE``), with an ``epmd`` daemon shared by every node of the machine. Stopping
   means signalling that PID (SIGTERM shuts down cleanly, SIGKILL is a crash) or ``rabbitmqctl
   -n NODE stop``; killing the wrapper leaves the broker running.
-- Boot takes ~10–20 s here.
+- Boot takes ~10-20 s here.
 
 A missing ``rabbitmq-server`` FAILS the test (``make deps`` installs it), never skips.
 """
@@ -49,7 +49,9 @@ def _free_port() -> int:
 
 
 def _binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
+    path = shutil.which(name) or (
+        f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None
+    )
     if path is None:
         pytest.fail(f"{name} is not installed: run `make deps` (the tests need a real RabbitMQ)")
     return path
@@ -154,7 +156,15 @@ class RabbitMQServer:
             time.sleep(0.2)
         remaining = max(1.0, deadline - time.monotonic())
         done = subprocess.run(
-            [self.rabbitmqctl, "-n", self.node, "-q", "await_startup", "--timeout", str(int(remaining))],
+            [
+                self.rabbitmqctl,
+                "-n",
+                self.node,
+                "-q",
+                "await_startup",
+                "--timeout",
+                str(int(remaining)),
+            ],
             capture_output=True,
             timeout=remaining + 10,
             check=False,
@@ -178,10 +188,12 @@ class RabbitMQServer:
         auth = f"{USER}:{PASSWORD}".encode()
         request.add_header("Authorization", "Basic " + base64.b64encode(auth).decode())
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(request, timeout=2) as reply:
-                    if reply.status == 200:
-                        return True
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(request, timeout=2) as reply,
+            ):
+                if reply.status == 200:
+                    return True
             time.sleep(0.2)
         return False
 
@@ -224,6 +236,9 @@ class RabbitMQServer:
         path = os.path.join(self.dir, "log", f"{self.node}.log")
         with contextlib.suppress(OSError), open(path, errors="replace") as f:
             return f.read()[-2000:]
-        with contextlib.suppress(OSError), open(os.path.join(self.dir, "wrapper.log"), errors="replace") as f:
+        with (
+            contextlib.suppress(OSError),
+            open(os.path.join(self.dir, "wrapper.log"), errors="replace") as f,
+        ):
             return f.read()[-2000:]
         return ""

@@ -1,0 +1,208 @@
+"""The RabbitMQ broker keeps the broker contract on a real rabbitmq-server.
+
+Each test runs on the session's private broker (tests/support/rabbitmq_server.py) with a queue
+of its own. Judged by what the broker hands out and what lands in the dead-letter queue, read
+back through AMQP, never by counters the broker keeps itself.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import pytest
+
+from worker_runtime import envelope
+from worker_runtime.brokers import base
+from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
+from worker_runtime.brokers.rabbitmq import topology
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def rq_queue() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def rq(rabbitmq_server: Any, rq_queue: str) -> AsyncIterator[rabbitmq_broker.RabbitMQBroker]:
+    b = rabbitmq_broker.RabbitMQBroker(
+        rabbitmq_server.url, rq_queue, base.QueueOptions(max_deliveries=3), prefetch=10
+    )
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+def job(
+    task: str = "t", *, priority: str = "normal", job_id: str | None = None
+) -> base.EnqueueRequest:
+    return base.EnqueueRequest(
+        envelope.build_envelope(task, {"n": 1}, priority=priority, job_id=job_id)
+    )
+
+
+async def dead_letters(url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Every message in the queue's DLQ (taken off it: the test is over with them)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        q = await channel.declare_queue(topology.dead_queue(queue), passive=True)
+        found = []
+        for _ in range(1000):
+            message = await q.get(no_ack=True, fail=False, timeout=5)
+            if message is None:
+                break
+            found.append(message)
+        return found
+    finally:
+        await connection.close()
+
+
+async def test_an_enqueued_job_is_fetched_once_and_an_ack_ends_it(
+    rq: rabbitmq_broker.RabbitMQBroker,
+) -> None:
+    # Given a job enqueued
+    result = await rq.enqueue(job(job_id="j1"))
+    assert result == base.EnqueueResult("j1", True)
+    # When a worker fetches
+    got = await rq.fetch("w1", 5, block=5)
+    # Then it gets that job, first delivery, no attempts yet
+    assert [(d.id, d.deliveries, d.attempts, d.lost) for d in got] == [("j1", 1, 0, 0)]
+    # And the ack ends it: a second ack of the same delivery is refused, nothing comes again
+    assert await rq.ack(got[0]) is True
+    assert await rq.ack(got[0]) is False
+    assert await rq.fetch("w1", 5, block=0.5) == []
+
+
+async def test_fetch_serves_high_before_normal_before_low(
+    rq: rabbitmq_broker.RabbitMQBroker,
+) -> None:
+    # Given jobs of each level enqueued low first
+    for priority in ("low", "normal", "high"):
+        await rq.enqueue(job(priority=priority, job_id=priority))
+    # When the worker fetches one at a time
+    order = []
+    for _ in range(3):
+        got = await rq.fetch("w1", 1, block=5)
+        order += [d.id for d in got]
+        for d in got:
+            await rq.ack(d)
+    # Then the most urgent comes first
+    assert order == ["high", "normal", "low"]
+
+
+async def test_a_retry_waits_its_delay_in_the_broker_and_keeps_the_failure_history(
+    rq: rabbitmq_broker.RabbitMQBroker,
+) -> None:
+    # Given a job whose first run failed and was retried in 1.5 s
+    await rq.enqueue(job(job_id="r1"))
+    [first] = await rq.fetch("w1", 1, block=5)
+    failure = base.Failure("ValueError", "boom", worker_id="w1")
+    retried_at = time.time()
+    assert await rq.retry(first, failure, delay_seconds=1.5) is True
+    # When the worker fetches again
+    assert await rq.fetch("w1", 1, block=0.5) == []
+    [second] = await rq.fetch("w1", 1, block=10)
+    # Then the job came back no earlier than its delay (hops through the 800, 400, 200, 100 ms
+    # buckets; due once less than the smallest bucket remains)
+    assert time.time() - retried_at >= 1.5 - topology.BUCKET_BASE_SECONDS
+    assert (second.id, second.attempts, second.deliveries) == ("r1", 1, 2)
+    assert await rq.fetch_previous_delay("r1") == 1.5
+    # And when it fails for good it reaches the DLQ with both failures
+    failure2 = base.Failure("KeyError", "again", worker_id="w1")
+    assert await rq.dead_letter(second, "max_attempts", failure=failure2) is True
+    [dead] = await dead_letters(rq._url, rq.queue)
+    headers = dict(dead.headers or {})
+    history = rabbitmq_broker.decode_history(headers)
+    assert [h["error_type"] for h in history] == ["ValueError", "KeyError"]
+    assert [h["attempt"] for h in history] == [1, 2]
+    assert headers[topology.H_REASON] == "max_attempts"
+    assert dead.message_id == "r1"
+
+
+async def test_release_returns_a_job_without_spending_a_delivery_or_an_attempt(
+    rq: rabbitmq_broker.RabbitMQBroker,
+) -> None:
+    # Given a fetched job
+    await rq.enqueue(job(job_id="d1"))
+    [got] = await rq.fetch("w1", 1, block=5)
+    # When it is released (drain)
+    assert await rq.release(got) is True
+    assert await rq.release(got) is False
+    # Then it comes back as it went: first delivery, no attempt
+    [again] = await rq.fetch("w1", 1, block=5)
+    assert (again.id, again.deliveries, again.attempts, again.lost) == ("d1", 1, 0, 0)
+    await rq.ack(again)
+
+
+async def test_a_dead_workers_jobs_return_counted_and_poison_is_dead_lettered_before_it_runs(
+    rabbitmq_server: Any, rq_queue: str
+) -> None:
+    # Given max_deliveries=3 and a job whose workers die holding it (connection closed unacked)
+    options = base.QueueOptions(max_deliveries=3)
+    producer = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options)
+    await producer.enqueue(job(job_id="p1"))
+    await producer.close()
+    seen = []
+    for _ in range(3):
+        worker = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options, prefetch=1)
+        [d] = await worker.fetch("w", 1, block=10)
+        seen.append((d.deliveries, d.lost))
+        assert worker._connection is not None
+        await worker._connection.close()  # the worker dies: no ack, no release
+    # Then each return counted one more delivery, lost
+    assert seen == [(1, 0), (2, 1), (3, 2)]
+    # When the job comes a fourth time
+    worker = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options, prefetch=1)
+    try:
+        assert await worker.fetch("w", 1, block=3) == []
+        # Then it was not handed out but dead-lettered as poison
+        assert worker.fetch_dead_lettered["max_deliveries"] == 1
+    finally:
+        await worker.close()
+    [dead] = await dead_letters(rabbitmq_server.url, rq_queue)
+    assert dead.message_id == "p1"
+    assert dict(dead.headers or {})[topology.H_REASON] == "max_deliveries"
+
+
+async def test_a_settling_call_from_a_closed_connection_is_refused(
+    rq: rabbitmq_broker.RabbitMQBroker,
+) -> None:
+    # Given a delivery whose connection was lost (the job went back to the queue)
+    await rq.enqueue(job(job_id="f1"))
+    [old] = await rq.fetch("w1", 1, block=5)
+    assert rq._connection is not None
+    await rq._connection.close()
+    # Then acking it is refused (False) and the job is delivered again, counted as lost
+    assert await rq.ack(old) is False
+    renewal = await rq.renew("w1", [old])
+    assert renewal.lost == (old,)
+    [again] = await rq.fetch("w1", 1, block=10)
+    assert (again.id, again.deliveries, again.lost) == ("f1", 2, 1)
+    assert await rq.ack(again) is True
+
+
+async def test_an_unparseable_envelope_is_dead_lettered_by_the_fetch(
+    rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker
+) -> None:
+    # Given a message that is not JSON in the work queue
+    await rq.enqueue(job(job_id="ok"))
+    channel = await rq._ensure()
+    await channel.default_exchange.publish(
+        aio_pika.Message(b"\xff not json", message_id="bad"),
+        routing_key=topology.work_queue(rq.queue, "normal"),
+    )
+    # When the worker fetches
+    got = await rq.fetch("w1", 5, block=5)
+    # Then only the good job is handed out; the bad one went to the DLQ with its reason
+    assert [d.id for d in got] == ["ok"]
+    assert sum(rq.fetch_dead_lettered.values()) == 1
+    [dead] = await dead_letters(rabbitmq_server.url, rq.queue)
+    assert dead.message_id == "bad"
+    assert dict(dead.headers or {})[topology.H_REASON] == "invalid_envelope"

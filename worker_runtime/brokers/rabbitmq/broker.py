@@ -1,0 +1,746 @@
+"""The RabbitMQ :class:`~worker_runtime.brokers.base.Broker`: AMQP 0-9-1 through aio-pika.
+
+Used by the worker and the producer when a queue's URL is ``amqp://`` / ``amqps://``
+(``open_broker``). Topology, names and headers: :mod:`worker_runtime.brokers.rabbitmq.topology`.
+
+How the contract maps onto AMQP:
+
+- **enqueue**: a persistent message published with publisher confirms (``mandatory``: an
+  unroutable publish is an error), so a returned enqueue is on disk. No deduplication.
+- **lease = an unacknowledged delivery**. One consumer per priority level on one channel, each
+  with ``prefetch`` unacked messages (default: the count of the worker's first fetch, i.e. its
+  free slots). A delivery stays leased while this connection lives; when it closes (the worker
+  died, the network broke) RabbitMQ puts the message back and counts it in
+  ``x-delivery-count``. Leases do not expire by time: ``renew`` keeps every delivery of the
+  live connection. The broker's ``consumer_timeout`` (30 min by default) closes a channel
+  whose delivery stays unacked longer; raise it for longer jobs.
+- **settling**: ``ack`` acks. ``retry``, ``dead_letter`` and ``release`` publish a new copy
+  (confirmed) with the job's state in headers and then ack the delivery, so a requeue never
+  spends the broker's delivery count and nothing waits in worker memory; a crash in between
+  leaves both copies (at-least-once, never lost). A settling call on a delivery of a closed
+  connection, or one already settled, returns False: the receipt names the connection.
+- **poison**: before a job is handed out its deliveries (earlier copies + ``x-delivery-count``
+  + this one) are checked against ``max_deliveries``; beyond it the job is dead-lettered with
+  reason ``max_deliveries``. ``x-delivery-limit`` is the broker's backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Collection, Container, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aio_pika
+import aio_pika.abc
+import aiormq.exceptions
+
+from worker_runtime import envelope as envelope_mod
+from worker_runtime import errors, expiry
+from worker_runtime.brokers import base
+from worker_runtime.brokers.rabbitmq import topology
+
+HISTORY_KEEP = 20
+"""Failures kept in a message's history header (the newest): an AMQP header frame must fit
+the connection's frame size (128 KiB by default), and each failure keeps up to 4 KB of
+traceback."""
+
+CAPABILITIES = base.Capabilities(
+    priorities=True,
+    max_delay_seconds=math.inf,
+    enqueue_dedup=False,
+    atomic_done_marker=False,
+    rate_limit=False,
+    heartbeats=False,
+    dead_letter_by_id=True,
+    failure_history=True,
+    fenced_receipts=True,
+    lease_expiry=False,
+    recover_after_lost_reply=False,
+    previous_delay=True,
+    exact_stats=False,
+    expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+)
+"""What RabbitMQ cannot promise, and why (docs/brokers.md has the table):
+no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); no done
+marker store; no shared rate limit; no heartbeats (the live consumers are what the probe
+reports); leases end with the connection, not by time; a lost fetch reply cannot happen
+(deliveries are pushed) so there is nothing to recover; stats come from the management API,
+which samples every few seconds."""
+
+
+@dataclass
+class _Held:
+    message: aio_pika.abc.AbstractIncomingMessage
+    delivery: base.Delivery
+    headers: dict[str, Any]
+    body: bytes
+
+
+def _int_header(headers: dict[str, Any], name: str) -> int:
+    value = headers.get(name)
+    try:
+        return int(value) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float_header(headers: dict[str, Any], name: str) -> float | None:
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def decode_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
+    """The failure history a message carries (newest last); [] when absent or unreadable."""
+    raw = headers.get(topology.H_HISTORY)
+    if isinstance(raw, bytes):
+        raw = raw.decode(errors="replace")
+    if not isinstance(raw, str):
+        return []
+    try:
+        history = json.loads(raw)
+    except ValueError:
+        return []
+    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+
+
+def encode_history(history: list[dict[str, Any]]) -> str:
+    return json.dumps(history[-HISTORY_KEEP:], separators=(",", ":"))
+
+
+@contextlib.asynccontextmanager
+async def translate_errors(operation: str) -> AsyncIterator[None]:
+    """Map aio-pika's and aiormq's exceptions onto :mod:`worker_runtime.errors` (cause kept)."""
+    try:
+        yield
+    except aiormq.exceptions.ChannelClosed as exc:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+        if code in (403, 404, 405, 406):
+            raise errors.BrokerRejected(
+                f"RabbitMQ refused {operation}: {exc}", operation=operation
+            ) from exc
+        raise errors.BrokerUnavailable(
+            f"RabbitMQ channel closed during {operation}", operation=operation
+        ) from exc
+    except aio_pika.exceptions.DeliveryError as exc:
+        raise errors.BrokerRejected(
+            f"RabbitMQ did not accept {operation}: {exc}", operation=operation
+        ) from exc
+    except (
+        aiormq.exceptions.AMQPError,
+        aio_pika.exceptions.ChannelInvalidStateError,
+        ConnectionError,
+        OSError,
+        TimeoutError,
+    ) as exc:
+        raise errors.BrokerUnavailable(
+            f"no reply from RabbitMQ during {operation}", operation=operation
+        ) from exc
+
+
+class RabbitMQBroker:
+    """One workerfleet queue on RabbitMQ (see the module docstring)."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        url: str,
+        queue: str,
+        options: base.QueueOptions | None = None,
+        *,
+        prefetch: int | None = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.queue = base.validate_queue_name(queue)
+        self.options = options or base.QueueOptions()
+        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        self._url = url
+        self._prefetch = prefetch
+        self._connect_timeout = connect_timeout
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._consume_channel: aio_pika.abc.AbstractChannel | None = None
+        self._publish_channel: aio_pika.abc.AbstractChannel | None = None
+        self._generation = 0
+        self._consuming = False
+        self._buffers: dict[str, collections.deque[aio_pika.abc.AbstractIncomingMessage]] = {
+            level: collections.deque() for level in topology.LEVELS
+        }
+        self._arrived = asyncio.Event()
+        self._held: dict[str, _Held] = {}
+        self._declared: set[str] = set()
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and self._publish_channel is not None
+            and not self._publish_channel.is_closed
+            and (self._consume_channel is None or not self._consume_channel.is_closed)
+        )
+
+    async def _ensure(self) -> aio_pika.abc.AbstractChannel:
+        """The publishing channel of a live connection; (re)connects and declares the topology.
+        A new connection starts a new generation: every delivery of the old one is stale."""
+        if self._closed:
+            raise errors.BrokerError("the broker is closed", operation="connect")
+        if self._alive():
+            assert self._publish_channel is not None
+            return self._publish_channel
+        async with self._lock:
+            if self._alive():
+                assert self._publish_channel is not None
+                return self._publish_channel
+            await self._drop_connection()
+            async with translate_errors("connect"):
+                connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
+                self._generation += 1
+                self._connection = connection
+                self._publish_channel = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                self._declared.clear()
+                await self._declare_topology(self._publish_channel)
+            return self._publish_channel
+
+    async def _declare_topology(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        for level in topology.LEVELS:
+            await self._declare(
+                channel,
+                topology.work_queue(self.queue, level),
+                topology.work_queue_arguments(self.queue, self.options.max_deliveries),
+            )
+        await self._declare(
+            channel, topology.dead_queue(self.queue), topology.dead_queue_arguments()
+        )
+
+    async def _declare(
+        self, channel: aio_pika.abc.AbstractChannel, name: str, arguments: dict[str, Any]
+    ) -> None:
+        if name in self._declared:
+            return
+        await channel.declare_queue(name, durable=True, arguments=arguments)
+        self._declared.add(name)
+
+    async def _drop_connection(self) -> None:
+        self._consuming = False
+        self._consume_channel = None
+        self._publish_channel = None
+        for buffer in self._buffers.values():
+            buffer.clear()
+        self._held.clear()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5)
+
+    async def _start_consuming(self, count: int) -> None:
+        if (
+            self._consuming
+            and self._consume_channel is not None
+            and not self._consume_channel.is_closed
+        ):
+            return
+        await self._ensure()
+        async with self._lock, translate_errors("consume"):
+            if self._consuming:
+                return
+            assert self._connection is not None
+            if self._prefetch is None:
+                self._prefetch = max(1, count)
+            channel = await self._connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self._prefetch)
+            generation = self._generation
+            self._consumers = []
+            for level in topology.LEVELS:
+                queue = await channel.get_queue(
+                    topology.work_queue(self.queue, level), ensure=False
+                )
+                tag = await queue.consume(self._on_message_for(level, generation))
+                self._consumers.append((queue, tag))
+            self._consume_channel = channel
+            self._consuming = True
+
+    async def _cancel_consumers(self) -> None:
+        """Stop new deliveries (drain, close); what is held or buffered stays unacked."""
+        consumers, self._consumers = self._consumers, []
+        self._consuming = False
+        for queue, tag in consumers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(queue.cancel(tag), 5)
+
+    def _on_message_for(self, level: str, generation: int) -> Any:
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            if generation == self._generation:
+                self._buffers[level].append(message)
+                self._arrived.set()
+
+        return on_message
+
+    # -- publishing ------------------------------------------------------------------------
+
+    async def _publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        headers: dict[str, Any],
+        *,
+        message_id: str,
+        operation: str,
+    ) -> None:
+        channel = await self._ensure()
+        async with translate_errors(operation):
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    body,
+                    headers=headers,
+                    message_id=message_id,
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    timestamp=time.time(),
+                ),
+                routing_key=routing_key,
+                mandatory=True,
+            )
+
+    async def _publish_due(
+        self,
+        level: str,
+        body: bytes,
+        headers: dict[str, Any],
+        *,
+        message_id: str,
+        due_at: float,
+        operation: str,
+    ) -> None:
+        """Publish to the work queue of ``level``, or to the delay bucket its due time needs."""
+        headers = dict(headers)
+        headers[topology.H_DUE_AT] = repr(due_at)
+        bucket = topology.bucket_for(due_at - time.time())
+        if bucket is None:
+            routing_key = topology.work_queue(self.queue, level)
+        else:
+            routing_key = topology.delay_queue(self.queue, level, bucket)
+            channel = await self._ensure()
+            async with translate_errors(operation):
+                await self._declare(
+                    channel, routing_key, topology.delay_queue_arguments(self.queue, level, bucket)
+                )
+        await self._publish(routing_key, body, headers, message_id=message_id, operation=operation)
+
+    # -- producer side ---------------------------------------------------------------------
+
+    async def enqueue(self, request: base.EnqueueRequest) -> base.EnqueueResult:
+        if not math.isfinite(request.delay_seconds):
+            raise ValueError("delay_seconds must be finite")
+        env = request.envelope
+        body = envelope_mod.build_envelope_json(env).encode()
+        headers: dict[str, Any] = {
+            topology.H_ATTEMPTS: 0,
+            topology.H_DELIVERIES: 0,
+            topology.H_LOST: 0,
+        }
+        await self._publish_due(
+            str(env.priority),
+            body,
+            headers,
+            message_id=env.id,
+            due_at=time.time() + max(0.0, request.delay_seconds),
+            operation="enqueue",
+        )
+        return base.EnqueueResult(job_id=env.id, created=True)
+
+    async def enqueue_many(
+        self, requests: Sequence[base.EnqueueRequest]
+    ) -> list[base.EnqueueResult]:
+        # confirms are pipelined: all publishes are in flight at once, each awaits its own
+        return list(await asyncio.gather(*(self.enqueue(r) for r in requests)))
+
+    # -- fetching --------------------------------------------------------------------------
+
+    async def fetch(
+        self,
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> list[base.Delivery]:
+        if count <= 0:
+            return []
+        await self._start_consuming(count)
+        deadline = time.monotonic() + max(0.0, block)
+        first = True
+        while True:
+            out = await self._take(worker_id, count)
+            if out:
+                return out
+            remaining = deadline - time.monotonic()
+            if (remaining <= 0 and not first) or (wake is not None and wake.is_set()):
+                return out
+            first = False
+            self._arrived.clear()
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._arrived.wait())]
+            if wake is not None:
+                waits.append(asyncio.ensure_future(wake.wait()))
+            # a first fetch lets the consumers' first deliveries arrive before it gives up
+            timeout = max(remaining, 0.05)
+            try:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if not self._alive():
+                await self._ensure()
+                self._consuming = False
+                await self._start_consuming(count)
+
+    async def _take(self, worker_id: str, count: int) -> list[base.Delivery]:
+        out: list[base.Delivery] = []
+        for level in topology.LEVELS:
+            buffer = self._buffers[level]
+            while buffer and len(out) < count:
+                delivery = await self._admit(worker_id, level, buffer.popleft())
+                if delivery is not None:
+                    out.append(delivery)
+        return out
+
+    async def _admit(
+        self, worker_id: str, level: str, message: aio_pika.abc.AbstractIncomingMessage
+    ) -> base.Delivery | None:
+        """A delivery for the worker, or None when the message was handled here instead: not
+        due yet (another delay hop), poison, or an envelope that cannot run (dead-lettered)."""
+        headers = dict(message.headers or {})
+        now = time.time()
+        receipt = f"{self._generation}:{level}:{message.delivery_tag}"
+        redelivered = _int_header(headers, topology.X_DELIVERY_COUNT)
+        deliveries = _int_header(headers, topology.H_DELIVERIES) + redelivered + 1
+        lost = _int_header(headers, topology.H_LOST) + redelivered
+        job_id = message.message_id or ""
+        try:
+            env = envelope_mod.parse_envelope(message.body)
+        except errors.EnvelopeError as exc:
+            placeholder = _Held(
+                message,
+                self._stub_delivery(job_id, receipt, deliveries, lost, headers, now),
+                headers,
+                message.body,
+            )
+            await self._dead_letter_held(
+                placeholder,
+                exc.reason,
+                worker_id=worker_id,
+                failure=None,
+                attempt=False,
+                detail=exc.detail,
+            )
+            self.fetch_dead_lettered[exc.reason] += 1
+            return None
+        delivery = base.Delivery(
+            id=env.id,
+            receipt=receipt,
+            envelope=env,
+            attempts=_int_header(headers, topology.H_ATTEMPTS),
+            deliveries=deliveries,
+            lease_deadline=now + self.options.lease_seconds,
+            lost=lost,
+            fetched_at=now,
+        )
+        held = _Held(message, delivery, headers, message.body)
+        due_at = _float_header(headers, topology.H_DUE_AT)
+        if due_at is not None and topology.bucket_for(due_at - now) is not None:
+            # a delay longer than its bucket: one more hop, no delivery counted
+            copy = self._copy_headers(headers, deliveries=deliveries - 1, lost=lost)
+            await self._publish_due(
+                level, message.body, copy, message_id=env.id, due_at=due_at, operation="fetch"
+            )
+            await self._ack_message(held)
+            return None
+        if deliveries > self.options.max_deliveries:
+            await self._dead_letter_held(
+                held,
+                base.DeadLetterReason.MAX_DELIVERIES,
+                worker_id=worker_id,
+                failure=None,
+                attempt=False,
+            )
+            self.fetch_dead_lettered[str(base.DeadLetterReason.MAX_DELIVERIES)] += 1
+            return None
+        self._held[receipt] = held
+        return delivery
+
+    def _stub_delivery(
+        self,
+        job_id: str,
+        receipt: str,
+        deliveries: int,
+        lost: int,
+        headers: dict[str, Any],
+        now: float,
+    ) -> base.Delivery:
+        stub = envelope_mod.JobEnvelope(id=job_id or "unknown", task="unknown", enqueued_at=now)
+        return base.Delivery(
+            id=job_id,
+            receipt=receipt,
+            envelope=stub,
+            attempts=_int_header(headers, topology.H_ATTEMPTS),
+            deliveries=deliveries,
+            lease_deadline=now,
+            lost=lost,
+            fetched_at=now,
+        )
+
+    async def ack_and_fetch(
+        self,
+        deliveries: Sequence[base.Delivery],
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> tuple[list[bool], list[base.Delivery]]:
+        acked = [await self.ack(d) for d in deliveries]
+        fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
+        return acked, fetched
+
+    # -- settling --------------------------------------------------------------------------
+
+    def _current(self, delivery: base.Delivery) -> _Held | None:
+        held = self._held.get(delivery.receipt)
+        if held is None or held.delivery.id != delivery.id or not self._alive():
+            return None
+        return held
+
+    async def _ack_message(self, held: _Held) -> None:
+        async with translate_errors("ack"):
+            await held.message.ack()
+
+    def _copy_headers(
+        self, headers: dict[str, Any], *, deliveries: int, lost: int
+    ) -> dict[str, Any]:
+        copy = {k: v for k, v in headers.items() if not k.startswith("x-")}
+        copy[topology.H_DELIVERIES] = deliveries
+        copy[topology.H_LOST] = lost
+        return copy
+
+    async def ack(
+        self,
+        delivery: base.Delivery,
+        *,
+        done_key: str | None = None,
+        done_ttl_seconds: float | None = None,
+    ) -> bool:
+        held = self._current(delivery)
+        if held is None:
+            return False
+        del self._held[delivery.receipt]
+        await self._ack_message(held)
+        return True
+
+    def _record(self, held: _Held, failure: base.Failure, *, attempt: int) -> dict[str, Any]:
+        return {
+            "error_type": failure.error_type,
+            "message": failure.message,
+            "traceback": failure.traceback,
+            "worker_id": failure.worker_id,
+            "at": time.time(),
+            "attempt": attempt,
+            "delivery": held.delivery.deliveries,
+        }
+
+    async def retry(
+        self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
+    ) -> bool:
+        if not math.isfinite(delay_seconds):
+            raise ValueError("delay_seconds must be finite")
+        held = self._current(delivery)
+        if held is None:
+            return False
+        attempts = held.delivery.attempts + 1
+        headers = self._copy_headers(
+            held.headers, deliveries=held.delivery.deliveries, lost=held.delivery.lost
+        )
+        headers[topology.H_ATTEMPTS] = attempts
+        headers[topology.H_HISTORY] = encode_history(
+            [*decode_history(held.headers), self._record(held, failure, attempt=attempts)]
+        )
+        headers[topology.H_LAST_DELAY] = repr(max(0.0, delay_seconds))
+        del self._held[delivery.receipt]
+        await self._publish_due(
+            str(delivery.envelope.priority),
+            held.body,
+            headers,
+            message_id=delivery.id,
+            due_at=time.time() + max(0.0, delay_seconds),
+            operation="retry",
+        )
+        await self._ack_message(held)
+        return True
+
+    async def _dead_letter_held(
+        self,
+        held: _Held,
+        reason: str,
+        *,
+        worker_id: str,
+        failure: base.Failure | None,
+        attempt: bool,
+        detail: str = "",
+    ) -> None:
+        attempts = held.delivery.attempts + (1 if attempt else 0)
+        headers = self._copy_headers(
+            held.headers, deliveries=held.delivery.deliveries, lost=held.delivery.lost
+        )
+        headers.pop(topology.H_DUE_AT, None)
+        headers[topology.H_ATTEMPTS] = attempts
+        history = decode_history(held.headers)
+        if failure is not None:
+            history.append(self._record(held, failure, attempt=attempts))
+        elif detail:
+            history.append(
+                self._record(
+                    held,
+                    base.Failure(error_type=str(reason), message=detail, worker_id=worker_id),
+                    attempt=attempts,
+                )
+            )
+        headers[topology.H_HISTORY] = encode_history(history)
+        headers[topology.H_REASON] = str(reason)
+        headers[topology.H_DEAD_AT] = repr(time.time())
+        headers[topology.H_WORKER] = (
+            failure.worker_id if failure is not None and failure.worker_id else worker_id
+        )
+        await self._publish(
+            topology.dead_queue(self.queue),
+            held.body,
+            headers,
+            message_id=held.delivery.id,
+            operation="dead_letter",
+        )
+        await self._ack_message(held)
+
+    async def dead_letter(
+        self,
+        delivery: base.Delivery,
+        reason: str,
+        *,
+        failure: base.Failure | None = None,
+        attempt: bool = True,
+    ) -> bool:
+        held = self._current(delivery)
+        if held is None:
+            return False
+        del self._held[delivery.receipt]
+        worker_id = failure.worker_id if failure is not None else ""
+        await self._dead_letter_held(
+            held, reason, worker_id=worker_id, failure=failure, attempt=attempt
+        )
+        return True
+
+    async def release(self, delivery: base.Delivery) -> bool:
+        held = self._current(delivery)
+        if held is None:
+            return False
+        del self._held[delivery.receipt]
+        # the released delivery does not count: the job goes back as it came
+        headers = self._copy_headers(
+            held.headers, deliveries=held.delivery.deliveries - 1, lost=held.delivery.lost
+        )
+        headers.pop(topology.H_DUE_AT, None)
+        await self._publish(
+            topology.work_queue(self.queue, str(delivery.envelope.priority)),
+            held.body,
+            headers,
+            message_id=delivery.id,
+            operation="release",
+        )
+        await self._ack_message(held)
+        return True
+
+    async def release_buffered(self) -> int:
+        """Hand back the deliveries prefetched but never given to the worker (drain), without
+        spending their delivery count; stops consuming first. Returns how many."""
+        released = 0
+        await self._cancel_consumers()
+        for level in topology.LEVELS:
+            buffer = self._buffers[level]
+            while buffer:
+                message = buffer.popleft()
+                headers = dict(message.headers or {})
+                redelivered = _int_header(headers, topology.X_DELIVERY_COUNT)
+                copy = self._copy_headers(
+                    headers,
+                    deliveries=_int_header(headers, topology.H_DELIVERIES),
+                    lost=_int_header(headers, topology.H_LOST) + redelivered,
+                )
+                await self._publish(
+                    topology.work_queue(self.queue, level),
+                    message.body,
+                    copy,
+                    message_id=message.message_id or "",
+                    operation="release",
+                )
+                async with translate_errors("release"):
+                    await message.ack()
+                released += 1
+        return released
+
+    async def renew(
+        self,
+        worker_id: str,
+        deliveries: Sequence[base.Delivery],
+        *,
+        heartbeat: base.WorkerBeat | None = None,
+    ) -> base.LeaseRenewal:
+        now = time.time()
+        kept: list[base.Delivery] = []
+        lost: list[base.Delivery] = []
+        for delivery in deliveries:
+            if self._current(delivery) is not None:
+                kept.append(replace(delivery, lease_deadline=now + self.options.lease_seconds))
+            else:
+                lost.append(delivery)
+        return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
+
+    async def recover(
+        self, worker_id: str, held: Collection[tuple[str, base.Receipt]] = ()
+    ) -> list[base.Delivery]:
+        return []
+
+    async def fetch_previous_delay(self, job_id: str) -> float | None:
+        for held in self._held.values():
+            if held.delivery.id == job_id:
+                return _float_header(held.headers, topology.H_LAST_DELAY)
+        return None
+
+    async def fetch_is_done(self, done_key: str) -> bool:
+        return False
+
+    async def deregister(self, worker_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        """Hand back prefetched deliveries (they never ran: no delivery spent), then close.
+        Deliveries the worker still holds return to the queue with the connection."""
+        if self._alive():
+            with contextlib.suppress(errors.BrokerError):
+                await self.release_buffered()
+        self._closed = True
+        await self._drop_connection()

@@ -1,0 +1,133 @@
+"""The RabbitMQ topology of one workerfleet queue: every queue name, argument and header.
+
+Called by :mod:`worker_runtime.brokers.rabbitmq.broker` (declares and publishes) and
+:mod:`worker_runtime.brokers.rabbitmq.readside` (probe, dead letters). Pure: no client import.
+
+For a workerfleet queue ``Q`` (all on the default exchange, routed by queue name)::
+
+    wf.Q.high | wf.Q.normal | wf.Q.low   work queues, one per priority level (quorum)
+        x-delivery-limit = max_deliveries   the broker's own poison backstop: a message returned
+                                            more often (worker connections dying under it) is
+                                            dead-lettered to wf.Q.dead
+        x-dead-letter-strategy = at-least-once, x-overflow = reject-publish
+    wf.Q.delay.<level>.<ms>              retry/delay buckets (quorum, created on first use):
+        x-message-ttl = <ms>                every message in a bucket waits the same time, so
+                                            none blocks behind a longer one at the head
+        x-dead-letter-routing-key = wf.Q.<level>   expired → back to its work queue
+    wf.Q.dead                            the DLQ (quorum, no delivery limit)
+
+Why quorum queues, one per level: quorum queues are the durable, replicated default and the
+only ones with a delivery count (``x-delivery-count``) and ``x-delivery-limit``; in 3.10 they
+have no priorities, so each level gets its own queue and the worker serves high before normal
+before low. Classic queues with ``x-max-priority`` would give priorities but no delivery count,
+so poison could not be counted by the broker.
+
+A delay is served by the largest bucket (25 ms · 2^k) not longer than what remains; a job
+whose due time (header ``wf-due-at``) has not come when it reaches the work queue takes
+another hop, so any delay is honoured to within the smallest bucket (25 ms) and nothing is
+held in a worker's memory.
+
+Message headers are the ``H_*`` names below: the job's state travels with the message (retry
+counts, failure history, due time); the body is the envelope JSON, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+PREFIX = "wf"
+LEVELS = ("high", "normal", "low")
+"""Priority levels, most urgent first (:class:`worker_runtime.envelope.Priority` values)."""
+
+BUCKET_BASE_SECONDS = 0.025
+BUCKET_MAX_EXPONENT = 26
+"""Largest bucket: 25 ms · 2^26 ≈ 19 days; a longer delay takes several hops. A job is due when
+less than the smallest bucket remains: it may start up to 25 ms early, never later for that."""
+
+H_ATTEMPTS = "wf-attempts"
+"""Failed runs recorded so far."""
+H_DELIVERIES = "wf-deliveries"
+"""Deliveries of earlier copies of the job (a retry or a release publishes a new copy; the
+broker's ``x-delivery-count`` counts only the current copy's returns)."""
+H_LOST = "wf-lost"
+"""Deliveries of earlier copies that ended without a settling call."""
+H_HISTORY = "wf-history"
+"""The failure history, a JSON list of FailureRecord fields."""
+H_DUE_AT = "wf-due-at"
+"""Epoch seconds before which the job must not run (a delay not yet over)."""
+H_LAST_DELAY = "wf-last-delay"
+"""The delay the last retry waited (decorrelated jitter grows from it)."""
+H_REASON = "wf-dead-reason"
+H_DEAD_AT = "wf-dead-at"
+H_WORKER = "wf-worker"
+X_DELIVERY_COUNT = "x-delivery-count"
+"""Set by a quorum queue: how often this copy was returned (not acked) before."""
+X_DEATH = "x-death"
+"""Set by the broker when it dead-letters (TTL expiry of a bucket, the delivery limit)."""
+
+
+def work_queue(queue: str, level: str) -> str:
+    return f"{PREFIX}.{queue}.{level}"
+
+
+def dead_queue(queue: str) -> str:
+    return f"{PREFIX}.{queue}.dead"
+
+
+def delay_queue(queue: str, level: str, bucket_ms: int) -> str:
+    return f"{PREFIX}.{queue}.delay.{level}.{bucket_ms}"
+
+
+def queue_name_pattern(queue: str) -> str:
+    """A regular expression matching every RabbitMQ queue of ``queue`` (management API filter)."""
+    return "^" + f"{PREFIX}.{queue}.".replace(".", r"\.")
+
+
+def work_queue_arguments(queue: str, max_deliveries: int) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": max_deliveries,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_queue(queue),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def dead_queue_arguments() -> dict[str, Any]:
+    return {"x-queue-type": "quorum"}
+
+
+def delay_queue_arguments(queue: str, level: str, bucket_ms: int) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": bucket_ms,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": work_queue(queue, level),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def bucket_for(remaining_seconds: float) -> int | None:
+    """The delay bucket (ms) a job due in ``remaining_seconds`` waits in next: the largest
+    25 ms · 2^k not longer than it; None when less than the smallest bucket remains (due)."""
+    if not remaining_seconds >= BUCKET_BASE_SECONDS:
+        return None
+    exponent = min(
+        BUCKET_MAX_EXPONENT, math.floor(math.log2(remaining_seconds / BUCKET_BASE_SECONDS))
+    )
+    # float rounding must never pick a bucket longer than what remains
+    while exponent > 0 and BUCKET_BASE_SECONDS * 2**exponent > remaining_seconds:
+        exponent -= 1
+    smallest_ms: int = round(BUCKET_BASE_SECONDS * 1000)
+    return smallest_ms << exponent
+
+
+def level_of(routing_key: str, queue: str) -> str | None:
+    """The priority level of a work queue's name, or None for any other queue."""
+    for level in LEVELS:
+        if routing_key == work_queue(queue, level):
+            return level
+    return None
