@@ -47,12 +47,14 @@ async def test_a_private_broker_listens_on_loopback_only_and_serves_amqp_and_man
 async def test_a_killed_broker_is_gone_and_a_restart_keeps_persistent_messages(
     rabbitmq_factory: Callable[[], Any],
 ) -> None:
-    # Given a broker of its own with a durable quorum queue holding a persistent message
+    # Given a broker of its own with a durable classic queue holding a persistent message
+    # (classic: this checks the fixture's restart in place; quorum queues on this 3.10.8 do not
+    # come back from a restart of a private node, see docs/brokers.md)
     server = rabbitmq_factory()
     connection = await aio_pika.connect(server.url)
     channel = await connection.channel(publisher_confirms=True)
     queue = await channel.declare_queue(
-        "wf.survivor", durable=True, arguments={"x-queue-type": "quorum"}
+        "wf.survivor", durable=True, arguments={"x-queue-type": "classic"}
     )
     await channel.default_exchange.publish(
         aio_pika.Message(b"kept", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
@@ -67,8 +69,8 @@ async def test_a_killed_broker_is_gone_and_a_restart_keeps_persistent_messages(
     # When it boots again on the same node name and directories
     server.start()
     assert server.pid != beam
-    # Then the confirmed persistent message is still there (a quorum queue answers once it
-    # has recovered its log: a few seconds after boot, so the read is retried, bounded)
+    # Then the confirmed persistent message is still there (the queue answers once it has
+    # recovered: the read is retried, bounded)
     connection = await aio_pika.connect(server.url)
     try:
         body = None
