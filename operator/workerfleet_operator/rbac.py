@@ -12,7 +12,9 @@ Who reads it:
 When the operator starts calling a new verb or resource, add it HERE first, then to the chart
 (the packaging test fails until both agree).
 
-Modes (see ``build_permission_set``):
+Modes (see ``build_permission_set``); with leader election
+(``WORKERFLEET_OPERATOR_LEADER_ELECTION``) every mode adds get/create/update on one Lease in the
+operator's own namespace (``shell.leader``):
 - cluster-wide (``WORKERFLEET_OPERATOR_NAMESPACES`` empty): one ClusterRole.
 - namespaced (``WORKERFLEET_OPERATOR_NAMESPACES=a,b``): a Role per namespace and NOTHING
   cluster-scoped.
@@ -24,8 +26,8 @@ In every mode the operator runs kopf with ``settings.scanning.disabled = True`` 
 names (``shell.handlers``): kopf then neither watches CRDs nor lists namespaces (see
 ``kopf._core.reactor.observation``), so no mode needs ``customresourcedefinitions`` or
 ``namespaces``. Children are written by server-side apply: creating an object that way is
-authorized as both ``patch`` and ``create``. Neither the operator nor kopf ever sends PUT, so no
-rule grants ``update``; Events are only POSTed (``create``).
+authorized as both ``patch`` and ``create``. Only the Lease is written by PUT (``update``); nothing
+else is, and Events are only POSTed (``create``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Scope = Literal["namespaced", "cluster"]
-Condition = Literal["always", "peering-cluster-wide", "peering-namespaced"]
+Condition = Literal["always", "peering-cluster-wide", "peering-namespaced", "leader-election"]
 
 
 @dataclass(frozen=True)
@@ -141,17 +143,30 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
         "kopf peering between operator replicas (namespaced install)",
         condition="peering-namespaced",
     ),
+    Permission(
+        "coordination.k8s.io",
+        "leases",
+        ("get", "create", "update"),
+        "leader election between operator replicas: one Lease in the operator's own namespace"
+        " (a Role there, whatever the install mode), renewed by PUT on its resourceVersion",
+        condition="leader-election",
+    ),
 )
 
 
-def build_permission_set(*, cluster_wide: bool, peering: bool) -> frozenset[tuple[str, str, str]]:
+def build_permission_set(
+    *, cluster_wide: bool, peering: bool, leader_election: bool = False
+) -> frozenset[tuple[str, str, str]]:
     """Return the (apiGroup, resource, verb) triples an install mode needs.
 
-    Pure; the packaging tests compare it with the rendered chart.
+    Pure; the packaging tests compare it with the rendered chart. ``leader_election``: the
+    Lease rule (rendered as a Role in the operator's namespace, not per watched namespace).
     """
     wanted: set[Condition] = {"always"}
     if peering:
         wanted.add("peering-cluster-wide" if cluster_wide else "peering-namespaced")
+    if leader_election:
+        wanted.add("leader-election")
     return frozenset(
         (p.api_group, p.resource, verb)
         for p in REQUIRED_PERMISSIONS

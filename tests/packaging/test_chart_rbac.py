@@ -288,7 +288,7 @@ def _http_verbs_used() -> set[str]:
 
 
 def test_every_kind_the_operator_touches_is_granted() -> None:
-    needed = rbac.build_permission_set(cluster_wide=True, peering=False)
+    needed = rbac.build_permission_set(cluster_wide=True, peering=False, leader_election=True)
     resources = {(g, r) for g, r, _ in needed}
     missing = sorted(
         kind for kind, group_plural in _operator_kinds().items() if group_plural not in resources

@@ -146,7 +146,7 @@ def _every_api_call_is_covered_by_the_chart_rbac(request: pytest.FixtureRequest)
         return
     emu: Emulator = request.getfixturevalue("emulator")
     yield
-    granted = rbac.build_permission_set(cluster_wide=True, peering=False)
+    granted = rbac.build_permission_set(cluster_wide=True, peering=False, leader_election=True)
     missing = build_rbac_triples(emu.request_log) - granted
     assert not missing, f"API calls not covered by workerfleet_operator.rbac: {sorted(missing)}"
 

@@ -105,7 +105,8 @@ def register(registry: kopf.OperatorRegistry, ctx: context.OperatorContext) -> N
         if controller is None:
             controller = ctx.pools[key] = pool.PoolController(ctx, key[0], key[1])
         controller.observe(dict(raw))  # read-only: we replace bodies, never mutate them
-        controller.start()
+        if ctx.fence is None or ctx.fence():
+            controller.start()  # a standby keeps the body; its loop starts when it leads
 
     def owned_by_a_pool(body: kopf.Body, **_: Any) -> bool:
         return _owner_pool(body) is not None

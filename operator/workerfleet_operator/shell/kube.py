@@ -61,6 +61,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "PodMonitor": ("monitoring.coreos.com/v1", "podmonitors"),
     "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects"),
     "TriggerAuthentication": ("keda.sh/v1alpha1", "triggerauthentications"),
+    "Lease": ("coordination.k8s.io/v1", "leases"),
 }
 
 
@@ -636,6 +637,19 @@ async def apply_event(
         "count": 1,
     }
     return await client.request("POST", build_ref("Event", namespace).build_path(), body=event)
+
+
+async def create_object(client: KubeClient, body: Body) -> Body:
+    """POST a new object (409 AlreadyExists when someone created it first)."""
+    ref = build_ref_of(body)
+    collection = ObjectRef(ref.api_version, ref.plural, ref.namespace)
+    return await client.request("POST", collection.build_path(), body=body)
+
+
+async def update_object(client: KubeClient, body: Body) -> Body:
+    """PUT the whole object; with ``metadata.resourceVersion`` set, 409 when it changed since
+    (the Lease of leader election is written so: one of two racing replicas wins)."""
+    return await client.request("PUT", build_ref_of(body).build_path(), body=body)
 
 
 # ---------------------------------------------------------------------------- delete_*

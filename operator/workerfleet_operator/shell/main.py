@@ -1,8 +1,9 @@
 """The operator process: ``workerfleet operator`` runs kopf with workerfleet's handlers.
 
 Called by ``workerfleet_operator.cli`` (the ``operator`` subcommand), by the tests (in a thread,
-with a stop flag) and by bench/operator_scale.py. Standalone by default (one replica; kopf
-peering is not leader election), cluster-wide unless ``WORKERFLEET_OPERATOR_NAMESPACES`` lists
+with a stop flag) and by bench/operator_scale.py. One replica by default; with
+``WORKERFLEET_OPERATOR_LEADER_ELECTION=true`` replicas elect a leader on a Lease (``shell.leader``)
+and only it reconciles. Cluster-wide unless ``WORKERFLEET_OPERATOR_NAMESPACES`` lists
 namespaces; kopf's liveness endpoint on ``/healthz`` and a Prometheus endpoint on ``/metrics``.
 """
 
@@ -19,7 +20,7 @@ import prometheus_client
 from worker_runtime import logs
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import context as context_mod
-from workerfleet_operator.shell import handlers, metrics
+from workerfleet_operator.shell import handlers, leader, metrics
 
 
 def run_operator(
@@ -38,6 +39,14 @@ def run_operator(
     ctx = context if context is not None else context_mod.build_context(cfg, operator_metrics)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, ctx)
+    elector = None
+    if cfg.leader_election:
+        if ctx.credentials is None:
+            ctx.credentials = handlers.build_credentials(cfg)
+        # Losing the Lease stops kopf (the caller's flag, or our own); the exit code says so.
+        stop_flag = stop_flag if stop_flag is not None else threading.Event()
+        elector = leader.build_elector(ctx, stop_flag.set)
+        leader.register(registry, elector)
     server = None
     if cfg.metrics_port:
         server, _thread = prometheus_client.start_http_server(
@@ -62,6 +71,8 @@ def run_operator(
         if server is not None:
             server.shutdown()
             server.server_close()
+    if elector is not None and elector.lost:
+        return 1  # restarted as a standby, as kubebuilder managers are
     return 0
 
 

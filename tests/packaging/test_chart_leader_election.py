@@ -1,0 +1,72 @@
+"""The chart's leader election: a Lease Role in the release namespace, and the operator's env.
+
+With ``operator.leaderElection.enabled`` the chart grants exactly the Lease permissions of
+operator/workerfleet_operator/rbac.py (condition ``leader-election``) in the release namespace,
+in every install mode, and hands the operator the settings ``shell.config`` reads.
+"""
+
+from __future__ import annotations
+
+import pytest
+from packaging_support import NAMESPACE, Render, of_kind
+from workerfleet_operator import rbac
+from workerfleet_operator.shell import config as config_module
+
+pytestmark = pytest.mark.chart
+
+ON = ("--set", "operator.leaderElection.enabled=true")
+
+
+@pytest.mark.parametrize("values_set", ["default", "namespaced"])
+def test_the_lease_role_lives_in_the_release_namespace_and_grants_only_the_lease(
+    render: Render, values_set: str
+) -> None:
+    manifests = render(values_set, *ON)
+    (role,) = [
+        r for r in of_kind(manifests, "Role") if r["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert role["metadata"]["namespace"] == NAMESPACE
+    have = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    lease_only = rbac.build_permission_set(
+        cluster_wide=True, peering=False, leader_election=True
+    ) - rbac.build_permission_set(cluster_wide=True, peering=False)
+    assert have == lease_only
+    (binding,) = [
+        b
+        for b in of_kind(manifests, "RoleBinding")
+        if b["metadata"]["name"].endswith("-leader-election")
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["kind"] == "ServiceAccount"
+
+
+def test_without_leader_election_there_is_no_lease_role(render: Render) -> None:
+    names = [r["metadata"]["name"] for r in of_kind(render("default"), "Role")]
+    assert not [n for n in names if n.endswith("-leader-election")]
+
+
+def test_the_operator_gets_every_election_setting_under_a_name_it_reads(render: Render) -> None:
+    (deployment,) = [
+        d
+        for d in of_kind(render("default", *ON), "Deployment")
+        if "operator" in d["metadata"]["name"]
+    ]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    prefix = config_module.OperatorConfig.model_config["env_prefix"]
+    fields = {
+        "leader_election", "lease_name", "lease_namespace", "leader_identity",
+        "lease_duration_seconds", "renew_deadline_seconds", "retry_period_seconds",
+    }  # fmt: skip
+    for name in fields:
+        assert name in config_module.OperatorConfig.model_fields
+        assert f"{prefix}{name}".upper() in env, name
+    assert env["WORKERFLEET_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+    identity = env["WORKERFLEET_OPERATOR_LEADER_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert identity == "metadata.name"
+    assert env["WORKERFLEET_OPERATOR_LEASE_DURATION_SECONDS"]["value"] == "15"
