@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from tests.support import elasticmq
+from worker_runtime import brokers, errors
 from worker_runtime import envelope as envelope_mod
-from worker_runtime import errors
 from worker_runtime.brokers import base
-from worker_runtime.brokers.sqs import attributes
+from worker_runtime.brokers.sqs import attributes, settings
 from worker_runtime.brokers.sqs import broker as sqs_broker
 
 OpenBroker = Callable[..., Awaitable[sqs_broker.SqsBroker]]
@@ -347,3 +347,40 @@ async def test_jobs_survive_a_kill_9_of_a_persistent_server(
         assert set(got) == sent
     finally:
         await b.close()
+
+
+async def test_open_broker_serves_sqs_urls_and_an_ack_with_a_done_marker_still_acks(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    b = await brokers.open_broker(elasticmq_server.url, f"t-{uuid.uuid4().hex[:12]}")
+    try:
+        assert isinstance(b, sqs_broker.SqsBroker)
+        await b.enqueue(job())
+        [d] = await fetch_until(b, 1, 10)
+        # SQS keeps no done markers: the ack still finishes the job
+        assert await b.ack(d, done_key="k") is True
+        assert await b.fetch_is_done("k") is False
+    finally:
+        await b.close()
+
+
+def test_sqs_urls_never_carry_credentials_and_name_only_known_options() -> None:
+    with pytest.raises(errors.InvalidBrokerURL):
+        settings.parse_sqs_url("sqs://key:secret@127.0.0.1:9324")
+    with pytest.raises(errors.InvalidBrokerURL):
+        settings.parse_sqs_url("sqs://127.0.0.1:9324?colour=blue")
+    parsed = settings.parse_sqs_url("sqs://127.0.0.1:9324?region=eu-west-1&secure=false&fifo=1")
+    assert parsed.endpoint_url == "http://127.0.0.1:9324" and parsed.fifo and parsed.local_endpoint
+    assert settings.parse_sqs_url("sqs://?region=eu-west-1").endpoint_url is None
+
+
+def test_a_queue_name_sqs_cannot_hold_is_refused_before_any_call() -> None:
+    with pytest.raises(errors.InvalidQueueName):
+        settings.build_queue_names("a:b", settings.SqsSettings())
+    names = settings.build_queue_names("emails", settings.SqsSettings(fifo=True))
+    assert [n for _, n in names.by_priority] == [
+        "emails-high.fifo",
+        "emails.fifo",
+        "emails-low.fifo",
+    ]
+    assert names.dead_letter == "emails-dlq.fifo"

@@ -49,9 +49,11 @@ import aiobotocore.session
 import botocore.exceptions
 
 from worker_runtime import envelope as envelope_mod
-from worker_runtime import errors, expiry
+from worker_runtime import errors, expiry, logs
 from worker_runtime.brokers import base
 from worker_runtime.brokers.sqs import attributes, dlq, settings
+
+_log = logs.get_logger("brokers.sqs")
 
 MAX_SQS_DELAY = 900
 """SQS's longest per-message delay (DelaySeconds), seconds."""
@@ -181,6 +183,7 @@ class SqsBroker:
         self._closing = asyncio.Event()
         self._deletes: dict[str, list[_Pending]] = collections.defaultdict(list)
         self._delete_flush: asyncio.Task[None] | None = None
+        self._warned_done_marker = False
 
     # -- connection and queues ------------------------------------------------------------
 
@@ -578,8 +581,13 @@ class SqsBroker:
         done_key: str | None = None,
         done_ttl_seconds: float | None = None,
     ) -> bool:
-        if done_key is not None:
-            raise errors.CapabilityMissing("SQS keeps no done markers", operation="ack")
+        if done_key is not None and not self._warned_done_marker:
+            # SQS has no store for done markers: the job is acked, the marker is not kept.
+            self._warned_done_marker = True
+            _log.warning(
+                "done markers are not kept on SQS: a duplicate delivery will not see them",
+                extra={"queue": self.queue},
+            )
         taken = self._take(delivery)
         if taken is None:
             return False
