@@ -7,6 +7,7 @@ back through AMQP, never by counters the broker keeps itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from worker_runtime import envelope
+from worker_runtime import brokers, envelope
 from worker_runtime.brokers import base
 from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
 from worker_runtime.brokers.rabbitmq import topology
@@ -206,3 +207,33 @@ async def test_an_unparseable_envelope_is_dead_lettered_by_the_fetch(
     [dead] = await dead_letters(rabbitmq_server.url, rq.queue)
     assert dead.message_id == "bad"
     assert dict(dead.headers or {})[topology.H_REASON] == "invalid_envelope"
+
+
+async def test_open_broker_serves_amqp_urls_and_the_probe_reads_backlog_and_in_flight(
+    rabbitmq_server: Any, rq_queue: str
+) -> None:
+    # Given a broker opened from an amqp:// URL naming its prefetch and management port
+    url = f"{rabbitmq_server.url}?prefetch=1&management_port={rabbitmq_server.management_port}"
+    b = await brokers.open_broker(url, rq_queue, options=base.QueueOptions())
+    try:
+        assert isinstance(b, rabbitmq_broker.RabbitMQBroker)
+        # And three jobs enqueued, one of them fetched and held
+        await b.enqueue_many([job(job_id=f"s{i}") for i in range(3)])
+        [held] = await b.fetch("w1", 1, block=5)
+        # When the probe reads the queue (the management API samples every few seconds)
+        stats = await b.fetch_stats()
+        for _ in range(40):
+            if (stats.backlog, stats.in_flight) == (2, 1):
+                break
+            await asyncio.sleep(0.5)
+            stats = await b.fetch_stats()
+        # Then it reports two waiting and one in flight
+        assert (stats.queue, stats.backlog, stats.in_flight, stats.dead_letter) == (
+            rq_queue,
+            2,
+            1,
+            0,
+        )
+        assert await b.ack(held)
+    finally:
+        await b.close()

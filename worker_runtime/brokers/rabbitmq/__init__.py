@@ -6,4 +6,39 @@ producer's :class:`~worker_runtime.brokers.base.Broker`), :mod:`.readside` (the 
 :class:`~worker_runtime.brokers.base.QueueProbe` and the CLI's
 :class:`~worker_runtime.brokers.base.DeadLetters`). What it promises and what it cannot:
 docs/brokers.md.
+
+URL: ``amqp://USER:PASSWORD@HOST:PORT/VHOST?prefetch=N&management_port=P`` (``amqps://`` for
+TLS). ``prefetch`` is the unacked deliveries per priority level (default: the worker's first
+fetch, its free slots); ``management_port`` is where the probe reads the queue's numbers
+(default 15672). Both are taken off the URL before it reaches the client.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+import yarl
+
+from worker_runtime import errors
+from worker_runtime.brokers import base
+from worker_runtime.brokers.rabbitmq import broker
+
+_URL_SETTINGS = ("prefetch", "management_port")
+
+
+async def open_from_url(
+    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+) -> broker.RabbitMQBroker:
+    """``open_broker``'s entry for ``amqp://``/``amqps://``: the queue's broker (it connects
+    and declares its queues on first use). ``settings``: ``prefetch``, ``management_port``,
+    ``connect_timeout``; the URL's query may carry the first two."""
+    parsed = yarl.URL(url)
+    taken: dict[str, Any] = {}
+    for name in _URL_SETTINGS:
+        if name in parsed.query:
+            try:
+                taken[name] = int(parsed.query[name])
+            except ValueError:
+                raise errors.InvalidBrokerURL(f"the URL's {name} must be an integer") from None
+    client_url = str(parsed.without_query_params(*_URL_SETTINGS))
+    return broker.RabbitMQBroker(client_url, queue, options, **{**taken, **settings})

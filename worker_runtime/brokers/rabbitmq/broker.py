@@ -27,11 +27,15 @@ How the contract maps onto AMQP:
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import json
 import math
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Collection, Container, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +43,7 @@ from typing import Any
 import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
+import yarl
 
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import errors, expiry
@@ -57,7 +62,7 @@ CAPABILITIES = base.Capabilities(
     atomic_done_marker=False,
     rate_limit=False,
     heartbeats=False,
-    dead_letter_by_id=True,
+    dead_letter_by_id=False,
     failure_history=True,
     fenced_receipts=True,
     lease_expiry=False,
@@ -67,7 +72,8 @@ CAPABILITIES = base.Capabilities(
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
 )
 """What RabbitMQ cannot promise, and why (docs/brokers.md has the table):
-no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); no done
+no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); the DLQ is
+not yet readable by job id here (list/show/replay/purge are still to come); no done
 marker store; no shared rate limit; no heartbeats (the live consumers are what the probe
 reports); leases end with the connection, not by time; a lost fetch reply cannot happen
 (deliveries are pushed) so there is nothing to recover; stats come from the management API,
@@ -161,12 +167,14 @@ class RabbitMQBroker:
         *,
         prefetch: int | None = None,
         connect_timeout: float = 10.0,
+        management_port: int = 15672,
     ) -> None:
         self.queue = base.validate_queue_name(queue)
         self.options = options or base.QueueOptions()
         self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
         self._url = url
         self._prefetch = prefetch
+        self._management_port = management_port
         self._connect_timeout = connect_timeout
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._consume_channel: aio_pika.abc.AbstractChannel | None = None
@@ -735,6 +743,82 @@ class RabbitMQBroker:
 
     async def deregister(self, worker_id: str) -> None:
         return None
+
+    # -- the operator's side ------------------------------------------------------------------
+
+    async def fetch_stats(self) -> base.QueueStats:
+        """The queue's numbers from the management API, in one request for all its RabbitMQ
+        queues (work, delay buckets, DLQ). Sampled by RabbitMQ every few seconds, so not one
+        snapshot (``exact_stats`` is False); the oldest job's age is unavailable (quorum queues
+        do not report their head message's time): always 0 here."""
+        rows = await asyncio.to_thread(self._read_management_queues)
+        now = time.time()
+        backlog = in_flight = delayed = dead = 0
+        published = acked = 0
+        for row in rows:
+            name = str(row.get("name", ""))
+            ready = int(row.get("messages_ready") or 0)
+            unacked = int(row.get("messages_unacknowledged") or 0)
+            if topology.level_of(name, self.queue) is not None:
+                backlog += ready
+                in_flight += unacked
+                stats = row.get("message_stats") or {}
+                published += int(stats.get("publish") or 0)
+                acked += int(stats.get("ack") or 0)
+            elif name == topology.dead_queue(self.queue):
+                dead += ready + unacked
+            elif name.startswith(topology.delay_queue_prefix(self.queue)):
+                delayed += ready + unacked
+        return base.QueueStats(
+            queue=self.queue,
+            now=now,
+            backlog=backlog,
+            due_delayed=0,
+            future_delayed=delayed,
+            in_flight=in_flight,
+            dead_letter=dead,
+            oldest_job_age_seconds=0.0,
+            enqueued_total=published,
+            completed_total=acked,
+            failed_total=0,
+            retried_total=0,
+            dead_lettered_total=0,
+            workers_lost_total=0,
+            workers_expired=0,
+            workers=(),
+        )
+
+    def _read_management_queues(self) -> list[dict[str, Any]]:
+        url = yarl.URL(self._url)
+        vhost = url.path[1:] or "/"
+        api = yarl.URL.build(
+            scheme="https" if url.scheme == "amqps" else "http",
+            host=url.host or "127.0.0.1",
+            port=self._management_port,
+        ).with_path("/api/queues/" + urllib.parse.quote(vhost, safe=""), encoded=True)
+        api = api.with_query(
+            name=topology.queue_name_pattern(self.queue),
+            use_regex="true",
+            page="1",
+            page_size="500",
+            columns="name,messages_ready,messages_unacknowledged,consumers,message_stats",
+        )
+        request = urllib.request.Request(str(api))
+        token = base64.b64encode(f"{url.user or 'guest'}:{url.password or 'guest'}".encode())
+        request.add_header("Authorization", "Basic " + token.decode())
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                body = json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            raise errors.BrokerRejected(
+                f"the RabbitMQ management API answered {exc.code}", operation="fetch_stats"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            raise errors.BrokerUnavailable(
+                "no reply from the RabbitMQ management API", operation="fetch_stats"
+            ) from exc
+        items = body.get("items", []) if isinstance(body, dict) else body
+        return [row for row in items if isinstance(row, dict)]
 
     async def close(self) -> None:
         """Hand back prefetched deliveries (they never ran: no delivery spent), then close.

@@ -76,7 +76,12 @@ def dead_queue(queue: str) -> str:
 
 
 def delay_queue(queue: str, level: str, bucket_ms: int) -> str:
-    return f"{PREFIX}.{queue}.delay.{level}.{bucket_ms}"
+    return f"{delay_queue_prefix(queue)}{level}.{bucket_ms}"
+
+
+def delay_queue_prefix(queue: str) -> str:
+    """What every delay bucket's name of ``queue`` starts with."""
+    return f"{PREFIX}.{queue}.delay."
 
 
 def queue_name_pattern(queue: str) -> str:
