@@ -352,9 +352,15 @@ async def test_jobs_survive_a_kill_9_of_a_persistent_server(
 async def test_open_broker_serves_sqs_urls_and_an_ack_with_a_done_marker_still_acks(
     elasticmq_server: elasticmq.ElasticMQServer,
 ) -> None:
-    b = await brokers.open_broker(elasticmq_server.url, f"t-{uuid.uuid4().hex[:12]}")
+    # the connection settings a worker passes every broker are taken; others are refused
+    with pytest.raises(TypeError):
+        await brokers.open_broker(elasticmq_server.url, "t-x", health_check_interval=5)
+    b = await brokers.open_broker(
+        elasticmq_server.url, f"t-{uuid.uuid4().hex[:12]}", socket_timeout=10, retries=0
+    )
     try:
         assert isinstance(b, sqs_broker.SqsBroker)
+        assert (b.read_timeout, b.max_attempts) == (25.0, 1)
         await b.enqueue(job())
         [d] = await fetch_until(b, 1, 10)
         # SQS keeps no done markers: the ack still finishes the job

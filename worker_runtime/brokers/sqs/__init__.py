@@ -16,11 +16,20 @@ from worker_runtime.brokers.sqs import broker
 
 
 async def open_from_url(
-    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+    url: str,
+    queue: str,
+    *,
+    options: base.QueueOptions,
+    socket_timeout: float | None = None,
+    retries: int | None = None,
+    **settings: Any,
 ) -> broker.SqsBroker:
     """``open_broker``'s entry for ``sqs://`` URLs: the queue's broker, connected, queues made.
 
-    Takes no backend settings beyond the URL's (a setting given here is an error)."""
+    Takes the connection settings every broker takes (``socket_timeout``, ``retries``); any
+    other setting is an error (it would be silently meaningless here)."""
     if settings:
         raise TypeError(f"the sqs broker takes no settings: {', '.join(sorted(settings))}")
-    return await broker.open_sqs_broker(url, queue, options=options)
+    return await broker.open_sqs_broker(
+        url, queue, options=options, socket_timeout=socket_timeout, retries=retries
+    )

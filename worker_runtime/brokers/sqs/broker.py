@@ -158,8 +158,16 @@ class SqsBroker:
         sqs_settings: settings.SqsSettings,
         *,
         options: base.QueueOptions | None = None,
+        socket_timeout: float | None = None,
+        retries: int | None = None,
     ) -> None:
         self.queue = base.validate_queue_name(queue)
+        # A read must outlast the longest long poll (20 s), whatever the caller asked for.
+        self.read_timeout = max(float(MAX_WAIT + 5), socket_timeout or 0.0)
+        # botocore counts the first call as an attempt; retries=0 means one call, no re-send
+        # (a re-sent ReceiveMessage after a lost reply strands the first reply's messages until
+        # their visibility ends, which a caller that recovers on its own may not want).
+        self.max_attempts = 3 if retries is None else max(0, retries) + 1
         self.settings = sqs_settings
         self.options = options or base.QueueOptions()
         self.names = settings.build_queue_names(queue, sqs_settings)
@@ -207,8 +215,8 @@ class SqsBroker:
                 region = "us-east-1"
             config = aiobotocore.config.AioConfig(
                 connect_timeout=5,
-                read_timeout=MAX_WAIT + 10,
-                retries={"max_attempts": 3, "mode": "standard"},
+                read_timeout=self.read_timeout,
+                retries={"max_attempts": self.max_attempts, "mode": "standard"},
                 max_pool_connections=20,
             )
             with _mapped("connect"):
@@ -945,9 +953,23 @@ class SqsBroker:
 
 
 async def open_sqs_broker(
-    url: str, queue: str, *, options: base.QueueOptions | None = None
+    url: str,
+    queue: str,
+    *,
+    options: base.QueueOptions | None = None,
+    socket_timeout: float | None = None,
+    retries: int | None = None,
 ) -> SqsBroker:
-    """An :class:`SqsBroker` for ``queue`` at ``url`` (``sqs://...``), connected, queues created."""
-    broker = SqsBroker(queue, settings.parse_sqs_url(url), options=options)
+    """An :class:`SqsBroker` for ``queue`` at ``url`` (``sqs://...``), connected, queues created.
+
+    ``socket_timeout`` (seconds, at least 25: a long poll lasts 20) and ``retries`` (re-sends
+    of a call that got no reply) are the connection settings every broker takes."""
+    broker = SqsBroker(
+        queue,
+        settings.parse_sqs_url(url),
+        options=options,
+        socket_timeout=socket_timeout,
+        retries=retries,
+    )
     await broker.connect()
     return broker
