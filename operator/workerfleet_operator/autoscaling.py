@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from worker_runtime.brokers import base
+from workerfleet_operator import api
 
 ScalingMode = Literal["builtin", "keda", "disabled"]
 MetricFailurePolicy = Literal["hold", "fallback"]
@@ -263,6 +264,48 @@ class Decision:
     rates: Rates = field(default_factory=Rates)
 
 
+def build_scaling_policy(spec: api.WorkerPoolSpec) -> ScalingPolicy:
+    """The autoscaler's policy for a pool (the CRD's defaults are already in ``spec``).
+
+    The one place that maps CRD field names onto the autoscaler's units; called once per spec
+    change by the operator's pool controller and the local fleet.
+    """
+    a = spec.autoscaling
+    return ScalingPolicy(
+        min_replicas=a.min_replicas,
+        max_replicas=a.max_replicas,
+        concurrency=spec.concurrency,
+        target_backlog_per_replica=_signal_target(a.target_backlog_per_replica),
+        target_utilization=_signal_target(a.target_utilization),
+        target_oldest_job_age_seconds=_signal_target(a.target_oldest_job_age_seconds),
+        activation_backlog=a.activation_backlog,
+        polling_interval_seconds=a.polling_interval_seconds,
+        scale_up=StepPolicy(
+            stabilization_window_seconds=a.scale_up.stabilization_window_seconds,
+            max_step_percent=a.scale_up.max_step_percent,
+            max_step_pods=a.scale_up.max_step_pods,
+        ),
+        scale_down=StepPolicy(
+            stabilization_window_seconds=a.scale_down.stabilization_window_seconds,
+            max_step_percent=a.scale_down.max_step_percent,
+            max_step_pods=a.scale_down.max_step_pods,
+        ),
+        on_metric_failure=a.on_metric_failure,
+        fallback_replicas=a.fallback_replicas,
+        failure_threshold=a.failure_threshold,
+        tolerance=a.tolerance,
+        mode=a.mode,
+        dry_run=a.dry_run,
+        replicas=a.replicas,
+    )
+
+
+def _signal_target(value: float) -> float | None:
+    # The CRD spells "signal off" as 0 (a null would be pruned and defaulted back by the API
+    # server); the autoscaler spells it None.
+    return value if value > 0 else None
+
+
 def decide(
     policy: ScalingPolicy,
     observation: Observation,
@@ -284,6 +327,38 @@ def decide(
     if observation.stats is None:
         return _build_metric_failure(policy, observation, current, state, now)
     return _build_decision(policy, observation.stats, current, state, now)
+
+
+def hold_paused(
+    decision: Decision, before: ScalerState, replicas: int | None, now: float
+) -> Decision:
+    """A paused pool's decision: the signals as :func:`decide` measured them, the replicas held.
+
+    ``replicas`` None holds the current count; a number sets it (``paused-replicas``). The
+    history (samples, recommendations) keeps what was measured, so rates are ready at resume;
+    only a real change of the count moves ``last_scale_time``.
+    """
+    current = decision.current
+    desired = current if replicas is None else max(0, replicas)
+    changed = desired != current
+    if changed:
+        reason = f"{_build_verb(current, desired)}: paused at {desired} replicas"
+    else:
+        reason = f"Paused at {current}: the signals want {decision.raw_desired}, nothing scales"
+    state = dataclasses.replace(
+        decision.state,
+        last_scale_time=now if changed and not decision.dry_run else before.last_scale_time,
+    )
+    return dataclasses.replace(
+        decision,
+        desired=desired,
+        reason=reason,
+        changed=changed,
+        state=state,
+        clamped_by="paused",
+        clamps=(*decision.clamps, "paused"),
+        scaling_limited=False,
+    )
 
 
 def _build_unmanaged(policy: ScalingPolicy, current: int, state: ScalerState) -> Decision:

@@ -79,6 +79,10 @@ def build_owner_reference(pool: api.Pool) -> Manifest:
     }
 
 
+KEDA_PAUSED_ANNOTATION = "autoscaling.keda.sh/paused"
+KEDA_PAUSED_REPLICAS_ANNOTATION = "autoscaling.keda.sh/paused-replicas"
+
+
 def _build_metadata(pool: api.Pool, name: str) -> Manifest:
     return {
         "name": name,
@@ -482,9 +486,17 @@ def build_scaled_object(pool: api.Pool) -> Manifest:
             "failureThreshold": a.failure_threshold,
             "replicas": a.fallback_replicas,
         }
+    metadata = _build_metadata(pool, pool.name)
+    if pool.pause is not None:
+        # The pool's pause, in KEDA's own words: KEDA holds (or sets) the replicas itself.
+        metadata["annotations"] = (
+            {KEDA_PAUSED_ANNOTATION: "true"}
+            if pool.pause.replicas is None
+            else {KEDA_PAUSED_REPLICAS_ANNOTATION: str(pool.pause.replicas)}
+        )
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": _build_metadata(pool, pool.name),
+        "metadata": metadata,
         "spec": scaled,
     }

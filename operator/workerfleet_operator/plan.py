@@ -22,7 +22,7 @@ Rules:
 - The Secret's ``<uid>/<resourceVersion>`` (``SecretCheck.version``) is a pod-template
   annotation: a rotated Secret rolls the pods, an unchanged one changes nothing.
 - The plan never sees the Secret's value, only :class:`SecretCheck`; error texts are passed
-  through :func:`build_redacted` as a last line of defence against URLs with passwords.
+  through :func:`redact` as a last line of defence against URLs with passwords.
 - ``status.observedGeneration`` is the generation whose children were applied
   (``Observed.applied_generation``): a spec the API server refuses (422, e.g. requests above
   limits) gives ``Ready=False``/``Degraded=True`` reason ``ApplyRejected`` and leaves it at
@@ -40,6 +40,7 @@ import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from worker_runtime.brokers.redis import eviction
@@ -49,28 +50,34 @@ Manifest = dict[str, Any]
 SecretState = Literal["ok", "missing", "key_missing", "invalid_url"]
 EventType = Literal["Normal", "Warning"]
 
-SECRET_REASONS: Mapping[SecretState, str] = {
-    "missing": "SecretNotFound",
-    "key_missing": "SecretKeyNotFound",
-    "invalid_url": "InvalidRedisURL",
+SECRET_REASONS: Mapping[SecretState, api.Reason] = {
+    "missing": api.Reason.SECRET_NOT_FOUND,
+    "key_missing": api.Reason.SECRET_KEY_NOT_FOUND,
+    "invalid_url": api.Reason.INVALID_REDIS_URL,
 }
-INVALID_SPEC = "InvalidSpec"
-APPLY_REJECTED = "ApplyRejected"
-"""The API server refused a child as written (422: e.g. requests above limits)."""
-CHILD_API_MISSING = "ChildAPIMissing"
-CHILD_NOT_OWNED = "ChildNotOwned"
-"""An object with a child's name exists and is not controlled by this pool: never adopted."""
-"""A child's kind is not served (KEDA or the Prometheus Operator's CRDs are not installed)."""
-REDIS_MAY_EVICT = "RedisMayEvict"
-"""Degraded reason: the queue's Redis has a maxmemory-policy other than noeviction."""
-PROBLEM_REASONS = frozenset({INVALID_SPEC, APPLY_REJECTED, *SECRET_REASONS.values()})
+PROBLEM_REASONS = frozenset(
+    {api.Reason.INVALID_SPEC, api.Reason.APPLY_REJECTED, *SECRET_REASONS.values()}
+)
 """Reasons of bad input: Ready=False with these means the user must act."""
+
+
+class EventReason(StrEnum):
+    """Reasons of the Events that are not a condition's own reason (those are ``api.Reason``)."""
+
+    READY = "Ready"
+    DRIFT_CORRECTED = "DriftCorrected"
+    PAUSED = "Paused"
+    RESUMED = "Resumed"
+    SCALED = "Scaled"
+    """A replica change the autoscaler decided (its reason's first word when it has one)."""
+
+
 SCALING_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
 """Children without which a keda pool cannot scale: their API missing makes it not Ready."""
 
 
 class QueueStatsView(Protocol):
-    """The fields of ``worker_runtime.brokers.redis.base.QueueStats`` the status shows."""
+    """The fields of ``worker_runtime.brokers.base.QueueStats`` the status shows."""
 
     @property
     def backlog(self) -> int: ...
@@ -164,6 +171,12 @@ class Observed:
     missing_apis: tuple[str, ...] = ()
     # Children by name ("<Kind> <name>") that exist but someone else controls: left alone.
     not_owned: tuple[str, ...] = ()
+    # Live autoscalers (HPA, ScaledObject) driving the Deployment's replicas: the autoscaler holds.
+    replicas_owned_by: tuple[str, ...] = ()
+    # False when the decided replicas were not written (held: another pool scales this queue,
+    # another owner drives them, an unchanged dry run): no Event announces a scale that did not
+    # happen.
+    scale_applied: bool = True
 
 
 @dataclass(frozen=True)
@@ -222,7 +235,7 @@ _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
 _PASSWORD_WORDS = re.compile(r"(?i)(password|passwd|pwd|auth)(\s*[=:]\s*)\S+")
 
 
-def build_redacted(text: str) -> str:
+def redact(text: str) -> str:
     """Remove credentials from an error text: ``redis://user:pw@host`` -> ``redis://***@host``."""
     text = _URL_CREDENTIALS.sub(r"\1***@", text)
     return _PASSWORD_WORDS.sub(r"\1\2***", text)
@@ -231,13 +244,19 @@ def build_redacted(text: str) -> str:
 # --- children ------------------------------------------------------------------------------
 
 
-def build_replicas(pool: api.Pool, deployment: DeploymentState | None) -> int | None:
-    """The ``spec.replicas`` this manager puts in the Deployment, or None to leave it alone."""
+def choose_replicas(pool: api.Pool, deployment: DeploymentState | None) -> int | None:
+    """The ``spec.replicas`` this manager puts in the Deployment, or None to leave it alone.
+
+    A pool paused at N replicas starts (or, in ``disabled`` mode, stays) at N; in ``builtin``
+    mode the autoscaler's manager sets N on a running pool (``autoscaling.hold_paused``), and in
+    ``keda`` mode KEDA does (the ScaledObject carries KEDA's own pause annotations).
+    """
     a = pool.spec.autoscaling
+    paused_at = pool.pause.replicas if pool.pause is not None else None
     if a.mode == "disabled":
-        return a.replicas
+        return a.replicas if paused_at is None else paused_at
     if a.mode == "builtin" and deployment is None:
-        return a.min_replicas
+        return a.min_replicas if paused_at is None else paused_at
     return None
 
 
@@ -328,6 +347,8 @@ def _build_events(
     previous: Sequence[api.Condition],
     current: Sequence[api.Condition],
     decision: autoscaling.Decision | None,
+    *,
+    scale_applied: bool = True,
 ) -> tuple[Event, ...]:
     events: list[Event] = []
     for condition in current:
@@ -340,10 +361,10 @@ def _build_events(
         event = _build_condition_event(condition, before)
         if event is not None:
             events.append(event)
-    if decision is not None and decision.desired != decision.current:
-        verb = decision.reason.split(" ", 1)[0] if decision.reason else "Scaled"
+    if decision is not None and decision.desired != decision.current and scale_applied:
+        verb = decision.reason.split(" ", 1)[0] if decision.reason else EventReason.SCALED
         reason = ("DryRun" + verb) if decision.dry_run else verb
-        events.append(Event("Normal", reason, build_redacted(decision.reason)))
+        events.append(Event("Normal", reason, redact(decision.reason)))
     return tuple(events)
 
 
@@ -351,7 +372,9 @@ def _build_condition_event(condition: api.Condition, before: api.Condition | Non
     message = condition.message
     if condition.type == api.READY:
         if condition.status == "True":
-            return Event("Normal", "Ready", message)
+            return Event("Normal", EventReason.READY, message)
+        if condition.reason == api.Reason.CREATING:
+            return None  # the same reconcile creates it: its RollingOut Event follows
         kind: EventType = "Warning" if condition.reason in PROBLEM_REASONS else "Normal"
         return Event(kind, condition.reason, message)
     if condition.type == api.QUEUE_REACHABLE:
@@ -363,12 +386,17 @@ def _build_condition_event(condition: api.Condition, before: api.Condition | Non
     if condition.type == api.DEGRADED:
         # Bad input already has its Ready event; queue outages have their QueueReachable one.
         if condition.status == "True" and condition.reason not in PROBLEM_REASONS | {
-            "QueueUnreachable"
+            api.Reason.QUEUE_UNREACHABLE
         }:
             return Event("Warning", condition.reason, message)
         return None
     if condition.type in (api.SCALING_LIMITED, api.QUEUE_CONFLICT) and condition.status == "True":
         return Event("Warning", condition.reason, message)
+    if condition.type == api.PAUSED:
+        if condition.status == "True":
+            return Event("Normal", EventReason.PAUSED, message)
+        if before is not None and before.status == "True":
+            return Event("Normal", EventReason.RESUMED, message)
     return None
 
 
@@ -377,8 +405,8 @@ def _build_rollout_conditions(
 ) -> None:
     name = pool.name
     if deployment is None:
-        conds.set(api.READY, "False", "Creating", f"creating Deployment {name}")
-        conds.set(api.PROGRESSING, "True", "Creating", f"creating Deployment {name}")
+        conds.set(api.READY, "False", api.Reason.CREATING, f"creating Deployment {name}")
+        conds.set(api.PROGRESSING, "True", api.Reason.CREATING, f"creating Deployment {name}")
         return
     want = deployment.spec_replicas
     template_generation = (
@@ -393,28 +421,32 @@ def _build_rollout_conditions(
         or deployment.replicas > deployment.updated_replicas
     ):
         message = f"{deployment.updated_replicas}/{want} replicas run the current spec"
-        conds.set(api.READY, "False", "RollingOut", message)
-        conds.set(api.PROGRESSING, "True", "RollingOut", message)
+        conds.set(api.READY, "False", api.Reason.ROLLING_OUT, message)
+        conds.set(api.PROGRESSING, "True", api.Reason.ROLLING_OUT, message)
         return
     if want > 0 and deployment.available_replicas == 0:
         message = f"0/{want} replicas available"
-        conds.set(api.READY, "False", "ReplicasUnavailable", message)
-        conds.set(api.PROGRESSING, "True", "WaitingForReplicas", message)
+        conds.set(api.READY, "False", api.Reason.REPLICAS_UNAVAILABLE, message)
+        conds.set(api.PROGRESSING, "True", api.Reason.WAITING_FOR_REPLICAS, message)
         return
     if want == 0:
-        conds.set(api.READY, "True", "ScaledToZero", "no replicas wanted: the queue is idle")
+        conds.set(
+            api.READY, "True", api.Reason.SCALED_TO_ZERO, "no replicas wanted: the queue is idle"
+        )
     else:
         conds.set(
             api.READY,
             "True",
-            "Available",
+            api.Reason.AVAILABLE,
             f"{deployment.available_replicas}/{want} replicas available",
         )
     if deployment.available_replicas < want:
         message = f"{deployment.available_replicas}/{want} replicas available"
-        conds.set(api.PROGRESSING, "True", "WaitingForReplicas", message)
+        conds.set(api.PROGRESSING, "True", api.Reason.WAITING_FOR_REPLICAS, message)
     else:
-        conds.set(api.PROGRESSING, "False", "RolloutComplete", "the Deployment is up to date")
+        conds.set(
+            api.PROGRESSING, "False", api.Reason.ROLLOUT_COMPLETE, "the Deployment is up to date"
+        )
 
 
 def _build_queue_status(
@@ -467,7 +499,7 @@ def _build_autoscaling_status(
         last_scale_time=None
         if last is None
         else api.build_timestamp(dt.datetime.fromtimestamp(last, dt.UTC)),
-        reason=build_redacted(decision.reason),
+        reason=redact(decision.reason),
         dry_run=decision.dry_run or None,
     )
 
@@ -493,12 +525,14 @@ def _build_desired(
 def _build_queue_conditions(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
     queue = pool.spec.queue.name
     if observed.stats is not None:
-        conds.set(api.QUEUE_REACHABLE, "True", "QueueRead", f"queue {queue} read")
+        conds.set(api.QUEUE_REACHABLE, "True", api.Reason.QUEUE_READ, f"queue {queue} read")
     elif observed.stats_error is not None:
-        message = f"queue {queue} unreadable: {build_redacted(observed.stats_error)}"
-        conds.set(api.QUEUE_REACHABLE, "False", "QueueUnreachable", message)
+        message = f"queue {queue} unreadable: {redact(observed.stats_error)}"
+        conds.set(api.QUEUE_REACHABLE, "False", api.Reason.QUEUE_UNREACHABLE, message)
     else:
-        conds.carry(api.QUEUE_REACHABLE, "Unknown", "NotYetRead", f"queue {queue} not read yet")
+        conds.carry(
+            api.QUEUE_REACHABLE, "Unknown", api.Reason.NOT_YET_READ, f"queue {queue} not read yet"
+        )
 
 
 def _build_scaling_condition(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
@@ -506,27 +540,42 @@ def _build_scaling_condition(conds: _Conditions, pool: api.Pool, observed: Obser
     decision = observed.decision
     if mode != "builtin":
         conds.set(
-            api.SCALING_LIMITED, "False", "NotManaged", f"the builtin autoscaler is off ({mode})"
+            api.SCALING_LIMITED,
+            "False",
+            api.Reason.NOT_MANAGED,
+            f"the builtin autoscaler is off ({mode})",
         )
+    elif observed.replicas_owned_by:
+        owners = ", ".join(observed.replicas_owned_by)
+        message = (
+            f"spec.replicas is driven by {owners}; the autoscaler holds instead of fighting. "
+            "Delete it to hand the replicas back (or set autoscaling.mode: disabled or keda; "
+            f"to hold a count by hand, annotate the pool {api.PAUSED_REPLICAS_ANNOTATION})"
+        )
+        conds.set(api.SCALING_LIMITED, "True", api.Reason.REPLICAS_OWNED_ELSEWHERE, message)
     elif decision is None:
-        conds.carry(api.SCALING_LIMITED, "Unknown", "NotYetEvaluated", "no decision yet")
+        conds.carry(api.SCALING_LIMITED, "Unknown", api.Reason.NOT_YET_EVALUATED, "no decision yet")
     elif decision.scaling_limited:
         message = (
             f"pinned at maxReplicas {pool.spec.autoscaling.max_replicas} while the backlog "
             f"grows (signals want {decision.raw_desired})"
         )
-        conds.set(api.SCALING_LIMITED, "True", "MaxReplicasReached", message)
+        conds.set(api.SCALING_LIMITED, "True", api.Reason.MAX_REPLICAS_REACHED, message)
     else:
-        conds.set(api.SCALING_LIMITED, "False", "WithinLimits", "the replicas meet the signals")
+        conds.set(
+            api.SCALING_LIMITED, "False", api.Reason.WITHIN_LIMITS, "the replicas meet the signals"
+        )
 
 
 def _build_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharing | None) -> None:
     queue = pool.spec.queue.name
     if sharing is None:
-        conds.carry(api.QUEUE_CONFLICT, "Unknown", "NotYetChecked", f"queue {queue} not read yet")
+        conds.carry(
+            api.QUEUE_CONFLICT, "Unknown", api.Reason.NOT_YET_CHECKED, f"queue {queue} not read yet"
+        )
     elif not sharing.others:
         message = f"no other WorkerPool reads queue {queue} on this Redis"
-        conds.set(api.QUEUE_CONFLICT, "False", "QueueNotShared", message)
+        conds.set(api.QUEUE_CONFLICT, "False", api.Reason.QUEUE_NOT_SHARED, message)
     else:
         who = "this pool holds its replicas" if sharing.holds else "this pool scales"
         message = (
@@ -535,7 +584,26 @@ def _build_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueShar
             f"backlog and take each other's jobs. {sharing.first} (created first) scales and "
             f"the others hold: {who}. Give each pool its own queue."
         )
-        conds.set(api.QUEUE_CONFLICT, "True", "QueueShared", message)
+        conds.set(api.QUEUE_CONFLICT, "True", api.Reason.QUEUE_SHARED, message)
+
+
+def _build_paused_condition(conds: _Conditions, pool: api.Pool) -> None:
+    pause = pool.pause
+    if pause is None:
+        message = f'not paused (annotate {api.PAUSED_ANNOTATION}: "true" to hold the replicas)'
+        conds.set(api.PAUSED, "False", api.Reason.NOT_PAUSED, message)
+    elif pause.replicas is None:
+        message = (
+            f"paused by {api.PAUSED_ANNOTATION}: nothing scales the pool, its replicas stay "
+            "where they are; remove the annotation to resume autoscaling"
+        )
+        conds.set(api.PAUSED, "True", api.Reason.PAUSED_BY_ANNOTATION, message)
+    else:
+        message = (
+            f"paused by {api.PAUSED_REPLICAS_ANNOTATION}: held at {pause.replicas} replicas; "
+            "remove the annotation to resume autoscaling"
+        )
+        conds.set(api.PAUSED, "True", api.Reason.PAUSED_AT_REPLICAS, message)
 
 
 def _build_not_owned_message(names: Sequence[str]) -> str:
@@ -555,30 +623,33 @@ def _build_missing_apis_message(kinds: Sequence[str]) -> str:
 def _build_degraded(conds: _Conditions, observed: Observed) -> None:
     deployment = observed.deployment
     if observed.apply_problem is not None:
-        conds.set(api.DEGRADED, "True", APPLY_REJECTED, observed.apply_problem)
+        conds.set(api.DEGRADED, "True", api.Reason.APPLY_REJECTED, observed.apply_problem)
     elif deployment is not None and deployment.progress_deadline_exceeded:
         message = "the Deployment's rollout exceeded its progress deadline"
-        conds.set(api.DEGRADED, "True", "ProgressDeadlineExceeded", message)
+        conds.set(api.DEGRADED, "True", api.Reason.PROGRESS_DEADLINE_EXCEEDED, message)
     elif deployment is not None and deployment.replica_failure is not None:
-        conds.set(api.DEGRADED, "True", "ReplicaFailure", deployment.replica_failure)
+        conds.set(api.DEGRADED, "True", api.Reason.REPLICA_FAILURE, deployment.replica_failure)
     elif observed.not_owned:
         message = _build_not_owned_message(observed.not_owned)
-        conds.set(api.DEGRADED, "True", CHILD_NOT_OWNED, message)
+        conds.set(api.DEGRADED, "True", api.Reason.CHILD_NOT_OWNED, message)
     elif observed.missing_apis:
         message = _build_missing_apis_message(observed.missing_apis)
-        conds.set(api.DEGRADED, "True", CHILD_API_MISSING, message)
+        conds.set(api.DEGRADED, "True", api.Reason.CHILD_API_MISSING, message)
     elif observed.stats_error is not None:
         message = "the queue cannot be read; autoscaling holds or falls back"
-        conds.set(api.DEGRADED, "True", "QueueUnreachable", message)
+        conds.set(api.DEGRADED, "True", api.Reason.QUEUE_UNREACHABLE, message)
     elif observed.stats is not None and (
         warning := eviction.build_eviction_warning(observed.stats.maxmemory_policy)
     ):
         # reachable, but Redis may drop the queue's keys: at-least-once no longer holds
-        conds.set(api.DEGRADED, "True", REDIS_MAY_EVICT, warning)
-    elif observed.stats is None and _previous_reason(observed, api.DEGRADED) == REDIS_MAY_EVICT:
-        conds.carry(api.DEGRADED, "True", REDIS_MAY_EVICT, "")  # not read now: keep it
+        conds.set(api.DEGRADED, "True", api.Reason.REDIS_MAY_EVICT, warning)
+    elif (
+        observed.stats is None
+        and _previous_reason(observed, api.DEGRADED) == api.Reason.REDIS_MAY_EVICT
+    ):
+        conds.carry(api.DEGRADED, "True", api.Reason.REDIS_MAY_EVICT, "")  # not read now: keep it
     else:
-        conds.set(api.DEGRADED, "False", "AsExpected", "no problems observed")
+        conds.set(api.DEGRADED, "False", api.Reason.AS_EXPECTED, "no problems observed")
 
 
 def _previous_reason(observed: Observed, type_: str) -> str | None:
@@ -609,6 +680,10 @@ def _build_held_plan(
         conds.carry(api.QUEUE_REACHABLE, "Unknown", reason, "the spec is not usable")
     conds.carry(api.SCALING_LIMITED, "Unknown", reason, "the spec is not usable")
     conds.carry(api.QUEUE_CONFLICT, "Unknown", reason, "the spec is not usable")
+    if isinstance(pool, api.Pool):
+        _build_paused_condition(conds, pool)
+    else:
+        conds.carry(api.PAUSED, "Unknown", reason, "the spec is not usable")
     conditions = conds.build()
     before = observed.previous
     deployment = observed.deployment
@@ -634,37 +709,66 @@ def _build_held_plan(
     )
 
 
+@dataclass(frozen=True)
+class FailureReport:
+    """What the shell writes when a reconcile raised: the stored status with Degraded set."""
+
+    status: api.WorkerPoolStatus
+    events: tuple[Event, ...]
+
+
+def plan_failure(
+    generation: int, previous: api.WorkerPoolStatus | None, error: str, now: dt.datetime
+) -> FailureReport:
+    """``Degraded=True reason ReconcileFailed`` on the stored status, a Warning on the transition.
+
+    ``error`` is the exception as text (its type and message); it is redacted and cut here.
+    Every other condition stays as stored: nothing new was observed.
+    """
+    stored = previous or api.WorkerPoolStatus()
+    before = list(stored.conditions or ())
+    conds = _Conditions(generation, now, before)
+    conds.items = {c.type: c for c in before}
+    conds.set(api.DEGRADED, "True", api.Reason.RECONCILE_FAILED, redact(error)[:512])
+    conditions = conds.build()
+    return FailureReport(
+        status=stored.model_copy(update={"conditions": conditions}),
+        events=_build_events(before, [c for c in conditions if c.type == api.DEGRADED], None),
+    )
+
+
 def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     """Decide the children, the status and the Events of one WorkerPool."""
     if isinstance(pool, api.InvalidPool):
-        return _build_held_plan(pool, observed, INVALID_SPEC, pool.message)
+        return _build_held_plan(pool, observed, api.Reason.INVALID_SPEC, pool.message)
     if pool.spec.autoscaling.mode == "keda" and pool.spec.queue.redis.keda is None:
         message = "spec: autoscaling.mode: keda requires queue.redis.keda"
-        return _build_held_plan(pool, observed, INVALID_SPEC, message)
+        return _build_held_plan(pool, observed, api.Reason.INVALID_SPEC, message)
     if observed.secret.state != "ok":
         reason = SECRET_REASONS[observed.secret.state]
-        return _build_held_plan(pool, observed, reason, build_redacted(observed.secret.message))
+        return _build_held_plan(pool, observed, reason, redact(observed.secret.message))
 
     deployment = observed.deployment
-    replicas = build_replicas(pool, deployment)
+    replicas = choose_replicas(pool, deployment)
     children = build_children(pool, replicas=replicas, redis_secret_version=observed.secret.version)
     previous = _previous_conditions(observed)
     conds = _Conditions(pool.generation, observed.now, previous)
     _build_rollout_conditions(conds, pool, deployment)
     if observed.apply_problem is not None:
-        conds.set(api.READY, "False", APPLY_REJECTED, observed.apply_problem)
-        conds.set(api.PROGRESSING, "False", APPLY_REJECTED, "the spec is not applied")
+        conds.set(api.READY, "False", api.Reason.APPLY_REJECTED, observed.apply_problem)
+        conds.set(api.PROGRESSING, "False", api.Reason.APPLY_REJECTED, "the spec is not applied")
     elif any(name.startswith("Deployment ") for name in observed.not_owned):
         message = _build_not_owned_message(observed.not_owned)
-        conds.set(api.READY, "False", CHILD_NOT_OWNED, message)
-        conds.set(api.PROGRESSING, "False", CHILD_NOT_OWNED, "nothing of this pool runs")
+        conds.set(api.READY, "False", api.Reason.CHILD_NOT_OWNED, message)
+        conds.set(api.PROGRESSING, "False", api.Reason.CHILD_NOT_OWNED, "nothing of this pool runs")
     elif SCALING_KINDS & set(observed.missing_apis):
         message = _build_missing_apis_message(observed.missing_apis)
-        conds.set(api.READY, "False", CHILD_API_MISSING, message)
+        conds.set(api.READY, "False", api.Reason.CHILD_API_MISSING, message)
     _build_degraded(conds, observed)
     _build_queue_conditions(conds, pool, observed)
     _build_scaling_condition(conds, pool, observed)
     _build_queue_conflict(conds, pool, observed.queue_sharing)
+    _build_paused_condition(conds, pool)
     conditions = conds.build()
     before = observed.previous
     if observed.stats is not None:
@@ -695,5 +799,5 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
         obsolete=_build_obsolete(pool, children),
         replicas=replicas,
         status=status,
-        events=_build_events(previous, conditions, decision),
+        events=_build_events(previous, conditions, decision, scale_applied=observed.scale_applied),
     )

@@ -91,7 +91,8 @@ def test_the_operator_turns_a_workerpool_into_running_pods_and_reports_ready(
     table = kubecluster.poll_until(
         "printer columns with 2 replicas",
         lambda: kube_cluster.kubectl("get", "wp", "ready", "-n", pools_namespace).stdout.split(),
-        lambda words: words[7:11] == ["ready", "True", "2", "2"],
+        # NAME READY REPLICAS DESIRED MIN MAX BACKLOG IN-FLIGHT OLDEST DLQ PAUSED AGE, then the row
+        lambda words: words[12:16] == ["ready", "True", "2", "2"],
         timeout_seconds=60,
     )
     assert table[:7] == ["NAME", "READY", "REPLICAS", "DESIRED", "BACKLOG", "DLQ", "AGE"]

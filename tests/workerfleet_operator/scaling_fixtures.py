@@ -138,4 +138,4 @@ def pool_policy(**autoscaling_fields: object) -> autoscaling.ScalingPolicy:
             "autoscaling": {"maxReplicas": 50, **autoscaling_fields},
         }
     )
-    return api.build_scaling_policy(spec)
+    return autoscaling.build_scaling_policy(spec)

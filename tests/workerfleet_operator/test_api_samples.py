@@ -85,7 +85,7 @@ def test_the_keda_sample_shows_every_secret_key_field_keda_reads() -> None:
 def test_the_scaling_policy_carries_every_autoscaling_knob_of_the_full_sample() -> None:
     parsed = api.parse_pool(crd_validation.load_sample("full"))
     assert isinstance(parsed, api.Pool)
-    policy = api.build_scaling_policy(parsed.spec)
+    policy = autoscaling.build_scaling_policy(parsed.spec)
     assert policy == autoscaling.ScalingPolicy(
         min_replicas=1,
         max_replicas=50,
@@ -109,7 +109,7 @@ def test_a_disabled_pool_hands_its_fixed_replicas_to_the_policy() -> None:
     sample["spec"]["autoscaling"] = {"mode": "disabled", "replicas": 3}
     parsed = api.parse_pool(sample)
     assert isinstance(parsed, api.Pool)
-    policy = api.build_scaling_policy(parsed.spec)
+    policy = autoscaling.build_scaling_policy(parsed.spec)
     assert (policy.mode, policy.replicas) == ("disabled", 3)
 
 
@@ -122,6 +122,6 @@ def test_an_explicit_null_reads_as_the_default_as_the_api_server_stores_it() -> 
     parsed = api.parse_pool(sample)
     # Then it is the spec the cluster would store: defaults, not "no limit"
     assert isinstance(parsed, api.Pool), getattr(parsed, "message", "")
-    policy = api.build_scaling_policy(parsed.spec)
+    policy = autoscaling.build_scaling_policy(parsed.spec)
     assert policy.scale_up.max_step_pods == 4
     assert policy.target_utilization == 0.8

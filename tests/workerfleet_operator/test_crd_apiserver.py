@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from workerfleet_operator import api, plan
+from workerfleet_operator import autoscaling as autoscaling_mod
 
 from tests.e2e import kubecluster
 from tests.workerfleet_operator import crd_validation, test_api_rules
@@ -168,8 +169,10 @@ def test_server_defaults_equal_the_model_defaults_and_the_status_is_writable(
     again = cluster.fetch_json("workerpool", "emails", "-n", NAMESPACE)
     assert again["status"] == patch["status"]
     table = cluster.kubectl("get", "wp", "-n", NAMESPACE).stdout.split()
-    assert table[:7] == ["NAME", "READY", "REPLICAS", "DESIRED", "BACKLOG", "DLQ", "AGE"]
-    assert table[7:10] == ["emails", "True", "2"]
+    header = ["NAME", "READY", "REPLICAS", "DESIRED", "MIN", "MAX", "BACKLOG", "IN-FLIGHT"]
+    header += ["OLDEST", "DLQ", "PAUSED", "AGE"]
+    assert table[:12] == header
+    assert table[12:15] == ["emails", "True", "2"]
 
 
 def test_a_zero_target_turns_a_signal_off_and_survives_apply_while_null_is_defaulted_back(
@@ -189,7 +192,7 @@ def test_a_zero_target_turns_a_signal_off_and_survives_apply_while_null_is_defau
     assert (autoscaling["targetUtilization"], autoscaling["maxReplicas"]) == (0, 20)
     parsed = api.parse_pool(stored)
     assert isinstance(parsed, api.Pool)
-    policy = api.build_scaling_policy(parsed.spec)
+    policy = autoscaling_mod.build_scaling_policy(parsed.spec)
     assert (policy.target_backlog_per_replica, policy.target_utilization) == (100.0, None)
     # And a null is pruned and defaulted by the API server: it cannot mean "off"
     pool["metadata"]["name"] = "null-target"

@@ -46,17 +46,39 @@ def test_the_crd_names_the_workerpool_api() -> None:
     assert version["subresources"] == {"status": {}}
 
 
-def test_kubectl_get_shows_ready_replicas_desired_backlog_dlq_and_age() -> None:
+def test_kubectl_get_shows_ready_replicas_bounds_backlog_in_flight_oldest_dlq_paused_and_age() -> (
+    None
+):
     columns = CRD["spec"]["versions"][0]["additionalPrinterColumns"]
     default_columns = [c["name"] for c in columns if not c.get("priority")]
-    assert default_columns == ["Ready", "Replicas", "Desired", "Backlog", "DLQ", "Age"]
+    assert default_columns == [
+        "Ready",
+        "Replicas",
+        "Desired",
+        "Min",
+        "Max",
+        "Backlog",
+        "In-Flight",
+        "Oldest",
+        "DLQ",
+        "Paused",
+        "Age",
+    ]
+    wide_columns = [c["name"] for c in columns if c.get("priority")]
+    assert wide_columns == ["Mode", "Queue", "Reason", "Degraded"]
     paths = {c["name"]: c["jsonPath"] for c in columns}
     assert paths["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
     assert paths["DLQ"] == ".status.queue.deadLetter"
     # Every column points at a field the status schema defines.
     status_props = ROOT["properties"]["status"]["properties"]
     assert {"replicas", "desiredReplicas", "queue", "conditions"} <= set(status_props)
-    assert {"backlog", "deadLetter"} <= set(status_props["queue"]["properties"])
+    assert {"backlog", "deadLetter", "inFlight", "oldestJobAgeSeconds"} <= set(
+        status_props["queue"]["properties"]
+    )
+    assert paths["Paused"] == '.status.conditions[?(@.type=="Paused")].status'
+    assert paths["Degraded"] == '.status.conditions[?(@.type=="Degraded")].status'
+    spec_autoscaling = ROOT["properties"]["spec"]["properties"]["autoscaling"]["properties"]
+    assert {"minReplicas", "maxReplicas"} <= set(spec_autoscaling)
 
 
 def test_the_schema_is_structural_without_refs_or_free_form_unions() -> None:

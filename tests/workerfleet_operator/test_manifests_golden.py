@@ -40,7 +40,7 @@ def build_sample_pool(name: str) -> api.Pool:
 
 def build_sample_children(name: str) -> tuple[dict[str, Any], ...]:
     pool = build_sample_pool(name)
-    return plan.build_children(pool, replicas=plan.build_replicas(pool, None))
+    return plan.build_children(pool, replicas=plan.choose_replicas(pool, None))
 
 
 def _render(children: tuple[dict[str, Any], ...]) -> str:

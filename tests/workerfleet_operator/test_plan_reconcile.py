@@ -510,7 +510,7 @@ def test_without_a_new_read_the_last_queue_status_is_kept() -> None:
 def _decide(
     stats: QueueStats | None, current: int, pool: api.Pool, error: str | None = None
 ) -> autoscaling.Decision:
-    policy = api.build_scaling_policy(pool.spec)
+    policy = autoscaling.build_scaling_policy(pool.spec)
     return autoscaling.decide(
         policy, autoscaling.Observation(stats, error), current, autoscaling.ScalerState(), 1000.0
     )
@@ -547,7 +547,7 @@ def test_a_dry_run_decision_is_announced_as_such() -> None:
 
 def test_pinned_at_max_with_a_growing_backlog_sets_scaling_limited() -> None:
     pool = _pool(autoscaling={"maxReplicas": 2})
-    policy = api.build_scaling_policy(pool.spec)
+    policy = autoscaling.build_scaling_policy(pool.spec)
     state = autoscaling.ScalerState()
     decision = None
     for step, backlog in enumerate((1000, 2000, 3000, 4000)):
@@ -605,7 +605,7 @@ def test_the_planned_status_is_valid_for_the_crd_status_schema() -> None:
     ],
 )
 def test_credentials_are_redacted_from_error_texts(text: str) -> None:
-    assert CANARY not in plan.build_redacted(text)
+    assert CANARY not in plan.redact(text)
 
 
 def test_huge_messages_are_cut_so_status_and_events_stay_writable() -> None:

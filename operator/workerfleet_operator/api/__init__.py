@@ -17,8 +17,16 @@ from workerfleet_operator.api.crd import (
     build_crd,
     build_crd_yaml,
 )
-from workerfleet_operator.api.policy import build_scaling_policy
-from workerfleet_operator.api.pool import InvalidPool, Pool, build_validation_message, parse_pool
+from workerfleet_operator.api.pool import (
+    PAUSED_ANNOTATION,
+    PAUSED_REPLICAS_ANNOTATION,
+    InvalidPool,
+    Pause,
+    Pool,
+    build_validation_message,
+    parse_pause,
+    parse_pool,
+)
 from workerfleet_operator.api.spec import (
     OPERATOR_ENV_NAMES,
     AutoscalingSpec,
@@ -40,6 +48,7 @@ from workerfleet_operator.api.spec import (
 from workerfleet_operator.api.status import (
     CONDITION_TYPES,
     DEGRADED,
+    PAUSED,
     PROGRESSING,
     QUEUE_CONFLICT,
     QUEUE_REACHABLE,
@@ -49,6 +58,7 @@ from workerfleet_operator.api.status import (
     Condition,
     ConditionStatus,
     QueueStatus,
+    Reason,
     WorkerPoolStatus,
     build_condition,
     build_message,
@@ -67,6 +77,9 @@ __all__ = [
     "GROUP",
     "KIND",
     "OPERATOR_ENV_NAMES",
+    "PAUSED",
+    "PAUSED_ANNOTATION",
+    "PAUSED_REPLICAS_ANNOTATION",
     "PLURAL",
     "PROGRESSING",
     "QUEUE_CONFLICT",
@@ -86,11 +99,13 @@ __all__ = [
     "InvalidPool",
     "KedaRedisAuth",
     "MetricsSpec",
+    "Pause",
     "PodDisruptionBudgetSpec",
     "Pool",
     "QueueSpec",
     "QueueStatus",
     "RateLimitSpec",
+    "Reason",
     "ResourcesSpec",
     "RetrySpec",
     "Rule",
@@ -101,11 +116,11 @@ __all__ = [
     "build_crd",
     "build_crd_yaml",
     "build_message",
-    "build_scaling_policy",
     "build_status_patch",
     "build_timestamp",
     "build_validation_message",
     "find_condition",
+    "parse_pause",
     "parse_pool",
     "parse_status",
 ]

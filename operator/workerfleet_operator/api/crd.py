@@ -202,15 +202,23 @@ def _condition_column(name: str, condition: str, field: str, priority: int = 0) 
 
 
 PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
+    # What on-call asks first: is it up, how many and within which bounds, how far behind
+    # (waiting, running, the oldest job's age, dead letters), is someone holding it.
     _condition_column("Ready", status_mod.READY, "status"),
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
+    {"name": "Min", "type": "integer", "jsonPath": ".spec.autoscaling.minReplicas"},
+    {"name": "Max", "type": "integer", "jsonPath": ".spec.autoscaling.maxReplicas"},
     {"name": "Backlog", "type": "integer", "jsonPath": ".status.queue.backlog"},
+    {"name": "In-Flight", "type": "integer", "jsonPath": ".status.queue.inFlight"},
+    {"name": "Oldest", "type": "number", "jsonPath": ".status.queue.oldestJobAgeSeconds"},
     {"name": "DLQ", "type": "integer", "jsonPath": ".status.queue.deadLetter"},
+    _condition_column("Paused", status_mod.PAUSED, "status"),
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.autoscaling.mode", "priority": 1},
     {"name": "Queue", "type": "string", "jsonPath": ".spec.queue.name", "priority": 1},
     _condition_column("Reason", status_mod.READY, "reason", priority=1),
+    _condition_column("Degraded", status_mod.DEGRADED, "status", priority=1),
 )
 
 

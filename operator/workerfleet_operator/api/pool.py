@@ -9,6 +9,7 @@ the place where the same messages are produced for the pool's status.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,39 @@ from pydantic import ValidationError
 
 from workerfleet_operator.api import crd
 from workerfleet_operator.api.spec import WorkerPoolSpec
+
+PAUSED_ANNOTATION = f"{crd.GROUP}/paused"
+"""``"true"`` pauses the pool at its current replicas (KEDA's ``autoscaling.keda.sh/paused``)."""
+PAUSED_REPLICAS_ANNOTATION = f"{crd.GROUP}/paused-replicas"
+"""``"N"`` pauses the pool at N replicas (KEDA's ``autoscaling.keda.sh/paused-replicas``)."""
+_REPLICAS = re.compile(r"^[0-9]{1,9}$")
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A paused pool: nothing scales it. ``replicas`` None: held where they are; else set to it."""
+
+    replicas: int | None = None
+
+
+def parse_pause(annotations: Mapping[str, Any] | None) -> Pause | None:
+    """The pool's pause from its annotations, None when it is not paused.
+
+    Either annotation pauses (as in KEDA): ``paused-replicas`` alone pauses at that count.
+    Raises ValueError naming the annotation when ``paused-replicas`` is not a replica count.
+    """
+    annotations = annotations or {}
+    count = annotations.get(PAUSED_REPLICAS_ANNOTATION)
+    if count is not None:
+        if not _REPLICAS.match(str(count).strip()):
+            raise ValueError(
+                f"metadata.annotations[{PAUSED_REPLICAS_ANNOTATION}]: must be a replica count "
+                f"(0 or more), not {str(count)[:20]!r}"
+            )
+        return Pause(replicas=int(str(count).strip()))
+    if str(annotations.get(PAUSED_ANNOTATION, "")).strip().lower() == "true":
+        return Pause()
+    return None
 
 
 @dataclass(frozen=True)
@@ -29,6 +63,7 @@ class Pool:
     generation: int
     spec: WorkerPoolSpec
     labels: Mapping[str, str] | None = None
+    pause: Pause | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,12 @@ def parse_pool(body: Mapping[str, Any]) -> Pool | InvalidPool:
     uid = str(metadata.get("uid", ""))
     generation = int(metadata.get("generation") or 0)
     problems = [rule.message for rule in crd.ROOT_RULES if not rule.check(body)]
+    annotations = metadata.get("annotations")
+    try:
+        pause = parse_pause(annotations if isinstance(annotations, Mapping) else None)
+    except ValueError as error:
+        problems.append(str(error))
+        pause = None
     raw_spec = body.get("spec")
     if not isinstance(raw_spec, Mapping):
         problems.append("spec: required")
@@ -82,4 +123,5 @@ def parse_pool(body: Mapping[str, Any]) -> Pool | InvalidPool:
         generation=generation,
         spec=spec,
         labels=dict(labels) if isinstance(labels, Mapping) else None,
+        pause=pause,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +28,7 @@ DEGRADED = "Degraded"
 QUEUE_REACHABLE = "QueueReachable"
 SCALING_LIMITED = "ScalingLimited"
 QUEUE_CONFLICT = "QueueConflict"
+PAUSED = "Paused"
 CONDITION_TYPES: tuple[str, ...] = (
     READY,
     PROGRESSING,
@@ -34,7 +36,66 @@ CONDITION_TYPES: tuple[str, ...] = (
     QUEUE_REACHABLE,
     SCALING_LIMITED,
     QUEUE_CONFLICT,
+    PAUSED,
 )
+
+
+class Reason(StrEnum):
+    """Every condition reason the operator writes (CamelCase, as metav1.Condition wants).
+
+    Defined once here: ``plan`` decides which applies, the shell, the metrics and the tests name
+    them from this enum, never by a string of their own.
+    """
+
+    # Ready / Progressing: the rollout
+    CREATING = "Creating"
+    ROLLING_OUT = "RollingOut"
+    REPLICAS_UNAVAILABLE = "ReplicasUnavailable"
+    WAITING_FOR_REPLICAS = "WaitingForReplicas"
+    SCALED_TO_ZERO = "ScaledToZero"
+    AVAILABLE = "Available"
+    ROLLOUT_COMPLETE = "RolloutComplete"
+    # bad input: Ready=False and Degraded=True, the user must act
+    INVALID_SPEC = "InvalidSpec"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    INVALID_REDIS_URL = "InvalidRedisURL"
+    APPLY_REJECTED = "ApplyRejected"
+    """The API server refused a child as written (422: e.g. requests above limits)."""
+    # Degraded
+    CHILD_NOT_OWNED = "ChildNotOwned"
+    """An object with a child's name exists and is not controlled by this pool: never adopted."""
+    CHILD_API_MISSING = "ChildAPIMissing"
+    """A child's kind is not served (KEDA or the Prometheus Operator's CRDs are not installed)."""
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    REPLICA_FAILURE = "ReplicaFailure"
+    REDIS_MAY_EVICT = "RedisMayEvict"
+    """The queue's Redis has a maxmemory-policy other than noeviction."""
+    RECONCILE_FAILED = "ReconcileFailed"
+    """A reconcile raised (an API error after its retries, a bug): retried with backoff."""
+    AS_EXPECTED = "AsExpected"
+    # QueueReachable
+    QUEUE_READ = "QueueRead"
+    QUEUE_UNREACHABLE = "QueueUnreachable"
+    NOT_YET_READ = "NotYetRead"
+    # ScalingLimited
+    NOT_MANAGED = "NotManaged"
+    NOT_YET_EVALUATED = "NotYetEvaluated"
+    MAX_REPLICAS_REACHED = "MaxReplicasReached"
+    WITHIN_LIMITS = "WithinLimits"
+    REPLICAS_OWNED_ELSEWHERE = "ReplicasOwnedElsewhere"
+    """A live HPA or ScaledObject drives spec.replicas: the autoscaler holds, never fights."""
+    # QueueConflict
+    NOT_YET_CHECKED = "NotYetChecked"
+    QUEUE_NOT_SHARED = "QueueNotShared"
+    QUEUE_SHARED = "QueueShared"
+    # Paused
+    NOT_PAUSED = "NotPaused"
+    PAUSED_BY_ANNOTATION = "PausedByAnnotation"
+    """``workerfleet.io/paused: "true"``: replicas are held where they are."""
+    PAUSED_AT_REPLICAS = "PausedAtReplicas"
+    """``workerfleet.io/paused-replicas: "N"``: replicas are set to N and held."""
+
 
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 """The reason format of metav1.Condition (CamelCase in practice)."""
@@ -143,7 +204,9 @@ class WorkerPoolStatus(StatusModel):
     conditions: list[Condition] | None = Field(
         default=None,
         max_length=16,
-        description="Ready, Progressing, Degraded, QueueReachable, ScalingLimited.",
+        description=(
+            "Ready, Progressing, Degraded, QueueReachable, ScalingLimited, QueueConflict, Paused."
+        ),
         json_schema_extra={
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["type"],

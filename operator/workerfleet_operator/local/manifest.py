@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from workerfleet_operator import api, autoscaling
+from workerfleet_operator import autoscaling
 from workerfleet_operator.api import spec as spec_mod
 
 LOCAL_NAMESPACE = "local"  # the namespace label of local metrics (docs/architecture.md)
@@ -71,7 +71,7 @@ def build_pool(document: Mapping[str, Any]) -> LocalPool:
 
 def build_scaling_policy(spec: spec_mod.WorkerPoolSpec) -> autoscaling.ScalingPolicy:
     """The operator's policy for the pool; KEDA does not exist locally, so keda means builtin."""
-    policy = api.build_scaling_policy(spec)
+    policy = autoscaling.build_scaling_policy(spec)
     return dataclasses.replace(policy, mode="builtin") if policy.mode == "keda" else policy
 
 

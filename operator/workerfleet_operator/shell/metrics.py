@@ -66,6 +66,10 @@ class OperatorMetrics:
         self.replicas_max = gauge(
             "workerfleet_pool_replicas_max", "autoscaling.maxReplicas of the pool."
         )
+        self.paused = gauge(
+            "workerfleet_pool_paused",
+            "1 while the pool is paused (workerfleet.io/paused or paused-replicas), else 0.",
+        )
         self.dead_letter_alert_threshold = gauge(
             "workerfleet_pool_dead_letter_alert_threshold", "deadLetter.alertThreshold of the pool."
         )
@@ -145,6 +149,7 @@ class OperatorMetrics:
             replicas_current=self.replicas_current.labels(*labels),
             replicas_ready=self.replicas_ready.labels(*labels),
             replicas_max=self.replicas_max.labels(*labels),
+            paused=self.paused.labels(*labels),
             dead_letter_alert_threshold=self.dead_letter_alert_threshold.labels(*labels),
             oldest_job_age_target=self.oldest_job_age_target.labels(*labels),
             workers_expired=self.workers_expired.labels(*labels),
@@ -188,6 +193,7 @@ class OperatorMetrics:
             self.replicas_current,
             self.replicas_ready,
             self.replicas_max,
+            self.paused,
             self.dead_letter_alert_threshold,
             self.oldest_job_age_target,
             self.workers_expired,
@@ -218,6 +224,7 @@ class PoolSeries:
     replicas_current: Any
     replicas_ready: Any
     replicas_max: Any
+    paused: Any
     dead_letter_alert_threshold: Any
     oldest_job_age_target: Any
     workers_expired: Any

@@ -104,10 +104,8 @@ class PoolController:
             self.applied.rejected_generation,
         ):
             self.dirty = True
-        if self.body is not None and self.body.get("metadata", {}).get("labels") != body.get(
-            "metadata", {}
-        ).get("labels"):
-            self.dirty = True
+        if self.body is not None and _labels_and_pause(self.body) != _labels_and_pause(body):
+            self.dirty = True  # neither bumps the generation
         if drift.is_newer(body, self.body):
             self.body = body  # never step back to a stale body (our own status writes are newer)
         self.wake.set()
@@ -219,7 +217,7 @@ class PoolController:
             if self.spec_problem is not None:
                 result = "invalid"
                 # A bad spec waits for its next change; a Secret problem is retried (backoff).
-                return self.spec_problem.reason == plan_mod.INVALID_SPEC
+                return self.spec_problem.reason == api.Reason.INVALID_SPEC
             if self.applied.apply_problem is not None:
                 result = "invalid"
                 return False  # retried with backoff: a LimitRange or webhook may change
@@ -247,16 +245,7 @@ class PoolController:
                     text,
                 )
             with contextlib.suppress(Exception):
-                await report.apply_failure(
-                    self,
-                    {
-                        "Degraded": (
-                            "True",
-                            "ReconcileFailed",
-                            f"{type(exc).__name__}: {text}"[:512],
-                        )
-                    },
-                )
+                await report.apply_failure(self, f"{type(exc).__name__}: {text}")
             return False
         finally:
             self.ctx.metrics.count_reconcile(self.namespace, self.name, result)
@@ -287,13 +276,13 @@ class PoolController:
     def parse(self) -> api.Pool | api.InvalidPool:
         """The parsed pool, cached per (uid, generation, labels): parsing is the costly part."""
         meta = (self.body or {}).get("metadata") or {}
-        key = (meta.get("uid"), meta.get("generation"), str(meta.get("labels")))
+        key = (meta.get("uid"), meta.get("generation"), str(_labels_and_pause(self.body or {})))
         if self.parsed_key != key or self.parsed is None:
             self.parsed = api.parse_pool(self.body or {})
             self.parsed_key = key
             try:
                 self.policy = (
-                    api.build_scaling_policy(self.parsed.spec)
+                    autoscaling.build_scaling_policy(self.parsed.spec)
                     if isinstance(self.parsed, api.Pool)
                     else None
                 )
@@ -304,7 +293,7 @@ class PoolController:
     def valid_pool(self) -> api.Pool:
         parsed = self.parse()
         if isinstance(parsed, api.InvalidPool):
-            raise reconcile.SpecProblemError(plan_mod.INVALID_SPEC, parsed.message)
+            raise reconcile.SpecProblemError(api.Reason.INVALID_SPEC, parsed.message)
         return parsed
 
     def scaling_policy(self) -> autoscaling.ScalingPolicy | None:
@@ -362,6 +351,7 @@ class PoolController:
             apply_problem=self.applied.apply_problem,
             missing_apis=self.applied.missing_apis,
             not_owned=self.applied.not_owned,
+            replicas_owned_by=self.scaling.replicas_blocked_by,
             queue_sharing=self.ctx.find_queue_sharing((self.namespace, self.name)),
             **more,
         )
@@ -375,3 +365,14 @@ class PoolController:
             self.series = self.ctx.metrics.bind_pool(labels)
             self.series_labels = labels
         return self.series
+
+
+def _labels_and_pause(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a pool's metadata its children depend on besides the spec: labels, pause."""
+    meta = body.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return (
+        meta.get("labels"),
+        annotations.get(api.PAUSED_ANNOTATION),
+        annotations.get(api.PAUSED_REPLICAS_ANNOTATION),
+    )

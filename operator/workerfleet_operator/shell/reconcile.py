@@ -94,7 +94,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     if the_plan.hold:
         # Bad input: nothing applied, nothing deleted; explain, and retry a Secret slowly.
         controller.spec_problem = SpecProblemError(
-            secret.state if secret.state != "ok" else plan_mod.INVALID_SPEC,
+            secret.state if secret.state != "ok" else api.Reason.INVALID_SPEC,
             the_plan.problem or "",
         )
         await report.apply_status(controller, the_plan.status, the_plan.events)
@@ -115,8 +115,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
         controller.applied.rejected_generation = parsed.generation
     # The status from what the writes returned (a plan on the fresh Deployment state).
     final = plan_mod.plan(parsed, controller.observed(secret))
-    events = tuple(e for e in final.events if e.reason not in ("Creating",))
-    await report.apply_status(controller, final.status, events)
+    await report.apply_status(controller, final.status, final.events)
 
 
 async def _apply_children(
@@ -187,7 +186,7 @@ async def _apply_children(
             await report.post_event(
                 controller,
                 "Normal",
-                "DriftCorrected",
+                plan_mod.EventReason.DRIFT_CORRECTED,
                 f"Deployment {controller.name} restored to the pool's spec",
             )
     else:

@@ -76,35 +76,26 @@ def _export_conditions(
     conditions = list(status_model.conditions or ())
     series = controller.bound_series()
     series.record_conditions((c.type, c.status, c.reason) for c in conditions)
+    paused = api.find_condition(conditions, api.PAUSED)
+    series.paused.set(1.0 if paused is not None and paused.status == "True" else 0.0)
     reachable = api.find_condition(conditions, api.QUEUE_REACHABLE)
     if reachable is not None:
         series.record_queue_reachable(reachable.status == "True", reachable.reason)
 
 
-async def apply_failure(
-    controller: pool_mod.PoolController, wanted: Mapping[str, tuple[api.ConditionStatus, str, str]]
-) -> None:
-    """Set a few conditions on the stored status (used when a reconcile raised)."""
+async def apply_failure(controller: pool_mod.PoolController, error: str) -> None:
+    """Report a reconcile that raised (``error``: its type and redacted message), as planned by
+    ``plan.plan_failure``: Degraded=True ReconcileFailed, a Warning on the transition."""
     body = controller.body
     if body is None:
         return
-    stored = api.parse_status(body.get("status")) or api.WorkerPoolStatus()
-    generation = int(body["metadata"].get("generation", 1))
-    now = dt.datetime.now(dt.UTC)
-    previous = list(stored.conditions or ())
-    conditions = {c.type: c for c in previous}
-    events = []
-    for ctype, (status, reason, message) in wanted.items():
-        before = conditions.get(ctype)
-        conditions[ctype] = api.build_condition(
-            ctype, status, reason, message, generation=generation, now=now, previous=previous
-        )
-        transitioned = before is None or (before.status, before.reason) != (status, reason)
-        if transitioned and status == "True" and ctype in (api.DEGRADED, api.SCALING_LIMITED):
-            events.append(plan_mod.Event("Warning", reason, message))
-    order = {t: i for i, t in enumerate(api.CONDITION_TYPES)}
-    merged = sorted(conditions.values(), key=lambda c: order.get(c.type, len(order)))
-    await apply_status(controller, stored.model_copy(update={"conditions": merged}), events)
+    report = plan_mod.plan_failure(
+        int(body["metadata"].get("generation", 1)),
+        api.parse_status(body.get("status")),
+        error,
+        dt.datetime.now(dt.UTC),
+    )
+    await apply_status(controller, report.status, report.events)
 
 
 async def post_event(

@@ -16,14 +16,13 @@ reconciles. The decision is ``autoscaling.decide`` (pure); this module does the 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workerfleet_operator import api, autoscaling
+from workerfleet_operator import autoscaling
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import drift, kube, queue, report
 
@@ -86,9 +85,16 @@ async def poll_queue(
     current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
     # decide() runs on the monotonic clock (its windows survive wall-clock steps); the time
     # of each scale is recorded on the wall clock for status.autoscaling.lastScaleTime.
+    now = controller.ctx.clock()
     decision = autoscaling.decide(
-        policy, observation, current, controller.scaling.scaler_state, controller.ctx.clock()
+        policy, observation, current, controller.scaling.scaler_state, now
     )
+    if pool.pause is not None and policy.mode == "builtin":
+        # Paused: the signals are still read and shown; the replicas are held (or set to the
+        # paused-replicas count) by the autoscaler's own manager, as any scale.
+        decision = autoscaling.hold_paused(
+            decision, controller.scaling.scaler_state, pool.pause.replicas, now
+        )
     if decision.state.last_scale_time != controller.scaling.scaler_state.last_scale_time:
         controller.scaling.last_scale_wall_time = controller.ctx.wall_clock()
     controller.scaling.scaler_state = decision.state
@@ -108,6 +114,7 @@ async def poll_queue(
     signature = (
         *_poll_signature(observation, decision, controller.deployment, controller.body),
         sharing,
+        pool.pause,
     )
     if (
         signature == controller.scaling.poll_signature
@@ -124,49 +131,14 @@ async def poll_queue(
             stats=observation.stats,
             stats_error=observation.error,
             decision=_with_scale_time(decision, controller.scaling.last_scale_wall_time),
+            scale_applied=applied,
         ),
     )
-    status = the_plan.status
-    events = list(the_plan.events)
-    if not applied:
-        events = [e for e in events if e.message != plan_mod.build_redacted(decision.reason)]
-    if controller.scaling.replicas_blocked_by:
-        status, blocked_event = _blocked_condition(controller, status)
-        events = [e for e in events if e.reason != "WithinLimits"]
-        if blocked_event is not None:
-            events.append(blocked_event)
-    if not await report.apply_status(controller, status, events):
+    if not await report.apply_status(controller, the_plan.status, the_plan.events):
         controller.scaling.poll_signature = (
             None  # deferred: the next poll writes it once the refresh is due
         )
     _export(controller, policy, observation, decision)
-
-
-def _blocked_condition(
-    controller: pool_mod.PoolController, status: api.WorkerPoolStatus
-) -> tuple[api.WorkerPoolStatus, plan_mod.Event | None]:
-    owners = ", ".join(controller.scaling.replicas_blocked_by)
-    message = (
-        f"spec.replicas is driven by {owners}; the autoscaler holds instead of fighting. "
-        "Delete it to hand the replicas back (or set autoscaling.mode: disabled or keda)"
-    )
-    previous = list(status.conditions or ())
-    stored = api.parse_status((controller.body or {}).get("status"))
-    before = api.find_condition(stored.conditions if stored else None, api.SCALING_LIMITED)
-    condition = api.build_condition(
-        api.SCALING_LIMITED,
-        "True",
-        "ReplicasOwnedElsewhere",
-        message,
-        generation=int((controller.body or {})["metadata"].get("generation", 1)),
-        now=dt.datetime.now(dt.UTC),
-        previous=list(stored.conditions or ()) if stored else [],
-    )
-    merged = [condition if c.type == api.SCALING_LIMITED else c for c in previous]
-    event = None
-    if before is None or (before.status, before.reason) != ("True", "ReplicasOwnedElsewhere"):
-        event = plan_mod.Event("Warning", "ReplicasOwnedElsewhere", message)
-    return status.model_copy(update={"conditions": merged}), event
 
 
 async def _scale(
