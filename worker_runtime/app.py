@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
     from worker_runtime import producer as producer_mod
+    from worker_runtime.brokers import base
     from worker_runtime.brokers.redis import queue as queue_mod
 
 Priority = envelope.Priority
@@ -353,6 +354,18 @@ class App:
 
         self._producers.loop = asyncio.get_running_loop()
         self._producers.async_producer = producer.Producer(client, queue or self.queue)
+        self._producers.async_client = None  # the caller owns it
+
+    def bind_broker(self, broker: base.Broker) -> None:
+        """Enqueue through ``broker`` (on the running loop): the worker binds its own.
+
+        Follow-up jobs enqueued by handlers land on the queue the worker actually serves
+        (``WORKERFLEET_QUEUE`` may override the App's), over whatever broker it runs on.
+        """
+        from worker_runtime import producer
+
+        self._producers.loop = asyncio.get_running_loop()
+        self._producers.async_producer = producer.Producer.on_broker(broker)
         self._producers.async_client = None  # the caller owns it
 
     def _url(self) -> str:

@@ -18,6 +18,7 @@ import redis
 import redis.cluster
 
 from worker_runtime import envelope, expiry
+from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import keys, queue, scripts
 
 Payload = pydantic.BaseModel | Mapping[str, Any] | None
@@ -105,8 +106,16 @@ class Producer:
     """Enqueue jobs on one queue over an asyncio Redis or Redis Cluster client."""
 
     def __init__(self, client: queue.AsyncClient, queue_name: str) -> None:
-        self._engine = queue.QueueClient(client, queue_name)
+        self._engine: queue.QueueClient | base.Broker = queue.QueueClient(client, queue_name)
         self.queue = self._engine.queue
+
+    @classmethod
+    def on_broker(cls, broker: base.Broker) -> Producer:
+        """A producer that enqueues through ``broker`` (any backend; the worker passes its own)."""
+        producer = cls.__new__(cls)
+        producer._engine = broker
+        producer.queue = broker.queue
+        return producer
 
     async def enqueue(
         self, task: str, payload: Payload = None, **options: Unpack[EnqueueOptions]

@@ -16,9 +16,9 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from worker_runtime import health, logs
-from worker_runtime.brokers.redis import connection, stats
-from worker_runtime.brokers.redis import queue as queue_mod
+from worker_runtime import brokers, health, logs
+from worker_runtime.brokers import base
+from worker_runtime.brokers.redis import eviction
 from worker_runtime.worker import transient
 
 if TYPE_CHECKING:
@@ -56,13 +56,13 @@ class ControlThread(threading.Thread):
     def run(self) -> None:
         asyncio.run(self._main())
 
-    def build_beat(self) -> queue_mod.WorkerBeat:
+    def build_beat(self) -> base.WorkerBeat:
         """The heartbeat record this worker publishes (read by the autoscaler)."""
         w = self.worker
         with w.held_lock:
             starts = [h.started_wall for h in w.held.values()]
             in_flight = len(w.held)
-        return queue_mod.WorkerBeat(
+        return base.WorkerBeat(
             worker_id=w.worker_id,
             pod_name=w.settings.pod_name,
             concurrency=w.concurrency,
@@ -75,26 +75,26 @@ class ControlThread(threading.Thread):
             ttl_seconds=w.settings.lease_seconds,
         )
 
-    def snapshot_jobs(self) -> list[queue_mod.Job]:
+    def snapshot_jobs(self) -> list[base.Delivery]:
         """The held jobs whose leases must be renewed."""
         w = self.worker
         with w.held_lock:
             return [h.job for h in w.held.values() if not h.lost and not h.released]
 
-    def apply_renewal(self, result: queue_mod.RenewResult) -> None:
+    def apply_renewal(self, result: base.LeaseRenewal) -> None:
         """Mark jobs whose lease was lost; their results will be discarded."""
         w = self.worker
-        if result.renewed:
-            w.metrics.lease_renewals.inc(len(result.renewed))
+        if result.kept:
+            w.metrics.lease_renewals.inc(len(result.kept))
         leased_until = time.time() + w.settings.lease_seconds
         with w.held_lock:
-            for job in result.renewed_jobs:
-                h = w.held.get((job.id, job.token))
+            for job in result.kept:
+                h = w.held.get((job.id, job.receipt))
                 if h is not None and h.ctx is not None:
                     h.ctx.leased_until = leased_until
-            for job in result.lost_jobs:
+            for job in result.lost:
                 job_id = job.id
-                h = w.held.get((job_id, job.token))
+                h = w.held.get((job_id, job.receipt))
                 # A job whose settle is on its way may already be acked (the snapshot raced
                 # the ack): its settle's own result decides, not the renewal.
                 if h is not None and not h.lost and not h.settling:
@@ -107,21 +107,22 @@ class ControlThread(threading.Thread):
                         extra={"job_id": job_id},
                     )
 
-    async def _check_eviction_policy(self, client: connection.AsyncClient) -> None:
-        """Read the server's maxmemory-policy; anything but noeviction is an ERROR and a metric.
+    async def _check_eviction_policy(self, probe: base.QueueProbe) -> None:
+        """Read Redis' maxmemory-policy; anything but noeviction is an ERROR and a metric.
 
         Under allkeys-* Redis may evict a queue's jobs, under volatile-* its idempotency and
         done markers: the at-least-once promise no longer holds, and nothing else would say so.
+        Brokers that are not Redis report no policy, and nothing is checked.
         """
         w = self.worker
         try:
-            policy = (await stats.fetch_queue_stats(client, w.queue_name)).maxmemory_policy
+            policy = (await probe.fetch_stats()).maxmemory_policy
         except Exception as exc:  # a check, never a reason to stop renewing
-            log.debug("maxmemory-policy check failed", extra={"error": repr(exc)})
+            log.debug("maxmemory-policy check failed", extra={"error": transient.describe(exc)})
             return
         if policy is None:
             return  # not readable with this user's rights: unknown, not unsafe
-        warning = stats.build_eviction_warning(policy)
+        warning = eviction.build_eviction_warning(policy)
         w.metrics.eviction_policy(policy, warning is not None)
         if warning is not None and policy != self._reported_policy:
             log.error(warning, extra={"maxmemory_policy": policy})
@@ -132,10 +133,14 @@ class ControlThread(threading.Thread):
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         interval = w.settings.heartbeat_interval_seconds
-        client = connection.fetch_client(
-            w.settings.redis_url, socket_timeout=max(0.5, min(5.0, interval))
+        # Its own connection, with a short reply timeout: a renewal must not wait behind the
+        # job loop's blocking fetch.
+        q = await brokers.open_broker(
+            w.settings.redis_url,
+            w.queue_name,
+            options=w.options,
+            socket_timeout=max(0.5, min(5.0, interval)),
         )
-        q = queue_mod.QueueClient(client, w.queue_name, w.options)
         if w.settings.metrics_port:
             self.server = health.HealthServer(
                 w.health, w.metrics, w.settings.metrics_host, w.settings.metrics_port
@@ -157,16 +162,20 @@ class ControlThread(threading.Thread):
                 except Exception as exc:  # never let the renewal thread die
                     failures += 1
                     w.metrics.redis_error("renew")
-                    log.warning("lease renewal failed", extra={"error": repr(exc)})
+                    log.warning("lease renewal failed", extra={"error": transient.describe(exc)})
                     wait = min(interval, 0.25 * failures)
                 else:
                     failures = 0
                     w.health.redis_ok()
                     self.apply_renewal(result)
                     wait = interval
-                if failures == 0 and time.monotonic() >= next_policy_check:
+                if (
+                    failures == 0
+                    and time.monotonic() >= next_policy_check
+                    and isinstance(q, base.QueueProbe)
+                ):
                     next_policy_check = time.monotonic() + EVICTION_POLICY_CHECK_SECONDS
-                    await self._check_eviction_policy(client)
+                    await self._check_eviction_policy(q)
                 self._wake_event.clear()
                 if self._stopping:
                     break
@@ -175,8 +184,5 @@ class ControlThread(threading.Thread):
         finally:
             if self.server is not None:
                 await self.server.stop()
-            try:
-                await q.aclose()
-                await client.aclose()
-            except transient.REDIS_ERRORS:
-                pass
+            with contextlib.suppress(*transient.BROKER_ERRORS):
+                await q.close()

@@ -18,12 +18,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, config, health, logs, metrics
-from worker_runtime.brokers.redis import connection
-from worker_runtime.brokers.redis import queue as queue_mod
+from worker_runtime import backoff, brokers, config, health, logs, metrics
+from worker_runtime.brokers import base
 from worker_runtime.worker import control as control_mod
 from worker_runtime.worker import drain as drain_mod
 from worker_runtime.worker import fetching, running, settling, signals, transient
@@ -62,7 +60,7 @@ class Worker:
         # Keyed by delivery (job id, token), not by job id: a job lost to another worker can
         # come back to this one while the stale run still finishes, and the stale run's
         # rejected settle must not remove the live delivery's entry.
-        self.held: dict[tuple[str, queue_mod.Token], held_mod.Held] = {}
+        self.held: dict[tuple[str, base.Receipt], held_mod.Held] = {}
         self.held_lock = threading.Lock()
         self.processed = 0
         self.busy_seconds = 0.0
@@ -70,8 +68,7 @@ class Worker:
         self.draining = False
         self.wake: asyncio.Event | None = None  # a slot freed or an ack queued
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.client: Any = None
-        self.q: queue_mod.QueueClient | None = None
+        self.q: base.Broker | None = None
         self.control: control_mod.ControlThread | None = None
         self.settler = settling.Settler(self, policy or self._default_policy())
         self.runner = running.JobRunner(self, self.settler)
@@ -79,10 +76,10 @@ class Worker:
         self.drainer = drain_mod.Drain(self)
         rate = None
         if settings.rate_limit_jobs is not None and settings.rate_limit_per_seconds is not None:
-            rate = queue_mod.RateLimit(
+            rate = base.RateLimit(
                 jobs=settings.rate_limit_jobs, per_seconds=settings.rate_limit_per_seconds
             )
-        self.options = queue_mod.QueueOptions(
+        self.options = base.QueueOptions(
             lease_seconds=settings.lease_seconds,
             max_deliveries=self.policy.max_deliveries,
             dlq_max_length=settings.dlq_max_length,
@@ -104,7 +101,7 @@ class Worker:
             previous_delay=self._fetch_previous_delay,
         )
 
-    async def _fetch_previous_delay(self, job: queue_mod.Job) -> float | None:
+    async def _fetch_previous_delay(self, job: base.Delivery) -> float | None:
         return await self.settler.fetch_previous_delay(job)
 
     @property
@@ -130,7 +127,7 @@ class Worker:
     def forget(self, h: held_mod.Held) -> None:
         """The job is settled (or given up): free its slot."""
         with self.held_lock:
-            self.held.pop((h.job.id, h.job.token), None)
+            self.held.pop((h.job.id, h.job.receipt), None)
         self.processed += 1
         self.poke()
 
@@ -148,13 +145,14 @@ class Worker:
                 self.request_drain(early)
         # No automatic re-send on this connection: a fetch whose reply was lost must not run
         # again blindly (its jobs would be held by nobody); the fetch loop retries and adopts.
-        self.client = connection.fetch_client(
+        self.q = await brokers.open_broker(
             self.settings.redis_url,
+            self.queue_name,
+            options=self.options,
             socket_timeout=fetching.FETCH_BLOCK_SECONDS + 5.0,
             retries=0,
         )
-        self.q = queue_mod.QueueClient(self.client, self.queue_name, self.options)
-        self.app.bind(self.client, queue=self.queue_name)
+        self.app.bind_broker(self.q)
         self.runner.open()
         self.control = control_mod.ControlThread(self)
         self.control.start()
@@ -191,7 +189,7 @@ class Worker:
 
     async def _tick_forever(self) -> None:
         # Proves to /healthz that the job loop's event loop is responsive (and exports what a
-        # fetch that is still waiting in Redis has dead-lettered meanwhile).
+        # fetch that is still waiting in the broker has dead-lettered meanwhile).
         while True:
             self.health.loop_tick()
             if self.q is not None and self.q.fetch_dead_lettered:
@@ -207,15 +205,12 @@ class Worker:
         if self.q is not None:
             try:
                 await asyncio.wait_for(self.q.deregister(self.worker_id), timeout=3.0)
-            except transient.REDIS_ERRORS as exc:
-                log.warning("deregister failed", extra={"error": repr(exc)})
+            except transient.BROKER_ERRORS as exc:
+                log.warning("deregister failed", extra={"error": transient.describe(exc)})
             try:
-                await asyncio.wait_for(self.q.aclose(), timeout=3.0)
-            except transient.REDIS_ERRORS as exc:
-                log.warning("closing the queue client failed", extra={"error": repr(exc)})
-        if self.client is not None:
-            with contextlib.suppress(*transient.REDIS_ERRORS):
-                await self.client.aclose()
+                await asyncio.wait_for(self.q.close(), timeout=3.0)
+            except transient.BROKER_ERRORS as exc:
+                log.warning("closing the broker failed", extra={"error": transient.describe(exc)})
         self.runner.close_threads()
         self.health.stopped = True
 

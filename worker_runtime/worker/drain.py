@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from worker_runtime import logs
 from worker_runtime.worker import held as held_mod
+from worker_runtime.worker import transient
 
 if TYPE_CHECKING:
     from worker_runtime.worker.core import Worker
@@ -89,7 +90,8 @@ class Drain:
         for r in results:
             if isinstance(r, BaseException):
                 log.warning(
-                    "release failed; the job returns after its lease", extra={"error": repr(r)}
+                    "release failed; the job returns after its lease",
+                    extra={"error": transient.describe(r)},
                 )
         # Let cancelled handlers unwind (bounded: a handler that swallows cancellation is left).
         tasks = [h.task for h in to_release if h.task is not None and not h.task.done()]

@@ -18,9 +18,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-import redis.exceptions
-
-from worker_runtime import logs
+from worker_runtime import errors, logs
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import transient
 
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logs.get_logger("worker")
 
-FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in Redis before the loop looks around
+FETCH_BLOCK_SECONDS = 1.0  # how long an idle fetch waits in the broker before the loop looks
 
 
 class FetchLoop:
@@ -38,7 +36,7 @@ class FetchLoop:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.wake: asyncio.Event | None = None  # interrupts the fetch in flight (drain)
-        self.blocking = False  # the fetch loop waits in Redis for new work
+        self.blocking = False  # the fetch loop waits in the broker for new work
         self.ack_queue: list[held_mod.Held] = []  # finished jobs to ack with the next fetch
         self.unsure = False  # a fetch failed after it may have leased jobs to us
         self._exported_dead_letters: collections.Counter[str] = collections.Counter()
@@ -59,7 +57,7 @@ class FetchLoop:
         """Fetch until the drain starts; then send the acks still queued directly."""
         # Each cycle acknowledges the jobs that finished since the last one AND fetches jobs
         # for the slots they free, in one script call (ack_and_fetch); when nothing finished it
-        # is a plain fetch that waits in Redis when the queue is empty. The drain interrupts
+        # is a plain fetch that waits in the broker when the queue is empty. The drain interrupts
         # that wait (between script calls, never inside one).
         w = self.worker
         assert w.q is not None and w.wake is not None
@@ -109,18 +107,18 @@ class FetchLoop:
                         self.blocking = False
             except Exception as exc:
                 # Only a deliberate shutdown (cancellation) ends this loop: any other error,
-                # foreseen (Redis) or not (a bug, a reply nobody expected), is retried with
+                # foreseen (the broker) or not (a bug, a reply nobody expected), is retried with
                 # backoff, so one bad reply can never stop a worker with jobs leased to it.
                 # Acks are fenced, so sending them again is safe: they go back in the queue.
                 self.ack_queue[:0] = acks
                 # Without a reply the script may still have run: adopt what it leased to us.
                 # (An error reply, e.g. READONLY, is an answer: nothing to adopt.)
-                self.unsure = not isinstance(exc, redis.exceptions.ResponseError)
+                self.unsure = not isinstance(exc, errors.BrokerRejected)
                 failures += 1
                 w.metrics.fetch_errors.inc()
                 delay = self._error_delay(failures)
-                extra = {"error": repr(exc), "retry_in_seconds": round(delay, 3)}
-                if isinstance(exc, transient.REDIS_ERRORS):
+                extra = {"error": transient.describe(exc), "retry_in_seconds": round(delay, 3)}
+                if isinstance(exc, transient.BROKER_ERRORS):
                     w.metrics.redis_error("fetch")
                     log.warning("fetch failed; retrying", extra=extra)
                 else:
@@ -136,7 +134,7 @@ class FetchLoop:
             for job in jobs:
                 start(job)
             if not jobs and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
-                # A fetch that came back empty at once (rate limited, Redis answered early)
+                # A fetch that came back empty at once (rate limited, answered early)
                 # must not become a busy loop.
                 await self._sleep_unless_draining(0.01)
         self._flush_queued_acks()
@@ -146,20 +144,26 @@ class FetchLoop:
         return min(5.0, 0.1 * 2.0 ** min(failures, 6)) * (0.5 + self._rng.random() / 2)
 
     async def adopt_orphans(self) -> bool:
-        """Take over the jobs a failed fetch may have leased to us; True when Redis answered."""
-        # A fetch failed on a Redis error after it may have run: the jobs it leased to this
+        """Take over what a failed fetch may have leased to us; True when the broker answered."""
+        # A fetch failed without a reply after it may have run: the jobs it leased to this
         # worker never arrived. Take them over now rather than let them wait out their lease
         # (counted as lost deliveries).
         w = self.worker
         assert w.q is not None
         try:
-            jobs = await w.q.adopt(w.worker_id, list(w.held))
+            jobs = await w.q.recover(w.worker_id, list(w.held))
         except Exception as exc:  # like the fetch itself: retried, never the end of the loop
-            if isinstance(exc, transient.REDIS_ERRORS):
+            if isinstance(exc, transient.BROKER_ERRORS):
                 w.metrics.redis_error("adopt")
-                log.warning("adopting after a failed fetch failed", extra={"error": repr(exc)})
+                log.warning(
+                    "adopting after a failed fetch failed", extra={"error": transient.describe(exc)}
+                )
             else:
-                log.error("adopting failed unexpectedly", extra={"error": repr(exc)}, exc_info=True)
+                log.error(
+                    "adopting failed unexpectedly",
+                    extra={"error": transient.describe(exc)},
+                    exc_info=True,
+                )
             return False
         self.unsure = False
         if jobs:

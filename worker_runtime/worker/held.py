@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from worker_runtime import app as app_mod
-from worker_runtime.brokers.redis import queue as queue_mod
+from worker_runtime.brokers import base
 
 
 class Held:
@@ -38,7 +38,7 @@ class Held:
     )
 
     def __init__(
-        self, job: queue_mod.Job, spec: app_mod.TaskSpec | None, queue: str, now: float
+        self, job: base.Delivery, spec: app_mod.TaskSpec | None, queue: str, now: float
     ) -> None:
         self.job = job
         self.spec = spec

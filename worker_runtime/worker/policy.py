@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from worker_runtime import app as app_mod
 from worker_runtime import backoff, logs
-from worker_runtime.brokers.redis import queue as queue_mod
+from worker_runtime.brokers import base
 
 log = logs.get_logger("worker")
 
@@ -48,14 +48,14 @@ class RetryIn:
 class DeadLetter:
     """Move the job to the dead-letter queue with ``reason``; the attempt counts."""
 
-    reason: queue_mod.DeadLetterReason
+    reason: base.DeadLetterReason
 
 
 Decision = RetryIn | DeadLetter
 
 # Reads the delay a job's previous retry waited (decorrelated jitter grows from it); None when
 # unknown. The worker passes one that asks the broker.
-PreviousDelayReader = Callable[[queue_mod.Job], Awaitable[float | None]]
+PreviousDelayReader = Callable[[base.Delivery], Awaitable[float | None]]
 
 
 class RetryPolicy(Protocol):
@@ -65,7 +65,7 @@ class RetryPolicy(Protocol):
     def max_deliveries(self) -> int: ...
 
     async def decide(
-        self, job: queue_mod.Job, spec: app_mod.TaskSpec, exc: BaseException
+        self, job: base.Delivery, spec: app_mod.TaskSpec, exc: BaseException
     ) -> Decision: ...
 
 
@@ -92,24 +92,24 @@ class DefaultRetryPolicy:
         return self._max_deliveries
 
     async def decide(
-        self, job: queue_mod.Job, spec: app_mod.TaskSpec, exc: BaseException
+        self, job: base.Delivery, spec: app_mod.TaskSpec, exc: BaseException
     ) -> Decision:
         """Dead-letter (non-retryable, last attempt) or retry after a delay."""
         if isinstance(exc, app_mod.Reject) or (
             spec.non_retryable and isinstance(exc, spec.non_retryable)
         ):
-            return DeadLetter(queue_mod.DeadLetterReason.NON_RETRYABLE)
+            return DeadLetter(base.DeadLetterReason.NON_RETRYABLE)
         max_attempts = (
             job.envelope.max_attempts
             or (spec.retry.max_attempts if spec.retry is not None else None)
             or self.max_attempts
         )
         if job.attempts + 1 >= max_attempts:
-            return DeadLetter(queue_mod.DeadLetterReason.MAX_ATTEMPTS)
+            return DeadLetter(base.DeadLetterReason.MAX_ATTEMPTS)
         return RetryIn(await self.retry_delay(spec, exc, job))
 
     async def retry_delay(
-        self, spec: app_mod.TaskSpec, exc: BaseException, job: queue_mod.Job
+        self, spec: app_mod.TaskSpec, exc: BaseException, job: base.Delivery
     ) -> float:
         """Seconds before the next attempt of ``job`` after ``exc`` (rule 3 of the matrix)."""
         policy = (

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from worker_runtime import app as app_mod
 from worker_runtime import expiry, logs, processes
-from worker_runtime.brokers.redis import queue as queue_mod
+from worker_runtime.brokers import base
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import pool as pool_mod
 
@@ -78,12 +78,12 @@ class JobRunner:
         if self.pool is not None:
             self.pool.shutdown()
 
-    def start(self, job: queue_mod.Job) -> None:
+    def start(self, job: base.Delivery) -> None:
         """Hold a fetched job and run it as a task (or give it back when draining)."""
         w = self.worker
         h = held_mod.Held(job, w.app.tasks.get(job.envelope.task), w.queue_name, time.time())
         with w.held_lock:
-            w.held[(job.id, job.token)] = h
+            w.held[(job.id, job.receipt)] = h
         if w.draining:
             # A fetch that was already on its way when the drain began: give the job back.
             h.task = asyncio.create_task(w.drainer.release_fetched(h))
@@ -105,7 +105,7 @@ class JobRunner:
             enqueued_at=env.enqueued_at,
             headers=env.headers,
             priority=env.priority,
-            leased_until=job.leased_until,
+            leased_until=job.lease_deadline,
             worker_id=self.worker.worker_id,
             logger=spec.logger,
             idempotency=self.is_done,
@@ -115,9 +115,9 @@ class JobRunner:
 
     async def is_done(self, key: str) -> bool:
         """Whether a job with this idempotency key was marked done (``ctx.is_done``)."""
-        from worker_runtime.brokers.redis import idempotency
-
-        return await idempotency.fetch_is_done(self.worker.client, self.worker.queue_name, key)
+        broker = self.worker.q
+        assert broker is not None
+        return await broker.fetch_is_done(key)
 
     async def run(self, h: held_mod.Held) -> None:
         """Run one held job's handler and hand its outcome to the settler."""
@@ -130,7 +130,7 @@ class JobRunner:
                 # Never import anything a message names: unknown tasks go to the DLQ.
                 await self.settler.dead_letter(
                     h,
-                    queue_mod.DeadLetterReason.UNKNOWN_TASK,
+                    base.DeadLetterReason.UNKNOWN_TASK,
                     error_type="UnknownTask",
                     message=f"no task named {env.task!r} is registered on this worker",
                 )
@@ -147,7 +147,7 @@ class JobRunner:
             except ValidationError as exc:
                 await self.settler.dead_letter(
                     h,
-                    queue_mod.DeadLetterReason.INVALID_PAYLOAD,
+                    base.DeadLetterReason.INVALID_PAYLOAD,
                     error_type="ValidationError",
                     message=str(exc)[:4000],
                 )

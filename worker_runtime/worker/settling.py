@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from worker_runtime import app as app_mod
 from worker_runtime import logs
-from worker_runtime.brokers.redis import queue as queue_mod
+from worker_runtime.brokers import base
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import policy as policy_mod
 from worker_runtime.worker import transient
@@ -84,7 +84,7 @@ class Settler:
         h.settling = True
         q = w.q
         job = h.job
-        failure = queue_mod.build_failure(exc, worker_id=w.worker_id)
+        failure = base.build_failure(exc, worker_id=w.worker_id)
         decision = await self.policy.decide(job, spec, exc)
         if isinstance(decision, policy_mod.DeadLetter):
             reason = decision.reason
@@ -115,16 +115,18 @@ class Settler:
             },
         )
 
-    async def fetch_previous_delay(self, job: queue_mod.Job) -> float | None:
+    async def fetch_previous_delay(self, job: base.Delivery) -> float | None:
         """The delay the job's previous retry waited (None when unreadable right now)."""
         w = self.worker
         assert w.q is not None
         try:
             return await w.q.fetch_previous_delay(job.id)
-        except transient.REDIS_ERRORS as exc:
+        except transient.BROKER_ERRORS as exc:
             # the retry itself is what matters: without the history, jitter restarts at base
             w.metrics.redis_error("history")
-            log.warning("could not read the previous retry delay", extra={"error": repr(exc)})
+            log.warning(
+                "could not read the previous retry delay", extra={"error": transient.describe(exc)}
+            )
             return None
 
     async def expired(self, h: held_mod.Held, spec: app_mod.TaskSpec, late: float) -> None:
@@ -143,18 +145,18 @@ class Settler:
             log.info("expired job dropped", extra={"late_seconds": round(late, 3)})
             return
         if await self.dead_letter(
-            h, queue_mod.DeadLetterReason.EXPIRED, error_type="Expired", message=message
+            h, base.DeadLetterReason.EXPIRED, error_type="Expired", message=message
         ):
             w.metrics.job_expired(spec.name, "dead_lettered")
 
     async def dead_letter(
-        self, h: held_mod.Held, reason: queue_mod.DeadLetterReason, *, error_type: str, message: str
+        self, h: held_mod.Held, reason: base.DeadLetterReason, *, error_type: str, message: str
     ) -> bool:
         """Dead-letter a job whose handler never ran (True when the lease still held)."""
         w = self.worker
         assert w.q is not None
         h.settling = True
-        failure = queue_mod.Failure(error_type=error_type, message=message, worker_id=w.worker_id)
+        failure = base.Failure(error_type=error_type, message=message, worker_id=w.worker_id)
         q = w.q
         # Not a handler failure (the handler never ran): recorded in the history, but it
         # spends no attempt and does not count in failed_total.
@@ -173,7 +175,7 @@ class Settler:
     async def settle(self, op: str, make_call: Callable[[], Awaitable[bool]]) -> bool:
         """Send a settling call, retrying queue errors within the lease; its reply (or False)."""
         w = self.worker
-        # A settle that fails on a Redis error is retried until the lease would have run out:
+        # A settle that fails on a broker error is retried until the lease would have run out:
         # settles are fenced by the delivery's token, so a retry of one that did land is
         # rejected as stale instead of being applied twice. After that the job simply returns
         # to the queue when its lease expires (at-least-once).
@@ -182,13 +184,13 @@ class Settler:
         while True:
             try:
                 result = bool(await make_call())
-            except transient.REDIS_ERRORS as exc:
+            except transient.BROKER_ERRORS as exc:
                 w.metrics.redis_error(op)
                 attempt += 1
                 if time.monotonic() > deadline:
                     log.warning(
                         "giving up a settle; the job returns after its lease",
-                        extra={"op": op, "error": repr(exc)},
+                        extra={"op": op, "error": transient.describe(exc)},
                     )
                     return False
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
