@@ -772,10 +772,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     async def go(client: Any) -> None:
         # Ctrl-C stops between chunks: the chunk in flight finishes and is counted, so the
         # summary says exactly what was replayed (a cancelled script call could have run)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGINT, stop.set)
+        stop = _stop_on_ctrl_c()
         if ids is None:
             count = await dlq.fetch_dead_letter_count(client, queue)
             total[0] = count if args.limit is None else min(count, args.limit)
@@ -815,19 +812,27 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
     _run_async(go, url)
-    if interrupted[0]:
-        print(
-            f"interrupted: replayed {len(replayed)} of {total[0]} job(s) onto {queue}; "
-            "the rest stay dead-lettered",
-            file=sys.stderr,
-        )
+    return _report_outcome(
+        args, interrupted=interrupted[0],
+        summary=f"replayed {len(replayed)} of {total[0]} job(s) onto {queue}",
+        done=f"replayed {len(replayed)} job(s) onto {queue}",
+        result={"replayed": len(replayed), "job_ids": replayed},
+    )  # fmt: skip
+
+
+def _report_outcome(
+    args: argparse.Namespace, *, interrupted: bool, summary: str, done: str, result: dict[str, Any]
+) -> int:
+    """The last lines of a long dlq command: a Ctrl-C summary (exit 130) or what was done."""
+    if interrupted:
+        print(f"interrupted: {summary}; the rest stay dead-lettered", file=sys.stderr)
         if args.json:
-            _print_json({"replayed": len(replayed), "job_ids": replayed, "interrupted": True})
+            _print_json({**result, "interrupted": True})
         return 130
     if args.json:
-        _print_json({"replayed": len(replayed), "job_ids": replayed})
+        _print_json(result)
     else:
-        print(f"replayed {len(replayed)} job(s) onto {queue}")
+        print(done)
     return 0
 
 
@@ -853,9 +858,17 @@ def _progress(what: str, total: int, *, quiet: bool) -> Iterator[Callable[[int],
         yield lambda n: bar.advance(task, n)
 
 
+def _stop_on_ctrl_c() -> asyncio.Event:
+    """An event set by Ctrl-C (SIGINT) in the running loop: long commands stop between steps."""
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    return stop
+
+
 @_guard
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    """Delete dead letters."""
+    """Delete dead letters, a script call at a time, with progress and a summary on Ctrl-C."""
     from worker_runtime.brokers.redis import dlq
 
     url, queue, ids = _dlq_selection(
@@ -866,22 +879,39 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         what = "every dead letter" if args.all else f"{len(ids or [])} matching dead letter(s)"
         msg = f"this deletes {what}: add --yes to confirm"
         raise CliError(msg)
-    if ids is not None and not ids:
-        count = 0
-    else:
-        count = _run_on_queue(
-            url,
-            queue,
-            dlq.delete_dead_letters,
-            job_ids=ids,
-            older_than_seconds=args.older_than,
-            everything=bool(args.all),
-        )
-    if args.json:
-        _print_json({"purged": count})
-    else:
-        print(f"purged {count} dead letter(s) from {queue}")
-    return 0
+    purged = [0]
+    total = [len(ids) if ids is not None else 0]
+    interrupted = [False]
+
+    async def go(client: Any) -> None:
+        # Ctrl-C stops between script calls: the call in flight finishes and is counted, so
+        # the summary says exactly how many were deleted
+        stop = _stop_on_ctrl_c()
+        if ids is None and args.older_than is not None:
+            total[0] = await dlq.fetch_dead_letter_count_older_than(client, queue, args.older_than)
+        elif ids is None:
+            total[0] = await dlq.fetch_dead_letter_count(client, queue)
+        if not args.json:
+            print(f"purging {total[0]} dead letter(s) from {queue} ...", file=sys.stderr)
+        with _progress(f"purging {queue}", total[0], quiet=args.json) as advance:
+            steps = dlq.delete_dead_letters_in_chunks(
+                client, queue, job_ids=ids, older_than_seconds=args.older_than,
+                everything=bool(args.all),
+            )  # fmt: skip
+            async for n in steps:
+                purged[0] += n
+                advance(n)
+                if stop.is_set():
+                    break
+        interrupted[0] = stop.is_set()
+
+    if ids is None or ids:
+        _run_async(go, url)
+    return _report_outcome(
+        args, interrupted=interrupted[0],
+        summary=f"purged {purged[0]} of {total[0]} dead letter(s) from {queue}",
+        done=f"purged {purged[0]} dead letter(s) from {queue}", result={"purged": purged[0]},
+    )  # fmt: skip
 
 
 # ---- enqueue ---------------------------------------------------------------------------------

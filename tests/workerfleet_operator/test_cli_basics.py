@@ -308,3 +308,74 @@ def test_ctrl_c_during_a_long_replay_says_how_many_were_replayed_and_that_is_the
     assert 0 < replayed < 100
     stats = json.loads(run("queue", "stats", "--json", env=env).stdout)
     assert (stats["backlog"], stats["dead_letter"]) == (replayed, 100 - replayed)
+
+
+def test_ctrl_c_during_a_long_purge_says_how_many_were_purged_and_that_is_the_truth(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    import signal
+
+    import redis as redis_sync
+
+    from worker_runtime.brokers.redis import keys
+
+    # Given 400,000 dead letters (written straight into the DLQ keys: a purge reads no records)
+    k = keys.build_keys(queue_name)
+    client = redis_sync.Redis.from_url(redis_server.url)
+    for start in range(0, 400_000, 20_000):
+        ids = [f"j{i}" for i in range(start, start + 20_000)]
+        pipe = client.pipeline(transaction=False)
+        pipe.zadd(k.dlq, {job_id: 1_000 + i for i, job_id in enumerate(ids)})
+        pipe.hset(k.dlq_data, mapping={job_id: "{}" for job_id in ids})
+        pipe.execute()
+    env = {**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url, "WORKERFLEET_QUEUE": queue_name}
+    proc = subprocess.Popen(
+        [WORKERFLEET, "dlq", "purge", "--all", "--yes"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # When it is interrupted (Ctrl-C) as soon as it says it is purging (400 script calls to go)
+    assert proc.stderr is not None
+    started = proc.stderr.readline()
+    assert started.startswith(f"purging 400000 dead letter(s) from {queue_name}"), started
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    # Then it exits 130 with a summary, and the summary matches what is left in the DLQ
+    assert proc.returncode == 130, out + err
+    summary = next(line for line in err.splitlines() if line.startswith("interrupted:"))
+    purged = int(summary.split("purged ")[1].split(" of ")[0])
+    rest = f"of 400000 dead letter(s) from {queue_name}; the rest stay dead-lettered"
+    assert summary.endswith(rest)
+    assert 0 < purged < 400_000
+    assert (client.zcard(k.dlq), client.hlen(k.dlq_data)) == (400_000 - purged,) * 2
+    client.close()
+
+
+def test_a_purge_by_age_counts_only_the_old_dead_letters_and_deletes_exactly_them(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    import time
+
+    import redis as redis_sync
+
+    from worker_runtime.brokers.redis import keys
+
+    # Given 3 dead letters from an hour ago and 2 from now
+    k = keys.build_keys(queue_name)
+    client = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
+    now_ms = int(time.time() * 1000)
+    client.zadd(k.dlq, {"old1": now_ms - 3_600_000, "old2": now_ms - 3_600_000,
+                        "old3": now_ms - 3_590_000, "new1": now_ms, "new2": now_ms})  # fmt: skip
+    client.hset(k.dlq_data, mapping={i: "{}" for i in ("old1", "old2", "old3", "new1", "new2")})
+    env = {**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url, "WORKERFLEET_QUEUE": queue_name}
+    # When the dead letters older than ten minutes are purged
+    done = subprocess.run(
+        [WORKERFLEET, "dlq", "purge", "--older-than", "600"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    # Then the header counts the 3 old ones, and exactly they are gone
+    assert done.returncode == 0, done.stderr
+    assert f"purging 3 dead letter(s) from {queue_name}" in done.stderr
+    assert done.stdout.strip() == f"purged 3 dead letter(s) from {queue_name}"
+    assert sorted(client.zrange(k.dlq, 0, -1)) == ["new1", "new2"]
+    assert sorted(client.hkeys(k.dlq_data)) == ["new1", "new2"]
+    client.close()

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -202,13 +202,33 @@ async def delete_dead_letters(
     everything: bool = False,
 ) -> int:
     """Purge dead letters by id, by age, or all; returns how many were deleted."""
+    total = 0
+    async for n in delete_dead_letters_in_chunks(
+        client, queue, job_ids=job_ids, older_than_seconds=older_than_seconds, everything=everything
+    ):
+        total += n
+    return total
+
+
+async def delete_dead_letters_in_chunks(
+    client: AsyncClient,
+    queue: str,
+    *,
+    job_ids: Sequence[str] | None = None,
+    older_than_seconds: float | None = None,
+    everything: bool = False,
+) -> AsyncIterator[int]:
+    """Purge like :func:`delete_dead_letters`, one script call (≤1,000 entries) per step.
+
+    Yields how many each call deleted, so a caller can show progress and stop between calls
+    knowing exactly what was deleted (the CLI's Ctrl-C summary).
+    """
     k = keys.build_keys(queue).script_keys()
     if job_ids is not None:
-        total = 0
         ids = list(job_ids)
         for start in range(0, len(ids), 1000):
-            total += int(await scripts.DLQ_PURGE(client, k, ["ids", *ids[start : start + 1000]]))
-        return total
+            yield int(await scripts.DLQ_PURGE(client, k, ["ids", *ids[start : start + 1000]]))
+        return
     if older_than_seconds is not None:
         args: list[scripts.Arg] = ["age", int(older_than_seconds * 1000)]
     elif everything:
@@ -217,10 +237,18 @@ async def delete_dead_letters(
         raise ValueError(
             "say which dead letters to purge: job_ids, older_than_seconds or everything"
         )
-    total = 0
     for _ in range(100_000):
         n = int(await scripts.DLQ_PURGE(client, k, args))
-        total += n
+        yield n
         if n < 1000:
             break
-    return total
+
+
+async def fetch_dead_letter_count_older_than(
+    client: AsyncClient, queue: str, older_than_seconds: float
+) -> int:
+    """How many dead letters were dead-lettered more than ``older_than_seconds`` ago."""
+    # the DLQ sorted set is scored by dead-letter time in ms (the purge script's age cutoff)
+    now_s, now_us = await client.time()
+    cutoff_ms = int(now_s) * 1000 + int(now_us) // 1000 - int(older_than_seconds * 1000)
+    return int(await client.zcount(keys.build_keys(queue).dlq, "-inf", cutoff_ms))
