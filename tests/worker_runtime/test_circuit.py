@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime import App, JobContext, Retry, circuit, config, worker
 from worker_runtime.brokers.redis import stats
 

@@ -16,7 +16,7 @@ import redis
 import redis.asyncio
 
 from tests.conftest import RedisServer, free_port
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime import producer
 from worker_runtime.brokers.redis import connection, stats
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime.brokers.redis import dlq, queue, stats
 
 

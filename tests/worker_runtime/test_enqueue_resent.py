@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio
 
+from tests.support import engine as es
 from tests.worker_runtime import cutting_proxy
-from tests.worker_runtime import engine_support as es
 from worker_runtime import envelope, producer
 from worker_runtime.brokers.redis import connection, queue, scripts, stats
 

@@ -18,7 +18,7 @@ import redis
 import redis.asyncio
 
 from tests.conftest import RedisServer
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime.brokers.redis import stats
 
 

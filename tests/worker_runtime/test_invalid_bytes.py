@@ -20,7 +20,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.test_cli_commands import run_cli
 from tests.worker_runtime.workerproc import wait_until

@@ -16,7 +16,7 @@ from typing import Any
 import pydantic
 import redis.asyncio
 
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime import App, JobContext, config, worker
 from worker_runtime.brokers.redis import queue, stats
 

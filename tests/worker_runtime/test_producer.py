@@ -12,7 +12,7 @@ import redis
 import redis.cluster
 
 from tests.conftest import RedisClusterProcesses, RedisServer
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime import envelope, producer
 from worker_runtime.brokers.redis import stats
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisClusterProcesses
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime.brokers.redis import dlq, idempotency, keys, queue, stats
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis.asyncio
 
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime.brokers.redis import dlq, stats
 
 

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 from typing import Any
 
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime.brokers.redis import dlq, queue, stats
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime import App, Backoff, JobContext, Retry, RetryLater, config, worker
 from worker_runtime.brokers.redis import keys
 

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from tests.conftest import RedisServer
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime.brokers.redis import keys, stats
 
 

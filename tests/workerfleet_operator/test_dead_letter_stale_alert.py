@@ -24,7 +24,7 @@ from workerfleet_operator.local import demo
 from workerfleet_operator.shell import metrics
 
 from tests.conftest import RedisServer
-from tests.worker_runtime import engine_support as es
+from tests.support import engine as es
 from worker_runtime.brokers.redis import keys, stats
 
 FAST_RULES = (

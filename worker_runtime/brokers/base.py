@@ -260,6 +260,25 @@ class Capabilities:
     """Where job deadlines are enforced (the worker at start, or the broker itself)."""
 
 
+FULL_CONTRACT = Capabilities(
+    priorities=True,
+    max_delay_seconds=math.inf,
+    enqueue_dedup=True,
+    atomic_done_marker=True,
+    rate_limit=True,
+    heartbeats=True,
+    dead_letter_by_id=True,
+    failure_history=True,
+    fenced_receipts=True,
+    lease_expiry=True,
+    recover_after_lost_reply=True,
+    previous_delay=True,
+    exact_stats=True,
+    expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+)
+"""Every promise (the Redis engine, which the seam was cut from, and the memory reference)."""
+
+
 # -- the worker's and the producer's side -----------------------------------------------------
 
 

@@ -14,33 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import math
 from collections.abc import Collection, Container, Sequence
 from typing import Any, NoReturn
 
 import redis.exceptions
 
-from worker_runtime import errors, expiry
+from worker_runtime import errors
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import connection, dlq, idempotency, stats
 from worker_runtime.brokers.redis import queue as queue_mod
 
-CAPABILITIES = base.Capabilities(
-    priorities=True,
-    max_delay_seconds=math.inf,
-    enqueue_dedup=True,
-    atomic_done_marker=True,
-    rate_limit=True,
-    heartbeats=True,
-    dead_letter_by_id=True,
-    failure_history=True,
-    fenced_receipts=True,
-    lease_expiry=True,
-    recover_after_lost_reply=True,
-    previous_delay=True,
-    exact_stats=True,
-    expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
-)
+CAPABILITIES = base.FULL_CONTRACT
 """Everything the contract describes: the engine was the model the seam was cut from."""
 
 UNAVAILABLE: tuple[type[BaseException], ...] = (

@@ -1,15 +1,15 @@
-"""Helpers of the queue-engine tests: building engines and jobs on a test's queue."""
+"""Helpers of the Redis queue-engine tests: building engines and jobs on a test's queue."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from typing import Any
 
 import redis.asyncio
 import redis.asyncio.connection
 
+from tests.support import brokers
 from worker_runtime import envelope
 from worker_runtime.brokers.redis import queue
 
@@ -36,20 +36,7 @@ def make_engine(client: Any, queue_name: str, **options: Any) -> queue.QueueClie
     return queue.QueueClient(client, queue_name, queue.QueueOptions(**options))
 
 
-def beat(worker: str, ttl: float) -> queue.WorkerBeat:
-    """A heartbeat of ``worker`` (pod ``pod-<worker>``, 3 of 8 slots busy) living ``ttl`` s."""
-    return queue.WorkerBeat(
-        worker_id=worker,
-        pod_name=f"pod-{worker}",
-        concurrency=8,
-        in_flight=3,
-        processed=10,
-        busy_seconds=1.5,
-        started_at=time.time(),
-        oldest_job_started_at=None,
-        draining=False,
-        ttl_seconds=ttl,
-    )
+beat = brokers.beat
 
 
 def request(

@@ -1,0 +1,77 @@
+"""The ``contract`` fixture: each contract test runs once per broker, skipped by capability.
+
+Params are broker names; a broker joins the suite by adding its name here and a branch in
+``_opener`` (tests/support/brokers.py explains the rest). ``@pytest.mark.needs("field")`` on a
+test names the ``Capabilities`` field it relies on: a broker that declares it False skips the
+test, and the skip says which promise it does not make.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.support import brokers as support
+from worker_runtime.brokers import base, memory
+from worker_runtime.brokers.redis import broker as redis_broker
+
+BROKERS = ["memory", "redis", "redis-cluster"]
+
+
+def _opener(request: pytest.FixtureRequest, name: str, clock: support.FakeClock | None) -> Any:
+    if name == "memory":
+
+        async def open_memory(queue: str, options: base.QueueOptions) -> memory.MemoryBroker:
+            # one store per test's queue: every broker the test opens sees the same jobs
+            store = f"contract-{queue}"
+            return memory.MemoryBroker(
+                queue, options, clock=clock or support.FakeClock(), store=store
+            )
+
+        return open_memory
+    client = request.getfixturevalue("redis_client" if name == "redis" else "cluster_client")
+
+    async def open_redis(queue: str, options: base.QueueOptions) -> redis_broker.RedisBroker:
+        return redis_broker.RedisBroker(client, queue, options)
+
+    return open_redis
+
+
+@pytest.fixture(params=BROKERS)
+def broker_name(request: pytest.FixtureRequest) -> str:
+    """The broker a contract test runs on (one run per entry of BROKERS)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def opener(request: pytest.FixtureRequest, broker_name: str, fake_clock: support.FakeClock) -> Any:
+    # sync on purpose: the Redis clients are async fixtures, reachable from here by name
+    return _opener(request, broker_name, fake_clock if broker_name == "memory" else None)
+
+
+@pytest.fixture
+def fake_clock() -> support.FakeClock:
+    return support.FakeClock()
+
+
+@pytest.fixture
+async def contract(
+    request: pytest.FixtureRequest,
+    broker_name: str,
+    opener: Any,
+    fake_clock: support.FakeClock,
+    queue_name: str,
+) -> AsyncIterator[support.Contract]:
+    clock = fake_clock if broker_name == "memory" else None
+    harness = support.Contract(broker_name, queue_name, opener, clock)
+    marker = request.node.get_closest_marker("needs")
+    if marker is not None:
+        probe = await harness.open()
+        for capability in marker.args:
+            if not getattr(probe.capabilities, capability):
+                pytest.skip(f"{broker_name} does not declare Capabilities.{capability}")
+    yield harness
+    await harness.close()
+    memory.forget_stores()

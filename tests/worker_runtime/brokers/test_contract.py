@@ -1,0 +1,467 @@
+"""The broker contract: what every broker promises, checked on each one through its public API.
+
+Each test takes ``contract`` (tests/worker_runtime/brokers/conftest.py), so it runs on the
+memory broker (fake clock), a real redis-server and a real 3-master Redis Cluster; RabbitMQ and
+SQS join by adding a fixture param. A test that relies on an optional promise carries
+``@pytest.mark.needs(...)`` and is skipped, with the reason, on a broker that does not declare
+it. Nothing here reads a broker's storage: assertions are about what was enqueued, delivered,
+settled and dead-lettered, as the protocols report it (Redis-only checks live in
+test_redis_broker.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from tests.support import brokers as support
+from tests.support.brokers import failure, request
+from worker_runtime.brokers import base
+
+LEASE = 0.4  # short leases, so a real server's expiry is waited for in well under a second
+
+
+async def test_every_broker_implements_the_three_protocols(contract: support.Contract) -> None:
+    # Given a broker
+    broker = await contract.open()
+    # Then it is a Broker, a QueueProbe and a DeadLetters at once, with declared capabilities
+    assert support.check_protocols(broker) == []
+    assert isinstance(broker.capabilities, base.Capabilities)
+    assert broker.queue == contract.queue
+
+
+async def test_an_enqueued_job_is_delivered_once_and_gone_after_its_ack(
+    contract: support.Contract,
+) -> None:
+    # Given one job enqueued
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request(payload={"n": 1})])
+    # When a worker fetches and acknowledges it
+    [delivery] = await broker.fetch("w1", 10)
+    acked = await broker.ack(delivery)
+    # Then it was delivered once, with its payload, and nothing is left to deliver
+    assert res.created
+    assert (delivery.id, delivery.envelope.payload) == (res.job_id, {"n": 1})
+    assert (delivery.attempts, delivery.deliveries) == (0, 1)
+    assert delivery.lease_deadline > contract.now()
+    assert acked is True
+    assert await broker.fetch("w1", 10) == []
+    stats = await broker.fetch_stats()
+    assert (stats.backlog, stats.in_flight, stats.completed_total) == (0, 0, 1)
+
+
+async def test_fetch_hands_out_at_most_count_jobs_and_each_to_one_worker(
+    contract: support.Contract,
+) -> None:
+    # Given five jobs
+    broker = await contract.open()
+    ids = {r.job_id for r in await broker.enqueue_many([request() for _ in range(5)])}
+    # When two workers fetch three each
+    first = await broker.fetch("w1", 3)
+    second = await broker.fetch("w2", 3)
+    # Then every job went to exactly one of them
+    assert len(first) == 3 and len(second) == 2
+    assert {d.id for d in first} | {d.id for d in second} == ids
+    assert not {d.id for d in first} & {d.id for d in second}
+
+
+async def test_fetch_with_a_count_of_zero_returns_nothing(contract: support.Contract) -> None:
+    broker = await contract.open()
+    await broker.enqueue(request())
+    assert await broker.fetch("w1", 0) == []
+    assert len(await broker.fetch("w1", 1)) == 1
+
+
+@pytest.mark.needs("fenced_receipts")
+async def test_a_settled_delivery_cannot_be_settled_again(contract: support.Contract) -> None:
+    # Given a job that was acknowledged
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.ack(delivery)
+    # When the same delivery is settled again, every way
+    again = [
+        await broker.ack(delivery),
+        await broker.retry(delivery, failure(), delay_seconds=0.0),
+        await broker.dead_letter(delivery, "non_retryable"),
+        await broker.release(delivery),
+    ]
+    # Then each is refused and nothing came back
+    assert again == [False, False, False, False]
+    assert await broker.fetch("w1", 1) == []
+    assert (await broker.fetch_stats()).completed_total == 1
+
+
+@pytest.mark.needs("priorities")
+async def test_fetch_serves_high_before_normal_before_low(contract: support.Contract) -> None:
+    # Given jobs enqueued low first, high last
+    broker = await contract.open()
+    low, normal, high = [
+        (await broker.enqueue(request(priority=p))).job_id for p in ("low", "normal", "high")
+    ]
+    # When they are fetched one at a time
+    order = [(await broker.fetch("w1", 1))[0].id for _ in range(3)]
+    # Then the most urgent came first
+    assert order == [high, normal, low]
+
+
+async def test_a_delayed_job_is_not_delivered_before_its_delay(contract: support.Contract) -> None:
+    # Given a job delayed by 0.5 s
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request(delay=0.5)])
+    # When a worker fetches at once, then after the delay
+    early = await broker.fetch("w1", 1)
+    await contract.advance(0.6)
+    late = await broker.fetch("w1", 1)
+    # Then it came only the second time
+    assert early == []
+    assert [d.id for d in late] == [res.job_id]
+
+
+async def test_a_retry_spends_an_attempt_and_delivers_the_job_again_after_its_delay(
+    contract: support.Contract,
+) -> None:
+    # Given a delivered job whose handler failed
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [first] = await broker.fetch("w1", 1)
+    # When it is retried with a 0.5 s delay
+    assert await broker.retry(first, failure(), delay_seconds=0.5)
+    early = await broker.fetch("w1", 1)
+    await contract.advance(0.6)
+    [second] = await broker.fetch("w1", 1)
+    # Then it came back after the delay, one attempt spent, under a new receipt
+    assert early == []
+    assert (second.id, second.attempts, second.deliveries) == (first.id, 1, 2)
+    assert second.receipt != first.receipt
+    stats = await broker.fetch_stats()
+    assert (stats.failed_total, stats.retried_total) == (1, 1)
+
+
+@pytest.mark.needs("previous_delay")
+async def test_the_delay_of_a_jobs_last_retry_can_be_read_back(contract: support.Contract) -> None:
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.fetch_previous_delay(delivery.id) is None
+    await broker.retry(delivery, failure(), delay_seconds=0.25)
+    assert await broker.fetch_previous_delay(delivery.id) == 0.25
+
+
+async def test_a_retry_with_a_delay_that_never_comes_due_is_refused_before_sending(
+    contract: support.Contract,
+) -> None:
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    with pytest.raises(ValueError):
+        await broker.retry(delivery, failure(), delay_seconds=math.inf)
+    # and the delivery is still current: it can be acknowledged
+    assert await broker.ack(delivery)
+
+
+async def test_release_puts_the_job_back_without_spending_an_attempt(
+    contract: support.Contract,
+) -> None:
+    # Given a delivered job
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [first] = await broker.fetch("w1", 1)
+    # When the worker releases it (a drain) and another worker fetches
+    assert await broker.release(first)
+    [second] = await broker.fetch("w2", 1)
+    # Then the job is the same, with no attempt spent
+    assert (second.id, second.attempts) == (first.id, 0)
+
+
+@pytest.mark.needs("dead_letter_by_id", "failure_history")
+async def test_a_dead_letter_keeps_the_jobs_whole_failure_history(
+    contract: support.Contract,
+) -> None:
+    # Given a job that failed twice (retried once, then dead-lettered)
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request("send", {"to": "a"})])
+    [d1] = await broker.fetch("w1", 1)
+    await broker.retry(d1, failure("first"), delay_seconds=0.0)
+    [d2] = await broker.fetch("w1", 1)
+    # When the second failure dead-letters it
+    assert await broker.dead_letter(d2, "max_attempts", failure=failure("second"))
+    # Then its dead letter shows the payload, the reason and both failures in order
+    letter = await broker.show_dead_letter(res.job_id)
+    assert letter is not None
+    assert (letter.task, letter.reason, letter.payload) == ("send", "max_attempts", {"to": "a"})
+    assert [h.message for h in letter.history] == ["first", "second"]
+    assert letter.attempts == 2
+    assert await broker.count_dead_letters() == 1
+    assert [d.job_id for d in await broker.list_dead_letters()] == [res.job_id]
+    assert await broker.fetch("w1", 1) == []
+
+
+@pytest.mark.needs("dead_letter_by_id")
+async def test_a_replayed_dead_letter_is_delivered_again(contract: support.Contract) -> None:
+    # Given a dead-lettered job
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request()])
+    [delivery] = await broker.fetch("w1", 1)
+    await broker.dead_letter(delivery, "non_retryable", failure=failure())
+    # When it is replayed with its attempts reset
+    replayed = await broker.replay_dead_letters(job_ids=[res.job_id], reset_attempts=True)
+    [again] = await broker.fetch("w1", 1)
+    # Then it left the DLQ and runs again with a full set of attempts
+    assert replayed == [res.job_id]
+    assert (again.id, again.attempts) == (res.job_id, 0)
+    assert await broker.count_dead_letters() == 0
+
+
+@pytest.mark.needs("dead_letter_by_id")
+async def test_purge_deletes_the_dead_letters_it_names_and_only_those(
+    contract: support.Contract,
+) -> None:
+    # Given three dead letters
+    broker = await contract.open()
+    ids = [r.job_id for r in await broker.enqueue_many([request() for _ in range(3)])]
+    for d in await broker.fetch("w1", 3):
+        await broker.dead_letter(d, "non_retryable")
+    # When one is purged by id, then the rest all at once
+    one = await broker.purge_dead_letters(job_ids=[ids[0]])
+    left = sorted(d.job_id for d in await broker.list_dead_letters())
+    rest = await broker.purge_dead_letters(everything=True)
+    # Then exactly those went
+    assert (one, left, rest) == (1, sorted(ids[1:]), 2)
+    assert await broker.count_dead_letters() == 0
+    with pytest.raises(ValueError):
+        await broker.purge_dead_letters()
+
+
+@pytest.mark.needs("lease_expiry", "fenced_receipts")
+async def test_an_expired_lease_goes_to_another_worker_and_fences_the_first(
+    contract: support.Contract,
+) -> None:
+    # Given a job leased to w1, which stops renewing
+    broker = await contract.open(lease_seconds=LEASE)
+    await broker.enqueue(request())
+    [first] = await broker.fetch("w1", 1)
+    # When its lease expires and w2 fetches
+    await contract.advance(LEASE + 0.2)
+    [second] = await broker.fetch("w2", 1)
+    # Then w2 got the same job as a new delivery (one lost), and w1's late ack changes nothing
+    assert (second.id, second.deliveries, second.lost) == (first.id, 2, 1)
+    assert await broker.ack(first) is False
+    assert await broker.ack(second) is True
+
+
+@pytest.mark.needs("lease_expiry")
+async def test_a_renewed_lease_outlives_its_first_deadline(contract: support.Contract) -> None:
+    # Given a job leased to w1
+    broker = await contract.open(lease_seconds=LEASE)
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    # When w1 renews it halfway, twice, past its first deadline
+    renewals = []
+    for _ in range(2):
+        await contract.advance(LEASE * 0.6)
+        renewals.append(await broker.renew("w1", [delivery]))
+    stolen = await broker.fetch("w2", 1)
+    # Then it stayed w1's: renewed each time, never handed to w2, still acknowledgeable
+    assert [(r.kept, r.lost) for r in renewals] == [((delivery,), ())] * 2
+    assert stolen == []
+    assert await broker.ack(delivery)
+
+
+@pytest.mark.needs("lease_expiry", "fenced_receipts")
+async def test_renew_reports_a_delivery_that_went_to_someone_else_as_lost(
+    contract: support.Contract,
+) -> None:
+    broker = await contract.open(lease_seconds=LEASE)
+    await broker.enqueue(request())
+    [first] = await broker.fetch("w1", 1)
+    await contract.advance(LEASE + 0.2)
+    assert len(await broker.fetch("w2", 1)) == 1
+    result = await broker.renew("w1", [first])
+    assert (result.kept, result.lost) == ((), (first,))
+
+
+@pytest.mark.needs("lease_expiry", "dead_letter_by_id")
+async def test_a_job_lost_max_deliveries_times_is_dead_lettered_as_poison(
+    contract: support.Contract,
+) -> None:
+    # Given a queue allowing two deliveries and a job whose workers all die
+    broker = await contract.open(lease_seconds=LEASE, max_deliveries=2)
+    [res] = await broker.enqueue_many([request()])
+    assert len(await broker.fetch("w1", 1)) == 1
+    await contract.advance(LEASE + 0.2)
+    assert len(await broker.fetch("w2", 1)) == 1
+    # When the second lease expires too and a third worker fetches
+    await contract.advance(LEASE + 0.2)
+    third = await broker.fetch("w3", 1)
+    # Then nobody gets it again: it is in the DLQ as max_deliveries, counted by the fetch
+    assert third == []
+    letter = await broker.show_dead_letter(res.job_id)
+    assert letter is not None and letter.reason == base.DeadLetterReason.MAX_DELIVERIES
+    assert broker.fetch_dead_lettered[base.DeadLetterReason.MAX_DELIVERIES] == 1
+
+
+@pytest.mark.needs("lease_expiry")
+async def test_a_worker_is_never_handed_a_second_delivery_of_a_job_it_holds(
+    contract: support.Contract,
+) -> None:
+    # Given a job leased to w1 whose lease expired while w1 still runs it
+    broker = await contract.open(lease_seconds=LEASE)
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    await contract.advance(LEASE + 0.2)
+    # When w1 fetches again, saying it holds that delivery
+    again = await broker.fetch("w1", 1, holding={(delivery.id, delivery.receipt)})
+    # Then it gets nothing new and its delivery is still current
+    assert again == []
+    assert await broker.ack(delivery)
+
+
+async def test_ack_and_fetch_acknowledges_then_fetches(contract: support.Contract) -> None:
+    # Given two jobs, one of them delivered
+    broker = await contract.open()
+    await broker.enqueue_many([request(), request()])
+    [first] = await broker.fetch("w1", 1)
+    # When the worker acks it and asks for more in one call
+    flags, more = await broker.ack_and_fetch([first], "w1", 5)
+    # Then the ack counted and the other job came
+    assert flags == [True]
+    assert len(more) == 1 and more[0].id != first.id
+    assert (await broker.fetch_stats()).completed_total == 1
+
+
+async def test_a_blocking_fetch_ends_at_once_when_woken(contract: support.Contract) -> None:
+    # Given an empty queue and a fetch waiting up to 30 s
+    broker = await contract.open()
+    wake = asyncio.Event()
+    waiting = asyncio.create_task(broker.fetch("w1", 1, block=30.0, wake=wake))
+    await asyncio.sleep(0.1)
+    # When it is woken
+    wake.set()
+    # Then it returns nothing, long before its block ran out
+    assert await asyncio.wait_for(waiting, timeout=5.0) == []
+
+
+async def test_a_blocking_fetch_returns_a_job_enqueued_while_it_waits(
+    contract: support.Contract,
+) -> None:
+    broker = await contract.open()
+    waiting = asyncio.create_task(broker.fetch("w1", 1, block=10.0))
+    await asyncio.sleep(0.1)
+    [res] = await broker.enqueue_many([request()])
+    got = await asyncio.wait_for(waiting, timeout=5.0)
+    assert [d.id for d in got] == [res.job_id]
+
+
+@pytest.mark.needs("enqueue_dedup")
+async def test_a_resent_enqueue_of_the_same_job_is_a_no_op_even_after_it_ran(
+    contract: support.Contract,
+) -> None:
+    # Given a job that was enqueued, ran and was acknowledged
+    broker = await contract.open()
+    req = request()
+    assert (await broker.enqueue(req)).created
+    [delivery] = await broker.fetch("w1", 1)
+    await broker.ack(delivery)
+    # When the same enqueue is sent again (a client re-send after a lost reply)
+    again = await broker.enqueue(req)
+    # Then it is not created again and nothing is delivered
+    assert (again.job_id, again.created) == (req.envelope.id, False)
+    assert await broker.fetch("w1", 1) == []
+
+
+@pytest.mark.needs("enqueue_dedup")
+async def test_an_idempotency_key_makes_a_second_job_resolve_to_the_first(
+    contract: support.Contract,
+) -> None:
+    broker = await contract.open()
+    first = await broker.enqueue(request(idempotency_key="order-7"))
+    second = await broker.enqueue(request(idempotency_key="order-7"))
+    assert (second.job_id, second.created) == (first.job_id, False)
+    assert len(await broker.fetch("w1", 5)) == 1
+
+
+@pytest.mark.needs("atomic_done_marker")
+async def test_an_ack_with_a_done_key_marks_it_done(contract: support.Contract) -> None:
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    assert not await broker.fetch_is_done("charge-1")
+    assert await broker.ack(delivery, done_key="charge-1", done_ttl_seconds=60.0)
+    assert await broker.fetch_is_done("charge-1")
+
+
+@pytest.mark.needs("rate_limit")
+async def test_the_rate_limit_caps_how_many_jobs_start(contract: support.Contract) -> None:
+    # Given five jobs and a limit of two starts per minute
+    broker = await contract.open(rate_limit=base.RateLimit(jobs=2, per_seconds=60.0))
+    await broker.enqueue_many([request() for _ in range(5)])
+    # When a worker asks for all of them, twice
+    first = await broker.fetch("w1", 5)
+    second = await broker.fetch("w1", 5)
+    # Then only two started
+    assert (len(first), len(second)) == (2, 0)
+
+
+@pytest.mark.needs("recover_after_lost_reply")
+async def test_recover_returns_the_deliveries_a_worker_does_not_hold(
+    contract: support.Contract,
+) -> None:
+    # Given two jobs fetched by w1, of which it only received one (the reply was lost)
+    broker = await contract.open()
+    await broker.enqueue_many([request(), request()])
+    kept, lost = await broker.fetch("w1", 2)
+    # When w1 recovers, saying which one it holds
+    recovered = await broker.recover("w1", [(kept.id, kept.receipt)])
+    # Then it gets the other one, same receipt, and can settle it
+    assert [(d.id, d.receipt) for d in recovered] == [(lost.id, lost.receipt)]
+    assert await broker.ack(recovered[0])
+
+
+async def test_stats_count_backlog_delayed_in_flight_and_dead_letters(
+    contract: support.Contract,
+) -> None:
+    # Given two ready jobs, one delayed far ahead, one running and one dead-lettered
+    broker = await contract.open()
+    await broker.enqueue_many([request(), request()])
+    [running, doomed] = await broker.fetch("w1", 2)
+    await broker.dead_letter(doomed, "non_retryable")
+    await broker.enqueue_many([request(), request(), request(delay=3600.0)])
+    # When the queue's stats are read
+    stats = await broker.fetch_stats()
+    # Then each job is counted where it is
+    assert stats.queue == contract.queue
+    assert (stats.backlog, stats.future_delayed, stats.in_flight, stats.dead_letter) == (2, 1, 1, 1)
+    assert (stats.enqueued_total, stats.dead_lettered_total) == (5, 1)
+    assert running.id not in {d.job_id for d in await broker.list_dead_letters()}
+
+
+@pytest.mark.needs("heartbeats")
+async def test_a_heartbeat_shows_the_worker_until_it_deregisters(
+    contract: support.Contract,
+) -> None:
+    broker = await contract.open()
+    await broker.renew("w1", [], heartbeat=support.beat("w1", ttl=30.0))
+    seen = [b.worker_id for b in (await broker.fetch_stats()).workers]
+    await broker.deregister("w1")
+    after = [b.worker_id for b in (await broker.fetch_stats()).workers]
+    assert (seen, after) == (["w1"], [])
+
+
+async def test_a_job_settled_after_close_was_sent_before_close_returned(
+    contract: support.Contract,
+) -> None:
+    # Given acks issued concurrently (a broker may batch them)
+    broker = await contract.open()
+    await broker.enqueue_many([request() for _ in range(3)])
+    deliveries = await broker.fetch("w1", 3)
+    acks = [asyncio.ensure_future(broker.ack(d)) for d in deliveries]
+    await asyncio.sleep(0)  # each ack has been handed to the broker
+    # When the broker is closed
+    await broker.close()
+    # Then every ack had its answer, and a fresh broker sees them applied
+    assert [a.result() for a in acks] == [True, True, True]
+    reader = await contract.open()
+    assert (await reader.fetch_stats()).completed_total == 3

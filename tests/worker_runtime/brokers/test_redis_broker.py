@@ -1,0 +1,102 @@
+"""The Redis broker's own promises: its receipts, its keys, and redis-py's errors mapped to ours.
+
+The behaviour every broker shares is in test_contract.py; here is what only Redis can show (raw
+keys, the fencing token's form) and the translation at its edge: no caller of a broker ever
+sees a redis-py exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import RedisServer, free_port
+from tests.support.brokers import request
+from worker_runtime import errors
+from worker_runtime.brokers import open_broker
+from worker_runtime.brokers.redis import broker as redis_broker
+from worker_runtime.brokers.redis import keys
+
+
+async def test_a_receipt_is_the_engines_fencing_token_and_an_ack_leaves_no_keys(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a job delivered through the broker
+    broker = redis_broker.RedisBroker(engine_client, queue_name)
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    # When it is acknowledged
+    assert await broker.ack(delivery)
+    # Then its receipt had the engine's token form and nothing of the job stayed in Redis
+    assert re.fullmatch(r"[0-9a-f]+:\d+", delivery.receipt)
+    k = keys.build_keys(queue_name)
+    assert sum([await engine_client.xlen(r) for r in k.ready]) == 0
+    assert await engine_client.hlen(k.env) == 0
+    assert await engine_client.hlen(k.inflight) == 0
+
+
+async def test_a_redis_that_does_not_answer_is_broker_unavailable(queue_name: str) -> None:
+    # Given a broker whose Redis is not there (nothing listens on the port)
+    broker = await open_broker(
+        f"redis://127.0.0.1:{free_port()}/0", queue_name, socket_timeout=0.5, retries=0
+    )
+    try:
+        # When it is asked to fetch, and to enqueue
+        # Then each fails as BrokerUnavailable (maybe applied), the redis-py error as its cause
+        with pytest.raises(errors.BrokerUnavailable) as fetched:
+            await broker.fetch("w1", 1)
+        with pytest.raises(errors.BrokerUnavailable) as enqueued:
+            await broker.enqueue(request())
+    finally:
+        await broker.close()
+    assert isinstance(fetched.value.__cause__, redis.exceptions.ConnectionError)
+    assert (fetched.value.operation, enqueued.value.operation) == ("fetch", "enqueue")
+
+
+async def test_a_read_only_replica_is_broker_rejected(
+    redis_factory: Callable[..., RedisServer], redis_server: RedisServer, queue_name: str
+) -> None:
+    # Given a broker on a Redis that is a replica (as a demoted primary is after a failover)
+    replica = redis_factory()
+    admin = redis.Redis(port=replica.port)
+    admin.execute_command("REPLICAOF", "127.0.0.1", str(redis_server.port))
+    admin.close()
+    broker = await open_broker(replica.url, queue_name, retries=0)
+    try:
+        # When a job is enqueued on it
+        # Then the refusal is BrokerRejected: an answer, so nothing was applied
+        with pytest.raises(errors.BrokerRejected) as refused:
+            await broker.enqueue(request())
+    finally:
+        await broker.close()
+    assert isinstance(refused.value.__cause__, redis.exceptions.ReadOnlyError)
+
+
+async def test_open_broker_on_a_redis_url_owns_its_client_and_close_ends_it(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    # Given a broker opened from a URL, with a job acknowledged through it
+    admin = redis.Redis(port=redis_server.port)
+    before = len(admin.client_list())
+    broker = await open_broker(redis_server.url, queue_name)
+    assert isinstance(broker, redis_broker.RedisBroker)
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.ack(delivery)
+    during = len(admin.client_list())
+    # When it is closed
+    await broker.close()
+    # Then its connection is gone from the server (bounded wait for the server to notice)
+    after = during
+    for _ in range(100):
+        after = len(admin.client_list())
+        if after <= before:
+            break
+        await asyncio.sleep(0.02)
+    admin.close()
+    assert (during > before, after <= before) == (True, True)

@@ -1,0 +1,591 @@
+"""MemoryBroker: the broker contract as plain Python, in one process — its executable reference.
+
+Opened by :func:`worker_runtime.brokers.open_broker` for ``memory://NAME`` (brokers opened on the
+same NAME and queue in one process share their jobs, so a producer and a worker can meet) or
+built directly with a fake clock. Used by the contract suite
+(``tests/worker_runtime/brokers/test_contract.py``), where it runs the same checks as Redis,
+and by tests of worker logic that need no server. Nothing here is durable or shared between
+processes; it is not for production.
+
+Every promise of :mod:`worker_runtime.brokers.base` is kept the simple way: one dict per
+concern, a counter for receipts, and time read only from ``clock`` (pass a fake one to make
+leases expire, delays come due and the rate limit refill without sleeping). A blocking fetch
+re-checks every :data:`POLL_SECONDS` of real time, so an advanced fake clock is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import math
+import time
+from collections.abc import Callable, Collection, Container, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker_runtime import envelope as envelope_mod
+from worker_runtime.brokers import base
+
+POLL_SECONDS = 0.01
+"""How often a blocking fetch looks again (real time) while it waits."""
+
+REPLAY_BATCH = 100
+"""Most dead letters replayed between two rate-limit pauses."""
+
+CAPABILITIES = base.FULL_CONTRACT
+"""The reference declares every promise it checks."""
+
+Clock = Callable[[], float]
+
+_PRIORITIES = tuple(p.value for p in envelope_mod.Priority)  # high, normal, low
+
+
+@dataclass
+class _Job:
+    envelope: envelope_mod.JobEnvelope
+    attempts: int = 0
+    deliveries: int = 0
+    lost: int = 0
+    history: list[base.FailureRecord] = field(default_factory=list)
+    last_retry_in: float | None = None
+    ready_since: float = 0.0
+
+
+@dataclass
+class _Lease:
+    receipt: str
+    worker_id: str
+    deadline: float
+    fetched_at: float
+
+
+@dataclass
+class _Queue:
+    """The state of one queue, shared by every broker opened on it."""
+
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    ready: dict[str, collections.deque[str]] = field(
+        default_factory=lambda: {p: collections.deque() for p in _PRIORITIES}
+    )
+    delayed: dict[str, float] = field(default_factory=dict)
+    leases: dict[str, _Lease] = field(default_factory=dict)
+    dlq: dict[str, base.DeadLetter] = field(default_factory=dict)  # insertion = age order
+    enqueued: dict[str, float] = field(default_factory=dict)
+    idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
+    done: dict[str, float] = field(default_factory=dict)
+    counters: collections.Counter[str] = field(default_factory=collections.Counter)
+    workers: dict[str, tuple[base.WorkerHeartbeat, float]] = field(default_factory=dict)
+    bucket: tuple[float, float] | None = None  # (tokens, at)
+    fence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+
+_STORES: dict[tuple[str, str], _Queue] = {}
+
+
+def forget_stores() -> None:
+    """Drop every named in-memory queue (tests call this between cases)."""
+    _STORES.clear()
+
+
+class MemoryBroker:
+    """One queue held in this process (see the module docstring)."""
+
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        queue: str,
+        options: base.QueueOptions | None = None,
+        *,
+        clock: Clock = time.time,
+        store: str | None = None,
+    ) -> None:
+        self.queue = base.validate_queue_name(queue)
+        self.options = options if options is not None else base.QueueOptions()
+        self.clock = clock
+        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        if store is None:
+            self._q = _Queue()
+        else:
+            self._q = _STORES.setdefault((store, queue), _Queue())
+        self._closed = False
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this broker was closed")
+
+    def _make_ready(self, job_id: str, now: float) -> None:
+        job = self._q.jobs[job_id]
+        job.ready_since = now
+        self._q.ready[job.envelope.priority.value].append(job_id)
+
+    def _current(self, delivery: base.Delivery) -> _Job | None:
+        lease = self._q.leases.get(delivery.id)
+        if lease is None or lease.receipt != delivery.receipt:
+            return None
+        return self._q.jobs.get(delivery.id)
+
+    def _record(self, job: _Job, failure: base.Failure, now: float) -> None:
+        job.history.append(
+            base.FailureRecord(
+                error_type=failure.error_type,
+                message=failure.message,
+                traceback=failure.traceback,
+                worker_id=failure.worker_id,
+                at=now,
+                attempt=job.attempts,
+                delivery=job.deliveries,
+            )
+        )
+
+    def _to_dlq(self, job_id: str, reason: str, worker_id: str, now: float) -> None:
+        q = self._q
+        job = q.jobs.pop(job_id)
+        q.leases.pop(job_id, None)
+        q.delayed.pop(job_id, None)
+        env = job.envelope
+        q.dlq[job_id] = base.DeadLetter(
+            job_id=job_id,
+            task=env.task,
+            reason=reason,
+            priority=env.priority.value,
+            dead_lettered_at=now,
+            attempts=job.attempts,
+            deliveries=job.deliveries,
+            lost=job.lost,
+            worker_id=worker_id,
+            correlation_id=env.correlation_id,
+            first_failure_at=job.history[0].at if job.history else None,
+            last_failure_at=job.history[-1].at if job.history else None,
+            history=tuple(job.history),
+            envelope_raw=envelope_mod.build_envelope_json(env),
+        )
+        q.counters["dead_lettered"] += 1
+        # retention, as on every insert: by age, then by length (oldest go first)
+        for old_id, letter in list(q.dlq.items()):
+            if now - letter.dead_lettered_at > self.options.dlq_retention_seconds:
+                del q.dlq[old_id]
+        while len(q.dlq) > self.options.dlq_max_length:
+            del q.dlq[next(iter(q.dlq))]
+
+    def _end_lost(self, job_id: str, now: float) -> bool:
+        """A delivery that ended without a verdict: lost+1, back to ready or, at max
+        deliveries, to the DLQ. True when dead-lettered."""
+        job = self._q.jobs[job_id]
+        lease = self._q.leases.pop(job_id)
+        job.lost += 1
+        if job.lost >= self.options.max_deliveries:
+            reason = base.DeadLetterReason.MAX_DELIVERIES.value
+            self._to_dlq(job_id, reason, lease.worker_id, now)
+            self.fetch_dead_lettered[reason] += 1
+            return True
+        self._make_ready(job_id, now)
+        return False
+
+    def _grant(self, count: int, now: float) -> int:
+        limit = self.options.rate_limit
+        if limit is None:
+            return count
+        rate = limit.jobs / limit.per_seconds
+        tokens, at = self._q.bucket or (float(limit.jobs), now)
+        tokens = min(float(limit.jobs), tokens + max(0.0, now - at) * rate)
+        granted = min(count, math.floor(tokens))
+        self._q.bucket = (tokens - granted, now)
+        return granted
+
+    def _lease(self, job_id: str, worker_id: str, now: float) -> base.Delivery:
+        job = self._q.jobs[job_id]
+        job.deliveries += 1
+        receipt = f"m:{next(self._q.fence)}"
+        deadline = now + self.options.lease_seconds
+        self._q.leases[job_id] = _Lease(receipt, worker_id, deadline, now)
+        return base.Delivery(
+            id=job_id,
+            receipt=receipt,
+            envelope=job.envelope,
+            attempts=job.attempts,
+            deliveries=job.deliveries,
+            lease_deadline=deadline,
+            lost=job.lost,
+            fetched_at=now,
+        )
+
+    def _fetch_now(
+        self, worker_id: str, count: int, holding: Container[tuple[str, str]]
+    ) -> list[base.Delivery]:
+        q = self._q
+        now = self.clock()
+        for job_id, due in list(q.delayed.items()):
+            if due <= now:
+                del q.delayed[job_id]
+                self._make_ready(job_id, now)
+        granted = self._grant(count, now)
+        out: list[base.Delivery] = []
+        for job_id, lease in list(q.leases.items()):
+            if lease.deadline > now:
+                continue
+            if lease.worker_id == worker_id:
+                # the caller is alive: its expired lease is renewed, never handed to it twice;
+                # one it no longer holds ends as a lost delivery
+                if (job_id, lease.receipt) in holding:
+                    lease.deadline = now + self.options.lease_seconds
+                else:
+                    self._end_lost(job_id, now)
+                continue
+            if not self._end_lost(job_id, now) and len(out) < granted:
+                # reclaimed for this caller at once, as the engine's reclaim does
+                q.ready[q.jobs[job_id].envelope.priority.value].remove(job_id)
+                out.append(self._lease(job_id, worker_id, now))
+        for prio in _PRIORITIES:
+            ready = q.ready[prio]
+            while ready and len(out) < granted:
+                out.append(self._lease(ready.popleft(), worker_id, now))
+        if self.options.rate_limit is not None and len(out) < granted:
+            tokens, at = q.bucket or (0.0, now)
+            q.bucket = (tokens + granted - len(out), at)  # give back what was not used
+        return out
+
+    # -- Broker ----------------------------------------------------------------------------
+
+    async def enqueue(self, request: base.EnqueueRequest) -> base.EnqueueResult:
+        return (await self.enqueue_many([request]))[0]
+
+    async def enqueue_many(
+        self, requests: Sequence[base.EnqueueRequest]
+    ) -> list[base.EnqueueResult]:
+        self._check_open()
+        q = self._q
+        now = self.clock()
+        window = self.options.enqueue_dedup_seconds
+        for job_id, at in list(q.enqueued.items()):
+            if now - at > window:
+                del q.enqueued[job_id]
+        out: list[base.EnqueueResult] = []
+        for req in requests:
+            env = req.envelope
+            key = env.idempotency_key
+            if key is not None:
+                first = q.idempotency.get(key)
+                if first is not None and first[1] > now:
+                    out.append(base.EnqueueResult(first[0], False))
+                    continue
+            if env.id in q.jobs or env.id in q.enqueued:
+                out.append(base.EnqueueResult(env.id, False))
+                continue
+            if key is not None:
+                ttl = req.idempotency_ttl_seconds or 86_400.0
+                q.idempotency[key] = (env.id, now + ttl)
+            if window > 0:
+                q.enqueued[env.id] = now
+            q.jobs[env.id] = _Job(envelope=env)
+            q.counters["enqueued"] += 1
+            if req.delay_seconds > 0:
+                q.delayed[env.id] = now + req.delay_seconds
+            else:
+                self._make_ready(env.id, now)
+            out.append(base.EnqueueResult(env.id, True))
+        return out
+
+    async def fetch(
+        self,
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> list[base.Delivery]:
+        self._check_open()
+        if count <= 0 or (wake is not None and wake.is_set()):
+            return []
+        deadline = time.monotonic() + block
+        while True:
+            out = self._fetch_now(worker_id, count, holding)
+            if out or block <= 0 or time.monotonic() >= deadline:
+                return out
+            await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            if wake is not None and wake.is_set():
+                return []
+
+    async def ack_and_fetch(
+        self,
+        deliveries: Sequence[base.Delivery],
+        worker_id: str,
+        count: int,
+        *,
+        block: float = 0.0,
+        wake: asyncio.Event | None = None,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> tuple[list[bool], list[base.Delivery]]:
+        flags = [await self.ack(d) for d in deliveries]
+        fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
+        return flags, fetched
+
+    async def ack(
+        self,
+        delivery: base.Delivery,
+        *,
+        done_key: str | None = None,
+        done_ttl_seconds: float | None = None,
+    ) -> bool:
+        self._check_open()
+        if self._current(delivery) is None:
+            return False
+        now = self.clock()
+        del self._q.leases[delivery.id]
+        del self._q.jobs[delivery.id]
+        self._q.counters["completed"] += 1
+        if done_key is not None:
+            self._q.done[done_key] = now + (done_ttl_seconds or 86_400.0)
+        return True
+
+    async def retry(
+        self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
+    ) -> bool:
+        if not math.isfinite(delay_seconds):
+            raise ValueError(f"a retry delay must be a finite number of seconds: {delay_seconds}")
+        self._check_open()
+        job = self._current(delivery)
+        if job is None:
+            return False
+        now = self.clock()
+        del self._q.leases[delivery.id]
+        job.attempts += 1
+        self._record(job, failure, now)
+        job.last_retry_in = delay_seconds
+        self._q.counters["failed"] += 1
+        self._q.counters["retried"] += 1
+        if delay_seconds > 0:
+            self._q.delayed[delivery.id] = now + delay_seconds
+        else:
+            self._make_ready(delivery.id, now)
+        return True
+
+    async def dead_letter(
+        self,
+        delivery: base.Delivery,
+        reason: str,
+        *,
+        failure: base.Failure | None = None,
+        attempt: bool = True,
+    ) -> bool:
+        self._check_open()
+        job = self._current(delivery)
+        if job is None:
+            return False
+        now = self.clock()
+        if failure is not None:
+            if attempt:
+                job.attempts += 1
+                self._q.counters["failed"] += 1
+            self._record(job, failure, now)
+        self._to_dlq(delivery.id, str(reason), failure.worker_id if failure else "", now)
+        return True
+
+    async def release(self, delivery: base.Delivery) -> bool:
+        self._check_open()
+        if self._current(delivery) is None:
+            return False
+        del self._q.leases[delivery.id]
+        self._q.counters["released"] += 1
+        self._make_ready(delivery.id, self.clock())
+        return True
+
+    async def renew(
+        self,
+        worker_id: str,
+        deliveries: Sequence[base.Delivery],
+        *,
+        heartbeat: base.WorkerBeat | None = None,
+    ) -> base.LeaseRenewal:
+        self._check_open()
+        now = self.clock()
+        kept: list[base.Delivery] = []
+        lost: list[base.Delivery] = []
+        for d in deliveries:
+            lease = self._q.leases.get(d.id)
+            if lease is not None and lease.receipt == d.receipt and lease.worker_id == worker_id:
+                lease.deadline = now + self.options.lease_seconds
+                kept.append(d)
+            else:
+                lost.append(d)
+        if heartbeat is not None:
+            self._write_heartbeat(heartbeat, now)
+        return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
+
+    def _write_heartbeat(self, beat: base.WorkerBeat, now: float) -> None:
+        workers = self._q.workers
+        for other, (_, expires) in list(workers.items()):
+            if expires <= now and other != beat.worker_id:
+                del workers[other]  # reaped: it stopped without deregistering
+                self._q.counters["workers_lost"] += 1
+        record = base.WorkerHeartbeat(
+            worker_id=beat.worker_id,
+            pod_name=beat.pod_name,
+            concurrency=beat.concurrency,
+            in_flight=beat.in_flight,
+            processed=beat.processed,
+            busy_seconds=beat.busy_seconds,
+            started_at=beat.started_at,
+            last_seen=now,
+            oldest_job_started_at=beat.oldest_job_started_at,
+            draining=beat.draining,
+        )
+        workers[beat.worker_id] = (record, now + beat.ttl_seconds)
+
+    async def recover(
+        self, worker_id: str, held: Collection[tuple[str, base.Receipt]] = ()
+    ) -> list[base.Delivery]:
+        self._check_open()
+        now = self.clock()
+        out: list[base.Delivery] = []
+        for job_id, lease in self._q.leases.items():
+            if lease.worker_id != worker_id or (job_id, lease.receipt) in held:
+                continue
+            lease.deadline = now + self.options.lease_seconds
+            job = self._q.jobs[job_id]
+            out.append(
+                base.Delivery(
+                    id=job_id,
+                    receipt=lease.receipt,
+                    envelope=job.envelope,
+                    attempts=job.attempts,
+                    deliveries=job.deliveries,
+                    lease_deadline=lease.deadline,
+                    lost=job.lost,
+                    fetched_at=lease.fetched_at,
+                )
+            )
+        return out
+
+    async def fetch_previous_delay(self, job_id: str) -> float | None:
+        job = self._q.jobs.get(job_id)
+        return job.last_retry_in if job is not None else None
+
+    async def fetch_is_done(self, done_key: str) -> bool:
+        expires = self._q.done.get(done_key)
+        return expires is not None and expires > self.clock()
+
+    async def deregister(self, worker_id: str) -> None:
+        self._q.workers.pop(worker_id, None)
+
+    async def close(self) -> None:
+        self._closed = True
+
+    # -- QueueProbe ------------------------------------------------------------------------
+
+    async def fetch_stats(self) -> base.QueueStats:
+        q = self._q
+        now = self.clock()
+        due = sum(1 for t in q.delayed.values() if t <= now)
+        ready = [jid for prio in _PRIORITIES for jid in q.ready[prio]]
+        oldest = min((q.jobs[jid].ready_since for jid in ready), default=now)
+        oldest_dead = min((d.dead_lettered_at for d in q.dlq.values()), default=now)
+        live = tuple(sorted((b for b, exp in q.workers.values() if exp > now), key=_worker_id))
+        return base.QueueStats(
+            queue=self.queue,
+            now=now,
+            backlog=len(ready) + due,
+            due_delayed=due,
+            future_delayed=len(q.delayed) - due,
+            in_flight=len(q.leases),
+            dead_letter=len(q.dlq),
+            oldest_job_age_seconds=max(0.0, now - oldest),
+            enqueued_total=q.counters["enqueued"],
+            completed_total=q.counters["completed"],
+            failed_total=q.counters["failed"],
+            retried_total=q.counters["retried"],
+            dead_lettered_total=q.counters["dead_lettered"],
+            workers_lost_total=q.counters["workers_lost"],
+            workers_expired=sum(1 for _, exp in q.workers.values() if exp <= now),
+            workers=live,
+            maxmemory_policy=None,
+            oldest_dead_letter_age_seconds=max(0.0, now - oldest_dead),
+        )
+
+    # -- DeadLetters -----------------------------------------------------------------------
+
+    async def count_dead_letters(self) -> int:
+        return len(self._q.dlq)
+
+    async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[base.DeadLetter]:
+        newest_first = list(reversed(self._q.dlq.values()))
+        return newest_first[max(0, offset) : max(0, offset) + limit]
+
+    async def show_dead_letter(self, job_id: str) -> base.DeadLetter | None:
+        return self._q.dlq.get(job_id)
+
+    async def replay_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        reset_attempts: bool = False,
+        rate_per_second: float = 100.0,
+    ) -> list[str]:
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be positive")
+        q = self._q
+        chosen = list(job_ids) if job_ids is not None else list(q.dlq)  # oldest first
+        replayed: list[str] = []
+        for job_id in chosen:
+            if limit is not None and len(replayed) >= limit:
+                break
+            letter = q.dlq.get(job_id)
+            if letter is None or job_id in q.jobs:
+                continue  # not dead-lettered, or live again: it stays where it is
+            del q.dlq[job_id]
+            env = envelope_mod.parse_envelope(letter.envelope_raw)
+            q.jobs[job_id] = _Job(
+                envelope=env,
+                attempts=0 if reset_attempts else letter.attempts,
+                deliveries=letter.deliveries,
+                history=list(letter.history),
+            )
+            self._make_ready(job_id, self.clock())
+            q.counters["replayed"] += 1
+            replayed.append(job_id)
+            if len(replayed) % REPLAY_BATCH == 0:
+                await asyncio.sleep(REPLAY_BATCH / rate_per_second)
+        return replayed
+
+    async def purge_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> int:
+        q = self._q
+        if job_ids is not None:
+            doomed = [j for j in job_ids if j in q.dlq]
+        elif older_than_seconds is not None:
+            cutoff = self.clock() - older_than_seconds
+            doomed = [j for j, d in q.dlq.items() if d.dead_lettered_at <= cutoff]
+        elif everything:
+            doomed = list(q.dlq)
+        else:
+            raise ValueError(
+                "say which dead letters to purge: job_ids, older_than_seconds or everything"
+            )
+        for job_id in doomed:
+            del q.dlq[job_id]
+        return len(doomed)
+
+
+def _worker_id(beat: base.WorkerHeartbeat) -> str:
+    return beat.worker_id
+
+
+async def open_from_url(
+    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+) -> MemoryBroker:
+    """``memory://NAME``: the in-process queue NAME (``memory://`` alone: a private one)."""
+    name = url.partition("://")[2].strip("/")
+    clock = settings.pop("clock", time.time)
+    if settings:
+        raise TypeError(f"memory:// takes no settings but clock: {sorted(settings)}")
+    return MemoryBroker(queue, options, clock=clock, store=name or None)
