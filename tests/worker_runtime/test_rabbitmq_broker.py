@@ -237,3 +237,53 @@ async def test_open_broker_serves_amqp_urls_and_the_probe_reads_backlog_and_in_f
         assert await b.ack(held)
     finally:
         await b.close()
+
+
+async def test_a_renewal_through_another_broker_object_keeps_the_delivery(
+    rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker
+) -> None:
+    # Given a delivery fetched through the job loop's broker
+    await rq.enqueue(job(job_id="c1"))
+    [held] = await rq.fetch("w1", 1, block=5)
+    # When the worker's control thread renews it through its own broker object
+    control = await brokers.open_broker(rabbitmq_server.url, rq.queue, socket_timeout=2.0)
+    try:
+        renewal = await control.renew("w1", [held])
+    finally:
+        await control.close()
+    # Then it is kept (it is lost only when the job loop's connection ends) and still acks
+    assert [d.id for d in renewal.kept] == ["c1"] and renewal.lost == ()
+    assert await rq.ack(held) is True
+
+
+async def test_the_dlq_lists_newest_first_shows_history_replays_and_purges_by_id(
+    rq: rabbitmq_broker.RabbitMQBroker,
+) -> None:
+    # Given three jobs dead-lettered in order a, b, c, each after one failure
+    await rq.enqueue_many([job(job_id=i) for i in ("a", "b", "c")])
+    got = await rq.fetch("w1", 3, block=5)
+    assert sorted(d.id for d in got) == ["a", "b", "c"]
+    for d in sorted(got, key=lambda d: d.id):
+        failure = base.Failure("RuntimeError", f"failed {d.id}", worker_id="w1")
+        assert await rq.dead_letter(d, "non_retryable", failure=failure)
+        await asyncio.sleep(0.01)
+    # When the DLQ is listed
+    assert await rq.count_dead_letters() == 3
+    listed = await rq.list_dead_letters()
+    # Then newest first, each with its reason and failure, and listing took nothing away
+    assert [d.job_id for d in listed] == ["c", "b", "a"]
+    assert [d.reason for d in listed] == ["non_retryable"] * 3
+    shown = await rq.show_dead_letter("b")
+    assert shown is not None and [h.message for h in shown.history] == ["failed b"]
+    assert shown.task == "t" and shown.attempts == 1 and shown.payload == {"n": 1}
+    assert await rq.count_dead_letters() == 3
+    # When b is replayed with its attempts reset and a is purged
+    assert await rq.replay_dead_letters(job_ids=["b"], reset_attempts=True) == ["b"]
+    assert await rq.purge_dead_letters(job_ids=["a"]) == 1
+    # Then b runs again as a fresh job and only c is left in the DLQ
+    [again] = await rq.fetch("w1", 1, block=5)
+    assert (again.id, again.attempts, again.deliveries) == ("b", 0, 1)
+    await rq.ack(again)
+    assert [d.job_id for d in await rq.list_dead_letters()] == ["c"]
+    assert await rq.purge_dead_letters(everything=True) == 1
+    assert await rq.count_dead_letters() == 0

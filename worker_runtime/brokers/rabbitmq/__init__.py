@@ -27,11 +27,21 @@ _URL_SETTINGS = ("prefetch", "management_port")
 
 
 async def open_from_url(
-    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+    url: str,
+    queue: str,
+    *,
+    options: base.QueueOptions,
+    socket_timeout: float | None = None,
+    retries: int | None = None,
+    **settings: Any,
 ) -> broker.RabbitMQBroker:
     """``open_broker``'s entry for ``amqp://``/``amqps://``: the queue's broker (it connects
-    and declares its queues on first use). ``settings``: ``prefetch``, ``management_port``,
-    ``connect_timeout``; the URL's query may carry the first two."""
+    and declares its queues on first use). Takes the connection settings every broker takes:
+    ``socket_timeout`` bounds connecting; ``retries`` is accepted and unused (the broker never
+    re-sends a call by itself). Its own: ``prefetch``, ``management_port`` (also from the
+    URL's query), ``connect_timeout``."""
+    if socket_timeout is not None:
+        settings.setdefault("connect_timeout", max(1.0, socket_timeout))
     parsed = yarl.URL(url)
     taken: dict[str, Any] = {}
     for name in _URL_SETTINGS:

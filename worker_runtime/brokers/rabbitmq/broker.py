@@ -30,12 +30,14 @@ import asyncio
 import base64
 import collections
 import contextlib
+import datetime
 import json
 import math
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Collection, Container, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -62,7 +64,7 @@ CAPABILITIES = base.Capabilities(
     atomic_done_marker=False,
     rate_limit=False,
     heartbeats=False,
-    dead_letter_by_id=False,
+    dead_letter_by_id=True,
     failure_history=True,
     fenced_receipts=True,
     lease_expiry=False,
@@ -72,8 +74,7 @@ CAPABILITIES = base.Capabilities(
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
 )
 """What RabbitMQ cannot promise, and why (docs/brokers.md has the table):
-no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); the DLQ is
-not yet readable by job id here (list/show/replay/purge are still to come); no done
+no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); no done
 marker store; no shared rate limit; no heartbeats (the live consumers are what the probe
 reports); leases end with the connection, not by time; a lost fetch reply cannot happen
 (deliveries are pushed) so there is nothing to recover; stats come from the management API,
@@ -122,6 +123,75 @@ def decode_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
 
 def encode_history(history: list[dict[str, Any]]) -> str:
     return json.dumps(history[-HISTORY_KEEP:], separators=(",", ":"))
+
+
+def decode_dead_letter(message: aio_pika.abc.AbstractIncomingMessage) -> base.DeadLetter:
+    """A DLQ message as a :class:`~worker_runtime.brokers.base.DeadLetter`. Jobs the broker
+    dead-lettered itself (the delivery limit) carry RabbitMQ's ``x-death`` instead of ours."""
+    headers = dict(message.headers or {})
+    body = message.body
+    try:
+        raw = body.decode("utf-8")
+        raw_b64 = None
+    except UnicodeDecodeError:
+        raw = body.decode("utf-8", errors="backslashreplace")
+        raw_b64 = base64.b64encode(body).decode()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    env = data if isinstance(data, dict) else {}
+    deaths = headers.get(topology.X_DEATH)
+    death = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+    reason_header = headers.get(topology.H_REASON)
+    if isinstance(reason_header, bytes):
+        reason_header = reason_header.decode(errors="replace")
+    if reason_header:
+        reason = str(reason_header)
+    elif str(death.get("reason", "")) == "delivery_limit":
+        reason = str(base.DeadLetterReason.MAX_DELIVERIES)
+    else:
+        reason = str(death.get("reason", "unknown"))
+    dead_at = _float_header(headers, topology.H_DEAD_AT)
+    if dead_at is None:
+        when = death.get("time")
+        dead_at = when.timestamp() if isinstance(when, datetime.datetime) else time.time()
+    history = decode_history(headers)
+    records = tuple(
+        base.FailureRecord(
+            error_type=str(h.get("error_type", "")),
+            message=str(h.get("message", "")),
+            traceback=str(h.get("traceback", "")),
+            worker_id=str(h.get("worker_id", "")),
+            at=float(h.get("at") or 0.0),
+            attempt=int(h.get("attempt") or 0),
+            delivery=int(h.get("delivery") or 0),
+        )
+        for h in history
+    )
+    redelivered = _int_header(headers, topology.X_DELIVERY_COUNT) if not reason_header else 0
+    worker = headers.get(topology.H_WORKER, "")
+    if isinstance(worker, bytes):
+        worker = worker.decode(errors="replace")
+    task = env.get("task")
+    correlation = env.get("correlation_id")
+    return base.DeadLetter(
+        job_id=message.message_id or str(env.get("id", "")),
+        task=task if isinstance(task, str) else None,
+        reason=reason,
+        priority=str(env.get("priority", "normal")),
+        dead_lettered_at=float(dead_at),
+        attempts=_int_header(headers, topology.H_ATTEMPTS),
+        deliveries=_int_header(headers, topology.H_DELIVERIES) + redelivered,
+        lost=_int_header(headers, topology.H_LOST) + redelivered,
+        worker_id=str(worker),
+        correlation_id=correlation if isinstance(correlation, str) else None,
+        first_failure_at=records[0].at if records else None,
+        last_failure_at=records[-1].at if records else None,
+        history=records,
+        envelope_raw=raw,
+        envelope_base64=raw_b64,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -180,6 +250,9 @@ class RabbitMQBroker:
         self._consume_channel: aio_pika.abc.AbstractChannel | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._generation = 0
+        # receipts name the broker object and its connection: another object (the worker's
+        # control thread has its own) cannot judge them
+        self._instance = uuid.uuid4().hex[:12]
         self._consuming = False
         self._buffers: dict[str, collections.deque[aio_pika.abc.AbstractIncomingMessage]] = {
             level: collections.deque() for level in topology.LEVELS
@@ -436,7 +509,7 @@ class RabbitMQBroker:
         due yet (another delay hop), poison, or an envelope that cannot run (dead-lettered)."""
         headers = dict(message.headers or {})
         now = time.time()
-        receipt = f"{self._generation}:{level}:{message.delivery_tag}"
+        receipt = f"{self._instance}:{self._generation}:{level}:{message.delivery_tag}"
         redelivered = _int_header(headers, topology.X_DELIVERY_COUNT)
         deliveries = _int_header(headers, topology.H_DELIVERIES) + redelivered + 1
         lost = _int_header(headers, topology.H_LOST) + redelivered
@@ -721,7 +794,12 @@ class RabbitMQBroker:
         kept: list[base.Delivery] = []
         lost: list[base.Delivery] = []
         for delivery in deliveries:
-            if self._current(delivery) is not None:
+            if not delivery.receipt.startswith(f"{self._instance}:"):
+                # fetched through another broker object's connection: a lease here does not
+                # expire by time, so only that connection's end (seen by its own settling
+                # calls) can lose it
+                kept.append(replace(delivery, lease_deadline=now + self.options.lease_seconds))
+            elif self._current(delivery) is not None:
                 kept.append(replace(delivery, lease_deadline=now + self.options.lease_seconds))
             else:
                 lost.append(delivery)
@@ -743,6 +821,147 @@ class RabbitMQBroker:
 
     async def deregister(self, worker_id: str) -> None:
         return None
+
+    # -- the DLQ: list, show, replay, purge -----------------------------------------------------
+    #
+    # AMQP has no index and no peek: each call takes the DLQ's messages on a channel of its
+    # own without acking (basic.get), acks the ones it replays or purges, and closes the
+    # channel, which puts every other message back. Cost: one read of the whole DLQ per call
+    # (``dlq_max_length`` bounds it).
+
+    async def count_dead_letters(self) -> int:
+        channel = await self._ensure()
+        async with translate_errors("count_dead_letters"):
+            queue = await channel.declare_queue(topology.dead_queue(self.queue), passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+    @contextlib.asynccontextmanager
+    async def _dead_letter_scan(
+        self, operation: str
+    ) -> AsyncIterator[list[tuple[aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]]]:
+        """Every DLQ message, unacked on a channel of its own; closing it returns the rest."""
+        await self._ensure()
+        assert self._connection is not None
+        found: list[tuple[aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]] = []
+        async with translate_errors(operation):
+            channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            async with translate_errors(operation):
+                queue = await channel.declare_queue(topology.dead_queue(self.queue), passive=True)
+                total = int(queue.declaration_result.message_count or 0)
+                # messages another scan just put back may take a moment to be ready again:
+                # read until empty, and wait (bounded) for as many as the queue counted
+                settle = time.monotonic() + 2.0
+                for _ in range(total + 10_000):
+                    message = await queue.get(no_ack=False, fail=False, timeout=10)
+                    if message is None:
+                        if len(found) >= total or time.monotonic() > settle:
+                            break
+                        await asyncio.sleep(0.05)
+                        continue
+                    found.append((message, decode_dead_letter(message)))
+            yield found
+        finally:
+            returned = 0
+            with contextlib.suppress(Exception):
+                for message, _ in found:
+                    if not message.processed:
+                        await message.nack(requeue=True)
+                        returned += 1
+                await asyncio.wait_for(channel.close(), 5)
+            # a quorum queue counts returned messages as ready a moment later: wait (bounded)
+            # so the next call sees the DLQ whole
+            with contextlib.suppress(Exception):
+                for _ in range(40):
+                    if await self.count_dead_letters() >= returned:
+                        break
+                    await asyncio.sleep(0.05)
+
+    async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[base.DeadLetter]:
+        async with self._dead_letter_scan("list_dead_letters") as found:
+            records = sorted((d for _, d in found), key=lambda d: d.dead_lettered_at, reverse=True)
+        return records[offset : offset + limit]
+
+    async def show_dead_letter(self, job_id: str) -> base.DeadLetter | None:
+        async with self._dead_letter_scan("show_dead_letter") as found:
+            for _, record in found:
+                if record.job_id == job_id:
+                    return record
+        return None
+
+    async def replay_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        limit: int | None = None,
+        reset_attempts: bool = False,
+        rate_per_second: float = 100.0,
+    ) -> list[str]:
+        if not rate_per_second > 0:
+            raise ValueError("rate_per_second must be > 0")
+        wanted = set(job_ids) if job_ids is not None else None
+        replayed: list[str] = []
+        async with self._dead_letter_scan("replay_dead_letters") as found:
+            chosen = sorted(found, key=lambda pair: pair[1].dead_lettered_at)
+            if wanted is not None:
+                chosen = [pair for pair in chosen if pair[1].job_id in wanted]
+            if limit is not None:
+                chosen = chosen[:limit]
+            for message, record in chosen:
+                headers = self._copy_headers(dict(message.headers or {}), deliveries=0, lost=0)
+                for name in (
+                    topology.H_REASON,
+                    topology.H_DEAD_AT,
+                    topology.H_WORKER,
+                    topology.H_DUE_AT,
+                ):
+                    headers.pop(name, None)
+                if reset_attempts:
+                    headers[topology.H_ATTEMPTS] = 0
+                level = record.priority if record.priority in topology.LEVELS else "normal"
+                await self._publish(
+                    topology.work_queue(self.queue, level),
+                    message.body,
+                    headers,
+                    message_id=record.job_id,
+                    operation="replay_dead_letters",
+                )
+                async with translate_errors("replay_dead_letters"):
+                    await message.ack()
+                replayed.append(record.job_id)
+                await asyncio.sleep(1.0 / rate_per_second)
+        return replayed
+
+    async def purge_dead_letters(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> int:
+        if sum((job_ids is not None, older_than_seconds is not None, everything)) != 1:
+            raise ValueError("purge by job_ids, by older_than_seconds or everything: exactly one")
+        if everything:
+            channel = await self._ensure()
+            async with translate_errors("purge_dead_letters"):
+                queue = await channel.declare_queue(topology.dead_queue(self.queue), passive=True)
+                result = await queue.purge()
+            return int(getattr(result, "message_count", 0) or 0)
+        wanted = set(job_ids or ())
+        cutoff = time.time() - (older_than_seconds or 0.0)
+        purged = 0
+        async with self._dead_letter_scan("purge_dead_letters") as found:
+            for message, record in found:
+                hit = (
+                    record.job_id in wanted
+                    if job_ids is not None
+                    else record.dead_lettered_at <= cutoff
+                )
+                if hit:
+                    async with translate_errors("purge_dead_letters"):
+                        await message.ack()
+                    purged += 1
+        return purged
 
     # -- the operator's side ------------------------------------------------------------------
 
