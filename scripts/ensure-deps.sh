@@ -64,5 +64,7 @@ bash "$(dirname "$0")/ensure-rabbitmq.sh"
 bash "$(dirname "$0")/ensure-checkov.sh"
 # ElasticMQ (the SQS-compatible server the SQS broker's tests run), jars cached by version.
 bash "$(dirname "$0")/ensure-elasticmq.sh"
+# KEDA's and prometheus-operator's CRDs for the e2e tests, from their Go modules: see the script.
+bash "$(dirname "$0")/ensure-crds.sh"
 chromium --version >/dev/null
 say "ok: $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3) helm $("$CACHE/bin/helm" version --short)"

@@ -47,8 +47,10 @@ INSTALL_HEADER = f"""\
 #
 #   kubectl apply --server-side -f deploy/install.yaml
 #
-# Installs the WorkerPool CRD, the operator (namespace {NAMESPACE}, cluster-wide RBAC) and its
-# metrics Service. For namespaced RBAC, ServiceMonitor, alerts or the dashboard use the chart.
+# Installs the WorkerPool CRD, the operator (namespace {NAMESPACE}, watching WorkerPools in
+# {NAMESPACE} only: a Role there, no ClusterRole for it), the Secret-label admission policy,
+# the view/edit roles for people, its NetworkPolicy and metrics Service. For other namespaces,
+# cluster-wide RBAC, ServiceMonitor, alerts or the dashboard use the chart.
 ---
 apiVersion: v1
 kind: Namespace

@@ -65,6 +65,10 @@ def node_namespace(
         NODE_NAMESPACE,
         f"--from-literal=url={pod_url}",
     )
+    # The chart's default admission policy: WorkerPools may name only Secrets labelled usable.
+    kube_cluster.kubectl(
+        "label", "secret", "redis", "-n", NODE_NAMESPACE, f"{wf.USABLE_LABEL}=true"
+    )
     api_port = int(kube_cluster.server.rsplit(":", 1)[1])
     forwarded = real_node.forward(api_port)
     values = {
@@ -383,6 +387,9 @@ def test_a_pools_pods_run_the_worker_image_and_the_kubelet_probes_them(
         "create", "secret", "generic", "no-redis", "-n", node_namespace,
         f"--from-literal=url=redis://{kubenode.GATEWAY_IP}:1/0",
     )  # fmt: skip
+    kube_cluster.kubectl(
+        "label", "secret", "no-redis", "-n", node_namespace, f"{wf.USABLE_LABEL}=true"
+    )
     fixed = {"mode": "disabled", "replicas": 2}
     for pool in (
         build_node_pool("probed", fixed, 10),
@@ -396,12 +403,7 @@ def test_a_pools_pods_run_the_worker_image_and_the_kubelet_probes_them(
         assert pod["spec"]["nodeName"] == real_node.name
         (status,) = pod["status"]["containerStatuses"]
         assert status["image"] == WORKER_IMAGE and status["started"] is True
-    condition = kubecluster.poll_until(
-        "the pool's Ready condition",
-        lambda: wf.fetch_condition(kube_cluster, node_namespace, "probed", "Ready"),
-        lambda c: c.get("status") == "True",
-        timeout_seconds=60,
-    )
+    condition = wf.wait_for_condition(kube_cluster, node_namespace, "probed", "Ready")
     assert condition["status"] == "True"
     # And their workers registered in the real Redis under their pod names
     client = redis.Redis.from_url(node_redis.url)

@@ -27,6 +27,8 @@ RELEASE = "wf"
 SYSTEM_NAMESPACE = "workerfleet-system"
 CRD = "workerpools.workerfleet.io"
 POOL_LABEL = "workerfleet.io/pool"
+# The label the chart's admission policy requires on every Secret a WorkerPool names.
+USABLE_LABEL = "workerfleet.io/usable"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 WORKERFLEET = Path(sys.executable).parent / "workerfleet"
 # Any refusal by RBAC shows up in the operator's log as an HTTP 403 / "forbidden".
@@ -61,10 +63,15 @@ def apply_chart(cluster: kubecluster.KubeCluster) -> str:
 
     operator.replicas=0: the operator image is not available here (kwok would only pretend to
     run it); the real operator runs on the host under the chart's identity instead.
+    clusterWide=true (the explicit choice): the tests start operators on namespaces they make
+    as they go. The Secret-label admission policy is off here because those tests' Secrets are
+    plain; tests/e2e/test_chart_security_on_kube.py installs the default (namespaced, policy
+    on) and proves both.
     """
     cluster.helm(
         "install", RELEASE, str(CHART), "-n", SYSTEM_NAMESPACE, "--create-namespace",
-        "--set", "operator.replicas=0", "--wait", "--timeout", "120s",
+        "--set", "operator.replicas=0", "--set", "clusterWide=true",
+        "--set", "admissionPolicy.enabled=false", "--wait", "--timeout", "120s",
     )  # fmt: skip
     accounts = cluster.kubectl(
         "get", "sa", "-n", SYSTEM_NAMESPACE, "-l", f"app.kubernetes.io/instance={RELEASE}",
@@ -89,13 +96,15 @@ def start_operator(
     namespaces: tuple[str, ...],
     workdir: Path,
     extra_env: dict[str, str] | None = None,
+    account_namespace: str = SYSTEM_NAMESPACE,
 ) -> Operator:
-    """Start `workerfleet operator` as `service_account`, watching `namespaces`; wait /healthz.
+    """Start `workerfleet operator` as `service_account` (of `account_namespace`), watching
+    `namespaces`; wait for /healthz.
 
     Raises AssertionError with the operator's log if it exits or never becomes healthy.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    token = cluster.fetch_service_account_token(SYSTEM_NAMESPACE, service_account)
+    token = cluster.fetch_service_account_token(account_namespace, service_account)
     kubeconfig = cluster.write_kubeconfig(workdir / "operator.kubeconfig", token, service_account)
     health_port, metrics_port = kubecluster.fetch_free_port(), kubecluster.fetch_free_port()
     env = {
@@ -120,7 +129,7 @@ def start_operator(
             cwd=REPO,
             preexec_fn=kubecluster.build_parent_death_signal(),
         )
-    user = f"system:serviceaccount:{SYSTEM_NAMESPACE}:{service_account}"
+    user = f"system:serviceaccount:{account_namespace}:{service_account}"
     operator = Operator(process, log_path, user, namespaces, metrics_port)
     try:
         kubecluster.poll_until(
@@ -189,6 +198,23 @@ def fetch_condition(
             found: dict[str, Any] = condition
             return found
     return {}
+
+
+def wait_for_condition(
+    cluster: kubecluster.KubeCluster,
+    namespace: str,
+    pool: str,
+    kind: str,
+    status: str = "True",
+    timeout_seconds: float = 60,
+) -> dict[str, Any]:
+    """Poll the pool's condition `kind` until it has `status`; return it."""
+    return kubecluster.poll_until(
+        f"{namespace}/{pool} {kind}={status}",
+        lambda: fetch_condition(cluster, namespace, pool, kind),
+        lambda condition: condition.get("status") == status,
+        timeout_seconds=timeout_seconds,
+    )
 
 
 def fetch_events(

@@ -25,7 +25,7 @@ CACHE_BIN = (
 )
 NAMESPACE = "workerfleet-system"
 RELEASE = "workerfleet"
-VALUES_SETS = ("default", "namespaced", "monitoring", "console")
+VALUES_SETS = ("default", "cluster-wide", "namespaced", "monitoring", "console")
 
 Manifest = dict[str, Any]
 # The `render` fixture (conftest.py): render(values_set or None, *extra helm args) -> manifests.

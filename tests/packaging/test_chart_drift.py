@@ -154,8 +154,11 @@ def test_install_yaml_says_it_is_generated_and_installs_the_default_chart() -> N
     assert {
         "CustomResourceDefinition",
         "Deployment",
-        "ClusterRole",
-        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     } <= set(kinds)
+    assert "ClusterRoleBinding" not in kinds  # namespaced by default
     assert "PrometheusRule" not in kinds  # needs the Prometheus Operator: chart only

@@ -161,7 +161,7 @@ def test_the_operator_runs_one_restricted_replica_with_probes_and_resources(rend
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["WORKERFLEET_OPERATOR_NAMESPACES"] == ""
+    assert env["WORKERFLEET_OPERATOR_NAMESPACES"] == NAMESPACE  # namespaced by default
     assert env["WORKERFLEET_OPERATOR_HEALTH_PORT"] == "8080"
     assert env["WORKERFLEET_OPERATOR_METRICS_PORT"] == "9090"
     assert "WORKERFLEET_OPERATOR_PEERING" not in env  # unset = standalone

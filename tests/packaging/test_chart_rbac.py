@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 import pytest
-from packaging_support import CHART, NAMESPACE, ROOT, Manifest, Render, of_kind
+from packaging_support import CHART, NAMESPACE, ROOT, Manifest, Render, of_kind, run
 from workerfleet_operator import rbac
 
 pytestmark = pytest.mark.chart
@@ -30,10 +30,11 @@ FORBIDDEN_RESOURCES = {
 }
 
 MODES = {
-    "cluster-wide": (("default",), True, False),
+    "default": (("default",), False, False),
+    "cluster-wide": (("cluster-wide",), True, False),
     "namespaced": (("namespaced",), False, False),
     "cluster-wide-peering": (
-        ("default", "--set", "operator.peering.enabled=true"),
+        ("cluster-wide", "--set", "operator.peering.enabled=true"),
         True,
         True,
     ),
@@ -51,7 +52,7 @@ CONSOLE_NEEDS = {
     ("", "secrets", "get"),
 }
 CONSOLE_MODES = {
-    "cluster-wide": ("default", "--set", "console.enabled=true", "--set",
+    "cluster-wide": ("cluster-wide", "--set", "console.enabled=true", "--set",
                      "console.auth.existingSecret=t"),
     "namespaced": ("console",),
 }  # fmt: skip
@@ -63,10 +64,21 @@ ALL_RENDERS = {
 }
 
 
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+def is_user_role(role: Manifest) -> bool:
+    """The view/edit ClusterRoles for people (aggregated into the built-in roles)."""
+    return any(k.startswith(AGGREGATE) for k in role["metadata"].get("labels", {}))
+
+
 def granted(manifests: list[Manifest], name: str | None = None) -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) of every (Cluster)Role, or only of those called ``name``."""
+    """(apiGroup, resource, verb) of every workload's (Cluster)Role, or of those called ``name``.
+
+    The aggregated user roles are left out: they are bound to people, not to a workload.
+    """
     out: set[tuple[str, str, str]] = set()
-    for role in (m for m in manifests if m["kind"] in ROLE_KINDS):
+    for role in (m for m in manifests if m["kind"] in ROLE_KINDS and not is_user_role(m)):
         if name is not None and role["metadata"]["name"] != name:
             continue
         for rule in role["rules"]:
@@ -100,27 +112,82 @@ def test_no_wildcards_no_escalation_and_secrets_only_get(render: Render, mode: s
     assert {v for _, r, v in have if r == "secrets"} == {"get"}
 
 
-def test_a_namespaced_install_renders_roles_only_in_the_watched_namespaces(render: Render) -> None:
-    manifests = render("namespaced")
-    assert (
-        of_kind(manifests, "ClusterRole") == [] and of_kind(manifests, "ClusterRoleBinding") == []
-    )
+@pytest.mark.parametrize(
+    ("values_set", "namespaces"), [("namespaced", ["team-a", "team-b"]), ("default", [NAMESPACE])]
+)
+def test_a_namespaced_install_renders_roles_only_in_the_watched_namespaces(
+    render: Render, values_set: str, namespaces: list[str]
+) -> None:
+    # The default install is namespaced: the release namespace alone.
+    manifests = render(values_set)
+    assert of_kind(manifests, "ClusterRoleBinding") == []
+    assert all(is_user_role(r) for r in of_kind(manifests, "ClusterRole"))
     roles = of_kind(manifests, "Role")
     bindings = of_kind(manifests, "RoleBinding")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "workerfleet-operator", "namespace": NAMESPACE}
         ]
-    # The only cluster-scoped object left is the CRD itself.
+    # Cluster-scoped: the CRD, the user roles and the admission policy; nothing for the operator.
     cluster_scoped = {m["kind"] for m in manifests if "namespace" not in m["metadata"]}
-    assert cluster_scoped == {"CustomResourceDefinition"}
+    assert cluster_scoped == {
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
+    (deployment,) = of_kind(manifests, "Deployment")
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["WORKERFLEET_OPERATOR_NAMESPACES"] == ",".join(namespaces)
+
+
+def test_cluster_wide_is_an_explicit_choice_that_excludes_a_namespace_list(helm: str) -> None:
+    done = run(
+        [helm, "template", "wf", str(CHART), "--set", "clusterWide=true",
+         "--set", "watchNamespaces={team-a}"]
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "clusterWide: true watches every namespace" in done.stderr
+
+
+@pytest.mark.parametrize("values_set", ["default", "cluster-wide"])
+def test_people_get_view_and_edit_roles_aggregated_into_the_builtin_ones(
+    render: Render, values_set: str
+) -> None:
+    roles = {r["metadata"]["name"]: r for r in of_kind(render(values_set), "ClusterRole")}
+    view, edit = roles["workerfleet-view"], roles["workerfleet-edit"]
+    assert {k for k, v in view["metadata"]["labels"].items() if k.startswith(AGGREGATE)} == {
+        AGGREGATE + "view",
+        AGGREGATE + "edit",
+        AGGREGATE + "admin",
+    }
+    assert {k for k, v in edit["metadata"]["labels"].items() if k.startswith(AGGREGATE)} == {
+        AGGREGATE + "edit",
+        AGGREGATE + "admin",
+    }
+    assert granted([{**view, "metadata": {"name": "v"}}]) == {
+        ("workerfleet.io", r, v)
+        for r in ("workerpools", "workerpools/status")
+        for v in ("get", "list", "watch")
+    }
+    edit_grants = granted([{**edit, "metadata": {"name": "e"}}])
+    assert {r for _, r, _ in edit_grants} == {"workerpools"}  # never status: the operator's
+    assert {v for _, _, v in edit_grants} == {"create", "update", "patch", "delete",
+                                              "deletecollection"}  # fmt: skip
+    # Nothing binds them: they reach people only through the built-in roles' bindings.
+    names = {"workerfleet-view", "workerfleet-edit"}
+    for binding in [m for m in render(values_set) if m["kind"].endswith("RoleBinding")]:
+        assert binding["roleRef"]["name"] not in names
 
 
 def test_a_cluster_wide_install_binds_the_cluster_role_to_the_operator_only(render: Render) -> None:
-    manifests = render("default")
+    manifests = render("cluster-wide")
     assert of_kind(manifests, "Role") == []
     (binding,) = of_kind(manifests, "ClusterRoleBinding")
     assert binding["subjects"] == [

@@ -72,9 +72,24 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/*
+The namespaces the operator watches, as a JSON list: [] means the whole cluster (only with
+clusterWide: true, an explicit choice); otherwise watchNamespaces, or the release namespace alone.
+*/}}
+{{- define "workerfleet.watchedNamespaces" -}}
+{{- if .Values.clusterWide }}
+{{- if .Values.watchNamespaces }}
+{{- fail "clusterWide: true watches every namespace: leave watchNamespaces empty (or set clusterWide: false)" }}
+{{- end }}
+{{- toJson (list) }}
+{{- else }}
+{{- toJson (.Values.watchNamespaces | default (list .Release.Namespace)) }}
+{{- end }}
+{{- end }}
+
 {{/* Namespaces with workers, for the workers' NetworkPolicy. */}}
 {{- define "workerfleet.workerNamespaces" -}}
-{{- $ns := .Values.networkPolicy.workers.namespaces | default .Values.watchNamespaces }}
+{{- $ns := .Values.networkPolicy.workers.namespaces | default (include "workerfleet.watchedNamespaces" . | fromJsonArray) }}
 {{- toJson $ns }}
 {{- end }}
 
