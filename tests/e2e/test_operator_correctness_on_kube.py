@@ -40,31 +40,6 @@ def fetch_pool(cluster: kubecluster.KubeCluster, namespace: str, name: str) -> d
     return cluster.fetch_json("wp", name, "-n", namespace)
 
 
-def fetch_replicas(cluster: kubecluster.KubeCluster, namespace: str, name: str) -> int:
-    out = cluster.kubectl(
-        "get", "deploy", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}"
-    ).stdout
-    return int(out)
-
-
-def wait_condition(
-    cluster: kubecluster.KubeCluster,
-    namespace: str,
-    pool: str,
-    ctype: str,
-    accept: dict[str, Any],
-    timeout_seconds: float = 60,
-) -> dict[str, Any]:
-    """Wait (bounded) until the pool's condition ``ctype`` has every key/value of ``accept``."""
-    found: dict[str, Any] = kubecluster.poll_until(
-        f"{pool} {ctype} {accept}",
-        lambda: wf.fetch_condition(cluster, namespace, pool, ctype),
-        lambda c: all(c.get(k) == v for k, v in accept.items()),
-        timeout_seconds=timeout_seconds,
-    )
-    return found
-
-
 def event_reasons(cluster: kubecluster.KubeCluster, namespace: str, pool: str) -> list[str]:
     return [e["reason"] for e in wf.fetch_events(cluster, namespace, pool)]
 
@@ -89,7 +64,7 @@ def test_quantities_the_api_server_respells_are_not_drift(
     }
     apply_pool(kube_cluster, pools_namespace, pool)
     # When it runs and its pod becomes ready (Deployment status events the operator watches)
-    wait_condition(kube_cluster, pools_namespace, "quantities", "Ready", {"status": "True"}, 90)
+    wf.wait_condition(kube_cluster, pools_namespace, "quantities", "Ready", {"status": "True"}, 90)
     stored = kube_cluster.fetch_json("deploy", "quantities", "-n", pools_namespace)
     container: Any = stored["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
@@ -109,7 +84,7 @@ def test_a_spec_the_deployment_api_refuses_is_not_ready_and_keeps_the_observed_g
         "refused", "e2e-refused", {"minReplicas": 1, "maxReplicas": 1, "pollingIntervalSeconds": 1}
     )
     apply_pool(kube_cluster, pools_namespace, pool)
-    wait_condition(kube_cluster, pools_namespace, "refused", "Ready", {"status": "True"}, 90)
+    wf.wait_condition(kube_cluster, pools_namespace, "refused", "Ready", {"status": "True"}, 90)
     # When its spec asks for more CPU than its limit (the CRD accepts it, the Deployment API
     # answers 422)
     patch_pool(
@@ -119,7 +94,7 @@ def test_a_spec_the_deployment_api_refuses_is_not_ready_and_keeps_the_observed_g
         {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}},
     )
     # Then Ready turns False for generation 2 with the API server's reason
-    ready = wait_condition(
+    ready = wf.wait_condition(
         kube_cluster,
         pools_namespace,
         "refused",
@@ -149,11 +124,11 @@ def test_a_pod_monitor_without_its_crd_is_degraded_with_one_warning(
     pool["spec"]["metrics"] = {"podMonitor": True}
     apply_pool(kube_cluster, pools_namespace, pool)
     # Then the pool runs but is Degraded, naming the missing API, with one Warning
-    degraded = wait_condition(
+    degraded = wf.wait_condition(
         kube_cluster, pools_namespace, "nomonitor", "Degraded", {"status": "True"}, 90
     )
     assert degraded["reason"] == "ChildAPIMissing" and "PodMonitor" in degraded["message"]
-    wait_condition(kube_cluster, pools_namespace, "nomonitor", "Ready", {"status": "True"}, 90)
+    wf.wait_condition(kube_cluster, pools_namespace, "nomonitor", "Ready", {"status": "True"}, 90)
     warnings = [
         e["reason"]
         for e in wf.fetch_events(kube_cluster, pools_namespace, "nomonitor")
@@ -171,11 +146,11 @@ def test_leaving_disabled_for_builtin_keeps_the_replicas(
     apply_pool(kube_cluster, pools_namespace, pool)
     kubecluster.poll_until(
         "3 replicas",
-        lambda: fetch_replicas(kube_cluster, pools_namespace, "handover"),
+        lambda: wf.fetch_replicas(kube_cluster, pools_namespace, "handover"),
         lambda n: n == 3,
         timeout_seconds=60,
     )
-    wait_condition(kube_cluster, pools_namespace, "handover", "Ready", {"status": "True"}, 90)
+    wf.wait_condition(kube_cluster, pools_namespace, "handover", "Ready", {"status": "True"}, 90)
     # When it switches to builtin autoscaling on an idle queue (scale-down window 120 s)
     patch_pool(
         kube_cluster,
@@ -201,7 +176,7 @@ def test_leaving_disabled_for_builtin_keeps_the_replicas(
     # autoscaler's field manager owns it
     seen = set()
     for _ in range(10):
-        seen.add(fetch_replicas(kube_cluster, pools_namespace, "handover"))
+        seen.add(wf.fetch_replicas(kube_cluster, pools_namespace, "handover"))
         time.sleep(0.3)  # the subject is "stays so over polls"
     assert seen == {3}
     dep: Any = kube_cluster.fetch_json(
@@ -252,14 +227,14 @@ def test_kubectl_scale_does_not_stop_the_autoscaler_and_a_deleted_hpa_hands_repl
         "pollingIntervalSeconds": 1,
     }
     apply_pool(kube_cluster, pools_namespace, wf.build_pool("owners", "e2e-owners", autoscaling))
-    wait_condition(kube_cluster, pools_namespace, "owners", "Ready", {"status": "True"}, 90)
+    wf.wait_condition(kube_cluster, pools_namespace, "owners", "Ready", {"status": "True"}, 90)
     kube_cluster.kubectl("scale", "deploy/owners", "--replicas=2", "-n", pools_namespace)
     # When a backlog of 40 jobs arrives
     enqueue(redis_server.url, "e2e-owners", 40)
     # Then the autoscaler takes the count to 4: the one-off scale does not switch it off
     kubecluster.poll_until(
         "4 replicas",
-        lambda: fetch_replicas(kube_cluster, pools_namespace, "owners"),
+        lambda: wf.fetch_replicas(kube_cluster, pools_namespace, "owners"),
         lambda n: n == 4,
         timeout_seconds=60,
     )
@@ -271,7 +246,7 @@ def test_kubectl_scale_does_not_stop_the_autoscaler_and_a_deleted_hpa_hands_repl
     kube_cluster.kubectl("scale", "deploy/owners", "--replicas=3", "-n", pools_namespace)
     # (the 40 jobs still wait: kwok's pods run nothing, so the autoscaler still wants 4)
     # Then the autoscaler holds, naming the HPA, and leaves 3 alone
-    held = wait_condition(
+    held = wf.wait_condition(
         kube_cluster,
         pools_namespace,
         "owners",
@@ -279,13 +254,13 @@ def test_kubectl_scale_does_not_stop_the_autoscaler_and_a_deleted_hpa_hands_repl
         {"status": "True", "reason": "ReplicasOwnedElsewhere"},
     )
     assert "HorizontalPodAutoscaler owners-hpa" in held["message"]
-    assert fetch_replicas(kube_cluster, pools_namespace, "owners") == 3
+    assert wf.fetch_replicas(kube_cluster, pools_namespace, "owners") == 3
     # When the HPA is deleted (the documented way to hand the replicas back)
     kube_cluster.kubectl("delete", "hpa", "owners-hpa", "-n", pools_namespace)
     # Then the autoscaler drives them again and the condition clears
     kubecluster.poll_until(
         "4 replicas again",
-        lambda: fetch_replicas(kube_cluster, pools_namespace, "owners"),
+        lambda: wf.fetch_replicas(kube_cluster, pools_namespace, "owners"),
         lambda n: n == 4,
         timeout_seconds=60,
     )
@@ -322,7 +297,7 @@ def test_objects_named_like_children_but_not_owned_survive_a_spec_change_unadopt
     pool = wf.build_pool("mine", "e2e-mine", {"minReplicas": 1, "maxReplicas": 1})
     pool["spec"]["podDisruptionBudget"] = {"enabled": True}
     apply_pool(kube_cluster, pools_namespace, pool)
-    wait_condition(kube_cluster, pools_namespace, "mine", "Ready", {"status": "True"}, 90)
+    wf.wait_condition(kube_cluster, pools_namespace, "mine", "Ready", {"status": "True"}, 90)
     # When the pool's image changes (obsolete children are cleaned up after a change)
     patch_pool(
         kube_cluster, pools_namespace, "mine", {"image": "registry.example/e2e-worker:1.1.0"}
@@ -339,7 +314,7 @@ def test_objects_named_like_children_but_not_owned_survive_a_spec_change_unadopt
     assert "ownerReferences" not in pdb["metadata"]
     assert pdb["spec"]["selector"] == {"matchLabels": {"app": "theirs"}}
     assert "ownerReferences" not in service["metadata"]
-    degraded = wait_condition(
+    degraded = wf.wait_condition(
         kube_cluster, pools_namespace, "mine", "Degraded", {"status": "True"}, 30
     )
     assert degraded["reason"] == "ChildNotOwned"
@@ -362,7 +337,7 @@ def test_scaling_steps_do_not_flip_ready_as_if_they_were_rollouts(
         "scaleUp": {"maxStepPercent": 1, "maxStepPods": 1},
     }
     apply_pool(kube_cluster, pools_namespace, wf.build_pool("steps", "e2e-steps", autoscaling))
-    wait_condition(kube_cluster, pools_namespace, "steps", "Ready", {"status": "True"}, 90)
+    wf.wait_condition(kube_cluster, pools_namespace, "steps", "Ready", {"status": "True"}, 90)
     before = kubecluster.poll_until(
         "the Ready Event",
         lambda: event_reasons(kube_cluster, pools_namespace, "steps"),
@@ -374,7 +349,7 @@ def test_scaling_steps_do_not_flip_ready_as_if_they_were_rollouts(
     enqueue(redis_server.url, "e2e-steps", 40)
     kubecluster.poll_until(
         "4 replicas",
-        lambda: fetch_replicas(kube_cluster, pools_namespace, "steps"),
+        lambda: wf.fetch_replicas(kube_cluster, pools_namespace, "steps"),
         lambda n: n == 4,
         timeout_seconds=60,
     )

@@ -227,3 +227,28 @@ def fetch_events(
     )  # fmt: skip
     items: list[dict[str, Any]] = listing["items"]  # type: ignore[assignment]
     return items
+
+
+def fetch_replicas(cluster: kubecluster.KubeCluster, namespace: str, name: str) -> int:
+    out = cluster.kubectl(
+        "get", "deploy", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}"
+    ).stdout
+    return int(out)
+
+
+def wait_condition(
+    cluster: kubecluster.KubeCluster,
+    namespace: str,
+    pool: str,
+    ctype: str,
+    accept: dict[str, Any],
+    timeout_seconds: float = 60,
+) -> dict[str, Any]:
+    """Wait (bounded) until the pool's condition ``ctype`` has every key/value of ``accept``."""
+    found: dict[str, Any] = kubecluster.poll_until(
+        f"{pool} {ctype} {accept}",
+        lambda: fetch_condition(cluster, namespace, pool, ctype),
+        lambda c: all(c.get(k) == v for k, v in accept.items()),
+        timeout_seconds=timeout_seconds,
+    )
+    return found

@@ -1,9 +1,10 @@
 """The operator's Kubernetes I/O: fetch, server-side apply, delete, pod annotations, Events.
 
-Called by ``shell.handlers`` (the reconcile and the autoscaler loop), ``shell.leader`` (the
-Lease) and ``shell.inventory`` (the CLI and the console). Plain dicts over aiohttp, not the
-``kubernetes`` package's models: deserializing one Deployment into ``V1Deployment`` costs ~350 µs
-against ~18 µs for ``json.loads`` (measured, 19x; bench/kube_client.py compares whole requests),
+Called by ``shell.reconcile``, ``shell.scaler`` and ``shell.report`` (a pool's loop),
+``shell.leader`` (the Lease) and ``shell.inventory`` (the CLI and the console). Plain dicts over
+aiohttp, not the ``kubernetes`` package's models: deserializing one Deployment into
+``V1Deployment`` costs ~350 µs against ~18 µs for ``json.loads`` (measured, 19x;
+bench/kube_client.py compares whole requests),
 server-side apply sends dicts anyway, and kopf already brings aiohttp. Credentials do come from
 the ``kubernetes`` package (``shell.credentials``: exec plugins, in-cluster), and are read from
 :class:`credentials.Credentials` on every request: a token loaded again (by kopf's re-login, on

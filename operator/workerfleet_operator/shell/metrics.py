@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from worker_runtime.brokers.redis import stats
+from workerfleet_operator import api
 
 POOL_LABELS = ("namespace", "pool", "queue")
 
@@ -255,9 +256,9 @@ class PoolSeries:
         condition's: QueueRead, QueueUnreachable).
         """
         if queue_stats is not None:
-            self.record_queue_reachable(True, "QueueRead")
+            self.record_queue_reachable(True, api.Reason.QUEUE_READ)
         else:
-            self.record_queue_reachable(False, "QueueUnreachable")
+            self.record_queue_reachable(False, api.Reason.QUEUE_UNREACHABLE)
         self.replicas_desired.set(desired)
         self.replicas_max.set(max_replicas)
         self.dead_letter_alert_threshold.set(float(alert_threshold))
