@@ -79,8 +79,9 @@ bench-runtime: deps venv ## throughput vs rq, arq, celery, dramatiq, saq, taskiq
 bench-autoscaler: deps venv ## reaction time of the autoscaler vs KEDA's defaults
 	$(PY) bench/autoscaler_reaction.py
 
-bench-operator: deps venv ## 1,000 WorkerPools: time to Ready, operator RSS and CPU
-	$(PY) bench/operator_scale.py
+bench-operator: deps venv testbin ## 10,000 WorkerPools on the real kube-apiserver (then 1,000 on the emulator): Ready time, RSS, writes, Redis round trips
+	$(PY) bench/operator_scale.py --apiserver real
+	$(PY) bench/operator_scale.py --apiserver emulator
 
 bench-soak: deps venv testbin ## 50 busy WorkerPools for 5 min on the real control plane: status writes, Events, log bytes
 	$(PY) bench/operator_soak.py

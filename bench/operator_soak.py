@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from workerfleet_operator.local import embedded_redis  # noqa: E402
 
-from bench import operator_scale  # noqa: E402
+from bench import kube_scale, operator_scale  # noqa: E402
 from tests.e2e import kubecluster, workerfleet_support  # noqa: E402
 from worker_runtime import producer  # noqa: E402
 
@@ -130,12 +129,7 @@ def main() -> int:
     operator: workerfleet_support.Operator | None = None
     try:
         server = embedded_redis.EmbeddedRedis(data_dir=workdir / "redis").start()
-        account = workerfleet_support.apply_chart(cluster)
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        cluster.kubectl(
-            "create", "secret", "generic", "redis", "-n", NAMESPACE,
-            f"--from-literal=url={server.url}",
-        )  # fmt: skip
+        account = kube_scale.apply_chart_and_namespace(cluster, NAMESPACE, server.url)
         client = redis.Redis.from_url(server.url)
         enqueue_each(client, args.pools, args.backlog)
         autoscaling = {
@@ -231,15 +225,7 @@ def main() -> int:
         )
         return 0
     finally:
-        if operator is not None:
-            operator.stop()
-        cluster.stop()
-        if server is not None:
-            server.stop()
-        if args.keep:
-            print("kept", workdir)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+        kube_scale.stop_all(operator, cluster, server, workdir, keep=args.keep)
 
 
 def _logger_of(line: str) -> str:

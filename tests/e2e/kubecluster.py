@@ -328,8 +328,16 @@ def wait_until(
         time.sleep(interval)
 
 
-def start_kube_cluster(workdir: Path, node_count: int = 2, testbin: Path = TESTBIN) -> KubeCluster:
+def start_kube_cluster(
+    workdir: Path,
+    node_count: int = 2,
+    testbin: Path = TESTBIN,
+    extra_args: Mapping[str, Sequence[str]] | None = None,
+) -> KubeCluster:
     """Start the whole control plane in `workdir` and return once it schedules and runs pods.
+
+    `extra_args` appends flags per component name (e.g. the operator benchmark raises the
+    controller-manager's client QPS and turns on the API server's audit log).
 
     Raises ClusterStartError (with component logs) if anything fails to come up; the caller
     owns the returned cluster and must call `stop()`. Partially started processes are stopped
@@ -378,6 +386,7 @@ def start_kube_cluster(workdir: Path, node_count: int = 2, testbin: Path = TESTB
     (workdir / "logs").mkdir()
 
     def launch(name: str, args: list[str]) -> None:
+        args = [*args, *(extra_args or {}).get(name, ())]
         cluster.components.append(start_component(name, [str(testbin / name), *args], workdir))
 
     trusted = ssl.create_default_context(cafile=str(ca_crt))
