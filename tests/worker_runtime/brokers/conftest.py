@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from tests.support import brokers as support
+from worker_runtime import brokers
 from worker_runtime.brokers import base, memory
 from worker_runtime.brokers.redis import broker as redis_broker
 
-BROKERS = ["memory", "redis", "redis-cluster"]
+BROKERS = ["memory", "redis", "redis-cluster", "rabbitmq"]
 
 
 def _opener(request: pytest.FixtureRequest, name: str, clock: support.FakeClock | None) -> Any:
@@ -31,6 +32,19 @@ def _opener(request: pytest.FixtureRequest, name: str, clock: support.FakeClock 
             )
 
         return open_memory
+    if name == "rabbitmq":
+        server = request.getfixturevalue("rabbitmq_server")
+
+        async def open_rabbitmq(queue: str, options: base.QueueOptions) -> Any:
+            # prefetch is a worker's setting (its free slots); the suite's tests hand one
+            # broker object's jobs to several workers, so it is set above their job counts
+            return await brokers.open_broker(
+                f"{server.url}?prefetch=20&management_port={server.management_port}",
+                queue,
+                options=options,
+            )
+
+        return open_rabbitmq
     client = request.getfixturevalue("redis_client" if name == "redis" else "cluster_client")
 
     async def open_redis(queue: str, options: base.QueueOptions) -> redis_broker.RedisBroker:

@@ -48,8 +48,9 @@ async def test_an_enqueued_job_is_delivered_once_and_gone_after_its_ack(
     assert delivery.lease_deadline > contract.now()
     assert acked is True
     assert await broker.fetch("w1", 10) == []
-    stats = await broker.fetch_stats()
-    assert (stats.backlog, stats.in_flight, stats.completed_total) == (0, 0, 1)
+    if broker.capabilities.exact_stats:  # else sampled: test_stats_count_... is skipped
+        stats = await broker.fetch_stats()
+        assert (stats.backlog, stats.in_flight, stats.completed_total) == (0, 0, 1)
 
 
 async def test_fetch_hands_out_at_most_count_jobs_and_each_to_one_worker(
@@ -91,7 +92,8 @@ async def test_a_settled_delivery_cannot_be_settled_again(contract: support.Cont
     # Then each is refused and nothing came back
     assert again == [False, False, False, False]
     assert await broker.fetch("w1", 1) == []
-    assert (await broker.fetch_stats()).completed_total == 1
+    if broker.capabilities.exact_stats:
+        assert (await broker.fetch_stats()).completed_total == 1
 
 
 @pytest.mark.needs("priorities")
@@ -136,8 +138,9 @@ async def test_a_retry_spends_an_attempt_and_delivers_the_job_again_after_its_de
     assert early == []
     assert (second.id, second.attempts, second.deliveries) == (first.id, 1, 2)
     assert second.receipt != first.receipt
-    stats = await broker.fetch_stats()
-    assert (stats.failed_total, stats.retried_total) == (1, 1)
+    if broker.capabilities.exact_stats:
+        stats = await broker.fetch_stats()
+        assert (stats.failed_total, stats.retried_total) == (1, 1)
 
 
 @pytest.mark.needs("previous_delay")
@@ -329,7 +332,8 @@ async def test_ack_and_fetch_acknowledges_then_fetches(contract: support.Contrac
     # Then the ack counted and the other job came
     assert flags == [True]
     assert len(more) == 1 and more[0].id != first.id
-    assert (await broker.fetch_stats()).completed_total == 1
+    if broker.capabilities.exact_stats:
+        assert (await broker.fetch_stats()).completed_total == 1
 
 
 async def test_a_blocking_fetch_ends_at_once_when_woken(contract: support.Contract) -> None:
@@ -420,6 +424,7 @@ async def test_recover_returns_the_deliveries_a_worker_does_not_hold(
     assert await broker.ack(recovered[0])
 
 
+@pytest.mark.needs("exact_stats")
 async def test_stats_count_backlog_delayed_in_flight_and_dead_letters(
     contract: support.Contract,
 ) -> None:
@@ -464,4 +469,7 @@ async def test_a_job_settled_after_close_was_sent_before_close_returned(
     # Then every ack had its answer, and a fresh broker sees them applied
     assert [a.result() for a in acks] == [True, True, True]
     reader = await contract.open()
-    assert (await reader.fetch_stats()).completed_total == 3
+    if broker.capabilities.exact_stats:
+        assert (await reader.fetch_stats()).completed_total == 3
+    else:  # no exact totals: the acked jobs must at least never come back
+        assert await reader.fetch("w2", 3, block=1.0) == []

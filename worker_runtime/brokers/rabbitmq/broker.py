@@ -57,6 +57,9 @@ HISTORY_KEEP = 20
 the connection's frame size (128 KiB by default), and each failure keeps up to 4 KB of
 traceback."""
 
+PREVIOUS_DELAYS_KEEP = 10_000
+"""Jobs whose last retry delay one broker object remembers (the oldest are forgotten)."""
+
 CAPABILITIES = base.Capabilities(
     priorities=True,
     max_delay_seconds=math.inf,
@@ -259,6 +262,9 @@ class RabbitMQBroker:
         }
         self._arrived = asyncio.Event()
         self._held: dict[str, _Held] = {}
+        # the delay of each job's last retry, as its message said or as this object sent it
+        # (bounded: the worker asks about jobs it holds or just retried)
+        self._previous_delays: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._declared: set[str] = set()
         self._lock = asyncio.Lock()
         self._closed = False
@@ -564,7 +570,16 @@ class RabbitMQBroker:
             self.fetch_dead_lettered[str(base.DeadLetterReason.MAX_DELIVERIES)] += 1
             return None
         self._held[receipt] = held
+        previous = _float_header(headers, topology.H_LAST_DELAY)
+        if previous is not None:
+            self._remember_delay(env.id, previous)
         return delivery
+
+    def _remember_delay(self, job_id: str, delay: float) -> None:
+        self._previous_delays[job_id] = delay
+        self._previous_delays.move_to_end(job_id)
+        while len(self._previous_delays) > PREVIOUS_DELAYS_KEEP:
+            self._previous_delays.popitem(last=False)
 
     def _stub_delivery(
         self,
@@ -664,6 +679,7 @@ class RabbitMQBroker:
         )
         headers[topology.H_LAST_DELAY] = repr(max(0.0, delay_seconds))
         del self._held[delivery.receipt]
+        self._remember_delay(delivery.id, max(0.0, delay_seconds))
         await self._publish_due(
             str(delivery.envelope.priority),
             held.body,
@@ -811,10 +827,7 @@ class RabbitMQBroker:
         return []
 
     async def fetch_previous_delay(self, job_id: str) -> float | None:
-        for held in self._held.values():
-            if held.delivery.id == job_id:
-                return _float_header(held.headers, topology.H_LAST_DELAY)
-        return None
+        return self._previous_delays.get(job_id)
 
     async def fetch_is_done(self, done_key: str) -> bool:
         return False
