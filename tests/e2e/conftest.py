@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import RedisServer
 from tests.e2e import kubecluster, kubenode, oci_images, workerfleet_support
+from tests.support.redis_servers import RedisServer
 
 # The namespace the shared `operator` fixture watches.
 POOLS_NAMESPACE = "e2e-pools"

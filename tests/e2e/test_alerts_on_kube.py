@@ -20,9 +20,9 @@ import pytest
 import redis
 from workerfleet_operator.local import demo, fleet
 
-from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
+from tests.support.redis_servers import RedisServer
 from worker_runtime.brokers.redis import keys
 
 pytestmark = pytest.mark.e2e

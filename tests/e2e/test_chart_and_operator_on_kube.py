@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
+from tests.support.redis_servers import RedisServer
 from worker_runtime import producer
 from worker_runtime.brokers.redis import stats
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 

@@ -22,9 +22,9 @@ import redis.asyncio
 import requests
 import yaml
 
-from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
+from tests.support.redis_servers import RedisServer
 from worker_runtime import envelope
 from worker_runtime.brokers.redis import queue
 

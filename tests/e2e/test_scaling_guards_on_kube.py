@@ -14,7 +14,6 @@ from collections.abc import Callable
 import pytest
 import redis
 
-from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
 from tests.e2e.test_operator_scenarios_on_kube import (
@@ -24,6 +23,7 @@ from tests.e2e.test_operator_scenarios_on_kube import (
     wait_condition,
     wait_running_pods,
 )
+from tests.support.redis_servers import RedisServer
 from worker_runtime import producer
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from tests.conftest import RedisServer, free_port
 from tests.support import engine as es
+from tests.support.redis_servers import RedisServer, free_port
 from worker_runtime import producer
 from worker_runtime.brokers.redis import connection, stats
 

@@ -17,8 +17,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from tests.conftest import RedisServer
 from tests.support import engine as es
+from tests.support.redis_servers import RedisServer
 from worker_runtime.brokers.redis import stats
 
 

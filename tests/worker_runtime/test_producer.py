@@ -11,8 +11,8 @@ import pytest
 import redis
 import redis.cluster
 
-from tests.conftest import RedisClusterProcesses, RedisServer
 from tests.support import engine as es
+from tests.support.redis_servers import RedisClusterProcesses, RedisServer
 from worker_runtime import envelope, producer
 from worker_runtime.brokers.redis import stats
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.conftest import RedisServer
 from tests.support import engine as es
+from tests.support.redis_servers import RedisServer
 from worker_runtime.brokers.redis import queue
 
 

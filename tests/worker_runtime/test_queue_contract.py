@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import RedisClusterProcesses
 from tests.support import engine as es
+from tests.support.redis_servers import RedisClusterProcesses
 from worker_runtime.brokers.redis import dlq, idempotency, keys, queue, stats
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests import conftest
+from tests.support import redis_servers
 
 
 def test_a_missing_redis_binary_fails_the_run_instead_of_skipping() -> None:
     with pytest.raises(pytest.fail.Exception, match="not installed"):
-        conftest._binary("redis-server-that-does-not-exist")
+        redis_servers._binary("redis-server-that-does-not-exist")
 
 
 def test_a_killed_server_restarts_on_the_same_port_with_its_aof(redis_factory: object) -> None:
@@ -26,7 +26,7 @@ def test_a_killed_server_restarts_on_the_same_port_with_its_aof(redis_factory: o
 
 
 def test_the_cluster_has_three_masters_covering_every_slot(
-    redis_cluster: conftest.RedisClusterProcesses,
+    redis_cluster: redis_servers.RedisClusterProcesses,
 ) -> None:
     client = redis.Redis(port=redis_cluster.ports[0], decode_responses=True)
     info = client.cluster("info")

@@ -11,8 +11,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.connection
 
-from tests.conftest import RedisServer
 from tests.support import engine as es
+from tests.support.redis_servers import RedisServer
 from worker_runtime.brokers.redis import stats
 
 

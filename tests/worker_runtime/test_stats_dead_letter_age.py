@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.conftest import RedisServer
 from tests.support import engine as es
+from tests.support.redis_servers import RedisServer
 from worker_runtime.brokers.redis import keys, stats
 
 

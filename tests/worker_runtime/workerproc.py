@@ -56,7 +56,7 @@ def wait_until(
 
 
 class RedisLike(Protocol):
-    """What the tests need of a redis-server fixture (tests/conftest.py's RedisServer)."""
+    """What the tests need of a redis-server (tests/support/redis_servers.py's RedisServer)."""
 
     @property
     def url(self) -> str: ...

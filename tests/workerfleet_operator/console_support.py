@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio
 import requests
 
-from tests.conftest import free_port
+from tests.support.redis_servers import free_port
 from worker_runtime import envelope
 from worker_runtime.brokers.redis import queue
 

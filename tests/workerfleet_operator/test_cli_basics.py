@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from tests.conftest import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.workerfleet_operator import console_support as cs
 from worker_runtime import config, envelope
 from worker_runtime.brokers.redis import queue

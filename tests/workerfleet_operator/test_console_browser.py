@@ -19,7 +19,7 @@ import pytest
 import redis
 import requests
 
-from tests.conftest import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.workerfleet_operator import console_support as cs
 
 

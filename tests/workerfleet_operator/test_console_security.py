@@ -9,7 +9,7 @@ import pytest
 import requests
 from workerfleet_operator.console import security, sources
 
-from tests.conftest import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.workerfleet_operator import console_support as cs
 
 AUTH = security.AuthSettings(token="t0ken")

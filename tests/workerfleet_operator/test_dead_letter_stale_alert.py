@@ -23,8 +23,8 @@ from prometheus_client import exposition
 from workerfleet_operator.local import demo
 from workerfleet_operator.shell import metrics
 
-from tests.conftest import RedisServer
 from tests.support import engine as es
+from tests.support.redis_servers import RedisServer
 from worker_runtime.brokers.redis import keys, stats
 
 FAST_RULES = (

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from workerfleet_operator.shell import config as config_module
 
-from tests.conftest import free_port
+from tests.support.redis_servers import free_port
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,

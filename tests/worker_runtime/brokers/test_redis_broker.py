@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import RedisServer, free_port
 from tests.support.brokers import request
+from tests.support.redis_servers import RedisServer, free_port
 from worker_runtime import errors
 from worker_runtime.brokers import open_broker
 from worker_runtime.brokers.redis import broker as redis_broker
