@@ -90,6 +90,18 @@ class KubeCluster:
     components: list[Component] = field(default_factory=list)
     start_seconds: float = 0.0
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: one JSON line per write of a workerfleet-system account."""
+        return self.workdir / "logs" / "audit.jsonl"
+
+    def fetch_audit_events(self) -> list[dict[str, object]]:
+        """Every audit event so far (writes of ServiceAccounts in workerfleet-system)."""
+        if not self.audit_log.exists():
+            return []
+        lines = self.audit_log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
     ) -> subprocess.CompletedProcess[str]:
@@ -166,6 +178,30 @@ def missing_binaries(testbin: Path = TESTBIN) -> list[str]:
     """Control-plane binaries absent from the cache (`make testbin` builds them)."""
     missing = [c for c in COMPONENTS if not os.access(testbin / c, os.X_OK)]
     return missing if (testbin / KWOK_STAGES).is_file() else [*missing, KWOK_STAGES]
+
+
+AUDITED_GROUP = "system:serviceaccounts:workerfleet-system"
+
+
+def write_audit_policy(workdir: Path) -> Path:
+    """An audit policy recording (metadata only) the writes of ServiceAccounts of
+    workerfleet-system, where the chart installs the operator; nothing else."""
+    path = workdir / "audit-policy.json"
+    policy = {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [
+            {
+                "level": "Metadata",
+                "userGroups": [AUDITED_GROUP],
+                "verbs": ["create", "update", "patch", "delete"],
+            },
+            {"level": "None"},
+        ],
+    }
+    path.write_text(json.dumps(policy))
+    return path
 
 
 def build_kubeconfig(server: str, ca_file: Path, token: str, user: str) -> str:
@@ -446,6 +482,10 @@ def start_kube_cluster(
                 # Logs and exec reach the real node's kubelet by its IP (its name resolves
                 # nowhere); kwok nodes report 127.0.0.1.
                 "--kubelet-preferred-address-types=InternalIP",
+                # Writes by the chart's ServiceAccounts (the operator) are audited: who wrote
+                # what, when, with which user agent (the leader-election test reads it).
+                f"--audit-policy-file={write_audit_policy(workdir)}",
+                f"--audit-log-path={cluster.audit_log}",
                 "--profiling=false",
                 "--v=1",
             ],

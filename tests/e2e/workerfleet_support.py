@@ -97,15 +97,21 @@ def start_operator(
     workdir: Path,
     extra_env: dict[str, str] | None = None,
     account_namespace: str = SYSTEM_NAMESPACE,
+    kubeconfig: Path | None = None,
 ) -> Operator:
     """Start `workerfleet operator` as `service_account` (of `account_namespace`), watching
     `namespaces`; wait for /healthz.
 
-    Raises AssertionError with the operator's log if it exits or never becomes healthy.
+    ``kubeconfig``: one the caller wrote (a token it will rotate, an exec plugin); by default a
+    TokenRequest token of `service_account` in a fresh one. Raises AssertionError with the
+    operator's log if it exits or never becomes healthy.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    token = cluster.fetch_service_account_token(account_namespace, service_account)
-    kubeconfig = cluster.write_kubeconfig(workdir / "operator.kubeconfig", token, service_account)
+    if kubeconfig is None:
+        token = cluster.fetch_service_account_token(account_namespace, service_account)
+        kubeconfig = cluster.write_kubeconfig(
+            workdir / "operator.kubeconfig", token, service_account
+        )
     health_port, metrics_port = kubecluster.fetch_free_port(), kubecluster.fetch_free_port()
     env = {
         **os.environ,

@@ -27,6 +27,7 @@ import base64
 import contextlib
 import datetime
 import json
+import logging
 import os
 import random
 import ssl
@@ -41,6 +42,8 @@ import aiohttp
 import kopf
 
 from workerfleet_operator.shell import credentials as credentials_module
+
+logger = logging.getLogger("workerfleet.operator.kube")
 
 FIELD_MANAGER = "workerfleet"
 REPLICAS_FIELD_MANAGER = "workerfleet-autoscaler"
@@ -261,7 +264,8 @@ class KubeClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
             self._session = aiohttp.ClientSession(
-                headers={"Accept": "application/json", "User-Agent": f"{FIELD_MANAGER}-operator"},
+                # The pid tells two replicas' writes apart in the API server's audit log.
+                headers={"Accept": "application/json", "User-Agent": build_user_agent()},
                 timeout=self._timeout,
                 connector=connector,
             )
@@ -301,6 +305,7 @@ class KubeClient:
                 if exc.status == 401 and not relogged:
                     # The token was replaced or revoked: load the login again and resend once.
                     relogged = True
+                    logger.info("the API server refused our token (401): loading the login again")
                     await self.credentials.renew(info)
                     continue
                 retriable = exc.status in RETRIED_STATUSES and (
@@ -320,6 +325,9 @@ class KubeClient:
                 raise failure
             waited += delay
             self.retry_count += 1
+            logger.debug(
+                "%s %s failed (%s); retry %d in %.2fs", method, path, failure, retry, delay
+            )
             await self._sleep(delay)
 
     async def _send(
@@ -372,6 +380,11 @@ def _same_tls(old: kopf.ConnectionInfo | None, new: kopf.ConnectionInfo) -> bool
         "private_key_path", "private_key_data",
     )  # fmt: skip
     return all(getattr(old, f) == getattr(new, f) for f in fields)
+
+
+def build_user_agent() -> str:
+    """``workerfleet-operator/<pid>``: which process sent a request (audit logs show it)."""
+    return f"{FIELD_MANAGER}-operator/{os.getpid()}"
 
 
 def build_authorization(info: kopf.ConnectionInfo) -> str | None:
