@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
 
