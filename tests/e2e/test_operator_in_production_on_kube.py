@@ -27,9 +27,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.redis_servers import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 
