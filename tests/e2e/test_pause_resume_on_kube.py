@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import RedisServer
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
+from tests.support.redis_servers import RedisServer
 from worker_runtime import producer
 
 pytestmark = pytest.mark.e2e
