@@ -4,7 +4,7 @@ Pure and deterministic: no I/O, no clock of its own (``now`` is passed in), no r
 operator's control loop (``shell``) and the local fleet (``local``) both call :func:`decide` once
 per ``pollingIntervalSeconds`` with the latest :class:`Observation` and carry the returned
 :class:`ScalerState` into the next call. Right before lowering replicas they call
-:func:`build_deletion_costs` so that idle workers are removed first.
+:func:`deletion_costs_for` so that idle workers are removed first.
 
 How a decision is made (the order matters, and each step that changes the value is named in
 ``Decision.clamped_by``):
@@ -134,12 +134,12 @@ class ScalingPolicy:
     tolerance: float = 0.1
 
     def __post_init__(self) -> None:
-        problems = build_policy_problems(self)
+        problems = find_policy_problems(self)
         if problems:
             raise ValueError("invalid ScalingPolicy: " + "; ".join(problems))
 
 
-def build_policy_problems(policy: ScalingPolicy) -> list[str]:
+def find_policy_problems(policy: ScalingPolicy) -> list[str]:
     """Return what is inconsistent in a policy (empty when it is usable)."""
     problems: list[str] = []
     if policy.min_replicas < 0:
@@ -342,7 +342,7 @@ def hold_paused(
     desired = current if replicas is None else max(0, replicas)
     changed = desired != current
     if changed:
-        reason = f"{_build_verb(current, desired)}: paused at {desired} replicas"
+        reason = f"{_describe_change(current, desired)}: paused at {desired} replicas"
     else:
         reason = f"Paused at {current}: the signals want {decision.raw_desired}, nothing scales"
     state = dataclasses.replace(
@@ -365,7 +365,9 @@ def _build_unmanaged(policy: ScalingPolicy, current: int, state: ScalerState) ->
     """keda mode: KEDA owns the count, keep it; disabled mode: the fixed ``replicas``."""
     if policy.mode == "disabled" and policy.replicas is not None:
         desired = policy.replicas
-        reason = f"{_build_verb(current, desired)}: autoscaling disabled, fixed replicas {desired}"
+        reason = (
+            f"{_describe_change(current, desired)}: autoscaling disabled, fixed replicas {desired}"
+        )
     else:
         desired = current
         reason = f"NotManaged: autoscaling mode {policy.mode}, replicas left at {current}"
@@ -418,7 +420,7 @@ def _build_metric_failure(
         last_scale_time=now if changed and not policy.dry_run else state.last_scale_time,
         failures=failures,
     )
-    reason = f"{_build_verb(current, desired)}: queue unreadable ({why}); {what}"
+    reason = f"{_describe_change(current, desired)}: queue unreadable ({why}); {what}"
     clamps = tuple(shaping.clamps)
     return Decision(
         desired=desired,
@@ -497,7 +499,7 @@ def _build_decision(
     now: float,
 ) -> Decision:
     samples = _build_samples(state.samples, queue, policy)
-    rates = _build_rates(samples, queue, policy)
+    rates = _measure_rates(samples, queue, policy)
     signals, chosen, explanation = _build_signals(policy, queue, rates, current)
     present = [value for value in signals.values() if value is not None]
     raw = _ceil(max(present)) if present else 0
@@ -510,7 +512,7 @@ def _build_decision(
         shaping.clamp("activation", 0)
     # 3. In-flight floor: running jobs keep their workers.
     if current > 0:
-        floor = min(current, _build_in_flight_floor(policy, queue))
+        floor = min(current, _in_flight_floor(policy, queue))
         shaping.clamp("inFlightWork", max(shaping.value, floor))
     # 4. Hard limits.
     shaping.clamp("minReplicas", max(shaping.value, policy.min_replicas))
@@ -532,7 +534,7 @@ def _build_decision(
         idle_since=idle_since,
         last_scale_time=now if changed and not policy.dry_run else state.last_scale_time,
     )
-    reason = f"{_build_verb(current, desired)}: {explanation}"
+    reason = f"{_describe_change(current, desired)}: {explanation}"
     if clamps and desired != raw:
         reason += f" (wanted {raw}, limited by {clamps[-1]})"
     return Decision(
@@ -561,7 +563,7 @@ def _ceil(value: float) -> int:
     return max(0, math.ceil(value - _CEIL_TOLERANCE))
 
 
-def _build_verb(current: int, desired: int) -> str:
+def _describe_change(current: int, desired: int) -> str:
     if desired > current:
         return f"ScaledUp {current}→{desired}"
     if desired < current:
@@ -569,7 +571,7 @@ def _build_verb(current: int, desired: int) -> str:
     return f"Steady at {current}"
 
 
-def _build_in_flight_floor(policy: ScalingPolicy, queue: base.QueueStats) -> int:
+def _in_flight_floor(policy: ScalingPolicy, queue: base.QueueStats) -> int:
     busy_workers = sum(1 for w in queue.workers if w.in_flight > 0 and not w.draining)
     # Heartbeats are up to lease/3 old; the queue's in-flight count is exact. A busy worker
     # holds at least one job, so no more workers than jobs in flight can be busy.
@@ -637,7 +639,7 @@ def _build_samples(
     return (*kept, latest)
 
 
-def _build_rates(
+def _measure_rates(
     samples: tuple[StatsSample, ...], queue: base.QueueStats, policy: ScalingPolicy
 ) -> Rates:
     if len(samples) < 2:
@@ -654,12 +656,12 @@ def _build_rates(
     return Rates(
         arrival=arrival,
         completion=completion,
-        service_per_replica=_build_service_rate(samples, policy, completion),
+        service_per_replica=_service_rate(samples, policy, completion),
         backlog_growing=growing,
     )
 
 
-def _build_service_rate(
+def _service_rate(
     samples: tuple[StatsSample, ...], policy: ScalingPolicy, completion: float
 ) -> float | None:
     """Jobs per second one replica finishes when busy.
@@ -714,7 +716,7 @@ def _build_signals(
             f"{_ceil(value)}{_X}{policy.concurrency}{_X}{policy.target_utilization:g}"
         )
     if policy.target_oldest_job_age_seconds is not None:
-        latency, sentence = _build_latency_signal(policy, queue, rates, current)
+        latency, sentence = _latency_signal(policy, queue, rates, current)
         signals["latency"] = latency
         if sentence:
             words["latency"] = sentence
@@ -727,7 +729,7 @@ def _build_signals(
     return signals, chosen, words[chosen]
 
 
-def _build_latency_signal(
+def _latency_signal(
     policy: ScalingPolicy, queue: base.QueueStats, rates: Rates, current: int
 ) -> tuple[float | None, str]:
     assert policy.target_oldest_job_age_seconds is not None
@@ -763,7 +765,7 @@ def _count_serving(queue: base.QueueStats) -> int:
     return sum(1 for w in queue.workers if not w.draining)
 
 
-def build_deletion_costs(
+def deletion_costs_for(
     workers: Sequence[base.WorkerHeartbeat], pod_names: Sequence[str], now: float
 ) -> dict[str, int]:
     """Return ``controller.kubernetes.io/pod-deletion-cost`` per pod (lower is removed first).
@@ -781,10 +783,10 @@ def build_deletion_costs(
         seen = latest.get(worker.pod_name)
         if seen is None or worker.last_seen > seen.last_seen:
             latest[worker.pod_name] = worker
-    return {pod: _build_deletion_cost(latest.get(pod), now) for pod in pod_names}
+    return {pod: _deletion_cost(latest.get(pod), now) for pod in pod_names}
 
 
-def _build_deletion_cost(worker: base.WorkerHeartbeat | None, now: float) -> int:
+def _deletion_cost(worker: base.WorkerHeartbeat | None, now: float) -> int:
     if worker is None:
         return COST_NO_HEARTBEAT
     if worker.draining:
@@ -797,7 +799,7 @@ def _build_deletion_cost(worker: base.WorkerHeartbeat | None, now: float) -> int
     return jobs * _COST_PER_JOB + min(age, _COST_MAX_AGE)
 
 
-def build_explanation(decision: Decision) -> str:
+def explain_decision(decision: Decision) -> str:
     """One line for an Event message or ``status.autoscaling``: reason, signals, clamps, rates."""
     parts = [decision.reason]
     signal_words = ", ".join(

@@ -92,7 +92,7 @@ def _build_metadata(pool: api.Pool, name: str) -> Manifest:
     }
 
 
-def build_grace_seconds(spec: spec_mod.WorkerPoolSpec) -> int:
+def grace_seconds_for(spec: spec_mod.WorkerPoolSpec) -> int:
     """terminationGracePeriodSeconds: always above the drain budget."""
     return math.ceil(spec.drain.timeout_seconds) + GRACE_MARGIN_SECONDS
 
@@ -256,7 +256,7 @@ def build_deployment(
     the same one leaves the Deployment byte-identical; None leaves the annotation out.
     """
     spec = pool.spec
-    grace = build_grace_seconds(spec)
+    grace = grace_seconds_for(spec)
     pod_spec: Manifest = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -312,7 +312,7 @@ def build_deployment(
     }
 
 
-def build_metrics_service_name(pool_name: str) -> str:
+def metrics_service_name(pool_name: str) -> str:
     """Name of the headless metrics Service."""
     return f"{pool_name}-metrics"
 
@@ -322,7 +322,7 @@ def build_metrics_service(pool: api.Pool) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _build_metadata(pool, build_metrics_service_name(pool.name)),
+        "metadata": _build_metadata(pool, metrics_service_name(pool.name)),
         "spec": {
             "clusterIP": "None",
             "selector": build_selector_labels(pool.name),
@@ -384,7 +384,7 @@ def build_pdb(pool: api.Pool) -> Manifest:
     }
 
 
-def build_trigger_authentication_name(pool_name: str) -> str:
+def trigger_authentication_name(pool_name: str) -> str:
     """Name of the KEDA TriggerAuthentication."""
     return f"{pool_name}-redis"
 
@@ -403,7 +403,7 @@ def build_trigger_authentication(pool: api.Pool) -> Manifest:
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "TriggerAuthentication",
-        "metadata": _build_metadata(pool, build_trigger_authentication_name(pool.name)),
+        "metadata": _build_metadata(pool, trigger_authentication_name(pool.name)),
         "spec": {"secretTargetRef": targets},
     }
 
@@ -450,7 +450,7 @@ def build_scaled_object(pool: api.Pool) -> Manifest:
                 "enableTLS": "true" if redis.keda.enable_tls else "false",
                 "databaseIndex": str(redis.keda.database_index),
             },
-            "authenticationRef": {"name": build_trigger_authentication_name(pool.name)},
+            "authenticationRef": {"name": trigger_authentication_name(pool.name)},
         }
         for priority, stream in zip(keys.PRIORITIES, queue_keys.ready, strict=True)
     ]

@@ -127,7 +127,7 @@ class DeploymentState:
     rollout_generation: int | None = None
 
 
-def build_deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:
+def read_deployment_state(deployment: Mapping[str, Any]) -> DeploymentState:
     """Read a Deployment object (as the API server returns it) into a :class:`DeploymentState`."""
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
@@ -204,7 +204,7 @@ class Event:
     message: str
 
     def __post_init__(self) -> None:
-        cut = api.build_message(self.message, EVENT_MESSAGE_MAX_LENGTH)
+        cut = api.truncate_message(self.message, EVENT_MESSAGE_MAX_LENGTH)
         object.__setattr__(self, "message", cut)
 
 
@@ -285,20 +285,20 @@ def build_children(
 def build_optional_child_refs(namespace: str, name: str) -> tuple[ChildRef, ...]:
     """Every child a pool may own besides its Deployment (candidates for deletion)."""
     return (
-        ChildRef("v1", "Service", namespace, manifests.build_metrics_service_name(name)),
+        ChildRef("v1", "Service", namespace, manifests.metrics_service_name(name)),
         ChildRef("monitoring.coreos.com/v1", "PodMonitor", namespace, name),
         ChildRef("policy/v1", "PodDisruptionBudget", namespace, name),
         ChildRef(
             "keda.sh/v1alpha1",
             "TriggerAuthentication",
             namespace,
-            manifests.build_trigger_authentication_name(name),
+            manifests.trigger_authentication_name(name),
         ),
         ChildRef("keda.sh/v1alpha1", "ScaledObject", namespace, name),
     )
 
 
-def _build_obsolete(pool: api.Pool, children: Sequence[Manifest]) -> tuple[ChildRef, ...]:
+def _find_obsolete(pool: api.Pool, children: Sequence[Manifest]) -> tuple[ChildRef, ...]:
     wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
     return tuple(
         ref
@@ -400,7 +400,7 @@ def _build_condition_event(condition: api.Condition, before: api.Condition | Non
     return None
 
 
-def _build_rollout_conditions(
+def _set_rollout_conditions(
     conds: _Conditions, pool: api.Pool, deployment: DeploymentState | None
 ) -> None:
     name = pool.name
@@ -470,7 +470,7 @@ def _build_queue_status(
         arrival_rate=arrival,
         completion_rate=completion,
         workers=len(stats.workers),
-        observed_time=api.build_timestamp(now),
+        observed_time=api.format_timestamp(now),
     )
 
 
@@ -498,13 +498,13 @@ def _build_autoscaling_status(
         clamped_by=decision.clamped_by,
         last_scale_time=None
         if last is None
-        else api.build_timestamp(dt.datetime.fromtimestamp(last, dt.UTC)),
+        else api.format_timestamp(dt.datetime.fromtimestamp(last, dt.UTC)),
         reason=redact(decision.reason),
         dry_run=decision.dry_run or None,
     )
 
 
-def _build_desired(
+def _desired_replicas(
     pool: api.Pool,
     decision: autoscaling.Decision | None,
     deployment: DeploymentState | None,
@@ -522,7 +522,7 @@ def _build_desired(
     return previous.desired_replicas if previous is not None else None
 
 
-def _build_queue_conditions(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
+def _set_queue_reachable(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
     queue = pool.spec.queue.name
     if observed.stats is not None:
         conds.set(api.QUEUE_REACHABLE, "True", api.Reason.QUEUE_READ, f"queue {queue} read")
@@ -535,7 +535,7 @@ def _build_queue_conditions(conds: _Conditions, pool: api.Pool, observed: Observ
         )
 
 
-def _build_scaling_condition(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
+def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed) -> None:
     mode = pool.spec.autoscaling.mode
     decision = observed.decision
     if mode != "builtin":
@@ -567,7 +567,7 @@ def _build_scaling_condition(conds: _Conditions, pool: api.Pool, observed: Obser
         )
 
 
-def _build_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharing | None) -> None:
+def _set_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharing | None) -> None:
     queue = pool.spec.queue.name
     if sharing is None:
         conds.carry(
@@ -587,7 +587,7 @@ def _build_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueShar
         conds.set(api.QUEUE_CONFLICT, "True", api.Reason.QUEUE_SHARED, message)
 
 
-def _build_paused_condition(conds: _Conditions, pool: api.Pool) -> None:
+def _set_paused(conds: _Conditions, pool: api.Pool) -> None:
     pause = pool.pause
     if pause is None:
         message = f'not paused (annotate {api.PAUSED_ANNOTATION}: "true" to hold the replicas)'
@@ -606,21 +606,21 @@ def _build_paused_condition(conds: _Conditions, pool: api.Pool) -> None:
         conds.set(api.PAUSED, "True", api.Reason.PAUSED_AT_REPLICAS, message)
 
 
-def _build_not_owned_message(names: Sequence[str]) -> str:
+def _describe_not_owned(names: Sequence[str]) -> str:
     return (
         f"exists and is not controlled by this WorkerPool, so it is left alone: "
         f"{', '.join(names)} (rename or delete it, or turn off the feature that wants it)"
     )
 
 
-def _build_missing_apis_message(kinds: Sequence[str]) -> str:
+def _describe_missing_apis(kinds: Sequence[str]) -> str:
     return (
         f"not served by the API server: {', '.join(kinds)} (install its CRDs, or turn off what "
         "asks for it: autoscaling.mode keda, metrics.podMonitor)"
     )
 
 
-def _build_degraded(conds: _Conditions, observed: Observed) -> None:
+def _set_degraded(conds: _Conditions, observed: Observed) -> None:
     deployment = observed.deployment
     if observed.apply_problem is not None:
         conds.set(api.DEGRADED, "True", api.Reason.APPLY_REJECTED, observed.apply_problem)
@@ -630,10 +630,10 @@ def _build_degraded(conds: _Conditions, observed: Observed) -> None:
     elif deployment is not None and deployment.replica_failure is not None:
         conds.set(api.DEGRADED, "True", api.Reason.REPLICA_FAILURE, deployment.replica_failure)
     elif observed.not_owned:
-        message = _build_not_owned_message(observed.not_owned)
+        message = _describe_not_owned(observed.not_owned)
         conds.set(api.DEGRADED, "True", api.Reason.CHILD_NOT_OWNED, message)
     elif observed.missing_apis:
-        message = _build_missing_apis_message(observed.missing_apis)
+        message = _describe_missing_apis(observed.missing_apis)
         conds.set(api.DEGRADED, "True", api.Reason.CHILD_API_MISSING, message)
     elif observed.stats_error is not None:
         message = "the queue cannot be read; autoscaling holds or falls back"
@@ -681,7 +681,7 @@ def _build_held_plan(
     conds.carry(api.SCALING_LIMITED, "Unknown", reason, "the spec is not usable")
     conds.carry(api.QUEUE_CONFLICT, "Unknown", reason, "the spec is not usable")
     if isinstance(pool, api.Pool):
-        _build_paused_condition(conds, pool)
+        _set_paused(conds, pool)
     else:
         conds.carry(api.PAUSED, "Unknown", reason, "the spec is not usable")
     conditions = conds.build()
@@ -753,22 +753,22 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     children = build_children(pool, replicas=replicas, redis_secret_version=observed.secret.version)
     previous = _previous_conditions(observed)
     conds = _Conditions(pool.generation, observed.now, previous)
-    _build_rollout_conditions(conds, pool, deployment)
+    _set_rollout_conditions(conds, pool, deployment)
     if observed.apply_problem is not None:
         conds.set(api.READY, "False", api.Reason.APPLY_REJECTED, observed.apply_problem)
         conds.set(api.PROGRESSING, "False", api.Reason.APPLY_REJECTED, "the spec is not applied")
     elif any(name.startswith("Deployment ") for name in observed.not_owned):
-        message = _build_not_owned_message(observed.not_owned)
+        message = _describe_not_owned(observed.not_owned)
         conds.set(api.READY, "False", api.Reason.CHILD_NOT_OWNED, message)
         conds.set(api.PROGRESSING, "False", api.Reason.CHILD_NOT_OWNED, "nothing of this pool runs")
     elif SCALING_KINDS & set(observed.missing_apis):
-        message = _build_missing_apis_message(observed.missing_apis)
+        message = _describe_missing_apis(observed.missing_apis)
         conds.set(api.READY, "False", api.Reason.CHILD_API_MISSING, message)
-    _build_degraded(conds, observed)
-    _build_queue_conditions(conds, pool, observed)
-    _build_scaling_condition(conds, pool, observed)
-    _build_queue_conflict(conds, pool, observed.queue_sharing)
-    _build_paused_condition(conds, pool)
+    _set_degraded(conds, observed)
+    _set_queue_reachable(conds, pool, observed)
+    _set_scaling_limited(conds, pool, observed)
+    _set_queue_conflict(conds, pool, observed.queue_sharing)
+    _set_paused(conds, pool)
     conditions = conds.build()
     before = observed.previous
     if observed.stats is not None:
@@ -788,7 +788,7 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
         replicas=deployment.replicas if deployment is not None else 0,
         ready_replicas=deployment.ready_replicas if deployment is not None else 0,
         updated_replicas=deployment.updated_replicas if deployment is not None else 0,
-        desired_replicas=_build_desired(pool, decision, deployment, before),
+        desired_replicas=_desired_replicas(pool, decision, deployment, before),
         selector=manifests.build_selector(pool.name),
         queue=queue_status,
         autoscaling=_build_autoscaling_status(pool, decision, before),
@@ -796,7 +796,7 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     )
     return Plan(
         children=children,
-        obsolete=_build_obsolete(pool, children),
+        obsolete=_find_obsolete(pool, children),
         replicas=replicas,
         status=status,
         events=_build_events(previous, conditions, decision, scale_applied=observed.scale_applied),

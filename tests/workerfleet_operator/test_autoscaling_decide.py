@@ -608,7 +608,7 @@ def test_a_dry_run_decides_the_same_but_records_no_scale_time() -> None:
     assert fx.desired(decisions) == [6, 6, 6]
     assert all(d.dry_run and d.current == 2 for d in decisions)
     assert decisions[-1].state.last_scale_time is None
-    assert "dry run" in autoscaling.build_explanation(decisions[-1])
+    assert "dry run" in autoscaling.explain_decision(decisions[-1])
 
 
 def test_in_keda_mode_the_builtin_scaler_leaves_replicas_alone() -> None:

@@ -1,4 +1,4 @@
-"""build_deletion_costs(): which pods the ReplicaSet removes first on scale-in (lowest cost)."""
+"""deletion_costs_for(): which pods the ReplicaSet removes first on scale-in (lowest cost)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_idle_pods_are_removed_first_and_busy_pods_are_ranked_by_work_held() -> 
         fx.heartbeat("draining", in_flight=2, oldest_job_started_at=NOW - 50, draining=True),
     ]
     pods = ["busy-3-jobs", "busy-old-job", "busy-young-job", "idle", "draining", "not-started"]
-    costs = autoscaling.build_deletion_costs(workers, pods, NOW)
+    costs = autoscaling.deletion_costs_for(workers, pods, NOW)
     assert _removal_order(costs) == [
         "not-started",
         "draining",
@@ -36,14 +36,14 @@ def test_idle_pods_are_removed_first_and_busy_pods_are_ranked_by_work_held() -> 
 
 
 def test_a_pod_without_a_heartbeat_is_the_cheapest_to_delete() -> None:
-    costs = autoscaling.build_deletion_costs([fx.heartbeat("idle")], ["idle", "ghost"], NOW)
+    costs = autoscaling.deletion_costs_for([fx.heartbeat("idle")], ["idle", "ghost"], NOW)
     assert costs["ghost"] == autoscaling.COST_NO_HEARTBEAT
     assert costs["ghost"] < costs["idle"]
 
 
 def test_heartbeats_of_pods_outside_the_pool_are_ignored() -> None:
     workers = [fx.heartbeat("other-pool-pod", in_flight=5, oldest_job_started_at=NOW)]
-    assert autoscaling.build_deletion_costs(workers, ["mine"], NOW) == {
+    assert autoscaling.deletion_costs_for(workers, ["mine"], NOW) == {
         "mine": autoscaling.COST_NO_HEARTBEAT
     }
 
@@ -55,7 +55,7 @@ def test_a_restarted_container_is_judged_by_its_latest_heartbeat() -> None:
         ),
         fx.heartbeat("p", worker_id="new", in_flight=0, last_seen=NOW - 1),
     ]
-    assert autoscaling.build_deletion_costs(workers, ["p"], NOW) == {"p": autoscaling.COST_IDLE}
+    assert autoscaling.deletion_costs_for(workers, ["p"], NOW) == {"p": autoscaling.COST_IDLE}
 
 
 @pytest.mark.parametrize(
@@ -67,12 +67,12 @@ def test_a_restarted_container_is_judged_by_its_latest_heartbeat() -> None:
 )
 def test_costs_stay_inside_the_annotation_int32_range(in_flight: int, age: float) -> None:
     worker = fx.heartbeat("p", in_flight=in_flight, oldest_job_started_at=NOW - age)
-    cost = autoscaling.build_deletion_costs([worker], ["p"], NOW)["p"]
+    cost = autoscaling.deletion_costs_for([worker], ["p"], NOW)["p"]
     assert -(2**31) <= cost < 2**31
     assert cost > autoscaling.COST_IDLE
 
 
 def test_a_busy_pod_without_a_job_start_time_still_outranks_an_idle_pod() -> None:
     workers = [fx.heartbeat("busy", in_flight=1), fx.heartbeat("idle")]
-    costs = autoscaling.build_deletion_costs(workers, ["busy", "idle"], NOW)
+    costs = autoscaling.deletion_costs_for(workers, ["busy", "idle"], NOW)
     assert costs["busy"] > costs["idle"]

@@ -1,4 +1,4 @@
-"""build_explanation(): the one line an Event or status.autoscaling shows for a decision."""
+"""explain_decision(): the one line an Event or status.autoscaling shows for a decision."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_the_explanation_names_the_reason_every_signal_and_every_clamp() -> None
         fx.Poll(10, fx.queue_stats(10, backlog=3000, enqueued_total=100)),
     ]
     decision = fx.run(POLICY, timeline, current=2)[-1]
-    text = autoscaling.build_explanation(decision)
+    text = autoscaling.explain_decision(decision)
     assert text.startswith(decision.reason)
     assert "backlog=30.00" in text
     assert "capacity=off" in text
@@ -34,7 +34,7 @@ def test_the_explanation_names_the_reason_every_signal_and_every_clamp() -> None
 
 def test_the_explanation_of_an_outage_says_the_queue_was_unreadable() -> None:
     decision = fx.run(POLICY, fx.outage(0, 1, "ConnectionError: refused"), current=3)[0]
-    text = autoscaling.build_explanation(decision)
+    text = autoscaling.explain_decision(decision)
     assert "queue unreadable (ConnectionError: refused)" in text
     assert "metricFailureHold" in text
 
@@ -44,7 +44,7 @@ def test_the_explanation_flags_scaling_limited() -> None:
     timeline = [fx.Poll(t, fx.queue_stats(t, backlog=1000 + int(t) * 10)) for t in (0, 5, 10)]
     decision = fx.run(policy, timeline, current=3)[-1]
     assert decision.scaling_limited
-    assert "ScalingLimited" in autoscaling.build_explanation(decision)
+    assert "ScalingLimited" in autoscaling.explain_decision(decision)
 
 
 def test_a_scale_down_reason_names_the_counts_and_the_limit() -> None:

@@ -296,7 +296,7 @@ def test_a_stuck_rollout_is_degraded_with_a_warning() -> None:
             ],
         },
     }
-    state = plan.build_deployment_state(body)
+    state = plan.read_deployment_state(body)
     assert state.progress_deadline_exceeded and state.spec_replicas == 3
     result = plan.plan(_pool(), plan.Observed(now=T0, secret=OK, deployment=state))
     assert _conditions(result)["Degraded"] == ("True", "ProgressDeadlineExceeded")
@@ -304,7 +304,7 @@ def test_a_stuck_rollout_is_degraded_with_a_warning() -> None:
 
 
 def test_a_replica_failure_is_degraded_with_its_message() -> None:
-    state = plan.build_deployment_state(
+    state = plan.read_deployment_state(
         {
             "metadata": {"generation": 1},
             "spec": {"replicas": 1},

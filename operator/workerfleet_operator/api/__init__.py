@@ -23,7 +23,7 @@ from workerfleet_operator.api.pool import (
     InvalidPool,
     Pause,
     Pool,
-    build_validation_message,
+    describe_validation_error,
     parse_pause,
     parse_pool,
 )
@@ -61,11 +61,11 @@ from workerfleet_operator.api.status import (
     Reason,
     WorkerPoolStatus,
     build_condition,
-    build_message,
     build_status_patch,
-    build_timestamp,
     find_condition,
+    format_timestamp,
     parse_status,
+    truncate_message,
 )
 
 __all__ = [
@@ -115,12 +115,12 @@ __all__ = [
     "build_condition",
     "build_crd",
     "build_crd_yaml",
-    "build_message",
     "build_status_patch",
-    "build_timestamp",
-    "build_validation_message",
+    "describe_validation_error",
     "find_condition",
+    "format_timestamp",
     "parse_pause",
     "parse_pool",
     "parse_status",
+    "truncate_message",
 ]

@@ -77,7 +77,7 @@ class InvalidPool:
     message: str
 
 
-def build_validation_message(error: ValidationError, prefix: str = "spec") -> str:
+def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
     """``spec.autoscaling: minReplicas must not exceed maxReplicas; spec.image: ...``.
 
     Pydantic's own rendering echoes the input values; this one only names fields and reasons,
@@ -111,7 +111,7 @@ def parse_pool(body: Mapping[str, Any]) -> Pool | InvalidPool:
     try:
         spec = WorkerPoolSpec.model_validate(dict(raw_spec))
     except ValidationError as error:
-        problems.append(build_validation_message(error))
+        problems.append(describe_validation_error(error))
         spec = None
     if problems or spec is None:
         return InvalidPool(name, namespace, uid, generation, "; ".join(problems))

@@ -104,7 +104,7 @@ MESSAGE_MAX_LENGTH = 4096
 """Condition messages are cut here: a status the API server refuses would never be written."""
 
 
-def build_message(text: str, limit: int = MESSAGE_MAX_LENGTH) -> str:
+def truncate_message(text: str, limit: int = MESSAGE_MAX_LENGTH) -> str:
     """``text`` cut to ``limit`` characters, marking the cut."""
     suffix = " ... (truncated)"
     return text if len(text) <= limit else text[: limit - len(suffix)] + suffix
@@ -214,7 +214,7 @@ class WorkerPoolStatus(StatusModel):
     )
 
 
-def build_timestamp(now: dt.datetime) -> str:
+def format_timestamp(now: dt.datetime) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
     return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -252,12 +252,12 @@ def build_condition(
     if before is not None and before.status == status:
         since = before.last_transition_time
     else:
-        since = build_timestamp(now)
+        since = format_timestamp(now)
     return Condition(
         type=type_,
         status=status,
         reason=reason,
-        message=build_message(message),
+        message=truncate_message(message),
         last_transition_time=since,
         observed_generation=generation,
     )

@@ -163,7 +163,7 @@ class ProcessFleet:
         if desired == current:
             return []
         pods = self.pod_names
-        costs = autoscaling.build_deletion_costs(heartbeats, pods, heartbeat_now)
+        costs = autoscaling.deletion_costs_for(heartbeats, pods, heartbeat_now)
         indexes = {n: w.index for n, w in self.workers.items()}
         chosen = build_removal_order(pods, costs, indexes)[: current - desired]
         for pod in chosen:

@@ -194,7 +194,7 @@ class FleetRunner:
             "clamped_by": decision.clamped_by,
             "signals": dict(decision.signals),
             "reason": decision.reason,
-            "explanation": autoscaling.build_explanation(decision),
+            "explanation": autoscaling.explain_decision(decision),
         }
         with self.decision_log.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")

@@ -117,5 +117,5 @@ def build_line(snapshot: runner.Snapshot) -> str:
     )
     return (
         f"[{snapshot.at:7.1f}s] {queue} replicas={snapshot.replicas} ready={snapshot.ready} "
-        f"desired={snapshot.decision.desired} :: {autoscaling.build_explanation(snapshot.decision)}"
+        f"desired={snapshot.decision.desired} :: {autoscaling.explain_decision(snapshot.decision)}"
     )

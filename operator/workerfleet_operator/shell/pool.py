@@ -339,7 +339,7 @@ class PoolController:
         deployment = None
         if self.deployment is not None:
             deployment = dataclasses.replace(
-                plan_mod.build_deployment_state(self.deployment),
+                plan_mod.read_deployment_state(self.deployment),
                 rollout_generation=self.applied.rollout_generation,
             )
         return plan_mod.Observed(

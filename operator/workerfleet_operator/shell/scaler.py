@@ -223,9 +223,7 @@ async def _mark_deletion_costs(
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     names = [p["metadata"]["name"] for p in live]
     assert observation.stats is not None
-    costs = autoscaling.build_deletion_costs(
-        observation.stats.workers, names, observation.stats.now
-    )
+    costs = autoscaling.deletion_costs_for(observation.stats.workers, names, observation.stats.now)
     current = {
         p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
             kube.DELETION_COST_ANNOTATION
