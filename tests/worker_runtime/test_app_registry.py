@@ -141,12 +141,12 @@ async def test_a_retry_delay_prefers_retry_later_then_the_errors_retry_after_the
         # the delivery of a job's attempt-th run: attempts counts the failures before it
         return queue.Job(
             id="j",
-            token="e:1",
+            receipt="e:1",
             envelope=envelope.build_envelope("own", Email(to="a@b.c")),
             attempts=attempt - 1,
             deliveries=attempt,
             lost=0,
-            leased_until=0.0,
+            lease_deadline=0.0,
             fetched_at=0.0,
         )
 

@@ -54,34 +54,6 @@ def raise_mapped(exc: BaseException, operation: str) -> NoReturn:
     raise exc
 
 
-def to_delivery(job: queue_mod.Job) -> base.Delivery:
-    """The seam's view of an engine delivery (the fencing token is the receipt)."""
-    return base.Delivery(
-        id=job.id,
-        receipt=job.token,
-        envelope=job.envelope,
-        attempts=job.attempts,
-        deliveries=job.deliveries,
-        lease_deadline=job.leased_until,
-        lost=job.lost,
-        fetched_at=job.fetched_at,
-    )
-
-
-def to_job(delivery: base.Delivery) -> queue_mod.Job:
-    """The engine's view of a delivery this broker handed out."""
-    return queue_mod.Job(
-        id=delivery.id,
-        token=delivery.receipt,
-        envelope=delivery.envelope,
-        attempts=delivery.attempts,
-        deliveries=delivery.deliveries,
-        lost=delivery.lost,
-        leased_until=delivery.lease_deadline,
-        fetched_at=delivery.fetched_at,
-    )
-
-
 class RedisBroker:
     """One queue on Redis (single, Sentinel or Cluster), through the Lua engine."""
 
@@ -133,7 +105,7 @@ class RedisBroker:
             )
         except Exception as exc:
             raise_mapped(exc, "fetch")
-        return [to_delivery(job) for job in jobs]
+        return list(jobs)
 
     async def ack_and_fetch(
         self,
@@ -147,7 +119,7 @@ class RedisBroker:
     ) -> tuple[list[bool], list[base.Delivery]]:
         try:
             flags, jobs = await self.engine.ack_and_fetch(
-                [to_job(d) for d in deliveries],
+                deliveries,
                 worker_id,
                 count,
                 block=block,
@@ -156,7 +128,7 @@ class RedisBroker:
             )
         except Exception as exc:
             raise_mapped(exc, "ack_and_fetch")
-        return flags, [to_delivery(job) for job in jobs]
+        return flags, list(jobs)
 
     async def ack(
         self,
@@ -167,7 +139,7 @@ class RedisBroker:
     ) -> bool:
         try:
             return await self.engine.ack(
-                to_job(delivery), done_key=done_key, done_ttl_seconds=done_ttl_seconds
+                delivery, done_key=done_key, done_ttl_seconds=done_ttl_seconds
             )
         except Exception as exc:
             raise_mapped(exc, "ack")
@@ -176,7 +148,7 @@ class RedisBroker:
         self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
     ) -> bool:
         try:
-            return await self.engine.retry(to_job(delivery), failure, delay_seconds=delay_seconds)
+            return await self.engine.retry(delivery, failure, delay_seconds=delay_seconds)
         except Exception as exc:
             raise_mapped(exc, "retry")
 
@@ -189,15 +161,13 @@ class RedisBroker:
         attempt: bool = True,
     ) -> bool:
         try:
-            return await self.engine.dead_letter(
-                to_job(delivery), reason, failure=failure, attempt=attempt
-            )
+            return await self.engine.dead_letter(delivery, reason, failure=failure, attempt=attempt)
         except Exception as exc:
             raise_mapped(exc, "dead_letter")
 
     async def release(self, delivery: base.Delivery) -> bool:
         try:
-            return await self.engine.release(to_job(delivery))
+            return await self.engine.release(delivery)
         except Exception as exc:
             raise_mapped(exc, "release")
 
@@ -208,17 +178,12 @@ class RedisBroker:
         *,
         heartbeat: base.WorkerBeat | None = None,
     ) -> base.LeaseRenewal:
-        jobs = [to_job(d) for d in deliveries]
         try:
-            result = await self.engine.renew(worker_id, jobs, heartbeat=heartbeat)
+            result = await self.engine.renew(worker_id, deliveries, heartbeat=heartbeat)
         except Exception as exc:
             raise_mapped(exc, "renew")
-        # the engine returns the very Job objects it was given: map them back by identity
-        by_job = {id(job): d for job, d in zip(jobs, deliveries, strict=True)}
-        return base.LeaseRenewal(
-            kept=tuple(by_job[id(j)] for j in result.renewed_jobs),
-            lost=tuple(by_job[id(j)] for j in result.lost_jobs),
-        )
+        # the engine returns the very delivery objects it was given
+        return base.LeaseRenewal(kept=result.renewed_jobs, lost=result.lost_jobs)
 
     async def recover(
         self, worker_id: str, held: Collection[tuple[str, base.Receipt]] = ()
@@ -227,7 +192,7 @@ class RedisBroker:
             jobs = await self.engine.adopt(worker_id, held)
         except Exception as exc:
             raise_mapped(exc, "recover")
-        return [to_delivery(job) for job in jobs]
+        return list(jobs)
 
     async def fetch_previous_delay(self, job_id: str) -> float | None:
         try:

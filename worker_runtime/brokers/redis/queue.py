@@ -58,17 +58,24 @@ the epoch names the server incarnation that issued it, see
 
 
 @dataclass(frozen=True)
-class Job:
-    """One delivery of a job to this worker; ``token`` fences every later call about it."""
+class Job(base.Delivery):
+    """One delivery of a job to this worker; its receipt, the ``token``, fences every later call.
 
-    id: str
-    token: Token
-    envelope: envelope_mod.JobEnvelope
-    attempts: int
-    deliveries: int
-    lost: int
-    leased_until: float
-    fetched_at: float
+    It IS the seam's :class:`~worker_runtime.brokers.base.Delivery` (the broker hands it out as
+    it is, with no copy per job on the worker's hot path); the engine reads only Delivery's
+    fields, so any Delivery this broker made can be passed back. ``token`` and
+    ``leased_until`` are the engine's names for ``receipt`` and ``lease_deadline``.
+    """
+
+    @property
+    def token(self) -> Token:
+        """The fencing token (the delivery's receipt)."""
+        return self.receipt
+
+    @property
+    def leased_until(self) -> float:
+        """When the lease runs out (the delivery's ``lease_deadline``), epoch seconds."""
+        return self.lease_deadline
 
 
 Failure = base.Failure
@@ -82,9 +89,9 @@ class RenewResult:
 
     renewed: tuple[str, ...]
     lost: tuple[str, ...]
-    renewed_jobs: tuple[Job, ...] = ()
+    renewed_jobs: tuple[base.Delivery, ...] = ()
     """The renewed deliveries themselves (a worker may hold two deliveries of one job id)."""
-    lost_jobs: tuple[Job, ...] = ()
+    lost_jobs: tuple[base.Delivery, ...] = ()
 
 
 WorkerBeat = base.WorkerBeat
@@ -307,7 +314,7 @@ class QueueClient:
 
     async def ack_and_fetch(
         self,
-        jobs: Sequence[Job],
+        jobs: Sequence[base.Delivery],
         worker_id: str,
         count: int,
         *,
@@ -325,7 +332,7 @@ class QueueClient:
             return [], await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         if count <= 0 or (wake is not None and wake.is_set()):
             return [await self.ack(j) for j in jobs], []
-        packed = build_packed([(j.id, j.token, 0, 0) for j in jobs])
+        packed = build_packed([(j.id, j.receipt, 0, 0) for j in jobs])
         raw = await scripts.ACK_FETCH(
             self.client,
             self._k,
@@ -437,12 +444,12 @@ class QueueClient:
             jobs.append(
                 Job(
                     id=job_id,
-                    token=token,
+                    receipt=token,
                     envelope=env,
                     attempts=int(flat[i + 3]),
                     deliveries=int(flat[i + 4]),
                     lost=int(flat[i + 5]),
-                    leased_until=until,
+                    lease_deadline=until,
                     fetched_at=now,
                 )
             )
@@ -453,7 +460,7 @@ class QueueClient:
     async def renew(
         self,
         worker_id: str,
-        jobs: Sequence[Job],
+        jobs: Sequence[base.Delivery],
         *,
         heartbeat: WorkerBeat | None = None,
     ) -> RenewResult:
@@ -463,7 +470,7 @@ class QueueClient:
             int(self.options.lease_seconds * 1000),
             build_heartbeat_json(heartbeat) if heartbeat else "",
             int(heartbeat.ttl_seconds * 1000) if heartbeat else 0,
-            build_packed([(job.id, job.token) for job in jobs]),
+            build_packed([(job.id, job.receipt) for job in jobs]),
         ]
         flags = await scripts.RENEW(self.client, self._k, args)
         renewed = tuple(j for j, f in zip(jobs, flags, strict=True) if int(f) == 1)
@@ -487,15 +494,15 @@ class QueueClient:
 
     async def ack(
         self,
-        job: Job,
+        job: base.Delivery,
         *,
         done_key: str | None = None,
         done_ttl_seconds: float | None = None,
     ) -> bool:
         """Finish a job; False when the token is stale. ``done_key`` is set with the ack."""
-        return await self._acks.submit((job.id, job.token, done_key, done_ttl_seconds))
+        return await self._acks.submit((job.id, job.receipt, done_key, done_ttl_seconds))
 
-    async def retry(self, job: Job, failure: Failure, *, delay_seconds: float) -> bool:
+    async def retry(self, job: base.Delivery, failure: Failure, *, delay_seconds: float) -> bool:
         """Record a failure (attempts+1) and make the job due again after ``delay_seconds``.
 
         A non-finite delay raises ``ValueError`` here, before the call joins a batch: it
@@ -504,7 +511,7 @@ class QueueClient:
         if not math.isfinite(delay_seconds):
             raise ValueError(f"a retry delay must be a finite number of seconds: {delay_seconds}")
         failure_json = build_failure_json(failure, retry_in_seconds=delay_seconds)
-        item = (job.id, job.token, delay_seconds, failure_json)
+        item = (job.id, job.receipt, delay_seconds, failure_json)
         return await self._retries.submit(item)
 
     async def fetch_previous_delay(self, job_id: str) -> float | None:
@@ -527,7 +534,7 @@ class QueueClient:
 
     async def dead_letter(
         self,
-        job: Job,
+        job: base.Delivery,
         reason: str,
         *,
         failure: Failure | None = None,
@@ -535,12 +542,12 @@ class QueueClient:
     ) -> bool:
         """Move the job to the DLQ; with ``failure`` and ``attempt`` it counts as an attempt."""
         failure_json = build_failure_json(failure) if failure else ""
-        item = (job.id, job.token, str(reason), failure_json, bool(failure) and attempt)
+        item = (job.id, job.receipt, str(reason), failure_json, bool(failure) and attempt)
         return await self._deads.submit(item)
 
-    async def release(self, job: Job) -> bool:
+    async def release(self, job: base.Delivery) -> bool:
         """Give the job back to the ready queue without spending an attempt (drain)."""
-        return await self._releases.submit((job.id, job.token, False)) == 1
+        return await self._releases.submit((job.id, job.receipt, False)) == 1
 
     async def aclose(self) -> None:
         """Wait for every batched settle call to reach Redis."""
