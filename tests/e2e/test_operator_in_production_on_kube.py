@@ -10,6 +10,7 @@ API server's audit log (writes of workerfleet-system accounts, with their user a
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import datetime
 import json
@@ -18,6 +19,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -396,3 +398,147 @@ def test_a_leader_that_cannot_renew_stops_writing_before_the_standby_takes_over(
         late = writes_by(kube_cluster, first.process.pid, since=takeover)
         assert late == [], late
         assert "lost the Lease" in first.log()
+
+
+# ------------------------------------------------------------------------------------ throttling
+
+
+def build_throttle(account: str, name: str) -> str:
+    """API Priority and Fairness config for `account`: a priority level with no seats of its own,
+    none to borrow, and rejection instead of a queue. APF still runs one request at a time there
+    (so a level cannot starve), and rejects with 429 whatever arrives while one runs."""
+    level = {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "PriorityLevelConfiguration",
+        "metadata": {"name": name},
+        "spec": {
+            "type": "Limited",
+            "limited": {
+                "nominalConcurrencyShares": 0,
+                "lendablePercent": 0,
+                "borrowingLimitPercent": 0,
+                "limitResponse": {"type": "Reject"},
+            },
+        },
+    }
+    schema = {
+        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+        "kind": "FlowSchema",
+        "metadata": {"name": name},
+        "spec": {
+            "priorityLevelConfiguration": {"name": name},
+            "matchingPrecedence": 300,
+            "distinguisherMethod": {"type": "ByUser"},
+            "rules": [
+                {
+                    "subjects": [
+                        {
+                            "kind": "ServiceAccount",
+                            "serviceAccount": {"name": account, "namespace": wf.SYSTEM_NAMESPACE},
+                        }
+                    ],
+                    "resourceRules": [
+                        {
+                            "verbs": ["*"],
+                            "apiGroups": ["*"],
+                            "resources": ["*"],
+                            "namespaces": ["*"],
+                            "clusterScope": True,
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [level, schema]})
+
+
+class BusyAccount:
+    """Threads reading pods as `token` back to back: they keep the throttled level's one seat
+    busy, so the operator's own requests (same account, same level) meet 429."""
+
+    def __init__(self, cluster: kubecluster.KubeCluster, token: str, namespace: str) -> None:
+        self.url = f"{cluster.server}/api/v1/namespaces/{namespace}/pods"
+        self.token = token
+        self.context = ssl.create_default_context(cafile=str(cluster.ca_file))
+        self.stop = threading.Event()
+        self.answers: collections.Counter[int] = collections.Counter()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(12)]
+
+    def run(self) -> None:
+        request = urllib.request.Request(
+            self.url, headers={"Authorization": f"Bearer {self.token}"}
+        )
+        deadline = time.monotonic() + 120.0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(request, timeout=5, context=self.context) as answer:
+                    self.answers[answer.status] += 1
+            except urllib.error.HTTPError as exc:
+                self.answers[exc.code] += 1
+            except OSError:
+                self.answers[0] += 1
+
+    def __enter__(self) -> BusyAccount:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(10)
+
+
+def test_requests_throttled_with_429_are_retried_and_end_in_a_correct_deployment(
+    kube_cluster: kubecluster.KubeCluster,
+    workerfleet_chart: str,
+    namespace: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # Given the operator reconciling a pool, and API Priority and Fairness giving its account
+    # one request at a time, rejecting the rest with 429
+    create_redis_secret(kube_cluster, namespace, redis_server.url)
+    operator = wf.start_operator(
+        kube_cluster, workerfleet_chart, (namespace,), tmp_path / "op",
+        extra_env={"WORKERFLEET_OPERATOR_LOG_LEVEL": "debug"},
+    )  # fmt: skip
+    name = f"throttle-{namespace}"
+    try:
+        create_pool(kube_cluster, namespace, "throttled")
+        wait_for_image(kube_cluster, namespace, "throttled", IMAGE_1)
+        kube_cluster.kubectl("apply", "-f", "-", input=build_throttle(workerfleet_chart, name))
+        token = kube_cluster.fetch_service_account_token(wf.SYSTEM_NAMESPACE, workerfleet_chart)
+        # When other clients of the same account keep its seat busy, and the pool changes
+        with BusyAccount(kube_cluster, token, namespace) as busy:
+            kubecluster.poll_until(
+                "the throttle in force",
+                lambda: busy.answers[429],
+                lambda rejected: rejected > 0,
+                timeout_seconds=30,
+                interval=0.2,
+            )
+            change_image(kube_cluster, namespace, "throttled", IMAGE_2)
+            # (until the operator's own requests are answered 429 and it backs off)
+            kubecluster.poll_until(
+                "the operator answered 429",
+                lambda: [
+                    line
+                    for line in operator.log().splitlines()
+                    if "429" in line and "retry" in line
+                ],
+                bool,
+                timeout_seconds=30,
+                interval=0.1,
+            )
+        # Then, the seat free again, the retried requests go through: the Deployment is the new
+        # spec's, and no reconcile counted as failed
+        wait_for_image(kube_cluster, namespace, "throttled", IMAGE_2)
+        assert "ReconcileFailed" not in reasons_of(kube_cluster, namespace, "throttled")
+        assert not [line for line in operator.log().splitlines() if "reconcile of" in line]
+    finally:
+        kube_cluster.kubectl(
+            "delete", "flowschema,prioritylevelconfiguration", name, "--ignore-not-found"
+        )
+        operator.stop()
