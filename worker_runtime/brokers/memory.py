@@ -19,6 +19,7 @@ import asyncio
 import collections
 import itertools
 import math
+import threading
 import time
 from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ CAPABILITIES = base.FULL_CONTRACT
 """The reference declares every promise it checks."""
 
 Clock = Callable[[], float]
+
+CONNECTION_SETTINGS = frozenset({"socket_timeout", "retries", "health_check_interval"})
+"""Settings every broker is opened with (the worker passes them); nothing to connect here."""
 
 _PRIORITIES = tuple(p.value for p in envelope_mod.Priority)  # high, normal, low
 
@@ -78,6 +82,8 @@ class _Queue:
     workers: dict[str, tuple[base.WorkerHeartbeat, float]] = field(default_factory=dict)
     bucket: tuple[float, float] | None = None  # (tokens, at)
     fence: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    """Held by every call: a worker's control thread renews from its own event loop."""
 
 
 _STORES: dict[tuple[str, str], _Queue] = {}
@@ -256,38 +262,39 @@ class MemoryBroker:
     async def enqueue_many(
         self, requests: Sequence[base.EnqueueRequest]
     ) -> list[base.EnqueueResult]:
-        self._check_open()
-        q = self._q
-        now = self.clock()
-        window = self.options.enqueue_dedup_seconds
-        for job_id, at in list(q.enqueued.items()):
-            if now - at > window:
-                del q.enqueued[job_id]
-        out: list[base.EnqueueResult] = []
-        for req in requests:
-            env = req.envelope
-            key = env.idempotency_key
-            if key is not None:
-                first = q.idempotency.get(key)
-                if first is not None and first[1] > now:
-                    out.append(base.EnqueueResult(first[0], False))
+        with self._q.lock:
+            self._check_open()
+            q = self._q
+            now = self.clock()
+            window = self.options.enqueue_dedup_seconds
+            for job_id, at in list(q.enqueued.items()):
+                if now - at > window:
+                    del q.enqueued[job_id]
+            out: list[base.EnqueueResult] = []
+            for req in requests:
+                env = req.envelope
+                key = env.idempotency_key
+                if key is not None:
+                    first = q.idempotency.get(key)
+                    if first is not None and first[1] > now:
+                        out.append(base.EnqueueResult(first[0], False))
+                        continue
+                if env.id in q.jobs or env.id in q.enqueued:
+                    out.append(base.EnqueueResult(env.id, False))
                     continue
-            if env.id in q.jobs or env.id in q.enqueued:
-                out.append(base.EnqueueResult(env.id, False))
-                continue
-            if key is not None:
-                ttl = req.idempotency_ttl_seconds or 86_400.0
-                q.idempotency[key] = (env.id, now + ttl)
-            if window > 0:
-                q.enqueued[env.id] = now
-            q.jobs[env.id] = _Job(envelope=env)
-            q.counters["enqueued"] += 1
-            if req.delay_seconds > 0:
-                q.delayed[env.id] = now + req.delay_seconds
-            else:
-                self._make_ready(env.id, now)
-            out.append(base.EnqueueResult(env.id, True))
-        return out
+                if key is not None:
+                    ttl = req.idempotency_ttl_seconds or 86_400.0
+                    q.idempotency[key] = (env.id, now + ttl)
+                if window > 0:
+                    q.enqueued[env.id] = now
+                q.jobs[env.id] = _Job(envelope=env)
+                q.counters["enqueued"] += 1
+                if req.delay_seconds > 0:
+                    q.delayed[env.id] = now + req.delay_seconds
+                else:
+                    self._make_ready(env.id, now)
+                out.append(base.EnqueueResult(env.id, True))
+            return out
 
     async def fetch(
         self,
@@ -303,7 +310,8 @@ class MemoryBroker:
             return []
         deadline = time.monotonic() + block
         while True:
-            out = self._fetch_now(worker_id, count, holding)
+            with self._q.lock:
+                out = self._fetch_now(worker_id, count, holding)
             if out or block <= 0 or time.monotonic() >= deadline:
                 return out
             await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
@@ -331,38 +339,42 @@ class MemoryBroker:
         done_key: str | None = None,
         done_ttl_seconds: float | None = None,
     ) -> bool:
-        self._check_open()
-        if self._current(delivery) is None:
-            return False
-        now = self.clock()
-        del self._q.leases[delivery.id]
-        del self._q.jobs[delivery.id]
-        self._q.counters["completed"] += 1
-        if done_key is not None:
-            self._q.done[done_key] = now + (done_ttl_seconds or 86_400.0)
-        return True
+        with self._q.lock:
+            self._check_open()
+            if self._current(delivery) is None:
+                return False
+            now = self.clock()
+            del self._q.leases[delivery.id]
+            del self._q.jobs[delivery.id]
+            self._q.counters["completed"] += 1
+            if done_key is not None:
+                self._q.done[done_key] = now + (done_ttl_seconds or 86_400.0)
+            return True
 
     async def retry(
         self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
     ) -> bool:
-        if not math.isfinite(delay_seconds):
-            raise ValueError(f"a retry delay must be a finite number of seconds: {delay_seconds}")
-        self._check_open()
-        job = self._current(delivery)
-        if job is None:
-            return False
-        now = self.clock()
-        del self._q.leases[delivery.id]
-        job.attempts += 1
-        self._record(job, failure, now)
-        job.last_retry_in = delay_seconds
-        self._q.counters["failed"] += 1
-        self._q.counters["retried"] += 1
-        if delay_seconds > 0:
-            self._q.delayed[delivery.id] = now + delay_seconds
-        else:
-            self._make_ready(delivery.id, now)
-        return True
+        with self._q.lock:
+            if not math.isfinite(delay_seconds):
+                raise ValueError(
+                    f"a retry delay must be a finite number of seconds: {delay_seconds}"
+                )
+            self._check_open()
+            job = self._current(delivery)
+            if job is None:
+                return False
+            now = self.clock()
+            del self._q.leases[delivery.id]
+            job.attempts += 1
+            self._record(job, failure, now)
+            job.last_retry_in = delay_seconds
+            self._q.counters["failed"] += 1
+            self._q.counters["retried"] += 1
+            if delay_seconds > 0:
+                self._q.delayed[delivery.id] = now + delay_seconds
+            else:
+                self._make_ready(delivery.id, now)
+            return True
 
     async def dead_letter(
         self,
@@ -372,27 +384,29 @@ class MemoryBroker:
         failure: base.Failure | None = None,
         attempt: bool = True,
     ) -> bool:
-        self._check_open()
-        job = self._current(delivery)
-        if job is None:
-            return False
-        now = self.clock()
-        if failure is not None:
-            if attempt:
-                job.attempts += 1
-                self._q.counters["failed"] += 1
-            self._record(job, failure, now)
-        self._to_dlq(delivery.id, str(reason), failure.worker_id if failure else "", now)
-        return True
+        with self._q.lock:
+            self._check_open()
+            job = self._current(delivery)
+            if job is None:
+                return False
+            now = self.clock()
+            if failure is not None:
+                if attempt:
+                    job.attempts += 1
+                    self._q.counters["failed"] += 1
+                self._record(job, failure, now)
+            self._to_dlq(delivery.id, str(reason), failure.worker_id if failure else "", now)
+            return True
 
     async def release(self, delivery: base.Delivery) -> bool:
-        self._check_open()
-        if self._current(delivery) is None:
-            return False
-        del self._q.leases[delivery.id]
-        self._q.counters["released"] += 1
-        self._make_ready(delivery.id, self.clock())
-        return True
+        with self._q.lock:
+            self._check_open()
+            if self._current(delivery) is None:
+                return False
+            del self._q.leases[delivery.id]
+            self._q.counters["released"] += 1
+            self._make_ready(delivery.id, self.clock())
+            return True
 
     async def renew(
         self,
@@ -401,20 +415,25 @@ class MemoryBroker:
         *,
         heartbeat: base.WorkerBeat | None = None,
     ) -> base.LeaseRenewal:
-        self._check_open()
-        now = self.clock()
-        kept: list[base.Delivery] = []
-        lost: list[base.Delivery] = []
-        for d in deliveries:
-            lease = self._q.leases.get(d.id)
-            if lease is not None and lease.receipt == d.receipt and lease.worker_id == worker_id:
-                lease.deadline = now + self.options.lease_seconds
-                kept.append(d)
-            else:
-                lost.append(d)
-        if heartbeat is not None:
-            self._write_heartbeat(heartbeat, now)
-        return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
+        with self._q.lock:
+            self._check_open()
+            now = self.clock()
+            kept: list[base.Delivery] = []
+            lost: list[base.Delivery] = []
+            for d in deliveries:
+                lease = self._q.leases.get(d.id)
+                if (
+                    lease is not None
+                    and lease.receipt == d.receipt
+                    and lease.worker_id == worker_id
+                ):
+                    lease.deadline = now + self.options.lease_seconds
+                    kept.append(d)
+                else:
+                    lost.append(d)
+            if heartbeat is not None:
+                self._write_heartbeat(heartbeat, now)
+            return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
 
     def _write_heartbeat(self, beat: base.WorkerBeat, now: float) -> None:
         workers = self._q.workers
@@ -439,38 +458,42 @@ class MemoryBroker:
     async def recover(
         self, worker_id: str, held: Collection[tuple[str, base.Receipt]] = ()
     ) -> list[base.Delivery]:
-        self._check_open()
-        now = self.clock()
-        out: list[base.Delivery] = []
-        for job_id, lease in self._q.leases.items():
-            if lease.worker_id != worker_id or (job_id, lease.receipt) in held:
-                continue
-            lease.deadline = now + self.options.lease_seconds
-            job = self._q.jobs[job_id]
-            out.append(
-                base.Delivery(
-                    id=job_id,
-                    receipt=lease.receipt,
-                    envelope=job.envelope,
-                    attempts=job.attempts,
-                    deliveries=job.deliveries,
-                    lease_deadline=lease.deadline,
-                    lost=job.lost,
-                    fetched_at=lease.fetched_at,
+        with self._q.lock:
+            self._check_open()
+            now = self.clock()
+            out: list[base.Delivery] = []
+            for job_id, lease in self._q.leases.items():
+                if lease.worker_id != worker_id or (job_id, lease.receipt) in held:
+                    continue
+                lease.deadline = now + self.options.lease_seconds
+                job = self._q.jobs[job_id]
+                out.append(
+                    base.Delivery(
+                        id=job_id,
+                        receipt=lease.receipt,
+                        envelope=job.envelope,
+                        attempts=job.attempts,
+                        deliveries=job.deliveries,
+                        lease_deadline=lease.deadline,
+                        lost=job.lost,
+                        fetched_at=lease.fetched_at,
+                    )
                 )
-            )
-        return out
+            return out
 
     async def fetch_previous_delay(self, job_id: str) -> float | None:
-        job = self._q.jobs.get(job_id)
-        return job.last_retry_in if job is not None else None
+        with self._q.lock:
+            job = self._q.jobs.get(job_id)
+            return job.last_retry_in if job is not None else None
 
     async def fetch_is_done(self, done_key: str) -> bool:
-        expires = self._q.done.get(done_key)
-        return expires is not None and expires > self.clock()
+        with self._q.lock:
+            expires = self._q.done.get(done_key)
+            return expires is not None and expires > self.clock()
 
     async def deregister(self, worker_id: str) -> None:
-        self._q.workers.pop(worker_id, None)
+        with self._q.lock:
+            self._q.workers.pop(worker_id, None)
 
     async def close(self) -> None:
         self._closed = True
@@ -478,45 +501,49 @@ class MemoryBroker:
     # -- QueueProbe ------------------------------------------------------------------------
 
     async def fetch_stats(self) -> base.QueueStats:
-        q = self._q
-        now = self.clock()
-        due = sum(1 for t in q.delayed.values() if t <= now)
-        ready = [jid for prio in _PRIORITIES for jid in q.ready[prio]]
-        oldest = min((q.jobs[jid].ready_since for jid in ready), default=now)
-        oldest_dead = min((d.dead_lettered_at for d in q.dlq.values()), default=now)
-        live = tuple(sorted((b for b, exp in q.workers.values() if exp > now), key=_worker_id))
-        return base.QueueStats(
-            queue=self.queue,
-            now=now,
-            backlog=len(ready) + due,
-            due_delayed=due,
-            future_delayed=len(q.delayed) - due,
-            in_flight=len(q.leases),
-            dead_letter=len(q.dlq),
-            oldest_job_age_seconds=max(0.0, now - oldest),
-            enqueued_total=q.counters["enqueued"],
-            completed_total=q.counters["completed"],
-            failed_total=q.counters["failed"],
-            retried_total=q.counters["retried"],
-            dead_lettered_total=q.counters["dead_lettered"],
-            workers_lost_total=q.counters["workers_lost"],
-            workers_expired=sum(1 for _, exp in q.workers.values() if exp <= now),
-            workers=live,
-            maxmemory_policy=None,
-            oldest_dead_letter_age_seconds=max(0.0, now - oldest_dead),
-        )
+        with self._q.lock:
+            q = self._q
+            now = self.clock()
+            due = sum(1 for t in q.delayed.values() if t <= now)
+            ready = [jid for prio in _PRIORITIES for jid in q.ready[prio]]
+            oldest = min((q.jobs[jid].ready_since for jid in ready), default=now)
+            oldest_dead = min((d.dead_lettered_at for d in q.dlq.values()), default=now)
+            live = tuple(sorted((b for b, exp in q.workers.values() if exp > now), key=_worker_id))
+            return base.QueueStats(
+                queue=self.queue,
+                now=now,
+                backlog=len(ready) + due,
+                due_delayed=due,
+                future_delayed=len(q.delayed) - due,
+                in_flight=len(q.leases),
+                dead_letter=len(q.dlq),
+                oldest_job_age_seconds=max(0.0, now - oldest),
+                enqueued_total=q.counters["enqueued"],
+                completed_total=q.counters["completed"],
+                failed_total=q.counters["failed"],
+                retried_total=q.counters["retried"],
+                dead_lettered_total=q.counters["dead_lettered"],
+                workers_lost_total=q.counters["workers_lost"],
+                workers_expired=sum(1 for _, exp in q.workers.values() if exp <= now),
+                workers=live,
+                maxmemory_policy=None,
+                oldest_dead_letter_age_seconds=max(0.0, now - oldest_dead),
+            )
 
     # -- DeadLetters -----------------------------------------------------------------------
 
     async def count_dead_letters(self) -> int:
-        return len(self._q.dlq)
+        with self._q.lock:
+            return len(self._q.dlq)
 
     async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[base.DeadLetter]:
-        newest_first = list(reversed(self._q.dlq.values()))
-        return newest_first[max(0, offset) : max(0, offset) + limit]
+        with self._q.lock:
+            newest_first = list(reversed(self._q.dlq.values()))
+            return newest_first[max(0, offset) : max(0, offset) + limit]
 
     async def show_dead_letter(self, job_id: str) -> base.DeadLetter | None:
-        return self._q.dlq.get(job_id)
+        with self._q.lock:
+            return self._q.dlq.get(job_id)
 
     async def replay_dead_letters(
         self,
@@ -534,19 +561,20 @@ class MemoryBroker:
         for job_id in chosen:
             if limit is not None and len(replayed) >= limit:
                 break
-            letter = q.dlq.get(job_id)
-            if letter is None or job_id in q.jobs:
-                continue  # not dead-lettered, or live again: it stays where it is
-            del q.dlq[job_id]
-            env = envelope_mod.parse_envelope(letter.envelope_raw)
-            q.jobs[job_id] = _Job(
-                envelope=env,
-                attempts=0 if reset_attempts else letter.attempts,
-                deliveries=letter.deliveries,
-                history=list(letter.history),
-            )
-            self._make_ready(job_id, self.clock())
-            q.counters["replayed"] += 1
+            with q.lock:
+                letter = q.dlq.get(job_id)
+                if letter is None or job_id in q.jobs:
+                    continue  # not dead-lettered, or live again: it stays where it is
+                del q.dlq[job_id]
+                env = envelope_mod.parse_envelope(letter.envelope_raw)
+                q.jobs[job_id] = _Job(
+                    envelope=env,
+                    attempts=0 if reset_attempts else letter.attempts,
+                    deliveries=letter.deliveries,
+                    history=list(letter.history),
+                )
+                self._make_ready(job_id, self.clock())
+                q.counters["replayed"] += 1
             replayed.append(job_id)
             if len(replayed) % REPLAY_BATCH == 0:
                 await asyncio.sleep(REPLAY_BATCH / rate_per_second)
@@ -559,21 +587,22 @@ class MemoryBroker:
         older_than_seconds: float | None = None,
         everything: bool = False,
     ) -> int:
-        q = self._q
-        if job_ids is not None:
-            doomed = [j for j in job_ids if j in q.dlq]
-        elif older_than_seconds is not None:
-            cutoff = self.clock() - older_than_seconds
-            doomed = [j for j, d in q.dlq.items() if d.dead_lettered_at <= cutoff]
-        elif everything:
-            doomed = list(q.dlq)
-        else:
-            raise ValueError(
-                "say which dead letters to purge: job_ids, older_than_seconds or everything"
-            )
-        for job_id in doomed:
-            del q.dlq[job_id]
-        return len(doomed)
+        with self._q.lock:
+            q = self._q
+            if job_ids is not None:
+                doomed = [j for j in job_ids if j in q.dlq]
+            elif older_than_seconds is not None:
+                cutoff = self.clock() - older_than_seconds
+                doomed = [j for j, d in q.dlq.items() if d.dead_lettered_at <= cutoff]
+            elif everything:
+                doomed = list(q.dlq)
+            else:
+                raise ValueError(
+                    "say which dead letters to purge: job_ids, older_than_seconds or everything"
+                )
+            for job_id in doomed:
+                del q.dlq[job_id]
+            return len(doomed)
 
 
 def _worker_id(beat: base.WorkerHeartbeat) -> str:
@@ -583,9 +612,13 @@ def _worker_id(beat: base.WorkerHeartbeat) -> str:
 async def open_from_url(
     url: str, queue: str, *, options: base.QueueOptions, **settings: Any
 ) -> MemoryBroker:
-    """``memory://NAME``: the in-process queue NAME (``memory://`` alone: a private one)."""
+    """``memory://NAME``: the in-process queue NAME (``memory://`` alone: a private one).
+
+    ``clock`` may replace ``time.time``; the connection settings are accepted and unused.
+    """
     name = url.partition("://")[2].strip("/")
     clock = settings.pop("clock", time.time)
-    if settings:
-        raise TypeError(f"memory:// takes no settings but clock: {sorted(settings)}")
+    unknown = set(settings) - CONNECTION_SETTINGS
+    if unknown:
+        raise TypeError(f"memory:// takes clock and the connection settings, not {sorted(unknown)}")
     return MemoryBroker(queue, options, clock=clock, store=name or None)
