@@ -1,11 +1,12 @@
 """The operator's read-only view of a pool's queue: one stats read per poll, clients cached.
 
-Called by ``shell.scaler`` (the per-pool loop). Wraps ``worker_runtime.brokers.redis.connection``
-(a Redis client from the URL in the pool's Secret) and ``worker_runtime.brokers.redis.stats`` (the
-one-round-trip, read-only stats call) — the only runtime modules the operator may use. Clients are
-cached per (Secret, key, resourceVersion) so that pools sharing a Secret share a connection pool and
-a rotated Secret gets a new client. The URL never leaves this module's memory: error texts are
-scrubbed of it before they are returned.
+Called by ``shell.scaler`` (the per-pool loop). Reads through the broker seam: each pool's queue
+is a ``worker_runtime.brokers.base.QueueProbe`` (``fetch_stats``: one read-only round trip, errors
+in the runtime's taxonomy), here the Redis broker on a client from
+``worker_runtime.brokers.redis.connection`` (the URL in the pool's Secret). Clients are cached per
+(Secret, key, resourceVersion) so that pools sharing a Secret share a connection pool and a rotated
+Secret gets a new client (and new probes). The URL never leaves this module's memory: error texts
+are scrubbed of it before they are returned.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import asyncio
 import urllib.parse
 from dataclasses import dataclass
 
-from worker_runtime.brokers.redis import connection, stats
+from worker_runtime.brokers import base
+from worker_runtime.brokers.redis import broker as redis_broker
+from worker_runtime.brokers.redis import connection
 from workerfleet_operator import autoscaling
 from workerfleet_operator.shell import kube
 
@@ -76,11 +79,13 @@ def redact(text: str, secret: kube.SecretValue | None) -> str:
 
 
 class QueueReader:
-    """Redis clients keyed by Secret version, and the one stats call per poll."""
+    """Redis clients keyed by Secret version, a queue probe per (client, queue), one stats call
+    per poll."""
 
     def __init__(self, *, socket_timeout: float = 2.0) -> None:
         self._socket_timeout = socket_timeout
         self._clients: dict[ClientKey, connection.AsyncClient] = {}
+        self._probes: dict[tuple[ClientKey, str], base.QueueProbe] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
     def _fetch_client(self, key: ClientKey, secret: kube.SecretValue) -> connection.AsyncClient:
@@ -93,6 +98,7 @@ class QueueReader:
             ]:
                 # a rotated Secret: close the old pool in the background, keep a reference
                 stale = self._clients.pop(old)
+                self._forget_probes(old)
                 task = asyncio.ensure_future(stale.aclose())
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
@@ -100,14 +106,26 @@ class QueueReader:
             self._clients[key] = client
         return client
 
+    def _probe(self, key: ClientKey, secret: kube.SecretValue, queue: str) -> base.QueueProbe:
+        probe = self._probes.get((key, queue))
+        if probe is None:
+            client = self._fetch_client(key, secret)
+            # The broker does not own the shared client: closing is this reader's job.
+            probe = self._probes[(key, queue)] = redis_broker.RedisBroker(client, queue)
+        return probe
+
+    def _forget_probes(self, key: ClientKey) -> None:
+        for probe_key in [k for k in self._probes if k[0] == key]:
+            del self._probes[probe_key]
+
     async def fetch_observation(
         self, key: ClientKey, secret: kube.SecretValue, queue: str, *, deadline_seconds: float
     ) -> autoscaling.Observation:
         """Read the queue's stats in one round trip; a failure becomes an Observation error."""
         try:
-            client = self._fetch_client(key, secret)
+            probe = self._probe(key, secret, queue)
             async with asyncio.timeout(deadline_seconds):
-                queue_stats = await stats.fetch_queue_stats(client, queue)
+                queue_stats = await probe.fetch_stats()
         except Exception as exc:  # any failure is "metric unavailable" for the scaler
             return autoscaling.Observation(
                 stats=None, error=redact(f"{type(exc).__name__}: {exc}", secret)
@@ -122,9 +140,11 @@ class QueueReader:
         """Close and forget every client no pool uses any more (a deleted pool's, a rotated
         Secret's): an operator that outlives many pools keeps no connection pools for them."""
         for key in [k for k in self._clients if k not in in_use]:
+            self._forget_probes(key)
             await self._clients.pop(key).aclose()
 
     async def close(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
+        self._probes = {}
         for client in clients:
             await client.aclose()
