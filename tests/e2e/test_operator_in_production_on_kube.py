@@ -13,6 +13,7 @@ import base64
 import collections
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -541,4 +543,88 @@ def test_requests_throttled_with_429_are_retried_and_end_in_a_correct_deployment
         kube_cluster.kubectl(
             "delete", "flowschema,prioritylevelconfiguration", name, "--ignore-not-found"
         )
+        operator.stop()
+
+
+# ------------------------------------------------------------------------------------ conflicts
+
+
+class DeploymentEditor:
+    """Another writer of the pool's Deployment: an annotation patched back to back (as the
+    cluster admin), so every resourceVersion the operator read is stale a moment later."""
+
+    def __init__(self, cluster: kubecluster.KubeCluster, namespace: str, name: str) -> None:
+        split = urllib.parse.urlsplit(cluster.server)
+        self.host, self.port = str(split.hostname), int(split.port or 443)
+        self.path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
+        self.token = cluster.admin_token
+        self.context = ssl.create_default_context(cafile=str(cluster.ca_file))
+        self.stop = threading.Event()
+        self.writes = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context)
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Content-Type": "application/merge-patch+json",
+        }
+        deadline = time.monotonic() + 60.0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            body = json.dumps({"metadata": {"annotations": {"e2e/edit": str(self.writes)}}})
+            connection.request("PATCH", self.path, body=body, headers=headers)
+            answer = connection.getresponse()
+            answer.read()
+            self.writes += answer.status == 200
+        connection.close()
+
+    def __enter__(self) -> DeploymentEditor:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def test_conflicting_writers_end_in_the_decided_replicas_with_no_failed_reconcile(
+    kube_cluster: kubecluster.KubeCluster,
+    workerfleet_chart: str,
+    namespace: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # Given the operator scaling a pool to its minimum of 2 every second
+    create_redis_secret(kube_cluster, namespace, redis_server.url)
+    operator = wf.start_operator(kube_cluster, workerfleet_chart, (namespace,), tmp_path / "op")
+    try:
+        autoscaling = {"minReplicas": 2, "maxReplicas": 4, "pollingIntervalSeconds": 1}
+        pool = wf.build_pool("contested", "e2e-contested", autoscaling)
+        kube_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pool))
+        wait_for_image(kube_cluster, namespace, "contested", IMAGE_1)
+        started = datetime.datetime.now(datetime.UTC)
+        # When someone scales its Deployment to 5 while another writer edits it non-stop
+        with DeploymentEditor(kube_cluster, namespace, "contested") as editor:
+            kube_cluster.kubectl("scale", "deploy", "contested", "-n", namespace, "--replicas=5")
+            kubecluster.poll_until(
+                "a replicas write of the operator answered 409",
+                lambda: [
+                    e
+                    for e in writes_by(kube_cluster, operator.process.pid, since=started)
+                    if (e.get("responseStatus") or {}).get("code") == 409
+                ],
+                bool,
+                timeout_seconds=45,
+                interval=0.5,
+            )
+        assert editor.writes > 10
+        # Then the operator read again, decided again, and the Deployment ends at 2
+        kubecluster.poll_until(
+            "the Deployment back at 2 replicas",
+            lambda: kube_cluster.fetch_json("deploy", "contested", "-n", namespace)["spec"],
+            lambda spec: spec["replicas"] == 2,  # type: ignore[index]
+            timeout_seconds=30,
+        )
+        assert "ReconcileFailed" not in reasons_of(kube_cluster, namespace, "contested")
+    finally:
         operator.stop()
