@@ -10,7 +10,8 @@ the site), in docs/*.md, the README and the chart's README. In a fenced package 
 ``worker_runtime/   ...`` followed by entries indented two spaces, ``  keys.py   THE key
 schema``), every entry must exist under its folder and every module and sub-package of the
 folder must be listed. A ``make TARGET`` in inline code or a fenced block must name a target of
-the Makefile.
+the Makefile. The comments and docstrings of the repository's Python files are held to the
+first rule too (:func:`find_stale_code_references`): a path they name must exist.
 
 A word counts as a repository path when its first segment is a top-level folder of the
 repository (not a build output such as dist/) and it names a file (it has a suffix such as
@@ -22,9 +23,12 @@ Usage: ``python scripts/check_doc_paths.py [REPO]``; exit 1 lists each stale ref
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import io
 import re
 import sys
+import tokenize
 from pathlib import Path
 
 # Folders made by builds and tools: a path under them is an output, not a source file.
@@ -40,6 +44,9 @@ MAKE_TARGET = re.compile(r"^([a-z][a-z0-9-]*)\s*:(?!=)", re.MULTILINE)
 TREE_ROOT = re.compile(r"^([\w.-]+/(?:[\w.-]+/)*)(?:\s|$)")
 TREE_ENTRY = re.compile(r"^  (\S.*?)(?:\s{2,}|$)")
 FILE_NAMES_WITHOUT_SUFFIX = frozenset({"Dockerfile", "Makefile"})
+# Python sources whose comments and docstrings are checked: the repository's own code.
+CODE_ROOTS = ("worker_runtime", "operator", "tests", "bench", "scripts", "examples")
+NOT_CODE = frozenset({"node_modules", ".venv", "__pycache__"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +78,8 @@ def looks_like_repo_path(word: str, top_dirs: frozenset[str]) -> bool:
 
 def words_of(text: str) -> list[str]:
     # Backticks and trailing punctuation belong to the markdown or the sentence, not the path.
-    return [w.strip("`.,;:()'\"|") for w in text.split()]
+    # A possessive ("tests/conftest.py's RedisServer") names the path before it.
+    return [w.strip("`.,;:()'\"|").removesuffix("'s") for w in text.split()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,13 +208,46 @@ def check_lines(
     return stale
 
 
+def prose_of_python(source: str) -> list[tuple[int, str]]:
+    """(line, text) of every comment and docstring of a Python source: where prose lives."""
+    out: list[tuple[int, str]] = []
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            out.append((tok.start[0], tok.string))
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                doc = body[0].value.value
+                if isinstance(doc, str):
+                    out += [(body[0].lineno + i, line) for i, line in enumerate(doc.splitlines())]
+    return out
+
+
+def find_stale_code_references(repo: Path) -> list[StaleReference]:
+    """Every repository path named in a comment or docstring of the code that does not exist."""
+    top_dirs = frozenset(
+        p.name for p in repo.iterdir() if p.is_dir() and p.name not in BUILD_OUTPUTS
+    )
+    stale: list[StaleReference] = []
+    for root in CODE_ROOTS:
+        for source in sorted((repo / root).rglob("*.py")) if (repo / root).is_dir() else []:
+            if NOT_CODE & set(source.relative_to(repo).parts):
+                continue
+            for number, text in prose_of_python(source.read_text()):
+                for word in words_of(text):
+                    if looks_like_repo_path(word, top_dirs) and not exists(repo, word):
+                        stale.append(StaleReference(source.relative_to(repo), number, word))
+    return stale
+
+
 def main(argv: list[str]) -> int:
     repo = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent
-    stale = find_stale_references(repo)
+    stale = find_stale_references(repo) + find_stale_code_references(repo)
     for ref in stale:
         print(f"stale reference: {ref}", file=sys.stderr)
     if stale:
-        print(f"{len(stale)} stale reference(s) in the docs", file=sys.stderr)
+        print(f"{len(stale)} stale reference(s) in the docs and code", file=sys.stderr)
         return 1
     print(f"doc paths: {len(docs_to_check(repo))} pages checked, no stale reference")
     return 0

@@ -1,9 +1,9 @@
 """Private rabbitmq-server processes for the tests: one broker per instance, on loopback only.
 
-Used by the RabbitMQ fixtures (``tests/worker_runtime/brokers/rabbitmq/conftest.py`` and the
-contract suite). Each :class:`RabbitMQServer` has its own Erlang node name, AMQP, management
-and distribution ports, and its own mnesia/log directories, so brokers of parallel tests never
-meet each other or a system broker.
+Used by the RabbitMQ fixtures (``rabbitmq_server``/``rabbitmq_factory`` in tests/conftest.py, the
+contract suite's among them). Each :class:`RabbitMQServer` has its own Erlang node name, AMQP,
+management and distribution ports, and its own mnesia/log directories, so brokers of parallel tests
+never meet each other or a system broker.
 
 Facts of Debian's package this works with (3.10, Erlang 25):
 
