@@ -171,6 +171,15 @@ class Bed:
         self._producer = threading.Thread(target=self._produce, name="chaos-producer", daemon=True)
         self._producer.start()
 
+    def build_batches(self) -> tuple[list[list[tuple[dict[str, Any], int]]], float]:
+        """The scenario's job payloads in enqueue batches, and the pause between batches."""
+        c = self.config
+        payloads = self.build_job_payloads(c.jobs)
+        batches = [
+            payloads[i : i + c.enqueue_batch] for i in range(0, len(payloads), c.enqueue_batch)
+        ]
+        return batches, c.enqueue_seconds / max(1, len(batches))
+
     def build_job_payloads(self, n: int) -> list[tuple[dict[str, Any], int]]:
         """``n`` job payloads with the scenario's mix, each with its number of failures."""
         c = self.config
@@ -246,11 +255,7 @@ class Bed:
         port = self.producer_proxy.port if self.producer_proxy is not None else self.server.port
         client = _producer_client(port, resends=c.producer_resends)
         try:
-            payloads = self.build_job_payloads(c.jobs)
-            batches = [
-                payloads[i : i + c.enqueue_batch] for i in range(0, len(payloads), c.enqueue_batch)
-            ]
-            pause = c.enqueue_seconds / max(1, len(batches))
+            batches, pause = self.build_batches()
             for batch in batches:
                 self.enqueue(batch, client)
                 time.sleep(pause)
@@ -556,6 +561,34 @@ class Bed:
         row = Row(self.config.name, verdict, self.kills, len(self.faults), seconds, test)
         ROWS.append(row)
         return row
+
+
+def run_bed(bed: Bed, faults: Callable[[Bed], None]) -> history.Verdict:
+    """Run one scenario's bed to its end, record its row, and assert every promise held."""
+    config = bed.config
+    try:
+        bed.start()
+        bed.run_until_settled(faults)
+        bed.stop_workers()
+        verdict = bed.verdict()
+        timeline = bed.describe_jobs(verdict) if verdict.violations else ""
+    finally:
+        bed.close()
+    bed.record_row(verdict)
+    print(f"\n{config.name}: {verdict.describe()} kills={bed.kills} faults={len(bed.faults)}")
+    assert verdict.violations == 0, f"{verdict.describe()}\n{timeline}"
+    assert verdict.enqueued > 0 and verdict.completed > 0
+    return verdict
+
+
+def every(bed: Bed, seconds: float, act: Callable[[int], None], most: int) -> int:
+    """Call ``act(i)`` every ``seconds`` while the scenario is busy, at most ``most`` times."""
+    done = 0
+    while done < most and bed.busy():
+        time.sleep(seconds)
+        act(done)
+        done += 1
+    return done
 
 
 def _glob_escape(text: str) -> str:

@@ -49,29 +49,10 @@ def run_scenario(
     if server is None:
         server = redis_factory(**config.redis_config)
     bed = harness.Bed(config, server, tmp_path)
-    try:
-        bed.start()
-        bed.run_until_settled(faults)
-        bed.stop_workers()
-        verdict = bed.verdict()
-        timeline = bed.describe_jobs(verdict) if verdict.violations else ""
-    finally:
-        bed.close()
-    bed.record_row(verdict)
-    print(f"\n{config.name}: {verdict.describe()} kills={bed.kills} faults={len(bed.faults)}")
-    assert verdict.violations == 0, f"{verdict.describe()}\n{timeline}"
-    assert verdict.enqueued > 0 and verdict.completed > 0
-    return bed, verdict
+    return bed, harness.run_bed(bed, faults)
 
 
-def _every(bed: harness.Bed, seconds: float, act: Callable[[int], None], most: int) -> int:
-    """Call ``act(i)`` every ``seconds`` while the scenario is busy, at most ``most`` times."""
-    done = 0
-    while done < most and bed.busy():
-        time.sleep(seconds)
-        act(done)
-        done += 1
-    return done
+_every = harness.every
 
 
 # ---- worker faults ---------------------------------------------------------------------------

@@ -100,6 +100,8 @@ class RabbitMQServer:
                 f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
                 f"management.tcp.port = {self.management_port}\n"
                 "management.tcp.ip = 127.0.0.1\n"
+                # the management API's numbers are sampled: every 0.5 s, not 5 s, for tests
+                "collect_statistics_interval = 500\n"
             )
         os.chmod(self.dir, 0o755)
         for root, dirs, files in os.walk(self.dir):

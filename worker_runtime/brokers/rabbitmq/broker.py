@@ -14,11 +14,13 @@ How the contract maps onto AMQP:
   ``x-delivery-count``. Leases do not expire by time: ``renew`` keeps every delivery of the
   live connection. The broker's ``consumer_timeout`` (30 min by default) closes a channel
   whose delivery stays unacked longer; raise it for longer jobs.
-- **settling**: ``ack`` acks. ``retry``, ``dead_letter`` and ``release`` publish a new copy
-  (confirmed) with the job's state in headers and then ack the delivery, so a requeue never
-  spends the broker's delivery count and nothing waits in worker memory; a crash in between
-  leaves both copies (at-least-once, never lost). A settling call on a delivery of a closed
-  connection, or one already settled, returns False: the receipt names the connection.
+- **settling**: the consuming channel is transactional (``tx.select``). ``ack`` acks and
+  commits. ``retry``, ``dead_letter`` and ``release`` publish a new copy with the job's state
+  in headers and ack the delivery in one transaction, so a requeue never spends the broker's
+  delivery count, nothing waits in worker memory, and a worker killed half-way leaves the job
+  whole (neither the copy nor the ack): it comes back as a lost delivery, never twice. A
+  settling call on a delivery of a closed connection, or one already settled, returns False:
+  the receipt names the connection.
 - **poison**: before a job is handed out its deliveries (earlier copies + ``x-delivery-count``
   + this one) are checked against ``max_deliveries``; beyond it the job is dead-lettered with
   reason ``max_deliveries``. ``x-delivery-limit`` is the broker's backstop.
@@ -126,6 +128,18 @@ def decode_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
 
 def encode_history(history: list[dict[str, Any]]) -> str:
     return json.dumps(history[-HISTORY_KEEP:], separators=(",", ":"))
+
+
+def build_message(body: bytes, headers: dict[str, Any], message_id: str) -> aio_pika.Message:
+    """A persistent job message: the envelope JSON as body, the job's state in headers."""
+    return aio_pika.Message(
+        body,
+        headers=headers,
+        message_id=message_id,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        timestamp=time.time(),
+    )
 
 
 def decode_dead_letter(message: aio_pika.abc.AbstractIncomingMessage) -> base.DeadLetter:
@@ -269,6 +283,9 @@ class RabbitMQBroker:
         self._lock = asyncio.Lock()
         self._closed = False
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._transaction: aio_pika.abc.AbstractTransaction | None = None
+        self._consume_exchange: aio_pika.abc.AbstractExchange | None = None
+        self._settle_lock = asyncio.Lock()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -326,6 +343,8 @@ class RabbitMQBroker:
 
     async def _drop_connection(self) -> None:
         self._consuming = False
+        self._transaction = None
+        self._consume_exchange = None
         self._consume_channel = None
         self._publish_channel = None
         for buffer in self._buffers.values():
@@ -352,6 +371,10 @@ class RabbitMQBroker:
                 self._prefetch = max(1, count)
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=self._prefetch)
+            transaction = channel.transaction()
+            await transaction.select()
+            self._transaction = transaction
+            self._consume_exchange = channel.default_exchange
             generation = self._generation
             self._consumers = []
             for level in topology.LEVELS:
@@ -393,14 +416,7 @@ class RabbitMQBroker:
         channel = await self._ensure()
         async with translate_errors(operation):
             await channel.default_exchange.publish(
-                aio_pika.Message(
-                    body,
-                    headers=headers,
-                    message_id=message_id,
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    timestamp=time.time(),
-                ),
+                build_message(body, headers, message_id),
                 routing_key=routing_key,
                 mandatory=True,
             )
@@ -416,19 +432,51 @@ class RabbitMQBroker:
         operation: str,
     ) -> None:
         """Publish to the work queue of ``level``, or to the delay bucket its due time needs."""
+        routing_key, headers = await self._route_due(level, headers, due_at, operation)
+        await self._publish(routing_key, body, headers, message_id=message_id, operation=operation)
+
+    async def _route_due(
+        self, level: str, headers: dict[str, Any], due_at: float, operation: str
+    ) -> tuple[str, dict[str, Any]]:
+        """Where a job due at ``due_at`` goes (its level's queue or a delay bucket, declared),
+        and its headers with the due time."""
         headers = dict(headers)
         headers[topology.H_DUE_AT] = repr(due_at)
         bucket = topology.bucket_for(due_at - time.time())
         if bucket is None:
-            routing_key = topology.work_queue(self.queue, level)
-        else:
-            routing_key = topology.delay_queue(self.queue, level, bucket)
-            channel = await self._ensure()
-            async with translate_errors(operation):
-                await self._declare(
-                    channel, routing_key, topology.delay_queue_arguments(self.queue, level, bucket)
+            return topology.work_queue(self.queue, level), headers
+        routing_key = topology.delay_queue(self.queue, level, bucket)
+        channel = await self._ensure()
+        async with translate_errors(operation):
+            await self._declare(
+                channel, routing_key, topology.delay_queue_arguments(self.queue, level, bucket)
+            )
+        return routing_key, headers
+
+    async def _settle(
+        self,
+        message: aio_pika.abc.AbstractIncomingMessage,
+        operation: str,
+        publish: tuple[str, bytes, dict[str, Any], str] | None = None,
+    ) -> None:
+        """Ack ``message``, and publish ``publish`` (routing key, body, headers, message id) in
+        the same transaction: the consuming channel is transactional, so a worker killed
+        half-way leaves neither the new copy nor the ack (the job comes back whole, counted as
+        a lost delivery), never both. One settle at a time: a commit covers everything sent
+        on the channel before it."""
+        async with self._settle_lock, translate_errors(operation):
+            if self._transaction is None or message.channel.is_closed:
+                raise errors.BrokerUnavailable(
+                    f"the channel of this delivery is closed ({operation})", operation=operation
                 )
-        await self._publish(routing_key, body, headers, message_id=message_id, operation=operation)
+            if publish is not None:
+                assert self._consume_exchange is not None
+                routing_key, body, headers, message_id = publish
+                await self._consume_exchange.publish(
+                    build_message(body, headers, message_id), routing_key=routing_key
+                )
+            await message.ack()
+            await self._transaction.commit()
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -554,10 +602,8 @@ class RabbitMQBroker:
         if due_at is not None and topology.bucket_for(due_at - now) is not None:
             # a delay longer than its bucket: one more hop, no delivery counted
             copy = self._copy_headers(headers, deliveries=deliveries - 1, lost=lost)
-            await self._publish_due(
-                level, message.body, copy, message_id=env.id, due_at=due_at, operation="fetch"
-            )
-            await self._ack_message(held)
+            routing_key, copy = await self._route_due(level, copy, due_at, "fetch")
+            await self._settle(message, "fetch", (routing_key, message.body, copy, env.id))
             return None
         if deliveries > self.options.max_deliveries:
             await self._dead_letter_held(
@@ -624,10 +670,6 @@ class RabbitMQBroker:
             return None
         return held
 
-    async def _ack_message(self, held: _Held) -> None:
-        async with translate_errors("ack"):
-            await held.message.ack()
-
     def _copy_headers(
         self, headers: dict[str, Any], *, deliveries: int, lost: int
     ) -> dict[str, Any]:
@@ -647,7 +689,7 @@ class RabbitMQBroker:
         if held is None:
             return False
         del self._held[delivery.receipt]
-        await self._ack_message(held)
+        await self._settle(held.message, "ack")
         return True
 
     def _record(self, held: _Held, failure: base.Failure, *, attempt: int) -> dict[str, Any]:
@@ -680,15 +722,13 @@ class RabbitMQBroker:
         headers[topology.H_LAST_DELAY] = repr(max(0.0, delay_seconds))
         del self._held[delivery.receipt]
         self._remember_delay(delivery.id, max(0.0, delay_seconds))
-        await self._publish_due(
+        routing_key, headers = await self._route_due(
             str(delivery.envelope.priority),
-            held.body,
             headers,
-            message_id=delivery.id,
-            due_at=time.time() + max(0.0, delay_seconds),
-            operation="retry",
+            time.time() + max(0.0, delay_seconds),
+            "retry",
         )
-        await self._ack_message(held)
+        await self._settle(held.message, "retry", (routing_key, held.body, headers, delivery.id))
         return True
 
     async def _dead_letter_held(
@@ -724,14 +764,8 @@ class RabbitMQBroker:
         headers[topology.H_WORKER] = (
             failure.worker_id if failure is not None and failure.worker_id else worker_id
         )
-        await self._publish(
-            topology.dead_queue(self.queue),
-            held.body,
-            headers,
-            message_id=held.delivery.id,
-            operation="dead_letter",
-        )
-        await self._ack_message(held)
+        publish = (topology.dead_queue(self.queue), held.body, headers, held.delivery.id)
+        await self._settle(held.message, "dead_letter", publish)
 
     async def dead_letter(
         self,
@@ -761,14 +795,8 @@ class RabbitMQBroker:
             held.headers, deliveries=held.delivery.deliveries - 1, lost=held.delivery.lost
         )
         headers.pop(topology.H_DUE_AT, None)
-        await self._publish(
-            topology.work_queue(self.queue, str(delivery.envelope.priority)),
-            held.body,
-            headers,
-            message_id=delivery.id,
-            operation="release",
-        )
-        await self._ack_message(held)
+        routing_key = topology.work_queue(self.queue, str(delivery.envelope.priority))
+        await self._settle(held.message, "release", (routing_key, held.body, headers, delivery.id))
         return True
 
     async def release_buffered(self) -> int:
@@ -787,15 +815,9 @@ class RabbitMQBroker:
                     deliveries=_int_header(headers, topology.H_DELIVERIES),
                     lost=_int_header(headers, topology.H_LOST) + redelivered,
                 )
-                await self._publish(
-                    topology.work_queue(self.queue, level),
-                    message.body,
-                    copy,
-                    message_id=message.message_id or "",
-                    operation="release",
-                )
-                async with translate_errors("release"):
-                    await message.ack()
+                routing_key = topology.work_queue(self.queue, level)
+                publish = (routing_key, message.body, copy, message.message_id or "")
+                await self._settle(message, "release", publish)
                 released += 1
         return released
 
@@ -1058,5 +1080,7 @@ class RabbitMQBroker:
         if self._alive():
             with contextlib.suppress(errors.BrokerError):
                 await self.release_buffered()
-        self._closed = True
-        await self._drop_connection()
+        # settling calls already made finish first (the lock serves its waiters in order)
+        async with self._settle_lock:
+            self._closed = True
+            await self._drop_connection()

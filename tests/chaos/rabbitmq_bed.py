@@ -1,0 +1,182 @@
+"""The fault suite's bed on RabbitMQ: a private rabbitmq-server, workers on ``amqp://``.
+
+Used by tests/chaos/test_rabbitmq_scenarios.py. It is tests/chaos/harness.py's :class:`Bed`
+with the broker-specific parts replaced: the server is a private node (tests/support/
+rabbitmq_server.py) that can be SIGKILLed and restarted in place; the producer thread enqueues
+through the RabbitMQ broker itself (publisher confirms) and logs whether RabbitMQ answered; the
+jobs still live are read from the management API (ready + unacknowledged in the work queues
+and the delay buckets) and the dead letters from the DLQ itself. Workers on RabbitMQ write no
+heartbeats, so a worker serves once it logged ``worker started``; RabbitMQ keeps no done
+markers, so no job asks for one. The verdict is the same history checker's
+(tests/chaos/history.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from tests.chaos import harness, history
+from tests.support import rabbitmq_server
+from tests.worker_runtime import workerproc
+from worker_runtime import envelope, errors
+from worker_runtime.brokers import base
+from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
+
+
+class RabbitMQSlot(harness.Slot):
+    """A worker position whose worker logs at info (``worker started`` says it serves)."""
+
+    def spawn(self) -> workerproc.WorkerProc:
+        c = self.bed.config
+        proc = workerproc.WorkerProc(
+            self.bed.server.url,
+            self.bed.queue,
+            concurrency=c.concurrency,
+            lease_seconds=c.lease_seconds,
+            drain_timeout=c.drain_timeout,
+            extra_env={
+                "CHAOS_HISTORY_DIR": str(self.bed.dir),
+                "WORKERFLEET_RETRY_MAX_DELIVERIES": str(c.max_deliveries),
+                "WORKERFLEET_LOG_LEVEL": "info",
+            },
+            app=harness.APP,
+            log_dir=str(self.bed.dir),
+        )
+        self.bed.procs.append(proc)
+        return proc
+
+
+class RabbitMQBed(harness.Bed):
+    """One scenario on a private RabbitMQ: see the module docstring."""
+
+    server: rabbitmq_server.RabbitMQServer
+
+    def __init__(
+        self, config: harness.Config, server: rabbitmq_server.RabbitMQServer, directory: Path
+    ) -> None:
+        super().__init__(config, server, directory)
+
+    def _open(self) -> rabbitmq_broker.RabbitMQBroker:
+        c = self.config
+        options = base.QueueOptions(lease_seconds=c.lease_seconds, max_deliveries=c.max_deliveries)
+        return rabbitmq_broker.RabbitMQBroker(
+            self.server.url,
+            self.queue,
+            options,
+            management_port=self.server.management_port,
+        )
+
+    def start(self) -> None:
+        # the queues exist before any worker consumes from them
+        async def declare() -> None:
+            b = self._open()
+            try:
+                await b.count_dead_letters()
+            finally:
+                await b.close()
+
+        asyncio.run(declare())
+        self.slots = [RabbitMQSlot(self, i) for i in range(self.config.workers)]
+        self.wait_registered({s.pid for s in self.slots})
+        self._producer = threading.Thread(target=self._produce, name="chaos-producer", daemon=True)
+        self._producer.start()
+
+    # ---- producing -------------------------------------------------------------------------
+
+    def _produce(self) -> None:
+        try:
+            asyncio.run(self._produce_async())
+        except BaseException as exc:  # reported by run_until_settled
+            self._producer_error = exc
+
+    async def _produce_async(self) -> None:
+        b = self._open()
+        try:
+            batches, pause = self.build_batches()
+            for batch in batches:
+                requests = [
+                    base.EnqueueRequest(
+                        envelope=envelope.build_envelope("chaos", p, job_id=uuid.uuid4().hex)
+                    )
+                    for p, _ in batch
+                ]
+                t = time.time()
+                try:
+                    await b.enqueue_many(requests)
+                    answered = True
+                except errors.BrokerError:
+                    answered = False  # some may have gone in: the checker allows either
+                with self._lock:
+                    for request, (_, fails) in zip(requests, batch, strict=True):
+                        self.enqueues.append(
+                            history.Enqueue(request.envelope.id, t, answered, fails=fails)
+                        )
+                await asyncio.sleep(pause)
+        finally:
+            await b.close()
+
+    # ---- the server ------------------------------------------------------------------------
+
+    def kill_server(self, *, down_seconds: float) -> None:
+        """SIGKILL the node, keep it down a moment, restart it in place (same name, ports)."""
+        t0 = time.time()
+        self.server.kill()
+        self.kills += 1
+        time.sleep(down_seconds)
+        self.server.start()
+        # every connection died: each worker's unacked deliveries come back and run again
+        self.add_fault(
+            history.Fault("rabbitmq_kill", t0, time.time(), capacity=self.fleet_capacity())
+        )
+
+    # ---- reading the end -------------------------------------------------------------------
+
+    def live_jobs(self) -> int | None:
+        """Jobs in the work queues and delay buckets, ready or unacked (None while the
+        management API does not answer). Sampled every 0.5 s by RabbitMQ."""
+
+        async def read() -> base.QueueStats:
+            b = self._open()
+            try:
+                return await b.fetch_stats()
+            finally:
+                await b.close()
+
+        try:
+            stats = asyncio.run(read())
+        except errors.BrokerError:
+            return None
+        return stats.backlog + stats.in_flight + stats.future_delayed
+
+    def wait_registered(self, pids: set[int]) -> None:
+        """Wait (bounded) until these workers logged that they serve."""
+
+        def started() -> bool:
+            ready = {
+                p.pid
+                for p in self.procs
+                if any(r.get("msg") == "worker started" for r in p.log_records())
+            }
+            return pids <= ready
+
+        workerproc.wait_until(started, 60, f"workers {sorted(pids)} to start")
+
+    def read_final(self) -> history.Final:
+        """The dead letters as the DLQ holds them; no job is live (the bed waited for that)."""
+
+        async def read() -> list[base.DeadLetter]:
+            b = self._open()
+            try:
+                return await b.list_dead_letters(limit=1_000_000)
+            finally:
+                await b.close()
+
+        letters = asyncio.run(read())
+        dead: dict[str, tuple[str, float]] = {
+            x.job_id: (x.reason, x.dead_lettered_at) for x in letters
+        }
+        return history.Final(dead=dead, live=set(), acks=set())
