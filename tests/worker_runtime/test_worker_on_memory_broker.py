@@ -1,0 +1,224 @@
+"""The real Worker's retry, dead-letter and drain decisions, on the in-process memory broker.
+
+No Redis: the worker opens ``memory://NAME`` through the same ``open_broker`` it uses for
+every backend, and the test opens its own broker on the same NAME to enqueue jobs and read what
+happened to them (the broker's records: dead letters with their failure history, completed
+counts, what is back in the queue), so each decision is proven in well under a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from worker_runtime import App, Backoff, JobContext, Reject, Retry, RetryLater, brokers, config
+from worker_runtime import envelope as envelope_mod
+from worker_runtime import worker as worker_mod
+from worker_runtime.brokers import base
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def store_url() -> str:
+    """A fresh in-process queue store per test (brokers on one URL share their jobs)."""
+    return f"memory://worker-logic-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def probe(store_url: str) -> AsyncIterator[Any]:
+    """The test's own view of the queue: enqueue, and read the broker's records."""
+    broker = await brokers.open_broker(store_url, "jobs")
+    yield broker
+    await broker.close()
+
+
+def _settings(store_url: str, **overrides: Any) -> config.WorkerSettings:
+    values: dict[str, Any] = {
+        "redis_url": store_url,
+        "queue": "jobs",
+        "metrics_port": 0,
+        "concurrency": 4,
+        "retry_backoff_base_seconds": 0.01,
+        "retry_backoff_jitter": "none",
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return config.WorkerSettings(**values)
+
+
+async def _enqueue(broker: Any, task: str, payload: dict[str, Any] | None = None) -> str:
+    env = envelope_mod.build_envelope(task, payload or {})
+    result = await broker.enqueue(base.EnqueueRequest(envelope=env))
+    return str(result.job_id)
+
+
+async def _until(check: Callable[[], Any], seconds: float, what: str) -> None:
+    for _ in range(int(seconds / 0.01)):  # bounded
+        if await check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def _run_until(w: worker_mod.Worker, check: Callable[[], Any], what: str) -> None:
+    run = asyncio.create_task(w.run())
+    try:
+        await _until(check, 10.0, what)
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_at_max_attempts(
+    store_url: str, probe: Any
+) -> None:
+    # Given a task that always fails, allowed three attempts
+    app = App(queue="jobs")
+    attempts: list[int] = []
+
+    @app.task("flaky", retry=Retry(max_attempts=3))
+    async def flaky(payload: dict[str, Any], ctx: JobContext) -> None:
+        attempts.append(ctx.attempt)
+        raise RuntimeError(f"boom {ctx.attempt}")
+
+    job_id = await _enqueue(probe, "flaky")
+    w = worker_mod.Worker(app, _settings(store_url), install_signal_handlers=False)
+
+    # When the worker runs until the job is in the dead-letter queue
+    async def dead() -> bool:
+        return await probe.show_dead_letter(job_id) is not None
+
+    await _run_until(w, dead, "the dead letter")
+
+    # Then it ran three times, and its dead letter says why with every failure in order
+    assert attempts == [1, 2, 3]
+    letter = await probe.show_dead_letter(job_id)
+    assert letter.reason == "max_attempts"
+    assert letter.attempts == 3
+    assert [r.message for r in letter.history] == ["boom 1", "boom 2", "boom 3"]
+    stats = await probe.fetch_stats()
+    assert (stats.backlog, stats.in_flight, stats.completed_total) == (0, 0, 0)
+
+
+async def test_reject_dead_letters_at_once_and_retry_later_runs_again_then_completes(
+    store_url: str, probe: Any
+) -> None:
+    # Given one task that rejects its job and one that asks to be retried once
+    app = App(queue="jobs")
+    runs: list[str] = []
+
+    @app.task("refuse", retry=Retry(max_attempts=5))
+    async def refuse(payload: dict[str, Any]) -> None:
+        runs.append("refuse")
+        raise Reject("bad input")
+
+    @app.task("later", retry=Retry(max_attempts=5))
+    async def later(payload: dict[str, Any], ctx: JobContext) -> None:
+        runs.append(f"later {ctx.attempt}")
+        if ctx.attempt == 1:
+            raise RetryLater(0.05)
+
+    rejected = await _enqueue(probe, "refuse")
+    await _enqueue(probe, "later")
+    w = worker_mod.Worker(app, _settings(store_url), install_signal_handlers=False)
+
+    # When the worker runs until the retried job completed
+    async def settled() -> bool:
+        stats = await probe.fetch_stats()
+        return bool(stats.completed_total == 1 and stats.dead_letter == 1)
+
+    await _run_until(w, settled, "one completed job and one dead letter")
+
+    # Then the rejected job ran once and went to the DLQ as non-retryable; the other ran twice
+    assert sorted(runs) == ["later 1", "later 2", "refuse"]
+    letter = await probe.show_dead_letter(rejected)
+    assert letter.reason == "non_retryable" and letter.attempts == 1
+    assert [r.error_type for r in letter.history] == ["Reject"]
+
+
+class _DeadLetterEverything:
+    """A replacement policy: no retries at all, whatever the task says."""
+
+    max_deliveries = 5
+
+    async def decide(
+        self, job: base.Delivery, spec: Any, exc: BaseException
+    ) -> worker_mod.DeadLetter:
+        return worker_mod.DeadLetter(base.DeadLetterReason.NON_RETRYABLE)
+
+
+async def test_a_replacement_retry_policy_decides_instead_of_the_default_matrix(
+    store_url: str, probe: Any
+) -> None:
+    # Given a task the default matrix would retry five times, and a policy that never retries
+    app = App(queue="jobs")
+    attempts: list[int] = []
+
+    @app.task("fails", retry=Retry(max_attempts=5, backoff=Backoff(base_seconds=0.01)))
+    async def fails(payload: dict[str, Any], ctx: JobContext) -> None:
+        attempts.append(ctx.attempt)
+        raise RuntimeError("once is enough")
+
+    job_id = await _enqueue(probe, "fails")
+    w = worker_mod.Worker(
+        app, _settings(store_url), install_signal_handlers=False, policy=_DeadLetterEverything()
+    )
+
+    # When the worker runs until the job is dead-lettered
+    async def dead() -> bool:
+        return await probe.show_dead_letter(job_id) is not None
+
+    await _run_until(w, dead, "the dead letter")
+
+    # Then the policy's decision was applied after the first attempt
+    assert attempts == [1]
+    letter = await probe.show_dead_letter(job_id)
+    assert letter.reason == "non_retryable" and letter.attempts == 1
+
+
+async def test_drain_lets_a_quick_job_finish_and_releases_a_slow_one_without_spending_an_attempt(
+    store_url: str, probe: Any
+) -> None:
+    # Given a worker with a three-second drain budget (two to wait) running a quick and a slow job
+    app = App(queue="jobs")
+    started: list[str] = []
+    quick_may_finish = asyncio.Event()
+
+    @app.task("quick")
+    async def quick(payload: dict[str, Any]) -> None:
+        started.append("quick")
+        await quick_may_finish.wait()
+
+    @app.task("slow")
+    async def slow(payload: dict[str, Any]) -> None:
+        started.append("slow")
+        await asyncio.sleep(60)
+
+    await _enqueue(probe, "quick")
+    slow_id = await _enqueue(probe, "slow")
+    w = worker_mod.Worker(
+        app, _settings(store_url, drain_timeout_seconds=3.0), install_signal_handlers=False
+    )
+    run = asyncio.create_task(w.run())
+
+    async def both_running() -> bool:
+        return len(started) == 2
+
+    await _until(both_running, 10.0, "both jobs to start")
+
+    # When the drain starts and the quick job finishes during it
+    w.request_drain()
+    quick_may_finish.set()
+    assert await asyncio.wait_for(run, 10) == 0
+
+    # Then the quick job completed, and the slow one is back in the queue, no attempt spent
+    stats = await probe.fetch_stats()
+    assert (stats.completed_total, stats.in_flight, stats.backlog) == (1, 0, 1)
+    assert stats.dead_letter == 0 and stats.retried_total == 0
+    [again] = await probe.fetch("checker", 1)
+    assert again.id == slow_id and again.attempts == 0
