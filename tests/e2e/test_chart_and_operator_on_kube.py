@@ -95,8 +95,11 @@ def test_the_operator_turns_a_workerpool_into_running_pods_and_reports_ready(
         lambda words: words[12:16] == ["ready", "True", "2", "2"],
         timeout_seconds=60,
     )
-    assert table[:7] == ["NAME", "READY", "REPLICAS", "DESIRED", "BACKLOG", "DLQ", "AGE"]
-    assert table[11:13] == ["0", "0"]  # backlog and dead letters of the empty queue
+    header, row = table[:12], table[12:]
+    columns = "NAME READY REPLICAS DESIRED MIN MAX BACKLOG IN-FLIGHT OLDEST DLQ PAUSED AGE"
+    assert header == columns.split()
+    # backlog and dead letters of the empty queue; not paused
+    assert [row[header.index(c)] for c in ("BACKLOG", "DLQ", "PAUSED")] == ["0", "0", "False"]
     assert operator.forbidden_lines() == []
 
 
