@@ -238,6 +238,45 @@ async def test_purge_deletes_the_dead_letters_it_names_and_only_those(
         await broker.purge_dead_letters()
 
 
+@pytest.mark.needs("dead_letter_by_id")
+async def test_dead_letters_are_listed_newest_first_a_page_at_a_time(
+    contract: support.Contract,
+) -> None:
+    # Given three jobs dead-lettered one after the other
+    broker = await contract.open()
+    order = []
+    for _ in range(3):
+        [res] = await broker.enqueue_many([request()])
+        [d] = await broker.fetch("w1", 1)
+        await broker.dead_letter(d, "non_retryable")
+        order.append(res.job_id)
+        await contract.advance(0.01)
+    # When they are listed two per page
+    first = await broker.list_dead_letters(offset=0, limit=2)
+    second = await broker.list_dead_letters(offset=2, limit=2)
+    # Then the newest comes first and the pages do not overlap
+    assert [d.job_id for d in first + second] == order[::-1]
+
+
+@pytest.mark.needs("dead_letter_by_id")
+async def test_purge_by_age_deletes_only_the_dead_letters_older_than_it_says(
+    contract: support.Contract,
+) -> None:
+    # Given one dead letter from half a second ago and one from now
+    broker = await contract.open()
+    ids = [r.job_id for r in await broker.enqueue_many([request(), request()])]
+    old, new = await broker.fetch("w1", 2)
+    await broker.dead_letter(old, "non_retryable")
+    await contract.advance(0.5)
+    await broker.dead_letter(new, "non_retryable")
+    # When dead letters older than 0.3 s are purged
+    purged = await broker.purge_dead_letters(older_than_seconds=0.3)
+    # Then only the old one went
+    assert purged == 1
+    assert [d.job_id for d in await broker.list_dead_letters()] == [new.id]
+    assert set(ids) == {old.id, new.id}
+
+
 @pytest.mark.needs("lease_expiry", "fenced_receipts")
 async def test_an_expired_lease_goes_to_another_worker_and_fences_the_first(
     contract: support.Contract,
