@@ -9,13 +9,24 @@ counts, what is back in the queue), so each decision is proven in well under a s
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from worker_runtime import App, Backoff, JobContext, Reject, Retry, RetryLater, brokers, config
+from worker_runtime import (
+    App,
+    Backoff,
+    JobContext,
+    Reject,
+    Retry,
+    RetryLater,
+    brokers,
+    config,
+    errors,
+)
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import worker as worker_mod
 from worker_runtime.brokers import base
@@ -222,3 +233,44 @@ async def test_drain_lets_a_quick_job_finish_and_releases_a_slow_one_without_spe
     assert stats.dead_letter == 0 and stats.retried_total == 0
     [again] = await probe.fetch("checker", 1)
     assert again.id == slow_id and again.attempts == 0
+
+
+async def test_a_worker_started_while_its_broker_is_unreachable_waits_for_it_then_works(
+    store_url: str, probe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker that cannot be opened for its first four attempts (a RabbitMQ or SQS
+    # endpoint still down when the pod starts), from the job loop and the control thread alike
+    real_open = brokers.open_broker
+    lock = threading.Lock()
+    calls: list[str] = []
+
+    async def flaky_open(url: str, queue: str, **kwargs: Any) -> Any:
+        with lock:
+            calls.append(threading.current_thread().name)
+            refuse = len(calls) <= 4
+        if refuse:
+            raise errors.BrokerUnavailable("connection refused", operation="open")
+        return await real_open(url, queue, **kwargs)
+
+    monkeypatch.setattr(brokers, "open_broker", flaky_open)
+    app = App(queue="jobs")
+    done: list[str] = []
+
+    @app.task("work")
+    async def work(payload: dict[str, Any]) -> None:
+        done.append("work")
+
+    await _enqueue(probe, "work")
+    w = worker_mod.Worker(app, _settings(store_url), install_signal_handlers=False)
+
+    # When the worker starts anyway
+    async def completed_and_beating() -> bool:
+        stats = await probe.fetch_stats()
+        return bool(stats.completed_total == 1 and stats.workers)
+
+    await _run_until(w, completed_and_beating, "the job done and a heartbeat")
+
+    # Then both of its connections kept trying until the broker answered, and the job ran once
+    assert done == ["work"]
+    assert len(calls) >= 6
+    assert {"wf-control", "MainThread"} <= set(calls)

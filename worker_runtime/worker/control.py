@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from worker_runtime import brokers, health, logs
+from worker_runtime import health, logs
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import eviction
 from worker_runtime.worker import transient
@@ -128,19 +128,18 @@ class ControlThread(threading.Thread):
             log.error(warning, extra={"maxmemory_policy": policy})
         self._reported_policy = policy
 
+    def _opening_failed(self, exc: BaseException) -> None:
+        self.worker.metrics.redis_error("connect")
+        log.warning(
+            "cannot open the broker for renewals; retrying",
+            extra={"error": transient.describe(exc)},
+        )
+
     async def _main(self) -> None:
         w = self.worker
         self._loop = asyncio.get_running_loop()
         self._wake_event = asyncio.Event()
         interval = w.settings.heartbeat_interval_seconds
-        # Its own connection, with a short reply timeout: a renewal must not wait behind the
-        # job loop's blocking fetch.
-        q = await brokers.open_broker(
-            w.settings.redis_url,
-            w.queue_name,
-            options=w.options,
-            socket_timeout=max(0.5, min(5.0, interval)),
-        )
         if w.settings.metrics_port:
             self.server = health.HealthServer(
                 w.health, w.metrics, w.settings.metrics_host, w.settings.metrics_port
@@ -153,8 +152,20 @@ class ControlThread(threading.Thread):
         self.started_event.set()
         failures = 0
         next_policy_check = 0.0
+        q: base.Broker | None = None
         try:
-            while not self._stopping:
+            # Its own connection, with a short reply timeout: a renewal must not wait behind the
+            # job loop's blocking fetch.
+            q = await transient.open_until_ready(
+                w.settings.redis_url,
+                w.queue_name,
+                options=w.options,
+                settings={"socket_timeout": max(0.5, min(5.0, interval))},
+                on_error=self._opening_failed,
+                stopped=lambda: self._stopping,
+                wake=self._wake_event,
+            )
+            while q is not None and not self._stopping:
                 try:
                     result = await q.renew(
                         w.worker_id, self.snapshot_jobs(), heartbeat=self.build_beat()
@@ -184,5 +195,6 @@ class ControlThread(threading.Thread):
         finally:
             if self.server is not None:
                 await self.server.stop()
-            with contextlib.suppress(*transient.BROKER_ERRORS):
-                await q.close()
+            if q is not None:
+                with contextlib.suppress(*transient.BROKER_ERRORS):
+                    await q.close()

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, brokers, config, health, logs, metrics
+from worker_runtime import backoff, config, health, logs, metrics
 from worker_runtime.brokers import base
 from worker_runtime.worker import control as control_mod
 from worker_runtime.worker import drain as drain_mod
@@ -143,37 +143,41 @@ class Worker:
                 loop.add_signal_handler(sig, self.request_drain, int(sig))
             while (early := signals.take_early_signal()) is not None:
                 self.request_drain(early)
-        # No automatic re-send on this connection: a fetch whose reply was lost must not run
-        # again blindly (its jobs would be held by nobody); the fetch loop retries and adopts.
-        self.q = await brokers.open_broker(
-            self.settings.redis_url,
-            self.queue_name,
-            options=self.options,
-            socket_timeout=fetching.FETCH_BLOCK_SECONDS + 5.0,
-            retries=0,
-        )
-        self.app.bind_broker(self.q)
         self.runner.open()
+        # Probes and heartbeats from now on, whatever the job loop's broker is doing.
         self.control = control_mod.ControlThread(self)
         self.control.start()
         ticker = asyncio.create_task(self._tick_forever())
         watchdog = asyncio.create_task(self.runner.watch_timeouts())
-        log.info(
-            "worker started",
-            extra={
-                "worker_id": self.worker_id,
-                "queue": self.queue_name,
-                "concurrency": self.concurrency,
-                "tasks": sorted(self.app.tasks),
-                "lease_seconds": self.settings.lease_seconds,
-            },
-        )
         try:
-            await self.fetcher.run()
-            if self.fetcher.unsure:  # jobs a failed fetch leased to us: adopt and release them
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.fetcher.adopt_orphans(), timeout=3.0)
-            await self.drainer.run()
+            # No automatic re-send on this connection: a fetch whose reply was lost must not run
+            # again blindly (its jobs would be held by nobody); the fetch loop retries and adopts.
+            self.q = await transient.open_until_ready(
+                self.settings.redis_url,
+                self.queue_name,
+                options=self.options,
+                settings={"socket_timeout": fetching.FETCH_BLOCK_SECONDS + 5.0, "retries": 0},
+                on_error=self._opening_failed,
+                stopped=lambda: self.draining,
+                wake=self.wake,
+            )
+            if self.q is not None:  # None: drained before the broker was ever reachable
+                self.app.bind_broker(self.q)
+                log.info(
+                    "worker started",
+                    extra={
+                        "worker_id": self.worker_id,
+                        "queue": self.queue_name,
+                        "concurrency": self.concurrency,
+                        "tasks": sorted(self.app.tasks),
+                        "lease_seconds": self.settings.lease_seconds,
+                    },
+                )
+                await self.fetcher.run()
+                if self.fetcher.unsure:  # jobs a failed fetch leased to us: adopt, release them
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.fetcher.adopt_orphans(), timeout=3.0)
+                await self.drainer.run()
         finally:
             ticker.cancel()
             watchdog.cancel()
@@ -186,6 +190,10 @@ class Worker:
             extra={"worker_id": self.worker_id, "processed": self.processed},
         )
         return 0
+
+    def _opening_failed(self, exc: BaseException) -> None:
+        self.metrics.redis_error("connect")
+        log.warning("cannot open the broker; retrying", extra={"error": transient.describe(exc)})
 
     async def _tick_forever(self) -> None:
         # Proves to /healthz that the job loop's event loop is responsive (and exports what a

@@ -1,4 +1,4 @@
-"""Which errors of a broker call the worker survives by retrying with backoff.
+"""Which errors of a broker call the worker survives by retrying with backoff, and opening one.
 
 Imported by every room that talks to the broker (fetch loop, settler, drain, control thread).
 The broker maps its client library's exceptions onto :mod:`worker_runtime.errors` at its edge, so
@@ -7,7 +7,13 @@ this is the taxonomy, never a client's own classes.
 
 from __future__ import annotations
 
-from worker_runtime import errors
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from worker_runtime import brokers, errors
+from worker_runtime.brokers import base
 
 # A broker call the worker survives by retrying with backoff: no reply (connection dropped or
 # stalled, a restarted server still loading, a failover under way) or a refusal (a replica
@@ -24,3 +30,35 @@ def describe(exc: BaseException) -> str:
     """
     cause = exc.__cause__
     return repr(exc) if cause is None else f"{exc!r} from {cause!r}"
+
+
+async def open_until_ready(
+    url: str,
+    queue: str,
+    *,
+    options: base.QueueOptions,
+    settings: Mapping[str, Any],
+    on_error: Callable[[BaseException], None],
+    stopped: Callable[[], bool],
+    wake: asyncio.Event,
+) -> base.Broker | None:
+    """Open the broker, retrying with backoff while it is unreachable; None once ``stopped()``.
+
+    A broker that connects when opened (RabbitMQ, SQS) may be down when the worker starts: the
+    worker waits for it (``/healthz`` stays red meanwhile) instead of dying, as it does for a
+    broker that goes away later. A URL or setting that can never work still raises at once.
+    ``wake`` being set (a drain request) ends a wait early.
+    """
+    failures = 0
+    while not stopped():
+        try:
+            return await brokers.open_broker(url, queue, options=options, **settings)
+        except BROKER_ERRORS as exc:
+            failures += 1
+            on_error(exc)
+            wake.clear()
+            if stopped():
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), min(5.0, 0.1 * 2.0 ** min(failures, 6)))
+    return None
