@@ -220,3 +220,23 @@ def test_only_the_leader_reconciles_and_the_standby_takes_over_when_it_stops(
 def lease_holder(emulator: Emulator) -> str:
     found = emulator.get("leases", NAMESPACE, "workerfleet-operator", group="coordination.k8s.io")
     return str(((found or {}).get("spec") or {}).get("holderIdentity"))
+
+
+async def test_a_standby_reads_often_and_tries_right_when_the_lease_expires(
+    emulator: Emulator, kubeconfig: Path
+) -> None:
+    clock = FakeClock()
+    a, b = elector(kubeconfig, "a", clock), elector(kubeconfig, "b", clock)
+    try:
+        assert await a.try_acquire_or_renew()
+        assert not await b.try_acquire_or_renew()
+        # far from expiry: every half retry period (+ up to 10 %)
+        assert 1.0 <= b.standby_delay() <= 1.1
+        # close to expiry: no later than the expiry itself
+        clock.now += TIMING.lease_duration_seconds - 0.3
+        assert b.standby_delay() <= 0.31
+        clock.now += b.standby_delay()
+        assert await b.try_acquire_or_renew()
+    finally:
+        await a.client.close()
+        await b.client.close()
