@@ -285,7 +285,15 @@ class RabbitMQBroker:
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self._transaction: aio_pika.abc.AbstractTransaction | None = None
         self._consume_exchange: aio_pika.abc.AbstractExchange | None = None
-        self._settle_lock = asyncio.Lock()
+        self._settle_queue: list[
+            tuple[
+                aio_pika.abc.AbstractIncomingMessage,
+                str,
+                tuple[str, bytes, dict[str, Any], str] | None,
+                asyncio.Future[None],
+            ]
+        ] = []
+        self._flusher: asyncio.Future[None] | None = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -462,21 +470,45 @@ class RabbitMQBroker:
         """Ack ``message``, and publish ``publish`` (routing key, body, headers, message id) in
         the same transaction: the consuming channel is transactional, so a worker killed
         half-way leaves neither the new copy nor the ack (the job comes back whole, counted as
-        a lost delivery), never both. One settle at a time: a commit covers everything sent
-        on the channel before it."""
-        async with self._settle_lock, translate_errors(operation):
-            if self._transaction is None or message.channel.is_closed:
-                raise errors.BrokerUnavailable(
-                    f"the channel of this delivery is closed ({operation})", operation=operation
-                )
-            if publish is not None:
-                assert self._consume_exchange is not None
-                routing_key, body, headers, message_id = publish
-                await self._consume_exchange.publish(
-                    build_message(body, headers, message_id), routing_key=routing_key
-                )
-            await message.ack()
-            await self._transaction.commit()
+        a lost delivery), never both. Returns once committed.
+
+        Group commit: settles wait in a queue; one flusher writes every waiting settle's frames
+        and then one ``tx.commit`` for all of them (a commit takes a disk write on the
+        broker, so under load one covers a whole batch). Only the flusher writes on the
+        channel, so a commit never splits a settle's publish from its ack."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settle_queue.append((message, operation, publish, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_settles())
+        await done
+
+    async def _flush_settles(self) -> None:
+        while self._settle_queue:
+            batch, self._settle_queue = self._settle_queue, []
+            operation = batch[0][1]
+            try:
+                async with translate_errors(operation):
+                    if self._transaction is None:
+                        raise errors.BrokerUnavailable(
+                            f"the consuming channel is closed ({operation})", operation=operation
+                        )
+                    for message, _, publish, _ in batch:
+                        if publish is not None:
+                            assert self._consume_exchange is not None
+                            routing_key, body, headers, message_id = publish
+                            await self._consume_exchange.publish(
+                                build_message(body, headers, message_id), routing_key=routing_key
+                            )
+                        await message.ack()
+                    await self._transaction.commit()
+            except (errors.BrokerError, RuntimeError) as exc:
+                for _, _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for _, _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
 
     # -- producer side ---------------------------------------------------------------------
 
@@ -1080,7 +1112,9 @@ class RabbitMQBroker:
         if self._alive():
             with contextlib.suppress(errors.BrokerError):
                 await self.release_buffered()
-        # settling calls already made finish first (the lock serves its waiters in order)
-        async with self._settle_lock:
-            self._closed = True
-            await self._drop_connection()
+        # settling calls already made are committed first
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await self._flusher
+        self._closed = True
+        await self._drop_connection()
