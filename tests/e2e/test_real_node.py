@@ -80,6 +80,8 @@ def node_namespace(
             "pullPolicy": "Never",
         },
         "operator": {
+            # One pod on the one real node (the chart's default is two, elected).
+            "replicas": 1,
             "nodeSelector": dict([kubenode.REAL_NODE_LABEL]),
             "tolerations": [build_real_node_toleration()],
             # In-cluster config reads these; there is no Service proxy on this node, so they

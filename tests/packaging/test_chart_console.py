@@ -108,7 +108,15 @@ def test_the_network_policies_admit_people_to_the_console_and_the_console_to_red
     (ingress,) = console["spec"]["ingress"]
     assert ingress["ports"] == [{"port": 8080, "protocol": "TCP"}]
     egress_ports = sorted(p["port"] for rule in console["spec"]["egress"] for p in rule["ports"])
-    assert egress_ports == [53, 53, 443, 6379, 6443]  # DNS, Redis, the API server
+    assert egress_ports == [
+        53,
+        53,
+        443,
+        6379,
+        6443,
+        7000,
+        26379,
+    ]  # DNS, Redis + Sentinel + Cluster, API
     (redis_rule,) = policies["workerfleet-redis"]["spec"]["ingress"]
     components = {
         peer["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component")

@@ -156,8 +156,11 @@ def test_every_documented_operator_setting_reaches_something_the_operator_reads(
     # Given a setting that sits under a feature switch (peering.name), that switch turned on
     parent = functools.reduce(lambda d, k: d[k], path[:-1], DEFAULTS)
     switched = "enabled" in parent and path[-1] != "enabled"
+    base_values: dict[str, Any] = nest((*path[:-1], "enabled"), True) if switched else {}
+    if path == ("operator", "leaderElection", "enabled"):
+        base_values = {"operator": {"replicas": 1}}  # one replica may run unelected
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(nest((*path[:-1], "enabled"), True) if switched else {}))
+    base.write_text(yaml.safe_dump(base_values))
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(nest(path, change_value(default, schema))))
     # When only this value changes

@@ -47,7 +47,8 @@ def test_the_lease_role_lives_in_the_release_namespace_and_grants_only_the_lease
 
 
 def test_without_leader_election_there_is_no_lease_role(render: Render) -> None:
-    names = [r["metadata"]["name"] for r in of_kind(render("default"), "Role")]
+    off = ("--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=1")
+    names = [r["metadata"]["name"] for r in of_kind(render("default", *off), "Role")]
     assert not [n for n in names if n.endswith("-leader-election")]
 
 

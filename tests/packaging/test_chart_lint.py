@@ -54,11 +54,20 @@ def test_helm_lint_strict_is_clean_for_every_values_set(helm: str, values_set: s
             "at '/operator/securityContext/readOnlyRootFilesystem': value must be true",
         ),
         ({"image": {"digest": "sha256:short"}}, "at '/image/digest'"),
-        # kopf peering is not leader election: the per-pool loops of a paused peer keep writing
-        ({"operator": {"replicas": 2}}, "at '/operator/replicas'"),
+        # Two replicas need leader election (kopf peering is not: a paused peer's loops write)
         (
-            {"operator": {"replicas": 2, "peering": {"enabled": True}}},
-            "at '/operator/replicas'",
+            {"operator": {"replicas": 2, "leaderElection": {"enabled": False}}},
+            "at '/operator/leaderElection/enabled': value must be true",
+        ),
+        (
+            {
+                "operator": {
+                    "replicas": 2,
+                    "leaderElection": {"enabled": False},
+                    "peering": {"enabled": True},
+                }
+            },
+            "at '/operator/leaderElection/enabled': value must be true",
         ),
         (
             {"prometheusRule": {"disabledAlerts": ["NoSuchAlert"]}},
@@ -140,13 +149,15 @@ def test_unsafe_combinations_are_refused_with_the_reason(
     assert message in done.stderr, done.stderr
 
 
-def test_the_operator_runs_one_restricted_replica_with_probes_and_resources(render: Render) -> None:
+def test_the_operator_runs_restricted_elected_replicas_with_probes_and_resources(
+    render: Render,
+) -> None:
     (deployment,) = of_kind(render("default"), "Deployment")
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"]["type"] == "Recreate"
+    assert spec["replicas"] == 2  # elected (test_chart_availability.py)
+    assert spec["strategy"]["type"] == "RollingUpdate"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] >= 10000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -205,9 +216,12 @@ def test_the_crd_is_kept_on_uninstall_and_can_be_left_out(render: Render) -> Non
 
 def test_monitoring_objects_are_off_by_default_and_on_behind_their_flags(render: Render) -> None:
     # (ServiceMonitor and PodMonitor are alternatives: never both, see the schema test)
-    optional = ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "NetworkPolicy")
+    optional = ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap")
     default = render("default")
     assert [k for k in optional if of_kind(default, k)] == []
+    # The operator's own NetworkPolicy is on by default; the workers' and Redis' are opt-in.
+    policies = [p["metadata"]["name"] for p in of_kind(default, "NetworkPolicy")]
+    assert policies == ["workerfleet-operator"]
     monitoring = render("monitoring")
     assert [k for k in optional if not of_kind(monitoring, k)] == ["PodMonitor"]
     pod_monitor = render(
@@ -225,12 +239,27 @@ def test_monitoring_objects_are_off_by_default_and_on_behind_their_flags(render:
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
+# ci/monitoring-values.yaml: Redis, Sentinel and a Redis Cluster port range, in namespace redis.
+REDIS_PORTS = [
+    {"port": 6379, "protocol": "TCP"},
+    {"port": 26379, "protocol": "TCP"},
+    {"port": 7000, "endPort": 7005, "protocol": "TCP"},
+]
+REDIS_NAMESPACE = {
+    "namespaceSelector": {
+        "matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["redis"]}
+        ]
+    }
+}
+
+
 def test_the_network_policies_limit_redis_to_the_operator_and_the_workers(render: Render) -> None:
     policies = {p["metadata"]["name"]: p for p in of_kind(render("monitoring"), "NetworkPolicy")}
     redis = policies["workerfleet-redis"]
     assert redis["metadata"]["namespace"] == "redis"
     (rule,) = redis["spec"]["ingress"]
-    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    assert rule["ports"] == REDIS_PORTS
     sources = [peer["podSelector"] for peer in rule["from"]]
     assert {
         "matchLabels": {
@@ -244,7 +273,22 @@ def test_the_network_policies_limit_redis_to_the_operator_and_the_workers(render
     assert workers["metadata"]["namespace"] == "team-a"
     assert workers["spec"]["policyTypes"] == ["Ingress", "Egress"]
     egress_ports = sorted(p["port"] for rule in workers["spec"]["egress"] for p in rule["ports"])
-    assert egress_ports == [53, 53, 6379]  # DNS and Redis, nothing else by default
+    assert egress_ports == [53, 53, 6379, 7000, 26379]  # DNS and Redis, nothing else by default
+    # Redis, Sentinel and the Cluster ports, only towards the Redis namespace
+    (to_redis,) = [r for r in workers["spec"]["egress"] if r["ports"] == REDIS_PORTS]
+    assert to_redis["to"] == [REDIS_NAMESPACE]
+    (to_redis,) = [r for r in policies["workerfleet-operator"]["spec"]["egress"]
+                   if r["ports"] == REDIS_PORTS]  # fmt: skip
+    assert to_redis["to"] == [REDIS_NAMESPACE]
+
+
+def test_the_operators_redis_egress_is_open_on_the_redis_and_sentinel_ports_by_default(
+    render: Render,
+) -> None:
+    (policy,) = of_kind(render("default"), "NetworkPolicy")
+    ports = [[p["port"] for p in rule["ports"]] for rule in policy["spec"]["egress"]]
+    assert ports == [[53, 53], [6379, 26379], [443, 6443]]
+    assert all("to" not in rule for rule in policy["spec"]["egress"][1:])
 
 
 # ----------------------------------------------------------------------------- documentation

@@ -72,6 +72,11 @@ def is_user_role(role: Manifest) -> bool:
     return any(k.startswith(AGGREGATE) for k in role["metadata"].get("labels", {}))
 
 
+def is_lease_role(role: Manifest) -> bool:
+    """The (Role or RoleBinding) for the leader-election Lease (test_chart_leader_election.py)."""
+    return bool(role["metadata"]["name"].endswith("-leader-election"))
+
+
 def granted(manifests: list[Manifest], name: str | None = None) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) of every workload's (Cluster)Role, or of those called ``name``.
 
@@ -96,7 +101,10 @@ def test_the_rendered_rules_grant_exactly_the_permissions_the_operator_needs(
 ) -> None:
     args, cluster_wide, peering = MODES[mode]
     manifests = render(*args)
-    needed = rbac.build_permission_set(cluster_wide=cluster_wide, peering=peering)
+    # Leader election is on by default (two replicas): its Lease Role comes with every mode.
+    needed = rbac.build_permission_set(
+        cluster_wide=cluster_wide, peering=peering, leader_election=True
+    )
     have = granted(manifests)
     assert sorted(needed - have) == [], "missing"
     assert sorted(have - needed) == [], "beyond what the operator needs"
@@ -122,8 +130,9 @@ def test_a_namespaced_install_renders_roles_only_in_the_watched_namespaces(
     manifests = render(values_set)
     assert of_kind(manifests, "ClusterRoleBinding") == []
     assert all(is_user_role(r) for r in of_kind(manifests, "ClusterRole"))
-    roles = of_kind(manifests, "Role")
-    bindings = of_kind(manifests, "RoleBinding")
+    # (the leader-election Role for the Lease lives in the release namespace, in every mode)
+    roles = [r for r in of_kind(manifests, "Role") if not is_lease_role(r)]
+    bindings = [b for b in of_kind(manifests, "RoleBinding") if not is_lease_role(b)]
     assert sorted(r["metadata"]["namespace"] for r in roles) == namespaces
     assert sorted(b["metadata"]["namespace"] for b in bindings) == namespaces
     for binding in bindings:
@@ -188,7 +197,7 @@ def test_people_get_view_and_edit_roles_aggregated_into_the_builtin_ones(
 
 def test_a_cluster_wide_install_binds_the_cluster_role_to_the_operator_only(render: Render) -> None:
     manifests = render("cluster-wide")
-    assert of_kind(manifests, "Role") == []
+    assert [r for r in of_kind(manifests, "Role") if not is_lease_role(r)] == []
     (binding,) = of_kind(manifests, "ClusterRoleBinding")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "workerfleet-operator", "namespace": NAMESPACE}
