@@ -136,11 +136,14 @@ def test_the_namespaced_install_runs_the_operator_with_namespaced_rbac_only(
         if s.get("kind") == "ServiceAccount" and s.get("name") == ACCOUNT
     ]
     assert bound == []
-    roles = kube_cluster.kubectl(
+    bound_roles = kube_cluster.kubectl(
         "get", "rolebindings", "-A", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o",
-        "jsonpath={range .items[*]}{.metadata.namespace}{' '}{end}",
+        "jsonpath={range .items[*]}{.metadata.namespace}/{.roleRef.name}{' '}{end}",
     ).stdout.split()  # fmt: skip
-    assert roles == [POOLS]
+    # The operator's Role in the watched namespace, and the Lease Role in its own namespace.
+    assert sorted(bound_roles) == sorted(
+        [f"{RELEASE_NAMESPACE}/{ACCOUNT}-leader-election", f"{POOLS}/{ACCOUNT}"]
+    )
     for namespace, expected in ((POOLS, "yes"), ("default", "no")):
         can = kube_cluster.kubectl(
             "auth", "can-i", "list", "workerpools.workerfleet.io", "-n", namespace,
@@ -148,8 +151,15 @@ def test_the_namespaced_install_runs_the_operator_with_namespaced_rbac_only(
         )  # fmt: skip
         assert can.stdout.strip() == expected, (namespace, can.stdout, can.stderr)
     # When the real operator runs as that ServiceAccount on the watched namespace
+    # (elected, as the chart's Deployment runs it: the Lease in the release namespace)
+    election = {
+        "WORKERFLEET_OPERATOR_LEADER_ELECTION": "true",
+        "WORKERFLEET_OPERATOR_LEASE_NAME": f"{ACCOUNT}-leader",
+        "WORKERFLEET_OPERATOR_LEASE_NAMESPACE": RELEASE_NAMESPACE,
+        "WORKERFLEET_OPERATOR_LEADER_IDENTITY": "e2e-host-operator",
+    }
     operator = wf.start_operator(
-        kube_cluster, ACCOUNT, (POOLS,), tmp_path / "operator", account_namespace=RELEASE_NAMESPACE
+        kube_cluster, ACCOUNT, (POOLS,), tmp_path / "operator", election, RELEASE_NAMESPACE
     )
     try:
         pool = wf.build_pool(
@@ -166,6 +176,8 @@ def test_the_namespaced_install_runs_the_operator_with_namespaced_rbac_only(
         # And no request of the operator or of kopf was refused by RBAC
         assert operator.forbidden_lines() == []
         assert operator.process.poll() is None
+        lease = kube_cluster.fetch_json("lease", f"{ACCOUNT}-leader", "-n", RELEASE_NAMESPACE)
+        assert lease["spec"]["holderIdentity"] == "e2e-host-operator"  # type: ignore[index]
     finally:
         kube_cluster.kubectl("delete", "wp", "namespaced", "-n", POOLS, "--wait=true",
                              "--timeout=60s", check=False)  # fmt: skip
