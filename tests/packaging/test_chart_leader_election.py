@@ -61,13 +61,13 @@ def test_the_operator_gets_every_election_setting_under_a_name_it_reads(render: 
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     prefix = config_module.OperatorConfig.model_config["env_prefix"]
     fields = {
-        "leader_election", "lease_name", "lease_namespace", "leader_identity",
+        "leader_election", "lease_name", "lease_namespace",
         "lease_duration_seconds", "renew_deadline_seconds", "retry_period_seconds",
     }  # fmt: skip
     for name in fields:
         assert name in config_module.OperatorConfig.model_fields
         assert f"{prefix}{name}".upper() in env, name
     assert env["WORKERFLEET_OPERATOR_LEADER_ELECTION"]["value"] == "true"
-    identity = env["WORKERFLEET_OPERATOR_LEADER_IDENTITY"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert identity == "metadata.name"
+    # no fixed identity: hostname + a random suffix, so a restarted container is a new holder
+    assert "WORKERFLEET_OPERATOR_LEADER_IDENTITY" not in env
     assert env["WORKERFLEET_OPERATOR_LEASE_DURATION_SECONDS"]["value"] == "15"
