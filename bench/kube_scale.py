@@ -151,6 +151,8 @@ class ReadyWatch:
 
     def _record(self, kind: str, obj: dict[str, Any]) -> None:
         name = obj.get("metadata", {}).get("name", "")
+        if not name:
+            return  # not a WorkerPool (e.g. a Status object the server sent)
         conditions = (obj.get("status") or {}).get("conditions") or ()
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         with self._lock:
@@ -261,17 +263,21 @@ class RedisMonitor:
 
     def stop(self) -> None:
         self._stop.set()
+        # The monitor blocks reading the next command (a read timeout would break its
+        # connection): one PING of our own wakes it to see the flag; it is not counted.
+        with redis.Redis.from_url(self._url) as waker:
+            waker.ping()
         self._thread.join(10)
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self._url, socket_timeout=1.0)
+        client = redis.Redis.from_url(self._url)
         with client.monitor() as monitor:
             while not self._stop.is_set():
                 try:
                     seen = monitor.next_command()
-                except (redis.TimeoutError, TimeoutError):
-                    continue
                 except redis.ConnectionError:
+                    break
+                if self._stop.is_set():
                     break
                 name = str(seen.get("command", "")).split(" ", 1)[0].upper()
                 if seen.get("client_type") == "lua":

@@ -12,6 +12,7 @@ read, and a stopped pool's value is forgotten (:meth:`OperatorContext.release_un
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -53,6 +54,10 @@ class OperatorContext:
     fence: Callable[[], bool] | None = None
     client: kube.KubeClient | None = None
     pools: dict[PoolKey, PoolController] = field(default_factory=dict)
+    # (namespace, secret, key) -> the read on its way, awaited by every pool that asks meanwhile.
+    _secret_reads: dict[tuple[str, str, str], asyncio.Future[tuple[float, kube.SecretValue]]] = (
+        field(default_factory=dict)
+    )
     # (namespace, secret, key) -> (read at, value): pools sharing a Secret share one read.
     secrets: dict[tuple[str, str, str], tuple[float, kube.SecretValue]] = field(
         default_factory=dict
@@ -90,11 +95,24 @@ class OperatorContext:
         now = self.clock()
         if cached is not None and now - cached[0] < self.config.secret_cache_seconds:
             return cached
+        # One read at a time per Secret: pools asking while it is on its way wait for it
+        # (10,000 new pools sharing a Secret sent 13,452 GETs of it to a busy API server).
+        pending = self._secret_reads.get((namespace, name, key))
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_secret(namespace, name, key, now))
+            self._secret_reads[(namespace, name, key)] = pending
+        return await asyncio.shield(pending)
+
+    async def _read_secret(
+        self, namespace: str, name: str, key: str, now: float
+    ) -> tuple[float, kube.SecretValue]:
         try:
             value = await kube.fetch_secret_value(self.fetch_client(), namespace, name, key)
         except kube.SecretNotFoundError:
             self.secrets.pop((namespace, name, key), None)
             raise
+        finally:
+            self._secret_reads.pop((namespace, name, key), None)
         self.secrets[(namespace, name, key)] = (now, value)
         return now, value
 
