@@ -32,8 +32,9 @@ class RabbitMQSlot(harness.Slot):
 
     def spawn(self) -> workerproc.WorkerProc:
         c = self.bed.config
+        assert isinstance(self.bed, RabbitMQBed)
         proc = workerproc.WorkerProc(
-            self.bed.server.url,
+            self.bed.worker_url,
             self.bed.queue,
             concurrency=c.concurrency,
             lease_seconds=c.lease_seconds,
@@ -56,9 +57,16 @@ class RabbitMQBed(harness.Bed):
     server: rabbitmq_server.RabbitMQServer
 
     def __init__(
-        self, config: harness.Config, server: rabbitmq_server.RabbitMQServer, directory: Path
+        self,
+        config: harness.Config,
+        server: rabbitmq_server.RabbitMQServer,
+        directory: Path,
+        *,
+        queue_type: str = "quorum",
     ) -> None:
         super().__init__(config, server, directory)
+        self.queue_type = queue_type
+        self.worker_url = f"{server.url}?queue_type={queue_type}"
 
     def _open(self) -> rabbitmq_broker.RabbitMQBroker:
         c = self.config
@@ -68,6 +76,7 @@ class RabbitMQBed(harness.Bed):
             self.queue,
             options,
             management_port=self.server.management_port,
+            queue_type=self.queue_type,
         )
 
     def start(self) -> None:

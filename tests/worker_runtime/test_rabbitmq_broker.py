@@ -142,17 +142,25 @@ async def test_release_returns_a_job_without_spending_a_delivery_or_an_attempt(
     await rq.ack(again)
 
 
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_a_dead_workers_jobs_return_counted_and_poison_is_dead_lettered_before_it_runs(
-    rabbitmq_server: Any, rq_queue: str
+    rabbitmq_server: Any, rq_queue: str, queue_type: str
 ) -> None:
     # Given max_deliveries=3 and a job whose workers die holding it (connection closed unacked)
+    # (quorum: RabbitMQ counts the returns; classic: the broker counts each in a new copy)
     options = base.QueueOptions(max_deliveries=3)
-    producer = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options)
+
+    def open_broker(**kwargs: Any) -> rabbitmq_broker.RabbitMQBroker:
+        return rabbitmq_broker.RabbitMQBroker(
+            rabbitmq_server.url, rq_queue, options, queue_type=queue_type, **kwargs
+        )
+
+    producer = open_broker()
     await producer.enqueue(job(job_id="p1"))
     await producer.close()
     seen = []
     for _ in range(3):
-        worker = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options, prefetch=1)
+        worker = open_broker(prefetch=1)
         [d] = await worker.fetch("w", 1, block=10)
         seen.append((d.deliveries, d.lost))
         assert worker._connection is not None
@@ -160,7 +168,7 @@ async def test_a_dead_workers_jobs_return_counted_and_poison_is_dead_lettered_be
     # Then each return counted one more delivery, lost
     assert seen == [(1, 0), (2, 1), (3, 2)]
     # When the job comes a fourth time
-    worker = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options, prefetch=1)
+    worker = open_broker(prefetch=1)
     try:
         assert await worker.fetch("w", 1, block=3) == []
         # Then it was not handed out but dead-lettered as poison

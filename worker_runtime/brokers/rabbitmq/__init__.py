@@ -7,10 +7,12 @@ producer's :class:`~worker_runtime.brokers.base.Broker`), :mod:`.readside` (the 
 :class:`~worker_runtime.brokers.base.DeadLetters`). What it promises and what it cannot:
 docs/brokers.md.
 
-URL: ``amqp://USER:PASSWORD@HOST:PORT/VHOST?prefetch=N&management_port=P`` (``amqps://`` for
-TLS). ``prefetch`` is the unacked deliveries per priority level (default: the worker's first
-fetch, its free slots); ``management_port`` is where the probe reads the queue's numbers
-(default 15672). Both are taken off the URL before it reaches the client.
+URL: ``amqp://USER:PASSWORD@HOST:PORT/VHOST?prefetch=N&management_port=P&queue_type=T``
+(``amqps://`` for TLS). ``prefetch`` is the unacked deliveries per priority level
+(default: the worker's first fetch, its free slots); ``management_port`` is where the probe
+reads the queue's numbers (default 15672); ``queue_type`` is ``quorum`` (default) or
+``classic`` (see :data:`.topology.QUEUE_TYPES`). They are taken off the URL before it
+reaches the client.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from worker_runtime import errors
 from worker_runtime.brokers import base
 from worker_runtime.brokers.rabbitmq import broker
 
-_URL_SETTINGS = ("prefetch", "management_port")
+_URL_SETTINGS = ("prefetch", "management_port", "queue_type")
 
 
 async def open_from_url(
@@ -47,7 +49,8 @@ async def open_from_url(
     for name in _URL_SETTINGS:
         if name in parsed.query:
             try:
-                taken[name] = int(parsed.query[name])
+                value = parsed.query[name]
+                taken[name] = value if name == "queue_type" else int(value)
             except ValueError:
                 raise errors.InvalidBrokerURL(f"the URL's {name} must be an integer") from None
     client_url = str(parsed.without_query_params(*_URL_SETTINGS))

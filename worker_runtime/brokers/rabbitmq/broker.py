@@ -255,7 +255,11 @@ class RabbitMQBroker:
         prefetch: int | None = None,
         connect_timeout: float = 10.0,
         management_port: int = 15672,
+        queue_type: str = "quorum",
     ) -> None:
+        if queue_type not in topology.QUEUE_TYPES:
+            raise errors.InvalidBrokerURL(f"queue_type must be one of {topology.QUEUE_TYPES}")
+        self._queue_type = queue_type
         self.queue = base.validate_queue_name(queue)
         self.options = options or base.QueueOptions()
         self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
@@ -335,10 +339,14 @@ class RabbitMQBroker:
             await self._declare(
                 channel,
                 topology.work_queue(self.queue, level),
-                topology.work_queue_arguments(self.queue, self.options.max_deliveries),
+                topology.work_queue_arguments(
+                    self.queue, self.options.max_deliveries, self._queue_type
+                ),
             )
         await self._declare(
-            channel, topology.dead_queue(self.queue), topology.dead_queue_arguments()
+            channel,
+            topology.dead_queue(self.queue),
+            topology.dead_queue_arguments(self._queue_type),
         )
 
     async def _declare(
@@ -457,7 +465,9 @@ class RabbitMQBroker:
         channel = await self._ensure()
         async with translate_errors(operation):
             await self._declare(
-                channel, routing_key, topology.delay_queue_arguments(self.queue, level, bucket)
+                channel,
+                routing_key,
+                topology.delay_queue_arguments(self.queue, level, bucket, self._queue_type),
             )
         return routing_key, headers
 
@@ -600,6 +610,17 @@ class RabbitMQBroker:
         deliveries = _int_header(headers, topology.H_DELIVERIES) + redelivered + 1
         lost = _int_header(headers, topology.H_LOST) + redelivered
         job_id = message.message_id or ""
+        if self._queue_type == "classic" and message.redelivered:
+            # a classic queue only flags a returned message: count that lost delivery in a
+            # new copy (at the queue's tail) before anyone runs it, so crashes add up to poison
+            copy = self._copy_headers(
+                headers,
+                deliveries=_int_header(headers, topology.H_DELIVERIES) + 1,
+                lost=_int_header(headers, topology.H_LOST) + 1,
+            )
+            publish = (topology.work_queue(self.queue, level), message.body, copy, job_id)
+            await self._settle(message, "fetch", publish)
+            return None
         try:
             env = envelope_mod.parse_envelope(message.body)
         except errors.EnvelopeError as exc:

@@ -89,7 +89,18 @@ def queue_name_pattern(queue: str) -> str:
     return "^" + f"{PREFIX}.{queue}.".replace(".", r"\.")
 
 
-def work_queue_arguments(queue: str, max_deliveries: int) -> dict[str, Any]:
+QUEUE_TYPES = ("quorum", "classic")
+"""``quorum`` (default): replicated, with a delivery count and limit. ``classic``: durable on
+one node, no delivery count (the broker counts a returned delivery itself, see
+:mod:`.broker`); measured here 3.4x faster to consume and, unlike quorum queues on this
+3.10.8 node, it survives a restart of the node (docs/brokers.md)."""
+
+
+def work_queue_arguments(
+    queue: str, max_deliveries: int, queue_type: str = "quorum"
+) -> dict[str, Any]:
+    if queue_type == "classic":
+        return {"x-queue-type": "classic"}
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": max_deliveries,
@@ -100,11 +111,20 @@ def work_queue_arguments(queue: str, max_deliveries: int) -> dict[str, Any]:
     }
 
 
-def dead_queue_arguments() -> dict[str, Any]:
-    return {"x-queue-type": "quorum"}
+def dead_queue_arguments(queue_type: str = "quorum") -> dict[str, Any]:
+    return {"x-queue-type": queue_type}
 
 
-def delay_queue_arguments(queue: str, level: str, bucket_ms: int) -> dict[str, Any]:
+def delay_queue_arguments(
+    queue: str, level: str, bucket_ms: int, queue_type: str = "quorum"
+) -> dict[str, Any]:
+    if queue_type == "classic":
+        return {
+            "x-queue-type": "classic",
+            "x-message-ttl": bucket_ms,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": work_queue(queue, level),
+        }
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": bucket_ms,
