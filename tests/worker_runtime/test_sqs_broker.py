@@ -283,17 +283,19 @@ async def test_the_sqs_broker_implements_the_broker_probe_and_dead_letter_protoc
 async def test_a_job_whose_lease_ran_out_under_its_worker_is_not_handed_to_it_twice(
     open_sqs: OpenBroker,
 ) -> None:
-    # Given a worker running a job whose lease (1 s) runs out before it renews
-    b = await open_sqs(lease_seconds=1)
+    # Given a worker running a job whose lease (2 s) runs out before it renews
+    b = await open_sqs(lease_seconds=2)
     await b.enqueue(job())
     [d] = await fetch_until(b, 1, 10)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(2.5)
     # When the same worker fetches again, holding the job
-    again = await b.fetch("w1", 5, block=2, holding={(d.id, d.receipt)})
-    # Then it gets no second delivery of it, and its own delivery still settles
+    again = await b.fetch("w1", 5, block=1, holding={(d.id, d.receipt)})
+    # Then it gets no second delivery of it; its renew (through any broker instance of the
+    # process) and its ack reach the job's newest receipt
     assert again == []
+    assert [k.id for k in (await b.renew("w1", [d])).kept] == [d.id]
     assert await b.ack(d) is True
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(2.5)
     assert await b.fetch("w1", 5) == []
 
 
@@ -390,3 +392,27 @@ def test_a_queue_name_sqs_cannot_hold_is_refused_before_any_call() -> None:
         "emails-low.fifo",
     ]
     assert names.dead_letter == "emails-dlq.fifo"
+
+
+async def test_a_renew_through_another_broker_instance_keeps_the_lease(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a job fetched by one broker instance (a worker's job loop) with a 2 s lease
+    queue = f"t-{uuid.uuid4().hex[:12]}"
+    options = base.QueueOptions(lease_seconds=2)
+    loop_broker = await sqs_broker.open_sqs_broker(elasticmq_server.url, queue, options=options)
+    control = await sqs_broker.open_sqs_broker(elasticmq_server.url, queue, options=options)
+    try:
+        await loop_broker.enqueue(job(priority="high"))
+        [d] = await fetch_until(loop_broker, 1, 10)
+        # When the worker's control thread renews it through its own instance, past the lease
+        for _ in range(3):
+            await asyncio.sleep(1.0)
+            renewal = await control.renew("w1", [d])
+            assert [k.id for k in renewal.kept] == [d.id] and renewal.lost == ()
+        # Then nobody got the job meanwhile, and the job loop's ack finishes it
+        assert await control.fetch("w2", 1) == []
+        assert await loop_broker.ack(d) is True
+    finally:
+        await loop_broker.close()
+        await control.close()

@@ -106,6 +106,22 @@ _LOST_RECEIPT_CODES = frozenset(
 )
 
 
+RECEIPT_ALIASES: dict[str, str] = {}
+"""A receipt a worker still holds -> the receipt SQS gave the same job since (its lease ran out
+while the worker ran it, and the job came back to that worker's fetch). Process-wide, because a
+worker renews through another broker instance (its control thread's) than the one that fetched;
+entries go when the delivery is settled. Plain dict reads and writes are atomic in CPython."""
+
+RECEIPT_ALIASES_MAX = 100_000
+"""Bound on :data:`RECEIPT_ALIASES` (the oldest go first; a lost alias costs one lost lease)."""
+
+
+def _set_alias(held_receipt: str, newest: str) -> None:
+    while len(RECEIPT_ALIASES) >= RECEIPT_ALIASES_MAX:
+        RECEIPT_ALIASES.pop(next(iter(RECEIPT_ALIASES)))
+    RECEIPT_ALIASES[held_receipt] = newest
+
+
 def _map_error(exc: Exception, operation: str) -> errors.WorkerfleetError:
     """One botocore exception as the runtime's taxonomy (the original stays as __cause__)."""
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -182,9 +198,6 @@ class SqsBroker:
         self._held: dict[str, _Held] = {}
         self._by_job: dict[str, str] = {}
         """job id -> the receipt of its delivery out of this broker now."""
-        self._alias: dict[str, str] = {}
-        """A receipt a worker still holds -> the receipt SQS gave the same job since (its lease
-        expired while the worker ran it, and the job came back to this worker)."""
         self._buffer: collections.deque[tuple[str, envelope_mod.Priority, dict[str, Any], float]]
         self._buffer = collections.deque()
         self._polls: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
@@ -483,12 +496,15 @@ class SqsBroker:
                 fetched_at=received,
             )
             previous = self._by_job.get(env.id)
-            if previous is not None and (env.id, previous) in holding:
+            if previous is not None and (env.id, previous) not in holding:
+                # that delivery ended without a settle: forget it
+                self._held.pop(RECEIPT_ALIASES.pop(previous, previous), None)
+            elif previous is not None:
                 # This worker still runs the job (its lease ran out under it): keep the new
                 # receipt's lease for the running delivery instead of handing out a second one.
-                self._alias[previous] = receipt
+                self._held.pop(RECEIPT_ALIASES.get(previous, previous), None)
+                _set_alias(previous, receipt)
                 self._held[receipt] = held
-                self._held.pop(previous, None)
                 await self._renew_receipts(url, [receipt])
                 continue
             self._held[receipt] = held
@@ -570,14 +586,14 @@ class SqsBroker:
 
     def _receipt(self, delivery: base.Delivery) -> str:
         """The receipt to settle ``delivery`` with (its alias when SQS issued a newer one)."""
-        return self._alias.get(delivery.receipt, delivery.receipt)
+        return RECEIPT_ALIASES.get(delivery.receipt, delivery.receipt)
 
     def _take(self, delivery: base.Delivery) -> tuple[str, _Held] | None:
         receipt = self._receipt(delivery)
         held = self._held.pop(receipt, None)
         if held is None:
             return None
-        self._alias.pop(delivery.receipt, None)
+        RECEIPT_ALIASES.pop(delivery.receipt, None)
         if self._by_job.get(delivery.id) == receipt:
             del self._by_job[delivery.id]
         return receipt, held
@@ -729,11 +745,11 @@ class SqsBroker:
         lost: list[base.Delivery] = []
         by_url: dict[str, list[base.Delivery]] = collections.defaultdict(list)
         for d in deliveries:
+            # A worker may renew through another broker instance than the one that fetched
+            # (its control thread has its own): the queue follows from the job's priority.
             held = self._held.get(self._receipt(d))
-            if held is None:
-                lost.append(d)
-            else:
-                by_url[held.queue_url].append(d)
+            url = held.queue_url if held is not None else self._url(d.envelope.priority)
+            by_url[url].append(d)
         for url, group in by_url.items():
             for start in range(0, len(group), BATCH):
                 chunk = group[start : start + BATCH]
@@ -755,7 +771,6 @@ class SqsBroker:
                     if str(i) in ok:
                         kept.append(dataclasses.replace(d, lease_deadline=now + self.visibility))
                     else:
-                        self._take(d)
                         lost.append(d)
         return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
 
