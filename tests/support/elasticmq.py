@@ -7,13 +7,17 @@ scripts/ensure-elasticmq.sh caches under ``$WORKERFLEET_CACHE/elasticmq/<version
 stopped by its PID. With ``persistent=True`` queues and messages live in a data directory that a
 ``kill()`` + ``start()`` keeps (the server-restart fault scenario).
 
+:class:`WholeSecondContract` is the contract suite's harness for SQS (see there).
+
 A missing ``java`` or missing jars FAIL the run with the command that installs them: the SQS
 tests never skip for want of a server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -25,6 +29,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from tests.support import brokers
 
 ELASTICMQ_VERSION = "1.6.11"
 STARTUP_SECONDS = 120.0
@@ -160,3 +166,18 @@ class ElasticMQServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SQS_TIME_STRETCH = 2.5
+"""How much longer the contract suite's waits last on SQS (see :class:`WholeSecondContract`)."""
+
+
+@dataclasses.dataclass
+class WholeSecondContract(brokers.Contract):
+    """The contract suite's harness on SQS, whose visibility timeouts and delays are whole
+    seconds: the suite's 0.4 s lease and 0.5 s delays last 1 s there, so every wait is
+    stretched by :data:`SQS_TIME_STRETCH` (0.6 s after a 0.4 s lease becomes 1.5 s after SQS's
+    1 s, a renew at 0.24 s becomes 0.6 s, still inside it). The assertions are unchanged."""
+
+    async def advance(self, seconds: float) -> None:
+        await asyncio.sleep(seconds * SQS_TIME_STRETCH)

@@ -416,3 +416,26 @@ async def test_a_renew_through_another_broker_instance_keeps_the_lease(
     finally:
         await loop_broker.close()
         await control.close()
+
+
+async def test_a_retry_of_a_delivery_whose_lease_ran_out_sends_no_copy_of_the_job(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a job whose first worker stalled past its lease, and a second worker that got it
+    queue = f"t-{uuid.uuid4().hex[:12]}"
+    options = base.QueueOptions(lease_seconds=1)
+    first = await sqs_broker.open_sqs_broker(elasticmq_server.url, queue, options=options)
+    second = await sqs_broker.open_sqs_broker(elasticmq_server.url, queue, options=options)
+    try:
+        await first.enqueue(job())
+        [stale] = await fetch_until(first, 1, 10)
+        [current] = await fetch_until(second, 1, 10)
+        assert current.id == stale.id
+        # When the first worker wakes up and retries its stale delivery
+        assert await first.retry(stale, base.Failure("E", "late"), delay_seconds=0) is False
+        # Then no copy was sent: once the second worker acks, the job is gone for good
+        assert await second.ack(current) is True
+        assert await fetch_until(first, 1, 3) == []
+    finally:
+        await first.close()
+        await second.close()

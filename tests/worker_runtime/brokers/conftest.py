@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 
 from tests.support import brokers as support
+from tests.support import elasticmq
 from worker_runtime import brokers
 from worker_runtime.brokers import base, memory
 from worker_runtime.brokers.redis import broker as redis_broker
 
-BROKERS = ["memory", "redis", "redis-cluster", "rabbitmq"]
+BROKERS = ["memory", "redis", "redis-cluster", "rabbitmq", "sqs"]
 
 
 def _opener(request: pytest.FixtureRequest, name: str, clock: support.FakeClock | None) -> Any:
@@ -45,6 +46,14 @@ def _opener(request: pytest.FixtureRequest, name: str, clock: support.FakeClock 
             )
 
         return open_rabbitmq
+    if name == "sqs":
+        sqs_server = request.getfixturevalue("elasticmq_server")
+
+        async def open_sqs(queue: str, options: base.QueueOptions) -> Any:
+            # ElasticMQ: the SQS API on a private loopback server (tests/support/elasticmq.py)
+            return await brokers.open_broker(sqs_server.url, queue, options=options)
+
+        return open_sqs
     client = request.getfixturevalue("redis_client" if name == "redis" else "cluster_client")
 
     async def open_redis(queue: str, options: base.QueueOptions) -> redis_broker.RedisBroker:
@@ -79,7 +88,8 @@ async def contract(
     queue_name: str,
 ) -> AsyncIterator[support.Contract]:
     clock = fake_clock if broker_name == "memory" else None
-    harness = support.Contract(broker_name, queue_name, opener, clock)
+    contract_class = elasticmq.WholeSecondContract if broker_name == "sqs" else support.Contract
+    harness = contract_class(broker_name, queue_name, opener, clock)
     marker = request.node.get_closest_marker("needs")
     if marker is not None:
         probe = await harness.open()

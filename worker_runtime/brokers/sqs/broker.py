@@ -67,6 +67,9 @@ MAX_WAIT = 20
 BATCH = 10
 """SQS's batch size for SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch."""
 
+RETRY_DELAYS_KEPT = 10_000
+"""Retry delays a broker remembers by job id (see ``SqsBroker.fetch_previous_delay``)."""
+
 LOCAL_CREDENTIALS = ("workerfleet-local", "workerfleet-local")
 """Used only for an endpoint on this machine when the AWS chain finds nothing."""
 
@@ -205,6 +208,9 @@ class SqsBroker:
         self._deletes: dict[str, list[_Pending]] = collections.defaultdict(list)
         self._delete_flush: asyncio.Task[None] | None = None
         self._warned_done_marker = False
+        self._retry_delays: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """job id -> the delay this broker's last retry of it set (a message's own attribute
+        says the same once it is received again; this answers before that)."""
 
     # -- connection and queues ------------------------------------------------------------
 
@@ -626,7 +632,12 @@ class SqsBroker:
         carried: attributes.Carried,
         delay: float,
     ) -> bool:
-        """Send the job again as a new message carrying ``carried``, then delete this one."""
+        """Send the job again as a new message carrying ``carried``, then delete this one.
+
+        Only while the delivery is still current: a copy sent for a delivery whose lease ran
+        out (the job is someone else's, or done) would run the job once more."""
+        if not await self._still_current(held.queue_url, receipt):
+            return False
         entry = self._send_entry(
             held.body, carried, delay=delay, job_id=delivery.id, envelope=delivery.envelope
         )
@@ -635,6 +646,20 @@ class SqsBroker:
         with _mapped("retry"):
             await client.send_message(QueueUrl=held.queue_url, **entry)
         return await self._delete(held.queue_url, receipt)
+
+    async def _still_current(self, url: str, receipt: str) -> bool:
+        """Whether SQS still takes ``receipt`` (its visibility is extended by a lease): the
+        fence before a settle that sends a copy. SQS may also take an older receipt handle
+        (``Capabilities.fenced_receipts`` is False); ElasticMQ refuses it."""
+        client = await self._ready_client()
+        try:
+            with _mapped("renew"):
+                await client.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=self.visibility
+                )
+        except errors.BrokerRejected:
+            return False
+        return True
 
     def _failed(
         self, delivery: base.Delivery, held: _Held, failure: base.Failure | None, attempt: bool
@@ -674,6 +699,9 @@ class SqsBroker:
         carried = dataclasses.replace(
             self._failed(delivery, held, failure, attempt=True), previous_delay=delay_seconds
         )
+        self._retry_delays[delivery.id] = delay_seconds
+        while len(self._retry_delays) > RETRY_DELAYS_KEPT:
+            self._retry_delays.popitem(last=False)
         return await self._resend(delivery, receipt, held, carried, delay_seconds)
 
     async def release(self, delivery: base.Delivery) -> bool:
@@ -705,6 +733,8 @@ class SqsBroker:
         if taken is None:
             return False
         receipt, held = taken
+        if not await self._still_current(held.queue_url, receipt):
+            return False
         worker = failure.worker_id if failure else ""
         carried = self._failed(delivery, held, failure, attempt)
         self._held[receipt] = dataclasses.replace(held, carried=carried)
@@ -753,7 +783,6 @@ class SqsBroker:
         for url, group in by_url.items():
             for start in range(0, len(group), BATCH):
                 chunk = group[start : start + BATCH]
-                now = time.time()
                 entries = [
                     {
                         "Id": str(i),
@@ -769,7 +798,7 @@ class SqsBroker:
                 ok = {e["Id"] for e in reply.get("Successful", [])}
                 for i, d in enumerate(chunk):
                     if str(i) in ok:
-                        kept.append(dataclasses.replace(d, lease_deadline=now + self.visibility))
+                        kept.append(d)
                     else:
                         lost.append(d)
         return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
@@ -791,7 +820,9 @@ class SqsBroker:
     async def fetch_previous_delay(self, job_id: str) -> float | None:
         receipt = self._by_job.get(job_id)
         held = self._held.get(receipt) if receipt is not None else None
-        return held.carried.previous_delay if held is not None else None
+        if held is not None and held.carried.previous_delay is not None:
+            return held.carried.previous_delay
+        return self._retry_delays.get(job_id)
 
     async def fetch_is_done(self, done_key: str) -> bool:
         return False
