@@ -119,7 +119,16 @@ def test_every_object_keda_mode_emits_is_accepted_by_the_real_crds(
         child = {**child, "metadata": {k: v for k, v in child["metadata"].items()
                                        if k != "ownerReferences"}}  # fmt: skip
         apply_strictly(kube_cluster, namespace, child)
-    # Then KEDA's and the Prometheus Operator's schemas kept every field we set
+    # Then KEDA's and the Prometheus Operator's schemas kept every field we set (and the check
+    # has teeth: a misspelt field is refused, not pruned)
+    (scaled,) = [c for c in children if c["kind"] == "ScaledObject"]
+    misspelt = {**scaled, "metadata": {"name": "misspelt"},
+                "spec": {**scaled["spec"], "pollingIntervall": 10}}  # fmt: skip
+    refused = kube_cluster.kubectl(
+        "apply", "--server-side", "--validate=strict", "-n", namespace, "-f", "-",
+        input=json.dumps(misspelt), check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "pollingIntervall" in refused.stderr, refused.stderr
     for child in children:
         if child["kind"] in {"ScaledObject", "TriggerAuthentication", "PodMonitor"}:
             stored = kube_cluster.fetch_json(
