@@ -22,6 +22,7 @@ pydantic model) and optionally a :class:`JobContext`. They finish normally (ack)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import math
@@ -31,16 +32,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, get_type_hints
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from worker_runtime import backoff, envelope, expiry, logs, processes
+from worker_runtime import backoff, envelope, errors, events, expiry, logs, processes
+from worker_runtime.brokers import base
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
     from worker_runtime import producer as producer_mod
-    from worker_runtime.brokers import base
     from worker_runtime.brokers.redis import queue as queue_mod
 
 Priority = envelope.Priority
@@ -54,11 +55,32 @@ Executor = Literal["thread", "process"]
 
 
 class Reject(Exception):
-    """Raise from a handler to send the job to the dead-letter queue now, without retries."""
+    """Raise from a handler to send the job to the dead-letter queue now, without retries.
+
+    ``dead_letter_reason`` is the reason its DLQ record carries (a
+    :class:`~worker_runtime.brokers.base.DeadLetterReason` value; ``non_retryable`` unless a
+    subclass says otherwise).
+    """
+
+    dead_letter_reason = "non_retryable"
 
     def __init__(self, reason: str = "rejected") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RejectInvalidEvent(Reject):
+    """A subscription job whose payload is not a readable event of its topic (or whose data
+    does not validate at the handler's version): dead-lettered as ``invalid_payload``."""
+
+    dead_letter_reason = "invalid_payload"
+
+
+class RejectEventVersion(Reject):
+    """An event this subscription cannot read (newer than it knows, or no upcaster chain to
+    its version, or an upcaster that failed): dead-lettered as ``unknown_event_version``."""
+
+    dead_letter_reason = "unknown_event_version"
 
 
 class RetryLater(Exception):
@@ -219,6 +241,34 @@ class JobContext:
         return self._done_key, self._done_ttl
 
 
+def _payload_type(name: str, handler: Handler, param: str) -> Any:
+    """The annotation of the handler's payload parameter (``Any`` when it has none)."""
+    try:
+        hints = get_type_hints(handler)
+    except NameError as exc:
+        # e.g. a model defined inside a function under `from __future__ import annotations`
+        msg = f"task {name!r}: cannot resolve the payload annotation ({exc}); pass payload="
+        raise TypeError(msg) from None
+    return hints.get(param, Any)
+
+
+def _first_param(handler: Handler) -> str:
+    for p in inspect.signature(handler).parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            return p.name
+    return ""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One ``@app.subscribe``: its topic, group, queue and the event version its handler reads."""
+
+    topic: str
+    group: str
+    queue: str
+    version: int
+
+
 def _build_task_spec(
     name: str,
     handler: Handler,
@@ -240,13 +290,7 @@ def _build_task_spec(
         msg = f"task {name!r}: handler must take (payload) or (payload, ctx)"
         raise TypeError(msg)
     if payload is None:
-        try:
-            hints = get_type_hints(handler)
-        except NameError as exc:
-            # e.g. a model defined inside a function under `from __future__ import annotations`
-            msg = f"task {name!r}: cannot resolve the payload annotation ({exc}); pass payload="
-            raise TypeError(msg) from None
-        payload = hints.get(params[0].name, Any)
+        payload = _payload_type(name, handler, params[0].name)
     if timeout is not None and timeout <= 0:
         msg = f"task {name!r}: timeout must be > 0"
         raise ValueError(msg)
@@ -291,6 +335,8 @@ class _Producers:
     sync_producer: producer_mod.SyncProducer | None = None
     sync_client: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    broker: Any = None  # the broker publish goes through (bound, or built on async_client)
+    bound_client: Any = None  # a client given to bind(), which publish builds its broker on
 
 
 class App:
@@ -300,6 +346,9 @@ class App:
         self.queue = queue
         self.redis_url = redis_url
         self.tasks: dict[str, TaskSpec] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+        """Subscription queue name → subscription (its jobs carry that name as their task)."""
+        self.upcasters: dict[tuple[str, int], events.Upcaster] = {}
         self._producers = _Producers()
 
     def task(
@@ -355,6 +404,8 @@ class App:
         self._producers.loop = asyncio.get_running_loop()
         self._producers.async_producer = producer.Producer(client, queue or self.queue)
         self._producers.async_client = None  # the caller owns it
+        self._producers.broker = None
+        self._producers.bound_client = client
 
     def bind_broker(self, broker: base.Broker) -> None:
         """Enqueue through ``broker`` (on the running loop): the worker binds its own.
@@ -367,6 +418,7 @@ class App:
         self._producers.loop = asyncio.get_running_loop()
         self._producers.async_producer = producer.Producer.on_broker(broker)
         self._producers.async_client = None  # the caller owns it
+        self._producers.broker = broker
 
     def _url(self) -> str:
         url = self.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
@@ -420,7 +472,7 @@ class App:
         ``correlation_id``, ``max_attempts``, ...): :class:`worker_runtime.producer.JobSpec`.
         """
         return await self._async_producer().enqueue(
-            task, self._checked_payload(task, payload), **options
+            task, self._checked_payload(task, payload), **_with_lineage(options)
         )
 
     async def enqueue_many(
@@ -436,7 +488,140 @@ class App:
         **options: Unpack[producer_mod.EnqueueOptions],
     ) -> queue_mod.EnqueueResult:
         """Blocking :meth:`enqueue` for sync code (web views, scripts)."""
-        return self._sync_producer().enqueue(task, self._checked_payload(task, payload), **options)
+        return self._sync_producer().enqueue(
+            task, self._checked_payload(task, payload), **_with_lineage(options)
+        )
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def upcaster(self, topic: str, *, from_version: int) -> Callable[[F], F]:
+        """Register a function turning ``topic``'s data at ``from_version`` into the data of
+        ``from_version + 1`` (a dict in, a dict out); subscriptions chain them up to the
+        version their handler reads."""
+        events.validate_event_type(topic)
+        if from_version < 1:
+            raise errors.ConfigError("from_version must be >= 1")
+
+        def register(fn: F) -> F:
+            if (topic, from_version) in self.upcasters:
+                msg = f"an upcaster of {topic!r} from version {from_version} is already registered"
+                raise ValueError(msg)
+            self.upcasters[(topic, from_version)] = fn
+            return fn
+
+        return register
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        non_retryable: Sequence[type[BaseException]] = (),
+        payload: type[Any] | None = None,
+        version: int | None = None,
+    ) -> Callable[[F], F]:
+        """Handle ``topic``'s events in subscription ``group``: an ordinary queue named
+        ``<topic>:<group>`` (its own pool, retries, DLQ), whose worker runs the handler.
+
+        The handler takes the event data (typed by its first parameter's annotation, usually
+        a pydantic model) and optionally a :class:`JobContext`; ``events.current_event()``
+        gives the whole envelope. It reads ``version`` of the event (default: the model's
+        ``event_version``, else 1): older events are brought up by the registered upcasters;
+        newer or unreachable ones are dead-lettered as ``unknown_event_version``.
+        """
+        queue = events.subscription_queue(topic, group)
+
+        def register(handler: F) -> F:
+            inner = _build_task_spec(
+                queue,
+                handler,
+                retry=retry,
+                timeout=timeout,
+                non_retryable=non_retryable,
+                payload=payload,
+            )
+            data_type = payload or _payload_type(queue, handler, _first_param(handler))
+            target = version if version is not None else events.version_of(data_type)
+            sub = Subscription(topic=topic, group=group, queue=queue, version=target)
+            wrapper = _event_handler(inner, sub, self.upcasters)
+            if queue in self.tasks:
+                msg = f"subscription {queue!r} is already registered"
+                raise ValueError(msg)
+            self.tasks[queue] = dataclasses.replace(
+                inner,
+                handler=wrapper,
+                payload_adapter=TypeAdapter(Any),
+                wants_context=True,
+            )
+            self.subscriptions[queue] = sub
+            return handler
+
+        return register
+
+    async def publish(
+        self,
+        topic: str,
+        data: BaseModel | Mapping[str, Any] | None,
+        *,
+        version: int | None = None,
+        event_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> base.PublishResult:
+        """Publish one event: one job in every subscription of ``topic`` registered now, in one
+        atomic step (all or none). Inside a handler the event joins the running job's
+        correlation id and names it as its cause. Re-sending with the same ``event_id`` (after
+        a lost reply) is deduplicated per subscription within its enqueue-dedup window."""
+        events.validate_event_type(topic)
+        if version is None:
+            version = events.version_of(type(data)) if isinstance(data, BaseModel) else 1
+        event = events.build_event(
+            topic, data, version=version, event_id=event_id, correlation_id=correlation_id
+        )
+        headers = [("event_type", event.type), ("event_version", str(event.version))]
+        if event.causation_id is not None:
+            headers.append((events.CAUSATION_HEADER, event.causation_id))
+        request = base.PublishRequest(
+            topic=topic,
+            event_id=event.id,
+            payload=event.model_dump(mode="json"),
+            correlation_id=event.correlation_id,
+            headers=tuple(headers),
+        )
+        result: base.PublishResult = await self._topic_broker().publish(request)
+        return result
+
+    async def register_subscriptions(self, queue: str | None = None) -> list[str]:
+        """Register this App's subscriptions in the broker (only ``queue``'s when given):
+        from then on every publish of their topic reaches them. Idempotent; the worker calls
+        it for the subscription it serves when it starts."""
+        broker = self._topic_broker()
+        done = []
+        for name, sub in sorted(self.subscriptions.items()):
+            if queue is None or name == queue:
+                done.append(await broker.subscribe(sub.topic, sub.group))
+        return done
+
+    def _topic_broker(self) -> Any:
+        p = self._producers
+        loop = asyncio.get_running_loop()
+        if p.broker is None or p.loop is not loop:
+            from worker_runtime.brokers.redis import broker as redis_broker
+
+            if p.bound_client is not None and p.loop is loop:
+                client = p.bound_client
+            else:
+                self._async_producer()
+                client = p.async_client
+            p.broker = redis_broker.RedisBroker(client, self.queue)
+        broker = p.broker
+        if not isinstance(broker, base.Topics) or not p.broker.capabilities.topics:
+            raise errors.CapabilityMissing(
+                f"the {type(broker).__name__} of this App does not support topics",
+                operation="publish",
+            )
+        return broker
 
     async def aclose(self) -> None:
         """Close the producer connections this App opened."""
@@ -446,4 +631,76 @@ class App:
         if p.sync_client is not None:
             p.sync_client.close()
         p.async_producer = p.sync_producer = p.async_client = p.sync_client = None
+        p.broker = p.bound_client = None
         p.loop = None
+
+
+def _with_lineage(options: Any) -> Any:
+    """``options`` with the running handler's lineage filled in: the correlation id it carries
+    (or its own id) and a ``causation_id`` header naming it, unless the caller gave them."""
+    lineage = events.lineage_of_current_job()
+    if lineage.causation_id is None:
+        return options
+    out = dict(options)
+    if out.get("correlation_id") is None:
+        out["correlation_id"] = lineage.correlation_id
+    headers = dict(out.get("headers") or {})
+    headers.setdefault(events.CAUSATION_HEADER, lineage.causation_id)
+    out["headers"] = headers
+    return out
+
+
+def _event_data(sub: Subscription, spec: TaskSpec, payload: Any, upcasters: Any) -> Any:
+    """The handler's argument from a subscription job's payload: the event envelope checked,
+    upcast to the version the handler reads and validated; an event it cannot read is
+    rejected with the reason (to the DLQ, no retries)."""
+    try:
+        event = events.EventEnvelope.model_validate(payload)
+    except ValidationError as exc:
+        raise RejectInvalidEvent(f"not an event envelope: {str(exc)[:1000]}") from None
+    if event.type != sub.topic:
+        raise RejectInvalidEvent(f"event type {event.type!r} on subscription {sub.queue!r}")
+    try:
+        data = events.upcast_data(event, sub.version, upcasters)
+    except events.EventVersionError as exc:
+        raise RejectEventVersion(str(exc)) from None
+    except Exception as exc:
+        msg = f"upcasting {event.type} from version {event.version} failed: {exc!r}"
+        raise RejectEventVersion(msg[:2000]) from exc
+    try:
+        return event, spec.payload_adapter.validate_python(data)
+    except ValidationError as exc:
+        msg = f"{event.type} data at version {sub.version} is invalid: {str(exc)[:1000]}"
+        raise RejectInvalidEvent(msg) from None
+
+
+def _event_handler(spec: TaskSpec, sub: Subscription, upcasters: Any) -> Handler:
+    """The task handler of a subscription: reads the event, then calls the user's handler
+    with the event bound (``events.current_event()``)."""
+    if spec.is_async:
+
+        async def run_async(payload: Any, ctx: JobContext) -> None:
+            event, data = _event_data(sub, spec, payload, upcasters)
+            token = events.bind_event(event)
+            try:
+                if spec.wants_context:
+                    await spec.handler(data, ctx)
+                else:
+                    await spec.handler(data)
+            finally:
+                events.unbind_event(token)
+
+        return run_async
+
+    def run_sync(payload: Any, ctx: JobContext) -> None:
+        event, data = _event_data(sub, spec, payload, upcasters)
+        token = events.bind_event(event)
+        try:
+            if spec.wants_context:
+                spec.handler(data, ctx)
+            else:
+                spec.handler(data)
+        finally:
+            events.unbind_event(token)
+
+    return run_sync

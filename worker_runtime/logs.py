@@ -2,8 +2,8 @@
 
 The worker calls :func:`configure` once at start-up; the worker loop sets the current job with
 :func:`bind_job` (a context variable, so every log record emitted while a handler runs — in its
-asyncio task or in its worker thread — carries ``job_id``, ``task`` and ``correlation_id``
-without the handler passing anything around). Handlers log through ``ctx.logger``.
+asyncio task or in its worker thread — carries ``job_id``, ``task``, ``correlation_id`` and
+``causation_id`` without the handler passing anything around). Handlers log through ``ctx.logger``.
 """
 
 from __future__ import annotations
@@ -88,6 +88,10 @@ def build_log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
         fields["queue"] = job.queue
         if job.correlation_id is not None:
             fields["correlation_id"] = job.correlation_id
+        # the job or event that caused this one (events.CAUSATION_HEADER), when the job has one
+        causation = getattr(job, "causation_id", None)
+        if causation is not None:
+            fields["causation_id"] = causation
     for key, value in record.__dict__.items():
         if key in _RESERVED or key.startswith("_"):
             continue

@@ -188,6 +188,7 @@ class DeadLetterReason(StrEnum):
     UNPARSEABLE_JSON = "unparseable_json"
     UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
     EXPIRED = "expired"
+    UNKNOWN_EVENT_VERSION = "unknown_event_version"
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,10 @@ class Capabilities:
     """:class:`QueueStats` is one consistent snapshot. False: approximate counts."""
     expiry_enforcement: expiry.Enforcement
     """Where job deadlines are enforced (the worker at start, or the broker itself)."""
+    topics: bool = False
+    """The broker implements :class:`Topics`: subscriptions registered in the broker and a
+    publish that fans out to every current subscription at once (all or none). False:
+    ``publish``/``subscribe`` raise :class:`~worker_runtime.errors.CapabilityMissing`."""
 
 
 FULL_CONTRACT = Capabilities(
@@ -275,6 +280,7 @@ FULL_CONTRACT = Capabilities(
     previous_delay=True,
     exact_stats=True,
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+    topics=True,
 )
 """Every promise (the Redis engine, which the seam was cut from, and the memory reference)."""
 
@@ -411,6 +417,87 @@ class Broker(Protocol):
     async def close(self) -> None:
         """Send every batched call still pending, then release the connection the broker
         opened (one it was given stays open). The broker is unusable afterwards."""
+        ...
+
+
+# -- topics: publish once, one job per subscription ---------------------------------------------
+
+
+def subscription_queue_name(topic: str, group: str) -> str:
+    """The queue (and task name) of subscription ``group`` of ``topic``: ``<topic>:<group>``.
+    :func:`worker_runtime.events.subscription_queue` validates both parts first."""
+    return validate_queue_name(f"{topic}:{group}")
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """One event to fan out: ``payload`` is the event envelope as JSON data; ``event_id`` is
+    the id every subscription's job gets (so a re-sent publish is deduplicated per queue)."""
+
+    topic: str
+    event_id: str
+    payload: Any
+    correlation_id: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def build_subscription_envelope(
+    request: PublishRequest, group: str, *, now: float
+) -> envelope_mod.JobEnvelope:
+    """The job one subscription gets for an event: task = its queue name, id = the event id,
+    idempotency key = the event id (what ``ctx.mark_done_on_ack()`` records)."""
+    return envelope_mod.JobEnvelope(
+        id=request.event_id,
+        task=subscription_queue_name(request.topic, group),
+        payload=request.payload,
+        correlation_id=request.correlation_id,
+        idempotency_key=request.event_id,
+        enqueued_at=now,
+        headers=dict(request.headers),
+    )
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """Which subscriptions got the event (``created``) and which already had it (a re-sent
+    publish inside the queue's enqueue-dedup window); both hold group names."""
+
+    event_id: str
+    created: tuple[str, ...]
+    duplicate: tuple[str, ...]
+
+    @property
+    def subscriptions(self) -> tuple[str, ...]:
+        """Every group the event reached (new or already there)."""
+        return tuple(sorted(self.created + self.duplicate))
+
+
+@runtime_checkable
+class Topics(Protocol):
+    """Topics of one backend (``Capabilities.topics``): any broker object of it reaches all.
+
+    Publish fans out on write: in one atomic step it stores one job per subscription that is
+    registered at that moment, or none (a killed publisher never leaves an event in some
+    subscriptions only). A subscription sees only the events published after it registered.
+    """
+
+    async def subscribe(self, topic: str, group: str) -> str:
+        """Register subscription ``group`` of ``topic`` (idempotent); returns its queue name."""
+        ...
+
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        """Stop fanning out to ``group`` (its queue and its jobs stay); False if unknown."""
+        ...
+
+    async def list_subscriptions(self, topic: str) -> list[str]:
+        """The groups subscribed to ``topic`` now, sorted."""
+        ...
+
+    async def publish(self, request: PublishRequest) -> PublishResult:
+        """Store the event's job in every current subscription of ``request.topic``, at once.
+
+        With no subscription the event reaches nobody (``created`` and ``duplicate`` empty).
+        """
         ...
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import math
 import threading
@@ -88,10 +89,55 @@ class _Queue:
 
 _STORES: dict[tuple[str, str], _Queue] = {}
 
+_TOPICS: dict[tuple[str, str], set[str]] = {}
+"""(store, topic) → subscribed groups: the memory broker's subscription registry."""
+
+
+def _add_jobs(
+    q: _Queue, requests: Sequence[base.EnqueueRequest], now: float, window: float
+) -> list[base.EnqueueResult]:
+    """Enqueue ``requests`` into ``q`` (its lock held): dedup by idempotency key and by job
+    id within ``window`` seconds, exactly as ``enqueue_many`` promises."""
+    for job_id, at in list(q.enqueued.items()):
+        if now - at > window:
+            del q.enqueued[job_id]
+    out: list[base.EnqueueResult] = []
+    for req in requests:
+        env = req.envelope
+        key = env.idempotency_key
+        if key is not None:
+            first = q.idempotency.get(key)
+            if first is not None and first[1] > now:
+                out.append(base.EnqueueResult(first[0], False))
+                continue
+        if env.id in q.jobs or env.id in q.enqueued:
+            out.append(base.EnqueueResult(env.id, False))
+            continue
+        if key is not None:
+            ttl = req.idempotency_ttl_seconds or 86_400.0
+            q.idempotency[key] = (env.id, now + ttl)
+        if window > 0:
+            q.enqueued[env.id] = now
+        q.jobs[env.id] = _Job(envelope=env)
+        q.counters["enqueued"] += 1
+        if req.delay_seconds > 0:
+            q.delayed[env.id] = now + req.delay_seconds
+        else:
+            _make_ready(q, env.id, now)
+        out.append(base.EnqueueResult(env.id, True))
+    return out
+
+
+def _make_ready(q: _Queue, job_id: str, now: float) -> None:
+    job = q.jobs[job_id]
+    job.ready_since = now
+    q.ready[job.envelope.priority.value].append(job_id)
+
 
 def forget_stores() -> None:
-    """Drop every named in-memory queue (tests call this between cases)."""
+    """Drop every named in-memory queue and topic (tests call this between cases)."""
     _STORES.clear()
+    _TOPICS.clear()
 
 
 class MemoryBroker:
@@ -115,6 +161,9 @@ class MemoryBroker:
             self._q = _Queue()
         else:
             self._q = _STORES.setdefault((store, queue), _Queue())
+        # topics reach the subscription queues of the same store (a private broker gets a
+        # store of its own: its subscriptions are reachable only through it)
+        self._store = store if store is not None else f"private-{id(self)}"
         self._closed = False
 
     # -- helpers ---------------------------------------------------------------------------
@@ -124,9 +173,7 @@ class MemoryBroker:
             raise RuntimeError("this broker was closed")
 
     def _make_ready(self, job_id: str, now: float) -> None:
-        job = self._q.jobs[job_id]
-        job.ready_since = now
-        self._q.ready[job.envelope.priority.value].append(job_id)
+        _make_ready(self._q, job_id, now)
 
     def _current(self, delivery: base.Delivery) -> _Job | None:
         lease = self._q.leases.get(delivery.id)
@@ -264,37 +311,7 @@ class MemoryBroker:
     ) -> list[base.EnqueueResult]:
         with self._q.lock:
             self._check_open()
-            q = self._q
-            now = self.clock()
-            window = self.options.enqueue_dedup_seconds
-            for job_id, at in list(q.enqueued.items()):
-                if now - at > window:
-                    del q.enqueued[job_id]
-            out: list[base.EnqueueResult] = []
-            for req in requests:
-                env = req.envelope
-                key = env.idempotency_key
-                if key is not None:
-                    first = q.idempotency.get(key)
-                    if first is not None and first[1] > now:
-                        out.append(base.EnqueueResult(first[0], False))
-                        continue
-                if env.id in q.jobs or env.id in q.enqueued:
-                    out.append(base.EnqueueResult(env.id, False))
-                    continue
-                if key is not None:
-                    ttl = req.idempotency_ttl_seconds or 86_400.0
-                    q.idempotency[key] = (env.id, now + ttl)
-                if window > 0:
-                    q.enqueued[env.id] = now
-                q.jobs[env.id] = _Job(envelope=env)
-                q.counters["enqueued"] += 1
-                if req.delay_seconds > 0:
-                    q.delayed[env.id] = now + req.delay_seconds
-                else:
-                    self._make_ready(env.id, now)
-                out.append(base.EnqueueResult(env.id, True))
-            return out
+            return _add_jobs(self._q, requests, self.clock(), self.options.enqueue_dedup_seconds)
 
     async def fetch(
         self,
@@ -497,6 +514,49 @@ class MemoryBroker:
 
     async def close(self) -> None:
         self._closed = True
+
+    # -- Topics ----------------------------------------------------------------------------
+
+    async def subscribe(self, topic: str, group: str) -> str:
+        name = base.subscription_queue_name(topic, group)
+        _TOPICS.setdefault((self._store, topic), set()).add(group)
+        _STORES.setdefault((self._store, name), _Queue())
+        return name
+
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        groups = _TOPICS.get((self._store, topic), set())
+        if group not in groups:
+            return False
+        groups.discard(group)
+        return True
+
+    async def list_subscriptions(self, topic: str) -> list[str]:
+        return sorted(_TOPICS.get((self._store, topic), set()))
+
+    async def publish(self, request: base.PublishRequest) -> base.PublishResult:
+        self._check_open()
+        groups = sorted(_TOPICS.get((self._store, request.topic), set()))
+        queues = [
+            _STORES.setdefault(
+                (self._store, base.subscription_queue_name(request.topic, g)), _Queue()
+            )
+            for g in groups
+        ]
+        now = self.clock()
+        jobs = [
+            base.EnqueueRequest(base.build_subscription_envelope(request, g, now=now))
+            for g in groups
+        ]
+        # every subscription queue's lock held at once: the fan-out is one step (all or none)
+        with contextlib.ExitStack() as held:
+            for q in queues:
+                held.enter_context(q.lock)
+            created: list[str] = []
+            duplicate: list[str] = []
+            for group, q, job in zip(groups, queues, jobs, strict=True):
+                [result] = _add_jobs(q, [job], now, self.options.enqueue_dedup_seconds)
+                (created if result.created else duplicate).append(group)
+        return base.PublishResult(request.event_id, tuple(created), tuple(duplicate))
 
     # -- QueueProbe ------------------------------------------------------------------------
 

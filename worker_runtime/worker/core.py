@@ -163,6 +163,9 @@ class Worker:
             )
             if self.q is not None:  # None: drained before the broker was ever reachable
                 self.app.bind_broker(self.q)
+                if self.queue_name in self.app.subscriptions:
+                    # a subscription exists from its first worker on: publishes reach it now
+                    await self.app.register_subscriptions(self.queue_name)
                 log.info(
                     "worker started",
                     extra={

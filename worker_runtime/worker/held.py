@@ -69,5 +69,10 @@ class Held:
         return self.job.envelope.correlation_id
 
     @property
+    def causation_id(self) -> str | None:
+        # the header name is events.CAUSATION_HEADER (not imported: held stays light)
+        return self.job.envelope.headers.get("causation_id")
+
+    @property
     def attempt(self) -> int:
         return self.job.attempts + 1

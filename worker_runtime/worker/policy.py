@@ -98,7 +98,8 @@ class DefaultRetryPolicy:
         if isinstance(exc, app_mod.Reject) or (
             spec.non_retryable and isinstance(exc, spec.non_retryable)
         ):
-            return DeadLetter(base.DeadLetterReason.NON_RETRYABLE)
+            reason = getattr(exc, "dead_letter_reason", base.DeadLetterReason.NON_RETRYABLE)
+            return DeadLetter(base.DeadLetterReason(reason))
         max_attempts = (
             job.envelope.max_attempts
             or (spec.retry.max_attempts if spec.retry is not None else None)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 from collections.abc import Collection, Container, Sequence
 from typing import Any, NoReturn
 
+import redis.asyncio.cluster
 import redis.exceptions
 
 from worker_runtime import errors
 from worker_runtime.brokers import base
-from worker_runtime.brokers.redis import connection, dlq, idempotency, stats
+from worker_runtime.brokers.redis import connection, dlq, idempotency, stats, topics
 from worker_runtime.brokers.redis import queue as queue_mod
 
 CAPABILITIES = base.FULL_CONTRACT
@@ -73,6 +75,9 @@ class RedisBroker:
         self.options: base.QueueOptions = self.engine.options
         self.fetch_dead_lettered: collections.Counter[str] = self.engine.fetch_dead_lettered
         self._owns_client = owns_client
+        if isinstance(client, redis.asyncio.cluster.RedisCluster):
+            # a publish writes several queues' hash tags in one script: one slot cannot hold them
+            self.capabilities = dataclasses.replace(CAPABILITIES, topics=False)
 
     # -- Broker --------------------------------------------------------------------------------
 
@@ -221,6 +226,46 @@ class RedisBroker:
             if self._owns_client:
                 self._owns_client = False
                 await self.client.aclose()
+
+    # -- Topics --------------------------------------------------------------------------------
+
+    def _check_topics(self) -> None:
+        if not self.capabilities.topics:
+            raise errors.CapabilityMissing(
+                "topics need a single Redis (or Sentinel): a publish spans several queues' "
+                "hash tags, which Redis Cluster cannot write in one script",
+                operation="publish",
+            )
+
+    async def subscribe(self, topic: str, group: str) -> str:
+        self._check_topics()
+        try:
+            return await topics.apply_subscribe(self.client, topic, group)
+        except Exception as exc:
+            raise_mapped(exc, "subscribe")
+
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        self._check_topics()
+        try:
+            return await topics.apply_unsubscribe(self.client, topic, group)
+        except Exception as exc:
+            raise_mapped(exc, "unsubscribe")
+
+    async def list_subscriptions(self, topic: str) -> list[str]:
+        self._check_topics()
+        try:
+            return await topics.fetch_subscriptions(self.client, topic)
+        except Exception as exc:
+            raise_mapped(exc, "list_subscriptions")
+
+    async def publish(self, request: base.PublishRequest) -> base.PublishResult:
+        self._check_topics()
+        try:
+            return await topics.apply_publish(
+                self.client, request, dedup_seconds=self.options.enqueue_dedup_seconds
+            )
+        except Exception as exc:
+            raise_mapped(exc, "publish")
 
     # -- QueueProbe ----------------------------------------------------------------------------
 

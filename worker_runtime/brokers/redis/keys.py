@@ -46,6 +46,20 @@ key                            type    contents
 ``{wf:Q}:idem:<key>``          string  enqueue dedup: job id, with TTL (SET NX PX).
 ``{wf:Q}:done:<key>``          string  "done" marker written atomically with an ack, with TTL.
 =============================  ======  =====================================================
+
+Topics (events, :mod:`worker_runtime.events`). A subscription ``G`` of topic ``T`` is the
+ordinary queue ``Q = T:G`` above; the topic itself has one key:
+
+=============================  ======  =====================================================
+``{wft:T}:subscriptions``      set     the groups subscribed to topic ``T``. ``publish.lua``
+                                       reads it and adds the event's job to every listed
+                                       subscription queue in the same script (its env, state,
+                                       ready:<prio>, counters and enqueued keys), so a
+                                       publish reaches all current subscriptions or none.
+=============================  ======  =====================================================
+
+The publish script spans several hash tags, so it runs on a single Redis (or Sentinel) only;
+on Redis Cluster ``Capabilities.topics`` is False.
 """
 
 from __future__ import annotations
@@ -116,6 +130,18 @@ class QueueKeys:
     def done(self, key: str) -> str:
         """The handler-side "done" marker for an idempotency key."""
         return f"{self.prefix}:done:{key}"
+
+
+def build_topic_key(topic: str) -> str:
+    """The set of groups subscribed to ``topic`` (see the module docstring)."""
+    return "{wft:" + build_queue_name(topic) + "}:subscriptions"
+
+
+def build_publish_keys(queue: str) -> list[str]:
+    """The keys ``publish.lua`` writes for one subscription queue, in its order: ready
+    stream of priority normal, env, state, counters, enqueued."""
+    k = build_keys(queue)
+    return [k.ready[PRIORITIES.index("normal")], k.env, k.state, k.counters, k.enqueued]
 
 
 def build_keys(queue: str) -> QueueKeys:

@@ -98,9 +98,10 @@ def build_combined_source(first: str, second: str, first_argc: int) -> str:
     )
 
 
-def build_script(name: str) -> Script:
-    """Load ``lua/<name>.lua`` with the prelude and compute its SHA1."""
-    source = build_source(name)
+def build_script(name: str, *, prelude: bool = True) -> Script:
+    """Load ``lua/<name>.lua`` with the prelude (unless ``prelude`` is False: a script whose
+    KEYS are not one queue's layout) and compute its SHA1."""
+    source = build_source(name) if prelude else _read(name)
     return Script(name=name, source=source, sha=hashlib.sha1(source.encode("utf-8")).hexdigest())
 
 
@@ -118,6 +119,7 @@ DLQ_REPLAY = build_script("dlq_replay")
 DLQ_PURGE = build_script("dlq_purge")
 RATELIMIT = build_script("ratelimit")
 ADOPT = build_script("adopt")
+PUBLISH = build_script("publish", prelude=False)
 
 _ACK_FETCH_SOURCE = build_combined_source("fetch", "ack", 9)
 ACK_FETCH = Script(

@@ -1,0 +1,211 @@
+"""The topics contract: publish fans out on write to every subscription, each an ordinary queue.
+
+Runs on the memory broker (the reference) and a real redis-server, through the public
+``Topics`` and ``Broker`` protocols only; on Redis Cluster topics are not declared
+(``Capabilities.topics`` False) and a publish is refused with that reason. Assertions are
+histories: which subscription queues hold which event ids, what was delivered, acked and
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.support import brokers as support
+from tests.support.brokers import FakeClock
+from worker_runtime import errors
+from worker_runtime.brokers import base, memory
+from worker_runtime.brokers.redis import broker as redis_broker
+
+LEASE = 0.4
+
+
+class Backend(support.Contract):
+    """A contract harness that also opens the subscription queues (memory: one store)."""
+
+    async def open_queue(self, queue: str, **options: Any) -> Any:
+        broker = await self.opener(queue, base.QueueOptions(**options))
+        self.opened.append(broker)
+        return broker
+
+
+@pytest.fixture(params=["memory", "redis"])
+def unopened_backend(request: pytest.FixtureRequest) -> Backend:
+    # sync on purpose: the Redis client is an async fixture, reachable from here by name
+    if request.param == "memory":
+        store = f"topics-{uuid.uuid4().hex}"
+        clock = FakeClock()
+
+        async def open_memory(queue: str, options: base.QueueOptions) -> Any:
+            return memory.MemoryBroker(queue, options, clock=clock, store=store)
+
+        return Backend("memory", "publisher", open_memory, clock)
+    client = request.getfixturevalue("redis_client")
+
+    async def open_redis(queue: str, options: base.QueueOptions) -> Any:
+        return redis_broker.RedisBroker(client, queue, options)
+
+    return Backend("redis", "publisher", open_redis, None)
+
+
+@pytest.fixture
+async def backend(unopened_backend: Backend) -> AsyncIterator[Backend]:
+    yield unopened_backend
+    await unopened_backend.close()
+    memory.forget_stores()
+
+
+def topic() -> str:
+    # a fresh topic per test: the redis-server is shared by the session
+    return f"shop{uuid.uuid4().hex[:8]}.order.placed"
+
+
+def event(topic_name: str, event_id: str | None = None, n: int = 1) -> base.PublishRequest:
+    eid = event_id or uuid.uuid4().hex
+    payload = {"type": topic_name, "version": 1, "id": eid, "data": {"n": n}}
+    return base.PublishRequest(topic=topic_name, event_id=eid, payload=payload)
+
+
+async def drain_ids(broker: Any) -> list[str]:
+    """Every job id the queue hands out now, acknowledged (what the subscription received)."""
+    got: list[str] = []
+    for _ in range(100):
+        batch = await broker.fetch("reader", 100)
+        if not batch:
+            return got
+        for delivery in batch:
+            got.append(delivery.id)
+            assert await broker.ack(delivery)
+    return got
+
+
+async def test_a_publish_reaches_every_current_subscription_exactly_once(
+    backend: Backend,
+) -> None:
+    # Given a topic with three subscriptions
+    t = topic()
+    publisher = await backend.open()
+    groups = ["email", "analytics", "fulfilment"]
+    queues = [await publisher.subscribe(t, g) for g in groups]
+    # When one event is published
+    req = event(t)
+    result = await publisher.publish(req)
+    # Then each subscription's queue holds exactly one job: the event, named for that queue
+    assert queues == [f"{t}:{g}" for g in groups]
+    assert sorted(result.created) == sorted(groups) and result.duplicate == ()
+    for queue in queues:
+        sub = await backend.open_queue(queue)
+        [delivery] = await sub.fetch("w", 10)
+        assert (delivery.id, delivery.envelope.task) == (req.event_id, queue)
+        assert delivery.envelope.payload == req.payload
+        assert delivery.envelope.idempotency_key == req.event_id
+        assert await sub.ack(delivery)
+        assert await sub.fetch("w", 10) == []
+    assert await publisher.list_subscriptions(t) == sorted(groups)
+
+
+async def test_a_subscription_sees_only_events_published_after_it_registered(
+    backend: Backend,
+) -> None:
+    # Given a topic with one subscription and an event published to it
+    t = topic()
+    publisher = await backend.open()
+    early_q = await publisher.subscribe(t, "early")
+    first = await publisher.publish(event(t))
+    # When a second subscription registers and another event is published
+    late_q = await publisher.subscribe(t, "late")
+    second = await publisher.publish(event(t))
+    # Then the early one got both, the late one only the second
+    assert await drain_ids(await backend.open_queue(early_q)) == [first.event_id, second.event_id]
+    assert await drain_ids(await backend.open_queue(late_q)) == [second.event_id]
+
+
+async def test_an_unsubscribed_group_gets_no_more_events_and_keeps_what_it_had(
+    backend: Backend,
+) -> None:
+    t = topic()
+    publisher = await backend.open()
+    q = await publisher.subscribe(t, "gone")
+    kept = await publisher.publish(event(t))
+    assert await publisher.unsubscribe(t, "gone") is True
+    missed = await publisher.publish(event(t))
+    assert await publisher.unsubscribe(t, "gone") is False
+    assert (missed.created, missed.duplicate) == ((), ())
+    assert await drain_ids(await backend.open_queue(q)) == [kept.event_id]
+
+
+async def test_a_resent_publish_of_the_same_event_id_is_not_delivered_twice(
+    backend: Backend,
+) -> None:
+    # Given a publish whose reply the publisher did not see (it sends it again)
+    t = topic()
+    publisher = await backend.open()
+    queues = [await publisher.subscribe(t, g) for g in ("a", "b")]
+    req = event(t)
+    first = await publisher.publish(req)
+    # When the same event id is published again, even after its first job was acknowledged
+    [delivery] = await (await backend.open_queue(queues[0])).fetch("w", 1)
+    assert await backend.opened[-1].ack(delivery)
+    again = await publisher.publish(req)
+    # Then nothing new was stored: each subscription had the event once
+    assert sorted(first.created) == ["a", "b"]
+    assert (again.created, sorted(again.duplicate)) == ((), ["a", "b"])
+    assert await drain_ids(await backend.open_queue(queues[0])) == []
+    assert await drain_ids(await backend.open_queue(queues[1])) == [req.event_id]
+
+
+async def test_subscriptions_are_isolated_one_groups_poison_does_not_touch_anothers(
+    backend: Backend,
+) -> None:
+    # Given an event in two subscriptions; "fragile" treats a job as poison after 1 lost lease
+    t = topic()
+    publisher = await backend.open()
+    fragile_q = await publisher.subscribe(t, "fragile")
+    steady_q = await publisher.subscribe(t, "steady")
+    req = event(t)
+    await publisher.publish(req)
+    fragile = await backend.open_queue(fragile_q, lease_seconds=LEASE, max_deliveries=1)
+    steady = await backend.open_queue(steady_q, lease_seconds=LEASE, max_deliveries=1)
+    # When fragile's worker dies holding the job (its lease expires) and steady's acks it
+    [held] = await fragile.fetch("dies", 1)
+    [ok] = await steady.fetch("lives", 1)
+    await backend.advance(LEASE + 0.3)
+    assert await fragile.fetch("next", 1) == []  # the expired delivery was poison
+    assert await steady.ack(ok)
+    # Then the event is a dead letter in fragile only, and completed once in steady
+    letter = await fragile.show_dead_letter(req.event_id)
+    assert letter is not None and letter.reason == "max_deliveries"
+    assert held.id == ok.id == req.event_id
+    assert await steady.count_dead_letters() == 0
+    stats = await steady.fetch_stats()
+    assert (stats.completed_total, stats.dead_letter, stats.backlog) == (1, 0, 0)
+
+
+async def test_a_publish_with_no_subscription_reaches_nobody(backend: Backend) -> None:
+    publisher = await backend.open()
+    result = await publisher.publish(event(topic()))
+    assert (result.created, result.duplicate, result.subscriptions) == ((), (), ())
+
+
+async def test_topics_are_declared_by_memory_and_single_redis(backend: Backend) -> None:
+    broker = await backend.open()
+    assert broker.capabilities.topics is True
+    assert isinstance(broker, base.Topics)
+
+
+async def test_redis_cluster_declares_no_topics_and_refuses_a_publish_saying_why(
+    cluster_client: Any,
+) -> None:
+    # Given a broker on Redis Cluster
+    broker = redis_broker.RedisBroker(cluster_client, "publisher")
+    # When an event is published / a group subscribes
+    # Then both are refused with the reason, and the capability says so
+    assert broker.capabilities.topics is False
+    with pytest.raises(errors.CapabilityMissing, match="Redis Cluster"):
+        await broker.publish(event(topic()))
+    with pytest.raises(errors.CapabilityMissing, match="Redis Cluster"):
+        await broker.subscribe(topic(), "a")
