@@ -1,0 +1,227 @@
+"""Events through the App: naming rule, frozen envelopes, upcasting, DLQ reasons and lineage.
+
+The subscription runs in a real worker on the memory broker (``memory://NAME``); what is
+asserted comes from the broker (what each queue holds, completed, dead-lettered) and from the
+handlers themselves (what they were given), not from the worker's counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import pydantic
+import pytest
+
+from worker_runtime import App, JobContext, config, events, worker
+from worker_runtime.brokers import base, memory, open_broker
+
+TOPIC = "identity.user.created"
+
+
+class UserCreatedV1(pydantic.BaseModel):
+    name: str
+
+
+class UserCreated(pydantic.BaseModel):
+    event_version: ClassVar[int] = 2
+    first: str
+    last: str
+
+
+# -- naming --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["user.account.created", "shop.order.placed", "mail.message.sent", "a1.b_2.paid"]
+)
+def test_an_event_type_named_domain_entity_past_tense_verb_is_accepted(name: str) -> None:
+    assert events.validate_event_type(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("User.Account.Created", "three lower-case words"),
+        ("user.created", "three lower-case words"),
+        ("user.account.created.now", "three lower-case words"),
+        ("user-account.created.x", "three lower-case words"),
+        ("user.account.create", "past tense"),
+        ("shop.order.place", "past tense"),
+    ],
+)
+def test_an_event_type_breaking_the_naming_rule_is_refused_saying_why(name: str, says: str) -> None:
+    with pytest.raises(events.InvalidEventType, match=says):
+        events.validate_event_type(name)
+
+
+async def test_publish_and_subscribe_refuse_a_badly_named_topic_before_any_io() -> None:
+    app = App(queue="q")
+    with pytest.raises(events.InvalidEventType):
+        await app.publish("user.create", {"x": 1})
+    with pytest.raises(events.InvalidEventType):
+        app.subscribe("UserCreated", group="g")
+    with pytest.raises(events.InvalidEventType):
+        app.upcaster("user.created", from_version=1)
+
+
+def test_an_event_envelope_is_immutable_and_checks_its_type() -> None:
+    event = events.build_event(TOPIC, {"name": "Ada"})
+    with pytest.raises(pydantic.ValidationError):
+        event.version = 2  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="past tense"):
+        events.EventEnvelope.model_validate({**event.model_dump(), "type": "user.account.make"})
+    # outside a handler an event starts its own correlation and has no cause
+    assert (event.correlation_id, event.causation_id) == (event.id, None)
+
+
+# -- a subscription in a real worker ---------------------------------------------------------
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    yield f"memory://{uuid.uuid4().hex}"
+    memory.forget_stores()
+
+
+async def run_worker_until(app: App, url: str, done: Any, *, seconds: float = 10.0) -> Any:
+    """Run a worker for ``app`` until ``await done()`` is truthy (bounded), then drain it."""
+    settings = config.WorkerSettings(redis_url=url, metrics_port=0, lease_seconds=5.0)
+    w = worker.Worker(app, settings, install_signal_handlers=False)
+    run = asyncio.create_task(w.run())
+    result = None
+    try:
+        for _ in range(int(seconds / 0.01)):
+            result = await done()
+            if result:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 20) == 0
+    return result
+
+
+async def test_a_subscription_upcasts_old_events_and_dead_letters_those_it_cannot_read(
+    url: str,
+) -> None:
+    # Given a subscription whose handler reads version 2, with an upcaster from version 1
+    queue = events.subscription_queue(TOPIC, "welcome")
+    app = App(queue=queue)
+    seen: list[tuple[str, str]] = []
+
+    @app.upcaster(TOPIC, from_version=1)
+    def split_name(data: dict[str, Any]) -> dict[str, Any]:
+        first, _, last = data["name"].partition(" ")
+        return {"first": first, "last": last}
+
+    @app.subscribe(TOPIC, group="welcome")
+    async def welcome(user: UserCreated) -> None:
+        seen.append((user.first, user.last))
+
+    publisher = App(queue="publisher")
+    broker = await open_broker(url, "publisher")
+    publisher.bind_broker(broker)
+    await broker.subscribe(TOPIC, "welcome")
+    # When a v1, a v2 and a v3 event (newer than the handler knows) are published
+    old = await publisher.publish(TOPIC, UserCreatedV1(name="Ada Lovelace"))
+    new = await publisher.publish(TOPIC, UserCreated(first="Alan", last="Turing"))
+    newer = await publisher.publish(TOPIC, {"first": "X", "last": "Y"}, version=3)
+    sub = await open_broker(url, queue)
+
+    async def settled() -> base.QueueStats | None:
+        stats = await sub.fetch_stats()
+        return stats if stats.completed_total + stats.dead_letter == 3 else None
+
+    stats = await run_worker_until(app, url, settled)
+    # Then v1 was upcast and v2 read as is; v3 is a dead letter saying why, not retried
+    assert sorted(seen) == [("Ada", "Lovelace"), ("Alan", "Turing")]
+    assert (stats.completed_total, stats.dead_letter) == (2, 1)
+    letter = await sub.show_dead_letter(newer.event_id)
+    assert letter is not None and letter.reason == "unknown_event_version"
+    assert "version 3 is newer than this consumer's 2" in letter.history[-1].message
+    assert len(letter.history) == 1
+    assert {old.event_id, new.event_id}.isdisjoint({d.job_id for d in [letter]})
+
+
+async def test_an_event_with_no_upcaster_chain_to_the_handlers_version_is_dead_lettered(
+    url: str,
+) -> None:
+    # Given a subscription reading version 2 and no upcaster from version 1
+    queue = events.subscription_queue(TOPIC, "audit")
+    app = App(queue=queue)
+
+    @app.subscribe(TOPIC, group="audit")
+    def audit(user: UserCreated) -> None:
+        raise AssertionError("must not run")
+
+    publisher = App(queue="publisher")
+    publisher.bind_broker(await open_broker(url, "publisher"))
+    sub = await open_broker(url, queue)
+
+    async def registered() -> bool:
+        return await sub.list_subscriptions(TOPIC) == ["audit"]
+
+    # When its worker starts (registering the subscription) and a v1 event is published
+    await run_worker_until(app, url, registered)
+    published = await publisher.publish(TOPIC, UserCreatedV1(name="Ada"))
+
+    async def dead() -> bool:
+        return await sub.count_dead_letters() == 1
+
+    await run_worker_until(app, url, dead)
+    # Then it is a dead letter whose reason and message name the missing step
+    letter = await sub.show_dead_letter(published.event_id)
+    assert letter is not None and letter.reason == "unknown_event_version"
+    assert "no upcaster from version 1" in letter.history[-1].message
+
+
+async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_cause(
+    url: str,
+) -> None:
+    # Given a subscription whose handler enqueues a job and publishes a follow-up event, and
+    # a task for that job on the same pool
+    queue = events.subscription_queue(TOPIC, "onboarding")
+    app = App(queue=queue)
+    follow_up = "identity.user.welcomed"
+    got: list[events.EventEnvelope | None] = []
+    emails: list[tuple[str | None, str | None]] = []
+
+    @app.subscribe(TOPIC, group="onboarding")
+    async def onboard(user: UserCreated, ctx: JobContext) -> None:
+        got.append(events.current_event())
+        await app.enqueue("send-email", {"to": user.first})
+        await app.publish(follow_up, {"who": user.first})
+
+    @app.task("send-email")
+    async def send_email(payload: dict[str, str], ctx: JobContext) -> None:
+        emails.append((ctx.correlation_id, ctx.headers.get(events.CAUSATION_HEADER)))
+
+    publisher = App(queue="publisher")
+    broker = await open_broker(url, "publisher")
+    publisher.bind_broker(broker)
+    await broker.subscribe(TOPIC, "onboarding")
+    await broker.subscribe(follow_up, "crm")
+    # When an event is published with a correlation id, and the worker runs its handler
+    root = await publisher.publish(
+        TOPIC, UserCreated(first="Ada", last="L"), correlation_id="req-42"
+    )
+    crm = await open_broker(url, events.subscription_queue(follow_up, "crm"))
+    held: list[base.Delivery] = []
+
+    async def both_done() -> bool:
+        held.extend(await crm.fetch("reader", 1))
+        return bool(held and emails)
+
+    assert await run_worker_until(app, url, both_done)
+    # Then the child job and the child event carry the root's correlation id and name the
+    # handler's job (whose id is the event id) as their cause
+    assert got and got[0] is not None and got[0].id == root.event_id
+    assert emails == [("req-42", root.event_id)]
+    [child] = held
+    child_event = events.EventEnvelope.model_validate(child.envelope.payload)
+    assert (child_event.correlation_id, child_event.causation_id) == ("req-42", root.event_id)
+    assert child.envelope.correlation_id == "req-42"
+    assert child.envelope.headers[events.CAUSATION_HEADER] == root.event_id
