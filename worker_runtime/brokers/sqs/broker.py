@@ -249,7 +249,13 @@ class SqsBroker:
                         aws_secret_access_key=secret,
                     )
                 )
-                await self._ensure_queues()
+                try:
+                    await self._ensure_queues()
+                except BaseException:
+                    # no half-open broker: its HTTP session would outlive it unclosed
+                    await self._stack.aclose()
+                    self._client = None
+                    raise
 
     async def _ensure_queues(self) -> None:
         fifo = {"FifoQueue": "true"} if self.settings.fifo else {}
