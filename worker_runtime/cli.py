@@ -6,8 +6,15 @@ Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli
 when it runs. Every read command has a ``--json`` variant for scripts; the default output is
 a table that fits a terminal.
 
-Connection settings come from flags or the environment (``WORKERFLEET_REDIS_URL``,
-``WORKERFLEET_QUEUE``), exactly as a worker pod sees them.
+Connection settings come from flags or the environment, exactly as a worker pod sees them:
+``--broker-url`` / ``WORKERFLEET_BROKER_URL`` (any scheme :func:`worker_runtime.brokers.open_broker`
+serves: Redis, RabbitMQ, SQS, memory), or the older ``--redis-url`` / ``WORKERFLEET_REDIS_URL``
+(the same URL under its first name: any scheme works there too), and ``--queue`` /
+``WORKERFLEET_QUEUE``. The queue and dlq commands and ``enqueue`` talk to the broker only through
+the protocols of :mod:`worker_runtime.brokers.base` (``QueueProbe``, ``DeadLetters``,
+``Broker.enqueue``, and the optional ``InFlightJobs`` and ``DeadLetterSteps``); a command that
+needs something its broker lacks fails with :class:`~worker_runtime.errors.CapabilityMissing`
+naming the broker and the missing capability.
 """
 
 from __future__ import annotations
@@ -21,12 +28,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from worker_runtime import app as app_mod
-    from worker_runtime.brokers.redis import dlq, stats
+    from worker_runtime.brokers import base
 
 SubParsers = Any  # argparse's _SubParsersAction is private
 R = TypeVar("R")
@@ -39,7 +46,7 @@ class CliError(Exception):
 PoolResolver = Callable[[str, "str | None"], tuple[str, str]]
 
 POOL_RESOLVER: PoolResolver | None = None
-"""Finds (Redis URL, queue) of a WorkerPool ``NAMESPACE/NAME`` for ``--pool``; installed by the
+"""Finds (broker URL, queue) of a WorkerPool ``NAMESPACE/NAME`` for ``--pool``; installed by the
 ``workerfleet`` console script (the runtime itself knows nothing of Kubernetes). It raises
 LookupError for a pool that cannot be found or read."""
 
@@ -48,10 +55,20 @@ LookupError for a pool that cannot be found or read."""
 
 
 def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> None:
+    if pool:
+        parser.add_argument(
+            "--broker-url",
+            default=None,
+            help="broker URL: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://, "
+            "amqp://, amqps://, sqs://, memory:// (default: $WORKERFLEET_BROKER_URL, "
+            "else $WORKERFLEET_REDIS_URL)",
+        )
     parser.add_argument(
         "--redis-url",
         default=None,
-        help="Redis URL (default: $WORKERFLEET_REDIS_URL)",
+        help="Redis URL (default: $WORKERFLEET_REDIS_URL)"
+        if not pool
+        else "the broker URL under its older name (same as --broker-url)",
     )
     parser.add_argument(
         "--queue", "-q", default=None, help="queue name (default: $WORKERFLEET_QUEUE)"
@@ -61,7 +78,7 @@ def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> 
             "--pool",
             default=None,
             metavar="NAMESPACE/NAME",
-            help="take the queue and its Redis URL from this WorkerPool and its Secret",
+            help="take the queue and its broker URL from this WorkerPool and its Secret",
         )
         parser.add_argument(
             "--kubeconfig", default=None, help="kubeconfig for --pool (default: $KUBECONFIG)"
@@ -257,8 +274,8 @@ def _pool_target(args: argparse.Namespace) -> tuple[str, str] | None:
         if POOL_RESOLVER is None:
             msg = "--pool needs the operator package (pip install 'workerfleet[operator]')"
             raise CliError(msg)
-        if args.redis_url or args.queue:
-            msg = "--pool finds the queue and its Redis URL: drop --redis-url/--queue"
+        if args.redis_url or getattr(args, "broker_url", None) or args.queue:
+            msg = "--pool finds the queue and its broker URL: drop --broker-url/--redis-url/--queue"
             raise CliError(msg)
         try:
             cached = POOL_RESOLVER(str(pool), getattr(args, "kubeconfig", None))
@@ -268,19 +285,52 @@ def _pool_target(args: argparse.Namespace) -> tuple[str, str] | None:
     return cached
 
 
-def _redis_url(args: argparse.Namespace) -> str:
-    from worker_runtime.brokers.redis import connection
+BROKER_NAMES = {"amqp": "RabbitMQ", "amqps": "RabbitMQ", "sqs": "SQS", "memory": "memory"}
+"""How messages name a broker by its URL scheme (every other served scheme is Redis)."""
+
+
+def broker_name(url: str) -> str:
+    """``Redis``, ``RabbitMQ``, ``SQS`` or ``memory``: the broker a URL names, for messages."""
+    return BROKER_NAMES.get(url.partition("://")[0].lower(), "Redis")
+
+
+def _broker_url(args: argparse.Namespace) -> str:
+    """The broker URL of a queue/dlq/enqueue command (checked, never echoed)."""
+    from worker_runtime import brokers, errors
 
     target = _pool_target(args)
-    url = target[0] if target else args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
-    if not url:
-        msg = "no Redis URL: pass --redis-url or set WORKERFLEET_REDIS_URL"
+    flag = getattr(args, "broker_url", None)
+    if flag and args.redis_url:
+        msg = "pass --broker-url or --redis-url, not both"
         raise CliError(msg)
+    url = (
+        target[0]
+        if target
+        else flag
+        or args.redis_url
+        or os.environ.get("WORKERFLEET_BROKER_URL")
+        or os.environ.get("WORKERFLEET_REDIS_URL")
+    )
+    if not url:
+        msg = (
+            "no Redis URL or other broker URL: pass --broker-url (or --redis-url) or set "
+            "WORKERFLEET_BROKER_URL (or WORKERFLEET_REDIS_URL)"
+        )
+        raise CliError(msg)
+    url = str(url)
     try:
-        connection.parse_redis_url(str(url))
-    except connection.InvalidRedisURL as exc:
-        raise CliError(f"unusable Redis URL: {exc}") from None
-    return str(url)
+        scheme = brokers.scheme_of(url)
+    except errors.ConfigError as exc:
+        raise CliError(f"unusable broker URL: {exc}") from None
+    if scheme in brokers.REDIS_SCHEMES:
+        from worker_runtime.brokers.redis import connection
+
+        try:
+            connection.parse_redis_url(url)
+        except connection.InvalidRedisURL as exc:
+            raise CliError(f"unusable Redis URL: {exc}") from None
+    args._broker_name = broker_name(url)
+    return url
 
 
 def _queue_name(args: argparse.Namespace) -> str:
@@ -292,40 +342,64 @@ def _queue_name(args: argparse.Namespace) -> str:
     return str(name)
 
 
-def _run_async(make: Callable[[Any], Any], url: str) -> Any:
-    from worker_runtime.brokers.redis import connection
+def _run_on_broker(url: str, queue: str, call: Callable[[Any], Awaitable[R]]) -> R:
+    """``await call(broker)`` on a broker of its own for ``queue`` at ``url`` (closed after)."""
+    from worker_runtime import brokers
 
-    async def go() -> Any:
-        client = connection.fetch_client(url)
+    async def go() -> R:
+        broker = await brokers.open_broker(url, queue)
         try:
-            return await make(client)
+            return await call(broker)
         finally:
-            await client.aclose()
+            await broker.close()
 
     return asyncio.run(go())
 
 
-def _run_on_queue(url: str, queue: str, call: Callable[..., Awaitable[R]], **kwargs: Any) -> R:
-    """``await call(client, queue, **kwargs)`` on a client of its own (the dlq commands)."""
+def _missing(url: str, what: str, protocol: str) -> Exception:
+    from worker_runtime import errors
 
-    async def go(client: Any) -> R:
-        return await call(client, queue, **kwargs)
+    return errors.CapabilityMissing(
+        f"the {broker_name(url)} broker cannot {what} (it does not implement {protocol})",
+        operation=protocol,
+    )
 
-    result: R = _run_async(go, url)
-    return result
+
+def _dead_letters(broker: Any, url: str) -> base.DeadLetters:
+    """The broker's DLQ side, or CapabilityMissing naming the broker."""
+    from worker_runtime.brokers import base
+
+    if not isinstance(broker, base.DeadLetters):
+        raise _missing(url, "read or change its dead letters", "DeadLetters")
+    return broker
+
+
+def _probe(broker: Any, url: str) -> base.QueueProbe:
+    """The broker's statistics side, or CapabilityMissing naming the broker."""
+    from worker_runtime.brokers import base
+
+    if not isinstance(broker, base.QueueProbe):
+        raise _missing(url, "report queue statistics", "QueueProbe")
+    return broker
 
 
 def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapped(args: argparse.Namespace) -> int:
-        import redis.exceptions
+        from worker_runtime import errors
+
+        def name() -> str:
+            return str(getattr(args, "_broker_name", "the broker"))
 
         try:
             return fn(args)
-        except CliError as exc:
+        except (CliError, errors.CapabilityMissing, errors.ConfigError) as exc:
             print(f"workerfleet: {exc}", file=sys.stderr)
             return 2
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            print(f"workerfleet: cannot reach Redis: {exc}", file=sys.stderr)
+        except (errors.BrokerUnavailable, OSError) as exc:
+            print(f"workerfleet: cannot reach {name()}: {exc}", file=sys.stderr)
+            return 1
+        except errors.BrokerRejected as exc:
+            print(f"workerfleet: {name()} refused the request: {exc}", file=sys.stderr)
             return 1
 
     wrapped.__name__ = fn.__name__
@@ -350,7 +424,7 @@ def _printable(text: str) -> str:
 
 
 def _age(seconds: float | None) -> str:
-    from worker_runtime.brokers.redis import stats
+    from worker_runtime.brokers.redis import stats  # format_age is pure; no client is opened
 
     return stats.format_age(seconds)
 
@@ -402,7 +476,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # ---- queue stats -----------------------------------------------------------------------------
 
 
-def build_stats_json(s: stats.QueueStats) -> dict[str, Any]:
+def build_stats_json(s: base.QueueStats) -> dict[str, Any]:
     """QueueStats as plain JSON (stable keys, for scripts and the tests)."""
     import dataclasses
 
@@ -411,7 +485,7 @@ def build_stats_json(s: stats.QueueStats) -> dict[str, Any]:
     return data
 
 
-def _render_stats(s: stats.QueueStats) -> Any:
+def _render_stats(s: base.QueueStats) -> Any:
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -462,15 +536,13 @@ def _render_stats(s: stats.QueueStats) -> Any:
 @_guard
 def cmd_queue_stats(args: argparse.Namespace) -> int:
     """Print the queue's stats (one read-only round trip)."""
-    from worker_runtime.brokers.redis import stats
+    url, queue = _broker_url(args), _queue_name(args)
 
-    url, queue = _redis_url(args), _queue_name(args)
-
-    async def once(client: Any) -> stats.QueueStats:
-        return await stats.fetch_queue_stats(client, queue)
+    async def once(broker: Any) -> base.QueueStats:
+        return await _probe(broker, url).fetch_stats()
 
     if args.watch is None:
-        s = _run_async(once, url)
+        s = _run_on_broker(url, queue, once)
         if args.json:
             _print_json(build_stats_json(s))
         else:
@@ -479,14 +551,14 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 
     from rich.live import Live
 
-    async def watch(client: Any) -> None:
+    async def watch(broker: Any) -> None:
         with Live(auto_refresh=False) as live:
             while True:
-                live.update(_render_stats(await once(client)), refresh=True)
+                live.update(_render_stats(await once(broker)), refresh=True)
                 await asyncio.sleep(max(0.2, args.watch))
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run_async(watch, url)
+        _run_on_broker(url, queue, watch)
     return 0
 
 
@@ -495,10 +567,16 @@ def cmd_queue_jobs(args: argparse.Namespace) -> int:
     """List the jobs running now (like ``celery inspect active``)."""
     import dataclasses
 
-    from worker_runtime.brokers.redis import inflight
+    from worker_runtime.brokers import base
 
-    url, queue = _redis_url(args), _queue_name(args)
-    jobs = _run_on_queue(url, queue, inflight.fetch_in_flight_jobs, limit=args.limit)
+    url, queue = _broker_url(args), _queue_name(args)
+
+    async def listing(broker: Any) -> list[base.InFlightJob]:
+        if not isinstance(broker, base.InFlightJobs):
+            raise _missing(url, "list the jobs in flight", "InFlightJobs")
+        return await broker.list_in_flight_jobs(limit=args.limit)
+
+    jobs = _run_on_broker(url, queue, listing)
     if args.json:
         _print_json([dataclasses.asdict(j) for j in jobs])
         return 0
@@ -533,7 +611,7 @@ def cmd_queue_jobs(args: argparse.Namespace) -> int:
 # ---- dlq -------------------------------------------------------------------------------------
 
 
-def build_dead_letter_json(d: dlq.DeadLetter) -> dict[str, Any]:
+def build_dead_letter_json(d: base.DeadLetter) -> dict[str, Any]:
     """A DeadLetter as plain JSON; the envelope is decoded when it is valid JSON."""
     import dataclasses
 
@@ -575,10 +653,14 @@ def _fetch_filtered(args: argparse.Namespace, *, offset: int, limit: int) -> tup
     """Queue name, filter and page of the dead letters the command's filter flags select."""
     from worker_runtime import triage
 
-    url, queue = _redis_url(args), _queue_name(args)
+    url, queue = _broker_url(args), _queue_name(args)
     where = _dead_letter_filter(args)
-    page = _run_on_queue(
-        url, queue, triage.fetch_matching_dead_letters, where=where, offset=offset, limit=limit
+    page = _run_on_broker(
+        url,
+        queue,
+        lambda broker: triage.fetch_matching_dead_letters(
+            _dead_letters(broker, url), where, offset=offset, limit=limit
+        ),
     )
     return queue, where, page
 
@@ -672,11 +754,11 @@ def cmd_dlq_summary(args: argparse.Namespace) -> int:
 @_guard
 def cmd_dlq_show(args: argparse.Namespace) -> int:
     """Show one dead letter: payload and failure history."""
-    from worker_runtime.brokers.redis import dlq
+    url, queue = _broker_url(args), _queue_name(args)
 
-    url, queue = _redis_url(args), _queue_name(args)
-
-    d = _run_on_queue(url, queue, dlq.fetch_dead_letter, job_id=args.job_id)
+    d = _run_on_broker(
+        url, queue, lambda broker: _dead_letters(broker, url).show_dead_letter(args.job_id)
+    )
     if d is None:
         print(f"workerfleet: no dead letter {args.job_id!r} in {queue}", file=sys.stderr)
         return 1
@@ -718,36 +800,45 @@ def _dlq_selection(
     Job ids are given, or found by the filters (newest first, within triage.SCAN_LIMIT), or
     None: ``--all`` or ``hint`` (the command's own selection) decide.
     """
-    from worker_runtime import triage
 
     where = _dead_letter_filter(args)
     if not args.job_ids and not args.all and not chosen and where.is_empty:
         msg = f"name job ids, or pass {hint}, or filter with --task/--reason/--error/--since"
         raise CliError(msg)
-    url, queue = _redis_url(args), _queue_name(args)
+    url, queue = _broker_url(args), _queue_name(args)
     if where.is_empty:
         return url, queue, list(args.job_ids) or None
     if args.job_ids:
         msg = "name job ids or filter, not both"
         raise CliError(msg)
-    found = _run_on_queue(url, queue, triage.fetch_matching_ids, where=where)
+    found = _matching_ids(url, queue, where)
     return url, queue, list(reversed(found))  # oldest first, as a replay goes
+
+
+def _matching_ids(url: str, queue: str, where: Any) -> list[str]:
+    """Job ids of the dead letters ``where`` selects, newest first (within triage.SCAN_LIMIT)."""
+    from worker_runtime import triage
+
+    return _run_on_broker(
+        url, queue, lambda broker: triage.fetch_matching_ids(_dead_letters(broker, url), where)
+    )
 
 
 def _dry_run_ids(url: str, queue: str, ids: list[str] | None, limit: int | None) -> list[str]:
     from worker_runtime import triage
 
     if ids is None:
-        ids = list(reversed(_run_on_queue(url, queue, triage.fetch_matching_ids,
-                                          where=triage.DeadLetterFilter())))  # fmt: skip
+        ids = list(reversed(_matching_ids(url, queue, triage.DeadLetterFilter())))
     return ids if limit is None else ids[:limit]
+
+
+REPLAY_CHUNK = 100
+"""Most dead letters one replay call moves: the CLI checks Ctrl-C and the rate between calls."""
 
 
 @_guard
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     """Replay dead letters onto the queue, rate-limited."""
-    from worker_runtime.brokers.redis import dlq
-
     url, queue, ids = _dlq_selection(args, args.limit is not None, "--all or --limit N")
     if args.dry_run:
         would = _dry_run_ids(url, queue, ids, args.limit)
@@ -769,14 +860,15 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
 
-    async def go(client: Any) -> None:
+    async def go(broker: Any) -> None:
         # Ctrl-C stops between chunks: the chunk in flight finishes and is counted, so the
-        # summary says exactly what was replayed (a cancelled script call could have run)
+        # summary says exactly what was replayed (a cancelled broker call could have run)
+        letters = _dead_letters(broker, url)
         stop = _stop_on_ctrl_c()
         if ids is None:
-            count = await dlq.fetch_dead_letter_count(client, queue)
+            count = await letters.count_dead_letters()
             total[0] = count if args.limit is None else min(count, args.limit)
-        chunk = max(1, min(dlq.REPLAY_BATCH, int(args.rate)))  # about one second of work
+        chunk = max(1, min(REPLAY_CHUNK, int(args.rate)))  # about one second of work
         with _progress(f"replaying onto {queue}", total[0], quiet=args.json) as advance:
             remaining = args.limit
             pending = list(ids) if ids is not None else None
@@ -790,9 +882,9 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                     size = min(size, remaining)
                 if size <= 0:
                     break
-                done = await dlq.apply_replay(
-                    client, queue, job_ids=part, limit=None if part is not None else size,
-                    reset_attempts=args.reset_attempts, rate_per_second=float(dlq.REPLAY_BATCH),
+                done = await letters.replay_dead_letters(
+                    job_ids=part, limit=None if part is not None else size,
+                    reset_attempts=args.reset_attempts, rate_per_second=float(REPLAY_CHUNK),
                 )  # fmt: skip
                 replayed.extend(done)
                 advance(size if part is not None else len(done))
@@ -811,7 +903,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         raise CliError(msg)
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
-    _run_async(go, url)
+    _run_on_broker(url, queue, go)
     return _report_outcome(
         args, interrupted=interrupted[0],
         summary=f"replayed {len(replayed)} of {total[0]} job(s) onto {queue}",
@@ -868,9 +960,7 @@ def _stop_on_ctrl_c() -> asyncio.Event:
 
 @_guard
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    """Delete dead letters, a script call at a time, with progress and a summary on Ctrl-C."""
-    from worker_runtime.brokers.redis import dlq
-
+    """Delete dead letters, a broker call at a time, with progress and a summary on Ctrl-C."""
     url, queue, ids = _dlq_selection(
         args, args.older_than is not None, "--all --yes or --older-than SECONDS"
     )
@@ -883,21 +973,21 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
 
-    async def go(client: Any) -> None:
-        # Ctrl-C stops between script calls: the call in flight finishes and is counted, so
+    async def go(broker: Any) -> None:
+        # Ctrl-C stops between broker calls: the call in flight finishes and is counted, so
         # the summary says exactly how many were deleted
+        letters = _dead_letters(broker, url)
         stop = _stop_on_ctrl_c()
         if ids is None and args.older_than is not None:
-            total[0] = await dlq.fetch_dead_letter_count_older_than(client, queue, args.older_than)
+            total[0] = await _count_older_than(letters, args.older_than)
         elif ids is None:
-            total[0] = await dlq.fetch_dead_letter_count(client, queue)
+            total[0] = await letters.count_dead_letters()
         if not args.json:
             print(f"purging {total[0]} dead letter(s) from {queue} ...", file=sys.stderr)
         with _progress(f"purging {queue}", total[0], quiet=args.json) as advance:
-            steps = dlq.delete_dead_letters_in_chunks(
-                client, queue, job_ids=ids, older_than_seconds=args.older_than,
-                everything=bool(args.all),
-            )  # fmt: skip
+            steps = _purge_steps(
+                letters, job_ids=ids, older_than_seconds=args.older_than, everything=bool(args.all)
+            )
             async for n in steps:
                 purged[0] += n
                 advance(n)
@@ -906,12 +996,58 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         interrupted[0] = stop.is_set()
 
     if ids is None or ids:
-        _run_async(go, url)
+        _run_on_broker(url, queue, go)
     return _report_outcome(
         args, interrupted=interrupted[0],
         summary=f"purged {purged[0]} of {total[0]} dead letter(s) from {queue}",
         done=f"purged {purged[0]} dead letter(s) from {queue}", result={"purged": purged[0]},
     )  # fmt: skip
+
+
+PURGE_CHUNK = 1000
+"""Most job ids one purge call deletes when the broker has no purge in steps of its own."""
+
+
+async def _count_older_than(letters: base.DeadLetters, older_than_seconds: float) -> int:
+    """How many dead letters a purge by age will delete (the progress bar's total).
+
+    A broker without ``DeadLetterSteps`` is counted by reading its list, newest first, up to
+    triage.SCAN_LIMIT (a floor beyond that; the bar then ends early, the purge does not).
+    """
+    from worker_runtime import triage
+    from worker_runtime.brokers import base
+
+    if isinstance(letters, base.DeadLetterSteps):
+        return await letters.count_dead_letters_older_than(older_than_seconds)
+    where = triage.DeadLetterFilter(until=time.time() - older_than_seconds)
+    page = await triage.fetch_matching_dead_letters(letters, where, limit=0)
+    return page.matched
+
+
+async def _purge_steps(
+    letters: base.DeadLetters,
+    *,
+    job_ids: list[str] | None,
+    older_than_seconds: float | None,
+    everything: bool,
+) -> AsyncIterator[int]:
+    """The purge as steps: the broker's own (``DeadLetterSteps``), else ids a chunk at a time,
+    else one call for a purge by age or of everything (no progress until it returns)."""
+    from worker_runtime.brokers import base
+
+    if isinstance(letters, base.DeadLetterSteps):
+        async for n in letters.purge_dead_letters_in_steps(
+            job_ids=job_ids, older_than_seconds=older_than_seconds, everything=everything
+        ):
+            yield n
+        return
+    if job_ids is not None:
+        for start in range(0, len(job_ids), PURGE_CHUNK):
+            yield await letters.purge_dead_letters(job_ids=job_ids[start : start + PURGE_CHUNK])
+        return
+    yield await letters.purge_dead_letters(
+        older_than_seconds=older_than_seconds, everything=everything
+    )
 
 
 # ---- enqueue ---------------------------------------------------------------------------------
@@ -940,14 +1076,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.task is None or args.payload is None:
         msg = "name the task and its JSON payload, or pass --file JOBS.ndjson"
         raise CliError(msg)
-    url, queue = _redis_url(args), _queue_name(args)
+    url, queue = _broker_url(args), _queue_name(args)
     payload = _read_payload(args.payload)
     if not isinstance(payload, dict):
         msg = "payload must be a JSON object"
         raise CliError(msg)
 
-    async def go(client: Any) -> Any:
-        p = producer.Producer(client, queue)
+    async def go(broker: Any) -> Any:
+        p = producer.Producer.on_broker(broker)
         return await p.enqueue(
             args.task,
             payload,
@@ -958,7 +1094,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             max_attempts=args.max_attempts,
         )
 
-    result = _run_async(go, url)
+    result = _run_on_broker(url, queue, go)
     if args.json:
         _print_json({"job_id": result.job_id, "created": result.created, "queue": queue})
     elif result.created:
@@ -1018,10 +1154,10 @@ def _enqueue_file(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
     specs = build_job_specs(lines)
-    url, queue = _redis_url(args), _queue_name(args)
+    url, queue = _broker_url(args), _queue_name(args)
 
-    async def go(client: Any) -> list[Any]:
-        p = producer.Producer(client, queue)
+    async def go(broker: Any) -> list[Any]:
+        p = producer.Producer.on_broker(broker)
         results: list[Any] = []
         for start in range(0, len(specs), ENQUEUE_BATCH):
             try:
@@ -1031,7 +1167,7 @@ def _enqueue_file(args: argparse.Namespace) -> int:
                 raise CliError(f"jobs from line {line}: {exc}; {len(results)} enqueued") from None
         return results
 
-    results = _run_async(go, url)
+    results = _run_on_broker(url, queue, go)
     created = [r.job_id for r in results if r.created]
     duplicates = len(results) - len(created)
     if args.json:

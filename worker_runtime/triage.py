@@ -1,9 +1,10 @@
 """Dead-letter triage: filter dead letters by task, reason, error type and time; group them.
 
 Called by the web console's DLQ browser and by ``workerfleet dlq ls|replay|purge|summary``. Reads
-through :mod:`worker_runtime.brokers.redis.dlq` only (its paged, read-only list): a filter is
-applied here, in Python, over at most :data:`SCAN_LIMIT` dead letters, newest first, so a huge DLQ
-never makes one request unbounded; :class:`FilteredPage` says when the scan stopped early.
+through the :class:`~worker_runtime.brokers.base.DeadLetters` protocol only (its paged,
+read-only list), so it works on every broker: a filter is applied here, in Python, over at most
+:data:`SCAN_LIMIT` dead letters, newest first, so a huge DLQ never makes one request unbounded;
+:class:`FilteredPage` says when the scan stopped early.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-from worker_runtime.brokers.redis import dlq
+from worker_runtime.brokers import base
 
 SCAN_LIMIT = 10_000
 """Most dead letters one filtered read walks through (newest first)."""
@@ -39,7 +40,7 @@ class DeadLetterFilter:
     def is_empty(self) -> bool:
         return all(v is None for v in (self.task, self.reason, self.error, self.since, self.until))
 
-    def matches(self, d: dlq.DeadLetter) -> bool:
+    def matches(self, d: base.DeadLetter) -> bool:
         """Whether ``d`` is one of the dead letters this filter means."""
         if self.task is not None and d.task != self.task:
             return False
@@ -54,7 +55,7 @@ class DeadLetterFilter:
         return not (self.until is not None and d.dead_lettered_at > self.until)
 
 
-def error_type_of(d: dlq.DeadLetter) -> str:
+def error_type_of(d: base.DeadLetter) -> str:
     """The error type of the dead letter's last failure ("" when it has no failure record)."""
     return d.history[-1].error_type if d.history else ""
 
@@ -63,7 +64,7 @@ def error_type_of(d: dlq.DeadLetter) -> str:
 class FilteredPage:
     """One page of matching dead letters, with how many matched in the scanned part."""
 
-    items: tuple[dlq.DeadLetter, ...]
+    items: tuple[base.DeadLetter, ...]
     matched: int
     scanned: int
     total: int
@@ -72,8 +73,7 @@ class FilteredPage:
 
 
 async def fetch_matching_dead_letters(
-    client: dlq.AsyncClient,
-    queue: str,
+    letters: base.DeadLetters,
     where: DeadLetterFilter,
     *,
     offset: int = 0,
@@ -81,12 +81,12 @@ async def fetch_matching_dead_letters(
     scan_limit: int = SCAN_LIMIT,
 ) -> FilteredPage:
     """The ``offset``/``limit`` page of the dead letters matching ``where``, newest first."""
-    total = await dlq.fetch_dead_letter_count(client, queue)
-    items: list[dlq.DeadLetter] = []
+    total = await letters.count_dead_letters()
+    items: list[base.DeadLetter] = []
     matched = scanned = 0
     while scanned < min(total, scan_limit):
-        batch = await dlq.fetch_dead_letters(
-            client, queue, offset=scanned, limit=min(PAGE, scan_limit - scanned)
+        batch = await letters.list_dead_letters(
+            offset=scanned, limit=min(PAGE, scan_limit - scanned)
         )
         if not batch:
             break
@@ -111,11 +111,11 @@ async def fetch_matching_dead_letters(
 
 
 async def fetch_matching_ids(
-    client: dlq.AsyncClient, queue: str, where: DeadLetterFilter, *, scan_limit: int = SCAN_LIMIT
+    letters: base.DeadLetters, where: DeadLetterFilter, *, scan_limit: int = SCAN_LIMIT
 ) -> list[str]:
     """Every matching job id (newest first) within the scan limit: what replay/purge act on."""
     page = await fetch_matching_dead_letters(
-        client, queue, where, offset=0, limit=scan_limit, scan_limit=scan_limit
+        letters, where, offset=0, limit=scan_limit, scan_limit=scan_limit
     )
     return [d.job_id for d in page.items]
 
@@ -130,7 +130,7 @@ class SummaryRow:
     tasks: tuple[str, ...]
 
 
-def build_summary(items: list[dlq.DeadLetter] | tuple[dlq.DeadLetter, ...]) -> list[SummaryRow]:
+def build_summary(items: list[base.DeadLetter] | tuple[base.DeadLetter, ...]) -> list[SummaryRow]:
     """Group dead letters by (reason, error type), largest group first (pure)."""
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     tasks: dict[tuple[str, str], set[str]] = collections.defaultdict(set)

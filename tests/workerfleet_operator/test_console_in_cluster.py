@@ -124,7 +124,7 @@ async def test_the_console_lists_each_named_namespace_and_never_the_whole_cluste
     assert [p.key for p in pools] == ["team-a/pool-team-a", "team-b/pool-team-b"]
     # And a pool outside those namespaces is not found (never read)
     with pytest.raises(sources.PoolNotFoundError):
-        await source.fetch_queue_client("team-c/pool")
+        await source.fetch_queue_broker("team-c/pool")
 
 
 async def test_without_namespaces_the_console_lists_the_whole_cluster(

@@ -37,7 +37,7 @@ import json
 import math
 import re
 import traceback
-from collections.abc import Collection, Container, Sequence
+from collections.abc import AsyncIterator, Collection, Container, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -642,4 +642,56 @@ class DeadLetters(Protocol):
         everything: bool = False,
     ) -> int:
         """Delete dead letters by id, by age, or all (exactly one); returns how many."""
+        ...
+
+
+# -- optional read-side extras (the CLI and the console check for them) ------------------------
+#
+# A broker that does not implement one of these makes the command that needs it fail with
+# :class:`~worker_runtime.errors.CapabilityMissing` naming the broker and what it lacks
+# (``workerfleet queue jobs --in-flight``), or lose only a convenience (a purge without
+# steps runs as one call: no progress until it is done). Redis and memory implement both.
+
+
+@dataclass(frozen=True)
+class InFlightJob:
+    """One job delivered to a worker and not yet finished."""
+
+    job_id: str
+    task: str | None
+    priority: str
+    worker_id: str
+    running_seconds: float
+    """Time since its (latest) delivery."""
+    deliveries: int
+    lease_expires_in_seconds: float | None
+
+
+@runtime_checkable
+class InFlightJobs(Protocol):
+    """The jobs running now, with the worker holding each (``workerfleet queue jobs
+    --in-flight``, the console's queue page). Read-only."""
+
+    async def list_in_flight_jobs(self, *, limit: int = 200) -> list[InFlightJob]:
+        """At most ``limit`` jobs in flight, longest-running first."""
+        ...
+
+
+@runtime_checkable
+class DeadLetterSteps(Protocol):
+    """A purge in bounded steps, so a caller shows progress and can stop between steps
+    knowing exactly how many were deleted (the CLI's Ctrl-C summary)."""
+
+    def purge_dead_letters_in_steps(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> AsyncIterator[int]:
+        """Like :meth:`DeadLetters.purge_dead_letters`; yields how many each step deleted."""
+        ...
+
+    async def count_dead_letters_older_than(self, older_than_seconds: float) -> int:
+        """How many dead letters were dead-lettered more than ``older_than_seconds`` ago."""
         ...

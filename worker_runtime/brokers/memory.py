@@ -22,7 +22,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Collection, Container, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,9 @@ POLL_SECONDS = 0.01
 
 REPLAY_BATCH = 100
 """Most dead letters replayed between two rate-limit pauses."""
+
+PURGE_STEP = 1000
+"""Most dead letters one step of ``purge_dead_letters_in_steps`` deletes (as on Redis)."""
 
 CAPABILITIES = base.FULL_CONTRACT
 """The reference declares every promise it checks."""
@@ -663,6 +666,61 @@ class MemoryBroker:
             for job_id in doomed:
                 del q.dlq[job_id]
             return len(doomed)
+
+    # -- InFlightJobs, DeadLetterSteps -------------------------------------------------------
+
+    async def list_in_flight_jobs(self, *, limit: int = 200) -> list[base.InFlightJob]:
+        with self._q.lock:
+            q = self._q
+            now = self.clock()
+            jobs = [
+                base.InFlightJob(
+                    job_id=job_id,
+                    task=q.jobs[job_id].envelope.task,
+                    priority=q.jobs[job_id].envelope.priority.value,
+                    worker_id=lease.worker_id,
+                    running_seconds=max(0.0, now - lease.fetched_at),
+                    deliveries=q.jobs[job_id].deliveries,
+                    lease_expires_in_seconds=max(0.0, lease.deadline - now),
+                )
+                for job_id, lease in q.leases.items()
+                if job_id in q.jobs
+            ]
+        jobs.sort(key=lambda j: (-j.running_seconds, j.job_id))
+        return jobs[: max(0, limit)]
+
+    async def purge_dead_letters_in_steps(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> AsyncIterator[int]:
+        if job_ids is not None:
+            ids = list(job_ids)
+            for start in range(0, len(ids), PURGE_STEP):
+                yield await self.purge_dead_letters(job_ids=ids[start : start + PURGE_STEP])
+            return
+        if older_than_seconds is None and not everything:
+            raise ValueError(
+                "say which dead letters to purge: job_ids, older_than_seconds or everything"
+            )
+        while True:
+            with self._q.lock:
+                cutoff = math.inf if everything else self.clock() - (older_than_seconds or 0.0)
+                doomed = [j for j, d in self._q.dlq.items() if d.dead_lettered_at <= cutoff]
+                for job_id in doomed[:PURGE_STEP]:
+                    del self._q.dlq[job_id]
+            n = min(len(doomed), PURGE_STEP)
+            yield n
+            if n < PURGE_STEP:
+                return
+            await asyncio.sleep(0)  # a step at a time: let the caller see Ctrl-C
+
+    async def count_dead_letters_older_than(self, older_than_seconds: float) -> int:
+        with self._q.lock:
+            cutoff = self.clock() - older_than_seconds
+            return sum(1 for d in self._q.dlq.values() if d.dead_lettered_at <= cutoff)
 
 
 def _worker_id(beat: base.WorkerHeartbeat) -> str:

@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from worker_runtime import errors
+from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import stats
 from workerfleet_operator.console import security, sources
 
@@ -154,13 +156,15 @@ class Console:
                 return await handler(request)
             except sources.PoolNotFoundError:
                 return self.render(request, "error.html", 404, message="no such pool or queue")
+            except errors.CapabilityMissing as exc:
+                return self.render(request, "error.html", 501, message=str(exc))
 
         return run
 
     async def _queue(self, request: Request) -> tuple[Any, str, str]:
         key = request.query_params.get("pool", "")
-        client, queue = await self.source.fetch_queue_client(key)
-        return client, queue, key
+        broker, queue = await self.source.fetch_queue_broker(key)
+        return broker, queue, key
 
     # ---- pages -------------------------------------------------------------------------------
 
@@ -169,11 +173,12 @@ class Console:
         return self.render(request, "pools.html", pools=pools)
 
     async def queue(self, request: Request) -> Response:
-        from worker_runtime.brokers.redis import inflight, stats
-
-        client, queue, key = await self._queue(request)
-        s = await stats.fetch_queue_stats(client, queue)
-        running = await inflight.fetch_in_flight_jobs(client, queue)
+        broker, queue, key = await self._queue(request)
+        s = await _probe(broker).fetch_stats()
+        # a broker that cannot list its running jobs shows the numbers without the list
+        running = (
+            await broker.list_in_flight_jobs() if isinstance(broker, base.InFlightJobs) else []
+        )
         rates = self.rates.observe(key, s)
         return self.render(
             request,
@@ -209,11 +214,11 @@ class Console:
     async def dead_letters(self, request: Request) -> Response:
         from worker_runtime import triage
 
-        client, queue, key = await self._queue(request)
+        broker, queue, key = await self._queue(request)
         where, params, problem = self._filter(request)
         offset = max(0, int(request.query_params.get("offset", "0") or 0))
         page = await triage.fetch_matching_dead_letters(
-            client, queue, where, offset=offset, limit=PAGE_SIZE
+            _dead_letters(broker), where, offset=offset, limit=PAGE_SIZE
         )
         summary = triage.build_summary(page.items) if page.items else []
         return self.render(
@@ -232,11 +237,9 @@ class Console:
         )
 
     async def job(self, request: Request) -> Response:
-        from worker_runtime.brokers.redis import dlq
-
-        client, queue, key = await self._queue(request)
+        broker, queue, key = await self._queue(request)
         job_id = request.query_params.get("id", "")
-        d = await dlq.fetch_dead_letter(client, queue, job_id)
+        d = await _dead_letters(broker).show_dead_letter(job_id)
         if d is None:
             return self.render(request, "error.html", 404, message="no such dead letter")
         try:
@@ -248,7 +251,7 @@ class Console:
             request, "job.html", key=key, queue=queue, d=d, envelope=envelope, payload=payload
         )
 
-    async def _chosen_ids(self, request: Request, client: Any, queue: str) -> list[str]:
+    async def _chosen_ids(self, request: Request, broker: Any) -> list[str]:
         from worker_runtime import triage
 
         ids = [i for i in request.query_params.getlist("id") if i]
@@ -257,15 +260,15 @@ class Console:
         where, _params, problem = self._filter(request)
         if problem is not None:
             return []
-        found = await triage.fetch_matching_ids(client, queue, where)
+        found = await triage.fetch_matching_ids(_dead_letters(broker), where)
         return found[:ACTION_LIMIT]
 
     async def confirm(self, request: Request) -> Response:
         action = request.path_params["action"]
         if action not in ("replay", "purge"):
             return self.render(request, "error.html", 404, message="no such action")
-        client, queue, key = await self._queue(request)
-        ids = await self._chosen_ids(request, client, queue)
+        broker, queue, key = await self._queue(request)
+        ids = await self._chosen_ids(request, broker)
         _where, params, problem = self._filter(request)
         return self.render(
             request,
@@ -279,24 +282,21 @@ class Console:
         )
 
     async def act(self, request: Request) -> Response:
-        from worker_runtime.brokers.redis import dlq
-
         action = request.path_params["action"]
         form = await request.form()
         key = str(form.get("pool", ""))
-        client, queue = await self.source.fetch_queue_client(key)
+        broker, queue = await self.source.fetch_queue_broker(key)
+        letters = _dead_letters(broker)
         ids = [str(i) for i in form.getlist("id") if str(i)][:ACTION_LIMIT]
         if action == "replay":
-            done = await dlq.apply_replay(
-                client,
-                queue,
+            done = await letters.replay_dead_letters(
                 job_ids=ids,
                 reset_attempts=form.get("reset_attempts") == "1",
                 rate_per_second=200.0,
             )
             count = len(done)
         elif action == "purge":
-            count = await dlq.delete_dead_letters(client, queue, job_ids=ids) if ids else 0
+            count = await letters.purge_dead_letters(job_ids=ids) if ids else 0
         else:
             return self.render(request, "error.html", 404, message="no such action")
         return self.render(
@@ -334,6 +334,24 @@ class Console:
 
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
+
+
+def _probe(broker: Any) -> base.QueueProbe:
+    """The broker's statistics, or CapabilityMissing naming what it lacks (a 501 page)."""
+    if not isinstance(broker, base.QueueProbe):
+        raise errors.CapabilityMissing(
+            f"the {type(broker).__name__} broker reports no queue statistics (QueueProbe)"
+        )
+    return broker
+
+
+def _dead_letters(broker: Any) -> base.DeadLetters:
+    """The broker's DLQ, or CapabilityMissing naming what it lacks (a 501 page)."""
+    if not isinstance(broker, base.DeadLetters):
+        raise errors.CapabilityMissing(
+            f"the {type(broker).__name__} broker has no dead letters to browse (DeadLetters)"
+        )
+    return broker
 
 
 def _same_origin(request: Request) -> bool:

@@ -25,9 +25,15 @@ def register_commands(subparsers: SubParsers) -> None:
         "the token (Bearer header or the sign-in form) or a trusted auth-proxy header.",
     )
     c.add_argument(
+        "--broker-url",
+        default=None,
+        help="broker URL of the queues, any scheme the runtime serves (redis://, amqp://, "
+        "sqs://, ...; default: $WORKERFLEET_BROKER_URL, else $WORKERFLEET_REDIS_URL)",
+    )
+    c.add_argument(
         "--redis-url",
         default=None,
-        help="Redis URL of the queues (default: $WORKERFLEET_REDIS_URL)",
+        help="the broker URL under its older name (same as --broker-url)",
     )
     c.add_argument(
         "--queue",
@@ -127,20 +133,25 @@ def cmd_console(args: argparse.Namespace) -> int:
             print(f"workerfleet: {exc}", file=sys.stderr)
             return 2
     else:
-        url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+        url = (
+            args.broker_url
+            or args.redis_url
+            or os.environ.get("WORKERFLEET_BROKER_URL")
+            or os.environ.get("WORKERFLEET_REDIS_URL")
+        )
         queues = args.queue or [q for q in [os.environ.get("WORKERFLEET_QUEUE")] if q]
         if not url or not queues:
             print(
-                "workerfleet: pass --kube, or --redis-url and --queue (or set the environment)",
+                "workerfleet: pass --kube, or --broker-url and --queue (or set the environment)",
                 file=sys.stderr,
             )
             return 2
-        from worker_runtime.brokers.redis import connection
+        from worker_runtime import errors
 
         try:
-            source = sources.RedisSource(url, queues)
-        except connection.InvalidRedisURL as exc:
-            print(f"workerfleet: unusable Redis URL: {exc}", file=sys.stderr)
+            source = sources.URLSource(url, queues)
+        except errors.ConfigError as exc:
+            print(f"workerfleet: unusable broker URL: {exc}", file=sys.stderr)
             return 2
     settings = app.ConsoleSettings(auth=auth, allow_writes=args.allow_writes)
     print(

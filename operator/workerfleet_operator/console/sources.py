@@ -1,10 +1,12 @@
-"""Where the web console reads pools from: a Redis URL with named queues, or WorkerPools.
+"""Where the web console reads pools from: a broker URL with named queues, or WorkerPools.
 
 Called by :mod:`workerfleet_operator.console.app`. A source lists pools (one row per queue with
 its numbers, and for a WorkerPool its replicas, conditions and last scaling decision from the
-status the operator wrote) and hands out a Redis client for a pool's queue. Queue numbers come
-only from the runtime's read-only APIs (:mod:`worker_runtime.brokers.redis.stats`). Redis URLs
-stay inside the source: pages show :func:`build_display_target` (no user, no password).
+status the operator wrote) and hands out the broker of a pool's queue, opened with
+:func:`worker_runtime.brokers.open_broker`, so every broker the runtime serves (Redis, RabbitMQ,
+SQS, memory) works. The console reads and writes only through the broker's protocols
+(``QueueProbe``, ``DeadLetters``, ``InFlightJobs`` when it has it). Broker URLs stay inside the
+source: pages show :func:`build_display_target` (no user, no password).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from worker_runtime.brokers.redis import connection, stats
+from worker_runtime import brokers, errors
+from worker_runtime.brokers import base as broker_base
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class PoolView:
     """One pool's row: identity, replicas, queue numbers, conditions, last decision."""
 
     key: str
-    """``queue`` (Redis source) or ``namespace/name`` (WorkerPool source); the pages' handle."""
+    """``queue`` (URL source) or ``namespace/name`` (WorkerPool source); the pages' handle."""
     name: str
     namespace: str | None
     queue: str
@@ -57,17 +60,34 @@ class PoolNotFoundError(LookupError):
 
 
 class Source(Protocol):
-    """What the console reads from (a Redis URL, or the cluster's WorkerPools)."""
+    """What the console reads from (a broker URL, or the cluster's WorkerPools)."""
 
     async def fetch_pools(self) -> list[PoolView]: ...
 
-    async def fetch_queue_client(self, key: str) -> tuple[Any, str]: ...
+    async def fetch_queue_broker(self, key: str) -> tuple[Any, str]:
+        """The open broker of the pool ``key`` and its queue name (the source closes it)."""
+        ...
 
     async def close(self) -> None: ...
 
 
 def build_display_target(url: str) -> str:
-    """``scheme://host:port/db`` of a Redis URL: never its user or password."""
+    """``scheme://host:port/db`` of a Redis URL (``scheme://host:port/path`` of another
+    broker's): never its user, password or query (an SQS URL may carry keys there)."""
+    import urllib.parse
+
+    scheme = url.partition("://")[0].lower()
+    if scheme not in brokers.REDIS_SCHEMES:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "(unusable broker URL)"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}{port}{parts.path}"
+    from worker_runtime.brokers.redis import connection
+
     try:
         parsed = connection.parse_redis_url(url)
     except connection.InvalidRedisURL:
@@ -80,7 +100,7 @@ def build_display_target(url: str) -> str:
     return f"{scheme}://{hosts}{tail}/{parsed.db}"
 
 
-def build_pool_from_stats(base: PoolView, s: stats.QueueStats) -> PoolView:
+def build_pool_from_stats(base: PoolView, s: broker_base.QueueStats) -> PoolView:
     """``base`` with the queue's live numbers (pure)."""
     import dataclasses
 
@@ -94,49 +114,72 @@ def build_pool_from_stats(base: PoolView, s: stats.QueueStats) -> PoolView:
     )
 
 
-class RedisSource:
-    """Queues named on the command line, all on one Redis URL."""
+class BrokerCache:
+    """Open brokers by (URL, queue), opened on first use and closed together."""
+
+    def __init__(self) -> None:
+        self._brokers: dict[tuple[str, str], Any] = {}
+
+    async def fetch(self, url: str, queue: str) -> Any:
+        broker = self._brokers.get((url, queue))
+        if broker is None:
+            broker = self._brokers[(url, queue)] = await brokers.open_broker(url, queue)
+        return broker
+
+    async def close(self) -> None:
+        opened, self._brokers = list(self._brokers.values()), {}
+        for broker in opened:
+            await broker.close()
+
+
+class URLSource:
+    """Queues named on the command line, all on one broker URL (any scheme)."""
 
     def __init__(self, url: str, queues: Sequence[str]) -> None:
-        connection.parse_redis_url(url)  # refuse an unusable URL at start, not per page
+        brokers.scheme_of(url)  # refuse an unusable URL at start, not per page
+        if url.partition("://")[0].lower() in brokers.REDIS_SCHEMES:
+            from worker_runtime.brokers.redis import connection
+
+            connection.parse_redis_url(url)
         self._url = url
         self._queues = list(dict.fromkeys(queues))
-        self._client: Any = None
-
-    def _fetch_client(self) -> Any:
-        if self._client is None:
-            self._client = connection.fetch_client(self._url)
-        return self._client
+        self._brokers = BrokerCache()
 
     async def fetch_pools(self) -> list[PoolView]:
-        client = self._fetch_client()
         target = build_display_target(self._url)
         out: list[PoolView] = []
         for queue in self._queues:
             base = PoolView(key=queue, name=queue, namespace=None, queue=queue, target=target)
-            out.append(
-                await _with_stats(base, functools.partial(stats.fetch_queue_stats, client, queue))
-            )
+            out.append(await _with_stats(base, functools.partial(self._fetch_stats, queue)))
         return out
 
-    async def fetch_queue_client(self, key: str) -> tuple[Any, str]:
+    async def _fetch_stats(self, queue: str) -> broker_base.QueueStats:
+        broker = await self._brokers.fetch(self._url, queue)
+        if not isinstance(broker, broker_base.QueueProbe):
+            raise errors.CapabilityMissing("this broker reports no queue statistics")
+        return await broker.fetch_stats()
+
+    async def fetch_queue_broker(self, key: str) -> tuple[Any, str]:
         if key not in self._queues:
             raise PoolNotFoundError(key)
-        return self._fetch_client(), key
+        return await self._brokers.fetch(self._url, key), key
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
+        await self._brokers.close()
 
 
-async def _with_stats(base: PoolView, read: Callable[[], Awaitable[stats.QueueStats]]) -> PoolView:
+RedisSource = URLSource
+"""The name this source had when only Redis was served."""
+
+
+async def _with_stats(
+    base: PoolView, read: Callable[[], Awaitable[broker_base.QueueStats]]
+) -> PoolView:
     import dataclasses
-
-    import redis.exceptions
 
     try:
         s = await asyncio.wait_for(read(), timeout=10.0)
-    except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+    except (errors.BrokerError, errors.ConfigError, OSError, TimeoutError) as exc:
         # the reason, never the URL (an error text may quote it)
         return dataclasses.replace(base, error=f"queue unreachable: {type(exc).__name__}")
     return build_pool_from_stats(base, s)
@@ -159,7 +202,7 @@ class RateTracker:
         self._clock = clock
         self._last: dict[str, RateSample] = {}
 
-    def observe(self, key: str, s: stats.QueueStats) -> dict[str, float] | None:
+    def observe(self, key: str, s: broker_base.QueueStats) -> dict[str, float] | None:
         """Rates since the previous read of ``key`` (None on the first read or a reset)."""
         now = self._clock()
         sample = RateSample(now, s.enqueued_total, s.completed_total, s.failed_total)
@@ -190,7 +233,7 @@ class KubeSource:
         # Empty: every namespace (a cluster-wide list); else only these, one list each (what a
         # namespaced install's Roles allow).
         self._namespaces = tuple(dict.fromkeys(namespaces))
-        self._clients: dict[str, Any] = {}
+        self._brokers = BrokerCache()
 
     async def fetch_pools(self) -> list[PoolView]:
         from workerfleet_operator.shell import inventory
@@ -201,7 +244,7 @@ class KubeSource:
         )
         return [inventory.build_pool_view(b) for bodies in listed for b in bodies]
 
-    async def fetch_queue_client(self, key: str) -> tuple[Any, str]:
+    async def fetch_queue_broker(self, key: str) -> tuple[Any, str]:
         from workerfleet_operator.shell import inventory
 
         namespace, _, name = key.partition("/")
@@ -212,13 +255,8 @@ class KubeSource:
             url, queue = await inventory.fetch_queue_target(self._login.client, body)
         except inventory.InventoryError as exc:
             raise PoolNotFoundError(key) from exc
-        client = self._clients.get(url)
-        if client is None:
-            client = self._clients[url] = connection.fetch_client(url)
-        return client, queue
+        return await self._brokers.fetch(url, queue), queue
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
-        self._clients.clear()
+        await self._brokers.close()
         await self._login.client.close()

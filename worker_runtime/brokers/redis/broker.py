@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-from collections.abc import Collection, Container, Sequence
+from collections.abc import AsyncIterator, Collection, Container, Sequence
 from typing import Any, NoReturn
 
 import redis.asyncio.cluster
@@ -23,7 +23,7 @@ import redis.exceptions
 
 from worker_runtime import errors
 from worker_runtime.brokers import base
-from worker_runtime.brokers.redis import connection, dlq, idempotency, stats, topics
+from worker_runtime.brokers.redis import connection, dlq, idempotency, inflight, stats, topics
 from worker_runtime.brokers.redis import queue as queue_mod
 
 CAPABILITIES = base.FULL_CONTRACT
@@ -332,6 +332,45 @@ class RedisBroker:
             )
         except Exception as exc:
             raise_mapped(exc, "dlq purge")
+
+    # -- InFlightJobs, DeadLetterSteps (the CLI's and the console's extras) ---------------------
+
+    async def list_in_flight_jobs(self, *, limit: int = 200) -> list[base.InFlightJob]:
+        try:
+            return await inflight.fetch_in_flight_jobs(self.client, self.queue, limit=limit)
+        except Exception as exc:
+            raise_mapped(exc, "in-flight jobs")
+
+    async def purge_dead_letters_in_steps(
+        self,
+        *,
+        job_ids: Sequence[str] | None = None,
+        older_than_seconds: float | None = None,
+        everything: bool = False,
+    ) -> AsyncIterator[int]:
+        steps = dlq.delete_dead_letters_in_chunks(
+            self.client,
+            self.queue,
+            job_ids=job_ids,
+            older_than_seconds=older_than_seconds,
+            everything=everything,
+        )
+        while True:
+            try:
+                n = await anext(steps)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                raise_mapped(exc, "dlq purge")
+            yield n
+
+    async def count_dead_letters_older_than(self, older_than_seconds: float) -> int:
+        try:
+            return await dlq.fetch_dead_letter_count_older_than(
+                self.client, self.queue, older_than_seconds
+            )
+        except Exception as exc:
+            raise_mapped(exc, "dlq count")
 
 
 async def open_from_url(

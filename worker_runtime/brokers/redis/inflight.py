@@ -10,13 +10,13 @@ them is simply left out (the list is a view, nothing acts on it), and no write e
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio
 import redis.asyncio.cluster
 import redis.exceptions
 
+from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import keys
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -25,18 +25,8 @@ LIST_LIMIT = 1000
 """Most in-flight jobs one call lists (a view for people, bounded like every read)."""
 
 
-@dataclass(frozen=True)
-class InFlightJob:
-    """One job delivered to a worker and not yet finished."""
-
-    job_id: str
-    task: str | None
-    priority: str
-    worker_id: str
-    running_seconds: float
-    """Time since its (latest) delivery."""
-    deliveries: int
-    lease_expires_in_seconds: float | None
+InFlightJob = base.InFlightJob
+"""The record every broker lists (defined on the seam)."""
 
 
 def _text(value: Any) -> str:
