@@ -119,9 +119,9 @@ def test_rabbitmq_node_kill_9_and_restart_with_classic_queues(
 ) -> None:
     # Given the pool on classic queues (on this 3.10.8 node a quorum queue does not come back
     # from a restart: docs/brokers.md) under a steady load
-    # (enqueues go on for 30 s: a node takes ~10-20 s to boot here, and the producer does not
-    # retry an enqueue that failed while it was down)
-    config = _config("node-kill-9-classic", jobs=_jobs(0.3), enqueue_seconds=30.0, enqueue_batch=10)
+    # (enqueues go on for 60 s: a node takes ~10-20 s to boot here, the producer does not
+    # retry an enqueue that failed while it was down, and jobs must come after the restarts)
+    config = _config("node-kill-9-classic", jobs=_jobs(0.3), enqueue_seconds=60.0, enqueue_batch=10)
 
     # When the RabbitMQ node is SIGKILLed twice while jobs are enqueued and run, and restarted
     # in place (same node name, ports and data)
@@ -131,7 +131,13 @@ def test_rabbitmq_node_kill_9_and_restart_with_classic_queues(
 
     # Then no confirmed enqueue is lost and nothing is wrongly dead: unacked jobs come back
     # with the restarted node, settles that were not committed are re-run
-    _, verdict = run_rabbitmq_scenario(
+    bed, verdict = run_rabbitmq_scenario(
         config, rabbitmq_factory, tmp_path, faults, queue_type="classic"
     )
     assert verdict.writes_lost_to_fault == 0
+    # And the fleet served again after the last restart: jobs enqueued after it ended
+    assert bed.kills == 2
+    restarted = max(f.t1 for f in bed.faults)
+    later = {e.job for e in bed.enqueues if e.answered and e.t > restarted}
+    ended = {r.job for r in bed.read_runs() if r.ok} | set(bed.read_final().dead)
+    assert later and later <= ended
