@@ -270,7 +270,8 @@ class RedisMonitor:
         self._thread.join(10)
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self._url)
+        # No read timeout (redis-py's default is 5 s): a timed-out read drops the connection.
+        client = redis.Redis.from_url(self._url, socket_timeout=24 * 3600.0)
         with client.monitor() as monitor:
             while not self._stop.is_set():
                 try:
