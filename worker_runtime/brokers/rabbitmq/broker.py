@@ -1057,7 +1057,10 @@ class RabbitMQBroker:
         """The queue's numbers from the management API, in one request for all its RabbitMQ
         queues (work, delay buckets, DLQ). Sampled by RabbitMQ every few seconds, so not one
         snapshot (``exact_stats`` is False); the oldest job's age is unavailable (quorum queues
-        do not report their head message's time): always 0 here."""
+        do not report their head message's time): always 0 here. ``enqueued_total`` and
+        ``completed_total`` are the work queues' publish and ack counters, so a retry's,
+        release's or dead-letter's copy counts too; the failed, retried and dead-lettered
+        totals are not kept (0)."""
         rows = await asyncio.to_thread(self._read_management_queues)
         now = time.time()
         backlog = in_flight = delayed = dead = 0
