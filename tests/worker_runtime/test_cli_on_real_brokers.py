@@ -1,0 +1,104 @@
+"""The dlq, queue and enqueue commands on real RabbitMQ and SQS (ElasticMQ) through --broker-url.
+
+Run as real processes (``python -m worker_runtime``) against the private servers of
+tests/conftest.py; the dead letters are made through the broker's own API (enqueue, fetch,
+dead-letter with a failure), and what the commands did is read back through the commands and
+the broker. ``queue jobs --in-flight`` is not served by these brokers (no ``InFlightJobs``):
+the command says so in one line naming the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.worker_runtime.test_cli_commands import run_cli
+from worker_runtime import brokers
+from worker_runtime import envelope as envelope_mod
+from worker_runtime.brokers import base
+
+pytestmark = pytest.mark.timeout(240)
+
+SERVERS = {"rabbitmq": ("rabbitmq_server", "RabbitMQ"), "sqs": ("elasticmq_server", "SQS")}
+
+
+async def _fetch_one(broker: Any) -> base.Delivery:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # bounded: SQS long-polls, RabbitMQ pushes
+        got = await broker.fetch("w-seed", 1, block=1.0)
+        if got:
+            return got[0]  # type: ignore[no-any-return]
+    raise AssertionError("the seeded job was never delivered")
+
+
+def _seed(url: str, queue: str) -> dict[str, str]:
+    """Two dead letters (charge_card: ValueError, send_email: TimeoutError)."""
+
+    async def go() -> dict[str, str]:
+        broker = await brokers.open_broker(url, queue)
+        ids: dict[str, str] = {}
+        try:
+            for task, error in (("charge_card", "ValueError"), ("send_email", "TimeoutError")):
+                env = envelope_mod.build_envelope(task, {"task": task})
+                await broker.enqueue(base.EnqueueRequest(envelope=env))
+                d = await _fetch_one(broker)
+                failure = base.Failure(error, f"{task} failed", "Traceback: here", "w-seed")
+                assert await broker.dead_letter(d, "max_attempts", failure=failure)
+                ids[task] = d.id
+        finally:
+            await broker.close()
+        return ids
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_dlq_triage_and_enqueue_work_on_the_broker_and_in_flight_is_refused_by_name(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    fixture, name = SERVERS[kind]
+    server = request.getfixturevalue(fixture)
+    queue = f"cli-{uuid.uuid4().hex[:10]}"
+    # (RabbitMQ's stats come from its management API, on the port the URL names)
+    url = server.url + (f"?management_port={server.management_port}" if kind == "rabbitmq" else "")
+    # Given two dead letters on a real broker
+    ids = _seed(url, queue)
+    flags = ("--broker-url", url, "-q", queue)
+
+    def cli(*args: str) -> Any:
+        out = run_cli(*args, *flags)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    # When the triage commands read and change its DLQ
+    assert {d["job_id"] for d in cli("dlq", "ls", "--json")} == set(ids.values())
+    shown = cli("dlq", "show", ids["charge_card"], "--json")
+    assert shown["envelope"]["payload"] == {"task": "charge_card"}
+    assert [f["error_type"] for f in shown["history"]] == ["ValueError"]
+    summary = cli("dlq", "summary", "--json")
+    assert {(g["error_type"], g["count"]) for g in summary["groups"]} == {
+        ("ValueError", 1),
+        ("TimeoutError", 1),
+    }
+    dry = cli("dlq", "replay", "--error", "TimeoutError", "--dry-run", "--json")
+    assert dry["job_ids"] == [ids["send_email"]]
+    assert len(cli("dlq", "ls", "--json")) == 2  # the dry run changed nothing
+    assert cli("dlq", "replay", "--task", "send_email", "--json")["replayed"] == 1
+    # Then the replayed one left the DLQ and the other one is still there
+    assert [d["job_id"] for d in cli("dlq", "ls", "--json")] == [ids["charge_card"]]
+    # And a purge of everything deletes it
+    assert cli("dlq", "purge", "--all", "--yes", "--json") == {"purged": 1}
+    assert cli("dlq", "ls", "--json") == []
+    # And enqueue and stats go through the same broker
+    assert cli("enqueue", "resize", '{"w": 1}', "--json")["created"] is True
+    assert cli("queue", "stats", "--json")["queue"] == queue
+    # And the in-flight listing, which this broker does not implement, is refused by name
+    refused = run_cli("queue", "jobs", "--in-flight", *flags)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"the {name} broker cannot list the jobs in flight" in refused.stderr
+    assert "InFlightJobs" in refused.stderr
