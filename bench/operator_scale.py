@@ -403,7 +403,9 @@ def main() -> int:
     parser.add_argument(
         "--bulk-poll", type=float, default=300.0, help="polling interval of the other pools (s)"
     )
-    parser.add_argument("--settle", type=float, default=20.0, help="wait after Ready (s)")
+    # Longer than the operator's status refresh (30 s): the numbers a poll reads after Ready
+    # are written once at the next refresh, which is convergence, not steady state.
+    parser.add_argument("--settle", type=float, default=45.0, help="wait after Ready (s)")
     parser.add_argument("--window", type=float, default=60.0, help="steady-state window (s)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     # The operator's client budget (WORKERFLEET_OPERATOR_API_QPS/_BURST, default 20/40, like
