@@ -29,8 +29,10 @@ It follows Jepsen's total-queue idea: the harness, never the runtime's own count
   (it succeeded, or never finished). Each must be explained by a fault on the previous run's
   worker (or a fault of Redis or of every worker) between the two starts, or by a fault that
   stopped the later run's worker while it held the job (its run starts right after the fault
-  ends); no fault may explain more duplicates than its ``capacity`` (the bound the scenario
-  documents);
+  ends); with ``split_settles`` (a broker whose retry is two calls, SQS: send the copy, delete
+  the original) also by a fault on the worker of any earlier run of the job, after that run
+  ended and before this one started (the original outlived its killed worker's retry); no
+  fault may explain more duplicates than its ``capacity`` (the bound the scenario documents);
 * **double ack**: two accepted acks of one job (fencing failed). Always a violation.
 
 Times are wall-clock seconds (``time.time()``) of one host: the harness, the workers and Redis
@@ -163,6 +165,17 @@ HELD_THROUGH_SECONDS = 2.0
 """How soon after a worker is continued it starts a job it had fetched before it was stopped."""
 
 
+def _explains_split_settle(fault: Fault, earlier: Iterable[Run], cur: Run) -> bool:
+    # A broker whose retry is two calls (send the copy, then delete the original: SQS) leaves
+    # both when its worker dies in between; the original comes back when its lease ends and
+    # runs again after the copy did. So a fault on the worker of ANY earlier run of the job,
+    # after that run ended and before this one started, explains this run.
+    return any(
+        fault.pid == r.pid and r.end is not None and r.end <= fault.t1 and fault.t0 <= cur.start
+        for r in earlier
+    )
+
+
 def _explains(fault: Fault, prev: Run, cur: Run) -> bool:
     # The fault hit the previous run's worker (or everyone) between the two starts, so that
     # run's lease or its ack was lost ...
@@ -219,6 +232,7 @@ def check_history(
     final: Final,
     *,
     max_attempts: int,
+    split_settles: bool = False,
 ) -> Verdict:
     """Judge one scenario's history (see the module docstring for every rule)."""
     faults = sorted(faults, key=lambda f: f.t0)
@@ -289,7 +303,13 @@ def check_history(
         ]
     for _, prev, cur in sorted(dupes, key=lambda d: d[0]):
         duplicates += 1
-        candidates = [f for f in faults if _explains(f, prev, cur)]
+        earlier = [r for r in by_job[cur.job] if r.start < cur.start]
+        candidates = [
+            f
+            for f in faults
+            if _explains(f, prev, cur)
+            or (split_settles and _explains_split_settle(f, earlier, cur))
+        ]
         if not candidates:
             unexplained += 1
             note("unexplained_duplicate", cur.job)

@@ -231,3 +231,31 @@ def test_a_fault_with_no_capacity_explains_no_duplicate() -> None:
     v = _check([h.Enqueue("a", 1.0, True)], runs, [stop])
     # Then the duplicate is over the bound
     assert (v.duplicates, v.duplicates_over_bound) == (1, 1)
+
+
+def test_a_kill_between_the_two_calls_of_a_split_retry_explains_a_later_rerun_only_then() -> None:
+    # Given the SQS history: run 1 failed on worker 10 (its retry sent the copy), worker 10 was
+    # killed before the original was deleted, the copy ran ok on 11, the original came back
+    # when its lease ended and ran again on 12
+    runs = [
+        h.Run("a", "a1", 10, 0.0, 0.03, False),
+        _ok("a", "a2", 11, 1.5),
+        _ok("a", "a3", 12, 3.1),
+    ]
+    kill = h.Fault("kill", 0.3, 0.3, pid=10, capacity=8)
+    final = h.Final(dead={}, live=set(), acks=set())
+    spec = [h.Enqueue("a", 0.0, True, fails=1)]
+    # Then with atomic settles (Redis) the re-run stays unexplained; with split settles
+    # (SQS: send the copy, delete the original) the kill of run 1's worker explains it
+    atomic = h.check_history(spec, runs, [kill], final, max_attempts=MAX_ATTEMPTS)
+    split = h.check_history(
+        spec, runs, [kill], final, max_attempts=MAX_ATTEMPTS, split_settles=True
+    )
+    assert atomic.unexplained_duplicates == 1
+    assert (split.duplicates, split.violations) == (1, 0), split.describe()
+    # and a kill of that worker before its run ended explains nothing more than before
+    early = h.Fault("kill", 0.01, 0.01, pid=10, capacity=8)
+    split_early = h.check_history(
+        spec, runs, [early], final, max_attempts=MAX_ATTEMPTS, split_settles=True
+    )
+    assert split_early.unexplained_duplicates == 1
