@@ -711,7 +711,8 @@ class RabbitMQBroker:
         wake: asyncio.Event | None = None,
         holding: Container[tuple[str, base.Receipt]] = (),
     ) -> tuple[list[bool], list[base.Delivery]]:
-        acked = [await self.ack(d) for d in deliveries]
+        # together: one commit covers them all (group commit, see _settle)
+        acked = list(await asyncio.gather(*(self.ack(d) for d in deliveries)))
         fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         return acked, fetched
 
