@@ -20,6 +20,7 @@ from tests.support.brokers import FakeClock
 from worker_runtime import errors
 from worker_runtime.brokers import base, memory
 from worker_runtime.brokers.redis import broker as redis_broker
+from worker_runtime.brokers.redis import topics
 
 LEASE = 0.4
 
@@ -209,3 +210,28 @@ async def test_redis_cluster_declares_no_topics_and_refuses_a_publish_saying_why
         await broker.publish(event(topic()))
     with pytest.raises(errors.CapabilityMissing, match="Redis Cluster"):
         await broker.subscribe(topic(), "a")
+
+
+async def test_a_group_registered_between_reading_and_publishing_still_gets_the_event(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a publisher that read the subscriptions before "late" registered (a stale list)
+    t = topic()
+    publisher = redis_broker.RedisBroker(redis_client, "publisher")
+    await publisher.subscribe(t, "early")
+    await publisher.subscribe(t, "late")
+    stale_reads = iter([["early"]])
+    real_read = topics.fetch_subscriptions
+
+    async def read_once_stale(client: Any, topic_name: str) -> list[str]:
+        return next(stale_reads, None) or await real_read(client, topic_name)
+
+    monkeypatch.setattr(topics, "fetch_subscriptions", read_once_stale)
+    # When it publishes
+    req = event(t)
+    result = await publisher.publish(req)
+    # Then the script refused the stale list and the event reached both groups
+    assert sorted(result.created) == ["early", "late"]
+    for group in ("early", "late"):
+        sub = redis_broker.RedisBroker(redis_client, f"{t}:{group}")
+        assert await drain_ids(sub) == [req.event_id]
