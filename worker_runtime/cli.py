@@ -123,6 +123,15 @@ def register_commands(subparsers: SubParsers) -> None:
     qj.set_defaults(handler=cmd_queue_jobs)
     q.set_defaults(handler=_needs_subcommand(q))
 
+    t = subparsers.add_parser("topic", help="inspect a topic's subscriptions (events)")
+    tsub = t.add_subparsers(dest="topic_command", metavar="COMMAND")
+    tl = tsub.add_parser("lag", help="each subscription's backlog and oldest event age")
+    tl.add_argument("topic", help="the event type, e.g. shop.order.placed")
+    tl.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
+    tl.add_argument("--json", action="store_true", help="machine-readable output")
+    tl.set_defaults(handler=cmd_topic_lag, pool=None, queue=None)
+    t.set_defaults(handler=_needs_subcommand(t))
+
     d = subparsers.add_parser("dlq", help="list, show, replay or purge dead letters")
     dsub = d.add_subparsers(dest="dlq_command", metavar="COMMAND")
     ls = dsub.add_parser("ls", help="list dead letters, newest first")
@@ -559,6 +568,33 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 
     with contextlib.suppress(KeyboardInterrupt):
         _run_on_broker(url, queue, watch)
+    return 0
+
+
+@_guard
+def cmd_topic_lag(args: argparse.Namespace) -> int:
+    """Print how far each subscription of a topic is behind (read-only)."""
+    import dataclasses
+
+    from worker_runtime.brokers.redis import topics
+
+    url = _redis_url(args)
+
+    async def once(client: Any) -> list[Any]:
+        return await topics.fetch_topic_lag(client, args.topic)
+
+    lag = _run_async(once, url)
+    if args.json:
+        _print_json([dataclasses.asdict(entry) for entry in lag])
+        return 0
+    if not lag:
+        print(f"no subscriptions on {args.topic}", file=sys.stderr)
+        return 0
+    for entry in lag:
+        print(
+            f"{entry.group}\tbacklog={entry.backlog}\toldest={entry.oldest_event_age_seconds:.1f}s"
+            f"\tin_flight={entry.in_flight}\tdead_letter={entry.dead_letter}"
+        )
     return 0
 
 

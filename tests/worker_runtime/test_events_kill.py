@@ -1,4 +1,5 @@
-"""A publisher killed with SIGKILL mid-publish never leaves an event in some subscriptions only.
+"""A publisher killed with SIGKILL mid-publish never leaves an event in some subscriptions only;
+and ``workerfleet topic lag`` run as a real command.
 
 Real subprocesses, real redis-server, real signals. The history is what the publisher said it
 was about to publish and what each subscription queue hands out afterwards; the check is that
@@ -7,6 +8,8 @@ every event id is in all three subscriptions or in none.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import random
 import signal
@@ -16,7 +19,8 @@ import time
 import uuid
 from typing import Any
 
-from tests.worker_runtime import workerproc
+from tests.worker_runtime import test_cli_commands, workerproc
+from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import broker as redis_broker
 
 ROUNDS = 15
@@ -81,3 +85,24 @@ async def test_a_publisher_killed_in_a_loop_never_leaves_an_event_in_some_subscr
     # the history is not empty: most tries were published, the last of some rounds was not
     assert len(delivered) >= ROUNDS
     assert len(tried) - len(delivered) <= ROUNDS
+
+
+async def test_workerfleet_topic_lag_prints_each_subscriptions_backlog(
+    redis_server: Any, redis_client: Any
+) -> None:
+    # Given a topic with two subscriptions, two events published and none handled
+    topic = f"shop{uuid.uuid4().hex[:8]}.order.placed"
+    admin = redis_broker.RedisBroker(redis_client, "admin")
+    for group in ("email", "analytics"):
+        await admin.subscribe(topic, group)
+    for n in range(2):
+        await admin.publish(base.PublishRequest(topic=topic, event_id=f"e{n}", payload={"n": n}))
+    # When the CLI reads the lag
+    done = await asyncio.to_thread(
+        test_cli_commands.run_cli, "topic", "lag", topic, "--json", redis_url=redis_server.url
+    )
+    # Then each subscription is 2 events behind
+    assert done.returncode == 0, done.stderr
+    rows = {row["group"]: row for row in json.loads(done.stdout)}
+    assert {g: r["backlog"] for g, r in rows.items()} == {"analytics": 2, "email": 2}
+    assert rows["email"]["queue"] == f"{topic}:email"

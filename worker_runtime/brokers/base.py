@@ -472,6 +472,33 @@ class PublishResult:
         return tuple(sorted(self.created + self.duplicate))
 
 
+@dataclass(frozen=True)
+class SubscriptionLag:
+    """How far one subscription is behind: its queue's backlog (ready and due jobs, i.e.
+    events not yet started) and the age of the oldest of them, from its :class:`QueueStats`."""
+
+    topic: str
+    group: str
+    queue: str
+    backlog: int
+    oldest_event_age_seconds: float
+    in_flight: int
+    dead_letter: int
+
+    @classmethod
+    def of(cls, topic: str, group: str, stats: QueueStats) -> SubscriptionLag:
+        """The lag of subscription ``group`` read off its queue's stats."""
+        return cls(
+            topic=topic,
+            group=group,
+            queue=stats.queue,
+            backlog=stats.backlog,
+            oldest_event_age_seconds=stats.oldest_job_age_seconds,
+            in_flight=stats.in_flight,
+            dead_letter=stats.dead_letter,
+        )
+
+
 @runtime_checkable
 class Topics(Protocol):
     """Topics of one backend (``Capabilities.topics``): any broker object of it reaches all.
@@ -498,6 +525,10 @@ class Topics(Protocol):
 
         With no subscription the event reaches nobody (``created`` and ``duplicate`` empty).
         """
+        ...
+
+    async def fetch_topic_lag(self, topic: str) -> list[SubscriptionLag]:
+        """Each current subscription's lag (read-only), by group name."""
         ...
 
 

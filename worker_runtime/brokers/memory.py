@@ -561,6 +561,14 @@ class MemoryBroker:
                 (created if result.created else duplicate).append(group)
         return base.PublishResult(request.event_id, tuple(created), tuple(duplicate))
 
+    async def fetch_topic_lag(self, topic: str) -> list[base.SubscriptionLag]:
+        out = []
+        for group in await self.list_subscriptions(topic):
+            queue = base.subscription_queue_name(topic, group)
+            sub = MemoryBroker(queue, self.options, clock=self.clock, store=self._store)
+            out.append(base.SubscriptionLag.of(topic, group, await sub.fetch_stats()))
+        return out
+
     # -- QueueProbe ------------------------------------------------------------------------
 
     async def fetch_stats(self) -> base.QueueStats:

@@ -235,3 +235,24 @@ async def test_a_group_registered_between_reading_and_publishing_still_gets_the_
     for group in ("early", "late"):
         sub = redis_broker.RedisBroker(redis_client, f"{t}:{group}")
         assert await drain_ids(sub) == [req.event_id]
+
+
+async def test_each_subscription_reports_its_own_lag_backlog_and_oldest_event_age(
+    backend: Backend,
+) -> None:
+    # Given three events in two subscriptions; "fast" has handled them, "slow" has not
+    t = topic()
+    publisher = await backend.open()
+    fast_q = await publisher.subscribe(t, "fast")
+    await publisher.subscribe(t, "slow")
+    for n in range(3):
+        await publisher.publish(event(t, n=n))
+    assert len(await drain_ids(await backend.open_queue(fast_q))) == 3
+    # When a second passes and the lag is read
+    await backend.advance(1.0)
+    lag = {entry.group: entry for entry in await publisher.fetch_topic_lag(t)}
+    # Then the slow group is 3 events behind, the oldest at least a second old; fast is not
+    assert sorted(lag) == ["fast", "slow"]
+    assert (lag["slow"].backlog, lag["slow"].queue) == (3, f"{t}:slow")
+    assert lag["slow"].oldest_event_age_seconds >= 1.0
+    assert (lag["fast"].backlog, lag["fast"].oldest_event_age_seconds) == (0, 0.0)

@@ -267,6 +267,13 @@ class RedisBroker:
         except Exception as exc:
             raise_mapped(exc, "publish")
 
+    async def fetch_topic_lag(self, topic: str) -> list[base.SubscriptionLag]:
+        self._check_topics()
+        try:
+            return await topics.fetch_topic_lag(self.client, topic)
+        except Exception as exc:
+            raise_mapped(exc, "topic lag")
+
     # -- QueueProbe ----------------------------------------------------------------------------
 
     async def fetch_stats(self) -> base.QueueStats:

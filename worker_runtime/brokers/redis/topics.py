@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from worker_runtime.brokers import base
-from worker_runtime.brokers.redis import keys, scripts
+from worker_runtime.brokers.redis import keys, scripts, stats
 
 STALE_RETRIES = 20
 """Times a publish re-reads the subscriptions when they change under it before giving up."""
@@ -78,3 +78,14 @@ async def apply_publish(
         groups = sorted(_text(g) for g in reply[1:])
     msg = f"the subscriptions of {request.topic!r} kept changing during {STALE_RETRIES} tries"
     raise RuntimeError(msg)
+
+
+async def fetch_topic_lag(client: Any, topic: str) -> list[base.SubscriptionLag]:
+    """Each subscription's lag from its queue's stats (one read-only round trip per group)."""
+    out = []
+    for group in await fetch_subscriptions(client, topic):
+        queue = base.subscription_queue_name(topic, group)
+        out.append(
+            base.SubscriptionLag.of(topic, group, await stats.fetch_queue_stats(client, queue))
+        )
+    return out
