@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, get_type_hints
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
     from worker_runtime import producer as producer_mod
     from worker_runtime.brokers.redis import queue as queue_mod
+
+_log = logs.get_logger("events")
 
 Priority = envelope.Priority
 HIGH = Priority.HIGH
@@ -471,9 +474,20 @@ class App:
         Options (``delay``, ``eta``, ``priority``, ``idempotency_key``, ``idempotency_ttl``,
         ``correlation_id``, ``max_attempts``, ...): :class:`worker_runtime.producer.JobSpec`.
         """
-        return await self._async_producer().enqueue(
-            task, self._checked_payload(task, payload), **_with_lineage(options)
+        options = _with_lineage(options)
+        result = await self._async_producer().enqueue(
+            task, self._checked_payload(task, payload), **options
         )
+        correlation = options.get("correlation_id")
+        if correlation is not None and result.created:
+            headers = options.get("headers") or {}
+            await self._record_trace(
+                correlation,
+                base.TraceEntry(
+                    "job", result.job_id, headers.get(events.CAUSATION_HEADER), task, time.time()
+                ),
+            )
+        return result
 
     async def enqueue_many(
         self, jobs: Sequence[producer_mod.JobSpec]
@@ -589,8 +603,25 @@ class App:
             correlation_id=event.correlation_id,
             headers=tuple(headers),
         )
-        result: base.PublishResult = await self._topic_broker().publish(request)
+        broker = self._topic_broker()
+        result: base.PublishResult = await broker.publish(request)
+        await self._record_trace(
+            event.correlation_id,
+            base.TraceEntry("event", event.id, event.causation_id, topic, event.occurred_at),
+        )
         return result
+
+    async def _record_trace(self, correlation_id: str, entry: base.TraceEntry) -> None:
+        # Best effort, after the work was stored: a failure here must not make the caller
+        # send the enqueue or publish again, so it is logged, not raised.
+        try:
+            broker = self._topic_broker()
+        except errors.CapabilityMissing:
+            return  # a broker without topics keeps no trace either
+        try:
+            await broker.record_trace(correlation_id, entry)
+        except (errors.WorkerfleetError, OSError) as exc:
+            _log.warning("trace entry not recorded", extra={"error": repr(exc)[:300]})
 
     async def register_subscriptions(self, queue: str | None = None) -> list[str]:
         """Register this App's subscriptions in the broker (only ``queue``'s when given):

@@ -132,6 +132,12 @@ def register_commands(subparsers: SubParsers) -> None:
     tl.set_defaults(handler=cmd_topic_lag, pool=None, queue=None)
     t.set_defaults(handler=_needs_subcommand(t))
 
+    tr = subparsers.add_parser("trace", help="the tree of jobs and events of a correlation id")
+    tr.add_argument("correlation_id", metavar="ID", help="the correlation id")
+    tr.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
+    tr.add_argument("--json", action="store_true", help="the raw entries, oldest first")
+    tr.set_defaults(handler=cmd_trace, pool=None, queue=None)
+
     d = subparsers.add_parser("dlq", help="list, show, replay or purge dead letters")
     dsub = d.add_subparsers(dest="dlq_command", metavar="COMMAND")
     ls = dsub.add_parser("ls", help="list dead letters, newest first")
@@ -571,30 +577,51 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_topic_rows(
+    args: argparse.Namespace, read: Callable[[Any], Awaitable[list[R]]]
+) -> list[R]:
+    """``await read(client)`` on a client of its own; with ``--json`` the rows are printed."""
+    import dataclasses
+
+    rows: list[R] = _run_async(read, _redis_url(args))
+    if args.json:
+        _print_json([dataclasses.asdict(row) for row in rows])  # type: ignore[call-overload]
+    return rows
+
+
 @_guard
 def cmd_topic_lag(args: argparse.Namespace) -> int:
     """Print how far each subscription of a topic is behind (read-only)."""
-    import dataclasses
-
     from worker_runtime.brokers.redis import topics
 
-    url = _redis_url(args)
-
-    async def once(client: Any) -> list[Any]:
-        return await topics.fetch_topic_lag(client, args.topic)
-
-    lag = _run_async(once, url)
+    lag = _fetch_topic_rows(args, lambda client: topics.fetch_topic_lag(client, args.topic))
     if args.json:
-        _print_json([dataclasses.asdict(entry) for entry in lag])
         return 0
     if not lag:
         print(f"no subscriptions on {args.topic}", file=sys.stderr)
-        return 0
     for entry in lag:
         print(
             f"{entry.group}\tbacklog={entry.backlog}\toldest={entry.oldest_event_age_seconds:.1f}s"
             f"\tin_flight={entry.in_flight}\tdead_letter={entry.dead_letter}"
         )
+    return 0
+
+
+@_guard
+def cmd_trace(args: argparse.Namespace) -> int:
+    """Print the jobs and events of one correlation id as a tree (from the trace index)."""
+    from worker_runtime import events
+    from worker_runtime.brokers.redis import topics
+
+    entries = _fetch_topic_rows(
+        args, lambda client: topics.fetch_trace(client, args.correlation_id)
+    )
+    if args.json:
+        return 0
+    if not entries:
+        print(f"no trace for {args.correlation_id} (unknown or expired)", file=sys.stderr)
+        return 1
+    print("\n".join(events.render_trace_tree(entries)))
     return 0
 
 

@@ -22,7 +22,7 @@ import contextvars
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,3 +305,27 @@ def bind_event(event: EventEnvelope | None) -> contextvars.Token[EventEnvelope |
 def unbind_event(token: contextvars.Token[EventEnvelope | None]) -> None:
     """Undo :func:`bind_event`."""
     _current_event.reset(token)
+
+
+def render_trace_tree(entries: Sequence[base.TraceEntry]) -> list[str]:
+    """The trace as indented lines, each under its cause (``workerfleet trace``); an entry
+    whose cause is not in the trace (trimmed, expired) is shown as a root."""
+    ids = {e.id for e in entries}
+    children: dict[str | None, list[base.TraceEntry]] = {}
+    seen: set[str] = set()
+    for e in entries:
+        if e.id in seen:
+            continue
+        seen.add(e.id)
+        parent = e.parent if e.parent in ids and e.parent != e.id else None
+        children.setdefault(parent, []).append(e)
+    lines: list[str] = []
+
+    def walk(parent: str | None, depth: int) -> None:
+        for e in children.get(parent, []):
+            lines.append(f"{'  ' * depth}{e.kind} {e.name} {e.id}")
+            if depth < 50:  # a cycle cannot loop forever
+                walk(e.id, depth + 1)
+
+    walk(None, 0)
+    return lines

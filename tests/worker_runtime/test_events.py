@@ -188,6 +188,7 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     follow_up = "identity.user.welcomed"
     got: list[events.EventEnvelope | None] = []
     emails: list[tuple[str | None, str | None]] = []
+    audits: list[tuple[str | None, str | None, str]] = []
 
     @app.subscribe(TOPIC, group="onboarding")
     async def onboard(user: UserCreated, ctx: JobContext) -> None:
@@ -198,6 +199,11 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     @app.task("send-email")
     async def send_email(payload: dict[str, str], ctx: JobContext) -> None:
         emails.append((ctx.correlation_id, ctx.headers.get(events.CAUSATION_HEADER)))
+        await app.enqueue("audit", {"what": "email"})
+
+    @app.task("audit")
+    async def audit(payload: dict[str, str], ctx: JobContext) -> None:
+        audits.append((ctx.correlation_id, ctx.headers.get(events.CAUSATION_HEADER), ctx.job_id))
 
     publisher = App(queue="publisher")
     broker = await open_broker(url, "publisher")
@@ -211,11 +217,11 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     crm = await open_broker(url, events.subscription_queue(follow_up, "crm"))
     held: list[base.Delivery] = []
 
-    async def both_done() -> bool:
+    async def all_done() -> bool:
         held.extend(await crm.fetch("reader", 1))
-        return bool(held and emails)
+        return bool(held and emails and audits)
 
-    assert await run_worker_until(app, url, both_done)
+    assert await run_worker_until(app, url, all_done)
     # Then the child job and the child event carry the root's correlation id and name the
     # handler's job (whose id is the event id) as their cause
     assert got and got[0] is not None and got[0].id == root.event_id
@@ -225,3 +231,18 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     assert (child_event.correlation_id, child_event.causation_id) == ("req-42", root.event_id)
     assert child.envelope.correlation_id == "req-42"
     assert child.envelope.headers[events.CAUSATION_HEADER] == root.event_id
+    # and the trace of the correlation id is the three-level tree of what happened
+    [(_, email_id, audit_id)] = audits
+    assert email_id is not None
+    lines = events.render_trace_tree(await broker.fetch_trace("req-42"))
+    assert sorted(lines[1:]) == sorted(
+        [
+            f"  job send-email {email_id}",
+            f"    job audit {audit_id}",
+            f"  event {follow_up} {child_event.id}",
+        ]
+    )
+    assert lines[0] == f"event {TOPIC} {root.event_id}"
+    assert (
+        lines.index(f"    job audit {audit_id}") == lines.index(f"  job send-email {email_id}") + 1
+    )

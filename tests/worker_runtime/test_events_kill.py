@@ -22,6 +22,7 @@ from typing import Any
 from tests.worker_runtime import test_cli_commands, workerproc
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import broker as redis_broker
+from worker_runtime.brokers.redis import keys
 
 ROUNDS = 15
 GROUPS = ("email", "analytics", "fulfilment")
@@ -111,3 +112,34 @@ async def test_workerfleet_topic_lag_prints_each_subscriptions_backlog(
     rows = {row["group"]: row for row in json.loads(done.stdout)}
     assert {g: r["backlog"] for g, r in rows.items()} == {"analytics": 2, "email": 2}
     assert rows["email"]["queue"] == f"{topic}:email"
+
+
+async def test_the_trace_index_is_bounded_expires_and_prints_as_a_tree(
+    redis_server: Any, redis_client: Any
+) -> None:
+    # Given a trace with more entries than it keeps: a root event and 1,002 jobs under it
+    corr = f"req-{uuid.uuid4().hex[:8]}"
+    broker = redis_broker.RedisBroker(redis_client, "admin")
+    await broker.record_trace(
+        corr, base.TraceEntry("event", "root", None, "shop.order.placed", 1.0)
+    )
+    for n in range(base.TRACE_KEEP + 2):
+        await broker.record_trace(corr, base.TraceEntry("job", f"j{n}", "root", "email", 2.0))
+    # When it is read back, and printed by the CLI
+    entries = await broker.fetch_trace(corr)
+    ttl = await redis_client.ttl(keys.build_trace_key(corr))
+    done = await asyncio.to_thread(
+        test_cli_commands.run_cli, "trace", corr, redis_url=redis_server.url
+    )
+    # Then it kept the newest TRACE_KEEP entries, expires within a day, and the jobs whose
+    # cause was trimmed away print as roots
+    assert len(entries) == base.TRACE_KEEP
+    assert (entries[0].id, entries[-1].id) == ("j2", f"j{base.TRACE_KEEP + 1}")
+    assert 0 < ttl <= base.TRACE_TTL_SECONDS
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["job email j2", "job email j3"] and len(lines) == base.TRACE_KEEP
+    missing = await asyncio.to_thread(
+        test_cli_commands.run_cli, "trace", "nobody", redis_url=redis_server.url
+    )
+    assert missing.returncode == 1 and "no trace for nobody" in missing.stderr

@@ -499,6 +499,44 @@ class SubscriptionLag:
         )
 
 
+TRACE_KEEP = 1000
+"""Most entries a trace (one correlation id) keeps; the oldest go first."""
+
+TRACE_TTL_SECONDS = 86_400.0
+"""How long a trace lives after its last entry."""
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One job or event in the trace of a correlation id: ``parent`` is its cause (the
+    causation id; None at the root), ``name`` its task or topic, ``at`` epoch seconds."""
+
+    kind: str  # "job" | "event"
+    id: str
+    parent: str | None
+    name: str
+    at: float
+
+    def encode(self) -> str:
+        """The stored form (JSON)."""
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "id": self.id,
+                "parent": self.parent,
+                "name": self.name,
+                "at": self.at,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> TraceEntry:
+        """An entry from its stored form."""
+        d = json.loads(raw)
+        return cls(str(d["kind"]), str(d["id"]), d.get("parent"), str(d["name"]), float(d["at"]))
+
+
 @runtime_checkable
 class Topics(Protocol):
     """Topics of one backend (``Capabilities.topics``): any broker object of it reaches all.
@@ -529,6 +567,15 @@ class Topics(Protocol):
 
     async def fetch_topic_lag(self, topic: str) -> list[SubscriptionLag]:
         """Each current subscription's lag (read-only), by group name."""
+        ...
+
+    async def record_trace(self, correlation_id: str, entry: TraceEntry) -> None:
+        """Append ``entry`` to the trace of ``correlation_id``: bounded (:data:`TRACE_KEEP`,
+        oldest dropped) and forgotten :data:`TRACE_TTL_SECONDS` after its last entry."""
+        ...
+
+    async def fetch_trace(self, correlation_id: str) -> list[TraceEntry]:
+        """The trace of ``correlation_id``, oldest first ([] when unknown or expired)."""
         ...
 
 

@@ -93,6 +93,9 @@ class _Queue:
 _STORES: dict[tuple[str, str], _Queue] = {}
 
 _TOPICS: dict[tuple[str, str], set[str]] = {}
+
+_TRACES: dict[tuple[str, str], tuple[list[base.TraceEntry], float]] = {}
+"""(store, correlation id) → (entries, expiry): the memory broker's trace index."""
 """(store, topic) → subscribed groups: the memory broker's subscription registry."""
 
 
@@ -141,6 +144,7 @@ def forget_stores() -> None:
     """Drop every named in-memory queue and topic (tests call this between cases)."""
     _STORES.clear()
     _TOPICS.clear()
+    _TRACES.clear()
 
 
 class MemoryBroker:
@@ -568,6 +572,18 @@ class MemoryBroker:
             sub = MemoryBroker(queue, self.options, clock=self.clock, store=self._store)
             out.append(base.SubscriptionLag.of(topic, group, await sub.fetch_stats()))
         return out
+
+    async def record_trace(self, correlation_id: str, entry: base.TraceEntry) -> None:
+        now = self.clock()
+        entries, expiry = _TRACES.get((self._store, correlation_id), ([], now))
+        if expiry < now:
+            entries = []
+        entries = [*entries, entry][-base.TRACE_KEEP :]
+        _TRACES[(self._store, correlation_id)] = (entries, now + base.TRACE_TTL_SECONDS)
+
+    async def fetch_trace(self, correlation_id: str) -> list[base.TraceEntry]:
+        entries, expiry = _TRACES.get((self._store, correlation_id), ([], 0.0))
+        return list(entries) if expiry >= self.clock() else []
 
     # -- QueueProbe ------------------------------------------------------------------------
 

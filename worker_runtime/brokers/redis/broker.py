@@ -274,6 +274,18 @@ class RedisBroker:
         except Exception as exc:
             raise_mapped(exc, "topic lag")
 
+    async def record_trace(self, correlation_id: str, entry: base.TraceEntry) -> None:
+        try:
+            await topics.apply_trace_entry(self.client, correlation_id, entry)
+        except Exception as exc:
+            raise_mapped(exc, "trace")
+
+    async def fetch_trace(self, correlation_id: str) -> list[base.TraceEntry]:
+        try:
+            return await topics.fetch_trace(self.client, correlation_id)
+        except Exception as exc:
+            raise_mapped(exc, "trace")
+
     # -- QueueProbe ----------------------------------------------------------------------------
 
     async def fetch_stats(self) -> base.QueueStats:

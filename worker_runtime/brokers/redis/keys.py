@@ -56,6 +56,11 @@ ordinary queue ``Q = T:G`` above; the topic itself has one key:
                                        subscription queue in the same script (its env, state,
                                        ready:<prio>, counters and enqueued keys), so a
                                        publish reaches all current subscriptions or none.
+``{wfc:C}:trace``               list    the trace of correlation id ``C`` (``C`` itself when it is
+                                       a valid queue name, else ``sha1:<hex of C>``): JSON
+                                       entries {kind, id, parent, name, at}, newest last,
+                                       trimmed to base.TRACE_KEEP and expiring
+                                       base.TRACE_TTL_SECONDS after the last write.
 =============================  ======  =====================================================
 
 The publish script spans several hash tags, so it runs on a single Redis (or Sentinel) only;
@@ -64,6 +69,7 @@ on Redis Cluster ``Capabilities.topics`` is False.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from worker_runtime import errors
@@ -135,6 +141,15 @@ class QueueKeys:
 def build_topic_key(topic: str) -> str:
     """The set of groups subscribed to ``topic`` (see the module docstring)."""
     return "{wft:" + build_queue_name(topic) + "}:subscriptions"
+
+
+def build_trace_key(correlation_id: str) -> str:
+    """The trace list of ``correlation_id`` (see the module docstring)."""
+    try:
+        tag = build_queue_name(correlation_id)
+    except errors.InvalidQueueName:
+        tag = "sha1:" + hashlib.sha1(correlation_id.encode("utf-8", "surrogateescape")).hexdigest()
+    return "{wfc:" + tag + "}:trace"
 
 
 def build_publish_keys(queue: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Topics on Redis: the subscription registry and the atomic fan-out of a publish.
+"""Topics on Redis: the subscription registry, the atomic fan-out of a publish, subscription lag
+and the trace index of correlation ids.
 
 Called by :class:`~worker_runtime.brokers.redis.broker.RedisBroker` (its ``Topics`` methods).
 The keys are defined in :mod:`worker_runtime.brokers.redis.keys` (``{wft:T}:subscriptions``
@@ -89,3 +90,19 @@ async def fetch_topic_lag(client: Any, topic: str) -> list[base.SubscriptionLag]
             base.SubscriptionLag.of(topic, group, await stats.fetch_queue_stats(client, queue))
         )
     return out
+
+
+async def apply_trace_entry(client: Any, correlation_id: str, entry: base.TraceEntry) -> None:
+    """Append to the bounded, expiring trace list (one MULTI: push, trim, expire)."""
+    key = keys.build_trace_key(correlation_id)
+    pipe = client.pipeline(transaction=True)
+    pipe.rpush(key, entry.encode())
+    pipe.ltrim(key, -base.TRACE_KEEP, -1)
+    pipe.expire(key, int(base.TRACE_TTL_SECONDS))
+    await pipe.execute()
+
+
+async def fetch_trace(client: Any, correlation_id: str) -> list[base.TraceEntry]:
+    """The trace of ``correlation_id``, oldest first."""
+    raw = await client.lrange(keys.build_trace_key(correlation_id), 0, -1)
+    return [base.TraceEntry.decode(r) for r in raw]
