@@ -127,6 +127,7 @@ def register_commands(subparsers: SubParsers) -> None:
     tsub = t.add_subparsers(dest="topic_command", metavar="COMMAND")
     tl = tsub.add_parser("lag", help="each subscription's backlog and oldest event age")
     tl.add_argument("topic", help="the event type, e.g. shop.order.placed")
+    tl.add_argument("--broker-url", default=None, help="broker URL ($WORKERFLEET_BROKER_URL)")
     tl.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
     tl.add_argument("--json", action="store_true", help="machine-readable output")
     tl.set_defaults(handler=cmd_topic_lag, pool=None, queue=None)
@@ -134,6 +135,7 @@ def register_commands(subparsers: SubParsers) -> None:
 
     tr = subparsers.add_parser("trace", help="the tree of jobs and events of a correlation id")
     tr.add_argument("correlation_id", metavar="ID", help="the correlation id")
+    tr.add_argument("--broker-url", default=None, help="broker URL ($WORKERFLEET_BROKER_URL)")
     tr.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
     tr.add_argument("--json", action="store_true", help="the raw entries, oldest first")
     tr.set_defaults(handler=cmd_trace, pool=None, queue=None)
@@ -580,10 +582,20 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
 def _fetch_topic_rows(
     args: argparse.Namespace, read: Callable[[Any], Awaitable[list[R]]]
 ) -> list[R]:
-    """``await read(client)`` on a client of its own; with ``--json`` the rows are printed."""
+    """``await read(broker)`` on a broker of its own that has topics; with ``--json`` the rows
+    are printed."""
     import dataclasses
 
-    rows: list[R] = _run_async(read, _redis_url(args))
+    from worker_runtime.brokers import base
+
+    url = _broker_url(args)
+
+    async def call(broker: Any) -> list[R]:
+        if not broker.capabilities.topics or not isinstance(broker, base.Topics):
+            raise _missing(url, "read topics", "Topics")
+        return await read(broker)
+
+    rows = _run_on_broker(url, "workerfleet-cli", call)
     if args.json:
         _print_json([dataclasses.asdict(row) for row in rows])  # type: ignore[call-overload]
     return rows
@@ -592,9 +604,7 @@ def _fetch_topic_rows(
 @_guard
 def cmd_topic_lag(args: argparse.Namespace) -> int:
     """Print how far each subscription of a topic is behind (read-only)."""
-    from worker_runtime.brokers.redis import topics
-
-    lag = _fetch_topic_rows(args, lambda client: topics.fetch_topic_lag(client, args.topic))
+    lag = _fetch_topic_rows(args, lambda broker: broker.fetch_topic_lag(args.topic))
     if args.json:
         return 0
     if not lag:
@@ -611,11 +621,8 @@ def cmd_topic_lag(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     """Print the jobs and events of one correlation id as a tree (from the trace index)."""
     from worker_runtime import events
-    from worker_runtime.brokers.redis import topics
 
-    entries = _fetch_topic_rows(
-        args, lambda client: topics.fetch_trace(client, args.correlation_id)
-    )
+    entries = _fetch_topic_rows(args, lambda broker: broker.fetch_trace(args.correlation_id))
     if args.json:
         return 0
     if not entries:
