@@ -100,17 +100,23 @@ _TRACES: dict[tuple[str, str], tuple[list[base.TraceEntry], float]] = {}
 
 
 def _add_jobs(
-    q: _Queue, requests: Sequence[base.EnqueueRequest], now: float, window: float
+    q: _Queue,
+    requests: Sequence[base.EnqueueRequest],
+    now: float,
+    window: float,
+    *,
+    keys: bool = True,
 ) -> list[base.EnqueueResult]:
     """Enqueue ``requests`` into ``q`` (its lock held): dedup by idempotency key and by job
-    id within ``window`` seconds, exactly as ``enqueue_many`` promises."""
+    id within ``window`` seconds, exactly as ``enqueue_many`` promises. ``keys=False`` (a
+    publish, as on Redis) dedups by job id only: the idempotency key is the handler's."""
     for job_id, at in list(q.enqueued.items()):
         if now - at > window:
             del q.enqueued[job_id]
     out: list[base.EnqueueResult] = []
     for req in requests:
         env = req.envelope
-        key = env.idempotency_key
+        key = env.idempotency_key if keys else None
         if key is not None:
             first = q.idempotency.get(key)
             if first is not None and first[1] > now:
@@ -561,7 +567,7 @@ class MemoryBroker:
             created: list[str] = []
             duplicate: list[str] = []
             for group, q, job in zip(groups, queues, jobs, strict=True):
-                [result] = _add_jobs(q, [job], now, self.options.enqueue_dedup_seconds)
+                [result] = _add_jobs(q, [job], now, self.options.enqueue_dedup_seconds, keys=False)
                 (created if result.created else duplicate).append(group)
         return base.PublishResult(request.event_id, tuple(created), tuple(duplicate))
 

@@ -256,3 +256,22 @@ async def test_each_subscription_reports_its_own_lag_backlog_and_oldest_event_ag
     assert (lag["slow"].backlog, lag["slow"].queue) == (3, f"{t}:slow")
     assert lag["slow"].oldest_event_age_seconds >= 1.0
     assert (lag["fast"].backlog, lag["fast"].oldest_event_age_seconds) == (0, 0.0)
+
+
+async def test_a_publish_of_an_old_event_id_after_the_dedup_window_is_stored_again(
+    backend: Backend,
+) -> None:
+    # Given an event handled in its subscription, and a queue remembering ids for 0.5 s
+    t = topic()
+    publisher = await backend.open(enqueue_dedup_seconds=0.5)
+    q = await publisher.subscribe(t, "a")
+    req = event(t)
+    await publisher.publish(req)
+    assert await drain_ids(await backend.open_queue(q)) == [req.event_id]
+    # When the same event id is published after the window
+    await backend.advance(0.8)
+    again = await publisher.publish(req)
+    # Then it is stored again (the window is the publish's whole dedup promise; beyond it the
+    # handler's idempotency key, the event id, is what protects it)
+    assert again.created == ("a",)
+    assert await drain_ids(await backend.open_queue(q)) == [req.event_id]
