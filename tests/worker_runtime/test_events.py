@@ -1,6 +1,7 @@
 """Events through the App: naming rule, frozen envelopes, upcasting, DLQ reasons and lineage.
 
-The subscription runs in a real worker on the memory broker (``memory://NAME``); what is
+The subscription runs in a real worker, on the memory broker (``memory://NAME``) and on a real
+redis-server (the same tests, one run each); what is
 asserted comes from the broker (what each queue holds, completed, dead-lettered) and from the
 handlers themselves (what they were given), not from the worker's counters.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pydantic
@@ -80,10 +81,20 @@ def test_an_event_envelope_is_immutable_and_checks_its_type() -> None:
 # -- a subscription in a real worker ---------------------------------------------------------
 
 
-@pytest.fixture
-async def url() -> AsyncIterator[str]:
+@pytest.fixture(params=["memory", "redis"])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Where the worker and the publisher meet: the memory reference or a real redis-server."""
+    if request.param == "redis":
+        yield request.getfixturevalue("redis_server").url
+        return
     yield f"memory://{uuid.uuid4().hex}"
     memory.forget_stores()
+
+
+@pytest.fixture
+def t() -> str:
+    """A topic of this test's own (the redis-server is shared by the session)."""
+    return f"identity{uuid.uuid4().hex[:8]}.user.created"
 
 
 async def run_worker_until(app: App, url: str, done: Any, *, seconds: float = 10.0) -> Any:
@@ -105,30 +116,30 @@ async def run_worker_until(app: App, url: str, done: Any, *, seconds: float = 10
 
 
 async def test_a_subscription_upcasts_old_events_and_dead_letters_those_it_cannot_read(
-    url: str,
+    url: str, t: str
 ) -> None:
     # Given a subscription whose handler reads version 2, with an upcaster from version 1
-    queue = events.subscription_queue(TOPIC, "welcome")
+    queue = events.subscription_queue(t, "welcome")
     app = App(queue=queue)
     seen: list[tuple[str, str]] = []
 
-    @app.upcaster(TOPIC, from_version=1)
+    @app.upcaster(t, from_version=1)
     def split_name(data: dict[str, Any]) -> dict[str, Any]:
         first, _, last = data["name"].partition(" ")
         return {"first": first, "last": last}
 
-    @app.subscribe(TOPIC, group="welcome")
+    @app.subscribe(t, group="welcome")
     async def welcome(user: UserCreated) -> None:
         seen.append((user.first, user.last))
 
     publisher = App(queue="publisher")
     broker = await open_broker(url, "publisher")
     publisher.bind_broker(broker)
-    await broker.subscribe(TOPIC, "welcome")
+    await broker.subscribe(t, "welcome")
     # When a v1, a v2 and a v3 event (newer than the handler knows) are published
-    old = await publisher.publish(TOPIC, UserCreatedV1(name="Ada Lovelace"))
-    new = await publisher.publish(TOPIC, UserCreated(first="Alan", last="Turing"))
-    newer = await publisher.publish(TOPIC, {"first": "X", "last": "Y"}, version=3)
+    old = await publisher.publish(t, UserCreatedV1(name="Ada Lovelace"))
+    new = await publisher.publish(t, UserCreated(first="Alan", last="Turing"))
+    newer = await publisher.publish(t, {"first": "X", "last": "Y"}, version=3)
     sub = await open_broker(url, queue)
 
     async def settled() -> base.QueueStats | None:
@@ -147,13 +158,13 @@ async def test_a_subscription_upcasts_old_events_and_dead_letters_those_it_canno
 
 
 async def test_an_event_with_no_upcaster_chain_to_the_handlers_version_is_dead_lettered(
-    url: str,
+    url: str, t: str
 ) -> None:
     # Given a subscription reading version 2 and no upcaster from version 1
-    queue = events.subscription_queue(TOPIC, "audit")
+    queue = events.subscription_queue(t, "audit")
     app = App(queue=queue)
 
-    @app.subscribe(TOPIC, group="audit")
+    @app.subscribe(t, group="audit")
     def audit(user: UserCreated) -> None:
         raise AssertionError("must not run")
 
@@ -162,11 +173,11 @@ async def test_an_event_with_no_upcaster_chain_to_the_handlers_version_is_dead_l
     sub = await open_broker(url, queue)
 
     async def registered() -> bool:
-        return await sub.list_subscriptions(TOPIC) == ["audit"]
+        return await sub.list_subscriptions(t) == ["audit"]
 
     # When its worker starts (registering the subscription) and a v1 event is published
     await run_worker_until(app, url, registered)
-    published = await publisher.publish(TOPIC, UserCreatedV1(name="Ada"))
+    published = await publisher.publish(t, UserCreatedV1(name="Ada"))
 
     async def dead() -> bool:
         return await sub.count_dead_letters() == 1
@@ -179,18 +190,19 @@ async def test_an_event_with_no_upcaster_chain_to_the_handlers_version_is_dead_l
 
 
 async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_cause(
-    url: str,
+    url: str, t: str
 ) -> None:
     # Given a subscription whose handler enqueues a job and publishes a follow-up event, and
     # a task for that job on the same pool
-    queue = events.subscription_queue(TOPIC, "onboarding")
+    queue = events.subscription_queue(t, "onboarding")
+    corr = f"req-{uuid.uuid4().hex[:8]}"
     app = App(queue=queue)
-    follow_up = "identity.user.welcomed"
+    follow_up = t.replace(".created", ".welcomed")
     got: list[events.EventEnvelope | None] = []
     emails: list[tuple[str | None, str | None]] = []
     audits: list[tuple[str | None, str | None, str]] = []
 
-    @app.subscribe(TOPIC, group="onboarding")
+    @app.subscribe(t, group="onboarding")
     async def onboard(user: UserCreated, ctx: JobContext) -> None:
         got.append(events.current_event())
         await app.enqueue("send-email", {"to": user.first})
@@ -208,12 +220,10 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     publisher = App(queue="publisher")
     broker = await open_broker(url, "publisher")
     publisher.bind_broker(broker)
-    await broker.subscribe(TOPIC, "onboarding")
+    await broker.subscribe(t, "onboarding")
     await broker.subscribe(follow_up, "crm")
     # When an event is published with a correlation id, and the worker runs its handler
-    root = await publisher.publish(
-        TOPIC, UserCreated(first="Ada", last="L"), correlation_id="req-42"
-    )
+    root = await publisher.publish(t, UserCreated(first="Ada", last="L"), correlation_id=corr)
     crm = await open_broker(url, events.subscription_queue(follow_up, "crm"))
     held: list[base.Delivery] = []
 
@@ -225,16 +235,16 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     # Then the child job and the child event carry the root's correlation id and name the
     # handler's job (whose id is the event id) as their cause
     assert got and got[0] is not None and got[0].id == root.event_id
-    assert emails == [("req-42", root.event_id)]
+    assert emails == [(corr, root.event_id)]
     [child] = held
     child_event = events.EventEnvelope.model_validate(child.envelope.payload)
-    assert (child_event.correlation_id, child_event.causation_id) == ("req-42", root.event_id)
-    assert child.envelope.correlation_id == "req-42"
+    assert (child_event.correlation_id, child_event.causation_id) == (corr, root.event_id)
+    assert child.envelope.correlation_id == corr
     assert child.envelope.headers[events.CAUSATION_HEADER] == root.event_id
     # and the trace of the correlation id is the three-level tree of what happened
     [(_, email_id, audit_id)] = audits
     assert email_id is not None
-    lines = events.render_trace_tree(await broker.fetch_trace("req-42"))
+    lines = events.render_trace_tree(await broker.fetch_trace(corr))
     assert sorted(lines[1:]) == sorted(
         [
             f"  job send-email {email_id}",
@@ -242,7 +252,7 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
             f"  event {follow_up} {child_event.id}",
         ]
     )
-    assert lines[0] == f"event {TOPIC} {root.event_id}"
+    assert lines[0] == f"event {t} {root.event_id}"
     assert (
         lines.index(f"    job audit {audit_id}") == lines.index(f"  job send-email {email_id}") + 1
     )
