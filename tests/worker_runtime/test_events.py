@@ -9,6 +9,8 @@ handlers themselves (what they were given), not from the worker's counters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -16,7 +18,7 @@ from typing import Any, ClassVar
 import pydantic
 import pytest
 
-from worker_runtime import App, JobContext, config, events, worker
+from worker_runtime import App, JobContext, config, events, logs, worker
 from worker_runtime.brokers import base, memory, open_broker
 
 TOPIC = "identity.user.created"
@@ -201,6 +203,7 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     got: list[events.EventEnvelope | None] = []
     emails: list[tuple[str | None, str | None]] = []
     audits: list[tuple[str | None, str | None, str]] = []
+    log_lines: list[dict[str, Any]] = []
 
     @app.subscribe(t, group="onboarding")
     async def onboard(user: UserCreated, ctx: JobContext) -> None:
@@ -216,6 +219,9 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     @app.task("audit")
     async def audit(payload: dict[str, str], ctx: JobContext) -> None:
         audits.append((ctx.correlation_id, ctx.headers.get(events.CAUSATION_HEADER), ctx.job_id))
+        # what a log line written here carries (the worker bound this job for logging)
+        line = logging.LogRecord("workerfleet.task", logging.INFO, "x", 0, "audited", None, None)
+        log_lines.append(logs.build_log_record_fields(line))
 
     publisher = App(queue="publisher")
     broker = await open_broker(url, "publisher")
@@ -253,6 +259,32 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
         ]
     )
     assert lines[0] == f"event {t} {root.event_id}"
+    # and a log line of the grandchild job names its correlation id and its cause
+    [line] = log_lines
+    assert (line["correlation_id"], line["causation_id"]) == (corr, email_id)
     assert (
         lines.index(f"    job audit {audit_id}") == lines.index(f"  job send-email {email_id}") + 1
     )
+
+
+def test_log_records_written_while_a_job_runs_carry_its_correlation_and_causation_ids() -> None:
+    # Given a running job (as the worker binds it) that was caused by another
+    @dataclasses.dataclass(frozen=True)
+    class RunningJob:
+        job_id: str = "child"
+        task_name: str = "send-email"
+        correlation_id: str | None = "req-1"
+        attempt: int = 1
+        queue: str = "emails"
+        causation_id: str | None = "parent-event"
+
+    token = logs.bind_job(RunningJob())
+    try:
+        # When something is logged
+        record = logging.LogRecord("workerfleet.task", logging.INFO, "x", 0, "sent", None, None)
+        fields = logs.build_log_record_fields(record)
+    finally:
+        logs.unbind_job(token)
+    # Then the line names the correlation id and the cause
+    assert (fields["correlation_id"], fields["causation_id"]) == ("req-1", "parent-event")
+    assert (fields["job_id"], fields["task"]) == ("child", "send-email")
