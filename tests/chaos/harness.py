@@ -115,16 +115,22 @@ class Slot:
     def pid(self) -> int:
         return self.proc.pid
 
+    # The workers' log level: a bed that learns from a worker's log lines raises it to "info".
+    log_level = "warning"
+
+    def worker_url(self) -> str:
+        """The broker URL this slot's worker connects to (through its proxy when it has one)."""
+        return self.proxy.url if self.proxy is not None else self.bed.server.url
+
     def spawn(self) -> workerproc.WorkerProc:
         c = self.bed.config
-        url = self.proxy.url if self.proxy is not None else self.bed.server.url
         env = {
             "CHAOS_HISTORY_DIR": str(self.bed.dir),
             "WORKERFLEET_RETRY_MAX_DELIVERIES": str(c.max_deliveries),
-            "WORKERFLEET_LOG_LEVEL": "warning",
+            "WORKERFLEET_LOG_LEVEL": self.log_level,
         }
         proc = workerproc.WorkerProc(
-            url,
+            self.worker_url(),
             self.bed.queue,
             concurrency=c.concurrency,
             lease_seconds=c.lease_seconds,

@@ -30,25 +30,11 @@ from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
 class RabbitMQSlot(harness.Slot):
     """A worker position whose worker logs at info (``worker started`` says it serves)."""
 
-    def spawn(self) -> workerproc.WorkerProc:
-        c = self.bed.config
+    log_level = "info"
+
+    def worker_url(self) -> str:
         assert isinstance(self.bed, RabbitMQBed)
-        proc = workerproc.WorkerProc(
-            self.bed.worker_url,
-            self.bed.queue,
-            concurrency=c.concurrency,
-            lease_seconds=c.lease_seconds,
-            drain_timeout=c.drain_timeout,
-            extra_env={
-                "CHAOS_HISTORY_DIR": str(self.bed.dir),
-                "WORKERFLEET_RETRY_MAX_DELIVERIES": str(c.max_deliveries),
-                "WORKERFLEET_LOG_LEVEL": "info",
-            },
-            app=harness.APP,
-            log_dir=str(self.bed.dir),
-        )
-        self.bed.procs.append(proc)
-        return proc
+        return self.bed.worker_url
 
 
 class RabbitMQBed(harness.Bed):

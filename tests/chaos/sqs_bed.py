@@ -35,24 +35,7 @@ class SqsSlot(harness.Slot):
     """A worker position whose worker logs at info: its ``worker started`` line is how the bed
     knows it serves (no heartbeats on SQS)."""
 
-    def spawn(self) -> workerproc.WorkerProc:
-        c = self.bed.config
-        proc = workerproc.WorkerProc(
-            self.bed.server.url,
-            self.bed.queue,
-            concurrency=c.concurrency,
-            lease_seconds=c.lease_seconds,
-            drain_timeout=c.drain_timeout,
-            extra_env={
-                "CHAOS_HISTORY_DIR": str(self.bed.dir),
-                "WORKERFLEET_RETRY_MAX_DELIVERIES": str(c.max_deliveries),
-                "WORKERFLEET_LOG_LEVEL": "info",
-            },
-            app=harness.APP,
-            log_dir=str(self.bed.dir),
-        )
-        self.bed.procs.append(proc)
-        return proc
+    log_level = "info"
 
 
 class SqsBed(harness.Bed):
