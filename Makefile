@@ -16,8 +16,8 @@ help: ## list the targets
 deps: ## install redis-server, rabbitmq-server, prometheus/promtool, chromium + chromium-driver, helm, kubectl, checkov, ElasticMQ (idempotent)
 	@bash scripts/ensure-deps.sh
 
-demo-deps: ## only what `make demo` runs: redis-server and prometheus (idempotent)
-	@bash scripts/ensure-deps.sh --demo
+demo-deps: ## only what `make demo` runs: redis-server and prometheus, plus the broker DEMO_ARGS names (idempotent)
+	@bash scripts/ensure-deps.sh --demo $(DEMO_ARGS)
 
 node-deps: ## install what images and the real e2e node need: mmdebstrap, umoci, containerd, runc, CNI (idempotent)
 	@bash scripts/ensure-node-deps.sh
@@ -37,8 +37,8 @@ lint: venv ## ruff, mypy --strict, import-linter contracts
 	$(PY) -m mypy
 	.venv/bin/lint-imports
 
-test: deps node-deps venv testbin lint ## everything CI runs: lint, unit, integration, chaos, chart and e2e tests
-	$(PYTEST) -p no:cacheprovider --durations=25 tests
+test: deps node-deps venv testbin lint ## everything CI runs: lint, then the e2e + chaos tests in a pytest process beside the rest (scripts/run-tests.sh)
+	PY=$(PY) bash scripts/run-tests.sh
 
 test-fast: deps venv ## the tests without the control plane and the chaos run
 	$(PYTEST) -p no:cacheprovider -m "not e2e and not chaos" tests
@@ -73,7 +73,7 @@ screenshots: deps venv ## refresh the console screenshots in docs/images/ (a rea
 
 bench: bench-runtime bench-autoscaler bench-operator ## every benchmark
 
-bench-runtime: deps venv ## throughput vs rq, arq, celery, dramatiq, saq, taskiq, BullMQ
+bench-runtime: deps venv ## throughput vs rq, arq, celery, dramatiq, saq, taskiq, BullMQ; on RabbitMQ and SQS too
 	bash bench/runtime/run.sh
 
 bench-autoscaler: deps venv ## reaction time of the autoscaler vs KEDA's defaults

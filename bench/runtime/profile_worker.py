@@ -1,8 +1,13 @@
 """Where the workerfleet worker spends its CPU on no-op jobs; run by hand, never by the tests.
 
     .venv/bin/python bench/runtime/profile_worker.py [JOBS] [CONCURRENCY] [RATE]
+    PROFILE_BROKER=rabbitmq .venv/bin/python bench/runtime/profile_worker.py 5000 50
+    PROFILE_BROKER=sqs .venv/bin/python bench/runtime/profile_worker.py 5000 50
 
-Starts its own redis-server on a free loopback port, enqueues JOBS no-op jobs (default 50,000)
+Starts its own redis-server on a free loopback port (with PROFILE_BROKER=rabbitmq or sqs the
+jobs travel through a private rabbitmq-server or ElasticMQ instead, started the way the broker
+phase of bench-runtime starts them, and the redis-server only holds the bench's counters;
+RATE is for Redis only), enqueues JOBS no-op jobs (default 50,000)
 with the bench's wf_bench app (or, with RATE, has the paced producer send JOBS jobs at RATE
 jobs/s while the worker runs: the light-load case, where batches are small), then runs the
 real worker command (``worker_runtime.cli``) in this process under cProfile with the main
@@ -16,6 +21,7 @@ every Python call (about 4x on this worker's hot path): read the shares, not the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import io
 import os
@@ -31,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(HERE))
 
+import broker_phase  # noqa: E402  (the private RabbitMQ / ElasticMQ servers)
 import driver  # noqa: E402  (the bench's redis start/stop helpers)
 import redis  # noqa: E402
 
@@ -39,10 +46,34 @@ def main() -> int:
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 50_000
     concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 50
     rate = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    kind = os.environ.get("PROFILE_BROKER", "redis")
     redis_proc, client, port = driver.start_redis()
+    # one redis-server serves as both the Redis under test and the bench counters' Redis
+    servers = driver.Servers(client, port, client, port)
     url = f"redis://127.0.0.1:{port}/0"
     extra = {"BENCH_RATE": str(rate), "BENCH_SECONDS": str(jobs / rate)} if rate else {}
-    env = driver.child_env(port, jobs, concurrency, **extra)
+    with contextlib.ExitStack() as stack:
+        if kind != "redis":
+            server = stack.enter_context(broker_phase.BROKERS[kind]())
+            query = "&".join(
+                q for q in (server.wf_settings, os.environ.get("PROFILE_QUERY", "")) if q
+            )
+            url = f"{server.url}?{query}" if query else server.url
+            extra = {"BENCH_BROKER_URL": url, "BENCH_BROKER_ENDPOINT": server.endpoint}
+        return profile(jobs, concurrency, rate, url, client, redis_proc, servers, extra)
+
+
+def profile(
+    jobs: int,
+    concurrency: int,
+    rate: float,
+    url: str,
+    client: redis.Redis,
+    redis_proc: subprocess.Popen[bytes],
+    servers: driver.Servers,
+    extra: dict[str, str],
+) -> int:
+    env = driver.child_env(servers, jobs, concurrency, **extra)
     pacer: subprocess.Popen[str] | None = None
     try:
         if rate:
@@ -66,7 +97,8 @@ def main() -> int:
             )
             print(f"enqueued: {out.stdout.strip()}")
         os.environ.update(
-            BENCH_REDIS_URL=url,
+            BENCH_STATS_URL=env["BENCH_STATS_URL"],
+            BENCH_REDIS_URL=env["BENCH_REDIS_URL"],
             WORKERFLEET_REDIS_URL=url,
             WORKERFLEET_QUEUE="bench",
             WORKERFLEET_METRICS_PORT="0",

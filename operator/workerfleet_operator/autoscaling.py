@@ -187,10 +187,16 @@ def find_policy_problems(policy: ScalingPolicy) -> list[str]:
 
 @dataclass(frozen=True)
 class Observation:
-    """One poll of the queue: its stats, or why they could not be read."""
+    """One poll of the queue: its stats, or why they could not be read.
+
+    ``age_unavailable`` says why the stats carry no oldest-job age (the broker does not report
+    one, ``Capabilities.oldest_job_age``): the latency signal then keeps its rate-based part
+    and drops the oldest-age reaction, and the decision lists it in ``unavailable``.
+    """
 
     stats: base.QueueStats | None
     error: str | None = None
+    age_unavailable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +268,8 @@ class Decision:
     queue_reachable: bool = True
     dry_run: bool = False
     rates: Rates = field(default_factory=Rates)
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+    """Signal parts the policy turns on that could not be measured: signal -> why."""
 
 
 def build_scaling_policy(spec: api.WorkerPoolSpec) -> ScalingPolicy:
@@ -326,7 +334,9 @@ def decide(
         state = dataclasses.replace(state, recommendations=(Recommendation(now, current),))
     if observation.stats is None:
         return _build_metric_failure(policy, observation, current, state, now)
-    return _build_decision(policy, observation.stats, current, state, now)
+    return _build_decision(
+        policy, observation.stats, current, state, now, age_unavailable=observation.age_unavailable
+    )
 
 
 def hold_paused(
@@ -497,10 +507,20 @@ def _build_decision(
     current: int,
     state: ScalerState,
     now: float,
+    *,
+    age_unavailable: str | None = None,
 ) -> Decision:
     samples = _build_samples(state.samples, queue, policy)
     rates = _measure_rates(samples, queue, policy)
-    signals, chosen, explanation = _build_signals(policy, queue, rates, current)
+    signals, chosen, explanation = _build_signals(
+        policy, queue, rates, current, age_known=age_unavailable is None
+    )
+    unavailable: dict[str, str] = {}
+    if age_unavailable is not None and policy.target_oldest_job_age_seconds is not None:
+        unavailable["latency"] = (
+            f"{age_unavailable}: the latency signal scales on arrival and service rates only, "
+            "never on the age of the oldest waiting job"
+        )
     present = [value for value in signals.values() if value is not None]
     raw = _ceil(max(present)) if present else 0
     shaping = _Shaping(current, raw)
@@ -551,6 +571,7 @@ def _build_decision(
         scaling_limited=limited,
         dry_run=policy.dry_run,
         rates=rates,
+        unavailable=unavailable,
     )
 
 
@@ -697,7 +718,12 @@ def _service_rate(
 
 
 def _build_signals(
-    policy: ScalingPolicy, queue: base.QueueStats, rates: Rates, current: int
+    policy: ScalingPolicy,
+    queue: base.QueueStats,
+    rates: Rates,
+    current: int,
+    *,
+    age_known: bool = True,
 ) -> tuple[dict[str, float | None], str | None, str]:
     """Every signal in replicas, the one that dominates, and a sentence explaining it."""
     backlog, in_flight = queue.backlog, queue.in_flight
@@ -716,7 +742,7 @@ def _build_signals(
             f"{_ceil(value)}{_X}{policy.concurrency}{_X}{policy.target_utilization:g}"
         )
     if policy.target_oldest_job_age_seconds is not None:
-        latency, sentence = _latency_signal(policy, queue, rates, current)
+        latency, sentence = _latency_signal(policy, queue, rates, current, age_known=age_known)
         signals["latency"] = latency
         if sentence:
             words["latency"] = sentence
@@ -730,7 +756,12 @@ def _build_signals(
 
 
 def _latency_signal(
-    policy: ScalingPolicy, queue: base.QueueStats, rates: Rates, current: int
+    policy: ScalingPolicy,
+    queue: base.QueueStats,
+    rates: Rates,
+    current: int,
+    *,
+    age_known: bool = True,
 ) -> tuple[float | None, str]:
     assert policy.target_oldest_job_age_seconds is not None
     target = policy.target_oldest_job_age_seconds
@@ -747,7 +778,8 @@ def _latency_signal(
             )
         )
     age = queue.oldest_job_age_seconds
-    if age > target:
+    # A broker without the age reports 0: no reaction on it (the decision says so instead).
+    if age_known and age > target:
         # Weighed against the replicas that work (heartbeat), not those asked for: the age
         # keeps growing while new pods start, and counting them compounded every poll.
         serving = max(min(current, _count_serving(queue)), 1)
@@ -822,4 +854,6 @@ def explain_decision(decision: Decision) -> str:
         parts.append("ScalingLimited: pinned at maxReplicas while the backlog grows")
     if decision.dry_run:
         parts.append("dry run: not applied")
+    for name, why in decision.unavailable.items():
+        parts.append(f"{name} unavailable: {why}")
     return "; ".join(parts)

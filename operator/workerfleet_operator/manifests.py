@@ -8,20 +8,27 @@ accepts), deterministic so that re-applying an unchanged pool changes nothing.
 The worker pod is locked down whatever the spec says: the restricted Pod Security Standard
 (non-root UID 10001, no privilege escalation, all capabilities dropped, RuntimeDefault seccomp),
 a read-only root filesystem with an ``emptyDir`` on ``/tmp``, no service-account token, no
-service links. The Redis URL reaches the pod only as a ``secretKeyRef``; runtime settings follow
+service links. The broker URL reaches the pod only as a ``secretKeyRef``; runtime settings follow
 the environment contract in ``docs/architecture.md``.
 
 Children and their names: Deployment ``<pool>``, headless metrics Service ``<pool>-metrics``,
 PodMonitor ``<pool>``, PodDisruptionBudget ``<pool>``, KEDA ScaledObject ``<pool>`` and
-TriggerAuthentication ``<pool>-redis``.
+TriggerAuthentication ``<pool>-<broker>`` (``<pool>-redis``, ``<pool>-rabbitmq``, ``<pool>-sqs``);
+an SQS pool also owns the ServiceAccount ``<pool>-worker`` its pods run under (the identity IRSA
+or EKS Pod Identity binds an IAM role to; still no API token) and gets its ``sqs://`` URL, which
+holds no credential, as a plain env value.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import urllib.parse
 from typing import Any
 
+from worker_runtime.brokers.rabbitmq import topology
 from worker_runtime.brokers.redis import keys
+from worker_runtime.brokers.sqs import settings as sqs_settings
 from workerfleet_operator import api
 from workerfleet_operator.api import spec as spec_mod
 
@@ -35,8 +42,14 @@ GRACE_MARGIN_SECONDS = 15
 
 POOL_LABEL = "workerfleet.io/pool"
 REDIS_SECRET_VERSION_ANNOTATION = "workerfleet.io/redis-secret-version"
-"""Pod-template annotation: the Redis Secret's ``<uid>/<resourceVersion>``, so a rotated Secret
-rolls the pods (they read WORKERFLEET_REDIS_URL only at start). Never derived from the value."""
+"""Pod-template annotation: the broker URL Secret's ``<uid>/<resourceVersion>``, so a rotated
+Secret rolls the pods (they read their broker URL only at start). Never derived from the value.
+The key keeps its first name on every broker: renaming it would roll every existing pool."""
+URL_ENV_NAMES: dict[str, str] = {"redis": "WORKERFLEET_REDIS_URL"}
+"""The env name of the broker URL per broker block: Redis pools keep the name their images have
+always read (no rollout of every pool on an operator upgrade, and an image from before the
+broker seam still starts); every other broker gets :data:`BROKER_URL_ENV`."""
+BROKER_URL_ENV = "WORKERFLEET_BROKER_URL"
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"cpu": "1", "memory": "512Mi"},
@@ -104,17 +117,24 @@ def _format_number(value: float) -> str:
 
 def build_env(spec: spec_mod.WorkerPoolSpec) -> list[Manifest]:
     """The worker container's env: the WORKERFLEET_* contract first, then the user's entries."""
-    ref = spec.queue.redis.url_secret_ref
+    ref = spec.queue.url_secret_ref
     backoff = spec.retry.backoff
 
     def plain(name: str, value: str) -> Manifest:
         return {"name": name, "value": value}
 
-    env: list[Manifest] = [
-        {
-            "name": "WORKERFLEET_REDIS_URL",
+    url_name = URL_ENV_NAMES.get(spec.queue.broker, BROKER_URL_ENV)
+    if spec.queue.sqs is not None:
+        # an sqs:// URL holds no credential (the AWS chain gives them): a plain value
+        url: Manifest = plain(url_name, encode_sqs_url(spec.queue.sqs))
+    else:
+        assert ref is not None  # every other broker block names its URL's Secret
+        url = {
+            "name": url_name,
             "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        },
+        }
+    env: list[Manifest] = [
+        url,
         plain("WORKERFLEET_QUEUE", spec.queue.name),
         plain("WORKERFLEET_APP", spec.app),
         plain("WORKERFLEET_CONCURRENCY", str(spec.concurrency)),
@@ -271,6 +291,9 @@ def build_deployment(
         "containers": [_build_container(spec)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}],
     }
+    if spec.queue.sqs is not None:
+        # the pool's own account (build_worker_service_account), still without an API token
+        pod_spec["serviceAccountName"] = worker_service_account_name(pool.name)
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s.name} for s in spec.image_pull_secrets]
     _build_scheduling(pool, pod_spec)
@@ -384,26 +407,43 @@ def build_pdb(pool: api.Pool) -> Manifest:
     }
 
 
-def trigger_authentication_name(pool_name: str) -> str:
-    """Name of the KEDA TriggerAuthentication."""
-    return f"{pool_name}-redis"
+def trigger_authentication_name(pool_name: str, broker: str) -> str:
+    """Name of the KEDA TriggerAuthentication of a pool on ``broker`` (a broker block's name)."""
+    return f"{pool_name}-{broker}"
 
 
 def build_trigger_authentication(pool: api.Pool) -> Manifest:
     """KEDA's credentials: references to keys of the pool's own Secret, never copies."""
-    redis = pool.spec.queue.redis
-    if redis.keda is None:
-        raise ValueError("autoscaling.mode: keda requires queue.redis.keda")
-    secret = redis.url_secret_ref.name
-    targets = [{"parameter": "address", "name": secret, "key": redis.keda.address_key}]
-    if redis.keda.username_key is not None:
-        targets.append({"parameter": "username", "name": secret, "key": redis.keda.username_key})
-    if redis.keda.password_key is not None:
-        targets.append({"parameter": "password", "name": secret, "key": redis.keda.password_key})
+    queue = pool.spec.queue
+    auth = queue.keda_auth
+    if isinstance(auth, spec_mod.KedaSqsAuth):
+        return build_sqs_trigger_authentication(pool, trigger_authentication_name(pool.name, "sqs"))
+    if queue.url_secret_ref is None:
+        raise ValueError(f"queue.{queue.broker} names no Secret")
+    secret = queue.url_secret_ref.name
+    if isinstance(auth, spec_mod.KedaRedisAuth):
+        wanted = [
+            ("address", auth.address_key),
+            ("username", auth.username_key),
+            ("password", auth.password_key),
+        ]
+    elif isinstance(auth, spec_mod.KedaRabbitMQAuth):
+        wanted = [
+            ("host", auth.host_key),
+            ("username", auth.username_key),
+            ("password", auth.password_key),
+        ]
+    else:
+        raise ValueError(f"autoscaling.mode: keda requires queue.{queue.broker}.keda")
+    targets = [
+        {"parameter": parameter, "name": secret, "key": key}
+        for parameter, key in wanted
+        if key is not None
+    ]
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "TriggerAuthentication",
-        "metadata": _build_metadata(pool, trigger_authentication_name(pool.name)),
+        "metadata": _build_metadata(pool, trigger_authentication_name(pool.name, queue.broker)),
         "spec": {"secretTargetRef": targets},
     }
 
@@ -422,38 +462,24 @@ def _build_hpa_rules(window: float, percent: float, pods: int | None, period: in
 
 
 def build_scaled_object(pool: api.Pool) -> Manifest:
-    """A KEDA ScaledObject scaling the pool's Deployment on its ready streams' consumer lag.
+    """A KEDA ScaledObject scaling the pool's Deployment on its backlog (jobs not yet delivered).
 
-    One ``redis-streams`` trigger per priority stream (``worker_runtime.brokers.redis.keys``),
-    lag-based
-    (``lagCount``: entries not yet delivered to the ``workers`` group), the only KEDA mode that
-    scales to zero. KEDA activates when lag > activationLagCount; our activationBacklog means
-    "at least", hence the ``- 1``. The HPA takes the largest trigger, so a backlog spread over
-    priorities counts less than in builtin mode (documented trade-off of keda mode).
+    The triggers depend on the broker (:func:`build_redis_triggers`,
+    :func:`build_rabbitmq_triggers`, :func:`build_sqs_triggers`); the rest (polling, cooldown,
+    HPA behaviour, fallback, pause) is the pool's autoscaling spec in KEDA's words.
     """
     spec = pool.spec
     a = spec.autoscaling
-    redis = spec.queue.redis
-    if redis.keda is None:
-        raise ValueError("autoscaling.mode: keda requires queue.redis.keda")
-    queue_keys = keys.build_keys(spec.queue.name)
     period = max(1, math.ceil(a.polling_interval_seconds))
-    triggers = [
-        {
-            "type": "redis-streams",
-            "name": f"ready-{priority}",
-            "metadata": {
-                "stream": stream,
-                "consumerGroup": keys.GROUP,
-                "lagCount": str(math.ceil(a.target_backlog_per_replica)),
-                "activationLagCount": str(max(a.activation_backlog - 1, 0)),
-                "enableTLS": "true" if redis.keda.enable_tls else "false",
-                "databaseIndex": str(redis.keda.database_index),
-            },
-            "authenticationRef": {"name": trigger_authentication_name(pool.name)},
-        }
-        for priority, stream in zip(keys.PRIORITIES, queue_keys.ready, strict=True)
-    ]
+    auth = spec.queue.keda_auth
+    if isinstance(auth, spec_mod.KedaRedisAuth):
+        triggers = build_redis_triggers(pool, auth)
+    elif isinstance(auth, spec_mod.KedaRabbitMQAuth):
+        triggers = build_rabbitmq_triggers(pool)
+    elif isinstance(auth, spec_mod.KedaSqsAuth):
+        triggers = build_sqs_triggers(pool, trigger_authentication_name(pool.name, "sqs"))
+    else:
+        raise ValueError(f"autoscaling.mode: keda requires queue.{spec.queue.broker}.keda")
     scaled: Manifest = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": pool.name},
         "pollingInterval": period,
@@ -500,3 +526,189 @@ def build_scaled_object(pool: api.Pool) -> Manifest:
         "metadata": metadata,
         "spec": scaled,
     }
+
+
+def build_redis_triggers(pool: api.Pool, auth: spec_mod.KedaRedisAuth) -> list[Manifest]:
+    """One ``redis-streams`` trigger per priority stream (``worker_runtime.brokers.redis.keys``).
+
+    Lag-based (``lagCount``: entries not yet delivered to the ``workers`` group), the only KEDA
+    mode that scales to zero. KEDA activates when lag > activationLagCount; our
+    activationBacklog means "at least", hence the ``- 1``. The HPA takes the largest trigger,
+    so a backlog spread over priorities counts less than in builtin mode (documented trade-off
+    of keda mode on Redis: KEDA cannot add streams up).
+    """
+    a = pool.spec.autoscaling
+    queue_keys = keys.build_keys(pool.spec.queue.name)
+    return [
+        {
+            "type": "redis-streams",
+            "name": f"ready-{priority}",
+            "metadata": {
+                "stream": stream,
+                "consumerGroup": keys.GROUP,
+                "lagCount": str(math.ceil(a.target_backlog_per_replica)),
+                "activationLagCount": str(max(a.activation_backlog - 1, 0)),
+                "enableTLS": "true" if auth.enable_tls else "false",
+                "databaseIndex": str(auth.database_index),
+            },
+            "authenticationRef": {"name": trigger_authentication_name(pool.name, "redis")},
+        }
+        for priority, stream in zip(keys.PRIORITIES, queue_keys.ready, strict=True)
+    ]
+
+
+def build_rabbitmq_work_queues_regex(queue: str) -> str:
+    """A regular expression matching exactly the pool's work queues, one per priority level
+    (``wf.Q.high``, ``wf.Q.normal``, ``wf.Q.low``), not its DLQ or retry buckets."""
+    names = "|".join(re.escape(topology.work_queue(queue, level)) for level in topology.LEVELS)
+    return f"^({names})$"
+
+
+def build_rabbitmq_triggers(pool: api.Pool) -> list[Manifest]:
+    """One ``rabbitmq`` trigger counting the backlog of all three priority levels together.
+
+    The broker keeps one quorum queue per priority level. One trigger per level would let the
+    HPA see only the largest level (it takes the largest trigger), so 300 jobs spread evenly
+    would scale like 100; instead one trigger reads the management HTTP API (``protocol:
+    http``) with a regex over the three work queue names (``useRegex``) and adds them up
+    (``operation: sum``): the same total backlog the builtin autoscaler scales on. The regex
+    leaves out the DLQ and the retry buckets (not work yet). ``excludeUnacknowledged``: only
+    ready messages count, as the backlog signal defines them (delivered jobs are in flight).
+    ``activationValue``: KEDA activates above it, our activationBacklog means "at least".
+    """
+    a = pool.spec.autoscaling
+    return [
+        {
+            "type": "rabbitmq",
+            "name": "backlog",
+            "metadata": {
+                "protocol": "http",
+                "mode": "QueueLength",
+                "queueName": build_rabbitmq_work_queues_regex(pool.spec.queue.name),
+                "useRegex": "true",
+                "operation": "sum",
+                "excludeUnacknowledged": "true",
+                "value": str(math.ceil(a.target_backlog_per_replica)),
+                "activationValue": str(max(a.activation_backlog - 1, 0)),
+            },
+            "authenticationRef": {"name": trigger_authentication_name(pool.name, "rabbitmq")},
+        }
+    ]
+
+
+# --- SQS: the broker URL, the worker ServiceAccount, KEDA's aws-sqs-queue triggers ------------
+
+IRSA_ROLE_ANNOTATION = "eks.amazonaws.com/role-arn"
+"""The ServiceAccount annotation EKS's IRSA webhook reads to give pods a web-identity token."""
+
+
+def encode_sqs_url(sqs: spec_mod.SqsSpec) -> str:
+    """The workers' ``sqs://`` broker URL for the pool's ``spec.queue.sqs`` (no credentials:
+    they come from the AWS chain). ``worker_runtime.brokers.sqs.settings.parse_sqs_url`` reads
+    it back to the same region, endpoint and queue set (the tests hold them together)."""
+    query = {"region": sqs.region}
+    host = ""
+    if sqs.endpoint is not None:
+        parts = urllib.parse.urlsplit(sqs.endpoint)
+        host = parts.netloc
+        if parts.scheme == "http":
+            query["secure"] = "false"
+    if sqs.fifo:
+        query["fifo"] = "true"
+    if not sqs.priorities:
+        query["priorities"] = "false"
+    if sqs.prefix:
+        query["prefix"] = sqs.prefix
+    return f"sqs://{host}?{urllib.parse.urlencode(query)}"
+
+
+def compose_sqs_queue_urls(sqs: spec_mod.SqsSpec, queue: str) -> list[tuple[str, str]]:
+    """(priority, SQS queue URL) of each queue the workers poll, highest priority first, as
+    KEDA's scaler needs them (needs ``accountId``): the endpoint's or AWS's regional host."""
+    if sqs.account_id is None:
+        raise ValueError("KEDA's SQS queue URLs need queue.sqs.accountId")
+    if sqs.endpoint is not None:
+        host = sqs.endpoint.rstrip("/")
+    else:
+        domain = "amazonaws.com.cn" if sqs.region.startswith("cn-") else "amazonaws.com"
+        host = f"https://sqs.{sqs.region}.{domain}"
+    names = sqs_settings.build_queue_names(
+        queue,
+        sqs_settings.SqsSettings(fifo=sqs.fifo, priorities=sqs.priorities, prefix=sqs.prefix),
+    )
+    return [
+        (priority.value, f"{host}/{sqs.account_id}/{name}") for priority, name in names.by_priority
+    ]
+
+
+def worker_service_account_name(pool_name: str) -> str:
+    """Name of the ServiceAccount the worker pods of an SQS pool run under."""
+    return f"{pool_name}-worker"
+
+
+def build_worker_service_account(pool: api.Pool) -> Manifest:
+    """The pool's own ServiceAccount (SQS pools): the identity IRSA or EKS Pod Identity binds an
+    IAM role to. It never mounts a Kubernetes API token; the spec can name a role for it
+    (``sqs.roleArn``) but never another ServiceAccount."""
+    sqs = pool.spec.queue.sqs
+    metadata = _build_metadata(pool, worker_service_account_name(pool.name))
+    if sqs is not None and sqs.role_arn is not None:
+        metadata["annotations"] = {IRSA_ROLE_ANNOTATION: sqs.role_arn}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata,
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_sqs_trigger_authentication(pool: api.Pool, name: str) -> Manifest:
+    """KEDA's AWS identity for the pool's SQS triggers: ``podIdentity`` provider ``aws``, never
+    a key (see :class:`~workerfleet_operator.api.spec.KedaSqsAuth` for whose role)."""
+    sqs = pool.spec.queue.sqs
+    if sqs is None:
+        raise ValueError("not an SQS pool")
+    identity: Manifest = {"provider": "aws"}
+    if sqs.keda.role_arn is not None:
+        identity["roleArn"] = sqs.keda.role_arn
+    else:
+        identity["identityOwner"] = "workload" if sqs.role_arn is not None else "keda"
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": _build_metadata(pool, name),
+        "spec": {"podIdentity": identity},
+    }
+
+
+def build_sqs_triggers(pool: api.Pool, authentication: str) -> list[Manifest]:
+    """One ``aws-sqs-queue`` trigger per priority queue (the HPA follows the largest).
+
+    ``queueLength`` is targetBacklogPerReplica and counts visible plus in-flight messages
+    (``scaleOnInFlight``: a pool is not scaled below what its running jobs need; SQS gives no
+    separate "not yet delivered" count that would match the redis-streams lag), delayed
+    retries are not counted; KEDA activates above ``activationQueueLength``, our
+    activationBacklog means "at least", hence the ``- 1``.
+    """
+    sqs = pool.spec.queue.sqs
+    if sqs is None:
+        raise ValueError("not an SQS pool")
+    a = pool.spec.autoscaling
+    metadata_common: dict[str, str] = {
+        "awsRegion": sqs.region,
+        "queueLength": str(math.ceil(a.target_backlog_per_replica)),
+        "activationQueueLength": str(max(a.activation_backlog - 1, 0)),
+        "scaleOnInFlight": "true",
+        "scaleOnDelayed": "false",
+    }
+    if sqs.endpoint is not None:
+        metadata_common["awsEndpoint"] = sqs.endpoint
+    return [
+        {
+            "type": "aws-sqs-queue",
+            "name": f"ready-{priority}",
+            "metadata": {"queueURL": url, **metadata_common},
+            "authenticationRef": {"name": authentication},
+        }
+        for priority, url in compose_sqs_queue_urls(sqs, pool.spec.queue.name)
+    ]

@@ -56,7 +56,12 @@ SECRET_REASONS: Mapping[SecretState, api.Reason] = {
     "invalid_url": api.Reason.INVALID_REDIS_URL,
 }
 PROBLEM_REASONS = frozenset(
-    {api.Reason.INVALID_SPEC, api.Reason.APPLY_REJECTED, *SECRET_REASONS.values()}
+    {
+        api.Reason.INVALID_SPEC,
+        api.Reason.APPLY_REJECTED,
+        api.Reason.INVALID_BROKER_URL,
+        *SECRET_REASONS.values(),
+    }
 )
 """Reasons of bad input: Ready=False with these means the user must act."""
 
@@ -97,7 +102,7 @@ class QueueStatsView(Protocol):
 
 @dataclass(frozen=True)
 class SecretCheck:
-    """What the shell found behind ``spec.queue.redis.urlSecretRef`` (never the value).
+    """What the shell found behind the broker block's ``urlSecretRef`` (never the value).
 
     ``version`` is the Secret's ``<uid>/<resourceVersion>`` when it was read: it becomes a
     pod-template annotation so that a rotated Secret rolls the worker pods.
@@ -159,6 +164,8 @@ class Observed:
     deployment: DeploymentState | None = None
     stats: QueueStatsView | None = None
     stats_error: str | None = None
+    # Why ``stats`` carries no oldest-job age (the broker reports none); None: it does.
+    age_unavailable: str | None = None
     decision: autoscaling.Decision | None = None
     previous: api.WorkerPoolStatus | None = None
     # Other pools reading the same queue on the same Redis; None = not known yet.
@@ -276,6 +283,9 @@ def build_children(
         children.append(manifests.build_pod_monitor(pool))
     if spec.pod_disruption_budget.enabled:
         children.append(manifests.build_pdb(pool))
+    if spec.queue.sqs is not None:
+        # the shell applies it before the Deployment that names it (shell.reconcile)
+        children.append(manifests.build_worker_service_account(pool))
     if spec.autoscaling.mode == "keda":
         children.append(manifests.build_trigger_authentication(pool))
         children.append(manifests.build_scaled_object(pool))
@@ -288,13 +298,18 @@ def build_optional_child_refs(namespace: str, name: str) -> tuple[ChildRef, ...]
         ChildRef("v1", "Service", namespace, manifests.metrics_service_name(name)),
         ChildRef("monitoring.coreos.com/v1", "PodMonitor", namespace, name),
         ChildRef("policy/v1", "PodDisruptionBudget", namespace, name),
-        ChildRef(
-            "keda.sh/v1alpha1",
-            "TriggerAuthentication",
-            namespace,
-            manifests.trigger_authentication_name(name),
+        # one per broker block: a pool moved to another broker loses the old one
+        *(
+            ChildRef(
+                "keda.sh/v1alpha1",
+                "TriggerAuthentication",
+                namespace,
+                manifests.trigger_authentication_name(name, broker),
+            )
+            for broker in api.BROKER_FIELDS
         ),
         ChildRef("keda.sh/v1alpha1", "ScaledObject", namespace, name),
+        ChildRef("v1", "ServiceAccount", namespace, manifests.worker_service_account_name(name)),
     )
 
 
@@ -454,6 +469,8 @@ def _build_queue_status(
     decision: autoscaling.Decision | None,
     now: dt.datetime,
     before: api.QueueStatus | None,
+    *,
+    age_known: bool = True,
 ) -> api.QueueStatus:
     rates = decision.rates if decision is not None else None
     arrival = None if rates is None or rates.arrival is None else round(rates.arrival, 4)
@@ -466,7 +483,8 @@ def _build_queue_status(
         in_flight=stats.in_flight,
         delayed=stats.future_delayed,
         dead_letter=stats.dead_letter,
-        oldest_job_age_seconds=round(float(stats.oldest_job_age_seconds), 3),
+        # left out, not 0, when the broker cannot measure it
+        oldest_job_age_seconds=round(float(stats.oldest_job_age_seconds), 3) if age_known else None,
         arrival_rate=arrival,
         completion_rate=completion,
         workers=len(stats.workers),
@@ -501,6 +519,13 @@ def _build_autoscaling_status(
         else api.format_timestamp(dt.datetime.fromtimestamp(last, dt.UTC)),
         reason=redact(decision.reason),
         dry_run=decision.dry_run or None,
+        signals_unavailable=[
+            api.SignalUnavailable(
+                signal=signal, reason=api.Reason.OLDEST_JOB_AGE_UNAVAILABLE, message=why
+            )
+            for signal, why in sorted(decision.unavailable.items())
+        ]
+        or None,
     )
 
 
@@ -574,12 +599,12 @@ def _set_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharin
             api.QUEUE_CONFLICT, "Unknown", api.Reason.NOT_YET_CHECKED, f"queue {queue} not read yet"
         )
     elif not sharing.others:
-        message = f"no other WorkerPool reads queue {queue} on this Redis"
+        message = f"no other WorkerPool reads queue {queue} on this broker"
         conds.set(api.QUEUE_CONFLICT, "False", api.Reason.QUEUE_NOT_SHARED, message)
     else:
         who = "this pool holds its replicas" if sharing.holds else "this pool scales"
         message = (
-            f"queue {queue} on this Redis is also read by WorkerPool "
+            f"queue {queue} on this broker is also read by WorkerPool "
             f"{', '.join(sharing.others)}: pools on one queue would each scale to the whole "
             f"backlog and take each other's jobs. {sharing.first} (created first) scales and "
             f"the others hold: {who}. Give each pool its own queue."
@@ -674,8 +699,8 @@ def _build_held_plan(
     conds.set(api.READY, "False", reason, message)
     conds.set(api.DEGRADED, "True", reason, message)
     conds.carry(api.PROGRESSING, "False", reason, "nothing is applied until the input is fixed")
-    if reason in SECRET_REASONS.values():
-        conds.set(api.QUEUE_REACHABLE, "Unknown", reason, "the Redis URL is not usable")
+    if reason in SECRET_REASONS.values() or reason == api.Reason.INVALID_BROKER_URL:
+        conds.set(api.QUEUE_REACHABLE, "Unknown", reason, "the broker URL is not usable")
     else:
         conds.carry(api.QUEUE_REACHABLE, "Unknown", reason, "the spec is not usable")
     conds.carry(api.SCALING_LIMITED, "Unknown", reason, "the spec is not usable")
@@ -737,15 +762,21 @@ def plan_failure(
     )
 
 
+def _secret_reason(pool: api.Pool, state: SecretState) -> api.Reason:
+    if state == "invalid_url" and pool.spec.queue.broker != "redis":
+        return api.Reason.INVALID_BROKER_URL
+    return SECRET_REASONS[state]
+
+
 def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
     """Decide the children, the status and the Events of one WorkerPool."""
     if isinstance(pool, api.InvalidPool):
         return _build_held_plan(pool, observed, api.Reason.INVALID_SPEC, pool.message)
-    if pool.spec.autoscaling.mode == "keda" and pool.spec.queue.redis.keda is None:
-        message = "spec: autoscaling.mode: keda requires queue.redis.keda"
+    if pool.spec.autoscaling.mode == "keda" and pool.spec.queue.keda_auth is None:
+        message = f"spec: autoscaling.mode: keda requires queue.{pool.spec.queue.broker}.keda"
         return _build_held_plan(pool, observed, api.Reason.INVALID_SPEC, message)
     if observed.secret.state != "ok":
-        reason = SECRET_REASONS[observed.secret.state]
+        reason = _secret_reason(pool, observed.secret.state)
         return _build_held_plan(pool, observed, reason, redact(observed.secret.message))
 
     deployment = observed.deployment
@@ -777,6 +808,7 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
             observed.decision,
             observed.now,
             before.queue if before is not None else None,
+            age_known=observed.age_unavailable is None,
         )
     else:
         queue_status = before.queue if before is not None else None
@@ -801,3 +833,14 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
         status=status,
         events=_build_events(previous, conditions, decision, scale_applied=observed.scale_applied),
     )
+
+
+BROKER_NAMES = {"amqp": "RabbitMQ", "amqps": "RabbitMQ", "sqs": "SQS"}
+"""How the status names a broker by its URL scheme."""
+
+
+def describe_age_unavailable(scheme: str) -> str:
+    """Why a pool on the broker of this URL scheme has no oldest-job-age signal (its status
+    message; the operator's and the local runner's queue reads both say it)."""
+    broker = BROKER_NAMES.get(scheme, scheme)
+    return f"the {broker} broker does not report the oldest waiting job's age"

@@ -86,6 +86,13 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     ),
     Permission(
         "",
+        "serviceaccounts",
+        ("get", "list", "watch", "create", "patch", "delete"),
+        "each SQS WorkerPool owns the ServiceAccount its workers run under (no API token; the"
+        " identity IRSA or EKS Pod Identity gives an IAM role), never one it did not create",
+    ),
+    Permission(
+        "",
         "pods",
         ("list", "watch", "patch"),
         "scale-in marks idle worker pods cheapest to delete"
@@ -95,7 +102,8 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
         "",
         "secrets",
         ("get",),
-        "the operator reads the Redis URL from spec.queue.redis.urlSecretRef to fetch queue stats",
+        "the operator reads the broker URL from spec.queue.<broker>.urlSecretRef"
+        " to fetch queue stats",
     ),
     Permission(
         "",

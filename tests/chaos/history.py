@@ -30,8 +30,10 @@ It follows Jepsen's total-queue idea: the harness, never the runtime's own count
   worker (or a fault of Redis or of every worker) between the two starts, or by a fault that
   stopped the later run's worker while it held the job (its run starts right after the fault
   ends); with ``split_settles`` (a broker whose retry is two calls, SQS: send the copy, delete
-  the original) also by a fault on the worker of any earlier run of the job, after that run
-  ended and before this one started (the original outlived its killed worker's retry); no
+  the original) also by a fault on the worker of any earlier run of the job, or on every worker
+  (the server killed), after that run ended and before this one started (the original outlived
+  a retry whose delete the fault stopped: from then on the copy and the original each run,
+  possibly side by side in one fetch); no
   fault may explain more duplicates than its ``capacity`` (the bound the scenario documents);
 * **double ack**: two accepted acks of one job (fencing failed). Always a violation.
 
@@ -167,11 +169,15 @@ HELD_THROUGH_SECONDS = 2.0
 
 def _explains_split_settle(fault: Fault, earlier: Iterable[Run], cur: Run) -> bool:
     # A broker whose retry is two calls (send the copy, then delete the original: SQS) leaves
-    # both when its worker dies in between; the original comes back when its lease ends and
-    # runs again after the copy did. So a fault on the worker of ANY earlier run of the job,
-    # after that run ended and before this one started, explains this run.
+    # both when its worker dies in between, or when the server dies in between (the delete
+    # then fails on every worker); the original comes back when its lease ends and runs again
+    # after, or beside, the copy. So a fault on the worker of ANY earlier run of the job (or on
+    # every worker), after that run ended and before this one started, explains this run.
     return any(
-        fault.pid == r.pid and r.end is not None and r.end <= fault.t1 and fault.t0 <= cur.start
+        (fault.pid is None or fault.pid == r.pid)
+        and r.end is not None
+        and r.end <= fault.t1
+        and fault.t0 <= cur.start
         for r in earlier
     )
 

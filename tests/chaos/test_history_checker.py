@@ -259,3 +259,34 @@ def test_a_kill_between_the_two_calls_of_a_split_retry_explains_a_later_rerun_on
         spec, runs, [early], final, max_attempts=MAX_ATTEMPTS, split_settles=True
     )
     assert split_early.unexplained_duplicates == 1
+
+
+def test_a_server_kill_between_the_two_calls_of_a_split_retry_explains_the_two_lineages() -> None:
+    # Given the SQS history of a server kill -9 run: run 1 failed on worker 10 65 ms before
+    # ElasticMQ was killed (its retry sent the copy; the original was not deleted), and after
+    # the restart the copy and the original each ran on their own until both succeeded
+    runs = [
+        h.Run("a", "a1", 10, 13.255, 13.273, False),
+        h.Run("a", "a2", 10, 22.743, 22.761, False),
+        h.Run("a", "a3", 11, 22.791, 22.840, False),
+        h.Run("a", "a4", 11, 23.876, 23.896, False),
+        h.Run("a", "a5", 10, 24.014, 24.033, True),
+        h.Run("a", "a6", 12, 24.943, 24.968, True),
+    ]
+    server_kill = h.Fault("elasticmq_kill", 13.338, 19.816, capacity=24)
+    final = h.Final(dead={}, live=set(), acks=set())
+    spec = [h.Enqueue("a", 13.0, True, fails=3)]
+    # Then with split settles the kill, which hit every worker, explains the second success as
+    # a kill of run 1's own worker would; with atomic settles it stays unexplained
+    split = h.check_history(
+        spec, runs, [server_kill], final, max_attempts=MAX_ATTEMPTS, split_settles=True
+    )
+    atomic = h.check_history(spec, runs, [server_kill], final, max_attempts=MAX_ATTEMPTS)
+    assert (split.duplicates, split.violations) == (1, 0), split.describe()
+    assert atomic.unexplained_duplicates == 1
+    # and a server kill that ended before run 1 ended explains nothing
+    before = h.Fault("elasticmq_kill", 13.0, 13.26, capacity=24)
+    split_before = h.check_history(
+        spec, runs, [before], final, max_attempts=MAX_ATTEMPTS, split_settles=True
+    )
+    assert split_before.unexplained_duplicates == 1

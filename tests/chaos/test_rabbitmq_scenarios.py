@@ -114,14 +114,16 @@ def test_rabbitmq_sigterm_drains_mixed_with_kills(
     run_rabbitmq_scenario(config, rabbitmq_factory, tmp_path, faults)
 
 
-def test_rabbitmq_node_kill_9_and_restart_with_classic_queues(
-    rabbitmq_factory: Callable[[], Any], tmp_path: Path
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+def test_rabbitmq_node_kill_9_and_restart(
+    rabbitmq_factory: Callable[[], Any], tmp_path: Path, queue_type: str
 ) -> None:
-    # Given the pool on classic queues (on this 3.10.8 node a quorum queue does not come back
-    # from a restart: docs/brokers.md) under a steady load
+    # Given the pool on quorum queues (the default) or classic ones under a steady load
     # (enqueues go on for 60 s: a node takes ~10-20 s to boot here, the producer does not
     # retry an enqueue that failed while it was down, and jobs must come after the restarts)
-    config = _config("node-kill-9-classic", jobs=_jobs(0.3), enqueue_seconds=60.0, enqueue_batch=10)
+    config = _config(
+        f"node-kill-9-{queue_type}", jobs=_jobs(0.3), enqueue_seconds=60.0, enqueue_batch=10
+    )
 
     # When the RabbitMQ node is SIGKILLed twice while jobs are enqueued and run, and restarted
     # in place (same node name, ports and data)
@@ -132,7 +134,7 @@ def test_rabbitmq_node_kill_9_and_restart_with_classic_queues(
     # Then no confirmed enqueue is lost and nothing is wrongly dead: unacked jobs come back
     # with the restarted node, settles that were not committed are re-run
     bed, verdict = run_rabbitmq_scenario(
-        config, rabbitmq_factory, tmp_path, faults, queue_type="classic"
+        config, rabbitmq_factory, tmp_path, faults, queue_type=queue_type
     )
     assert verdict.writes_lost_to_fault == 0
     # And the fleet served again after the last restart: jobs enqueued after it ended

@@ -6,12 +6,24 @@ namespace of its own; Prometheus (the demo's :class:`demo.Prometheus`) loads the
 ``honor_labels``, as the chart's ServiceMonitor does. Targets come from a discovery file, so an
 operator restart is a new target (new ``instance`` and ``pod``) and the old one's series go stale,
 as with Kubernetes discovery.
+
+The subscription-lag test publishes real events onto two registered subscriptions of a topic,
+one handled by a real worker process on the host (the pools' pods are on kwok nodes and run
+nothing) and one handled by nobody, and watches WorkerPoolSubscriptionLagHigh fire for the
+second only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +35,15 @@ from workerfleet_operator.local import demo, fleet
 from tests.e2e import kubecluster
 from tests.e2e import workerfleet_support as wf
 from tests.support.redis_servers import RedisServer
-from worker_runtime.brokers.redis import keys
+from worker_runtime import App, JobContext
+from worker_runtime.brokers.redis import keys, stats
 
 pytestmark = pytest.mark.e2e
 
 FAST_RULES = wf.REPO / "deploy" / "alerts" / "workerfleet-alerts.fast.yaml"
 FOR_SECONDS = 6  # WorkerPoolQueueUnreachable's for: 2m, divided by 20
+LAG_FOR_SECONDS = 15  # WorkerPoolSubscriptionLagHigh's for: 5m, divided by 20
+LAG_THRESHOLD_SECONDS = 3  # the subscription pools' targetOldestJobAgeSeconds
 
 
 class ScrapedOperators:
@@ -221,3 +236,200 @@ def test_a_dead_letter_counter_that_steps_back_pages_nothing(
         ]
         time.sleep(0.5)
     assert seen == []
+
+
+# ---- subscription lag (events) ----------------------------------------------------------------
+
+
+async def _not_run_here(data: dict[str, int], ctx: JobContext) -> None:
+    """The handler of the deploy step's App: it only registers the groups, never runs them."""
+
+
+async def _register_groups(url: str, topic: str, groups: tuple[str, ...]) -> None:
+    """A deploy step registers the topic's groups before the first publish (docs/events.md)."""
+    app = App(queue="e2e-deploy", redis_url=url)
+    for group in groups:
+        app.subscribe(topic, group=group)(_not_run_here)
+    await app.register_subscriptions()
+    await app.aclose()
+
+
+class Publisher:
+    """Publishes one event to ``topic`` every ``every`` seconds from a thread (at most
+    ``limit``, until stopped); ``published`` counts the publishes that returned."""
+
+    def __init__(self, url: str, topic: str, *, every: float = 0.5, limit: int = 400) -> None:
+        self.url, self.topic, self.every, self.limit = url, topic, every, limit
+        self.published = 0
+        self.errors: list[BaseException] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the publisher did not stop"
+        assert self.errors == []
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._publish())
+        except BaseException as exc:  # reported by stop()
+            self.errors.append(exc)
+
+    async def _publish(self) -> None:
+        app = App(queue="e2e-publisher", redis_url=self.url)
+        try:
+            while self.published < self.limit and not self._stopping.is_set():
+                await app.publish(self.topic, {"n": self.published})
+                self.published += 1
+                await asyncio.sleep(self.every)
+        finally:
+            await app.aclose()
+
+
+@contextlib.contextmanager
+def subscriber(url: str, topic: str, group: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker process serving subscription ``group`` (tests/e2e/e2e_subscriber.py),
+    stopped by its PID at the end."""
+    env = {
+        "E2E_TOPIC": topic,
+        "WORKERFLEET_REDIS_URL": url,
+        "WORKERFLEET_QUEUE": f"{topic}:{group}",
+        "WORKERFLEET_METRICS_PORT": "0",
+        "WORKERFLEET_DRAIN_TIMEOUT_SECONDS": "1",
+    }
+    proc = wf.start_host_worker("tests.e2e.e2e_subscriber:app", env, log)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def _scraped(operators: ScrapedOperators, expr: str) -> dict[str, float]:
+    """group -> value of each series ``expr`` returns now."""
+    return {
+        r["metric"]["group"]: float(r["value"][1]) for r in operators.prometheus.fetch_query(expr)
+    }
+
+
+def test_a_subscription_falling_behind_fires_lag_high_and_one_keeping_up_stays_quiet(
+    kube_cluster: kubecluster.KubeCluster,
+    operators: ScrapedOperators,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    # Given a topic with two registered groups, each served by a WorkerPool whose queue is the
+    # subscription's (<topic>:<group>, targetOldestJobAgeSeconds 3 s) that operator pod op-a
+    # polls and Prometheus scrapes; a real worker handles the email group's events, nothing
+    # handles analytics' (the pools' pods are on kwok nodes and run nothing)
+    topic = f"e2e{uuid.uuid4().hex[:8]}.order.placed"
+    asyncio.run(_register_groups(redis_server.url, topic, ("analytics", "email")))
+    publisher = Publisher(redis_server.url, topic)
+    with subscriber(redis_server.url, topic, "email", tmp_path / "email-worker.log") as worker:
+        operators.start("op-a")
+        for group in ("analytics", "email"):
+            pool = wf.build_pool(
+                f"lag-{group}",
+                f"{topic}:{group}",
+                {
+                    "minReplicas": 0,
+                    "maxReplicas": 1,
+                    "pollingIntervalSeconds": 1,
+                    "targetOldestJobAgeSeconds": LAG_THRESHOLD_SECONDS,
+                },
+            )
+            kube_cluster.kubectl(
+                "apply", "-n", operators.namespace, "-f", "-", input=json.dumps(pool)
+            )
+        backlog = f'workerfleet_pool_subscription_backlog{{topic="{topic}"}}'
+        kubecluster.poll_until(
+            "both subscriptions' lag scraped",
+            lambda: _scraped(operators, backlog),
+            lambda groups: set(groups) == {"analytics", "email"},
+            timeout_seconds=60,
+        )
+        # When an event is published every 0.5 s: analytics' backlog grows by 2 a second
+        publisher.start()
+        started = time.monotonic()
+        # Then WorkerPoolSubscriptionLagHigh fires for analytics, not before the oldest event
+        # is over the threshold plus the alert's for:, naming the topic and the group; and
+        # it never pends or fires for email, which keeps up, while it is watched
+        seen_for_email: list[dict[str, Any]] = []
+
+        def lag_firing() -> list[dict[str, Any]]:
+            alerts = [
+                a
+                for a in operators.prometheus.fetch_alerts()
+                if a["labels"].get("alertname") == "WorkerPoolSubscriptionLagHigh"
+            ]
+            seen_for_email.extend(a for a in alerts if a["labels"].get("group") != "analytics")
+            return [a for a in alerts if a["state"] == "firing"]
+
+        firing = kubecluster.poll_until(
+            "WorkerPoolSubscriptionLagHigh firing",
+            lag_firing,
+            bool,
+            timeout_seconds=LAG_THRESHOLD_SECONDS + LAG_FOR_SECONDS + 60,
+        )
+        assert time.monotonic() - started >= LAG_THRESHOLD_SECONDS + LAG_FOR_SECONDS
+        [alert] = firing
+        assert {k: v for k, v in alert["labels"].items() if k != "alertname"} == {
+            "namespace": operators.namespace,
+            "pool": "lag-analytics",
+            "queue": f"{topic}:analytics",
+            "topic": topic,
+            "group": "analytics",
+            "severity": "warning",
+        }
+        assert f"workerfleet topic lag {topic}" in alert["annotations"]["description"]
+        deadline = time.monotonic() + LAG_FOR_SECONDS + 5  # one more for: while publishing
+        while time.monotonic() < deadline:
+            lag_firing()
+            time.sleep(0.5)
+        assert seen_for_email == []
+        ages = _scraped(
+            operators,
+            "namespace_pool_queue_topic_group:"
+            f'workerfleet_pool_subscription_oldest_event_age_seconds:max{{topic="{topic}"}}',
+        )
+        assert ages["email"] < LAG_THRESHOLD_SECONDS < ages["analytics"]  # evaluated, low
+        publisher.stop()
+        assert worker.poll() is None, "the email worker died"
+
+        # And the series say what `workerfleet topic lag` says, and every event reached both
+        # groups: analytics holds all of them, the email worker completed all of them
+        client = redis.Redis.from_url(redis_server.url)
+        kubecluster.poll_until(
+            "the email worker done",
+            lambda: stats.fetch_queue_stats_sync(client, f"{topic}:email").completed_total,
+            lambda done: done == publisher.published,
+        )
+        client.close()
+        lag = json.loads(
+            subprocess.run(
+                [str(wf.WORKERFLEET), "topic", "lag", topic, "--json"],
+                env={**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        )
+        rows = {row["group"]: row for row in lag}
+        assert rows["analytics"]["backlog"] == publisher.published
+        assert (rows["email"]["backlog"], rows["email"]["in_flight"]) == (0, 0)
+        kubecluster.poll_until(
+            "the scraped backlog equal to topic lag's",
+            lambda: _scraped(operators, backlog),
+            lambda groups: groups == {"analytics": publisher.published, "email": 0},
+        )

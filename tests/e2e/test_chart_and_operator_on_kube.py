@@ -12,7 +12,6 @@ on the same harness.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -181,7 +180,6 @@ def start_worker(
     url: str, queue: str, pod_name: str, concurrency: int, log: Path
 ) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
         "WORKERFLEET_REDIS_URL": url,
         "WORKERFLEET_QUEUE": queue,
         "WORKERFLEET_POD_NAME": pod_name,
@@ -192,18 +190,9 @@ def start_worker(
         # worker starved for a few seconds on a busy machine still keeps its slow job.
         "WORKERFLEET_LEASE_SECONDS": "6",
     }
-    command = [str(wf.WORKERFLEET), "worker", "tests.e2e.e2e_tasks:app"]
-    command += ["--concurrency", str(concurrency)]
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=wf.REPO,
-            preexec_fn=kubecluster.build_parent_death_signal(),
-        )
+    return wf.start_host_worker(
+        "tests.e2e.e2e_tasks:app", env, log, "--concurrency", str(concurrency)
+    )
 
 
 def test_deleting_a_workerpool_garbage_collects_its_children(

@@ -102,6 +102,14 @@ def test_the_admission_policy_refuses_a_workerpool_naming_an_unlabelled_secret(
     ]
     refused = create_pool(kube_cluster, secured_release, sneaky)
     assert refused.returncode != 0 and 'names Secret "plain"' in refused.stderr
+    # And a RabbitMQ pool is held to the same rule through its own broker block
+    fixed = {"mode": "disabled", "replicas": 0}
+    rabbit = wf.build_pool("rabbit-pool", "rabbit-pool", fixed, "plain", broker="rabbitmq")
+    refused = create_pool(kube_cluster, secured_release, rabbit)
+    assert refused.returncode != 0 and 'names Secret "plain"' in refused.stderr, refused.stderr
+    rabbit = wf.build_pool("rabbit-pool", "rabbit-pool", fixed, "usable", broker="rabbitmq")
+    admitted = create_pool(kube_cluster, secured_release, rabbit, dry_run=True)
+    assert admitted.returncode == 0, admitted.stderr
     # And a pool naming the labelled Secret is admitted
     allowed = wf.build_pool(
         "usable-pool", "usable-pool", {"mode": "disabled", "replicas": 0}, "usable"

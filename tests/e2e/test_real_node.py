@@ -459,8 +459,16 @@ def test_scale_in_on_the_real_node_deletes_the_idle_pod_and_the_busy_one_finishe
     fetch_ready_pods(kube_cluster, node_namespace, "scalein", 2)
     client = redis.Redis.from_url(node_redis.url)
     try:
-        # And one of them busy with a 25 s job
+        # And one of them busy with a 25 s job, its worker's heartbeat (what the operator ranks
+        # the pods by) saying so: a scale-in decided on a record older than the job sees two
+        # idle pods, and then the ReplicaSet picks either
         busy = enqueue_and_wait_started(client, "scalein", "work", {"seconds": 25})["pod"]
+        kubecluster.poll_until(
+            "the busy pod's heartbeat showing its job in flight",
+            lambda: stats.fetch_queue_stats_sync(client, "scalein").workers,
+            lambda workers: any(w.pod_name == busy and w.in_flight == 1 for w in workers),
+            timeout_seconds=30,
+        )
         # When minReplicas drops to 1
         patch = {"spec": {"autoscaling": {"minReplicas": 1}}}
         kube_cluster.kubectl("patch", "wp", "scalein", "-n", node_namespace, "--type=merge",

@@ -65,8 +65,20 @@ def test_a_replicas_write_judged_on_an_old_version_is_refused_and_on_the_current
     with pytest.raises(kube.ApiError) as refused:
         write_replicas(kube_cluster, namespace, 4, seen)
     assert refused.value.status == 409 and refused.value.is_conflict
-    replicas, current = fetch_replicas_and_version(kube_cluster, namespace)
+    replicas, _ = fetch_replicas_and_version(kube_cluster, namespace)
     assert replicas == 7
-    # And a write naming the current version lands
-    written = write_replicas(kube_cluster, namespace, 4, current)
+    # And a write naming the current version lands. (The deployment controller keeps writing the
+    # status while the 7 pods come up, each write a new version: a version read a moment ago may
+    # be old by the time the write arrives, so the write is retried on a fresh read, a bounded
+    # number of times, and each refusal must be that conflict.)
+    for _attempt in range(10):
+        _, current = fetch_replicas_and_version(kube_cluster, namespace)
+        try:
+            written = write_replicas(kube_cluster, namespace, 4, current)
+        except kube.ApiError as exc:
+            assert exc.is_conflict, exc
+            continue
+        break
+    else:
+        raise AssertionError("10 writes naming the version just read were all refused")
     assert written["spec"]["replicas"] == 4

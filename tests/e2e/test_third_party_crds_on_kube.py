@@ -69,12 +69,13 @@ def third_party_crds(kube_cluster: kubecluster.KubeCluster) -> Iterator[list[str
         kube_cluster.kubectl("delete", "crd", *names, "--timeout=90s", check=False, timeout=120)
 
 
-def build_keda_pool(namespace: str, secret: str) -> dict[str, Any]:
+def build_keda_pool(namespace: str, secret: str, sample: str = "keda") -> dict[str, Any]:
     body: dict[str, Any] = yaml.safe_load(
-        (wf.REPO / "deploy" / "samples" / "keda.yaml").read_text()
+        (wf.REPO / "deploy" / "samples" / f"{sample}.yaml").read_text()
     )
     body["metadata"]["namespace"] = namespace
-    body["spec"]["queue"]["redis"]["urlSecretRef"]["name"] = secret
+    (broker,) = [b for b in api.BROKER_FIELDS if b in body["spec"]["queue"]]
+    body["spec"]["queue"][broker]["urlSecretRef"]["name"] = secret
     body["spec"]["metrics"] = {"podMonitor": True, "podMonitorLabels": {"release": "kps"}}
     return body
 
@@ -102,11 +103,13 @@ def apply_strictly(cluster: kubecluster.KubeCluster, namespace: str, obj: dict[s
     assert done.returncode == 0, f"{obj['kind']} {obj['metadata']['name']}: {done.stderr}"
 
 
+@pytest.mark.parametrize("sample", ["keda", "rabbitmq-keda"])
 def test_every_object_keda_mode_emits_is_accepted_by_the_real_crds(
-    kube_cluster: kubecluster.KubeCluster, third_party_crds: list[str], namespace: str
+    kube_cluster: kubecluster.KubeCluster, third_party_crds: list[str], namespace: str, sample: str
 ) -> None:
-    # Given a keda-mode pool with a PodMonitor, as the operator parses it
-    body = build_keda_pool(namespace, "redis-creds")
+    # Given a keda-mode pool (redis-streams triggers, or the rabbitmq trigger) with a
+    # PodMonitor, as the operator parses it
+    body = build_keda_pool(namespace, "queue-creds", sample)
     body["metadata"].update(uid="0f0e0d0c-0000-4000-8000-000000000001", generation=1)
     pool = api.parse_pool(body)
     assert isinstance(pool, api.Pool), getattr(pool, "message", "")
@@ -136,6 +139,52 @@ def test_every_object_keda_mode_emits_is_accepted_by_the_real_crds(
                 child["metadata"]["name"], "-n", namespace,
             )  # fmt: skip
             assert_kept(child["spec"], stored["spec"], child["kind"])
+
+
+KEDA_ROLE = "arn:aws:iam::123456789012:role/keda-reads-emails"
+
+
+@pytest.mark.parametrize(
+    "sqs",
+    [
+        {},  # the pool's IRSA role: identityOwner workload
+        {"roleArn": None},  # no pool role: KEDA's own (identityOwner keda)
+        {"keda": {"roleArn": KEDA_ROLE}, "endpoint": "http://elasticmq.q.svc:9324"},
+    ],
+    ids=["workload", "keda", "assumed-role-and-endpoint"],
+)
+def test_every_object_keda_mode_emits_for_an_sqs_pool_is_accepted_by_the_real_crds(
+    kube_cluster: kubecluster.KubeCluster,
+    third_party_crds: list[str],
+    namespace: str,
+    sqs: dict[str, Any],
+) -> None:
+    # Given a keda-mode SQS pool (aws-sqs-queue triggers, a podIdentity aws authentication)
+    body: dict[str, Any] = yaml.safe_load((wf.REPO / "deploy" / "samples" / "sqs.yaml").read_text())
+    body["metadata"].update(namespace=namespace, uid="0f0e0d0c-0000-4000-8000-000000000002",
+                            generation=1)  # fmt: skip
+    body["spec"]["queue"]["sqs"].update(sqs)
+    body["spec"]["autoscaling"].update(mode="keda", targetUtilization=0)
+    pool = api.parse_pool(body)
+    assert isinstance(pool, api.Pool), getattr(pool, "message", "")
+    children = plan.build_children(pool, replicas=None)
+    assert {"ScaledObject", "TriggerAuthentication", "ServiceAccount"} <= {
+        c["kind"] for c in children
+    }
+    # When every child is applied server-side with strict field validation
+    for child in children:
+        child = {**child, "metadata": {k: v for k, v in child["metadata"].items()
+                                       if k != "ownerReferences"}}  # fmt: skip
+        apply_strictly(kube_cluster, namespace, child)
+    # Then KEDA's schemas kept every field we set: three triggers, the AWS pod identity
+    for child in children:
+        if child["kind"] in {"ScaledObject", "TriggerAuthentication"}:
+            stored = kube_cluster.fetch_json(
+                f"{child['kind'].lower()}.keda.sh", child["metadata"]["name"], "-n", namespace
+            )
+            assert_kept(child["spec"], stored["spec"], child["kind"])
+    (scaled,) = [c for c in children if c["kind"] == "ScaledObject"]
+    assert [t["type"] for t in scaled["spec"]["triggers"]] == ["aws-sqs-queue"] * 3
 
 
 def test_the_operator_creates_keda_and_podmonitor_children_with_the_charts_rbac(

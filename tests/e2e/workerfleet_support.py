@@ -159,9 +159,33 @@ def start_operator(
     return operator
 
 
+def start_host_worker(
+    app: str, env: dict[str, str], log: Path, *args: str
+) -> subprocess.Popen[bytes]:
+    """A real ``workerfleet worker APP ARGS`` process on the host (the pods on kwok nodes run
+    nothing), with ``env`` over the test's environment, its output in ``log``; it dies with the
+    test process. The caller stops it by its PID."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [str(WORKERFLEET), "worker", app, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            cwd=REPO,
+            preexec_fn=kubecluster.build_parent_death_signal(),
+        )
+
+
 def build_pool(
-    name: str, queue: str, autoscaling: dict[str, Any], secret: str = "redis"
+    name: str,
+    queue: str,
+    autoscaling: dict[str, Any],
+    secret: str = "redis",
+    broker: str = "redis",
 ) -> dict[str, Any]:
+    """A WorkerPool of the e2e tasks on ``queue``, its URL in key ``url`` of Secret ``secret``,
+    under the broker block ``broker`` (``redis``, ``rabbitmq``)."""
     return {
         "apiVersion": "workerfleet.io/v1alpha1",
         "kind": "WorkerPool",
@@ -169,7 +193,7 @@ def build_pool(
         "spec": {
             "image": "registry.example/e2e-worker:1.0.0",
             "app": "tests.e2e.e2e_tasks:app",
-            "queue": {"name": queue, "redis": {"urlSecretRef": {"name": secret, "key": "url"}}},
+            "queue": {"name": queue, broker: {"urlSecretRef": {"name": secret, "key": "url"}}},
             "autoscaling": autoscaling,
         },
     }
@@ -235,11 +259,20 @@ def fetch_events(
     return items
 
 
-def fetch_replicas(cluster: kubecluster.KubeCluster, namespace: str, name: str) -> int:
+def fetch_replicas(cluster: kubecluster.KubeCluster, namespace: str, name: str) -> int | None:
+    """The Deployment's spec.replicas, or None while the operator has not created it yet (a
+    poll right after applying a pool must wait for it, not fail on NotFound)."""
     out = cluster.kubectl(
-        "get", "deploy", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}"
+        "get",
+        "deploy",
+        name,
+        "-n",
+        namespace,
+        "--ignore-not-found",
+        "-o",
+        "jsonpath={.spec.replicas}",
     ).stdout
-    return int(out)
+    return int(out) if out.strip() else None
 
 
 def wait_condition(

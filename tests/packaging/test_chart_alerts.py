@@ -9,6 +9,7 @@ double scrapes do not matter) and never with increase()/rate() on a counter mirr
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ PRODUCT_ALERTS = (
     "WorkerPoolDeadLetterStale",
     "WorkerPoolBacklogGrowingAtMaxReplicas",
     "WorkerPoolOldestJobTooOld",
+    "WorkerPoolSubscriptionLagHigh",
     "WorkerPoolHighFailureRate",
     "WorkerPoolQueueUnreachable",
     "WorkerPoolDrainKilled",
@@ -257,3 +259,11 @@ def test_the_documented_inhibitions_name_existing_alerts_and_their_labels() -> N
                 assert value in alerts
         # Pool alerts carry exactly namespace, pool and queue: the labels an inhibition can equal.
         assert set(rule.get("equal", [])) <= {"namespace", "pool", "queue"}
+
+
+def test_every_alert_can_be_turned_off_by_name_in_the_chart() -> None:
+    # prometheusRule.disabledAlerts takes only names its schema lists: an alert missing there
+    # cannot be turned off at all.
+    schema = json.loads((ROOT / "charts" / "workerfleet" / "values.schema.json").read_text())
+    items = schema["properties"]["prometheusRule"]["properties"]["disabledAlerts"]["items"]
+    assert sorted(items["enum"]) == sorted(_rules())

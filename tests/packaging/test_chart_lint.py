@@ -291,6 +291,40 @@ def test_the_operators_redis_egress_is_open_on_the_redis_and_sentinel_ports_by_d
     assert all("to" not in rule for rule in policy["spec"]["egress"][1:])
 
 
+def test_rabbitmq_egress_opens_the_management_api_to_the_operator_and_amqp_to_the_workers(
+    render: Render,
+) -> None:
+    # Given RabbitMQ egress on, towards the rabbitmq namespace, with the worker policies on
+    manifests = render(
+        "default",
+        "--set", "networkPolicy.rabbitmq.enabled=true",
+        "--set", "networkPolicy.rabbitmq.namespaces[0]=rabbitmq",
+        "--set", "networkPolicy.workers.enabled=true",
+        "--set", "networkPolicy.workers.namespaces[0]=team-a",
+    )  # fmt: skip
+    policies = {p["metadata"]["name"]: p for p in of_kind(manifests, "NetworkPolicy")}
+    to_rabbitmq = {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["rabbitmq"]}
+            ]
+        }
+    }
+
+    def rabbitmq_ports(name: str) -> list[int]:
+        (rule,) = [r for r in policies[name]["spec"]["egress"] if r.get("to") == [to_rabbitmq]]
+        return [p["port"] for p in rule["ports"]]
+
+    # Then the operator reads queue numbers over the management API only (never AMQP)
+    assert rabbitmq_ports("workerfleet-operator") == [15672, 15671]
+    # And the workers reach AMQP (the queue) and the management API (the CLI in a worker pod)
+    assert rabbitmq_ports("workerfleet-workers") == [5672, 5671, 15672, 15671]
+    # And by default no RabbitMQ port is open at all
+    (default,) = of_kind(render("default"), "NetworkPolicy")
+    opened = {p["port"] for rule in default["spec"]["egress"] for p in rule["ports"]}
+    assert not opened & {5672, 5671, 15672, 15671}
+
+
 # ----------------------------------------------------------------------------- documentation
 
 

@@ -67,11 +67,13 @@ class CuttingProxy:
                     self.armed.clear()
                     cut.set()  # from now on nothing goes back to this client
                     upstream.sendall(data)
+                    # counted before the wait: a client whose socket timed out may have re-sent
+                    # and finished while this thread still holds the cut connection
+                    self.cuts += 1
                     if self.hold is not None:
                         self.hold.wait(10.0)
                     else:
                         threading.Event().wait(0.3)  # the server runs the command meanwhile
-                    self.cuts += 1
                     break
                 upstream.sendall(data)
         _close(client, upstream)

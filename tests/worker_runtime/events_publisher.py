@@ -1,6 +1,7 @@
 """A publisher process for the kill -9 fan-out test: publishes events forever, one at a time.
 
-Run as ``python -m tests.worker_runtime.events_publisher PORT TOPIC PREFIX`` by
+Run as ``python -m tests.worker_runtime.events_publisher PORT|URL TOPIC PREFIX`` (a Redis port,
+or any broker URL) by
 tests/worker_runtime/test_events_kill.py, which kills it with SIGKILL at random moments. Before
 each publish it prints the event id it is about to publish (flushed), so the test knows every
 id that may have reached Redis; the event id is fixed before the call, as a re-sending
@@ -15,8 +16,9 @@ import sys
 from worker_runtime import App
 
 
-async def publish_forever(port: int, topic: str, prefix: str) -> None:
-    app = App(queue="publisher", redis_url=f"redis://127.0.0.1:{port}")
+async def publish_forever(target: str, topic: str, prefix: str) -> None:
+    url = f"redis://127.0.0.1:{target}" if target.isdigit() else target
+    app = App(queue="publisher", redis_url=url)
     n = 0
     while True:
         n += 1
@@ -26,4 +28,4 @@ async def publish_forever(port: int, topic: str, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(publish_forever(int(sys.argv[1]), sys.argv[2], sys.argv[3]))
+    asyncio.run(publish_forever(sys.argv[1], sys.argv[2], sys.argv[3]))

@@ -22,9 +22,12 @@ from worker_runtime import (
     RetryLater,
     config,
     envelope,
+    errors,
     logs,
     worker,
 )
+from worker_runtime import brokers as brokers_mod
+from worker_runtime.brokers import memory
 from worker_runtime.brokers.redis import keys, queue
 
 
@@ -222,9 +225,44 @@ def test_enqueue_without_a_redis_url_says_how_to_configure_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("WORKERFLEET_REDIS_URL", raising=False)
+    monkeypatch.delenv("WORKERFLEET_BROKER_URL", raising=False)
     app = App(queue="q")
-    with pytest.raises(RuntimeError, match="WORKERFLEET_REDIS_URL"):
+    with pytest.raises(RuntimeError, match="WORKERFLEET_BROKER_URL"):
         app.enqueue_sync("anything", {})
+
+
+async def test_a_producer_outside_a_worker_reads_the_broker_url_first_and_opens_any_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given WORKERFLEET_BROKER_URL names a memory broker, and the older Redis-only name a
+    # Redis where nothing listens (the worker and the CLI read them in that order)
+    monkeypatch.setenv("WORKERFLEET_BROKER_URL", "memory://producers-follow-the-worker")
+    monkeypatch.setenv("WORKERFLEET_REDIS_URL", "redis://127.0.0.1:1/0")
+    app = App(queue="emails")
+
+    @app.subscribe("user.account.created", group="welcome")
+    async def welcome(data: dict[str, Any]) -> None:
+        return None
+
+    try:
+        # When a job is enqueued and an event published from outside any worker
+        job = await app.enqueue("send-email", {"to": "a@b"})
+        await app.register_subscriptions()
+        published = await app.publish("user.account.created", {"user": "u-1"})
+        # Then both went through the broker the URL names: a worker there gets them
+        jobs = await brokers_mod.open_broker("memory://producers-follow-the-worker", "emails")
+        subs = await brokers_mod.open_broker(
+            "memory://producers-follow-the-worker", "user.account.created:welcome"
+        )
+        assert [d.id for d in await jobs.fetch("w1", 5)] == [job.job_id]
+        [event] = await subs.fetch("w1", 5)
+        assert event.envelope.payload["id"] == published.event_id
+        # and the blocking path says it needs Redis instead of connecting there
+        with pytest.raises(errors.CapabilityMissing, match="enqueue_sync needs a Redis URL"):
+            app.enqueue_sync("send-email", {"to": "a@b"})
+    finally:
+        await app.aclose()
+        memory.forget_stores()
 
 
 def test_the_package_exports_the_public_names() -> None:

@@ -97,10 +97,23 @@ def test_invalid_settings_are_refused_at_start(
         config.WorkerSettings()  # type: ignore[call-arg]
 
 
-def test_a_missing_redis_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_broker_url_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORKERFLEET_REDIS_URL", raising=False)
-    with pytest.raises(pydantic.ValidationError, match="redis_url"):
+    monkeypatch.delenv("WORKERFLEET_BROKER_URL", raising=False)
+    with pytest.raises(pydantic.ValidationError, match="WORKERFLEET_BROKER_URL"):
         config.WorkerSettings()  # type: ignore[call-arg]
+
+
+def test_the_broker_url_is_read_from_either_name_and_the_newer_one_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a pod env with the older name only (Redis pools), then with both
+    monkeypatch.delenv("WORKERFLEET_BROKER_URL", raising=False)
+    monkeypatch.setenv("WORKERFLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
+    assert config.WorkerSettings().redis_url == "redis://127.0.0.1:6379/0"  # type: ignore[call-arg]
+    monkeypatch.setenv("WORKERFLEET_BROKER_URL", "amqp://u:p@127.0.0.1:5672/")
+    # Then WORKERFLEET_BROKER_URL (set by the operator on RabbitMQ pools) is the one taken
+    assert config.WorkerSettings().redis_url == "amqp://u:p@127.0.0.1:5672/"  # type: ignore[call-arg]
 
 
 class FakeClock:

@@ -13,34 +13,10 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from tests.support.cli import run_cli
 from tests.worker_runtime import workerproc
 from worker_runtime import envelope
 from worker_runtime.brokers.redis import queue
-
-
-def run_cli(
-    *args: str, redis_url: str | None = None, queue_name: str | None = None, stdin: str = ""
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("WORKERFLEET_REDIS_URL", "WORKERFLEET_QUEUE")
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(workerproc.REPO), str(workerproc.REPO / "operator")])
-    env["COLUMNS"] = "160"
-    if redis_url:
-        env["WORKERFLEET_REDIS_URL"] = redis_url
-    if queue_name:
-        env["WORKERFLEET_QUEUE"] = queue_name
-    return subprocess.run(
-        [sys.executable, "-m", "worker_runtime", *args],
-        cwd=workerproc.REPO,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _dead_letter_one(

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.worker_runtime.test_cli_commands import run_cli
+from tests.support import elasticmq
+from tests.support.cli import run_cli
 from worker_runtime import brokers
 from worker_runtime import envelope as envelope_mod
 from worker_runtime.brokers import base
@@ -102,3 +103,36 @@ def test_dlq_triage_and_enqueue_work_on_the_broker_and_in_flight_is_refused_by_n
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert f"the {name} broker cannot list the jobs in flight" in refused.stderr
     assert "InFlightJobs" in refused.stderr
+
+
+def _open_worker_queue(url: str, queue: str) -> None:
+    """The queue as a worker opens it: a 7 s lease and redrive after 3 receives."""
+
+    async def go() -> None:
+        options = base.QueueOptions(lease_seconds=7, max_deliveries=2)
+        broker = await brokers.open_broker(url, queue, options=options)
+        await broker.close()
+
+    asyncio.run(go())
+
+
+def test_the_queue_dlq_and_enqueue_commands_leave_the_workers_sqs_queue_settings_alone(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given an SQS queue a worker opened with its own lease (7 s) and poison limit (3 receives)
+    url, queue = elasticmq_server.url, f"cli-{uuid.uuid4().hex[:10]}"
+    _open_worker_queue(url, queue)
+    assert asyncio.run(elasticmq.fetch_queue_settings(url, queue)) == ("7", 3)
+    flags = ("--broker-url", url, "-q", queue)
+    # When an operator reads its stats and dead letters and enqueues a job and replays
+    for command, code in (
+        (("queue", "stats", "--json"), 0),
+        (("dlq", "ls", "--json"), 0),
+        (("dlq", "show", "no-such-job", "--json"), 1),  # 1: no such dead letter
+        (("enqueue", "resize", '{"w": 1}', "--json"), 0),
+        (("dlq", "replay", "--all", "--json"), 0),
+    ):
+        out = run_cli(*command, *flags)
+        # Then each command ran and the worker's settings are still the queue's
+        assert out.returncode == code, out.stderr
+        assert asyncio.run(elasticmq.fetch_queue_settings(url, queue)) == ("7", 3), command

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -172,4 +173,46 @@ async def test_a_sigterm_that_arrives_while_the_worker_starts_becomes_an_immedia
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         worker._early_signals.clear()
+        client.close()
+
+
+async def test_a_worker_drained_before_its_job_loop_opened_the_broker_leaves_no_heartbeat(
+    redis_server: Any, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker_runtime import App, config, worker
+    from worker_runtime.worker import transient
+
+    app = App(queue=queue_name)
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    real_open = transient.open_until_ready
+
+    async def open_after_the_first_heartbeat(*args: Any, **kwargs: Any) -> Any:
+        # The control thread opens its own connection at once; the job loop's opening is held
+        # until the control thread's heartbeat record is in Redis (a slow start of the loop).
+        if threading.current_thread().name != "wf-control":
+            deadline = time.monotonic() + 10
+            while not stats.fetch_queue_stats_sync(client, queue_name).workers:
+                assert time.monotonic() < deadline, "no heartbeat from the control thread"
+                await asyncio.sleep(0.02)
+        return await real_open(*args, **kwargs)
+
+    monkeypatch.setattr(transient, "open_until_ready", open_after_the_first_heartbeat)
+    try:
+        # Given a worker whose control thread has written its heartbeat record while the job
+        # loop has not opened the broker yet
+        settings = config.WorkerSettings(redis_url=redis_server.url, metrics_port=0)
+        w = worker.Worker(app, settings, install_signal_handlers=False)
+        run = asyncio.create_task(w.run())
+        deadline = time.monotonic() + 10
+        while not stats.fetch_queue_stats_sync(client, queue_name).workers:
+            assert time.monotonic() < deadline, "no heartbeat from the control thread"
+            await asyncio.sleep(0.02)
+        # When it is told to drain before the job loop's broker is open
+        w.request_drain(int(signal.SIGTERM))
+        rc = await asyncio.wait_for(run, 20)
+        # Then it exits cleanly and its heartbeat record is gone: no phantom draining worker
+        # is left for the autoscaler to count for a lease
+        assert rc == 0 and w.q is None
+        assert stats.fetch_queue_stats_sync(client, queue_name).workers == ()
+    finally:
         client.close()

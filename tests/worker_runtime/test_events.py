@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pydantic
 import pytest
 
-from worker_runtime import App, JobContext, config, events, logs, worker
+from worker_runtime import App, JobContext, config, errors, events, logs, worker
 from worker_runtime.brokers import base, memory, open_broker
 
 TOPIC = "identity.user.created"
@@ -83,11 +83,16 @@ def test_an_event_envelope_is_immutable_and_checks_its_type() -> None:
 # -- a subscription in a real worker ---------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "rabbitmq"])
 def url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Where the worker and the publisher meet: the memory reference or a real redis-server."""
+    """Where the worker and the publisher meet: the memory reference, a real redis-server or
+    a real rabbitmq-server."""
     if request.param == "redis":
         yield request.getfixturevalue("redis_server").url
+        return
+    if request.param == "rabbitmq":
+        server = request.getfixturevalue("rabbitmq_server")
+        yield f"{server.url}?management_port={server.management_port}"
         return
     yield f"memory://{uuid.uuid4().hex}"
     memory.forget_stores()
@@ -144,14 +149,16 @@ async def test_a_subscription_upcasts_old_events_and_dead_letters_those_it_canno
     newer = await publisher.publish(t, {"first": "X", "last": "Y"}, version=3)
     sub = await open_broker(url, queue)
 
-    async def settled() -> base.QueueStats | None:
-        stats = await sub.fetch_stats()
-        return stats if stats.completed_total + stats.dead_letter == 3 else None
+    async def settled() -> bool:
+        return len(seen) == 2 and await sub.show_dead_letter(newer.event_id) is not None
 
-    stats = await run_worker_until(app, url, settled)
+    assert await run_worker_until(app, url, settled)
     # Then v1 was upcast and v2 read as is; v3 is a dead letter saying why, not retried
     assert sorted(seen) == [("Ada", "Lovelace"), ("Alan", "Turing")]
-    assert (stats.completed_total, stats.dead_letter) == (2, 1)
+    assert await sub.count_dead_letters() == 1
+    if sub.capabilities.exact_stats:
+        stats = await sub.fetch_stats()
+        assert (stats.completed_total, stats.dead_letter) == (2, 1)
     letter = await sub.show_dead_letter(newer.event_id)
     assert letter is not None and letter.reason == "unknown_event_version"
     assert "version 3 is newer than this consumer's 2" in letter.history[-1].message
@@ -247,9 +254,17 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
     assert (child_event.correlation_id, child_event.causation_id) == (corr, root.event_id)
     assert child.envelope.correlation_id == corr
     assert child.envelope.headers[events.CAUSATION_HEADER] == root.event_id
-    # and the trace of the correlation id is the three-level tree of what happened
+    # and a log line of the grandchild job names its correlation id and its cause
     [(_, email_id, audit_id)] = audits
     assert email_id is not None
+    [line] = log_lines
+    assert (line["correlation_id"], line["causation_id"]) == (corr, email_id)
+    if url.startswith("amqp"):
+        # RabbitMQ keeps no trace index: reading one says so
+        with pytest.raises(errors.CapabilityMissing, match="no trace index"):
+            await broker.fetch_trace(corr)
+        return
+    # and the trace of the correlation id is the three-level tree of what happened
     lines = events.render_trace_tree(await broker.fetch_trace(corr))
     assert sorted(lines[1:]) == sorted(
         [
@@ -259,9 +274,6 @@ async def test_work_started_inside_a_handler_inherits_correlation_and_names_its_
         ]
     )
     assert lines[0] == f"event {t} {root.event_id}"
-    # and a log line of the grandchild job names its correlation id and its cause
-    [line] = log_lines
-    assert (line["correlation_id"], line["causation_id"]) == (corr, email_id)
     assert (
         lines.index(f"    job audit {audit_id}") == lines.index(f"  job send-email {email_id}") + 1
     )

@@ -1,9 +1,11 @@
 """A publisher killed with SIGKILL mid-publish never leaves an event in some subscriptions only;
 and ``workerfleet topic lag`` run as a real command.
 
-Real subprocesses, real redis-server, real signals. The history is what the publisher said it
-was about to publish and what each subscription queue hands out afterwards; the check is that
-every event id is in all three subscriptions or in none.
+Real subprocesses, real redis-server and rabbitmq-server, real signals. The history is what
+the publisher said it was about to publish and what each subscription queue hands out
+afterwards; the check is that every event id is in all three subscriptions or in none (on
+RabbitMQ, which has no enqueue dedup, the same holds; the publisher here never re-sends, so
+each is there at most once).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import time
 import uuid
 from typing import Any
 
-from tests.worker_runtime import test_cli_commands, workerproc
+from tests.support import cli
+from tests.worker_runtime import workerproc
+from worker_runtime import brokers
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import broker as redis_broker
 from worker_runtime.brokers.redis import keys
@@ -28,10 +32,11 @@ ROUNDS = 15
 GROUPS = ("email", "analytics", "fulfilment")
 
 
-def run_and_kill(port: int, topic: str, prefix: str, rng: random.Random) -> list[str]:
-    """Start a publisher, let it publish for a random moment, SIGKILL it; the ids it tried."""
+def run_and_kill(target: int | str, topic: str, prefix: str, rng: random.Random) -> list[str]:
+    """Start a publisher (on a Redis port or a broker URL), let it publish for a random
+    moment, SIGKILL it; the ids it tried."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.worker_runtime.events_publisher", str(port), topic, prefix],
+        [sys.executable, "-m", "tests.worker_runtime.events_publisher", str(target), topic, prefix],
         cwd=workerproc.REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -69,13 +74,51 @@ async def test_a_publisher_killed_in_a_loop_never_leaves_an_event_in_some_subscr
     # Then every event id is in all three subscriptions or in none, and each at most once
     held: dict[str, list[str]] = {}
     for queue in queues:
-        sub = redis_broker.RedisBroker(redis_client, queue)
-        ids: list[str] = []
-        while batch := await sub.fetch("reader", 500):
-            ids += [d.id for d in batch]
-            for d in batch:
-                assert await sub.ack(d)
-        held[queue] = ids
+        held[queue] = await drain(redis_broker.RedisBroker(redis_client, queue), block=0.0)
+    check_all_or_none(held, tried)
+
+
+async def test_a_publisher_killed_in_a_loop_on_rabbitmq_leaves_each_event_in_all_or_none(
+    rabbitmq_server: Any,
+) -> None:
+    # Given a topic with three subscriptions on a real rabbitmq-server
+    topic = f"shop{uuid.uuid4().hex[:8]}.order.placed"
+    url = f"{rabbitmq_server.url}?prefetch=500&management_port={rabbitmq_server.management_port}"
+    admin = await brokers.open_broker(url, "admin")
+    try:
+        queues = [await admin.subscribe(topic, g) for g in GROUPS]
+    finally:
+        await admin.close()
+    rng = random.Random(14)
+    tried: list[str] = []
+    # When a publisher is started and killed with SIGKILL at a random moment, 15 times
+    for round_no in range(ROUNDS):
+        tried += run_and_kill(url, topic, f"r{round_no}", rng)
+    # Then every event id is in all three subscriptions or in none, and each at most once
+    held: dict[str, list[str]] = {}
+    for queue in queues:
+        sub = await brokers.open_broker(url, queue)
+        try:
+            held[queue] = await drain(sub, block=1.0)
+        finally:
+            await sub.close()
+    check_all_or_none(held, tried)
+
+
+async def drain(sub: Any, *, block: float) -> list[str]:
+    """Every job id the subscription queue hands out now, acknowledged, in order."""
+    ids: list[str] = []
+    while batch := await sub.fetch("reader", 500, block=block):
+        ids += [d.id for d in batch]
+        for d in batch:
+            assert await sub.ack(d)
+    return ids
+
+
+def check_all_or_none(held: dict[str, list[str]], tried: list[str]) -> None:
+    """Each queue got each event at most once, only events that were published, and every
+    event is in all queues or in none; all but each round's interrupted publish arrived."""
+    queues = list(held)
     sets = {q: set(ids) for q, ids in held.items()}
     for queue, ids in held.items():
         assert len(ids) == len(sets[queue]), f"{queue} got an event twice"
@@ -105,7 +148,7 @@ async def test_workerfleet_topic_lag_prints_each_subscriptions_backlog(
         await admin.publish(base.PublishRequest(topic=topic, event_id=f"e{n}", payload={"n": n}))
     # When the CLI reads the lag
     done = await asyncio.to_thread(
-        test_cli_commands.run_cli, "topic", "lag", topic, "--json", redis_url=redis_server.url
+        cli.run_cli, "topic", "lag", topic, "--json", redis_url=redis_server.url
     )
     # Then each subscription is 2 events behind
     assert done.returncode == 0, done.stderr
@@ -128,9 +171,7 @@ async def test_the_trace_index_is_bounded_expires_and_prints_as_a_tree(
     # When it is read back, and printed by the CLI
     entries = await broker.fetch_trace(corr)
     ttl = await redis_client.ttl(keys.build_trace_key(corr))
-    done = await asyncio.to_thread(
-        test_cli_commands.run_cli, "trace", corr, redis_url=redis_server.url
-    )
+    done = await asyncio.to_thread(cli.run_cli, "trace", corr, redis_url=redis_server.url)
     # Then it kept the newest TRACE_KEEP entries, expires within a day, and the jobs whose
     # cause was trimmed away print as roots
     assert len(entries) == base.TRACE_KEEP
@@ -139,7 +180,5 @@ async def test_the_trace_index_is_bounded_expires_and_prints_as_a_tree(
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[:2] == ["job email j2", "job email j3"] and len(lines) == base.TRACE_KEEP
-    missing = await asyncio.to_thread(
-        test_cli_commands.run_cli, "trace", "nobody", redis_url=redis_server.url
-    )
+    missing = await asyncio.to_thread(cli.run_cli, "trace", "nobody", redis_url=redis_server.url)
     assert missing.returncode == 1 and "no trace for nobody" in missing.stderr

@@ -21,8 +21,8 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from tests.support import engine as es
+from tests.support.cli import run_cli
 from tests.worker_runtime import workerproc
-from tests.worker_runtime.test_cli_commands import run_cli
 from tests.worker_runtime.workerproc import wait_until
 from worker_runtime import App, config, envelope, worker
 from worker_runtime.brokers.redis import dlq, keys, queue, stats

@@ -295,3 +295,44 @@ async def test_the_dlq_lists_newest_first_shows_history_replays_and_purges_by_id
     assert [d.job_id for d in await rq.list_dead_letters()] == ["c"]
     assert await rq.purge_dead_letters(everything=True) == 1
     assert await rq.count_dead_letters() == 0
+
+
+async def test_acks_committed_together_never_settle_a_job_still_held_between_them(
+    rabbitmq_server: Any, rq_queue: str
+) -> None:
+    # Given five jobs fetched by one worker, in delivery order on its one consuming channel
+    def open_broker() -> rabbitmq_broker.RabbitMQBroker:
+        return rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, prefetch=10)
+
+    worker = open_broker()
+    await worker.enqueue_many([job(job_id=f"h{i}") for i in range(5)])
+    got: list[base.Delivery] = []
+    for _ in range(50):
+        got += await worker.fetch("w", 5 - len(got), block=2)
+        if len(got) == 5:
+            break
+    assert [d.id for d in got] == ["h0", "h1", "h2", "h3", "h4"]
+    # When the two oldest and the fourth are acked in one commit (one ack may cover a run of
+    # the oldest deliveries) while the third and the fifth are still held
+    assert await asyncio.gather(worker.ack(got[0]), worker.ack(got[1]), worker.ack(got[3])) == [
+        True,
+        True,
+        True,
+    ]
+    assert worker._connection is not None
+    await worker._connection.close()  # the worker dies holding h2 and h4
+    # Then exactly the two held jobs come back, each counted as one lost delivery
+    other = open_broker()
+    try:
+        back: list[base.Delivery] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(back) < 3:
+            back += await other.fetch("w2", 5, block=1)
+            if len(back) == 2:
+                # nothing else may follow: an ack lost with the connection would bring more
+                back += await other.fetch("w2", 5, block=2)
+                break
+        assert sorted((d.id, d.lost) for d in back) == [("h2", 1), ("h4", 1)]
+    finally:
+        await other.close()
+        await worker.close()

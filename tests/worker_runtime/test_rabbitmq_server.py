@@ -44,17 +44,17 @@ async def test_a_private_broker_listens_on_loopback_only_and_serves_amqp_and_man
     assert rabbitmq_server.management_answers()
 
 
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_a_killed_broker_is_gone_and_a_restart_keeps_persistent_messages(
-    rabbitmq_factory: Callable[[], Any],
+    rabbitmq_factory: Callable[[], Any], queue_type: str
 ) -> None:
-    # Given a broker of its own with a durable classic queue holding a persistent message
-    # (classic: this checks the fixture's restart in place; quorum queues on this 3.10.8 do not
-    # come back from a restart of a private node, see docs/brokers.md)
+    # Given a broker of its own with a durable queue (of each type the broker declares)
+    # holding a confirmed persistent message
     server = rabbitmq_factory()
     connection = await aio_pika.connect(server.url)
     channel = await connection.channel(publisher_confirms=True)
     queue = await channel.declare_queue(
-        "wf.survivor", durable=True, arguments={"x-queue-type": "classic"}
+        "wf.survivor", durable=True, arguments={"x-queue-type": queue_type}
     )
     await channel.default_exchange.publish(
         aio_pika.Message(b"kept", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
@@ -62,6 +62,12 @@ async def test_a_killed_broker_is_gone_and_a_restart_keeps_persistent_messages(
     )
     await connection.close()
     beam = server.pid
+    if queue_type == "quorum":
+        # the crash comes 2 s after the declare, not at once: 3.10.8 saves a new quorum queue's
+        # Ra name registration a moment after the declare, and a node killed before that boots
+        # the queue as a new, empty Ra server (measured: killed at once, 0 of 5 messages came
+        # back; 1 s or 3 s after, 5 of 5; docs/brokers.md)
+        await asyncio.sleep(2)
     # When the broker process is killed with SIGKILL
     server.kill()
     # Then it is really gone (killing the wrapper alone would leave beam.smp running)

@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio
 
 from tests.support import engine as es
-from tests.worker_runtime.test_cli_commands import run_cli
+from tests.support.cli import run_cli
 from worker_runtime import config
 from worker_runtime.brokers.redis import dlq, keys, queue, scripts, stats
 

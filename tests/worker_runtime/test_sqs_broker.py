@@ -5,6 +5,7 @@ without spending anything, priorities are queues polled in order, FIFO keeps gro
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -439,3 +440,54 @@ async def test_a_retry_of_a_delivery_whose_lease_ran_out_sends_no_copy_of_the_jo
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_queue_probe_changes_no_queue_attributes_and_reads_a_missing_queue_as_empty(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a worker's broker that set its lease (7 s visibility) and poison limit (redrive
+    # after 3 receives) on its queues
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    worker = await brokers.open_broker(
+        elasticmq_server.url, name, options=base.QueueOptions(lease_seconds=7, max_deliveries=2)
+    )
+    assert isinstance(worker, sqs_broker.SqsBroker)
+    # and a queue that nobody has created yet
+    never = f"t-{uuid.uuid4().hex[:12]}"
+    probes = [
+        await brokers.open_broker(elasticmq_server.url, q, role="reader") for q in (name, never)
+    ]
+    try:
+        await worker.enqueue_many([job(), job(priority="high")])
+        # When the operator's probes (default options, no queue creation) read the stats
+        seen, missing = [await p.fetch_stats() for p in probes]  # type: ignore[attr-defined]
+        # Then the worker's queue reads as it is and keeps the worker's lease and redrive limit
+        assert (seen.backlog, seen.in_flight, seen.dead_letter) == (2, 0, 0)
+        reply = await worker._client.get_queue_attributes(
+            QueueUrl=worker._url(envelope_mod.Priority.NORMAL), AttributeNames=["All"]
+        )
+        assert reply["Attributes"]["VisibilityTimeout"] == "7"
+        assert int(json.loads(reply["Attributes"]["RedrivePolicy"])["maxReceiveCount"]) == 3
+        # and the missing queue reads as empty without being created
+        assert (missing.backlog, missing.in_flight, missing.dead_letter) == (0, 0, 0)
+        listed = await worker._client.list_queues(QueueNamePrefix=never)
+        assert listed.get("QueueUrls", []) == []
+        # and once a producer creates it, the same probe sees its jobs
+        producer = await brokers.open_broker(elasticmq_server.url, never)
+        try:
+            await producer.enqueue(job(priority="low"))
+        finally:
+            await producer.close()
+        later = await probes[1].fetch_stats()  # type: ignore[attr-defined]
+        assert later.backlog == 1
+        # and once its queues exist, a poll is one GetQueueAttributes per SQS queue, nothing else
+        calls: list[str] = []
+        client = probes[1]._client  # type: ignore[attr-defined]
+        client.meta.events.register(
+            "before-call.sqs.*", lambda model, **_: calls.append(model.name)
+        )
+        await probes[1].fetch_stats()  # type: ignore[attr-defined]
+        assert calls == ["GetQueueAttributes"] * 4  # high, normal, low and the DLQ
+    finally:
+        for b in (worker, *probes):
+            await b.close()

@@ -77,6 +77,6 @@ def test_stop_ends_the_process_it_started(
     server = elasticmq_factory()
     pid = server.pid
     server.stop()
-    assert server.proc is not None and server.proc.returncode is not None
+    assert server.process is not None and server.process.returncode is not None
     assert not os.path.exists(f"/proc/{pid}")
     assert not server.answers()

@@ -251,7 +251,15 @@ def validate(
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO / "deploy" / "samples"
 CRD_FILE = REPO / "deploy" / "crds" / "workerpools.workerfleet.io.yaml"
-SAMPLE_NAMES = ("minimal", "full", "keda")
+SAMPLE_NAMES = (
+    "minimal",
+    "full",
+    "keda",
+    "rabbitmq",
+    "rabbitmq-keda",
+    "subscription",
+    "sqs",
+)
 KUBERNETES_VERSIONS = ("1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0")
 
 

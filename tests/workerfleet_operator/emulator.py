@@ -96,6 +96,7 @@ BUILTIN_RESOURCES: tuple[Resource, ...] = (
     Resource("", "v1", "configmaps", "ConfigMap", status_subresource=False),
     Resource("", "v1", "pods", "Pod"),
     Resource("", "v1", "services", "Service"),
+    Resource("", "v1", "serviceaccounts", "ServiceAccount", status_subresource=False),
     Resource("", "v1", "events", "Event", status_subresource=False),
     Resource("events.k8s.io", "v1", "events", "Event", status_subresource=False),
     Resource("apps", "v1", "deployments", "Deployment", scale_subresource=True),

@@ -45,6 +45,20 @@ def _keda_auth(obj: dict[str, Any]) -> None:
     obj["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
 
 
+def _queue(**blocks: Any) -> Mutation:
+    """Replace the sample's broker block(s) with ``blocks`` (None removes one)."""
+
+    def mutate(obj: dict[str, Any]) -> None:
+        queue = obj["spec"]["queue"]
+        for name, block in blocks.items():
+            if block is None:
+                queue.pop(name, None)
+            else:
+                queue[name] = block
+
+    return mutate
+
+
 def _both(*mutations: Mutation) -> Mutation:
     def mutate(obj: dict[str, Any]) -> None:
         for m in mutations:
@@ -60,6 +74,26 @@ def _rename(name: str) -> Mutation:
     return mutate
 
 
+def _subscription(name: str, topic: str, group: str) -> Mutation:
+    def mutate(obj: dict[str, Any]) -> None:
+        obj["spec"]["queue"]["name"] = name
+        obj["spec"]["queue"]["subscription"] = {"topic": topic, "group": group}
+
+    return mutate
+
+
+SUBSCRIPTION_NAME = (
+    "queue.name must be <topic>:<group> of queue.subscription: a subscription is an ordinary "
+    "queue of that name (e.g. shop.order.placed:email)"
+)
+SUBSCRIPTION_REDIS_ONLY = (
+    "queue.subscription needs queue.redis: topics (event subscriptions) are on Redis only "
+    "today, not on the other brokers"
+)
+PAST_TENSE = (
+    "subscription.topic must end in a past tense verb (an event is a fact that happened): "
+    "e.g. shop.order.placed, mail.message.sent"
+)
 MIN_MAX = "minReplicas must not exceed maxReplicas"
 FALLBACK = "onMetricFailure: fallback requires fallbackReplicas between minReplicas and maxReplicas"
 KEDA_DRY_RUN = "dryRun is not supported in keda mode: KEDA applies its own decisions"
@@ -74,7 +108,31 @@ LEASE = (
     "leaseSeconds must not exceed jobTimeoutSeconds: a crashed worker's jobs would wait longer "
     "for redelivery than any job may run"
 )
-KEDA_AUTH = "autoscaling.mode: keda requires queue.redis.keda (the Secret keys KEDA reads)"
+KEDA_AUTH = (
+    "autoscaling.mode: keda requires the broker block's keda keys (queue.redis.keda or "
+    "queue.rabbitmq.keda: the Secret keys KEDA reads)"
+)
+ONE_BROKER = "exactly one broker block must be set: redis or rabbitmq or sqs"
+AGE_ALONE = (
+    "targetOldestJobAgeSeconds cannot be the only signal on a broker that does not report the "
+    "oldest job's age (only redis does): turn on targetBacklogPerReplica or targetUtilization "
+    "too, or the pool would never wake from zero replicas"
+)
+RABBITMQ_KEDA_USER = "keda.usernameKey and keda.passwordKey must be set together"
+RABBITMQ = {"urlSecretRef": {"name": "rabbitmq-creds", "key": "url"}}
+SQS = {"region": "eu-west-1"}
+SQS_HTTP_TO_AWS = (
+    "endpoint: an AWS endpoint takes https:// (plain http:// is only for an SQS-compatible "
+    "server such as ElasticMQ or LocalStack)"
+)
+SQS_QUEUE_NAME = (
+    "on SQS the queue name allows only letters, digits, - and _, and at most 70 characters with "
+    "sqs.prefix (SQS queue names are 80 characters with -high.fifo)"
+)
+SQS_KEDA_ACCOUNT = (
+    "autoscaling.mode: keda on SQS requires queue.sqs.accountId (KEDA's aws-sqs-queue scaler "
+    "reads queues by their full URL)"
+)
 POD_MONITOR_LABELS = (
     "podMonitorLabels cannot set app.kubernetes.io/* or workerfleet.io/* labels "
     "(the operator's own)"
@@ -152,12 +210,96 @@ CASES = (
         ENV_RESERVED,
     ),
     Case(
+        "env overriding the broker url",
+        _spec(env=[{"name": "WORKERFLEET_BROKER_URL", "value": "amqp://elsewhere:5672/"}]),
+        ENV_RESERVED,
+    ),
+    Case(
         "env overriding the queue",
         _spec(env=[{"name": "WORKERFLEET_QUEUE", "value": "q"}]),
         ENV_RESERVED,
     ),
     Case("lease above job timeout", _spec(leaseSeconds=120, jobTimeoutSeconds=60), LEASE),
     Case("keda without secret keys", _autoscaling(mode="keda"), KEDA_AUTH),
+    Case("two broker blocks", _queue(rabbitmq=RABBITMQ), ONE_BROKER),
+    Case("no broker block", _queue(redis=None), ONE_BROKER),
+    Case(
+        "keda on rabbitmq without secret keys",
+        _both(_queue(redis=None, rabbitmq=RABBITMQ), _autoscaling(mode="keda")),
+        KEDA_AUTH,
+    ),
+    Case(
+        "the age signal alone on rabbitmq",
+        _both(
+            _queue(redis=None, rabbitmq=RABBITMQ),
+            _autoscaling(
+                targetBacklogPerReplica=0, targetUtilization=0, targetOldestJobAgeSeconds=30
+            ),
+        ),
+        AGE_ALONE,
+    ),
+    Case(
+        "a rabbitmq keda user without a password",
+        _queue(
+            redis=None,
+            rabbitmq={**RABBITMQ, "keda": {"hostKey": "management", "usernameKey": "user"}},
+        ),
+        RABBITMQ_KEDA_USER,
+    ),
+    Case(
+        "a subscription whose queue has another name",
+        _subscription("emails", "shop.order.placed", "email"),
+        SUBSCRIPTION_NAME,
+    ),
+    Case(
+        "a subscription whose queue names another group",
+        _subscription("shop.order.placed:analytics", "shop.order.placed", "email"),
+        SUBSCRIPTION_NAME,
+    ),
+    Case(
+        "a subscription to a topic that is not a past event",
+        _subscription("shop.order.place:email", "shop.order.place", "email"),
+        PAST_TENSE,
+    ),
+    Case(
+        "a subscription on rabbitmq",
+        _both(
+            _subscription("shop.order.placed:email", "shop.order.placed", "email"),
+            _queue(redis=None, rabbitmq=RABBITMQ),
+        ),
+        SUBSCRIPTION_REDIS_ONLY,
+    ),
+    Case("redis and sqs", _queue(sqs=SQS), ONE_BROKER),
+    Case(
+        "plain http to an AWS endpoint",
+        _queue(redis=None, sqs={**SQS, "endpoint": "http://sqs.eu-west-1.amazonaws.com"}),
+        SQS_HTTP_TO_AWS,
+    ),
+    Case(
+        "a queue name with a dot on sqs",
+        _both(_queue(redis=None, sqs=SQS), _queue(name="emails.v2")),
+        SQS_QUEUE_NAME,
+    ),
+    Case(
+        "a queue name too long for sqs with its prefix",
+        _both(_queue(redis=None, sqs={**SQS, "prefix": "p" * 11}), _queue(name="q" * 60)),
+        SQS_QUEUE_NAME,
+    ),
+    Case(
+        "keda on sqs without the account",
+        _both(_queue(redis=None, sqs=SQS), _autoscaling(mode="keda")),
+        SQS_KEDA_ACCOUNT,
+    ),
+    Case(
+        "the age signal alone on sqs",
+        _both(
+            _queue(redis=None, sqs=SQS),
+            _autoscaling(
+                targetBacklogPerReplica=0, targetUtilization=0, targetOldestJobAgeSeconds=30
+            ),
+        ),
+        AGE_ALONE,
+    ),
     Case("upper-case name", _rename("Emails"), NAME),
     Case("name too long for the metrics service", _rename("a" * 56), NAME),
 )
@@ -229,7 +371,58 @@ VALID_EDGES = (
     ("lease equals job timeout", _spec(leaseSeconds=60, jobTimeoutSeconds=60)),
     ("log level is the user's", _spec(env=[{"name": "WORKERFLEET_LOG_LEVEL", "value": "debug"}])),
     ("name of 55 characters", _rename("a" * 55)),
+    ("rabbitmq instead of redis", _queue(redis=None, rabbitmq=RABBITMQ)),
+    ("sqs instead of redis", _queue(redis=None, sqs=SQS)),
+    (
+        "plain http to an sqs-compatible server, keda with the account",
+        _both(
+            _queue(
+                redis=None,
+                sqs={**SQS, "endpoint": "http://elasticmq.q.svc:9324", "accountId": "0" * 12},
+            ),
+            _autoscaling(mode="keda"),
+        ),
+    ),
+    (
+        "an sqs queue name of 70 characters with its prefix",
+        _both(_queue(redis=None, sqs={**SQS, "prefix": "p" * 10}), _queue(name="q" * 60)),
+    ),
+    (
+        "the age signal with the backlog signal on rabbitmq",
+        _both(
+            _queue(redis=None, rabbitmq=RABBITMQ),
+            _autoscaling(targetUtilization=0, targetOldestJobAgeSeconds=30),
+        ),
+    ),
+    (
+        "the age signal alone on rabbitmq at a fixed replica count",
+        _both(
+            _queue(redis=None, rabbitmq=RABBITMQ),
+            _autoscaling(
+                mode="disabled",
+                replicas=2,
+                targetBacklogPerReplica=0,
+                targetUtilization=0,
+                targetOldestJobAgeSeconds=30,
+            ),
+        ),
+    ),
+    (
+        "keda on rabbitmq with the management key",
+        _both(
+            _queue(redis=None, rabbitmq={**RABBITMQ, "keda": {"hostKey": "management"}}),
+            _autoscaling(mode="keda"),
+        ),
+    ),
     ("a PodMonitor without extra labels", _spec(metrics={"podMonitor": True})),
+    (
+        "a subscription named <topic>:<group>",
+        _subscription("shop.order.placed:email", "shop.order.placed", "email"),
+    ),
+    (
+        "a subscription to an irregular past tense",
+        _subscription("mail.message.sent:audit", "mail.message.sent", "audit"),
+    ),
 )
 
 
@@ -263,6 +456,14 @@ SCHEMA_REFUSALS: tuple[tuple[str, Mutation], ...] = (
         _spec(queue={"name": "a{b}", "redis": {"urlSecretRef": {"name": "r", "key": "url"}}}),
     ),
     ("an app without attribute", _spec(app="emails.tasks")),
+    (
+        "a subscription topic of two words",
+        _subscription("order.placed:email", "order.placed", "email"),
+    ),
+    (
+        "a subscription group in upper case",
+        _subscription("shop.order.placed:Email", "shop.order.placed", "Email"),
+    ),
     ("duplicate env names", _spec(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}])),
     (
         "pdb budget that is not a percentage",

@@ -64,6 +64,9 @@ def test_the_full_sample_shows_every_field_a_builtin_pool_can_use() -> None:
     other_modes = {
         "autoscaling.replicas",  # mode: disabled
         "queue.redis.keda",  # mode: keda, shown in the keda sample
+        "queue.rabbitmq",  # the other broker, shown in the rabbitmq samples
+        "queue.subscription",  # an event subscription's pool, shown in the subscription sample
+        "queue.sqs",  # the third broker, shown in the sqs sample
     }
     full = crd_validation.load_sample("full")["spec"]
     wanted = {
@@ -80,6 +83,14 @@ def test_the_full_sample_shows_every_field_a_builtin_pool_can_use() -> None:
 def test_the_keda_sample_shows_every_secret_key_field_keda_reads() -> None:
     keda = crd_validation.load_sample("keda")["spec"]["queue"]["redis"]["keda"]
     assert set(keda) == {f.alias for f in api.KedaRedisAuth.model_fields.values()}
+
+
+def test_the_rabbitmq_samples_show_every_field_of_the_rabbitmq_block() -> None:
+    builtin = crd_validation.load_sample("rabbitmq")["spec"]["queue"]["rabbitmq"]
+    keda = crd_validation.load_sample("rabbitmq-keda")["spec"]["queue"]["rabbitmq"]
+    assert set(builtin) == {"urlSecretRef"}
+    assert set(keda) == {f.alias or n for n, f in api.RabbitMQSpec.model_fields.items()}
+    assert set(keda["keda"]) == {f.alias for f in api.KedaRabbitMQAuth.model_fields.values()}
 
 
 def test_the_scaling_policy_carries_every_autoscaling_knob_of_the_full_sample() -> None:

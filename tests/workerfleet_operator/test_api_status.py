@@ -42,7 +42,9 @@ def test_a_stored_status_round_trips_through_the_patch_form() -> None:
         observed_generation=4,
         replicas=2,
         desired_replicas=3,
-        queue=api.QueueStatus(backlog=10, dead_letter=1, arrival_rate=None),
+        queue=api.QueueStatus(
+            backlog=10, dead_letter=1, oldest_job_age_seconds=0.0, arrival_rate=None
+        ),
         autoscaling=api.AutoscalingStatus(
             signals={"backlog": 0.1, "latency": None}, chosen="backlog"
         ),

@@ -643,3 +643,45 @@ def test_an_inconsistent_policy_is_rejected_with_the_field_named(
 ) -> None:
     with pytest.raises(ValueError, match=problem):
         replace(BACKLOG_ONLY, **changes)  # type: ignore[arg-type]
+
+
+AGE_UNKNOWN = "the RabbitMQ broker does not report the oldest waiting job's age"
+
+
+def _run_without_the_age(
+    policy: ScalingPolicy, timeline: list[fx.Poll], current: int
+) -> list[autoscaling.Decision]:
+    """fx.run, on a broker that declares it cannot measure the oldest job's age."""
+    decisions: list[autoscaling.Decision] = []
+    state = autoscaling.ScalerState()
+    for poll in timeline:
+        observation = autoscaling.Observation(poll.stats, poll.error, age_unavailable=AGE_UNKNOWN)
+        decision = autoscaling.decide(policy, observation, current, state, poll.at)
+        decisions.append(decision)
+        state, current = decision.state, decision.desired
+    return decisions
+
+
+def test_on_a_broker_without_the_age_the_latency_signal_scales_on_rates_and_says_so() -> None:
+    decision = _run_without_the_age(LATENCY, _latency_timeline(), current=2)[-1]
+    # Little's law needs no age: the same 17.5 replicas as on Redis
+    assert decision.signals["latency"] == pytest.approx(17.5)
+    assert decision.desired == 18
+    assert set(decision.unavailable) == {"latency"}
+    assert AGE_UNKNOWN in decision.unavailable["latency"]
+    assert "latency unavailable" in autoscaling.explain_decision(decision)
+    # a pool with the latency signal off has nothing unavailable to report
+    off = replace(LATENCY, target_oldest_job_age_seconds=None)
+    assert _run_without_the_age(off, _latency_timeline(), current=2)[-1].unavailable == {}
+
+
+def test_on_a_broker_without_the_age_an_age_in_the_stats_never_scales_the_pool() -> None:
+    # Given stats whose age field holds a number the broker declared it cannot measure
+    policy = replace(LATENCY, target_oldest_job_age_seconds=10)
+    serving = [fx.heartbeat(f"p{n}", in_flight=2) for n in range(3)]
+    stats = fx.queue_stats(0, backlog=50, oldest_job_age_seconds=30.0, workers=serving)
+    # When the scaler decides
+    decision = _run_without_the_age(policy, [fx.Poll(0, stats)], current=3)[0]
+    # Then the oldest-age reaction is off (on Redis the same stats ask for 9 replicas)
+    assert decision.signals["latency"] is None
+    assert fx.run(policy, [fx.Poll(0, stats)], current=3)[0].signals["latency"] == 9.0

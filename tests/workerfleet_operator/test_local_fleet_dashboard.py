@@ -17,6 +17,7 @@ import json
 import pathlib
 import re
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from workerfleet_operator.local import demo, manifest, runner
@@ -26,6 +27,7 @@ from tests.workerfleet_operator.conftest import (
     OperatorRunner,
     OperatorTargets,
     QueueRedis,
+    build_pool,
     given_a_running_pool,
     wait_until,
 )
@@ -37,6 +39,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "workerfleet-dashboard.json"
 # Series only the operator exports (the local fleet neither reconciles nor has conditions).
 OPERATOR_ONLY = re.compile(r"workerfleet_operator_reconcile_(total|errors_total)|_pool_condition")
+# Series only a pool serving an event subscription (queue <topic>:<group>) has; the demo pool
+# serves an ordinary queue.
+SUBSCRIPTION_ONLY = re.compile(r"workerfleet_pool_subscription_")
 
 
 def build_panel_queries(namespace: str, pool: str) -> dict[str, str]:
@@ -72,7 +77,11 @@ def test_every_dashboard_query_returns_data_from_a_local_fleet_with_failures(
     # Given the demo pool with flaky and poison jobs, scraped by a real Prometheus
     pool = manifest.fetch_pool(demo.DEFAULT_POOL).name
     every = build_panel_queries(manifest.LOCAL_NAMESPACE, pool)
-    queries = {k: q for k, q in every.items() if not OPERATOR_ONLY.search(q)}
+    queries = {
+        k: q
+        for k, q in every.items()
+        if not OPERATOR_ONLY.search(q) and not SUBSCRIPTION_ONLY.search(q)
+    }
     assert len(queries) > 25
     answered: dict[str, list[dict[str, object]]] = {}
     last_probe = [0.0]
@@ -123,3 +132,39 @@ def test_the_operator_only_dashboard_queries_return_data_from_a_live_operator(
 
     wait_until(lambda: unanswered() == [], timeout=30, interval=1.0, message="no data")
     assert unanswered() == []
+
+
+def test_the_subscription_lag_queries_return_data_from_an_operator_serving_a_subscription(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    prometheus: tuple[demo.Prometheus, OperatorTargets],
+) -> None:
+    # Given a running pool whose queue is subscription email of shop.order.placed, scraped
+    server, targets = prometheus
+    body = build_pool("order-emails", queue="shop.order.placed:email")
+    given_a_running_pool(
+        emulator, queue_redis, lambda **_: targets.start_pod(operator, "op-a"), body
+    )
+    queries = {
+        k: q
+        for k, q in build_panel_queries(NAMESPACE, "order-emails").items()
+        if SUBSCRIPTION_ONLY.search(q)
+    }
+    assert len(queries) >= 2
+
+    # When the subscription panels' queries are sent
+    # Then each returns the pool's series labelled with the topic and group (bounded wait)
+    def answered() -> dict[str, list[dict[str, Any]]]:
+        return {k: server.fetch_query(q) for k, q in queries.items()}
+
+    results = wait_until(
+        lambda: (r := answered()) and all(r.values()) and r,
+        timeout=30,
+        interval=1.0,
+        message="no subscription data",
+    )
+    for series in results.values():
+        assert [(s["metric"]["topic"], s["metric"]["group"]) for s in series] == [
+            ("shop.order.placed", "email")
+        ]

@@ -10,6 +10,7 @@ import signal
 import time
 
 import local_fleet_support as support
+import pytest
 from workerfleet_operator.local import fleet, manifest
 
 
@@ -128,3 +129,38 @@ def test_a_stopped_worker_takes_the_processes_it_forked_with_it(tmp_path: pathli
         if child and _alive(child):
             os.kill(child, signal.SIGKILL)
         procs.stop_all(timeout=2)
+
+
+def test_a_worker_gets_the_pools_broker_url_and_never_one_left_in_the_shell(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a shell that still exports another broker URL (the worker reads
+    # WORKERFLEET_BROKER_URL before WORKERFLEET_REDIS_URL), and a "worker" that records its env
+    monkeypatch.setenv("WORKERFLEET_BROKER_URL", "amqp://guest:guest@127.0.0.1:1/")
+    script = tmp_path / "record-env"
+    script.write_text(f'#!/bin/sh\nenv > "{tmp_path}/env-$$"\n', encoding="utf-8")
+    script.chmod(0o755)
+    for name, block, url, wanted, unwanted in (
+        ("on-redis", "redis", "redis://127.0.0.1:1/0", "WORKERFLEET_REDIS_URL", "BROKER"),
+        ("on-rabbit", "rabbitmq", "amqp://127.0.0.1:2/", "WORKERFLEET_BROKER_URL", "REDIS"),
+    ):
+        document = support.build_manifest(name)
+        document["spec"]["queue"] = {
+            "name": name,
+            block: {"urlSecretRef": {"name": "s", "key": "u"}},
+        }
+        procs = fleet.ProcessFleet(
+            manifest.build_pool(document), url, log_dir=tmp_path / name, python=str(script)
+        )
+        # When the fleet starts one worker
+        procs.scale_to(1, (), 0.0, time.monotonic())
+        process = procs.workers[f"{name}-0"].process
+        assert process is not None
+        process.wait(5)
+        procs.stop_all(timeout=2)
+        # Then the worker's env names the pool's broker URL, as the operator's pod does, and
+        # holds no other broker URL
+        lines = (tmp_path / f"env-{process.pid}").read_text().splitlines()
+        urls = {k: v for k, v in (ln.split("=", 1) for ln in lines if "_URL=" in ln)}
+        assert urls.get(wanted) == url
+        assert f"WORKERFLEET_{unwanted}_URL" not in urls

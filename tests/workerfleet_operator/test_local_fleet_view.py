@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import scaling_fixtures as fx
 from rich.console import Console
 from workerfleet_operator import autoscaling
@@ -57,3 +59,19 @@ def test_the_plain_line_carries_the_counts_and_the_explanation() -> None:
     line = view.build_line(_snapshot(reachable=True))
     assert "backlog=530 in_flight=6 dlq=3 replicas=2 ready=1 desired=4" in line
     assert "signals backlog=5.30" in line
+
+
+def test_the_pools_view_shows_one_row_per_pool_with_its_queue_replicas_and_last_decision() -> None:
+    # Given the latest snapshot of two pools (one whose queue could not be read)
+    email, fulfilment = _snapshot(reachable=True), _snapshot(reachable=False)
+    fulfilment = dataclasses.replace(fulfilment, pool="shop-fulfilment", queue="orders:fulfil")
+    # When the events demo's view renders them
+    console = Console(width=160, record=True, color_system=None)
+    console.print(view.build_pools_view([email, fulfilment], "orders: burst (20 orders/s)"))
+    text = console.export_text()
+    # Then each pool is a row with its numbers, and the footer says where the load is
+    [email_row] = [line for line in text.splitlines() if " emails " in line]
+    assert "530" in email_row and "ScaledUp 2→4" in email_row
+    [fulfil_row] = [line for line in text.splitlines() if "shop-fulfilment" in line]
+    assert "orders:fulfil" in fulfil_row and "?" in fulfil_row
+    assert "orders: burst (20 orders/s)" in text

@@ -35,7 +35,8 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", crd_validation.SAMPLE_NAMES)
 def test_worker_pods_always_meet_the_restricted_pod_security_standard(name: str) -> None:
-    deployment = manifests.build_deployment(build_sample_pool(name), replicas=None)
+    sample = build_sample_pool(name)
+    deployment = manifests.build_deployment(sample, replicas=None)
     pod = _pod(deployment)
     container = _container(deployment)
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -49,7 +50,10 @@ def test_worker_pods_always_meet_the_restricted_pod_security_standard(name: str)
     # the only volume is the scratch /tmp; no host paths, no secrets mounted as files
     assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
     assert container["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
-    assert not {"hostNetwork", "hostPID", "hostIPC", "serviceAccountName"} & set(pod)
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod)
+    # no ServiceAccount but, on an SQS pool, the pool's own (made by the operator, no token)
+    own = manifests.worker_service_account_name(sample.name) if sample.spec.queue.sqs else None
+    assert pod.get("serviceAccountName") == own
 
 
 @pytest.mark.parametrize("name", crd_validation.SAMPLE_NAMES)
@@ -66,6 +70,26 @@ def test_the_redis_url_reaches_the_pod_only_through_a_secret_key_ref() -> None:
         "valueFrom": {"secretKeyRef": {"name": "redis-creds", "key": "url"}},
     }
     assert all("redis://" not in str(e.get("value", "")) for e in env)
+
+
+def test_a_rabbitmq_pool_gets_its_amqp_url_as_the_broker_url_from_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a RabbitMQ pool's container env
+    env = _container(manifests.build_deployment(_pool("rabbitmq"), replicas=None))["env"]
+    urls = [e for e in env if e["name"] in ("WORKERFLEET_BROKER_URL", "WORKERFLEET_REDIS_URL")]
+    # Then the URL is only a secretKeyRef, under the broker-neutral name (no Redis name at all)
+    assert urls == [
+        {
+            "name": "WORKERFLEET_BROKER_URL",
+            "valueFrom": {"secretKeyRef": {"name": "rabbitmq-creds", "key": "url"}},
+        }
+    ]
+    # And the worker reads it from there (as the kubelet would resolve the reference)
+    monkeypatch.delenv("WORKERFLEET_REDIS_URL", raising=False)
+    monkeypatch.setenv("WORKERFLEET_BROKER_URL", "amqp://w:pw@rabbitmq:5672/orders")
+    settings = config.WorkerSettings()  # type: ignore[call-arg]
+    assert settings.redis_url == "amqp://w:pw@rabbitmq:5672/orders"
 
 
 def test_the_env_is_exactly_what_the_runtime_settings_read_back_from_the_spec(

@@ -70,10 +70,11 @@ def test_the_samples_together_produce_every_kind_of_child() -> None:
         "PodDisruptionBudget",
         "ScaledObject",
         "TriggerAuthentication",
+        "ServiceAccount",
     }
 
 
-BUILTIN_KINDS = {"Deployment", "Service", "PodDisruptionBudget"}
+BUILTIN_KINDS = {"Deployment", "Service", "PodDisruptionBudget", "ServiceAccount"}
 
 
 def _builtin_children() -> list[tuple[str, dict[str, Any]]]:
@@ -137,6 +138,25 @@ _HPA_RULES = _obj(
         },
     }
 )
+
+
+def _build_trigger_schema(kind: str, required: tuple[str, ...]) -> dict[str, Any]:
+    """One KEDA trigger of ``kind``; its metadata is a map of strings with ``required`` keys."""
+    return _obj(
+        {
+            "type": {"const": kind},
+            "name": _STR,
+            "metadata": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "required": list(required),
+            },
+            "authenticationRef": _obj({"name": _STR}, ("name",)),
+        },
+        ("type", "metadata"),
+    )
+
+
 CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
     # keda.sh/v1alpha1 ScaledObject (KEDA 2.x API reference, fields we set)
     "ScaledObject": _obj(
@@ -167,20 +187,16 @@ CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
                     "triggers": {
                         "type": "array",
                         "minItems": 1,
-                        "items": _obj(
-                            {
-                                "type": {"const": "redis-streams"},
-                                "name": _STR,
-                                # KEDA trigger metadata is a map of strings
-                                "metadata": {
-                                    "type": "object",
-                                    "additionalProperties": {"type": "string"},
-                                    "required": ["stream", "consumerGroup", "lagCount"],
-                                },
-                                "authenticationRef": _obj({"name": _STR}, ("name",)),
-                            },
-                            ("type", "metadata"),
-                        ),
+                        "items": {
+                            "oneOf": [
+                                _build_trigger_schema(
+                                    "redis-streams", ("stream", "consumerGroup", "lagCount")
+                                ),
+                                _build_trigger_schema(
+                                    "rabbitmq", ("protocol", "mode", "value", "queueName")
+                                ),
+                            ]
+                        },
                     },
                 },
                 ("scaleTargetRef", "triggers"),

@@ -115,6 +115,9 @@ def test_three_spec_changes_while_the_operator_is_down_apply_only_the_latest(
     writes_before = sum(
         1 for m, p, _ in list(emulator.request_log) if m == "PATCH" and "/deployments/emails" in p
     )
+    generation_before = emulator.get("deployments", NAMESPACE, "emails", group="apps")["metadata"][
+        "generation"
+    ]
     # And the operator starts again
     operator()
     # Then the latest spec is applied in a single write, and observedGeneration == generation
@@ -125,10 +128,19 @@ def test_three_spec_changes_while_the_operator_is_down_apply_only_the_latest(
     dep = emulator.get("deployments", NAMESPACE, "emails", group="apps")
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.7.0")
     assert pool(emulator, "emails")["metadata"]["generation"] == 4
+    assert dep["metadata"]["generation"] == generation_before + 1
     writes = sum(
         1 for m, p, _ in list(emulator.request_log) if m == "PATCH" and "/deployments/emails" in p
     )
-    assert writes - writes_before == 1
+    # (plus, this once, the autoscaler's manager taking the count the creation apply wrote:
+    # it changes no spec, so no generation)
+    assert writes - writes_before == 2
+    owners = {
+        m["manager"]
+        for m in dep["metadata"]["managedFields"]
+        if "f:replicas" in m["fieldsV1"].get("f:spec", {})
+    }
+    assert owners == {"workerfleet-autoscaler"}
 
 
 def test_deleting_a_pool_removes_its_children_and_keeps_its_queue_data(

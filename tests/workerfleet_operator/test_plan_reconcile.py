@@ -104,6 +104,7 @@ def test_a_new_builtin_pool_creates_its_deployment_at_min_replicas() -> None:
         "PodDisruptionBudget",
         "TriggerAuthentication",
         "ScaledObject",
+        "ServiceAccount",  # an SQS pool's own
     }
 
 
@@ -137,11 +138,26 @@ def test_switching_from_keda_to_builtin_deletes_the_keda_objects() -> None:
     assert all(r.namespace == "team-a" for r in result.obsolete)
 
 
+def test_a_pool_moved_from_redis_to_rabbitmq_deletes_its_redis_trigger_authentication() -> None:
+    result = plan.plan(_pool("rabbitmq-keda"), plan.Observed(now=T0, secret=OK))
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in result.children}
+    assert ("TriggerAuthentication", "refunds-rabbitmq") in wanted
+    obsolete = {(r.kind, r.name) for r in result.obsolete}
+    assert ("TriggerAuthentication", "refunds-redis") in obsolete
+    assert not {("TriggerAuthentication", "refunds-rabbitmq"), ("ScaledObject", "refunds")} & (
+        obsolete
+    )
+
+
 def test_the_full_pool_wants_its_service_monitor_and_budget() -> None:
     result = plan.plan(_pool("full"), plan.Observed(now=T0, secret=OK))
     kinds = [c["kind"] for c in result.children]
     assert kinds == ["Deployment", "Service", "PodMonitor", "PodDisruptionBudget"]
-    assert {r.kind for r in result.obsolete} == {"TriggerAuthentication", "ScaledObject"}
+    assert {r.kind for r in result.obsolete} == {
+        "TriggerAuthentication",
+        "ScaledObject",
+        "ServiceAccount",
+    }
 
 
 # --- rollout conditions -------------------------------------------------------------------------
@@ -353,6 +369,14 @@ def test_an_unusable_secret_holds_the_pool_with_a_precise_reason(
     assert result.status.replicas == 2
 
 
+def test_an_unusable_url_of_a_rabbitmq_pool_is_an_invalid_broker_url() -> None:
+    secret = plan.SecretCheck("invalid_url", "queue.rabbitmq needs a URL starting with amqp://")
+    result = plan.plan(_pool("rabbitmq"), plan.Observed(now=T0, secret=secret))
+    assert result.hold is True and result.children == ()
+    assert _conditions(result)["Ready"] == ("False", "InvalidBrokerURL")
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "InvalidBrokerURL")]
+
+
 def test_an_invalid_spec_holds_the_pool_with_the_models_message() -> None:
     body = crd_validation.load_sample("minimal")
     body["metadata"].update(namespace="team-a", uid="u", generation=7)
@@ -535,6 +559,45 @@ def test_a_scale_up_decision_is_reported_in_status_and_announced_once() -> None:
     assert scaling.raw_desired == decision.raw_desired
     (scaled,) = [e for e in result.events if e.reason == "ScaledUp"]
     assert scaled.message.startswith(f"ScaledUp 2→{decision.desired}")
+
+
+def test_a_rabbitmq_pool_shows_no_oldest_age_and_names_the_signal_part_it_cannot_measure() -> None:
+    # Given a RabbitMQ pool with the latency signal on, and stats from a broker without the age
+    pool = _pool("rabbitmq", autoscaling={"targetOldestJobAgeSeconds": 30.0})
+    why = "the RabbitMQ broker does not report the oldest waiting job's age"
+    stats = dataclasses.replace(_stats(backlog=40), oldest_job_age_seconds=0.0)
+    decision = autoscaling.decide(
+        autoscaling.build_scaling_policy(pool.spec),
+        autoscaling.Observation(stats, None, age_unavailable=why),
+        2,
+        autoscaling.ScalerState(),
+        1000.0,
+    )
+    # When the status is planned
+    result = plan.plan(
+        pool,
+        plan.Observed(
+            now=T0,
+            secret=OK,
+            deployment=_converged(2),
+            stats=stats,
+            age_unavailable=why,
+            decision=decision,
+        ),
+    )
+    # Then the queue shows no made-up age, and the autoscaling status says what is off and why
+    assert result.status.queue is not None and result.status.queue.oldest_job_age_seconds is None
+    assert "oldestJobAgeSeconds" not in api.build_status_patch(result.status)["queue"]
+    scaling = result.status.autoscaling
+    assert scaling is not None and scaling.signals_unavailable is not None
+    (off,) = scaling.signals_unavailable
+    assert (off.signal, off.reason) == ("latency", "OldestJobAgeUnavailable")
+    assert why in off.message
+    # and a Redis pool's age is shown as measured
+    redis = plan.plan(
+        _pool(), plan.Observed(now=T0, secret=OK, deployment=_converged(2), stats=_stats())
+    )
+    assert redis.status.queue is not None and redis.status.queue.oldest_job_age_seconds == 1.25
 
 
 def test_a_dry_run_decision_is_announced_as_such() -> None:

@@ -25,7 +25,7 @@ from workerfleet_operator.shell import drift, kube, queue
     ],
 )
 def test_supported_redis_urls_are_accepted(url: str) -> None:
-    queue.check_redis_url(url)
+    queue.check_broker_url(url, "redis")
 
 
 @pytest.mark.parametrize(
@@ -40,8 +40,8 @@ def test_supported_redis_urls_are_accepted(url: str) -> None:
     ],
 )
 def test_unusable_redis_urls_are_refused_without_echoing_them(url: str, words: str) -> None:
-    with pytest.raises(queue.InvalidRedisUrlError) as caught:
-        queue.check_redis_url(url)
+    with pytest.raises(queue.InvalidBrokerUrlError) as caught:
+        queue.check_broker_url(url, "redis")
     assert words in str(caught.value)
     assert "s3cret" not in str(caught.value)
 
@@ -51,7 +51,49 @@ def test_redaction_removes_the_url_and_its_password_even_percent_encoded() -> No
     text = "Error connecting to redis://app:p%40ss-w0rd@10.0.0.1:6379/0; auth p@ss-w0rd failed"
     cleaned = queue.redact(text, secret)
     assert "p%40ss-w0rd" not in cleaned and "p@ss-w0rd" not in cleaned
-    assert "<redis-url>" in cleaned
+    assert "<broker-url>" in cleaned
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "amqps://app:pw@rabbit.example/orders?management_port=15671&prefetch=8",
+        "amqp://app:pw@rabbit.example:5672/%2F?queue_type=classic",
+    ],
+)
+def test_rabbitmq_urls_are_accepted_for_a_rabbitmq_block(url: str) -> None:
+    queue.check_broker_url(url, "rabbitmq")
+
+
+@pytest.mark.parametrize(
+    ("url", "broker", "words"),
+    [
+        ("redis://:s3cret@redis:6379/0", "rabbitmq", "amqp:// or amqps://"),
+        ("amqp://app:s3cret@rabbit:5672/", "redis", "queue.redis needs"),
+        ("amqp://app:s3cret@rabbit:5672/?management_port=web", "rabbitmq", "management_port"),
+        ("amqp://app:s3cret@rabbit:5672/?queue_type=stream", "rabbitmq", "queue_type"),
+        ("amqp:///vhost", "rabbitmq", "no host"),
+    ],
+)
+def test_a_url_of_another_broker_or_unusable_options_is_refused_without_echoing_it(
+    url: str, broker: str, words: str
+) -> None:
+    with pytest.raises(queue.InvalidBrokerUrlError) as caught:
+        queue.check_broker_url(url, broker)
+    assert words in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_rabbitmq_queue_is_identified_by_server_and_vhost_without_credentials() -> None:
+    one = queue.identify_queue("amqp://a:s3cret@Rabbit.example/orders?prefetch=4", "invoices")
+    assert one == "amqp://rabbit.example:5672/orders invoices"
+    # the same queue through other credentials and options is the same queue
+    other = queue.identify_queue("amqp://b:other@rabbit.example:5672/orders", "invoices")
+    assert other == one
+    # the default vhost, and TLS on its own port
+    assert queue.identify_queue("amqp://a:b@h/", "q") == "amqp://h:5672// q"
+    assert queue.identify_queue("amqps://a:b@h/%2F", "q") == "amqp://h:5671// q"
 
 
 def test_a_secret_value_never_prints_itself() -> None:

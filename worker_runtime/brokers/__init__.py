@@ -13,6 +13,7 @@ returning an object that implements ``Broker``, ``QueueProbe`` and ``DeadLetters
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from worker_runtime import errors
@@ -66,16 +67,25 @@ def backend_module(url: str) -> Any:
     module or client package is missing here (saying which to install).
     """
     name = SCHEMES[scheme_of(url)]
+    extra = _EXTRAS.get(name)
+    hint = f"; install {extra}" if extra else ""
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError as exc:
         missing = exc.name or name
-        extra = _EXTRAS.get(name)
-        hint = f"; install {extra}" if extra else ""
         raise errors.BrokerNotInstalled(
             f"the {scheme_of(url)}:// broker is not available here ({missing} is not installed"
             f"{hint})"
         ) from exc
+    # a broker package imports without its client library (the operator's pure core reads its
+    # settings and names); it declares what a broker needs, checked before one is opened
+    for package in getattr(module, "CLIENT_PACKAGES", ()):
+        if importlib.util.find_spec(package) is None:
+            raise errors.BrokerNotInstalled(
+                f"the {scheme_of(url)}:// broker is not available here ({package} is not "
+                f"installed{hint})"
+            )
+    return module
 
 
 async def open_broker(
@@ -83,6 +93,7 @@ async def open_broker(
     queue: str,
     *,
     options: base.QueueOptions | None = None,
+    role: base.QueueRole | str | None = None,
     **settings: Any,
 ) -> base.Broker:
     """The broker for ``queue`` at ``url``: Redis, memory, RabbitMQ or SQS by the URL's scheme.
@@ -91,10 +102,17 @@ async def open_broker(
     caller owns the result and ends it with ``await broker.close()``. Raises
     :class:`~worker_runtime.errors.ConfigError` subclasses for a URL or queue name that cannot
     work, before any connection is attempted.
+
+    ``role`` (:class:`~worker_runtime.brokers.base.QueueRole`) says whether this opener may set
+    the queue's settings: only the consumer does. Unsaid, a caller that passes ``options`` is
+    the consumer (it states the queue's settings) and one that does not is a producer (it has
+    none to impose, and must not reset the workers' to the defaults).
     """
     base.validate_queue_name(queue)
     module = backend_module(url)
+    if role is None:
+        role = base.QueueRole.PRODUCER if options is None else base.QueueRole.CONSUMER
     broker: base.Broker = await module.open_from_url(
-        url, queue, options=options or base.QueueOptions(), **settings
+        url, queue, options=options or base.QueueOptions(), role=base.QueueRole(role), **settings
     )
     return broker

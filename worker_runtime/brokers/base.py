@@ -96,6 +96,24 @@ window the re-send would run a finished job again. 300 s covers the client's re-
 seconds) and an application's own retry loop; a longer horizon is what idempotency keys are for."""
 
 
+class QueueRole(StrEnum):
+    """What an opener of a queue's broker does with the queue's own settings (its lease and
+    poison limit, which some brokers keep as attributes of the queue itself: SQS).
+
+    The queue's consumer (its workers) owns those settings; nobody else may overwrite them, or
+    a ``queue stats`` would reset a worker's lease to the defaults.
+    """
+
+    CONSUMER = "consumer"
+    """The worker: creates missing queues and sets its options on existing ones."""
+    PRODUCER = "producer"
+    """Enqueue, replay: creates a missing queue with its options (a job sent before any worker
+    started must not be lost) and leaves an existing queue's settings as they are."""
+    READER = "reader"
+    """Stats probes: creates and changes nothing; a queue that does not exist reads as empty
+    where the broker can tell (SQS)."""
+
+
 @dataclass(frozen=True)
 class QueueOptions:
     """Per-queue settings every broker honours (from WorkerSettings / the WorkerPool spec)."""
@@ -259,6 +277,10 @@ class Capabilities:
     """:class:`QueueStats` is one consistent snapshot. False: approximate counts."""
     expiry_enforcement: expiry.Enforcement
     """Where job deadlines are enforced (the worker at start, or the broker itself)."""
+    oldest_job_age: bool = True
+    """:attr:`QueueStats.oldest_job_age_seconds` is measured. False: it is always 0 (RabbitMQ's
+    quorum queues and SQS do not report their oldest message's age), and the operator's
+    autoscaler turns its oldest-age reaction off, saying so in the pool's status."""
     topics: bool = False
     """The broker implements :class:`Topics`: subscriptions registered in the broker and a
     publish that fans out to every current subscription at once (all or none). False:
@@ -446,9 +468,17 @@ def build_subscription_envelope(
 ) -> envelope_mod.JobEnvelope:
     """The job one subscription gets for an event: task = its queue name, id = the event id,
     idempotency key = the event id (what ``ctx.mark_done_on_ack()`` records)."""
+    return build_event_envelope(request, subscription_queue_name(request.topic, group), now=now)
+
+
+def build_event_envelope(
+    request: PublishRequest, task: str, *, now: float
+) -> envelope_mod.JobEnvelope:
+    """The job of an event under ``task`` (a broker that copies one message to every
+    subscription names the topic here, and each subscription's queue renames it)."""
     return envelope_mod.JobEnvelope(
         id=request.event_id,
-        task=subscription_queue_name(request.topic, group),
+        task=task,
         payload=request.payload,
         correlation_id=request.correlation_id,
         idempotency_key=request.event_id,

@@ -758,11 +758,17 @@ def _worker_id(beat: base.WorkerHeartbeat) -> str:
 
 
 async def open_from_url(
-    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+    url: str,
+    queue: str,
+    *,
+    options: base.QueueOptions,
+    role: base.QueueRole = base.QueueRole.CONSUMER,
+    **settings: Any,
 ) -> MemoryBroker:
     """``memory://NAME``: the in-process queue NAME (``memory://`` alone: a private one).
 
-    ``clock`` may replace ``time.time``; the connection settings are accepted and unused.
+    ``clock`` may replace ``time.time``; the connection settings and ``role`` are accepted and
+    unused (the queue keeps no settings of its own: each opener holds its options).
     """
     name = url.partition("://")[2].strip("/")
     clock = settings.pop("clock", time.time)

@@ -5,7 +5,8 @@ its own broker connection, so a handler that blocks the job loop's event loop, o
 hogging a thread, cannot stop lease renewal (a failure mode of several peers); ``/healthz``
 reports the stalled job loop instead. Every ``lease/3`` one call renews the leases of all held
 jobs and writes the worker's heartbeat; jobs whose lease was lost are marked so their results
-are discarded.
+are discarded. As the heartbeat's only writer it also removes the record on a clean stop (the
+job loop may never have opened the broker at all: a worker drained while starting).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ControlThread(threading.Thread):
         self.started_event = threading.Event()
         self.server: health.HealthServer | None = None
         self._reported_policy: str | None = None  # the maxmemory-policy last logged
+        self.deregistered = False  # the heartbeat record was removed on stop (core reads it)
 
     def wake(self) -> None:
         """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once."""
@@ -153,6 +155,7 @@ class ControlThread(threading.Thread):
         failures = 0
         next_policy_check = 0.0
         q: base.Broker | None = None
+        sent = False  # a heartbeat was sent (maybe written though its reply was lost)
         try:
             # Its own connection, with a short reply timeout: a renewal must not wait behind the
             # job loop's blocking fetch.
@@ -166,10 +169,13 @@ class ControlThread(threading.Thread):
                 wake=self._wake_event,
             )
             while q is not None and not self._stopping:
+                # Cleared before the round, not after: a wake that arrives while the round is
+                # on its way (a drain begun) is answered by the next one at once.
+                self._wake_event.clear()
+                beat = self.build_beat()
+                sent = True
                 try:
-                    result = await q.renew(
-                        w.worker_id, self.snapshot_jobs(), heartbeat=self.build_beat()
-                    )
+                    result = await q.renew(w.worker_id, self.snapshot_jobs(), heartbeat=beat)
                 except Exception as exc:  # never let the renewal thread die
                     failures += 1
                     w.metrics.redis_error("renew")
@@ -187,7 +193,6 @@ class ControlThread(threading.Thread):
                 ):
                     next_policy_check = time.monotonic() + EVICTION_POLICY_CHECK_SECONDS
                     await self._check_eviction_policy(q)
-                self._wake_event.clear()
                 if self._stopping:
                     break
                 with contextlib.suppress(TimeoutError):
@@ -196,5 +201,17 @@ class ControlThread(threading.Thread):
             if self.server is not None:
                 await self.server.stop()
             if q is not None:
+                if sent and self._stopping:
+                    self.deregistered = await deregister(q, w.worker_id)
                 with contextlib.suppress(*transient.BROKER_ERRORS):
                     await q.close()
+
+
+async def deregister(q: base.Broker, worker_id: str) -> bool:
+    """Remove a worker's heartbeat record (a clean exit, not a lost worker); False if it failed."""
+    try:
+        await asyncio.wait_for(q.deregister(worker_id), timeout=3.0)
+    except transient.BROKER_ERRORS as exc:
+        log.warning("deregister failed", extra={"error": transient.describe(exc)})
+        return False
+    return True

@@ -133,6 +133,14 @@ class FetchLoop:
                 self.export_fetch_dead_letters(q.fetch_dead_lettered)
             for job in jobs:
                 start(job)
+            if jobs:
+                # Give the tasks just created their first step before the next fetch: a handler
+                # that finishes without waiting queues its ack now, so it rides on that fetch
+                # (ack_and_fetch, one round trip that also refills its slot). Fetching at once
+                # instead sent a blocking fetch first, and every job finishing meanwhile took a
+                # separate ack call and held its slot until that returned: two round trips per
+                # cycle, which under load caps the slots' turnover and grows the backlog.
+                await asyncio.sleep(0)
             if not jobs and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
                 # A fetch that came back empty at once (rate limited, answered early)
                 # must not become a busy loop.
@@ -189,14 +197,16 @@ class FetchLoop:
     def finish_acks(self, acks: list[held_mod.Held], flags: list[bool]) -> None:
         """Record the outcome of acks sent (flag False: the lease was lost) and free the slots."""
         w = self.worker
+        completed: list[tuple[str, float]] = []
         for h, ok in zip(acks, flags, strict=True):
             h.ack_pending = False
             if ok:
                 name = h.spec.name if h.spec is not None else h.job.envelope.task
-                w.metrics.job_finished(name, "completed", h.ran)
+                completed.append((name, h.ran))
             else:
                 w.settler.stale(h)
             w.forget(h)
+        w.metrics.jobs_completed(completed)  # one update per batch, not three locks per job
 
     def _flush_queued_acks(self) -> None:
         # Acks queued for the next cycle when there will be none (drain): send them directly.

@@ -15,6 +15,9 @@ system's alone):
 - ``bench:lat``           list of enqueue→start latencies (seconds) for jobs whose payload
                           carried the producer's timestamp ``t``.
 
+Counters always go to the stats Redis; with BENCH_BROKER_URL set (the driver's RabbitMQ and
+SQS phase) the jobs themselves travel through that broker instead of the Redis under test.
+
 Producers print exactly one JSON line on stdout: ``{"enqueued": N, "seconds": S}``.
 """
 
@@ -32,7 +35,12 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 STATS_URL = os.environ.get("BENCH_STATS_URL", REDIS_URL)
 JOBS = int(os.environ.get("BENCH_JOBS", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "0"))
-QUEUE = "bench"
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "")
+"""The broker under test when it is not Redis (``amqp://...`` or ``sqs://...``; the driver's
+broker phase sets it, with a fresh BENCH_QUEUE per run); empty = the Redis at REDIS_URL."""
+BROKER_ENDPOINT = os.environ.get("BENCH_BROKER_ENDPOINT", "")
+"""For SQS: the server's HTTP endpoint (the URL peers' own SQS clients are pointed at)."""
 
 _lock = threading.Lock()
 _pending = 0

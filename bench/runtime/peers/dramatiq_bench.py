@@ -1,8 +1,9 @@
 """dramatiq peer for bench/runtime/driver.py: ``produce`` N no-op jobs, ``work`` runs them.
 
 The worker is dramatiq's own CLI with ``--processes 1 --threads 8`` (BENCH_CONCURRENCY
-overrides the threads): one worker process under dramatiq's supervisor, default middleware.
-dramatiq's Redis broker has no batch enqueue: the producer loops ``send``.
+overrides the threads): one worker process under dramatiq's supervisor, default middleware,
+on Redis, or on RabbitMQ when BENCH_BROKER_URL is an ``amqp://`` URL (the broker phase).
+dramatiq has no batch enqueue: the producer loops ``send``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,21 @@ import time
 
 import common
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 
-broker = RedisBroker(url=common.REDIS_URL)
+
+def make_broker() -> dramatiq.Broker:
+    if common.BROKER_URL.startswith("amqp"):
+        # RabbitMQ: dramatiq's defaults (persistent messages, ack after the actor returns,
+        # prefetch twice the worker's threads; no publisher confirms)
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=common.BROKER_URL)
+    from dramatiq.brokers.redis import RedisBroker
+
+    return RedisBroker(url=common.REDIS_URL)
+
+
+broker = make_broker()
 dramatiq.set_broker(broker)
 
 

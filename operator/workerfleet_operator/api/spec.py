@@ -26,7 +26,9 @@ Lease consistency (reliability brief, item 5). The rules, and why:
 
 Security (brief, check 4): the spec has no field that could pass a pod spec, volume, host path,
 privileged flag, capability or service account to the worker pods; env values are plain strings
-or ``secretKeyRef`` only.
+or ``secretKeyRef`` only. An SQS pool runs under a ServiceAccount of its own that the operator
+creates (``<pool>-worker``, no API token); ``sqs.roleArn`` may name an IAM role for it (the IRSA
+annotation, which the role's trust policy must accept), never another ServiceAccount.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from worker_runtime import errors, events
 from worker_runtime.brokers import base
+from worker_runtime.brokers.sqs import settings as sqs_settings
 
 # --- shared vocabulary -----------------------------------------------------------------------
 
@@ -74,6 +78,7 @@ SecretKey = Annotated[str, Field(min_length=1, max_length=253, pattern=SECRET_KE
 
 OPERATOR_ENV_NAMES: tuple[str, ...] = (
     "WORKERFLEET_REDIS_URL",
+    "WORKERFLEET_BROKER_URL",
     "WORKERFLEET_QUEUE",
     "WORKERFLEET_APP",
     "WORKERFLEET_CONCURRENCY",
@@ -276,18 +281,288 @@ class RedisSpec(SpecModel):
     )
 
 
+def _cel_string_list(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _is_past_tense(topic: str) -> bool:
+    verb = topic.rsplit(".", 1)[-1]
+    return verb.endswith("ed") or verb in events.IRREGULAR_PAST
+
+
+class SubscriptionSpec(SpecModel):
+    """The event subscription this pool's queue serves (docs/events.md).
+
+    A subscription is an ordinary queue named ``<topic>:<group>``: every event published on the
+    topic puts one job in it. The operator registers the subscription in the broker (idempotent,
+    checked again every few minutes) so events published from then on reach the queue even
+    while the pool is at zero replicas, and scales the pool on that queue's backlog like any
+    other (the subscription's lag). It never unregisters one: deleting the pool leaves the
+    subscription and its queue in place (``workerfleet topic lag`` shows them).
+    """
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "self.topic.endsWith('ed') || "
+                + _cel_string_list(sorted(events.IRREGULAR_PAST))
+                + ".exists(v, self.topic.endsWith('.' + v))"
+            ),
+            message=(
+                "subscription.topic must end in a past tense verb (an event is a fact that "
+                "happened): e.g. shop.order.placed, mail.message.sent"
+            ),
+            check=lambda s: _is_past_tense(s.topic),
+            field_path=".topic",
+        ),
+    )
+
+    topic: str = Field(
+        min_length=5,
+        max_length=64,
+        pattern=events.EVENT_TYPE_PATTERN,
+        description=(
+            "The event type, domain.entity.past_tense_verb (three lower-case words joined by "
+            "dots, e.g. shop.order.placed)."
+        ),
+    )
+    group: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=events.GROUP_PATTERN,
+        description=(
+            "The subscription group (lower case, digits, - and _): each group of a topic gets "
+            "every event once, in its own queue <topic>:<group>."
+        ),
+    )
+
+
+AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"
+AWS_ACCOUNT_PATTERN = r"^[0-9]{12}$"
+IAM_ROLE_ARN_PATTERN = r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$"
+SQS_ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$"
+SQS_QUEUE_NAME_ROOM = sqs_settings.SQS_NAME_MAX - len("-high.fifo")
+"""Longest queue name (with ``sqs.prefix``) whose SQS queues all fit SQS's 80 characters."""
+_AWS_HOST_END = r"\.amazonaws\.com(\.cn)?(:[0-9]+)?$"
+
+
+def _fits_sqs(queue: QueueSpec) -> bool:
+    if queue.sqs is None:
+        return True
+    try:
+        sqs_settings.build_queue_names(
+            queue.name, sqs_settings.SqsSettings(prefix=queue.sqs.prefix, fifo=queue.sqs.fifo)
+        )
+    except errors.InvalidQueueName:
+        return False
+    return True
+
+
+class KedaSqsAuth(SpecModel):
+    """Whose AWS identity KEDA's aws-sqs-queue scaler reads the queues with.
+
+    The TriggerAuthentication the operator renders uses KEDA's ``podIdentity`` provider ``aws``
+    (IRSA or EKS Pod Identity on KEDA's side), never an access key: with ``roleArn`` KEDA's
+    operator assumes that role; without it, the pool's own role (``sqs.roleArn``,
+    ``identityOwner: workload``) when set, else KEDA operator's own role (``identityOwner:
+    keda``).
+    """
+
+    role_arn: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=IAM_ROLE_ARN_PATTERN,
+        description=(
+            "IAM role KEDA's operator assumes to read the queue depth (podIdentity.roleArn; "
+            "the role's trust policy must let KEDA's own role assume it). Unset: the pool's "
+            "sqs.roleArn (identityOwner: workload), else KEDA operator's own role."
+        ),
+    )
+
+
+class SqsSpec(SpecModel):
+    """Where the queue's SQS queues are. No Secret and no access key: the workers and the
+    operator take credentials from the standard AWS chain (IRSA or EKS Pod Identity in a
+    cluster). A workerfleet queue Q is the SQS queues Q-high, Q, Q-low and Q-dlq (with
+    ``prefix`` before and ``.fifo`` after each name on a FIFO set); workers create missing ones.
+
+    The worker pods run under a ServiceAccount of their own, ``<pool>-worker``, created by the
+    operator without a Kubernetes API token: bind an IAM role to it with IRSA (``roleArn``) or
+    with an EKS Pod Identity association for that namespace and name.
+    """
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "!has(self.endpoint) || !self.endpoint.startsWith('http://') || "
+                # a CEL string literal: each backslash of the regex doubled
+                "!self.endpoint.matches('" + _AWS_HOST_END.replace("\\", "\\\\") + "')"
+            ),
+            message=(
+                "endpoint: an AWS endpoint takes https:// (plain http:// is only for an "
+                "SQS-compatible server such as ElasticMQ or LocalStack)"
+            ),
+            check=lambda q: (
+                q.endpoint is None
+                or not q.endpoint.startswith("http://")
+                or re.search(_AWS_HOST_END, q.endpoint) is None
+            ),
+            field_path=".endpoint",
+        ),
+    )
+
+    region: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=AWS_REGION_PATTERN,
+        description="AWS region of the queues, e.g. eu-west-1 (any region name for ElasticMQ).",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=SQS_ENDPOINT_PATTERN,
+        description=(
+            "SQS API endpoint instead of AWS's regional one, as scheme://host[:port] with no "
+            "path: an SQS-compatible server such as ElasticMQ (http://elasticmq.dev.svc:9324) "
+            "or a VPC endpoint (https://...). Plain http:// is refused for amazonaws.com hosts."
+        ),
+    )
+    account_id: str | None = Field(
+        default=None,
+        pattern=AWS_ACCOUNT_PATTERN,
+        description=(
+            "AWS account (12 digits) owning the queues; KEDA's aws-sqs-queue scaler needs full "
+            "queue URLs, so autoscaling.mode keda requires it (000000000000 on ElasticMQ)."
+        ),
+    )
+    fifo: bool = Field(
+        default=False,
+        description=(
+            "FIFO queues (names end in .fifo): jobs of one message group (the envelope header "
+            "message-group-id) run in order; enqueue delays are refused, retries are due at once."
+        ),
+    )
+    priorities: bool = Field(
+        default=True,
+        description=(
+            "One SQS queue per priority (Q-high, Q, Q-low, polled in that order); false: the "
+            "single queue Q (one poll fewer per fetch)."
+        ),
+    )
+    prefix: str = Field(
+        default="",
+        max_length=40,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="Put before every SQS queue name, e.g. staging- (letters, digits, - and _).",
+    )
+    role_arn: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=IAM_ROLE_ARN_PATTERN,
+        description=(
+            "IAM role of the worker pods with IRSA: set as the eks.amazonaws.com/role-arn "
+            "annotation of their ServiceAccount <pool>-worker (the role's trust policy names "
+            "system:serviceaccount:<namespace>:<pool>-worker). Unset with EKS Pod Identity: "
+            "associate the role with that ServiceAccount instead."
+        ),
+    )
+    keda: KedaSqsAuth = Field(
+        default_factory=KedaSqsAuth,
+        json_schema_extra=_object_default(KedaSqsAuth),
+        description="The AWS identity KEDA reads the queues with (autoscaling.mode keda only).",
+    )
+
+
 def accept_without_the_stored_object(_: Any) -> bool:
     """The local check of a transition rule (CEL ``oldSelf``): it compares an update with the
     stored object, which only the API server has; a manifest read alone always passes."""
     return True
 
 
+class KedaRabbitMQAuth(SpecModel):
+    """Keys of the same Secret in the form KEDA's rabbitmq scaler reads (the management API).
+
+    KEDA counts the pool's backlog over RabbitMQ's management HTTP API (one request summing the
+    pool's three work queues, see ``manifests.build_scaled_object``), so it needs that API's
+    URL, which the amqp:// URL in ``urlSecretRef`` does not spell out. The operator only
+    references these keys; it never copies their values.
+    """
+
+    host_key: SecretKey = Field(
+        description=(
+            "Key whose value is the RabbitMQ management API URL with the vhost as its path: "
+            "http://USER:PASSWORD@HOST:15672/VHOST (https:// and port 15671 with TLS; the "
+            "default vhost is / or %2F)."
+        ),
+    )
+    username_key: SecretKey | None = Field(
+        default=None,
+        description=(
+            "Key whose value is the RabbitMQ user name (optional: when the host URL carries "
+            "no credentials; set together with passwordKey)."
+        ),
+    )
+    password_key: SecretKey | None = Field(
+        default=None,
+        description="Key whose value is the RabbitMQ password (optional, with usernameKey).",
+    )
+
+
+class RabbitMQSpec(SpecModel):
+    """Where the queue's RabbitMQ is; the URL lives in a Secret, never in the WorkerPool.
+
+    A workerfleet queue Q is the RabbitMQ queues wf.Q.high, wf.Q.normal, wf.Q.low (one quorum
+    queue per priority level), wf.Q.dead and retry buckets wf.Q.delay.* (docs/brokers.md).
+    """
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!has(self.keda) || has(self.keda.usernameKey) == has(self.keda.passwordKey)",
+            message="keda.usernameKey and keda.passwordKey must be set together",
+            check=lambda r: (
+                r.keda is None or (r.keda.username_key is None) == (r.keda.password_key is None)
+            ),
+            field_path=".keda",
+        ),
+    )
+
+    url_secret_ref: SecretKeyRef = Field(
+        description=(
+            "Secret key holding the AMQP URL: amqp://USER:PASSWORD@HOST:5672/VHOST (amqps:// "
+            "and port 5671 with TLS; URL-encode a vhost with / as %2F). Query options: "
+            "management_port (where the operator reads queue numbers over the management HTTP "
+            "API; default 15672), prefetch, queue_type (quorum or classic). Passed to workers "
+            "only as a secretKeyRef."
+        )
+    )
+    keda: KedaRabbitMQAuth | None = Field(
+        default=None,
+        description="Secret keys KEDA reads; required when autoscaling.mode is keda.",
+    )
+
+
+BROKER_FIELDS: tuple[str, ...] = ("redis", "rabbitmq", "sqs")
+"""The broker blocks of ``spec.queue``, exactly one per pool (a CEL rule is built from this
+tuple: a new broker is one more name here and one more field on :class:`QueueSpec`)."""
+
+SECRET_BROKERS: tuple[str, ...] = tuple(b for b in BROKER_FIELDS if b != "sqs")
+"""Broker blocks whose URL (with its credentials) lives in a Secret; SQS's holds none."""
+
+AGE_REPORTING_BROKERS: tuple[str, ...] = ("redis",)
+"""Broker blocks whose queue statistics carry the oldest waiting job's age; on the others the
+autoscaler's oldest-age reaction is unavailable (``Reason.OLDEST_JOB_AGE_UNAVAILABLE``)."""
+
+
+def _cel_list(names: tuple[str, ...], template: str) -> str:
+    return "[" + ", ".join(template.format(name) for name in names) + "]"
+
+
 class QueueSpec(SpecModel):
-    """The queue this pool consumes.
+    """The queue this pool consumes, and the one broker that holds it.
 
     The name is immutable (a CEL transition rule): renaming would leave the old queue's
-    backlog, delayed retries and dead letters in Redis with no worker and no alert on them.
-    A pool for another queue is a new WorkerPool.
+    backlog, delayed retries and dead letters on the broker with no worker and no alert on
+    them. A pool for another queue is a new WorkerPool. Exactly one broker block is set.
     """
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
@@ -300,6 +575,48 @@ class QueueSpec(SpecModel):
             check=accept_without_the_stored_object,
             field_path=".name",
         ),
+        Rule(
+            cel=_cel_list(BROKER_FIELDS, "has(self.{})") + ".exists_one(b, b)",
+            message="exactly one broker block must be set: " + " or ".join(BROKER_FIELDS),
+            check=lambda q: sum(getattr(q, f) is not None for f in BROKER_FIELDS) == 1,
+        ),
+        Rule(
+            cel=(
+                "!has(self.sqs) || (self.name.matches('^[A-Za-z0-9_-]+$') && size(self.name) + "
+                f"(has(self.sqs.prefix) ? size(self.sqs.prefix) : 0) <= {SQS_QUEUE_NAME_ROOM})"
+            ),
+            message=(
+                "on SQS the queue name allows only letters, digits, - and _, and at most "
+                f"{SQS_QUEUE_NAME_ROOM} characters with sqs.prefix (SQS queue names are "
+                "80 characters with -high.fifo)"
+            ),
+            # the runtime's own check (worker_runtime.brokers.sqs.settings.build_queue_names)
+            check=lambda q: _fits_sqs(q),
+            field_path=".name",
+        ),
+        Rule(
+            cel=(
+                "!has(self.subscription) || "
+                "self.name == self.subscription.topic + ':' + self.subscription.group"
+            ),
+            message=(
+                "queue.name must be <topic>:<group> of queue.subscription: a subscription is "
+                "an ordinary queue of that name (e.g. shop.order.placed:email)"
+            ),
+            check=lambda q: (
+                q.subscription is None or q.name == f"{q.subscription.topic}:{q.subscription.group}"
+            ),
+            field_path=".name",
+        ),
+        Rule(
+            cel="!has(self.subscription) || has(self.redis)",
+            message=(
+                "queue.subscription needs queue.redis: topics (event subscriptions) are on "
+                "Redis only today, not on the other brokers"
+            ),
+            check=lambda q: q.subscription is None or q.redis is not None,
+            field_path=".subscription",
+        ),
     )
 
     name: str = Field(
@@ -311,7 +628,54 @@ class QueueSpec(SpecModel):
             "a pool for another queue is a new WorkerPool."
         ),
     )
-    redis: RedisSpec = Field(description="The Redis server holding the queue.")
+    redis: RedisSpec | None = Field(
+        default=None,
+        description="The Redis server holding the queue (set exactly one broker block).",
+    )
+    rabbitmq: RabbitMQSpec | None = Field(
+        default=None,
+        description="The RabbitMQ server holding the queue (set exactly one broker block).",
+    )
+    sqs: SqsSpec | None = Field(
+        default=None,
+        description=(
+            "Amazon SQS (or an SQS-compatible server) holding the queue; no Secret, credentials "
+            "from the AWS chain (IRSA or EKS Pod Identity). Set exactly one broker block."
+        ),
+    )
+    subscription: SubscriptionSpec | None = Field(
+        default=None,
+        description=(
+            "The event subscription this queue is (events, docs/events.md): the operator "
+            "registers it in the broker and scales the pool on its lag, the backlog of the "
+            "queue <topic>:<group>, which queue.name must equal. Topics are on Redis only."
+        ),
+    )
+
+    @property
+    def broker(self) -> str:
+        """The name of the broker block that is set (``redis``, ``rabbitmq``...)."""
+        for name in BROKER_FIELDS:
+            if getattr(self, name) is not None:
+                return name
+        raise ValueError("no broker block is set")
+
+    @property
+    def url_secret_ref(self) -> SecretKeyRef | None:
+        """The Secret key holding the broker URL, whichever broker block is set; None on SQS,
+        whose URL holds no credential and is composed from the spec."""
+        if self.sqs is not None:
+            return None
+        ref: SecretKeyRef = getattr(self, self.broker).url_secret_ref
+        return ref
+
+    @property
+    def keda_auth(self) -> KedaRedisAuth | KedaRabbitMQAuth | KedaSqsAuth | None:
+        """The broker block's ``keda`` keys (None when unset; always set on SQS)."""
+        auth: KedaRedisAuth | KedaRabbitMQAuth | KedaSqsAuth | None = getattr(
+            self, self.broker
+        ).keda
+        return auth
 
 
 # --- autoscaling -----------------------------------------------------------------------------
@@ -956,12 +1320,58 @@ class WorkerPoolSpec(SpecModel):
         ),
         Rule(
             cel=(
+                # SQS needs no Secret keys: KEDA reads it with an AWS identity (sqs.keda)
                 "!has(self.autoscaling) || self.autoscaling.mode != 'keda' || "
-                "has(self.queue.redis.keda)"
+                "has(self.queue.sqs) || "
+                + " || ".join(
+                    f"(has(self.queue.{b}) && has(self.queue.{b}.keda))" for b in SECRET_BROKERS
+                )
             ),
-            message="autoscaling.mode: keda requires queue.redis.keda (the Secret keys KEDA reads)",
-            check=lambda s: s.autoscaling.mode != "keda" or s.queue.redis.keda is not None,
-            field_path=".queue.redis",
+            message=(
+                "autoscaling.mode: keda requires the broker block's keda keys ("
+                + " or ".join(f"queue.{b}.keda" for b in SECRET_BROKERS)
+                + ": the Secret keys KEDA reads)"
+            ),
+            check=lambda s: s.autoscaling.mode != "keda" or s.queue.keda_auth is not None,
+            field_path=".queue",
+        ),
+        Rule(
+            cel=(
+                "!has(self.autoscaling) || self.autoscaling.mode != 'keda' || "
+                "!has(self.queue.sqs) || has(self.queue.sqs.accountId)"
+            ),
+            message=(
+                "autoscaling.mode: keda on SQS requires queue.sqs.accountId (KEDA's "
+                "aws-sqs-queue scaler reads queues by their full URL)"
+            ),
+            check=lambda s: (
+                s.autoscaling.mode != "keda"
+                or s.queue.sqs is None
+                or s.queue.sqs.account_id is not None
+            ),
+            field_path=".queue.sqs",
+        ),
+        Rule(
+            cel=(
+                "!has(self.autoscaling) || self.autoscaling.mode != 'builtin' || "
+                + " || ".join(f"has(self.queue.{b})" for b in AGE_REPORTING_BROKERS)
+                + " || self.autoscaling.targetBacklogPerReplica > 0.0"
+                " || self.autoscaling.targetUtilization > 0.0"
+            ),
+            message=(
+                "targetOldestJobAgeSeconds cannot be the only signal on a broker that does not "
+                "report the oldest job's age (only "
+                + ", ".join(AGE_REPORTING_BROKERS)
+                + " does): turn on targetBacklogPerReplica or targetUtilization too, or the "
+                "pool would never wake from zero replicas"
+            ),
+            check=lambda s: (
+                s.autoscaling.mode != "builtin"
+                or s.queue.broker in AGE_REPORTING_BROKERS
+                or s.autoscaling.target_backlog_per_replica > 0
+                or s.autoscaling.target_utilization > 0
+            ),
+            field_path=".autoscaling",
         ),
     )
 
@@ -1068,4 +1478,12 @@ class WorkerPoolSpec(SpecModel):
 
 def iter_rule_models() -> tuple[type[SpecModel], ...]:
     """Every spec model that declares cross-field rules (the tests walk them)."""
-    return (WorkerPoolSpec, AutoscalingSpec, BackoffSpec, EnvVar)
+    return (
+        WorkerPoolSpec,
+        QueueSpec,
+        RabbitMQSpec,
+        SqsSpec,
+        AutoscalingSpec,
+        BackoffSpec,
+        EnvVar,
+    )

@@ -60,6 +60,8 @@ class Reason(StrEnum):
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
     INVALID_REDIS_URL = "InvalidRedisURL"
+    INVALID_BROKER_URL = "InvalidBrokerURL"
+    """The Secret's URL does not parse as a URL of the pool's broker (any broker but Redis)."""
     APPLY_REJECTED = "ApplyRejected"
     """The API server refused a child as written (422: e.g. requests above limits)."""
     # Degraded
@@ -74,6 +76,9 @@ class Reason(StrEnum):
     RECONCILE_FAILED = "ReconcileFailed"
     """A reconcile raised (an API error after its retries, a bug): retried with backoff."""
     AS_EXPECTED = "AsExpected"
+    # status.autoscaling.signalsUnavailable
+    OLDEST_JOB_AGE_UNAVAILABLE = "OldestJobAgeUnavailable"
+    """The broker reports no oldest-job age: the latency signal's age reaction is off."""
     # QueueReachable
     QUEUE_READ = "QueueRead"
     QUEUE_UNREACHABLE = "QueueUnreachable"
@@ -146,8 +151,13 @@ class QueueStatus(StatusModel):
     in_flight: int = Field(default=0, ge=0, description="Jobs running now.")
     delayed: int = Field(default=0, ge=0, description="Retries and delayed jobs not yet due.")
     dead_letter: int = Field(default=0, ge=0, description="Jobs in the dead-letter queue.")
-    oldest_job_age_seconds: float = Field(
-        default=0.0, ge=0.0, description="Age of the oldest waiting job."
+    oldest_job_age_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        description=(
+            "Age of the oldest waiting job (absent when the broker does not report it: "
+            "RabbitMQ, SQS)."
+        ),
     )
     arrival_rate: float | None = Field(default=None, description="Jobs enqueued per second.")
     completion_rate: float | None = Field(default=None, description="Jobs finished per second.")
@@ -157,6 +167,16 @@ class QueueStatus(StatusModel):
         json_schema_extra={"format": "date-time"},
         description="When the queue was read (RFC 3339).",
     )
+
+
+class SignalUnavailable(StatusModel):
+    """A part of a scaling signal the spec turns on that the pool's broker cannot measure."""
+
+    signal: str = Field(description="The signal (backlog, capacity, latency).")
+    reason: str = Field(
+        min_length=1, max_length=1024, pattern=REASON_PATTERN, description="CamelCase cause."
+    )
+    message: str = Field(default="", max_length=4096, description="What is off, and why.")
 
 
 class AutoscalingStatus(StatusModel):
@@ -180,6 +200,14 @@ class AutoscalingStatus(StatusModel):
     )
     reason: str | None = Field(default=None, description="The decision, in words.")
     dry_run: bool | None = Field(default=None, description="Decisions are recorded, not applied.")
+    signals_unavailable: list[SignalUnavailable] | None = Field(
+        default=None,
+        max_length=8,
+        description=(
+            "Signal parts that are on in the spec but cannot be measured on this broker "
+            "(e.g. the oldest-job age on RabbitMQ: reason OldestJobAgeUnavailable)."
+        ),
+    )
 
 
 class WorkerPoolStatus(StatusModel):

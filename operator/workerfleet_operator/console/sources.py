@@ -123,7 +123,11 @@ class BrokerCache:
     async def fetch(self, url: str, queue: str) -> Any:
         broker = self._brokers.get((url, queue))
         if broker is None:
-            broker = self._brokers[(url, queue)] = await brokers.open_broker(url, queue)
+            # a producer, never the consumer: the queue page may replay dead letters, and must
+            # leave the workers' queue settings (SQS visibility and redrive limit) as they are
+            broker = self._brokers[(url, queue)] = await brokers.open_broker(
+                url, queue, role=broker_base.QueueRole.PRODUCER
+            )
         return broker
 
     async def close(self) -> None:

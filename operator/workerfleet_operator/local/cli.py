@@ -9,6 +9,7 @@ SIGTERM, or ``--seconds``) drains every worker and stops the embedded Redis befo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pathlib
 import signal
@@ -30,15 +31,20 @@ def register_commands(subparsers: SubParsers) -> None:
         help="run a WorkerPool locally: worker processes scaled by the real autoscaler",
         description="Run the WorkerPool of POOL.yaml on this machine: local worker processes, "
         "the operator's autoscaler, per-pool metrics on loopback, and a live view. Uses "
-        "--redis-url / $WORKERFLEET_REDIS_URL when it answers, else an embedded redis-server.",
+        "--broker-url / --redis-url ($WORKERFLEET_BROKER_URL, $WORKERFLEET_REDIS_URL) when a "
+        "broker of the pool's kind (spec.queue.redis, .rabbitmq or .sqs) answers there, else an "
+        "embedded redis-server, rabbitmq-server or ElasticMQ.",
     )
     run.add_argument("manifest", type=pathlib.Path, help="a WorkerPool manifest (YAML)")
+    run.add_argument(
+        "--broker-url", default=None, help="broker URL, any scheme ($WORKERFLEET_BROKER_URL)"
+    )
     run.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
     run.add_argument(
         "--data-dir",
         type=pathlib.Path,
         default=None,
-        help="where the embedded Redis keeps its AOF (default: a temporary directory)",
+        help="where the embedded server keeps its data (default: a temporary directory)",
     )
     run.add_argument(
         "--metrics-port",
@@ -76,35 +82,65 @@ def register_commands(subparsers: SubParsers) -> None:
     )
     demo.add_argument("--no-prometheus", action="store_true", help="skip the Prometheus server")
     demo.add_argument("--no-view", action="store_true", help="plain lines instead of the view")
+    demo.add_argument(
+        "--scenario",
+        choices=("thumbnails", "events"),
+        default="thumbnails",
+        help="thumbnails: one pool under a load spike (default); events: examples/events/, "
+        "one shop.order.placed event feeding three subscription pools that scale apart",
+    )
+    demo.add_argument(
+        "--broker",
+        choices=("redis", "rabbitmq", "sqs"),
+        default="redis",
+        help="the embedded server the queue lives on: redis-server (default), rabbitmq-server, "
+        "or ElasticMQ for SQS (`make demo-deps DEMO_ARGS='--broker ...'` installs it)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
 
 @dataclass(frozen=True)
-class ResolvedRedis:
-    """The Redis the fleet uses and, when it was started here, the server to stop."""
+class ResolvedBroker:
+    """The broker the fleet uses and, when it was started here, the server to stop."""
 
     url: str
     label: str
-    embedded: Any  # embedded_redis.EmbeddedRedis | None
+    embedded: Any  # embedded.EmbeddedServer | None
+
+
+EMBEDDED_NAMES = {"redis": "redis-server", "rabbitmq": "rabbitmq-server", "sqs": "ElasticMQ"}
 
 
 @contextmanager
-def open_redis(url: str | None, data_dir: pathlib.Path | None) -> Iterator[ResolvedRedis]:
-    """Use ``url`` if a Redis answers there, else start an embedded one (stopped on exit)."""
-    from workerfleet_operator.local import embedded_redis
+def open_broker_server(
+    pool: Any, url: str | None, data_dir: pathlib.Path | None
+) -> Iterator[ResolvedBroker]:
+    """Use ``url`` if a broker of the pool's kind answers there, else start an embedded one of
+    that kind (stopped on exit). ``pool`` is a ``manifest.LocalPool``."""
+    from workerfleet_operator.local import brokers
 
+    kind = brokers.kind_of_pool(pool.spec)
+    name = EMBEDDED_NAMES[kind]
     if url:
-        problem = embedded_redis.fetch_reachable(url)
-        if problem is None:
-            yield ResolvedRedis(url=url, label="given URL", embedded=None)
-            return
-        print(f"workerfleet: Redis not reachable ({problem}); starting an embedded redis-server")
-    server = embedded_redis.EmbeddedRedis(data_dir).start()
+        try:
+            given = brokers.kind_of_url(url)
+        except ValueError as exc:  # ConfigError: an unknown scheme
+            given, problem = None, str(exc)
+        if given is not None and given != kind:
+            problem = f"a {given} URL for a spec.queue.{kind} pool"
+        elif given is not None:
+            options = brokers.build_queue_options(pool.spec)
+            problem = brokers.fetch_unreachable(url, pool.queue, options) or ""
+            if not problem:
+                yield ResolvedBroker(url=url, label="given URL", embedded=None)
+                return
+        print(f"workerfleet: broker URL not used ({problem}); starting an embedded {name}")
+    server = brokers.start_server(kind, data_dir)
     try:
-        label = f"embedded 127.0.0.1:{server.port} (AOF in {server.data_dir})"
-        yield ResolvedRedis(url=server.url, label=label, embedded=server)
+        url = brokers.build_pool_url(server, pool.spec)
+        yield ResolvedBroker(url=url, label=server.describe(), embedded=server)
     finally:
-        server.stop()
+        server.close()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -112,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from workerfleet_operator.local import embedded_redis, manifest, runner, view
+    from workerfleet_operator.local import brokers, embedded, manifest, runner, view
 
     try:
         pool = manifest.fetch_pool(args.manifest)
@@ -123,9 +159,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     restore = _install_stop_handlers(stop)
     console = Console()
     log_dir = args.log_dir or pathlib.Path(tempfile.mkdtemp(prefix=f"workerfleet-{pool.name}-"))
-    url = args.redis_url or os.environ.get("WORKERFLEET_REDIS_URL")
+    url = (
+        args.broker_url
+        or args.redis_url
+        or os.environ.get("WORKERFLEET_BROKER_URL")
+        or os.environ.get("WORKERFLEET_REDIS_URL")
+    )
+    kind = brokers.kind_of_pool(pool.spec)
     try:
-        with open_redis(url, args.data_dir) as redis_target:
+        with open_broker_server(pool, url, args.data_dir) as redis_target:
             try:
                 fleet_runner = runner.FleetRunner(
                     pool,
@@ -144,7 +186,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
                 return 1
             console.print(
-                f"workerfleet run: pool {pool.name}, queue {pool.queue}, redis "
+                f"workerfleet run: pool {pool.name}, queue {pool.queue}, {kind} "
                 f"{redis_target.label}, metrics "
                 + (
                     f"http://127.0.0.1:{fleet_runner.metrics_port}/metrics"
@@ -180,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"workerfleet run: stopped; workers started={c.started} "
                     f"stopped_cleanly={c.stopped_cleanly} crashed={c.crashed} killed={c.killed}"
                 )
-    except embedded_redis.EmbeddedRedisError as exc:
+    except embedded.EmbeddedServerError as exc:
         print(f"workerfleet: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -194,14 +236,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
-    from workerfleet_operator.local import demo, runner, view
+    from workerfleet_operator.local import demo, embedded, runner, view
 
+    if getattr(args, "scenario", "thumbnails") == "events":
+        if getattr(args, "broker", "redis") != "redis":
+            # topics (publish/subscribe) exist on Redis and memory only (docs/events.md)
+            print("workerfleet: the events scenario runs on Redis only", file=sys.stderr)
+            return 2
+        return cmd_events_demo(args)
     console = Console()
     stop = threading.Event()
     restore = _install_stop_handlers(stop)
     console.print(
         f"workerfleet demo: {args.seconds:g}s of load on pool {demo.DEFAULT_POOL.name}; "
-        f"output in {args.out}"
+        f"output in {args.out}" + ("" if args.broker == "redis" else f"; broker {args.broker}")
     )
     try:
         if args.no_view or not console.is_terminal:
@@ -218,6 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 use_prometheus=not args.no_prometheus,
                 on_snapshot=print_change,
                 stop=stop,
+                broker=args.broker,
             )
         else:
             with Live(console=console, refresh_per_second=4) as live:
@@ -229,11 +278,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         Group(view.build_view(snap), Text(phase))
                     ),
                     stop=stop,
+                    broker=args.broker,
                 )
+    except embedded.EmbeddedServerError as exc:
+        print(f"workerfleet: {exc}", file=sys.stderr)
+        return 1
     finally:
         restore()
     console.print(demo.build_summary(result), highlight=False, soft_wrap=True)
     healthy = result.lost == 0 and result.workers_killed == 0 and result.load_errors == 0
+    return 0 if healthy else 1
+
+
+def cmd_events_demo(args: argparse.Namespace) -> int:
+    """``workerfleet demo --scenario events``: exit 0 when no event was lost in any
+    subscription, every subscription settled and no worker was killed."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from workerfleet_operator.local import events_demo, runner, view
+
+    console = Console()
+    stop = threading.Event()
+    restore = _install_stop_handlers(stop)
+    pools = events_demo.load_pools()
+    console.print(
+        f"workerfleet demo --scenario events: {events_demo.TOPIC} feeding "
+        + ", ".join(p.name for p in pools)
+        + f"; orders for {args.seconds * events_demo.PUBLISH_SHARE:g}s; output in {args.out}"
+    )
+    latest: dict[str, runner.Snapshot] = {}
+    last_desired: dict[str, int] = {}
+    plain = args.no_view or not console.is_terminal
+    try:
+        with contextlib.ExitStack() as stack:
+            live = (
+                None if plain else stack.enter_context(Live(console=console, refresh_per_second=4))
+            )
+
+            def show(snapshot: runner.Snapshot, phase: str) -> None:
+                if live is not None:
+                    latest[snapshot.pool] = snapshot
+                    live.update(view.build_pools_view(list(latest.values()), phase))
+                elif snapshot.decision.desired != last_desired.get(snapshot.pool, -1):
+                    last_desired[snapshot.pool] = snapshot.decision.desired
+                    print(f"{snapshot.pool}: {view.build_line(snapshot)} [{phase}]", flush=True)
+
+            result = events_demo.run_events_demo(
+                seconds=args.seconds,
+                out_dir=args.out,
+                use_prometheus=not args.no_prometheus,
+                tail_seconds=10.0,
+                on_snapshot=show,
+                stop=stop,
+            )
+    finally:
+        restore()
+    groups = [events_demo.subscription_of(p).group for p in pools]
+    console.print(events_demo.build_summary(result, groups), highlight=False, soft_wrap=True)
+    healthy = (
+        result.lost == 0
+        and result.settled
+        and not result.publish_errors
+        and result.workers_killed == 0
+    )
     return 0 if healthy else 1
 
 

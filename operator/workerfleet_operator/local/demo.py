@@ -1,6 +1,8 @@
 """``workerfleet demo``: the whole system on one machine in about a minute and a half.
 
-What ``make demo`` runs. It starts an embedded redis-server, runs ``examples/demo-pool.yaml``
+What ``make demo`` runs. It starts an embedded redis-server (``--broker rabbitmq``: a
+rabbitmq-server node, ``--broker sqs``: ElasticMQ; :mod:`workerfleet_operator.local.brokers`),
+runs ``examples/demo-pool.yaml``
 with the local fleet (the operator's autoscaler driving real worker processes that import
 ``examples/demo_tasks.py``), and drives it with a load generator: a warm-up, a spike, a lull, a
 second bump and a quiet tail, with a share of jobs that fail once (retried) and of poison jobs
@@ -11,6 +13,9 @@ prints a summary that ends with
 
     demo: enqueued=N completed=N dead_lettered=N lost=N peak_replicas=N chart=PATH
 
+where the job counts come from the demo's history (:mod:`workerfleet_operator.local.history`:
+the ids the broker accepted, the tasks' run receipts, the dead-letter queue read back), the same
+way on every broker, not from the queue's counters;
 and writes a PNG chart (backlog, replicas, DLQ over time) and the decision log (JSON lines).
 Also used by the end-to-end test ``tests/workerfleet_operator/test_local_fleet_demo.py``.
 """
@@ -37,8 +42,8 @@ from typing import Any
 import yaml
 
 from worker_runtime import producer
-from worker_runtime.brokers.redis import connection, stats
-from workerfleet_operator.local import embedded_redis, lifeline, manifest, runner
+from worker_runtime.brokers import base
+from workerfleet_operator.local import brokers, embedded_redis, history, lifeline, manifest, runner
 
 # The demo's pool, tasks and alert rules ship inside the package (workerfleet_operator/data/:
 # links to examples/ and deploy/alerts/ in the source tree, copies in a wheel), so an installed
@@ -115,40 +120,67 @@ class LoadCounts:
 
 
 class LoadGenerator(threading.Thread):
-    """Enqueues the plan's jobs in small batches, on its own thread and Redis connection."""
+    """Enqueues the plan's jobs in small batches, on its own thread and broker connection.
 
-    def __init__(self, redis_url: str, queue: str, plan: Sequence[Phase], *, seed: int = 7) -> None:
+    Keeps the id of every job the broker accepted (``enqueued_ids``): the first part of the
+    demo's history. A batch the broker did not answer is counted in ``errors`` and retried with
+    the same ids on the next tick (so a job it did take is not sent as a second job).
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        queue: str,
+        plan: Sequence[Phase],
+        *,
+        seed: int = 7,
+        options: base.QueueOptions | None = None,
+    ) -> None:
         super().__init__(name="demo-load", daemon=True)
         self.plan = tuple(plan)
         self.counts = LoadCounts()
+        self.enqueued_ids: list[str] = []
         self.stop_event = threading.Event()
-        self._client = connection.fetch_client_sync(redis_url, socket_timeout=2.0)
-        self._producer = producer.SyncProducer(self._client, queue)
+        self.broker_url = redis_url  # any scheme open_broker serves
+        self.queue = queue
+        self.options = options or base.QueueOptions()
         self._rng = random.Random(seed)
         self._mix = JobMix()
 
     def run(self) -> None:
+        # the broker is opened on this thread: its event loop runs here
+        target = brokers.SyncQueue(self.broker_url, self.queue, self.options)
+        try:
+            self._send_plan(target)
+        finally:
+            target.close()
+
+    def _send_plan(self, target: brokers.SyncQueue) -> None:
         started = time.monotonic()
         end = self.plan[-1].end if self.plan else 0.0
+        waiting: list[base.EnqueueRequest] = []
+        made = 0
         while not self.stop_event.is_set():
             elapsed = time.monotonic() - started
             due = build_due_count(self.plan, min(elapsed, end))
-            batch = []
-            for index in range(self.counts.enqueued, due):
+            for index in range(made, due):
                 payload = build_job_payload(index, self._rng, self._mix)
                 self.counts.poison += int(payload["poison"])
                 self.counts.flaky += int(payload["fail_attempts"] > 0)
-                batch.append(producer.JobSpec(task=TASK, payload=payload))
-            if batch:
+                waiting.append(producer.build_request(producer.JobSpec(TASK, payload)))
+            made = max(made, due)
+            if waiting:
                 try:
-                    results = self._producer.enqueue_many(batch)
-                    self.counts.enqueued += sum(1 for r in results if r.created)
+                    results = target.enqueue_many(waiting)
+                    created = [r.job_id for r in results if r.created]
+                    self.enqueued_ids.extend(created)
+                    self.counts.enqueued += len(created)
+                    waiting = []
                 except Exception:  # counted; the demo's summary shows it
                     self.counts.errors += 1
-            if elapsed >= end:
+            if elapsed >= end and not waiting:
                 break
             self.stop_event.wait(TICK_SECONDS)
-        self._client.close()
 
 
 class Prometheus:
@@ -276,6 +308,30 @@ class Prometheus:
             process.wait(10)
 
 
+def start_prometheus(prometheus: Prometheus) -> tuple[Prometheus | None, str]:
+    """Start ``prometheus``: (it, its alerts page), or (None, why) when it would not start
+    (the demo then runs without alerts and says so)."""
+    try:
+        prometheus.start()
+    except RuntimeError as exc:
+        return None, f"failed: {exc}"
+    return prometheus, prometheus.url("/alerts")
+
+
+def note_firing_alerts(
+    prometheus: Prometheus, seen: dict[str, float], at: float, *, by_pool: bool = False
+) -> None:
+    """Add each alert firing now and not yet in ``seen`` to it, at ``at`` seconds; keyed by
+    alert name, or by ``name (pool)`` when several pools run."""
+    for alert in prometheus.fetch_alerts():
+        labels = alert.get("labels", {})
+        name = str(labels.get("alertname", "?"))
+        if by_pool:
+            name = f"{name} ({labels.get('pool', '-')})"
+        if alert.get("state") == "firing" and name not in seen:
+            seen[name] = at
+
+
 @dataclass(frozen=True)
 class Point:
     """One poll of the demo, for the chart."""
@@ -312,18 +368,24 @@ class DemoResult:
     decisions: pathlib.Path | None = None
     seconds: float = 0.0
     points: list[Point] = field(default_factory=list)
+    broker: str = "redis"
+    missing: tuple[str, ...] = ()  # job ids neither completed nor dead-lettered (some of them)
+    history: pathlib.Path | None = None  # the ids behind the job counts (history.json)
+
+
+def render_alerts(alerts: dict[str, float]) -> str:
+    """The alerts that fired, first firing first (``name at 12s, ...``), or ``none``."""
+    return (
+        ", ".join(f"{name} at {t:.0f}s" for name, t in sorted(alerts.items(), key=lambda i: i[1]))
+        or "none"
+    )
 
 
 def build_summary(result: DemoResult) -> str:
     """The demo's closing lines; the last one is the machine-readable ``demo:`` line."""
-    alerts = (
-        ", ".join(
-            f"{name} at {t:.0f}s" for name, t in sorted(result.alerts.items(), key=lambda i: i[1])
-        )
-        or "none"
-    )
+    alerts = render_alerts(result.alerts)
     lines = [
-        f"workerfleet demo finished in {result.seconds:.0f}s",
+        f"workerfleet demo finished in {result.seconds:.0f}s on {result.broker}",
         f"  jobs:     enqueued {result.enqueued} ({result.flaky_sent} flaky, "
         f"{result.poison_sent} poison), completed {result.completed}, retried "
         f"{result.retried}, dead-lettered {result.dead_lettered}, still queued "
@@ -334,6 +396,11 @@ def build_summary(result: DemoResult) -> str:
         f"lost without drain {result.workers_lost}",
         f"  alerts:   {alerts} (prometheus: {result.prometheus})",
         f"  decisions: {result.decisions}",
+        *(
+            [f"  lost:     {result.lost} job(s), among them {', '.join(result.missing)}"]
+            if result.lost
+            else []
+        ),
         f"demo: enqueued={result.enqueued} completed={result.completed} "
         f"dead_lettered={result.dead_lettered} lost={result.lost} "
         f"peak_replicas={result.scaling.peak_replicas} chart={result.chart}",
@@ -410,32 +477,38 @@ def run_demo(
     on_snapshot: Callable[[runner.Snapshot, str], None] | None = None,
     stop: threading.Event | None = None,
     probe: Callable[[runner.Snapshot, Prometheus], None] | None = None,
+    broker: brokers.BrokerKind = "redis",
 ) -> DemoResult:
     """Run the demo for ``seconds`` (then drain) and return what happened.
 
     ``probe`` (the dashboard test) is called after every poll with the running Prometheus.
+    ``broker`` picks the embedded server the pool's queue lives on.
     """
     started = time.monotonic()
     stop = stop or threading.Event()
     out_dir.mkdir(parents=True, exist_ok=True)
     pool = manifest.fetch_pool(pool_path)
     plan = build_load_plan(seconds)
-    result = DemoResult()
+    result = DemoResult(broker=broker)
     decisions = out_dir / "decisions.jsonl"
     decisions.write_text("", encoding="utf-8")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="workerfleet-demo-"))
     points: list[Point] = []
-    server = embedded_redis.EmbeddedRedis(workdir / "redis").start()
+    receipts = workdir / "receipts"
+    receipts.mkdir()
+    options = brokers.build_queue_options(pool.spec)
+    server = brokers.start_server(broker, None)
     prometheus: Prometheus | None = None
     try:
         fleet_runner = runner.FleetRunner(
             pool,
-            redis_url=server.url,
+            redis_url=server.broker_url,
             log_dir=out_dir / "worker-logs",
             app_path=app_path,
             metrics_port=0,
-            redis_label=f"embedded 127.0.0.1:{server.port}",
+            redis_label=server.describe(),
             decision_log=decisions,
+            worker_env={history.RECEIPTS_ENV: str(receipts)},
         )
         if use_prometheus and Prometheus.available() and fleet_runner.metrics_port:
             prometheus = Prometheus(
@@ -444,15 +517,10 @@ def run_demo(
                 fleet_runner.metrics_port,
                 worker_targets=fleet_runner.fleet.targets_path,
             )
-            try:
-                prometheus.start()
-                result.prometheus = prometheus.url("/alerts")
-            except RuntimeError as exc:
-                result.prometheus = f"failed: {exc}"
-                prometheus = None
+            prometheus, result.prometheus = start_prometheus(prometheus)
         elif use_prometheus:
             result.prometheus = "not installed (run `make deps`)"
-        load = LoadGenerator(server.url, pool.queue, plan)
+        load = LoadGenerator(server.broker_url, pool.queue, plan, options=options)
         load.start()
         last_alert_check = [0.0]
 
@@ -473,10 +541,7 @@ def run_demo(
                 )
             if prometheus is not None and snapshot.at - last_alert_check[0] >= 2.0:
                 last_alert_check[0] = snapshot.at
-                for alert in prometheus.fetch_alerts():
-                    name = str(alert.get("labels", {}).get("alertname", "?"))
-                    if alert.get("state") == "firing" and name not in result.alerts:
-                        result.alerts[name] = snapshot.at
+                note_firing_alerts(prometheus, result.alerts, snapshot.at)
             if on_snapshot is not None:
                 on_snapshot(snapshot, _build_phase_label(plan, snapshot.at, load.counts))
             if probe is not None and prometheus is not None:
@@ -488,22 +553,29 @@ def run_demo(
             load.stop_event.set()
             load.join(10)
             fleet_runner.close()
-        final = _fetch_final_stats(server.url, pool.queue)
+        final, dead_letter_ids = _fetch_final_state(server.broker_url, pool.queue, options)
         if prometheus is not None:
-            for alert in prometheus.fetch_alerts():
-                name = str(alert.get("labels", {}).get("alertname", "?"))
-                if alert.get("state") == "firing" and name not in result.alerts:
-                    result.alerts[name] = time.monotonic() - started
+            note_firing_alerts(prometheus, result.alerts, time.monotonic() - started)
         counts = load.counts
-        result.enqueued = counts.enqueued
+        outcome = history.judge_history(
+            load.enqueued_ids,
+            history.read_runs(receipts),
+            dead_letter_ids,
+            pending=final.backlog + final.in_flight + final.future_delayed,
+        )
+        result.enqueued = outcome.enqueued
         result.load_errors = counts.errors
         result.poison_sent = counts.poison
         result.flaky_sent = counts.flaky
-        result.completed = final.completed_total
-        result.retried = final.retried_total
-        result.dead_lettered = final.dead_lettered_total
-        result.pending = final.backlog + final.in_flight + final.future_delayed
-        result.lost = result.enqueued - result.completed - result.dead_lettered - result.pending
+        result.completed = outcome.completed
+        result.retried = outcome.retried
+        result.dead_lettered = outcome.dead_lettered
+        result.pending = outcome.pending
+        result.lost = outcome.lost
+        result.missing = outcome.missing
+        result.history = history.write_history(
+            out_dir / "history.json", load.enqueued_ids, receipts, dead_letter_ids, outcome
+        )
         result.scaling = fleet_runner.totals
         result.workers_killed = fleet_runner.fleet.counters.killed
         # Reaped or not yet: the demo ends before a stalled worker could come back.
@@ -529,18 +601,28 @@ def run_demo(
     finally:
         if prometheus is not None:
             prometheus.stop()
-        server.stop()
+        server.close()
         shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - started
     return result
 
 
-def _fetch_final_stats(url: str, queue: str) -> stats.QueueStats:
-    client = connection.fetch_client_sync(url, socket_timeout=5.0)
+STATS_SETTLE_SECONDS = 1.5
+"""Wait before the final read where the broker's numbers are samples (RabbitMQ's management API
+samples every 0.5 s on the embedded node; ElasticMQ's counts are approximate like SQS's)."""
+
+
+def _fetch_final_state(
+    url: str, queue: str, options: base.QueueOptions
+) -> tuple[base.QueueStats, set[str]]:
+    """After the drain: the queue's numbers (for what it still holds) and the DLQ's job ids."""
+    target = brokers.SyncQueue(url, queue, options, timeout=30.0)
     try:
-        return stats.fetch_queue_stats_sync(client, queue)
+        if not target.broker.capabilities.exact_stats:
+            time.sleep(STATS_SETTLE_SECONDS)
+        return target.fetch_stats(), target.list_dead_letter_ids()
     finally:
-        client.close()
+        target.close()
 
 
 def _build_phase_label(plan: Sequence[Phase], at: float, counts: LoadCounts) -> str:

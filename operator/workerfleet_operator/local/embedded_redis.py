@@ -10,7 +10,6 @@ workers have drained.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import shutil
 import signal
@@ -18,18 +17,18 @@ import socket
 import subprocess
 import tempfile
 import time
-from types import TracebackType
+from typing import Self
 
 import redis
 
-from workerfleet_operator.local import lifeline
+from workerfleet_operator.local import embedded, lifeline
 
 REDIS_SERVER = "redis-server"
 START_TIMEOUT_SECONDS = 10.0
 STOP_TIMEOUT_SECONDS = 10.0
 
 
-class EmbeddedRedisError(RuntimeError):
+class EmbeddedRedisError(embedded.EmbeddedServerError):
     """redis-server is missing or did not come up; the message says how to fix it."""
 
 
@@ -53,7 +52,7 @@ def fetch_reachable(url: str, *, timeout: float = 1.0) -> str | None:
     return None
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(embedded.ServerProcess):
     """One redis-server process; use as a context manager or call start()/stop()."""
 
     def __init__(self, data_dir: pathlib.Path | None = None, port: int | None = None) -> None:
@@ -73,6 +72,13 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
+    def broker_url(self) -> str:
+        return self.url
+
+    def describe(self) -> str:
+        return f"embedded 127.0.0.1:{self.port} (AOF in {self.data_dir})"
+
+    @property
     def data_dir(self) -> pathlib.Path:
         if self._dir is None:
             raise EmbeddedRedisError("not started")
@@ -82,7 +88,7 @@ class EmbeddedRedis:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
-    def start(self) -> EmbeddedRedis:
+    def start(self) -> Self:
         """Start the server and wait (bounded) until it answers PING."""
         binary = shutil.which(REDIS_SERVER)
         if binary is None:
@@ -174,14 +180,6 @@ class EmbeddedRedis:
         if self._given_dir is None and self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self.stop()
+    def close(self) -> None:
+        """:meth:`stop` (the name every embedded server of the local fleet answers to)."""
+        self.stop()

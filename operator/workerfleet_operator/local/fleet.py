@@ -38,6 +38,7 @@ from worker_runtime.brokers.redis import stats
 from workerfleet_operator import autoscaling
 from workerfleet_operator.local import embedded_redis, lifeline, manifest
 
+BROKER_URL_ENVS = ("WORKERFLEET_BROKER_URL", "WORKERFLEET_REDIS_URL")
 KILL_MARGIN_SECONDS = 5.0  # like terminationGracePeriodSeconds = drain budget + a margin
 RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 HEALTHY_RUN_SECONDS = 2 * RESTART_BACKOFF_SECONDS[-1]
@@ -105,8 +106,10 @@ class ProcessFleet:
         log_dir: pathlib.Path,
         app_path: pathlib.Path | None = None,
         python: str = sys.executable,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.pool = pool
+        self.extra_env = dict(extra_env or {})  # on top of the pool's env (a demo's witness dir)
         self.redis_url = redis_url
         self.log_dir = log_dir
         self.app_path = app_path or pathlib.Path.cwd()
@@ -132,6 +135,15 @@ class ProcessFleet:
     @property
     def pod_names(self) -> list[str]:
         return [n for n, w in self.workers.items() if w.terminating_since is None]
+
+    @property
+    def running_pod_names(self) -> list[str]:
+        """Replicas whose process runs now (not crashed, not waiting for a restart)."""
+        return [
+            n
+            for n, w in self.workers.items()
+            if w.terminating_since is None and w.process is not None and w.process.poll() is None
+        ]
 
     @property
     def terminating(self) -> int:
@@ -213,8 +225,11 @@ class ProcessFleet:
             metrics_port=worker.metrics_port,
         )
         self.skipped_env = skipped
-        full_env = dict(os.environ)
+        # A broker URL left in the shell must not reach the worker: it reads
+        # WORKERFLEET_BROKER_URL before WORKERFLEET_REDIS_URL, so only the pool's may be set.
+        full_env = {k: v for k, v in os.environ.items() if k not in BROKER_URL_ENVS}
         full_env.update(env)
+        full_env.update(self.extra_env)
         python_path = [str(self.app_path), full_env.get("PYTHONPATH", "")]
         full_env["PYTHONPATH"] = os.pathsep.join(p for p in python_path if p)
         command = lifeline.build_tied_command(

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from workerfleet_operator import autoscaling
+from workerfleet_operator import autoscaling, manifests
 from workerfleet_operator.api import spec as spec_mod
 
 LOCAL_NAMESPACE = "local"  # the namespace label of local metrics (docs/architecture.md)
@@ -86,8 +86,11 @@ def build_worker_env(
     """
     spec = pool.spec
     backoff = spec.retry.backoff
+    # the name the operator gives the URL in the pod: WORKERFLEET_REDIS_URL for a Redis pool,
+    # WORKERFLEET_BROKER_URL for the others
+    url_env = manifests.URL_ENV_NAMES.get(spec.queue.broker, manifests.BROKER_URL_ENV)
     env = {
-        "WORKERFLEET_REDIS_URL": redis_url,
+        url_env: redis_url,
         "WORKERFLEET_QUEUE": spec.queue.name,
         "WORKERFLEET_APP": spec.app,
         "WORKERFLEET_CONCURRENCY": str(spec.concurrency),

@@ -7,6 +7,8 @@ terminal, prints :func:`build_line` once per decision change instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -41,22 +43,26 @@ def _build_numbers(snapshot: runner.Snapshot) -> Table:
     for column in ("backlog", "in flight", "delayed", "DLQ", "oldest", "replicas", "ready"):
         table.add_column(column, justify="right")
     table.add_column("desired", justify="right")
-    s = snapshot.queue_stats
-    if s is None:
-        queue_cells = ["?"] * 5
-    else:
-        queue_cells = [
-            str(s.backlog),
-            str(s.in_flight),
-            str(s.future_delayed),
-            f"[red]{s.dead_letter}[/]" if s.dead_letter else "0",
-            f"{s.oldest_job_age_seconds:.1f}s",
-        ]
+    queue_cells = _build_queue_cells(snapshot)
     desired = str(snapshot.decision.desired)
     if snapshot.decision.scaling_limited:
         desired += " [yellow](limited)[/]"
     table.add_row(*queue_cells, str(snapshot.replicas), str(snapshot.ready), desired)
     return table
+
+
+def _build_queue_cells(snapshot: runner.Snapshot) -> list[str]:
+    """backlog, in flight, delayed, DLQ and oldest age as table cells (``?`` when unread)."""
+    s = snapshot.queue_stats
+    if s is None:
+        return ["?"] * 5
+    return [
+        str(s.backlog),
+        str(s.in_flight),
+        str(s.future_delayed),
+        f"[red]{s.dead_letter}[/]" if s.dead_letter else "0",
+        f"{s.oldest_job_age_seconds:.1f}s",
+    ]
 
 
 def _build_workers_line(snapshot: runner.Snapshot) -> str:
@@ -118,4 +124,28 @@ def build_line(snapshot: runner.Snapshot) -> str:
     return (
         f"[{snapshot.at:7.1f}s] {queue} replicas={snapshot.replicas} ready={snapshot.ready} "
         f"desired={snapshot.decision.desired} :: {autoscaling.explain_decision(snapshot.decision)}"
+    )
+
+
+def build_pools_view(snapshots: Sequence[runner.Snapshot], footer: str) -> RenderableType:
+    """Several pools side by side, one row each (``workerfleet demo --scenario events``)."""
+    table = Table(box=None, pad_edge=False, expand=False)
+    for column in ("pool", "queue", "backlog", "in flight", "delayed", "DLQ", "oldest"):
+        table.add_column(column, justify="left" if column in ("pool", "queue") else "right")
+    for column in ("replicas", "desired", "last decision"):
+        table.add_column(column, justify="left" if column == "last decision" else "right")
+    for snapshot in snapshots:
+        table.add_row(
+            snapshot.pool,
+            snapshot.queue,
+            *_build_queue_cells(snapshot),
+            str(snapshot.replicas),
+            str(snapshot.decision.desired),
+            snapshot.last_change.reason.split(":")[0] if snapshot.last_change else "",
+        )
+    at = max((s.at for s in snapshots), default=0.0)
+    return Panel(
+        Group(table, Text(""), Text(footer)),
+        title=f"workerfleet demo · events · {at:.0f}s",
+        subtitle="Ctrl-C drains the workers and exits",
     )

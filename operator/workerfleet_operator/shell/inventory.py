@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from workerfleet_operator import api, manifests
 from workerfleet_operator.console import sources
 from workerfleet_operator.shell import credentials, kube
 
@@ -79,12 +80,35 @@ async def fetch_workerpool(client: kube.KubeClient, namespace: str, name: str) -
     return body
 
 
+def _url_secret_ref(queue: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``urlSecretRef`` of whichever broker block the raw ``spec.queue`` sets ({} if none)."""
+    for broker in api.BROKER_FIELDS:
+        ref = (queue.get(broker) or {}).get("urlSecretRef")
+        if ref:
+            return dict(ref)
+    return {}
+
+
+def _describe_target(queue: Mapping[str, Any]) -> str:
+    sqs = queue.get("sqs")
+    if isinstance(sqs, Mapping):
+        return f"SQS {sqs.get('endpoint') or sqs.get('region', '?')}"
+    return "Secret " + str(_url_secret_ref(queue).get("name", "?"))
+
+
 async def fetch_queue_target(client: kube.KubeClient, body: Mapping[str, Any]) -> tuple[str, str]:
-    """The pool's Redis URL (from its Secret) and queue name; the URL stays in memory only."""
+    """The pool's broker URL (from its Secret; composed from the spec on SQS, which has none)
+    and queue name; the URL stays in memory only."""
     meta = body.get("metadata") or {}
     queue = (body.get("spec") or {}).get("queue") or {}
-    ref = (queue.get("redis") or {}).get("urlSecretRef") or {}
+    ref = _url_secret_ref(queue)
     namespace = str(meta.get("namespace", ""))
+    sqs = queue.get("sqs")
+    if queue.get("name") and isinstance(sqs, Mapping):
+        try:
+            return manifests.encode_sqs_url(api.SqsSpec.model_validate(sqs)), str(queue["name"])
+        except ValueError as exc:
+            raise InventoryError(f"WorkerPool {namespace}/{meta.get('name')}: {exc}") from None
     if not queue.get("name") or not ref.get("name") or not ref.get("key"):
         raise InventoryError(f"WorkerPool {namespace}/{meta.get('name')} names no queue Secret")
     try:
@@ -114,12 +138,7 @@ def build_pool_view(body: Mapping[str, Any]) -> sources.PoolView:
         name=name,
         namespace=namespace,
         queue=str((spec.get("queue") or {}).get("name", "")),
-        target="Secret "
-        + str(
-            (((spec.get("queue") or {}).get("redis") or {}).get("urlSecretRef") or {}).get(
-                "name", "?"
-            )
-        ),
+        target=_describe_target(spec.get("queue") or {}),
         replicas=number(status.get("replicas")),
         desired=number(status.get("desiredReplicas")),
         backlog=number(q.get("backlog")) if q else None,

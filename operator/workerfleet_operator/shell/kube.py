@@ -57,6 +57,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "WorkerPool": ("workerfleet.io/v1alpha1", "workerpools"),
     "Deployment": ("apps/v1", "deployments"),
     "Service": ("v1", "services"),
+    "ServiceAccount": ("v1", "serviceaccounts"),
     "Pod": ("v1", "pods"),
     "Secret": ("v1", "secrets"),
     "Event": ("v1", "events"),
@@ -730,3 +731,25 @@ def build_owner_of_replicas(deployment: Mapping[str, Any]) -> list[str]:
         if "f:replicas" in (fields.get("f:spec") or {}):
             owners.append(str(entry.get("manager", "")))
     return owners
+
+
+REPLICAS_FIELDS: dict[str, Any] = {"f:spec": {"f:replicas": {}}}
+
+
+def strip_managed_fields(body: Body) -> Body:
+    """``body`` as a pool's controller keeps it: ``managedFields`` cut to the entries that own
+    ``spec.replicas``, each reduced to its manager (all :func:`build_owner_of_replicas` reads).
+
+    Every other entry is a tree of small dicts per field and per manager, copied into memory for
+    each of thousands of pools and never read. A shallow copy: ``body`` (kopf's, or an answer)
+    is not changed. Only for bodies kept in memory, never for one sent back (a PUT would
+    replace the object's managedFields with the cut list).
+    """
+    meta = body.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return body
+    owners = build_owner_of_replicas(body)
+    kept = {k: v for k, v in meta.items() if k != "managedFields"}
+    if owners:
+        kept["managedFields"] = [{"manager": m, "fieldsV1": REPLICAS_FIELDS} for m in owners]
+    return {**body, "metadata": kept}

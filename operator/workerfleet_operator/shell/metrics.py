@@ -11,6 +11,19 @@ Three per-pool series carry a label whose value changes: ``workerfleet_pool_queu
 ``workerfleet_pool_condition`` (``status``, ``reason``; one series per condition type). Each
 keeps exactly one series per pool (and type): the previous one is removed when the label
 changes, so a query never sees a stale reason next to the current one.
+
+Subscription lag (events, docs/events.md): a pool whose queue is a subscription's queue
+(``<topic>:<group>``, :func:`worker_runtime.events.parse_subscription_queue`) also exports
+``workerfleet_pool_subscription_backlog`` and
+``workerfleet_pool_subscription_oldest_event_age_seconds`` with the extra labels ``topic`` and
+``group``: the same stats read as the pool's queue series (a subscription is an ordinary queue;
+no extra round trip), named and labelled so the alert ``WorkerPoolSubscriptionLagHigh`` and the
+dashboard can say which topic and group are behind. One series per pool: cardinality grows with
+pools, never with events. They are exported here, not by the workers' own exporter, because
+every worker replica would export the same queue-wide number (N copies to de-duplicate) and a
+pool scaled to zero, whose lag is the one that grows, would export none. Only the leader
+operator polls, and the rules take ``max`` per pool over whatever scraped it (a restart, a
+double scrape), so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -22,10 +35,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from worker_runtime import events
+from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import stats
 from workerfleet_operator import api
 
 POOL_LABELS = ("namespace", "pool", "queue")
+SUBSCRIPTION_LABELS = (*POOL_LABELS, "topic", "group")
 
 
 class OperatorMetrics:
@@ -54,6 +70,19 @@ class OperatorMetrics:
         self.oldest_job_age = gauge(
             "workerfleet_pool_oldest_job_age_seconds",
             "Age of the oldest ready job not yet started.",
+        )
+        self.subscription_backlog = Gauge(
+            "workerfleet_pool_subscription_backlog",
+            "Events of the subscription (topic, group) not yet started: its queue's backlog.",
+            SUBSCRIPTION_LABELS,
+            registry=self.registry,
+        )
+        self.subscription_oldest_event_age = Gauge(
+            "workerfleet_pool_subscription_oldest_event_age_seconds",
+            "How long the oldest event of the subscription (topic, group) not yet started has"
+            " waited (0 when none waits).",
+            SUBSCRIPTION_LABELS,
+            registry=self.registry,
         )
         self.replicas_desired = gauge(
             "workerfleet_pool_replicas_desired", "Replicas the autoscaler wants."
@@ -145,7 +174,7 @@ class OperatorMetrics:
             delayed=self.delayed.labels(*labels),
             dead_letter=self.dead_letter.labels(*labels),
             dead_letter_oldest_age=self.dead_letter_oldest_age.labels(*labels),
-            oldest_job_age=self.oldest_job_age.labels(*labels),
+            oldest_job_age=_OneSeries(self.oldest_job_age, labels),
             replicas_desired=self.replicas_desired.labels(*labels),
             replicas_current=self.replicas_current.labels(*labels),
             replicas_ready=self.replicas_ready.labels(*labels),
@@ -164,6 +193,20 @@ class OperatorMetrics:
             jobs_failed=self.jobs_failed.bind(labels),
             jobs_dead_lettered=self.jobs_dead_lettered.bind(labels),
             workers_killed=self.workers_killed.bind(labels),
+            subscription=self._bind_subscription(labels),
+        )
+
+    def _bind_subscription(self, labels: Sequence[str]) -> SubscriptionSeries | None:
+        parsed = events.parse_subscription_queue(labels[2])
+        if parsed is None:
+            return None
+        topic, group = parsed
+        return SubscriptionSeries(
+            topic=topic,
+            group=group,
+            backlog=self.subscription_backlog.labels(*labels, topic, group),
+            age_gauge=self.subscription_oldest_event_age,
+            labels=(*labels, topic, group),
         )
 
     def count_reconcile(self, namespace: str, pool: str, result: str) -> None:
@@ -209,6 +252,37 @@ class OperatorMetrics:
             self.workers_killed,
         ):
             mirrored.remove(labels)
+        parsed = events.parse_subscription_queue(labels[2])
+        if parsed is not None:
+            for metric in (self.subscription_backlog, self.subscription_oldest_event_age):
+                with contextlib.suppress(KeyError):
+                    metric.remove(*labels, *parsed)
+
+
+@dataclass(frozen=True)
+class SubscriptionSeries:
+    """The lag series of a pool whose queue is subscription ``group`` of ``topic``."""
+
+    topic: str
+    group: str
+    backlog: Any
+    age_gauge: Gauge
+    labels: tuple[str, ...]  # the pool's, then topic and group
+
+    def record(self, queue_stats: base.QueueStats, *, age_measured: bool = True) -> None:
+        """Set the lag read off the queue's stats, as ``workerfleet topic lag`` reads it.
+
+        A broker that does not measure the oldest job's age (``Capabilities.oldest_job_age``
+        False) reports 0: the age series is then absent (no data), never a 0 that would keep
+        WorkerPoolSubscriptionLagHigh quiet however far behind the group is.
+        """
+        lag = base.SubscriptionLag.of(self.topic, self.group, queue_stats)
+        self.backlog.set(lag.backlog)
+        if age_measured:
+            self.age_gauge.labels(*self.labels).set(lag.oldest_event_age_seconds)
+        else:
+            with contextlib.suppress(KeyError):
+                self.age_gauge.remove(*self.labels)
 
 
 @dataclass(frozen=True)
@@ -220,7 +294,7 @@ class PoolSeries:
     delayed: Any
     dead_letter: Any
     dead_letter_oldest_age: Any
-    oldest_job_age: Any
+    oldest_job_age: _OneSeries  # absent, not 0, while the broker cannot measure it
     replicas_desired: Any
     replicas_current: Any
     replicas_ready: Any
@@ -239,6 +313,7 @@ class PoolSeries:
     jobs_failed: Callable[[float], None]
     jobs_dead_lettered: Callable[[float], None]
     workers_killed: Callable[[float], None]
+    subscription: SubscriptionSeries | None  # None: the pool's queue is not a subscription's
 
     def record_poll(
         self,
@@ -248,8 +323,13 @@ class PoolSeries:
         max_replicas: int,
         alert_threshold: int,
         oldest_job_age_target: float,
+        oldest_age_measured: bool = True,
     ) -> None:
         """Set what one autoscaler poll knows; replicas current/ready are the caller's to set.
+
+        ``oldest_age_measured`` False: the broker reports no oldest-job age (the
+        Observation's ``age_unavailable``); the pool's and the subscription's age series are
+        left out (no data), never a 0 that would keep WorkerPoolOldestJobTooOld quiet.
 
         Without stats (the queue was unreadable) the queue series keep their last values and
         ``queue_reachable`` says why they stopped moving (reasons as the QueueReachable
@@ -271,7 +351,12 @@ class PoolSeries:
         self.delayed.set(s.future_delayed)
         self.dead_letter.set(s.dead_letter)
         self.dead_letter_oldest_age.set(s.oldest_dead_letter_age_seconds)
-        self.oldest_job_age.set(s.oldest_job_age_seconds)
+        if oldest_age_measured:
+            self.oldest_job_age.set((), s.oldest_job_age_seconds)
+        else:
+            self.oldest_job_age.remove()
+        if self.subscription is not None:
+            self.subscription.record(s, age_measured=oldest_age_measured)
         self.jobs_enqueued(s.enqueued_total)
         self.jobs_completed(s.completed_total)
         self.jobs_failed(s.failed_total)

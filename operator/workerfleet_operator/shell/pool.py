@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workerfleet_operator import api, autoscaling
+from workerfleet_operator import api, autoscaling, manifests
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import (
     context,
@@ -107,7 +107,8 @@ class PoolController:
         if self.body is not None and _labels_and_pause(self.body) != _labels_and_pause(body):
             self.dirty = True  # neither bumps the generation
         if drift.is_newer(body, self.body):
-            self.body = body  # never step back to a stale body (our own status writes are newer)
+            # never step back to a stale body (our own status writes are newer)
+            self.body = kube.strip_managed_fields(body)
         self.wake.set()
 
     def observe_deployment(self, body: Body, deleted: bool) -> None:
@@ -121,7 +122,17 @@ class PoolController:
                 self.wake.set()
                 return
             if drift.is_newer(body, self.deployment):
-                self.deployment = body
+                if not _is_ready(self.body) and (
+                    self.deployment is None
+                    or _summarize_rollout(body) != _summarize_rollout(self.deployment)
+                ):
+                    # A pool not Ready whose rollout finished, started or failed: report it
+                    # now, not at the next poll (minutes away for a slow-polling pool). Counts
+                    # moving on the way, and a Ready pool's scaling steps, wait for the poll
+                    # (whose plan knows a step from a rollout), so a scale of ten pods is
+                    # neither ten status writes nor Ready flipping.
+                    self.dirty = True
+                self.deployment = kube.strip_managed_fields(body)
             if self.applied.drift_reference is not None and not drift.is_subset(
                 self.applied.drift_reference, body
             ):
@@ -301,8 +312,12 @@ class PoolController:
         return self.policy
 
     async def read_secret(self, pool: api.Pool) -> plan_mod.SecretCheck:
-        """Check the Secret behind urlSecretRef; keep its value in memory only."""
-        ref = pool.spec.queue.redis.url_secret_ref
+        """Check the Secret behind urlSecretRef; keep its value in memory only. An SQS pool
+        has no Secret: its URL, composed from the spec, stands in for the Secret's value."""
+        if pool.spec.queue.sqs is not None:
+            return await self._compose_sqs_url(pool.spec.queue.sqs)
+        ref = pool.spec.queue.url_secret_ref
+        assert ref is not None  # every broker block but sqs names its URL's Secret
         secret_name, secret_key = ref.name, ref.key
         now = self.ctx.clock()
         key = self.secret_key
@@ -316,8 +331,8 @@ class PoolController:
             self.secret = None
             return plan_mod.SecretCheck("key_missing" if exc.key_missing else "missing", str(exc))
         try:
-            queue.check_redis_url(value.value)
-        except queue.InvalidRedisUrlError as exc:
+            queue.check_broker_url(value.value, pool.spec.queue.broker)
+        except queue.InvalidBrokerUrlError as exc:
             self.secret = None
             message = f'key "{secret_key}" of Secret "{secret_name}": {exc}'
             return plan_mod.SecretCheck("invalid_url", message)
@@ -329,6 +344,19 @@ class PoolController:
         if key is not None and not same:
             await self.ctx.release_unused()  # the pool moved to another Secret (or key)
         return plan_mod.SecretCheck("ok", version=value.version)
+
+    async def _compose_sqs_url(self, sqs: api.SqsSpec) -> plan_mod.SecretCheck:
+        # No Secret is read: the key names the pool (":" is no Secret-key character, so it
+        # never meets a real Secret's) and the URL is its "version", so a changed spec gets a
+        # new probe and the old one is closed.
+        url = manifests.encode_sqs_url(sqs)
+        before = self.secret_key
+        self.secret = kube.SecretValue(resource_version=url, value=url)
+        self.secret_key = queue.ClientKey(self.namespace, "", f"sqs:{self.name}", url)
+        self.secret_read_at = self.ctx.clock()
+        if before is not None and before != self.secret_key:
+            await self.ctx.release_unused()
+        return plan_mod.SecretCheck("ok")
 
     def observed(self, secret: plan_mod.SecretCheck, **more: Any) -> plan_mod.Observed:
         body = self.body or {}
@@ -376,3 +404,24 @@ def _labels_and_pause(body: Mapping[str, Any]) -> tuple[Any, ...]:
         annotations.get(api.PAUSED_ANNOTATION),
         annotations.get(api.PAUSED_REPLICAS_ANNOTATION),
     )
+
+
+def _summarize_rollout(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Where a Deployment's rollout stands, without the counts moving on the way: the
+    controller has seen its spec, all pods are updated, available, ready; it failed."""
+    state = plan_mod.read_deployment_state(deployment)
+    want = state.spec_replicas
+    return (
+        state.observed_generation >= state.generation,
+        state.updated_replicas >= want,
+        state.available_replicas >= want,
+        state.ready_replicas >= want,
+        state.replicas > want,  # old pods still terminating
+        state.progress_deadline_exceeded,
+        state.replica_failure,
+    )
+
+
+def _is_ready(body: Mapping[str, Any] | None) -> bool:
+    conditions = ((body or {}).get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == api.READY and c.get("status") == "True" for c in conditions)

@@ -8,6 +8,10 @@ Called by the pool controller's loop (``shell.pool``) whenever it is woken or a 
   writes nothing, so resourceVersions stay stable after convergence. ``spec.replicas`` is sent by
   the main apply only in ``disabled`` mode and at creation; in ``builtin`` mode it is written by
   the autoscaler's own manager, never forced, so another owner (an HPA) is reported, not fought.
+  The autoscaler's manager takes the initial count over at its first scale, or just before the
+  next apply (:func:`_hand_over_replicas`), not in a second write at creation: creating a pool
+  costs one write of its Deployment (and a Deployment deleted between two creation writes
+  came back without its owner, from the second).
 - No finalizers: garbage collection removes the children through their ownerReferences.
 - Worker pods read the Redis URL only at start, so the Secret's ``<uid>/<resourceVersion>``
   (not a hash of its value) is a pod-template annotation: a new version rolls the pods.
@@ -15,7 +19,6 @@ Called by the pool controller's loop (``shell.pool``) whenever it is woken or a 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -89,7 +92,9 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
         # Someone else's Deployment of this name is neither adopted, applied over nor
         # scaled: the pool reports it and runs nothing until it is renamed or deleted.
         foreign_deployment = fetched is not None and not controller.is_ours(fetched)
-        controller.deployment = None if foreign_deployment else fetched
+        controller.deployment = (
+            None if foreign_deployment or fetched is None else kube.strip_managed_fields(fetched)
+        )
     the_plan = plan_mod.plan(parsed, controller.observed(secret))
     if the_plan.hold:
         # Bad input: nothing applied, nothing deleted; explain, and retry a Secret slowly.
@@ -137,17 +142,22 @@ async def _apply_children(
     controller.applied.not_owned = others
     creating = deployment is None
     children = list(the_plan.children)
-    desired_hash = hashlib.sha256(
-        json.dumps(children, sort_keys=True, default=str).encode()
-    ).hexdigest()
     resync = controller.ctx.clock() >= controller.applied.next_full_apply
     main = children[0]
     reference = drift.build_drift_reference(main, pool)
+    # Hashed without the initial spec.replicas an autoscaled pool's creation apply sends (the
+    # reference leaves it out): the next reconcile plans no count, and must not take that
+    # for a change to apply (two more writes per new pool, with the hand-over).
+    desired_hash = hashlib.sha256(
+        json.dumps([reference, *children[1:]], sort_keys=True, default=str).encode()
+    ).hexdigest()
     drifted = deployment is not None and not drift.is_subset(reference, deployment)
     # Drift is someone else's edit: what we would send is what we last sent, and the live
     # object differs from it. A new spec (or Secret version) differs too, but is no drift.
     announce_drift = drifted and reference == controller.applied.drift_reference
     if creating or drifted or resync or desired_hash != controller.applied.applied_hash:
+        if not await _apply_worker_identity(controller, children[1:]):
+            return
         try:
             if deployment is not None:
                 deployment = await _hand_over_replicas(controller, main, deployment)
@@ -161,23 +171,14 @@ async def _apply_children(
             controller.applied.rollout_generation, controller.deployment, applied
         )
         if drift.is_newer(applied, controller.deployment):
-            controller.deployment = applied
+            controller.deployment = kube.strip_managed_fields(applied)
         # The other children only when they may have changed (a Deployment drift alone
         # re-applies the Deployment alone).
         every_child = resync or desired_hash != controller.applied.applied_hash or creating
-        if every_child and not await _apply_optional_children(controller, pool, children[1:]):
+        rest = [c for c in children[1:] if c["kind"] != "ServiceAccount"]  # applied above
+        if every_child and not await _apply_optional_children(controller, pool, rest):
             return
         controller.applied.apply_problem = None
-        if creating and the_plan.replicas is not None and pool.spec.autoscaling.mode == "builtin":
-            # The autoscaler's manager co-owns the initial count from the start.
-            with contextlib.suppress(kube.ApiError):
-                controller.deployment = await kube.apply_replicas(
-                    client, controller.namespace, controller.name, the_plan.replicas
-                )
-            if controller.deployment is not None and not drift.is_subset(
-                reference, controller.deployment
-            ):
-                controller.dirty = True  # edited between our two writes: go round again
         controller.applied.applied_hash = desired_hash
         controller.applied.next_full_apply = controller.ctx.clock() + context.jittered_delay(
             controller.ctx.config.resync_seconds, controller.ctx.rng
@@ -203,6 +204,36 @@ def _refused(
         return False
     kind, name = child["kind"], child["metadata"]["name"]
     controller.applied.apply_problem = f"{kind} {name} refused: {exc.message}"
+    return True
+
+
+async def _apply_worker_identity(
+    controller: pool_mod.PoolController, children: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Apply the pool's own ServiceAccount (SQS pools) BEFORE the Deployment that names it.
+
+    A ServiceAccount of that name that this pool does not own is never used: its pods would run
+    under someone else's identity (and IAM role), which the spec must never allow. The pool
+    then reports ApplyRejected and nothing is applied (False). True otherwise.
+    """
+    client = controller.ctx.fetch_client()
+    for child in children:
+        if child["kind"] != "ServiceAccount":
+            continue
+        name = str(child["metadata"]["name"])
+        existing = await kube.fetch_object(client, kube.build_ref_of(child))
+        if existing is not None and not controller.is_ours(existing):
+            controller.applied.apply_problem = (
+                f"ServiceAccount {name} exists and is not this pool's: its workers would run "
+                "under another identity (delete that ServiceAccount or name the pool otherwise)"
+            )
+            return False
+        try:
+            await kube.apply_object(client, dict(child))
+        except kube.ApiError as exc:
+            if _refused(controller, child, exc):
+                return False
+            raise
     return True
 
 
@@ -242,9 +273,10 @@ async def _apply_optional_children(
 async def _hand_over_replicas(
     controller: pool_mod.PoolController, main: Body, deployment: Body
 ) -> Body:
-    """Before an apply that stops sending ``spec.replicas`` (leaving ``disabled``), give the
-    current count to the autoscaler's manager: a field its last manager releases is reset
-    to the API default (1), which would drop a pool of 4 to 1 at once."""
+    """Before an apply that stops sending ``spec.replicas`` (leaving ``disabled``, or the first
+    apply after the creation's), give the current count to the autoscaler's manager: a field
+    its last manager releases is reset to the API default (1), which would drop a pool of 4 to
+    1 at once."""
     replicas = (deployment.get("spec") or {}).get("replicas")
     owners = kube.build_owner_of_replicas(deployment)
     releasing = "replicas" not in (main.get("spec") or {}) and kube.FIELD_MANAGER in owners
@@ -260,7 +292,7 @@ async def _hand_over_replicas(
         replicas,
     )
     if drift.is_newer(handed, controller.deployment):
-        controller.deployment = handed
+        controller.deployment = kube.strip_managed_fields(handed)
     return handed
 
 

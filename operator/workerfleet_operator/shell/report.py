@@ -62,7 +62,7 @@ async def apply_status(
                 return True  # deleted meanwhile; the DELETED event stops this loop
             raise
         if drift.is_newer(updated, controller.body):
-            controller.body = updated
+            controller.body = kube.strip_managed_fields(updated)
     for event in events:
         await post_event(controller, event.type, event.reason, event.message)
     return merged == base or not waits

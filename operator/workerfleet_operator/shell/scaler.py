@@ -11,6 +11,11 @@ reconciles. The decision is ``autoscaling.decide`` (pure); this module does the 
   (``ReplicasOwnedElsewhere``), not fought.
 - Pods are ranked for a scale-down by their heartbeats (the pod-deletion-cost annotation).
 - An unchanged poll costs no plan and no write: only the metrics.
+- A pool serving an event subscription (``spec.queue.subscription``) has it registered in the
+  broker before its queue is read, on its first poll and again every
+  :data:`SUBSCRIPTION_RECHECK_SECONDS` (idempotent: a subscription removed by hand, or lost
+  with a Redis that kept no data, comes back). Until it is registered the poll reads no stats
+  and reports why (the queue is unobserved: the scaler holds, status says so).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workerfleet_operator import autoscaling
+from workerfleet_operator import api, autoscaling
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import drift, kube, queue, report
 
@@ -30,6 +35,9 @@ if TYPE_CHECKING:
     from workerfleet_operator.shell import pool as pool_mod
 
 logger = logging.getLogger("workerfleet.operator")
+
+SUBSCRIPTION_RECHECK_SECONDS = 300.0
+"""How often a pool's registered subscription is registered again (one idempotent SADD)."""
 
 
 @dataclass
@@ -43,6 +51,10 @@ class ScalerMemory:
     replicas_blocked_by: tuple[str, ...] = ()
     last_dry_run_desired: int | None = None
     poll_signature: tuple[Any, ...] | None = None
+    # (Secret version, topic, group) last registered, and when (monotonic clock)
+    subscription_registered: tuple[Any, ...] | None = None
+    subscription_registered_at: float = 0.0
+    subscription_problem: str | None = None
 
 
 # ------------------------------------------------------------------ autoscaler
@@ -72,15 +84,19 @@ async def poll_queue(
     where = queue.identify_queue(controller.secret.value, pool.spec.queue.name)
     controller.ctx.queue_readers[(controller.namespace, controller.name)] = (where, created)
     sharing = controller.ctx.find_queue_sharing((controller.namespace, controller.name))
-    observation = await controller.ctx.queues.fetch_observation(
-        controller.secret_key,
-        controller.secret,
-        pool.spec.queue.name,
-        deadline_seconds=controller.ctx.config.redis_timeout_seconds,
-    )
+    problem = await _ensure_subscription(controller, pool)
+    if problem is not None:
+        observation = autoscaling.Observation(stats=None, error=problem)
+    else:
+        observation = await controller.ctx.queues.fetch_observation(
+            controller.secret_key,
+            controller.secret,
+            pool.spec.queue.name,
+            deadline_seconds=controller.ctx.config.redis_timeout_seconds,
+        )
     controller.scaling.last_observation = observation
     if controller.terminating or controller.stopped:
-        return  # deleted while Redis was read: write nothing (another finalizer may hold it)
+        return  # deleted while the queue was read: write nothing (another finalizer may hold it)
     deployment = controller.deployment
     current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
     # decide() runs on the monotonic clock (its windows survive wall-clock steps); the time
@@ -130,6 +146,7 @@ async def poll_queue(
             check,
             stats=observation.stats,
             stats_error=observation.error,
+            age_unavailable=observation.age_unavailable,
             decision=_with_scale_time(decision, controller.scaling.last_scale_wall_time),
             scale_applied=applied,
         ),
@@ -139,6 +156,49 @@ async def poll_queue(
             None  # deferred: the next poll writes it once the refresh is due
         )
     _export(controller, policy, observation, decision)
+
+
+async def _ensure_subscription(controller: pool_mod.PoolController, pool: api.Pool) -> str | None:
+    """Register the pool's subscription when due; None when registered (or none is asked
+    for), else why it is not (the poll's observation error)."""
+    subscription = pool.spec.queue.subscription
+    memory = controller.scaling
+    if subscription is None or controller.secret is None or controller.secret_key is None:
+        memory.subscription_registered = None
+        return None
+    wanted = (controller.secret_key, subscription.topic, subscription.group)
+    now = controller.ctx.clock()
+    if (
+        memory.subscription_registered == wanted
+        and now - memory.subscription_registered_at < SUBSCRIPTION_RECHECK_SECONDS
+    ):
+        return None
+    failure = await controller.ctx.queues.ensure_subscription(
+        controller.secret_key,
+        controller.secret,
+        pool.spec.queue.name,
+        subscription.topic,
+        subscription.group,
+        deadline_seconds=controller.ctx.config.redis_timeout_seconds,
+    )
+    name = f"{subscription.topic}:{subscription.group}"
+    if failure is None:
+        if memory.subscription_registered != wanted:
+            logger.info(
+                "subscription %s of %s/%s is registered",
+                name,
+                controller.namespace,
+                controller.name,
+            )
+        memory.subscription_registered, memory.subscription_registered_at = wanted, now
+        memory.subscription_problem = None
+        return None
+    memory.subscription_registered = None
+    problem = f"subscription {name} is not registered: {failure}"
+    if problem != memory.subscription_problem:
+        logger.warning("%s/%s: %s", controller.namespace, controller.name, problem)
+    memory.subscription_problem = problem
+    return problem
 
 
 async def _scale(
@@ -166,13 +226,15 @@ async def _scale(
         try:
             # Forced only against our own managers (the creation apply co-owns the field),
             # and only on the version whose managers were just checked.
-            controller.deployment = await kube.apply_replicas(
-                client,
-                controller.namespace,
-                controller.name,
-                decision.desired,
-                force=True,
-                resource_version=deployment.get("metadata", {}).get("resourceVersion"),
+            controller.deployment = kube.strip_managed_fields(
+                await kube.apply_replicas(
+                    client,
+                    controller.namespace,
+                    controller.name,
+                    decision.desired,
+                    force=True,
+                    resource_version=deployment.get("metadata", {}).get("resourceVersion"),
+                )
             )
             break
         except kube.ApiError as exc:
@@ -185,7 +247,7 @@ async def _scale(
         if fresh is None:
             controller.dirty = True  # deleted: the reconcile recreates it
             return False
-        controller.deployment = deployment = fresh
+        controller.deployment = deployment = kube.strip_managed_fields(fresh)
     else:
         return False  # changed twice in a row: the next poll decides again
     if controller.applied.drift_reference is not None and not drift.is_subset(
@@ -247,6 +309,7 @@ def _export(
         max_replicas=policy.max_replicas,
         alert_threshold=spec.dead_letter.alert_threshold,
         oldest_job_age_target=spec.autoscaling.target_oldest_job_age_seconds,
+        oldest_age_measured=observation.age_unavailable is None,
     )
     if controller.deployment is not None:
         replicas = int(controller.deployment.get("spec", {}).get("replicas", 0))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+
 import pytest
 
 from tests.support.brokers import request
@@ -58,3 +62,46 @@ def test_every_redis_scheme_the_url_parser_accepts_opens_the_redis_broker() -> N
         "worker_runtime.brokers.redis.broker"
     }
     assert base.validate_queue_name("emails.v2") == "emails.v2"
+
+
+@pytest.mark.parametrize(
+    ("url", "client", "extra"),
+    [("sqs://127.0.0.1:1?region=us-east-1", "aiobotocore", "workerfleet[sqs]"),
+     ("amqp://guest:guest@127.0.0.1:1/", "aio_pika", "workerfleet[rabbitmq]")],
+)  # fmt: skip
+async def test_a_broker_whose_client_library_is_missing_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch, url: str, client: str, extra: str
+) -> None:
+    # Given an installation without the broker's client library
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == client else real_find_spec(name, *a),
+    )
+    # When a queue on that broker is opened
+    with pytest.raises(errors.BrokerNotInstalled) as raised:
+        await brokers.open_broker(url, "emails")
+    # Then the error names the library and the extra, and nothing was connected
+    assert client in str(raised.value) and extra in str(raised.value)
+
+
+def test_the_operators_pure_core_imports_where_no_broker_client_library_is_installed() -> None:
+    # Given a Python where the SQS client and the operator's Kubernetes libraries cannot be
+    # imported (a plain `pip install workerfleet`, without the sqs or operator extras)
+    code = (
+        "import sys\n"
+        "for name in ('aiobotocore', 'botocore', 'aiohttp', 'kopf', 'kubernetes'):\n"
+        "    sys.modules[name] = None\n"
+        "from workerfleet_operator import manifests, plan, autoscaling\n"
+        "from workerfleet_operator.local import cli, demo, runner\n"
+        "print('ok')\n"
+    )
+    # When the manifest builders and the local mode (`workerfleet demo`, `run`) are imported
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    # Then they import: sqs:// URLs are composed without the client, and the local runner
+    # reads queues without the operator's Kubernetes shell
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

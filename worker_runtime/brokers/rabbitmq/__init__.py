@@ -4,8 +4,9 @@
 :mod:`.topology` (every queue name, argument and header), :mod:`.broker` (the worker's and the
 producer's :class:`~worker_runtime.brokers.base.Broker`), :mod:`.readside` (the operator's
 :class:`~worker_runtime.brokers.base.QueueProbe` and the CLI's
-:class:`~worker_runtime.brokers.base.DeadLetters`). What it promises and what it cannot:
-docs/brokers.md.
+:class:`~worker_runtime.brokers.base.DeadLetters`); :mod:`.topology` is pure and imports no
+client library (the package imports :mod:`.broker` only when a broker is opened). What it
+promises and what it cannot: docs/brokers.md.
 
 URL: ``amqp://USER:PASSWORD@HOST:PORT/VHOST?prefetch=N&management_port=P&queue_type=T``
 (``amqps://`` for TLS). ``prefetch`` is the unacked deliveries per priority level
@@ -17,15 +18,21 @@ reaches the client.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yarl
 
 from worker_runtime import errors
 from worker_runtime.brokers import base
-from worker_runtime.brokers.rabbitmq import broker
+from worker_runtime.brokers.rabbitmq import topology
+
+if TYPE_CHECKING:
+    from worker_runtime.brokers.rabbitmq import broker
 
 _URL_SETTINGS = ("prefetch", "management_port", "queue_type")
+
+#: the client libraries a broker of this package needs (``open_broker`` checks them first)
+CLIENT_PACKAGES = ("aio_pika",)
 
 
 async def open_from_url(
@@ -35,23 +42,60 @@ async def open_from_url(
     options: base.QueueOptions,
     socket_timeout: float | None = None,
     retries: int | None = None,
+    role: base.QueueRole = base.QueueRole.CONSUMER,
     **settings: Any,
 ) -> broker.RabbitMQBroker:
     """``open_broker``'s entry for ``amqp://``/``amqps://``: the queue's broker (it connects
     and declares its queues on first use). Takes the connection settings every broker takes:
     ``socket_timeout`` bounds connecting; ``retries`` is accepted and unused (the broker never
     re-sends a call by itself). Its own: ``prefetch``, ``management_port`` (also from the
-    URL's query), ``connect_timeout``."""
+    URL's query), ``connect_timeout``. ``role`` is accepted and unused: every opener declares
+    the queues, which creates a missing one with its arguments, and RabbitMQ never changes an
+    existing queue's arguments (a declare with others is refused and the queue used as it is)."""
+    # Imported here, not at the top: the operator's pure core reads :mod:`.topology` (the queue
+    # names KEDA counts) and must not pull in the AMQP client with it.
+    try:
+        from worker_runtime.brokers.rabbitmq import broker
+    except ImportError as exc:
+        raise errors.BrokerNotInstalled(
+            f"the amqp:// broker is not available here ({exc.name or 'aio_pika'} is not installed)"
+        ) from exc
+
     if socket_timeout is not None:
         settings.setdefault("connect_timeout", max(1.0, socket_timeout))
-    parsed = yarl.URL(url)
+    client_url, taken = parse_url(url)
+    return broker.RabbitMQBroker(client_url, queue, options, **{**taken, **settings})
+
+
+def parse_url(url: str) -> tuple[str, dict[str, Any]]:
+    """The client's URL (the workerfleet options taken off) and those options, checked.
+
+    The one reading of an ``amqp://``/``amqps://`` URL: the broker opens with it and the operator
+    checks a pool's Secret with it. Raises :class:`~worker_runtime.errors.InvalidBrokerURL`
+    (never quoting the URL, which carries a password) for a URL that cannot work.
+    """
+    try:
+        parsed = yarl.URL(url)
+        host = parsed.host
+    except ValueError:
+        raise errors.InvalidBrokerURL("the RabbitMQ URL does not parse") from None
+    if parsed.scheme.lower() not in ("amqp", "amqps"):
+        raise errors.InvalidBrokerURL("a RabbitMQ URL starts with amqp:// or amqps://")
+    if not host:
+        raise errors.InvalidBrokerURL("the RabbitMQ URL names no host")
     taken: dict[str, Any] = {}
     for name in _URL_SETTINGS:
         if name in parsed.query:
+            value = parsed.query[name]
+            if name == "queue_type":
+                if value not in topology.QUEUE_TYPES:
+                    raise errors.InvalidBrokerURL(
+                        f"the URL's queue_type must be one of {', '.join(topology.QUEUE_TYPES)}"
+                    )
+                taken[name] = value
+                continue
             try:
-                value = parsed.query[name]
-                taken[name] = value if name == "queue_type" else int(value)
+                taken[name] = int(value)
             except ValueError:
                 raise errors.InvalidBrokerURL(f"the URL's {name} must be an integer") from None
-    client_url = str(parsed.without_query_params(*_URL_SETTINGS))
-    return broker.RabbitMQBroker(client_url, queue, options, **{**taken, **settings})
+    return str(parsed.without_query_params(*_URL_SETTINGS)), taken

@@ -46,6 +46,8 @@ from typing import Any
 
 import aio_pika
 import aio_pika.abc
+import aio_pika.exceptions
+import aiormq.abc
 import aiormq.exceptions
 import yarl
 
@@ -76,19 +78,56 @@ CAPABILITIES = base.Capabilities(
     recover_after_lost_reply=False,
     previous_delay=True,
     exact_stats=False,
+    oldest_job_age=False,
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+    topics=True,
 )
 """What RabbitMQ cannot promise, and why (docs/brokers.md has the table):
 no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); no done
 marker store; no shared rate limit; no heartbeats (the live consumers are what the probe
 reports); leases end with the connection, not by time; a lost fetch reply cannot happen
 (deliveries are pushed) so there is nothing to recover; stats come from the management API,
-which samples every few seconds."""
+which samples every few seconds. Topics: a publish is one message to the topic's fanout exchange,
+so the fan-out is atomic, but with no enqueue dedup a publisher's re-send after a lost confirm
+stores the event again in every subscription (the event id tells the copies apart)."""
+
+
+@dataclass(slots=True)
+class _Delivered:
+    """A message delivered to one of the worker's consumers: what the broker reads of it, and
+    its ack. Built straight from aiormq's delivery (aio-pika's IncomingMessage converts every
+    property and costs a task per message; the consuming path is the hot one)."""
+
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str | None
+    delivery_tag: int | None
+    redelivered: bool
+    channel: aiormq.abc.AbstractChannel
+
+    @classmethod
+    def of(cls, message: aiormq.abc.DeliveredMessage) -> _Delivered:
+        properties = message.header.properties
+        return cls(
+            message.body,
+            dict(properties.headers or {}),
+            properties.message_id,
+            message.delivery_tag,
+            bool(message.redelivered),
+            message.channel,
+        )
+
+    async def ack(self, *, multiple: bool = False) -> None:
+        if self.delivery_tag is None:
+            return
+        if self.channel.is_closed:
+            raise aio_pika.exceptions.ChannelInvalidStateError("the consuming channel is closed")
+        await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
 
 
 @dataclass
 class _Held:
-    message: aio_pika.abc.AbstractIncomingMessage
+    message: _Delivered
     delivery: base.Delivery
     headers: dict[str, Any]
     body: bytes
@@ -275,7 +314,7 @@ class RabbitMQBroker:
         # control thread has its own) cannot judge them
         self._instance = uuid.uuid4().hex[:12]
         self._consuming = False
-        self._buffers: dict[str, collections.deque[aio_pika.abc.AbstractIncomingMessage]] = {
+        self._buffers: dict[str, collections.deque[_Delivered]] = {
             level: collections.deque() for level in topology.LEVELS
         }
         self._arrived = asyncio.Event()
@@ -284,20 +323,27 @@ class RabbitMQBroker:
         # (bounded: the worker asks about jobs it holds or just retried)
         self._previous_delays: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._declared: set[str] = set()
+        # each topic's exchange, valid while the publishing channel it was declared on lives
+        self._exchanges: dict[
+            str, tuple[aio_pika.abc.AbstractChannel, aio_pika.abc.AbstractExchange]
+        ] = {}
         self._lock = asyncio.Lock()
         self._closed = False
-        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self._consumers: list[tuple[aiormq.abc.AbstractChannel, str]] = []
         self._transaction: aio_pika.abc.AbstractTransaction | None = None
         self._consume_exchange: aio_pika.abc.AbstractExchange | None = None
         self._settle_queue: list[
             tuple[
-                aio_pika.abc.AbstractIncomingMessage,
+                _Delivered,
                 str,
                 tuple[str, bytes, dict[str, Any], str] | None,
                 asyncio.Future[None],
             ]
         ] = []
         self._flusher: asyncio.Future[None] | None = None
+        # delivery tags of the consuming channel not acked yet, in delivery (= tag) order: a
+        # batch of acks that covers the oldest of them goes out as one ``multiple`` ack
+        self._unacked: collections.OrderedDict[int, None] = collections.OrderedDict()
 
     # -- connection ------------------------------------------------------------------------
 
@@ -336,7 +382,7 @@ class RabbitMQBroker:
 
     async def _declare_topology(self, channel: aio_pika.abc.AbstractChannel) -> None:
         for level in topology.LEVELS:
-            await self._declare(
+            channel = await self._declare(
                 channel,
                 topology.work_queue(self.queue, level),
                 topology.work_queue_arguments(
@@ -351,11 +397,23 @@ class RabbitMQBroker:
 
     async def _declare(
         self, channel: aio_pika.abc.AbstractChannel, name: str, arguments: dict[str, Any]
-    ) -> None:
+    ) -> aio_pika.abc.AbstractChannel:
+        """Declare queue ``name``; returns the publishing channel to go on with (a new one
+        when the queue already existed with other arguments, which closed the old one)."""
         if name in self._declared:
-            return
-        await channel.declare_queue(name, durable=True, arguments=arguments)
+            return channel
+        try:
+            await channel.declare_queue(name, durable=True, arguments=arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            # It exists with other arguments: a subscription queue registered by a publisher
+            # with other options (its x-delivery-limit), or one declared by an older version.
+            # Use it as it is; max_deliveries is still enforced by this object's own count.
+            assert self._connection is not None
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._publish_channel = channel
+            await channel.declare_queue(name, passive=True)
         self._declared.add(name)
+        return channel
 
     async def _drop_connection(self) -> None:
         self._consuming = False
@@ -366,6 +424,7 @@ class RabbitMQBroker:
         for buffer in self._buffers.values():
             buffer.clear()
         self._held.clear()
+        self._unacked.clear()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             with contextlib.suppress(Exception):
@@ -386,6 +445,7 @@ class RabbitMQBroker:
             if self._prefetch is None:
                 self._prefetch = max(1, count)
             channel = await self._connection.channel(publisher_confirms=False)
+            self._unacked = collections.OrderedDict()
             await channel.set_qos(prefetch_count=self._prefetch)
             transaction = channel.transaction()
             await transaction.select()
@@ -393,12 +453,15 @@ class RabbitMQBroker:
             self._consume_exchange = channel.default_exchange
             generation = self._generation
             self._consumers = []
+            underlay = await channel.get_underlay_channel()
             for level in topology.LEVELS:
-                queue = await channel.get_queue(
-                    topology.work_queue(self.queue, level), ensure=False
+                ok = await underlay.basic_consume(
+                    topology.work_queue(self.queue, level),
+                    self._on_message_for(level, generation),
+                    no_ack=False,
                 )
-                tag = await queue.consume(self._on_message_for(level, generation))
-                self._consumers.append((queue, tag))
+                assert ok.consumer_tag is not None
+                self._consumers.append((underlay, ok.consumer_tag))
             self._consume_channel = channel
             self._consuming = True
 
@@ -406,13 +469,16 @@ class RabbitMQBroker:
         """Stop new deliveries (drain, close); what is held or buffered stays unacked."""
         consumers, self._consumers = self._consumers, []
         self._consuming = False
-        for queue, tag in consumers:
+        for channel, tag in consumers:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(queue.cancel(tag), 5)
+                await asyncio.wait_for(channel.basic_cancel(tag), 5)
 
     def _on_message_for(self, level: str, generation: int) -> Any:
-        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
             if generation == self._generation:
+                message = _Delivered.of(delivered)
+                if message.delivery_tag is not None:
+                    self._unacked[message.delivery_tag] = None
                 self._buffers[level].append(message)
                 self._arrived.set()
 
@@ -473,7 +539,7 @@ class RabbitMQBroker:
 
     async def _settle(
         self,
-        message: aio_pika.abc.AbstractIncomingMessage,
+        message: _Delivered,
         operation: str,
         publish: tuple[str, bytes, dict[str, Any], str] | None = None,
     ) -> None:
@@ -502,14 +568,14 @@ class RabbitMQBroker:
                         raise errors.BrokerUnavailable(
                             f"the consuming channel is closed ({operation})", operation=operation
                         )
-                    for message, _, publish, _ in batch:
+                    for _, _, publish, _ in batch:
                         if publish is not None:
                             assert self._consume_exchange is not None
                             routing_key, body, headers, message_id = publish
                             await self._consume_exchange.publish(
                                 build_message(body, headers, message_id), routing_key=routing_key
                             )
-                        await message.ack()
+                    await self._ack_together([message for message, _, _, _ in batch])
                     await self._transaction.commit()
             except (errors.BrokerError, RuntimeError) as exc:
                 for _, _, _, done in batch:
@@ -520,6 +586,33 @@ class RabbitMQBroker:
                 if not done.done():
                     done.set_result(None)
 
+    async def _ack_together(self, messages: list[_Delivered]) -> None:
+        """Ack ``messages`` (all of the consuming channel, inside the open transaction) with as
+        few frames as AMQP allows: when they include the channel's oldest unacked deliveries,
+        one ``multiple`` ack on the newest of that run covers the run (an ack with ``multiple``
+        acks every unacked delivery up to its tag, so it is used only when nothing else of the
+        channel lies below that tag); the others are acked one by one.
+
+        Deliveries are registered in tag order as they arrive; one that arrived but is not
+        registered yet has a higher tag than every registered one, so it is never covered."""
+        wanted = {m.delivery_tag: m for m in messages if m.delivery_tag is not None}
+        newest: int | None = None
+        covered = 0
+        for tag in self._unacked:
+            if tag not in wanted:
+                break
+            newest = tag
+            covered += 1
+        if newest is not None and covered > 1:
+            await wanted[newest].ack(multiple=True)
+            single = [m for m in messages if m.delivery_tag is None or m.delivery_tag > newest]
+        else:
+            single = messages
+        for message in single:
+            await message.ack()
+        for tag in wanted:
+            self._unacked.pop(tag, None)
+
     # -- producer side ---------------------------------------------------------------------
 
     async def enqueue(self, request: base.EnqueueRequest) -> base.EnqueueResult:
@@ -527,11 +620,9 @@ class RabbitMQBroker:
             raise ValueError("delay_seconds must be finite")
         env = request.envelope
         body = envelope_mod.build_envelope_json(env).encode()
-        headers: dict[str, Any] = {
-            topology.H_ATTEMPTS: 0,
-            topology.H_DELIVERIES: 0,
-            topology.H_LOST: 0,
-        }
+        # a new job carries no state headers: an absent count reads as 0 (one table less to
+        # encode and decode per job)
+        headers: dict[str, Any] = {}
         await self._publish_due(
             str(env.priority),
             body,
@@ -598,9 +689,7 @@ class RabbitMQBroker:
                     out.append(delivery)
         return out
 
-    async def _admit(
-        self, worker_id: str, level: str, message: aio_pika.abc.AbstractIncomingMessage
-    ) -> base.Delivery | None:
+    async def _admit(self, worker_id: str, level: str, message: _Delivered) -> base.Delivery | None:
         """A delivery for the worker, or None when the message was handled here instead: not
         due yet (another delay hop), poison, or an envelope that cannot run (dead-lettered)."""
         headers = dict(message.headers or {})
@@ -640,6 +729,15 @@ class RabbitMQBroker:
             )
             self.fetch_dead_lettered[exc.reason] += 1
             return None
+        body = message.body
+        topic = headers.get(topology.H_TOPIC)
+        if isinstance(topic, bytes):
+            topic = topic.decode(errors="replace")
+        if isinstance(topic, str) and env.task == topic and self.queue.startswith(f"{topic}:"):
+            # an event copied to every subscription by the topic's exchange: here it is this
+            # subscription's job (and its retry and dead-letter copies say so)
+            env = env.model_copy(update={"task": self.queue})
+            body = envelope_mod.build_envelope_json(env).encode()
         delivery = base.Delivery(
             id=env.id,
             receipt=receipt,
@@ -650,7 +748,7 @@ class RabbitMQBroker:
             lost=lost,
             fetched_at=now,
         )
-        held = _Held(message, delivery, headers, message.body)
+        held = _Held(message, delivery, headers, body)
         due_at = _float_header(headers, topology.H_DUE_AT)
         if due_at is not None and topology.bucket_for(due_at - now) is not None:
             # a delay longer than its bucket: one more hop, no delivery counted
@@ -1052,6 +1150,129 @@ class RabbitMQBroker:
                     purged += 1
         return purged
 
+    # -- topics ------------------------------------------------------------------------------
+    # A subscription is the binding of its queue's normal level to the topic's fanout
+    # exchange; a publish is one persistent, confirmed message to that exchange, copied by the
+    # broker to every queue bound at that moment (topology.py).
+
+    def _subscription_broker(self, topic: str, group: str) -> RabbitMQBroker:
+        """This object when it serves that subscription, else one for its queue (same URL and
+        settings; the subscription's own options when this object is its worker's)."""
+        name = base.subscription_queue_name(topic, group)
+        if name == self.queue:
+            return self
+        return RabbitMQBroker(
+            self._url,
+            name,
+            base.QueueOptions(),
+            connect_timeout=self._connect_timeout,
+            management_port=self._management_port,
+            queue_type=self._queue_type,
+        )
+
+    async def _topic_exchange(self, topic: str) -> aio_pika.abc.AbstractExchange:
+        channel = await self._ensure()
+        cached = self._exchanges.get(topic)
+        if cached is not None and cached[0] is channel:
+            return cached[1]
+        async with translate_errors("publish"):
+            exchange = await channel.declare_exchange(
+                topology.topic_exchange(topic), aio_pika.ExchangeType.FANOUT, durable=True
+            )
+        self._exchanges[topic] = (channel, exchange)
+        return exchange
+
+    async def subscribe(self, topic: str, group: str) -> str:
+        """Declare the subscription's queues (if absent) and bind them to the topic."""
+        sub = self._subscription_broker(topic, group)
+        try:
+            await sub._ensure()  # its work queues and DLQ, as its worker declares them
+            exchange = await self._topic_exchange(topic)
+            channel = await self._ensure()
+            async with translate_errors("subscribe"):
+                queue = await channel.get_queue(
+                    topology.work_queue(sub.queue, topology.EVENT_LEVEL), ensure=False
+                )
+                await queue.bind(exchange, routing_key="")
+        finally:
+            if sub is not self:
+                await sub.close()
+        return sub.queue
+
+    async def unsubscribe(self, topic: str, group: str) -> bool:
+        """Unbind the subscription's queue: later events skip it; its queue and jobs stay."""
+        if group not in await self.list_subscriptions(topic):
+            return False
+        exchange = await self._topic_exchange(topic)
+        channel = await self._ensure()
+        name = base.subscription_queue_name(topic, group)
+        async with translate_errors("unsubscribe"):
+            queue = await channel.get_queue(
+                topology.work_queue(name, topology.EVENT_LEVEL), ensure=False
+            )
+            await queue.unbind(exchange, routing_key="")
+        return True
+
+    async def list_subscriptions(self, topic: str) -> list[str]:
+        """The groups bound to the topic's exchange now (the management API's bindings)."""
+        rows = await asyncio.to_thread(
+            self._read_management,
+            "exchanges/{}/"
+            + urllib.parse.quote(topology.topic_exchange(topic), safe="")
+            + "/bindings/source",
+            {},
+            operation="list_subscriptions",
+        )
+        groups = {
+            topology.group_of_binding(str(row.get("destination", "")), topic)
+            for row in rows
+            if row.get("destination_type") == "queue"
+        }
+        return sorted(g for g in groups if g is not None)
+
+    async def publish(self, request: base.PublishRequest) -> base.PublishResult:
+        """One persistent message to the topic's exchange, confirmed once every bound queue
+        has it. ``created`` names the groups bound just before (one bound in between gets the
+        event too, unnamed); ``duplicate`` is always empty: a re-send is stored again."""
+        groups = await self.list_subscriptions(request.topic)
+        env = base.build_event_envelope(request, request.topic, now=time.time())
+        headers: dict[str, Any] = {
+            topology.H_ATTEMPTS: 0,
+            topology.H_DELIVERIES: 0,
+            topology.H_LOST: 0,
+            topology.H_TOPIC: request.topic,
+        }
+        exchange = await self._topic_exchange(request.topic)
+        async with translate_errors("publish"):
+            # not mandatory: a topic nobody subscribes to drops the event, as on every broker
+            await exchange.publish(
+                build_message(envelope_mod.build_envelope_json(env).encode(), headers, env.id),
+                routing_key="",
+                mandatory=False,
+            )
+        return base.PublishResult(request.event_id, tuple(groups), ())
+
+    async def fetch_topic_lag(self, topic: str) -> list[base.SubscriptionLag]:
+        """Each bound subscription's lag from its queue's management-API numbers (sampled;
+        the oldest event's age is not measured here: 0)."""
+        out = []
+        for group in await self.list_subscriptions(topic):
+            sub = self._subscription_broker(topic, group)
+            out.append(base.SubscriptionLag.of(topic, group, await sub.fetch_stats()))
+        return out
+
+    async def record_trace(self, correlation_id: str, entry: base.TraceEntry) -> None:
+        """Not kept on RabbitMQ: it has no store to index correlation ids in."""
+        raise errors.CapabilityMissing(
+            "RabbitMQ keeps no trace index (no key-value store)", operation="record_trace"
+        )
+
+    async def fetch_trace(self, correlation_id: str) -> list[base.TraceEntry]:
+        """Not kept on RabbitMQ (see :meth:`record_trace`)."""
+        raise errors.CapabilityMissing(
+            "RabbitMQ keeps no trace index (no key-value store)", operation="fetch_trace"
+        )
+
     # -- the operator's side ------------------------------------------------------------------
 
     async def fetch_stats(self) -> base.QueueStats:
@@ -1062,7 +1283,17 @@ class RabbitMQBroker:
         ``completed_total`` are the work queues' publish and ack counters, so a retry's,
         release's or dead-letter's copy counts too; the failed, retried and dead-lettered
         totals are not kept (0)."""
-        rows = await asyncio.to_thread(self._read_management_queues)
+        rows = await asyncio.to_thread(
+            self._read_management,
+            "queues/{}",
+            {
+                "name": topology.queue_name_pattern(self.queue),
+                "use_regex": "true",
+                "page": "1",
+                "page_size": "500",
+                "columns": "name,messages_ready,messages_unacknowledged,consumers,message_stats",
+            },
+        )
         now = time.time()
         backlog = in_flight = delayed = dead = 0
         published = acked = 0
@@ -1099,21 +1330,21 @@ class RabbitMQBroker:
             workers=(),
         )
 
-    def _read_management_queues(self) -> list[dict[str, Any]]:
+    def _read_management(
+        self, collection: str, query: dict[str, str], *, operation: str = "fetch_stats"
+    ) -> list[dict[str, Any]]:
+        """GET ``/api/<collection>`` of the management API, ``{}`` in it standing for the
+        vhost (``queues/{}``, ``exchanges/{}/NAME/bindings/source``): its rows. A missing
+        exchange reads as no rows (nothing is bound to it)."""
         url = yarl.URL(self._url)
-        vhost = url.path[1:] or "/"
+        vhost = urllib.parse.quote(url.path[1:] or "/", safe="")
+        path = "/api/" + collection.format(vhost)
         api = yarl.URL.build(
             scheme="https" if url.scheme == "amqps" else "http",
             host=url.host or "127.0.0.1",
             port=self._management_port,
-        ).with_path("/api/queues/" + urllib.parse.quote(vhost, safe=""), encoded=True)
-        api = api.with_query(
-            name=topology.queue_name_pattern(self.queue),
-            use_regex="true",
-            page="1",
-            page_size="500",
-            columns="name,messages_ready,messages_unacknowledged,consumers,message_stats",
-        )
+        ).with_path(path, encoded=True)
+        api = api.with_query(query)
         request = urllib.request.Request(str(api))
         token = base64.b64encode(f"{url.user or 'guest'}:{url.password or 'guest'}".encode())
         request.add_header("Authorization", "Basic " + token.decode())
@@ -1121,12 +1352,14 @@ class RabbitMQBroker:
             with urllib.request.urlopen(request, timeout=10) as reply:
                 body = json.loads(reply.read())
         except urllib.error.HTTPError as exc:
+            if exc.code == 404 and collection.startswith("exchanges/"):
+                return []  # the exchange does not exist (yet): nothing is bound to it
             raise errors.BrokerRejected(
-                f"the RabbitMQ management API answered {exc.code}", operation="fetch_stats"
+                f"the RabbitMQ management API answered {exc.code}", operation=operation
             ) from exc
         except (OSError, ValueError) as exc:
             raise errors.BrokerUnavailable(
-                "no reply from the RabbitMQ management API", operation="fetch_stats"
+                "no reply from the RabbitMQ management API", operation=operation
             ) from exc
         items = body.get("items", []) if isinstance(body, dict) else body
         return [row for row in items if isinstance(row, dict)]

@@ -16,6 +16,18 @@ For a workerfleet queue ``Q`` (all on the default exchange, routed by queue name
         x-dead-letter-routing-key = wf.Q.<level>   expired → back to its work queue
     wf.Q.dead                            the DLQ (quorum, no delivery limit)
 
+For a topic ``T`` (``Topics``)::
+
+    wf.topic.T                           a durable fanout exchange; each subscription G of T is
+                                         the binding of wf.T:G.normal to it (its registry: the
+                                         broker's bindings, read back through the management API)
+
+An event is one message published to ``wf.topic.T``; the broker copies it to every bound queue.
+Events have no priority: they go to the ``normal`` level of each subscription. The message's
+envelope names the topic as its task (the body is the same for every queue); the header
+``wf-topic`` marks it, and the subscription's broker renames the task to its own queue when it
+hands the job out.
+
 Why quorum queues, one per level: quorum queues are the durable, replicated default and the
 only ones with a delivery count (``x-delivery-count``) and ``x-delivery-limit``; in 3.10 they
 have no priorities, so each level gets its own queue and the worker serves high before normal
@@ -28,7 +40,8 @@ another hop, so any delay is honoured to within the smallest bucket (25 ms) and 
 held in a worker's memory.
 
 Message headers are the ``H_*`` names below: the job's state travels with the message (retry
-counts, failure history, due time); the body is the envelope JSON, unchanged.
+counts, failure history, due time; an absent count is 0, and a new job carries none); the body
+is the envelope JSON, unchanged.
 """
 
 from __future__ import annotations
@@ -61,6 +74,11 @@ H_LAST_DELAY = "wf-last-delay"
 H_REASON = "wf-dead-reason"
 H_DEAD_AT = "wf-dead-at"
 H_WORKER = "wf-worker"
+H_TOPIC = "wf-topic"
+"""Set on an event published to a topic's exchange: the topic (the envelope's task until the
+subscription's broker renames it to the subscription queue)."""
+EVENT_LEVEL = "normal"
+"""The priority level a subscription's events go to (the only one bound to the exchange)."""
 X_DELIVERY_COUNT = "x-delivery-count"
 """Set by a quorum queue: how often this copy was returned (not acked) before."""
 X_DEATH = "x-death"
@@ -73,6 +91,20 @@ def work_queue(queue: str, level: str) -> str:
 
 def dead_queue(queue: str) -> str:
     return f"{PREFIX}.{queue}.dead"
+
+
+def topic_exchange(topic: str) -> str:
+    """The fanout exchange of ``topic``: its subscriptions are the queues bound to it."""
+    return f"{PREFIX}.topic.{topic}"
+
+
+def group_of_binding(destination: str, topic: str) -> str | None:
+    """The subscription group whose work queue ``destination`` is, or None for any other."""
+    head = f"{PREFIX}.{topic}:"
+    tail = f".{EVENT_LEVEL}"
+    if destination.startswith(head) and destination.endswith(tail):
+        return destination[len(head) : -len(tail)] or None
+    return None
 
 
 def delay_queue(queue: str, level: str, bucket_ms: int) -> str:

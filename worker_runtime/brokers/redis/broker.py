@@ -393,11 +393,18 @@ class RedisBroker:
 
 
 async def open_from_url(
-    url: str, queue: str, *, options: base.QueueOptions, **settings: Any
+    url: str,
+    queue: str,
+    *,
+    options: base.QueueOptions,
+    role: base.QueueRole = base.QueueRole.CONSUMER,
+    **settings: Any,
 ) -> RedisBroker:
     """A RedisBroker with its own client for ``url`` (closed by ``close``).
 
-    ``settings`` go to :func:`~worker_runtime.brokers.redis.connection.fetch_client`
+    ``role`` is accepted and unused: the keys keep no queue settings (each opener holds its
+    options, and keys are made by the first write). ``settings`` go to
+    :func:`~worker_runtime.brokers.redis.connection.fetch_client`
     (``socket_timeout``, ``health_check_interval``, ``retries``: 0 for a worker's job loop,
     whose fetch script must not be re-sent blindly).
     """

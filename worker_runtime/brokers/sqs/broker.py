@@ -6,8 +6,9 @@ producer, the CLI and the operator like any broker. How the contract maps onto S
 
 - lease = the message's visibility timeout (``QueueOptions.lease_seconds``, whole seconds);
   ``renew`` = ChangeMessageVisibilityBatch (10 per call); the receipt is SQS's receipt handle.
-- ack = DeleteMessageBatch: concurrent acks are coalesced, 10 per call.
-- fetch = ReceiveMessage over the priority queues in order (high, normal, low); with ``block``
+- ack = DeleteMessageBatch: concurrent acks are coalesced, 10 per call, the calls sent at once.
+- fetch = ReceiveMessage over the priority queues in order (high, normal, low; a full reply of
+  10 is followed by one call per further 10 wanted, sent at once); with ``block``
   the queues are long-polled at once (WaitTimeSeconds <= 20) and ``wake`` or ``close`` ends the
   wait at once. A poll still running when the wait ends keeps running; what it receives is
   served by the next fetch (``close`` puts it back without spending anything).
@@ -87,6 +88,7 @@ _BASE_CAPABILITIES = base.Capabilities(
     recover_after_lost_reply=False,
     previous_delay=True,
     exact_stats=False,
+    oldest_job_age=False,
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
 )
 
@@ -179,8 +181,14 @@ class SqsBroker:
         options: base.QueueOptions | None = None,
         socket_timeout: float | None = None,
         retries: int | None = None,
+        role: base.QueueRole = base.QueueRole.CONSUMER,
     ) -> None:
         self.queue = base.validate_queue_name(queue)
+        self.role = base.QueueRole(role)
+        """Only the consumer (the worker) sets the lease and redrive limit on existing queues:
+        a producer creates missing queues and leaves existing ones as they are, a reader (the
+        operator's probe, ``queue stats``) only looks queues up. Anyone else setting them would
+        overwrite the workers' with its own defaults."""
         # A read must outlast the longest long poll (20 s), whatever the caller asked for.
         self.read_timeout = max(float(MAX_WAIT + 5), socket_timeout or 0.0)
         # botocore counts the first call as an attempt; retries=0 means one call, no re-send
@@ -258,6 +266,9 @@ class SqsBroker:
                     raise
 
     async def _ensure_queues(self) -> None:
+        if self.role is base.QueueRole.READER:
+            await self._look_up_queues()
+            return
         fifo = {"FifoQueue": "true"} if self.settings.fifo else {}
         dlq_url = await self._queue_url(self.names.dead_letter, fifo)
         arn = await self._client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
@@ -281,8 +292,8 @@ class SqsBroker:
         try:
             reply = await self._client.get_queue_url(QueueName=name)
             url = str(reply["QueueUrl"])
-            if "RedrivePolicy" in attrs:
-                # an existing queue gets this queue's redrive policy and lease
+            if "RedrivePolicy" in attrs and self.role is base.QueueRole.CONSUMER:
+                # an existing queue gets its consumer's redrive policy and lease
                 settable = {k: v for k, v in attrs.items() if k != "FifoQueue"}
                 await self._client.set_queue_attributes(QueueUrl=url, Attributes=settable)
         except botocore.exceptions.ClientError as exc:
@@ -293,6 +304,23 @@ class SqsBroker:
             url = str(reply["QueueUrl"])
         self._urls[name] = url
         return url
+
+    async def _look_up_queues(self) -> None:
+        """A probe's queue URLs: each queue not known yet is looked up (GetQueueUrl, all at once);
+        one that does not exist stays unknown (it holds nothing) and is looked up next time."""
+
+        async def look_up(name: str) -> None:
+            try:
+                reply = await self._client.get_queue_url(QueueName=name)
+            except botocore.exceptions.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if "NonExistentQueue" not in code and "QueueDoesNotExist" not in code:
+                    raise
+                return
+            self._urls[name] = str(reply["QueueUrl"])
+
+        every = (*(n for _, n in self.names.by_priority), self.names.dead_letter)
+        await asyncio.gather(*(look_up(name) for name in every if name not in self._urls))
 
     async def _ready_client(self) -> Any:
         if self._client is None:
@@ -395,6 +423,23 @@ class SqsBroker:
             )
         return list(reply.get("Messages", []))
 
+    async def _receive_many(self, url: str, count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` messages of one queue without waiting. One ReceiveMessage first;
+        only when it came back full (10) and more are wanted, one call per further 10, all at
+        once: a busy queue fills a worker's free slots in two round trips, a quiet one costs a
+        single call (SQS bills per request). When some of those calls fail and others
+        received messages, these are returned (they are leased to us now: a raise would strand
+        them until their visibility ends, counted as lost); the first error is raised only
+        when nothing was received."""
+        first = await self._receive(url, min(BATCH, count), 0)
+        if len(first) < BATCH or count <= BATCH:
+            return first
+        sizes = [min(BATCH, count - start) for start in range(BATCH, count, BATCH)]
+        replies = await asyncio.gather(
+            *(self._receive(url, n, 0) for n in sizes), return_exceptions=True
+        )
+        return first + [m for reply in replies if isinstance(reply, list) for m in reply]
+
     async def fetch(
         self,
         worker_id: str,
@@ -420,7 +465,7 @@ class SqsBroker:
                 if url in self._polls:
                     continue  # a long poll of this queue is still out: its result comes next
                 received = time.time()
-                messages = await self._receive(url, count - len(out), 0)
+                messages = await self._receive_many(url, count - len(out))
                 out += await self._admit(url, priority, messages, received, worker_id, holding)
             remaining = deadline - time.monotonic()
             if out or remaining <= 0 or (wake is not None and wake.is_set()):
@@ -578,23 +623,29 @@ class SqsBroker:
         await asyncio.sleep(0)  # gather the deletes made in this loop turn
         client = await self._ready_client()
         while any(self._deletes.values()):
+            # every waiting delete, 10 per DeleteMessageBatch, all batches at once
+            batches: list[tuple[str, list[_Pending]]] = []
             for url in list(self._deletes):
-                items, self._deletes[url] = self._deletes[url][:BATCH], self._deletes[url][BATCH:]
-                if not items:
-                    continue
-                entries = [{"Id": str(i), **p.entry} for i, p in enumerate(items)]
-                try:
-                    with _mapped("ack"):
-                        reply = await client.delete_message_batch(QueueUrl=url, Entries=entries)
-                except errors.WorkerfleetError as exc:
-                    for p in items:
-                        if not p.done.done():
-                            p.done.set_exception(exc)
-                    continue
-                ok = {e["Id"] for e in reply.get("Successful", [])}
-                for i, p in enumerate(items):
-                    if not p.done.done():
-                        p.done.set_result(str(i) in ok)
+                waiting, self._deletes[url] = self._deletes[url], []
+                batches += [(url, waiting[i : i + BATCH]) for i in range(0, len(waiting), BATCH)]
+            await asyncio.gather(
+                *(self._delete_batch(client, url, items) for url, items in batches)
+            )
+
+    async def _delete_batch(self, client: Any, url: str, items: list[_Pending]) -> None:
+        entries = [{"Id": str(i), **p.entry} for i, p in enumerate(items)]
+        try:
+            with _mapped("ack"):
+                reply = await client.delete_message_batch(QueueUrl=url, Entries=entries)
+        except errors.WorkerfleetError as exc:
+            for p in items:
+                if not p.done.done():
+                    p.done.set_exception(exc)
+            return
+        ok = {e["Id"] for e in reply.get("Successful", [])}
+        for i, p in enumerate(items):
+            if not p.done.done():
+                p.done.set_result(str(i) in ok)
 
     def _receipt(self, delivery: base.Delivery) -> str:
         """The receipt to settle ``delivery`` with (its alias when SQS issued a newer one)."""
@@ -857,7 +908,8 @@ class SqsBroker:
     # -- QueueProbe -------------------------------------------------------------------------
 
     async def fetch_stats(self) -> base.QueueStats:
-        """One GetQueueAttributes per SQS queue of this queue (priorities and DLQ)."""
+        """One GetQueueAttributes per SQS queue of this queue (priorities and DLQ); on a
+        read-only probe a queue that does not exist (yet) counts as empty."""
         client = await self._ready_client()
         names = [
             "ApproximateNumberOfMessages",
@@ -866,18 +918,23 @@ class SqsBroker:
         ]
         visible = not_visible = delayed = 0
         with _mapped("stats"):
-            for _, name in self.names.by_priority:
-                reply = await client.get_queue_attributes(
-                    QueueUrl=self._urls[name], AttributeNames=names
-                )
-                a = reply.get("Attributes", {})
-                visible += int(a.get("ApproximateNumberOfMessages", 0))
-                not_visible += int(a.get("ApproximateNumberOfMessagesNotVisible", 0))
-                delayed += int(a.get("ApproximateNumberOfMessagesDelayed", 0))
-            dlq = await client.get_queue_attributes(
-                QueueUrl=self.dead_letter_url, AttributeNames=names[:2]
-            )
-        d = dlq.get("Attributes", {})
+            if self.role is base.QueueRole.READER:
+                await self._look_up_queues()
+            # the calls go out together: a poll lasts one round trip, not four
+            known = [n for _, n in self.names.by_priority if n in self._urls]
+            dead = [self.names.dead_letter] if self.names.dead_letter in self._urls else []
+            replies = await asyncio.gather(
+                *(client.get_queue_attributes(QueueUrl=self._urls[n], AttributeNames=names)
+                  for n in known),
+                *(client.get_queue_attributes(QueueUrl=self._urls[n], AttributeNames=names[:2])
+                  for n in dead),
+            )  # fmt: skip
+        for reply in replies[: len(known)]:
+            a = reply.get("Attributes", {})
+            visible += int(a.get("ApproximateNumberOfMessages", 0))
+            not_visible += int(a.get("ApproximateNumberOfMessagesNotVisible", 0))
+            delayed += int(a.get("ApproximateNumberOfMessagesDelayed", 0))
+        d: dict[str, str] = replies[len(known)].get("Attributes", {}) if dead else {}
         return base.QueueStats(
             queue=self.queue,
             now=time.time(),
@@ -1011,17 +1068,23 @@ async def open_sqs_broker(
     options: base.QueueOptions | None = None,
     socket_timeout: float | None = None,
     retries: int | None = None,
+    role: base.QueueRole = base.QueueRole.CONSUMER,
 ) -> SqsBroker:
     """An :class:`SqsBroker` for ``queue`` at ``url`` (``sqs://...``), connected, queues created.
 
     ``socket_timeout`` (seconds, at least 25: a long poll lasts 20) and ``retries`` (re-sends
-    of a call that got no reply) are the connection settings every broker takes."""
+    of a call that got no reply) are the connection settings every broker takes.
+    ``role`` (:class:`~worker_runtime.brokers.base.QueueRole`): the consumer creates the queues
+    and sets its lease and redrive limit on them, a producer creates missing ones and changes no
+    existing one, a reader (the operator's probe) only looks them up and reads a missing queue
+    as empty."""
     broker = SqsBroker(
         queue,
         settings.parse_sqs_url(url),
         options=options,
         socket_timeout=socket_timeout,
         retries=retries,
+        role=role,
     )
     await broker.connect()
     return broker

@@ -1,0 +1,1 @@
+../../../../examples/events/shop_events.py
