@@ -247,6 +247,36 @@ async def test_open_broker_serves_amqp_urls_and_the_probe_reads_backlog_and_in_f
         await b.close()
 
 
+async def test_the_probe_counts_every_dead_letter_even_after_the_dlq_is_purged(
+    rabbitmq_server: Any, rq_queue: str
+) -> None:
+    # Given a broker with the management port, and two of its three jobs dead-lettered
+    url = f"{rabbitmq_server.url}?management_port={rabbitmq_server.management_port}"
+    b = await brokers.open_broker(url, rq_queue, options=base.QueueOptions())
+    try:
+        await b.enqueue_many([job(job_id=f"d{i}") for i in range(3)])
+        got = sorted(await b.fetch("w1", 3, block=5), key=lambda d: d.id)
+        assert [d.id for d in got] == ["d0", "d1", "d2"]
+        for d in got[:2]:
+            failure = base.Failure("RuntimeError", "boom", worker_id="w1")
+            assert await b.dead_letter(d, "non_retryable", failure=failure)
+        assert await b.ack(got[2])
+        # When the DLQ is purged (its depth drops to 0)
+        assert await b.purge_dead_letters(everything=True) == 2
+
+        # Then the probe still reports two dead-lettered jobs: a counter the dead-letter alert
+        # can take the growth of, not the DLQ's depth (sampled every 500 ms by the test node)
+        stats = await b.fetch_stats()
+        for _ in range(40):
+            if (stats.dead_lettered_total, stats.dead_letter) == (2, 0):
+                break
+            await asyncio.sleep(0.5)
+            stats = await b.fetch_stats()
+        assert (stats.dead_lettered_total, stats.dead_letter) == (2, 0)
+    finally:
+        await b.close()
+
+
 async def test_a_renewal_through_another_broker_object_keeps_the_delivery(
     rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker
 ) -> None:

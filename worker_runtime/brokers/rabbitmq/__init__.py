@@ -1,12 +1,11 @@
 """RabbitMQ behind the broker seam (AMQP 0-9-1, quorum queues, publisher confirms).
 
 ``open_broker`` imports this package lazily for ``amqp://`` and ``amqps://`` URLs. The pieces:
-:mod:`.topology` (every queue name, argument and header), :mod:`.broker` (the worker's and the
-producer's :class:`~worker_runtime.brokers.base.Broker`), :mod:`.readside` (the operator's
-:class:`~worker_runtime.brokers.base.QueueProbe` and the CLI's
-:class:`~worker_runtime.brokers.base.DeadLetters`); :mod:`.topology` is pure and imports no
-client library (the package imports :mod:`.broker` only when a broker is opened). What it
-promises and what it cannot: docs/brokers.md.
+:mod:`.topology` (every queue name, argument and header) and :mod:`.broker` (the one
+:class:`~worker_runtime.brokers.base.Broker` of the worker, the producer, the operator's probe
+and the CLI's dead-letter commands; the probe reads the management HTTP API, never AMQP).
+:mod:`.topology` is pure and imports no client library (the package imports :mod:`.broker`
+only when a broker is opened). What it promises and what it cannot: docs/brokers.md.
 
 URL: ``amqp://USER:PASSWORD@HOST:PORT/VHOST?prefetch=N&management_port=P&queue_type=T``
 (``amqps://`` for TLS). ``prefetch`` is the unacked deliveries per priority level

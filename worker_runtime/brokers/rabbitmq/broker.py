@@ -1281,8 +1281,11 @@ class RabbitMQBroker:
         snapshot (``exact_stats`` is False); the oldest job's age is unavailable (quorum queues
         do not report their head message's time): always 0 here. ``enqueued_total`` and
         ``completed_total`` are the work queues' publish and ack counters, so a retry's,
-        release's or dead-letter's copy counts too; the failed, retried and dead-lettered
-        totals are not kept (0)."""
+        release's or dead-letter's copy counts too; ``dead_lettered_total`` is the dead-letter
+        queue's publish counter (every job a worker dead-lettered, kept after a purge), so the
+        dead-letter alert reads the same series on RabbitMQ as on Redis. RabbitMQ keeps these
+        counters in memory: they restart from 0 with the node or the queue. The failed and
+        retried totals are not kept (0)."""
         rows = await asyncio.to_thread(
             self._read_management,
             "queues/{}",
@@ -1296,7 +1299,7 @@ class RabbitMQBroker:
         )
         now = time.time()
         backlog = in_flight = delayed = dead = 0
-        published = acked = 0
+        published = acked = dead_published = 0
         for row in rows:
             name = str(row.get("name", ""))
             ready = int(row.get("messages_ready") or 0)
@@ -1309,6 +1312,7 @@ class RabbitMQBroker:
                 acked += int(stats.get("ack") or 0)
             elif name == topology.dead_queue(self.queue):
                 dead += ready + unacked
+                dead_published += int((row.get("message_stats") or {}).get("publish") or 0)
             elif name.startswith(topology.delay_queue_prefix(self.queue)):
                 delayed += ready + unacked
         return base.QueueStats(
@@ -1324,7 +1328,7 @@ class RabbitMQBroker:
             completed_total=acked,
             failed_total=0,
             retried_total=0,
-            dead_lettered_total=0,
+            dead_lettered_total=dead_published,
             workers_lost_total=0,
             workers_expired=0,
             workers=(),

@@ -1,7 +1,8 @@
 """The RabbitMQ topology of one workerfleet queue: every queue name, argument and header.
 
-Called by :mod:`worker_runtime.brokers.rabbitmq.broker` (declares and publishes) and
-:mod:`worker_runtime.brokers.rabbitmq.readside` (probe, dead letters). Pure: no client import.
+Called by :mod:`worker_runtime.brokers.rabbitmq.broker` (declares, publishes, reads the
+management API) and by the operator's pure core (the queue names KEDA counts). Pure: no client
+import.
 
 For a workerfleet queue ``Q`` (all on the default exchange, routed by queue name)::
 
