@@ -33,7 +33,9 @@ It follows Jepsen's total-queue idea: the harness, never the runtime's own count
   the original) also by a fault on the worker of any earlier run of the job, or on every worker
   (the server killed), after that run ended and before this one started (the original outlived
   a retry whose delete the fault stopped: from then on the copy and the original each run,
-  possibly side by side in one fetch); no
+  possibly side by side in one fetch); with ``split_on_server_faults`` (a broker whose retry
+  is one transaction that a crash of the server itself may split, RabbitMQ: the copy is on
+  disk, the original's ack is not) the same, but only for a fault that hit every worker; no
   fault may explain more duplicates than its ``capacity`` (the bound the scenario documents);
 * **double ack**: two accepted acks of one job (fencing failed). Always a violation.
 
@@ -239,6 +241,7 @@ def check_history(
     *,
     max_attempts: int,
     split_settles: bool = False,
+    split_on_server_faults: bool = False,
 ) -> Verdict:
     """Judge one scenario's history (see the module docstring for every rule)."""
     faults = sorted(faults, key=lambda f: f.t0)
@@ -315,6 +318,9 @@ def check_history(
             for f in faults
             if _explains(f, prev, cur)
             or (split_settles and _explains_split_settle(f, earlier, cur))
+            or (
+                split_on_server_faults and f.pid is None and _explains_split_settle(f, earlier, cur)
+            )
         ]
         if not candidates:
             unexplained += 1

@@ -8,7 +8,10 @@ jobs still live are read from the management API (ready + unacknowledged in the 
 and the delay buckets) and the dead letters from the DLQ itself. Workers on RabbitMQ write no
 heartbeats, so a worker serves once it logged ``worker started``; RabbitMQ keeps no done
 markers, so no job asks for one. The verdict is the same history checker's
-(tests/chaos/history.py).
+(tests/chaos/history.py), told that a node crash may split a retry's transaction
+(``split_on_server_faults``): a commit's new copy is on disk when ``tx.commit-ok`` comes back,
+the ack of the copy it replaced may not be, so after the restart both run. A worker's crash
+never splits one (an uncommitted transaction is dropped whole).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tests.chaos import harness, history
+from tests.chaos import harness, history, tasks
 from tests.support import rabbitmq_server
 from tests.worker_runtime import workerproc
 from worker_runtime import envelope, errors
@@ -126,6 +129,17 @@ class RabbitMQBed(harness.Bed):
         # every connection died: each worker's unacked deliveries come back and run again
         self.add_fault(
             history.Fault("rabbitmq_kill", t0, time.time(), capacity=self.fleet_capacity())
+        )
+
+    def verdict(self) -> history.Verdict:
+        runs = self.read_runs()
+        return history.check_history(
+            self.enqueues,
+            runs,
+            self.bound_faults(runs),
+            self.read_final(),
+            max_attempts=tasks.MAX_ATTEMPTS,
+            split_on_server_faults=True,
         )
 
     # ---- reading the end -------------------------------------------------------------------

@@ -290,3 +290,42 @@ def test_a_server_kill_between_the_two_calls_of_a_split_retry_explains_the_two_l
         spec, runs, [before], final, max_attempts=MAX_ATTEMPTS, split_settles=True
     )
     assert split_before.unexplained_duplicates == 1
+
+
+def test_a_node_crash_splitting_a_retry_transaction_explains_two_copies_side_by_side() -> None:
+    # Given the history of a RabbitMQ node kill -9 run (classic queues): the job failed twice
+    # (each retry committed a copy and the ack of the one before in one transaction), its third
+    # run succeeded 3 ms before the node was killed, and after the restart an older copy (its
+    # ack never reached the disk) and a newer one ran side by side
+    runs = [
+        h.Run("a", "a1", 7004, 10.404, 10.441, False),
+        h.Run("a", "a2", 7004, 10.452, 10.489, False),
+        h.Run("a", "a3", 7003, 10.527, 10.563, True),
+        h.Run("a", "a4", 7003, 17.941, 17.976, True),
+        h.Run("a", "a5", 7003, 17.941, 17.976, False),
+        h.Run("a", "a6", 7003, 17.981, 18.017, True),
+    ]
+    node_kill = h.Fault("rabbitmq_kill", 10.566, 17.634, capacity=24)
+    final = h.Final(dead={}, live=set(), acks=set())
+    spec = [h.Enqueue("a", 10.0, True, fails=2)]
+    # Then a crash of the node, which hit every worker, explains the second copy
+    split = h.check_history(
+        spec, runs, [node_kill], final, max_attempts=MAX_ATTEMPTS, split_on_server_faults=True
+    )
+    assert split.violations == 0, split.describe()
+    # And with atomic settles it stays unexplained
+    atomic = h.check_history(spec, runs, [node_kill], final, max_attempts=MAX_ATTEMPTS)
+    assert atomic.unexplained_duplicates == 1
+    # And a kill -9 of the worker of the two failed runs, at the same moment, explains nothing
+    # through split settles here (a worker's crash drops its open transaction whole), though
+    # it would where a retry is two calls (SQS)
+    worker_kill = h.Fault("kill", 10.566, 17.634, pid=7004, capacity=24)
+    by_worker = h.check_history(
+        spec, runs, [worker_kill], final, max_attempts=MAX_ATTEMPTS, split_on_server_faults=True
+    )
+    atomic_by_worker = h.check_history(spec, runs, [worker_kill], final, max_attempts=MAX_ATTEMPTS)
+    two_calls = h.check_history(
+        spec, runs, [worker_kill], final, max_attempts=MAX_ATTEMPTS, split_settles=True
+    )
+    assert by_worker.unexplained_duplicates == atomic_by_worker.unexplained_duplicates == 2
+    assert two_calls.violations == 0, two_calls.describe()
