@@ -247,6 +247,32 @@ async def test_open_broker_serves_amqp_urls_and_the_probe_reads_backlog_and_in_f
         await b.close()
 
 
+async def test_an_enqueue_racing_the_first_connect_waits_for_the_queues_to_be_declared(
+    rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker's first fetch that has connected and is still declaring its queues (slowed
+    # down here: on a loaded machine the declares took longer than the producer's next step)
+    declaring = asyncio.Event()
+    declare = rq._declare_topology
+
+    async def slow_declare(channel: aio_pika.abc.AbstractChannel) -> None:
+        declaring.set()
+        await asyncio.sleep(0.5)
+        await declare(channel)
+
+    monkeypatch.setattr(rq, "_declare_topology", slow_declare)
+    waiting = asyncio.create_task(rq.fetch("w1", 1, block=10.0))
+    await asyncio.wait_for(declaring.wait(), 10)
+    # When the same broker enqueues meanwhile
+    [res] = await rq.enqueue_many([job(job_id="early")])
+    # Then the enqueue waited for the queues (it was refused as unroutable before) and the
+    # waiting fetch gets the job
+    assert res.job_id == "early"
+    [got] = await asyncio.wait_for(waiting, 15)
+    assert got.id == "early"
+    assert await rq.ack(got)
+
+
 async def test_the_probe_counts_every_dead_letter_even_after_the_dlq_is_purged(
     rabbitmq_server: Any, rq_queue: str
 ) -> None:

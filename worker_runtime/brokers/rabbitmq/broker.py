@@ -328,6 +328,10 @@ class RabbitMQBroker:
             str, tuple[aio_pika.abc.AbstractChannel, aio_pika.abc.AbstractExchange]
         ] = {}
         self._lock = asyncio.Lock()
+        # the connection is usable only once its queues are declared: a publish racing the
+        # first connect (a producer's enqueue beside a worker's first fetch) would find no
+        # queue yet and come back unroutable
+        self._declared_topology = False
         self._closed = False
         self._consumers: list[tuple[aiormq.abc.AbstractChannel, str]] = []
         self._transaction: aio_pika.abc.AbstractTransaction | None = None
@@ -349,7 +353,8 @@ class RabbitMQBroker:
 
     def _alive(self) -> bool:
         return (
-            self._connection is not None
+            self._declared_topology
+            and self._connection is not None
             and not self._connection.is_closed
             and self._publish_channel is not None
             and not self._publish_channel.is_closed
@@ -378,6 +383,7 @@ class RabbitMQBroker:
                 )
                 self._declared.clear()
                 await self._declare_topology(self._publish_channel)
+                self._declared_topology = True
             return self._publish_channel
 
     async def _declare_topology(self, channel: aio_pika.abc.AbstractChannel) -> None:
@@ -416,6 +422,7 @@ class RabbitMQBroker:
         return channel
 
     async def _drop_connection(self) -> None:
+        self._declared_topology = False
         self._consuming = False
         self._transaction = None
         self._consume_exchange = None
