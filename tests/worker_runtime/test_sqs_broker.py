@@ -133,14 +133,17 @@ async def test_renew_keeps_a_lease_past_its_first_deadline(open_sqs: OpenBroker)
 async def test_a_poison_job_is_dead_lettered_before_it_runs_with_its_history(
     open_sqs: OpenBroker,
 ) -> None:
-    # Given a job whose worker dies on every delivery (its leases just expire)
-    b = await open_sqs(lease_seconds=1, max_deliveries=2)
+    # Given a job whose worker dies on every delivery (its leases just expire). The lease is
+    # long enough for the fetch's dead-letter (send the copy, delete the original) to finish
+    # on a loaded machine: with 1 s the delete came too late, the job came back a fourth time
+    # and SQS's own redrive dead-lettered it once more
+    b = await open_sqs(lease_seconds=3, max_deliveries=2)
     await b.enqueue(job())
     first = await fetch_until(b, 1, 10)
     second = await fetch_until(b, 1, 10)
     assert [d.lost for d in first + second] == [0, 1]
     # When it comes back a third time (two deliveries lost)
-    third = await fetch_until(b, 1, 4)
+    third = await fetch_until(b, 1, 8)
     # Then the fetch dead-letters it instead of handing it out
     assert third == []
     assert b.fetch_dead_lettered[base.DeadLetterReason.MAX_DELIVERIES] == 1
