@@ -12,7 +12,8 @@ the CPU per job of the worker's process group and of the broker process (beam.sm
 are measured from the first job to the end. bench/README.md says what each system promises.
 
 Env: BENCH_BROKER_JOBS (N for this phase, default 8000), BENCH_SYSTEMS (names below, or
-``rabbitmq`` / ``sqs`` for a broker's whole group). Nothing is asserted: it measures and reports.
+``rabbitmq`` / ``sqs`` for a broker's whole group), BENCH_WF_EXTRA_QUERY (settings appended to
+workerfleet's broker URL, e.g. ``prefetch=400``, to try one out). Nothing is asserted: it measures and reports.
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def url_for(system: BrokerSystem, server: Server) -> str:
     """The URL ``system`` is given: workerfleet's with its query settings, a peer's plain."""
     if system.peer != "workerfleet":
         return server.url
-    query = "&".join(q for q in (server.wf_settings, system.url_query.lstrip("?")) if q)
+    extra = os.environ.get("BENCH_WF_EXTRA_QUERY", "")
+    query = "&".join(q for q in (server.wf_settings, system.url_query.lstrip("?"), extra) if q)
     return f"{server.url}?{query}" if query else server.url
 
 
