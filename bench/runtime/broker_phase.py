@@ -13,7 +13,8 @@ are measured from the first job to the end. bench/README.md says what each syste
 
 Env: BENCH_BROKER_JOBS (N for this phase, default 8000), BENCH_SYSTEMS (names below, or
 ``rabbitmq`` / ``sqs`` for a broker's whole group), BENCH_WF_EXTRA_QUERY (settings appended to
-workerfleet's broker URL, e.g. ``prefetch=400``, to try one out). Nothing is asserted: it measures and reports.
+workerfleet's broker URL, e.g. ``prefetch=400``, to try one out). Nothing is asserted: it
+measures and reports.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import redis
+from workerfleet_operator.shell import config as config_module
+from workerfleet_operator.shell import context
+from workerfleet_operator.shell import pool as pool_mod
 
 from tests.workerfleet_operator.conftest import (
     GROUP,
@@ -175,3 +178,43 @@ def test_a_pool_on_a_redis_that_may_evict_is_degraded_with_a_warning_and_a_metri
         ),
         message="the eviction risk was never exported",
     )
+
+
+def test_a_running_pool_exports_its_broker_on_its_info_series(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a running pool on Redis
+    runner = given_a_running_pool(emulator, queue_redis, operator)
+    # Then its info series names the broker, beside the pool's other series of the same labels
+    wait_until(
+        lambda: pool_sample(runner, "workerfleet_pool_info") == {"broker=redis": 1},
+        message="the pool's info series never named its broker",
+    )
+    assert pool_sample(runner, "workerfleet_pool_backlog") == {"": 0}
+
+
+def test_a_pool_switched_to_another_broker_exports_one_info_series_naming_the_new_one() -> None:
+    # Given the controller of a pool on RabbitMQ, whose series are bound
+    cfg = config_module.OperatorConfig(health_port=0, metrics_port=0)
+    ctx = context.build_context(cfg)
+    controller = pool_mod.PoolController(ctx, NAMESPACE, "emails")
+    controller.body = {"spec": {"queue": {"name": "emails", "rabbitmq": {"vhost": "/"}}}}
+    controller.bound_series()
+    info = {
+        tuple(sorted(s.labels.items())): s.value
+        for family in ctx.metrics.registry.collect()
+        for s in family.samples
+        if s.name == "workerfleet_pool_info"
+    }
+    assert info == {(("broker", "rabbitmq"), *sorted(POOL.items())): 1}
+    # When its spec moves it to SQS (same queue name)
+    controller.body = {"spec": {"queue": {"name": "emails", "sqs": {"region": "eu-west-1"}}}}
+    controller.bound_series()
+    # Then exactly one info series is left, naming SQS
+    after = [
+        s.labels["broker"]
+        for family in ctx.metrics.registry.collect()
+        for s in family.samples
+        if s.name == "workerfleet_pool_info"
+    ]
+    assert after == ["sqs"]

@@ -105,7 +105,7 @@ class FleetRunner:
         self.registry = prometheus_client.CollectorRegistry()
         self.metrics = operator_metrics.OperatorMetrics(self.registry)
         self.labels = (manifest.LOCAL_NAMESPACE, pool.name, pool.queue)
-        self.series = self.metrics.bind_pool(self.labels)
+        self.series = self.metrics.bind_pool(self.labels, broker=pool.spec.queue.broker)
         self.totals = RunnerTotals()
         self.last_change: autoscaling.Decision | None = None
         self.last_change_at: float | None = None

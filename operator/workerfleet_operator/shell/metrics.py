@@ -53,6 +53,13 @@ class OperatorMetrics:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, POOL_LABELS, registry=self.registry)
 
+        self.pool_info = Gauge(
+            "workerfleet_pool_info",
+            "1 for every pool the operator serves; broker names its queue system "
+            "(redis, rabbitmq, sqs).",
+            (*POOL_LABELS, "broker"),
+            registry=self.registry,
+        )
         self.backlog = gauge(
             "workerfleet_pool_backlog", "Ready jobs not yet delivered (incl. due retries)."
         )
@@ -166,9 +173,16 @@ class OperatorMetrics:
             registry=self.registry,
         )
 
-    def bind_pool(self, labels: Sequence[str]) -> PoolSeries:
-        """Every per-pool series for one pool, bound once (``labels()`` is a dict lookup + lock)."""
+    def bind_pool(self, labels: Sequence[str], *, broker: str = "redis") -> PoolSeries:
+        """Every per-pool series for one pool, bound once (``labels()`` is a dict lookup + lock).
+
+        ``broker`` (``redis``, ``rabbitmq``, ``sqs``: the pool's ``spec.queue`` block) goes on
+        the pool's ``workerfleet_pool_info`` series, set here: every other series keeps the same
+        name and labels on every broker, and a query or panel that needs the broker joins it."""
+        info = _OneSeries(self.pool_info, labels)
+        info.set((broker,), 1)
         return PoolSeries(
+            info=info,
             backlog=self.backlog.labels(*labels),
             in_flight=self.in_flight.labels(*labels),
             delayed=self.delayed.labels(*labels),
@@ -289,6 +303,7 @@ class SubscriptionSeries:
 class PoolSeries:
     """One pool's bound series (see :meth:`OperatorMetrics.bind_pool`)."""
 
+    info: _OneSeries  # workerfleet_pool_info{broker}
     backlog: Any
     in_flight: Any
     delayed: Any
@@ -380,7 +395,8 @@ class PoolSeries:
             one.set((ctype, status, reason), 1.0)
 
     def remove_labelled(self) -> None:
-        """Remove the series whose extra labels change (reason, condition status)."""
+        """Remove the series whose extra labels change (broker, reason, condition status)."""
+        self.info.remove()
         self.queue_reachable.remove()
         self.eviction_unsafe.remove()
         for one in self.conditions.values():

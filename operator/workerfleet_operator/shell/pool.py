@@ -80,6 +80,7 @@ class PoolController:
     policy: autoscaling.ScalingPolicy | None = None
     series: metrics.PoolSeries | None = None
     series_labels: tuple[str, str, str] | None = None
+    series_broker: str | None = None
     spec_problem: reconcile.SpecProblemError | None = None
     applied: reconcile.AppliedState = field(default_factory=lambda: reconcile.AppliedState())
     scaling: scaler.ScalerMemory = field(default_factory=lambda: scaler.ScalerMemory())
@@ -384,14 +385,22 @@ class PoolController:
             **more,
         )
 
+    @property
+    def broker(self) -> str:
+        """The pool's broker block (``redis``, ``rabbitmq``, ``sqs``), read off the raw spec."""
+        q = ((self.body or {}).get("spec") or {}).get("queue") or {}
+        return next((name for name in api.BROKER_FIELDS if q.get(name) is not None), "redis")
+
     def bound_series(self) -> metrics.PoolSeries:
-        """The pool's series, bound again when its queue (a label) changed."""
+        """The pool's series, bound again when its queue (a label) or its broker changed."""
         labels = self.labels
-        if self.series is None or self.series_labels != labels:
+        broker = self.broker
+        if self.series is None or self.series_labels != labels or self.series_broker != broker:
             if self.series_labels is not None:
                 self.ctx.metrics.forget_pool(self.series_labels, self.series)
-            self.series = self.ctx.metrics.bind_pool(labels)
+            self.series = self.ctx.metrics.bind_pool(labels, broker=broker)
             self.series_labels = labels
+            self.series_broker = broker
         return self.series
 
 
