@@ -62,12 +62,13 @@ async def test_a_killed_broker_is_gone_and_a_restart_keeps_persistent_messages(
     )
     await connection.close()
     beam = server.pid
-    if queue_type == "quorum":
-        # the crash comes 2 s after the declare, not at once: 3.10.8 saves a new quorum queue's
-        # Ra name registration a moment after the declare, and a node killed before that boots
-        # the queue as a new, empty Ra server (measured: killed at once, 0 of 5 messages came
-        # back; 1 s or 3 s after, 5 of 5; docs/brokers.md)
-        await asyncio.sleep(2)
+    # The crash comes 2 s after the declare, not at once: a node of 3.10.8 killed right after a
+    # queue's creation can lose the new queue whole. A quorum queue's Ra name registration is
+    # saved a moment after the declare (measured: killed at once, 0 of 5 messages came back; 1 s
+    # or 3 s after, 5 of 5); a classic queue was gone after a kill at once in 1 of 6 probes and
+    # once in a CI run (docs/brokers.md). What this test holds is the other promise: a queue
+    # that exists keeps its confirmed persistent messages across SIGKILL.
+    await asyncio.sleep(2)
     # When the broker process is killed with SIGKILL
     server.kill()
     # Then it is really gone (killing the wrapper alone would leave beam.smp running)
