@@ -146,6 +146,12 @@ class Slot:
 class Bed:
     """One scenario on real processes: Redis, workers, a producer thread, faults, the history."""
 
+    split_settles = False
+    """The broker's retry is two calls (history.check_history's ``split_settles``: SQS)."""
+    split_on_server_faults = False
+    """A crash of the server may split a retry's transaction (``split_on_server_faults``:
+    RabbitMQ)."""
+
     def __init__(self, config: Config, server: Any, directory: Path) -> None:
         self.config = config
         self.server = server
@@ -544,6 +550,8 @@ class Bed:
             self.bound_faults(runs),
             self.read_final(),
             max_attempts=tasks.MAX_ATTEMPTS,
+            split_settles=self.split_settles,
+            split_on_server_faults=self.split_on_server_faults,
         )
 
     def describe_jobs(self, verdict: history.Verdict) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import botocore.session
 
-from tests.chaos import harness, history, tasks
+from tests.chaos import harness, history
 from tests.support import elasticmq
 from tests.worker_runtime import workerproc
 from worker_runtime import envelope, errors
@@ -40,6 +40,8 @@ class SqsSlot(harness.Slot):
 
 class SqsBed(harness.Bed):
     """One scenario on ElasticMQ: see the module docstring."""
+
+    split_settles = True  # a retry is two calls: send the copy, delete the original
 
     def __init__(
         self, config: harness.Config, server: elasticmq.ElasticMQServer, directory: Path
@@ -189,19 +191,6 @@ class SqsBed(harness.Bed):
         letters = asyncio.run(read())
         dead = {x.job_id: (x.reason, x.dead_lettered_at) for x in letters}
         return history.Final(dead=dead, live=set(), acks=set())
-
-    def verdict(self) -> history.Verdict:
-        # An SQS retry is two calls (send the copy, delete the original): see
-        # history.check_history's split_settles.
-        runs = self.read_runs()
-        return history.check_history(
-            self.enqueues,
-            runs,
-            self.bound_faults(runs),
-            self.read_final(),
-            max_attempts=tasks.MAX_ATTEMPTS,
-            split_settles=True,
-        )
 
     def close(self) -> None:
         super().close()
