@@ -333,6 +333,14 @@ class _Failure:
     remaining: int
 
 
+@dataclasses.dataclass
+class _Delay:
+    method: str
+    path_regex: re.Pattern[str]
+    seconds: float
+    remaining: int
+
+
 class Emulator:
     """The API server: an aiohttp app in its own thread and event loop on 127.0.0.1."""
 
@@ -357,6 +365,7 @@ class Emulator:
             tuple[str, str], list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Obj | None]]]
         ] = collections.defaultdict(list)
         self._failures: list[_Failure] = []
+        self._delays: list[_Delay] = []
         self._listeners: list[Callable[[str, Obj], None]] = []
         self._stalled: set[int] = set()
         self.request_counts: collections.Counter[str] = collections.Counter()
@@ -524,6 +533,21 @@ class Emulator:
         """Answer the next ``count`` matching requests with ``code`` (409, 422, 500, ...)."""
         with self._lock:
             self._failures.append(_Failure(method.upper(), re.compile(path_regex), code, count))
+
+    def delay_response(self, method: str, path_regex: str, seconds: float, count: int = 1) -> None:
+        """Hold the answer to the next ``count`` matching requests for ``seconds`` AFTER the
+        write is committed and its watch events sent: a loaded API server whose watch outruns
+        the response of the request that caused it."""
+        with self._lock:
+            self._delays.append(_Delay(method.upper(), re.compile(path_regex), seconds, count))
+
+    def _take_delay(self, method: str, path: str) -> float:
+        with self._lock:
+            for delay in self._delays:
+                if delay.remaining > 0 and delay.method == method and delay.path_regex.search(path):
+                    delay.remaining -= 1
+                    return delay.seconds
+        return 0.0
 
     def injected_failures_left(self) -> int:
         with self._lock:
@@ -885,6 +909,9 @@ class Emulator:
                 self.request_log.append(("WATCH", path, 200))
                 return await self._watch(request, res, namespace, name)
             body = await self._dispatch(request, res, namespace, name, sub)
+            delay = self._take_delay(method, path)
+            if delay:
+                await asyncio.sleep(delay)
             self.request_log.append((method, path, 200))
             return web.json_response(body, status=201 if method == "POST" else 200)
         except ApiError as exc:

@@ -10,6 +10,7 @@ for 9,000 of the benchmark's 10,000 pools) after it was ready.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from tests.workerfleet_operator.conftest import (
     GROUP,
@@ -18,10 +19,12 @@ from tests.workerfleet_operator.conftest import (
     QueueRedis,
     build_pool,
     condition,
+    events_for,
     given_a_running_pool,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
+from worker_runtime import producer
 
 
 def test_a_deployment_rolled_out_after_the_first_reconcile_makes_the_pool_ready_before_a_poll(
@@ -34,14 +37,87 @@ def test_a_deployment_rolled_out_after_the_first_reconcile_makes_the_pool_ready_
     given_a_running_pool(emulator, queue_redis, operator, body)
     pool = emulator.get("workerpools", NAMESPACE, "emails", group=GROUP)
     assert condition(pool, "Ready").get("status") == "False"
-    deployment = emulator.get("deployments", NAMESPACE, "emails", group="apps")
-    assert deployment is not None
     # When the deployment controller reports the rollout done
+    _report_rollout(emulator, "emails")
+    # Then the pool says Ready without waiting five minutes for its next poll
+    wait_until(
+        lambda: condition(_pool(emulator, "emails"), "Ready").get("status") == "True",
+        timeout=15,
+        message="the pool did not report its rolled-out Deployment",
+    )
+    # and reporting it wrote nothing to the Deployment: still the creation's one apply
+    assert _deployment_writes(emulator) == 1
+
+
+def test_a_scale_step_stays_ready_when_the_creation_watch_event_outran_the_apply_answer(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a loaded API server: the watch event of the new Deployment reaches the operator a
+    # second before the answer to the apply that created it (seen on the real API server
+    # under CI load, where every later scale step then flipped Ready with a RollingOut Event)
+    emulator.fake_deployment_controller = False
+    emulator.delay_response("PATCH", r"/deployments/steps$", 1.0)
+    body = build_pool(
+        "steps",
+        autoscaling={
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "targetBacklogPerReplica": 10,
+            "pollingIntervalSeconds": 1,
+            "scaleUp": {"maxStepPercent": 1, "maxStepPods": 1},
+        },
+    )
+    given_a_running_pool(emulator, queue_redis, operator, body)
+    # ... whose one replica the deployment controller has rolled out: the pool is Ready
+    _report_rollout(emulator, "steps")
+    wait_until(
+        lambda: condition(_pool(emulator, "steps"), "Ready").get("status") == "True",
+        message="the pool never became Ready",
+    )
+    wait_until(lambda: "Ready" in _event_reasons(emulator, "steps"), message="no Ready Event")
+    before = _event_reasons(emulator, "steps")
+    # When a backlog makes the autoscaler take a step the deployment controller has not
+    # observed yet (the generation moves, the pod template does not)
+    _enqueue(queue_redis, "steps", 40)
+    wait_until(
+        lambda: "ScaledUp" in _event_reasons(emulator, "steps"),
+        message="no scale step",
+    )
+    wait_until(
+        lambda: _pool(emulator, "steps")["status"].get("desiredReplicas", 1) > 1,
+        message="the step was never reported in status",
+    )
+    # Then the pool stayed Ready: a step is no rollout, and no RollingOut Event announced one
+    assert condition(_pool(emulator, "steps"), "Ready").get("status") == "True"
+    after = _event_reasons(emulator, "steps")
+    assert after.count("RollingOut") == before.count("RollingOut"), after
+    assert after.count("Ready") == before.count("Ready"), after
+
+
+def _pool(emu: Emulator, name: str) -> dict[str, Any]:
+    pool = emu.get("workerpools", NAMESPACE, name, group=GROUP)
+    assert pool is not None
+    return pool
+
+
+def _event_reasons(emu: Emulator, name: str) -> list[str]:
+    return [str(e.get("reason")) for e in events_for(emu, name)]
+
+
+def _enqueue(server: QueueRedis, queue_name: str, count: int) -> None:
+    jobs = [producer.JobSpec(task="t", payload={"n": i}) for i in range(count)]
+    producer.SyncProducer(server.client(), queue_name).enqueue_many(jobs)
+
+
+def _report_rollout(emu: Emulator, name: str) -> None:
+    """Write the Deployment's status as its controller would once its pods are available."""
+    deployment = emu.get("deployments", NAMESPACE, name, group="apps")
+    assert deployment is not None
     replicas = deployment["spec"]["replicas"]
-    emulator.patch(
+    emu.patch(
         "deployments",
         NAMESPACE,
-        "emails",
+        name,
         {
             "status": {
                 "observedGeneration": deployment["metadata"]["generation"],
@@ -55,19 +131,6 @@ def test_a_deployment_rolled_out_after_the_first_reconcile_makes_the_pool_ready_
         subresource="status",
         manager="kube-controller-manager",
     )
-    # Then the pool says Ready without waiting five minutes for its next poll
-    wait_until(
-        lambda: (
-            condition(emulator.get("workerpools", NAMESPACE, "emails", group=GROUP), "Ready").get(
-                "status"
-            )
-            == "True"
-        ),
-        timeout=15,
-        message="the pool did not report its rolled-out Deployment",
-    )
-    # and reporting it wrote nothing to the Deployment: still the creation's one apply
-    assert _deployment_writes(emulator) == 1
 
 
 def _deployment_writes(emu: Emulator) -> int:

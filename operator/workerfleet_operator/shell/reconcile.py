@@ -167,8 +167,12 @@ async def _apply_children(
                 return
             raise
         controller.applied.drift_reference = reference
+        # Compared with the Deployment as it was BEFORE this apply, not controller.deployment:
+        # the watch event of our own write can arrive while the apply is awaited (a loaded API
+        # server), and would hide the template change, leaving the rollout generation unknown
+        # and every later scale step looking like a rollout until the next resync.
         controller.applied.rollout_generation = drift.track_rollout_generation(
-            controller.applied.rollout_generation, controller.deployment, applied
+            controller.applied.rollout_generation, deployment, applied
         )
         if drift.is_newer(applied, controller.deployment):
             controller.deployment = kube.strip_managed_fields(applied)
