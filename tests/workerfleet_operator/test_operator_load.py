@@ -19,7 +19,7 @@ from pathlib import Path
 import kopf
 import pytest
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, credentials, kube, main
+from workerfleet_operator.shell import context, credentials, handlers, kube, main
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
@@ -97,6 +97,22 @@ def test_a_kopf_object_log_line_does_not_carry_kopf_s_settings() -> None:
     assert "settings" not in line and "OperatorSettings" not in line
     assert '"name":"a"' in line
     assert len(line.encode()) < 400, len(line.encode())
+
+
+def test_kopf_copies_no_watched_body_to_diff_it_since_every_handler_only_watches() -> None:
+    # Given the operator's kopf registry and settings
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, context.build_context(config_module.OperatorConfig()))
+    settings = handlers.build_settings(config_module.OperatorConfig())
+    # Then no handler needs kopf's diff of a body (no on.create/update/resume/delete, no
+    # daemon or timer): the one condition under which the diff base may be skipped
+    assert not registry._changing.get_all_handlers()
+    assert not registry._spawning.get_all_handlers()
+    assert registry._watching.get_all_handlers()
+    # And the diff base kopf builds for every watched body is empty, read from no annotation
+    body = kopf.Body({"metadata": {"name": "a", "annotations": {"x": "y"}}, "spec": {"a": 1}})
+    assert settings.persistence.diffbase_storage.build(body=body) == {}
+    assert settings.persistence.diffbase_storage.fetch(body=body) is None
 
 
 def test_at_info_level_kopf_does_not_log_a_line_per_handled_watch_event() -> None:

@@ -9,7 +9,7 @@ import tempfile
 
 import kopf
 import pytest
-from workerfleet_operator.shell import drift, kube, queue
+from workerfleet_operator.shell import context, drift, kube, queue
 
 
 @pytest.mark.parametrize(
@@ -186,6 +186,34 @@ def _deployment(generation: int, observed: int, image: str, replicas: int = 2) -
         "spec": {"replicas": replicas, "template": template},
         "status": {"observedGeneration": observed},
     }
+
+
+def test_pools_reading_one_queue_find_each_other_and_the_first_created_scales() -> None:
+    readers = context.QueueReaders()
+    readers.record(("ns", "b"), "redis://h/0#q", "2026-01-02T00:00:00Z")
+    readers.record(("ns", "a"), "redis://h/0#q", "2026-01-03T00:00:00Z")
+    readers.record(("ns", "c"), "redis://h/0#other", "2026-01-01T00:00:00Z")
+    b, a, c = (readers.find_sharing(("ns", n)) for n in "bac")
+    assert b is not None and b.others == ("ns/a",) and b.first == "ns/b" and not b.holds
+    assert a is not None and a.others == ("ns/b",) and a.holds
+    assert c is not None and c.others == () and not c.holds
+    assert readers.find_sharing(("ns", "unknown")) is None
+
+
+def test_a_pool_that_moves_to_another_queue_or_stops_leaves_its_old_group() -> None:
+    readers = context.QueueReaders()
+    readers.record(("ns", "a"), "redis://h/0#q", "2026-01-01T00:00:00Z")
+    readers.record(("ns", "b"), "redis://h/0#q", "2026-01-02T00:00:00Z")
+    # a moves to another queue: b reads q alone, a reads its new queue alone
+    readers.record(("ns", "a"), "redis://h/0#new", "2026-01-01T00:00:00Z")
+    b = readers.find_sharing(("ns", "b"))
+    assert b is not None and b.others == () and not b.holds
+    moved = readers.find_sharing(("ns", "a"))
+    assert moved is not None and moved.others == ()
+    # b stops: nothing of it is left
+    readers.discard(("ns", "b"))
+    readers.discard(("ns", "b"))  # twice is harmless
+    assert readers.find_sharing(("ns", "b")) is None and len(readers) == 1
 
 
 def test_the_rollout_generation_moves_with_the_pod_template_not_with_replicas() -> None:

@@ -154,7 +154,7 @@ class PoolController:
 
     async def stop(self) -> None:
         self.stopped = True
-        self.ctx.queue_readers.pop((self.namespace, self.name), None)
+        self.ctx.queue_readers.discard((self.namespace, self.name))
         self.wake.set()
         if self.task is not None:
             self.task.cancel()

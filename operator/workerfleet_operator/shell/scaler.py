@@ -75,14 +75,14 @@ async def poll_queue(
     before = controller.secret.version
     check = await controller.read_secret(pool)
     if check.state != "ok" or controller.secret is None or controller.secret_key is None:
-        controller.ctx.queue_readers.pop((controller.namespace, controller.name), None)
+        controller.ctx.queue_readers.discard((controller.namespace, controller.name))
         controller.dirty = True  # the reconcile reports it (Ready=False) and holds
         return
     if check.version != before:
         controller.dirty = True  # a new pod-template annotation rolls the pods onto the new URL
     created = str(((controller.body or {}).get("metadata") or {}).get("creationTimestamp") or "")
     where = queue.identify_queue(controller.secret.value, pool.spec.queue.name)
-    controller.ctx.queue_readers[(controller.namespace, controller.name)] = (where, created)
+    controller.ctx.queue_readers.record((controller.namespace, controller.name), where, created)
     sharing = controller.ctx.find_queue_sharing((controller.namespace, controller.name))
     problem = await _ensure_subscription(controller, pool)
     if problem is not None:
