@@ -19,12 +19,15 @@ from pathlib import Path
 import kopf
 import pytest
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, credentials, handlers, kube, main
+from workerfleet_operator.shell import context, credentials, handlers, kube, main, scaler
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
     QueueRedis,
+    build_pool,
+    build_secret,
+    condition,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
@@ -74,6 +77,58 @@ def test_a_replica_change_is_written_to_status_at_once_despite_the_refresh_inter
         ),
         timeout=10,
         message="scale-up not written to status",
+    )
+
+
+def test_a_new_autoscaled_pool_is_ready_with_its_queue_s_numbers_in_one_status_write(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given the operator, and a queue with 7 jobs waiting
+    operator()
+    enqueue(queue_redis, "emails", 7)
+    # When a new pool polling every 5 minutes is created for it (the emulator rolls its
+    # Deployment out at once)
+    start_pool(emulator, queue_redis, "emails", pollingIntervalSeconds=300, maxReplicas=1)
+    # Then it is Ready with the backlog in status, after one status write (not the reconcile's
+    # and then the first poll's)
+    wait_until(
+        lambda: (
+            condition(pool(emulator, "emails"), "Ready").get("status") == "True"
+            and ((pool(emulator, "emails") or {}).get("status") or {})
+            .get("queue", {})
+            .get("backlog")
+            == 7
+        ),
+        message="the pool never reported Ready with its backlog",
+    )
+    time.sleep(1.0)  # a second write would follow the first at once
+    assert _status_writes(emulator, "emails") == 1
+
+
+def test_a_status_left_to_a_poll_that_fails_is_written_by_the_reconcile(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given polls that fail outright, and a Deployment controller that never reports (no
+    # later Deployment event wakes the pool up)
+    async def failing_poll(*_: object) -> None:
+        raise RuntimeError("the poll broke")
+
+    monkeypatch.setattr(scaler, "poll_queue", failing_poll)
+    emulator.fake_deployment_controller = False
+    operator()
+    # When a new pool polling every 5 minutes is created (its reconcile leaves the status to
+    # the poll due right after it)
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    body = build_pool("emails", autoscaling={"pollingIntervalSeconds": 300})
+    emulator.create("workerpools", body, group="workerfleet.io")
+    # Then its status is written anyway, by the reconcile, not five minutes later
+    wait_until(
+        lambda: condition(pool(emulator, "emails"), "Ready").get("reason") == "RollingOut",
+        timeout=10,
+        message="no status while the poll failed",
     )
 
 

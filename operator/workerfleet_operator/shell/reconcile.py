@@ -118,6 +118,8 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
         controller.applied.rejected_generation = None
     else:
         controller.applied.rejected_generation = parsed.generation
+    if controller.defer_status_to_poll():
+        return  # the poll due now plans this status with the queue's numbers: one write
     # The status from what the writes returned (a plan on the fresh Deployment state).
     final = plan_mod.plan(parsed, controller.observed(secret))
     await report.apply_status(controller, final.status, final.events)

@@ -51,6 +51,9 @@ class ScalerMemory:
     replicas_blocked_by: tuple[str, ...] = ()
     last_dry_run_desired: int | None = None
     poll_signature: tuple[Any, ...] | None = None
+    # A reconcile left its status for the poll due right after it (``PoolController.
+    # defer_status_to_poll``); cleared when the poll writes it.
+    status_deferred: bool = False
     # (Secret version, topic, group) last registered, and when (monotonic clock)
     subscription_registered: tuple[Any, ...] | None = None
     subscription_registered_at: float = 0.0
@@ -140,6 +143,7 @@ async def poll_queue(
         _export(controller, policy, observation, decision)
         return
     controller.scaling.poll_signature = signature
+    controller.scaling.status_deferred = False  # written (or found unchanged) just below
     the_plan = plan_mod.plan(
         pool,
         controller.observed(
