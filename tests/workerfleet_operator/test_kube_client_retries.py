@@ -33,8 +33,18 @@ class ScriptedServer:
     accepted_tokens: set[str] | None = None
     delays: list[float] = field(default_factory=list)
     url: str = ""
+    in_flight: int = 0
+    peak_in_flight: int = 0
 
     async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.Response:
         authorization = request.headers.get("Authorization")
         self.seen.append((request.method, authorization))
         if self.delays:
@@ -93,6 +103,24 @@ async def apply(client: kube.KubeClient) -> dict[str, object]:
 
 
 Call = Callable[[kube.KubeClient], Awaitable[object]]
+
+
+async def test_requests_beyond_the_in_flight_cap_wait_their_turn_without_timing_out(
+    server: ScriptedServer,
+) -> None:
+    # Given an API server taking 0.3 s per request, and a client with a 1 s timeout that
+    # sends at most 2 requests at once
+    server.delays = [0.3] * 12
+    client = client_for(server, [], timeout=1.0, max_in_flight=2)
+    try:
+        # When 12 reads are asked for at once (six rounds: 1.8 s, beyond the timeout)
+        answers = await asyncio.gather(*(read(client) for _ in range(12)))
+    finally:
+        await client.close()
+    # Then every read went through on its first try, never more than 2 on their way at once
+    assert all(a is not None for a in answers)
+    assert client.retry_count == 0 and client.request_count == 12
+    assert server.peak_in_flight <= 2 and client.peak_in_flight == 2
 
 
 @pytest.mark.parametrize("code", [429, 500, 502, 503, 504])

@@ -53,6 +53,14 @@ class OperatorConfig(BaseSettings):
     api_burst: int = Field(
         default=40, ge=1, description="API requests allowed at once before api_qps applies"
     )
+    api_max_in_flight: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "API requests of the operator's own client on their way at once; the others wait "
+            "their turn before their timeout starts"
+        ),
+    )
     secret_cache_seconds: float = Field(
         default=30.0, ge=0, description="re-read a Secret after this"
     )

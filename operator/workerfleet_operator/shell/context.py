@@ -172,7 +172,11 @@ class OperatorContext:
                 max_seconds=self.config.api_retry_max_seconds,
             )
             self.client = kube.KubeClient(
-                self.credentials, budget=budget, retry=retry, fence=self.fence
+                self.credentials,
+                budget=budget,
+                retry=retry,
+                fence=self.fence,
+                max_in_flight=self.config.api_max_in_flight,
             )
         return self.client
 

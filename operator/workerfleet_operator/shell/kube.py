@@ -210,6 +210,11 @@ class KubeClient:
     The Authorization header is built per request from the current login, never fixed at
     construction: a token kopf (or a 401 here) loads again is used from the next request on.
     ``fence`` (the leader elector's check) is asked before every write.
+
+    At most ``max_in_flight`` requests are on their way at once; the others wait for a slot
+    BEFORE their ``timeout`` starts. (Thousands of pools reconciling together once queued for
+    the connection pool inside the timeout: requests never sent timed out, failed their
+    reconciles and were retried, adding load to a busy API server.)
     """
 
     def __init__(
@@ -222,6 +227,7 @@ class KubeClient:
         fence: Callable[[], bool] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        max_in_flight: int = 32,
     ) -> None:
         if isinstance(credentials, kopf.ConnectionInfo):
             credentials = credentials_module.Credentials.fixed(credentials)
@@ -240,6 +246,10 @@ class KubeClient:
         self._rng = rng if rng is not None else random.Random()
         self.request_count = 0
         self.retry_count = 0
+        self._max_in_flight = max_in_flight
+        self._slots: asyncio.Semaphore | None = None  # made in the loop that uses it
+        self.in_flight = 0
+        self.peak_in_flight = 0
         if credentials.current is not None:
             self._use_login(credentials.current)
 
@@ -263,7 +273,7 @@ class KubeClient:
 
     def _fetch_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=64)
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._max_in_flight)
             self._session = aiohttp.ClientSession(
                 # The pid tells two replicas' writes apart in the API server's audit log.
                 headers={"Accept": "application/json", "User-Agent": build_user_agent()},
@@ -300,8 +310,16 @@ class KubeClient:
                 await self._budget.acquire()
             self.request_count += 1
             retry_after: float | None = None
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self._max_in_flight)
             try:
-                return await self._send(method, path, params, data, headers)
+                async with self._slots:
+                    self.in_flight += 1
+                    self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+                    try:
+                        return await self._send(method, path, params, data, headers)
+                    finally:
+                        self.in_flight -= 1
             except ApiError as exc:
                 if exc.status == 401 and not relogged:
                     # The token was replaced or revoked: load the login again and resend once.
