@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from worker_runtime import backoff, envelope, errors, events, expiry, logs, processes
+from worker_runtime import backoff, envelope, errors, events, expiry, logs
 from worker_runtime.brokers import base
 
 if TYPE_CHECKING:
@@ -308,6 +308,9 @@ def _build_task_spec(
         if inspect.iscoroutinefunction(handler):
             msg = f"task {name!r}: executor='process' is for sync handlers (CPU-bound work)"
             raise TypeError(msg)
+        # Deferred for cold start: multiprocessing loads only for an App with a process task.
+        from worker_runtime import processes
+
         handler_ref = processes.handler_reference(handler, name)
     elif executor != "thread":
         msg = f"task {name!r}: executor must be 'thread' or 'process'"
