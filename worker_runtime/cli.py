@@ -459,6 +459,18 @@ def _age(seconds: float | None) -> str:
 @_guard
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM/SIGINT (then drain and exit 0)."""
+    from worker_runtime import startup
+
+    # No collections while the worker's imports run (cold start); the worker resumes them once
+    # started, and this function at the latest when it returns.
+    startup.pause_gc()
+    try:
+        return _run_worker_command(args)
+    finally:
+        startup.resume_gc()
+
+
+def _run_worker_command(args: argparse.Namespace) -> int:
     from worker_runtime import worker as worker_mod
 
     # Before anything slow (importing the application): a SIGTERM that arrives while the
