@@ -2,8 +2,8 @@
 
 The figure itself (spawn → first job started) is bench/runtime/driver.py's measure_cold_start;
 these tests keep what it relies on: a Redis worker reaches its first job without importing the
-other brokers' clients, the operator and its console, the CLI's tables, the process pool or the
-events module (each imported where it is used), and with its garbage collector running again.
+other brokers' clients, the operator and its console, the CLI's other commands, the process pool
+or the events module (each imported where it is used), and with its garbage collector running again.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ NOT_ON_A_REDIS_WORKERS_START_PATH = (
     "starlette",
     "jinja2",
     "uvicorn",
-    # the CLI's tables, the process pool (only for executor="process" tasks), events
+    # the CLI's other commands and their tables, the process pool (only for executor="process"
+    # tasks), events
+    "worker_runtime.queue_commands",
     "rich",
     "multiprocessing",
     "worker_runtime.processes",
