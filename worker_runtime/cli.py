@@ -76,8 +76,9 @@ def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> 
         )
 
 
-def register_commands(subparsers: SubParsers) -> None:
-    """Add the runtime's subcommands to a ``workerfleet`` subparsers object."""
+def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> None:
+    """Add the runtime's subcommands to a ``workerfleet`` subparsers object (``only_worker``:
+    the ``worker`` command alone, which is all a worker process parses)."""
     w = subparsers.add_parser(
         "worker",
         help="run a worker process for an App",
@@ -93,6 +94,8 @@ def register_commands(subparsers: SubParsers) -> None:
     w.add_argument("--log-format", choices=("json", "text"), default=None)
     w.add_argument("--log-level", default=None)
     w.set_defaults(handler=cmd_worker)
+    if only_worker:
+        return
 
     q = subparsers.add_parser("queue", help="inspect a queue")
     qsub = q.add_subparsers(dest="queue_command", metavar="COMMAND")
@@ -235,17 +238,22 @@ def _needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Nam
     return handler
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m worker_runtime`` (the runtime's commands only)."""
+def build_parser(*, only_worker: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``python -m worker_runtime`` (the runtime's commands only; ``only_worker``:
+    with the ``worker`` command alone)."""
     parser = argparse.ArgumentParser(prog="python -m worker_runtime")
-    register_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register_commands(subparsers, only_worker=only_worker)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m worker_runtime``."""
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # A worker's start builds the worker command's parser alone, not the ten others (cold
+    # start): its arguments parse, and its help and errors read, the same either way.
+    parser = build_parser(only_worker=arguments[:1] == ["worker"])
+    args = parser.parse_args(arguments)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from tests.worker_runtime import workerproc
+from worker_runtime import cli
 
 COLD_START_APP = "tests.worker_runtime.tasks_cold_start:app"
 
@@ -99,3 +100,14 @@ def test_a_worker_command_that_cannot_start_leaves_the_garbage_collector_running
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["2", "True"]
     assert "no app" in done.stderr
+
+
+def test_a_worker_parses_its_arguments_as_the_whole_command_line_does() -> None:
+    # Given a worker's command line, parsed by the worker command's parser alone (what
+    # `python -m worker_runtime worker ...` builds) and by the parser of every command
+    argv = ["worker", "tasks:app", "-c", "3", "--queue", "q", "--log-format", "text"]
+    alone = cli.build_parser(only_worker=True).parse_args(argv)
+    whole = cli.build_parser().parse_args(argv)
+    # Then both read the same settings and run the same handler
+    assert vars(alone) == vars(whole)
+    assert alone.handler is cli.cmd_worker
