@@ -2,8 +2,9 @@
 
 The figure itself (spawn → first job started) is bench/runtime/driver.py's measure_cold_start;
 these tests keep what it relies on: a Redis worker reaches its first job without importing the
-other brokers' clients, the operator and its console, the CLI's other commands, the process pool
-or the events module (each imported where it is used), and with its garbage collector running again.
+other brokers' clients, the operator and its console, the CLI's other commands, the Redis
+broker's dead-letter and topic reads, the process pool or the events module (each is imported
+where it is used), and with its garbage collector running again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ NOT_ON_A_REDIS_WORKERS_START_PATH = (
     "worker_runtime.brokers.rabbitmq",
     "worker_runtime.brokers.sqs",
     "worker_runtime.brokers.memory",
+    # the Redis broker's dead-letter, topic and in-flight reads (commands and the console)
+    "worker_runtime.brokers.redis.dlq",
+    "worker_runtime.brokers.redis.topics",
+    "worker_runtime.brokers.redis.inflight",
     # the operator, its console and Kubernetes
     "workerfleet_operator",
     "kopf",
