@@ -5,11 +5,12 @@ collector before it imports the worker, the App and their libraries, and resumes
 returns; and by the worker loop (:mod:`worker_runtime.worker.core`), which resumes it as soon as
 its start-up objects are frozen (``gc.freeze``) or when opening its broker fails.
 
-Why: start-up creates a few hundred thousand objects that live as long as the process (modules,
-classes, pydantic schemas, clients) and next to no cyclic garbage, yet the collector would walk
-the growing heap a hundred times over meanwhile, a tenth of the import time spent finding
-nothing (cold start). Nothing else changes: the same objects are frozen once the worker runs.
-This module imports nothing but :mod:`gc`, so the pause can come first.
+Why (cold start): start-up creates tens of thousands of objects that live as long as the process
+(modules, classes, pydantic schemas, clients) and next to no cyclic garbage; with the collector
+on, a Redis worker's start ran some 130 collections that freed about a thousand objects in all,
+a few percent of its time to the first job. Nothing else changes: the same objects are frozen
+once the worker runs, the start-up's garbage among them (a bounded, one-off cost). This module
+imports nothing but :mod:`gc`, so the pause can come first.
 """
 
 from __future__ import annotations
