@@ -77,3 +77,8 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    # The public names are listed before their first use, as when they were imported eagerly.
+    return sorted({*globals(), *__all__})
