@@ -35,13 +35,16 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from worker_runtime import backoff, envelope, errors, events, expiry, logs, processes
+from worker_runtime import backoff, envelope, errors, expiry, logs
 from worker_runtime.brokers import base
 
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
 
+    # Imported where events are used (enqueue, publish, subscribe), not here: its pydantic
+    # EventEnvelope is not needed on a worker's start path (cold start).
+    from worker_runtime import events
     from worker_runtime import producer as producer_mod
     from worker_runtime.brokers.redis import queue as queue_mod
 
@@ -308,6 +311,9 @@ def _build_task_spec(
         if inspect.iscoroutinefunction(handler):
             msg = f"task {name!r}: executor='process' is for sync handlers (CPU-bound work)"
             raise TypeError(msg)
+        # Deferred for cold start: multiprocessing loads only for an App with a process task.
+        from worker_runtime import processes
+
         handler_ref = processes.handler_reference(handler, name)
     elif executor != "thread":
         msg = f"task {name!r}: executor must be 'thread' or 'process'"
@@ -503,6 +509,8 @@ class App:
         Options (``delay``, ``eta``, ``priority``, ``idempotency_key``, ``idempotency_ttl``,
         ``correlation_id``, ``max_attempts``, ...): :class:`worker_runtime.producer.JobSpec`.
         """
+        from worker_runtime import events  # deferred for cold start (see the imports)
+
         options = _with_lineage(options)
         result = await (await self._async_producer()).enqueue(
             task, self._checked_payload(task, payload), **options
@@ -541,6 +549,8 @@ class App:
         """Register a function turning ``topic``'s data at ``from_version`` into the data of
         ``from_version + 1`` (a dict in, a dict out); subscriptions chain them up to the
         version their handler reads."""
+        from worker_runtime import events  # deferred for cold start (see the imports)
+
         events.validate_event_type(topic)
         if from_version < 1:
             raise errors.ConfigError("from_version must be >= 1")
@@ -574,6 +584,8 @@ class App:
         ``event_version``, else 1): older events are brought up by the registered upcasters;
         newer or unreachable ones are dead-lettered as ``unknown_event_version``.
         """
+        from worker_runtime import events  # deferred for cold start (see the imports)
+
         queue = events.subscription_queue(topic, group)
 
         def register(handler: F) -> F:
@@ -616,6 +628,8 @@ class App:
         atomic step (all or none). Inside a handler the event joins the running job's
         correlation id and names it as its cause. Re-sending with the same ``event_id`` (after
         a lost reply) is deduplicated per subscription within its enqueue-dedup window."""
+        from worker_runtime import events  # deferred for cold start (see the imports)
+
         events.validate_event_type(topic)
         if version is None:
             version = events.version_of(type(data)) if isinstance(data, BaseModel) else 1
@@ -702,6 +716,8 @@ class App:
 def _with_lineage(options: Any) -> Any:
     """``options`` with the running handler's lineage filled in: the correlation id it carries
     (or its own id) and a ``causation_id`` header naming it, unless the caller gave them."""
+    from worker_runtime import events  # deferred for cold start (see the imports)
+
     lineage = events.lineage_of_current_job()
     if lineage.causation_id is None:
         return options
@@ -718,6 +734,8 @@ def _event_data(sub: Subscription, spec: TaskSpec, payload: Any, upcasters: Any)
     """The handler's argument from a subscription job's payload: the event envelope checked,
     upcast to the version the handler reads and validated; an event it cannot read is
     rejected with the reason (to the DLQ, no retries)."""
+    from worker_runtime import events  # deferred for cold start (see the imports)
+
     try:
         event = events.EventEnvelope.model_validate(payload)
     except ValidationError as exc:
@@ -741,6 +759,8 @@ def _event_data(sub: Subscription, spec: TaskSpec, payload: Any, upcasters: Any)
 def _event_handler(spec: TaskSpec, sub: Subscription, upcasters: Any) -> Handler:
     """The task handler of a subscription: reads the event, then calls the user's handler
     with the event bound (``events.current_event()``)."""
+    from worker_runtime import events  # deferred for cold start (see the imports)
+
     if spec.is_async:
 
         async def run_async(payload: Any, ctx: JobContext) -> None:

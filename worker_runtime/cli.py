@@ -3,40 +3,31 @@
 Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli`` (through
 :func:`register_commands`) and runnable without the operator as ``python -m worker_runtime``
 (:func:`main`). Registration only builds argparse parsers; each handler imports what it needs
-when it runs. Every read command has a ``--json`` variant for scripts; the default output is
-a table that fits a terminal.
+when it runs. The ``worker`` command lives here; the commands that read or change a queue
+(``queue``, ``topic``, ``trace``, ``dlq``, ``enqueue``) live in
+:mod:`worker_runtime.queue_commands`, imported only when one of them runs, so a worker's start
+never loads them (cold start).
 
 Connection settings come from flags or the environment, exactly as a worker pod sees them:
 ``--broker-url`` / ``WORKERFLEET_BROKER_URL`` (any scheme :func:`worker_runtime.brokers.open_broker`
 serves: Redis, RabbitMQ, SQS, memory), or the older ``--redis-url`` / ``WORKERFLEET_REDIS_URL``
 (the same URL under its first name: any scheme works there too), and ``--queue`` /
-``WORKERFLEET_QUEUE``. The queue and dlq commands and ``enqueue`` talk to the broker only through
-the protocols of :mod:`worker_runtime.brokers.base` (``QueueProbe``, ``DeadLetters``,
-``Broker.enqueue``, and the optional ``InFlightJobs`` and ``DeadLetterSteps``); a command that
-needs something its broker lacks fails with :class:`~worker_runtime.errors.CapabilityMissing`
-naming the broker and the missing capability.
+``WORKERFLEET_QUEUE``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import importlib
-import json
 import os
-import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from worker_runtime import app as app_mod
-    from worker_runtime.brokers import base
 
 SubParsers = Any  # argparse's _SubParsersAction is private
-R = TypeVar("R")
 
 
 class CliError(Exception):
@@ -85,8 +76,9 @@ def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> 
         )
 
 
-def register_commands(subparsers: SubParsers) -> None:
-    """Add the runtime's subcommands to a ``workerfleet`` subparsers object."""
+def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> None:
+    """Add the runtime's subcommands to a ``workerfleet`` subparsers object (``only_worker``:
+    the ``worker`` command alone, which is all a worker process parses)."""
     w = subparsers.add_parser(
         "worker",
         help="run a worker process for an App",
@@ -102,6 +94,8 @@ def register_commands(subparsers: SubParsers) -> None:
     w.add_argument("--log-format", choices=("json", "text"), default=None)
     w.add_argument("--log-level", default=None)
     w.set_defaults(handler=cmd_worker)
+    if only_worker:
+        return
 
     q = subparsers.add_parser("queue", help="inspect a queue")
     qsub = q.add_subparsers(dest="queue_command", metavar="COMMAND")
@@ -109,7 +103,7 @@ def register_commands(subparsers: SubParsers) -> None:
     _connection_flags(qs)
     qs.add_argument("--json", action="store_true", help="machine-readable output")
     qs.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
-    qs.set_defaults(handler=cmd_queue_stats)
+    qs.set_defaults(handler=_queue_command("cmd_queue_stats"))
     qj = qsub.add_parser("jobs", help="the jobs running now: worker and time running (read-only)")
     _connection_flags(qj)
     qj.add_argument(
@@ -120,7 +114,7 @@ def register_commands(subparsers: SubParsers) -> None:
     )
     qj.add_argument("--limit", type=int, default=200, help="at most this many (default 200)")
     qj.add_argument("--json", action="store_true", help="machine-readable output")
-    qj.set_defaults(handler=cmd_queue_jobs)
+    qj.set_defaults(handler=_queue_command("cmd_queue_jobs"))
     q.set_defaults(handler=_needs_subcommand(q))
 
     t = subparsers.add_parser("topic", help="inspect a topic's subscriptions (events)")
@@ -130,7 +124,7 @@ def register_commands(subparsers: SubParsers) -> None:
     tl.add_argument("--broker-url", default=None, help="broker URL ($WORKERFLEET_BROKER_URL)")
     tl.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
     tl.add_argument("--json", action="store_true", help="machine-readable output")
-    tl.set_defaults(handler=cmd_topic_lag, pool=None, queue=None)
+    tl.set_defaults(handler=_queue_command("cmd_topic_lag"), pool=None, queue=None)
     t.set_defaults(handler=_needs_subcommand(t))
 
     tr = subparsers.add_parser("trace", help="the tree of jobs and events of a correlation id")
@@ -138,7 +132,7 @@ def register_commands(subparsers: SubParsers) -> None:
     tr.add_argument("--broker-url", default=None, help="broker URL ($WORKERFLEET_BROKER_URL)")
     tr.add_argument("--redis-url", default=None, help="Redis URL ($WORKERFLEET_REDIS_URL)")
     tr.add_argument("--json", action="store_true", help="the raw entries, oldest first")
-    tr.set_defaults(handler=cmd_trace, pool=None, queue=None)
+    tr.set_defaults(handler=_queue_command("cmd_trace"), pool=None, queue=None)
 
     d = subparsers.add_parser("dlq", help="list, show, replay or purge dead letters")
     dsub = d.add_subparsers(dest="dlq_command", metavar="COMMAND")
@@ -148,17 +142,17 @@ def register_commands(subparsers: SubParsers) -> None:
     ls.add_argument("--offset", type=int, default=0, help="skip this many matching ones first")
     _filter_flags(ls)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    ls.set_defaults(handler=cmd_dlq_ls)
+    ls.set_defaults(handler=_queue_command("cmd_dlq_ls"))
     sm = dsub.add_parser("summary", help="dead letters grouped by reason and error type")
     _connection_flags(sm)
     _filter_flags(sm)
     sm.add_argument("--json", action="store_true", help="machine-readable output")
-    sm.set_defaults(handler=cmd_dlq_summary)
+    sm.set_defaults(handler=_queue_command("cmd_dlq_summary"))
     show = dsub.add_parser("show", help="one dead letter with its payload and failure history")
     _connection_flags(show)
     show.add_argument("job_id")
     show.add_argument("--json", action="store_true")
-    show.set_defaults(handler=cmd_dlq_show)
+    show.set_defaults(handler=_queue_command("cmd_dlq_show"))
     rp = dsub.add_parser("replay", help="put dead letters back on the queue (rate-limited)")
     _connection_flags(rp)
     rp.add_argument("job_ids", nargs="*", help="job ids (or --all)")
@@ -171,7 +165,7 @@ def register_commands(subparsers: SubParsers) -> None:
         "--dry-run", action="store_true", help="list what would be replayed; change nothing"
     )
     rp.add_argument("--json", action="store_true", help="machine-readable output")
-    rp.set_defaults(handler=cmd_dlq_replay)
+    rp.set_defaults(handler=_queue_command("cmd_dlq_replay"))
     pg = dsub.add_parser("purge", help="delete dead letters")
     _connection_flags(pg)
     pg.add_argument("job_ids", nargs="*", help="job ids (or --all / --older-than)")
@@ -180,7 +174,7 @@ def register_commands(subparsers: SubParsers) -> None:
     pg.add_argument("--yes", action="store_true", help="required with --all and with filters")
     _filter_flags(pg)
     pg.add_argument("--json", action="store_true", help="machine-readable output")
-    pg.set_defaults(handler=cmd_dlq_purge)
+    pg.set_defaults(handler=_queue_command("cmd_dlq_purge"))
     d.set_defaults(handler=_needs_subcommand(d))
 
     e = subparsers.add_parser("enqueue", help="enqueue one job (or many with --file)")
@@ -203,7 +197,24 @@ def register_commands(subparsers: SubParsers) -> None:
     e.add_argument("--correlation-id", default=None)
     e.add_argument("--max-attempts", type=int, default=None)
     e.add_argument("--json", action="store_true")
-    e.set_defaults(handler=cmd_enqueue)
+    e.set_defaults(handler=_queue_command("cmd_enqueue"))
+
+
+def _queue_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The handler ``name`` of :mod:`worker_runtime.queue_commands`, imported when it runs.
+
+    Deferred for cold start: the queue commands are most of this command line's code, and a
+    worker's start would otherwise load (and, without .pyc files, compile) them for nothing.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        from worker_runtime import queue_commands
+
+        handler: Callable[[argparse.Namespace], int] = getattr(queue_commands, name)
+        return handler(args)
+
+    run.__name__ = name
+    return run
 
 
 def _filter_flags(parser: argparse.ArgumentParser) -> None:
@@ -227,17 +238,22 @@ def _needs_subcommand(parser: argparse.ArgumentParser) -> Callable[[argparse.Nam
     return handler
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m worker_runtime`` (the runtime's commands only)."""
+def build_parser(*, only_worker: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``python -m worker_runtime`` (the runtime's commands only; ``only_worker``:
+    with the ``worker`` command alone)."""
     parser = argparse.ArgumentParser(prog="python -m worker_runtime")
-    register_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register_commands(subparsers, only_worker=only_worker)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m worker_runtime``."""
-    parser = build_parser()
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # A worker's start builds the worker command's parser alone, not the ten others (cold
+    # start): its arguments parse, and its help and errors read, the same either way.
+    parser = build_parser(only_worker=arguments[:1] == ["worker"])
+    args = parser.parse_args(arguments)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -281,133 +297,10 @@ def load_app(path: str) -> app_mod.App:
     return obj
 
 
-def _pool_target(args: argparse.Namespace) -> tuple[str, str] | None:
-    """(URL, queue) of ``--pool``, looked up once per command; None without --pool."""
-    pool = getattr(args, "pool", None)
-    if not pool:
-        return None
-    cached: tuple[str, str] | None = getattr(args, "_pool_target", None)
-    if cached is None:
-        if POOL_RESOLVER is None:
-            msg = "--pool needs the operator package (pip install 'workerfleet[operator]')"
-            raise CliError(msg)
-        if args.redis_url or getattr(args, "broker_url", None) or args.queue:
-            msg = "--pool finds the queue and its broker URL: drop --broker-url/--redis-url/--queue"
-            raise CliError(msg)
-        try:
-            cached = POOL_RESOLVER(str(pool), getattr(args, "kubeconfig", None))
-        except LookupError as exc:
-            raise CliError(str(exc)) from None
-        args._pool_target = cached
-    return cached
+def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``fn`` reporting user and broker errors as one line and an exit code: 2 for a usage or
+    configuration error, 1 for a broker that cannot be reached or refuses the request."""
 
-
-BROKER_NAMES = {"amqp": "RabbitMQ", "amqps": "RabbitMQ", "sqs": "SQS", "memory": "memory"}
-"""How messages name a broker by its URL scheme (every other served scheme is Redis)."""
-
-
-def broker_name(url: str) -> str:
-    """``Redis``, ``RabbitMQ``, ``SQS`` or ``memory``: the broker a URL names, for messages."""
-    return BROKER_NAMES.get(url.partition("://")[0].lower(), "Redis")
-
-
-def _broker_url(args: argparse.Namespace) -> str:
-    """The broker URL of a queue/dlq/enqueue command (checked, never echoed)."""
-    from worker_runtime import brokers, errors
-
-    target = _pool_target(args)
-    flag = getattr(args, "broker_url", None)
-    if flag and args.redis_url:
-        msg = "pass --broker-url or --redis-url, not both"
-        raise CliError(msg)
-    url = (
-        target[0]
-        if target
-        else flag
-        or args.redis_url
-        or os.environ.get("WORKERFLEET_BROKER_URL")
-        or os.environ.get("WORKERFLEET_REDIS_URL")
-    )
-    if not url:
-        msg = (
-            "no Redis URL or other broker URL: pass --broker-url (or --redis-url) or set "
-            "WORKERFLEET_BROKER_URL (or WORKERFLEET_REDIS_URL)"
-        )
-        raise CliError(msg)
-    url = str(url)
-    try:
-        scheme = brokers.scheme_of(url)
-    except errors.ConfigError as exc:
-        raise CliError(f"unusable broker URL: {exc}") from None
-    if scheme in brokers.REDIS_SCHEMES:
-        from worker_runtime.brokers.redis import connection
-
-        try:
-            connection.parse_redis_url(url)
-        except connection.InvalidRedisURL as exc:
-            raise CliError(f"unusable Redis URL: {exc}") from None
-    args._broker_name = broker_name(url)
-    return url
-
-
-def _queue_name(args: argparse.Namespace) -> str:
-    target = _pool_target(args)
-    name = (target[1] if target else None) or args.queue or os.environ.get("WORKERFLEET_QUEUE")
-    if not name:
-        msg = "no queue: pass --queue or set WORKERFLEET_QUEUE"
-        raise CliError(msg)
-    return str(name)
-
-
-def _run_on_broker(
-    url: str, queue: str, call: Callable[[Any], Awaitable[R]], *, role: str = "producer"
-) -> R:
-    """``await call(broker)`` on a broker of its own for ``queue`` at ``url`` (closed after).
-
-    Never as the queue's consumer: its workers own the queue's settings (on SQS its visibility
-    timeout and redrive limit), which a command must not reset to the defaults. A ``role`` of
-    ``"reader"`` (statistics) creates nothing either; a producer (enqueue, the dlq commands,
-    which may replay) creates a queue that is missing and changes no existing one."""
-    from worker_runtime import brokers
-
-    async def go() -> R:
-        broker = await brokers.open_broker(url, queue, role=role)
-        try:
-            return await call(broker)
-        finally:
-            await broker.close()
-
-    return asyncio.run(go())
-
-
-def _missing(url: str, what: str, protocol: str) -> Exception:
-    from worker_runtime import errors
-
-    return errors.CapabilityMissing(
-        f"the {broker_name(url)} broker cannot {what} (it does not implement {protocol})",
-        operation=protocol,
-    )
-
-
-def _dead_letters(broker: Any, url: str) -> base.DeadLetters:
-    """The broker's DLQ side, or CapabilityMissing naming the broker."""
-    from worker_runtime.brokers import base
-
-    if not isinstance(broker, base.DeadLetters):
-        raise _missing(url, "read or change its dead letters", "DeadLetters")
-    return broker
-
-
-def _probe(broker: Any, url: str) -> base.QueueProbe:
-    """The broker's statistics side, or CapabilityMissing naming the broker."""
-    from worker_runtime.brokers import base
-
-    if not isinstance(broker, base.QueueProbe):
-        raise _missing(url, "report queue statistics", "QueueProbe")
-    return broker
-
-
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def wrapped(args: argparse.Namespace) -> int:
         from worker_runtime import errors
 
@@ -431,34 +324,24 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     return wrapped
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(highlight=False)
-
-
-def _printable(text: str) -> str:
-    """``text`` for a terminal: bytes that were not UTF-8 (kept as lone surrogates so the id
-    still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _age(seconds: float | None) -> str:
-    from worker_runtime.brokers.redis import stats  # format_age is pure; no client is opened
-
-    return stats.format_age(seconds)
-
-
 # ---- worker ----------------------------------------------------------------------------------
 
 
-@_guard
+@guard
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker until SIGTERM/SIGINT (then drain and exit 0)."""
+    from worker_runtime import startup
+
+    # No collections while the worker's imports run (cold start); the worker resumes them once
+    # started, and this function at the latest when it returns.
+    startup.pause_gc()
+    try:
+        return _run_worker_command(args)
+    finally:
+        startup.resume_gc()
+
+
+def _run_worker_command(args: argparse.Namespace) -> int:
     from worker_runtime import worker as worker_mod
 
     # Before anything slow (importing the application): a SIGTERM that arrives while the
@@ -500,771 +383,3 @@ def _setting_name(loc: tuple[int | str, ...]) -> str:
     if name == "WORKERFLEET_BROKER_URL":
         return "WORKERFLEET_BROKER_URL (or WORKERFLEET_REDIS_URL)"
     return name if name.startswith("WORKERFLEET_") else f"WORKERFLEET_{name}"
-
-
-# ---- queue stats -----------------------------------------------------------------------------
-
-
-def build_stats_json(s: base.QueueStats) -> dict[str, Any]:
-    """QueueStats as plain JSON (stable keys, for scripts and the tests)."""
-    import dataclasses
-
-    from worker_runtime import events
-
-    data = dataclasses.asdict(s)
-    data["workers"] = [dataclasses.asdict(w) for w in s.workers]
-    # A subscription's queue also says which (topic, group) it is: its backlog and
-    # oldest_job_age_seconds are the subscription's lag (workerfleet topic lag, the
-    # workerfleet_pool_subscription_* series).
-    parsed = events.parse_subscription_queue(s.queue)
-    data["subscription"] = None if parsed is None else {"topic": parsed[0], "group": parsed[1]}
-    return data
-
-
-def _render_stats(s: base.QueueStats) -> Any:
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
-    from worker_runtime import events
-
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column(justify="right")
-    parsed = events.parse_subscription_queue(s.queue)
-    rows = [
-        ("queue", s.queue),
-        *([] if parsed is None else [("subscription", f"topic {parsed[0]}, group {parsed[1]}")]),
-        ("backlog", f"{s.backlog:,}"),
-        ("  due delayed", f"{s.due_delayed:,}"),
-        ("delayed (future)", f"{s.future_delayed:,}"),
-        ("in flight", f"{s.in_flight:,}"),
-        ("dead letters", f"{s.dead_letter:,}"),
-        ("oldest dead letter age", _age(s.oldest_dead_letter_age_seconds)),
-        ("oldest job age", _age(s.oldest_job_age_seconds)),
-        ("enqueued total", f"{s.enqueued_total:,}"),
-        ("completed total", f"{s.completed_total:,}"),
-        ("failed total", f"{s.failed_total:,}"),
-        ("retried total", f"{s.retried_total:,}"),
-        ("dead-lettered total", f"{s.dead_lettered_total:,}"),
-        ("workers lost total", f"{s.workers_lost_total:,}"),
-        ("heartbeats expired", f"{s.workers_expired:,}"),
-    ]
-    for k, v in rows:
-        summary.add_row(k, v)
-    if not s.workers:
-        return Group(summary, Text("no live workers", style="dim"))
-    workers = Table(title=f"{len(s.workers)} live worker(s)", title_justify="left")
-    for col in ("worker", "pod", "in flight", "processed", "busy", "up", "oldest job", "state"):
-        workers.add_column(
-            col, justify="right" if col not in ("worker", "pod", "state") else "left"
-        )
-    for w in s.workers:
-        workers.add_row(
-            w.worker_id,
-            w.pod_name,
-            f"{w.in_flight}/{w.concurrency}",
-            f"{w.processed:,}",
-            _age(w.busy_seconds),
-            _age(s.now - w.started_at),
-            _age(None if w.oldest_job_started_at is None else s.now - w.oldest_job_started_at),
-            "draining" if w.draining else "running",
-        )
-    return Group(summary, workers)
-
-
-@_guard
-def cmd_queue_stats(args: argparse.Namespace) -> int:
-    """Print the queue's stats (one read-only round trip)."""
-    url, queue = _broker_url(args), _queue_name(args)
-
-    async def once(broker: Any) -> base.QueueStats:
-        return await _probe(broker, url).fetch_stats()
-
-    if args.watch is None:
-        s = _run_on_broker(url, queue, once, role="reader")
-        if args.json:
-            _print_json(build_stats_json(s))
-        else:
-            _console().print(_render_stats(s))
-        return 0
-
-    from rich.live import Live
-
-    async def watch(broker: Any) -> None:
-        with Live(auto_refresh=False) as live:
-            while True:
-                live.update(_render_stats(await once(broker)), refresh=True)
-                await asyncio.sleep(max(0.2, args.watch))
-
-    with contextlib.suppress(KeyboardInterrupt):
-        _run_on_broker(url, queue, watch, role="reader")
-    return 0
-
-
-def _fetch_topic_rows(
-    args: argparse.Namespace, read: Callable[[Any], Awaitable[list[R]]]
-) -> list[R]:
-    """``await read(broker)`` on a broker of its own that has topics; with ``--json`` the rows
-    are printed."""
-    import dataclasses
-
-    from worker_runtime.brokers import base
-
-    url = _broker_url(args)
-
-    async def call(broker: Any) -> list[R]:
-        if not broker.capabilities.topics or not isinstance(broker, base.Topics):
-            raise _missing(url, "read topics", "Topics")
-        return await read(broker)
-
-    rows = _run_on_broker(url, "workerfleet-cli", call, role="reader")
-    if args.json:
-        _print_json([dataclasses.asdict(row) for row in rows])  # type: ignore[call-overload]
-    return rows
-
-
-@_guard
-def cmd_topic_lag(args: argparse.Namespace) -> int:
-    """Print how far each subscription of a topic is behind (read-only)."""
-    lag = _fetch_topic_rows(args, lambda broker: broker.fetch_topic_lag(args.topic))
-    if args.json:
-        return 0
-    if not lag:
-        print(f"no subscriptions on {args.topic}", file=sys.stderr)
-    for entry in lag:
-        print(
-            f"{entry.group}\tbacklog={entry.backlog}\toldest={entry.oldest_event_age_seconds:.1f}s"
-            f"\tin_flight={entry.in_flight}\tdead_letter={entry.dead_letter}"
-        )
-    return 0
-
-
-@_guard
-def cmd_trace(args: argparse.Namespace) -> int:
-    """Print the jobs and events of one correlation id as a tree (from the trace index)."""
-    from worker_runtime import events
-
-    entries = _fetch_topic_rows(args, lambda broker: broker.fetch_trace(args.correlation_id))
-    if args.json:
-        return 0
-    if not entries:
-        print(f"no trace for {args.correlation_id} (unknown or expired)", file=sys.stderr)
-        return 1
-    print("\n".join(events.render_trace_tree(entries)))
-    return 0
-
-
-@_guard
-def cmd_queue_jobs(args: argparse.Namespace) -> int:
-    """List the jobs running now (like ``celery inspect active``)."""
-    import dataclasses
-
-    from worker_runtime.brokers import base
-
-    url, queue = _broker_url(args), _queue_name(args)
-
-    async def listing(broker: Any) -> list[base.InFlightJob]:
-        if not isinstance(broker, base.InFlightJobs):
-            raise _missing(url, "list the jobs in flight", "InFlightJobs")
-        return await broker.list_in_flight_jobs(limit=args.limit)
-
-    jobs = _run_on_broker(url, queue, listing, role="reader")
-    if args.json:
-        _print_json([dataclasses.asdict(j) for j in jobs])
-        return 0
-    if not jobs:
-        print(f"nothing in flight on {queue}", file=sys.stderr)
-        return 0
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=f"{len(jobs)} job(s) in flight on {queue}", title_justify="left")
-    for col in ("job id", "task", "priority", "worker", "running", "deliveries", "lease left"):
-        table.add_column(col, no_wrap=col == "job id")
-    for j in jobs:
-        table.add_row(
-            *map(
-                Text,
-                (
-                    _printable(j.job_id),
-                    j.task or "?",
-                    j.priority,
-                    j.worker_id,
-                    _age(j.running_seconds),
-                    str(j.deliveries),
-                    _age(j.lease_expires_in_seconds),
-                ),
-            )
-        )
-    _console().print(table)
-    return 0
-
-
-# ---- dlq -------------------------------------------------------------------------------------
-
-
-def build_dead_letter_json(d: base.DeadLetter) -> dict[str, Any]:
-    """A DeadLetter as plain JSON; the envelope is decoded when it is valid JSON."""
-    import dataclasses
-
-    data = dataclasses.asdict(d)
-    try:
-        data["envelope"] = json.loads(d.envelope_raw)
-    except (ValueError, TypeError):
-        data["envelope"] = None
-    return data
-
-
-def _dead_letter_filter(args: argparse.Namespace) -> Any:
-    from worker_runtime import triage
-
-    now = time.time()
-    try:
-        return triage.DeadLetterFilter(
-            task=args.task,
-            reason=args.reason,
-            error=args.error,
-            since=None if args.since is None else triage.parse_time_bound(args.since, now),
-            until=None if args.until is None else triage.parse_time_bound(args.until, now),
-        )
-    except triage.InvalidTime as exc:
-        raise CliError(str(exc)) from None
-
-
-def _filter_words(where: Any) -> str:
-    parts = [f"{k}={v}" for k, v in (("task", where.task), ("reason", where.reason),
-                                       ("error", where.error)) if v is not None]  # fmt: skip
-    if where.since is not None:
-        parts.append(f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(where.since))}Z")
-    if where.until is not None:
-        parts.append(f"until {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(where.until))}Z")
-    return ", ".join(parts)
-
-
-def _fetch_filtered(args: argparse.Namespace, *, offset: int, limit: int) -> tuple[str, Any, Any]:
-    """Queue name, filter and page of the dead letters the command's filter flags select."""
-    from worker_runtime import triage
-
-    url, queue = _broker_url(args), _queue_name(args)
-    where = _dead_letter_filter(args)
-    page = _run_on_broker(
-        url,
-        queue,
-        lambda broker: triage.fetch_matching_dead_letters(
-            _dead_letters(broker, url), where, offset=offset, limit=limit
-        ),
-    )
-    return queue, where, page
-
-
-@_guard
-def cmd_dlq_ls(args: argparse.Namespace) -> int:
-    """List dead letters, newest first (filtered by --task/--reason/--error/--since/--until)."""
-    queue, where, page = _fetch_filtered(args, offset=args.offset, limit=args.limit)
-    items = list(page.items)
-    if args.json:
-        _print_json([build_dead_letter_json(d) for d in items])
-        return 0
-    if not items:
-        what = f" matching {_filter_words(where)}" if not where.is_empty else ""
-        print(f"no dead letters{what} in {queue}", file=sys.stderr)
-        return 0
-    from rich.table import Table
-    from rich.text import Text
-
-    counted = f"{page.matched:,}" + ("" if page.complete else f"+ (first {page.scanned:,} read)")
-    header = (
-        f"{page.total:,} dead letter(s) in {queue}"
-        if where.is_empty
-        else f"{counted} of {page.total:,} dead letter(s) in {queue} match {_filter_words(where)}"
-    )
-    shown = f"showing {args.offset + 1}-{args.offset + len(items)}, newest first"
-    table = Table(title=f"{header}; {shown}", title_justify="left")
-    for col in ("job id", "task", "reason", "attempts", "deliveries", "age", "last error"):
-        table.add_column(col, overflow="fold" if col == "last error" else "ellipsis")
-    now = time.time()
-    for d in items:
-        last = d.history[-1] if d.history else None
-        error = f"{last.error_type}: {last.message}" if last is not None else ""
-        # cells as Text, never markup: task names and error texts come from jobs ("[/red]")
-        table.add_row(
-            *map(
-                Text,
-                (
-                    _printable(d.job_id),
-                    d.task or "",
-                    d.reason,
-                    str(d.attempts),
-                    str(d.deliveries),
-                    _age(now - d.dead_lettered_at),
-                    error[:120],
-                ),
-            )
-        )
-    _console().print(table)
-    return 0
-
-
-@_guard
-def cmd_dlq_summary(args: argparse.Namespace) -> int:
-    """Dead letters grouped by reason and error type (with the tasks concerned)."""
-    import dataclasses
-
-    from worker_runtime import triage
-
-    queue, where, page = _fetch_filtered(args, offset=0, limit=triage.SCAN_LIMIT)
-    rows = triage.build_summary(page.items)
-    if args.json:
-        _print_json(
-            {
-                "total": page.total,
-                "matched": page.matched,
-                "complete": page.complete,
-                "groups": [dataclasses.asdict(r) for r in rows],
-            }
-        )
-        return 0
-    from rich.table import Table
-    from rich.text import Text
-
-    scope = "" if where.is_empty else f" matching {_filter_words(where)}"
-    partial = "" if page.complete else f" (the newest {page.scanned:,} read)"
-    table = Table(
-        title=f"{page.matched:,} of {page.total:,} dead letter(s) in {queue}{scope}{partial}",
-        title_justify="left",
-    )
-    for col in ("reason", "error type", "count", "tasks"):
-        table.add_column(col, justify="right" if col == "count" else "left")
-    for r in rows:
-        table.add_row(
-            *map(Text, (r.reason, r.error_type or "-", f"{r.count:,}", ", ".join(r.tasks)))
-        )
-    _console().print(table)
-    return 0
-
-
-@_guard
-def cmd_dlq_show(args: argparse.Namespace) -> int:
-    """Show one dead letter: payload and failure history."""
-    url, queue = _broker_url(args), _queue_name(args)
-
-    d = _run_on_broker(
-        url, queue, lambda broker: _dead_letters(broker, url).show_dead_letter(args.job_id)
-    )
-    if d is None:
-        print(f"workerfleet: no dead letter {args.job_id!r} in {queue}", file=sys.stderr)
-        return 1
-    data = build_dead_letter_json(d)
-    if args.json:
-        _print_json(data)
-        return 0
-    from rich.text import Text
-
-    # every value comes from the job or its errors: printed as Text, never parsed as markup
-    console = _console()
-    console.print(
-        Text.assemble((_printable(d.job_id), "bold"), f"  task={d.task}  reason={d.reason}")
-    )
-    console.print(
-        Text(
-            f"attempts={d.attempts} deliveries={d.deliveries} lost={d.lost} "
-            f"worker={d.worker_id or '-'} correlation_id={d.correlation_id or '-'}"
-        )
-    )
-    console.print(Text(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}"))
-    if d.envelope_base64 is not None:
-        # an envelope that is not UTF-8: escaped for reading, exact bytes for tools
-        console.print(Text(f"envelope (not UTF-8): {d.envelope_raw}"), soft_wrap=True)
-        console.print(Text(f"envelope bytes (base64): {d.envelope_base64}"), soft_wrap=True)
-    for i, f in enumerate(d.history, 1):
-        console.print(Text.assemble((f"failure {i}", "bold"), f" {f.error_type}: {f.message}"))
-        trace = getattr(f, "traceback", "")
-        if trace:
-            console.print(Text(trace.rstrip(), style="dim"))
-    return 0
-
-
-def _dlq_selection(
-    args: argparse.Namespace, chosen: bool, hint: str
-) -> tuple[str, str, list[str] | None]:
-    """URL, queue and job ids of a dlq command that acts on some dead letters.
-
-    Job ids are given, or found by the filters (newest first, within triage.SCAN_LIMIT), or
-    None: ``--all`` or ``hint`` (the command's own selection) decide.
-    """
-
-    where = _dead_letter_filter(args)
-    if not args.job_ids and not args.all and not chosen and where.is_empty:
-        msg = f"name job ids, or pass {hint}, or filter with --task/--reason/--error/--since"
-        raise CliError(msg)
-    url, queue = _broker_url(args), _queue_name(args)
-    if where.is_empty:
-        return url, queue, list(args.job_ids) or None
-    if args.job_ids:
-        msg = "name job ids or filter, not both"
-        raise CliError(msg)
-    found = _matching_ids(url, queue, where)
-    return url, queue, list(reversed(found))  # oldest first, as a replay goes
-
-
-def _matching_ids(url: str, queue: str, where: Any) -> list[str]:
-    """Job ids of the dead letters ``where`` selects, newest first (within triage.SCAN_LIMIT)."""
-    from worker_runtime import triage
-
-    return _run_on_broker(
-        url, queue, lambda broker: triage.fetch_matching_ids(_dead_letters(broker, url), where)
-    )
-
-
-def _dry_run_ids(url: str, queue: str, ids: list[str] | None, limit: int | None) -> list[str]:
-    from worker_runtime import triage
-
-    if ids is None:
-        ids = list(reversed(_matching_ids(url, queue, triage.DeadLetterFilter())))
-    return ids if limit is None else ids[:limit]
-
-
-REPLAY_CHUNK = 100
-"""Most dead letters one replay call moves: the CLI checks Ctrl-C and the rate between calls."""
-
-
-@_guard
-def cmd_dlq_replay(args: argparse.Namespace) -> int:
-    """Replay dead letters onto the queue, rate-limited."""
-    url, queue, ids = _dlq_selection(args, args.limit is not None, "--all or --limit N")
-    if args.dry_run:
-        would = _dry_run_ids(url, queue, ids, args.limit)
-        if args.json:
-            _print_json({"dry_run": True, "would_replay": len(would), "job_ids": would})
-        else:
-            for job_id in would:
-                print(_printable(job_id))
-            print(f"dry run: would replay {len(would)} job(s) onto {queue}", file=sys.stderr)
-        return 0
-    if ids is not None and not ids:
-        print(f"no dead letters match in {queue}; nothing replayed", file=sys.stderr)
-        if args.json:
-            _print_json({"replayed": 0, "job_ids": []})
-        return 0
-    if ids is not None and args.limit is not None:
-        ids = ids[: args.limit]
-    replayed: list[str] = []
-    total = [len(ids) if ids is not None else 0]
-    interrupted = [False]
-
-    async def go(broker: Any) -> None:
-        # Ctrl-C stops between chunks: the chunk in flight finishes and is counted, so the
-        # summary says exactly what was replayed (a cancelled broker call could have run)
-        letters = _dead_letters(broker, url)
-        stop = _stop_on_ctrl_c()
-        if ids is None:
-            count = await letters.count_dead_letters()
-            total[0] = count if args.limit is None else min(count, args.limit)
-        chunk = max(1, min(REPLAY_CHUNK, int(args.rate)))  # about one second of work
-        with _progress(f"replaying onto {queue}", total[0], quiet=args.json) as advance:
-            remaining = args.limit
-            pending = list(ids) if ids is not None else None
-            while not stop.is_set():
-                started = time.monotonic()
-                part: list[str] | None = None
-                if pending is not None:
-                    part, pending = pending[:chunk], pending[chunk:]
-                size = len(part) if part is not None else chunk
-                if remaining is not None and part is None:
-                    size = min(size, remaining)
-                if size <= 0:
-                    break
-                done = await letters.replay_dead_letters(
-                    job_ids=part, limit=None if part is not None else size,
-                    reset_attempts=args.reset_attempts, rate_per_second=float(REPLAY_CHUNK),
-                )  # fmt: skip
-                replayed.extend(done)
-                advance(size if part is not None else len(done))
-                if part is None:
-                    if remaining is not None:
-                        remaining -= len(done)
-                    if len(done) < size:
-                        break  # the DLQ has no more (or only entries live again)
-                pause = len(done) / args.rate - (time.monotonic() - started)  # the rate limit
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, pause))
-            interrupted[0] = stop.is_set()
-
-    if args.rate <= 0:
-        msg = "--rate must be positive"
-        raise CliError(msg)
-    if not args.json:
-        print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
-    _run_on_broker(url, queue, go)
-    return _report_outcome(
-        args, interrupted=interrupted[0],
-        summary=f"replayed {len(replayed)} of {total[0]} job(s) onto {queue}",
-        done=f"replayed {len(replayed)} job(s) onto {queue}",
-        result={"replayed": len(replayed), "job_ids": replayed},
-    )  # fmt: skip
-
-
-def _report_outcome(
-    args: argparse.Namespace, *, interrupted: bool, summary: str, done: str, result: dict[str, Any]
-) -> int:
-    """The last lines of a long dlq command: a Ctrl-C summary (exit 130) or what was done."""
-    if interrupted:
-        print(f"interrupted: {summary}; the rest stay dead-lettered", file=sys.stderr)
-        if args.json:
-            _print_json({**result, "interrupted": True})
-        return 130
-    if args.json:
-        _print_json(result)
-    else:
-        print(done)
-    return 0
-
-
-@contextlib.contextmanager
-def _progress(what: str, total: int, *, quiet: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar with rate and ETA on stderr (none with --json); yields ``advance(n)``."""
-    if quiet or total <= 0:
-        yield lambda _n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda n: bar.advance(task, n)
-
-
-def _stop_on_ctrl_c() -> asyncio.Event:
-    """An event set by Ctrl-C (SIGINT) in the running loop: long commands stop between steps."""
-    stop = asyncio.Event()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-    return stop
-
-
-@_guard
-def cmd_dlq_purge(args: argparse.Namespace) -> int:
-    """Delete dead letters, a broker call at a time, with progress and a summary on Ctrl-C."""
-    url, queue, ids = _dlq_selection(
-        args, args.older_than is not None, "--all --yes or --older-than SECONDS"
-    )
-    filtered = ids is not None and not args.job_ids
-    if (args.all or filtered) and not args.yes:
-        what = "every dead letter" if args.all else f"{len(ids or [])} matching dead letter(s)"
-        msg = f"this deletes {what}: add --yes to confirm"
-        raise CliError(msg)
-    purged = [0]
-    total = [len(ids) if ids is not None else 0]
-    interrupted = [False]
-
-    async def go(broker: Any) -> None:
-        # Ctrl-C stops between broker calls: the call in flight finishes and is counted, so
-        # the summary says exactly how many were deleted
-        letters = _dead_letters(broker, url)
-        stop = _stop_on_ctrl_c()
-        if ids is None and args.older_than is not None:
-            total[0] = await _count_older_than(letters, args.older_than)
-        elif ids is None:
-            total[0] = await letters.count_dead_letters()
-        if not args.json:
-            print(f"purging {total[0]} dead letter(s) from {queue} ...", file=sys.stderr)
-        with _progress(f"purging {queue}", total[0], quiet=args.json) as advance:
-            steps = _purge_steps(
-                letters, job_ids=ids, older_than_seconds=args.older_than, everything=bool(args.all)
-            )
-            async for n in steps:
-                purged[0] += n
-                advance(n)
-                if stop.is_set():
-                    break
-        interrupted[0] = stop.is_set()
-
-    if ids is None or ids:
-        _run_on_broker(url, queue, go)
-    return _report_outcome(
-        args, interrupted=interrupted[0],
-        summary=f"purged {purged[0]} of {total[0]} dead letter(s) from {queue}",
-        done=f"purged {purged[0]} dead letter(s) from {queue}", result={"purged": purged[0]},
-    )  # fmt: skip
-
-
-PURGE_CHUNK = 1000
-"""Most job ids one purge call deletes when the broker has no purge in steps of its own."""
-
-
-async def _count_older_than(letters: base.DeadLetters, older_than_seconds: float) -> int:
-    """How many dead letters a purge by age will delete (the progress bar's total).
-
-    A broker without ``DeadLetterSteps`` is counted by reading its list, newest first, up to
-    triage.SCAN_LIMIT (a floor beyond that; the bar then ends early, the purge does not).
-    """
-    from worker_runtime import triage
-    from worker_runtime.brokers import base
-
-    if isinstance(letters, base.DeadLetterSteps):
-        return await letters.count_dead_letters_older_than(older_than_seconds)
-    where = triage.DeadLetterFilter(until=time.time() - older_than_seconds)
-    page = await triage.fetch_matching_dead_letters(letters, where, limit=0)
-    return page.matched
-
-
-async def _purge_steps(
-    letters: base.DeadLetters,
-    *,
-    job_ids: list[str] | None,
-    older_than_seconds: float | None,
-    everything: bool,
-) -> AsyncIterator[int]:
-    """The purge as steps: the broker's own (``DeadLetterSteps``), else ids a chunk at a time,
-    else one call for a purge by age or of everything (no progress until it returns)."""
-    from worker_runtime.brokers import base
-
-    if isinstance(letters, base.DeadLetterSteps):
-        async for n in letters.purge_dead_letters_in_steps(
-            job_ids=job_ids, older_than_seconds=older_than_seconds, everything=everything
-        ):
-            yield n
-        return
-    if job_ids is not None:
-        for start in range(0, len(job_ids), PURGE_CHUNK):
-            yield await letters.purge_dead_letters(job_ids=job_ids[start : start + PURGE_CHUNK])
-        return
-    yield await letters.purge_dead_letters(
-        older_than_seconds=older_than_seconds, everything=everything
-    )
-
-
-# ---- enqueue ---------------------------------------------------------------------------------
-
-
-def _read_payload(text: str) -> Any:
-    if text == "-":
-        text = sys.stdin.read()
-    elif text.startswith("@"):
-        with open(text[1:], encoding="utf-8") as fh:
-            text = fh.read()
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        msg = f"payload is not valid JSON: {exc}"
-        raise CliError(msg) from None
-
-
-@_guard
-def cmd_enqueue(args: argparse.Namespace) -> int:
-    """Enqueue one job (the payload is validated by the worker's task model when it runs)."""
-    from worker_runtime import producer
-
-    if args.file is not None:
-        return _enqueue_file(args)
-    if args.task is None or args.payload is None:
-        msg = "name the task and its JSON payload, or pass --file JOBS.ndjson"
-        raise CliError(msg)
-    url, queue = _broker_url(args), _queue_name(args)
-    payload = _read_payload(args.payload)
-    if not isinstance(payload, dict):
-        msg = "payload must be a JSON object"
-        raise CliError(msg)
-
-    async def go(broker: Any) -> Any:
-        p = producer.Producer.on_broker(broker)
-        return await p.enqueue(
-            args.task,
-            payload,
-            delay=args.delay,
-            priority=args.priority,
-            idempotency_key=args.idempotency_key,
-            correlation_id=args.correlation_id,
-            max_attempts=args.max_attempts,
-        )
-
-    result = _run_on_broker(url, queue, go)
-    if args.json:
-        _print_json({"job_id": result.job_id, "created": result.created, "queue": queue})
-    elif result.created:
-        print(f"enqueued {result.job_id} on {queue}")
-    else:
-        print(f"duplicate of {result.job_id} (idempotency key already used); nothing enqueued")
-    return 0
-
-
-NDJSON_FIELDS = {"task", "payload", "delay", "priority", "idempotency_key", "correlation_id",
-                 "max_attempts"}  # fmt: skip
-ENQUEUE_BATCH = 500
-
-
-def build_job_specs(lines: Sequence[str]) -> list[Any]:
-    """JobSpecs of an NDJSON file (blank lines skipped); CliError names the first bad line."""
-    from worker_runtime import producer
-
-    specs = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except ValueError as exc:
-            raise CliError(f"line {number}: not JSON ({exc})") from None
-        if not isinstance(item, dict) or not isinstance(item.get("task"), str):
-            raise CliError(f'line {number}: expected an object with a "task" string')
-        unknown = sorted(set(item) - NDJSON_FIELDS)
-        if unknown:
-            raise CliError(f"line {number}: unknown field(s) {', '.join(unknown)}")
-        payload = item.get("payload", {})
-        if not isinstance(payload, dict):
-            raise CliError(f"line {number}: payload must be a JSON object")
-        options = {k: v for k, v in item.items() if k not in ("task", "payload")}
-        try:
-            spec = producer.JobSpec(item["task"], payload, **options)
-            producer.build_request(spec)  # the envelope's own checks, before anything is sent
-        except (TypeError, ValueError) as exc:
-            raise CliError(f"line {number}: {str(exc).splitlines()[0]}") from None
-        specs.append(spec)
-    return specs
-
-
-def _enqueue_file(args: argparse.Namespace) -> int:
-    from worker_runtime import producer
-
-    if args.task is not None or args.payload is not None:
-        msg = "--file carries the tasks: drop the TASK and PAYLOAD arguments"
-        raise CliError(msg)
-    if args.file == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            with open(args.file, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except OSError as exc:
-            raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
-    specs = build_job_specs(lines)
-    url, queue = _broker_url(args), _queue_name(args)
-
-    async def go(broker: Any) -> list[Any]:
-        p = producer.Producer.on_broker(broker)
-        results: list[Any] = []
-        for start in range(0, len(specs), ENQUEUE_BATCH):
-            try:
-                results.extend(await p.enqueue_many(specs[start : start + ENQUEUE_BATCH]))
-            except ValueError as exc:  # a field the envelope refuses (priority, ...)
-                line = start + 1
-                raise CliError(f"jobs from line {line}: {exc}; {len(results)} enqueued") from None
-        return results
-
-    results = _run_on_broker(url, queue, go)
-    created = [r.job_id for r in results if r.created]
-    duplicates = len(results) - len(created)
-    if args.json:
-        _print_json({"enqueued": len(created), "duplicates": duplicates, "job_ids": created})
-    else:
-        print(f"enqueued {len(created)} job(s) on {queue} ({duplicates} duplicate(s) skipped)")
-    return 0

@@ -30,7 +30,7 @@ from tests.workerfleet_operator.conftest import (
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
-from worker_runtime import App, JobContext, cli, envelope, events
+from worker_runtime import App, JobContext, envelope, events, queue_commands
 from worker_runtime.brokers import base, open_broker
 from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
 from worker_runtime.brokers.redis import stats
@@ -187,10 +187,12 @@ def test_queue_stats_of_a_subscription_queue_name_its_topic_and_group(
     asyncio.run(_publish(redis_server.url, topic, ("email",), 2))
     client = redis.Redis.from_url(redis_server.url)
     # When `workerfleet queue stats --json` reads the subscription's queue and an ordinary one
-    sub = cli.build_stats_json(
+    sub = queue_commands.build_stats_json(
         stats.fetch_queue_stats_sync(client, events.subscription_queue(topic, "email"))
     )
-    plain = cli.build_stats_json(stats.fetch_queue_stats_sync(client, f"plain-{uuid.uuid4().hex}"))
+    plain = queue_commands.build_stats_json(
+        stats.fetch_queue_stats_sync(client, f"plain-{uuid.uuid4().hex}")
+    )
     client.close()
     # Then the subscription's stats name it, with the backlog its lag series carry
     assert sub["subscription"] == {"topic": topic, "group": "email"}

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, config, health, logs, metrics
+from worker_runtime import backoff, config, health, logs, metrics, startup
 from worker_runtime.brokers import base
 from worker_runtime.worker import control as control_mod
 from worker_runtime.worker import drain as drain_mod
@@ -197,6 +197,8 @@ class Worker:
         return 0
 
     def _opening_failed(self, exc: BaseException) -> None:
+        # Start-up is over for now: retries through a long outage must not pile up garbage.
+        startup.resume_gc()
         self.metrics.redis_error("connect")
         log.warning("cannot open the broker; retrying", extra={"error": transient.describe(exc)})
 
@@ -236,8 +238,11 @@ def freeze_startup_objects() -> None:
     the job loop on a loaded 2-core machine (bench/runtime/latency_probe.py --trace), i.e. the
     p99 of enqueue→start at moderate load. Frozen, a full collection walks only what jobs
     allocated since. Garbage of the start-up itself stays frozen too: a one-off, bounded cost.
+    The collector, paused for the ``worker`` command's start-up (:mod:`worker_runtime.startup`),
+    runs again from here.
     """
     gc.freeze()
+    startup.resume_gc()
 
 
 def run_worker(

@@ -10,8 +10,12 @@ from __future__ import annotations
 import queue as stdlib_queue
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from worker_runtime import config, logs, metrics, processes
+from worker_runtime import config, logs, metrics
+
+if TYPE_CHECKING:
+    from worker_runtime import processes
 
 log = logs.get_logger("worker")
 
@@ -76,6 +80,9 @@ def start_process_pool(
     settings: config.WorkerSettings, concurrency: int, worker_metrics: metrics.WorkerMetrics
 ) -> processes.ProcessPool:
     """The child-process pool for ``executor="process"`` tasks (children start on demand)."""
+    # Deferred for cold start: multiprocessing loads only for an App with a process task.
+    from worker_runtime import processes
+
     s = settings
     return processes.ProcessPool(
         s.process_pool_size or processes.default_size(concurrency),

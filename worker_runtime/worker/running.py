@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from worker_runtime import app as app_mod
-from worker_runtime import expiry, logs, processes
+from worker_runtime import expiry, logs
 from worker_runtime.brokers import base
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import pool as pool_mod
 
 if TYPE_CHECKING:
+    from worker_runtime import processes
     from worker_runtime.worker.core import Worker
     from worker_runtime.worker.settling import Settler
 
@@ -243,6 +244,9 @@ class JobRunner:
         self, h: held_mod.Held, spec: app_mod.TaskSpec, payload: Any, limit: float
     ) -> None:
         assert self.procs is not None and spec.handler_ref is not None
+        # Deferred for cold start: only an App with a process task gets here (see open()).
+        from worker_runtime import processes
+
         pool = self.procs
         h.deadline = 0.0  # the timeout starts when a child takes the job, not while it waits
         try:

@@ -23,8 +23,11 @@ import redis.exceptions
 
 from worker_runtime import errors
 from worker_runtime.brokers import base
-from worker_runtime.brokers.redis import connection, dlq, idempotency, inflight, stats, topics
+from worker_runtime.brokers.redis import connection, idempotency, stats
 from worker_runtime.brokers.redis import queue as queue_mod
+
+# The dead-letter, topic and in-flight modules are imported by the methods that use them, not
+# here: a worker's job loop needs none of them (cold start).
 
 CAPABILITIES = base.FULL_CONTRACT
 """Everything the contract describes: the engine was the model the seam was cut from."""
@@ -238,6 +241,8 @@ class RedisBroker:
             )
 
     async def subscribe(self, topic: str, group: str) -> str:
+        from worker_runtime.brokers.redis import topics  # deferred for cold start
+
         self._check_topics()
         try:
             return await topics.apply_subscribe(self.client, topic, group)
@@ -245,6 +250,8 @@ class RedisBroker:
             raise_mapped(exc, "subscribe")
 
     async def unsubscribe(self, topic: str, group: str) -> bool:
+        from worker_runtime.brokers.redis import topics  # deferred for cold start
+
         self._check_topics()
         try:
             return await topics.apply_unsubscribe(self.client, topic, group)
@@ -252,6 +259,8 @@ class RedisBroker:
             raise_mapped(exc, "unsubscribe")
 
     async def list_subscriptions(self, topic: str) -> list[str]:
+        from worker_runtime.brokers.redis import topics  # deferred for cold start
+
         self._check_topics()
         try:
             return await topics.fetch_subscriptions(self.client, topic)
@@ -259,6 +268,8 @@ class RedisBroker:
             raise_mapped(exc, "list_subscriptions")
 
     async def publish(self, request: base.PublishRequest) -> base.PublishResult:
+        from worker_runtime.brokers.redis import topics  # deferred for cold start
+
         self._check_topics()
         try:
             return await topics.apply_publish(
@@ -268,6 +279,8 @@ class RedisBroker:
             raise_mapped(exc, "publish")
 
     async def fetch_topic_lag(self, topic: str) -> list[base.SubscriptionLag]:
+        from worker_runtime.brokers.redis import topics  # deferred for cold start
+
         self._check_topics()
         try:
             return await topics.fetch_topic_lag(self.client, topic)
@@ -275,12 +288,16 @@ class RedisBroker:
             raise_mapped(exc, "topic lag")
 
     async def record_trace(self, correlation_id: str, entry: base.TraceEntry) -> None:
+        from worker_runtime.brokers.redis import topics  # deferred for cold start
+
         try:
             await topics.apply_trace_entry(self.client, correlation_id, entry)
         except Exception as exc:
             raise_mapped(exc, "trace")
 
     async def fetch_trace(self, correlation_id: str) -> list[base.TraceEntry]:
+        from worker_runtime.brokers.redis import topics  # deferred for cold start
+
         try:
             return await topics.fetch_trace(self.client, correlation_id)
         except Exception as exc:
@@ -297,18 +314,24 @@ class RedisBroker:
     # -- DeadLetters ---------------------------------------------------------------------------
 
     async def count_dead_letters(self) -> int:
+        from worker_runtime.brokers.redis import dlq  # deferred for cold start
+
         try:
             return await dlq.fetch_dead_letter_count(self.client, self.queue)
         except Exception as exc:
             raise_mapped(exc, "dlq count")
 
     async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[base.DeadLetter]:
+        from worker_runtime.brokers.redis import dlq  # deferred for cold start
+
         try:
             return await dlq.fetch_dead_letters(self.client, self.queue, offset=offset, limit=limit)
         except Exception as exc:
             raise_mapped(exc, "dlq list")
 
     async def show_dead_letter(self, job_id: str) -> base.DeadLetter | None:
+        from worker_runtime.brokers.redis import dlq  # deferred for cold start
+
         try:
             return await dlq.fetch_dead_letter(self.client, self.queue, job_id)
         except Exception as exc:
@@ -322,6 +345,8 @@ class RedisBroker:
         reset_attempts: bool = False,
         rate_per_second: float = 100.0,
     ) -> list[str]:
+        from worker_runtime.brokers.redis import dlq  # deferred for cold start
+
         try:
             return await dlq.apply_replay(
                 self.client,
@@ -341,6 +366,8 @@ class RedisBroker:
         older_than_seconds: float | None = None,
         everything: bool = False,
     ) -> int:
+        from worker_runtime.brokers.redis import dlq  # deferred for cold start
+
         try:
             return await dlq.delete_dead_letters(
                 self.client,
@@ -355,6 +382,8 @@ class RedisBroker:
     # -- InFlightJobs, DeadLetterSteps (the CLI's and the console's extras) ---------------------
 
     async def list_in_flight_jobs(self, *, limit: int = 200) -> list[base.InFlightJob]:
+        from worker_runtime.brokers.redis import inflight  # deferred for cold start
+
         try:
             return await inflight.fetch_in_flight_jobs(self.client, self.queue, limit=limit)
         except Exception as exc:
@@ -367,6 +396,8 @@ class RedisBroker:
         older_than_seconds: float | None = None,
         everything: bool = False,
     ) -> AsyncIterator[int]:
+        from worker_runtime.brokers.redis import dlq  # deferred for cold start
+
         steps = dlq.delete_dead_letters_in_chunks(
             self.client,
             self.queue,
@@ -384,6 +415,8 @@ class RedisBroker:
             yield n
 
     async def count_dead_letters_older_than(self, older_than_seconds: float) -> int:
+        from worker_runtime.brokers.redis import dlq  # deferred for cold start
+
         try:
             return await dlq.fetch_dead_letter_count_older_than(
                 self.client, self.queue, older_than_seconds
