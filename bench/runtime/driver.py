@@ -257,6 +257,10 @@ def python_of(system: System) -> str:
 
 def child_env(servers: Servers, jobs: int, concurrency: int | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERFLEET_")}
+    # Every system runs from compiled modules, as in an image (build-images.sh compiles them)
+    # and as the peers' site-packages were at install: with this variable inherited, the
+    # checkout's modules were compiled again on every cold start, the peers' never.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         BENCH_REDIS_URL=f"redis://127.0.0.1:{servers.sut_port}/0",
         BENCH_STATS_URL=f"redis://127.0.0.1:{servers.stats_port}/0",
