@@ -125,8 +125,13 @@ def test_pages_render_filters_work_and_a_replay_really_reenqueues(
         old = browser.find_element(By.ID, "dlq-count")
         browser.find_element(By.ID, "apply-filters").click()
         WebDriverWait(browser, 15).until(staleness_of(old))
-        rows = browser.find_elements(By.CSS_SELECTOR, "tr.dead-letter")
-        return {r.get_attribute("data-job") for r in rows}
+        # Read in one script: the page may render the table again meanwhile, and row elements
+        # fetched one by one can belong to the replaced document ("does not belong to the
+        # document", seen once in CI).
+        jobs = browser.execute_script(
+            "return Array.from(document.querySelectorAll('tr.dead-letter'), r => r.dataset.job)"
+        )
+        return set(jobs)
 
     d = seeded.dead
     assert filter_by(task="charge_card") == {d["charge-a"], d["charge-b"]}
