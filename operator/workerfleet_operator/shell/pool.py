@@ -191,12 +191,7 @@ class PoolController:
                     )
                     self.next_reconcile = self.ctx.clock() + delay
             now = self.ctx.clock()
-            if (
-                self.body is not None
-                and self.spec_problem is None
-                and self.secret is not None
-                and now >= self.next_poll
-            ):
+            if self.is_poll_due(now):
                 policy = self.scaling_policy()
                 self.next_poll = now + (policy.polling_interval_seconds if policy else 5.0)
                 try:
@@ -313,18 +308,22 @@ class PoolController:
             raise reconcile.SpecProblemError(api.Reason.INVALID_SPEC, parsed.message)
         return parsed
 
+    def is_poll_due(self, now: float) -> bool:
+        """Whether ``run`` polls the queue now (the deferral below relies on the same test)."""
+        return (
+            self.body is not None
+            and self.spec_problem is None
+            and self.secret is not None
+            and now >= self.next_poll
+        )
+
     def defer_status_to_poll(self) -> bool:
         """True when the autoscaler poll due right after this reconcile will plan and write
         the pool's status (with the queue's numbers in it): a new pool's first status is then
         one write, not the reconcile's and the poll's (a third of the status writes of 1,000
         new pools on the real API server). Its signature is forgotten, so it plans whatever it
         reads; if it does not get to write, ``run`` reconciles again at once."""
-        if (
-            self.spec_problem is not None
-            or self.secret is None
-            or self.ctx.clock() < self.next_poll
-            or self.scaling_policy() is None
-        ):
+        if not self.is_poll_due(self.ctx.clock()) or self.scaling_policy() is None:
             return False
         self.scaling.poll_signature = None
         self.scaling.status_deferred = True
