@@ -105,6 +105,13 @@ def test_a_new_autoscaled_pool_is_ready_with_its_queue_s_numbers_in_one_status_w
     assert _status_writes(emulator, "emails") == 1
 
 
+def _create_slow_polling_pool(emulator: Emulator, queue_redis: QueueRedis) -> None:
+    """Pool ``emails`` polling every 5 minutes, created without waiting for any condition."""
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    body = build_pool("emails", autoscaling={"pollingIntervalSeconds": 300})
+    emulator.create("workerpools", body, group="workerfleet.io")
+
+
 def test_a_status_left_to_a_poll_that_fails_is_written_by_the_reconcile(
     emulator: Emulator,
     queue_redis: QueueRedis,
@@ -121,15 +128,30 @@ def test_a_status_left_to_a_poll_that_fails_is_written_by_the_reconcile(
     operator()
     # When a new pool polling every 5 minutes is created (its reconcile leaves the status to
     # the poll due right after it)
-    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
-    body = build_pool("emails", autoscaling={"pollingIntervalSeconds": 300})
-    emulator.create("workerpools", body, group="workerfleet.io")
+    _create_slow_polling_pool(emulator, queue_redis)
     # Then its status is written anyway, by the reconcile, not five minutes later
     wait_until(
         lambda: condition(pool(emulator, "emails"), "Ready").get("reason") == "RollingOut",
         timeout=10,
         message="no status while the poll failed",
     )
+
+
+def test_a_status_left_to_a_poll_whose_write_is_refused_is_written_by_the_reconcile(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given an API server that refuses the first status write (a 422 is not retried)
+    emulator.inject_failure("PATCH", r"/workerpools/emails/status$", 422)
+    operator()
+    # When a new pool polling every 5 minutes is created (its first status is the poll's)
+    _create_slow_polling_pool(emulator, queue_redis)
+    # Then the reconcile writes it at once, not at a later poll that sees nothing new
+    wait_until(
+        lambda: condition(pool(emulator, "emails"), "Ready").get("status") == "True",
+        timeout=10,
+        message="no status after the poll's write was refused",
+    )
+    assert emulator.injected_failures_left() == 0
 
 
 def test_a_kopf_object_log_line_does_not_carry_kopf_s_settings() -> None:

@@ -52,7 +52,7 @@ class ScalerMemory:
     last_dry_run_desired: int | None = None
     poll_signature: tuple[Any, ...] | None = None
     # A reconcile left its status for the poll due right after it (``PoolController.
-    # defer_status_to_poll``); cleared when the poll writes it.
+    # defer_status_to_poll``); cleared once the poll's status write returned.
     status_deferred: bool = False
     # (Secret version, topic, group) last registered, and when (monotonic clock)
     subscription_registered: tuple[Any, ...] | None = None
@@ -143,7 +143,6 @@ async def poll_queue(
         _export(controller, policy, observation, decision)
         return
     controller.scaling.poll_signature = signature
-    controller.scaling.status_deferred = False  # written (or found unchanged) just below
     the_plan = plan_mod.plan(
         pool,
         controller.observed(
@@ -159,6 +158,8 @@ async def poll_queue(
         controller.scaling.poll_signature = (
             None  # deferred: the next poll writes it once the refresh is due
         )
+    # Only now: a write that raised leaves it set, and the pool's loop reconciles at once.
+    controller.scaling.status_deferred = False
     _export(controller, policy, observation, decision)
 
 
