@@ -25,12 +25,14 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +47,9 @@ KUBELET = kubecluster.TESTBIN / "kubelet"
 GATEWAY_IP = kubecluster.NODE_GATEWAY_IP
 SUBNET_PREFIX = GATEWAY_IP.rsplit(".", 1)[0]
 BRIDGE = "wfe2e0"
+# Held (flock) by the session whose node owns the bridge. The kernel drops it when that process
+# dies, however it dies: a free lock beside an existing bridge means a dead session's leftovers.
+NETWORK_LOCK = Path(tempfile.gettempdir()) / "workerfleet-e2e-node.lock"
 NODE_NAME = "real-node-0"
 REAL_NODE_LABEL = ("workerfleet.io/e2e-node", "real")
 REAL_NODE_TAINT = ("workerfleet.io/e2e-real-node", "true", "NoSchedule")
@@ -81,6 +86,7 @@ class RealNode:
     forwarders: list[TcpForwarder] = field(default_factory=list)
     firewall_rules: list[list[str]] = field(default_factory=list)
     bridge_created: bool = False
+    network_lock: int | None = None
     start_seconds: float = 0.0
     # Measurements the tests report in the terminal summary (drain timelines).
     reports: list[str] = field(default_factory=list)
@@ -133,6 +139,9 @@ class RealNode:
         if self.bridge_created:
             subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, timeout=30)
             self.bridge_created = False
+        if self.network_lock is not None:
+            os.close(self.network_lock)
+            self.network_lock = None
         # Unpacked images and volumes are hundreds of MB: keep only the logs.
         for entry in self.workdir.iterdir():
             if entry.name != "logs" and not is_mount_point_below(entry):
@@ -411,21 +420,60 @@ def apply_node_identity(cluster: kubecluster.KubeCluster, path: Path) -> None:
     cluster.write_kubeconfig(path, token, account)
 
 
+def firewall_rules_for(bridge: str) -> list[list[str]]:
+    """The FORWARD rules that keep traffic from and to `bridge` on it."""
+    return [
+        ["FORWARD", "-i", bridge, "!", "-o", bridge, "-j", "DROP"],
+        ["FORWARD", "!", "-i", bridge, "-o", bridge, "-j", "DROP"],
+    ]
+
+
+def claim_network(lock_path: Path, bridge: str) -> tuple[int, list[str]]:
+    """Take the one-real-node-per-machine lock, then remove what a dead session left of `bridge`.
+
+    The fixed subnet allows one node per machine. A session that is killed (a CI job cancelled,
+    a machine restarted under it) never reaches its teardown: its bridge and firewall rules stay
+    and would refuse every later session. The lock tells the two cases apart: held means a live
+    session owns the bridge (refused, naming its PID); free means the bridge is a leftover,
+    removed here. Returns the lock's descriptor (closing it releases the lock) and what was
+    removed.
+    """
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise NodeStartError(
+            f"another real-node test session runs (PID {owner} holds {lock_path}): the node's "
+            f"subnet allows one per machine; wait for it to end or end it"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    removed = []
+    for rule in firewall_rules_for(bridge):
+        # Bounded: a session adds each rule once; a few dead sessions could have left copies.
+        for _ in range(8):
+            deleted = subprocess.run(["iptables", "-D", *rule], capture_output=True, timeout=30)
+            if deleted.returncode != 0:
+                break
+            removed.append("iptables " + " ".join(rule))
+    if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0:
+        run_checked(["ip", "link", "del", bridge], 30)
+        removed.append(f"bridge {bridge}")
+    return descriptor, removed
+
+
 def apply_network(node: RealNode) -> None:
     """The bridge with the gateway address, and the rules that keep pod traffic on it."""
-    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
-        raise NodeStartError(
-            f"bridge {BRIDGE} already exists: another real-node test session runs, or one died "
-            f"without teardown (remove it with `ip link del {BRIDGE}`)"
-        )
+    node.network_lock, removed = claim_network(NETWORK_LOCK, BRIDGE)
+    if removed:
+        node.reports.append("removed a dead real-node session's leftovers: " + "; ".join(removed))
     run_checked(["ip", "link", "add", BRIDGE, "type", "bridge"], 30)
     node.bridge_created = True
     run_checked(["ip", "addr", "add", f"{GATEWAY_IP}/24", "dev", BRIDGE], 30)
     run_checked(["ip", "link", "set", BRIDGE, "up"], 30)
-    for rule in (
-        ["FORWARD", "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "DROP"],
-        ["FORWARD", "!", "-i", BRIDGE, "-o", BRIDGE, "-j", "DROP"],
-    ):
+    for rule in firewall_rules_for(BRIDGE):
         run_checked(["iptables", "-I", *rule], 30)
         node.firewall_rules.append(rule)
 
