@@ -73,6 +73,34 @@ def sign_in(browser: Any, console: cs.ConsoleProcess) -> None:
     wait_for_title(browser, "Pools")
 
 
+def submit_and_wait_for_next_page(browser: Any, button: Any) -> None:
+    """Click ``button`` (it submits a form) and wait until the next page replaced this one.
+
+    The current page is marked on ``window`` before the click; the next page is there when a
+    script finds no mark and a finished load. Selenium's ``staleness_of`` asks an old element
+    whether it is enabled instead, and chromedriver answered that in CI with an inspector error
+    ("Node with given id does not belong to the document") rather than the stale-element error
+    the wait expects; a script reading ``window`` has no element to lose.
+    """
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.execute_script("window.wfPageBeforeSubmit = true")
+    button.click()
+
+    def next_page_loaded(b: Any) -> bool:
+        try:
+            return bool(
+                b.execute_script(
+                    "return !window.wfPageBeforeSubmit && document.readyState === 'complete'"
+                )
+            )
+        except WebDriverException:  # between two documents: no context to run a script in
+            return False
+
+    WebDriverWait(browser, 15).until(next_page_loaded, "the submitted page never loaded")
+
+
 def wait_for_title(browser: Any, text: str) -> None:
     """A click that submits a form may return before the next page loaded: wait for it."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -114,20 +142,14 @@ def test_pages_render_filters_work_and_a_replay_really_reenqueues(
     wait_for_title(browser, "Dead letters")
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.dead-letter")) == 4
 
-    from selenium.webdriver.support.expected_conditions import staleness_of
-    from selenium.webdriver.support.ui import WebDriverWait
-
     def filter_by(**fields: str) -> set[str]:
         for name_, value in fields.items():
             box = browser.find_element(By.ID, f"f-{name_}")
             box.clear()
             box.send_keys(value)
-        old = browser.find_element(By.ID, "dlq-count")
-        browser.find_element(By.ID, "apply-filters").click()
-        WebDriverWait(browser, 15).until(staleness_of(old))
-        # Read in one script: the page may render the table again meanwhile, and row elements
-        # fetched one by one can belong to the replaced document ("does not belong to the
-        # document", seen once in CI).
+        submit_and_wait_for_next_page(browser, browser.find_element(By.ID, "apply-filters"))
+        # Read in one script: row elements fetched one by one could belong to a document
+        # replaced meanwhile.
         jobs = browser.execute_script(
             "return Array.from(document.querySelectorAll('tr.dead-letter'), r => r.dataset.job)"
         )
