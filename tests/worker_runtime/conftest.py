@@ -6,14 +6,15 @@ they never shadow the shared ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
 
 from tests.worker_runtime import workerproc
-from worker_runtime import producer
+from worker_runtime import brokers, producer
 
 
 @pytest.fixture
@@ -83,3 +84,17 @@ def wf(
 ) -> workerproc.Testbed:
     """The test's queue, a sync client and producer on it, and ``spawn`` for workers."""
     return workerproc.Testbed(wf_redis, wf_queue, wf_client, wf_producer, wf_spawn)
+
+
+@pytest.fixture
+def memory_store_url() -> str:
+    """A fresh in-process queue store per test (brokers on one URL share their jobs)."""
+    return f"memory://worker-logic-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def memory_probe(memory_store_url: str) -> AsyncIterator[Any]:
+    """The test's own view of the memory queue "jobs": enqueue, and read the broker's records."""
+    broker = await brokers.open_broker(memory_store_url, "jobs")
+    yield broker
+    await broker.close()

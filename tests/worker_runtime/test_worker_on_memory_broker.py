@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -34,23 +33,9 @@ from worker_runtime.brokers import base
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def store_url() -> str:
-    """A fresh in-process queue store per test (brokers on one URL share their jobs)."""
-    return f"memory://worker-logic-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-async def probe(store_url: str) -> AsyncIterator[Any]:
-    """The test's own view of the queue: enqueue, and read the broker's records."""
-    broker = await brokers.open_broker(store_url, "jobs")
-    yield broker
-    await broker.close()
-
-
-def _settings(store_url: str, **overrides: Any) -> config.WorkerSettings:
+def _settings(memory_store_url: str, **overrides: Any) -> config.WorkerSettings:
     values: dict[str, Any] = {
-        "redis_url": store_url,
+        "redis_url": memory_store_url,
         "queue": "jobs",
         "metrics_port": 0,
         "concurrency": 4,
@@ -86,7 +71,7 @@ async def _run_until(w: worker_mod.Worker, check: Callable[[], Any], what: str) 
 
 
 async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_at_max_attempts(
-    store_url: str, probe: Any
+    memory_store_url: str, memory_probe: Any
 ) -> None:
     # Given a task that always fails, allowed three attempts
     app = App(queue="jobs")
@@ -97,27 +82,27 @@ async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_at_max_a
         attempts.append(ctx.attempt)
         raise RuntimeError(f"boom {ctx.attempt}")
 
-    job_id = await _enqueue(probe, "flaky")
-    w = worker_mod.Worker(app, _settings(store_url), install_signal_handlers=False)
+    job_id = await _enqueue(memory_probe, "flaky")
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
 
     # When the worker runs until the job is in the dead-letter queue
     async def dead() -> bool:
-        return await probe.show_dead_letter(job_id) is not None
+        return await memory_probe.show_dead_letter(job_id) is not None
 
     await _run_until(w, dead, "the dead letter")
 
     # Then it ran three times, and its dead letter says why with every failure in order
     assert attempts == [1, 2, 3]
-    letter = await probe.show_dead_letter(job_id)
+    letter = await memory_probe.show_dead_letter(job_id)
     assert letter.reason == "max_attempts"
     assert letter.attempts == 3
     assert [r.message for r in letter.history] == ["boom 1", "boom 2", "boom 3"]
-    stats = await probe.fetch_stats()
+    stats = await memory_probe.fetch_stats()
     assert (stats.backlog, stats.in_flight, stats.completed_total) == (0, 0, 0)
 
 
 async def test_reject_dead_letters_at_once_and_retry_later_runs_again_then_completes(
-    store_url: str, probe: Any
+    memory_store_url: str, memory_probe: Any
 ) -> None:
     # Given one task that rejects its job and one that asks to be retried once
     app = App(queue="jobs")
@@ -134,20 +119,20 @@ async def test_reject_dead_letters_at_once_and_retry_later_runs_again_then_compl
         if ctx.attempt == 1:
             raise RetryLater(0.05)
 
-    rejected = await _enqueue(probe, "refuse")
-    await _enqueue(probe, "later")
-    w = worker_mod.Worker(app, _settings(store_url), install_signal_handlers=False)
+    rejected = await _enqueue(memory_probe, "refuse")
+    await _enqueue(memory_probe, "later")
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
 
     # When the worker runs until the retried job completed
     async def settled() -> bool:
-        stats = await probe.fetch_stats()
+        stats = await memory_probe.fetch_stats()
         return bool(stats.completed_total == 1 and stats.dead_letter == 1)
 
     await _run_until(w, settled, "one completed job and one dead letter")
 
     # Then the rejected job ran once and went to the DLQ as non-retryable; the other ran twice
     assert sorted(runs) == ["later 1", "later 2", "refuse"]
-    letter = await probe.show_dead_letter(rejected)
+    letter = await memory_probe.show_dead_letter(rejected)
     assert letter.reason == "non_retryable" and letter.attempts == 1
     assert [r.error_type for r in letter.history] == ["Reject"]
 
@@ -164,7 +149,7 @@ class _DeadLetterEverything:
 
 
 async def test_a_replacement_retry_policy_decides_instead_of_the_default_matrix(
-    store_url: str, probe: Any
+    memory_store_url: str, memory_probe: Any
 ) -> None:
     # Given a task the default matrix would retry five times, and a policy that never retries
     app = App(queue="jobs")
@@ -175,25 +160,28 @@ async def test_a_replacement_retry_policy_decides_instead_of_the_default_matrix(
         attempts.append(ctx.attempt)
         raise RuntimeError("once is enough")
 
-    job_id = await _enqueue(probe, "fails")
+    job_id = await _enqueue(memory_probe, "fails")
     w = worker_mod.Worker(
-        app, _settings(store_url), install_signal_handlers=False, policy=_DeadLetterEverything()
+        app,
+        _settings(memory_store_url),
+        install_signal_handlers=False,
+        policy=_DeadLetterEverything(),
     )
 
     # When the worker runs until the job is dead-lettered
     async def dead() -> bool:
-        return await probe.show_dead_letter(job_id) is not None
+        return await memory_probe.show_dead_letter(job_id) is not None
 
     await _run_until(w, dead, "the dead letter")
 
     # Then the policy's decision was applied after the first attempt
     assert attempts == [1]
-    letter = await probe.show_dead_letter(job_id)
+    letter = await memory_probe.show_dead_letter(job_id)
     assert letter.reason == "non_retryable" and letter.attempts == 1
 
 
 async def test_drain_lets_a_quick_job_finish_and_releases_a_slow_one_without_spending_an_attempt(
-    store_url: str, probe: Any
+    memory_store_url: str, memory_probe: Any
 ) -> None:
     # Given a worker with a three-second drain budget (two to wait) running a quick and a slow job
     app = App(queue="jobs")
@@ -210,10 +198,10 @@ async def test_drain_lets_a_quick_job_finish_and_releases_a_slow_one_without_spe
         started.append("slow")
         await asyncio.sleep(60)
 
-    await _enqueue(probe, "quick")
-    slow_id = await _enqueue(probe, "slow")
+    await _enqueue(memory_probe, "quick")
+    slow_id = await _enqueue(memory_probe, "slow")
     w = worker_mod.Worker(
-        app, _settings(store_url, drain_timeout_seconds=3.0), install_signal_handlers=False
+        app, _settings(memory_store_url, drain_timeout_seconds=3.0), install_signal_handlers=False
     )
     run = asyncio.create_task(w.run())
 
@@ -228,15 +216,15 @@ async def test_drain_lets_a_quick_job_finish_and_releases_a_slow_one_without_spe
     assert await asyncio.wait_for(run, 10) == 0
 
     # Then the quick job completed, and the slow one is back in the queue, no attempt spent
-    stats = await probe.fetch_stats()
+    stats = await memory_probe.fetch_stats()
     assert (stats.completed_total, stats.in_flight, stats.backlog) == (1, 0, 1)
     assert stats.dead_letter == 0 and stats.retried_total == 0
-    [again] = await probe.fetch("checker", 1)
+    [again] = await memory_probe.fetch("checker", 1)
     assert again.id == slow_id and again.attempts == 0
 
 
 async def test_a_worker_started_while_its_broker_is_unreachable_waits_for_it_then_works(
-    store_url: str, probe: Any, monkeypatch: pytest.MonkeyPatch
+    memory_store_url: str, memory_probe: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a broker that cannot be opened for its first four attempts (a RabbitMQ or SQS
     # endpoint still down when the pod starts), from the job loop and the control thread alike
@@ -260,12 +248,12 @@ async def test_a_worker_started_while_its_broker_is_unreachable_waits_for_it_the
     async def work(payload: dict[str, Any]) -> None:
         done.append("work")
 
-    await _enqueue(probe, "work")
-    w = worker_mod.Worker(app, _settings(store_url), install_signal_handlers=False)
+    await _enqueue(memory_probe, "work")
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
 
     # When the worker starts anyway
     async def completed_and_beating() -> bool:
-        stats = await probe.fetch_stats()
+        stats = await memory_probe.fetch_stats()
         return bool(stats.completed_total == 1 and stats.workers)
 
     await _run_until(w, completed_and_beating, "the job done and a heartbeat")

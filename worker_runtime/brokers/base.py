@@ -281,6 +281,10 @@ class Capabilities:
     """:attr:`QueueStats.oldest_job_age_seconds` is measured. False: it is always 0 (RabbitMQ's
     quorum queues and SQS do not report their oldest message's age), and the operator's
     autoscaler turns its oldest-age reaction off, saying so in the pool's status."""
+    overlapped_fetches: bool = False
+    """Two fetch calls of one worker may be out at once (each on its own connection), so the
+    worker runs the jobs one brought while the broker serves the other. False: one at a time
+    (the worker waits for the broker, then the broker for the worker)."""
     topics: bool = False
     """The broker implements :class:`Topics`: subscriptions registered in the broker and a
     publish that fans out to every current subscription at once (all or none). False:
@@ -302,6 +306,7 @@ FULL_CONTRACT = Capabilities(
     previous_delay=True,
     exact_stats=True,
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+    overlapped_fetches=True,
     topics=True,
 )
 """Every promise (the Redis engine, which the seam was cut from, and the memory reference)."""
