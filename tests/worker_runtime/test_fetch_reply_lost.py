@@ -124,8 +124,11 @@ async def test_only_a_client_without_automatic_retries_never_sends_a_fetch_twice
         await direct.aclose()
 
 
+# 4 slots: one fetch call out at a time; 16: two lanes, whose adoption of the lost fetch's jobs
+# must wait for the other lane's fetch (it would take, and run twice, the jobs that one brings)
+@pytest.mark.parametrize("slots", [4, 16])
 def test_a_worker_whose_fetch_reply_is_lost_runs_those_jobs_at_once_and_exactly_once(
-    wf: workerproc.Testbed,
+    wf: workerproc.Testbed, slots: int
 ) -> None:
     # Given 40 queued jobs, a proxy armed to lose the reply of the next fetch, and a worker
     # behind it whose leases last 30 s
@@ -141,7 +144,7 @@ def test_a_worker_whose_fetch_reply_is_lost_runs_those_jobs_at_once_and_exactly_
     proxy = cutting_proxy.CuttingProxy(wf.redis.port, FETCH_SHAS)
     try:
         proxy.armed.set()
-        worker = wf.spawn(redis_url=proxy.url, concurrency=4, lease_seconds=30.0)
+        worker = wf.spawn(redis_url=proxy.url, concurrency=slots, lease_seconds=30.0)
         # When its first fetch runs in Redis but the reply never arrives
         wait_until(lambda: proxy.cuts == 1, 20, "the fetch whose reply is lost")
         # Then every job completes long before a 30 s lease could expire, each exactly once,

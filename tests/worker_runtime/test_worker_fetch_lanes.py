@@ -4,7 +4,8 @@ On the in-process memory broker, with every fetch call held for a few millisecon
 trip a real broker takes): under a backlog the worker's two lanes overlap (the jobs one brought
 run while the other's call is out), the slots still bound what it holds, every job runs exactly
 once, an idle worker keeps one fetch waiting in the broker, and a broker without
-``overlapped_fetches`` gets one call at a time.
+``overlapped_fetches``, or a worker with fewer than ``2 * MIN_LANE_BATCH`` slots, gets one call
+at a time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from worker_runtime import App, config
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import worker as worker_mod
 from worker_runtime.brokers import base, memory
+from worker_runtime.worker import fetching
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,8 +112,8 @@ async def _run_until(w: worker_mod.Worker, check: Callable[[], bool], what: str)
 async def test_under_a_backlog_two_fetch_calls_are_out_at_once_and_each_job_runs_once(
     memory_store_url: str, memory_probe: Any, calls_out: CallsOut
 ) -> None:
-    # Given 400 jobs waiting and a worker with 8 slots
-    n, slots = 400, 8
+    # Given 400 jobs waiting and a worker with 16 slots
+    n, slots = 400, 16
     await _enqueue(memory_probe, n)
     runs: list[str] = []
     running = [0, 0]
@@ -145,7 +147,7 @@ async def test_a_broker_without_overlapped_fetches_gets_one_call_at_a_time(
     runs: list[str] = []
     running = [0, 0]
     w = worker_mod.Worker(
-        _counting_app(runs, running), _settings(memory_store_url, 8), install_signal_handlers=False
+        _counting_app(runs, running), _settings(memory_store_url, 16), install_signal_handlers=False
     )
     # When the worker works through a backlog
     await _run_until(w, lambda: len(runs) == n, "every job")
@@ -157,11 +159,11 @@ async def test_a_broker_without_overlapped_fetches_gets_one_call_at_a_time(
 async def test_an_idle_worker_keeps_one_fetch_waiting_not_two(
     memory_store_url: str, memory_probe: Any, calls_out: CallsOut
 ) -> None:
-    # Given a worker with 8 slots and an empty queue
+    # Given a worker with 16 slots and an empty queue
     runs: list[str] = []
     running = [0, 0]
     w = worker_mod.Worker(
-        _counting_app(runs, running), _settings(memory_store_url, 8), install_signal_handlers=False
+        _counting_app(runs, running), _settings(memory_store_url, 16), install_signal_handlers=False
     )
     # When it waits for work, and then one job arrives
     run = asyncio.create_task(w.run())
@@ -179,3 +181,24 @@ async def test_an_idle_worker_keeps_one_fetch_waiting_not_two(
     # Then while idle a single fetch waited in the broker, and the job that came was run
     assert idle_most == 1
     assert runs == ["0"]
+
+
+async def test_a_worker_with_too_few_slots_for_two_worthwhile_batches_keeps_one_call_out(
+    memory_store_url: str, memory_probe: Any, calls_out: CallsOut
+) -> None:
+    # Given a backlog and a worker with 8 slots (two lanes would fetch 4 jobs a call: more
+    # worker CPU per job than the overlap saves)
+    n = 200
+    await _enqueue(memory_probe, n)
+    runs: list[str] = []
+    running = [0, 0]
+    w = worker_mod.Worker(
+        _counting_app(runs, running),
+        _settings(memory_store_url, 2 * fetching.MIN_LANE_BATCH - 1),
+        install_signal_handlers=False,
+    )
+    # When it works through the backlog
+    await _run_until(w, lambda: len(runs) == n, "every job")
+    # Then one call at a time was out, and every job ran once
+    assert calls_out.most == 1
+    assert sorted(runs, key=int) == [str(i) for i in range(n)]
