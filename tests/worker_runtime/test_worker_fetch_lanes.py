@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from worker_runtime import App, config
+from worker_runtime import App, config, errors
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import worker as worker_mod
 from worker_runtime.brokers import base, memory
@@ -202,3 +202,32 @@ async def test_a_worker_with_too_few_slots_for_two_worthwhile_batches_keeps_one_
     # Then one call at a time was out, and every job ran once
     assert calls_out.most == 1
     assert sorted(runs, key=int) == [str(i) for i in range(n)]
+
+
+async def test_while_the_broker_is_down_the_two_lanes_back_off_instead_of_waking_each_other(
+    memory_store_url: str, memory_probe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a two-lane worker whose broker answers no fetch, ack-and-fetch or adoption
+    calls: list[float] = []
+
+    async def unreachable(self: memory.MemoryBroker, *args: Any, **kwargs: Any) -> Any:
+        calls.append(asyncio.get_running_loop().time())
+        raise errors.BrokerUnavailable("connection refused", operation="fetch")
+
+    for name in ("fetch", "ack_and_fetch", "recover"):
+        monkeypatch.setattr(memory.MemoryBroker, name, unreachable)
+    runs: list[str] = []
+    running = [0, 0]
+    w = worker_mod.Worker(
+        _counting_app(runs, running), _settings(memory_store_url, 16), install_signal_handlers=False
+    )
+    # When it runs for one second against the outage
+    run = asyncio.create_task(w.run())
+    try:
+        await asyncio.sleep(1.0)
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+    # Then each lane retried on its own backoff (0.1 s doubling, jittered: a handful of calls
+    # a second), not at once each time the other lane's failed call ended
+    assert 2 <= len(calls) <= 20, f"{len(calls)} calls in 1 s"

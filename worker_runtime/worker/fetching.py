@@ -288,10 +288,15 @@ class FetchLoop:
                 w.forget(h)
 
     async def _sleep_unless_draining(self, seconds: float) -> None:
-        w = self.worker
-        assert w.wake is not None
-        w.wake.clear()
-        if w.draining:
+        # Only the drain ends this sleep early (``interrupt`` sets every event in ``wakes``), not
+        # a poke: with two lanes each failed call's end pokes the other lane, and a backoff that
+        # a poke ended turned an outage into thousands of calls a second.
+        if self.worker.draining:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(w.wake.wait(), seconds)
+        stop = asyncio.Event()
+        self.wakes.add(stop)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+        finally:
+            self.wakes.discard(stop)
