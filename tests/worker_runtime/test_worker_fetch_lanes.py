@@ -11,8 +11,9 @@ at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -96,17 +97,34 @@ async def _enqueue(memory_probe: Any, n: int) -> None:
     )
 
 
-async def _run_until(w: worker_mod.Worker, check: Callable[[], bool], what: str) -> None:
+@contextlib.asynccontextmanager
+async def _running(w: worker_mod.Worker) -> AsyncIterator[None]:
+    """The worker runs inside the block; it is drained (and must exit 0) at its end."""
     run = asyncio.create_task(w.run())
     try:
+        yield
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+
+
+async def _run_until(w: worker_mod.Worker, check: Callable[[], bool], what: str) -> None:
+    async with _running(w):
         for _ in range(1000):  # bounded: 10 s
             if check():
                 return
             await asyncio.sleep(0.01)
         raise AssertionError(f"timed out waiting for {what}")
-    finally:
-        w.request_drain()
-        assert await asyncio.wait_for(run, 10) == 0
+
+
+def _counting_worker(url: str, slots: int) -> tuple[worker_mod.Worker, list[str], list[int]]:
+    """A worker of the counting app: the job markers it ran, and [running now, most at once]."""
+    runs: list[str] = []
+    running = [0, 0]
+    w = worker_mod.Worker(
+        _counting_app(runs, running), _settings(url, slots), install_signal_handlers=False
+    )
+    return w, runs, running
 
 
 async def test_under_a_backlog_two_fetch_calls_are_out_at_once_and_each_job_runs_once(
@@ -115,13 +133,7 @@ async def test_under_a_backlog_two_fetch_calls_are_out_at_once_and_each_job_runs
     # Given 400 jobs waiting and a worker with 16 slots
     n, slots = 400, 16
     await _enqueue(memory_probe, n)
-    runs: list[str] = []
-    running = [0, 0]
-    w = worker_mod.Worker(
-        _counting_app(runs, running),
-        _settings(memory_store_url, slots),
-        install_signal_handlers=False,
-    )
+    w, runs, running = _counting_worker(memory_store_url, slots)
     # When it works through them
     await _run_until(w, lambda: len(runs) == n, "every job")
     # Then its fetch calls overlapped two at a time (never three), the slots still bounded the
@@ -144,11 +156,7 @@ async def test_a_broker_without_overlapped_fetches_gets_one_call_at_a_time(
     )
     n = 200
     await _enqueue(memory_probe, n)
-    runs: list[str] = []
-    running = [0, 0]
-    w = worker_mod.Worker(
-        _counting_app(runs, running), _settings(memory_store_url, 16), install_signal_handlers=False
-    )
+    w, runs, _ = _counting_worker(memory_store_url, 16)
     # When the worker works through a backlog
     await _run_until(w, lambda: len(runs) == n, "every job")
     # Then never more than one of its calls was out, and every job still ran once
@@ -160,14 +168,9 @@ async def test_an_idle_worker_keeps_one_fetch_waiting_not_two(
     memory_store_url: str, memory_probe: Any, calls_out: CallsOut
 ) -> None:
     # Given a worker with 16 slots and an empty queue
-    runs: list[str] = []
-    running = [0, 0]
-    w = worker_mod.Worker(
-        _counting_app(runs, running), _settings(memory_store_url, 16), install_signal_handlers=False
-    )
+    w, runs, _ = _counting_worker(memory_store_url, 16)
     # When it waits for work, and then one job arrives
-    run = asyncio.create_task(w.run())
-    try:
+    async with _running(w):
         await asyncio.sleep(0.3)
         idle_most = calls_out.most
         await _enqueue(memory_probe, 1)
@@ -175,9 +178,6 @@ async def test_an_idle_worker_keeps_one_fetch_waiting_not_two(
             if runs:
                 break
             await asyncio.sleep(0.01)
-    finally:
-        w.request_drain()
-        assert await asyncio.wait_for(run, 10) == 0
     # Then while idle a single fetch waited in the broker, and the job that came was run
     assert idle_most == 1
     assert runs == ["0"]
@@ -190,13 +190,7 @@ async def test_a_worker_with_too_few_slots_for_two_worthwhile_batches_keeps_one_
     # worker CPU per job than the overlap saves)
     n = 200
     await _enqueue(memory_probe, n)
-    runs: list[str] = []
-    running = [0, 0]
-    w = worker_mod.Worker(
-        _counting_app(runs, running),
-        _settings(memory_store_url, 2 * fetching.MIN_LANE_BATCH - 1),
-        install_signal_handlers=False,
-    )
+    w, runs, _ = _counting_worker(memory_store_url, 2 * fetching.MIN_LANE_BATCH - 1)
     # When it works through the backlog
     await _run_until(w, lambda: len(runs) == n, "every job")
     # Then one call at a time was out, and every job ran once
@@ -216,18 +210,10 @@ async def test_while_the_broker_is_down_the_two_lanes_back_off_instead_of_waking
 
     for name in ("fetch", "ack_and_fetch", "recover"):
         monkeypatch.setattr(memory.MemoryBroker, name, unreachable)
-    runs: list[str] = []
-    running = [0, 0]
-    w = worker_mod.Worker(
-        _counting_app(runs, running), _settings(memory_store_url, 16), install_signal_handlers=False
-    )
+    w, _, _ = _counting_worker(memory_store_url, 16)
     # When it runs for one second against the outage
-    run = asyncio.create_task(w.run())
-    try:
+    async with _running(w):
         await asyncio.sleep(1.0)
-    finally:
-        w.request_drain()
-        assert await asyncio.wait_for(run, 10) == 0
     # Then each lane retried on its own backoff (0.1 s doubling, jittered: a handful of calls
     # a second), not at once each time the other lane's failed call ended
     assert 2 <= len(calls) <= 20, f"{len(calls)} calls in 1 s"
