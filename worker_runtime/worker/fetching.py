@@ -131,7 +131,6 @@ class FetchLoop:
                 break
             self.ack_queue = []
             promised = free - len(acks)
-            block = 0.0 if acks or self.in_flight else FETCH_BLOCK_SECONDS
             self.wakes.add(wake)
             self.in_flight += 1
             self.promised += promised
@@ -147,11 +146,15 @@ class FetchLoop:
                         holding=w.held,
                     )
                     self.finish_acks(acks, flags)
-                else:
+                else:  # no other call is out (checked above): this one may wait for work
                     self.blocking_lanes += 1
                     try:
                         jobs = await q.fetch(
-                            w.worker_id, free, block=block, wake=wake, holding=w.held
+                            w.worker_id,
+                            free,
+                            block=FETCH_BLOCK_SECONDS,
+                            wake=wake,
+                            holding=w.held,
                         )
                     finally:
                         self.blocking_lanes -= 1
