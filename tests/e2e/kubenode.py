@@ -428,6 +428,11 @@ def firewall_rules_for(bridge: str) -> list[list[str]]:
     ]
 
 
+def bridge_exists(name: str) -> bool:
+    """Whether a network link called `name` exists on this machine."""
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
 def claim_network(lock_path: Path, bridge: str) -> tuple[int, list[str]]:
     """Take the one-real-node-per-machine lock, then remove what a dead session left of `bridge`.
 
@@ -458,7 +463,7 @@ def claim_network(lock_path: Path, bridge: str) -> tuple[int, list[str]]:
             if deleted.returncode != 0:
                 break
             removed.append("iptables " + " ".join(rule))
-    if subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0:
+    if bridge_exists(bridge):
         run_checked(["ip", "link", "del", bridge], 30)
         removed.append(f"bridge {bridge}")
     return descriptor, removed

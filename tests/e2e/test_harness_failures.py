@@ -89,7 +89,7 @@ time.sleep(120)
         # Then it is refused, and the refusal names the live session
         with pytest.raises(kubenode.NodeStartError, match=f"PID {session.pid} holds"):
             kubenode.claim_network(lock, bridge)
-        assert bridge_exists(bridge)
+        assert kubenode.bridge_exists(bridge)
         # When the first session is killed before its teardown, and the next one claims
         os.kill(session.pid, signal.SIGKILL)
         session.wait(timeout=30)
@@ -97,7 +97,7 @@ time.sleep(120)
         os.close(descriptor)
         # Then the dead session's bridge and both its firewall rules are gone
         assert f"bridge {bridge}" in removed
-        assert not bridge_exists(bridge)
+        assert not kubenode.bridge_exists(bridge)
         for rule in kubenode.firewall_rules_for(bridge):
             check = subprocess.run(["iptables", "-C", *rule], capture_output=True, timeout=30)
             assert check.returncode != 0, f"rule left behind: {rule}"
@@ -108,7 +108,3 @@ time.sleep(120)
         subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
         for rule in kubenode.firewall_rules_for(bridge):
             subprocess.run(["iptables", "-D", *rule], capture_output=True, timeout=30)
-
-
-def bridge_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
