@@ -430,8 +430,13 @@ def _set_rollout_conditions(
         else deployment.rollout_generation
     )
     # A rollout: a pod template the controller has not acted on yet, or pods of an older
-    # template still running. Pods still being created for a scale-up are not one.
-    if (
+    # template still running. Pods still being created for a scale-up are not one. A
+    # Deployment that wants no pods and reports none has nothing to roll out, observed by its
+    # controller or not: a new pool on an idle queue is Ready on its first status write
+    # instead of RollingOut first and Ready a moment later (a second status write and a
+    # second Event per pool: the API server's largest cost when thousands are created).
+    nothing_to_roll = want == 0 and deployment.replicas == 0
+    if not nothing_to_roll and (
         deployment.observed_generation < template_generation
         or deployment.replicas > deployment.updated_replicas
     ):

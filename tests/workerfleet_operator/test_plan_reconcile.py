@@ -223,6 +223,32 @@ def test_a_scale_the_deployment_controller_has_not_yet_observed_is_not_a_rollout
     assert [e.reason for e in result.events] == []  # Ready did not flip: nothing announced
 
 
+def test_a_new_pool_at_zero_replicas_is_ready_at_once_and_stays_so_when_observed() -> None:
+    # Given the Deployment just created for a pool on an idle queue: no replicas wanted, none
+    # reported, its controller has not observed it yet
+    created = plan.DeploymentState(generation=1, observed_generation=0, spec_replicas=0)
+    first = plan.plan(_pool(), plan.Observed(now=T0, secret=OK, deployment=created))
+    # Then the pool is Ready on its first status, announced by one Event (no RollingOut first)
+    assert _conditions(first)["Ready"] == ("True", "ScaledToZero")
+    assert _conditions(first)["Progressing"] == ("False", "RolloutComplete")
+    assert [e.reason for e in first.events] == ["Ready"]
+    # When the controller reports the Deployment observed
+    second = plan.plan(_pool(), _later(first, deployment=_converged(0)))
+    # Then nothing changed: no second status write, no second Event
+    assert api.build_status_patch(second.status) == api.build_status_patch(first.status)
+    assert second.events == ()
+
+
+def test_a_new_pod_template_at_zero_replicas_with_old_pods_still_running_is_a_rollout() -> None:
+    # Given a pool scaled to zero whose template changed while two old pods still run
+    state = plan.DeploymentState(
+        generation=7, observed_generation=6, spec_replicas=0, replicas=2, rollout_generation=7
+    )
+    result = plan.plan(_pool(), plan.Observed(now=T0, secret=OK, deployment=state))
+    # Then it is rolling out until they are gone
+    assert _conditions(result)["Ready"] == ("False", "RollingOut")
+
+
 def test_a_new_pod_template_not_yet_observed_is_a_rollout() -> None:
     state = dataclasses.replace(
         _converged(2, generation=6), observed_generation=5, rollout_generation=6
