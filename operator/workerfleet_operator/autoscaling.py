@@ -663,15 +663,21 @@ def _build_samples(
 def _measure_rates(
     samples: tuple[StatsSample, ...], queue: base.QueueStats, policy: ScalingPolicy
 ) -> Rates:
-    if len(samples) < 2:
+    if not samples:
         return Rates()
     first, last = samples[0], samples[-1]
     elapsed = last.at - first.at
-    if elapsed <= 0:
-        return Rates()
     growing = last.backlog > first.backlog
     if elapsed < 2 * policy.polling_interval_seconds:
-        return Rates(backlog_growing=growing)  # one interval of counts is noise, not a rate
+        # One interval of counts is noise, not a rate; but an empty queue whose counters are
+        # both still 0 has never had a job: nothing arrived or finished, whatever the window.
+        # Said from the first read, a new pool on an idle queue does not write its status a
+        # second time just because its rates appeared (a third of the status writes of 2,000
+        # new pools on the real API server).
+        never_used = last.enqueued_total == 0 and last.completed_total == 0
+        if never_used and last.backlog == 0 and last.in_flight == 0:
+            return Rates(arrival=0.0, completion=0.0, backlog_growing=growing)
+        return Rates(backlog_growing=growing)
     arrival = (last.enqueued_total - first.enqueued_total) / elapsed
     completion = (last.completed_total - first.completed_total) / elapsed
     return Rates(

@@ -517,6 +517,22 @@ def test_rates_over_less_than_two_polling_intervals_are_not_trusted() -> None:
     assert decision.signals["latency"] is None
 
 
+def test_a_queue_that_never_had_a_job_has_zero_rates_from_its_first_read() -> None:
+    # Given a new pool's first poll of a queue nothing was ever enqueued to
+    first = fx.run(LATENCY, [fx.Poll(0, fx.queue_stats(0))], current=0)[-1]
+    # Then its rates are known at once (0), and stay what the window later measures
+    assert (first.rates.arrival, first.rates.completion) == (0.0, 0.0)
+    later = fx.run(LATENCY, fx.polls(0, 6), current=0)[-1]
+    assert (later.rates.arrival, later.rates.completion) == (0.0, 0.0)
+    assert autoscaling.explain_decision(first) == autoscaling.explain_decision(later)
+
+
+def test_a_first_read_with_jobs_but_no_counts_waits_for_the_window() -> None:
+    # A broker that does not count enqueues (SQS) with a backlog: nothing says no job arrived
+    decision = fx.run(LATENCY, [fx.Poll(0, fx.queue_stats(0, backlog=40))], current=1)[-1]
+    assert decision.rates.arrival is None
+
+
 def test_a_handful_of_completions_gives_no_little_s_law_service_rate() -> None:
     timeline = [
         fx.Poll(0, fx.queue_stats(0, backlog=100, in_flight=1)),
