@@ -93,8 +93,9 @@ local REC = {
 -- The fencing epoch: the first 8 hex digits of the run id and of the replication id of the
 -- server handing out tokens (each 40 random hex digits). The counter (counters.fence) is
 -- replicated data, so a promoted replica that missed the last writes, or a server restarted
--- from a file older than its last writes, would count the same numbers again; the epoch differs then (a new process has a new run id, a promotion
--- makes a new replication id), so a token is never issued twice and a stale one never matches.
+-- from a file older than its last writes, would count the same numbers again; the epoch
+-- differs then (a new process has a new run id, a promotion makes a new replication id), so a
+-- token is never issued twice and a stale one never matches.
 -- INFO is in ACL's @dangerous category: a user refused it gets an epoch from the server clock
 -- instead ('t' + seconds and microseconds of this call), unique to the call unless a clock goes
 -- back, so a token is still never issued twice (docs/queue-engine.md, "Fencing").
