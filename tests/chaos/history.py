@@ -30,8 +30,9 @@ It follows Jepsen's total-queue idea: the harness, never the runtime's own count
   worker (or a fault of Redis or of every worker) between the two starts, or by a fault that
   stopped the later run's worker while it held the job (its run starts right after the fault
   ends); with ``split_settles`` (a broker whose retry is two calls, SQS: send the copy, delete
-  the original) also by a fault on the worker of any earlier run of the job, or on every worker
-  (the server killed), after that run ended and before this one started (the original outlived
+  the original; RabbitMQ for a channel's first copy to each queue) also by a fault on the
+  worker of any earlier run of the job, or on every worker (the server killed), after that
+  run ended and before this one started (the original outlived
   a retry whose delete the fault stopped: from then on the copy and the original each run,
   possibly side by side in one fetch); with ``split_on_server_faults`` (a broker whose retry
   is one transaction that a crash of the server itself may split, RabbitMQ: the copy is on

@@ -11,7 +11,9 @@ markers, so no job asks for one. The verdict is the same history checker's
 (tests/chaos/history.py), told that a node crash may split a retry's transaction
 (``split_on_server_faults``): a commit's new copy is on disk when ``tx.commit-ok`` comes back,
 the ack of the copy it replaced may not be, so after the restart both run. A worker's crash
-never splits one (an uncommitted transaction is dropped whole).
+drops an uncommitted transaction whole, but the first copy a worker's channel sends to each
+queue is published with confirms before its ack's commit (the broker's
+``_publish_first_copies``), so a worker killed in between leaves both: ``split_settles`` too.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RabbitMQBed(harness.Bed):
 
     server: rabbitmq_server.RabbitMQServer
     split_on_server_faults = True  # a node crash may split a retry's transaction
+    split_settles = True  # a channel's first copy to a queue is confirmed before the ack
 
     def __init__(
         self,

@@ -392,3 +392,84 @@ async def test_acks_committed_together_never_settle_a_job_still_held_between_the
     finally:
         await other.close()
         await worker.close()
+
+
+@pytest.mark.timeout(180)
+async def test_workers_sending_their_first_retries_to_a_new_delay_bucket_at_once_lose_no_job(
+    rabbitmq_server: Any,
+) -> None:
+    # A quorum queue refuses publishes for a moment after another client's declare of it
+    # returned; a transaction would drop the refused copy and commit its ack (the job gone).
+    workers_per_round, rounds = 10, 12
+    for round_no in range(rounds):
+        # Given a new queue (so its delay buckets are new too) and eight workers, each with
+        # its own connection and one job in hand
+        queue = f"t{uuid.uuid4().hex[:12]}"
+        brokers_ = [
+            rabbitmq_broker.RabbitMQBroker(
+                rabbitmq_server.url, queue, base.QueueOptions(max_deliveries=5), prefetch=1
+            )
+            for _ in range(workers_per_round + 1)
+        ]
+        producer, workers = brokers_[0], brokers_[1:]
+        try:
+            ids = [f"r{round_no}-{n}" for n in range(workers_per_round)]
+            await producer.enqueue_many([job(job_id=i) for i in ids])
+            held: list[tuple[rabbitmq_broker.RabbitMQBroker, base.Delivery]] = []
+            for worker in workers:
+                got: list[base.Delivery] = []
+                for _ in range(20):
+                    got = await worker.fetch("w", 1, block=1)
+                    if got:
+                        break
+                assert len(got) == 1
+                held.append((worker, got[0]))
+            # When all of them retry at once into the same new 100 ms delay bucket
+            failure = base.Failure("Flaky", "try again")
+            retried = await asyncio.gather(
+                *(w.retry(d, failure, delay_seconds=0.1) for w, d in held)
+            )
+            assert retried == [True] * workers_per_round
+            # Then every job comes back once, its failed attempt recorded, and is acked
+            back: dict[str, int] = {}
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len(back) < workers_per_round:
+                for worker in workers:
+                    for d in await worker.fetch("w", 1, block=0.05):
+                        back[d.id] = d.attempts
+                        assert await worker.ack(d) is True
+            assert back == dict.fromkeys(ids, 1), f"round {round_no}"
+        finally:
+            await asyncio.gather(*(b.close() for b in brokers_))
+
+
+@pytest.mark.timeout(120)
+async def test_producers_enqueueing_their_first_jobs_to_a_new_queue_at_once_all_succeed(
+    rabbitmq_server: Any,
+) -> None:
+    # RabbitMQ nacks a publish to a quorum queue whose member is still starting (another
+    # client's declare of it returned first); the enqueue publishes again and succeeds.
+    for round_no in range(8):
+        # Given a new queue and ten producers, each with its own connection
+        queue = f"t{uuid.uuid4().hex[:12]}"
+        producers = [
+            rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, queue, base.QueueOptions())
+            for _ in range(10)
+        ]
+        try:
+            # When each enqueues its first job at the same moment
+            ids = [f"p{round_no}-{n}" for n in range(len(producers))]
+            results = await asyncio.gather(
+                *(p.enqueue(job(job_id=i)) for p, i in zip(producers, ids, strict=True))
+            )
+            # Then every enqueue returns, and every job is in the queue exactly once
+            assert [r.job_id for r in results] == ids
+            seen: list[str] = []
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and len(seen) < len(ids):
+                for d in await producers[0].fetch("w", 10, block=0.2):
+                    seen.append(d.id)
+                    assert await producers[0].ack(d) is True
+            assert sorted(seen) == sorted(ids), f"round {round_no}"
+        finally:
+            await asyncio.gather(*(p.close() for p in producers))
