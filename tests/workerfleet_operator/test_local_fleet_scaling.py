@@ -99,7 +99,14 @@ def test_scale_in_stops_idle_workers_and_lets_the_busy_one_finish_its_job(
         assert long_runner in fleet.runner.fleet.pod_names
         assert long_runner not in fleet.runner.totals.stopped_pods
         scaled_in = [s for s in fleet.snapshots if s.stopped]
-        assert scaled_in[0].decision.clamped_by in {"inFlightWork", None, "scaleDownStep"}
+        # (the first step in may also be held at the highest recommendation of the window,
+        # when the short jobs ended across two polls and one recommended 2 before 1)
+        assert scaled_in[0].decision.clamped_by in {
+            "inFlightWork",
+            None,
+            "scaleDownStep",
+            "scaleDownStabilization",
+        }
         fleet.drive_until(
             lambda s: s.queue_stats is not None and s.queue_stats.completed_total == 5,
             timeout=20,
