@@ -45,7 +45,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Collection, Container, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import aio_pika
 import aio_pika.abc
@@ -103,13 +103,6 @@ so the fan-out is atomic, but with no enqueue dedup a publisher's re-send after 
 stores the event again in every subscription (the event id tells the copies apart)."""
 
 
-_Settle = tuple[
-    "_Delivered", str, tuple[str, bytes, dict[str, Any], str] | None, asyncio.Future[None]
-]
-"""One waiting settle: the delivery to ack, the operation, the copy to publish with it
-(routing key, body, headers, message id) if any, and the future its caller awaits."""
-
-
 @dataclass(slots=True)
 class _Delivered:
     """A message delivered to one of the worker's consumers: what the broker reads of it, and
@@ -141,6 +134,16 @@ class _Delivered:
         if self.channel.is_closed:
             raise aio_pika.exceptions.ChannelInvalidStateError("the consuming channel is closed")
         await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
+
+
+class _Settle(NamedTuple):
+    """One waiting settle: the delivery to ack, the operation, the copy to publish with it
+    (routing key, body, headers, message id) if any, and the future its caller awaits."""
+
+    message: _Delivered
+    operation: str
+    publish: tuple[str, bytes, dict[str, Any], str] | None
+    done: asyncio.Future[None]
 
 
 @dataclass
@@ -594,7 +597,7 @@ class RabbitMQBroker:
         confirms before the transaction acks (:meth:`_publish_first_copies`), because a
         transaction drops a publish the queue refuses without a word."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._settle_queue.append((message, operation, publish, done))
+        self._settle_queue.append(_Settle(message, operation, publish, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush_settles())
         await done
@@ -647,34 +650,33 @@ class RabbitMQBroker:
         channel's transactions publish to it as before. The price: a worker killed between
         such a copy's confirm and its ack's commit leaves both, and the job runs twice (only
         for the first copy per queue and channel)."""
-        first = [e for e in batch if e[2] is not None and e[2][0] not in self._tx_ready]
+        first = [e for e in batch if e.publish is not None and e.publish[0] not in self._tx_ready]
         if not first:
             return batch
 
         async def publish(entry: _Settle) -> str:
-            assert entry[2] is not None
-            routing_key, body, headers, message_id = entry[2]
+            assert entry.publish is not None
+            routing_key, body, headers, message_id = entry.publish
             await self._publish(
-                routing_key, body, headers, message_id=message_id, operation=entry[1]
+                routing_key, body, headers, message_id=message_id, operation=entry.operation
             )
             return routing_key
 
         outcomes = await asyncio.gather(*(publish(e) for e in first), return_exceptions=True)
-        copied: set[int] = set()
-        refused: set[int] = set()
-        for entry, outcome in zip(first, outcomes, strict=True):
+        outcome_of = {id(e): outcome for e, outcome in zip(first, outcomes, strict=True)}
+        left: list[_Settle] = []
+        for entry in batch:
+            if id(entry) not in outcome_of:
+                left.append(entry)
+                continue
+            outcome = outcome_of[id(entry)]
             if isinstance(outcome, BaseException):
-                refused.add(id(entry))
-                if not entry[3].done():
-                    entry[3].set_exception(outcome)
+                if not entry.done.done():
+                    entry.done.set_exception(outcome)
             else:
-                copied.add(id(entry))
                 self._tx_ready.add(outcome)
-        return [
-            (e[0], e[1], None, e[3]) if id(e) in copied else e
-            for e in batch
-            if id(e) not in refused
-        ]
+                left.append(entry._replace(publish=None))
+        return left
 
     async def _ack_together(self, messages: list[_Delivered]) -> None:
         """Ack ``messages`` (all of the consuming channel, inside the open transaction) with as
