@@ -205,18 +205,19 @@ def test_the_operator_creates_keda_and_podmonitor_children_with_the_charts_rbac(
     pool["spec"]["queue"]["name"] = "keda-crds"
     kube_cluster.kubectl("apply", "-n", pools_namespace, "-f", "-", input=json.dumps(pool))
     try:
-        # Then the operator applies the ScaledObject, TriggerAuthentication and PodMonitor
+        # Then the operator applies the ScaledObject, TriggerAuthentication and PodMonitor (other
+        # tests' pools share the namespace: a PodMonitor pool of theirs gets its child as soon as
+        # the CRD is served, so only this pool's children are counted)
+        this_pool = "app.kubernetes.io/instance=keda-crds"
+        kinds = ("scaledobjects.keda.sh", "triggerauthentications.keda.sh",
+                 "podmonitors.monitoring.coreos.com")  # fmt: skip
         names = kubecluster.poll_until(
             "the operator's keda and PodMonitor children",
             lambda: {
                 kind: kube_cluster.kubectl(
-                    "get", kind, "-n", pools_namespace, "-o", "name", check=False
+                    "get", kind, "-n", pools_namespace, "-o", "name", "-l", this_pool, check=False
                 ).stdout.split()
-                for kind in (
-                    "scaledobjects.keda.sh",
-                    "triggerauthentications.keda.sh",
-                    "podmonitors.monitoring.coreos.com",
-                )
+                for kind in kinds
             },
             lambda found: all(found.values()),
             timeout_seconds=60,

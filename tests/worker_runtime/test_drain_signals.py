@@ -185,18 +185,17 @@ async def test_a_worker_drained_before_its_job_loop_opened_the_broker_leaves_no_
     app = App(queue=queue_name)
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     real_open = transient.open_until_ready
+    drain_sent = asyncio.Event()
 
-    async def open_after_the_first_heartbeat(*args: Any, **kwargs: Any) -> Any:
+    async def open_after_the_drain_request(*args: Any, **kwargs: Any) -> Any:
         # The control thread opens its own connection at once; the job loop's opening is held
-        # until the control thread's heartbeat record is in Redis (a slow start of the loop).
+        # until the drain has been requested (a slow start of the loop). Holding it only until
+        # the heartbeat appeared raced the test's own request: the loop could open first.
         if threading.current_thread().name != "wf-control":
-            deadline = time.monotonic() + 10
-            while not stats.fetch_queue_stats_sync(client, queue_name).workers:
-                assert time.monotonic() < deadline, "no heartbeat from the control thread"
-                await asyncio.sleep(0.02)
+            await asyncio.wait_for(drain_sent.wait(), 20)
         return await real_open(*args, **kwargs)
 
-    monkeypatch.setattr(transient, "open_until_ready", open_after_the_first_heartbeat)
+    monkeypatch.setattr(transient, "open_until_ready", open_after_the_drain_request)
     try:
         # Given a worker whose control thread has written its heartbeat record while the job
         # loop has not opened the broker yet
@@ -209,6 +208,7 @@ async def test_a_worker_drained_before_its_job_loop_opened_the_broker_leaves_no_
             await asyncio.sleep(0.02)
         # When it is told to drain before the job loop's broker is open
         w.request_drain(int(signal.SIGTERM))
+        drain_sent.set()
         rc = await asyncio.wait_for(run, 20)
         # Then it exits cleanly and its heartbeat record is gone: no phantom draining worker
         # is left for the autoscaler to count for a lease
