@@ -155,10 +155,16 @@ def test_a_forgotten_subscription_pool_leaves_no_lag_series() -> None:
     operator_metrics = metrics.OperatorMetrics(registry)
     labels = ("shop", "email-sender", "shop.order.placed:email")
     series = operator_metrics.bind_pool(labels)
-    assert series.subscription is not None
-    series.subscription.backlog.set(5)
-    series.subscription.age_gauge.labels(*series.subscription.labels).set(12.5)
-    assert len(samples_named(registry, BACKLOG)) == 1
+    queue_stats = base.QueueStats(
+        queue=labels[2], now=1000.0, backlog=5, due_delayed=0, future_delayed=0, in_flight=0,
+        dead_letter=0, oldest_job_age_seconds=12.5, enqueued_total=5, completed_total=0,
+        failed_total=0, retried_total=0, dead_lettered_total=0, workers_lost_total=0,
+        workers_expired=0, workers=(),
+    )  # fmt: skip
+    series.record_poll(
+        queue_stats, desired=1, max_replicas=3, alert_threshold=1, oldest_job_age_target=0.0
+    )
+    assert len(samples_named(registry, BACKLOG)) == len(samples_named(registry, AGE)) == 1
     # When the pool is deleted (or its queue renamed: the old labels are forgotten)
     operator_metrics.forget_pool(labels, series)
     # Then neither lag series remains

@@ -250,8 +250,7 @@ class FleetRunner:
             oldest_job_age_target=self.pool.spec.autoscaling.target_oldest_job_age_seconds,
             oldest_age_measured=age_measured,
         )
-        self.series.replicas_current.set(snapshot.replicas)
-        self.series.replicas_ready.set(snapshot.ready)
+        self.series.record_replicas(snapshot.replicas, snapshot.ready)
 
     def _log_decision(self, now: float, decision: autoscaling.Decision) -> None:
         if self.decision_log is None:

@@ -77,7 +77,7 @@ def _export_conditions(
     series = controller.bound_series()
     series.record_conditions((c.type, c.status, c.reason) for c in conditions)
     paused = api.find_condition(conditions, api.PAUSED)
-    series.paused.set(1.0 if paused is not None and paused.status == "True" else 0.0)
+    series.record_paused(paused is not None and paused.status == "True")
     reachable = api.find_condition(conditions, api.QUEUE_REACHABLE)
     if reachable is not None:
         series.record_queue_reachable(reachable.status == "True", reachable.reason)

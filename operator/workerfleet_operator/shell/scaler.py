@@ -319,8 +319,7 @@ def _export(
     if controller.deployment is not None:
         replicas = int(controller.deployment.get("spec", {}).get("replicas", 0))
         ready = int((controller.deployment.get("status") or {}).get("readyReplicas", 0))
-        series.replicas_current.set(replicas)
-        series.replicas_ready.set(ready)
+        series.record_replicas(replicas, ready)
 
 
 def _with_scale_time(
