@@ -134,9 +134,8 @@ class PoolController:
                     # neither ten status writes nor Ready flipping.
                     self.dirty = True
                 self.deployment = kube.strip_managed_fields(body)
-            if self.applied.drift_reference is not None and not drift.is_subset(
-                self.applied.drift_reference, body
-            ):
+            reference = self.applied.drift_reference
+            if reference is not None and not reference.is_kept_in(body):
                 self.dirty = True  # someone else changed what we own: restore it
         self.wake.set()
 

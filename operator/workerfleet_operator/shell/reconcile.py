@@ -67,7 +67,7 @@ class AppliedState:
     applied_hash: str | None = None
     # The Deployment fields we own, as last applied (spec.replicas left out unless we own it):
     # any observed Deployment that is not a superset of this has drifted.
-    drift_reference: Body | None = None
+    drift_reference: drift.DriftReference | None = None
     cleaned_generation: int | None = None
     next_full_apply: float = 0.0
 
@@ -156,7 +156,8 @@ async def _apply_children(
     drifted = deployment is not None and not drift.is_subset(reference, deployment)
     # Drift is someone else's edit: what we would send is what we last sent, and the live
     # object differs from it. A new spec (or Secret version) differs too, but is no drift.
-    announce_drift = drifted and reference == controller.applied.drift_reference
+    kept = drift.DriftReference.of(reference)
+    announce_drift = drifted and kept == controller.applied.drift_reference
     if creating or drifted or resync or desired_hash != controller.applied.applied_hash:
         if not await _apply_worker_identity(controller, children[1:]):
             return
@@ -168,7 +169,7 @@ async def _apply_children(
             if _refused(controller, main, exc):
                 return
             raise
-        controller.applied.drift_reference = reference
+        controller.applied.drift_reference = kept
         # Compared with the Deployment as it was BEFORE this apply, not controller.deployment:
         # the watch event of our own write can arrive while the apply is awaited (a loaded API
         # server), and would hide the template change, leaving the rollout generation unknown
@@ -197,7 +198,7 @@ async def _apply_children(
                 f"Deployment {controller.name} restored to the pool's spec",
             )
     else:
-        controller.applied.drift_reference = reference
+        controller.applied.drift_reference = kept
     await _delete_obsolete(controller, pool, the_plan.obsolete)
 
 
