@@ -8,12 +8,24 @@ owners of ``spec.replicas`` (the hand-over to the autoscaler's manager).
 
 from __future__ import annotations
 
+import copy
+import gc
+import json
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import prometheus_client
+import yaml
+from workerfleet_operator import api, plan
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, kube, pool
+from workerfleet_operator.shell import context, drift, kube, metrics, pool
+
+from worker_runtime.brokers import base
 
 UID = "0f6c1a52-0000-4000-8000-000000000001"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _entry(manager: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -103,3 +115,70 @@ async def test_a_watched_pool_is_kept_without_managed_fields() -> None:
     assert controller.body is not None
     assert "managedFields" not in controller.body["metadata"]
     assert controller.body["metadata"]["uid"] == UID
+
+
+def _traced_bytes_per_item(build: Callable[[], object], count: int) -> float:
+    """Python memory still held per item after building ``count`` of them (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [build() for _ in range(count)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(kept) == count
+    return held / count
+
+
+def test_a_pools_metric_series_cost_about_a_kilobyte_not_a_child_object_per_series() -> None:
+    # Given the operator's metrics and a poll's stats (every per-pool series gets a value)
+    registry = prometheus_client.CollectorRegistry()
+    operator_metrics = metrics.OperatorMetrics(registry)
+    queue_stats = base.QueueStats(
+        queue="q", now=1000.0, backlog=5, due_delayed=0, future_delayed=1, in_flight=2,
+        dead_letter=3, oldest_job_age_seconds=4.0, enqueued_total=9, completed_total=4,
+        failed_total=3, retried_total=0, dead_lettered_total=3, workers_lost_total=0,
+        workers_expired=0, workers=(), maxmemory_policy="noeviction",
+    )  # fmt: skip
+    names = iter(range(10**6))
+
+    def bind_and_record() -> object:
+        series = operator_metrics.bind_pool(("team-a", f"pool-{next(names)}", "q"))
+        series.record_poll(
+            queue_stats, desired=1, max_replicas=3, alert_threshold=1, oldest_job_age_target=0.0
+        )
+        series.record_replicas(1, 1)
+        series.record_conditions([("Ready", "True", "Idle"), ("Degraded", "False", "AsExpected")])
+        return series
+
+    # When 500 pools are bound and polled
+    per_pool = _traced_bytes_per_item(bind_and_record, 500)
+    # Then each costs a record of numbers (~30 labelled prometheus children took ~14 KB), and
+    # a scrape still shows every series of every pool
+    assert per_pool < 3_000, per_pool
+    scraped = prometheus_client.generate_latest(registry).decode()
+    assert scraped.count('workerfleet_pool_backlog{namespace="team-a"') == 500
+    assert scraped.count("workerfleet_pool_condition{") == 1000
+
+
+def test_a_kept_drift_reference_is_compact_and_still_tells_drift() -> None:
+    # Given the drift reference of a full worker Deployment (the sample pool's)
+    body = yaml.safe_load((ROOT / "deploy" / "samples" / "full.yaml").read_text())
+    body["metadata"].update(namespace="team-a", uid=UID, generation=1)
+    parsed = api.parse_pool(body)
+    assert isinstance(parsed, api.Pool)
+    deployment = plan.build_children(parsed, replicas=None)[0]
+    reference = drift.build_drift_reference(deployment, parsed)
+    as_dicts = _traced_bytes_per_item(lambda: json.loads(json.dumps(reference)), 50)
+    # When the controller keeps it between rounds
+    kept_bytes = _traced_bytes_per_item(lambda: drift.DriftReference.of(reference), 50)
+    kept = drift.DriftReference.of(reference)
+    # Then it takes a fraction of the same reference as dicts
+    assert kept_bytes < as_dicts / 3, (kept_bytes, as_dicts)
+    # and still says whether a Deployment keeps every field we own
+    assert kept.is_kept_in(copy.deepcopy(deployment))
+    edited = copy.deepcopy(deployment)
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else:1"
+    assert not kept.is_kept_in(edited)
+    assert kept == drift.DriftReference.of(copy.deepcopy(reference))
