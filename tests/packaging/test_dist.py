@@ -43,8 +43,10 @@ def test_dist_builds_checksummed_artifacts_and_the_wheel_runs_the_demo_in_a_fres
     # When only the wheel is installed into a fresh venv
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
+    # (at the versions the rest of the suite runs with: scripts/constraints.txt)
     pip = subprocess.run(
-        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", str(out / wheel)],
+        [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q",
+         "-c", str(REPO / "scripts" / "constraints.txt"), str(out / wheel)],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr[-3000:]

@@ -182,3 +182,30 @@ def test_a_kept_drift_reference_is_compact_and_still_tells_drift() -> None:
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else:1"
     assert not kept.is_kept_in(edited)
     assert kept == drift.DriftReference.of(copy.deepcopy(reference))
+
+
+async def test_a_kept_pod_template_is_packed_and_still_tells_a_template_change() -> None:
+    # Given a pool's controller that kept its Deployment from a watch event
+    controller = _controller()
+    live = _deployment()
+    controller.observe_deployment(live, deleted=False)
+    kept = controller.deployment
+    assert kept is not None
+    # Then the pod template is kept packed, and kopf's body keeps its own dicts
+    assert isinstance(kept["spec"]["template"], drift.PackedJSON)
+    assert isinstance(live["spec"]["template"], dict)
+    # and it still equals the template it packs, so an unchanged template is no rollout
+    unchanged = {**live, "metadata": {**live["metadata"], "generation": 2}}
+    assert drift.track_rollout_generation(1, kept, unchanged) == 1
+    # while a changed one is, at the generation that carries it
+    changed = copy.deepcopy(unchanged)
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = "worker:2"
+    assert drift.track_rollout_generation(1, kept, changed) == 2
+    # and the drift check reads through it
+    reference = drift.DriftReference.of(
+        {"spec": {"template": {"spec": {"containers": [{"name": "worker"}]}}}}
+    )
+    assert reference.is_kept_in(kept)
+    renamed = copy.deepcopy(live)
+    renamed["spec"]["template"]["spec"]["containers"][0]["name"] = "someone-else"
+    assert not reference.is_kept_in(drift.pack_pod_template(renamed))

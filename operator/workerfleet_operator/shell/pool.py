@@ -133,11 +133,18 @@ class PoolController:
                     # (whose plan knows a step from a rollout), so a scale of ten pods is
                     # neither ten status writes nor Ready flipping.
                     self.dirty = True
-                self.deployment = kube.strip_managed_fields(body)
+                self.keep_deployment(body)
             reference = self.applied.drift_reference
             if reference is not None and not reference.is_kept_in(body):
                 self.dirty = True  # someone else changed what we own: restore it
         self.wake.set()
+
+    def keep_deployment(self, body: Body | None) -> None:
+        """Remember ``body`` (a watch event or an answer) as the pool's Deployment: without the
+        managedFields nobody reads, its pod template packed (``drift.pack_pod_template``)."""
+        self.deployment = (
+            None if body is None else drift.pack_pod_template(kube.strip_managed_fields(body))
+        )
 
     def is_ours(self, child: Mapping[str, Any]) -> bool:
         """Controlled by this pool (its uid, not just its name: a pool deleted and created

@@ -92,9 +92,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
         # Someone else's Deployment of this name is neither adopted, applied over nor
         # scaled: the pool reports it and runs nothing until it is renamed or deleted.
         foreign_deployment = fetched is not None and not controller.is_ours(fetched)
-        controller.deployment = (
-            None if foreign_deployment or fetched is None else kube.strip_managed_fields(fetched)
-        )
+        controller.keep_deployment(None if foreign_deployment else fetched)
     the_plan = plan_mod.plan(parsed, controller.observed(secret))
     if the_plan.hold:
         # Bad input: nothing applied, nothing deleted; explain, and retry a Secret slowly.
@@ -178,7 +176,7 @@ async def _apply_children(
             controller.applied.rollout_generation, deployment, applied
         )
         if drift.is_newer(applied, controller.deployment):
-            controller.deployment = kube.strip_managed_fields(applied)
+            controller.keep_deployment(applied)
         # The other children only when they may have changed (a Deployment drift alone
         # re-applies the Deployment alone).
         every_child = resync or desired_hash != controller.applied.applied_hash or creating
@@ -299,7 +297,7 @@ async def _hand_over_replicas(
         replicas,
     )
     if drift.is_newer(handed, controller.deployment):
-        controller.deployment = kube.strip_managed_fields(handed)
+        controller.keep_deployment(handed)
     return handed
 
 

@@ -231,7 +231,7 @@ async def _scale(
         try:
             # Forced only against our own managers (the creation apply co-owns the field),
             # and only on the version whose managers were just checked.
-            controller.deployment = kube.strip_managed_fields(
+            controller.keep_deployment(
                 await kube.apply_replicas(
                     client,
                     controller.namespace,
@@ -252,7 +252,8 @@ async def _scale(
         if fresh is None:
             controller.dirty = True  # deleted: the reconcile recreates it
             return False
-        controller.deployment = deployment = kube.strip_managed_fields(fresh)
+        controller.keep_deployment(fresh)
+        deployment = fresh
     else:
         return False  # changed twice in a row: the next poll decides again
     reference = controller.applied.drift_reference

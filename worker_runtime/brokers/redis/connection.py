@@ -189,7 +189,7 @@ def fetch_client(
         if target.tls:
             opts["ssl"] = True
             sentinel_kwargs["ssl"] = True
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.hosts),
             sentinel_kwargs=sentinel_kwargs,
             username=target.username,
@@ -225,7 +225,7 @@ def fetch_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3
         assert target.service_name is not None
         if target.tls:
             opts["ssl"] = True
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.hosts),
             sentinel_kwargs={
                 "socket_timeout": socket_timeout,
@@ -238,7 +238,7 @@ def fetch_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3
             db=target.db,
             **opts,
         )
-        sync_master: SyncClient = sentinel.master_for(  # type: ignore[no-untyped-call]
+        sync_master: SyncClient = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
             target.service_name
         )
         return sync_master
