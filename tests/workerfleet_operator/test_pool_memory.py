@@ -90,16 +90,20 @@ def _controller() -> pool.PoolController:
     return controller
 
 
-async def test_a_watched_deployment_is_kept_with_only_the_owners_of_its_replicas() -> None:
-    # Given a pool's controller
+def _kept_after_a_watch_event(live: dict[str, Any]) -> dict[str, Any]:
+    """What a new pool controller keeps of its Deployment ``live`` after its watch event."""
     controller = _controller()
-    live = _deployment()
-    # When its Deployment's watch event arrives
     controller.observe_deployment(live, deleted=False)
-    kept = controller.deployment
+    assert controller.deployment is not None
+    return controller.deployment
+
+
+async def test_a_watched_deployment_is_kept_with_only_the_owners_of_its_replicas() -> None:
+    # Given a pool's controller, when its Deployment's watch event arrives
+    live = _deployment()
+    kept = _kept_after_a_watch_event(live)
     # Then it keeps the Deployment without the managedFields nobody reads, but still knows who
     # owns spec.replicas (the hand-over to the autoscaler's manager depends on it)
-    assert kept is not None
     assert kube.build_owner_of_replicas(kept) == [kube.FIELD_MANAGER, kube.REPLICAS_FIELD_MANAGER]
     assert all(set(e) == {"manager", "fieldsV1"} for e in kept["metadata"]["managedFields"])
     assert kept["spec"] == live["spec"] and kept["status"] == live["status"]
@@ -172,25 +176,22 @@ def test_a_kept_drift_reference_is_compact_and_still_tells_drift() -> None:
     reference = drift.build_drift_reference(deployment, parsed)
     as_dicts = _traced_bytes_per_item(lambda: json.loads(json.dumps(reference)), 50)
     # When the controller keeps it between rounds
-    kept_bytes = _traced_bytes_per_item(lambda: drift.DriftReference.of(reference), 50)
-    kept = drift.DriftReference.of(reference)
+    kept_bytes = _traced_bytes_per_item(lambda: drift.PackedJSON(reference), 50)
+    kept = drift.PackedJSON(reference)
     # Then it takes a fraction of the same reference as dicts
     assert kept_bytes < as_dicts / 3, (kept_bytes, as_dicts)
     # and still says whether a Deployment keeps every field we own
-    assert kept.is_kept_in(copy.deepcopy(deployment))
+    assert drift.is_subset(kept, copy.deepcopy(deployment))
     edited = copy.deepcopy(deployment)
     edited["spec"]["template"]["spec"]["containers"][0]["image"] = "someone/else:1"
-    assert not kept.is_kept_in(edited)
-    assert kept == drift.DriftReference.of(copy.deepcopy(reference))
+    assert not drift.is_subset(kept, edited)
+    assert kept == drift.PackedJSON(copy.deepcopy(reference))
 
 
 async def test_a_kept_pod_template_is_packed_and_still_tells_a_template_change() -> None:
     # Given a pool's controller that kept its Deployment from a watch event
-    controller = _controller()
     live = _deployment()
-    controller.observe_deployment(live, deleted=False)
-    kept = controller.deployment
-    assert kept is not None
+    kept = _kept_after_a_watch_event(live)
     # Then the pod template is kept packed, and kopf's body keeps its own dicts
     assert isinstance(kept["spec"]["template"], drift.PackedJSON)
     assert isinstance(live["spec"]["template"], dict)
@@ -202,10 +203,10 @@ async def test_a_kept_pod_template_is_packed_and_still_tells_a_template_change()
     changed["spec"]["template"]["spec"]["containers"][0]["image"] = "worker:2"
     assert drift.track_rollout_generation(1, kept, changed) == 2
     # and the drift check reads through it
-    reference = drift.DriftReference.of(
+    reference = drift.PackedJSON(
         {"spec": {"template": {"spec": {"containers": [{"name": "worker"}]}}}}
     )
-    assert reference.is_kept_in(kept)
+    assert drift.is_subset(reference, kept)
     renamed = copy.deepcopy(live)
     renamed["spec"]["template"]["spec"]["containers"][0]["name"] = "someone-else"
-    assert not reference.is_kept_in(drift.pack_pod_template(renamed))
+    assert not drift.is_subset(reference, drift.pack_pod_template(renamed))

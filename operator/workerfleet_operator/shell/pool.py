@@ -134,8 +134,9 @@ class PoolController:
                     # neither ten status writes nor Ready flipping.
                     self.dirty = True
                 self.keep_deployment(body)
-            reference = self.applied.drift_reference
-            if reference is not None and not reference.is_kept_in(body):
+            if self.applied.drift_reference is not None and not drift.is_subset(
+                self.applied.drift_reference, body
+            ):
                 self.dirty = True  # someone else changed what we own: restore it
         self.wake.set()
 

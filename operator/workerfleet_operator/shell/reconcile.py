@@ -67,7 +67,7 @@ class AppliedState:
     applied_hash: str | None = None
     # The Deployment fields we own, as last applied (spec.replicas left out unless we own it):
     # any observed Deployment that is not a superset of this has drifted.
-    drift_reference: drift.DriftReference | None = None
+    drift_reference: drift.PackedJSON | None = None
     cleaned_generation: int | None = None
     next_full_apply: float = 0.0
 
@@ -145,16 +145,15 @@ async def _apply_children(
     resync = controller.ctx.clock() >= controller.applied.next_full_apply
     main = children[0]
     reference = drift.build_drift_reference(main, pool)
+    kept = drift.PackedJSON(reference)  # as kept between rounds; its encoding is hashed too
     # Hashed without the initial spec.replicas an autoscaled pool's creation apply sends (the
     # reference leaves it out): the next reconcile plans no count, and must not take that
     # for a change to apply (two more writes per new pool, with the hand-over).
-    desired_hash = hashlib.sha256(
-        json.dumps([reference, *children[1:]], sort_keys=True, default=str).encode()
-    ).hexdigest()
+    other_children = json.dumps(children[1:], sort_keys=True, default=str)
+    desired_hash = hashlib.sha256(f"{kept.encoded}{other_children}".encode()).hexdigest()
     drifted = deployment is not None and not drift.is_subset(reference, deployment)
     # Drift is someone else's edit: what we would send is what we last sent, and the live
     # object differs from it. A new spec (or Secret version) differs too, but is no drift.
-    kept = drift.DriftReference.of(reference)
     announce_drift = drifted and kept == controller.applied.drift_reference
     if creating or drifted or resync or desired_hash != controller.applied.applied_hash:
         if not await _apply_worker_identity(controller, children[1:]):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from workerfleet_operator import api, autoscaling
 from workerfleet_operator import plan as plan_mod
-from workerfleet_operator.shell import kube, queue, report
+from workerfleet_operator.shell import drift, kube, queue, report
 
 if TYPE_CHECKING:
     from workerfleet_operator.shell import pool as pool_mod
@@ -256,8 +256,9 @@ async def _scale(
         deployment = fresh
     else:
         return False  # changed twice in a row: the next poll decides again
-    reference = controller.applied.drift_reference
-    if reference is not None and not reference.is_kept_in(controller.deployment):
+    if controller.applied.drift_reference is not None and not drift.is_subset(
+        controller.applied.drift_reference, controller.deployment
+    ):
         controller.dirty = True  # edited by someone between our writes
     controller.scaling.replicas_blocked_by = ()
     return True
