@@ -97,7 +97,7 @@ _COST_MAX_AGE = 9_999
 _COST_MAX_JOBS = 100_000  # keeps the cost inside the annotation's int32 range
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StepPolicy:
     """How fast one direction may move: ``spec.autoscaling.scaleUp`` or ``scaleDown``."""
 
@@ -106,7 +106,7 @@ class StepPolicy:
     max_step_pods: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScalingPolicy:
     """Every knob of ``spec.autoscaling`` (plus the pool's concurrency), in internal units."""
 
@@ -185,7 +185,7 @@ def find_policy_problems(policy: ScalingPolicy) -> list[str]:
     return problems
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """One poll of the queue: its stats, or why they could not be read.
 
@@ -199,7 +199,7 @@ class Observation:
     age_unavailable: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recommendation:
     """A shaped-but-unstabilized replica count at one moment (the windows look at these)."""
 
@@ -207,7 +207,7 @@ class Recommendation:
     replicas: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkerSample:
     """One worker's monotonic counters at one sample, to measure the service rate."""
 
@@ -216,7 +216,7 @@ class WorkerSample:
     busy_seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StatsSample:
     """The counters of one QueueStats reading, to measure arrival and completion rates."""
 
@@ -228,7 +228,7 @@ class StatsSample:
     in_flight: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScalerState:
     """What the loop carries between calls; start with ``ScalerState()``."""
 
@@ -240,7 +240,7 @@ class ScalerState:
     failures: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rates:
     """Rates measured over the carried history; ``None`` until two samples exist."""
 
@@ -250,7 +250,7 @@ class Rates:
     backlog_growing: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one :func:`decide` call, with everything needed to explain it."""
 

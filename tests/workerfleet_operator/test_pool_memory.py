@@ -8,20 +8,28 @@ owners of ``spec.replicas`` (the hand-over to the autoscaler's manager).
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import copy
 import gc
 import json
 import tracemalloc
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
+import pytest
 import yaml
 from workerfleet_operator import api, plan
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, drift, kube, metrics, pool
+from workerfleet_operator.shell import context, drift, kube, metrics, pool, reconcile
 
+from tests.workerfleet_operator import conftest
+from tests.workerfleet_operator import test_operator_autoscaling as autoscaling_test
+from tests.workerfleet_operator.conftest import NAMESPACE, OperatorRunner, QueueRedis
+from tests.workerfleet_operator.emulator import Emulator
 from worker_runtime.brokers import base
 
 UID = "0f6c1a52-0000-4000-8000-000000000001"
@@ -166,13 +174,18 @@ def test_a_pools_metric_series_cost_about_a_kilobyte_not_a_child_object_per_seri
     assert scraped.count("workerfleet_pool_condition{") == 1000
 
 
-def test_a_kept_drift_reference_is_compact_and_still_tells_drift() -> None:
-    # Given the drift reference of a full worker Deployment (the sample pool's)
+def _full_sample_deployment() -> tuple[api.Pool, dict[str, Any]]:
+    """The sample pool with every field (deploy/samples/full.yaml), parsed, and its Deployment."""
     body = yaml.safe_load((ROOT / "deploy" / "samples" / "full.yaml").read_text())
     body["metadata"].update(namespace="team-a", uid=UID, generation=1)
     parsed = api.parse_pool(body)
     assert isinstance(parsed, api.Pool)
-    deployment = plan.build_children(parsed, replicas=None)[0]
+    return parsed, plan.build_children(parsed, replicas=None)[0]
+
+
+def test_a_kept_drift_reference_is_compact_and_still_tells_drift() -> None:
+    # Given the drift reference of a full worker Deployment (the sample pool's)
+    parsed, deployment = _full_sample_deployment()
     reference = drift.build_drift_reference(deployment, parsed)
     as_dicts = _traced_bytes_per_item(lambda: json.loads(json.dumps(reference)), 50)
     # When the controller keeps it between rounds
@@ -188,25 +201,166 @@ def test_a_kept_drift_reference_is_compact_and_still_tells_drift() -> None:
     assert kept == drift.PackedJSON(copy.deepcopy(reference))
 
 
-async def test_a_kept_pod_template_is_packed_and_still_tells_a_template_change() -> None:
+async def test_between_rounds_a_pool_keeps_its_bodies_packed_and_reads_them_as_seen() -> None:
     # Given a pool's controller that kept its Deployment from a watch event
+    controller = _controller()
     live = _deployment()
-    kept = _kept_after_a_watch_event(live)
-    # Then the pod template is kept packed, and kopf's body keeps its own dicts
-    assert isinstance(kept["spec"]["template"], drift.PackedJSON)
-    assert isinstance(live["spec"]["template"], dict)
-    # and it still equals the template it packs, so an unchanged template is no rollout
+    controller.observe_deployment(live, deleted=False)
+    # When its loop goes back to waiting
+    controller.forget_round_state()
+    # Then it holds both bodies as packed JSON only, no dicts
+    assert controller.body_view is None and controller.deployment_view is None
+    assert isinstance(controller.kept_body, drift.PackedJSON)
+    assert isinstance(controller.kept_deployment, drift.PackedJSON)
+    # and the next round reads them as they were seen (less the managedFields)
+    assert controller.deployment is not None and controller.body is not None
+    assert controller.deployment["spec"] == live["spec"]
+    assert controller.body["metadata"]["uid"] == UID
+    # so an unchanged template is still no rollout, and a changed one is
     unchanged = {**live, "metadata": {**live["metadata"], "generation": 2}}
-    assert drift.track_rollout_generation(1, kept, unchanged) == 1
-    # while a changed one is, at the generation that carries it
+    assert drift.track_rollout_generation(1, controller.deployment, unchanged) == 1
     changed = copy.deepcopy(unchanged)
     changed["spec"]["template"]["spec"]["containers"][0]["image"] = "worker:2"
-    assert drift.track_rollout_generation(1, kept, changed) == 2
-    # and the drift check reads through it
-    reference = drift.PackedJSON(
-        {"spec": {"template": {"spec": {"containers": [{"name": "worker"}]}}}}
+    assert drift.track_rollout_generation(1, controller.deployment, changed) == 2
+
+
+def test_kept_bodies_take_a_fraction_of_the_same_bodies_as_dicts() -> None:
+    # Given a full worker Deployment (the sample pool's), as a watch event brings it
+    _, deployment = _full_sample_deployment()
+    as_dicts = _traced_bytes_per_item(lambda: json.loads(json.dumps(deployment)), 50)
+    # When a controller keeps it between rounds
+    controller = _controller()
+
+    def kept() -> object:
+        controller.deployment = json.loads(json.dumps(deployment))
+        controller.forget_round_state()
+        return controller.kept_deployment
+
+    # Then it takes a fraction of the dicts
+    assert _traced_bytes_per_item(kept, 50) < as_dicts / 3
+
+
+def test_between_rounds_a_running_pool_holds_no_parsed_spec_and_keeps_its_policy(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a running pool polling its queue every second
+    runner = operator()
+    autoscaling_test.start_pool(emulator, queue_redis, "emails", pollingIntervalSeconds=1.0)
+    controller = runner.context.pools[(NAMESPACE, "emails")]
+    # When it waits between rounds
+    # Then it holds no parsed spec (~9 KB of pydantic models per pool), only its scaling
+    # policy, which each poll reads without parsing the spec again
+    conftest.wait_until(
+        lambda: controller.parsed is None and controller.policy is not None,
+        timeout=10,
+        message="the parsed spec is still held between rounds",
     )
-    assert drift.is_subset(reference, kept)
-    renamed = copy.deepcopy(live)
-    renamed["spec"]["template"]["spec"]["containers"][0]["name"] = "someone-else"
-    assert not drift.is_subset(reference, drift.pack_pod_template(renamed))
+    assert controller.policy is not None
+    assert controller.policy.polling_interval_seconds == 1.0
+
+
+def test_the_scaling_policy_is_parsed_once_per_spec_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a pool's controller that parsed its spec once, then dropped it between rounds
+    controller = pool.PoolController(
+        context.build_context(config_module.OperatorConfig()), NAMESPACE, "emails"
+    )
+    body = conftest.build_pool("emails")
+    body["metadata"].update(uid=UID, generation=1, resourceVersion="10")
+    controller.observe(body)
+    parses: list[object] = []
+    real_parse = api.parse_pool
+
+    def counting_parse(body: dict[str, Any]) -> api.Pool | api.InvalidPool:
+        parses.append(body)
+        return real_parse(body)
+
+    monkeypatch.setattr(api, "parse_pool", counting_parse)
+    first = controller.scaling_policy()
+    assert first is not None
+    controller.forget_round_state()
+    # When the next rounds ask for the scaling policy
+    again = [controller.scaling_policy() for _ in range(3)]
+    # Then it is the one kept, not parsed again
+    assert len(parses) == 1 and all(p is first for p in again)
+    # and a new generation of the spec is parsed anew
+    controller.observe({**body, "metadata": {**body["metadata"], "generation": 2}})
+    controller.scaling_policy()
+    assert len(parses) == 2
+
+
+async def test_a_burst_of_new_pools_is_reconciled_a_few_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an operator that reconciles at most two pools at once, and a reconcile that takes
+    # a while (a loaded API server)
+    ctx = context.build_context(config_module.OperatorConfig(max_concurrent_reconciles=2))
+    running: list[str] = []
+    most = 0
+    reconciled: list[str] = []
+    unpacked_while_waiting: list[str] = []
+    controllers: list[pool.PoolController] = []
+
+    async def slow_reconcile(controller: pool.PoolController) -> None:
+        nonlocal most
+        running.append(controller.name)
+        most = max(most, len(running))
+        await asyncio.sleep(0.02)
+        unpacked_while_waiting.extend(
+            c.name for c in controllers if c.name not in running and c.body_view is not None
+        )
+        running.remove(controller.name)
+        reconciled.append(controller.name)
+
+    monkeypatch.setattr(reconcile, "reconcile", slow_reconcile)
+    for i in range(6):
+        controller = pool.PoolController(ctx, NAMESPACE, f"pool-{i}")
+        body = conftest.build_pool(f"pool-{i}")
+        body["metadata"].update(uid=f"uid-{i}", generation=1, resourceVersion="10")
+        controller.observe(body)
+        controllers.append(controller)
+    # When six new pools start at once
+    for controller in controllers:
+        controller.start()
+    try:
+        for _ in range(200):
+            if len(reconciled) == 6:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        for controller in controllers:
+            await controller.stop()
+    # Then every pool was reconciled, never more than two at once
+    assert sorted(reconciled) == [f"pool-{i}" for i in range(6)]
+    assert most == 2
+    # and the others, waiting for their turn or done, held their pool packed, nothing unpacked
+    assert unpacked_while_waiting == []
+
+
+_KOPF_CAUSE: contextvars.ContextVar[object] = contextvars.ContextVar("kopf_cause")
+
+
+async def test_a_pools_loop_does_not_keep_the_event_that_started_it_alive() -> None:
+    # Given kopf's handler of a pool's first event, whose context variables hold that event
+    # (kopf sets its cause, with the whole body, patch and logger, while a handler runs)
+    class Cause:
+        pass
+
+    cause = Cause()
+    gone = weakref.ref(cause)
+    controller = _controller()
+
+    def handler(event_cause: object) -> None:
+        _KOPF_CAUSE.set(event_cause)
+        controller.start()  # what the WorkerPool event handler does
+
+    # When the handler starts the pool's loop and returns
+    contextvars.copy_context().run(handler, cause)
+    del cause
+    await asyncio.sleep(0)
+    gc.collect()
+    try:
+        # Then the running loop keeps nothing of that event
+        assert controller.task is not None and not controller.task.done()
+        assert gone() is None
+    finally:
+        await controller.stop()

@@ -61,6 +61,14 @@ class OperatorConfig(BaseSettings):
             "their turn before their timeout starts"
         ),
     )
+    max_concurrent_reconciles: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "pools reconciled at once; the others wait their turn holding nothing unpacked "
+            "(bounds the memory of a burst: an operator start, thousands of new pools)"
+        ),
+    )
     secret_cache_seconds: float = Field(
         default=30.0, ge=0, description="re-read a Secret after this"
     )

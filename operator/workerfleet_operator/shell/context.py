@@ -112,6 +112,11 @@ class OperatorContext:
     )
     # Pools on one queue are found here (see QueueReaders).
     queue_readers: QueueReaders = field(default_factory=QueueReaders)
+    # Reconciles running at once (config.max_concurrent_reconciles); set in __post_init__.
+    reconcile_slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reconcile_slots = asyncio.Semaphore(self.config.max_concurrent_reconciles)
 
     def find_queue_sharing(self, key: PoolKey) -> plan_mod.QueueSharing | None:
         """Which other pools read ``key``'s queue (:meth:`QueueReaders.find_sharing`)."""

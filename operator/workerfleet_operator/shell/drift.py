@@ -9,6 +9,7 @@ amount (``workerfleet_operator.quantity``).
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,32 +44,33 @@ def is_newer(candidate: Mapping[str, Any] | None, current: Mapping[str, Any] | N
 
 
 class PackedJSON:
-    """A value the pool controller keeps but never reads field by field: compact, key-sorted JSON.
+    """A value the pool controller keeps between rounds: compact, key-sorted JSON, compressed.
 
-    Two such values per pool, both compared whole or walked by :func:`is_subset` only:
+    Three such values per pool (``shell.pool``): the WorkerPool and its Deployment as last seen
+    (each round unpacks what it reads, once), and the drift reference
+    (:func:`build_drift_reference`), compared whole or walked by :func:`is_subset`. As dicts
+    these were ~35 KB of small objects per pool, long-lived ones among each round's garbage;
+    packed, a few KB in three byte strings (Kubernetes objects repeat their keys and labels:
+    zlib's fastest level takes a worker Deployment's 5.2 KB of JSON to 1.9 KB).
 
-    - the pod template of the kept Deployment (defaults filled in by the API server), read to
-      tell whether it changed (:func:`track_rollout_generation`) and whether our fields are
-      still in it: ~11 KB of dicts per pool, ~3 KB packed;
-    - the drift reference (:func:`build_drift_reference`) kept between rounds: ~13 KB of dicts,
-      ~3 KB packed (both measured at 2,000 pools on the real API server).
-
-    Unpacking is a ``json.loads`` of some 30 µs, done only to check an event or a write. Equal to
-    another packed value with the same encoding (sorted keys: equal values encode equally), or
+    Packing costs a ``json.dumps`` and a compression, unpacking a decompression and a
+    ``json.loads``: tens of µs each, once per event or per round. Equal to another packed value
+    with the same bytes (sorted keys and one compression level: equal values pack equally), or
     to the dict or list it encodes.
     """
 
-    __slots__ = ("encoded",)
+    __slots__ = ("packed",)
 
     def __init__(self, value: Any) -> None:
-        self.encoded = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        self.packed = zlib.compress(text.encode(), 1)
 
     def unpack(self) -> Any:
-        return json.loads(self.encoded)
+        return json.loads(zlib.decompress(self.packed))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PackedJSON):
-            return self.encoded == other.encoded
+            return self.packed == other.packed
         if isinstance(other, dict | list):
             return bool(self.unpack() == other)
         return NotImplemented
@@ -76,19 +78,7 @@ class PackedJSON:
     __hash__ = None  # type: ignore[assignment]  # equal to dicts, which are unhashable
 
     def __repr__(self) -> str:
-        return f"PackedJSON({self.encoded[:60]}...)"
-
-
-def pack_pod_template(deployment: Body) -> Body:
-    """``deployment`` with ``spec.template`` packed (:class:`PackedJSON`), for keeping only.
-
-    A shallow copy: the body given (kopf's, or an answer) is not changed. Never for a body sent
-    back to the API server.
-    """
-    spec = deployment.get("spec")
-    if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
-        return deployment
-    return {**deployment, "spec": {**spec, "template": PackedJSON(spec["template"])}}
+        return f"PackedJSON({len(self.packed)} bytes)"
 
 
 def track_rollout_generation(

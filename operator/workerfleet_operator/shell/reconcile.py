@@ -47,7 +47,7 @@ class SpecProblemError(Exception):
         self.message = message
 
 
-@dataclass
+@dataclass(slots=True)
 class AppliedState:
     """What the reconcile remembers of its own writes between rounds."""
 
@@ -145,12 +145,12 @@ async def _apply_children(
     resync = controller.ctx.clock() >= controller.applied.next_full_apply
     main = children[0]
     reference = drift.build_drift_reference(main, pool)
-    kept = drift.PackedJSON(reference)  # as kept between rounds; its encoding is hashed too
+    kept = drift.PackedJSON(reference)  # as kept between rounds; its bytes are hashed too
     # Hashed without the initial spec.replicas an autoscaled pool's creation apply sends (the
     # reference leaves it out): the next reconcile plans no count, and must not take that
     # for a change to apply (two more writes per new pool, with the hand-over).
     other_children = json.dumps(children[1:], sort_keys=True, default=str)
-    desired_hash = hashlib.sha256(f"{kept.encoded}{other_children}".encode()).hexdigest()
+    desired_hash = hashlib.sha256(kept.packed + other_children.encode()).hexdigest()
     drifted = deployment is not None and not drift.is_subset(reference, deployment)
     # Drift is someone else's edit: what we would send is what we last sent, and the live
     # object differs from it. A new spec (or Secret version) differs too, but is no drift.

@@ -40,7 +40,7 @@ SUBSCRIPTION_RECHECK_SECONDS = 300.0
 """How often a pool's registered subscription is registered again (one idempotent SADD)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class ScalerMemory:
     """What the autoscaler remembers between polls."""
 

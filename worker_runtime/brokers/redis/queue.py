@@ -141,6 +141,9 @@ R = TypeVar("R")
 class _Coalescer(Generic[T, R]):
     """Merges concurrent submissions into one flush call; each caller gets its own result."""
 
+    # Five per queue client, and the operator holds a client per pool's queue.
+    __slots__ = ("_flush", "_max", "_pending", "_task")
+
     def __init__(self, flush: Callable[[list[T]], Awaitable[list[R]]], max_batch: int) -> None:
         self._flush = flush
         self._max = max_batch
