@@ -364,3 +364,24 @@ async def test_a_pools_loop_does_not_keep_the_event_that_started_it_alive() -> N
         assert gone() is None
     finally:
         await controller.stop()
+
+
+async def test_a_pools_wake_wakes_its_waiting_loop_once_set_and_not_after_a_clear() -> None:
+    # Given a pool's wake with its loop waiting on it
+    wake = pool.Wake()
+    waiting = asyncio.create_task(wake.wait())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    # When an event sets it (twice: two watch events in a row)
+    wake.set()
+    wake.set()
+    await asyncio.sleep(0)
+    # Then the loop wakes, and a wait before the next clear returns at once
+    assert waiting.done() and wake.is_set()
+    await asyncio.wait_for(wake.wait(), 1.0)
+    # while after a clear the loop waits again
+    wake.clear()
+    again = asyncio.create_task(wake.wait())
+    await asyncio.sleep(0)
+    assert not again.done()
+    again.cancel()

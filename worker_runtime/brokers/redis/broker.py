@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 from collections.abc import AsyncIterator, Collection, Container, Sequence
 from typing import Any, NoReturn
 
@@ -24,6 +25,7 @@ import redis.exceptions
 from worker_runtime import errors
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import connection, idempotency, stats
+from worker_runtime.brokers.redis import keys as keys_mod
 from worker_runtime.brokers.redis import queue as queue_mod
 
 # The dead-letter, topic and in-flight modules are imported by the methods that use them, not
@@ -73,14 +75,23 @@ class RedisBroker:
         owns_client: bool = False,
     ) -> None:
         self.client = client
-        self.engine = queue_mod.QueueClient(client, queue, options)
-        self.queue: str = self.engine.queue
-        self.options: base.QueueOptions = self.engine.options
-        self.fetch_dead_lettered: collections.Counter[str] = self.engine.fetch_dead_lettered
+        self.queue: str = keys_mod.build_queue_name(queue)
+        self.options: base.QueueOptions = options if options is not None else base.QueueOptions()
         self._owns_client = owns_client
         if isinstance(client, redis.asyncio.cluster.RedisCluster):
             # a publish writes several queues' hash tags in one script: one slot cannot hold them
             self.capabilities = dataclasses.replace(CAPABILITIES, topics=False)
+
+    @functools.cached_property
+    def engine(self) -> queue_mod.QueueClient:
+        """The queue's engine, built on first use: a broker that only reads statistics (the
+        operator holds one per pool) never needs its encoded keys and batchers."""
+        return queue_mod.QueueClient(self.client, self.queue, self.options)
+
+    @property
+    def fetch_dead_lettered(self) -> collections.Counter[str]:
+        """Jobs this broker's fetches sent to the DLQ, by reason (see ``QueueClient``)."""
+        return self.engine.fetch_dead_lettered
 
     # -- Broker --------------------------------------------------------------------------------
 
@@ -222,7 +233,8 @@ class RedisBroker:
 
     async def close(self) -> None:
         try:
-            await self.engine.aclose()
+            if "engine" in self.__dict__:  # built: its batched settle calls may be on their way
+                await self.engine.aclose()
         except Exception as exc:
             raise_mapped(exc, "close")
         finally:
