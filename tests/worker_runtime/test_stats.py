@@ -13,6 +13,7 @@ import redis.asyncio.connection
 
 from tests.support import engine as es
 from tests.support.redis_servers import RedisServer
+from worker_runtime.brokers.redis import broker as redis_broker
 from worker_runtime.brokers.redis import stats
 
 
@@ -147,4 +148,26 @@ async def test_a_worker_that_stalls_past_its_heartbeat_and_renews_never_steps_th
     lost = [s.workers_lost_total for s in (before, stalled, after)]
     assert lost == sorted(lost) == [0, 0, 0]
     assert [s.workers_expired for s in (before, stalled, after)] == [0, 1, 0]
+    await client.aclose()
+
+
+async def test_a_broker_that_only_reads_statistics_builds_no_queue_engine(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    # Given a Redis broker opened only to read its queue's statistics (the operator holds one
+    # per pool), on a queue with work
+    client = redis.asyncio.Redis(port=redis_server.port)
+    await es.make_engine(client, queue_name).enqueue_many([es.request() for _ in range(2)])
+    broker = redis_broker.RedisBroker(client, queue_name)
+    # When it reads them and is closed
+    s = await broker.fetch_stats()
+    await broker.close()
+    # Then it read the numbers without building the engine (encoded keys, five batchers) a
+    # worker needs
+    assert s.backlog == 2
+    assert "engine" not in vars(broker)
+    # while a broker that fetches builds it on first use
+    worker = redis_broker.RedisBroker(client, queue_name)
+    assert await worker.fetch("w1", 1) and "engine" in vars(worker)
+    await worker.close()
     await client.aclose()
