@@ -385,3 +385,15 @@ async def test_a_pools_wake_wakes_its_waiting_loop_once_set_and_not_after_a_clea
     await asyncio.sleep(0)
     assert not again.done()
     again.cancel()
+
+
+async def test_a_standby_keeps_what_it_observes_packed() -> None:
+    # Given a pool's controller whose loop is not running (a standby operator observes every
+    # pool and Deployment, and starts the loops only when it leads)
+    controller = _controller()
+    # When the pool's Deployment is observed
+    controller.observe_deployment(_deployment(), deleted=False)
+    # Then neither body is held unpacked, both are kept
+    assert controller.task is None
+    assert controller.body_view is None and controller.deployment_view is None
+    assert controller.kept_body is not None and controller.kept_deployment is not None

@@ -189,7 +189,7 @@ class PoolController:
         if drift.is_newer(body, self.body):
             # never step back to a stale body (our own status writes are newer)
             self.body = kube.strip_managed_fields(body)
-        self.wake.set()
+        self.notify()
 
     def observe_deployment(self, body: Body, deleted: bool) -> None:
         if deleted:
@@ -199,7 +199,7 @@ class PoolController:
         else:
             if not self.is_ours(body):
                 self.dirty = True  # a Deployment of that name someone else controls: report it
-                self.wake.set()
+                self.notify()
                 return
             if drift.is_newer(body, self.deployment):
                 if not _is_ready(self.body) and (
@@ -217,7 +217,14 @@ class PoolController:
                 self.applied.drift_reference, body
             ):
                 self.dirty = True  # someone else changed what we own: restore it
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake the pool's loop after an event. A pool whose loop is not running (a standby
+        operator keeps every body until it leads) drops what the event unpacked at once."""
         self.wake.set()
+        if self.task is None:
+            self.forget_round_state()
 
     def keep_deployment(self, body: Body | None) -> None:
         """Remember ``body`` (a watch event or an answer) as the pool's Deployment, without
