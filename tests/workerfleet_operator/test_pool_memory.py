@@ -209,9 +209,9 @@ async def test_between_rounds_a_pool_keeps_its_bodies_packed_and_reads_them_as_s
     # When its loop goes back to waiting
     controller.forget_round_state()
     # Then it holds both bodies as packed JSON only, no dicts
-    assert controller.body_view is None and controller.deployment_view is None
-    assert isinstance(controller.kept_body, drift.PackedJSON)
-    assert isinstance(controller.kept_deployment, drift.PackedJSON)
+    assert controller.kept_body.view is None and controller.kept_deployment.view is None
+    assert isinstance(controller.kept_body.packed, drift.PackedJSON)
+    assert isinstance(controller.kept_deployment.packed, drift.PackedJSON)
     # and the next round reads them as they were seen (less the managedFields)
     assert controller.deployment is not None and controller.body is not None
     assert controller.deployment["spec"] == live["spec"]
@@ -234,7 +234,7 @@ def test_kept_bodies_take_a_fraction_of_the_same_bodies_as_dicts() -> None:
     def kept() -> object:
         controller.deployment = json.loads(json.dumps(deployment))
         controller.forget_round_state()
-        return controller.kept_deployment
+        return controller.kept_deployment.packed
 
     # Then it takes a fraction of the dicts
     assert _traced_bytes_per_item(kept, 50) < as_dicts / 3
@@ -259,14 +259,20 @@ def test_between_rounds_a_running_pool_holds_no_parsed_spec_and_keeps_its_policy
     assert controller.policy.polling_interval_seconds == 1.0
 
 
+def _observed(ctx: context.OperatorContext, name: str, uid: str) -> pool.PoolController:
+    """A controller of pool ``name`` (the test suite's sample spec) that observed it once."""
+    controller = pool.PoolController(ctx, NAMESPACE, name)
+    body = conftest.build_pool(name)
+    body["metadata"].update(uid=uid, generation=1, resourceVersion="10")
+    controller.observe(body)
+    return controller
+
+
 def test_the_scaling_policy_is_parsed_once_per_spec_change(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a pool's controller that parsed its spec once, then dropped it between rounds
-    controller = pool.PoolController(
-        context.build_context(config_module.OperatorConfig()), NAMESPACE, "emails"
-    )
-    body = conftest.build_pool("emails")
-    body["metadata"].update(uid=UID, generation=1, resourceVersion="10")
-    controller.observe(body)
+    controller = _observed(context.build_context(config_module.OperatorConfig()), "emails", UID)
+    body = controller.body
+    assert body is not None
     parses: list[object] = []
     real_parse = api.parse_pool
 
@@ -306,18 +312,14 @@ async def test_a_burst_of_new_pools_is_reconciled_a_few_at_a_time(
         most = max(most, len(running))
         await asyncio.sleep(0.02)
         unpacked_while_waiting.extend(
-            c.name for c in controllers if c.name not in running and c.body_view is not None
+            c.name for c in controllers if c.name not in running and c.kept_body.view is not None
         )
         running.remove(controller.name)
         reconciled.append(controller.name)
 
     monkeypatch.setattr(reconcile, "reconcile", slow_reconcile)
     for i in range(6):
-        controller = pool.PoolController(ctx, NAMESPACE, f"pool-{i}")
-        body = conftest.build_pool(f"pool-{i}")
-        body["metadata"].update(uid=f"uid-{i}", generation=1, resourceVersion="10")
-        controller.observe(body)
-        controllers.append(controller)
+        controllers.append(_observed(ctx, f"pool-{i}", f"uid-{i}"))
     # When six new pools start at once
     for controller in controllers:
         controller.start()
@@ -395,5 +397,6 @@ async def test_a_standby_keeps_what_it_observes_packed() -> None:
     controller.observe_deployment(_deployment(), deleted=False)
     # Then neither body is held unpacked, both are kept
     assert controller.task is None
-    assert controller.body_view is None and controller.deployment_view is None
-    assert controller.kept_body is not None and controller.kept_deployment is not None
+    assert controller.kept_body.view is None and controller.kept_deployment.view is None
+    assert controller.kept_body.packed is not None
+    assert controller.kept_deployment.packed is not None

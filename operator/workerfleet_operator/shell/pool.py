@@ -89,6 +89,32 @@ class Wake:
             self._waiter = None
 
 
+class Kept:
+    """A body the pool controller keeps between rounds: packed (``drift.PackedJSON``), and
+    the view a round unpacked from it, until ``forget`` (the loop, before it waits).
+
+    Nothing changes a view in place: a new body is always kept whole.
+    """
+
+    __slots__ = ("packed", "view")
+
+    def __init__(self) -> None:
+        self.packed: drift.PackedJSON | None = None
+        self.view: Body | None = None
+
+    def read(self) -> Body | None:
+        if self.view is None and self.packed is not None:
+            self.view = self.packed.unpack()
+        return self.view
+
+    def keep(self, value: Body | None) -> None:
+        self.view = value
+        self.packed = None if value is None else drift.PackedJSON(value)
+
+    def forget(self) -> None:
+        self.view = None
+
+
 @dataclass(slots=True)
 class PoolController:
     """The one writer for one WorkerPool: reconcile + autoscaler poll in a single task."""
@@ -96,11 +122,9 @@ class PoolController:
     ctx: context.OperatorContext
     namespace: str
     name: str
-    # The pool and its Deployment as last seen, packed (see ``body``/``deployment``).
-    kept_body: drift.PackedJSON | None = None
-    kept_deployment: drift.PackedJSON | None = None
-    body_view: Body | None = field(default=None, repr=False)
-    deployment_view: Body | None = field(default=None, repr=False)
+    # The pool and its Deployment as last seen (see ``body``/``deployment``).
+    kept_body: Kept = field(default_factory=lambda: Kept())
+    kept_deployment: Kept = field(default_factory=lambda: Kept())
     deployment_gone: bool = False
     wake: Wake = field(default_factory=lambda: Wake())
     dirty: bool = True
@@ -127,44 +151,37 @@ class PoolController:
 
     # ------------------------------------------------------------------ what is kept
 
-    # Between rounds a pool keeps its WorkerPool and its Deployment as compact JSON strings
-    # (``drift.PackedJSON``) and nothing parsed: as dicts they were ~20 KB of small objects per
-    # pool, long-lived ones interleaved with each round's garbage, so the allocator could hand
-    # little back (2,000 pools on the real API server: 102 MB of free blocks held in arenas).
-    # A round unpacks what it reads, once (a ``json.loads`` of some 30 µs), and
+    # Between rounds a pool keeps its WorkerPool and its Deployment packed (``Kept``) and
+    # nothing parsed: as dicts they were ~20 KB of small objects per pool, long-lived ones
+    # interleaved with each round's garbage, so the allocator could hand little back (2,000
+    # pools on the real API server: 102 MB of free blocks held in arenas). A round unpacks what
+    # it reads, once (a decompression and ``json.loads`` of some 40 µs), and
     # ``forget_round_state`` drops the unpacked views when the loop goes back to waiting.
-    # Nothing changes a view in place: a new body is always assigned whole.
 
     @property
     def body(self) -> Body | None:
         """The pool's WorkerPool as last seen (read-only: assign a new one to change it)."""
-        if self.body_view is None and self.kept_body is not None:
-            self.body_view = self.kept_body.unpack()
-        return self.body_view
+        return self.kept_body.read()
 
     @body.setter
     def body(self, value: Body | None) -> None:
-        self.body_view = value
-        self.kept_body = None if value is None else drift.PackedJSON(value)
+        self.kept_body.keep(value)
 
     @property
     def deployment(self) -> Body | None:
         """The pool's Deployment as last seen (read-only: ``keep_deployment`` changes it)."""
-        if self.deployment_view is None and self.kept_deployment is not None:
-            self.deployment_view = self.kept_deployment.unpack()
-        return self.deployment_view
+        return self.kept_deployment.read()
 
     @deployment.setter
     def deployment(self, value: Body | None) -> None:
-        self.deployment_view = value
-        self.kept_deployment = None if value is None else drift.PackedJSON(value)
+        self.kept_deployment.keep(value)
 
     def forget_round_state(self) -> None:
         """Drop what a round unpacked or parsed: the views of the kept bodies, the parsed
         spec (see :meth:`parse`); called by ``run`` before it waits."""
         self.parsed = None
-        self.body_view = None
-        self.deployment_view = None
+        self.kept_body.forget()
+        self.kept_deployment.forget()
 
     # ------------------------------------------------------------------ observation (from kopf)
 
@@ -274,10 +291,12 @@ class PoolController:
                 await self.wake.wait()
                 continue
             now = self.ctx.clock()
-            if self.kept_body is not None and (self.dirty or now >= self.next_reconcile):
-                # A burst (an operator start, thousands of new pools) waits for a slot holding
-                # nothing unpacked: its peak memory is that of the slots, not of every pool.
-                self.forget_round_state()
+            if self.kept_body.packed is not None and (self.dirty or now >= self.next_reconcile):
+                if self.ctx.reconcile_slots.locked():
+                    # A burst (an operator start, thousands of new pools) waits for a slot
+                    # holding nothing unpacked: its peak memory is that of the slots, not of
+                    # every pool.
+                    self.forget_round_state()
                 async with self.ctx.reconcile_slots:
                     if self.stopped or self.terminating:
                         continue  # it changed while waiting: the loop's checks come first
