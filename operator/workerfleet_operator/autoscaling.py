@@ -92,9 +92,10 @@ _CEIL_TOLERANCE = 1e-9
 COST_NO_HEARTBEAT = -1000
 COST_DRAINING = -500
 COST_IDLE = -100
-_COST_PER_JOB = 10_000
-_COST_MAX_AGE = 9_999
-_COST_MAX_JOBS = 100_000  # keeps the cost inside the annotation's int32 range
+# Busy: the oldest job's age in tenths of a second, then the number of jobs held (below 100).
+_COST_PER_TENTH = 100
+_COST_MAX_JOBS = 99
+_COST_MAX_TENTHS = 20_000_000  # 23 days; keeps the cost inside the annotation's int32 range
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,8 +813,11 @@ def deletion_costs_for(
       loses nothing;
     - draining: -500 — it is leaving anyway;
     - idle (nothing in flight): -100;
-    - busy: in-flight jobs x 10000 + age in seconds of its oldest running job (capped at 9999),
-      so the pods holding the most work, then the oldest work, are kept longest.
+    - busy: 1 + age of its oldest running job in tenths of a second x 100 + jobs held (capped
+      at 99), so the pods holding the oldest work, then the most jobs, are kept longest. Age
+      comes first: a removed pod's quick jobs finish within its drain budget whatever their
+      number, while a long job is the one that outlasts the budget and starts over elsewhere;
+      and a beat taken during a burst of quick jobs may still be the pod's latest.
     When several heartbeats name the same pod (a restarted container), the latest one counts.
     """
     latest: dict[str, base.WorkerHeartbeat] = {}
@@ -832,9 +836,9 @@ def _deletion_cost(worker: base.WorkerHeartbeat | None, now: float) -> int:
     if worker.in_flight <= 0:
         return COST_IDLE
     started = worker.oldest_job_started_at
-    age = 0 if started is None else int(max(0.0, now - started))
+    tenths = 0 if started is None else int(max(0.0, now - started) * 10)
     jobs = min(worker.in_flight, _COST_MAX_JOBS)
-    return jobs * _COST_PER_JOB + min(age, _COST_MAX_AGE)
+    return 1 + min(tenths, _COST_MAX_TENTHS) * _COST_PER_TENTH + jobs
 
 
 def explain_decision(decision: Decision) -> str:

@@ -262,3 +262,112 @@ async def test_a_worker_started_while_its_broker_is_unreachable_waits_for_it_the
     assert done == ["work"]
     assert len(calls) >= 6
     assert {"wf-control", "MainThread"} <= set(calls)
+
+
+async def test_a_worker_whose_last_job_settles_beats_idle_at_once_not_a_period_later(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a worker beating every 10 s (a 30 s lease) that holds one job it was seen holding
+    app = App(queue="jobs")
+    release = asyncio.Event()
+
+    @app.task("held")
+    async def held(payload: dict[str, Any]) -> None:
+        await release.wait()
+
+    w = worker_mod.Worker(
+        app, _settings(memory_store_url, lease_seconds=30), install_signal_handlers=False
+    )
+
+    def beat_shows(in_flight: int) -> Callable[[], Any]:
+        async def check() -> bool:
+            stats = await memory_probe.fetch_stats()
+            return bool(stats.workers) and stats.workers[0].in_flight == in_flight
+
+        return check
+
+    async def job_held() -> bool:
+        return len(w.held) == 1 and w.control is not None
+
+    run = asyncio.create_task(w.run())
+    try:
+        # (its first beat, at start, saw no job; the job comes after it)
+        await _until(beat_shows(0), 5.0, "the first heartbeat")
+        await _enqueue(memory_probe, "held")
+        await _until(job_held, 5.0, "the job held")
+        assert w.control is not None
+        w.control.wake()  # one beat that sees the job, as a periodic one would
+        await _until(beat_shows(1), 5.0, "a heartbeat showing the job")
+
+        # When the job settles
+        release.set()
+
+        # Then a heartbeat says the worker is idle well before the next periodic beat (10 s)
+        await _until(beat_shows(0), 5.0, "a heartbeat showing no job")
+        assert (await memory_probe.fetch_stats()).completed_total == 1
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_a_worker_flapping_between_one_job_and_none_beats_early_once_per_period(
+    memory_store_url: str, memory_probe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker of concurrency 1 beating every 10 s, whose control thread's renewals (each
+    # one a heartbeat) are counted
+    real_open = brokers.open_broker
+    renewals: list[int] = []
+
+    async def counting_open(url: str, queue: str, **kwargs: Any) -> Any:
+        broker = await real_open(url, queue, **kwargs)
+        if threading.current_thread().name == "wf-control":
+            real_renew = broker.renew
+
+            async def renew(*args: Any, **kw: Any) -> Any:
+                renewals.append(len(args[1]))
+                return await real_renew(*args, **kw)
+
+            broker.renew = renew
+        return broker
+
+    monkeypatch.setattr(brokers, "open_broker", counting_open)
+    app = App(queue="jobs")
+
+    @app.task("quick")
+    async def quick(payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.002)
+
+    w = worker_mod.Worker(
+        app,
+        _settings(memory_store_url, lease_seconds=30, concurrency=1),
+        install_signal_handlers=False,
+    )
+    run = asyncio.create_task(w.run())
+    try:
+
+        async def first_beat() -> bool:
+            return bool((await memory_probe.fetch_stats()).workers)
+
+        await _until(first_beat, 5.0, "the first heartbeat")
+        # When 300 jobs come, each one leaving the worker idle for a moment, and a beat in their
+        # midst sees one held
+        for _ in range(300):
+            await _enqueue(memory_probe, "quick")
+
+        async def some_done() -> bool:
+            return (await memory_probe.fetch_stats()).completed_total >= 20
+
+        await _until(some_done, 10.0, "the first jobs done")
+        assert w.control is not None
+        w.control.wake()
+
+        async def all_done() -> bool:
+            return (await memory_probe.fetch_stats()).completed_total == 300
+
+        await _until(all_done, 20.0, "all jobs done")
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+    # Then the 300 idle moments added one beat at most: the start, the asked one, one early
+    # idle beat and the last one of the drain
+    assert len(renewals) <= 4, renewals

@@ -13,7 +13,7 @@ def _removal_order(costs: dict[str, int]) -> list[str]:
     return sorted(costs, key=lambda pod: (costs[pod], pod))
 
 
-def test_idle_pods_are_removed_first_and_busy_pods_are_ranked_by_work_held() -> None:
+def test_idle_pods_are_removed_first_and_busy_pods_are_ranked_by_their_oldest_job() -> None:
     workers = [
         fx.heartbeat("busy-3-jobs", in_flight=3, oldest_job_started_at=NOW - 5),
         fx.heartbeat("busy-old-job", in_flight=1, oldest_job_started_at=NOW - 300),
@@ -27,12 +27,42 @@ def test_idle_pods_are_removed_first_and_busy_pods_are_ranked_by_work_held() -> 
         "not-started",
         "draining",
         "idle",
+        "busy-3-jobs",
         "busy-young-job",
         "busy-old-job",
-        "busy-3-jobs",
     ]
     assert set(costs) == set(pods)
     assert costs["idle"] < 0 < costs["busy-young-job"]
+
+
+@pytest.mark.parametrize(
+    ("workers", "removal_order"),
+    [
+        pytest.param(
+            [
+                fx.heartbeat("two", in_flight=2, oldest_job_started_at=NOW - 7),
+                fx.heartbeat("one", in_flight=1, oldest_job_started_at=NOW - 7),
+            ],
+            ["one", "two"],
+            id="oldest_jobs_of_one_age_the_pod_holding_more_is_kept",
+        ),
+        # The burst's beat may still be the pod's latest when the scale-in is decided (beats
+        # come every lease/3 s): the pod holding one job started long before is the one to keep.
+        pytest.param(
+            [
+                fx.heartbeat("burst", in_flight=8, oldest_job_started_at=NOW - 0.5),
+                fx.heartbeat("long", in_flight=1, oldest_job_started_at=NOW - 3),
+            ],
+            ["burst", "long"],
+            id="a_beat_during_a_burst_of_quick_jobs_does_not_outrank_a_long_job",
+        ),
+    ],
+)
+def test_busy_pods_are_ranked_by_their_oldest_job_then_by_jobs_held(
+    workers: list[fx.WorkerHeartbeat], removal_order: list[str]
+) -> None:
+    costs = autoscaling.deletion_costs_for(workers, [w.pod_name for w in workers], NOW)
+    assert _removal_order(costs) == removal_order
 
 
 def test_a_pod_without_a_heartbeat_is_the_cheapest_to_delete() -> None:

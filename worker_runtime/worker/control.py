@@ -5,8 +5,10 @@ its own broker connection, so a handler that blocks the job loop's event loop, o
 hogging a thread, cannot stop lease renewal (a failure mode of several peers); ``/healthz``
 reports the stalled job loop instead. Every ``lease/3`` one call renews the leases of all held
 jobs and writes the worker's heartbeat; jobs whose lease was lost are marked so their results
-are discarded. As the heartbeat's only writer it also removes the record on a clean stop (the
-job loop may never have opened the broker at all: a worker drained while starting).
+are discarded. A worker whose last held job settles beats at once
+(:meth:`ControlThread.report_idle`), so the autoscaler never ranks an idle pod as busy from a
+beat up to ``lease/3`` old. As the heartbeat's only writer it also removes the record on a clean
+stop (the job loop may never have opened the broker at all: a worker drained while starting).
 """
 
 from __future__ import annotations
@@ -43,12 +45,29 @@ class ControlThread(threading.Thread):
         self.server: health.HealthServer | None = None
         self._reported_policy: str | None = None  # the maxmemory-policy last logged
         self.deregistered = False  # the heartbeat record was removed on stop (core reads it)
+        # The last periodic beat said jobs were in flight: going idle must be told early. Written
+        # on the control thread, read on the job loop's (a stale read costs one beat, at most).
+        self._beat_busy = False
+        self._idle_reported = False  # the next round is the early beat report_idle asked for
 
     def wake(self) -> None:
         """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once."""
         loop, event = self._loop, self._wake_event
         if loop is not None and event is not None:
             loop.call_soon_threadsafe(event.set)
+
+    def report_idle(self) -> None:
+        """The worker holds no job now: beat at once if the last beat said it was busy.
+
+        The scale-in ranking (pod-deletion-cost) reads heartbeats: a beat taken while a burst of
+        quick jobs ran would rank the pod as holding them until the next periodic beat, so it
+        could be kept and a pod with a long job removed. One early beat per beat period at most:
+        a worker flapping between one job and none would otherwise beat once per job.
+        """
+        if self._beat_busy:
+            self._beat_busy = False
+            self._idle_reported = True
+            self.wake()
 
     def stop(self) -> None:
         """Stop after a last round (thread-safe)."""
@@ -172,7 +191,9 @@ class ControlThread(threading.Thread):
                 # Cleared before the round, not after: a wake that arrives while the round is
                 # on its way (a drain begun) is answered by the next one at once.
                 self._wake_event.clear()
+                early, self._idle_reported = self._idle_reported, False
                 beat = self.build_beat()
+                self._beat_busy = beat.in_flight > 0 and not early
                 sent = True
                 try:
                     result = await q.renew(w.worker_id, self.snapshot_jobs(), heartbeat=beat)

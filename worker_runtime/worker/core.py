@@ -129,7 +129,10 @@ class Worker:
         """The job is settled (or given up): free its slot."""
         with self.held_lock:
             self.held.pop((h.job.id, h.job.receipt), None)
+            idle = not self.held
         self.processed += 1
+        if idle and self.control is not None:
+            self.control.report_idle()
         self.poke()
 
     # ---- main ------------------------------------------------------------------------------
