@@ -37,7 +37,10 @@ class OperatorConfig(BaseSettings):
     resync_seconds: float = Field(
         default=300.0,
         gt=0,
-        description="re-reconcile every pool this often (each pool's delay jittered by ±10 %)",
+        description=(
+            "re-reconcile every pool this often: read its children, write only one deleted or "
+            "edited (each pool's delay jittered by ±10 %)"
+        ),
     )
     status_refresh_seconds: float = Field(
         default=30.0,

@@ -5,7 +5,9 @@ Called by the pool controller's loop (``shell.pool``) whenever it is woken or a 
 
 - Children are written by server-side apply (field manager ``workerfleet``, forced: we own those
   fields) and only when what we would send changed or the Deployment drifted; an unchanged pool
-  writes nothing, so resourceVersions stay stable after convergence. ``spec.replicas`` is sent by
+  writes nothing, so resourceVersions stay stable after convergence. Every ``resync_seconds`` a
+  converged pool reads its children (the Deployment is watched; the others are not) and writes
+  only one that was deleted or edited. ``spec.replicas`` is sent by
   the main apply only in ``disabled`` mode and at creation; in ``builtin`` mode it is written by
   the autoscaler's own manager, never forced, so another owner (an HPA) is reported, not fought.
   The autoscaler's manager takes the initial count over at its first scale, or just before the
@@ -151,11 +153,26 @@ async def _apply_children(
     # for a change to apply (two more writes per new pool, with the hand-over).
     other_children = json.dumps(children[1:], sort_keys=True, default=str)
     desired_hash = hashlib.sha256(kept.packed + other_children.encode()).hexdigest()
+    if resync and not creating and desired_hash == controller.applied.applied_hash:
+        # Nothing to send: the watch keeps the Deployment current, and a read (not a write)
+        # confirms it, should the watch have missed its deletion. A converged fleet's resyncs
+        # cost one GET per pool and child, and write nothing.
+        fresh = await kube.fetch_object(
+            client, kube.build_ref("Deployment", controller.namespace, controller.name)
+        )
+        if fresh is not None and not controller.is_ours(fresh):
+            controller.deployment_gone = True  # the next round reads it again and reports it
+            controller.dirty = True
+            return
+        if fresh is None or drift.is_newer(fresh, deployment):
+            controller.keep_deployment(fresh)
+            deployment = controller.deployment
+        creating = deployment is None
     drifted = deployment is not None and not drift.is_subset(reference, deployment)
     # Drift is someone else's edit: what we would send is what we last sent, and the live
     # object differs from it. A new spec (or Secret version) differs too, but is no drift.
     announce_drift = drifted and kept == controller.applied.drift_reference
-    if creating or drifted or resync or desired_hash != controller.applied.applied_hash:
+    if creating or drifted or desired_hash != controller.applied.applied_hash:
         if not await _apply_worker_identity(controller, children[1:]):
             return
         try:
@@ -177,16 +194,16 @@ async def _apply_children(
         if drift.is_newer(applied, controller.deployment):
             controller.keep_deployment(applied)
         # The other children only when they may have changed (a Deployment drift alone
-        # re-applies the Deployment alone).
-        every_child = resync or desired_hash != controller.applied.applied_hash or creating
+        # re-applies the Deployment alone); at a resync, those that differ.
+        every_child = desired_hash != controller.applied.applied_hash or creating
         rest = [c for c in children[1:] if c["kind"] != "ServiceAccount"]  # applied above
-        if every_child and not await _apply_optional_children(controller, pool, rest):
+        if (every_child or resync) and not await _apply_optional_children(
+            controller, pool, rest, only_differing=not every_child
+        ):
             return
         controller.applied.apply_problem = None
         controller.applied.applied_hash = desired_hash
-        controller.applied.next_full_apply = controller.ctx.clock() + context.jittered_delay(
-            controller.ctx.config.resync_seconds, controller.ctx.rng
-        )
+        _schedule_resync(controller)
         if announce_drift:
             await report.post_event(
                 controller,
@@ -196,7 +213,21 @@ async def _apply_children(
             )
     else:
         controller.applied.drift_reference = kept
+        if resync:
+            # The children nobody watches: read, and applied again only if deleted or edited.
+            if not await _apply_worker_identity(controller, children[1:], only_differing=True):
+                return
+            rest = [c for c in children[1:] if c["kind"] != "ServiceAccount"]
+            if not await _apply_optional_children(controller, pool, rest, only_differing=True):
+                return
+            _schedule_resync(controller)
     await _delete_obsolete(controller, pool, the_plan.obsolete)
+
+
+def _schedule_resync(controller: pool_mod.PoolController) -> None:
+    controller.applied.next_full_apply = controller.ctx.clock() + context.jittered_delay(
+        controller.ctx.config.resync_seconds, controller.ctx.rng
+    )
 
 
 def _refused(
@@ -212,13 +243,17 @@ def _refused(
 
 
 async def _apply_worker_identity(
-    controller: pool_mod.PoolController, children: Sequence[Mapping[str, Any]]
+    controller: pool_mod.PoolController,
+    children: Sequence[Mapping[str, Any]],
+    *,
+    only_differing: bool = False,
 ) -> bool:
     """Apply the pool's own ServiceAccount (SQS pools) BEFORE the Deployment that names it.
 
     A ServiceAccount of that name that this pool does not own is never used: its pods would run
     under someone else's identity (and IAM role), which the spec must never allow. The pool
-    then reports ApplyRejected and nothing is applied (False). True otherwise.
+    then reports ApplyRejected and nothing is applied (False). True otherwise. With
+    ``only_differing`` (a resync) one that exists as we would write it is not written again.
     """
     client = controller.ctx.fetch_client()
     for child in children:
@@ -232,6 +267,8 @@ async def _apply_worker_identity(
                 "under another identity (delete that ServiceAccount or name the pool otherwise)"
             )
             return False
+        if only_differing and existing is not None and drift.is_subset(child, existing):
+            continue
         try:
             await kube.apply_object(client, dict(child))
         except kube.ApiError as exc:
@@ -242,12 +279,17 @@ async def _apply_worker_identity(
 
 
 async def _apply_optional_children(
-    controller: pool_mod.PoolController, pool: api.Pool, children: Sequence[Mapping[str, Any]]
+    controller: pool_mod.PoolController,
+    pool: api.Pool,
+    children: Sequence[Mapping[str, Any]],
+    *,
+    only_differing: bool = False,
 ) -> bool:
     """Apply the children besides the Deployment; False when one was refused (422).
 
     A child whose kind is not served is skipped (``missing_apis``); one of that name that
-    someone else controls is left alone, never adopted (``not_owned``).
+    someone else controls is left alone, never adopted (``not_owned``). With
+    ``only_differing`` (a resync) one that exists as we would write it is not written again.
     """
     client = controller.ctx.fetch_client()
     missing: list[str] = []
@@ -260,6 +302,8 @@ async def _apply_optional_children(
             existing = await kube.fetch_object(client, kube.build_ref_of(child))
             if existing is not None and not controller.is_ours(existing):
                 taken.append(f"{kind} {name}")
+                continue
+            if only_differing and existing is not None and drift.is_subset(child, existing):
                 continue
             await kube.apply_object(client, dict(child))
         except kube.ApiError as exc:
