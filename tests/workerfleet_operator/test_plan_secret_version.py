@@ -124,7 +124,7 @@ def test_a_pools_cached_secret_expires_with_the_shared_cache_so_rotation_is_seen
     ctx.client = object()  # type: ignore[assignment]  # never used: fetch_secret_value is faked
     first = pool_mod.PoolController(ctx, "team-a", "first")
     second = pool_mod.PoolController(ctx, "team-a", "second")
-    pool = _pool()
+    pool = pool_mod.read_poll_spec(_pool())
 
     async def scenario() -> tuple[str | None, str | None]:
         await first.read_secret(pool)  # the shared cache is filled at t=1000

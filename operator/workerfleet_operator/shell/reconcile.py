@@ -84,7 +84,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     if isinstance(parsed, api.InvalidPool):
         secret = plan_mod.SecretCheck("ok")
     else:
-        secret = await controller.read_secret(parsed)
+        secret = await controller.read_secret(controller.valid_poll_spec())
     foreign_deployment = False
     if controller.deployment is None or controller.deployment_gone:
         fetched = await kube.fetch_object(

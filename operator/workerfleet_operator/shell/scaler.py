@@ -21,13 +21,12 @@ reconciles. The decision is ``autoscaling.decide`` (pure); this module does the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workerfleet_operator import api, autoscaling
+from workerfleet_operator import autoscaling
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import drift, kube, queue, report
 
@@ -70,56 +69,58 @@ async def poll_queue(
         policy is None
         or controller.secret is None
         or controller.secret_key is None
-        or controller.body is None
+        or not controller.has_body
     ):
         return
-    pool = controller.valid_pool()
+    spec = controller.valid_poll_spec()  # an unchanged pool is not parsed again
     # A rotated (or deleted) Secret is noticed within secret_cache_seconds, not at resync.
     before = controller.secret.version
-    check = await controller.read_secret(pool)
+    check = await controller.read_secret(spec)
     if check.state != "ok" or controller.secret is None or controller.secret_key is None:
         controller.ctx.queue_readers.discard((controller.namespace, controller.name))
         controller.dirty = True  # the reconcile reports it (Ready=False) and holds
         return
     if check.version != before:
         controller.dirty = True  # a new pod-template annotation rolls the pods onto the new URL
-    created = str(((controller.body or {}).get("metadata") or {}).get("creationTimestamp") or "")
-    where = queue.identify_queue(controller.secret.value, pool.spec.queue.name)
-    controller.ctx.queue_readers.record((controller.namespace, controller.name), where, created)
+    where = queue.identify_queue(controller.secret.value, spec.queue_name)
+    controller.ctx.queue_readers.record(
+        (controller.namespace, controller.name), where, controller.pool_facts.created
+    )
     sharing = controller.ctx.find_queue_sharing((controller.namespace, controller.name))
-    problem = await _ensure_subscription(controller, pool)
+    problem = await _ensure_subscription(controller, spec)
     if problem is not None:
         observation = autoscaling.Observation(stats=None, error=problem)
     else:
         observation = await controller.ctx.queues.fetch_observation(
             controller.secret_key,
             controller.secret,
-            pool.spec.queue.name,
+            spec.queue_name,
             deadline_seconds=controller.ctx.config.redis_timeout_seconds,
         )
     controller.scaling.last_observation = observation
     if controller.terminating or controller.stopped:
         return  # deleted while the queue was read: write nothing (another finalizer may hold it)
-    deployment = controller.deployment
-    current = int((deployment or {}).get("spec", {}).get("replicas", 0)) if deployment else 0
+    # Read off the facts kept with the Deployment: an unchanged poll unpacks no body.
+    has_deployment = controller.kept_deployment.packed is not None
+    current = int(controller.deployment_facts.spec_replicas or 0) if has_deployment else 0
     # decide() runs on the monotonic clock (its windows survive wall-clock steps); the time
     # of each scale is recorded on the wall clock for status.autoscaling.lastScaleTime.
     now = controller.ctx.clock()
     decision = autoscaling.decide(
         policy, observation, current, controller.scaling.scaler_state, now
     )
-    if pool.pause is not None and policy.mode == "builtin":
+    if spec.pause is not None and policy.mode == "builtin":
         # Paused: the signals are still read and shown; the replicas are held (or set to the
         # paused-replicas count) by the autoscaler's own manager, as any scale.
         decision = autoscaling.hold_paused(
-            decision, controller.scaling.scaler_state, pool.pause.replicas, now
+            decision, controller.scaling.scaler_state, spec.pause.replicas, now
         )
     if decision.state.last_scale_time != controller.scaling.scaler_state.last_scale_time:
         controller.scaling.last_scale_wall_time = controller.ctx.wall_clock()
     controller.scaling.scaler_state = decision.state
     controller.scaling.last_decision = decision
     applied = True
-    if policy.mode == "builtin" and deployment is not None and decision.desired != current:
+    if policy.mode == "builtin" and has_deployment and decision.desired != current:
         if sharing is not None and sharing.holds:
             applied = False  # another pool scales for this queue (QueueConflict)
         elif policy.dry_run:
@@ -128,12 +129,16 @@ async def poll_queue(
             )  # one Event per change
             controller.scaling.last_dry_run_desired = decision.desired
         else:
+            deployment = controller.deployment
+            assert deployment is not None
             applied = await _scale(controller, deployment, current, decision, observation)
     # An unchanged poll (an idle pool) costs no plan and no write: only the metrics.
     signature = (
-        *_poll_signature(observation, decision, controller.deployment, controller.body),
+        *_poll_signature(
+            observation, decision, controller.deployment_facts, controller.pool_facts.generation
+        ),
         sharing,
-        pool.pause,
+        spec.pause,
     )
     if (
         signature == controller.scaling.poll_signature
@@ -144,7 +149,7 @@ async def poll_queue(
         return
     controller.scaling.poll_signature = signature
     the_plan = plan_mod.plan(
-        pool,
+        controller.valid_pool(),
         controller.observed(
             check,
             stats=observation.stats,
@@ -163,15 +168,18 @@ async def poll_queue(
     _export(controller, policy, observation, decision)
 
 
-async def _ensure_subscription(controller: pool_mod.PoolController, pool: api.Pool) -> str | None:
+async def _ensure_subscription(
+    controller: pool_mod.PoolController, spec: pool_mod.PollSpec
+) -> str | None:
     """Register the pool's subscription when due; None when registered (or none is asked
     for), else why it is not (the poll's observation error)."""
-    subscription = pool.spec.queue.subscription
+    subscription = spec.subscription
     memory = controller.scaling
     if subscription is None or controller.secret is None or controller.secret_key is None:
         memory.subscription_registered = None
         return None
-    wanted = (controller.secret_key, subscription.topic, subscription.group)
+    topic, group = subscription
+    wanted = (controller.secret_key, topic, group)
     now = controller.ctx.clock()
     if (
         memory.subscription_registered == wanted
@@ -181,12 +189,12 @@ async def _ensure_subscription(controller: pool_mod.PoolController, pool: api.Po
     failure = await controller.ctx.queues.ensure_subscription(
         controller.secret_key,
         controller.secret,
-        pool.spec.queue.name,
-        subscription.topic,
-        subscription.group,
+        spec.queue_name,
+        topic,
+        group,
         deadline_seconds=controller.ctx.config.redis_timeout_seconds,
     )
-    name = f"{subscription.topic}:{subscription.group}"
+    name = f"{topic}:{group}"
     if failure is None:
         if memory.subscription_registered != wanted:
             logger.info(
@@ -308,19 +316,18 @@ def _export(
     decision: autoscaling.Decision,
 ) -> None:
     series = controller.bound_series()
-    spec = controller.valid_pool().spec
+    spec = controller.valid_poll_spec()
     series.record_poll(
         observation.stats,
         desired=decision.desired,
         max_replicas=policy.max_replicas,
-        alert_threshold=spec.dead_letter.alert_threshold,
-        oldest_job_age_target=spec.autoscaling.target_oldest_job_age_seconds,
+        alert_threshold=spec.alert_threshold,
+        oldest_job_age_target=spec.oldest_job_age_target,
         oldest_age_measured=observation.age_unavailable is None,
     )
-    if controller.deployment is not None:
-        replicas = int(controller.deployment.get("spec", {}).get("replicas", 0))
-        ready = int((controller.deployment.get("status") or {}).get("readyReplicas", 0))
-        series.record_replicas(replicas, ready)
+    if controller.kept_deployment.packed is not None:
+        facts = controller.deployment_facts
+        series.record_replicas(int(facts.spec_replicas or 0), facts.ready_replicas)
 
 
 def _with_scale_time(
@@ -334,8 +341,8 @@ def _with_scale_time(
 def _poll_signature(
     observation: autoscaling.Observation,
     decision: autoscaling.Decision,
-    deployment: Mapping[str, Any] | None,
-    pool: Mapping[str, Any] | None,
+    deployment: pool_mod.DeploymentFacts,
+    generation: int,
 ) -> tuple[Any, ...]:
     """Everything a poll's status depends on; equal signatures give equal statuses."""
     s = observation.stats
@@ -352,7 +359,6 @@ def _poll_signature(
         )
     )
     rates = decision.rates
-    dep = deployment or {}
     return (
         stats_part,
         observation.error,
@@ -366,11 +372,7 @@ def _poll_signature(
         None if rates.arrival is None else round(rates.arrival, 4),
         None if rates.completion is None else round(rates.completion, 4),
         decision.state.last_scale_time,
-        (dep.get("spec") or {}).get("replicas"),
-        json.dumps(dep.get("status"), sort_keys=True),
-        _generation(pool or {}),
+        deployment.spec_replicas,
+        deployment.status_key,
+        generation,
     )
-
-
-def _generation(body: Mapping[str, Any]) -> int:
-    return int((body.get("metadata") or {}).get("generation") or 0)
