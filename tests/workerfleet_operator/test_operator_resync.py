@@ -109,12 +109,25 @@ def test_an_edited_child_nobody_watches_is_put_back_at_the_next_resync(
 
 
 @pytest.mark.parametrize(
-    ("plural", "group", "silence_watches"),
+    ("plural", "group", "silence_watches", "spec"),
     [
         # the operator does not watch PodDisruptionBudgets
-        pytest.param("poddisruptionbudgets", "policy", False, id="a_pdb_nobody_watches"),
-        # the Deployment is watched, but a watch can miss an event
-        pytest.param("deployments", "apps", True, id="a_deployment_while_its_watch_was_silent"),
+        pytest.param(
+            "poddisruptionbudgets",
+            "policy",
+            False,
+            {"maxUnavailable": 1},
+            id="a_pdb_nobody_watches",
+        ),
+        # the Deployment is watched, but a watch can miss an event; it comes back at the pool's
+        # minReplicas (0), not at the API's default of 1
+        pytest.param(
+            "deployments",
+            "apps",
+            True,
+            {"replicas": 0},
+            id="a_deployment_while_its_watch_was_silent",
+        ),
     ],
 )
 def test_a_child_deleted_unseen_is_created_again_at_the_next_resync(
@@ -124,6 +137,7 @@ def test_a_child_deleted_unseen_is_created_again_at_the_next_resync(
     plural: str,
     group: str,
     silence_watches: bool,
+    spec: dict[str, Any],
 ) -> None:
     # Given a converged pool (its operator's watch streams maybe silent: connected, no events)
     _converged(emulator, queue_redis, operator)
@@ -136,3 +150,4 @@ def test_a_child_deleted_unseen_is_created_again_at_the_next_resync(
     # Then the resync's read finds it gone and the pool creates it again, its own
     again = _recreated(emulator, plural, group, first)
     assert again["metadata"]["ownerReferences"][0]["name"] == "emails"
+    assert {k: again["spec"].get(k) for k in spec} == spec

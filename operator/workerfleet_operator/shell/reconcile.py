@@ -160,14 +160,15 @@ async def _apply_children(
         fresh = await kube.fetch_object(
             client, kube.build_ref("Deployment", controller.namespace, controller.name)
         )
-        if fresh is not None and not controller.is_ours(fresh):
-            controller.deployment_gone = True  # the next round reads it again and reports it
+        if fresh is None or not controller.is_ours(fresh):
+            # Gone, or someone else's now: the next round reads it again and plans from what
+            # it finds (a new Deployment starts at the pool's minimum, not at the API's 1).
+            controller.deployment_gone = True
             controller.dirty = True
             return
-        if fresh is None or drift.is_newer(fresh, deployment):
+        if drift.is_newer(fresh, deployment):
             controller.keep_deployment(fresh)
             deployment = controller.deployment
-        creating = deployment is None
     drifted = deployment is not None and not drift.is_subset(reference, deployment)
     # Drift is someone else's edit: what we would send is what we last sent, and the live
     # object differs from it. A new spec (or Secret version) differs too, but is no drift.
