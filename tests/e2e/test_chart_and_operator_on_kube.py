@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -159,13 +160,26 @@ def test_a_backlog_scales_up_and_the_drain_scales_down_keeping_the_busy_pod(
         workers.append(start_worker(redis_server.url, queue, idle, 8, tmp_path / "idle.log"))
         # Then the pool scales back to 1 replica and the pod that survives is the busy one,
         # marked the most expensive to delete
+        seen: list[list[tuple[str, str | None]]] = []  # each poll's pods and deletion costs
+
+        def running_pods() -> list[dict[str, Any]]:
+            pods = wf.fetch_running_pods(kube_cluster, pools_namespace, "scale")
+            costs = [
+                (
+                    p["metadata"]["name"],
+                    (p["metadata"].get("annotations") or {}).get(wf.DELETION_COST),
+                )
+                for p in pods
+            ]
+            if not seen or seen[-1] != costs:
+                seen.append(costs)
+            return pods
+
         survivors = kubecluster.poll_until(
-            "scale-in to 1 pod",
-            lambda: wf.fetch_running_pods(kube_cluster, pools_namespace, "scale"),
-            lambda ps: len(ps) == 1,
-            timeout_seconds=180,
+            "scale-in to 1 pod", running_pods, lambda ps: len(ps) == 1, timeout_seconds=180
         )
-        assert survivors[0]["metadata"]["name"] == busy
+        beats = stats.fetch_queue_stats_sync(client, queue).workers
+        assert survivors[0]["metadata"]["name"] == busy, (busy, seen[-3:], beats)
         annotations = survivors[0]["metadata"].get("annotations", {})
         assert int(annotations[wf.DELETION_COST]) > 0
         assert stats.fetch_queue_stats_sync(client, queue).backlog == 0
