@@ -17,7 +17,7 @@ Ready before ``--timeout``, and ready_s is that timeout); the JSON goes to
 ``--apiserver emulator`` is the second line: the Kubernetes API emulator of the test suite
 (tests/workerfleet_operator/emulator.py) in this process, 1,000 pools by default, ending with
 ``operator: pools=N ready_s=X rss_mb=Y apiserver=emulator``. Never asserts timing (house rule
-for benchmarks).
+for benchmarks). Ctrl-C or SIGTERM stops it and everything it started.
 """
 
 from __future__ import annotations
@@ -426,7 +426,14 @@ def run_real(args: argparse.Namespace) -> int:
         kube_scale.stop_all(operator, cluster, server, workdir, keep=args.keep)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the bench as Ctrl-C does: its ``finally`` blocks stop the operator, the
+    control plane and Redis it started (killed by PID, they would outlive it)."""
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apiserver", choices=("real", "emulator"), default="real")
     parser.add_argument("--pools", type=int, default=None, help="10000 (real), 1000 (emulator)")
