@@ -371,3 +371,22 @@ async def test_a_worker_flapping_between_one_job_and_none_beats_early_once_per_p
     # Then the 300 idle moments added one beat at most: the start, the asked one, one early
     # idle beat and the last one of the drain
     assert len(renewals) <= 4, renewals
+
+
+async def test_a_heartbeat_asked_for_after_the_worker_stopped_is_nothing_not_an_error(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a worker that ran and stopped (its control thread's event loop closed)
+    w = worker_mod.Worker(
+        App(queue="jobs"), _settings(memory_store_url), install_signal_handlers=False
+    )
+
+    async def beating() -> bool:
+        return bool((await memory_probe.fetch_stats()).workers)
+
+    await _run_until(w, beating, "a heartbeat")
+    assert w.control is not None and not w.control.is_alive()
+    # When something asks for a heartbeat now (a job settling late, a drain step)
+    w.control.wake()
+    # Then nothing is sent and nothing raises; the stopped worker left no heartbeat record
+    assert (await memory_probe.fetch_stats()).workers == ()

@@ -51,10 +51,14 @@ class ControlThread(threading.Thread):
         self._idle_reported = False  # the next round is the early beat report_idle asked for
 
     def wake(self) -> None:
-        """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once."""
+        """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once; nothing
+        once the thread has stopped (a job settling after the stop must not raise)."""
         loop, event = self._loop, self._wake_event
         if loop is not None and event is not None:
-            loop.call_soon_threadsafe(event.set)
+            # Closed between the check and the call: the same "stopped", so also suppressed.
+            with contextlib.suppress(RuntimeError):
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(event.set)
 
     def report_idle(self) -> None:
         """The worker holds no job now: beat at once if the last beat said it was busy.
