@@ -61,6 +61,15 @@ async def _until(check: Callable[[], Any], seconds: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _heartbeat_listed(probe: Any) -> Callable[[], Any]:
+    """A check for ``_until``: the probe's queue lists a worker's heartbeat."""
+
+    async def check() -> bool:
+        return bool((await probe.fetch_stats()).workers)
+
+    return check
+
+
 async def _run_until(w: worker_mod.Worker, check: Callable[[], Any], what: str) -> None:
     run = asyncio.create_task(w.run())
     try:
@@ -344,11 +353,7 @@ async def test_a_worker_flapping_between_one_job_and_none_beats_early_once_per_p
     )
     run = asyncio.create_task(w.run())
     try:
-
-        async def first_beat() -> bool:
-            return bool((await memory_probe.fetch_stats()).workers)
-
-        await _until(first_beat, 5.0, "the first heartbeat")
+        await _until(_heartbeat_listed(memory_probe), 5.0, "the first heartbeat")
         # When 300 jobs come, each one leaving the worker idle for a moment, and a beat in their
         # midst sees one held
         for _ in range(300):
@@ -380,11 +385,7 @@ async def test_a_heartbeat_asked_for_after_the_worker_stopped_is_nothing_not_an_
     w = worker_mod.Worker(
         App(queue="jobs"), _settings(memory_store_url), install_signal_handlers=False
     )
-
-    async def beating() -> bool:
-        return bool((await memory_probe.fetch_stats()).workers)
-
-    await _run_until(w, beating, "a heartbeat")
+    await _run_until(w, _heartbeat_listed(memory_probe), "a heartbeat")
     assert w.control is not None and not w.control.is_alive()
     # When something asks for a heartbeat now (a job settling late, a drain step)
     w.control.wake()

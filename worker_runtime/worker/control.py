@@ -55,10 +55,9 @@ class ControlThread(threading.Thread):
         once the thread has stopped (a job settling after the stop must not raise)."""
         loop, event = self._loop, self._wake_event
         if loop is not None and event is not None:
-            # Closed between the check and the call: the same "stopped", so also suppressed.
+            # A closed loop (the thread stopped) raises RuntimeError: there is nothing to wake.
             with contextlib.suppress(RuntimeError):
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(event.set)
+                loop.call_soon_threadsafe(event.set)
 
     def report_idle(self) -> None:
         """The worker holds no job now: beat at once if the last beat said it was busy.

@@ -165,6 +165,11 @@ class DeploymentFacts:
     ready_replicas: int
     status_key: str  # the status as sorted JSON: part of the poll's signature
 
+    @property
+    def replicas(self) -> int:
+        """spec.replicas as a count (0 when absent, as with no Deployment)."""
+        return int(self.spec_replicas or 0)
+
 
 def read_deployment_facts(deployment: Mapping[str, Any] | None) -> DeploymentFacts:
     dep = deployment or {}
@@ -283,6 +288,11 @@ class PoolController:
     def deployment(self, value: Body | None) -> None:
         self.kept_deployment.keep(value)
         self.deployment_facts = read_deployment_facts(value)
+
+    @property
+    def has_deployment(self) -> bool:
+        """Its Deployment was seen (without unpacking it)."""
+        return self.kept_deployment.packed is not None
 
     def forget_round_state(self) -> None:
         """Drop what a round unpacked or parsed: the views of the kept bodies, the parsed

@@ -146,6 +146,8 @@ async def _apply_children(
     children = list(the_plan.children)
     resync = controller.ctx.clock() >= controller.applied.next_full_apply
     main = children[0]
+    # The children besides the Deployment and the ServiceAccount (applied before it).
+    rest = [c for c in children[1:] if c["kind"] != "ServiceAccount"]
     reference = drift.build_drift_reference(main, pool)
     kept = drift.PackedJSON(reference)  # as kept between rounds; its bytes are hashed too
     # Hashed without the initial spec.replicas an autoscaled pool's creation apply sends (the
@@ -197,7 +199,6 @@ async def _apply_children(
         # The other children only when they may have changed (a Deployment drift alone
         # re-applies the Deployment alone); at a resync, those that differ.
         every_child = desired_hash != controller.applied.applied_hash or creating
-        rest = [c for c in children[1:] if c["kind"] != "ServiceAccount"]  # applied above
         if (every_child or resync) and not await _apply_optional_children(
             controller, pool, rest, only_differing=not every_child
         ):
@@ -218,7 +219,6 @@ async def _apply_children(
             # The children nobody watches: read, and applied again only if deleted or edited.
             if not await _apply_worker_identity(controller, children[1:], only_differing=True):
                 return
-            rest = [c for c in children[1:] if c["kind"] != "ServiceAccount"]
             if not await _apply_optional_children(controller, pool, rest, only_differing=True):
                 return
             _schedule_resync(controller)

@@ -101,8 +101,7 @@ async def poll_queue(
     if controller.terminating or controller.stopped:
         return  # deleted while the queue was read: write nothing (another finalizer may hold it)
     # Read off the facts kept with the Deployment: an unchanged poll unpacks no body.
-    has_deployment = controller.kept_deployment.packed is not None
-    current = int(controller.deployment_facts.spec_replicas or 0) if has_deployment else 0
+    current = controller.deployment_facts.replicas
     # decide() runs on the monotonic clock (its windows survive wall-clock steps); the time
     # of each scale is recorded on the wall clock for status.autoscaling.lastScaleTime.
     now = controller.ctx.clock()
@@ -120,7 +119,7 @@ async def poll_queue(
     controller.scaling.scaler_state = decision.state
     controller.scaling.last_decision = decision
     applied = True
-    if policy.mode == "builtin" and has_deployment and decision.desired != current:
+    if policy.mode == "builtin" and controller.has_deployment and decision.desired != current:
         if sharing is not None and sharing.holds:
             applied = False  # another pool scales for this queue (QueueConflict)
         elif policy.dry_run:
@@ -325,9 +324,9 @@ def _export(
         oldest_job_age_target=spec.oldest_job_age_target,
         oldest_age_measured=observation.age_unavailable is None,
     )
-    if controller.kept_deployment.packed is not None:
+    if controller.has_deployment:
         facts = controller.deployment_facts
-        series.record_replicas(int(facts.spec_replicas or 0), facts.ready_replicas)
+        series.record_replicas(facts.replicas, facts.ready_replicas)
 
 
 def _with_scale_time(
