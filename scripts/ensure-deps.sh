@@ -83,5 +83,11 @@ bash "$(dirname "$0")/ensure-checkov.sh"
 bash "$(dirname "$0")/ensure-elasticmq.sh"
 # KEDA's and prometheus-operator's CRDs for the e2e tests, from their Go modules: see the script.
 bash "$(dirname "$0")/ensure-crds.sh"
-chromium --version >/dev/null
+# Debian's launcher sources /etc/chromium.d/dev-shm, whose size test prints "[: ...: unexpected
+# operator" under dash on some machines and still starts the browser: its stderr is shown only
+# when the browser itself fails.
+if ! chromium_out="$(chromium --version 2>&1)"; then
+  echo "$chromium_out" >&2
+  exit 1
+fi
 say "ok: $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3) helm $("$CACHE/bin/helm" version --short)"

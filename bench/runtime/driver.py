@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,22 @@ def start_redis() -> tuple[subprocess.Popen[bytes], redis.Redis, int]:
             time.sleep(0.05)
         kill_group(proc)
     sys.exit("bench-runtime: could not start redis-server on a free loopback port")
+
+
+@contextlib.contextmanager
+def running_servers() -> Iterator[Servers]:
+    """The Redis under test and the counters' Redis, each on a free loopback port; both are
+    killed when the block ends (the by-hand probes' set-up; ``main`` keeps its own)."""
+    sut_proc, sut, sut_port = start_redis()
+    try:
+        stats_proc, stats, stats_port = start_redis()
+        try:
+            LOGS.mkdir(parents=True, exist_ok=True)
+            yield Servers(sut, sut_port, stats, stats_port)
+        finally:
+            kill_group(stats_proc)
+    finally:
+        kill_group(sut_proc)
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

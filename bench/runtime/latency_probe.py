@@ -74,10 +74,6 @@ def main() -> int:
     variants = [tuple(s.split("=", 1)) for s in args.source] or [("checkout", "")]
     plain_env = driver.child_env
 
-    sut_proc, sut, sut_port = driver.start_redis()
-    stats_proc, stats, stats_port = driver.start_redis()
-    servers = driver.Servers(sut, sut_port, stats, stats_port)
-    driver.LOGS.mkdir(parents=True, exist_ok=True)
     wf = driver.SYSTEMS[0]
     bare = next(s for s in driver.SYSTEMS if s.name == "bare-loop")
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in variants}
@@ -86,7 +82,7 @@ def main() -> int:
         f"{args.rounds} rounds, load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    try:
+    with driver.running_servers() as servers:
         for i in range(args.rounds):
             for name, source in variants:
 
@@ -128,9 +124,6 @@ def main() -> int:
                         f"(count, max ms, total ms): {got['gc']}"
                     )
                 print(line, flush=True)
-    finally:
-        driver.kill_group(sut_proc)
-        driver.kill_group(stats_proc)
     for name, runs in results.items():
         ok = [r for r in runs if "p99_ms" in r]
         if not ok:
