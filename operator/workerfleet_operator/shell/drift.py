@@ -36,10 +36,19 @@ def is_newer(candidate: Mapping[str, Any] | None, current: Mapping[str, Any] | N
         return False
     if current is None:
         return True
-    a = str(candidate.get("metadata", {}).get("resourceVersion", ""))
-    b = str(current.get("metadata", {}).get("resourceVersion", ""))
-    if a.isdigit() and b.isdigit():
-        return int(a) >= int(b)
+    return is_newer_version(read_resource_version(candidate), read_resource_version(current))
+
+
+def read_resource_version(body: Mapping[str, Any]) -> str:
+    """An object's metadata.resourceVersion ('' when absent)."""
+    return str((body.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def is_newer_version(candidate: str, current: str) -> bool:
+    """Whether an object at resourceVersion ``candidate`` is at least as new as one at
+    ``current`` (the API server's versions are integers; anything else counts as newer)."""
+    if candidate.isdigit() and current.isdigit():
+        return int(candidate) >= int(current)
     return True
 
 

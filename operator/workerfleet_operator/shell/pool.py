@@ -127,6 +127,11 @@ def _labels_and_pause(body: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _is_ready(body: Mapping[str, Any] | None) -> bool:
+    conditions = ((body or {}).get("status") or {}).get("conditions") or ()
+    return any(c.get("type") == api.READY and c.get("status") == "True" for c in conditions)
+
+
 @dataclass(frozen=True, slots=True)
 class PoolFacts:
     """What every round reads of the WorkerPool, taken when a body is kept: a waking loop and
@@ -138,18 +143,29 @@ class PoolFacts:
     created: str
     generation: int
     terminating: bool
+    # what a watch event compares with the kept body (observe reads these, never the body)
+    uid: str | None
+    resource_version: str
+    labels_and_pause: str
+    ready: bool  # its Ready condition is True
 
 
 def read_pool_facts(body: Mapping[str, Any]) -> PoolFacts:
     meta = body.get("metadata") or {}
     q = (body.get("spec") or {}).get("queue") or {}
+    labels_and_pause = str(_labels_and_pause(body))
+    uid = meta.get("uid")
     return PoolFacts(
-        parse_key=(meta.get("uid"), meta.get("generation"), str(_labels_and_pause(body))),
+        parse_key=(uid, meta.get("generation"), labels_and_pause),
         queue_name=str(q.get("name", "")),
         broker=next((name for name in api.BROKER_FIELDS if q.get(name) is not None), "redis"),
         created=str(meta.get("creationTimestamp") or ""),
         generation=int(meta.get("generation") or 0),
         terminating=bool(meta.get("deletionTimestamp")),
+        uid=None if uid is None else str(uid),
+        resource_version=drift.read_resource_version(body),
+        labels_and_pause=labels_and_pause,
+        ready=_is_ready(body),
     )
 
 
@@ -164,6 +180,9 @@ class DeploymentFacts:
     spec_replicas: Any  # as written (None when absent)
     ready_replicas: int
     status_key: str  # the status as sorted JSON: part of the poll's signature
+    # what a watch event compares with the kept Deployment (None: no Deployment kept)
+    resource_version: str | None
+    rollout: tuple[Any, ...] | None  # _summarize_rollout of it
 
     @property
     def replicas(self) -> int:
@@ -178,6 +197,8 @@ def read_deployment_facts(deployment: Mapping[str, Any] | None) -> DeploymentFac
         spec_replicas=(dep.get("spec") or {}).get("replicas"),
         ready_replicas=int((status or {}).get("readyReplicas", 0)),
         status_key=json.dumps(status, sort_keys=True),
+        resource_version=None if deployment is None else drift.read_resource_version(deployment),
+        rollout=None if deployment is None else _summarize_rollout(deployment),
     )
 
 
@@ -311,16 +332,23 @@ class PoolController:
     def terminating(self) -> bool:
         return self.pool_facts.terminating
 
+    # A watch event is compared with what is kept through the facts taken when it was kept
+    # (resourceVersion, uid, labels and pause, Ready, the rollout's summary): unpacking the
+    # kept body or Deployment per event cost a decompression and a json.loads each, about a
+    # twentieth of the operator's CPU while 2,000 pools converged (py-spy).
+
     def observe(self, body: Body) -> None:
         generation = body.get("metadata", {}).get("generation")
-        if self.body is None or generation not in (
+        if not self.has_body or generation not in (
             self.applied.reconciled_generation,
             self.applied.rejected_generation,
         ):
             self.dirty = True
-        if self.body is not None and _labels_and_pause(self.body) != _labels_and_pause(body):
+        if self.has_body and self.pool_facts.labels_and_pause != str(_labels_and_pause(body)):
             self.dirty = True  # neither bumps the generation
-        if drift.is_newer(body, self.body):
+        if not self.has_body or drift.is_newer_version(
+            drift.read_resource_version(body), self.pool_facts.resource_version
+        ):
             # never step back to a stale body (our own status writes are newer)
             self.body = kube.strip_managed_fields(body)
         self.notify()
@@ -335,10 +363,12 @@ class PoolController:
                 self.dirty = True  # a Deployment of that name someone else controls: report it
                 self.notify()
                 return
-            if drift.is_newer(body, self.deployment):
-                if not _is_ready(self.body) and (
-                    self.deployment is None
-                    or _summarize_rollout(body) != _summarize_rollout(self.deployment)
+            kept = self.deployment_facts
+            if kept.resource_version is None or drift.is_newer_version(
+                drift.read_resource_version(body), kept.resource_version
+            ):
+                if not self.pool_facts.ready and (
+                    kept.rollout is None or _summarize_rollout(body) != kept.rollout
                 ):
                     # A pool not Ready whose rollout finished, started or failed: report it
                     # now, not at the next poll (minutes away for a slow-polling pool). Counts
@@ -368,7 +398,7 @@ class PoolController:
     def is_ours(self, child: Mapping[str, Any]) -> bool:
         """Controlled by this pool (its uid, not just its name: a pool deleted and created
         again under the same name owns nothing of the old one's)."""
-        uid = ((self.body or {}).get("metadata") or {}).get("uid")
+        uid = self.pool_facts.uid
         return uid is not None and kube.build_controller_uid(child) == uid
 
     def start(self) -> None:
@@ -703,8 +733,3 @@ def _summarize_rollout(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
         state.progress_deadline_exceeded,
         state.replica_failure,
     )
-
-
-def _is_ready(body: Mapping[str, Any] | None) -> bool:
-    conditions = ((body or {}).get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == api.READY and c.get("status") == "True" for c in conditions)

@@ -148,6 +148,13 @@ class QueueReader:
         self._socket_timeout = socket_timeout
         self._clients: dict[ClientKey, connection.AsyncClient] = {}
         self._probes: dict[tuple[ClientKey, str], base.QueueProbe] = {}
+        # Indexes, so that a first read, a rotation and a forget touch only their own Secret:
+        # the versions of each Secret (namespace, name, key) with a client or a probe, and the
+        # queues probed per version. A first read used to scan every client and probe to find
+        # a rotated version: quadratic in the pools (10,000 pools on one Secret: 50 million
+        # key comparisons while they converged).
+        self._versions: dict[tuple[str, str, str], set[ClientKey]] = {}
+        self._queues: dict[ClientKey, set[str]] = {}
         # probes this reader opened itself (not on a shared client): closing them is its job
         self._opened: dict[tuple[ClientKey, str], base.Broker] = {}
         self._slots: dict[ClientKey, asyncio.Semaphore] = {}
@@ -160,26 +167,39 @@ class QueueReader:
 
     def _retire_rotated(self, key: ClientKey) -> None:
         """A rotated Secret: forget and close (in the background) what the old version opened."""
-        for old in {
-            k
-            for k in [*self._clients, *(probe_key[0] for probe_key in self._probes)]
-            if k != key and (k.namespace, k.secret, k.key) == (key.namespace, key.secret, key.key)
-        }:
+        versions = self._versions.get((key.namespace, key.secret, key.key), set())
+        for old in [k for k in versions if k != key]:
             for closing in self._forget(old):
                 self._close_in_background(closing)
+
+    def _index(self, key: ClientKey, queue: str | None = None) -> None:
+        """Record that ``key`` has a client (``queue`` None) or a probe or broker for ``queue``."""
+        self._versions.setdefault((key.namespace, key.secret, key.key), set()).add(key)
+        if queue is not None:
+            self._queues.setdefault(key, set()).add(queue)
+
+    def _known_keys(self) -> set[ClientKey]:
+        return {k for versions in self._versions.values() for k in versions}
 
     def _forget(self, key: ClientKey) -> list[Awaitable[object]]:
         """Drop every probe and client of ``key``; return the coroutines that close them."""
         closings: list[Awaitable[object]] = []
         self._slots.pop(key, None)
-        for probe_key in [k for k in self._probes if k[0] == key]:
-            del self._probes[probe_key]
+        for queue_name in self._queues.pop(key, set()):
+            probe_key = (key, queue_name)
+            self._probes.pop(probe_key, None)
             opened = self._opened.pop(probe_key, None)
             if opened is not None:
                 closings.append(opened.close())
         client = self._clients.pop(key, None)
         if client is not None:
             closings.append(client.aclose())
+        ident = (key.namespace, key.secret, key.key)
+        versions = self._versions.get(ident)
+        if versions is not None:
+            versions.discard(key)
+            if not versions:
+                del self._versions[ident]
         return closings
 
     def _fetch_client(self, key: ClientKey, secret: kube.SecretValue) -> connection.AsyncClient:
@@ -187,6 +207,7 @@ class QueueReader:
         if client is None:
             client = connection.fetch_client(secret.value, socket_timeout=self._socket_timeout)
             self._clients[key] = client
+            self._index(key)
         return client
 
     async def _probe(self, key: ClientKey, secret: kube.SecretValue, queue: str) -> base.QueueProbe:
@@ -209,10 +230,12 @@ class QueueReader:
                 role=base.QueueRole.READER,
             )
             self._opened[(key, queue)] = opened
+            self._index(key, queue)  # closed by _forget, whether it can be a probe or not
             if not isinstance(opened, base.QueueProbe):
                 raise errors.CapabilityMissing("this broker cannot report queue statistics")
             probe = opened
         self._probes[(key, queue)] = probe
+        self._index(key, queue)
         return probe
 
     async def fetch_observation(
@@ -280,12 +303,11 @@ class QueueReader:
     async def close_unused(self, in_use: set[ClientKey]) -> None:
         """Close and forget every client no pool uses any more (a deleted pool's, a rotated
         Secret's): an operator that outlives many pools keeps no connection pools for them."""
-        unused = {k for k in [*self._clients, *(p[0] for p in self._probes)] if k not in in_use}
-        for key in unused:
+        for key in self._known_keys() - in_use:
             for closing in self._forget(key):
                 await closing
 
     async def close(self) -> None:
-        for key in {*self._clients, *(p[0] for p in self._probes)}:
+        for key in self._known_keys():
             for closing in self._forget(key):
                 await closing
