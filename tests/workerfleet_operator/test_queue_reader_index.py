@@ -17,6 +17,12 @@ from workerfleet_operator.shell import kube, queue
 from tests.support import redis_servers
 
 
+def _version(url: str, secret: str, version: str) -> tuple[queue.ClientKey, kube.SecretValue]:
+    """Version ``version`` of Secret ``secret`` (namespace "ns", key "url"), holding ``url``."""
+    value = kube.SecretValue(resource_version=version, value=url, uid=f"uid-{secret}")
+    return queue.ClientKey("ns", secret, "url", version), value
+
+
 def _count_key_comparisons(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls = [0]
     compare = queue.ClientKey.__eq__
@@ -34,10 +40,9 @@ async def test_first_reads_of_many_pools_on_one_secret_compare_keys_linearly(
 ) -> None:
     # Given 400 pools whose queues live behind one Secret version, and a count of the
     # comparisons of client keys the reader makes
-    reader = queue.QueueReader(socket_timeout=10.0)
-    secret = kube.SecretValue(resource_version="1", value=redis_server.url, uid="u")
-    key = queue.ClientKey("ns", "redis", "url", "1")
+    key, secret = _version(redis_server.url, "redis", "1")
     calls = _count_key_comparisons(monkeypatch)
+    reader = queue.QueueReader(socket_timeout=10.0)
     try:
         # When each pool reads its queue for the first time, one after another
         for i in range(400):
@@ -54,26 +59,23 @@ async def test_a_rotated_secret_closes_the_old_versions_clients_and_keeps_other_
     redis_server: redis_servers.RedisServer,
 ) -> None:
     # Given pools reading through version 1 of Secret "a" and version 1 of Secret "b"
+    (a1, a1_value), (b1, b1_value) = (_version(redis_server.url, s, "1") for s in ("a", "b"))
+    a2, a2_value = _version(redis_server.url, "a", "2")
     reader = queue.QueueReader(socket_timeout=10.0)
-    secret = kube.SecretValue(resource_version="1", value=redis_server.url, uid="u")
-    a1 = queue.ClientKey("ns", "a", "url", "1")
-    a2 = queue.ClientKey("ns", "a", "url", "2")
-    b1 = queue.ClientKey("ns", "b", "url", "1")
     try:
-        for key in (a1, b1):
+        for key, value in ((a1, a1_value), (b1, b1_value)):
             for name in ("q1", "q2"):
-                got = await reader.fetch_observation(key, secret, name, deadline_seconds=30.0)
+                got = await reader.fetch_observation(key, value, name, deadline_seconds=30.0)
                 assert got.error is None
         assert reader.open_client_count() == 2
         # When Secret "a" is rotated and a pool reads through its version 2
-        rotated = kube.SecretValue(resource_version="2", value=redis_server.url, uid="u")
-        got = await reader.fetch_observation(a2, rotated, "q1", deadline_seconds=30.0)
+        got = await reader.fetch_observation(a2, a2_value, "q1", deadline_seconds=30.0)
         assert got.error is None
         await asyncio.sleep(0.05)  # the old client closes in the background
         # Then version 1 of "a" is closed (two clients: "a" version 2 and "b"), and "b" still
         # reads through its own client
         assert reader.open_client_count() == 2
-        again = await reader.fetch_observation(b1, secret, "q2", deadline_seconds=30.0)
+        again = await reader.fetch_observation(b1, b1_value, "q2", deadline_seconds=30.0)
         assert again.error is None
         assert reader.open_client_count() == 2
         # And once no pool uses "b" any more, only "a" version 2 stays
