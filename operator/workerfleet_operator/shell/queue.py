@@ -172,11 +172,11 @@ class QueueReader:
             for closing in self._forget(old):
                 self._close_in_background(closing)
 
-    def _index(self, key: ClientKey, queue: str | None = None) -> None:
-        """Record that ``key`` has a client (``queue`` None) or a probe or broker for ``queue``."""
+    def _index(self, key: ClientKey, queue: str) -> None:
+        """Record that ``key`` holds something for ``queue`` (a probe on its shared client, or
+        a broker opened for it), so that ``_forget`` finds it."""
         self._versions.setdefault((key.namespace, key.secret, key.key), set()).add(key)
-        if queue is not None:
-            self._queues.setdefault(key, set()).add(queue)
+        self._queues.setdefault(key, set()).add(queue)
 
     def _known_keys(self) -> set[ClientKey]:
         return {k for versions in self._versions.values() for k in versions}
@@ -207,7 +207,6 @@ class QueueReader:
         if client is None:
             client = connection.fetch_client(secret.value, socket_timeout=self._socket_timeout)
             self._clients[key] = client
-            self._index(key)
         return client
 
     async def _probe(self, key: ClientKey, secret: kube.SecretValue, queue: str) -> base.QueueProbe:
@@ -218,6 +217,7 @@ class QueueReader:
         probe: base.QueueProbe
         if brokers.scheme_of(secret.value) in brokers.REDIS_SCHEMES:
             client = self._fetch_client(key, secret)
+            self._index(key, queue)
             # The broker does not own the shared client: closing is this reader's job.
             probe = redis_broker.RedisBroker(client, queue)
         else:
@@ -235,7 +235,6 @@ class QueueReader:
                 raise errors.CapabilityMissing("this broker cannot report queue statistics")
             probe = opened
         self._probes[(key, queue)] = probe
-        self._index(key, queue)
         return probe
 
     async def fetch_observation(
