@@ -151,6 +151,9 @@ class Bed:
     split_on_server_faults = False
     """A crash of the server may split a retry's transaction (``split_on_server_faults``:
     RabbitMQ)."""
+    enqueue_resends = 0
+    """How often the broker's enqueue call re-sends after a lost reply, with no dedup
+    (history.check_history's ``enqueue_resends``: SQS standard queues)."""
 
     def __init__(self, config: Config, server: Any, directory: Path) -> None:
         self.config = config
@@ -225,12 +228,15 @@ class Bed:
             answered = [r.job_id == s.job_id for r, s in zip(results, specs, strict=True)]
         except (redis.RedisError, OSError):
             answered = [False] * len(specs)
+        returned = time.time()
         with self._lock:
             for spec, (_, fails), ok in zip(specs, payloads, answered, strict=True):
                 assert spec.job_id is not None
                 marks = bool(dict(spec.payload or {}).get("ack_marker"))
                 self.enqueues.append(
-                    history.Enqueue(spec.job_id, t, ok, fails=fails, marks_acks=marks)
+                    history.Enqueue(
+                        spec.job_id, t, ok, fails=fails, marks_acks=marks, returned=returned
+                    )
                 )
         return [spec.job_id for spec in specs if spec.job_id is not None]
 
@@ -552,14 +558,25 @@ class Bed:
             max_attempts=tasks.MAX_ATTEMPTS,
             split_settles=self.split_settles,
             split_on_server_faults=self.split_on_server_faults,
+            enqueue_resends=self.enqueue_resends,
         )
 
     def describe_jobs(self, verdict: history.Verdict) -> str:
         """The runs of the jobs the verdict names, and every fault: what to read on a failure."""
         named = {x.split()[0] for ids in verdict.examples.values() for x in ids}
         runs = sorted((r for r in self.read_runs() if r.job in named), key=lambda r: r.start)
-        t0 = min([r.start for r in runs] + [f.t0 for f in self.faults], default=0.0)
+        enqueues = sorted((e for e in self.enqueues if e.job in named), key=lambda e: e.t)
+        t0 = min(
+            [r.start for r in runs] + [f.t0 for f in self.faults] + [e.t for e in enqueues],
+            default=0.0,
+        )
         lines = [
+            f"  enqueue {e.job[:8]} call +{e.t - t0:.3f}"
+            + (f"..+{e.returned - t0:.3f}" if e.returned is not None else "")
+            + f" answered={e.answered} fails={e.fails}"
+            for e in enqueues
+        ]
+        lines += [
             f"  run {r.job[:8]} {r.run} pid={r.pid} start=+{r.start - t0:.3f} "
             + (f"end=+{r.end - t0:.3f} ok={r.ok}" if r.end is not None else "unfinished")
             for r in runs

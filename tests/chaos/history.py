@@ -36,7 +36,11 @@ It follows Jepsen's total-queue idea: the harness, never the runtime's own count
   a retry whose delete the fault stopped: from then on the copy and the original each run,
   possibly side by side in one fetch); with ``split_on_server_faults`` (a broker whose retry
   is one transaction that a crash of the server itself may split, RabbitMQ: the copy is on
-  disk, the original's ack is not) the same, but only for a fault that hit every worker; no
+  disk, the original's ack is not) the same, but only for a fault that hit every worker; with
+  ``enqueue_resends`` (a broker whose enqueue call re-sends after a lost reply and keeps no
+  dedup, SQS standard queues: the server may have stored the first send before it died) a job
+  whose enqueue call was under way during a fault that hit every worker may exist up to
+  1 + ``enqueue_resends`` times, and each extra copy's run is explained by that call; no
   fault may explain more duplicates than its ``capacity`` (the bound the scenario documents);
 * **double ack**: two accepted acks of one job (fencing failed). Always a violation.
 
@@ -66,7 +70,8 @@ class Enqueue:
     the call failed or timed out: the job may or may not exist. ``fails``: handler failures
     before the job succeeds (:data:`POISON` = always). ``bad``: raw bytes that are no valid
     envelope were written instead of a job. ``marks_acks``: a completion of this job must show
-    an accepted ack marker.
+    an accepted ack marker. ``t`` is when the call began, ``returned`` when it returned
+    (answered or not; None when not recorded): a failure's timeline shows both.
     """
 
     job: str
@@ -75,6 +80,7 @@ class Enqueue:
     fails: int = 0
     bad: bool = False
     marks_acks: bool = False  # its runs leave an ack marker (see the module docstring)
+    returned: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class Verdict:
     double_acks: int
     runs: int
     examples: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    resent_copies: int = 0  # duplicates explained by a re-sent enqueue (``enqueue_resends``)
 
     @property
     def violations(self) -> int:
@@ -162,6 +169,8 @@ class Verdict:
             f"unexplained={self.unexplained_duplicates} over_bound={self.duplicates_over_bound} "
             f"double_acks={self.double_acks} runs={self.runs}"
         )
+        if self.resent_copies:
+            figures += f" resent_copies={self.resent_copies}"
         extra = "".join(f"\n  {k}: {', '.join(v)}" for k, v in self.examples.items() if v)
         return figures + extra
 
@@ -194,6 +203,17 @@ def _explains(fault: Fault, prev: Run, cur: Run) -> bool:
     # ... or it stopped the later run's worker while that held a job it had fetched before,
     # which ran elsewhere meanwhile (the late run starts as soon as the worker continues).
     return fault.pid == cur.pid and fault.t1 <= cur.start <= fault.t1 + HELD_THROUGH_SECONDS
+
+
+def _enqueue_spans_server_fault(spec: Enqueue, fault: Fault) -> bool:
+    # The call was under way while the server was down or dying: its first send may have been
+    # stored although its reply was lost, and the re-send stored the job again.
+    return (
+        fault.pid is None
+        and spec.returned is not None
+        and spec.t <= fault.t1
+        and spec.returned >= fault.t0
+    )
 
 
 def _lost_in_window(enqueue: Enqueue, faults: Iterable[Fault]) -> bool:
@@ -243,6 +263,7 @@ def check_history(
     max_attempts: int,
     split_settles: bool = False,
     split_on_server_faults: bool = False,
+    enqueue_resends: int = 0,
 ) -> Verdict:
     """Judge one scenario's history (see the module docstring for every rule)."""
     faults = sorted(faults, key=lambda f: f.t0)
@@ -302,7 +323,8 @@ def check_history(
 
     # duplicates: a run whose predecessor did not fail; explained by a fault with capacity left
     remaining = {id(f): f.capacity for f in faults}
-    duplicates = unexplained = over_bound = 0
+    copies_left = dict.fromkeys(specs, enqueue_resends)
+    duplicates = unexplained = over_bound = resent_copies = 0
     dupes: list[tuple[float, Run, Run]] = []
     for job_runs in by_job.values():
         ordered = sorted(job_runs, key=lambda r: r.start)
@@ -323,6 +345,17 @@ def check_history(
                 split_on_server_faults and f.pid is None and _explains_split_settle(f, earlier, cur)
             )
         ]
+        spec = specs.get(cur.job)
+        if (
+            not candidates
+            and spec is not None
+            and copies_left[cur.job] > 0
+            and any(_enqueue_spans_server_fault(spec, f) for f in faults)
+        ):
+            copies_left[cur.job] -= 1  # the run of a copy a re-sent enqueue stored
+            resent_copies += 1
+            note("resent_copy", cur.job)
+            continue
         if not candidates:
             unexplained += 1
             note("unexplained_duplicate", cur.job)
@@ -355,5 +388,6 @@ def check_history(
         duplicates_over_bound=over_bound,
         double_acks=double_acks,
         runs=len(all_runs),
+        resent_copies=resent_copies,
         examples={k: tuple(v) for k, v in examples.items()},
     )

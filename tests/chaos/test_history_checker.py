@@ -329,3 +329,40 @@ def test_a_node_crash_splitting_a_retry_transaction_explains_two_copies_side_by_
     )
     assert by_worker.unexplained_duplicates == atomic_by_worker.unexplained_duplicates == 2
     assert two_calls.violations == 0, two_calls.describe()
+
+
+def test_a_server_kill_during_an_enqueue_call_explains_the_run_of_its_re_sent_copy() -> None:
+    # Given the history of an SQS server kill -9 run: a batch's enqueue call began 39 ms before
+    # ElasticMQ was killed and returned, answered, 1.7 s after the restart (the server had
+    # stored the first send; botocore re-sent it), and after the restart both copies ran
+    runs = [_ok("a", "a1", 10, 2.101), _ok("a", "a2", 11, 3.041)]
+    server_kill = h.Fault("elasticmq_kill", 0.039, 1.978, capacity=24)
+    final = h.Final(dead={}, live=set(), acks=set())
+    spanning = [h.Enqueue("a", 0.0, True, returned=3.683)]
+    # Then a broker whose enqueue re-sends explains the second run by that call; one whose
+    # enqueue never re-sends (or drops a re-send) leaves it unexplained
+    resent = h.check_history(
+        spanning, runs, [server_kill], final, max_attempts=MAX_ATTEMPTS, enqueue_resends=2
+    )
+    no_resend = h.check_history(spanning, runs, [server_kill], final, max_attempts=MAX_ATTEMPTS)
+    assert (resent.duplicates, resent.resent_copies, resent.violations) == (1, 1, 0)
+    assert no_resend.unexplained_duplicates == 1
+    # and an enqueue call that returned before the kill began explains nothing
+    before = [h.Enqueue("a", -0.5, True, returned=-0.4)]
+    answered_before = h.check_history(
+        before, runs, [server_kill], final, max_attempts=MAX_ATTEMPTS, enqueue_resends=2
+    )
+    assert answered_before.unexplained_duplicates == 1
+
+
+def test_a_re_sent_enqueue_explains_no_more_copies_than_its_re_sends() -> None:
+    # Given a job whose enqueue call spanned a server kill and that ran three times after it
+    runs = [_ok("a", "a1", 10, 2.1), _ok("a", "a2", 11, 3.0), _ok("a", "a3", 12, 3.1)]
+    server_kill = h.Fault("elasticmq_kill", 0.0, 2.0, capacity=24)
+    final = h.Final(dead={}, live=set(), acks=set())
+    spec = [h.Enqueue("a", -0.02, True, returned=3.6)]
+    # Then one re-send explains one extra copy, not two
+    v = h.check_history(
+        spec, runs, [server_kill], final, max_attempts=MAX_ATTEMPTS, enqueue_resends=1
+    )
+    assert (v.duplicates, v.resent_copies, v.unexplained_duplicates) == (2, 1, 1), v.describe()

@@ -173,6 +173,10 @@ class _Pending:
 class SqsBroker:
     """One workerfleet queue on SQS (see the module docstring for the mapping)."""
 
+    DEFAULT_RETRIES = 2
+    """Re-sends botocore makes of a call whose reply was lost, unless ``retries`` says otherwise
+    (a re-sent SendMessageBatch on a standard queue may store its jobs twice)."""
+
     def __init__(
         self,
         queue: str,
@@ -194,7 +198,7 @@ class SqsBroker:
         # botocore counts the first call as an attempt; retries=0 means one call, no re-send
         # (a re-sent ReceiveMessage after a lost reply strands the first reply's messages until
         # their visibility ends, which a caller that recovers on its own may not want).
-        self.max_attempts = 3 if retries is None else max(0, retries) + 1
+        self.max_attempts = self.DEFAULT_RETRIES + 1 if retries is None else max(0, retries) + 1
         self.settings = sqs_settings
         self.options = options or base.QueueOptions()
         self.names = settings.build_queue_names(queue, sqs_settings)
