@@ -443,6 +443,50 @@ async def test_workers_sending_their_first_retries_to_a_new_delay_bucket_at_once
             await asyncio.gather(*(b.close() for b in brokers_))
 
 
+@pytest.mark.timeout(60)
+async def test_a_retried_job_leaves_delay_buckets_that_apply_no_ttl_and_stays_in_its_work_queue(
+    rabbitmq_server: Any, rq_queue: str
+) -> None:
+    # A new quorum queue applies no x-message-ttl until its creator has written its config, and
+    # what another worker publishes to it in that moment must still expire (topology.py).
+    # Given a queue whose delay buckets exist with no TTL of their own (25 ms to 400 ms: every
+    # bucket a 0.3 s delay can hop through)
+    connection = await aio_pika.connect(rabbitmq_server.url)
+    try:
+        channel = await connection.channel()
+        for exponent in range(5):
+            bucket = topology.delay_queue(rq_queue, "normal", 25 << exponent)
+            arguments = topology.delay_queue_arguments(rq_queue, "normal", 25 << exponent)
+            del arguments["x-message-ttl"]
+            await channel.declare_queue(bucket, durable=True, arguments=arguments)
+    finally:
+        await connection.close()
+    options = base.QueueOptions(max_deliveries=5)
+    worker = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options, prefetch=1)
+    try:
+        await worker.enqueue(job(job_id="b1"))
+        [first] = await worker.fetch("w1", 1, block=5)
+        # When its run fails, it is retried in 0.3 s, and no worker takes jobs for a while
+        retried_at = time.time()
+        failure = base.Failure("Flaky", "try again")
+        assert await worker.retry(first, failure, delay_seconds=0.3) is True
+    finally:
+        await worker.close()
+    await asyncio.sleep(1.5)
+    # Then it left the buckets on its own and waited in its work queue (its copy there does
+    # not expire): the next worker gets it once, its failed attempt recorded
+    other = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq_queue, options, prefetch=1)
+    try:
+        [again] = await other.fetch("w2", 1, block=10)
+        assert time.time() - retried_at >= 0.3 - topology.BUCKET_BASE_SECONDS
+        assert (again.id, again.attempts) == ("b1", 1)
+        assert await other.ack(again) is True
+        assert await other.fetch("w2", 1, block=1) == []
+        assert await dead_letters(rabbitmq_server.url, rq_queue) == []
+    finally:
+        await other.close()
+
+
 @pytest.mark.timeout(120)
 async def test_producers_enqueueing_their_first_jobs_to_a_new_queue_at_once_all_succeed(
     rabbitmq_server: Any,

@@ -190,8 +190,11 @@ def encode_history(history: list[dict[str, Any]]) -> str:
     return json.dumps(history[-HISTORY_KEEP:], separators=(",", ":"))
 
 
-def build_message(body: bytes, headers: dict[str, Any], message_id: str) -> aio_pika.Message:
-    """A persistent job message: the envelope JSON as body, the job's state in headers."""
+def build_message(
+    body: bytes, headers: dict[str, Any], message_id: str, *, expiration_ms: int | None = None
+) -> aio_pika.Message:
+    """A persistent job message: the envelope JSON as body, the job's state in headers, and
+    for a delay bucket its wait as the message's own expiration (topology.py says why)."""
     return aio_pika.Message(
         body,
         headers=headers,
@@ -199,6 +202,9 @@ def build_message(body: bytes, headers: dict[str, Any], message_id: str) -> aio_
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         timestamp=time.time(),
+        expiration=None
+        if expiration_ms is None
+        else datetime.timedelta(milliseconds=expiration_ms),
     )
 
 
@@ -518,6 +524,15 @@ class RabbitMQBroker:
 
     # -- publishing ------------------------------------------------------------------------
 
+    def _job_message(
+        self, routing_key: str, body: bytes, headers: dict[str, Any], message_id: str
+    ) -> aio_pika.Message:
+        """The message of a job copy bound for ``routing_key``: one for a delay bucket expires
+        after the bucket's wait on its own, not only by the bucket's TTL (topology.py)."""
+        return build_message(
+            body, headers, message_id, expiration_ms=topology.bucket_ms(self.queue, routing_key)
+        )
+
     async def _publish(
         self,
         routing_key: str,
@@ -532,7 +547,7 @@ class RabbitMQBroker:
             try:
                 async with translate_errors(operation):
                     await channel.default_exchange.publish(
-                        build_message(body, headers, message_id),
+                        self._job_message(routing_key, body, headers, message_id),
                         routing_key=routing_key,
                         mandatory=True,
                     )
@@ -620,7 +635,8 @@ class RabbitMQBroker:
                             assert self._consume_exchange is not None
                             routing_key, body, headers, message_id = publish
                             await self._consume_exchange.publish(
-                                build_message(body, headers, message_id), routing_key=routing_key
+                                self._job_message(routing_key, body, headers, message_id),
+                                routing_key=routing_key,
                             )
                     await self._ack_together([message for message, _, _, _ in batch])
                     await self._transaction.commit()

@@ -13,7 +13,10 @@ For a workerfleet queue ``Q`` (all on the default exchange, routed by queue name
         x-dead-letter-strategy = at-least-once, x-overflow = reject-publish
     wf.Q.delay.<level>.<ms>              retry/delay buckets (quorum, created on first use):
         x-message-ttl = <ms>                every message in a bucket waits the same time, so
-                                            none blocks behind a longer one at the head
+                                            none blocks behind a longer one at the head; each
+                                            message also carries <ms> as its own expiration
+                                            (``bucket_ms``: a new quorum queue does not apply
+                                            its x-message-ttl at first, see below)
         x-dead-letter-routing-key = wf.Q.<level>   expired → back to its work queue
     wf.Q.dead                            the DLQ (quorum, no delivery limit)
 
@@ -39,6 +42,18 @@ A delay is served by the largest bucket (25 ms · 2^k) not longer than what rema
 whose due time (header ``wf-due-at``) has not come when it reaches the work queue takes
 another hop, so any delay is honoured to within the smallest bucket (25 ms) and nothing is
 held in a worker's memory.
+
+Why a bucket's message carries its wait as its own ``expiration`` besides the bucket's
+``x-message-ttl``: a new quorum queue starts as machine version 0 and is converted to the
+current one (2 on 3.10.8) by its first log entry, and that conversion drops the message TTL;
+the TTL is in force again only once the client creating the queue has written the queue's
+config, after the cluster started. Another client's declare of the same new queue returns
+before that, and what it publishes in between is stored with no expiry at all: it never
+leaves the bucket, and every later message waits behind it at the head (seen here on 3.10.8
+with the node's CPU contended: ten workers retrying at once into a new 50 ms bucket left all
+ten jobs there for good in 4 rounds of 350, the head messages stored without expiry). A
+message's own expiration is applied whatever the queue's config, and RabbitMQ removes it when
+it dead-letters the message, so the job's copy in its work queue does not expire.
 
 Message headers are the ``H_*`` names below: the job's state travels with the message (retry
 counts, failure history, due time; an absent count is 0, and a new job carries none); the body
@@ -166,6 +181,16 @@ def delay_queue_arguments(
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
+
+
+def bucket_ms(queue: str, routing_key: str) -> int | None:
+    """How long (ms) a message waits in ``queue``'s delay bucket ``routing_key``; None when
+    ``routing_key`` is no delay bucket of ``queue`` (a work queue, the DLQ)."""
+    prefix = delay_queue_prefix(queue)
+    if not routing_key.startswith(prefix):
+        return None
+    level, _, ms = routing_key[len(prefix) :].partition(".")
+    return int(ms) if level in LEVELS and ms.isdigit() else None
 
 
 def bucket_for(remaining_seconds: float) -> int | None:
