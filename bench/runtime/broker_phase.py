@@ -7,7 +7,7 @@ memory). As in the Redis phase:
 the producer enqueues the run's jobs first, then ONE worker process runs no-op jobs that count
 themselves into the stats Redis (peers/common.py), and jobs/s = (N - 1) / (last start - first
 start). Every run gets a queue of its own (BENCH_QUEUE), so nothing is flushed between runs.
-The systems of one broker take turns round by round, BENCH_REPEATS (3) rounds, median reported;
+The systems of one broker take turns round by round, BENCH_REPEATS (5) rounds, median reported;
 the CPU per job of the worker's process group and of the broker process (beam.smp / the JVM)
 are measured from the first job to the end. bench/README.md says what each system promises.
 

@@ -15,7 +15,7 @@ workerfleet and BullMQ run BENCH_REPEATS times (median reported); the other peer
 workerfleet alone at concurrency 1 and 8 (its default), and enqueue→start latency at a quarter
 and at half of its measured max rate (paced producer, start timestamps taken in the handler).
 
-Env: BENCH_JOBS (N, default 20000), BENCH_REPEATS (3), BENCH_SYSTEMS (comma list), BENCH_OUT
+Env: BENCH_JOBS (N, default 20000), BENCH_REPEATS (5), BENCH_SYSTEMS (comma list), BENCH_OUT
 (JSON path), BENCH_LAT_SECONDS (5), BENCH_DEADLINE_SECONDS (per worker run, 120).
 Prints a table and ends with the line
 ``runtime: workerfleet_jps=X best_python_peer=NAME best_python_jps=Y ratio=Z bullmq_jps=W``.
@@ -48,7 +48,7 @@ RESULTS = ROOT / "bench" / "results"
 LOGS = RESULTS / "logs"
 
 JOBS = int(os.environ.get("BENCH_JOBS", "20000"))
-REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 DEADLINE = float(os.environ.get("BENCH_DEADLINE_SECONDS", "120"))
 LAT_SECONDS = float(os.environ.get("BENCH_LAT_SECONDS", "5"))
 PRODUCE_DEADLINE = 180.0
