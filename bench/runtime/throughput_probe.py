@@ -5,6 +5,10 @@
 
 Each ``--source NAME=DIR`` is a worker_runtime to measure (DIR holds a ``worker_runtime``
 package, e.g. ``git archive main worker_runtime | tar -x -C DIR``; empty = this checkout).
+A NAME of ``bare-loop`` (DIR empty) measures the bare loop instead, and ``bare-loop-N`` the bare
+loop reading N entries per cycle (``BENCH_BARE_READ``, peers/bare_bench.py): with
+``--source bare-loop= --source bare-loop-25= --source wf=`` it shows how much of the distance
+to the bare loop is the worker's smaller batches (bench/README.md).
 The variants take turns round by round (so a burst of load from elsewhere lands on each of
 them) and each round is driver.py's ``measure``: the backlog enqueued first, then one worker at
 concurrency 50, timed from its first job start to its last. Prints per round and the medians of
@@ -35,19 +39,24 @@ def main() -> int:
     args = parser.parse_args()
     variants = [tuple(s.split("=", 1)) for s in args.source] or [("checkout", "")]
     wf = driver.SYSTEMS[0]
+    bare = next(s for s in driver.SYSTEMS if s.name == "bare-loop")
     runs: dict[str, list[driver.Run]] = {name: [] for name, _ in variants}
     with driver.running_servers() as servers:
         header = f"{args.jobs:,} no-op jobs, concurrency {args.concurrency}, {args.rounds} rounds"
         print(f"throughput-probe: {header}, load {os.getloadavg()[0]:.1f}", flush=True)
         for i in range(args.rounds):
             for name, source in variants:
+                env = {"BENCH_WF_SOURCE": source}
+                if name.startswith("bare-loop"):
+                    read = name.removeprefix("bare-loop").removeprefix("-")
+                    env = {"BENCH_BARE_READ": read} if read else {}
                 run = driver.measure(
-                    wf,
+                    bare if name.startswith("bare-loop") else wf,
                     servers,
                     args.jobs,
                     args.concurrency,
                     f"probe-{name}-{i + 1}",
-                    BENCH_WF_SOURCE=source,
+                    **env,
                 )
                 runs[name].append(run)
                 print(

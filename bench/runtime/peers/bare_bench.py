@@ -24,6 +24,10 @@ drain. An entry read but not acknowledged when the process dies stays in the gro
 list forever: this is a ceiling, not a queue.
 
 ``pace`` produces at BENCH_RATE jobs/s for BENCH_SECONDS like ``wf_bench.py pace``.
+
+By hand only, ``BENCH_BARE_READ`` (default 500) sets the XREADGROUP COUNT of ``work``: with 25,
+a worker lane's batch at concurrency 50, it shows what the smaller batches alone cost. The
+ceiling ``make bench-runtime`` reports always reads 500.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import redis.exceptions
 STREAM = "bare:stream"
 GROUP = "bare"
 BATCH = 500
+READ = int(os.environ.get("BENCH_BARE_READ", str(BATCH)))
 
 
 async def noop(payload: dict[str, Any]) -> None:
@@ -104,7 +109,7 @@ async def _work() -> None:
         if done:
             pipe.xack(STREAM, GROUP, *done)
             pipe.xdel(STREAM, *done)
-        pipe.xreadgroup(GROUP, "bare-1", {STREAM: ">"}, count=BATCH, block=1000)
+        pipe.xreadgroup(GROUP, "bare-1", {STREAM: ">"}, count=READ, block=1000)
         replies = await pipe.execute()
         done = []
         for _stream, entries in replies[-1] or ():
