@@ -46,12 +46,12 @@ def main() -> int:
         print(f"throughput-probe: {header}, load {os.getloadavg()[0]:.1f}", flush=True)
         for i in range(args.rounds):
             for name, source in variants:
-                env = {"BENCH_WF_SOURCE": source}
+                system, env = wf, {"BENCH_WF_SOURCE": source}
                 if name.startswith("bare-loop"):
                     read = name.removeprefix("bare-loop").removeprefix("-")
-                    env = {"BENCH_BARE_READ": read} if read else {}
+                    system, env = bare, ({"BENCH_BARE_READ": read} if read else {})
                 run = driver.measure(
-                    bare if name.startswith("bare-loop") else wf,
+                    system,
                     servers,
                     args.jobs,
                     args.concurrency,
