@@ -34,6 +34,19 @@ def test_an_envelope_round_trips_through_json_with_its_typed_payload() -> None:
     assert Email.model_validate(parsed.payload) == Email(to="a@b", subject="hi")
 
 
+def test_the_encoded_envelope_is_the_stored_json_as_utf8_bytes() -> None:
+    env = envelope.build_envelope("t", {"name": "Zoë", "n": [1, 2.5, None]}, now=1.0)
+    encoded = envelope.encode_envelope(env)
+    assert encoded == envelope.build_envelope_json(env).encode("utf-8")
+    assert envelope.parse_envelope(encoded) == env
+
+
+def test_new_job_ids_are_32_random_hex_digits_and_do_not_repeat() -> None:
+    ids = {envelope.build_job_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [

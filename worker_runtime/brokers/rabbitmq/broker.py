@@ -727,7 +727,7 @@ class RabbitMQBroker:
         if not math.isfinite(request.delay_seconds):
             raise ValueError("delay_seconds must be finite")
         env = request.envelope
-        body = envelope_mod.build_envelope_json(env).encode()
+        body = envelope_mod.encode_envelope(env)
         # a new job carries no state headers: an absent count reads as 0 (one table less to
         # encode and decode per job)
         headers: dict[str, Any] = {}
@@ -845,7 +845,7 @@ class RabbitMQBroker:
             # an event copied to every subscription by the topic's exchange: here it is this
             # subscription's job (and its retry and dead-letter copies say so)
             env = env.model_copy(update={"task": self.queue})
-            body = envelope_mod.build_envelope_json(env).encode()
+            body = envelope_mod.encode_envelope(env)
         delivery = base.Delivery(
             id=env.id,
             receipt=receipt,
@@ -1354,7 +1354,7 @@ class RabbitMQBroker:
         async with translate_errors("publish"):
             # not mandatory: a topic nobody subscribes to drops the event, as on every broker
             await exchange.publish(
-                build_message(envelope_mod.build_envelope_json(env).encode(), headers, env.id),
+                build_message(envelope_mod.encode_envelope(env), headers, env.id),
                 routing_key="",
                 mandatory=False,
             )

@@ -698,7 +698,7 @@ def build_enqueue_call(
             (env.id, env.priority.value, int(max(0.0, req.delay_seconds) * 1000), idx, ttl_ms)
         )
         # each envelope is its own argument: the script never copies it out of a packed string
-        envelopes.append(envelope_mod.build_envelope_json(env))
+        envelopes.append(envelope_mod.encode_envelope(env))
     return keys, [enqueued_idx, int(dedup_seconds * 1000), build_packed(rows), *envelopes]
 
 
