@@ -16,7 +16,9 @@ workerfleet alone at concurrency 1 and 8 (its default), and enqueue→start late
 and at half of its measured max rate (paced producer, start timestamps taken in the handler).
 
 Env: BENCH_JOBS (N, default 20000), BENCH_REPEATS (5), BENCH_SYSTEMS (comma list), BENCH_OUT
-(JSON path), BENCH_LAT_SECONDS (5), BENCH_DEADLINE_SECONDS (per worker run, 120).
+(JSON path), BENCH_LAT_SECONDS (5), BENCH_DEADLINE_SECONDS (per worker run, 120); by hand
+only, BENCH_REDIS_ARGS (extra redis-server arguments, e.g. ``--stream-node-max-entries 10``:
+the reported runs use the server's defaults, as every peer gets them).
 Prints a table and ends with the line
 ``runtime: workerfleet_jps=X best_python_peer=NAME best_python_jps=Y ratio=Z bullmq_jps=W``.
 No timing is asserted anywhere: it measures and reports.
@@ -212,6 +214,7 @@ def start_redis() -> tuple[subprocess.Popen[bytes], redis.Redis, int]:
                 "no",
                 "--protected-mode",
                 "yes",
+                *os.environ.get("BENCH_REDIS_ARGS", "").split(),
                 "--loglevel",
                 "warning",
             ],
