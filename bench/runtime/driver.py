@@ -572,6 +572,9 @@ def measure(
     return run
 
 
+PRODUCER_CALL_FIELDS = ("call_p50_ms", "call_p99_ms", "call_max_ms", "jobs_per_call")
+
+
 def measure_latency(servers: Servers, rate: float, system: System = SYSTEMS[0]) -> dict[str, Any]:
     """Enqueue→start latency of ``system`` (concurrency 50) under a paced load of ``rate``."""
     servers.flush()
@@ -625,7 +628,20 @@ def measure_latency(servers: Servers, rate: float, system: System = SYSTEMS[0]) 
         "backlog_drain_seconds": drain_seconds,
         "p50_ms_by_tenth": [round(statistics.median(x) * 1000, 1) for x in parts],
         "max_ms_by_tenth": [round(max(x) * 1000, 1) for x in parts],
+        # The producer's own enqueue calls (each job is stamped before its call), when the
+        # system's pacer reports them (workerfleet and the bare loop).
+        **{k: paced[k] for k in PRODUCER_CALL_FIELDS if k in paced},
     }
+
+
+def describe_producer_calls(got: dict[str, Any]) -> str:
+    """``, producer calls p50/p99 X/Y ms (N jobs each)`` when the pacer reported them."""
+    if "call_p50_ms" not in got:
+        return ""
+    return (
+        f", producer calls p50/p99 {got['call_p50_ms']:.1f}/{got['call_p99_ms']:.1f} ms "
+        f"({got['jobs_per_call']:.0f} jobs each)"
+    )
 
 
 # ---- cold start ------------------------------------------------------------------------------
@@ -863,8 +879,8 @@ def main() -> int:
                         f"  {sys_.name} latency at {name} load ({fmt(rate)} jobs/s): "
                         f"p50={got.get('p50_ms', 0):.1f} ms p99={got.get('p99_ms', 0):.1f} ms, "
                         f"achieved {fmt(got.get('achieved_rate', 0))} jobs/s, backlog drained "
-                        f"{got.get('backlog_drain_seconds', 0):.2f} s after the producer "
-                        f"({got['status']})",
+                        f"{got.get('backlog_drain_seconds', 0):.2f} s after the producer"
+                        f"{describe_producer_calls(got)} ({got['status']})",
                         flush=True,
                     )
                 latency[name] = point
@@ -917,7 +933,7 @@ def main() -> int:
                 parts.append(
                     f"{sys_name} p50={lat['p50_ms']:.1f} ms p99={lat['p99_ms']:.1f} ms "
                     f"(worker CPU {lat['worker_cpu_us_per_job']:.0f} us/job, waited for a core "
-                    f"{lat['worker_runqueue_wait_share']:.0%})"
+                    f"{lat['worker_runqueue_wait_share']:.0%}{describe_producer_calls(lat)})"
                 )
         print(
             f"enqueue->start at {name} load ({fmt(point['rate'])} jobs/s paced): "

@@ -112,6 +112,7 @@ def main() -> int:
                     f"load {os.getloadavg()[0]:.1f} ({got['status']}); "
                     f"script calls/job {got['script_calls_per_job']:.3f}, "
                     f"commands/job {got['commands_per_job']:.2f}"
+                    f"{driver.describe_producer_calls(got)}"
                     f"\n    p50 by tenth {got.get('p50_ms_by_tenth')}"
                     f"\n    max by tenth {got.get('max_ms_by_tenth')}"
                 )
@@ -135,6 +136,11 @@ def main() -> int:
             f"p99={statistics.median(r['p99_ms'] for r in ok):.1f} ms "
             f"worker CPU {statistics.median(r['worker_cpu_us_per_job'] for r in ok):.0f} us/job "
             f"(p99 per round: {', '.join(format(r['p99_ms'], '.1f') for r in ok)})"
+            + (
+                f"; producer calls p99 {statistics.median(r['call_p99_ms'] for r in ok):.1f} ms"
+                if all("call_p99_ms" in r for r in ok)
+                else ""
+            )
         )
     return 0
 

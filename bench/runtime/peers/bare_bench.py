@@ -90,13 +90,17 @@ async def _pace() -> None:
     await _ensure_group(client)
     start = time.perf_counter()
     sent, total = 0, int(rate * seconds)
+    durations: list[float] = []
     while sent < total:
         due = min(total, int((time.perf_counter() - start) * rate) + 1)
         if due > sent:
-            await _add(client, sent, due, time.time())
+            now = time.time()
+            await _add(client, sent, due, now)
+            durations.append(time.time() - now)
             sent = due
         await asyncio.sleep(0.005)
-    common.report_enqueue(sent, time.perf_counter() - start, rate=rate)
+    elapsed = time.perf_counter() - start
+    common.report_enqueue(sent, elapsed, rate=rate, **common.call_stats(durations, sent))
     await client.aclose()
 
 

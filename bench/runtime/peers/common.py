@@ -108,6 +108,27 @@ def report_enqueue(enqueued: int, seconds: float, **extra: Any) -> None:
     print(json.dumps({"enqueued": enqueued, "seconds": seconds, **extra}), flush=True)
 
 
+def call_stats(durations: list[float], jobs: int) -> dict[str, float]:
+    """p50 / p99 / max (ms) of a paced producer's enqueue calls and the jobs per call.
+
+    Every paced job is stamped just before the call that sends it, so a call's own duration is
+    part of each of its jobs' enqueue→start latency: the driver reports it beside the latency.
+    """
+    if not durations:
+        return {}
+    ordered = sorted(durations)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] * 1000
+
+    return {
+        "call_p50_ms": pct(50),
+        "call_p99_ms": pct(99),
+        "call_max_ms": ordered[-1] * 1000,
+        "jobs_per_call": jobs / len(ordered),
+    }
+
+
 def report_command(argv: list[str], env: dict[str, str]) -> None:
     """Print the worker's own command line and extra environment as one JSON line (``argv``)."""
     print(json.dumps({"argv": argv, "env": env}), flush=True)

@@ -141,6 +141,7 @@ async def _pace() -> None:
     start = time.perf_counter()
     sent = 0
     total = int(rate * seconds)
+    durations: list[float] = []
     while sent < total:
         due = min(total, int((time.perf_counter() - start) * rate) + 1)
         if due > sent:
@@ -148,9 +149,11 @@ async def _pace() -> None:
             await p.enqueue_many(
                 [producer.JobSpec(paced, {"i": i, "t": now}) for i in range(sent, due)]
             )
+            durations.append(time.time() - now)
             sent = due
         await asyncio.sleep(tick)
-    common.report_enqueue(sent, time.perf_counter() - start, rate=rate)
+    elapsed = time.perf_counter() - start
+    common.report_enqueue(sent, elapsed, rate=rate, **common.call_stats(durations, sent))
     await client.aclose()
 
 
