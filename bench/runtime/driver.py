@@ -629,7 +629,7 @@ def measure_latency(servers: Servers, rate: float, system: System = SYSTEMS[0]) 
         "p50_ms_by_tenth": [round(statistics.median(x) * 1000, 1) for x in parts],
         "max_ms_by_tenth": [round(max(x) * 1000, 1) for x in parts],
         # The producer's own enqueue calls (each job is stamped before its call), when the
-        # system's pacer reports them (workerfleet and the bare loop).
+        # system's pacer reports them (workerfleet, BullMQ and the bare loop).
         **{k: paced[k] for k in PRODUCER_CALL_FIELDS if k in paced},
     }
 

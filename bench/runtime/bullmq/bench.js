@@ -62,6 +62,20 @@ async function produce() {
   await queue.close();
 }
 
+// p50 / p99 / max (ms) of the paced producer's calls and the jobs per call, as peers/common.py's
+// call_stats reports them for the Python pacers.
+function callStats(durations, jobs) {
+  if (durations.length === 0) return {};
+  const ordered = [...durations].sort((a, b) => a - b);
+  const pct = (p) => ordered[Math.min(ordered.length - 1, Math.round((p / 100) * (ordered.length - 1)))] * 1000;
+  return {
+    call_p50_ms: pct(50),
+    call_p99_ms: pct(99),
+    call_max_ms: ordered[ordered.length - 1] * 1000,
+    jobs_per_call: jobs / ordered.length,
+  };
+}
+
 // A paced open-loop producer (same shape as wf_bench.py pace): every 5 ms one addBulk of the
 // jobs due by now, each stamped with the wall-clock time just before the call.
 async function pace() {
@@ -72,6 +86,7 @@ async function pace() {
   await queue.waitUntilReady();
   const start = performance.now();
   let sent = 0;
+  const durations = []; // seconds per addBulk: each job's latency includes its call
   while (sent < total) {
     const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate) + 1);
     if (due > sent) {
@@ -79,12 +94,13 @@ async function pace() {
       const batch = [];
       for (let j = sent; j < due; j++) batch.push({ name: 'noop', data: { i: j, t } });
       await queue.addBulk(batch);
+      durations.push(nowSeconds() - t);
       sent = due;
     }
     await new Promise((r) => setTimeout(r, 5));
   }
   const elapsed = (performance.now() - start) / 1000;
-  console.log(JSON.stringify({ enqueued: sent, seconds: elapsed, rate }));
+  console.log(JSON.stringify({ enqueued: sent, seconds: elapsed, rate, ...callStats(durations, sent) }));
   await queue.close();
 }
 
