@@ -8,8 +8,12 @@ watches, detects the sharing, and lets the pool created first scale alone.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
+
+import pytest
+from workerfleet_operator.shell import scaler
 
 from tests.workerfleet_operator.conftest import (
     GROUP,
@@ -100,6 +104,71 @@ def test_the_conflict_clears_when_the_other_pool_is_deleted(
     # When the second pool is deleted
     emulator.delete("workerpools", NAMESPACE, "b-second", group=GROUP)
     # Then the first pool's condition turns False
+    cleared = wait_until(
+        lambda: (c := _conflict(emulator, "a-first")).get("status") == "False" and c,
+        message="QueueConflict stayed True",
+    )
+    assert cleared["reason"] == "QueueNotShared"
+
+
+def test_a_conflict_the_reconcile_wrote_clears_at_the_next_poll_once_the_other_pool_is_gone(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an operator whose polls of pool "a-first" the test can hold (a held poll is one
+    # that is not due yet), counted as they run
+    hold = threading.Event()
+    polls: list[str] = []
+    real_poll = scaler.poll_queue
+
+    async def held_poll(controller: Any, policy: Any) -> None:
+        if controller.name == "a-first" and hold.is_set():
+            return
+        await real_poll(controller, policy)
+        polls.append(controller.name)
+
+    monkeypatch.setattr(scaler, "poll_queue", held_poll)
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    runner = operator()
+    # and "a-first" alone on queue "emails", polled until its status settled (two polls after
+    # its first QueueConflict=False), then no more
+    _create(emulator, "a-first")
+    wait_until(
+        lambda: _conflict(emulator, "a-first").get("status") == "False",
+        message="no QueueConflict=False on the lone pool",
+    )
+    settled = polls.count("a-first") + 2
+    wait_until(lambda: polls.count("a-first") >= settled, message="a-first did not poll")
+    hold.set()
+    # and "b-second" on the same queue, which has read it
+    _create(emulator, "b-second")
+    wait_until(
+        lambda: _conflict(emulator, "b-second").get("status") == "True",
+        message="no QueueConflict on the second pool",
+    )
+    # When "a-first" is reconciled (not polled): its status now says QueueConflict=True
+    first = runner.context.pools[(NAMESPACE, "a-first")]
+    assert first.task is not None
+
+    def reconcile_now() -> None:
+        first.dirty = True
+        first.wake.set()
+
+    first.task.get_loop().call_soon_threadsafe(reconcile_now)
+    wait_until(
+        lambda: _conflict(emulator, "a-first").get("status") == "True",
+        message="the reconcile did not report the conflict",
+    )
+    # and "b-second" is deleted, and "a-first" is polled again
+    emulator.delete("workerpools", NAMESPACE, "b-second", group=GROUP)
+    wait_until(
+        lambda: (NAMESPACE, "b-second") not in runner.context.pools,
+        message="b-second's loop did not stop",
+    )
+    hold.clear()
+    # Then that poll clears the condition, though nothing it reads differs from its last plan
     cleared = wait_until(
         lambda: (c := _conflict(emulator, "a-first")).get("status") == "False" and c,
         message="QueueConflict stayed True",

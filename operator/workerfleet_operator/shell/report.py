@@ -54,6 +54,11 @@ async def apply_status(
     )
     if merged != base and not waits:
         controller.status_written_at = now
+        # An autoscaler poll skips planning when its inputs equal those of its own last plan;
+        # a status written by anyone else (the reconcile) may differ from that plan, so the
+        # next poll must plan again (the poll sets its signature back once its write is done).
+        # Without this, a QueueConflict the reconcile wrote outlived the other pool's deletion.
+        controller.scaling.poll_signature = None
         ref = kube.build_ref("WorkerPool", controller.namespace, controller.name)
         try:
             updated = await kube.apply_status(controller.ctx.fetch_client(), ref, status)

@@ -146,7 +146,6 @@ async def poll_queue(
     ):
         _export(controller, policy, observation, decision)
         return
-    controller.scaling.poll_signature = signature
     the_plan = plan_mod.plan(
         controller.valid_pool(),
         controller.observed(
@@ -158,10 +157,11 @@ async def poll_queue(
             scale_applied=applied,
         ),
     )
-    if not await report.apply_status(controller, the_plan.status, the_plan.events):
-        controller.scaling.poll_signature = (
-            None  # deferred: the next poll writes it once the refresh is due
-        )
+    # Remembered only once its status is written: a write that raised, or one held back for
+    # the refresh interval, leaves the next poll to plan again (apply_status forgets the
+    # signature whenever any writer changes the status).
+    written = await report.apply_status(controller, the_plan.status, the_plan.events)
+    controller.scaling.poll_signature = signature if written else None
     # Only now: a write that raised leaves it set, and the pool's loop reconciles at once.
     controller.scaling.status_deferred = False
     _export(controller, policy, observation, decision)
