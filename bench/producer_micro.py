@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import engine_micro  # the bench's own module, next to this file
 import redis
@@ -22,10 +24,9 @@ import redis
 from worker_runtime import producer
 from worker_runtime.brokers.redis import connection
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "runtime"))
 
-def redis_cpu_seconds(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+import driver  # bench-runtime's module: Redis's CPU counter, read as bench-runtime reads it
 
 
 async def run(url: str, jobs: int, batch: int) -> None:
@@ -35,7 +36,7 @@ async def run(url: str, jobs: int, batch: int) -> None:
     # one call first: connection, script load
     await p.enqueue_many([producer.JobSpec("noop", {"i": -1, "t": 0.0})])
     calls = max(1, jobs // batch)
-    redis_before = redis_cpu_seconds(stats)
+    redis_before = driver.redis_cpu_seconds(stats)
     cpu_before, wall_before = time.process_time(), time.perf_counter()
     for c in range(calls):
         now = time.time()
@@ -44,7 +45,7 @@ async def run(url: str, jobs: int, batch: int) -> None:
         )
     cpu = time.process_time() - cpu_before
     wall = time.perf_counter() - wall_before
-    redis_cpu = redis_cpu_seconds(stats) - redis_before
+    redis_cpu = driver.redis_cpu_seconds(stats) - redis_before
     sent = calls * batch
     print(
         f"producer: {sent:,} jobs in calls of {batch}: producer CPU {cpu / sent * 1e6:.2f} us/job, "
