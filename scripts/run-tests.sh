@@ -6,12 +6,14 @@
 # quiet machine 17 min 17 s and 16 min 53 s, where one process took 33 min 42 s; with seven other
 # test runs loading it, 25 min 45 s and 30 min 27 s), so a split by directory needs no list of
 # durations to keep up to date.
-# Each process prints its 15 slowest tests; the e2e + chaos output follows the other's. Exits
-# non-zero when either process failed. A Ctrl-C (or SIGTERM) stops both, each tearing down its
+# Each process prints its 15 slowest tests; the e2e + chaos output follows the other's, and the
+# last lines repeat both processes' FAILED/ERROR lines, so a CI page that keeps only the tail of
+# the output still names every failing test. Exits non-zero when either process failed. A Ctrl-C (or SIGTERM) stops both, each tearing down its
 # fixtures (servers, control plane, real node) as pytest does on an interrupt.
 set -uo pipefail
 PY="${PY:-.venv/bin/python}"
 log="$(mktemp -t workerfleet-e2e-chaos-tests-XXXXXX.log)"
+rest_log="$(mktemp -t workerfleet-other-tests-XXXXXX.log)"
 # A background command of a script starts with SIGINT ignored, and Python then never raises
 # KeyboardInterrupt: restore the handler so an interrupt tears the group down cleanly.
 "$PY" -c 'import signal, sys, pytest
@@ -27,18 +29,26 @@ stop_heavy() {
   wait "$heavy_pid" 2>/dev/null
   echo "==== tests/e2e and tests/chaos (interrupted) ===="
   tail -n 40 "$log"
-  rm -f "$log"
+  rm -f "$log" "$rest_log"
   exit 130
 }
 trap stop_heavy INT TERM
-"$PY" -m pytest -p no:cacheprovider --durations=15 tests --ignore=tests/e2e --ignore=tests/chaos
-rest=$?
+"$PY" -m pytest -p no:cacheprovider --durations=15 tests --ignore=tests/e2e --ignore=tests/chaos \
+  2>&1 | tee "$rest_log"
+rest=${PIPESTATUS[0]}
 wait "$heavy_pid"
 heavy=$?
 trap - INT TERM
 echo
 echo "==== tests/e2e and tests/chaos (ran alongside the tests above) ===="
 cat "$log"
-rm -f "$log"
+# pytest's short summary lines ("FAILED path::test - reason", "ERROR path::test - reason").
+failures="$(grep -hE '^(FAILED|ERROR) tests/' "$rest_log" "$log")"
+rm -f "$log" "$rest_log"
+echo
+if [ -n "$failures" ]; then
+  echo "==== failing tests (both processes) ===="
+  echo "$failures"
+fi
 echo "make test: other tests exit $rest, e2e + chaos exit $heavy"
 [ "$rest" = 0 ] && [ "$heavy" = 0 ]
