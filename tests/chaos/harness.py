@@ -457,8 +457,51 @@ class Bed:
             if not self.producing() and self.live_jobs() == 0:
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.config.name}: jobs left in the queue at the deadline")
+                raise AssertionError(
+                    f"{self.config.name}: jobs left in the queue at the deadline\n"
+                    + self.describe_leftovers()
+                )
             time.sleep(0.1)
+
+    def describe_leftovers(self) -> str:
+        """What a run that did not settle leaves behind, for its failure message: the queue as
+        the broker reports it, the answered jobs that never finished a run, and the warnings
+        and errors the workers logged last."""
+        lines = [f"queue: {self.describe_queue()}"]
+        runs: dict[str, list[history.Run]] = {}
+        for r in self.read_runs():
+            runs.setdefault(r.job, []).append(r)
+        unfinished = [
+            e
+            for e in self.enqueues
+            if e.answered
+            and e.fails != history.POISON
+            and not any(r.ok for r in runs.get(e.job, []))
+        ]
+        t0 = self.enqueues[0].t if self.enqueues else 0.0  # times below: seconds after it
+        lines.append(f"answered enqueues (not poison) without a finished run: {len(unfinished)}")
+        for e in unfinished[:5]:
+            tried = sorted(runs.get(e.job, []), key=lambda r: r.start)
+            lines.append(
+                f"  {e.job} enqueued at +{e.t - t0:.2f}s, fails={e.fails}, runs: "
+                + (
+                    ", ".join(f"pid {r.pid} at +{r.start - t0:.2f}s ok={r.ok}" for r in tried)
+                    or "none"
+                )
+            )
+        for proc in self.procs:
+            noisy = [
+                r for r in proc.log_records() if r.get("level") in ("warning", "error", "critical")
+            ]
+            for record in noisy[-3:]:
+                lines.append(f"  worker {proc.pid}: {json.dumps(record)[:400]}")
+        for f in self.faults:
+            lines.append(f"fault {f.kind} +{f.t0 - t0:.2f}s..+{f.t1 - t0:.2f}s")
+        return "\n".join(lines)
+
+    def describe_queue(self) -> str:
+        """The broker's own account of the queue (here: the jobs Redis holds)."""
+        return f"{self.live_jobs()} jobs held"
 
     def busy(self) -> bool:
         """True while the scenario should keep injecting faults (producing or jobs left)."""

@@ -8,7 +8,13 @@ back through AMQP, never by counters the broker keeps itself.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import json
+import logging
+import re
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +22,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from worker_runtime import brokers, envelope
+from worker_runtime import brokers, envelope, errors
 from worker_runtime.brokers import base
 from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
 from worker_runtime.brokers.rabbitmq import topology
@@ -517,3 +523,191 @@ async def test_producers_enqueueing_their_first_jobs_to_a_new_queue_at_once_all_
             assert sorted(seen) == sorted(ids), f"round {round_no}"
         finally:
             await asyncio.gather(*(p.close() for p in producers))
+
+
+@pytest.mark.timeout(240)
+async def test_a_delay_bucket_a_crash_left_without_a_leader_is_routed_around_and_the_job_returns(
+    rabbitmq_factory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # RabbitMQ 3.10 brings a quorum queue declared within a second of its node's crash back
+    # without a leader: publishes to it are held and never confirmed (broker.py,
+    # BUCKET_CONFIRM_TIMEOUT_SECONDS). Given the ``low`` 1.6 s delay bucket of a queue declared
+    # just before its node was SIGKILLed, the node restarted in place
+    server = rabbitmq_factory()
+    queue = f"t{uuid.uuid4().hex[:12]}"
+    bucket = topology.delay_queue(queue, "low", 1600)
+    connection = await aio_pika.connect(server.url)
+    channel = await connection.channel()
+    await channel.declare_queue(
+        bucket, durable=True, arguments=topology.delay_queue_arguments(queue, "low", 1600)
+    )
+    server.kill()
+    await connection.close()
+    server.start()
+    # (the fault is real: the bucket takes a publish and never confirms it)
+    connection = await aio_pika.connect(server.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(TimeoutError):
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"probe"), routing_key=bucket, timeout=3
+            )
+    finally:
+        await connection.close()
+    monkeypatch.setattr(rabbitmq_broker, "BUCKET_CONFIRM_TIMEOUT_SECONDS", 1.0)
+    options = base.QueueOptions(max_deliveries=5)
+    worker = rabbitmq_broker.RabbitMQBroker(server.url, queue, options, prefetch=1)
+    try:
+        await worker.enqueue(job(job_id="z1", priority="low"))
+        [first] = await worker.fetch("w1", 1, block=10)
+        # When its run fails and is retried in 2 s (a wait for that bucket)
+        failure = base.Failure("Flaky", "try again")
+        retried_at = time.time()
+        with caplog.at_level(logging.WARNING, logger="workerfleet.brokers.rabbitmq"):
+            assert await worker.retry(first, failure, delay_seconds=2.0) is True
+        # Then the copy the bucket did not confirm went again, routed around it, in the same
+        # call; the job comes back once, not before its delay, its failed attempt recorded
+        assert [r.__dict__.get("queue") for r in caplog.records] == [bucket]
+        [again] = await worker.fetch("w1", 1, block=10)
+        assert time.time() >= retried_at + 2.0 - topology.BUCKET_BASE_SECONDS
+        assert (again.id, again.attempts) == ("z1", 1)
+        assert await worker.ack(again) is True
+        assert await worker.fetch("w1", 1, block=1) == []
+    finally:
+        await worker.close()
+
+    # And when a copy of a job due in 3 s reaches a worker that never used that bucket
+    # (its next hop), that hop is not confirmed in time: it goes again through smaller buckets,
+    # and the job is handed out once it is due
+    caplog.clear()
+    due_at = time.time() + 3.0
+    other = rabbitmq_broker.RabbitMQBroker(server.url, queue, options, prefetch=1)
+    try:
+        assert await other.fetch("w2", 1, block=0.01) == []
+        await _publish_copy(server.url, queue, "z2", due_at)
+        got: list[base.Delivery] = []
+        deadline = time.monotonic() + 30
+        with caplog.at_level(logging.WARNING, logger="workerfleet.brokers.rabbitmq"):
+            while not got and time.monotonic() < deadline:
+                got = await other.fetch("w2", 1, block=1)
+        assert [d.id for d in got] == ["z2"]
+        assert time.time() >= due_at - topology.BUCKET_BASE_SECONDS
+        assert [r.__dict__.get("queue") for r in caplog.records] == [bucket]
+        assert await other.ack(got[0]) is True
+    finally:
+        await other.close()
+    assert await dead_letters(server.url, queue) == []
+
+
+async def _publish_copy(url: str, queue: str, job_id: str, due_at: float) -> None:
+    """Put a copy of job ``job_id`` in the ``low`` work queue, due at ``due_at``, as a delay
+    bucket hands one back (a job not yet due takes another hop when fetched)."""
+    body = envelope.encode_envelope(envelope.build_envelope("t", {"n": 1}, job_id=job_id))
+    message = rabbitmq_broker.build_message(
+        body, {topology.H_DUE_AT: repr(due_at)}, job_id, expiration_ms=None
+    )
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            message, routing_key=topology.work_queue(queue, "low"), timeout=10
+        )
+    finally:
+        await connection.close()
+
+
+def _put_policy(server: Any, name: str, body: dict[str, Any] | None) -> None:
+    """Set (or, with None, delete) a policy through the node's management API."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.management_port}/api/policies/%2F/{name}",
+        data=None if body is None else json.dumps(body).encode(),
+        method="DELETE" if body is None else "PUT",
+        headers={"content-type": "application/json"},
+    )
+    token = base64.b64encode(b"guest:guest").decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+@contextlib.asynccontextmanager
+async def _dlq_refusing(server: Any, queue: str) -> AsyncIterator[None]:
+    """The queue's DLQ over an operator's cap that refuses publishes while the block runs: one
+    letter ("d0") in it and a policy of max-length 0, reject-publish (a quorum queue refuses
+    while it holds more than its max-length, so taking "d0" off gives it room)."""
+    dead = topology.dead_queue(queue)
+    connection = await aio_pika.connect(server.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"earlier", message_id="d0"), routing_key=dead
+        )
+    finally:
+        await connection.close()
+    policy = f"refuse-{queue}"
+    _put_policy(
+        server,
+        policy,
+        {
+            "pattern": f"^{re.escape(dead)}$",
+            "definition": {"max-length": 0, "overflow": "reject-publish"},
+            "apply-to": "queues",
+        },
+    )
+    try:
+        await asyncio.sleep(1.0)  # policies reach their queues asynchronously
+        yield
+    finally:
+        _put_policy(server, policy, None)
+
+
+@pytest.mark.timeout(120)
+async def test_a_dead_letter_the_dlq_refused_keeps_its_delivery_for_the_next_try(
+    rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker, rq_queue: str
+) -> None:
+    # Given a job in hand, and its DLQ refusing publishes (over an operator's cap)
+    await rq.enqueue(job(job_id="d1"))
+    [delivery] = await rq.fetch("w", 1, block=10)
+    async with _dlq_refusing(rabbitmq_server, rq_queue):
+        # When the worker dead-letters it: RabbitMQ refuses the DLQ copy
+        with pytest.raises(errors.BrokerRejected):
+            await rq.dead_letter(delivery, "poison")
+        # Then nothing was acked: the delivery is still the worker's, and once the DLQ has
+        # room (the earlier letter taken off it), the next try lands
+        assert [m.message_id for m in await dead_letters(rabbitmq_server.url, rq_queue)] == ["d0"]
+        assert await rq.dead_letter(delivery, "poison") is True
+        letters = await dead_letters(rabbitmq_server.url, rq_queue)
+        assert [m.message_id for m in letters] == ["d1"]
+    assert await rq.fetch("w", 1, block=1) == []
+
+
+@pytest.mark.timeout(120)
+async def test_a_poison_copy_the_dlq_refused_at_fetch_waits_for_the_next_fetch(
+    rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker, rq_queue: str
+) -> None:
+    # Given the DLQ refusing publishes, and a copy of a job delivered 3 times before arriving
+    # (max_deliveries is 3: the fetch that finds it dead-letters it)
+    assert await rq.fetch("w", 1, block=0.01) == []  # consuming, so the copy arrives at once
+    body = envelope.encode_envelope(envelope.build_envelope("t", {"n": 1}, job_id="p1"))
+    async with _dlq_refusing(rabbitmq_server, rq_queue):
+        connection = await aio_pika.connect(rabbitmq_server.url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            await channel.default_exchange.publish(
+                rabbitmq_broker.build_message(body, {topology.H_DELIVERIES: 3}, "p1"),
+                routing_key=topology.work_queue(rq_queue, "normal"),
+            )
+        finally:
+            await connection.close()
+        # When a fetch finds it: its dead-letter copy is refused
+        with pytest.raises(errors.BrokerRejected):
+            for _ in range(20):
+                assert await rq.fetch("w", 1, block=0.5) == []
+        # Then the copy stays with the fetcher, and once the DLQ has room the next fetch
+        # dead-letters it (nothing is handed out)
+        assert [m.message_id for m in await dead_letters(rabbitmq_server.url, rq_queue)] == ["d0"]
+        assert await rq.fetch("w", 1, block=0.5) == []
+        letters = await dead_letters(rabbitmq_server.url, rq_queue)
+        assert [(m.message_id, m.headers.get(topology.H_REASON)) for m in letters] == [
+            ("p1", "max_deliveries")
+        ]

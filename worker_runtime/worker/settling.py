@@ -8,12 +8,15 @@ to the worker's :class:`worker_runtime.worker.policy.RetryPolicy` for the retry-
 Every settle is fenced by the delivery's token: a job whose lease was lost (renewal said so, or
 the engine rejected the settle as stale) is never acknowledged, and its result is discarded. A
 settle that fails on a queue error is retried until the lease would have run out; after that the
-job simply returns to the queue when its lease expires (at-least-once).
+job simply returns to the queue when its lease expires (at-least-once). On a broker whose leases
+do not expire by time (``Capabilities.lease_expiry`` False: RabbitMQ) it is retried until it
+lands or the delivery is no longer the worker's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -179,6 +182,12 @@ class Settler:
         # settles are fenced by the delivery's token, so a retry of one that did land is
         # rejected as stale instead of being applied twice. After that the job simply returns
         # to the queue when its lease expires (at-least-once).
+        # Where leases do not expire by time (RabbitMQ: a delivery stays this worker's while
+        # its connection lives), giving up would leave the delivery held by nobody for as long
+        # as the connection lives: the settle is retried until it lands or the broker answers
+        # that the delivery is no longer this worker's (its connection closed: it is back in
+        # its queue).
+        expires = w.q is None or w.q.capabilities.lease_expiry
         deadline = time.monotonic() + w.settings.lease_seconds
         attempt = 0
         while True:
@@ -188,11 +197,19 @@ class Settler:
                 w.metrics.redis_error(op)
                 attempt += 1
                 if time.monotonic() > deadline:
-                    log.warning(
-                        "giving up a settle; the job returns after its lease",
-                        extra={"op": op, "error": transient.describe(exc)},
-                    )
-                    return False
+                    if expires:
+                        log.warning(
+                            "giving up a settle; the job returns after its lease",
+                            extra={"op": op, "error": transient.describe(exc)},
+                        )
+                        return False
+                    if deadline != math.inf:
+                        log.warning(
+                            "a settle still fails after the lease time; retrying while the "
+                            "broker holds the delivery",
+                            extra={"op": op, "error": transient.describe(exc)},
+                        )
+                        deadline = math.inf
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
                 continue
             w.health.redis_ok()

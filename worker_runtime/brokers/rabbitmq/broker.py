@@ -43,7 +43,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Collection, Container, Sequence
+from collections.abc import AsyncIterator, Collection, Container, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -56,9 +56,11 @@ import pamqp.commands
 import yarl
 
 from worker_runtime import envelope as envelope_mod
-from worker_runtime import errors, expiry
+from worker_runtime import errors, expiry, logs
 from worker_runtime.brokers import base
 from worker_runtime.brokers.rabbitmq import topology
+
+_log = logs.get_logger("brokers.rabbitmq")
 
 HISTORY_KEEP = 20
 """Failures kept in a message's history header (the newest): an AMQP header frame must fit
@@ -71,6 +73,30 @@ while its Raft member is not running yet: another client's declare of the same n
 returns before the client creating it has started it (measured here on 3.10.8: eight clients
 declaring one new queue at once, then publishing, saw a nack in most rounds, and the publish
 made again 20-50 ms later was taken)."""
+
+PUBLISH_CONFIRM_TIMEOUT_SECONDS = 30.0
+"""How long a publish waits for RabbitMQ's confirm before it fails as ``BrokerUnavailable``
+(the message may or may not be in the queue). A healthy node confirms in milliseconds; a quorum
+queue without a leader never does (see :data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`), and a producer
+or a worker must not wait on it for good."""
+
+BUCKET_CONFIRM_TIMEOUT_SECONDS = 5.0
+"""The same bound for a publish to a delay bucket, shorter because a worker's settles wait
+behind it. Why a bucket can stop answering: on RabbitMQ 3.10, a quorum queue declared less
+than a second before its node crashed (SIGKILL, power loss) comes back from the restart with
+no leader, for good: its record survived, its Raft member's did not (seen here on 3.10.8, five
+times in five: declare, SIGKILL within the second, restart; a queue declared a second before
+the crash came back well). Publishes to it are held ("leader not known") and never confirmed.
+Delay buckets are declared on first use, so a crash can catch one in that second; a bucket
+that does not confirm in time is avoided by this broker object for
+:data:`BUCKET_AVOID_SECONDS` (see :meth:`RabbitMQBroker._route_due`)."""
+
+BUCKET_AVOID_SECONDS = 3600.0
+"""How long a delay bucket that did not confirm a publish is left out of routing; then it is
+tried again (an operator may have deleted it, and workers declare it anew). Long, because each
+try of a bucket still without a leader costs a publishing channel
+(:meth:`RabbitMQBroker._replace_publish_channel`) and stalls this object's publishes for
+:data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`."""
 
 PREVIOUS_DELAYS_KEEP = 10_000
 """Jobs whose last retry delay one broker object remembers (the oldest are forgotten)."""
@@ -357,6 +383,9 @@ class RabbitMQBroker:
         # (bounded: the worker asks about jobs it holds or just retried)
         self._previous_delays: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._declared: set[str] = set()
+        # delay buckets that did not confirm a publish (routing key -> monotonic time until
+        # which routing leaves them out); see BUCKET_CONFIRM_TIMEOUT_SECONDS
+        self._avoided_buckets: dict[str, float] = {}
         # each topic's exchange, valid while the publishing channel it was declared on lives
         self._exchanges: dict[
             str, tuple[aio_pika.abc.AbstractChannel, aio_pika.abc.AbstractExchange]
@@ -542,21 +571,78 @@ class RabbitMQBroker:
         message_id: str,
         operation: str,
     ) -> None:
+        bucket = topology.bucket_ms(self.queue, routing_key) is not None
+        timeout = BUCKET_CONFIRM_TIMEOUT_SECONDS if bucket else PUBLISH_CONFIRM_TIMEOUT_SECONDS
         for wait in (*NACK_RETRY_DELAYS_SECONDS, None):
             channel = await self._ensure()
             try:
                 async with translate_errors(operation):
-                    await channel.default_exchange.publish(
-                        self._job_message(routing_key, body, headers, message_id),
-                        routing_key=routing_key,
-                        mandatory=True,
-                    )
+                    try:
+                        await channel.default_exchange.publish(
+                            self._job_message(routing_key, body, headers, message_id),
+                            routing_key=routing_key,
+                            mandatory=True,
+                            timeout=timeout,
+                        )
+                    except TimeoutError as exc:
+                        await self._replace_publish_channel(channel)
+                        raise self._unconfirmed(routing_key, timeout, operation) from exc
                 return
             except errors.BrokerRejected as exc:
                 # only a nack is worth another try; an unroutable publish stays unroutable
                 if wait is None or not _is_nack(exc.__cause__):
                     raise
             await asyncio.sleep(wait)
+
+    async def _replace_publish_channel(self, stuck: aio_pika.abc.AbstractChannel) -> None:
+        """Open a new publishing channel on the same connection in place of ``stuck``, one
+        whose publish RabbitMQ did not confirm. The broker confirms a channel's publishes in
+        order, so after one it holds for good no later publish on that channel is confirmed
+        either (seen on 3.10.8 after a publish to a queue without a leader; a new channel of the
+        same connection was confirmed at once). The stuck channel is left as it is: closing it
+        waits on the same stuck channel process. The connection, the consuming channel and the
+        deliveries held on it stay as they are."""
+        async with self._lock:
+            if self._publish_channel is not stuck or not self._alive():
+                return  # replaced already, or the connection is gone (the next call reconnects)
+            assert self._connection is not None
+            self._publish_channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+
+    def _unconfirmed(self, routing_key: str, timeout: float, operation: str) -> errors.BrokerError:
+        """The error for a publish RabbitMQ did not confirm in ``timeout`` seconds; a delay
+        bucket's is left out of routing for a while (BUCKET_CONFIRM_TIMEOUT_SECONDS)."""
+        if topology.bucket_ms(self.queue, routing_key) is not None:
+            self._avoided_buckets[routing_key] = time.monotonic() + BUCKET_AVOID_SECONDS
+            _log.warning(
+                "a delay bucket did not confirm a publish: delays route around it",
+                extra={
+                    "queue": routing_key,
+                    "timeout_seconds": timeout,
+                    "avoided_for_seconds": BUCKET_AVOID_SECONDS,
+                    "hint": "a quorum queue declared just before its node crashed can come "
+                    "back without a leader; delete it (workers declare it again on use)",
+                },
+            )
+        return errors.BrokerUnavailable(
+            f"RabbitMQ did not confirm a publish to {routing_key} within {timeout:g} s "
+            "(a quorum queue without a leader?)",
+            operation=operation,
+        )
+
+    def _avoided(self, level: str) -> frozenset[int]:
+        """The delay buckets (ms) of ``level`` routing leaves out now."""
+        if not self._avoided_buckets:
+            return frozenset()
+        now = time.monotonic()
+        for key, until in list(self._avoided_buckets.items()):
+            if until <= now:
+                del self._avoided_buckets[key]
+        prefix = f"{topology.delay_queue_prefix(self.queue)}{level}."
+        return frozenset(
+            int(key[len(prefix) :]) for key in self._avoided_buckets if key.startswith(prefix)
+        )
 
     async def _publish_due(
         self,
@@ -568,9 +654,43 @@ class RabbitMQBroker:
         due_at: float,
         operation: str,
     ) -> None:
-        """Publish to the work queue of ``level``, or to the delay bucket its due time needs."""
-        routing_key, headers = await self._route_due(level, headers, due_at, operation)
-        await self._publish(routing_key, body, headers, message_id=message_id, operation=operation)
+        """Publish to the work queue of ``level``, or to the delay bucket its due time needs
+        (once more, routed around it, when that bucket did not confirm the copy in time)."""
+        for last in (False, True):
+            routing_key, copy = await self._route_due(level, headers, due_at, operation)
+            try:
+                await self._publish(
+                    routing_key, body, copy, message_id=message_id, operation=operation
+                )
+                return
+            except errors.BrokerUnavailable:
+                if last or routing_key not in self._avoided_buckets:
+                    raise
+
+    async def _settle_due(
+        self,
+        message: _Delivered,
+        operation: str,
+        level: str,
+        copy: tuple[bytes, dict[str, Any], str],
+        due_at: float,
+    ) -> None:
+        """Settle ``message`` with a new copy (body, headers, message id) due at ``due_at``:
+        in its level's queue or the delay bucket it needs. When that bucket did not confirm
+        the copy in time (its first copy on this channel goes by confirms), nothing was acked:
+        the copy goes once more, routed around the bucket, within the same call, so a worker's
+        settle (bounded by its lease) does not give up on it."""
+        body, headers, message_id = copy
+        generation = self._generation
+        for last in (False, True):
+            routing_key, routed = await self._route_due(level, headers, due_at, operation)
+            try:
+                await self._settle(message, operation, (routing_key, body, routed, message_id))
+                return
+            except errors.BrokerUnavailable:
+                again = routing_key in self._avoided_buckets and self._generation == generation
+                if last or not again or not self._alive():
+                    raise
 
     async def _route_due(
         self, level: str, headers: dict[str, Any], due_at: float, operation: str
@@ -579,7 +699,10 @@ class RabbitMQBroker:
         and its headers with the due time."""
         headers = dict(headers)
         headers[topology.H_DUE_AT] = repr(due_at)
-        bucket = topology.bucket_for(due_at - time.time())
+        # A bucket that stopped confirming is left out: a longer wait takes more hops through
+        # smaller ones, and a wait shorter than any usable bucket is over (the job may start
+        # up to that bucket's length early, at the fetch that finds it due).
+        bucket = topology.bucket_for(due_at - time.time(), avoid=self._avoided(level))
         if bucket is None:
             return topology.work_queue(self.queue, level), headers
         routing_key = topology.delay_queue(self.queue, level, bucket)
@@ -792,7 +915,19 @@ class RabbitMQBroker:
         for level in topology.LEVELS:
             buffer = self._buffers[level]
             while buffer and len(out) < count:
-                delivery = await self._admit(worker_id, level, buffer.popleft())
+                message = buffer.popleft()
+                generation = self._generation
+                try:
+                    delivery = await self._admit(worker_id, level, message)
+                except errors.BrokerError:
+                    # Its hop or dead-letter was not sent (a bucket that did not confirm): the
+                    # message is still this connection's, and the next fetch handles it again;
+                    # the deliveries taken before it are the worker's now.
+                    if self._generation == generation and self._alive():
+                        buffer.appendleft(message)
+                    if out:
+                        return out
+                    raise
                 if delivery is not None:
                     out.append(delivery)
         return out
@@ -858,11 +993,13 @@ class RabbitMQBroker:
         )
         held = _Held(message, delivery, headers, body)
         due_at = _float_header(headers, topology.H_DUE_AT)
-        if due_at is not None and topology.bucket_for(due_at - now) is not None:
+        if (
+            due_at is not None
+            and topology.bucket_for(due_at - now, avoid=self._avoided(level)) is not None
+        ):
             # a delay longer than its bucket: one more hop, no delivery counted
             copy = self._copy_headers(headers, deliveries=deliveries - 1, lost=lost)
-            routing_key, copy = await self._route_due(level, copy, due_at, "fetch")
-            await self._settle(message, "fetch", (routing_key, message.body, copy, env.id))
+            await self._settle_due(message, "fetch", level, (message.body, copy, env.id), due_at)
             return None
         if deliveries > self.options.max_deliveries:
             await self._dead_letter_held(
@@ -930,6 +1067,24 @@ class RabbitMQBroker:
             return None
         return held
 
+    @contextlib.contextmanager
+    def _settling(self, receipt: str, held: _Held) -> Iterator[None]:
+        """Take ``held`` out of the held deliveries while it is settled. A settle that failed
+        while this connection still lives (a first copy RabbitMQ did not confirm in time: its
+        ack was not sent) leaves the delivery this worker's, so it is put back: the worker's
+        next try of the settle finds it (and routes around a bucket that stopped answering).
+        After a lost connection the delivery is back in its queue, and stays forgotten; after
+        a cancellation the settle may still go out (it waits in the group commit's queue), so
+        it is not put back either."""
+        generation = self._generation
+        del self._held[receipt]
+        try:
+            yield
+        except errors.BrokerError:
+            if self._generation == generation and self._alive():
+                self._held.setdefault(receipt, held)
+            raise
+
     def _copy_headers(
         self, headers: dict[str, Any], *, deliveries: int, lost: int
     ) -> dict[str, Any]:
@@ -948,8 +1103,8 @@ class RabbitMQBroker:
         held = self._current(delivery)
         if held is None:
             return False
-        del self._held[delivery.receipt]
-        await self._settle(held.message, "ack")
+        with self._settling(delivery.receipt, held):
+            await self._settle(held.message, "ack")
         return True
 
     def _record(self, held: _Held, failure: base.Failure, *, attempt: int) -> dict[str, Any]:
@@ -980,15 +1135,15 @@ class RabbitMQBroker:
             [*decode_history(held.headers), self._record(held, failure, attempt=attempts)]
         )
         headers[topology.H_LAST_DELAY] = repr(max(0.0, delay_seconds))
-        del self._held[delivery.receipt]
         self._remember_delay(delivery.id, max(0.0, delay_seconds))
-        routing_key, headers = await self._route_due(
-            str(delivery.envelope.priority),
-            headers,
-            time.time() + max(0.0, delay_seconds),
-            "retry",
-        )
-        await self._settle(held.message, "retry", (routing_key, held.body, headers, delivery.id))
+        with self._settling(delivery.receipt, held):
+            await self._settle_due(
+                held.message,
+                "retry",
+                str(delivery.envelope.priority),
+                (held.body, headers, delivery.id),
+                time.time() + max(0.0, delay_seconds),
+            )
         return True
 
     async def _dead_letter_held(
@@ -1038,25 +1193,27 @@ class RabbitMQBroker:
         held = self._current(delivery)
         if held is None:
             return False
-        del self._held[delivery.receipt]
         worker_id = failure.worker_id if failure is not None else ""
-        await self._dead_letter_held(
-            held, reason, worker_id=worker_id, failure=failure, attempt=attempt
-        )
+        with self._settling(delivery.receipt, held):
+            await self._dead_letter_held(
+                held, reason, worker_id=worker_id, failure=failure, attempt=attempt
+            )
         return True
 
     async def release(self, delivery: base.Delivery) -> bool:
         held = self._current(delivery)
         if held is None:
             return False
-        del self._held[delivery.receipt]
         # the released delivery does not count: the job goes back as it came
         headers = self._copy_headers(
             held.headers, deliveries=held.delivery.deliveries - 1, lost=held.delivery.lost
         )
         headers.pop(topology.H_DUE_AT, None)
         routing_key = topology.work_queue(self.queue, str(delivery.envelope.priority))
-        await self._settle(held.message, "release", (routing_key, held.body, headers, delivery.id))
+        with self._settling(delivery.receipt, held):
+            await self._settle(
+                held.message, "release", (routing_key, held.body, headers, delivery.id)
+            )
         return True
 
     async def release_buffered(self) -> int:

@@ -193,9 +193,10 @@ def bucket_ms(queue: str, routing_key: str) -> int | None:
     return int(ms) if level in LEVELS and ms.isdigit() else None
 
 
-def bucket_for(remaining_seconds: float) -> int | None:
+def bucket_for(remaining_seconds: float, avoid: frozenset[int] = frozenset()) -> int | None:
     """The delay bucket (ms) a job due in ``remaining_seconds`` waits in next: the largest
-    25 ms · 2^k not longer than it; None when less than the smallest bucket remains (due)."""
+    25 ms · 2^k not longer than it and not in ``avoid`` (buckets that stopped answering); None
+    when no such bucket fits what remains (the job is due)."""
     if not remaining_seconds >= BUCKET_BASE_SECONDS:
         return None
     exponent = min(
@@ -205,7 +206,9 @@ def bucket_for(remaining_seconds: float) -> int | None:
     while exponent > 0 and BUCKET_BASE_SECONDS * 2**exponent > remaining_seconds:
         exponent -= 1
     smallest_ms: int = round(BUCKET_BASE_SECONDS * 1000)
-    return smallest_ms << exponent
+    while exponent >= 0 and smallest_ms << exponent in avoid:
+        exponent -= 1
+    return smallest_ms << exponent if exponent >= 0 else None
 
 
 def level_of(routing_key: str, queue: str) -> str | None:

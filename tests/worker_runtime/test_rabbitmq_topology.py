@@ -1,0 +1,36 @@
+"""The RabbitMQ topology's delay routing: which bucket a wait goes to, and around which.
+
+Pure functions of worker_runtime/brokers/rabbitmq/topology.py; no server needed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from worker_runtime.brokers.rabbitmq import topology
+
+
+@pytest.mark.parametrize(
+    ("remaining", "bucket"),
+    [(0.0, None), (0.024, None), (0.025, 25), (0.049, 25), (0.05, 50), (3.0, 1600), (3.2, 3200)],
+)
+def test_a_wait_goes_to_the_largest_bucket_not_longer_than_it(
+    remaining: float, bucket: int | None
+) -> None:
+    assert topology.bucket_for(remaining) == bucket
+
+
+def test_a_wait_longer_than_the_largest_bucket_takes_the_largest() -> None:
+    assert topology.bucket_for(10**9) == 25 << topology.BUCKET_MAX_EXPONENT
+
+
+def test_an_avoided_bucket_sends_the_wait_to_the_next_smaller_one() -> None:
+    assert topology.bucket_for(3.0, avoid=frozenset({1600})) == 800
+    assert topology.bucket_for(3.0, avoid=frozenset({1600, 800})) == 400
+    # buckets longer than the wait are never candidates, avoided or not
+    assert topology.bucket_for(3.0, avoid=frozenset({3200})) == 1600
+
+
+def test_a_wait_with_every_bucket_that_fits_avoided_is_over() -> None:
+    assert topology.bucket_for(0.04, avoid=frozenset({25})) is None
+    assert topology.bucket_for(0.09, avoid=frozenset({25, 50})) is None
