@@ -711,3 +711,44 @@ async def test_a_poison_copy_the_dlq_refused_at_fetch_waits_for_the_next_fetch(
         assert [(m.message_id, m.headers.get(topology.H_REASON)) for m in letters] == [
             ("p1", "max_deliveries")
         ]
+
+
+@pytest.mark.timeout(240)
+async def test_a_work_queue_a_crash_left_without_a_leader_fails_the_fetch_by_name_until_deleted(
+    rabbitmq_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a queue whose ``normal`` work queue was declared just before its node was
+    # SIGKILLed (RabbitMQ 3.10 brings it back without a leader: basic.consume on it never gets
+    # an answer), the node restarted in place, and a job waiting at ``high``
+    server = rabbitmq_factory()
+    queue = f"t{uuid.uuid4().hex[:12]}"
+    normal = topology.work_queue(queue, "normal")
+    connection = await aio_pika.connect(server.url)
+    channel = await connection.channel()
+    await channel.declare_queue(
+        normal, durable=True, arguments=topology.work_queue_arguments(queue, 5)
+    )
+    server.kill()
+    await connection.close()
+    server.start()
+    monkeypatch.setattr(rabbitmq_broker, "CONSUME_TIMEOUT_SECONDS", 2.0)
+    options = base.QueueOptions(max_deliveries=5)
+    worker = rabbitmq_broker.RabbitMQBroker(server.url, queue, options, prefetch=1)
+    try:
+        await worker.enqueue(job(job_id="h1", priority="high"))
+        # When a worker fetches: the fetch fails, naming the queue, every time it is tried
+        for _ in range(2):
+            with pytest.raises(errors.BrokerUnavailable, match=f"basic.consume on {normal}"):
+                await worker.fetch("w", 1, block=1)
+        # Then once an operator deleted that queue, the next fetch declares it anew and serves
+        connection = await aio_pika.connect(server.url)
+        try:
+            channel = await connection.channel()
+            await asyncio.wait_for(channel.queue_delete(normal), 30)
+        finally:
+            await connection.close()
+        [got] = await worker.fetch("w", 1, block=10)
+        assert got.id == "h1"
+        assert await worker.ack(got) is True
+    finally:
+        await worker.close()

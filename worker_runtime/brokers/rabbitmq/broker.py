@@ -98,6 +98,14 @@ try of a bucket still without a leader costs a publishing channel
 (:meth:`RabbitMQBroker._replace_publish_channel`) and stalls this object's publishes for
 :data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`."""
 
+CONSUME_TIMEOUT_SECONDS = 30.0
+"""How long starting a consumer on a work queue may take. A work queue that a node crash left
+without a leader (declared less than a second before it, see
+:data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`) never answers ``basic.consume`` (seen here on 3.10.8);
+the fetch then fails with an error naming the queue and what may be wrong with it, at each try.
+Without this bound the fetch failed after about a minute as "no reply from RabbitMQ during
+consume", which names nothing."""
+
 PREVIOUS_DELAYS_KEEP = 10_000
 """Jobs whose last retry delay one broker object remembers (the oldest are forgotten)."""
 
@@ -522,11 +530,22 @@ class RabbitMQBroker:
             self._consumers = []
             underlay = await channel.get_underlay_channel()
             for level in topology.LEVELS:
-                ok = await underlay.basic_consume(
-                    topology.work_queue(self.queue, level),
-                    self._on_message_for(level, generation),
-                    no_ack=False,
-                )
+                name = topology.work_queue(self.queue, level)
+                try:
+                    ok = await underlay.basic_consume(
+                        name,
+                        self._on_message_for(level, generation),
+                        no_ack=False,
+                        timeout=CONSUME_TIMEOUT_SECONDS,
+                    )
+                except TimeoutError as exc:
+                    # the channel waits on the queue for good: start again on a new connection
+                    await self._drop_connection()
+                    raise errors.BrokerUnavailable(
+                        f"RabbitMQ did not answer basic.consume on {name} within "
+                        f"{CONSUME_TIMEOUT_SECONDS:g} s (a quorum queue without a leader?)",
+                        operation="consume",
+                    ) from exc
                 assert ok.consumer_tag is not None
                 self._consumers.append((underlay, ok.consumer_tag))
             self._consume_channel = channel
