@@ -78,7 +78,9 @@ PUBLISH_CONFIRM_TIMEOUT_SECONDS = 30.0
 """How long a publish waits for RabbitMQ's confirm before it fails as ``BrokerUnavailable``
 (the message may or may not be in the queue). A healthy node confirms in milliseconds; a quorum
 queue without a leader never does (see :data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`), and a producer
-or a worker must not wait on it for good."""
+or a worker must not wait on it for good. A node under a memory or disk alarm blocks publishing
+connections until the alarm clears: an enqueue then fails after this long instead of waiting
+for it."""
 
 BUCKET_CONFIRM_TIMEOUT_SECONDS = 5.0
 """The same bound for a publish to a delay bucket, shorter because a worker's settles wait
@@ -646,7 +648,7 @@ class RabbitMQBroker:
             )
         return errors.BrokerUnavailable(
             f"RabbitMQ did not confirm a publish to {routing_key} within {timeout:g} s "
-            "(a quorum queue without a leader?)",
+            "(a quorum queue without a leader, or a memory or disk alarm blocking publishers?)",
             operation=operation,
         )
 
