@@ -596,6 +596,33 @@ async def test_a_delay_bucket_a_crash_left_without_a_leader_is_routed_around_and
         assert await other.ack(got[0]) is True
     finally:
         await other.close()
+
+    # And while a publish to that bucket holds a third object's channel (a delayed enqueue),
+    # an enqueue needing a bucket not declared yet, whose declaration goes behind it on that
+    # channel, is answered in bounded time; made again if it failed, both jobs arrive once
+    monkeypatch.setattr(rabbitmq_broker, "DECLARE_TIMEOUT_SECONDS", 1.0)
+    third = rabbitmq_broker.RabbitMQBroker(server.url, queue, options, prefetch=1)
+    try:
+        await third.count_dead_letters()  # connected, its topology declared
+        z3 = base.EnqueueRequest(job(job_id="z3", priority="low").envelope, delay_seconds=2.0)
+        z4 = base.EnqueueRequest(job(job_id="z4").envelope, delay_seconds=0.5)
+        held_up = asyncio.ensure_future(third.enqueue(z3))
+        await asyncio.sleep(0.2)
+        try:
+            await asyncio.wait_for(third.enqueue(z4), 20)
+        except errors.BrokerUnavailable:
+            await asyncio.wait_for(third.enqueue(z4), 20)
+        await asyncio.wait_for(held_up, 20)
+        arrived: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(arrived) < 2 and time.monotonic() < deadline:
+            for d in await third.fetch("w3", 1, block=1):
+                arrived.append(d.id)
+                assert await third.ack(d) is True
+        assert sorted(arrived) == ["z3", "z4"]
+        assert await third.fetch("w3", 1, block=1) == []
+    finally:
+        await third.close()
     assert await dead_letters(server.url, queue) == []
 
 

@@ -100,6 +100,13 @@ try of a bucket still without a leader costs a publishing channel
 (:meth:`RabbitMQBroker._replace_publish_channel`) and stalls this object's publishes for
 :data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`."""
 
+DECLARE_TIMEOUT_SECONDS = 10.0
+"""How long a queue declaration may take. A declaration is an RPC on the publishing channel, and
+while a publish to a queue without a leader is held there (:data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`)
+the channel answers nothing (seen here on 3.10.8: a declare sent behind such a publish got no
+reply in 5 s); unbounded, a retry or an enqueue that needed a new delay bucket at that moment
+waited for good. On the timeout aio-pika closes the channel, and the next call reconnects."""
+
 CONSUME_TIMEOUT_SECONDS = 30.0
 """How long starting a consumer on a work queue may take. A work queue that a node crash left
 without a leader (declared less than a second before it, see
@@ -478,7 +485,9 @@ class RabbitMQBroker:
         if name in self._declared:
             return channel
         try:
-            await channel.declare_queue(name, durable=True, arguments=arguments)
+            await channel.declare_queue(
+                name, durable=True, arguments=arguments, timeout=DECLARE_TIMEOUT_SECONDS
+            )
         except aiormq.exceptions.ChannelPreconditionFailed:
             # It exists with other arguments: a subscription queue registered by a publisher
             # with other options (its x-delivery-limit), or one declared by an older version.
