@@ -300,6 +300,33 @@ async def test_a_write_without_the_lease_is_not_sent(server: ScriptedServer) -> 
     assert [m for m, _ in server.seen] == ["PATCH", "GET"]
 
 
+async def test_a_write_that_waited_for_a_slot_is_not_sent_once_the_lease_is_lost(
+    server: ScriptedServer,
+) -> None:
+    # Given a leading client that sends one request at a time, busy with a slow read
+    leading = [True]
+    server.delays = [0.5]
+    client = client_for(server, [], fence=lambda: leading[0], max_in_flight=1)
+    try:
+        slow = asyncio.ensure_future(read(client))
+        for _ in range(500):  # until the read holds the slot (bounded: 5 s)
+            if server.in_flight:
+                break
+            await asyncio.sleep(0.01)
+        assert server.in_flight == 1
+        # When a write waits for the slot, and the lease is lost while it waits
+        write = asyncio.ensure_future(apply(client))
+        await asyncio.sleep(0.1)
+        leading[0] = False
+        # Then the write is refused once the slot is free, and never reaches the API server
+        with pytest.raises(kube.FencedError):
+            await write
+        assert await slow == OK[1]
+    finally:
+        await client.close()
+    assert [m for m, _ in server.seen] == ["GET"]
+
+
 def test_an_exec_plugin_in_the_kubeconfig_gives_the_token(tmp_path: Path) -> None:
     plugin = tmp_path / "plugin.py"
     plugin.write_text(

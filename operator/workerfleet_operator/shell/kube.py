@@ -314,6 +314,12 @@ class KubeClient:
                 self._slots = asyncio.Semaphore(self._max_in_flight)
             try:
                 async with self._slots:
+                    # Asked again once a slot is ours: the wait for the request budget and a
+                    # slot can be long (a full in-flight cap, a process stopped and continued),
+                    # and the lease may have been lost meanwhile (a write sent after a standby
+                    # took over was seen in the e2e suite).
+                    if self._fence is not None and method != "GET" and not self._fence():
+                        raise FencedError(f"not the leader: {method} {path} not sent")
                     self.in_flight += 1
                     self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
                     try:
