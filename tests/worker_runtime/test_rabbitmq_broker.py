@@ -584,7 +584,7 @@ async def test_a_delay_bucket_a_crash_left_without_a_leader_is_routed_around_and
     other = rabbitmq_broker.RabbitMQBroker(server.url, queue, options, prefetch=1)
     try:
         assert await other.fetch("w2", 1, block=0.01) == []
-        await _publish_copy(server.url, queue, "z2", due_at)
+        await _publish_copy(server.url, queue, "z2", "low", {topology.H_DUE_AT: repr(due_at)})
         got: list[base.Delivery] = []
         deadline = time.monotonic() + 30
         with caplog.at_level(logging.WARNING, logger="workerfleet.brokers.rabbitmq"):
@@ -626,18 +626,18 @@ async def test_a_delay_bucket_a_crash_left_without_a_leader_is_routed_around_and
     assert await dead_letters(server.url, queue) == []
 
 
-async def _publish_copy(url: str, queue: str, job_id: str, due_at: float) -> None:
-    """Put a copy of job ``job_id`` in the ``low`` work queue, due at ``due_at``, as a delay
-    bucket hands one back (a job not yet due takes another hop when fetched)."""
+async def _publish_copy(
+    url: str, queue: str, job_id: str, level: str, headers: dict[str, Any]
+) -> None:
+    """Put a copy of job ``job_id`` with ``headers`` (its state: due time, earlier deliveries)
+    in the ``level`` work queue, as a delay bucket or a worker's retry hands one back."""
     body = envelope.encode_envelope(envelope.build_envelope("t", {"n": 1}, job_id=job_id))
-    message = rabbitmq_broker.build_message(
-        body, {topology.H_DUE_AT: repr(due_at)}, job_id, expiration_ms=None
-    )
+    message = rabbitmq_broker.build_message(body, headers, job_id, expiration_ms=None)
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         await channel.default_exchange.publish(
-            message, routing_key=topology.work_queue(queue, "low"), timeout=10
+            message, routing_key=topology.work_queue(queue, level), timeout=10
         )
     finally:
         await connection.close()
@@ -715,17 +715,10 @@ async def test_a_poison_copy_the_dlq_refused_at_fetch_waits_for_the_next_fetch(
     # Given the DLQ refusing publishes, and a copy of a job delivered 3 times before arriving
     # (max_deliveries is 3: the fetch that finds it dead-letters it)
     assert await rq.fetch("w", 1, block=0.01) == []  # consuming, so the copy arrives at once
-    body = envelope.encode_envelope(envelope.build_envelope("t", {"n": 1}, job_id="p1"))
     async with _dlq_refusing(rabbitmq_server, rq_queue):
-        connection = await aio_pika.connect(rabbitmq_server.url)
-        try:
-            channel = await connection.channel(publisher_confirms=True)
-            await channel.default_exchange.publish(
-                rabbitmq_broker.build_message(body, {topology.H_DELIVERIES: 3}, "p1"),
-                routing_key=topology.work_queue(rq_queue, "normal"),
-            )
-        finally:
-            await connection.close()
+        await _publish_copy(
+            rabbitmq_server.url, rq_queue, "p1", "normal", {topology.H_DELIVERIES: 3}
+        )
         # When a fetch finds it: its dead-letter copy is refused
         with pytest.raises(errors.BrokerRejected):
             for _ in range(20):

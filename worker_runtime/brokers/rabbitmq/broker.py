@@ -616,7 +616,9 @@ class RabbitMQBroker:
                         )
                     except TimeoutError as exc:
                         await self._replace_publish_channel(channel)
-                        raise self._unconfirmed(routing_key, timeout, operation) from exc
+                        raise self._unconfirmed(
+                            routing_key, timeout, operation, bucket=bucket
+                        ) from exc
                 return
             except errors.BrokerRejected as exc:
                 # only a nack is worth another try; an unroutable publish stays unroutable
@@ -640,10 +642,12 @@ class RabbitMQBroker:
                 publisher_confirms=True, on_return_raises=True
             )
 
-    def _unconfirmed(self, routing_key: str, timeout: float, operation: str) -> errors.BrokerError:
+    def _unconfirmed(
+        self, routing_key: str, timeout: float, operation: str, *, bucket: bool
+    ) -> errors.BrokerError:
         """The error for a publish RabbitMQ did not confirm in ``timeout`` seconds; a delay
-        bucket's is left out of routing for a while (BUCKET_CONFIRM_TIMEOUT_SECONDS)."""
-        if topology.bucket_ms(self.queue, routing_key) is not None:
+        bucket's (``bucket``) is left out of routing for a while (BUCKET_AVOID_SECONDS)."""
+        if bucket:
             self._avoided_buckets[routing_key] = time.monotonic() + BUCKET_AVOID_SECONDS
             _log.warning(
                 "a delay bucket did not confirm a publish: delays route around it",
