@@ -259,9 +259,14 @@ def build_parent_death_signal() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     pr_set_pdeathsig = 1
+    parent = os.getpid()
 
     def set_signal() -> None:
         prctl(pr_set_pdeathsig, signal.SIGTERM)
+        # the kernel only signals a death after this call: a test process that died between
+        # the fork and here would leave this child running for good
+        if os.getppid() != parent:
+            os._exit(143)
 
     return set_signal
 
