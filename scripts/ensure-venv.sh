@@ -12,7 +12,10 @@ if [ -f "$stamp" ]; then exit 0; fi
 echo "venv: installing the project into .venv" >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[operator,demo,console,sqs,dev]"
+# setuptools warns on every editable install of a project whose package lives in another
+# folder (ours: operator/); a newcomer's first `make demo` would open with its "!!" banner.
+PYTHONWARNINGS="ignore:Editable installation" \
+  .venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[operator,demo,console,sqs,dev]"
 # The operator package lives in the plain folder operator/ (a package named `operator` would
 # shadow the stdlib); a .pth entry makes both import packages visible to mypy, import-linter
 # and subprocesses exactly as in the source tree.
