@@ -28,6 +28,8 @@ from worker_runtime import cli
 from worker_runtime.cli import CliError, guard
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from worker_runtime.brokers import base
 
 R = TypeVar("R")
@@ -462,30 +464,63 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
         else f"{counted} of {page.total:,} dead letter(s) in {queue} match {_filter_words(where)}"
     )
     shown = f"showing {args.offset + 1}-{args.offset + len(items)}, newest first"
-    table = Table(title=f"{header}; {shown}", title_justify="left")
-    for col in ("job id", "task", "reason", "attempts", "deliveries", "age", "last error"):
-        table.add_column(col, overflow="fold" if col == "last error" else "ellipsis")
     now = time.time()
+    rows = []
     for d in items:
         last = d.history[-1] if d.history else None
         error = f"{last.error_type}: {last.message}" if last is not None else ""
         # cells as Text, never markup: task names and error texts come from jobs ("[/red]")
-        table.add_row(
-            *map(
-                Text,
-                (
-                    _printable(d.job_id),
-                    d.task or "",
-                    d.reason,
-                    str(d.attempts),
-                    str(d.deliveries),
-                    _age(now - d.dead_lettered_at),
-                    error[:120],
-                ),
-            )
+        rows.append(
+            [
+                Text(_printable(d.job_id)),
+                Text(d.task or ""),
+                Text(d.reason),
+                Text(str(d.attempts)),
+                Text(str(d.deliveries)),
+                Text(_age(now - d.dead_lettered_at)),
+                Text(" ".join(error.split())),  # one line: the error's own newlines folded
+            ]
         )
-    _console().print(table)
+    console = _console()
+    widths = fit_dead_letter_columns(rows, console.width if console.is_terminal else None)
+    table = Table(title=f"{header}; {shown}", title_justify="left")
+    for col, width in zip(DEAD_LETTER_COLUMNS, widths, strict=True):
+        table.add_column(col, no_wrap=True, overflow="ellipsis", width=width)
+    for row in rows:
+        table.add_row(*row)
+    console.width = max(console.width, sum(widths) + _table_frame(len(widths)))
+    console.print(table)
     return 0
+
+
+DEAD_LETTER_COLUMNS = ("job id", "task", "reason", "attempts", "deliveries", "age", "last error")
+_ERROR_MIN, _ERROR_MAX = 20, 120  # the last error's cell: never narrower, never wider
+
+
+def _table_frame(columns: int) -> int:
+    # a rich table's borders and padding: one rule per column edge, one space each side
+    return 3 * columns + 1
+
+
+def fit_dead_letter_columns(rows: Sequence[Sequence[Text]], terminal: int | None) -> list[int]:
+    """Column widths of ``dlq ls``: every cell whole but the last error's, cut to what fits.
+
+    The job id is what ``dlq show``/``replay`` take and the reason what ``--reason`` filters,
+    so neither is ever shortened (a table cut to 80 columns, as rich does when output is piped,
+    left ids of 10 characters that no command accepts). The last error gets what a terminal
+    of ``terminal`` columns leaves, at least 20 characters (the line wraps if even that does
+    not fit); piped output (``terminal`` None) keeps up to 120.
+    """
+    widths = [
+        max([len(name), *(row[i].cell_len for row in rows)])
+        for i, name in enumerate(DEAD_LETTER_COLUMNS)
+    ]
+    error = min(widths[-1], _ERROR_MAX)
+    if terminal is not None:
+        room = terminal - sum(widths[:-1]) - _table_frame(len(widths))
+        error = min(error, max(_ERROR_MIN, room))
+    widths[-1] = error
+    return widths
 
 
 @guard

@@ -17,9 +17,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(
-    *args: str, redis_url: str | None = None, queue_name: str | None = None, stdin: str = ""
+    *args: str,
+    redis_url: str | None = None,
+    queue_name: str | None = None,
+    stdin: str = "",
+    env_extra: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m worker_runtime ARGS` to completion (60 s at most); its output as text."""
+    """Run `python -m worker_runtime ARGS` to completion (60 s at most); its output as text.
+
+    ``env_extra`` overrides the child's environment last (e.g. a terminal of other width).
+    """
     env = {
         k: v
         for k, v in os.environ.items()
@@ -31,6 +38,7 @@ def run_cli(
         env["WORKERFLEET_REDIS_URL"] = redis_url
     if queue_name:
         env["WORKERFLEET_QUEUE"] = queue_name
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, "-m", "worker_runtime", *args],
         cwd=REPO,

@@ -121,6 +121,37 @@ def test_dlq_ls_show_replay_and_purge(redis_server: Any, queue_name: str) -> Non
     assert json.loads(empty.stdout) == []
 
 
+def test_dlq_ls_shows_whole_job_ids_one_line_each_on_a_narrow_terminal_and_through_a_pipe(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given two dead letters whose last errors are long and span lines, as pydantic's do
+    url = redis_server.url
+    error = "1 validation error for Email\nto\n  " + "not a valid email address; " * 10
+    ids = [_dead_letter_one(url, queue_name, "send-welcome-email", message=error) for _ in range(2)]
+    # When they are listed on an 80-column terminal, and through a pipe
+    narrow = run_cli(
+        "dlq",
+        "ls",
+        redis_url=url,
+        queue_name=queue_name,
+        env_extra={"TTY_COMPATIBLE": "1", "NO_COLOR": "1", "COLUMNS": "80"},
+    )
+    piped = run_cli("dlq", "ls", redis_url=url, queue_name=queue_name)
+    for listing in (narrow, piped):
+        assert listing.returncode == 0, listing.stderr
+        rows = [line for line in listing.stdout.splitlines() if line.startswith("│")]
+        # Then each dead letter is one row holding its whole id (what `dlq show` takes), its
+        # reason and the start of its error on that same line
+        assert len(rows) == 2, listing.stdout
+        for job_id in ids:
+            (row,) = (r for r in rows if job_id in r)
+            assert "max_attempts" in row and "ValueError: 1 valid" in row
+            assert "…" in row  # the error is cut, not folded onto more lines
+    # And a terminal cuts the error to what is left of it, a pipe keeps up to 120 characters
+    assert "not a valid email address; not a valid" not in narrow.stdout
+    assert "not a valid email address; not a valid" in piped.stdout
+
+
 def test_dlq_ls_and_show_print_rich_markup_in_task_names_and_errors_as_plain_text(
     redis_server: Any, queue_name: str
 ) -> None:
