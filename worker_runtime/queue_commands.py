@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker_runtime import cli
@@ -174,6 +174,68 @@ def _console() -> Any:
     return Console(highlight=False)
 
 
+def _terminal_width() -> int | None:
+    """The terminal's width in columns; None when output goes to a pipe or a file."""
+    console = _console()
+    return int(console.width) if console.is_terminal else None
+
+
+_CUT_MIN, _CUT_MAX = 20, 120  # the one column a fitted table may cut: never narrower or wider
+
+
+def build_fitted_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Text]],
+    *,
+    cut: str,
+    terminal: int | None,
+    right: Collection[str] = (),
+) -> tuple[Any, int]:
+    """A rich table with every cell whole but column ``cut``'s, and the width it needs.
+
+    Left to fit the console, rich shortened every column: piped output (80 columns) or an
+    80-column terminal cut a 32-character job id to 10 characters, which no command accepts,
+    and folded long cells over many lines. Here ids, names and numbers stay whole; column
+    ``cut`` (a long error, a worker id) is folded to one line and cut to what a terminal of
+    ``terminal`` columns leaves, at least 20 characters (a terminal narrower than that wraps
+    the lines), and to 120 when piped (``terminal`` None).
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    # one line per row: a cell's own line breaks (a multi-line error) become spaces
+    lines = [[Text(" ".join(c.plain.split())) if "\n" in c.plain else c for c in r] for r in rows]
+    widths = [
+        max([len(name), *(line[i].cell_len for line in lines)]) for i, name in enumerate(columns)
+    ]
+    at = list(columns).index(cut)
+    frame = 3 * len(columns) + 1  # one rule per column edge, one space each side of a cell
+    limit = _CUT_MAX
+    if terminal is not None:
+        limit = min(limit, max(_CUT_MIN, terminal - (sum(widths) - widths[at]) - frame))
+    widths[at] = min(widths[at], max(limit, len(cut)))
+    table = Table(title=title, title_justify="left")
+    for name, width in zip(columns, widths, strict=True):
+        table.add_column(
+            name,
+            no_wrap=True,
+            overflow="ellipsis",
+            width=width,
+            justify="right" if name in right else "left",
+        )
+    for line in lines:
+        table.add_row(*line)
+    return table, sum(widths) + frame
+
+
+def _print_fitted(renderable: Any, width: int) -> None:
+    # Wider than the console when a fitted table needs it: rich would shorten every column.
+    console = _console()
+    console.width = max(console.width, width)
+    console.print(renderable)
+
+
 def _printable(text: str) -> str:
     """``text`` for a terminal: bytes that were not UTF-8 (kept as lone surrogates so the id
     still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output."""
@@ -205,7 +267,9 @@ def build_stats_json(s: base.QueueStats) -> dict[str, Any]:
     return data
 
 
-def _render_stats(s: base.QueueStats) -> Any:
+def _render_stats(s: base.QueueStats, terminal: int | None) -> tuple[Any, int]:
+    """The stats as a renderable, and the width it needs (its workers table whole but for
+    the worker ids, cut to fit ``terminal`` columns)."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -237,24 +301,32 @@ def _render_stats(s: base.QueueStats) -> Any:
     for k, v in rows:
         summary.add_row(k, v)
     if not s.workers:
-        return Group(summary, Text("no live workers", style="dim"))
-    workers = Table(title=f"{len(s.workers)} live worker(s)", title_justify="left")
-    for col in ("worker", "pod", "in flight", "processed", "busy", "up", "oldest job", "state"):
-        workers.add_column(
-            col, justify="right" if col not in ("worker", "pod", "state") else "left"
-        )
-    for w in s.workers:
-        workers.add_row(
-            w.worker_id,
-            w.pod_name,
-            f"{w.in_flight}/{w.concurrency}",
-            f"{w.processed:,}",
-            _age(w.busy_seconds),
-            _age(s.now - w.started_at),
-            _age(None if w.oldest_job_started_at is None else s.now - w.oldest_job_started_at),
-            "draining" if w.draining else "running",
-        )
-    return Group(summary, workers)
+        return Group(summary, Text("no live workers", style="dim")), 0
+    worker_rows = [
+        [
+            Text(cell)
+            for cell in (
+                w.worker_id,
+                w.pod_name,
+                f"{w.in_flight}/{w.concurrency}",
+                f"{w.processed:,}",
+                _age(w.busy_seconds),
+                _age(s.now - w.started_at),
+                _age(None if w.oldest_job_started_at is None else s.now - w.oldest_job_started_at),
+                "draining" if w.draining else "running",
+            )
+        ]
+        for w in s.workers
+    ]
+    workers, width = build_fitted_table(
+        f"{len(s.workers)} live worker(s)",
+        ("worker", "pod", "in flight", "processed", "busy", "up", "oldest job", "state"),
+        worker_rows,
+        cut="worker",
+        terminal=terminal,
+        right=("in flight", "processed", "busy", "up", "oldest job"),
+    )
+    return Group(summary, workers), width
 
 
 @guard
@@ -270,7 +342,7 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(build_stats_json(s))
         else:
-            _console().print(_render_stats(s))
+            _print_fitted(*_render_stats(s, _terminal_width()))
         return 0
 
     from rich.live import Live
@@ -278,7 +350,8 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
     async def watch(broker: Any) -> None:
         with Live(auto_refresh=False) as live:
             while True:
-                live.update(_render_stats(await once(broker)), refresh=True)
+                stats, _width = _render_stats(await once(broker), live.console.width)
+                live.update(stats, refresh=True)
                 await asyncio.sleep(max(0.2, args.watch))
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -360,28 +433,32 @@ def cmd_queue_jobs(args: argparse.Namespace) -> int:
     if not jobs:
         print(f"nothing in flight on {queue}", file=sys.stderr)
         return 0
-    from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"{len(jobs)} job(s) in flight on {queue}", title_justify="left")
-    for col in ("job id", "task", "priority", "worker", "running", "deliveries", "lease left"):
-        table.add_column(col, no_wrap=col == "job id")
-    for j in jobs:
-        table.add_row(
-            *map(
-                Text,
-                (
-                    _printable(j.job_id),
-                    j.task or "?",
-                    j.priority,
-                    j.worker_id,
-                    _age(j.running_seconds),
-                    str(j.deliveries),
-                    _age(j.lease_expires_in_seconds),
-                ),
+    rows = [
+        [
+            Text(cell)
+            for cell in (
+                _printable(j.job_id),
+                j.task or "?",
+                j.priority,
+                j.worker_id,
+                _age(j.running_seconds),
+                str(j.deliveries),
+                _age(j.lease_expires_in_seconds),
             )
-        )
-    _console().print(table)
+        ]
+        for j in jobs
+    ]
+    table, width = build_fitted_table(
+        f"{len(jobs)} job(s) in flight on {queue}",
+        ("job id", "task", "priority", "worker", "running", "deliveries", "lease left"),
+        rows,
+        cut="worker",
+        terminal=_terminal_width(),
+        right=("running", "deliveries", "lease left"),
+    )
+    _print_fitted(table, width)
     return 0
 
 
@@ -454,7 +531,6 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
         what = f" matching {_filter_words(where)}" if not where.is_empty else ""
         print(f"no dead letters{what} in {queue}", file=sys.stderr)
         return 0
-    from rich.table import Table
     from rich.text import Text
 
     counted = f"{page.matched:,}" + ("" if page.complete else f"+ (first {page.scanned:,} read)")
@@ -478,49 +554,22 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
                 Text(str(d.attempts)),
                 Text(str(d.deliveries)),
                 Text(_age(now - d.dead_lettered_at)),
-                Text(" ".join(error.split())),  # one line: the error's own newlines folded
+                Text(error),
             ]
         )
-    console = _console()
-    widths = fit_dead_letter_columns(rows, console.width if console.is_terminal else None)
-    table = Table(title=f"{header}; {shown}", title_justify="left")
-    for col, width in zip(DEAD_LETTER_COLUMNS, widths, strict=True):
-        table.add_column(col, no_wrap=True, overflow="ellipsis", width=width)
-    for row in rows:
-        table.add_row(*row)
-    console.width = max(console.width, sum(widths) + _table_frame(len(widths)))
-    console.print(table)
+    table, width = build_fitted_table(
+        f"{header}; {shown}",
+        DEAD_LETTER_COLUMNS,
+        rows,
+        cut="last error",
+        terminal=_terminal_width(),
+        right=("attempts", "deliveries", "age"),
+    )
+    _print_fitted(table, width)
     return 0
 
 
 DEAD_LETTER_COLUMNS = ("job id", "task", "reason", "attempts", "deliveries", "age", "last error")
-_ERROR_MIN, _ERROR_MAX = 20, 120  # the last error's cell: never narrower, never wider
-
-
-def _table_frame(columns: int) -> int:
-    # a rich table's borders and padding: one rule per column edge, one space each side
-    return 3 * columns + 1
-
-
-def fit_dead_letter_columns(rows: Sequence[Sequence[Text]], terminal: int | None) -> list[int]:
-    """Column widths of ``dlq ls``: every cell whole but the last error's, cut to what fits.
-
-    The job id is what ``dlq show``/``replay`` take and the reason what ``--reason`` filters,
-    so neither is ever shortened (a table cut to 80 columns, as rich does when output is piped,
-    left ids of 10 characters that no command accepts). The last error gets what a terminal
-    of ``terminal`` columns leaves, at least 20 characters (the line wraps if even that does
-    not fit); piped output (``terminal`` None) keeps up to 120.
-    """
-    widths = [
-        max([len(name), *(row[i].cell_len for row in rows)])
-        for i, name in enumerate(DEAD_LETTER_COLUMNS)
-    ]
-    error = min(widths[-1], _ERROR_MAX)
-    if terminal is not None:
-        room = terminal - sum(widths[:-1]) - _table_frame(len(widths))
-        error = min(error, max(_ERROR_MIN, room))
-    widths[-1] = error
-    return widths
 
 
 @guard
