@@ -9,8 +9,9 @@ counts, what is back in the queue), so each decision is proven in well under a s
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -273,10 +274,8 @@ async def test_a_worker_started_while_its_broker_is_unreachable_waits_for_it_the
     assert {"wf-control", "MainThread"} <= set(calls)
 
 
-async def test_a_worker_whose_last_job_settles_beats_idle_at_once_not_a_period_later(
-    memory_store_url: str, memory_probe: Any
-) -> None:
-    # Given a worker beating every 10 s (a 30 s lease) that holds one job it was seen holding
+def _worker_with_a_held_task(url: str) -> tuple[worker_mod.Worker, asyncio.Event]:
+    """A worker beating every 10 s (a 30 s lease) whose task ``held`` runs until released."""
     app = App(queue="jobs")
     release = asyncio.Event()
 
@@ -284,16 +283,26 @@ async def test_a_worker_whose_last_job_settles_beats_idle_at_once_not_a_period_l
     async def held(payload: dict[str, Any]) -> None:
         await release.wait()
 
-    w = worker_mod.Worker(
-        app, _settings(memory_store_url, lease_seconds=30), install_signal_handlers=False
-    )
+    worker = worker_mod.Worker(app, _settings(url, lease_seconds=30), install_signal_handlers=False)
+    return worker, release
 
-    def beat_shows(in_flight: int) -> Callable[[], Any]:
-        async def check() -> bool:
-            stats = await memory_probe.fetch_stats()
-            return bool(stats.workers) and stats.workers[0].in_flight == in_flight
 
-        return check
+def _beat_shows(probe: Any, in_flight: int) -> Callable[[], Awaitable[bool]]:
+    """A check: the worker's heartbeat record says it holds ``in_flight`` jobs."""
+
+    async def check() -> bool:
+        stats = await probe.fetch_stats()
+        return bool(stats.workers) and stats.workers[0].in_flight == in_flight
+
+    return check
+
+
+async def test_a_worker_whose_last_job_settles_beats_idle_at_once_not_a_period_later(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a worker beating every 10 s (a 30 s lease) that holds one job it was seen holding
+    w, release = _worker_with_a_held_task(memory_store_url)
+    beat_shows = functools.partial(_beat_shows, memory_probe)
 
     async def job_held() -> bool:
         return len(w.held) == 1 and w.control is not None
@@ -315,6 +324,26 @@ async def test_a_worker_whose_last_job_settles_beats_idle_at_once_not_a_period_l
         await _until(beat_shows(0), 5.0, "a heartbeat showing no job")
         assert (await memory_probe.fetch_stats()).completed_total == 1
     finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_an_idle_worker_that_takes_a_job_beats_busy_at_once_not_a_period_later(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a worker beating every 10 s (a 30 s lease) whose last beat said it held nothing
+    w, release = _worker_with_a_held_task(memory_store_url)
+    beat_shows = functools.partial(_beat_shows, memory_probe)
+    run = asyncio.create_task(w.run())
+    try:
+        await _until(beat_shows(0), 5.0, "the first heartbeat, idle")
+        # When a job arrives and the worker takes it
+        await _enqueue(memory_probe, "held")
+        # Then a heartbeat says it holds the job well before the next periodic beat (10 s): a
+        # scale-in ranking read now would not take it for the idle pod to remove
+        await _until(beat_shows(1), 5.0, "a heartbeat showing the job")
+    finally:
+        release.set()
         w.request_drain()
         assert await asyncio.wait_for(run, 10) == 0
 
@@ -373,9 +402,9 @@ async def test_a_worker_flapping_between_one_job_and_none_beats_early_once_per_p
     finally:
         w.request_drain()
         assert await asyncio.wait_for(run, 10) == 0
-    # Then the 300 idle moments added one beat at most: the start, the asked one, one early
-    # idle beat and the last one of the drain
-    assert len(renewals) <= 4, renewals
+    # Then the 300 busy and idle moments added two beats at most: the start, one early busy
+    # and one early idle beat, the asked one and the last one of the drain
+    assert len(renewals) <= 5, renewals
 
 
 async def test_a_heartbeat_asked_for_after_the_worker_stopped_is_nothing_not_an_error(

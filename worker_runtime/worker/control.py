@@ -6,9 +6,11 @@ hogging a thread, cannot stop lease renewal (a failure mode of several peers); `
 reports the stalled job loop instead. Every ``lease/3`` one call renews the leases of all held
 jobs and writes the worker's heartbeat; jobs whose lease was lost are marked so their results
 are discarded. A worker whose last held job settles beats at once
-(:meth:`ControlThread.report_idle`), so the autoscaler never ranks an idle pod as busy from a
-beat up to ``lease/3`` old. As the heartbeat's only writer it also removes the record on a clean
-stop (the job loop may never have opened the broker at all: a worker drained while starting).
+(:meth:`ControlThread.report_idle`), and so does an idle one that takes a job
+(:meth:`ControlThread.report_busy`): the autoscaler's scale-in ranking never works from a beat
+up to ``lease/3`` old that calls a busy pod idle, or an idle one busy. As the heartbeat's only
+writer it also removes the record on a clean stop (the job loop may never have opened the broker
+at all: a worker drained while starting).
 """
 
 from __future__ import annotations
@@ -45,10 +47,12 @@ class ControlThread(threading.Thread):
         self.server: health.HealthServer | None = None
         self._reported_policy: str | None = None  # the maxmemory-policy last logged
         self.deregistered = False  # the heartbeat record was removed on stop (core reads it)
-        # The last periodic beat said jobs were in flight: going idle must be told early. Written
+        # What the last beat said (jobs in flight or none): a change must be told early. Written
         # on the control thread, read on the job loop's (a stale read costs one beat, at most).
         self._beat_busy = False
-        self._idle_reported = False  # the next round is the early beat report_idle asked for
+        # The early beats ("idle", "busy") already asked for since the last periodic beat: one
+        # of each per period at most, however often the worker flaps between a job and none.
+        self._early_spent: set[str] = set()
 
     def wake(self) -> None:
         """Send a heartbeat now (thread-safe), e.g. to publish ``draining`` at once; nothing
@@ -64,12 +68,23 @@ class ControlThread(threading.Thread):
 
         The scale-in ranking (pod-deletion-cost) reads heartbeats: a beat taken while a burst of
         quick jobs ran would rank the pod as holding them until the next periodic beat, so it
-        could be kept and a pod with a long job removed. One early beat per beat period at most:
-        a worker flapping between one job and none would otherwise beat once per job.
+        could be kept and a pod with a long job removed. One early idle beat per beat period at
+        most: a worker flapping between one job and none would otherwise beat once per job.
         """
-        if self._beat_busy:
-            self._beat_busy = False
-            self._idle_reported = True
+        if self._beat_busy and "idle" not in self._early_spent:
+            self._early_spent.add("idle")
+            self.wake()
+
+    def report_busy(self) -> None:
+        """The worker took a job while holding none: beat at once if the last beat said idle.
+
+        The other half of :meth:`report_idle`: a pod whose last beat (up to ``lease/3`` old)
+        said idle would be ranked cheapest to delete at a scale-in while it runs a job that
+        just arrived, and removed in place of a pod with nothing to do; its job would then wait
+        out the drain or run again elsewhere. One early busy beat per beat period at most.
+        """
+        if not self._beat_busy and "busy" not in self._early_spent:
+            self._early_spent.add("busy")
             self.wake()
 
     def stop(self) -> None:
@@ -190,13 +205,15 @@ class ControlThread(threading.Thread):
                 stopped=lambda: self._stopping,
                 wake=self._wake_event,
             )
+            periodic = True  # the first round, and each one the period (not a wake) began
             while q is not None and not self._stopping:
                 # Cleared before the round, not after: a wake that arrives while the round is
                 # on its way (a drain begun) is answered by the next one at once.
                 self._wake_event.clear()
-                early, self._idle_reported = self._idle_reported, False
+                if periodic:
+                    self._early_spent.clear()
                 beat = self.build_beat()
-                self._beat_busy = beat.in_flight > 0 and not early
+                self._beat_busy = beat.in_flight > 0
                 sent = True
                 try:
                     result = await q.renew(w.worker_id, self.snapshot_jobs(), heartbeat=beat)
@@ -219,8 +236,11 @@ class ControlThread(threading.Thread):
                     await self._check_eviction_policy(q)
                 if self._stopping:
                     break
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake_event.wait(), wait)
+                    periodic = False
+                except TimeoutError:
+                    periodic = True
         finally:
             if self.server is not None:
                 await self.server.stop()

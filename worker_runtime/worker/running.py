@@ -84,7 +84,10 @@ class JobRunner:
         w = self.worker
         h = held_mod.Held(job, w.app.tasks.get(job.envelope.task), w.queue_name, time.time())
         with w.held_lock:
+            first = not w.held
             w.held[(job.id, job.receipt)] = h
+        if first and w.control is not None:
+            w.control.report_busy()  # beats at once if its last beat called it idle
         if w.draining:
             # A fetch that was already on its way when the drain began: give the job back.
             h.task = asyncio.create_task(w.drainer.release_fetched(h))
