@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -43,6 +44,39 @@ LookupError for a pool that cannot be found or read."""
 
 
 # ---- registration ----------------------------------------------------------------------------
+
+
+def parse_count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (``--limit -1`` listed nothing
+    and said the DLQ was empty)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+        return value
+
+    return parse
+
+
+def parse_seconds(*, zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, above zero (or from zero when ``zero``).
+    ``dlq purge --older-than -5`` would otherwise have meant every dead letter."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            bound = "0 or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, not {text}")
+        return value
+
+    return parse
 
 
 def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> None:
@@ -102,7 +136,9 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     qs = qsub.add_parser("stats", help="backlog, in flight, delayed, DLQ, workers (read-only)")
     _connection_flags(qs)
     qs.add_argument("--json", action="store_true", help="machine-readable output")
-    qs.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="refresh")
+    qs.add_argument(
+        "--watch", type=parse_seconds(zero=False), default=None, metavar="SECONDS", help="refresh"
+    )
     qs.set_defaults(handler=_queue_command("cmd_queue_stats"))
     qj = qsub.add_parser("jobs", help="the jobs running now: worker and time running (read-only)")
     _connection_flags(qj)
@@ -112,7 +148,9 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
         required=True,
         help="list the jobs delivered to workers and not yet finished",
     )
-    qj.add_argument("--limit", type=int, default=200, help="at most this many (default 200)")
+    qj.add_argument(
+        "--limit", type=parse_count(1), default=200, help="at most this many (default 200)"
+    )
     qj.add_argument("--json", action="store_true", help="machine-readable output")
     qj.set_defaults(handler=_queue_command("cmd_queue_jobs"))
     q.set_defaults(handler=_needs_subcommand(q))
@@ -138,8 +176,12 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     dsub = d.add_subparsers(dest="dlq_command", metavar="COMMAND")
     ls = dsub.add_parser("ls", help="list dead letters, newest first")
     _connection_flags(ls)
-    ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    ls.add_argument("--offset", type=int, default=0, help="skip this many matching ones first")
+    ls.add_argument(
+        "--limit", type=parse_count(1), default=50, help="at most this many (default 50)"
+    )
+    ls.add_argument(
+        "--offset", type=parse_count(0), default=0, help="skip this many matching ones first"
+    )
     _filter_flags(ls)
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(handler=_queue_command("cmd_dlq_ls"))
@@ -157,9 +199,16 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     _connection_flags(rp)
     rp.add_argument("job_ids", nargs="*", help="job ids (or --all)")
     rp.add_argument("--all", action="store_true", help="replay every dead letter")
-    rp.add_argument("--limit", type=int, default=None, help="at most this many (oldest first)")
+    rp.add_argument(
+        "--limit", type=parse_count(1), default=None, help="at most this many (oldest first)"
+    )
     rp.add_argument("--reset-attempts", action="store_true", help="start attempts from zero")
-    rp.add_argument("--rate", type=float, default=100.0, help="jobs per second (default 100)")
+    rp.add_argument(
+        "--rate",
+        type=parse_seconds(zero=False),
+        default=100.0,
+        help="jobs per second (default 100)",
+    )
     _filter_flags(rp)
     rp.add_argument(
         "--dry-run", action="store_true", help="list what would be replayed; change nothing"
@@ -170,7 +219,7 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     _connection_flags(pg)
     pg.add_argument("job_ids", nargs="*", help="job ids (or --all / --older-than)")
     pg.add_argument("--all", action="store_true", help="delete every dead letter")
-    pg.add_argument("--older-than", type=float, default=None, metavar="SECONDS")
+    pg.add_argument("--older-than", type=parse_seconds(zero=True), default=None, metavar="SECONDS")
     pg.add_argument("--yes", action="store_true", help="required with --all and with filters")
     _filter_flags(pg)
     pg.add_argument("--json", action="store_true", help="machine-readable output")

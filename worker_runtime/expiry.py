@@ -17,6 +17,7 @@ worker's check stays on as the backstop for jobs the broker has already handed o
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -44,7 +45,10 @@ def build_expires_at(
         return now + float(ttl)
     if expires_at is None:
         return None
-    return expires_at.timestamp() if isinstance(expires_at, datetime) else float(expires_at)
+    deadline = expires_at.timestamp() if isinstance(expires_at, datetime) else float(expires_at)
+    if not math.isfinite(deadline):  # NaN compared false with everything: a job never expired
+        raise ValueError("expires_at must be a finite time")
+    return deadline
 
 
 def deadline_of(

@@ -7,6 +7,7 @@ accepted job is in Redis, with its idempotency key, when the call returns.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,12 +65,15 @@ def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: 
     if delay is not None and eta is not None:
         raise ValueError("give either delay or eta, not both")
     if delay is not None:
-        if delay < 0:
-            raise ValueError("delay must not be negative")
+        # NaN passed a plain `< 0` check and made a job due at once; infinity crashed the send
+        if not math.isfinite(delay) or delay < 0:
+            raise ValueError("delay must be a finite number of seconds >= 0")
         return float(delay)
     if eta is None:
         return 0.0
     when = eta.timestamp() if isinstance(eta, datetime) else float(eta)
+    if not math.isfinite(when):
+        raise ValueError("eta must be a finite time")
     return max(0.0, when - now)
 
 

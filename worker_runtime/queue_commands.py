@@ -940,10 +940,8 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if not isinstance(payload, dict):
         msg = "payload must be a JSON object"
         raise CliError(msg)
-
-    async def go(broker: Any) -> Any:
-        p = producer.Producer.on_broker(broker)
-        return await p.enqueue(
+    try:
+        spec = producer.JobSpec(
             args.task,
             payload,
             delay=args.delay,
@@ -952,6 +950,13 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             correlation_id=args.correlation_id,
             max_attempts=args.max_attempts,
         )
+        producer.build_request(spec)  # the envelope's own checks, before anything is sent
+    except (TypeError, ValueError) as exc:
+        raise CliError(describe_invalid_job(exc)) from None
+
+    async def go(broker: Any) -> Any:
+        (result,) = await producer.Producer.on_broker(broker).enqueue_many([spec])
+        return result
 
     result = _run_on_broker(url, queue, go)
     if args.json:
@@ -993,9 +998,21 @@ def build_job_specs(lines: Sequence[str]) -> list[Any]:
             spec = producer.JobSpec(item["task"], payload, **options)
             producer.build_request(spec)  # the envelope's own checks, before anything is sent
         except (TypeError, ValueError) as exc:
-            raise CliError(f"line {number}: {str(exc).splitlines()[0]}") from None
+            raise CliError(f"line {number}: {describe_invalid_job(exc)}") from None
         specs.append(spec)
     return specs
+
+
+def describe_invalid_job(exc: Exception) -> str:
+    """One line saying what is wrong with a job's fields (each field a validator refused)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'job'}: {error['msg']}"
+            for error in exc.errors()
+        )
+    return str(exc).splitlines()[0]
 
 
 def _enqueue_file(args: argparse.Namespace) -> int:

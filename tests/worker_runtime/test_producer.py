@@ -68,6 +68,23 @@ def test_delay_and_eta_together_or_negative_are_refused() -> None:
         producer.build_request(producer.JobSpec("t", priority="urgent"))
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"delay": float("nan")},  # passed `delay < 0` and made the job due at once
+        {"delay": float("inf")},  # crashed the send (OverflowError) after the checks
+        {"eta": float("inf")},
+        {"eta": float("nan")},
+        {"expires_at": float("nan")},  # compared false with every time: it never expired
+        {"expires_at": float("inf")},
+    ],
+)
+def test_a_time_that_is_not_a_finite_number_is_refused_by_name(options: dict[str, float]) -> None:
+    (name,) = options
+    with pytest.raises(ValueError, match=f"^{name} must be a finite"):
+        producer.build_request(producer.JobSpec("t", **options))  # type: ignore[arg-type]
+
+
 async def test_enqueue_many_returns_one_result_per_job_in_order(
     engine_client: Any, queue_name: str
 ) -> None:

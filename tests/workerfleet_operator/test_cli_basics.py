@@ -221,6 +221,29 @@ def test_a_filtered_purge_needs_yes_and_deletes_only_the_matches(
     assert {d["job_id"] for d in left} == {s.dead["charge-b"], s.dead["xss"]}
 
 
+def test_a_negative_age_count_or_rate_is_refused_by_name_and_the_dead_letters_stay(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, s = seeded
+    # When a purge is given a negative age (it meant every dead letter), a listing a negative
+    # limit or offset (it said the DLQ was empty), a replay a zero rate, a watch no interval
+    refused = [
+        run("dlq", "purge", "--older-than", "-5", env=env),
+        run("dlq", "purge", "--older-than", "nan", "--yes", env=env),
+        run("dlq", "ls", "--limit", "-1", env=env),
+        run("dlq", "ls", "--offset", "-3", env=env),
+        run("dlq", "replay", "--all", "--rate", "0", "--dry-run", env=env),
+        run("queue", "stats", "--watch", "0", env=env),
+    ]
+    # Then each is refused with the option named, before anything is read or changed
+    options = ("--older-than", "--older-than", "--limit", "--offset", "--rate", "--watch")
+    for out, option in zip(refused, options, strict=True):
+        assert out.returncode == 2, out
+        assert f"error: argument {option}: must be" in out.stderr, out.stderr
+    left = json.loads(run("dlq", "ls", "--json", env=env).stdout)
+    assert {d["job_id"] for d in left} == set(s.dead.values())
+
+
 def test_queue_jobs_in_flight_lists_the_running_job_with_its_worker(
     seeded: tuple[dict[str, str], cs.Seeded],
 ) -> None:
@@ -269,6 +292,30 @@ def test_enqueue_file_enqueues_every_line_and_a_bad_line_enqueues_nothing(
     assert (result["enqueued"], result["duplicates"]) == (701, 1)
     assert len(set(result["job_ids"])) == 701
     assert json.loads(run("queue", "stats", "--json", env=env).stdout)["backlog"] == 701
+
+
+def test_enqueue_refuses_a_negative_delay_or_zero_attempts_in_one_line_and_enqueues_nothing(
+    redis_server: RedisServer, queue_name: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url, "WORKERFLEET_QUEUE": queue_name}
+    # When one job is enqueued with a negative delay, then with no attempt allowed, and a file
+    # holds a line with no attempt allowed
+    negative = run("enqueue", "mail", "{}", "--delay", "-5", env=env)
+    no_attempts = run("enqueue", "mail", "{}", "--max-attempts", "0", env=env)
+    lines = tmp_path / "jobs.ndjson"
+    lines.write_text(json.dumps({"task": "mail", "payload": {}, "max_attempts": 0}) + "\n")
+    in_file = run("enqueue", "--file", str(lines), env=env)
+    # Then each is refused with one line naming the field, no traceback, and nothing is enqueued
+    assert negative.returncode == 2 and negative.stderr == (
+        "workerfleet: delay must be a finite number of seconds >= 0\n"
+    )
+    assert no_attempts.returncode == 2 and no_attempts.stderr == (
+        "workerfleet: max_attempts: Input should be greater than or equal to 1\n"
+    )
+    assert in_file.returncode == 2 and in_file.stderr == (
+        "workerfleet: line 1: max_attempts: Input should be greater than or equal to 1\n"
+    )
+    assert json.loads(run("queue", "stats", "--json", env=env).stdout)["enqueued_total"] == 0
 
 
 def test_ctrl_c_during_a_long_replay_says_how_many_were_replayed_and_that_is_the_truth(

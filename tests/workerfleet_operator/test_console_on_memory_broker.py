@@ -59,12 +59,15 @@ async def test_pools_queue_dlq_job_and_a_replay_work_on_a_memory_url(queue_url: 
             dlq = await web.get(
                 "/dlq", params={"pool": "jobs", "error": "ValueError"}, headers=headers
             )
+            # (an offset edited by hand into the URL shows the first page, not an error)
+            odd = await web.get("/dlq", params={"pool": "jobs", "offset": "abc"}, headers=headers)
             job = await web.get("/job", params={"pool": "jobs", "id": dead_id}, headers=headers)
             # Then each shows the broker's records (the target never with a password)
             assert pools.status_code == 200 and "memory://" in pools.text
             assert queue.status_code == 200
             assert running_id in queue.text and "w-busy" in queue.text
             assert dlq.status_code == 200 and dead_id in dlq.text
+            assert odd.status_code == 200 and dead_id in odd.text
             assert job.status_code == 200 and "charge_card" in job.text
             assert "card declined &lt;b&gt;now&lt;/b&gt;" in job.text  # escaped
             # And a replay with the CSRF token puts the job back on the queue

@@ -216,7 +216,7 @@ class Console:
 
         broker, queue, key = await self._queue(request)
         where, params, problem = self._filter(request)
-        offset = max(0, int(request.query_params.get("offset", "0") or 0))
+        offset = _page_offset(request.query_params.get("offset"))
         page = await triage.fetch_matching_dead_letters(
             _dead_letters(broker), where, offset=offset, limit=PAGE_SIZE
         )
@@ -385,3 +385,12 @@ def build_app(settings: ConsoleSettings, source: sources.Source) -> Starlette:
             await source.close()
 
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _page_offset(text: str | None) -> int:
+    """The DLQ page's offset from the query: a hand-edited URL (``offset=abc``) shows the first
+    page instead of failing the request."""
+    try:
+        return max(0, int(text or 0))
+    except ValueError:
+        return 0
