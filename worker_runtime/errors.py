@@ -95,3 +95,14 @@ class BrokerRejected(BrokerError):
 
 class CapabilityMissing(BrokerError):
     """The broker was asked for something its ``Capabilities`` say it cannot do."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: message`` for logs and error texts, whatever the class's own ``repr`` says.
+
+    redis-py 8 gave its exceptions a ``repr`` of a category alone (``network:ConnectionError``),
+    which dropped the one fact an operator needs ("Error 111 connecting to 127.0.0.1:6379.
+    Connection refused.").
+    """
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

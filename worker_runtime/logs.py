@@ -92,6 +92,16 @@ def build_log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
         causation = getattr(job, "causation_id", None)
         if causation is not None:
             fields["causation_id"] = causation
+    fields.update(_extra_fields(record))
+    if record.exc_info and record.exc_info[0] is not None:
+        fields["exc_type"] = record.exc_info[0].__name__
+        fields["traceback"] = logging.Formatter().formatException(record.exc_info)
+    return fields
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    # What the caller attached (``extra=``, the adapter's static fields), JSON-ready.
+    fields: dict[str, Any] = {}
     for key, value in record.__dict__.items():
         if key in _RESERVED or key.startswith("_"):
             continue
@@ -99,9 +109,6 @@ def build_log_record_fields(record: logging.LogRecord) -> dict[str, Any]:
             fields[key] = value
         elif len(text := str(value)) <= _OBJECT_TEXT_MAX:
             fields[key] = text
-    if record.exc_info and record.exc_info[0] is not None:
-        fields["exc_type"] = record.exc_info[0].__name__
-        fields["traceback"] = logging.Formatter().formatException(record.exc_info)
     return fields
 
 
@@ -132,16 +139,31 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable lines for a terminal, still naming the job when there is one."""
+    """Human-readable lines for a terminal, still naming the job when there is one.
+
+    The record's fields follow the message as ``key=value`` (strings with spaces or quotes
+    quoted): "fetch failed; retrying" alone does not say what failed or when it tries again.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         job = _current_job.get()
         where = f" [{job.task_name} {job.job_id}]" if job is not None else ""
         line = f"{stamp} {record.levelname.lower():<7} {record.name}{where}: {record.getMessage()}"
+        pairs = " ".join(f"{k}={encode_text_value(v)}" for k, v in _extra_fields(record).items())
+        if pairs:
+            line += " " + pairs
         if record.exc_info and record.exc_info[0] is not None:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def encode_text_value(value: Any) -> str:
+    """A field's value in a text log line: bare when it is one plain word, else JSON-quoted."""
+    if isinstance(value, str):
+        plain = value and not any(c.isspace() or c in '"=\\' for c in value)
+        return value if plain else json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
 
 
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:

@@ -8,8 +8,11 @@ import logging
 
 import pydantic
 import pytest
+import redis.exceptions
 
-from worker_runtime import config, health, logs, metrics
+from worker_runtime import config, errors, health, logs, metrics
+from worker_runtime.brokers.redis import broker as redis_broker
+from worker_runtime.worker import transient
 
 CONTRACT_ENV = {
     "WORKERFLEET_REDIS_URL": "rediss://user:secret@redis.example:6380/2",
@@ -202,6 +205,47 @@ def test_json_log_records_carry_the_bound_job_and_extra_fields() -> None:
     assert inside["component"] == "test" and inside["logger"] == "workerfleet.unit"
     assert "job_id" not in outside
     assert failed["exc_type"] == "ValueError" and "boom" in failed["traceback"]
+
+
+def test_text_log_lines_carry_the_record_fields_after_the_message() -> None:
+    # Given the text format (a terminal's), and a warning with fields, as the fetch loop logs
+    stream = io.StringIO()
+    logs.configure("info", "text", stream=stream)
+    try:
+        log = logs.get_logger("unit", component="test")
+        log.warning(
+            "fetch failed; retrying",
+            extra={"error": "BrokerUnavailable: no reply", "retry_in_seconds": 0.126},
+        )
+    finally:
+        logging.getLogger().handlers = [
+            h for h in logging.getLogger().handlers if not getattr(h, "_workerfleet", False)
+        ]
+    # Then the line says what failed and when it tries again (text with spaces quoted)
+    line = stream.getvalue().rstrip("\n")
+    assert line.endswith(
+        "workerfleet.unit: fetch failed; retrying component=test "
+        'error="BrokerUnavailable: no reply" retry_in_seconds=0.126'
+    ), line
+
+
+def test_a_redis_error_is_described_by_its_message_not_its_category() -> None:
+    # Given redis-py's connection error (its repr is only "network:ConnectionError") mapped
+    # onto the taxonomy as the broker does
+    refused = redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:1. Refused.")
+    with pytest.raises(errors.BrokerUnavailable) as caught:
+        redis_broker.raise_mapped(refused, "fetch")
+    # Then the worker's log text names the address and the refusal, once
+    assert transient.describe(caught.value) == (
+        "BrokerUnavailable: no reply from redis to fetch: "
+        "ConnectionError: Error 111 connecting to 127.0.0.1:1. Refused."
+    )
+    # And an error reply keeps the class an operator searches the logs for
+    with pytest.raises(errors.BrokerRejected) as rejected:
+        redis_broker.raise_mapped(redis.exceptions.ReadOnlyError("You can't write"), "fetch")
+    assert transient.describe(rejected.value) == (
+        "BrokerRejected: redis refused fetch: You can't write (ReadOnlyError)"
+    )
 
 
 def test_the_metric_names_are_the_contract() -> None:

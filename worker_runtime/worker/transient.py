@@ -23,13 +23,20 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (errors.BrokerError, TimeoutErr
 
 
 def describe(exc: BaseException) -> str:
-    """``repr`` of a broker error for the log, with the client's own error it stands for.
+    """A broker error for the log (``Type: message``), with the client's own error it stands
+    for, once.
 
     The class the client raised (``ReadOnlyError``, ``ConnectionResetError``...) is what an
     operator searches the logs for; the taxonomy keeps it as ``__cause__``.
     """
     cause = exc.__cause__
-    return repr(exc) if cause is None else f"{exc!r} from {cause!r}"
+    shown = errors.describe_error(exc)
+    if cause is None:
+        return shown
+    name = type(cause).__name__
+    if str(cause) in shown:  # the message already quotes it (the Redis broker's do)
+        return shown if name in shown else f"{shown} ({name})"
+    return f"{shown} (from {errors.describe_error(cause)})"
 
 
 async def open_until_ready(

@@ -56,7 +56,8 @@ def raise_mapped(exc: BaseException, operation: str) -> NoReturn:
         ) from exc
     if isinstance(exc, redis.exceptions.RedisError | OSError | TimeoutError):
         raise errors.BrokerUnavailable(
-            f"no reply from redis to {operation}: {exc!r}", operation=operation
+            f"no reply from redis to {operation}: {errors.describe_error(exc)}",
+            operation=operation,
         ) from exc
     raise exc
 
