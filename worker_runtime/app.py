@@ -666,7 +666,8 @@ class App:
         except errors.CapabilityMissing:
             return  # a broker with topics but no trace index (RabbitMQ)
         except (errors.WorkerfleetError, OSError) as exc:
-            _log.warning("trace entry not recorded", extra={"error": repr(exc)[:300]})
+            error = errors.describe_error(exc)[:300]
+            _log.warning("trace entry not recorded", extra={"error": error})
 
     async def register_subscriptions(self, queue: str | None = None) -> list[str]:
         """Register this App's subscriptions in the broker (only ``queue``'s when given):
