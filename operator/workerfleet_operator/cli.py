@@ -110,7 +110,9 @@ def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentP
     """The full parser with every registered command group."""
     parser = argparse.ArgumentParser(
         prog="workerfleet",
-        description="Background-job workers on Redis, scaled by a Kubernetes operator.",
+        description=(
+            "Background-job workers on Redis, RabbitMQ or SQS, scaled by a Kubernetes operator."
+        ),
     )
     parser.add_argument(
         "--version", action="version", version=f"workerfleet {_installed_version()}"
