@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -240,6 +241,11 @@ def _printable(text: str) -> str:
     """``text`` for a terminal: bytes that were not UTF-8 (kept as lone surrogates so the id
     still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utc(epoch: float) -> str:
+    """An epoch time as ISO 8601 UTC to the second (what ``--since``/``--until`` accept)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def _age(seconds: float | None) -> str:
@@ -638,13 +644,21 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
             f"worker={d.worker_id or '-'} correlation_id={d.correlation_id or '-'}"
         )
     )
+    now = time.time()
+    console.print(
+        Text(f"dead-lettered {_utc(d.dead_lettered_at)} ({_age(now - d.dead_lettered_at)} ago)")
+    )
     console.print(Text(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}"))
     if d.envelope_base64 is not None:
         # an envelope that is not UTF-8: escaped for reading, exact bytes for tools
         console.print(Text(f"envelope (not UTF-8): {d.envelope_raw}"), soft_wrap=True)
         console.print(Text(f"envelope bytes (base64): {d.envelope_base64}"), soft_wrap=True)
     for i, f in enumerate(d.history, 1):
-        console.print(Text.assemble((f"failure {i}", "bold"), f" {f.error_type}: {f.message}"))
+        # when, which try and which worker: what tells a flaky dependency from a bad payload
+        where = f"{_utc(f.at)}  attempt {f.attempt}  delivery {f.delivery}"
+        where += f"  worker {f.worker_id}" if f.worker_id else ""
+        console.print(Text.assemble((f"failure {i}", "bold"), f"  {where}"))
+        console.print(Text(textwrap.indent(f"{f.error_type}: {f.message}", "  ")))
         trace = getattr(f, "traceback", "")
         if trace:
             console.print(Text(trace.rstrip(), style="dim"))

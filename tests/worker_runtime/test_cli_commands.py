@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,12 @@ def test_dlq_ls_show_replay_and_purge(redis_server: Any, queue_name: str) -> Non
     assert shown["history"][0]["message"] == "bad things"
     text = run_cli("dlq", "show", a, redis_url=url, queue_name=queue_name)
     assert "failure 1" in text.stdout and "Traceback: here" in text.stdout
+    # (each failure says when, on which attempt and delivery, and on which worker)
+    assert re.search(
+        r"failure 1  20\d\d-\d\d-\d\dT[\d:]{8}Z  attempt 1  delivery 1  worker cli-test",
+        text.stdout,
+    )
+    assert "  ValueError: bad things" in text.stdout and "dead-lettered 20" in text.stdout
     missing = run_cli("dlq", "show", "nope", redis_url=url, queue_name=queue_name)
     assert missing.returncode == 1 and "no dead letter" in missing.stderr
     # When one is replayed
