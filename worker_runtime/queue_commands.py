@@ -777,18 +777,33 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
     _run_on_broker(url, queue, go)
+    named = list(args.job_ids or [])
+    done_ids = set(replayed)
+    missing = [job_id for job_id in named if job_id not in done_ids]
     return _report_outcome(
         args, interrupted=interrupted[0],
         summary=f"replayed {len(replayed)} of {total[0]} job(s) onto {queue}",
         done=f"replayed {len(replayed)} job(s) onto {queue}",
-        result={"replayed": len(replayed), "job_ids": replayed},
+        result={
+            "replayed": len(replayed),
+            "job_ids": replayed,
+            **({"not_found": missing} if missing else {}),
+        },
+        missing=_describe_missing(missing, len(missing), queue),
     )  # fmt: skip
 
 
 def _report_outcome(
-    args: argparse.Namespace, *, interrupted: bool, summary: str, done: str, result: dict[str, Any]
+    args: argparse.Namespace,
+    *,
+    interrupted: bool,
+    summary: str,
+    done: str,
+    result: dict[str, Any],
+    missing: str | None = None,
 ) -> int:
-    """The last lines of a long dlq command: a Ctrl-C summary (exit 130) or what was done."""
+    """The last lines of a long dlq command: a Ctrl-C summary (exit 130) or what was done;
+    exit 1 when job ids named on the command line were not dead letters (``missing`` says)."""
     if interrupted:
         print(f"interrupted: {summary}; the rest stay dead-lettered", file=sys.stderr)
         if args.json:
@@ -798,7 +813,20 @@ def _report_outcome(
         _print_json(result)
     else:
         print(done)
+    if missing:
+        print(f"workerfleet: {missing}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _describe_missing(ids: Sequence[str], count: int, queue: str) -> str | None:
+    """Why a dlq command did less than it was told: named ids with no dead letter in ``queue``
+    (already replayed or purged, mistyped, or another queue's)."""
+    if count <= 0:
+        return None
+    which = ", ".join(_printable(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
+    named = f": {which}" if ids else ""
+    return f"{count} named job id(s) had no dead letter in {queue}{named}"
 
 
 @contextlib.contextmanager
@@ -856,7 +884,8 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         elif ids is None:
             total[0] = await letters.count_dead_letters()
         if not args.json:
-            print(f"purging {total[0]} dead letter(s) from {queue} ...", file=sys.stderr)
+            what = "named job id(s)" if args.job_ids else "dead letter(s)"
+            print(f"purging {total[0]} {what} from {queue} ...", file=sys.stderr)
         with _progress(f"purging {queue}", total[0], quiet=args.json) as advance:
             steps = _purge_steps(
                 letters, job_ids=ids, older_than_seconds=args.older_than, everything=bool(args.all)
@@ -870,10 +899,14 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
 
     if ids is None or ids:
         _run_on_broker(url, queue, go)
+    # named ids the broker had no dead letter for (its purge counts, it does not list them)
+    absent = max(0, len(set(args.job_ids)) - purged[0]) if args.job_ids else 0
     return _report_outcome(
         args, interrupted=interrupted[0],
         summary=f"purged {purged[0]} of {total[0]} dead letter(s) from {queue}",
-        done=f"purged {purged[0]} dead letter(s) from {queue}", result={"purged": purged[0]},
+        done=f"purged {purged[0]} dead letter(s) from {queue}",
+        result={"purged": purged[0], **({"not_found": absent} if absent else {})},
+        missing=_describe_missing([], absent, queue),
     )  # fmt: skip
 
 
