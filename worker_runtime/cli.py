@@ -423,6 +423,14 @@ def _run_worker_command(args: argparse.Namespace) -> int:
         raise CliError(f"invalid settings: {problems}") from None
     logs.configure(settings.log_level, settings.log_format)
     app = load_app(app_path)
+    if not app.tasks and not app.subscriptions:
+        # Typically the tasks live in modules the App's module never imports. Such a worker
+        # would fetch every job and dead-letter it as unknown_task: refuse before fetching.
+        msg = (
+            f"{app_path} has no tasks: import the modules that define them from the App's "
+            "module (a worker without tasks would dead-letter every job as unknown_task)"
+        )
+        raise CliError(msg)
     return worker_mod.run_worker(app, settings)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from tests.support import cli as cli_support
 from tests.support.cli import run_cli
 from tests.worker_runtime import workerproc
 from worker_runtime import envelope
@@ -175,6 +176,36 @@ def test_replay_or_purge_of_a_job_id_with_no_dead_letter_says_so_and_exits_1(
     purge = run_cli("dlq", "purge", a, "nope", redis_url=url, queue_name=queue_name)
     assert purge.returncode == 1 and "2 named job id(s) had no dead letter" in purge.stderr
     assert "purged 0 dead letter(s)" in purge.stdout
+    stats = json.loads(
+        run_cli("queue", "stats", "--json", redis_url=url, queue_name=queue_name).stdout
+    )
+    assert (stats["backlog"], stats["dead_letter"]) == (1, 0)
+
+
+def test_a_worker_whose_app_has_no_tasks_refuses_to_start_and_takes_no_job(
+    redis_server: Any, queue_name: str, tmp_path: Any
+) -> None:
+    # Given a job waiting, and an App whose tasks live in a module nobody imported
+    url = redis_server.url
+    assert (
+        run_cli("enqueue", "send-email", "{}", redis_url=url, queue_name=queue_name).returncode == 0
+    )
+    (tmp_path / "bare_app.py").write_text(
+        f"from worker_runtime import App\napp = App(queue={queue_name!r})\n"
+    )
+    path = os.pathsep.join(
+        [str(tmp_path), str(cli_support.REPO), str(cli_support.REPO / "operator")]
+    )
+    # When a worker is started on that App
+    out = run_cli(
+        "worker",
+        "bare_app:app",
+        redis_url=url,
+        queue_name=queue_name,
+        env_extra={"PYTHONPATH": path, "WORKERFLEET_METRICS_PORT": "0"},
+    )
+    # Then it refuses to start, saying why, and the job is still waiting (not dead-lettered)
+    assert out.returncode == 2 and "bare_app:app has no tasks" in out.stderr, out.stderr
     stats = json.loads(
         run_cli("queue", "stats", "--json", redis_url=url, queue_name=queue_name).stdout
     )
