@@ -565,7 +565,7 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
         )
     table, width = build_fitted_table(
         f"{header}; {shown}",
-        DEAD_LETTER_COLUMNS,
+        ("job id", "task", "reason", "attempts", "deliveries", "age", "last error"),
         rows,
         cut="last error",
         terminal=_terminal_width(),
@@ -573,9 +573,6 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
     )
     _print_fitted(table, width)
     return 0
-
-
-DEAD_LETTER_COLUMNS = ("job id", "task", "reason", "attempts", "deliveries", "age", "last error")
 
 
 @guard

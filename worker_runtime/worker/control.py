@@ -71,9 +71,8 @@ class ControlThread(threading.Thread):
         could be kept and a pod with a long job removed. One early idle beat per beat period at
         most: a worker flapping between one job and none would otherwise beat once per job.
         """
-        if self._beat_busy and "idle" not in self._early_spent:
-            self._early_spent.add("idle")
-            self.wake()
+        if self._beat_busy:
+            self._beat_early("idle")
 
     def report_busy(self) -> None:
         """The worker took a job while holding none: beat at once if the last beat said idle.
@@ -83,8 +82,13 @@ class ControlThread(threading.Thread):
         just arrived, and removed in place of a pod with nothing to do; its job would then wait
         out the drain or run again elsewhere. One early busy beat per beat period at most.
         """
-        if not self._beat_busy and "busy" not in self._early_spent:
-            self._early_spent.add("busy")
+        if not self._beat_busy:
+            self._beat_early("busy")
+
+    def _beat_early(self, kind: str) -> None:
+        # At most one early beat of each kind per beat period (the periodic beat resets them).
+        if kind not in self._early_spent:
+            self._early_spent.add(kind)
             self.wake()
 
     def stop(self) -> None:

@@ -282,6 +282,11 @@ class KubeClient:
             )
         return self._session
 
+    def _check_fence(self, method: str, path: str) -> None:
+        # A write is sent only while the leader elector says this replica leads; reads always.
+        if self._fence is not None and method != "GET" and not self._fence():
+            raise FencedError(f"not the leader: {method} {path} not sent")
+
     async def request(
         self,
         method: str,
@@ -301,8 +306,7 @@ class KubeClient:
         relogged = False
         retry = 0
         while True:
-            if self._fence is not None and method != "GET" and not self._fence():
-                raise FencedError(f"not the leader: {method} {path} not sent")
+            self._check_fence(method, path)
             info = await self.credentials.fetch()
             if info is not self._login:
                 self._use_login(info)
@@ -318,8 +322,7 @@ class KubeClient:
                     # slot can be long (a full in-flight cap, a process stopped and continued),
                     # and the lease may have been lost meanwhile (a write sent after a standby
                     # took over was seen in the e2e suite).
-                    if self._fence is not None and method != "GET" and not self._fence():
-                        raise FencedError(f"not the leader: {method} {path} not sent")
+                    self._check_fence(method, path)
                     self.in_flight += 1
                     self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
                     try:
