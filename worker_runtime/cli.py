@@ -365,7 +365,8 @@ def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
             print(f"workerfleet: cannot reach {name()}: {exc}", file=sys.stderr)
             return 1
         except errors.BrokerRejected as exc:
-            print(f"workerfleet: {name()} refused the request: {exc}", file=sys.stderr)
+            # its message names the broker and what it refused ("redis refused stats: ...")
+            print(f"workerfleet: {exc}", file=sys.stderr)
             return 1
 
     wrapped.__name__ = fn.__name__

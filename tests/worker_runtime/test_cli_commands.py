@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
 
 from tests.support import cli as cli_support
@@ -272,6 +273,23 @@ def test_an_unreachable_redis_is_reported_not_a_traceback() -> None:
     out = run_cli("queue", "stats", "--redis-url", "redis://127.0.0.1:1/0", "-q", "q")
     assert out.returncode == 1
     assert "cannot reach Redis" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_redis_refusing_the_password_is_one_line_saying_so(redis_factory: Any) -> None:
+    # Given a Redis that wants a password, and a URL with a wrong one
+    server = redis_factory()
+    admin = redis.Redis(port=server.port)
+    admin.config_set("requirepass", "s3cret")
+    admin.close()
+    url = f"redis://:not-the-password@127.0.0.1:{server.port}/0"
+    # When the queue's statistics are asked for
+    out = run_cli("queue", "stats", "-q", "q", redis_url=url)
+    # Then it exits 1 with one line: Redis refused the credentials (not "no reply")
+    assert out.returncode == 1, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "workerfleet: redis refused stats: it did not accept the user or password of the URL "
+        "(AuthenticationError: invalid username-password pair or user is disabled.)"
+    ]
 
 
 def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import done_counts, wait_until
@@ -164,3 +165,51 @@ def test_a_worker_on_a_read_only_replica_waits_and_works_once_it_is_promoted(
     assert worker.wait(15) == 0
     primary_client.close()
     replica_client.close()
+
+
+def test_a_worker_whose_password_redis_refuses_says_so_and_works_once_it_is_accepted(
+    redis_factory: Callable[..., Any],
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a Redis whose password was changed before the workers' copy of it (a rotation
+    # done in the wrong order), with 20 queued jobs
+    server = redis_factory()
+    admin = redis.Redis(port=server.port, decode_responses=True, socket_timeout=10)
+    admin.config_set("requirepass", "new-pass")
+    admin.auth("new-pass")
+    n = 20
+    producer.SyncProducer(admin, wf.queue).enqueue_many(
+        [producer.JobSpec(task="chaos", payload={"marker": str(i)}) for i in range(n)]
+    )
+    # When a worker starts with the old password
+    port = workerproc.free_port()
+    url = f"redis://:old-pass@127.0.0.1:{server.port}/0"
+    worker = wf.spawn(redis_url=url, concurrency=4, lease_seconds=1.5, metrics_port=port)
+
+    def refusals() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in worker.log_records()
+            if r.get("msg") == "fetch failed; retrying"
+            and "did not accept the user or password" in str(r.get("error"))
+        ]
+
+    # Then it keeps running and says, fetch after fetch, that Redis refused its password
+    wait_until(lambda: len(refusals()) >= 3, 20, "three refused fetches logged")
+    assert worker.alive()
+    assert worker.http("/readyz")[0] == 503
+    # And it never tries to adopt what a refused fetch cannot have leased to it
+    messages = [str(r.get("msg")) for r in worker.log_records()]
+    assert not [m for m in messages if m.startswith("adopting")], messages
+    # When Redis accepts the old password as well (the rotation's first step, done late)
+    admin.execute_command("ACL", "SETUSER", "default", "on", ">old-pass")
+    # Then the worker runs every job, once
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(admin, wf.queue).completed_total == n,
+        30,
+        "all jobs once the password is accepted",
+    )
+    assert done_counts(admin, wf.queue) == {str(i): 1 for i in range(n)}
+    worker.send(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    admin.close()

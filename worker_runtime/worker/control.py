@@ -224,7 +224,10 @@ class ControlThread(threading.Thread):
                 except Exception as exc:  # never let the renewal thread die
                     failures += 1
                     w.metrics.redis_error("renew")
-                    log.warning("lease renewal failed", extra={"error": transient.describe(exc)})
+                    log.warning(
+                        "lease renewal failed",
+                        extra={"error": transient.describe(exc), "in_flight": beat.in_flight},
+                    )
                     wait = min(interval, 0.25 * failures)
                 else:
                     failures = 0

@@ -77,6 +77,31 @@ async def test_a_read_only_replica_is_broker_rejected(
     assert isinstance(refused.value.__cause__, redis.exceptions.ReadOnlyError)
 
 
+@pytest.mark.parametrize("credentials", [":not-the-password@", ""], ids=["wrong", "none"])
+async def test_a_redis_that_refuses_the_urls_credentials_is_broker_rejected_saying_so(
+    credentials: str, redis_factory: Callable[..., RedisServer], queue_name: str
+) -> None:
+    # Given a Redis that wants a password, and a broker whose URL has a wrong one, or none
+    server = redis_factory()
+    admin = redis.Redis(port=server.port)
+    admin.config_set("requirepass", "s3cret")
+    admin.close()
+    broker = await open_broker(
+        f"redis://{credentials}127.0.0.1:{server.port}/0", queue_name, retries=0
+    )
+    try:
+        # When it is asked to fetch
+        # Then the refusal is BrokerRejected, an answer (nothing applied, nothing to recover:
+        # the worker does not try to adopt), saying that the credentials were not accepted
+        with pytest.raises(errors.BrokerRejected) as refused:
+            await broker.fetch("w1", 1)
+    finally:
+        await broker.close()
+    assert isinstance(refused.value.__cause__, redis.exceptions.AuthenticationError)
+    assert "redis refused fetch: it did not accept the user or password" in str(refused.value)
+    assert "not-the-password" not in str(refused.value)
+
+
 async def test_open_broker_on_a_redis_url_owns_its_client_and_close_ends_it(
     redis_server: RedisServer, queue_name: str
 ) -> None:

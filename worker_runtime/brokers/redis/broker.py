@@ -47,12 +47,21 @@ def raise_mapped(exc: BaseException, operation: str) -> NoReturn:
     """Re-raise a redis-py (or socket) error as the taxonomy's class; anything else unchanged.
 
     An error reply (``ResponseError``: READONLY after a failover, a script error, NOPERM) is an
-    answer, so the call was not applied; every other Redis error (connection, timeout, a
-    cluster that is re-sharding) left it unknown.
+    answer, so the call was not applied, as is a refused login (wrong password or user); every
+    other Redis error (connection, timeout, a cluster that is re-sharding) left it unknown.
     """
     if isinstance(exc, redis.exceptions.ResponseError):
         raise errors.BrokerRejected(
             f"redis refused {operation}: {exc}", operation=operation
+        ) from exc
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+        # redis-py files these under ConnectionError, but they are an answer: the server
+        # refused the URL's user or password before the command was sent, so nothing was
+        # applied, and no retry helps until the credentials change.
+        raise errors.BrokerRejected(
+            f"redis refused {operation}: it did not accept the user or password of the URL "
+            f"({errors.describe_error(exc)})",
+            operation=operation,
         ) from exc
     if isinstance(exc, redis.exceptions.RedisError | OSError | TimeoutError):
         raise errors.BrokerUnavailable(
