@@ -22,6 +22,7 @@ from typing import Any
 import aio_pika
 import pytest
 
+from tests.support import rabbitmq_server as rabbitmq_support
 from worker_runtime import brokers, envelope, errors
 from worker_runtime.brokers import base
 from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
@@ -251,6 +252,29 @@ async def test_open_broker_serves_amqp_urls_and_the_probe_reads_backlog_and_in_f
         assert await b.ack(held)
     finally:
         await b.close()
+
+
+async def test_a_rabbitmq_that_refuses_the_urls_password_is_broker_rejected_saying_so(
+    rabbitmq_server: Any, rq_queue: str
+) -> None:
+    # Given a broker whose URL has a password RabbitMQ does not accept
+    good = f"{rabbitmq_server.url}?management_port={rabbitmq_server.management_port}"
+    bad = good.replace(f":{rabbitmq_support.PASSWORD}@", ":not-the-password@", 1)
+    assert bad != good
+    b = await brokers.open_broker(bad, rq_queue, options=base.QueueOptions())
+    try:
+        # When it is asked to enqueue (AMQP) and for the queue's statistics (management API)
+        # Then both are refusals (answers: nothing applied), saying it is the credentials
+        with pytest.raises(errors.BrokerRejected) as enqueued:
+            await b.enqueue(job())
+        with pytest.raises(errors.BrokerRejected) as stats:
+            await b.fetch_stats()
+    finally:
+        await b.close()
+    assert "RabbitMQ refused" in str(enqueued.value)
+    for refused in (enqueued.value, stats.value):
+        assert "did not accept the user or password of the URL" in str(refused)
+        assert "not-the-password" not in str(refused)
 
 
 async def test_an_enqueue_racing_the_first_connect_waits_for_the_queues_to_be_declared(

@@ -345,6 +345,13 @@ async def translate_errors(operation: str) -> AsyncIterator[None]:
         raise errors.BrokerRejected(
             f"RabbitMQ did not accept {operation}: {exc}", operation=operation
         ) from exc
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        # ACCESS_REFUSED at login: an answer, and no retry helps until the credentials change
+        raise errors.BrokerRejected(
+            f"RabbitMQ refused {operation}: it did not accept the user or password of the URL "
+            f"({errors.describe_error(exc)})",
+            operation=operation,
+        ) from exc
     except (
         aiormq.exceptions.AMQPError,
         aio_pika.exceptions.ChannelInvalidStateError,
@@ -353,7 +360,8 @@ async def translate_errors(operation: str) -> AsyncIterator[None]:
         TimeoutError,
     ) as exc:
         raise errors.BrokerUnavailable(
-            f"no reply from RabbitMQ during {operation}", operation=operation
+            f"no reply from RabbitMQ during {operation}: {errors.describe_error(exc)}",
+            operation=operation,
         ) from exc
 
 
@@ -1657,12 +1665,22 @@ class RabbitMQBroker:
         except urllib.error.HTTPError as exc:
             if exc.code == 404 and collection.startswith("exchanges/"):
                 return []  # the exchange does not exist (yet): nothing is bound to it
+            if exc.code == 401:
+                raise errors.BrokerRejected(
+                    "the RabbitMQ management API did not accept the user or password of the URL "
+                    "(401)",
+                    operation=operation,
+                ) from exc
             raise errors.BrokerRejected(
                 f"the RabbitMQ management API answered {exc.code}", operation=operation
             ) from exc
         except (OSError, ValueError) as exc:
+            # the address has no credentials in it (they travel in the header): safe to show
+            where = f"{api.scheme}://{api.host}:{api.port}"
             raise errors.BrokerUnavailable(
-                "no reply from the RabbitMQ management API", operation=operation
+                f"no reply from the RabbitMQ management API at {where}: "
+                f"{errors.describe_error(exc)}",
+                operation=operation,
             ) from exc
         items = body.get("items", []) if isinstance(body, dict) else body
         return [row for row in items if isinstance(row, dict)]
