@@ -60,6 +60,12 @@ class EnqueueOptions(TypedDict, total=False):
     expires_at: datetime | float | None
 
 
+MAX_WAIT_SECONDS = 3_650 * 86_400.0
+"""The longest delay (or eta ahead of now) and idempotency window a job may ask for: 3,650 days.
+Brokers keep these times in integer milliseconds: a delay of 1e308 s, finite as a float,
+overflowed that and crashed the send (``OverflowError``), and no real job waits ten years."""
+
+
 def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: float) -> float:
     """Seconds from ``now`` until the job is due (``delay`` and ``eta`` are exclusive)."""
     if delay is not None and eta is not None:
@@ -68,20 +74,38 @@ def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: 
         # NaN passed a plain `< 0` check and made a job due at once; infinity crashed the send
         if not math.isfinite(delay) or delay < 0:
             raise ValueError("delay must be a finite number of seconds >= 0")
+        if delay > MAX_WAIT_SECONDS:
+            raise ValueError(f"delay must be at most {MAX_WAIT_SECONDS:.0f} seconds (3,650 days)")
         return float(delay)
     if eta is None:
         return 0.0
     when = eta.timestamp() if isinstance(eta, datetime) else float(eta)
     if not math.isfinite(when):
         raise ValueError("eta must be a finite time")
+    if when - now > MAX_WAIT_SECONDS:
+        raise ValueError("eta must be at most 3,650 days ahead")
     return max(0.0, when - now)
+
+
+def validate_keys(spec: JobSpec) -> None:
+    """Refuse an empty idempotency key or correlation id, and an unusable idempotency window.
+
+    An empty key is what ``--idempotency-key "$KEY"`` sends when ``KEY`` is unset: taken as a
+    key, every such job after the first was dropped as a duplicate of it. Leave it out instead.
+    """
+    if spec.idempotency_key is not None and not spec.idempotency_key.strip():
+        raise ValueError("idempotency_key must not be empty or blank (leave it out for none)")
+    if spec.correlation_id is not None and not spec.correlation_id.strip():
+        raise ValueError("correlation_id must not be empty or blank (leave it out for none)")
+    ttl = spec.idempotency_ttl
+    if not math.isfinite(ttl) or ttl <= 0 or ttl > MAX_WAIT_SECONDS:
+        raise ValueError("idempotency_ttl must be a number of seconds > 0, at most 3,650 days")
 
 
 def build_request(spec: JobSpec, *, now: float | None = None) -> queue.EnqueueRequest:
     """A validated engine request from a job spec (pure apart from the id and clock)."""
     current = time.time() if now is None else now
-    if spec.idempotency_ttl <= 0:
-        raise ValueError("idempotency_ttl must be positive")
+    validate_keys(spec)
     delay = build_delay_seconds(spec.delay, spec.eta, current)
     expires_at = expiry.build_expires_at(spec.ttl, spec.expires_at, current)
     if expires_at is not None and expires_at <= current + delay:

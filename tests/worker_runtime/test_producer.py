@@ -85,6 +85,46 @@ def test_a_time_that_is_not_a_finite_number_is_refused_by_name(options: dict[str
         producer.build_request(producer.JobSpec("t", **options))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("options", "refusal"),
+    [
+        ({"delay": 1e308}, "^delay must be at most"),  # finite, but crashed the send in ms
+        ({"eta": time.time() + 1e12}, "^eta must be at most 3,650 days ahead"),
+        ({"idempotency_ttl": float("inf")}, "^idempotency_ttl must be"),
+        ({"idempotency_ttl": float("nan")}, "^idempotency_ttl must be"),  # passed `<= 0`
+        ({"idempotency_ttl": 0}, "^idempotency_ttl must be"),
+    ],
+)
+def test_a_wait_longer_than_ten_years_is_refused_by_name(
+    options: dict[str, float], refusal: str
+) -> None:
+    with pytest.raises(ValueError, match=refusal):
+        producer.build_request(producer.JobSpec("t", **options))  # type: ignore[arg-type]
+
+
+def test_the_longest_allowed_delay_still_makes_a_request() -> None:
+    request = producer.build_request(producer.JobSpec("t", delay=producer.MAX_WAIT_SECONDS))
+    assert request.delay_seconds == producer.MAX_WAIT_SECONDS
+
+
+@pytest.mark.parametrize("name", ["idempotency_key", "correlation_id"])
+@pytest.mark.parametrize("value", ["", "  "])
+async def test_an_empty_idempotency_key_or_correlation_id_is_refused_and_nothing_is_dropped(
+    name: str, value: str, engine_client: Any, queue_name: str
+) -> None:
+    # Given a producer, and a key that came out empty (a shell variable that was not set)
+    p = producer.Producer(engine_client, queue_name)
+    # When two different jobs are enqueued with it
+    # Then each is refused by name, before anything is sent
+    for to in ("a@example.com", "b@example.com"):
+        with pytest.raises(ValueError, match=f"^{name} must not be empty"):
+            await p.enqueue("send", {"to": to}, **{name: value})  # type: ignore[arg-type]
+    # And without it both are enqueued: no job is taken for a duplicate of another
+    results = [await p.enqueue("send", {"to": to}) for to in ("a@example.com", "b@example.com")]
+    assert [r.created for r in results] == [True, True]
+    assert (await stats.fetch_queue_stats(engine_client, queue_name)).backlog == 2
+
+
 async def test_enqueue_many_returns_one_result_per_job_in_order(
     engine_client: Any, queue_name: str
 ) -> None:
