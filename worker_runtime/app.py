@@ -275,6 +275,27 @@ class Subscription:
     version: int
 
 
+TASK_NAME_MAX_LENGTH = 200
+"""The longest task name a job envelope carries (``JobEnvelope.task``)."""
+
+
+def validate_task_name(name: object) -> None:
+    """Refuse a name no job can carry: not a string, empty or blank, longer than 200 characters.
+
+    A function in its place is ``@app.task`` written without the name: that registered nothing,
+    silently, and the function itself was replaced by the decorator's inner function.
+    """
+    if callable(name):
+        msg = 'App.task takes the task\'s name first: write @app.task("name") above the handler'
+        raise TypeError(msg)
+    if not isinstance(name, str):
+        msg = f"a task name is a string, not {type(name).__name__}"
+        raise TypeError(msg)
+    if not name.strip() or len(name) > TASK_NAME_MAX_LENGTH:
+        msg = f"task name {name!r} must be 1 to {TASK_NAME_MAX_LENGTH} characters, not blank"
+        raise ValueError(msg)
+
+
 def _build_task_spec(
     name: str,
     handler: Handler,
@@ -297,8 +318,8 @@ def _build_task_spec(
         raise TypeError(msg)
     if payload is None:
         payload = _payload_type(name, handler, params[0].name)
-    if timeout is not None and timeout <= 0:
-        msg = f"task {name!r}: timeout must be > 0"
+    if timeout is not None and not timeout > 0:  # NaN too: it compared false, never timing out
+        msg = f"task {name!r}: timeout must be > 0 (math.inf for none)"
         raise ValueError(msg)
     if ttl is not None and not 0 < ttl < float("inf"):
         msg = f"task {name!r}: ttl must be a finite number of seconds > 0"
@@ -381,6 +402,8 @@ class App:
         sync handler in the worker's pool of child processes (:mod:`worker_runtime.processes`)
         instead of a thread: for CPU-bound work, which threads cannot spread over cores.
         """
+
+        validate_task_name(name)
 
         def register(handler: F) -> F:
             if name in self.tasks:

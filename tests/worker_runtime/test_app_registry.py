@@ -101,6 +101,39 @@ def test_registration_refuses_duplicates_bad_signatures_and_nonsense_limits() ->
         Retry(max_attempts=0)
 
 
+def test_the_bare_decorator_is_refused_instead_of_registering_nothing() -> None:
+    app = App(queue="q")
+    # When @app.task is written without the task's name
+    # Then registration fails at import, saying how to write it (it registered nothing, and
+    # the function became the decorator's inner function)
+    with pytest.raises(TypeError, match=r'write @app.task\("name"\)'):
+
+        @app.task  # type: ignore[arg-type]
+        async def send(payload: Email) -> None:
+            return None
+
+    assert app.tasks == {}
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 201])
+def test_a_task_name_no_job_can_carry_is_refused(name: str) -> None:
+    app = App(queue="q")
+    with pytest.raises(ValueError, match="must be 1 to 200 characters, not blank"):
+        app.task(name)
+    app.task("x" * 200)(_noop)  # the longest a job envelope carries is fine
+    assert list(app.tasks) == ["x" * 200]
+
+
+def test_a_timeout_that_is_not_a_number_is_refused() -> None:
+    # NaN compared false with every deadline: the task silently never timed out
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        App(queue="q").task("t", timeout=float("nan"))(_noop)
+
+
+async def _noop(payload: Email) -> None:
+    return None
+
+
 def test_retry_later_accepts_seconds_or_an_http_retry_after_value() -> None:
     assert RetryLater(2.5).delay == 2.5
     assert RetryLater(-3).delay == 0.0
