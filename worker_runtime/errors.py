@@ -83,7 +83,14 @@ class BrokerUnavailable(BrokerError):
     The call MAY have been applied: the request can have reached the broker and only the
     reply been lost. Settling calls are fenced, so sending them again is safe; after a fetch
     the caller recovers the deliveries the lost reply carried (``Broker.recover``).
+
+    ``sent`` is False when the request certainly never left this process (no connection could
+    be opened): then it was not applied, and there is nothing to recover.
     """
+
+    def __init__(self, message: str, *, operation: str = "", sent: bool = True) -> None:
+        super().__init__(message, operation=operation)
+        self.sent = sent
 
 
 class BrokerRejected(BrokerError):

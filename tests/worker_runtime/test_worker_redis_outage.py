@@ -213,3 +213,41 @@ def test_a_worker_whose_password_redis_refuses_says_so_and_works_once_it_is_acce
     worker.send(signal.SIGTERM)
     assert worker.wait(15) == 0
     admin.close()
+
+
+def test_a_worker_started_before_its_redis_waits_without_adopting_and_then_works(
+    redis_factory: Callable[..., Any],
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a Redis that is down (its port refuses connections)
+    server = redis_factory()
+    server.stop()
+    # When a worker starts on it
+    worker = wf.spawn(redis_url=server.url, concurrency=4, lease_seconds=1.5)
+
+    def records(msg: str) -> list[dict[str, Any]]:
+        return [r for r in worker.log_records() if str(r.get("msg")).startswith(msg)]
+
+    # Then it keeps trying to fetch, saying that no connection could be opened
+    wait_until(lambda: len(records("fetch failed")) >= 3, 20, "three failed fetches logged")
+    assert all("no connection to redis for fetch" in str(r["error"]) for r in records("fetch"))
+    # And it never tries to adopt after them: a fetch that was never sent leased nothing
+    assert records("adopting") == []
+    # When Redis starts and 20 jobs are queued
+    server.start()
+    client = workerproc.sync_client(server)
+    n = 20
+    producer.SyncProducer(client, wf.queue).enqueue_many(
+        [producer.JobSpec(task="chaos", payload={"marker": str(i)}) for i in range(n)]
+    )
+    # Then the worker runs every one of them, once
+    wait_until(
+        lambda: stats.fetch_queue_stats_sync(client, wf.queue).completed_total == n,
+        30,
+        "all jobs once Redis is up",
+    )
+    assert done_counts(client, wf.queue) == {str(i): 1 for i in range(n)}
+    assert worker.alive()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    client.close()

@@ -165,8 +165,12 @@ class FetchLoop:
                 # Acks are fenced, so sending them again is safe: they go back in the queue.
                 self.ack_queue[:0] = acks
                 # Without a reply the script may still have run: adopt what it leased to us.
-                # (An error reply, e.g. READONLY, is an answer: nothing to adopt.)
-                self.unsure = self.unsure or not isinstance(exc, errors.BrokerRejected)
+                # (An error reply, e.g. READONLY, is an answer, and a fetch that never got a
+                # connection was never sent: nothing to adopt after either.)
+                self.unsure = self.unsure or not (
+                    isinstance(exc, errors.BrokerRejected)
+                    or (isinstance(exc, errors.BrokerUnavailable) and not exc.sent)
+                )
                 failures += 1
                 w.metrics.fetch_errors.inc()
                 delay = self._error_delay(failures)

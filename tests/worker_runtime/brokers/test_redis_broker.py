@@ -8,7 +8,9 @@ sees a redis-py exception.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +58,31 @@ async def test_a_redis_that_does_not_answer_is_broker_unavailable(queue_name: st
         await broker.close()
     assert isinstance(fetched.value.__cause__, redis.exceptions.ConnectionError)
     assert (fetched.value.operation, enqueued.value.operation) == ("fetch", "enqueue")
+    # And each says it was never sent (no connection opened): nothing to recover after it
+    assert (fetched.value.sent, enqueued.value.sent) == (False, False)
+    assert str(fetched.value).startswith("no connection to redis for fetch: ConnectionError: ")
+
+
+async def test_a_redis_that_takes_a_fetch_and_never_replies_may_have_applied_it(
+    redis_factory: Callable[..., RedisServer], queue_name: str
+) -> None:
+    # Given a broker with a short reply timeout, connected to a Redis that is then paused
+    server = redis_factory()
+    broker = await open_broker(server.url, queue_name, socket_timeout=0.5, retries=0)
+    try:
+        assert await broker.fetch("w1", 1) == []  # the connection is open
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            # When a fetch is sent and its reply never comes
+            with pytest.raises(errors.BrokerUnavailable) as timed_out:
+                await broker.fetch("w1", 1)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+    finally:
+        await broker.close()
+    # Then the error says it was sent: the script may have run, so the worker recovers
+    assert timed_out.value.sent is True
+    assert str(timed_out.value).startswith("no reply from redis to fetch: ")
 
 
 async def test_a_read_only_replica_is_broker_rejected(

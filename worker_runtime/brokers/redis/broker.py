@@ -63,12 +63,28 @@ def raise_mapped(exc: BaseException, operation: str) -> NoReturn:
             f"({errors.describe_error(exc)})",
             operation=operation,
         ) from exc
+    if _connecting_failed(exc):
+        raise errors.BrokerUnavailable(
+            f"no connection to redis for {operation}: {errors.describe_error(exc)}",
+            operation=operation,
+            sent=False,
+        ) from exc
     if isinstance(exc, redis.exceptions.RedisError | OSError | TimeoutError):
         raise errors.BrokerUnavailable(
             f"no reply from redis to {operation}: {errors.describe_error(exc)}",
             operation=operation,
         ) from exc
     raise exc
+
+
+def _connecting_failed(exc: BaseException) -> bool:
+    # redis-py opens a pooled connection before it writes a command and words a failure to
+    # open one as "Error 111 connecting to HOST:PORT. ..." ("... connecting to unix socket:")
+    # or "Timeout connecting to server": the command was never written, so never applied.
+    if not isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return False
+    text = str(exc)
+    return " connecting to " in text or text.startswith("Timeout connecting to ")
 
 
 class RedisBroker:
