@@ -34,6 +34,10 @@ class WorkerSettings(BaseSettings):
         extra="ignore",
         frozen=True,
         populate_by_name=True,
+        # "nan" failed only the upper bound it happened to have ("less than or equal to 86400"),
+        # or none: WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS=inf let a Retry-After of 1e300 s park
+        # a job for good. Every time and rate here is a finite number.
+        allow_inf_nan=False,
     )
 
     redis_url: str = Field(

@@ -78,25 +78,35 @@ def test_defaults_match_the_architecture_contract(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "said"),
     [
-        {"WORKERFLEET_RATE_LIMIT_JOBS": "5"},  # half a rate limit
-        {"WORKERFLEET_CONCURRENCY": "0"},
-        {"WORKERFLEET_RETRY_BACKOFF_JITTER": "random"},
-        {
-            "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS": "10",
-            "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "1",
-        },
-        {"WORKERFLEET_LEASE_SECONDS": "-1"},
+        ({"WORKERFLEET_RATE_LIMIT_JOBS": "5"}, None),  # half a rate limit
+        ({"WORKERFLEET_CONCURRENCY": "0"}, None),
+        ({"WORKERFLEET_RETRY_BACKOFF_JITTER": "random"}, None),
+        (
+            {
+                "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS": "10",
+                "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "1",
+            },
+            None,
+        ),
+        ({"WORKERFLEET_LEASE_SECONDS": "-1"}, None),
+        # a time or rate that is not a finite number, by name: an infinite backoff maximum let
+        # a Retry-After of 1e300 s park a job for good; "nan" was refused for its upper bound
+        # ("less than or equal to 86400") or for none
+        ({"WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "inf"}, "should be a finite number"),
+        ({"WORKERFLEET_LEASE_SECONDS": "nan"}, "should be a finite number"),
+        ({"WORKERFLEET_DLQ_RETENTION_SECONDS": "inf"}, "should be a finite number"),
+        ({"WORKERFLEET_RATE_LIMIT_PER_SECONDS": "nan"}, "should be a finite number"),
     ],
 )
 def test_invalid_settings_are_refused_at_start(
-    bad: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    bad: dict[str, str], said: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WORKERFLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
     for key, value in bad.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(pydantic.ValidationError, match=said):
         config.WorkerSettings()  # type: ignore[call-arg]
 
 

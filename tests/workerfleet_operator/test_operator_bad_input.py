@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 from workerfleet_operator.shell import config as config_module
@@ -218,3 +219,16 @@ def test_a_pool_whose_secret_names_several_sentinels_reads_its_queue_through_the
     wait_for_condition(emulator, "emails", "QueueReachable", timeout=20)
     ready = condition(pool(emulator, "emails"), "Ready")
     assert ready.get("reason") != "InvalidRedisURL"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RESYNC_SECONDS", "inf"), ("SECRET_CACHE_SECONDS", "inf"), ("API_QPS", "nan")],
+)
+def test_an_operator_setting_that_is_not_a_finite_number_is_refused_by_name(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an infinite resync or Secret cache was taken as "never": a typo no one would notice
+    monkeypatch.setenv(f"WORKERFLEET_OPERATOR_{name}", value)
+    with pytest.raises(pydantic.ValidationError, match=r"(?s)" + name.lower() + ".*finite number"):
+        config_module.OperatorConfig()

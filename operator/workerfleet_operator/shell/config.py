@@ -15,7 +15,12 @@ class OperatorConfig(BaseSettings):
     """Every setting of the operator process, validated at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix="WORKERFLEET_OPERATOR_", case_sensitive=False, extra="ignore", frozen=True
+        env_prefix="WORKERFLEET_OPERATOR_",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        # "nan" passes every bound it is compared with (gt=0 among them): refused by name
+        allow_inf_nan=False,
     )
 
     namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
