@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import botocore.exceptions
 import pytest
 
 from tests.support import elasticmq
@@ -320,12 +321,37 @@ async def test_a_server_that_does_not_answer_is_broker_unavailable_not_a_client_
     b = await sqs_broker.open_sqs_broker(server.url, "gone")
     try:
         server.kill()
-        with pytest.raises(errors.BrokerUnavailable):
+        with pytest.raises(errors.BrokerUnavailable) as fetched:
             await b.fetch("w1", 1)
         with pytest.raises(errors.BrokerUnavailable):
             await b.enqueue(job())
     finally:
         await b.close()
+    # and the error says what failed where, not only the class of the client's exception
+    assert str(fetched.value).startswith(
+        f"SQS did not answer fetch: EndpointConnectionError: Could not connect to the endpoint "
+        f'URL: "http://127.0.0.1:{server.port}/'
+    ), str(fetched.value)
+
+
+def test_a_refusal_says_what_sqs_said_not_only_its_code() -> None:
+    # Given the answer AWS gives a request signed with a wrong secret key
+    answer = {
+        "Error": {
+            "Code": "SignatureDoesNotMatch",
+            "Message": "The request signature we calculated does not match the signature you "
+            "provided. Check your AWS Secret Access Key and signing method.",
+        }
+    }
+    refused = botocore.exceptions.ClientError(answer, "ReceiveMessage")  # type: ignore[arg-type]
+    # When it is mapped onto the runtime's errors
+    mapped = sqs_broker._map_error(refused, "fetch")
+    # Then it is a refusal whose text carries the code and what to check
+    assert isinstance(mapped, errors.BrokerRejected)
+    assert str(mapped) == (
+        "SQS refused fetch: SignatureDoesNotMatch: The request signature we calculated does not "
+        "match the signature you provided. Check your AWS Secret Access Key and signing method."
+    )
 
 
 async def test_jobs_survive_a_kill_9_of_a_persistent_server(

@@ -132,10 +132,14 @@ def _map_error(exc: Exception, operation: str) -> errors.WorkerfleetError:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return errors.ConfigError("no AWS credentials found in the AWS credential chain")
     if isinstance(exc, botocore.exceptions.ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        return errors.BrokerRejected(f"SQS refused {operation}: {code}", operation=operation)
+        error = exc.response.get("Error", {})
+        code, message = error.get("Code", ""), error.get("Message", "")
+        # AWS's message says what to fix (a signature that does not match, a token that is not
+        # valid, a queue that does not exist); it never repeats the credentials
+        said = f"{code}: {message}" if message else code
+        return errors.BrokerRejected(f"SQS refused {operation}: {said}", operation=operation)
     return errors.BrokerUnavailable(
-        f"SQS did not answer {operation}: {type(exc).__name__}", operation=operation
+        f"SQS did not answer {operation}: {errors.describe_error(exc)}", operation=operation
     )
 
 
@@ -147,7 +151,7 @@ def _mapped(operation: str) -> Iterator[None]:
         raise _map_error(exc, operation) from exc
     except (TimeoutError, OSError) as exc:
         raise errors.BrokerUnavailable(
-            f"SQS did not answer {operation}: {type(exc).__name__}", operation=operation
+            f"SQS did not answer {operation}: {errors.describe_error(exc)}", operation=operation
         ) from exc
 
 
