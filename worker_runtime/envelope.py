@@ -75,15 +75,56 @@ def parse_envelope(raw: str | bytes) -> JobEnvelope:
         raise EnvelopeError("invalid_envelope", str(exc)[:500]) from None
 
 
-def build_payload(payload: pydantic.BaseModel | Mapping[str, Any] | None) -> pydantic.JsonValue:
-    """A JSON-ready payload from a pydantic model or a JSON-able mapping."""
+def build_payload(
+    payload: pydantic.BaseModel | Mapping[str, Any] | None, *, name: str = "payload"
+) -> pydantic.JsonValue:
+    """A JSON-ready payload from a pydantic model or a JSON-able mapping (a job's payload, an
+    event's ``data``); a NaN or infinite number in it is a ``ValueError`` naming where."""
     if payload is None:
         return None
     if isinstance(payload, pydantic.BaseModel):
         dumped: pydantic.JsonValue = payload.model_dump(mode="json")
-        return dumped
-    # JobEnvelope validates it as a JSON value (no pickling fallback, ever)
-    return dict(payload)
+    else:
+        # JobEnvelope validates it as a JSON value (no pickling fallback, ever)
+        dumped = dict(payload)
+    validate_finite_numbers(dumped, name=name)
+    return dumped
+
+
+def validate_finite_numbers(value: object, *, name: str = "payload") -> None:
+    """Refuse NaN and infinity anywhere in a JSON-ready value.
+
+    JSON has no form for them: serialized they became ``null``, so the handler got ``None`` (or
+    the job was dead-lettered as ``invalid_payload``) for a number the producer sent.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if type(v) is float:
+            if v - v != 0.0:  # nan or ±inf (finite - itself is 0.0)
+                where = _path_of_non_finite(value, name) or name
+                msg = f"{where} is {v}: JSON has no NaN or infinity (it would arrive as null)"
+                raise ValueError(msg)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+
+
+def _path_of_non_finite(value: object, path: str) -> str | None:
+    # Only on the way to an error: where the first NaN or infinity is, as payload.a[2].b.
+    if isinstance(value, float) and value - value != 0.0:
+        return path
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):
+        items = [(f"{path}.{k}", v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    for sub, v in items:
+        found = _path_of_non_finite(v, sub)
+        if found is not None:
+            return found
+    return None
 
 
 def build_job_id() -> str:

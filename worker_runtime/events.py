@@ -28,7 +28,7 @@ from typing import Any
 
 import pydantic
 
-from worker_runtime import errors, logs
+from worker_runtime import envelope, errors, logs
 from worker_runtime.brokers import base
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$"
@@ -254,10 +254,7 @@ def build_event(
     joins the handler's and names the running job as its cause (unless given explicitly)."""
     lineage = lineage_of_current_job()
     new_id = event_id or uuid.uuid4().hex
-    if isinstance(data, pydantic.BaseModel):
-        body: pydantic.JsonValue = data.model_dump(mode="json")
-    else:
-        body = None if data is None else dict(data)
+    body = envelope.build_payload(data, name="data")
     return EventEnvelope(
         type=topic,
         version=version,

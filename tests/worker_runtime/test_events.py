@@ -122,6 +122,12 @@ async def run_worker_until(app: App, url: str, done: Any, *, seconds: float = 10
     return result
 
 
+def test_event_data_holding_nan_or_infinity_is_refused_by_path() -> None:
+    # JSON has no NaN: serialized, the number became null in every subscription's job
+    with pytest.raises(ValueError, match=r"^data\.readings\[1\] is nan: JSON has no NaN"):
+        events.build_event("sensor.reading.recorded", {"readings": [1.0, float("nan")]})
+
+
 async def test_a_subscription_upcasts_old_events_and_dead_letters_those_it_cannot_read(
     url: str, t: str
 ) -> None:

@@ -125,6 +125,36 @@ async def test_an_empty_idempotency_key_or_correlation_id_is_refused_and_nothing
     assert (await stats.fetch_queue_stats(engine_client, queue_name)).backlog == 2
 
 
+class Reading(pydantic.BaseModel):
+    value: float
+
+
+@pytest.mark.parametrize(
+    ("payload", "where"),
+    [
+        ({"total": float("nan")}, r"payload\.total is nan"),
+        (
+            {"lines": [{"price": 1.0}, {"price": float("-inf")}]},
+            r"payload\.lines\[1\]\.price is -inf",
+        ),
+        (Reading(value=float("inf")), r"payload\.value is inf"),
+    ],
+)
+async def test_a_payload_holding_nan_or_infinity_is_refused_by_path_and_nothing_is_sent(
+    payload: Any, where: str, engine_client: Any, queue_name: str
+) -> None:
+    # Given a producer and a payload with a number JSON cannot carry (it was stored as null:
+    # the handler got None, or the job was dead-lettered as invalid_payload)
+    p = producer.Producer(engine_client, queue_name)
+    # When it is enqueued, alone and in a batch with a good job
+    # Then it is refused, naming where the number is, and nothing is stored
+    with pytest.raises(ValueError, match=f"^{where}: JSON has no NaN or infinity"):
+        await p.enqueue("t", payload)
+    with pytest.raises(ValueError, match=f"^{where}"):
+        await p.enqueue_many([producer.JobSpec("t", {"ok": 1.5}), producer.JobSpec("t", payload)])
+    assert (await stats.fetch_queue_stats(engine_client, queue_name)).enqueued_total == 0
+
+
 async def test_enqueue_many_returns_one_result_per_job_in_order(
     engine_client: Any, queue_name: str
 ) -> None:
