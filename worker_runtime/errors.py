@@ -111,5 +111,18 @@ def describe_error(exc: BaseException) -> str:
     which dropped the one fact an operator needs ("Error 111 connecting to 127.0.0.1:6379.
     Connection refused.").
     """
-    text = str(exc)
+    text = message_of(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's own ``__str__`` raises.
+
+    A handler's exception class is user code: one whose ``__str__`` failed made recording the
+    failure fail, so the job was neither retried nor dead-lettered and came back only when its
+    lease ran out, with no failure in its history.
+    """
+    try:
+        return str(exc)
+    except Exception as inner:  # anything user code raises
+        return f"<str() of {type(exc).__qualname__} raised {type(inner).__name__}>"

@@ -147,6 +147,55 @@ async def test_reject_dead_letters_at_once_and_retry_later_runs_again_then_compl
     assert [r.error_type for r in letter.history] == ["Reject"]
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ exploded")
+
+
+class _BrokenHint(Exception):
+    @property
+    def retry_after(self) -> float:
+        raise RuntimeError("the hint exploded")
+
+
+async def test_a_failure_whose_exception_cannot_be_printed_or_read_is_still_recorded(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a task whose exceptions are user code gone wrong: one whose __str__ raises, one
+    # whose retry_after property raises (recording the failure raised, so the job was neither
+    # retried nor dead-lettered and came back only when its lease ran out, history empty)
+    app = App(queue="jobs")
+    runs: list[str] = []
+
+    @app.task("odd", retry=Retry(max_attempts=2))
+    async def odd(payload: dict[str, Any], ctx: JobContext) -> None:
+        runs.append(f"{payload['kind']} {ctx.attempt}")
+        raise _Unprintable() if payload["kind"] == "unprintable" else _BrokenHint("busy")
+
+    unprintable = await _enqueue(memory_probe, "odd", {"kind": "unprintable"})
+    broken_hint = await _enqueue(memory_probe, "odd", {"kind": "hint"})
+    w = worker_mod.Worker(
+        app, _settings(memory_store_url, lease_seconds=30.0), install_signal_handlers=False
+    )
+
+    # When the worker runs until both are dead letters
+    async def both_dead() -> bool:
+        return (await memory_probe.fetch_stats()).dead_letter == 2
+
+    await _run_until(w, both_dead, "two dead letters")
+
+    # Then each ran twice (retried after its first failure, not after a lease), and each
+    # failure is in its history: the unprintable one by a stand-in for its message
+    assert sorted(runs) == ["hint 1", "hint 2", "unprintable 1", "unprintable 2"]
+    letter = await memory_probe.show_dead_letter(unprintable)
+    stand_in = "<str() of _Unprintable raised RuntimeError>"
+    assert [r.message for r in letter.history] == [stand_in, stand_in]
+    assert (letter.reason, letter.lost) == ("max_attempts", 0)
+    letter = await memory_probe.show_dead_letter(broken_hint)
+    assert [r.message for r in letter.history] == ["busy", "busy"]
+    assert (letter.reason, letter.lost) == ("max_attempts", 0)
+
+
 class _DeadLetterEverything:
     """A replacement policy: no retries at all, whatever the task says."""
 

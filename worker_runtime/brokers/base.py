@@ -188,7 +188,7 @@ def build_failure(exc: BaseException, *, worker_id: str = "") -> Failure:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return Failure(
         error_type=type(exc).__qualname__,
-        message=str(exc)[:2000],
+        message=errors.message_of(exc)[:2000],
         traceback=tb[-TRACEBACK_KEEP:],
         worker_id=worker_id,
     )

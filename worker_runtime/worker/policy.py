@@ -138,18 +138,27 @@ class DefaultRetryPolicy:
 
 
 def retry_after_hint(exc: BaseException) -> float | None:
-    """A delay the error itself asks for: ``exc.retry_after`` or an HTTP ``Retry-After`` header."""
-    value: Any = getattr(exc, "retry_after", None)
-    if value is None:
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        if headers is not None:
-            try:
+    """A delay the error itself asks for: ``exc.retry_after`` or an HTTP ``Retry-After`` header.
+
+    None when there is none, or when reading it fails: the attributes are the exception's own
+    code (a property that raises, headers that are not a mapping), and a hint that cannot be
+    read must not keep the failure from being recorded — the backoff decides then.
+    """
+    try:
+        value: Any = getattr(exc, "retry_after", None)
+        if value is None:
+            response = getattr(exc, "response", None)
+            headers = getattr(response, "headers", None)
+            if headers is not None:
                 value = headers.get("Retry-After")
-            except (AttributeError, TypeError):
-                value = None
-    if value is None:
+        if value is None:
+            return None
+        if isinstance(value, int | float):
+            return float(value)
+        return backoff.parse_retry_after(str(value))
+    except Exception:  # whatever the exception's own code raises
+        log.warning(
+            "ignoring a retry delay that could not be read; the backoff decides",
+            extra={"error_type": type(exc).__qualname__},
+        )
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    return backoff.parse_retry_after(str(value))
