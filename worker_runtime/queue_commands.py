@@ -1017,8 +1017,9 @@ NDJSON_FIELDS = {"task", "payload", "delay", "priority", "idempotency_key", "cor
 ENQUEUE_BATCH = 500
 
 
-def build_job_specs(lines: Sequence[str]) -> list[Any]:
-    """JobSpecs of an NDJSON file (blank lines skipped); CliError names the first bad line."""
+def build_job_specs(lines: Sequence[str]) -> list[tuple[int, Any]]:
+    """(line number, JobSpec) of each job of an NDJSON file (blank lines skipped); CliError
+    names the first bad line."""
     from worker_runtime import producer
 
     specs = []
@@ -1043,7 +1044,7 @@ def build_job_specs(lines: Sequence[str]) -> list[Any]:
             producer.build_request(spec)  # the envelope's own checks, before anything is sent
         except (TypeError, ValueError) as exc:
             raise CliError(f"line {number}: {describe_invalid_job(exc)}") from None
-        specs.append(spec)
+        specs.append((number, spec))
     return specs
 
 
@@ -1073,25 +1074,47 @@ def _enqueue_file(args: argparse.Namespace) -> int:
                 lines = fh.read().splitlines()
         except OSError as exc:
             raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
-    specs = build_job_specs(lines)
+    from worker_runtime import errors
+
+    numbered = build_job_specs(lines)
     url, queue = _broker_url(args), _queue_name(args)
+    results: list[Any] = []
+    failure: list[tuple[int, Exception]] = []  # the first line not confirmed, and why
 
-    async def go(broker: Any) -> list[Any]:
+    async def go(broker: Any) -> None:
+        # Batch by batch: a broker error part-way leaves the batches before it enqueued, and
+        # the report must say exactly which lines those were (every line was checked above)
         p = producer.Producer.on_broker(broker)
-        results: list[Any] = []
-        for start in range(0, len(specs), ENQUEUE_BATCH):
+        for start in range(0, len(numbered), ENQUEUE_BATCH):
+            batch = numbered[start : start + ENQUEUE_BATCH]
             try:
-                results.extend(await p.enqueue_many(specs[start : start + ENQUEUE_BATCH]))
-            except ValueError as exc:  # a field the envelope refuses (priority, ...)
-                line = start + 1
-                raise CliError(f"jobs from line {line}: {exc}; {len(results)} enqueued") from None
-        return results
+                results.extend(await p.enqueue_many([spec for _, spec in batch]))
+            except (errors.BrokerError, ValueError) as exc:
+                failure.append((batch[0][0], exc))
+                return
 
-    results = _run_on_broker(url, queue, go)
+    _run_on_broker(url, queue, go)
     created = [r.job_id for r in results if r.created]
     duplicates = len(results) - len(created)
+    summary: dict[str, Any] = {"enqueued": len(created), "duplicates": duplicates}
+    if not failure:
+        if args.json:
+            _print_json({**summary, "job_ids": created})
+        else:
+            print(f"enqueued {len(created)} job(s) on {queue} ({duplicates} duplicate(s) skipped)")
+        return 0
+    line, error = failure[0]
+    source = "the input" if args.file == "-" else args.file
+    sent = f"lines 1-{line - 1} of {source}" if results else "none"
+    print(
+        f"workerfleet: enqueued {len(created)} job(s) on {queue} ({sent}; {duplicates} "
+        f"duplicate(s) skipped), then: {error}\n"
+        f"workerfleet: the jobs from line {line} on are not confirmed; to send them again: "
+        f"tail -n +{line} {'FILE' if args.file == '-' else args.file} | workerfleet enqueue "
+        f"--file - (a job with an idempotency_key is never enqueued twice)",
+        file=sys.stderr,
+    )
     if args.json:
-        _print_json({"enqueued": len(created), "duplicates": duplicates, "job_ids": created})
-    else:
-        print(f"enqueued {len(created)} job(s) on {queue} ({duplicates} duplicate(s) skipped)")
-    return 0
+        _print_json({**summary, "job_ids": created, "unconfirmed_from_line": line,
+                     "error": str(error)})  # fmt: skip
+    return 1

@@ -19,7 +19,7 @@ from tests.support import cli as cli_support
 from tests.support.cli import run_cli
 from tests.worker_runtime import workerproc
 from worker_runtime import envelope
-from worker_runtime.brokers.redis import queue
+from worker_runtime.brokers.redis import queue, stats
 
 
 def _dead_letter_one(
@@ -290,6 +290,44 @@ def test_a_redis_refusing_the_password_is_one_line_saying_so(redis_factory: Any)
         "workerfleet: redis refused stats: it did not accept the user or password of the URL "
         "(AuthenticationError: invalid username-password pair or user is disabled.)"
     ]
+
+
+def test_an_enqueue_file_cut_short_by_the_broker_says_which_lines_are_in_and_resumes(
+    redis_factory: Any, queue_name: str, tmp_path: Any
+) -> None:
+    # Given 3,000 jobs of ~2 KB each in a file, and a Redis that fills up part-way through
+    # (noeviction: it refuses writes once over maxmemory)
+    server = redis_factory(maxmemory_policy="noeviction")
+    admin = redis.Redis(port=server.port)
+    used = int(admin.info("memory")["used_memory"])
+    admin.config_set("maxmemory", used + 2_000_000)
+    jobs = tmp_path / "jobs.ndjson"
+    lines = [json.dumps({"task": "t", "payload": {"n": n, "pad": "x" * 2000}}) for n in range(3000)]
+    jobs.write_text("\n".join(lines) + "\n")
+    # When the file is enqueued
+    out = run_cli("enqueue", "--file", str(jobs), "--json", redis_url=server.url,
+                  queue_name=queue_name)  # fmt: skip
+    # Then it exits 1 and says how many went in, up to which line, and how to send the rest
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    first_unsent = report["unconfirmed_from_line"]
+    assert 1 < first_unsent <= 3000 and report["enqueued"] == first_unsent - 1
+    assert f"tail -n +{first_unsent} {jobs} | workerfleet enqueue --file -" in out.stderr
+    assert "maxmemory" in out.stderr
+    # And exactly those jobs are in the queue
+    sync = redis.Redis(port=server.port, decode_responses=True)
+    assert stats.fetch_queue_stats_sync(sync, queue_name).backlog == first_unsent - 1
+    # When Redis has room again and the rest is sent as the message says
+    admin.config_set("maxmemory", 0)
+    rest = "\n".join(lines[first_unsent - 1 :]) + "\n"
+    out = run_cli("enqueue", "--file", "-", "--json", redis_url=server.url,
+                  queue_name=queue_name, stdin=rest)  # fmt: skip
+    # Then every job of the file is in the queue once
+    assert out.returncode == 0, out.stderr
+    assert stats.fetch_queue_stats_sync(sync, queue_name).backlog == 3000
+    assert report["enqueued"] + json.loads(out.stdout)["enqueued"] == 3000
+    admin.close()
+    sync.close()
 
 
 def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:
