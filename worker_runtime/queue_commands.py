@@ -645,6 +645,9 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     console.print(
         Text(f"dead-lettered {_utc(d.dead_lettered_at)} ({_age(now - d.dead_lettered_at)} ago)")
     )
+    from worker_runtime import triage
+
+    console.print(Text(f"why: {triage.explain_reason(d)}"))
     console.print(Text(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}"))
     if d.envelope_base64 is not None:
         # an envelope that is not UTF-8: escaped for reading, exact bytes for tools

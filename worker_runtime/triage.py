@@ -168,3 +168,32 @@ def parse_time_bound(text: str, now: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
+
+
+REASON_MEANINGS: dict[str, str] = {
+    "max_attempts": "it failed on every attempt it was allowed (its failures are listed below)",
+    "max_deliveries": (
+        "its deliveries ended without a result {lost} time(s): the worker running it died "
+        "(a crash, an OOM kill, SIGKILL) or stopped renewing its lease; a job that kills its "
+        "worker is held here instead of taking down the next one"
+    ),
+    "non_retryable": "its handler raised an error the task marks not to retry (or Reject)",
+    "unknown_task": "no task of that name is registered on the worker that fetched it",
+    "invalid_payload": "its payload did not validate against the task's payload model",
+    "invalid_envelope": "the stored job is not a valid job envelope",
+    "unparseable_json": "the stored job is not JSON",
+    "unknown_schema_version": "the stored job has an envelope version this runtime cannot read",
+    "expired": "its deadline (ttl or expires_at) passed before it could start",
+    "unknown_event_version": (
+        "its event has a version the subscription cannot bring to the one its handler reads"
+    ),
+}
+"""What each :class:`~worker_runtime.brokers.base.DeadLetterReason` means, for a person."""
+
+
+def explain_reason(d: base.DeadLetter) -> str:
+    """One sentence saying why ``d`` is a dead letter (its reason, in words)."""
+    meaning = REASON_MEANINGS.get(d.reason)
+    if meaning is None:
+        return f"reason {d.reason!r}"
+    return meaning.format(lost=d.lost)

@@ -109,6 +109,7 @@ def test_dlq_ls_show_replay_and_purge(redis_server: Any, queue_name: str) -> Non
         text.stdout,
     )
     assert "  ValueError: bad things" in text.stdout and "dead-lettered 20" in text.stdout
+    assert "why: it failed on every attempt it was allowed" in text.stdout
     missing = run_cli("dlq", "show", "nope", redis_url=url, queue_name=queue_name)
     assert missing.returncode == 1 and "no dead letter" in missing.stderr
     # When one is replayed

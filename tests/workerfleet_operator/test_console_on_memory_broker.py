@@ -70,6 +70,8 @@ async def test_pools_queue_dlq_job_and_a_replay_work_on_a_memory_url(queue_url: 
             assert odd.status_code == 200 and dead_id in odd.text
             assert job.status_code == 200 and "charge_card" in job.text
             assert "card declined &lt;b&gt;now&lt;/b&gt;" in job.text  # escaped
+            # (and it says in words why the job is a dead letter)
+            assert "it failed on every attempt it was allowed" in job.text
             # And a replay with the CSRF token puts the job back on the queue
             csrf = security.build_csrf_token(auth, "bearer")
             done = await web.post(

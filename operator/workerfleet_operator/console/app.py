@@ -247,8 +247,17 @@ class Console:
         except ValueError:
             envelope = d.envelope_raw
         payload = json.dumps(d.payload, indent=2, ensure_ascii=False)
+        from worker_runtime import triage
+
         return self.render(
-            request, "job.html", key=key, queue=queue, d=d, envelope=envelope, payload=payload
+            request,
+            "job.html",
+            key=key,
+            queue=queue,
+            d=d,
+            why=triage.explain_reason(d),
+            envelope=envelope,
+            payload=payload,
         )
 
     async def _chosen_ids(self, request: Request, broker: Any) -> list[str]:
