@@ -548,9 +548,10 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
     shown = f"showing {args.offset + 1}-{args.offset + len(items)}, newest first"
     now = time.time()
     rows = []
+    from worker_runtime import triage
+
     for d in items:
-        last = d.history[-1] if d.history else None
-        error = f"{last.error_type}: {last.message}" if last is not None else ""
+        error = triage.describe_last_error(d)
         # cells as Text, never markup: task names and error texts come from jobs ("[/red]")
         rows.append(
             [

@@ -197,3 +197,14 @@ def explain_reason(d: base.DeadLetter) -> str:
     if meaning is None:
         return f"reason {d.reason!r}"
     return meaning.format(lost=d.lost)
+
+
+def describe_last_error(d: base.DeadLetter) -> str:
+    """The last failure as ``Type: message``; for a job with none recorded whose deliveries
+    ended without a result (a poison job), how many did."""
+    if d.history:
+        last = d.history[-1]
+        return f"{last.error_type}: {last.message}"
+    if d.lost:
+        return f"(no result from {d.lost} deliveries: worker died?)"
+    return ""

@@ -41,3 +41,11 @@ def test_a_poison_job_is_explained_by_how_many_deliveries_ended_without_a_result
 def test_a_reason_this_runtime_does_not_know_is_named_as_it_is() -> None:
     letter = dataclasses.replace(_letter("max_attempts"), reason="from_a_newer_runtime")
     assert triage.explain_reason(letter) == "reason 'from_a_newer_runtime'"
+
+
+def test_the_last_error_of_a_poison_job_says_its_deliveries_had_no_result() -> None:
+    # dlq ls showed an empty "last error" cell for it
+    assert triage.describe_last_error(_letter("max_deliveries", lost=2)) == (
+        "(no result from 2 deliveries: worker died?)"
+    )
+    assert triage.describe_last_error(_letter("expired")) == ""
