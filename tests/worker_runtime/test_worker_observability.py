@@ -123,3 +123,29 @@ def test_logs_are_json_lines_carrying_job_id_and_correlation_id_in_async_and_syn
     assert failed[0]["job_id"] == c.job_id and failed[0]["correlation_id"] == "corr-fail"
     assert failed[0]["error_type"] == "RuntimeError" and failed[0]["task"] == "flaky"
     assert {"ts", "level", "logger"} <= set(failed[0])
+
+
+def test_a_worker_whose_metrics_port_is_taken_says_so_and_still_runs_jobs(
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a port something else already listens on
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        # When a worker is started with it as its metrics port, and a job is queued
+        worker = wf.spawn(concurrency=2, metrics_port=port)
+        wf.producer.enqueue("order", {"order_id": 1, "amount": 2.0})
+        # Then it runs the job anyway
+        wait_until(lambda: wf.stats().completed_total == 1, 20, "the job")
+    finally:
+        taken.close()
+    # And its log says what failed, in words, and what to set
+    [record] = [
+        r for r in worker.log_records() if str(r.get("msg")).startswith("cannot serve metrics")
+    ]
+    assert record["error"].startswith("OSError: ") and "address already in use" in record["error"]
+    assert "WORKERFLEET_METRICS_PORT" in record["hint"]
+    worker.send(signal.SIGTERM)
+    assert worker.wait(15) == 0

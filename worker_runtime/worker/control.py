@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from worker_runtime import health, logs
+from worker_runtime import errors, health, logs
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import eviction
 from worker_runtime.worker import transient
@@ -190,7 +190,14 @@ class ControlThread(threading.Thread):
             try:
                 await self.server.start()
             except OSError as exc:
-                log.error("cannot serve metrics/health", extra={"error": repr(exc)})
+                # the worker still works; without /healthz a kubelet's probes restart it
+                log.error(
+                    "cannot serve metrics/health; running without them",
+                    extra={
+                        "error": errors.describe_error(exc),
+                        "hint": "set WORKERFLEET_METRICS_PORT to a free port (0: none)",
+                    },
+                )
                 self.server = None
         self.started_event.set()
         failures = 0
