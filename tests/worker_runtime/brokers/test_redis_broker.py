@@ -129,6 +129,46 @@ async def test_a_redis_that_refuses_the_urls_credentials_is_broker_rejected_sayi
     assert "not-the-password" not in str(refused.value)
 
 
+async def test_a_cluster_url_naming_a_single_server_is_refused_saying_what_to_use(
+    redis_server: RedisServer, queue_name: str
+) -> None:
+    # Given a redis+cluster:// URL that names a plain redis-server
+    url = f"redis+cluster://127.0.0.1:{redis_server.port}/"
+    broker = await open_broker(url, queue_name, retries=0)
+    try:
+        # When it is asked to fetch (redis-py raised a RedisClusterException, which is not a
+        # RedisError, and it escaped unmapped: a traceback in the CLI, "fetch failed
+        # unexpectedly" in a worker)
+        # Then it is a refusal that says which scheme a single server takes
+        with pytest.raises(errors.BrokerRejected) as refused:
+            await broker.fetch("w1", 1)
+    finally:
+        await broker.close()
+    assert "not a Redis Cluster node" in str(refused.value)
+    assert "a single server is redis://" in str(refused.value)
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "redis+sentinel"])
+async def test_a_cluster_or_sentinel_url_nothing_answers_is_unavailable_and_never_sent(
+    scheme: str, queue_name: str
+) -> None:
+    # Given a Cluster or Sentinel URL whose nodes do not listen
+    port = free_port()
+    url = f"{scheme}://127.0.0.1:{port}/" + ("mymaster" if scheme == "redis+sentinel" else "")
+    broker = await open_broker(url, queue_name, retries=0)
+    try:
+        # When it is asked to fetch
+        with pytest.raises(errors.BrokerUnavailable) as unavailable:
+            await broker.fetch("w1", 1)
+    finally:
+        await broker.close()
+    # Then the fetch was never sent (nothing to recover), and the text is one short line
+    # (MasterNotFoundError appended the repr of every sentinel client it asked)
+    assert unavailable.value.sent is False
+    assert str(unavailable.value).startswith("no connection to redis for fetch: ")
+    assert "<redis." not in str(unavailable.value) and len(str(unavailable.value)) < 300
+
+
 async def test_open_broker_on_a_redis_url_owns_its_client_and_close_ends_it(
     redis_server: RedisServer, queue_name: str
 ) -> None:

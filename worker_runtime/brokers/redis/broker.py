@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Collection, Container, Sequence
 from typing import Any, NoReturn
 
 import redis.asyncio.cluster
+import redis.asyncio.sentinel
 import redis.exceptions
 
 from worker_runtime import errors
@@ -63,9 +64,22 @@ def raise_mapped(exc: BaseException, operation: str) -> NoReturn:
             f"({errors.describe_error(exc)})",
             operation=operation,
         ) from exc
+    if isinstance(exc, redis.exceptions.RedisClusterException):
+        # raised while the client maps the cluster, before any command is sent (not a
+        # RedisError: it used to escape unmapped, a traceback in the CLI)
+        text = errors.describe_error(exc)
+        if "Cluster mode is not enabled" in text or "cluster support disabled" in text:
+            raise errors.BrokerRejected(
+                f"redis refused {operation}: the server at the URL is not a Redis Cluster node "
+                f"(redis+cluster:// needs one; a single server is redis://) ({text})",
+                operation=operation,
+            ) from exc
+        raise errors.BrokerUnavailable(
+            f"no connection to redis for {operation}: {text}", operation=operation, sent=False
+        ) from exc
     if _connecting_failed(exc):
         raise errors.BrokerUnavailable(
-            f"no connection to redis for {operation}: {errors.describe_error(exc)}",
+            f"no connection to redis for {operation}: {_short(exc)}",
             operation=operation,
             sent=False,
         ) from exc
@@ -80,11 +94,23 @@ def raise_mapped(exc: BaseException, operation: str) -> NoReturn:
 def _connecting_failed(exc: BaseException) -> bool:
     # redis-py opens a pooled connection before it writes a command and words a failure to
     # open one as "Error 111 connecting to HOST:PORT. ..." ("... connecting to unix socket:")
-    # or "Timeout connecting to server": the command was never written, so never applied.
+    # or "Timeout connecting to server"; behind Sentinel it first asks for the master's
+    # address (MasterNotFoundError): the command was never written, so never applied.
+    if isinstance(exc, redis.asyncio.sentinel.MasterNotFoundError):
+        return True
     if not isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return False
     text = str(exc)
     return " connecting to " in text or text.startswith("Timeout connecting to ")
+
+
+def _short(exc: BaseException) -> str:
+    # MasterNotFoundError's message appends the repr of every sentinel client it asked (a
+    # screenful of connection settings): keep what it says before them
+    text = errors.describe_error(exc)
+    if isinstance(exc, redis.asyncio.sentinel.MasterNotFoundError) and " : <" in text:
+        return text.split(" : <", 1)[0] + " (no sentinel of the URL answered with it)"
+    return text
 
 
 class RedisBroker:
