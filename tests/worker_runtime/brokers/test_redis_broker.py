@@ -104,6 +104,17 @@ async def test_a_read_only_replica_is_broker_rejected(
     assert isinstance(refused.value.__cause__, redis.exceptions.ReadOnlyError)
 
 
+async def _error_of_a_fetch(url: str, queue_name: str) -> errors.BrokerError:
+    """The taxonomy error a fetch through a new broker on ``url`` fails with."""
+    broker = await open_broker(url, queue_name, retries=0)
+    try:
+        with pytest.raises(errors.BrokerError) as failed:
+            await broker.fetch("w1", 1)
+    finally:
+        await broker.close()
+    return failed.value
+
+
 @pytest.mark.parametrize("credentials", [":not-the-password@", ""], ids=["wrong", "none"])
 async def test_a_redis_that_refuses_the_urls_credentials_is_broker_rejected_saying_so(
     credentials: str, redis_factory: Callable[..., RedisServer], queue_name: str
@@ -113,39 +124,28 @@ async def test_a_redis_that_refuses_the_urls_credentials_is_broker_rejected_sayi
     admin = redis.Redis(port=server.port)
     admin.config_set("requirepass", "s3cret")
     admin.close()
-    broker = await open_broker(
-        f"redis://{credentials}127.0.0.1:{server.port}/0", queue_name, retries=0
-    )
-    try:
-        # When it is asked to fetch
-        # Then the refusal is BrokerRejected, an answer (nothing applied, nothing to recover:
-        # the worker does not try to adopt), saying that the credentials were not accepted
-        with pytest.raises(errors.BrokerRejected) as refused:
-            await broker.fetch("w1", 1)
-    finally:
-        await broker.close()
-    assert isinstance(refused.value.__cause__, redis.exceptions.AuthenticationError)
-    assert "redis refused fetch: it did not accept the user or password" in str(refused.value)
-    assert "not-the-password" not in str(refused.value)
+    # When it is asked to fetch
+    refused = await _error_of_a_fetch(f"redis://{credentials}127.0.0.1:{server.port}/0", queue_name)
+    # Then the refusal is BrokerRejected, an answer (nothing applied, nothing to recover:
+    # the worker does not try to adopt), saying that the credentials were not accepted
+    assert isinstance(refused, errors.BrokerRejected)
+    assert isinstance(refused.__cause__, redis.exceptions.AuthenticationError)
+    assert "redis refused fetch: it did not accept the user or password" in str(refused)
+    assert "not-the-password" not in str(refused)
 
 
 async def test_a_cluster_url_naming_a_single_server_is_refused_saying_what_to_use(
     redis_server: RedisServer, queue_name: str
 ) -> None:
     # Given a redis+cluster:// URL that names a plain redis-server
-    url = f"redis+cluster://127.0.0.1:{redis_server.port}/"
-    broker = await open_broker(url, queue_name, retries=0)
-    try:
-        # When it is asked to fetch (redis-py raised a RedisClusterException, which is not a
-        # RedisError, and it escaped unmapped: a traceback in the CLI, "fetch failed
-        # unexpectedly" in a worker)
-        # Then it is a refusal that says which scheme a single server takes
-        with pytest.raises(errors.BrokerRejected) as refused:
-            await broker.fetch("w1", 1)
-    finally:
-        await broker.close()
-    assert "not a Redis Cluster node" in str(refused.value)
-    assert "a single server is redis://" in str(refused.value)
+    # When it is asked to fetch (redis-py raised a RedisClusterException, which is not a
+    # RedisError, and it escaped unmapped: a traceback in the CLI, "fetch failed
+    # unexpectedly" in a worker)
+    refused = await _error_of_a_fetch(f"redis+cluster://127.0.0.1:{redis_server.port}/", queue_name)
+    # Then it is a refusal that says which scheme a single server takes
+    assert isinstance(refused, errors.BrokerRejected)
+    assert "not a Redis Cluster node" in str(refused)
+    assert "a single server is redis://" in str(refused)
 
 
 @pytest.mark.parametrize("scheme", ["redis+cluster", "redis+sentinel"])
@@ -155,18 +155,14 @@ async def test_a_cluster_or_sentinel_url_nothing_answers_is_unavailable_and_neve
     # Given a Cluster or Sentinel URL whose nodes do not listen
     port = free_port()
     url = f"{scheme}://127.0.0.1:{port}/" + ("mymaster" if scheme == "redis+sentinel" else "")
-    broker = await open_broker(url, queue_name, retries=0)
-    try:
-        # When it is asked to fetch
-        with pytest.raises(errors.BrokerUnavailable) as unavailable:
-            await broker.fetch("w1", 1)
-    finally:
-        await broker.close()
+    # When it is asked to fetch
+    unavailable = await _error_of_a_fetch(url, queue_name)
     # Then the fetch was never sent (nothing to recover), and the text is one short line
     # (MasterNotFoundError appended the repr of every sentinel client it asked)
-    assert unavailable.value.sent is False
-    assert str(unavailable.value).startswith("no connection to redis for fetch: ")
-    assert "<redis." not in str(unavailable.value) and len(str(unavailable.value)) < 300
+    assert isinstance(unavailable, errors.BrokerUnavailable)
+    assert unavailable.sent is False
+    assert str(unavailable).startswith("no connection to redis for fetch: ")
+    assert "<redis." not in str(unavailable) and len(str(unavailable)) < 300
 
 
 async def test_open_broker_on_a_redis_url_owns_its_client_and_close_ends_it(
