@@ -80,20 +80,17 @@ def parse_seconds(*, zero: bool) -> Callable[[str], float]:
 
 
 def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> None:
-    if pool:
-        parser.add_argument(
-            "--broker-url",
-            default=None,
-            help="broker URL: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://, "
-            "amqp://, amqps://, sqs://, memory:// (default: $WORKERFLEET_BROKER_URL, "
-            "else $WORKERFLEET_REDIS_URL)",
-        )
+    parser.add_argument(
+        "--broker-url",
+        default=None,
+        help="broker URL: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://, "
+        "amqp://, amqps://, sqs://, memory:// (default: $WORKERFLEET_BROKER_URL, "
+        "else $WORKERFLEET_REDIS_URL)",
+    )
     parser.add_argument(
         "--redis-url",
         default=None,
-        help="Redis URL (default: $WORKERFLEET_REDIS_URL)"
-        if not pool
-        else "the broker URL under its older name (same as --broker-url)",
+        help="the broker URL under its older name (same as --broker-url)",
     )
     parser.add_argument(
         "--queue", "-q", default=None, help="queue name (default: $WORKERFLEET_QUEUE)"
@@ -122,11 +119,18 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     w.add_argument("app", nargs="?", default=None, help="MODULE:ATTR of the App ($WORKERFLEET_APP)")
     _connection_flags(w, pool=False)
     w.add_argument("--concurrency", "-c", type=int, default=None, help="jobs in flight")
-    w.add_argument("--lease-seconds", type=float, default=None)
+    w.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=None,
+        help="how long a job stays leased without a renewal (renewed every third of it)",
+    )
     w.add_argument("--drain-timeout", type=float, default=None, help="drain budget in seconds")
     w.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
     w.add_argument("--log-format", choices=("json", "text"), default=None)
-    w.add_argument("--log-level", default=None)
+    w.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error", "critical"), default=None
+    )
     w.set_defaults(handler=cmd_worker)
     if only_worker:
         return
@@ -406,8 +410,11 @@ def _run_worker_command(args: argparse.Namespace) -> int:
     if not app_path:
         msg = "no app: pass MODULE:ATTR or set WORKERFLEET_APP"
         raise CliError(msg)
+    if args.broker_url and args.redis_url:
+        msg = "pass --broker-url or --redis-url, not both"
+        raise CliError(msg)
     overrides: dict[str, Any] = {
-        "redis_url": args.redis_url,
+        "redis_url": args.broker_url or args.redis_url,
         "queue": args.queue,
         "concurrency": args.concurrency,
         "lease_seconds": args.lease_seconds,

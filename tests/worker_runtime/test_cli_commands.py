@@ -214,6 +214,48 @@ def test_a_worker_whose_app_has_no_tasks_refuses_to_start_and_takes_no_job(
     assert (stats["backlog"], stats["dead_letter"]) == (1, 0)
 
 
+def test_a_worker_takes_its_broker_url_as_broker_url_like_every_other_command(
+    redis_server: Any, queue_name: str, tmp_path: Any
+) -> None:
+    # Given a job waiting, and an App with its task (the flag was missing from the worker:
+    # 'unrecognized arguments: --broker-url', while every other command takes it)
+    url = redis_server.url
+    assert run_cli("enqueue", "noop", "{}", redis_url=url, queue_name=queue_name).returncode == 0
+    (tmp_path / "noop_app.py").write_text(
+        "from worker_runtime import App\n"
+        f"app = App(queue={queue_name!r})\n"
+        "@app.task('noop')\n"
+        "async def noop(payload: dict) -> None:\n"
+        "    return None\n"
+    )
+    # When a worker is started with --broker-url (and no URL in its environment)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERFLEET_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(tmp_path), str(cli_support.REPO), str(cli_support.REPO / "operator")]
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "worker_runtime", "worker", "noop_app:app",
+         "--broker-url", url, "--metrics-port", "0"],
+        cwd=cli_support.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        # Then it runs the job
+        workerproc.wait_until(
+            lambda: stats.fetch_queue_stats_sync(client, queue_name).completed_total == 1,
+            30,
+            "the job completed",
+        )
+    finally:
+        client.close()
+        worker.terminate()
+        _out, err = worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    # And both names at once is a usage error
+    both = run_cli("worker", "noop_app:app", "--broker-url", url, "--redis-url", url)
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
 def test_dlq_ls_and_show_print_rich_markup_in_task_names_and_errors_as_plain_text(
     redis_server: Any, queue_name: str
 ) -> None:
