@@ -960,12 +960,31 @@ async def _purge_steps(
 # ---- enqueue ---------------------------------------------------------------------------------
 
 
+def _read_text_file(path: str) -> str:
+    """A file the user named, as text; CliError (exit 2) when it cannot be read. An OSError
+    let through would be reported as an unreachable broker, a UnicodeDecodeError as a
+    traceback."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _read_stdin() -> str:
+    try:
+        return sys.stdin.read()
+    except UnicodeDecodeError as exc:
+        raise CliError(f"the input is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def _read_payload(text: str) -> Any:
     if text == "-":
-        text = sys.stdin.read()
+        text = _read_stdin()
     elif text.startswith("@"):
-        with open(text[1:], encoding="utf-8") as fh:
-            text = fh.read()
+        text = _read_text_file(text[1:])
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -1070,14 +1089,7 @@ def _enqueue_file(args: argparse.Namespace) -> int:
     if args.task is not None or args.payload is not None:
         msg = "--file carries the tasks: drop the TASK and PAYLOAD arguments"
         raise CliError(msg)
-    if args.file == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        try:
-            with open(args.file, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except OSError as exc:
-            raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    lines = (_read_stdin() if args.file == "-" else _read_text_file(args.file)).splitlines()
     from worker_runtime import errors
 
     numbered = build_job_specs(lines)

@@ -275,6 +275,11 @@ def test_dlq_ls_and_show_print_rich_markup_in_task_names_and_errors_as_plain_tex
     assert "Traceback: [bold]x[/] [/red] y" in show.stdout
 
 
+NOWHERE = ("--redis-url", "redis://127.0.0.1:1/0", "-q", "q")
+"""Connection flags of a command that must fail before it connects."""
+DEMO_PNG = str(cli_support.REPO / "docs" / "images" / "demo-chart.png")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -283,6 +288,13 @@ def test_dlq_ls_and_show_print_rich_markup_in_task_names_and_errors_as_plain_tex
         (("worker",), "no app"),
         (("enqueue", "t", "{not json", "--redis-url", "redis://127.0.0.1:1/0", "-q", "q"), "JSON"),
         (("dlq", "replay", "--redis-url", "redis://127.0.0.1:1/0", "-q", "q"), "--all"),
+        # a payload file that is not there was reported as "cannot reach Redis" (exit 1)
+        (
+            ("enqueue", "t", "@/nonexistent/p.json", *NOWHERE),
+            "cannot read /nonexistent/p.json: No such file or directory",
+        ),
+        # one that is not UTF-8 was a UnicodeDecodeError traceback
+        (("enqueue", "--file", DEMO_PNG, *NOWHERE), "demo-chart.png is not UTF-8 text"),
     ],
 )
 def test_user_errors_exit_2_with_one_line_saying_what_to_do(
