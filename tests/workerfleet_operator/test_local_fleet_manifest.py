@@ -127,3 +127,22 @@ def test_scale_in_removes_the_cheapest_pods_first_and_the_newest_among_equals() 
     indexes = {"p-0": 0, "p-1": 1, "p-2": 2, "p-3": 3}
     order = fleet.build_removal_order(["p-0", "p-1", "p-2", "p-3"], costs, indexes)
     assert order == ["p-3", "p-2", "p-0", "p-1"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"^cannot read .*pool\.yaml: No such file or directory$"),
+        # a UnicodeDecodeError is no YAMLError: 'workerfleet run' ended in a traceback
+        (b"\xff\xfekind: WorkerPool\n", r"pool\.yaml is not UTF-8 text \(byte 0: invalid"),
+    ],
+    ids=["missing", "not_utf8"],
+)
+def test_a_manifest_that_cannot_be_read_is_one_line_saying_why(
+    content: bytes | None, message: str, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "pool.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(manifest.ManifestError, match=message):
+        manifest.fetch_pool(path)

@@ -44,7 +44,11 @@ def fetch_pool(path: pathlib.Path) -> LocalPool:
     """Read and validate a WorkerPool manifest (the first WorkerPool of a multi-document file)."""
     try:
         documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:  # a traceback before: not a YAMLError
+        raise ManifestError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    except yaml.YAMLError as exc:
         raise ManifestError(f"{path}: {exc}") from exc
     for document in documents:
         if isinstance(document, dict) and document.get("kind") == "WorkerPool":
