@@ -238,6 +238,14 @@ class JobContext:
         if key is None:
             msg = "mark_done_on_ack needs a key: the job has no idempotency key"
             raise ValueError(msg)
+        if not key.strip():
+            msg = "mark_done_on_ack needs a key that is not empty or blank"
+            raise ValueError(msg)
+        if not 0 < ttl_seconds <= envelope.MAX_WAIT_SECONDS:
+            # inf failed the ack batch this job's ack rode in (every job in it), nan too; 0 was
+            # taken as the default day
+            msg = "ttl_seconds must be a number of seconds > 0, at most 3,650 days"
+            raise ValueError(msg)
         self._done_key = key
         self._done_ttl = ttl_seconds
 

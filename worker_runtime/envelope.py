@@ -21,6 +21,12 @@ from worker_runtime import errors
 
 SCHEMA_VERSION = 1
 
+MAX_WAIT_SECONDS = 3_650 * 86_400.0
+"""The longest delay (or eta ahead of now), idempotency window and done-marker lifetime a job
+may ask for: 3,650 days. Brokers keep these times in integer milliseconds: a delay of 1e308 s,
+finite as a float, overflowed that and crashed the send (``OverflowError``), and no real job
+waits ten years."""
+
 
 class Priority(StrEnum):
     """Job priority; fetch serves high before normal before low."""

@@ -60,10 +60,7 @@ class EnqueueOptions(TypedDict, total=False):
     expires_at: datetime | float | None
 
 
-MAX_WAIT_SECONDS = 3_650 * 86_400.0
-"""The longest delay (or eta ahead of now) and idempotency window a job may ask for: 3,650 days.
-Brokers keep these times in integer milliseconds: a delay of 1e308 s, finite as a float,
-overflowed that and crashed the send (``OverflowError``), and no real job waits ten years."""
+MAX_WAIT_SECONDS = envelope.MAX_WAIT_SECONDS
 
 
 def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: float) -> float:

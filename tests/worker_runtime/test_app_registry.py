@@ -207,6 +207,25 @@ def test_mark_done_on_ack_needs_a_key_and_records_the_one_given() -> None:
     assert keyed.done_key == ("k-1", 86_400.0)
 
 
+@pytest.mark.parametrize(
+    ("key", "ttl", "refusal"),
+    [
+        ("", 60.0, "not empty or blank"),
+        ("k", float("inf"), "ttl_seconds must be"),  # failed every ack of its batch
+        ("k", float("nan"), "ttl_seconds must be"),
+        ("k", 0.0, "ttl_seconds must be"),  # was taken as the default day
+        ("k", -5.0, "ttl_seconds must be"),
+    ],
+)
+def test_mark_done_on_ack_refuses_an_empty_key_or_a_ttl_no_marker_can_keep(
+    key: str, ttl: float, refusal: str
+) -> None:
+    ctx = _ctx()
+    with pytest.raises(ValueError, match=refusal):
+        ctx.mark_done_on_ack(key, ttl_seconds=ttl)
+    assert ctx.done_key == (None, None)  # nothing recorded
+
+
 async def test_enqueue_validates_a_known_tasks_payload_before_anything_reaches_redis() -> None:
     app = App(queue="q", redis_url="redis://127.0.0.1:1/0")  # nothing listens there
 
