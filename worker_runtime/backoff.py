@@ -28,6 +28,10 @@ class Backoff:
     jitter: Jitter = "full"
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.base_seconds) and math.isfinite(self.max_seconds)):
+            # nan made every delay nan, which the queue refuses, so the failed job was never
+            # retried; inf let delays grow past anything a job could wait for
+            raise ValueError("backoff seconds must be finite numbers")
         if self.base_seconds < 0 or self.max_seconds < 0:
             raise ValueError("backoff seconds must not be negative")
         if self.strategy not in ("exponential", "fixed"):

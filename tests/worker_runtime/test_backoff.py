@@ -71,6 +71,15 @@ def test_unknown_strategies_jitters_and_negative_seconds_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    "seconds", [{"base_seconds": float("nan")}, {"max_seconds": float("inf")}], ids=["nan", "inf"]
+)
+def test_backoff_seconds_that_are_not_finite_are_refused(seconds: dict[str, float]) -> None:
+    # a nan base made every delay nan, which the queue refuses: the job was never retried
+    with pytest.raises(ValueError, match="must be finite numbers"):
+        backoff.Backoff(**seconds)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     ("value", "expected"),
     [
         ("120", 120.0),
