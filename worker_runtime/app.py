@@ -382,7 +382,9 @@ class App:
     """A queue's task registry plus the producer API for it."""
 
     def __init__(self, queue: str, *, redis_url: str | None = None) -> None:
-        self.queue = queue
+        # at import, where the mistake is: a bad name used to surface only at the first
+        # enqueue, or in the worker
+        self.queue = base.validate_queue_name(queue)
         self.redis_url = redis_url
         self.tasks: dict[str, TaskSpec] = {}
         self.subscriptions: dict[str, Subscription] = {}

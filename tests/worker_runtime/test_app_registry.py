@@ -101,6 +101,13 @@ def test_registration_refuses_duplicates_bad_signatures_and_nonsense_limits() ->
         Retry(max_attempts=0)
 
 
+@pytest.mark.parametrize("queue", ["emails/eu", "{emails}", "a b", ""])
+def test_an_app_on_a_queue_name_no_broker_can_hold_is_refused_at_import(queue: str) -> None:
+    # it surfaced only at the first enqueue, or when a worker started
+    with pytest.raises(errors.InvalidQueueName, match="must match"):
+        App(queue=queue)
+
+
 def test_the_bare_decorator_is_refused_instead_of_registering_nothing() -> None:
     app = App(queue="q")
     # When @app.task is written without the task's name
