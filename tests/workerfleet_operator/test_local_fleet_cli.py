@@ -18,6 +18,7 @@ import redis
 from workerfleet_operator.local import embedded_redis
 
 from tests.workerfleet_operator.conftest import wait_until
+from worker_runtime import producer
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +143,32 @@ def test_workerfleet_run_uses_a_reachable_redis_url_as_given(tmp_path: pathlib.P
         assert "redis given URL" in output
         assert "metrics off" in output
         assert "Steady at 0" in output
+
+
+def test_workerfleet_run_says_why_a_worker_crashed_as_it_happens(tmp_path: pathlib.Path) -> None:
+    # Given a pool whose App module does not exist, with a job waiting so a worker starts
+    with embedded_redis.EmbeddedRedis(tmp_path / "given") as server:
+        document = support.build_manifest("crashing")
+        document["spec"]["app"] = "no_such_module:app"
+        manifest_path = support.write_manifest(tmp_path, document)
+        client = redis.Redis.from_url(server.url)
+        producer.SyncProducer(client, "crashing").enqueue("t", {})
+        client.close()
+        # When it runs with plain output
+        process = _run_cli(
+            [str(manifest_path), "--redis-url", server.url, "--no-view", "--metrics-port",
+             "-1", "--seconds", "4"],
+            tmp_path,
+            dict(os.environ),
+        )  # fmt: skip
+        output, _ = process.communicate(timeout=60)
+    # Then each crash is a line of its own with the worker's last words (only the final
+    # count said anything before: "crashed=4")
+    assert process.returncode == 0, output
+    crashes = [line for line in output.splitlines() if "crashing-0 Crashed: exit code 2" in line]
+    assert crashes, output
+    assert all("cannot import 'no_such_module'" in line for line in crashes), crashes
+    assert "crashing-0 Restarted: restart 1" in output
 
 
 def test_workerfleet_run_refuses_an_invalid_manifest_with_exit_code_2(

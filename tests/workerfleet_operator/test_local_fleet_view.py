@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import scaling_fixtures as fx
 from rich.console import Console
@@ -75,3 +76,22 @@ def test_the_pools_view_shows_one_row_per_pool_with_its_queue_replicas_and_last_
     [fulfil_row] = [line for line in text.splitlines() if "shop-fulfilment" in line]
     assert "orders:fulfil" in fulfil_row and "?" in fulfil_row
     assert "orders: burst (20 orders/s)" in text
+
+
+def test_a_crashed_workers_last_words_are_its_last_record_shortened(tmp_path: Path) -> None:
+    # a JSON record gives its message and error; a plain line (stderr) is taken as it is
+    log = tmp_path / "w.log"
+    log.write_text(
+        '{"msg": "worker started"}\n'
+        '{"msg": "cannot open the broker", "error": "ConfigError: bad URL"}\n\n'
+    )
+    assert fleet.read_last_words(log) == "cannot open the broker (ConfigError: bad URL)"
+    log.write_text("Traceback ...\nRuntimeError: " + "x" * 500 + "\n")
+    said = fleet.read_last_words(log)
+    assert said.startswith("RuntimeError: xxx") and len(said) == 200 and said.endswith("…")
+    assert fleet.read_last_words(tmp_path / "never-written.log") == ""
+
+
+def test_a_fleet_event_line_is_timed_from_the_start_of_the_run() -> None:
+    event = fleet.FleetEvent(at=105.25, kind="Crashed", pod="p-0", detail="exit code 2")
+    assert view.build_event_line(event, started=100.0) == "[    5.2s] p-0 Crashed: exit code 2"

@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from workerfleet_operator.local import brokers, embedded, manifest, runner, view
+    from workerfleet_operator.local import brokers, embedded, fleet, manifest, runner, view
 
     try:
         pool = manifest.fetch_pool(args.manifest)
@@ -198,12 +198,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             try:
                 if args.no_view or not console.is_terminal:
                     last: list[str] = []
+                    printed: set[fleet.FleetEvent] = set()
 
                     def print_line(snapshot: runner.Snapshot) -> None:
                         if snapshot.decision.changed or not last:
                             line = view.build_line(snapshot)
                             last[:] = [line]
                             print(line, flush=True)
+                        # a crash said nothing here before: only the final count did
+                        for event in snapshot.events:
+                            if event.kind in view.NOTEWORTHY_EVENTS and event not in printed:
+                                printed.add(event)
+                                started = fleet_runner.started
+                                print(view.build_event_line(event, started), flush=True)
 
                     fleet_runner.run(stop, on_snapshot=print_line, max_seconds=args.seconds)
                 else:

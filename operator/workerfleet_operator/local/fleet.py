@@ -288,7 +288,13 @@ class ProcessFleet:
                 ]
                 worker.backoff_step += 1
                 worker.restart_at = now + delay
-                self._event(now, "Crashed", name, f"exit code {code}, restart in {delay:g}s")
+                said = read_last_words(worker.log_path)
+                self._event(
+                    now,
+                    "Crashed",
+                    name,
+                    f"exit code {code}, restart in {delay:g}s" + (f": {said}" if said else ""),
+                )
             elif worker.restart_at is not None and now >= worker.restart_at:
                 worker.restarts += 1
                 self.counters.restarted += 1
@@ -328,6 +334,33 @@ class ProcessFleet:
     def _event(self, at: float, kind: str, pod: str, detail: str = "") -> None:
         self.events.append(FleetEvent(at, kind, pod, detail))
         del self.events[:-500]  # bounded: the view shows the last few
+
+
+LAST_WORDS_BYTES = 8192
+"""How much of a crashed worker's log end is read for the line that says why."""
+
+
+def read_last_words(log_path: pathlib.Path) -> str:
+    """The last line a crashed worker wrote (its JSON record's message and error), shortened:
+    why it exited ("workerfleet: cannot import 'tasks' ..."), for the Crashed event."""
+    try:
+        with log_path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - LAST_WORDS_BYTES))
+            tail = log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    last = lines[-1]
+    try:
+        record = json.loads(last)
+    except ValueError:
+        record = None
+    if isinstance(record, dict) and "msg" in record:
+        last = str(record["msg"]) + (f" ({record['error']})" if record.get("error") else "")
+    return last if len(last) <= 200 else last[:199] + "…"
 
 
 def _kill_leftovers(process: subprocess.Popen[bytes]) -> None:

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workerfleet_operator import autoscaling
-from workerfleet_operator.local import runner
+from workerfleet_operator.local import fleet, runner
 
 
 def build_view(snapshot: runner.Snapshot) -> RenderableType:
@@ -111,6 +111,15 @@ def _build_events(snapshot: runner.Snapshot) -> Table:
     for event in snapshot.events[-5:]:
         grid.add_row(event.kind, f"{event.pod} {event.detail}".strip())
     return grid
+
+
+NOTEWORTHY_EVENTS = ("Crashed", "Restarted", "Killed")
+"""Fleet events a plain run prints as lines of their own (scaling shows in the decisions)."""
+
+
+def build_event_line(event: fleet.FleetEvent, started: float) -> str:
+    """One plain line for a fleet event (``started``: the run's start on the event clock)."""
+    return f"[{event.at - started:7.1f}s] {event.pod} {event.kind}: {event.detail}".rstrip(": ")
 
 
 def build_line(snapshot: runner.Snapshot) -> str:
