@@ -336,7 +336,10 @@ def load_app(path: str) -> app_mod.App:
         missing = exc.name or ""
         if not (module_name == missing or module_name.startswith(missing + ".")):
             raise
-        msg = f"cannot import {module_name!r} ({exc}); run from its folder or set PYTHONPATH"
+        msg = (
+            f"cannot import {module_name!r} ({exc}); run from its folder or set PYTHONPATH "
+            "(under 'workerfleet run': --app-path DIR)"
+        )
         raise CliError(msg) from exc
     obj: Any = module
     for part in attr.split("."):

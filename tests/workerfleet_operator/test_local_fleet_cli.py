@@ -168,6 +168,7 @@ def test_workerfleet_run_says_why_a_worker_crashed_as_it_happens(tmp_path: pathl
     crashes = [line for line in output.splitlines() if "crashing-0 Crashed: exit code 2" in line]
     assert crashes, output
     assert all("cannot import 'no_such_module'" in line for line in crashes), crashes
+    assert all("--app-path DIR" in line for line in crashes), crashes  # the fix, under run
     assert "crashing-0 Restarted: restart 1" in output
 
 
