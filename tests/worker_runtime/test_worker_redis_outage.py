@@ -201,6 +201,10 @@ def test_a_worker_whose_password_redis_refuses_says_so_and_works_once_it_is_acce
     # And it never tries to adopt what a refused fetch cannot have leased to it
     messages = [str(r.get("msg")) for r in worker.log_records()]
     assert not [m for m in messages if m.startswith("adopting")], messages
+    # And its start-up line names the server it uses, without the password
+    [started] = [r for r in worker.log_records() if r.get("msg") == "worker started"]
+    assert started["broker"] == f"redis://127.0.0.1:{server.port}/0"
+    assert "old-pass" not in worker.logs()
     # When Redis accepts the old password as well (the rotation's first step, done late)
     admin.execute_command("ACL", "SETUSER", "default", "on", ">old-pass")
     # Then the worker runs every job, once

@@ -89,7 +89,7 @@ async def test_pools_queue_dlq_job_and_a_replay_work_on_a_memory_url(queue_url: 
 
 
 def test_a_broker_url_never_shows_its_credentials_or_query() -> None:
-    shown = sources.build_display_target("amqp://user:pa55@rabbit.example:5672/vhost")
+    shown = brokers.describe_target("amqp://user:pa55@rabbit.example:5672/vhost")
     assert shown == "amqp://rabbit.example:5672/vhost"
-    sqs = sources.build_display_target("sqs://AKID:SECRET@127.0.0.1:9324/?region=x&secret=y")
+    sqs = brokers.describe_target("sqs://AKID:SECRET@127.0.0.1:9324/?region=x&secret=y")
     assert "SECRET" not in sqs and "secret" not in sqs and sqs.startswith("sqs://127.0.0.1:9324")

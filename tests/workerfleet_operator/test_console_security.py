@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import pytest
 import requests
-from workerfleet_operator.console import security, sources
+from workerfleet_operator.console import security
 
 from tests.support.redis_servers import RedisServer
 from tests.workerfleet_operator import console_support as cs
+from worker_runtime import brokers
 
 AUTH = security.AuthSettings(token="t0ken")
 
@@ -44,9 +45,9 @@ def test_identities_and_their_csrf_tokens() -> None:
 
 
 def test_secrets_never_reach_the_display_target() -> None:
-    shown = sources.build_display_target("rediss://user:pa55@redis.example:6380/2")
+    shown = brokers.describe_target("rediss://user:pa55@redis.example:6380/2")
     assert shown == "rediss://redis.example:6380/2"
-    sentinel = sources.build_display_target("redis+sentinel://:pw@s1:26379,s2/mymaster/1")
+    sentinel = brokers.describe_target("redis+sentinel://:pw@s1:26379,s2/mymaster/1")
     assert sentinel == "redis+sentinel://s1:26379,s2:26379/mymaster/1"
     assert "pw" not in sentinel
 

@@ -116,3 +116,33 @@ async def open_broker(
         url, queue, options=options or base.QueueOptions(), role=base.QueueRole(role), **settings
     )
     return broker
+
+
+def describe_target(url: str) -> str:
+    """``scheme://host:port/db`` of a Redis URL (``scheme://host:port/path`` of another
+    broker's): never its user, password or query (an SQS URL may carry keys there). What the
+    console's pages and the worker's start-up line show of a broker URL."""
+    import urllib.parse
+
+    scheme = url.partition("://")[0].lower()
+    if scheme not in REDIS_SCHEMES:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = parts.hostname or ""
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            return "(unusable broker URL)"
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}{port}{parts.path}"
+    from worker_runtime.brokers.redis import connection
+
+    try:
+        parsed = connection.parse_redis_url(url)
+    except connection.InvalidRedisURL:
+        return "(unusable Redis URL)"
+    scheme = url.partition("://")[0].lower()
+    if parsed.kind == "unix":
+        return f"{scheme}://{parsed.socket_path}"
+    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed.hosts)
+    tail = f"/{parsed.service_name}" if parsed.service_name else ""
+    return f"{scheme}://{hosts}{tail}/{parsed.db}"

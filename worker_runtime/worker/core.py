@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 
 from worker_runtime import app as app_mod
-from worker_runtime import backoff, config, health, logs, metrics, startup
+from worker_runtime import backoff, brokers, config, health, logs, metrics, startup
 from worker_runtime.brokers import base
 from worker_runtime.worker import control as control_mod
 from worker_runtime.worker import drain as drain_mod
@@ -176,6 +176,8 @@ class Worker:
                     extra={
                         "worker_id": self.worker_id,
                         "queue": self.queue_name,
+                        # which server: a wrong host, port or db is the usual "no jobs come"
+                        "broker": brokers.describe_target(self.settings.redis_url),
                         "concurrency": self.concurrency,
                         "tasks": sorted(self.app.tasks),
                         "lease_seconds": self.settings.lease_seconds,

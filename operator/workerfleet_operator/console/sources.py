@@ -6,7 +6,7 @@ status the operator wrote) and hands out the broker of a pool's queue, opened wi
 :func:`worker_runtime.brokers.open_broker`, so every broker the runtime serves (Redis, RabbitMQ,
 SQS, memory) works. The console reads and writes only through the broker's protocols
 (``QueueProbe``, ``DeadLetters``, ``InFlightJobs`` when it has it). Broker URLs stay inside the
-source: pages show :func:`build_display_target` (no user, no password).
+source: pages show :func:`worker_runtime.brokers.describe_target` (no user, no password).
 """
 
 from __future__ import annotations
@@ -71,35 +71,6 @@ class Source(Protocol):
     async def close(self) -> None: ...
 
 
-def build_display_target(url: str) -> str:
-    """``scheme://host:port/db`` of a Redis URL (``scheme://host:port/path`` of another
-    broker's): never its user, password or query (an SQS URL may carry keys there)."""
-    import urllib.parse
-
-    scheme = url.partition("://")[0].lower()
-    if scheme not in brokers.REDIS_SCHEMES:
-        try:
-            parts = urllib.parse.urlsplit(url)
-            host = parts.hostname or ""
-            port = f":{parts.port}" if parts.port else ""
-        except ValueError:
-            return "(unusable broker URL)"
-        host = f"[{host}]" if ":" in host else host
-        return f"{scheme}://{host}{port}{parts.path}"
-    from worker_runtime.brokers.redis import connection
-
-    try:
-        parsed = connection.parse_redis_url(url)
-    except connection.InvalidRedisURL:
-        return "(unusable Redis URL)"
-    scheme = url.partition("://")[0].lower()
-    if parsed.kind == "unix":
-        return f"{scheme}://{parsed.socket_path}"
-    hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in parsed.hosts)
-    tail = f"/{parsed.service_name}" if parsed.service_name else ""
-    return f"{scheme}://{hosts}{tail}/{parsed.db}"
-
-
 def build_pool_from_stats(base: PoolView, s: broker_base.QueueStats) -> PoolView:
     """``base`` with the queue's live numbers (pure)."""
     import dataclasses
@@ -150,7 +121,7 @@ class URLSource:
         self._brokers = BrokerCache()
 
     async def fetch_pools(self) -> list[PoolView]:
-        target = build_display_target(self._url)
+        target = brokers.describe_target(self._url)
         out: list[PoolView] = []
         for queue in self._queues:
             base = PoolView(key=queue, name=queue, namespace=None, queue=queue, target=target)
