@@ -246,8 +246,9 @@ def test_a_redis_error_is_described_by_its_message_not_its_category() -> None:
     with pytest.raises(errors.BrokerUnavailable) as caught:
         redis_broker.raise_mapped(refused, "fetch")
     # Then the worker's log text names the address and the refusal, once
+    # (a connection that could not be opened: the fetch was never sent)
     assert transient.describe(caught.value) == (
-        "BrokerUnavailable: no reply from redis to fetch: "
+        "BrokerUnavailable: no connection to redis for fetch: "
         "ConnectionError: Error 111 connecting to 127.0.0.1:1. Refused."
     )
     # And an error reply keeps the class an operator searches the logs for
