@@ -352,12 +352,20 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
         return 0
 
     from rich.live import Live
+    from rich.text import Text
+
+    from worker_runtime import errors
 
     async def watch(broker: Any) -> None:
         with Live(auto_refresh=False) as live:
             while True:
-                stats, _width = _render_stats(await once(broker), live.console.width)
-                live.update(stats, refresh=True)
+                try:
+                    frame: Any = _render_stats(await once(broker), live.console.width)[0]
+                except errors.BrokerError as exc:
+                    # an incident is when the watch is wanted most: say so and keep watching
+                    # (the client reconnects by itself once the broker answers again)
+                    frame = Text(f"{_utc(time.time())}  {exc} (trying again)")
+                live.update(frame, refresh=True)
                 await asyncio.sleep(max(0.2, args.watch))
 
     with contextlib.suppress(KeyboardInterrupt):

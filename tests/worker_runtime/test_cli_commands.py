@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -383,6 +385,44 @@ def test_an_enqueue_file_cut_short_by_the_broker_says_which_lines_are_in_and_res
     assert report["enqueued"] + json.loads(out.stdout)["enqueued"] == 3000
     admin.close()
     sync.close()
+
+
+def test_queue_stats_watch_outlives_a_redis_outage_and_shows_it(
+    redis_factory: Any, queue_name: str
+) -> None:
+    # Given 'queue stats --watch' on a Redis with one job queued
+    server = redis_factory()
+    assert (
+        run_cli("enqueue", "t", "{}", redis_url=server.url, queue_name=queue_name).returncode == 0
+    )
+    env = {**os.environ, "WORKERFLEET_REDIS_URL": server.url, "WORKERFLEET_QUEUE": queue_name}
+    env["PYTHONPATH"] = os.pathsep.join([str(cli_support.REPO), str(cli_support.REPO / "operator")])
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "worker_runtime", "queue", "stats", "--watch", "0.2"],
+        cwd=cli_support.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # (the admin connection counts itself: two clients means the watch is reading)
+        workerproc.wait_until(lambda: _clients(server) >= 2, 20, "the watch connected")
+        # When Redis stops (the watch ended with 'cannot reach Redis' before)
+        server.stop()
+        time.sleep(1.0)
+        # Then it is still watching
+        assert watch.poll() is None
+    finally:
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=30)
+    # And Ctrl-C ends it cleanly, its last frame saying what is wrong
+    assert watch.returncode == 0, err
+    assert "no connection to redis for stats" in out and "trying again" in out, out
+
+
+def _clients(server: Any) -> int:
+    try:
+        with redis.Redis(port=server.port, socket_timeout=2) as admin:
+            return len(admin.client_list())
+    except redis.exceptions.ConnectionError:
+        return 0
 
 
 def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:
