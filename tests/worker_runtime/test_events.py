@@ -306,3 +306,46 @@ def test_log_records_written_while_a_job_runs_carry_its_correlation_and_causatio
     # Then the line names the correlation id and the cause
     assert (fields["correlation_id"], fields["causation_id"]) == ("req-1", "parent-event")
     assert (fields["job_id"], fields["task"]) == ("child", "send-email")
+
+
+async def test_a_subscription_worker_started_before_its_redis_waits_for_it_then_handles_events(
+    redis_factory: Any, t: str
+) -> None:
+    # Given a Redis that is down, and a subscription's worker started on it (it exited with
+    # 'cannot reach the broker' while any other worker waits: a crash loop under Kubernetes)
+    server = redis_factory()
+    server.stop()
+    queue = events.subscription_queue(t, "mailer")
+    app = App(queue=queue)
+    seen: list[str] = []
+
+    @app.subscribe(t, group="mailer")
+    async def mail(user: UserCreated) -> None:
+        seen.append(user.first)
+
+    settings = config.WorkerSettings(redis_url=server.url, metrics_port=0, lease_seconds=5.0)
+    w = worker.Worker(app, settings, install_signal_handlers=False)
+    run = asyncio.create_task(w.run())
+    try:
+        await asyncio.sleep(0.5)  # several refused registrations (backoff from 0.2 s)
+        # Then it is still running
+        assert not run.done()
+        # When Redis starts and an event is published
+        server.start()
+        publisher = App(queue="publisher")
+        publisher.bind_broker(await open_broker(server.url, "publisher"))
+        sub = await open_broker(server.url, queue)
+        for _ in range(1000):  # bounded: 10 s
+            if await sub.list_subscriptions(t) == ["mailer"]:
+                break
+            await asyncio.sleep(0.01)
+        await publisher.publish(t, UserCreated(first="Ada", last="L"))
+        # Then its handler gets it
+        for _ in range(1000):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == ["Ada"]
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 20) == 0

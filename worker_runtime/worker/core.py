@@ -168,8 +168,16 @@ class Worker:
             if self.q is not None:  # None: drained before the broker was ever reachable
                 self.app.bind_broker(self.q)
                 if self.queue_name in self.app.subscriptions:
-                    # a subscription exists from its first worker on: publishes reach it now
-                    await self.app.register_subscriptions(self.queue_name)
+                    # a subscription exists from its first worker on: publishes reach it now.
+                    # Retried like opening the broker: a Redis that is down at start made a
+                    # subscription's worker exit (a crash loop) where any other worker waits.
+                    queue = self.queue_name
+                    await transient.call_until_done(
+                        lambda: self.app.register_subscriptions(queue),
+                        on_error=self._subscribing_failed,
+                        stopped=lambda: self.draining,
+                        wake=self.wake,
+                    )
                 freeze_startup_objects()
                 log.info(
                     "worker started",
@@ -200,6 +208,12 @@ class Worker:
             extra={"worker_id": self.worker_id, "processed": self.processed},
         )
         return 0
+
+    def _subscribing_failed(self, exc: BaseException) -> None:
+        self.metrics.redis_error("connect")
+        log.warning(
+            "cannot register the subscription; retrying", extra={"error": transient.describe(exc)}
+        )
 
     def _opening_failed(self, exc: BaseException) -> None:
         # Start-up is over for now: retries through a long outage must not pile up garbage.

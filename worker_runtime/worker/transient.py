@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from worker_runtime import brokers, errors
 from worker_runtime.brokers import base
@@ -20,6 +20,8 @@ from worker_runtime.brokers import base
 # promoted: READONLY); TimeoutError is the worker's own deadline around a call. A persistent one
 # turns /healthz red (no successful round trip) instead of crashing the pod in a loop.
 BROKER_ERRORS: tuple[type[BaseException], ...] = (errors.BrokerError, TimeoutError)
+
+T = TypeVar("T")
 
 
 def describe(exc: BaseException) -> str:
@@ -56,10 +58,30 @@ async def open_until_ready(
     broker that goes away later. A URL or setting that can never work still raises at once.
     ``wake`` being set (a drain request) ends a wait early.
     """
+    return await call_until_done(
+        lambda: brokers.open_broker(url, queue, options=options, **settings),
+        on_error=on_error,
+        stopped=stopped,
+        wake=wake,
+    )
+
+
+async def call_until_done(
+    call: Callable[[], Awaitable[T]],
+    *,
+    on_error: Callable[[BaseException], None],
+    stopped: Callable[[], bool],
+    wake: asyncio.Event,
+) -> T | None:
+    """``await call()``, again after a broker error, with backoff (0.2 s growing to 5 s), until
+    it succeeds; None once ``stopped()``. A broker that cannot do what is asked
+    (``CapabilityMissing``) is no outage: it raises at once. ``wake`` ends a wait early."""
     failures = 0
     while not stopped():
         try:
-            return await brokers.open_broker(url, queue, options=options, **settings)
+            return await call()
+        except errors.CapabilityMissing:
+            raise
         except BROKER_ERRORS as exc:
             failures += 1
             on_error(exc)
