@@ -1092,14 +1092,12 @@ def describe_invalid_job(exc: Exception) -> str:
 
 
 def _enqueue_file(args: argparse.Namespace) -> int:
-    from worker_runtime import producer
+    from worker_runtime import errors, producer
 
     if args.task is not None or args.payload is not None:
         msg = "--file carries the tasks: drop the TASK and PAYLOAD arguments"
         raise CliError(msg)
     lines = (_read_stdin() if args.file == "-" else _read_text_file(args.file)).splitlines()
-    from worker_runtime import errors
-
     numbered = build_job_specs(lines)
     url, queue = _broker_url(args), _queue_name(args)
     results: list[Any] = []
@@ -1135,7 +1133,8 @@ def _enqueue_file(args: argparse.Namespace) -> int:
         f"duplicate(s) skipped), then: {error}\n"
         f"workerfleet: the jobs from line {line} on are not confirmed; to send them again: "
         f"tail -n +{line} {'FILE' if args.file == '-' else args.file} | workerfleet enqueue "
-        f"--file - (a job with an idempotency_key is never enqueued twice)",
+        f"--file - with the same queue and broker options (a job with an idempotency_key "
+        f"is never enqueued twice)",
         file=sys.stderr,
     )
     if args.json:
