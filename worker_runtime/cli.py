@@ -79,7 +79,9 @@ def parse_seconds(*, zero: bool) -> Callable[[str], float]:
     return parse
 
 
-def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> None:
+def _connection_flags(
+    parser: argparse.ArgumentParser, *, pool: bool = True, queue: bool = True
+) -> None:
     parser.add_argument(
         "--broker-url",
         default=None,
@@ -92,10 +94,11 @@ def _connection_flags(parser: argparse.ArgumentParser, *, pool: bool = True) -> 
         default=None,
         help="the broker URL under its older name (same as --broker-url)",
     )
-    parser.add_argument(
-        "--queue", "-q", default=None, help="queue name (default: $WORKERFLEET_QUEUE)"
-    )
-    if pool:
+    if queue:
+        parser.add_argument(
+            "--queue", "-q", default=None, help="queue name (default: $WORKERFLEET_QUEUE)"
+        )
+    if pool and queue:
         parser.add_argument(
             "--pool",
             default=None,
@@ -144,6 +147,13 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
         "--watch", type=parse_seconds(zero=False), default=None, metavar="SECONDS", help="refresh"
     )
     qs.set_defaults(handler=_queue_command("cmd_queue_stats"))
+    ql = qsub.add_parser("ls", help="the queues that ever held a job, with their numbers")
+    _connection_flags(ql, queue=False)
+    ql.add_argument(
+        "--limit", type=parse_count(1), default=200, help="at most this many (default 200)"
+    )
+    ql.add_argument("--json", action="store_true", help="machine-readable output")
+    ql.set_defaults(handler=_queue_command("cmd_queue_ls"))
     qj = qsub.add_parser("jobs", help="the jobs running now: worker and time running (read-only)")
     _connection_flags(qj)
     qj.add_argument(

@@ -237,6 +237,25 @@ def _print_fitted(renderable: Any, width: int) -> None:
     console.print(renderable)
 
 
+def _print_rows(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    cut: str,
+    right: Collection[str] = (),
+) -> None:
+    """Print plain-text rows as a fitted table (cells as Text, never parsed as markup: they
+    come from jobs and queues)."""
+    from rich.text import Text
+
+    cells = [[Text(cell) for cell in row] for row in rows]
+    table, width = build_fitted_table(
+        title, columns, cells, cut=cut, terminal=_terminal_width(), right=right
+    )
+    _print_fitted(table, width)
+
+
 def _printable(text: str) -> str:
     """``text`` for a terminal: bytes that were not UTF-8 (kept as lone surrogates so the id
     still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output."""
@@ -447,32 +466,71 @@ def cmd_queue_jobs(args: argparse.Namespace) -> int:
     if not jobs:
         print(f"nothing in flight on {queue}", file=sys.stderr)
         return 0
-    from rich.text import Text
-
     rows = [
-        [
-            Text(cell)
-            for cell in (
-                _printable(j.job_id),
-                j.task or "?",
-                j.priority,
-                j.worker_id,
-                _age(j.running_seconds),
-                str(j.deliveries),
-                _age(j.lease_expires_in_seconds),
-            )
-        ]
+        (
+            _printable(j.job_id),
+            j.task or "?",
+            j.priority,
+            j.worker_id,
+            _age(j.running_seconds),
+            str(j.deliveries),
+            _age(j.lease_expires_in_seconds),
+        )
         for j in jobs
     ]
-    table, width = build_fitted_table(
+    _print_rows(
         f"{len(jobs)} job(s) in flight on {queue}",
         ("job id", "task", "priority", "worker", "running", "deliveries", "lease left"),
         rows,
         cut="worker",
-        terminal=_terminal_width(),
         right=("running", "deliveries", "lease left"),
     )
-    _print_fitted(table, width)
+    return 0
+
+
+@guard
+def cmd_queue_ls(args: argparse.Namespace) -> int:
+    """The queues the broker's server holds, with their numbers (read-only)."""
+    from worker_runtime import brokers
+    from worker_runtime.brokers import base
+
+    url = _broker_url(args)
+
+    async def listing(broker: Any) -> list[base.QueueStats]:
+        if not isinstance(broker, base.QueueListing):
+            raise _missing(url, "list its queues", "QueueListing")
+        found = []
+        for name in await broker.list_queues(limit=args.limit):
+            queue = await brokers.open_broker(url, name, role="reader")
+            try:
+                found.append(await _probe(queue, url).fetch_stats())
+            finally:
+                await queue.close()
+        return found
+
+    found = _run_on_broker(url, "workerfleet-cli", listing, role="reader")
+    if args.json:
+        _print_json([build_stats_json(s) for s in found])
+        return 0
+    if not found:
+        print("no queue has held a job here", file=sys.stderr)
+        return 0
+    rows = [
+        (
+            s.queue,
+            f"{s.backlog:,}",
+            f"{s.in_flight:,}",
+            f"{s.future_delayed:,}",
+            f"{s.dead_letter:,}",
+            str(len(s.workers)),
+            _age(s.oldest_job_age_seconds),
+        )
+        for s in found
+    ]
+    more = f" (the first {args.limit})" if len(found) >= args.limit else ""
+    numbers = ("backlog", "in flight", "delayed", "dead letters", "workers", "oldest job")
+    title = f"{len(found)} queue(s){more}"
+    _print_rows(title, ("queue", *numbers), rows, cut="queue", right=numbers)
     return 0
 
 

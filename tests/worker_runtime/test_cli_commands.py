@@ -425,6 +425,28 @@ def _clients(server: Any) -> int:
         return 0
 
 
+def test_queue_ls_lists_the_queues_that_held_a_job_with_their_numbers(redis_factory: Any) -> None:
+    # Given a Redis of our own with two queues that got jobs, and one only ever read
+    url = redis_factory().url
+    for queue_name, jobs in (("invoices", 2), ("emails", 1)):
+        for _ in range(jobs):
+            assert (
+                run_cli("enqueue", "t", "{}", redis_url=url, queue_name=queue_name).returncode == 0
+            )
+    assert run_cli("queue", "stats", redis_url=url, queue_name="emailz").returncode == 0
+    # When its queues are listed
+    listed = run_cli("queue", "ls", "--json", redis_url=url)
+    # Then the two are there, sorted, with their backlogs, and the mistyped one is not (its
+    # stats read as an empty queue: this is how to tell)
+    assert listed.returncode == 0, listed.stderr
+    assert [(q["queue"], q["backlog"]) for q in json.loads(listed.stdout)] == [
+        ("emails", 1),
+        ("invoices", 2),
+    ]
+    table = run_cli("queue", "ls", redis_url=url)
+    assert "2 queue(s)" in table.stdout and "invoices" in table.stdout, table.stdout
+
+
 def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:
     script = shutil.which("workerfleet", path=str(workerproc.REPO / ".venv" / "bin"))
     assert script is not None, "the console script is installed by scripts/ensure-venv.sh"

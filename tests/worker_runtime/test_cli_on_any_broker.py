@@ -286,3 +286,16 @@ def test_an_unknown_scheme_is_one_line_listing_the_schemes_served(
     code, _out, err = _run(["queue", "stats", "--broker-url", "kafka://h:1", "-q", "q"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "amqp://" in err and "sqs://" in err and "redis://" in err
+
+
+def test_queue_ls_on_the_memory_broker_lists_its_store_s_queues(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a store whose queue "jobs" holds jobs (the seed), and nothing else
+    _seed(store_url, "jobs")
+    # When its queues are listed
+    code, out, err = _run(["queue", "ls", "--json", "--broker-url", store_url], capsys)
+    # Then "jobs" is the one, with its dead letters
+    assert code == 0, err
+    [listed] = json.loads(out)
+    assert (listed["queue"], listed["dead_letter"]) == ("jobs", 3)

@@ -791,6 +791,16 @@ class InFlightJobs(Protocol):
 
 
 @runtime_checkable
+class QueueListing(Protocol):
+    """The queues the broker's server holds (``workerfleet queue ls``): a queue name mistyped
+    elsewhere reads as an empty queue, this says which ones exist. Read-only."""
+
+    async def list_queues(self, *, limit: int = 1000) -> list[str]:
+        """Names of at most ``limit`` queues that ever held a job, sorted."""
+        ...
+
+
+@runtime_checkable
 class DeadLetterSteps(Protocol):
     """A purge in bounded steps, so a caller shows progress and can stop between steps
     knowing exactly how many were deleted (the CLI's Ctrl-C summary)."""

@@ -699,6 +699,14 @@ class MemoryBroker:
 
     # -- InFlightJobs, DeadLetterSteps -------------------------------------------------------
 
+    async def list_queues(self, *, limit: int = 1000) -> list[str]:
+        names = sorted(
+            name
+            for (store, name), q in list(_STORES.items())
+            if store == self._store and q.counters["enqueued"] > 0
+        )
+        return names[:limit]
+
     async def list_in_flight_jobs(self, *, limit: int = 200) -> list[base.InFlightJob]:
         with self._q.lock:
             q = self._q

@@ -453,6 +453,22 @@ class RedisBroker:
         except Exception as exc:
             raise_mapped(exc, "in-flight jobs")
 
+    async def list_queues(self, *, limit: int = 1000) -> list[str]:
+        names: set[str] = set()
+        try:
+            # SCAN, never KEYS: bounded steps on a server that also serves the workers (a
+            # cluster client scans every primary)
+            async for key in self.client.scan_iter(match=keys_mod.COUNTERS_PATTERN, count=1000):
+                text = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+                name = keys_mod.queue_of_counters_key(text)
+                if name is not None:
+                    names.add(name)
+                if len(names) >= limit:
+                    break
+        except Exception as exc:
+            raise_mapped(exc, "queue list")
+        return sorted(names)
+
     async def purge_dead_letters_in_steps(
         self,
         *,

@@ -35,7 +35,9 @@ key                            type    contents
                                        is not UTF-8 is kept as ``envelope_base64`` instead.
 ``{wf:Q}:counters``            hash    enqueued, completed, failed, retried, dead_lettered,
                                        released, workers_lost (monotonic) and ``fence`` (the
-                                       counter of the last fencing token handed out).
+                                       counter of the last fencing token handed out). Every
+                                       queue that ever held a job has one: ``queue ls`` finds
+                                       queues by SCAN for ``{wf:*}:counters``.
 ``{wf:Q}:workers``             hash    worker id → heartbeat JSON.
 ``{wf:Q}:workers:expiry``      zset    worker id → heartbeat expiry ms; expired without
                                        deregistration = a lost (killed) worker.
@@ -157,6 +159,18 @@ def build_publish_keys(queue: str) -> list[str]:
     stream of priority normal, env, state, counters, enqueued."""
     k = build_keys(queue)
     return [k.ready[PRIORITIES.index("normal")], k.env, k.state, k.counters, k.enqueued]
+
+
+COUNTERS_PATTERN = "{wf:*}:counters"
+"""SCAN pattern of every queue's ``counters`` key: a queue that ever held a job has one."""
+
+
+def queue_of_counters_key(key: str) -> str | None:
+    """The queue whose ``{wf:Q}:counters`` key ``key`` is (None for any other key)."""
+    head, tail = "{wf:", "}:counters"
+    if key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail):
+        return key[len(head) : -len(tail)]
+    return None
 
 
 def build_keys(queue: str) -> QueueKeys:
