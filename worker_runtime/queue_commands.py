@@ -417,6 +417,10 @@ def _fetch_topic_rows(
 @guard
 def cmd_topic_lag(args: argparse.Namespace) -> int:
     """Print how far each subscription of a topic is behind (read-only)."""
+    from worker_runtime import events
+
+    # the topic's own naming rule, before the broker: a bad name read as a bad queue name
+    events.validate_event_type(args.topic)
     lag = _fetch_topic_rows(args, lambda broker: broker.fetch_topic_lag(args.topic))
     if args.json:
         return 0
@@ -435,6 +439,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     """Print the jobs and events of one correlation id as a tree (from the trace index)."""
     from worker_runtime import events
 
+    if not args.correlation_id.strip():
+        msg = "name the correlation id to trace"
+        raise CliError(msg)
     entries = _fetch_topic_rows(args, lambda broker: broker.fetch_trace(args.correlation_id))
     if args.json:
         return 0

@@ -297,6 +297,9 @@ DEMO_PNG = str(cli_support.REPO / "docs" / "images" / "demo-chart.png")
         ),
         # one that is not UTF-8 was a UnicodeDecodeError traceback
         (("enqueue", "--file", DEMO_PNG, *NOWHERE), "demo-chart.png is not UTF-8 text"),
+        # a topic breaking the event naming rule was refused as a bad queue name
+        (("topic", "lag", "Shop Orders", *NOWHERE[:2]), "must be domain.entity.past_tense_verb"),
+        (("trace", "", *NOWHERE[:2]), "name the correlation id"),  # was "no trace for  ", exit 1
     ],
 )
 def test_user_errors_exit_2_with_one_line_saying_what_to_do(
