@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -448,6 +449,21 @@ def test_queue_ls_lists_the_queues_that_held_a_job_with_their_numbers(redis_fact
     ]
     table = run_cli("queue", "ls", redis_url=url)
     assert "2 queue(s)" in table.stdout and "invoices" in table.stdout, table.stdout
+
+
+def test_queue_ls_on_a_redis_cluster_finds_the_queues_of_every_shard(redis_cluster: Any) -> None:
+    # Given four queues on a three-shard cluster (one queue = one hash slot; the cluster is
+    # shared by the session, so the names are this test's own)
+    url = f"redis+cluster://127.0.0.1:{redis_cluster.ports[0]}/"
+    tag = uuid.uuid4().hex[:6]
+    names = [f"{word}-{tag}" for word in ("alpha", "beta", "delta", "gamma")]
+    for name in names:
+        assert run_cli("enqueue", "t", "{}", "--broker-url", url, "-q", name).returncode == 0
+    # When they are listed through one node's address
+    listed = run_cli("queue", "ls", "--json", "--broker-url", url)
+    # Then every shard was scanned
+    assert listed.returncode == 0, listed.stderr
+    assert [q["queue"] for q in json.loads(listed.stdout) if q["queue"].endswith(tag)] == names
 
 
 def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:
