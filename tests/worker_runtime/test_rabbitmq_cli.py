@@ -7,6 +7,7 @@ what the CLI did is read back through it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -70,3 +71,38 @@ async def test_the_dlq_commands_list_show_replay_and_purge_a_rabbitmq_queue(
         assert await b.count_dead_letters() == 0
     finally:
         await b.close()
+
+
+async def test_queue_ls_lists_the_workerfleet_queues_of_a_rabbitmq_vhost(
+    rabbitmq_server: Any,
+) -> None:
+    # Given two workerfleet queues with jobs (the node is shared: names of this test's own)
+    tag = uuid.uuid4().hex[:6]
+    names = [f"ls-a.{tag}", f"ls-b:{tag}"]  # dots and colons are allowed in queue names
+    url = f"{rabbitmq_server.url}?management_port={rabbitmq_server.management_port}"
+    for name, jobs in zip(names, (2, 1), strict=True):
+        b = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, name, prefetch=5)
+        try:
+            await b.enqueue_many(
+                [base.EnqueueRequest(envelope.build_envelope("t", {})) for _ in range(jobs)]
+            )
+        finally:
+            await b.close()
+    # When the vhost's queues are listed (the management API samples every few seconds)
+    listed: list[dict[str, Any]] = []
+    for _ in range(20):
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [CLI, "queue", "ls", "--json", "--broker-url", url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        listed = [q for q in json.loads(out.stdout) if q["queue"].endswith(tag)]
+        if [q["backlog"] for q in listed] == [2, 1]:
+            break
+        await asyncio.sleep(0.5)
+    # Then both are there, sorted, with their backlogs
+    assert [(q["queue"], q["backlog"]) for q in listed] == [(names[0], 2), (names[1], 1)]

@@ -1641,6 +1641,25 @@ class RabbitMQBroker:
             workers=(),
         )
 
+    async def list_queues(self, *, limit: int = 1000) -> list[str]:
+        """The workerfleet queues of the vhost (``QueueListing``): those whose DLQ exists,
+        which a queue's first producer or worker declares with the rest of its topology.
+        One page of the management API: the first 500 DLQs."""
+        rows = await asyncio.to_thread(
+            self._read_management,
+            "queues/{}",
+            {
+                "name": topology.DEAD_QUEUES_PATTERN,
+                "use_regex": "true",
+                "page": "1",
+                "page_size": "500",
+                "columns": "name",
+            },
+            operation="queue list",
+        )
+        names = {topology.queue_of_dead_queue(str(row.get("name", ""))) for row in rows}
+        return sorted(name for name in names if name is not None)[:limit]
+
     def _read_management(
         self, collection: str, query: dict[str, str], *, operation: str = "fetch_stats"
     ) -> list[dict[str, Any]]:

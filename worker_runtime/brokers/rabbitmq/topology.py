@@ -109,6 +109,18 @@ def dead_queue(queue: str) -> str:
     return f"{PREFIX}.{queue}.dead"
 
 
+DEAD_QUEUES_PATTERN = r"^wf\..+\.dead$"
+"""Management-API regex of every workerfleet DLQ: one per queue, declared with its topology."""
+
+
+def queue_of_dead_queue(name: str) -> str | None:
+    """The workerfleet queue whose DLQ ``name`` is (None for any other RabbitMQ queue)."""
+    head, tail = f"{PREFIX}.", ".dead"
+    if name.startswith(head) and name.endswith(tail) and len(name) > len(head) + len(tail):
+        return name[len(head) : -len(tail)]
+    return None
+
+
 def topic_exchange(topic: str) -> str:
     """The fanout exchange of ``topic``: its subscriptions are the queues bound to it."""
     return f"{PREFIX}.topic.{topic}"
