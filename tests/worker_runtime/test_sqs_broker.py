@@ -520,3 +520,28 @@ async def test_a_queue_probe_changes_no_queue_attributes_and_reads_a_missing_que
     finally:
         for b in (worker, *probes):
             await b.close()
+
+
+async def test_list_queues_names_the_workerfleet_queues_under_the_url_s_prefix(
+    elasticmq_server: elasticmq.ElasticMQServer, open_sqs: OpenBroker
+) -> None:
+    # Given two workerfleet queues under a prefix of this test's own, one of them named like
+    # another's DLQ ("x" and "x-dlq": SQS names "P-x-dlq" and "P-x-dlq-dlq"), and a queue
+    # under the prefix that is not a workerfleet queue
+    prefix = f"p{uuid.uuid4().hex[:6]}-"
+    url = f"{elasticmq_server.url}&prefix={prefix}"
+    for name in ("orders", "x-dlq"):
+        b = await sqs_broker.open_sqs_broker(url, name)
+        await b.enqueue(job())
+        await b.close()
+    stray = await open_sqs()
+    client = await stray._ready_client()
+    await client.create_queue(QueueName=f"{prefix}not-ours")
+    # When the queues are listed through a broker on the same URL
+    lister = await sqs_broker.open_sqs_broker(url, "lister", role=base.QueueRole.READER)
+    try:
+        listed = await lister.list_queues()
+    finally:
+        await lister.close()
+    # Then exactly the two workerfleet queues are named (not "x", not the stray one)
+    assert listed == ["orders", "x-dlq"]

@@ -915,6 +915,36 @@ class SqsBroker:
 
     # -- QueueProbe -------------------------------------------------------------------------
 
+    async def list_queues(self, *, limit: int = 1000) -> list[str]:
+        """The workerfleet queues under this URL's prefix (``QueueListing``): those whose DLQ
+        (``<prefix>Q-dlq``) and normal-priority queue both exist (ListQueues, page by page)."""
+        client = await self._ready_client()
+        end = ".fifo" if self.settings.fifo else ""
+        names: set[str] = set()
+        token: str | None = None
+        with _mapped("queue list"):
+            for _ in range(100):  # bounded: 100 pages of 1,000
+                query: dict[str, Any] = {"MaxResults": 1000}
+                if self.settings.prefix:
+                    query["QueueNamePrefix"] = self.settings.prefix
+                if token:
+                    query["NextToken"] = token
+                reply = await client.list_queues(**query)
+                for url in reply.get("QueueUrls", []):
+                    names.add(str(url).rstrip("/").rsplit("/", 1)[-1])
+                token = reply.get("NextToken")
+                if not token:
+                    break
+        found = set()
+        for name in names:
+            suffix = f"-dlq{end}"
+            if name.endswith(suffix) and name.startswith(self.settings.prefix):
+                queue = name[len(self.settings.prefix) : -len(suffix)]
+                # "x-dlq" is also the DLQ-looking normal queue of a queue named "x-dlq"
+                if queue and f"{self.settings.prefix}{queue}{end}" in names:
+                    found.add(queue)
+        return sorted(found)[:limit]
+
     async def fetch_stats(self) -> base.QueueStats:
         """One GetQueueAttributes per SQS queue of this queue (priorities and DLQ); on a
         read-only probe a queue that does not exist (yet) counts as empty."""
