@@ -610,7 +610,6 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
         what = f" matching {_filter_words(where)}" if not where.is_empty else ""
         print(f"no dead letters{what} in {queue}", file=sys.stderr)
         return 0
-    from rich.text import Text
 
     counted = f"{page.matched:,}" + ("" if page.complete else f"+ (first {page.scanned:,} read)")
     header = (
@@ -620,32 +619,28 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
     )
     shown = f"showing {args.offset + 1}-{args.offset + len(items)}, newest first"
     now = time.time()
-    rows = []
     from worker_runtime import triage
 
-    for d in items:
-        error = triage.describe_last_error(d)
-        # cells as Text, never markup: task names and error texts come from jobs ("[/red]")
-        rows.append(
-            [
-                Text(_printable(d.job_id)),
-                Text(d.task or ""),
-                Text(d.reason),
-                Text(str(d.attempts)),
-                Text(str(d.deliveries)),
-                Text(_age(now - d.dead_lettered_at)),
-                Text(error),
-            ]
+    # task names and error texts come from jobs ("[/red]"): _print_rows never parses markup
+    rows = [
+        (
+            _printable(d.job_id),
+            d.task or "",
+            d.reason,
+            str(d.attempts),
+            str(d.deliveries),
+            _age(now - d.dead_lettered_at),
+            triage.describe_last_error(d),
         )
-    table, width = build_fitted_table(
+        for d in items
+    ]
+    _print_rows(
         f"{header}; {shown}",
         ("job id", "task", "reason", "attempts", "deliveries", "age", "last error"),
         rows,
         cut="last error",
-        terminal=_terminal_width(),
         right=("attempts", "deliveries", "age"),
     )
-    _print_fitted(table, width)
     return 0
 
 
