@@ -8,7 +8,9 @@ watches, detects the sharing, and lets the pool created first scale alone.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -104,6 +106,73 @@ def test_the_conflict_clears_when_the_other_pool_is_deleted(
     # When the second pool is deleted
     emulator.delete("workerpools", NAMESPACE, "b-second", group=GROUP)
     # Then the first pool's condition turns False
+    cleared = wait_until(
+        lambda: (c := _conflict(emulator, "a-first")).get("status") == "False" and c,
+        message="QueueConflict stayed True",
+    )
+    assert cleared["reason"] == "QueueNotShared"
+
+
+def test_a_pool_recorded_while_another_pool_polls_its_queue_leaves_no_lasting_conflict(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A poll reads which pools share its queue, then reads the queue (an await), then plans;
+    # an unchanged poll skips planning. Given an operator where "b-second"'s polls wait until a
+    # poll of "a-first" is reading the queue, that read lasts until "b-second" has recorded
+    # itself, and the test can hold "a-first"'s later polls (a held poll is one not due yet)
+    armed = threading.Event()
+    a_reading = threading.Event()
+    hold = threading.Event()
+    held_polls_done: list[str] = []
+    real_poll = scaler.poll_queue
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    runner = operator()
+    ctx = runner.context
+    real_fetch = ctx.queues.fetch_observation
+
+    async def poll_in_order(controller: Any, policy: Any) -> None:
+        deadline = time.monotonic() + 10
+        while controller.name == "b-second" and not a_reading.is_set():
+            assert time.monotonic() < deadline, "a-first never read its queue"
+            await asyncio.sleep(0.01)
+        if controller.name == "a-first" and hold.is_set():
+            return
+        was_armed = controller.name == "a-first" and armed.is_set()
+        await real_poll(controller, policy)
+        if was_armed and not armed.is_set():
+            held_polls_done.append(controller.name)
+            hold.set()  # "a-first" polls no more until the test lets it
+
+    async def fetch_until_b_recorded(*args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if armed.is_set() and task is not None and task.get_name().endswith("/a-first"):
+            armed.clear()
+            a_reading.set()
+            deadline = time.monotonic() + 10
+            while ctx.find_queue_sharing((NAMESPACE, "b-second")) is None:
+                assert time.monotonic() < deadline, "b-second never recorded itself"
+                await asyncio.sleep(0.01)
+        return await real_fetch(*args, **kwargs)
+
+    monkeypatch.setattr(scaler, "poll_queue", poll_in_order)
+    monkeypatch.setattr(ctx.queues, "fetch_observation", fetch_until_b_recorded)
+    # When "a-first" and "b-second" on queue "emails" are created, and "b-second" records
+    # itself during the first poll of "a-first" (one that plans: nothing to compare it with)
+    armed.set()
+    _create(emulator, "a-first")
+    _create(emulator, "b-second")
+    wait_until(lambda: held_polls_done, message="the poll of a-first was not held")
+    # and "b-second" is deleted before "a-first" polls again
+    emulator.delete("workerpools", NAMESPACE, "b-second", group=GROUP)
+    wait_until(
+        lambda: (NAMESPACE, "b-second") not in ctx.pools, message="b-second's loop did not stop"
+    )
+    hold.clear()
+    # Then "a-first" reports no conflict: the poll planned with the sharing it remembered, so
+    # no conflict it planned can outlive the pool that caused it
     cleared = wait_until(
         lambda: (c := _conflict(emulator, "a-first")).get("status") == "False" and c,
         message="QueueConflict stayed True",

@@ -666,7 +666,14 @@ class PoolController:
             await self.ctx.release_unused()
         return plan_mod.SecretCheck("ok")
 
-    def observed(self, secret: plan_mod.SecretCheck, **more: Any) -> plan_mod.Observed:
+    def observed(
+        self,
+        secret: plan_mod.SecretCheck,
+        queue_sharing: plan_mod.QueueSharing | None,
+        **more: Any,
+    ) -> plan_mod.Observed:
+        """What the plan reads. The caller passes the queue sharing it read (an autoscaler
+        poll: the one it decided with and keeps in its signature)."""
         body = self.body or {}
         previous = api.parse_status(body.get("status"))
         applied = self.applied.reconciled_generation
@@ -688,9 +695,13 @@ class PoolController:
             missing_apis=self.applied.missing_apis,
             not_owned=self.applied.not_owned,
             replicas_owned_by=self.scaling.replicas_blocked_by,
-            queue_sharing=self.ctx.find_queue_sharing((self.namespace, self.name)),
+            queue_sharing=queue_sharing,
             **more,
         )
+
+    def find_queue_sharing(self) -> plan_mod.QueueSharing | None:
+        """Which other pools read this pool's queue, as last recorded (None: not read yet)."""
+        return self.ctx.find_queue_sharing((self.namespace, self.name))
 
     @property
     def broker(self) -> str:

@@ -95,7 +95,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
         # scaled: the pool reports it and runs nothing until it is renamed or deleted.
         foreign_deployment = fetched is not None and not controller.is_ours(fetched)
         controller.keep_deployment(None if foreign_deployment else fetched)
-    the_plan = plan_mod.plan(parsed, controller.observed(secret))
+    the_plan = plan_mod.plan(parsed, controller.observed(secret, controller.find_queue_sharing()))
     if the_plan.hold:
         # Bad input: nothing applied, nothing deleted; explain, and retry a Secret slowly.
         controller.spec_problem = SpecProblemError(
@@ -121,7 +121,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     if controller.defer_status_to_poll():
         return  # the poll due now plans this status with the queue's numbers: one write
     # The status from what the writes returned (a plan on the fresh Deployment state).
-    final = plan_mod.plan(parsed, controller.observed(secret))
+    final = plan_mod.plan(parsed, controller.observed(secret, controller.find_queue_sharing()))
     await report.apply_status(controller, final.status, final.events)
 
 

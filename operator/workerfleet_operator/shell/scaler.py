@@ -86,7 +86,7 @@ async def poll_queue(
     controller.ctx.queue_readers.record(
         (controller.namespace, controller.name), where, controller.pool_facts.created
     )
-    sharing = controller.ctx.find_queue_sharing((controller.namespace, controller.name))
+    sharing = controller.find_queue_sharing()
     problem = await _ensure_subscription(controller, spec)
     if problem is not None:
         observation = autoscaling.Observation(stats=None, error=problem)
@@ -150,6 +150,10 @@ async def poll_queue(
         controller.valid_pool(),
         controller.observed(
             check,
+            # the sharing read before the queue was, the one the signature keeps: read again
+            # here, a pool recorded meanwhile would be planned but not remembered, and the
+            # conflict reported for it would outlive that pool
+            sharing,
             stats=observation.stats,
             stats_error=observation.error,
             age_unavailable=observation.age_unavailable,
