@@ -67,12 +67,16 @@ HISTORY_KEEP = 20
 the connection's frame size (128 KiB by default), and each failure keeps up to 4 KB of
 traceback."""
 
-NACK_RETRY_DELAYS_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.5)
+NACK_RETRY_DELAYS_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0)
 """Waits before publishing again a message RabbitMQ nacked. A quorum queue nacks a publish
 while its Raft member is not running yet: another client's declare of the same new queue
 returns before the client creating it has started it (measured here on 3.10.8: eight clients
 declaring one new queue at once, then publishing, saw a nack in most rounds, and the publish
-made again 20-50 ms later was taken)."""
+made again 20-50 ms later was taken). The later, longer waits are for a loaded machine, where
+starting the member takes longer: with waits adding up to 0.87 s, ten producers' first
+publishes still ended nacked once in a clean-clone CI run (the whole suite running beside it).
+A queue that nacks for good (a ``reject-publish`` overflow policy, unsupported) fails the
+publish after about 5 s."""
 
 PUBLISH_CONFIRM_TIMEOUT_SECONDS = 30.0
 """How long a publish waits for RabbitMQ's confirm before it fails as ``BrokerUnavailable``
