@@ -1,6 +1,6 @@
 """Pure retry-delay arithmetic: exponential or fixed backoff with jitter, and HTTP Retry-After.
 
-The worker calls :func:`build_delay` after a handler failure to decide when the retry becomes
+The worker calls :func:`delay_for` after a handler failure to decide when the retry becomes
 due (the wait happens in Redis, never in worker memory), and :func:`parse_retry_after` when a
 handler reports an HTTP-style ``Retry-After``. No I/O; the random source is injectable.
 """
@@ -40,7 +40,7 @@ class Backoff:
             raise ValueError(f"unknown jitter {self.jitter!r}")
 
 
-def build_ceiling(policy: Backoff, attempt: int) -> float:
+def ceiling_for(policy: Backoff, attempt: int) -> float:
     """The un-jittered delay for retry number ``attempt`` (1 = first retry), capped."""
     if policy.strategy == "fixed":
         return min(policy.base_seconds, policy.max_seconds)
@@ -51,7 +51,7 @@ def build_ceiling(policy: Backoff, attempt: int) -> float:
     return min(policy.max_seconds, policy.base_seconds * math.pow(2.0, exponent))
 
 
-def build_delay(
+def delay_for(
     policy: Backoff,
     attempt: int,
     *,
@@ -65,7 +65,7 @@ def build_delay(
     ``none``: the ceiling itself. Always within [0, max_seconds].
     """
     r = rng if rng is not None else random
-    ceiling = build_ceiling(policy, attempt)
+    ceiling = ceiling_for(policy, attempt)
     if policy.jitter == "none":
         return ceiling
     if policy.jitter == "full":

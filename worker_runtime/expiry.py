@@ -33,7 +33,7 @@ class Enforcement(StrEnum):
     BROKER_NATIVE = "broker_native"
 
 
-def build_expires_at(
+def expires_at_for(
     ttl: float | None, expires_at: datetime | float | None, now: float
 ) -> float | None:
     """The deadline (epoch seconds) from a ``ttl`` counted from ``now`` or an absolute time."""

@@ -63,7 +63,7 @@ class EnqueueOptions(TypedDict, total=False):
 MAX_WAIT_SECONDS = envelope.MAX_WAIT_SECONDS
 
 
-def build_delay_seconds(delay: float | None, eta: datetime | float | None, now: float) -> float:
+def delay_seconds_for(delay: float | None, eta: datetime | float | None, now: float) -> float:
     """Seconds from ``now`` until the job is due (``delay`` and ``eta`` are exclusive)."""
     if delay is not None and eta is not None:
         raise ValueError("give either delay or eta, not both")
@@ -103,8 +103,8 @@ def build_request(spec: JobSpec, *, now: float | None = None) -> queue.EnqueueRe
     """A validated engine request from a job spec (pure apart from the id and clock)."""
     current = time.time() if now is None else now
     validate_keys(spec)
-    delay = build_delay_seconds(spec.delay, spec.eta, current)
-    expires_at = expiry.build_expires_at(spec.ttl, spec.expires_at, current)
+    delay = delay_seconds_for(spec.delay, spec.eta, current)
+    expires_at = expiry.expires_at_for(spec.ttl, spec.expires_at, current)
     if expires_at is not None and expires_at <= current + delay:
         # It could never start: refuse it here rather than dead-letter it later.
         raise ValueError("the job would expire before it is due (ttl/expires_at vs delay/eta)")

@@ -13,25 +13,25 @@ from worker_runtime import backoff
 
 def test_exponential_backoff_doubles_from_the_base_and_stops_at_the_cap() -> None:
     policy = backoff.Backoff(base_seconds=2, max_seconds=30, jitter="none")
-    assert [backoff.build_delay(policy, n) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
+    assert [backoff.delay_for(policy, n) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
 
 
 def test_a_huge_attempt_number_does_not_overflow() -> None:
     policy = backoff.Backoff(base_seconds=1, max_seconds=300, jitter="none")
-    assert backoff.build_delay(policy, 10_000) == 300
+    assert backoff.delay_for(policy, 10_000) == 300
 
 
 def test_fixed_backoff_is_the_base_every_time_capped() -> None:
     policy = backoff.Backoff(strategy="fixed", base_seconds=5, max_seconds=3, jitter="none")
-    assert [backoff.build_delay(policy, n) for n in (1, 2, 9)] == [3, 3, 3]
+    assert [backoff.delay_for(policy, n) for n in (1, 2, 9)] == [3, 3, 3]
 
 
 @pytest.mark.parametrize("attempt", [1, 3, 6])
 def test_full_jitter_stays_between_zero_and_the_ceiling(attempt: int) -> None:
     policy = backoff.Backoff(base_seconds=1, max_seconds=20, jitter="full")
     rng = random.Random(7)
-    ceiling = backoff.build_ceiling(policy, attempt)
-    values = [backoff.build_delay(policy, attempt, rng=rng) for _ in range(500)]
+    ceiling = backoff.ceiling_for(policy, attempt)
+    values = [backoff.delay_for(policy, attempt, rng=rng) for _ in range(500)]
     assert all(0 <= v <= ceiling for v in values)
     assert max(values) - min(values) > ceiling / 2  # actually spread, not constant
 
@@ -39,7 +39,7 @@ def test_full_jitter_stays_between_zero_and_the_ceiling(attempt: int) -> None:
 def test_equal_jitter_keeps_at_least_half_the_ceiling() -> None:
     policy = backoff.Backoff(base_seconds=1, max_seconds=20, jitter="equal")
     rng = random.Random(3)
-    values = [backoff.build_delay(policy, 4, rng=rng) for _ in range(500)]
+    values = [backoff.delay_for(policy, 4, rng=rng) for _ in range(500)]
     assert all(4 <= v <= 8 for v in values)
 
 
@@ -48,7 +48,7 @@ def test_decorrelated_jitter_grows_from_the_previous_delay_and_respects_the_cap(
     rng = random.Random(11)
     previous = None
     for n in range(1, 50):
-        d = backoff.build_delay(policy, n, previous=previous, rng=rng)
+        d = backoff.delay_for(policy, n, previous=previous, rng=rng)
         upper = 3 * (previous if previous is not None else 1)
         assert 1 <= d <= min(10, upper)
         previous = d
@@ -56,8 +56,8 @@ def test_decorrelated_jitter_grows_from_the_previous_delay_and_respects_the_cap(
 
 def test_the_same_seed_gives_the_same_delays() -> None:
     policy = backoff.Backoff()
-    a = [backoff.build_delay(policy, n, rng=random.Random(5)) for n in range(1, 5)]
-    b = [backoff.build_delay(policy, n, rng=random.Random(5)) for n in range(1, 5)]
+    a = [backoff.delay_for(policy, n, rng=random.Random(5)) for n in range(1, 5)]
+    b = [backoff.delay_for(policy, n, rng=random.Random(5)) for n in range(1, 5)]
     assert a == b
 
 

@@ -24,7 +24,7 @@ def test_an_envelope_round_trips_through_json_with_its_typed_payload() -> None:
         max_attempts=3,
         now=100.0,
     )
-    parsed = envelope.parse_envelope(envelope.build_envelope_json(env))
+    parsed = envelope.parse_envelope(envelope.encode_envelope_text(env))
     assert parsed == env
     assert (parsed.v, parsed.priority, parsed.payload) == (
         1,
@@ -37,12 +37,12 @@ def test_an_envelope_round_trips_through_json_with_its_typed_payload() -> None:
 def test_the_encoded_envelope_is_the_stored_json_as_utf8_bytes() -> None:
     env = envelope.build_envelope("t", {"name": "Zoë", "n": [1, 2.5, None]}, now=1.0)
     encoded = envelope.encode_envelope(env)
-    assert encoded == envelope.build_envelope_json(env).encode("utf-8")
+    assert encoded == envelope.encode_envelope_text(env).encode("utf-8")
     assert envelope.parse_envelope(encoded) == env
 
 
 def test_new_job_ids_are_32_random_hex_digits_and_do_not_repeat() -> None:
-    ids = {envelope.build_job_id() for _ in range(10_000)}
+    ids = {envelope.new_job_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
 

@@ -120,7 +120,7 @@ async def test_queue_stats_read_more_live_workers_than_one_unpack_holds(
     pipe = redis_client.pipeline(transaction=False)
     for i in range(9_000):
         beat = queue.WorkerBeat(f"w{i}", f"pod-{i}", 1, 0, 0, 0.0, now, None, False, 30.0)
-        pipe.hset(k.workers, f"w{i}", queue.build_heartbeat_json(beat))
+        pipe.hset(k.workers, f"w{i}", queue.encode_heartbeat(beat))
         pipe.zadd(k.workers_expiry, {f"w{i}": (now + 600) * 1000})
     await pipe.execute()
     # When the stats are read

@@ -59,7 +59,7 @@ def test_the_load_plan_has_a_spike_a_lull_and_a_quiet_end() -> None:
     spike = plan[1]
     assert spike.rate > 10 * plan[2].rate
     assert plan[-1].end < 80 * 0.7  # the rest of the run shows the scale-down
-    assert demo.build_due_count(plan, plan[-1].end) == demo.build_due_count(plan, 1000)
+    assert demo.count_due(plan, plan[-1].end) == demo.count_due(plan, 1000)
 
 
 def test_the_job_mix_has_flaky_and_poison_jobs_in_the_documented_shares() -> None:

@@ -125,7 +125,7 @@ def test_a_file_without_a_workerpool_is_refused(tmp_path: pathlib.Path) -> None:
 def test_scale_in_removes_the_cheapest_pods_first_and_the_newest_among_equals() -> None:
     costs = {"p-0": -100, "p-1": 20_005, "p-2": -100, "p-3": -1000}
     indexes = {"p-0": 0, "p-1": 1, "p-2": 2, "p-3": 3}
-    order = fleet.build_removal_order(["p-0", "p-1", "p-2", "p-3"], costs, indexes)
+    order = fleet.sort_for_removal(["p-0", "p-1", "p-2", "p-3"], costs, indexes)
     assert order == ["p-3", "p-2", "p-0", "p-1"]
 
 

@@ -112,7 +112,7 @@ async def test_a_watched_deployment_is_kept_with_only_the_owners_of_its_replicas
     kept = _kept_after_a_watch_event(live)
     # Then it keeps the Deployment without the managedFields nobody reads, but still knows who
     # owns spec.replicas (the hand-over to the autoscaler's manager depends on it)
-    assert kube.build_owner_of_replicas(kept) == [kube.FIELD_MANAGER, kube.REPLICAS_FIELD_MANAGER]
+    assert kube.owners_of_replicas(kept) == [kube.FIELD_MANAGER, kube.REPLICAS_FIELD_MANAGER]
     assert all(set(e) == {"manager", "fieldsV1"} for e in kept["metadata"]["managedFields"])
     assert kept["spec"] == live["spec"] and kept["status"] == live["status"]
     assert kept["metadata"]["ownerReferences"] == live["metadata"]["ownerReferences"]

@@ -227,7 +227,7 @@ class MemoryBroker:
             first_failure_at=job.history[0].at if job.history else None,
             last_failure_at=job.history[-1].at if job.history else None,
             history=tuple(job.history),
-            envelope_raw=envelope_mod.build_envelope_json(env),
+            envelope_raw=envelope_mod.encode_envelope_text(env),
         )
         q.counters["dead_lettered"] += 1
         # retention, as on every insert: by age, then by length (oldest go first)

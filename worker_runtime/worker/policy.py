@@ -134,7 +134,7 @@ class DefaultRetryPolicy:
         previous = None
         if policy.jitter == "decorrelated" and job.attempts > 0 and self.previous_delay is not None:
             previous = await self.previous_delay(job)
-        return backoff.build_delay(policy, job.attempts + 1, previous=previous, rng=self.rng)
+        return backoff.delay_for(policy, job.attempts + 1, previous=previous, rng=self.rng)
 
 
 def retry_after_hint(exc: BaseException) -> float | None:

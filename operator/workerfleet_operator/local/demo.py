@@ -101,7 +101,7 @@ def build_job_payload(index: int, rng: random.Random, mix: JobMix) -> dict[str, 
     }
 
 
-def build_due_count(plan: Sequence[Phase], elapsed: float) -> int:
+def count_due(plan: Sequence[Phase], elapsed: float) -> int:
     """How many jobs the plan has asked for by ``elapsed`` seconds."""
     total = 0.0
     for phase in plan:
@@ -162,7 +162,7 @@ class LoadGenerator(threading.Thread):
         made = 0
         while not self.stop_event.is_set():
             elapsed = time.monotonic() - started
-            due = build_due_count(self.plan, min(elapsed, end))
+            due = count_due(self.plan, min(elapsed, end))
             for index in range(made, due):
                 payload = build_job_payload(index, self._rng, self._mix)
                 self.counts.poison += int(payload["poison"])

@@ -144,7 +144,7 @@ class OrderPublisher(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 elapsed = time.monotonic() - started
-                due = demo.build_due_count(self.plan, min(elapsed, end))
+                due = demo.count_due(self.plan, min(elapsed, end))
                 while sent < due and not self.stop_event.is_set():
                     version, data = build_order(sent, self._rng)
                     try:

@@ -88,7 +88,7 @@ class FleetCounters:
     exit_codes: list[int] = field(default_factory=list)
 
 
-def build_removal_order(
+def sort_for_removal(
     pods: Sequence[str], costs: Mapping[str, int], indexes: Mapping[str, int]
 ) -> list[str]:
     """Pods in the order to remove them: lowest deletion cost first, then the newest pod."""
@@ -177,7 +177,7 @@ class ProcessFleet:
         pods = self.pod_names
         costs = autoscaling.deletion_costs_for(heartbeats, pods, heartbeat_now)
         indexes = {n: w.index for n, w in self.workers.items()}
-        chosen = build_removal_order(pods, costs, indexes)[: current - desired]
+        chosen = sort_for_removal(pods, costs, indexes)[: current - desired]
         for pod in chosen:
             self._stop(self.workers[pod], now, f"deletion cost {costs[pod]}")
         return chosen

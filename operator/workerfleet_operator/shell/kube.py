@@ -719,7 +719,7 @@ async def delete_object(client: KubeClient, ref: ObjectRef, *, uid: str | None =
     return True
 
 
-def build_controller_uid(body: Mapping[str, Any]) -> str | None:
+def controller_uid_of(body: Mapping[str, Any]) -> str | None:
     """The uid in the object's controller ownerReference (None: no controller)."""
     for ref in (body.get("metadata") or {}).get("ownerReferences") or ():
         if ref.get("controller"):
@@ -750,7 +750,7 @@ async def fetch_replicas_controllers(client: KubeClient, namespace: str, name: s
     return found
 
 
-def build_owner_of_replicas(deployment: Mapping[str, Any]) -> list[str]:
+def owners_of_replicas(deployment: Mapping[str, Any]) -> list[str]:
     """The field managers that own ``spec.replicas`` according to ``managedFields``."""
     owners = []
     for entry in deployment.get("metadata", {}).get("managedFields") or []:
@@ -765,7 +765,7 @@ REPLICAS_FIELDS: dict[str, Any] = {"f:spec": {"f:replicas": {}}}
 
 def strip_managed_fields(body: Body) -> Body:
     """``body`` as a pool's controller keeps it: ``managedFields`` cut to the entries that own
-    ``spec.replicas``, each reduced to its manager (all :func:`build_owner_of_replicas` reads).
+    ``spec.replicas``, each reduced to its manager (all :func:`owners_of_replicas` reads).
 
     Every other entry is a tree of small dicts per field and per manager, copied into memory for
     each of thousands of pools and never read. A shallow copy: ``body`` (kopf's, or an answer)
@@ -775,7 +775,7 @@ def strip_managed_fields(body: Body) -> Body:
     meta = body.get("metadata")
     if not isinstance(meta, dict) or "managedFields" not in meta:
         return body
-    owners = build_owner_of_replicas(body)
+    owners = owners_of_replicas(body)
     kept = {k: v for k, v in meta.items() if k != "managedFields"}
     if owners:
         kept["managedFields"] = [{"manager": m, "fieldsV1": REPLICAS_FIELDS} for m in owners]

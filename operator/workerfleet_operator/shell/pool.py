@@ -399,7 +399,7 @@ class PoolController:
         """Controlled by this pool (its uid, not just its name: a pool deleted and created
         again under the same name owns nothing of the old one's)."""
         uid = self.pool_facts.uid
-        return uid is not None and kube.build_controller_uid(child) == uid
+        return uid is not None and kube.controller_uid_of(child) == uid
 
     def start(self) -> None:
         if self.task is None:

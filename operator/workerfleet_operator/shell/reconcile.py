@@ -327,7 +327,7 @@ async def _hand_over_replicas(
     its last manager releases is reset to the API default (1), which would drop a pool of 4 to
     1 at once."""
     replicas = (deployment.get("spec") or {}).get("replicas")
-    owners = kube.build_owner_of_replicas(deployment)
+    owners = kube.owners_of_replicas(deployment)
     releasing = "replicas" not in (main.get("spec") or {}) and kube.FIELD_MANAGER in owners
     if not releasing or replicas is None or kube.REPLICAS_FIELD_MANAGER in owners:
         return deployment  # nothing released, or the autoscaler co-owns it already

@@ -99,7 +99,7 @@ DeadLetterReason = base.DeadLetterReason
 build_failure = base.build_failure
 
 
-def build_failure_json(failure: Failure, *, retry_in_seconds: float | None = None) -> str:
+def encode_failure(failure: Failure, *, retry_in_seconds: float | None = None) -> str:
     """The JSON the scripts append to a job's history (``retry_in``: the delay a retry chose)."""
     record: dict[str, object] = {
         "error_type": failure.error_type,
@@ -114,7 +114,7 @@ def build_failure_json(failure: Failure, *, retry_in_seconds: float | None = Non
 
 def _text(value: Any) -> str:
     # Replies carrying job data are read undecoded (see _build_jobs). An id that is not UTF-8
-    # keeps its bytes as lone surrogates, which build_packed turns back into the same bytes.
+    # keeps its bytes as lone surrogates, which encode_packed turns back into the same bytes.
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
@@ -123,7 +123,7 @@ _US = "\x1f"
 _CONTROL = str.maketrans({c: " " for c in map(chr, range(32))})
 
 
-def build_packed(rows: Sequence[Sequence[object]]) -> bytes:
+def encode_packed(rows: Sequence[Sequence[object]]) -> bytes:
     """Pack per-job values into the one ARGV string the batch scripts split (RS/US separated).
 
     JSON never contains raw control characters and ids are checked by the envelope model, so
@@ -335,7 +335,7 @@ class QueueClient:
             return [], await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         if count <= 0 or (wake is not None and wake.is_set()):
             return [await self.ack(j) for j in jobs], []
-        packed = build_packed([(j.id, j.receipt, 0, 0) for j in jobs])
+        packed = encode_packed([(j.id, j.receipt, 0, 0) for j in jobs])
         raw = await scripts.ACK_FETCH(
             self.client,
             self._k,
@@ -365,7 +365,7 @@ class QueueClient:
             worker_id,
             int(self.options.lease_seconds * 1000),
             MAX_FETCH + len(held),
-            build_packed(list(held)),
+            encode_packed(list(held)),
         ]
         now_ms, flat = await scripts.ADOPT(self.client, self._k, args, decode=False)
         jobs, invalid = self._build_jobs(float(now_ms), flat)
@@ -392,7 +392,7 @@ class QueueClient:
         self, job_id: str, token: Token, error: envelope_mod.EnvelopeError, worker_id: str
     ) -> None:
         failure = Failure("EnvelopeError", str(error), "", worker_id)
-        item = (job_id, token, error.reason, build_failure_json(failure), False)
+        item = (job_id, token, error.reason, encode_failure(failure), False)
         if await self._deads.submit(item):
             self.fetch_dead_lettered[error.reason] += 1
 
@@ -475,9 +475,9 @@ class QueueClient:
         args: list[scripts.Arg] = [
             worker_id,
             int(self.options.lease_seconds * 1000),
-            build_heartbeat_json(heartbeat) if heartbeat else "",
+            encode_heartbeat(heartbeat) if heartbeat else "",
             int(heartbeat.ttl_seconds * 1000) if heartbeat else 0,
-            build_packed([(job.id, job.receipt) for job in jobs]),
+            encode_packed([(job.id, job.receipt) for job in jobs]),
         ]
         flags = await scripts.RENEW(self.client, self._k, args)
         renewed = tuple(j for j, f in zip(jobs, flags, strict=True) if int(f) == 1)
@@ -517,7 +517,7 @@ class QueueClient:
         """
         if not math.isfinite(delay_seconds):
             raise ValueError(f"a retry delay must be a finite number of seconds: {delay_seconds}")
-        failure_json = build_failure_json(failure, retry_in_seconds=delay_seconds)
+        failure_json = encode_failure(failure, retry_in_seconds=delay_seconds)
         item = (job.id, job.receipt, delay_seconds, failure_json)
         return await self._retries.submit(item)
 
@@ -548,7 +548,7 @@ class QueueClient:
         attempt: bool = True,
     ) -> bool:
         """Move the job to the DLQ; with ``failure`` and ``attempt`` it counts as an attempt."""
-        failure_json = build_failure_json(failure) if failure else ""
+        failure_json = encode_failure(failure) if failure else ""
         item = (job.id, job.receipt, str(reason), failure_json, bool(failure) and attempt)
         return await self._deads.submit(item)
 
@@ -573,7 +573,7 @@ class QueueClient:
                 keys = list(self._k)
             keys.append(self.keys.done(done_key))
             rows.append((job_id, token, len(keys), int((ttl or 86_400.0) * 1000)))
-        flags = await scripts.ACK(self.client, keys, [build_packed(rows)])
+        flags = await scripts.ACK(self.client, keys, [encode_packed(rows)])
         return [int(f) == 1 for f in flags]
 
     async def _flush_retries(self, items: list[_RetryItem]) -> list[bool]:
@@ -581,7 +581,7 @@ class QueueClient:
             (job_id, token, int(max(0.0, delay) * 1000), failure_json)
             for job_id, token, delay, failure_json in items
         ]
-        flags = await scripts.RETRY(self.client, self._k, [build_packed(rows)])
+        flags = await scripts.RETRY(self.client, self._k, [encode_packed(rows)])
         return [int(f) == 1 for f in flags]
 
     async def _flush_deads(self, items: list[_DeadItem]) -> list[bool]:
@@ -593,7 +593,7 @@ class QueueClient:
         args: list[scripts.Arg] = [
             o.dlq_max_length,
             int(o.dlq_retention_seconds * 1000),
-            build_packed(rows),
+            encode_packed(rows),
         ]
         flags = await scripts.DEAD_LETTER(self.client, self._k, args)
         return [int(f) == 1 for f in flags]
@@ -604,7 +604,7 @@ class QueueClient:
             o.max_deliveries,
             o.dlq_max_length,
             int(o.dlq_retention_seconds * 1000),
-            build_packed([(job_id, token, 1 if lost else 0) for job_id, token, lost in items]),
+            encode_packed([(job_id, token, 1 if lost else 0) for job_id, token, lost in items]),
         ]
         return [int(f) for f in await scripts.RELEASE(self.client, self._k, args)]
 
@@ -666,7 +666,7 @@ async def _cancel_until_done(task: asyncio.Future[Any]) -> None:
         await asyncio.wait({task}, timeout=_CANCEL_RECHECK_SECONDS)
 
 
-def build_heartbeat_json(beat: WorkerBeat) -> str:
+def encode_heartbeat(beat: WorkerBeat) -> str:
     """The heartbeat record a worker writes (``last_seen`` is added from server time)."""
     data = dataclasses.asdict(beat)
     data.pop("ttl_seconds")
@@ -699,7 +699,7 @@ def build_enqueue_call(
         )
         # each envelope is its own argument: the script never copies it out of a packed string
         envelopes.append(envelope_mod.encode_envelope(env))
-    return keys, [enqueued_idx, int(dedup_seconds * 1000), build_packed(rows), *envelopes]
+    return keys, [enqueued_idx, int(dedup_seconds * 1000), encode_packed(rows), *envelopes]
 
 
 def build_enqueue_results(raw: Sequence[Any]) -> list[EnqueueResult]:

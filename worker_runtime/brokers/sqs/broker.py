@@ -390,7 +390,7 @@ class SqsBroker:
                     "SQS FIFO queues cannot delay single messages", operation="enqueue"
                 )
             entry = self._send_entry(
-                envelope_mod.build_envelope_json(env),
+                envelope_mod.encode_envelope_text(env),
                 attributes.Carried(),
                 delay=request.delay_seconds,
                 job_id=env.id,
