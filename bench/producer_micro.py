@@ -30,7 +30,7 @@ import driver  # bench-runtime's module: Redis's CPU counter, read as bench-runt
 
 
 async def run(url: str, jobs: int, batch: int) -> None:
-    client = connection.fetch_client(url)
+    client = connection.build_client(url)
     stats = redis.Redis.from_url(url)
     p = producer.Producer(client, "bench-producer")
     # one call first: connection, script load

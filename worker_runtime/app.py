@@ -489,7 +489,7 @@ class App:
             url = self._url()
             if brokers.scheme_of(url) in brokers.REDIS_SCHEMES:
                 # Redis keeps its direct client: publish builds its broker on the same one.
-                p.async_client = connection.fetch_client(url)
+                p.async_client = connection.build_client(url)
                 p.async_producer = producer.Producer(p.async_client, self.queue)
                 p.broker = None
             else:
@@ -517,7 +517,7 @@ class App:
                         f"enqueue_sync needs a Redis URL; on {scheme}:// use `await app.enqueue`",
                         operation="enqueue_sync",
                     )
-                p.sync_client = connection.fetch_client_sync(url)
+                p.sync_client = connection.build_client_sync(url)
                 p.sync_producer = producer.SyncProducer(p.sync_client, self.queue)
             return p.sync_producer
 

@@ -73,12 +73,12 @@ def test_unusable_redis_urls_are_refused_with_a_reason_and_never_echoed(
     assert "s3cret" not in str(caught.value)
     # and the clients refuse them the same way
     with pytest.raises(connection.InvalidRedisURL):
-        connection.fetch_client(url)
+        connection.build_client(url)
 
 
 def test_an_unknown_url_scheme_is_refused() -> None:
     with pytest.raises(ValueError):
-        connection.fetch_client("http://127.0.0.1:6379")
+        connection.build_client("http://127.0.0.1:6379")
 
 
 async def test_a_restricted_acl_user_runs_the_whole_engine_on_its_own_keys_only(
@@ -100,7 +100,7 @@ async def test_a_restricted_acl_user_runs_the_whole_engine_on_its_own_keys_only(
         "-@dangerous",
     )
     admin.close()
-    client = connection.fetch_client(f"redis://app:s3cret@127.0.0.1:{server.port}/0")
+    client = connection.build_client(f"redis://app:s3cret@127.0.0.1:{server.port}/0")
     # When it enqueues, fetches, retries, dead-letters, acks and reads stats
     engine = es.make_engine(client, queue_name)
     await engine.enqueue_many([es.request(idempotency_key="k"), es.request(), es.request()])
@@ -197,7 +197,7 @@ def wait_for_port(port: int) -> None:
 async def test_rediss_urls_talk_tls(tls_server: tuple[int, Path], queue_name: str) -> None:
     # Given a TLS-only redis-server
     port, cert = tls_server
-    client = connection.fetch_client(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}")
+    client = connection.build_client(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}")
     # When a producer enqueues over TLS and stats are read over TLS
     await producer.Producer(client, queue_name).enqueue("t", {"x": 1})
     s = await stats.fetch_queue_stats(client, queue_name)
@@ -212,7 +212,7 @@ async def test_a_sentinel_url_finds_the_primary(
     # Given a Sentinel watching a primary
     sport, primary = redis_sentinel
     # When a client connects through the Sentinel URL and enqueues
-    client = connection.fetch_client(f"redis+sentinel://127.0.0.1:{sport}/mymaster")
+    client = connection.build_client(f"redis+sentinel://127.0.0.1:{sport}/mymaster")
     await producer.Producer(client, queue_name).enqueue("t", {"x": 1})
     await client.aclose()
     # Then the job landed on the primary
@@ -227,7 +227,7 @@ async def test_a_sentinel_url_whose_first_sentinel_is_down_asks_the_next_one_at_
     # Given a multi-host Sentinel URL whose first Sentinel does not answer
     sport, _primary = redis_sentinel
     url = f"redis+sentinel://127.0.0.1:{free_port()},127.0.0.1:{sport}/mymaster"
-    client = connection.fetch_client(url, socket_timeout=2.0)
+    client = connection.build_client(url, socket_timeout=2.0)
     try:
         # When a caller with a 2 s deadline (the operator's stats read) enqueues and reads
         async with asyncio.timeout(2.0):
@@ -244,7 +244,7 @@ async def test_a_killed_connection_is_reestablished_by_the_next_call(
     redis_server: RedisServer, queue_name: str
 ) -> None:
     # Given a client built from a URL, in use
-    client = connection.fetch_client(redis_server.url)
+    client = connection.build_client(redis_server.url)
     engine = es.make_engine(client, queue_name)
     await engine.enqueue(es.request())
     # When the server kills every normal client connection

@@ -35,7 +35,7 @@ async def test_a_resent_enqueue_of_a_job_that_already_ran_is_a_no_op(
     assert await engine.ack(warmup)
     hold = threading.Event()
     proxy = cutting_proxy.CuttingProxy(server.port, (scripts.ENQUEUE.sha.encode(),), hold=hold)
-    client = connection.fetch_client(proxy.url, socket_timeout=5.0)  # retries=3, as producers
+    client = connection.build_client(proxy.url, socket_timeout=5.0)  # retries=3, as producers
     p = producer.Producer(client, queue_name)
     try:
         proxy.armed.set()

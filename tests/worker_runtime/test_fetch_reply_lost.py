@@ -41,7 +41,7 @@ async def test_jobs_leased_by_a_fetch_whose_reply_timed_out_are_adopted_by_that_
     # not re-send commands (retries=0) with a short reply timeout
     server = redis_factory()
     options = queue_mod.QueueOptions(lease_seconds=60.0)
-    client = connection.fetch_client(server.url, socket_timeout=0.5, retries=0)
+    client = connection.build_client(server.url, socket_timeout=0.5, retries=0)
     q = queue_mod.QueueClient(client, queue_name, options)
     assert await q.fetch("w0", 1) == []  # the fetch script is loaded (EVALSHA will find it)
     ids = [
@@ -91,13 +91,13 @@ async def test_only_a_client_without_automatic_retries_never_sends_a_fetch_twice
     # Given ten queued jobs and a proxy armed to lose the reply of the next fetch
     server = redis_factory()
     options = queue_mod.QueueOptions(lease_seconds=60.0)
-    direct = connection.fetch_client(server.url)
+    direct = connection.build_client(server.url)
     setup = queue_mod.QueueClient(direct, queue_name, options)
     assert await setup.fetch("w0", 1) == []  # loads the script: the cut fetch really runs
     for _ in range(10):
         await setup.enqueue(queue_mod.EnqueueRequest(envelope.build_envelope("noop", {})))
     proxy = cutting_proxy.CuttingProxy(server.port, FETCH_SHAS)
-    client = connection.fetch_client(proxy.url, socket_timeout=2.0, retries=retries)
+    client = connection.build_client(proxy.url, socket_timeout=2.0, retries=retries)
     q = queue_mod.QueueClient(client, queue_name, options)
     try:
         proxy.armed.set()

@@ -81,7 +81,7 @@ async def test_a_non_utf8_envelope_is_dead_lettered_alone_and_its_batch_mates_ar
     assert base64.b64decode(dead.envelope_base64) == bad
     assert "\\xe9" in dead.envelope_raw and "caf" in dead.envelope_raw
     assert dead.history and "UTF-8" in dead.history[-1].message
-    assert engine.fetch_dead_lettered == {"invalid_envelope": 1}
+    assert engine.dead_lettered_by_fetch == {"invalid_envelope": 1}
     # and the good ones settle normally
     assert all(await asyncio.gather(*(engine.ack(j) for j in jobs)))
     s = await stats.fetch_queue_stats(engine_client, queue_name)

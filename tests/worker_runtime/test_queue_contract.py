@@ -298,7 +298,7 @@ async def test_a_job_that_keeps_losing_its_lease_is_dead_lettered_before_it_runs
     final = await engine.fetch("w", 1)
     # Then it ran exactly 3 times and went to the DLQ as poison, never a 4th time
     assert deliveries == 3 and final == []
-    assert engine.fetch_dead_lettered == {"max_deliveries": 1}
+    assert engine.dead_lettered_by_fetch == {"max_deliveries": 1}
     dead = await dlq.fetch_dead_letter(engine_client, queue_name, res.job_id)
     assert dead is not None
     assert (dead.reason, dead.deliveries, dead.lost, dead.attempts) == ("max_deliveries", 3, 3, 0)
@@ -340,7 +340,7 @@ async def test_an_unparseable_envelope_is_dead_lettered_at_fetch_with_its_reason
     assert [j.envelope.payload for j in jobs] == [{"ok": True}]
     reasons = {d.job_id: d.reason for d in await dlq.fetch_dead_letters(engine_client, queue_name)}
     assert reasons == {"bad-json": "unparseable_json", "v99": "unknown_schema_version"}
-    assert engine.fetch_dead_lettered == {"unparseable_json": 1, "unknown_schema_version": 1}
+    assert engine.dead_lettered_by_fetch == {"unparseable_json": 1, "unknown_schema_version": 1}
     dead = await dlq.fetch_dead_letter(engine_client, queue_name, "bad-json")
     assert dead is not None and dead.envelope_raw == "{not json" and dead.attempts == 0
 

@@ -179,7 +179,7 @@ async def test_a_dead_workers_jobs_return_counted_and_poison_is_dead_lettered_be
     try:
         assert await worker.fetch("w", 1, block=3) == []
         # Then it was not handed out but dead-lettered as poison
-        assert worker.fetch_dead_lettered["max_deliveries"] == 1
+        assert worker.dead_lettered_by_fetch["max_deliveries"] == 1
     finally:
         await worker.close()
     [dead] = await dead_letters(rabbitmq_server.url, rq_queue)
@@ -218,7 +218,7 @@ async def test_an_unparseable_envelope_is_dead_lettered_by_the_fetch(
     got = await rq.fetch("w1", 5, block=5)
     # Then only the good job is handed out; the bad one went to the DLQ with its reason
     assert [d.id for d in got] == ["ok"]
-    assert sum(rq.fetch_dead_lettered.values()) == 1
+    assert sum(rq.dead_lettered_by_fetch.values()) == 1
     [dead] = await dead_letters(rabbitmq_server.url, rq.queue)
     assert dead.message_id == "bad"
     assert dict(dead.headers or {})[topology.H_REASON] == "invalid_envelope"

@@ -147,7 +147,7 @@ async def test_a_poison_job_is_dead_lettered_before_it_runs_with_its_history(
     third = await fetch_until(b, 1, 8)
     # Then the fetch dead-letters it instead of handing it out
     assert third == []
-    assert b.fetch_dead_lettered[base.DeadLetterReason.MAX_DELIVERIES] == 1
+    assert b.dead_lettered_by_fetch[base.DeadLetterReason.MAX_DELIVERIES] == 1
     stats = await b.fetch_stats()
     assert stats.dead_letter == 1 and stats.backlog == 0 and stats.in_flight == 0
 

@@ -27,7 +27,7 @@ async def test_pools_asking_for_one_secret_at_once_cause_one_read(
 
     monkeypatch.setattr(kube, "fetch_secret_value", slow_read)
     ctx = context.build_context(config_module.OperatorConfig())
-    monkeypatch.setattr(ctx, "fetch_client", lambda: object())
+    monkeypatch.setattr(ctx, "kube_client", lambda: object())
 
     # When 200 pools ask for the same Secret at once, and 3 for another one
     same = [ctx.fetch_secret("ns", "redis", "url") for _ in range(200)]
@@ -55,7 +55,7 @@ async def test_a_failed_shared_read_fails_every_pool_that_waited_and_the_next_as
 
     monkeypatch.setattr(kube, "fetch_secret_value", missing)
     ctx = context.build_context(config_module.OperatorConfig())
-    monkeypatch.setattr(ctx, "fetch_client", lambda: object())
+    monkeypatch.setattr(ctx, "kube_client", lambda: object())
 
     # When several pools ask at once
     outcomes = await asyncio.gather(

@@ -324,7 +324,7 @@ class Broker(Protocol):
     """The queue's name (checked with :func:`validate_queue_name`)."""
     options: QueueOptions
     capabilities: Capabilities
-    fetch_dead_lettered: collections.Counter[str]
+    dead_lettered_by_fetch: collections.Counter[str]
     """Jobs this broker's fetches dead-lettered themselves, by reason, running totals (poison
     jobs at ``max_deliveries``, envelopes that do not parse): they never reach the worker, so
     its metrics read them here."""
@@ -356,7 +356,7 @@ class Broker(Protocol):
         hands ``worker_id`` a second delivery of a job it is ``holding`` (the ``(id,
         receipt)`` pairs it still runs): its own expired lease is renewed instead, or ended as
         a lost delivery when it holds it no more. A fetch may dead-letter jobs itself (poison,
-        unparseable envelopes): they are counted in :attr:`fetch_dead_lettered`, not returned.
+        unparseable envelopes): they are counted in :attr:`dead_lettered_by_fetch`, not returned.
         """
         ...
 

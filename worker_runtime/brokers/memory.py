@@ -169,7 +169,7 @@ class MemoryBroker:
         self.queue = base.validate_queue_name(queue)
         self.options = options if options is not None else base.QueueOptions()
         self.clock = clock
-        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        self.dead_lettered_by_fetch: collections.Counter[str] = collections.Counter()
         if store is None:
             self._q = _Queue()
         else:
@@ -246,7 +246,7 @@ class MemoryBroker:
         if job.lost >= self.options.max_deliveries:
             reason = base.DeadLetterReason.MAX_DELIVERIES.value
             self._to_dlq(job_id, reason, lease.worker_id, now)
-            self.fetch_dead_lettered[reason] += 1
+            self.dead_lettered_by_fetch[reason] += 1
             return True
         self._make_ready(job_id, now)
         return False

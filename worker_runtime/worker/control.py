@@ -124,7 +124,7 @@ class ControlThread(threading.Thread):
         with w.held_lock:
             return [h.job for h in w.held.values() if not h.lost and not h.released]
 
-    def apply_renewal(self, result: base.LeaseRenewal) -> None:
+    def record_renewal(self, result: base.LeaseRenewal) -> None:
         """Mark jobs whose lease was lost; their results will be discarded."""
         w = self.worker
         if result.kept:
@@ -239,7 +239,7 @@ class ControlThread(threading.Thread):
                 else:
                     failures = 0
                     w.health.redis_ok()
-                    self.apply_renewal(result)
+                    self.record_renewal(result)
                     wait = interval
                 if (
                     failures == 0

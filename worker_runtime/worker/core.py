@@ -226,8 +226,8 @@ class Worker:
         # fetch that is still waiting in the broker has dead-lettered meanwhile).
         while True:
             self.health.loop_tick()
-            if self.q is not None and self.q.fetch_dead_lettered:
-                self.fetcher.export_fetch_dead_letters(self.q.fetch_dead_lettered)
+            if self.q is not None and self.q.dead_lettered_by_fetch:
+                self.fetcher.export_fetch_dead_letters(self.q.dead_lettered_by_fetch)
             await asyncio.sleep(0.5)
 
     async def _shutdown(self) -> None:

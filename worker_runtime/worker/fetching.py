@@ -190,8 +190,8 @@ class FetchLoop:
                 w.poke()
             failures = 0
             w.health.redis_ok()
-            if q.fetch_dead_lettered:
-                self.export_fetch_dead_letters(q.fetch_dead_lettered)
+            if q.dead_lettered_by_fetch:
+                self.export_fetch_dead_letters(q.dead_lettered_by_fetch)
             for job in jobs:
                 start(job)
             if jobs:

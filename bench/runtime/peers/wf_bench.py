@@ -106,7 +106,7 @@ async def _produce() -> None:
     if common.BROKER_URL:
         await _produce_on_broker()
         return
-    client = connection.fetch_client(common.REDIS_URL)
+    client = connection.build_client(common.REDIS_URL)
     p = producer.Producer(client, common.QUEUE)
     start = time.perf_counter()
     await p.enqueue_many([producer.JobSpec(TASK, {"i": i}) for i in range(common.JOBS)])
@@ -136,7 +136,7 @@ async def _pace() -> None:
     seconds = float(os.environ.get("BENCH_SECONDS", "5"))
     tick = 0.005
     paced = "noop-trace" if TRACE else "noop"
-    client = connection.fetch_client(common.REDIS_URL)
+    client = connection.build_client(common.REDIS_URL)
     p = producer.Producer(client, common.QUEUE)
     start = time.perf_counter()
     sent = 0

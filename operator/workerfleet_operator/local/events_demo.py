@@ -416,7 +416,7 @@ def _check_against_redis(
     subs: Sequence[Subscription],
     history_dir: pathlib.Path,
 ) -> list[GroupOutcome]:
-    client = connection.fetch_client_sync(url, socket_timeout=5.0)
+    client = connection.build_client_sync(url, socket_timeout=5.0)
     try:
 
         def acked(queue: str, event_id: str) -> bool:

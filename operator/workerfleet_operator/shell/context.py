@@ -146,7 +146,7 @@ class OperatorContext:
         self, namespace: str, name: str, key: str, now: float
     ) -> tuple[float, kube.SecretValue]:
         try:
-            value = await kube.fetch_secret_value(self.fetch_client(), namespace, name, key)
+            value = await kube.fetch_secret_value(self.kube_client(), namespace, name, key)
         except kube.SecretNotFoundError:
             self.secrets.pop((namespace, name, key), None)
             raise
@@ -167,7 +167,8 @@ class OperatorContext:
             del self.secrets[cached]
         await self.queues.close_unused(keys)
 
-    def fetch_client(self) -> kube.KubeClient:
+    def kube_client(self) -> kube.KubeClient:
+        """The operator's API client, made on first use (after the login)."""
         if self.client is None:
             if self.credentials is None or self.credentials.current is None:
                 raise RuntimeError("the operator has not logged in yet")

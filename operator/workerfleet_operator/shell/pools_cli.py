@@ -60,7 +60,7 @@ async def _fetch_rows(args: argparse.Namespace) -> list[Any]:
             except inventory.InventoryError as exc:
                 live.append(dataclasses.replace(row, error=str(exc)))
                 continue
-            client = connection.fetch_client(url, socket_timeout=5.0)
+            client = connection.build_client(url, socket_timeout=5.0)
             try:
                 s = await asyncio.wait_for(stats.fetch_queue_stats(client, queue), 10.0)
                 live.append(sources.build_pool_from_stats(row, s))

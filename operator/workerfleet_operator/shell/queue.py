@@ -205,7 +205,7 @@ class QueueReader:
     def _fetch_client(self, key: ClientKey, secret: kube.SecretValue) -> connection.AsyncClient:
         client = self._clients.get(key)
         if client is None:
-            client = connection.fetch_client(secret.value, socket_timeout=self._socket_timeout)
+            client = connection.build_client(secret.value, socket_timeout=self._socket_timeout)
             self._clients[key] = client
         return client
 

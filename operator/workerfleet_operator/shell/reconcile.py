@@ -79,7 +79,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     body = controller.body
     if body is None:
         return
-    client = controller.ctx.fetch_client()
+    client = controller.ctx.kube_client()
     parsed = controller.parse()
     if isinstance(parsed, api.InvalidPool):
         secret = plan_mod.SecretCheck("ok")
@@ -132,7 +132,7 @@ async def _apply_children(
     *,
     foreign_deployment: bool = False,
 ) -> None:
-    client = controller.ctx.fetch_client()
+    client = controller.ctx.kube_client()
     deployment = controller.deployment
     name_taken = f"Deployment {controller.name}"
     others = tuple(n for n in controller.applied.not_owned if n != name_taken)
@@ -256,7 +256,7 @@ async def _apply_worker_identity(
     then reports ApplyRejected and nothing is applied (False). True otherwise. With
     ``only_differing`` (a resync) one that exists as we would write it is not written again.
     """
-    client = controller.ctx.fetch_client()
+    client = controller.ctx.kube_client()
     for child in children:
         if child["kind"] != "ServiceAccount":
             continue
@@ -292,7 +292,7 @@ async def _apply_optional_children(
     someone else controls is left alone, never adopted (``not_owned``). With
     ``only_differing`` (a resync) one that exists as we would write it is not written again.
     """
-    client = controller.ctx.fetch_client()
+    client = controller.ctx.kube_client()
     missing: list[str] = []
     taken: list[str] = [
         n for n in controller.applied.not_owned if n == f"Deployment {controller.name}"
@@ -332,7 +332,7 @@ async def _hand_over_replicas(
     if not releasing or replicas is None or kube.REPLICAS_FIELD_MANAGER in owners:
         return deployment  # nothing released, or the autoscaler co-owns it already
     handed = await kube.apply_replicas(
-        controller.ctx.fetch_client(), controller.namespace, controller.name, int(replicas)
+        controller.ctx.kube_client(), controller.namespace, controller.name, int(replicas)
     )
     logger.info(
         "%s/%s: spec.replicas (%s) handed to the autoscaler's field manager",
@@ -359,7 +359,7 @@ async def _delete_obsolete(
     ):
         controller.applied.cleaned_generation = pool.generation
         return
-    client = controller.ctx.fetch_client()
+    client = controller.ctx.kube_client()
     for ref in obsolete:
         kind = kube.KINDS.get(ref.kind)
         plural = kind[1] if kind else ref.kind.lower() + "s"

@@ -61,7 +61,7 @@ async def apply_status(
         controller.scaling.poll_signature = None
         ref = kube.build_ref("WorkerPool", controller.namespace, controller.name)
         try:
-            updated = await kube.apply_status(controller.ctx.fetch_client(), ref, status)
+            updated = await kube.apply_status(controller.ctx.kube_client(), ref, status)
         except kube.ApiError as exc:
             if exc.is_not_found:
                 return True  # deleted meanwhile; the DELETED event stops this loop
@@ -110,7 +110,7 @@ async def post_event(
         return
     try:
         await kube.apply_event(
-            controller.ctx.fetch_client(),
+            controller.ctx.kube_client(),
             controller.body,
             event_type=event_type,
             reason=reason,

@@ -225,7 +225,7 @@ async def _scale(
     observation: autoscaling.Observation,
 ) -> bool:
     """Write the decided replicas; False when held because another manager owns them."""
-    client = controller.ctx.fetch_client()
+    client = controller.ctx.kube_client()
     for attempt in range(2):
         # Decided on live autoscalers, not managedFields: one `kubectl scale` (or an HPA
         # deleted since) stays listed there for good and would hold the pool forever.
@@ -294,7 +294,7 @@ async def _mark_deletion_costs(
     selector = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
     if not selector:
         return
-    client = controller.ctx.fetch_client()
+    client = controller.ctx.kube_client()
     label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     pods = await kube.fetch_objects(
         client, kube.build_ref("Pod", controller.namespace), label_selector=label_selector

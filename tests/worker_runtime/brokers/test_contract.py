@@ -342,7 +342,7 @@ async def test_a_job_lost_max_deliveries_times_is_dead_lettered_as_poison(
     assert third == []
     letter = await broker.show_dead_letter(res.job_id)
     assert letter is not None and letter.reason == base.DeadLetterReason.MAX_DELIVERIES
-    assert broker.fetch_dead_lettered[base.DeadLetterReason.MAX_DELIVERIES] == 1
+    assert broker.dead_lettered_by_fetch[base.DeadLetterReason.MAX_DELIVERIES] == 1
 
 
 @pytest.mark.needs("lease_expiry")

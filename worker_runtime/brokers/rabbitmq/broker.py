@@ -390,7 +390,7 @@ class RabbitMQBroker:
         self._queue_type = queue_type
         self.queue = base.validate_queue_name(queue)
         self.options = options or base.QueueOptions()
-        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        self.dead_lettered_by_fetch: collections.Counter[str] = collections.Counter()
         self._url = url
         self._prefetch = prefetch
         self._management_port = management_port
@@ -1016,7 +1016,7 @@ class RabbitMQBroker:
                 attempt=False,
                 detail=exc.detail,
             )
-            self.fetch_dead_lettered[exc.reason] += 1
+            self.dead_lettered_by_fetch[exc.reason] += 1
             return None
         body = message.body
         topic = headers.get(topology.H_TOPIC)
@@ -1055,7 +1055,7 @@ class RabbitMQBroker:
                 failure=None,
                 attempt=False,
             )
-            self.fetch_dead_lettered[str(base.DeadLetterReason.MAX_DELIVERIES)] += 1
+            self.dead_lettered_by_fetch[str(base.DeadLetterReason.MAX_DELIVERIES)] += 1
             return None
         self._held[receipt] = held
         previous = _float_header(headers, topology.H_LAST_DELAY)

@@ -141,9 +141,9 @@ class RedisBroker:
         return queue_mod.QueueClient(self.client, self.queue, self.options)
 
     @property
-    def fetch_dead_lettered(self) -> collections.Counter[str]:
+    def dead_lettered_by_fetch(self) -> collections.Counter[str]:
         """Jobs this broker's fetches sent to the DLQ, by reason (see ``QueueClient``)."""
-        return self.engine.fetch_dead_lettered
+        return self.engine.dead_lettered_by_fetch
 
     # -- Broker --------------------------------------------------------------------------------
 
@@ -517,9 +517,9 @@ async def open_from_url(
 
     ``role`` is accepted and unused: the keys keep no queue settings (each opener holds its
     options, and keys are made by the first write). ``settings`` go to
-    :func:`~worker_runtime.brokers.redis.connection.fetch_client`
+    :func:`~worker_runtime.brokers.redis.connection.build_client`
     (``socket_timeout``, ``health_check_interval``, ``retries``: 0 for a worker's job loop,
     whose fetch script must not be re-sent blindly).
     """
-    client = connection.fetch_client(url, **settings)
+    client = connection.build_client(url, **settings)
     return RedisBroker(client, queue, options, owns_client=True)

@@ -158,7 +158,7 @@ def build_client_options(
     }
 
 
-def fetch_client(
+def build_client(
     url: str,
     *,
     socket_timeout: float = 5.0,
@@ -210,8 +210,8 @@ def fetch_client(
     return redis.asyncio.Redis.from_url(url, **opts)
 
 
-def fetch_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3) -> SyncClient:
-    """A blocking client for ``url`` (CLI and sync producers); same URL forms as fetch_client."""
+def build_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3) -> SyncClient:
+    """A blocking client for ``url`` (CLI and sync producers); same URL forms as build_client."""
     opts: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
@@ -231,7 +231,7 @@ def fetch_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3
                 "socket_timeout": socket_timeout,
                 "socket_connect_timeout": socket_timeout,
                 "ssl": target.tls,
-                "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),  # as fetch_client
+                "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),  # as build_client
             },
             username=target.username,
             password=target.password,

@@ -224,7 +224,7 @@ class QueueClient:
             int(o.dlq_retention_seconds * 1000),
         )
         self._fetch_fixed = [str(v).encode() for v in fixed]  # fetch's ARGV[3..9]
-        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        self.dead_lettered_by_fetch: collections.Counter[str] = collections.Counter()
         """Jobs this client's fetches sent to the DLQ, by reason (poison, bad envelopes):
         they never reach the worker, so its metrics read them here."""
         self._acks: _Coalescer[_AckItem, bool] = _Coalescer(self._flush_acks, MAX_BATCH)
@@ -289,7 +289,7 @@ class QueueClient:
             now_ms, poisoned, next_event, last_ids, flat, own = raw
             await self._release_unheld(own, holding)
             if int(poisoned):
-                self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
+                self.dead_lettered_by_fetch[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
             jobs, invalid = self._build_jobs(float(now_ms), flat)
             for job_id, token, error in invalid:
                 await self._dead_letter_invalid(job_id, token, error, worker_id)
@@ -345,7 +345,7 @@ class QueueClient:
         now_ms, poisoned, _next_event, _last_ids, flat, own, acked = raw
         await self._release_unheld(own, holding)
         if int(poisoned):
-            self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
+            self.dead_lettered_by_fetch[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
         fetched, invalid = self._build_jobs(float(now_ms), flat)
         for job_id, token, error in invalid:
             await self._dead_letter_invalid(job_id, token, error, worker_id)
@@ -386,7 +386,7 @@ class QueueClient:
             if (job_id, token) in holding:
                 continue
             if await self._releases.submit((job_id, token, True)) == 2:
-                self.fetch_dead_lettered[DeadLetterReason.MAX_DELIVERIES.value] += 1
+                self.dead_lettered_by_fetch[DeadLetterReason.MAX_DELIVERIES.value] += 1
 
     async def _dead_letter_invalid(
         self, job_id: str, token: Token, error: envelope_mod.EnvelopeError, worker_id: str
@@ -394,7 +394,7 @@ class QueueClient:
         failure = Failure("EnvelopeError", str(error), "", worker_id)
         item = (job_id, token, error.reason, encode_failure(failure), False)
         if await self._deads.submit(item):
-            self.fetch_dead_lettered[error.reason] += 1
+            self.dead_lettered_by_fetch[error.reason] += 1
 
     async def _wait_for_entries(self, last_ids: list[str], wait: float) -> None:
         block_ms = max(1, int(wait * 1000))

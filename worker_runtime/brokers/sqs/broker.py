@@ -209,7 +209,7 @@ class SqsBroker:
         self.capabilities = FIFO_CAPABILITIES if sqs_settings.fifo else STANDARD_CAPABILITIES
         if not sqs_settings.priorities:
             self.capabilities = dataclasses.replace(self.capabilities, priorities=False)
-        self.fetch_dead_lettered: collections.Counter[str] = collections.Counter()
+        self.dead_lettered_by_fetch: collections.Counter[str] = collections.Counter()
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._urls: dict[str, str] = {}
@@ -548,7 +548,7 @@ class SqsBroker:
             except envelope_mod.EnvelopeError as exc:
                 self._held[receipt] = held
                 await self._send_dead(receipt, exc.reason, worker_id=worker_id)
-                self.fetch_dead_lettered[exc.reason] += 1
+                self.dead_lettered_by_fetch[exc.reason] += 1
                 continue
             delivery = base.Delivery(
                 id=env.id,
@@ -577,7 +577,7 @@ class SqsBroker:
             if lost >= self.options.max_deliveries:
                 reason = base.DeadLetterReason.MAX_DELIVERIES
                 await self._send_dead(receipt, reason, worker_id=worker_id)
-                self.fetch_dead_lettered[reason] += 1
+                self.dead_lettered_by_fetch[reason] += 1
                 continue
             out.append(delivery)
         return out
