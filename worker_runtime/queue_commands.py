@@ -165,6 +165,46 @@ def _probe(broker: Any, url: str) -> base.QueueProbe:
     return broker
 
 
+UNKNOWN_QUEUE_LISTING_LIMIT = 1000
+"""How many queue names :func:`_note_if_unknown_queue` reads; past that it says nothing."""
+
+
+def _note_if_unknown_queue(url: str, queue: str) -> None:
+    """On stderr, when no queue named ``queue`` ever held a job on the broker: a mistyped
+    name reads as an empty queue (no backlog, no dead letters), the one answer that looks
+    like all is well. Names the queues that exist, the nearest first. Best effort: a broker
+    that cannot list its queues, or fails to, prints nothing."""
+    import difflib
+
+    from worker_runtime import errors
+    from worker_runtime.brokers import base
+
+    async def listing(broker: Any) -> list[str] | None:
+        if not isinstance(broker, base.QueueListing):
+            return None
+        return await broker.list_queues(limit=UNKNOWN_QUEUE_LISTING_LIMIT)
+
+    try:
+        names = _run_on_broker(url, "workerfleet-cli", listing, role="reader")
+    except errors.BrokerError:
+        return
+    if names is None or queue in names or len(names) >= UNKNOWN_QUEUE_LISTING_LIMIT:
+        return
+    near = difflib.get_close_matches(queue, names, n=3, cutoff=0.6)
+    shown = near + [n for n in names if n not in near]
+    if not shown:
+        there = "no queue on this broker has held a job yet"
+    else:
+        more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+        there = "queues here: " + ", ".join(shown[:5]) + more
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    print(
+        f"note: no queue named {queue!r} has held a job on this broker{hint} ({there}; "
+        "workerfleet queue ls)",
+        file=sys.stderr,
+    )
+
+
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
@@ -354,6 +394,19 @@ def _render_stats(s: base.QueueStats, terminal: int | None) -> tuple[Any, int]:
     return Group(summary, workers), width
 
 
+def _looks_unused(s: base.QueueStats) -> bool:
+    """Stats that a queue nobody ever used would show (and a mistyped name does)."""
+    return not (
+        s.enqueued_total
+        or s.backlog
+        or s.in_flight
+        or s.due_delayed
+        or s.future_delayed
+        or s.dead_letter
+        or s.workers
+    )
+
+
 @guard
 def cmd_queue_stats(args: argparse.Namespace) -> int:
     """Print the queue's stats (one read-only round trip)."""
@@ -368,6 +421,8 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
             _print_json(build_stats_json(s))
         else:
             _print_fitted(*_render_stats(s, _terminal_width()))
+        if _looks_unused(s):
+            _note_if_unknown_queue(url, queue)
         return 0
 
     from rich.live import Live
@@ -472,6 +527,7 @@ def cmd_queue_jobs(args: argparse.Namespace) -> int:
         return 0
     if not jobs:
         print(f"nothing in flight on {queue}", file=sys.stderr)
+        _note_if_unknown_queue(url, queue)
         return 0
     rows = [
         (
@@ -594,6 +650,7 @@ def _fetch_filtered(args: argparse.Namespace, *, offset: int, limit: int) -> tup
         lambda broker: triage.fetch_matching_dead_letters(
             _dead_letters(broker, url), where, offset=offset, limit=limit
         ),
+        role="reader",  # a read must not create the queue it names (a typo would)
     )
     return queue, where, page
 
@@ -609,6 +666,8 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
     if not items:
         what = f" matching {_filter_words(where)}" if not where.is_empty else ""
         print(f"no dead letters{what} in {queue}", file=sys.stderr)
+        if page.total == 0:
+            _note_if_unknown_queue(_broker_url(args), queue)
         return 0
 
     counted = f"{page.matched:,}" + ("" if page.complete else f"+ (first {page.scanned:,} read)")
@@ -663,6 +722,12 @@ def cmd_dlq_summary(args: argparse.Namespace) -> int:
             }
         )
         return 0
+    if not rows:
+        what = f" matching {_filter_words(where)}" if not where.is_empty else ""
+        print(f"no dead letters{what} in {queue}", file=sys.stderr)
+        if page.total == 0:
+            _note_if_unknown_queue(_broker_url(args), queue)
+        return 0
     from rich.table import Table
     from rich.text import Text
 
@@ -688,10 +753,14 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     url, queue = _broker_url(args), _queue_name(args)
 
     d = _run_on_broker(
-        url, queue, lambda broker: _dead_letters(broker, url).show_dead_letter(args.job_id)
+        url,
+        queue,
+        lambda broker: _dead_letters(broker, url).show_dead_letter(args.job_id),
+        role="reader",
     )
     if d is None:
         print(f"workerfleet: no dead letter {args.job_id!r} in {queue}", file=sys.stderr)
+        _note_if_unknown_queue(url, queue)
         return 1
     data = build_dead_letter_json(d)
     if args.json:
@@ -762,7 +831,10 @@ def _matching_ids(url: str, queue: str, where: Any) -> list[str]:
     from worker_runtime import triage
 
     return _run_on_broker(
-        url, queue, lambda broker: triage.fetch_matching_ids(_dead_letters(broker, url), where)
+        url,
+        queue,
+        lambda broker: triage.fetch_matching_ids(_dead_letters(broker, url), where),
+        role="reader",
     )
 
 

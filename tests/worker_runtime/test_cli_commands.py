@@ -391,6 +391,25 @@ def test_an_enqueue_file_cut_short_by_the_broker_says_which_lines_are_in_and_res
     sync.close()
 
 
+def test_the_reads_of_a_mistyped_queue_say_no_such_queue_held_a_job_and_name_the_real_one(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue with a dead letter, and its name with one letter missing
+    _dead_letter_one(redis_server.url, queue_name, "charge")
+    typo = queue_name[:-1]
+    # When its stats and dead letters are read under the mistyped name
+    for command in (("queue", "stats"), ("queue", "stats", "--json"), ("dlq", "ls")):
+        out = run_cli(*command, redis_url=redis_server.url, queue_name=typo)
+        # Then each answers as for an empty queue, and says so on stderr, naming the real one
+        assert out.returncode == 0, out.stderr
+        assert f"no queue named '{typo}' has held a job" in out.stderr, command
+        assert f"did you mean '{queue_name}'?" in out.stderr, command
+    # And the reads of the real queue carry no such note
+    for command in (("queue", "stats"), ("dlq", "ls")):
+        out = run_cli(*command, redis_url=redis_server.url, queue_name=queue_name)
+        assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
+
+
 def test_queue_stats_watch_outlives_a_redis_outage_and_shows_it(
     redis_factory: Any, queue_name: str
 ) -> None:
@@ -481,7 +500,9 @@ def test_the_workerfleet_console_script_carries_the_runtime_commands() -> None:
 def test_dlq_ls_of_an_empty_dead_letter_queue_says_so_in_one_line(
     redis_server: Any, queue_name: str
 ) -> None:
-    # Given a queue without dead letters, when they are listed
+    # Given a queue with a job and without dead letters, when they are listed
+    enqueued = run_cli("enqueue", "t", "{}", redis_url=redis_server.url, queue_name=queue_name)
+    assert enqueued.returncode == 0, enqueued.stderr
     empty = run_cli("dlq", "ls", redis_url=redis_server.url, queue_name=queue_name)
     # Then one line says so, and no empty table is drawn
     assert empty.returncode == 0, empty.stderr

@@ -105,6 +105,49 @@ def test_dlq_triage_and_enqueue_work_on_the_broker_and_in_flight_is_refused_by_n
     assert "InFlightJobs" in refused.stderr
 
 
+def _list_queues(url: str) -> list[str]:
+    async def go() -> list[str]:
+        broker = await brokers.open_broker(url, "workerfleet-test", role="reader")
+        try:
+            assert isinstance(broker, base.QueueListing)
+            return await broker.list_queues()
+        finally:
+            await broker.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_reading_the_dead_letters_of_a_mistyped_queue_creates_no_queue_and_names_the_real_one(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    fixture, _ = SERVERS[kind]
+    server = request.getfixturevalue(fixture)
+    url = server.url + (f"?management_port={server.management_port}" if kind == "rabbitmq" else "")
+    # Given a queue with dead letters on a real broker, and its name with one letter missing
+    queue = f"cli-{uuid.uuid4().hex[:10]}"
+    _seed(url, queue)
+    typo = queue[:-1]
+    flags = ("--broker-url", url, "-q", typo)
+    # When the dead letters and stats are read under the mistyped name
+    for command, code in (
+        (("dlq", "ls"), 0),
+        (("dlq", "summary"), 0),
+        (("dlq", "show", "no-such-job"), 1),  # 1: no such dead letter
+        (("queue", "stats"), 0),
+    ):
+        out = run_cli(*command, *flags)
+        # Then each answers as for an empty queue and says no such queue held a job, naming
+        # the real one
+        assert out.returncode == code, out.stderr
+        assert f"no queue named '{typo}' has held a job" in out.stderr, command
+        assert f"did you mean '{queue}'?" in out.stderr, command
+    # And none of them created the mistyped queue (RabbitMQ would have declared four queues
+    # for it, SQS two, and the next read would find it)
+    listed = _list_queues(url)
+    assert queue in listed and typo not in listed
+
+
 def _open_worker_queue(url: str, queue: str) -> None:
     """The queue as a worker opens it: a 7 s lease and redrive after 3 receives."""
 

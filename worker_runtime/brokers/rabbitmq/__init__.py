@@ -48,9 +48,10 @@ async def open_from_url(
     and declares its queues on first use). Takes the connection settings every broker takes:
     ``socket_timeout`` bounds connecting; ``retries`` is accepted and unused (the broker never
     re-sends a call by itself). Its own: ``prefetch``, ``management_port`` (also from the
-    URL's query), ``connect_timeout``. ``role`` is accepted and unused: every opener declares
-    the queues, which creates a missing one with its arguments, and RabbitMQ never changes an
-    existing queue's arguments (a declare with others is refused and the queue used as it is)."""
+    URL's query), ``connect_timeout``. ``role``: a consumer or a producer declares the queues,
+    which creates a missing one with its arguments (RabbitMQ never changes an existing queue's
+    arguments: a declare with others is refused and the queue used as it is); a reader declares
+    nothing, and reads a queue that does not exist as empty."""
     # Imported here, not at the top: the operator's pure core reads :mod:`.topology` (the queue
     # names KEDA counts) and must not pull in the AMQP client with it.
     try:
@@ -63,7 +64,7 @@ async def open_from_url(
     if socket_timeout is not None:
         settings.setdefault("connect_timeout", max(1.0, socket_timeout))
     client_url, taken = parse_url(url)
-    return broker.RabbitMQBroker(client_url, queue, options, **{**taken, **settings})
+    return broker.RabbitMQBroker(client_url, queue, options, role=role, **{**taken, **settings})
 
 
 def parse_url(url: str) -> tuple[str, dict[str, Any]]:

@@ -369,6 +369,36 @@ async def translate_errors(operation: str) -> AsyncIterator[None]:
         ) from exc
 
 
+async def _declare_existing(
+    channel: aio_pika.abc.AbstractChannel, name: str
+) -> aio_pika.abc.AbstractQueue | None:
+    """Queue ``name`` if it exists (a passive declare), else None; a missing queue closes
+    ``channel`` (AMQP's 404), so pass one of the caller's own."""
+    try:
+        return await channel.declare_queue(name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+
+
+async def _take_all(
+    queue: aio_pika.abc.AbstractQueue,
+    found: list[tuple[aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]],
+) -> None:
+    """Get every message of the DLQ ``queue`` unacked into ``found`` (decoded)."""
+    total = int(queue.declaration_result.message_count or 0)
+    # messages another scan just put back may take a moment to be ready again:
+    # read until empty, and wait (bounded) for as many as the queue counted
+    settle = time.monotonic() + 2.0
+    for _ in range(total + 10_000):
+        message = await queue.get(no_ack=False, fail=False, timeout=10)
+        if message is None:
+            if len(found) >= total or time.monotonic() > settle:
+                break
+            await asyncio.sleep(0.05)
+            continue
+        found.append((message, decode_dead_letter(message)))
+
+
 class RabbitMQBroker:
     """One workerfleet queue on RabbitMQ (see the module docstring)."""
 
@@ -384,12 +414,16 @@ class RabbitMQBroker:
         connect_timeout: float = 10.0,
         management_port: int = 15672,
         queue_type: str = "quorum",
+        role: base.QueueRole = base.QueueRole.CONSUMER,
     ) -> None:
         if queue_type not in topology.QUEUE_TYPES:
             raise errors.InvalidBrokerURL(f"queue_type must be one of {topology.QUEUE_TYPES}")
         self._queue_type = queue_type
         self.queue = base.validate_queue_name(queue)
         self.options = options or base.QueueOptions()
+        # a reader (stats, dlq ls/show/summary) declares nothing: a mistyped queue name must
+        # not create four queues; a queue that does not exist reads as empty
+        self.role = base.QueueRole(role)
         self.dead_lettered_by_fetch: collections.Counter[str] = collections.Counter()
         self._url = url
         self._prefetch = prefetch
@@ -470,7 +504,8 @@ class RabbitMQBroker:
                     publisher_confirms=True, on_return_raises=True
                 )
                 self._declared.clear()
-                await self._declare_topology(self._publish_channel)
+                if self.role is not base.QueueRole.READER:
+                    await self._declare_topology(self._publish_channel)
                 self._declared_topology = True
             return self._publish_channel
 
@@ -1329,6 +1364,19 @@ class RabbitMQBroker:
 
     async def count_dead_letters(self) -> int:
         channel = await self._ensure()
+        if self.role is base.QueueRole.READER:
+            # the DLQ may not exist: a passive declare of a missing queue closes its channel,
+            # so a reader asks on a channel of its own
+            assert self._connection is not None
+            async with translate_errors("count_dead_letters"):
+                channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                async with translate_errors("count_dead_letters"):
+                    queue = await _declare_existing(channel, topology.dead_queue(self.queue))
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(), 5)
+            return 0 if queue is None else int(queue.declaration_result.message_count or 0)
         async with translate_errors("count_dead_letters"):
             queue = await channel.declare_queue(topology.dead_queue(self.queue), passive=True)
         return int(queue.declaration_result.message_count or 0)
@@ -1345,19 +1393,10 @@ class RabbitMQBroker:
             channel = await self._connection.channel(publisher_confirms=False)
         try:
             async with translate_errors(operation):
-                queue = await channel.declare_queue(topology.dead_queue(self.queue), passive=True)
-                total = int(queue.declaration_result.message_count or 0)
-                # messages another scan just put back may take a moment to be ready again:
-                # read until empty, and wait (bounded) for as many as the queue counted
-                settle = time.monotonic() + 2.0
-                for _ in range(total + 10_000):
-                    message = await queue.get(no_ack=False, fail=False, timeout=10)
-                    if message is None:
-                        if len(found) >= total or time.monotonic() > settle:
-                            break
-                        await asyncio.sleep(0.05)
-                        continue
-                    found.append((message, decode_dead_letter(message)))
+                # None: no DLQ (a reader declares none), so nothing was dead-lettered
+                queue = await _declare_existing(channel, topology.dead_queue(self.queue))
+                if queue is not None:
+                    await _take_all(queue, found)
             yield found
         finally:
             returned = 0

@@ -995,8 +995,19 @@ class SqsBroker:
 
     # -- DeadLetters ------------------------------------------------------------------------
 
+    async def _dead_letters_exist(self) -> bool:
+        """Whether the DLQ exists: always for a consumer or producer (they create it); a
+        reader, which creates nothing, looks a missing one up again (it may exist by now)."""
+        await self._ready_client()
+        if self.names.dead_letter not in self._urls and self.role is base.QueueRole.READER:
+            with _mapped("dlq"):
+                await self._look_up_queues()
+        return self.names.dead_letter in self._urls
+
     async def count_dead_letters(self) -> int:
         client = await self._ready_client()
+        if not await self._dead_letters_exist():
+            return 0
         with _mapped("dlq"):
             reply = await client.get_queue_attributes(
                 QueueUrl=self.dead_letter_url,
@@ -1013,6 +1024,8 @@ class SqsBroker:
     async def _read_dead_letters(self) -> list[dlq.ScannedLetter]:
         """Every dead letter, oldest first, released again (a read changes nothing)."""
         client = await self._ready_client()
+        if not await self._dead_letters_exist():
+            return []
         with _mapped("dlq"):
             scanned = await dlq.scan_dead_letters(client, self.dead_letter_url)
             await dlq.release_scanned(client, self.dead_letter_url, scanned)
@@ -1033,6 +1046,8 @@ class SqsBroker:
     ) -> tuple[Any, list[dlq.ScannedLetter]]:
         """Scan the DLQ, release what is not picked, return the picked (oldest first)."""
         client = await self._ready_client()
+        if not await self._dead_letters_exist():
+            return client, []
         with _mapped("dlq"):
             scanned = sorted(
                 await dlq.scan_dead_letters(client, self.dead_letter_url),
@@ -1066,6 +1081,8 @@ class SqsBroker:
         reset_attempts: bool = False,
         rate_per_second: float = 100.0,
     ) -> list[str]:
+        if not await self._dead_letters_exist():
+            return []
         client, picked = await self._pick(job_ids, limit)
         with _mapped("dlq"):
             return await dlq.replay_scanned(
@@ -1087,6 +1104,8 @@ class SqsBroker:
     ) -> int:
         if sum((job_ids is not None, older_than_seconds is not None, everything)) != 1:
             raise ValueError("give exactly one of job_ids, older_than_seconds, everything")
+        if not await self._dead_letters_exist():
+            return 0
         client, picked = await self._pick(job_ids, None)
         if older_than_seconds is not None:
             cutoff = time.time() - older_than_seconds
