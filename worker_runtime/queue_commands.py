@@ -617,7 +617,7 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
 
     now = time.time()
     try:
-        return triage.DeadLetterFilter(
+        where = triage.DeadLetterFilter(
             task=args.task,
             reason=args.reason,
             error=args.error,
@@ -626,6 +626,14 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
         )
     except triage.InvalidTime as exc:
         raise CliError(str(exc)) from None
+    if where.since is not None and where.until is not None and where.since > where.until:
+        # "--since 1h --until 2h" reads as a range but selects nothing: say so, not "none"
+        msg = (
+            f"--since ({args.since}) is after --until ({args.until}): nothing could match; "
+            "--since is the older bound (e.g. --since 2h --until 1h)"
+        )
+        raise CliError(msg)
+    return where
 
 
 def _filter_words(where: Any) -> str:
@@ -655,6 +663,24 @@ def _fetch_filtered(args: argparse.Namespace, *, offset: int, limit: int) -> tup
     return queue, where, page
 
 
+def _say_no_dead_letters(
+    args: argparse.Namespace, queue: str, where: Any, page: Any, *, offset: int
+) -> None:
+    """One line on stderr for a dlq read that found nothing to show: none at all, none that
+    match the filter, or none past ``offset`` (a page past the end is not an empty DLQ)."""
+    what = f" matching {_filter_words(where)}" if not where.is_empty else ""
+    if offset and page.matched:
+        print(
+            f"no dead letters{what} in {queue} past the first {offset:,} "
+            f"({page.matched:,} in all; a smaller --offset shows them)",
+            file=sys.stderr,
+        )
+        return
+    print(f"no dead letters{what} in {queue}", file=sys.stderr)
+    if page.total == 0:
+        _note_if_unknown_queue(_broker_url(args), queue)
+
+
 @guard
 def cmd_dlq_ls(args: argparse.Namespace) -> int:
     """List dead letters, newest first (filtered by --task/--reason/--error/--since/--until)."""
@@ -664,10 +690,7 @@ def cmd_dlq_ls(args: argparse.Namespace) -> int:
         _print_json([build_dead_letter_json(d) for d in items])
         return 0
     if not items:
-        what = f" matching {_filter_words(where)}" if not where.is_empty else ""
-        print(f"no dead letters{what} in {queue}", file=sys.stderr)
-        if page.total == 0:
-            _note_if_unknown_queue(_broker_url(args), queue)
+        _say_no_dead_letters(args, queue, where, page, offset=args.offset)
         return 0
 
     counted = f"{page.matched:,}" + ("" if page.complete else f"+ (first {page.scanned:,} read)")
@@ -723,10 +746,7 @@ def cmd_dlq_summary(args: argparse.Namespace) -> int:
         )
         return 0
     if not rows:
-        what = f" matching {_filter_words(where)}" if not where.is_empty else ""
-        print(f"no dead letters{what} in {queue}", file=sys.stderr)
-        if page.total == 0:
-            _note_if_unknown_queue(_broker_url(args), queue)
+        _say_no_dead_letters(args, queue, where, page, offset=0)
         return 0
     from rich.table import Table
     from rich.text import Text

@@ -510,6 +510,37 @@ def test_dlq_ls_of_an_empty_dead_letter_queue_says_so_in_one_line(
     assert empty.stderr.strip() == f"no dead letters in {queue_name}"
 
 
+def test_dlq_ls_past_the_last_page_says_how_many_there_are_not_that_the_dlq_is_empty(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue with two dead letters
+    for task in ("a", "b"):
+        _dead_letter_one(redis_server.url, queue_name, task)
+    # When a page past the end is listed
+    out = run_cli("dlq", "ls", "--offset", "100", redis_url=redis_server.url, queue_name=queue_name)
+    # Then it says there are none past that offset, and how many there are
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == (
+        f"no dead letters in {queue_name} past the first 100 (2 in all; a smaller --offset "
+        "shows them)"
+    )
+
+
+def test_a_dlq_time_range_whose_since_is_after_its_until_is_refused_as_usage(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue with a dead letter, when a range is given the wrong way round
+    _dead_letter_one(redis_server.url, queue_name, "a")
+    out = run_cli(
+        "dlq", "ls", "--since", "1h", "--until", "2h",
+        redis_url=redis_server.url, queue_name=queue_name,
+    )  # fmt: skip
+    # Then it is refused as usage (exit 2) in one line saying which bound is which
+    assert out.returncode == 2
+    assert "--since (1h) is after --until (2h)" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_a_worker_naming_a_missing_app_module_gets_one_clear_line() -> None:
     # Given an App path whose module does not exist, when a worker is started with it
     result = run_cli("worker", "no_such_tasks_module:app", redis_url="redis://127.0.0.1:1/0")
