@@ -43,6 +43,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from worker_runtime import errors
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -69,6 +71,13 @@ class ChildError(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickles as ``cls(*self.args)``: with one formatted arg and a two-argument
+        # __init__ the stand-in itself failed to unpickle in the worker, and the job was left
+        # unsettled (and its child lost to the pool).
+        return (ChildError, (self.error_type, self.message))
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,8 @@ def _call_in_child(call: Call, cache: dict[tuple[str, str], Any]) -> tuple[Any, 
             blob = pickle.dumps(exc)
             pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
         except Exception:
-            blob = pickle.dumps(ChildError(type(exc).__qualname__, str(exc)[:2000]))
+            stand_in = ChildError(type(exc).__qualname__, errors.message_of(exc)[:2000])
+            blob = pickle.dumps(stand_in)
         return ("err", blob, tb[-4000:])
     finally:
         if token is not None:
@@ -340,7 +350,13 @@ class ProcessPool:
             _, done_key, done_ttl, retire = message
             return Reply(None, done_key, done_ttl, bool(retire))
         _, blob, tb, retire = message
-        error: BaseException = pickle.loads(blob)
+        try:
+            error: BaseException = pickle.loads(blob)
+        except Exception as exc:
+            # The child checks its error rebuilds; should one still not (a class only the
+            # child can import), the attempt fails with what is known rather than leaving
+            # the job unsettled.
+            error = ChildError("UnpicklableError", f"the child's error did not unpickle: {exc!r}")
         error.add_note(f"in the child process:\n{tb}")
         return Reply(error, None, None, bool(retire))
 

@@ -97,3 +97,17 @@ def asks_already_done(payload: Spin, ctx: JobContext) -> None:
 @app.task("no-context", executor="process")
 def no_context(payload: Spin) -> None:
     tasks_fixture._redis().rpush(f"test:{tasks_fixture.QUEUE}:plain", str(os.getpid()))
+
+
+class CodedError(Exception):
+    """An ordinary handler error that does not pickle back: ``cls(*args)`` needs two."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+
+
+@app.task("coded-error", executor="process", retry=FAST_RETRY)
+def coded_error(payload: Spin, ctx: JobContext) -> None:
+    tasks_fixture.record("start", ctx, marker=payload.marker)
+    raise CodedError(404, f"no such thing as {payload.marker}")

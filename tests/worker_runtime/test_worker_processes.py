@@ -74,6 +74,28 @@ def test_a_crashing_child_fails_only_its_job_which_is_retried_and_nothing_is_los
     assert wf.stats().backlog == 0
 
 
+def test_a_handler_error_that_does_not_pickle_back_fails_the_attempt_and_keeps_the_pool(
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a worker with two children and a process task that raises an error whose class
+    # cannot be rebuilt from its pickle (a two-argument __init__: an ordinary custom error)
+    worker = wf.spawn(concurrency=2, app=APP, extra_env={"WORKERFLEET_PROCESS_POOL_SIZE": "2"})
+    job_id = wf.producer.enqueue("coded-error", {"marker": "c"}).job_id
+    # When it runs out of attempts
+    wait_until(lambda: wf.stats().dead_letter == 1, 60, "the job's dead letter")
+    # Then each attempt failed at once with the error's type and message (not after a lease
+    # expiry with nothing recorded), and it was dead-lettered for its attempts
+    d = wf.dead_letter(job_id)
+    assert d is not None and d.reason == "max_attempts"
+    assert [(f.error_type, f.message) for f in d.history] == [
+        ("ChildError", "CodedError: 404: no such thing as c")
+    ] * 3
+    assert [e["attempt"] for e in wf.starts()] == [1, 2, 3]
+    # And the pool still has its two children, no more
+    children = set(_pool_pids(worker)) | {e["pid"] for e in wf.starts()}
+    assert len(children) == 2, children
+
+
 def test_a_process_job_past_its_timeout_has_its_child_killed(wf: workerproc.Testbed) -> None:
     # Given a task with a 1 s timeout and 2 attempts whose handler would burn CPU for 120 s
     wf.spawn(concurrency=1, app=APP, extra_env={"WORKERFLEET_PROCESS_POOL_SIZE": "1"})
