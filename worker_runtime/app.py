@@ -376,6 +376,9 @@ class _Producers:
     broker: Any = None  # the broker publish goes through (bound, or built on async_client)
     bound_client: Any = None  # a client given to bind(), which publish builds its broker on
     opened_broker: Any = None  # a non-Redis broker this App opened from its URL (and closes)
+    # the queue a worker bound serves (WORKERFLEET_QUEUE may override the App's): every
+    # producer this App makes, sync ones too, sends follow-up jobs there
+    queue: str | None = None
 
 
 class App:
@@ -445,7 +448,8 @@ class App:
         from worker_runtime import producer
 
         self._producers.loop = asyncio.get_running_loop()
-        self._producers.async_producer = producer.Producer(client, queue or self.queue)
+        self._producers.queue = queue or self.queue
+        self._producers.async_producer = producer.Producer(client, self._producers.queue)
         self._producers.async_client = None  # the caller owns it
         self._producers.broker = None
         self._producers.bound_client = client
@@ -459,9 +463,14 @@ class App:
         from worker_runtime import producer
 
         self._producers.loop = asyncio.get_running_loop()
+        self._producers.queue = broker.queue
         self._producers.async_producer = producer.Producer.on_broker(broker)
         self._producers.async_client = None  # the caller owns it
         self._producers.broker = broker
+
+    def _target_queue(self) -> str:
+        """Where this App's producers send: the queue a bound worker serves, else the App's."""
+        return self._producers.queue or self.queue
 
     def _url(self) -> str:
         # The same order as the worker's settings and the CLI: the broker URL the operator
@@ -490,10 +499,10 @@ class App:
             if brokers.scheme_of(url) in brokers.REDIS_SCHEMES:
                 # Redis keeps its direct client: publish builds its broker on the same one.
                 p.async_client = connection.build_client(url)
-                p.async_producer = producer.Producer(p.async_client, self.queue)
+                p.async_producer = producer.Producer(p.async_client, self._target_queue())
                 p.broker = None
             else:
-                opened = await brokers.open_broker(url, self.queue)
+                opened = await brokers.open_broker(url, self._target_queue())
                 if p.async_producer is not None and p.loop is loop:
                     # a concurrent first call on this loop got there during the await
                     await opened.close()
@@ -509,6 +518,9 @@ class App:
 
         p = self._producers
         with p.lock:
+            if p.sync_producer is not None and p.sync_producer.queue != self._target_queue():
+                # made before a worker bound this App to the queue it serves: send there now
+                p.sync_producer = producer.SyncProducer(p.sync_client, self._target_queue())
             if p.sync_producer is None:
                 url = self._url()
                 scheme = brokers.scheme_of(url)
@@ -518,7 +530,7 @@ class App:
                         operation="enqueue_sync",
                     )
                 p.sync_client = connection.build_client_sync(url)
-                p.sync_producer = producer.SyncProducer(p.sync_client, self.queue)
+                p.sync_producer = producer.SyncProducer(p.sync_client, self._target_queue())
             return p.sync_producer
 
     def _checked_payload(self, task: str, payload: BaseModel | Mapping[str, Any]) -> Any:
@@ -720,11 +732,11 @@ class App:
             from worker_runtime.brokers.redis import broker as redis_broker
 
             if p.bound_client is not None and p.loop is loop:
-                p.broker = redis_broker.RedisBroker(p.bound_client, self.queue)
+                p.broker = redis_broker.RedisBroker(p.bound_client, self._target_queue())
             else:
                 await self._async_producer()
                 if p.broker is None:  # Redis (any other URL: the producer opened the broker)
-                    p.broker = redis_broker.RedisBroker(p.async_client, self.queue)
+                    p.broker = redis_broker.RedisBroker(p.async_client, self._target_queue())
         broker = p.broker
         if not isinstance(broker, base.Topics) or not p.broker.capabilities.topics:
             raise errors.CapabilityMissing(

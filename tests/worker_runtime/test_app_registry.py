@@ -340,3 +340,27 @@ async def test_already_done_sync_refuses_to_block_the_event_loop_it_needs() -> N
     ctx = _ctx(idempotency_key="k", idempotency=never, loop=asyncio.get_running_loop())
     with pytest.raises(RuntimeError, match=r"await ctx\.already_done"):
         ctx.already_done_sync()
+
+
+async def test_sync_and_async_follow_up_jobs_go_to_the_queue_the_bound_worker_serves(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given an App declared for its own queue and bound, as a worker started with
+    # WORKERFLEET_QUEUE set to another queue binds it, to the broker of the queue it serves
+    own, serves = f"{queue_name}-own", f"{queue_name}-served"
+    app = App(queue=own, redis_url=redis_server.url)
+    served = await brokers_mod.open_broker(redis_server.url, serves)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        app.bind_broker(served)
+        # When a handler enqueues a follow-up with await, and a sync handler (in a thread)
+        # with enqueue_sync
+        await app.enqueue("leaf", {"n": 1})
+        await asyncio.to_thread(app.enqueue_sync, "leaf", {"n": 2})
+        # Then both are on the served queue and none on the App's own
+        assert client.hget(keys.build_keys(serves).counters, "enqueued") == b"2"
+        assert client.exists(keys.build_keys(own).counters) == 0
+    finally:
+        client.close()
+        await app.aclose()
+        await served.close()
