@@ -219,6 +219,19 @@ def timeout_sync(payload: Sleep, ctx: JobContext) -> None:
     record("done", ctx, marker=payload.marker)
 
 
+@app.task(
+    "timeout-blocking",
+    timeout=0.5,
+    retry=Retry(max_attempts=2, backoff=backoff.Backoff(base_seconds=0.05)),
+)
+async def timeout_blocking(payload: Sleep, ctx: JobContext) -> None:
+    # An async handler that blocks its event loop (a sync call in async code): nothing can
+    # cancel it, it returns by itself after the timeout
+    record("start", ctx, marker=payload.marker)
+    time.sleep(payload.seconds)  # noqa: ASYNC251 (blocking the loop is the point)
+    record("done", ctx, marker=payload.marker)
+
+
 @app.task("idempotent")
 async def idempotent(payload: Sleep, ctx: JobContext) -> None:
     if await ctx.already_done():

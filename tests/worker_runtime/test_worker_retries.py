@@ -54,6 +54,24 @@ def test_an_async_job_past_its_timeout_is_cancelled_and_counted_as_a_failed_atte
     assert "timed out after 0.5s" in d.history[0].message
 
 
+def test_an_async_job_that_blocks_the_event_loop_past_its_timeout_fails_its_attempt(
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a task with a 0.5 s timeout whose async handler blocks its loop for 1 s (the
+    # watchdog, on the same loop, cannot cancel it) and returns
+    wf.spawn(concurrency=1)
+    job = wf.producer.enqueue("timeout-blocking", {"seconds": 1.0, "marker": "b"})
+    # When it runs
+    wait_until(lambda: wf.stats().dead_letter == 1, 20, "the dead letter")
+    # Then each attempt counts as timed out, not as a success, and the job went to the DLQ
+    assert [e["event"] for e in wf.events()] == ["start", "done", "start", "done"]
+    d = wf.dead_letter(job.job_id)
+    assert d is not None and d.reason == "max_attempts" and d.attempts == 2
+    assert [h.error_type for h in d.history] == ["TimeoutError", "TimeoutError"]
+    assert "blocked its event loop" in d.history[0].message
+    assert wf.stats().completed_total == 0
+
+
 def test_a_sync_job_past_its_timeout_fails_its_attempt_and_keeps_its_slot_until_it_returns(
     wf: workerproc.Testbed,
 ) -> None:

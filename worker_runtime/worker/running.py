@@ -190,6 +190,11 @@ class JobRunner:
             if h.timed_out:  # the handler swallowed the cancellation: still a timeout
                 await self._timed_out(h, spec, f"after {limit}s")
                 return
+            if time.monotonic() > h.deadline:
+                # It returned past its timeout without the watchdog seeing it: it blocked the
+                # event loop the watchdog runs on (a sync call in async code). Still a timeout.
+                await self._timed_out(h, spec, f"after {limit}s (it blocked its event loop)")
+                return
             await self.settler.completed(h, spec)
         except asyncio.CancelledError:
             if not h.released:
