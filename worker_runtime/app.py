@@ -304,6 +304,16 @@ def validate_task_name(name: object) -> None:
         raise ValueError(msg)
 
 
+# pydantic core-schema kinds that validate something other than a JSON object
+_NOT_AN_OBJECT = frozenset(
+    {
+        "list", "tuple", "set", "frozenset", "generator", "int", "float", "decimal", "str",
+        "bytes", "bool", "date", "datetime", "time", "timedelta", "literal", "enum", "uuid",
+        "url", "multi-host-url", "complex",
+    }
+)  # fmt: skip
+
+
 def _build_task_spec(
     name: str,
     handler: Handler,
@@ -347,10 +357,20 @@ def _build_task_spec(
     elif executor != "thread":
         msg = f"task {name!r}: executor must be 'thread' or 'process'"
         raise ValueError(msg)
+    adapter: TypeAdapter[Any] = TypeAdapter(payload)
+    kind = adapter.core_schema.get("type")
+    if kind in _NOT_AN_OBJECT:
+        # a job's payload is a JSON object: such a task could be registered but never enqueued
+        msg = (
+            f"task {name!r}: the payload must be a JSON object (a pydantic model, a TypedDict or "
+            f"a dict type), not {getattr(payload, '__name__', None) or payload!r}; wrap the "
+            "value in a model, e.g. class Ids(BaseModel): ids: list[int]"
+        )
+        raise TypeError(msg)
     return TaskSpec(
         name=name,
         handler=handler,
-        payload_adapter=TypeAdapter(payload),
+        payload_adapter=adapter,
         is_async=inspect.iscoroutinefunction(handler),
         wants_context=len(params) == 2,
         retry=retry,

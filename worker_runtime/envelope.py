@@ -90,9 +90,15 @@ def build_payload(
         return None
     if isinstance(payload, pydantic.BaseModel):
         dumped: pydantic.JsonValue = payload.model_dump(mode="json")
-    else:
+    elif isinstance(payload, (dict, Mapping)):  # dict first: the common case, no ABC check
         # JobEnvelope validates it as a JSON value (no pickling fallback, ever)
         dumped = dict(payload)
+    else:
+        msg = (
+            f"{name} must be a JSON object (a mapping or a pydantic model), "
+            f"not {type(payload).__name__}"
+        )
+        raise TypeError(msg)
     validate_finite_numbers(dumped, name=name)
     return dumped
 

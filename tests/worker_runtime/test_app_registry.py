@@ -11,6 +11,7 @@ import pydantic
 import pytest
 import redis
 import redis.asyncio
+from typing_extensions import TypedDict
 
 from worker_runtime import (
     HIGH,
@@ -99,6 +100,54 @@ def test_registration_refuses_duplicates_bad_signatures_and_nonsense_limits() ->
         app.task("zero-timeout", timeout=0)(once)
     with pytest.raises(ValueError, match="max_attempts"):
         Retry(max_attempts=0)
+
+
+@pytest.mark.parametrize("payload", [list[int], int, str, tuple[int, str]])
+def test_a_payload_type_that_is_not_a_json_object_is_refused_at_registration(
+    payload: Any,
+) -> None:
+    # Given a handler whose payload would be a list or a scalar (a job's payload is an object)
+    app = App(queue="q")
+
+    async def handler(p: Any) -> None:
+        return None
+
+    handler.__annotations__["p"] = payload
+    # Then registering it says so and how to wrap it, instead of a task nobody can enqueue
+    with pytest.raises(TypeError, match="the payload must be a JSON object"):
+        app.task("t")(handler)
+
+
+def test_object_payload_types_are_accepted() -> None:
+    # Given payload types that validate JSON objects: a model, a dict type and a TypedDict
+    app = App(queue="q")
+
+    class Point(TypedDict):
+        x: int
+
+    @app.task("model")
+    async def model(p: Email) -> None:
+        return None
+
+    @app.task("mapping")
+    async def mapping(p: dict[str, int]) -> None:
+        return None
+
+    @app.task("typed", payload=Point)  # a local class: given, not read off the annotation
+    async def typed(p: Any) -> None:
+        return None
+
+    # Then all are registered
+    assert {"model", "mapping", "typed"} <= set(app.tasks)
+
+
+async def test_enqueueing_a_payload_that_is_not_an_object_says_what_it_must_be() -> None:
+    # Given an App that does not know the task (a producer-only process)
+    app = App(queue="q")
+    app.bind_broker(memory.MemoryBroker("q"))
+    # When a list is sent as a payload, then the error names what a payload must be
+    with pytest.raises(TypeError, match=r"payload must be a JSON object .* not list"):
+        await app.enqueue("t", [1, 2, 3])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("queue", ["emails/eu", "{emails}", "a b", ""])
