@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import inspect
 import logging
 import math
@@ -97,9 +98,16 @@ class RetryLater(Exception):
     ``max_seconds`` waits ``max_seconds``. A non-finite delay is refused with ``ValueError``.
     """
 
-    def __init__(self, delay: float | None = None, *, retry_after: str | None = None) -> None:
+    def __init__(
+        self,
+        delay: float | None = None,
+        *,
+        retry_after: str | float | datetime.timedelta | datetime.datetime | None = None,
+    ) -> None:
         if delay is None and retry_after is not None:
-            delay = backoff.parse_retry_after(retry_after)
+            # a header's text, or seconds, a timedelta or an aware datetime: any form a
+            # client library hands out (an int used to raise AttributeError in the handler)
+            delay = backoff.seconds_of_retry_hint(retry_after)
         if delay is not None and not math.isfinite(delay):
             raise ValueError(f"RetryLater needs a finite delay in seconds, not {delay!r}")
         self.delay = None if delay is None else max(0.0, float(delay))

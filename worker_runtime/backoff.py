@@ -7,6 +7,7 @@ handler reports an HTTP-style ``Retry-After``. No I/O; the random source is inje
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import random
@@ -86,6 +87,31 @@ def clamp_delay(policy: Backoff, requested: float) -> float | None:
     if not math.isfinite(requested):
         return None
     return min(policy.max_seconds, max(0.0, requested))
+
+
+def seconds_of_retry_hint(value: object, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a retry hint in any form code hands one: a number of seconds, a
+    ``timedelta``, a ``datetime`` (when to retry), or an HTTP ``Retry-After`` text (bytes
+    too). None when it is none of them or not finite (the backoff decides then)."""
+    if isinstance(value, bool):
+        return None  # True is an int, never a delay anyone meant
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            return None  # a naive time is ambiguous: no guessing its zone
+        seconds = value.timestamp() - (time.time() if now is None else now)
+    elif isinstance(value, bytes):
+        return parse_retry_after(value.decode("latin-1"), now=now)
+    elif isinstance(value, str):
+        return parse_retry_after(value, now=now)
+    else:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
 
 
 def parse_retry_after(value: str, *, now: float | None = None) -> float | None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import time
+import types
 from typing import Any
 
 import pydantic
@@ -30,6 +32,7 @@ from worker_runtime import (
 from worker_runtime import brokers as brokers_mod
 from worker_runtime.brokers import memory
 from worker_runtime.brokers.redis import keys, queue
+from worker_runtime.worker import policy
 
 
 class Email(pydantic.BaseModel):
@@ -199,6 +202,35 @@ def test_retry_later_accepts_seconds_or_an_http_retry_after_value() -> None:
     assert delay is not None and 55 <= delay <= 61
     assert RetryLater().delay is None
     assert Reject("bad input").reason == "bad input"
+
+
+def test_retry_later_and_an_errors_retry_hint_take_the_forms_client_libraries_hand_out() -> None:
+    # Given the shapes a retry hint comes in: seconds as a number, a timedelta, an aware
+    # datetime, header text as str or bytes
+    soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30)
+    # Then RetryLater takes each (an int raised AttributeError inside the handler)
+    assert RetryLater(retry_after=120).delay == 120.0
+    assert RetryLater(retry_after=datetime.timedelta(seconds=2)).delay == 2.0
+    at = RetryLater(retry_after=soon).delay
+    assert at is not None and 25 <= at <= 31
+    # And so does an error's retry_after, or its response's Retry-After header in any case
+    # (a plain dict's keys do not ignore case)
+
+    class Throttled(Exception):
+        def __init__(self, hint: object = None, headers: object = None) -> None:
+            super().__init__("throttled")
+            if hint is not None:
+                self.retry_after = hint
+            self.response = types.SimpleNamespace(headers=headers)
+
+    assert policy.retry_after_hint(Throttled(datetime.timedelta(seconds=3))) == 3.0
+    assert policy.retry_after_hint(Throttled(b"7")) == 7.0
+    assert policy.retry_after_hint(Throttled(headers={"retry-after": "9"})) == 9.0
+    assert policy.retry_after_hint(Throttled(headers={"Retry-After": "11"})) == 11.0
+    # And what is not a delay leaves it to the backoff
+    assert policy.retry_after_hint(Throttled(True)) is None
+    assert policy.retry_after_hint(Throttled(datetime.datetime(2030, 1, 1))) is None  # naive
+    assert policy.retry_after_hint(Throttled(object())) is None
 
 
 async def test_a_retry_delay_prefers_retry_later_then_the_errors_retry_after_then_backoff() -> None:

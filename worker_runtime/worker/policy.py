@@ -150,12 +150,13 @@ def retry_after_hint(exc: BaseException) -> float | None:
             response = getattr(exc, "response", None)
             headers = getattr(response, "headers", None)
             if headers is not None:
+                # requests/httpx/aiohttp headers ignore case; a plain dict does not
                 value = headers.get("Retry-After")
+                if value is None:
+                    value = headers.get("retry-after")
         if value is None:
             return None
-        if isinstance(value, int | float):
-            return float(value)
-        return backoff.parse_retry_after(str(value))
+        return backoff.seconds_of_retry_hint(value)
     except Exception:  # whatever the exception's own code raises
         log.warning(
             "ignoring a retry delay that could not be read; the backoff decides",
