@@ -125,6 +125,30 @@ def test_logs_are_json_lines_carrying_job_id_and_correlation_id_in_async_and_syn
     assert {"ts", "level", "logger"} <= set(failed[0])
 
 
+def test_every_dead_letter_is_logged_as_a_warning_even_at_log_level_warning(
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a worker logging warnings and above only
+    worker = wf.spawn(concurrency=2, extra_env={"WORKERFLEET_LOG_LEVEL": "warning"})
+    # When a job is rejected, one fails with a non-retryable error, and one names no task
+    rejected = wf.producer.enqueue("reject", {})
+    broken = wf.producer.enqueue("non-retryable", {})
+    unknown = wf.producer.enqueue("no-such-task", {})
+    wait_until(lambda: wf.stats().dead_letter == 3, 20, "three dead letters")
+    worker.send(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    # Then each left one warning naming its job and why
+    dead = {
+        r["job_id"]: r
+        for r in worker.log_records()
+        if r.get("msg") == "job dead-lettered" and r.get("level") == "warning"
+    }
+    assert set(dead) == {rejected.job_id, broken.job_id, unknown.job_id}
+    assert dead[rejected.job_id]["reason"] == "non_retryable"  # Reject: never retried
+    assert dead[broken.job_id]["reason"] == "non_retryable"
+    assert dead[broken.job_id]["error_type"] == "KeyError"
+
+
 def test_a_worker_whose_metrics_port_is_taken_says_so_and_still_runs_jobs(
     wf: workerproc.Testbed,
 ) -> None:

@@ -108,15 +108,18 @@ class Settler:
         if outcome == "dead_lettered":
             w.metrics.dead_letter(str(reason))
         w.metrics.job_finished(spec.name, "timeout" if timed_out else outcome, seconds)
-        log.info(
-            "job failed",
-            extra={
-                "error_type": failure.error_type,
-                "error": failure.message[:500],
-                "outcome": outcome,
-                "timed_out": timed_out,
-            },
-        )
+        extra = {
+            "error_type": failure.error_type,
+            "error": failure.message[:500],
+            "outcome": outcome,
+            "timed_out": timed_out,
+        }
+        if outcome == "dead_lettered":
+            # a job that will not run again is a warning, like every other dead letter: at
+            # --log-level warning (common in production) it left no line at all
+            log.warning("job dead-lettered", extra={"reason": str(reason), **extra})
+        else:
+            log.info("job failed", extra=extra)
 
     async def fetch_previous_delay(self, job: base.Delivery) -> float | None:
         """The delay the job's previous retry waited (None when unreadable right now)."""
