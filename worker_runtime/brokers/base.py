@@ -185,10 +185,20 @@ class Failure:
 
 def build_failure(exc: BaseException, *, worker_id: str = "") -> Failure:
     """A failure record from an exception, with the end of its traceback."""
+    message = errors.message_of(exc)
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(tb) > TRACEBACK_KEEP and len(message) > TRACEBACK_KEEP // 4:
+        # The traceback ends with the message: kept whole, a long one pushed every frame out
+        # of the kept end (a 200 KB message left only its own tail, no file or line). Keep
+        # the innermost frames and a cut message instead.
+        last = f"{type(exc).__qualname__}: {message[: TRACEBACK_KEEP // 4]}... (cut)\n"
+        frames = "Traceback (most recent call last):\n" + "".join(
+            traceback.format_tb(exc.__traceback__)
+        )
+        tb = frames[-(TRACEBACK_KEEP - len(last)) :] + last
     return Failure(
         error_type=type(exc).__qualname__,
-        message=errors.message_of(exc)[:2000],
+        message=message[:2000],
         traceback=tb[-TRACEBACK_KEEP:],
         worker_id=worker_id,
     )
