@@ -145,6 +145,28 @@ def test_workerfleet_run_uses_a_reachable_redis_url_as_given(tmp_path: pathlib.P
         assert "Steady at 0" in output
 
 
+def test_workerfleet_run_refuses_a_broker_url_flag_nobody_answers_at(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given a pool and a --redis-url nobody listens on (the environment's URL may fall back
+    # to an embedded server; a URL given as a flag is where the user's jobs are)
+    manifest_path = support.write_manifest(tmp_path, support.build_manifest("flag"))
+    url = f"redis://127.0.0.1:{embedded_redis.fetch_free_port()}/0"
+    process = _run_cli(
+        [str(manifest_path), "--redis-url", url, "--no-view", "--metrics-port", "-1",
+         "--seconds", "2", "--app-path", str(support.HERE)],
+        tmp_path,
+        dict(os.environ),
+    )  # fmt: skip
+    output, _ = process.communicate(timeout=60)
+    # Then it stops with one line saying so and how to run on an embedded server instead,
+    # rather than running a fleet that would never see those jobs
+    assert process.returncode == 1, output
+    assert "the broker --redis-url names is not usable" in output
+    assert "drop --redis-url to run on an embedded redis-server" in output
+    assert "embedded 127.0.0.1" not in output
+
+
 def test_workerfleet_run_says_why_a_worker_crashed_as_it_happens(tmp_path: pathlib.Path) -> None:
     # Given a pool whose App module does not exist, with a job waiting so a worker starts
     with embedded_redis.EmbeddedRedis(tmp_path / "given") as server:

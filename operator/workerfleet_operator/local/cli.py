@@ -1,9 +1,10 @@
 """``workerfleet run POOL.yaml``: run a WorkerPool on this machine, with the real autoscaler.
 
 Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli``. Resolves
-Redis (``--redis-url`` or ``$WORKERFLEET_REDIS_URL`` if it answers, else an embedded
-redis-server), builds a :class:`runner.FleetRunner`, shows the live view, and on Ctrl-C (or
-SIGTERM, or ``--seconds``) drains every worker and stops the embedded Redis before exiting 0.
+the broker (``--broker-url``/``--redis-url``, which must answer; else ``$WORKERFLEET_BROKER_URL``
+or ``$WORKERFLEET_REDIS_URL`` if it answers; else an embedded server), builds a
+:class:`runner.FleetRunner`, shows the live view, and on Ctrl-C (or SIGTERM, or ``--seconds``)
+drains every worker and stops the embedded server before exiting 0.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def register_commands(subparsers: SubParsers) -> None:
         help="run a WorkerPool locally: worker processes scaled by the real autoscaler",
         description="Run the WorkerPool of POOL.yaml on this machine: local worker processes, "
         "the operator's autoscaler, per-pool metrics on loopback, and a live view. Uses "
-        "--broker-url / --redis-url ($WORKERFLEET_BROKER_URL, $WORKERFLEET_REDIS_URL) when a "
-        "broker of the pool's kind (spec.queue.redis, .rabbitmq or .sqs) answers there, else an "
-        "embedded redis-server, rabbitmq-server or ElasticMQ.",
+        "--broker-url / --redis-url (which must answer), else $WORKERFLEET_BROKER_URL or "
+        "$WORKERFLEET_REDIS_URL when a broker of the pool's kind (spec.queue.redis, .rabbitmq "
+        "or .sqs) answers there, else an embedded redis-server, rabbitmq-server or ElasticMQ.",
     )
     run.add_argument("manifest", type=pathlib.Path, help="a WorkerPool manifest (YAML)")
     run.add_argument(
@@ -111,12 +112,18 @@ class ResolvedBroker:
 EMBEDDED_NAMES = {"redis": "redis-server", "rabbitmq": "rabbitmq-server", "sqs": "ElasticMQ"}
 
 
+class GivenBrokerUnusable(Exception):
+    """The broker URL given on the command line does not serve this pool (message: why)."""
+
+
 @contextmanager
 def open_broker_server(
-    pool: Any, url: str | None, data_dir: pathlib.Path | None
+    pool: Any, url: str | None, data_dir: pathlib.Path | None, *, fall_back: bool = True
 ) -> Iterator[ResolvedBroker]:
     """Use ``url`` if a broker of the pool's kind answers there, else start an embedded one of
-    that kind (stopped on exit). ``pool`` is a ``manifest.LocalPool``."""
+    that kind (stopped on exit). ``pool`` is a ``manifest.LocalPool``. Without ``fall_back``
+    (the URL was a command-line flag) an unusable URL raises :class:`GivenBrokerUnusable`:
+    a fleet on another broker would never see the jobs sent to the one named."""
     from workerfleet_operator.local import brokers
 
     kind = brokers.kind_of_pool(pool.spec)
@@ -134,6 +141,8 @@ def open_broker_server(
             if not problem:
                 yield ResolvedBroker(url=url, label="given URL", embedded=None)
                 return
+        if not fall_back:
+            raise GivenBrokerUnusable(problem)
         print(f"workerfleet: broker URL not used ({problem}); starting an embedded {name}")
     server = brokers.start_server(kind, data_dir)
     try:
@@ -166,8 +175,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         or os.environ.get("WORKERFLEET_REDIS_URL")
     )
     kind = brokers.kind_of_pool(pool.spec)
+    flag = "--broker-url" if args.broker_url else "--redis-url" if args.redis_url else None
     try:
-        with open_broker_server(pool, url, args.data_dir) as redis_target:
+        with open_broker_server(pool, url, args.data_dir, fall_back=flag is None) as redis_target:
             try:
                 fleet_runner = runner.FleetRunner(
                     pool,
@@ -231,6 +241,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
     except embedded.EmbeddedServerError as exc:
         print(f"workerfleet: {exc}", file=sys.stderr)
+        return 1
+    except GivenBrokerUnusable as exc:
+        print(
+            f"workerfleet: the broker {flag} names is not usable ({exc}); start it, or drop "
+            f"{flag} to run on an embedded {EMBEDDED_NAMES[kind]}",
+            file=sys.stderr,
+        )
         return 1
     finally:
         restore()
