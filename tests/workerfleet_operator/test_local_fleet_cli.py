@@ -185,8 +185,9 @@ def test_workerfleet_run_says_why_a_worker_crashed_as_it_happens(tmp_path: pathl
         )  # fmt: skip
         output, _ = process.communicate(timeout=60)
     # Then each crash is a line of its own with the worker's last words (only the final
-    # count said anything before: "crashed=4")
-    assert process.returncode == 0, output
+    # count said anything before: "crashed=4"), and the run exits 1 (it exited 0)
+    assert process.returncode == 1, output
+    assert "the workers' logs are in" in output
     crashes = [line for line in output.splitlines() if "crashing-0 Crashed: exit code 2" in line]
     assert crashes, output
     assert all("cannot import 'no_such_module'" in line for line in crashes), crashes

@@ -4,7 +4,8 @@ Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli
 the broker (``--broker-url``/``--redis-url``, which must answer; else ``$WORKERFLEET_BROKER_URL``
 or ``$WORKERFLEET_REDIS_URL`` if it answers; else an embedded server), builds a
 :class:`runner.FleetRunner`, shows the live view, and on Ctrl-C (or SIGTERM, or ``--seconds``)
-drains every worker and stops the embedded server before exiting 0.
+drains every worker and stops the embedded server before exiting: 0, or 1 when a worker
+crashed or had to be killed.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def open_broker_server(
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the pool until Ctrl-C/SIGTERM/--seconds; drain; exit 0."""
+    """Run the pool until Ctrl-C/SIGTERM/--seconds; drain; exit 0 (1 when a worker crashed or
+    had to be killed)."""
     from rich.console import Console
     from rich.live import Live
 
@@ -175,6 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         or os.environ.get("WORKERFLEET_REDIS_URL")
     )
     kind = brokers.kind_of_pool(pool.spec)
+    failed = False
     flag = "--broker-url" if args.broker_url else "--redis-url" if args.redis_url else None
     try:
         with open_broker_server(pool, url, args.data_dir, fall_back=flag is None) as redis_target:
@@ -239,6 +242,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"workerfleet run: stopped; workers started={c.started} "
                     f"stopped_cleanly={c.stopped_cleanly} crashed={c.crashed} killed={c.killed}"
                 )
+                if c.crashed or c.killed:
+                    # a script running the pool must see that its workers did not hold up
+                    console.print(f"workerfleet run: the workers' logs are in {log_dir}")
+                    failed = True
     except embedded.EmbeddedServerError as exc:
         print(f"workerfleet: {exc}", file=sys.stderr)
         return 1
@@ -251,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     finally:
         restore()
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
