@@ -94,10 +94,12 @@ class BrokerCache:
     async def fetch(self, url: str, queue: str) -> Any:
         broker = self._brokers.get((url, queue))
         if broker is None:
-            # a producer, never the consumer: the queue page may replay dead letters, and must
-            # leave the workers' queue settings (SQS visibility and redrive limit) as they are
+            # a reader, never the consumer: it must leave the workers' queue settings (SQS
+            # visibility and redrive limit) as they are, and a page of a queue that does not
+            # exist must not create it (a producer declared RabbitMQ's four queues, SQS's
+            # two); a replay sends to the queues the dead letters came from, which exist
             broker = self._brokers[(url, queue)] = await brokers.open_broker(
-                url, queue, role=broker_base.QueueRole.PRODUCER
+                url, queue, role=broker_base.QueueRole.READER
             )
         return broker
 
