@@ -258,7 +258,7 @@ def test_the_network_policies_limit_redis_to_the_operator_and_the_workers(render
     policies = {p["metadata"]["name"]: p for p in of_kind(render("monitoring"), "NetworkPolicy")}
     redis = policies["workerfleet-redis"]
     assert redis["metadata"]["namespace"] == "redis"
-    (rule,) = redis["spec"]["ingress"]
+    rule, _among_themselves = redis["spec"]["ingress"]
     assert rule["ports"] == REDIS_PORTS
     sources = [peer["podSelector"] for peer in rule["from"]]
     assert {
@@ -280,6 +280,57 @@ def test_the_network_policies_limit_redis_to_the_operator_and_the_workers(render
     (to_redis,) = [r for r in policies["workerfleet-operator"]["spec"]["egress"]
                    if r["ports"] == REDIS_PORTS]  # fmt: skip
     assert to_redis["to"] == [REDIS_NAMESPACE]
+
+
+PRODUCERS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}},
+    "podSelector": {"matchLabels": {"app": "api"}},
+}
+
+
+def test_the_redis_policy_admits_the_redis_pods_among_themselves_and_the_listed_producers(
+    render: Render,
+) -> None:
+    # Given the Redis policy on, with the producers of namespace shop listed in extraFrom
+    manifests = render(
+        "default",
+        "--set", "networkPolicy.redis.enabled=true",
+        "--set", "watchNamespaces={team-a}",
+        "--set-json", f"networkPolicy.redis.extraFrom=[{json.dumps(PRODUCERS)}]",
+    )  # fmt: skip
+    (redis,) = [
+        p
+        for p in of_kind(manifests, "NetworkPolicy")
+        if p["metadata"]["name"] == "workerfleet-redis"
+    ]
+    clients, among_themselves = redis["spec"]["ingress"]
+    # Then the producers reach the Redis and Sentinel ports, like the operator and the workers
+    assert PRODUCERS in clients["from"]
+    assert [p["port"] for p in clients["ports"]] == [6379, 26379]
+    # And the Redis pods reach each other on any port (replication, Sentinel, the Cluster bus)
+    assert among_themselves == {
+        "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "redis"}}}]
+    }
+    assert redis["metadata"]["labels"]["app.kubernetes.io/component"] == "redis"
+
+
+def test_the_redis_policy_goes_where_redis_runs(render: Render) -> None:
+    on = ("--set", "networkPolicy.redis.enabled=true")
+
+    def namespaces(*args: str) -> list[str]:
+        return [
+            p["metadata"]["namespace"]
+            for p in of_kind(render("default", *on, *args), "NetworkPolicy")
+            if p["metadata"]["name"] == "workerfleet-redis"
+        ]
+
+    # Without a namespace of its own: the release namespace, or each of redisNamespaces
+    assert namespaces() == [NAMESPACE]
+    assert namespaces("--set", "networkPolicy.redisNamespaces={redis,cache}") == ["redis", "cache"]
+    assert namespaces(
+        "--set", "networkPolicy.redisNamespaces={redis,cache}",
+        "--set", "networkPolicy.redis.namespace=data",
+    ) == ["data"]  # fmt: skip
 
 
 def test_the_operators_redis_egress_is_open_on_the_redis_and_sentinel_ports_by_default(
