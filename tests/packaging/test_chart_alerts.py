@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from packaging_support import ROOT, run
+from packaging_support import CACHE_BIN, ROOT, find_binary, run
 
 pytestmark = pytest.mark.chart
 
@@ -121,6 +122,68 @@ def test_every_alert_carries_severity_summary_description_command_and_runbook(al
     assert re.search(r"`(kubectl|workerfleet) [^`]+`", description), alert
     if "DeadLetter" in alert:
         assert "workerfleet dlq ls --queue {{ $labels.queue }}" in description
+
+
+def _kubectl_commands(description: str) -> list[list[str]]:
+    """The kubectl commands of a description's backticked commands, as argv lists.
+
+    `{{ $labels.x }}` becomes x; a `$(...)` substitution is a command of its own, then a value;
+    each `|` stage that is kubectl counts (the others, such as grep, are left out).
+    """
+    text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", r"\1", description)
+    commands = []
+    for block in re.findall(r"`(kubectl [^`]+)`", text):
+        inner = re.findall(r'"\$\(([^)]*)\)"', block)
+        outer = re.sub(r'"\$\(([^)]*)\)"', "ns", block)
+        for command in (*inner, outer):
+            for stage in command.split("|"):
+                argv = shlex.split(stage)
+                if argv[0] == "kubectl":
+                    commands.append(argv[1:])
+    return commands
+
+
+@pytest.mark.parametrize("alert", PRODUCT_ALERTS)
+def test_every_kubectl_command_an_alert_gives_is_one_kubectl_accepts(
+    alert: str, tmp_path: Path
+) -> None:
+    # Given the real kubectl, pointed at a server that is not there (flags are checked first)
+    kubectl = find_binary("kubectl", CACHE_BIN / "kubectl")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(UNREACHABLE_KUBECONFIG)
+    commands = _kubectl_commands(_rules()[alert]["annotations"]["description"])
+    for argv in commands:
+        # When on-call pastes the command
+        done = run([kubectl, "--kubeconfig", str(kubeconfig), "--request-timeout=2s", *argv])
+        # Then kubectl gets as far as the cluster: no unknown flag, no usage error
+        assert "See 'kubectl" not in done.stderr, (argv, done.stderr)
+        assert "unknown" not in done.stderr.lower(), (argv, done.stderr)
+        assert "connect" in done.stderr or "refused" in done.stderr, (argv, done.stderr)
+
+
+UNREACHABLE_KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+  - name: none
+    cluster: {server: "https://127.0.0.1:1"}
+users:
+  - name: none
+    user: {token: none}
+contexts:
+  - name: none
+    context: {cluster: none, user: none}
+current-context: none
+"""
+
+
+def test_the_operator_log_command_reads_only_workerfleet_operators() -> None:
+    # app.kubernetes.io/component=operator alone also matches other products' operators.
+    description = _rules()["WorkerfleetOperatorReconcileErrors"]["annotations"]["description"]
+    selector = "app.kubernetes.io/name=workerfleet,app.kubernetes.io/component=operator"
+    (logs,) = [argv for argv in _kubectl_commands(description) if argv[0] == "logs"]
+    assert logs[logs.index("-l") + 1] == selector
+    assert "-A" not in logs
 
 
 def _runbook_anchors() -> set[str]:
