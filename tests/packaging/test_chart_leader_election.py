@@ -2,19 +2,21 @@
 
 With ``operator.leaderElection.enabled`` the chart grants exactly the Lease permissions of
 operator/workerfleet_operator/rbac.py (condition ``leader-election``) in the release namespace,
-in every install mode, and hands the operator the settings ``shell.config`` reads.
+in every install mode, and hands the operator the settings ``shell.config`` reads; timings that
+``shell.config`` would refuse (out of retry < renew deadline < lease duration) fail the render.
 """
 
 from __future__ import annotations
 
 import pytest
-from packaging_support import NAMESPACE, Render, of_kind
+from packaging_support import CHART, NAMESPACE, Render, of_kind, run
 from workerfleet_operator import rbac
 from workerfleet_operator.shell import config as config_module
 
 pytestmark = pytest.mark.chart
 
 ON = ("--set", "operator.leaderElection.enabled=true")
+PREFIX = "operator.leaderElection"
 
 
 @pytest.mark.parametrize("values_set", ["default", "namespaced"])
@@ -71,3 +73,43 @@ def test_the_operator_gets_every_election_setting_under_a_name_it_reads(render: 
     # no fixed identity: hostname + a random suffix, so a restarted container is a new holder
     assert "WORKERFLEET_OPERATOR_LEADER_IDENTITY" not in env
     assert env["WORKERFLEET_OPERATOR_LEASE_DURATION_SECONDS"]["value"] == "15"
+
+
+@pytest.mark.parametrize(
+    "timings",
+    [
+        {"leaseDurationSeconds": 15, "renewDeadlineSeconds": 30, "retryPeriodSeconds": 2},
+        {"leaseDurationSeconds": 15, "renewDeadlineSeconds": 15, "retryPeriodSeconds": 2},
+        {"leaseDurationSeconds": 15, "renewDeadlineSeconds": 10, "retryPeriodSeconds": 10},
+    ],
+    ids=["renew-past-lease", "renew-equals-lease", "retry-equals-renew"],
+)
+def test_timings_the_operator_would_refuse_fail_the_render_naming_the_three_values(
+    helm: str, timings: dict[str, int]
+) -> None:
+    # Given election timings out of the order the operator requires
+    sets = [a for key, value in timings.items() for a in ("--set", f"{PREFIX}.{key}={value}")]
+    # When the chart is rendered
+    done = run([helm, "template", "wf", str(CHART), *sets])
+    # Then it fails there, not later in a crash-looping operator
+    assert done.returncode != 0
+    assert (
+        "operator.leaderElection needs retryPeriodSeconds < renewDeadlineSeconds < "
+        "leaseDurationSeconds"
+    ) in done.stderr
+    got = f"(got {timings['retryPeriodSeconds']}, {timings['renewDeadlineSeconds']}, "
+    assert got in done.stderr
+
+
+def test_fractional_timings_in_order_render(render: Render) -> None:
+    sets = (
+        "--set-json", f"{PREFIX}.retryPeriodSeconds=0.5",
+        "--set-json", f"{PREFIX}.renewDeadlineSeconds=1.5",
+    )  # fmt: skip
+    (deployment,) = [
+        d
+        for d in of_kind(render("default", *sets), "Deployment")
+        if "operator" in d["metadata"]["name"]
+    ]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["WORKERFLEET_OPERATOR_RENEW_DEADLINE_SECONDS"]["value"] == "1.5"
