@@ -162,3 +162,24 @@ def test_install_yaml_says_it_is_generated_and_installs_the_default_chart() -> N
     } <= set(kinds)
     assert "ClusterRoleBinding" not in kinds  # namespaced by default
     assert "PrometheusRule" not in kinds  # needs the Prometheus Operator: chart only
+
+
+@pytest.mark.parametrize(
+    "doc", ["README.md", "docs/quickstart-kubernetes.md", "charts/workerfleet/README.md"]
+)
+def test_where_install_yaml_is_offered_the_doc_says_the_one_namespace_it_watches(doc: str) -> None:
+    # deploy/install.yaml is the default chart: WorkerPools elsewhere are never reconciled.
+    (deployment,) = of_kind(
+        load_manifests((ROOT / "deploy/install.yaml").read_text()), "Deployment"
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    watched = env["WORKERFLEET_OPERATOR_NAMESPACES"]
+    assert "," not in watched
+    text = (ROOT / doc).read_text()
+    offer = r"kubectl apply --server-side -f deploy/install\.yaml"
+    offers = [m.start() for m in re.finditer(offer, text)]
+    assert offers
+    for start in offers:
+        paragraph = text[start : text.find("\n\n", start)]
+        assert re.search(rf"watches only\s+`?{watched}`?", paragraph), paragraph
