@@ -183,3 +183,21 @@ def test_where_install_yaml_is_offered_the_doc_says_the_one_namespace_it_watches
     for start in offers:
         paragraph = text[start : text.find("\n\n", start)]
         assert re.search(rf"watches only\s+`?{watched}`?", paragraph), paragraph
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/quickstart-kubernetes.md"])
+def test_the_kubectl_get_wp_output_shown_has_the_crds_printer_columns(doc: str) -> None:
+    (crd,) = load_manifests((ROOT / "deploy/crds/workerpools.workerfleet.io.yaml").read_text())
+    (version,) = crd["spec"]["versions"]
+    shown_by_default = [
+        c["name"].upper() for c in version["additionalPrinterColumns"] if not c.get("priority")
+    ]
+    text = (ROOT / doc).read_text()
+    headers = re.findall(r"^(?:# )?(NAMESPACE +NAME +READY .*)$", text, re.MULTILINE)
+    assert headers
+    for header in headers:
+        assert header.split() == ["NAMESPACE", "NAME", *shown_by_default]
+        # every row shown under it has a value in each column
+        rows = text[text.index(header) + len(header) :].split("\n")[1:]
+        row = rows[0].removeprefix("# ")
+        assert len(row.split()) == len(header.split()), row
