@@ -1,4 +1,5 @@
-"""The chart's NOTES.txt: the steps it prints after an install work as printed.
+"""The chart's NOTES.txt and the docs: the Secret a WorkerPool names is created as the chart's
+admission policy admits it (labelled workerfleet.io/usable=true in the same command).
 
 Rendered by `helm install --dry-run=client` (no cluster); the Secret step is run with the real
 kubectl up to the manifest it would apply (`--dry-run=client` and `label --local` need no cluster).
@@ -12,7 +13,7 @@ import subprocess
 
 import pytest
 import yaml
-from packaging_support import CACHE_BIN, CHART, NAMESPACE, RELEASE, find_binary, run
+from packaging_support import CACHE_BIN, CHART, NAMESPACE, RELEASE, ROOT, find_binary, run
 
 pytestmark = pytest.mark.chart
 
@@ -63,3 +64,22 @@ def test_the_notes_create_the_redis_secret_with_the_label_the_admission_policy_r
     assert secret["kind"] == "Secret"
     assert secret["metadata"]["labels"] == {label: "true"}
     assert "url" in secret["data"]
+
+
+# Where a Secret that a WorkerPool names is created: the docs and the samples' comments.
+SECRET_DOCS = [
+    "README.md",
+    "docs/quickstart-kubernetes.md",
+    "docs/runbooks.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy" / "samples").glob("*.yaml")),
+]
+LABELLED = "| kubectl label --local -f - workerfleet.io/usable=true -o yaml | kubectl apply -f -"
+
+
+@pytest.mark.parametrize("doc", SECRET_DOCS)
+def test_every_pool_secret_the_docs_create_is_labelled_in_the_same_command(doc: str) -> None:
+    # Comment markers dropped and continuation lines joined: one command per line.
+    text = re.sub(r"^#\s?", "", (ROOT / doc).read_text(), flags=re.MULTILINE)
+    text = re.sub(r"\\\n\s*", "", text)
+    for command in re.findall(r"kubectl .*create secret generic .*", text):
+        assert LABELLED in command, command
