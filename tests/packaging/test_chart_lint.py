@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 import yaml
-from packaging_support import CHART, NAMESPACE, VALUES_SETS, Render, of_kind, run, values_file
+from packaging_support import (
+    CHART,
+    NAMESPACE,
+    VALUES_SETS,
+    Render,
+    helm_template,
+    of_kind,
+    run,
+    values_file,
+)
 
 pytestmark = pytest.mark.chart
 
@@ -331,6 +340,31 @@ def test_the_redis_policy_goes_where_redis_runs(render: Render) -> None:
         "--set", "networkPolicy.redisNamespaces={redis,cache}",
         "--set", "networkPolicy.redis.namespace=data",
     ) == ["data"]  # fmt: skip
+
+
+class _KeyCountingLoader(yaml.SafeLoader):
+    """A SafeLoader that records every mapping key written twice (PyYAML keeps the last)."""
+
+    repeated: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(k, deep=deep) for k, _ in node.value]
+        self.repeated += sorted({str(k) for k in keys if keys.count(k) > 1})
+        return super().construct_mapping(node, deep=deep)
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_no_rendered_manifest_writes_a_key_twice(helm: str, values_set: str) -> None:
+    # A repeated key (e.g. two app.kubernetes.io/component labels) is refused by strict YAML
+    # readers and silently collapsed by the others.
+    text = helm_template(
+        helm, values_file(values_set),
+        "--set", "networkPolicy.workers.enabled=true",
+        "--set", "networkPolicy.redis.enabled=true",
+    )  # fmt: skip
+    _KeyCountingLoader.repeated = []
+    list(yaml.load_all(text, Loader=_KeyCountingLoader))
+    assert _KeyCountingLoader.repeated == []
 
 
 def test_the_operators_redis_egress_is_open_on_the_redis_and_sentinel_ports_by_default(
