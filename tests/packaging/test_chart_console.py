@@ -117,7 +117,8 @@ def test_the_network_policies_admit_people_to_the_console_and_the_console_to_red
         7000,
         26379,
     ]  # DNS, Redis + Sentinel + Cluster, API
-    (redis_rule,) = policies["workerfleet-redis"]["spec"]["ingress"]
+    # the rule on the Redis ports (the other one admits the Redis pods among themselves)
+    (redis_rule,) = [r for r in policies["workerfleet-redis"]["spec"]["ingress"] if "ports" in r]
     components = {
         peer["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component")
         for peer in redis_rule["from"]
