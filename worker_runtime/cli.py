@@ -35,12 +35,18 @@ class CliError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class PoolUnreachable(Exception):
+    """``--pool``'s lookup could not reach the Kubernetes API: printed as one line, exit code 1
+    (not "cannot reach the broker": no broker was tried yet)."""
+
+
 PoolResolver = Callable[[str, "str | None"], tuple[str, str]]
 
 POOL_RESOLVER: PoolResolver | None = None
 """Finds (broker URL, queue) of a WorkerPool ``NAMESPACE/NAME`` for ``--pool``; installed by the
 ``workerfleet`` console script (the runtime itself knows nothing of Kubernetes). It raises
-LookupError for a pool that cannot be found or read."""
+LookupError for a pool that cannot be found or read, and :class:`PoolUnreachable` when the
+Kubernetes API does not answer."""
 
 
 # ---- registration ----------------------------------------------------------------------------
@@ -365,7 +371,8 @@ def load_app(path: str) -> app_mod.App:
 
 def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """``fn`` reporting user and broker errors as one line and an exit code: 2 for a usage or
-    configuration error, 1 for a broker that cannot be reached or refuses the request."""
+    configuration error, 1 for a broker (or, for ``--pool``, a Kubernetes API) that cannot be
+    reached or refuses the request."""
 
     def wrapped(args: argparse.Namespace) -> int:
         from worker_runtime import errors
@@ -378,6 +385,9 @@ def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
         except (CliError, errors.CapabilityMissing, errors.ConfigError) as exc:
             print(f"workerfleet: {exc}", file=sys.stderr)
             return 2
+        except PoolUnreachable as exc:
+            print(f"workerfleet: {exc}", file=sys.stderr)
+            return 1
         except (errors.BrokerUnavailable, OSError) as exc:
             print(f"workerfleet: cannot reach {name()}: {exc}", file=sys.stderr)
             return 1

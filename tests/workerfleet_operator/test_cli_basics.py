@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -261,6 +262,60 @@ def test_pool_without_a_kubeconfig_is_one_line() -> None:
     out = run("dlq", "ls", "--pool", "ns/p", "--kubeconfig", "/nonexistent/kubeconfig",
               env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})  # fmt: skip
     assert out.returncode == 2 and "no kubeconfig" in out.stderr and "Traceback" not in out.stderr
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_pool_with_an_unreachable_api_server_names_the_api_server_not_the_broker(
+    tmp_path: Path,
+) -> None:
+    # Given a kubeconfig whose API server is a closed port (and whose token must stay secret)
+    port = closed_port()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "secret-token-4711"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    commands = [
+        ["queue", "stats"],
+        ["dlq", "ls"],
+        ["dlq", "replay", "--all", "--dry-run"],
+        ["enqueue", "send_email", "{}"],
+    ]
+    # When each command that takes --pool is run with it
+    running = [
+        subprocess.Popen(
+            [WORKERFLEET, *command, "--pool", "team-a/emails", "--kubeconfig", str(kubeconfig)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    # Then each says in one line that the Kubernetes API (by its address) could not be reached
+    # (not the broker, never the token) and exits 1
+    for command, process in zip(commands, running, strict=True):
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1, (command, stderr)
+        assert stderr.startswith(
+            f"workerfleet: cannot reach the Kubernetes API at https://127.0.0.1:{port} to find "
+            "WorkerPool team-a/emails: "
+        ), (command, stderr)
+        assert stderr.count("\n") == 1 and "broker" not in stderr, (command, stderr)
+        assert "secret-token-4711" not in stderr and "Traceback" not in stderr
 
 
 KEYED = {"task": "mail", "payload": {}, "idempotency_key": "k"}

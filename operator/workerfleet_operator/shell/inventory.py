@@ -10,6 +10,7 @@ user's kubeconfig, or in a pod (the chart's console Deployment) its service acco
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +26,12 @@ class InventoryError(LookupError):
 
 @dataclass(frozen=True)
 class KubeLogin:
-    """A client and the kubeconfig context's namespace (the default for commands)."""
+    """A client, the kubeconfig context's namespace (the default for commands) and the API
+    server's address (for messages: scheme, host and port only)."""
 
     client: kube.KubeClient
     namespace: str
+    server: str = ""
 
 
 def build_login(
@@ -51,7 +54,23 @@ def build_login(
 
     info = load()
     shared = credentials.Credentials(load, initial=info)
-    return KubeLogin(kube.KubeClient(shared), info.default_namespace or "default")
+    return KubeLogin(
+        kube.KubeClient(shared), info.default_namespace or "default", describe_server(info.server)
+    )
+
+
+def describe_server(url: str) -> str:
+    """The API server's address as messages show it: scheme, host and port, never a user,
+    password, path or query the URL may carry."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.hostname:
+        return "the API server"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme or 'https'}://{host}{port}"
 
 
 def parse_pool_name(text: str, default_namespace: str) -> tuple[str, str]:

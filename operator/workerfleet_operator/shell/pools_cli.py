@@ -129,7 +129,15 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
 
 def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
-    """(Redis URL, queue) of the WorkerPool ``NAMESPACE/NAME``, read from the cluster."""
+    """(Redis URL, queue) of the WorkerPool ``NAMESPACE/NAME``, read from the cluster.
+
+    Raises :class:`~workerfleet_operator.shell.inventory.InventoryError` for a pool that cannot
+    be found or read, and the runtime's ``PoolUnreachable`` when the API server does not answer.
+    """
+    import aiohttp
+
+    from worker_runtime import cli as runtime_cli
+    from worker_runtime import errors
     from workerfleet_operator.shell import inventory, kube
 
     async def go() -> tuple[str, str]:
@@ -140,6 +148,12 @@ def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
             return await inventory.fetch_queue_target(login.client, body)
         except kube.ApiError as exc:
             raise inventory.InventoryError(f"cannot read WorkerPool {pool}: {exc}") from None
+        except (OSError, aiohttp.ClientError) as exc:  # refused, cut, timed out, TLS
+            msg = (
+                f"cannot reach the Kubernetes API at {login.server} to find WorkerPool {pool}: "
+                f"{errors.message_of(exc) or type(exc).__name__}"
+            )
+            raise runtime_cli.PoolUnreachable(msg) from None
         finally:
             await login.client.close()
 
