@@ -425,26 +425,68 @@ def cmd_queue_stats(args: argparse.Namespace) -> int:
             _note_if_unknown_queue(url, queue)
         return 0
 
-    from rich.live import Live
-    from rich.text import Text
-
     from worker_runtime import errors
 
-    async def watch(broker: Any) -> None:
-        with Live(auto_refresh=False) as live:
+    def watch(show: ShowTick) -> None:
+        async def ticks(broker: Any) -> None:
             while True:
                 try:
-                    frame: Any = _render_stats(await once(broker), live.console.width)[0]
+                    show(await once(broker))
                 except errors.BrokerError as exc:
                     # an incident is when the watch is wanted most: say so and keep watching
                     # (the client reconnects by itself once the broker answers again)
-                    frame = Text(f"{_utc(time.time())}  {exc} (trying again)")
-                live.update(frame, refresh=True)
+                    show(f"{_utc(time.time())}  {exc} (trying again)")
                 await asyncio.sleep(max(0.2, args.watch))
 
+        _run_on_broker(url, queue, ticks, role="reader")
+
     with contextlib.suppress(KeyboardInterrupt):
-        _run_on_broker(url, queue, watch, role="reader")
+        _watch_stats(watch, as_json=args.json)
     return 0
+
+
+ShowTick = Callable[["base.QueueStats | str"], None]
+"""Shows one tick of ``queue stats --watch``: the stats, or a line saying the read failed."""
+
+
+def _watch_stats(watch: Callable[[ShowTick], None], *, as_json: bool) -> None:
+    """Run ``watch`` with the way each tick is shown: with ``--json`` one JSON object a line
+    (a failed read a line on stderr); to a terminal a frame redrawn in place; to a pipe or a
+    file (``kubectl exec`` without -t, ``| tee``) each frame as plain text and a blank line.
+    Every tick is flushed at once (rich's live display showed a pipe nothing until it ended)."""
+    if as_json:
+
+        def show_json(tick: base.QueueStats | str) -> None:
+            if isinstance(tick, str):
+                print(f"workerfleet: {tick}", file=sys.stderr, flush=True)
+            else:
+                print(json.dumps(build_stats_json(tick), sort_keys=True, default=str), flush=True)
+
+        watch(show_json)
+        return
+    if _terminal_width() is None:
+
+        def show_plain(tick: base.QueueStats | str) -> None:
+            if isinstance(tick, str):
+                print(tick)
+            else:
+                _print_fitted(*_render_stats(tick, None))
+            print(flush=True)
+
+        watch(show_plain)
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(auto_refresh=False) as live:
+
+        def show_live(tick: base.QueueStats | str) -> None:
+            frame = (
+                Text(tick) if isinstance(tick, str) else _render_stats(tick, live.console.width)[0]
+            )
+            live.update(frame, refresh=True)
+
+        watch(show_live)
 
 
 def _fetch_topic_rows(

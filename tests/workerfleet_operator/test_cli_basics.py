@@ -5,12 +5,18 @@ redis-server (completion in a real bash)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +264,76 @@ def test_queue_jobs_in_flight_lists_the_running_job_with_its_worker(
     assert s.running in table.stdout and "w-busy" in table.stdout
 
 
+def read_while_running(proc: subprocess.Popen[bytes], enough: Callable[[str], bool]) -> str:
+    """What ``proc`` wrote on stdout while it ran, read until ``enough`` of it came (or 20 s)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    text, deadline = "", time.monotonic() + 20
+    while not enough(text) and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            text += chunk.decode()
+    return text
+
+
+@contextlib.contextmanager
+def watch_stats(env: dict[str, str], *flags: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``queue stats --watch`` on pipes; killed on the way out if a failed test left it running."""
+    proc = subprocess.Popen(
+        [WORKERFLEET, "queue", "stats", "--watch", "0.3", *flags],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    """Interrupt ``proc`` as Ctrl-C does; its exit code and stderr."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err.decode()
+
+
+def test_watch_with_json_to_a_pipe_prints_one_json_object_a_line_per_tick(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, _ = seeded
+    # Given a watch with --json whose stdout is a pipe (kubectl exec without -t, | tee)
+    with watch_stats(env, "--json") as proc:
+        # When two ticks have passed, while it still runs
+        text = read_while_running(proc, lambda t: t.count("\n") >= 2)
+        # Then each tick arrived at once as one JSON object on a line of its own
+        ticks = [json.loads(line) for line in text.splitlines()[:2]]
+        assert len(ticks) == 2, text
+        assert all(t["queue"] == env["WORKERFLEET_QUEUE"] and t["dead_letter"] == 4 for t in ticks)
+        # And Ctrl-C ends it with exit 0 and nothing on stderr
+        assert stop(proc) == (0, "")
+
+
+def test_watch_to_a_pipe_prints_each_frame_as_plain_text_and_a_blank_line(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, _ = seeded
+    # Given a watch (no --json) whose stdout is a pipe, not a terminal
+    with watch_stats(env) as proc:
+        # When two ticks have passed, while it still runs
+        text = read_while_running(
+            proc, lambda t: len(re.findall(r"^dead letters +4$", t, re.M)) >= 2
+        )
+        # Then each frame arrived at once as plain text (no terminal codes), a blank line after it
+        frames = [f for f in text.split("\n\n") if f.strip()]
+        assert len(frames) >= 2 and text.endswith("\n\n"), text
+        assert all(f.lstrip("\n").startswith("queue ") for f in frames), text
+        assert "\x1b" not in text
+        assert stop(proc) == (0, "")
+
+
 def test_pool_without_a_kubeconfig_is_one_line() -> None:
     out = run("dlq", "ls", "--pool", "ns/p", "--kubeconfig", "/nonexistent/kubeconfig",
               env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})  # fmt: skip
@@ -376,8 +452,6 @@ def test_enqueue_refuses_a_negative_delay_or_zero_attempts_in_one_line_and_enque
 def test_ctrl_c_during_a_long_replay_says_how_many_were_replayed_and_that_is_the_truth(
     redis_server: RedisServer, queue_name: str
 ) -> None:
-    import signal
-    import time
 
     # Given 100 dead letters and a replay at 20 jobs/s (about 5 s)
     client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
@@ -415,7 +489,6 @@ def test_ctrl_c_during_a_long_replay_says_how_many_were_replayed_and_that_is_the
 def test_ctrl_c_during_a_long_purge_says_how_many_were_purged_and_that_is_the_truth(
     redis_server: RedisServer, queue_name: str
 ) -> None:
-    import signal
 
     import redis as redis_sync
 
@@ -455,7 +528,6 @@ def test_ctrl_c_during_a_long_purge_says_how_many_were_purged_and_that_is_the_tr
 def test_a_purge_by_age_counts_only_the_old_dead_letters_and_deletes_exactly_them(
     redis_server: RedisServer, queue_name: str
 ) -> None:
-    import time
 
     import redis as redis_sync
 
