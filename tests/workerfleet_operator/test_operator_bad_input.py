@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -232,3 +235,39 @@ def test_an_operator_setting_that_is_not_a_finite_number_is_refused_by_name(
     monkeypatch.setenv(f"WORKERFLEET_OPERATOR_{name}", value)
     with pytest.raises(pydantic.ValidationError, match=r"(?s)" + name.lower() + ".*finite number"):
         config_module.OperatorConfig()
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (
+            {"LOG_LEVEL": "verbose"},
+            "WORKERFLEET_OPERATOR_LOG_LEVEL: Input should be 'debug', 'info', 'warning' or 'error'",
+        ),
+        (
+            {"RENEW_DEADLINE_SECONDS": "30"},
+            "leader election needs WORKERFLEET_OPERATOR_RETRY_PERIOD_SECONDS < "
+            "WORKERFLEET_OPERATOR_RENEW_DEADLINE_SECONDS < "
+            "WORKERFLEET_OPERATOR_LEASE_DURATION_SECONDS (they are 2, 30 and 15)",
+        ),
+        (
+            {"API_QPS": "nan", "HEALTH_PORT": "http"},
+            "WORKERFLEET_OPERATOR_HEALTH_PORT: Input should be a valid integer, unable to parse "
+            "string as an integer; WORKERFLEET_OPERATOR_API_QPS: Input should be a finite number",
+        ),
+    ],
+)
+def test_the_operator_refuses_bad_settings_in_one_line_naming_them_and_exits_2(
+    settings: dict[str, str], said: str
+) -> None:
+    # Given the operator's environment with a bad setting (or two)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERFLEET_OPERATOR_")}
+    env.update({f"WORKERFLEET_OPERATOR_{name}": value for name, value in settings.items()})
+    # When 'workerfleet operator' starts
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "workerfleet"), "operator"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    # Then it says which setting is wrong in one line, without a traceback, and exits 2
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"workerfleet: invalid settings: {said}\n"

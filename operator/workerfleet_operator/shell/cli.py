@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 
@@ -34,6 +35,16 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["WORKERFLEET_OPERATOR_NAMESPACES"] = args.namespaces
     if args.kubeconfig:
         os.environ["WORKERFLEET_OPERATOR_KUBECONFIG"] = args.kubeconfig
+    from pydantic import ValidationError
+
+    from workerfleet_operator.shell import config
+
+    try:
+        cfg = config.OperatorConfig()
+    except ValidationError as exc:  # one line, not a traceback a pod crash-loops with
+        problems = config.describe_invalid_settings(exc)
+        print(f"workerfleet: invalid settings: {problems}", file=sys.stderr)
+        return 2
     from workerfleet_operator.shell import main
 
-    return main.run_operator()
+    return main.run_operator(cfg)

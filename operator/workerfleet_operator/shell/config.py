@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "WORKERFLEET_OPERATOR_"
 
 
 class OperatorConfig(BaseSettings):
     """Every setting of the operator process, validated at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix="WORKERFLEET_OPERATOR_",
+        env_prefix=ENV_PREFIX,
         case_sensitive=False,
         extra="ignore",
         frozen=True,
@@ -132,8 +134,10 @@ class OperatorConfig(BaseSettings):
             < self.lease_duration_seconds
         ):
             raise ValueError(
-                "leader election needs retry_period_seconds < renew_deadline_seconds < "
-                "lease_duration_seconds"
+                f"leader election needs {ENV_PREFIX}RETRY_PERIOD_SECONDS < "
+                f"{ENV_PREFIX}RENEW_DEADLINE_SECONDS < {ENV_PREFIX}LEASE_DURATION_SECONDS "
+                f"(they are {self.retry_period_seconds:g}, {self.renew_deadline_seconds:g} and "
+                f"{self.lease_duration_seconds:g})"
             )
         return self
 
@@ -143,3 +147,14 @@ class OperatorConfig(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """One line for people: each problem of ``exc`` after the environment variable it is
+    about (``WORKERFLEET_OPERATOR_LOG_LEVEL: Input should be ...``)."""
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        loc = "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{ENV_PREFIX}{loc}: {message}" if loc else message)
+    return "; ".join(problems)
