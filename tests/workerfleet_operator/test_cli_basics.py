@@ -25,6 +25,7 @@ import redis.asyncio
 
 from tests.support.redis_servers import RedisServer
 from tests.workerfleet_operator import console_support as cs
+from tests.workerfleet_operator.emulator import BUILTIN_RESOURCES, WORKERPOOL, Emulator
 from worker_runtime import config, envelope
 from worker_runtime.brokers.redis import queue
 
@@ -392,6 +393,33 @@ def test_pool_with_an_unreachable_api_server_names_the_api_server_not_the_broker
         ), (command, stderr)
         assert stderr.count("\n") == 1 and "broker" not in stderr, (command, stderr)
         assert "secret-token-4711" not in stderr and "Traceback" not in stderr
+
+
+def test_pools_on_a_cluster_without_the_workerpool_api_says_so_instead_of_no_pools(
+    tmp_path: Path,
+) -> None:
+    # Given an API server without the WorkerPool CRD (the wrong kube context), and one with it
+    with (
+        Emulator(BUILTIN_RESOURCES) as bare,
+        Emulator((*BUILTIN_RESOURCES, WORKERPOOL)) as installed,
+    ):
+        for name, server in (("bare", bare), ("installed", installed)):
+            (tmp_path / name).write_text(json.dumps(server.kubeconfig()))
+        # When the pools of every namespace are listed on each
+        missing = run("pools", "-A", "--kubeconfig", str(tmp_path / "bare"))
+        missing_json = run("pools", "-A", "--json", "--kubeconfig", str(tmp_path / "bare"))
+        empty = run("pools", "-A", "--kubeconfig", str(tmp_path / "installed"))
+    # Then the cluster without the API is named as not serving WorkerPools, exit 1 (not "no
+    # WorkerPools found", exit 0), with --json too
+    said = (
+        f"workerfleet: the API server at {bare.url} does not serve WorkerPools "
+        "(workerfleet.io/v1alpha1): is the workerfleet CRD installed there, or is the kube "
+        "context the wrong one? (kubectl config current-context)\n"
+    )
+    assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", said)
+    assert (missing_json.returncode, missing_json.stdout, missing_json.stderr) == (1, "", said)
+    # And a cluster with the API and no pools still has none
+    assert (empty.returncode, empty.stderr) == (0, "no WorkerPools found\n")
 
 
 KEYED = {"task": "mail", "payload": {}, "idempotency_key": "k"}

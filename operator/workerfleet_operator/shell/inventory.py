@@ -26,12 +26,10 @@ class InventoryError(LookupError):
 
 @dataclass(frozen=True)
 class KubeLogin:
-    """A client, the kubeconfig context's namespace (the default for commands) and the API
-    server's address (for messages: scheme, host and port only)."""
+    """A client and the kubeconfig context's namespace (the default for commands)."""
 
     client: kube.KubeClient
     namespace: str
-    server: str = ""
 
 
 def build_login(
@@ -54,9 +52,7 @@ def build_login(
 
     info = load()
     shared = credentials.Credentials(load, initial=info)
-    return KubeLogin(
-        kube.KubeClient(shared), info.default_namespace or "default", describe_server(info.server)
-    )
+    return KubeLogin(kube.KubeClient(shared), info.default_namespace or "default")
 
 
 def describe_server(url: str) -> str:
@@ -83,9 +79,36 @@ def parse_pool_name(text: str, default_namespace: str) -> tuple[str, str]:
     return namespace, name
 
 
-async def fetch_workerpools(client: kube.KubeClient, namespace: str | None) -> list[kube.Body]:
-    """Every WorkerPool in ``namespace`` (None: all namespaces), sorted by namespace and name."""
-    items = await kube.fetch_objects(client, kube.build_ref("WorkerPool", namespace))
+class WorkerPoolApiMissing(InventoryError):
+    """The API server does not serve WorkerPools: the CRD is not installed there (workerfleet
+    is not, or the kube context is the wrong one)."""
+
+    def __init__(self, server: str) -> None:
+        super().__init__(
+            f"the API server at {server} does not serve WorkerPools ({api.API_VERSION}): is "
+            "the workerfleet CRD installed there, or is the kube context the wrong one? "
+            "(kubectl config current-context)"
+        )
+
+
+async def fetch_workerpools(
+    client: kube.KubeClient, namespace: str | None, *, absent_api_is_empty: bool = True
+) -> list[kube.Body]:
+    """Every WorkerPool in ``namespace`` (None: all namespaces), sorted by namespace and name.
+
+    A cluster without the WorkerPool API has none; with ``absent_api_is_empty=False`` it raises
+    :class:`WorkerPoolApiMissing` instead (``workerfleet pools``: "none" would read as a
+    fleet without pools)."""
+    try:
+        items = await kube.fetch_objects(
+            client,
+            kube.build_ref("WorkerPool", namespace),
+            absent_api_is_empty=absent_api_is_empty,
+        )
+    except kube.ApiError as exc:
+        if not exc.is_not_found:
+            raise
+        raise WorkerPoolApiMissing(describe_server(client.server)) from None
     return sorted(
         items, key=lambda b: (b["metadata"].get("namespace", ""), b["metadata"].get("name", ""))
     )

@@ -253,6 +253,11 @@ class KubeClient:
         if credentials.current is not None:
             self._use_login(credentials.current)
 
+    @property
+    def server(self) -> str:
+        """The API server's URL of the current login ("" before the first)."""
+        return self._server
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -494,14 +499,21 @@ async def fetch_object(client: KubeClient, ref: ObjectRef) -> Body | None:
 
 
 async def fetch_objects(
-    client: KubeClient, ref: ObjectRef, *, label_selector: str = ""
+    client: KubeClient,
+    ref: ObjectRef,
+    *,
+    label_selector: str = "",
+    absent_api_is_empty: bool = True,
 ) -> list[Body]:
-    """Every object of the ref's kind in its namespace matching the label selector."""
+    """Every object of the ref's kind in its namespace matching the label selector.
+
+    A kind whose API is not served (a CRD such as PodMonitor not installed) has none; with
+    ``absent_api_is_empty=False`` its 404 is raised as :class:`ApiError` instead."""
     params = {"labelSelector": label_selector} if label_selector else None
     try:
         answer = await client.request("GET", ref.build_path(), params=params)
     except ApiError as exc:
-        if exc.is_not_found:  # the API (e.g. a CRD such as PodMonitor) is not installed
+        if exc.is_not_found and absent_api_is_empty:
             return []
         raise
     return list(answer.get("items", []))

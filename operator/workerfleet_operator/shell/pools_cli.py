@@ -49,7 +49,9 @@ async def _fetch_rows(args: argparse.Namespace) -> list[Any]:
     login = inventory.build_login(args.kubeconfig)
     try:
         namespace = None if args.all_namespaces else (args.namespace or login.namespace)
-        bodies = await inventory.fetch_workerpools(login.client, namespace)
+        bodies = await inventory.fetch_workerpools(
+            login.client, namespace, absent_api_is_empty=False
+        )
         rows = [inventory.build_pool_view(b) for b in bodies]
         if not args.live:
             return rows
@@ -80,6 +82,9 @@ def cmd_pools(args: argparse.Namespace) -> int:
 
     try:
         rows = asyncio.run(_fetch_rows(args))
+    except inventory.WorkerPoolApiMissing as exc:
+        print(f"workerfleet: {exc}", file=sys.stderr)
+        return 1
     except inventory.InventoryError as exc:
         print(f"workerfleet: {exc}", file=sys.stderr)
         return 2
@@ -149,8 +154,9 @@ def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
         except kube.ApiError as exc:
             raise inventory.InventoryError(f"cannot read WorkerPool {pool}: {exc}") from None
         except (OSError, aiohttp.ClientError) as exc:  # refused, cut, timed out, TLS
+            server = inventory.describe_server(login.client.server)
             msg = (
-                f"cannot reach the Kubernetes API at {login.server} to find WorkerPool {pool}: "
+                f"cannot reach the Kubernetes API at {server} to find WorkerPool {pool}: "
                 f"{errors.message_of(exc) or type(exc).__name__}"
             )
             raise runtime_cli.PoolUnreachable(msg) from None
