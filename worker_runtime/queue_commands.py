@@ -992,7 +992,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             "job_ids": replayed,
             **({"not_found": missing} if missing else {}),
         },
-        missing=_describe_missing(missing, len(missing), queue),
+        missing=_describe_missing(missing, queue),
     )  # fmt: skip
 
 
@@ -1022,14 +1022,13 @@ def _report_outcome(
     return 0
 
 
-def _describe_missing(ids: Sequence[str], count: int, queue: str) -> str | None:
+def _describe_missing(ids: Sequence[str], queue: str) -> str | None:
     """Why a dlq command did less than it was told: named ids with no dead letter in ``queue``
-    (already replayed or purged, mistyped, or another queue's)."""
-    if count <= 0:
+    (already replayed or purged, mistyped, or another queue's), the first five listed."""
+    if not ids:
         return None
     which = ", ".join(_printable(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
-    named = f": {which}" if ids else ""
-    return f"{count} named job id(s) had no dead letter in {queue}{named}"
+    return f"{len(ids)} named job id(s) had no dead letter in {queue}: {which}"
 
 
 @contextlib.contextmanager
@@ -1076,12 +1075,15 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     purged = [0]
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
+    absent: list[str] = []  # named ids with no dead letter (a purge counts, it does not list)
 
     async def go(broker: Any) -> None:
         # Ctrl-C stops between broker calls: the call in flight finishes and is counted, so
         # the summary says exactly how many were deleted
         letters = _dead_letters(broker, url)
         stop = _stop_on_ctrl_c()
+        if args.job_ids:
+            absent.extend(await _fetch_absent_ids(letters, list(dict.fromkeys(args.job_ids))))
         if ids is None and args.older_than is not None:
             total[0] = await _count_older_than(letters, args.older_than)
         elif ids is None:
@@ -1102,15 +1104,30 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
 
     if ids is None or ids:
         _run_on_broker(url, queue, go)
-    # named ids the broker had no dead letter for (its purge counts, it does not list them)
-    absent = max(0, len(set(args.job_ids)) - purged[0]) if args.job_ids else 0
     return _report_outcome(
         args, interrupted=interrupted[0],
         summary=f"purged {purged[0]} of {total[0]} dead letter(s) from {queue}",
         done=f"purged {purged[0]} dead letter(s) from {queue}",
         result={"purged": purged[0], **({"not_found": absent} if absent else {})},
-        missing=_describe_missing([], absent, queue),
+        missing=_describe_missing(absent, queue),
     )  # fmt: skip
+
+
+ABSENT_CHECKS_AT_ONCE = 16
+"""Named job ids :func:`_fetch_absent_ids` looks up at once."""
+
+
+async def _fetch_absent_ids(letters: base.DeadLetters, job_ids: Sequence[str]) -> list[str]:
+    """The ``job_ids`` (in their order) that have no dead letter, read just before a purge
+    deletes them: a purge says how many it deleted, not which (``dlq replay`` lists them)."""
+    gate = asyncio.Semaphore(ABSENT_CHECKS_AT_ONCE)
+
+    async def is_dead_letter(job_id: str) -> bool:
+        async with gate:
+            return await letters.show_dead_letter(job_id) is not None
+
+    found = await asyncio.gather(*(is_dead_letter(job_id) for job_id in job_ids))
+    return [job_id for job_id, present in zip(job_ids, found, strict=True) if not present]
 
 
 PURGE_CHUNK = 1000

@@ -165,21 +165,34 @@ def test_dlq_ls_shows_whole_job_ids_one_line_each_on_a_narrow_terminal_and_throu
     assert "not a valid email address; not a valid" in piped.stdout
 
 
-def test_replay_or_purge_of_a_job_id_with_no_dead_letter_says_so_and_exits_1(
+def test_replay_or_purge_of_a_job_id_with_no_dead_letter_lists_it_and_exits_1(
     redis_server: Any, queue_name: str
 ) -> None:
-    # Given one dead letter
+    # Given two dead letters
     url = redis_server.url
     a = _dead_letter_one(url, queue_name, "send-email")
-    # When it is replayed by id together with an id that is not (or no longer) a dead letter
+    b = _dead_letter_one(url, queue_name, "send-email")
+    # When one is replayed by id together with an id that is not (or no longer) a dead letter
     replay = run_cli("dlq", "replay", a, "nope", "--json", redis_url=url, queue_name=queue_name)
     # Then the one is replayed, the other named as not found, and the exit code says so
     assert replay.returncode == 1, replay.stderr
     assert json.loads(replay.stdout) == {"replayed": 1, "job_ids": [a], "not_found": ["nope"]}
-    assert "1 named job id(s) had no dead letter in" in replay.stderr and "nope" in replay.stderr
-    # And a purge of ids none of which is a dead letter (the replayed one, a typo) does the same
+    assert (
+        replay.stderr
+        == f"workerfleet: 1 named job id(s) had no dead letter in {queue_name}: nope\n"
+    )
+    # And a purge of the other with ids that are not dead letters (the replayed one, a typo)
+    # deletes it and lists the others the same way, in its JSON as a list as replay does
+    purge_json = run_cli(
+        "dlq", "purge", b, a, "nope", "--json", redis_url=url, queue_name=queue_name
+    )
+    assert purge_json.returncode == 1, purge_json.stderr
+    assert json.loads(purge_json.stdout) == {"purged": 1, "not_found": [a, "nope"]}
+    missing = f"workerfleet: 2 named job id(s) had no dead letter in {queue_name}: {a}, nope\n"
+    assert purge_json.stderr == missing
+    # And a purge of ids none of which is a dead letter says so in its table output too
     purge = run_cli("dlq", "purge", a, "nope", redis_url=url, queue_name=queue_name)
-    assert purge.returncode == 1 and "2 named job id(s) had no dead letter" in purge.stderr
+    assert purge.returncode == 1 and purge.stderr.endswith(missing), purge.stderr
     assert "purged 0 dead letter(s)" in purge.stdout
     stats = json.loads(
         run_cli("queue", "stats", "--json", redis_url=url, queue_name=queue_name).stdout
