@@ -136,9 +136,13 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     )
     w.add_argument("--drain-timeout", type=float, default=None, help="drain budget in seconds")
     w.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
-    w.add_argument("--log-format", choices=("json", "text"), default=None)
+    # any case, as their environment variables (str.lower runs before the choices are checked)
+    w.add_argument("--log-format", type=str.lower, choices=("json", "text"), default=None)
     w.add_argument(
-        "--log-level", choices=("debug", "info", "warning", "error", "critical"), default=None
+        "--log-level",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error", "critical"),
+        default=None,
     )
     w.set_defaults(handler=cmd_worker)
     if only_worker:

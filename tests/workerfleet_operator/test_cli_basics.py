@@ -142,6 +142,27 @@ def test_log_levels_are_accepted_in_any_case(level: str, monkeypatch: pytest.Mon
     assert config.WorkerSettings(**REQUIRED).log_level == level.lower()
 
 
+@pytest.mark.parametrize("level", ["DEBUG", "Info", "WARNING", "error"])
+def test_the_worker_takes_its_log_level_and_format_flags_in_any_case(level: str) -> None:
+    from workerfleet_operator import cli as console_script
+
+    # When the worker command is parsed with --log-level and --log-format in any case
+    args = console_script.build_parser().parse_args(
+        ["worker", "app:app", "--log-level", level, "--log-format", "TEXT"]
+    )
+    # Then it is the level and format their environment variables would have given
+    assert (args.log_level, args.log_format) == (level.lower(), "text")
+
+
+def test_an_unknown_log_level_flag_is_a_usage_error_listing_the_levels() -> None:
+    # When the worker is started with a level that does not exist
+    out = run("worker", "app:app", "--log-level", "Verbose")
+    # Then it is refused as usage (exit 2) naming the levels there are, without a traceback
+    assert out.returncode == 2 and "argument --log-level: invalid choice: 'verbose'" in out.stderr
+    assert "'debug', 'info', 'warning', 'error', 'critical'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 @pytest.fixture
 def seeded(redis_server: RedisServer, queue_name: str) -> tuple[dict[str, str], cs.Seeded]:
     env = {
