@@ -1068,6 +1068,11 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         args, args.older_than is not None, "--all --yes or --older-than SECONDS"
     )
     filtered = ids is not None and not args.job_ids
+    if filtered and not ids:  # nothing to confirm: no --yes asked for deleting nothing
+        print(f"no dead letters match in {queue}; nothing purged", file=sys.stderr)
+        if args.json:
+            _print_json({"purged": 0})
+        return 0
     if (args.all or filtered) and not args.yes:
         what = "every dead letter" if args.all else f"{len(ids or [])} matching dead letter(s)"
         msg = f"this deletes {what}: add --yes to confirm"

@@ -250,6 +250,23 @@ def test_a_filtered_purge_needs_yes_and_deletes_only_the_matches(
     assert {d["job_id"] for d in left} == {s.dead["charge-b"], s.dead["xss"]}
 
 
+def test_a_filtered_purge_that_matches_nothing_says_so_without_asking_for_yes(
+    seeded: tuple[dict[str, str], cs.Seeded],
+) -> None:
+    env, s = seeded
+    # When a purge's filters match no dead letter (with an age, and with --json)
+    out = run("dlq", "purge", "--task", "nosuch", "--older-than", "60", env=env)
+    as_json = run("dlq", "purge", "--task", "nosuch", "--json", env=env)
+    # Then it says nothing matched and exits 0, instead of asking for --yes to delete nothing
+    queue_name = env["WORKERFLEET_QUEUE"]
+    assert (out.returncode, out.stdout) == (0, "")
+    assert out.stderr == f"no dead letters match in {queue_name}; nothing purged\n"
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == {"purged": 0}
+    # And every dead letter is still there
+    left = json.loads(run("dlq", "ls", "--json", env=env).stdout)
+    assert {d["job_id"] for d in left} == set(s.dead.values())
+
+
 def test_a_negative_age_count_or_rate_is_refused_by_name_and_the_dead_letters_stay(
     seeded: tuple[dict[str, str], cs.Seeded],
 ) -> None:
