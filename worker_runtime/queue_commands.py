@@ -933,6 +933,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if ids is not None and args.limit is not None:
         ids = ids[: args.limit]
     replayed: list[str] = []
+    held_back: list[str] = []  # named dead letters left in the DLQ: their id is live again
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
 
@@ -973,6 +974,13 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, pause))
             interrupted[0] = stop.is_set()
+        # A named id that is still a dead letter was held back: a job with the same id is
+        # live (Redis never replays onto a live id: the job would run twice). Not "no dead
+        # letter", which is what it said while `dlq ls` listed it.
+        done_ids = set(replayed)
+        for job_id in [j for j in args.job_ids or [] if j not in done_ids][:LIVE_CHECK_LIMIT]:
+            if await letters.show_dead_letter(job_id) is not None:
+                held_back.append(job_id)
 
     if args.rate <= 0:
         msg = "--rate must be positive"
@@ -980,9 +988,13 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"replaying at most {args.rate:g} job(s)/s ...", file=sys.stderr)
     _run_on_broker(url, queue, go)
-    named = list(args.job_ids or [])
-    done_ids = set(replayed)
-    missing = [job_id for job_id in named if job_id not in done_ids]
+    done_ids = set(replayed) | set(held_back)
+    missing = [job_id for job_id in args.job_ids or [] if job_id not in done_ids]
+    problems = [
+        p
+        for p in (_describe_missing(missing, queue), _describe_held_back(held_back, queue))
+        if p is not None
+    ]
     return _report_outcome(
         args, interrupted=interrupted[0],
         summary=f"replayed {len(replayed)} of {total[0]} job(s) onto {queue}",
@@ -991,9 +1003,26 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             "replayed": len(replayed),
             "job_ids": replayed,
             **({"not_found": missing} if missing else {}),
+            **({"held_back": held_back} if held_back else {}),
         },
-        missing=_describe_missing(missing, queue),
+        missing="; ".join(problems) or None,
     )  # fmt: skip
+
+
+LIVE_CHECK_LIMIT = 100
+"""Named ids a replay looks up again when they were not replayed (one read each)."""
+
+
+def _describe_held_back(ids: Sequence[str], queue: str) -> str | None:
+    """Named dead letters a replay left in the DLQ because a job with the same id is live."""
+    if not ids:
+        return None
+    which = ", ".join(_printable(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
+    return (
+        f"{len(ids)} named job id(s) stay dead-lettered because a job with the same id is "
+        f"live in {queue} now (replayed, it would run twice); replay them once it is done: "
+        f"{which}"
+    )
 
 
 def _report_outcome(

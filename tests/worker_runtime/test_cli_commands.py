@@ -21,8 +21,8 @@ import redis.asyncio
 from tests.support import cli as cli_support
 from tests.support.cli import run_cli
 from tests.worker_runtime import workerproc
-from worker_runtime import envelope
-from worker_runtime.brokers.redis import queue, stats
+from worker_runtime import envelope, producer
+from worker_runtime.brokers.redis import keys, queue, stats
 
 
 def _dead_letter_one(
@@ -198,6 +198,32 @@ def test_replay_or_purge_of_a_job_id_with_no_dead_letter_lists_it_and_exits_1(
         run_cli("queue", "stats", "--json", redis_url=url, queue_name=queue_name).stdout
     )
     assert (stats["backlog"], stats["dead_letter"]) == (1, 0)
+
+
+def test_replay_of_a_dead_letter_whose_id_is_live_again_says_so_instead_of_not_found(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a dead letter, and a new job with the same id live on the queue (its producer
+    # reuses ids, and the dedup window has passed: its entry is removed here)
+    url = redis_server.url
+    job_id = _dead_letter_one(url, queue_name, "invoice")
+    client = redis.Redis.from_url(url)
+    try:
+        client.zrem(keys.build_keys(queue_name).enqueued, job_id)
+        again = producer.SyncProducer(client, queue_name).enqueue("invoice", {}, job_id=job_id)
+        assert again.created
+    finally:
+        client.close()
+    # When the dead letter is replayed by its id
+    out = run_cli("dlq", "replay", job_id, "--json", redis_url=url, queue_name=queue_name)
+    # Then it stays in the DLQ (replayed, the job would run twice) and the command says why,
+    # not that there is no such dead letter
+    assert out.returncode == 1, out.stderr
+    assert json.loads(out.stdout) == {"replayed": 0, "job_ids": [], "held_back": [job_id]}
+    assert "stay dead-lettered because a job with the same id is live" in out.stderr
+    assert "had no dead letter" not in out.stderr
+    listed = run_cli("dlq", "ls", "--json", redis_url=url, queue_name=queue_name)
+    assert [d["job_id"] for d in json.loads(listed.stdout)] == [job_id]
 
 
 def test_a_worker_whose_app_has_no_tasks_refuses_to_start_and_takes_no_job(
