@@ -109,6 +109,7 @@ class Console:
         self.source = source
         self.env = _build_environment()
         self.rates = sources.RateTracker()
+        self.wrong_tokens = security.WrongTokens()
 
     # ---- plumbing ----------------------------------------------------------------------------
 
@@ -136,8 +137,13 @@ class Console:
         """``handler`` behind authentication, and for a write behind CSRF and the write flag."""
 
         async def run(request: Request) -> Response:
+            bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+            if bearer and (refused := self._too_many_wrong_tokens(request)) is not None:
+                return refused
             identity = self._identity(request)
             if identity is None:
+                if bearer:
+                    self.wrong_tokens.record(_client_of(request))
                 return self.render(request, "login.html", 401, error=None)
             if request.method == "POST":
                 form = await request.form()
@@ -319,8 +325,11 @@ class Console:
             return self.render(request, "login.html", error=None)
         if not _same_origin(request):
             return PlainTextResponse("refused: cross-site login", 403, headers=SECURITY_HEADERS)
+        if (refused := self._too_many_wrong_tokens(request)) is not None:
+            return refused
         form = await request.form()
         if not security.check_token(self.settings.auth, str(form.get("token", ""))):
+            self.wrong_tokens.record(_client_of(request))
             return self.render(request, "login.html", 401, error="wrong token")
         response = RedirectResponse("/", status_code=303, headers=SECURITY_HEADERS)
         response.set_cookie(
@@ -332,6 +341,17 @@ class Console:
             secure=request.url.scheme == "https",
         )
         return response
+
+    def _too_many_wrong_tokens(self, request: Request) -> Response | None:
+        """A 429 for a client that offered too many wrong tokens lately, else None."""
+        wait = self.wrong_tokens.seconds_blocked(_client_of(request))
+        if not wait:
+            return None
+        return PlainTextResponse(
+            f"refused: too many wrong tokens from this address; try again in {wait} s",
+            429,
+            headers={**SECURITY_HEADERS, "Retry-After": str(wait)},
+        )
 
     async def logout(self, request: Request) -> Response:
         response = RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
@@ -368,6 +388,11 @@ def _same_origin(request: Request) -> bool:
     if origin is None or origin == "null":
         return origin is None
     return urllib.parse.urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def _client_of(request: Request) -> str:
+    """The client address wrong tokens are counted by (the peer: a proxy's when behind one)."""
+    return request.client.host if request.client is not None else "?"
 
 
 def build_app(settings: ConsoleSettings, source: sources.Source) -> Starlette:

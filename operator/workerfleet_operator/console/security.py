@@ -9,10 +9,13 @@ process: a restart ends every session, which is cheap for a console.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
+import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SESSION_COOKIE = "wf_console_session"
@@ -86,3 +89,46 @@ def build_csrf_token(settings: AuthSettings, identity: str) -> str:
 def check_csrf_token(settings: AuthSettings, identity: str, offered: str) -> bool:
     """Whether ``offered`` is the CSRF token of ``identity`` (constant time)."""
     return hmac.compare_digest(offered, build_csrf_token(settings, identity))
+
+
+WRONG_TOKEN_LIMIT = 10
+"""Wrong tokens one client address may offer per :data:`WRONG_TOKEN_WINDOW_SECONDS`."""
+WRONG_TOKEN_WINDOW_SECONDS = 60.0
+CLIENTS_TRACKED = 10_000
+"""Client addresses remembered at most (the oldest are forgotten first): bounded memory."""
+
+
+@dataclass
+class WrongTokens:
+    """Wrong console tokens by client address, to slow down guessing: past
+    :data:`WRONG_TOKEN_LIMIT` in a window, a client is refused (HTTP 429) until its oldest
+    wrong try leaves the window. A long random token is out of reach anyway; this keeps a
+    short one from being found by trying. Clients behind one proxy share an address."""
+
+    limit: int = WRONG_TOKEN_LIMIT
+    window_seconds: float = WRONG_TOKEN_WINDOW_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    _seen: dict[str, collections.deque[float]] = field(default_factory=dict)
+
+    def seconds_blocked(self, client: str) -> int:
+        """Whole seconds until ``client`` may try again (0: it may now)."""
+        tries = self._seen.get(client)
+        if tries is None:
+            return 0
+        now = self.clock()
+        while tries and now - tries[0] >= self.window_seconds:
+            tries.popleft()
+        if not tries:
+            del self._seen[client]
+            return 0
+        if len(tries) < self.limit:
+            return 0
+        return max(1, math.ceil(self.window_seconds - (now - tries[0])))
+
+    def record(self, client: str) -> None:
+        """``client`` offered a wrong token."""
+        tries = self._seen.pop(client, None) or collections.deque(maxlen=self.limit)
+        tries.append(self.clock())
+        self._seen[client] = tries  # re-inserted: the dict's order is the least recent first
+        while len(self._seen) > CLIENTS_TRACKED:
+            del self._seen[next(iter(self._seen))]
