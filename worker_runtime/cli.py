@@ -69,20 +69,36 @@ def parse_count(minimum: int) -> Callable[[str], int]:
 
 
 def parse_seconds(*, zero: bool) -> Callable[[str], float]:
-    """An argparse type: a finite number of seconds, above zero (or from zero when ``zero``).
+    """An argparse type: a finite number of seconds, above zero (or from zero when ``zero``),
+    plain (``90``) or with a unit as ``--since`` takes it (``90s``, ``15m``, ``2h``, ``3d``).
     ``dlq purge --older-than -5`` would otherwise have meant every dead letter."""
 
     def parse(text: str) -> float:
+        from worker_runtime import triage  # only when a command line has such a flag
+
+        with_unit = triage.seconds_of_duration(text)
         try:
-            value = float(text)
+            value = float(text) if with_unit is None else with_unit
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+            msg = f"{text!r} is not a number of seconds (or a duration: 90s, 15m, 2h, 3d)"
+            raise argparse.ArgumentTypeError(msg) from None
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
             bound = "0 or more" if zero else "more than 0"
             raise argparse.ArgumentTypeError(f"must be a finite number {bound}, not {text}")
         return value
 
     return parse
+
+
+def parse_rate(text: str) -> float:
+    """An argparse type: a finite rate above zero (jobs per second)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs per second") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, not {text}")
+    return value
 
 
 def _connection_flags(
@@ -229,7 +245,7 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     rp.add_argument("--reset-attempts", action="store_true", help="start attempts from zero")
     rp.add_argument(
         "--rate",
-        type=parse_seconds(zero=False),
+        type=parse_rate,
         default=100.0,
         help="jobs per second (default 100)",
     )
@@ -243,7 +259,13 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     _connection_flags(pg)
     pg.add_argument("job_ids", nargs="*", help="job ids (or --all / --older-than)")
     pg.add_argument("--all", action="store_true", help="delete every dead letter")
-    pg.add_argument("--older-than", type=parse_seconds(zero=True), default=None, metavar="SECONDS")
+    pg.add_argument(
+        "--older-than",
+        type=parse_seconds(zero=True),
+        default=None,
+        metavar="DURATION",
+        help="dead letters older than this: seconds, or 90s, 15m, 2h, 7d",
+    )
     pg.add_argument("--yes", action="store_true", help="required with --all and with filters")
     _filter_flags(pg)
     pg.add_argument("--json", action="store_true", help="machine-readable output")

@@ -1094,7 +1094,7 @@ def _stop_on_ctrl_c() -> asyncio.Event:
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
     """Delete dead letters, a broker call at a time, with progress and a summary on Ctrl-C."""
     url, queue, ids = _dlq_selection(
-        args, args.older_than is not None, "--all --yes or --older-than SECONDS"
+        args, args.older_than is not None, "--all --yes or --older-than DURATION"
     )
     filtered = ids is not None and not args.job_ids
     if filtered and not ids:  # nothing to confirm: no --yes asked for deleting nothing

@@ -151,14 +151,23 @@ class InvalidTime(ValueError):
     """A time bound that is neither a duration (``90s``, ``15m``, ``2h``, ``3d``) nor a date."""
 
 
+def seconds_of_duration(text: str) -> float | None:
+    """Seconds of a duration with a unit (``90s``, ``15m``, ``2h``, ``3d``); None otherwise."""
+    text = text.strip()
+    unit = _UNITS.get(text[-1:].lower()) if text else None
+    if unit is not None and text[:-1].replace(".", "", 1).isdigit():
+        return float(text[:-1]) * unit
+    return None
+
+
 def parse_time_bound(text: str, now: float) -> float:
     """Epoch seconds of ``text``: a duration ago (``2h``) or an ISO date-time (UTC if naive)."""
     import datetime as dt
 
     text = text.strip()
-    unit = _UNITS.get(text[-1:].lower()) if text else None
-    if unit is not None and text[:-1].replace(".", "", 1).isdigit():
-        return now - float(text[:-1]) * unit
+    ago = seconds_of_duration(text)
+    if ago is not None:
+        return now - ago
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:

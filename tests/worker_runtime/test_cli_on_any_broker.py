@@ -245,8 +245,9 @@ def test_a_broker_without_purge_steps_purges_by_age_in_one_call_and_counts_what_
     # Given three dead letters on a broker without DeadLetterSteps
     _seed(store_url, "jobs")
     flags = ["--broker-url", store_url, "-q", "jobs"]
-    # When a purge by age that spares them runs, then one that covers them
-    code, out, err = _run(["dlq", "purge", "--older-than", "3600", *flags], capsys)
+    # When a purge by age that spares them runs (an age written as --since takes it), then
+    # one that covers them
+    code, out, err = _run(["dlq", "purge", "--older-than", "1h", *flags], capsys)
     assert code == 0, err
     assert "purging 0 dead letter(s)" in err and "purged 0 dead letter(s)" in out
     code, out, err = _run(["dlq", "purge", "--older-than", "0", *flags], capsys)
