@@ -185,8 +185,8 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     qj.add_argument(
         "--in-flight",
         action="store_true",
-        required=True,
-        help="list the jobs delivered to workers and not yet finished",
+        help="the jobs delivered to workers and not yet finished (the default, and so far the "
+        "only listing)",
     )
     qj.add_argument(
         "--limit", type=parse_count(1), default=200, help="at most this many (default 200)"

@@ -99,6 +99,9 @@ def test_stats_jobs_and_dlq_reads_work_on_the_memory_broker_through_broker_url(
     assert code == 0, err
     (job,) = json.loads(out)
     assert (job["job_id"], job["task"], job["worker_id"]) == (ids["running"], "resize", "w-busy")
+    # (--in-flight is the default listing: the bare command lists the same)
+    code, bare_out, err = _run(["queue", "jobs", "--json", *flags], capsys)
+    assert code == 0 and [j["job_id"] for j in json.loads(bare_out)] == [ids["running"]], err
     code, out, err = _run(["dlq", "ls", "--json", "--task", "send_email", *flags], capsys)
     assert code == 0, err
     assert {d["job_id"] for d in json.loads(out)} == {ids["mail"], ids["mail2"]}
