@@ -526,3 +526,23 @@ def test_the_template_refuses_a_service_monitor_and_a_pod_monitor_together(helm:
     )  # fmt: skip
     assert done.returncode != 0
     assert "enable one of metrics.serviceMonitor and metrics.podMonitor, not both" in done.stderr
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_every_object_name_is_valid_even_with_a_63_character_fullname(
+    helm: str, values_set: str
+) -> None:
+    # Given the longest fullname Helm allows (the operator's metrics Service came out at 71
+    # characters, which the API server refuses for a Service)
+    text = helm_template(
+        helm, values_file(values_set), "--set", "fullnameOverride=" + "w" * 63
+    )  # fmt: skip
+    manifests = [m for m in yaml.safe_load_all(text) if m]
+    # Then every Service name is a DNS label (63 at most) and every other name a subdomain
+    for m in manifests:
+        name = m["metadata"]["name"]
+        limit = 63 if m["kind"] == "Service" else 253
+        assert len(name) <= limit and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), (
+            m["kind"],
+            name,
+        )

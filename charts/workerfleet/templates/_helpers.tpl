@@ -26,6 +26,12 @@ Names and labels shared by every template of the workerfleet chart.
 {{- printf "%s-operator" (include "workerfleet.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Name of the operator's metrics Service: a DNS label, so at most 63 characters whatever
+the release or fullnameOverride (the operator's name is cut to make room for "-metrics"). */}}
+{{- define "workerfleet.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "workerfleet.operatorName" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{/* chart label value */}}
 {{- define "workerfleet.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
