@@ -360,6 +360,7 @@ def test_no_rendered_manifest_writes_a_key_twice(helm: str, values_set: str) -> 
     text = helm_template(
         helm, values_file(values_set),
         "--set", "networkPolicy.workers.enabled=true",
+        "--set", "networkPolicy.workers.namespaces={team-a}",  # a cluster-wide set needs them
         "--set", "networkPolicy.redis.enabled=true",
     )  # fmt: skip
     _KeyCountingLoader.repeated = []
@@ -546,3 +547,21 @@ def test_every_object_name_is_valid_even_with_a_63_character_fullname(
             m["kind"],
             name,
         )
+
+
+def test_worker_policies_of_a_cluster_wide_operator_need_their_namespaces_named(
+    helm: str, render: Render
+) -> None:
+    # Given a cluster-wide operator (no list of watched namespaces) with worker policies on
+    flags = ("--set", "clusterWide=true", "--set", "networkPolicy.workers.enabled=true")
+    # When rendered without naming the namespaces with WorkerPools, it fails saying so (it
+    # rendered no worker policy at all, without a word)
+    done = run([helm, "template", "wf", str(CHART), *flags])
+    assert done.returncode != 0
+    assert "name them in networkPolicy.workers.namespaces" in done.stderr
+    # And with them named, each gets its policy
+    named = render("default", *flags, "--set", "networkPolicy.workers.namespaces={team-a,team-b}")
+    workers = [
+        p for p in of_kind(named, "NetworkPolicy") if p["metadata"]["name"].endswith("-workers")
+    ]
+    assert sorted(p["metadata"]["namespace"] for p in workers) == ["team-a", "team-b"]
