@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from packaging_support import CHART, ROOT, VALUES_SETS, Manifest, Render, of_kind
+from packaging_support import CHART, ROOT, VALUES_SETS, Manifest, Render, of_kind, run
 from workerfleet_operator.shell import config
 
 pytestmark = pytest.mark.chart
@@ -191,3 +191,28 @@ def test_the_log_settings_reach_the_operator_as_the_names_it_reads(
     settings = config.OperatorConfig()
     # Then it logs at the level the values asked for
     assert (settings.log_level, settings.log_format) == ("debug", "json")
+
+
+@pytest.mark.parametrize(
+    "name", ["WORKERFLEET_OPERATOR_NAMESPACES", "WORKERFLEET_OPERATOR_LOG_LEVEL"]
+)
+def test_extra_env_that_would_shadow_a_setting_the_chart_makes_is_refused_naming_the_value(
+    helm: str, render: Render, name: str
+) -> None:
+    # Given operator.extraEnv naming a variable the chart sets from its own values
+    sets = ("--set", f"operator.extraEnv[0].name={name}", "--set", "operator.extraEnv[0].value=x")
+    # When rendered, it fails naming the value to set instead (the Deployment had two
+    # entries of one name, and which one the operator saw was up to the kubelet)
+    done = run([helm, "template", "wf", str(CHART), *sets])
+    assert done.returncode != 0
+    assert f"operator.extraEnv sets {name}, which the chart sets from" in done.stderr
+    # And an extra variable of the operator's own (a proxy, say) is passed on as it is
+    proxied = render(
+        "default", "--set", "operator.extraEnv[0].name=HTTPS_PROXY",
+        "--set", "operator.extraEnv[0].value=http://proxy:3128",
+    )  # fmt: skip
+    (deployment,) = [
+        d for d in of_kind(proxied, "Deployment") if "operator" in d["metadata"]["name"]
+    ]
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in env
