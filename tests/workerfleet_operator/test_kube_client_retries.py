@@ -327,6 +327,23 @@ async def test_a_write_that_waited_for_a_slot_is_not_sent_once_the_lease_is_lost
     assert [m for m, _ in server.seen] == ["GET"]
 
 
+async def test_a_write_whose_lease_is_lost_while_it_gets_its_connection_is_not_sent(
+    server: ScriptedServer,
+) -> None:
+    # Given a leading client whose lease is lost after the write passed its checks before the
+    # connection (as when the process is stopped while connecting and continued later)
+    answers = iter([True, True])
+    client = client_for(server, [], fence=lambda: next(answers, False))
+    try:
+        # When it sends a write
+        with pytest.raises(kube.FencedError):
+            await apply(client)
+    finally:
+        await client.close()
+    # Then the check once the connection is its own refuses it: the API server saw nothing
+    assert server.seen == []
+
+
 def test_an_exec_plugin_in_the_kubeconfig_gives_the_token(tmp_path: Path) -> None:
     plugin = tmp_path / "plugin.py"
     plugin.write_text(

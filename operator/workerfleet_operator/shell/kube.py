@@ -33,6 +33,7 @@ import random
 import ssl
 import tempfile
 import time
+import types
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -200,6 +201,21 @@ RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "PUT", "PATCH", "DELETE"})
 
 
+@dataclass(frozen=True)
+class _FenceCheck:
+    """What a request's connection hook calls: raises FencedError for a fenced write."""
+
+    check: Callable[[], None]
+
+
+async def _check_fence_on_connection(
+    session: aiohttp.ClientSession, ctx: types.SimpleNamespace, params: object
+) -> None:
+    request = getattr(ctx, "trace_request_ctx", None)
+    if isinstance(request, _FenceCheck):
+        request.check()
+
+
 class FencedError(Exception):
     """A write was refused before it was sent: this replica no longer holds the leader Lease."""
 
@@ -279,11 +295,18 @@ class KubeClient:
     def _fetch_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._max_in_flight)
+            # The fence is asked a last time once the request has its connection, right before
+            # its bytes go out: opening one (TCP, TLS) awaits, and a process stopped there and
+            # continued after a standby took over sent its write late (seen in the e2e suite).
+            trace = aiohttp.TraceConfig()
+            trace.on_connection_create_end.append(_check_fence_on_connection)
+            trace.on_connection_reuseconn.append(_check_fence_on_connection)
             self._session = aiohttp.ClientSession(
                 # The pid tells two replicas' writes apart in the API server's audit log.
                 headers={"Accept": "application/json", "User-Agent": build_user_agent()},
                 timeout=self._timeout,
                 connector=connector,
+                trace_configs=[trace],
             )
         return self._session
 
@@ -375,7 +398,12 @@ class KubeClient:
         if self._authorization is not None:
             headers = {**headers, "Authorization": self._authorization}
         async with session.request(
-            method, self._server + path, params=params, data=data, headers=headers
+            method,
+            self._server + path,
+            params=params,
+            data=data,
+            headers=headers,
+            trace_request_ctx=_FenceCheck(lambda: self._check_fence(method, path)),
         ) as response:
             text = await response.text()
             if response.status >= 400:
