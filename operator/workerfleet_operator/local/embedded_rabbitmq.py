@@ -46,6 +46,8 @@ from workerfleet_operator.local import embedded, embedded_redis, lifeline
 SCRIPT_PATHS = ("/usr/lib/rabbitmq/bin/rabbitmq-server",)
 """Where the node's own start script lives (Debian); else ``rabbitmq-server`` on the PATH."""
 START_TIMEOUT_SECONDS = 90.0
+START_ATTEMPTS = 3
+"""Boots tried when a port picked for the node was taken meanwhile (see ``start``)."""
 STOP_TIMEOUT_SECONDS = 30.0
 USER = "guest"
 PASSWORD = "guest"  # RabbitMQ lets guest in from loopback only; the node listens nowhere else
@@ -91,9 +93,13 @@ class EmbeddedRabbitMQ(embedded.ServerProcess):
         self.dist_port = embedded_redis.fetch_free_port()
         self.pid: int | None = None
         self.wrapper: subprocess.Popen[bytes] | None = None
+        self._booted = False  # once booted, a restart keeps the client-facing ports
         for sub in ("mnesia", "log", "home"):
             (self.dir / sub).mkdir(exist_ok=True)
         (self.dir / "enabled_plugins").write_text("[rabbitmq_management].\n", encoding="utf-8")
+        self._write_config()
+
+    def _write_config(self) -> None:
         (self.dir / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             f"management.tcp.port = {self.management_port}\n"
@@ -162,7 +168,35 @@ class EmbeddedRabbitMQ(embedded.ServerProcess):
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Boot the node and wait (bounded) until AMQP and the management API answer."""
+        """Boot the node and wait (bounded) until AMQP and the management API answer.
+
+        The ports are free ones picked beforehand, from the range the kernel also hands out to
+        outgoing connections: one can be taken by the time the node binds it. The node's
+        distribution port is its own affair, so a boot that found it taken
+        (``dist_port_already_used``, seen in a CI run) is retried on another; so is a first
+        boot whose AMQP or management port was taken (a restart keeps those: clients know
+        them)."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            problem = self._boot()
+            if problem is None:
+                self._booted = True
+                return self
+            tail = self.log()
+            if attempt < START_ATTEMPTS and "dist_port_already_used" in tail:
+                self.dist_port = embedded_redis.fetch_free_port()
+                continue
+            if attempt < START_ATTEMPTS and not self._booted and "eaddrinuse" in tail:
+                self.port = embedded_redis.fetch_free_port()
+                self.management_port = embedded_redis.fetch_free_port()
+                self._write_config()
+                continue
+            raise embedded.EmbeddedServerError(
+                f"rabbitmq-server {self.node} did not start ({problem}); log: {tail}"
+            )
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _boot(self) -> str | None:
+        """One boot of the node; None once it answers, else why not (the node is stopped)."""
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
         self.pid = None
@@ -183,12 +217,10 @@ class EmbeddedRabbitMQ(embedded.ServerProcess):
                 problem = f"exited with code {self.wrapper.returncode}"
                 break
             if self._read_pid() and self._amqp_accepts() and self.management_answers(timeout=1):
-                return self
+                return None
             time.sleep(0.2)
         self.stop()
-        raise embedded.EmbeddedServerError(
-            f"rabbitmq-server {self.node} did not start ({problem}); log: {self.log()}"
-        )
+        return problem
 
     def _read_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError):
