@@ -83,6 +83,9 @@ def test_sigterm_during_a_long_job_releases_it_and_it_runs_exactly_once_more_els
     at = {r["msg"]: r["ts"] for r in first.log_records() if r.get("msg") in DRAIN_BOUNDS}
     assert at["worker stopped"] - at["draining"] < 2.0
     assert elapsed < 2.0 + 1.5  # signal delivery and interpreter exit on a busy machine
+    # (and it does not count the job it gave back as processed)
+    (stopped,) = [r for r in first.log_records() if r.get("msg") == "worker stopped"]
+    assert stopped["processed"] == 0
     s = wf.stats()
     assert s.in_flight == 0 and s.backlog == 1
     assert int(wf.client.hget(keys.build_keys(wf.queue).counters, "released") or 0) == 1

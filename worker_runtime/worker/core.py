@@ -130,7 +130,8 @@ class Worker:
         with self.held_lock:
             self.held.pop((h.job.id, h.job.receipt), None)
             idle = not self.held
-        self.processed += 1
+        if not h.released and not h.lost:
+            self.processed += 1  # finished here: a job given back or lost runs elsewhere
         if idle and self.control is not None:
             self.control.report_idle()
         self.poke()
