@@ -82,10 +82,7 @@ def parse_seconds(*, zero: bool) -> Callable[[str], float]:
         except ValueError:
             msg = f"{text!r} is not a number of seconds (or a duration: 90s, 15m, 2h, 3d)"
             raise argparse.ArgumentTypeError(msg) from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
-            bound = "0 or more" if zero else "more than 0"
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, not {text}")
-        return value
+        return _within_bound(value, text, zero=zero)
 
     return parse
 
@@ -96,8 +93,14 @@ def parse_rate(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of jobs per second") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number more than 0, not {text}")
+    return _within_bound(value, text, zero=False)
+
+
+def _within_bound(value: float, text: str, *, zero: bool) -> float:
+    """``value`` (read from ``text``) when finite and above zero (from zero when ``zero``)."""
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        bound = "0 or more" if zero else "more than 0"
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, not {text}")
     return value
 
 

@@ -978,9 +978,10 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         # live (Redis never replays onto a live id: the job would run twice). Not "no dead
         # letter", which is what it said while `dlq ls` listed it.
         done_ids = set(replayed)
-        for job_id in [j for j in args.job_ids or [] if j not in done_ids][:LIVE_CHECK_LIMIT]:
-            if await letters.show_dead_letter(job_id) is not None:
-                held_back.append(job_id)
+        left = [j for j in dict.fromkeys(args.job_ids or []) if j not in done_ids]
+        left = left[:LIVE_CHECK_LIMIT]
+        absent = set(await _fetch_absent_ids(letters, left))
+        held_back.extend(j for j in left if j not in absent)
 
     if args.rate <= 0:
         msg = "--rate must be positive"
@@ -1010,18 +1011,17 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 
 LIVE_CHECK_LIMIT = 100
-"""Named ids a replay looks up again when they were not replayed (one read each)."""
+"""Named ids a replay looks up again when they were not replayed (:func:`_fetch_absent_ids`)."""
 
 
 def _describe_held_back(ids: Sequence[str], queue: str) -> str | None:
     """Named dead letters a replay left in the DLQ because a job with the same id is live."""
     if not ids:
         return None
-    which = ", ".join(_printable(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
     return (
         f"{len(ids)} named job id(s) stay dead-lettered because a job with the same id is "
         f"live in {queue} now (replayed, it would run twice); replay them once it is done: "
-        f"{which}"
+        f"{_list_ids(ids)}"
     )
 
 
@@ -1056,8 +1056,12 @@ def _describe_missing(ids: Sequence[str], queue: str) -> str | None:
     (already replayed or purged, mistyped, or another queue's), the first five listed."""
     if not ids:
         return None
-    which = ", ".join(_printable(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
-    return f"{len(ids)} named job id(s) had no dead letter in {queue}: {which}"
+    return f"{len(ids)} named job id(s) had no dead letter in {queue}: {_list_ids(ids)}"
+
+
+def _list_ids(ids: Sequence[str]) -> str:
+    """The first five of ``ids``, printable, and ``...`` when there are more."""
+    return ", ".join(_printable(i) for i in ids[:5]) + (" ..." if len(ids) > 5 else "")
 
 
 @contextlib.contextmanager
