@@ -111,9 +111,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: console
 {{- end }}
 
+{{/* The labels of every resource, with another component: (list $ "redis"). */}}
+{{- define "workerfleet.componentLabels" -}}
+{{ include "workerfleet.labels" (index . 0) | replace "app.kubernetes.io/component: operator" (printf "app.kubernetes.io/component: %s" (index . 1)) }}
+{{- end }}
+
 {{/* Labels on every console resource. */}}
 {{- define "workerfleet.consoleLabels" -}}
-{{ include "workerfleet.labels" . | replace "app.kubernetes.io/component: operator" "app.kubernetes.io/component: console" }}
+{{ include "workerfleet.componentLabels" (list . "console") }}
 {{- end }}
 
 {{/* The console's ServiceAccount name. */}}
