@@ -192,9 +192,8 @@ class FetchLoop:
             w.health.redis_ok()
             if q.dead_lettered_by_fetch:
                 self.export_fetch_dead_letters(q.dead_lettered_by_fetch)
-            for job in jobs:
-                start(job)
             if jobs:
+                start(jobs)
                 # Give the tasks just created their first step before the next fetch: a handler
                 # that finishes without waiting queues its ack now, so it rides on that fetch
                 # (ack_and_fetch, one round trip that also refills its slot). Fetching at once
@@ -247,8 +246,7 @@ class FetchLoop:
                 "a failed fetch had leased jobs to this worker; adopted them",
                 extra={"count": len(jobs)},
             )
-        for job in jobs:
-            w.runner.start(job)
+        w.runner.start(jobs)
         return True
 
     def export_fetch_dead_letters(self, counts: collections.Counter[str]) -> None:

@@ -1,0 +1,225 @@
+"""The jobs of one fetch start in one task: each still behaves as if it had a task of its own.
+
+The worker runs a fetched batch one job after another in a single task for as long as each
+finishes without waiting (a task per job was a third of a no-op job's cost). These tests pin
+what a task per job gave every handler, on the in-process memory broker with the real Worker:
+its own context variables, never being held up by a neighbour that waits, one task from start
+to end (``asyncio.timeout``, cancellation), and a neighbour's unexpected error not touching it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+import pytest
+
+from worker_runtime import App, Retry, config
+from worker_runtime import envelope as envelope_mod
+from worker_runtime import worker as worker_mod
+from worker_runtime.brokers import base
+
+pytestmark = pytest.mark.timeout(60)
+
+TENANT: contextvars.ContextVar[int | None] = contextvars.ContextVar("tenant", default=None)
+
+
+def _settings(memory_store_url: str) -> config.WorkerSettings:
+    # Eight slots, one fetch lane: the backlog arrives in fetches of up to eight jobs.
+    return config.WorkerSettings(
+        redis_url=memory_store_url,
+        queue="jobs",
+        metrics_port=0,
+        concurrency=8,
+        retry_backoff_base_seconds=0.01,
+        retry_backoff_jitter="none",
+        log_level="warning",
+    )
+
+
+async def _enqueue(broker: Any, task: str, payload: dict[str, Any]) -> str:
+    env = envelope_mod.build_envelope(task, payload)
+    return str((await broker.enqueue(base.EnqueueRequest(envelope=env))).job_id)
+
+
+async def _run_until_completed(
+    w: worker_mod.Worker, probe: Any, count: int, dead: int = 0, seconds: float = 10.0
+) -> None:
+    run = asyncio.create_task(w.run())
+    try:
+        for _ in range(int(seconds / 0.01)):  # bounded
+            stats = await probe.fetch_stats()
+            if stats.completed_total >= count and stats.dead_letter >= dead:
+                return
+            await asyncio.sleep(0.01)
+        stats = await probe.fetch_stats()
+        raise AssertionError(f"{stats.completed_total} of {count} jobs completed: {stats}")
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+
+
+async def test_a_context_variable_one_handler_sets_never_reaches_the_next_job(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a handler that reads a context variable and then sets it, and six such jobs
+    app = App(queue="jobs")
+    seen: list[int | None] = []
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    @app.task("tenant")
+    async def tenant(payload: dict[str, Any]) -> None:
+        seen.append(TENANT.get())
+        tasks.append(asyncio.current_task())
+        TENANT.set(payload["n"])
+
+    for n in range(6):
+        await _enqueue(memory_probe, "tenant", {"n": n})
+
+    # When one worker runs them
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    await _run_until_completed(w, memory_probe, 6)
+
+    # Then every job found the variable unset, though jobs shared a task
+    assert seen == [None] * 6
+    assert len(set(tasks)) < len(tasks)
+
+
+async def test_a_job_that_waits_does_not_hold_up_the_jobs_fetched_with_it(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a job that waits for the job enqueued after it, fetched together
+    app = App(queue="jobs")
+    ready = asyncio.Event()
+    order: list[str] = []
+
+    @app.task("waiter")
+    async def waiter(payload: dict[str, Any]) -> None:
+        await asyncio.wait_for(ready.wait(), 5)
+        order.append("waiter")
+
+    @app.task("setter")
+    async def setter(payload: dict[str, Any]) -> None:
+        order.append("setter")
+        ready.set()
+
+    await _enqueue(memory_probe, "waiter", {})
+    await _enqueue(memory_probe, "setter", {})
+
+    # When one worker runs them
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    await _run_until_completed(w, memory_probe, 2)
+
+    # Then the second ran while the first waited, and both completed at their first attempt
+    assert order == ["setter", "waiter"]
+    stats = await memory_probe.fetch_stats()
+    assert (stats.completed_total, stats.failed_total, stats.dead_letter) == (2, 0, 0)
+
+
+async def test_a_job_that_waits_keeps_one_task_of_its_own_and_its_timeout_reaches_it_alone(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given jobs that wait (twice), one whose asyncio.timeout expires, and no-op jobs between
+    app = App(queue="jobs")
+    seen: dict[int, list[asyncio.Task[Any] | None]] = {}
+    timeouts: list[int] = []
+
+    @app.task("twice")
+    async def twice(payload: dict[str, Any]) -> None:
+        steps = seen.setdefault(payload["n"], [])
+        steps.append(asyncio.current_task())
+        await asyncio.sleep(0.02)
+        steps.append(asyncio.current_task())
+        await asyncio.sleep(0)
+        steps.append(asyncio.current_task())
+
+    @app.task("bounded", retry=Retry(max_attempts=1))
+    async def bounded(payload: dict[str, Any]) -> None:
+        try:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            timeouts.append(payload["n"])
+            raise
+
+    @app.task("noop")
+    async def noop(payload: dict[str, Any]) -> None:
+        return None
+
+    await _enqueue(memory_probe, "noop", {"n": 0})
+    await _enqueue(memory_probe, "twice", {"n": 1})
+    await _enqueue(memory_probe, "bounded", {"n": 2})
+    await _enqueue(memory_probe, "noop", {"n": 3})
+    await _enqueue(memory_probe, "twice", {"n": 4})
+
+    # When one worker runs them
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    await _run_until_completed(w, memory_probe, 4, dead=1)
+
+    # Then each waiting job saw one task throughout, not its neighbour's
+    assert [len(set(seen[n])) for n in (1, 4)] == [1, 1]
+    assert seen[1][0] is not seen[4][0]
+    # And the timeout ended only its own job: the others completed
+    assert timeouts == [2]
+    stats = await memory_probe.fetch_stats()
+    assert (stats.completed_total, stats.dead_letter) == (4, 1)
+
+
+async def test_a_handler_that_cancels_its_own_task_does_not_cancel_the_next_job(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a handler that cancels its own task and returns, then a job that waits
+    app = App(queue="jobs")
+    finished: list[str] = []
+
+    @app.task("cancel-self")
+    async def cancel_self(payload: dict[str, Any]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+
+    @app.task("waits")
+    async def waits(payload: dict[str, Any]) -> None:
+        await asyncio.sleep(0.01)
+        finished.append("waits")
+
+    await _enqueue(memory_probe, "cancel-self", {})
+    await _enqueue(memory_probe, "waits", {})
+
+    # When one worker runs them
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    await _run_until_completed(w, memory_probe, 2)
+
+    # Then the waiting job ran to its end
+    assert finished == ["waits"]
+
+
+async def test_an_unexpected_error_settling_one_job_leaves_the_jobs_fetched_with_it_running(
+    memory_store_url: str, memory_probe: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given four no-op jobs, and a settler that fails unexpectedly on the first one's outcome
+    app = App(queue="jobs")
+    ran: list[int] = []
+
+    @app.task("noop")
+    async def noop(payload: dict[str, Any]) -> None:
+        ran.append(payload["n"])
+
+    ids = [await _enqueue(memory_probe, "noop", {"n": n}) for n in range(4)]
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    completed = w.settler.completed
+
+    async def completed_or_bug(h: Any, spec: Any) -> None:
+        if h.job.id == ids[0]:
+            raise RuntimeError("a bug in the settler")
+        await completed(h, spec)
+
+    w.settler.completed = completed_or_bug  # type: ignore[method-assign]
+
+    # When one worker runs them
+    await _run_until_completed(w, memory_probe, 3)
+
+    # Then the other three ran and completed, and the error was logged
+    assert ran == [0, 1, 2, 3]
+    assert "a job's run failed unexpectedly" in caplog.text
