@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from worker_runtime import app as app_mod
 from worker_runtime import backoff, brokers, config, health, logs, metrics, startup
@@ -127,11 +127,19 @@ class Worker:
 
     def forget(self, h: held_mod.Held) -> None:
         """The job is settled (or given up): free its slot."""
+        self.forget_all((h,))
+
+    def forget_all(self, hs: Iterable[held_mod.Held]) -> None:
+        """These jobs are settled (or given up): free their slots, with one wake-up."""
+        held = self.held
+        finished = 0
         with self.held_lock:
-            self.held.pop((h.job.id, h.job.receipt), None)
-            idle = not self.held
-        if not h.released and not h.lost:
-            self.processed += 1  # finished here: a job given back or lost runs elsewhere
+            for h in hs:
+                held.pop((h.job.id, h.job.receipt), None)
+                if not h.released and not h.lost:
+                    finished += 1  # finished here: a job given back or lost runs elsewhere
+            idle = not held
+        self.processed += finished
         if idle and self.control is not None:
             self.control.report_idle()
         self.poke()

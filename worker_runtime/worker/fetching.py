@@ -271,7 +271,7 @@ class FetchLoop:
                 completed.append((name, h.ran))
             else:
                 w.settler.stale(h)
-            w.forget(h)
+        w.forget_all(acks)
         w.metrics.jobs_completed(completed)  # one update per batch, not three locks per job
 
     def _flush_queued_acks(self) -> None:

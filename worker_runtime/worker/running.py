@@ -212,7 +212,8 @@ class JobRunner:
                     await self.settler.expired(h, spec, late)
                     return
             try:
-                payload = spec.payload_adapter.validate_python(env.payload)
+                # the adapter's validator itself: its validate_python wraps it (~0.4 us a job)
+                payload = spec.payload_adapter.validator.validate_python(env.payload)
             except ValidationError as exc:
                 await self.settler.dead_letter(
                     h,

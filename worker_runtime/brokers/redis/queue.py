@@ -431,7 +431,8 @@ class QueueClient:
         # ``flat`` comes undecoded (bytes): a stored envelope need not be UTF-8, and decoding the
         # whole reply would fail it for every job of the batch. The envelope model parses the
         # bytes itself; one that fails is dead-lettered alone (parse_envelope names why).
-        validate = envelope_mod.JobEnvelope.model_validate_json
+        # the model's own validator: model_validate_json is a wrapper costing ~1 us a job here
+        validate = envelope_mod.JobEnvelope.__pydantic_validator__.validate_json
         for i in range(0, len(flat), 6):
             # _text inlined: two calls per job on the hot path
             job_id, token = flat[i], flat[i + 1]
