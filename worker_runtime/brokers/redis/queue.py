@@ -67,6 +67,36 @@ class Job(base.Delivery):
     ``leased_until`` are the engine's names for ``receipt`` and ``lease_deadline``.
     """
 
+    @classmethod
+    def from_reply(
+        cls,
+        job_id: str,
+        token: Token,
+        envelope: envelope_mod.JobEnvelope,
+        attempts: int,
+        deliveries: int,
+        lost: int,
+        lease_deadline: float,
+        fetched_at: float,
+    ) -> Job:
+        """The same Job as ``Job(id=..., ...)``, built for the fetch's hot path.
+
+        A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``: 2.6 us
+        a job here, against 0.7 for filling the instance's ``__dict__`` directly (every field,
+        so the result equals the ``__init__``-built one; a test holds the two to that).
+        """
+        job = object.__new__(cls)
+        fields = job.__dict__
+        fields["id"] = job_id
+        fields["receipt"] = token
+        fields["envelope"] = envelope
+        fields["attempts"] = attempts
+        fields["deliveries"] = deliveries
+        fields["lease_deadline"] = lease_deadline
+        fields["lost"] = lost
+        fields["fetched_at"] = fetched_at
+        return job
+
     @property
     def token(self) -> Token:
         """The fencing token (the delivery's receipt)."""
@@ -433,6 +463,7 @@ class QueueClient:
         # bytes itself; one that fails is dead-lettered alone (parse_envelope names why).
         # the model's own validator: model_validate_json is a wrapper costing ~1 us a job here
         validate = envelope_mod.JobEnvelope.__pydantic_validator__.validate_json
+        new_job = Job.from_reply
         for i in range(0, len(flat), 6):
             # _text inlined: two calls per job on the hot path
             job_id, token = flat[i], flat[i + 1]
@@ -450,15 +481,15 @@ class QueueClient:
                     invalid.append((job_id, token, error))
                     continue
             jobs.append(
-                Job(
-                    id=job_id,
-                    receipt=token,
-                    envelope=env,
-                    attempts=int(flat[i + 3]),
-                    deliveries=int(flat[i + 4]),
-                    lost=int(flat[i + 5]),
-                    lease_deadline=until,
-                    fetched_at=now,
+                new_job(
+                    job_id,
+                    token,
+                    env,
+                    int(flat[i + 3]),
+                    int(flat[i + 4]),
+                    int(flat[i + 5]),
+                    until,
+                    now,
                 )
             )
         return jobs, invalid
