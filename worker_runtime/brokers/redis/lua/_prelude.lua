@@ -49,9 +49,14 @@ local function hmget_chunked(key, list)
   return out
 end
 
+-- The patterns of a state and an inflight value; the hot loops (fetch, ack) match them inline,
+-- without the table st_get / fl_get build for every job.
+local ST_PATTERN = '^(%a+)|(%d+)|(%d+)|(%d+)$'
+local FL_PATTERN = '^([^|]+)|(%a+)|([^|]*)|(.*)$'
+
 local function st_get(raw)
   if not raw then return nil end
-  local p, a, d, l = string.match(raw, '^(%a+)|(%d+)|(%d+)|(%d+)$')
+  local p, a, d, l = string.match(raw, ST_PATTERN)
   if not p then return nil end
   return {p = p, a = tonumber(a), d = tonumber(d), l = tonumber(l)}
 end
@@ -62,7 +67,7 @@ end
 
 local function fl_get(raw)
   if not raw then return nil end
-  local t, p, e, w = string.match(raw, '^([^|]+)|(%a+)|([^|]*)|(.*)$')
+  local t, p, e, w = string.match(raw, FL_PATTERN)
   if not t then return nil end
   return {t = t, p = p, e = e, w = w}
 end

@@ -4,26 +4,29 @@
 --          {wf:Q}:done:<key> (SET PX; KEYS[idx]) when the handler records "done" with the ack.
 -- ARGV[1]: packed records, per job: id, token, done key index (0 = none), done ttl ms.
 -- Returns: flat {1|0, ...} (1 = acknowledged, 0 = stale: the job was handed to someone else).
-local recs, ids = {}, {}
+local ids, tokens, idxs, ttls = {}, {}, {}, {}
 for id, token, idx, ttl in string.gmatch(ARGV[1], REC[4]) do
-  recs[#recs + 1] = {id, token, idx, ttl}
-  ids[#ids + 1] = id
+  local k = #ids + 1
+  ids[k], tokens[k], idxs[k], ttls[k] = id, token, idx, ttl
 end
 local raws = hmget_chunked(K_INFLIGHT, ids)
 local out, done_ids, seen = {}, {}, {}
 local by_prio = {high = {}, normal = {}, low = {}}
-for i, r in ipairs(recs) do
-  local fl = fl_get(raws[i])
-  if fl and fl.t == r[2] and not seen[r[1]] then
-    seen[r[1]] = true  -- a second ack of the same delivery inside this batch is stale
+local match = string.match
+for i, id in ipairs(ids) do
+  local raw = raws[i]
+  local t, p, e
+  if raw then t, p, e = match(raw, FL_PATTERN) end
+  if t and t == tokens[i] and not seen[id] then
+    seen[id] = true  -- a second ack of the same delivery inside this batch is stale
     out[i] = 1
-    done_ids[#done_ids + 1] = r[1]
-    if fl.e ~= '' and by_prio[fl.p] then
-      local list = by_prio[fl.p]
-      list[#list + 1] = fl.e
+    done_ids[#done_ids + 1] = id
+    if e ~= '' and by_prio[p] then
+      local list = by_prio[p]
+      list[#list + 1] = e
     end
-    local idx = tonumber(r[3])
-    if idx > 0 then redis.call('SET', KEYS[idx], '1', 'PX', math.max(1, tonumber(r[4]))) end
+    local idx = tonumber(idxs[i])
+    if idx > 0 then redis.call('SET', KEYS[idx], '1', 'PX', math.max(1, tonumber(ttls[i]))) end
   else
     out[i] = 0
   end

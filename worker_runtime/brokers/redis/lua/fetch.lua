@@ -43,7 +43,8 @@ if rl_jobs > 0 then
   grant = math.min(count, math.floor(tokens))
 end
 
-local ids, states, prios, entries = {}, {}, {}, {}
+-- per job handed out: id, state parts (prio, attempts, deliveries, lost), stream prio, entry
+local ids, sp, sa, sd, sl, prios, entries = {}, {}, {}, {}, {}, {}, {}
 local poisoned = 0
 local own = {}
 
@@ -71,10 +72,10 @@ if grant > 0 then
           if fl.e ~= '' then
             redis.call('XCLAIM', K_READY[fl.p], GROUP, worker, 0, fl.e, 'JUSTID')
           end
-          ids[#ids + 1] = id
-          states[#states + 1] = st
-          prios[#prios + 1] = fl.p
-          entries[#entries + 1] = fl.e
+          local k = #ids + 1
+          ids[k], sp[k], sa[k], sd[k], sl[k] = id, st.p, st.a, st.d, st.l
+          prios[k] = fl.p
+          entries[k] = fl.e
         end
       elseif not st then
         redis.call('HDEL', K_INFLIGHT, id)
@@ -92,13 +93,16 @@ for _, p in ipairs(PRIO) do
     local jids = {}
     for i, e in ipairs(got) do jids[i] = e[2][2] end
     local raws = hmget_chunked(K_STATE, jids)
+    local match = string.match
     for i, e in ipairs(got) do
-      local st = st_get(raws[i])
-      if st then
-        ids[#ids + 1] = jids[i]
-        states[#states + 1] = st
-        prios[#prios + 1] = p
-        entries[#entries + 1] = e[1]
+      local raw = raws[i]
+      local s_p, s_a, s_d, s_l
+      if raw then s_p, s_a, s_d, s_l = match(raw, ST_PATTERN) end
+      if s_p then
+        local k = #ids + 1
+        ids[k], sp[k], sa[k], sd[k], sl[k] = jids[i], s_p, s_a, s_d, s_l
+        prios[k] = p
+        entries[k] = e[1]
       else
         -- an entry whose job is gone (purged): drop it so it cannot block the stream
         redis.call('XACK', K_READY[p], GROUP, e[1])
@@ -142,21 +146,20 @@ local envs = hmget_chunked(K_ENV, ids)
 local zargs, sargs, fargs, out = {}, {}, {}, {}
 local until_ms = now + lease
 for i, id in ipairs(ids) do
-  local st = states[i]
   local token = epoch .. (fence + i)
-  st.d = st.d + 1
+  local d = sd[i] + 1
   zargs[#zargs + 1] = until_ms
   zargs[#zargs + 1] = id
   sargs[#sargs + 1] = id
-  sargs[#sargs + 1] = st_put(st)
+  sargs[#sargs + 1] = sp[i] .. '|' .. sa[i] .. '|' .. d .. '|' .. sl[i]
   fargs[#fargs + 1] = id
   fargs[#fargs + 1] = token .. '|' .. prios[i] .. '|' .. entries[i] .. '|' .. worker
   out[#out + 1] = id
   out[#out + 1] = token
   out[#out + 1] = envs[i] or ''
-  out[#out + 1] = st.a
-  out[#out + 1] = st.d
-  out[#out + 1] = st.l
+  out[#out + 1] = sa[i]
+  out[#out + 1] = d
+  out[#out + 1] = sl[i]
 end
 call_chunked('ZADD', K_LEASES, zargs)
 call_chunked('HSET', K_STATE, sargs)
