@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -223,3 +225,51 @@ async def test_an_unexpected_error_settling_one_job_leaves_the_jobs_fetched_with
     # Then the other three ran and completed, and the error was logged
     assert ran == [0, 1, 2, 3]
     assert "a job's run failed unexpectedly" in caplog.text
+
+
+async def test_a_job_that_waits_does_not_keep_the_finished_jobs_of_its_batch_alive(
+    memory_store_url: str, memory_probe: Any
+) -> None:
+    # Given a job that waits until told, fetched with four no-op jobs
+    app = App(queue="jobs")
+    release = asyncio.Event()
+
+    @app.task("waits")
+    async def waits(payload: dict[str, Any]) -> None:
+        await asyncio.wait_for(release.wait(), 10)
+
+    @app.task("noop")
+    async def noop(payload: dict[str, Any]) -> None:
+        return None
+
+    await _enqueue(memory_probe, "waits", {})
+    for n in range(4):
+        await _enqueue(memory_probe, "noop", {"n": n})
+    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    delivered: list[weakref.ref[Any]] = []
+    start = w.runner.start
+
+    def start_and_watch(jobs: Any) -> None:
+        delivered.extend(weakref.ref(job) for job in jobs)
+        start(jobs)
+
+    w.runner.start = start_and_watch  # type: ignore[method-assign]
+
+    # When the four no-op jobs have completed while the first one still waits
+    run = asyncio.create_task(w.run())
+    try:
+        for _ in range(1000):  # bounded
+            if (await memory_probe.fetch_stats()).completed_total >= 4:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the ack's reply is handled
+        gc.collect()
+        alive = [ref() is not None for ref in delivered]
+    finally:
+        release.set()
+        w.request_drain()
+        assert await asyncio.wait_for(run, 10) == 0
+
+    # Then only the waiting job's delivery is still referenced
+    assert len(delivered) == 5
+    assert alive == [True, False, False, False, False]
