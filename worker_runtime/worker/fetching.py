@@ -192,13 +192,8 @@ class FetchLoop:
             w.health.redis_ok()
             if q.dead_lettered_by_fetch:
                 self.export_fetch_dead_letters(q.dead_lettered_by_fetch)
-            fetched = len(jobs)
-            if fetched:
+            if jobs:
                 start(jobs)
-            # The runner holds them now: the lane's next call may wait a long time, and must not
-            # keep this batch (payloads and all) alive meanwhile.
-            jobs = []
-            if fetched:
                 # Give the tasks just created their first step before the next fetch: a handler
                 # that finishes without waiting queues its ack now, so it rides on that fetch
                 # (ack_and_fetch, one round trip that also refills its slot). Fetching at once
@@ -206,7 +201,7 @@ class FetchLoop:
                 # separate ack call and held its slot until that returned: two round trips per
                 # cycle, which under load caps the slots' turnover and grows the backlog.
                 await asyncio.sleep(0)
-            if not fetched and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
+            if not jobs and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
                 # A fetch that came back empty at once (rate limited, answered early)
                 # must not become a busy loop.
                 await self._sleep_unless_draining(0.01)
