@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from worker_runtime.brokers.redis import queue
 def test_a_job_built_from_a_fetch_reply_equals_the_one_init_builds_field_for_field() -> None:
     # Given the values of one fetched job
     env = envelope_mod.build_envelope("send-email", {"to": "a@example.com"})
-    values = {
+    values: dict[str, Any] = {
         "id": "job-1",
         "receipt": "ab12cd34ef56:7",
         "envelope": env,
@@ -26,7 +27,7 @@ def test_a_job_built_from_a_fetch_reply_equals_the_one_init_builds_field_for_fie
 
     # When the fetch's builder and the dataclass's __init__ each build it
     fast = queue.Job.from_reply(
-        "job-1", "ab12cd34ef56:7", env, 2, 3, 1, 1_800_000_030.5, 1_800_000_000.25
+        "job-1", "ab12cd34ef56:7", env, 2, 3, 1_800_000_030.5, 1, 1_800_000_000.25
     )
     slow = queue.Job(**values)
 
@@ -39,7 +40,7 @@ def test_a_job_built_from_a_fetch_reply_equals_the_one_init_builds_field_for_fie
 
 def test_a_job_built_from_a_fetch_reply_is_still_frozen() -> None:
     env = envelope_mod.build_envelope("t", {})
-    job = queue.Job.from_reply("j", "e:1", env, 0, 1, 0, 1.0, 0.5)
+    job = queue.Job.from_reply("j", "e:1", env, 0, 1, 1.0, 0, 0.5)
     with pytest.raises(dataclasses.FrozenInstanceError):
         job.attempts = 5  # type: ignore[misc]
     assert job.attempts == 0

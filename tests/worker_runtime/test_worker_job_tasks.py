@@ -22,6 +22,7 @@ from worker_runtime import App, Retry, config
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import worker as worker_mod
 from worker_runtime.brokers import base
+from worker_runtime.worker import held as held_mod
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -347,3 +348,61 @@ async def test_a_timer_a_finished_job_left_on_its_task_never_cancels_the_next_jo
     assert finished == ["report"]
     stats = await memory_probe.fetch_stats()
     assert (stats.completed_total, stats.failed_total) == (2, 0)
+
+
+def _delivery(n: int) -> base.Delivery:
+    env = envelope_mod.build_envelope("noop", {"n": n})
+    return base.Delivery(
+        id=f"job-{n}", receipt=f"r:{n}", envelope=env, attempts=0, deliveries=1, lease_deadline=0.0
+    )
+
+
+def test_freeing_a_batch_of_slots_counts_only_the_jobs_finished_here_and_each_once(
+    memory_store_url: str,
+) -> None:
+    # Given a worker holding four jobs: two finished here, one whose lease was lost, one released
+    w = worker_mod.Worker(
+        App(queue="jobs"), _settings(memory_store_url), install_signal_handlers=False
+    )
+    hs = [held_mod.Held(_delivery(n), None, "jobs", 0.0) for n in range(4)]
+    hs[2].lost = True
+    hs[3].released = True
+    for h in hs:
+        w.held[(h.job.id, h.job.receipt)] = h
+
+    # When their slots are freed together, and then once more
+    w.forget_all(hs)
+    w.forget_all(hs)
+
+    # Then every slot is free and only the two jobs finished here count, once each
+    assert w.held == {}
+    assert w.processed == 2
+
+
+async def test_a_fetch_that_brought_nothing_starts_nothing_and_reports_no_work(
+    memory_store_url: str,
+) -> None:
+    # Given an idle worker whose control thread records "busy" reports
+    w = worker_mod.Worker(
+        App(queue="jobs"), _settings(memory_store_url), install_signal_handlers=False
+    )
+    w.loop = asyncio.get_running_loop()
+    reports: list[str] = []
+
+    class Control:
+        def report_busy(self) -> None:
+            reports.append("busy")
+
+    w.control = Control()  # type: ignore[assignment]
+
+    # When the runner is handed an empty fetch, then one job
+    w.runner.start([])
+    before = (dict(w.held), list(reports))
+    w.runner.start([_delivery(1)])
+
+    # Then the empty fetch held nothing and reported nothing; the job made the worker busy
+    assert before == ({}, [])
+    assert reports == ["busy"] and len(w.held) == 1
+    for h in list(w.held.values()):
+        assert h.task is not None
+        h.task.cancel()

@@ -135,8 +135,8 @@ class Worker:
         finished = 0
         with self.held_lock:
             for h in hs:
-                held.pop((h.job.id, h.job.receipt), None)
-                if not h.released and not h.lost:
+                was_held = held.pop((h.job.id, h.job.receipt), None) is not None
+                if was_held and not h.released and not h.lost:
                     finished += 1  # finished here: a job given back or lost runs elsewhere
             idle = not held
         self.processed += finished

@@ -75,11 +75,11 @@ class Job(base.Delivery):
         envelope: envelope_mod.JobEnvelope,
         attempts: int,
         deliveries: int,
-        lost: int,
         lease_deadline: float,
+        lost: int,
         fetched_at: float,
     ) -> Job:
-        """The same Job as ``Job(id=..., ...)``, built for the fetch's hot path.
+        """The same Job as ``Job(id=..., ...)`` (arguments in field order), for the fetch loop.
 
         A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``: 2.6 us
         a job here, against 0.7 for filling the instance's ``__dict__`` directly (every field,
@@ -487,8 +487,8 @@ class QueueClient:
                     env,
                     int(flat[i + 3]),
                     int(flat[i + 4]),
-                    int(flat[i + 5]),
                     until,
+                    int(flat[i + 5]),
                     now,
                 )
             )

@@ -12,7 +12,8 @@
 --        time; 3 read new entries high → normal → low; 4 hand out fencing tokens
 --        ("<epoch>:<counters.fence>", the epoch naming this server incarnation) and leases.
 -- Returns: {now, poisoned, next event ms (-1 none), {last delivered ids} (only when empty),
---           {id, token, envelope, attempts, deliveries, lost, ...},
+--           {id, token, envelope, attempts, deliveries, lost, ...} (the counts are integers or
+--           decimal strings: read them with int(), never compare them as they come),
 --           {id, token, ...} of the caller's own expired leases renewed by step 2 (the caller
 --           releases those it no longer holds)}.
 local worker = ARGV[1]
