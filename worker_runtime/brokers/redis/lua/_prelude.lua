@@ -61,8 +61,13 @@ local function st_get(raw)
   return {p = p, a = tonumber(a), d = tonumber(d), l = tonumber(l)}
 end
 
+-- The state value from its parts (fetch's hot loop calls it without a table).
+local function st_text(p, a, d, l)
+  return p .. '|' .. a .. '|' .. d .. '|' .. l
+end
+
 local function st_put(st)
-  return st.p .. '|' .. st.a .. '|' .. st.d .. '|' .. st.l
+  return st_text(st.p, st.a, st.d, st.l)
 end
 
 local function fl_get(raw)

@@ -152,7 +152,7 @@ for i, id in ipairs(ids) do
   zargs[#zargs + 1] = until_ms
   zargs[#zargs + 1] = id
   sargs[#sargs + 1] = id
-  sargs[#sargs + 1] = sp[i] .. '|' .. sa[i] .. '|' .. d .. '|' .. sl[i]
+  sargs[#sargs + 1] = st_text(sp[i], sa[i], d, sl[i])
   fargs[#fargs + 1] = id
   fargs[#fargs + 1] = token .. '|' .. prios[i] .. '|' .. entries[i] .. '|' .. worker
   out[#out + 1] = id
