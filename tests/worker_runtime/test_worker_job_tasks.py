@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import memory_worker
 from worker_runtime import App, Retry, config
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import worker as worker_mod
@@ -31,37 +32,15 @@ TENANT: contextvars.ContextVar[int | None] = contextvars.ContextVar("tenant", de
 
 def _settings(memory_store_url: str) -> config.WorkerSettings:
     # Eight slots, one fetch lane: the backlog arrives in fetches of up to eight jobs.
-    return config.WorkerSettings(
-        redis_url=memory_store_url,
-        queue="jobs",
-        metrics_port=0,
-        concurrency=8,
-        retry_backoff_base_seconds=0.01,
-        retry_backoff_jitter="none",
-        log_level="warning",
-    )
+    return memory_worker.settings(memory_store_url, concurrency=8)
 
 
-async def _enqueue(broker: Any, task: str, payload: dict[str, Any]) -> str:
-    env = envelope_mod.build_envelope(task, payload)
-    return str((await broker.enqueue(base.EnqueueRequest(envelope=env))).job_id)
-
-
-async def _run_until_completed(
-    w: worker_mod.Worker, probe: Any, count: int, dead: int = 0, seconds: float = 10.0
-) -> None:
-    run = asyncio.create_task(w.run())
-    try:
-        for _ in range(int(seconds / 0.01)):  # bounded
-            stats = await probe.fetch_stats()
-            if stats.completed_total >= count and stats.dead_letter >= dead:
-                return
-            await asyncio.sleep(0.01)
+async def _run_until_completed(w: worker_mod.Worker, probe: Any, count: int, dead: int = 0) -> None:
+    async def done() -> bool:
         stats = await probe.fetch_stats()
-        raise AssertionError(f"{stats.completed_total} of {count} jobs completed: {stats}")
-    finally:
-        w.request_drain()
-        assert await asyncio.wait_for(run, 10) == 0
+        return bool(stats.completed_total >= count and stats.dead_letter >= dead)
+
+    await memory_worker.run_until(w, done, f"{count} completed and {dead} dead-lettered jobs")
 
 
 async def test_a_context_variable_one_handler_sets_never_reaches_the_next_job(
@@ -79,7 +58,7 @@ async def test_a_context_variable_one_handler_sets_never_reaches_the_next_job(
         TENANT.set(payload["n"])
 
     for n in range(6):
-        await _enqueue(memory_probe, "tenant", {"n": n})
+        await memory_worker.enqueue(memory_probe, "tenant", {"n": n})
 
     # When one worker runs them
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
@@ -108,8 +87,8 @@ async def test_a_job_that_waits_does_not_hold_up_the_jobs_fetched_with_it(
         order.append("setter")
         ready.set()
 
-    await _enqueue(memory_probe, "waiter", {})
-    await _enqueue(memory_probe, "setter", {})
+    await memory_worker.enqueue(memory_probe, "waiter", {})
+    await memory_worker.enqueue(memory_probe, "setter", {})
 
     # When one worker runs them
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
@@ -151,11 +130,11 @@ async def test_a_job_that_waits_keeps_one_task_of_its_own_and_its_timeout_reache
     async def noop(payload: dict[str, Any]) -> None:
         return None
 
-    await _enqueue(memory_probe, "noop", {"n": 0})
-    await _enqueue(memory_probe, "twice", {"n": 1})
-    await _enqueue(memory_probe, "bounded", {"n": 2})
-    await _enqueue(memory_probe, "noop", {"n": 3})
-    await _enqueue(memory_probe, "twice", {"n": 4})
+    await memory_worker.enqueue(memory_probe, "noop", {"n": 0})
+    await memory_worker.enqueue(memory_probe, "twice", {"n": 1})
+    await memory_worker.enqueue(memory_probe, "bounded", {"n": 2})
+    await memory_worker.enqueue(memory_probe, "noop", {"n": 3})
+    await memory_worker.enqueue(memory_probe, "twice", {"n": 4})
 
     # When one worker runs them
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
@@ -188,8 +167,8 @@ async def test_a_handler_that_cancels_its_own_task_does_not_cancel_the_next_job(
         await asyncio.sleep(0.01)
         finished.append("waits")
 
-    await _enqueue(memory_probe, "cancel-self", {})
-    await _enqueue(memory_probe, "waits", {})
+    await memory_worker.enqueue(memory_probe, "cancel-self", {})
+    await memory_worker.enqueue(memory_probe, "waits", {})
 
     # When one worker runs them
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
@@ -214,9 +193,9 @@ async def test_a_job_that_waits_does_not_keep_the_finished_jobs_of_its_batch_ali
     async def noop(payload: dict[str, Any]) -> None:
         return None
 
-    await _enqueue(memory_probe, "waits", {})
+    await memory_worker.enqueue(memory_probe, "waits", {})
     for n in range(4):
-        await _enqueue(memory_probe, "noop", {"n": n})
+        await memory_worker.enqueue(memory_probe, "noop", {"n": n})
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
     delivered: list[weakref.ref[Any]] = []
     start = w.runner.start
@@ -271,8 +250,8 @@ async def test_state_a_handler_keys_by_its_task_never_reaches_another_job(
         committed.append(list(unit()))
 
     for n in range(5):
-        await _enqueue(memory_probe, "add", {"n": n})
-    await _enqueue(memory_probe, "commit", {"n": 5})
+        await memory_worker.enqueue(memory_probe, "add", {"n": n})
+    await memory_worker.enqueue(memory_probe, "commit", {"n": 5})
 
     # When one worker runs them
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
@@ -306,8 +285,8 @@ async def test_a_done_callback_on_a_jobs_task_runs_when_that_job_ends(
         events.append("long ended")
 
     for n in range(4):
-        await _enqueue(memory_probe, "quick", {"n": n})
-    await _enqueue(memory_probe, "long", {})
+        await memory_worker.enqueue(memory_probe, "quick", {"n": n})
+    await memory_worker.enqueue(memory_probe, "long", {})
 
     # When one worker runs them
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
@@ -337,8 +316,8 @@ async def test_a_timer_a_finished_job_left_on_its_task_never_cancels_the_next_jo
         await asyncio.sleep(0.2)
         finished.append("report")
 
-    await _enqueue(memory_probe, "lookup", {})
-    await _enqueue(memory_probe, "report", {})
+    await memory_worker.enqueue(memory_probe, "lookup", {})
+    await memory_worker.enqueue(memory_probe, "report", {})
 
     # When one worker runs them
     w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import memory_worker
 from worker_runtime import (
     App,
     Backoff,
@@ -24,60 +25,21 @@ from worker_runtime import (
     Retry,
     RetryLater,
     brokers,
-    config,
     errors,
 )
-from worker_runtime import envelope as envelope_mod
 from worker_runtime import worker as worker_mod
 from worker_runtime.brokers import base
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def _settings(memory_store_url: str, **overrides: Any) -> config.WorkerSettings:
-    values: dict[str, Any] = {
-        "redis_url": memory_store_url,
-        "queue": "jobs",
-        "metrics_port": 0,
-        "concurrency": 4,
-        "retry_backoff_base_seconds": 0.01,
-        "retry_backoff_jitter": "none",
-        "log_level": "warning",
-    }
-    values.update(overrides)
-    return config.WorkerSettings(**values)
-
-
-async def _enqueue(broker: Any, task: str, payload: dict[str, Any] | None = None) -> str:
-    env = envelope_mod.build_envelope(task, payload or {})
-    result = await broker.enqueue(base.EnqueueRequest(envelope=env))
-    return str(result.job_id)
-
-
-async def _until(check: Callable[[], Any], seconds: float, what: str) -> None:
-    for _ in range(int(seconds / 0.01)):  # bounded
-        if await check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _heartbeat_listed(probe: Any) -> Callable[[], Any]:
-    """A check for ``_until``: the probe's queue lists a worker's heartbeat."""
+    """A check for ``memory_worker.until``: the probe's queue lists a worker's heartbeat."""
 
     async def check() -> bool:
         return bool((await probe.fetch_stats()).workers)
 
     return check
-
-
-async def _run_until(w: worker_mod.Worker, check: Callable[[], Any], what: str) -> None:
-    run = asyncio.create_task(w.run())
-    try:
-        await _until(check, 10.0, what)
-    finally:
-        w.request_drain()
-        assert await asyncio.wait_for(run, 10) == 0
 
 
 async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_at_max_attempts(
@@ -92,14 +54,16 @@ async def test_a_failing_job_is_retried_with_backoff_then_dead_lettered_at_max_a
         attempts.append(ctx.attempt)
         raise RuntimeError(f"boom {ctx.attempt}")
 
-    job_id = await _enqueue(memory_probe, "flaky")
-    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    job_id = await memory_worker.enqueue(memory_probe, "flaky")
+    w = worker_mod.Worker(
+        app, memory_worker.settings(memory_store_url), install_signal_handlers=False
+    )
 
     # When the worker runs until the job is in the dead-letter queue
     async def dead() -> bool:
         return await memory_probe.show_dead_letter(job_id) is not None
 
-    await _run_until(w, dead, "the dead letter")
+    await memory_worker.run_until(w, dead, "the dead letter")
 
     # Then it ran three times, and its dead letter says why with every failure in order
     assert attempts == [1, 2, 3]
@@ -129,16 +93,18 @@ async def test_reject_dead_letters_at_once_and_retry_later_runs_again_then_compl
         if ctx.attempt == 1:
             raise RetryLater(0.05)
 
-    rejected = await _enqueue(memory_probe, "refuse")
-    await _enqueue(memory_probe, "later")
-    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    rejected = await memory_worker.enqueue(memory_probe, "refuse")
+    await memory_worker.enqueue(memory_probe, "later")
+    w = worker_mod.Worker(
+        app, memory_worker.settings(memory_store_url), install_signal_handlers=False
+    )
 
     # When the worker runs until the retried job completed
     async def settled() -> bool:
         stats = await memory_probe.fetch_stats()
         return bool(stats.completed_total == 1 and stats.dead_letter == 1)
 
-    await _run_until(w, settled, "one completed job and one dead letter")
+    await memory_worker.run_until(w, settled, "one completed job and one dead letter")
 
     # Then the rejected job ran once and went to the DLQ as non-retryable; the other ran twice
     assert sorted(runs) == ["later 1", "later 2", "refuse"]
@@ -172,17 +138,19 @@ async def test_a_failure_whose_exception_cannot_be_printed_or_read_is_still_reco
         runs.append(f"{payload['kind']} {ctx.attempt}")
         raise _Unprintable() if payload["kind"] == "unprintable" else _BrokenHint("busy")
 
-    unprintable = await _enqueue(memory_probe, "odd", {"kind": "unprintable"})
-    broken_hint = await _enqueue(memory_probe, "odd", {"kind": "hint"})
+    unprintable = await memory_worker.enqueue(memory_probe, "odd", {"kind": "unprintable"})
+    broken_hint = await memory_worker.enqueue(memory_probe, "odd", {"kind": "hint"})
     w = worker_mod.Worker(
-        app, _settings(memory_store_url, lease_seconds=30.0), install_signal_handlers=False
+        app,
+        memory_worker.settings(memory_store_url, lease_seconds=30.0),
+        install_signal_handlers=False,
     )
 
     # When the worker runs until both are dead letters
     async def both_dead() -> bool:
         return (await memory_probe.fetch_stats()).dead_letter == 2
 
-    await _run_until(w, both_dead, "two dead letters")
+    await memory_worker.run_until(w, both_dead, "two dead letters")
 
     # Then each ran twice (retried after its first failure, not after a lease), and each
     # failure is in its history: the unprintable one by a stand-in for its message
@@ -219,10 +187,10 @@ async def test_a_replacement_retry_policy_decides_instead_of_the_default_matrix(
         attempts.append(ctx.attempt)
         raise RuntimeError("once is enough")
 
-    job_id = await _enqueue(memory_probe, "fails")
+    job_id = await memory_worker.enqueue(memory_probe, "fails")
     w = worker_mod.Worker(
         app,
-        _settings(memory_store_url),
+        memory_worker.settings(memory_store_url),
         install_signal_handlers=False,
         policy=_DeadLetterEverything(),
     )
@@ -231,7 +199,7 @@ async def test_a_replacement_retry_policy_decides_instead_of_the_default_matrix(
     async def dead() -> bool:
         return await memory_probe.show_dead_letter(job_id) is not None
 
-    await _run_until(w, dead, "the dead letter")
+    await memory_worker.run_until(w, dead, "the dead letter")
 
     # Then the policy's decision was applied after the first attempt
     assert attempts == [1]
@@ -257,17 +225,19 @@ async def test_drain_lets_a_quick_job_finish_and_releases_a_slow_one_without_spe
         started.append("slow")
         await asyncio.sleep(60)
 
-    await _enqueue(memory_probe, "quick")
-    slow_id = await _enqueue(memory_probe, "slow")
+    await memory_worker.enqueue(memory_probe, "quick")
+    slow_id = await memory_worker.enqueue(memory_probe, "slow")
     w = worker_mod.Worker(
-        app, _settings(memory_store_url, drain_timeout_seconds=3.0), install_signal_handlers=False
+        app,
+        memory_worker.settings(memory_store_url, drain_timeout_seconds=3.0),
+        install_signal_handlers=False,
     )
     run = asyncio.create_task(w.run())
 
     async def both_running() -> bool:
         return len(started) == 2
 
-    await _until(both_running, 10.0, "both jobs to start")
+    await memory_worker.until(both_running, 10.0, "both jobs to start")
 
     # When the drain starts and the quick job finishes during it
     w.request_drain()
@@ -307,15 +277,17 @@ async def test_a_worker_started_while_its_broker_is_unreachable_waits_for_it_the
     async def work(payload: dict[str, Any]) -> None:
         done.append("work")
 
-    await _enqueue(memory_probe, "work")
-    w = worker_mod.Worker(app, _settings(memory_store_url), install_signal_handlers=False)
+    await memory_worker.enqueue(memory_probe, "work")
+    w = worker_mod.Worker(
+        app, memory_worker.settings(memory_store_url), install_signal_handlers=False
+    )
 
     # When the worker starts anyway
     async def completed_and_beating() -> bool:
         stats = await memory_probe.fetch_stats()
         return bool(stats.completed_total == 1 and stats.workers)
 
-    await _run_until(w, completed_and_beating, "the job done and a heartbeat")
+    await memory_worker.run_until(w, completed_and_beating, "the job done and a heartbeat")
 
     # Then both of its connections kept trying until the broker answered, and the job ran once
     assert done == ["work"]
@@ -332,7 +304,9 @@ def _worker_with_a_held_task(url: str) -> tuple[worker_mod.Worker, asyncio.Event
     async def held(payload: dict[str, Any]) -> None:
         await release.wait()
 
-    worker = worker_mod.Worker(app, _settings(url, lease_seconds=30), install_signal_handlers=False)
+    worker = worker_mod.Worker(
+        app, memory_worker.settings(url, lease_seconds=30), install_signal_handlers=False
+    )
     return worker, release
 
 
@@ -359,18 +333,18 @@ async def test_a_worker_whose_last_job_settles_beats_idle_at_once_not_a_period_l
     run = asyncio.create_task(w.run())
     try:
         # (its first beat, at start, saw no job; the job comes after it)
-        await _until(beat_shows(0), 5.0, "the first heartbeat")
-        await _enqueue(memory_probe, "held")
-        await _until(job_held, 5.0, "the job held")
+        await memory_worker.until(beat_shows(0), 5.0, "the first heartbeat")
+        await memory_worker.enqueue(memory_probe, "held")
+        await memory_worker.until(job_held, 5.0, "the job held")
         assert w.control is not None
         w.control.wake()  # one beat that sees the job, as a periodic one would
-        await _until(beat_shows(1), 5.0, "a heartbeat showing the job")
+        await memory_worker.until(beat_shows(1), 5.0, "a heartbeat showing the job")
 
         # When the job settles
         release.set()
 
         # Then a heartbeat says the worker is idle well before the next periodic beat (10 s)
-        await _until(beat_shows(0), 5.0, "a heartbeat showing no job")
+        await memory_worker.until(beat_shows(0), 5.0, "a heartbeat showing no job")
         assert (await memory_probe.fetch_stats()).completed_total == 1
     finally:
         w.request_drain()
@@ -385,12 +359,12 @@ async def test_an_idle_worker_that_takes_a_job_beats_busy_at_once_not_a_period_l
     beat_shows = functools.partial(_beat_shows, memory_probe)
     run = asyncio.create_task(w.run())
     try:
-        await _until(beat_shows(0), 5.0, "the first heartbeat, idle")
+        await memory_worker.until(beat_shows(0), 5.0, "the first heartbeat, idle")
         # When a job arrives and the worker takes it
-        await _enqueue(memory_probe, "held")
+        await memory_worker.enqueue(memory_probe, "held")
         # Then a heartbeat says it holds the job well before the next periodic beat (10 s): a
         # scale-in ranking read now would not take it for the idle pod to remove
-        await _until(beat_shows(1), 5.0, "a heartbeat showing the job")
+        await memory_worker.until(beat_shows(1), 5.0, "a heartbeat showing the job")
     finally:
         release.set()
         w.request_drain()
@@ -426,28 +400,28 @@ async def test_a_worker_flapping_between_one_job_and_none_beats_early_once_per_p
 
     w = worker_mod.Worker(
         app,
-        _settings(memory_store_url, lease_seconds=30, concurrency=1),
+        memory_worker.settings(memory_store_url, lease_seconds=30, concurrency=1),
         install_signal_handlers=False,
     )
     run = asyncio.create_task(w.run())
     try:
-        await _until(_heartbeat_listed(memory_probe), 5.0, "the first heartbeat")
+        await memory_worker.until(_heartbeat_listed(memory_probe), 5.0, "the first heartbeat")
         # When 300 jobs come, each one leaving the worker idle for a moment, and a beat in their
         # midst sees one held
         for _ in range(300):
-            await _enqueue(memory_probe, "quick")
+            await memory_worker.enqueue(memory_probe, "quick")
 
         async def some_done() -> bool:
             return (await memory_probe.fetch_stats()).completed_total >= 20
 
-        await _until(some_done, 10.0, "the first jobs done")
+        await memory_worker.until(some_done, 10.0, "the first jobs done")
         assert w.control is not None
         w.control.wake()
 
         async def all_done() -> bool:
             return (await memory_probe.fetch_stats()).completed_total == 300
 
-        await _until(all_done, 20.0, "all jobs done")
+        await memory_worker.until(all_done, 20.0, "all jobs done")
     finally:
         w.request_drain()
         assert await asyncio.wait_for(run, 10) == 0
@@ -461,9 +435,9 @@ async def test_a_heartbeat_asked_for_after_the_worker_stopped_is_nothing_not_an_
 ) -> None:
     # Given a worker that ran and stopped (its control thread's event loop closed)
     w = worker_mod.Worker(
-        App(queue="jobs"), _settings(memory_store_url), install_signal_handlers=False
+        App(queue="jobs"), memory_worker.settings(memory_store_url), install_signal_handlers=False
     )
-    await _run_until(w, _heartbeat_listed(memory_probe), "a heartbeat")
+    await memory_worker.run_until(w, _heartbeat_listed(memory_probe), "a heartbeat")
     assert w.control is not None and not w.control.is_alive()
     # When something asks for a heartbeat now (a job settling late, a drain step)
     w.control.wake()
