@@ -361,9 +361,11 @@ def test_watch_to_a_pipe_prints_each_frame_as_plain_text_and_a_blank_line(
     env, _ = seeded
     # Given a watch (no --json) whose stdout is a pipe, not a terminal
     with watch_stats(env) as proc:
-        # When two ticks have passed, while it still runs
+        # When two whole ticks have passed, while it still runs (a frame's lines may come in
+        # separate writes: wait for the blank line that ends the second one)
         text = read_while_running(
-            proc, lambda t: len(re.findall(r"^dead letters +4$", t, re.M)) >= 2
+            proc,
+            lambda t: len(re.findall(r"^dead letters +4$", t, re.M)) >= 2 and t.endswith("\n\n"),
         )
         # Then each frame arrived at once as plain text (no terminal codes), a blank line after it
         frames = [f for f in text.split("\n\n") if f.strip()]
