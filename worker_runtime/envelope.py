@@ -258,7 +258,7 @@ def _build_plain_envelope(
         job_id = new_job_id()
     elif type(job_id) is not str or _JOB_ID_TEXT.fullmatch(job_id) is None:
         return None
-    if headers is None:
+    if not headers:  # None or empty: the slow path's dict(headers or {}) is {} too
         headers = {}
     elif type(headers) is dict and all(
         type(k) is str and type(v) is str for k, v in headers.items()
