@@ -7,7 +7,8 @@ By hand (not part of ``make bench-runtime``); run with the project's .venv from 
 
 Each ``--source NAME=DIR`` is a worker_runtime to measure (DIR holds a ``worker_runtime``
 package, e.g. ``git archive main worker_runtime | tar -x -C DIR``; empty = this checkout);
-``--source bare-loop=`` measures the bare loop (peers/bare_bench.py) at the same rate. The
+``--source bare-loop=`` measures the bare loop (peers/bare_bench.py) at the same rate, and a
+NAME ending in ``+uvloop`` runs that worker with ``WORKERFLEET_EVENT_LOOP=uvloop``. The
 variants take turns round by round, so a burst of load from elsewhere on the machine lands on
 each of them, and the medians over rounds are printed. Each measurement is driver.py's
 ``measure_latency`` (one worker at concurrency 50, a paced producer, BENCH_LAT_SECONDS long).
@@ -86,9 +87,13 @@ def main() -> int:
         for i in range(args.rounds):
             for name, source in variants:
 
-                def env_with_source(*a: Any, _src: str = source, **kw: Any) -> dict[str, str]:
+                def env_with_source(
+                    *a: Any, _src: str = source, _name: str = name, **kw: Any
+                ) -> dict[str, str]:
                     env = plain_env(*a, **kw)
                     env["BENCH_WF_SOURCE"] = _src
+                    if _name.endswith("+uvloop"):  # WORKERFLEET_EVENT_LOOP=uvloop
+                        env["BENCH_WF_EVENT_LOOP"] = "uvloop"
                     env["BENCH_WF_TRACE"] = "1" if args.trace else "0"
                     return env
 

@@ -8,7 +8,9 @@ package, e.g. ``git archive main worker_runtime | tar -x -C DIR``; empty = this 
 A NAME of ``bare-loop`` (DIR empty) measures the bare loop instead, and ``bare-loop-N`` the bare
 loop reading N entries per cycle (``BENCH_BARE_READ``, peers/bare_bench.py): with
 ``--source bare-loop= --source bare-loop-25= --source wf=`` it shows how much of the distance
-to the bare loop is the worker's smaller batches (bench/README.md).
+to the bare loop is the worker's smaller batches (bench/README.md). A NAME ending in ``+uvloop``
+runs that worker with ``WORKERFLEET_EVENT_LOOP=uvloop`` (``--source asyncio= --source
+uvloop+uvloop=`` compares the two loops on this checkout).
 The variants take turns round by round (so a burst of load from elsewhere lands on each of
 them) and each round is driver.py's ``measure``: the backlog enqueued first, then one worker at
 concurrency 50, timed from its first job start to its last. Prints per round and the medians of
@@ -47,6 +49,8 @@ def main() -> int:
         for i in range(args.rounds):
             for name, source in variants:
                 system, env = wf, {"BENCH_WF_SOURCE": source}
+                if name.endswith("+uvloop"):  # the worker with WORKERFLEET_EVENT_LOOP=uvloop
+                    env["BENCH_WF_EVENT_LOOP"] = "uvloop"
                 if name.startswith("bare-loop"):
                     read = name.removeprefix("bare-loop").removeprefix("-")
                     system, env = bare, ({"BENCH_BARE_READ": read} if read else {})

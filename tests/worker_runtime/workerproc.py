@@ -72,6 +72,33 @@ def new_queue(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def worker_env(
+    redis_url: str,
+    queue: str,
+    *,
+    concurrency: int = 4,
+    lease_seconds: float = 3.0,
+    drain_timeout: float = 10.0,
+    metrics_port: int = 0,
+) -> dict[str, str]:
+    """The environment of a test worker process: this checkout importable, fast retries."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "operator")]),
+        "WORKERFLEET_REDIS_URL": redis_url,
+        "WORKERFLEET_QUEUE": queue,
+        "WORKERFLEET_CONCURRENCY": str(concurrency),
+        "WORKERFLEET_LEASE_SECONDS": str(lease_seconds),
+        "WORKERFLEET_DRAIN_TIMEOUT_SECONDS": str(drain_timeout),
+        "WORKERFLEET_METRICS_PORT": str(metrics_port),
+        "WORKERFLEET_METRICS_HOST": "127.0.0.1",
+        "WORKERFLEET_LOG_FORMAT": "json",
+        "WORKERFLEET_LOG_LEVEL": "info",
+        "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS": "0.05",
+        "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "0.5",
+    }
+
+
 class WorkerProc:
     """One ``python -m worker_runtime worker`` subprocess with its own log file."""
 
@@ -91,19 +118,14 @@ class WorkerProc:
         self.queue = queue
         self.metrics_port = metrics_port
         env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "operator")]),
-            "WORKERFLEET_REDIS_URL": redis_url,
-            "WORKERFLEET_QUEUE": queue,
-            "WORKERFLEET_CONCURRENCY": str(concurrency),
-            "WORKERFLEET_LEASE_SECONDS": str(lease_seconds),
-            "WORKERFLEET_DRAIN_TIMEOUT_SECONDS": str(drain_timeout),
-            "WORKERFLEET_METRICS_PORT": str(metrics_port),
-            "WORKERFLEET_METRICS_HOST": "127.0.0.1",
-            "WORKERFLEET_LOG_FORMAT": "json",
-            "WORKERFLEET_LOG_LEVEL": "info",
-            "WORKERFLEET_RETRY_BACKOFF_BASE_SECONDS": "0.05",
-            "WORKERFLEET_RETRY_BACKOFF_MAX_SECONDS": "0.5",
+            **worker_env(
+                redis_url,
+                queue,
+                concurrency=concurrency,
+                lease_seconds=lease_seconds,
+                drain_timeout=drain_timeout,
+                metrics_port=metrics_port,
+            ),
             **(extra_env or {}),
         }
         self.log_path = Path(log_dir or tempfile.mkdtemp(prefix="wf-worker-")) / (

@@ -168,6 +168,8 @@ def worker_command() -> tuple[list[str], dict[str, str]]:
     }
     if common.CONCURRENCY:
         env["WORKERFLEET_CONCURRENCY"] = str(common.CONCURRENCY)
+    if os.environ.get("BENCH_WF_EVENT_LOOP"):  # the probes' "+uvloop" variants
+        env["WORKERFLEET_EVENT_LOOP"] = os.environ["BENCH_WF_EVENT_LOOP"]
     return [sys.executable, "-m", "worker_runtime", "worker", "wf_bench:app"], env
 
 
