@@ -111,30 +111,35 @@ def validate_finite_numbers(value: object, *, name: str = "payload") -> None:
     the job was dead-lettered as ``invalid_payload``) for a number the producer sent.
     """
     stack = [value]
+    seen: set[int] = set()  # containers walked: a payload holding itself must not loop forever
     while stack:
         v = stack.pop()
         if type(v) is float:
             if v - v != 0.0:  # nan or ±inf (finite - itself is 0.0)
-                where = _path_of_non_finite(value, name) or name
+                where = _path_of_non_finite(value, name, set()) or name
                 msg = f"{where} is {v}: JSON has no NaN or infinity (it would arrive as null)"
                 raise ValueError(msg)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, list | tuple):
-            stack.extend(v)
+        elif isinstance(v, dict | list | tuple):
+            if id(v) in seen:
+                continue  # walked already (a shared or cyclic reference; pydantic refuses a cycle)
+            seen.add(id(v))
+            stack.extend(v.values() if isinstance(v, dict) else v)
 
 
-def _path_of_non_finite(value: object, path: str) -> str | None:
+def _path_of_non_finite(value: object, path: str, seen: set[int]) -> str | None:
     # Only on the way to an error: where the first NaN or infinity is, as payload.a[2].b.
     if isinstance(value, float) and value - value != 0.0:
         return path
+    if id(value) in seen:
+        return None
+    seen.add(id(value))
     items: list[tuple[str, object]] = []
     if isinstance(value, dict):
         items = [(f"{path}.{k}", v) for k, v in value.items()]
     elif isinstance(value, list | tuple):
         items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
     for sub, v in items:
-        found = _path_of_non_finite(v, sub)
+        found = _path_of_non_finite(v, sub, seen)
         if found is not None:
             return found
     return None
@@ -165,7 +170,7 @@ def build_envelope(
     plain = _build_plain_envelope(
         task,
         payload,
-        _PRIORITIES.get(priority),
+        _known_priority(priority),
         max_attempts,
         correlation_id,
         idempotency_key,
@@ -200,16 +205,29 @@ def build_envelope(
 # holds the two paths to the same model, fields set and bytes.
 _PRIORITIES: dict[object, Priority] = {p.value: p for p in Priority}
 _SET_BY_BUILD = frozenset(JobEnvelope.model_fields) - {"v"}
-_JOB_ID_TEXT = re.compile(r"[^\x00-\x1f]{1,200}")
+# pydantic refuses a lone surrogate in a constrained string (the job id, the task), which
+# could not be encoded anyway; a payload nested deeper than its limit (254 levels) too.
+_JOB_ID_TEXT = re.compile(r"[^\x00-\x1f\ud800-\udfff]{1,200}")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_MAX_PLAIN_DEPTH = 200
+
+
+def _known_priority(priority: object) -> Priority | None:
+    # Priority(priority) refuses an unhashable value with a ValueError: the slow path says so.
+    try:
+        return _PRIORITIES.get(priority)
+    except TypeError:
+        return None
 
 
 class _NotPlain(Exception):
     """A value outside the plain path's types: pydantic validates it instead."""
 
 
-def _copy_plain_json(value: object) -> object:
+def _copy_plain_json(value: object, depth: int = 0) -> object:
     # A copy (as validation makes one) of a tree of exactly-typed JSON values; raises _NotPlain
-    # at anything else, and at NaN or infinity (build_payload then names where it is).
+    # at anything else, at NaN or infinity (build_payload then names where it is), and past
+    # _MAX_PLAIN_DEPTH levels (pydantic decides; a cycle is refused there).
     kind = type(value)
     if kind is str or kind is int or kind is bool or value is None:
         return value
@@ -217,15 +235,17 @@ def _copy_plain_json(value: object) -> object:
         if value - value != 0.0:  # type: ignore[operator]
             raise _NotPlain
         return value
+    if depth >= _MAX_PLAIN_DEPTH and (kind is dict or kind is list):
+        raise _NotPlain
     if kind is dict:
         out = {}
         for key, item in value.items():  # type: ignore[attr-defined]
             if type(key) is not str:
                 raise _NotPlain
-            out[key] = _copy_plain_json(item)
+            out[key] = _copy_plain_json(item, depth + 1)
         return out
     if kind is list:
-        return [_copy_plain_json(item) for item in value]  # type: ignore[attr-defined]
+        return [_copy_plain_json(item, depth + 1) for item in value]  # type: ignore[attr-defined]
     raise _NotPlain
 
 
@@ -247,6 +267,7 @@ def _build_plain_envelope(
         priority is None
         or type(task) is not str
         or not 1 <= len(task) <= 200
+        or _SURROGATE.search(task) is not None
         or type(at) is not float
         or not (expires_at is None or type(expires_at) is float)
         or not (max_attempts is None or (type(max_attempts) is int and max_attempts >= 1))
@@ -268,7 +289,7 @@ def _build_plain_envelope(
         return None
     try:
         data = None if payload is None else _copy_plain_json(payload)
-    except (_NotPlain, RecursionError):
+    except _NotPlain:
         return None
     if not (data is None or type(data) is dict):
         return None

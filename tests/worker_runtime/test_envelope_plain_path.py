@@ -44,6 +44,16 @@ def build_both(task: Any, payload: Any, **options: Any) -> tuple[JobEnvelope, Jo
     )
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """A payload ``depth`` dicts deep: {"a": {"a": ... {}}}."""
+    top: dict[str, Any] = {}
+    inner = top
+    for _ in range(depth - 1):
+        inner["a"] = {}
+        inner = inner["a"]
+    return top
+
+
 PLAIN_CASES: list[tuple[str, Any, dict[str, Any]]] = [
     ("noop", None, {}),
     ("noop", {}, {}),
@@ -138,6 +148,13 @@ REFUSED_CASES: list[tuple[str, Any, dict[str, Any]]] = [
     ("noop", {"i": 1}, {"job_id": "line\nbreak"}),
     ("noop", {"i": 1}, {"job_id": "x" * 201}),
     ("noop", {"i": 1}, {"headers": {"n": 1}}),
+    # a lone surrogate in a constrained string: pydantic refuses it (it could not be encoded)
+    ("t\ud800", {"i": 1}, {}),
+    ("noop", {"i": 1}, {"job_id": "\udcff"}),
+    # nested deeper than pydantic's limit (254 levels)
+    ("noop", "DEEP-300", {}),
+    # an unhashable priority is a ValueError, as Priority(...) says
+    ("noop", {"i": 1}, {"priority": ["high"]}),
 ]
 
 
@@ -146,8 +163,30 @@ def test_inputs_pydantic_refuses_are_refused_with_the_same_error(
     task: str, payload: Any, options: dict[str, Any]
 ) -> None:
     options = {"job_id": "fixed-id", "now": NOW, **options}
+    if payload == "DEEP-300":
+        payload = nested(300)
     with pytest.raises((ValueError, TypeError)) as before:
         build_validated(task, payload, **options)
     with pytest.raises(type(before.value)) as now:
         envelope.build_envelope(task, payload, **options)
     assert str(now.value) == str(before.value)
+
+
+def test_a_payload_as_deep_as_validation_allows_builds_as_validation_builds_it() -> None:
+    # 254 levels: the deepest pydantic accepts; the plain path hands deep payloads to it
+    fast, validated = build_both("noop", nested(254))
+    assert fast == validated
+    assert envelope.encode_envelope(fast) == envelope.encode_envelope(validated)
+
+
+@pytest.mark.timeout(10)
+def test_a_payload_that_holds_itself_is_refused_at_once_not_walked_forever() -> None:
+    # The finite-number check walked a cyclic payload forever (the producer hung)
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValueError, match="cyclic reference"):
+        envelope.build_envelope("noop", {"items": cyclic}, now=NOW)
+    looped: dict[str, Any] = {"x": float("nan")}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match=r"payload\.x is nan"):
+        envelope.build_envelope("noop", looped, now=NOW)

@@ -33,7 +33,21 @@ def settings(**values: str) -> config.WorkerSettings:
 def test_the_default_loop_is_asyncios_own(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORKERFLEET_EVENT_LOOP", raising=False)
     assert settings().event_loop == "asyncio"
-    assert core.select_loop_factory("asyncio") is asyncio.new_event_loop
+    assert core.select_loop_factory("asyncio") is None  # asyncio.Runner's own, as asyncio.run
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_the_running_loop_is_the_current_loop_a_library_asks_the_policy_for(
+    event_loop: config.EventLoop,
+) -> None:
+    # Older libraries call asyncio.get_event_loop_policy().get_event_loop() from a coroutine:
+    # under asyncio.run that is the running loop, and it must stay so on either loop.
+    async def main() -> tuple[bool, str]:
+        running = asyncio.get_running_loop()
+        current = asyncio.get_event_loop_policy().get_event_loop()
+        return current is running, type(running).__module__.split(".")[0]
+
+    assert core.run_on_event_loop(main, event_loop) == (True, event_loop)
 
 
 def test_the_setting_takes_any_case_and_refuses_an_unknown_loop() -> None:

@@ -18,7 +18,8 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, TypeVar
 
 from worker_runtime import app as app_mod
 from worker_runtime import backoff, brokers, config, errors, health, logs, metrics, startup
@@ -30,6 +31,7 @@ from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import policy as policy_mod
 
 log = logs.get_logger("worker")
+T = TypeVar("T")
 
 
 class Worker:
@@ -290,19 +292,40 @@ def run_worker(
             on_started(worker)
         return await worker.run()
 
-    with asyncio.Runner(loop_factory=select_loop_factory(settings.event_loop)) as runner:
-        return runner.run(main())
+    return run_on_event_loop(main, settings.event_loop)
 
 
-def select_loop_factory(event_loop: config.EventLoop) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The factory of the job loop's event loop (``WORKERFLEET_EVENT_LOOP``).
+def run_on_event_loop(
+    main: Callable[[], Coroutine[Any, Any, T]], event_loop: config.EventLoop
+) -> T:
+    """Run ``main()`` to completion on a fresh loop of the kind ``WORKERFLEET_EVENT_LOOP`` names.
+
+    On asyncio this is ``asyncio.run``. On uvloop the loop is also made the current one for the
+    run, as ``asyncio.run`` does for its own: a library asking the policy for the current loop
+    gets the running one (a loop factory alone leaves the policy without it).
+    """
+    factory = select_loop_factory(event_loop)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        if factory is None:
+            return runner.run(main())
+        asyncio.set_event_loop(runner.get_loop())
+        try:
+            return runner.run(main())
+        finally:
+            asyncio.set_event_loop(None)
+
+
+def select_loop_factory(
+    event_loop: config.EventLoop,
+) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory of the job loop's event loop; None for asyncio's own (``asyncio.run``'s).
 
     uvloop runs the same asyncio tasks on libuv: measured on no-op jobs it cut the worker's CPU
-    per job by ~9% (docs/runtime.md). It is an optional package: asking for it without it
+    per job by ~8% (docs/runtime.md). It is an optional package: asking for it without it
     installed is a configuration error, never a silent fall back to asyncio.
     """
     if event_loop == "asyncio":
-        return asyncio.new_event_loop
+        return None
     try:
         import uvloop
     except ImportError:
