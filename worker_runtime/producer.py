@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, TypedDict, Unpack
 
 import pydantic
+import pydantic_core
 import redis
 import redis.cluster
 
@@ -120,10 +121,19 @@ def build_request(spec: JobSpec, *, now: float | None = None) -> queue.EnqueueRe
         now=current,
         expires_at=expires_at,
     )
+    try:
+        # Encoded here, per job: a job that cannot be stored fails its own enqueue call, not
+        # the batch it would have shared with other callers' jobs (concurrent enqueues share
+        # one script call), and the broker sends these bytes instead of encoding again.
+        encoded = envelope.encode_envelope(env)
+    except pydantic_core.PydanticSerializationError as exc:
+        detail = str(exc).removeprefix("Error serializing to JSON: ")
+        raise ValueError(f"the job cannot be stored as JSON: {detail}") from None
     return queue.EnqueueRequest(
         envelope=env,
         delay_seconds=delay,
         idempotency_ttl_seconds=spec.idempotency_ttl,
+        encoded=encoded,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -153,6 +154,26 @@ async def test_a_payload_holding_nan_or_infinity_is_refused_by_path_and_nothing_
     with pytest.raises(ValueError, match=f"^{where}"):
         await p.enqueue_many([producer.JobSpec("t", {"ok": 1.5}), producer.JobSpec("t", payload)])
     assert (await stats.fetch_queue_stats(engine_client, queue_name)).enqueued_total == 0
+
+
+async def test_a_job_that_cannot_be_stored_fails_alone_and_the_job_sharing_its_call_is_stored(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given two concurrent enqueues, which share one script call, one of them with a string
+    # JSON cannot encode (a lone surrogate, e.g. from a filename decoded with surrogateescape)
+    p = producer.Producer(engine_client, queue_name)
+    good, bad = await asyncio.gather(
+        p.enqueue("t", {"name": "report.pdf"}),
+        p.enqueue("t", {"name": "report\udcff.pdf"}),
+        return_exceptions=True,
+    )
+    # Then that one is refused, saying why, and the other is stored (it failed with it before)
+    assert isinstance(bad, ValueError)
+    assert "cannot be stored as JSON" in str(bad)
+    assert isinstance(good, producer.queue.EnqueueResult)
+    assert good.created
+    s = await stats.fetch_queue_stats(engine_client, queue_name)
+    assert (s.enqueued_total, s.backlog) == (1, 1)
 
 
 async def test_enqueue_many_returns_one_result_per_job_in_order(

@@ -141,6 +141,15 @@ class EnqueueRequest:
     envelope: envelope_mod.JobEnvelope
     delay_seconds: float = 0.0
     idempotency_ttl_seconds: float | None = None
+    encoded: bytes | None = None
+    """The envelope's stored bytes when the producer already made them (``encode_envelope``):
+    a broker sends these instead of encoding the envelope again."""
+
+    def envelope_bytes(self) -> bytes:
+        """The envelope's stored bytes (``encoded``, or encoded now)."""
+        if self.encoded is not None:
+            return self.encoded
+        return envelope_mod.encode_envelope(self.envelope)
 
 
 @dataclass(frozen=True)

@@ -931,7 +931,7 @@ class RabbitMQBroker:
         if not math.isfinite(request.delay_seconds):
             raise ValueError("delay_seconds must be finite")
         env = request.envelope
-        body = envelope_mod.encode_envelope(env)
+        body = request.envelope_bytes()
         # a new job carries no state headers: an absent count reads as 0 (one table less to
         # encode and decode per job)
         headers: dict[str, Any] = {}

@@ -718,7 +718,6 @@ def build_enqueue_call(
     enqueued_idx = len(keys)
     rows: list[str] = []
     envelopes: list[scripts.Arg] = []
-    encode = envelope_mod.encode_envelope
     for req in requests:
         env = req.envelope
         idx = 0
@@ -735,7 +734,7 @@ def build_enqueue_call(
             f"{env.id}{_US}{_PRIORITY_TEXT[env.priority]}{_US}{delay_ms}{_US}{idx}{_US}{ttl_ms}"
         )
         # each envelope is its own argument: the script never copies it out of a packed string
-        envelopes.append(encode(env))
+        envelopes.append(req.envelope_bytes())
     packed = _RS.join(rows).encode("utf-8", "surrogateescape")
     return keys, [enqueued_idx, int(dedup_seconds * 1000), packed, *envelopes]
 
