@@ -277,6 +277,15 @@ def _print_fitted(renderable: Any, width: int) -> None:
     console.print(renderable)
 
 
+def _text_fitted(renderable: Any, width: int) -> str:
+    """What :func:`_print_fitted` prints, as text."""
+    console = _console()
+    console.width = max(console.width, width)
+    with console.capture() as captured:
+        console.print(renderable)
+    return str(captured.get())
+
+
 def _print_rows(
     title: str,
     columns: Sequence[str],
@@ -453,7 +462,8 @@ def _watch_stats(watch: Callable[[ShowTick], None], *, as_json: bool) -> None:
     """Run ``watch`` with the way each tick is shown: with ``--json`` one JSON object a line
     (a failed read a line on stderr); to a terminal a frame redrawn in place; to a pipe or a
     file (``kubectl exec`` without -t, ``| tee``) each frame as plain text and a blank line.
-    Every tick is flushed at once (rich's live display showed a pipe nothing until it ended)."""
+    Every tick is flushed at once (rich's live display showed a pipe nothing until it ended),
+    and to a pipe each frame is one write."""
     if as_json:
 
         def show_json(tick: base.QueueStats | str) -> None:
@@ -467,11 +477,13 @@ def _watch_stats(watch: Callable[[ShowTick], None], *, as_json: bool) -> None:
     if _terminal_width() is None:
 
         def show_plain(tick: base.QueueStats | str) -> None:
-            if isinstance(tick, str):
-                print(tick)
-            else:
-                _print_fitted(*_render_stats(tick, None))
-            print(flush=True)
+            # One write per frame, its blank line included: a reader of the pipe never gets
+            # part of a frame (with PYTHONUNBUFFERED every print was a write of its own).
+            frame = (
+                f"{tick}\n" if isinstance(tick, str) else _text_fitted(*_render_stats(tick, None))
+            )
+            sys.stdout.write(f"{frame}\n")
+            sys.stdout.flush()
 
         watch(show_plain)
         return

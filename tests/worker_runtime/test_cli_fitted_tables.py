@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import sys
+from collections.abc import Callable
 
+import pytest
 from rich.console import Console
 from rich.text import Text
 
 from worker_runtime import queue_commands
+from worker_runtime.brokers import base
 
 JOB_ID = "e27e58ff29b4de989ca38a90f1e78020"
 WORKER = "workerpool-emails-7d9f8c6b5-x2x9z-31737-9810aa"
@@ -61,3 +65,47 @@ def test_piped_output_keeps_up_to_120_characters_of_the_cut_column_on_one_line()
     (line,) = _rows(lines)
     assert JOB_ID in line and "ValidationError: 1 validation error to " in line
     assert "x" * 60 in line and "x" * 120 not in line and line.rstrip(" │").endswith("…")
+
+
+class CountingPipe(io.StringIO):
+    """A stdout that is not a terminal and counts its write calls (each one a write(2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        if text:  # an empty write sends nothing down the pipe
+            self.writes.append(text)
+        return super().write(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_watching_stats_to_a_pipe_writes_each_frame_with_its_blank_line_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given stdout is a pipe (kubectl exec without -t) with no buffer of its own in between
+    pipe = CountingPipe()
+    monkeypatch.setattr(sys, "stdout", pipe)
+    stats = base.QueueStats(
+        queue="emails", now=0.0, backlog=3, due_delayed=0, future_delayed=1, in_flight=2,
+        dead_letter=4, oldest_job_age_seconds=1.5, enqueued_total=10, completed_total=5,
+        failed_total=1, retried_total=1, dead_lettered_total=4, workers_lost_total=0,
+        workers_expired=0, workers=(),
+    )  # fmt: skip
+
+    # When two ticks are shown, a frame and a failed read
+    def two_ticks(show: Callable[[base.QueueStats | str], None]) -> None:
+        show(stats)
+        show("cannot reach redis://127.0.0.1:6390/0")
+
+    queue_commands._watch_stats(two_ticks, as_json=False)
+    # Then each tick is exactly one write, ending with the blank line that ends a frame (a
+    # reader that stops at a blank line never holds half a frame)
+    assert len(pipe.writes) == 2
+    frame, failure = pipe.writes
+    assert "emails" in frame and "dead letters" in frame
+    assert frame.endswith("\n\n") and frame.count("\n\n") == 1
+    assert failure == "cannot reach redis://127.0.0.1:6390/0\n\n"
