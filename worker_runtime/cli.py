@@ -36,8 +36,8 @@ class CliError(Exception):
 
 
 class PoolUnreachable(Exception):
-    """``--pool``'s lookup could not reach the Kubernetes API: printed as one line, exit code 1
-    (not "cannot reach the broker": no broker was tried yet)."""
+    """``--pool``'s lookup could not reach the Kubernetes API, or it refused or failed the read:
+    printed as one line, exit code 1 (not "cannot reach the broker": no broker was tried yet)."""
 
 
 PoolResolver = Callable[[str, "str | None"], tuple[str, str]]
@@ -45,8 +45,8 @@ PoolResolver = Callable[[str, "str | None"], tuple[str, str]]
 POOL_RESOLVER: PoolResolver | None = None
 """Finds (broker URL, queue) of a WorkerPool ``NAMESPACE/NAME`` for ``--pool``; installed by the
 ``workerfleet`` console script (the runtime itself knows nothing of Kubernetes). It raises
-LookupError for a pool that cannot be found or read, and :class:`PoolUnreachable` when the
-Kubernetes API does not answer."""
+LookupError for a pool that cannot be found, and :class:`PoolUnreachable` when the Kubernetes
+API does not answer, refuses the read or fails it."""
 
 
 # ---- registration ----------------------------------------------------------------------------

@@ -435,6 +435,33 @@ def test_pool_with_an_unreachable_api_server_names_the_api_server_not_the_broker
         assert "secret-token-4711" not in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("code", [403, 503])
+def test_pool_refused_or_failed_by_the_api_server_exits_1_naming_it_and_a_missing_pool_exits_2(
+    code: int, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    # Given an API server that refuses (RBAC) or keeps failing the read of the pool (the client
+    # retries a 503 a few times, so it fails more often than that)
+    with Emulator((*BUILTIN_RESOURCES, WORKERPOOL)) as server:
+        kubeconfig.write_text(json.dumps(server.kubeconfig()))
+        server.inject_failure("GET", r"/workerpools/emails$", code, count=50)
+        # When a command is pointed at the pool
+        failed = run("queue", "stats", "--pool", "team-a/emails", "--kubeconfig", str(kubeconfig))
+    # Then the refusal or failure is the API server's, exit 1 like an unreachable one (it was
+    # exit 2, a usage error), in one line naming the server and its answer
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr.startswith(
+        f"workerfleet: the Kubernetes API at {server.url} did not let us read WorkerPool "
+        f"team-a/emails: {code} "
+    ), failed.stderr
+    assert failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr
+    # And a pool that is not there is still the user's mistake: exit 2
+    with Emulator((*BUILTIN_RESOURCES, WORKERPOOL)) as server:
+        kubeconfig.write_text(json.dumps(server.kubeconfig()))
+        missing = run("queue", "stats", "--pool", "team-a/emails", "--kubeconfig", str(kubeconfig))
+    assert (missing.returncode, missing.stderr) == (2, "workerfleet: no WorkerPool team-a/emails\n")
+
+
 def test_pools_on_a_cluster_without_the_workerpool_api_says_so_instead_of_no_pools(
     tmp_path: Path,
 ) -> None:

@@ -137,7 +137,8 @@ def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
     """(Redis URL, queue) of the WorkerPool ``NAMESPACE/NAME``, read from the cluster.
 
     Raises :class:`~workerfleet_operator.shell.inventory.InventoryError` for a pool that cannot
-    be found or read, and the runtime's ``PoolUnreachable`` when the API server does not answer.
+    be found, and the runtime's ``PoolUnreachable`` when the API server does not answer, refuses
+    this user (401, 403), throttles it (429) or fails (5xx).
     """
     import aiohttp
 
@@ -152,6 +153,12 @@ def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
             body = await inventory.fetch_workerpool(login.client, namespace, name)
             return await inventory.fetch_queue_target(login.client, body)
         except kube.ApiError as exc:
+            if exc.status in (401, 403, 429) or exc.status >= 500:
+                # The API server answered but refused this user, or could not serve the read:
+                # a failure to reach the pool (exit 1), not a wrong pool name (exit 2).
+                server = inventory.describe_server(login.client.server)
+                msg = f"the Kubernetes API at {server} did not let us read WorkerPool {pool}: {exc}"
+                raise runtime_cli.PoolUnreachable(msg) from None
             raise inventory.InventoryError(f"cannot read WorkerPool {pool}: {exc}") from None
         except (OSError, aiohttp.ClientError) as exc:  # refused, cut, timed out, TLS
             server = inventory.describe_server(login.client.server)
