@@ -56,6 +56,7 @@ class RedisServer:
 
     def __init__(self, config: dict[str, str] | None = None, *, cluster_bus: bool = False) -> None:
         self.binary = _binary("redis-server")
+        self.cluster_bus = cluster_bus
         self.port = free_port(cluster_bus=cluster_bus)
         self.dir = tempfile.mkdtemp(prefix="wf-redis-")
         self.config = {"save": "", "appendonly": "no", **(config or {})}
@@ -71,6 +72,20 @@ class RedisServer:
         return self.proc.pid
 
     def start(self) -> None:
+        """Start (or restart) the server; the first start moves to another port when its port
+        was taken after it was picked (by another test process's server, say)."""
+        first = self.proc is None
+        for _ in range(5):
+            if self._start_on_port():
+                return
+            if not first:
+                break
+            self.port = free_port(cluster_bus=self.cluster_bus)
+        raise RuntimeError(f"redis-server could not get port {self.port}: {self.log()}")
+
+    def _start_on_port(self) -> bool:
+        # False when the port is someone else's: our server exited on it, or another server
+        # answered there (a ping alone would have taken that server for ours).
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
         for key, value in self.config.items():
             args += [f"--{key}", value]
@@ -82,13 +97,18 @@ class RedisServer:
         try:
             while True:
                 if self.proc.poll() is not None:
+                    if "Address already in use" in self.log():
+                        return False
                     raise RuntimeError(
                         f"redis-server exited with {self.proc.returncode}: {self.log()}"
                     )
                 try:
                     # a restarted server answers LOADING while it replays its AOF
                     if client.ping():
-                        return
+                        if int(client.info("server")["process_id"]) == self.proc.pid:
+                            return True
+                        self.proc.wait(10)  # ours exits: the port was taken
+                        return False
                 except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
                     pass
                 if time.monotonic() > deadline:
