@@ -120,6 +120,36 @@ def test_a_redis_outage_turns_healthz_red_and_green_again_and_loses_nothing(
     client.close()
 
 
+def test_an_idle_worker_cut_off_from_redis_says_its_heartbeat_failed_not_a_lease_renewal(
+    redis_factory: Callable[..., Any],
+    wf: workerproc.Testbed,
+) -> None:
+    # Given a worker holding no job
+    server = redis_factory()
+    worker = wf.spawn(redis_url=server.url, concurrency=2, lease_seconds=1.5)
+    wait_until(
+        lambda: any(r.get("msg") == "worker started" for r in worker.log_records()), 20, "start"
+    )
+    # When its Redis goes away for a few heartbeats
+    server.stop()
+
+    def failed_rounds() -> list[dict[str, Any]]:
+        return [
+            r
+            for r in worker.log_records()
+            if r.get("msg") in ("heartbeat failed", "lease renewal failed")
+        ]
+
+    wait_until(lambda: len(failed_rounds()) >= 2, 20, "failed heartbeats logged")
+    server.start()
+    # Then each failed round says the heartbeat failed, with nothing in flight: no lease was at
+    # stake, and no log line sends anyone looking for one
+    assert {(r["msg"], r["in_flight"]) for r in failed_rounds()} == {("heartbeat failed", 0)}
+    assert worker.alive()
+    worker.send(signal.SIGTERM)
+    assert worker.wait(15) == 0
+
+
 def test_a_worker_on_a_read_only_replica_waits_and_works_once_it_is_promoted(
     redis_factory: Callable[..., Any],
     wf: workerproc.Testbed,

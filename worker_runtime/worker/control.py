@@ -231,8 +231,10 @@ class ControlThread(threading.Thread):
                 except Exception as exc:  # never let the renewal thread die
                     failures += 1
                     w.metrics.redis_error("renew")
+                    # Holding no job, only the heartbeat was at stake: say so (an on-call
+                    # engineer reading "lease renewal failed" looks for a job that never was).
                     log.warning(
-                        "lease renewal failed",
+                        "lease renewal failed" if beat.in_flight else "heartbeat failed",
                         extra={"error": transient.describe(exc), "in_flight": beat.in_flight},
                     )
                     wait = min(interval, 0.25 * failures)
