@@ -26,7 +26,7 @@ from worker_runtime.brokers.redis import keys, queue, scripts
 Payload = pydantic.BaseModel | Mapping[str, Any] | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class JobSpec:
     """One job for :meth:`Producer.enqueue_many` (same meaning as ``enqueue``'s arguments)."""
 
@@ -43,6 +43,42 @@ class JobSpec:
     headers: Mapping[str, str] = field(default_factory=dict)
     ttl: float | None = None
     expires_at: datetime | float | None = None
+
+    def __init__(
+        self,
+        task: str,
+        payload: Payload = None,
+        delay: float | None = None,
+        eta: datetime | float | None = None,
+        priority: envelope.Priority | str = envelope.Priority.NORMAL,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 86_400.0,
+        correlation_id: str | None = None,
+        max_attempts: int | None = None,
+        job_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | float | None = None,
+    ) -> None:
+        # The generated __init__ of a frozen dataclass sets each of the 13 fields through
+        # object.__setattr__: 4 us of the producer's ~18 per job. One update of the instance's
+        # dict sets the same fields (tests/worker_runtime/test_producer_job_spec.py holds this
+        # signature to the fields).
+        self.__dict__.update(
+            task=task,
+            payload=payload,
+            delay=delay,
+            eta=eta,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=idempotency_ttl,
+            correlation_id=correlation_id,
+            max_attempts=max_attempts,
+            job_id=job_id,
+            headers={} if headers is None else headers,
+            ttl=ttl,
+            expires_at=expires_at,
+        )
 
 
 class EnqueueOptions(TypedDict, total=False):

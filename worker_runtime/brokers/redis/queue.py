@@ -366,7 +366,11 @@ class QueueClient:
             return [], await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         if count <= 0 or (wake is not None and wake.is_set()):
             return [await self.ack(j) for j in jobs], []
-        packed = encode_packed([(j.id, j.receipt, 0, 0) for j in jobs])
+        # encode_packed's format (id, token, no done key, ttl 0), written directly: ~1 us per
+        # job less on the worker's hot path, the same bytes
+        packed = _RS.join([f"{j.id}{_US}{j.receipt}{_US}0{_US}0" for j in jobs]).encode(
+            "utf-8", "surrogateescape"
+        )
         raw = await scripts.ACK_FETCH(
             self.client,
             self._k,
