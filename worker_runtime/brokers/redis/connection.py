@@ -30,6 +30,7 @@ import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.backoff
 import redis.cluster
+import redis.connection
 import redis.exceptions
 import redis.retry
 import redis.sentinel
@@ -207,7 +208,44 @@ def build_client(
             redis.backoff.ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries
         )
         return redis.asyncio.cluster.RedisCluster.from_url(plain, **cluster_opts)
-    return redis.asyncio.Redis.from_url(url, **opts)
+    pool = redis.asyncio.ConnectionPool.from_url(url, **opts)
+    pool.connection_class = HIREDIS_PACKING.get(pool.connection_class, pool.connection_class)
+    client: AsyncClient = redis.asyncio.Redis.from_pool(pool)
+    return client
+
+
+class _HiredisPacking:
+    """Packs each command with hiredis (C), as redis-py's blocking client does when hiredis is
+    installed; its asyncio connections pack in Python. Same bytes, same DataError for a value
+    that is not str, bytes, int or float. Packing a script call's ~28 arguments cost the
+    worker ~22 us per call in Python and ~4.5 us in hiredis."""
+
+    _packer = redis.connection.HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self._packer.pack(*args)
+        return packed
+
+
+class HiredisConnection(_HiredisPacking, redis.asyncio.Connection):
+    """``redis://`` with hiredis packing."""
+
+
+class HiredisSSLConnection(_HiredisPacking, redis.asyncio.SSLConnection):
+    """``rediss://`` with hiredis packing."""
+
+
+class HiredisUnixConnection(_HiredisPacking, redis.asyncio.UnixDomainSocketConnection):
+    """``unix://`` with hiredis packing."""
+
+
+HIREDIS_PACKING: dict[type[Any], type[Any]] = {
+    redis.asyncio.Connection: HiredisConnection,
+    redis.asyncio.SSLConnection: HiredisSSLConnection,
+    redis.asyncio.UnixDomainSocketConnection: HiredisUnixConnection,
+}
+"""The connection class build_client uses for each one redis-py picks from the URL's scheme
+(Sentinel and Cluster keep redis-py's own)."""
 
 
 def build_client_sync(url: str, *, socket_timeout: float = 5.0, retries: int = 3) -> SyncClient:
