@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tests.support import engine as es
 from worker_runtime.brokers.redis import queue, ratelimit
 
 
@@ -23,6 +24,27 @@ async def test_a_bucket_grants_its_burst_then_refills_at_its_rate(
     # burst, so a stall of this process can only lengthen what is measured)
     assert await ratelimit.apply_wait(engine_client, queue_name, limit, name="api")
     assert time.monotonic() - started >= 0.08
+
+
+async def test_a_rate_limited_fetch_sleeps_until_its_next_token_instead_of_polling_redis(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue limited to 2 jobs a second with a backlog of 10, and both tokens spent
+    client = es.build_counting_client(redis_server.port)
+    engine = es.make_engine(client, queue_name, rate_limit=queue.RateLimit(jobs=2, per_seconds=1))
+    await engine.enqueue_many([es.request() for _ in range(10)])
+    assert len(await engine.fetch("w1", 10)) == 2
+    es.CountingConnection.sent.clear()
+    # When a worker waits up to a second for more
+    started = time.monotonic()
+    got = await engine.fetch("w1", 10, block=1.0)
+    waited = time.monotonic() - started
+    # Then it gets the next job when its token comes (~0.5 s), after a few calls: it slept in
+    # between (it woke on the backlog at once, again and again: ~1,900 calls in 0.4 s)
+    assert len(got) == 1
+    assert waited >= 0.3
+    assert len(es.CountingConnection.sent) <= 6, es.CountingConnection.sent
+    await client.aclose()
 
 
 async def test_named_buckets_are_independent(engine_client: Any, queue_name: str) -> None:

@@ -11,7 +11,8 @@
 --        fetching is alive, so its expired leases are renewed, never handed to it a second
 --        time; 3 read new entries high → normal → low; 4 hand out fencing tokens
 --        ("<epoch>:<counters.fence>", the epoch naming this server incarnation) and leases.
--- Returns: {now, poisoned, next event ms (-1 none), {last delivered ids} (only when empty),
+-- Returns: {now, poisoned, next event ms (-1 none), {last delivered ids} (only when empty and
+--           not out of rate-limit tokens),
 --           {id, token, envelope, attempts, deliveries, lost, ...} (the counts are integers or
 --           decimal strings: read them with int(), never compare them as they come),
 --           {id, token, ...} of the caller's own expired leases renewed by step 2 (the caller
@@ -136,7 +137,12 @@ if n == 0 then
     end
   end
   local last = {}
-  for i, p in ipairs(PRIO) do last[i] = last_delivered(K_READY[p]) end
+  -- Out of tokens, nothing can be fetched before next_event whatever arrives: no ids to wait
+  -- on, so the caller sleeps until then (waiting for entries after the last delivered one
+  -- woke it at once on the backlog, again and again: thousands of calls a second).
+  if not (rl_jobs > 0 and grant == 0) then
+    for i, p in ipairs(PRIO) do last[i] = last_delivered(K_READY[p]) end
+  end
   return {now, poisoned, next_event, last, {}, own}
 end
 
