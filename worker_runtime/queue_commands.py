@@ -270,17 +270,20 @@ def build_fitted_table(
     return table, sum(widths) + frame
 
 
-def _print_fitted(renderable: Any, width: int) -> None:
+def _fitted_console(width: int) -> Any:
     # Wider than the console when a fitted table needs it: rich would shorten every column.
     console = _console()
     console.width = max(console.width, width)
-    console.print(renderable)
+    return console
+
+
+def _print_fitted(renderable: Any, width: int) -> None:
+    _fitted_console(width).print(renderable)
 
 
 def _text_fitted(renderable: Any, width: int) -> str:
     """What :func:`_print_fitted` prints, as text."""
-    console = _console()
-    console.width = max(console.width, width)
+    console = _fitted_console(width)
     with console.capture() as captured:
         console.print(renderable)
     return str(captured.get())

@@ -148,6 +148,7 @@ def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
 
     async def go() -> tuple[str, str]:
         login = inventory.build_login(kubeconfig)
+        server = inventory.describe_server(login.client.server)
         try:
             namespace, name = inventory.parse_pool_name(pool, login.namespace)
             body = await inventory.fetch_workerpool(login.client, namespace, name)
@@ -156,12 +157,10 @@ def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
             if exc.status in (401, 403, 429) or exc.status >= 500:
                 # The API server answered but refused this user, or could not serve the read:
                 # a failure to reach the pool (exit 1), not a wrong pool name (exit 2).
-                server = inventory.describe_server(login.client.server)
                 msg = f"the Kubernetes API at {server} did not let us read WorkerPool {pool}: {exc}"
                 raise runtime_cli.PoolUnreachable(msg) from None
             raise inventory.InventoryError(f"cannot read WorkerPool {pool}: {exc}") from None
         except (OSError, aiohttp.ClientError) as exc:  # refused, cut, timed out, TLS
-            server = inventory.describe_server(login.client.server)
             msg = (
                 f"cannot reach the Kubernetes API at {server} to find WorkerPool {pool}: "
                 f"{errors.message_of(exc) or type(exc).__name__}"
