@@ -61,13 +61,9 @@ local function st_get(raw)
   return {p = p, a = tonumber(a), d = tonumber(d), l = tonumber(l)}
 end
 
--- The state value from its parts (fetch's hot loop calls it without a table).
-local function st_text(p, a, d, l)
-  return p .. '|' .. a .. '|' .. d .. '|' .. l
-end
-
+-- The state value of a table st_get built (fetch's hot loop writes the same text inline).
 local function st_put(st)
-  return st_text(st.p, st.a, st.d, st.l)
+  return st.p .. '|' .. st.a .. '|' .. st.d .. '|' .. st.l
 end
 
 local function fl_get(raw)

@@ -25,8 +25,9 @@ for i, id in ipairs(ids) do
       local list = by_prio[p]
       list[#list + 1] = e
     end
-    local idx = tonumber(idxs[i])
-    if idx > 0 then redis.call('SET', KEYS[idx], '1', 'PX', math.max(1, tonumber(ttls[i]))) end
+    if idxs[i] ~= '0' then  -- a text compare: most acks carry no done key
+      redis.call('SET', KEYS[tonumber(idxs[i])], '1', 'PX', math.max(1, tonumber(ttls[i])))
+    end
   else
     out[i] = 0
   end

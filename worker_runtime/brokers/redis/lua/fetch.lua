@@ -151,22 +151,32 @@ local fence = redis.call('HINCRBY', K_COUNTERS, 'fence', n) - n
 local epoch = fence_epoch() .. ':'
 local envs = hmget_chunked(K_ENV, ids)
 local zargs, sargs, fargs, out = {}, {}, {}, {}
-local until_ms = now + lease
+-- Numbers become text once per call, not per job: redis.call formats a number argument with
+-- snprintf("%.17g"), and so does Lua's concatenation ("%.14g"), at about a microsecond a job.
+local until_s = tostring(now + lease)
+local next_d = {}  -- deliveries as text → deliveries + 1 as text
+local tail = '|' .. worker
 for i, id in ipairs(ids) do
   local token = epoch .. (fence + i)
-  local d = sd[i] + 1
-  zargs[#zargs + 1] = until_ms
-  zargs[#zargs + 1] = id
-  sargs[#sargs + 1] = id
-  sargs[#sargs + 1] = st_text(sp[i], sa[i], d, sl[i])
-  fargs[#fargs + 1] = id
-  fargs[#fargs + 1] = token .. '|' .. prios[i] .. '|' .. entries[i] .. '|' .. worker
-  out[#out + 1] = id
-  out[#out + 1] = token
-  out[#out + 1] = envs[i] or ''
-  out[#out + 1] = sa[i]
-  out[#out + 1] = d
-  out[#out + 1] = sl[i]
+  local ds = sd[i]
+  local d = next_d[ds]
+  if not d then
+    d = tostring(tonumber(ds) + 1)
+    next_d[ds] = d
+  end
+  local z, o = 2 * i, 6 * i
+  zargs[z - 1] = until_s
+  zargs[z] = id
+  sargs[z - 1] = id
+  sargs[z] = sp[i] .. '|' .. sa[i] .. '|' .. d .. '|' .. sl[i]
+  fargs[z - 1] = id
+  fargs[z] = token .. '|' .. prios[i] .. '|' .. entries[i] .. tail
+  out[o - 5] = id
+  out[o - 4] = token
+  out[o - 3] = envs[i] or ''
+  out[o - 2] = sa[i]
+  out[o - 1] = d
+  out[o] = sl[i]
 end
 call_chunked('ZADD', K_LEASES, zargs)
 call_chunked('HSET', K_STATE, sargs)
