@@ -204,6 +204,33 @@ async def test_a_settling_call_from_a_closed_connection_is_refused(
     assert await rq.ack(again) is True
 
 
+async def test_acks_applied_before_their_fetch_failed_are_reported_done_and_never_resent(
+    rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job in hand, and RabbitMQ failing the fetch that rides on its ack
+    await rq.enqueue(job(job_id="a1"))
+    [got] = await rq.fetch("w1", 1, block=5)
+
+    async def consume_fails(count: int) -> None:
+        raise errors.BrokerUnavailable("no reply from RabbitMQ during consume", operation="consume")
+
+    monkeypatch.setattr(rq, "_start_consuming", consume_fails)
+    # When the worker acks it together with its next fetch
+    flags, fetched = await rq.ack_and_fetch([got], "w1", 5)
+    # Then the ack is reported applied (the worker must not send it again) and nothing fetched
+    assert (flags, fetched) == ([True], [])
+    # And the next call, with no ack riding on it, raises the fetch's trouble
+    with pytest.raises(errors.BrokerUnavailable):
+        await rq.ack_and_fetch([], "w1", 5)
+    # And the job is gone from RabbitMQ: with this connection closed nothing comes back
+    await rq.close()
+    other = rabbitmq_broker.RabbitMQBroker(rabbitmq_server.url, rq.queue, prefetch=10)
+    try:
+        assert await other.fetch("w2", 5, block=2) == []
+    finally:
+        await other.close()
+
+
 async def test_an_unparseable_envelope_is_dead_lettered_by_the_fetch(
     rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker
 ) -> None:

@@ -1137,7 +1137,15 @@ class RabbitMQBroker:
     ) -> tuple[list[bool], list[base.Delivery]]:
         # together: one commit covers them all (group commit, see _settle)
         acked = list(await asyncio.gather(*(self.ack(d) for d in deliveries)))
-        fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
+        try:
+            fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
+        except errors.BrokerError:
+            if not any(acked):
+                raise
+            # The acks are committed: raising now would make the worker send them again, and
+            # a second ack of a settled delivery answers False, which it counts as a lost
+            # lease. Report the acks; the next fetch meets the trouble again and raises it.
+            return acked, []
         return acked, fetched
 
     # -- settling --------------------------------------------------------------------------
