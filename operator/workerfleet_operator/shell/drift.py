@@ -3,7 +3,7 @@ a merge patch store, which of two bodies is newer, when did a pod template last 
 
 Pure functions used by the pool controller's reconcile and scaler (``shell.reconcile``,
 ``shell.scaler``, ``shell.report``); no I/O. Quantities the API server re-spells are compared by
-amount (``workerfleet_operator.quantity``).
+amount (``workerfleet_operator.quantity``), and empty values it leaves out count as present.
 """
 
 from __future__ import annotations
@@ -121,21 +121,40 @@ def build_drift_reference(deployment: Body, pool: api.Pool) -> Body:
 _QUANTITY_MAPS = frozenset({"requests", "limits"})  # container resources: each value a quantity
 _QUANTITY_FIELDS = frozenset({"sizeLimit"})  # emptyDir
 
+# Maps of strings (Go's map[string]string) keep an entry whose value is "": in them a missing
+# key is drift, even for "" (a label or annotation someone removed).
+_STRING_MAPS = frozenset({"labels", "annotations", "nodeSelector", "matchLabels", "selector"})
 
-def is_subset(wanted: Any, actual: Any, *, is_quantity: bool = False) -> bool:
-    """True if every field we apply is present with the same value (our drift check)."""
+
+def is_subset(wanted: Any, actual: Any) -> bool:
+    """True if every field we apply is present with the same value (our drift check).
+
+    A field we apply as "", [] or {} counts as present when the object has no such key: the API
+    server leaves those out of every built-in object it returns (see :func:`_is_left_out`).
+    """
     if isinstance(wanted, PackedJSON):
         wanted = wanted.unpack()
     if isinstance(actual, PackedJSON):
         actual = actual.unpack()
+    return _is_subset(wanted, actual, "")
+
+
+def _is_subset(wanted: Any, actual: Any, field: str) -> bool:
+    """:func:`is_subset` of the value of ``field`` (the key it sits under; "" at the top)."""
     if isinstance(wanted, dict):
         if not isinstance(actual, dict):
             return False
+        of_strings = field in _STRING_MAPS
         for key, value in wanted.items():
+            found = actual.get(key)
+            if found is None and _is_left_out(value, of_strings=of_strings):
+                continue
             if key in _QUANTITY_MAPS and isinstance(value, dict):
-                same = _is_subset_of_quantities(value, actual.get(key))
+                same = _is_subset_of_quantities(value, found)
+            elif key in _QUANTITY_FIELDS:
+                same = quantity.equal_quantities(value, found)
             else:
-                same = is_subset(value, actual.get(key), is_quantity=key in _QUANTITY_FIELDS)
+                same = _is_subset(value, found, key)
             if not same:
                 return False
         return True
@@ -143,14 +162,31 @@ def is_subset(wanted: Any, actual: Any, *, is_quantity: bool = False) -> bool:
         return (
             isinstance(actual, list)
             and len(wanted) == len(actual)
-            and all(is_subset(w, a) for w, a in zip(wanted, actual, strict=True))
+            and all(_is_subset(w, a, field) for w, a in zip(wanted, actual, strict=True))
         )
-    if is_quantity:
-        return quantity.equal_quantities(wanted, actual)
     return bool(wanted == actual)
+
+
+def _is_left_out(value: Any, *, of_strings: bool) -> bool:
+    """Whether the API server leaves ``value`` out of the objects it returns: the zero value of
+    a field Go tags ``omitempty``. An env entry applied as ``{"name": "X", "value": ""}`` comes
+    back as ``{"name": "X"}``, a toleration's ``value: ""`` and an empty ``values`` list or
+    ``matchLabels`` map are gone; compared as written, such a pool drifted on every Deployment
+    event and resync (an apply and a DriftCorrected Event each, with nothing changed).
+
+    "", [] and {} only. Not False or 0: the fields we write with them are pointers in Go, kept
+    as written (``replicas: 0``, ``maxUnavailable: 0``, ``automountServiceAccountToken`` and
+    ``enableServiceLinks: false``, ``tolerationSeconds: 0``), and one removed by hand is real
+    drift (a pod given back an API token). Not "" in a map of strings (labels, annotations,
+    ``nodeSelector``), which keeps it. A struct we write as {} (an empty ``nodeAffinity``) is
+    kept too, but one removed changes nothing a pod does: it is not told from a map.
+    """
+    if isinstance(value, str):
+        return not value and not of_strings
+    return isinstance(value, list | dict) and not value
 
 
 def _is_subset_of_quantities(wanted: Mapping[str, Any], actual: Any) -> bool:
     return isinstance(actual, dict) and all(
-        is_subset(amount, actual.get(name), is_quantity=True) for name, amount in wanted.items()
+        quantity.equal_quantities(amount, actual.get(name)) for name, amount in wanted.items()
     )
