@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import types
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -47,6 +48,31 @@ def job(
     return base.EnqueueRequest(
         envelope=envelope_mod.build_envelope(task, {"n": 1}, priority=priority, headers=headers)
     )
+
+
+def answer_once(
+    b: sqs_broker.SqsBroker, operation: str, reply: dict[str, Any], *, status: int = 200
+) -> list[str]:
+    """Make the broker's next ``operation`` call (SQS's name: ``DeleteMessageBatch``...) get
+    ``reply`` with HTTP ``status`` instead of ElasticMQ's answer; every other call reaches the
+    server. A fault ElasticMQ never gives (a throttle, a server error) for exactly one call.
+    Returns the list the stand-in appends ``operation`` to when it answered."""
+    answered: list[str] = []
+
+    def stand_in(**_: Any) -> tuple[Any, dict[str, Any]] | None:
+        if answered:
+            return None
+        answered.append(operation)
+        http = types.SimpleNamespace(status_code=status, headers={}, raw=None, content=b"")
+        return http, {**reply, "ResponseMetadata": {"HTTPStatusCode": status}}
+
+    b._client.meta.events.register(f"before-call.sqs.{operation}", stand_in)
+    return answered
+
+
+def refusal(code: str, message: str = "") -> dict[str, Any]:
+    """An SQS error answer (use with HTTP status 400 or 5xx)."""
+    return {"Error": {"Code": code, "Message": message or code}}
 
 
 async def fetch_until(b: sqs_broker.SqsBroker, count: int, seconds: float) -> list[base.Delivery]:
@@ -352,6 +378,97 @@ def test_a_refusal_says_what_sqs_said_not_only_its_code() -> None:
         "SQS refused fetch: SignatureDoesNotMatch: The request signature we calculated does not "
         "match the signature you provided. Check your AWS Secret Access Key and signing method."
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "raised"),
+    [
+        ("ThrottlingException", 400, errors.BrokerUnavailable),
+        ("RequestThrottled", 403, errors.BrokerUnavailable),
+        ("KmsThrottled", 400, errors.BrokerUnavailable),
+        ("InternalError", 500, errors.BrokerUnavailable),
+        ("AWS.SimpleQueueService.SomethingNew", 503, errors.BrokerUnavailable),
+        ("AccessDenied", 403, errors.BrokerRejected),
+        ("KmsAccessDenied", 400, errors.BrokerRejected),
+    ],
+)
+def test_a_throttle_or_server_error_is_retryable_and_a_permanent_refusal_is_a_rejection(
+    code: str, status: int, raised: type[errors.BrokerError]
+) -> None:
+    # Given SQS's answer to a call
+    answer = {**refusal(code, "said"), "ResponseMetadata": {"HTTPStatusCode": status}}
+    refused = botocore.exceptions.ClientError(answer, "DeleteMessage")  # type: ignore[arg-type]
+    # When it is mapped onto the runtime's errors
+    mapped = sqs_broker._map_error(refused, "ack")
+    # Then "not now" (throttled, the server failed) is retryable, anything else a rejection,
+    # and both say what SQS said
+    assert type(mapped) is raised
+    assert str(mapped).endswith(f"ack{' now' if raised is errors.BrokerUnavailable else ''}: "
+                                f"{code}: said")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("code", "raised"),
+    [("ThrottlingException", errors.BrokerUnavailable), ("AccessDenied", errors.BrokerRejected)],
+)
+async def test_a_settle_whose_fence_is_throttled_or_refused_raises_instead_of_losing_the_lease(
+    open_sqs: OpenBroker, code: str, raised: type[errors.BrokerError]
+) -> None:
+    # Given a job a worker holds, its lease current
+    b = await open_sqs(lease_seconds=5)
+    await b.enqueue(job())
+    [d] = await fetch_until(b, 1, 10)
+    # When the retry's fence (a visibility change on the receipt) is throttled or refused
+    answer_once(b, "ChangeMessageVisibility", refusal(code), status=400)
+    # Then the retry raises that error (the settler re-sends it) instead of saying the lease
+    # is gone; and no copy of the job was sent
+    with pytest.raises(raised, match=code):
+        await b.retry(d, base.Failure("E", "boom"), delay_seconds=0)
+    stats = await b.fetch_stats()
+    assert (stats.backlog, stats.in_flight) == (0, 1)
+
+
+async def test_a_renew_reports_lost_only_receipts_sqs_says_are_gone(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given two jobs a worker holds, and a third whose lease ran out and went to another worker
+    queue = f"t-{uuid.uuid4().hex[:12]}"
+    first = await sqs_broker.open_sqs_broker(
+        elasticmq_server.url, queue, options=base.QueueOptions(lease_seconds=2)
+    )
+    second = await sqs_broker.open_sqs_broker(
+        elasticmq_server.url, queue, options=base.QueueOptions(lease_seconds=30)
+    )
+    try:
+        await first.enqueue(job("gone"))
+        [gone] = await fetch_until(first, 1, 10)
+        await asyncio.sleep(2.5)
+        [taken] = await fetch_until(second, 1, 10)
+        assert taken.id == gone.id
+        await first.enqueue_many([job("a"), job("b")])
+        held = await fetch_until(first, 2, 10)
+        # When one renew's entry for a held job is throttled
+        answer_once(
+            first,
+            "ChangeMessageVisibilityBatch",
+            {
+                "Successful": [{"Id": "1"}],
+                "Failed": [
+                    {"Id": "0", "SenderFault": False, "Code": "InternalError", "Message": "x"}
+                ],
+            },
+        )
+        # Then the renewal round fails as retryable instead of reporting that job lost
+        with pytest.raises(errors.BrokerUnavailable, match="InternalError"):
+            await first.renew("w1", held)
+        # and the next round keeps both held jobs and reports lost only the job SQS says is
+        # another worker's now
+        renewal = await first.renew("w1", [*held, gone])
+        assert sorted(d.id for d in renewal.kept) == sorted(d.id for d in held)
+        assert [d.id for d in renewal.lost] == [gone.id]
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_jobs_survive_a_kill_9_of_a_persistent_server(

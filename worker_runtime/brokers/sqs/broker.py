@@ -109,6 +109,64 @@ unavailable on SQS: ``QueueStats.oldest_job_age_seconds`` is always 0 here."""
 _LOST_RECEIPT_CODES = frozenset(
     {"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue"}
 )
+"""SQS's answers that mean a receipt handle is gone (the lease ran out, the message was
+received again or deleted): only these make a settle or a renew report the lease as lost."""
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestThrottled",
+        "ThrottlingException",
+        "Throttling",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "KmsThrottled",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+"""SQS's answers that say "not now" (throttling, a server-side failure): the same call may
+succeed in a moment, so they are :class:`~worker_runtime.errors.BrokerUnavailable` (retried)
+and never read as a lost lease or as a permanent refusal."""
+
+
+def _code_name(code: str) -> str:
+    """An SQS error code without its namespace (``AWS.SimpleQueueService.X``, ``...#X``)."""
+    return code.rsplit("#", 1)[-1].rsplit(".", 1)[-1]
+
+
+def _refusal(
+    code: str, message: str, operation: str, *, transient: bool = False
+) -> errors.BrokerError:
+    """SQS's answer ``code`` as the runtime's taxonomy: a "not now" answer (``transient``, or a
+    throttling or server-side code) is BrokerUnavailable, anything else BrokerRejected."""
+    # AWS's message says what to fix (a signature that does not match, a token that is not
+    # valid, a queue that does not exist); it never repeats the credentials
+    said = f"{code}: {message}" if message else code
+    if transient or _code_name(code) in _TRANSIENT_CODES:
+        return errors.BrokerUnavailable(
+            f"SQS could not serve {operation} now: {said}", operation=operation
+        )
+    return errors.BrokerRejected(f"SQS refused {operation}: {said}", operation=operation)
+
+
+def _is_lost_receipt(code: str) -> bool:
+    """Whether SQS's answer ``code`` to a call on one receipt means that receipt is gone."""
+    return _code_name(code) in _LOST_RECEIPT_CODES
+
+
+def _entry_error(failed: dict[str, Any], operation: str) -> errors.BrokerError:
+    """One refused entry of a batch call (``Failed``: Id, Code, Message, SenderFault) as an
+    error; an entry refused through no fault of the sender is a "not now"."""
+    return _refusal(
+        str(failed.get("Code", "")),
+        str(failed.get("Message", "")),
+        operation,
+        transient=failed.get("SenderFault") is False,
+    )
 
 
 RECEIPT_ALIASES: dict[str, str] = {}
@@ -133,11 +191,13 @@ def _map_error(exc: Exception, operation: str) -> errors.WorkerfleetError:
         return errors.ConfigError("no AWS credentials found in the AWS credential chain")
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})
-        code, message = error.get("Code", ""), error.get("Message", "")
-        # AWS's message says what to fix (a signature that does not match, a token that is not
-        # valid, a queue that does not exist); it never repeats the credentials
-        said = f"{code}: {message}" if message else code
-        return errors.BrokerRejected(f"SQS refused {operation}: {said}", operation=operation)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return _refusal(
+            str(error.get("Code", "")),
+            str(error.get("Message", "")),
+            operation,
+            transient=int(status or 0) >= 500,
+        )
     return errors.BrokerUnavailable(
         f"SQS did not answer {operation}: {errors.describe_error(exc)}", operation=operation
     )
@@ -717,13 +777,17 @@ class SqsBroker:
         fence before a settle that sends a copy. SQS may also take an older receipt handle
         (``Capabilities.fenced_receipts`` is False); ElasticMQ refuses it."""
         client = await self._ready_client()
-        try:
-            with _mapped("renew"):
+        with _mapped("renew"):
+            try:
                 await client.change_message_visibility(
                     QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=self.visibility
                 )
-        except errors.BrokerRejected:
-            return False
+            except botocore.exceptions.ClientError as exc:
+                # only an answer that says the receipt is gone ends the delivery; a throttle,
+                # a server error or a refused permission is raised (the settle is re-sent)
+                if _is_lost_receipt(str(exc.response.get("Error", {}).get("Code", ""))):
+                    return False
+                raise
         return True
 
     def _failed(
@@ -838,6 +902,7 @@ class SqsBroker:
         client = await self._ready_client()
         kept: list[base.Delivery] = []
         lost: list[base.Delivery] = []
+        refused: errors.BrokerError | None = None
         by_url: dict[str, list[base.Delivery]] = collections.defaultdict(list)
         for d in deliveries:
             # A worker may renew through another broker instance than the one that fetched
@@ -861,11 +926,19 @@ class SqsBroker:
                         QueueUrl=url, Entries=entries
                     )
                 ok = {e["Id"] for e in reply.get("Successful", [])}
+                failed = {str(f.get("Id")): f for f in reply.get("Failed", [])}
                 for i, d in enumerate(chunk):
+                    refusal = failed.get(str(i), {})
                     if str(i) in ok:
                         kept.append(d)
+                    elif refusal and not _is_lost_receipt(str(refusal.get("Code", ""))):
+                        refused = refused or _entry_error(refusal, "renew")
                     else:
                         lost.append(d)
+        if refused is not None:
+            # a throttled or refused entry is not a lost lease: the renewal round fails (after
+            # every batch was sent) and the worker renews again shortly
+            raise refused
         return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
 
     async def _renew_receipts(self, url: str, receipts: Sequence[str]) -> None:
