@@ -24,11 +24,14 @@ Rules:
 - The plan never sees the Secret's value, only :class:`SecretCheck`; error texts are passed
   through :func:`redact` as a last line of defence against URLs with passwords.
 - ``status.observedGeneration`` is the generation whose children were applied
-  (``Observed.applied_generation``): a spec the API server refuses (422, e.g. requests above
-  limits) gives ``Ready=False``/``Degraded=True`` reason ``ApplyRejected`` and leaves it at
-  the last applied one. A child kind that is not served (no KEDA, no Prometheus Operator) is
-  ``Degraded=True`` reason ``ChildAPIMissing`` (and not Ready in keda mode, where nothing else
-  scales the pool): one Warning on the transition, not one per resync.
+  (``Observed.applied_generation``): a spec the API server refuses (400/422, e.g. requests
+  above limits, or an admission webhook's denial) gives ``Ready=False``/``Degraded=True``
+  reason ``ApplyRejected`` and leaves it at the last applied one. A reconcile that raised
+  keeps ``Degraded=True`` reason ``ReconcileFailed`` in every plan
+  (``Observed.reconcile_error``) until one gets through, so the autoscaler's polls in between
+  neither flip it back nor announce it again. A child kind that is not served (no KEDA, no
+  Prometheus Operator) is ``Degraded=True`` reason ``ChildAPIMissing`` (and not Ready in keda
+  mode, where nothing else scales the pool): one Warning on the transition, not one per resync.
 - A rollout is a pod template the Deployment controller has not acted on, or pods of an older
   template still running; a generation bumped by a replicas write alone is not one, so scaling
   never flips Ready.
@@ -174,6 +177,9 @@ class Observed:
     applied_generation: int | None = None
     # Why the API server refused the children of this generation (a 422), if it did.
     apply_problem: str | None = None
+    # The error of the last reconcile, when it raised (its type and message); None once one
+    # got through.
+    reconcile_error: str | None = None
     # Kinds of children whose API is not served (their CRD is not installed).
     missing_apis: tuple[str, ...] = ()
     # Children by name ("<Kind> <name>") that exist but someone else controls: left alone.
@@ -652,7 +658,11 @@ def _describe_missing_apis(kinds: Sequence[str]) -> str:
 
 def _set_degraded(conds: _Conditions, observed: Observed) -> None:
     deployment = observed.deployment
-    if observed.apply_problem is not None:
+    if observed.reconcile_error is not None:
+        # As plan_failure wrote it: an autoscaler poll between two failed reconciles keeps it.
+        message = describe_reconcile_error(observed.reconcile_error)
+        conds.set(api.DEGRADED, "True", api.Reason.RECONCILE_FAILED, message)
+    elif observed.apply_problem is not None:
         conds.set(api.DEGRADED, "True", api.Reason.APPLY_REJECTED, observed.apply_problem)
     elif deployment is not None and deployment.progress_deadline_exceeded:
         message = "the Deployment's rollout exceeded its progress deadline"
@@ -747,6 +757,11 @@ class FailureReport:
     events: tuple[Event, ...]
 
 
+def describe_reconcile_error(error: str) -> str:
+    """The Degraded message of a reconcile that raised: ``error`` redacted and cut."""
+    return redact(error)[:512]
+
+
 def plan_failure(
     generation: int, previous: api.WorkerPoolStatus | None, error: str, now: dt.datetime
 ) -> FailureReport:
@@ -759,7 +774,7 @@ def plan_failure(
     before = list(stored.conditions or ())
     conds = _Conditions(generation, now, before)
     conds.items = {c.type: c for c in before}
-    conds.set(api.DEGRADED, "True", api.Reason.RECONCILE_FAILED, redact(error)[:512])
+    conds.set(api.DEGRADED, "True", api.Reason.RECONCILE_FAILED, describe_reconcile_error(error))
     conditions = conds.build()
     return FailureReport(
         status=stored.model_copy(update={"conditions": conditions}),

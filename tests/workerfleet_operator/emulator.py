@@ -331,6 +331,7 @@ class _Failure:
     path_regex: re.Pattern[str]
     code: int
     remaining: int
+    message: str = "injected failure"
 
 
 @dataclasses.dataclass
@@ -529,10 +530,20 @@ class Emulator:
         with self._lock:
             self._listeners.append(listener)
 
-    def inject_failure(self, method: str, path_regex: str, code: int, count: int = 1) -> None:
-        """Answer the next ``count`` matching requests with ``code`` (409, 422, 500, ...)."""
+    def inject_failure(
+        self,
+        method: str,
+        path_regex: str,
+        code: int,
+        count: int = 1,
+        message: str = "injected failure",
+    ) -> None:
+        """Answer the next ``count`` matching requests with ``code`` (409, 422, 500, ...) and
+        ``message`` (an admission webhook's denial is a 403 that says so)."""
         with self._lock:
-            self._failures.append(_Failure(method.upper(), re.compile(path_regex), code, count))
+            self._failures.append(
+                _Failure(method.upper(), re.compile(path_regex), code, count, message)
+            )
 
     def delay_response(self, method: str, path_regex: str, seconds: float, count: int = 1) -> None:
         """Hold the answer to the next ``count`` matching requests for ``seconds`` AFTER the
@@ -871,7 +882,7 @@ class Emulator:
         sub = rest[2] if len(rest) > 2 else None
         return res, namespace, name, sub
 
-    def _take_failure(self, method: str, path: str) -> int | None:
+    def _take_failure(self, method: str, path: str) -> _Failure | None:
         with self._lock:
             for failure in self._failures:
                 if (
@@ -880,7 +891,7 @@ class Emulator:
                     and failure.path_regex.search(path)
                 ):
                     failure.remaining -= 1
-                    return failure.code
+                    return failure
         return None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -893,9 +904,11 @@ class Emulator:
             injected = self._take_failure(method, path)
             if injected is not None:
                 raise ApiError(
-                    injected,
-                    {409: "Conflict", 422: "Invalid"}.get(injected, "InternalError"),
-                    "injected failure",
+                    injected.code,
+                    {403: "Forbidden", 409: "Conflict", 422: "Invalid"}.get(
+                        injected.code, "InternalError"
+                    ),
+                    injected.message,
                 )
             parts = [p for p in path.split("/") if p]
             discovery = self._discovery(parts)

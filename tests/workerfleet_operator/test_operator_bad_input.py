@@ -177,25 +177,47 @@ def test_a_keda_pool_without_keda_installed_is_not_ready(
     assert "ScaledObject" in ready["message"]
 
 
+WEBHOOK_DENIAL = (
+    'admission webhook "images.policy.example" denied the request: '
+    "image registry.example/email-worker:1.4.2 is not signed"
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        # the Deployment API's own validation (as for requests above limits)
+        (422, 'Deployment.apps "emails" is invalid: spec.template...resources.requests'),
+        # a policy admission webhook's denial: a 403, but a verdict on the spec, not on RBAC
+        (403, WEBHOOK_DENIAL),
+    ],
+    ids=["invalid", "webhook-denial"],
+)
 def test_a_spec_the_api_server_refuses_is_not_ready_and_its_generation_not_observed(
-    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    code: int,
+    message: str,
 ) -> None:
     # Given a running pool at generation 1
     emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator(retry_base_seconds=0.2, retry_max_seconds=0.5)
     emulator.create("workerpools", build_pool("emails"), group=GROUP)
     wait_for_condition(emulator, "emails", "QueueReachable", message="never read its queue")
-    # When its spec changes and the API server refuses the new Deployment (422, as for requests
-    # above limits), twice
-    emulator.inject_failure("PATCH", r"/deployments/emails$", 422, count=2)
+    # When its spec changes and the API server refuses the new Deployment, twice
+    emulator.inject_failure("PATCH", r"/deployments/emails$", code, count=2, message=message)
     emulator.patch("workerpools", NAMESPACE, "emails", {"spec": {"concurrency": 8}}, group=GROUP)
-    # Then the pool is not Ready, Degraded says why, and generation 2 is not observed
+    # Then the pool is not Ready, Degraded says why in the refusal's words (ApplyRejected: the
+    # user must change the spec; not ReconcileFailed), and generation 2 is not observed
     degraded = wait_for_condition(emulator, "emails", "Degraded", message="not Degraded")
     assert degraded["reason"] == "ApplyRejected" and degraded["observedGeneration"] == 2
+    assert message in degraded["message"]
     stored = pool(emulator, "emails") or {}
     ready = condition(stored, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "ApplyRejected")
     assert stored["status"]["observedGeneration"] == 1
+    assert "ReconcileFailed" not in [e["reason"] for e in events_for(emulator, "emails")]
     # And once the API server accepts it, generation 2 is applied and observed
     wait_until(
         lambda: (pool(emulator, "emails") or {}).get("status", {}).get("observedGeneration") == 2,

@@ -8,6 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from workerfleet_operator.shell import scaler
+
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
     OperatorRunner,
@@ -15,6 +18,7 @@ from tests.workerfleet_operator.conftest import (
     build_pool,
     build_secret,
     condition,
+    events_for,
     wait_until,
 )
 from tests.workerfleet_operator.emulator import Emulator
@@ -257,6 +261,64 @@ def test_a_request_refused_with_422_still_counts_as_invalid_input(
         if s.name.endswith("_total")
     }
     assert counts.get("invalid", 0) >= 1, counts
+
+
+def test_a_reconcile_that_keeps_failing_stays_degraded_with_one_warning_and_keeps_its_backoff(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an operator that retries a failed reconcile after 30 s, whose autoscaler polls are
+    # counted, and a running pool polling its queue every second
+    polls: list[str] = []
+    real_poll = scaler.poll_queue
+
+    async def counted_poll(controller: Any, policy: Any) -> None:
+        await real_poll(controller, policy)
+        polls.append(controller.name)
+
+    monkeypatch.setattr(scaler, "poll_queue", counted_poll)
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    operator(retry_base_seconds=30.0, retry_max_seconds=60.0)
+    emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")
+    wait_until(lambda: ready(emulator, "emails"), message="not Ready")
+    # and a record of the Degraded condition of every status the pool is written with
+    degraded: list[tuple[str, str]] = []
+
+    def record_degraded(plural: str, event: dict[str, Any]) -> None:
+        found = condition(event.get("object"), "Degraded")
+        if plural == "workerpools" and found:
+            degraded.append((str(found.get("status")), str(found.get("reason"))))
+
+    emulator.add_listener(record_degraded)
+    # When its spec changes and every apply of its Deployment is forbidden (a 403 of RBAC: no
+    # verdict on the spec, an error the reconcile cannot get past)
+    forbidden = (
+        'deployments.apps "emails" is forbidden: User "system:serviceaccount:ops:workerfleet" '
+        'cannot patch resource "deployments" in API group "apps" in the namespace "default"'
+    )
+    emulator.inject_failure("PATCH", r"/deployments/emails$", 403, count=1000, message=forbidden)
+    emulator.patch(
+        "workerpools", NAMESPACE, "emails", {"spec": {"concurrency": 8}}, group="workerfleet.io"
+    )
+    wait_until(
+        lambda: condition(pool(emulator, "emails"), "Degraded").get("reason") == "ReconcileFailed",
+        message="never ReconcileFailed",
+    )
+    # Then over the next four polls it stays Degraded=True ReconcileFailed: no poll flips it
+    # back to AsExpected (its status write woke the failing reconcile at once, past its backoff)
+    failed_at = polls.count("emails")
+    wait_until(lambda: polls.count("emails") >= failed_at + 4, message="the pool stopped polling")
+    first = degraded.index(("True", "ReconcileFailed"))
+    assert set(degraded[first:]) == {("True", "ReconcileFailed")}, degraded[first:]
+    # And the Deployment was tried once (the next try is 30 s away), with one Warning
+    tries = [c for m, p, c in list(emulator.request_log) if m == "PATCH" and c == 403]
+    assert len(tries) == 1, tries
+    warnings = [e for e in events_for(emulator, "emails") if e["reason"] == "ReconcileFailed"]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    stored = pool(emulator, "emails") or {}
+    assert stored["status"]["observedGeneration"] == 1
 
 
 def test_a_pool_held_by_a_foreign_finalizer_gets_no_writes_while_terminating(

@@ -221,6 +221,41 @@ def test_a_failed_reconcile_is_degraded_reconcile_failed_with_one_warning_on_the
     assert _condition(again, api.DEGRADED).last_transition_time == degraded.last_transition_time
 
 
+def _plan_a_poll(
+    previous: api.WorkerPoolStatus, seconds: float, reconcile_error: str | None = None
+) -> plan.Plan:
+    """The plan of an autoscaler poll ``seconds`` after T0 on a running pool of 2 replicas."""
+    observed = plan.Observed(
+        now=T0 + dt.timedelta(seconds=seconds),
+        secret=OK,
+        deployment=_deployment(2),
+        stats=_stats(),
+        previous=previous,
+        reconcile_error=reconcile_error,
+    )
+    return plan.plan(_pool(), observed)
+
+
+def test_a_poll_between_two_failed_reconciles_keeps_reconcile_failed_and_announces_nothing() -> (
+    None
+):
+    # Given a pool whose last reconcile raised (as stored by plan_failure)
+    healthy = _plan_a_poll(api.WorkerPoolStatus(), 0)
+    error = "ApiError: 500 InternalError: etcdserver: request timed out"
+    failed = plan.plan_failure(1, healthy.status, error, T0 + dt.timedelta(seconds=5))
+    # When an autoscaler poll plans its status before the next reconcile
+    polled = _plan_a_poll(failed.status, 10, reconcile_error=error)
+    # Then Degraded stays as the failure wrote it (same message, same transition time), and
+    # nothing is announced: no flip to AsExpected, no second Warning when it fails again
+    assert _condition(polled, api.DEGRADED) == _condition(failed, api.DEGRADED)
+    assert polled.events == ()
+    again = plan.plan_failure(1, polled.status, error, T0 + dt.timedelta(seconds=15))
+    assert again.events == ()
+    # And once a reconcile gets through, Degraded clears
+    through = _plan_a_poll(again.status, 20)
+    assert _condition(through, api.DEGRADED).reason == api.Reason.AS_EXPECTED
+
+
 def test_a_failed_reconcile_on_a_pool_never_reported_still_reports_degraded() -> None:
     failed = plan.plan_failure(3, None, "TimeoutError: ", T0)
     assert [(c.type, c.status, c.observed_generation) for c in failed.status.conditions or ()] == [

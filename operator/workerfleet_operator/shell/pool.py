@@ -338,11 +338,10 @@ class PoolController:
     # twentieth of the operator's CPU while 2,000 pools converged (py-spy).
 
     def observe(self, body: Body) -> None:
-        generation = body.get("metadata", {}).get("generation")
-        if not self.has_body or generation not in (
-            self.applied.reconciled_generation,
-            self.applied.rejected_generation,
-        ):
+        generation = int((body.get("metadata") or {}).get("generation") or 0)
+        if not self.has_body or generation != self.applied.attempted_generation:
+            # A generation the reconcile has not run on. One it ran on comes back with every
+            # status write of ours: a failing reconcile waits for its backoff.
             self.dirty = True
         if self.has_body and self.pool_facts.labels_and_pause != str(_labels_and_pause(body)):
             self.dirty = True  # neither bumps the generation
@@ -532,8 +531,11 @@ class PoolController:
                     type(exc).__name__,
                     text,
                 )
+            # Kept until a reconcile gets through: the polls in between plan it too, so
+            # Degraded stays ReconcileFailed (one Warning, not one per poll).
+            self.applied.reconcile_error = f"{type(exc).__name__}: {text}"
             with contextlib.suppress(Exception):
-                await report.apply_failure(self, f"{type(exc).__name__}: {text}")
+                await report.apply_failure(self, self.applied.reconcile_error)
             return False
         finally:
             self.ctx.metrics.count_reconcile(self.namespace, self.name, result)
@@ -692,6 +694,7 @@ class PoolController:
             previous=previous,
             applied_generation=applied,
             apply_problem=self.applied.apply_problem,
+            reconcile_error=self.applied.reconcile_error,
             missing_apis=self.applied.missing_apis,
             not_owned=self.applied.not_owned,
             replicas_owned_by=self.scaling.replicas_blocked_by,

@@ -54,10 +54,15 @@ class AppliedState:
     """What the reconcile remembers of its own writes between rounds."""
 
     reconciled_generation: int | None = None
-    # A generation whose children the API server refused (422): retried with backoff, not on
-    # every event of the pool (our own status writes would turn that into a storm).
-    rejected_generation: int | None = None
+    # The generation the last reconcile ran on, whatever came of it (applied, refused, held,
+    # raised): only a watch event of another generation wakes the reconcile at once. A refused
+    # or failing one is retried with backoff, not on every event of the pool: our own status
+    # writes (each poll's among them) would turn that into a storm.
+    attempted_generation: int | None = None
     apply_problem: str | None = None
+    # The last reconcile raised this (its type and redacted message); None once one got
+    # through. Every status planned meanwhile keeps Degraded=True ReconcileFailed.
+    reconcile_error: str | None = None
     # Kinds whose API is not served (no KEDA, no Prometheus Operator): Degraded, not an Event
     # per apply.
     missing_apis: tuple[str, ...] = ()
@@ -80,6 +85,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     if body is None:
         return
     client = controller.ctx.kube_client()
+    controller.applied.attempted_generation = controller.pool_facts.generation
     parsed = controller.parse()
     if isinstance(parsed, api.InvalidPool):
         secret = plan_mod.SecretCheck("ok")
@@ -102,6 +108,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
             secret.state if secret.state != "ok" else api.Reason.INVALID_SPEC,
             the_plan.problem or "",
         )
+        controller.applied.reconcile_error = None
         await report.apply_status(controller, the_plan.status, the_plan.events)
         if controller.problem_logged != the_plan.problem:
             controller.problem_logged = the_plan.problem
@@ -113,11 +120,9 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     controller.problem_logged = None
     assert isinstance(parsed, api.Pool)
     await _apply_children(controller, parsed, the_plan, foreign_deployment=foreign_deployment)
+    controller.applied.reconcile_error = None
     if controller.applied.apply_problem is None:
         controller.applied.reconciled_generation = parsed.generation
-        controller.applied.rejected_generation = None
-    else:
-        controller.applied.rejected_generation = parsed.generation
     if controller.defer_status_to_poll():
         return  # the poll due now plans this status with the queue's numbers: one write
     # The status from what the writes returned (a plan on the fresh Deployment state).
@@ -231,12 +236,20 @@ def _schedule_resync(controller: pool_mod.PoolController) -> None:
     )
 
 
+def _is_admission_denial(exc: kube.ApiError) -> bool:
+    """A 403 from an admission webhook that denied the object (a policy engine refusing the
+    image, the labels...): the spec must change, as for a 422. A 403 of RBAC is no denial."""
+    message = exc.message.lower()
+    return exc.status == 403 and "admission webhook" in message and "denied the request" in message
+
+
 def _refused(
     controller: pool_mod.PoolController, child: Mapping[str, Any], exc: kube.ApiError
 ) -> bool:
-    """A child refused as written (400/422: validation, admission): the spec must change.
-    Recorded for the status (ApplyRejected); True when ``exc`` is such a refusal."""
-    if exc.status not in (400, 422):
+    """A child refused as written (400/422: validation, admission; a webhook's 403 denial):
+    the spec must change. Recorded for the status (ApplyRejected); True when ``exc`` is such
+    a refusal."""
+    if exc.status not in (400, 422) and not _is_admission_denial(exc):
         return False
     kind, name = child["kind"], child["metadata"]["name"]
     controller.applied.apply_problem = f"{kind} {name} refused: {exc.message}"
