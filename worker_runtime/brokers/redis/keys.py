@@ -14,8 +14,13 @@ key                            type    contents
 ``{wf:Q}:ready:high``          stream  ready jobs of priority high; field ``j`` = job id.
 ``{wf:Q}:ready:normal``        stream  same, priority normal. Consumer group ``workers``,
 ``{wf:Q}:ready:low``           stream  consumer = worker id. An entry lives until the job leaves
-                                       the in-flight state (ack/retry/dead-letter/release:
-                                       XACK + XDEL). Never MAXLEN-trimmed. Invariant: total
+                                       the in-flight state (retry/dead-letter/release:
+                                       XACK + XDEL; ack: XACK, then XTRIM MINID below the
+                                       group's oldest pending entry and XDEL of the acked ids
+                                       above it). Never MAXLEN-trimmed. A deleted consumer's
+                                       pending entries move to the consumer
+                                       ``workerfleet:orphaned`` first, so every entry below the
+                                       oldest pending one is acknowledged. Invariant: total
                                        stream length = undelivered ready jobs + leased jobs.
 ``{wf:Q}:env``                 hash    job id → envelope JSON (envelope.JobEnvelope).
 ``{wf:Q}:state``               hash    job id → ``prio|attempts|deliveries|lost`` (every live job).

@@ -15,6 +15,9 @@ local K_ENV, K_STATE, K_HIST, K_LEASES = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local K_DELAYED, K_DLQ, K_DLQDATA, K_COUNTERS = KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local K_WORKERS, K_WEXP, K_RL, K_INFLIGHT = KEYS[12], KEYS[13], KEYS[14], KEYS[15]
 local GROUP = 'workers'
+-- The consumer that keeps the pending entries of a worker whose consumer is deleted
+-- (consumer_remove): no worker id contains ':'.
+local ORPHANS = 'workerfleet:orphaned'
 local HISTORY_KEEP = 25
 
 -- Lua's unpack() fails at about 8,000 values ("too many results to unpack"), so a list is never
@@ -71,6 +74,59 @@ local function fl_get(raw)
   local t, p, e, w = string.match(raw, FL_PATTERN)
   if not t then return nil end
   return {t = t, p = p, e = e, w = w}
+end
+
+-- Delete the entries of ready stream `stream` that `list` (entry ids) just acknowledged, and any
+-- older ones. Trimming below the group's oldest pending entry (XTRIM MINID) costs about one
+-- XDEL, where an XDEL per id walks each id's stream node to it (~3 us a job, the costliest
+-- command of an ack). Safe because every entry below the oldest pending one is acknowledged:
+-- delivery is in id order, entries are only ever added at the end, and a deleted consumer's
+-- pending entries move to ORPHANS first (consumer_remove), so none leaves the group's pending
+-- list while its job is leased. Ids above the floor (acknowledged out of order) are XDELed.
+local function entries_remove_acked(stream, list)
+  local floor = redis.call('XPENDING', stream, GROUP)[2]
+  local match, rest = string.match, {}
+  if floor then
+    redis.call('XTRIM', stream, 'MINID', floor)
+    local fm, fs = match(floor, '^(%d+)-(%d+)$')
+    fm, fs = tonumber(fm), tonumber(fs)
+    for _, id in ipairs(list) do
+      local m, q = match(id, '^(%d+)-(%d+)$')
+      m = tonumber(m)
+      if m > fm or (m == fm and tonumber(q) > fs) then rest[#rest + 1] = id end
+    end
+  else
+    -- nothing pending: every delivered entry is acknowledged, the newest of the list included
+    local tm, ts, top = -1, -1, nil
+    for _, id in ipairs(list) do
+      local m, q = match(id, '^(%d+)-(%d+)$')
+      m, q = tonumber(m), tonumber(q)
+      if m > tm or (m == tm and q > ts) then tm, ts, top = m, q, id end
+    end
+    redis.call('XTRIM', stream, 'MINID', top)
+    rest[1] = top
+  end
+  if #rest > 0 then call_chunked('XDEL', stream, rest) end
+end
+
+-- Delete worker `worker`'s consumer from every ready stream's group, first moving its pending
+-- entries to ORPHANS (XCLAIM JUSTID: no delivery counted): DELCONSUMER alone would drop them
+-- from the group's pending list while their jobs stay leased, and entries_remove_acked would
+-- then trim them. The jobs' leases stay the truth: they are reclaimed when those expire.
+local function consumer_remove(worker)
+  for _, p in ipairs(PRIO) do
+    local stream = K_READY[p]
+    for _ = 1, 20 do  -- bounded: a worker holds at most its concurrency (10,000)
+      local page = redis.pcall('XPENDING', stream, GROUP, '-', '+', CHUNK, worker)
+      if type(page) ~= 'table' or page.err or #page == 0 then break end
+      local ids = {}
+      for i, row in ipairs(page) do ids[i] = row[1] end
+      ids[#ids + 1] = 'JUSTID'
+      redis.call('XCLAIM', stream, GROUP, ORPHANS, 0, unpack(ids))
+      if #page < CHUNK then break end
+    end
+    redis.pcall('XGROUP', 'DELCONSUMER', stream, GROUP, worker)
+  end
 end
 
 -- Acknowledge and delete a delivered job's stream entry: it leaves the in-flight state.

@@ -1,6 +1,7 @@
 -- ack: finish a batch of jobs, fenced by their tokens; a stale token is rejected.
 -- Touches: {wf:Q}:inflight (token check, HDEL), {wf:Q}:state, {wf:Q}:env, {wf:Q}:history (HDEL),
---          {wf:Q}:ready:<prio> (XACK + XDEL), {wf:Q}:leases (ZREM), {wf:Q}:counters (completed),
+--          {wf:Q}:ready:<prio> (XACK; XPENDING summary, XTRIM MINID below the oldest pending
+--          entry, XDEL of the ids above it), {wf:Q}:leases (ZREM), {wf:Q}:counters (completed),
 --          {wf:Q}:done:<key> (SET PX; KEYS[idx]) when the handler records "done" with the ack.
 -- ARGV[1]: packed records, per job: id, token, done key index (0 = none), done ttl ms.
 -- Returns: flat {1|0, ...} (1 = acknowledged, 0 = stale: the job was handed to someone else).
@@ -36,7 +37,7 @@ for _, p in ipairs(PRIO) do
   local list = by_prio[p]
   if #list > 0 then
     call_chunked('XACK', K_READY[p], list, GROUP)
-    call_chunked('XDEL', K_READY[p], list)
+    entries_remove_acked(K_READY[p], list)
   end
 end
 if #done_ids > 0 then

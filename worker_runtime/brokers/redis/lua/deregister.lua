@@ -1,10 +1,11 @@
 -- deregister: a worker leaves cleanly (not counted as lost).
 -- Touches: {wf:Q}:workers (HDEL), {wf:Q}:workers:expiry (ZREM), {wf:Q}:ready:* (XGROUP
---          DELCONSUMER; any job it still held keeps its lease and is reclaimed when it expires).
+--          DELCONSUMER, its pending entries first XCLAIMed to "workerfleet:orphaned"; any job
+--          it still held keeps its lease and is reclaimed when it expires).
 -- ARGV: worker.
 -- Returns: 1 if the worker was registered, else 0.
 local worker = ARGV[1]
 local had = redis.call('ZREM', K_WEXP, worker)
 redis.call('HDEL', K_WORKERS, worker)
-for _, p in ipairs(PRIO) do redis.pcall('XGROUP', 'DELCONSUMER', K_READY[p], GROUP, worker) end
+consumer_remove(worker)
 return had

@@ -2,7 +2,8 @@
 -- (optionally) write the worker's heartbeat; reap workers whose heartbeat expired.
 -- Touches: {wf:Q}:inflight (read), {wf:Q}:leases (ZADD), {wf:Q}:workers (HSET/HDEL),
 --          {wf:Q}:workers:expiry (ZADD/ZREM), {wf:Q}:counters (workers_lost),
---          {wf:Q}:ready:* (XGROUP DELCONSUMER of reaped workers; leases stay the truth).
+--          {wf:Q}:ready:* (reaped workers' pending entries XCLAIMed to the consumer
+--          "workerfleet:orphaned", then XGROUP DELCONSUMER; leases stay the truth).
 -- ARGV: worker, lease ms, heartbeat JSON ('' = none), heartbeat ttl ms, packed records id, token.
 -- Returns: flat {1|0, ...} (1 = renewed, 0 = lost: the token is no longer this worker's).
 local now = now_ms()
@@ -43,7 +44,7 @@ if #gone > 0 then
   call_chunked('HDEL', K_WORKERS, gone)
   redis.call('HINCRBY', K_COUNTERS, 'workers_lost', #gone)
   for _, w in ipairs(gone) do
-    for _, p in ipairs(PRIO) do redis.pcall('XGROUP', 'DELCONSUMER', K_READY[p], GROUP, w) end
+    consumer_remove(w)
   end
 end
 return out
