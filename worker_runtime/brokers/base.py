@@ -466,6 +466,28 @@ class Broker(Protocol):
         ...
 
 
+@runtime_checkable
+class Prefetching(Protocol):
+    """A broker that fetches jobs ahead of the worker's calls (RabbitMQ: each consumer's
+    ``prefetch``). Those jobs are taken from the queue but never handed out; when the worker
+    drains they must go back at once, or no other worker can run them until this one exits.
+    A broker that fetches only what it is asked for has nothing to do here:
+    :func:`stop_prefetching` is a no-op for it."""
+
+    async def stop_prefetching(self) -> None:
+        """The worker fetches no more (its drain began): stop fetching ahead and give back
+        every job fetched ahead and never handed out, without spending a delivery or an
+        attempt. Jobs handed out stay the worker's. A later ``fetch`` returns nothing."""
+        ...
+
+
+async def stop_prefetching(broker: Broker) -> None:
+    """:meth:`Prefetching.stop_prefetching` for a broker that fetches ahead; nothing for one
+    that does not (Redis, SQS, memory fetch only what the worker asks for)."""
+    if isinstance(broker, Prefetching):
+        await broker.stop_prefetching()
+
+
 # -- topics: publish once, one job per subscription ---------------------------------------------
 
 

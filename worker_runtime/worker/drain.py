@@ -1,8 +1,9 @@
 """Drain: stop fetching, let in-flight jobs finish within the budget, release the rest.
 
 Started by SIGTERM/SIGINT through :meth:`worker_runtime.worker.core.Worker.request_drain` (the
-signal handlers only set flags, so this is safe as PID 1): fetching stops at once, the worker
-reports not-ready, in-flight jobs may finish until the budget
+signal handlers only set flags, so this is safe as PID 1): fetching stops at once, jobs a broker
+fetched ahead go back to the queue (``base.stop_prefetching``), the worker reports not-ready,
+in-flight jobs may finish until the budget
 (``WORKERFLEET_DRAIN_TIMEOUT_SECONDS``) is almost spent, then the rest are released to the queue
 without spending an attempt; the worker then deregisters and exits 0 before the budget ends.
 A second signal releases immediately.
@@ -15,6 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from worker_runtime import logs
+from worker_runtime.brokers import base
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import transient
 
@@ -61,6 +63,7 @@ class Drain:
         """Wait for in-flight jobs within the budget, then release what is left."""
         w = self.worker
         assert w.wake is not None
+        await self._stop_prefetching()
         end = self._release_budget_end()
         while w.held and not self.hurry:
             remaining = end - time.monotonic()
@@ -72,6 +75,20 @@ class Drain:
             except TimeoutError:
                 break
         await self._release_all()
+
+    async def _stop_prefetching(self) -> None:
+        # Jobs a broker fetched ahead (RabbitMQ's prefetch) go back now, so other workers run
+        # them during this drain; kept until the broker closed, they waited for it and could
+        # come back with a delivery spent.
+        w = self.worker
+        assert w.q is not None
+        try:
+            await asyncio.wait_for(base.stop_prefetching(w.q), timeout=3.0)
+        except transient.BROKER_ERRORS as exc:
+            log.warning(
+                "giving back prefetched jobs failed; they return when the broker closes",
+                extra={"error": transient.describe(exc)},
+            )
 
     async def _release_all(self) -> None:
         w = self.worker
