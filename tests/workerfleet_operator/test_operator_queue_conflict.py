@@ -55,6 +55,24 @@ def _create(emu: Emulator, name: str, namespace: str = NAMESPACE) -> None:
     emu.create("workerpools", body, group=GROUP)
 
 
+def given_two_pools_in_conflict(
+    emu: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> OperatorRunner:
+    """The operator, pool "a-first" on queue "emails", then "b-second" on it too: both
+    report QueueConflict=True, and "b-second" holds."""
+    emu.create("secrets", build_secret("redis-creds", queue_redis.url))
+    runner = operator()
+    _create(emu, "a-first")
+    wait_until(lambda: _replicas(emu, "a-first") == 0, message="first pool not created")
+    _create(emu, "b-second")
+    for name in ("a-first", "b-second"):
+        wait_until(
+            lambda name=name: _conflict(emu, name).get("status") == "True",
+            message=f"no QueueConflict on {name}",
+        )
+    return runner
+
+
 def test_two_pools_on_one_queue_report_the_conflict_and_only_the_first_one_scales(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
@@ -94,15 +112,7 @@ def test_the_conflict_clears_when_the_other_pool_is_deleted(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given two pools in conflict on queue "emails"
-    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
-    operator()
-    _create(emulator, "a-first")
-    wait_until(lambda: _replicas(emulator, "a-first") == 0, message="first pool not created")
-    _create(emulator, "b-second")
-    wait_until(
-        lambda: _conflict(emulator, "a-first").get("status") == "True",
-        message="no QueueConflict",
-    )
+    given_two_pools_in_conflict(emulator, queue_redis, operator)
     # When the second pool is deleted
     emulator.delete("workerpools", NAMESPACE, "b-second", group=GROUP)
     # Then the first pool's condition turns False

@@ -114,6 +114,9 @@ class OperatorContext:
     queue_readers: QueueReaders = field(default_factory=QueueReaders)
     # Reconciles running at once (config.max_concurrent_reconciles); set in __post_init__.
     reconcile_slots: asyncio.Semaphore = field(init=False)
+    # Forgotten pools whose controllers are being stopped (see forget_pool): held here so the
+    # tasks are not collected midway, and awaited by the operator's cleanup.
+    pool_stops: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.reconcile_slots = asyncio.Semaphore(self.config.max_concurrent_reconciles)
@@ -166,6 +169,49 @@ class OperatorContext:
         for cached in [c for c in self.secrets if c not in in_use]:
             del self.secrets[cached]
         await self.queues.close_unused(keys)
+
+    def forget_pool(self, controller: PoolController) -> asyncio.Task[None] | None:
+        """Forget ``controller``'s pool now; stop the controller and release what no running
+        pool uses any more (:meth:`release_unused`) in a task of its own, returned.
+
+        Forgotten at once, so that an event of a new pool of that name gets a new controller;
+        stopped in another task, since the caller may be the pool's own loop, which ``stop``
+        cancels and awaits. None when ``controller`` is no longer the pool's (forgotten before).
+        """
+        key = (controller.namespace, controller.name)
+        if self.pools.get(key) is not controller:
+            return None
+        del self.pools[key]
+        task = asyncio.get_running_loop().create_task(
+            self._stop_pool(controller), name=f"stop workerpool/{key[0]}/{key[1]}"
+        )
+        self.pool_stops.add(task)
+        task.add_done_callback(self.pool_stops.discard)
+        return task
+
+    async def _stop_pool(self, controller: PoolController) -> None:
+        await controller.stop()
+        await self.release_unused()
+
+    async def forget_pool_if_gone(self, controller: PoolController) -> bool:
+        """Read ``controller``'s WorkerPool; forget the controller (:meth:`forget_pool`) if the
+        pool no longer exists, or exists under another uid (deleted and created again). True
+        when forgotten.
+
+        kopf sends no DELETED event for a pool deleted while its watch was gone: after a 410 it
+        lists again, and a pool missing from the list is simply not mentioned. Its controller
+        then ran on: each time garbage collection deleted the pool's Deployment, the reconcile
+        created it again (owned by the dead uid, its workers taking jobs until the next
+        collection), and the pool held its queue against any other pool reading it.
+        """
+        uid = controller.pool_facts.uid
+        ref = kube.build_ref("WorkerPool", controller.namespace, controller.name)
+        live = await kube.fetch_object(self.kube_client(), ref)
+        if uid is None or controller.pool_facts.uid != uid:
+            return False  # a body came meanwhile: its events know better than this read
+        if live is not None and str((live.get("metadata") or {}).get("uid")) == uid:
+            return False
+        return self.forget_pool(controller) is not None
 
     def kube_client(self) -> kube.KubeClient:
         """The operator's API client, made on first use (after the login)."""

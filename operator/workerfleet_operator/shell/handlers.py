@@ -11,12 +11,15 @@ controller (``shell.pool``) and returns; the controller's own task reconciles an
   :class:`WatchOnlyDiffBaseStorage` skips building it.
 - No finalizers: kopf's timers/daemons would add one, and a pool then hangs Terminating whenever
   the operator is not running (e.g. during ``helm uninstall``). Garbage collection removes the
-  children through their ownerReferences; the pool's loop stops on the DELETED event.
+  children through their ownerReferences; the pool's loop stops on the DELETED event, or when
+  the pool is found gone without one (its Deployment deleted, its status write answered 404:
+  ``OperatorContext.forget_pool_if_gone``, ``shell.report``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +29,8 @@ import kopf
 from workerfleet_operator import api, manifests
 from workerfleet_operator.shell import config as config_module
 from workerfleet_operator.shell import context, credentials, pool
+
+logger = logging.getLogger("workerfleet.operator")
 
 
 class WatchOnlyDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -103,7 +108,8 @@ def register(registry: kopf.OperatorRegistry, ctx: context.OperatorContext) -> N
     async def cleanup(**_: Any) -> None:
         pools = list(ctx.pools.values())
         ctx.pools.clear()
-        await asyncio.gather(*(p.stop() for p in pools), return_exceptions=True)
+        stopping = (*(p.stop() for p in pools), *ctx.pool_stops)
+        await asyncio.gather(*stopping, return_exceptions=True)
         await ctx.queues.close()
         if ctx.client is not None:
             await ctx.client.close()
@@ -115,10 +121,10 @@ def register(registry: kopf.OperatorRegistry, ctx: context.OperatorContext) -> N
         meta = raw.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         if event.get("type") == "DELETED":
-            controller = ctx.pools.pop(key, None)
-            if controller is not None:
-                await controller.stop()
-                await ctx.release_unused()
+            controller = ctx.pools.get(key)
+            stopping = None if controller is None else ctx.forget_pool(controller)
+            if stopping is not None:
+                await stopping
             return
         controller = ctx.pools.get(key)
         if controller is None:
@@ -138,11 +144,33 @@ def register(registry: kopf.OperatorRegistry, ctx: context.OperatorContext) -> N
         controller = ctx.pools.get((namespace, owner or ""))
         if controller is None:
             return  # the pool is gone or not seen yet; its own event will reconcile
-        controller.observe_deployment(dict(raw), deleted=event.get("type") == "DELETED")
+        deleted = event.get("type") == "DELETED"
+        # Its pool's own deletion comes this way too, as garbage collection: a pool whose
+        # DELETED event was missed would create its Deployment again. One read per deletion.
+        if deleted and await _is_forgotten_as_gone(ctx, controller):
+            return
+        controller.observe_deployment(dict(raw), deleted=deleted)
 
     @kopf.on.probe(registry=registry, id="pools")
     async def pools_probe(**_: Any) -> int:
         return len(ctx.pools)
+
+
+async def _is_forgotten_as_gone(
+    ctx: context.OperatorContext, controller: pool.PoolController
+) -> bool:
+    """``ctx.forget_pool_if_gone``; False when the pool cannot be read (the Deployment is then
+    handled as any deleted one: created again)."""
+    try:
+        return await ctx.forget_pool_if_gone(controller)
+    except Exception as exc:
+        logger.info(
+            "could not read WorkerPool %s/%s after its Deployment was deleted: %s",
+            controller.namespace,
+            controller.name,
+            exc,
+        )
+        return False
 
 
 def load_operator_login(cfg: config_module.OperatorConfig) -> kopf.ConnectionInfo:

@@ -60,12 +60,18 @@ async def apply_status(
         # Without this, a QueueConflict the reconcile wrote outlived the other pool's deletion.
         controller.scaling.poll_signature = None
         ref = kube.build_ref("WorkerPool", controller.namespace, controller.name)
+        uid = controller.pool_facts.uid
         try:
             updated = await kube.apply_status(controller.ctx.kube_client(), ref, status)
         except kube.ApiError as exc:
-            if exc.is_not_found:
-                return True  # deleted meanwhile; the DELETED event stops this loop
-            raise
+            if not exc.is_not_found:
+                raise
+            # The pool is gone, and its DELETED event may never come (kopf sends none for a
+            # pool deleted while its watch was gone): stop this loop now, unless a new pool of
+            # that name was seen meanwhile (``OperatorContext.forget_pool_if_gone``).
+            if controller.pool_facts.uid == uid:
+                controller.ctx.forget_pool(controller)
+            return True
         if drift.is_newer(updated, controller.body):
             controller.body = kube.strip_managed_fields(updated)
     for event in events:
