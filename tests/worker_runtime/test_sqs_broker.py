@@ -428,6 +428,90 @@ async def test_a_settle_whose_fence_is_throttled_or_refused_raises_instead_of_lo
     assert (stats.backlog, stats.in_flight) == (0, 1)
 
 
+THROTTLED = refusal("ThrottlingException", "Rate exceeded")
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        (THROTTLED, 400),  # the whole call refused
+        (  # the call answered, its entry failed through no fault of the sender
+            {
+                "Successful": [],
+                "Failed": [{"Id": "0", "SenderFault": False, "Code": "InternalError"}],
+            },
+            200,
+        ),
+    ],
+)
+async def test_an_ack_that_failed_once_is_applied_by_the_worker_s_resend(
+    open_sqs: OpenBroker, reply: dict[str, Any], status: int
+) -> None:
+    # Given a job a worker ran to the end
+    b = await open_sqs(lease_seconds=2)
+    await b.enqueue(job())
+    [d] = await fetch_until(b, 1, 10)
+    # When its ack's DeleteMessageBatch fails once
+    answer_once(b, "DeleteMessageBatch", reply, status=status)
+    with pytest.raises(errors.BrokerUnavailable):
+        await b.ack(d)
+    # Then the worker's re-sent ack deletes the job, which never comes back
+    assert await b.ack(d) is True
+    await asyncio.sleep(2.5)
+    assert await b.fetch("w1", 10) == []
+
+
+@pytest.mark.parametrize(
+    ("operation", "reply", "status"),
+    [
+        ("SendMessage", refusal("InternalError"), 500),  # the copy is not sent
+        ("DeleteMessageBatch", THROTTLED, 400),  # the copy is out, the original not deleted
+    ],
+)
+async def test_a_retry_that_failed_once_sends_exactly_one_copy_on_the_worker_s_resend(
+    open_sqs: OpenBroker, operation: str, reply: dict[str, Any], status: int
+) -> None:
+    # Given a job whose run failed
+    b = await open_sqs(lease_seconds=2)
+    await b.enqueue(job())
+    [d] = await fetch_until(b, 1, 10)
+    failure = base.Failure("ValueError", "boom", "tb", "w1")
+    # When one step of its retry fails
+    answer_once(b, operation, reply, status=status)
+    with pytest.raises(errors.BrokerUnavailable):
+        await b.retry(d, failure, delay_seconds=0)
+    # Then the worker's re-sent retry goes through: the job comes back once, with one attempt
+    # and not as a lost delivery, and after that never again (no second copy, and no
+    # original once its lease is over)
+    assert await b.retry(d, failure, delay_seconds=0) is True
+    [again] = await fetch_until(b, 1, 10)
+    assert (again.id, again.attempts, again.lost) == (d.id, 1, 0)
+    assert await b.ack(again) is True
+    await asyncio.sleep(2.5)
+    assert await b.fetch("w1", 10) == []
+
+
+async def test_a_dead_letter_whose_delete_failed_leaves_one_dead_letter_after_the_resend(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a job whose run failed for good
+    b = await open_sqs(lease_seconds=2)
+    await b.enqueue(job())
+    [d] = await fetch_until(b, 1, 10)
+    failure = base.Failure("KeyError", "last", "tb", "w1")
+    # When its dead-letter is sent but deleting the original is throttled
+    answer_once(b, "DeleteMessageBatch", THROTTLED, status=400)
+    with pytest.raises(errors.BrokerUnavailable):
+        await b.dead_letter(d, "non_retryable", failure=failure)
+    # Then the re-sent dead-letter deletes the original: one dead letter, with one failure,
+    # and the job never runs again
+    assert await b.dead_letter(d, "non_retryable", failure=failure) is True
+    [letter] = await b.list_dead_letters()
+    assert (letter.job_id, [r.message for r in letter.history]) == (d.id, ["last"])
+    await asyncio.sleep(2.5)
+    assert await b.fetch("w1", 10) == []
+
+
 async def test_a_renew_reports_lost_only_receipts_sqs_says_are_gone(
     elasticmq_server: elasticmq.ElasticMQServer,
 ) -> None:

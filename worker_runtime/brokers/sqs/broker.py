@@ -41,7 +41,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Collection, Container, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +224,9 @@ class _Held:
     body: str
     carried: attributes.Carried
     receive_count: int
+    copy_sent: bool = False
+    """A settle's copy of the job (retry, release, dead-letter) is out and only deleting this
+    message is left: a re-sent settle deletes, and never sends a second copy."""
 
 
 @dataclass
@@ -606,8 +609,8 @@ class SqsBroker:
             try:
                 env = envelope_mod.parse_envelope(body)
             except envelope_mod.EnvelopeError as exc:
-                self._held[receipt] = held
-                await self._send_dead(receipt, exc.reason, worker_id=worker_id)
+                await self._send_dead(receipt, held, exc.reason, worker_id=worker_id)
+                await self._delete(url, receipt)
                 self.dead_lettered_by_fetch[exc.reason] += 1
                 continue
             delivery = base.Delivery(
@@ -632,13 +635,15 @@ class SqsBroker:
                 self._held[receipt] = held
                 await self._renew_receipts(url, [receipt])
                 continue
-            self._held[receipt] = held
-            self._by_job[env.id] = receipt
             if lost >= self.options.max_deliveries:
+                self._by_job.pop(env.id, None)
                 reason = base.DeadLetterReason.MAX_DELIVERIES
-                await self._send_dead(receipt, reason, worker_id=worker_id)
+                await self._send_dead(receipt, held, reason, worker_id=worker_id)
+                await self._delete(url, receipt)
                 self.dead_lettered_by_fetch[reason] += 1
                 continue
+            self._held[receipt] = held
+            self._by_job[env.id] = receipt
             out.append(delivery)
         return out
 
@@ -711,8 +716,16 @@ class SqsBroker:
                     p.done.set_exception(exc)
             return
         ok = {e["Id"] for e in reply.get("Successful", [])}
+        failed = {str(f.get("Id")): f for f in reply.get("Failed", [])}
         for i, p in enumerate(items):
-            if not p.done.done():
+            if p.done.done():
+                continue
+            refusal = failed.get(str(i), {})
+            if str(i) not in ok and refusal and not _is_lost_receipt(str(refusal.get("Code"))):
+                # throttled, or refused for another reason than a gone receipt: not deleted,
+                # and the lease is not lost either (the ack is re-sent)
+                p.done.set_exception(_entry_error(refusal, "ack"))
+            else:
                 p.done.set_result(str(i) in ok)
 
     def _receipt(self, delivery: base.Delivery) -> str:
@@ -720,6 +733,8 @@ class SqsBroker:
         return RECEIPT_ALIASES.get(delivery.receipt, delivery.receipt)
 
     def _take(self, delivery: base.Delivery) -> tuple[str, _Held] | None:
+        """The delivery's receipt and what is held for it, forgotten now (a second settle of
+        it answers False); None when it is not held (settled, or its job came back)."""
         receipt = self._receipt(delivery)
         held = self._held.pop(receipt, None)
         if held is None:
@@ -728,6 +743,22 @@ class SqsBroker:
         if self._by_job.get(delivery.id) == receipt:
             del self._by_job[delivery.id]
         return receipt, held
+
+    @contextlib.contextmanager
+    def _kept_on_error(self, delivery: base.Delivery, receipt: str, held: _Held) -> Iterator[None]:
+        """Undo :meth:`_take` when the settle inside fails: the worker re-sends a settle that
+        raised (its broker makes one attempt per call), and that re-send must find the
+        delivery, not answer False ("lease lost") for a job that is still this worker's."""
+        try:
+            yield
+        except BaseException:
+            # setdefault: a fetch may have received the job again meanwhile (then it is not
+            # this delivery's any more, and the newer one is kept)
+            self._held.setdefault(receipt, held)
+            self._by_job.setdefault(delivery.id, receipt)
+            if receipt != delivery.receipt:
+                RECEIPT_ALIASES.setdefault(delivery.receipt, receipt)
+            raise
 
     async def ack(
         self,
@@ -747,7 +778,31 @@ class SqsBroker:
         if taken is None:
             return False
         receipt, held = taken
-        return await self._delete(held.queue_url, receipt)
+        with self._kept_on_error(delivery, receipt, held):
+            return await self._delete(held.queue_url, receipt)
+
+    async def _replace(
+        self,
+        delivery: base.Delivery,
+        receipt: str,
+        held: _Held,
+        send_copy: Callable[[], Awaitable[None]],
+    ) -> bool:
+        """Send a copy of the job (``send_copy``), then delete this message: a retry, release
+        or dead-letter. Only while the delivery is still current: a copy sent for a delivery
+        whose lease ran out (the job is someone else's, or done) would run the job once more.
+
+        A step that fails keeps the delivery for the worker's re-send; once the copy is out,
+        the re-send only deletes (a second copy would run the job twice). A copy whose send got
+        no reply may be out or not: the re-send sends it (at-least-once)."""
+        with self._kept_on_error(delivery, receipt, held):
+            if not held.copy_sent:
+                if not await self._change_visibility(held.queue_url, receipt, self.visibility):
+                    return False
+                await send_copy()
+        sent = dataclasses.replace(held, copy_sent=True)
+        with self._kept_on_error(delivery, receipt, sent):
+            return await self._delete(held.queue_url, receipt)
 
     async def _resend(
         self,
@@ -757,30 +812,30 @@ class SqsBroker:
         carried: attributes.Carried,
         delay: float,
     ) -> bool:
-        """Send the job again as a new message carrying ``carried``, then delete this one.
+        """Send the job again as a new message carrying ``carried``, then delete this one."""
 
-        Only while the delivery is still current: a copy sent for a delivery whose lease ran
-        out (the job is someone else's, or done) would run the job once more."""
-        if not await self._still_current(held.queue_url, receipt):
-            return False
-        entry = self._send_entry(
-            held.body, carried, delay=delay, job_id=delivery.id, envelope=delivery.envelope
-        )
-        entry.pop("Id")
-        client = await self._ready_client()
-        with _mapped("retry"):
-            await client.send_message(QueueUrl=held.queue_url, **entry)
-        return await self._delete(held.queue_url, receipt)
+        async def send_copy() -> None:
+            entry = self._send_entry(
+                held.body, carried, delay=delay, job_id=delivery.id, envelope=delivery.envelope
+            )
+            entry.pop("Id")
+            client = await self._ready_client()
+            with _mapped("retry"):
+                await client.send_message(QueueUrl=held.queue_url, **entry)
 
-    async def _still_current(self, url: str, receipt: str) -> bool:
-        """Whether SQS still takes ``receipt`` (its visibility is extended by a lease): the
-        fence before a settle that sends a copy. SQS may also take an older receipt handle
-        (``Capabilities.fenced_receipts`` is False); ElasticMQ refuses it."""
+        return await self._replace(delivery, receipt, held, send_copy)
+
+    async def _change_visibility(self, url: str, receipt: str, seconds: int) -> bool:
+        """Set the visibility of the message ``receipt`` names; False when SQS says that
+        receipt is gone (the lease ran out, or the message was received again or deleted).
+        With the lease's visibility it is the fence before a settle that sends a copy. SQS may
+        also take an older receipt handle (``Capabilities.fenced_receipts`` is False);
+        ElasticMQ refuses it."""
         client = await self._ready_client()
         with _mapped("renew"):
             try:
                 await client.change_message_visibility(
-                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=self.visibility
+                    QueueUrl=url, ReceiptHandle=receipt, VisibilityTimeout=seconds
                 )
             except botocore.exceptions.ClientError as exc:
                 # only an answer that says the receipt is gone ends the delivery; a throttle,
@@ -839,12 +894,8 @@ class SqsBroker:
             return False
         receipt, held = taken
         if self.settings.fifo:
-            client = await self._ready_client()
-            with _mapped("release"):
-                await client.change_message_visibility(
-                    QueueUrl=held.queue_url, ReceiptHandle=receipt, VisibilityTimeout=0
-                )
-            return True
+            with self._kept_on_error(delivery, receipt, held):
+                return await self._change_visibility(held.queue_url, receipt, 0)
         carried = dataclasses.replace(
             held.carried, deliveries=delivery.deliveries, lost=delivery.lost, not_before=None
         )
@@ -862,16 +913,18 @@ class SqsBroker:
         if taken is None:
             return False
         receipt, held = taken
-        if not await self._still_current(held.queue_url, receipt):
-            return False
         worker = failure.worker_id if failure else ""
-        carried = self._failed(delivery, held, failure, attempt)
-        self._held[receipt] = dataclasses.replace(held, carried=carried)
-        return await self._send_dead(receipt, reason, worker_id=worker)
+        dead = dataclasses.replace(held, carried=self._failed(delivery, held, failure, attempt))
+        return await self._replace(
+            delivery,
+            receipt,
+            held,
+            lambda: self._send_dead(receipt, dead, reason, worker_id=worker),
+        )
 
-    async def _send_dead(self, receipt: str, reason: str, *, worker_id: str) -> bool:
-        """Send the held message to the DLQ with its counters and history, then delete it."""
-        held = self._held.pop(receipt)
+    async def _send_dead(self, receipt: str, held: _Held, reason: str, *, worker_id: str) -> None:
+        """Send a copy of the message to the DLQ with its counters and history (the caller
+        deletes the message)."""
         carried = dataclasses.replace(
             held.carried,
             deliveries=max(held.carried.deliveries, held.receive_count),
@@ -890,7 +943,6 @@ class SqsBroker:
         client = await self._ready_client()
         with _mapped("dead_letter"):
             await client.send_message(QueueUrl=self.dead_letter_url, **entry)
-        return await self._delete(held.queue_url, receipt)
 
     async def renew(
         self,
