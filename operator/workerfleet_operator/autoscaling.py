@@ -372,6 +372,18 @@ def hold_paused(
     )
 
 
+def keep_last_scale_time(decision: Decision, before: ScalerState) -> Decision:
+    """The decision as it stands when its replicas were not written (the caller held them: a
+    live HPA, a queue another pool scales, a Deployment changed twice in a row): everything
+    measured is kept (the windows, the rates), but ``last_scale_time`` stays where the last
+    real scale put it. A pool held back decides the same change on every poll, and each moved
+    the time of a scale that never happened."""
+    if decision.state.last_scale_time == before.last_scale_time:
+        return decision
+    state = dataclasses.replace(decision.state, last_scale_time=before.last_scale_time)
+    return dataclasses.replace(decision, state=state)
+
+
 def _build_unmanaged(policy: ScalingPolicy, current: int, state: ScalerState) -> Decision:
     """keda mode: KEDA owns the count, keep it; disabled mode: the fixed ``replicas``."""
     if policy.mode == "disabled" and policy.replicas is not None:

@@ -30,7 +30,7 @@ import yaml
 from workerfleet_operator import rbac
 from workerfleet_operator.local import demo, fleet
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, main, metrics
+from workerfleet_operator.shell import context, main, metrics, scaler
 
 from tests.workerfleet_operator.emulator import Emulator
 
@@ -339,6 +339,20 @@ def given_a_running_pool(
     emu.create("workerpools", body, group=GROUP)
     wait_for_condition(emu, body["metadata"]["name"], until)
     return runner
+
+
+def count_polls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the name of each pool whose autoscaler poll is done (the operator's own
+    ``scaler.poll_queue``, wrapped): tests wait for a number of polls, not for seconds."""
+    polls: list[str] = []
+    real_poll = scaler.poll_queue
+
+    async def counted_poll(controller: Any, policy: Any) -> None:
+        await real_poll(controller, policy)
+        polls.append(controller.name)
+
+    monkeypatch.setattr(scaler, "poll_queue", counted_poll)
+    return polls
 
 
 def events_for(emu: Emulator, name: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
@@ -12,6 +15,7 @@ from tests.workerfleet_operator.conftest import (
     build_pool,
     build_secret,
     condition,
+    count_polls,
     events_for,
     given_a_running_pool,
     wait_until,
@@ -34,6 +38,14 @@ def replicas(emu: Emulator, name: str) -> int | None:
 def autoscaler_writes(emu: Emulator) -> int:
     return sum(
         1 for m, p, _ in list(emu.request_log) if m == "PATCH" and p.endswith("/deployments/emails")
+    )
+
+
+def status_writes(emu: Emulator) -> int:
+    return sum(
+        1
+        for m, p, _ in list(emu.request_log)
+        if m == "PATCH" and p.endswith("/workerpools/emails/status")
     )
 
 
@@ -172,20 +184,26 @@ def scaling_limited_reason(emu: Emulator) -> str | None:
     return condition(pool(emu, "emails"), "ScalingLimited").get("reason")
 
 
+def hold_with_a_live_hpa(emu: Emulator, server: QueueRedis) -> None:
+    """A live HPA scales pool ``emails`` to 7, then a backlog makes the autoscaler want 10:
+    wait until it holds (``ReplicasOwnedElsewhere``)."""
+    create_hpa(emu)
+    scale_elsewhere(emu, 7)
+    enqueue(server, "emails", 400)
+    wait_until(
+        lambda: scaling_limited_reason(emu) == "ReplicasOwnedElsewhere",
+        message="no ReplicasOwnedElsewhere",
+    )
+
+
 def test_a_live_hpa_is_not_fought_and_deleting_it_hands_the_replicas_back(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:
     # Given a builtin pool whose Deployment a live HPA scales to 7
     given_a_running_pool(emulator, queue_redis, operator)
-    create_hpa(emulator)
-    scale_elsewhere(emulator, 7)
     # When a backlog makes the autoscaler want its maximum (10)
-    enqueue(queue_redis, "emails", 400)
     # Then it holds, says which HPA drives the replicas, and leaves its value alone
-    wait_until(
-        lambda: scaling_limited_reason(emulator) == "ReplicasOwnedElsewhere",
-        message="no ReplicasOwnedElsewhere",
-    )
+    hold_with_a_live_hpa(emulator, queue_redis)
     cond = condition(pool(emulator, "emails"), "ScalingLimited")
     assert cond["status"] == "True"
     assert "HorizontalPodAutoscaler emails-hpa" in cond["message"]
@@ -206,6 +224,36 @@ def test_a_live_hpa_is_not_fought_and_deleting_it_hands_the_replicas_back(
         lambda: scaling_limited_reason(emulator) != "ReplicasOwnedElsewhere",
         message="ReplicasOwnedElsewhere never cleared",
     )
+
+
+def test_a_scale_held_by_a_live_hpa_moves_neither_last_scale_time_nor_the_status(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an operator whose polls are counted, which writes the queue's numbers at most
+    # every 5 minutes (other status changes at once), and whose wall clock jumps an hour at
+    # every reading, so a lastScaleTime moved by a poll shows in the status at once
+    polls = count_polls(monkeypatch)
+    hours = itertools.count()
+    runner = given_a_running_pool(
+        emulator, queue_redis, lambda: operator(status_refresh_seconds=300.0)
+    )
+    runner.context.wall_clock = lambda: 1_800_000_000.0 + 3600.0 * next(hours)
+    # and a builtin pool whose Deployment a live HPA scales to 7, with a backlog that makes the
+    # autoscaler want 10: it holds (ReplicasOwnedElsewhere), settled for two polls
+    hold_with_a_live_hpa(emulator, queue_redis)
+    settled = polls.count("emails") + 2
+    wait_until(lambda: polls.count("emails") >= settled, message="the pool stopped polling")
+    written = status_writes(emulator)
+    # When it polls three more times, wanting 10 each time and writing nothing
+    wait_until(lambda: polls.count("emails") >= settled + 3, message="the pool stopped polling")
+    # Then no scale is recorded (none happened) and its status was not written again
+    shown = (pool(emulator, "emails") or {})["status"]
+    assert shown["desiredReplicas"] == 10 and replicas(emulator, "emails") == 7
+    assert "lastScaleTime" not in shown["autoscaling"], shown["autoscaling"]
+    assert status_writes(emulator) == written
 
 
 def test_a_one_off_kubectl_scale_does_not_switch_the_autoscaler_off(
@@ -230,15 +278,9 @@ def test_an_hpa_the_operator_has_not_yet_seen_is_not_overwritten(
     # is stale), and an HPA then created that scales the Deployment to 7
     given_a_running_pool(emulator, queue_redis, operator)
     emulator.stall_open_watches()
-    create_hpa(emulator)
-    scale_elsewhere(emulator, 7)
     # When a backlog makes the autoscaler want more, judged on the stale copy
-    enqueue(queue_redis, "emails", 400)
     # Then it finds the live HPA before writing and holds instead of taking the field
-    wait_until(
-        lambda: scaling_limited_reason(emulator) == "ReplicasOwnedElsewhere",
-        message="no ReplicasOwnedElsewhere",
-    )
+    hold_with_a_live_hpa(emulator, queue_redis)
     assert replicas(emulator, "emails") == 7
     assert replicas_owners(emulator) == {"kube-controller-manager"}
 

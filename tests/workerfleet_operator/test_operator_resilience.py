@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from workerfleet_operator.shell import scaler
 
 from tests.workerfleet_operator.conftest import (
     NAMESPACE,
@@ -18,6 +17,7 @@ from tests.workerfleet_operator.conftest import (
     build_pool,
     build_secret,
     condition,
+    count_polls,
     events_for,
     wait_until,
 )
@@ -271,14 +271,7 @@ def test_a_reconcile_that_keeps_failing_stays_degraded_with_one_warning_and_keep
 ) -> None:
     # Given an operator that retries a failed reconcile after 30 s, whose autoscaler polls are
     # counted, and a running pool polling its queue every second
-    polls: list[str] = []
-    real_poll = scaler.poll_queue
-
-    async def counted_poll(controller: Any, policy: Any) -> None:
-        await real_poll(controller, policy)
-        polls.append(controller.name)
-
-    monkeypatch.setattr(scaler, "poll_queue", counted_poll)
+    polls = count_polls(monkeypatch)
     emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
     operator(retry_base_seconds=30.0, retry_max_seconds=60.0)
     emulator.create("workerpools", build_pool("emails"), group="workerfleet.io")

@@ -114,13 +114,17 @@ async def poll_queue(
         decision = autoscaling.hold_paused(
             decision, controller.scaling.scaler_state, spec.pause.replicas, now
         )
-    if decision.state.last_scale_time != controller.scaling.scaler_state.last_scale_time:
-        controller.scaling.last_scale_wall_time = controller.ctx.wall_clock()
-    controller.scaling.scaler_state = decision.state
-    controller.scaling.last_decision = decision
+    state_before = controller.scaling.scaler_state
+    # Kept before the write, so one that raises keeps what this poll measured; kept as a scale
+    # that has not happened: only a write moves lastScaleTime (below).
+    unapplied = autoscaling.keep_last_scale_time(decision, state_before)
+    controller.scaling.scaler_state = unapplied.state
+    controller.scaling.last_decision = unapplied
     applied = True
-    if policy.mode == "builtin" and controller.has_deployment and decision.desired != current:
-        if sharing is not None and sharing.holds:
+    if policy.mode == "builtin" and decision.desired != current:
+        if not controller.has_deployment:
+            applied = False  # nothing to scale yet: the reconcile creates it
+        elif sharing is not None and sharing.holds:
             applied = False  # another pool scales for this queue (QueueConflict)
         elif policy.dry_run:
             applied = (
@@ -131,6 +135,15 @@ async def poll_queue(
             deployment = controller.deployment
             assert deployment is not None
             applied = await _scale(controller, deployment, current, decision, observation)
+    if applied:
+        if decision.state.last_scale_time != state_before.last_scale_time:
+            controller.scaling.last_scale_wall_time = controller.ctx.wall_clock()
+        controller.scaling.scaler_state = decision.state
+        controller.scaling.last_decision = decision
+    else:
+        # Held (or not written): lastScaleTime, the signature and the status stay as they were,
+        # not rewritten on every poll of a pool that cannot scale.
+        decision = unapplied
     # An unchanged poll (an idle pool) costs no plan and no write: only the metrics.
     signature = (
         *_poll_signature(
