@@ -670,6 +670,10 @@ def build_dead_letter_json(d: base.DeadLetter) -> dict[str, Any]:
 
 
 def _dead_letter_filter(args: argparse.Namespace) -> Any:
+    """The filter of the command's --task/--reason/--error/--since/--until flags; with
+    ``dlq purge --older-than``, a filter also selects only dead letters older than that."""
+    import dataclasses
+
     from worker_runtime import triage
 
     now = time.time()
@@ -683,10 +687,20 @@ def _dead_letter_filter(args: argparse.Namespace) -> Any:
         )
     except triage.InvalidTime as exc:
         raise CliError(str(exc)) from None
+    upper = f"--until ({args.until})"
+    older_than: float | None = getattr(args, "older_than", None)
+    if older_than is not None and not where.is_empty:
+        # A filter becomes a list of job ids, and a purge of ids has no age of its own: the
+        # age must be part of the filter, or "--reason X --older-than 7d" deletes every X.
+        # (--older-than alone is no filter: the broker purges by age, with no scan limit.)
+        cutoff = now - older_than
+        if where.until is None or cutoff < where.until:
+            where = dataclasses.replace(where, until=cutoff)
+            upper = f"--older-than ({_age(older_than)})"
     if where.since is not None and where.until is not None and where.since > where.until:
         # "--since 1h --until 2h" reads as a range but selects nothing: say so, not "none"
         msg = (
-            f"--since ({args.since}) is after --until ({args.until}): nothing could match; "
+            f"--since ({args.since}) is after {upper}: nothing could match; "
             "--since is the older bound (e.g. --since 2h --until 1h)"
         )
         raise CliError(msg)
@@ -885,8 +899,9 @@ def _dlq_selection(
 ) -> tuple[str, str, list[str] | None]:
     """URL, queue and job ids of a dlq command that acts on some dead letters.
 
-    Job ids are given, or found by the filters (newest first, within triage.SCAN_LIMIT), or
-    None: ``--all`` or ``hint`` (the command's own selection) decide.
+    Job ids are given, or found by the filters (newest first, within triage.SCAN_LIMIT; for a
+    purge, only those older than its --older-than), or None: ``--all`` or ``hint`` (the
+    command's own selection) decide.
     """
 
     where = _dead_letter_filter(args)

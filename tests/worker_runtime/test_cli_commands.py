@@ -26,7 +26,12 @@ from worker_runtime.brokers.redis import keys, queue, stats
 
 
 def _dead_letter_one(
-    url: str, queue_name: str, task: str, message: str = "bad things", trace: str = "here"
+    url: str,
+    queue_name: str,
+    task: str,
+    message: str = "bad things",
+    trace: str = "here",
+    reason: str = "max_attempts",
 ) -> str:
     """Put one job into the DLQ through the engine (enqueue, fetch, dead_letter)."""
 
@@ -38,7 +43,7 @@ def _dead_letter_one(
             await q.enqueue(queue.EnqueueRequest(env))
             (job,) = await q.fetch("cli-test", 1)
             failure = queue.Failure("ValueError", message, f"Traceback: {trace}", "cli-test")
-            assert await q.dead_letter(job, "max_attempts", failure=failure)
+            assert await q.dead_letter(job, reason, failure=failure)
             return job.id
         finally:
             await client.aclose()
@@ -132,6 +137,61 @@ def test_dlq_ls_show_replay_and_purge(redis_server: Any, queue_name: str) -> Non
     assert json.loads(purge.stdout) == {"purged": 1}
     empty = run_cli("dlq", "ls", "--json", redis_url=url, queue_name=queue_name)
     assert json.loads(empty.stdout) == []
+
+
+def _move_dead_letter_back_in_time(url: str, queue_name: str, job_id: str, seconds: float) -> None:
+    """Make a dead letter ``seconds`` older: its DLQ score and the times in its record.
+
+    The engine stamps dead letters with Redis' own clock (TIME inside its script), which no
+    fake clock reaches; this is the record a dead letter of that age has."""
+    client = redis.Redis.from_url(url)
+    try:
+        k = keys.build_keys(queue_name)
+        record = json.loads(client.hget(k.dlq_data, job_id))  # type: ignore[arg-type]
+        record["dead_lettered_at"] -= seconds
+        for failure in record["history"]:
+            failure["at"] -= seconds
+        client.hset(k.dlq_data, job_id, json.dumps(record))
+        score = client.zscore(k.dlq, job_id)
+        assert score is not None
+        client.zadd(k.dlq, {job_id: score - seconds * 1000}, xx=True)
+    finally:
+        client.close()
+
+
+def test_a_filtered_purge_with_an_age_deletes_only_the_matching_dead_letters_older_than_it(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given dead letters of two reasons, of each two from two days ago and one from now
+    # (aged after the last insert: an insert drops entries past the DLQ's retention)
+    url = redis_server.url
+    ids = {
+        (reason, age): [
+            _dead_letter_one(url, queue_name, "send-email", reason=reason)
+            for _ in range(2 if age == "old" else 1)
+        ]
+        for reason in ("unknown_task", "max_attempts")
+        for age in ("old", "new")
+    }
+    for reason in ("unknown_task", "max_attempts"):
+        for job_id in ids[(reason, "old")]:
+            _move_dead_letter_back_in_time(url, queue_name, job_id, 2 * 86400)
+    before = json.loads(run_cli("dlq", "ls", "--json", redis_url=url, queue_name=queue_name).stdout)
+    assert len(before) == 6
+    # When the unknown_task ones older than a day are purged, first without --yes
+    argv = ("dlq", "purge", "--reason", "unknown_task", "--older-than", "1d")
+    refused = run_cli(*argv, redis_url=url, queue_name=queue_name)
+    done = run_cli(*argv, "--yes", "--json", redis_url=url, queue_name=queue_name)
+    # Then the confirmation counted the two old ones, and exactly those two were deleted
+    assert refused.returncode == 2, refused.stderr
+    assert "this deletes 2 matching dead letter(s)" in refused.stderr
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"purged": 2}
+    # And every other dead letter is still listed as before: same order, same full record
+    # (reason, times, failure history, envelope)
+    after = json.loads(run_cli("dlq", "ls", "--json", redis_url=url, queue_name=queue_name).stdout)
+    gone = set(ids[("unknown_task", "old")])
+    assert after == [d for d in before if d["job_id"] not in gone]
 
 
 def test_dlq_ls_shows_whole_job_ids_one_line_each_on_a_narrow_terminal_and_through_a_pipe(

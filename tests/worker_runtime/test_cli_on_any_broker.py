@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.support import brokers as support
 from worker_runtime import brokers, cli
 from worker_runtime import envelope as envelope_mod
 from worker_runtime.brokers import base, memory
@@ -176,6 +178,61 @@ def test_the_environment_names_the_broker_by_its_new_or_its_old_variable(
     code, _out, err = _run(["dlq", "ls", "--broker-url", store_url, "--redis-url", store_url],
                            capsys)  # fmt: skip
     assert code == 2 and "not both" in err
+
+
+def _seed_two_ages(url: str, queue: str, *, days_old: float) -> dict[tuple[str, str], list[str]]:
+    """Dead letters of two reasons: of each two ``days_old`` days old and one from now, made
+    by a broker whose clock is set back (the command's own broker reads the real clock)."""
+    clock = support.FakeClock(time.time() - days_old * 86400)
+
+    async def go() -> dict[tuple[str, str], list[str]]:
+        ids: dict[tuple[str, str], list[str]] = {}
+        broker = await OPEN_BROKER(url, queue, clock=clock)
+        try:
+            for age, count in (("old", 2), ("new", 1)):
+                for reason in ("unknown_task", "max_attempts"):
+                    for _ in range(count):
+                        env = envelope_mod.build_envelope("send_email", {"reason": reason})
+                        await broker.enqueue(base.EnqueueRequest(envelope=env))
+                        (d,) = await broker.fetch("w-seed", 1)
+                        failure = base.Failure("KeyError", "no such task", "Traceback", "w-seed")
+                        assert await broker.dead_letter(d, reason, failure=failure)
+                        ids.setdefault((reason, age), []).append(d.id)
+                clock.now = time.time()
+        finally:
+            await broker.close()
+        return ids
+
+    return asyncio.run(go())
+
+
+def test_a_filtered_purge_with_an_age_deletes_only_the_matching_dead_letters_older_than_it(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given dead letters of two reasons on the memory broker, of each two from two days ago
+    # and one from now
+    ids = _seed_two_ages(store_url, "jobs", days_old=2)
+    flags = ["--broker-url", store_url, "-q", "jobs"]
+    code, out, err = _run(["dlq", "ls", "--json", *flags], capsys)
+    assert code == 0, err
+    before = json.loads(out)
+    assert len(before) == 6
+    # When the unknown_task ones older than a day are purged
+    argv = ["dlq", "purge", "--reason", "unknown_task", "--older-than", "1d", "--yes", "--json"]
+    code, out, err = _run([*argv, *flags], capsys)
+    # Then exactly the two old unknown_task ones were deleted
+    assert code == 0, err
+    assert json.loads(out) == {"purged": 2}
+    # And every other dead letter is still listed as before, with its full record
+    code, out, err = _run(["dlq", "ls", "--json", *flags], capsys)
+    assert code == 0, err
+    gone = set(ids[("unknown_task", "old")])
+    assert json.loads(out) == [d for d in before if d["job_id"] not in gone]
+    # And a --since newer than the age can match nothing: refused, saying why
+    argv = ["dlq", "purge", "--reason", "max_attempts", "--since", "3h", "--older-than", "1d"]
+    code, out, err = _run([*argv, "--yes", *flags], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("workerfleet: --since (3h) is after --older-than (1.0d): nothing")
 
 
 class _BareBroker:
