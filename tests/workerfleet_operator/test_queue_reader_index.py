@@ -79,7 +79,7 @@ async def test_a_rotated_secret_closes_the_old_versions_clients_and_keeps_other_
         assert again.error is None
         assert reader.open_client_count() == 2
         # And once no pool uses "b" any more, only "a" version 2 stays
-        await reader.close_unused({a2})
+        await reader.close_unused({(a2, "q1")})
         assert reader.open_client_count() == 1
     finally:
         await reader.close()

@@ -85,15 +85,15 @@ async def test_a_refused_password_is_an_observation_error_without_the_url(
     assert canary not in observation.error and str(rabbitmq_server.port) not in observation.error
 
 
-async def test_a_rotated_secret_closes_the_old_probe_and_a_released_pool_closes_its_own(
-    rabbitmq_server: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given a reader whose probes record when they are closed
+def record_probes(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """(queues opened, queues closed), in order, of every broker opened from now on."""
+    opened: list[str] = []
     closed: list[str] = []
-    opened = brokers.open_broker
+    open_broker = brokers.open_broker
 
     async def recording_open(url: str, name: str, **settings: Any) -> Any:
-        broker = await opened(url, name, **settings)
+        broker = await open_broker(url, name, **settings)
+        opened.append(name)
         close = broker.close
 
         async def recorded_close() -> None:
@@ -104,6 +104,14 @@ async def test_a_rotated_secret_closes_the_old_probe_and_a_released_pool_closes_
         return broker
 
     monkeypatch.setattr(brokers, "open_broker", recording_open)
+    return opened, closed
+
+
+async def test_a_rotated_secret_closes_the_old_probe_and_a_released_pool_closes_its_own(
+    rabbitmq_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a reader whose probes record when they are closed
+    _, closed = record_probes(monkeypatch)
     url = _url(rabbitmq_server)
     reader = queue.QueueReader(socket_timeout=2.0)
     name = f"reader-{uuid.uuid4().hex[:8]}"
@@ -123,3 +131,32 @@ async def test_a_rotated_secret_closes_the_old_probe_and_a_released_pool_closes_
     # When no pool uses the Secret any more, its probe is closed too
     await reader.close_unused(set())
     assert closed == [name, name] and reader.open_client_count() == 0
+
+
+async def test_a_queue_no_pool_reads_any_more_has_its_probe_closed_though_its_secret_is_in_use(
+    rabbitmq_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two pools reading queues "orders" and "invoices" through one Secret version
+    opened, closed = record_probes(monkeypatch)
+    secret = kube.SecretValue("1", _url(rabbitmq_server))
+    orders, invoices = (f"{q}-{uuid.uuid4().hex[:8]}" for q in ("orders", "invoices"))
+    reader = queue.QueueReader(socket_timeout=2.0)
+    try:
+        for name in (orders, invoices):
+            got = await reader.fetch_observation(_key(), secret, name, deadline_seconds=DEADLINE)
+            assert got.error is None
+        # When the "invoices" pool stops, and only the "orders" pool reads through the Secret
+        await reader.close_unused({(_key(), orders)})
+        # Then the probe of "invoices" is closed, and "orders" reads on through its own
+        assert closed == [invoices]
+        got = await reader.fetch_observation(_key(), secret, orders, deadline_seconds=DEADLINE)
+        assert got.error is None
+        assert opened == [orders, invoices]
+        # And a pool reading "invoices" again gets a probe of its own
+        await reader.close_unused({(_key(), orders), (_key(), invoices)})
+        got = await reader.fetch_observation(_key(), secret, invoices, deadline_seconds=DEADLINE)
+        assert got.error is None
+        assert opened == [orders, invoices, invoices] and closed == [invoices]
+    finally:
+        await reader.close()
+    assert sorted(closed) == sorted([invoices, orders, invoices])

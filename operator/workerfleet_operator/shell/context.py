@@ -159,16 +159,21 @@ class OperatorContext:
         return now, value
 
     async def release_unused(self) -> None:
-        """Forget Secret values and close Redis clients that no running pool uses any more.
+        """Forget Secret values, and close queue probes and Redis clients, that no running
+        pool uses any more.
 
         Called when a pool stops: a deleted pool's decoded URL must not stay in memory, nor
-        its connection pool open, for the rest of the operator's life.
+        its probe or connection pool open, for the rest of the operator's life.
         """
-        keys = {p.secret_key for p in self.pools.values() if p.secret_key is not None}
-        in_use = {(k.namespace, k.secret, k.key) for k in keys}
+        probes = {
+            (p.secret_key, p.pool_facts.queue_name)
+            for p in self.pools.values()
+            if p.secret_key is not None
+        }
+        in_use = {(k.namespace, k.secret, k.key) for k, _ in probes}
         for cached in [c for c in self.secrets if c not in in_use]:
             del self.secrets[cached]
-        await self.queues.close_unused(keys)
+        await self.queues.close_unused(probes)
 
     def forget_pool(self, controller: PoolController) -> asyncio.Task[None] | None:
         """Forget ``controller``'s pool now; stop the controller and release what no running

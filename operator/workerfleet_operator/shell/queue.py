@@ -181,16 +181,20 @@ class QueueReader:
     def _known_keys(self) -> set[ClientKey]:
         return {k for versions in self._versions.values() for k in versions}
 
+    def _forget_probe(self, key: ClientKey, queue_name: str) -> list[Awaitable[object]]:
+        """Drop the probe of ``queue_name`` through ``key`` (its client stays); return the
+        coroutine that closes it, if this reader opened it."""
+        probe_key = (key, queue_name)
+        self._probes.pop(probe_key, None)
+        opened = self._opened.pop(probe_key, None)
+        return [] if opened is None else [opened.close()]
+
     def _forget(self, key: ClientKey) -> list[Awaitable[object]]:
         """Drop every probe and client of ``key``; return the coroutines that close them."""
         closings: list[Awaitable[object]] = []
         self._slots.pop(key, None)
         for queue_name in self._queues.pop(key, set()):
-            probe_key = (key, queue_name)
-            self._probes.pop(probe_key, None)
-            opened = self._opened.pop(probe_key, None)
-            if opened is not None:
-                closings.append(opened.close())
+            closings += self._forget_probe(key, queue_name)
         client = self._clients.pop(key, None)
         if client is not None:
             closings.append(client.aclose())
@@ -299,12 +303,25 @@ class QueueReader:
         """How many clients (Redis connection pools, brokers opened for a pool) are cached."""
         return len(self._clients) + len(self._opened)
 
-    async def close_unused(self, in_use: set[ClientKey]) -> None:
-        """Close and forget every client no pool uses any more (a deleted pool's, a rotated
-        Secret's): an operator that outlives many pools keeps no connection pools for them."""
-        for key in self._known_keys() - in_use:
+    async def close_unused(self, in_use: set[tuple[ClientKey, str]]) -> None:
+        """Close and forget every probe and client no pool uses any more: ``in_use`` holds the
+        (Secret version, queue) of every running pool. An operator that outlives many pools
+        keeps no connection pools for them.
+
+        By queue too, not only by Secret version: a deleted pool's probe stayed open for as
+        long as another pool read through the same Secret (a RabbitMQ probe holds its HTTP
+        session, and an AMQP connection once it registered a subscription).
+        """
+        keys = {key for key, _ in in_use}
+        for key in self._known_keys() - keys:
             for closing in self._forget(key):
                 await closing
+        for key in keys:
+            queues = self._queues.get(key, set())
+            for queue_name in [q for q in queues if (key, q) not in in_use]:
+                queues.discard(queue_name)
+                for closing in self._forget_probe(key, queue_name):
+                    await closing
 
     async def close(self) -> None:
         for key in self._known_keys():
