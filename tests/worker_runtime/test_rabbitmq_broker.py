@@ -231,6 +231,87 @@ async def test_acks_applied_before_their_fetch_failed_are_reported_done_and_neve
         await other.close()
 
 
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def queue_counters(server: Any, name: str) -> tuple[int, int]:
+    """RabbitMQ's own publish and ack counters of one queue (management API, sampled)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.management_port}/api/queues/%2F/{name}"
+    )
+    token = base64.b64encode(b"guest:guest").decode()
+    request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        stats = json.loads(reply.read()).get("message_stats") or {}
+    return int(stats.get("publish") or 0), int(stats.get("ack") or 0)
+
+
+async def ready_in(url: str, name: str) -> int:
+    """Messages RabbitMQ holds ready (not delivered to any consumer) in queue ``name``."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        q = await channel.declare_queue(name, passive=True)
+        return int(q.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_prefetched_job_waiting_behind_busier_levels_goes_back_unspent_before_the_timeout(
+    rabbitmq_server: Any, rq_queue: str
+) -> None:
+    # Given a worker's broker on a fake clock, serving a high job, with a low job prefetched
+    # behind it (delivered to its consumer, never handed out)
+    clock = FakeClock()
+    b = rabbitmq_broker.RabbitMQBroker(
+        rabbitmq_server.url, rq_queue, base.QueueOptions(max_deliveries=3), prefetch=10, clock=clock
+    )
+    low = topology.work_queue(rq_queue, "low")
+    try:
+        await b.enqueue(job(priority="high", job_id="h1"))
+        [h1] = await b.fetch("w1", 1, block=5)
+        await b.enqueue(job(priority="low", job_id="low1"))
+        for _ in range(100):
+            if await ready_in(rabbitmq_server.url, low) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await b.ack(h1) is True
+        # When it has waited longer than the limit (well under consumer_timeout) and the worker
+        # fetches for its next high job
+        clock.now += rabbitmq_broker.BUFFERED_WAIT_LIMIT_SECONDS + 1
+        await b.enqueue(job(priority="high", job_id="h2"))
+        got = await b.fetch("w1", 1, block=5)
+        # Then RabbitMQ saw it given back: its delivery acked, a new copy in the low queue
+        counters = (0, 0)
+        for _ in range(80):
+            counters = await asyncio.to_thread(queue_counters, rabbitmq_server, low)
+            if counters == (2, 1):
+                break
+            await asyncio.sleep(0.25)
+        assert counters == (2, 1)  # (published: the enqueue and the copy; acked: the delivery)
+        # And it is handed out once, as it went: first delivery, no attempt, nothing lost
+        deadline = time.monotonic() + 20
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += await b.fetch("w1", 2, block=1)
+        assert sorted((d.id, d.deliveries, d.lost, d.attempts) for d in got) == [
+            ("h2", 1, 0, 0),
+            ("low1", 1, 0, 0),
+        ]
+        for d in got:
+            assert await b.ack(d) is True
+        assert await b.fetch("w1", 2, block=1) == []
+    finally:
+        await b.close()
+
+
 async def test_an_unparseable_envelope_is_dead_lettered_by_the_fetch(
     rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker
 ) -> None:

@@ -13,7 +13,8 @@ How the contract maps onto AMQP:
   died, the network broke) RabbitMQ puts the message back and counts it in
   ``x-delivery-count``. Leases do not expire by time: ``renew`` keeps every delivery of the
   live connection. The broker's ``consumer_timeout`` (30 min by default) closes a channel
-  whose delivery stays unacked longer; raise it for longer jobs.
+  whose delivery stays unacked longer; raise it for longer jobs. A delivery prefetched but not
+  handed out within :data:`BUFFERED_WAIT_LIMIT_SECONDS` goes back unspent at the next fetch.
 - **settling**: the consuming channel is transactional (``tx.select``). ``ack`` acks and
   commits. ``retry``, ``dead_letter`` and ``release`` publish a new copy with the job's state
   in headers and ack the delivery in one transaction, so a requeue never spends the broker's
@@ -43,7 +44,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Collection, Container, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Container, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -119,6 +120,15 @@ the fetch then fails with an error naming the queue and what may be wrong with i
 Without this bound the fetch failed after about a minute as "no reply from RabbitMQ during
 consume", which names nothing."""
 
+BUFFERED_WAIT_LIMIT_SECONDS = 60.0
+"""How long a prefetched delivery may wait in the worker's buffer, never handed out, before it
+goes back to its queue (a new copy at the tail, no delivery spent; :meth:`RabbitMQBroker.fetch`
+checks at each call). Why: each level's consumer prefetches ``prefetch`` messages and the fetch
+serves high before normal before low, so under steady higher-priority work a buffered low
+message stayed unacked for good, until RabbitMQ's ``consumer_timeout`` (30 min by default)
+closed the channel and sent back every job the worker was running. Well under that timeout, so
+that a job handed out just before its limit still has the rest of it to run."""
+
 PREVIOUS_DELAYS_KEEP = 10_000
 """Jobs whose last retry delay one broker object remembers (the oldest are forgotten)."""
 
@@ -162,9 +172,11 @@ class _Delivered:
     delivery_tag: int | None
     redelivered: bool
     channel: aiormq.abc.AbstractChannel
+    arrived: float
+    """When it was delivered (the broker's monotonic clock): how long it waited unacked."""
 
     @classmethod
-    def of(cls, message: aiormq.abc.DeliveredMessage) -> _Delivered:
+    def of(cls, message: aiormq.abc.DeliveredMessage, arrived: float) -> _Delivered:
         properties = message.header.properties
         return cls(
             message.body,
@@ -173,6 +185,7 @@ class _Delivered:
             message.delivery_tag,
             bool(message.redelivered),
             message.channel,
+            arrived,
         )
 
     async def ack(self, *, multiple: bool = False) -> None:
@@ -415,6 +428,7 @@ class RabbitMQBroker:
         management_port: int = 15672,
         queue_type: str = "quorum",
         role: base.QueueRole = base.QueueRole.CONSUMER,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if queue_type not in topology.QUEUE_TYPES:
             raise errors.InvalidBrokerURL(f"queue_type must be one of {topology.QUEUE_TYPES}")
@@ -427,6 +441,8 @@ class RabbitMQBroker:
         self.dead_lettered_by_fetch: collections.Counter[str] = collections.Counter()
         self._url = url
         self._prefetch = prefetch
+        # how long a prefetched delivery waited (BUFFERED_WAIT_LIMIT_SECONDS); a fake in tests
+        self._clock = clock
         self._management_port = management_port
         self._connect_timeout = connect_timeout
         self._connection: aio_pika.abc.AbstractConnection | None = None
@@ -622,7 +638,7 @@ class RabbitMQBroker:
     def _on_message_for(self, level: str, generation: int) -> Any:
         async def on_message(delivered: aiormq.abc.DeliveredMessage) -> None:
             if generation == self._generation:
-                message = _Delivered.of(delivered)
+                message = _Delivered.of(delivered, self._clock())
                 if message.delivery_tag is not None:
                     self._unacked[message.delivery_tag] = None
                 self._buffers[level].append(message)
@@ -836,18 +852,13 @@ class RabbitMQBroker:
         self,
         settles: Sequence[tuple[_Delivered, tuple[str, bytes, dict[str, Any], str] | None]],
         operation: str,
-    ) -> None:
+    ) -> list[BaseException | None]:
         """:meth:`_settle` for many deliveries (each with its copy or None), queued before the
-        flusher runs, so they share one transaction and one ``tx.commit``. Raises the first
-        failure once every one of them is committed or failed."""
+        flusher runs, so they share one transaction and one ``tx.commit``. Once every one is
+        committed or failed: each one's failure, or None."""
         waits = [self._queue_settle(message, operation, publish) for message, publish in settles]
-        failures = [
-            outcome
-            for outcome in await asyncio.gather(*waits, return_exceptions=True)
-            if isinstance(outcome, BaseException)
-        ]
-        if failures:
-            raise failures[0]
+        outcomes = await asyncio.gather(*waits, return_exceptions=True)
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
     async def _flush_settles(self) -> None:
         while self._settle_queue:
@@ -1003,6 +1014,7 @@ class RabbitMQBroker:
         if count <= 0 or self._prefetch_stopped:
             return []
         await self._start_consuming(count)
+        await self._give_back_overdue()
         deadline = time.monotonic() + max(0.0, block)
         first = True
         while True:
@@ -1369,20 +1381,62 @@ class RabbitMQBroker:
             buffer = self._buffers[level]
             while buffer:
                 message = buffer.popleft()
-                headers = dict(message.headers or {})
-                redelivered = _int_header(headers, topology.X_DELIVERY_COUNT)
-                copy = self._copy_headers(
-                    headers,
-                    deliveries=_int_header(headers, topology.H_DELIVERIES),
-                    lost=_int_header(headers, topology.H_LOST) + redelivered,
-                )
-                routing_key = topology.work_queue(self.queue, level)
-                settles.append(
-                    (message, (routing_key, message.body, copy, message.message_id or ""))
-                )
-        if settles:
-            await self._settle_many(settles, "release")
+                settles.append((message, self._unspent_copy(level, message)))
+        for failure in await self._settle_many(settles, "release"):
+            if failure is not None:
+                raise failure
         return len(settles)
+
+    def _unspent_copy(
+        self, level: str, message: _Delivered
+    ) -> tuple[str, bytes, dict[str, Any], str]:
+        """The copy (routing key, body, headers, message id) that gives back a delivery never
+        handed out: the returns RabbitMQ counted on it (``x-delivery-count``) become lost
+        deliveries of earlier copies, and this delivery adds nothing."""
+        headers = dict(message.headers or {})
+        copy = self._copy_headers(
+            headers,
+            deliveries=_int_header(headers, topology.H_DELIVERIES),
+            lost=_int_header(headers, topology.H_LOST)
+            + _int_header(headers, topology.X_DELIVERY_COUNT),
+        )
+        return topology.work_queue(self.queue, level), message.body, copy, message.message_id or ""
+
+    async def _give_back_overdue(self) -> None:
+        """Give back the buffered deliveries that waited longer than
+        :data:`BUFFERED_WAIT_LIMIT_SECONDS` (one transaction for all of them), before RabbitMQ's
+        ``consumer_timeout`` closes the channel under them. A buffer holds its level's
+        deliveries in arrival order, so the overdue ones are at its head. One that could not be
+        given back stays buffered (the next fetch hands it out or tries again)."""
+        if not any(self._buffers.values()):
+            return
+        oldest_kept = self._clock() - BUFFERED_WAIT_LIMIT_SECONDS
+        overdue: list[tuple[str, _Delivered]] = []
+        for level in topology.LEVELS:
+            buffer = self._buffers[level]
+            while buffer and buffer[0].arrived < oldest_kept:
+                overdue.append((level, buffer.popleft()))
+        if not overdue:
+            return
+        generation = self._generation
+        outcomes = await self._settle_many(
+            [(message, self._unspent_copy(level, message)) for level, message in overdue],
+            "release",
+        )
+        failed = [
+            entry for entry, failure in zip(overdue, outcomes, strict=True) if failure is not None
+        ]
+        if failed and self._generation == generation and self._alive():
+            for level, message in reversed(failed):
+                self._buffers[level].appendleft(message)
+        _log.info(
+            "gave back prefetched jobs that waited too long for a free slot",
+            extra={
+                "count": len(overdue) - len(failed),
+                "failed": len(failed),
+                "waited_seconds": BUFFERED_WAIT_LIMIT_SECONDS,
+            },
+        )
 
     async def renew(
         self,
