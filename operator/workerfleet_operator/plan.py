@@ -196,7 +196,8 @@ class Observed:
 class QueueSharing:
     """Who else reads this pool's queue on the same Redis (``namespace/name``, sorted).
 
-    ``first`` is the pool created first among all of them: it alone scales; the others hold.
+    ``first`` is the pool created first among all of them: it alone scales; the others hold
+    (they only scale down).
     """
 
     others: tuple[str, ...]
@@ -618,7 +619,7 @@ def _set_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharin
             f"queue {queue} on this broker is also read by WorkerPool "
             f"{', '.join(sharing.others)}: pools on one queue would each scale to the whole "
             f"backlog and take each other's jobs. {sharing.first} (created first) scales and "
-            f"the others hold: {who}. Give each pool its own queue."
+            f"the others hold (they only scale down): {who}. Give each pool its own queue."
         )
         conds.set(api.QUEUE_CONFLICT, "True", api.Reason.QUEUE_SHARED, message)
 

@@ -108,6 +108,29 @@ def test_two_pools_on_one_queue_report_the_conflict_and_only_the_first_one_scale
     assert _replicas(emulator, "b-second", "team-b") == 0
 
 
+def test_a_pool_that_holds_for_another_on_its_queue_still_scales_down_but_never_up(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given two pools in conflict on queue "emails" ("b-second" holds), "b-second" coming down
+    # as soon as its queue is idle (no scale-down window, no step limit)
+    given_two_pools_in_conflict(emulator, queue_redis, operator)
+    at_once = {
+        "autoscaling": {"scaleDown": {"stabilizationWindowSeconds": 0, "maxStepPercent": 100}}
+    }
+    emulator.patch("workerpools", NAMESPACE, "b-second", {"spec": at_once}, group=GROUP)
+    # When "b-second" runs 4 replicas on the idle queue, as its first poll after an operator
+    # restart may leave it (it scaled for the whole backlog before "a-first" recorded itself
+    # again); here they are set by hand
+    four = {"spec": {"replicas": 4}}
+    emulator.patch("deployments", NAMESPACE, "b-second", four, group="apps", manager="kubectl")
+    # Then it scales down to 0 (before: held at 4 for as long as the conflict lasted)
+    wait_until(lambda: _replicas(emulator, "b-second") == 0, message="the holding pool stayed up")
+    # And a backlog still scales only the first pool: the holding one never goes up
+    enqueue(queue_redis, "emails", 600)
+    wait_until(lambda: _replicas(emulator, "a-first") == 6, message="first pool did not scale")
+    assert _replicas(emulator, "b-second") == 0
+
+
 def test_the_conflict_clears_when_the_other_pool_is_deleted(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:

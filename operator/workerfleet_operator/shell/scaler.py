@@ -124,8 +124,11 @@ async def poll_queue(
     if policy.mode == "builtin" and decision.desired != current:
         if not controller.has_deployment:
             applied = False  # nothing to scale yet: the reconcile creates it
-        elif sharing is not None and sharing.holds:
-            applied = False  # another pool scales for this queue (QueueConflict)
+        elif sharing is not None and sharing.holds and decision.desired > current:
+            # Another pool scales for this queue (QueueConflict): this one never scales up,
+            # but may come down (it may have scaled for the whole backlog before the first
+            # pool recorded itself, after a restart, and would stay there for good).
+            applied = False
         elif policy.dry_run:
             applied = (
                 controller.scaling.last_dry_run_desired != decision.desired
