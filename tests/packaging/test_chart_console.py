@@ -1,7 +1,8 @@
 """The chart's opt-in web console: off by default; on, a restricted read-only Deployment.
 
 Rendered with the real helm (ci/console-values.yaml: namespaced, token Secret;
-ci/monitoring-values.yaml: cluster-wide, auth proxy header, writes on, NetworkPolicies). Its RBAC
+ci/monitoring-values.yaml: cluster-wide, auth proxy header from trusted addresses, writes on,
+NetworkPolicies admitting only the proxy). Its RBAC
 is checked in test_chart_rbac.py; lint, kubernetes-validate and checkov run over both values sets
 with the others; the unsafe combinations it refuses are in test_chart_lint.py.
 """
@@ -91,6 +92,8 @@ def test_behind_an_auth_proxy_with_writes_on_the_flags_say_so(render: Render) ->
     pod, container = console_container(render("monitoring"))
     args = container["args"]
     assert args[args.index("--auth-proxy-header") + 1] == "X-Forwarded-User"
+    # the header is believed only from the proxy's addresses
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--trusted-proxy"] == ["10.244.0.0/16"]
     assert "--allow-writes" in args
     assert "--namespace" not in args  # cluster-wide
     assert "--token-file" not in args
@@ -107,6 +110,9 @@ def test_the_network_policies_admit_people_to_the_console_and_the_console_to_red
     )
     (ingress,) = console["spec"]["ingress"]
     assert ingress["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    # only the auth proxy's pods (networkPolicy.consoleFrom) reach it
+    (proxy,) = ingress["from"]
+    assert proxy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "oauth2-proxy"}}
     egress_ports = sorted(p["port"] for rule in console["spec"]["egress"] for p in rule["ports"])
     assert egress_ports == [
         53,

@@ -127,6 +127,35 @@ def test_a_values_file_violating_the_schema_fails_with_a_clear_message(
         ),
         (["--set", "console.enabled=true"], "console.enabled needs console.auth.existingSecret"),
         (
+            [
+                "--set",
+                "console.enabled=true",
+                "--set",
+                "console.allowWrites=true",
+                "--set",
+                "console.auth.proxyHeader=X-Forwarded-User",
+            ],
+            "console.auth.proxyHeader needs console.auth.trustedProxies (the IPs or CIDRs of the "
+            "auth proxy that sets X-Forwarded-User): the console believes the header only from "
+            "those addresses, and without them any pod that reaches the console could claim any "
+            "user and replay or purge dead letters (console.allowWrites)",
+        ),
+        (
+            ["--set", "console.enabled=true", "--set", "console.auth.proxyHeader=X-Forwarded-User"],
+            "console.auth.proxyHeader needs console.auth.trustedProxies",
+        ),
+        (
+            [
+                "--set",
+                "console.enabled=true",
+                "--set",
+                "console.auth.proxyHeader=X-Forwarded-User",
+                "--set",
+                "console.auth.trustedProxies={ingress-nginx}",
+            ],
+            "/console/auth/trustedProxies/0",
+        ),
+        (
             ["--set", "console.enabled=true", "--set", "console.auth.token=abc"],
             "additional properties 'token' not allowed",
         ),
@@ -146,6 +175,9 @@ def test_a_values_file_violating_the_schema_fails_with_a_clear_message(
         "latest-tag",
         "servicemonitor-without-service",
         "console-without-authentication",
+        "console-proxy-header-with-writes-from-any-peer",
+        "console-proxy-header-from-any-peer",
+        "console-trusted-proxy-not-an-address",
         "console-token-as-a-value",
         "console-writable-root-filesystem",
     ],

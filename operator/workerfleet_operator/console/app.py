@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,8 @@ from worker_runtime import errors
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import stats
 from workerfleet_operator.console import security, sources
+
+logger = logging.getLogger("workerfleet.console")
 
 ACTION_LIMIT = 1000
 """Most dead letters one replay or purge touches (the confirmation page lists them)."""
@@ -115,7 +118,18 @@ class Console:
 
     def _identity(self, request: Request) -> str | None:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return security.identify(self.settings.auth, headers, dict(request.cookies))
+        return security.identify(
+            self.settings.auth, headers, dict(request.cookies), _client_of(request)
+        )
+
+    def _untrusted_proxy_header(self, request: Request) -> Response | None:
+        """A 403 (logged) for a request with the proxy's user header from an untrusted peer."""
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        reason = security.untrusted_proxy_header(self.settings.auth, headers, _client_of(request))
+        if reason is None:
+            return None
+        logger.warning("refused %s %s: %s", request.method, request.url.path, reason)
+        return PlainTextResponse(f"refused: {reason}", 403, headers=SECURITY_HEADERS)
 
     def render(
         self, request: Request, template: str, status_code: int = 200, **context: Any
@@ -137,6 +151,8 @@ class Console:
         """``handler`` behind authentication, and for a write behind CSRF and the write flag."""
 
         async def run(request: Request) -> Response:
+            if (refused := self._untrusted_proxy_header(request)) is not None:
+                return refused
             bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
             if bearer and (refused := self._too_many_wrong_tokens(request)) is not None:
                 return refused
@@ -391,7 +407,9 @@ def _same_origin(request: Request) -> bool:
 
 
 def _client_of(request: Request) -> str:
-    """The client address wrong tokens are counted by (the peer: a proxy's when behind one)."""
+    """The connection's peer address: wrong tokens are counted by it and the proxy header is
+    believed only from a trusted one. A proxy's own address when behind one (the console's
+    server never rewrites it from X-Forwarded-For: ``cli.cmd_console``)."""
     return request.client.host if request.client is not None else "?"
 
 

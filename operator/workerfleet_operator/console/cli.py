@@ -8,6 +8,7 @@ environment by default so they never appear in a process list.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -75,7 +76,16 @@ def register_commands(subparsers: SubParsers) -> None:
         default=None,
         metavar="HEADER",
         help="trust this header (e.g. X-Forwarded-User) as the signed-in user: only behind a "
-        "proxy that sets it and strips it from clients",
+        "proxy that sets it and strips it from clients, and only from --trusted-proxy",
+    )
+    c.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=None,
+        metavar="CIDR",
+        help="address or CIDR of the auth proxy whose --auth-proxy-header is believed "
+        "(repeatable; default: loopback, a proxy beside the console); a request carrying the "
+        "header from any other address is refused (403)",
     )
     c.add_argument(
         "--allow-writes",
@@ -115,7 +125,18 @@ def cmd_console(args: argparse.Namespace) -> int:
         print(f"workerfleet: cannot read the token file: {exc}", file=sys.stderr)
         return 2
     try:
-        auth = security.AuthSettings(token=token, proxy_header=args.auth_proxy_header)
+        trusted = (
+            security.parse_trusted_proxies(args.trusted_proxy)
+            if args.trusted_proxy
+            else security.LOOPBACK
+        )
+    except ValueError as exc:
+        print(f"workerfleet: --trusted-proxy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        auth = security.AuthSettings(
+            token=token, proxy_header=args.auth_proxy_header, trusted_proxies=trusted
+        )
     except ValueError:
         print(
             f"workerfleet: set ${args.token_env}, pass --token-file or --auth-proxy-header "
@@ -154,6 +175,10 @@ def cmd_console(args: argparse.Namespace) -> int:
             print(f"workerfleet: unusable broker URL: {exc}", file=sys.stderr)
             return 2
     settings = app.ConsoleSettings(auth=auth, allow_writes=args.allow_writes)
+    # The refusals the console logs (an untrusted proxy header) go to stderr with a time.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     print(
         f"workerfleet console on http://{args.host}:{args.port} "
         f"({'writes enabled' if args.allow_writes else 'read-only'})",
@@ -166,5 +191,8 @@ def cmd_console(args: argparse.Namespace) -> int:
         port=args.port,
         log_level="warning",
         access_log=False,
+        # The peer address is the connection's own: X-Forwarded-For, which anyone can send,
+        # must never decide whether the proxy header is believed (nor whose wrong tokens count).
+        proxy_headers=False,
     )
     return 0

@@ -5,6 +5,12 @@ with ``Authorization: Bearer <token>``, a browser session (a signed cookie the l
 after checking the same token), or, when configured, a trusted auth proxy's user header.
 Every write (POST) must carry the CSRF token derived from that identity. Keys are random per
 process: a restart ends every session, which is cheap for a console.
+
+The user header is believed only on a connection from a trusted proxy's address
+(:attr:`AuthSettings.trusted_proxies`; loopback by default, a proxy beside the console). Anyone
+else who reaches the console could send it too and be any user: such a request is refused
+whole (:func:`untrusted_proxy_header`), not merely left unauthenticated, so a proxy missing from
+the list shows up as a clear 403 instead of a sign-in page.
 """
 
 from __future__ import annotations
@@ -12,22 +18,46 @@ from __future__ import annotations
 import collections
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 SESSION_COOKIE = "wf_console_session"
 SESSION_SECONDS = 8 * 3600.0
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+"""The proxies trusted when none are named: a proxy in the same pod (or on the same host)."""
+
+
+def parse_trusted_proxies(texts: Iterable[str]) -> tuple[Network, ...]:
+    """The networks of ``texts``, each a CIDR (``10.0.0.0/24``) or one address (``10.0.0.7``).
+
+    Raises ValueError naming the first text that is neither."""
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an IP address or CIDR: {text!r}") from None
+    return tuple(networks)
+
 
 @dataclass(frozen=True)
 class AuthSettings:
-    """How the console authenticates; at least one way must be configured."""
+    """How the console authenticates; at least one way must be configured.
+
+    ``trusted_proxies``: the peers whose ``proxy_header`` is believed (unused without one)."""
 
     token: str | None = None
     proxy_header: str | None = None
+    trusted_proxies: tuple[Network, ...] = LOOPBACK
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     def __post_init__(self) -> None:
@@ -63,14 +93,46 @@ def check_session_cookie(settings: AuthSettings, value: str, now: float | None =
     return 0 <= age <= SESSION_SECONDS
 
 
-def identify(
-    settings: AuthSettings, headers: dict[str, str], cookies: dict[str, str]
+def is_trusted_proxy(settings: AuthSettings, peer: str | None) -> bool:
+    """Whether ``peer`` (the connection's address, never a forwarded one) is a trusted proxy."""
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False  # no address (a Unix socket, an unknown peer): nothing to trust
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 client of a dual-stack socket
+    return any(address in network for network in settings.trusted_proxies)
+
+
+def _proxy_user(settings: AuthSettings, headers: dict[str, str]) -> str:
+    """The user the proxy header names ("" without one, or when the header is not configured)."""
+    if not settings.proxy_header:
+        return ""
+    return headers.get(settings.proxy_header.lower(), "").strip()
+
+
+def untrusted_proxy_header(
+    settings: AuthSettings, headers: dict[str, str], peer: str | None
 ) -> str | None:
-    """The identity of a request (used to derive its CSRF token), or None: not authenticated."""
-    if settings.proxy_header:
-        user = headers.get(settings.proxy_header.lower(), "").strip()
-        if user:
-            return "proxy|" + user
+    """Why a request must be refused, or None: it carries the proxy's user header but comes from
+    a peer that is not a trusted proxy, so anyone who can reach the console may have written it."""
+    if not _proxy_user(settings, headers) or is_trusted_proxy(settings, peer):
+        return None
+    return (
+        f"the {settings.proxy_header} header came from {peer or 'an unknown address'}, "
+        "which is not a trusted auth proxy (--trusted-proxy, console.auth.trustedProxies)"
+    )
+
+
+def identify(
+    settings: AuthSettings, headers: dict[str, str], cookies: dict[str, str], peer: str | None
+) -> str | None:
+    """The identity of a request (used to derive its CSRF token), or None: not authenticated.
+
+    ``peer``: the connection's address; the proxy header counts only from a trusted proxy."""
+    user = _proxy_user(settings, headers)
+    if user and is_trusted_proxy(settings, peer):
+        return "proxy|" + user
     auth = headers.get("authorization", "")
     scheme, _, offered = auth.partition(" ")
     if scheme.lower() == "bearer" and check_token(settings, offered.strip()):
