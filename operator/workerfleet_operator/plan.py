@@ -67,6 +67,10 @@ PROBLEM_REASONS = frozenset(
     }
 )
 """Reasons of bad input: Ready=False with these means the user must act."""
+HOLD_REASONS = frozenset(
+    {api.Reason.INVALID_SPEC, api.Reason.INVALID_BROKER_URL, *SECRET_REASONS.values()}
+)
+"""Reasons of a held plan (:func:`_build_held_plan`): nothing was applied for its generation."""
 
 
 class EventReason(StrEnum):
@@ -748,6 +752,14 @@ def _build_held_plan(
         hold=True,
         problem=f"{reason}: {message}",
     )
+
+
+def is_held(status: api.WorkerPoolStatus) -> bool:
+    """Whether ``status`` was written by a held plan. Its ``observedGeneration`` is then the
+    pool's generation though none of its children were applied (nor obsolete ones deleted):
+    a restarted operator must not take it for a generation it reconciled."""
+    ready = api.find_condition(list(status.conditions or ()), api.READY)
+    return ready is not None and ready.status == "False" and ready.reason in HOLD_REASONS
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,57 @@ def test_a_deleted_pools_redis_client_and_secret_value_are_released_with_its_las
     )
 
 
+def test_children_a_held_generation_made_obsolete_are_deleted_after_a_restart(
+    emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
+) -> None:
+    # Given a pool in keda mode, with its ScaledObject and TriggerAuthentication
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    first = operator()
+    body = build_pool("emails", autoscaling={"mode": "keda"})
+    body["spec"]["queue"]["redis"]["keda"] = {"addressKey": "address"}
+    emulator.create("workerpools", body, group="workerfleet.io")
+    wait_until(
+        lambda: emulator.get("scaledobjects", NAMESPACE, "emails", group="keda.sh"),
+        message="no ScaledObject",
+    )
+    # When its Secret is deleted and it switches to builtin: generation 2 is held (nothing
+    # applied, nothing deleted), though its status observes generation 2
+    emulator.delete("secrets", NAMESPACE, "redis-creds")
+    emulator.patch(
+        "workerpools",
+        NAMESPACE,
+        "emails",
+        {"spec": {"autoscaling": {"mode": "builtin"}}},
+        group="workerfleet.io",
+    )
+    wait_until(
+        lambda: (
+            condition(stored := pool(emulator, "emails"), "Ready").get("reason") == "SecretNotFound"
+            and (stored or {})["status"]["observedGeneration"] == 2
+        ),
+        message="generation 2 not held",
+    )
+    # and the operator restarts, holds the pool again, and then the Secret is back
+    first.stop()
+    second = operator()
+    wait_until(
+        lambda: (
+            (held := second.context.pools.get((NAMESPACE, "emails"))) is not None
+            and held.spec_problem is not None
+        ),
+        message="the restarted operator did not hold the pool",
+    )
+    emulator.create("secrets", build_secret("redis-creds", queue_redis.url))
+    # Then generation 2 is applied and the KEDA objects it no longer wants are deleted (before:
+    # kept for good, and the ScaledObject's HPA held the builtin autoscaler)
+    wait_until(lambda: ready(emulator, "emails"), message="generation 2 never applied")
+    wait_until(
+        lambda: not emulator.list("scaledobjects", NAMESPACE, group="keda.sh"),
+        message="ScaledObject left behind",
+    )
+    assert not emulator.list("triggerauthentications", NAMESPACE, group="keda.sh")
+
+
 def test_conflicts_and_server_errors_are_retried_before_a_reconcile_counts_as_failed(
     emulator: Emulator, queue_redis: QueueRedis, operator: Callable[..., OperatorRunner]
 ) -> None:

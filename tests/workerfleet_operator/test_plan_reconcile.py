@@ -432,6 +432,18 @@ def test_a_held_pool_recovers_when_the_secret_appears() -> None:
     assert ("Normal", "Ready") in {(e.type, e.reason) for e in fixed.events}
 
 
+def test_a_status_written_by_a_held_plan_says_so_though_it_observes_the_generation() -> None:
+    # A held plan observes its generation without applying anything: a restarted operator
+    # tells it from a reconciled one by the status alone (it deletes obsolete children then)
+    missing = plan.SecretCheck("missing", 'Secret "redis-creds" not found')
+    held = plan.plan(_pool(), plan.Observed(now=T0, secret=missing, deployment=_converged(2)))
+    assert held.status.observed_generation == 1 and plan.is_held(held.status)
+    fixed = plan.plan(_pool(), _later(held, deployment=_converged(2)))
+    assert not plan.is_held(fixed.status)
+    refused = plan.plan(_pool(), _later(fixed, apply_problem="Deployment refused"))
+    assert not plan.is_held(refused.status)  # ApplyRejected keeps the last applied generation
+
+
 def test_a_keda_pool_without_keda_secret_keys_is_held_not_half_applied() -> None:
     # The CRD refuses this; the emulator or an outdated CRD might not.
     pool = _pool()

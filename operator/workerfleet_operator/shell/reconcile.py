@@ -362,13 +362,22 @@ async def _delete_obsolete(
     controller: pool_mod.PoolController, pool: api.Pool, obsolete: tuple[plan_mod.ChildRef, ...]
 ) -> None:
     # Deleting is only needed when the spec changed since a reconcile of ours (or while we
-    # were down); a converged pool does not cost five DELETEs per resync.
+    # were down); a converged pool does not cost five DELETEs per resync, nor eight GETs per
+    # operator start. After a start, the stored status tells whether this generation was
+    # reconciled, unless a held plan wrote it (bad input: it observes a generation it applied
+    # nothing of): a keda pool switched to builtin while its Secret was missing kept its
+    # ScaledObject for good once the operator restarted before the Secret was fixed.
     stored = api.parse_status((controller.body or {}).get("status"))
-    stored_generation = stored.observed_generation if stored is not None else None
     if (
         pool.generation == controller.applied.cleaned_generation
-        or stored_generation is None  # never reconciled: nothing of ours can exist yet
-        or (controller.applied.cleaned_generation is None and stored_generation == pool.generation)
+        # never reconciled: nothing of ours can exist yet
+        or stored is None
+        or stored.observed_generation is None
+        or (
+            controller.applied.cleaned_generation is None
+            and stored.observed_generation == pool.generation
+            and not plan_mod.is_held(stored)
+        )
     ):
         controller.applied.cleaned_generation = pool.generation
         return
