@@ -189,21 +189,98 @@ async def test_a_blocking_fetch_returns_at_once_when_woken(open_sqs: OpenBroker)
     assert time.monotonic() - started < 5
 
 
+async def fetch_woken_with_a_poll_out(b: sqs_broker.SqsBroker) -> None:
+    """A blocking fetch woken while its long polls are out: they keep running, and a job they
+    receive waits in the broker for the next fetch."""
+    wake = asyncio.Event()
+    task = asyncio.create_task(b.fetch("w1", 1, block=15, wake=wake))
+    await asyncio.sleep(0.5)
+    wake.set()
+    assert await task == []
+
+
 async def test_a_job_received_by_a_long_poll_after_the_wake_is_served_next(
     open_sqs: OpenBroker,
 ) -> None:
     # Given a fetch woken while its long poll is still out
     b = await open_sqs()
-    wake = asyncio.Event()
-    task = asyncio.create_task(b.fetch("w1", 1, block=15, wake=wake))
-    await asyncio.sleep(0.5)
-    wake.set()
-    await task
+    await fetch_woken_with_a_poll_out(b)
     # When a job arrives for that poll
     await b.enqueue(job())
     # Then the next fetch hands it out (nothing is stranded invisible)
     [d] = await fetch_until(b, 1, 10)
     assert d.lost == 0
+
+
+async def two_workers(
+    url: str, lease_seconds: float
+) -> tuple[sqs_broker.SqsBroker, sqs_broker.SqsBroker]:
+    """The brokers of two workers on one new queue."""
+    queue = f"t-{uuid.uuid4().hex[:12]}"
+    options = base.QueueOptions(lease_seconds=lease_seconds)
+    first = await sqs_broker.open_sqs_broker(url, queue, options=options)
+    return first, await sqs_broker.open_sqs_broker(url, queue, options=options)
+
+
+async def test_a_worker_waiting_for_one_job_takes_one_and_leaves_the_rest_to_other_workers(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given 15 jobs due in a second, and a worker with one free slot waiting for work (its long
+    # polls are out: nothing is visible yet)
+    first, second = await two_workers(elasticmq_server.url, 30)
+    try:
+        delayed = [base.EnqueueRequest(job(f"j{i}").envelope, delay_seconds=1) for i in range(15)]
+        sent = {r.job_id for r in await second.enqueue_many(delayed)}
+        # When they come due together
+        [mine] = await first.fetch("w1", 1, block=10)
+        # Then it took that one, and another worker gets the other 14 at once
+        others = await fetch_until(second, 14, 3)
+        assert sorted(d.id for d in others) == sorted(sent - {mine.id})
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_job_whose_lease_ran_out_while_it_waited_in_the_broker_is_not_handed_out(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a job a worker's long poll received after its fetch had returned (the worker was
+    # busy), with a 2 s lease
+    first, second = await two_workers(elasticmq_server.url, 2)
+    try:
+        await fetch_woken_with_a_poll_out(first)
+        await first.enqueue(job())
+        # When its lease runs out before the worker fetches again, and another worker gets it
+        await asyncio.sleep(2.5)
+        [taken] = await fetch_until(second, 1, 5)
+        # Then the first worker's next fetch does not hand the job out a second time
+        assert await first.fetch("w1", 1) == []
+        assert await second.ack(taken) is True
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_job_that_waited_in_the_broker_past_half_its_lease_is_renewed_when_handed_out(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a job a worker's long poll received after its fetch had returned, with a 4 s lease
+    first, second = await two_workers(elasticmq_server.url, 4)
+    try:
+        await fetch_woken_with_a_poll_out(first)
+        await first.enqueue(job())
+        # When the worker fetches it with less than half of that lease left
+        await asyncio.sleep(2.6)
+        [d] = await first.fetch("w1", 1)
+        # Then it is handed out with a whole lease, and nobody else gets it after the lease it
+        # was received with has ended
+        assert d.lease_deadline >= time.time() + 3.5
+        await asyncio.sleep(2.0)
+        assert await second.fetch("w2", 1, block=1) == []
+        assert await first.ack(d) is True
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_a_delay_beyond_the_sqs_limit_waits_in_steps(

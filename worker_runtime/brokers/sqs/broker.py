@@ -68,6 +68,17 @@ MAX_WAIT = 20
 BATCH = 10
 """SQS's batch size for SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch."""
 
+BUFFERED_RENEW_SHARE = 0.5
+"""A job a long poll received after its fetch had returned waits in the broker for the next
+fetch, its lease running. It is handed out as it is while at least this share of its lease is
+left; with less, its lease is renewed first (the worker renews its leases every third of a
+lease: a job handed out with less could expire before its first renewal)."""
+
+BUFFERED_DROP_SECONDS = 1.0
+"""A waiting job with less lease than this left (or a quarter of the lease, when shorter) is
+neither handed out nor renewed: a renewal might land after the lease ended, when the job may
+already be another worker's. SQS hands it out again when its visibility ends."""
+
 RETRY_DELAYS_KEPT = 10_000
 """Retry delays a broker remembers by job id (see ``SqsBroker.fetch_previous_delay``)."""
 
@@ -229,6 +240,17 @@ class _Held:
     message is left: a re-sent settle deletes, and never sends a second copy."""
 
 
+@dataclass(frozen=True)
+class _Buffered:
+    """A message a long poll received that no fetch has handed out yet (its lease running)."""
+
+    url: str
+    priority: envelope_mod.Priority
+    message: dict[str, Any]
+    received: float
+    """When its lease began (epoch seconds): received, or last renewed while it waited."""
+
+
 @dataclass
 class _Pending:
     """One settling call waiting for its batch."""
@@ -280,8 +302,7 @@ class SqsBroker:
         self._held: dict[str, _Held] = {}
         self._by_job: dict[str, str] = {}
         """job id -> the receipt of its delivery out of this broker now."""
-        self._buffer: collections.deque[tuple[str, envelope_mod.Priority, dict[str, Any], float]]
-        self._buffer = collections.deque()
+        self._buffer: collections.deque[_Buffered] = collections.deque()
         self._polls: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
         self._closing = asyncio.Event()
         self._deletes: dict[str, list[_Pending]] = collections.defaultdict(list)
@@ -527,8 +548,11 @@ class SqsBroker:
         out: list[base.Delivery] = []
         while True:
             while self._buffer and len(out) < count:
-                url, priority, message, received = self._buffer.popleft()
-                out += await self._admit(url, priority, [message], received, worker_id, holding)
+                # a job dropped or handled here (poison, not due) leaves room for more of it
+                for b in await self._take_buffered(count - len(out)):
+                    out += await self._admit(
+                        b.url, b.priority, [b.message], b.received, worker_id, holding
+                    )
             for priority, name in self.names.by_priority:
                 if len(out) >= count:
                     break
@@ -541,7 +565,7 @@ class SqsBroker:
             remaining = deadline - time.monotonic()
             if out or remaining <= 0 or (wake is not None and wake.is_set()):
                 return sorted(out, key=self._priority_rank)
-            await self._long_poll(min(remaining, MAX_WAIT), wake)
+            await self._long_poll(min(remaining, MAX_WAIT), wake, count - len(out))
             if self._closing.is_set():
                 return out
 
@@ -549,13 +573,16 @@ class SqsBroker:
         order = [p for p, _ in self.names.by_priority]
         return order.index(delivery.envelope.priority) if delivery.envelope.priority in order else 1
 
-    async def _long_poll(self, wait: float, wake: asyncio.Event | None) -> None:
-        """Long-poll every priority queue at once until one answers, ``wake`` or ``close``."""
+    async def _long_poll(self, wait: float, wake: asyncio.Event | None, count: int) -> None:
+        """Long-poll every priority queue at once until one answers, ``wake`` or ``close``.
+        Each poll asks for the ``count`` jobs the fetch wants, not a full batch: what a poll
+        receives beyond what the fetch hands out waits here with its lease running, hidden from
+        idle workers and from the autoscaler."""
         seconds = max(1, min(MAX_WAIT, math.ceil(wait)))
         for priority, name in self.names.by_priority:
             url = self._urls[name]
             if url not in self._polls:
-                task = asyncio.create_task(self._receive(url, BATCH, seconds))
+                task = asyncio.create_task(self._receive(url, count, seconds))
                 task.add_done_callback(self._make_buffer_callback(url, priority))
                 self._polls[url] = task
         stoppers = [asyncio.create_task(self._closing.wait())]
@@ -580,9 +607,72 @@ class SqsBroker:
                 return
             now = time.time()
             for message in task.result():
-                self._buffer.append((url, priority, message, now))
+                self._buffer.append(_Buffered(url, priority, message, now))
 
         return done
+
+    async def _take_buffered(self, count: int) -> list[_Buffered]:
+        """Up to ``count`` waiting jobs with enough lease left to be handed out: a job past
+        :data:`BUFFERED_RENEW_SHARE` of its lease is renewed first, one too close to its end
+        is dropped (SQS gives it out again when its visibility ends). Never a job whose lease
+        ran out while it waited: SQS may have handed it to another worker since."""
+        now = time.time()
+        drop = min(BUFFERED_DROP_SECONDS, self.visibility / 4)
+        ready: list[_Buffered] = []
+        aging: list[_Buffered] = []
+        dropped = 0
+        while self._buffer and len(ready) + len(aging) < count:
+            b = self._buffer.popleft()
+            left = b.received + self.visibility - now
+            if left <= drop:
+                dropped += 1
+            elif left < self.visibility * BUFFERED_RENEW_SHARE:
+                aging.append(b)
+            else:
+                ready.append(b)
+        if dropped:
+            _log.warning(
+                "jobs a long poll received waited past their lease here; SQS hands them out "
+                "again (counted as a lost delivery)",
+                extra={"queue": self.queue, "jobs": dropped},
+            )
+        return ready + await self._renew_buffered(aging)
+
+    async def _renew_buffered(self, waiting: list[_Buffered]) -> list[_Buffered]:
+        """The waiting jobs whose lease SQS renewed, each with its new lease start; those SQS
+        refused are dropped. A call that fails puts its jobs back to wait, and raises."""
+        client = await self._ready_client()
+        renewed: list[_Buffered] = []
+        by_url: dict[str, list[_Buffered]] = collections.defaultdict(list)
+        for b in waiting:
+            by_url[b.url].append(b)
+        chunks = [g[i : i + BATCH] for g in by_url.values() for i in range(0, len(g), BATCH)]
+        for n, chunk in enumerate(chunks):
+            started = time.time()
+            entries = [
+                {
+                    "Id": str(i),
+                    "ReceiptHandle": str(b.message["ReceiptHandle"]),
+                    "VisibilityTimeout": self.visibility,
+                }
+                for i, b in enumerate(chunk)
+            ]
+            try:
+                with _mapped("fetch"):
+                    reply = await client.change_message_visibility_batch(
+                        QueueUrl=chunk[0].url, Entries=entries
+                    )
+            except errors.BrokerError:
+                self._buffer.extendleft(reversed([b for c in chunks[n:] for b in c]))
+                self._buffer.extendleft(reversed(renewed))
+                raise
+            ok = {e["Id"] for e in reply.get("Successful", [])}
+            renewed += [
+                dataclasses.replace(b, received=started)
+                for i, b in enumerate(chunk)
+                if str(i) in ok
+            ]
+        return renewed
 
     async def _admit(
         self,
@@ -1028,9 +1118,9 @@ class SqsBroker:
             await asyncio.gather(*self._polls.values(), return_exceptions=True)
         # jobs received but never handed out go back without spending anything
         while self._buffer:
-            url, priority, message, received = self._buffer.popleft()
+            b = self._buffer.popleft()
             with contextlib.suppress(errors.WorkerfleetError):
-                for d in await self._admit(url, priority, [message], received, "", ()):
+                for d in await self._admit(b.url, b.priority, [b.message], b.received, "", ()):
                     await self.release(d)
         if self._delete_flush is not None:
             with contextlib.suppress(Exception):
