@@ -32,6 +32,7 @@ class Held:
         "spec",
         "started",
         "started_wall",
+        "sync_returned",
         "task",
         "timed_out",
         "zombie",
@@ -55,6 +56,7 @@ class Held:
         self.ack_pending = False  # finished; waits for the fetch loop's next ack_and_fetch
         self.ran = 0.0  # handler seconds (for the duration metric at ack time)
         self.zombie = False  # a sync call given up on (timeout/drain) still running
+        self.sync_returned = False  # its sync call's thread returned (seen on the loop thread)
 
     @property
     def job_id(self) -> str:

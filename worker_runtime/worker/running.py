@@ -259,8 +259,12 @@ class JobRunner:
             await fut
         except asyncio.CancelledError:
             # The thread cannot be stopped: it keeps its slot until the function returns.
-            h.zombie = True
-            self.zombies += 1
+            # Unless it already has: a call that returned in the same loop turn as the
+            # watchdog's cancel was collected before this ran (with its result, or dropped as
+            # cancelled), and no later collection would ever give that slot back.
+            if not h.sync_returned:
+                h.zombie = True
+                self.zombies += 1
             if not h.timed_out or h.released:
                 raise
             await self._timed_out(h, spec, f"after {limit}s (thread left to finish)")
@@ -333,6 +337,7 @@ class JobRunner:
         done = self._sync_done
         while done:
             h, fut, error = done.popleft()
+            h.sync_returned = True
             if fut.cancelled():
                 if h.zombie:  # a timed-out or released call finally returned: free its slot
                     h.zombie = False
