@@ -260,16 +260,19 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     rp.set_defaults(handler=_queue_command("cmd_dlq_replay"))
     pg = dsub.add_parser("purge", help="delete dead letters")
     _connection_flags(pg)
-    pg.add_argument("job_ids", nargs="*", help="job ids (or --all / --older-than)")
-    pg.add_argument("--all", action="store_true", help="delete every dead letter")
+    pg.add_argument("job_ids", nargs="*", help="job ids (or --all, or --older-than / filters)")
+    pg.add_argument(
+        "--all", action="store_true", help="delete every dead letter (alone, with --yes)"
+    )
     pg.add_argument(
         "--older-than",
         type=parse_seconds(zero=True),
         default=None,
         metavar="DURATION",
-        help="dead letters older than this: seconds, or 90s, 15m, 2h, 7d",
+        help="dead letters older than this: seconds, or 90s, 15m, 2h, 7d (with filters: "
+        "the matching ones older than this)",
     )
-    pg.add_argument("--yes", action="store_true", help="required with --all and with filters")
+    pg.add_argument("--yes", action="store_true", help="required unless job ids are named")
     _filter_flags(pg)
     pg.add_argument("--json", action="store_true", help="machine-readable output")
     pg.set_defaults(handler=_queue_command("cmd_dlq_purge"))

@@ -125,13 +125,21 @@ def _run_on_broker(
     Never as the queue's consumer: its workers own the queue's settings (on SQS its visibility
     timeout and redrive limit), which a command must not reset to the defaults. A ``role`` of
     ``"reader"`` (statistics) creates nothing either; a producer (enqueue, the dlq commands,
-    which may replay) creates a queue that is missing and changes no existing one."""
-    from worker_runtime import brokers
+    which may replay) creates a queue that is missing and changes no existing one.
+
+    A ``ValueError`` from the broker (how its protocols refuse arguments) is a usage error
+    naming the broker (exit 2), never a traceback."""
+    from worker_runtime import brokers, errors
 
     async def go() -> R:
         broker = await brokers.open_broker(url, queue, role=role)
         try:
             return await call(broker)
+        except errors.ConfigError:
+            raise  # already one line (a ValueError too)
+        except ValueError as exc:
+            msg = f"the {broker_name(url)} broker refused the request: {exc}"
+            raise CliError(msg) from None
         finally:
             await broker.close()
 
@@ -1124,11 +1132,29 @@ def _stop_on_ctrl_c() -> asyncio.Event:
     return stop
 
 
+def _check_purge_selection(args: argparse.Namespace) -> None:
+    """One way of saying what a purge deletes: job ids, ``--all``, or ``--older-than`` and the
+    filters (each narrowing the other). A broker's purge takes exactly one selection, and
+    ``--all`` beside another one read differently on each broker (everything, only the old
+    ones, or a refusal), as did ids beside an age (the age was dropped)."""
+    filtered = not _dead_letter_filter(args).is_empty
+    if args.all and (args.job_ids or args.older_than is not None or filtered):
+        msg = (
+            "--all deletes every dead letter: pass it alone, or select with job ids, "
+            "--older-than or --task/--reason/--error/--since/--until instead"
+        )
+        raise CliError(msg)
+    if args.job_ids and args.older_than is not None:
+        msg = "name job ids or select with --older-than, not both"
+        raise CliError(msg)
+
+
 @guard
 def cmd_dlq_purge(args: argparse.Namespace) -> int:
     """Delete dead letters, a broker call at a time, with progress and a summary on Ctrl-C."""
+    _check_purge_selection(args)
     url, queue, ids = _dlq_selection(
-        args, args.older_than is not None, "--all --yes or --older-than DURATION"
+        args, args.older_than is not None, "--all --yes or --older-than DURATION --yes"
     )
     filtered = ids is not None and not args.job_ids
     if filtered and not ids:  # nothing to confirm: no --yes asked for deleting nothing
@@ -1136,10 +1162,8 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"purged": 0})
         return 0
-    if (args.all or filtered) and not args.yes:
-        what = "every dead letter" if args.all else f"{len(ids or [])} matching dead letter(s)"
-        msg = f"this deletes {what}: add --yes to confirm"
-        raise CliError(msg)
+    if ids is None or filtered:  # anything but named ids is confirmed with --yes
+        _require_yes(args, len(ids) if ids is not None else None)
     purged = [0]
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
@@ -1160,10 +1184,7 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
             what = "named job id(s)" if args.job_ids else "dead letter(s)"
             print(f"purging {total[0]} {what} from {queue} ...", file=sys.stderr)
         with _progress(f"purging {queue}", total[0], quiet=args.json) as advance:
-            steps = _purge_steps(
-                letters, job_ids=ids, older_than_seconds=args.older_than, everything=bool(args.all)
-            )
-            async for n in steps:
+            async for n in _purge_steps(letters, job_ids=ids, older_than_seconds=args.older_than):
                 purged[0] += n
                 advance(n)
                 if stop.is_set():
@@ -1179,6 +1200,21 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         result={"purged": purged[0], **({"not_found": absent} if absent else {})},
         missing=_describe_missing(absent, queue),
     )  # fmt: skip
+
+
+def _require_yes(args: argparse.Namespace, matching: int | None) -> None:
+    """CliError (exit 2) saying what the purge would delete, unless --yes confirms it:
+    ``matching`` dead letters a filter found, else every one (older than --older-than)."""
+    if args.yes:
+        return
+    if matching is not None:
+        what = f"{matching} matching dead letter(s)"
+    elif args.older_than is not None:
+        what = f"every dead letter older than {_age(args.older_than)}"
+    else:
+        what = "every dead letter"
+    msg = f"this deletes {what}: add --yes to confirm"
+    raise CliError(msg)
 
 
 ABSENT_CHECKS_AT_ONCE = 16
@@ -1219,29 +1255,29 @@ async def _count_older_than(letters: base.DeadLetters, older_than_seconds: float
 
 
 async def _purge_steps(
-    letters: base.DeadLetters,
-    *,
-    job_ids: list[str] | None,
-    older_than_seconds: float | None,
-    everything: bool,
+    letters: base.DeadLetters, *, job_ids: list[str] | None, older_than_seconds: float | None
 ) -> AsyncIterator[int]:
     """The purge as steps: the broker's own (``DeadLetterSteps``), else ids a chunk at a time,
-    else one call for a purge by age or of everything (no progress until it returns)."""
+    else one call for a purge by age or of everything (no progress until it returns).
+
+    The broker is given exactly one selection, as its protocol asks: the ids (a filter's,
+    already narrowed by the age), else the age, else everything."""
     from worker_runtime.brokers import base
 
+    selection: dict[str, Any] = {"everything": True}
+    if job_ids is not None:
+        selection = {"job_ids": job_ids}
+    elif older_than_seconds is not None:
+        selection = {"older_than_seconds": older_than_seconds}
     if isinstance(letters, base.DeadLetterSteps):
-        async for n in letters.purge_dead_letters_in_steps(
-            job_ids=job_ids, older_than_seconds=older_than_seconds, everything=everything
-        ):
+        async for n in letters.purge_dead_letters_in_steps(**selection):
             yield n
         return
     if job_ids is not None:
         for start in range(0, len(job_ids), PURGE_CHUNK):
             yield await letters.purge_dead_letters(job_ids=job_ids[start : start + PURGE_CHUNK])
         return
-    yield await letters.purge_dead_letters(
-        older_than_seconds=older_than_seconds, everything=everything
-    )
+    yield await letters.purge_dead_letters(**selection)
 
 
 # ---- enqueue ---------------------------------------------------------------------------------

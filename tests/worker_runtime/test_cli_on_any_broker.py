@@ -235,6 +235,59 @@ def test_a_filtered_purge_with_an_age_deletes_only_the_matching_dead_letters_old
     assert err.startswith("workerfleet: --since (3h) is after --older-than (1.0d): nothing")
 
 
+def _listed(flags: list[str], capsys: pytest.CaptureFixture[str]) -> list[Any]:
+    code, out, err = _run(["dlq", "ls", "--json", *flags], capsys)
+    assert code == 0, err
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--all", "--older-than", "1h"], "--all deletes every dead letter: pass it alone"),
+        (["--all", "--reason", "max_attempts"], "--all deletes every dead letter: pass it alone"),
+        (["--all", "JOB"], "--all deletes every dead letter: pass it alone"),
+        (["JOB", "--older-than", "1h"], "name job ids or select with --older-than, not both"),
+    ],
+    ids=["all+age", "all+filter", "all+ids", "ids+age"],
+)
+def test_a_purge_told_what_to_delete_two_ways_is_refused_and_deletes_nothing(
+    store_url: str, capsys: pytest.CaptureFixture[str], argv: list[str], why: str
+) -> None:
+    # Given three dead letters
+    ids = _seed(store_url, "jobs")
+    flags = ["--broker-url", store_url, "-q", "jobs"]
+    before = _listed(flags, capsys)
+    # When a confirmed purge selects with --all and something else, or with ids and an age
+    argv = [ids["charge"] if a == "JOB" else a for a in argv]
+    code, out, err = _run(["dlq", "purge", *argv, "--yes", *flags], capsys)
+    # Then it is a usage error in one line, and every dead letter is still there
+    assert (code, out) == (2, ""), err
+    assert err.startswith(f"workerfleet: {why}") and err.count("\n") == 1, err
+    assert _listed(flags, capsys) == before
+
+
+def test_a_purge_by_age_asks_for_yes_and_deletes_nothing_without_it(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given three dead letters
+    _seed(store_url, "jobs")
+    flags = ["--broker-url", store_url, "-q", "jobs"]
+    before = _listed(flags, capsys)
+    # When every dead letter older than 0 s (all of them) is purged without --yes
+    code, out, err = _run(["dlq", "purge", "--older-than", "0", *flags], capsys)
+    # Then it asks for --yes, as --all does, and nothing is deleted
+    assert (code, out) == (2, "")
+    assert (
+        err == "workerfleet: this deletes every dead letter older than 0.0s: add --yes to confirm\n"
+    )
+    assert _listed(flags, capsys) == before
+    # And with --yes it deletes them
+    code, out, err = _run(["dlq", "purge", "--older-than", "0", "--yes", "--json", *flags], capsys)
+    assert (code, json.loads(out)) == (0, {"purged": 3}), err
+    assert _listed(flags, capsys) == []
+
+
 class _BareBroker:
     """A broker with the core protocols only (no InFlightJobs, no DeadLetterSteps), as a
     backend that has not implemented the extras is: every call goes to a memory broker."""
@@ -307,15 +360,47 @@ def test_a_broker_without_purge_steps_purges_by_age_in_one_call_and_counts_what_
     flags = ["--broker-url", store_url, "-q", "jobs"]
     # When a purge by age that spares them runs (an age written as --since takes it), then
     # one that covers them
-    code, out, err = _run(["dlq", "purge", "--older-than", "1h", *flags], capsys)
+    code, out, err = _run(["dlq", "purge", "--older-than", "1h", "--yes", *flags], capsys)
     assert code == 0, err
     assert "purging 0 dead letter(s)" in err and "purged 0 dead letter(s)" in out
-    code, out, err = _run(["dlq", "purge", "--older-than", "0", *flags], capsys)
+    code, out, err = _run(["dlq", "purge", "--older-than", "0", "--yes", *flags], capsys)
     # Then the count (read from its list) is the number deleted, in one purge call
     assert code == 0, err
     assert "purging 3 dead letter(s)" in err and "purged 3 dead letter(s)" in out
     assert [c.get("older_than_seconds") for c in bare] == [3600.0, 0.0]
     assert _stats(store_url, "jobs").dead_letter == 0
+
+
+def test_a_broker_that_refuses_a_purge_as_invalid_says_so_in_one_line_and_exits_2(
+    store_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a broker whose purge refuses its arguments with ValueError (as RabbitMQ's and
+    # SQS's refuse more than one selection)
+    _seed(store_url, "jobs")
+
+    class Refusing(_BareBroker):
+        async def purge_dead_letters(self, **kwargs: Any) -> int:
+            self.purge_calls.append(kwargs)
+            raise ValueError("purge by job_ids, by older_than_seconds or everything: exactly one")
+
+    calls: list[dict[str, Any]] = []
+
+    async def open_refusing(url: str, queue: str, **kwargs: Any) -> Any:
+        return Refusing(await OPEN_BROKER(url, queue, **kwargs), calls)
+
+    monkeypatch.setattr(brokers, "open_broker", open_refusing)
+    # When a purge reaches it
+    code, out, err = _run(["dlq", "purge", "--all", "--yes", "--broker-url", store_url,
+                           "-q", "jobs"], capsys)  # fmt: skip
+    # Then the refusal is one line naming the broker, exit 2 (a usage error), no traceback
+    assert calls == [{"everything": True}]
+    assert (code, out) == (2, "")
+    assert err.endswith(
+        "\nworkerfleet: the memory broker refused the request: "
+        "purge by job_ids, by older_than_seconds or everything: exactly one\n"
+    )
+    assert "Traceback" not in err
+    assert _stats(store_url, "jobs").dead_letter == 3
 
 
 def test_a_broker_with_no_dead_letter_queue_at_all_is_one_line_naming_it(

@@ -105,6 +105,50 @@ def test_dlq_triage_and_enqueue_work_on_the_broker_and_in_flight_is_refused_by_n
     assert "InFlightJobs" in refused.stderr
 
 
+@pytest.mark.parametrize("kind", ["redis", *sorted(SERVERS)])
+def test_every_broker_answers_the_same_purge_command_lines_the_same_way(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    fixture = "redis_server" if kind == "redis" else SERVERS[kind][0]
+    server = request.getfixturevalue(fixture)
+    url = server.url + (f"?management_port={server.management_port}" if kind == "rabbitmq" else "")
+    # Given two dead letters from now on a real broker
+    queue = f"cli-{uuid.uuid4().hex[:10]}"
+    ids = _seed(url, queue)
+    flags = ("--broker-url", url, "-q", queue)
+
+    def purge(*args: str) -> tuple[int, str, str]:
+        out = run_cli("dlq", "purge", *args, *flags)
+        assert "Traceback" not in out.stderr, out.stderr
+        return out.returncode, out.stdout, out.stderr
+
+    def listed() -> set[str]:
+        out = run_cli("dlq", "ls", "--json", *flags)
+        assert out.returncode == 0, out.stderr
+        return {d["job_id"] for d in json.loads(out.stdout)}
+
+    # When --all comes with an age (every broker read it its own way: all, the old ones, a
+    # traceback), and ids with an age (the age was dropped)
+    all_and_age = purge("--all", "--older-than", "1h", "--yes")
+    ids_and_age = purge(ids["charge_card"], "--older-than", "1h", "--yes")
+    # Then each is a usage error in one line, and nothing is deleted
+    assert all_and_age[:2] == (2, "")
+    assert all_and_age[2].startswith("workerfleet: --all deletes every dead letter: pass it")
+    assert ids_and_age[:2] == (2, "")
+    assert ids_and_age[2].startswith("workerfleet: name job ids or select with --older-than")
+    # And a purge by age asks for --yes first, like --all
+    unconfirmed = purge("--older-than", "0")
+    assert unconfirmed[0] == 2 and "add --yes to confirm" in unconfirmed[2]
+    assert listed() == set(ids.values())
+    # And confirmed, an age that spares them deletes none, one that covers them deletes both
+    spared = purge("--older-than", "1h", "--yes", "--json")
+    assert (spared[0], json.loads(spared[1])) == (0, {"purged": 0}), spared[2]
+    assert listed() == set(ids.values())
+    covered = purge("--older-than", "0", "--yes", "--json")
+    assert (covered[0], json.loads(covered[1])) == (0, {"purged": 2}), covered[2]
+    assert listed() == set()
+
+
 def _list_queues(url: str) -> list[str]:
     async def go() -> list[str]:
         broker = await brokers.open_broker(url, "workerfleet-test", role="reader")

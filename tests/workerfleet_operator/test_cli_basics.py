@@ -638,7 +638,7 @@ def test_a_purge_by_age_counts_only_the_old_dead_letters_and_deletes_exactly_the
     env = {**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url, "WORKERFLEET_QUEUE": queue_name}
     # When the dead letters older than ten minutes are purged
     done = subprocess.run(
-        [WORKERFLEET, "dlq", "purge", "--older-than", "600"],
+        [WORKERFLEET, "dlq", "purge", "--older-than", "600", "--yes"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     # Then the header counts the 3 old ones, and exactly they are gone

@@ -680,6 +680,7 @@ class MemoryBroker:
         older_than_seconds: float | None = None,
         everything: bool = False,
     ) -> int:
+        _check_purge_selection(job_ids, older_than_seconds, everything)
         with self._q.lock:
             q = self._q
             if job_ids is not None:
@@ -687,12 +688,8 @@ class MemoryBroker:
             elif older_than_seconds is not None:
                 cutoff = self.clock() - older_than_seconds
                 doomed = [j for j, d in q.dlq.items() if d.dead_lettered_at <= cutoff]
-            elif everything:
-                doomed = list(q.dlq)
             else:
-                raise ValueError(
-                    "say which dead letters to purge: job_ids, older_than_seconds or everything"
-                )
+                doomed = list(q.dlq)
             for job_id in doomed:
                 del q.dlq[job_id]
             return len(doomed)
@@ -734,15 +731,12 @@ class MemoryBroker:
         older_than_seconds: float | None = None,
         everything: bool = False,
     ) -> AsyncIterator[int]:
+        _check_purge_selection(job_ids, older_than_seconds, everything)
         if job_ids is not None:
             ids = list(job_ids)
             for start in range(0, len(ids), PURGE_STEP):
                 yield await self.purge_dead_letters(job_ids=ids[start : start + PURGE_STEP])
             return
-        if older_than_seconds is None and not everything:
-            raise ValueError(
-                "say which dead letters to purge: job_ids, older_than_seconds or everything"
-            )
         while True:
             with self._q.lock:
                 cutoff = math.inf if everything else self.clock() - (older_than_seconds or 0.0)
@@ -759,6 +753,18 @@ class MemoryBroker:
         with self._q.lock:
             cutoff = self.clock() - older_than_seconds
             return sum(1 for d in self._q.dlq.values() if d.dead_lettered_at <= cutoff)
+
+
+def _check_purge_selection(
+    job_ids: Sequence[str] | None, older_than_seconds: float | None, everything: bool
+) -> None:
+    """ValueError unless a purge names exactly one selection, as every broker requires: with
+    two, "everything and older than D" meant everything here and only the old ones on Redis."""
+    if sum((job_ids is not None, older_than_seconds is not None, everything)) != 1:
+        raise ValueError(
+            "say which dead letters to purge: exactly one of job_ids, older_than_seconds or "
+            "everything"
+        )
 
 
 def _worker_id(beat: base.WorkerHeartbeat) -> str:

@@ -201,7 +201,8 @@ async def delete_dead_letters(
     older_than_seconds: float | None = None,
     everything: bool = False,
 ) -> int:
-    """Purge dead letters by id, by age, or all; returns how many were deleted."""
+    """Purge dead letters by id, by age, or all (exactly one: else ValueError); returns how
+    many were deleted."""
     total = 0
     async for n in delete_dead_letters_in_chunks(
         client, queue, job_ids=job_ids, older_than_seconds=older_than_seconds, everything=everything
@@ -223,20 +224,22 @@ async def delete_dead_letters_in_chunks(
     Yields how many each call deleted, so a caller can show progress and stop between calls
     knowing exactly what was deleted (the CLI's Ctrl-C summary).
     """
+    # Exactly one selection, as on every broker: with two, "everything and older than D"
+    # meant only the old ones here and everything on the memory broker.
+    if sum((job_ids is not None, older_than_seconds is not None, everything)) != 1:
+        raise ValueError(
+            "say which dead letters to purge: exactly one of job_ids, older_than_seconds or "
+            "everything"
+        )
     k = keys.build_keys(queue).script_keys()
     if job_ids is not None:
         ids = list(job_ids)
         for start in range(0, len(ids), 1000):
             yield int(await scripts.DLQ_PURGE(client, k, ["ids", *ids[start : start + 1000]]))
         return
+    args: list[scripts.Arg] = ["all"]
     if older_than_seconds is not None:
-        args: list[scripts.Arg] = ["age", int(older_than_seconds * 1000)]
-    elif everything:
-        args = ["all"]
-    else:
-        raise ValueError(
-            "say which dead letters to purge: job_ids, older_than_seconds or everything"
-        )
+        args = ["age", int(older_than_seconds * 1000)]
     for _ in range(100_000):
         n = int(await scripts.DLQ_PURGE(client, k, args))
         yield n
