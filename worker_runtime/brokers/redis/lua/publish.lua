@@ -9,7 +9,8 @@
 --   KEYS[1+5(i-1)+4]   {wf:Q}:counters        hash, field enqueued += 1
 --   KEYS[1+5(i-1)+5]   {wf:Q}:enqueued        zset job id -> enqueue ms (dedup window)
 -- ARGV[1]: job id (the event id, the same in every queue); ARGV[2]: dedup window ms;
--- ARGV[3]: n, the number of subscriptions the caller read; ARGV[3+i]: group i (sorted);
+-- ARGV[3]: n, the number of subscriptions the caller read; ARGV[3+i]: group i (distinct;
+--          the caller sorts them, the script compares them with the set as a set);
 -- ARGV[3+n+i]: the envelope JSON for subscription i.
 -- Returns {'stale', groups...} when the registered groups differ from the caller's list (it
 -- reads them again and retries: nothing was written), else {'ok', created flag per group}.
@@ -17,11 +18,17 @@
 -- a client killed at any point leaves the script either run entirely or not at all.
 local members = redis.call('SMEMBERS', KEYS[1])
 local n = tonumber(ARGV[3])
-table.sort(members)
+-- Compared as sets, never by sorting here: Lua orders strings with strcoll, and Redis sets
+-- LC_COLLATE from its environment, so under e.g. en_US.UTF-8 "audit" sorts before "Billing"
+-- while the caller sorted by code point, and every publish to that topic came back stale.
 local stale = (#members ~= n)
 if not stale then
+  local registered = {}
+  for _, g in ipairs(members) do registered[g] = true end
   for i = 1, n do
-    if members[i] ~= ARGV[3 + i] then stale = true break end
+    local g = ARGV[3 + i]
+    if not registered[g] then stale = true break end
+    registered[g] = nil  -- each group once: a repeated name cannot stand in for another
   end
 end
 if stale then
