@@ -51,18 +51,23 @@ def job(
 
 
 def answer_once(
-    b: sqs_broker.SqsBroker, operation: str, reply: dict[str, Any], *, status: int = 200
+    b: sqs_broker.SqsBroker,
+    operation: str,
+    reply: dict[str, Any],
+    *,
+    status: int = 200,
+    passing: int = 0,
 ) -> list[str]:
-    """Make the broker's next ``operation`` call (SQS's name: ``DeleteMessageBatch``...) get
-    ``reply`` with HTTP ``status`` instead of ElasticMQ's answer; every other call reaches the
-    server. A fault ElasticMQ never gives (a throttle, a server error) for exactly one call.
-    Returns the list the stand-in appends ``operation`` to when it answered."""
+    """Make the broker's next ``operation`` call (SQS's name: ``DeleteMessageBatch``...), after
+    ``passing`` more of them, get ``reply`` with HTTP ``status`` instead of ElasticMQ's answer;
+    every other call reaches the server. A fault ElasticMQ never gives (a throttle, a server
+    error) for exactly one call. Returns the list of calls the stand-in saw."""
     answered: list[str] = []
 
     def stand_in(**_: Any) -> tuple[Any, dict[str, Any]] | None:
-        if answered:
-            return None
         answered.append(operation)
+        if len(answered) != passing + 1:
+            return None
         http = types.SimpleNamespace(status_code=status, headers={}, raw=None, content=b"")
         return http, {**reply, "ResponseMetadata": {"HTTPStatusCode": status}}
 
@@ -587,6 +592,47 @@ async def test_a_dead_letter_whose_delete_failed_leaves_one_dead_letter_after_th
     assert (letter.job_id, [r.message for r in letter.history]) == (d.id, ["last"])
     await asyncio.sleep(2.5)
     assert await b.fetch("w1", 10) == []
+
+
+async def test_a_fetch_that_fails_after_leasing_jobs_hands_them_out_and_the_next_call_fails(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given three high-priority jobs
+    b = await open_sqs(lease_seconds=2)
+    await b.enqueue_many([job(f"h{i}", priority="high") for i in range(3)])
+    # When a fetch receives them and then its receive from the normal queue is throttled
+    answer_once(b, "ReceiveMessage", THROTTLED, status=400, passing=1)
+    got = await b.fetch("w1", 5)
+    # Then the fetch hands out the three (they are leased to this worker), the next call says
+    # what failed, and the jobs run once: acked, they never come back as lost deliveries
+    assert sorted(d.envelope.task for d in got) == ["h0", "h1", "h2"]
+    with pytest.raises(errors.BrokerUnavailable, match="ThrottlingException"):
+        await b.fetch("w1", 5)
+    assert [await b.ack(d) for d in got] == [True, True, True]
+    await asyncio.sleep(2.5)
+    assert await b.fetch("w1", 5) == []
+
+
+async def test_messages_received_with_one_whose_handling_failed_wait_for_the_next_fetch(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a message that cannot run, then two jobs, in one ordered FIFO group
+    b = await open_sqs(url=elasticmq_server.url + "&fifo=true&priorities=false", lease_seconds=5)
+    await b._client.send_message(
+        QueueUrl=b._url(envelope_mod.Priority.NORMAL),
+        MessageBody="not a job",
+        MessageGroupId="g",
+        MessageDeduplicationId="bad",
+    )
+    await b.enqueue_many([job(f"j{i}", headers={"message-group-id": "g"}) for i in range(2)])
+    # When a fetch receives all three and the dead-letter of the first fails
+    answer_once(b, "SendMessage", refusal("InternalError"), status=500)
+    with pytest.raises(errors.BrokerUnavailable):
+        await b.fetch("w1", 5)
+    # Then the next fetch hands out the two jobs received with it, as first deliveries (not
+    # stranded until their lease ends)
+    got = await b.fetch("w1", 5)
+    assert [(d.envelope.task, d.lost) for d in got] == [("j0", 0), ("j1", 0)]
 
 
 async def test_a_renew_reports_lost_only_receipts_sqs_says_are_gone(

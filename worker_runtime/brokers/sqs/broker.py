@@ -305,6 +305,9 @@ class SqsBroker:
         self._buffer: collections.deque[_Buffered] = collections.deque()
         self._polls: dict[str, asyncio.Task[list[dict[str, Any]]]] = {}
         self._closing = asyncio.Event()
+        self._deferred: Exception | None = None
+        """The error of a fetch that returned the jobs it had leased before it failed (raising
+        would strand them): raised by the next fetch or ack_and_fetch, before it does anything."""
         self._deletes: dict[str, list[_Pending]] = collections.defaultdict(list)
         self._delete_flush: asyncio.Task[None] | None = None
         self._warned_done_marker = False
@@ -543,15 +546,45 @@ class SqsBroker:
     ) -> list[base.Delivery]:
         if count <= 0:
             return []
+        self._raise_deferred()
         await self._ready_client()
-        deadline = time.monotonic() + max(0.0, block)
         out: list[base.Delivery] = []
+        try:
+            await self._fetch_into(out, worker_id, count, block, wake, holding)
+        except Exception as exc:
+            if not out:
+                raise
+            # The jobs in out are leased to this worker now: raising would leave them invisible
+            # for a whole lease, to come back as lost deliveries (towards poison) never having
+            # run. They are handed out, and the next call says what failed.
+            self._deferred = exc
+        return sorted(out, key=self._priority_rank)
+
+    def _raise_deferred(self) -> None:
+        """Raise the error a fetch left for the next call (see ``_deferred``), once."""
+        exc, self._deferred = self._deferred, None
+        if exc is not None:
+            raise exc
+
+    async def _fetch_into(
+        self,
+        out: list[base.Delivery],
+        worker_id: str,
+        count: int,
+        block: float,
+        wake: asyncio.Event | None,
+        holding: Container[tuple[str, base.Receipt]],
+    ) -> None:
+        """Add up to ``count`` deliveries to ``out``: the waiting ones first, then each queue
+        in priority order, then (with ``block``) a long poll. ``out`` keeps what was leased
+        when a later step fails."""
+        deadline = time.monotonic() + max(0.0, block)
         while True:
             while self._buffer and len(out) < count:
                 # a job dropped or handled here (poison, not due) leaves room for more of it
                 for b in await self._take_buffered(count - len(out)):
-                    out += await self._admit(
-                        b.url, b.priority, [b.message], b.received, worker_id, holding
+                    await self._admit(
+                        b.url, b.priority, [b.message], b.received, worker_id, holding, out
                     )
             for priority, name in self.names.by_priority:
                 if len(out) >= count:
@@ -561,13 +594,13 @@ class SqsBroker:
                     continue  # a long poll of this queue is still out: its result comes next
                 received = time.time()
                 messages = await self._receive_many(url, count - len(out))
-                out += await self._admit(url, priority, messages, received, worker_id, holding)
+                await self._admit(url, priority, messages, received, worker_id, holding, out)
             remaining = deadline - time.monotonic()
             if out or remaining <= 0 or (wake is not None and wake.is_set()):
-                return sorted(out, key=self._priority_rank)
+                return
             await self._long_poll(min(remaining, MAX_WAIT), wake, count - len(out))
             if self._closing.is_set():
-                return out
+                return
 
     def _priority_rank(self, delivery: base.Delivery) -> int:
         order = [p for p, _ in self.names.by_priority]
@@ -682,60 +715,82 @@ class SqsBroker:
         received: float,
         worker_id: str,
         holding: Container[tuple[str, base.Receipt]],
-    ) -> list[base.Delivery]:
-        """Deliveries from received messages: poison, unparseable and still-delayed messages
-        are handled here and never reach the worker."""
-        out: list[base.Delivery] = []
-        for message in messages:
-            body = str(message.get("Body", ""))
-            receipt = str(message["ReceiptHandle"])
-            carried = attributes.decode_carried(message.get("MessageAttributes") or {})
-            receive_count = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
-            held = _Held(url, priority, body, carried, receive_count)
-            if carried.not_before is not None and carried.not_before > time.time() + 0.5:
-                await self._park(receipt, held)
-                continue
-            lost = carried.lost + receive_count - 1
+        out: list[base.Delivery],
+    ) -> None:
+        """Add the deliveries of received messages to ``out``: poison, unparseable and
+        still-delayed messages are handled here and never reach the worker. When handling one
+        fails, the messages after it wait for the next fetch (they are leased to this worker:
+        dropping them would strand them for a lease), and the error is raised."""
+        for n, message in enumerate(messages):
             try:
-                env = envelope_mod.parse_envelope(body)
-            except envelope_mod.EnvelopeError as exc:
-                await self._send_dead(receipt, held, exc.reason, worker_id=worker_id)
-                await self._delete(url, receipt)
-                self.dead_lettered_by_fetch[exc.reason] += 1
-                continue
-            delivery = base.Delivery(
-                id=env.id,
-                receipt=receipt,
-                envelope=env,
-                attempts=carried.attempts,
-                deliveries=carried.deliveries + receive_count,
-                lease_deadline=received + self.visibility,
-                lost=lost,
-                fetched_at=received,
-            )
-            previous = self._by_job.get(env.id)
-            if previous is not None and (env.id, previous) not in holding:
-                # that delivery ended without a settle: forget it
-                self._held.pop(RECEIPT_ALIASES.pop(previous, previous), None)
-            elif previous is not None:
-                # This worker still runs the job (its lease ran out under it): keep the new
-                # receipt's lease for the running delivery instead of handing out a second one.
-                self._held.pop(RECEIPT_ALIASES.get(previous, previous), None)
-                _set_alias(previous, receipt)
-                self._held[receipt] = held
-                await self._renew_receipts(url, [receipt])
-                continue
-            if lost >= self.options.max_deliveries:
-                self._by_job.pop(env.id, None)
-                reason = base.DeadLetterReason.MAX_DELIVERIES
-                await self._send_dead(receipt, held, reason, worker_id=worker_id)
-                await self._delete(url, receipt)
-                self.dead_lettered_by_fetch[reason] += 1
-                continue
+                delivery = await self._admit_one(
+                    url, priority, message, received, worker_id, holding
+                )
+            except BaseException:
+                rest = [_Buffered(url, priority, m, received) for m in messages[n + 1 :]]
+                self._buffer.extendleft(reversed(rest))
+                raise
+            if delivery is not None:
+                out.append(delivery)
+
+    async def _admit_one(
+        self,
+        url: str,
+        priority: envelope_mod.Priority,
+        message: dict[str, Any],
+        received: float,
+        worker_id: str,
+        holding: Container[tuple[str, base.Receipt]],
+    ) -> base.Delivery | None:
+        """The delivery of one received message, or None when it was handled here."""
+        body = str(message.get("Body", ""))
+        receipt = str(message["ReceiptHandle"])
+        carried = attributes.decode_carried(message.get("MessageAttributes") or {})
+        receive_count = int((message.get("Attributes") or {}).get("ApproximateReceiveCount", 1))
+        held = _Held(url, priority, body, carried, receive_count)
+        if carried.not_before is not None and carried.not_before > time.time() + 0.5:
+            await self._park(receipt, held)
+            return None
+        lost = carried.lost + receive_count - 1
+        try:
+            env = envelope_mod.parse_envelope(body)
+        except envelope_mod.EnvelopeError as exc:
+            await self._send_dead(receipt, held, exc.reason, worker_id=worker_id)
+            await self._delete(url, receipt)
+            self.dead_lettered_by_fetch[exc.reason] += 1
+            return None
+        delivery = base.Delivery(
+            id=env.id,
+            receipt=receipt,
+            envelope=env,
+            attempts=carried.attempts,
+            deliveries=carried.deliveries + receive_count,
+            lease_deadline=received + self.visibility,
+            lost=lost,
+            fetched_at=received,
+        )
+        previous = self._by_job.get(env.id)
+        if previous is not None and (env.id, previous) not in holding:
+            # that delivery ended without a settle: forget it
+            self._held.pop(RECEIPT_ALIASES.pop(previous, previous), None)
+        elif previous is not None:
+            # This worker still runs the job (its lease ran out under it): keep the new
+            # receipt's lease for the running delivery instead of handing out a second one.
+            self._held.pop(RECEIPT_ALIASES.get(previous, previous), None)
+            _set_alias(previous, receipt)
             self._held[receipt] = held
-            self._by_job[env.id] = receipt
-            out.append(delivery)
-        return out
+            await self._renew_receipts(url, [receipt])
+            return None
+        if lost >= self.options.max_deliveries:
+            self._by_job.pop(env.id, None)
+            reason = base.DeadLetterReason.MAX_DELIVERIES
+            await self._send_dead(receipt, held, reason, worker_id=worker_id)
+            await self._delete(url, receipt)
+            self.dead_lettered_by_fetch[reason] += 1
+            return None
+        self._held[receipt] = held
+        self._by_job[env.id] = receipt
+        return delivery
 
     async def _park(self, receipt: str, held: _Held) -> None:
         """A job whose delay is not over yet: re-send it for the next step (not a delivery)."""
@@ -768,6 +823,7 @@ class SqsBroker:
         wake: asyncio.Event | None = None,
         holding: Container[tuple[str, base.Receipt]] = (),
     ) -> tuple[list[bool], list[base.Delivery]]:
+        self._raise_deferred()  # before the acks: the worker sends them again after an error
         acked = list(await asyncio.gather(*(self.ack(d) for d in deliveries)))
         return acked, await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
 
@@ -1120,7 +1176,7 @@ class SqsBroker:
         while self._buffer:
             b = self._buffer.popleft()
             with contextlib.suppress(errors.WorkerfleetError):
-                for d in await self._admit(b.url, b.priority, [b.message], b.received, "", ()):
+                if d := await self._admit_one(b.url, b.priority, b.message, b.received, "", ()):
                     await self.release(d)
         if self._delete_flush is not None:
             with contextlib.suppress(Exception):
