@@ -34,3 +34,19 @@ def test_an_avoided_bucket_sends_the_wait_to_the_next_smaller_one() -> None:
 def test_a_wait_with_every_bucket_that_fits_avoided_is_over() -> None:
     assert topology.bucket_for(0.04, avoid=frozenset({25})) is None
     assert topology.bucket_for(0.09, avoid=frozenset({25, 50})) is None
+
+
+def test_the_dlq_is_bounded_by_the_queues_dead_letter_length_and_retention() -> None:
+    assert topology.dead_queue_arguments("quorum", max_length=5000, retention_seconds=86_400.0) == {
+        "x-queue-type": "quorum",
+        "x-max-length": 5000,
+        "x-message-ttl": 86_400_000,
+    }
+
+
+def test_a_retention_past_rabbitmqs_largest_ttl_keeps_dead_letters_until_the_length_bound() -> None:
+    # 60 days is more than RabbitMQ's largest x-message-ttl (2^32 - 1 ms, ~49.7 days)
+    arguments = topology.dead_queue_arguments(
+        "classic", max_length=100, retention_seconds=60 * 86_400.0
+    )
+    assert arguments == {"x-queue-type": "classic", "x-max-length": 100}

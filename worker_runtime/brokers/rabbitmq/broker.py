@@ -37,6 +37,7 @@ import base64
 import collections
 import contextlib
 import datetime
+import heapq
 import json
 import math
 import time
@@ -396,20 +397,49 @@ async def _declare_existing(
 async def _take_all(
     queue: aio_pika.abc.AbstractQueue,
     found: list[tuple[aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]],
-) -> None:
-    """Get every message of the DLQ ``queue`` unacked into ``found`` (decoded)."""
+    *,
+    newest: int | None = None,
+    stop_at: str | None = None,
+) -> tuple[int, aio_pika.abc.AbstractIncomingMessage | None]:
+    """Get the messages of the DLQ ``queue`` unacked (``basic.get``), decoded, into ``found``:
+    every one; or with ``newest``, only the ``newest`` most recently dead-lettered (the others
+    are taken and let go, so a read costs memory for one page, not for the DLQ); or with
+    ``stop_at``, only that job's letter, the read ending there. Returns how many messages were
+    taken and the last one (a ``multiple`` nack of it gives back every one not acked).
+
+    Newest first costs a read of the whole DLQ: a queue hands out its head, the oldest letters,
+    and has no peek at its tail. The DLQ's ``x-max-length`` (``dlq_max_length``) bounds it."""
     total = int(queue.declaration_result.message_count or 0)
+    kept: list[tuple[float, int, aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]] = []
+    taken = 0
+    last: aio_pika.abc.AbstractIncomingMessage | None = None
     # messages another scan just put back may take a moment to be ready again:
     # read until empty, and wait (bounded) for as many as the queue counted
     settle = time.monotonic() + 2.0
     for _ in range(total + 10_000):
         message = await queue.get(no_ack=False, fail=False, timeout=10)
         if message is None:
-            if len(found) >= total or time.monotonic() > settle:
+            if taken >= total or time.monotonic() > settle:
                 break
             await asyncio.sleep(0.05)
             continue
-        found.append((message, decode_dead_letter(message)))
+        taken += 1
+        last = message
+        record = decode_dead_letter(message)
+        if stop_at is not None:
+            if record.job_id == stop_at:
+                found.append((message, record))
+                break
+        elif newest is None:
+            found.append((message, record))
+        elif newest > 0:
+            entry = (record.dead_lettered_at, taken, message, record)
+            if len(kept) < newest:
+                heapq.heappush(kept, entry)
+            else:
+                heapq.heappushpop(kept, entry)
+    found.extend((message, record) for _, _, message, record in kept)
+    return taken, last
 
 
 class RabbitMQBroker:
@@ -477,6 +507,7 @@ class RabbitMQBroker:
         # queue yet and come back unroutable
         self._declared_topology = False
         self._closed = False
+        self._warned_dead_queue = False
         self._consumers: list[tuple[aiormq.abc.AbstractChannel, str]] = []
         self._transaction: aio_pika.abc.AbstractTransaction | None = None
         self._consume_exchange: aio_pika.abc.AbstractExchange | None = None
@@ -539,7 +570,11 @@ class RabbitMQBroker:
         await self._declare(
             channel,
             topology.dead_queue(self.queue),
-            topology.dead_queue_arguments(self._queue_type),
+            topology.dead_queue_arguments(
+                self._queue_type,
+                max_length=self.options.dlq_max_length,
+                retention_seconds=self.options.dlq_retention_seconds,
+            ),
         )
 
     async def _declare(
@@ -553,16 +588,43 @@ class RabbitMQBroker:
             await channel.declare_queue(
                 name, durable=True, arguments=arguments, timeout=DECLARE_TIMEOUT_SECONDS
             )
-        except aiormq.exceptions.ChannelPreconditionFailed:
+        except aiormq.exceptions.ChannelPreconditionFailed as exc:
             # It exists with other arguments: a subscription queue registered by a publisher
             # with other options (its x-delivery-limit), or one declared by an older version.
             # Use it as it is; max_deliveries is still enforced by this object's own count.
+            if name == topology.dead_queue(self.queue):
+                self._warn_dead_queue_bounds(arguments, exc)
             assert self._connection is not None
             channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._publish_channel = channel
             await channel.declare_queue(name, passive=True)
         self._declared.add(name)
         return channel
+
+    def _warn_dead_queue_bounds(
+        self, wanted: dict[str, Any], exc: aiormq.exceptions.ChannelPreconditionFailed
+    ) -> None:
+        """Say once, from a worker, that the DLQ exists with other bounds than its own
+        (``dlq_max_length``, ``dlq_retention_seconds``), which therefore do not apply: RabbitMQ
+        refuses to change an existing queue's arguments (PRECONDITION_FAILED, which names the
+        first one that differs). A DLQ declared before the bounds existed has none and grows
+        without limit until someone acts. A producer says nothing: it has no bounds of its own
+        to impose (it declares a missing DLQ with the defaults)."""
+        if self.role is not base.QueueRole.CONSUMER or self._warned_dead_queue:
+            return
+        self._warned_dead_queue = True
+        _log.warning(
+            "the dead-letter queue exists with other bounds than this worker's: they do not apply",
+            extra={
+                "queue": topology.dead_queue(self.queue),
+                "wanted": {k: v for k, v in wanted.items() if k != "x-queue-type"},
+                "rabbitmq": str(exc),
+                "hint": "RabbitMQ never changes an existing queue's arguments; bound it with a "
+                "policy (max-length, message-ttl: the lower of a policy's and the queue's own "
+                "applies), or delete the queue while it is empty and workers declare it anew "
+                "(docs/brokers.md, RabbitMQ 'Dead letters')",
+            },
+        )
 
     async def _drop_connection(self) -> None:
         self._declared_topology = False
@@ -1477,9 +1539,10 @@ class RabbitMQBroker:
     # -- the DLQ: list, show, replay, purge -----------------------------------------------------
     #
     # AMQP has no index and no peek: each call takes the DLQ's messages on a channel of its
-    # own without acking (basic.get), acks the ones it replays or purges, and closes the
-    # channel, which puts every other message back. Cost: one read of the whole DLQ per call
-    # (``dlq_max_length`` bounds it).
+    # own without acking (basic.get), acks the ones it replays or purges, and gives every other
+    # message back. Cost: one read of the whole DLQ per call (its x-max-length,
+    # ``dlq_max_length``, bounds it); a list keeps only its page in memory, a show stops at
+    # the letter it looks for.
 
     async def count_dead_letters(self) -> int:
         channel = await self._ensure()
@@ -1502,12 +1565,14 @@ class RabbitMQBroker:
 
     @contextlib.asynccontextmanager
     async def _dead_letter_scan(
-        self, operation: str
+        self, operation: str, *, newest: int | None = None, stop_at: str | None = None
     ) -> AsyncIterator[list[tuple[aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]]]:
-        """Every DLQ message, unacked on a channel of its own; closing it returns the rest."""
+        """The DLQ's messages (every one, or what ``newest``/``stop_at`` keep: see
+        :func:`_take_all`), unacked on a channel of its own; every one not acked goes back."""
         await self._ensure()
         assert self._connection is not None
         found: list[tuple[aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]] = []
+        taken, last = 0, None
         async with translate_errors(operation):
             channel = await self._connection.channel(publisher_confirms=False)
         try:
@@ -1515,15 +1580,18 @@ class RabbitMQBroker:
                 # None: no DLQ (a reader declares none), so nothing was dead-lettered
                 queue = await _declare_existing(channel, topology.dead_queue(self.queue))
                 if queue is not None:
-                    await _take_all(queue, found)
+                    taken, last = await _take_all(queue, found, newest=newest, stop_at=stop_at)
             yield found
         finally:
-            returned = 0
+            returned = taken - sum(1 for message, _ in found if message.processed)
             with contextlib.suppress(Exception):
-                for message, _ in found:
-                    if not message.processed:
-                        await message.nack(requeue=True)
-                        returned += 1
+                if last is not None and not last.processed:
+                    # one frame gives back every message taken and not acked, kept or not
+                    await last.nack(multiple=True, requeue=True)
+                else:
+                    for message, _ in found:
+                        if not message.processed:
+                            await message.nack(requeue=True)
                 await asyncio.wait_for(channel.close(), 5)
             # a quorum queue counts returned messages as ready a moment later: wait (bounded)
             # so the next call sees the DLQ whole
@@ -1534,12 +1602,13 @@ class RabbitMQBroker:
                     await asyncio.sleep(0.05)
 
     async def list_dead_letters(self, *, offset: int = 0, limit: int = 50) -> list[base.DeadLetter]:
-        async with self._dead_letter_scan("list_dead_letters") as found:
+        newest = max(0, offset) + max(0, limit)
+        async with self._dead_letter_scan("list_dead_letters", newest=newest) as found:
             records = sorted((d for _, d in found), key=lambda d: d.dead_lettered_at, reverse=True)
         return records[offset : offset + limit]
 
     async def show_dead_letter(self, job_id: str) -> base.DeadLetter | None:
-        async with self._dead_letter_scan("show_dead_letter") as found:
+        async with self._dead_letter_scan("show_dead_letter", stop_at=job_id) as found:
             for _, record in found:
                 if record.job_id == job_id:
                     return record
@@ -1637,6 +1706,8 @@ class RabbitMQBroker:
             connect_timeout=self._connect_timeout,
             management_port=self._management_port,
             queue_type=self._queue_type,
+            # it declares the subscription's queues for its worker, which owns their settings
+            role=base.QueueRole.PRODUCER,
         )
 
     async def _topic_exchange(self, topic: str) -> aio_pika.abc.AbstractExchange:

@@ -19,6 +19,8 @@ For a workerfleet queue ``Q`` (all on the default exchange, routed by queue name
                                             its x-message-ttl at first, see below)
         x-dead-letter-routing-key = wf.Q.<level>   expired → back to its work queue
     wf.Q.dead                            the DLQ (quorum, no delivery limit)
+        x-max-length = dlq_max_length       the oldest dead letters make room (drop-head)
+        x-message-ttl = dlq retention (ms)  left out past RabbitMQ's largest TTL (~49.7 days)
 
 For a topic ``T`` (``Topics``)::
 
@@ -171,8 +173,23 @@ def work_queue_arguments(
     }
 
 
-def dead_queue_arguments(queue_type: str = "quorum") -> dict[str, Any]:
-    return {"x-queue-type": queue_type}
+MAX_MESSAGE_TTL_MS = 2**32 - 1
+"""The largest ``x-message-ttl`` RabbitMQ accepts (a declare with more is refused)."""
+
+
+def dead_queue_arguments(
+    queue_type: str = "quorum", *, max_length: int, retention_seconds: float
+) -> dict[str, Any]:
+    """The DLQ's arguments: at most ``max_length`` dead letters (a new one pushes out the
+    oldest: RabbitMQ's default overflow, drop-head, left unsaid so that an operator's policy can
+    choose another) and each kept ``retention_seconds``. A retention longer than RabbitMQ's
+    largest TTL sets none: dead letters are then kept until the length pushes them out, never
+    dropped earlier than asked."""
+    arguments: dict[str, Any] = {"x-queue-type": queue_type, "x-max-length": max_length}
+    ttl_ms = math.ceil(retention_seconds * 1000)
+    if ttl_ms <= MAX_MESSAGE_TTL_MS:
+        arguments["x-message-ttl"] = ttl_ms
+    return arguments
 
 
 def delay_queue_arguments(
