@@ -29,12 +29,17 @@ import redis.asyncio.cluster
 import redis.exceptions
 
 from worker_runtime import envelope as envelope_mod
-from worker_runtime import expiry
+from worker_runtime import expiry, logs
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import keys as keys_mod
 from worker_runtime.brokers.redis import scripts
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+_log = logs.get_logger("brokers.redis")
+
+REDIS_CALL_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+"""What a failed call to Redis raises (redis-py's errors, and socket errors it lets through)."""
 
 MAX_BATCH = 500
 """Largest number of jobs one script call settles or enqueues (keeps each script short)."""
@@ -318,12 +323,10 @@ class QueueClient:
         while True:
             raw = await scripts.FETCH(self.client, self._k, args, decode=False)
             now_ms, poisoned, next_event, last_ids, flat, own = raw
-            await self._release_unheld(own, holding)
             if int(poisoned):
                 self.dead_lettered_by_fetch[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
             jobs, invalid = self._build_jobs(float(now_ms), flat)
-            for job_id, token, error in invalid:
-                await self._dead_letter_invalid(job_id, token, error, worker_id)
+            await self._follow_up_fetch(own, holding, invalid, worker_id)
             if jobs or block <= 0:
                 return jobs
             if invalid:
@@ -378,12 +381,10 @@ class QueueClient:
             decode=False,
         )
         now_ms, poisoned, _next_event, _last_ids, flat, own, acked = raw
-        await self._release_unheld(own, holding)
         if int(poisoned):
             self.dead_lettered_by_fetch[DeadLetterReason.MAX_DELIVERIES.value] += int(poisoned)
         fetched, invalid = self._build_jobs(float(now_ms), flat)
-        for job_id, token, error in invalid:
-            await self._dead_letter_invalid(job_id, token, error, worker_id)
+        await self._follow_up_fetch(own, holding, invalid, worker_id)
         if not fetched and block > 0:
             fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         return [int(f) == 1 for f in acked], fetched
@@ -407,6 +408,37 @@ class QueueClient:
         for job_id, token, error in invalid:
             await self._dead_letter_invalid(job_id, token, error, worker_id)
         return jobs
+
+    async def _follow_up_fetch(
+        self,
+        own: Sequence[Any],
+        holding: Container[tuple[str, Token]],
+        invalid: Sequence[tuple[str, Token, envelope_mod.EnvelopeError]],
+        worker_id: str,
+    ) -> None:
+        # The fetch script has run: its jobs are leased to the caller whatever happens next. A
+        # Redis error in these follow-up calls must not be raised instead of returning them:
+        # the caller would never see those jobs (and an error that says "never sent", e.g. a
+        # refused connection, tells it there is nothing to adopt), so they would wait out
+        # their lease and count a lost delivery towards the poison limit. What a failed
+        # follow-up leaves undone is done later anyway: a renewed lease nobody holds expires
+        # and is reclaimed, an unreadable envelope is dead-lettered on its next delivery.
+        try:
+            await self._release_unheld(own, holding)
+        except REDIS_CALL_ERRORS as exc:
+            _log.warning(
+                "releasing leases this worker no longer holds failed; they expire instead",
+                extra={"error": f"{type(exc).__name__}: {exc}"},
+            )
+        for job_id, token, error in invalid:
+            try:
+                await self._dead_letter_invalid(job_id, token, error, worker_id)
+            except REDIS_CALL_ERRORS as exc:
+                _log.warning(
+                    "dead-lettering an unreadable envelope failed; it is tried again on its"
+                    " next delivery",
+                    extra={"job_id": job_id, "error": f"{type(exc).__name__}: {exc}"},
+                )
 
     async def _release_unheld(
         self, own: Sequence[Any], holding: Container[tuple[str, Token]]
