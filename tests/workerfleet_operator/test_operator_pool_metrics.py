@@ -190,7 +190,11 @@ def test_a_running_pool_exports_its_broker_on_its_info_series(
         lambda: pool_sample(runner, "workerfleet_pool_info") == {"broker=redis": 1},
         message="the pool's info series never named its broker",
     )
-    assert pool_sample(runner, "workerfleet_pool_backlog") == {"": 0}
+    # (the queue series from the pool's first queue read on)
+    wait_until(
+        lambda: pool_sample(runner, "workerfleet_pool_backlog") == {"": 0},
+        message="the pool's backlog was never exported",
+    )
 
 
 def test_a_pool_switched_to_another_broker_exports_one_info_series_naming_the_new_one() -> None:

@@ -32,6 +32,16 @@ pool scaled to zero, whose lag is the one that grows, would export none. Only th
 operator polls, and the rules take ``max`` per pool over whatever scraped it (a restart, a
 double scrape), so nothing is counted twice.
 
+Nothing is exported before it is known: a gauge from its first value on, the queue series and
+the mirrored counters from the first stats read (an operator that just started, or took over as
+leader, has none yet; nor has a pool held on bad input or whose queue was never reachable). A 0
+in that gap would be a live series, which the alert rules' stand-in for a restart
+(``last_over_time``, deploy/alerts/workerfleet-alerts.yaml) does not replace: the mirrored
+counters would grow from 0 to their Redis value at the first poll (a false
+WorkerPoolDeadLetterGrowing or WorkerPoolDrainKilled for every job ever dead-lettered or worker
+ever killed), and the `for:` timers of WorkerPoolDeadLetterBacklog and WorkerPoolDeadLetterStale
+would start again.
+
 Threads: the records are written on the operator's event loop and read by the exporter's HTTP
 thread. A write replaces one slot or attribute (atomic), a label set that changes is replaced
 as a whole tuple, and the pool table changes only under the collector's lock.
@@ -58,7 +68,7 @@ SUBSCRIPTION_LABELS = (*POOL_LABELS, "topic", "group")
 
 
 # The plain per-pool gauges, (name, help), in the order of PoolSeries.gauges; each is exported
-# from the pool's bind on, at 0 until first set.
+# from its first value on (None until then: no series, never a 0 nobody measured).
 _GAUGES: tuple[tuple[str, str], ...] = (
     ("workerfleet_pool_backlog", "Ready jobs not yet delivered (incl. due retries)."),
     ("workerfleet_pool_in_flight", "Jobs delivered and not yet finished."),
@@ -104,7 +114,8 @@ _GAUGES: tuple[tuple[str, str], ...] = (
 
 # Counters copied from the broker, where they only grow, in the order of PoolSeries.totals:
 # exported with the counter type (``*_total``), since a gauge would break ``rate()`` in
-# dashboards; a restarted operator starts from the broker's value anyway.
+# dashboards; a restarted operator starts from the broker's value anyway (and exports nothing
+# before it has read it: see the module's docstring).
 _MIRRORED: tuple[tuple[str, str], ...] = (
     ("workerfleet_pool_jobs_enqueued", "Jobs ever enqueued (from Redis)."),
     ("workerfleet_pool_jobs_completed", "Jobs completed (from Redis)."),
@@ -184,7 +195,7 @@ class SubscriptionSeries:
     def __init__(self, topic: str, group: str) -> None:
         self.topic = topic
         self.group = group
-        self.backlog = 0.0
+        self.backlog: float | None = None  # None: no series (no stats read yet)
         self.oldest_event_age: float | None = None  # None: no series (not measured)
 
     def record(self, queue_stats: base.QueueStats, *, age_measured: bool = True) -> None:
@@ -221,8 +232,8 @@ class PoolSeries:
     def __init__(self, labels: tuple[str, ...], broker: str) -> None:
         self.labels = labels
         self.broker = broker
-        self.gauges = [0.0] * len(_GAUGES)
-        self.totals = [0.0] * len(_MIRRORED)
+        self.gauges: list[float | None] = [None] * len(_GAUGES)  # None: not known yet
+        self.totals: list[float] | None = None  # None until the first stats read
         self.oldest_job_age: float | None = None  # None: absent while the broker cannot say
         self.queue_reachable: tuple[str, float] | None = None  # (reason, 1 or 0)
         self.eviction_unsafe: tuple[str, float] | None = None  # (policy, 1 or 0)
@@ -249,7 +260,8 @@ class PoolSeries:
 
         Without stats (the queue was unreadable) the queue series keep their last values and
         ``queue_reachable`` says why they stopped moving (reasons as the QueueReachable
-        condition's: QueueRead, QueueUnreachable).
+        condition's: QueueRead, QueueUnreachable); before the first stats they have none and
+        are not exported.
         """
         if queue_stats is not None:
             self.record_queue_reachable(True, api.Reason.QUEUE_READ)
@@ -272,7 +284,7 @@ class PoolSeries:
         self.oldest_job_age = float(s.oldest_job_age_seconds) if oldest_age_measured else None
         if self.subscription is not None:
             self.subscription.record(s, age_measured=oldest_age_measured)
-        self.totals[:] = [
+        self.totals = [
             float(s.enqueued_total),
             float(s.completed_total),
             float(s.failed_total),
@@ -375,10 +387,12 @@ def _build_families(pools: Iterable[PoolSeries]) -> list[Metric]:
     for pool in pools:
         labels = list(pool.labels)
         info.add_metric([*labels, pool.broker], 1.0)
-        for family, value in zip(gauges, pool.gauges, strict=True):
-            family.add_metric(labels, value)
-        for total, value in zip(totals, pool.totals, strict=True):
-            total.add_metric(labels, value)
+        for family, gauge in zip(gauges, pool.gauges, strict=True):
+            if gauge is not None:
+                family.add_metric(labels, gauge)
+        if pool.totals is not None:
+            for total, value in zip(totals, pool.totals, strict=True):
+                total.add_metric(labels, value)
         age = pool.oldest_job_age
         if age is not None:
             oldest_job_age.add_metric(labels, age)
@@ -393,7 +407,8 @@ def _build_families(pools: Iterable[PoolSeries]) -> list[Metric]:
         sub = pool.subscription
         if sub is not None:
             sub_labels = [*labels, sub.topic, sub.group]
-            subscription_backlog.add_metric(sub_labels, sub.backlog)
+            if sub.backlog is not None:
+                subscription_backlog.add_metric(sub_labels, sub.backlog)
             sub_age = sub.oldest_event_age
             if sub_age is not None:
                 subscription_age.add_metric(sub_labels, sub_age)
