@@ -2,7 +2,8 @@
 
 Leader election itself (the Lease, its RBAC and env) is tested in test_chart_leader_election.py
 and in the operator's tests; here: the chart's defaults run two replicas only with election on,
-spread them over nodes, roll them without a gap, and keep one through a drain.
+spread them over nodes, roll them without a gap (or, one node per replica, one at a time), and
+keep one through a drain.
 """
 
 from __future__ import annotations
@@ -59,6 +60,34 @@ def test_hard_anti_affinity_requires_one_node_per_replica(render: Render) -> Non
     ]["template"]["spec"]["affinity"]
     (term,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_with_hard_anti_affinity_a_rollout_stops_an_old_pod_before_starting_a_new_one(
+    render: Render,
+) -> None:
+    # Given two elected replicas, each required on its own node: on two nodes a surge pod
+    # (maxSurge 1, maxUnavailable 0) could never schedule and every upgrade would stall
+    spec = operator_deployment(render("default", "--set", "operator.podAntiAffinity=hard"))["spec"]
+    assert spec["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    # Then the rollout frees a node first (the standby takes the Lease if the leader stopped)
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    # And a user's own anti-affinity (the chart adds none then) keeps the surge
+    own = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    args = [
+        "--set",
+        "operator.podAntiAffinity=hard",
+        "--set-json",
+        f"operator.affinity={json.dumps(own)}",
+    ]
+    assert operator_deployment(render("default", *args))["spec"]["strategy"]["rollingUpdate"] == {
+        "maxSurge": 1,
+        "maxUnavailable": 0,
+    }
 
 
 def test_a_users_own_anti_affinity_wins_and_other_affinity_is_kept(render: Render) -> None:
