@@ -635,6 +635,28 @@ async def test_messages_received_with_one_whose_handling_failed_wait_for_the_nex
     assert [(d.envelope.task, d.lost) for d in got] == [("j0", 0), ("j1", 0)]
 
 
+async def test_acks_applied_before_their_fetch_failed_are_reported_done_and_never_resent(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given two jobs a worker ran to the end
+    b = await open_sqs(lease_seconds=2)
+    await b.enqueue_many([job("a"), job("b")])
+    first, second = sorted(await fetch_until(b, 2, 10), key=lambda d: d.envelope.task)
+    # When the first's ack rides on a fetch whose receive is throttled
+    answer_once(b, "ReceiveMessage", THROTTLED, status=400)
+    # Then the call reports the ack done, with no jobs, instead of raising (the worker would
+    # send the ack again and read its False as a lost lease)
+    assert await b.ack_and_fetch([first], "w1", 1) == ([True], [])
+    # and the next call raises that error before it acks anything: the worker's re-send of
+    # that call acks the second job
+    with pytest.raises(errors.BrokerUnavailable, match="ThrottlingException"):
+        await b.ack_and_fetch([second], "w1", 1)
+    assert await b.ack_and_fetch([second], "w1", 1) == ([True], [])
+    # and neither job runs again
+    await asyncio.sleep(2.5)
+    assert await b.fetch("w1", 5) == []
+
+
 async def test_a_renew_reports_lost_only_receipts_sqs_says_are_gone(
     elasticmq_server: elasticmq.ElasticMQServer,
 ) -> None:

@@ -825,7 +825,15 @@ class SqsBroker:
     ) -> tuple[list[bool], list[base.Delivery]]:
         self._raise_deferred()  # before the acks: the worker sends them again after an error
         acked = list(await asyncio.gather(*(self.ack(d) for d in deliveries)))
-        return acked, await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
+        try:
+            fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
+        except Exception as exc:
+            # The acks are applied: raising would make the worker send them again, and an ack
+            # of a deleted delivery answers False (counted as a lost lease). They are reported
+            # done with no jobs, and the next call says what failed.
+            self._deferred = exc
+            return acked, []
+        return acked, fetched
 
     # -- settling ---------------------------------------------------------------------------
 
