@@ -58,6 +58,38 @@ def helm_template(helm: str, values: Path | None = None, *args: str) -> str:
     return done.stdout
 
 
+def read_value_docs(values_text: str) -> tuple[set[str], dict[str, str]]:
+    """Return (all key paths, the `# --` doc of each documented path) of a values.yaml text.
+
+    A doc is its comment lines joined with spaces, without the `#` and the leading `--`: the
+    text the chart README's values table shows (scripts/render_install.py)."""
+    stack: list[tuple[int, str]] = []
+    docs: dict[str, str] = {}
+    paths: set[str] = set()
+    comment: list[str] = []
+    for line in values_text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            comment.append(stripped)
+            continue
+        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not match or stripped.startswith("-"):
+            comment = []
+            continue
+        indent = len(match[1])
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([*(key for _, key in stack), match[2]])
+        stack.append((indent, match[2]))
+        paths.add(path)
+        starts = [i for i, c in enumerate(comment) if c.startswith("# --")]
+        if starts:
+            text = [c.lstrip("#").strip() for c in comment[starts[-1] :]]
+            docs[path] = " ".join(text).removeprefix("--").strip()
+        comment = []
+    return paths, docs
+
+
 def values_file(values_set: str) -> Path:
     return CI_VALUES / f"{values_set}-values.yaml"
 

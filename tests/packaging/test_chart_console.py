@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from packaging_support import Manifest, Render, of_kind
+from packaging_support import CHART, NAMESPACE, Manifest, Render, of_kind, read_value_docs
 
 pytestmark = pytest.mark.chart
 
@@ -55,6 +55,22 @@ def test_the_console_runs_read_only_on_the_watched_namespaces_with_the_token_fro
     assert mount["readOnly"] is True and token_path == mount["mountPath"] + "/token"
     assert pod["serviceAccountName"] == CONSOLE
     assert pod["automountServiceAccountToken"] is False
+
+
+def test_without_watched_namespaces_the_console_reads_the_release_namespace_as_its_doc_says(
+    render: Render,
+) -> None:
+    # Given the namespaced default (clusterWide off, watchNamespaces empty), the console on
+    args = ["--set", "console.enabled=true", "--set", "console.auth.existingSecret=t"]
+    _, container = console_container(render("default", *args))
+    # Then it reads the release namespace alone, as the operator watches it: not the cluster
+    console_args = container["args"]
+    namespaces = [console_args[i + 1] for i, a in enumerate(console_args) if a == "--namespace"]
+    assert namespaces == [NAMESPACE]
+    # And the value's doc (and the README table made from it) says so
+    _, docs = read_value_docs((CHART / "values.yaml").read_text())
+    assert "else the release namespace alone" in docs["console.enabled"]
+    assert "empty: cluster-wide" not in docs["console.enabled"]
 
 
 def test_the_console_pod_is_restricted_probed_and_bounded(render: Render) -> None:

@@ -16,6 +16,7 @@ from packaging_support import (
     Render,
     helm_template,
     of_kind,
+    read_value_docs,
     run,
     values_file,
 )
@@ -448,29 +449,8 @@ def test_rabbitmq_egress_opens_the_management_api_to_the_operator_and_amqp_to_th
 
 def _documented_paths(values_text: str) -> tuple[set[str], set[str]]:
     """Return (all key paths, key paths preceded by a `# --` comment) of values.yaml."""
-    stack: list[tuple[int, str]] = []
-    documented: set[str] = set()
-    paths: set[str] = set()
-    comment: list[str] = []
-    for line in values_text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            comment.append(stripped)
-            continue
-        match = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
-        if not match or stripped.startswith("-"):
-            comment = []
-            continue
-        indent = len(match[1])
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        path = ".".join([*(key for _, key in stack), match[2]])
-        stack.append((indent, match[2]))
-        paths.add(path)
-        if any(c.startswith("# --") for c in comment):
-            documented.add(path)
-        comment = []
-    return paths, documented
+    paths, docs = read_value_docs(values_text)
+    return paths, set(docs)
 
 
 def _leaf_paths(node: Any, prefix: str = "") -> set[str]:
@@ -544,6 +524,23 @@ def test_the_readme_values_table_lists_every_documented_value() -> None:
     listed = set(re.findall(r"^\| `([^`]+)` \|", readme, re.MULTILINE))
     assert sorted(documented - listed) == []
     assert sorted(listed - documented) == []
+
+
+def test_a_latest_tag_is_refused_by_the_template_even_past_the_schema_as_its_doc_says(
+    helm: str,
+) -> None:
+    # When the chart is rendered with image.tag=latest and no schema check
+    done = run(
+        [helm, "template", "workerfleet", str(CHART), "--set", "image.tag=latest",
+         "--skip-schema-validation"]
+    )  # fmt: skip
+    # Then the template refuses it, naming the value
+    assert done.returncode != 0
+    assert 'image.tag must not be "latest"' in done.stderr, done.stderr
+    # And the value's doc (and the README table made from it) names the template, not the schema
+    _, docs = read_value_docs((CHART / "values.yaml").read_text())
+    assert "refused by the template" in docs["image.tag"]
+    assert "refused by the schema" not in docs["image.tag"]
 
 
 def test_the_template_refuses_a_service_monitor_and_a_pod_monitor_together(helm: str) -> None:
