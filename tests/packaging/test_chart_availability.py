@@ -77,7 +77,9 @@ def test_with_hard_anti_affinity_a_rollout_stops_an_old_pod_before_starting_a_ne
         "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
     }
     # And a user's own anti-affinity (the chart adds none then) keeps the surge
-    own = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    own: dict[str, Any] = {
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+    }
     args = [
         "--set",
         "operator.podAntiAffinity=hard",
