@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import types
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiobotocore.session
 import botocore.exceptions
 import pytest
 
@@ -815,6 +817,53 @@ async def test_a_retry_of_a_delivery_whose_lease_ran_out_sends_no_copy_of_the_jo
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_dead_letter_queue_keeps_dead_letters_as_long_as_the_worker_is_configured_to(
+    elasticmq_server: elasticmq.ElasticMQServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a client that records the queue attributes each call sends (ElasticMQ takes
+    # MessageRetentionPeriod but does not keep it: GetQueueAttributes never returns it, so the
+    # request is what can be checked)
+    sent: list[tuple[str, str, dict[str, str]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if "Attributes" in params:
+            where = params.get("QueueName") or params["QueueUrl"].rsplit("/", 1)[-1]
+            sent.append((model.name, where, dict(params["Attributes"])))
+
+    session = aiobotocore.session.get_session()
+    session.register("before-parameter-build.sqs", record)
+    monkeypatch.setattr(aiobotocore.session, "get_session", lambda: session)
+    queue = f"t-{uuid.uuid4().hex[:12]}"
+    # When a worker opens a new queue with a 10-day dead-letter retention, and a later worker
+    # opens it with 3600.5 s
+    for retention in (864_000, 3600.5):
+        options = base.QueueOptions(dlq_retention_seconds=retention)
+        await (
+            await sqs_broker.open_sqs_broker(elasticmq_server.url, queue, options=options)
+        ).close()
+    # Then the DLQ is created with the first retention and set to the second (whole seconds,
+    # rounded up); the job queues keep theirs
+    assert [s for s in sent if s[1] == f"{queue}-dlq"] == [
+        ("CreateQueue", f"{queue}-dlq", {"MessageRetentionPeriod": "864000"}),
+        ("SetQueueAttributes", f"{queue}-dlq", {"MessageRetentionPeriod": "3601"}),
+    ]
+    assert not any("MessageRetentionPeriod" in s[2] for s in sent if s[1] != f"{queue}-dlq")
+
+
+@pytest.mark.parametrize("seconds", [59.0, 1_209_600.5, 30 * 86_400.0, math.inf])
+def test_a_dead_letter_retention_sqs_cannot_keep_is_refused_before_any_call(seconds: float) -> None:
+    # Given a retention SQS cannot keep messages for (60 s .. 14 days)
+    options = base.QueueOptions(dlq_retention_seconds=seconds)
+    # When a worker's broker is made, then it is refused with what SQS allows and what to set
+    with pytest.raises(errors.ConfigError, match=r"60 s to 1,209,600 s \(14 days\).*retention"):
+        sqs_broker.SqsBroker("q", settings.SqsSettings(), options=options)
+    # and a reader (the operator's probe), which sets nothing, is not
+    reader = sqs_broker.SqsBroker(
+        "q", settings.SqsSettings(), options=options, role=base.QueueRole.READER
+    )
+    assert reader.dead_letter_retention is None
 
 
 async def test_a_queue_probe_changes_no_queue_attributes_and_reads_a_missing_queue_as_empty(

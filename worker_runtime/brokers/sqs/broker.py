@@ -65,6 +65,9 @@ MAX_VISIBILITY = 43_200
 MAX_WAIT = 20
 """SQS's longest long poll (WaitTimeSeconds)."""
 
+RETENTION_RANGE = (60, 1_209_600)
+"""The shortest and longest time SQS keeps a queue's messages (MessageRetentionPeriod), s."""
+
 BATCH = 10
 """SQS's batch size for SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch."""
 
@@ -196,6 +199,20 @@ def _set_alias(held_receipt: str, newest: str) -> None:
     RECEIPT_ALIASES[held_receipt] = newest
 
 
+def dead_letter_retention(seconds: float) -> int:
+    """``QueueOptions.dlq_retention_seconds`` as the DLQ's MessageRetentionPeriod (whole
+    seconds, rounded up), or :class:`~worker_runtime.errors.ConfigError` for a time SQS cannot
+    keep messages: a shorter or longer one would not be what the runbooks promise."""
+    shortest, longest = RETENTION_RANGE
+    if not (math.isfinite(seconds) and shortest <= math.ceil(seconds) <= longest):
+        raise errors.ConfigError(
+            f"dlq_retention_seconds={seconds:g} cannot be kept on SQS: a queue keeps its"
+            f" messages {shortest} s to {longest:,} s (14 days); set the pool's"
+            " deadLetter.retentionSeconds (WORKERFLEET_DLQ_RETENTION_SECONDS) within that range"
+        )
+    return math.ceil(seconds)
+
+
 def _map_error(exc: Exception, operation: str) -> errors.WorkerfleetError:
     """One botocore exception as the runtime's taxonomy (the original stays as __cause__)."""
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
@@ -291,6 +308,12 @@ class SqsBroker:
         self.settings = sqs_settings
         self.options = options or base.QueueOptions()
         self.names = settings.build_queue_names(queue, sqs_settings)
+        self.dead_letter_retention = (
+            None
+            if self.role is base.QueueRole.READER
+            else dead_letter_retention(self.options.dlq_retention_seconds)
+        )
+        """The DLQ's MessageRetentionPeriod, checked before any call (a reader sets nothing)."""
         self.capabilities = FIFO_CAPABILITIES if sqs_settings.fifo else STANDARD_CAPABILITIES
         if not sqs_settings.priorities:
             self.capabilities = dataclasses.replace(self.capabilities, priorities=False)
@@ -365,7 +388,9 @@ class SqsBroker:
             await self._look_up_queues()
             return
         fifo = {"FifoQueue": "true"} if self.settings.fifo else {}
-        dlq_url = await self._queue_url(self.names.dead_letter, fifo)
+        # SQS keeps messages 4 days unless told: the dead letters get the configured retention
+        retention = {"MessageRetentionPeriod": str(self.dead_letter_retention)}
+        dlq_url = await self._queue_url(self.names.dead_letter, {**fifo, **retention})
         arn = await self._client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
         redrive = json.dumps(
             {
@@ -387,9 +412,10 @@ class SqsBroker:
         try:
             reply = await self._client.get_queue_url(QueueName=name)
             url = str(reply["QueueUrl"])
-            if "RedrivePolicy" in attrs and self.role is base.QueueRole.CONSUMER:
-                # an existing queue gets its consumer's redrive policy and lease
-                settable = {k: v for k, v in attrs.items() if k != "FifoQueue"}
+            settable = {k: v for k, v in attrs.items() if k != "FifoQueue"}
+            if settable and self.role is base.QueueRole.CONSUMER:
+                # an existing queue gets its consumer's redrive policy and lease, an existing
+                # DLQ its retention
                 await self._client.set_queue_attributes(QueueUrl=url, Attributes=settable)
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
