@@ -82,6 +82,9 @@ def refusal(code: str, message: str = "") -> dict[str, Any]:
     return {"Error": {"Code": code, "Message": message or code}}
 
 
+THROTTLED = refusal("ThrottlingException", "Rate exceeded")
+
+
 async def fetch_until(b: sqs_broker.SqsBroker, count: int, seconds: float) -> list[base.Delivery]:
     """Fetch (long-polling) until ``count`` deliveries came or ``seconds`` passed."""
     out: list[base.Delivery] = []
@@ -285,6 +288,30 @@ async def test_a_job_that_waited_in_the_broker_past_half_its_lease_is_renewed_wh
         await asyncio.sleep(2.0)
         assert await second.fetch("w2", 1, block=1) == []
         assert await first.ack(d) is True
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_jobs_waiting_in_the_broker_stay_there_when_renewing_some_of_them_fails(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given two jobs long polls received after their fetch had returned, with a 4 s lease:
+    # one past half of it, one just received
+    first, second = await two_workers(elasticmq_server.url, 4)
+    try:
+        await fetch_woken_with_a_poll_out(first)
+        await first.enqueue(job("aging"))
+        await asyncio.sleep(2.6)
+        await first.enqueue(job("fresh", priority="high"))
+        await asyncio.sleep(0.3)
+        # When the fetch's renewal of the older one fails
+        answer_once(first, "ChangeMessageVisibilityBatch", THROTTLED, status=400)
+        with pytest.raises(errors.BrokerUnavailable):
+            await first.fetch("w1", 2)
+        # Then the next fetch hands out both, as first deliveries
+        got = await first.fetch("w1", 2)
+        assert sorted((d.envelope.task, d.lost) for d in got) == [("aging", 0), ("fresh", 0)]
     finally:
         await first.close()
         await second.close()
@@ -510,9 +537,6 @@ async def test_a_settle_whose_fence_is_throttled_or_refused_raises_instead_of_lo
         await b.retry(d, base.Failure("E", "boom"), delay_seconds=0)
     stats = await b.fetch_stats()
     assert (stats.backlog, stats.in_flight) == (0, 1)
-
-
-THROTTLED = refusal("ThrottlingException", "Rate exceeded")
 
 
 @pytest.mark.parametrize(

@@ -695,7 +695,12 @@ class SqsBroker:
                 "again (counted as a lost delivery)",
                 extra={"queue": self.queue, "jobs": dropped},
             )
-        return ready + await self._renew_buffered(aging)
+        try:
+            renewed = await self._renew_buffered(aging)
+        except BaseException:
+            self._buffer.extendleft(reversed(ready))  # they wait for the next fetch, as before
+            raise
+        return ready + renewed
 
     async def _renew_buffered(self, waiting: list[_Buffered]) -> list[_Buffered]:
         """The waiting jobs whose lease SQS renewed, each with its new lease start; those SQS
