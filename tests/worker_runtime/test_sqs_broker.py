@@ -843,7 +843,7 @@ async def test_a_retry_of_a_delivery_whose_lease_ran_out_sends_no_copy_of_the_jo
         await second.close()
 
 
-async def test_the_dead_letter_queue_keeps_dead_letters_as_long_as_the_worker_is_configured_to(
+async def test_dead_letters_are_kept_as_configured_and_new_job_queues_keep_jobs_as_long_as_sqs_can(
     elasticmq_server: elasticmq.ElasticMQServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a client that records the queue attributes each call sends (ElasticMQ takes
@@ -868,12 +868,17 @@ async def test_the_dead_letter_queue_keeps_dead_letters_as_long_as_the_worker_is
             await sqs_broker.open_sqs_broker(elasticmq_server.url, queue, options=options)
         ).close()
     # Then the DLQ is created with the first retention and set to the second (whole seconds,
-    # rounded up); the job queues keep theirs
+    # rounded up); the job queues are created keeping their jobs as long as SQS can (14 days,
+    # not SQS's default 4), and the later worker leaves their retention as it is
     assert [s for s in sent if s[1] == f"{queue}-dlq"] == [
         ("CreateQueue", f"{queue}-dlq", {"MessageRetentionPeriod": "864000"}),
         ("SetQueueAttributes", f"{queue}-dlq", {"MessageRetentionPeriod": "3601"}),
     ]
-    assert not any("MessageRetentionPeriod" in s[2] for s in sent if s[1] != f"{queue}-dlq")
+    job_queues = [s for s in sent if s[1] != f"{queue}-dlq"]
+    assert [(call, s.get("MessageRetentionPeriod")) for call, _, s in job_queues] == [
+        *[("CreateQueue", "1209600")] * 3,
+        *[("SetQueueAttributes", None)] * 3,
+    ]
 
 
 @pytest.mark.parametrize("seconds", [59.0, 1_209_600.5, 30 * 86_400.0, math.inf])

@@ -398,6 +398,10 @@ class SqsBroker:
                 "maxReceiveCount": str(self.options.max_deliveries + 1),
             }
         )
+        # A new job queue keeps its jobs as long as SQS can (14 days), not SQS's default 4: a
+        # backlog that outlived a long outage of its workers was dropped silently. An existing
+        # queue keeps the retention it has (its owner may have chosen it).
+        longest = {"MessageRetentionPeriod": str(RETENTION_RANGE[1])}
         for _, name in self.names.by_priority:
             await self._queue_url(
                 name,
@@ -406,9 +410,12 @@ class SqsBroker:
                     "RedrivePolicy": redrive,
                     "VisibilityTimeout": str(self.visibility),
                 },
+                on_create=longest,
             )
 
-    async def _queue_url(self, name: str, attrs: dict[str, str]) -> str:
+    async def _queue_url(
+        self, name: str, attrs: dict[str, str], *, on_create: dict[str, str] | None = None
+    ) -> str:
         try:
             reply = await self._client.get_queue_url(QueueName=name)
             url = str(reply["QueueUrl"])
@@ -421,7 +428,9 @@ class SqsBroker:
             code = exc.response.get("Error", {}).get("Code", "")
             if "NonExistentQueue" not in code and "QueueDoesNotExist" not in code:
                 raise
-            reply = await self._client.create_queue(QueueName=name, Attributes=attrs)
+            reply = await self._client.create_queue(
+                QueueName=name, Attributes={**attrs, **(on_create or {})}
+            )
             url = str(reply["QueueUrl"])
         self._urls[name] = url
         return url
