@@ -133,7 +133,11 @@ async def test_a_worker_says_once_that_an_existing_dlq_with_other_bounds_keeps_t
         [record] = caplog.records
         assert record.__dict__["queue"] == topology.dead_queue(rq_queue)
         assert "x-max-length" in record.__dict__["rabbitmq"]
-        assert record.__dict__["wanted"] == {"x-max-length": 100_000, "x-message-ttl": 604_800_000}
+        assert record.__dict__["wanted"] == {
+            "x-max-length": 100_000,
+            "x-message-ttl": 604_800_000,
+            "x-delivery-limit": 2**31 - 1,
+        }
         assert "policy" in record.__dict__["hint"]
         # And the DLQ still takes the worker's dead letters
         assert await letters_in(channel, rq_queue) == ["j0"]

@@ -18,7 +18,10 @@ For a workerfleet queue ``Q`` (all on the default exchange, routed by queue name
                                             (``bucket_ms``: a new quorum queue does not apply
                                             its x-message-ttl at first, see below)
         x-dead-letter-routing-key = wf.Q.<level>   expired → back to its work queue
-    wf.Q.dead                            the DLQ (quorum, no delivery limit)
+    wf.Q.dead                            the DLQ (quorum)
+        x-delivery-limit = 2^31 - 1         none in effect: RabbitMQ 4.0+ gives a quorum queue
+                                            without one a limit of 20, and every DLQ scan
+                                            returns each letter it reads (see below)
         x-max-length = dlq_max_length       the oldest dead letters make room (drop-head)
         x-message-ttl = dlq retention (ms)  left out past RabbitMQ's largest TTL (~49.7 days)
 
@@ -176,6 +179,14 @@ def work_queue_arguments(
 MAX_MESSAGE_TTL_MS = 2**32 - 1
 """The largest ``x-message-ttl`` RabbitMQ accepts (a declare with more is refused)."""
 
+DEAD_QUEUE_DELIVERY_LIMIT = 2**31 - 1
+"""The DLQ's ``x-delivery-limit``: no limit in practice. Since RabbitMQ 4.0 a quorum queue
+declared without one gets a limit of 20, and a DLQ read (``dlq ls``/``show``/``replay``) gets
+each letter and returns it (nack, requeue), which counts a delivery: after 20 reads RabbitMQ
+would drop the dead letters (the DLQ has no dead-letter exchange of its own). RabbitMQ's own
+way to turn the limit off, ``-1``, cannot be sent through the AMQP client's table encoder (it
+packs -1..-128 as an unsigned byte), and 3.x knows nothing of it."""
+
 
 def dead_queue_arguments(
     queue_type: str = "quorum", *, max_length: int, retention_seconds: float
@@ -186,6 +197,8 @@ def dead_queue_arguments(
     largest TTL sets none: dead letters are then kept until the length pushes them out, never
     dropped earlier than asked."""
     arguments: dict[str, Any] = {"x-queue-type": queue_type, "x-max-length": max_length}
+    if queue_type == "quorum":
+        arguments["x-delivery-limit"] = DEAD_QUEUE_DELIVERY_LIMIT
     ttl_ms = math.ceil(retention_seconds * 1000)
     if ttl_ms <= MAX_MESSAGE_TTL_MS:
         arguments["x-message-ttl"] = ttl_ms
