@@ -322,6 +322,11 @@ class MemoryBroker:
     async def enqueue_many(
         self, requests: Sequence[base.EnqueueRequest]
     ) -> list[base.EnqueueResult]:
+        for request in requests:  # all checked before any is added, as the other brokers do
+            if not math.isfinite(request.delay_seconds):
+                raise ValueError(
+                    f"an enqueue delay must be a finite number of seconds: {request.delay_seconds}"
+                )
         with self._q.lock:
             self._check_open()
             return _add_jobs(self._q, requests, self.clock(), self.options.enqueue_dedup_seconds)

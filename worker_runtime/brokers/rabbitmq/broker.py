@@ -1059,6 +1059,9 @@ class RabbitMQBroker:
     async def enqueue_many(
         self, requests: Sequence[base.EnqueueRequest]
     ) -> list[base.EnqueueResult]:
+        for request in requests:  # all refused before any is published, as the other brokers
+            if not math.isfinite(request.delay_seconds):
+                raise ValueError("delay_seconds must be finite")
         # confirms are pipelined: all publishes are in flight at once, each awaits its own
         return list(await asyncio.gather(*(self.enqueue(r) for r in requests)))
 
