@@ -44,6 +44,7 @@ def validate_delay(seconds: float, what: str = "an enqueue delay") -> None:
     if not math.isfinite(seconds):
         raise ValueError(f"{what} must be a finite number of seconds: {seconds}")
 
+
 REDIS_CALL_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 """What a failed call to Redis raises (redis-py's errors, and socket errors it lets through)."""
 
