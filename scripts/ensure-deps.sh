@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Installs the real external tools the tests and the demo need, idempotently:
-# redis-server >= 7, prometheus/promtool, rabbitmq-server (scripts/ensure-rabbitmq.sh),
-# chromium + chromium-driver (the console's browser
+# Installs the real external tools the tests and the demo need, idempotently: Debian's venv
+# module for the Python .venv is made with (python3.X-venv, once scripts/ensure-venv.sh
+# --check-python found that Python new enough), redis-server >= 7, prometheus/promtool,
+# rabbitmq-server (scripts/ensure-rabbitmq.sh), chromium + chromium-driver (the console's browser
 # tests) and zsh + fish (the completion tests) from Debian, helm + kubectl as pinned static
 # binaries (cached outside the repo, keyed by version), ElasticMQ (scripts/ensure-elasticmq.sh).
 # Called by `make deps`.
 # Exits non-zero when a tool cannot be had: tests must fail, never skip.
-# `ensure-deps.sh --demo [DEMO_ARGS...]` installs only what `make demo` runs: redis-server and
-# prometheus, and the broker server the demo's arguments ask for (`--broker rabbitmq`:
-# rabbitmq-server; `--broker sqs`: ElasticMQ and a Java runtime), nothing else.
+# `ensure-deps.sh --demo [DEMO_ARGS...]` installs only what `make demo` runs: the venv module,
+# redis-server and prometheus, and the broker server the demo's arguments ask for
+# (`--broker rabbitmq`: rabbitmq-server; `--broker sqs`: ElasticMQ and a Java runtime), nothing
+# else.
 set -euo pipefail
 DEMO_ONLY=0
 DEMO_BROKER=redis
@@ -31,7 +33,19 @@ TOOLS="$CACHE/tools/kubectl-layer-$KUBECTL_LAYER_VER"
 
 say() { printf 'deps: %s\n' "$*" >&2; }
 
+# Before anything is installed: a Python too old for the project (Ubuntu 22.04's 3.10) is said
+# at once, naming what to install, not after the apt packages.
+bash "$(dirname "$0")/ensure-venv.sh" --check-python
+
 need_apt=()
+# Debian's python3 cannot make a venv without its venv package (ensurepip lives there): `-m venv`
+# fails half-way. The package of the interpreter's own version (PYTHON=python3.11 on Ubuntu
+# 22.04 needs python3.11-venv, not the default python3's python3-venv).
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import ensurepip' >/dev/null 2>&1 &&
+  ! "$(dirname "$0")/../.venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  need_apt+=("python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
+fi
 if ! command -v redis-server >/dev/null 2>&1; then need_apt+=(redis-server); fi
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
 if [ "$DEMO_ONLY" = 0 ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
