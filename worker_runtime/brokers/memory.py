@@ -82,6 +82,7 @@ class _Queue:
     enqueued: dict[str, float] = field(default_factory=dict)
     idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
     done: dict[str, float] = field(default_factory=dict)
+    sweep_at: int = 1024  # idempotency + done entries at which the expired ones are dropped
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     workers: dict[str, tuple[base.WorkerHeartbeat, float]] = field(default_factory=dict)
     bucket: tuple[float, float] | None = None  # (tokens, at)
@@ -93,10 +94,40 @@ class _Queue:
 _STORES: dict[tuple[str, str], _Queue] = {}
 
 _TOPICS: dict[tuple[str, str], set[str]] = {}
+"""(store, topic) → subscribed groups: the memory broker's subscription registry."""
 
 _TRACES: dict[tuple[str, str], tuple[list[base.TraceEntry], float]] = {}
 """(store, correlation id) → (entries, expiry): the memory broker's trace index."""
-"""(store, topic) → subscribed groups: the memory broker's subscription registry."""
+
+_SWEEP_FLOOR = 1024
+"""Entries with an expiry (idempotency keys, done markers, traces) are kept until there are
+this many, or twice as many as after the last sweep; then the expired ones are dropped, so
+the memory a long-lived process gives them follows the live ones (amortized: one pass per
+doubling, never one per call)."""
+
+
+def _sweep_expired(q: _Queue, now: float) -> None:
+    """Drop ``q``'s expired idempotency keys and done markers when their count calls for it."""
+    if len(q.idempotency) + len(q.done) <= q.sweep_at:
+        return
+    for key in [k for k, (_, until) in q.idempotency.items() if until <= now]:
+        del q.idempotency[key]
+    for key in [k for k, until in q.done.items() if until <= now]:
+        del q.done[key]
+    q.sweep_at = max(_SWEEP_FLOOR, 2 * (len(q.idempotency) + len(q.done)))
+
+
+_traces_sweep_at = _SWEEP_FLOOR
+
+
+def _sweep_expired_traces(now: float) -> None:
+    """Drop the expired traces of every store when their count calls for it (see above)."""
+    global _traces_sweep_at
+    if len(_TRACES) <= _traces_sweep_at:
+        return
+    for key in [k for k, (_, until) in _TRACES.items() if until < now]:
+        del _TRACES[key]
+    _traces_sweep_at = max(_SWEEP_FLOOR, 2 * len(_TRACES))
 
 
 def _add_jobs(
@@ -110,9 +141,14 @@ def _add_jobs(
     """Enqueue ``requests`` into ``q`` (its lock held): dedup by idempotency key and by job
     id within ``window`` seconds, exactly as ``enqueue_many`` promises. ``keys=False`` (a
     publish, as on Redis) dedups by job id only: the idempotency key is the handler's."""
-    for job_id, at in list(q.enqueued.items()):
-        if now - at > window:
-            del q.enqueued[job_id]
+    # ids are remembered in the order they came (the clock moves forward): forget from the
+    # oldest until one is inside the window, instead of reading them all on every call
+    while q.enqueued:
+        job_id, at = next(iter(q.enqueued.items()))
+        if now - at <= window:
+            break
+        del q.enqueued[job_id]
+    _sweep_expired(q, now)
     out: list[base.EnqueueResult] = []
     for req in requests:
         env = req.envelope
@@ -384,6 +420,7 @@ class MemoryBroker:
             self._q.counters["completed"] += 1
             if done_key is not None:
                 self._q.done[done_key] = now + (done_ttl_seconds or 86_400.0)
+                _sweep_expired(self._q, now)
             return True
 
     async def retry(
@@ -591,6 +628,7 @@ class MemoryBroker:
             entries = []
         entries = [*entries, entry][-base.TRACE_KEEP :]
         _TRACES[(self._store, correlation_id)] = (entries, now + base.TRACE_TTL_SECONDS)
+        _sweep_expired_traces(now)
 
     async def fetch_trace(self, correlation_id: str) -> list[base.TraceEntry]:
         entries, expiry = _TRACES.get((self._store, correlation_id), ([], 0.0))
