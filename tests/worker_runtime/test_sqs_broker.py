@@ -796,6 +796,51 @@ def test_a_queue_name_sqs_cannot_hold_is_refused_before_any_call() -> None:
     assert names.dead_letter == "emails-dlq.fifo"
 
 
+def test_a_queue_name_ending_like_another_queue_s_sqs_queue_is_refused_saying_whose_it_is() -> None:
+    # Given the names of the SQS queues a queue "emails" owns (emails-high, -low, -dlq), reached
+    # through the queue name alone or through the prefix, on any queue set
+    taken = [("emails-high", ""), ("emails-low", ""), ("emails-dlq", ""), ("high", "emails-")]
+    for queue, prefix in taken:
+        for fifo, priorities in [(False, True), (True, True), (False, False)]:
+            wanted = settings.SqsSettings(prefix=prefix, fifo=fifo, priorities=priorities)
+            # When a queue of that name is mapped onto SQS, Then it is refused, naming the owner
+            with pytest.raises(errors.InvalidQueueName, match="queue of the queue 'emails'"):
+                settings.build_queue_names(queue, wanted)
+    # and names that only contain those words are ordinary queues
+    for queue in ("emails-highway", "high-emails", "emails_dlq", "emails-low2", "dlq", "emails"):
+        names = settings.build_queue_names(queue, settings.SqsSettings())
+        assert dict(names.by_priority)[envelope_mod.Priority.NORMAL] == queue
+        assert names.dead_letter == f"{queue}-dlq"
+
+
+async def test_a_second_queue_cannot_take_over_the_sqs_queues_of_another(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a queue whose high job waits in its SQS queue Q-high
+    queue = f"t-{uuid.uuid4().hex[:12]}"
+    first = await sqs_broker.open_sqs_broker(elasticmq_server.url, queue)
+    try:
+        sent = await first.enqueue(job("mine", priority="high"))
+        # When workers of the queues named Q-high and Q-dlq start on the same server
+        for other in (f"{queue}-high", f"{queue}-dlq"):
+            with pytest.raises(errors.InvalidQueueName, match=f"queue of the queue '{queue}'"):
+                await sqs_broker.open_sqs_broker(elasticmq_server.url, other)
+        # Then they were refused before making or changing any SQS queue: Q's four are all
+        # there is, and Q's own worker still gets its job
+        client = await first._ready_client()
+        listed = await client.list_queues(QueueNamePrefix=queue)
+        assert sorted(u.rsplit("/", 1)[-1] for u in listed["QueueUrls"]) == [
+            queue,
+            f"{queue}-dlq",
+            f"{queue}-high",
+            f"{queue}-low",
+        ]
+        [d] = await fetch_until(first, 1, 10)
+        assert (d.id, d.envelope.task, d.lost) == (sent.job_id, "mine", 0)
+    finally:
+        await first.close()
+
+
 async def test_a_renew_through_another_broker_instance_keeps_the_lease(
     elasticmq_server: elasticmq.ElasticMQServer,
 ) -> None:
@@ -949,23 +994,23 @@ async def test_a_queue_probe_changes_no_queue_attributes_and_reads_a_missing_que
 async def test_list_queues_names_the_workerfleet_queues_under_the_url_s_prefix(
     elasticmq_server: elasticmq.ElasticMQServer, open_sqs: OpenBroker
 ) -> None:
-    # Given two workerfleet queues under a prefix of this test's own, one of them named like
-    # another's DLQ ("x" and "x-dlq": SQS names "P-x-dlq" and "P-x-dlq-dlq"), and a queue
-    # under the prefix that is not a workerfleet queue
+    # Given two workerfleet queues under a prefix of this test's own, a queue under the prefix
+    # that is not a workerfleet queue, and one named like the DLQ of a queue that is not there
     prefix = f"p{uuid.uuid4().hex[:6]}-"
     url = f"{elasticmq_server.url}&prefix={prefix}"
-    for name in ("orders", "x-dlq"):
+    for name in ("orders", "x"):
         b = await sqs_broker.open_sqs_broker(url, name)
         await b.enqueue(job())
         await b.close()
     stray = await open_sqs()
     client = await stray._ready_client()
     await client.create_queue(QueueName=f"{prefix}not-ours")
+    await client.create_queue(QueueName=f"{prefix}gone-dlq")
     # When the queues are listed through a broker on the same URL
     lister = await sqs_broker.open_sqs_broker(url, "lister", role=base.QueueRole.READER)
     try:
         listed = await lister.list_queues()
     finally:
         await lister.close()
-    # Then exactly the two workerfleet queues are named (not "x", not the stray one)
-    assert listed == ["orders", "x-dlq"]
+    # Then exactly the two workerfleet queues are named (not the stray ones)
+    assert listed == ["orders", "x"]

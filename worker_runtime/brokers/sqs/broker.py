@@ -1259,7 +1259,8 @@ class SqsBroker:
             suffix = f"-dlq{end}"
             if name.endswith(suffix) and name.startswith(self.settings.prefix):
                 queue = name[len(self.settings.prefix) : -len(suffix)]
-                # "x-dlq" is also the DLQ-looking normal queue of a queue named "x-dlq"
+                # a DLQ-looking name counts only beside its normal queue (a stray queue, or
+                # one made before names ending in -dlq were refused, may look like a DLQ)
                 if queue and f"{self.settings.prefix}{queue}{end}" in names:
                     found.add(queue)
         return sorted(found)[:limit]

@@ -13,7 +13,8 @@ Query options: ``region``, ``secure`` (``false`` = plain http to the host), ``fi
 ``priorities`` (``false`` = one queue, no high/low queues), ``prefix`` (prepended to every SQS
 queue name). A workerfleet queue ``Q`` is these SQS queues (``.fifo`` appended on a FIFO set):
 ``Q-high``, ``Q`` and ``Q-low`` (the priorities, polled in that order; only ``Q`` without
-priorities) and ``Q-dlq`` (the dead letters).
+priorities) and ``Q-dlq`` (the dead letters). So a name (with its prefix) ending in ``-high``,
+``-low`` or ``-dlq`` is refused: it is another queue's SQS queue (see :data:`RESERVED_ENDINGS`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ SQS_NAME_MAX = 80
 
 _SQS_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _LONGEST_SUFFIX = len("-high") + len(".fifo")
+
+RESERVED_ENDINGS = ("-high", "-low", "-dlq")
+"""The endings workerfleet gives a queue's other SQS queues. A queue named with one would share
+an SQS queue with another: ``emails-high``'s jobs would land in the high queue of ``emails``,
+whose workers take them first and dead-letter them as unknown tasks (and each queue's worker
+would set its own lease and redrive policy on the shared queue); ``emails-dlq`` would run the
+dead letters of ``emails`` as jobs. Refused whatever ``priorities`` says: another deployment of
+the same names may have them on."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -114,12 +123,23 @@ class SqsQueueNames:
 
 def build_queue_names(queue: str, settings: SqsSettings) -> SqsQueueNames:
     """The SQS names of ``queue``; raises :class:`~worker_runtime.errors.InvalidQueueName` when
-    SQS cannot hold them (SQS allows letters, digits, ``-`` and ``_``, 80 characters)."""
+    SQS cannot hold them (SQS allows letters, digits, ``-`` and ``_``, 80 characters) or when
+    they would be another queue's (a name ending in one of :data:`RESERVED_ENDINGS`)."""
     base = settings.prefix + queue
     if not _SQS_NAME.match(base) or len(base) + _LONGEST_SUFFIX > SQS_NAME_MAX:
         raise errors.InvalidQueueName(
             f"queue name {queue!r} cannot be an SQS queue name: SQS allows letters, digits,"
             f" - and _ and at most {SQS_NAME_MAX - _LONGEST_SUFFIX} characters with the prefix"
+        )
+    ending = next((e for e in RESERVED_ENDINGS if base.endswith(e)), None)
+    if ending is not None:
+        # the prefix counts: prefix "emails-" with queue "high" is the high queue of "emails"
+        owner = base[: -len(ending)]
+        raise errors.InvalidQueueName(
+            f"queue name {queue!r} cannot be used on SQS: the SQS queue {base!r} is the"
+            f" {ending} queue of the queue {owner!r} (a queue Q is the SQS queues Q-high, Q,"
+            " Q-low and Q-dlq), and the two queues would share it; choose a name that does"
+            " not end in -high, -low or -dlq"
         )
     end = ".fifo" if settings.fifo else ""
     normal = (envelope_mod.Priority.NORMAL, f"{base}{end}")
