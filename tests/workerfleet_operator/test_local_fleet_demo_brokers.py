@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from workerfleet_operator.local import embedded, embedded_elasticmq, embedded_rabbitmq, history
+from workerfleet_operator.local import embedded, embedded_elasticmq, embedded_rabbitmq
 
 pytestmark = pytest.mark.slow
 
@@ -80,24 +80,6 @@ def test_the_demo_on_an_embedded_broker_ends_with_the_demo_line_and_loses_no_job
     # And the fleet scaled up with the load, read through the broker's probe
     assert peak >= 2
     assert "workers killed 0" in output
-
-
-def test_the_history_judges_lost_jobs_from_ids_and_lets_pending_excuse_only_missing_ones() -> None:
-    runs = [
-        history.Run("a", 1, True),
-        history.Run("b", 1, False),
-        history.Run("b", 2, True),
-        history.Run("p", 1, False),
-        history.Run("p", 2, False),
-        history.Run("stranger", 1, True),  # not enqueued by this run: not counted
-    ]
-    outcome = history.judge_history(["a", "b", "p", "x", "y"], runs, ["p"], pending=1)
-    assert (outcome.enqueued, outcome.completed, outcome.dead_lettered) == (5, 2, 1)
-    assert outcome.retried == 2  # b once, p once
-    assert outcome.missing == ("x", "y")
-    assert outcome.lost == 1  # two missing, one of them may still be queued
-    assert history.judge_history(["a"], [], [], pending=5).lost == 0
-    assert history.judge_history(["a", "b"], runs, [], pending=0).lost == 0
 
 
 def test_a_missing_rabbitmq_server_is_reported_with_the_make_target(

@@ -11,7 +11,9 @@ own, so the fleet's control loop stays a plain blocking loop.
 RabbitMQ's and SQS's numbers are samples, not one consistent snapshot (docs/brokers.md: the
 management API samples, SQS's counts are approximate); the autoscaler copes (it decides every
 poll again), and nothing that judges an outcome reads them: the demo proves ``lost=0`` from its
-history (:mod:`workerfleet_operator.local.demo`).
+history (:mod:`workerfleet_operator.local.history`), in which only the ids the broker still
+holds (:meth:`SyncQueue.list_held_job_ids`) excuse a job that neither completed nor was
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -165,6 +167,30 @@ class SyncQueue:
         """The job ids in the DLQ now (read from the DLQ itself, not from a counter)."""
         letters = self._call(self.dead_letters.list_dead_letters(limit=DEAD_LETTER_READ_LIMIT))
         return {letter.job_id for letter in letters}
+
+    def list_held_job_ids(self) -> set[str] | None:
+        """The ids of every job the queue still holds (ready, delayed or in flight), or None
+        when this broker cannot list them.
+
+        The broker seam lists no ready or delayed jobs (``base.InFlightJobs`` only lists the ones
+        in flight, on Redis and memory), so this reads the Redis engine's own record: its
+        ``state`` hash has an entry for every live job (``worker_runtime.brokers.redis.keys``),
+        read with HSCAN. RabbitMQ and SQS cannot list a queue's messages without taking them.
+        """
+        from worker_runtime.brokers.redis import broker as redis_broker
+        from worker_runtime.brokers.redis import keys
+
+        if not isinstance(self.broker, redis_broker.RedisBroker):
+            return None
+        client, state = self.broker.client, keys.build_keys(self.broker.queue).state
+
+        async def scan() -> set[str]:
+            found: set[str] = set()
+            async for job_id, _ in client.hscan_iter(state, count=500):
+                found.add(job_id.decode() if isinstance(job_id, bytes) else str(job_id))
+            return found
+
+        return self._call(scan())
 
     def close(self) -> None:
         """Close the broker, then end what its client left running on the loop (AMQP

@@ -317,7 +317,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     finally:
         restore()
     console.print(demo.build_summary(result), highlight=False, soft_wrap=True)
-    healthy = result.lost == 0 and result.workers_killed == 0 and result.load_errors == 0
+    healthy = (
+        result.lost == 0
+        and result.unchecked == 0
+        and result.workers_killed == 0
+        and result.load_errors == 0
+    )
     return 0 if healthy else 1
 
 

@@ -14,8 +14,10 @@ prints a summary that ends with
     demo: enqueued=N completed=N dead_lettered=N lost=N peak_replicas=N chart=PATH
 
 where the job counts come from the demo's history (:mod:`workerfleet_operator.local.history`:
-the ids the broker accepted, the tasks' run receipts, the dead-letter queue read back), the same
-way on every broker, not from the queue's counters;
+the ids the broker accepted, the tasks' run receipts, the dead-letter queue read back, the ids
+the queue still holds), the same way on every broker, not from the queue's counters (a broker
+that cannot list the ids it holds leaves a job that neither completed nor was dead-lettered
+``unchecked``, and the summary says so);
 and writes a PNG chart (backlog, replicas, DLQ over time) and the decision log (JSON lines).
 Also used by the end-to-end test ``tests/workerfleet_operator/test_local_fleet_demo.py``.
 """
@@ -124,7 +126,9 @@ class LoadGenerator(threading.Thread):
 
     Keeps the id of every job the broker accepted (``enqueued_ids``): the first part of the
     demo's history. A batch the broker did not answer is counted in ``errors`` and retried with
-    the same ids on the next tick (so a job it did take is not sent as a second job).
+    the same ids on the next tick (so a job it did take is not sent as a second job); the jobs
+    the lost reply had stored come back ``created=False`` and are kept too: every id is new, so
+    the broker can only hold them from that earlier send.
     """
 
     def __init__(
@@ -172,9 +176,8 @@ class LoadGenerator(threading.Thread):
             if waiting:
                 try:
                     results = target.enqueue_many(waiting)
-                    created = [r.job_id for r in results if r.created]
-                    self.enqueued_ids.extend(created)
-                    self.counts.enqueued += len(created)
+                    self.enqueued_ids.extend(r.job_id for r in results)
+                    self.counts.enqueued += len(results)
                     waiting = []
                 except Exception:  # counted; the demo's summary shows it
                     self.counts.errors += 1
@@ -354,8 +357,10 @@ class DemoResult:
     completed: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    pending: int = 0
+    pending: int = 0  # jobs the broker still holds, by id (its count when not checked)
     lost: int = 0
+    unchecked: int = 0  # jobs not accounted for that the broker could not be asked about
+    pending_checked: bool = True  # the broker listed the ids it holds
     scaling: runner.RunnerTotals = field(default_factory=runner.RunnerTotals)
     workers_killed: int = 0  # SIGKILLed by the fleet after an overdue drain
     workers_lost: int = 0  # heartbeats that expired without deregistration (Redis' count)
@@ -369,7 +374,7 @@ class DemoResult:
     seconds: float = 0.0
     points: list[Point] = field(default_factory=list)
     broker: str = "redis"
-    missing: tuple[str, ...] = ()  # job ids neither completed nor dead-lettered (some of them)
+    missing: tuple[str, ...] = ()  # some of the lost (or unchecked) job ids
     history: pathlib.Path | None = None  # the ids behind the job counts (history.json)
 
 
@@ -384,12 +389,13 @@ def render_alerts(alerts: dict[str, float]) -> str:
 def build_summary(result: DemoResult) -> str:
     """The demo's closing lines; the last one is the machine-readable ``demo:`` line."""
     alerts = render_alerts(result.alerts)
+    queued = str(result.pending) if result.pending_checked else f"~{result.pending}"
     lines = [
         f"workerfleet demo finished in {result.seconds:.0f}s on {result.broker}",
         f"  jobs:     enqueued {result.enqueued} ({result.flaky_sent} flaky, "
         f"{result.poison_sent} poison), completed {result.completed}, retried "
         f"{result.retried}, dead-lettered {result.dead_lettered}, still queued "
-        f"{result.pending}, lost {result.lost}",
+        f"{queued}, lost {result.lost}",
         f"  scaling:  peak {result.scaling.peak_replicas} replicas, "
         f"{result.scaling.scale_ups} scale-ups, {result.scaling.scale_downs} scale-downs, "
         f"workers killed {result.workers_killed}, "
@@ -401,9 +407,20 @@ def build_summary(result: DemoResult) -> str:
             if result.lost
             else []
         ),
+        *(
+            [
+                f"  unchecked: {result.unchecked} job(s) neither completed nor dead-lettered, "
+                f"and {result.broker} cannot list the jobs it holds: still queued or lost "
+                f"(~{result.pending} queued by its own count), among them "
+                + ", ".join(result.missing)
+            ]
+            if result.unchecked
+            else []
+        ),
         f"demo: enqueued={result.enqueued} completed={result.completed} "
-        f"dead_lettered={result.dead_lettered} lost={result.lost} "
-        f"peak_replicas={result.scaling.peak_replicas} chart={result.chart}",
+        f"dead_lettered={result.dead_lettered} lost={result.lost}"
+        + (f" unchecked={result.unchecked}" if result.unchecked else "")
+        + f" peak_replicas={result.scaling.peak_replicas} chart={result.chart}",
     ]
     return "\n".join(lines)
 
@@ -553,15 +570,16 @@ def run_demo(
             load.stop_event.set()
             load.join(10)
             fleet_runner.close()
-        final, dead_letter_ids = _fetch_final_state(server.broker_url, pool.queue, options)
+        final = fetch_final_state(server.broker_url, pool.queue, options)
         if prometheus is not None:
             note_firing_alerts(prometheus, result.alerts, time.monotonic() - started)
         counts = load.counts
         outcome = history.judge_history(
             load.enqueued_ids,
             history.read_runs(receipts),
-            dead_letter_ids,
-            pending=final.backlog + final.in_flight + final.future_delayed,
+            final.dead_letter_ids,
+            final.held_ids,
+            held_count=final.stats.backlog + final.stats.in_flight + final.stats.future_delayed,
         )
         result.enqueued = outcome.enqueued
         result.load_errors = counts.errors
@@ -571,15 +589,17 @@ def run_demo(
         result.retried = outcome.retried
         result.dead_lettered = outcome.dead_lettered
         result.pending = outcome.pending
+        result.pending_checked = outcome.checked
         result.lost = outcome.lost
+        result.unchecked = outcome.unchecked
         result.missing = outcome.missing
         result.history = history.write_history(
-            out_dir / "history.json", load.enqueued_ids, receipts, dead_letter_ids, outcome
+            out_dir / "history.json", load.enqueued_ids, receipts, final.dead_letter_ids, outcome
         )
         result.scaling = fleet_runner.totals
         result.workers_killed = fleet_runner.fleet.counters.killed
         # Reaped or not yet: the demo ends before a stalled worker could come back.
-        result.workers_lost = final.workers_lost_total + final.workers_expired
+        result.workers_lost = final.stats.workers_lost_total + final.stats.workers_expired
         result.points = points
         result.decisions = decisions
         if importlib.util.find_spec("matplotlib") is None:
@@ -612,15 +632,26 @@ STATS_SETTLE_SECONDS = 1.5
 samples every 0.5 s on the embedded node; ElasticMQ's counts are approximate like SQS's)."""
 
 
-def _fetch_final_state(
-    url: str, queue: str, options: base.QueueOptions
-) -> tuple[base.QueueStats, set[str]]:
-    """After the drain: the queue's numbers (for what it still holds) and the DLQ's job ids."""
+@dataclass(frozen=True)
+class FinalState:
+    """The queue after the drain, as the demo's history reads it."""
+
+    stats: base.QueueStats  # its numbers (shown; they excuse no missing job)
+    dead_letter_ids: set[str]  # read from the DLQ itself
+    held_ids: set[str] | None  # every job it still holds, by id; None: it cannot list them
+
+
+def fetch_final_state(url: str, queue: str, options: base.QueueOptions) -> FinalState:
+    """After the drain: the queue's numbers, the DLQ's job ids and the ids it still holds."""
     target = brokers.SyncQueue(url, queue, options, timeout=30.0)
     try:
         if not target.broker.capabilities.exact_stats:
             time.sleep(STATS_SETTLE_SECONDS)
-        return target.fetch_stats(), target.list_dead_letter_ids()
+        return FinalState(
+            stats=target.fetch_stats(),
+            dead_letter_ids=target.list_dead_letter_ids(),
+            held_ids=target.list_held_job_ids(),
+        )
     finally:
         target.close()
 

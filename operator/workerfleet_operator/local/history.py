@@ -11,9 +11,12 @@ the code under test keeps itself proves nothing about it anyway.
   single ``write`` on an ``O_APPEND`` file of its process in ``$DEMO_RECEIPTS_DIR``;
 - dead letters: the job ids read from the DLQ itself (``DeadLetters.list_dead_letters``).
 
-A job is *completed* when a run of it succeeded, *dead-lettered* when it is in the DLQ, and
-*lost* when it is neither and the queue does not still hold it (the queue's final backlog, in
-flight and delayed, read after the fleet drained, is the only number taken from the broker).
+A job is *completed* when a run of it succeeded, *dead-lettered* when it is in the DLQ, *pending*
+when the broker still holds it (ready, delayed or in flight), read by its id after the fleet
+drained, and *lost* when it is none of these. No count excuses a missing id: a re-sent batch's
+jobs, RabbitMQ's and SQS's approximate numbers or any other job in the queue would make up for a
+job that is gone. A broker that cannot list the ids it holds (RabbitMQ, SQS: reading a message
+takes it) leaves its missing ids *unchecked*, and the summary says so.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import pathlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 RECEIPTS_ENV = "DEMO_RECEIPTS_DIR"
@@ -45,9 +48,12 @@ class Outcome:
     completed: int
     dead_lettered: int
     retried: int  # runs after a failed run of the same job
-    pending: int  # still in the queue at the end, by the broker's final numbers
-    lost: int
-    missing: tuple[str, ...]  # ids neither completed nor dead-lettered (pending or lost)
+    pending: int  # missing ids the broker still holds; its own count when it cannot list them
+    lost: int  # missing ids the broker does not hold
+    missing: tuple[str, ...]  # some of the lost ids (of the unchecked ones when not checked)
+    checked: bool = True  # the broker listed the ids it holds
+    unchecked: int = 0  # missing ids not checked: the broker cannot list the ids it holds
+    held: tuple[str, ...] = ()  # the missing ids the broker still holds, all of them
 
 
 def read_runs(directory: pathlib.Path) -> list[Run]:
@@ -64,12 +70,18 @@ def read_runs(directory: pathlib.Path) -> list[Run]:
 
 
 def judge_history(
-    enqueued: Iterable[str], runs: Iterable[Run], dead_letters: Iterable[str], pending: int
+    enqueued: Iterable[str],
+    runs: Iterable[Run],
+    dead_letters: Iterable[str],
+    held: Collection[str] | None,
+    *,
+    held_count: int = 0,
 ) -> Outcome:
-    """Completed, dead-lettered, retried and lost from the history (pure).
+    """Completed, dead-lettered, retried, pending and lost from the history (pure).
 
-    ``pending`` (jobs the queue still holds) can only excuse missing ids, never add to them:
-    ``lost`` is how many enqueued jobs are neither completed, dead-lettered nor pending.
+    ``held`` is the ids the broker still holds (ready, delayed, in flight), or None when it
+    cannot list them; only those ids excuse a missing job. ``held_count`` (the broker's own
+    count) is reported as ``pending`` when the ids are not known, and excuses nothing.
     """
     enqueued_ids = set(enqueued)
     run_list = [r for r in runs if r.job_id in enqueued_ids]
@@ -78,15 +90,26 @@ def judge_history(
     per_job = Counter(r.job_id for r in run_list)
     failed = {r.job_id for r in run_list if not r.ok}
     retried = sum(per_job[job] - 1 for job in failed)
-    missing = sorted(enqueued_ids - completed - dead)
+    missing = enqueued_ids - completed - dead
+    if held is None:
+        still_held: set[str] = set()
+        lost: list[str] = []
+        shown = sorted(missing)
+    else:
+        still_held = missing & set(held)
+        lost = sorted(missing - still_held)
+        shown = lost
     return Outcome(
         enqueued=len(enqueued_ids),
         completed=len(completed),
         dead_lettered=len(dead),
         retried=retried,
-        pending=pending,
-        lost=max(0, len(missing) - max(0, pending)),
-        missing=tuple(missing[:20]),
+        pending=held_count if held is None else len(still_held),
+        lost=len(lost),
+        missing=tuple(shown[:20]),
+        checked=held is not None,
+        unchecked=len(missing) if held is None else 0,
+        held=tuple(sorted(still_held)),
     )
 
 
@@ -105,7 +128,10 @@ def write_history(
         "runs": [{"job_id": r.job_id, "attempt": r.attempt, "ok": r.ok} for r in runs],
         "dead_lettered": sorted(dead_letters),
         "pending": outcome.pending,
+        # the ids that excused missing jobs (null: the broker cannot list them, none did)
+        "held": list(outcome.held) if outcome.checked else None,
         "lost": outcome.lost,
+        "unchecked": outcome.unchecked,
     }
     path.write_text(json.dumps(document), encoding="utf-8")
     return path
