@@ -134,7 +134,7 @@ async def test_a_retry_waits_its_delay_in_the_broker_and_keeps_the_failure_histo
     assert dead.message_id == "r1"
 
 
-async def test_release_returns_a_job_without_spending_a_delivery_or_an_attempt(
+async def test_release_returns_a_job_without_spending_an_attempt_or_a_lost_delivery(
     rq: rabbitmq_broker.RabbitMQBroker,
 ) -> None:
     # Given a fetched job
@@ -143,9 +143,10 @@ async def test_release_returns_a_job_without_spending_a_delivery_or_an_attempt(
     # When it is released (drain)
     assert await rq.release(got) is True
     assert await rq.release(got) is False
-    # Then it comes back as it went: first delivery, no attempt
+    # Then it comes back with no attempt and nothing lost (nothing towards poison); the
+    # released delivery counts as one, as on every broker
     [again] = await rq.fetch("w1", 1, block=5)
-    assert (again.id, again.deliveries, again.attempts, again.lost) == ("d1", 1, 0, 0)
+    assert (again.id, again.deliveries, again.attempts, again.lost) == ("d1", 2, 0, 0)
     await rq.ack(again)
 
 
@@ -844,12 +845,16 @@ async def test_a_dead_letter_the_dlq_refused_keeps_its_delivery_for_the_next_try
 async def test_a_poison_copy_the_dlq_refused_at_fetch_waits_for_the_next_fetch(
     rabbitmq_server: Any, rq: rabbitmq_broker.RabbitMQBroker, rq_queue: str
 ) -> None:
-    # Given the DLQ refusing publishes, and a copy of a job delivered 3 times before arriving
-    # (max_deliveries is 3: the fetch that finds it dead-letters it)
+    # Given the DLQ refusing publishes, and a copy of a job whose 3 earlier deliveries were
+    # all lost (max_deliveries is 3: the fetch that finds it dead-letters it)
     assert await rq.fetch("w", 1, block=0.01) == []  # consuming, so the copy arrives at once
     async with _dlq_refusing(rabbitmq_server, rq_queue):
         await _publish_copy(
-            rabbitmq_server.url, rq_queue, "p1", "normal", {topology.H_DELIVERIES: 3}
+            rabbitmq_server.url,
+            rq_queue,
+            "p1",
+            "normal",
+            {topology.H_DELIVERIES: 3, topology.H_LOST: 3},
         )
         # When a fetch finds it: its dead-letter copy is refused
         with pytest.raises(errors.BrokerRejected):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from typing import Any
 
 import pytest
 
@@ -175,8 +176,9 @@ async def test_release_puts_the_job_back_without_spending_an_attempt(
     # When the worker releases it (a drain) and another worker fetches
     assert await broker.release(first)
     [second] = await broker.fetch("w2", 1)
-    # Then the job is the same, with no attempt spent
-    assert (second.id, second.attempts) == (first.id, 0)
+    # Then the job is the same, with no attempt spent and nothing lost: the released delivery
+    # counts as a delivery, never towards the poison limit
+    assert (second.id, second.attempts, second.deliveries, second.lost) == (first.id, 0, 2, 0)
 
 
 @pytest.mark.needs("dead_letter_by_id", "failure_history")
@@ -343,6 +345,48 @@ async def test_a_job_lost_max_deliveries_times_is_dead_lettered_as_poison(
     letter = await broker.show_dead_letter(res.job_id)
     assert letter is not None and letter.reason == base.DeadLetterReason.MAX_DELIVERIES
     assert broker.dead_lettered_by_fetch[base.DeadLetterReason.MAX_DELIVERIES] == 1
+
+
+async def _die_holding(contract: support.Contract, worker: Any) -> None:
+    """The worker holding a delivery dies: its connection ends (on RabbitMQ the only way a
+    delivery is lost: no lease runs out there) and its lease runs out (everywhere else)."""
+    await worker.close()
+    await contract.advance(LEASE + 0.2)
+
+
+@pytest.mark.needs("dead_letter_by_id")
+async def test_retries_never_count_towards_the_poison_limit_only_lost_deliveries_do(
+    contract: support.Contract,
+) -> None:
+    # Given a queue allowing two lost deliveries, and a job whose handler failed three times,
+    # each failure retried (more retries than max_deliveries, no delivery lost)
+    options = {"lease_seconds": LEASE, "max_deliveries": 2}
+    broker = await contract.open(**options)
+    [res] = await broker.enqueue_many([request()])
+    runner = await contract.open(**options)
+    seen = []
+    for _ in range(3):
+        [delivery] = await runner.fetch("w1", 1, block=5.0)
+        seen.append((delivery.attempts, delivery.deliveries, delivery.lost))
+        assert await runner.retry(delivery, failure(), delay_seconds=0.0)
+    await runner.close()  # it fetches no more (RabbitMQ: its consumer would take the job)
+    # When the workers running it then die holding it, twice
+    for worker_id in ("w2", "w3"):
+        worker = await contract.open(**options)
+        [delivery] = await worker.fetch(worker_id, 1, block=5.0)
+        seen.append((delivery.attempts, delivery.deliveries, delivery.lost))
+        await _die_holding(contract, worker)
+    last = await contract.open(**options)
+    after = await last.fetch("w4", 1, block=1.0)
+    # Then every retry was delivered again (no poison after 3 retries), the first loss was
+    # delivered again too, and only the second loss made it poison: dead-lettered by the fetch
+    # as max_deliveries with its 3 attempts, never handed out again
+    assert seen == [(0, 1, 0), (1, 2, 0), (2, 3, 0), (3, 4, 0), (3, 5, 1)]
+    assert after == []
+    letter = await broker.show_dead_letter(res.job_id)
+    assert letter is not None
+    assert (letter.reason, letter.attempts) == (base.DeadLetterReason.MAX_DELIVERIES, 3)
+    assert last.dead_lettered_by_fetch[base.DeadLetterReason.MAX_DELIVERIES] == 1
 
 
 @pytest.mark.needs("lease_expiry")

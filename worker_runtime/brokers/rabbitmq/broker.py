@@ -25,9 +25,12 @@ How the contract maps onto AMQP:
   quorum queue still starting refuses (``_publish_first_copies``). A settling call on a
   delivery of a closed connection, or one already settled, returns False: the receipt names
   the connection.
-- **poison**: before a job is handed out its deliveries (earlier copies + ``x-delivery-count``
-  + this one) are checked against ``max_deliveries``; beyond it the job is dead-lettered with
-  reason ``max_deliveries``. ``x-delivery-limit`` is the broker's backstop.
+- **poison**: before a job is handed out its lost deliveries (those of earlier copies, carried
+  in ``wf-lost``, + ``x-delivery-count``: the returns of this copy, each one a worker's
+  connection that ended holding it) are checked against ``max_deliveries``; at it the job is
+  dead-lettered with reason ``max_deliveries``, as on every broker. Retries and releases are
+  settled deliveries: they count in ``deliveries``, never towards poison. ``x-delivery-limit``
+  is the broker's backstop (it counts only the current copy's returns, so never a retry).
 """
 
 from __future__ import annotations
@@ -1197,9 +1200,13 @@ class RabbitMQBroker:
             copy = self._copy_headers(headers, deliveries=deliveries - 1, lost=lost)
             await self._settle_due(message, "fetch", level, (message.body, copy, env.id), due_at)
             return None
-        if deliveries > self.options.max_deliveries:
+        if lost >= self.options.max_deliveries:
+            # Poison: its workers died holding it max_deliveries times. Only lost deliveries
+            # count (a retry or a release settled its delivery), as on every broker; this
+            # delivery is not handed out, so its letter does not count it.
+            poison = _Held(message, replace(delivery, deliveries=deliveries - 1), headers, body)
             await self._dead_letter_held(
-                held,
+                poison,
                 base.DeadLetterReason.MAX_DELIVERIES,
                 worker_id=worker_id,
                 failure=None,
@@ -1408,9 +1415,10 @@ class RabbitMQBroker:
         held = self._current(delivery)
         if held is None:
             return False
-        # the released delivery does not count: the job goes back as it came
+        # the released delivery was handed out (it counts in deliveries) and settled (it is
+        # not lost): no attempt spent, nothing towards poison
         headers = self._copy_headers(
-            held.headers, deliveries=held.delivery.deliveries - 1, lost=held.delivery.lost
+            held.headers, deliveries=held.delivery.deliveries, lost=held.delivery.lost
         )
         headers.pop(topology.H_DUE_AT, None)
         routing_key = topology.work_queue(self.queue, str(delivery.envelope.priority))
