@@ -79,7 +79,7 @@ def test_the_demo_on_an_embedded_broker_ends_with_the_demo_line_and_loses_no_job
     assert dead_ids <= failed
     # And the fleet scaled up with the load, read through the broker's probe
     assert peak >= 2
-    assert "workers killed 0" in output
+    assert "workers crashed 0, killed 0" in output
 
 
 def test_a_missing_rabbitmq_server_is_reported_with_the_make_target(

@@ -363,6 +363,8 @@ class DemoResult:
     pending_checked: bool = True  # the broker listed the ids it holds
     scaling: runner.RunnerTotals = field(default_factory=runner.RunnerTotals)
     workers_killed: int = 0  # SIGKILLed by the fleet after an overdue drain
+    workers_crashed: int = 0  # worker processes that exited on their own (restarted)
+    stopped_early: bool = False  # Ctrl-C or SIGTERM before the run's time was up
     workers_lost: int = 0  # heartbeats that expired without deregistration (Redis' count)
     load_errors: int = 0
     poison_sent: int = 0
@@ -386,19 +388,40 @@ def render_alerts(alerts: dict[str, float]) -> str:
     )
 
 
+def describe_problems(result: DemoResult) -> list[str]:
+    """Why the run does not show a healthy system (empty when it does): the demo exits 1 on any.
+
+    A run that did not finish (stopped early, jobs still queued) proves nothing about its jobs,
+    and a fleet whose workers crash can end with nothing lost only because nothing ran.
+    """
+    queued = str(result.pending) if result.pending_checked else f"~{result.pending}"
+    problems = [
+        *(["stopped early"] if result.stopped_early else []),
+        *([f"{queued} job(s) still queued"] if result.pending else []),
+        *([f"{result.lost} job(s) lost"] if result.lost else []),
+        *([f"{result.unchecked} job(s) unchecked"] if result.unchecked else []),
+        *([f"{result.workers_crashed} worker crash(es)"] if result.workers_crashed else []),
+        *([f"{result.workers_killed} worker(s) killed"] if result.workers_killed else []),
+        *([f"{result.load_errors} failed enqueue(s)"] if result.load_errors else []),
+    ]
+    return problems
+
+
 def build_summary(result: DemoResult) -> str:
     """The demo's closing lines; the last one is the machine-readable ``demo:`` line."""
     alerts = render_alerts(result.alerts)
     queued = str(result.pending) if result.pending_checked else f"~{result.pending}"
+    problems = describe_problems(result)
+    ended = "stopped early (Ctrl-C or SIGTERM)" if result.stopped_early else "finished"
     lines = [
-        f"workerfleet demo finished in {result.seconds:.0f}s on {result.broker}",
+        f"workerfleet demo {ended} in {result.seconds:.0f}s on {result.broker}",
         f"  jobs:     enqueued {result.enqueued} ({result.flaky_sent} flaky, "
         f"{result.poison_sent} poison), completed {result.completed}, retried "
         f"{result.retried}, dead-lettered {result.dead_lettered}, still queued "
         f"{queued}, lost {result.lost}",
         f"  scaling:  peak {result.scaling.peak_replicas} replicas, "
         f"{result.scaling.scale_ups} scale-ups, {result.scaling.scale_downs} scale-downs, "
-        f"workers killed {result.workers_killed}, "
+        f"workers crashed {result.workers_crashed}, killed {result.workers_killed}, "
         f"lost without drain {result.workers_lost}",
         f"  alerts:   {alerts} (prometheus: {result.prometheus})",
         f"  decisions: {result.decisions}",
@@ -417,6 +440,7 @@ def build_summary(result: DemoResult) -> str:
             if result.unchecked
             else []
         ),
+        *([f"  not healthy (exit 1): {', '.join(problems)}"] if problems else []),
         f"demo: enqueued={result.enqueued} completed={result.completed} "
         f"dead_lettered={result.dead_lettered} lost={result.lost}"
         + (f" unchecked={result.unchecked}" if result.unchecked else "")
@@ -566,6 +590,7 @@ def run_demo(
 
         try:
             fleet_runner.run(stop, on_snapshot=record, max_seconds=seconds)
+            result.stopped_early = stop.is_set()
         finally:
             load.stop_event.set()
             load.join(10)
@@ -598,6 +623,7 @@ def run_demo(
         )
         result.scaling = fleet_runner.totals
         result.workers_killed = fleet_runner.fleet.counters.killed
+        result.workers_crashed = fleet_runner.fleet.counters.crashed
         # Reaped or not yet: the demo ends before a stalled worker could come back.
         result.workers_lost = final.stats.workers_lost_total + final.stats.workers_expired
         result.points = points
