@@ -365,7 +365,7 @@ class DemoResult:
     workers_killed: int = 0  # SIGKILLed by the fleet after an overdue drain
     workers_crashed: int = 0  # worker processes that exited on their own (restarted)
     stopped_early: bool = False  # Ctrl-C or SIGTERM before the run's time was up
-    workers_lost: int = 0  # heartbeats that expired without deregistration (Redis' count)
+    workers_lost: int | None = 0  # heartbeats expired undrained; None: the broker keeps none
     load_errors: int = 0
     poison_sent: int = 0
     flaky_sent: int = 0
@@ -422,7 +422,12 @@ def build_summary(result: DemoResult) -> str:
         f"  scaling:  peak {result.scaling.peak_replicas} replicas, "
         f"{result.scaling.scale_ups} scale-ups, {result.scaling.scale_downs} scale-downs, "
         f"workers crashed {result.workers_crashed}, killed {result.workers_killed}, "
-        f"lost without drain {result.workers_lost}",
+        "lost without drain "
+        + (
+            "n/a (the broker keeps no heartbeats)"
+            if result.workers_lost is None
+            else str(result.workers_lost)
+        ),
         f"  alerts:   {alerts} (prometheus: {result.prometheus})",
         f"  decisions: {result.decisions}",
         *(
@@ -624,8 +629,7 @@ def run_demo(
         result.scaling = fleet_runner.totals
         result.workers_killed = fleet_runner.fleet.counters.killed
         result.workers_crashed = fleet_runner.fleet.counters.crashed
-        # Reaped or not yet: the demo ends before a stalled worker could come back.
-        result.workers_lost = final.stats.workers_lost_total + final.stats.workers_expired
+        result.workers_lost = count_workers_lost(final.stats, final.capabilities)
         result.points = points
         result.decisions = decisions
         if importlib.util.find_spec("matplotlib") is None:
@@ -665,6 +669,17 @@ class FinalState:
     stats: base.QueueStats  # its numbers (shown; they excuse no missing job)
     dead_letter_ids: set[str]  # read from the DLQ itself
     held_ids: set[str] | None  # every job it still holds, by id; None: it cannot list them
+    capabilities: base.Capabilities
+
+
+def count_workers_lost(stats: base.QueueStats, capabilities: base.Capabilities) -> int | None:
+    """Workers whose heartbeat expired without a drain, or None when the broker keeps no
+    heartbeats (RabbitMQ, SQS): their stats report 0 whatever happened, so 0 would claim a
+    check that was never made."""
+    if not capabilities.heartbeats:
+        return None
+    # Reaped or not yet: the demo ends before a stalled worker could come back.
+    return stats.workers_lost_total + stats.workers_expired
 
 
 def fetch_final_state(url: str, queue: str, options: base.QueueOptions) -> FinalState:
@@ -677,6 +692,7 @@ def fetch_final_state(url: str, queue: str, options: base.QueueOptions) -> Final
             stats=target.fetch_stats(),
             dead_letter_ids=target.list_dead_letter_ids(),
             held_ids=target.list_held_job_ids(),
+            capabilities=target.broker.capabilities,
         )
     finally:
         target.close()
