@@ -365,6 +365,48 @@ async def test_a_fifo_queue_keeps_the_order_of_a_message_group(
     assert got == [f"j{i}" for i in range(5)]
 
 
+async def test_on_fifo_releases_alone_never_dead_letter_a_job_and_keep_its_place_while_they_can(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a FIFO queue allowing three lost deliveries, and two jobs in one message group
+    b = await open_sqs(
+        url=elasticmq_server.url + "&fifo=true&priorities=false", lease_seconds=3, max_deliveries=3
+    )
+    sent = await b.enqueue_many([job(f"j{i}", headers={"message-group-id": "g"}) for i in range(2)])
+    seen: list[tuple[str, int, int]] = []
+
+    async def fetch_one() -> base.Delivery:
+        [d] = await fetch_until(b, 1, 10)
+        seen.append((d.envelope.task, d.attempts, d.lost))
+        return d
+
+    # When drains release the first job four times (more than max_deliveries), the other job
+    # being acked when it is handed out
+    for _ in range(3):
+        assert await b.release(await fetch_one()) is True
+    assert await b.ack(await fetch_one())
+    assert await b.release(await fetch_one()) is True
+    last = await fetch_one()
+    # Then it stayed at its group's head for the releases a lost count could pay for, the one
+    # that would have reached the limit sent it behind the group's other job, and it is handed
+    # out again with no attempt spent, never dead-lettered
+    assert seen == [
+        ("j0", 0, 0),
+        ("j0", 0, 1),
+        ("j0", 0, 2),
+        ("j1", 0, 0),
+        ("j0", 0, 2),
+        ("j0", 0, 2),
+    ]
+    assert last.id == sent[0].job_id and b.dead_lettered_by_fetch == {}
+    assert await b.count_dead_letters() == 0
+    # When that delivery is then really lost (its lease runs out unrenewed)
+    # Then the lost deliveries the releases counted bring the poison limit nearer: dead-lettered
+    assert await fetch_until(b, 1, 8) == []
+    letter = await b.show_dead_letter(last.id)
+    assert letter is not None and letter.reason == base.DeadLetterReason.MAX_DELIVERIES
+
+
 async def dead_letter_jobs(b: sqs_broker.SqsBroker, n: int) -> list[str]:
     """Enqueue ``n`` jobs and dead-letter each after one failure; returns their ids in order."""
     ids = []

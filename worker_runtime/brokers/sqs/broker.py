@@ -16,7 +16,7 @@ producer, the CLI and the operator like any broker. How the contract maps onto S
   900; a longer delay waits in 900 s steps, ``wf-not-before``), the attempt and the failure
   history in its attributes (:mod:`worker_runtime.brokers.sqs.attributes`), then delete the
   original. release = the same with no delay and no attempt (a visibility reset would raise the
-  receive count that poison detection reads).
+  receive count that poison detection reads; FIFO: see below).
 - poison: a message's ``ApproximateReceiveCount`` minus one is the deliveries it lost; once a
   job's lost deliveries reach ``max_deliveries`` fetch dead-letters it with its history before it
   runs. The SQS redrive policy (``maxReceiveCount`` = ``max_deliveries`` + 1, to the ``-dlq``
@@ -24,7 +24,11 @@ producer, the CLI and the operator like any broker. How the contract maps onto S
 - FIFO queue sets (``fifo=true``): MessageGroupId = the envelope header ``message-group-id``
   (else the queue name: one ordered stream), MessageDeduplicationId = job id (+ attempt on a
   re-send). SQS cannot delay single messages on FIFO queues: retries are due at once there
-  (``Capabilities.max_delay_seconds`` = 0), and a release resets the visibility instead.
+  (``Capabilities.max_delay_seconds`` = 0). A release resets the visibility instead of sending
+  a copy (a copy would go behind the jobs of its group sent since), which SQS counts as a
+  receive: each such release counts one lost delivery. The release that would bring the job to
+  ``max_deliveries`` sends the copy instead (carrying the count), so releases alone never
+  dead-letter a job; they bring the real losses that do nearer.
 
 What SQS cannot promise is declared in :data:`STANDARD_CAPABILITIES` / :data:`FIFO_CAPABILITIES`
 (the per-broker table is docs/brokers.md). Credentials come from the standard AWS chain
@@ -113,7 +117,9 @@ made with an older receipt handle; recover: a lost ReceiveMessage reply's messag
 only when their visibility expires; stats: approximate counts, no oldest-job age."""
 
 FIFO_CAPABILITIES = dataclasses.replace(_BASE_CAPABILITIES, max_delay_seconds=0.0)
-"""FIFO queues: as standard, and no per-message delay (retries are due at once)."""
+"""FIFO queues: as standard, and no per-message delay (retries are due at once). A release keeps
+the job at its group's head, which SQS counts as a receive: it counts one lost delivery, except
+the release that would reach ``max_deliveries`` (that one re-sends the job behind its group)."""
 
 OLDEST_AGE_AVAILABLE = False
 """SQS reports no age of its oldest message through GetQueueAttributes (CloudWatch's
@@ -1087,7 +1093,12 @@ class SqsBroker:
         if taken is None:
             return False
         receipt, held = taken
-        if self.settings.fifo:
+        if self.settings.fifo and delivery.lost + 1 < self.options.max_deliveries:
+            # A copy would queue behind every job of its message group sent since: resetting
+            # the visibility keeps the job at its group's head. SQS counts that as one more
+            # receive, which the next delivery reads as a lost one (SQS keeps nothing else a
+            # release could write), so only while that stays below the poison limit; the
+            # release that would reach it sends the copy below, carrying the count as it is.
             with self._kept_on_error(delivery, receipt, held):
                 return await self._change_visibility(held.queue_url, receipt, 0)
         carried = dataclasses.replace(
