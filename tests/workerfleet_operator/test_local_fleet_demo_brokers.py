@@ -99,11 +99,17 @@ def test_a_missing_elasticmq_is_reported_with_the_make_target(
         embedded_elasticmq.EmbeddedElasticMQ()
 
 
-def test_the_demo_without_its_broker_exits_1_naming_the_make_target(
+def test_the_demo_without_its_broker_exits_1_naming_the_make_target_and_leaves_no_directory(
     tmp_path: pathlib.Path,
 ) -> None:
-    # Given no ElasticMQ jars in the cache the demo reads
-    env = {"PATH": "/usr/bin:/bin", "WORKERFLEET_CACHE": str(tmp_path / "empty-cache")}
+    # Given no ElasticMQ jars in the cache the demo reads, and a temporary directory of its own
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "WORKERFLEET_CACHE": str(tmp_path / "empty-cache"),
+        "TMPDIR": str(temp),
+    }
     # When the SQS demo starts
     done = subprocess.run(
         [
@@ -127,3 +133,5 @@ def test_the_demo_without_its_broker_exits_1_naming_the_make_target(
     assert done.returncode == 1, done.stdout + done.stderr
     assert "make demo-deps DEMO_ARGS='--broker sqs'" in done.stderr
     assert "Traceback" not in done.stderr
+    # And it leaves no directory behind (each run left a workerfleet-demo-* in /tmp)
+    assert list(temp.iterdir()) == []

@@ -93,19 +93,20 @@ def start_server(kind: BrokerKind, data_dir: pathlib.Path | None) -> embedded.Em
     """Start the embedded server of ``kind`` (loopback, private data) and return it, running.
 
     Raises :class:`embedded.EmbeddedServerError` naming the make target when the server is not
-    installed. Only the module of the kind asked for is imported.
+    installed. A server that fails to start is closed first (no process or temporary directory
+    is left). Only the module of the kind asked for is imported.
     """
     if kind == "rabbitmq":
         from workerfleet_operator.local import embedded_rabbitmq
 
-        return embedded_rabbitmq.EmbeddedRabbitMQ(data_dir).start()
+        return embedded.start_or_close(embedded_rabbitmq.EmbeddedRabbitMQ(data_dir))
     if kind == "sqs":
         from workerfleet_operator.local import embedded_elasticmq
 
-        return embedded_elasticmq.EmbeddedElasticMQ(data_dir).start()
+        return embedded.start_or_close(embedded_elasticmq.EmbeddedElasticMQ(data_dir))
     from workerfleet_operator.local import embedded_redis
 
-    return embedded_redis.EmbeddedRedis(data_dir).start()
+    return embedded.start_or_close(embedded_redis.EmbeddedRedis(data_dir))
 
 
 def build_queue_options(spec: spec_mod.WorkerPoolSpec) -> base.QueueOptions:

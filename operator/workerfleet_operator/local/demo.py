@@ -45,7 +45,15 @@ import yaml
 
 from worker_runtime import producer
 from worker_runtime.brokers import base
-from workerfleet_operator.local import brokers, embedded_redis, history, lifeline, manifest, runner
+from workerfleet_operator.local import (
+    brokers,
+    embedded,
+    embedded_redis,
+    history,
+    lifeline,
+    manifest,
+    runner,
+)
 
 # The demo's pool, tasks and alert rules ship inside the package (workerfleet_operator/data/:
 # links to examples/ and deploy/alerts/ in the source tree, copies in a wheel), so an installed
@@ -538,14 +546,16 @@ def run_demo(
     result = DemoResult(broker=broker)
     decisions = out_dir / "decisions.jsonl"
     decisions.write_text("", encoding="utf-8")
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="workerfleet-demo-"))
     points: list[Point] = []
-    receipts = workdir / "receipts"
-    receipts.mkdir()
     options = brokers.build_queue_options(pool.spec)
-    server = brokers.start_server(broker, None)
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="workerfleet-demo-"))
+    server: embedded.EmbeddedServer | None = None
     prometheus: Prometheus | None = None
     try:
+        receipts = workdir / "receipts"
+        receipts.mkdir()
+        # inside the try: a broker that fails to start must not leave the workdir behind
+        server = brokers.start_server(broker, None)
         fleet_runner = runner.FleetRunner(
             pool,
             redis_url=server.broker_url,
@@ -651,7 +661,8 @@ def run_demo(
     finally:
         if prometheus is not None:
             prometheus.stop()
-        server.close()
+        if server is not None:
+            server.close()
         shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - started
     return result

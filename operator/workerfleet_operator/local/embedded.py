@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 
 class EmbeddedServerError(RuntimeError):
@@ -70,7 +70,7 @@ class ServerProcess:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
-        return self.start()
+        return start_or_close(self)
 
     def __exit__(
         self,
@@ -80,6 +80,29 @@ class ServerProcess:
     ) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+class Startable(Protocol):
+    """A server that is started, and closed (stopped, its own directory removed)."""
+
+    def start(self) -> Self: ...
+
+    def close(self) -> None: ...
+
+
+StartableT = TypeVar("StartableT", bound=Startable)
+
+
+def start_or_close(server: StartableT) -> StartableT:
+    """``server.start()``; when that fails, ``server.close()`` before the error goes on: a
+    server that did not start leaves no process and no temporary directory behind (each failed
+    start left a workerfleet-redis-* or -rabbitmq-* directory in /tmp)."""
+    try:
+        return server.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            server.close()
+        raise
 
 
 def pid_alive(pid: int) -> bool:

@@ -111,7 +111,11 @@ class EmbeddedRedis(embedded.ServerProcess):
             self._terminate()
             if self._port is not None:
                 break
-        raise EmbeddedRedisError(f"redis-server did not start: {last_error}")
+        log = embedded.read_tail(self._dir / "redis.log")
+        # a directory of our own goes with the failed start (each one left a workerfleet-redis-*
+        # in /tmp), so the log's end is said here; a given directory keeps it
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not start: {last_error}; log: {log}")
 
     def _spawn(self, binary: str, port: int) -> subprocess.Popen[bytes]:
         assert self._dir is not None
@@ -155,7 +159,7 @@ class EmbeddedRedis(embedded.ServerProcess):
         error = "timed out"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                return f"exited with code {self._process.returncode} (see {self._dir}/redis.log)"
+                return f"exited with code {self._process.returncode}"
             problem = fetch_reachable(f"redis://127.0.0.1:{port}/0", timeout=0.5)
             if problem is None:
                 return ""

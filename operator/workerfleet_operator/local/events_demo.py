@@ -313,14 +313,16 @@ def run_events_demo(
     subs = [subscription_of(pool) for pool in pools]
     group_of = {sub.pool: sub.group for sub in subs}
     result = EventsResult()
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="workerfleet-events-"))
     history_dir = out_dir / "history"
     shutil.rmtree(history_dir, ignore_errors=True)
     history_dir.mkdir(parents=True)
-    server = embedded_redis.EmbeddedRedis(workdir / "redis").start()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="workerfleet-events-"))
+    server: embedded_redis.EmbeddedRedis | None = None
     prometheus: demo.Prometheus | None = None
     runners: list[runner.FleetRunner] = []
     try:
+        # inside the try: a redis-server that fails to start must not leave the workdir behind
+        server = embedded_redis.EmbeddedRedis(workdir / "redis").start()
         # Each runner registers its pool's subscription as it starts, as the operator does:
         # every order published from then on reaches all three.
         for pool in pools:
@@ -404,7 +406,8 @@ def run_events_demo(
             fleet_runner.close()  # idempotent after the drain above; here for early failures
         if prometheus is not None:
             prometheus.stop()
-        server.stop()
+        if server is not None:
+            server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     result.seconds = time.monotonic() - started
     return result
