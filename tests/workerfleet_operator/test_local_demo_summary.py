@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
-from workerfleet_operator.local import demo
+from workerfleet_operator.local import demo, embedded_redis
 
 from tests.workerfleet_operator import scaling_fixtures
 from worker_runtime.brokers import base
@@ -28,3 +29,21 @@ def test_workers_lost_without_drain_are_not_claimed_zero_on_a_broker_without_hea
     summary = demo.build_summary(demo.DemoResult(broker="rabbitmq", workers_lost=on_rabbitmq))
     assert "lost without drain n/a (the broker keeps no heartbeats)" in summary
     assert "lost without drain 0" in demo.build_summary(demo.DemoResult(workers_lost=0))
+
+
+def test_the_summary_names_where_prometheus_ran_and_no_link_to_it_once_stopped(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Given the demo's Prometheus, started with the fast rules (as run_demo does)
+    prometheus = demo.Prometheus(
+        tmp_path / "prometheus", demo.FAST_RULES, embedded_redis.fetch_free_port()
+    )
+    started, said = demo.start_prometheus(prometheus)
+    assert started is prometheus
+    # When the demo stops it, before its summary is printed
+    prometheus.stop()
+    summary = demo.build_summary(demo.DemoResult(prometheus=said))
+    # Then the summary says where it ran and that it stopped, and offers no dead link
+    assert f"ran on 127.0.0.1:{prometheus.port} with workerfleet-alerts.fast.yaml" in summary
+    assert "stopped with the demo" in summary
+    assert "http://" not in summary

@@ -178,7 +178,7 @@ def test_the_lag_alert_fires_for_the_subscription_that_falls_behind_and_for_no_o
     )
     # Then Prometheus ran and WorkerPoolSubscriptionLagHigh fired for the fulfilment pool,
     # whose oldest order waited past its 10 s target, and not for e-mail or analytics
-    assert result.prometheus.startswith("http://127.0.0.1:"), result.prometheus
+    assert result.prometheus.startswith("ran on 127.0.0.1:"), result.prometheus
     lag_alerts = {name for name in result.alerts if name.startswith("WorkerPoolSubscriptionLag")}
     assert lag_alerts == {"WorkerPoolSubscriptionLagHigh (shop-fulfilment)"}, result.alerts
     # And every order still reached all three subscriptions

@@ -100,7 +100,7 @@ def test_every_dashboard_query_returns_data_from_a_local_fleet_with_failures(
 
     result = demo.run_demo(seconds=40, out_dir=tmp_path / "out", probe=probe)
     # Then the run had failures to show, and every query returned at least one series
-    assert result.prometheus.startswith("http://127.0.0.1:"), result.prometheus
+    assert result.prometheus.startswith("ran on 127.0.0.1:"), result.prometheus
     assert result.dead_lettered > 0 and result.retried > 0
     missing = sorted(set(queries) - set(answered))
     assert missing == [], "\n".join(f"{k}: {queries[k]}" for k in missing)

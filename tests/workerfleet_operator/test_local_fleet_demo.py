@@ -24,7 +24,7 @@ def test_the_demo_scales_with_the_spike_settles_every_job_and_fires_the_dead_let
     # When the load generator sends a spike, a lull and some flaky and poison jobs
     result = demo.run_demo(seconds=50, out_dir=tmp_path / "out", use_prometheus=True)
     # Then Prometheus ran and the poison jobs made WorkerPoolDeadLetterGrowing fire
-    assert result.prometheus.startswith("http://127.0.0.1:"), result.prometheus
+    assert result.prometheus.startswith("ran on 127.0.0.1:"), result.prometheus
     assert "WorkerPoolDeadLetterGrowing" in result.alerts
     assert result.poison_sent > 0 and result.dead_lettered == result.poison_sent
     # And the fleet scaled up with the spike and back down after it

@@ -320,13 +320,19 @@ class Prometheus:
 
 
 def start_prometheus(prometheus: Prometheus) -> tuple[Prometheus | None, str]:
-    """Start ``prometheus``: (it, its alerts page), or (None, why) when it would not start
-    (the demo then runs without alerts and says so)."""
+    """Start ``prometheus``: (it, what the summary says of it), or (None, why) when it would not
+    start (the demo then runs without alerts and says so).
+
+    The summary names where it ran, not a link: it is printed after the demo stopped this
+    Prometheus with everything else, and a link to its alerts page would lead nowhere.
+    """
     try:
         prometheus.start()
     except RuntimeError as exc:
         return None, f"failed: {exc}"
-    return prometheus, prometheus.url("/alerts")
+    return prometheus, (
+        f"ran on 127.0.0.1:{prometheus.port} with {prometheus.rules.name}, stopped with the demo"
+    )
 
 
 def note_firing_alerts(
