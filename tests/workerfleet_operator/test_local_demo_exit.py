@@ -117,3 +117,13 @@ def test_a_crash_looping_fleet_is_reported_with_its_crash_count(tmp_path: pathli
     assert result.workers_crashed >= 1
     assert f"{result.workers_crashed} worker crash(es)" in demo.describe_problems(result)
     assert f"workers crashed {result.workers_crashed}" in demo.build_summary(result)
+
+
+def test_the_demo_header_names_the_pool_by_its_name_not_its_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = demo.DemoResult(enqueued=10, completed=9, dead_lettered=1, seconds=80.0)
+    run_cmd_demo(monkeypatch, tmp_path, result)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("workerfleet demo: 80s of load on pool thumbnails;"), header
+    assert "demo-pool.yaml" not in header

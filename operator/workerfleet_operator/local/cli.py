@@ -268,7 +268,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
-    from workerfleet_operator.local import demo, embedded, runner, view
+    from workerfleet_operator.local import demo, embedded, manifest, runner, view
 
     if getattr(args, "scenario", "thumbnails") == "events":
         if getattr(args, "broker", "redis") != "redis":
@@ -279,8 +279,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     console = Console()
     stop = threading.Event()
     restore = _install_stop_handlers(stop)
+    pool = manifest.fetch_pool(demo.DEFAULT_POOL)  # the pool's name, not its file's
     console.print(
-        f"workerfleet demo: {args.seconds:g}s of load on pool {demo.DEFAULT_POOL.name}; "
+        f"workerfleet demo: {args.seconds:g}s of load on pool {pool.name}; "
         f"output in {args.out}" + ("" if args.broker == "redis" else f"; broker {args.broker}")
     )
     try:
