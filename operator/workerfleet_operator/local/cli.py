@@ -66,7 +66,11 @@ def register_commands(subparsers: SubParsers) -> None:
     run.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     run.add_argument("--no-view", action="store_true", help="plain log lines instead of the view")
     run.add_argument(
-        "--log-dir", type=pathlib.Path, default=None, help="worker logs (default: a temp dir)"
+        "--log-dir",
+        type=pathlib.Path,
+        default=None,
+        help="worker logs, fresh each run: this pool's earlier ones there are removed "
+        "(default: a temp dir)",
     )
     run.set_defaults(handler=cmd_run)
 

@@ -24,6 +24,7 @@ series on Kubernetes), which the demo's Prometheus scrapes.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pathlib
@@ -88,6 +89,24 @@ class FleetCounters:
     exit_codes: list[int] = field(default_factory=list)
 
 
+def remove_earlier_logs(log_dir: pathlib.Path, pool: str) -> list[pathlib.Path]:
+    """Remove the worker logs an earlier run of ``pool`` left in ``log_dir``; returns them.
+
+    Pods are named ``<pool>-<n>`` from 0 again in every run, and a worker's log is opened for
+    append (a restarted worker adds to its own log, whose last words say why it crashed), so
+    a log directory kept across runs (the demo's ``demo-out/worker-logs``, a ``--log-dir``)
+    mixed each run's lines into the last's. Only this pool's ``<pool>-<n>.log`` files go.
+    """
+    earlier = [
+        path
+        for path in log_dir.glob(f"{glob.escape(pool)}-*.log")
+        if path.name.removeprefix(f"{pool}-").removesuffix(".log").isdigit()
+    ]
+    for path in earlier:
+        path.unlink(missing_ok=True)
+    return earlier
+
+
 def sort_for_removal(
     pods: Sequence[str], costs: Mapping[str, int], indexes: Mapping[str, int]
 ) -> list[str]:
@@ -123,6 +142,7 @@ class ProcessFleet:
         self.targets_path = log_dir / "worker-targets.json"
         self._published: str | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
+        remove_earlier_logs(log_dir, pool.name)
         self.publish_targets()
 
     # ---- views ---------------------------------------------------------------------------
