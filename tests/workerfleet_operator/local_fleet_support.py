@@ -113,11 +113,14 @@ def driven_fleet(
     redis_server: embedded_redis.EmbeddedRedis | None = None,
     metrics_port: int | None = None,
     drain_seconds: float = 10.0,
+    annotations: dict[str, str] | None = None,
     **autoscaling: Any,
 ) -> Iterator[DrivenFleet]:
     """Given an embedded Redis and a pool, a runner the test polls; drained on exit."""
     document = build_manifest(name, **autoscaling)
     document["spec"]["drain"] = {"timeoutSeconds": drain_seconds}
+    if annotations:
+        document["metadata"]["annotations"] = annotations
     pool = manifest.build_pool(document)
     own = redis_server is None
     server = redis_server or embedded_redis.EmbeddedRedis(tmp_path / "redis").start()

@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from workerfleet_operator import autoscaling, manifests
+from workerfleet_operator.api import pool as pool_api
 from workerfleet_operator.api import spec as spec_mod
 
 LOCAL_NAMESPACE = "local"  # the namespace label of local metrics (docs/architecture.md)
@@ -34,6 +35,7 @@ class LocalPool:
     name: str
     spec: spec_mod.WorkerPoolSpec
     policy: autoscaling.ScalingPolicy
+    pause: pool_api.Pause | None = None  # workerfleet.io/paused or paused-replicas
 
     @property
     def queue(self) -> str:
@@ -57,11 +59,20 @@ def fetch_pool(path: pathlib.Path) -> LocalPool:
 
 
 def build_pool(document: Mapping[str, Any]) -> LocalPool:
-    """Validate one WorkerPool document and derive its scaling policy."""
+    """Validate one WorkerPool document and derive its scaling policy and pause.
+
+    The pause annotations (``workerfleet.io/paused``, ``paused-replicas``) are read as the
+    operator reads them (:func:`workerfleet_operator.api.pool.parse_pause`).
+    """
     metadata = document.get("metadata") or {}
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     if not isinstance(name, str) or not name:
         raise ManifestError("metadata.name is required")
+    annotations = metadata.get("annotations")
+    try:
+        pause = pool_api.parse_pause(annotations if isinstance(annotations, Mapping) else None)
+    except ValueError as exc:  # a paused-replicas that is not a count, named
+        raise ManifestError(f"WorkerPool {name}: {exc}") from None
     try:
         spec = spec_mod.WorkerPoolSpec.model_validate(document.get("spec") or {})
     except ValidationError as exc:
@@ -70,7 +81,7 @@ def build_pool(document: Mapping[str, Any]) -> LocalPool:
             for e in exc.errors()
         )
         raise ManifestError(f"WorkerPool {name}: {problems}") from None
-    return LocalPool(name=name, spec=spec, policy=build_scaling_policy(spec))
+    return LocalPool(name=name, spec=spec, policy=build_scaling_policy(spec), pause=pause)
 
 
 def build_scaling_policy(spec: spec_mod.WorkerPoolSpec) -> autoscaling.ScalingPolicy:

@@ -187,6 +187,7 @@ class FleetRunner:
         decision = autoscaling.decide(
             self.pool.policy, observation, self.fleet.replicas, self.state, now
         )
+        decision = self._hold_if_paused(decision, now)
         self.state = decision.state
         stopped: list[str] = []
         if decision.changed and not decision.dry_run:
@@ -208,6 +209,25 @@ class FleetRunner:
         self._publish(snapshot, age_measured=observation.age_unavailable is None)
         self.last_snapshot = snapshot
         return snapshot
+
+    def _hold_if_paused(self, decision: autoscaling.Decision, now: float) -> autoscaling.Decision:
+        """As the operator's scaler does: a paused pool's signals are still read and shown, its
+        replicas held (``workerfleet.io/paused``) or set (``paused-replicas``) by
+        :func:`autoscaling.hold_paused`.
+
+        A pool paused from its start is started at ``minReplicas`` and held there, as the
+        operator creates a paused pool's Deployment (``plan.choose_replicas``). In ``disabled``
+        mode only ``paused-replicas`` changes anything: the fixed count is held anyway.
+        """
+        pause = self.pool.pause
+        if pause is None:
+            return decision
+        replicas = pause.replicas
+        if replicas is None and self.pool.policy.mode != "builtin":
+            return decision
+        if replicas is None and self.totals.polls == 0:
+            replicas = self.pool.policy.min_replicas
+        return autoscaling.hold_paused(decision, self.state, replicas, now)
 
     def _build_snapshot(
         self,
@@ -251,6 +271,7 @@ class FleetRunner:
             oldest_age_measured=age_measured,
         )
         self.series.record_replicas(snapshot.replicas, snapshot.ready)
+        self.series.record_paused(self.pool.pause is not None)
 
     def _log_decision(self, now: float, decision: autoscaling.Decision) -> None:
         if self.decision_log is None:
