@@ -327,6 +327,11 @@ def _utc(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def _total(count: int | None) -> str:
+    """A counter, or why there is none (the broker keeps no such total: SQS)."""
+    return "not kept by this broker" if count is None else f"{count:,}"
+
+
 def _age(seconds: float | None) -> str:
     from worker_runtime.brokers.redis import stats  # format_age is pure; no client is opened
 
@@ -375,12 +380,12 @@ def _render_stats(s: base.QueueStats, terminal: int | None) -> tuple[Any, int]:
         ("dead letters", f"{s.dead_letter:,}"),
         ("oldest dead letter age", _age(s.oldest_dead_letter_age_seconds)),
         ("oldest job age", _age(s.oldest_job_age_seconds)),
-        ("enqueued total", f"{s.enqueued_total:,}"),
-        ("completed total", f"{s.completed_total:,}"),
-        ("failed total", f"{s.failed_total:,}"),
-        ("retried total", f"{s.retried_total:,}"),
-        ("dead-lettered total", f"{s.dead_lettered_total:,}"),
-        ("workers lost total", f"{s.workers_lost_total:,}"),
+        ("enqueued total", _total(s.enqueued_total)),
+        ("completed total", _total(s.completed_total)),
+        ("failed total", _total(s.failed_total)),
+        ("retried total", _total(s.retried_total)),
+        ("dead-lettered total", _total(s.dead_lettered_total)),
+        ("workers lost total", _total(s.workers_lost_total)),
         ("heartbeats expired", f"{s.workers_expired:,}"),
     ]
     for k, v in rows:

@@ -219,11 +219,12 @@ class WorkerSample:
 
 @dataclass(frozen=True, slots=True)
 class StatsSample:
-    """The counters of one QueueStats reading, to measure arrival and completion rates."""
+    """The counters of one QueueStats reading, to measure arrival and completion rates (a
+    counter the broker does not keep is None, and so is the rate it would give)."""
 
     at: float
-    enqueued_total: int
-    completed_total: int
+    enqueued_total: int | None
+    completed_total: int | None
     backlog: int
     workers: tuple[WorkerSample, ...] = ()
     in_flight: int = 0
@@ -662,8 +663,8 @@ def _build_samples(
     )
     previous = [s for s in samples if s.at < latest.at]
     if previous and (
-        previous[-1].enqueued_total > latest.enqueued_total
-        or previous[-1].completed_total > latest.completed_total
+        _went_back(previous[-1].enqueued_total, latest.enqueued_total)
+        or _went_back(previous[-1].completed_total, latest.completed_total)
     ):
         previous = []  # counters went backwards: Redis lost its data, start over
     window = max(policy.rate_window_seconds, 3 * policy.polling_interval_seconds)
@@ -691,8 +692,8 @@ def _measure_rates(
         if never_used and last.backlog == 0 and last.in_flight == 0:
             return Rates(arrival=0.0, completion=0.0, backlog_growing=growing)
         return Rates(backlog_growing=growing)
-    arrival = (last.enqueued_total - first.enqueued_total) / elapsed
-    completion = (last.completed_total - first.completed_total) / elapsed
+    arrival = _rate(first.enqueued_total, last.enqueued_total, elapsed)
+    completion = _rate(first.completed_total, last.completed_total, elapsed)
     return Rates(
         arrival=arrival,
         completion=completion,
@@ -701,8 +702,17 @@ def _measure_rates(
     )
 
 
+def _went_back(before: int | None, after: int | None) -> bool:
+    return before is not None and after is not None and after < before
+
+
+def _rate(before: int | None, after: int | None, elapsed: float) -> float | None:
+    """Per second, or None where the broker keeps no such counter (SQS: no rate, never 0)."""
+    return None if before is None or after is None else (after - before) / elapsed
+
+
 def _service_rate(
-    samples: tuple[StatsSample, ...], policy: ScalingPolicy, completion: float
+    samples: tuple[StatsSample, ...], policy: ScalingPolicy, completion: float | None
 ) -> float | None:
     """Jobs per second one replica finishes when busy.
 
@@ -728,6 +738,8 @@ def _service_rate(
         busy += worker.busy_seconds - old.busy_seconds
     if jobs > 0 and busy > 0:
         return jobs / busy * policy.concurrency
+    if completion is None or last.completed_total is None or first.completed_total is None:
+        return None  # no completions counted (SQS): no Little's law either
     mean_in_flight = sum(s.in_flight for s in samples) / len(samples)
     finished = last.completed_total - first.completed_total
     # A handful of completions right after start-up says little about the time in service.

@@ -680,6 +680,10 @@ class QueueStats:
 
     The contract between the runtime and the operator (docs/architecture.md, "Runtime ↔
     operator: the read-only stats API"); change it there first.
+
+    The ``*_total`` counters only grow; None where the broker keeps no such counter (SQS keeps
+    none): not a 0, which would read as "nothing happened" to the alerts and the autoscaler's
+    rates. Consumers show it as unknown and derive nothing from it.
     """
 
     queue: str
@@ -690,12 +694,12 @@ class QueueStats:
     in_flight: int
     dead_letter: int
     oldest_job_age_seconds: float
-    enqueued_total: int
-    completed_total: int
-    failed_total: int
-    retried_total: int
-    dead_lettered_total: int
-    workers_lost_total: int
+    enqueued_total: int | None
+    completed_total: int | None
+    failed_total: int | None
+    retried_total: int | None
+    dead_lettered_total: int | None
+    workers_lost_total: int | None
     workers_expired: int
     workers: tuple[WorkerHeartbeat, ...]
     maxmemory_policy: str | None = None

@@ -180,8 +180,11 @@ class RateTracker:
         self._last: dict[str, RateSample] = {}
 
     def observe(self, key: str, s: broker_base.QueueStats) -> dict[str, float] | None:
-        """Rates since the previous read of ``key`` (None on the first read or a reset)."""
+        """Rates since the previous read of ``key`` (None on the first read, a reset, or a
+        broker that keeps no totals)."""
         now = self._clock()
+        if s.enqueued_total is None or s.completed_total is None or s.failed_total is None:
+            return None  # SQS keeps no totals: no rates, never a rate of 0
         sample = RateSample(now, s.enqueued_total, s.completed_total, s.failed_total)
         prev = self._last.get(key)
         self._last[key] = sample

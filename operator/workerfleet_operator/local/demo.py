@@ -360,7 +360,7 @@ class Point:
     dead_letter: int
     replicas: int
     desired: int
-    completed: int
+    completed: int | None  # None: the broker keeps no total (SQS)
 
 
 @dataclass
@@ -693,7 +693,7 @@ def count_workers_lost(stats: base.QueueStats, capabilities: base.Capabilities) 
     """Workers whose heartbeat expired without a drain, or None when the broker keeps no
     heartbeats (RabbitMQ, SQS): their stats report 0 whatever happened, so 0 would claim a
     check that was never made."""
-    if not capabilities.heartbeats:
+    if not capabilities.heartbeats or stats.workers_lost_total is None:
         return None
     # Reaped or not yet: the demo ends before a stalled worker could come back.
     return stats.workers_lost_total + stats.workers_expired

@@ -40,7 +40,8 @@ in that gap would be a live series, which the alert rules' stand-in for a restar
 counters would grow from 0 to their Redis value at the first poll (a false
 WorkerPoolDeadLetterGrowing or WorkerPoolDrainKilled for every job ever dead-lettered or worker
 ever killed), and the `for:` timers of WorkerPoolDeadLetterBacklog and WorkerPoolDeadLetterStale
-would start again.
+would start again. A counter the broker does not keep (SQS keeps none: ``QueueStats``' totals
+are None) is never exported for that pool: a flat 0 would say nothing was ever dead-lettered.
 
 Threads: the records are written on the operator's event loop and read by the exporter's HTTP
 thread. A write replaces one slot or attribute (atomic), a label set that changes is replaced
@@ -233,7 +234,8 @@ class PoolSeries:
         self.labels = labels
         self.broker = broker
         self.gauges: list[float | None] = [None] * len(_GAUGES)  # None: not known yet
-        self.totals: list[float] | None = None  # None until the first stats read
+        # None until the first stats read; an entry None while the broker keeps no such counter
+        self.totals: list[float | None] | None = None
         self.oldest_job_age: float | None = None  # None: absent while the broker cannot say
         self.queue_reachable: tuple[str, float] | None = None  # (reason, 1 or 0)
         self.eviction_unsafe: tuple[str, float] | None = None  # (policy, 1 or 0)
@@ -285,11 +287,14 @@ class PoolSeries:
         if self.subscription is not None:
             self.subscription.record(s, age_measured=oldest_age_measured)
         self.totals = [
-            float(s.enqueued_total),
-            float(s.completed_total),
-            float(s.failed_total),
-            float(s.dead_lettered_total),
-            float(s.workers_lost_total),
+            None if total is None else float(total)
+            for total in (
+                s.enqueued_total,
+                s.completed_total,
+                s.failed_total,
+                s.dead_lettered_total,
+                s.workers_lost_total,
+            )
         ]
         if s.maxmemory_policy is not None:
             unsafe = stats.build_eviction_warning(s.maxmemory_policy) is not None
@@ -392,7 +397,8 @@ def _build_families(pools: Iterable[PoolSeries]) -> list[Metric]:
                 family.add_metric(labels, gauge)
         if pool.totals is not None:
             for total, value in zip(totals, pool.totals, strict=True):
-                total.add_metric(labels, value)
+                if value is not None:
+                    total.add_metric(labels, value)
         age = pool.oldest_job_age
         if age is not None:
             oldest_job_age.add_metric(labels, age)

@@ -114,7 +114,8 @@ STANDARD_CAPABILITIES = _BASE_CAPABILITIES
 """Standard queues. enqueue_dedup: no (SQS has no id index; a re-sent enqueue runs twice);
 done markers, rate limit, heartbeats: no store for them; fenced_receipts: SQS may apply a call
 made with an older receipt handle; recover: a lost ReceiveMessage reply's messages come back
-only when their visibility expires; stats: approximate counts, no oldest-job age."""
+only when their visibility expires; stats: approximate counts, no oldest-job age, no totals
+(``QueueStats``' ``*_total`` are None)."""
 
 FIFO_CAPABILITIES = dataclasses.replace(_BASE_CAPABILITIES, max_delay_seconds=0.0)
 """FIFO queues: as standard, and no per-message delay (retries are due at once). A release keeps
@@ -1278,7 +1279,13 @@ class SqsBroker:
 
     async def fetch_stats(self) -> base.QueueStats:
         """One GetQueueAttributes per SQS queue of this queue (priorities and DLQ); on a
-        read-only probe a queue that does not exist (yet) counts as empty."""
+        read-only probe a queue that does not exist (yet) counts as empty.
+
+        The totals are None: SQS keeps no counters of what was sent, deleted or moved (only
+        how many messages each queue holds now, and CloudWatch's per-queue metrics, a separate
+        service minutes late), and no store of the broker's could keep them for every producer
+        and worker. A DLQ's length is not a dead-lettered total (a replay or a purge shrinks
+        it), so nothing stands in for one; the DLQ's length is ``dead_letter``."""
         client = await self._ready_client()
         names = [
             "ApproximateNumberOfMessages",
@@ -1314,12 +1321,12 @@ class SqsBroker:
             dead_letter=int(d.get("ApproximateNumberOfMessages", 0))
             + int(d.get("ApproximateNumberOfMessagesNotVisible", 0)),
             oldest_job_age_seconds=0.0,
-            enqueued_total=0,
-            completed_total=0,
-            failed_total=0,
-            retried_total=0,
-            dead_lettered_total=0,
-            workers_lost_total=0,
+            enqueued_total=None,
+            completed_total=None,
+            failed_total=None,
+            retried_total=None,
+            dead_lettered_total=None,
+            workers_lost_total=None,
             workers_expired=0,
             workers=(),
         )
