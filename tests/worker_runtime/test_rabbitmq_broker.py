@@ -57,12 +57,20 @@ def job(
 
 async def dead_letters(url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Every message in the queue's DLQ (taken off it: the test is over with them)."""
+    return await messages_in(url, topology.dead_queue(queue))
+
+
+async def messages_in(
+    url: str, name: str, *, limit: int = 1000
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """The messages of the RabbitMQ queue ``name``, head first, at most ``limit`` (taken off
+    it)."""
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
-        q = await channel.declare_queue(topology.dead_queue(queue), passive=True)
+        q = await channel.declare_queue(name, passive=True)
         found = []
-        for _ in range(1000):
+        for _ in range(limit):
             message = await q.get(no_ack=True, fail=False, timeout=5)
             if message is None:
                 break
@@ -792,24 +800,31 @@ def _put_policy(server: Any, name: str, body: dict[str, Any] | None) -> None:
 
 @contextlib.asynccontextmanager
 async def _dlq_refusing(server: Any, queue: str) -> AsyncIterator[None]:
-    """The queue's DLQ over an operator's cap that refuses publishes while the block runs: one
-    letter ("d0") in it and a policy of max-length 0, reject-publish (a quorum queue refuses
-    while it holds more than its max-length, so taking "d0" off gives it room)."""
-    dead = topology.dead_queue(queue)
+    """The queue's DLQ over an operator's cap that refuses publishes while the block runs (see
+    :func:`_refusing`; taking its letter "d0" off gives it room)."""
+    async with _refusing(server, topology.dead_queue(queue)):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _refusing(server: Any, name: str) -> AsyncIterator[None]:
+    """The RabbitMQ queue ``name`` over a cap that refuses publishes (nacks them) while the block
+    runs: one message ("d0") in it and a policy of max-length 0, reject-publish (a quorum queue
+    refuses while it holds more than its max-length, so taking "d0" off gives it room)."""
     connection = await aio_pika.connect(server.url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         await channel.default_exchange.publish(
-            aio_pika.Message(b"earlier", message_id="d0"), routing_key=dead
+            aio_pika.Message(b"earlier", message_id="d0"), routing_key=name
         )
     finally:
         await connection.close()
-    policy = f"refuse-{queue}"
+    policy = f"refuse-{name}"
     _put_policy(
         server,
         policy,
         {
-            "pattern": f"^{re.escape(dead)}$",
+            "pattern": f"^{re.escape(name)}$",
             "definition": {"max-length": 0, "overflow": "reject-publish"},
             "apply-to": "queues",
         },
@@ -868,6 +883,86 @@ async def test_a_poison_copy_the_dlq_refused_at_fetch_waits_for_the_next_fetch(
         assert [(m.message_id, m.headers.get(topology.H_REASON)) for m in letters] == [
             ("p1", "max_deliveries")
         ]
+
+
+@pytest.fixture
+async def topic_publisher(
+    rabbitmq_server: Any, rq_queue: str
+) -> AsyncIterator[rabbitmq_broker.RabbitMQBroker]:
+    """A broker that subscribes and publishes to topics (closed after the test)."""
+    publisher = rabbitmq_broker.RabbitMQBroker(
+        rabbitmq_server.url, rq_queue, management_port=rabbitmq_server.management_port
+    )
+    try:
+        yield publisher
+    finally:
+        await publisher.close()
+
+
+async def subscribed_queue(
+    publisher: rabbitmq_broker.RabbitMQBroker, topic: str, group: str
+) -> str:
+    """Subscribe ``group`` to ``topic``; the RabbitMQ queue its events go to."""
+    return topology.work_queue(await publisher.subscribe(topic, group), topology.EVENT_LEVEL)
+
+
+@pytest.mark.timeout(120)
+async def test_an_event_a_new_subscription_refuses_for_a_moment_still_reaches_every_subscription(
+    rabbitmq_server: Any, topic_publisher: rabbitmq_broker.RabbitMQBroker
+) -> None:
+    # A new subscription's quorum queue nacks publishes for a moment after its creation, and
+    # RabbitMQ nacks the whole fan-out while the older subscriptions store it. Here the new
+    # subscription's queue refuses through a cap (a policy) until the test gives it room: a
+    # nack as RabbitMQ sends it, ended at a moment the test picks.
+    # Given a topic with an older subscription and a new one that refuses publishes
+    topic = f"t{uuid.uuid4().hex[:12]}"
+    old = await subscribed_queue(topic_publisher, topic, "old")
+    new = await subscribed_queue(topic_publisher, topic, "new")
+    async with _refusing(rabbitmq_server, new):
+        # When an event is published, and the new subscription gets room only after the older
+        # one stored the event (RabbitMQ nacked that try)
+        event = base.PublishRequest(topic, f"e-{uuid.uuid4().hex}", {"n": 1})
+        publishing = asyncio.ensure_future(topic_publisher.publish(event))
+        for _ in range(500):
+            if await ready_in(rabbitmq_server.url, old) > 0:
+                break
+            await asyncio.sleep(0.02)
+        held = await messages_in(rabbitmq_server.url, new, limit=1)
+        # Then the publish succeeds, naming both subscriptions
+        result = await asyncio.wait_for(publishing, 30)
+    assert [m.message_id for m in held] == ["d0"]
+    assert result.created == ("new", "old")
+    # And the new subscription holds the event once; the older one holds it once per try
+    # RabbitMQ nacked, every copy under the event's id (the at-least-once duplicates)
+    assert [m.message_id for m in await messages_in(rabbitmq_server.url, new)] == [event.event_id]
+    copies = [m.message_id for m in await messages_in(rabbitmq_server.url, old)]
+    assert copies and set(copies) == {event.event_id}
+
+
+@pytest.mark.timeout(120)
+async def test_an_event_a_subscription_keeps_refusing_fails_as_maybe_stored_not_as_refused(
+    rabbitmq_server: Any,
+    topic_publisher: rabbitmq_broker.RabbitMQBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a topic with two subscriptions, one refusing publishes for good (a cap), and the
+    # publish's nack waits shortened
+    monkeypatch.setattr(rabbitmq_broker, "NACK_RETRY_DELAYS_SECONDS", (0.01, 0.01))
+    topic = f"t{uuid.uuid4().hex[:12]}"
+    ok = await subscribed_queue(topic_publisher, topic, "ok")
+    full = await subscribed_queue(topic_publisher, topic, "full")
+    async with _refusing(rabbitmq_server, full):
+        # When an event is published
+        event = base.PublishRequest(topic, f"e-{uuid.uuid4().hex}", {"n": 1})
+        with pytest.raises(errors.BrokerError) as raised:
+            await topic_publisher.publish(event)
+        # Then it fails as "may have been stored" (BrokerUnavailable), never as "nothing
+        # applied" (BrokerRejected): the other subscription holds it, once per try
+        assert type(raised.value) is errors.BrokerUnavailable
+        assert event.event_id in str(raised.value)
+        copies = [m.message_id for m in await messages_in(rabbitmq_server.url, ok)]
+        assert copies == [event.event_id] * 3
+        assert [m.message_id for m in await messages_in(rabbitmq_server.url, full)] == ["d0"]
 
 
 @pytest.mark.timeout(240)

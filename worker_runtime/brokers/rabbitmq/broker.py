@@ -48,7 +48,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Container, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Container,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -161,7 +169,9 @@ reports); leases end with the connection, not by time; a lost fetch reply cannot
 (deliveries are pushed) so there is nothing to recover; stats come from the management API,
 which samples every few seconds. Topics: a publish is one message to the topic's fanout exchange,
 so the fan-out is atomic, but with no enqueue dedup a publisher's re-send after a lost confirm
-stores the event again in every subscription (the event id tells the copies apart)."""
+stores the event again in every subscription, and the publish's own re-send after a nack (one
+queue refused, the others stored it) again in those that had it (the event id tells the copies
+apart)."""
 
 
 @dataclass(slots=True)
@@ -733,22 +743,32 @@ class RabbitMQBroker:
     ) -> None:
         bucket = topology.bucket_ms(self.queue, routing_key) is not None
         timeout = BUCKET_CONFIRM_TIMEOUT_SECONDS if bucket else PUBLISH_CONFIRM_TIMEOUT_SECONDS
+        message = self._job_message(routing_key, body, headers, message_id)
+
+        async def send(channel: aio_pika.abc.AbstractChannel) -> None:
+            try:
+                await channel.default_exchange.publish(
+                    message, routing_key=routing_key, mandatory=True, timeout=timeout
+                )
+            except TimeoutError as exc:
+                await self._replace_publish_channel(channel)
+                raise self._unconfirmed(routing_key, timeout, operation, bucket=bucket) from exc
+
+        await self._publish_until_taken(send, operation)
+
+    async def _publish_until_taken(
+        self,
+        send: Callable[[aio_pika.abc.AbstractChannel], Awaitable[None]],
+        operation: str,
+    ) -> None:
+        """Run ``send`` (one confirmed publish) on the publishing channel, and again after each
+        nack (:data:`NACK_RETRY_DELAYS_SECONDS`): a quorum queue nacks for a moment after its
+        creation. Any other refusal, or a nack after the last wait, is raised as it came."""
         for wait in (*NACK_RETRY_DELAYS_SECONDS, None):
             channel = await self._ensure()
             try:
                 async with translate_errors(operation):
-                    try:
-                        await channel.default_exchange.publish(
-                            self._job_message(routing_key, body, headers, message_id),
-                            routing_key=routing_key,
-                            mandatory=True,
-                            timeout=timeout,
-                        )
-                    except TimeoutError as exc:
-                        await self._replace_publish_channel(channel)
-                        raise self._unconfirmed(
-                            routing_key, timeout, operation, bucket=bucket
-                        ) from exc
+                    await send(channel)
                 return
             except errors.BrokerRejected as exc:
                 # only a nack is worth another try; an unroutable publish stays unroutable
@@ -1721,8 +1741,11 @@ class RabbitMQBroker:
             role=base.QueueRole.PRODUCER,
         )
 
-    async def _topic_exchange(self, topic: str) -> aio_pika.abc.AbstractExchange:
-        channel = await self._ensure()
+    async def _topic_exchange(
+        self, topic: str, channel: aio_pika.abc.AbstractChannel
+    ) -> aio_pika.abc.AbstractExchange:
+        """The fanout exchange of ``topic`` on the publishing ``channel`` (declared once per
+        channel)."""
         cached = self._exchanges.get(topic)
         if cached is not None and cached[0] is channel:
             return cached[1]
@@ -1738,8 +1761,8 @@ class RabbitMQBroker:
         sub = self._subscription_broker(topic, group)
         try:
             await sub._ensure()  # its work queues and DLQ, as its worker declares them
-            exchange = await self._topic_exchange(topic)
             channel = await self._ensure()
+            exchange = await self._topic_exchange(topic, channel)
             async with translate_errors("subscribe"):
                 queue = await channel.get_queue(
                     topology.work_queue(sub.queue, topology.EVENT_LEVEL), ensure=False
@@ -1754,8 +1777,8 @@ class RabbitMQBroker:
         """Unbind the subscription's queue: later events skip it; its queue and jobs stay."""
         if group not in await self.list_subscriptions(topic):
             return False
-        exchange = await self._topic_exchange(topic)
         channel = await self._ensure()
+        exchange = await self._topic_exchange(topic, channel)
         name = base.subscription_queue_name(topic, group)
         async with translate_errors("unsubscribe"):
             queue = await channel.get_queue(
@@ -1784,7 +1807,15 @@ class RabbitMQBroker:
     async def publish(self, request: base.PublishRequest) -> base.PublishResult:
         """One persistent message to the topic's exchange, confirmed once every bound queue
         has it. ``created`` names the groups bound just before (one bound in between gets the
-        event too, unnamed); ``duplicate`` is always empty: a re-send is stored again."""
+        event too, unnamed); ``duplicate`` is always empty: a re-send is stored again.
+
+        A nack is published again (:meth:`_publish_until_taken`), as an enqueue is: RabbitMQ
+        nacks the whole fan-out when one bound queue refused it, though the others stored it
+        (a subscription's queue created a moment before nacks at first). So the subscriptions
+        that took an earlier try hold the event once more per try, under the same event id
+        (the at-least-once copies a lost confirm makes too). When the refusals outlast the
+        waits the error is :class:`~worker_runtime.errors.BrokerUnavailable`: some
+        subscriptions may hold the event, and a re-send with the same event id completes it."""
         groups = await self.list_subscriptions(request.topic)
         env = base.build_event_envelope(request, request.topic, now=time.time())
         headers: dict[str, Any] = {
@@ -1793,14 +1824,29 @@ class RabbitMQBroker:
             topology.H_LOST: 0,
             topology.H_TOPIC: request.topic,
         }
-        exchange = await self._topic_exchange(request.topic)
-        async with translate_errors("publish"):
-            # not mandatory: a topic nobody subscribes to drops the event, as on every broker
-            await exchange.publish(
-                build_message(envelope_mod.encode_envelope(env), headers, env.id),
-                routing_key="",
-                mandatory=False,
-            )
+        message = build_message(envelope_mod.encode_envelope(env), headers, env.id)
+        timeout = PUBLISH_CONFIRM_TIMEOUT_SECONDS
+
+        async def send(channel: aio_pika.abc.AbstractChannel) -> None:
+            exchange = await self._topic_exchange(request.topic, channel)
+            try:
+                # not mandatory: a topic nobody subscribes to drops the event, as on every broker
+                await exchange.publish(message, routing_key="", mandatory=False, timeout=timeout)
+            except TimeoutError as exc:
+                await self._replace_publish_channel(channel)
+                raise self._unconfirmed(exchange.name, timeout, "publish", bucket=False) from exc
+
+        try:
+            await self._publish_until_taken(send, "publish")
+        except errors.BrokerRejected as exc:
+            if not _is_nack(exc.__cause__):
+                raise
+            raise errors.BrokerUnavailable(
+                f"a subscription of topic {request.topic!r} kept refusing event "
+                f"{request.event_id} (RabbitMQ nacked every try): the subscriptions that took "
+                "it keep it; publish it again with the same event id",
+                operation="publish",
+            ) from exc
         return base.PublishResult(request.event_id, tuple(groups), ())
 
     async def fetch_topic_lag(self, topic: str) -> list[base.SubscriptionLag]:
