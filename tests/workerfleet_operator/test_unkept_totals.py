@@ -78,3 +78,19 @@ def test_the_console_shows_no_rates_for_a_broker_that_keeps_no_totals() -> None:
     tracker.observe("emails", stats)
     # Then it has no rates to show (not 0/s)
     assert tracker.observe("emails", stats) is None
+
+
+def test_the_console_shows_the_rates_of_the_totals_a_broker_keeps_and_no_failure_rate() -> None:
+    # Given the console's rate tracker on a fake clock, and a queue whose broker keeps the
+    # enqueued and completed totals but no failed one (RabbitMQ)
+    clock = iter([0.0, 10.0])
+    tracker = sources.RateTracker(clock=lambda: next(clock))
+    before = dataclasses.replace(
+        unkept(fx.queue_stats(0.0, backlog=3)), enqueued_total=100, completed_total=50
+    )
+    after = dataclasses.replace(before, enqueued_total=130, completed_total=70)
+    # When it reads the queue twice, 10 s apart
+    tracker.observe("emails", before)
+    rates = tracker.observe("emails", after)
+    # Then it shows the arrival and completion rates, and no failure rate (not 0/s)
+    assert rates == {"enqueued": 3.0, "completed": 2.0}

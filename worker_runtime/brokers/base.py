@@ -682,8 +682,9 @@ class QueueStats:
     operator: the read-only stats API"); change it there first.
 
     The ``*_total`` counters only grow; None where the broker keeps no such counter (SQS keeps
-    none): not a 0, which would read as "nothing happened" to the alerts and the autoscaler's
-    rates. Consumers show it as unknown and derive nothing from it.
+    none, RabbitMQ no failed, retried or workers-lost total): not a 0, which would read as
+    "nothing happened" to the alerts and the autoscaler's rates. Consumers show it as unknown
+    and derive nothing from it.
     """
 
     queue: str

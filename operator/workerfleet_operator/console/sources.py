@@ -169,7 +169,7 @@ class RateSample:
     at: float
     enqueued: int
     completed: int
-    failed: int
+    failed: int | None  # None: the broker keeps no failed total (RabbitMQ)
 
 
 class RateTracker:
@@ -181,9 +181,10 @@ class RateTracker:
 
     def observe(self, key: str, s: broker_base.QueueStats) -> dict[str, float] | None:
         """Rates since the previous read of ``key`` (None on the first read, a reset, or a
-        broker that keeps no totals)."""
+        broker that keeps no totals); no ``failed`` rate where the broker keeps no failed
+        total (RabbitMQ keeps the enqueued and completed ones)."""
         now = self._clock()
-        if s.enqueued_total is None or s.completed_total is None or s.failed_total is None:
+        if s.enqueued_total is None or s.completed_total is None:
             return None  # SQS keeps no totals: no rates, never a rate of 0
         sample = RateSample(now, s.enqueued_total, s.completed_total, s.failed_total)
         prev = self._last.get(key)
@@ -191,11 +192,13 @@ class RateTracker:
         if prev is None or now - prev.at < 0.5 or sample.enqueued < prev.enqueued:
             return None
         span = now - prev.at
-        return {
+        rates = {
             "enqueued": (sample.enqueued - prev.enqueued) / span,
             "completed": (sample.completed - prev.completed) / span,
-            "failed": (sample.failed - prev.failed) / span,
         }
+        if sample.failed is not None and prev.failed is not None:
+            rates["failed"] = (sample.failed - prev.failed) / span
+        return rates
 
 
 class KubeSource:

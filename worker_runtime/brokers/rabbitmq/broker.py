@@ -1881,8 +1881,10 @@ class RabbitMQBroker:
         release's or dead-letter's copy counts too; ``dead_lettered_total`` is the dead-letter
         queue's publish counter (every job a worker dead-lettered, kept after a purge), so the
         dead-letter alert reads the same series on RabbitMQ as on Redis. RabbitMQ keeps these
-        counters in memory: they restart from 0 with the node or the queue. The failed and
-        retried totals are not kept (0)."""
+        counters in memory: they restart from 0 with the node or the queue. The failed,
+        retried and workers-lost totals are None: RabbitMQ counts no failed attempt (a retry is
+        an ack and a publish like any other) and workerfleet keeps no heartbeats here, so no
+        counter holds them, and a 0 would read as "none happened" to the alerts."""
         rows = await asyncio.to_thread(
             self._read_management,
             "queues/{}",
@@ -1923,10 +1925,10 @@ class RabbitMQBroker:
             oldest_job_age_seconds=0.0,
             enqueued_total=published,
             completed_total=acked,
-            failed_total=0,
-            retried_total=0,
+            failed_total=None,
+            retried_total=None,
             dead_lettered_total=dead_published,
-            workers_lost_total=0,
+            workers_lost_total=None,
             workers_expired=0,
             workers=(),
         )
