@@ -129,6 +129,12 @@ SQS_QUEUE_NAME = (
     "on SQS the queue name allows only letters, digits, - and _, and at most 70 characters with "
     "sqs.prefix (SQS queue names are 80 characters with -high.fifo)"
 )
+SQS_NAME_OF_ANOTHER_QUEUE = (
+    "on SQS the queue name (with sqs.prefix) must not end in -high, -low or -dlq: a queue Q is "
+    "the SQS queues Q-high, Q, Q-low and Q-dlq, so such a name would share another queue's SQS "
+    "queues (emails-high is the high queue of emails, emails-dlq its dead letters): choose "
+    "another name or sqs.prefix"
+)
 SQS_KEDA_ACCOUNT = (
     "autoscaling.mode: keda on SQS requires queue.sqs.accountId (KEDA's aws-sqs-queue scaler "
     "reads queues by their full URL)"
@@ -286,6 +292,24 @@ CASES = (
         SQS_QUEUE_NAME,
     ),
     Case(
+        "a queue name ending like the high queue of another on sqs",
+        _both(_queue(redis=None, sqs=SQS), _queue(name="emails-high")),
+        SQS_NAME_OF_ANOTHER_QUEUE,
+    ),
+    Case(
+        "a queue name ending like the low queue of another on a fifo sqs set without priorities",
+        _both(
+            _queue(redis=None, sqs={**SQS, "fifo": True, "priorities": False}),
+            _queue(name="emails-low"),
+        ),
+        SQS_NAME_OF_ANOTHER_QUEUE,
+    ),
+    Case(
+        "a queue name that the sqs prefix makes the dead letter queue of another",
+        _both(_queue(redis=None, sqs={**SQS, "prefix": "emails-"}), _queue(name="dlq")),
+        SQS_NAME_OF_ANOTHER_QUEUE,
+    ),
+    Case(
         "keda on sqs without the account",
         _both(_queue(redis=None, sqs=SQS), _autoscaling(mode="keda")),
         SQS_KEDA_ACCOUNT,
@@ -386,6 +410,15 @@ VALID_EDGES = (
     (
         "an sqs queue name of 70 characters with its prefix",
         _both(_queue(redis=None, sqs={**SQS, "prefix": "p" * 10}), _queue(name="q" * 60)),
+    ),
+    (
+        "sqs queue names only containing -high, -low or -dlq",
+        _both(_queue(redis=None, sqs={**SQS, "prefix": "high-"}), _queue(name="emails-highway")),
+    ),
+    ("a queue named like a dead letter queue on redis", _queue(name="emails-dlq")),
+    (
+        "a queue named like a high queue on rabbitmq",
+        _both(_queue(redis=None, rabbitmq=RABBITMQ), _queue(name="emails-high")),
     ),
     (
         "the age signal with the backlog signal on rabbitmq",

@@ -346,13 +346,38 @@ SQS_QUEUE_NAME_ROOM = sqs_settings.SQS_NAME_MAX - len("-high.fifo")
 _AWS_HOST_END = r"\.amazonaws\.com(\.cn)?(:[0-9]+)?$"
 
 
+_SQS_PREFIX_CEL = "(has(self.sqs.prefix) ? self.sqs.prefix : '')"
+_SQS_ENDINGS_TEXT = (
+    ", ".join(sqs_settings.RESERVED_ENDINGS[:-1]) + " or " + sqs_settings.RESERVED_ENDINGS[-1]
+)
+
+
+def _sqs_base_name(sqs: SqsSpec, queue: str) -> str:
+    """The name the queue's SQS queues are built from: ``sqs.prefix`` and the queue name."""
+    return sqs.prefix + queue
+
+
+def _ends_like_another_queue(sqs: SqsSpec, queue: str) -> bool:
+    return _sqs_base_name(sqs, queue).endswith(sqs_settings.RESERVED_ENDINGS)
+
+
 def _fits_sqs(queue: QueueSpec) -> bool:
+    """Whether SQS can hold the queue's names (characters and length), by the runtime's own
+    check (``worker_runtime.brokers.sqs.settings.build_queue_names``).
+
+    That check also refuses a name ending in one of the runtime's ``RESERVED_ENDINGS``, which
+    the next rule reports with its own message; so the name is checked here with the ending's
+    ``-`` read as ``_``: SQS allows both, the length is the same, and no reserved ending is
+    left (each starts with ``-``), so only characters and length decide.
+    """
     if queue.sqs is None:
         return True
+    base = _sqs_base_name(queue.sqs, queue.name)
+    if _ends_like_another_queue(queue.sqs, queue.name):
+        cut = base.rindex("-")
+        base = f"{base[:cut]}_{base[cut + 1 :]}"
     try:
-        sqs_settings.build_queue_names(
-            queue.name, sqs_settings.SqsSettings(prefix=queue.sqs.prefix, fifo=queue.sqs.fifo)
-        )
+        sqs_settings.build_queue_names(base, sqs_settings.SqsSettings(fifo=queue.sqs.fifo))
     except errors.InvalidQueueName:
         return False
     return True
@@ -592,6 +617,22 @@ class QueueSpec(SpecModel):
             ),
             # the runtime's own check (worker_runtime.brokers.sqs.settings.build_queue_names)
             check=lambda q: _fits_sqs(q),
+            field_path=".name",
+        ),
+        Rule(
+            # SQS only: the endings are the names the SQS broker gives a queue's other queues
+            cel=(
+                "!has(self.sqs) || !"
+                + _cel_string_list(list(sqs_settings.RESERVED_ENDINGS))
+                + f".exists(e, ({_SQS_PREFIX_CEL} + self.name).endsWith(e))"
+            ),
+            message=(
+                f"on SQS the queue name (with sqs.prefix) must not end in {_SQS_ENDINGS_TEXT}"
+                ": a queue Q is the SQS queues Q-high, Q, Q-low and Q-dlq, so such a name "
+                "would share another queue's SQS queues (emails-high is the high queue of "
+                "emails, emails-dlq its dead letters): choose another name or sqs.prefix"
+            ),
+            check=lambda q: q.sqs is None or not _ends_like_another_queue(q.sqs, q.name),
             field_path=".name",
         ),
         Rule(
