@@ -666,7 +666,9 @@ class QueueSpec(SpecModel):
         pattern=QUEUE_NAME_PATTERN,
         description=(
             "Queue name (letters, digits, . _ : -), as given to worker_runtime.App. Immutable: "
-            "a pool for another queue is a new WorkerPool."
+            "a pool for another queue is a new WorkerPool. On SQS only letters, digits, - and "
+            f"_, and with sqs.prefix no ending in {_SQS_ENDINGS_TEXT} (another queue's SQS "
+            "queues)."
         ),
     )
     redis: RedisSpec | None = Field(
