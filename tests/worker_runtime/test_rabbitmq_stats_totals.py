@@ -1,11 +1,13 @@
-"""RabbitMQ's stats carry only the totals RabbitMQ keeps; the others are None, never a fake 0.
+"""RabbitMQ's stats carry only the numbers RabbitMQ keeps; the others are None, never a fake 0.
 
 RabbitMQ's management API counts what was published to and acked from each queue: the work
 queues' publishes and acks are the enqueued and completed totals, the DLQ's publishes the
 dead-lettered total. It counts no failed attempt (a retry is an ack and a publish like any
 other) and workerfleet keeps no heartbeats on RabbitMQ, so failed, retried and workers-lost
 totals were reported as 0 whatever happened: WorkerPoolHighFailureRate read "no failures" and
-WorkerPoolDrainKilled "no worker killed". On the session's real rabbitmq-server.
+WorkerPoolDrainKilled "no worker killed". Nor can RabbitMQ tell the oldest dead letter's age
+(quorum queues report no head message's time): it was 0, so WorkerPoolDeadLetterStale never
+fired. On the session's real rabbitmq-server.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ async def _run_jobs(b: base.Broker) -> None:
     assert await b.ack(again)
 
 
+def _management_url(server: Any) -> str:
+    return f"{server.url}?management_port={server.management_port}"
+
+
+async def _run_and_read_stats(url: str, queue: str) -> base.QueueStats:
+    """:func:`_run_jobs` on ``queue``, then its stats once RabbitMQ's sampling shows them."""
+    b = await brokers.open_broker(url, queue, options=base.QueueOptions())
+    try:
+        await _run_jobs(b)
+        return await _settled_stats(b)
+    finally:
+        await b.close()
+
+
 async def _settled_stats(b: base.QueueProbe) -> base.QueueStats:
     """The stats once RabbitMQ's sampling (every 500 ms on the test node) shows the run."""
     stats = await b.fetch_stats()
@@ -61,15 +77,9 @@ async def test_rabbitmq_stats_report_the_totals_it_does_not_keep_as_unknown_and_
 ) -> None:
     # Given a queue whose job failed once, was retried and completed, with one job
     # dead-lettered and one completed
-    queue = f"t{uuid.uuid4().hex[:12]}"
-    url = f"{rabbitmq_server.url}?management_port={rabbitmq_server.management_port}"
-    b = await brokers.open_broker(url, queue, options=base.QueueOptions())
-    try:
-        await _run_jobs(b)
-        # When the probe reads the queue's stats
-        stats = await _settled_stats(b)
-    finally:
-        await b.close()
+    url, queue = _management_url(rabbitmq_server), f"t{uuid.uuid4().hex[:12]}"
+    # When the probe reads the queue's stats
+    stats = await _run_and_read_stats(url, queue)
     # Then the totals RabbitMQ keeps count what happened (every publish to the work queues,
     # the retry's copy too; every ack, the retried delivery's too; the one dead letter)
     assert stats.enqueued_total is not None and stats.enqueued_total >= 3
@@ -89,3 +99,16 @@ async def test_rabbitmq_stats_report_the_totals_it_does_not_keep_as_unknown_and_
     data = json.loads(as_json.stdout)
     assert {name: data[name] for name in UNKEPT} == dict.fromkeys(UNKEPT)
     assert data["dead_lettered_total"] == 1
+
+
+async def test_rabbitmq_stats_say_the_oldest_dead_letters_age_is_unknown(
+    rabbitmq_server: Any,
+) -> None:
+    # Given a queue that dead-lettered one of its jobs
+    url, queue = _management_url(rabbitmq_server), f"t{uuid.uuid4().hex[:12]}"
+    # When the probe reads the queue's stats
+    stats = await _run_and_read_stats(url, queue)
+    # Then the DLQ holds the letter and its age is unknown: None, not a 0 that would keep
+    # WorkerPoolDeadLetterStale quiet (quorum queues report no head message's time)
+    assert stats.dead_letter == 1
+    assert stats.oldest_dead_letter_age_seconds is None

@@ -3,7 +3,9 @@
 SQS counts what each queue holds now, never what was sent, deleted or moved, so the SQS
 broker's totals read 0 whatever happened, indistinguishable from a real 0: the operator
 exported them, WorkerPoolDeadLetterGrowing could never fire on SQS and the autoscaler's rates
-read 0/s. What the operator makes of None is tests/workerfleet_operator/test_unkept_totals.py.
+read 0/s. Likewise the oldest dead letter's age, which SQS cannot tell (no peek): it read 0, so
+WorkerPoolDeadLetterStale never fired. What the operator makes of None is
+tests/workerfleet_operator/test_unkept_totals.py.
 """
 
 from __future__ import annotations
@@ -55,14 +57,19 @@ async def _read_stats(url: str, queue: str) -> base.QueueStats:
         await probe.close()
 
 
+def _stats_after_three_jobs(url: str, queue: str) -> base.QueueStats:
+    """:func:`_run_three_jobs` on ``queue``, then its stats as the operator's probe reads them."""
+    asyncio.run(_run_three_jobs(url, queue))
+    return asyncio.run(_read_stats(url, queue))
+
+
 def test_sqs_stats_say_the_totals_are_unknown_while_the_queues_hold_their_counts(
     elasticmq_server: elasticmq.ElasticMQServer,
 ) -> None:
     # Given a queue that enqueued three jobs, completed one and dead-lettered one
     url, queue = elasticmq_server.url, f"t-{uuid.uuid4().hex[:12]}"
-    asyncio.run(_run_three_jobs(url, queue))
     # When the operator's read-only probe reads its stats
-    stats = asyncio.run(_read_stats(url, queue))
+    stats = _stats_after_three_jobs(url, queue)
     # Then the DLQ's length and the waiting job are there, and every total is unknown: None,
     # not a 0 that would say nothing was enqueued, completed or dead-lettered
     assert (stats.dead_letter, stats.backlog + stats.in_flight) == (1, 1)
@@ -78,3 +85,16 @@ def test_sqs_stats_say_the_totals_are_unknown_while_the_queues_hold_their_counts
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)
     assert {name: data[name] for name in TOTALS} == dict.fromkeys(TOTALS)
+
+
+def test_sqs_stats_say_the_oldest_dead_letters_age_is_unknown(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a queue that dead-lettered one of its jobs
+    url, queue = elasticmq_server.url, f"t-{uuid.uuid4().hex[:12]}"
+    # When the operator's read-only probe reads its stats
+    stats = _stats_after_three_jobs(url, queue)
+    # Then the DLQ holds the letter and its age is unknown: None, not a 0 that would keep
+    # WorkerPoolDeadLetterStale quiet however long it waits (SQS has no peek at the DLQ)
+    assert stats.dead_letter == 1
+    assert stats.oldest_dead_letter_age_seconds is None

@@ -94,3 +94,24 @@ def test_the_console_shows_the_rates_of_the_totals_a_broker_keeps_and_no_failure
     rates = tracker.observe("emails", after)
     # Then it shows the arrival and completion rates, and no failure rate (not 0/s)
     assert rates == {"enqueued": 3.0, "completed": 2.0}
+
+
+def test_a_pool_whose_broker_cannot_tell_its_oldest_dead_letters_age_exports_no_age_series() -> (
+    None
+):
+    # Given a pool's series, and its queue read with 2 dead letters whose age the broker cannot
+    # tell (SQS, RabbitMQ: no peek at the DLQ's head)
+    registry = CollectorRegistry()
+    series = metrics.OperatorMetrics(registry).bind_pool(("shop", "mailer", "emails"))
+    stats = dataclasses.replace(
+        fx.queue_stats(1000.0, dead_letter=2), oldest_dead_letter_age_seconds=None
+    )
+    # When the autoscaler's poll records it
+    series.record_poll(
+        stats, desired=1, max_replicas=5, alert_threshold=1, oldest_job_age_target=0.0
+    )
+    # Then the scrape has the DLQ's length and no age series (a 0 would keep
+    # WorkerPoolDeadLetterStale quiet however old the letters are)
+    scraped = {s.name: s.value for family in registry.collect() for s in family.samples}
+    assert scraped["workerfleet_pool_dead_letter"] == 2
+    assert "workerfleet_pool_dead_letter_oldest_age_seconds" not in scraped

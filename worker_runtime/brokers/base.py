@@ -705,8 +705,10 @@ class QueueStats:
     workers: tuple[WorkerHeartbeat, ...]
     maxmemory_policy: str | None = None
     """Redis' ``maxmemory-policy``; None when it could not be read or the broker is not Redis."""
-    oldest_dead_letter_age_seconds: float = 0.0
-    """How long the oldest entry of the DLQ has waited there (0 when the DLQ is empty)."""
+    oldest_dead_letter_age_seconds: float | None = 0.0
+    """How long the oldest entry of the DLQ has waited there (0 when the DLQ is empty); None
+    where the broker cannot tell (SQS, RabbitMQ): not a 0, which would keep
+    WorkerPoolDeadLetterStale quiet however old the DLQ's letters are."""
 
 
 @runtime_checkable

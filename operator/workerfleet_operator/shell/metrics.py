@@ -42,6 +42,8 @@ WorkerPoolDeadLetterGrowing or WorkerPoolDrainKilled for every job ever dead-let
 ever killed), and the `for:` timers of WorkerPoolDeadLetterBacklog and WorkerPoolDeadLetterStale
 would start again. A counter the broker does not keep (SQS keeps none: ``QueueStats``' totals
 are None) is never exported for that pool: a flat 0 would say nothing was ever dead-lettered.
+Nor is the oldest dead letter's age where the broker cannot tell it (None on SQS and RabbitMQ):
+a 0 would keep WorkerPoolDeadLetterStale quiet for a DLQ of week-old letters.
 
 Threads: the records are written on the operator's event loop and read by the exporter's HTTP
 thread. A write replaces one slot or attribute (atomic), a label set that changes is replaced
@@ -281,7 +283,8 @@ class PoolSeries:
         gauges[_IN_FLIGHT] = float(s.in_flight)
         gauges[_DELAYED] = float(s.future_delayed)
         gauges[_DEAD_LETTER] = float(s.dead_letter)
-        gauges[_DEAD_LETTER_OLDEST_AGE] = float(s.oldest_dead_letter_age_seconds)
+        dead_age = s.oldest_dead_letter_age_seconds  # None: the broker cannot tell (SQS)
+        gauges[_DEAD_LETTER_OLDEST_AGE] = None if dead_age is None else float(dead_age)
         gauges[_WORKERS_EXPIRED] = float(s.workers_expired)
         self.oldest_job_age = float(s.oldest_job_age_seconds) if oldest_age_measured else None
         if self.subscription is not None:

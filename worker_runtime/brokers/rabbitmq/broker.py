@@ -1603,7 +1603,7 @@ class RabbitMQBroker:
         await self._ensure()
         assert self._connection is not None
         found: list[tuple[aio_pika.abc.AbstractIncomingMessage, base.DeadLetter]] = []
-        taken, last = 0, None
+        last, before = None, 0
         async with translate_errors(operation):
             channel = await self._connection.channel(publisher_confirms=False)
         try:
@@ -1611,10 +1611,15 @@ class RabbitMQBroker:
                 # None: no DLQ (a reader declares none), so nothing was dead-lettered
                 queue = await _declare_existing(channel, topology.dead_queue(self.queue))
                 if queue is not None:
-                    taken, last = await _take_all(queue, found, newest=newest, stop_at=stop_at)
+                    before = int(queue.declaration_result.message_count or 0)
+                    _, last = await _take_all(queue, found, newest=newest, stop_at=stop_at)
             yield found
         finally:
-            returned = taken - sum(1 for message, _ in found if message.processed)
+            # what the DLQ holds again once the returns are counted: all it held, less what
+            # this scan acked (replayed or purged). Waiting only for as many as were returned
+            # ended too early when the scan stopped before the end (stop_at, newest): the
+            # letters it never took already made up that number.
+            expected = before - sum(1 for message, _ in found if message.processed)
             with contextlib.suppress(Exception):
                 if last is not None and not last.processed:
                     # one frame gives back every message taken and not acked, kept or not
@@ -1628,7 +1633,7 @@ class RabbitMQBroker:
             # so the next call sees the DLQ whole
             with contextlib.suppress(Exception):
                 for _ in range(40):
-                    if await self.count_dead_letters() >= returned:
+                    if await self.count_dead_letters() >= expected:
                         break
                     await asyncio.sleep(0.05)
 
@@ -1876,15 +1881,18 @@ class RabbitMQBroker:
         """The queue's numbers from the management API, in one request for all its RabbitMQ
         queues (work, delay buckets, DLQ). Sampled by RabbitMQ every few seconds, so not one
         snapshot (``exact_stats`` is False); the oldest job's age is unavailable (quorum queues
-        do not report their head message's time): always 0 here. ``enqueued_total`` and
-        ``completed_total`` are the work queues' publish and ack counters, so a retry's,
-        release's or dead-letter's copy counts too; ``dead_lettered_total`` is the dead-letter
-        queue's publish counter (every job a worker dead-lettered, kept after a purge), so the
-        dead-letter alert reads the same series on RabbitMQ as on Redis. RabbitMQ keeps these
-        counters in memory: they restart from 0 with the node or the queue. The failed,
-        retried and workers-lost totals are None: RabbitMQ counts no failed attempt (a retry is
-        an ack and a publish like any other) and workerfleet keeps no heartbeats here, so no
-        counter holds them, and a 0 would read as "none happened" to the alerts."""
+        do not report their head message's time): always 0 here. The oldest dead letter's age
+        is None for the same reason (unknown, not 0: WorkerPoolDeadLetterStale must not read
+        a DLQ of old letters as fresh); only ``dlq`` reads, which take every letter, see it.
+        ``enqueued_total`` and ``completed_total`` are the work queues' publish and ack
+        counters, so a retry's, release's or dead-letter's copy counts too;
+        ``dead_lettered_total`` is the dead-letter queue's publish counter (every job a worker
+        dead-lettered, kept after a purge), so the dead-letter alert reads the same series on
+        RabbitMQ as on Redis. RabbitMQ keeps these counters in memory: they restart from 0
+        with the node or the queue. The failed, retried and workers-lost totals are None:
+        RabbitMQ counts no failed attempt (a retry is an ack and a publish like any other) and
+        workerfleet keeps no heartbeats here, so no counter holds them, and a 0 would read as
+        "none happened" to the alerts."""
         rows = await asyncio.to_thread(
             self._read_management,
             "queues/{}",
@@ -1923,6 +1931,7 @@ class RabbitMQBroker:
             in_flight=in_flight,
             dead_letter=dead,
             oldest_job_age_seconds=0.0,
+            oldest_dead_letter_age_seconds=None,
             enqueued_total=published,
             completed_total=acked,
             failed_total=None,

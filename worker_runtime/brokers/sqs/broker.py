@@ -115,7 +115,7 @@ STANDARD_CAPABILITIES = _BASE_CAPABILITIES
 done markers, rate limit, heartbeats: no store for them; fenced_receipts: SQS may apply a call
 made with an older receipt handle; recover: a lost ReceiveMessage reply's messages come back
 only when their visibility expires; stats: approximate counts, no oldest-job age, no totals
-(``QueueStats``' ``*_total`` are None)."""
+(``QueueStats``' ``*_total`` are None), no oldest dead letter's age (None)."""
 
 FIFO_CAPABILITIES = dataclasses.replace(_BASE_CAPABILITIES, max_delay_seconds=0.0)
 """FIFO queues: as standard, and no per-message delay (retries are due at once). A release keeps
@@ -1285,7 +1285,13 @@ class SqsBroker:
         how many messages each queue holds now, and CloudWatch's per-queue metrics, a separate
         service minutes late), and no store of the broker's could keep them for every producer
         and worker. A DLQ's length is not a dead-lettered total (a replay or a purge shrinks
-        it), so nothing stands in for one; the DLQ's length is ``dead_letter``."""
+        it), so nothing stands in for one; the DLQ's length is ``dead_letter``.
+
+        The oldest dead letter's age is None too: GetQueueAttributes has no message's age
+        (CloudWatch's ApproximateAgeOfOldestMessage is that late service), and SQS has no peek:
+        a ReceiveMessage of the DLQ would count a receive on its letters and hide them from
+        ``dlq`` reads for a moment, and a standard queue does not even hand out its oldest
+        first, so this read-only probe cannot tell it."""
         client = await self._ready_client()
         names = [
             "ApproximateNumberOfMessages",
@@ -1321,6 +1327,7 @@ class SqsBroker:
             dead_letter=int(d.get("ApproximateNumberOfMessages", 0))
             + int(d.get("ApproximateNumberOfMessagesNotVisible", 0)),
             oldest_job_age_seconds=0.0,
+            oldest_dead_letter_age_seconds=None,
             enqueued_total=None,
             completed_total=None,
             failed_total=None,
