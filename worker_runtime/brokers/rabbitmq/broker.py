@@ -141,6 +141,17 @@ message stayed unacked for good, until RabbitMQ's ``consumer_timeout`` (30 min b
 closed the channel and sent back every job the worker was running. Well under that timeout, so
 that a job handed out just before its limit still has the rest of it to run."""
 
+SUBSCRIPTION_BACKSTOP_DELIVERIES = topology.DEAD_QUEUE_DELIVERY_LIMIT
+"""The ``x-delivery-limit`` a publisher gives the work queues of a subscription it creates
+(``subscribe`` before any worker of the group ran): 2^31-1, none in practice. RabbitMQ never
+changes an existing queue's arguments, and the subscription's worker, whose ``max_deliveries``
+the publisher cannot know, then uses the queue as it is; with the default (5) RabbitMQ
+dead-lettered the jobs of a worker with a higher ``max_deliveries`` at its own limit first,
+without a workerfleet history. The cost: on such a queue RabbitMQ no longer backs up the
+fetch's poison check for a copy that keeps coming back while only prefetched, which the fetch
+still dead-letters (``max_deliveries``) once it would hand it out. A queue the worker created
+first keeps the worker's limit (the publisher's declare is refused and it uses the queue)."""
+
 PREVIOUS_DELAYS_KEEP = 10_000
 """Jobs whose last retry delay one broker object remembers (the oldest are forgotten)."""
 
@@ -603,8 +614,9 @@ class RabbitMQBroker:
             )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
             # It exists with other arguments: a subscription queue registered by a publisher
-            # with other options (its x-delivery-limit), or one declared by an older version.
-            # Use it as it is; max_deliveries is still enforced by this object's own count.
+            # (its x-delivery-limit is SUBSCRIPTION_BACKSTOP_DELIVERIES, above any worker's), or
+            # one declared by an older version or another max_deliveries. Use it as it is;
+            # max_deliveries is still enforced by this object's own count.
             if name == topology.dead_queue(self.queue):
                 self._warn_dead_queue_bounds(arguments, exc)
             assert self._connection is not None
@@ -1738,7 +1750,8 @@ class RabbitMQBroker:
         return RabbitMQBroker(
             self._url,
             name,
-            base.QueueOptions(),
+            # a backstop no worker's max_deliveries can be above: see the constant
+            base.QueueOptions(max_deliveries=SUBSCRIPTION_BACKSTOP_DELIVERIES),
             connect_timeout=self._connect_timeout,
             management_port=self._management_port,
             queue_type=self._queue_type,
