@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 import pytest
 
 from tests.support import rabbitmq_server as rabbitmq_support
@@ -588,6 +589,59 @@ async def test_workers_sending_their_first_retries_to_a_new_delay_bucket_at_once
             assert back == dict.fromkeys(ids, 1), f"round {round_no}"
         finally:
             await asyncio.gather(*(b.close() for b in brokers_))
+
+
+@pytest.mark.timeout(60)
+async def test_a_retry_refused_by_a_channel_close_goes_again_and_the_workers_held_jobs_stay_ackable(
+    rabbitmq_server: Any,
+    rq: rabbitmq_broker.RabbitMQBroker,
+    rq_queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A quorum queue whose member is not running yet sometimes refuses a publish by closing the
+    # channel (NOT_FOUND "home node ... is down or inaccessible") instead of nacking it (CI,
+    # under load). Here the server closes the publishing channel for real, with a NOT_FOUND of
+    # its own, and the publish raises that refusal as aiormq does, once.
+    # Given a worker holding two jobs
+    await rq.enqueue_many([job(job_id="a"), job(job_id="b")])
+    held: list[base.Delivery] = []
+    for _ in range(20):
+        held += await rq.fetch("w", 2 - len(held), block=1)
+        if len(held) == 2:
+            break
+    by_id = {d.id: d for d in held}
+    assert sorted(by_id) == ["a", "b"]
+    # and the first publish to a delay bucket refused by closing its channel
+    refused: list[str] = []
+    publish = aio_pika.Exchange.publish
+
+    async def refusing_once(
+        exchange: aio_pika.Exchange, message: Any, routing_key: str, **kwargs: Any
+    ) -> Any:
+        if routing_key.startswith(topology.delay_queue_prefix(rq_queue)) and not refused:
+            refused.append(routing_key)
+            with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+                await exchange.channel.declare_queue(f"missing-{uuid.uuid4().hex}", passive=True)
+            assert exchange.channel.is_closed
+            raise aiormq.exceptions.ChannelNotFoundEntity(
+                f"NOT_FOUND - home node 'rabbit@localhost' of durable queue '{routing_key}' "
+                "in vhost '/' is down or inaccessible"
+            )
+        return await publish(exchange, message, routing_key, **kwargs)
+
+    monkeypatch.setattr(aio_pika.Exchange, "publish", refusing_once)
+    # When the worker retries job a into a new 100 ms delay bucket
+    assert await rq.retry(by_id["a"], base.Failure("Flaky", "try again"), delay_seconds=0.1)
+    # Then the refused copy went again and the other job it holds is still its to ack
+    assert len(refused) == 1
+    assert await rq.ack(by_id["b"]) is True
+    # And job a comes back once, its failed attempt recorded; nothing else comes back and
+    # nothing is dead-lettered
+    [again] = await rq.fetch("w", 1, block=10)
+    assert (again.id, again.attempts) == ("a", 1)
+    assert await rq.ack(again) is True
+    assert await rq.fetch("w", 1, block=1) == []
+    assert await dead_letters(rabbitmq_server.url, rq_queue) == []
 
 
 @pytest.mark.timeout(60)

@@ -89,7 +89,9 @@ made again 20-50 ms later was taken). The later, longer waits are for a loaded m
 starting the member takes longer: with waits adding up to 0.87 s, ten producers' first
 publishes still ended nacked once in a clean-clone CI run (the whole suite running beside it).
 A queue that nacks for good (a ``reject-publish`` overflow policy, unsupported) fails the
-publish after about 5 s."""
+publish after about 5 s. A starting member sometimes refuses by closing the channel instead
+(NOT_FOUND, "home node ... is down or inaccessible"): that refusal gets the same waits, each try
+on a new publishing channel of the same connection."""
 
 PUBLISH_CONFIRM_TIMEOUT_SECONDS = 30.0
 """How long a publish waits for RabbitMQ's confirm before it fails as ``BrokerUnavailable``
@@ -122,7 +124,8 @@ DECLARE_TIMEOUT_SECONDS = 10.0
 while a publish to a queue without a leader is held there (:data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`)
 the channel answers nothing (seen here on 3.10.8: a declare sent behind such a publish got no
 reply in 5 s); unbounded, a retry or an enqueue that needed a new delay bucket at that moment
-waited for good. On the timeout aio-pika closes the channel, and the next call reconnects."""
+waited for good. On the timeout aio-pika closes the channel, and the next call opens a new
+publishing channel on the same connection (:meth:`RabbitMQBroker._ensure`)."""
 
 CONSUME_TIMEOUT_SECONDS = 30.0
 """How long starting a consumer on a work queue may take. A work queue that a node crash left
@@ -369,6 +372,16 @@ def _is_nack(exc: BaseException | None) -> bool:
     )
 
 
+def _is_member_not_running(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is RabbitMQ closing the channel because a quorum queue's member is not
+    running (NOT_FOUND, "home node ... of durable queue ... is down or inaccessible"): the queue
+    exists and refused the publish, as the nack a starting member more often sends (seen in a
+    clean-clone CI run under load: two workers' first retries to a new delay bucket at once)."""
+    return isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) and (
+        "down or inaccessible" in str(exc)
+    )
+
+
 @contextlib.asynccontextmanager
 async def translate_errors(operation: str) -> AsyncIterator[None]:
     """Map aio-pika's and aiormq's exceptions onto :mod:`worker_runtime.errors` (cause kept)."""
@@ -547,35 +560,41 @@ class RabbitMQBroker:
     # -- connection ------------------------------------------------------------------------
 
     def _alive(self) -> bool:
+        """Whether the connection and its consuming channel live, so the deliveries this object
+        holds are still valid. The publishing channel is not part of it: RabbitMQ closes that
+        one on a refused publish or declaration, and :meth:`_ensure` opens another on the same
+        connection."""
         return (
             self._declared_topology
             and self._connection is not None
             and not self._connection.is_closed
-            and self._publish_channel is not None
-            and not self._publish_channel.is_closed
             and (self._consume_channel is None or not self._consume_channel.is_closed)
         )
 
     async def _ensure(self) -> aio_pika.abc.AbstractChannel:
         """The publishing channel of a live connection; (re)connects and declares the topology.
-        A new connection starts a new generation: every delivery of the old one is stale."""
+        A new connection starts a new generation: every delivery of the old one is stale. A
+        publishing channel RabbitMQ closed (a quorum queue whose member is not running refuses a
+        publish with NOT_FOUND, which closes the channel) is replaced on the same connection:
+        the consuming channel and the deliveries held on it stay valid."""
         if self._closed:
             raise errors.BrokerError("the broker is closed", operation="connect")
-        if self._alive():
-            assert self._publish_channel is not None
-            return self._publish_channel
+        channel = self._publish_channel
+        if self._alive() and channel is not None and not channel.is_closed:
+            return channel
         async with self._lock:
             if self._alive():
-                assert self._publish_channel is not None
-                return self._publish_channel
+                channel = self._publish_channel
+                if channel is None or channel.is_closed:
+                    async with translate_errors("connect"):
+                        channel = await self._open_publish_channel()
+                return channel
             await self._drop_connection()
             async with translate_errors("connect"):
                 connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
                 self._generation += 1
                 self._connection = connection
-                self._publish_channel = await connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
+                self._publish_channel = await self._open_publish_channel()
                 self._declared.clear()
                 if self.role is not base.QueueRole.READER:
                     await self._declare_topology(self._publish_channel)
@@ -619,9 +638,7 @@ class RabbitMQBroker:
             # max_deliveries is still enforced by this object's own count.
             if name == topology.dead_queue(self.queue):
                 self._warn_dead_queue_bounds(arguments, exc)
-            assert self._connection is not None
-            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-            self._publish_channel = channel
+            channel = await self._open_publish_channel()
             await channel.declare_queue(name, passive=True)
         self._declared.add(name)
         return channel
@@ -782,11 +799,22 @@ class RabbitMQBroker:
                 async with translate_errors(operation):
                     await send(channel)
                 return
-            except errors.BrokerRejected as exc:
-                # only a nack is worth another try; an unroutable publish stays unroutable
-                if wait is None or not _is_nack(exc.__cause__):
+            except errors.BrokerError as exc:
+                # only a refusal of a queue still starting is worth another try (a nack, or
+                # NOT_FOUND "down or inaccessible", whose closed channel the next _ensure
+                # replaces); an unroutable publish stays unroutable
+                refused = _is_nack(exc.__cause__) or _is_member_not_running(exc.__cause__)
+                if wait is None or not refused:
                     raise
             await asyncio.sleep(wait)
+
+    async def _open_publish_channel(self) -> aio_pika.abc.AbstractChannel:
+        """A new publishing channel (confirms, unroutable publishes raise) on the connection."""
+        assert self._connection is not None
+        self._publish_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        return self._publish_channel
 
     async def _replace_publish_channel(self, stuck: aio_pika.abc.AbstractChannel) -> None:
         """Open a new publishing channel on the same connection in place of ``stuck``, one
@@ -799,10 +827,7 @@ class RabbitMQBroker:
         async with self._lock:
             if self._publish_channel is not stuck or not self._alive():
                 return  # replaced already, or the connection is gone (the next call reconnects)
-            assert self._connection is not None
-            self._publish_channel = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            await self._open_publish_channel()
 
     def _unconfirmed(
         self, routing_key: str, timeout: float, operation: str, *, bucket: bool
@@ -1002,8 +1027,10 @@ class RabbitMQBroker:
         that learnt a refusal goes on refusing that queue's publishes. A transaction drops a
         refused publish without a word and commits the ack beside it: the job was gone
         (measured here on 3.10.8: 2-5 of 400 jobs retried by 8 workers at once, and once 226
-        of 400 when a bucket's channel state stuck). A confirmed publish is nacked instead,
-        and made again (:data:`NACK_RETRY_DELAYS_SECONDS`); once the queue took one, this
+        of 400 when a bucket's channel state stuck). A confirmed publish is nacked instead (or
+        its channel closed with NOT_FOUND "down or inaccessible", the publishing channel then
+        replaced on the same connection, so the deliveries held stay valid), and made again
+        (:data:`NACK_RETRY_DELAYS_SECONDS`); once the queue took one, this
         channel's transactions publish to it as before. The price: a worker killed between
         such a copy's confirm and its ack's commit leaves both, and the job runs twice (only
         for the first copy per queue and channel, also when a batch holds many: a drain's
