@@ -65,7 +65,12 @@ async def _settled_stats(b: base.QueueProbe) -> base.QueueStats:
     """The stats once RabbitMQ's sampling (every 500 ms on the test node) shows the run."""
     stats = await b.fetch_stats()
     for _ in range(40):
-        if stats.dead_lettered_total == 1 and (stats.completed_total or 0) >= 3:
+        # the DLQ's message count is sampled too: wait for it as well as for the totals
+        if (
+            stats.dead_lettered_total == 1
+            and (stats.completed_total or 0) >= 3
+            and stats.dead_letter == 1
+        ):
             break
         await asyncio.sleep(0.5)
         stats = await b.fetch_stats()

@@ -585,10 +585,15 @@ class RabbitMQBroker:
         async with self._lock:
             if self._alive():
                 channel = self._publish_channel
-                if channel is None or channel.is_closed:
-                    async with translate_errors("connect"):
-                        channel = await self._open_publish_channel()
-                return channel
+                if channel is not None and not channel.is_closed:
+                    return channel
+                try:
+                    return await self._open_publish_channel()
+                except Exception:
+                    # The connection is going too (a node killed: aio-pika raises RuntimeError
+                    # "closed" before the connection reads as closed): reconnect, as before
+                    # the publishing channel could be replaced alone.
+                    pass
             await self._drop_connection()
             async with translate_errors("connect"):
                 connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
