@@ -188,6 +188,30 @@ async def test_a_poison_job_is_dead_lettered_before_it_runs_with_its_history(
     assert stats.dead_letter == 1 and stats.backlog == 0 and stats.in_flight == 0
 
 
+async def test_a_poison_letter_counts_every_delivery_it_lost_and_those_before_its_retries(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a job that failed twice (two retries: its copy carries 2 deliveries, 0 lost)
+    b = await open_sqs(lease_seconds=3, max_deliveries=2)
+    await b.enqueue(job())
+    for n in range(2):
+        [d] = await fetch_until(b, 1, 10)
+        assert (
+            await b.retry(d, base.Failure("KeyError", f"try {n}", "tb", "w1"), delay_seconds=0)
+            is True
+        )
+    # When its worker then dies on two deliveries in a row (their leases expire)
+    lost = [d.lost for _ in range(2) for d in await fetch_until(b, 1, 10)]
+    assert lost == [0, 1]
+    # Then the next fetch dead-letters it, and the letter says what happened: 4 deliveries,
+    # 2 of them lost, 2 attempts with their history
+    assert await fetch_until(b, 1, 8) == []
+    [letter] = await b.list_dead_letters()
+    assert letter.reason == base.DeadLetterReason.MAX_DELIVERIES
+    assert (letter.attempts, letter.deliveries, letter.lost) == (2, 4, 2)
+    assert [r.message for r in letter.history] == ["try 0", "try 1"]
+
+
 async def test_a_blocking_fetch_returns_at_once_when_woken(open_sqs: OpenBroker) -> None:
     b = await open_sqs()
     wake = asyncio.Event()

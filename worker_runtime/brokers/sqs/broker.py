@@ -264,6 +264,19 @@ class _Held:
     message is left: a re-sent settle deletes, and never sends a second copy."""
 
 
+def _with_receives(held: _Held) -> _Held:
+    """``held`` carrying its message's receives before this one: each a delivery, and a lost
+    one (the message came back without a settle). This receive is not a delivery: a fetch
+    that dead-letters or parks the message never hands it out."""
+    before = held.receive_count - 1
+    carried = dataclasses.replace(
+        held.carried,
+        deliveries=held.carried.deliveries + before,
+        lost=held.carried.lost + before,
+    )
+    return dataclasses.replace(held, carried=carried)
+
+
 @dataclass(frozen=True)
 class _Buffered:
     """A message a long poll received that no fetch has handed out yet (its lease running)."""
@@ -802,7 +815,7 @@ class SqsBroker:
         try:
             env = envelope_mod.parse_envelope(body)
         except envelope_mod.EnvelopeError as exc:
-            await self._send_dead(receipt, held, exc.reason, worker_id=worker_id)
+            await self._send_dead(receipt, _with_receives(held), exc.reason, worker_id=worker_id)
             await self._delete(url, receipt)
             self.dead_lettered_by_fetch[exc.reason] += 1
             return None
@@ -831,7 +844,7 @@ class SqsBroker:
         if lost >= self.options.max_deliveries:
             self._by_job.pop(env.id, None)
             reason = base.DeadLetterReason.MAX_DELIVERIES
-            await self._send_dead(receipt, held, reason, worker_id=worker_id)
+            await self._send_dead(receipt, _with_receives(held), reason, worker_id=worker_id)
             await self._delete(url, receipt)
             self.dead_lettered_by_fetch[reason] += 1
             return None
@@ -842,14 +855,9 @@ class SqsBroker:
     async def _park(self, receipt: str, held: _Held) -> None:
         """A job whose delay is not over yet: re-send it for the next step (not a delivery)."""
         assert held.carried.not_before is not None
-        carried = dataclasses.replace(
-            held.carried,
-            deliveries=held.carried.deliveries + held.receive_count - 1,
-            lost=held.carried.lost + held.receive_count - 1,
-        )
         entry = self._send_entry(
             held.body,
-            carried,
+            _with_receives(held).carried,
             delay=min(MAX_SQS_DELAY, held.carried.not_before - time.time()),
             job_id="parked",
             envelope=None,
@@ -1130,10 +1138,10 @@ class SqsBroker:
 
     async def _send_dead(self, receipt: str, held: _Held, reason: str, *, worker_id: str) -> None:
         """Send a copy of the message to the DLQ with its counters and history (the caller
-        deletes the message)."""
+        deletes the message). ``held.carried`` holds the counts the letter keeps: the fetch
+        passes :func:`_with_receives`, a settle the counts of the delivery it settles."""
         carried = dataclasses.replace(
             held.carried,
-            deliveries=max(held.carried.deliveries, held.receive_count),
             reason=str(reason),
             dead_lettered_at=time.time(),
             worker_id=worker_id,
