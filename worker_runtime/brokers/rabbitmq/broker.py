@@ -66,6 +66,7 @@ import aio_pika.exceptions
 import aiormq.abc
 import aiormq.exceptions
 import pamqp.commands
+import pamqp.exceptions
 import yarl
 
 from worker_runtime import envelope as envelope_mod
@@ -382,19 +383,86 @@ def _is_member_not_running(exc: BaseException | None) -> bool:
     )
 
 
+REFUSED_CLOSES: tuple[type[aiormq.exceptions.ChannelClosed], ...] = (
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelNotFoundEntity,
+    aiormq.exceptions.ChannelLockedResource,
+    aiormq.exceptions.ChannelPreconditionFailed,
+)
+"""The channel closes that are RabbitMQ's answer "not allowed" (ACCESS_REFUSED 403, NOT_FOUND 404,
+RESOURCE_LOCKED 405, PRECONDITION_FAILED 406): the call was not applied, and sending it again
+changes nothing until someone changes the permissions or the queue. aiormq raises these classes
+with RabbitMQ's reply text as their only argument (no reply code), so they are told apart by
+class; a plain ``ChannelClosed`` carries ``(reply code, reply text)``."""
+
+REFUSAL_CODES = frozenset({403, 404, 405, 406})
+"""The same refusals by reply code, for a ``ChannelClosed(code, text)`` that carries one."""
+
+ABSENT_QUEUE_TEXTS = (
+    "is down or inaccessible",
+    "is stopped by supervisor",
+    "has crashed and failed to restart",
+    "due to timeout",
+    "may be stopping or being demoted",
+)
+"""RabbitMQ's NOT_FOUND texts for a queue that exists but whose process cannot be reached now
+(``rabbit_amqqueue``'s "absent" reasons on 3.10: its node down, the process stopped or crashed,
+a timeout, a replica stopping): an outage, not a refusal. Such a close stays
+:class:`~worker_runtime.errors.BrokerUnavailable`, which is also what a publish whose refusals
+outlast :data:`NACK_RETRY_DELAYS_SECONDS` must say (a topic's other subscriptions may hold the
+event). A NOT_FOUND that names a missing queue or exchange ("no queue 'x' in vhost '/'") is a
+refusal."""
+
+
+def _reply_text(exc: aiormq.exceptions.AMQPError) -> str:
+    """RabbitMQ's reply text of a channel close (``ACCESS_REFUSED - access to ...``): aiormq's
+    subclasses carry it alone, a plain ``ChannelClosed`` as ``(code, text)``."""
+    args = exc.args
+    if len(args) == 2 and (args[0] is None or isinstance(args[0], int)):
+        return f"{args[0]} {args[1]}" if args[1] else "no reply text"
+    return " ".join(str(a) for a in args) or type(exc).__name__
+
+
+def _is_refusal(exc: aiormq.exceptions.ChannelClosed) -> bool:
+    """Whether a channel close is RabbitMQ refusing the call (see :data:`REFUSED_CLOSES`),
+    rather than a queue it cannot reach now (:data:`ABSENT_QUEUE_TEXTS`) or any other close."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    if not isinstance(exc, REFUSED_CLOSES) and code not in REFUSAL_CODES:
+        return False
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity) or code == 404:
+        return not any(text in _reply_text(exc) for text in ABSENT_QUEUE_TEXTS)
+    return True
+
+
+def _connection_refusal(exc: pamqp.exceptions.PAMQPException) -> str | None:
+    """RabbitMQ's reply when it closed the connection instead of opening it, else None.
+
+    A ``connection.open`` RabbitMQ answers with ``connection.close`` (NOT_ALLOWED 530: the user
+    has no access to the URL's vhost, or the vhost does not exist) reaches the caller as pamqp's
+    ``AMQPInternalError("one of ['Connection.OpenOk']", <Connection.Close>)``, which is none of
+    aiormq's exceptions and carries the reason only in that frame."""
+    frames = [a for a in exc.args if isinstance(a, pamqp.commands.Connection.Close)]
+    if not frames:
+        return None
+    return f"{frames[0].reply_code} {frames[0].reply_text}"
+
+
 @contextlib.asynccontextmanager
 async def translate_errors(operation: str) -> AsyncIterator[None]:
-    """Map aio-pika's and aiormq's exceptions onto :mod:`worker_runtime.errors` (cause kept)."""
+    """Map aio-pika's, aiormq's and pamqp's exceptions onto :mod:`worker_runtime.errors` (cause
+    kept). RabbitMQ's refusals (:func:`_is_refusal`, a connection it would not open) are
+    :class:`~worker_runtime.errors.BrokerRejected` naming RabbitMQ's reply; everything else that
+    breaks a call is :class:`~worker_runtime.errors.BrokerUnavailable`."""
     try:
         yield
     except aiormq.exceptions.ChannelClosed as exc:
-        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
-        if code in (403, 404, 405, 406):
+        if _is_refusal(exc):
             raise errors.BrokerRejected(
-                f"RabbitMQ refused {operation}: {exc}", operation=operation
+                f"RabbitMQ refused {operation}: {_reply_text(exc)}", operation=operation
             ) from exc
         raise errors.BrokerUnavailable(
-            f"RabbitMQ channel closed during {operation}", operation=operation
+            f"RabbitMQ channel closed during {operation}: {_reply_text(exc)}",
+            operation=operation,
         ) from exc
     except aio_pika.exceptions.DeliveryError as exc:
         raise errors.BrokerRejected(
@@ -405,6 +473,17 @@ async def translate_errors(operation: str) -> AsyncIterator[None]:
         raise errors.BrokerRejected(
             f"RabbitMQ refused {operation}: it did not accept the user or password of the URL "
             f"({errors.describe_error(exc)})",
+            operation=operation,
+        ) from exc
+    except pamqp.exceptions.PAMQPException as exc:
+        refusal = _connection_refusal(exc)
+        if refusal is not None:
+            raise errors.BrokerRejected(
+                f"RabbitMQ refused {operation}: it closed the connection: {refusal}",
+                operation=operation,
+            ) from exc
+        raise errors.BrokerUnavailable(
+            f"no reply from RabbitMQ during {operation}: {errors.describe_error(exc)}",
             operation=operation,
         ) from exc
     except (
@@ -424,10 +503,14 @@ async def _declare_existing(
     channel: aio_pika.abc.AbstractChannel, name: str
 ) -> aio_pika.abc.AbstractQueue | None:
     """Queue ``name`` if it exists (a passive declare), else None; a missing queue closes
-    ``channel`` (AMQP's 404), so pass one of the caller's own."""
+    ``channel`` (AMQP's 404), so pass one of the caller's own. A queue that exists but cannot be
+    reached now (NOT_FOUND "home node ... is down or inaccessible", :data:`ABSENT_QUEUE_TEXTS`)
+    is no missing queue: that close is raised (an outage), not read as an empty DLQ."""
     try:
         return await channel.declare_queue(name, passive=True)
-    except aiormq.exceptions.ChannelNotFoundEntity:
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        if not _is_refusal(exc):
+            raise
         return None
 
 
