@@ -19,6 +19,9 @@ OUTCOMES = ("completed", "failed", "retried", "dead_lettered", "released", "time
 # The ``op`` values of workerfleet_redis_errors_total, exported from 0 at start so dashboards and
 # alerts see a worker without errors as 0, not as no data.
 REDIS_OPS = ("fetch", "adopt", "renew", "ack", "retry", "dead_letter", "history")
+# The ``op`` values of workerfleet_settles_unconfirmed_total (the settling calls the worker
+# re-sends), exported from 0 at start as well.
+SETTLE_OPS = ("ack", "retry", "dead_letter")
 
 # Seconds; no-op jobs take microseconds and real ones minutes, so the range is wide.
 DURATION_BUCKETS = (
@@ -116,6 +119,16 @@ class WorkerMetrics:
             ["queue"],
             registry=r,
         ).labels(queue)
+        self.settles_unconfirmed = Counter(
+            "workerfleet_settles_unconfirmed_total",
+            "Settling calls, by op, that got no reply and whose re-send was answered stale where"
+            " the broker cannot tell whether the first one landed (the job has left the queue):"
+            " most likely settled by this worker; not counted as lost leases.",
+            ["queue", "op"],
+            registry=r,
+        )
+        for op in SETTLE_OPS:
+            self.settles_unconfirmed.labels(queue, op)
         self.draining = Gauge(
             "workerfleet_worker_draining", "1 while the worker drains.", ["queue"], registry=r
         ).labels(queue)
@@ -203,6 +216,10 @@ class WorkerMetrics:
     def redis_error(self, op: str) -> None:
         """Count one failed Redis call."""
         self.redis_errors.labels(self.queue, op).inc()
+
+    def settle_unconfirmed(self, op: str) -> None:
+        """Count one settling call whose landing the broker could not confirm or deny."""
+        self.settles_unconfirmed.labels(self.queue, op).inc()
 
     def exposition(self) -> bytes:
         """The text exposition format of this worker's registry."""

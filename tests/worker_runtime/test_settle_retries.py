@@ -28,10 +28,19 @@ def _settler(*, lease_expiry: bool) -> settling.Settler:
             capabilities=dataclasses.replace(base.FULL_CONTRACT, lease_expiry=lease_expiry)
         ),
         settings=types.SimpleNamespace(lease_seconds=0.0),  # the lease time is over at once
-        metrics=types.SimpleNamespace(redis_error=lambda op: None),
+        metrics=types.SimpleNamespace(
+            redis_error=lambda op: None,
+            leases_lost=types.SimpleNamespace(inc=lambda: None),
+            settle_unconfirmed=lambda op: None,
+        ),
         health=types.SimpleNamespace(redis_ok=lambda: None),
     )
     return settling.Settler(worker, policy=None)  # type: ignore[arg-type]
+
+
+def _held() -> Any:
+    """The held job being settled (the settler reads its delivery and marks it lost)."""
+    return types.SimpleNamespace(job=types.SimpleNamespace(id="j1", receipt="r1"), lost=False)
 
 
 def _scripted(replies: list[bool | None]) -> tuple[Callable[[], Awaitable[bool]], list[int]]:
@@ -63,7 +72,7 @@ async def test_a_failing_settle_gives_up_after_the_lease_time_where_leases_expir
     waits: list[float],
 ) -> None:
     call, calls = _scripted([None, True])
-    assert await _settler(lease_expiry=True).settle("retry", call) is False
+    assert await _settler(lease_expiry=True).settle("retry", _held(), call) is False
     assert calls == [1]
 
 
@@ -71,7 +80,7 @@ async def test_a_failing_settle_goes_on_past_the_lease_time_where_leases_do_not_
     waits: list[float],
 ) -> None:
     call, calls = _scripted([None, None, None, None, True])
-    assert await _settler(lease_expiry=False).settle("retry", call) is True
+    assert await _settler(lease_expiry=False).settle("retry", _held(), call) is True
     assert calls == [5]
     assert waits == [0.1, 0.2, 0.4, 0.8]
 
@@ -80,5 +89,5 @@ async def test_it_stops_when_the_broker_answers_that_the_delivery_is_no_longer_t
     waits: list[float],
 ) -> None:
     call, calls = _scripted([None, None, False])
-    assert await _settler(lease_expiry=False).settle("retry", call) is False
+    assert await _settler(lease_expiry=False).settle("retry", _held(), call) is False
     assert calls == [3]

@@ -19,9 +19,10 @@ expires: the job is delivered again to someone (a *lost* delivery) and after
 with a delivery that is no longer current (its lease expired and the job went to someone else,
 or it was already settled) returns False and changes nothing: that is the *fence*, and it is
 what makes re-sending a settling call after :class:`~worker_runtime.errors.BrokerUnavailable`
-safe. Where a backend cannot keep a promise fully it says so in its :class:`Capabilities`, and
-the contract suite (``tests/worker_runtime/brokers/test_contract.py``) skips the check with
-that reason.
+safe (a re-send of one that had landed is answered False too: :class:`DeliveryAudit` tells the
+two apart where the broker can). Where a backend cannot keep a promise fully it says so in its
+:class:`Capabilities`, and the contract suite (``tests/worker_runtime/brokers/test_contract.py``)
+skips the check with that reason.
 
 Errors: every method raises only :mod:`worker_runtime.errors` classes for broker trouble
 (:class:`~worker_runtime.errors.BrokerUnavailable` when no reply came, so the call may have been
@@ -486,6 +487,73 @@ async def stop_prefetching(broker: Broker) -> None:
     that does not (Redis, SQS, memory fetch only what the worker asks for)."""
     if isinstance(broker, Prefetching):
         await broker.stop_prefetching()
+
+
+# -- what became of a delivery: a stale answer to a re-sent settle ------------------------------
+#
+# A settling call that got no reply (BrokerUnavailable) may have landed; the worker sends it
+# again, and the fence then answers the re-send False, exactly as it answers a delivery whose
+# lease was lost. Only then, never on the normal path, the worker asks the broker which of the
+# two it was. Optional and read-only: a broker that cannot tell (RabbitMQ, SQS) does not
+# implement it and :func:`fetch_delivery_fate` answers UNKNOWN for it.
+
+
+class DeliveryFate(StrEnum):
+    """What became of a delivery, judged from the counts the broker keeps for its job."""
+
+    SETTLED = "settled"
+    """A settling call of this delivery landed: no delivery of the job was lost since, and the
+    job lives on (a retry, a release) or lies in the DLQ."""
+    LOST = "lost"
+    """The delivery ended without a settle: its lease ran out and the job was delivered again
+    (or dead-lettered as poison). A lost lease; the worker's result is discarded."""
+    GONE = "gone"
+    """The job left the queue (acked), by this delivery or, after a lost lease, by another one:
+    nothing is left that tells which."""
+    HELD = "held"
+    """The delivery is still current: nothing ended it (a settle with it would be applied)."""
+    UNKNOWN = "unknown"
+    """The broker keeps nothing to tell by, or the check itself failed."""
+
+
+def judge_delivery_fate(
+    delivery: Delivery, *, deliveries: int, lost: int, dead_lettered_at: float | None = None
+) -> DeliveryFate:
+    """The fate of ``delivery`` from its job's counts as the broker keeps them now (the live
+    job's, or those its dead letter recorded at ``dead_lettered_at``).
+
+    Only a delivery that ends without a settle adds to ``lost`` (a reclaim after the lease ran
+    out, a poison dead letter, a release of a delivery its worker no longer held), and only its
+    own worker can settle a delivery (its receipt fences every other): so ``lost`` unchanged
+    means this delivery ended by its own settle. Counts below the delivery's (or a dead letter
+    older than the delivery) belong to a later job under the same id (re-enqueued, replayed):
+    GONE. A retry that landed and was then delivered again and lost, all within the worker's
+    re-sends, would read LOST: counted as a lost lease, the safe side.
+    """
+    if deliveries < delivery.deliveries or lost < delivery.lost:
+        return DeliveryFate.GONE
+    if dead_lettered_at is not None and dead_lettered_at < delivery.fetched_at:
+        return DeliveryFate.GONE
+    return DeliveryFate.LOST if lost > delivery.lost else DeliveryFate.SETTLED
+
+
+@runtime_checkable
+class DeliveryAudit(Protocol):
+    """A broker that can tell what became of a delivery (Redis, memory)."""
+
+    async def fetch_delivery_fate(self, delivery: Delivery) -> DeliveryFate:
+        """What became of ``delivery`` (read-only): HELD while it is current, else
+        :func:`judge_delivery_fate` on the job's counts, or GONE when the broker keeps nothing
+        of the job any more."""
+        ...
+
+
+async def fetch_delivery_fate(broker: Broker, delivery: Delivery) -> DeliveryFate:
+    """:meth:`DeliveryAudit.fetch_delivery_fate` where the broker implements it; UNKNOWN for
+    one that does not (RabbitMQ, SQS)."""
+    if isinstance(broker, DeliveryAudit):
+        return await broker.fetch_delivery_fate(delivery)
+    return DeliveryFate.UNKNOWN
 
 
 # -- topics: publish once, one job per subscription ---------------------------------------------

@@ -470,6 +470,24 @@ class MemoryBroker:
             self._to_dlq(delivery.id, str(reason), failure.worker_id if failure else "", now)
             return True
 
+    async def fetch_delivery_fate(self, delivery: base.Delivery) -> base.DeliveryFate:
+        with self._q.lock:
+            self._check_open()
+            if self._current(delivery) is not None:
+                return base.DeliveryFate.HELD
+            job = self._q.jobs.get(delivery.id)
+            if job is not None:
+                return base.judge_delivery_fate(delivery, deliveries=job.deliveries, lost=job.lost)
+            letter = self._q.dlq.get(delivery.id)
+            if letter is None:
+                return base.DeliveryFate.GONE  # acked: nothing of the job is kept
+            return base.judge_delivery_fate(
+                delivery,
+                deliveries=letter.deliveries,
+                lost=letter.lost,
+                dead_lettered_at=letter.dead_lettered_at,
+            )
+
     async def release(self, delivery: base.Delivery) -> bool:
         with self._q.lock:
             self._check_open()

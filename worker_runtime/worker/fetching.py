@@ -19,9 +19,9 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from worker_runtime import errors, logs
+from worker_runtime import logs
 from worker_runtime.worker import held as held_mod
-from worker_runtime.worker import transient
+from worker_runtime.worker import settling, transient
 
 if TYPE_CHECKING:
     from worker_runtime.worker.core import Worker
@@ -166,11 +166,11 @@ class FetchLoop:
                 self.ack_queue[:0] = acks
                 # Without a reply the script may still have run: adopt what it leased to us.
                 # (An error reply, e.g. READONLY, is an answer, and a fetch that never got a
-                # connection was never sent: nothing to adopt after either.)
-                self.unsure = self.unsure or not (
-                    isinstance(exc, errors.BrokerRejected)
-                    or (isinstance(exc, errors.BrokerUnavailable) and not exc.sent)
-                )
+                # connection was never sent: nothing to adopt after either.) Its acks may have
+                # landed too: the fence rejects their re-send then, which is no lost lease.
+                if settling.may_have_landed(exc):
+                    self.unsure = True
+                    w.settler.note_unanswered(acks)
                 failures += 1
                 w.metrics.fetch_errors.inc()
                 delay = self._error_delay(failures)
@@ -270,7 +270,9 @@ class FetchLoop:
                 name = h.spec.name if h.spec is not None else h.job.envelope.task
                 completed.append((name, h.ran))
             else:
-                w.settler.stale(h)
+                w.settler.rejected(h)
+        if w.settler.unanswered:  # acks sent again after a call without a reply: answered now
+            w.settler.answered(acks)
         w.forget_all(acks)
         w.metrics.jobs_completed(completed)  # one update per batch, not three locks per job
 
@@ -285,10 +287,11 @@ class FetchLoop:
         assert w.q is not None
         q = w.q
         try:
-            ok = await w.settler.settle("ack", lambda: q.ack(h.job))
-            self.finish_acks([h], [ok])
+            # not landed: the settle counted what it was (lost or unconfirmed); forgotten below
+            if await w.settler.settle("ack", h, lambda: q.ack(h.job)):
+                self.finish_acks([h], [True])
         finally:
-            if h.ack_pending:  # the settle raised: forget it; the lease returns the job
+            if h.ack_pending:  # it raised (the lease returns the job) or did not land
                 h.ack_pending = False
                 w.forget(h)
 

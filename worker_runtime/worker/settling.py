@@ -11,6 +11,13 @@ settle that fails on a queue error is retried until the lease would have run out
 job simply returns to the queue when its lease expires (at-least-once). On a broker whose leases
 do not expire by time (``Capabilities.lease_expiry`` False: RabbitMQ) it is retried until it
 lands or the delivery is no longer the worker's.
+
+A settle that got no reply may have landed, and then the fence rejects its re-send as stale just
+as it rejects a lost lease. A stale answer to a first try is a lost lease; one that follows a try
+without a reply is judged by the broker (:func:`~worker_runtime.brokers.base.fetch_delivery_fate`,
+one read-only call, only then): settled by this worker (counted as it would have been), lost
+(a lost lease), or unconfirmed (the job has left the queue, or the broker cannot tell:
+``workerfleet_settles_unconfirmed_total``, never a lost lease).
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from worker_runtime import app as app_mod
-from worker_runtime import logs
+from worker_runtime import errors, logs
 from worker_runtime.brokers import base
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import policy as policy_mod
@@ -34,12 +41,27 @@ if TYPE_CHECKING:
 log = logs.get_logger("worker")
 
 
+def may_have_landed(exc: BaseException) -> bool:
+    """Whether a broker call that raised ``exc`` may still have been applied: no reply came.
+
+    An error reply (``BrokerRejected``) is an answer (nothing applied), and a call that never got
+    a connection (``BrokerUnavailable`` with ``sent`` False) was never sent.
+    """
+    if isinstance(exc, errors.BrokerRejected):
+        return False
+    return not (isinstance(exc, errors.BrokerUnavailable) and not exc.sent)
+
+
 class Settler:
     """Acks, retries and dead-letters held jobs on the worker's queue."""
 
     def __init__(self, worker: Worker, policy: policy_mod.RetryPolicy) -> None:
         self.worker = worker
         self.policy = policy
+        # Jobs whose ack rode on an ack_and_fetch that got no reply (it may have landed): a
+        # stale answer to the re-sent ack is asked of the broker before it counts as lost.
+        self.unanswered: set[tuple[str, base.Receipt]] = set()
+        self._asking: set[asyncio.Task[None]] = set()  # ask_broker for the fetch loop's acks
 
     def ran_for(self, h: held_mod.Held) -> float:
         """Seconds the handler ran (added to the worker's busy time)."""
@@ -68,12 +90,10 @@ class Settler:
             return
         q = w.q
         ok = await self.settle(
-            "ack", lambda: q.ack(h.job, done_key=done_key, done_ttl_seconds=done_ttl)
+            "ack", h, lambda: q.ack(h.job, done_key=done_key, done_ttl_seconds=done_ttl)
         )
         if ok:
             w.metrics.job_finished(spec.name, "completed", seconds)
-        else:
-            self.stale(h)
 
     async def failed(
         self, h: held_mod.Held, spec: app_mod.TaskSpec, exc: BaseException, timed_out: bool
@@ -92,17 +112,16 @@ class Settler:
         if isinstance(decision, policy_mod.DeadLetter):
             reason = decision.reason
             ok = await self.settle(
-                "dead_letter", lambda: q.dead_letter(job, reason, failure=failure)
+                "dead_letter", h, lambda: q.dead_letter(job, reason, failure=failure)
             )
             outcome = "dead_lettered"
         else:
             delay = decision.delay_seconds
-            ok = await self.settle("retry", lambda: q.retry(job, failure, delay_seconds=delay))
+            ok = await self.settle("retry", h, lambda: q.retry(job, failure, delay_seconds=delay))
             outcome = "retried"
             if ok:
                 w.metrics.retried(spec.name)
         if not ok:
-            self.stale(h)
             w.metrics.job_finished(spec.name, "failed", seconds)
             return
         if outcome == "dead_lettered":
@@ -144,8 +163,7 @@ class Settler:
             assert w.q is not None
             q = w.q
             h.settling = True
-            if not await self.settle("ack", lambda: q.ack(h.job)):
-                self.stale(h)
+            if not await self.settle("ack", h, lambda: q.ack(h.job)):
                 return
             w.metrics.job_expired(spec.name, "dropped")
             log.info("expired job dropped", extra={"late_seconds": round(late, 3)})
@@ -167,19 +185,21 @@ class Settler:
         # Not a handler failure (the handler never ran): recorded in the history, but it
         # spends no attempt and does not count in failed_total.
         ok = await self.settle(
-            "dead_letter", lambda: q.dead_letter(h.job, reason, failure=failure, attempt=False)
+            "dead_letter", h, lambda: q.dead_letter(h.job, reason, failure=failure, attempt=False)
         )
         task = h.job.envelope.task if h.spec is not None else "<unknown>"
         if ok:
             w.metrics.dead_letter(str(reason))
             w.metrics.job_finished(task, "dead_lettered", None)
             log.warning("job dead-lettered", extra={"reason": str(reason), "error": message[:500]})
-        else:
-            self.stale(h)
         return ok
 
-    async def settle(self, op: str, make_call: Callable[[], Awaitable[bool]]) -> bool:
-        """Send a settling call, retrying queue errors within the lease; its reply (or False)."""
+    async def settle(
+        self, op: str, h: held_mod.Held, make_call: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """Send a settling call of ``h``, retrying queue errors within the lease; True when it
+        landed. False when it did not land here, already counted: a lost lease (rejected as
+        stale, or given up) or an unconfirmed settle (see :meth:`ask_broker`)."""
         w = self.worker
         # A settle that fails on a broker error is retried until the lease would have run out:
         # settles are fenced by the delivery's token, so a retry of one that did land is
@@ -193,11 +213,20 @@ class Settler:
         expires = w.q is None or w.q.capabilities.lease_expiry
         deadline = time.monotonic() + w.settings.lease_seconds
         attempt = 0
+        # True once a try got no reply: that try may have landed, and then the fence rejects
+        # every later one as stale, as it rejects a lost lease. (An ack the fetch loop sent
+        # without a reply and sends again here starts so.)
+        unanswered = False
+        if self.unanswered:
+            key = (h.job.id, h.job.receipt)
+            unanswered = key in self.unanswered
+            self.unanswered.discard(key)
         while True:
             try:
                 result = bool(await make_call())
             except transient.BROKER_ERRORS as exc:
                 w.metrics.redis_error(op)
+                unanswered = unanswered or may_have_landed(exc)
                 attempt += 1
                 if time.monotonic() > deadline:
                     if expires:
@@ -205,6 +234,7 @@ class Settler:
                             "giving up a settle; the job returns after its lease",
                             extra={"op": op, "error": transient.describe(exc)},
                         )
+                        self.stale(h)
                         return False
                     if deadline != math.inf:
                         log.warning(
@@ -216,7 +246,74 @@ class Settler:
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt))
                 continue
             w.health.redis_ok()
-            return result
+            if result:
+                return True
+            if not unanswered:
+                self.stale(h)  # a first try rejected: the lease was lost
+                return False
+            return await self.ask_broker(op, h)
+
+    async def ask_broker(self, op: str, h: held_mod.Held) -> bool:
+        """A settle of ``h`` was answered stale after a try of it got no reply; True when the
+        broker says that try had landed.
+
+        One read-only call, in this rare case only (:func:`base.fetch_delivery_fate`): settled
+        (True: counted as the settle it was), lost (a lost lease, as a stale first try is), or
+        gone or unknown (the job left the queue, or the broker cannot tell: counted in
+        ``workerfleet_settles_unconfirmed_total``, not as a lost lease; so is held, which the
+        stale answer rules out).
+        """
+        w = self.worker
+        assert w.q is not None
+        try:
+            fate = await base.fetch_delivery_fate(w.q, h.job)
+        except Exception as exc:  # a check: it never fails the settle it judges
+            log.warning(
+                "could not ask the broker what became of a delivery",
+                extra={"op": op, "error": transient.describe(exc)},
+            )
+            fate = base.DeliveryFate.UNKNOWN
+        if fate is base.DeliveryFate.SETTLED:
+            log.info("settle confirmed: a try without a reply had landed", extra={"op": op})
+            return True
+        if fate is base.DeliveryFate.LOST:
+            self.stale(h)
+            return False
+        w.metrics.settle_unconfirmed(op)
+        log.warning(
+            "settle unconfirmed: a try got no reply and its re-send was rejected as stale; the "
+            "broker cannot tell whether that try landed, most likely this worker settled the "
+            "job (not counted as a lost lease)",
+            extra={"op": op, "fate": str(fate)},
+        )
+        return False
+
+    def note_unanswered(self, hs: Iterable[held_mod.Held]) -> None:
+        """Acks of these jobs rode on an ``ack_and_fetch`` that got no reply and may have
+        landed: a stale answer to their re-send is asked of the broker."""
+        self.unanswered.update((h.job.id, h.job.receipt) for h in hs)
+
+    def answered(self, hs: Iterable[held_mod.Held]) -> None:
+        """The fetch loop's acks of these jobs got a reply (called while any is unanswered)."""
+        for h in hs:
+            self.unanswered.discard((h.job.id, h.job.receipt))
+
+    def rejected(self, h: held_mod.Held) -> None:
+        """The fetch loop's ack of ``h`` was answered stale: a lost lease, or after an ack
+        without a reply, asked of the broker in a task of its own (the loop goes on)."""
+        key = (h.job.id, h.job.receipt)
+        if key not in self.unanswered:
+            self.stale(h)
+            return
+        self.unanswered.discard(key)
+        task = asyncio.get_running_loop().create_task(self._ask_broker_for_ack(h))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
+
+    async def _ask_broker_for_ack(self, h: held_mod.Held) -> None:
+        if await self.ask_broker("ack", h):
+            name = h.spec.name if h.spec is not None else h.job.envelope.task
+            self.worker.metrics.jobs_completed([(name, h.ran)])
 
     def stale(self, h: held_mod.Held) -> None:
         """The settle was rejected: the lease was lost and the result is discarded."""

@@ -271,6 +271,12 @@ class RedisBroker:
         except Exception as exc:
             raise_mapped(exc, "fetch_previous_delay")
 
+    async def fetch_delivery_fate(self, delivery: base.Delivery) -> base.DeliveryFate:
+        try:
+            return await self.engine.fetch_delivery_fate(delivery)
+        except Exception as exc:
+            raise_mapped(exc, "fetch_delivery_fate")
+
     async def fetch_is_done(self, done_key: str) -> bool:
         try:
             return await idempotency.fetch_is_done(self.client, self.queue, done_key)

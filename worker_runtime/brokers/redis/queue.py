@@ -621,6 +621,40 @@ class QueueClient:
             return float(previous)
         return None
 
+    async def fetch_delivery_fate(self, job: base.Delivery) -> base.DeliveryFate:
+        """What became of ``job``'s delivery (read-only; see :class:`base.DeliveryFate`).
+
+        Asked only after a settle of it was answered stale following a try that got no reply,
+        never on the hot path. A delivery whose token is still in ``inflight`` is HELD; else
+        the live job's ``state`` (``prio|attempts|deliveries|lost``) answers; a job that has
+        none any more is read in its dead letter (which records the same counts); an acked job
+        leaves nothing behind (its env, state and history are deleted): GONE. Plain reads in
+        that order: a job moves from the live state to the DLQ in one script, so a job seen
+        with no state is already where it ends.
+        """
+        flight = await self.client.hget(self.keys.inflight, job.id)
+        if flight is not None and _text(flight).split("|", 1)[0] == job.receipt:
+            return base.DeliveryFate.HELD
+        raw = await self.client.hget(self.keys.state, job.id)
+        if raw is not None:
+            parts = _text(raw).split("|")
+            if len(parts) != 4 or not (parts[2].isdigit() and parts[3].isdigit()):
+                return base.DeliveryFate.UNKNOWN
+            return base.judge_delivery_fate(job, deliveries=int(parts[2]), lost=int(parts[3]))
+        letter = await self.client.hget(self.keys.dlq_data, job.id)
+        if letter is None:
+            return base.DeliveryFate.GONE
+        try:
+            record = json.loads(letter)
+            return base.judge_delivery_fate(
+                job,
+                deliveries=int(record["deliveries"]),
+                lost=int(record["lost"]),
+                dead_lettered_at=float(record["dead_lettered_at"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return base.DeliveryFate.UNKNOWN
+
     async def dead_letter(
         self,
         job: base.Delivery,
