@@ -2037,6 +2037,8 @@ class RabbitMQBroker:
         published = acked = dead_published = 0
         for row in rows:
             name = str(row.get("name", ""))
+            if not topology.owns(self.queue, name):
+                continue  # the filter is a regex the API applies caseless: check each name
             ready = int(row.get("messages_ready") or 0)
             unacked = int(row.get("messages_unacknowledged") or 0)
             if topology.level_of(name, self.queue) is not None:
@@ -2048,7 +2050,7 @@ class RabbitMQBroker:
             elif name == topology.dead_queue(self.queue):
                 dead += ready + unacked
                 dead_published += int((row.get("message_stats") or {}).get("publish") or 0)
-            elif name.startswith(topology.delay_queue_prefix(self.queue)):
+            else:  # a delay bucket
                 delayed += ready + unacked
         return base.QueueStats(
             queue=self.queue,

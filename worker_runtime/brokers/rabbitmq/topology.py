@@ -68,6 +68,7 @@ is the envelope JSON, unchanged.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 PREFIX = "wf"
@@ -150,8 +151,34 @@ def delay_queue_prefix(queue: str) -> str:
 
 
 def queue_name_pattern(queue: str) -> str:
-    """A regular expression matching every RabbitMQ queue of ``queue`` (management API filter)."""
-    return "^" + f"{PREFIX}.{queue}.".replace(".", r"\.")
+    """A regular expression matching exactly the RabbitMQ queues of ``queue``: its work queues,
+    its DLQ and its delay buckets (the management API's ``name`` filter with ``use_regex``).
+
+    Exactly, because queue names may hold dots: the prefix it was before (``^wf\\.Q\\.``)
+    also matched every queue of the queues named ``Q.<anything>``, and the work queues and DLQ
+    of a queue named ``Q.delay`` (``wf.Q.delay.high``, ``wf.Q.delay.dead``) start like ``Q``'s
+    delay buckets, so ``Q``'s stats counted ``Q.delay``'s jobs as its own delayed ones (and
+    such queues shared the request's page of rows with ``Q``'s). Case-sensitive (``(?-i:...)``):
+    the management API compiles the filter caseless, and ``Orders`` and ``orders`` are two
+    queues. No two queue names share a RabbitMQ queue (see :func:`owns`), so no name needs
+    refusing: only reads by pattern could mix them."""
+    levels = "|".join(LEVELS)
+    own = re.escape(f"{PREFIX}.{queue}.")
+    return f"(?-i:^{own}(?:{levels}|dead|delay\\.(?:{levels})\\.[0-9]+)$)"
+
+
+def owns(queue: str, name: str) -> bool:
+    """Whether the RabbitMQ queue ``name`` is one of ``queue``'s (what
+    :func:`queue_name_pattern` matches).
+
+    Why two workerfleet queues never share one: every name is ``wf.<queue>.<suffix>`` with a
+    suffix in ``high``, ``normal``, ``low``, ``dead``, ``delay.<level>.<ms>``. For queues ``A``
+    and ``B = A.<r>`` to share one, a suffix of ``A`` would have to end in ``.<a suffix of
+    B>``; only ``delay.<level>.<ms>`` has a dot, and neither ``<level>.<ms>`` nor ``<ms>`` (all
+    digits) is a suffix."""
+    if name in (dead_queue(queue), *(work_queue(queue, level) for level in LEVELS)):
+        return True
+    return bucket_ms(queue, name) is not None
 
 
 QUEUE_TYPES = ("quorum", "classic")
