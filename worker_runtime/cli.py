@@ -49,6 +49,30 @@ LookupError for a pool that cannot be found, and :class:`PoolUnreachable` when t
 API does not answer, refuses the read or fails it."""
 
 
+def describe_install(extra: str) -> str:
+    """The command that adds ``extra`` to this Python's workerfleet.
+
+    workerfleet is on no package index, so ``pip install 'workerfleet[extra]'`` finds nothing:
+    an extra comes from the clone or the wheel workerfleet was installed from, which pip records
+    (``direct_url.json``) for a local install; otherwise the command names a clone's path.
+    """
+    import json
+    import urllib.parse
+    from importlib import metadata
+
+    source = "/path/to/workerfleet"  # a clone, or the wheel `make dist` writes
+    # every copy on the path: a source tree's workerfleet.egg-info records no origin
+    for dist in metadata.distributions(name="workerfleet"):
+        try:
+            url = str(json.loads(dist.read_text("direct_url.json") or "{}").get("url", ""))
+        except (ValueError, AttributeError):
+            continue
+        if url.startswith("file://"):
+            source = urllib.parse.unquote(url.removeprefix("file://"))
+            break
+    return f"{sys.executable} -m pip install '{source}[{extra}]'"
+
+
 # ---- registration ----------------------------------------------------------------------------
 
 

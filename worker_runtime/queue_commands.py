@@ -47,7 +47,10 @@ def _pool_target(args: argparse.Namespace) -> tuple[str, str] | None:
     cached: tuple[str, str] | None = getattr(args, "_pool_target", None)
     if cached is None:
         if cli.POOL_RESOLVER is None:
-            msg = "--pool needs the operator package (pip install 'workerfleet[operator]')"
+            msg = (
+                "--pool reads WorkerPools: run it as `workerfleet`, not `python -m "
+                f"worker_runtime`, with the operator extra ({cli.describe_install('operator')})"
+            )
             raise CliError(msg)
         if args.redis_url or getattr(args, "broker_url", None) or args.queue:
             msg = "--pool finds the queue and its broker URL: drop --broker-url/--redis-url/--queue"

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from workerfleet_operator import extras
+
 SubParsers = Any
 
 
@@ -107,18 +109,13 @@ def read_token(path: str | None, env_name: str, environ: Mapping[str, str]) -> s
     return environ.get(env_name) or None
 
 
+@extras.requires("console", "the console")
 def cmd_console(args: argparse.Namespace) -> int:
     """Serve the console until interrupted."""
-    try:
-        import uvicorn
+    import uvicorn
 
-        from workerfleet_operator.console import app, security, sources
-    except ImportError as exc:
-        print(
-            f"workerfleet: the console needs its extra: pip install 'workerfleet[console]' ({exc})",
-            file=sys.stderr,
-        )
-        return 2
+    from workerfleet_operator.console import app, security, sources
+
     try:
         token = read_token(args.token_file, args.token_env, os.environ)
     except OSError as exc:
@@ -146,6 +143,10 @@ def cmd_console(args: argparse.Namespace) -> int:
         return 2
     source: sources.Source
     if args.kube:
+        missing = extras.describe_missing("operator", "the console's --kube")
+        if missing is not None:
+            print(f"workerfleet: {missing}", file=sys.stderr)
+            return 2
         from workerfleet_operator.shell import inventory
 
         try:

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Any
 
+from workerfleet_operator import extras
+
 
 def register_commands(subparsers: Any) -> None:
     """Add ``operator`` to the ``workerfleet`` parser."""
@@ -30,6 +32,7 @@ def register_commands(subparsers: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
+@extras.requires("operator", "workerfleet operator")
 def _run(args: argparse.Namespace) -> int:
     if args.namespaces:
         os.environ["WORKERFLEET_OPERATOR_NAMESPACES"] = args.namespaces

@@ -16,6 +16,8 @@ import json
 import sys
 from typing import Any
 
+from workerfleet_operator import extras
+
 SubParsers = Any
 
 
@@ -75,6 +77,7 @@ async def _fetch_rows(args: argparse.Namespace) -> list[Any]:
         await login.client.close()
 
 
+@extras.requires("operator", "workerfleet pools")
 def cmd_pools(args: argparse.Namespace) -> int:
     """Print the pools table."""
     from worker_runtime.brokers.redis import stats
@@ -138,11 +141,16 @@ def resolve_pool(pool: str, kubeconfig: str | None) -> tuple[str, str]:
 
     Raises :class:`~workerfleet_operator.shell.inventory.InventoryError` for a pool that cannot
     be found, and the runtime's ``PoolUnreachable`` when the API server does not answer, refuses
-    this user (401, 403), throttles it (429) or fails (5xx).
+    this user (401, 403), throttles it (429) or fails (5xx); without the operator extra, the
+    runtime's ``CliError`` saying how to install it.
     """
+    from worker_runtime import cli as runtime_cli
+
+    missing = extras.describe_missing("operator", "--pool")
+    if missing is not None:
+        raise runtime_cli.CliError(missing)
     import aiohttp
 
-    from worker_runtime import cli as runtime_cli
     from worker_runtime import errors
     from workerfleet_operator.shell import inventory, kube
 
