@@ -153,6 +153,21 @@ class EnqueueRequest:
         return envelope_mod.encode_envelope(self.envelope)
 
 
+def validate_delay(seconds: float, what: str = "an enqueue delay") -> None:
+    """Refuse a delay that is not a finite number of seconds with ``ValueError``: every
+    broker's enqueue and retry check theirs here, before anything is sent. (``inf`` stored a
+    job that never came due, ``nan`` ran at once: neither is what the caller asked for.)"""
+    if not math.isfinite(seconds):
+        raise ValueError(f"{what} must be a finite number of seconds: {seconds}")
+
+
+def validate_delays(requests: Sequence[EnqueueRequest]) -> None:
+    """:func:`validate_delay` for every request of a batch: all checked before any is sent,
+    so a refused batch adds nothing."""
+    for request in requests:
+        validate_delay(request.delay_seconds)
+
+
 @dataclass(frozen=True)
 class EnqueueResult:
     """The job id a request resolved to; ``created`` is False when deduplicated."""

@@ -358,11 +358,7 @@ class MemoryBroker:
     async def enqueue_many(
         self, requests: Sequence[base.EnqueueRequest]
     ) -> list[base.EnqueueResult]:
-        for request in requests:  # all checked before any is added, as the other brokers do
-            if not math.isfinite(request.delay_seconds):
-                raise ValueError(
-                    f"an enqueue delay must be a finite number of seconds: {request.delay_seconds}"
-                )
+        base.validate_delays(requests)
         with self._q.lock:
             self._check_open()
             return _add_jobs(self._q, requests, self.clock(), self.options.enqueue_dedup_seconds)
@@ -427,10 +423,7 @@ class MemoryBroker:
         self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
     ) -> bool:
         with self._q.lock:
-            if not math.isfinite(delay_seconds):
-                raise ValueError(
-                    f"a retry delay must be a finite number of seconds: {delay_seconds}"
-                )
+            base.validate_delay(delay_seconds, "a retry delay")
             self._check_open()
             job = self._current(delivery)
             if job is None:

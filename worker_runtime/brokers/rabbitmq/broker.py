@@ -1189,8 +1189,7 @@ class RabbitMQBroker:
     # -- producer side ---------------------------------------------------------------------
 
     async def enqueue(self, request: base.EnqueueRequest) -> base.EnqueueResult:
-        if not math.isfinite(request.delay_seconds):
-            raise ValueError("delay_seconds must be finite")
+        base.validate_delay(request.delay_seconds)
         env = request.envelope
         body = request.envelope_bytes()
         # a new job carries no state headers: an absent count reads as 0 (one table less to
@@ -1209,9 +1208,7 @@ class RabbitMQBroker:
     async def enqueue_many(
         self, requests: Sequence[base.EnqueueRequest]
     ) -> list[base.EnqueueResult]:
-        for request in requests:  # all refused before any is published, as the other brokers
-            if not math.isfinite(request.delay_seconds):
-                raise ValueError("delay_seconds must be finite")
+        base.validate_delays(requests)
         # confirms are pipelined: all publishes are in flight at once, each awaits its own
         return list(await asyncio.gather(*(self.enqueue(r) for r in requests)))
 
@@ -1479,8 +1476,7 @@ class RabbitMQBroker:
     async def retry(
         self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
     ) -> bool:
-        if not math.isfinite(delay_seconds):
-            raise ValueError("delay_seconds must be finite")
+        base.validate_delay(delay_seconds, "a retry delay")
         held = self._current(delivery)
         if held is None:
             return False

@@ -39,12 +39,6 @@ AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 _log = logs.get_logger("brokers.redis")
 
 
-def validate_delay(seconds: float, what: str = "an enqueue delay") -> None:
-    """Refuse a delay that is not a finite number of seconds (``ValueError``, as every broker)."""
-    if not math.isfinite(seconds):
-        raise ValueError(f"{what} must be a finite number of seconds: {seconds}")
-
-
 REDIS_CALL_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 """What a failed call to Redis raises (redis-py's errors, and socket errors it lets through)."""
 
@@ -286,13 +280,13 @@ class QueueClient:
         A non-finite delay raises ``ValueError`` here, before the call joins a batch: ``inf``
         could never come due (and failed the whole batch's encoding), ``nan`` ran at once.
         """
-        validate_delay(request.delay_seconds)
+        base.validate_delay(request.delay_seconds)
         return await self._enqueues.submit(request)
 
     async def enqueue_many(self, requests: Sequence[EnqueueRequest]) -> list[EnqueueResult]:
         """Add jobs atomically per batch of ≤ MAX_BATCH; idempotency keys deduplicate."""
         for request in requests:  # all checked before any is sent: nothing is half-applied
-            validate_delay(request.delay_seconds)
+            base.validate_delay(request.delay_seconds)
         out: list[EnqueueResult] = []
         for start in range(0, len(requests), MAX_BATCH):
             chunk = requests[start : start + MAX_BATCH]
@@ -598,7 +592,7 @@ class QueueClient:
         A non-finite delay raises ``ValueError`` here, before the call joins a batch: it
         could never come due, and it must not fail the retries coalesced with it.
         """
-        validate_delay(delay_seconds, "a retry delay")
+        base.validate_delay(delay_seconds, "a retry delay")
         failure_json = encode_failure(failure, retry_in_seconds=delay_seconds)
         item = (job.id, job.receipt, delay_seconds, failure_json)
         return await self._retries.submit(item)

@@ -498,8 +498,7 @@ class SqsBroker:
         entry_id: str = "0",
     ) -> dict[str, Any]:
         """One SendMessage(Batch) entry; a delay over 900 s waits its first step."""
-        if not math.isfinite(delay):
-            raise ValueError("delay_seconds must be finite")
+        base.validate_delay(delay)
         delay = max(0.0, delay)
         if delay > MAX_SQS_DELAY and not self.settings.fifo:
             carried = dataclasses.replace(carried, not_before=time.time() + delay)
@@ -1083,8 +1082,7 @@ class SqsBroker:
     async def retry(
         self, delivery: base.Delivery, failure: base.Failure, *, delay_seconds: float
     ) -> bool:
-        if not math.isfinite(delay_seconds):
-            raise ValueError("delay_seconds must be finite")
+        base.validate_delay(delay_seconds, "a retry delay")
         taken = self._take(delivery)
         if taken is None:
             return False
