@@ -147,6 +147,11 @@ class TaskSpec:
     handler_ref: tuple[str, str] | None = None
 
 
+JOB_ID_DONE_KEY_PREFIX = "job-id:"
+"""What a job without an idempotency key records done under, before its id
+(:attr:`JobContext.default_done_key`)."""
+
+
 class JobContext:
     """What a handler knows about the job it runs. One per delivery; cheap to create.
 
@@ -215,12 +220,27 @@ class JobContext:
         self._done_key: str | None = None
         self._done_ttl: float | None = None
 
+    @property
+    def default_done_key(self) -> str:
+        """The key :meth:`already_done` and :meth:`mark_done_on_ack` use when given none: the
+        job's idempotency key, else ``job-id:<job id>``.
+
+        A job enqueued without an idempotency key (the default) keeps its id across retries
+        and redeliveries, so the check finds what the ack of an earlier run recorded. Without
+        this, ``already_done()`` answered False and ``mark_done_on_ack()`` raised after the
+        side effect, failing the job: the documented idiom repeated its side effect on every
+        attempt and ended in the DLQ. The prefix keeps it apart from the idempotency keys
+        producers choose.
+        """
+        if self.idempotency_key is not None:
+            return self.idempotency_key
+        return JOB_ID_DONE_KEY_PREFIX + self.job_id
+
     async def already_done(self, key: str | None = None) -> bool:
-        """Whether ``key`` (default: the job's idempotency key) was recorded done by an ack."""
-        key = key if key is not None else self.idempotency_key
-        if key is None or self._idempotency is None:
+        """Whether ``key`` (default: :attr:`default_done_key`) was recorded done by an ack."""
+        if self._idempotency is None:
             return False
-        return await self._idempotency(key)
+        return await self._idempotency(key if key is not None else self.default_done_key)
 
     def already_done_sync(self, key: str | None = None) -> bool:
         """:meth:`already_done` for sync handlers (they run in a worker thread)."""
@@ -241,11 +261,9 @@ class JobContext:
         return asyncio.run_coroutine_threadsafe(self.already_done(key), self._loop).result(30.0)
 
     def mark_done_on_ack(self, key: str | None = None, *, ttl_seconds: float = 86_400.0) -> None:
-        """Record ``key`` as done atomically with this job's ack (only if the ack succeeds)."""
-        key = key if key is not None else self.idempotency_key
-        if key is None:
-            msg = "mark_done_on_ack needs a key: the job has no idempotency key"
-            raise ValueError(msg)
+        """Record ``key`` (default: :attr:`default_done_key`) as done atomically with this
+        job's ack (only if the ack succeeds)."""
+        key = key if key is not None else self.default_done_key
         if not key.strip():
             msg = "mark_done_on_ack needs a key that is not empty or blank"
             raise ValueError(msg)

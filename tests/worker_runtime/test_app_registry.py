@@ -284,15 +284,34 @@ async def test_a_retry_delay_prefers_retry_later_then_the_errors_retry_after_the
     assert await w.policy.retry_delay(app.tasks["default"], RuntimeError(), job(3)) == 4.0
 
 
-def test_mark_done_on_ack_needs_a_key_and_records_the_one_given() -> None:
+def test_mark_done_on_ack_records_the_key_given_else_the_jobs_idempotency_key_else_its_id() -> None:
     ctx = _ctx()
-    with pytest.raises(ValueError, match="idempotency key"):
-        ctx.mark_done_on_ack()
     ctx.mark_done_on_ack("order-7", ttl_seconds=60)
     assert ctx.done_key == ("order-7", 60)
     keyed = _ctx(idempotency_key="k-1")
     keyed.mark_done_on_ack()
     assert keyed.done_key == ("k-1", 86_400.0)
+    # a job without an idempotency key (it used to raise here, after the side effect)
+    unkeyed = _ctx()
+    unkeyed.mark_done_on_ack()
+    assert unkeyed.done_key == ("job-id:j1", 86_400.0)
+
+
+@pytest.mark.parametrize(("idempotency_key", "expected"), [(None, "job-id:j1"), ("k-1", "k-1")])
+async def test_already_done_asks_for_the_key_mark_done_on_ack_records(
+    idempotency_key: str | None, expected: str
+) -> None:
+    asked: list[str] = []
+
+    async def is_done(key: str) -> bool:
+        asked.append(key)
+        return False
+
+    ctx = _ctx(idempotency_key=idempotency_key, idempotency=is_done)
+    assert await ctx.already_done() is False
+    ctx.mark_done_on_ack()
+    assert asked == [expected]
+    assert ctx.done_key == (expected, 86_400.0)
 
 
 @pytest.mark.parametrize(
