@@ -579,7 +579,7 @@ class App:
                 p.sync_producer = producer.SyncProducer(p.sync_client, self._target_queue())
             return p.sync_producer
 
-    def _checked_payload(self, task: str, payload: BaseModel | Mapping[str, Any]) -> Any:
+    def _checked_payload(self, task: str, payload: BaseModel | Mapping[str, Any] | None) -> Any:
         # When this process knows the task, a bad payload fails here, at the caller, not later
         # in a worker's dead-letter queue.
         spec = self.tasks.get(task)
@@ -588,6 +588,12 @@ class App:
         value = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
         validated = spec.payload_adapter.validate_python(value)
         return validated if isinstance(validated, BaseModel) else payload
+
+    def _checked_spec(self, spec: producer_mod.JobSpec) -> producer_mod.JobSpec:
+        # enqueue_many's jobs get enqueue's check (they skipped it: a bad payload reached
+        # the DLQ as invalid_payload instead of failing the call)
+        payload = self._checked_payload(spec.task, spec.payload)
+        return spec if payload is spec.payload else dataclasses.replace(spec, payload=payload)
 
     async def enqueue(
         self,
@@ -620,8 +626,10 @@ class App:
     async def enqueue_many(
         self, jobs: Sequence[producer_mod.JobSpec]
     ) -> list[queue_mod.EnqueueResult]:
-        """Enqueue many jobs in pipelined batches."""
-        return await (await self._async_producer()).enqueue_many(jobs)
+        """Enqueue many jobs in pipelined batches; payloads are checked as ``enqueue`` checks
+        them, all before any job is sent."""
+        checked = [self._checked_spec(spec) for spec in jobs]
+        return await (await self._async_producer()).enqueue_many(checked)
 
     def enqueue_sync(
         self,
