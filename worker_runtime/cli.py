@@ -92,6 +92,13 @@ def parse_count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def parse_metrics_port(text: str) -> int:
+    """An argparse type: the worker's metrics port, where -1 means off as 0 does (``workerfleet
+    run`` takes -1 for off and 0 for any free port; a worker's 0 has always meant off)."""
+    value = parse_count(-1)(text)
+    return 0 if value == -1 else value
+
+
 def parse_seconds(*, zero: bool) -> Callable[[str], float]:
     """An argparse type: a finite number of seconds, above zero (or from zero when ``zero``),
     plain (``90``) or with a unit as ``--since`` takes it (``90s``, ``15m``, ``2h``, ``3d``).
@@ -155,7 +162,9 @@ def _connection_flags(
             help="take the queue and its broker URL from this WorkerPool and its Secret",
         )
         parser.add_argument(
-            "--kubeconfig", default=None, help="kubeconfig for --pool (default: $KUBECONFIG)"
+            "--kubeconfig",
+            default=None,
+            help="kubeconfig for --pool (default: $KUBECONFIG, else ~/.kube/config)",
         )
 
 
@@ -178,7 +187,14 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
         help="how long a job stays leased without a renewal (renewed every third of it)",
     )
     w.add_argument("--drain-timeout", type=float, default=None, help="drain budget in seconds")
-    w.add_argument("--metrics-port", type=int, default=None, help="0 disables /metrics")
+    w.add_argument(
+        "--metrics-port",
+        type=parse_metrics_port,
+        default=None,
+        metavar="PORT",
+        help="port of /metrics, /healthz and /readyz ($WORKERFLEET_METRICS_PORT, else 9100); "
+        "0 or -1 turns them off. Unlike `workerfleet run --metrics-port`, 0 is not a free port",
+    )
     # any case, as their environment variables (str.lower runs before the choices are checked)
     w.add_argument("--log-format", type=str.lower, choices=("json", "text"), default=None)
     w.add_argument(

@@ -51,7 +51,12 @@ def register_commands(subparsers: SubParsers) -> None:
         help="show the cluster's WorkerPools (status, conditions, scaling decisions) through "
         "the kubeconfig instead of queues on one Redis URL",
     )
-    c.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG)")
+    c.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig (default: $KUBECONFIG, else ~/.kube/config, else the pod's service "
+        "account)",
+    )
     c.add_argument(
         "--namespace",
         "-n",

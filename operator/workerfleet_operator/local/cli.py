@@ -52,7 +52,8 @@ def register_commands(subparsers: SubParsers) -> None:
         "--metrics-port",
         type=int,
         default=9109,
-        help="per-pool metrics on 127.0.0.1:PORT/metrics (0: any free port, -1: off)",
+        help="per-pool metrics on 127.0.0.1:PORT/metrics (default 9109; 0: any free port, "
+        "-1: off). Unlike `workerfleet worker --metrics-port`, where 0 is off",
     )
     run.add_argument(
         "--app-path",

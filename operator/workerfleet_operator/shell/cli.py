@@ -27,7 +27,9 @@ def register_commands(subparsers: Any) -> None:
         "--namespaces", help="comma-separated namespaces to watch (default: cluster-wide)"
     )
     parser.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: in-cluster service account)"
+        "--kubeconfig",
+        help="kubeconfig file (default: the pod's service account, else $KUBECONFIG, else "
+        "~/.kube/config)",
     )
     parser.set_defaults(handler=_run)
 

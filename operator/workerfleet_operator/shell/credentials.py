@@ -49,16 +49,19 @@ class CredentialsError(Exception):
 def find_kubeconfig(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """The kubeconfig to use: ``path``, else the first of ``$KUBECONFIG``, else ~/.kube/config.
 
-    None when there is none and no path was named (a pod may then use its service account).
+    None when there is none and no path was named (a pod may then use its service account). A
+    named path that does not exist is an error, never a fall back to another cluster's
+    kubeconfig (``--kubeconfig`` with a typo went on with ~/.kube/config's cluster).
     """
-    candidates = [path] if path else []
-    candidates += [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    if path:
+        if os.path.isfile(path):
+            return path
+        raise CredentialsError(f"no kubeconfig at {path}")
+    candidates = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
     candidates.append(os.path.expanduser("~/.kube/config"))
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
-    if path:
-        raise CredentialsError(f"no kubeconfig at {path}")
     return None
 
 
@@ -149,7 +152,10 @@ def load_login(
         return load_kubeconfig_login(path)
     if in_pod is not None:
         return in_pod
-    raise CredentialsError("no kubeconfig: pass --kubeconfig or set KUBECONFIG (or run in a pod)")
+    raise CredentialsError(
+        "no kubeconfig: pass --kubeconfig, set KUBECONFIG or put one at "
+        f"{os.path.expanduser('~/.kube/config')} (or run in a pod)"
+    )
 
 
 def _expiration_of(expiry: Any, now: Callable[[], float]) -> datetime.datetime | None:

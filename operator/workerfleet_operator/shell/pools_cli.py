@@ -33,7 +33,11 @@ def register_commands(subparsers: SubParsers) -> None:
     p.add_argument(
         "--namespace", "-n", default=None, help="namespace (default: the kubeconfig context's)"
     )
-    p.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG)")
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)",
+    )
     p.add_argument(
         "--live",
         action="store_true",
