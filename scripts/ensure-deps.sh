@@ -10,10 +10,13 @@
 # `ensure-deps.sh --demo [DEMO_ARGS...]` installs only what `make demo` runs: the venv module,
 # redis-server and prometheus, and the broker server the demo's arguments ask for
 # (`--broker rabbitmq`: rabbitmq-server; `--broker sqs`: ElasticMQ and a Java runtime), nothing
-# else.
+# else; with `--no-prometheus` among them (the demo runs without it), not prometheus.
+# Without apt-get (not Debian or Ubuntu), it installs nothing: it says what to install by hand
+# and exits 1.
 set -euo pipefail
 DEMO_ONLY=0
 DEMO_BROKER=redis
+DEMO_PROMETHEUS=1
 if [ "${1:-}" = "--demo" ]; then
   DEMO_ONLY=1
   shift
@@ -21,6 +24,7 @@ if [ "${1:-}" = "--demo" ]; then
     case "$1" in
       --broker) DEMO_BROKER="${2:-redis}"; shift ;;
       --broker=*) DEMO_BROKER="${1#--broker=}" ;;
+      --no-prometheus) DEMO_PROMETHEUS=0 ;;
     esac
     shift
   done
@@ -47,13 +51,39 @@ if ! "$PY" -c 'import ensurepip' >/dev/null 2>&1 &&
   need_apt+=("python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv")
 fi
 if ! command -v redis-server >/dev/null 2>&1; then need_apt+=(redis-server); fi
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
+if [ "$DEMO_ONLY" = 0 ] || [ "$DEMO_PROMETHEUS" = 1 ]; then
+  if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then need_apt+=(prometheus); fi
+fi
 if [ "$DEMO_ONLY" = 0 ] && { ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; }; then
   need_apt+=(chromium chromium-driver)
 fi
 # zsh and fish: the CLI's completion code is tested in each shell it is printed for.
 if [ "$DEMO_ONLY" = 0 ] && { ! command -v zsh >/dev/null 2>&1 || ! command -v fish >/dev/null 2>&1; }; then
   need_apt+=(zsh fish)
+fi
+# What a Debian package stands for, for a machine that has to install it some other way.
+describe_need() {
+  case "$1" in
+    python*-venv) echo "Python ${1#python}'s venv module with ensurepip (Debian/Ubuntu: $1)" ;;
+    redis-server) echo "redis-server >= 7 on PATH" ;;
+    prometheus)
+      if [ "$DEMO_ONLY" = 1 ]; then
+        echo "prometheus and promtool on PATH, or run the demo without them: make demo DEMO_ARGS=--no-prometheus"
+      else
+        echo "prometheus and promtool on PATH"
+      fi
+      ;;
+    chromium) echo "chromium on PATH (the console's browser tests)" ;;
+    chromium-driver) echo "chromedriver on PATH, matching chromium" ;;
+    zsh | fish) echo "$1 on PATH (the completion tests)" ;;
+    *) echo "$1" ;;
+  esac
+}
+if ((${#need_apt[@]})) && ! command -v apt-get >/dev/null 2>&1; then
+  say "no apt-get here: these scripts install their tools with Debian's or Ubuntu's apt only."
+  say "Install these yourself, then run it again:"
+  for package in "${need_apt[@]}"; do say "  - $(describe_need "$package")"; done
+  exit 1
 fi
 if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]} from Debian"
@@ -72,7 +102,9 @@ if [ "$DEMO_ONLY" = 1 ]; then
     rabbitmq) bash "$(dirname "$0")/ensure-rabbitmq.sh" ;;
     sqs) bash "$(dirname "$0")/ensure-elasticmq.sh" ;;
   esac
-  say "ok (demo): $(redis-server --version | cut -d' ' -f3) $(promtool --version 2>&1 | head -1 | cut -d' ' -f3)"
+  prometheus_version="no prometheus (--no-prometheus)"
+  if [ "$DEMO_PROMETHEUS" = 1 ]; then prometheus_version=$(promtool --version 2>&1 | head -1 | cut -d' ' -f3); fi
+  say "ok (demo): $(redis-server --version | cut -d' ' -f3) $prometheus_version"
   exit 0
 fi
 
