@@ -579,39 +579,78 @@ class App:
                 p.sync_producer = producer.SyncProducer(p.sync_client, self._target_queue())
             return p.sync_producer
 
-    def _checked_payload(self, task: str, payload: BaseModel | Mapping[str, Any] | None) -> Any:
+    def _checked_payload(
+        self, task: str, payload: BaseModel | Mapping[str, Any] | None, allow_unregistered: bool
+    ) -> Any:
         # When this process knows the task, a bad payload fails here, at the caller, not later
         # in a worker's dead-letter queue.
         spec = self.tasks.get(task)
         if spec is None:
+            if not allow_unregistered:
+                self._refuse_unregistered(task)
             return payload
         value = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
         validated = spec.payload_adapter.validate_python(value)
         return validated if isinstance(validated, BaseModel) else payload
 
-    def _checked_spec(self, spec: producer_mod.JobSpec) -> producer_mod.JobSpec:
-        # enqueue_many's jobs get enqueue's check (they skipped it: a bad payload reached
-        # the DLQ as invalid_payload instead of failing the call)
-        payload = self._checked_payload(spec.task, spec.payload)
+    def _refuse_unregistered(self, task: str) -> None:
+        """Raise :class:`errors.UnknownTask` when this App registers tasks for the queue its
+        jobs go to and ``task`` is none of them: its worker would dead-letter the job as
+        ``unknown_task`` (a typo used to return created=True and fail there, later)."""
+        # An App that registers nothing there produces for another service's workers: any
+        # name goes. A worker runs every task its App registers, whatever queue it serves;
+        # the App's own queue is served by its plain tasks (subscriptions have queues of their
+        # own), a subscription's queue by all of them.
+        if self._target_queue() in self.subscriptions:
+            served = sorted(self.tasks)
+        else:
+            served = sorted(name for name in self.tasks if name not in self.subscriptions)
+        if not served:
+            return
+        import difflib  # only on the way to the error
+
+        close = difflib.get_close_matches(task, served, n=1)
+        suggestion = close[0] if close else None
+        shown = ", ".join(repr(name) for name in served[:20])
+        more = f" and {len(served) - 20} more" if len(served) > 20 else ""
+        hint = f"did you mean {suggestion!r}? " if suggestion is not None else ""
+        msg = (
+            f"task {task!r} is not registered on this App (queue {self._target_queue()!r}, "
+            f"tasks {shown}{more}): a worker would dead-letter it as unknown_task. {hint}"
+            "If a worker registers it in a module this process does not import, import that "
+            "module or pass allow_unregistered=True"
+        )
+        raise errors.UnknownTask(msg, task=task, known=tuple(served), suggestion=suggestion)
+
+    def _checked_spec(
+        self, spec: producer_mod.JobSpec, allow_unregistered: bool
+    ) -> producer_mod.JobSpec:
+        # enqueue_many's jobs get enqueue's checks (they skipped them: a bad payload or task
+        # name reached the DLQ instead of failing the call)
+        payload = self._checked_payload(spec.task, spec.payload, allow_unregistered)
         return spec if payload is spec.payload else dataclasses.replace(spec, payload=payload)
 
     async def enqueue(
         self,
         task: str,
         payload: BaseModel | Mapping[str, Any],
+        *,
+        allow_unregistered: bool = False,
         **options: Unpack[producer_mod.EnqueueOptions],
     ) -> queue_mod.EnqueueResult:
         """Enqueue one job; returns its id and whether it was created (False: deduplicated).
 
         Options (``delay``, ``eta``, ``priority``, ``idempotency_key``, ``idempotency_ttl``,
         ``correlation_id``, ``max_attempts``, ...): :class:`worker_runtime.producer.JobSpec`.
+        A task this App registers gets its payload validated; a name it does not register is
+        refused (:class:`errors.UnknownTask`) when the App registers other tasks for the
+        queue, unless ``allow_unregistered`` (a task registered in a module not imported here).
         """
         from worker_runtime import events  # deferred for cold start (see the imports)
 
+        checked = self._checked_payload(task, payload, allow_unregistered)
         options = _with_lineage(options)
-        result = await (await self._async_producer()).enqueue(
-            task, self._checked_payload(task, payload), **options
-        )
+        result = await (await self._async_producer()).enqueue(task, checked, **options)
         correlation = options.get("correlation_id")
         if correlation is not None and result.created:
             headers = options.get("headers") or {}
@@ -624,23 +663,24 @@ class App:
         return result
 
     async def enqueue_many(
-        self, jobs: Sequence[producer_mod.JobSpec]
+        self, jobs: Sequence[producer_mod.JobSpec], *, allow_unregistered: bool = False
     ) -> list[queue_mod.EnqueueResult]:
-        """Enqueue many jobs in pipelined batches; payloads are checked as ``enqueue`` checks
-        them, all before any job is sent."""
-        checked = [self._checked_spec(spec) for spec in jobs]
+        """Enqueue many jobs in pipelined batches; each is checked as :meth:`enqueue` checks
+        it, all before any job is sent."""
+        checked = [self._checked_spec(spec, allow_unregistered) for spec in jobs]
         return await (await self._async_producer()).enqueue_many(checked)
 
     def enqueue_sync(
         self,
         task: str,
         payload: BaseModel | Mapping[str, Any],
+        *,
+        allow_unregistered: bool = False,
         **options: Unpack[producer_mod.EnqueueOptions],
     ) -> queue_mod.EnqueueResult:
         """Blocking :meth:`enqueue` for sync code (web views, scripts)."""
-        return self._sync_producer().enqueue(
-            task, self._checked_payload(task, payload), **_with_lineage(options)
-        )
+        checked = self._checked_payload(task, payload, allow_unregistered)
+        return self._sync_producer().enqueue(task, checked, **_with_lineage(options))
 
     # ---- events ----------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ classes and never a client library's own: each broker maps its client's exceptio
     │   │   └── UnsupportedScheme
     │   └── BrokerNotInstalled              the scheme is known, its client package is not
     ├── EnvelopeError (also ValueError)     a stored job that cannot run; ``reason`` goes to the DLQ
+    ├── InvalidJob (also ValueError)        a job refused before it is sent; fix the call
+    │   └── UnknownTask                     a task name its App does not register
     └── BrokerError                         a broker call failed
         ├── BrokerUnavailable               no reply: the call may or may not have been applied
         ├── BrokerRejected                  the broker answered with an error: not applied
@@ -67,6 +69,25 @@ class EnvelopeError(WorkerfleetError, ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class InvalidJob(WorkerfleetError, ValueError):
+    """A job the producer refuses before anything is sent: a worker could never run it as
+    meant. Also a ``ValueError``, as the producer's other refusals are."""
+
+
+class UnknownTask(InvalidJob):
+    """An enqueue naming a task its App does not register, on a queue the App registers tasks
+    for: a worker would dead-letter the job as ``unknown_task``. ``known`` lists the App's task
+    names; ``suggestion`` is the closest of them, if any is close."""
+
+    def __init__(
+        self, message: str, *, task: str, known: tuple[str, ...], suggestion: str | None
+    ) -> None:
+        super().__init__(message)
+        self.task = task
+        self.known = known
+        self.suggestion = suggestion
 
 
 class BrokerError(WorkerfleetError):
