@@ -181,18 +181,73 @@ def build_envelope(
     )
     if plain is not None:
         return plain
-    return JobEnvelope(
-        id=job_id or new_job_id(),
-        task=task,
-        payload=build_payload(payload),
-        priority=Priority(priority),
-        max_attempts=max_attempts,
-        correlation_id=correlation_id,
-        idempotency_key=idempotency_key,
-        enqueued_at=at,
-        headers=dict(headers or {}),
-        expires_at=expires_at,
+    data = build_payload(payload)
+    try:
+        return JobEnvelope(
+            id=job_id or new_job_id(),
+            task=task,
+            payload=data,
+            priority=Priority(priority),
+            max_attempts=max_attempts,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            enqueued_at=at,
+            headers=dict(headers or {}),
+            expires_at=expires_at,
+        )
+    except pydantic.ValidationError as exc:
+        refused = _payload_not_json(exc, data)
+        if refused is None:
+            raise
+        raise refused from None
+
+
+def _payload_not_json(
+    exc: pydantic.ValidationError, payload: object
+) -> errors.PayloadNotJSON | None:
+    # Only on the way to an error. pydantic words a datetime in a dict payload as "1 validation
+    # error for JobEnvelope / payload.dict.when / input was not a valid JSON value": about the
+    # envelope, not the caller's value. Its loc is ("payload", kind, key, kind, key, ...), and
+    # ends in "[key]" when a key is not a string: follow it to the value and say what it is.
+    # None: any other error (a cycle, too deep, a field besides the payload): pydantic's
+    # error stands.
+    problems = exc.errors()
+    if not all(p["loc"][:1] == ("payload",) for p in problems):
+        return None
+    loc = problems[0]["loc"][1:]
+    bad_key = loc[-1:] == ("[key]",)
+    if problems[0]["type"] != ("string_type" if bad_key else "invalid-json-value"):
+        return None
+    steps = loc[:-3] if bad_key else loc
+    if len(steps) % 2:
+        return None  # not a (kind, key) path: a shape this reading does not know
+    path, value = "payload", payload
+    for kind, step in zip(steps[::2], steps[1::2], strict=True):
+        try:
+            value = value[step]  # type: ignore[index]
+        except (LookupError, TypeError):
+            return None
+        path = f"{path}[{step}]" if kind == "list" else f"{path}.{step}"
+    if bad_key:
+        key = loc[-2]
+        type_name = _type_name(key)
+        msg = f"{path} has the key {key!r} of type {type_name}: JSON object keys are strings"
+        return errors.PayloadNotJSON(msg, path=path, type_name=type_name)
+    type_name = _type_name(value)
+    msg = (
+        f"{path} holds a value of type {type_name}, which a job's JSON payload cannot carry: "
+        "give the task a pydantic payload model (it converts datetime, Decimal, set, ... when "
+        "the job is enqueued) and enqueue the model, or convert the value first (e.g. "
+        ".isoformat() for a datetime, str() for a Decimal, a list for a set or tuple)"
     )
+    return errors.PayloadNotJSON(msg, path=path, type_name=type_name)
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 # The producer's hot path. Validating an envelope with pydantic costs ~4 us whatever it holds,

@@ -15,7 +15,8 @@ classes and never a client library's own: each broker maps its client's exceptio
     │   └── BrokerNotInstalled              the scheme is known, its client package is not
     ├── EnvelopeError (also ValueError)     a stored job that cannot run; ``reason`` goes to the DLQ
     ├── InvalidJob (also ValueError)        a job refused before it is sent; fix the call
-    │   └── UnknownTask                     a task name its App does not register
+    │   ├── UnknownTask                     a task name its App does not register
+    │   └── PayloadNotJSON                  a payload value JSON cannot carry (a datetime, a set)
     └── BrokerError                         a broker call failed
         ├── BrokerUnavailable               no reply: the call may or may not have been applied
         ├── BrokerRejected                  the broker answered with an error: not applied
@@ -88,6 +89,17 @@ class UnknownTask(InvalidJob):
         self.task = task
         self.known = known
         self.suggestion = suggestion
+
+
+class PayloadNotJSON(InvalidJob):
+    """A payload holding a value a job's JSON cannot carry (a ``datetime``, ``Decimal``,
+    ``set``, ``bytes``, tuple, a key that is not a string...). ``path`` says where
+    (``payload.a.b[1]``), ``type_name`` what it is."""
+
+    def __init__(self, message: str, *, path: str, type_name: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.type_name = type_name
 
 
 class BrokerError(WorkerfleetError):

@@ -7,7 +7,7 @@ import json
 import pydantic
 import pytest
 
-from worker_runtime import envelope
+from worker_runtime import envelope, errors
 
 
 class Email(pydantic.BaseModel):
@@ -72,7 +72,7 @@ def test_an_envelope_that_cannot_run_is_refused_with_a_reason(
 
 
 def test_a_payload_that_is_not_json_is_refused_at_enqueue_never_pickled() -> None:
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(errors.PayloadNotJSON, match=r"^payload\.when holds a value of type object"):
         envelope.build_envelope("t", {"when": object()})
 
 
