@@ -42,8 +42,9 @@ SCHEMES: dict[str, str] = {
 """Every broker URL scheme workerfleet knows → the module that serves it. The docs name these."""
 
 _EXTRAS = {
-    "worker_runtime.brokers.rabbitmq": "workerfleet[rabbitmq]",
-    "worker_runtime.brokers.sqs": "workerfleet[sqs]",
+    # aio-pika is one of workerfleet's own dependencies: there is no rabbitmq extra
+    "worker_runtime.brokers.rabbitmq": "reinstall workerfleet, which depends on aio-pika",
+    "worker_runtime.brokers.sqs": "install workerfleet[sqs]",
 }
 
 
@@ -68,7 +69,7 @@ def backend_module(url: str) -> Any:
     """
     name = SCHEMES[scheme_of(url)]
     extra = _EXTRAS.get(name)
-    hint = f"; install {extra}" if extra else ""
+    hint = f"; {extra}" if extra else ""
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
