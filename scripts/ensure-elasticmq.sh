@@ -24,6 +24,11 @@ say() { printf 'elasticmq: %s\n' "$*" >&2; }
 need_apt=()
 command -v java >/dev/null 2>&1 || need_apt+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+if ((${#need_apt[@]})) && ! command -v apt-get >/dev/null 2>&1; then
+  say "no apt-get here: this script installs Java and Maven with Debian's or Ubuntu's apt only."
+  say "Install a Java runtime >= 11 (java) and Maven (mvn) yourself, then run it again."
+  exit 1
+fi
 if ((${#need_apt[@]})); then
   say "installing ${need_apt[*]} from Debian"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -9,6 +9,11 @@ set -euo pipefail
 say() { printf 'deps: %s\n' "$*" >&2; }
 
 if ! command -v rabbitmq-server >/dev/null 2>&1 || ! command -v rabbitmqctl >/dev/null 2>&1; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "no apt-get here: this script installs rabbitmq-server with Debian's or Ubuntu's apt only."
+    say "Install rabbitmq-server (with its management plugin, rabbitmqctl on PATH) yourself, then run it again."
+    exit 1
+  fi
   say "installing rabbitmq-server from Debian"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

@@ -79,3 +79,27 @@ def test_demo_deps_without_prometheus_need_only_redis_when_the_demo_skips_it(
     # Then it has all it needs
     assert done.returncode == 0, done.stderr
     assert "deps: ok (demo): v=7.2.4 no prometheus (--no-prometheus)" in done.stderr
+
+
+def test_the_rabbitmq_and_elasticmq_steps_without_apt_name_what_to_install_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    # Given a machine with no apt-get, no rabbitmq-server, no java and no mvn
+    repo = make_repo(tmp_path)
+    for name in ("ensure-rabbitmq.sh", "ensure-elasticmq.sh"):
+        shutil.copy(Path(__file__).parents[1] / "scripts" / name, repo / "scripts" / name)
+    path = path_without_apt(tmp_path, redis=True)
+    # When `make demo DEMO_ARGS="--broker rabbitmq"` or `--broker sqs` reaches its broker step
+    rabbitmq = run(repo, "ensure-rabbitmq.sh", tmp_path, PATH=path)
+    elasticmq = run(
+        repo, "ensure-elasticmq.sh", tmp_path, PATH=path, WORKERFLEET_CACHE=str(tmp_path / "c")
+    )
+    # Then each says what to install by hand and exits 1, not "apt-get: command not found"
+    assert rabbitmq.returncode == 1, rabbitmq.stderr
+    assert "command not found" not in rabbitmq.stderr
+    assert "deps: no apt-get here" in rabbitmq.stderr
+    assert "Install rabbitmq-server (with its management plugin" in rabbitmq.stderr
+    assert elasticmq.returncode == 1, elasticmq.stderr
+    assert "command not found" not in elasticmq.stderr
+    assert "elasticmq: no apt-get here" in elasticmq.stderr
+    assert "Install a Java runtime >= 11 (java) and Maven (mvn)" in elasticmq.stderr
