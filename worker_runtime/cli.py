@@ -188,6 +188,13 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     )
     w.add_argument("--drain-timeout", type=float, default=None, help="drain budget in seconds")
     w.add_argument(
+        "--burst",
+        action="store_true",
+        default=None,
+        help="run the jobs ready now, then exit 0 once none is ready and none is held; "
+        "jobs delayed into the future are left queued ($WORKERFLEET_BURST)",
+    )
+    w.add_argument(
         "--metrics-port",
         type=parse_metrics_port,
         default=None,
@@ -514,6 +521,7 @@ def _run_worker_command(args: argparse.Namespace) -> int:
         "concurrency": args.concurrency,
         "lease_seconds": args.lease_seconds,
         "drain_timeout_seconds": args.drain_timeout,
+        "burst": args.burst,
         "metrics_port": args.metrics_port,
         "log_format": args.log_format,
         "log_level": args.log_level,

@@ -77,6 +77,13 @@ class WorkerSettings(BaseSettings):
     pod_namespace: str = ""
     log_level: LogLevel = "info"
     log_format: LogFormat = "json"
+    burst: bool = Field(
+        default=False,
+        description=(
+            "run the jobs ready now, then exit 0 once the queue has none ready and the worker "
+            "holds none (tests, one-off batch runs); jobs delayed into the future are left"
+        ),
+    )
     event_loop: EventLoop = Field(
         default="asyncio",
         description=(

@@ -69,6 +69,9 @@ class Worker:
         self.busy_seconds = 0.0
         self.started_at = time.time()
         self.draining = False
+        self.burst = settings.burst  # exit once the queue has nothing ready and nothing is held
+        self.burst_ended = False
+        self.burst_leftover: base.QueueStats | None = None  # the queue when a burst ended
         self.wake: asyncio.Event | None = None  # a slot freed or an ack queued
         self.loop: asyncio.AbstractEventLoop | None = None
         self.q: base.Broker | None = None
@@ -118,6 +121,14 @@ class Worker:
         """First call: start draining. Second call: stop waiting and release now."""
         self.drainer.request(signum)
 
+    def end_burst(self) -> None:
+        """The queue had no job ready and this worker held none: drain and exit (burst mode)."""
+        if self.draining:  # a signal came first: that drain is the one under way
+            return
+        self.burst_ended = True
+        log.info("burst over: the queue has no job ready", extra={"processed": self.processed})
+        self.request_drain()
+
     def in_use(self) -> int:
         """Slots taken: held jobs plus timed-out sync handlers still running in a thread."""
         return len(self.held) + self.runner.zombies
@@ -142,8 +153,13 @@ class Worker:
                     finished += 1  # finished here: a job given back or lost runs elsewhere
             idle = not held
         self.processed += finished
-        if idle and self.control is not None:
-            self.control.report_idle()
+        if idle:
+            if self.control is not None:
+                self.control.report_idle()
+            if self.burst:
+                # The fetch waiting for work was sent while jobs were held, so its empty answer
+                # cannot end the burst: end that wait now rather than after FETCH_BLOCK_SECONDS.
+                self.fetcher.interrupt()
         self.poke()
 
     # ---- main ------------------------------------------------------------------------------
@@ -209,6 +225,8 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.fetcher.adopt_orphans(), timeout=3.0)
                 await self.drainer.run()
+                if self.burst_ended:
+                    self.burst_leftover = await self._fetch_leftover()
         finally:
             ticker.cancel()
             watchdog.cancel()
@@ -216,11 +234,27 @@ class Worker:
             if self.install_signal_handlers:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-        log.info(
-            "worker stopped",
-            extra={"worker_id": self.worker_id, "processed": self.processed},
-        )
+        extra: dict[str, object] = {"worker_id": self.worker_id, "processed": self.processed}
+        if self.burst_ended:
+            extra["burst"] = True
+            left = self.burst_leftover
+            if left is not None:  # what the burst did not wait for (delayed into the future)
+                extra["still_delayed"] = left.future_delayed
+                extra["still_queued"] = left.backlog + left.due_delayed
+        log.info("worker stopped", extra=extra)
         return 0
+
+    async def _fetch_leftover(self) -> base.QueueStats | None:
+        # One stats read for the burst's exit line; a broker without stats, or one that does
+        # not answer soon, leaves the counts out rather than delay or fail a clean exit.
+        q = self.q
+        if not isinstance(q, base.QueueProbe):
+            return None
+        try:
+            return await asyncio.wait_for(q.fetch_stats(), timeout=3.0)
+        except transient.BROKER_ERRORS as exc:
+            log.info("no queue stats for the burst's end", extra={"error": transient.describe(exc)})
+            return None
 
     def _subscribing_failed(self, exc: BaseException) -> None:
         self.metrics.redis_error("connect")

@@ -147,17 +147,23 @@ class FetchLoop:
                     )
                     self.finish_acks(acks, flags)
                 else:  # no other call is out (checked above): this one may wait for work
+                    # Burst mode ends on an empty fetch sent while the worker held nothing: a
+                    # job held when it was sent may still schedule a retry due at once.
+                    settled = w.burst and not w.held
                     self.blocking_lanes += 1
                     try:
                         jobs = await q.fetch(
                             w.worker_id,
                             free,
-                            block=FETCH_BLOCK_SECONDS,
+                            block=0.0 if settled else FETCH_BLOCK_SECONDS,
                             wake=wake,
                             holding=w.held,
                         )
                     finally:
                         self.blocking_lanes -= 1
+                    if settled and not jobs:
+                        w.end_burst()
+                        break
             except Exception as exc:
                 # Only a deliberate shutdown (cancellation) ends this loop: any other error,
                 # foreseen (the broker) or not (a bug, a reply nobody expected), is retried with
