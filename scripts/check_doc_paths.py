@@ -196,7 +196,9 @@ def check_lines(
         for word in words_of(line):
             if looks_like_repo_path(word, top_dirs) and not (repo / word).exists():
                 stale.append(StaleReference(page, number, word))
-        for name, suffix in TEST_NAME.findall(line):
+        # A sample's own test (``def test_...`` in a fenced block) is defined there, not named.
+        defined = in_fence and TEST_DEF.match(line) is not None
+        for name, suffix in [] if defined else TEST_NAME.findall(line):
             if not tests.names(name, is_file=bool(suffix)):
                 stale.append(StaleReference(page, number, name + suffix))
         for link in LINK.findall(line) if not in_fence else []:

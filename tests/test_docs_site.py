@@ -100,6 +100,30 @@ def test_every_repository_path_and_test_the_docs_name_exists() -> None:
     assert [str(ref) for ref in stale] == []
 
 
+def test_a_sample_that_defines_its_own_test_names_no_test_but_a_call_of_one_still_does(
+    tmp_path: Path,
+) -> None:
+    # Given a page whose sample defines a test of the reader's own, then names a missing one
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/page.md").write_text(
+        "```python\n"
+        "def test_each_email_is_sent_once() -> None:\n"
+        "    assert True\n"
+        "async def test_an_async_sample() -> None: ...\n"
+        "test_a_missing_behaviour()\n"
+        "```\n"
+        "Prose naming `test_each_email_is_sent_once` refers to the project's tests.\n"
+    )
+    # When the check runs over that repository
+    stale = check_doc_paths.find_stale_references(tmp_path)
+    # Then only the call and the prose name a missing test; the definitions are the sample's
+    assert [str(ref) for ref in stale] == [
+        "docs/page.md:5: test_a_missing_behaviour",
+        "docs/page.md:7: test_each_email_is_sent_once",
+    ]
+
+
 def test_each_stale_path_test_tree_entry_make_target_or_readme_link_is_named(
     tmp_path: Path,
 ) -> None:
