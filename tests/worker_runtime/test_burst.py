@@ -34,6 +34,18 @@ def enqueue_all(app: App, jobs: list[tuple[str, dict[str, Any], dict[str, Any]]]
     return asyncio.run(go())
 
 
+def recording_app(url: str) -> tuple[App, list[str]]:
+    """An App on ``url`` whose task ``record`` appends its payload's ``n`` to the list."""
+    app = App("burst", redis_url=url)
+    ran: list[str] = []
+
+    @app.task("record")
+    async def record(payload: dict[str, str]) -> None:
+        ran.append(payload["n"])
+
+    return app, ran
+
+
 def read_stats(url: str, queue: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     """The queue as `workerfleet queue stats --json` reads it from the broker's own records."""
     capsys.readouterr()
@@ -110,12 +122,7 @@ def test_a_job_delayed_an_hour_is_left_queued_and_the_burst_still_ends(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given one job due now and one delayed an hour
-    app = App("burst", redis_url=store_url)
-    ran: list[str] = []
-
-    @app.task("record")
-    async def record(payload: dict[str, str]) -> None:
-        ran.append(payload["n"])
+    app, ran = recording_app(store_url)
 
     enqueue_all(app, [("record", {"n": "now"}, {}), ("record", {"n": "later"}, {"delay": 3600})])
 
@@ -163,3 +170,22 @@ def test_workerfleet_worker_burst_exits_0_after_running_the_enqueued_jobs(
     )
     stopped = [r for r in map(json.loads, logs.splitlines()) if r["msg"] == "worker stopped"]
     assert [(r["burst"], r["processed"], r["still_delayed"]) for r in stopped] == [(True, 5, 0)]
+
+
+def test_a_queue_wide_rate_limit_holding_jobs_back_does_not_end_the_burst(
+    store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given five jobs on a queue limited to one start per 0.2 s (five a second, bucket of one)
+    app, ran = recording_app(store_url)
+
+    enqueue_all(app, [("record", {"n": str(n)}, {}) for n in range(5)])
+
+    # When a burst worker runs under that limit
+    result = run_burst(app, rate_limit_jobs=1, rate_limit_per_seconds=0.2)
+
+    # Then every job ran within the burst (an empty bucket answered fetches with nothing, which
+    # is no empty queue), and the queue holds none
+    assert sorted(ran) == [str(n) for n in range(5)]
+    assert (result.completed, result.still_queued) == (5, 0)
+    stats = read_stats(store_url, "burst", capsys)
+    assert (stats["backlog"], stats["in_flight"], stats["completed_total"]) == (0, 0, 5)

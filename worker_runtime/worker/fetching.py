@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from worker_runtime import logs
+from worker_runtime.brokers import base
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import settling, transient
 
@@ -60,6 +61,9 @@ class FetchLoop:
         self.promised = 0
         self._exported_dead_letters: collections.Counter[str] = collections.Counter()
         self._rng = random.Random()
+        # Burst mode: how long the next fetch sent while nothing is held waits in the broker.
+        # 0 (answered at once) until the queue's rate limit is seen to hold ready jobs back.
+        self._burst_block = 0.0
 
     @property
     def blocking(self) -> bool:
@@ -155,15 +159,20 @@ class FetchLoop:
                         jobs = await q.fetch(
                             w.worker_id,
                             free,
-                            block=0.0 if settled else FETCH_BLOCK_SECONDS,
+                            block=self._burst_block if settled else FETCH_BLOCK_SECONDS,
                             wake=wake,
                             holding=w.held,
                         )
                     finally:
                         self.blocking_lanes -= 1
                     if settled and not jobs:
-                        w.end_burst()
-                        break
+                        block = await self._burst_wait_for_tokens()
+                        if block is None:
+                            w.end_burst()
+                            break
+                        self._burst_block = block
+                    elif jobs:
+                        self._burst_block = 0.0
             except Exception as exc:
                 # Only a deliberate shutdown (cancellation) ends this loop: any other error,
                 # foreseen (the broker) or not (a bug, a reply nobody expected), is retried with
@@ -211,6 +220,34 @@ class FetchLoop:
                 # A fetch that came back empty at once (rate limited, answered early)
                 # must not become a busy loop.
                 await self._sleep_unless_draining(0.01)
+
+    async def _burst_wait_for_tokens(self) -> float | None:
+        """A burst's fetch sent while nothing was held came back empty: None when the queue
+        has no job ready, else how long the next such fetch waits in the broker.
+
+        An empty bucket of the queue's rate limit also answers a fetch with nothing (Redis'
+        fetch script grants 0 and gives the time of the next token, which only a fetch that
+        may wait acts on): that must not end the burst with ready jobs left. The queue's own
+        stats say whether jobs are ready; a broker without stats is fetched once more, waiting
+        one token's interval: a bucket refills a token in that time, so nothing then is none.
+        """
+        w = self.worker
+        q = w.q
+        limit = w.options.rate_limit
+        if q is None or limit is None or not q.capabilities.rate_limit:
+            return None  # no rate limit: an empty answer means nothing is ready
+        if not isinstance(q, base.QueueProbe):
+            if self._burst_block > 0:
+                return None  # fetched again after a token's interval, and still nothing
+            return limit.per_seconds / limit.jobs + 0.05
+        try:
+            stats = await asyncio.wait_for(q.fetch_stats(), timeout=FETCH_BLOCK_SECONDS + 2.0)
+        except transient.BROKER_ERRORS as exc:
+            log.info("cannot read whether jobs are ready", extra={"error": transient.describe(exc)})
+            return FETCH_BLOCK_SECONDS  # unconfirmed: fetch again, waiting for a token
+        if stats.backlog + stats.due_delayed == 0:
+            return None
+        return FETCH_BLOCK_SECONDS  # held back by the rate limit: wait for its next token
 
     async def _wait_for_poke(self) -> None:
         # Sleep until a slot frees, an ack is queued or another lane's call ends.
