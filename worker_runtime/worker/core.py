@@ -278,6 +278,8 @@ class Worker:
             await asyncio.sleep(0.5)
 
     async def _shutdown(self) -> None:
+        # The broker's answers about acks sent without a reply are counted before it closes.
+        await self.settler.finish_checks()
         # Every job is settled or released by now: stop the idle children, kill stragglers.
         await self.runner.close_processes()
         if self.control is not None:

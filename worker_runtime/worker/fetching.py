@@ -307,16 +307,18 @@ class FetchLoop:
         """Record the outcome of acks sent (flag False: the lease was lost) and free the slots."""
         w = self.worker
         completed: list[tuple[str, float]] = []
+        finished: list[held_mod.Held] = []
         for h, ok in zip(acks, flags, strict=True):
             h.ack_pending = False
             if ok:
                 name = h.spec.name if h.spec is not None else h.job.envelope.task
                 completed.append((name, h.ran))
-            else:
-                w.settler.rejected(h)
+                finished.append(h)
+            elif not w.settler.rejected(h):  # else held until the broker says what it was
+                finished.append(h)
         if w.settler.unanswered:  # acks sent again after a call without a reply: answered now
             w.settler.answered(acks)
-        w.forget_all(acks)
+        w.forget_all(finished)
         w.metrics.jobs_completed(completed)  # one update per batch, not three locks per job
 
     def _flush_queued_acks(self) -> None:

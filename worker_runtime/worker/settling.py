@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 log = logs.get_logger("worker")
 
+CHECKS_TIMEOUT_SECONDS = 5.0
+"""How long the worker's shutdown waits for the broker's answers about acks without a reply."""
+
 
 def may_have_landed(exc: BaseException) -> bool:
     """Whether a broker call that raised ``exc`` may still have been applied: no reply came.
@@ -282,8 +285,8 @@ class Settler:
         w.metrics.settle_unconfirmed(op)
         log.warning(
             "settle unconfirmed: a try got no reply and its re-send was rejected as stale; the "
-            "broker cannot tell whether that try landed, most likely this worker settled the "
-            "job (not counted as a lost lease)",
+            "broker cannot tell whether that try landed, so the outcome is unknown (not "
+            "counted as a lost lease)",
             extra={"op": op, "fate": str(fate)},
         )
         return False
@@ -298,22 +301,47 @@ class Settler:
         for h in hs:
             self.unanswered.discard((h.job.id, h.job.receipt))
 
-    def rejected(self, h: held_mod.Held) -> None:
+    def rejected(self, h: held_mod.Held) -> bool:
         """The fetch loop's ack of ``h`` was answered stale: a lost lease, or after an ack
-        without a reply, asked of the broker in a task of its own (the loop goes on)."""
+        without a reply, asked of the broker in a task of its own (the loop goes on). True in
+        that case: ``h`` stays held (its slot taken, the burst not over) until the broker has
+        answered, and the task forgets it then, counted by the verdict (a LOST one is no
+        processed job)."""
         key = (h.job.id, h.job.receipt)
         if key not in self.unanswered:
             self.stale(h)
-            return
+            return False
         self.unanswered.discard(key)
         task = asyncio.get_running_loop().create_task(self._ask_broker_for_ack(h))
         self._asking.add(task)
         task.add_done_callback(self._asking.discard)
+        return True
 
     async def _ask_broker_for_ack(self, h: held_mod.Held) -> None:
-        if await self.ask_broker("ack", h):
-            name = h.spec.name if h.spec is not None else h.job.envelope.task
-            self.worker.metrics.jobs_completed([(name, h.ran)])
+        try:
+            if await self.ask_broker("ack", h):
+                name = h.spec.name if h.spec is not None else h.job.envelope.task
+                self.worker.metrics.jobs_completed([(name, h.ran)])
+        finally:
+            self.worker.forget(h)
+
+    async def finish_checks(self, within_seconds: float = CHECKS_TIMEOUT_SECONDS) -> None:
+        """Wait (at most ``within_seconds``) for the fetch loop's acks still asked of the
+        broker; called before the broker closes, so each verdict is counted, not raced by the
+        close ("could not ask"). One still unanswered then is cancelled and its job forgotten
+        (the broker keeps it as it is: the check changes nothing)."""
+        if not self._asking:
+            return
+        _, pending = await asyncio.wait(set(self._asking), timeout=within_seconds)
+        if pending:
+            log.warning(
+                "the broker did not say in time what became of acks without a reply; "
+                "their outcome is unknown",
+                extra={"count": len(pending), "within_seconds": within_seconds},
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
 
     def stale(self, h: held_mod.Held) -> None:
         """The settle was rejected: the lease was lost and the result is discarded."""
