@@ -233,6 +233,9 @@ class _Settle(NamedTuple):
     operation: str
     publish: tuple[str, bytes, dict[str, Any], str] | None
     done: asyncio.Future[None]
+    copied: bool = False
+    """Its copy went ahead by publisher confirms (:meth:`RabbitMQBroker._publish_first_copies`):
+    part of the settle landed, whatever becomes of its ack."""
 
 
 @dataclass
@@ -499,6 +502,16 @@ async def translate_errors(operation: str) -> AsyncIterator[None]:
         ) from exc
 
 
+def _unsent(exc: BaseException) -> errors.BrokerUnavailable:
+    """``exc`` (a failed call) as the :class:`~worker_runtime.errors.BrokerUnavailable` of a
+    call that certainly was not applied (``sent`` False), keeping its message and cause: the
+    worker then counts a later stale answer to its settle as the lost lease it is."""
+    operation = exc.operation if isinstance(exc, errors.BrokerError) else ""
+    unsent = errors.BrokerUnavailable(str(exc), operation=operation, sent=False)
+    unsent.__cause__ = exc.__cause__ if isinstance(exc, errors.BrokerError) else exc
+    return unsent
+
+
 async def _declare_existing(
     channel: aio_pika.abc.AbstractChannel, name: str
 ) -> aio_pika.abc.AbstractQueue | None:
@@ -678,15 +691,19 @@ class RabbitMQBroker:
                     # the publishing channel could be replaced alone.
                     pass
             await self._drop_connection()
-            async with translate_errors("connect"):
-                connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
-                self._generation += 1
-                self._connection = connection
-                self._publish_channel = await self._open_publish_channel()
-                self._declared.clear()
-                if self.role is not base.QueueRole.READER:
-                    await self._declare_topology(self._publish_channel)
-                self._declared_topology = True
+            try:
+                async with translate_errors("connect"):
+                    connection = await aio_pika.connect(self._url, timeout=self._connect_timeout)
+                    self._generation += 1
+                    self._connection = connection
+                    self._publish_channel = await self._open_publish_channel()
+                    self._declared.clear()
+                    if self.role is not base.QueueRole.READER:
+                        await self._declare_topology(self._publish_channel)
+                    self._declared_topology = True
+            except errors.BrokerUnavailable as exc:
+                # the caller's own call was never sent: its publish or settle is not applied
+                raise _unsent(exc) from exc.__cause__
             return self._publish_channel
 
     async def _declare_topology(self, channel: aio_pika.abc.AbstractChannel) -> None:
@@ -1077,13 +1094,16 @@ class RabbitMQBroker:
             if not batch:
                 continue
             operation = batch[0][1]
+            committing = False
             try:
                 async with translate_errors(operation):
-                    if self._transaction is None:
+                    if self._consuming_channel_gone(batch):
                         raise errors.BrokerUnavailable(
-                            f"the consuming channel is closed ({operation})", operation=operation
+                            f"the consuming channel is closed ({operation})",
+                            operation=operation,
+                            sent=False,
                         )
-                    for _, _, publish, _ in batch:
+                    for _, _, publish, _, _ in batch:
                         if publish is not None:
                             assert self._consume_exchange is not None
                             routing_key, body, headers, message_id = publish
@@ -1091,16 +1111,31 @@ class RabbitMQBroker:
                                 self._job_message(routing_key, body, headers, message_id),
                                 routing_key=routing_key,
                             )
-                    await self._ack_together([message for message, _, _, _ in batch])
+                    await self._ack_together([entry.message for entry in batch])
+                    committing = True
+                    assert self._transaction is not None
                     await self._transaction.commit()
             except (errors.BrokerError, RuntimeError) as exc:
-                for _, _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                # Before its tx.commit a batch is applied by nothing: once the channel is gone
+                # RabbitMQ discards what it wrote in the transaction. Its settles were not sent
+                # then (the deliveries went back to their queues with the connection), unless a
+                # first copy went ahead by confirms.
+                unsent = (
+                    _unsent(exc) if not committing and self._consuming_channel_gone(batch) else None
+                )
+                for entry in batch:
+                    if not entry.done.done():
+                        failure = exc if unsent is None or entry.copied else unsent
+                        entry.done.set_exception(failure)
                 continue
-            for _, _, _, done in batch:
-                if not done.done():
-                    done.set_result(None)
+            for entry in batch:
+                if not entry.done.done():
+                    entry.done.set_result(None)
+
+    def _consuming_channel_gone(self, batch: list[_Settle]) -> bool:
+        """Whether the consuming channel of ``batch``'s deliveries is closed (or this object
+        dropped its connection): nothing more can be written in its transaction."""
+        return self._transaction is None or any(entry.message.channel.is_closed for entry in batch)
 
     async def _publish_first_copies(self, batch: list[_Settle]) -> list[_Settle]:
         """Publish with confirms the first copy of ``batch`` bound for each queue this consuming
@@ -1154,7 +1189,7 @@ class RabbitMQBroker:
                 if not entry.done.done():
                     entry.done.set_exception(failed[route])
             elif route is not None and first.get(route) is entry:
-                left.append(entry._replace(publish=None))
+                left.append(entry._replace(publish=None, copied=True))
             else:
                 left.append(entry)
         return left
