@@ -43,6 +43,7 @@ import datetime
 import heapq
 import json
 import math
+import re
 import time
 import urllib.error
 import urllib.parse
@@ -437,17 +438,38 @@ def _is_refusal(exc: aiormq.exceptions.ChannelClosed) -> bool:
     return True
 
 
-def _connection_refusal(exc: pamqp.exceptions.PAMQPException) -> str | None:
-    """RabbitMQ's reply when it closed the connection instead of opening it, else None.
+VHOST_REFUSALS = (
+    re.compile(r"NOT_ALLOWED - access to vhost '.*' refused for user '.*'"),
+    re.compile(r"NOT_ALLOWED - vhost .* not found"),
+)
+"""The replies to ``connection.open`` that refuse it (``rabbit_reader`` and
+``rabbit_access_control`` on 3.10 to 4.x, NOT_ALLOWED 530): the user has no access to the URL's
+vhost, or the vhost does not exist. Matched whole: the same NOT_ALLOWED "access to vhost '...'
+refused for user '...'" goes on with ": connection limit (N) is reached" (the vhost's
+``max-connections``) or ": connection limit cannot be queried, timeout", and INTERNAL_ERROR 541
+with ": vhost '...' is down" (a vhost or node still starting); those, a user's or the node's
+connection limit ("connection refused ...: ... connection limit (N) is reached") and any other
+close at open are temporary: :class:`~worker_runtime.errors.BrokerUnavailable`."""
 
-    A ``connection.open`` RabbitMQ answers with ``connection.close`` (NOT_ALLOWED 530: the user
-    has no access to the URL's vhost, or the vhost does not exist) reaches the caller as pamqp's
-    ``AMQPInternalError("one of ['Connection.OpenOk']", <Connection.Close>)``, which is none of
+
+def _connection_close(exc: pamqp.exceptions.PAMQPException) -> str | None:
+    """RabbitMQ's reply (``530 NOT_ALLOWED - ...``) when it closed the connection instead of
+    opening it, else None.
+
+    A ``connection.open`` RabbitMQ answers with ``connection.close`` reaches the caller as
+    pamqp's ``AMQPInternalError("Connection.OpenOk", <Connection.Close>)``, which is none of
     aiormq's exceptions and carries the reason only in that frame."""
     frames = [a for a in exc.args if isinstance(a, pamqp.commands.Connection.Close)]
     if not frames:
         return None
     return f"{frames[0].reply_code} {frames[0].reply_text}"
+
+
+def _is_connection_refusal(reply: str) -> bool:
+    """Whether a close at open (``_connection_close``'s reply) refuses the URL for good
+    (:data:`VHOST_REFUSALS`), rather than saying "not now"."""
+    code, _, text = reply.partition(" ")
+    return code == "530" and any(pattern.fullmatch(text) for pattern in VHOST_REFUSALS)
 
 
 @contextlib.asynccontextmanager
@@ -479,10 +501,15 @@ async def translate_errors(operation: str) -> AsyncIterator[None]:
             operation=operation,
         ) from exc
     except pamqp.exceptions.PAMQPException as exc:
-        refusal = _connection_refusal(exc)
-        if refusal is not None:
+        reply = _connection_close(exc)
+        if reply is not None and _is_connection_refusal(reply):
             raise errors.BrokerRejected(
-                f"RabbitMQ refused {operation}: it closed the connection: {refusal}",
+                f"RabbitMQ refused {operation}: it closed the connection: {reply}",
+                operation=operation,
+            ) from exc
+        if reply is not None:
+            raise errors.BrokerUnavailable(
+                f"RabbitMQ did not open the connection for {operation} now: {reply}",
                 operation=operation,
             ) from exc
         raise errors.BrokerUnavailable(
