@@ -13,15 +13,19 @@ dead-lettering, on its own event loop, without signal handlers or the metrics se
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from worker_runtime import app as app_mod
-from worker_runtime import config
+from worker_runtime import config, errors
 from worker_runtime.worker import core
 
-__all__ = ["BurstResult", "run_burst"]
+__all__ = ["DEFAULT_TIMEOUT_SECONDS", "BurstResult", "run_burst"]
+
+DEFAULT_TIMEOUT_SECONDS = 120.0
+"""How long :func:`run_burst` lets a burst run before it stops it and raises TimeoutError."""
 
 
 @dataclass(frozen=True)
@@ -47,13 +51,25 @@ class BurstResult:
     """Jobs ready when the burst ended (enqueued meanwhile); None when the broker cannot tell."""
 
 
-def run_burst(app: app_mod.App, broker_url: str | None = None, **settings: Any) -> BurstResult:
+def run_burst(
+    app: app_mod.App,
+    broker_url: str | None = None,
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    **settings: Any,
+) -> BurstResult:
     """Run ``app``'s jobs that are ready, in this process, until none is ready and none is held.
 
     ``broker_url`` defaults to the App's own (``App(redis_url=...)``, else
     ``WORKERFLEET_BROKER_URL``); ``settings`` override :class:`~worker_runtime.config.
     WorkerSettings` fields (``retry_max_attempts=3``, ``retry_backoff_base_seconds=0``, ...).
     Jobs delayed into the future are left queued. Blocks; call it outside an event loop.
+
+    A burst still running after ``timeout_seconds`` is stopped (the worker releases what it
+    holds and exits) and :class:`TimeoutError` names what was left: the jobs held, how many
+    ran, the broker's last error. A broker that does not answer for longer than
+    ``lease_seconds`` ends the burst sooner, with :class:`~worker_runtime.errors.
+    BrokerUnavailable` (as ``workerfleet worker --burst`` exits 1 then).
     """
     url = (
         broker_url
@@ -67,8 +83,37 @@ def run_burst(app: app_mod.App, broker_url: str | None = None, **settings: Any) 
     options: dict[str, Any] = {"metrics_port": 0, **settings, "redis_url": url, "burst": True}
     worker_settings = config.WorkerSettings(**options)
     started: list[core.Worker] = []
-    core.run_worker(app, worker_settings, install_signal_handlers=False, on_started=started.append)
+    left_at_timeout: list[str] = []
+
+    def stop_at_timeout(worker: core.Worker) -> None:
+        if worker.burst_ended or worker.burst_failed is not None:
+            return  # already on its way out
+        held = sorted(f"{h.job.envelope.task} {h.job.id}" for h in list(worker.held.values()))
+        left_at_timeout.append(
+            f"run_burst: the burst did not end within {timeout_seconds:g} s; it had run "
+            f"{worker.processed} job(s) and held {len(held)}"
+            + (f" ({', '.join(held[:10])})" if held else "")
+            + (
+                f"; the broker's last error: {worker.last_broker_error}"
+                if worker.last_broker_error
+                else ""
+            )
+        )
+        worker.request_drain()
+        worker.request_drain()  # a second request releases what is held at once
+
+    def on_started(worker: core.Worker) -> None:
+        started.append(worker)
+        asyncio.get_running_loop().call_later(timeout_seconds, stop_at_timeout, worker)
+
+    code = core.run_worker(
+        app, worker_settings, install_signal_handlers=False, on_started=on_started
+    )
     worker = started[0]
+    if left_at_timeout:
+        raise TimeoutError(left_at_timeout[0])
+    if code != 0:
+        raise errors.BrokerUnavailable(worker.burst_failed or f"the burst worker exited {code}")
     left = worker.burst_leftover
     return BurstResult(
         completed=_count(worker, "workerfleet_jobs_total", outcome="completed"),

@@ -46,6 +46,21 @@ def recording_app(url: str) -> tuple[App, list[str]]:
     return app, ran
 
 
+def run_burst_process(env: dict[str, str], tmp_path: Any) -> tuple[int, str]:
+    """Run `workerfleet worker FIXTURE_APP --burst` to its end (60 s at most): exit code, log."""
+    with open(tmp_path / "burst.log", "wb") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker_runtime", "worker", workerproc.FIXTURE_APP, "--burst"],
+            cwd=workerproc.REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+            check=False,
+        )
+    return proc.returncode, (tmp_path / "burst.log").read_text()
+
+
 def read_stats(url: str, queue: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     """The queue as `workerfleet queue stats --json` reads it from the broker's own records."""
     capsys.readouterr()
@@ -144,21 +159,10 @@ def test_workerfleet_worker_burst_exits_0_after_running_the_enqueued_jobs(
     ]
 
     # When `workerfleet worker --burst` runs as a real process
-    env = workerproc.worker_env(wf.redis.url, wf.queue)
-    with open(tmp_path / "burst.log", "wb") as log:
-        proc = subprocess.run(
-            [sys.executable, "-m", "worker_runtime", "worker", workerproc.FIXTURE_APP, "--burst"],
-            cwd=workerproc.REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            timeout=60,
-            check=False,
-        )
-    logs = (tmp_path / "burst.log").read_text()
+    code, logs = run_burst_process(workerproc.worker_env(wf.redis.url, wf.queue), tmp_path)
 
     # Then it exited 0 by itself, every job ran once, and the queue acked each once
-    assert proc.returncode == 0, logs[-3000:]
+    assert code == 0, logs[-3000:]
     done = [e["job"] for e in wf.events() if e["event"] == "done"]
     assert Counter(done) == Counter(ids)
     stats = wf.stats()

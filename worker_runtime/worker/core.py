@@ -72,6 +72,11 @@ class Worker:
         self.burst = settings.burst  # exit once the queue has nothing ready and nothing is held
         self.burst_ended = False
         self.burst_leftover: base.QueueStats | None = None  # the queue when a burst ended
+        # Burst mode gives up (exit 1) once the broker has failed for longer than the lease:
+        # a one-off Job must fail visibly, not retry forever (see note_broker_failure).
+        self.burst_failed: str | None = None
+        self.last_broker_error: str | None = None
+        self._failing_since: float | None = None
         self.wake: asyncio.Event | None = None  # a slot freed or an ack queued
         self.loop: asyncio.AbstractEventLoop | None = None
         self.q: base.Broker | None = None
@@ -128,6 +133,32 @@ class Worker:
         self.burst_ended = True
         log.info("burst over: the queue has no job ready", extra={"processed": self.processed})
         self.request_drain()
+
+    def note_broker_failure(self, exc: BaseException) -> None:
+        """A fetch-loop call (or opening the broker) failed. A burst worker whose calls have
+        failed for longer than ``lease_seconds`` (when a long-running worker's /healthz turns
+        red) stops retrying: it drains and :meth:`run` returns 1."""
+        self.last_broker_error = transient.describe(exc)
+        if not self.burst or self.burst_failed is not None:
+            return
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            return
+        failing = now - self._failing_since
+        if failing <= self.settings.lease_seconds:
+            return
+        self.burst_failed = (
+            f"burst failed: the broker has not answered for {failing:.1f} s (longer than "
+            f"lease_seconds, {self.settings.lease_seconds:g} s); last error: "
+            f"{self.last_broker_error}"
+        )
+        log.error(self.burst_failed, extra={"held": len(self.held), "processed": self.processed})
+        self.request_drain()
+
+    def note_broker_ok(self) -> None:
+        """A fetch-loop call was answered: an outage (if any) is over."""
+        self._failing_since = None
 
     def in_use(self) -> int:
         """Slots taken: held jobs plus timed-out sync handlers still running in a thread."""
@@ -241,6 +272,10 @@ class Worker:
             if left is not None:  # what the burst did not wait for (delayed into the future)
                 extra["still_delayed"] = left.future_delayed
                 extra["still_queued"] = left.backlog + left.due_delayed
+        if self.burst_failed is not None:
+            extra["burst"] = True
+            log.error("worker stopped", extra={**extra, "error": self.burst_failed})
+            return 1
         log.info("worker stopped", extra=extra)
         return 0
 
@@ -267,6 +302,7 @@ class Worker:
         startup.resume_gc()
         self.metrics.redis_error("connect")
         log.warning("cannot open the broker; retrying", extra={"error": transient.describe(exc)})
+        self.note_broker_failure(exc)
 
     async def _tick_forever(self) -> None:
         # Proves to /healthz that the job loop's event loop is responsive (and exports what a

@@ -195,6 +195,7 @@ class FetchLoop:
                     log.warning("fetch failed; retrying", extra=extra)
                 else:
                     log.error("fetch failed unexpectedly; retrying", extra=extra, exc_info=True)
+                w.note_broker_failure(exc)  # a burst gives up after an outage this long
                 await self._sleep_unless_draining(delay)
                 continue
             finally:
@@ -205,6 +206,7 @@ class FetchLoop:
                 w.poke()
             failures = 0
             w.health.redis_ok()
+            w.note_broker_ok()
             if q.dead_lettered_by_fetch:
                 self.export_fetch_dead_letters(q.dead_lettered_by_fetch)
             if jobs:
@@ -271,6 +273,7 @@ class FetchLoop:
         try:
             jobs = await w.q.recover(w.worker_id, list(w.held))
         except Exception as exc:  # like the fetch itself: retried, never the end of the loop
+            w.note_broker_failure(exc)
             if isinstance(exc, transient.BROKER_ERRORS):
                 w.metrics.redis_error("adopt")
                 log.warning(
