@@ -69,6 +69,9 @@ MAX_VISIBILITY = 43_200
 MAX_WAIT = 20
 """SQS's longest long poll (WaitTimeSeconds)."""
 
+CONFIRM_WAIT_SECONDS = 1
+"""The long poll of :meth:`SqsBroker.fetch_confirming_empty` (a burst's last look), seconds."""
+
 RETENTION_RANGE = (60, 1_209_600)
 """The shortest and longest time SQS keeps a queue's messages (MessageRetentionPeriod), s."""
 
@@ -600,11 +603,20 @@ class SqsBroker:
     ) -> list[base.Delivery]:
         if count <= 0:
             return []
+        return await self._lease_into(
+            lambda out: self._fetch_into(out, worker_id, count, block, wake, holding)
+        )
+
+    async def _lease_into(
+        self, fill: Callable[[list[base.Delivery]], Awaitable[None]]
+    ) -> list[base.Delivery]:
+        """The deliveries ``fill`` adds to a list, in priority order, after the error a former
+        fetch left (see ``_deferred``)."""
         self._raise_deferred()
         await self._ready_client()
         out: list[base.Delivery] = []
         try:
-            await self._fetch_into(out, worker_id, count, block, wake, holding)
+            await fill(out)
         except Exception as exc:
             if not out:
                 raise
@@ -665,13 +677,7 @@ class SqsBroker:
         Each poll asks for the ``count`` jobs the fetch wants, not a full batch: what a poll
         receives beyond what the fetch hands out waits here with its lease running, hidden from
         idle workers and from the autoscaler."""
-        seconds = max(1, min(MAX_WAIT, math.ceil(wait)))
-        for priority, name in self.names.by_priority:
-            url = self._urls[name]
-            if url not in self._polls:
-                task = asyncio.create_task(self._receive(url, count, seconds))
-                task.add_done_callback(self._make_buffer_callback(url, priority))
-                self._polls[url] = task
+        seconds = self._start_polls(wait, count)
         stoppers = [asyncio.create_task(self._closing.wait())]
         if wake is not None:
             stoppers.append(asyncio.create_task(wake.wait()))
@@ -685,6 +691,65 @@ class SqsBroker:
             for stopper in stoppers:
                 stopper.cancel()
         await asyncio.sleep(0)  # let done callbacks move results into the buffer
+
+    def _start_polls(self, wait: float, count: int) -> int:
+        """A long poll of ``wait`` seconds (whole, 1 to 20) of each priority queue that has
+        none out; their results go to the buffer. Returns the seconds asked."""
+        seconds = max(1, min(MAX_WAIT, math.ceil(wait)))
+        for priority, name in self.names.by_priority:
+            url = self._urls[name]
+            if url not in self._polls:
+                task = asyncio.create_task(self._receive(url, count, seconds))
+                task.add_done_callback(self._make_buffer_callback(url, priority))
+                self._polls[url] = task
+        return seconds
+
+    async def _answer_polls(self) -> None:
+        """Wait until every long poll out has answered (each is at most ``MAX_WAIT`` s), so
+        what they received is in the buffer; raise the error of one that failed (what it
+        would have received is unknown)."""
+        polls = list(self._polls.values())
+        if not polls:
+            return
+        await asyncio.wait(polls, timeout=MAX_WAIT + 5)
+        await asyncio.sleep(0)  # let done callbacks move results into the buffer
+        for task in polls:
+            if not task.done():
+                raise errors.BrokerUnavailable(
+                    "a long poll of SQS did not answer", operation="fetch"
+                )
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def fetch_confirming_empty(
+        self,
+        worker_id: str,
+        count: int,
+        *,
+        holding: Container[tuple[str, base.Receipt]] = (),
+    ) -> list[base.Delivery]:
+        """Up to ``count`` jobs, where an empty answer means no job is ready: a burst's last
+        look before it ends (the worker's normal fetches never come here).
+
+        :meth:`fetch` is no such proof on SQS: it skips a queue whose long poll is still out
+        (an interrupted wait leaves it out, and what it receives is served later), and a short
+        poll (WaitTimeSeconds=0) reads only a sample of SQS's servers, so it can come back
+        empty while messages exist. Here the polls out are waited for first, and when they and
+        a look at each queue bring nothing, each queue is long-polled for
+        :data:`CONFIRM_WAIT_SECONDS` (a long poll reads every server) and those are waited for
+        too."""
+        if count <= 0:
+            return []
+
+        async def look(out: list[base.Delivery]) -> None:
+            await self._answer_polls()
+            await self._fetch_into(out, worker_id, count, 0.0, None, holding)
+            if not out:
+                self._start_polls(CONFIRM_WAIT_SECONDS, count)
+                await self._answer_polls()
+                await self._fetch_into(out, worker_id, count, 0.0, None, holding)
+
+        return await self._lease_into(look)
 
     def _make_buffer_callback(self, url: str, priority: envelope_mod.Priority) -> Any:
         def done(task: asyncio.Task[list[dict[str, Any]]]) -> None:
