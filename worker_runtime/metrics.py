@@ -122,8 +122,9 @@ class WorkerMetrics:
         self.settles_unconfirmed = Counter(
             "workerfleet_settles_unconfirmed_total",
             "Settling calls, by op, that got no reply and whose re-send was answered stale where"
-            " the broker cannot tell whether the first one landed (the job has left the queue):"
-            " most likely settled by this worker; not counted as lost leases.",
+            " the broker cannot tell whether the first one landed: the outcome is unknown"
+            " (an acked job Redis no longer keeps, or a broker without the check); not counted"
+            " as lost leases.",
             ["queue", "op"],
             registry=r,
         )
