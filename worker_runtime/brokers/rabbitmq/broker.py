@@ -539,6 +539,18 @@ def _unsent(exc: BaseException) -> errors.BrokerUnavailable:
     return unsent
 
 
+def _sent(exc: BaseException) -> BaseException:
+    """``exc`` for a settle of which something was written (a first copy went ahead by
+    confirms): a ``sent`` False :class:`~worker_runtime.errors.BrokerUnavailable` becomes the
+    same error with ``sent`` True, so the worker never reads that settle as surely not applied;
+    anything else is returned as it is."""
+    if not isinstance(exc, errors.BrokerUnavailable) or exc.sent:
+        return exc
+    sent = errors.BrokerUnavailable(str(exc), operation=exc.operation, sent=True)
+    sent.__cause__ = exc.__cause__
+    return sent
+
+
 async def _declare_existing(
     channel: aio_pika.abc.AbstractChannel, name: str
 ) -> aio_pika.abc.AbstractQueue | None:
@@ -1117,6 +1129,19 @@ class RabbitMQBroker:
     async def _flush_settles(self) -> None:
         while self._settle_queue:
             batch, self._settle_queue = self._settle_queue, []
+            if self._consuming_channel_gone(batch):
+                # Nothing of this batch is written, not even a first copy by confirms: a copy
+                # published on a new connection would land while its delivery went back to
+                # its queue with the old one (the job twice), and be reported as not sent.
+                gone = errors.BrokerUnavailable(
+                    f"the consuming channel is closed ({batch[0][1]})",
+                    operation=batch[0][1],
+                    sent=False,
+                )
+                for entry in batch:
+                    if not entry.done.done():
+                        entry.done.set_exception(gone if not entry.copied else _sent(gone))
+                continue
             batch = await self._publish_first_copies(batch)
             if not batch:
                 continue
@@ -1152,8 +1177,9 @@ class RabbitMQBroker:
                 )
                 for entry in batch:
                     if not entry.done.done():
-                        failure = exc if unsent is None or entry.copied else unsent
-                        entry.done.set_exception(failure)
+                        failure = exc if unsent is None else unsent
+                        # a first copy that went ahead by confirms is out: never "not sent"
+                        entry.done.set_exception(_sent(failure) if entry.copied else failure)
                 continue
             for entry in batch:
                 if not entry.done.done():
