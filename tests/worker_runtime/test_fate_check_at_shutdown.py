@@ -17,6 +17,7 @@ import pytest
 
 from worker_runtime import App, brokers, config, errors, worker
 from worker_runtime.brokers import base, memory
+from worker_runtime.worker import settling
 
 
 class ReplyCutOnce(memory.MemoryBroker):
@@ -95,4 +96,50 @@ async def test_a_fate_check_pending_when_the_drain_ends_is_answered_and_counted_
     assert ran == ["1"]
     assert ReplyCutOnce.fates == [base.DeliveryFate.GONE]
     assert ReplyCutOnce.at_close[:1] == [(1, 1.0)]
+    assert w.metrics.leases_lost._value.get() == 0
+
+
+async def test_a_fate_check_still_unanswered_after_its_bound_counts_as_an_unconfirmed_ack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the same worker, whose broker takes a minute to answer the check, and a shutdown
+    # that waits 0.3 s for it
+    store = f"fate-{uuid.uuid4().hex[:8]}"
+    url = f"memory://{store}"
+
+    async def open_broker(
+        url: str, queue: str, *, options: base.QueueOptions | None = None, **_: Any
+    ) -> base.Broker:
+        return ReplyCutOnce(queue, options, store=store)
+
+    monkeypatch.setattr(brokers, "open_broker", open_broker)
+    monkeypatch.setattr(ReplyCutOnce, "CHECK_SECONDS", 60.0)
+    monkeypatch.setattr(ReplyCutOnce, "cut_done", False)
+    monkeypatch.setattr(ReplyCutOnce, "fates", [])
+    monkeypatch.setattr(ReplyCutOnce, "at_close", [])
+    monkeypatch.setattr(settling.Settler.finish_checks, "__defaults__", (0.3,))
+    ReplyCutOnce.asked = asyncio.Event()
+    app = App("fate", redis_url=url)
+
+    @app.task("record")
+    async def record(payload: dict[str, str]) -> None:
+        return None
+
+    await app.enqueue("record", {"n": "1"})
+    settings = config.WorkerSettings(
+        redis_url=url, metrics_port=0, concurrency=1, drain_timeout_seconds=0.0
+    )
+    w = worker.Worker(app, settings, install_signal_handlers=False)
+    ReplyCutOnce.worker = w
+    run = asyncio.create_task(w.run())
+
+    # When the drain ends while the check has no answer yet
+    await asyncio.wait_for(ReplyCutOnce.asked.wait(), 10.0)
+    w.request_drain()
+    assert await asyncio.wait_for(run, 20.0) == 0
+
+    # Then the check was given up without a verdict, and before the broker closed the ack was
+    # counted as unconfirmed (its outcome is unknown), not as a lost lease and not forgotten
+    assert ReplyCutOnce.fates == []
+    assert ReplyCutOnce.at_close[:1] == [(0, 1.0)]
     assert w.metrics.leases_lost._value.get() == 0

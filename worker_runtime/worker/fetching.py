@@ -306,6 +306,7 @@ class FetchLoop:
                 )
             return False
         self.unsure = False
+        w.note_broker_ok()  # an answer: the outage clock of a burst starts again from here
         if jobs:
             log.warning(
                 "a failed fetch had leased jobs to this worker; adopted them",

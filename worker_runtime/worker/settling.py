@@ -341,6 +341,8 @@ class Settler:
             )
             for task in pending:
                 task.cancel()
+                # never answered: an unconfirmed ack, as a check that could not ask counts
+                self.worker.metrics.settle_unconfirmed("ack")
             await asyncio.wait(pending, timeout=1.0)
 
     def stale(self, h: held_mod.Held) -> None:
