@@ -55,11 +55,11 @@ class ReplyCutOnce(memory.MemoryBroker):
         await super().close()
 
 
-async def test_a_fate_check_pending_when_the_drain_ends_is_answered_and_counted_before_close(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Given a worker on a broker that loses the reply of its first ack_and_fetch (the ack has
-    # landed, so its re-send is answered stale and the broker is asked what became of it)
+async def start_worker_on_cut_broker(
+    monkeypatch: pytest.MonkeyPatch, ran: list[str]
+) -> tuple[worker.Worker, asyncio.Task[int]]:
+    """One job enqueued, and a worker running it on a ReplyCutOnce broker (recording each run
+    in ``ran``); returns the worker and its running task."""
     store = f"fate-{uuid.uuid4().hex[:8]}"
     url = f"memory://{store}"
 
@@ -71,7 +71,6 @@ async def test_a_fate_check_pending_when_the_drain_ends_is_answered_and_counted_
     monkeypatch.setattr(brokers, "open_broker", open_broker)
     ReplyCutOnce.asked = asyncio.Event()
     app = App("fate", redis_url=url)
-    ran: list[str] = []
 
     @app.task("record")
     async def record(payload: dict[str, str]) -> None:
@@ -83,7 +82,16 @@ async def test_a_fate_check_pending_when_the_drain_ends_is_answered_and_counted_
     )
     w = worker.Worker(app, settings, install_signal_handlers=False)
     ReplyCutOnce.worker = w
-    run = asyncio.create_task(w.run())
+    return w, asyncio.create_task(w.run())
+
+
+async def test_a_fate_check_pending_when_the_drain_ends_is_answered_and_counted_before_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a worker on a broker that loses the reply of its first ack_and_fetch (the ack has
+    # landed, so its re-send is answered stale and the broker is asked what became of it)
+    ran: list[str] = []
+    w, run = await start_worker_on_cut_broker(monkeypatch, ran)
 
     # When the drain starts while that check is still waiting for the broker's answer, with
     # no drain budget to wait in
@@ -104,34 +112,12 @@ async def test_a_fate_check_still_unanswered_after_its_bound_counts_as_an_unconf
 ) -> None:
     # Given the same worker, whose broker takes a minute to answer the check, and a shutdown
     # that waits 0.3 s for it
-    store = f"fate-{uuid.uuid4().hex[:8]}"
-    url = f"memory://{store}"
-
-    async def open_broker(
-        url: str, queue: str, *, options: base.QueueOptions | None = None, **_: Any
-    ) -> base.Broker:
-        return ReplyCutOnce(queue, options, store=store)
-
-    monkeypatch.setattr(brokers, "open_broker", open_broker)
     monkeypatch.setattr(ReplyCutOnce, "CHECK_SECONDS", 60.0)
     monkeypatch.setattr(ReplyCutOnce, "cut_done", False)
     monkeypatch.setattr(ReplyCutOnce, "fates", [])
     monkeypatch.setattr(ReplyCutOnce, "at_close", [])
     monkeypatch.setattr(settling.Settler.finish_checks, "__defaults__", (0.3,))
-    ReplyCutOnce.asked = asyncio.Event()
-    app = App("fate", redis_url=url)
-
-    @app.task("record")
-    async def record(payload: dict[str, str]) -> None:
-        return None
-
-    await app.enqueue("record", {"n": "1"})
-    settings = config.WorkerSettings(
-        redis_url=url, metrics_port=0, concurrency=1, drain_timeout_seconds=0.0
-    )
-    w = worker.Worker(app, settings, install_signal_handlers=False)
-    ReplyCutOnce.worker = w
-    run = asyncio.create_task(w.run())
+    w, run = await start_worker_on_cut_broker(monkeypatch, [])
 
     # When the drain ends while the check has no answer yet
     await asyncio.wait_for(ReplyCutOnce.asked.wait(), 10.0)
