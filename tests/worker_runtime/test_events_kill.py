@@ -23,7 +23,7 @@ from typing import Any
 
 from tests.support import cli
 from tests.worker_runtime import workerproc
-from worker_runtime import brokers
+from worker_runtime import App, brokers
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import broker as redis_broker
 from worker_runtime.brokers.redis import keys
@@ -89,8 +89,17 @@ async def test_a_publisher_killed_in_a_loop_on_rabbitmq_leaves_each_event_in_all
         queues = [await admin.subscribe(topic, g) for g in GROUPS]
     finally:
         await admin.close()
+    # ... and a first event all three took: a new subscription's quorum queue refuses publishes
+    # for a moment, and a publisher killed between that nack and its re-send leaves the event
+    # in the subscriptions that took the first try only (docs/events.md, "a nack is sent
+    # again"): that is not what this test looks at (a CI run saw it in its second round)
+    app = App(queue="publisher", redis_url=url)
+    try:
+        await app.publish(topic, {"n": 0}, event_id="warm-up")
+    finally:
+        await app.aclose()
     rng = random.Random(14)
-    tried: list[str] = []
+    tried: list[str] = ["warm-up"]
     # When a publisher is started and killed with SIGKILL at a random moment, 15 times
     for round_no in range(ROUNDS):
         tried += run_and_kill(url, topic, f"r{round_no}", rng)
