@@ -47,28 +47,43 @@ class CredentialsError(Exception):
 
 
 def find_kubeconfig(path: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The kubeconfig to use: ``path``, else the first of ``$KUBECONFIG``, else ~/.kube/config.
+    """The kubeconfig to use, as kubectl picks it: ``path``; else, when ``$KUBECONFIG`` lists
+    files, those of them that exist (joined with ``os.pathsep``: :func:`load_kubeconfig_login`
+    merges them); else ~/.kube/config.
 
     None when there is none and no path was named (a pod may then use its service account). A
     named path that does not exist is an error, never a fall back to another cluster's
-    kubeconfig (``--kubeconfig`` with a typo went on with ~/.kube/config's cluster).
+    kubeconfig (``--kubeconfig`` with a typo went on with ~/.kube/config's cluster). For the
+    same reason a ``$KUBECONFIG`` naming no file that exists does not fall back to
+    ~/.kube/config (kubectl does not read it then either).
     """
     if path:
         if os.path.isfile(path):
             return path
         raise CredentialsError(f"no kubeconfig at {path}")
-    candidates = [p for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
-    candidates.append(os.path.expanduser("~/.kube/config"))
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    listed = kubeconfig_env_paths(environ)
+    if listed:
+        found = [p for p in listed if os.path.isfile(p)]
+        return os.pathsep.join(found) if found else None
+    default = os.path.expanduser("~/.kube/config")
+    return default if os.path.isfile(default) else None
+
+
+def kubeconfig_env_paths(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The files ``$KUBECONFIG`` lists, in order (empty entries skipped, ``~`` expanded)."""
+    return [os.path.expanduser(p) for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
 
 
 def load_kubeconfig_login(
     path: str, *, now: Callable[[], float] = time.time
 ) -> kopf.ConnectionInfo:
-    """The login of ``path``'s current context; runs its exec plugin if it has one (blocking)."""
+    """The login of ``path``'s current context; runs its exec plugin if it has one (blocking).
+
+    ``path`` may list several files joined with ``os.pathsep`` (from ``$KUBECONFIG``); they are
+    merged by kubectl's rules: the first file to name a cluster, user or context wins, and the
+    current context is the first one a file sets. (The ``kubernetes`` package's merger keeps
+    the last file's current context: another cluster than kubectl's.)
+    """
     from kubernetes import client as k8s_client
     from kubernetes.config import config_exception, kube_config
 
@@ -77,6 +92,16 @@ def load_kubeconfig_login(
             merged = kube_config.KubeConfigMerger(path)  # type: ignore[no-untyped-call]
             if merged.config is None:
                 raise CredentialsError(f"{path} holds no kubeconfig")
+            current = next(
+                (
+                    c["current-context"]
+                    for c in merged.config_files.values()
+                    if "current-context" in c
+                ),
+                None,
+            )
+            if current is not None:
+                merged.config.value["current-context"] = current
             loader = kube_config.KubeConfigLoader(  # type: ignore[no-untyped-call]
                 config_dict=merged.config, config_base_path=None, temp_file_path=scratch
             )
@@ -152,6 +177,12 @@ def load_login(
         return load_kubeconfig_login(path)
     if in_pod is not None:
         return in_pod
+    listed = kubeconfig_env_paths(environ)
+    if listed:
+        raise CredentialsError(
+            f"no kubeconfig: KUBECONFIG names no file that exists ({os.pathsep.join(listed)}); "
+            "pass --kubeconfig, or fix or unset KUBECONFIG (or run in a pod)"
+        )
     raise CredentialsError(
         "no kubeconfig: pass --kubeconfig, set KUBECONFIG or put one at "
         f"{os.path.expanduser('~/.kube/config')} (or run in a pod)"
