@@ -1080,3 +1080,23 @@ async def test_list_queues_names_the_workerfleet_queues_under_the_url_s_prefix(
         await lister.close()
     # Then exactly the two workerfleet queues are named (not the stray ones)
     assert listed == ["orders", "x"]
+
+
+async def test_jobs_each_within_sqs_s_size_limit_are_enqueued_together_even_when_their_sum_is_not(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given ten jobs of 40 KB each: each far below SQS's 256 KiB per message, 400 KB together
+    # (a SendMessageBatch may carry 256 KiB in all)
+    b = await open_sqs()
+    big = [
+        base.EnqueueRequest(
+            envelope=envelope_mod.build_envelope("t", {"n": n, "blob": "x" * 40_000})
+        )
+        for n in range(10)
+    ]
+    # When they are enqueued in one call
+    sent = await b.enqueue_many(big)
+    # Then every one is stored, once
+    got = await fetch_until(b, 10, 15)
+    assert sorted(d.id for d in got) == sorted(r.job_id for r in sent)
+    assert await b.fetch("w1", 10) == []

@@ -78,6 +78,10 @@ RETENTION_RANGE = (60, 1_209_600)
 BATCH = 10
 """SQS's batch size for SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch."""
 
+MAX_MESSAGE_BYTES = 262_144
+"""SQS's largest message (256 KiB: its body and message attributes), and also the largest
+SendMessageBatch (all its entries together)."""
+
 BUFFERED_RENEW_SHARE = 0.5
 """A job a long poll received after its fetch had returned waits in the broker for the next
 fetch, its lease running. It is handed out as it is while at least this share of its lease is
@@ -201,6 +205,32 @@ entries go when the delivery is settled. Plain dict reads and writes are atomic 
 
 RECEIPT_ALIASES_MAX = 100_000
 """Bound on :data:`RECEIPT_ALIASES` (the oldest go first; a lost alias costs one lost lease)."""
+
+
+def _entry_bytes(entry: dict[str, Any]) -> int:
+    """The bytes SQS counts for one SendMessage(Batch) entry: its body and each message
+    attribute's name, type and value."""
+    size = len(str(entry["MessageBody"]).encode())
+    for name, attr in (entry.get("MessageAttributes") or {}).items():
+        size += len(name.encode()) + len(attr["DataType"]) + len(attr["StringValue"].encode())
+    return size
+
+
+def _send_batches(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``entries`` in order, cut into SendMessageBatch calls SQS takes: at most :data:`BATCH`
+    entries and :data:`MAX_MESSAGE_BYTES` in all (ten jobs of 40 KB each are one call of
+    400 KB, which SQS refuses whole, though it takes each of them). An entry too large on its
+    own goes alone, and SQS says so."""
+    batches: list[list[dict[str, Any]]] = []
+    size = 0
+    for entry in entries:
+        n = _entry_bytes(entry)
+        if not batches or len(batches[-1]) >= BATCH or size + n > MAX_MESSAGE_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += n
+    return batches
 
 
 def _set_alias(held_receipt: str, newest: str) -> None:
@@ -550,12 +580,13 @@ class SqsBroker:
                 codes = ", ".join(str(f.get("Code")) for f in reply["Failed"])
                 raise errors.BrokerRejected(f"SQS refused enqueue: {codes}", operation="enqueue")
 
-        # the batches of 10 leave together: one round trip of latency, not one per 10 jobs
+        # the batches (10 jobs, 256 KiB) leave together: one round trip of latency, not one
+        # per batch
         await asyncio.gather(
             *(
-                send(url, [e for _, e in entries[start : start + BATCH]])
+                send(url, chunk)
                 for url, entries in by_url.items()
-                for start in range(0, len(entries), BATCH)
+                for chunk in _send_batches([e for _, e in entries])
             )
         )
         return [base.EnqueueResult(job_id=r.envelope.id, created=True) for r in requests]
