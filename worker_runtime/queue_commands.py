@@ -957,6 +957,11 @@ def _dry_run_ids(url: str, queue: str, ids: list[str] | None, limit: int | None)
 REPLAY_CHUNK = 100
 """Most dead letters one replay call moves: the CLI checks Ctrl-C and the rate between calls."""
 
+BROKER_REPLAY_RATE = 1_000_000.0
+"""The rate a replay call is given: the CLI paces between calls, where Ctrl-C can stop the wait.
+A broker paces its own call too, and at 100 a second it held every ``--rate`` above 100 to 100
+(each chunk of 100 then waited a second inside the broker)."""
+
 
 @guard
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
@@ -1007,7 +1012,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                     break
                 done = await letters.replay_dead_letters(
                     job_ids=part, limit=None if part is not None else size,
-                    reset_attempts=args.reset_attempts, rate_per_second=float(REPLAY_CHUNK),
+                    reset_attempts=args.reset_attempts, rate_per_second=BROKER_REPLAY_RATE,
                 )  # fmt: skip
                 replayed.extend(done)
                 advance(size if part is not None else len(done))
