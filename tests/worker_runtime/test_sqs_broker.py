@@ -1100,3 +1100,29 @@ async def test_jobs_each_within_sqs_s_size_limit_are_enqueued_together_even_when
     got = await fetch_until(b, 10, 15)
     assert sorted(d.id for d in got) == sorted(r.job_id for r in sent)
     assert await b.fetch("w1", 10) == []
+
+
+async def test_a_fifo_message_group_enqueued_in_one_call_keeps_its_order_across_batches(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a FIFO queue, and 25 jobs of one message group enqueued in one call (three
+    # SendMessageBatch calls), the first call's request slower on the wire than the others
+    b = await open_sqs(url=elasticmq_server.url + "&fifo=true&priorities=false")
+    calls: list[int] = []
+
+    async def slow_first(**_: Any) -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            await asyncio.sleep(0.5)
+
+    b._client.meta.events.register("before-call.sqs.SendMessageBatch", slow_first)
+    await b.enqueue_many([job(f"j{i}", headers={"message-group-id": "g"}) for i in range(25)])
+    # When a worker takes the group's jobs one by one
+    got: list[str] = []
+    for _ in range(25):
+        [d] = await fetch_until(b, 1, 10)
+        got.append(d.envelope.task)
+        assert await b.ack(d) is True
+    # Then it gets them in the order they were enqueued
+    assert len(calls) == 3
+    assert got == [f"j{i}" for i in range(25)]

@@ -580,15 +580,21 @@ class SqsBroker:
                 codes = ", ".join(str(f.get("Code")) for f in reply["Failed"])
                 raise errors.BrokerRejected(f"SQS refused enqueue: {codes}", operation="enqueue")
 
-        # the batches (10 jobs, 256 KiB) leave together: one round trip of latency, not one
-        # per batch
-        await asyncio.gather(
-            *(
-                send(url, chunk)
-                for url, entries in by_url.items()
-                for chunk in _send_batches([e for _, e in entries])
+        async def send_in_order(url: str, chunks: list[list[dict[str, Any]]]) -> None:
+            for chunk in chunks:
+                await send(url, chunk)
+
+        batches = {url: _send_batches([e for _, e in entries]) for url, entries in by_url.items()}
+        if self.settings.fifo:
+            # A FIFO queue stores a message group in the order its sends arrive: batches sent
+            # at once could arrive in any order, so each queue's go one after the other
+            await asyncio.gather(*(send_in_order(url, chunks) for url, chunks in batches.items()))
+        else:
+            # the batches (10 jobs, 256 KiB) leave together: one round trip of latency, not one
+            # per batch
+            await asyncio.gather(
+                *(send(url, chunk) for url, chunks in batches.items() for chunk in chunks)
             )
-        )
         return [base.EnqueueResult(job_id=r.envelope.id, created=True) for r in requests]
 
     # -- fetch ------------------------------------------------------------------------------
