@@ -1126,3 +1126,49 @@ async def test_a_fifo_message_group_enqueued_in_one_call_keeps_its_order_across_
     # Then it gets them in the order they were enqueued
     assert len(calls) == 3
     assert got == [f"j{i}" for i in range(25)]
+
+
+async def test_an_enqueue_whose_batch_entry_sqs_failed_for_now_stores_every_job_once(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a SendMessageBatch that SQS answers with its first entry stored and its second
+    # failed through no fault of the sender (an internal error, SenderFault false)
+    b = await open_sqs()
+    sent_entries: list[dict[str, Any]] = []
+    calls: list[str] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        sent_entries[:] = params["Entries"]
+
+    async def partly(**_: Any) -> tuple[Any, dict[str, Any]] | None:
+        calls.append("SendMessageBatch")
+        if len(calls) > 1:
+            return None  # the next calls reach the server
+        first = {k: v for k, v in sent_entries[0].items() if k != "Id"}
+        stored = await b._client.send_message(
+            QueueUrl=b._url(envelope_mod.Priority.NORMAL), **first
+        )
+        http = types.SimpleNamespace(status_code=200, headers={}, raw=None, content=b"")
+        return http, {
+            "Successful": [
+                {
+                    "Id": sent_entries[0]["Id"],
+                    "MessageId": stored["MessageId"],
+                    "MD5OfMessageBody": stored["MD5OfMessageBody"],
+                }
+            ],
+            "Failed": [
+                {"Id": sent_entries[1]["Id"], "SenderFault": False, "Code": "InternalError"}
+            ],
+            "ResponseMetadata": {"HTTPStatusCode": 200},
+        }
+
+    b._client.meta.events.register("before-parameter-build.sqs.SendMessageBatch", capture)
+    b._client.meta.events.register("before-call.sqs.SendMessageBatch", partly)
+    # When two jobs are enqueued in that call
+    sent = await b.enqueue_many([job("first"), job("second")])
+    # Then both are stored, each once: the failed entry alone was sent again
+    got = await fetch_until(b, 2, 10)
+    assert sorted(d.id for d in got) == sorted(r.job_id for r in sent)
+    assert await b.fetch("w1", 10) == []
+    assert calls == ["SendMessageBatch", "SendMessageBatch"]

@@ -78,6 +78,12 @@ RETENTION_RANGE = (60, 1_209_600)
 BATCH = 10
 """SQS's batch size for SendMessageBatch, DeleteMessageBatch and ChangeMessageVisibilityBatch."""
 
+ENTRY_RESEND_WAITS_SECONDS = (0.05, 0.2, 0.5, 1.0)
+"""Waits before an enqueue sends again the entries of its SendMessageBatch that SQS failed
+through no fault of the sender (``SenderFault`` false, a throttle): those entries alone, as the
+call's other entries are stored (a standard queue would store them twice). Still failing after
+the last wait, the enqueue raises BrokerUnavailable."""
+
 MAX_MESSAGE_BYTES = 262_144
 """SQS's largest message (256 KiB: its body and message attributes), and also the largest
 SendMessageBatch (all its entries together)."""
@@ -574,11 +580,24 @@ class SqsBroker:
             by_url[self._url(env.priority)].append((i, entry))
 
         async def send(url: str, chunk: list[dict[str, Any]]) -> None:
-            with _mapped("enqueue"):
-                reply = await client.send_message_batch(QueueUrl=url, Entries=chunk)
-            if reply.get("Failed"):
-                codes = ", ".join(str(f.get("Code")) for f in reply["Failed"])
-                raise errors.BrokerRejected(f"SQS refused enqueue: {codes}", operation="enqueue")
+            refused: errors.BrokerError | None = None
+            for wait in (*ENTRY_RESEND_WAITS_SECONDS, None):
+                with _mapped("enqueue"):
+                    reply = await client.send_message_batch(QueueUrl=url, Entries=chunk)
+                by_id = {entry["Id"]: entry for entry in chunk}
+                chunk = []
+                for failed in reply.get("Failed", []):
+                    error = _entry_error(failed, "enqueue")
+                    if isinstance(error, errors.BrokerUnavailable) and wait is not None:
+                        # only the failed entry goes again: the call's others are stored
+                        chunk.append(by_id[str(failed.get("Id"))])
+                    elif refused is None or isinstance(refused, errors.BrokerUnavailable):
+                        refused = error
+                if not chunk:
+                    break
+                await asyncio.sleep(wait or 0.0)
+            if refused is not None:
+                raise refused
 
         async def send_in_order(url: str, chunks: list[list[dict[str, Any]]]) -> None:
             for chunk in chunks:
