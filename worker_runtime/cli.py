@@ -460,7 +460,9 @@ def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
             return str(getattr(args, "_broker_name", "the broker"))
 
         try:
-            return fn(args)
+            code = fn(args)
+            sys.stdout.flush()  # here, not at exit: a reader that left (| head) shows now
+            return code
         except (CliError, errors.CapabilityMissing, errors.ConfigError) as exc:
             print(f"workerfleet: {exc}", file=sys.stderr)
             return 2
@@ -468,6 +470,11 @@ def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
             print(f"workerfleet: {exc}", file=sys.stderr)
             return 1
         except (errors.BrokerUnavailable, OSError) as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+                # `| head` has its lines: not the broker. Quiet, as SIGPIPE would have ended
+                # the process (Python ignores SIGPIPE), and nothing left to flush at exit.
+                _discard_stdout()
+                return STDOUT_CLOSED_EXIT
             print(f"workerfleet: cannot reach {name()}: {exc}", file=sys.stderr)
             return 1
         except errors.BrokerRejected as exc:
@@ -478,6 +485,32 @@ def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
     return wrapped
+
+
+STDOUT_CLOSED_EXIT = 128 + 13
+"""The exit code when stdout's reader went away: a shell's code for a process SIGPIPE ended."""
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more (a broker's broken pipe is not that)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or a stdout without a descriptor
+        return False
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null: the output still buffered would fail again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 # ---- worker ----------------------------------------------------------------------------------

@@ -223,7 +223,13 @@ def _print_json(data: Any) -> None:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    class GuardedConsole(Console):
+        def on_broken_pipe(self) -> None:
+            # rich ended the process with exit 1 when stdout's reader left (| head): the
+            # guard ends it as for every other output, with 141 (1 says the broker is away)
+            raise BrokenPipeError(32, "stdout's reader is gone")
+
+    return GuardedConsole(highlight=False)
 
 
 def _terminal_width() -> int | None:
