@@ -180,6 +180,21 @@ class Console:
                 return self.render(request, "error.html", 404, message="no such pool or queue")
             except errors.CapabilityMissing as exc:
                 return self.render(request, "error.html", 501, message=str(exc))
+            except (errors.BrokerError, OSError, TimeoutError) as exc:
+                # An incident page of the console, not a bare 500: the reason's type only (an
+                # error text may quote the URL), and for a write that its outcome is unknown.
+                logger.warning(
+                    "%s %s: the broker failed: %r", request.method, request.url.path, exc
+                )
+                message = f"the broker of this queue does not answer ({type(exc).__name__})"
+                if request.method == "POST":
+                    message += (
+                        ": the action may not have been done, or done in part; the dead letters "
+                        "page shows what is left once the broker answers"
+                    )
+                return self.render(
+                    request, "error.html", 503, message=message, heading="Broker unavailable"
+                )
 
         return run
 
