@@ -129,3 +129,26 @@ app.kubernetes.io/component: console
 {{- required "console.serviceAccount.name is required when console.serviceAccount.create is false" .Values.console.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/* A Prometheus duration (the schema's `1m30s`, `500ms`...) in milliseconds. */}}
+{{- define "workerfleet.durationMillis" -}}
+{{- $units := dict "h" 3600000 "m" 60000 "s" 1000 "ms" 1 }}
+{{- $total := 0 }}
+{{- range regexFindAll "[0-9]+(ms|h|m|s)" . -1 }}
+{{- $number := regexFind "^[0-9]+" . }}
+{{- $total = add $total (mul (int64 $number) (get $units (trimPrefix $number .))) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
+Fail when a monitor's scrapeTimeout is longer than its interval: the Prometheus Operator drops
+such a ServiceMonitor/PodMonitor ("scrapeTimeout greater than scrapeInterval") and the operator
+goes unscraped. JSON schema cannot compare two values. Called with (list "serviceMonitor" $values).
+*/}}
+{{- define "workerfleet.checkScrapeTimeout" -}}
+{{- $name := index . 0 }}{{- $m := index . 1 }}
+{{- if gt (include "workerfleet.durationMillis" $m.scrapeTimeout | int64) (include "workerfleet.durationMillis" $m.interval | int64) }}
+{{- fail (printf "metrics.%s.scrapeTimeout (%s) is longer than metrics.%s.interval (%s): the Prometheus Operator drops such a monitor and the operator would go unscraped (WorkerfleetOperatorDown, every pool alert blind). Lower the timeout or raise the interval" $name $m.scrapeTimeout $name $m.interval) }}
+{{- end }}
+{{- end }}
