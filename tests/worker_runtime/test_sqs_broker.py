@@ -1172,3 +1172,73 @@ async def test_an_enqueue_whose_batch_entry_sqs_failed_for_now_stores_every_job_
     assert sorted(d.id for d in got) == sorted(r.job_id for r in sent)
     assert await b.fetch("w1", 10) == []
     assert calls == ["SendMessageBatch", "SendMessageBatch"]
+
+
+def long_failure(n: int) -> base.FailureRecord:
+    """A failure as long as the worker keeps one (a 2,000-character message, 4,000 of
+    traceback)."""
+    return base.FailureRecord(f"E{n}", f"{n}" * 2000, "t" * 4000, "w1", time.time(), n, n)
+
+
+def count_message_bytes_as_aws_does(b: sqs_broker.SqsBroker) -> None:
+    """Make the broker's SendMessage calls refused as AWS refuses them: over 256 KiB of body
+    and message attributes (name, type and value) together. ElasticMQ counts the body alone."""
+    sizes: list[int] = []
+
+    def measure(params: dict[str, Any], **_: Any) -> None:
+        attrs = params.get("MessageAttributes") or {}
+        size = len(params["MessageBody"].encode()) + sum(
+            len(k) + len(v["DataType"]) + len(v["StringValue"].encode()) for k, v in attrs.items()
+        )
+        sizes.append(size)
+
+    def refuse(**_: Any) -> tuple[Any, dict[str, Any]] | None:
+        if sizes.pop() <= 262_144:
+            return None
+        http = types.SimpleNamespace(status_code=400, headers={}, raw=None, content=b"")
+        reason = (
+            "One or more parameters are invalid. Reason: Message must be shorter than 262144 bytes."
+        )
+        return http, {
+            **refusal("InvalidParameterValue", reason),
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        }
+
+    b._client.meta.events.register("before-parameter-build.sqs.SendMessage", measure)
+    b._client.meta.events.register("before-call.sqs.SendMessage", refuse)
+
+
+async def test_a_large_job_with_a_long_history_is_retried_and_dead_lettered_within_sqs_s_size_limit(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a job whose body and twelve recorded failures fill SQS's 256 KiB message nearly
+    # to the byte (258,000 bytes), on a server that counts a message's size as AWS does
+    b = await open_sqs(lease_seconds=5)
+    history = tuple(long_failure(n) for n in range(1, 13))
+    carried = attributes.Carried(attempts=12, deliveries=12, history=history)
+    sent = attributes.encode_carried(carried)
+    attrs_bytes = sum(len(k) + len(v["DataType"]) + len(v["StringValue"]) for k, v in sent.items())
+    empty = envelope_mod.build_envelope("t", {"blob": ""})
+    blob = 258_000 - attrs_bytes - len(envelope_mod.encode_envelope_text(empty))
+    env = envelope_mod.build_envelope("t", {"blob": "x" * blob})
+    body = envelope_mod.encode_envelope_text(env)
+    await b._client.send_message(
+        QueueUrl=b._url(envelope_mod.Priority.NORMAL), MessageBody=body, MessageAttributes=sent
+    )
+    count_message_bytes_as_aws_does(b)
+    # When it fails once more and is retried, and then fails for good
+    [d] = await fetch_until(b, 1, 10)
+    assert d.attempts == 12
+    failure = base.Failure("E13", "13" * 1000, "t" * 4000, "w1")
+    assert await b.retry(d, failure, delay_seconds=0) is True
+    [again] = await fetch_until(b, 1, 10)
+    assert (again.id, again.attempts) == (env.id, 13)
+    last = base.Failure("E14", "14" * 1000, "t" * 4000, "w1")
+    assert await b.dead_letter(again, "non_retryable", failure=last) is True
+    # Then its dead letter holds every failure, the newest whole, the oldest without their
+    # tracebacks to fit SQS's limit
+    letter = await b.show_dead_letter(env.id)
+    assert letter is not None and letter.attempts == 14
+    assert [r.error_type for r in letter.history] == [f"E{n}" for n in range(1, 15)]
+    assert letter.history[-1].traceback == "t" * 4000
+    assert letter.history[0].traceback == ""

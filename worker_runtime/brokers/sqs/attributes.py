@@ -48,10 +48,15 @@ ALL = (
     WORKER,
 )
 
+MAX_MESSAGE_BYTES = 262_144
+"""SQS's largest message: 256 KiB of body and message attributes (each one's name, type and
+value) together. Also the largest SendMessageBatch, all its entries together."""
+
 HISTORY_BUDGET = 160_000
-"""Bytes of history JSON a message carries at most (SQS: 256 KiB per message with the body).
-Over budget, the oldest entries lose their tracebacks first, then the oldest entries go
-(``dropped`` counts them, so the record says the history is not complete)."""
+"""Bytes of history JSON a message carries at most, and never more than its body and other
+attributes leave of :data:`MAX_MESSAGE_BYTES`. Over budget, the oldest entries lose their
+tracebacks first, then the oldest entries go (``dropped`` counts them, so the record says the
+history is not complete)."""
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,18 @@ def _string_attr(value: str) -> dict[str, str]:
     return {"DataType": "String", "StringValue": value}
 
 
-def encode_carried(carried: Carried) -> dict[str, dict[str, str]]:
-    """``MessageAttributes`` for a message that carries ``carried`` (zero counters left out)."""
+def attribute_bytes(attrs: Mapping[str, Mapping[str, str]]) -> int:
+    """The bytes SQS counts for ``MessageAttributes``: each one's name, type and value."""
+    return sum(
+        len(name.encode()) + len(a["DataType"]) + len(a["StringValue"].encode())
+        for name, a in attrs.items()
+    )
+
+
+def encode_carried(carried: Carried, *, body_bytes: int = 0) -> dict[str, dict[str, str]]:
+    """``MessageAttributes`` for a message that carries ``carried`` (zero counters left out)
+    beside a body of ``body_bytes``: the history is cut to what SQS's message size leaves (a
+    large job with a long history was a copy SQS refused, every time it was retried)."""
     out: dict[str, dict[str, str]] = {}
     if carried.attempts:
         out[ATTEMPTS] = _number_attr(carried.attempts)
@@ -122,8 +137,6 @@ def encode_carried(carried: Carried) -> dict[str, dict[str, str]]:
         out[DELIVERIES] = _number_attr(carried.deliveries)
     if carried.lost:
         out[LOST] = _number_attr(carried.lost)
-    if carried.history or carried.history_dropped:
-        out[HISTORY] = _string_attr(encode_history(carried.history, carried.history_dropped))
     if carried.previous_delay is not None:
         out[PREVIOUS_DELAY] = _number_attr(carried.previous_delay)
     if carried.not_before is not None:
@@ -134,6 +147,12 @@ def encode_carried(carried: Carried) -> dict[str, dict[str, str]]:
         out[DEAD_LETTERED_AT] = _number_attr(carried.dead_lettered_at)
     if carried.worker_id:
         out[WORKER] = _string_attr(carried.worker_id)
+    if carried.history or carried.history_dropped:
+        room = MAX_MESSAGE_BYTES - body_bytes - attribute_bytes(out) - len(HISTORY) - len("String")
+        budget = min(HISTORY_BUDGET, room)
+        out[HISTORY] = _string_attr(
+            encode_history(carried.history, carried.history_dropped, budget)
+        )
     return out
 
 
@@ -149,8 +168,10 @@ def _record_json(record: base.FailureRecord, *, traceback: bool) -> dict[str, An
     }
 
 
-def encode_history(history: Sequence[base.FailureRecord], dropped: int = 0) -> str:
-    """The history as compact JSON within :data:`HISTORY_BUDGET` (see there)."""
+def encode_history(
+    history: Sequence[base.FailureRecord], dropped: int = 0, budget: int = HISTORY_BUDGET
+) -> str:
+    """The history as compact JSON within ``budget`` bytes (see :data:`HISTORY_BUDGET`)."""
     records = list(history)
     keep_traceback = [True] * len(records)
     while True:
@@ -164,7 +185,7 @@ def encode_history(history: Sequence[base.FailureRecord], dropped: int = 0) -> s
             },
             separators=(",", ":"),
         )
-        if len(text.encode()) <= HISTORY_BUDGET or not records:
+        if len(text.encode()) <= budget or not records:
             return text
         if True in keep_traceback[:-1]:
             keep_traceback[keep_traceback.index(True)] = False

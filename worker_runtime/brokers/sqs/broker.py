@@ -84,9 +84,6 @@ through no fault of the sender (``SenderFault`` false, a throttle): those entrie
 call's other entries are stored (a standard queue would store them twice). Still failing after
 the last wait, the enqueue raises BrokerUnavailable."""
 
-MAX_MESSAGE_BYTES = 262_144
-"""SQS's largest message (256 KiB: its body and message attributes), and also the largest
-SendMessageBatch (all its entries together)."""
 
 BUFFERED_RENEW_SHARE = 0.5
 """A job a long poll received after its fetch had returned waits in the broker for the next
@@ -216,22 +213,20 @@ RECEIPT_ALIASES_MAX = 100_000
 def _entry_bytes(entry: dict[str, Any]) -> int:
     """The bytes SQS counts for one SendMessage(Batch) entry: its body and each message
     attribute's name, type and value."""
-    size = len(str(entry["MessageBody"]).encode())
-    for name, attr in (entry.get("MessageAttributes") or {}).items():
-        size += len(name.encode()) + len(attr["DataType"]) + len(attr["StringValue"].encode())
-    return size
+    body = len(str(entry["MessageBody"]).encode())
+    return body + attributes.attribute_bytes(entry.get("MessageAttributes") or {})
 
 
 def _send_batches(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """``entries`` in order, cut into SendMessageBatch calls SQS takes: at most :data:`BATCH`
-    entries and :data:`MAX_MESSAGE_BYTES` in all (ten jobs of 40 KB each are one call of
-    400 KB, which SQS refuses whole, though it takes each of them). An entry too large on its
-    own goes alone, and SQS says so."""
+    entries and ``attributes.MAX_MESSAGE_BYTES`` in all (ten jobs of 40 KB each are one call
+    of 400 KB, which SQS refuses whole, though it takes each of them). An entry too large on
+    its own goes alone, and SQS says so."""
     batches: list[list[dict[str, Any]]] = []
     size = 0
     for entry in entries:
         n = _entry_bytes(entry)
-        if not batches or len(batches[-1]) >= BATCH or size + n > MAX_MESSAGE_BYTES:
+        if not batches or len(batches[-1]) >= BATCH or size + n > attributes.MAX_MESSAGE_BYTES:
             batches.append([])
             size = 0
         batches[-1].append(entry)
@@ -542,7 +537,7 @@ class SqsBroker:
         if delay > MAX_SQS_DELAY and not self.settings.fifo:
             carried = dataclasses.replace(carried, not_before=time.time() + delay)
         entry: dict[str, Any] = {"Id": entry_id, "MessageBody": body}
-        attrs = attributes.encode_carried(carried)
+        attrs = attributes.encode_carried(carried, body_bytes=len(body.encode()))
         if attrs:
             entry["MessageAttributes"] = attrs
         if self.settings.fifo:
@@ -1268,7 +1263,9 @@ class SqsBroker:
         )
         entry: dict[str, Any] = {
             "MessageBody": held.body,
-            "MessageAttributes": attributes.encode_carried(carried),
+            "MessageAttributes": attributes.encode_carried(
+                carried, body_bytes=len(held.body.encode())
+            ),
         }
         if self.settings.fifo:
             entry["MessageGroupId"] = self.queue
