@@ -21,7 +21,7 @@ from tests.support import elasticmq
 from worker_runtime import brokers, errors
 from worker_runtime import envelope as envelope_mod
 from worker_runtime.brokers import base
-from worker_runtime.brokers.sqs import attributes, settings
+from worker_runtime.brokers.sqs import attributes, dlq, settings
 from worker_runtime.brokers.sqs import broker as sqs_broker
 
 OpenBroker = Callable[..., Awaitable[sqs_broker.SqsBroker]]
@@ -83,6 +83,20 @@ def refusal(code: str, message: str = "") -> dict[str, Any]:
 
 
 THROTTLED = refusal("ThrottlingException", "Rate exceeded")
+
+
+def delay_call(b: sqs_broker.SqsBroker, operation: str, *, nth: int, seconds: float) -> list[str]:
+    """Make the broker's ``nth`` ``operation`` call (SQS's name) leave ``seconds`` late, as on a
+    slow network; every call still reaches the server. Returns the calls seen."""
+    seen: list[str] = []
+
+    async def late(**_: Any) -> None:
+        seen.append(operation)
+        if len(seen) == nth:
+            await asyncio.sleep(seconds)
+
+    b._client.meta.events.register(f"before-call.sqs.{operation}", late)
+    return seen
 
 
 async def fetch_until(b: sqs_broker.SqsBroker, count: int, seconds: float) -> list[base.Delivery]:
@@ -1108,14 +1122,7 @@ async def test_a_fifo_message_group_enqueued_in_one_call_keeps_its_order_across_
     # Given a FIFO queue, and 25 jobs of one message group enqueued in one call (three
     # SendMessageBatch calls), the first call's request slower on the wire than the others
     b = await open_sqs(url=elasticmq_server.url + "&fifo=true&priorities=false")
-    calls: list[int] = []
-
-    async def slow_first(**_: Any) -> None:
-        calls.append(len(calls))
-        if len(calls) == 1:
-            await asyncio.sleep(0.5)
-
-    b._client.meta.events.register("before-call.sqs.SendMessageBatch", slow_first)
+    calls = delay_call(b, "SendMessageBatch", nth=1, seconds=0.5)
     await b.enqueue_many([job(f"j{i}", headers={"message-group-id": "g"}) for i in range(25)])
     # When a worker takes the group's jobs one by one
     got: list[str] = []
@@ -1242,3 +1249,22 @@ async def test_a_large_job_with_a_long_history_is_retried_and_dead_lettered_with
     assert [r.error_type for r in letter.history] == [f"E{n}" for n in range(1, 15)]
     assert letter.history[-1].traceback == "t" * 4000
     assert letter.history[0].traceback == ""
+
+
+async def test_a_purge_whose_scan_read_a_dead_letter_twice_deletes_it(
+    open_sqs: OpenBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two dead letters, and a DLQ scan that hides what it reads for 1 s but whose second
+    # read comes later than that (a slow server, or a DLQ too long to read in 30 s): it reads
+    # both letters again, SQS giving them new receipts
+    b = await open_sqs()
+    await dead_letter_jobs(b, 2)
+    monkeypatch.setattr(dlq, "SCAN_HIDE_SECONDS", 1)
+    reads = delay_call(b, "ReceiveMessage", nth=2, seconds=1.5)
+    # When every dead letter is purged
+    assert await b.purge_dead_letters(everything=True) == 2
+    # Then none is left, once the scan's hiding is over
+    await asyncio.sleep(1.5)
+    assert len(reads) >= 3
+    assert await b.count_dead_letters() == 0
+    assert [letter.job_id for letter in await b.list_dead_letters()] == []

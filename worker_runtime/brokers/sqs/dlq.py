@@ -98,7 +98,9 @@ async def scan_dead_letters(client: Any, dlq_url: str) -> list[ScannedLetter]:
         messages = reply.get("Messages", [])
         empty = 0 if messages else empty + 1
         for message in messages:
-            seen.setdefault(str(message["MessageId"]), build_dead_letter(message))
+            # A letter read again (its hiding ended while the scan went on) has a new receipt,
+            # and SQS deletes or releases it only by that one: the older is refused
+            seen[str(message["MessageId"])] = build_dead_letter(message)
     return list(seen.values())
 
 
