@@ -21,6 +21,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from tests.support import engine as es
+from tests.support import raw_dead_letters
 from tests.support.cli import run_cli
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import wait_until
@@ -36,20 +37,6 @@ def _corrupt(client: redis.Redis, queue_name: str, job_id: str) -> bytes:
     bad = raw.replace(b'"MARK"', b'"caf\xe9 \xff"')
     client.hset(env_key, job_id, bad)
     return bad
-
-
-def _store_dead_letter(
-    client: redis.Redis, queue_name: str, job_id: bytes, envelope: bytes
-) -> None:
-    """Write a DLQ record byte for byte, as an older version (or another tool) may have."""
-    k = keys.build_keys(queue_name)
-    record = (
-        b'{"id":"' + job_id + b'","reason":"max_deliveries","priority":"normal","attempts":0,'
-        b'"deliveries":2,"lost":2,"worker":"w","dead_lettered_at":1700000000.0,"history":[],'
-        b'"envelope":' + envelope + b"}"
-    )
-    client.hset(k.dlq_data, job_id, record)
-    client.zadd(k.dlq, {job_id: 1700000000000})
 
 
 async def test_a_non_utf8_envelope_is_dead_lettered_alone_and_its_batch_mates_are_handed_out(
@@ -172,7 +159,9 @@ def test_a_stored_dead_letter_record_with_raw_non_utf8_bytes_is_still_readable(
     # Given a DLQ record whose envelope holds raw non-UTF-8 bytes (as older versions wrote)
     raw = redis.Redis(port=wf.redis.port)
     try:
-        _store_dead_letter(raw, wf.queue, b"old-1", b'"{\\"v\\":1,\\"task\\":\\"caf\xe9\\"}"')
+        raw_dead_letters.store_raw_dead_letter(
+            raw, wf.queue, b"old-1", b'"{\\"v\\":1,\\"task\\":\\"caf\xe9\\"}"'
+        )
     finally:
         raw.close()
     cli = {"redis_url": wf.redis.url, "queue_name": wf.queue}
@@ -249,7 +238,7 @@ def test_a_dead_letter_whose_job_id_is_not_utf8_can_be_listed_replayed_and_purge
     raw = redis.Redis(port=wf.redis.port)
     monkeypatch.setenv("PYTHONIOENCODING", "utf-8:strict")
     try:
-        _store_dead_letter(raw, wf.queue, b"bad\xff", b'"{}"')
+        raw_dead_letters.store_raw_dead_letter(raw, wf.queue, b"bad\xff", b'"{}"')
         cli = {"redis_url": wf.redis.url, "queue_name": wf.queue}
         # When it is listed, then replayed
         ls = run_cli("dlq", "ls", **cli)
@@ -263,7 +252,7 @@ def test_a_dead_letter_whose_job_id_is_not_utf8_can_be_listed_replayed_and_purge
         assert "replayed 1" in replay.stdout
         assert raw.hexists(k.env, b"bad\xff") and raw.zcard(k.dlq) == 0
         # and once it is a dead letter again, purging it by everything works
-        _store_dead_letter(raw, wf.queue, b"bad\xff", b'"{}"')
+        raw_dead_letters.store_raw_dead_letter(raw, wf.queue, b"bad\xff", b'"{}"')
         purge = run_cli("dlq", "purge", "--all", "--yes", **cli)
         assert purge.returncode == 0 and "purged 1" in purge.stdout, purge.stderr[-2000:]
     finally:

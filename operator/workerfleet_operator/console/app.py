@@ -78,10 +78,40 @@ def _build_environment() -> jinja2.Environment:
     env.filters["age"] = stats.format_age
     env.filters["when"] = _when
     env.filters["number"] = _number
+    # a job id that is not UTF-8 (lone surrogates) goes into a link as its exact bytes
     env.filters["q"] = lambda params: urllib.parse.urlencode(
-        {k: v for k, v in params.items() if v not in (None, "")}
+        {k: v for k, v in params.items() if v not in (None, "")}, errors="surrogateescape"
     )
+    env.filters["form_id"] = quote_job_id
     return env
+
+
+def quote_job_id(job_id: str) -> str:
+    """A job id as a form field carries it: percent-escaped bytes (:func:`unquote_job_id`).
+
+    A form can only send UTF-8 text, and a job id that is not UTF-8 must still reach the purge
+    or the replay as its exact bytes."""
+    return urllib.parse.quote(job_id, safe="", errors="surrogateescape")
+
+
+def unquote_job_id(text: str) -> str:
+    """The job id a form field of :func:`quote_job_id` carries."""
+    return urllib.parse.unquote(text, errors="surrogateescape")
+
+
+def _query_values(request: Request, name: str) -> list[str]:
+    """The query's ``name`` values with bytes that are not UTF-8 kept (as lone surrogates, as
+    the runtime keeps job ids): Starlette's own parse replaces them, and the id then names no
+    entry."""
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, errors="surrogateescape")
+    return [value for key, value in pairs if key == name]
+
+
+def _printable(text: str) -> str:
+    """``text`` for a page: bytes that were not UTF-8 (lone surrogates) shown escaped, ``\\xff``,
+    as the command line shows them, instead of failing the whole page."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 STYLE = """
@@ -143,7 +173,7 @@ class Console:
             signed_in=identity is not None,
             **context,
         )
-        return HTMLResponse(body, status_code=status_code, headers=SECURITY_HEADERS)
+        return HTMLResponse(_printable(body), status_code=status_code, headers=SECURITY_HEADERS)
 
     def guarded(
         self, handler: Callable[[Request], Awaitable[Response]], *, write: bool = False
@@ -275,7 +305,7 @@ class Console:
 
     async def job(self, request: Request) -> Response:
         broker, queue, key = await self._queue(request)
-        job_id = request.query_params.get("id", "")
+        job_id = next(iter(_query_values(request, "id")), "")
         d = await _dead_letters(broker).show_dead_letter(job_id)
         if d is None:
             return self.render(request, "error.html", 404, message="no such dead letter")
@@ -300,7 +330,7 @@ class Console:
     async def _chosen_ids(self, request: Request, broker: Any) -> list[str]:
         from worker_runtime import triage
 
-        ids = [i for i in request.query_params.getlist("id") if i]
+        ids = [i for i in _query_values(request, "id") if i]
         if ids:
             return ids[:ACTION_LIMIT]
         where, _params, problem = self._filter(request)
@@ -333,7 +363,7 @@ class Console:
         key = str(form.get("pool", ""))
         broker, queue = await self.source.fetch_queue_broker(key)
         letters = _dead_letters(broker)
-        ids = [str(i) for i in form.getlist("id") if str(i)][:ACTION_LIMIT]
+        ids = [unquote_job_id(str(i)) for i in form.getlist("id") if str(i)][:ACTION_LIMIT]
         if action == "replay":
             done = await letters.replay_dead_letters(
                 job_ids=ids,

@@ -135,7 +135,10 @@ async def fetch_dead_letter_count(client: AsyncClient, queue: str) -> int:
 async def fetch_dead_letter(client: AsyncClient, queue: str, job_id: str) -> DeadLetter | None:
     """One dead letter by job id, or None."""
     raw = await client.execute_command(
-        "HGET", keys.build_keys(queue).dlq_data, job_id, **{redis.client.NEVER_DECODE: []}
+        "HGET",
+        keys.build_keys(queue).dlq_data,
+        job_id.encode("utf-8", "surrogateescape"),  # an id that is not UTF-8: its own bytes
+        **{redis.client.NEVER_DECODE: []},
     )
     return None if raw is None else build_dead_letter(raw)
 
@@ -233,7 +236,7 @@ async def delete_dead_letters_in_chunks(
         )
     k = keys.build_keys(queue).script_keys()
     if job_ids is not None:
-        ids = list(job_ids)
+        ids = [job_id.encode("utf-8", "surrogateescape") for job_id in job_ids]
         for start in range(0, len(ids), 1000):
             yield int(await scripts.DLQ_PURGE(client, k, ["ids", *ids[start : start + 1000]]))
         return
