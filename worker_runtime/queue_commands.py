@@ -993,6 +993,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     held_back: list[str] = []  # named dead letters left in the DLQ: their id is live again
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
+    failure: list[Exception] = []  # the broker error that ended the replay part-way
 
     async def go(broker: Any) -> None:
         # Ctrl-C stops between chunks: the chunk in flight finishes and is counted, so the
@@ -1003,7 +1004,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             count = await letters.count_dead_letters()
             total[0] = count if args.limit is None else min(count, args.limit)
         chunk = max(1, min(REPLAY_CHUNK, int(args.rate)))  # about one second of work
-        with _progress(f"replaying onto {queue}", total[0], quiet=args.json) as advance:
+        replaying = _progress(f"replaying onto {queue}", total[0], quiet=args.json)
+        with replaying as advance, _kept_broker_error(failure):
             remaining = args.limit
             pending = list(ids) if ids is not None else None
             while not stop.is_set():
@@ -1031,6 +1033,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, pause))
             interrupted[0] = stop.is_set()
+        if failure:
+            return  # the broker failed: asking it about the named ids would fail too
         # A named id that is still a dead letter was held back: a job with the same id is
         # live (Redis never replays onto a live id: the job would run twice). Not "no dead
         # letter", which is what it said while `dlq ls` listed it.
@@ -1054,7 +1058,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
         if p is not None
     ]
     return _report_outcome(
-        args, interrupted=interrupted[0],
+        args, interrupted=interrupted[0], failure=failure[0] if failure else None,
         summary=f"replayed {len(replayed)} of {total[0]} job(s) onto {queue}",
         done=f"replayed {len(replayed)} job(s) onto {queue}",
         result={
@@ -1082,6 +1086,18 @@ def _describe_held_back(ids: Sequence[str], queue: str) -> str | None:
     )
 
 
+@contextlib.contextmanager
+def _kept_broker_error(failure: list[Exception]) -> Iterator[None]:
+    """Ends the block at a broker error, kept in ``failure``: a long dlq command then reports
+    what it did before it (the broker calls that returned), not only the error."""
+    from worker_runtime import errors
+
+    try:
+        yield
+    except errors.BrokerError as exc:
+        failure.append(exc)
+
+
 def _report_outcome(
     args: argparse.Namespace,
     *,
@@ -1090,9 +1106,21 @@ def _report_outcome(
     done: str,
     result: dict[str, Any],
     missing: str | None = None,
+    failure: Exception | None = None,
 ) -> int:
-    """The last lines of a long dlq command: a Ctrl-C summary (exit 130) or what was done;
-    exit 1 when job ids named on the command line were not dead letters (``missing`` says)."""
+    """The last lines of a long dlq command: what was done before a broker error (exit 1), a
+    Ctrl-C summary (exit 130) or what was done; exit 1 when job ids named on the command line
+    were not dead letters (``missing`` says)."""
+    if failure is not None:
+        print(
+            f"workerfleet: {summary}, then: {failure}\nworkerfleet: the rest stay "
+            "dead-lettered; the call that failed may have done its part before it failed "
+            "(workerfleet dlq ls shows what is left)",
+            file=sys.stderr,
+        )
+        if args.json:
+            _print_json({**result, "error": str(failure)})
+        return 1
     if interrupted:
         print(f"interrupted: {summary}; the rest stay dead-lettered", file=sys.stderr)
         if args.json:
@@ -1186,6 +1214,7 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     purged = [0]
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
+    failure: list[Exception] = []  # the broker error that ended the purge part-way
     absent: list[str] = []  # named ids with no dead letter (a purge counts, it does not list)
 
     async def go(broker: Any) -> None:
@@ -1202,8 +1231,10 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         if not args.json:
             what = "named job id(s)" if args.job_ids else "dead letter(s)"
             print(f"purging {total[0]} {what} from {queue} ...", file=sys.stderr)
-        with _progress(f"purging {queue}", total[0], quiet=args.json) as advance:
-            async for n in _purge_steps(letters, job_ids=ids, older_than_seconds=args.older_than):
+        steps = _purge_steps(letters, job_ids=ids, older_than_seconds=args.older_than)
+        purging = _progress(f"purging {queue}", total[0], quiet=args.json)
+        with purging as advance, _kept_broker_error(failure):
+            async for n in steps:
                 purged[0] += n
                 advance(n)
                 if stop.is_set():
@@ -1213,7 +1244,7 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     if ids is None or ids:
         _run_on_broker(url, queue, go)
     return _report_outcome(
-        args, interrupted=interrupted[0],
+        args, interrupted=interrupted[0], failure=failure[0] if failure else None,
         summary=f"purged {purged[0]} of {total[0]} dead letter(s) from {queue}",
         done=f"purged {purged[0]} dead letter(s) from {queue}",
         result={"purged": purged[0], **({"not_found": absent} if absent else {})},

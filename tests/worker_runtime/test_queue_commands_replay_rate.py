@@ -8,68 +8,24 @@ side: a replay capped at 100 jobs a second takes five times as long as the one a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
-from worker_runtime import brokers, cli
-from worker_runtime import envelope as envelope_mod
-from worker_runtime.brokers import base, memory
+from tests.support import memory_dead_letters
+from tests.support.memory_dead_letters import store_url  # noqa: F401 (a fixture)
+from worker_runtime import cli
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def store_url() -> Iterator[str]:
-    """A fresh in-process queue store per test."""
-    yield f"memory://replay-rate-{uuid.uuid4().hex[:8]}"
-    memory.forget_stores()
-
-
-def _dead_letter_many(url: str, queue: str, count: int) -> list[str]:
-    """``count`` jobs enqueued, fetched and dead-lettered; their ids, oldest first."""
-
-    async def go() -> list[str]:
-        broker = await brokers.open_broker(url, queue)
-        try:
-            requests = [
-                base.EnqueueRequest(envelope=envelope_mod.build_envelope("charge", {"n": n}))
-                for n in range(count)
-            ]
-            await broker.enqueue_many(requests)
-            ids = []
-            for job in await broker.fetch("w-seed", count):
-                assert await broker.dead_letter(job, "max_attempts")
-                ids.append(job.id)
-            return ids
-        finally:
-            await broker.close()
-
-    return asyncio.run(go())
-
-
-def _ready_ids(url: str, queue: str, count: int) -> list[str]:
-    """The ids a worker now gets from the queue."""
-
-    async def go() -> list[str]:
-        broker = await brokers.open_broker(url, queue)
-        try:
-            return [job.id for job in await broker.fetch("w-check", count)]
-        finally:
-            await broker.close()
-
-    return asyncio.run(go())
-
-
 def test_a_replay_at_500_per_second_takes_about_a_second_for_500_dead_letters(
-    store_url: str, capsys: pytest.CaptureFixture[str]
+    store_url: str,  # noqa: F811 (the fixture)
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Given 500 dead letters
-    dead = _dead_letter_many(store_url, "jobs", 500)
+    dead = memory_dead_letters.dead_letter_many(store_url, "jobs", 500)
     # When all are replayed at 500 a second
     started = time.monotonic()
     code = cli.main(
@@ -82,5 +38,5 @@ def test_a_replay_at_500_per_second_takes_about_a_second_for_500_dead_letters(
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert sorted(result["job_ids"]) == sorted(dead)
-    assert sorted(_ready_ids(store_url, "jobs", 1000)) == sorted(dead)
+    assert sorted(memory_dead_letters.fetch_ready_ids(store_url, "jobs", 1000)) == sorted(dead)
     assert 0.7 <= took < 3.0, took
