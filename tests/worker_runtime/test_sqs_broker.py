@@ -1268,3 +1268,18 @@ async def test_a_purge_whose_scan_read_a_dead_letter_twice_deletes_it(
     assert len(reads) >= 3
     assert await b.count_dead_letters() == 0
     assert [letter.job_id for letter in await b.list_dead_letters()] == []
+
+
+async def test_a_purge_counts_only_the_dead_letters_sqs_deleted(open_sqs: OpenBroker) -> None:
+    # Given three dead letters, and a DeleteMessageBatch that SQS answers with every entry
+    # failed (throttled)
+    b = await open_sqs()
+    await dead_letter_jobs(b, 3)
+    throttled = {"SenderFault": False, "Code": "ThrottlingException"}
+    failed = [{"Id": str(i), **throttled} for i in range(3)]
+    answer_once(b, "DeleteMessageBatch", {"Successful": [], "Failed": failed})
+    # When every dead letter is purged
+    purged = await b.purge_dead_letters(everything=True)
+    # Then the purge says it deleted none, as the DLQ shows: all three are still there
+    assert purged == 0
+    assert await b.count_dead_letters() == 3

@@ -1583,8 +1583,8 @@ class SqsBroker:
             with _mapped("dlq"):
                 await dlq.release_scanned(client, self.dead_letter_url, keep)
         with _mapped("dlq"):
-            await dlq.delete_scanned(client, self.dead_letter_url, picked)
-        return len(picked)
+            # what SQS deleted: a letter whose entry failed is still there
+            return await dlq.delete_scanned(client, self.dead_letter_url, picked)
 
 
 async def open_sqs_broker(

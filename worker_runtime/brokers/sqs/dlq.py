@@ -106,18 +106,24 @@ async def scan_dead_letters(client: Any, dlq_url: str) -> list[ScannedLetter]:
 
 async def _batch(
     client: Any, dlq_url: str, letters: Sequence[ScannedLetter], *, delete: bool
-) -> None:
+) -> int:
+    """Delete or release ``letters``, 10 per call; returns how many entries SQS applied."""
+    applied = 0
     for start in range(0, len(letters), BATCH):
         chunk = letters[start : start + BATCH]
         if delete:
             entries = [{"Id": str(i), "ReceiptHandle": s.receipt} for i, s in enumerate(chunk)]
-            await client.delete_message_batch(QueueUrl=dlq_url, Entries=entries)
+            reply = await client.delete_message_batch(QueueUrl=dlq_url, Entries=entries)
         else:
             entries_v = [
                 {"Id": str(i), "ReceiptHandle": s.receipt, "VisibilityTimeout": 0}
                 for i, s in enumerate(chunk)
             ]
-            await client.change_message_visibility_batch(QueueUrl=dlq_url, Entries=entries_v)
+            reply = await client.change_message_visibility_batch(
+                QueueUrl=dlq_url, Entries=entries_v
+            )
+        applied += len(reply.get("Successful", []))
+    return applied
 
 
 async def release_scanned(client: Any, dlq_url: str, letters: Sequence[ScannedLetter]) -> None:
@@ -125,9 +131,10 @@ async def release_scanned(client: Any, dlq_url: str, letters: Sequence[ScannedLe
     await _batch(client, dlq_url, letters, delete=False)
 
 
-async def delete_scanned(client: Any, dlq_url: str, letters: Sequence[ScannedLetter]) -> None:
-    """Delete dead letters a scan read."""
-    await _batch(client, dlq_url, letters, delete=True)
+async def delete_scanned(client: Any, dlq_url: str, letters: Sequence[ScannedLetter]) -> int:
+    """Delete dead letters a scan read; returns how many SQS deleted (a batch's entry can fail
+    alone, throttled or with a receipt SQS no longer takes: that letter stays)."""
+    return await _batch(client, dlq_url, letters, delete=True)
 
 
 async def replay_scanned(
