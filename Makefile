@@ -37,7 +37,7 @@ lint: venv ## ruff, mypy --strict, import-linter contracts
 	$(PY) -m mypy
 	.venv/bin/lint-imports
 
-test: deps node-deps venv testbin lint ## everything CI runs: lint, then the e2e + chaos tests in a pytest process beside the rest (scripts/run-tests.sh)
+test: deps node-deps venv testbin lint ## everything CI runs: lint, then the e2e, chaos and packaging tests in a pytest process beside the rest (scripts/run-tests.sh)
 	PY=$(PY) bash scripts/run-tests.sh
 
 test-fast: deps venv ## the tests without the control plane and the chaos run
