@@ -26,7 +26,9 @@ In every mode the operator runs kopf with ``settings.scanning.disabled = True`` 
 names (``shell.handlers``): kopf then neither watches CRDs nor lists namespaces (see
 ``kopf._core.reactor.observation``), so no mode needs ``customresourcedefinitions`` or
 ``namespaces``. Children are written by server-side apply: creating an object that way is
-authorized as both ``patch`` and ``create``. Only the Lease is written by PUT (``update``); nothing
+authorized as both ``patch`` and ``create``; they are read by name (``get``), and only kopf's
+watches (WorkerPools, Deployments) and the operator's own lists (pods, HPAs, ScaledObjects)
+need ``list``/``watch``. Only the Lease is written by PUT (``update``); nothing
 else is, and Events are only POSTed (``create``).
 """
 
@@ -75,26 +77,26 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission(
         "",
         "services",
-        ("get", "list", "watch", "create", "patch", "delete"),
+        ("get", "create", "patch", "delete"),
         "each WorkerPool owns a headless metrics Service for its workers",
     ),
     Permission(
         "policy",
         "poddisruptionbudgets",
-        ("get", "list", "watch", "create", "patch", "delete"),
+        ("get", "create", "patch", "delete"),
         "each WorkerPool with more than one replica owns a PodDisruptionBudget",
     ),
     Permission(
         "",
         "serviceaccounts",
-        ("get", "list", "watch", "create", "patch", "delete"),
+        ("get", "create", "patch", "delete"),
         "each SQS WorkerPool owns the ServiceAccount its workers run under (no API token; the"
         " identity IRSA or EKS Pod Identity gives an IAM role), never one it did not create",
     ),
     Permission(
         "",
         "pods",
-        ("list", "watch", "patch"),
+        ("list", "patch"),
         "scale-in marks idle worker pods cheapest to delete"
         " (controller.kubernetes.io/pod-deletion-cost annotation)",
     ),
@@ -121,19 +123,20 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission(
         "monitoring.coreos.com",
         "podmonitors",
-        ("get", "list", "watch", "create", "patch", "delete"),
+        ("get", "create", "patch", "delete"),
         "spec.metrics.podMonitor: true makes the operator own a PodMonitor for the workers",
     ),
     Permission(
         "keda.sh",
         "scaledobjects",
-        ("get", "list", "watch", "create", "patch", "delete"),
-        "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling",
+        ("get", "list", "create", "patch", "delete"),
+        "autoscaling.mode: keda makes the operator own a KEDA ScaledObject instead of scaling;"
+        " the builtin autoscaler lists them and holds while one targets the pool's Deployment",
     ),
     Permission(
         "keda.sh",
         "triggerauthentications",
-        ("get", "list", "watch", "create", "patch", "delete"),
+        ("get", "create", "patch", "delete"),
         "the KEDA ScaledObject reads the Redis URL's Secret through a TriggerAuthentication",
     ),
     Permission(

@@ -389,13 +389,47 @@ def test_the_kinds_the_operator_writes_allow_server_side_apply_and_status() -> N
     assert ("", "secrets", "get") in needed  # fetch_secret_value
 
 
-def test_every_child_the_operator_builds_can_be_applied_observed_and_removed() -> None:
+def test_every_child_the_operator_builds_can_be_applied_read_and_removed() -> None:
     needed = rbac.build_permission_set(cluster_wide=True, peering=False)
     built = _built_kinds()
     assert ("apps", "deployments") in built  # the scan found the builders
     for group, plural in built:
-        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+        # get: reconcile.py reads each child by name before and after applying it
+        for verb in ("get", "create", "patch", "delete"):
             assert (group, plural, verb) in needed, (group, plural, verb)
+
+
+def _listed_by_the_operator() -> set[tuple[str, str]]:
+    """(apiGroup, plural) of every kind the operator's own code lists (kube.fetch_objects).
+
+    Each call names its kind as build_ref("<Kind>", ...), except fetch_replicas_controllers,
+    which loops over kube.REPLICAS_CONTROLLER_KINDS; a call the scan cannot resolve fails."""
+    from workerfleet_operator.shell import kube
+
+    kinds = _operator_kinds()
+    listed = {kinds[k] for k in kube.REPLICAS_CONTROLLER_KINDS}
+    for path in SHELL.glob("*.py"):
+        text = path.read_text()
+        calls = re.findall(r"fetch_objects\(\s*client,\s*(?:kube\.)?build_ref\((\w+|\"\w+\")", text)
+        assert len(calls) == len(re.findall(r"(?<!def )fetch_objects\(", text)), path
+        for kind in calls:
+            if kind == "kind" and path.name == "kube.py":
+                continue  # the REPLICAS_CONTROLLER_KINDS loop
+            listed.add(kinds[kind.strip('"')])
+    return listed
+
+
+def test_list_and_watch_are_granted_only_where_the_operator_or_kopf_lists_and_watches() -> None:
+    # kopf watches (list + watch) WorkerPools and Deployments, and its peering objects when on;
+    # the operator itself lists pods (deletion costs), HPAs and ScaledObjects (who owns the
+    # replicas) and WorkerPools (the console and `workerfleet pools`). Children it applies are
+    # read by name (get), never listed or watched.
+    watched = _kopf_watched() | KOPF_INTERNAL
+    listed = _listed_by_the_operator() | watched
+    assert ("", "pods") in listed and ("autoscaling", "horizontalpodautoscalers") in listed
+    needed = rbac.build_permission_set(cluster_wide=True, peering=True, leader_election=True)
+    assert sorted((g, r) for g, r, v in needed if v == "watch" and (g, r) not in watched) == []
+    assert sorted((g, r) for g, r, v in needed if v == "list" and (g, r) not in listed) == []
 
 
 def test_no_verb_is_granted_that_no_request_of_the_operator_or_kopf_makes() -> None:
