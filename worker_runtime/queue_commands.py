@@ -22,7 +22,14 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker_runtime import cli
@@ -993,15 +1000,21 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     held_back: list[str] = []  # named dead letters left in the DLQ: their id is live again
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
+    cut = [0]  # jobs of the call a second Ctrl-C cancelled (it may have replayed some)
     failure: list[Exception] = []  # the broker error that ended the replay part-way
 
     async def go(broker: Any) -> None:
         # Ctrl-C stops between chunks: the chunk in flight finishes and is counted, so the
-        # summary says exactly what was replayed (a cancelled broker call could have run)
+        # summary says exactly what was replayed (a cancelled broker call could have run). A
+        # second Ctrl-C cancels that chunk's call too, and the summary says it may have run.
         letters = _dead_letters(broker, url)
         stop = _stop_on_ctrl_c()
         if ids is None:
-            count = await letters.count_dead_letters()
+            try:
+                count = await stop.call(letters.count_dead_letters(), writes=False)
+            except _StoppedMidCall:
+                interrupted[0] = True
+                return
             total[0] = count if args.limit is None else min(count, args.limit)
         chunk = max(1, min(REPLAY_CHUNK, int(args.rate)))  # about one second of work
         replaying = _progress(f"replaying onto {queue}", total[0], quiet=args.json)
@@ -1018,10 +1031,14 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                     size = min(size, remaining)
                 if size <= 0:
                     break
-                done = await letters.replay_dead_letters(
-                    job_ids=part, limit=None if part is not None else size,
-                    reset_attempts=args.reset_attempts, rate_per_second=BROKER_REPLAY_RATE,
-                )  # fmt: skip
+                try:
+                    done = await stop.call(letters.replay_dead_letters(
+                        job_ids=part, limit=None if part is not None else size,
+                        reset_attempts=args.reset_attempts, rate_per_second=BROKER_REPLAY_RATE,
+                    ))  # fmt: skip
+                except _StoppedMidCall:
+                    cut[0] = size
+                    break
                 replayed.extend(done)
                 advance(size if part is not None else len(done))
                 if part is None:
@@ -1033,16 +1050,17 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, pause))
             interrupted[0] = stop.is_set()
-        if failure:
-            return  # the broker failed: asking it about the named ids would fail too
+        if failure or cut[0]:
+            return  # the broker failed or hangs: asking it about the named ids would too
         # A named id that is still a dead letter was held back: a job with the same id is
         # live (Redis never replays onto a live id: the job would run twice). Not "no dead
         # letter", which is what it said while `dlq ls` listed it.
         done_ids = set(replayed)
         left = [j for j in dict.fromkeys(args.job_ids or []) if j not in done_ids]
         left = left[:LIVE_CHECK_LIMIT]
-        absent = set(await _fetch_absent_ids(letters, left))
-        held_back.extend(j for j in left if j not in absent)
+        with contextlib.suppress(_StoppedMidCall):
+            absent = set(await stop.call(_fetch_absent_ids(letters, left), writes=False))
+            held_back.extend(j for j in left if j not in absent)
 
     if args.rate <= 0:
         msg = "--rate must be positive"
@@ -1060,6 +1078,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return _report_outcome(
         args, interrupted=interrupted[0], failure=failure[0] if failure else None,
         summary=f"replayed {len(replayed)} of {total[0]} job(s) onto {queue}",
+        cut=f"the call stopped at the second Ctrl-C may have replayed up to {cut[0]} more"
+        if cut[0] else None,
         done=f"replayed {len(replayed)} job(s) onto {queue}",
         result={
             "replayed": len(replayed),
@@ -1107,10 +1127,12 @@ def _report_outcome(
     result: dict[str, Any],
     missing: str | None = None,
     failure: Exception | None = None,
+    cut: str | None = None,
 ) -> int:
     """The last lines of a long dlq command: what was done before a broker error (exit 1), a
-    Ctrl-C summary (exit 130) or what was done; exit 1 when job ids named on the command line
-    were not dead letters (``missing`` says)."""
+    Ctrl-C summary (exit 130; ``cut`` says what a call a second Ctrl-C cancelled may have done)
+    or what was done; exit 1 when job ids named on the command line were not dead letters
+    (``missing`` says)."""
     if failure is not None:
         print(
             f"workerfleet: {summary}, then: {failure}\nworkerfleet: the rest stay "
@@ -1122,9 +1144,16 @@ def _report_outcome(
             _print_json({**result, "error": str(failure)})
         return 1
     if interrupted:
-        print(f"interrupted: {summary}; the rest stay dead-lettered", file=sys.stderr)
+        if cut is None:
+            print(f"interrupted: {summary}; the rest stay dead-lettered", file=sys.stderr)
+        else:
+            print(
+                f"interrupted: {summary}; {cut}, the rest stay dead-lettered "
+                "(workerfleet dlq ls shows what is left)",
+                file=sys.stderr,
+            )
         if args.json:
-            _print_json({**result, "interrupted": True})
+            _print_json({**result, "interrupted": True, **({"cut_call": cut} if cut else {})})
         return 130
     if args.json:
         _print_json(result)
@@ -1171,11 +1200,67 @@ def _progress(what: str, total: int, *, quiet: bool) -> Iterator[Callable[[int],
         yield lambda n: bar.advance(task, n)
 
 
-def _stop_on_ctrl_c() -> asyncio.Event:
-    """An event set by Ctrl-C (SIGINT) in the running loop: long commands stop between steps."""
-    stop = asyncio.Event()
+class _StoppedMidCall(Exception):
+    """A second Ctrl-C cancelled the broker call in flight (it may have done part of its work)."""
+
+
+class _CtrlC:
+    """Ctrl-C (SIGINT) during a long dlq command, in the running loop.
+
+    The first stops the command between broker calls: the call in flight finishes and is
+    counted, so the summary is exact. A second stops the call in flight too (:meth:`call`
+    raises :class:`_StoppedMidCall`): with the broker hung (a frozen server, a network gone
+    quiet) the first alone waited out the client's timeouts and retries, 10 to 25 s on Redis.
+    """
+
+    def __init__(self) -> None:
+        self._first = asyncio.Event()
+        self._second = asyncio.Event()
+        self.cut = False  # a second Ctrl-C cancelled a call: its part of the work is unknown
+
+    def is_set(self) -> bool:
+        """Whether Ctrl-C was pressed: stop before the next broker call."""
+        return self._first.is_set()
+
+    async def wait(self) -> None:
+        """Until Ctrl-C is pressed (the rate limit's pause waits on it)."""
+        await self._first.wait()
+
+    def on_sigint(self) -> None:
+        """The signal handler: stop between calls, or at once when already stopping."""
+        if self._first.is_set():
+            self._second.set()
+            return
+        self._first.set()
+        print(
+            "stopping after the broker call in flight (Ctrl-C again to stop it at once)",
+            file=sys.stderr,
+        )
+
+    async def call(self, step: Awaitable[R], *, writes: bool = True) -> R:
+        """``await step`` unless a second Ctrl-C comes first: then it is cancelled, and
+        :class:`_StoppedMidCall` raised (at once when it came before). ``writes``: the step
+        may change the queue, so a cancelled one leaves :attr:`cut` set."""
+        running = asyncio.ensure_future(step)
+        second = asyncio.ensure_future(self._second.wait())
+        try:
+            await asyncio.wait({running, second}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            second.cancel()
+        if running.done():
+            return running.result()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await running
+        self.cut = self.cut or writes
+        raise _StoppedMidCall
+
+
+def _stop_on_ctrl_c() -> _CtrlC:
+    """Ctrl-C handling for a long command (see :class:`_CtrlC`), installed in the running loop."""
+    stop = _CtrlC()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.on_sigint)
     return stop
 
 
@@ -1214,38 +1299,58 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     purged = [0]
     total = [len(ids) if ids is not None else 0]
     interrupted = [False]
+    cut = [False]  # a second Ctrl-C cancelled a purge call (it may have deleted some)
     failure: list[Exception] = []  # the broker error that ended the purge part-way
     absent: list[str] = []  # named ids with no dead letter (a purge counts, it does not list)
 
     async def go(broker: Any) -> None:
         # Ctrl-C stops between broker calls: the call in flight finishes and is counted, so
-        # the summary says exactly how many were deleted
+        # the summary says exactly how many were deleted (a second Ctrl-C cancels that call,
+        # and the summary says it may have deleted some)
         letters = _dead_letters(broker, url)
         stop = _stop_on_ctrl_c()
-        if args.job_ids:
-            absent.extend(await _fetch_absent_ids(letters, list(dict.fromkeys(args.job_ids))))
-        if ids is None and args.older_than is not None:
-            total[0] = await _count_older_than(letters, args.older_than)
-        elif ids is None:
-            total[0] = await letters.count_dead_letters()
+        try:  # reads: a second Ctrl-C during them stops the purge before it deleted anything
+            if args.job_ids:
+                named = list(dict.fromkeys(args.job_ids))
+                absent.extend(await stop.call(_fetch_absent_ids(letters, named), writes=False))
+            if ids is None and args.older_than is not None:
+                counting = _count_older_than(letters, args.older_than)
+                total[0] = await stop.call(counting, writes=False)
+            elif ids is None:
+                total[0] = await stop.call(letters.count_dead_letters(), writes=False)
+        except _StoppedMidCall:
+            interrupted[0] = True
+            return
         if not args.json:
             what = "named job id(s)" if args.job_ids else "dead letter(s)"
             print(f"purging {total[0]} {what} from {queue} ...", file=sys.stderr)
         steps = _purge_steps(letters, job_ids=ids, older_than_seconds=args.older_than)
         purging = _progress(f"purging {queue}", total[0], quiet=args.json)
         with purging as advance, _kept_broker_error(failure):
-            async for n in steps:
-                purged[0] += n
-                advance(n)
-                if stop.is_set():
-                    break
+            try:
+                while True:
+                    try:
+                        n = await stop.call(anext(steps))
+                    except StopAsyncIteration:
+                        break
+                    purged[0] += n
+                    advance(n)
+                    if stop.is_set():
+                        break
+            except _StoppedMidCall:
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    await steps.aclose()
         interrupted[0] = stop.is_set()
+        cut[0] = stop.cut
 
     if ids is None or ids:
         _run_on_broker(url, queue, go)
     return _report_outcome(
         args, interrupted=interrupted[0], failure=failure[0] if failure else None,
         summary=f"purged {purged[0]} of {total[0]} dead letter(s) from {queue}",
+        cut="the call stopped at the second Ctrl-C may have purged some more" if cut[0] else None,
         done=f"purged {purged[0]} dead letter(s) from {queue}",
         result={"purged": purged[0], **({"not_found": absent} if absent else {})},
         missing=_describe_missing(absent, queue),
@@ -1306,7 +1411,7 @@ async def _count_older_than(letters: base.DeadLetters, older_than_seconds: float
 
 async def _purge_steps(
     letters: base.DeadLetters, *, job_ids: list[str] | None, older_than_seconds: float | None
-) -> AsyncIterator[int]:
+) -> AsyncGenerator[int]:
     """The purge as steps: the broker's own (``DeadLetterSteps``), else ids a chunk at a time,
     else one call for a purge by age or of everything (no progress until it returns).
 
