@@ -481,11 +481,20 @@ def guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
             # its message names the broker and what it refused ("redis refused stats: ...")
             print(f"workerfleet: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            # Ctrl-C while a read waits on a broker that does not answer: one line and the
+            # shell's code for SIGINT, not a traceback of asyncio's runner. (The long dlq
+            # commands take Ctrl-C themselves and say what they did.)
+            print("workerfleet: interrupted", file=sys.stderr)
+            return INTERRUPTED_EXIT
 
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
     return wrapped
 
+
+INTERRUPTED_EXIT = 128 + 2
+"""The exit code after Ctrl-C: a shell's code for a process SIGINT ended."""
 
 STDOUT_CLOSED_EXIT = 128 + 13
 """The exit code when stdout's reader went away: a shell's code for a process SIGPIPE ended."""

@@ -1154,7 +1154,7 @@ def _report_outcome(
             )
         if args.json:
             _print_json({**result, "interrupted": True, **({"cut_call": cut} if cut else {})})
-        return 130
+        return cli.INTERRUPTED_EXIT
     if args.json:
         _print_json(result)
     else:

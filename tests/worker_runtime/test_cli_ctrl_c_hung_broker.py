@@ -1,7 +1,9 @@
 """Ctrl-C during a ``dlq replay`` or ``dlq purge`` whose Redis hangs: the first says the command
 stops after the broker call in flight, a second stops that call at once (exit 130), and the
 summary says what the cut call may have done. Without the second, the command waited out the
-client's timeouts and retries (10 to 25 s) after the on-call engineer asked it to stop.
+client's timeouts and retries (10 to 25 s) after the on-call engineer asked it to stop. A read
+command (``queue stats``, ``dlq ls``) that hangs ends on one Ctrl-C with one line, not with a
+traceback of asyncio's runner.
 
 Real processes and real signals: the command runs as ``python -m worker_runtime``, the
 redis-server is frozen with SIGSTOP. Judged by history: after the server resumes, every job is
@@ -127,3 +129,23 @@ def test_a_second_ctrl_c_stops_a_purge_whose_count_hangs_before_it_deleted_anyth
     ready, still_dead = settled_ids(server.url, queue_name)
     assert ready == []
     assert still_dead == set(dead)
+
+
+def test_ctrl_c_during_a_read_that_hangs_ends_with_one_line_not_a_traceback(
+    redis_factory: Callable[..., redis_servers.RedisServer], queue_name: str
+) -> None:
+    server = redis_factory()
+    # Given a frozen Redis
+    with frozen(server):
+        # When queue stats and dlq ls wait on it and the engineer presses Ctrl-C
+        commands = [
+            start_cli(*command, "--redis-url", server.url, "-q", queue_name)
+            for command in (("queue", "stats"), ("dlq", "ls"))
+        ]
+        time.sleep(2.0)  # started and waiting on the frozen server
+        for proc in commands:
+            proc.send_signal(signal.SIGINT)
+        ended = [proc.communicate(timeout=8) for proc in commands]
+    # Then each says it was interrupted, in one line, and exits 130
+    for proc, (out, err) in zip(commands, ended, strict=True):
+        assert (proc.returncode, out, err) == (130, "", "workerfleet: interrupted\n")
