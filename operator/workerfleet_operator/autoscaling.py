@@ -50,7 +50,9 @@ How a decision is made (the order matters, and each step that changes the value 
    model, unlike KEDA's split cooldownPeriod/HPA behaviour); in addition 1 -> 0 needs the queue
    to have been idle (no backlog, nothing in flight) for the whole scale-down window. A fresh
    state is seeded with the current replica count, so a restarted controller never scales down
-   before it has watched one full window.
+   before it has watched one full window; so is a state whose every recommendation is older
+   than the windows (back in ``builtin`` mode after ``keda`` or ``disabled``, or after polls
+   that never ran: someone else set the replicas meanwhile).
 6. Step limits per decision: a step may change replicas by the larger of ``maxStepPercent`` of
    the current count and ``maxStepPods`` (the HPA's default ``selectPolicy: Max``, which is why
    the defaults 100 % / 4 pods allow 2 -> 6), and always by at least one pod so 0 -> 1 and 1 -> 0
@@ -331,7 +333,7 @@ def decide(
     current = max(0, current_replicas)
     if policy.mode != "builtin":
         return _build_unmanaged(policy, current, state)
-    if not state.recommendations:
+    if _is_history_lost(policy, state, now):
         # Seed: behave as if the current count had been recommended until now.
         state = dataclasses.replace(state, recommendations=(Recommendation(now, current),))
     if observation.stats is None:
@@ -631,14 +633,31 @@ def _build_history(
     policy: ScalingPolicy,
     now: float,
 ) -> tuple[Recommendation, ...]:
-    keep = max(
-        policy.scale_up.stabilization_window_seconds,
-        policy.scale_down.stabilization_window_seconds,
-    )
+    keep = _history_span(policy)
     # A clock that stepped back would leave entries "in the future", inside every window for
     # as long as the step; treat them as recorded now (conservative: the window restarts).
     kept = (Recommendation(min(r.at, now), r.replicas) for r in history if r.at > now - keep)
     return (*kept, latest)
+
+
+def _is_history_lost(policy: ScalingPolicy, state: ScalerState, now: float) -> bool:
+    """No history (a new or restarted scaler), or none since longer than the windows and the
+    polls' own cadence: the pool comes back to ``builtin`` from ``keda`` or ``disabled`` mode
+    (decide() leaves the history alone there), or from polls that never ran, its replicas set
+    by someone else meanwhile. An empty window then let it scale down at once (10 -> 0 in 20 s).
+    """
+    if not state.recommendations:
+        return True
+    latest = max(r.at for r in state.recommendations)
+    return now - latest > max(_history_span(policy), 2 * policy.polling_interval_seconds)
+
+
+def _history_span(policy: ScalingPolicy) -> float:
+    """How far back the recommendations matter: the longer stabilization window."""
+    return max(
+        policy.scale_up.stabilization_window_seconds,
+        policy.scale_down.stabilization_window_seconds,
+    )
 
 
 def _in_window(

@@ -179,6 +179,39 @@ def test_a_fresh_scaler_never_scales_down_before_watching_one_full_window() -> N
     assert decisions[0].clamped_by == "scaleDownStabilization"
 
 
+@pytest.mark.parametrize("other_mode", ["keda", "disabled"])
+def test_back_in_builtin_mode_the_scaler_watches_a_full_window_before_scaling_down(
+    other_mode: str,
+) -> None:
+    # Given a builtin pool that watched an idle queue at 2 replicas, then an hour in another
+    # mode whose owner (KEDA, or the fixed count) left it at 10
+    before = fx.run(BACKLOG_ONLY, fx.polls(0, 40, backlog=0), current=2)
+    elsewhere = replace(BACKLOG_ONLY, mode=other_mode, replicas=10)
+    away = fx.run(elsewhere, fx.polls(200, 720, backlog=0), current=10, state=before[-1].state)
+    back = away[-1].state
+    # When the pool is builtin again and the queue is idle
+    start = 200.0 + 3600.0
+    timeline = fx.polls(start, 40, backlog=0)
+    decisions = fx.run(BACKLOG_ONLY, timeline, current=10, state=back)
+    # Then nothing comes down before a whole scale-down window was watched, as for a new scaler
+    early = [
+        d.desired for d, p in zip(decisions, timeline, strict=True) if p.at < start + DOWN_WINDOW
+    ]
+    assert early == [10] * len(early)
+    assert decisions[0].clamped_by == "scaleDownStabilization"
+    assert decisions[-1].desired < 10
+
+
+def test_a_window_shorter_than_the_polling_interval_still_scales_down_at_each_poll() -> None:
+    # Given a window of 1 s and polls 5 s apart: every recommendation is out of the window by
+    # the next poll, which is no gap
+    policy = replace(BACKLOG_ONLY, scale_down=StepPolicy(1, 50, None))
+    # When the queue is idle
+    decisions = fx.run(policy, fx.polls(0, 6, backlog=0), current=8)
+    # Then only the first poll (a new scaler) holds; every later one steps down
+    assert fx.desired(decisions) == [8, 4, 2, 1, 0, 0]
+
+
 def test_a_clock_that_steps_back_restarts_the_window_instead_of_freezing_or_skipping_it() -> None:
     # Busy at t=1000, then the clock steps back to t=0 and the queue is idle from then on.
     busy = fx.run(BACKLOG_ONLY, [fx.Poll(1000, fx.queue_stats(1000, backlog=400))], current=4)
