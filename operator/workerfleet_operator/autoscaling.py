@@ -60,7 +60,8 @@ How a decision is made (the order matters, and each step that changes the value 
 7. ``minReplicas``/``maxReplicas`` again: they are hard limits and win over everything above.
 
 ``scaling_limited`` (the ScalingLimited condition) is set when the pool is already at
-maxReplicas, the signals want more, and the backlog grew over the rate window.
+maxReplicas, the signals want more, and the backlog grew over the rate window; it stays set
+while the pool is at maxReplicas and the signals want more, whatever the backlog's noise.
 
 If the queue cannot be read, the decision holds the current count (``onMetricFailure: hold``),
 says why in the reason and records the held value in the history so the windows stay honest
@@ -242,6 +243,9 @@ class ScalerState:
     last_scale_time: float | None = None
     # Consecutive polls that could not read the queue (0 after a good one).
     failures: int = 0
+    # The last decision's ``scaling_limited``: once set it holds while pinned at maxReplicas
+    # with signals above it, whether the backlog grew over the latest window or not.
+    scaling_limited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,12 +567,20 @@ def _build_decision(
     desired = shaping.value
     clamps = shaping.clamps
     changed = desired != current
-    limited = current >= policy.max_replicas and raw > policy.max_replicas and rates.backlog_growing
+    # Entered when the backlog grew, left only when the signals fit (or replicas were freed):
+    # a backlog that moves up and down by some noise at the maximum flipped it at every turn,
+    # a Warning Event each time it came back.
+    limited = (
+        current >= policy.max_replicas
+        and raw > policy.max_replicas
+        and (rates.backlog_growing or state.scaling_limited)
+    )
     new_state = ScalerState(
         recommendations=history,
         samples=samples,
         idle_since=idle_since,
         last_scale_time=now if changed and not policy.dry_run else state.last_scale_time,
+        scaling_limited=limited,
     )
     reason = f"{_describe_change(current, desired)}: {explanation}"
     if clamps and desired != raw:
@@ -904,7 +916,7 @@ def explain_decision(decision: Decision) -> str:
     if rates.service_per_replica is not None:
         parts.append(f"service {rates.service_per_replica:.2f}/s per replica")
     if decision.scaling_limited:
-        parts.append("ScalingLimited: pinned at maxReplicas while the backlog grows")
+        parts.append("ScalingLimited: pinned at maxReplicas, the backlog grew past it")
     if decision.dry_run:
         parts.append("dry run: not applied")
     for name, why in decision.unavailable.items():

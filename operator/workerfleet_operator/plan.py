@@ -598,8 +598,8 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
         conds.carry(api.SCALING_LIMITED, "Unknown", api.Reason.NOT_YET_EVALUATED, "no decision yet")
     elif decision.scaling_limited:
         message = (
-            f"pinned at maxReplicas {pool.spec.autoscaling.max_replicas} while the backlog "
-            f"grows (signals want {decision.raw_desired})"
+            f"pinned at maxReplicas {pool.spec.autoscaling.max_replicas}: the backlog grew "
+            f"past it and the signals still want {decision.raw_desired}"
         )
         conds.set(api.SCALING_LIMITED, "True", api.Reason.MAX_REPLICAS_REACHED, message)
     else:

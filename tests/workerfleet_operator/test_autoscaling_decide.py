@@ -648,6 +648,25 @@ def test_scaling_limited_flags_a_pool_pinned_at_max_with_a_growing_backlog(
     assert decision.scaling_limited is limited
 
 
+def test_scaling_limited_stays_set_while_a_noisy_backlog_still_wants_more_than_max() -> None:
+    # Given a pool pinned at maxReplicas 5 whose backlog (10 to 14 replicas' worth) moves up
+    # and down by a few hundred jobs from poll to poll
+    policy = replace(BACKLOG_ONLY, max_replicas=5)
+    backlogs = [1000, 1200, 1400, 1300, 1100, 1000, 1200, 1400, 1300, 1100, 1000]
+    timeline = [
+        fx.Poll(i * fx.POLL, fx.queue_stats(i * fx.POLL, backlog=b)) for i, b in enumerate(backlogs)
+    ]
+    # When the scaler decides at every poll
+    decisions = fx.run(policy, timeline, current=5)
+    # Then ScalingLimited is set once the backlog grew and stays set (no flapping, and so no
+    # Warning Event at every turn of the noise) while the signals want more than the maximum
+    limited = [d.scaling_limited for d in decisions]
+    assert limited == [False, True, True, True, True, True, True, True, True, True, True]
+    # and it clears once the signals fit within maxReplicas
+    after = fx.run(policy, fx.polls(55, 1, backlog=400), current=5, state=decisions[-1].state)
+    assert not after[0].scaling_limited
+
+
 # --- modes, dry run, validation --------------------------------------------------------------
 
 
