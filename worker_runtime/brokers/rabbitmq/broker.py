@@ -80,7 +80,19 @@ _log = logs.get_logger("brokers.rabbitmq")
 HISTORY_KEEP = 20
 """Failures kept in a message's history header (the newest): an AMQP header frame must fit
 the connection's frame size (128 KiB by default), and each failure keeps up to 4 KB of
-traceback."""
+traceback. :data:`HISTORY_FRAME_ROOM` bounds them by bytes too."""
+
+DEFAULT_FRAME_MAX = 131_072
+"""RabbitMQ's default ``frame_max``: the history's bound when the connection's is unknown."""
+
+HISTORY_FRAME_ROOM = 8192
+"""Bytes of a message's header frame left for everything but the history (the other headers,
+the message id, the expiration); the history takes at most ``frame_max`` less this. AMQP sends
+a message's properties in one frame, and RabbitMQ closes the whole connection (FRAME_ERROR
+``frame_too_large``) for a larger one: every delivery the worker held went back to its queue
+as a lost one. Twenty failures of up to 2,000 characters of message and 4,000 of traceback
+passed that when their text was not ASCII (JSON writes such a character as six bytes), at a
+job's fourth retry."""
 
 NACK_RETRY_DELAYS_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 1.0, 2.0)
 """Waits before publishing again a message RabbitMQ nacked. A quorum queue nacks a publish
@@ -279,8 +291,34 @@ def decode_history(headers: dict[str, Any]) -> list[dict[str, Any]]:
     return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
 
 
-def encode_history(history: list[dict[str, Any]]) -> str:
-    return json.dumps(history[-HISTORY_KEEP:], separators=(",", ":"))
+def encode_history(
+    history: list[dict[str, Any]], budget: int = DEFAULT_FRAME_MAX - HISTORY_FRAME_ROOM
+) -> str:
+    """The newest :data:`HISTORY_KEEP` failures as JSON of at most ``budget`` bytes: over it,
+    the oldest failures lose their tracebacks first, then the oldest failures go, so the
+    newest stays whole (a single failure larger than the budget keeps the end of its
+    traceback and the start of its message)."""
+    records = [dict(h) for h in history[-HISTORY_KEEP:]]
+    while True:
+        # ASCII only (json's default): one byte per character, and no lone surrogate of a
+        # message decoded with surrogateescape can break the header's UTF-8
+        text = json.dumps(records, separators=(",", ":"))
+        if len(text) <= budget or not records:
+            return text
+        older = [r for r in records[:-1] if r.get("traceback")]
+        if older:
+            older[0]["traceback"] = ""
+        elif len(records) > 1:
+            records.pop(0)
+        else:
+            newest = records[0]
+            traceback, message = str(newest.get("traceback", "")), str(newest.get("message", ""))
+            if not traceback and not message:
+                return text
+            if traceback:
+                newest["traceback"] = traceback[len(traceback) // 2 + 1 :]
+            else:
+                newest["message"] = message[: len(message) // 2]
 
 
 def build_message(
@@ -1528,6 +1566,14 @@ class RabbitMQBroker:
                 self._held.setdefault(receipt, held)
             raise
 
+    def _history_budget(self) -> int:
+        """Bytes the failure history may take in a message's header frame on this connection
+        (its negotiated ``frame_max``, see :data:`HISTORY_FRAME_ROOM`)."""
+        transport = getattr(self._connection, "transport", None)
+        tune = getattr(getattr(transport, "connection", None), "connection_tune", None)
+        frame_max = int(getattr(tune, "frame_max", 0) or DEFAULT_FRAME_MAX)
+        return max(frame_max // 2, frame_max - HISTORY_FRAME_ROOM)
+
     def _copy_headers(
         self, headers: dict[str, Any], *, deliveries: int, lost: int
     ) -> dict[str, Any]:
@@ -1574,7 +1620,8 @@ class RabbitMQBroker:
         )
         headers[topology.H_ATTEMPTS] = attempts
         headers[topology.H_HISTORY] = encode_history(
-            [*decode_history(held.headers), self._record(held, failure, attempt=attempts)]
+            [*decode_history(held.headers), self._record(held, failure, attempt=attempts)],
+            self._history_budget(),
         )
         headers[topology.H_LAST_DELAY] = repr(max(0.0, delay_seconds))
         self._remember_delay(delivery.id, max(0.0, delay_seconds))
@@ -1615,7 +1662,7 @@ class RabbitMQBroker:
                     attempt=attempts,
                 )
             )
-        headers[topology.H_HISTORY] = encode_history(history)
+        headers[topology.H_HISTORY] = encode_history(history, self._history_budget())
         headers[topology.H_REASON] = str(reason)
         headers[topology.H_DEAD_AT] = repr(time.time())
         headers[topology.H_WORKER] = (
