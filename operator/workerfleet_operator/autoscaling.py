@@ -61,7 +61,8 @@ How a decision is made (the order matters, and each step that changes the value 
 
 ``scaling_limited`` (the ScalingLimited condition) is set when the pool is already at
 maxReplicas, the signals want more, and the backlog grew over the rate window; it stays set
-while the pool is at maxReplicas and the signals want more, whatever the backlog's noise.
+while the pool is at maxReplicas and the signals want more, whatever the backlog's noise. A
+poll that cannot read the queue measures nothing: the condition keeps its last value.
 
 If the queue cannot be read, the decision holds the current count (``onMetricFailure: hold``),
 says why in the reason and records the held value in the history so the windows stay honest
@@ -449,6 +450,7 @@ def _build_metric_failure(
         idle_since=None,
         last_scale_time=now if changed and not policy.dry_run else state.last_scale_time,
         failures=failures,
+        scaling_limited=state.scaling_limited,  # unknown now: the next read goes on from it
     )
     reason = f"{_describe_change(current, desired)}: queue unreadable ({why}); {what}"
     clamps = tuple(shaping.clamps)

@@ -594,7 +594,10 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
             f"to hold a count by hand, annotate the pool {api.PAUSED_REPLICAS_ANNOTATION})"
         )
         conds.set(api.SCALING_LIMITED, "True", api.Reason.REPLICAS_OWNED_ELSEWHERE, message)
-    elif decision is None:
+    elif decision is None or not decision.queue_reachable:
+        # No signals measured (an unreadable queue): what was last measured stands. Said as
+        # WithinLimits, an outage told "the replicas meet the signals" of a pool pinned at
+        # maxReplicas, and the next read announced it again with a Warning.
         conds.carry(api.SCALING_LIMITED, "Unknown", api.Reason.NOT_YET_EVALUATED, "no decision yet")
     elif decision.scaling_limited:
         message = (

@@ -663,6 +663,34 @@ def test_pinned_at_max_with_a_growing_backlog_sets_scaling_limited() -> None:
     assert ("Warning", "MaxReplicasReached") in {(e.type, e.reason) for e in result.events}
 
 
+def test_an_unreadable_queue_keeps_scaling_limited_as_last_measured_and_announces_it_once() -> None:
+    # Given a pool pinned at maxReplicas 2 with a growing backlog: ScalingLimited, one Warning
+    pool = _pool(autoscaling={"maxReplicas": 2})
+    policy = autoscaling.build_scaling_policy(pool.spec)
+    state = autoscaling.ScalerState()
+    for step, backlog in enumerate((1000, 2000, 3000)):
+        stats = QueueStats(**{**_stats(backlog=backlog).__dict__, "now": 1000.0 + 5 * step})
+        decision = autoscaling.decide(
+            policy, autoscaling.Observation(stats), 2, state, 1000.0 + 5 * step
+        )
+        state = decision.state
+    limited = plan.plan(pool, plan.Observed(now=T0, secret=OK, decision=decision))
+    assert _conditions(limited)["ScalingLimited"] == ("True", "MaxReplicasReached")
+    # When the queue cannot be read for a poll (no signals at all)
+    outage = autoscaling.decide(policy, autoscaling.Observation(None, "timeout"), 2, state, 1015.0)
+    during = plan.plan(
+        pool, _later(limited, deployment=_converged(2), stats_error="timeout", decision=outage)
+    )
+    # Then ScalingLimited says what was last measured, not "the replicas meet the signals"
+    assert _conditions(during)["ScalingLimited"] == ("True", "MaxReplicasReached")
+    # And once the queue is read again, still pinned, no second Warning announces it
+    stats = QueueStats(**{**_stats(backlog=1900).__dict__, "now": 1020.0})  # still 19 wanted
+    back = autoscaling.decide(policy, autoscaling.Observation(stats), 2, outage.state, 1020.0)
+    again = plan.plan(pool, _later(during, deployment=_converged(2), stats=stats, decision=back))
+    assert _conditions(again)["ScalingLimited"] == ("True", "MaxReplicasReached")
+    assert "MaxReplicasReached" not in {e.reason for e in again.events}
+
+
 def test_an_unchanged_decision_emits_no_scaling_event() -> None:
     pool = _pool()
     decision = _decide(_stats(backlog=0), 0, pool)
