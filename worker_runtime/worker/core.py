@@ -362,7 +362,12 @@ def run_worker(
         worker = Worker(app, settings, install_signal_handlers=install_signal_handlers)
         if on_started is not None:
             on_started(worker)
-        return await worker.run()
+        code = await worker.run()
+        if install_signal_handlers:
+            # The process is this worker's: released handler code that will not end (a thread,
+            # a task swallowing its cancellation) must not keep it past the drain budget.
+            worker.drainer.arm_hard_exit(code)
+        return code
 
     return run_on_event_loop(main, settings.event_loop)
 

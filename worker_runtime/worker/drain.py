@@ -6,12 +6,18 @@ fetched ahead go back to the queue (``base.stop_prefetching``), the worker repor
 in-flight jobs may finish until the budget
 (``WORKERFLEET_DRAIN_TIMEOUT_SECONDS``) is almost spent, then the rest are released to the queue
 without spending an attempt; the worker then deregisters and exits 0 before the budget ends.
-A second signal releases immediately.
+A second signal releases immediately. Handler code that outlives the worker (a thread of
+``asyncio.to_thread``, a task that swallows its cancellation) does not keep the process past the
+budget: :meth:`Drain.arm_hard_exit`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -24,6 +30,9 @@ if TYPE_CHECKING:
     from worker_runtime.worker.core import Worker
 
 log = logs.get_logger("worker")
+
+MIN_EXIT_SECONDS = 1.0
+"""The least time a drained worker process gets to exit by itself before the hard exit."""
 
 
 class Drain:
@@ -58,6 +67,24 @@ class Drain:
         reserve = min(5.0, max(1.0, 0.2 * budget))
         start = self.started if self.started is not None else time.monotonic()
         return start + max(0.0, budget - reserve)
+
+    def arm_hard_exit(self, code: int) -> None:
+        """End the process with ``code`` when the drain budget is spent, if it still runs then.
+
+        Called when the worker has drained, by the process that owns the worker's signals.
+        Released handlers can outlive the worker, and both the event loop's teardown and the
+        interpreter's exit wait for them: a thread of ``asyncio.to_thread`` cannot be stopped
+        (the loop's default executor, and then the interpreter, join it), and a task that
+        swallows its cancellation never ends (the loop cancels and awaits every task). The
+        process then outlived its budget until the grace period's SIGKILL (exit 137).
+        """
+        start = self.started if self.started is not None else time.monotonic()
+        end = start + self.worker.settings.drain_timeout_seconds
+        seconds = max(MIN_EXIT_SECONDS, end - time.monotonic())
+        timer = threading.Timer(seconds, exit_now, args=(code,))
+        timer.name = "wf-exit-deadline"
+        timer.daemon = True  # a process that exits by itself first is not held by it
+        timer.start()
 
     async def run(self) -> None:
         """Wait for in-flight jobs within the budget, then release what is left."""
@@ -135,3 +162,20 @@ class Drain:
         task = h.spec.name if h.spec is not None else h.job.envelope.task
         if ok:
             w.metrics.job_finished(task, "released", None)
+
+
+def exit_now(code: int) -> None:
+    """Exit the process at once with ``code``, saying which threads were still running."""
+    main = threading.main_thread()
+    running = sorted(t.name for t in threading.enumerate() if not t.daemon and t is not main)
+    log.warning(
+        "handler code still runs after the drain (a task that ignores cancellation, or a "
+        "thread); exiting without waiting for it",
+        extra={"exit_code": code, "threads": running},
+    )
+    # os._exit skips the interpreter's own flushing
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
