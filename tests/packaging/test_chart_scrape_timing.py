@@ -62,3 +62,40 @@ def test_a_scrape_timeout_up_to_the_interval_renders_as_given(
     )  # fmt: skip
     (endpoint,) = monitor["spec"][endpoints]
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == (interval, timeout)
+
+
+@pytest.mark.parametrize(("value", "kind", "endpoints"), MONITORS)
+@pytest.mark.parametrize("duration", ["30s1m", "1m1h", "10ms5s", "1m1m", "90", "1.5m", ""])
+def test_a_duration_the_prometheus_operator_refuses_is_refused_by_the_schema(
+    helm: str, value: str, kind: str, endpoints: str, duration: str
+) -> None:
+    # Given a scrape interval whose units are out of order, repeated, missing or fractional
+    # (the Prometheus Operator's own pattern refuses them when the monitor is applied)
+    args = [
+        "--set", f"metrics.{value}.enabled=true",
+        "--set-string", f"metrics.{value}.interval={duration}",
+    ]  # fmt: skip
+    # When the chart is rendered
+    done = run([helm, "template", "workerfleet", str(CHART), *args])
+    # Then the values schema refuses it, naming the value
+    assert done.returncode != 0
+    assert f"/metrics/{value}/interval" in done.stderr, done.stderr
+    assert "does not match pattern" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("value", "kind", "endpoints"), MONITORS)
+@pytest.mark.parametrize("duration", ["1h", "1h30m", "2m", "1m30s", "45s", "1s500ms", "500ms"])
+def test_a_duration_in_prometheus_order_is_accepted(
+    render: Render, value: str, kind: str, endpoints: str, duration: str
+) -> None:
+    (monitor,) = of_kind(
+        render(
+            "default",
+            "--set", f"metrics.{value}.enabled=true",
+            "--set", f"metrics.{value}.interval={duration}",
+            "--set", f"metrics.{value}.scrapeTimeout=500ms",
+        ),
+        kind,
+    )  # fmt: skip
+    (endpoint,) = monitor["spec"][endpoints]
+    assert endpoint["interval"] == duration
