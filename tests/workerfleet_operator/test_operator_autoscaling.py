@@ -118,6 +118,37 @@ def create_pods(emu: Emulator, name: str, suffixes: Sequence[str]) -> list[str]:
     return pods
 
 
+def given_four_pods_one_busy(emu: Emulator, server: QueueRedis) -> list[str]:
+    """Pool ``emails`` scaled to 4 by a backlog (a 1 s scale-down window, 50 % steps), with 4
+    pods whose workers heartbeat: one busy (2 jobs, the oldest 20 s old), three idle."""
+    start_pool(
+        emu, server, "emails", scaleDown={"stabilizationWindowSeconds": 1, "maxStepPercent": 50}
+    )
+    scale_up_to_four(emu, server, "emails")
+    pods = create_pods(emu, "emails", ("busy0", "idle1", "idle2", "idle3"))
+    now = time.time()
+    _heartbeats(
+        server,
+        "emails",
+        [
+            engine.WorkerBeat(
+                worker_id=f"w-{name}",
+                pod_name=name,
+                concurrency=4,
+                in_flight=2 if "busy" in name else 0,
+                processed=10,
+                busy_seconds=5.0,
+                started_at=now - 60,
+                oldest_job_started_at=now - 20 if "busy" in name else None,
+                draining=False,
+                ttl_seconds=120,
+            )
+            for name in pods
+        ],
+    )
+    return pods
+
+
 def _heartbeats(server: QueueRedis, queue_name: str, beats: list[engine.WorkerBeat]) -> None:
     async def run() -> None:
         client = redis.asyncio.Redis.from_url(server.url)
@@ -156,34 +187,7 @@ def test_after_the_queue_drains_it_scales_down_removing_idle_pods_first(
 ) -> None:
     # Given a pool scaled to 4 by a backlog, with 4 pods: one busy worker, three idle ones
     operator()
-    start_pool(
-        emulator,
-        queue_redis,
-        "emails",
-        scaleDown={"stabilizationWindowSeconds": 1, "maxStepPercent": 50},
-    )
-    scale_up_to_four(emulator, queue_redis, "emails")
-    pods = create_pods(emulator, "emails", ("busy0", "idle1", "idle2", "idle3"))
-    now = time.time()
-    _heartbeats(
-        queue_redis,
-        "emails",
-        [
-            engine.WorkerBeat(
-                worker_id=f"w-{name}",
-                pod_name=name,
-                concurrency=4,
-                in_flight=2 if "busy" in name else 0,
-                processed=10,
-                busy_seconds=5.0,
-                started_at=now - 60,
-                oldest_job_started_at=now - 20 if "busy" in name else None,
-                draining=False,
-                ttl_seconds=120,
-            )
-            for name in pods
-        ],
-    )
+    pods = given_four_pods_one_busy(emulator, queue_redis)
     # When the queue is drained and the scale-down window has passed
     assert _drain(queue_redis, "emails") == 400
     wait_until(lambda: (replicas(emulator, "emails") or 4) < 4, timeout=10, message="no scale-down")

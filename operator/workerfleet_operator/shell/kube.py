@@ -659,14 +659,19 @@ async def apply_status(client: KubeClient, ref: ObjectRef, status: Mapping[str, 
 
 
 async def apply_pod_deletion_costs(
-    client: KubeClient, namespace: str, costs: Mapping[str, int], current: Mapping[str, str | None]
+    client: KubeClient,
+    namespace: str,
+    costs: Mapping[str, int | None],
+    current: Mapping[str, str | None],
 ) -> int:
-    """Set the deletion-cost annotation on pods whose value differs; return how many changed."""
+    """Set the deletion-cost annotation on pods whose value differs (None removes it); return
+    how many changed."""
     changed = 0
     for pod, cost in costs.items():
-        if current.get(pod) == str(cost):
+        value = None if cost is None else str(cost)
+        if current.get(pod) == value:
             continue
-        patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: str(cost)}}}
+        patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: value}}}
         try:
             await client.request(
                 "PATCH",

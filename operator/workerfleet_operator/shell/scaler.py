@@ -242,6 +242,7 @@ async def _scale(
 ) -> bool:
     """Write the decided replicas; False when held because another manager owns them."""
     client = controller.ctx.kube_client()
+    marked: Mapping[str, str | None] = {}  # the deletion costs this scale-in wrote
     for attempt in range(2):
         # Decided on live autoscalers, not managedFields: one `kubectl scale` (or an HPA
         # deleted since) stays listed there for good and would hold the pool forever.
@@ -250,11 +251,11 @@ async def _scale(
         )
         if controllers:
             _block_replicas(controller, tuple(controllers))
-            return False
+            return await _give_up(controller, marked)
         # Costs rank pods by their heartbeats: without stats (a fallback during an outage)
         # every pod would look dead, so none is marked and the ReplicaSet picks.
         if decision.desired < current and attempt == 0 and observation.stats is not None:
-            await _mark_deletion_costs(controller, deployment, observation)
+            marked = await _mark_deletion_costs(controller, deployment, observation)
         try:
             # Forced only against our own managers (the creation apply co-owns the field),
             # and only on the version whose managers were just checked.
@@ -278,17 +279,31 @@ async def _scale(
         )
         if fresh is None:
             controller.dirty = True  # deleted: the reconcile recreates it
-            return False
+            return await _give_up(controller, marked)
         controller.keep_deployment(fresh)
         deployment = fresh
     else:
-        return False  # changed twice in a row: the next poll decides again
+        # changed twice in a row: the next poll decides again
+        return await _give_up(controller, marked)
     if controller.applied.drift_reference is not None and not drift.is_subset(
         controller.applied.drift_reference, controller.deployment
     ):
         controller.dirty = True  # edited by someone between our writes
     controller.scaling.replicas_blocked_by = ()
     return True
+
+
+async def _give_up(controller: pool_mod.PoolController, marked: Mapping[str, str | None]) -> bool:
+    """A scale-in given up (another owner, a Deployment changed twice) takes back the
+    deletion costs written for it: left on the pods, they would steer the next scale-in
+    someone else makes (an HPA, KEDA after a switch to keda mode) by what the pods were doing
+    back then. Returns False (not written)."""
+    if marked:
+        client = controller.ctx.kube_client()
+        await kube.apply_pod_deletion_costs(
+            client, controller.namespace, dict.fromkeys(marked), marked
+        )
+    return False
 
 
 def _block_replicas(controller: pool_mod.PoolController, owners: tuple[str, ...]) -> None:
@@ -306,10 +321,11 @@ async def _mark_deletion_costs(
     controller: pool_mod.PoolController,
     deployment: Mapping[str, Any],
     observation: autoscaling.Observation,
-) -> None:
+) -> Mapping[str, str | None]:
+    """Rank the live pods for a scale-in; return the cost each now carries."""
     selector = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
     if not selector:
-        return
+        return {}
     client = controller.ctx.kube_client()
     label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     pods = await kube.fetch_objects(
@@ -326,6 +342,7 @@ async def _mark_deletion_costs(
         for p in live
     }
     await kube.apply_pod_deletion_costs(client, controller.namespace, costs, current)
+    return {pod: str(cost) for pod, cost in costs.items()}
 
 
 def _export(
