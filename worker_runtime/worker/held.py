@@ -20,6 +20,7 @@ class Held:
     """
 
     __slots__ = (
+        "abandoned",
         "ack_pending",
         "ctx",
         "deadline",
@@ -53,6 +54,7 @@ class Held:
         self.released = False  # drain released it: the handler's result is discarded
         self.settling = False  # the handler finished; its settle call is on its way
         self.timed_out = False  # the watchdog cancelled it at its timeout
+        self.abandoned = False  # it ignored that cancellation: settled without it, left to run
         self.ack_pending = False  # finished; waits for the fetch loop's next ack_and_fetch
         self.ran = 0.0  # handler seconds (for the duration metric at ack time)
         self.zombie = False  # a sync call given up on (timeout/drain) still running

@@ -12,7 +12,9 @@ timeout is cancelled and the attempt fails with outcome ``timeout``. A sync hand
 killed (Python threads cannot be interrupted): at the timeout its attempt is recorded as failed
 (``timeout``) and retried or dead-lettered like any failure, its eventual result is discarded,
 and its thread keeps its slot until the function returns, so the worker never runs more than
-``concurrency`` handlers at once. A process handler's child is killed at its timeout.
+``concurrency`` handlers at once. An async handler that ignores its cancellation gets
+``UNWIND_SECONDS`` to end, then is treated the same way. A process handler's child is killed at
+its timeout.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ log = logs.get_logger("worker")
 
 WATCHDOG_SECONDS = 0.05  # job timeouts are enforced with this precision
 
+UNWIND_SECONDS = 1.0
+"""How long an async handler cancelled at its timeout may take to end before its attempt is
+recorded as timed out without it (it swallowed the cancellation and runs on)."""
+
 
 class JobRunner:
     """Runs the handlers of held jobs; owns the thread pool and the child-process pool."""
@@ -57,6 +63,7 @@ class JobRunner:
         self.pool: pool_mod.DaemonThreadPool | None = None
         self.procs: processes.ProcessPool | None = None
         self._prestart: asyncio.Task[None] | None = None
+        self._abandoning: set[asyncio.Task[None]] = set()  # settles of abandoned handlers
 
     def open(self) -> None:
         """Create the pools (on the job loop); process children boot in the background."""
@@ -193,6 +200,8 @@ class JobRunner:
                 else:
                     await spec.handler(payload)
             except asyncio.CancelledError as exc:
+                if h.abandoned:  # its attempt was settled without it (watch_timeouts)
+                    return
                 current = asyncio.current_task()
                 if not h.released and current is not None and current.cancelling() == 0:
                     # Nobody cancelled this task: the handler let an inner cancellation
@@ -204,10 +213,12 @@ class JobRunner:
                 await self._timed_out(h, spec, f"after {limit}s (cancelled)")
                 return
             except BaseException as exc:
-                await self.settler.failed(h, spec, exc, False)
+                if not h.abandoned:
+                    await self.settler.failed(h, spec, exc, False)
                 return
             if h.timed_out:  # the handler swallowed the cancellation: still a timeout
-                await self._timed_out(h, spec, f"after {limit}s")
+                if not h.abandoned:
+                    await self._timed_out(h, spec, f"after {limit}s")
                 return
             if time.monotonic() > h.deadline:
                 # It returned past its timeout without the watchdog seeing it: it blocked the
@@ -359,10 +370,49 @@ class JobRunner:
             now = time.monotonic()
             for h in list(self.worker.held.values()):
                 if (
-                    h.deadline
-                    and now >= h.deadline
-                    and not (h.timed_out or h.settling or h.released or h.lost)
-                    and h.task is not None
+                    not h.deadline
+                    or now < h.deadline
+                    or h.settling
+                    or h.released
+                    or h.lost
+                    or h.task is None
                 ):
+                    continue
+                if not h.timed_out:
                     h.timed_out = True
                     h.task.cancel()
+                elif (
+                    now >= h.deadline + UNWIND_SECONDS
+                    and not h.abandoned
+                    and h.spec is not None
+                    and h.spec.is_async
+                ):
+                    self._abandon(h, h.spec, h.task)
+
+    def _abandon(self, h: held_mod.Held, spec: app_mod.TaskSpec, task: asyncio.Task[None]) -> None:
+        # The handler swallowed its timeout's cancellation and runs on. Waiting for it held the
+        # job (its lease renewed) for as long as it ran, forever for a handler that loops. Its
+        # attempt fails now, as a timed-out sync handler's does; its task keeps its slot until
+        # it ends, and what it does then is discarded.
+        h.abandoned = True
+        self.zombies += 1
+        task.add_done_callback(self._abandoned_ended)
+        settle = asyncio.get_running_loop().create_task(self._settle_abandoned(h, spec))
+        self._abandoning.add(settle)
+        settle.add_done_callback(self._abandoning.discard)
+
+    def _abandoned_ended(self, task: asyncio.Task[None]) -> None:
+        self.zombies -= 1
+        self.worker.poke()
+
+    async def _settle_abandoned(self, h: held_mod.Held, spec: app_mod.TaskSpec) -> None:
+        limit = spec.timeout if spec.timeout is not None else self.worker.default_timeout
+        error = TimeoutError(
+            f"{spec.name} timed out after {limit}s (it ignored its cancellation; left to finish)"
+        )
+        token = logs.bind_job(h)
+        try:
+            await self.settler.failed(h, spec, error, True)
+        finally:
+            logs.unbind_job(token)
+            self.worker.forget(h)
