@@ -39,13 +39,42 @@ the release or fullnameOverride (the operator's name is cut to make room for "-m
 
 {{/* Labels on every resource. */}}
 {{- define "workerfleet.labels" -}}
+{{ include "workerfleet.chartLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The labels the chart sets itself on every resource (commonLabels may not name them). */}}
+{{- define "workerfleet.chartLabels" -}}
 helm.sh/chart: {{ include "workerfleet.chart" . }}
 {{ include "workerfleet.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: workerfleet
-{{- with .Values.commonLabels }}
-{{ toYaml . }}
+{{- end }}
+
+{{/*
+Fail when commonLabels name a label the chart sets itself, or a pod's podLabels one the chart or
+commonLabels set: the manifest would carry that key twice, which helm install and kubectl apply
+refuse with a YAML error ("mapping key ... already defined") that names neither value. Called
+once per pod template with (list $ "operator.podLabels" .Values.operator.podLabels).
+*/}}
+{{- define "workerfleet.checkLabels" -}}
+{{- $root := index . 0 }}{{- $name := index . 1 }}{{- $extra := index . 2 | default dict }}
+{{- $chart := include "workerfleet.chartLabels" $root | fromYaml }}
+{{- range $key, $_ := $root.Values.commonLabels }}
+{{- if hasKey $chart $key }}
+{{- fail (printf "commonLabels.%s is a label the chart sets itself on every resource: leave it out (the chart's own labels cannot be overridden)" $key) }}
+{{- end }}
+{{- end }}
+{{- range $key, $_ := $extra }}
+{{- if hasKey $chart $key }}
+{{- fail (printf "%s.%s is a label the chart sets itself on the pod: leave it out" $name $key) }}
+{{- end }}
+{{- if hasKey ($root.Values.commonLabels | default dict) $key }}
+{{- fail (printf "%s.%s is set by commonLabels too: name it in one of them" $name $key) }}
+{{- end }}
 {{- end }}
 {{- end }}
 
