@@ -121,6 +121,10 @@ async def poll_queue(
     controller.scaling.scaler_state = unapplied.state
     controller.scaling.last_decision = unapplied
     applied = True
+    if decision.desired == current:
+        # Back to no change: the next change a dry run wants is a new one, announced again
+        # (it stayed "already announced", so 0 -> 4, idle, 0 -> 4 said nothing the second time).
+        controller.scaling.last_dry_run_desired = None
     if policy.mode == "builtin" and decision.desired != current:
         if not controller.has_deployment:
             applied = False  # nothing to scale yet: the reconcile creates it
