@@ -115,7 +115,8 @@ def seconds_of_retry_hint(value: object, *, now: float | None = None) -> float |
 
 
 def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
-    """Seconds to wait from an HTTP ``Retry-After`` value (delta seconds or an HTTP date).
+    """Seconds to wait from an HTTP ``Retry-After`` value (delta seconds or an HTTP date, which
+    is always GMT: in any of its three forms).
 
     Returns None when the value is neither; a date in the past gives 0.0.
     """
@@ -136,5 +137,9 @@ def parse_retry_after(value: str, *, now: float | None = None) -> float | None:
         return None
     if when is None:
         return None
+    if when.tzinfo is None:
+        # HTTP dates are GMT, and the asctime form (and a '-0000' zone) says no zone at all:
+        # read as local time it was off by the pod's UTC offset (TZ=America/New_York: 5 hours)
+        when = when.replace(tzinfo=datetime.UTC)
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -101,3 +102,29 @@ def test_retry_after_as_an_http_date_counts_from_now() -> None:
     past = format_datetime(datetime(2025, 12, 31, 12, 0, 0, tzinfo=UTC), usegmt=True)
     assert backoff.parse_retry_after(future, now=now) == 30.0
     assert backoff.parse_retry_after(past, now=now) == 0.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Thu, 01 Jan 2026 12:00:30 GMT",  # IMF-fixdate
+        "Thursday, 01-Jan-26 12:00:30 GMT",  # RFC 850, obsolete but to be accepted
+        "Thu Jan  1 12:00:30 2026",  # asctime, obsolete but to be accepted: GMT, unsaid
+        "Thu, 01 Jan 2026 12:00:30 -0000",  # RFC 5322's 'zone unknown', from mail code
+    ],
+)
+def test_an_http_date_retry_after_is_gmt_whatever_the_local_time_zone(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a process whose local time zone is not UTC (TZ set on the pod)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+        # When a Retry-After date 30 s ahead of now (in GMT, as every HTTP date is) is read
+        seconds = backoff.parse_retry_after(value, now=now)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    # Then it means 30 s, not 30 s plus the zone's offset (5 hours)
+    assert seconds == 30.0
