@@ -2,8 +2,9 @@
 
 A key the chart sets itself (its selector labels, part-of, version, ...) named again in
 commonLabels, or a pod label named in both commonLabels and podLabels, rendered the key twice:
-helm install and kubectl apply then refuse the manifest with a YAML error ("mapping key ...
-already defined") that names neither value. The render now fails naming the value to drop.
+strict YAML readers refuse such a manifest ("mapping key ... already defined", naming neither
+value), others keep the last value (a selector label changed that way no longer matches the
+Deployment's selector). The render now fails naming the value to drop.
 """
 
 from __future__ import annotations

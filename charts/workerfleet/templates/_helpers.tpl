@@ -56,8 +56,9 @@ app.kubernetes.io/part-of: workerfleet
 
 {{/*
 Fail when commonLabels name a label the chart sets itself, or a pod's podLabels one the chart or
-commonLabels set: the manifest would carry that key twice, which helm install and kubectl apply
-refuse with a YAML error ("mapping key ... already defined") that names neither value. Called
+commonLabels set: the manifest would carry that key twice, which strict YAML readers refuse
+("mapping key ... already defined", naming neither value) and others read as the last value (a
+selector label changed that way no longer matches the Deployment's selector). Called
 once per pod template with (list $ "operator.podLabels" .Values.operator.podLabels).
 */}}
 {{- define "workerfleet.checkLabels" -}}
