@@ -23,12 +23,17 @@ REDIS_OPS = ("fetch", "adopt", "renew", "ack", "retry", "dead_letter", "history"
 # re-sends), exported from 0 at start as well.
 SETTLE_OPS = ("ack", "retry", "dead_letter")
 
-# Seconds; no-op jobs take microseconds and real ones minutes, so the range is wide.
+# Seconds; no-op jobs take microseconds and real ones minutes, so the range is wide. No step is
+# wider than 3 times, up to an hour: histogram_quantile interpolates inside a bucket and caps at the
+# highest finite bound, and steps of 5 times (10 → 50 ms, 1 → 5 min) read 61 s jobs as 3 minutes at
+# p50, a 15-minute top bound 40-minute jobs as 15 minutes.
 DURATION_BUCKETS = (
     0.0005,
     0.001,
+    0.0025,
     0.005,
     0.01,
+    0.025,
     0.05,
     0.1,
     0.25,
@@ -39,8 +44,12 @@ DURATION_BUCKETS = (
     10.0,
     30.0,
     60.0,
+    120.0,
     300.0,
+    600.0,
     900.0,
+    1800.0,
+    3600.0,
 )
 
 
