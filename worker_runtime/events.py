@@ -322,23 +322,36 @@ def unbind_event(token: contextvars.Token[EventEnvelope | None]) -> None:
 
 def render_trace_tree(entries: Sequence[base.TraceEntry]) -> list[str]:
     """The trace as indented lines, each under its cause (``workerfleet trace``); an entry
-    whose cause is not in the trace (trimmed, expired) is shown as a root."""
+    whose cause is not in the trace (trimmed, expired) is shown as a root, and so is the first
+    entry of a loop of causes, which no root reaches. Every entry is printed once, however deep
+    its chain (a job that enqueues the next page of its work builds one as long as the trace)."""
     ids = {e.id for e in entries}
     children: dict[str | None, list[base.TraceEntry]] = {}
-    seen: set[str] = set()
+    unique: dict[str, base.TraceEntry] = {}
     for e in entries:
-        if e.id in seen:
+        if e.id in unique:
             continue
-        seen.add(e.id)
+        unique[e.id] = e
         parent = e.parent if e.parent in ids and e.parent != e.id else None
         children.setdefault(parent, []).append(e)
     lines: list[str] = []
+    printed: set[str] = set()
 
-    def walk(parent: str | None, depth: int) -> None:
-        for e in children.get(parent, []):
+    def walk(root: base.TraceEntry) -> None:
+        # Depth first with a stack of its own: a chain as long as the trace (1,000 entries)
+        # is deeper than Python's recursion limit allows.
+        stack = [(root, 0)]
+        while stack:
+            e, depth = stack.pop()
+            if e.id in printed:
+                continue  # a loop of causes comes back to an entry already printed
+            printed.add(e.id)
             lines.append(f"{'  ' * depth}{e.kind} {e.name} {e.id}")
-            if depth < 50:  # a cycle cannot loop forever
-                walk(e.id, depth + 1)
+            stack.extend((c, depth + 1) for c in reversed(children.get(e.id, [])))
 
-    walk(None, 0)
+    for root in children.get(None, []):
+        walk(root)
+    for e in unique.values():  # entries in a loop of causes: no root leads to them
+        if e.id not in printed:
+            walk(e)
     return lines
