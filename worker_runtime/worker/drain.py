@@ -34,6 +34,10 @@ log = logs.get_logger("worker")
 MIN_EXIT_SECONDS = 1.0
 """The least time a drained worker process gets to exit by itself before the hard exit."""
 
+MAX_TIMER_SECONDS = 1e8
+"""The longest wait a thread's timer takes (about 3 years): one of 1e10 s raised in its
+thread (the platform's time_t overflowed), and a longer drain budget is one that never ends."""
+
 
 class Drain:
     """The worker's drain: its request, its budget, and the release of unfinished jobs."""
@@ -68,7 +72,7 @@ class Drain:
         start = self.started if self.started is not None else time.monotonic()
         return start + max(0.0, budget - reserve)
 
-    def arm_hard_exit(self, code: int) -> None:
+    def arm_hard_exit(self, code: int) -> threading.Timer:
         """End the process with ``code`` when the drain budget is spent, if it still runs then.
 
         Called when the worker has drained, by the process that owns the worker's signals.
@@ -80,11 +84,12 @@ class Drain:
         """
         start = self.started if self.started is not None else time.monotonic()
         end = start + self.worker.settings.drain_timeout_seconds
-        seconds = max(MIN_EXIT_SECONDS, end - time.monotonic())
+        seconds = min(MAX_TIMER_SECONDS, max(MIN_EXIT_SECONDS, end - time.monotonic()))
         timer = threading.Timer(seconds, exit_now, args=(code,))
         timer.name = "wf-exit-deadline"
         timer.daemon = True  # a process that exits by itself first is not held by it
         timer.start()
+        return timer
 
     async def run(self) -> None:
         """Wait for in-flight jobs within the budget, then release what is left."""
