@@ -15,6 +15,12 @@ says when to load again: an exec plugin's ``expirationTimestamp`` minus a margin
 :data:`SERVICE_ACCOUNT_RELOAD_SECONDS` for a service-account token file (the kubelet rewrites
 it before it expires). A 401 loads again at once (the token was replaced or revoked).
 
+A load that fails (an exec plugin whose identity provider is down) keeps the login in hand, still
+accepted when the reload was due by time alone, and is tried again only after
+:data:`LOAD_RETRY_SECONDS` (as client-go's cached token source does): before, every request ran
+the loader again and failed, and the leader elector, whose Lease reads failed so, gave up the
+Lease over a token that was still good.
+
 Inline certificates and keys of a kubeconfig (``*-data``) are written by the ``kubernetes``
 package to files; we load into a private temporary folder, read them back into memory and
 delete the folder, so no client key stays on disk.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import os
 import tempfile
 import time
@@ -31,6 +38,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
+
+logger = logging.getLogger("workerfleet.operator.credentials")
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 """Where the kubelet mounts a pod's service-account token, cluster CA and namespace."""
@@ -40,6 +49,10 @@ SERVICE_ACCOUNT_RELOAD_SECONDS = 60.0
 
 EXPIRY_MARGIN_SECONDS = 60.0
 """Load an expiring credential (an exec plugin's token) again this long before it expires."""
+
+LOAD_RETRY_SECONDS = 5.0
+"""After a failed load, load again no sooner than this: meanwhile the login in hand is used (it is
+reloaded early, while still accepted), and a request refused with 401 fails without a load."""
 
 
 class CredentialsError(Exception):
@@ -258,7 +271,8 @@ class Credentials:
     ``load`` (blocking: it may run an exec plugin) is called in a thread when there is no login
     yet, when the login has expired, and when a client was refused with 401 on it
     (:meth:`renew`). kopf's own re-logins land here through :meth:`replace`, so both follow
-    every new token.
+    every new token. A failed load is tried again after :data:`LOAD_RETRY_SECONDS`, the login in
+    hand used meanwhile unless it was refused.
     """
 
     def __init__(
@@ -273,6 +287,9 @@ class Credentials:
         self._now = now
         self._lock = asyncio.Lock()
         self.loads = 0
+        # The last failed load and when to try again (see LOAD_RETRY_SECONDS).
+        self._load_error: Exception | None = None
+        self._retry_load_at = float("-inf")
 
     @classmethod
     def fixed(cls, info: kopf.ConnectionInfo) -> Credentials:
@@ -295,26 +312,53 @@ class Credentials:
             expiration = expiration.replace(tzinfo=datetime.UTC)
         return datetime.datetime.fromtimestamp(self._now(), datetime.UTC) >= expiration
 
+    def _load_failed_recently(self) -> bool:
+        return self._load_error is not None and self._now() < self._retry_load_at
+
     async def fetch(self) -> kopf.ConnectionInfo:
         """The login to send the next request with (loaded again when it has expired)."""
         info = self._info
-        if info is not None and not self._is_expired(info):
+        if info is not None and (not self._is_expired(info) or self._load_failed_recently()):
             return info
-        return await self.renew(info)
+        return await self._reload(info, refused=False)
 
     async def renew(self, stale: kopf.ConnectionInfo | None) -> kopf.ConnectionInfo:
-        """Load again unless someone already replaced ``stale`` (one load for many 401s)."""
+        """After a 401 on ``stale``: load again unless someone already replaced it (one load
+        for many 401s); raise :class:`CredentialsError` when no login can be loaded."""
+        return await self._reload(stale, refused=True)
+
+    async def _reload(
+        self, stale: kopf.ConnectionInfo | None, *, refused: bool
+    ) -> kopf.ConnectionInfo:
         async with self._lock:
-            if (
-                self._info is not None
-                and self._info is not stale
-                and not self._is_expired(self._info)
-            ):
-                return self._info
+            current = self._info
+            if current is not None and current is not stale and not self._is_expired(current):
+                return current
             if self._load is None:
-                if self._info is None:
+                if current is None:
                     raise CredentialsError("no credentials")
-                return self._info
-            self._info = await asyncio.to_thread(self._load)
+                return current
+            # Due by time alone, the login in hand is still accepted: it bridges a failed load.
+            usable = None if refused else current
+            if self._load_failed_recently():
+                if usable is not None:
+                    return usable
+                raise CredentialsError(f"loading the login failed: {self._load_error}")
+            try:
+                info = await asyncio.to_thread(self._load)
+            except Exception as exc:
+                self._load_error = exc
+                self._retry_load_at = self._now() + LOAD_RETRY_SECONDS
+                if usable is None:
+                    raise
+                logger.warning(
+                    "loading the login again failed (%s): the current one is used, next try "
+                    "in %.0fs",
+                    exc,
+                    LOAD_RETRY_SECONDS,
+                )
+                return usable
+            self._info = info
+            self._load_error = None
             self.loads += 1
-            return self._info
+            return info
