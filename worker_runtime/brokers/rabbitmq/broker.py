@@ -415,6 +415,14 @@ def _is_nack(exc: BaseException | None) -> bool:
     )
 
 
+def _is_unroutable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is RabbitMQ returning a ``mandatory`` publish that no queue took (the
+    queue it was sent to does not exist)."""
+    return isinstance(exc, aio_pika.exceptions.DeliveryError) and isinstance(
+        exc.frame, pamqp.commands.Basic.Return
+    )
+
+
 def _is_member_not_running(exc: BaseException | None) -> bool:
     """Whether ``exc`` is RabbitMQ closing the channel because a quorum queue's member is not
     running (NOT_FOUND, "home node ... of durable queue ... is down or inaccessible"): the queue
@@ -688,6 +696,8 @@ class RabbitMQBroker:
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._consume_channel: aio_pika.abc.AbstractChannel | None = None
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
+        # asks whether a queue still exists (a passive declare of a missing one closes it)
+        self._probe_channel: aio_pika.abc.AbstractChannel | None = None
         self._generation = 0
         # receipts name the broker object and its connection: another object (the worker's
         # control thread has its own) cannot judge them
@@ -857,6 +867,7 @@ class RabbitMQBroker:
         self._consume_exchange = None
         self._consume_channel = None
         self._publish_channel = None
+        self._probe_channel = None
         for buffer in self._buffers.values():
             buffer.clear()
         self._held.clear()
@@ -965,7 +976,73 @@ class RabbitMQBroker:
                 await self._replace_publish_channel(channel)
                 raise self._unconfirmed(routing_key, timeout, operation, bucket=bucket) from exc
 
-        await self._publish_until_taken(send, operation)
+        try:
+            await self._publish_until_taken(send, operation)
+        except errors.BrokerRejected as exc:
+            arguments = self._queue_arguments(routing_key)
+            if not _is_unroutable(exc.__cause__) or arguments is None:
+                raise
+            # One of this queue's RabbitMQ queues was deleted under this connection (an
+            # operator re-bounding a DLQ or repairing a queue a crash left without a leader,
+            # as docs/brokers.md says): declare it again, as a new connection would.
+            _log.warning(
+                "a queue of this workerfleet queue was deleted: declared it again",
+                extra={"queue": routing_key, "operation": operation},
+            )
+            channel = await self._ensure()
+            self._declared.discard(routing_key)
+            async with translate_errors(operation):
+                await self._declare(channel, routing_key, arguments)
+            await self._publish_until_taken(send, operation)
+
+    def _queue_arguments(self, name: str) -> dict[str, Any] | None:
+        """The arguments this object declares RabbitMQ queue ``name`` with, when it is one of
+        this queue's (a work queue, the DLQ, a delay bucket) and this object declares queues;
+        else None."""
+        if self.role is base.QueueRole.READER:
+            return None
+        if topology.level_of(name, self.queue) is not None:
+            return topology.work_queue_arguments(
+                self.queue, self.options.max_deliveries, self._queue_type
+            )
+        if name == topology.dead_queue(self.queue):
+            return topology.dead_queue_arguments(
+                self._queue_type,
+                max_length=self.options.dlq_max_length,
+                retention_seconds=self.options.dlq_retention_seconds,
+            )
+        wait_ms = topology.bucket_ms(self.queue, name)
+        if wait_ms is None:
+            return None
+        level = name[len(topology.delay_queue_prefix(self.queue)) :].partition(".")[0]
+        return topology.delay_queue_arguments(self.queue, level, wait_ms, self._queue_type)
+
+    async def _forget_deleted_queues(self, batch: list[_Settle]) -> None:
+        """Take every queue the transaction would publish ``batch``'s copies to that no longer
+        exists out of those the transaction publishes to, so its copy goes by confirms again
+        (:meth:`_publish_first_copies`, which declares it anew). A transaction publishes without
+        ``mandatory`` (aiormq reports no return there): RabbitMQ dropped a copy to a deleted
+        queue while the ack beside it committed, and the job was gone. One passive declare per
+        such queue and batch; a queue deleted between it and the commit still loses its copy."""
+        routes = {
+            entry.publish[0]
+            for entry in batch
+            if entry.publish is not None and entry.publish[0] in self._tx_ready
+        }
+        for route in sorted(routes):
+            if not await self._queue_exists(route, batch[0].operation):
+                self._tx_ready.discard(route)
+                self._declared.discard(route)
+
+    async def _queue_exists(self, name: str, operation: str) -> bool:
+        """Whether RabbitMQ queue ``name`` exists (a passive declare on a channel of its own,
+        opened again after a missing queue closed it)."""
+        await self._ensure()
+        assert self._connection is not None
+        async with translate_errors(operation):
+            if self._probe_channel is None or self._probe_channel.is_closed:
+                self._probe_channel = await self._connection.channel(publisher_confirms=False)
+            return await _declare_existing(self._probe_channel, name) is not None
 
     async def _publish_until_taken(
         self,
@@ -1179,6 +1256,15 @@ class RabbitMQBroker:
                 for entry in batch:
                     if not entry.done.done():
                         entry.done.set_exception(gone if not entry.copied else _sent(gone))
+                continue
+            try:
+                await self._forget_deleted_queues(batch)
+            except errors.BrokerError as exc:
+                # nothing of the batch is written yet
+                unchecked = _unsent(exc) if isinstance(exc, errors.BrokerUnavailable) else exc
+                for entry in batch:
+                    if not entry.done.done():
+                        entry.done.set_exception(unchecked)
                 continue
             batch = await self._publish_first_copies(batch)
             if not batch:
