@@ -240,3 +240,32 @@ async def test_a_standby_reads_often_and_tries_right_when_the_lease_expires(
     finally:
         await a.client.close()
         await b.client.close()
+
+
+async def test_a_standby_waits_out_the_lease_duration_the_leader_wrote_not_its_own(
+    emulator: Emulator, kubeconfig: Path
+) -> None:
+    # Given a leader started with longer timings (lease 30 s, renew deadline 25 s) and a
+    # standby of a newer rollout with the defaults (lease 15 s): a helm upgrade under way
+    clock = FakeClock()
+    longer = leader.LeaseTiming(30.0, 25.0, 2.0)
+    a, b = elector(kubeconfig, "a", clock), elector(kubeconfig, "b", clock)
+    a.timing = longer
+    try:
+        assert await a.try_acquire_or_renew()
+        assert lease(emulator)["leaseDurationSeconds"] == 30
+        assert not await b.try_acquire_or_renew()
+        # When the leader stalls past the standby's own lease duration, within its deadline
+        clock.now += TIMING.lease_duration_seconds + 1
+        assert a.may_write()
+        # Then the standby does not take over while the leader may still write
+        assert not await b.try_acquire_or_renew()
+        assert lease(emulator)["holderIdentity"] == "a"
+        # and takes over once the duration the leader wrote has passed, the leader fenced
+        clock.now += longer.lease_duration_seconds - TIMING.lease_duration_seconds
+        assert not a.may_write()
+        assert await b.try_acquire_or_renew()
+        assert lease(emulator)["holderIdentity"] == "b"
+    finally:
+        await a.client.close()
+        await b.client.close()

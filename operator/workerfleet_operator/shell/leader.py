@@ -10,8 +10,9 @@ deadline 10 s, retry period 2 s):
 
 - a standby reads the Lease every half retry period; it takes it over (a PUT on the
   resourceVersion it read, so one of two racing standbys wins) only after the record has not
-  changed for ``lease_duration`` by its *own* monotonic clock, counted from when it saw the
-  last change: no trust in the other replica's wall clock;
+  changed for the lease duration *the record names* (the holder's, whose renew deadline is
+  shorter; a replica of another rollout may have other timings) by its *own* monotonic clock,
+  counted from when it saw the last change: no trust in the other replica's wall clock;
 - the leader renews every retry period; a write is allowed only while the last successful renewal
   was *sent* less than ``renew_deadline`` ago. Since renew_deadline < lease_duration, the old
   leader's last write is always before a standby can take over (the margin absorbs a request in
@@ -28,6 +29,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import os
 import random
 import socket
@@ -110,6 +112,8 @@ class LeaderElector:
         self._renewed_at = float("-inf")  # when the last successful renewal was sent
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = float("-inf")
+        # The lease duration the observed record names (its holder's), else our own.
+        self._observed_duration = timing.lease_duration_seconds
         self.lost = False
         self.transitions = 0
 
@@ -140,7 +144,7 @@ class LeaderElector:
         of client-go's retry period + 0-120 %, and sleeps no longer than until the expiry.
         """
         poll = self.timing.retry_period_seconds / 2 * self._rng.uniform(1.0, 1.0 + JITTER)
-        until_expiry = self._observed_at + self.timing.lease_duration_seconds - self._clock()
+        until_expiry = self._observed_at + self._observed_duration - self._clock()
         if until_expiry > 0:
             return max(0.01, min(poll, until_expiry + 0.01))
         return poll
@@ -174,7 +178,8 @@ class LeaderElector:
         """One round of client-go's tryAcquireOrRenew; True when this replica holds the Lease."""
         sent_at = self._clock()
         now = format_micro_time(self._wall())
-        duration = max(1, round(self.timing.lease_duration_seconds))
+        # Rounded up: a standby reading a shorter duration would take over before our deadline.
+        duration = max(1, math.ceil(self.timing.lease_duration_seconds))
         try:
             lease = await kube.fetch_object(self.client, self.ref)
         except Exception as exc:
@@ -192,8 +197,11 @@ class LeaderElector:
         )
         if record != self._observed:
             self._observed, self._observed_at = record, self._clock()
+        self._observed_duration = _duration_of(spec, self.timing)
         holder = spec.get("holderIdentity") or ""
-        expired = self._clock() >= self._observed_at + self.timing.lease_duration_seconds
+        # The holder's own duration, not ours: a leader of an older rollout (lease 30 s, renew
+        # deadline 25 s) was taken over by a standby of 15 s while it still wrote.
+        expired = self._clock() >= self._observed_at + self._observed_duration
         if holder and holder != self.identity and not expired:
             return False  # someone else holds a live Lease
         transitions = int(spec.get("leaseTransitions") or 0)
@@ -254,6 +262,7 @@ class LeaderElector:
             spec.get("leaseTransitions"),
         )
         self._observed_at = self._clock()
+        self._observed_duration = _duration_of(spec, self.timing)
         if not self._leading:
             self.transitions = int(spec.get("leaseTransitions") or 0)
         self._leading = True
@@ -291,6 +300,14 @@ class LeaderElector:
             logger.info("released the Lease %s/%s", self.ref.namespace, self.ref.name)
         except Exception as exc:  # a standby then waits one lease duration: slower, still safe
             logger.warning("releasing the Lease failed: %s", exc)
+
+
+def _duration_of(spec: Mapping[str, Any], timing: LeaseTiming) -> float:
+    """The lease duration a Lease's record names (its holder's timing), else ``timing``'s."""
+    named = spec.get("leaseDurationSeconds")
+    if isinstance(named, int) and not isinstance(named, bool) and named > 0:
+        return float(named)
+    return timing.lease_duration_seconds
 
 
 def build_elector(ctx: context_mod.OperatorContext, stop: Callable[[], None]) -> LeaderElector:
