@@ -646,29 +646,52 @@ class App:
         refused (:class:`errors.UnknownTask`) when the App registers other tasks for the
         queue, unless ``allow_unregistered`` (a task registered in a module not imported here).
         """
-        from worker_runtime import events  # deferred for cold start (see the imports)
-
         checked = self._checked_payload(task, payload, allow_unregistered)
         options = _with_lineage(options)
         result = await (await self._async_producer()).enqueue(task, checked, **options)
-        correlation = options.get("correlation_id")
-        if correlation is not None and result.created:
-            headers = options.get("headers") or {}
-            await self._record_trace(
-                correlation,
-                base.TraceEntry(
-                    "job", result.job_id, headers.get(events.CAUSATION_HEADER), task, time.time()
-                ),
-            )
+        await self._record_job_trace(
+            task, options.get("correlation_id"), options.get("headers"), result
+        )
         return result
 
     async def enqueue_many(
         self, jobs: Sequence[producer_mod.JobSpec], *, allow_unregistered: bool = False
     ) -> list[queue_mod.EnqueueResult]:
         """Enqueue many jobs in pipelined batches; each is checked as :meth:`enqueue` checks
-        it, all before any job is sent."""
-        checked = [self._checked_spec(spec, allow_unregistered) for spec in jobs]
-        return await (await self._async_producer()).enqueue_many(checked)
+        it, all before any job is sent, and inherits the running handler's lineage as
+        :meth:`enqueue`'s job does."""
+        checked = [
+            self._checked_spec(_spec_with_lineage(spec), allow_unregistered) for spec in jobs
+        ]
+        results = await (await self._async_producer()).enqueue_many(checked)
+        traced = [
+            (spec, result)
+            for spec, result in zip(checked, results, strict=True)
+            if spec.correlation_id is not None and result.created
+        ]
+        # a trace keeps its newest TRACE_KEEP entries: writing more would cost a round trip
+        # each for entries trimmed at once
+        for spec, result in traced[-base.TRACE_KEEP :]:
+            await self._record_job_trace(spec.task, spec.correlation_id, spec.headers, result)
+        return results
+
+    async def _record_job_trace(
+        self,
+        task: str,
+        correlation_id: str | None,
+        headers: Mapping[str, str] | None,
+        result: queue_mod.EnqueueResult,
+    ) -> None:
+        """The trace entry of a job just enqueued (none without a correlation id, or when the
+        job was already there)."""
+        from worker_runtime import events  # deferred for cold start (see the imports)
+
+        if correlation_id is None or not result.created:
+            return
+        cause = (headers or {}).get(events.CAUSATION_HEADER)
+        await self._record_trace(
+            correlation_id, base.TraceEntry("job", result.job_id, cause, task, time.time())
+        )
 
     def enqueue_sync(
         self,
@@ -868,6 +891,18 @@ def _with_lineage(options: Any) -> Any:
     headers.setdefault(events.CAUSATION_HEADER, lineage.causation_id)
     out["headers"] = headers
     return out
+
+
+def _spec_with_lineage(spec: producer_mod.JobSpec) -> producer_mod.JobSpec:
+    """``spec`` with the running handler's lineage filled in, as :func:`_with_lineage` does
+    for one enqueue's options (``enqueue_many`` used to send its jobs without it)."""
+    options = {"correlation_id": spec.correlation_id, "headers": spec.headers}
+    lineage = _with_lineage(options)
+    if lineage is options:
+        return spec
+    return dataclasses.replace(
+        spec, correlation_id=lineage["correlation_id"], headers=lineage["headers"]
+    )
 
 
 def _event_data(sub: Subscription, spec: TaskSpec, payload: Any, upcasters: Any) -> Any:
