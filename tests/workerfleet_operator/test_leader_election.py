@@ -43,6 +43,13 @@ def elector(kubeconfig: Path, identity: str, clock: FakeClock) -> leader.LeaderE
     )
 
 
+async def given_a_leader(kubeconfig: Path, clock: FakeClock) -> leader.LeaderElector:
+    """Replica "a", holding the Lease."""
+    a = elector(kubeconfig, "a", clock)
+    assert await a.try_acquire_or_renew()
+    return a
+
+
 def lease(emulator: Emulator) -> dict[str, Any]:
     found = emulator.get("leases", NAMESPACE, "workerfleet-operator", group="coordination.k8s.io")
     assert found is not None
@@ -269,3 +276,24 @@ async def test_a_standby_waits_out_the_lease_duration_the_leader_wrote_not_its_o
     finally:
         await a.client.close()
         await b.client.close()
+
+
+async def test_a_leader_that_reads_another_holder_in_its_lease_stops_writing_at_once(
+    emulator: Emulator, kubeconfig: Path
+) -> None:
+    # Given a leader
+    clock = FakeClock()
+    a = await given_a_leader(kubeconfig, clock)
+    try:
+        # When its Lease names another holder at its next renewal (written by hand, or taken
+        # by a replica that judged it expired)
+        patch = {"spec": {"holderIdentity": "b", "renewTime": leader.format_micro_time(5.0)}}
+        emulator.patch(
+            "leases", NAMESPACE, "workerfleet-operator", patch, group="coordination.k8s.io"
+        )
+        clock.now += TIMING.retry_period_seconds
+        assert not await a.try_acquire_or_renew()
+        # Then it stops writing now, not at its renew deadline 8 s later
+        assert not a.may_write()
+    finally:
+        await a.client.close()

@@ -17,8 +17,8 @@ deadline 10 s, retry period 2 s):
   was *sent* less than ``renew_deadline`` ago. Since renew_deadline < lease_duration, the old
   leader's last write is always before a standby can take over (the margin absorbs a request in
   flight);
-- a leader that misses its renew deadline stops for good: the process exits (status 1) and the
-  pod restarts as a standby, as kubebuilder managers do;
+- a leader that misses its renew deadline, or reads another holder in its Lease, stops for good:
+  the process exits (status 1) and the pod restarts as a standby, as kubebuilder managers do;
 - on a clean stop (SIGTERM) the leader stops writing, then releases the Lease (holder emptied),
   so a standby takes over within one retry period instead of a whole lease duration.
 """
@@ -166,7 +166,7 @@ class LeaderElector:
                 break
         self.lost = True
         logger.error(
-            "lost the Lease %s/%s (not renewed within %.1fs): stopping",
+            "lost the Lease %s/%s (not renewed within %.1fs, or held by another): stopping",
             self.ref.namespace,
             self.ref.name,
             self.timing.renew_deadline_seconds,
@@ -202,6 +202,17 @@ class LeaderElector:
         # The holder's own duration, not ours: a leader of an older rollout (lease 30 s, renew
         # deadline 25 s) was taken over by a standby of 15 s while it still wrote.
         expired = self._clock() >= self._observed_at + self._observed_duration
+        if holder and holder != self.identity and self._leading:
+            # Someone else holds our Lease (it was edited, or deleted and created again): stop
+            # writing now, not at the renew deadline, seconds of two writers later.
+            self._leading = False
+            logger.error(
+                "the Lease %s/%s names %s: no longer leading",
+                self.ref.namespace,
+                self.ref.name,
+                holder,
+            )
+            return False
         if holder and holder != self.identity and not expired:
             return False  # someone else holds a live Lease
         transitions = int(spec.get("leaseTransitions") or 0)
