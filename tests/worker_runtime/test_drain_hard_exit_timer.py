@@ -29,7 +29,7 @@ def test_the_hard_exit_timer_waits_for_any_accepted_drain_budget_without_raising
     worker = core.Worker(app, settings, install_signal_handlers=False)
     worker.drainer.started = time.monotonic()
     # When its hard exit is armed
-    timer = worker.drainer.arm_hard_exit(0)
+    timer = worker.drainer.arm_hard_exit()
     try:
         time.sleep(0.2)
         # Then its timer is still waiting, nothing raised in its thread

@@ -16,7 +16,6 @@ import pytest
 
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import wait_until
-from worker_runtime.worker import drain
 
 STUCK_APP = "tests.worker_runtime.tasks_stuck_handlers:app"
 
@@ -37,12 +36,10 @@ def test_a_worker_whose_handler_does_not_let_go_still_exits_zero_within_its_drai
     except subprocess.TimeoutExpired:
         rc = None  # still running: Kubernetes would SIGKILL it at the grace period
     elapsed = time.monotonic() - t0
-    # Then the process exits 0 when its budget is spent (or a second after it stopped, when
-    # its release ran into the budget's last second), not at the grace period's SIGKILL
+    # Then the process exits 0 when its budget is spent, not at the grace period's SIGKILL
     # (budget + 15 s on Kubernetes)
     assert rc == 0, f"exit {rc} after {elapsed:.1f}s; log: {worker.logs()[-3000:]}"
-    assert elapsed < 4.0 + drain.MIN_EXIT_SECONDS + 0.5, f"exited after {elapsed:.1f}s"
-    assert "exiting without waiting for it" in worker.logs()
+    assert elapsed < 4.0 + 0.5, f"exited after {elapsed:.1f}s"
     # And the job went back to the queue unspent, never acknowledged
     s = wf.stats()
     assert (s.backlog, s.in_flight, s.completed_total) == (1, 0, 0)

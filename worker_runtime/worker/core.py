@@ -360,14 +360,12 @@ def run_worker(
 
     async def main() -> int:
         worker = Worker(app, settings, install_signal_handlers=install_signal_handlers)
+        # The process is this worker's: nothing may keep it past the drain budget (a broker
+        # that does not answer, a thread, a task swallowing its cancellation).
+        worker.drainer.hard_exit = install_signal_handlers
         if on_started is not None:
             on_started(worker)
-        code = await worker.run()
-        if install_signal_handlers:
-            # The process is this worker's: released handler code that will not end (a thread,
-            # a task swallowing its cancellation) must not keep it past the drain budget.
-            worker.drainer.arm_hard_exit(code)
-        return code
+        return await worker.run()
 
     return run_on_event_loop(main, settings.event_loop)
 

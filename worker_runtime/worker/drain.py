@@ -6,9 +6,9 @@ fetched ahead go back to the queue (``base.stop_prefetching``), the worker repor
 in-flight jobs may finish until the budget
 (``WORKERFLEET_DRAIN_TIMEOUT_SECONDS``) is almost spent, then the rest are released to the queue
 without spending an attempt; the worker then deregisters and exits 0 before the budget ends.
-A second signal releases immediately. Handler code that outlives the worker (a thread of
-``asyncio.to_thread``, a task that swallows its cancellation) does not keep the process past the
-budget: :meth:`Drain.arm_hard_exit`.
+A second signal releases immediately. Nothing keeps the worker's process past the budget (a
+broker that does not answer, a thread of ``asyncio.to_thread``, a task that swallows its
+cancellation): :meth:`Drain.arm_hard_exit`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 log = logs.get_logger("worker")
 
 MIN_EXIT_SECONDS = 1.0
-"""The least time a drained worker process gets to exit by itself before the hard exit."""
+"""The least time a draining worker process gets before the hard exit (a budget of 0 s still
+releases its jobs: the drain's reserve is 1 s at least)."""
 
 MAX_TIMER_SECONDS = 1e8
 """The longest wait a thread's timer takes (about 3 years): one of 1e10 s raised in its
@@ -46,6 +47,10 @@ class Drain:
         self.worker = worker
         self.started: float | None = None  # monotonic time of the first drain request
         self.hurry = False  # a second request: release now
+        # Set by the process that owns the worker (run_worker with its signal handlers): the
+        # drain then ends the process when its budget is spent, whatever is still running.
+        self.hard_exit = False
+        self.exit_timer: threading.Timer | None = None
 
     def request(self, signum: int | None = None) -> None:
         """First call: start draining. Second call: stop waiting and release now."""
@@ -59,6 +64,8 @@ class Drain:
             w.health.draining = True
             w.metrics.draining.set(1)
             log.info("draining", extra={"signal": signum, "in_flight": len(w.held)})
+            if self.hard_exit:
+                self.exit_timer = self.arm_hard_exit()
             if w.control is not None:
                 w.control.wake()
         w.poke()
@@ -72,24 +79,28 @@ class Drain:
         start = self.started if self.started is not None else time.monotonic()
         return start + max(0.0, budget - reserve)
 
-    def arm_hard_exit(self, code: int) -> threading.Timer:
-        """End the process with ``code`` when the drain budget is spent, if it still runs then.
+    def arm_hard_exit(self) -> threading.Timer:
+        """End the process when the drain budget is spent, if it still runs then.
 
-        Called when the worker has drained, by the process that owns the worker's signals.
-        Released handlers can outlive the worker, and both the event loop's teardown and the
-        interpreter's exit wait for them: a thread of ``asyncio.to_thread`` cannot be stopped
-        (the loop's default executor, and then the interpreter, join it), and a task that
-        swallows its cancellation never ends (the loop cancels and awaits every task). The
-        process then outlived its budget until the grace period's SIGKILL (exit 137).
+        Armed when the drain starts, for a process that owns the worker. Waiting on a broker
+        that does not answer (frozen, partitioned away) took the release, the control thread's
+        last renewal, the deregistration and the close 15 s past a 5 s budget, into the grace
+        period's SIGKILL (budget + 15 s). Released handlers can outlive the worker too: a thread
+        of ``asyncio.to_thread`` cannot be stopped (the loop's default executor, and then the
+        interpreter, join it), and a task that swallows its cancellation never ends (the loop
+        cancels and awaits every task). Jobs not released by then return after their lease.
         """
-        start = self.started if self.started is not None else time.monotonic()
-        end = start + self.worker.settings.drain_timeout_seconds
-        seconds = min(MAX_TIMER_SECONDS, max(MIN_EXIT_SECONDS, end - time.monotonic()))
-        timer = threading.Timer(seconds, exit_now, args=(code,))
+        budget = self.worker.settings.drain_timeout_seconds
+        seconds = min(MAX_TIMER_SECONDS, max(MIN_EXIT_SECONDS, budget))
+        timer = threading.Timer(seconds, self._exit_late)
         timer.name = "wf-exit-deadline"
         timer.daemon = True  # a process that exits by itself first is not held by it
         timer.start()
         return timer
+
+    def _exit_late(self) -> None:
+        # The burst's failure is exit 1 as it is for a worker that stops by itself.
+        exit_now(1 if self.worker.burst_failed is not None else 0)
 
     async def run(self) -> None:
         """Wait for in-flight jobs within the budget, then release what is left."""
@@ -174,8 +185,8 @@ def exit_now(code: int) -> None:
     main = threading.main_thread()
     running = sorted(t.name for t in threading.enumerate() if not t.daemon and t is not main)
     log.warning(
-        "handler code still runs after the drain (a task that ignores cancellation, or a "
-        "thread); exiting without waiting for it",
+        "the drain budget is spent: exiting without waiting for what still runs (a broker "
+        "that does not answer, a handler task that ignores its cancellation, a thread)",
         extra={"exit_code": code, "threads": running},
     )
     # os._exit skips the interpreter's own flushing
