@@ -50,6 +50,15 @@ async def given_a_leader(kubeconfig: Path, clock: FakeClock) -> leader.LeaderEle
     return a
 
 
+async def given_a_leader_and_a_standby(
+    kubeconfig: Path, clock: FakeClock
+) -> tuple[leader.LeaderElector, leader.LeaderElector]:
+    """Replica "a" holding the Lease, and "b" that has read it held."""
+    a, b = await given_a_leader(kubeconfig, clock), elector(kubeconfig, "b", clock)
+    assert not await b.try_acquire_or_renew()
+    return a, b
+
+
 def lease(emulator: Emulator) -> dict[str, Any]:
     found = emulator.get("leases", NAMESPACE, "workerfleet-operator", group="coordination.k8s.io")
     assert found is not None
@@ -273,6 +282,30 @@ async def test_a_standby_waits_out_the_lease_duration_the_leader_wrote_not_its_o
         assert not a.may_write()
         assert await b.try_acquire_or_renew()
         assert lease(emulator)["holderIdentity"] == "b"
+    finally:
+        await a.client.close()
+        await b.client.close()
+
+
+async def test_a_deleted_lease_is_not_taken_from_a_live_leader(
+    emulator: Emulator, kubeconfig: Path
+) -> None:
+    # Given a leader renewing its Lease and a standby that saw it held
+    clock = FakeClock()
+    a, b = await given_a_leader_and_a_standby(kubeconfig, clock)
+    try:
+        # When the Lease is deleted (kubectl delete lease, a namespace clean-up)
+        emulator.delete("leases", NAMESPACE, "workerfleet-operator", group="coordination.k8s.io")
+        clock.now += TIMING.retry_period_seconds / 2
+        # Then the standby does not create it and lead while the leader may still write
+        assert not await b.try_acquire_or_renew()
+        assert a.may_write() and not b.may_write()
+        # and the leader, at its next renewal, creates it again and goes on leading
+        clock.now += TIMING.retry_period_seconds / 2
+        assert await a.try_acquire_or_renew()
+        assert lease(emulator)["holderIdentity"] == "a"
+        clock.now += TIMING.retry_period_seconds
+        assert not await b.try_acquire_or_renew()
     finally:
         await a.client.close()
         await b.client.close()

@@ -19,6 +19,8 @@ deadline 10 s, retry period 2 s):
   flight);
 - a leader that misses its renew deadline, or reads another holder in its Lease, stops for good:
   the process exits (status 1) and the pod restarts as a standby, as kubebuilder managers do;
+- a Lease found deleted is created by its leader, or by a standby only once the holder it last
+  saw has not renewed for the lease duration (creating it at once made a second leader);
 - on a clean stop (SIGTERM) the leader stops writing, then releases the Lease (holder emptied),
   so a standby takes over within one retry period instead of a whole lease duration.
 """
@@ -186,6 +188,11 @@ class LeaderElector:
             logger.warning("reading the Lease failed: %s", exc)
             return False
         if lease is None:
+            if self._holds_elsewhere():
+                # Deleted under a live leader (kubectl delete, a namespace clean-up): creating
+                # it now made a second leader while the first still wrote. Its leader creates
+                # it again at its next renewal; if none does, it is ours after the duration.
+                return False
             body = self._build_lease(None, now, duration, acquire_time=now, transitions=0)
             return await self._write("POST", body, sent_at)
         spec: Mapping[str, Any] = lease.get("spec") or {}
@@ -226,6 +233,12 @@ class LeaderElector:
                 lease, now, duration, acquire_time=now, transitions=transitions + 1
             )
         return await self._write("PUT", body, sent_at)
+
+    def _holds_elsewhere(self) -> bool:
+        """Another replica held the Lease when we last read it, and may still lead."""
+        holder = self._observed[0] if self._observed is not None else None
+        live = self._clock() < self._observed_at + self._observed_duration
+        return bool(holder) and holder != self.identity and live
 
     def _build_lease(
         self,
