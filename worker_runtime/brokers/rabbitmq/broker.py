@@ -924,6 +924,53 @@ class RabbitMQBroker:
             self._consume_channel = channel
             self._consuming = True
 
+    async def _resume_cancelled_consumers(self) -> None:
+        """Consume again from each work queue whose consumer RabbitMQ cancelled, declaring the
+        queue anew. Deleting a queue cancels its consumers (``basic.cancel``), and the client
+        only forgets them: the connection and the channel live on, so the worker went on
+        serving its other levels and never took a job of that one again (an operator deletes a
+        queue a crash left without a leader, or a subscription's queue to give it the worker's
+        delivery limit, and producers declare it again). Checked at each fetch."""
+        if not self._consuming or self._prefetch_stopped:
+            return
+        gone = [
+            index
+            for index, (channel, tag) in enumerate(self._consumers)
+            if tag not in getattr(channel, "consumers", {tag: None})
+        ]
+        if not gone:
+            return
+        generation = self._generation
+        channel = await self._ensure()
+        async with self._lock, translate_errors("consume"):
+            if generation != self._generation or not self._consuming:
+                return  # a new connection: the fetch starts every consumer again
+            for index in gone:
+                underlay, _ = self._consumers[index]
+                level = topology.LEVELS[index]
+                name = topology.work_queue(self.queue, level)
+                _log.warning(
+                    "RabbitMQ cancelled the consumer of a work queue (deleted?): declared it "
+                    "again and consuming it",
+                    extra={"queue": name},
+                )
+                self._declared.discard(name)
+                channel = await self._declare(
+                    channel,
+                    name,
+                    topology.work_queue_arguments(
+                        self.queue, self.options.max_deliveries, self._queue_type
+                    ),
+                )
+                ok = await underlay.basic_consume(
+                    name,
+                    self._on_message_for(level, generation),
+                    no_ack=False,
+                    timeout=CONSUME_TIMEOUT_SECONDS,
+                )
+                assert ok.consumer_tag is not None
+                self._consumers[index] = (underlay, ok.consumer_tag)
+
     async def _cancel_consumers(self) -> None:
         """Stop new deliveries (drain, close); what is held or buffered stays unacked."""
         consumers, self._consumers = self._consumers, []
@@ -1438,6 +1485,7 @@ class RabbitMQBroker:
         if count <= 0 or self._prefetch_stopped:
             return []
         await self._start_consuming(count)
+        await self._resume_cancelled_consumers()
         await self._give_back_overdue()
         deadline = time.monotonic() + max(0.0, block)
         first = True
@@ -1464,6 +1512,7 @@ class RabbitMQBroker:
                 await self._ensure()
                 self._consuming = False
                 await self._start_consuming(count)
+            await self._resume_cancelled_consumers()
 
     async def _take(self, worker_id: str, count: int) -> list[base.Delivery]:
         out: list[base.Delivery] = []
