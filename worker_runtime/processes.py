@@ -66,18 +66,23 @@ class ChildProcessDied(ProcessPoolError):
 
 
 class ChildError(Exception):
-    """Stands in for a handler error that could not be pickled back from the child."""
+    """Stands in for a handler error that could not be pickled back from the child.
 
-    def __init__(self, error_type: str, message: str) -> None:
+    ``type_names`` are ``module.qualname`` of the error's class and all its bases: the worker's
+    retry policy matches them against the task's ``non_retryable`` types (and ``Reject``).
+    """
+
+    def __init__(self, error_type: str, message: str, type_names: tuple[str, ...] = ()) -> None:
         super().__init__(f"{error_type}: {message}")
         self.error_type = error_type
         self.message = message
+        self.type_names = type_names
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exception pickles as ``cls(*self.args)``: with one formatted arg and a two-argument
         # __init__ the stand-in itself failed to unpickle in the worker, and the job was left
         # unsettled (and its child lost to the pool).
-        return (ChildError, (self.error_type, self.message))
+        return (ChildError, (self.error_type, self.message, self.type_names))
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,8 @@ def _call_in_child(call: Call, cache: dict[tuple[str, str], Any]) -> tuple[Any, 
             blob = pickle.dumps(exc)
             pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
         except Exception:
-            stand_in = ChildError(type(exc).__qualname__, errors.message_of(exc)[:2000])
+            names = tuple(f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__)
+            stand_in = ChildError(type(exc).__qualname__, errors.message_of(exc)[:2000], names)
             blob = pickle.dumps(stand_in)
         return ("err", blob, tb[-4000:])
     finally:

@@ -7,8 +7,9 @@ applied; pass another :class:`RetryPolicy` as ``Worker(..., policy=...)`` to cha
 
 The default matrix, first match wins:
 
-1. :class:`worker_runtime.app.Reject`, or an error the task lists as ``non_retryable``:
-   dead-letter now (``non_retryable``).
+1. :class:`worker_runtime.app.Reject`, or an error the task lists as ``non_retryable`` (also
+   when a process task's child could only send a stand-in for it): dead-letter now
+   (``non_retryable``).
 2. This was the last attempt (the envelope's ``max_attempts``, else the task's
    ``Retry.max_attempts``, else ``WORKERFLEET_RETRY_MAX_ATTEMPTS``): dead-letter
    (``max_attempts``).
@@ -95,9 +96,7 @@ class DefaultRetryPolicy:
         self, job: base.Delivery, spec: app_mod.TaskSpec, exc: BaseException
     ) -> Decision:
         """Dead-letter (non-retryable, last attempt) or retry after a delay."""
-        if isinstance(exc, app_mod.Reject) or (
-            spec.non_retryable and isinstance(exc, spec.non_retryable)
-        ):
+        if is_one_of(exc, (app_mod.Reject, *spec.non_retryable)):
             reason = getattr(exc, "dead_letter_reason", base.DeadLetterReason.NON_RETRYABLE)
             return DeadLetter(base.DeadLetterReason(reason))
         max_attempts = (
@@ -135,6 +134,18 @@ class DefaultRetryPolicy:
         if policy.jitter == "decorrelated" and job.attempts > 0 and self.previous_delay is not None:
             previous = await self.previous_delay(job)
         return backoff.delay_for(policy, job.attempts + 1, previous=previous, rng=self.rng)
+
+
+def is_one_of(exc: BaseException, types: tuple[type[BaseException], ...]) -> bool:
+    """``isinstance(exc, types)``, also for a process task's stand-in for an error that did not
+    pickle back (``processes.ChildError``, which names its classes): checked by its own type,
+    a non-retryable error of the handler was retried to the job's last attempt."""
+    if isinstance(exc, types):
+        return True
+    names = getattr(exc, "type_names", None)
+    if not isinstance(names, tuple) or not names:
+        return False
+    return any(f"{t.__module__}.{t.__qualname__}" in names for t in types)
 
 
 def retry_after_hint(exc: BaseException) -> float | None:
