@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import email.utils
 import json
 import random
 import sys
@@ -404,3 +405,19 @@ def test_inline_kubeconfig_data_is_read_into_memory_and_leaves_no_file(tmp_path:
     info = credentials.load_kubeconfig_login(str(path))
     assert info.ca_path is None and info.ca_data == base64.b64decode(ca)
     assert info.token == "t"
+
+
+async def test_a_retry_after_given_as_an_http_date_is_honoured(server: ScriptedServer) -> None:
+    # Given a proxy in front of the API server that answers 503 with Retry-After as an HTTP
+    # date (RFC 9110 allows it; the API server itself sends seconds) 6 s ahead
+    ahead = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=6)
+    date = email.utils.format_datetime(ahead.replace(microsecond=0), usegmt=True)
+    server.script = [status(503, "ServiceUnavailable", **{"Retry-After": date})]
+    slept: list[float] = []
+    client = client_for(server, slept)
+    try:
+        # When a read is answered so, then it waits until that date before its retry
+        assert await read(client) == OK[1]
+    finally:
+        await client.close()
+    assert len(slept) == 1 and 4.0 <= slept[0] <= 6.0

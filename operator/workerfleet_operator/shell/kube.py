@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from worker_runtime import backoff
 from workerfleet_operator.shell import credentials as credentials_module
 
 logger = logging.getLogger("workerfleet.operator.kube")
@@ -459,17 +460,20 @@ def build_authorization(info: kopf.ConnectionInfo) -> str | None:
 
 
 def parse_retry_after(header: str | None, details_seconds: Any = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds) or a Status' retryAfterSeconds."""
-    for value in (header, details_seconds):
-        if value is None:
-            continue
-        try:
-            seconds = float(value)
-        except (TypeError, ValueError):
-            continue
-        if seconds >= 0:
+    """Seconds from a ``Retry-After`` header (delta-seconds, or an HTTP date as a proxy in front
+    of the API server may send: it was ignored for the jittered backoff, retrying at once) or a
+    Status' retryAfterSeconds."""
+    if header is not None:
+        seconds = backoff.parse_retry_after(header)
+        if seconds is not None:
             return seconds
-    return None
+    if details_seconds is None:
+        return None
+    try:
+        seconds = float(details_seconds)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def _build_ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
