@@ -157,10 +157,14 @@ async def apply_replay(
     ``job_ids`` picks entries (else the oldest, up to ``limit``, else all); ``reset_attempts``
     gives them a full set of attempts again. Returns the replayed ids. An entry whose job id
     is live again (enqueued anew meanwhile) is skipped and stays; the walk goes on past it.
+    Safe to re-send (the script replays by id): a call whose reply was lost and that redis-py
+    sent again replays nothing twice and nothing past ``limit``; the ids it replayed are
+    counted towards ``limit`` but are not in the returned list.
     """
     if rate_per_second <= 0:
         raise ValueError("rate_per_second must be positive")
-    k = keys.build_keys(queue).script_keys()
+    names = keys.build_keys(queue)
+    k = names.script_keys()
     batch = max(1, min(REPLAY_BATCH, int(rate_per_second)))
     reset = "1" if reset_attempts else "0"
     replayed: list[str] = []
@@ -176,21 +180,30 @@ async def apply_replay(
             chunk, pending = pending[:size], pending[size:]
             if not chunk:
                 break
-            ids = [job_id.encode("utf-8", "surrogateescape") for job_id in chunk]
-            _seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, 0, *ids], decode=False)
+            ids: list[Any] = [job_id.encode("utf-8", "surrogateescape") for job_id in chunk]
         else:
-            seen, raw = await scripts.DLQ_REPLAY(client, k, [reset, size, skipped], decode=False)
-            if int(seen) == 0:
+            # The oldest are read first and replayed by id: the script call is then a no-op
+            # for them when redis-py sends it again after a lost reply. ("The oldest n" picked
+            # inside the script replayed n more on every re-send, past the limit and rate.)
+            ids = list(
+                await client.execute_command(
+                    "ZRANGE", names.dlq, skipped, skipped + size - 1,
+                    **{redis.client.NEVER_DECODE: []},
+                )
+            )  # fmt: skip
+            if not ids:
                 break
-            skipped += int(seen) - len(raw)
+        left, raw = await scripts.DLQ_REPLAY(client, k, [reset, *ids], decode=False)
+        skipped += int(left)
         done = [_text(x) for x in raw]
         replayed.extend(done)
         if remaining is not None:
-            remaining -= len(done) if pending is None else len(chunk)
+            # every id handled counts, also one a lost-reply call replayed (not in `done`)
+            remaining -= len(ids) if pending is not None else len(ids) - int(left)
         if pending is not None and not pending:
             break
-        # the rate limit: n replayed jobs take at least n/rate seconds
-        pause = len(done) / rate_per_second - (time.monotonic() - started)
+        # the rate limit: n jobs taken out of the DLQ take at least n/rate seconds
+        pause = (len(ids) - int(left)) / rate_per_second - (time.monotonic() - started)
         if pause > 0:
             await asyncio.sleep(pause)
     return replayed

@@ -1,11 +1,15 @@
--- dlq_replay: move dead letters back to their ready stream (oldest first when no ids given).
+-- dlq_replay: move the named dead letters back to their ready stream.
 -- Touches: {wf:Q}:dlq (ZREM), {wf:Q}:dlq:data (HDEL), {wf:Q}:env (the record's envelope, or the
 --          exact bytes of its envelope_base64), {wf:Q}:state ("prio|a|d|0"),
 --          {wf:Q}:history (restored), {wf:Q}:ready:<prio> (XADD), {wf:Q}:counters (replayed).
--- ARGV: reset attempts 1|0, limit, offset, then job ids (none = the `limit` oldest entries
---       after the first `offset`: the caller skips the entries it already found live again).
--- Returns: {entries looked at, {replayed job ids}}. Lost deliveries always restart at 0: replay
--- is a human decision. An id that is live again is skipped (it stays in the DLQ).
+-- ARGV: reset attempts 1|0, then the job ids (the caller reads the oldest ones from the DLQ
+--       first). Always by id, so a call redis-py sends again after its reply was lost is a
+--       no-op for the ids the first one replayed (their records are gone): picking "the oldest
+--       n" in here made the re-send replay n more than asked.
+-- Returns: {ids left in the DLQ (their job is live again), {replayed job ids}}; an id no longer
+-- in the DLQ (replayed by a call whose reply was lost, or purged) is neither. Lost
+-- deliveries always restart at 0: replay is a human decision. An id that is live again is
+-- skipped (it stays in the DLQ).
 -- The exact bytes of an envelope that was not UTF-8 (kept as base64 by dlq_insert).
 local function b64_decode(s)
   local val = {}
@@ -22,16 +26,10 @@ local function b64_decode(s)
 end
 
 local reset = ARGV[1] == '1'
-local limit = tonumber(ARGV[2])
-local offset = tonumber(ARGV[3])
-local ids = {}
-if #ARGV > 3 then
-  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
-else
-  ids = redis.call('ZRANGE', K_DLQ, offset, offset + limit - 1)
-end
 local out = {}
-for _, id in ipairs(ids) do
+local left = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
   local rec = dec(redis.call('HGET', K_DLQDATA, id))
   -- a job id that is live again (re-enqueued meanwhile) stays in the DLQ: never two copies
   if rec and redis.call('HEXISTS', K_ENV, id) == 0 then
@@ -50,7 +48,9 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', K_DLQ, id)
     redis.call('HDEL', K_DLQDATA, id)
     out[#out + 1] = id
+  elseif redis.call('ZSCORE', K_DLQ, id) then
+    left = left + 1  -- stays: live again, or a record that does not parse
   end
 end
 if #out > 0 then redis.call('HINCRBY', K_COUNTERS, 'replayed', #out) end
-return {#ids, out}
+return {left, out}
