@@ -274,7 +274,8 @@ def upcast_data(
     event: EventEnvelope, target: int, upcasters: Mapping[tuple[str, int], Upcaster]
 ) -> Any:
     """``event.data`` brought to version ``target`` through the chain of upcasters, or
-    :class:`EventVersionError` when the event is newer than ``target`` or a step is missing."""
+    :class:`EventVersionError` when the event is newer than ``target``, a step is missing or
+    a step returns something other than a dict."""
     if event.version > target:
         raise EventVersionError(
             f"{event.type} version {event.version} is newer than this consumer's {target}"
@@ -288,6 +289,13 @@ def upcast_data(
                 f"no upcaster from version {version}"
             )
         data = step(dict(data) if isinstance(data, Mapping) else {})
+        if not isinstance(data, Mapping):
+            # an upcaster that edited its argument and forgot the return gives None: the next
+            # step (or the handler's defaults) would run on nothing, silently
+            raise EventVersionError(
+                f"{event.type} version {event.version} cannot reach version {target}: the "
+                f"upcaster from version {version} returned {type(data).__name__}, not a dict"
+            )
     return data
 
 
