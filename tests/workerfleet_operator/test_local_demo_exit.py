@@ -127,3 +127,26 @@ def test_the_demo_header_names_the_pool_by_its_name_not_its_file(
     header = capsys.readouterr().out.splitlines()[0]
     assert header.startswith("workerfleet demo: 80s of load on pool thumbnails;"), header
     assert "demo-pool.yaml" not in header
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seconds", [0.0, -5.0])
+def test_a_demo_too_short_to_enqueue_a_job_exits_1_and_says_so(
+    seconds: float, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given `workerfleet demo --seconds 0` (or a negative or tiny time): no load is sent
+    args = argparse.Namespace(
+        seconds=seconds,
+        out=tmp_path / "out",
+        no_prometheus=True,
+        no_view=True,
+        scenario="thumbnails",
+        broker="redis",
+    )
+    # When the demo runs for real
+    code = cli.cmd_demo(args)
+    # Then it does not call a run with no job a healthy system ("enqueued 0 … lost 0" exited 0)
+    output = capsys.readouterr().out
+    assert "enqueued=0 " in output.splitlines()[-1]
+    assert code == 1, output
+    assert "not healthy (exit 1): no job enqueued" in output

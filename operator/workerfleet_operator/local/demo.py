@@ -405,12 +405,15 @@ def render_alerts(alerts: dict[str, float]) -> str:
 def describe_problems(result: DemoResult) -> list[str]:
     """Why the run does not show a healthy system (empty when it does): the demo exits 1 on any.
 
-    A run that did not finish (stopped early, jobs still queued) proves nothing about its jobs,
-    and a fleet whose workers crash can end with nothing lost only because nothing ran.
+    A run that did not finish (stopped early, jobs still queued) or sent no job proves nothing
+    about its jobs, and a fleet whose workers crash can end with nothing lost only because
+    nothing ran.
     """
     queued = str(result.pending) if result.pending_checked else f"~{result.pending}"
     problems = [
         *(["stopped early"] if result.stopped_early else []),
+        # `--seconds 0` sent nothing: "enqueued 0 … lost 0" showed no system at work
+        *(["no job enqueued"] if result.enqueued == 0 else []),
         *([f"{queued} job(s) still queued"] if result.pending else []),
         *([f"{result.lost} job(s) lost"] if result.lost else []),
         *([f"{result.unchecked} job(s) unchecked"] if result.unchecked else []),
