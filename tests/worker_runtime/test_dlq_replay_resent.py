@@ -21,7 +21,7 @@ from worker_runtime.brokers.redis import connection, dlq, keys, queue, scripts
 
 
 async def _dead_letters(
-    direct: redis.asyncio.Redis, queue_name: str, n: int
+    direct: Any, queue_name: str, n: int
 ) -> tuple[queue.QueueClient, dict[str, queue.Job], list[str]]:
     """``n`` jobs run and dead-lettered; returns the engine, the deliveries by id and the
     DLQ's own order, oldest first (several dead-lettered in one millisecond sort by id)."""
@@ -66,18 +66,14 @@ async def test_a_resent_replay_of_the_oldest_ten_replays_those_ten_only(
 
 
 async def test_a_replay_walks_past_dead_letters_whose_job_is_live_again(
-    redis_factory: Callable[..., Any], queue_name: str
+    engine_client: Any, queue_name: str
 ) -> None:
     # Given 4 dead letters, the oldest of which was enqueued anew (its job id live again)
-    direct = redis.asyncio.Redis(port=redis_factory().port, decode_responses=True)
-    engine, held, oldest_first = await _dead_letters(direct, queue_name, 4)
+    engine, held, oldest_first = await _dead_letters(engine_client, queue_name, 4)
     await es.enqueue_again(engine, held[oldest_first[0]].envelope)
-    try:
-        # When the two oldest are replayed
-        replayed = await dlq.apply_replay(direct, queue_name, limit=2, rate_per_second=1000.0)
-        # Then the two oldest that were not live are replayed; the live one stays a dead letter
-        assert replayed == oldest_first[1:3]
-        left = await dlq.fetch_dead_letters(direct, queue_name, limit=10)
-        assert sorted(d.job_id for d in left) == sorted([oldest_first[0], oldest_first[3]])
-    finally:
-        await direct.aclose()
+    # When the two oldest are replayed
+    replayed = await dlq.apply_replay(engine_client, queue_name, limit=2, rate_per_second=1000.0)
+    # Then the two oldest that were not live are replayed; the live one stays a dead letter
+    assert replayed == oldest_first[1:3]
+    left = await dlq.fetch_dead_letters(engine_client, queue_name, limit=10)
+    assert sorted(d.job_id for d in left) == sorted([oldest_first[0], oldest_first[3]])
