@@ -308,6 +308,54 @@ def test_log_records_written_while_a_job_runs_carry_its_correlation_and_causatio
     assert (fields["job_id"], fields["task"]) == ("child", "send-email")
 
 
+async def test_a_subscription_worker_registers_again_after_its_redis_restarted_empty(
+    redis_factory: Any, t: str
+) -> None:
+    # Given a subscription's worker on a Redis without persistence
+    server = redis_factory()
+    queue = events.subscription_queue(t, "mailer")
+    app = App(queue=queue)
+    seen: list[str] = []
+
+    @app.subscribe(t, group="mailer")
+    async def mail(user: UserCreated) -> None:
+        seen.append(user.first)
+
+    settings = config.WorkerSettings(redis_url=server.url, metrics_port=0, lease_seconds=5.0)
+    w = worker.Worker(app, settings, install_signal_handlers=False)
+    run = asyncio.create_task(w.run())
+    try:
+        probe = await open_broker(server.url, queue)
+        for _ in range(1000):  # bounded: 10 s
+            if await probe.list_subscriptions(t) == ["mailer"]:
+                break
+            await asyncio.sleep(0.01)
+        assert await probe.list_subscriptions(t) == ["mailer"]
+        await probe.close()
+        # When Redis restarts with none of its data (the registry of the topic gone too)
+        server.restart()
+        # Then, once the worker's calls are answered again, the subscription is registered again
+        probe = await open_broker(server.url, queue)
+        for _ in range(1000):  # bounded: 10 s
+            if await probe.list_subscriptions(t) == ["mailer"]:
+                break
+            await asyncio.sleep(0.01)
+        assert await probe.list_subscriptions(t) == ["mailer"]
+        # And an event published now reaches its handler
+        publisher = App(queue="publisher")
+        publisher.bind_broker(await open_broker(server.url, "publisher"))
+        await publisher.publish(t, UserCreated(first="Ada", last="L"))
+        for _ in range(1000):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == ["Ada"]
+        await probe.close()
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 20) == 0
+
+
 async def test_a_subscription_worker_started_before_its_redis_waits_for_it_then_handles_events(
     redis_factory: Any, t: str
 ) -> None:

@@ -77,6 +77,10 @@ class Worker:
         self.burst_failed: str | None = None
         self.last_broker_error: str | None = None
         self._failing_since: float | None = None
+        # A fetch-loop call failed since the last one answered: when calls answer again, a
+        # subscription's worker registers its subscription again (see note_broker_ok).
+        self._broker_failed = False
+        self._resubscribing: asyncio.Task[None] | None = None
         self.wake: asyncio.Event | None = None  # a slot freed or an ack queued
         self.loop: asyncio.AbstractEventLoop | None = None
         self.q: base.Broker | None = None
@@ -139,6 +143,7 @@ class Worker:
         failed for longer than ``lease_seconds`` (when a long-running worker's /healthz turns
         red) stops retrying: it drains and :meth:`run` returns 1."""
         self.last_broker_error = transient.describe(exc)
+        self._broker_failed = True
         if not self.burst or self.burst_failed is not None:
             return
         now = time.monotonic()
@@ -159,6 +164,32 @@ class Worker:
     def note_broker_ok(self) -> None:
         """A fetch-loop call was answered: an outage (if any) is over."""
         self._failing_since = None
+        if self._broker_failed:
+            self._broker_failed = False
+            self._register_subscription_again()
+
+    def _register_subscription_again(self) -> None:
+        # The broker answers again after failed calls. If it was restarted without its data, or
+        # a failover promoted a replica that never had it, the topic's registry no longer names
+        # this subscription: every publish then reached no queue (created nothing, silently)
+        # until the worker restarted, or up to 5 minutes with the operator. Registering again
+        # is idempotent (a set member); a failure waits for the next outage's end.
+        if self.queue_name not in self.app.subscriptions or self.draining:
+            return
+        if self._resubscribing is not None and not self._resubscribing.done():
+            return
+        queue = self.queue_name
+
+        async def register() -> None:
+            try:
+                await self.app.register_subscriptions(queue)
+            except Exception as exc:
+                self._broker_failed = True  # try again when the broker next answers
+                self._subscribing_failed(exc)
+            else:
+                log.info("subscription registered again after a broker outage")
+
+        self._resubscribing = asyncio.get_running_loop().create_task(register())
 
     def in_use(self) -> int:
         """Slots taken: held jobs plus timed-out sync handlers still running in a thread."""
