@@ -197,6 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     redis_label=redis_target.label,
                 )
             except OSError as exc:
+                if exc.filename is not None:
+                    raise  # a file or directory (--log-dir), said below; not the port
                 print(
                     f"workerfleet: cannot serve metrics on 127.0.0.1:{args.metrics_port} "
                     f"({exc.strerror or exc}); pass --metrics-port 0 for any free port",
@@ -251,9 +253,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     # a script running the pool must see that its workers did not hold up
                     console.print(f"workerfleet run: the workers' logs are in {log_dir}")
                     failed = True
-    except embedded.EmbeddedServerError as exc:
-        print(f"workerfleet: {exc}", file=sys.stderr)
-        return 1
+    except (embedded.EmbeddedServerError, OSError) as exc:
+        return report_setup_failure(exc)
     except GivenBrokerUnusable as exc:
         print(
             f"workerfleet: the broker {flag} names is not usable ({exc}); start it, or drop "
@@ -318,9 +319,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     stop=stop,
                     broker=args.broker,
                 )
-    except embedded.EmbeddedServerError as exc:
-        print(f"workerfleet: {exc}", file=sys.stderr)
-        return 1
+    except (embedded.EmbeddedServerError, OSError) as exc:
+        return report_setup_failure(exc)
     finally:
         restore()
     console.print(demo.build_summary(result), highlight=False, soft_wrap=True)
@@ -333,7 +333,7 @@ def cmd_events_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from workerfleet_operator.local import events_demo, runner, view
+    from workerfleet_operator.local import embedded, events_demo, runner, view
 
     console = Console()
     stop = threading.Event()
@@ -369,6 +369,8 @@ def cmd_events_demo(args: argparse.Namespace) -> int:
                 on_snapshot=show,
                 stop=stop,
             )
+    except (embedded.EmbeddedServerError, OSError) as exc:
+        return report_setup_failure(exc)
     finally:
         restore()
     groups = [events_demo.subscription_of(p).group for p in pools]
@@ -380,6 +382,21 @@ def cmd_events_demo(args: argparse.Namespace) -> int:
         and result.workers_killed == 0
     )
     return 0 if healthy else 1
+
+
+def report_setup_failure(exc: Exception) -> int:
+    """Say why the run could not go on and return its exit status (1): a broker server that
+    did not start (``EmbeddedServerError``, its message says how to fix it), or a directory or
+    file the command could not write (a read-only or full file system under --log-dir,
+    --data-dir or --out: which path, and why; a traceback said it before, or, for --log-dir,
+    that the metrics port was taken). Any other ``OSError`` (no path) is raised again."""
+    if isinstance(exc, OSError):
+        if exc.filename is None:
+            raise exc
+        print(f"workerfleet: cannot use {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+    else:
+        print(f"workerfleet: {exc}", file=sys.stderr)
+    return 1
 
 
 def _install_stop_handlers(stop: threading.Event) -> Any:
