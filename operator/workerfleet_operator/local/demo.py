@@ -24,8 +24,13 @@ Also used by the end-to-end test ``tests/workerfleet_operator/test_local_fleet_d
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import functools
 import importlib.util
 import json
+import os
 import pathlib
 import random
 import shutil
@@ -37,9 +42,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
@@ -529,6 +534,51 @@ def build_chart(
     return path
 
 
+OUT_LOCK = ".workerfleet-demo.lock"
+"""The file in a demo's output directory that the running demo holds locked (flock)."""
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+@contextlib.contextmanager
+def claim_out_dir(out_dir: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Hold ``out_dir`` for one demo (an exclusive ``flock`` on its lock file, released when
+    the demo ends, or dies: the kernel drops it with the process).
+
+    Two demos in one directory wrote one decision log, history and chart, removed each other's
+    worker logs (the events demo: the other's history, whose events it then counted lost), and
+    each summary named files that held the other run. The second now stops before writing:
+    an ``OSError`` naming the directory, as for one it cannot write.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / OUT_LOCK).open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            why = f"another demo (pid {holder}) writes there; let it end or pass --out DIR"
+            raise OSError(errno.EBUSY, why, str(out_dir)) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield out_dir
+
+
+def holding_out_dir(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a demo (keyword ``out_dir``) only while it holds that directory
+    (:func:`claim_out_dir`)."""
+
+    @functools.wraps(function)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with claim_out_dir(pathlib.Path(str(kwargs["out_dir"]))):
+            return function(*args, **kwargs)
+
+    return run
+
+
+@holding_out_dir
 def run_demo(
     *,
     seconds: float = 80.0,

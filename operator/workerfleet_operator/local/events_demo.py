@@ -290,6 +290,7 @@ async def _fetch_topic(url: str, correlation_id: str) -> tuple[list[str], list[s
         await broker.close()
 
 
+@demo.holding_out_dir
 def run_events_demo(
     *,
     seconds: float = 60.0,
