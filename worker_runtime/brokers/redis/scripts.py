@@ -4,7 +4,9 @@ Used by :mod:`worker_runtime.brokers.redis.queue`, :mod:`worker_runtime.brokers.
 :mod:`worker_runtime.brokers.redis.dlq` and the helpers. Each script is ``lua/_prelude.lua`` (the
 shared KEYS layout and functions) followed by ``lua/<name>.lua``; a ``#!lua flags=...`` shebang of
 the script stays on the first line. Works on a single Redis and on Redis Cluster: every call passes
-the queue's keys, which share one slot.
+the queue's keys, which share one slot. The scripts that lease and settle jobs carry
+``flags=allow-oom``: a full Redis (``maxmemory``, ``noeviction``) refuses new jobs, never the
+renewals and acks that keep the accepted ones moving (docs/queue-engine.md).
 """
 
 from __future__ import annotations
@@ -30,13 +32,20 @@ def _read(name: str) -> str:
     )
 
 
-def build_source(name: str) -> str:
-    """The full text sent to Redis for script ``name`` (prelude included)."""
-    body = _read(name)
-    prelude = _read("_prelude")
+def _split_shebang(body: str) -> tuple[str, str]:
+    """(the ``#!lua flags=...`` first line or "", the rest of the body)."""
     if body.startswith("#!"):
         first, _, rest = body.partition("\n")
-        return f"{first}\n{prelude}\n{rest}"
+        return first, rest
+    return "", body
+
+
+def build_source(name: str) -> str:
+    """The full text sent to Redis for script ``name`` (prelude included)."""
+    flags, body = _split_shebang(_read(name))
+    prelude = _read("_prelude")
+    if flags:
+        return f"{flags}\n{prelude}\n{body}"
     return f"{prelude}\n{body}"
 
 
@@ -82,13 +91,19 @@ def build_combined_source(first: str, second: str, first_argc: int) -> str:
 
     Each body becomes a function whose parameter shadows ARGV, so the bodies stay unchanged;
     the reply is ``second``'s reply followed by ``first``'s. Used for ack-and-fetch: the acks
-    are applied before the fetch reads, in one round trip.
+    are applied before the fetch reads, in one round trip. The flags line (shebang) of the
+    bodies, which must agree, heads the combined script.
     """
     prelude = _read("_prelude")
+    flags, first_body = _split_shebang(_read(first))
+    second_flags, second_body = _split_shebang(_read(second))
+    if flags != second_flags:
+        raise ValueError(f"{first} ({flags!r}) and {second} ({second_flags!r}) differ in flags")
+    head = f"{flags}\n" if flags else ""
     return (
-        f"{prelude}\n"
-        f"local function run_first(ARGV)\n{_read(first)}\nend\n"
-        f"local function run_second(ARGV)\n{_read(second)}\nend\n"
+        f"{head}{prelude}\n"
+        f"local function run_first(ARGV)\n{first_body}\nend\n"
+        f"local function run_second(ARGV)\n{second_body}\nend\n"
         "local rest = {}\n"
         f"for i = {first_argc + 1}, #ARGV do rest[#rest + 1] = ARGV[i] end\n"
         "local done = run_second(rest)\n"

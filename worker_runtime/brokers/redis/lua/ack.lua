@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- ack: finish a batch of jobs, fenced by their tokens; a stale token is rejected.
 -- Touches: {wf:Q}:inflight (token check, HDEL), {wf:Q}:state, {wf:Q}:env, {wf:Q}:history (HDEL),
 --          {wf:Q}:ready:<prio> (XACK; XPENDING summary, XTRIM MINID below the oldest pending

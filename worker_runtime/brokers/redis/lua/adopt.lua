@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- adopt: hand a worker the jobs that are delivered to it but that it never received — a fetch
 -- whose reply was lost (connection dropped or timed out after the script ran). Without this
 -- they would be held by nobody until their lease expires (and count as a lost delivery).

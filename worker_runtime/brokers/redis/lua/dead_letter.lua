@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- dead_letter: move held jobs to the DLQ with their full failure metadata; fenced by token.
 -- Touches: {wf:Q}:inflight (token check, HDEL), {wf:Q}:state, {wf:Q}:env, {wf:Q}:history
 --          (moved into the record, then HDEL), {wf:Q}:ready:<prio> (XACK + XDEL), {wf:Q}:leases

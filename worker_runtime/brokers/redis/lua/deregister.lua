@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- deregister: a worker leaves cleanly (not counted as lost).
 -- Touches: {wf:Q}:workers (HDEL), {wf:Q}:workers:expiry (ZREM), {wf:Q}:ready:* (XGROUP
 --          DELCONSUMER, its pending entries first XCLAIMed to "workerfleet:orphaned"; any job

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- fetch: everything a worker needs to start work, in one call.
 -- Touches: {wf:Q}:delayed (promote due → XADD {wf:Q}:ready:<prio>), {wf:Q}:leases (reclaim
 --          expired, new leases), {wf:Q}:state (deliveries, lost), {wf:Q}:inflight (token, prio,

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- release: give held jobs back to their ready stream. Streams cannot un-claim an entry, so the
 -- job is re-added and the old entry acknowledged and deleted in this one step. A drain's
 -- release spends nothing (state unchanged). A delivery its own worker no longer holds (fetch

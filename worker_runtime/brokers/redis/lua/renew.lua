@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- renew: extend the leases of all jobs a worker holds, fenced by token and worker, and
 -- (optionally) write the worker's heartbeat; reap workers whose heartbeat expired.
 -- Touches: {wf:Q}:inflight (read), {wf:Q}:leases (ZADD), {wf:Q}:workers (HSET/HDEL),

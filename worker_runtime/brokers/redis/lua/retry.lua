@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- retry: a handler failed and may run again later; fenced by token.
 -- Touches: {wf:Q}:inflight (token check, HDEL), {wf:Q}:state (attempts+1), {wf:Q}:history
 --          (failure appended), {wf:Q}:ready:<prio> (XACK + XDEL), {wf:Q}:leases (ZREM),
