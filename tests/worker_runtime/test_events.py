@@ -20,6 +20,7 @@ import pytest
 
 from worker_runtime import App, JobContext, config, errors, events, logs, worker
 from worker_runtime.brokers import base, memory, open_broker
+from worker_runtime.worker import core as worker_core
 
 TOPIC = "identity.user.created"
 
@@ -308,49 +309,75 @@ def test_log_records_written_while_a_job_runs_carry_its_correlation_and_causatio
     assert (fields["job_id"], fields["task"]) == ("child", "send-email")
 
 
-async def test_a_subscription_worker_registers_again_after_its_redis_restarted_empty(
-    redis_factory: Any, t: str
-) -> None:
-    # Given a subscription's worker on a Redis without persistence
-    server = redis_factory()
-    queue = events.subscription_queue(t, "mailer")
-    app = App(queue=queue)
+def start_mailer(url: str, t: str) -> tuple[worker.Worker, asyncio.Task[int], list[str]]:
+    """A real worker serving subscription "mailer" of ``t`` on ``url``, and what it handled."""
+    app = App(queue=events.subscription_queue(t, "mailer"))
     seen: list[str] = []
 
     @app.subscribe(t, group="mailer")
     async def mail(user: UserCreated) -> None:
         seen.append(user.first)
 
-    settings = config.WorkerSettings(redis_url=server.url, metrics_port=0, lease_seconds=5.0)
+    settings = config.WorkerSettings(redis_url=url, metrics_port=0, lease_seconds=5.0)
     w = worker.Worker(app, settings, install_signal_handlers=False)
-    run = asyncio.create_task(w.run())
+    return w, asyncio.create_task(w.run()), seen
+
+
+async def wait_until_subscribed(url: str, t: str) -> list[str]:
+    """The groups of ``t`` once "mailer" is among them (or after 10 s)."""
+    probe = await open_broker(url, events.subscription_queue(t, "mailer"))
     try:
-        probe = await open_broker(server.url, queue)
         for _ in range(1000):  # bounded: 10 s
             if await probe.list_subscriptions(t) == ["mailer"]:
                 break
             await asyncio.sleep(0.01)
-        assert await probe.list_subscriptions(t) == ["mailer"]
+        return await probe.list_subscriptions(t)
+    finally:
         await probe.close()
-        # When Redis restarts with none of its data (the registry of the topic gone too)
-        server.restart()
-        # Then, once the worker's calls are answered again, the subscription is registered again
-        probe = await open_broker(server.url, queue)
-        for _ in range(1000):  # bounded: 10 s
-            if await probe.list_subscriptions(t) == ["mailer"]:
-                break
-            await asyncio.sleep(0.01)
-        assert await probe.list_subscriptions(t) == ["mailer"]
+
+
+async def publish_and_wait(url: str, t: str, seen: list[str]) -> list[str]:
+    """Publish one UserCreated on ``t``; what the handler saw once it saw something (≤ 10 s)."""
+    publisher = App(queue="publisher")
+    publisher.bind_broker(await open_broker(url, "publisher"))
+    await publisher.publish(t, UserCreated(first="Ada", last="L"))
+    for _ in range(1000):
+        if seen:
+            break
+        await asyncio.sleep(0.01)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("outage", "period"),
+    [
+        # restarted between two of the worker's calls: its client reconnects without an error,
+        # so only the periodic registration (30 s in production, 1 s here) finds it
+        ("restarted", 1.0),
+        # down for a second: the worker's calls fail, and it registers as soon as they answer
+        ("down-a-second", 3600.0),
+    ],
+)
+async def test_a_subscription_worker_registers_again_after_its_redis_came_back_empty(
+    redis_factory: Any, t: str, monkeypatch: pytest.MonkeyPatch, outage: str, period: float
+) -> None:
+    # Given a subscription's worker on a Redis without persistence
+    monkeypatch.setattr(worker_core, "SUBSCRIPTION_RECHECK_SECONDS", period)
+    server = redis_factory()
+    w, run, seen = start_mailer(server.url, t)
+    try:
+        assert await wait_until_subscribed(server.url, t) == ["mailer"]
+        # When Redis comes back with none of its data (the registry of the topic gone too)
+        if outage == "restarted":
+            server.restart()
+        else:
+            server.stop()
+            await asyncio.sleep(1.0)  # the worker's fetches are refused meanwhile
+            server.start()
+        # Then the subscription is registered again
+        assert await wait_until_subscribed(server.url, t) == ["mailer"]
         # And an event published now reaches its handler
-        publisher = App(queue="publisher")
-        publisher.bind_broker(await open_broker(server.url, "publisher"))
-        await publisher.publish(t, UserCreated(first="Ada", last="L"))
-        for _ in range(1000):
-            if seen:
-                break
-            await asyncio.sleep(0.01)
-        assert seen == ["Ada"]
-        await probe.close()
+        assert await publish_and_wait(server.url, t, seen) == ["Ada"]
     finally:
         w.request_drain()
         assert await asyncio.wait_for(run, 20) == 0
@@ -363,37 +390,16 @@ async def test_a_subscription_worker_started_before_its_redis_waits_for_it_then_
     # 'cannot reach the broker' while any other worker waits: a crash loop under Kubernetes)
     server = redis_factory()
     server.stop()
-    queue = events.subscription_queue(t, "mailer")
-    app = App(queue=queue)
-    seen: list[str] = []
-
-    @app.subscribe(t, group="mailer")
-    async def mail(user: UserCreated) -> None:
-        seen.append(user.first)
-
-    settings = config.WorkerSettings(redis_url=server.url, metrics_port=0, lease_seconds=5.0)
-    w = worker.Worker(app, settings, install_signal_handlers=False)
-    run = asyncio.create_task(w.run())
+    w, run, seen = start_mailer(server.url, t)
     try:
         await asyncio.sleep(0.5)  # several refused registrations (backoff from 0.2 s)
         # Then it is still running
         assert not run.done()
         # When Redis starts and an event is published
         server.start()
-        publisher = App(queue="publisher")
-        publisher.bind_broker(await open_broker(server.url, "publisher"))
-        sub = await open_broker(server.url, queue)
-        for _ in range(1000):  # bounded: 10 s
-            if await sub.list_subscriptions(t) == ["mailer"]:
-                break
-            await asyncio.sleep(0.01)
-        await publisher.publish(t, UserCreated(first="Ada", last="L"))
+        assert await wait_until_subscribed(server.url, t) == ["mailer"]
         # Then its handler gets it
-        for _ in range(1000):
-            if seen:
-                break
-            await asyncio.sleep(0.01)
-        assert seen == ["Ada"]
+        assert await publish_and_wait(server.url, t, seen) == ["Ada"]
     finally:
         w.request_drain()
         assert await asyncio.wait_for(run, 20) == 0

@@ -31,6 +31,10 @@ from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import policy as policy_mod
 
 log = logs.get_logger("worker")
+
+SUBSCRIPTION_RECHECK_SECONDS = 30.0
+"""How often a subscription's worker registers its subscription again (one idempotent SADD on
+Redis): a Redis restarted without its data forgets it, and publishes then reach no queue."""
 T = TypeVar("T")
 
 
@@ -78,9 +82,11 @@ class Worker:
         self.last_broker_error: str | None = None
         self._failing_since: float | None = None
         # A fetch-loop call failed since the last one answered: when calls answer again, a
-        # subscription's worker registers its subscription again (see note_broker_ok).
+        # subscription's worker registers its subscription again (see note_broker_ok), and
+        # every SUBSCRIPTION_RECHECK_SECONDS anyway (see _tick_forever).
         self._broker_failed = False
         self._resubscribing: asyncio.Task[None] | None = None
+        self._subscribed_at = time.monotonic()
         self.wake: asyncio.Event | None = None  # a slot freed or an ack queued
         self.loop: asyncio.AbstractEventLoop | None = None
         self.q: base.Broker | None = None
@@ -169,13 +175,16 @@ class Worker:
             self._register_subscription_again()
 
     def _register_subscription_again(self) -> None:
-        # The broker answers again after failed calls. If it was restarted without its data, or
-        # a failover promoted a replica that never had it, the topic's registry no longer names
-        # this subscription: every publish then reached no queue (created nothing, silently)
-        # until the worker restarted, or up to 5 minutes with the operator. Registering again
-        # is idempotent (a set member); a failure waits for the next outage's end.
+        # A Redis restarted without its data, or a failover to a replica that never had it,
+        # leaves the topic's registry without this subscription: every publish then reached no
+        # queue (created nothing, silently) until the worker restarted, or up to 5 minutes with
+        # the operator. A restart between two calls surfaces as no error at all (the client
+        # reconnects a closed pooled connection before it sends), so besides after failed
+        # calls the worker registers again every SUBSCRIPTION_RECHECK_SECONDS. Idempotent (a
+        # set member); a failure is tried again at the next outage's end or period.
         if self.queue_name not in self.app.subscriptions or self.draining:
             return
+        self._subscribed_at = time.monotonic()
         if self._resubscribing is not None and not self._resubscribing.done():
             return
         queue = self.queue_name
@@ -342,6 +351,11 @@ class Worker:
             self.health.loop_tick()
             if self.q is not None and self.q.dead_lettered_by_fetch:
                 self.fetcher.export_fetch_dead_letters(self.q.dead_lettered_by_fetch)
+            if (
+                self.q is not None
+                and time.monotonic() - self._subscribed_at >= SUBSCRIPTION_RECHECK_SECONDS
+            ):
+                self._register_subscription_again()
             await asyncio.sleep(0.5)
 
     async def _shutdown(self) -> None:
