@@ -25,13 +25,13 @@ from worker_runtime.brokers.redis import idempotency, queue
 
 
 async def _full_redis(
-    redis_factory: Callable[..., Any], queue_name: str, *, jobs: int, lease_seconds: float
+    redis_factory: Callable[..., Any], queue_name: str, *, jobs: int, **options: Any
 ) -> tuple[redis.asyncio.Redis, queue.QueueClient]:
     """A noeviction Redis holding ``jobs`` queued jobs, then made full: its maxmemory is set
     below the memory it uses (what a Redis that filled up looks like to every command)."""
     server = redis_factory(maxmemory_policy="noeviction")
     client = redis.asyncio.Redis(port=server.port, decode_responses=True)
-    engine = es.make_engine(client, queue_name, lease_seconds=lease_seconds)
+    engine = es.make_engine(client, queue_name, **options)
     await engine.enqueue_many([es.request(payload={"n": n}) for n in range(jobs)])
     return client, engine
 
@@ -108,3 +108,21 @@ async def test_an_ack_recording_a_done_key_is_accepted_on_a_full_redis(
     assert acked is True
     assert await idempotency.fetch_is_done(client, queue_name, "charge-1")
     assert await client.hget(engine.keys.state, job.id) is None
+
+
+async def test_a_full_redis_refuses_new_jobs_also_when_the_enqueue_forgets_old_ids(
+    redis_factory: Callable[..., Any], queue_name: str
+) -> None:
+    # Given a queue that remembers enqueued ids for 0.1 s, one id already past that window,
+    # when Redis becomes full (the enqueue's first write then forgets that id: a delete)
+    client, engine = await _full_redis(redis_factory, queue_name, jobs=0, enqueue_dedup_seconds=0.1)
+    [first] = await engine.enqueue_many([es.request(payload={"n": 0})])
+    await asyncio.sleep(0.2)
+    await _make_full(client)
+    # When a producer enqueues 50 jobs of 1 KB
+    with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+        await engine.enqueue_many([es.request(payload={"pad": "x" * 1000}) for _ in range(50)])
+    # Then none was accepted: the queue holds the first job only, which still runs and finishes
+    assert await client.hkeys(engine.keys.env) == [first.job_id]
+    [job] = await engine.fetch("a", 10)
+    assert job.id == first.job_id and await engine.ack(job)

@@ -1,3 +1,4 @@
+#!lua
 -- enqueue: add a batch of jobs atomically.
 -- Touches: {wf:Q}:ready:<prio> (XADD), {wf:Q}:env (HSETNX), {wf:Q}:state (HSET "prio|0|0|0"),
 --          {wf:Q}:delayed (ZADD), {wf:Q}:counters (enqueued), {wf:Q}:enqueued (ZADD NX,
@@ -9,6 +10,9 @@
 -- Returns: flat {job id, created 1|0, ...}; a duplicate idempotency key returns the first id;
 --          a job id that exists, or was enqueued within the window (it may have run and been
 --          deleted since), is not added again: a re-sent call after a lost reply is a no-op.
+-- The bare '#!lua' (flags, but not allow-oom): a full Redis refuses the whole call before it
+-- runs. Without it Redis checked only the first write, here mostly the ZREM that forgets old
+-- ids, so a busy producer's enqueues were accepted past maxmemory.
 local now = now_ms()
 local K_ENQUEUED = KEYS[tonumber(ARGV[1])]
 local window = tonumber(ARGV[2])
