@@ -570,7 +570,8 @@ def cmd_topic_lag(args: argparse.Namespace) -> int:
     for entry in lag:
         print(
             f"{entry.group}\tbacklog={entry.backlog}\toldest={entry.oldest_event_age_seconds:.1f}s"
-            f"\tin_flight={entry.in_flight}\tdead_letter={entry.dead_letter}"
+            f"\tin_flight={entry.in_flight}\tdelayed={entry.delayed}"
+            f"\tdead_letter={entry.dead_letter}"
         )
     return 0
 

@@ -634,7 +634,9 @@ class PublishResult:
 @dataclass(frozen=True)
 class SubscriptionLag:
     """How far one subscription is behind: its queue's backlog (ready and due jobs, i.e.
-    events not yet started) and the age of the oldest of them, from its :class:`QueueStats`."""
+    events not yet started) and the age of the oldest of them, from its :class:`QueueStats`;
+    ``delayed``: events not due yet (retries waiting out their backoff), which the backlog
+    leaves out, so a group whose every event is failing does not read as keeping up."""
 
     topic: str
     group: str
@@ -643,6 +645,7 @@ class SubscriptionLag:
     oldest_event_age_seconds: float
     in_flight: int
     dead_letter: int
+    delayed: int = 0
 
     @classmethod
     def of(cls, topic: str, group: str, stats: QueueStats) -> SubscriptionLag:
@@ -655,6 +658,7 @@ class SubscriptionLag:
             oldest_event_age_seconds=stats.oldest_job_age_seconds,
             in_flight=stats.in_flight,
             dead_letter=stats.dead_letter,
+            delayed=stats.future_delayed,
         )
 
 

@@ -325,6 +325,25 @@ async def test_each_subscription_reports_its_own_lag_backlog_and_oldest_event_ag
     assert (lag["fast"].backlog, lag["fast"].oldest_event_age_seconds) == (0, 0.0)
 
 
+@pytest.mark.needs("exact_stats")
+async def test_a_subscription_whose_events_wait_for_a_retry_reports_them_as_delayed(
+    backend: Backend,
+) -> None:
+    # Given two events in a subscription whose handler failed one, retried in a minute
+    t = topic()
+    publisher = await backend.open()
+    q = await publisher.subscribe(t, "failing")
+    for n in range(2):
+        await publisher.publish(event(t, n=n))
+    sub = await backend.open_queue(q)
+    (first, *_) = await sub.fetch("w", 1)
+    assert await sub.retry(first, support.failure(), delay_seconds=60.0)
+    # When the lag is read
+    (lag,) = await publisher.fetch_topic_lag(t)
+    # Then the event waiting for its retry is counted as delayed, not lost from sight
+    assert (lag.backlog, lag.in_flight, lag.delayed) == (1, 0, 1)
+
+
 @pytest.mark.needs("enqueue_dedup")
 async def test_a_publish_of_an_old_event_id_after_the_dedup_window_is_stored_again(
     backend: Backend,
