@@ -21,7 +21,7 @@ import redis.asyncio
 import redis.exceptions
 
 from tests.support import engine as es
-from worker_runtime.brokers.redis import idempotency, queue
+from worker_runtime.brokers.redis import idempotency, queue, ratelimit
 
 
 async def _full_redis(
@@ -126,3 +126,17 @@ async def test_a_full_redis_refuses_new_jobs_also_when_the_enqueue_forgets_old_i
     assert await client.hkeys(engine.keys.env) == [first.job_id]
     [job] = await engine.fetch("a", 10)
     assert job.id == first.job_id and await engine.ack(job)
+
+
+async def test_a_handlers_token_bucket_still_grants_tokens_on_a_full_redis(
+    redis_factory: Callable[..., Any], queue_name: str
+) -> None:
+    # Given a job held by worker a whose handler calls a service limited to 5 calls a second,
+    # when Redis becomes full
+    client, engine, job = await _one_held_when_full(redis_factory, queue_name, lease_seconds=5.0)
+    limit = ratelimit.RateLimit(jobs=5, per_seconds=1.0)
+    # When the handler takes a token from its named bucket
+    granted, _wait = await ratelimit.apply_acquire(client, queue_name, limit, 1, name="smtp")
+    # Then it gets one, and its job finishes
+    assert granted == 1
+    assert await engine.ack(job)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- ratelimit: take up to n tokens from a token bucket shared by every worker of a queue.
 -- Touches: KEYS[16] (a {wf:Q}:ratelimit hash: tokens, ts).
 -- ARGV: capacity (jobs), per ms, n wanted.
