@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.support import engine as es
@@ -33,3 +34,20 @@ async def test_running_jobs_are_listed_with_their_worker_task_and_lease_longest_
 
 async def test_an_idle_queue_has_no_running_jobs(engine_client: Any, queue_name: str) -> None:
     assert await inflight.fetch_in_flight_jobs(engine_client, queue_name) == []
+
+
+async def test_a_deregistered_workers_job_keeps_its_running_time(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a job worker "gone" fetched 0.5 s ago
+    engine = es.make_engine(engine_client, queue_name, lease_seconds=30.0)
+    await engine.enqueue_many([es.request("a")])
+    [job] = await engine.fetch("gone", 1)
+    await asyncio.sleep(0.5)
+    # When the worker leaves while it still holds the job (a drain that ran out of time: its
+    # pending stream entry moves to the consumer that keeps a gone worker's entries)
+    await engine.deregister("gone")
+    # Then the list still shows the job running since it was fetched, by that worker
+    [listed] = await inflight.fetch_in_flight_jobs(engine_client, queue_name)
+    assert (listed.job_id, listed.worker_id) == (job.id, "gone")
+    assert listed.running_seconds >= 0.45

@@ -113,16 +113,18 @@ end
 -- entries to ORPHANS (XCLAIM JUSTID: no delivery counted): DELCONSUMER alone would drop them
 -- from the group's pending list while their jobs stay leased, and entries_remove_acked would
 -- then trim them. The jobs' leases stay the truth: they are reclaimed when those expire.
+-- One XCLAIM per entry with its own IDLE: a claim resets an entry's time since delivery, the
+-- running time the in-flight list shows (it read 0 s for a gone worker's hour-long job). A
+-- worker leaves rarely; this is not on the hot path.
 local function consumer_remove(worker)
   for _, p in ipairs(PRIO) do
     local stream = K_READY[p]
     for _ = 1, 20 do  -- bounded: a worker holds at most its concurrency (10,000)
       local page = redis.pcall('XPENDING', stream, GROUP, '-', '+', CHUNK, worker)
       if type(page) ~= 'table' or page.err or #page == 0 then break end
-      local ids = {}
-      for i, row in ipairs(page) do ids[i] = row[1] end
-      ids[#ids + 1] = 'JUSTID'
-      redis.call('XCLAIM', stream, GROUP, ORPHANS, 0, unpack(ids))
+      for _, row in ipairs(page) do
+        redis.call('XCLAIM', stream, GROUP, ORPHANS, 0, row[1], 'IDLE', row[3], 'JUSTID')
+      end
       if #page < CHUNK then break end
     end
     redis.pcall('XGROUP', 'DELCONSUMER', stream, GROUP, worker)
