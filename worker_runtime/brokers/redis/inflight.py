@@ -2,9 +2,10 @@
 
 Called by the web console's queue page and ``workerfleet queue jobs --in-flight``. Reads the
 ``inflight`` hash (job → ``token|prio|stream entry id|worker``), each ready stream's pending
-entries (XPENDING: time since delivery) and the jobs' envelopes (task name), with keys from
-:mod:`worker_runtime.brokers.redis.keys`. Several reads, not one script: a job finishing between
-them is simply left out (the list is a view, nothing acts on it), and no write ever happens here.
+entries (XPENDING: time since delivery), the jobs' states (deliveries) and envelopes (task
+name), with keys from :mod:`worker_runtime.brokers.redis.keys`. Several reads, not one script:
+a job finishing between them is simply left out (the list is a view, nothing acts on it), and
+no write ever happens here.
 """
 
 from __future__ import annotations
@@ -75,11 +76,18 @@ async def fetch_in_flight_jobs(
     ids = [job_id for job_id, _worker in holders.values()]
     envelopes = await client.hmget(k.env, ids)
     expiries = await client.zmscore(k.leases, ids)
+    # the engine's own count (state prio|attempts|deliveries|lost): XPENDING's counts a
+    # reclaim's XCLAIM JUSTID as no delivery, so a reclaimed job read as its first
+    counted = {
+        job_id: _deliveries_of(raw)
+        for job_id, raw in zip(ids, await client.hmget(k.state, ids), strict=True)
+    }
     tasks = {job_id: _task_of(raw) for job_id, raw in zip(ids, envelopes, strict=True)}
     lease = dict(zip(ids, expiries, strict=True))
     jobs = []
     for (prio, entry), (job_id, worker) in holders.items():
         idle_ms, deliveries = pending.get((prio, entry), (0.0, 0))
+        deliveries = counted.get(job_id) or deliveries
         expiry = lease.get(job_id)
         jobs.append(
             InFlightJob(
@@ -96,6 +104,11 @@ async def fetch_in_flight_jobs(
         )
     jobs.sort(key=lambda j: (-j.running_seconds, j.job_id))
     return jobs[:limit]
+
+
+def _deliveries_of(raw: Any) -> int | None:
+    parts = _text(raw).split("|") if raw is not None else []
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
 
 
 def _now_ms(reply: Any) -> float:
