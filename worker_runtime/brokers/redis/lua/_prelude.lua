@@ -268,13 +268,35 @@ local function b64_encode(s)
   return table.concat(out)
 end
 
+-- The failures of an earlier dead letter of the same job id (`older`: its record), then this
+-- one's (`hist`: JSON list), kept like history_append keeps them. Only when an id comes back
+-- while its dead letter waits (re-enqueued, re-published), so cjson's cost is no concern here.
+local function history_merge(older, hist)
+  local prev = dec(older)
+  if type(prev) ~= 'table' or type(prev.history) ~= 'table' or prev.history[1] == nil then
+    return hist
+  end
+  local merged = {}
+  for _, f in ipairs(prev.history) do merged[#merged + 1] = f end
+  local now_list = dec(hist)
+  if type(now_list) == 'table' then
+    for _, f in ipairs(now_list) do merged[#merged + 1] = f end
+  end
+  while #merged > HISTORY_KEEP do table.remove(merged, 2) end  -- the first and the latest
+  return cjson.encode(merged)
+end
+
 -- Move job `id` (state st; already out of the streams, leases and inflight) into the DLQ with
 -- its full failure metadata, then forget its live state. An envelope that is not UTF-8 is
 -- kept as "envelope_base64" (its exact bytes): the record stays valid JSON every reader parses.
+-- A dead letter the id already has (an earlier run of a job id that came back) is replaced,
+-- its failures kept ahead of this run's: overwriting them lost the first run's history.
 local function dlq_insert(id, st, reason, worker, now, max_len, retention_ms)
   local env = redis.call('HGET', K_ENV, id) or ''
   local hist = redis.call('HGET', K_HIST, id)
   if not hist or hist == '{}' then hist = '[]' end
+  local older = redis.call('HGET', K_DLQDATA, id)
+  if older then hist = history_merge(older, hist) end
   local env_field = ',"envelope":' .. cjson.encode(env)
   if not utf8_valid(env) then
     env_field = ',"envelope":"","envelope_base64":"' .. b64_encode(env) .. '"'
