@@ -90,10 +90,11 @@ async def test_a_due_retry_does_not_stop_a_full_redis_from_handing_out_its_jobs(
     await _make_full(client)
     # When worker b fetches
     ran = await engine.fetch("b", 10)
-    # Then it gets all three (the retry among them), and its acks finish them
+    # Then it gets all three (the retry among them), and its acks finish them (sent with its
+    # next fetch, as a worker does: the combined script)
     assert sorted(j.envelope.payload["n"] for j in ran) == [0, 1, 2]
     assert [j.attempts for j in ran if j.id == first.id] == [1]
-    assert all(await asyncio.gather(*(engine.ack(j) for j in ran)))
+    assert await engine.ack_and_fetch(ran, "b", 10) == ([True, True, True], [])
     assert await client.hlen(engine.keys.state) == 0
 
 
