@@ -47,6 +47,8 @@ key                            type    contents
 ``{wf:Q}:workers:expiry``      zset    worker id → heartbeat expiry ms; expired without
                                        deregistration = a lost (killed) worker.
 ``{wf:Q}:ratelimit``           hash    token bucket ``{tokens, ts}`` of the queue-wide rate limit.
+``{wf:Q}:ratelimit:<name>``    hash    a handler's named bucket (ratelimit.apply_acquire), same
+                                       fields; both expire 2 refill periods + 1 s after use.
 ``{wf:Q}:enqueued``            zset    job id → enqueue ms, for ``queue.ENQUEUE_DEDUP_SECONDS``:
                                        a re-sent enqueue of an id in it is a no-op (the job
                                        may have run and been deleted). Trimmed by enqueue.

@@ -3,7 +3,8 @@
 --   1-3 ready streams high/normal/low (group "workers"), 4 env (hash), 5 state (hash),
 --   6 history (hash), 7 leases (zset), 8 delayed (zset), 9 dlq (zset), 10 dlq:data (hash),
 --   11 counters (hash), 12 workers (hash), 13 workers:expiry (zset), 14 ratelimit (hash),
---   15 inflight (hash), 16.. per-call keys ({wf:Q}:idem:<k>, {wf:Q}:done:<k>) given by index.
+--   15 inflight (hash), 16.. per-call keys ({wf:Q}:enqueued, {wf:Q}:idem:<k>, {wf:Q}:done:<k>,
+--   {wf:Q}:ratelimit[:<name>]) given by index.
 -- Times are Redis server milliseconds.
 -- state value   "prio|attempts|deliveries|lost"          (every live job)
 -- inflight value "token|prio|stream entry id|worker"     (only while delivered; token fences;
