@@ -13,6 +13,7 @@ recorded a done key. On a real redis-server; Redis' own clock decides the leases
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,9 @@ import redis.asyncio
 import redis.exceptions
 
 from tests.support import engine as es
+from worker_runtime import errors
+from worker_runtime.brokers import base
+from worker_runtime.brokers.redis import broker as redis_broker
 from worker_runtime.brokers.redis import idempotency, queue, ratelimit
 
 
@@ -141,3 +145,40 @@ async def test_a_handlers_token_bucket_still_grants_tokens_on_a_full_redis(
     # Then it gets one, and its job finishes
     assert granted == 1
     assert await engine.ack(job)
+
+
+async def test_a_full_redis_refuses_a_publish_and_no_subscription_gets_a_part_of_it(
+    redis_factory: Callable[..., Any], queue_name: str
+) -> None:
+    # Given a topic with two subscriptions on a noeviction Redis, one event published long
+    # enough ago that the next publish first forgets its id (the dedup window is 0.1 s)
+    server = redis_factory(maxmemory_policy="noeviction")
+    client = redis.asyncio.Redis(port=server.port, decode_responses=True)
+    options = base.QueueOptions(enqueue_dedup_seconds=0.1)
+    publisher = redis_broker.RedisBroker(client, queue_name, options)
+    topic = f"shop{queue_name[-6:]}.order.placed"
+    for group in ("a", "b"):
+        await publisher.subscribe(topic, group)
+    first = await publisher.publish(
+        base.PublishRequest(topic=topic, event_id=uuid.uuid4().hex, payload={"n": 0})
+    )
+    assert sorted(first.created) == ["a", "b"]
+    await asyncio.sleep(0.2)
+    # When Redis is full and 50 events of 1 KB are published
+    await _make_full(client)
+    refused = 0
+    for n in range(50):
+        try:
+            await publisher.publish(
+                base.PublishRequest(
+                    topic=topic, event_id=uuid.uuid4().hex, payload={"n": n, "x": "y" * 1000}
+                )
+            )
+        except errors.BrokerRejected:
+            refused += 1
+    # Then every publish is refused, and each subscription still holds only the first event
+    assert refused == 50
+    await client.config_set("maxmemory", "0")
+    for group in ("a", "b"):
+        sub = redis_broker.RedisBroker(client, base.subscription_queue_name(topic, group))
+        assert (await sub.fetch_stats()).backlog == 1

@@ -1,4 +1,8 @@
+#!lua
 -- publish: fan an event out to every current subscription of its topic, in one atomic step.
+-- The bare '#!lua' (flags, but not allow-oom): a full Redis refuses the whole publish before
+-- it runs. Without it Redis checked only the first write, here mostly the trim that forgets old
+-- event ids, so a publish was stored in every subscription past maxmemory.
 -- Runs WITHOUT the prelude (its KEYS layout is not a single queue's). Key schema
 -- (worker_runtime/brokers/redis/keys.py):
 --   KEYS[1]            {wft:T}:subscriptions  set of groups G subscribed to topic T
