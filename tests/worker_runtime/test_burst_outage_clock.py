@@ -25,10 +25,13 @@ class StandInQueue:
 
 async def test_an_answered_adoption_ends_the_outage_a_failed_fetch_began() -> None:
     # Given a burst worker whose last fetch failed without a reply (its outage clock running)
+    registered_again: list[bool] = []  # a subscription's worker registers it after an outage
     w: Any = types.SimpleNamespace(
         burst=True,
         burst_failed=None,
         _failing_since=None,
+        _broker_failed=False,
+        _register_subscription_again=lambda: registered_again.append(True),
         last_broker_error="",
         settings=types.SimpleNamespace(lease_seconds=30.0),
         q=StandInQueue(),
@@ -47,3 +50,4 @@ async def test_an_answered_adoption_ends_the_outage_a_failed_fetch_began() -> No
     # Then the outage is over: a later failure starts a new clock instead of ending the burst
     assert w._failing_since is None
     assert loop.unsure is False
+    assert registered_again == [True]

@@ -10,6 +10,7 @@ backlog grew. Runs on the session's private rabbitmq-server.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -36,13 +37,23 @@ async def test_a_worker_takes_the_jobs_of_its_work_queue_deleted_and_declared_ag
         await producer.enqueue(test_rabbitmq_broker.job(job_id="before"))
         [first] = await worker.fetch("w1", 1, block=10)
         assert await worker.ack(first) is True
-        # And the operator deleted that work queue, and a producer sent a job to it since
+        # And the operator deleted that work queue, RabbitMQ cancelled the worker's consumer of
+        # it (basic.cancel, seen by the client: bounded wait), and a producer sent a job to it
         await test_rabbitmq_deleted_queue.delete_queue(
             rabbitmq_server.url, topology.work_queue(queue, "normal")
         )
+        for _ in range(200):  # bounded: 10 s
+            if any(tag not in channel.consumers for channel, tag in worker._consumers):
+                break
+            await asyncio.sleep(0.05)
         await producer.enqueue(test_rabbitmq_broker.job(job_id="after"))
-        # When the worker fetches
-        got = await worker.fetch("w1", 1, block=10)
+        # When the worker fetches, as its fetch loop does (again after an empty answer: the
+        # server's basic.cancel may arrive while a fetch already waits)
+        got: list[base.Delivery] = []
+        for _ in range(20):  # bounded: 20 fetches of at most 1 s
+            got = await worker.fetch("w1", 1, block=1.0)
+            if got:
+                break
         # Then it gets that job
         assert [d.id for d in got] == ["after"]
         assert await worker.ack(got[0]) is True
