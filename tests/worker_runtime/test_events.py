@@ -9,10 +9,11 @@ handlers themselves (what they were given), not from the worker's counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
 import pydantic
@@ -309,8 +310,10 @@ def test_log_records_written_while_a_job_runs_carry_its_correlation_and_causatio
     assert (fields["job_id"], fields["task"]) == ("child", "send-email")
 
 
-def start_mailer(url: str, t: str) -> tuple[worker.Worker, asyncio.Task[int], list[str]]:
-    """A real worker serving subscription "mailer" of ``t`` on ``url``, and what it handled."""
+@contextlib.asynccontextmanager
+async def running_mailer(url: str, t: str) -> AsyncIterator[tuple[asyncio.Task[int], list[str]]]:
+    """A real worker serving subscription "mailer" of ``t`` on ``url`` (its run, and what its
+    handler saw), drained on the way out: it must exit 0."""
     app = App(queue=events.subscription_queue(t, "mailer"))
     seen: list[str] = []
 
@@ -320,7 +323,12 @@ def start_mailer(url: str, t: str) -> tuple[worker.Worker, asyncio.Task[int], li
 
     settings = config.WorkerSettings(redis_url=url, metrics_port=0, lease_seconds=5.0)
     w = worker.Worker(app, settings, install_signal_handlers=False)
-    return w, asyncio.create_task(w.run()), seen
+    run = asyncio.create_task(w.run())
+    try:
+        yield run, seen
+    finally:
+        w.request_drain()
+        assert await asyncio.wait_for(run, 20) == 0
 
 
 async def wait_until_subscribed(url: str, t: str) -> list[str]:
@@ -339,8 +347,12 @@ async def wait_until_subscribed(url: str, t: str) -> list[str]:
 async def publish_and_wait(url: str, t: str, seen: list[str]) -> list[str]:
     """Publish one UserCreated on ``t``; what the handler saw once it saw something (≤ 10 s)."""
     publisher = App(queue="publisher")
-    publisher.bind_broker(await open_broker(url, "publisher"))
-    await publisher.publish(t, UserCreated(first="Ada", last="L"))
+    broker = await open_broker(url, "publisher")
+    publisher.bind_broker(broker)
+    try:
+        await publisher.publish(t, UserCreated(first="Ada", last="L"))
+    finally:
+        await broker.close()
     for _ in range(1000):
         if seen:
             break
@@ -364,8 +376,7 @@ async def test_a_subscription_worker_registers_again_after_its_redis_came_back_e
     # Given a subscription's worker on a Redis without persistence
     monkeypatch.setattr(worker_core, "SUBSCRIPTION_RECHECK_SECONDS", period)
     server = redis_factory()
-    w, run, seen = start_mailer(server.url, t)
-    try:
+    async with running_mailer(server.url, t) as (_, seen):
         assert await wait_until_subscribed(server.url, t) == ["mailer"]
         # When Redis comes back with none of its data (the registry of the topic gone too)
         if outage == "restarted":
@@ -378,9 +389,6 @@ async def test_a_subscription_worker_registers_again_after_its_redis_came_back_e
         assert await wait_until_subscribed(server.url, t) == ["mailer"]
         # And an event published now reaches its handler
         assert await publish_and_wait(server.url, t, seen) == ["Ada"]
-    finally:
-        w.request_drain()
-        assert await asyncio.wait_for(run, 20) == 0
 
 
 async def test_a_subscription_worker_started_before_its_redis_waits_for_it_then_handles_events(
@@ -390,8 +398,7 @@ async def test_a_subscription_worker_started_before_its_redis_waits_for_it_then_
     # 'cannot reach the broker' while any other worker waits: a crash loop under Kubernetes)
     server = redis_factory()
     server.stop()
-    w, run, seen = start_mailer(server.url, t)
-    try:
+    async with running_mailer(server.url, t) as (run, seen):
         await asyncio.sleep(0.5)  # several refused registrations (backoff from 0.2 s)
         # Then it is still running
         assert not run.done()
@@ -400,6 +407,3 @@ async def test_a_subscription_worker_started_before_its_redis_waits_for_it_then_
         assert await wait_until_subscribed(server.url, t) == ["mailer"]
         # Then its handler gets it
         assert await publish_and_wait(server.url, t, seen) == ["Ada"]
-    finally:
-        w.request_drain()
-        assert await asyncio.wait_for(run, 20) == 0

@@ -645,7 +645,7 @@ class SubscriptionLag:
     oldest_event_age_seconds: float
     in_flight: int
     dead_letter: int
-    delayed: int = 0
+    delayed: int
 
     @classmethod
     def of(cls, topic: str, group: str, stats: QueueStats) -> SubscriptionLag:
