@@ -5,7 +5,8 @@ one task (the jobs one after another) was measured and withdrawn: a handler's ta
 what it sees, and state keyed by ``asyncio.current_task()``, a done-callback or a timer set on
 it reached the next job. These tests pin that, on the in-process memory broker with the real
 Worker: its own context variables and task, never being held up by a neighbour that waits, its
-timeout and cancellations reaching it alone, and its finished neighbours not kept alive.
+timeout and cancellations reaching it alone, and its finished neighbours not kept alive (not
+even by the lease renewal that counted them).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import threading
 import weakref
 from typing import Any
 
@@ -23,6 +25,7 @@ from worker_runtime import App, Retry, config
 from worker_runtime import envelope as envelope_mod
 from worker_runtime import worker as worker_mod
 from worker_runtime.brokers import base
+from worker_runtime.worker import control as control_mod
 from worker_runtime.worker import held as held_mod
 
 pytestmark = pytest.mark.timeout(60)
@@ -179,11 +182,21 @@ async def test_a_handler_that_cancels_its_own_task_does_not_cancel_the_next_job(
 
 
 async def test_a_job_that_waits_does_not_keep_the_finished_jobs_of_its_batch_alive(
-    memory_store_url: str, memory_probe: Any
+    memory_store_url: str, memory_probe: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a job that waits until told, fetched with four no-op jobs
+    # Given a job that waits until told, fetched with four jobs that end only once a lease
+    # renewal has counted all five (the control thread then waits a period holding its reply)
     app = App(queue="jobs")
     release = asyncio.Event()
+    renewed_all = threading.Event()
+    record_renewal = control_mod.ControlThread.record_renewal
+
+    def record_and_watch(control: Any, result: base.LeaseRenewal) -> None:
+        record_renewal(control, result)
+        if len(result.kept) == 5:
+            renewed_all.set()
+
+    monkeypatch.setattr(control_mod.ControlThread, "record_renewal", record_and_watch)
 
     @app.task("waits")
     async def waits(payload: dict[str, Any]) -> None:
@@ -191,7 +204,10 @@ async def test_a_job_that_waits_does_not_keep_the_finished_jobs_of_its_batch_ali
 
     @app.task("noop")
     async def noop(payload: dict[str, Any]) -> None:
-        return None
+        for _ in range(1000):  # bounded
+            if renewed_all.is_set():
+                return
+            await asyncio.sleep(0.005)
 
     await memory_worker.enqueue(memory_probe, "waits", {})
     for n in range(4):
@@ -206,7 +222,7 @@ async def test_a_job_that_waits_does_not_keep_the_finished_jobs_of_its_batch_ali
 
     w.runner.start = start_and_watch  # type: ignore[method-assign]
 
-    # When the four no-op jobs have completed while the first one still waits
+    # When the four jobs have completed while the first one still waits
     run = asyncio.create_task(w.run())
     try:
         for _ in range(1000):  # bounded
@@ -222,6 +238,7 @@ async def test_a_job_that_waits_does_not_keep_the_finished_jobs_of_its_batch_ali
         assert await asyncio.wait_for(run, 10) == 0
 
     # Then only the waiting job's delivery is still referenced
+    assert renewed_all.is_set()
     assert len(delivered) == 5
     assert alive == [True, False, False, False, False]
 

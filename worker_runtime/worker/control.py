@@ -242,6 +242,9 @@ class ControlThread(threading.Thread):
                     failures = 0
                     w.health.redis_ok()
                     self.record_renewal(result)
+                    # Its reply names every job held when it was sent: drop it before waiting
+                    # a period, or finished jobs (and their payloads) stay alive that long.
+                    del result
                     wait = interval
                 if (
                     failures == 0

@@ -236,8 +236,11 @@ class FetchLoop:
                 # instead sent a blocking fetch first, and every job finishing meanwhile took a
                 # separate ack call and held its slot until that returned: two round trips per
                 # cycle, which under load caps the slots' turnover and grows the backlog.
+                # The runner holds them now: this frame must not keep them (and their payloads)
+                # alive through the next blocking fetch, which outlasts their separate acks.
+                jobs = []
                 await asyncio.sleep(0)
-            if not jobs and not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
+            elif not acks and not wake.is_set() and time.monotonic() - t0 < 0.005:
                 # A fetch that came back empty at once (rate limited, answered early)
                 # must not become a busy loop.
                 await self._sleep_unless_draining(0.01)
