@@ -52,7 +52,9 @@ How a decision is made (the order matters, and each step that changes the value 
    state is seeded with the current replica count, so a restarted controller never scales down
    before it has watched one full window; so is a state whose every recommendation is older
    than the windows (back in ``builtin`` mode after ``keda`` or ``disabled``, or after polls
-   that never ran: someone else set the replicas meanwhile).
+   that never ran: someone else set the replicas meanwhile). The seed holds scale-downs only:
+   a scale-up without history acts at once, as the HPA's does (its minimum over a window that
+   holds only the latest recommendation is that recommendation); the step limits still apply.
 6. Step limits per decision: a step may change replicas by the larger of ``maxStepPercent`` of
    the current count and ``maxStepPods`` (the HPA's default ``selectPolicy: Max``, which is why
    the defaults 100 % / 4 pods allow 2 -> 6), and always by at least one pod so 0 -> 1 and 1 -> 0
@@ -206,10 +208,15 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """A shaped-but-unstabilized replica count at one moment (the windows look at these)."""
+    """A shaped-but-unstabilized replica count at one moment (the windows look at these).
+
+    ``seed``: not measured, the current count recorded for a scaler without history (step 5).
+    It holds scale-downs for a window and never scale-ups.
+    """
 
     at: float
     replicas: int
+    seed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +347,9 @@ def decide(
         return _build_unmanaged(policy, current, state)
     if _is_history_lost(policy, state, now):
         # Seed: behave as if the current count had been recommended until now.
-        state = dataclasses.replace(state, recommendations=(Recommendation(now, current),))
+        state = dataclasses.replace(
+            state, recommendations=(Recommendation(now, current, seed=True),)
+        )
     if observation.stats is None:
         return _build_metric_failure(policy, observation, current, state, now)
     return _build_decision(
@@ -495,7 +504,11 @@ def _shape_steps(
     """Steps 5-7 on a recommendation already recorded as ``history[-1]``."""
     current = shaping.current
     recommended = history[-1].replicas
-    up_floor = min([r.replicas for r in _in_window(history, now, policy.scale_up)] + [recommended])
+    # The seed of a scaler without history is no measurement: the HPA's window holds a
+    # scale-up only at the lowest count it recommended in the window, and a new HPA acts at
+    # once. Counted here, it held the first scale-up after a restart for a whole window.
+    up_window = _in_window(history, now, policy.scale_up)
+    up_floor = min([r.replicas for r in up_window if not r.seed] + [recommended])
     down_ceiling = max(
         [r.replicas for r in _in_window(history, now, policy.scale_down)] + [recommended]
     )
@@ -650,7 +663,7 @@ def _build_history(
     keep = _history_span(policy)
     # A clock that stepped back would leave entries "in the future", inside every window for
     # as long as the step; treat them as recorded now (conservative: the window restarts).
-    kept = (Recommendation(min(r.at, now), r.replicas) for r in history if r.at > now - keep)
+    kept = (dataclasses.replace(r, at=min(r.at, now)) for r in history if r.at > now - keep)
     return (*kept, latest)
 
 

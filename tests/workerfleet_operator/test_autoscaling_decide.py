@@ -179,6 +179,45 @@ def test_a_fresh_scaler_never_scales_down_before_watching_one_full_window() -> N
     assert decisions[0].clamped_by == "scaleDownStabilization"
 
 
+@pytest.mark.parametrize(
+    "history",
+    [
+        pytest.param("none", id="a_restarted_operator"),
+        pytest.param("stale", id="back_in_builtin_mode_after_an_hour_elsewhere"),
+    ],
+)
+def test_a_scaler_without_history_scales_up_at_once_despite_the_scale_up_window(
+    history: str,
+) -> None:
+    # Given a pool at 2 replicas with a 60 s scale-up window, whose scaler has no history: a
+    # restarted operator's, or one whose last recommendation is an hour old
+    policy = replace(BACKLOG_ONLY, scale_up=StepPolicy(60, 100, 4))
+    state = autoscaling.ScalerState()
+    if history == "stale":
+        state = fx.run(policy, fx.polls(0, 3, backlog=200), current=2)[-1].state
+    start = 3600.0
+    # When its queue clearly needs 6 workers from the first poll on (fake clock, 5 s polls)
+    decisions = fx.run(policy, fx.polls(start, 3, backlog=600), current=2, state=state)
+    # Then the first poll scales up (within the step limit), as a new HPA does, instead of
+    # waiting out the window
+    assert decisions[0].desired == 6
+    assert decisions[0].clamped_by != "scaleUpStabilization"
+    # And it still never scales down before it has watched one full window
+    idle = fx.run(policy, fx.polls(start, 3, backlog=0), current=6, state=state)
+    assert fx.desired(idle) == [6, 6, 6]
+
+
+def test_a_scaler_with_history_still_holds_a_scale_up_for_its_window() -> None:
+    # Given a pool at 2 replicas with a 60 s scale-up window whose scaler recommended 2 just now
+    policy = replace(BACKLOG_ONLY, scale_up=StepPolicy(60, 100, 4))
+    before = fx.run(policy, fx.polls(0, 2, backlog=200), current=2)
+    # When the backlog jumps to 600
+    decisions = fx.run(policy, fx.polls(10, 2, backlog=600), current=2, state=before[-1].state)
+    # Then the window holds it at the lowest recent recommendation
+    assert fx.desired(decisions) == [2, 2]
+    assert decisions[0].clamped_by == "scaleUpStabilization"
+
+
 @pytest.mark.parametrize("other_mode", ["keda", "disabled"])
 def test_back_in_builtin_mode_the_scaler_watches_a_full_window_before_scaling_down(
     other_mode: str,
@@ -269,11 +308,13 @@ def test_the_activation_threshold_does_not_apply_once_the_pool_is_awake() -> Non
 def test_flapping_input_does_not_oscillate_inside_the_windows(
     policy: ScalingPolicy, high: int, low: int, start: int
 ) -> None:
+    # A scaler with history (it saw the low phase first): one without acts on its first peak
+    warm = fx.run(policy, [fx.Poll(0, fx.queue_stats(0, backlog=low))], current=start)
     timeline = [
         fx.Poll(i * fx.POLL, fx.queue_stats(i * fx.POLL, backlog=high if i % 2 == 0 else low))
-        for i in range(int(DOWN_WINDOW / fx.POLL))
+        for i in range(1, int(DOWN_WINDOW / fx.POLL))
     ]
-    values = fx.desired(fx.run(policy, timeline, current=start))
+    values = fx.desired(fx.run(policy, timeline, current=start, state=warm[-1].state))
     assert fx.direction_changes([start, *values]) == 0
     assert all(v >= start for v in values)  # no scale-down inside the window
     assert sum(1 for a, b in zip([start, *values], values, strict=False) if a != b) <= 1
