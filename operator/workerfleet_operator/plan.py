@@ -417,6 +417,8 @@ def _build_condition_event(condition: api.Condition, before: api.Condition | Non
             return Event("Warning", condition.reason, message)
         return None
     if condition.type in (api.SCALING_LIMITED, api.QUEUE_CONFLICT) and condition.status == "True":
+        if condition.reason == api.Reason.SCALING_PAUSED:
+            return None  # asked for: the Paused condition's own Normal Event announces it
         return Event("Warning", condition.reason, message)
     if condition.type == api.PAUSED:
         if condition.status == "True":
@@ -461,9 +463,7 @@ def _set_rollout_conditions(
         conds.set(api.PROGRESSING, "True", api.Reason.WAITING_FOR_REPLICAS, message)
         return
     if want == 0:
-        conds.set(
-            api.READY, "True", api.Reason.SCALED_TO_ZERO, "no replicas wanted: the queue is idle"
-        )
+        conds.set(api.READY, "True", api.Reason.SCALED_TO_ZERO, _describe_zero_replicas(pool))
     else:
         conds.set(
             api.READY,
@@ -478,6 +478,20 @@ def _set_rollout_conditions(
         conds.set(
             api.PROGRESSING, "False", api.Reason.ROLLOUT_COMPLETE, "the Deployment is up to date"
         )
+
+
+def _describe_zero_replicas(pool: api.Pool) -> str:
+    """Why a pool runs no replicas: an idle queue is only the autoscalers' reason."""
+    a = pool.spec.autoscaling
+    if pool.pause is not None and a.mode != "disabled":
+        return f"no replicas: paused at 0 by {_pause_annotation(pool.pause)}"
+    if pool.pause is not None and pool.pause.replicas == 0:
+        return f"no replicas: paused at 0 by {api.PAUSED_REPLICAS_ANNOTATION}"
+    if a.mode == "disabled":
+        return "no replicas: autoscaling disabled, fixed replicas 0"
+    if a.mode == "keda":
+        return "no replicas: KEDA scaled the pool to zero"
+    return "no replicas wanted: the queue is idle"
 
 
 def _build_queue_status(
@@ -594,6 +608,15 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
             f"to hold a count by hand, annotate the pool {api.PAUSED_REPLICAS_ANNOTATION})"
         )
         conds.set(api.SCALING_LIMITED, "True", api.Reason.REPLICAS_OWNED_ELSEWHERE, message)
+    elif pool.pause is not None:
+        # Said as WithinLimits ("the replicas meet the signals"), a pool held at 2 under a
+        # backlog that wants 40 told on-call nothing; the pause limits it, whatever the queue.
+        held = _describe_held_replicas(pool.pause, decision, observed.deployment)
+        message = (
+            f"scaling is suspended by {_pause_annotation(pool.pause)}: {held}; the autoscaler "
+            "reads the queue but scales nothing until the annotation is removed"
+        )
+        conds.set(api.SCALING_LIMITED, "True", api.Reason.SCALING_PAUSED, message)
     elif decision is None or not decision.queue_reachable:
         # No signals measured (an unreadable queue): what was last measured stands. Said as
         # WithinLimits, an outage told "the replicas meet the signals" of a pool pinned at
@@ -611,6 +634,23 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
         )
 
 
+def _pause_annotation(pause: api.Pause) -> str:
+    return api.PAUSED_ANNOTATION if pause.replicas is None else api.PAUSED_REPLICAS_ANNOTATION
+
+
+def _describe_held_replicas(
+    pause: api.Pause, decision: autoscaling.Decision | None, deployment: DeploymentState | None
+) -> str:
+    """At what count a paused pool is held: its ``paused-replicas``, else the count it had."""
+    if pause.replicas is not None:
+        return f"replicas held at {pause.replicas}"
+    if decision is not None:
+        return f"replicas held at {decision.desired}"
+    if deployment is not None:
+        return f"replicas held at {deployment.spec_replicas}"
+    return "replicas held where they are"
+
+
 def _set_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharing | None) -> None:
     queue = pool.spec.queue.name
     if sharing is None:
@@ -621,7 +661,12 @@ def _set_queue_conflict(conds: _Conditions, pool: api.Pool, sharing: QueueSharin
         message = f"no other WorkerPool reads queue {queue} on this broker"
         conds.set(api.QUEUE_CONFLICT, "False", api.Reason.QUEUE_NOT_SHARED, message)
     else:
-        who = "this pool holds its replicas" if sharing.holds else "this pool scales"
+        if pool.pause is not None:
+            who = "this pool is paused and scales nothing"
+        elif sharing.holds:
+            who = "this pool holds its replicas"
+        else:
+            who = "this pool scales"
         message = (
             f"queue {queue} on this broker is also read by WorkerPool "
             f"{', '.join(sharing.others)}: pools on one queue would each scale to the whole "

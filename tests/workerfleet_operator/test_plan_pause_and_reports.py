@@ -198,6 +198,91 @@ def test_a_paused_builtin_pool_holds_its_replicas_whatever_the_backlog_and_resum
     assert resumed.desired > 1
 
 
+@pytest.mark.parametrize(
+    ("annotations", "held_at", "annotation"),
+    [
+        pytest.param(PAUSED, 2, api.PAUSED_ANNOTATION, id="paused_where_it_is"),
+        pytest.param(PAUSED_AT_1, 1, api.PAUSED_REPLICAS_ANNOTATION, id="paused_at_one"),
+    ],
+)
+def test_a_paused_pool_is_scaling_limited_by_its_pause_not_within_limits(
+    annotations: dict[str, str], held_at: int, annotation: str
+) -> None:
+    # Given a builtin pool at 2 replicas whose backlog wants far more, then paused
+    pool = _pool(annotations, autoscaling={"mode": "builtin", "minReplicas": 1, "maxReplicas": 10})
+    policy = autoscaling.build_scaling_policy(pool.spec)
+    observation = autoscaling.Observation(stats=_stats(backlog=5000))
+    state = autoscaling.ScalerState()
+    wanted = autoscaling.decide(policy, observation, 2, state, 100.0)
+    assert pool.pause is not None
+    held = autoscaling.hold_paused(wanted, state, pool.pause.replicas, 100.0)
+    unpaused = plan.plan(
+        _pool(autoscaling={"mode": "builtin", "minReplicas": 1, "maxReplicas": 10}),
+        plan.Observed(now=T0, secret=OK, deployment=_deployment(2), stats=_stats()),
+    )
+    # When its poll is planned
+    observed = plan.Observed(
+        now=T0,
+        secret=OK,
+        deployment=_deployment(2),
+        stats=_stats(backlog=5000),
+        decision=held,
+        previous=unpaused.status,
+    )
+    result = plan.plan(pool, observed)
+    # Then ScalingLimited says the pause suspends scaling, naming the annotation and the count
+    limited = _condition(result, api.SCALING_LIMITED)
+    assert (limited.status, limited.reason) == ("True", api.Reason.SCALING_PAUSED)
+    assert "scaling is suspended" in limited.message
+    assert annotation in limited.message and f"held at {held_at}" in limited.message
+    # And the pause is announced once, by the Paused condition's Normal Event, not a Warning
+    assert [(e.type, e.reason) for e in result.events if e.reason == "Paused"] == [
+        ("Normal", "Paused")
+    ]
+    assert all(e.type == "Normal" for e in result.events)
+    # And before any poll (no decision yet) it says so too, at the Deployment's count
+    first = plan.plan(pool, plan.Observed(now=T0, secret=OK, deployment=_deployment(2)))
+    assert _condition(first, api.SCALING_LIMITED).reason == api.Reason.SCALING_PAUSED
+    # And on resume, the autoscaler's own reasons come back
+    resumed = plan.plan(
+        _pool(autoscaling={"mode": "builtin", "minReplicas": 1, "maxReplicas": 10}),
+        dataclasses.replace(observed, decision=wanted, previous=result.status),
+    )
+    assert _condition(resumed, api.SCALING_LIMITED).reason != api.Reason.SCALING_PAUSED
+
+
+@pytest.mark.parametrize(
+    ("annotations", "autoscaling_spec", "words"),
+    [
+        pytest.param(
+            {api.PAUSED_REPLICAS_ANNOTATION: "0"},
+            {"mode": "builtin", "minReplicas": 1, "maxReplicas": 10},
+            f"paused at 0 by {api.PAUSED_REPLICAS_ANNOTATION}",
+            id="builtin_paused_at_zero",
+        ),
+        pytest.param(
+            None,
+            {"mode": "disabled", "replicas": 0},
+            "autoscaling disabled, fixed replicas 0",
+            id="disabled_at_zero",
+        ),
+    ],
+)
+def test_a_pool_at_zero_replicas_says_why_instead_of_calling_its_queue_idle(
+    annotations: dict[str, str] | None, autoscaling_spec: dict[str, Any], words: str
+) -> None:
+    # Given a pool held at 0 replicas while its queue has a backlog
+    pool = _pool(annotations, autoscaling=autoscaling_spec)
+    observed = plan.Observed(
+        now=T0, secret=OK, deployment=_deployment(0), stats=_stats(backlog=5000)
+    )
+    # When it is planned
+    ready = _condition(plan.plan(pool, observed), api.READY)
+    # Then Ready names the pause or the fixed count, not an idle queue
+    assert (ready.status, ready.reason) == ("True", api.Reason.SCALED_TO_ZERO)
+    assert words in ready.message and "idle" not in ready.message
+
+
 # --- what the shell used to decide itself -----------------------------------------------------
 
 

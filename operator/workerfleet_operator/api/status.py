@@ -90,6 +90,8 @@ class Reason(StrEnum):
     WITHIN_LIMITS = "WithinLimits"
     REPLICAS_OWNED_ELSEWHERE = "ReplicasOwnedElsewhere"
     """A live HPA or ScaledObject drives spec.replicas: the autoscaler holds, never fights."""
+    SCALING_PAUSED = "Paused"
+    """A pause annotation suspends the builtin autoscaler: the replicas are held."""
     # QueueConflict
     NOT_YET_CHECKED = "NotYetChecked"
     QUEUE_NOT_SHARED = "QueueNotShared"
