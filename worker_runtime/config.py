@@ -20,6 +20,23 @@ LogFormat = Literal["json", "text"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 EventLoop = Literal["asyncio", "uvloop"]
 
+RENEWAL_TIMEOUT_FLOOR_SECONDS = 0.5
+"""The shortest reply timeout of the control thread's lease renewal (its connection's socket
+timeout is the renewal interval, ``lease/3``, kept within 0.5-5 s): a reply taking longer than
+this on a busy machine or network is not a dead broker."""
+
+MIN_LEASE_SECONDS = 3.0 * RENEWAL_TIMEOUT_FLOOR_SECONDS
+"""The shortest lease a worker accepts (1.5 s). Leases are renewed every third of the lease, and
+a renewal that times out must end within one interval, so that its retry still lands in the
+lease's last third: below 1.5 s the interval is shorter than the renewal's own reply timeout.
+At 1 s one slow renewal (0.33 s interval + 0.5 s timeout + 0.25 s retry wait) lost every
+held lease, and at 0.001 s no renewal could ever arrive in time: every job would be handed to
+another worker while it ran. (The operator asks for at least 3 s on its pools.)"""
+
+MIN_RATE_LIMIT_PER_SECONDS = 0.001
+"""The shortest rate-limit window: the Redis engine counts it in whole milliseconds, and a
+shorter one was sent as 0 ms, a window its token bucket cannot divide by."""
+
 
 def _default_pod_name() -> str:
     # Outside Kubernetes the hostname is the most useful stand-in for a pod name.
@@ -53,7 +70,11 @@ class WorkerSettings(BaseSettings):
     queue: str | None = Field(default=None, description="queue name; defaults to the App's")
     app: str | None = Field(default=None, description="module:attr of the App")
     concurrency: int = Field(default=8, ge=1, le=10_000)
-    lease_seconds: float = Field(default=30.0, gt=0.0, le=86_400.0)
+    lease_seconds: float = Field(
+        default=30.0,
+        le=86_400.0,
+        description=f"at least {MIN_LEASE_SECONDS:g} s; renewed every third of it",
+    )
     job_timeout_seconds: float = Field(default=300.0, gt=0.0)
     drain_timeout_seconds: float = Field(default=60.0, ge=0.0)
     retry_max_attempts: int = Field(default=5, ge=1)
@@ -96,6 +117,31 @@ class WorkerSettings(BaseSettings):
     def _any_case(cls, value: object) -> object:
         # INFO, Info and info are one level (operators copy levels from other tools' docs)
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _lease_renewable(cls, value: float) -> float:
+        # Refused by name, value and bound: a lease too short to renew hands every job to
+        # another worker while it runs, which looks like a flood of duplicates, not a typo.
+        if not value >= MIN_LEASE_SECONDS:
+            msg = (
+                f"WORKERFLEET_LEASE_SECONDS={value:g} is below the minimum of "
+                f"{MIN_LEASE_SECONDS:g} s: leases are renewed every third of the lease, and a "
+                f"renewal may take up to {RENEWAL_TIMEOUT_FLOOR_SECONDS:g} s to answer"
+            )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("rate_limit_per_seconds")
+    @classmethod
+    def _rate_window_countable(cls, value: float | None) -> float | None:
+        if value is not None and not value >= MIN_RATE_LIMIT_PER_SECONDS:
+            msg = (
+                f"WORKERFLEET_RATE_LIMIT_PER_SECONDS={value:g} is below the minimum of "
+                f"{MIN_RATE_LIMIT_PER_SECONDS:g} s (the window is counted in milliseconds)"
+            )
+            raise ValueError(msg)
+        return value
 
     @model_validator(mode="after")
     def _rate_limit_is_complete(self) -> WorkerSettings:

@@ -78,7 +78,7 @@ async def test_a_non_utf8_envelope_is_dead_lettered_alone_and_its_batch_mates_ar
 def test_two_workers_run_the_good_jobs_once_and_dead_letter_only_the_bad_one(
     wf: workerproc.Testbed,
 ) -> None:
-    # Given five good jobs and one non-UTF-8 envelope, lease 1 s, at most 2 deliveries
+    # Given five good jobs and one non-UTF-8 envelope, lease 1.5 s, at most 2 deliveries
     good = [wf.producer.enqueue("sleep", {"seconds": 0.01, "marker": f"g{i}"}) for i in range(5)]
     bad = wf.producer.enqueue("sleep", {"seconds": 0.01, "marker": "MARK"})
     raw = redis.Redis(port=wf.redis.port)
@@ -88,8 +88,8 @@ def test_two_workers_run_the_good_jobs_once_and_dead_letter_only_the_bad_one(
         raw.close()
     env = {"WORKERFLEET_RETRY_MAX_DELIVERIES": "2"}
     # When two workers fetch them
-    a = wf.spawn(concurrency=6, lease_seconds=1.0, extra_env=env)
-    b = wf.spawn(concurrency=6, lease_seconds=1.0, extra_env=env)
+    a = wf.spawn(concurrency=6, lease_seconds=1.5, extra_env=env)
+    b = wf.spawn(concurrency=6, lease_seconds=1.5, extra_env=env)
     wait_until(lambda: wf.stats().completed_total == 5, 30, "the five good jobs")
     # Then each good job ran exactly once, the bad one alone is dead-lettered, nobody crashed
     assert wf.done_counts() == {f"g{i}": 1 for i in range(5)}

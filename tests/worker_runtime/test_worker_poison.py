@@ -60,14 +60,14 @@ def test_a_job_that_kills_its_worker_reaches_the_dlq_after_exactly_max_deliverie
     mode: str,
     wf: workerproc.Testbed,
 ) -> None:
-    # Given workers allowing 3 deliveries with a 1 s lease, restarted when they die
+    # Given workers allowing 3 deliveries with a 1.5 s lease, restarted when they die
     max_deliveries = 3
     env = {"WORKERFLEET_RETRY_MAX_DELIVERIES": str(max_deliveries)}
     job = wf.producer.enqueue("crash", {"mode": mode})
 
     def start() -> workerproc.WorkerProc:
         port = workerproc.free_port()
-        return wf.spawn(concurrency=1, lease_seconds=1.0, extra_env=env, metrics_port=port)
+        return wf.spawn(concurrency=1, lease_seconds=1.5, extra_env=env, metrics_port=port)
 
     worker = start()
     restarts = 0

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from worker_runtime import errors, health, logs
+from worker_runtime import config, errors, health, logs
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import eviction
 from worker_runtime.worker import transient
@@ -211,7 +211,9 @@ class ControlThread(threading.Thread):
                 w.settings.redis_url,
                 w.queue_name,
                 options=w.options,
-                settings={"socket_timeout": max(0.5, min(5.0, interval))},
+                settings={
+                    "socket_timeout": max(config.RENEWAL_TIMEOUT_FLOOR_SECONDS, min(5.0, interval))
+                },
                 on_error=self._opening_failed,
                 stopped=lambda: self._stopping,
                 wake=self._wake_event,
