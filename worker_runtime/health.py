@@ -5,9 +5,12 @@ worker's control thread (the one that also renews leases), not on the event loop
 handlers, so a handler that blocks its loop cannot make the probes hang; instead ``/healthz``
 reports the stalled loop. Kubelet probes and Prometheus scrapes are its only clients.
 
-``/healthz`` is green only while the last successful Redis round trip and the last tick of the
-job loop are both recent (see :class:`HealthState`); ``/readyz`` is false while draining and
-until Redis has answered once.
+``/healthz`` is green only while the last successful Redis round trip (of either connection: the
+job loop's or the control thread's) and the last tick of the job loop are both recent (see
+:class:`HealthState`). ``/readyz`` says whether the worker can take jobs: the job loop's own
+broker calls (fetches) have been answered, and the last of them was; not while draining. The
+control thread's renewals do not count there: they travel on a connection of their own, and a
+worker whose fetches fail takes no job however well it renews.
 """
 
 from __future__ import annotations
@@ -47,12 +50,26 @@ class HealthState:
         self.started_at = clock()
         self.last_redis_ok: float | None = None
         self.last_loop_tick = self.started_at
+        # The job loop's fetch calls (readiness): answered at least once, and since when its
+        # calls have failed without one answered (None while the last one was answered).
+        self.fetch_answered = False
+        self.fetch_failing_since: float | None = None
         self.draining = False
         self.stopped = False
 
     def redis_ok(self) -> None:
         """Record a successful Redis round trip now."""
         self.last_redis_ok = self._clock()
+
+    def fetch_ok(self) -> None:
+        """Record that a call of the job loop's fetch lane was answered now."""
+        self.fetch_answered = True
+        self.fetch_failing_since = None
+
+    def fetch_failed(self) -> None:
+        """Record that a call of the job loop's fetch lane (or opening its broker) failed now."""
+        if self.fetch_failing_since is None:
+            self.fetch_failing_since = self._clock()
 
     def loop_tick(self) -> None:
         """Record that the job loop is alive now."""
@@ -79,13 +96,17 @@ class HealthState:
         )
 
     def ready(self) -> bool:
-        """Ready means: Redis answered at least once, not draining, and healthy.
+        """Ready means: the job loop's fetches were answered, the last one too, not draining,
+        and healthy.
 
         Liveness has a grace window before the first round trip; readiness has none, or a pod
-        with a wrong Redis URL would be counted available by a rollout.
+        with a wrong Redis URL would be counted available by a rollout. Only the job loop's own
+        calls count: the control thread's renewals succeeding say nothing of whether this
+        worker can fetch a job (its connection may be broken while theirs works).
         """
         return (
-            self.last_redis_ok is not None
+            self.fetch_answered
+            and self.fetch_failing_since is None
             and not self.draining
             and not self.stopped
             and self.build_report().healthy

@@ -156,10 +156,11 @@ def test_healthz_turns_red_when_redis_has_not_answered_for_the_staleness_window(
     clock.now += 0.2
     assert not state.build_report().healthy
     state.redis_ok()
+    state.fetch_ok()
     assert state.build_report().healthy and state.ready()
 
 
-def test_readyz_stays_red_until_the_first_redis_round_trip_while_healthz_has_its_grace() -> None:
+def test_readyz_stays_red_until_the_first_fetch_is_answered_while_healthz_has_its_grace() -> None:
     # A pod whose Redis URL is wrong must never turn Ready: a rollout would count it available
     # and retire the old pods. Liveness keeps its grace window (no restart before it ends).
     clock = FakeClock()
@@ -167,7 +168,8 @@ def test_readyz_stays_red_until_the_first_redis_round_trip_while_healthz_has_its
     clock.now += 1
     state.loop_tick()
     assert state.build_report().healthy and not state.ready()
-    state.redis_ok()
+    state.redis_ok()  # what the fetch lane records for an answered fetch
+    state.fetch_ok()
     assert state.ready()
 
 
@@ -175,6 +177,7 @@ def test_healthz_turns_red_when_the_job_loop_stalls_and_readyz_when_draining() -
     clock = FakeClock()
     state = health.HealthState(stale_after_seconds=9.0, clock=clock)
     state.redis_ok()
+    state.fetch_ok()
     clock.now += 10
     state.redis_ok()  # the control thread still reaches Redis ...
     report = state.build_report()
@@ -288,6 +291,7 @@ async def test_the_probe_server_answers_health_readiness_metrics_and_refuses_the
     clock = FakeClock()
     state = health.HealthState(stale_after_seconds=9.0, clock=clock)
     state.redis_ok()
+    state.fetch_ok()
     server = health.HealthServer(state, metrics.WorkerMetrics("q"), "127.0.0.1", 0)
     await server.start()
 

@@ -150,6 +150,7 @@ class Worker:
         red) stops retrying: it drains and :meth:`run` returns 1."""
         self.last_broker_error = transient.describe(exc)
         self._broker_failed = True
+        self.health.fetch_failed()  # not ready while the job loop cannot fetch
         if not self.burst or self.burst_failed is not None:
             return
         now = time.monotonic()
@@ -170,6 +171,7 @@ class Worker:
     def note_broker_ok(self) -> None:
         """A fetch-loop call was answered: an outage (if any) is over."""
         self._failing_since = None
+        self.health.fetch_ok()
         if self._broker_failed:
             self._broker_failed = False
             self._register_subscription_again()
