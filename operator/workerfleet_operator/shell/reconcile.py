@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from workerfleet_operator import api
 from workerfleet_operator import plan as plan_mod
-from workerfleet_operator.shell import context, drift, kube, report
+from workerfleet_operator.shell import context, drift, kube, report, scaler
 
 if TYPE_CHECKING:
     from workerfleet_operator.shell import pool as pool_mod
@@ -77,6 +77,10 @@ class AppliedState:
     drift_reference: drift.PackedJSON | None = None
     cleaned_generation: int | None = None
     next_full_apply: float = 0.0
+    # The autoscaling mode of the last reconcile that got to apply (None: none yet in this
+    # process), and whether pods may still carry the builtin autoscaler's deletion costs.
+    reconciled_mode: str | None = None
+    deletion_costs_pending: bool = False
 
 
 async def reconcile(controller: pool_mod.PoolController) -> None:
@@ -120,6 +124,7 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     controller.problem_logged = None
     assert isinstance(parsed, api.Pool)
     await _apply_children(controller, parsed, the_plan, foreign_deployment=foreign_deployment)
+    await _leave_builtin_mode(controller, parsed)
     controller.applied.reconcile_error = None
     if controller.applied.apply_problem is None:
         controller.applied.reconciled_generation = parsed.generation
@@ -228,6 +233,30 @@ async def _apply_children(
                 return
             _schedule_resync(controller)
     await _delete_obsolete(controller, pool, the_plan.obsolete)
+
+
+async def _leave_builtin_mode(controller: pool_mod.PoolController, pool: api.Pool) -> None:
+    """A pool that left ``builtin`` mode loses the deletion costs its autoscaler put on pods.
+
+    Left when this process reconciled it in ``builtin`` mode last, or (after a restart) when
+    the stored status still names ``builtin``; a removal that raised is tried again at the
+    next reconcile. A pool that stays in one mode lists no pods.
+    """
+    applied = controller.applied
+    mode = pool.spec.autoscaling.mode
+    before = applied.reconciled_mode
+    if before is None:
+        stored = api.parse_status((controller.body or {}).get("status"))
+        before = stored.autoscaling.mode if stored and stored.autoscaling else None
+    applied.reconciled_mode = mode
+    if mode == "builtin":
+        applied.deletion_costs_pending = False
+        return
+    if before == "builtin":
+        applied.deletion_costs_pending = True
+    if applied.deletion_costs_pending:
+        await scaler.remove_deletion_costs(controller)
+        applied.deletion_costs_pending = False
 
 
 def _schedule_resync(controller: pool_mod.PoolController) -> None:

@@ -9,7 +9,9 @@ reconciles. The decision is ``autoscaling.decide`` (pure); this module does the 
 - Replicas are written by the autoscaler's own field manager, and only after checking that no
   live autoscaler (an HPA, a ScaledObject) drives them: another owner is reported
   (``ReplicasOwnedElsewhere``), not fought.
-- Pods are ranked for a scale-down by their heartbeats (the pod-deletion-cost annotation).
+- Pods are ranked for a scale-down by their heartbeats (the pod-deletion-cost annotation);
+  the reconcile takes the annotations off again when the pool leaves ``builtin`` mode
+  (:func:`remove_deletion_costs`).
 - An unchanged poll costs no plan and no write: only the metrics.
 - A pool serving an event subscription (``spec.queue.subscription``) has it registered in the
   broker before its queue is read, on its first poll and again every
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from workerfleet_operator import autoscaling
+from workerfleet_operator import autoscaling, manifests
 from workerfleet_operator import plan as plan_mod
 from workerfleet_operator.shell import drift, kube, queue, report
 
@@ -347,6 +349,40 @@ async def _mark_deletion_costs(
     }
     await kube.apply_pod_deletion_costs(client, controller.namespace, costs, current)
     return {pod: str(cost) for pod, cost in costs.items()}
+
+
+async def remove_deletion_costs(controller: pool_mod.PoolController) -> int:
+    """Take the pod-deletion-cost annotations off the pool's pods; return how many pods had one.
+
+    Called by the reconcile when the pool leaves ``builtin`` mode: the costs ranked the pods
+    for the builtin autoscaler's scale-ins, and left behind they keep steering the ReplicaSet
+    controller's choice in every scale-in KEDA, an HPA or a fixed count makes afterwards, by
+    what the pods were doing back then. Idempotent: a pod without one is not written.
+    """
+    client = controller.ctx.kube_client()
+    pods = await kube.fetch_objects(
+        client,
+        kube.build_ref("Pod", controller.namespace),
+        label_selector=manifests.build_selector(controller.name),
+    )
+    current = {
+        p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
+            kube.DELETION_COST_ANNOTATION
+        )
+        for p in pods
+    }
+    marked = {pod: value for pod, value in current.items() if value is not None}
+    if marked:
+        await kube.apply_pod_deletion_costs(
+            client, controller.namespace, dict.fromkeys(marked), marked
+        )
+        logger.info(
+            "%s/%s: pod-deletion-cost removed from %d pods (the pool left builtin mode)",
+            controller.namespace,
+            controller.name,
+            len(marked),
+        )
+    return len(marked)
 
 
 def _export(

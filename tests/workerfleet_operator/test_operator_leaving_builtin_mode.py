@@ -1,0 +1,114 @@
+"""A pool leaving builtin mode takes the autoscaler's pod-deletion-cost annotations off its
+pods, once, whether the operator watched the switch or started after it (API emulator)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.workerfleet_operator.conftest import NAMESPACE, OperatorRunner, QueueRedis, wait_until
+from tests.workerfleet_operator.emulator import Emulator
+from tests.workerfleet_operator.test_operator_autoscaling import (
+    COST,
+    _drain,
+    given_four_pods_one_busy,
+    replicas,
+)
+
+GROUP = "workerfleet.io"
+
+OTHER_MODES = {
+    "disabled": {"spec": {"autoscaling": {"mode": "disabled", "replicas": 3}}},
+    "keda": {
+        "spec": {
+            "autoscaling": {"mode": "keda"},
+            "queue": {"redis": {"keda": {"addressKey": "address"}}},
+        }
+    },
+}
+
+
+def costs(emu: Emulator) -> dict[str, str]:
+    return {
+        p["metadata"]["name"]: p["metadata"]["annotations"][COST]
+        for p in emu.list("pods", NAMESPACE, labels="workerfleet.io/pool=emails")
+        if COST in (p["metadata"].get("annotations") or {})
+    }
+
+
+def pod_requests(emu: Emulator) -> int:
+    """Pod lists and writes so far (the removal's requests)."""
+    return sum(
+        1
+        for m, p, _ in list(emu.request_log)
+        if (m == "PATCH" and "/pods/" in p) or (m == "GET" and p.endswith("/pods"))
+    )
+
+
+def observed_generation(emu: Emulator) -> tuple[int, int]:
+    body = emu.get("workerpools", NAMESPACE, "emails", group=GROUP) or {}
+    status = body.get("status") or {}
+    return int(body["metadata"]["generation"]), int(status.get("observedGeneration") or 0)
+
+
+def given_a_scale_in_that_ranked_the_pods(emu: Emulator, server: QueueRedis) -> None:
+    """Pool ``emails`` in builtin mode scaled in from 4, its 4 pods carrying deletion costs."""
+    given_four_pods_one_busy(emu, server)
+    assert _drain(server, "emails") == 400
+    wait_until(lambda: (replicas(emu, "emails") or 4) < 4, timeout=10, message="no scale-in")
+    assert len(costs(emu)) == 4
+
+
+def switch_mode(emu: Emulator, mode: str) -> None:
+    emu.patch("workerpools", NAMESPACE, "emails", OTHER_MODES[mode], group=GROUP)
+
+
+@pytest.mark.parametrize("mode", sorted(OTHER_MODES))
+def test_switching_out_of_builtin_mode_removes_the_deletion_costs_once(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    mode: str,
+) -> None:
+    # Given a builtin pool whose autoscaler ranked its pods for a scale-in
+    operator()
+    given_a_scale_in_that_ranked_the_pods(emulator, queue_redis)
+    # When the pool switches to another mode
+    switch_mode(emulator, mode)
+    # Then no pod keeps a deletion cost to steer the next owner's scale-ins
+    wait_until(lambda: costs(emulator) == {}, timeout=10, message="deletion costs left on pods")
+    # And the removal is done once: a later reconcile (a new spec) neither lists nor writes pods
+    done = pod_requests(emulator)
+    emulator.patch("workerpools", NAMESPACE, "emails", {"spec": {"concurrency": 5}}, group=GROUP)
+    wait_until(
+        lambda: (g := observed_generation(emulator))[0] == g[1] and g[0] > 2,
+        timeout=10,
+        message="the new spec was not reconciled",
+    )
+    assert pod_requests(emulator) == done
+
+
+def test_an_operator_started_after_the_switch_removes_the_deletion_costs(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+) -> None:
+    # Given a builtin pool whose autoscaler ranked its pods, and an operator that stops
+    first = operator()
+    given_a_scale_in_that_ranked_the_pods(emulator, queue_redis)
+    first.stop()
+    # When the pool switches to disabled mode while no operator runs, and one starts
+    switch_mode(emulator, "disabled")
+    operator()
+    # Then it finds the costs from the status that still names builtin mode, and removes them
+    wait_until(lambda: costs(emulator) == {}, timeout=10, message="deletion costs left on pods")
+    wait_until(
+        lambda: (
+            (emulator.get("deployments", NAMESPACE, "emails", group="apps") or {})["spec"][
+                "replicas"
+            ]
+            == 3
+        ),
+        message="the fixed count was not applied",
+    )
