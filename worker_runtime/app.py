@@ -95,7 +95,8 @@ class RetryLater(Exception):
 
     The attempt counts toward ``max_attempts`` so a job that always asks for later still ends in
     the DLQ. Without a delay the task's backoff decides; a delay above the backoff's
-    ``max_seconds`` waits ``max_seconds``. A non-finite delay is refused with ``ValueError``.
+    ``max_seconds`` waits ``max_seconds``. A non-finite delay, or a ``retry_after`` that is a
+    naive ``datetime`` (no time zone), is refused with ``ValueError``.
     """
 
     def __init__(
@@ -104,9 +105,13 @@ class RetryLater(Exception):
         *,
         retry_after: str | float | datetime.timedelta | datetime.datetime | None = None,
     ) -> None:
-        if delay is None and retry_after is not None:
-            # a header's text, or seconds, a timedelta or an aware datetime: any form a
-            # client library hands out (an int used to raise AttributeError in the handler)
+        if delay is None and isinstance(retry_after, datetime.datetime):
+            # when to retry: an aware datetime; a naive one is refused as enqueue's eta is (it
+            # was ignored, and the backoff decided without a word)
+            delay = expiry.epoch_seconds_of(retry_after, "retry_after") - time.time()
+        elif delay is None and retry_after is not None:
+            # a header's text, or seconds or a timedelta: any form a client library hands
+            # out (an int used to raise AttributeError in the handler)
             delay = backoff.seconds_of_retry_hint(retry_after)
         if delay is not None and not math.isfinite(delay):
             raise ValueError(f"RetryLater needs a finite delay in seconds, not {delay!r}")

@@ -13,6 +13,10 @@ Where the check runs is a property of the queue engine (:class:`Enforcement`): t
 has no per-entry expiry, so it declares ``WORKER_AT_START``. An engine whose broker expires
 messages itself (RabbitMQ's per-message ``expiration``) would declare ``BROKER_NATIVE``; the
 worker's check stays on as the backstop for jobs the broker has already handed out.
+
+Every point in time a caller hands the runtime as a ``datetime`` (enqueue's ``eta`` and
+``expires_at``, ``RetryLater(retry_after=...)``) is read by :func:`epoch_seconds_of`, the one
+rule for them: an aware datetime is that instant, and a naive one is refused.
 """
 
 from __future__ import annotations
@@ -33,6 +37,26 @@ class Enforcement(StrEnum):
     BROKER_NATIVE = "broker_native"
 
 
+def epoch_seconds_of(when: datetime | float, name: str) -> float:
+    """Epoch seconds of ``when``: an aware ``datetime`` or epoch seconds already.
+
+    A naive ``datetime`` (no ``tzinfo``) names no instant: ``.timestamp()`` reads it in the
+    local zone of whichever process holds it, so the same ``eta`` meant different times on a
+    laptop and in a UTC pod, while other places read it as UTC or ignored it. It is refused
+    with ``ValueError`` naming the argument, instead of guessed.
+    """
+    if isinstance(when, datetime):
+        if when.utcoffset() is None:  # no tzinfo, or one that gives no offset: naive
+            msg = (
+                f"{name} is a naive datetime ({when.isoformat()}), whose time zone is unknown: "
+                f"give an aware one (datetime.now(UTC) + timedelta(...), or "
+                f".replace(tzinfo=UTC) for a UTC time) or epoch seconds"
+            )
+            raise ValueError(msg)
+        return when.timestamp()
+    return float(when)
+
+
 def expires_at_for(
     ttl: float | None, expires_at: datetime | float | None, now: float
 ) -> float | None:
@@ -45,7 +69,7 @@ def expires_at_for(
         return now + float(ttl)
     if expires_at is None:
         return None
-    deadline = expires_at.timestamp() if isinstance(expires_at, datetime) else float(expires_at)
+    deadline = epoch_seconds_of(expires_at, "expires_at")
     if not math.isfinite(deadline):  # NaN compared false with everything: a job never expired
         raise ValueError("expires_at must be a finite time")
     return deadline

@@ -101,7 +101,8 @@ MAX_WAIT_SECONDS = envelope.MAX_WAIT_SECONDS
 
 
 def delay_seconds_for(delay: float | None, eta: datetime | float | None, now: float) -> float:
-    """Seconds from ``now`` until the job is due (``delay`` and ``eta`` are exclusive)."""
+    """Seconds from ``now`` until the job is due (``delay`` and ``eta`` are exclusive; an
+    ``eta`` that is a naive datetime is refused: :func:`expiry.epoch_seconds_of`)."""
     if delay is not None and eta is not None:
         raise ValueError("give either delay or eta, not both")
     if delay is not None:
@@ -113,7 +114,7 @@ def delay_seconds_for(delay: float | None, eta: datetime | float | None, now: fl
         return float(delay)
     if eta is None:
         return 0.0
-    when = eta.timestamp() if isinstance(eta, datetime) else float(eta)
+    when = expiry.epoch_seconds_of(eta, "eta")
     if not math.isfinite(when):
         raise ValueError("eta must be a finite time")
     if when - now > MAX_WAIT_SECONDS:
