@@ -13,6 +13,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
+from worker_runtime import health
 from worker_runtime.worker import core, fetching
 
 
@@ -34,6 +35,7 @@ async def test_an_answered_adoption_ends_the_outage_a_failed_fetch_began() -> No
         _register_subscription_again=lambda: registered_again.append(True),
         last_broker_error="",
         settings=types.SimpleNamespace(lease_seconds=30.0),
+        health=health.HealthState(stale_after_seconds=30.0),
         q=StandInQueue(),
         worker_id="w1",
         held={},
@@ -49,5 +51,6 @@ async def test_an_answered_adoption_ends_the_outage_a_failed_fetch_began() -> No
     assert await loop.adopt_orphans() is True
     # Then the outage is over: a later failure starts a new clock instead of ending the burst
     assert w._failing_since is None
+    assert w.health.fetch_failing_since is None  # and /readyz counts the job loop answered
     assert loop.unsure is False
     assert registered_again == [True]
