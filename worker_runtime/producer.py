@@ -169,7 +169,9 @@ def build_request(spec: JobSpec, *, now: float | None = None) -> queue.EnqueueRe
     return queue.EnqueueRequest(
         envelope=env,
         delay_seconds=delay,
-        idempotency_ttl_seconds=spec.idempotency_ttl,
+        # The key's window counts from when the job is due, not from this call: counted from
+        # now, a job delayed longer than its window could be enqueued again while it waits.
+        idempotency_ttl_seconds=spec.idempotency_ttl + delay,
         encoded=encoded,
     )
 

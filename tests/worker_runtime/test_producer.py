@@ -213,3 +213,19 @@ def test_the_blocking_producer_works_on_redis_and_on_the_cluster(
         assert stats.fetch_queue_stats_sync(client, queue_name).backlog == 4
     single.close()
     cluster.close()
+
+
+async def test_a_job_delayed_past_its_idempotency_window_is_not_enqueued_again_while_it_waits(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a job with an idempotency key, a 1 s window and a 4 s delay
+    p = producer.Producer(engine_client, queue_name)
+    first = await p.enqueue("send", {}, idempotency_key="order-9", idempotency_ttl=1.0, delay=4.0)
+    # When the same key is enqueued again after the window's length, the first still waiting
+    await asyncio.sleep(1.3)
+    again = await p.enqueue("send", {}, idempotency_key="order-9", idempotency_ttl=1.0)
+    # Then it resolves to the waiting job: the window counts from when that job is due
+    assert first.created
+    assert (again.created, again.job_id) == (False, first.job_id)
+    s = await stats.fetch_queue_stats(engine_client, queue_name)
+    assert (s.future_delayed, s.backlog) == (1, 0)
