@@ -396,7 +396,26 @@ def build_parser(*, only_worker: bool = False) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m worker_runtime``."""
+    """Entry point of ``python -m worker_runtime``; Ctrl-C ends it with one line and 130."""
+    return run_interruptible(lambda: _run(argv))
+
+
+def run_interruptible(run: Callable[[], int]) -> int:
+    """``run()``'s exit code, or one line and 130 when Ctrl-C interrupts it.
+
+    The entry points (this module's :func:`main`, the ``workerfleet`` console script's) run
+    everything in it: :func:`guard` answers Ctrl-C inside a handler, this also covers building
+    the parser and the modules a command imports before its handler takes Ctrl-C itself (an
+    interrupt there showed a traceback of the import machinery).
+    """
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print("workerfleet: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+
+
+def _run(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     # A worker's start builds the worker command's parser alone, not the ten others (cold
     # start): its arguments parse, and its help and errors read, the same either way.

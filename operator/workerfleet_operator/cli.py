@@ -22,14 +22,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+# Light (argparse and the standard library; worker_runtime resolves its names lazily): imported
+# before main() runs, so it must stay cheap.
+from worker_runtime import cli as runtime_cli
+
 SubParsers = Any  # argparse's _SubParsersAction is private; registrars only call add_parser().
 CommandGroup = Callable[[SubParsers], None]
 
 
 def _register_runtime_commands(subparsers: SubParsers) -> None:
     # `worker`, `queue stats`, `dlq ...`, `enqueue`: the runtime's own commands.
-    from worker_runtime import cli as runtime_cli
-
     runtime_cli.register_commands(subparsers)
 
 
@@ -49,7 +51,6 @@ def _register_operator_commands(subparsers: SubParsers) -> None:
 
 def _register_pools_commands(subparsers: SubParsers) -> None:
     # `pools`, and `--pool NAMESPACE/NAME` of the queue/dlq commands: the cluster's WorkerPools.
-    from worker_runtime import cli as runtime_cli
     from workerfleet_operator.shell import pools_cli
 
     pools_cli.register_commands(subparsers)
@@ -124,7 +125,13 @@ def build_parser(groups: list[CommandGroup] | None = None) -> argparse.ArgumentP
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line and return its exit code."""
+    """Run the command line and return its exit code; Ctrl-C ends it with one line and 130."""
+    # Building the parser imports every command group (pydantic, the Kubernetes client's
+    # settings), and a handler imports its own modules before it takes Ctrl-C itself.
+    return runtime_cli.run_interruptible(lambda: _run(argv))
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:
         # A shell asks for completions: argcomplete answers and exits (imported only then).
