@@ -149,6 +149,17 @@ the fetch then fails with an error naming the queue and what may be wrong with i
 Without this bound the fetch failed after about a minute as "no reply from RabbitMQ during
 consume", which names nothing."""
 
+COMMIT_TIMEOUT_SECONDS = PUBLISH_CONFIRM_TIMEOUT_SECONDS
+"""How long a settle's ``tx.commit`` may wait for RabbitMQ's answer: as long as a publish waits
+for its confirm (RabbitMQ answers a commit, like a confirm, once what it covers is stored). A
+node under a memory or disk alarm stops reading from a connection that publishes until the alarm
+clears, and a retry, dead-letter or release publishes its copy in the transaction: unbounded,
+its commit waited for the whole alarm, and so did every settle queued behind it and the drain
+that gives back the prefetched jobs. Past the bound the settle fails as ``BrokerUnavailable``
+(sent: the commit may still be applied once RabbitMQ reads it) and the connection is dropped:
+the client closed the channel on the timeout (aiormq does), so no delivery of it can be settled
+any more, and RabbitMQ hands them back once it reads that close."""
+
 BUFFERED_WAIT_LIMIT_SECONDS = 60.0
 """How long a prefetched delivery may wait in the worker's buffer, never handed out, before it
 goes back to its queue (a new copy at the tail, no delivery spent; :meth:`RabbitMQBroker.fetch`
@@ -1337,7 +1348,7 @@ class RabbitMQBroker:
                     await self._ack_together([entry.message for entry in batch])
                     committing = True
                     assert self._transaction is not None
-                    await self._transaction.commit()
+                    await self._commit(self._transaction, operation)
             except (errors.BrokerError, RuntimeError) as exc:
                 # Before its tx.commit a batch is applied by nothing: once the channel is gone
                 # RabbitMQ discards what it wrote in the transaction. Its settles were not sent
@@ -1355,6 +1366,23 @@ class RabbitMQBroker:
             for entry in batch:
                 if not entry.done.done():
                     entry.done.set_result(None)
+
+    async def _commit(self, transaction: aio_pika.abc.AbstractTransaction, operation: str) -> None:
+        """``tx.commit`` of the consuming channel, bounded by :data:`COMMIT_TIMEOUT_SECONDS`.
+        Without an answer in time the connection is dropped (see there) and the settle fails
+        as ``BrokerUnavailable`` that may have landed: the commit was sent."""
+        generation = self._generation
+        try:
+            await transaction.commit(timeout=COMMIT_TIMEOUT_SECONDS)
+        except TimeoutError as exc:
+            if generation == self._generation:
+                await self._drop_connection()
+            raise errors.BrokerUnavailable(
+                f"RabbitMQ did not answer tx.commit of {operation} within "
+                f"{COMMIT_TIMEOUT_SECONDS:g} s (a memory or disk alarm blocking publishers?); "
+                "the settle may still be applied",
+                operation=operation,
+            ) from exc
 
     def _consuming_channel_gone(self, batch: list[_Settle]) -> bool:
         """Whether the consuming channel of ``batch``'s deliveries is closed (or this object
