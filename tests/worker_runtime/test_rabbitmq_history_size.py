@@ -11,6 +11,9 @@ handed out and what lands in the DLQ.
 
 from __future__ import annotations
 
+import importlib.resources
+import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +27,7 @@ from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
 
 pytestmark = pytest.mark.slow
 
-FAILURES = 22
+FAILURES = base.FAILURE_HISTORY_KEEP + 2
 """More than the history keeps (``HISTORY_KEEP``), each as large as ``build_failure`` keeps."""
 
 
@@ -84,3 +87,29 @@ async def test_a_job_failing_with_long_non_ascii_errors_is_retried_and_dead_lett
     attempts = [h.attempt for h in record.history]
     assert attempts == list(range(FAILURES - len(attempts) + 1, FAILURES + 1))
     assert len(attempts) > 1
+
+
+def redis_history_keep() -> int:
+    """The failures Redis' scripts keep in a job's history (``HISTORY_KEEP`` of the prelude)."""
+    prelude = (
+        importlib.resources.files("worker_runtime.brokers.redis")
+        .joinpath("lua", "_prelude.lua")
+        .read_text(encoding="utf-8")
+    )
+    found = re.search(r"^local HISTORY_KEEP = (\d+)$", prelude, re.MULTILINE)
+    assert found is not None, "the Redis prelude no longer sets HISTORY_KEEP"
+    return int(found.group(1))
+
+
+def test_a_job_keeps_as_many_failures_on_rabbitmq_as_on_redis() -> None:
+    # Given a job that failed 40 times with short errors (far below the frame's byte bound)
+    failures = [
+        {"error_type": "ValueError", "message": f"failure {n}", "traceback": "", "attempt": n}
+        for n in range(1, 41)
+    ]
+    # When its history is written into the copy's header
+    kept = json.loads(rabbitmq_broker.encode_history(failures))
+    # Then it keeps its newest failures, as many as Redis keeps: the count both share
+    keep = redis_history_keep()
+    assert [record["attempt"] for record in kept] == list(range(41 - keep, 41))
+    assert keep == base.FAILURE_HISTORY_KEEP

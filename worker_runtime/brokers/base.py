@@ -72,6 +72,10 @@ handle). Callers never parse it; they compare it and send it back."""
 TRACEBACK_KEEP = 4000
 """Characters of traceback kept per failure (the end, where the error is)."""
 
+FAILURE_HISTORY_KEEP = 25
+"""Failures a job's history keeps on the brokers that bound it by count: Redis (``HISTORY_KEEP``
+in redis/lua/_prelude.lua, the first and the newest) and RabbitMQ (the newest)."""
+
 
 # -- what goes in and comes out ---------------------------------------------------------------
 

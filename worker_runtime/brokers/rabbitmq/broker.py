@@ -77,10 +77,11 @@ from worker_runtime.brokers.rabbitmq import topology
 
 _log = logs.get_logger("brokers.rabbitmq")
 
-HISTORY_KEEP = 20
-"""Failures kept in a message's history header (the newest): an AMQP header frame must fit
-the connection's frame size (128 KiB by default), and each failure keeps up to 4 KB of
-traceback. :data:`HISTORY_FRAME_ROOM` bounds them by bytes too."""
+HISTORY_KEEP = base.FAILURE_HISTORY_KEEP
+"""Failures kept in a message's history header (the newest), as many as Redis keeps (it kept
+20, Redis 25, so a job's dead letter showed five failures fewer on RabbitMQ). An AMQP header
+frame must fit the connection's frame size (128 KiB by default), and each failure keeps up to
+4 KB of traceback: :data:`HISTORY_FRAME_ROOM` bounds them by bytes too."""
 
 DEFAULT_FRAME_MAX = 131_072
 """RabbitMQ's default ``frame_max``: the history's bound when the connection's is unknown."""
