@@ -136,11 +136,14 @@ WORKERPOOL = Resource(
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str) -> None:
+    def __init__(
+        self, code: int, reason: str, message: str, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
 
 
 def _now() -> str:
@@ -332,6 +335,7 @@ class _Failure:
     code: int
     remaining: int
     message: str = "injected failure"
+    retry_after: int | None = None
 
 
 @dataclasses.dataclass
@@ -537,12 +541,15 @@ class Emulator:
         code: int,
         count: int = 1,
         message: str = "injected failure",
+        retry_after: int | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with ``code`` (409, 422, 500, ...) and
-        ``message`` (an admission webhook's denial is a 403 that says so)."""
+        """Answer the next ``count`` matching requests with ``code`` (409, 422, 429, 500, ...)
+        and ``message`` (an admission webhook's denial is a 403 that says so); ``retry_after``
+        seconds go in a ``Retry-After`` header and the Status' details, as the API server's
+        throttling (API Priority and Fairness) sends them."""
         with self._lock:
             self._failures.append(
-                _Failure(method.upper(), re.compile(path_regex), code, count, message)
+                _Failure(method.upper(), re.compile(path_regex), code, count, message, retry_after)
             )
 
     def delay_response(self, method: str, path_regex: str, seconds: float, count: int = 1) -> None:
@@ -905,10 +912,11 @@ class Emulator:
             if injected is not None:
                 raise ApiError(
                     injected.code,
-                    {403: "Forbidden", 409: "Conflict", 422: "Invalid"}.get(
+                    {403: "Forbidden", 409: "Conflict", 422: "Invalid", 429: "TooManyRequests"}.get(
                         injected.code, "InternalError"
                     ),
                     injected.message,
+                    injected.retry_after,
                 )
             parts = [p for p in path.split("/") if p]
             discovery = self._discovery(parts)
@@ -938,8 +946,14 @@ class Emulator:
                     "message": exc.message,
                     "reason": exc.reason,
                     "code": exc.code,
+                    **(
+                        {"details": {"retryAfterSeconds": exc.retry_after}}
+                        if exc.retry_after is not None
+                        else {}
+                    ),
                 },
                 status=exc.code,
+                headers=None if exc.retry_after is None else {"Retry-After": str(exc.retry_after)},
             )
 
     async def _dispatch(

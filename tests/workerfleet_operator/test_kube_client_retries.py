@@ -141,16 +141,54 @@ async def test_a_throttled_or_failing_answer_is_retried_until_the_request_goes_t
     assert all(0.0 <= s <= kube.RetryPolicy().max_seconds for s in slept)
 
 
-async def test_retry_after_is_honoured_and_capped(server: ScriptedServer) -> None:
+async def test_a_short_retry_after_is_waited_inside_the_request(server: ScriptedServer) -> None:
+    # Given an API server that throttles one read, asking for 3 s
     server.script = [status(429, "TooManyRequests", **{"Retry-After": "3"})]
-    server.script.append(status(429, "TooManyRequests", **{"Retry-After": "3600"}))
     slept: list[float] = []
-    client = client_for(server, slept)
+    told: list[tuple[float, bool]] = []
+    client = client_for(server, slept, on_retry_after=lambda s, slept: told.append((s, slept)))
     try:
-        await read(client)
+        # When the read is sent
+        answer = await read(client)
     finally:
         await client.close()
-    assert slept == [3.0, kube.RetryPolicy().max_seconds]
+    # Then the client waited the 3 s the server asked for (fake clock) and got the answer
+    assert answer == OK[1] and slept == [3.0]
+    assert told == [(3.0, True)]
+
+
+@pytest.mark.parametrize(
+    ("header", "honoured"),
+    [
+        pytest.param("30", 30.0, id="thirty_seconds_in_full"),
+        pytest.param("3600", 60.0, id="an_hour_bounded_at_a_minute"),
+    ],
+)
+async def test_a_long_retry_after_is_honoured_by_the_caller_not_slept_inside_the_request(
+    server: ScriptedServer, caplog: pytest.LogCaptureFixture, header: str, honoured: float
+) -> None:
+    # Given an API server that throttles a write, asking for longer than a request waits (8 s)
+    server.script = [status(429, "TooManyRequests", **{"Retry-After": header})]
+    slept: list[float] = []
+    told: list[tuple[float, bool]] = []
+    client = client_for(server, slept, on_retry_after=lambda s, slept: told.append((s, slept)))
+    try:
+        # When the write is sent
+        with (
+            caplog.at_level("INFO", logger="workerfleet.operator.kube"),
+            pytest.raises(kube.ApiError) as caught,
+        ):
+            await apply(client)
+    finally:
+        await client.close()
+    # Then nothing was slept inside it: the error goes back at once, sent once, carrying the
+    # wait the caller honours (the server's, up to the 60 s bound: once capped at 8 s, a
+    # server asking for 30 s was asked again after 8)
+    assert slept == [] and len(server.seen) == 1
+    assert caught.value.status == 429 and caught.value.retry_after == honoured
+    # And the wait is visible: a log line and the metric's hook
+    assert told == [(honoured, False)]
+    assert any(f"wait {honoured:.1f}s" in r.getMessage() for r in caplog.records)
 
 
 async def test_backoff_is_jittered_and_grows(server: ScriptedServer) -> None:

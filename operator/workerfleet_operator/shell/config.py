@@ -97,7 +97,10 @@ class OperatorConfig(BaseSettings):
         description="tries of one API request answered 429/5xx or timing out, before it fails",
     )
     api_retry_max_seconds: float = Field(
-        default=8.0, gt=0, description="longest wait between two tries (Retry-After is capped)"
+        default=8.0, gt=0, description="longest wait inside a request (the pool waits longer ones)"
+    )
+    api_retry_after_max_seconds: float = Field(
+        default=60.0, gt=0, description="longest Retry-After of the API server honoured"
     )
     leader_election: bool = Field(
         default=False,

@@ -266,6 +266,7 @@ class OperatorContext:
             retry = kube.RetryPolicy(
                 attempts=self.config.api_retry_attempts,
                 max_seconds=self.config.api_retry_max_seconds,
+                retry_after_max_seconds=self.config.api_retry_after_max_seconds,
             )
             self.client = kube.KubeClient(
                 self.credentials,
@@ -273,6 +274,7 @@ class OperatorContext:
                 retry=retry,
                 fence=self.fence,
                 max_in_flight=self.config.api_max_in_flight,
+                on_retry_after=self.metrics.observe_retry_after,
             )
         return self.client
 

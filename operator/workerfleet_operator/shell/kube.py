@@ -73,7 +73,12 @@ KINDS: dict[str, tuple[str, str]] = {
 
 
 class ApiError(Exception):
-    """A non-2xx answer of the API server, with its HTTP status and Status reason."""
+    """A non-2xx answer of the API server, with its HTTP status and Status reason.
+
+    ``retry_after``: the seconds the server asked to wait before the next try (its
+    ``Retry-After``); once :class:`KubeClient` gives the request back unsent, the wait the
+    caller should honour, bounded by ``RetryPolicy.retry_after_max_seconds``.
+    """
 
     def __init__(
         self, status: int, reason: str, message: str, *, retry_after: float | None = None
@@ -177,25 +182,37 @@ class RetryPolicy:
     """How :class:`KubeClient` retries one request before its caller sees the error.
 
     Retried: 429 (API Priority and Fairness or a webhook said "later"), 500/502/503/504, a
-    timeout or a broken connection. A ``Retry-After`` header is honoured (capped at
-    ``max_seconds``); otherwise full-jitter exponential backoff. Bounded three ways: ``attempts``
-    tries, ``max_seconds`` per wait, ``budget_seconds`` of waiting in all. A POST (a new Event)
-    is retried only on 429, which the API server answers before doing anything; a 5xx or a
-    timeout may come after it was stored. 409 is not retried here: the caller must read again
-    and decide again (the pool loop does). 401 loads the credentials again, once.
+    timeout or a broken connection. A ``Retry-After`` is honoured, as client-go does, up to
+    ``retry_after_max_seconds`` (a bound against a wrong header: an hour would park a pool);
+    otherwise full-jitter exponential backoff. A request waits inside itself at most
+    ``max_seconds`` per wait and ``budget_seconds`` in all, over at most ``attempts`` tries: its
+    caller may hold a shared slot meanwhile (a reconcile holds one of
+    ``max_concurrent_reconciles``). A longer wait the server asks for is not slept there: the
+    request gives its :class:`ApiError` back at once, ``retry_after`` set to the wait to honour,
+    and the caller waits it out holding nothing (the pool's loop schedules its next reconcile
+    or poll then; ``shell.pool``). A POST (a new Event) is retried only on 429, which the API
+    server answers before doing anything; a 5xx or a timeout may come after it was stored. 409
+    is not retried here: the caller must read again and decide again (the pool loop does). 401
+    loads the credentials again, once.
     """
 
     attempts: int = 5
     base_seconds: float = 0.25
     max_seconds: float = 8.0
     budget_seconds: float = 20.0
+    retry_after_max_seconds: float = 60.0
 
     def delay_for(self, retry: int, retry_after: float | None, rng: random.Random) -> float:
-        """The wait before retry number ``retry`` (1 = the first retry)."""
+        """The wait before retry number ``retry`` (1 = the first retry): the server's
+        Retry-After (bounded), else our own backoff, at most ``max_seconds``."""
         if retry_after is not None:
-            return min(self.max_seconds, max(0.0, retry_after))
+            return self.bound_retry_after(retry_after)
         ceiling = min(self.max_seconds, self.base_seconds * 2 ** (retry - 1))
         return rng.uniform(0.0, ceiling)
+
+    def bound_retry_after(self, retry_after: float) -> float:
+        """The wait honoured for a ``Retry-After`` of ``retry_after`` seconds."""
+        return min(self.retry_after_max_seconds, max(0.0, retry_after))
 
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -245,6 +262,7 @@ class KubeClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         max_in_flight: int = 32,
+        on_retry_after: Callable[[float, bool], None] | None = None,
     ) -> None:
         if isinstance(credentials, kopf.ConnectionInfo):
             credentials = credentials_module.Credentials.fixed(credentials)
@@ -261,6 +279,9 @@ class KubeClient:
         self._fence = fence
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
+        # Told of every Retry-After honoured: its wait, and whether the request slept it
+        # (False: handed to the caller). The operator counts them in a metric.
+        self._on_retry_after = on_retry_after
         self.request_count = 0
         self.retry_count = 0
         self._max_in_flight = max_in_flight
@@ -359,6 +380,9 @@ class KubeClient:
                     finally:
                         self.in_flight -= 1
             except ApiError as exc:
+                if exc.retry_after is not None:
+                    # What the caller may honour too, whichever way this ends: bounded here.
+                    exc.retry_after = policy.bound_retry_after(exc.retry_after)
                 if exc.status == 401 and not relogged:
                     # The token was replaced or revoked: load the login again and resend once.
                     relogged = True
@@ -378,14 +402,36 @@ class KubeClient:
                 failure = exc
             retry += 1
             delay = policy.delay_for(retry, retry_after, self._rng)
-            if retry >= policy.attempts or waited + delay > policy.budget_seconds:
+            asked = retry_after is not None
+            spent = retry >= policy.attempts or waited + delay > policy.budget_seconds
+            if asked and (spent or delay > policy.max_seconds):
+                # Too long to wait inside the request (its caller may hold a reconcile slot),
+                # or its tries are spent: the caller waits it out (``ApiError.retry_after``),
+                # holding nothing.
+                self._tell_retry_after(method, path, failure, delay, slept=False)
+                raise failure
+            if spent:
                 raise failure
             waited += delay
             self.retry_count += 1
-            logger.debug(
-                "%s %s failed (%s); retry %d in %.2fs", method, path, failure, retry, delay
-            )
+            if asked:
+                self._tell_retry_after(method, path, failure, delay, slept=True)
+            else:
+                logger.debug(
+                    "%s %s failed (%s); retry %d in %.2fs", method, path, failure, retry, delay
+                )
             await self._sleep(delay)
+
+    def _tell_retry_after(
+        self, method: str, path: str, failure: Exception, wait: float, *, slept: bool
+    ) -> None:
+        """Make a wait the server asked for visible: a log line, and the metric's hook."""
+        then = "retrying then" if slept else "its caller retries then"
+        logger.info(
+            "%s %s: the API server asks to wait %.1fs (%s); %s", method, path, wait, failure, then
+        )
+        if self._on_retry_after is not None:
+            self._on_retry_after(wait, slept)
 
     async def _send(
         self,

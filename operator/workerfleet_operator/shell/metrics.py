@@ -158,6 +158,14 @@ class OperatorMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
+        self.api_retry_after = Histogram(
+            "workerfleet_operator_api_retry_after_seconds",
+            "Waits the API server asked for (Retry-After, as honoured), by where they are "
+            "waited: inside the request, or by the pool's loop (longer ones).",
+            ["waited_in"],
+            buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0),
+            registry=self.registry,
+        )
 
     def bind_pool(self, labels: Sequence[str], *, broker: str = "redis") -> PoolSeries:
         """One pool's series (namespace, pool, queue), exported from now until forgotten.
@@ -175,6 +183,11 @@ class OperatorMetrics:
         errors = self.reconcile_errors.labels(namespace, pool)  # exported from 0, not at the first
         if result == "error":
             errors.inc()
+
+    def observe_retry_after(self, seconds: float, slept: bool) -> None:
+        """Count one Retry-After honoured (``KubeClient``'s hook): ``slept`` inside the request,
+        else handed to the pool's loop."""
+        self.api_retry_after.labels("request" if slept else "pool").observe(seconds)
 
     def forget_pool(self, labels: Sequence[str], series: PoolSeries | None = None) -> None:
         """Drop every per-pool series of a deleted pool (or of its old labels: a renamed queue).

@@ -256,6 +256,8 @@ class PoolController:
     dirty: bool = True
     failures: int = 0
     next_reconcile: float = 0.0
+    # What the API server asked the last failed reconcile to wait (Retry-After), 0 if nothing.
+    server_wait: float = 0.0
     # When (ctx.clock) the status was last written: telemetry-only changes wait for the refresh.
     status_written_at: float = -math.inf
     next_poll: float = 0.0
@@ -458,7 +460,9 @@ class PoolController:
                     delay = min(
                         cfg.retry_max_seconds, cfg.retry_base_seconds * 2 ** (self.failures - 1)
                     )
-                    self.next_reconcile = self.ctx.clock() + delay
+                    # A longer wait the API server asked for is waited here, outside the
+                    # reconcile slot: the other pools' reconciles go on meanwhile.
+                    self.next_reconcile = self.ctx.clock() + max(delay, self.server_wait)
             now = self.ctx.clock()
             if self.is_poll_due(now):
                 policy = self.scaling_policy()
@@ -474,6 +478,9 @@ class PoolController:
                         self.name,
                         queue.redact(str(exc), self.secret),
                     )
+                    wait = _find_server_wait(exc)
+                    if wait > 0:
+                        self.next_poll = max(self.next_poll, self.ctx.clock() + wait)
             if self.scaling.status_deferred:
                 # The poll did not get to write what the reconcile left it (it failed, or
                 # its Secret went away): the reconcile runs again now and writes it itself.
@@ -499,6 +506,7 @@ class PoolController:
     async def reconcile_once(self) -> bool:
         started = time.perf_counter()
         result = "success"
+        self.server_wait = 0.0
         try:
             await self._reconcile_through_conflicts()
             if self.spec_problem is not None:
@@ -530,6 +538,14 @@ class PoolController:
                     self.name,
                     type(exc).__name__,
                     text,
+                )
+            self.server_wait = _find_server_wait(exc)
+            if self.server_wait > 0:
+                logger.info(
+                    "reconcile of %s/%s waits %.1fs before its next try, as the API server asked",
+                    self.namespace,
+                    self.name,
+                    self.server_wait,
                 )
             # Kept until a reconcile gets through: the polls in between plan it too, so
             # Degraded stays ReconcileFailed (one Warning, not one per poll).
@@ -722,6 +738,14 @@ class PoolController:
             self.series_labels = labels
             self.series_broker = broker
         return self.series
+
+
+def _find_server_wait(exc: BaseException) -> float:
+    """The wait the API server asked for with the request that failed (Retry-After, bounded
+    by the client), 0 when it asked for none."""
+    if isinstance(exc, kube.ApiError) and exc.retry_after is not None:
+        return exc.retry_after
+    return 0.0
 
 
 def _build_policy(parsed: api.Pool | api.InvalidPool) -> autoscaling.ScalingPolicy | None:
