@@ -33,6 +33,7 @@ import json
 import os
 import pathlib
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -132,6 +133,7 @@ class LoadCounts:
     poison: int = 0
     flaky: int = 0
     errors: int = 0
+    last_error: str | None = None  # of the last failed batch, kept after batches succeed again
 
 
 class LoadGenerator(threading.Thread):
@@ -141,7 +143,8 @@ class LoadGenerator(threading.Thread):
     demo's history. A batch the broker did not answer is counted in ``errors`` and retried with
     the same ids on the next tick (so a job it did take is not sent as a second job); the jobs
     the lost reply had stored come back ``created=False`` and are kept too: every id is new, so
-    the broker can only hold them from that earlier send.
+    the broker can only hold them from that earlier send. ``failure`` is the error of the last
+    batch while batches fail (None once one is taken), for :class:`LoadFailureWatch`.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class LoadGenerator(threading.Thread):
         self.plan = tuple(plan)
         self.counts = LoadCounts()
         self.enqueued_ids: list[str] = []
+        self.failure: str | None = None
         self.stop_event = threading.Event()
         self.broker_url = redis_url  # any scheme open_broker serves
         self.queue = queue
@@ -192,11 +196,80 @@ class LoadGenerator(threading.Thread):
                     self.enqueued_ids.extend(r.job_id for r in results)
                     self.counts.enqueued += len(results)
                     waiting = []
-                except Exception:  # counted; the demo's summary shows it
+                    self.failure = None
+                except Exception as exc:  # counted and said (LoadFailureWatch, the summary)
                     self.counts.errors += 1
+                    self.failure = self.counts.last_error = str(exc) or type(exc).__name__
             if elapsed >= end and not waiting:
                 break
             self.stop_event.wait(TICK_SECONDS)
+
+
+REFUSED_WRITES = {
+    "MISCONF": "it cannot write its data to disk (a full disk?)",
+    "OOM": "it is out of memory (maxmemory reached, nothing to evict)",
+    "NOREPLICAS": "fewer replicas than its min-replicas-to-write are in sync",
+    "READONLY": "it is a read-only replica",
+}
+"""Redis' error codes for a write it refuses while it still answers reads, and what each means."""
+
+LOAD_FAILURE_REPEAT_SECONDS = 10.0
+"""How often the demo says again that the load's enqueues still fail."""
+
+
+def describe_load_failure(error: str, data_dir: pathlib.Path, free_bytes: int | None) -> str:
+    """The line saying why the broker takes none of the load's jobs, and what to check.
+
+    A Redis that refuses writes (a full disk, maxmemory) still answers the reads the view is made
+    of, so the demo's screen looked as if the load had paused. ``free_bytes``: the free space
+    where ``data_dir`` is (None when unknown), said for a disk error.
+    """
+    found = re.search(r"\b(" + "|".join(REFUSED_WRITES) + r")\b", error)
+    if found is None:
+        return f"workerfleet demo: the broker takes none of the load's jobs: {error}; retrying"
+    code = found[1]
+    where = ""
+    if code == "MISCONF":
+        free = "" if free_bytes is None else f", {free_bytes / 1e6:.0f} MB free"
+        where = f": its data directory is {data_dir}{free}"
+    return (
+        f"workerfleet demo: redis refuses writes: {REFUSED_WRITES[code]}{where} ({error}); "
+        "the load keeps retrying"
+    )
+
+
+class LoadFailureWatch:
+    """Says on stderr when the load's enqueues start failing and why, again every
+    :data:`LOAD_FAILURE_REPEAT_SECONDS` while they fail, and when the broker takes jobs again.
+
+    Fed by :func:`run_demo` at every poll with the load's last failure and the demo's clock.
+    """
+
+    def __init__(self, data_dir: pathlib.Path) -> None:
+        self.data_dir = data_dir
+        self._said: str | None = None
+        self._said_at = 0.0
+
+    def note(self, failure: str | None, at: float) -> None:
+        if failure is None:
+            if self._said is not None:
+                self._say("workerfleet demo: the broker takes the load's jobs again")
+            self._said = None
+            return
+        if failure == self._said and at - self._said_at < LOAD_FAILURE_REPEAT_SECONDS:
+            return
+        self._said, self._said_at = failure, at
+        self._say(describe_load_failure(failure, self.data_dir, self._fetch_free_bytes()))
+
+    def _fetch_free_bytes(self) -> int | None:
+        try:
+            return shutil.disk_usage(self.data_dir).free
+        except OSError:
+            return None
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
 
 class Prometheus:
@@ -386,6 +459,7 @@ class DemoResult:
     stopped_early: bool = False  # Ctrl-C or SIGTERM before the run's time was up
     workers_lost: int | None = 0  # heartbeats expired undrained; None: the broker keeps none
     load_errors: int = 0
+    load_failure: str | None = None  # the error of the last failed enqueue, if any failed
     poison_sent: int = 0
     flaky_sent: int = 0
     alerts: dict[str, float] = field(default_factory=dict)  # alert name -> first firing (s)
@@ -424,7 +498,14 @@ def describe_problems(result: DemoResult) -> list[str]:
         *([f"{result.unchecked} job(s) unchecked"] if result.unchecked else []),
         *([f"{result.workers_crashed} worker crash(es)"] if result.workers_crashed else []),
         *([f"{result.workers_killed} worker(s) killed"] if result.workers_killed else []),
-        *([f"{result.load_errors} failed enqueue(s)"] if result.load_errors else []),
+        *(
+            [
+                f"{result.load_errors} failed enqueue(s)"
+                + (f" (the last: {result.load_failure})" if result.load_failure else "")
+            ]
+            if result.load_errors
+            else []
+        ),
     ]
     return problems
 
@@ -638,8 +719,10 @@ def run_demo(
         load = LoadGenerator(server.broker_url, pool.queue, plan, options=options)
         load.start()
         last_alert_check = [0.0]
+        load_watch = LoadFailureWatch(server.data_dir)
 
         def record(snapshot: runner.Snapshot) -> None:
+            load_watch.note(load.failure, snapshot.at)
             s = snapshot.queue_stats
             if s is not None:
                 points.append(
@@ -682,6 +765,7 @@ def run_demo(
         )
         result.enqueued = outcome.enqueued
         result.load_errors = counts.errors
+        result.load_failure = counts.last_error
         result.poison_sent = counts.poison
         result.flaky_sent = counts.flaky
         result.completed = outcome.completed
