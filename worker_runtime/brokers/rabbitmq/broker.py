@@ -2315,7 +2315,14 @@ class RabbitMQBroker:
         with the node or the queue. The failed, retried and workers-lost totals are None:
         RabbitMQ counts no failed attempt (a retry is an ack and a publish like any other) and
         workerfleet keeps no heartbeats here, so no counter holds them, and a 0 would read as
-        "none happened" to the alerts."""
+        "none happened" to the alerts.
+
+        ``in_flight`` is the work queues' unacknowledged messages: the jobs workers run and
+        those their consumers prefetched and did not hand out yet (up to ``prefetch`` per
+        level and worker), which ``backlog`` (ready messages) leaves out. RabbitMQ keeps no
+        record of which deliveries a worker handed to a handler, so they cannot be counted
+        apart here; ``backlog + in_flight`` is every unfinished job once (docs/brokers.md,
+        "What in flight counts on RabbitMQ", says what it means for each reader)."""
         rows = await asyncio.to_thread(
             self._read_management,
             "queues/{}",
