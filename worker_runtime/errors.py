@@ -20,12 +20,14 @@ classes and never a client library's own: each broker maps its client's exceptio
     └── BrokerError                         a broker call failed
         ├── BrokerUnavailable               no reply: the call may or may not have been applied
         ├── BrokerRejected                  the broker answered with an error: not applied
+        ├── BrokerPartlyApplied             a batch call applied in part: ``applied``/``refused``
         └── CapabilityMissing               the broker cannot do this (see ``Capabilities``)
 
 The split of :class:`BrokerError` is the one fact a caller needs to recover correctly: after
 :class:`BrokerUnavailable` a non-idempotent call (a fetch) may have taken effect, so the worker
 recovers what it may have been handed (``Broker.recover``); after :class:`BrokerRejected` nothing
-happened and a plain retry is right.
+happened and a plain retry is right. After :class:`BrokerPartlyApplied` neither is: the broker
+applied the entries named in ``applied`` and not those in ``refused``, so only those go again.
 """
 
 from __future__ import annotations
@@ -131,6 +133,29 @@ class BrokerRejected(BrokerError):
 
     An answer means the call was NOT applied; retrying later is safe and nothing needs recovery.
     """
+
+
+class BrokerPartlyApplied(BrokerError):
+    """A batch call the broker applied in part (SQS answers each entry of a batch on its own).
+
+    ``applied`` names the entries applied (job ids): sending them again would apply them twice.
+    ``refused`` maps each entry not applied to its own error: ``BrokerRejected`` refused for good,
+    ``BrokerUnavailable`` "not now" (or no reply: it may have been applied). Not a
+    ``BrokerRejected``: a caller that reads that as "nothing applied" would send the applied
+    entries again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str = "",
+        applied: tuple[str, ...],
+        refused: dict[str, BrokerError],
+    ) -> None:
+        super().__init__(message, operation=operation)
+        self.applied = applied
+        self.refused = refused
 
 
 class CapabilityMissing(BrokerError):

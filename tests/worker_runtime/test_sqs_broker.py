@@ -531,6 +531,48 @@ async def test_close_ends_a_blocking_fetch_at_once(open_sqs: OpenBroker) -> None
     assert time.monotonic() - started < 5
 
 
+async def test_a_job_a_long_poll_receives_while_its_broker_closes_is_put_back_at_once(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a worker's broker (30 s leases) waiting for work, its 1 s long poll out, as a
+    # worker's fetch waits
+    b = await open_sqs(lease_seconds=30)
+    waiting = asyncio.create_task(b.fetch("w1", 1, block=1.0))
+    await asyncio.sleep(0.3)
+    # When the broker closes while a job arrives for that poll
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0.1)
+    other = await sqs_broker.open_sqs_broker(
+        elasticmq_server.url, b.queue, options=base.QueueOptions(lease_seconds=30)
+    )
+    try:
+        sent = await other.enqueue(job())
+        await closing
+        assert await waiting == []
+        # Then another worker gets the job now, not once its 30 s lease has run out
+        [d] = await fetch_until(other, 1, 10)
+    finally:
+        await other.close()
+    assert (d.id, d.lost, d.attempts) == (sent.job_id, 0, 0)
+
+
+async def test_a_fetch_sqs_answers_over_limit_fails_as_retryable_and_the_next_one_serves(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a job, and a queue at SQS's in-flight limit for one ReceiveMessage (OverLimit:
+    # 120,000 messages received and not yet deleted)
+    b = await open_sqs()
+    sent = await b.enqueue(job())
+    reason = "Too many messages in flight."
+    answer_once(b, "ReceiveMessage", refusal("OverLimit", reason), status=403)
+    # When a worker fetches
+    with pytest.raises(errors.BrokerUnavailable, match="OverLimit"):
+        await b.fetch("w1", 1)
+    # Then it was told "not now", not a refusal, and its next fetch gets the job
+    [d] = await fetch_until(b, 1, 10)
+    assert d.id == sent.job_id
+
+
 async def test_a_server_that_does_not_answer_is_broker_unavailable_not_a_client_error(
     elasticmq_factory: Callable[..., elasticmq.ElasticMQServer],
 ) -> None:
@@ -578,6 +620,7 @@ def test_a_refusal_says_what_sqs_said_not_only_its_code() -> None:
         ("RequestThrottled", 403, errors.BrokerUnavailable),
         ("KmsThrottled", 400, errors.BrokerUnavailable),
         ("InternalError", 500, errors.BrokerUnavailable),
+        ("OverLimit", 403, errors.BrokerUnavailable),  # e.g. 120,000 messages in flight
         ("AWS.SimpleQueueService.SomethingNew", 503, errors.BrokerUnavailable),
         ("AccessDenied", 403, errors.BrokerRejected),
         ("KmsAccessDenied", 400, errors.BrokerRejected),
@@ -793,9 +836,11 @@ async def test_a_renew_reports_lost_only_receipts_sqs_says_are_gone(
                 ],
             },
         )
-        # Then the renewal round fails as retryable instead of reporting that job lost
-        with pytest.raises(errors.BrokerUnavailable, match="InternalError"):
+        # Then the renewal round fails, that job's entry as retryable, instead of reporting
+        # that job lost
+        with pytest.raises(errors.BrokerPartlyApplied, match="InternalError") as raised:
             await first.renew("w1", held)
+        assert isinstance(raised.value.refused[held[0].id], errors.BrokerUnavailable)
         # and the next round keeps both held jobs and reports lost only the job SQS says is
         # another worker's now
         renewal = await first.renew("w1", [*held, gone])
@@ -1135,43 +1180,63 @@ async def test_a_fifo_message_group_enqueued_in_one_call_keeps_its_order_across_
     assert got == [f"j{i}" for i in range(25)]
 
 
+_ONE_AT_A_TIME = {
+    "SendMessageBatch": "send_message",
+    "DeleteMessageBatch": "delete_message",
+    "ChangeMessageVisibilityBatch": "change_message_visibility",
+}
+
+
+def answer_in_part(b: sqs_broker.SqsBroker, operation: str, failure: dict[str, Any]) -> list[str]:
+    """Make the broker's next ``operation`` batch call (SendMessageBatch, DeleteMessageBatch or
+    ChangeMessageVisibilityBatch) applied by the server for its first entry alone, and answered
+    with that entry successful and the second one failed with ``failure`` (SenderFault, Code,
+    Message), as SQS answers each entry of a batch on its own. Later calls reach the server.
+    Returns the calls seen."""
+    sent: dict[str, Any] = {}
+    calls: list[str] = []
+
+    def capture(params: dict[str, Any], **_: Any) -> None:
+        sent.update(params)
+
+    async def partly(**_: Any) -> tuple[Any, dict[str, Any]] | None:
+        calls.append(operation)
+        if len(calls) > 1:
+            return None  # the next calls reach the server
+        first, second = sent["Entries"][:2]
+        apply_one = getattr(b._client, _ONE_AT_A_TIME[operation])
+        applied = await apply_one(
+            QueueUrl=sent["QueueUrl"], **{k: v for k, v in first.items() if k != "Id"}
+        )
+        ok = {"Id": first["Id"]}
+        if operation == "SendMessageBatch":
+            ok |= {k: applied[k] for k in ("MessageId", "MD5OfMessageBody")}
+        http = types.SimpleNamespace(status_code=200, headers={}, raw=None, content=b"")
+        return http, {
+            "Successful": [ok],
+            "Failed": [{"Id": second["Id"], **failure}],
+            "ResponseMetadata": {"HTTPStatusCode": 200},
+        }
+
+    b._client.meta.events.register(f"before-parameter-build.sqs.{operation}", capture)
+    b._client.meta.events.register(f"before-call.sqs.{operation}", partly)
+    return calls
+
+
+REFUSED_FOR_GOOD = {
+    "SenderFault": True,
+    "Code": "InvalidMessageContents",
+    "Message": "the message contains characters outside the allowed set",
+}
+
+
 async def test_an_enqueue_whose_batch_entry_sqs_failed_for_now_stores_every_job_once(
     open_sqs: OpenBroker,
 ) -> None:
     # Given a SendMessageBatch that SQS answers with its first entry stored and its second
     # failed through no fault of the sender (an internal error, SenderFault false)
     b = await open_sqs()
-    sent_entries: list[dict[str, Any]] = []
-    calls: list[str] = []
-
-    def capture(params: dict[str, Any], **_: Any) -> None:
-        sent_entries[:] = params["Entries"]
-
-    async def partly(**_: Any) -> tuple[Any, dict[str, Any]] | None:
-        calls.append("SendMessageBatch")
-        if len(calls) > 1:
-            return None  # the next calls reach the server
-        first = {k: v for k, v in sent_entries[0].items() if k != "Id"}
-        stored = await b._client.send_message(
-            QueueUrl=b._url(envelope_mod.Priority.NORMAL), **first
-        )
-        http = types.SimpleNamespace(status_code=200, headers={}, raw=None, content=b"")
-        return http, {
-            "Successful": [
-                {
-                    "Id": sent_entries[0]["Id"],
-                    "MessageId": stored["MessageId"],
-                    "MD5OfMessageBody": stored["MD5OfMessageBody"],
-                }
-            ],
-            "Failed": [
-                {"Id": sent_entries[1]["Id"], "SenderFault": False, "Code": "InternalError"}
-            ],
-            "ResponseMetadata": {"HTTPStatusCode": 200},
-        }
-
-    b._client.meta.events.register("before-parameter-build.sqs.SendMessageBatch", capture)
-    b._client.meta.events.register("before-call.sqs.SendMessageBatch", partly)
+    calls = answer_in_part(b, "SendMessageBatch", {"SenderFault": False, "Code": "InternalError"})
     # When two jobs are enqueued in that call
     sent = await b.enqueue_many([job("first"), job("second")])
     # Then both are stored, each once: the failed entry alone was sent again
@@ -1181,15 +1246,95 @@ async def test_an_enqueue_whose_batch_entry_sqs_failed_for_now_stores_every_job_
     assert calls == ["SendMessageBatch", "SendMessageBatch"]
 
 
+async def test_an_enqueue_whose_batch_entry_sqs_refused_for_good_names_the_jobs_stored_and_not(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given a SendMessageBatch that SQS answers with its first entry stored and its second
+    # refused for good (SenderFault true)
+    b = await open_sqs()
+    answer_in_part(b, "SendMessageBatch", REFUSED_FOR_GOOD)
+    first, second = job("first"), job("second")
+    # When the two jobs are enqueued in that call
+    with pytest.raises(errors.BrokerPartlyApplied) as raised:
+        await b.enqueue_many([first, second])
+    # Then the error names the job stored and the one refused, with SQS's reason, and is no
+    # BrokerRejected (which says nothing was applied: its callers sent the first job again)
+    assert not isinstance(raised.value, errors.BrokerRejected)
+    assert raised.value.applied == (first.envelope.id,)
+    assert list(raised.value.refused) == [second.envelope.id]
+    assert isinstance(raised.value.refused[second.envelope.id], errors.BrokerRejected)
+    assert "InvalidMessageContents" in str(raised.value)
+    # and a caller that sends only the refused job again has each job stored once
+    await b.enqueue_many([second])
+    got = await fetch_until(b, 2, 10)
+    assert sorted(d.id for d in got) == sorted([first.envelope.id, second.envelope.id])
+    assert await b.fetch("w1", 10) == []
+
+
+async def hold_two_with_the_next_batch_applied_in_part(
+    b: sqs_broker.SqsBroker, operation: str
+) -> list[base.Delivery]:
+    """Two jobs a worker of ``b`` holds, and ``b``'s next ``operation`` batch call applied for
+    the first and refused for good (AccessDenied) for the second."""
+    await b.enqueue_many([job("a"), job("b")])
+    held = await fetch_until(b, 2, 10)
+    answer_in_part(b, operation, {**REFUSED_FOR_GOOD, "Code": "AccessDenied"})
+    return held
+
+
+def assert_names_applied_and_refused(
+    error: errors.BrokerPartlyApplied, applied: base.Delivery, refused: base.Delivery
+) -> None:
+    """``error`` names ``applied`` as applied and ``refused`` as refused for good, and why."""
+    assert error.applied == (applied.id,)
+    assert list(error.refused) == [refused.id]
+    assert isinstance(error.refused[refused.id], errors.BrokerRejected)
+    assert "AccessDenied" in str(error)
+
+
+async def test_acks_sqs_deleted_beside_one_it_refused_are_reported_deleted_and_land_on_resend(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given two jobs a worker ran to the end, and a DeleteMessageBatch that SQS answers with
+    # the first deleted and the second refused for good
+    b = await open_sqs(lease_seconds=2)
+    done = await hold_two_with_the_next_batch_applied_in_part(b, "DeleteMessageBatch")
+    # When their acks ride on one ack_and_fetch
+    with pytest.raises(errors.BrokerPartlyApplied) as raised:
+        await b.ack_and_fetch(done, "w1", 1)
+    # Then the error names the job deleted and the one refused
+    assert_names_applied_and_refused(raised.value, *done)
+    # and the worker's re-sent acks both land: the deleted job's is told so (as "nothing
+    # applied" it was answered False, a lost lease of a job that ran to the end)
+    assert [await b.ack(d) for d in done] == [True, True]
+    await asyncio.sleep(2.5)
+    assert await b.fetch("w1", 10) == []
+
+
+async def test_a_renew_with_an_entry_refused_for_good_names_the_leases_it_renewed(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given two jobs a worker holds, and a ChangeMessageVisibilityBatch that SQS answers with
+    # the first lease renewed and the second refused for good
+    b = await open_sqs(lease_seconds=30)
+    held = await hold_two_with_the_next_batch_applied_in_part(b, "ChangeMessageVisibilityBatch")
+    # When the worker renews them
+    with pytest.raises(errors.BrokerPartlyApplied) as raised:
+        await b.renew("w1", held)
+    # Then the round fails saying which lease was renewed and which was refused, and why
+    assert_names_applied_and_refused(raised.value, *held)
+
+
 def long_failure(n: int) -> base.FailureRecord:
     """A failure as long as the worker keeps one (a 2,000-character message, 4,000 of
     traceback)."""
     return base.FailureRecord(f"E{n}", f"{n}" * 2000, "t" * 4000, "w1", time.time(), n, n)
 
 
-def count_message_bytes_as_aws_does(b: sqs_broker.SqsBroker) -> None:
-    """Make the broker's SendMessage calls refused as AWS refuses them: over 256 KiB of body
-    and message attributes (name, type and value) together. ElasticMQ counts the body alone."""
+def count_message_bytes_as_aws_does(b: sqs_broker.SqsBroker, limit: int = 262_144) -> None:
+    """Make the broker's SendMessage calls refused as AWS refuses them: over ``limit`` bytes
+    (256 KiB before August 2025, 1 MiB since) of body and message attributes (name, type and
+    value) together. ElasticMQ counts the body and each attribute alone (256 KiB each)."""
     sizes: list[int] = []
 
     def measure(params: dict[str, Any], **_: Any) -> None:
@@ -1200,11 +1345,12 @@ def count_message_bytes_as_aws_does(b: sqs_broker.SqsBroker) -> None:
         sizes.append(size)
 
     def refuse(**_: Any) -> tuple[Any, dict[str, Any]] | None:
-        if sizes.pop() <= 262_144:
+        if sizes.pop() <= limit:
             return None
         http = types.SimpleNamespace(status_code=400, headers={}, raw=None, content=b"")
         reason = (
-            "One or more parameters are invalid. Reason: Message must be shorter than 262144 bytes."
+            f"One or more parameters are invalid. Reason: Message must be shorter than {limit}"
+            " bytes."
         )
         return http, {
             **refusal("InvalidParameterValue", reason),
@@ -1223,7 +1369,7 @@ async def test_a_large_job_with_a_long_history_is_retried_and_dead_lettered_with
     b = await open_sqs(lease_seconds=5)
     history = tuple(long_failure(n) for n in range(1, 13))
     carried = attributes.Carried(attempts=12, deliveries=12, history=history)
-    sent = attributes.encode_carried(carried)
+    sent = attributes.encode_carried(carried, max_bytes=settings.COMPATIBLE_MAX_MESSAGE_BYTES)
     attrs_bytes = sum(len(k) + len(v["DataType"]) + len(v["StringValue"]) for k, v in sent.items())
     empty = envelope_mod.build_envelope("t", {"blob": ""})
     blob = 258_000 - attrs_bytes - len(envelope_mod.encode_envelope_text(empty))
@@ -1249,6 +1395,63 @@ async def test_a_large_job_with_a_long_history_is_retried_and_dead_lettered_with
     assert [r.error_type for r in letter.history] == [f"E{n}" for n in range(1, 15)]
     assert letter.history[-1].traceback == "t" * 4000
     assert letter.history[0].traceback == ""
+
+
+def test_the_largest_message_is_aws_s_1_mib_and_256_kib_on_another_server_unless_the_url_says() -> (
+    None
+):
+    # AWS takes 1 MiB since August 2025; ElasticMQ (1.6.11) still refuses more than 256 KiB
+    assert settings.parse_sqs_url("sqs://?region=eu-west-1").max_message_bytes == 1_048_576
+    vpc = "sqs://sqs.eu-west-1.amazonaws.com?region=eu-west-1"
+    assert settings.parse_sqs_url(vpc).max_message_bytes == 1_048_576
+    local = "sqs://127.0.0.1:9324?region=us-east-1&secure=false"
+    assert settings.parse_sqs_url(local).max_message_bytes == 262_144
+    assert settings.parse_sqs_url(local + "&max_message_bytes=1048576").max_message_bytes == (
+        1_048_576
+    )
+    for wrong in ("1048577", "1023", "1e6", ""):
+        with pytest.raises(errors.InvalidBrokerURL, match="max_message_bytes"):
+            settings.parse_sqs_url(f"{local}&max_message_bytes={wrong}")
+
+
+def test_an_enqueue_fills_each_send_message_batch_up_to_the_server_s_largest_message() -> None:
+    # Given ten jobs of 40 KB each (400 KB together)
+    entries = [{"Id": str(n), "MessageBody": "x" * 40_000} for n in range(10)]
+    # Then they are one SendMessageBatch where the server takes 1 MiB (AWS), and calls of at
+    # most 256 KiB where it takes 256 KiB (ElasticMQ)
+    assert [len(b) for b in sqs_broker._send_batches(entries, 1_048_576)] == [10]
+    assert [len(b) for b in sqs_broker._send_batches(entries, 262_144)] == [6, 4]
+
+
+async def test_on_a_server_that_takes_1_mib_a_large_job_is_retried_with_its_whole_history(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a broker told the server takes 1 MiB (as AWS does), on a stand-in that counts a
+    # message's size as AWS does, and a 200 KB job with twelve recorded failures (72 KB): more
+    # than 256 KiB together (ElasticMQ takes it: it counts the body and each attribute alone)
+    b = await open_sqs(url=elasticmq_server.url + "&max_message_bytes=1048576", lease_seconds=5)
+    history = tuple(long_failure(n) for n in range(1, 13))
+    carried = attributes.Carried(attempts=12, deliveries=12, history=history)
+    env = envelope_mod.build_envelope("t", {"blob": "x" * 200_000})
+    await b._client.send_message(
+        QueueUrl=b._url(envelope_mod.Priority.NORMAL),
+        MessageBody=envelope_mod.encode_envelope_text(env),
+        MessageAttributes=attributes.encode_carried(carried, max_bytes=1_048_576),
+    )
+    count_message_bytes_as_aws_does(b, 1_048_576)
+    # When it fails once more and is retried, and then fails for good
+    [d] = await fetch_until(b, 1, 10)
+    assert await b.retry(d, base.Failure("E13", "13", "t" * 4000, "w1"), delay_seconds=0)
+    [again] = await fetch_until(b, 1, 10)
+    assert (again.id, again.attempts) == (env.id, 13)
+    last = base.Failure("E14", "14", "t" * 4000, "w1")
+    assert await b.dead_letter(again, "non_retryable", failure=last) is True
+    # Then its dead letter holds every failure with its traceback (cut to 256 KiB, the oldest
+    # lost theirs)
+    letter = await b.show_dead_letter(env.id)
+    assert letter is not None
+    assert [r.error_type for r in letter.history] == [f"E{n}" for n in range(1, 15)]
+    assert all(r.traceback == "t" * 4000 for r in letter.history)
 
 
 async def test_a_purge_whose_scan_read_a_dead_letter_twice_deletes_it(

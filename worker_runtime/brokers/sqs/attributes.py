@@ -48,15 +48,12 @@ ALL = (
     WORKER,
 )
 
-MAX_MESSAGE_BYTES = 262_144
-"""SQS's largest message: 256 KiB of body and message attributes (each one's name, type and
-value) together. Also the largest SendMessageBatch, all its entries together."""
-
 HISTORY_BUDGET = 160_000
 """Bytes of history JSON a message carries at most, and never more than its body and other
-attributes leave of :data:`MAX_MESSAGE_BYTES`. Over budget, the oldest entries lose their
-tracebacks first, then the oldest entries go (``dropped`` counts them, so the record says the
-history is not complete)."""
+attributes leave of the server's largest message (``SqsSettings.max_message_bytes``: body and
+message attributes, each one's name, type and value, together). Over budget, the oldest
+entries lose their tracebacks first, then the oldest entries go (``dropped`` counts them, so
+the record says the history is not complete)."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +123,12 @@ def attribute_bytes(attrs: Mapping[str, Mapping[str, str]]) -> int:
     )
 
 
-def encode_carried(carried: Carried, *, body_bytes: int = 0) -> dict[str, dict[str, str]]:
+def encode_carried(
+    carried: Carried, *, body_bytes: int = 0, max_bytes: int
+) -> dict[str, dict[str, str]]:
     """``MessageAttributes`` for a message that carries ``carried`` (zero counters left out)
-    beside a body of ``body_bytes``: the history is cut to what SQS's message size leaves (a
-    large job with a long history was a copy SQS refused, every time it was retried)."""
+    beside a body of ``body_bytes``: the history is cut to what a message of ``max_bytes`` leaves
+    (a large job with a long history was a copy SQS refused, every time it was retried)."""
     out: dict[str, dict[str, str]] = {}
     if carried.attempts:
         out[ATTEMPTS] = _number_attr(carried.attempts)
@@ -148,7 +147,7 @@ def encode_carried(carried: Carried, *, body_bytes: int = 0) -> dict[str, dict[s
     if carried.worker_id:
         out[WORKER] = _string_attr(carried.worker_id)
     if carried.history or carried.history_dropped:
-        room = MAX_MESSAGE_BYTES - body_bytes - attribute_bytes(out) - len(HISTORY) - len("String")
+        room = max_bytes - body_bytes - attribute_bytes(out) - len(HISTORY) - len("String")
         budget = min(HISTORY_BUDGET, room)
         out[HISTORY] = _string_attr(
             encode_history(carried.history, carried.history_dropped, budget)

@@ -11,7 +11,8 @@ producer, the CLI and the operator like any broker. How the contract maps onto S
   10 is followed by one call per further 10 wanted, sent at once); with ``block``
   the queues are long-polled at once (WaitTimeSeconds <= 20) and ``wake`` or ``close`` ends the
   wait at once. A poll still running when the wait ends keeps running; what it receives is
-  served by the next fetch (``close`` puts it back without spending anything).
+  served by the next fetch (``close`` waits for it, briefly, and puts it back without spending
+  anything).
 - retry = send a NEW message (SQS cannot re-delay a message it holds) with DelaySeconds (at most
   900; a longer delay waits in 900 s steps, ``wf-not-before``), the attempt and the failure
   history in its attributes (:mod:`worker_runtime.brokers.sqs.attributes`), then delete the
@@ -71,6 +72,12 @@ MAX_WAIT = 20
 
 CONFIRM_WAIT_SECONDS = 1
 """The long poll of :meth:`SqsBroker.fetch_confirming_empty` (a burst's last look), seconds."""
+
+CLOSE_POLL_WAIT_SECONDS = 2.0
+"""How long :meth:`SqsBroker.close` waits for long polls still out. A worker's polls last 1 s
+(its fetches wait 1 s), so they answer within this and the jobs they received are put back
+at once; a longer poll (a caller's ``fetch(block=...)`` of more) is cancelled after it, and
+what SQS hands it waits out its visibility timeout. Below the 3 s the worker gives ``close``."""
 
 RETENTION_RANGE = (60, 1_209_600)
 """The shortest and longest time SQS keeps a queue's messages (MessageRetentionPeriod), s."""
@@ -157,11 +164,16 @@ _TRANSIENT_CODES = frozenset(
         "ServiceUnavailable",
         "RequestTimeout",
         "RequestTimeoutException",
+        "OverLimit",
     }
 )
-"""SQS's answers that say "not now" (throttling, a server-side failure): the same call may
-succeed in a moment, so they are :class:`~worker_runtime.errors.BrokerUnavailable` (retried)
-and never read as a lost lease or as a permanent refusal."""
+"""SQS's answers that say "not now" (throttling, a server-side failure, a queue over a limit of
+the moment): the same call may succeed in a moment, so they are
+:class:`~worker_runtime.errors.BrokerUnavailable` (retried) and never read as a lost lease or as
+a permanent refusal. ``OverLimit`` (HTTP 403) is a ReceiveMessage on a queue at its in-flight
+limit (120,000 messages received and not yet deleted on a standard queue, 120,000 on FIFO): it
+passes as acks and expiring leases bring that count down, and a worker that took it as a
+refusal reported its queue broken while it only had to wait."""
 
 
 def _code_name(code: str) -> str:
@@ -217,21 +229,67 @@ def _entry_bytes(entry: dict[str, Any]) -> int:
     return body + attributes.attribute_bytes(entry.get("MessageAttributes") or {})
 
 
-def _send_batches(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """``entries`` in order, cut into SendMessageBatch calls SQS takes: at most :data:`BATCH`
-    entries and ``attributes.MAX_MESSAGE_BYTES`` in all (ten jobs of 40 KB each are one call
-    of 400 KB, which SQS refuses whole, though it takes each of them). An entry too large on
-    its own goes alone, and SQS says so."""
+def _send_batches(entries: Sequence[dict[str, Any]], max_bytes: int) -> list[list[dict[str, Any]]]:
+    """``entries`` in order, cut into SendMessageBatch calls the server takes: at most
+    :data:`BATCH` entries and ``max_bytes`` in all (``SqsSettings.max_message_bytes``: on a
+    server that takes 256 KiB, ten jobs of 40 KB each are one call of 400 KB, which it refuses
+    whole, though it takes each of them). An entry too large on its own goes alone, and the
+    server says so."""
     batches: list[list[dict[str, Any]]] = []
     size = 0
     for entry in entries:
         n = _entry_bytes(entry)
-        if not batches or len(batches[-1]) >= BATCH or size + n > attributes.MAX_MESSAGE_BYTES:
+        if not batches or len(batches[-1]) >= BATCH or size + n > max_bytes:
             batches.append([])
             size = 0
         batches[-1].append(entry)
         size += n
     return batches
+
+
+def _enqueue_failure(
+    requests: Sequence[base.EnqueueRequest],
+    stored: Collection[str],
+    failed: dict[str, errors.BrokerError],
+    whole_calls: Sequence[errors.BrokerError],
+) -> errors.BrokerError:
+    """The error of an ``enqueue_many`` some of whose jobs SQS did not store (``failed``, by
+    request index; ``whole_calls``: the errors of calls that failed whole). With some stored,
+    :class:`~worker_runtime.errors.BrokerPartlyApplied` naming both: a BrokerRejected ("nothing
+    applied") made callers send the stored jobs again, which ran them twice."""
+    if not stored:
+        # Nothing is known stored: the class of one error says it all. A call without a reply
+        # first (its jobs may be stored after all), then a refusal for good, then a "not now".
+        errors_seen = list(failed.values())
+        no_reply = (e for e in whole_calls if isinstance(e, errors.BrokerUnavailable))
+        rejected = (e for e in errors_seen if isinstance(e, errors.BrokerRejected))
+        return next(no_reply, next(rejected, errors_seen[0]))
+    applied = tuple(requests[int(i)].envelope.id for i in sorted(stored, key=int))
+    refused = {requests[int(i)].envelope.id: e for i, e in sorted(failed.items())}
+    return _partly_applied("enqueue", "stored", applied, refused)
+
+
+PARTLY_APPLIED_NAMED = 5
+"""Refused jobs a partly applied batch's error message names one by one (all are in its
+``refused``)."""
+
+
+def _partly_applied(
+    operation: str, done: str, applied: tuple[str, ...], refused: dict[str, errors.BrokerError]
+) -> errors.BrokerPartlyApplied:
+    """The error of a batch SQS applied in part: how many jobs it applied (``done``: stored,
+    deleted, renewed), and which it did not and why."""
+    named = "; ".join(
+        f"{job_id}: {error}" for job_id, error in list(refused.items())[:PARTLY_APPLIED_NAMED]
+    )
+    more = len(refused) - PARTLY_APPLIED_NAMED
+    if more > 0:
+        named += f"; and {more} more"
+    text = (
+        f"SQS {done} {len(applied)} of {len(applied) + len(refused)} jobs of {operation}"
+        f" (send those again and they are {done} twice) and not {len(refused)}: {named}"
+    )
+    return errors.BrokerPartlyApplied(text, operation=operation, applied=applied, refused=refused)
 
 
 def _set_alias(held_receipt: str, newest: str) -> None:
@@ -388,6 +446,11 @@ class SqsBroker:
         self._deletes: dict[str, list[_Pending]] = collections.defaultdict(list)
         self._delete_flush: asyncio.Task[None] | None = None
         self._warned_done_marker = False
+        self._acked_unreported: collections.OrderedDict[tuple[str, str], bool] = (
+            collections.OrderedDict()
+        )
+        """(job id, receipt) of deliveries an ``ack_and_fetch`` deleted while it raised
+        BrokerPartlyApplied for others: the worker's re-sent ack of one answers True, once."""
         self._retry_delays: collections.OrderedDict[str, float] = collections.OrderedDict()
         """job id -> the delay this broker's last retry of it set (a message's own attribute
         says the same once it is received again; this answers before that)."""
@@ -537,7 +600,9 @@ class SqsBroker:
         if delay > MAX_SQS_DELAY and not self.settings.fifo:
             carried = dataclasses.replace(carried, not_before=time.time() + delay)
         entry: dict[str, Any] = {"Id": entry_id, "MessageBody": body}
-        attrs = attributes.encode_carried(carried, body_bytes=len(body.encode()))
+        attrs = attributes.encode_carried(
+            carried, body_bytes=len(body.encode()), max_bytes=self.settings.max_message_bytes
+        )
         if attrs:
             entry["MessageAttributes"] = attrs
         if self.settings.fifo:
@@ -574,41 +639,63 @@ class SqsBroker:
             )
             by_url[self._url(env.priority)].append((i, entry))
 
+        stored: set[str] = set()
+        """Entry ids (request indexes) SQS answered stored."""
+        failed: dict[str, errors.BrokerError] = {}
+        """Entry id -> why it is not known stored: an entry SQS answered failed, or an entry of
+        a call that failed whole (no reply: it may be stored)."""
+        whole_calls: list[errors.BrokerError] = []
+
         async def send(url: str, chunk: list[dict[str, Any]]) -> None:
-            refused: errors.BrokerError | None = None
             for wait in (*ENTRY_RESEND_WAITS_SECONDS, None):
-                with _mapped("enqueue"):
-                    reply = await client.send_message_batch(QueueUrl=url, Entries=chunk)
+                try:
+                    with _mapped("enqueue"):
+                        reply = await client.send_message_batch(QueueUrl=url, Entries=chunk)
+                except errors.BrokerError as exc:
+                    whole_calls.append(exc)
+                    failed.update((entry["Id"], exc) for entry in chunk)
+                    return
+                stored.update(str(e.get("Id")) for e in reply.get("Successful", []))
                 by_id = {entry["Id"]: entry for entry in chunk}
                 chunk = []
-                for failed in reply.get("Failed", []):
-                    error = _entry_error(failed, "enqueue")
+                for refusal in reply.get("Failed", []):
+                    error = _entry_error(refusal, "enqueue")
                     if isinstance(error, errors.BrokerUnavailable) and wait is not None:
                         # only the failed entry goes again: the call's others are stored
-                        chunk.append(by_id[str(failed.get("Id"))])
-                    elif refused is None or isinstance(refused, errors.BrokerUnavailable):
-                        refused = error
+                        chunk.append(by_id[str(refusal.get("Id"))])
+                    else:
+                        failed[str(refusal.get("Id"))] = error
                 if not chunk:
                     break
                 await asyncio.sleep(wait or 0.0)
-            if refused is not None:
-                raise refused
 
         async def send_in_order(url: str, chunks: list[list[dict[str, Any]]]) -> None:
             for chunk in chunks:
                 await send(url, chunk)
 
-        batches = {url: _send_batches([e for _, e in entries]) for url, entries in by_url.items()}
+        limit = self.settings.max_message_bytes
+        batches = {
+            url: _send_batches([e for _, e in entries], limit) for url, entries in by_url.items()
+        }
         if self.settings.fifo:
             # A FIFO queue stores a message group in the order its sends arrive: batches sent
             # at once could arrive in any order, so each queue's go one after the other
             await asyncio.gather(*(send_in_order(url, chunks) for url, chunks in batches.items()))
         else:
-            # the batches (10 jobs, 256 KiB) leave together: one round trip of latency, not one
-            # per batch
+            # the batches (10 jobs, max_message_bytes in all) leave together: one round trip of
+            # latency, not one per batch
             await asyncio.gather(
                 *(send(url, chunk) for url, chunks in batches.items() for chunk in chunks)
             )
+        unanswered = {
+            str(i) for i in range(len(requests)) if str(i) not in stored and str(i) not in failed
+        }
+        failed.update(
+            (i, errors.BrokerUnavailable("SQS answered nothing for this job", operation="enqueue"))
+            for i in unanswered
+        )
+        if failed:
+            raise _enqueue_failure(requests, stored, failed, whole_calls)
         return [base.EnqueueResult(job_id=r.envelope.id, created=True) for r in requests]
 
     # -- fetch ------------------------------------------------------------------------------
@@ -994,7 +1081,15 @@ class SqsBroker:
         holding: Container[tuple[str, base.Receipt]] = (),
     ) -> tuple[list[bool], list[base.Delivery]]:
         self._raise_deferred()  # before the acks: the worker sends them again after an error
-        acked = list(await asyncio.gather(*(self.ack(d) for d in deliveries)))
+        answers = await asyncio.gather(*(self.ack(d) for d in deliveries), return_exceptions=True)
+        failures = {
+            d.id: a
+            for d, a in zip(deliveries, answers, strict=True)
+            if isinstance(a, BaseException)
+        }
+        if failures:
+            raise self._acks_failed(deliveries, answers, failures)
+        acked = [a is True for a in answers]
         try:
             fetched = await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         except Exception as exc:
@@ -1004,6 +1099,27 @@ class SqsBroker:
             self._deferred = exc
             return acked, []
         return acked, fetched
+
+    def _acks_failed(
+        self,
+        deliveries: Sequence[base.Delivery],
+        answers: Sequence[object],
+        failures: dict[str, BaseException],
+    ) -> BaseException:
+        """The error of an ``ack_and_fetch`` some of whose acks failed. When SQS deleted others
+        (DeleteMessageBatch answers each entry on its own), a BrokerPartlyApplied naming both,
+        and the deleted ones answer True when the worker sends their acks again: as a
+        BrokerRejected ("nothing applied") they were re-sent, answered False, and counted as
+        lost leases of jobs that had run to the end."""
+        applied = [d for d, a in zip(deliveries, answers, strict=True) if a is True]
+        refused = {k: e for k, e in failures.items() if isinstance(e, errors.BrokerError)}
+        if not applied or len(refused) < len(failures):
+            return next(iter(failures.values()))
+        for d in applied:
+            self._acked_unreported[(d.id, d.receipt)] = True
+            while len(self._acked_unreported) > RETRY_DELAYS_KEPT:
+                self._acked_unreported.popitem(last=False)
+        return _partly_applied("ack", "deleted", tuple(d.id for d in applied), refused)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -1100,7 +1216,8 @@ class SqsBroker:
             )
         taken = self._take(delivery)
         if taken is None:
-            return False
+            # deleted by a partly applied ack_and_fetch: this re-send is told it landed (once)
+            return self._acked_unreported.pop((delivery.id, delivery.receipt), False)
         receipt, held = taken
         with self._kept_on_error(delivery, receipt, held):
             return await self._delete(held.queue_url, receipt)
@@ -1264,7 +1381,9 @@ class SqsBroker:
         entry: dict[str, Any] = {
             "MessageBody": held.body,
             "MessageAttributes": attributes.encode_carried(
-                carried, body_bytes=len(held.body.encode())
+                carried,
+                body_bytes=len(held.body.encode()),
+                max_bytes=self.settings.max_message_bytes,
             ),
         }
         if self.settings.fifo:
@@ -1284,7 +1403,7 @@ class SqsBroker:
         client = await self._ready_client()
         kept: list[base.Delivery] = []
         lost: list[base.Delivery] = []
-        refused: errors.BrokerError | None = None
+        refused_by_job: dict[str, errors.BrokerError] = {}
         by_url: dict[str, list[base.Delivery]] = collections.defaultdict(list)
         for d in deliveries:
             # A worker may renew through another broker instance than the one that fetched
@@ -1314,13 +1433,16 @@ class SqsBroker:
                     if str(i) in ok:
                         kept.append(d)
                     elif refusal and not _is_lost_receipt(str(refusal.get("Code", ""))):
-                        refused = refused or _entry_error(refusal, "renew")
+                        refused_by_job[d.id] = _entry_error(refusal, "renew")
                     else:
                         lost.append(d)
-        if refused is not None:
+        if refused_by_job:
             # a throttled or refused entry is not a lost lease: the renewal round fails (after
-            # every batch was sent) and the worker renews again shortly
-            raise refused
+            # every batch was sent) and the worker renews again shortly. Saying which leases
+            # were renewed: "SQS refused renew" alone read as none was.
+            if not kept:
+                raise next(iter(refused_by_job.values()))
+            raise _partly_applied("renew", "renewed", tuple(d.id for d in kept), refused_by_job)
         return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
 
     async def _renew_receipts(self, url: str, receipts: Sequence[str]) -> None:
@@ -1351,11 +1473,25 @@ class SqsBroker:
         return None
 
     async def close(self) -> None:
+        """Close the client. A long poll still out is waited for (up to
+        :data:`CLOSE_POLL_WAIT_SECONDS`) and what it received is put back with the jobs still
+        waiting here: SQS hands a poll's messages out whether or not its caller still listens,
+        so a poll cancelled here left the jobs it received invisible for a whole lease."""
         self._closing.set()
-        for task in list(self._polls.values()):
-            task.cancel()
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*self._polls.values(), return_exceptions=True)
+        polls = list(self._polls.values())
+        if polls:
+            _, late = await asyncio.wait(polls, timeout=CLOSE_POLL_WAIT_SECONDS)
+            if late:
+                _log.warning(
+                    "closing with long polls of SQS still out: a job they receive waits for"
+                    " its visibility timeout",
+                    extra={"queue": self.queue, "polls": len(late)},
+                )
+            for task in late:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*polls, return_exceptions=True)
+            await asyncio.sleep(0)  # let done callbacks move results into the buffer
         # jobs received but never handed out go back without spending anything
         while self._buffer:
             b = self._buffer.popleft()

@@ -11,10 +11,13 @@ URL form (no credentials in it, ever: they come from the standard AWS chain)::
 
 Query options: ``region``, ``secure`` (``false`` = plain http to the host), ``fifo``,
 ``priorities`` (``false`` = one queue, no high/low queues), ``prefix`` (prepended to every SQS
-queue name). A workerfleet queue ``Q`` is these SQS queues (``.fifo`` appended on a FIFO set):
-``Q-high``, ``Q`` and ``Q-low`` (the priorities, polled in that order; only ``Q`` without
-priorities) and ``Q-dlq`` (the dead letters). So a name (with its prefix) ending in ``-high``,
-``-low`` or ``-dlq`` is refused: it is another queue's SQS queue (see :data:`RESERVED_ENDINGS`).
+queue name), ``max_message_bytes`` (the largest message the server takes: see
+:data:`AWS_MAX_MESSAGE_BYTES` and :data:`COMPATIBLE_MAX_MESSAGE_BYTES` for the defaults).
+
+A workerfleet queue ``Q`` is these SQS queues (``.fifo`` appended on a FIFO set): ``Q-high``,
+``Q`` and ``Q-low`` (the priorities, polled in that order; only ``Q`` without priorities) and
+``Q-dlq`` (the dead letters). So a name (with its prefix) ending in ``-high``, ``-low`` or
+``-dlq`` is refused: it is another queue's SQS queue (see :data:`RESERVED_ENDINGS`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ _FALSE = {"0", "false", "no", "off"}
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
+AWS_MAX_MESSAGE_BYTES = 1_048_576
+"""The largest message AWS SQS takes since August 2025 (1 MiB of body and message attributes
+together), and the largest SendMessageBatch: the default for a URL without a host (AWS) or with
+one of AWS's (``*.amazonaws.com``)."""
+
+COMPATIBLE_MAX_MESSAGE_BYTES = 262_144
+"""The default for a URL naming another host than AWS's (``*.amazonaws.com``): an SQS-compatible
+server. 256 KiB, SQS's limit before August 2025 and still ElasticMQ's (1.6.11 refuses a larger
+body, attribute or batch as MessageTooLong); ``max_message_bytes=`` sets another."""
+
+MIN_MESSAGE_BYTES = 1_024
+"""The smallest ``max_message_bytes`` (SQS's smallest MaximumMessageSize)."""
+
 
 @dataclass(frozen=True)
 class SqsSettings:
@@ -54,6 +70,9 @@ class SqsSettings:
     fifo: bool = False
     priorities: bool = True
     prefix: str = ""
+    max_message_bytes: int = AWS_MAX_MESSAGE_BYTES
+    """The largest message (body and attributes together) and SendMessageBatch the server
+    takes: the broker cuts batches and failure histories to it."""
 
     @property
     def local_endpoint(self) -> bool:
@@ -84,7 +103,7 @@ def parse_sqs_url(url: str) -> SqsSettings:
             "an sqs:// URL carries no credentials: they come from the AWS credential chain"
         )
     query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-    unknown = set(query) - {"region", "secure", "fifo", "priorities", "prefix"}
+    unknown = set(query) - {"region", "secure", "fifo", "priorities", "prefix", "max_message_bytes"}
     if unknown:
         raise errors.InvalidBrokerURL(f"unknown sqs URL options: {', '.join(sorted(unknown))}")
     endpoint = None
@@ -102,7 +121,28 @@ def parse_sqs_url(url: str) -> SqsSettings:
         fifo=_flag(query, "fifo", False),
         priorities=_flag(query, "priorities", True),
         prefix=prefix,
+        max_message_bytes=_message_bytes(
+            query, aws=parts.hostname is None or _on_aws(parts.hostname)
+        ),
     )
+
+
+def _on_aws(host: str) -> bool:
+    """Whether ``host`` is one of AWS's own (an SQS endpoint named by its host, a VPC one)."""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def _message_bytes(query: dict[str, str], *, aws: bool) -> int:
+    """``max_message_bytes=`` of a URL, or the default for where the URL points."""
+    text = query.get("max_message_bytes")
+    if text is None:
+        return AWS_MAX_MESSAGE_BYTES if aws else COMPATIBLE_MAX_MESSAGE_BYTES
+    if not text.isdigit() or not MIN_MESSAGE_BYTES <= int(text) <= AWS_MAX_MESSAGE_BYTES:
+        raise errors.InvalidBrokerURL(
+            f"sqs URL option max_message_bytes= must be a whole number of bytes from"
+            f" {MIN_MESSAGE_BYTES:,} to {AWS_MAX_MESSAGE_BYTES:,} (SQS's largest message)"
+        )
+    return int(text)
 
 
 @dataclass(frozen=True)
