@@ -1454,6 +1454,24 @@ async def test_on_a_server_that_takes_1_mib_a_large_job_is_retried_with_its_whol
     assert all(r.traceback == "t" * 4000 for r in letter.history)
 
 
+async def test_a_worker_s_queues_are_set_to_take_the_largest_message_its_broker_sends(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a worker's broker told the server takes 1 MiB
+    b = await open_sqs(url=elasticmq_server.url + "&max_message_bytes=1048576")
+    set_to: list[dict[str, str]] = []
+
+    def record(params: dict[str, Any], **_: Any) -> None:
+        set_to.append(params["Attributes"])
+
+    b._client.meta.events.register("before-parameter-build.sqs.SetQueueAttributes", record)
+    # When it makes sure of its queues again, as a worker does at every start
+    await b._ensure_queues()
+    # Then each of its SQS queues, the DLQ included, is set to take 1 MiB messages: one left at
+    # 256 KiB refused the retry of a large job whose history the broker had not cut to that
+    assert [a.get("MaximumMessageSize") for a in set_to] == ["1048576"] * 4
+
+
 async def test_a_purge_whose_scan_read_a_dead_letter_twice_deletes_it(
     open_sqs: OpenBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -505,9 +505,13 @@ class SqsBroker:
             await self._look_up_queues()
             return
         fifo = {"FifoQueue": "true"} if self.settings.fifo else {}
+        # Every queue takes the messages this broker sends (it cuts batches and histories to
+        # max_message_bytes): a queue whose own MaximumMessageSize is lower refuses the retry
+        # of a large job whose history was not cut to that, every time. (ElasticMQ ignores it.)
+        size = {"MaximumMessageSize": str(self.settings.max_message_bytes)}
         # SQS keeps messages 4 days unless told: the dead letters get the configured retention
         retention = {"MessageRetentionPeriod": str(self.dead_letter_retention)}
-        dlq_url = await self._queue_url(self.names.dead_letter, {**fifo, **retention})
+        dlq_url = await self._queue_url(self.names.dead_letter, {**fifo, **retention, **size})
         arn = await self._client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
         redrive = json.dumps(
             {
@@ -526,6 +530,7 @@ class SqsBroker:
                     **fifo,
                     "RedrivePolicy": redrive,
                     "VisibilityTimeout": str(self.visibility),
+                    **size,
                 },
                 on_create=longest,
             )
