@@ -1040,9 +1040,10 @@ async def test_dead_letters_are_kept_as_configured_and_new_job_queues_keep_jobs_
     # Then the DLQ is created with the first retention and set to the second (whole seconds,
     # rounded up); the job queues are created keeping their jobs as long as SQS can (14 days,
     # not SQS's default 4), and the later worker leaves their retention as it is
+    size = {"MaximumMessageSize": "262144"}  # what ElasticMQ takes (see max_message_bytes)
     assert [s for s in sent if s[1] == f"{queue}-dlq"] == [
-        ("CreateQueue", f"{queue}-dlq", {"MessageRetentionPeriod": "864000"}),
-        ("SetQueueAttributes", f"{queue}-dlq", {"MessageRetentionPeriod": "3601"}),
+        ("CreateQueue", f"{queue}-dlq", {"MessageRetentionPeriod": "864000", **size}),
+        ("SetQueueAttributes", f"{queue}-dlq", {"MessageRetentionPeriod": "3601", **size}),
     ]
     job_queues = [s for s in sent if s[1] != f"{queue}-dlq"]
     assert [(call, s.get("MessageRetentionPeriod")) for call, _, s in job_queues] == [
