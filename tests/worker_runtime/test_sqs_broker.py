@@ -1272,6 +1272,33 @@ async def test_an_enqueue_whose_batch_entry_sqs_refused_for_good_names_the_jobs_
     assert await b.fetch("w1", 10) == []
 
 
+async def test_on_fifo_the_batches_after_one_sqs_refused_in_part_stay_unsent_and_say_so(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a FIFO queue, and 25 jobs of one message group enqueued in one call (three
+    # SendMessageBatch calls), the first call answered with its first job stored and its
+    # second refused for good
+    b = await open_sqs(url=elasticmq_server.url + "&fifo=true&priorities=false")
+    calls = answer_in_part(b, "SendMessageBatch", REFUSED_FOR_GOOD)
+    jobs = [job(f"j{i}", headers={"message-group-id": "g"}) for i in range(25)]
+    # When they are enqueued
+    with pytest.raises(errors.BrokerPartlyApplied) as raised:
+        await b.enqueue_many(jobs)
+    # Then the later calls were not sent (stored, their jobs would run before the refused one
+    # of their group), and the error says so of each of their jobs
+    assert calls == ["SendMessageBatch"]
+    ids = [r.envelope.id for r in jobs]
+    assert raised.value.applied == (ids[0],)
+    assert list(raised.value.refused) == ids[1:]
+    assert isinstance(raised.value.refused[ids[1]], errors.BrokerRejected)
+    unsent = [raised.value.refused[i] for i in ids[10:]]
+    assert all(isinstance(e, errors.BrokerUnavailable) and not e.sent for e in unsent)
+    # and the queue holds the stored job alone
+    [d] = await fetch_until(b, 1, 10)
+    assert d.id == ids[0] and await b.ack(d) is True
+    assert await fetch_until(b, 1, 2) == []
+
+
 async def hold_two_with_the_next_batch_applied_in_part(
     b: sqs_broker.SqsBroker, operation: str
 ) -> list[base.Delivery]:

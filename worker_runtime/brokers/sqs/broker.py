@@ -265,7 +265,7 @@ def _enqueue_failure(
         rejected = (e for e in errors_seen if isinstance(e, errors.BrokerRejected))
         return next(no_reply, next(rejected, errors_seen[0]))
     applied = tuple(requests[int(i)].envelope.id for i in sorted(stored, key=int))
-    refused = {requests[int(i)].envelope.id: e for i, e in sorted(failed.items())}
+    refused = {requests[int(i)].envelope.id: failed[i] for i in sorted(failed, key=int)}
     return _partly_applied("enqueue", "stored", applied, refused)
 
 
@@ -675,8 +675,19 @@ class SqsBroker:
                 await asyncio.sleep(wait or 0.0)
 
         async def send_in_order(url: str, chunks: list[list[dict[str, Any]]]) -> None:
-            for chunk in chunks:
+            for n, chunk in enumerate(chunks):
                 await send(url, chunk)
+                first_failed = next((failed[e["Id"]] for e in chunk if e["Id"] in failed), None)
+                if first_failed is not None:
+                    # the later batches stay unsent: stored now, they would go before the
+                    # failed jobs of their message groups
+                    unsent = errors.BrokerUnavailable(
+                        f"not sent, as an earlier batch of its FIFO queue failed: {first_failed}",
+                        operation="enqueue",
+                        sent=False,
+                    )
+                    failed.update((e["Id"], unsent) for later in chunks[n + 1 :] for e in later)
+                    return
 
         limit = self.settings.max_message_bytes
         batches = {
