@@ -1,0 +1,85 @@
+"""The pool's loop waits out the Retry-After of a throttled reconcile or poll itself, holding
+no reconcile slot, on a fake clock (the reconcile and the poll stand-ins raise the client's
+error; no API server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from workerfleet_operator.shell import config as config_module
+from workerfleet_operator.shell import context, kube, reconcile, scaler
+from workerfleet_operator.shell import pool as pool_mod
+
+from tests.workerfleet_operator import conftest
+
+T0 = 1_000.0
+
+
+def _throttled(*args: object, **kwargs: object) -> None:
+    raise kube.ApiError(429, "TooManyRequests", "slow down", retry_after=30.0)
+
+
+async def _first_round(
+    controller: pool_mod.PoolController, done: Callable[[], bool]
+) -> pool_mod.PoolController:
+    """Run the pool's loop until ``done`` (bounded: 200 turns of the event loop), then stop it."""
+    controller.start()
+    try:
+        for _ in range(200):
+            if done():
+                break
+            await asyncio.sleep(0.01)
+        assert done(), "the loop did not get through its first round"
+    finally:
+        await controller.stop()
+    return controller
+
+
+def _pool_controller(**config: object) -> pool_mod.PoolController:
+    ctx = context.build_context(config_module.OperatorConfig(**config))  # type: ignore[arg-type]
+    ctx.clock = lambda: T0  # a fake clock: time stands still, the schedule is read
+    controller = pool_mod.PoolController(ctx, conftest.NAMESPACE, "emails")
+    body = conftest.build_pool("emails")
+    body["metadata"].update(uid="uid-1", generation=1, resourceVersion="10")
+    controller.observe(body)
+    return controller
+
+
+async def test_a_throttled_reconcile_is_retried_when_the_server_asked_releasing_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an operator reconciling one pool at a time, whose reconcile the API server
+    # throttles asking for 30 s (the client hands the wait back: longer than it sleeps)
+    monkeypatch.setattr(reconcile, "reconcile", _throttled)
+    controller = _pool_controller(max_concurrent_reconciles=1, retry_base_seconds=1.0)
+    # When the pool's loop runs its reconcile
+    await _first_round(controller, lambda: controller.failures == 1)
+    # Then its next try is 30 s later, not after the 1 s failure backoff
+    assert controller.next_reconcile == T0 + 30.0
+    assert controller.server_wait == 30.0
+    # And the wait holds no reconcile slot: another pool's reconcile may run meanwhile
+    assert not controller.ctx.reconcile_slots.locked()
+
+
+async def test_a_throttled_poll_is_retried_when_the_server_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a pool polling every 5 s (the sample's default) whose poll the API server throttles
+    # asking for 30 s
+    polls: list[float] = []
+
+    async def throttled_poll(controller: pool_mod.PoolController, policy: object) -> None:
+        polls.append(controller.ctx.clock())
+        _throttled()
+
+    monkeypatch.setattr(scaler, "poll_queue", throttled_poll)
+    controller = _pool_controller()
+    controller.dirty = False
+    controller.next_reconcile = T0 + 3600.0  # no reconcile in this round
+    controller.secret = kube.SecretValue("1", "redis://127.0.0.1:6379/0")
+    # When the pool's loop polls
+    await _first_round(controller, lambda: len(polls) == 1)
+    # Then the next poll is 30 s later, not at the polling interval
+    assert controller.next_poll == T0 + 30.0
