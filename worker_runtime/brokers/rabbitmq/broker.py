@@ -140,7 +140,12 @@ while a publish to a queue without a leader is held there (:data:`BUCKET_CONFIRM
 the channel answers nothing (seen here on 3.10.8: a declare sent behind such a publish got no
 reply in 5 s); unbounded, a retry or an enqueue that needed a new delay bucket at that moment
 waited for good. On the timeout aio-pika closes the channel, and the next call opens a new
-publishing channel on the same connection (:meth:`RabbitMQBroker._ensure`)."""
+publishing channel on the same connection (:meth:`RabbitMQBroker._ensure`). Opening a publishing
+or probing channel and a passive declare are bounded alike: a node under a memory or disk alarm
+stops reading from a connection that publishes until the alarm clears (seen here on 3.10.8: an
+enqueue on such a connection, its publish unconfirmed, then waited for good on the new
+publishing channel meant to replace the stuck one, holding the lock every reconnect takes, and
+the worker's next settle with it)."""
 
 CONSUME_TIMEOUT_SECONDS = 30.0
 """How long starting a consumer on a work queue may take. A work queue that a node crash left
@@ -609,6 +614,22 @@ def _sent(exc: BaseException) -> BaseException:
     return sent
 
 
+async def _open_channel(
+    connection: aio_pika.abc.AbstractConnection,
+    *,
+    publisher_confirms: bool,
+    on_return_raises: bool = False,
+) -> aio_pika.abc.AbstractChannel:
+    """A new channel of ``connection``, its opening bounded by :data:`DECLARE_TIMEOUT_SECONDS`
+    (aio-pika's ``channel()`` takes no timeout): ``TimeoutError`` when RabbitMQ does not read
+    the connection (a memory or disk alarm blocking it)."""
+    channel = connection.channel(
+        publisher_confirms=publisher_confirms, on_return_raises=on_return_raises
+    )
+    await asyncio.wait_for(channel.initialize(), DECLARE_TIMEOUT_SECONDS)
+    return channel
+
+
 async def _declare_existing(
     channel: aio_pika.abc.AbstractChannel, name: str
 ) -> aio_pika.abc.AbstractQueue | None:
@@ -617,7 +638,7 @@ async def _declare_existing(
     reached now (NOT_FOUND "home node ... is down or inaccessible", :data:`ABSENT_QUEUE_TEXTS`)
     is no missing queue: that close is raised (an outage), not read as an empty DLQ."""
     try:
-        return await channel.declare_queue(name, passive=True)
+        return await channel.declare_queue(name, passive=True, timeout=DECLARE_TIMEOUT_SECONDS)
     except aiormq.exceptions.ChannelNotFoundEntity as exc:
         if not _is_refusal(exc):
             raise
@@ -1100,7 +1121,9 @@ class RabbitMQBroker:
         assert self._connection is not None
         async with translate_errors(operation):
             if self._probe_channel is None or self._probe_channel.is_closed:
-                self._probe_channel = await self._connection.channel(publisher_confirms=False)
+                self._probe_channel = await _open_channel(
+                    self._connection, publisher_confirms=False
+                )
             return await _declare_existing(self._probe_channel, name) is not None
 
     async def _publish_until_taken(
@@ -1129,8 +1152,8 @@ class RabbitMQBroker:
     async def _open_publish_channel(self) -> aio_pika.abc.AbstractChannel:
         """A new publishing channel (confirms, unroutable publishes raise) on the connection."""
         assert self._connection is not None
-        self._publish_channel = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
+        self._publish_channel = await _open_channel(
+            self._connection, publisher_confirms=True, on_return_raises=True
         )
         return self._publish_channel
 
