@@ -46,6 +46,17 @@ def pod_requests(emu: Emulator) -> int:
     )
 
 
+def owners_of_costs(emu: Emulator) -> set[str]:
+    """The field managers that own a deletion-cost annotation on one of the pool's pods."""
+    return {
+        entry["manager"]
+        for p in emu.list("pods", NAMESPACE, labels="workerfleet.io/pool=emails")
+        for entry in p["metadata"].get("managedFields") or ()
+        if f"f:{COST}"
+        in ((entry.get("fieldsV1") or {}).get("f:metadata", {}).get("f:annotations") or {})
+    }
+
+
 def observed_generation(emu: Emulator) -> tuple[int, int]:
     body = emu.get("workerpools", NAMESPACE, "emails", group=GROUP) or {}
     status = body.get("status") or {}
@@ -58,6 +69,7 @@ def given_a_scale_in_that_ranked_the_pods(emu: Emulator, server: QueueRedis) -> 
     assert _drain(server, "emails") == 400
     wait_until(lambda: (replicas(emu, "emails") or 4) < 4, timeout=10, message="no scale-in")
     assert len(costs(emu)) == 4
+    assert owners_of_costs(emu) == {"workerfleet-autoscaler"}
 
 
 def switch_mode(emu: Emulator, mode: str) -> None:
@@ -78,6 +90,8 @@ def test_switching_out_of_builtin_mode_removes_the_deletion_costs_once(
     switch_mode(emulator, mode)
     # Then no pod keeps a deletion cost to steer the next owner's scale-ins
     wait_until(lambda: costs(emulator) == {}, timeout=10, message="deletion costs left on pods")
+    # And no field manager is left owning one
+    assert owners_of_costs(emulator) == set()
     # And the removal is done once: a later reconcile (a new spec) neither lists nor writes pods
     done = pod_requests(emulator)
     emulator.patch("workerpools", NAMESPACE, "emails", {"spec": {"concurrency": 5}}, group=GROUP)

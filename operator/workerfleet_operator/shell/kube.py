@@ -713,9 +713,12 @@ async def apply_pod_deletion_costs(
     namespace: str,
     costs: Mapping[str, int | None],
     current: Mapping[str, str | None],
+    *,
+    field_manager: str = REPLICAS_FIELD_MANAGER,
 ) -> int:
     """Set the deletion-cost annotation on pods whose value differs (None removes it); return
-    how many changed."""
+    how many changed. Written by the autoscaler's manager unless ``field_manager`` says
+    otherwise (the reconcile's, removing them when the pool leaves builtin mode)."""
     changed = 0
     for pod, cost in costs.items():
         value = None if cost is None else str(cost)
@@ -726,7 +729,7 @@ async def apply_pod_deletion_costs(
             await client.request(
                 "PATCH",
                 build_ref("Pod", namespace, pod).build_path(),
-                params={"fieldManager": REPLICAS_FIELD_MANAGER},
+                params={"fieldManager": field_manager},
                 body=patch,
                 content_type="application/merge-patch+json",
             )

@@ -374,7 +374,11 @@ async def remove_deletion_costs(controller: pool_mod.PoolController) -> int:
     marked = {pod: value for pod, value in current.items() if value is not None}
     if marked:
         await kube.apply_pod_deletion_costs(
-            client, controller.namespace, dict.fromkeys(marked), marked
+            client,
+            controller.namespace,
+            dict.fromkeys(marked),
+            marked,
+            field_manager=kube.FIELD_MANAGER,  # the reconcile's own write
         )
         logger.info(
             "%s/%s: pod-deletion-cost removed from %d pods (the pool left builtin mode)",
