@@ -52,9 +52,10 @@ How a decision is made (the order matters, and each step that changes the value 
    state is seeded with the current replica count, so a restarted controller never scales down
    before it has watched one full window; so is a state whose every recommendation is older
    than the windows (back in ``builtin`` mode after ``keda`` or ``disabled``, or after polls
-   that never ran: someone else set the replicas meanwhile). The seed holds scale-downs only:
-   a scale-up without history acts at once, as the HPA's does (its minimum over a window that
-   holds only the latest recommendation is that recommendation); the step limits still apply.
+   that never ran: someone else set the replicas meanwhile). The seed counts in both windows,
+   as the HPA's initial recommendation does: with a scale-up window (0 s by default) a fresh
+   scaler waits that window before scaling up too, so a short peak at the first poll after a
+   restart is not scaled up to and then, a scale-down window later, back down.
 6. Step limits per decision: a step may change replicas by the larger of ``maxStepPercent`` of
    the current count and ``maxStepPods`` (the HPA's default ``selectPolicy: Max``, which is why
    the defaults 100 % / 4 pods allow 2 -> 6), and always by at least one pod so 0 -> 1 and 1 -> 0
@@ -208,15 +209,10 @@ class Observation:
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """A shaped-but-unstabilized replica count at one moment (the windows look at these).
-
-    ``seed``: not measured, the current count recorded for a scaler without history (step 5).
-    It holds scale-downs for a window and never scale-ups.
-    """
+    """A shaped-but-unstabilized replica count at one moment (the windows look at these)."""
 
     at: float
     replicas: int
-    seed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,9 +343,7 @@ def decide(
         return _build_unmanaged(policy, current, state)
     if _is_history_lost(policy, state, now):
         # Seed: behave as if the current count had been recommended until now.
-        state = dataclasses.replace(
-            state, recommendations=(Recommendation(now, current, seed=True),)
-        )
+        state = dataclasses.replace(state, recommendations=(Recommendation(now, current),))
     if observation.stats is None:
         return _build_metric_failure(policy, observation, current, state, now)
     return _build_decision(
@@ -504,11 +498,10 @@ def _shape_steps(
     """Steps 5-7 on a recommendation already recorded as ``history[-1]``."""
     current = shaping.current
     recommended = history[-1].replicas
-    # The seed of a scaler without history is no measurement: the HPA's window holds a
-    # scale-up only at the lowest count it recommended in the window, and a new HPA acts at
-    # once. Counted here, it held the first scale-up after a restart for a whole window.
-    up_window = _in_window(history, now, policy.scale_up)
-    up_floor = min([r.replicas for r in up_window if not r.seed] + [recommended])
+    # The seed of a scaler without history counts here too, as the HPA's initial
+    # recommendation does: left out, a restarted scaler followed a short peak at its first
+    # poll past the scale-up window meant to ignore it, and came back down a window later.
+    up_floor = min([r.replicas for r in _in_window(history, now, policy.scale_up)] + [recommended])
     down_ceiling = max(
         [r.replicas for r in _in_window(history, now, policy.scale_down)] + [recommended]
     )

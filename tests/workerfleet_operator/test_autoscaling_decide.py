@@ -179,31 +179,74 @@ def test_a_fresh_scaler_never_scales_down_before_watching_one_full_window() -> N
     assert decisions[0].clamped_by == "scaleDownStabilization"
 
 
-@pytest.mark.parametrize(
-    "history",
-    [
-        pytest.param("none", id="a_restarted_operator"),
-        pytest.param("stale", id="back_in_builtin_mode_after_an_hour_elsewhere"),
-    ],
-)
-def test_a_scaler_without_history_scales_up_at_once_despite_the_scale_up_window(
+def _history(kind: str, policy: ScalingPolicy) -> autoscaling.ScalerState:
+    """A scaler without history: a restarted operator's (none), or one whose last
+    recommendation is an hour old (back in builtin mode after an hour elsewhere)."""
+    if kind == "none":
+        return autoscaling.ScalerState()
+    return fx.run(policy, fx.polls(0, 3, backlog=200), current=2)[-1].state
+
+
+WITHOUT_HISTORY = [
+    pytest.param("none", id="a_restarted_operator"),
+    pytest.param("stale", id="back_in_builtin_mode_after_an_hour_elsewhere"),
+]
+
+
+@pytest.mark.parametrize("history", WITHOUT_HISTORY)
+def test_a_restarted_scaler_ignores_a_short_peak_within_its_scale_up_window(history: str) -> None:
+    # Given a pool at 2 replicas with a 60 s scale-up window, whose scaler has no history
+    policy = replace(BACKLOG_ONLY, scale_up=StepPolicy(60, 100, 4))
+    start = 3600.0
+    # When its first polls see a 10 s peak of 600 jobs, then the usual 200 (fake clock)
+    timeline = [
+        *fx.polls(start, 2, backlog=600),
+        *fx.polls(start + 2 * fx.POLL, int(2 * DOWN_WINDOW / fx.POLL), backlog=200),
+    ]
+    decisions = fx.run(policy, timeline, current=2, state=_history(history, policy))
+    # Then the window ignores the peak as the HPA's does (its initial recommendation is the
+    # current count): no scale-up to 6, and so no scale-down back to 2 a window later
+    assert set(fx.desired(decisions)) == {2}
+    assert decisions[0].clamped_by == "scaleUpStabilization"
+
+
+@pytest.mark.parametrize("history", WITHOUT_HISTORY)
+def test_a_restarted_scaler_scales_up_once_the_need_outlasts_its_scale_up_window(
     history: str,
 ) -> None:
-    # Given a pool at 2 replicas with a 60 s scale-up window, whose scaler has no history: a
-    # restarted operator's, or one whose last recommendation is an hour old
+    # Given a pool at 2 replicas with a 60 s scale-up window, whose scaler has no history
     policy = replace(BACKLOG_ONLY, scale_up=StepPolicy(60, 100, 4))
-    state = autoscaling.ScalerState()
-    if history == "stale":
-        state = fx.run(policy, fx.polls(0, 3, backlog=200), current=2)[-1].state
     start = 3600.0
-    # When its queue clearly needs 6 workers from the first poll on (fake clock, 5 s polls)
-    decisions = fx.run(policy, fx.polls(start, 3, backlog=600), current=2, state=state)
-    # Then the first poll scales up (within the step limit), as a new HPA does, instead of
-    # waiting out the window
-    assert decisions[0].desired == 6
-    assert decisions[0].clamped_by != "scaleUpStabilization"
-    # And it still never scales down before it has watched one full window
-    idle = fx.run(policy, fx.polls(start, 3, backlog=0), current=6, state=state)
+    # When its queue needs 6 workers from the first poll on (fake clock, 5 s polls)
+    timeline = fx.polls(start, 20, backlog=600)
+    decisions = fx.run(policy, timeline, current=2, state=_history(history, policy))
+    # Then it scales up once the window has seen nothing lower, and never down
+    first_up = next(p.at for p, d in zip(timeline, decisions, strict=True) if d.desired > 2)
+    assert start + 60 <= first_up <= start + 60 + fx.POLL
+    assert fx.direction_changes([2, *fx.desired(decisions)]) == 0
+    assert decisions[-1].desired == 6
+
+
+@pytest.mark.parametrize("history", WITHOUT_HISTORY)
+def test_a_restarted_scaler_without_a_scale_up_window_scales_up_at_its_first_poll(
+    history: str,
+) -> None:
+    # Given a pool at 2 replicas with the default 0 s scale-up window and no history
+    # When its first poll sees a backlog that needs 6 workers
+    decisions = fx.run(
+        BACKLOG_ONLY,
+        fx.polls(3600.0, 1, backlog=600),
+        current=2,
+        state=_history(history, BACKLOG_ONLY),
+    )
+    # Then it scales up at once (within the step limit), and never down before a whole window
+    assert fx.desired(decisions) == [6]
+    idle = fx.run(
+        BACKLOG_ONLY,
+        fx.polls(3600.0, 3, backlog=0),
+        current=6,
+        state=_history(history, BACKLOG_ONLY),
+    )
     assert fx.desired(idle) == [6, 6, 6]
 
 
@@ -308,13 +351,12 @@ def test_the_activation_threshold_does_not_apply_once_the_pool_is_awake() -> Non
 def test_flapping_input_does_not_oscillate_inside_the_windows(
     policy: ScalingPolicy, high: int, low: int, start: int
 ) -> None:
-    # A scaler with history (it saw the low phase first): one without acts on its first peak
-    warm = fx.run(policy, [fx.Poll(0, fx.queue_stats(0, backlog=low))], current=start)
+    # A fresh scaler (a restarted operator's) whose first poll sees a peak
     timeline = [
         fx.Poll(i * fx.POLL, fx.queue_stats(i * fx.POLL, backlog=high if i % 2 == 0 else low))
-        for i in range(1, int(DOWN_WINDOW / fx.POLL))
+        for i in range(int(DOWN_WINDOW / fx.POLL))
     ]
-    values = fx.desired(fx.run(policy, timeline, current=start, state=warm[-1].state))
+    values = fx.desired(fx.run(policy, timeline, current=start))
     assert fx.direction_changes([start, *values]) == 0
     assert all(v >= start for v in values)  # no scale-down inside the window
     assert sum(1 for a, b in zip([start, *values], values, strict=False) if a != b) <= 1
