@@ -127,7 +127,8 @@ class _ClosingChannel:
     def __init__(self, text: str) -> None:
         self.text = text
 
-    async def declare_queue(self, name: str, *, passive: bool) -> Any:
+    async def declare_queue(self, name: str, *, passive: bool, **options: Any) -> Any:
+        # options: aio-pika's others, the declare's timeout among them
         raise aiormq.exceptions.ChannelNotFoundEntity(self.text)
 
 
