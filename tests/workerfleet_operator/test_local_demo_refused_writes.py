@@ -16,7 +16,17 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from workerfleet_operator.local import brokers, demo, embedded, embedded_redis, runner
+from workerfleet_operator.local import (
+    brokers,
+    demo,
+    embedded,
+    embedded_redis,
+    events_demo,
+    runner,
+)
+
+from worker_runtime import producer
+from worker_runtime.brokers import base
 
 MISCONF = (
     "redis refused enqueue: MISCONF Redis is configured to save RDB snapshots, but it's "
@@ -61,7 +71,7 @@ def test_the_watch_says_why_the_load_fails_once_then_again_every_10_seconds(
         (
             "no reply from redis to enqueue: TimeoutError: Timeout reading from socket",
             "the broker takes none of the load's jobs: no reply from redis to enqueue: "
-            "TimeoutError: Timeout reading from socket; retrying",
+            "TimeoutError: Timeout reading from socket; the load keeps retrying",
         ),
     ],
     ids=["oom", "noreplicas", "no-reply"],
@@ -72,6 +82,47 @@ def test_each_refusal_is_named_by_what_it_means(
     line = demo.describe_load_failure(error, tmp_path, 10**9)
     assert line.startswith(f"workerfleet demo: {said}"), line
     assert str(tmp_path) not in line  # the data directory is said for a disk error only
+
+
+@pytest.mark.parametrize(
+    ("refuse", "code", "said"),
+    [
+        (
+            lambda client: client.config_set("maxmemory", "1"),
+            "OOM",
+            "redis refuses writes: it is out of memory (maxmemory reached, nothing to evict) "
+            "(redis refused enqueue: OOM command not allowed when used memory > 'maxmemory'.)",
+        ),
+        (
+            lambda client: client.replicaof("127.0.0.1", "1"),
+            "READONLY",
+            "redis refuses writes: it is a read-only replica (redis refused enqueue: READONLY "
+            "You can't write against a read only replica.)",
+        ),
+    ],
+    ids=["oom", "readonly"],
+)
+def test_a_real_redis_refusal_whose_code_the_client_cuts_off_is_still_named(
+    refuse: Callable[[redis.Redis], object], code: str, said: str, tmp_path: pathlib.Path
+) -> None:
+    # Given a real redis-server that refuses writes with an error redis-py has a class for
+    # (it cuts the code off the message)
+    server = embedded_redis.EmbeddedRedis(tmp_path / "redis").start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        queue = brokers.SyncQueue(server.url, "q", base.QueueOptions())
+        refuse(client)
+        # When the demo's load enqueues a batch on it
+        with pytest.raises(Exception) as refused:
+            queue.enqueue_many([producer.build_request(producer.JobSpec("demo.work", {}))])
+    finally:
+        client.close()
+        server.stop()
+    # Then the failure keeps Redis' code, and the line says what the refusal means
+    failure = demo.describe_enqueue_error(refused.value)
+    assert f"redis refused enqueue: {code} " in failure
+    line = demo.describe_load_failure(failure, tmp_path, None)
+    assert line == f"workerfleet demo: {said}; the load keeps retrying"
 
 
 def wait_for_save(client: redis.Redis, status: str) -> None:
@@ -99,6 +150,17 @@ def accept_writes(server: embedded_redis.EmbeddedRedis, client: redis.Redis) -> 
     client.bgsave()
     wait_for_save(client, "ok")
     client.config_set("save", "")
+
+
+def index_of_first_disk_refusal(lines: list[str], data_dir: pathlib.Path) -> int:
+    """Where the demo's stderr first says its Redis refuses writes with MISCONF; the line
+    must name what it means and the data directory."""
+    refused = [i for i, line in enumerate(lines) if "redis refuses writes" in line]
+    assert refused, lines
+    assert "it cannot write its data to disk" in lines[refused[0]]
+    assert f"its data directory is {data_dir}" in lines[refused[0]]
+    assert "MISCONF" in lines[refused[0]]
+    return refused[0]
 
 
 @pytest.mark.slow
@@ -147,17 +209,69 @@ def test_a_demo_whose_redis_refuses_writes_says_so_and_when_it_takes_jobs_again(
     assert set(steps) == {"refused", "seen", "accepted"}, steps
     lines = [line for line in capsys.readouterr().err.splitlines() if "demo: " in line]
     (data_dir,) = [s.data_dir for s in servers]
-    refused = [i for i, line in enumerate(lines) if "redis refuses writes" in line]
-    assert refused, lines
-    assert "it cannot write its data to disk" in lines[refused[0]]
-    assert f"its data directory is {data_dir}" in lines[refused[0]]
-    assert "MISCONF" in lines[refused[0]]
+    first = index_of_first_disk_refusal(lines, data_dir)
     # And said when the broker took the load's jobs again
     again = lines.index("workerfleet demo: the broker takes the load's jobs again")
-    assert again > refused[0]
+    assert again > first
     # And the summary counts the failed enqueues with the last error
     assert result.load_errors >= 1
     problems = ", ".join(demo.describe_problems(result))
     assert f"{result.load_errors} failed enqueue(s) (the last: redis refused enqueue: MISCONF" in (
         problems
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_the_events_demo_says_so_when_its_redis_refuses_the_published_orders(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given the events scenario on its embedded Redis
+    servers: list[embedded_redis.EmbeddedRedis] = []
+    start = embedded_redis.EmbeddedRedis.start
+
+    def start_and_keep(server: embedded_redis.EmbeddedRedis) -> embedded_redis.EmbeddedRedis:
+        servers.append(start(server))
+        return servers[-1]
+
+    monkeypatch.setattr(embedded_redis.EmbeddedRedis, "start", start_and_keep)
+    steps: dict[str, float] = {}
+
+    def misbehave(snapshot: runner.Snapshot, phase: str) -> None:
+        (server,) = servers
+        client = redis.Redis.from_url(server.url)
+        try:
+            # When Redis refuses writes 1 s in, during the burst of orders (20 a second)
+            if snapshot.at >= 1.0 and "refused" not in steps:
+                refuse_writes(server, client)
+                steps["refused"] = snapshot.at
+            # And takes them again 1.5 s later, before the lull's and the bump's orders
+            elif (
+                "refused" in steps
+                and "accepted" not in steps
+                and snapshot.at >= steps["refused"] + 1.5
+            ):
+                accept_writes(server, client)
+                steps["accepted"] = snapshot.at
+        finally:
+            client.close()
+
+    result = events_demo.run_events_demo(
+        seconds=10,
+        out_dir=tmp_path / "out",
+        use_prometheus=False,
+        settle_seconds=20,
+        on_snapshot=misbehave,
+    )
+    # Then the demo said at once why the orders failed, naming the data directory
+    assert set(steps) == {"refused", "accepted"}, steps
+    assert result.publish_errors
+    lines = [line for line in capsys.readouterr().err.splitlines() if "demo: " in line]
+    (data_dir,) = [s.data_dir for s in servers]
+    first = index_of_first_disk_refusal(lines, data_dir)
+    assert lines[first].endswith("; the publisher goes on with the next orders")
+    # And said when the broker took the published orders again
+    again = lines.index("workerfleet demo: the broker takes the published orders again")
+    assert again > first

@@ -199,7 +199,7 @@ class LoadGenerator(threading.Thread):
                     self.failure = None
                 except Exception as exc:  # counted and said (LoadFailureWatch, the summary)
                     self.counts.errors += 1
-                    self.failure = self.counts.last_error = str(exc) or type(exc).__name__
+                    self.failure = self.counts.last_error = describe_enqueue_error(exc)
             if elapsed >= end and not waiting:
                 break
             self.stop_event.wait(TICK_SECONDS)
@@ -217,7 +217,39 @@ LOAD_FAILURE_REPEAT_SECONDS = 10.0
 """How often the demo says again that the load's enqueues still fail."""
 
 
-def describe_load_failure(error: str, data_dir: pathlib.Path, free_bytes: int | None) -> str:
+def describe_enqueue_error(exc: BaseException) -> str:
+    """A failed enqueue or publish as the demo says it, with Redis' error code kept.
+
+    redis-py cuts the code off the message of the errors it has a class for (``OOM``,
+    ``READONLY``: "command not allowed when used memory > 'maxmemory'."), and the broker's
+    error quotes that message, so :func:`describe_load_failure` could not tell a Redis out of
+    memory from any other failure. The code comes back in front of the quoted message.
+    """
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    code = getattr(cause, "status_code", None)
+    if not isinstance(code, str) or code not in REFUSED_WRITES or re.search(rf"\b{code}\b", text):
+        return text
+    message = str(cause)
+    if message and message in text:
+        return text.replace(message, f"{code} {message}", 1)
+    return f"{text} ({code})"
+
+
+@dataclass(frozen=True)
+class LoadWording:
+    """What a demo's load is called in the lines :class:`LoadFailureWatch` says."""
+
+    jobs: str = "the load's jobs"
+    going_on: str = "the load keeps retrying"
+
+
+def describe_load_failure(
+    error: str,
+    data_dir: pathlib.Path,
+    free_bytes: int | None,
+    wording: LoadWording = LoadWording(),
+) -> str:
     """The line saying why the broker takes none of the load's jobs, and what to check.
 
     A Redis that refuses writes (a full disk, maxmemory) still answers the reads the view is made
@@ -226,7 +258,10 @@ def describe_load_failure(error: str, data_dir: pathlib.Path, free_bytes: int | 
     """
     found = re.search(r"\b(" + "|".join(REFUSED_WRITES) + r")\b", error)
     if found is None:
-        return f"workerfleet demo: the broker takes none of the load's jobs: {error}; retrying"
+        return (
+            f"workerfleet demo: the broker takes none of {wording.jobs}: {error}; "
+            f"{wording.going_on}"
+        )
     code = found[1]
     where = ""
     if code == "MISCONF":
@@ -234,7 +269,7 @@ def describe_load_failure(error: str, data_dir: pathlib.Path, free_bytes: int | 
         where = f": its data directory is {data_dir}{free}"
     return (
         f"workerfleet demo: redis refuses writes: {REFUSED_WRITES[code]}{where} ({error}); "
-        "the load keeps retrying"
+        f"{wording.going_on}"
     )
 
 
@@ -242,24 +277,28 @@ class LoadFailureWatch:
     """Says on stderr when the load's enqueues start failing and why, again every
     :data:`LOAD_FAILURE_REPEAT_SECONDS` while they fail, and when the broker takes jobs again.
 
-    Fed by :func:`run_demo` at every poll with the load's last failure and the demo's clock.
+    Fed at every poll with the load's last failure (:func:`describe_enqueue_error`) and the
+    demo's clock, by :func:`run_demo` and by the events scenario for its publisher (its own
+    ``wording``).
     """
 
-    def __init__(self, data_dir: pathlib.Path) -> None:
+    def __init__(self, data_dir: pathlib.Path, wording: LoadWording = LoadWording()) -> None:
         self.data_dir = data_dir
+        self.wording = wording
         self._said: str | None = None
         self._said_at = 0.0
 
     def note(self, failure: str | None, at: float) -> None:
         if failure is None:
             if self._said is not None:
-                self._say("workerfleet demo: the broker takes the load's jobs again")
+                self._say(f"workerfleet demo: the broker takes {self.wording.jobs} again")
             self._said = None
             return
         if failure == self._said and at - self._said_at < LOAD_FAILURE_REPEAT_SECONDS:
             return
         self._said, self._said_at = failure, at
-        self._say(describe_load_failure(failure, self.data_dir, self._fetch_free_bytes()))
+        free = self._fetch_free_bytes()
+        self._say(describe_load_failure(failure, self.data_dir, free, self.wording))
 
     def _fetch_free_bytes(self) -> int | None:
         try:

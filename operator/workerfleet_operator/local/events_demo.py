@@ -117,14 +117,26 @@ class PublisherLog:
     done: bool = False
 
 
+PUBLISHER_WORDING = demo.LoadWording(
+    jobs="the published orders", going_on="the publisher goes on with the next orders"
+)
+"""How the lines of :class:`demo.LoadFailureWatch` call the publisher (it does not retry an
+order: a failed publish is an error of the summary)."""
+
+
 class OrderPublisher(threading.Thread):
-    """Publishes the plan's orders through ``App.publish`` on its own thread and event loop."""
+    """Publishes the plan's orders through ``App.publish`` on its own thread and event loop.
+
+    ``failure`` is the error of the last publish while publishes fail (None once one is
+    stored), for :class:`demo.LoadFailureWatch`.
+    """
 
     def __init__(self, redis_url: str, plan: Sequence[demo.Phase], *, seed: int = 11) -> None:
         super().__init__(name="events-publisher", daemon=True)
         self.redis_url = redis_url
         self.plan = tuple(plan)
         self.log = PublisherLog()
+        self.failure: str | None = None
         self.stop_event = threading.Event()
         self._rng = random.Random(seed)
 
@@ -151,9 +163,11 @@ class OrderPublisher(threading.Thread):
                         result = await app.publish(
                             TOPIC, data, version=version, correlation_id=correlation_of(sent)
                         )
-                    except Exception as exc:  # shown in the summary; the demo then fails
+                    except Exception as exc:  # said at once (LoadFailureWatch), in the summary
                         self.log.errors.append(f"order {sent}: {type(exc).__name__}: {exc}")
+                        self.failure = demo.describe_enqueue_error(exc)
                     else:
+                        self.failure = None
                         self.log.published.append(
                             Published(sent, result.event_id, version, result.created)
                         )
@@ -354,8 +368,11 @@ def run_events_demo(
         publisher.start()
         idle: dict[str, int] = {}
         last_alert_check = [0.0]
+        # A Redis that refuses writes still answers the polls: say so, as the main demo does.
+        publish_watch = demo.LoadFailureWatch(server.data_dir, PUBLISHER_WORDING)
 
         def record(snapshot: runner.Snapshot) -> None:
+            publish_watch.note(publisher.failure, time.monotonic() - started)
             s = snapshot.queue_stats
             empty = s is not None and s.backlog + s.in_flight + s.future_delayed == 0
             idle[snapshot.pool] = idle.get(snapshot.pool, 0) + 1 if empty else 0
