@@ -620,8 +620,19 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
     elif decision is None or not decision.queue_reachable:
         # No signals measured (an unreadable queue): what was last measured stands. Said as
         # WithinLimits, an outage told "the replicas meet the signals" of a pool pinned at
-        # maxReplicas, and the next read announced it again with a Warning.
-        conds.carry(api.SCALING_LIMITED, "Unknown", api.Reason.NOT_YET_EVALUATED, "no decision yet")
+        # maxReplicas, and the next read announced it again with a Warning. Only a measured
+        # reason stands: a pause, another owner or another mode is read off the pool now, and
+        # carried, "scaling is suspended by workerfleet.io/paused" outlived the pause (a
+        # resume during a queue outage, or a reconcile before the next poll).
+        before = api.find_condition(conds.previous, api.SCALING_LIMITED)
+        if before is not None and before.reason not in _MEASURED_LIMITS:
+            conds.set(
+                api.SCALING_LIMITED, "Unknown", api.Reason.NOT_YET_EVALUATED, "no decision yet"
+            )
+        else:
+            conds.carry(
+                api.SCALING_LIMITED, "Unknown", api.Reason.NOT_YET_EVALUATED, "no decision yet"
+            )
     elif decision.scaling_limited:
         message = (
             f"pinned at maxReplicas {pool.spec.autoscaling.max_replicas}: the backlog grew "
@@ -632,6 +643,12 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
         conds.set(
             api.SCALING_LIMITED, "False", api.Reason.WITHIN_LIMITS, "the replicas meet the signals"
         )
+
+
+# The ScalingLimited reasons a poll measures (kept through a poll that measured nothing).
+_MEASURED_LIMITS = frozenset(
+    {api.Reason.WITHIN_LIMITS, api.Reason.MAX_REPLICAS_REACHED, api.Reason.NOT_YET_EVALUATED}
+)
 
 
 def _pause_annotation(pause: api.Pause) -> str:

@@ -252,6 +252,49 @@ def test_a_paused_pool_is_scaling_limited_by_its_pause_not_within_limits(
 
 
 @pytest.mark.parametrize(
+    "queue",
+    [
+        pytest.param("unreadable", id="resumed_during_a_queue_outage"),
+        pytest.param("not_polled_yet", id="a_reconcile_before_the_next_poll"),
+    ],
+)
+def test_a_resumed_pool_no_longer_says_its_pause_limits_it_before_a_poll_measures(
+    queue: str,
+) -> None:
+    # Given a builtin pool whose status says a pause limits its scaling
+    spec = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 10}
+    paused = plan.plan(
+        _pool(PAUSED, autoscaling=spec),
+        plan.Observed(now=T0, secret=OK, deployment=_deployment(2), stats=_stats()),
+    )
+    assert _condition(paused, api.SCALING_LIMITED).reason == api.Reason.SCALING_PAUSED
+    # When the pause annotation is removed and the next plan measures nothing (the queue
+    # cannot be read, or no poll ran since)
+    measured: dict[str, Any] = {}
+    if queue == "unreadable":
+        policy = autoscaling.build_scaling_policy(_pool(autoscaling=spec).spec)
+        failed = autoscaling.Observation(stats=None, error="ConnectionError: refused")
+        measured = {
+            "stats_error": "ConnectionError: refused",
+            "decision": autoscaling.decide(policy, failed, 2, autoscaling.ScalerState(), 100.0),
+        }
+    resumed = plan.plan(
+        _pool(autoscaling=spec),
+        plan.Observed(
+            now=T0, secret=OK, deployment=_deployment(2), previous=paused.status, **measured
+        ),
+    )
+    # Then ScalingLimited no longer names the pause the Paused condition says is over
+    assert _condition(resumed, api.PAUSED).status == "False"
+    limited = _condition(resumed, api.SCALING_LIMITED)
+    assert (limited.status, limited.reason) == ("Unknown", api.Reason.NOT_YET_EVALUATED)
+    assert "suspended" not in limited.message
+    # And no Warning is posted for it (an unreadable queue has its own)
+    warnings = [e.reason for e in resumed.events if e.type == "Warning"]
+    assert set(warnings) <= {api.Reason.QUEUE_UNREACHABLE}
+
+
+@pytest.mark.parametrize(
     ("annotations", "autoscaling_spec", "words"),
     [
         pytest.param(
