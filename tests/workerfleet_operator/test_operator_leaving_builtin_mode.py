@@ -4,6 +4,7 @@ pods, once, whether the operator watched the switch or started after it (API emu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -101,6 +102,48 @@ def test_switching_out_of_builtin_mode_removes_the_deletion_costs_once(
         message="the new spec was not reconciled",
     )
     assert pod_requests(emulator) == done
+
+
+@pytest.mark.parametrize(
+    ("mode", "handed_over"),
+    [
+        pytest.param(
+            "disabled",
+            lambda plural, obj: plural == "deployments" and obj["spec"].get("replicas") == 1,
+            id="a_fixed_count_below_the_current_one",
+        ),
+        pytest.param(
+            "keda", lambda plural, obj: plural == "scaledobjects", id="a_scaledobject_created"
+        ),
+    ],
+)
+def test_the_next_owner_of_the_replicas_never_sees_the_old_deletion_costs(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+    mode: str,
+    handed_over: Callable[[str, dict[str, Any]], bool],
+) -> None:
+    # Given a builtin pool whose autoscaler ranked its pods for a scale-in
+    operator()
+    given_a_scale_in_that_ranked_the_pods(emulator, queue_redis)
+    seen: list[dict[str, str]] = []
+
+    def when_handed_over(plural: str, event: dict[str, Any]) -> None:
+        # Called under the emulator's store lock, as the write commits: what the pods carry
+        # at the moment the ReplicaSet controller (or KEDA's HPA) would choose whom to remove
+        if not seen and event["type"] != "DELETED" and handed_over(plural, event["object"]):
+            seen.append(costs(emulator))
+
+    emulator.add_listener(when_handed_over)
+    # When the pool switches to another mode (disabled at 1 replica: a scale-in at once)
+    change = OTHER_MODES[mode]
+    if mode == "disabled":
+        change = {"spec": {"autoscaling": {"mode": "disabled", "replicas": 1}}}
+    emulator.patch("workerpools", NAMESPACE, "emails", change, group=GROUP)
+    # Then the replicas' next owner gets them with no deletion cost left on any pod
+    wait_until(lambda: bool(seen), timeout=10, message="the replicas were not handed over")
+    assert seen == [{}]
 
 
 def test_an_operator_started_after_the_switch_removes_the_deletion_costs(

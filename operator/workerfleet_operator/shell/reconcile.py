@@ -77,8 +77,8 @@ class AppliedState:
     drift_reference: drift.PackedJSON | None = None
     cleaned_generation: int | None = None
     next_full_apply: float = 0.0
-    # The autoscaling mode of the last reconcile that got to apply (None: none yet in this
-    # process), and whether pods may still carry the builtin autoscaler's deletion costs.
+    # The autoscaling mode of the last reconcile that got past its checks (None: none yet in
+    # this process), and whether pods may still carry the builtin autoscaler's deletion costs.
     reconciled_mode: str | None = None
     deletion_costs_pending: bool = False
 
@@ -123,8 +123,11 @@ async def reconcile(controller: pool_mod.PoolController) -> None:
     controller.spec_problem = None
     controller.problem_logged = None
     assert isinstance(parsed, api.Pool)
-    await _apply_children(controller, parsed, the_plan, foreign_deployment=foreign_deployment)
+    # Before the children: the Deployment's fixed count (disabled) or the ScaledObject (keda)
+    # hands the replicas to their next owner, whose first scale-in must not be steered by
+    # what the pods were doing at the last builtin one.
     await _leave_builtin_mode(controller, parsed)
+    await _apply_children(controller, parsed, the_plan, foreign_deployment=foreign_deployment)
     controller.applied.reconcile_error = None
     if controller.applied.apply_problem is None:
         controller.applied.reconciled_generation = parsed.generation
@@ -240,7 +243,8 @@ async def _leave_builtin_mode(controller: pool_mod.PoolController, pool: api.Poo
 
     Left when this process reconciled it in ``builtin`` mode last, or (after a restart) when
     the stored status still names ``builtin``; a removal that raised is tried again at the
-    next reconcile. A pool that stays in one mode lists no pods.
+    next reconcile. Called before the children are applied: the apply hands the replicas to
+    their next owner. A pool that stays in one mode lists no pods.
     """
     applied = controller.applied
     mode = pool.spec.autoscaling.mode
