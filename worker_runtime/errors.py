@@ -20,14 +20,17 @@ classes and never a client library's own: each broker maps its client's exceptio
     └── BrokerError                         a broker call failed
         ├── BrokerUnavailable               no reply: the call may or may not have been applied
         ├── BrokerRejected                  the broker answered with an error: not applied
-        ├── BrokerPartlyApplied             a batch call applied in part: ``applied``/``refused``
+        ├── BrokerPartlyApplied             a batch call applied in part: ``applied``/``refused``/
+        │                                   ``lost``
         └── CapabilityMissing               the broker cannot do this (see ``Capabilities``)
 
 The split of :class:`BrokerError` is the one fact a caller needs to recover correctly: after
 :class:`BrokerUnavailable` a non-idempotent call (a fetch) may have taken effect, so the worker
 recovers what it may have been handed (``Broker.recover``); after :class:`BrokerRejected` nothing
 happened and a plain retry is right. After :class:`BrokerPartlyApplied` neither is: the broker
-applied the entries named in ``applied`` and not those in ``refused``, so only those go again.
+applied the entries named in ``applied`` and not those in ``refused``, so only those go again;
+those in ``lost`` were answered as no longer the caller's (a settle or renewal of a lease that
+had ended), so sending them again changes nothing.
 """
 
 from __future__ import annotations
@@ -140,9 +143,12 @@ class BrokerPartlyApplied(BrokerError):
 
     ``applied`` names the entries applied (job ids): sending them again would apply them twice.
     ``refused`` maps each entry not applied to its own error: ``BrokerRejected`` refused for good,
-    ``BrokerUnavailable`` "not now" (or no reply: it may have been applied). Not a
-    ``BrokerRejected``: a caller that reads that as "nothing applied" would send the applied
-    entries again.
+    ``BrokerUnavailable`` "not now" (or no reply: it may have been applied). ``lost`` names the
+    entries the broker answered as no longer the caller's: a settle or a renewal of a delivery
+    whose lease had ended (what a ``False`` ack or a renewal's ``lost`` says on a whole answer).
+    Not a ``BrokerRejected``: a caller that reads that as "nothing applied" would send the
+    applied entries again. A call with a fetch in it (``ack_and_fetch``) raises it before
+    fetching: nothing was handed out.
     """
 
     def __init__(
@@ -152,10 +158,12 @@ class BrokerPartlyApplied(BrokerError):
         operation: str = "",
         applied: tuple[str, ...],
         refused: dict[str, BrokerError],
+        lost: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message, operation=operation)
         self.applied = applied
         self.refused = refused
+        self.lost = lost
 
 
 class CapabilityMissing(BrokerError):

@@ -1353,6 +1353,36 @@ async def test_a_renew_with_an_entry_refused_for_good_names_the_leases_it_renewe
     assert_names_applied_and_refused(raised.value, *held)
 
 
+async def test_a_batch_applied_in_part_names_the_receipts_sqs_answered_gone_as_lost(
+    open_sqs: OpenBroker,
+) -> None:
+    # Given three jobs a worker holds, and a ChangeMessageVisibilityBatch and a
+    # DeleteMessageBatch that SQS answers with the first entry applied, the second refused for
+    # good and the third's receipt gone (its lease had ended)
+    b = await open_sqs(lease_seconds=30)
+    await b.enqueue_many([job("a"), job("b"), job("c")])
+    held = sorted(await fetch_until(b, 3, 10), key=lambda d: d.envelope.task)
+    in_part = {
+        "Successful": [{"Id": "0"}],
+        "Failed": [
+            {"Id": "1", **REFUSED_FOR_GOOD, "Code": "AccessDenied"},
+            {"Id": "2", "SenderFault": True, "Code": "ReceiptHandleIsInvalid", "Message": "x"},
+        ],
+    }
+    for operation in ("ChangeMessageVisibilityBatch", "DeleteMessageBatch"):
+        answer_once(b, operation, in_part)
+    # When the worker renews them, and then acks them together
+    with pytest.raises(errors.BrokerPartlyApplied) as renewed:
+        await b.renew("w1", held)
+    with pytest.raises(errors.BrokerPartlyApplied) as acked:
+        await b.ack_and_fetch(held, "w1", 1)
+    # Then each error names the job applied, the one refused and the one whose lease is gone
+    # (a renewal's lost lease, an ack answered False), which a worker marks lost at once
+    for raised in (renewed, acked):
+        assert_names_applied_and_refused(raised.value, *held[:2])
+        assert raised.value.lost == (held[2].id,)
+
+
 def long_failure(n: int) -> base.FailureRecord:
     """A failure as long as the worker keeps one (a 2,000-character message, 4,000 of
     traceback)."""

@@ -410,7 +410,9 @@ class Broker(Protocol):
         holding: Container[tuple[str, Receipt]] = (),
     ) -> tuple[list[bool], list[Delivery]]:
         """Ack ``deliveries`` (one flag each, as :meth:`ack`) then :meth:`fetch`; a broker that
-        can do both in one round trip does (the worker's cycle under load)."""
+        can do both in one round trip does (the worker's cycle under load). A broker that
+        answers the acks one by one raises ``BrokerPartlyApplied`` when it applied some and not
+        others, before it fetches: nothing was handed out."""
         ...
 
     async def ack(
@@ -457,7 +459,9 @@ class Broker(Protocol):
     ) -> LeaseRenewal:
         """Extend every current delivery's lease by ``options.lease_seconds`` from now, and
         write ``heartbeat`` when given (``Capabilities.heartbeats``). Deliveries that are not
-        current any more come back in ``lost``: their job is someone else's now."""
+        current any more come back in ``lost``: their job is someone else's now. A broker
+        that renews them one by one raises ``BrokerPartlyApplied`` when it refused some: its
+        ``applied`` and ``lost`` say what this result would have."""
         ...
 
     async def recover(

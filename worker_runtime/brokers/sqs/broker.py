@@ -275,21 +275,31 @@ PARTLY_APPLIED_NAMED = 5
 
 
 def _partly_applied(
-    operation: str, done: str, applied: tuple[str, ...], refused: dict[str, errors.BrokerError]
+    operation: str,
+    done: str,
+    applied: tuple[str, ...],
+    refused: dict[str, errors.BrokerError],
+    *,
+    lost: tuple[str, ...] = (),
 ) -> errors.BrokerPartlyApplied:
     """The error of a batch SQS applied in part: how many jobs it applied (``done``: stored,
-    deleted, renewed), and which it did not and why."""
+    deleted, renewed), which it did not and why, and which SQS answered gone (``lost``:
+    deliveries whose lease had ended)."""
     named = "; ".join(
         f"{job_id}: {error}" for job_id, error in list(refused.items())[:PARTLY_APPLIED_NAMED]
     )
     more = len(refused) - PARTLY_APPLIED_NAMED
     if more > 0:
         named += f"; and {more} more"
+    gone = f"; {len(lost)} leases were gone" if lost else ""
     text = (
-        f"SQS {done} {len(applied)} of {len(applied) + len(refused)} jobs of {operation}"
-        f" (send those again and they are {done} twice) and not {len(refused)}: {named}"
+        f"SQS {done} {len(applied)} of {len(applied) + len(refused) + len(lost)} jobs of"
+        f" {operation} (send those again and they are {done} twice) and not {len(refused)}:"
+        f" {named}{gone}"
     )
-    return errors.BrokerPartlyApplied(text, operation=operation, applied=applied, refused=refused)
+    return errors.BrokerPartlyApplied(
+        text, operation=operation, applied=applied, refused=refused, lost=lost
+    )
 
 
 def _set_alias(held_receipt: str, newest: str) -> None:
@@ -1123,19 +1133,22 @@ class SqsBroker:
         failures: dict[str, BaseException],
     ) -> BaseException:
         """The error of an ``ack_and_fetch`` some of whose acks failed. When SQS deleted others
-        (DeleteMessageBatch answers each entry on its own), a BrokerPartlyApplied naming both,
-        and the deleted ones answer True when the worker sends their acks again: as a
-        BrokerRejected ("nothing applied") they were re-sent, answered False, and counted as
-        lost leases of jobs that had run to the end."""
+        (DeleteMessageBatch answers each entry on its own), or answered some receipts gone, a
+        BrokerPartlyApplied naming them (``applied``, ``refused``, ``lost``), and the deleted
+        ones answer True when their acks are sent again: as a BrokerRejected ("nothing
+        applied") they were re-sent, answered False, and counted as lost leases of jobs that
+        had run to the end."""
         applied = [d for d, a in zip(deliveries, answers, strict=True) if a is True]
+        # answered False: the receipt was gone (the lease had ended), as a whole answer says
+        lost = tuple(d.id for d, a in zip(deliveries, answers, strict=True) if a is False)
         refused = {k: e for k, e in failures.items() if isinstance(e, errors.BrokerError)}
-        if not applied or len(refused) < len(failures):
+        if not (applied or lost) or len(refused) < len(failures):
             return next(iter(failures.values()))
         for d in applied:
             self._acked_unreported[(d.id, d.receipt)] = True
             while len(self._acked_unreported) > RETRY_DELAYS_KEPT:
                 self._acked_unreported.popitem(last=False)
-        return _partly_applied("ack", "deleted", tuple(d.id for d in applied), refused)
+        return _partly_applied("ack", "deleted", tuple(d.id for d in applied), refused, lost=lost)
 
     # -- settling ---------------------------------------------------------------------------
 
@@ -1456,9 +1469,18 @@ class SqsBroker:
             # a throttled or refused entry is not a lost lease: the renewal round fails (after
             # every batch was sent) and the worker renews again shortly. Saying which leases
             # were renewed: "SQS refused renew" alone read as none was.
-            if not kept:
+            # The leases SQS said are gone go in it too: the worker marks those jobs lost now,
+            # and not only once a round has no refused entry (never, when one is refused for
+            # good: their results were kept and acked as if the lease still held).
+            if not kept and not lost:
                 raise next(iter(refused_by_job.values()))
-            raise _partly_applied("renew", "renewed", tuple(d.id for d in kept), refused_by_job)
+            raise _partly_applied(
+                "renew",
+                "renewed",
+                tuple(d.id for d in kept),
+                refused_by_job,
+                lost=tuple(d.id for d in lost),
+            )
         return base.LeaseRenewal(kept=tuple(kept), lost=tuple(lost))
 
     async def _renew_receipts(self, url: str, receipts: Sequence[str]) -> None:
