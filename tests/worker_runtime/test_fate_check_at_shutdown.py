@@ -10,12 +10,12 @@ wrapper after the acks landed and the check held up until the drain is over.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
 
-from worker_runtime import App, brokers, config, errors, worker
+from tests.worker_runtime import memory_stand_ins
+from worker_runtime import App, config, errors, worker
 from worker_runtime.brokers import base, memory
 from worker_runtime.worker import settling
 
@@ -60,15 +60,7 @@ async def start_worker_on_cut_broker(
 ) -> tuple[worker.Worker, asyncio.Task[int]]:
     """One job enqueued, and a worker running it on a ReplyCutOnce broker (recording each run
     in ``ran``); returns the worker and its running task."""
-    store = f"fate-{uuid.uuid4().hex[:8]}"
-    url = f"memory://{store}"
-
-    async def open_broker(
-        url: str, queue: str, *, options: base.QueueOptions | None = None, **_: Any
-    ) -> base.Broker:
-        return ReplyCutOnce(queue, options, store=store)
-
-    monkeypatch.setattr(brokers, "open_broker", open_broker)
+    url = memory_stand_ins.open_brokers_as(monkeypatch, ReplyCutOnce, "fate")
     ReplyCutOnce.asked = asyncio.Event()
     app = App("fate", redis_url=url)
 

@@ -16,6 +16,7 @@ at all: a worker drained while starting).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -228,8 +229,9 @@ class ControlThread(threading.Thread):
                 beat = self.build_beat()
                 self._beat_busy = beat.in_flight > 0
                 sent = True
+                jobs = self.snapshot_jobs()
                 try:
-                    result = await q.renew(w.worker_id, self.snapshot_jobs(), heartbeat=beat)
+                    result = await q.renew(w.worker_id, jobs, heartbeat=beat)
                 except Exception as exc:  # never let the renewal thread die
                     failures += 1
                     w.metrics.redis_error("renew")
@@ -239,6 +241,11 @@ class ControlThread(threading.Thread):
                         "lease renewal failed" if beat.in_flight else "heartbeat failed",
                         extra={"error": transient.describe(exc), "in_flight": beat.in_flight},
                     )
+                    if isinstance(exc, errors.BrokerPartlyApplied):
+                        # The leases it renewed and those it found lost are known: recorded
+                        # now, or a lease refused at every round (for good) kept the others'
+                        # outcome unrecorded for as long, and a lost lease was never noticed.
+                        self.record_renewal(renewal_of_partly_applied(jobs, exc))
                     wait = min(interval, 0.25 * failures)
                 else:
                     failures = 0
@@ -248,6 +255,7 @@ class ControlThread(threading.Thread):
                     # a period, or finished jobs (and their payloads) stay alive that long.
                     del result
                     wait = interval
+                del jobs  # the snapshot too, for the same reason
                 if (
                     failures == 0
                     and time.monotonic() >= next_policy_check
@@ -270,6 +278,22 @@ class ControlThread(threading.Thread):
                     self.deregistered = await deregister(q, w.worker_id)
                 with contextlib.suppress(*transient.BROKER_ERRORS):
                     await q.close()
+
+
+def renewal_of_partly_applied(
+    jobs: list[base.Delivery], exc: errors.BrokerPartlyApplied
+) -> base.LeaseRenewal:
+    """What a renewal of ``jobs`` that the broker applied in part found: the leases it renewed
+    (``applied``) and those it answered lost (``lost``); a job it names twice (two deliveries
+    of one job) or not at all is in neither, and is renewed again with the next round."""
+    named = collections.Counter([*exc.applied, *exc.refused, *exc.lost])
+    held = collections.Counter(j.id for j in jobs)
+    told = [j for j in jobs if named[j.id] == 1 and held[j.id] == 1]
+    applied, lost = set(exc.applied), set(exc.lost)
+    return base.LeaseRenewal(
+        kept=tuple(j for j in told if j.id in applied),
+        lost=tuple(j for j in told if j.id in lost),
+    )
 
 
 async def deregister(q: base.Broker, worker_id: str) -> bool:

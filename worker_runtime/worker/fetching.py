@@ -21,7 +21,7 @@ import typing
 from collections.abc import Container
 from typing import TYPE_CHECKING
 
-from worker_runtime import logs
+from worker_runtime import errors, logs
 from worker_runtime.brokers import base
 from worker_runtime.worker import held as held_mod
 from worker_runtime.worker import settling, transient
@@ -197,12 +197,18 @@ class FetchLoop:
                 # foreseen (the broker) or not (a bug, a reply nobody expected), is retried with
                 # backoff, so one bad reply can never stop a worker with jobs leased to it.
                 # Acks are fenced, so sending them again is safe: they go back in the queue.
+                if isinstance(exc, errors.BrokerPartlyApplied):
+                    # The broker answered each ack and fetched nothing: only the acks it did
+                    # not apply go again (nothing to adopt).
+                    acks = self.finish_partly_applied(acks, exc)
                 self.ack_queue[:0] = acks
                 # Without a reply the script may still have run: adopt what it leased to us.
                 # (An error reply, e.g. READONLY, is an answer, and a fetch that never got a
                 # connection was never sent: nothing to adopt after either.) Its acks may have
                 # landed too: the fence rejects their re-send then, which is no lost lease.
-                if settling.may_have_landed(exc):
+                if settling.may_have_landed(exc) and not isinstance(
+                    exc, errors.BrokerPartlyApplied
+                ):
                     self.unsure = True
                     w.settler.note_unanswered(acks)
                 failures += 1
@@ -346,6 +352,43 @@ class FetchLoop:
             w.settler.answered(acks)
         w.forget_all(finished)
         w.metrics.jobs_completed(completed)  # one update per batch, not three locks per job
+
+    def finish_partly_applied(
+        self, acks: list[held_mod.Held], exc: errors.BrokerPartlyApplied
+    ) -> list[held_mod.Held]:
+        """An ``ack_and_fetch`` whose acks the broker applied in part (it fetched nothing):
+        finish the acks it applied (landed) or answered gone (a lost lease), as a whole
+        answer's flags would; return the others, to be sent again.
+
+        Read as "may have landed" as a whole, every ack went again and the worker adopted
+        after a fetch never sent: a deleted job's re-sent ack was answered False and asked of
+        the broker (counted unconfirmed, not completed; and where the broker cannot tell, a
+        gone lease too). An ack sent again that may have landed (no reply for it) is marked
+        unanswered; one the broker does not name, or names twice (two deliveries of one job
+        in the batch), goes again as one that may have landed.
+        """
+        applied, lost = set(exc.applied), set(exc.lost)
+        named = collections.Counter([*exc.applied, *exc.refused, *exc.lost])
+        sent = collections.Counter(h.job.id for h in acks)
+        finished: list[held_mod.Held] = []
+        flags: list[bool] = []
+        again: list[held_mod.Held] = []
+        unanswered: list[held_mod.Held] = []
+        for h in acks:
+            job_id = h.job.id
+            told = named[job_id] == 1 and sent[job_id] == 1
+            if told and (job_id in applied or job_id in lost):
+                finished.append(h)
+                flags.append(job_id in applied)
+                continue
+            again.append(h)
+            error = exc.refused.get(job_id) if told else None
+            if error is None or settling.may_have_landed(error):
+                unanswered.append(h)
+        if finished:
+            self.finish_acks(finished, flags)
+        self.worker.settler.note_unanswered(unanswered)
+        return again
 
     def _flush_queued_acks(self) -> None:
         # Acks queued for the next cycle when there will be none (drain): send them directly.

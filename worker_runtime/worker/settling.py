@@ -48,8 +48,12 @@ def may_have_landed(exc: BaseException) -> bool:
     """Whether a broker call that raised ``exc`` may still have been applied: no reply came.
 
     An error reply (``BrokerRejected``) is an answer (nothing applied), and a call that never got
-    a connection (``BrokerUnavailable`` with ``sent`` False) was never sent.
+    a connection (``BrokerUnavailable`` with ``sent`` False) was never sent. A batch applied in
+    part (``BrokerPartlyApplied``) was answered: it may have landed further only where an entry
+    it did not apply got no reply.
     """
+    if isinstance(exc, errors.BrokerPartlyApplied):
+        return any(may_have_landed(e) for e in exc.refused.values())
     if isinstance(exc, errors.BrokerRejected):
         return False
     return not (isinstance(exc, errors.BrokerUnavailable) and not exc.sent)
