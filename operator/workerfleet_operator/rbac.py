@@ -97,8 +97,9 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
         "",
         "pods",
         ("list", "patch"),
-        "scale-in marks idle worker pods cheapest to delete"
-        " (controller.kubernetes.io/pod-deletion-cost annotation)",
+        "the builtin autoscaler marks idle worker pods cheapest to delete before a scale-in"
+        " (controller.kubernetes.io/pod-deletion-cost annotation), and takes those marks off"
+        " the pool's pods when it leaves builtin mode (KEDA, an HPA or a fixed count)",
     ),
     Permission(
         "",

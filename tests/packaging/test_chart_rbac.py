@@ -453,3 +453,34 @@ def test_nothing_is_granted_that_the_operator_never_touches() -> None:
     for permission in rbac.REQUIRED_PERMISSIONS:
         base = permission.resource.partition("/")[0]
         assert (permission.api_group, base) in touched, permission
+
+
+def _comment_above(lines: list[str], resource: str) -> str:
+    """The comment block right above the rule of ``resource`` in a rendered or template RBAC."""
+    (at,) = [i for i, line in enumerate(lines) if line.strip() == f'resources: ["{resource}"]']
+    above: list[str] = []
+    for line in reversed(lines[: at - 1]):  # above the rule's `- apiGroups:` line
+        if not line.strip().startswith("#"):
+            break
+        above.insert(0, line.strip().removeprefix("#").strip())
+    return " ".join(above)
+
+
+def test_the_pods_rule_says_the_scale_in_marks_are_taken_off_when_a_pool_leaves_builtin_mode() -> (
+    None
+):
+    # The operator patches pods for two things: the pod-deletion-cost marks of a builtin
+    # scale-in, and their removal when the pool leaves builtin mode. Whoever audits the rule (in
+    # rbac.py, the chart, the chart's README, deploy/install.yaml) reads why it may patch pods.
+    (pods,) = [p for p in rbac.REQUIRED_PERMISSIONS if p.resource == "pods"]
+    template = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    install = (ROOT / "deploy" / "install.yaml").read_text().splitlines()
+    (readme_row,) = [
+        line
+        for line in (CHART / "README.md").read_text().splitlines()
+        if line.startswith('| "" | pods |')
+    ]
+    for said in (pods.reason, _comment_above(template, "pods"), _comment_above(install, "pods")):
+        assert "pod-deletion-cost" in said, said
+        assert "leaves builtin mode" in said, said
+    assert "leaves builtin mode" in readme_row
