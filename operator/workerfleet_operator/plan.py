@@ -620,12 +620,13 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
     elif decision is None or not decision.queue_reachable:
         # No signals measured (an unreadable queue): what was last measured stands. Said as
         # WithinLimits, an outage told "the replicas meet the signals" of a pool pinned at
-        # maxReplicas, and the next read announced it again with a Warning. Only a measured
-        # reason stands: a pause, another owner or another mode is read off the pool now, and
-        # carried, "scaling is suspended by workerfleet.io/paused" outlived the pause (a
-        # resume during a queue outage, or a reconcile before the next poll).
+        # maxReplicas, and the next read announced it again with a Warning. A pause or another
+        # mode is not carried: the pool itself says it is over, and carried, "scaling is
+        # suspended by workerfleet.io/paused" outlived the pause (a resume during a queue
+        # outage, or a reconcile before the next poll). Another owner of the replicas is
+        # carried: only a scale attempt finds it again (a restarted operator knows none).
         before = api.find_condition(conds.previous, api.SCALING_LIMITED)
-        if before is not None and before.reason not in _MEASURED_LIMITS:
+        if before is not None and before.reason in _READ_OFF_THE_POOL:
             conds.set(
                 api.SCALING_LIMITED, "Unknown", api.Reason.NOT_YET_EVALUATED, "no decision yet"
             )
@@ -645,10 +646,8 @@ def _set_scaling_limited(conds: _Conditions, pool: api.Pool, observed: Observed)
         )
 
 
-# The ScalingLimited reasons a poll measures (kept through a poll that measured nothing).
-_MEASURED_LIMITS = frozenset(
-    {api.Reason.WITHIN_LIMITS, api.Reason.MAX_REPLICAS_REACHED, api.Reason.NOT_YET_EVALUATED}
-)
+# The ScalingLimited reasons the pool's own spec and annotations decide: stale once they differ.
+_READ_OFF_THE_POOL = frozenset({api.Reason.SCALING_PAUSED, api.Reason.NOT_MANAGED})
 
 
 def _pause_annotation(pause: api.Pause) -> str:

@@ -294,6 +294,44 @@ def test_a_resumed_pool_no_longer_says_its_pause_limits_it_before_a_poll_measure
     assert set(warnings) <= {api.Reason.QUEUE_UNREACHABLE}
 
 
+def test_a_pool_builtin_again_no_longer_says_the_autoscaler_is_off_before_a_poll() -> None:
+    # Given a pool with autoscaling disabled (ScalingLimited=False NotManaged)
+    off = plan.plan(
+        _pool(autoscaling={"mode": "disabled", "replicas": 2}),
+        plan.Observed(now=T0, secret=OK, deployment=_deployment(2)),
+    )
+    assert _condition(off, api.SCALING_LIMITED).reason == api.Reason.NOT_MANAGED
+    # When it is builtin again and its next plan comes before any poll
+    builtin = plan.plan(
+        _pool(autoscaling={"mode": "builtin", "minReplicas": 1, "maxReplicas": 10}),
+        plan.Observed(now=T0, secret=OK, deployment=_deployment(2), previous=off.status),
+    )
+    # Then ScalingLimited waits for a decision instead of saying "the builtin autoscaler is off"
+    limited = _condition(builtin, api.SCALING_LIMITED)
+    assert (limited.status, limited.reason) == ("Unknown", api.Reason.NOT_YET_EVALUATED)
+
+
+def test_replicas_owned_elsewhere_is_kept_until_a_poll_measures_again() -> None:
+    # Given a pool whose replicas another owner drives (found by a scale attempt)
+    spec = {"mode": "builtin", "minReplicas": 1, "maxReplicas": 10}
+    owned = plan.plan(
+        _pool(autoscaling=spec),
+        plan.Observed(
+            now=T0, secret=OK, deployment=_deployment(2), replicas_owned_by=("HPA emails",)
+        ),
+    )
+    assert _condition(owned, api.SCALING_LIMITED).reason == api.Reason.REPLICAS_OWNED_ELSEWHERE
+    # When a restarted operator (which knows of no owner yet) plans before any poll
+    later = plan.plan(
+        _pool(autoscaling=spec),
+        plan.Observed(now=T0, secret=OK, deployment=_deployment(2), previous=owned.status),
+    )
+    # Then the owner found last stands: only a scale attempt finds it again, and set back to
+    # Unknown in between, its Warning would come again after every restart
+    assert _condition(later, api.SCALING_LIMITED).reason == api.Reason.REPLICAS_OWNED_ELSEWHERE
+    assert later.events == () or all(e.type == "Normal" for e in later.events)
+
+
 @pytest.mark.parametrize(
     ("annotations", "autoscaling_spec", "words"),
     [
