@@ -83,3 +83,33 @@ async def test_a_throttled_poll_is_retried_when_the_server_asked(
     await _first_round(controller, lambda: len(polls) == 1)
     # Then the next poll is 30 s later, not at the polling interval
     assert controller.next_poll == T0 + 30.0
+
+
+async def test_a_status_left_to_a_throttled_poll_is_written_when_the_server_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a pool whose reconcile leaves its status to the poll due right after it (a new
+    # pool's first status), and whose poll the API server throttles asking for 30 s
+    reconciles: list[float] = []
+    polls: list[float] = []
+
+    async def deferring_reconcile(controller: pool_mod.PoolController) -> None:
+        reconciles.append(controller.ctx.clock())
+        controller.defer_status_to_poll()
+
+    async def throttled_poll(controller: pool_mod.PoolController, policy: object) -> None:
+        polls.append(controller.ctx.clock())
+        _throttled()
+
+    monkeypatch.setattr(reconcile, "reconcile", deferring_reconcile)
+    monkeypatch.setattr(scaler, "poll_queue", throttled_poll)
+    controller = _pool_controller()
+    controller.secret = kube.SecretValue("1", "redis://127.0.0.1:6379/0")
+    # When the pool's loop reconciles, then polls (time stands still on the fake clock; the
+    # stand-ins never await, so the round runs through to the loop's wait in one turn)
+    await _first_round(controller, lambda: len(polls) == 1)
+    # Then the reconcile that writes the status itself waits what the server asked too,
+    # instead of sending its requests at once
+    assert reconciles == [T0]
+    assert controller.next_reconcile == T0 + 30.0
+    assert controller.next_poll == T0 + 30.0

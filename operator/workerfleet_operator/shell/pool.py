@@ -464,6 +464,7 @@ class PoolController:
                     # reconcile slot: the other pools' reconciles go on meanwhile.
                     self.next_reconcile = self.ctx.clock() + max(delay, self.server_wait)
             now = self.ctx.clock()
+            poll_wait = 0.0  # what the API server asked a failed poll to wait (Retry-After)
             if self.is_poll_due(now):
                 policy = self.scaling_policy()
                 self.next_poll = now + (policy.polling_interval_seconds if policy else 5.0)
@@ -478,14 +479,19 @@ class PoolController:
                         self.name,
                         queue.redact(str(exc), self.secret),
                     )
-                    wait = _find_server_wait(exc)
-                    if wait > 0:
-                        self.next_poll = max(self.next_poll, self.ctx.clock() + wait)
+                    poll_wait = _find_server_wait(exc)
+                    if poll_wait > 0:
+                        self.next_poll = max(self.next_poll, self.ctx.clock() + poll_wait)
             if self.scaling.status_deferred:
                 # The poll did not get to write what the reconcile left it (it failed, or
-                # its Secret went away): the reconcile runs again now and writes it itself.
+                # its Secret went away): the reconcile runs again and writes it itself, now,
+                # or once the wait the API server asked the poll for is over (run now, it
+                # sent its reads and writes straight after the server said to wait).
                 self.scaling.status_deferred = False
-                self.dirty = True
+                if poll_wait > 0:
+                    self.next_reconcile = min(self.next_reconcile, self.ctx.clock() + poll_wait)
+                else:
+                    self.dirty = True
             deadline = min(
                 self.next_reconcile,
                 self.next_poll if self.secret is not None else self.next_reconcile,
