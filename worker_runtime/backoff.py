@@ -100,8 +100,10 @@ def seconds_of_retry_hint(value: object, *, now: float | None = None) -> float |
     elif isinstance(value, datetime.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, datetime.datetime):
-        if value.tzinfo is None:
-            return None  # a naive time is ambiguous: no guessing its zone
+        if value.utcoffset() is None:
+            # a naive time is ambiguous: no guessing its zone (a tzinfo that gives no offset
+            # is naive too: .timestamp() raised TypeError on it), as expiry.epoch_seconds_of
+            return None
         seconds = value.timestamp() - (time.time() if now is None else now)
     elif isinstance(value, bytes):
         return parse_retry_after(value.decode("latin-1"), now=now)

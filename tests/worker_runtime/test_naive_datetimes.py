@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from worker_runtime import RetryLater, brokers, expiry, producer
+from worker_runtime import RetryLater, backoff, brokers, expiry, producer
 
 
 @pytest.fixture
@@ -100,3 +100,16 @@ def test_retry_later_refuses_a_naive_datetime_instead_of_ignoring_it() -> None:
 def test_epoch_seconds_pass_through_unchanged() -> None:
     assert expiry.epoch_seconds_of(1234.5, "eta") == 1234.5
     assert expiry.epoch_seconds_of(datetime.fromtimestamp(1234.5, UTC), "eta") == 1234.5
+
+
+def test_an_error_s_retry_after_whose_tzinfo_gives_no_offset_is_ignored_as_a_naive_one(
+    new_york_local_time: None,
+) -> None:
+    # An HTTP client error's .retry_after read by the retry policy follows the same rule as
+    # enqueue's eta: a datetime whose tzinfo gives no offset names no instant, and the backoff
+    # decides instead of a delay read in the pod's local zone
+    soon = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=30)
+    assert backoff.seconds_of_retry_hint(soon) is None
+    assert backoff.seconds_of_retry_hint(soon.replace(tzinfo=_NoOffset())) is None
+    aware = backoff.seconds_of_retry_hint(soon.replace(tzinfo=UTC))
+    assert aware is not None and 25 <= aware <= 31
