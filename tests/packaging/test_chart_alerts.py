@@ -26,6 +26,7 @@ RULES = ALERTS_DIR / "workerfleet-alerts.yaml"
 FAST_RULES = ALERTS_DIR / "workerfleet-alerts.fast.yaml"
 SUITES = sorted((ALERTS_DIR / "tests").glob("*.yaml"))
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
+WORKER_METRICS = ROOT / "worker_runtime" / "metrics.py"  # the series the workers export
 
 PRODUCT_ALERTS = (
     "WorkerPoolDeadLetterGrowing",
@@ -318,7 +319,7 @@ def test_the_documented_inhibitions_name_existing_alerts_and_their_labels() -> N
     assert len(rules) >= 4
     for rule in rules:
         for matcher in (*rule["source_matchers"], *rule["target_matchers"]):
-            parsed = re.fullmatch(r'(\w+)(=~|=)"([^"]+)"', matcher)
+            parsed = re.fullmatch(r'(\w+)(=~|!~|=)"([^"]+)"', matcher)
             assert parsed, matcher
             name, op, value = parsed.groups()
             assert name == "alertname"
@@ -330,16 +331,79 @@ def test_the_documented_inhibitions_name_existing_alerts_and_their_labels() -> N
         assert set(rule.get("equal", [])) <= {"namespace", "pool", "queue"}
 
 
+def _matches(matchers: list[str], labels: dict[str, str]) -> bool:
+    """Alertmanager's matching: every matcher holds, regexes anchored, a missing label is ""."""
+    for matcher in matchers:
+        parsed = re.fullmatch(r'(\w+)(=~|!~|!=|=)"([^"]*)"', matcher)
+        assert parsed, matcher
+        name, op, value = parsed.groups()
+        have = labels.get(name, "")
+        found = re.fullmatch(value, have) is not None if "~" in op else have == value
+        if found == op.startswith("!"):
+            return False
+    return True
+
+
+def _inhibited(target: dict[str, str], firing: list[dict[str, str]]) -> bool:
+    """Whether the documented inhibit_rules mute ``target`` while ``firing`` fire."""
+    return any(
+        _matches(rule["target_matchers"], target)
+        and any(
+            source is not target
+            and _matches(rule["source_matchers"], source)
+            and all(source.get(k, "") == target.get(k, "") for k in rule.get("equal", []))
+            for source in firing
+        )
+        for rule in _documented_inhibitions()
+    )
+
+
+def _pool_alert(name: str, namespace: str) -> dict[str, str]:
+    return {"alertname": name, "namespace": namespace, "pool": "orders", "queue": "orders"}
+
+
 def test_no_documented_inhibition_silences_new_dead_letters_while_the_operator_is_up() -> None:
     # A new burst of dead letters always pages: an old, unreplayed dead letter keeps the backlog
     # alert firing for days, and it must not hide WorkerPoolDeadLetterGrowing meanwhile.
-    silencers = [
-        rule["source_matchers"]
-        for rule in _documented_inhibitions()
-        for target in rule["target_matchers"]
-        if re.fullmatch(target.split('"')[1], "WorkerPoolDeadLetterGrowing")
-    ]
-    assert silencers == [['alertname="WorkerfleetOperatorDown"']]
+    growing = _pool_alert("WorkerPoolDeadLetterGrowing", "shop")
+    others = [_pool_alert(name, "shop") for name in _rules() if name.startswith("WorkerPool")]
+    assert not _inhibited(growing, [growing, *others])
+    down = {"alertname": "WorkerfleetOperatorDown", "namespace": "shop"}
+    assert _inhibited(growing, [growing, down])
+
+
+def _worker_fed_alerts() -> set[str]:
+    """The pool alerts that read only series the workers export (not the operator)."""
+    worker_series = set(re.findall(r'"(workerfleet_\w+)"', WORKER_METRICS.read_text()))
+    records = _records()
+    return {
+        name
+        for name, rule in _rules().items()
+        if name.startswith("WorkerPool")
+        and (read := [r for r in records if r in rule["expr"]])
+        and all(
+            set(re.findall(r"workerfleet_\w+", records[r]["expr"])) <= worker_series for r in read
+        )
+    }
+
+
+def test_an_operator_down_mutes_only_its_own_pools_and_never_the_workers_own_alerts() -> None:
+    # Given two installs, each watching its own namespace, and team-a's operator down
+    down = {
+        "alertname": "WorkerfleetOperatorDown",
+        "namespace": "team-a",
+        "job": "workerfleet-operator",
+    }
+    pool_alerts = sorted(name for name in _rules() if name.startswith("WorkerPool"))
+    worker_fed = _worker_fed_alerts()
+    assert worker_fed == {"WorkerPoolLeasesLost", "WorkerPoolRedisErrors"}
+    # When any pool alert fires in either install
+    team_a = {name: _inhibited(_pool_alert(name, "team-a"), [down]) for name in pool_alerts}
+    team_b = {name: _inhibited(_pool_alert(name, "team-b"), [down]) for name in pool_alerts}
+    # Then team-b's all page, team-a's workers' own alerts page (their pods are still scraped),
+    # and team-a's alerts on the operator's stale series are muted
+    assert not any(team_b.values()), team_b
+    assert {name for name, muted in team_a.items() if not muted} == worker_fed
 
 
 def test_every_alert_can_be_turned_off_by_name_in_the_chart() -> None:
