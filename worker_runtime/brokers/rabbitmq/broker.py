@@ -113,8 +113,9 @@ PUBLISH_CONFIRM_TIMEOUT_SECONDS = 30.0
 (the message may or may not be in the queue). A healthy node confirms in milliseconds; a quorum
 queue without a leader never does (see :data:`BUCKET_CONFIRM_TIMEOUT_SECONDS`), and a producer
 or a worker must not wait on it for good. A node under a memory or disk alarm blocks publishing
-connections until the alarm clears: an enqueue then fails after this long instead of waiting
-for it."""
+connections until the alarm clears: an enqueue then fails after this long (and at most
+:data:`DECLARE_TIMEOUT_SECONDS` more, opening the publishing channel meant to replace the stuck
+one) instead of waiting for it."""
 
 BUCKET_CONFIRM_TIMEOUT_SECONDS = 5.0
 """The same bound for a publish to a delay bucket, shorter because a worker's settles wait
