@@ -6,7 +6,9 @@ so its connection is blocked and its ``tx.commit`` got no answer for the whole a
 settle, every settle queued behind it and the worker's drain waited for good. Now the commit is
 bounded (``COMMIT_TIMEOUT_SECONDS``, shortened here) and the settle fails as
 ``BrokerUnavailable`` that may have landed: the commit was sent, and RabbitMQ applies it once it
-reads it. The alarm is a real one on the session's rabbitmq-server
+reads it. Once a publish blocked the connection, opening a channel and a passive declare got
+no answer either: an enqueue and the next settle are bounded too (``DECLARE_TIMEOUT_SECONDS``),
+the settle failing as not sent. The alarm is a real one on the session's rabbitmq-server
 (``rabbitmqctl set_vm_memory_high_watermark``), always lifted again by the fixture.
 """
 
