@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 from workerfleet_operator.shell import config as config_module
-from workerfleet_operator.shell import context, kube, reconcile, scaler
+from workerfleet_operator.shell import context, kube, reconcile, report, scaler
 from workerfleet_operator.shell import pool as pool_mod
 
 from tests.workerfleet_operator import conftest
@@ -23,17 +23,22 @@ def _throttled(*args: object, **kwargs: object) -> None:
 async def _first_round(
     controller: pool_mod.PoolController, done: Callable[[], bool]
 ) -> pool_mod.PoolController:
-    """Run the pool's loop until ``done`` (bounded: 200 turns of the event loop), then stop it."""
+    """Run the pool's loop until ``done``, then stop it."""
     controller.start()
     try:
-        for _ in range(200):
-            if done():
-                break
-            await asyncio.sleep(0.01)
-        assert done(), "the loop did not get through its first round"
+        await _wait_for(done)
     finally:
         await controller.stop()
     return controller
+
+
+async def _wait_for(done: Callable[[], bool]) -> None:
+    """Let the pool's loop run until ``done`` (bounded: 200 turns of the event loop)."""
+    for _ in range(200):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    assert done(), "the pool's loop did not get there"
 
 
 def _pool_controller(**config: object) -> pool_mod.PoolController:
@@ -112,3 +117,37 @@ async def test_a_status_left_to_a_throttled_poll_is_written_when_the_server_aske
     assert reconciles == [T0]
     assert controller.next_reconcile == T0 + 30.0
     assert controller.next_poll == T0 + 30.0
+
+
+async def test_one_throttled_reconcile_is_not_reported_as_failed_but_one_that_lasts_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a healthy pool whose reconciles the API server throttles, asking for 30 s each time
+    reports: list[tuple[float, str]] = []
+
+    async def record_failure(controller: pool_mod.PoolController, error: str) -> None:
+        reports.append((controller.ctx.clock(), error))
+
+    monkeypatch.setattr(reconcile, "reconcile", _throttled)
+    monkeypatch.setattr(report, "apply_failure", record_failure)
+    now = [T0]
+    controller = _pool_controller(retry_base_seconds=1.0)
+    controller.ctx.clock = lambda: now[0]
+    controller.start()
+    try:
+        # When its first reconcile is throttled
+        await _wait_for(lambda: controller.failures == 1)
+        # Then no failure is reported (no Degraded, no Warning): the server only asked to wait
+        assert reports == []
+        assert controller.applied.reconcile_error is None
+        assert controller.next_reconcile == T0 + 30.0
+        # And when the retry the server asked for is throttled again (fake clock: 30 s on)
+        now[0] = T0 + 30.0
+        controller.wake.set()
+        await _wait_for(lambda: controller.failures == 2)
+        # Then that failure is reported, once
+        assert [at for at, _ in reports] == [T0 + 30.0]
+        assert "TooManyRequests" in reports[0][1]
+        assert controller.applied.reconcile_error is not None
+    finally:
+        await controller.stop()

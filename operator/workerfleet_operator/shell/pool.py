@@ -553,6 +553,11 @@ class PoolController:
                     self.name,
                     self.server_wait,
                 )
+                if self.failures == 0:
+                    # Throttled once (the server asked to wait): nothing is wrong with the pool,
+                    # and a failure report is one more write (and a Warning) at a server that
+                    # just asked for none. One that lasts past the wait is reported.
+                    return False
             # Kept until a reconcile gets through: the polls in between plan it too, so
             # Degraded stays ReconcileFailed (one Warning, not one per poll).
             self.applied.reconcile_error = f"{type(exc).__name__}: {text}"
