@@ -1353,6 +1353,33 @@ async def test_a_renew_with_an_entry_refused_for_good_names_the_leases_it_renewe
     assert_names_applied_and_refused(raised.value, *held)
 
 
+async def test_a_renewal_whose_reply_is_late_fails_within_the_caller_s_timeout(
+    elasticmq_server: elasticmq.ElasticMQServer,
+) -> None:
+    # Given a worker's control-thread broker, opened with its renewal interval (0.5 s) as its
+    # socket timeout, holding one job
+    queue = f"t-{uuid.uuid4().hex[:12]}"
+    b = await sqs_broker.open_sqs_broker(
+        elasticmq_server.url,
+        queue,
+        options=base.QueueOptions(lease_seconds=30),
+        socket_timeout=0.5,
+    )
+    try:
+        await b.enqueue(job("a"))
+        held = await fetch_until(b, 1, 10)
+        # When its first renewal's call is held up 3 s on the way (a stalled connection)
+        delay_call(b, "ChangeMessageVisibilityBatch", nth=1, seconds=3.0)
+        # Then that renewal fails as unanswered, instead of waiting as long as a long poll may,
+        # and the next one renews the lease
+        with pytest.raises(errors.BrokerUnavailable, match="did not answer renew"):
+            await b.renew("w1", held)
+        renewal = await b.renew("w1", held)
+        assert [d.id for d in renewal.kept] == [held[0].id]
+    finally:
+        await b.close()
+
+
 async def test_a_batch_applied_in_part_names_the_receipts_sqs_answered_gone_as_lost(
     open_sqs: OpenBroker,
 ) -> None:

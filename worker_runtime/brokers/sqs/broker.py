@@ -423,6 +423,15 @@ class SqsBroker:
         overwrite the workers' with its own defaults."""
         # A read must outlast the longest long poll (20 s), whatever the caller asked for.
         self.read_timeout = max(float(MAX_WAIT + 5), socket_timeout or 0.0)
+        self.renew_timeout = (
+            socket_timeout if socket_timeout and socket_timeout < self.read_timeout else None
+        )
+        """How long one ChangeMessageVisibilityBatch of ``renew`` waits for its reply (its
+        re-sends included): the caller's shorter ``socket_timeout`` (the worker's control
+        thread asks for its renewal interval, ``lease/3``, at least 0.5 s). Under the long
+        polls' read timeout, a renewal on a stalled connection waited 25 s for each of its three
+        tries, past the end of every lease it was to extend; failed in time, it is renewed again
+        at once."""
         # botocore counts the first call as an attempt; retries=0 means one call, no re-send
         # (a re-sent ReceiveMessage after a lost reply strands the first reply's messages until
         # their visibility ends, which a caller that recovers on its own may not want).
@@ -1452,8 +1461,9 @@ class SqsBroker:
                     for i, d in enumerate(chunk)
                 ]
                 with _mapped("renew"):
-                    reply = await client.change_message_visibility_batch(
-                        QueueUrl=url, Entries=entries
+                    reply = await asyncio.wait_for(
+                        client.change_message_visibility_batch(QueueUrl=url, Entries=entries),
+                        self.renew_timeout,
                     )
                 ok = {e["Id"] for e in reply.get("Successful", [])}
                 failed = {str(f.get("Id")): f for f in reply.get("Failed", [])}
@@ -1772,8 +1782,9 @@ async def open_sqs_broker(
 ) -> SqsBroker:
     """An :class:`SqsBroker` for ``queue`` at ``url`` (``sqs://...``), connected, queues created.
 
-    ``socket_timeout`` (seconds, at least 25: a long poll lasts 20) and ``retries`` (re-sends
-    of a call that got no reply) are the connection settings every broker takes.
+    ``socket_timeout`` (seconds, at least 25 for reads: a long poll lasts 20; a shorter one
+    bounds each renewal call, see ``SqsBroker.renew_timeout``) and ``retries`` (re-sends of a
+    call that got no reply) are the connection settings every broker takes.
     ``role`` (:class:`~worker_runtime.brokers.base.QueueRole`): the consumer creates the queues
     and sets its lease and redrive limit on them, a producer creates missing ones and changes no
     existing one, a reader (the operator's probe) only looks them up and reads a missing queue
