@@ -106,3 +106,21 @@ def test_the_schema_refuses_a_window_under_five_minutes(helm: str) -> None:
     )
     assert done.returncode != 0
     assert "deadLetterStaleSeconds" in done.stderr
+
+
+def test_the_window_changes_the_threshold_and_summary_and_leaves_the_labels_alone(
+    render: Render, tmp_path: Path
+) -> None:
+    # Given an extra alert label whose value holds the digits of the default window
+    _, stale = _render_rule_file(
+        render,
+        tmp_path,
+        "--set",
+        "prometheusRule.deadLetterStaleSeconds=3600",
+        "--set-string",
+        "prometheusRule.additionalRuleLabels.ticket=INC864000",
+    )
+    # Then the window changed the threshold and the summary, and the label kept its value
+    assert stale["expr"].strip().endswith("> 3600")
+    assert "{{ humanizeDuration 3600.0 }}" in stale["annotations"]["summary"]
+    assert stale["labels"] == {"severity": "warning", "ticket": "INC864000"}
