@@ -73,13 +73,75 @@ def _query_of(queries: dict[str, str], title: str) -> str:
     return _selector_free(expr)
 
 
+POOL = 'namespace="shop",pool="thumbs",queue="thumbs"'
+
+
+def _run_suite(promtool: str, path: Path, test: dict[str, Any]) -> None:
+    path.write_text(
+        yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": [test]})
+    )
+    done = run([promtool, "test", "rules", str(path)])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_operator_restart_does_not_start_the_panels_windows_again(
+    promtool: str, tmp_path: Path
+) -> None:
+    queries = _queries()
+    dead_lettered = _selector_free(queries["Dead-lettered per 5 minutes / A"])
+    old_pod = f'{POOL},job="workerfleet-operator",pod="workerfleet-operator-7d9f8-a1b2c"'
+    new_pod = f'{POOL},job="workerfleet-operator",pod="workerfleet-operator-7d9f8-x9y8z"'
+    # Given a pool enqueuing 1 job/s and dead-lettering one job a minute, whose operator pod is
+    # replaced at minute 10: the new pod exports the same counters, read from Redis, from minute
+    # 11 on, and the old pod's series ends
+    test = {
+        "interval": "1m",
+        "input_series": [
+            {
+                "series": f"workerfleet_pool_jobs_enqueued_total{{{old_pod}}}",
+                "values": "1000+60x10 stale",
+            },
+            {
+                "series": f"workerfleet_pool_jobs_enqueued_total{{{new_pod}}}",
+                "values": "_x11 1660+60x10",
+            },
+            {
+                "series": f"workerfleet_pool_jobs_dead_lettered_total{{{old_pod}}}",
+                "values": "50+1x10 stale",
+            },
+            {
+                "series": f"workerfleet_pool_jobs_dead_lettered_total{{{new_pod}}}",
+                "values": "_x11 61+1x10",
+            },
+        ],
+        # When the panels are read 2.5 minutes after the new pod's first scrape (between two
+        # evaluation steps, where Prometheus versions agree on which samples a window holds)
+        # Then they show the pool's pace, as before the restart (the window's lowest value is
+        # the old pod's at minute 9: 240 jobs over 300 s, 4 dead letters), not the new pod's
+        # 2.5 minutes alone (120 jobs, 2 dead letters)
+        "promql_expr_test": [
+            {
+                "expr": _query_of(queries, "Throughput"),
+                "eval_time": "13m30s",
+                "exp_samples": [{"labels": f"{{{POOL}}}", "value": 0.8}],
+            },
+            {
+                "expr": dead_lettered,
+                "eval_time": "13m30s",
+                "exp_samples": [{"labels": f"{{{POOL}}}", "value": 4}],
+            },
+        ],
+    }
+    _run_suite(promtool, tmp_path / "restart-suite.yaml", test)
+
+
 def test_a_redis_failover_that_steps_the_counters_back_reads_as_the_jobs_after_it(
     promtool: str, tmp_path: Path
 ) -> None:
     queries = _queries()
     enqueued = _query_of(queries, "Throughput")
     ratio = _query_of(queries, "Failure ratio")
-    labels = 'namespace="shop",pool="thumbs",queue="thumbs",job="workerfleet-operator"'
+    labels = f'{POOL},job="workerfleet-operator"'
     # Given a pool enqueuing, completing and failing at a steady pace (1 job/s enqueued and
     # completed, 1 failed attempt every 6 s), whose Redis fails over at minute 11 to a replica
     # that lagged by 9 minutes: every mirrored counter steps back by 9 minutes of jobs
@@ -110,13 +172,13 @@ def test_a_redis_failover_that_steps_the_counters_back_reads_as_the_jobs_after_i
                     {
                         "expr": enqueued,
                         "eval_time": "15m",
-                        "exp_samples": [{"labels": f"{{{labels}}}", "value": 0.8}],
+                        "exp_samples": [{"labels": f"{{{POOL}}}", "value": 0.8}],
                     },
                     # And the failure ratio is the attempts after it: 40 of 40 + 240
                     {
                         "expr": ratio,
                         "eval_time": "15m",
-                        "exp_samples": [{"labels": f"{{{labels}}}", "value": 40 / 280}],
+                        "exp_samples": [{"labels": f"{{{POOL}}}", "value": 40 / 280}],
                     },
                 ],
             }
