@@ -6,6 +6,7 @@ refuses a window too short to mean "nobody looks after this DLQ".
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,29 @@ def test_the_window_changes_the_threshold_and_summary_and_leaves_the_labels_alon
     assert stale["expr"].strip().endswith("> 3600")
     assert "{{ humanizeDuration 3600.0 }}" in stale["annotations"]["summary"]
     assert stale["labels"] == {"severity": "warning", "ticket": "INC864000"}
+
+
+def _stale_lines(render: Render, *args: str) -> tuple[list[Any], dict[str, Any]]:
+    """The red lines of the chart's Oldest dead letter age panel, and the whole dashboard."""
+    (config_map,) = [
+        m
+        for m in of_kind(render(None, "--set", "grafanaDashboard.enabled=true", *args), "ConfigMap")
+        if "workerfleet-dashboard.json" in m.get("data", {})
+    ]
+    dashboard: dict[str, Any] = json.loads(config_map["data"]["workerfleet-dashboard.json"])
+    (panel,) = [p for p in dashboard["panels"] if p.get("title") == "Oldest dead letter age"]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    return [s["value"] for s in steps if s["color"] == "red"], dashboard
+
+
+def test_the_dashboards_dead_letter_age_line_follows_the_window(render: Render) -> None:
+    # Given the chart's dashboard rendered with the default window and with an hour
+    default_lines, default = _stale_lines(render)
+    hour_lines, hour = _stale_lines(render, "--set", "prometheusRule.deadLetterStaleSeconds=3600")
+    # Then the panel draws its red line where the alert fires, and nothing else changed
+    assert default_lines == [86400]
+    assert hour_lines == [3600]
+    assert default == json.loads(
+        (CHART / "files" / "dashboards" / "workerfleet-dashboard.json").read_text()
+    )
+    assert json.dumps(hour).replace("3600", "86400") == json.dumps(default).replace("3600", "86400")
