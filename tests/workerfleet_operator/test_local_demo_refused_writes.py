@@ -125,6 +125,24 @@ def test_a_real_redis_refusal_whose_code_the_client_cuts_off_is_still_named(
     assert line == f"workerfleet demo: {said}; the load keeps retrying"
 
 
+def test_the_events_demo_stops_repeating_a_refusal_once_its_publisher_is_done(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    watch = demo.LoadFailureWatch(tmp_path, events_demo.PUBLISHER_WORDING)
+    publisher = events_demo.OrderPublisher("redis://127.0.0.1:1/0", ())
+    # Given the publisher's last orders refused, said at 1 s
+    publisher.failure = MISCONF
+    events_demo.note_publisher(watch, publisher, 1.0)
+    # When it has published its plan and the demo polls on through the settle
+    publisher.log.done = True
+    for at in (12.0, 23.0, 34.0):
+        events_demo.note_publisher(watch, publisher, at)
+    # Then the refusal was said once: no publish is left to say whether Redis takes writes
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert "redis refuses writes" in lines[0]
+
+
 def wait_for_save(client: redis.Redis, status: str) -> None:
     """Until the RDB save in progress ended with ``status`` (10 s at most)."""
     deadline = time.monotonic() + 10.0

@@ -179,6 +179,16 @@ class OrderPublisher(threading.Thread):
             await broker.close()
 
 
+def note_publisher(watch: demo.LoadFailureWatch, publisher: OrderPublisher, at: float) -> None:
+    """Feed ``watch`` the publisher's last failure while it publishes.
+
+    Once it is done no publish clears a last failure, so the watch would repeat it through the
+    whole settle, after Redis took writes again; the summary counts the failed orders.
+    """
+    if not publisher.log.done:
+        watch.note(publisher.failure, at)
+
+
 @dataclass(frozen=True)
 class GroupOutcome:
     """What the history says about one subscription."""
@@ -372,7 +382,7 @@ def run_events_demo(
         publish_watch = demo.LoadFailureWatch(server.data_dir, PUBLISHER_WORDING)
 
         def record(snapshot: runner.Snapshot) -> None:
-            publish_watch.note(publisher.failure, time.monotonic() - started)
+            note_publisher(publish_watch, publisher, time.monotonic() - started)
             s = snapshot.queue_stats
             empty = s is not None and s.backlog + s.in_flight + s.future_delayed == 0
             idle[snapshot.pool] = idle.get(snapshot.pool, 0) + 1 if empty else 0
