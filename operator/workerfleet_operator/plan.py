@@ -194,6 +194,10 @@ class Observed:
     # another owner drives them, an unchanged dry run): no Event announces a scale that did not
     # happen.
     scale_applied: bool = True
+    # The pool left builtin mode and its pods may still carry the builtin autoscaler's
+    # deletion costs: ``status.autoscaling`` keeps naming builtin until they are removed (a
+    # restarted operator reads it there to know it has them to remove).
+    builtin_costs_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -523,11 +527,17 @@ def _build_queue_status(
 
 
 def _build_autoscaling_status(
-    pool: api.Pool, decision: autoscaling.Decision | None, previous: api.WorkerPoolStatus | None
+    pool: api.Pool,
+    decision: autoscaling.Decision | None,
+    previous: api.WorkerPoolStatus | None,
+    *,
+    keep_builtin: bool = False,
 ) -> api.AutoscalingStatus | None:
     a = pool.spec.autoscaling
     if decision is None:
         before = previous.autoscaling if previous is not None else None
+        if keep_builtin and before is not None and before.mode == "builtin":
+            return before  # stored until the deletion costs are off the pods (Observed)
         if a.mode == "keda":
             return api.AutoscalingStatus(mode="keda", reason="replicas are managed by KEDA")
         if a.mode == "disabled":
@@ -920,7 +930,9 @@ def plan(pool: api.Pool | api.InvalidPool, observed: Observed) -> Plan:
         desired_replicas=_desired_replicas(pool, decision, deployment, before),
         selector=manifests.build_selector(pool.name),
         queue=queue_status,
-        autoscaling=_build_autoscaling_status(pool, decision, before),
+        autoscaling=_build_autoscaling_status(
+            pool, decision, before, keep_builtin=observed.builtin_costs_pending
+        ),
         conditions=conditions,
     )
     return Plan(

@@ -567,6 +567,11 @@ class Emulator:
                     return delay.seconds
         return 0.0
 
+    def clear_failures(self) -> None:
+        """Answer every request again as stored (the injected failures left are dropped)."""
+        with self._lock:
+            self._failures.clear()
+
     def injected_failures_left(self) -> int:
         with self._lock:
             return sum(f.remaining for f in self._failures)

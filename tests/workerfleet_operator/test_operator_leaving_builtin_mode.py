@@ -169,3 +169,54 @@ def test_an_operator_started_after_the_switch_removes_the_deletion_costs(
         ),
         message="the fixed count was not applied",
     )
+
+
+def test_costs_a_removal_failed_to_take_off_are_still_removed_after_a_restart(
+    emulator: Emulator,
+    queue_redis: QueueRedis,
+    operator: Callable[..., OperatorRunner],
+) -> None:
+    # Given a builtin pool whose autoscaler ranked its pods, switched to disabled mode while
+    # the API server refuses to list its pods (the removal fails; the polls go on)
+    first = operator()
+    given_a_scale_in_that_ranked_the_pods(emulator, queue_redis)
+    emulator.inject_failure("GET", r"/pods$", 403, count=1000, message="pods are off limits")
+    switch_mode(emulator, "disabled")
+    wait_until(
+        lambda: any(
+            c.get("type") == "Degraded" and c.get("status") == "True"
+            for c in (emulator.get("workerpools", NAMESPACE, "emails", group=GROUP) or {})
+            .get("status", {})
+            .get("conditions", ())
+        ),
+        timeout=10,
+        message="the failed removal was not reported",
+    )
+    pool = first.context.pools[(NAMESPACE, "emails")]
+    wait_until(
+        lambda: (
+            (decision := pool.scaling.last_decision) is not None
+            and "autoscaling disabled" in decision.reason
+            and pool.scaling.poll_signature is not None
+        ),
+        timeout=10,
+        message="no poll planned and wrote the status in disabled mode",
+    )
+    # When the operator restarts once the pods can be listed again
+    first.stop()
+    emulator.clear_failures()
+    operator()
+    # Then the new operator still knows the costs are there (the stored status names builtin
+    # mode until they are off), and removes them
+    wait_until(lambda: costs(emulator) == {}, timeout=10, message="deletion costs left on pods")
+    # And then says disabled
+    wait_until(
+        lambda: (
+            (emulator.get("workerpools", NAMESPACE, "emails", group=GROUP) or {})["status"][
+                "autoscaling"
+            ]["mode"]
+            == "disabled"
+        ),
+        timeout=10,
+        message="the status did not move to disabled mode",
+    )

@@ -726,8 +726,15 @@ class PoolController:
             not_owned=self.applied.not_owned,
             replicas_owned_by=self.scaling.replicas_blocked_by,
             queue_sharing=queue_sharing,
+            builtin_costs_pending=self._may_carry_builtin_costs(),
             **more,
         )
+
+    def _may_carry_builtin_costs(self) -> bool:
+        parsed = self.parse()
+        if isinstance(parsed, api.InvalidPool):
+            return False
+        return reconcile.may_carry_builtin_costs(self, parsed.spec.autoscaling.mode)
 
     def find_queue_sharing(self) -> plan_mod.QueueSharing | None:
         """Which other pools read this pool's queue, as last recorded (None: not read yet)."""

@@ -248,19 +248,27 @@ async def _leave_builtin_mode(controller: pool_mod.PoolController, pool: api.Poo
     """
     applied = controller.applied
     mode = pool.spec.autoscaling.mode
+    applied.deletion_costs_pending = may_carry_builtin_costs(controller, mode)
+    applied.reconciled_mode = mode
+    if applied.deletion_costs_pending:
+        await scaler.remove_deletion_costs(controller)
+        applied.deletion_costs_pending = False
+
+
+def may_carry_builtin_costs(controller: pool_mod.PoolController, mode: str) -> bool:
+    """Whether the pods of a pool now in ``mode`` may still carry the builtin autoscaler's
+    deletion costs: it left builtin mode (as this process reconciled it last or, after a
+    restart, as its stored status says) and they were not removed since."""
+    if mode == "builtin":
+        return False
+    applied = controller.applied
+    if applied.deletion_costs_pending:
+        return True
     before = applied.reconciled_mode
     if before is None:
         stored = api.parse_status((controller.body or {}).get("status"))
         before = stored.autoscaling.mode if stored and stored.autoscaling else None
-    applied.reconciled_mode = mode
-    if mode == "builtin":
-        applied.deletion_costs_pending = False
-        return
-    if before == "builtin":
-        applied.deletion_costs_pending = True
-    if applied.deletion_costs_pending:
-        await scaler.remove_deletion_costs(controller)
-        applied.deletion_costs_pending = False
+    return before == "builtin"
 
 
 def _schedule_resync(controller: pool_mod.PoolController) -> None:
