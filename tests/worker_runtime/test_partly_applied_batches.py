@@ -165,6 +165,7 @@ async def test_a_renewal_applied_in_part_at_every_round_still_marks_the_lost_lea
 
     # When its control thread renews their leases
     await wait_until(lambda: w.metrics.leases_lost._value.get() >= 1)
+    marked_lost = w.metrics.leases_lost._value.get()  # (an ack in the drain may count more)
     gate.set()
     w.request_drain()
     assert await asyncio.wait_for(run, 20.0) == 0
@@ -173,4 +174,4 @@ async def test_a_renewal_applied_in_part_at_every_round_still_marks_the_lost_lea
     # round itself failed, and the renewed and refused ones are not
     assert PartlyApplying.partial_renewals >= 1
     assert lease_lost == {"1": False, "2": True, "3": False}
-    assert w.metrics.leases_lost._value.get() == 1
+    assert marked_lost == 1

@@ -143,6 +143,12 @@ class JobRunner:
             idempotency=self.is_done,
             loop=self.worker.loop,
         )
+        # A renewal may have found the lease lost before this context existed (a job is held
+        # from its fetch on, its context built at its task's first step): it could set h.lost
+        # alone. Read after h.ctx is set, so a loss the control thread records meanwhile
+        # reaches one or the other.
+        if h.lost:
+            h.ctx.lease_lost = True
         return h.ctx
 
     async def is_done(self, key: str) -> bool:
