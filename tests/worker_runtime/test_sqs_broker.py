@@ -5,6 +5,7 @@ without spending anything, priorities are queues polled in order, FIFO keeps gro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -554,6 +555,41 @@ async def test_a_job_a_long_poll_receives_while_its_broker_closes_is_put_back_at
     finally:
         await other.close()
     assert (d.id, d.lost, d.attempts) == (sent.job_id, 0, 0)
+
+
+async def test_jobs_waiting_in_a_closing_broker_are_all_put_back_within_the_worker_s_close_time(
+    open_sqs: OpenBroker, elasticmq_server: elasticmq.ElasticMQServer
+) -> None:
+    # Given a worker's broker (30 s leases) holding eight jobs its polls received and no fetch
+    # handed out, on a network where each SendMessage takes 0.5 s
+    b = await open_sqs(lease_seconds=30)
+    await b.enqueue_many([job(f"j{i}") for i in range(8)])
+    url = b._url("normal")
+    received: list[dict[str, Any]] = []
+    for _ in range(10):  # bounded: ElasticMQ hands out up to 10 a call, maybe fewer
+        received += await b._receive(url, 8 - len(received), 1)
+        if len(received) == 8:
+            break
+    assert len(received) == 8
+    b._buffer.extend(sqs_broker._Buffered(url, "normal", m, time.time()) for m in received)
+
+    async def slow(**_: Any) -> None:
+        await asyncio.sleep(0.5)
+
+    b._client.meta.events.register("before-call.sqs.SendMessage", slow)
+    # When it closes within the 3 s the worker gives close
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(b.close(), 3.0)
+    # Then every one of them is back in the queue for another worker now, none hidden for the
+    # rest of its 30 s lease
+    other = await sqs_broker.open_sqs_broker(
+        elasticmq_server.url, b.queue, options=base.QueueOptions(lease_seconds=30)
+    )
+    try:
+        back = await fetch_until(other, 8, 5)
+    finally:
+        await other.close()
+    assert sorted(d.envelope.task for d in back) == sorted(f"j{i}" for i in range(8))
 
 
 async def test_a_fetch_sqs_answers_over_limit_fails_as_retryable_and_the_next_one_serves(

@@ -1540,17 +1540,22 @@ class SqsBroker:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*polls, return_exceptions=True)
             await asyncio.sleep(0)  # let done callbacks move results into the buffer
-        # jobs received but never handed out go back without spending anything
-        while self._buffer:
-            b = self._buffer.popleft()
-            with contextlib.suppress(errors.WorkerfleetError):
-                if d := await self._admit_one(b.url, b.priority, b.message, b.received, "", ()):
-                    await self.release(d)
+        # Jobs received but never handed out go back without spending anything, all at once:
+        # one after the other (up to three calls each) they outlasted the 3 s the worker gives
+        # close after the polls' wait, which cancelled close with the later jobs still hidden.
+        waiting, self._buffer = list(self._buffer), collections.deque()
+        await asyncio.gather(*(self._put_back(b) for b in waiting))
         if self._delete_flush is not None:
             with contextlib.suppress(Exception):
                 await self._delete_flush
         await self._stack.aclose()
         self._client = None
+
+    async def _put_back(self, b: _Buffered) -> None:
+        """Give back a job a poll received and no fetch handed out (on close)."""
+        with contextlib.suppress(errors.WorkerfleetError):
+            if d := await self._admit_one(b.url, b.priority, b.message, b.received, "", ()):
+                await self.release(d)
 
     # -- QueueProbe -------------------------------------------------------------------------
 
