@@ -150,7 +150,14 @@ class QueueStatus(StatusModel):
     """The latest read of the pool's queue (worker_runtime.brokers.redis.stats.QueueStats)."""
 
     backlog: int = Field(default=0, ge=0, description="Jobs waiting to start (incl. due retries).")
-    in_flight: int = Field(default=0, ge=0, description="Jobs running now.")
+    in_flight: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Jobs delivered to workers and not finished yet (on RabbitMQ also those waiting in"
+            " a worker's prefetch buffer)."
+        ),
+    )
     delayed: int = Field(default=0, ge=0, description="Retries and delayed jobs not yet due.")
     dead_letter: int = Field(default=0, ge=0, description="Jobs in the dead-letter queue.")
     oldest_job_age_seconds: float | None = Field(
