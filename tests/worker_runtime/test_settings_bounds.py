@@ -10,6 +10,7 @@ import pydantic
 import pytest
 
 from worker_runtime import config
+from worker_runtime.brokers import base
 
 
 @pytest.fixture(autouse=True)
@@ -49,3 +50,14 @@ def test_a_rate_limit_window_shorter_than_a_millisecond_is_refused(
         config.WorkerSettings()  # type: ignore[call-arg]
     monkeypatch.setenv("WORKERFLEET_RATE_LIMIT_PER_SECONDS", "0.001")
     assert config.WorkerSettings().rate_limit_per_seconds == 0.001  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("per_seconds", [0.0005, 0.0, float("nan")])
+def test_a_rate_limit_built_in_code_with_a_window_under_a_millisecond_is_refused(
+    per_seconds: float,
+) -> None:
+    # A handler's named bucket (ratelimit.apply_acquire) takes a RateLimit built in code: its
+    # window was sent to the Redis engine as 0 ms, as the setting's was
+    with pytest.raises(ValueError, match=r"per_seconds >= 0\.001"):
+        base.RateLimit(jobs=10, per_seconds=per_seconds)
+    assert base.RateLimit(jobs=10, per_seconds=0.001).per_seconds == 0.001

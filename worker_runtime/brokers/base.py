@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from worker_runtime import config, errors, expiry
 from worker_runtime import envelope as envelope_mod
-from worker_runtime import errors, expiry
 
 # -- names ----------------------------------------------------------------------------------
 
@@ -88,8 +88,15 @@ class RateLimit:
     per_seconds: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.jobs < 1 or self.per_seconds <= 0:
-            raise ValueError("a rate limit needs jobs >= 1 and per_seconds > 0")
+        # The window's floor is the settings' (WORKERFLEET_RATE_LIMIT_PER_SECONDS): a limit
+        # built in code (a handler's named bucket, ratelimit.apply_acquire) went to the Redis
+        # engine as 0 ms too, which its token bucket divides by.
+        if self.jobs < 1 or not self.per_seconds >= config.MIN_RATE_LIMIT_PER_SECONDS:
+            raise ValueError(
+                "a rate limit needs jobs >= 1 and per_seconds >= "
+                f"{config.MIN_RATE_LIMIT_PER_SECONDS:g} (the window is counted in milliseconds)"
+                f", not jobs={self.jobs}, per_seconds={self.per_seconds:g}"
+            )
 
 
 ENQUEUE_DEDUP_SECONDS = 300.0
