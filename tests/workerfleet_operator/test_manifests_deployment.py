@@ -317,3 +317,27 @@ def test_a_pod_monitor_label_cannot_override_the_operator_s_own() -> None:
         }
     )
     assert isinstance(parsed, api.InvalidPool)
+
+
+@pytest.mark.parametrize("per_seconds", [0.0005, 0.0009])
+def test_a_rate_limit_window_the_workers_would_refuse_is_refused_by_the_pool(
+    per_seconds: float,
+) -> None:
+    # Given a pool whose rate limit window is under the workers' minimum
+    body = crd_validation.load_sample("minimal")
+    body["spec"]["rateLimit"] = {"jobs": 10, "perSeconds": per_seconds}
+    body["metadata"].update(namespace="team-a", uid="uid-1", generation=4)
+    # When the operator reads it
+    parsed = api.parse_pool(body)
+    # Then it is refused naming the field, instead of rolling out workers that exit at start
+    assert not isinstance(parsed, api.Pool)
+    assert "perSeconds" in getattr(parsed, "message", "")
+    assert per_seconds < config.MIN_RATE_LIMIT_PER_SECONDS
+
+
+def test_the_pools_shortest_rate_limit_window_is_the_workers() -> None:
+    # Given a pool with the shortest window the workers take
+    pool = _pool(rateLimit={"jobs": 1, "perSeconds": config.MIN_RATE_LIMIT_PER_SECONDS})
+    # Then the operator takes it too
+    assert pool.spec.rate_limit is not None
+    assert pool.spec.rate_limit.per_seconds == config.MIN_RATE_LIMIT_PER_SECONDS

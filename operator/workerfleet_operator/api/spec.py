@@ -1039,8 +1039,13 @@ class RateLimitSpec(SpecModel):
     """A global rate limit shared by every worker of the pool."""
 
     jobs: int = Field(ge=1, le=1_000_000, description="Jobs started per window.")
+    # At least 1 ms: the workers refuse a shorter window (WORKERFLEET_RATE_LIMIT_PER_SECONDS),
+    # since the Redis engine counts it in whole milliseconds.
     per_seconds: float = Field(
-        default=1.0, gt=0.0, le=86400.0, description="Window length of the rate limit."
+        default=1.0,
+        ge=0.001,
+        le=86400.0,
+        description="Window length of the rate limit (at least 0.001).",
     )
 
 
