@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +59,9 @@ class ScalerMemory:
     subscription_registered: tuple[Any, ...] | None = None
     subscription_registered_at: float = 0.0
     subscription_problem: str | None = None
+    # Deletion costs a scale-in wrote whose replicas write then raised (and whose take-back
+    # raised too): taken off by the next poll before it decides to write anything.
+    unwritten_marks: Mapping[str, str | None] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ autoscaler
@@ -127,6 +130,10 @@ async def poll_queue(
         # Back to no change: the next change a dry run wants is a new one, announced again
         # (it stayed "already announced", so 0 -> 4, idle, 0 -> 4 said nothing the second time).
         controller.scaling.last_dry_run_desired = None
+    if controller.scaling.unwritten_marks:
+        # Level-triggered: a scale-in that raised left its ranking on the pods; a new
+        # scale-in ranks them again from the heartbeats of now.
+        await _take_back_marks(controller, controller.scaling.unwritten_marks)
     if policy.mode == "builtin" and decision.desired != current:
         if not controller.has_deployment:
             applied = False  # nothing to scale yet: the reconcile creates it
@@ -143,7 +150,9 @@ async def poll_queue(
         else:
             deployment = controller.deployment
             assert deployment is not None
-            applied = await _scale(controller, deployment, current, decision, observation)
+            applied = await _taking_back_marks_on_error(
+                controller, _scale(controller, deployment, current, decision, observation)
+            )
     if applied:
         if decision.state.last_scale_time != state_before.last_scale_time:
             controller.scaling.last_scale_wall_time = controller.ctx.wall_clock()
@@ -239,6 +248,28 @@ async def _ensure_subscription(
     return problem
 
 
+async def _taking_back_marks_on_error(
+    controller: pool_mod.PoolController, scale: Awaitable[bool]
+) -> bool:
+    """Await ``scale`` (:func:`_scale`); if it raises, take back the deletion costs it wrote."""
+    try:
+        return await scale
+    except Exception:
+        # Raised (an API error, a webhook's denial): nothing was scaled, so the ranking made
+        # for it must not steer a later scale-in made for other reasons. Remembered before
+        # it was written, so a take-back that raises too is retried by the next poll.
+        try:
+            await _take_back_marks(controller, controller.scaling.unwritten_marks)
+        except Exception as exc:
+            logger.warning(
+                "%s/%s: deletion costs of a failed scale-in not removed yet: %s",
+                controller.namespace,
+                controller.name,
+                exc,
+            )
+        raise
+
+
 async def _scale(
     controller: pool_mod.PoolController,
     deployment: Mapping[str, Any],
@@ -246,7 +277,10 @@ async def _scale(
     decision: autoscaling.Decision,
     observation: autoscaling.Observation,
 ) -> bool:
-    """Write the decided replicas; False when held because another manager owns them."""
+    """Write the decided replicas; False when held because another manager owns them.
+
+    The deletion costs a scale-in writes are kept in ``ScalerMemory.unwritten_marks`` until
+    the replicas are written or the scale-in is given up."""
     client = controller.ctx.kube_client()
     marked: Mapping[str, str | None] = {}  # the deletion costs this scale-in wrote
     for attempt in range(2):
@@ -296,6 +330,7 @@ async def _scale(
     ):
         controller.dirty = True  # edited by someone between our writes
     controller.scaling.replicas_blocked_by = ()
+    controller.scaling.unwritten_marks = {}  # acted on by the write: they stay
     return True
 
 
@@ -304,12 +339,21 @@ async def _give_up(controller: pool_mod.PoolController, marked: Mapping[str, str
     deletion costs written for it: left on the pods, they would steer the next scale-in
     someone else makes (an HPA, KEDA after a switch to keda mode) by what the pods were doing
     back then. Returns False (not written)."""
+    await _take_back_marks(controller, marked)
+    return False
+
+
+async def _take_back_marks(
+    controller: pool_mod.PoolController, marked: Mapping[str, str | None]
+) -> None:
+    """Remove the deletion costs ``marked`` (pod -> value written) by a scale-in that wrote
+    no replicas; idempotent (a removal sent again changes nothing; a pod gone is skipped)."""
     if marked:
         client = controller.ctx.kube_client()
         await kube.apply_pod_deletion_costs(
             client, controller.namespace, dict.fromkeys(marked), marked
         )
-    return False
+    controller.scaling.unwritten_marks = {}
 
 
 def _block_replicas(controller: pool_mod.PoolController, owners: tuple[str, ...]) -> None:
@@ -347,8 +391,11 @@ async def _mark_deletion_costs(
         )
         for p in live
     }
+    marked = {pod: str(cost) for pod, cost in costs.items()}
+    # Remembered before the writes: one that raises halfway leaves the rest to take back.
+    controller.scaling.unwritten_marks = marked
     await kube.apply_pod_deletion_costs(client, controller.namespace, costs, current)
-    return {pod: str(cost) for pod, cost in costs.items()}
+    return marked
 
 
 async def remove_deletion_costs(controller: pool_mod.PoolController) -> int:
