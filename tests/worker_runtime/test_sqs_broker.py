@@ -832,11 +832,15 @@ async def test_acks_applied_before_their_fetch_failed_are_reported_done_and_neve
     # Then the call reports the ack done, with no jobs, instead of raising (the worker would
     # send the ack again and read its False as a lost lease)
     assert await b.ack_and_fetch([first], "w1", 1) == ([True], [])
-    # and the next call raises that error before it acks anything: the worker's re-send of
-    # that call acks the second job
-    with pytest.raises(errors.BrokerUnavailable, match="ThrottlingException"):
+    # and the next call raises that error before it acks anything, saying it was never sent
+    # (the worker reads its acks as not landed: nothing unanswered, nothing to adopt); the
+    # worker's re-send of that call acks the second job
+    deletes = delay_call(b, "DeleteMessageBatch", nth=100, seconds=0)  # counts the deletes
+    with pytest.raises(errors.BrokerUnavailable, match="ThrottlingException") as raised:
         await b.ack_and_fetch([second], "w1", 1)
+    assert (raised.value.sent, deletes) == (False, [])
     assert await b.ack_and_fetch([second], "w1", 1) == ([True], [])
+    assert deletes == ["DeleteMessageBatch"]
     # and neither job runs again
     await asyncio.sleep(2.5)
     assert await b.fetch("w1", 5) == []

@@ -800,8 +800,13 @@ class SqsBroker:
         return sorted(out, key=self._priority_rank)
 
     def _raise_deferred(self) -> None:
-        """Raise the error a fetch left for the next call (see ``_deferred``), once."""
+        """Raise the error a fetch left for the next call (see ``_deferred``), once, before
+        that call sends anything: a "no reply" error says so (``sent`` False). Raised as it
+        was, the worker read the next call's acks, never sent, as possibly landed: it marked
+        them unanswered and adopted after a fetch that had answered."""
         exc, self._deferred = self._deferred, None
+        if isinstance(exc, errors.BrokerUnavailable) and exc.sent:
+            raise errors.BrokerUnavailable(str(exc), operation=exc.operation, sent=False) from exc
         if exc is not None:
             raise exc
 
@@ -1115,7 +1120,8 @@ class SqsBroker:
         wake: asyncio.Event | None = None,
         holding: Container[tuple[str, base.Receipt]] = (),
     ) -> tuple[list[bool], list[base.Delivery]]:
-        self._raise_deferred()  # before the acks: the worker sends them again after an error
+        # before the acks, as never sent: the worker sends them again after the error
+        self._raise_deferred()
         answers = await asyncio.gather(*(self.ack(d) for d in deliveries), return_exceptions=True)
         failures = {
             d.id: a
