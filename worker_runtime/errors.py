@@ -35,6 +35,9 @@ had ended), so sending them again changes nothing.
 
 from __future__ import annotations
 
+import collections
+from typing import Literal
+
 
 class WorkerfleetError(Exception):
     """Base of every error workerfleet raises on purpose."""
@@ -164,6 +167,27 @@ class BrokerPartlyApplied(BrokerError):
         self.applied = applied
         self.refused = refused
         self.lost = lost
+
+    def answers_for(self, job_ids: list[str]) -> list[Literal["applied", "lost", "refused"] | None]:
+        """What the broker answered for each of ``job_ids`` (the entries sent, in order):
+        ``"applied"``, ``"lost"`` or ``"refused"``; None where its answer does not tell which
+        entry it meant: a job it does not name, or names twice, or sent twice (two deliveries
+        of one job in the batch). The worker's fetch loop (acks) and control thread (renewals)
+        read a partly applied batch through this."""
+        named = collections.Counter([*self.applied, *self.refused, *self.lost])
+        sent = collections.Counter(job_ids)
+        applied, lost = set(self.applied), set(self.lost)
+        answers: list[Literal["applied", "lost", "refused"] | None] = []
+        for job_id in job_ids:
+            if named[job_id] != 1 or sent[job_id] != 1:
+                answers.append(None)
+            elif job_id in applied:
+                answers.append("applied")
+            elif job_id in lost:
+                answers.append("lost")
+            else:
+                answers.append("refused")
+        return answers
 
 
 class CapabilityMissing(BrokerError):

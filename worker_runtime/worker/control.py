@@ -16,7 +16,6 @@ at all: a worker drained while starting).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import threading
 import time
@@ -286,13 +285,10 @@ def renewal_of_partly_applied(
     """What a renewal of ``jobs`` that the broker applied in part found: the leases it renewed
     (``applied``) and those it answered lost (``lost``); a job it names twice (two deliveries
     of one job) or not at all is in neither, and is renewed again with the next round."""
-    named = collections.Counter([*exc.applied, *exc.refused, *exc.lost])
-    held = collections.Counter(j.id for j in jobs)
-    told = [j for j in jobs if named[j.id] == 1 and held[j.id] == 1]
-    applied, lost = set(exc.applied), set(exc.lost)
+    answers = exc.answers_for([j.id for j in jobs])
     return base.LeaseRenewal(
-        kept=tuple(j for j in told if j.id in applied),
-        lost=tuple(j for j in told if j.id in lost),
+        kept=tuple(j for j, answer in zip(jobs, answers, strict=True) if answer == "applied"),
+        lost=tuple(j for j, answer in zip(jobs, answers, strict=True) if answer == "lost"),
     )
 
 

@@ -367,22 +367,18 @@ class FetchLoop:
         unanswered; one the broker does not name, or names twice (two deliveries of one job
         in the batch), goes again as one that may have landed.
         """
-        applied, lost = set(exc.applied), set(exc.lost)
-        named = collections.Counter([*exc.applied, *exc.refused, *exc.lost])
-        sent = collections.Counter(h.job.id for h in acks)
         finished: list[held_mod.Held] = []
         flags: list[bool] = []
         again: list[held_mod.Held] = []
         unanswered: list[held_mod.Held] = []
-        for h in acks:
-            job_id = h.job.id
-            told = named[job_id] == 1 and sent[job_id] == 1
-            if told and (job_id in applied or job_id in lost):
+        answers = exc.answers_for([h.job.id for h in acks])
+        for h, answer in zip(acks, answers, strict=True):
+            if answer == "applied" or answer == "lost":
                 finished.append(h)
-                flags.append(job_id in applied)
+                flags.append(answer == "applied")
                 continue
             again.append(h)
-            error = exc.refused.get(job_id) if told else None
+            error = exc.refused[h.job.id] if answer == "refused" else None
             if error is None or settling.may_have_landed(error):
                 unanswered.append(h)
         if finished:
