@@ -35,7 +35,7 @@ import tempfile
 import time
 import types
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -706,6 +706,17 @@ async def apply_status(client: KubeClient, ref: ObjectRef, status: Mapping[str, 
         body={"status": status},
         content_type="application/merge-patch+json",
     )
+
+
+def deletion_costs_of(pods: Iterable[Mapping[str, Any]]) -> dict[str, str | None]:
+    """Each pod's pod-deletion-cost annotation (None where it has none), by pod name: the
+    ``current`` that :func:`apply_pod_deletion_costs` compares with."""
+    return {
+        p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
+            DELETION_COST_ANNOTATION
+        )
+        for p in pods
+    }
 
 
 async def apply_pod_deletion_costs(

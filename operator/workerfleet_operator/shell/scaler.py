@@ -385,12 +385,7 @@ async def _mark_deletion_costs(
     names = [p["metadata"]["name"] for p in live]
     assert observation.stats is not None
     costs = autoscaling.deletion_costs_for(observation.stats.workers, names, observation.stats.now)
-    current = {
-        p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
-            kube.DELETION_COST_ANNOTATION
-        )
-        for p in live
-    }
+    current = kube.deletion_costs_of(live)
     marked = {pod: str(cost) for pod, cost in costs.items()}
     # Remembered before the writes: one that raises halfway leaves the rest to take back.
     controller.scaling.unwritten_marks = marked
@@ -412,12 +407,7 @@ async def remove_deletion_costs(controller: pool_mod.PoolController) -> int:
         kube.build_ref("Pod", controller.namespace),
         label_selector=manifests.build_selector(controller.name),
     )
-    current = {
-        p["metadata"]["name"]: (p["metadata"].get("annotations") or {}).get(
-            kube.DELETION_COST_ANNOTATION
-        )
-        for p in pods
-    }
+    current = kube.deletion_costs_of(pods)
     marked = {pod: value for pod, value in current.items() if value is not None}
     if marked:
         await kube.apply_pod_deletion_costs(
