@@ -9,7 +9,9 @@ counts, what is back in the queue), so each decision is proven in well under a s
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -162,6 +164,50 @@ async def test_a_failure_whose_exception_cannot_be_printed_or_read_is_still_reco
     letter = await memory_probe.show_dead_letter(broken_hint)
     assert [r.message for r in letter.history] == ["busy", "busy"]
     assert (letter.reason, letter.lost) == ("max_attempts", 0)
+
+
+class _NaiveRetryAt(Exception):
+    """A client library's error asking to retry at a time given with no time zone."""
+
+    def __init__(self) -> None:
+        super().__init__("rate limited")
+        self.retry_after = datetime.datetime(2030, 1, 1, 12, 0)
+
+
+async def test_an_errors_retry_after_with_no_time_zone_is_ignored_with_one_warning_per_attempt(
+    memory_store_url: str, memory_probe: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a task allowed three attempts whose error asks to be retried at a naive datetime
+    app = App(queue="jobs")
+    attempts: list[int] = []
+
+    @app.task("throttled", retry=Retry(max_attempts=3))
+    async def throttled(payload: dict[str, Any], ctx: JobContext) -> None:
+        attempts.append(ctx.attempt)
+        raise _NaiveRetryAt()
+
+    job_id = await memory_worker.enqueue(memory_probe, "throttled")
+    w = worker_mod.Worker(
+        app, memory_worker.settings(memory_store_url), install_signal_handlers=False
+    )
+
+    # When the worker runs until the job is dead-lettered
+    async def dead() -> bool:
+        return await memory_probe.show_dead_letter(job_id) is not None
+
+    with caplog.at_level(logging.WARNING, logger="workerfleet"):
+        await memory_worker.run_until(w, dead, "the dead letter")
+
+    # Then the backoff decided each retry (no wait until 2030), and each attempt that was
+    # retried logged one warning naming the error's type and why its retry_after was ignored
+    assert attempts == [1, 2, 3]
+    warnings = [r for r in caplog.records if "retry_after" in r.getMessage()]
+    assert len(warnings) == 2, [r.getMessage() for r in warnings]
+    for record in warnings:
+        assert record.levelno == logging.WARNING
+        assert "_NaiveRetryAt.retry_after" in record.getMessage()
+        assert "no time zone" in record.getMessage()
+        assert record.__dict__["error_type"] == "_NaiveRetryAt"
 
 
 class _DeadLetterEverything:

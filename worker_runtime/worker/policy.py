@@ -27,6 +27,7 @@ the runner dead-letters those itself.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -166,6 +167,16 @@ def retry_after_hint(exc: BaseException) -> float | None:
                 if value is None:
                     value = headers.get("retry-after")
         if value is None:
+            return None
+        if isinstance(value, datetime.datetime) and value.utcoffset() is None:
+            # a naive time names no instant (backoff ignores it): say so, or a library's
+            # "retry at 12:00" was dropped without a word and the job came back on backoff
+            kind = type(exc).__qualname__
+            log.warning(
+                f"ignoring {kind}.retry_after: a datetime with no time zone "
+                f"({value.isoformat()}); the backoff decides",
+                extra={"error_type": kind},
+            )
             return None
         return backoff.seconds_of_retry_hint(value)
     except Exception:  # whatever the exception's own code raises
