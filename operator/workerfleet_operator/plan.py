@@ -30,8 +30,9 @@ Rules:
   keeps ``Degraded=True`` reason ``ReconcileFailed`` in every plan
   (``Observed.reconcile_error``) until one gets through, so the autoscaler's polls in between
   neither flip it back nor announce it again. A child kind that is not served (no KEDA, no
-  Prometheus Operator) is ``Degraded=True`` reason ``ChildAPIMissing`` (and not Ready in keda
-  mode, where nothing else scales the pool): one Warning on the transition, not one per resync.
+  Prometheus Operator), or whose CRD is being deleted, is ``Degraded=True`` reason
+  ``ChildAPIMissing`` (and not Ready in keda mode, where nothing else scales the pool): one
+  Warning on the transition, not one per resync.
 - A rollout is a pod template the Deployment controller has not acted on, or pods of an older
   template still running; a generation bumped by a replicas write alone is not one, so scaling
   never flips Ready.
@@ -730,8 +731,9 @@ def _describe_not_owned(names: Sequence[str]) -> str:
 
 def _describe_missing_apis(kinds: Sequence[str]) -> str:
     return (
-        f"not served by the API server: {', '.join(kinds)} (install its CRDs, or turn off what "
-        "asks for it: autoscaling.mode keda, metrics.podMonitor)"
+        f"not served by the API server (or its CRD is being deleted): {', '.join(kinds)} "
+        "(install its CRDs, or turn off what asks for it: autoscaling.mode keda, "
+        "metrics.podMonitor)"
     )
 
 

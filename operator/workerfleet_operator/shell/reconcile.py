@@ -284,6 +284,17 @@ def _is_admission_denial(exc: kube.ApiError) -> bool:
     return exc.status == 403 and "admission webhook" in message and "denied the request" in message
 
 
+CRD_TERMINATING = "while custom resource definition is terminating"
+
+
+def _is_crd_terminating(exc: kube.ApiError) -> bool:
+    """The API server's refusal to create an object whose CRD is being deleted (a 403 that
+    says "create not allowed while custom resource definition is terminating"): its kind is on
+    its way out of the API, as good as not installed. A 403 of RBAC ("User ... cannot create
+    resource ...") is none."""
+    return exc.status == 403 and CRD_TERMINATING in exc.message
+
+
 def _refused(
     controller: pool_mod.PoolController, child: Mapping[str, Any], exc: kube.ApiError
 ) -> bool:
@@ -342,7 +353,8 @@ async def _apply_optional_children(
 ) -> bool:
     """Apply the children besides the Deployment; False when one was refused (422).
 
-    A child whose kind is not served is skipped (``missing_apis``); one of that name that
+    A child whose kind is not served, or whose CRD is being deleted, is skipped
+    (``missing_apis``); one of that name that
     someone else controls is left alone, never adopted (``not_owned``). With
     ``only_differing`` (a resync) one that exists as we would write it is not written again.
     """
@@ -362,8 +374,10 @@ async def _apply_optional_children(
                 continue
             await kube.apply_object(client, dict(child))
         except kube.ApiError as exc:
-            if exc.is_not_found:
-                missing.append(kind)  # its CRD is not installed: go on
+            if exc.is_not_found or _is_crd_terminating(exc):
+                # Its CRD is not installed, or being deleted: go on; applied again at the next
+                # resync, which finds it served once the CRD is (re)installed.
+                missing.append(kind)
                 continue
             if _refused(controller, child, exc):
                 return False
