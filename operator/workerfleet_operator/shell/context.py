@@ -274,7 +274,7 @@ class OperatorContext:
                 retry=retry,
                 fence=self.fence,
                 max_in_flight=self.config.api_max_in_flight,
-                on_retry_after=self.metrics.observe_retry_after,
+                on_retry_after=self.metrics.observe_slept_retry_after,
             )
         return self.client
 

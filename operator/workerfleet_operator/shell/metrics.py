@@ -131,6 +131,8 @@ _MIRRORED: tuple[tuple[str, str], ...] = (
 )
 
 RECONCILE_RESULTS = ("success", "invalid", "error")
+# Who waited a Retry-After: the request itself, a pool's loop, or nobody (an Event dropped).
+RETRY_AFTER_WAITED_IN = ("request", "pool", "dropped")
 
 
 class OperatorMetrics:
@@ -160,8 +162,10 @@ class OperatorMetrics:
         )
         self.api_retry_after = Histogram(
             "workerfleet_operator_api_retry_after_seconds",
-            "Waits the API server asked for (Retry-After, as honoured), by where they are "
-            "waited: inside the request, or by the pool's loop (longer ones).",
+            "Waits the API server asked for (Retry-After, as honoured), by who waited them: "
+            "the request, before it was sent again; a pool's loop, whose next reconcile or "
+            "poll came no sooner (longer ones); dropped: nobody, a best-effort Event post "
+            "given up.",
             ["waited_in"],
             buckets=(0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0),
             registry=self.registry,
@@ -184,10 +188,19 @@ class OperatorMetrics:
         if result == "error":
             errors.inc()
 
-    def observe_retry_after(self, seconds: float, slept: bool) -> None:
-        """Count one Retry-After honoured (``KubeClient``'s hook): ``slept`` inside the request,
-        else handed to the pool's loop."""
-        self.api_retry_after.labels("request" if slept else "pool").observe(seconds)
+    def observe_retry_after(self, seconds: float, waited_in: str) -> None:
+        """Count one wait the API server asked for, by who waited it (``waited_in``, one of
+        :data:`RETRY_AFTER_WAITED_IN`)."""
+        self.api_retry_after.labels(waited_in).observe(seconds)
+
+    def observe_slept_retry_after(self, seconds: float, slept: bool) -> None:
+        """``KubeClient``'s hook: count a wait the request slept before it was sent again.
+
+        One it handed back to its caller is counted by that caller, as it is waited (a pool's
+        loop) or not (a dropped Event post): the client cannot tell which, and counting every
+        one as the pool's made Event posts given up at once look like pools waiting."""
+        if slept:
+            self.observe_retry_after(seconds, "request")
 
     def forget_pool(self, labels: Sequence[str], series: PoolSeries | None = None) -> None:
         """Drop every per-pool series of a deleted pool (or of its old labels: a renamed queue).

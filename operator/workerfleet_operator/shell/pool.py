@@ -463,6 +463,9 @@ class PoolController:
                     # A longer wait the API server asked for is waited here, outside the
                     # reconcile slot: the other pools' reconciles go on meanwhile.
                     self.next_reconcile = self.ctx.clock() + max(delay, self.server_wait)
+                    if self.server_wait > 0:
+                        # Counted here, where it is waited (the request handed it back).
+                        self.ctx.metrics.observe_retry_after(self.server_wait, "pool")
             now = self.ctx.clock()
             poll_wait = 0.0  # what the API server asked a failed poll to wait (Retry-After)
             if self.is_poll_due(now):
@@ -482,6 +485,7 @@ class PoolController:
                     poll_wait = _find_server_wait(exc)
                     if poll_wait > 0:
                         self.next_poll = max(self.next_poll, self.ctx.clock() + poll_wait)
+                        self.ctx.metrics.observe_retry_after(poll_wait, "pool")
             if self.scaling.status_deferred:
                 # The poll did not get to write what the reconcile left it (it failed, or
                 # its Secret went away): the reconcile runs again and writes it itself, now,

@@ -123,6 +123,9 @@ async def post_event(
             message=queue.redact(message, controller.secret),
         )
     except kube.ApiError as exc:  # an Event is best-effort; never fail a reconcile for it
+        if exc.retry_after is not None:
+            # Not posted again after the wait the server asked for: nobody waits it.
+            controller.ctx.metrics.observe_retry_after(exc.retry_after, "dropped")
         logger.info(
             "could not post Event %s for %s/%s: %s",
             reason,
