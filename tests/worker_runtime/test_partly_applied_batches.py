@@ -36,6 +36,9 @@ class PartlyApplying(memory.MemoryBroker):
     partial_acks = 0
     partial_renewals = 0
     recovered = 0
+    # Renewals answer in part only once this is set: a lease answered lost before its
+    # handler started keeps the handler from starting at all
+    renew_in_part = True
 
     async def ack_and_fetch(
         self, deliveries: Sequence[base.Delivery], *args: Any, **kwargs: Any
@@ -55,7 +58,7 @@ class PartlyApplying(memory.MemoryBroker):
     async def renew(
         self, worker_id: str, deliveries: Sequence[base.Delivery], **kwargs: Any
     ) -> base.LeaseRenewal:
-        if len(deliveries) < 3:
+        if len(deliveries) < 3 or not PartlyApplying.renew_in_part:
             return await super().renew(worker_id, deliveries, **kwargs)
         PartlyApplying.partial_renewals += 1
         kept, lost, refused = by_n(deliveries)[:3]
@@ -160,10 +163,12 @@ async def test_a_renewal_applied_in_part_at_every_round_still_marks_the_lost_lea
         await gate.wait()
         lease_lost[payload["n"]] = ctx.lease_lost
 
+    monkeypatch.setattr(PartlyApplying, "renew_in_part", False)
     w, run = await start_worker(monkeypatch, hold, jobs=3)
     await wait_until(lambda: len(started) == 3)
 
-    # When its control thread renews their leases
+    # When its control thread renews their leases once their handlers run
+    PartlyApplying.renew_in_part = True
     await wait_until(lambda: w.metrics.leases_lost._value.get() >= 1)
     marked_lost = w.metrics.leases_lost._value.get()  # (an ack in the drain may count more)
     gate.set()

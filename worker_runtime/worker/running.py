@@ -1,11 +1,11 @@
 """Running one job: its handler as an asyncio task, in a pool thread, or in a child process.
 
 The fetch loop (:mod:`worker_runtime.worker.fetching`) hands every fetched job to
-:meth:`JobRunner.start`; the runner checks the job can run at all (a known task, not past its
-deadline, a valid payload), calls the handler and hands the outcome to the settler
-(:mod:`worker_runtime.worker.settling`). Async handlers run as tasks on the job loop, sync ones
-in the bounded daemon-thread pool, ``executor="process"`` ones in the child-process pool
-(:mod:`worker_runtime.worker.pool`).
+:meth:`JobRunner.start`; the runner checks the job can run at all (its lease not found lost
+meanwhile, a known task, not past its deadline, a valid payload), calls the handler and hands
+the outcome to the settler (:mod:`worker_runtime.worker.settling`). Async handlers run as tasks
+on the job loop, sync ones in the bounded daemon-thread pool, ``executor="process"`` ones in the
+child-process pool (:mod:`worker_runtime.worker.pool`).
 
 Timeouts are enforced by one watchdog task, not a timer per job: an async handler past its
 timeout is cancelled and the attempt fails with outcome ``timeout``. A sync handler cannot be
@@ -164,6 +164,13 @@ class JobRunner:
         spec = h.spec
         token = logs.bind_job(h)
         try:
+            if h.lost:
+                # A renewal found the lease lost before the handler started (the job is held
+                # from its fetch on): another worker may run it already, and this result would
+                # be discarded. Counted as a lost lease where it was found; the job comes back
+                # by its lease (SQS: its visibility timeout), not a second run here.
+                log.info("lease lost before the handler started; not started")
+                return
             if spec is None:
                 # Never import anything a message names: unknown tasks go to the DLQ.
                 await self.settler.dead_letter(
@@ -260,7 +267,8 @@ class JobRunner:
 
         def call() -> None:
             error: BaseException | None = None
-            if not fut.cancelled():  # released or timed out before a thread was free
+            # released, timed out or its lease lost before a thread was free: never started
+            if not fut.cancelled() and not h.lost:
                 try:
                     context.run(handler, *args)
                 except BaseException as exc:
