@@ -1,10 +1,11 @@
-"""The runtime's commands: ``worker``, ``queue stats``, ``dlq ls|show|replay|purge``, ``enqueue``.
+"""The runtime's commands: ``worker``, ``queue stats``, ``dlq ls|show|replay|purge``, ``enqueue``,
+``job cancel``.
 
 Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli`` (through
 :func:`register_commands`) and runnable without the operator as ``python -m worker_runtime``
 (:func:`main`). Registration only builds argparse parsers; each handler imports what it needs
 when it runs. The ``worker`` command lives here; the commands that read or change a queue
-(``queue``, ``topic``, ``trace``, ``dlq``, ``enqueue``) live in
+(``queue``, ``topic``, ``trace``, ``dlq``, ``enqueue``, ``job``) live in
 :mod:`worker_runtime.queue_commands`, imported only when one of them runs, so a worker's start
 never loads them (cold start).
 
@@ -324,6 +325,22 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     pg.add_argument("--json", action="store_true", help="machine-readable output")
     pg.set_defaults(handler=_queue_command("cmd_dlq_purge"))
     d.set_defaults(handler=_needs_subcommand(d))
+
+    j = subparsers.add_parser("job", help="act on queued jobs by id (cancel)")
+    jsub = j.add_subparsers(dest="job_command", metavar="COMMAND")
+    jc = jsub.add_parser(
+        "cancel",
+        help="cancel jobs that have not started (waiting, scheduled or waiting to retry)",
+        description="Cancel jobs by id that have not started. A running job is refused (it "
+        "finishes or fails as usual), a dead letter too (dlq purge deletes it). Exit 0 when "
+        "every id was cancelled, 1 when some were refused or unknown (or the broker failed), "
+        "2 on a usage error or a broker that cannot cancel by id (RabbitMQ, SQS).",
+    )
+    _connection_flags(jc)
+    jc.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="job ids to cancel")
+    jc.add_argument("--json", action="store_true", help="machine-readable output")
+    jc.set_defaults(handler=_queue_command("cmd_job_cancel"))
+    j.set_defaults(handler=_needs_subcommand(j))
 
     e = subparsers.add_parser("enqueue", help="enqueue one job (or many with --file)")
     _connection_flags(e)

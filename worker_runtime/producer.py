@@ -2,7 +2,8 @@
 
 Application code and ``App.enqueue`` (:mod:`worker_runtime.app`) call it; ``workerfleet enqueue``
 too. Each call is one Lua script call (``enqueue_many`` batches up to 500 jobs per call), so an
-accepted job is in Redis, with its idempotency key, when the call returns.
+accepted job is in Redis, with its idempotency key, when the call returns. ``cancel`` removes a
+job that has not started (``workerfleet job cancel`` calls it), on brokers that can.
 """
 
 from __future__ import annotations
@@ -202,6 +203,20 @@ class Producer:
         now = time.time()
         return await self._engine.enqueue_many([build_request(s, now=now) for s in jobs])
 
+    async def cancel(self, job_id: str) -> base.CancelOutcome:
+        """Cancel one job that has not started (waiting, scheduled or waiting out a retry's
+        backoff): CANCELLED, or why not (RUNNING, DEAD_LETTERED, UNKNOWN; see
+        :class:`~worker_runtime.brokers.base.CancelOutcome`). A broker that cannot cancel by
+        id (RabbitMQ, SQS) raises :class:`~worker_runtime.errors.CapabilityMissing`."""
+        (outcome,) = await self.cancel_many([job_id])
+        return outcome
+
+    async def cancel_many(self, job_ids: Sequence[str]) -> list[base.CancelOutcome]:
+        """:meth:`cancel` for many ids, ≤ 500 per script call; one outcome per id, in order."""
+        if isinstance(self._engine, queue.QueueClient):
+            return await self._engine.cancel_jobs(job_ids)
+        return await base.cancel_jobs(self._engine, job_ids)
+
 
 class SyncProducer:
     """Blocking twin of :class:`Producer` over ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
@@ -229,4 +244,19 @@ class SyncProducer:
             out.extend(
                 queue.build_enqueue_results(scripts.ENQUEUE.call_sync(self._client, k, args))
             )
+        return out
+
+    def cancel(self, job_id: str) -> base.CancelOutcome:
+        """Cancel one job that has not started (see :meth:`Producer.cancel`)."""
+        (outcome,) = self.cancel_many([job_id])
+        return outcome
+
+    def cancel_many(self, job_ids: Sequence[str]) -> list[base.CancelOutcome]:
+        """Cancel many jobs (see :meth:`Producer.cancel_many`)."""
+        keys_list = self._keys.script_keys()
+        out: list[base.CancelOutcome] = []
+        for start in range(0, len(job_ids), queue.MAX_BATCH):
+            chunk = list(job_ids[start : start + queue.MAX_BATCH])
+            raw = scripts.CANCEL.call_sync(self._client, keys_list, chunk)
+            out.extend(queue.build_cancel_outcomes(raw))
         return out

@@ -1,5 +1,5 @@
 """The commands that read or change a queue: ``queue stats|jobs``, ``topic lag``, ``trace``,
-``dlq ls|summary|show|replay|purge`` and ``enqueue``.
+``dlq ls|summary|show|replay|purge``, ``enqueue`` and ``job cancel``.
 
 Registered by :func:`worker_runtime.cli.register_commands` and imported only when one of them
 runs (so a worker's start never loads this module). Every read command has a ``--json`` variant
@@ -1612,3 +1612,113 @@ def _enqueue_file(args: argparse.Namespace) -> int:
         _print_json({**summary, "job_ids": created, "unconfirmed_from_line": line,
                      "error": str(error)})  # fmt: skip
     return 1
+
+
+# ---- job cancel ------------------------------------------------------------------------------
+
+CANCEL_CHUNK = 500
+"""Job ids one cancel call carries (the Redis engine's batch): a Ctrl-C stops between calls."""
+
+NOT_ALL_CANCELLED_EXIT = 1
+"""``job cancel``'s exit code when a named id was refused (running, dead-lettered) or unknown,
+as a dlq command's when a named id had no dead letter; 0 means every named id was cancelled."""
+
+
+def describe_cancel_outcome(job_id: str, outcome: str, queue: str) -> str:
+    """The line ``job cancel`` prints for one id."""
+    shown = _printable(job_id)
+    if outcome == "cancelled":
+        return f"cancelled {shown}"
+    if outcome == "running":
+        return (
+            f"refused {shown}: running (a job a worker holds is not touched; it finishes or "
+            "fails as usual)"
+        )
+    if outcome == "dead_lettered":
+        return f"refused {shown}: dead-lettered (workerfleet dlq purge deletes it)"
+    return (
+        f"unknown {shown}: no such job waiting in {queue} (finished, cancelled or never enqueued)"
+    )
+
+
+def _describe_cancel_counts(outcomes: Sequence[tuple[str, str]], named: int, queue: str) -> str:
+    counts: dict[str, int] = {}
+    for _, outcome in outcomes:
+        counts[outcome] = counts.get(outcome, 0) + 1
+    text = f"cancelled {counts.get('cancelled', 0)} of {named} job(s) on {queue}"
+    rest = [
+        f"{counts[name]} {label}"
+        for name, label in (
+            ("running", "running"),
+            ("dead_lettered", "dead-lettered"),
+            ("unknown", "unknown"),
+        )
+        if counts.get(name)
+    ]
+    return text + (f" ({', '.join(rest)})" if rest else "")
+
+
+@guard
+def cmd_job_cancel(args: argparse.Namespace) -> int:
+    """Cancel jobs that have not started, by id: one line per id and a summary."""
+    from worker_runtime.brokers import base
+
+    url, queue = _broker_url(args), _queue_name(args)
+    named = list(dict.fromkeys(args.job_ids))  # an id named twice is asked about once
+    outcomes: list[tuple[str, str]] = []
+    interrupted = [False]
+    cut = [False]  # a second Ctrl-C cancelled a call: some of its ids may be cancelled
+    failure: list[Exception] = []
+
+    async def go(broker: Any) -> None:
+        # a broker that cannot cancel is refused here, before any id is sent (exit 2)
+        await base.cancel_jobs(broker, [])
+        stop = _stop_on_ctrl_c()
+        with _kept_broker_error(failure):
+            try:
+                for start in range(0, len(named), CANCEL_CHUNK):
+                    chunk = named[start : start + CANCEL_CHUNK]
+                    answers = await stop.call(base.cancel_jobs(broker, chunk))
+                    for job_id, outcome in zip(chunk, answers, strict=True):
+                        outcomes.append((job_id, outcome.value))
+                        if not args.json:
+                            print(describe_cancel_outcome(job_id, outcome.value, queue))
+                    if stop.is_set():
+                        break
+            except _StoppedMidCall:
+                pass
+        interrupted[0] = stop.is_set()
+        cut[0] = stop.cut
+
+    _run_on_broker(url, queue, go)
+    summary = _describe_cancel_counts(outcomes, len(named), queue)
+    result: dict[str, Any] = {
+        "queue": queue,
+        "outcomes": dict(outcomes),
+        "cancelled": sum(1 for _, o in outcomes if o == "cancelled"),
+        "asked": len(named),
+    }
+    untried = len(named) - len(outcomes)
+    if failure:
+        print(
+            f"workerfleet: {summary}, then: {failure[0]}\nworkerfleet: {untried} id(s) have no "
+            "answer; the call that failed may have cancelled some of them (asked again, an id "
+            "it cancelled reads unknown)",
+            file=sys.stderr,
+        )
+        if args.json:
+            _print_json({**result, "error": str(failure[0])})
+        return 1
+    if interrupted[0]:
+        maybe = "; the call stopped at the second Ctrl-C may have cancelled some" if cut[0] else ""
+        print(f"interrupted: {summary}; {untried} id(s) not answered{maybe}", file=sys.stderr)
+        if args.json:
+            _print_json({**result, "interrupted": True})
+        return cli.INTERRUPTED_EXIT
+    if args.json:
+        _print_json(result)
+    else:
+        print(summary)
+    if result["cancelled"] < len(named):
+        return NOT_ALL_CANCELLED_EXIT
+    return 0

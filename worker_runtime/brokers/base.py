@@ -335,6 +335,13 @@ class Capabilities:
     """The broker implements :class:`Topics`: subscriptions registered in the broker and a
     publish that fans out to every current subscription at once (all or none). False:
     ``publish``/``subscribe`` raise :class:`~worker_runtime.errors.CapabilityMissing`."""
+    cancel_by_id: bool = False
+    """A job that has not started (waiting on the ready queue, scheduled, or waiting out a
+    retry's backoff) can be cancelled by its id (:class:`Cancelling`): removed in one step,
+    never delivered afterwards. False: a job once enqueued runs (or fails) whatever happens;
+    :func:`cancel_jobs` raises :class:`~worker_runtime.errors.CapabilityMissing` naming the
+    broker (RabbitMQ's and SQS' queues cannot remove a message by id: it could only be
+    skipped when delivered, which needs a record of cancelled ids the broker does not keep)."""
 
 
 FULL_CONTRACT = Capabilities(
@@ -354,6 +361,7 @@ FULL_CONTRACT = Capabilities(
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
     overlapped_fetches=True,
     topics=True,
+    cancel_by_id=True,
 )
 """Every promise (the Redis engine, which the seam was cut from, and the memory reference)."""
 
@@ -906,6 +914,69 @@ class DeadLetters(Protocol):
     ) -> int:
         """Delete dead letters by id, by age, or all (exactly one); returns how many."""
         ...
+
+
+# -- cancelling a job that has not started -------------------------------------------------------
+
+
+class CancelOutcome(StrEnum):
+    """What a cancel did to one job id (:meth:`Cancelling.cancel_jobs`)."""
+
+    CANCELLED = "cancelled"
+    """The job was waiting (ready, scheduled, or waiting out a retry's backoff) and is gone:
+    it will never be delivered. Its id's enqueue-dedup entry and its idempotency key stay
+    until they expire, so a re-sent enqueue of it does not bring it back."""
+    RUNNING = "running"
+    """Refused: the job is leased to a worker. It is not touched: it finishes, fails or is
+    retried as usual (a later cancel may catch it waiting for a retry)."""
+    DEAD_LETTERED = "dead_lettered"
+    """Refused: the job is in the dead-letter queue; ``workerfleet dlq purge`` deletes it."""
+    UNKNOWN = "unknown"
+    """No such job in this queue (never enqueued, already finished, already cancelled, or a
+    mistyped id)."""
+
+
+@runtime_checkable
+class Cancelling(Protocol):
+    """A broker that removes jobs that have not started by id (``Capabilities.cancel_by_id``).
+
+    Callers go through :func:`cancel_jobs`, which refuses a broker without the capability."""
+
+    async def cancel_jobs(self, job_ids: Sequence[str]) -> list[CancelOutcome]:
+        """Cancel each of ``job_ids`` that has not started; one outcome per id, in order (an
+        id named twice is cancelled once and then reads UNKNOWN). Each job is judged and
+        removed atomically: one fetched at the same moment is either handed out (and answered
+        RUNNING) or never handed out (and answered CANCELLED), never both."""
+        ...
+
+
+_BACKEND_NAMES = {"redis": "Redis", "memory": "memory", "rabbitmq": "RabbitMQ", "sqs": "SQS"}
+
+
+def describe_backend(broker: object) -> str:
+    """``Redis``, ``RabbitMQ``, ``SQS`` or ``memory``: the backend of a broker object (by the
+    package its class, or a class it derives from, lives in), for messages; its class name
+    for any other."""
+    for cls in type(broker).__mro__:
+        for part in cls.__module__.split("."):
+            if part in _BACKEND_NAMES:
+                return _BACKEND_NAMES[part]
+    return type(broker).__name__
+
+
+async def cancel_jobs(broker: Broker, job_ids: Sequence[str]) -> list[CancelOutcome]:
+    """:meth:`Cancelling.cancel_jobs` on ``broker``; the one place that refuses a broker
+    without ``Capabilities.cancel_by_id``, with
+    :class:`~worker_runtime.errors.CapabilityMissing` naming it (the producer's ``cancel``
+    and ``workerfleet job cancel`` both come here)."""
+    if not broker.capabilities.cancel_by_id or not isinstance(broker, Cancelling):
+        raise errors.CapabilityMissing(
+            f"the {describe_backend(broker)} broker cannot cancel a job by id: its queues "
+            "cannot remove a waiting message by id (Capabilities.cancel_by_id is False); "
+            "a job enqueued there runs, or fails into the dead-letter queue",
+            operation="cancel",
+        )
+    return await broker.cancel_jobs(job_ids)
 
 
 # -- optional read-side extras (the CLI and the console check for them) ------------------------

@@ -581,6 +581,32 @@ class MemoryBroker:
     async def close(self) -> None:
         self._closed = True
 
+    # -- Cancelling --------------------------------------------------------------------------
+
+    async def cancel_jobs(self, job_ids: Sequence[str]) -> list[base.CancelOutcome]:
+        """Cancel the named jobs that have not started (see :class:`base.Cancelling`): a job
+        leaves its ready line or the delayed set and its record at once, under the lock every
+        fetch takes. Its enqueue-dedup entry and idempotency key stay, as on Redis."""
+        out: list[base.CancelOutcome] = []
+        with self._q.lock:
+            self._check_open()
+            q = self._q
+            for job_id in job_ids:
+                job = q.jobs.get(job_id)
+                if job_id in q.leases:
+                    out.append(base.CancelOutcome.RUNNING)
+                elif job is not None:
+                    if q.delayed.pop(job_id, None) is None:
+                        q.ready[job.envelope.priority.value].remove(job_id)
+                    del q.jobs[job_id]
+                    q.counters["cancelled"] += 1
+                    out.append(base.CancelOutcome.CANCELLED)
+                elif job_id in q.dlq:
+                    out.append(base.CancelOutcome.DEAD_LETTERED)
+                else:
+                    out.append(base.CancelOutcome.UNKNOWN)
+        return out
+
     # -- Topics ----------------------------------------------------------------------------
 
     async def subscribe(self, topic: str, group: str) -> str:

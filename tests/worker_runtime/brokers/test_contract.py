@@ -556,3 +556,165 @@ async def test_a_job_settled_after_close_was_sent_before_close_returned(
         assert (await reader.fetch_stats()).completed_total == 3
     else:  # no exact totals: the acked jobs must at least never come back
         assert await reader.fetch("w2", 3, block=1.0) == []
+
+
+# -- cancel by id (Capabilities.cancel_by_id) ---------------------------------------------------
+
+CANCELLED = base.CancelOutcome.CANCELLED
+
+
+@pytest.mark.needs("cancel_by_id")
+async def test_a_waiting_job_is_cancelled_and_never_fetched(contract: support.Contract) -> None:
+    # Given two waiting jobs of different priorities
+    broker = await contract.open()
+    [doomed] = await broker.enqueue_many([request(priority="high")])
+    [kept] = await broker.enqueue_many([request(priority="low")])
+    # When the first is cancelled
+    answer = await broker.cancel_jobs([doomed.job_id])
+    # Then it is cancelled, the backlog counts only the other, and only the other is fetched
+    assert answer == [CANCELLED]
+    if broker.capabilities.exact_stats:
+        assert (await broker.fetch_stats()).backlog == 1
+    assert [d.id for d in await broker.fetch("w1", 10)] == [kept.job_id]
+    assert await broker.fetch("w1", 10) == []
+
+
+@pytest.mark.needs("cancel_by_id")
+async def test_a_scheduled_job_is_cancelled_and_never_fetched(contract: support.Contract) -> None:
+    # Given a job scheduled 0.3 s ahead
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request(delay=0.3)])
+    # When it is cancelled, and its time comes
+    answer = await broker.cancel_jobs([res.job_id])
+    await contract.advance(0.4)
+    # Then it was cancelled and is never fetched
+    assert answer == [CANCELLED]
+    assert await broker.fetch("w1", 10) == []
+    if broker.capabilities.exact_stats:
+        stats = await broker.fetch_stats()
+        assert (stats.backlog, stats.due_delayed, stats.future_delayed) == (0, 0, 0)
+
+
+@pytest.mark.needs("cancel_by_id")
+async def test_a_job_waiting_out_a_retry_backoff_is_cancelled_and_never_fetched(
+    contract: support.Contract,
+) -> None:
+    # Given a job whose first run failed and that waits 0.3 s for its retry
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.retry(delivery, failure(), delay_seconds=0.3)
+    # When it is cancelled, and its retry comes due
+    answer = await broker.cancel_jobs([delivery.id])
+    await contract.advance(0.4)
+    # Then it was cancelled and never runs again
+    assert answer == [CANCELLED]
+    assert await broker.fetch("w1", 10) == []
+
+
+@pytest.mark.needs("cancel_by_id")
+async def test_a_cancel_of_a_running_job_is_refused_and_its_worker_still_acks_it(
+    contract: support.Contract,
+) -> None:
+    # Given a job a worker holds
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    # When it is cancelled
+    answer = await broker.cancel_jobs([delivery.id])
+    # Then the cancel is refused as running, and the worker's ack lands as usual
+    assert answer == [base.CancelOutcome.RUNNING]
+    assert await broker.ack(delivery) is True
+    if broker.capabilities.exact_stats:
+        assert (await broker.fetch_stats()).completed_total == 1
+
+
+@pytest.mark.needs("cancel_by_id", "dead_letter_by_id")
+async def test_a_cancel_of_a_dead_letter_is_refused_and_it_stays_in_the_dlq(
+    contract: support.Contract,
+) -> None:
+    # Given a dead-lettered job
+    broker = await contract.open()
+    await broker.enqueue(request())
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.dead_letter(delivery, "non_retryable", failure=failure())
+    # When it is cancelled
+    answer = await broker.cancel_jobs([delivery.id])
+    # Then the cancel is refused as dead-lettered and the dead letter is still there
+    assert answer == [base.CancelOutcome.DEAD_LETTERED]
+    assert await broker.show_dead_letter(delivery.id) is not None
+    assert await broker.count_dead_letters() == 1
+
+
+@pytest.mark.needs("cancel_by_id")
+async def test_an_unknown_or_already_cancelled_id_reads_unknown(
+    contract: support.Contract,
+) -> None:
+    # Given one waiting job
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request()])
+    # When it is cancelled twice in one call, beside an id that was never enqueued
+    answer = await broker.cancel_jobs([res.job_id, "no-such-job", res.job_id])
+    # Then each id gets its own answer, in order
+    assert answer == [CANCELLED, base.CancelOutcome.UNKNOWN, base.CancelOutcome.UNKNOWN]
+
+
+@pytest.mark.needs("cancel_by_id", "enqueue_dedup")
+async def test_a_resent_enqueue_of_a_cancelled_job_does_not_bring_it_back(
+    contract: support.Contract,
+) -> None:
+    # Given a job that was cancelled
+    broker = await contract.open()
+    req = request(idempotency_key="order-9")
+    await broker.enqueue(req)
+    assert await broker.cancel_jobs([req.envelope.id]) == [CANCELLED]
+    # When the same enqueue is sent again (a producer re-sending after a lost reply)
+    again = await broker.enqueue(req)
+    # Then nothing is created and nothing is delivered
+    assert again.created is False
+    assert await broker.fetch("w1", 10) == []
+
+
+@pytest.mark.needs("cancel_by_id")
+async def test_every_enqueued_job_is_either_fetched_or_cancelled_never_both(
+    contract: support.Contract,
+) -> None:
+    # Given 60 jobs: ready ones of every priority and scheduled ones
+    broker = await contract.open()
+    requests = [
+        request(priority=("high", "normal", "low")[i % 3], delay=0.2 if i % 4 == 0 else 0.0)
+        for i in range(60)
+    ]
+    enqueued = {r.job_id for r in await broker.enqueue_many(requests)}
+    order = sorted(enqueued)  # some order unrelated to the fetch order
+    fetched: list[str] = []
+    answers: dict[str, base.CancelOutcome] = {}
+
+    async def work() -> None:
+        for _ in range(200):  # bounded: 60 jobs, 3 at a time
+            got = await broker.fetch("w1", 3)
+            fetched.extend(d.id for d in got)
+            for d in got:
+                assert await broker.ack(d)
+            if len(answers) == len(order) and not got:
+                return
+            await asyncio.sleep(0)
+
+    async def cancel() -> None:
+        for start in range(0, len(order), 5):
+            chunk = order[start : start + 5]
+            answers.update(zip(chunk, await broker.cancel_jobs(chunk), strict=True))
+            await asyncio.sleep(0)
+
+    # When a worker fetches and acks while every job is cancelled, 5 ids a call
+    await asyncio.gather(work(), cancel())
+    await contract.advance(0.3)
+    fetched.extend(d.id for d in await broker.fetch("w1", 100))
+    # Then the enqueued jobs are exactly those fetched and those cancelled, with none in both,
+    # and every job the cancel did not take had been fetched (running then, or already done)
+    cancelled = {job_id for job_id, a in answers.items() if a == CANCELLED}
+    assert len(fetched) == len(set(fetched))
+    assert set(fetched) | cancelled == enqueued
+    assert not set(fetched) & cancelled
+    not_taken = {a for j, a in answers.items() if j not in cancelled}
+    assert not_taken <= {base.CancelOutcome.RUNNING, base.CancelOutcome.UNKNOWN}

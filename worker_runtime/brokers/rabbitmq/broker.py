@@ -207,6 +207,7 @@ CAPABILITIES = base.Capabilities(
     oldest_job_age=False,
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
     topics=True,
+    cancel_by_id=False,  # a queue cannot remove a waiting message by id
 )
 """What RabbitMQ cannot promise, and why (docs/brokers.md has the table):
 no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); no done

@@ -300,6 +300,14 @@ class RedisBroker:
                 self._owns_client = False
                 await self.client.aclose()
 
+    # -- Cancelling ----------------------------------------------------------------------------
+
+    async def cancel_jobs(self, job_ids: Sequence[str]) -> list[base.CancelOutcome]:
+        try:
+            return await self.engine.cancel_jobs(job_ids)
+        except Exception as exc:
+            raise_mapped(exc, "cancel")
+
     # -- Topics --------------------------------------------------------------------------------
 
     def _check_topics(self) -> None:

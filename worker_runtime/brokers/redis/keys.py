@@ -39,7 +39,8 @@ key                            type    contents
                                        reason, counts, worker, timestamps); an envelope that
                                        is not UTF-8 is kept as ``envelope_base64`` instead.
 ``{wf:Q}:counters``            hash    enqueued, completed, failed, retried, dead_lettered,
-                                       released, workers_lost (monotonic) and ``fence`` (the
+                                       released, workers_lost, cancelled (monotonic; cancelled
+                                       only once a job was cancelled) and ``fence`` (the
                                        counter of the last fencing token handed out). Every
                                        queue that ever held a job has one: ``queue ls`` finds
                                        queues by SCAN for ``{wf:*}:counters``.
@@ -51,10 +52,18 @@ key                            type    contents
                                        fields; both expire 2 refill periods + 1 s after use.
 ``{wf:Q}:enqueued``            zset    job id → enqueue ms, for ``queue.ENQUEUE_DEDUP_SECONDS``:
                                        a re-sent enqueue of an id in it is a no-op (the job
-                                       may have run and been deleted). Trimmed by enqueue.
-``{wf:Q}:idem:<key>``          string  enqueue dedup: job id, with TTL (SET NX PX).
+                                       may have run, been cancelled and been deleted).
+                                       Trimmed by enqueue; a cancel keeps the id's entry.
+``{wf:Q}:idem:<key>``          string  enqueue dedup: job id, with TTL (SET NX PX); a cancel
+                                       keeps it until it expires.
 ``{wf:Q}:done:<key>``          string  "done" marker written atomically with an ack, with TTL.
 =============================  ======  =====================================================
+
+A cancel (``lua/cancel.lua``) of a job that has not started deletes its ``state``, ``env`` and
+``history`` fields and its ``delayed`` member or its undelivered ``ready:<prio>`` entry in one
+script, and refuses a job in ``inflight`` (running) or in ``dlq`` (dead-lettered). A job is live
+exactly while it has a ``state`` field: fetch hands out no id without one, so a cancelled job is
+never delivered even from an entry a cancel did not delete.
 
 Topics (events, :mod:`worker_runtime.events`). A subscription ``G`` of topic ``T`` is the
 ordinary queue ``Q = T:G`` above; the topic itself has one key:

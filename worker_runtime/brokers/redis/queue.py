@@ -666,6 +666,16 @@ class QueueClient:
         """Give the job back to the ready queue without spending an attempt (drain)."""
         return await self._releases.submit((job.id, job.receipt, False)) == 1
 
+    async def cancel_jobs(self, job_ids: Sequence[str]) -> list[base.CancelOutcome]:
+        """Cancel the named jobs that have not started (``lua/cancel.lua``: each judged and
+        removed in one script step; :class:`base.Cancelling` says what each outcome means),
+        ≤ MAX_BATCH ids per script call. One outcome per id, in order."""
+        out: list[base.CancelOutcome] = []
+        for start in range(0, len(job_ids), MAX_BATCH):
+            chunk = list(job_ids[start : start + MAX_BATCH])
+            out.extend(build_cancel_outcomes(await scripts.CANCEL(self.client, self._k, chunk)))
+        return out
+
     async def aclose(self) -> None:
         """Wait for every batched settle call to reach Redis."""
         await self._enqueues.drain()
@@ -814,6 +824,11 @@ def build_enqueue_call(
         envelopes.append(req.envelope_bytes())
     packed = _RS.join(rows).encode("utf-8", "surrogateescape")
     return keys, [enqueued_idx, int(dedup_seconds * 1000), packed, *envelopes]
+
+
+def build_cancel_outcomes(raw: Sequence[Any]) -> list[base.CancelOutcome]:
+    """Parse the cancel script's reply (one outcome name per id)."""
+    return [base.CancelOutcome(_text(value)) for value in raw]
 
 
 def build_enqueue_results(raw: Sequence[Any]) -> list[EnqueueResult]:

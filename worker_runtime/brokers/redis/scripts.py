@@ -134,6 +134,7 @@ DLQ_REPLAY = build_script("dlq_replay")
 DLQ_PURGE = build_script("dlq_purge")
 RATELIMIT = build_script("ratelimit")
 ADOPT = build_script("adopt")
+CANCEL = build_script("cancel")
 PUBLISH = build_script("publish", prelude=False)
 
 _ACK_FETCH_SOURCE = build_combined_source("fetch", "ack", 9)

@@ -125,6 +125,7 @@ _BASE_CAPABILITIES = base.Capabilities(
     exact_stats=False,
     oldest_job_age=False,
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
+    cancel_by_id=False,  # a queue cannot remove a waiting message by id (only a received one)
 )
 
 STANDARD_CAPABILITIES = _BASE_CAPABILITIES

@@ -1,0 +1,269 @@
+"""Cancelling jobs that have not started: Redis' script, the producer API, ``workerfleet job
+cancel`` on a real redis-server, and the one clear refusal on brokers that cannot cancel.
+
+What every broker that can cancel promises is in the contract suite
+(tests/worker_runtime/brokers/test_contract.py, ``-k cancel``); here are the Redis engine's own
+checks (a backlog longer than one page of its scan, an entry the script did not delete), the
+producers' ``cancel``, the command line, and RabbitMQ and SQS saying they cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from tests.support import engine as es
+from tests.support.cli import run_cli
+from worker_runtime import brokers, cli, errors, producer
+from worker_runtime.brokers import base
+from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
+from worker_runtime.brokers.redis import keys, queue, stats
+from worker_runtime.brokers.sqs import broker as sqs_broker
+
+CANCELLED = base.CancelOutcome.CANCELLED
+
+
+# -- Redis: the script ---------------------------------------------------------------------------
+
+
+async def test_a_job_behind_more_than_one_page_of_backlog_is_found_and_its_entry_deleted(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given 2,500 waiting jobs, then the one to cancel (the script reads 1,000 entries a page)
+    engine = es.make_engine(redis_client, queue_name)
+    for _ in range(5):
+        await engine.enqueue_many([es.request() for _ in range(500)])
+    [target] = await engine.enqueue_many([es.request()])
+    # When it is cancelled
+    answer = await engine.cancel_jobs([target.job_id])
+    # Then its stream entry is gone with it (the stream holds only the others) and it is
+    # never fetched
+    k = keys.build_keys(queue_name)
+    assert answer == [CANCELLED]
+    assert await redis_client.xlen(k.ready[keys.PRIORITIES.index("normal")]) == 2500
+    fetched: set[str] = set()
+    for _ in range(5):
+        fetched |= {job.id for job in await engine.fetch("w1", 1000)}
+    assert len(fetched) == 2500 and target.job_id not in fetched
+
+
+async def test_a_cancelled_job_is_not_fetched_from_an_entry_the_cancel_did_not_delete(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given a waiting job whose id is also in a stream entry the cancel will not look at (an
+    # entry of another priority, as a structure the script cannot see would hold it)
+    engine = es.make_engine(redis_client, queue_name)
+    [res] = await engine.enqueue_many([es.request()])
+    k = keys.build_keys(queue_name)
+    high = k.ready[keys.PRIORITIES.index("high")]
+    await redis_client.xadd(high, {"j": res.job_id})
+    # When it is cancelled and a worker fetches
+    answer = await engine.cancel_jobs([res.job_id])
+    got = await engine.fetch("w1", 10)
+    # Then nothing is handed out, nor dead-lettered: the job is gone, and the stray entry was
+    # dropped by the fetch
+    assert answer == [CANCELLED]
+    assert got == []
+    assert not engine.dead_lettered_by_fetch
+    assert await redis_client.zcard(k.dlq) == 0
+    assert await redis_client.xlen(high) == 0
+
+
+async def test_a_cancel_counts_the_jobs_it_cancelled_in_the_queue_counters(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given two waiting jobs
+    engine = es.make_engine(redis_client, queue_name)
+    ids = [r.job_id for r in await engine.enqueue_many([es.request(), es.request()])]
+    # When both and an unknown id are cancelled
+    await engine.cancel_jobs([*ids, "nope"])
+    # Then the counter says two, and the live job's keys hold nothing of them
+    k = keys.build_keys(queue_name)
+    assert await redis_client.hget(k.counters, "cancelled") == "2"
+    assert await redis_client.hlen(k.state) == 0
+    assert await redis_client.hlen(k.env) == 0
+
+
+# -- the producers -------------------------------------------------------------------------------
+
+
+async def test_the_async_producer_cancels_a_waiting_job_and_says_why_it_did_not(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given a producer and one job it enqueued
+    p = producer.Producer(redis_client, queue_name)
+    res = await p.enqueue("t", {"n": 1}, delay=60.0)
+    # When it cancels the job, then the job again, then an id never enqueued
+    first = await p.cancel(res.job_id)
+    again = await p.cancel(res.job_id)
+    # Then the first is cancelled and the others are unknown
+    assert (first, again) == (CANCELLED, base.CancelOutcome.UNKNOWN)
+    assert await p.cancel_many(["x", "y"]) == [base.CancelOutcome.UNKNOWN] * 2
+
+
+def test_the_blocking_producer_cancels_a_waiting_job(redis_server: Any, queue_name: str) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    try:
+        p = producer.SyncProducer(client, queue_name)
+        res = p.enqueue("t", {"n": 1})
+        assert p.cancel(res.job_id) == CANCELLED
+        assert p.cancel_many([res.job_id]) == [base.CancelOutcome.UNKNOWN]
+    finally:
+        client.close()
+
+
+async def test_a_producer_on_the_memory_broker_cancels_through_the_broker() -> None:
+    from worker_runtime.brokers import memory
+
+    broker = memory.MemoryBroker("q")
+    p = producer.Producer.on_broker(broker)
+    res = await p.enqueue("t", {"n": 1})
+    assert await p.cancel(res.job_id) == CANCELLED
+
+
+# -- brokers that cannot cancel ------------------------------------------------------------------
+
+
+def _unopened(cls: type[Any], capabilities: base.Capabilities) -> Any:
+    """A broker object that was never connected (cancel must refuse before any I/O)."""
+    broker = object.__new__(cls)
+    broker.capabilities = capabilities
+    broker.queue = "q"
+    return broker
+
+
+@pytest.mark.parametrize(
+    ("cls", "capabilities", "name"),
+    [
+        (rabbitmq_broker.RabbitMQBroker, rabbitmq_broker.CAPABILITIES, "RabbitMQ"),
+        (sqs_broker.SqsBroker, sqs_broker.STANDARD_CAPABILITIES, "SQS"),
+        (sqs_broker.SqsBroker, sqs_broker.FIFO_CAPABILITIES, "SQS"),
+    ],
+)
+async def test_rabbitmq_and_sqs_refuse_a_cancel_naming_the_broker(
+    cls: type[Any], capabilities: base.Capabilities, name: str
+) -> None:
+    # Given a RabbitMQ or SQS broker, which declares it cannot cancel by id
+    broker = _unopened(cls, capabilities)
+    assert capabilities.cancel_by_id is False
+    # When a job is cancelled through the seam or the producer
+    # Then each says, in one line, which broker cannot
+    expected = f"the {name} broker cannot cancel a job by id"
+    with pytest.raises(errors.CapabilityMissing, match=expected):
+        await base.cancel_jobs(broker, ["job-1"])
+    with pytest.raises(errors.CapabilityMissing, match=expected):
+        await producer.Producer.on_broker(broker).cancel("job-1")
+
+
+def test_job_cancel_on_rabbitmq_exits_2_with_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the command line's broker is RabbitMQ (a stand-in object: no server is needed,
+    # the refusal comes before anything is sent)
+    class Unconnected(rabbitmq_broker.RabbitMQBroker):
+        async def close(self) -> None:
+            return None
+
+    async def open_stand_in(url: str, queue_name: str, **_: Any) -> Any:
+        return _unopened(Unconnected, rabbitmq_broker.CAPABILITIES)
+
+    monkeypatch.setattr(brokers, "open_broker", open_stand_in)
+    # When a job is cancelled
+    code = cli.main(
+        ["job", "cancel", "job-1", "--broker-url", "amqp://guest:guest@127.0.0.1:1/", "-q", "q"]
+    )
+    # Then it exits 2 with one line naming RabbitMQ, and prints nothing on stdout
+    out = capsys.readouterr()
+    assert code == 2
+    assert out.out == ""
+    assert out.err.startswith("workerfleet: the RabbitMQ broker cannot cancel a job by id")
+    assert out.err.count("\n") == 1
+
+
+# -- workerfleet job cancel on a real redis-server ----------------------------------------------
+
+
+def _seed(url: str, queue_name: str) -> dict[str, str]:
+    """One job of each kind: running (held by a worker), dead-lettered, waiting, scheduled."""
+
+    async def go() -> dict[str, str]:
+        client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        try:
+            engine = queue.QueueClient(client, queue_name)
+            ids: dict[str, str] = {}
+            await engine.enqueue(es.request())
+            (ids["running"],) = [job.id for job in await engine.fetch("w-busy", 1)]
+            await engine.enqueue(es.request())
+            (dead,) = await engine.fetch("w-dead", 1)
+            assert await engine.dead_letter(dead, "non_retryable", failure=es.failure())
+            ids["dead"] = dead.id
+            ids["waiting"] = (await engine.enqueue(es.request())).job_id
+            ids["scheduled"] = (await engine.enqueue(es.request(delay=600.0))).job_id
+            return ids
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def _stats(url: str, queue_name: str) -> base.QueueStats:
+    async def go() -> base.QueueStats:
+        client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        try:
+            return await stats.fetch_queue_stats(client, queue_name)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def test_job_cancel_says_per_id_what_happened_and_exits_1_when_some_were_not_cancelled(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a running, a dead-lettered, a waiting and a scheduled job
+    ids = _seed(redis_server.url, queue_name)
+    # When all four and an unknown id are cancelled from the command line
+    named = [ids["waiting"], ids["scheduled"], ids["running"], ids["dead"], "no-such-job"]
+    result = run_cli("job", "cancel", *named, redis_url=redis_server.url, queue_name=queue_name)
+    # Then each id has its line, the summary counts them, and the exit code says not all were
+    lines = result.stdout.splitlines()
+    assert result.returncode == 1, result.stderr
+    assert lines[0] == f"cancelled {ids['waiting']}"
+    assert lines[1] == f"cancelled {ids['scheduled']}"
+    assert lines[2].startswith(f"refused {ids['running']}: running")
+    assert lines[3].startswith(f"refused {ids['dead']}: dead-lettered")
+    assert "dlq purge" in lines[3]
+    assert lines[4].startswith("unknown no-such-job: no such job")
+    assert lines[5] == (
+        f"cancelled 2 of 5 job(s) on {queue_name} (1 running, 1 dead-lettered, 1 unknown)"
+    )
+    # and the queue holds no waiting job any more, the running one and the dead letter stay
+    s = _stats(redis_server.url, queue_name)
+    assert (s.backlog, s.future_delayed, s.in_flight, s.dead_letter) == (0, 0, 1, 1)
+
+
+def test_job_cancel_exits_0_when_every_id_was_cancelled_and_answers_in_json(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a waiting and a scheduled job
+    ids = _seed(redis_server.url, queue_name)
+    named = [ids["waiting"], ids["scheduled"]]
+    # When both are cancelled, one named twice, with --json
+    result = run_cli(
+        "job", "cancel", *named, ids["waiting"], "--json",
+        redis_url=redis_server.url, queue_name=queue_name,
+    )  # fmt: skip
+    # Then it exits 0 and the JSON gives each id's outcome once
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data == {
+        "queue": queue_name,
+        "outcomes": {ids["waiting"]: "cancelled", ids["scheduled"]: "cancelled"},
+        "cancelled": 2,
+        "asked": 2,
+    }
