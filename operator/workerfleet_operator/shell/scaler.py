@@ -133,7 +133,7 @@ async def poll_queue(
     if controller.scaling.unwritten_marks:
         # Level-triggered: a scale-in that raised left its ranking on the pods; a new
         # scale-in ranks them again from the heartbeats of now.
-        await _take_back_marks(controller, controller.scaling.unwritten_marks)
+        await _take_back_marks(controller)
     if policy.mode == "builtin" and decision.desired != current:
         if not controller.has_deployment:
             applied = False  # nothing to scale yet: the reconcile creates it
@@ -259,7 +259,7 @@ async def _taking_back_marks_on_error(
         # for it must not steer a later scale-in made for other reasons. Remembered before
         # it was written, so a take-back that raises too is retried by the next poll.
         try:
-            await _take_back_marks(controller, controller.scaling.unwritten_marks)
+            await _take_back_marks(controller)
         except Exception as exc:
             logger.warning(
                 "%s/%s: deletion costs of a failed scale-in not removed yet: %s",
@@ -279,10 +279,10 @@ async def _scale(
 ) -> bool:
     """Write the decided replicas; False when held because another manager owns them.
 
-    The deletion costs a scale-in writes are kept in ``ScalerMemory.unwritten_marks`` until
-    the replicas are written or the scale-in is given up."""
+    The deletion costs a scale-in writes are kept in ``ScalerMemory.unwritten_marks`` (the
+    poll took back any left there before) until the replicas are written or the scale-in is
+    given up."""
     client = controller.ctx.kube_client()
-    marked: Mapping[str, str | None] = {}  # the deletion costs this scale-in wrote
     for attempt in range(2):
         # Decided on live autoscalers, not managedFields: one `kubectl scale` (or an HPA
         # deleted since) stays listed there for good and would hold the pool forever.
@@ -291,11 +291,11 @@ async def _scale(
         )
         if controllers:
             _block_replicas(controller, tuple(controllers))
-            return await _give_up(controller, marked)
+            return await _give_up(controller)
         # Costs rank pods by their heartbeats: without stats (a fallback during an outage)
         # every pod would look dead, so none is marked and the ReplicaSet picks.
         if decision.desired < current and attempt == 0 and observation.stats is not None:
-            marked = await _mark_deletion_costs(controller, deployment, observation)
+            await _mark_deletion_costs(controller, deployment, observation)
         try:
             # Forced only against our own managers (the creation apply co-owns the field),
             # and only on the version whose managers were just checked.
@@ -319,12 +319,12 @@ async def _scale(
         )
         if fresh is None:
             controller.dirty = True  # deleted: the reconcile recreates it
-            return await _give_up(controller, marked)
+            return await _give_up(controller)
         controller.keep_deployment(fresh)
         deployment = fresh
     else:
         # changed twice in a row: the next poll decides again
-        return await _give_up(controller, marked)
+        return await _give_up(controller)
     if controller.applied.drift_reference is not None and not drift.is_subset(
         controller.applied.drift_reference, controller.deployment
     ):
@@ -334,20 +334,20 @@ async def _scale(
     return True
 
 
-async def _give_up(controller: pool_mod.PoolController, marked: Mapping[str, str | None]) -> bool:
+async def _give_up(controller: pool_mod.PoolController) -> bool:
     """A scale-in given up (another owner, a Deployment changed twice) takes back the
     deletion costs written for it: left on the pods, they would steer the next scale-in
     someone else makes (an HPA, KEDA after a switch to keda mode) by what the pods were doing
     back then. Returns False (not written)."""
-    await _take_back_marks(controller, marked)
+    await _take_back_marks(controller)
     return False
 
 
-async def _take_back_marks(
-    controller: pool_mod.PoolController, marked: Mapping[str, str | None]
-) -> None:
-    """Remove the deletion costs ``marked`` (pod -> value written) by a scale-in that wrote
-    no replicas; idempotent (a removal sent again changes nothing; a pod gone is skipped)."""
+async def _take_back_marks(controller: pool_mod.PoolController) -> None:
+    """Remove the deletion costs of ``ScalerMemory.unwritten_marks`` (pod -> value written) by
+    a scale-in that wrote no replicas, and forget them; idempotent (a removal sent again
+    changes nothing; a pod gone is skipped)."""
+    marked = controller.scaling.unwritten_marks
     if marked:
         client = controller.ctx.kube_client()
         await kube.apply_pod_deletion_costs(
@@ -371,11 +371,12 @@ async def _mark_deletion_costs(
     controller: pool_mod.PoolController,
     deployment: Mapping[str, Any],
     observation: autoscaling.Observation,
-) -> Mapping[str, str | None]:
-    """Rank the live pods for a scale-in; return the cost each now carries."""
+) -> None:
+    """Rank the live pods for a scale-in; remember the cost each now carries
+    (``ScalerMemory.unwritten_marks``) until the replicas are written."""
     selector = deployment.get("spec", {}).get("selector", {}).get("matchLabels") or {}
     if not selector:
-        return {}
+        return
     client = controller.ctx.kube_client()
     label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     pods = await kube.fetch_objects(
@@ -390,7 +391,6 @@ async def _mark_deletion_costs(
     # Remembered before the writes: one that raises halfway leaves the rest to take back.
     controller.scaling.unwritten_marks = marked
     await kube.apply_pod_deletion_costs(client, controller.namespace, costs, current)
-    return marked
 
 
 async def remove_deletion_costs(controller: pool_mod.PoolController) -> int:
