@@ -619,6 +619,8 @@ def encode_sqs_url(sqs: spec_mod.SqsSpec) -> str:
         query["priorities"] = "false"
     if sqs.prefix:
         query["prefix"] = sqs.prefix
+    if sqs.max_message_bytes is not None:
+        query["max_message_bytes"] = str(sqs.max_message_bytes)
     return f"sqs://{host}?{urllib.parse.urlencode(query)}"
 
 

@@ -161,6 +161,54 @@ def test_the_workers_get_the_composed_sqs_url_as_a_plain_value_and_no_aws_key() 
     assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
 
 
+@pytest.mark.parametrize("size", [1024, 262_144, 1_048_576])
+def test_max_message_bytes_from_1_kib_to_1_mib_is_accepted_by_the_model_and_the_crd(
+    size: int,
+) -> None:
+    sqs = spec_mod.SqsSpec.model_validate({"region": "us-east-1", "maxMessageBytes": size})
+    assert sqs.max_message_bytes == size
+    body = crd_validation.load_sample("sqs")
+    body["spec"]["queue"]["sqs"]["maxMessageBytes"] = size
+    assert crd_validation.validate(api.build_crd(), body) == []
+
+
+@pytest.mark.parametrize("size", [0, -1, 1023, 1_048_577, 10**9, "262144", 262_144.5])
+def test_max_message_bytes_outside_what_sqs_takes_is_refused_by_the_model_and_the_crd(
+    size: object,
+) -> None:
+    # Given a size SQS's MaximumMessageSize cannot be, or no whole number at all
+    with pytest.raises(ValueError, match="maxMessageBytes"):
+        spec_mod.SqsSpec.model_validate({"region": "us-east-1", "maxMessageBytes": size})
+    body = crd_validation.load_sample("sqs")
+    body["spec"]["queue"]["sqs"]["maxMessageBytes"] = size
+    refused = crd_validation.validate(api.build_crd(), body)
+    assert [v.path for v in refused] == ["spec.queue.sqs.maxMessageBytes"], refused
+
+
+def test_an_sqs_pool_on_elasticmq_with_max_message_bytes_passes_it_to_its_workers() -> None:
+    # Given a pool on an SQS-compatible server whose queues take 1 MiB messages
+    pool = _sqs_pool(endpoint="http://elasticmq.queues.svc:9324", maxMessageBytes=1_048_576)
+    # When its Deployment is built
+    (container,) = manifests.build_deployment(pool, replicas=0)["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # Then the workers' broker URL carries it, and the runtime reads 1 MiB from that URL
+    url = env["WORKERFLEET_BROKER_URL"]
+    assert url == (
+        "sqs://elasticmq.queues.svc:9324?region=eu-west-1&secure=false&max_message_bytes=1048576"
+    )
+    assert sqs_settings.parse_sqs_url(url).max_message_bytes == 1_048_576
+    # And without it such a pool keeps the runtime's 256 KiB for servers that are not AWS
+    default = manifests.encode_sqs_url(
+        spec_mod.SqsSpec(region="eu-west-1", endpoint="http://elasticmq.queues.svc:9324")
+    )
+    assert "max_message_bytes" not in default
+    assert sqs_settings.parse_sqs_url(default).max_message_bytes == 262_144
+    # And the size names no other queue: pools on the same SQS queues still share an identity
+    assert queue_mod.identify_queue(url, "emails") == queue_mod.identify_queue(default, "emails")
+
+
 def test_a_redis_pool_keeps_the_namespaces_default_account_and_gets_no_service_account() -> None:
     body = crd_validation.load_sample("minimal")
     body["metadata"].update(namespace="team-a", uid="uid-r", generation=1)

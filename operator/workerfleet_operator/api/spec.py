@@ -480,6 +480,20 @@ class SqsSpec(SpecModel):
         pattern=r"^[A-Za-z0-9_-]*$",
         description="Put before every SQS queue name, e.g. staging- (letters, digits, - and _).",
     )
+    max_message_bytes: int | None = Field(
+        default=None,
+        ge=sqs_settings.MIN_MESSAGE_BYTES,
+        le=sqs_settings.AWS_MAX_MESSAGE_BYTES,
+        description=(
+            "Largest message the SQS server takes, in bytes (body and message attributes "
+            f"together), {sqs_settings.MIN_MESSAGE_BYTES} to "
+            f"{sqs_settings.AWS_MAX_MESSAGE_BYTES}: the workers cut batches and failure "
+            "histories to it and create missing queues with it. Unset: "
+            f"{sqs_settings.AWS_MAX_MESSAGE_BYTES} (1 MiB) on AWS, "
+            f"{sqs_settings.COMPATIBLE_MAX_MESSAGE_BYTES} (256 KiB) with an endpoint that is "
+            "not AWS's (ElasticMQ, LocalStack): set it when such a server takes more."
+        ),
+    )
     role_arn: str | None = Field(
         default=None,
         max_length=2048,
