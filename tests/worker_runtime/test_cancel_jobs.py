@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from typing import Any
 
 import pytest
@@ -267,3 +268,43 @@ def test_job_cancel_exits_0_when_every_id_was_cancelled_and_answers_in_json(
         "cancelled": 2,
         "asked": 2,
     }
+
+
+def test_ctrl_c_stops_job_cancel_between_calls_and_says_what_was_answered(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given 600 waiting jobs on an in-process queue (two calls of 500 ids), and a Ctrl-C that
+    # comes while the first call runs
+    from worker_runtime.brokers import memory
+
+    url = "memory://cancel-ctrl-c"
+
+    async def seed() -> list[str]:
+        broker = await brokers.open_broker(url, "q")
+        results = await broker.enqueue_many([es.request() for _ in range(600)])
+        return [r.job_id for r in results]
+
+    ids = asyncio.run(seed())
+    calls: list[int] = []
+    cancel_jobs = memory.MemoryBroker.cancel_jobs
+
+    async def interrupted_once(self: Any, job_ids: Any) -> list[base.CancelOutcome]:
+        calls.append(len(job_ids))
+        if len(calls) == 2:  # the first call with ids (the first is the capability check)
+            signal.raise_signal(signal.SIGINT)
+            await asyncio.sleep(0.05)  # the loop runs the handler before the call returns
+        return await cancel_jobs(self, job_ids)
+
+    monkeypatch.setattr(memory.MemoryBroker, "cancel_jobs", interrupted_once)
+    try:
+        # When the 600 are cancelled
+        code = cli.main(["job", "cancel", *ids, "--broker-url", url, "-q", "q"])
+    finally:
+        memory.forget_stores()
+    # Then the first call's 500 are cancelled and reported, the second call is never made,
+    # and the summary says what was left unanswered, with the shell's code for SIGINT
+    out = capsys.readouterr()
+    assert code == cli.INTERRUPTED_EXIT
+    assert calls == [0, 500]
+    assert out.out.count("\ncancelled ") + out.out.startswith("cancelled ") == 500
+    assert "interrupted: cancelled 500 of 600 job(s) on q; 100 id(s) not answered" in out.err
