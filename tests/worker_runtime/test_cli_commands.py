@@ -225,6 +225,36 @@ def test_dlq_ls_shows_whole_job_ids_one_line_each_on_a_narrow_terminal_and_throu
     assert "not a valid email address; not a valid" in piped.stdout
 
 
+def test_dlq_ls_fills_a_wide_terminal_to_its_width_and_piped_ignores_the_width(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose last error is longer than any terminal line
+    url = redis_server.url
+    job_id = _dead_letter_one(url, queue_name, "send-welcome-email", message="x" * 600)
+    terminal = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    # When it is listed on a 140-column terminal
+    wide = run_cli(
+        "dlq", "ls", redis_url=url, queue_name=queue_name, env_extra={**terminal, "COLUMNS": "140"}
+    )
+    # Then every line fits those 140 columns, the table reaching them: the id is whole and the
+    # error is cut with an ellipsis to what the other columns leave
+    assert wide.returncode == 0, wide.stderr
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", wide.stdout).splitlines()  # bold, italic
+    assert max(len(line) for line in lines) == 140, wide.stdout
+    (row,) = (line for line in lines if job_id in line)
+    assert row.rstrip(" │").endswith("x…")
+    # And through a pipe the layout is the same whatever COLUMNS says (the age aside)
+    piped = [
+        run_cli(
+            "dlq", "ls", redis_url=url, queue_name=queue_name, env_extra={"COLUMNS": columns}
+        ).stdout
+        for columns in ("80", "300")
+    ]
+    ages = re.compile(r"\d+(\.\d+)?(ms|s|m|h|d) ")
+    assert ages.sub("AGE ", piped[0]) == ages.sub("AGE ", piped[1])
+    assert "x" * 100 in piped[0] and "x" * 130 not in piped[0]
+
+
 def test_replay_or_purge_of_a_job_id_with_no_dead_letter_lists_it_and_exits_1(
     redis_server: Any, queue_name: str
 ) -> None:
