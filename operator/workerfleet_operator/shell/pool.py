@@ -258,6 +258,9 @@ class PoolController:
     next_reconcile: float = 0.0
     # What the API server asked the last failed reconcile to wait (Retry-After), 0 if nothing.
     server_wait: float = 0.0
+    # Until when (ctx.clock) the API server asked this pool's reconcile or poll to wait: no
+    # reconcile starts before, whatever wakes the loop meanwhile (a watch event, our own poll).
+    server_wait_until: float = -math.inf
     # When (ctx.clock) the status was last written: telemetry-only changes wait for the refresh.
     status_written_at: float = -math.inf
     next_poll: float = 0.0
@@ -439,7 +442,11 @@ class PoolController:
                 await self.wake.wait()
                 continue
             now = self.ctx.clock()
-            if self.has_body and (self.dirty or now >= self.next_reconcile):
+            if (
+                self.has_body
+                and now >= self.server_wait_until
+                and (self.dirty or now >= self.next_reconcile)
+            ):
                 if self.ctx.reconcile_slots.locked():
                     # A burst (an operator start, thousands of new pools) waits for a slot
                     # holding nothing unpacked: its peak memory is that of the slots, not of
@@ -464,8 +471,7 @@ class PoolController:
                     # reconcile slot: the other pools' reconciles go on meanwhile.
                     self.next_reconcile = self.ctx.clock() + max(delay, self.server_wait)
                     if self.server_wait > 0:
-                        # Counted here, where it is waited (the request handed it back).
-                        self.ctx.metrics.observe_retry_after(self.server_wait, "pool")
+                        self._wait_for_server(self.server_wait)
             now = self.ctx.clock()
             poll_wait = 0.0  # what the API server asked a failed poll to wait (Retry-After)
             if self.is_poll_due(now):
@@ -485,7 +491,7 @@ class PoolController:
                     poll_wait = _find_server_wait(exc)
                     if poll_wait > 0:
                         self.next_poll = max(self.next_poll, self.ctx.clock() + poll_wait)
-                        self.ctx.metrics.observe_retry_after(poll_wait, "pool")
+                        self._wait_for_server(poll_wait)
             if self.scaling.status_deferred:
                 # The poll did not get to write what the reconcile left it (it failed, or
                 # its Secret went away): the reconcile runs again and writes it itself, now,
@@ -496,13 +502,16 @@ class PoolController:
                     self.next_reconcile = min(self.next_reconcile, self.ctx.clock() + poll_wait)
                 else:
                     self.dirty = True
-            deadline = min(
-                self.next_reconcile,
-                self.next_poll if self.secret is not None else self.next_reconcile,
-            )
-            timeout = max(0.0, deadline - self.ctx.clock())
-            if self.dirty:
+            now = self.ctx.clock()
+            # Dirty: due now, unless the API server asked for a wait that is not over (then
+            # at its end; the round's own writes would answer "wait" with more requests).
+            reconcile_at = max(self.server_wait_until, now if self.dirty else self.next_reconcile)
+            if self.dirty and reconcile_at <= now:
                 continue
+            deadline = min(
+                reconcile_at, self.next_poll if self.secret is not None else reconcile_at
+            )
+            timeout = max(0.0, deadline - now)
             self.forget_round_state()
             self.wake.clear()
             # A timer that sets ``wake``, not ``asyncio.wait_for``: on Python 3.11 that wraps
@@ -512,6 +521,13 @@ class PoolController:
                 await self.wake.wait()
             finally:
                 timer.cancel()
+
+    def _wait_for_server(self, seconds: float) -> None:
+        """Honour a wait of ``seconds`` the API server asked a request of this pool for (handed
+        back by the client, not slept): no reconcile starts before it is over, and it is
+        counted as the pool's wait."""
+        self.server_wait_until = max(self.server_wait_until, self.ctx.clock() + seconds)
+        self.ctx.metrics.observe_retry_after(seconds, "pool")
 
     async def reconcile_once(self) -> bool:
         started = time.perf_counter()
