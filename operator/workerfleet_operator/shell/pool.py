@@ -508,9 +508,11 @@ class PoolController:
             reconcile_at = max(self.server_wait_until, now if self.dirty else self.next_reconcile)
             if self.dirty and reconcile_at <= now:
                 continue
-            deadline = min(
-                reconcile_at, self.next_poll if self.secret is not None else reconcile_at
-            )
+            # The poll's time only while a poll may come (``is_poll_due``): a pool held for its
+            # spec keeps the Secret value it had, and its past poll time woke the loop at once,
+            # round after round (a valid pool edited into an invalid one spun its loop).
+            polls = self.secret is not None and self.spec_problem is None
+            deadline = min(reconcile_at, self.next_poll) if polls else reconcile_at
             timeout = max(0.0, deadline - now)
             self.forget_round_state()
             self.wake.clear()
