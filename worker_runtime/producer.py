@@ -3,7 +3,8 @@
 Application code and ``App.enqueue`` (:mod:`worker_runtime.app`) call it; ``workerfleet enqueue``
 too. Each call is one Lua script call (``enqueue_many`` batches up to 500 jobs per call), so an
 accepted job is in Redis, with its idempotency key, when the call returns. ``cancel`` removes a
-job that has not started (``workerfleet job cancel`` calls it), on brokers that can.
+job that has not started (``workerfleet job cancel`` calls it) and ``status`` says where a job is
+(``workerfleet job show``), on brokers that can.
 """
 
 from __future__ import annotations
@@ -217,6 +218,24 @@ class Producer:
             return await self._engine.cancel_jobs(job_ids)
         return await base.cancel_jobs(self._engine, job_ids)
 
+    async def status(self, job_id: str) -> base.JobStatus:
+        """Where one job is: waiting, scheduled (when due; a retry?), running (which worker,
+        until when), dead-lettered, or unknown (finished, cancelled, never enqueued), with its
+        attempts and last failure (see :class:`~worker_runtime.brokers.base.JobStatus`).
+        Read-only. A broker that cannot look jobs up by id (RabbitMQ, SQS) raises
+        :class:`~worker_runtime.errors.CapabilityMissing`."""
+        (found,) = await self.status_many([job_id])
+        return found
+
+    async def status_many(self, job_ids: Sequence[str]) -> list[base.JobStatus]:
+        """:meth:`status` for many ids, ≤ 500 per script call (each one consistent snapshot);
+        one status per id, in order."""
+        if isinstance(self._engine, queue.QueueClient):
+            from worker_runtime.brokers.redis import status  # deferred: enqueue never needs it
+
+            return await status.fetch_job_statuses(self._engine.client, self.queue, job_ids)
+        return await base.fetch_job_status(self._engine, job_ids)
+
 
 class SyncProducer:
     """Blocking twin of :class:`Producer` over ``redis.Redis`` or ``redis.cluster.RedisCluster``."""
@@ -260,3 +279,14 @@ class SyncProducer:
             raw = scripts.CANCEL.call_sync(self._client, keys_list, chunk)
             out.extend(queue.build_cancel_outcomes(raw))
         return out
+
+    def status(self, job_id: str) -> base.JobStatus:
+        """Where one job is (see :meth:`Producer.status`)."""
+        (found,) = self.status_many([job_id])
+        return found
+
+    def status_many(self, job_ids: Sequence[str]) -> list[base.JobStatus]:
+        """Where many jobs are (see :meth:`Producer.status_many`)."""
+        from worker_runtime.brokers.redis import status  # deferred: enqueue never needs it
+
+        return status.fetch_job_statuses_sync(self._client, self.queue, job_ids)

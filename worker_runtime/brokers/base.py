@@ -342,6 +342,14 @@ class Capabilities:
     :func:`cancel_jobs` raises :class:`~worker_runtime.errors.CapabilityMissing` naming the
     broker (RabbitMQ's and SQS' queues cannot remove a message by id: it could only be
     skipped when delivered, which needs a record of cancelled ids the broker does not keep)."""
+    status_by_id: bool = False
+    """One job's state can be looked up by its id (:class:`JobLookup`): waiting, scheduled,
+    running (with its worker and lease), dead-lettered or unknown, with its attempts and last
+    failure, read in one consistent step. False: nobody can ask "where is my job?"; a job is
+    seen only when a worker runs it or it reaches the dead-letter queue, and
+    :func:`fetch_job_status` raises :class:`~worker_runtime.errors.CapabilityMissing` naming
+    the broker (RabbitMQ's and SQS' queues can only be read from their head: finding a
+    message by id would mean receiving, and so delivering, every message before it)."""
 
 
 FULL_CONTRACT = Capabilities(
@@ -362,6 +370,7 @@ FULL_CONTRACT = Capabilities(
     overlapped_fetches=True,
     topics=True,
     cancel_by_id=True,
+    status_by_id=True,
 )
 """Every promise (the Redis engine, which the seam was cut from, and the memory reference)."""
 
@@ -977,6 +986,118 @@ async def cancel_jobs(broker: Broker, job_ids: Sequence[str]) -> list[CancelOutc
             operation="cancel",
         )
     return await broker.cancel_jobs(job_ids)
+
+
+# -- looking a job up by id ("where is my job?") -------------------------------------------------
+
+
+class JobState(StrEnum):
+    """Where one job is (:attr:`JobStatus.state`).
+
+    There is no "done": a broker that can look jobs up (Redis, memory) deletes a job when it
+    is acknowledged, and its done marker is keyed by the handler's idempotency key, not by the
+    job id, so a finished job cannot be told from one never enqueued: both read UNKNOWN."""
+
+    WAITING = "waiting"
+    """On the ready queue, to be handed to the next free worker (a scheduled job whose time
+    has come reads WAITING too: the next fetch moves it to the ready queue first)."""
+    SCHEDULED = "scheduled"
+    """Waiting for its time (:attr:`JobStatus.due_at`): enqueued with a delay, or waiting out
+    a retry's backoff (:attr:`JobStatus.retry`)."""
+    RUNNING = "running"
+    """Leased to a worker (:attr:`JobStatus.worker_id`) until :attr:`JobStatus.lease_expires_at`;
+    a lease already expired is taken back by the next fetch and the job delivered again."""
+    DEAD_LETTERED = "dead_lettered"
+    """In the dead-letter queue (``workerfleet dlq show`` has its whole history)."""
+    UNKNOWN = "unknown"
+    """Not in this queue: finished (acknowledged), cancelled, its dead letter deleted, never
+    enqueued, or a mistyped id or queue. :attr:`JobStatus.enqueued_at` set: the queue still
+    remembers enqueuing it (for ``QueueOptions.enqueue_dedup_seconds``), so it was no typo."""
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What a broker holds about one job id, read in one consistent step (:class:`JobLookup`).
+
+    Only what the broker stores: every field but ``job_id``, ``state`` and ``checked_at`` may
+    be unset. Times are epoch seconds of the broker's clock; ``checked_at`` is when it read."""
+
+    job_id: str
+    state: JobState
+    checked_at: float
+    """The broker's clock at the read: relative times ("in 12 s") are counted from it."""
+    task: str | None = None
+    priority: str | None = None
+    attempts: int = 0
+    """Failed runs recorded so far (retries and a counted dead-letter)."""
+    deliveries: int = 0
+    """Times the job was handed to a worker, a current delivery included."""
+    enqueued_at: float | None = None
+    """When the producer enqueued it (from its envelope; for an UNKNOWN id, from the queue's
+    enqueue-dedup record, kept ``enqueue_dedup_seconds``)."""
+    due_at: float | None = None
+    """SCHEDULED (or WAITING after its time came): when it is due."""
+    retry: bool = False
+    """SCHEDULED after a failure (attempts > 0): it waits out a retry's backoff."""
+    worker_id: str | None = None
+    """RUNNING: the worker holding its lease."""
+    lease_expires_at: float | None = None
+    """RUNNING: when its lease ends unless the worker renews it."""
+    dead_lettered_at: float | None = None
+    dead_letter_reason: str | None = None
+    last_failure: FailureRecord | None = None
+    """The newest failure of its history (a dead letter's too), if it failed."""
+
+
+@runtime_checkable
+class JobLookup(Protocol):
+    """A broker that looks jobs up by id (``Capabilities.status_by_id``). Read-only.
+
+    Callers go through :func:`fetch_job_status`, which refuses a broker without the
+    capability."""
+
+    async def fetch_job_status(self, job_ids: Sequence[str]) -> list[JobStatus]:
+        """One status per id, in order, all read in one consistent step per call (a job is
+        never seen in two places, or in none while it moves between them)."""
+        ...
+
+
+def build_dead_letter_status(job_id: str, letter: DeadLetter, now: float) -> JobStatus:
+    """The status of a dead-lettered job, from its dead letter (pure; every broker that
+    keeps dead letters by id builds it here)."""
+    enqueued_at: float | None = None
+    try:
+        at = json.loads(letter.envelope_raw).get("enqueued_at")
+        enqueued_at = float(at) if isinstance(at, int | float) else None
+    except (ValueError, AttributeError):
+        pass
+    return JobStatus(
+        job_id=job_id,
+        state=JobState.DEAD_LETTERED,
+        checked_at=now,
+        task=letter.task,
+        priority=letter.priority,
+        attempts=letter.attempts,
+        deliveries=letter.deliveries,
+        enqueued_at=enqueued_at,
+        dead_lettered_at=letter.dead_lettered_at,
+        dead_letter_reason=letter.reason,
+        last_failure=letter.history[-1] if letter.history else None,
+    )
+
+
+async def fetch_job_status(broker: Broker, job_ids: Sequence[str]) -> list[JobStatus]:
+    """:meth:`JobLookup.fetch_job_status` on ``broker``; the one place that refuses a broker
+    without ``Capabilities.status_by_id``, with :class:`~worker_runtime.errors.CapabilityMissing`
+    naming it (the producer's ``status`` and ``workerfleet job show`` both come here)."""
+    if not broker.capabilities.status_by_id or not isinstance(broker, JobLookup):
+        raise errors.CapabilityMissing(
+            f"the {describe_backend(broker)} broker cannot look a job up by id: its queues "
+            "are read from the head only (Capabilities.status_by_id is False); a job is seen "
+            "when a worker runs it (its logs) or in the dead-letter queue (workerfleet dlq show)",
+            operation="status",
+        )
+    return await broker.fetch_job_status(job_ids)
 
 
 # -- optional read-side extras (the CLI and the console check for them) ------------------------

@@ -607,6 +607,50 @@ class MemoryBroker:
                     out.append(base.CancelOutcome.UNKNOWN)
         return out
 
+    # -- JobLookup ---------------------------------------------------------------------------
+
+    async def fetch_job_status(self, job_ids: Sequence[str]) -> list[base.JobStatus]:
+        """Where each named job is (see :class:`base.JobLookup`), all read under the lock every
+        change takes; a due delayed job reads waiting, as on Redis (the next fetch moves it)."""
+        with self._q.lock:
+            self._check_open()
+            return [self._job_status(job_id, self.clock()) for job_id in job_ids]
+
+    def _job_status(self, job_id: str, now: float) -> base.JobStatus:
+        q = self._q
+        job = q.jobs.get(job_id)
+        if job is None:
+            letter = q.dlq.get(job_id)
+            if letter is not None:
+                return base.build_dead_letter_status(job_id, letter, now)
+            # still remembered for enqueue dedup: enqueued here, and gone since
+            enqueued_at = q.enqueued.get(job_id)
+            return base.JobStatus(job_id, base.JobState.UNKNOWN, now, enqueued_at=enqueued_at)
+        lease = q.leases.get(job_id)
+        due = q.delayed.get(job_id)
+        if lease is not None:
+            state = base.JobState.RUNNING
+        elif due is not None and due > now:
+            state = base.JobState.SCHEDULED
+        else:
+            state = base.JobState.WAITING
+        env = job.envelope
+        return base.JobStatus(
+            job_id=job_id,
+            state=state,
+            checked_at=now,
+            task=env.task,
+            priority=env.priority.value,
+            attempts=job.attempts,
+            deliveries=job.deliveries,
+            enqueued_at=env.enqueued_at,
+            due_at=due,
+            retry=state is base.JobState.SCHEDULED and job.attempts > 0,
+            worker_id=lease.worker_id if lease is not None else None,
+            lease_expires_at=lease.deadline if lease is not None else None,
+            last_failure=job.history[-1] if job.history else None,
+        )
+
     # -- Topics ----------------------------------------------------------------------------
 
     async def subscribe(self, topic: str, group: str) -> str:

@@ -718,3 +718,141 @@ async def test_every_enqueued_job_is_either_fetched_or_cancelled_never_both(
     assert not set(fetched) & cancelled
     not_taken = {a for j, a in answers.items() if j not in cancelled}
     assert not_taken <= {base.CancelOutcome.RUNNING, base.CancelOutcome.UNKNOWN}
+
+
+# -- look a job up by id (Capabilities.status_by_id) ----------------------------------------------
+
+JobState = base.JobState
+
+
+@pytest.mark.needs("status_by_id")
+async def test_status_of_a_waiting_job_is_waiting_with_its_task_priority_and_enqueue_time(
+    contract: support.Contract,
+) -> None:
+    # Given a job enqueued now, of priority high
+    broker = await contract.open()
+    before = contract.now()
+    [res] = await broker.enqueue_many([request(task="send-email", priority="high")])
+    # When it is looked up
+    [status] = await base.fetch_job_status(broker, [res.job_id])
+    # Then it is waiting, with what the producer gave it and nothing of a run
+    assert (status.job_id, status.state) == (res.job_id, JobState.WAITING)
+    assert (status.task, status.priority, status.attempts, status.deliveries) == (
+        "send-email", "high", 0, 0,
+    )  # fmt: skip
+    assert status.enqueued_at is not None and status.enqueued_at >= before - 1.0
+    assert (status.due_at, status.worker_id, status.last_failure) == (None, None, None)
+
+
+@pytest.mark.needs("status_by_id")
+async def test_status_of_a_delayed_job_is_scheduled_with_its_due_time_then_waiting_once_due(
+    contract: support.Contract,
+) -> None:
+    # Given a job enqueued with a delay of 0.3 s
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request(delay=0.3)])
+    # When it is looked up before and after its time
+    [early] = await base.fetch_job_status(broker, [res.job_id])
+    await contract.advance(0.4)
+    [late] = await base.fetch_job_status(broker, [res.job_id])
+    # Then it is first scheduled (not a retry) and due about 0.3 s after the read, then waiting
+    assert (early.state, early.retry, early.attempts) == (JobState.SCHEDULED, False, 0)
+    assert early.due_at is not None
+    assert 0.0 < early.due_at - early.checked_at <= 0.3 + 0.05
+    assert late.state is JobState.WAITING
+    assert [d.id for d in await broker.fetch("w1", 10)] == [res.job_id]
+
+
+@pytest.mark.needs("status_by_id")
+async def test_status_of_a_fetched_job_is_running_with_its_worker_and_lease_expiry(
+    contract: support.Contract,
+) -> None:
+    # Given a job a worker fetched
+    broker = await contract.open(lease_seconds=30.0)
+    [res] = await broker.enqueue_many([request()])
+    [delivery] = await broker.fetch("w-7", 1)
+    # When it is looked up
+    [status] = await base.fetch_job_status(broker, [res.job_id])
+    # Then it is running on that worker, under the lease the delivery has
+    assert (status.state, status.worker_id, status.deliveries) == (JobState.RUNNING, "w-7", 1)
+    assert status.lease_expires_at is not None
+    assert status.lease_expires_at == pytest.approx(delivery.lease_deadline, abs=0.01)
+    assert status.lease_expires_at > status.checked_at
+
+
+@pytest.mark.needs("status_by_id")
+async def test_status_of_a_job_waiting_out_a_retry_backoff_is_a_scheduled_retry_with_its_error(
+    contract: support.Contract,
+) -> None:
+    # Given a job whose first run failed and that waits 30 s for its retry
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request()])
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.retry(delivery, failure("SMTP down\nsecond line"), delay_seconds=30.0)
+    # When it is looked up
+    [status] = await base.fetch_job_status(broker, [res.job_id])
+    # Then it is a scheduled retry after one attempt, with the failure it recorded
+    assert (status.state, status.retry, status.attempts) == (JobState.SCHEDULED, True, 1)
+    assert status.due_at is not None and 29.0 < status.due_at - status.checked_at <= 30.0
+    assert status.last_failure is not None
+    assert (status.last_failure.error_type, status.last_failure.attempt) == ("RuntimeError", 1)
+    assert status.last_failure.message == "SMTP down\nsecond line"
+
+
+@pytest.mark.needs("status_by_id", "dead_letter_by_id")
+async def test_status_of_a_dead_lettered_job_is_dead_lettered_with_its_reason_and_last_error(
+    contract: support.Contract,
+) -> None:
+    # Given a job that failed once, was retried, and then was dead-lettered
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request(task="charge")])
+    [first] = await broker.fetch("w1", 1)
+    assert await broker.retry(first, failure("first"), delay_seconds=0.0)
+    [second] = await broker.fetch("w1", 1)
+    assert await broker.dead_letter(second, "non_retryable", failure=failure("card declined"))
+    # When it is looked up
+    [status] = await base.fetch_job_status(broker, [res.job_id])
+    # Then it is dead-lettered, with the reason, its two attempts and its newest failure
+    assert (status.state, status.dead_letter_reason) == (JobState.DEAD_LETTERED, "non_retryable")
+    assert (status.task, status.attempts, status.deliveries) == ("charge", 2, 2)
+    assert status.dead_lettered_at is not None and status.enqueued_at is not None
+    assert status.last_failure is not None and status.last_failure.message == "card declined"
+
+
+@pytest.mark.needs("status_by_id")
+async def test_status_of_an_acked_job_is_unknown_never_claimed_done(
+    contract: support.Contract,
+) -> None:
+    # Given a job that ran and was acknowledged
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request()])
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.ack(delivery)
+    # When it is looked up
+    [status] = await base.fetch_job_status(broker, [res.job_id])
+    # Then it is unknown (the broker keeps no record of a finished job), though the queue
+    # still remembers enqueuing it where it dedups enqueues by id
+    assert status.state is JobState.UNKNOWN
+    assert (status.task, status.attempts, status.last_failure) == (None, 0, None)
+    if broker.capabilities.enqueue_dedup:
+        assert status.enqueued_at is not None
+
+
+@pytest.mark.needs("status_by_id")
+async def test_status_of_ids_never_enqueued_is_unknown_one_answer_per_id_in_order(
+    contract: support.Contract,
+) -> None:
+    # Given one waiting job and one running job
+    broker = await contract.open()
+    [waiting] = await broker.enqueue_many([request(priority="low")])
+    [running] = await broker.enqueue_many([request(priority="high")])
+    await broker.fetch("w1", 1)
+    # When they are looked up in one call, between ids never enqueued, one named twice
+    ids = ["nope-1", waiting.job_id, running.job_id, "nope-2", waiting.job_id]
+    statuses = await base.fetch_job_status(broker, ids)
+    # Then each id has its own answer, in order, and an unknown id carries nothing
+    assert [s.job_id for s in statuses] == ids
+    assert [s.state for s in statuses] == [
+        JobState.UNKNOWN, JobState.WAITING, JobState.RUNNING, JobState.UNKNOWN, JobState.WAITING,
+    ]  # fmt: skip
+    assert statuses[0] == base.JobStatus("nope-1", JobState.UNKNOWN, statuses[0].checked_at)

@@ -208,6 +208,7 @@ CAPABILITIES = base.Capabilities(
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
     topics=True,
     cancel_by_id=False,  # a queue cannot remove a waiting message by id
+    status_by_id=False,  # nor find one: a queue is read from its head only
 )
 """What RabbitMQ cannot promise, and why (docs/brokers.md has the table):
 no enqueue dedup (AMQP has none; the message-deduplication plugin is not bundled); no done

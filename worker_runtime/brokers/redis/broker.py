@@ -308,6 +308,16 @@ class RedisBroker:
         except Exception as exc:
             raise_mapped(exc, "cancel")
 
+    # -- JobLookup -----------------------------------------------------------------------------
+
+    async def fetch_job_status(self, job_ids: Sequence[str]) -> list[base.JobStatus]:
+        from worker_runtime.brokers.redis import status  # deferred for cold start
+
+        try:
+            return await status.fetch_job_statuses(self.client, self.queue, job_ids)
+        except Exception as exc:
+            raise_mapped(exc, "status")
+
     # -- Topics --------------------------------------------------------------------------------
 
     def _check_topics(self) -> None:

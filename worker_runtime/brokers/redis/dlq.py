@@ -40,6 +40,19 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
+def build_failure_record(h: dict[str, Any]) -> FailureRecord:
+    """One stored failure (an entry of a job's ``history`` list, as the scripts stamp it)."""
+    return FailureRecord(
+        error_type=str(h.get("error_type", "")),
+        message=str(h.get("message", "")),
+        traceback=str(h.get("traceback", "")),
+        worker_id=str(h.get("worker", "")),
+        at=float(h.get("at", 0.0)),
+        attempt=int(h.get("attempt", 0)),
+        delivery=int(h.get("delivery", 0)),
+    )
+
+
 def build_dead_letter(raw: str | bytes) -> DeadLetter:
     """Parse a stored DLQ record (pure).
 
@@ -53,19 +66,7 @@ def build_dead_letter(raw: str | bytes) -> DeadLetter:
     history_raw = data.get("history") or []
     if not isinstance(history_raw, list):
         history_raw = []
-    history = tuple(
-        FailureRecord(
-            error_type=str(h.get("error_type", "")),
-            message=str(h.get("message", "")),
-            traceback=str(h.get("traceback", "")),
-            worker_id=str(h.get("worker", "")),
-            at=float(h.get("at", 0.0)),
-            attempt=int(h.get("attempt", 0)),
-            delivery=int(h.get("delivery", 0)),
-        )
-        for h in history_raw
-        if isinstance(h, dict)
-    )
+    history = tuple(build_failure_record(h) for h in history_raw if isinstance(h, dict))
     envelope_raw = str(data.get("envelope", ""))
     envelope_base64: str | None = None
     stored_b64 = data.get("envelope_base64")

@@ -135,6 +135,7 @@ DLQ_PURGE = build_script("dlq_purge")
 RATELIMIT = build_script("ratelimit")
 ADOPT = build_script("adopt")
 CANCEL = build_script("cancel")
+STATUS = build_script("status")
 PUBLISH = build_script("publish", prelude=False)
 
 _ACK_FETCH_SOURCE = build_combined_source("fetch", "ack", 9)

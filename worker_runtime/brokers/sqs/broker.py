@@ -126,6 +126,7 @@ _BASE_CAPABILITIES = base.Capabilities(
     oldest_job_age=False,
     expiry_enforcement=expiry.Enforcement.WORKER_AT_START,
     cancel_by_id=False,  # a queue cannot remove a waiting message by id (only a received one)
+    status_by_id=False,  # nor find one: receiving it would deliver it
 )
 
 STANDARD_CAPABILITIES = _BASE_CAPABILITIES
