@@ -1,5 +1,5 @@
 """The runtime's commands: ``worker``, ``queue stats``, ``dlq ls|show|replay|purge``, ``enqueue``,
-``job cancel``.
+``job cancel|show``.
 
 Registered into the ``workerfleet`` console script by ``workerfleet_operator.cli`` (through
 :func:`register_commands`) and runnable without the operator as ``python -m worker_runtime``
@@ -326,7 +326,7 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     pg.set_defaults(handler=_queue_command("cmd_dlq_purge"))
     d.set_defaults(handler=_needs_subcommand(d))
 
-    j = subparsers.add_parser("job", help="act on queued jobs by id (cancel)")
+    j = subparsers.add_parser("job", help="look up or cancel jobs by id (show, cancel)")
     jsub = j.add_subparsers(dest="job_command", metavar="COMMAND")
     jc = jsub.add_parser(
         "cancel",
@@ -340,6 +340,20 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     jc.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="job ids to cancel")
     jc.add_argument("--json", action="store_true", help="machine-readable output")
     jc.set_defaults(handler=_queue_command("cmd_job_cancel"))
+    js = jsub.add_parser(
+        "show",
+        help="where jobs are: waiting, scheduled, running, dead-lettered or unknown",
+        description="Show where jobs are, by id (read-only): waiting, scheduled (when due; a "
+        "retry waiting out its backoff), running (which worker, lease until when), "
+        "dead-lettered, or unknown (finished, cancelled, never enqueued: a finished job leaves "
+        "no record), with attempts and the last error. Exit 0 when every id was found, 1 when "
+        "some were unknown (or the broker failed), 2 on a usage error or a broker that cannot "
+        "look jobs up by id (RabbitMQ, SQS).",
+    )
+    _connection_flags(js)
+    js.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="job ids to look up")
+    js.add_argument("--json", action="store_true", help="machine-readable output")
+    js.set_defaults(handler=_queue_command("cmd_job_show"))
     j.set_defaults(handler=_needs_subcommand(j))
 
     e = subparsers.add_parser("enqueue", help="enqueue one job (or many with --file)")

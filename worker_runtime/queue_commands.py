@@ -1,5 +1,5 @@
 """The commands that read or change a queue: ``queue stats|jobs``, ``topic lag``, ``trace``,
-``dlq ls|summary|show|replay|purge``, ``enqueue`` and ``job cancel``.
+``dlq ls|summary|show|replay|purge``, ``enqueue`` and ``job cancel|show``.
 
 Registered by :func:`worker_runtime.cli.register_commands` and imported only when one of them
 runs (so a worker's start never loads this module). Every read command has a ``--json`` variant
@@ -1721,4 +1721,154 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
         print(summary)
     if result["cancelled"] < len(named):
         return NOT_ALL_CANCELLED_EXIT
+    return 0
+
+
+# ---- job show --------------------------------------------------------------------------------
+
+STATUS_CHUNK = 500
+"""Job ids one look-up call carries (the Redis engine's batch): a Ctrl-C stops between calls."""
+
+SOME_UNKNOWN_EXIT = 1
+"""``job show``'s exit code when a named id is unknown to the queue (as ``dlq show``'s for an
+id with no dead letter); 0 means every named id was found."""
+
+
+def _when(epoch: float, now: float) -> str:
+    """``2026-12-06T23:59:01Z (in 12.0s)`` or ``... (3.0s ago)``, counted from ``now``."""
+    delta = epoch - now
+    return f"{_utc(epoch)} ({'in ' + _age(delta) if delta > 0 else _age(-delta) + ' ago'})"
+
+
+def _describe_state(s: base.JobStatus, queue: str) -> str:
+    """The first line ``job show`` prints for one id: where the job is."""
+    state = s.state.value
+    if state == "waiting":
+        return "waiting (on the ready queue, for the next free worker)"
+    if state == "scheduled":
+        return "scheduled: a retry waiting out its backoff" if s.retry else "scheduled"
+    if state == "running":
+        return f"running on worker {_printable(s.worker_id or '?')}"
+    if state == "dead_lettered":
+        return f"dead-lettered ({s.dead_letter_reason or 'no reason kept'})"
+    if s.enqueued_at is not None:
+        return (
+            f"unknown: no longer in {queue}, enqueued {_when(s.enqueued_at, s.checked_at)}: "
+            "finished, cancelled or its dead letter deleted (a finished job leaves no record)"
+        )
+    return f"unknown: not in {queue} (finished, cancelled, never enqueued, or a mistyped id)"
+
+
+def describe_job_status(s: base.JobStatus, queue: str) -> list[str]:
+    """The lines ``job show`` prints for one id: its state, then what the broker keeps of it
+    (times as ISO 8601 UTC and relative to the broker's clock at the read)."""
+    now = s.checked_at
+    lines = [f"{_printable(s.job_id)}: {_describe_state(s, queue)}"]
+    if s.state.value == "unknown":
+        return lines
+    lines.append(
+        f"  task {_printable(s.task or '?')}, priority {s.priority or '?'}, "
+        f"attempts {s.attempts}, deliveries {s.deliveries}"
+    )
+    if s.due_at is not None:
+        took = "" if s.due_at > now else ": the next fetch takes it"
+        lines.append(f"  due {_when(s.due_at, now)}{took}")
+    if s.lease_expires_at is not None:
+        if s.lease_expires_at > now:
+            lines.append(f"  lease until {_when(s.lease_expires_at, now)}")
+        else:
+            lines.append(
+                f"  lease expired {_when(s.lease_expires_at, now)}: the next fetch takes it back"
+            )
+    if s.dead_lettered_at is not None:
+        lines.append(
+            f"  dead-lettered {_when(s.dead_lettered_at, now)}; "
+            f"workerfleet dlq show {_printable(s.job_id)} has its history"
+        )
+    if s.enqueued_at is not None:
+        lines.append(f"  enqueued {_when(s.enqueued_at, now)}")
+    f = s.last_failure
+    if f is not None:
+        first = (f.message.splitlines() or [""])[0]
+        lines.append(
+            f"  last error {_when(f.at, now)}, attempt {f.attempt}: "
+            f"{_printable(f.error_type)}: {_printable(first)}"
+        )
+    return lines
+
+
+def build_job_status_json(s: base.JobStatus) -> dict[str, Any]:
+    """One id's status for ``job show --json`` (epoch seconds; ``last_failure`` whole)."""
+    import dataclasses
+
+    return dataclasses.asdict(s)
+
+
+@guard
+def cmd_job_show(args: argparse.Namespace) -> int:
+    """Where jobs are, by id: state, attempts, due or lease times, last error (read-only)."""
+    from worker_runtime.brokers import base
+
+    url, queue = _broker_url(args), _queue_name(args)
+    named = list(dict.fromkeys(args.job_ids))  # an id named twice is shown once
+    found: list[base.JobStatus] = []
+    interrupted = [False]
+    failure: list[Exception] = []
+
+    async def go(broker: Any) -> None:
+        # a broker that cannot look jobs up is refused here, before any id is sent (exit 2)
+        await base.fetch_job_status(broker, [])
+        stop = _stop_on_ctrl_c()
+        with _kept_broker_error(failure):
+            try:
+                for start in range(0, len(named), STATUS_CHUNK):
+                    chunk = named[start : start + STATUS_CHUNK]
+                    answers = await stop.call(base.fetch_job_status(broker, chunk), writes=False)
+                    found.extend(answers)
+                    if not args.json:
+                        for status in answers:
+                            print("\n".join(describe_job_status(status, queue)))
+                    if stop.is_set():
+                        break
+            except _StoppedMidCall:
+                pass
+        interrupted[0] = stop.is_set()
+
+    _run_on_broker(url, queue, go, role="reader")
+    unknown = [s.job_id for s in found if s.state is base.JobState.UNKNOWN]
+    result: dict[str, Any] = {
+        "queue": queue,
+        "jobs": [build_job_status_json(s) for s in found],
+        "asked": len(named),
+        "unknown": len(unknown),
+    }
+    untried = len(named) - len(found)
+    if failure:
+        print(
+            f"workerfleet: answered {len(found)} of {len(named)} job id(s), then: {failure[0]}"
+            f"\nworkerfleet: {untried} id(s) have no answer",
+            file=sys.stderr,
+        )
+        if args.json:
+            _print_json({**result, "error": str(failure[0])})
+        return 1
+    if interrupted[0]:
+        print(
+            f"interrupted: answered {len(found)} of {len(named)} job id(s) on {queue}; "
+            f"{untried} id(s) not answered",
+            file=sys.stderr,
+        )
+        if args.json:
+            _print_json({**result, "interrupted": True})
+        return cli.INTERRUPTED_EXIT
+    if args.json:
+        _print_json(result)
+    if unknown:
+        print(
+            f"workerfleet: {len(unknown)} of {len(named)} job id(s) unknown in {queue}: "
+            f"{_list_ids(unknown)}",
+            file=sys.stderr,
+        )
+        _note_if_unknown_queue(url, queue)
+        return SOME_UNKNOWN_EXIT
     return 0

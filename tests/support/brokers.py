@@ -114,3 +114,29 @@ def beat(worker: str, ttl: float) -> base.WorkerBeat:
         draining=False,
         ttl_seconds=ttl,
     )
+
+
+def build_unopened_broker(cls: type[Any], capabilities: base.Capabilities) -> Any:
+    """A ``cls`` broker object that was never connected, declaring ``capabilities``: for a
+    refusal that must come before any I/O (``base.cancel_jobs``, ``base.fetch_job_status``)."""
+    broker = object.__new__(cls)
+    broker.capabilities = capabilities
+    broker.queue = "q"
+    return broker
+
+
+def open_unconnected_brokers(
+    monkeypatch: Any, cls: type[Any], capabilities: base.Capabilities
+) -> None:
+    """Make the CLI's ``open_broker`` hand out :func:`build_unopened_broker` objects of a
+    ``cls`` whose ``close`` does nothing (no server is needed for a refusal)."""
+    from worker_runtime import brokers
+
+    class Unconnected(cls):  # type: ignore[misc, valid-type]
+        async def close(self) -> None:
+            return None
+
+    async def open_stand_in(url: str, queue_name: str, **_: Any) -> Any:
+        return build_unopened_broker(Unconnected, capabilities)
+
+    monkeypatch.setattr(brokers, "open_broker", open_stand_in)

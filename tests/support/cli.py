@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,3 +49,42 @@ def run_cli(
         text=True,
         timeout=60,
     )
+
+
+def run_job_command_interrupted(monkeypatch: Any, command: str, method: str) -> tuple[int, int]:
+    """``workerfleet job COMMAND`` run in this process on the ids of 600 waiting jobs of an
+    in-process queue ``q`` (two broker calls of 500), with a Ctrl-C while the first call with
+    ids runs (``MemoryBroker.<method>``); returns its exit code and how many calls it made
+    with ids. Its output is left to the test's ``capsys``."""
+    import asyncio
+    import signal
+
+    from tests.support import engine as es
+    from worker_runtime import brokers, cli
+    from worker_runtime.brokers import memory
+
+    url = f"memory://{command}-ctrl-c"
+
+    async def seed() -> list[str]:
+        broker = await brokers.open_broker(url, "q")
+        results = await broker.enqueue_many([es.request() for _ in range(600)])
+        return [r.job_id for r in results]
+
+    ids = asyncio.run(seed())
+    calls: list[int] = []
+    real = getattr(memory.MemoryBroker, method)
+
+    async def interrupted_once(self: Any, job_ids: Any) -> Any:
+        calls.append(len(job_ids))
+        if len(calls) == 2:  # the first call with ids (the first is the capability check)
+            signal.raise_signal(signal.SIGINT)
+            await asyncio.sleep(0.05)  # the loop runs the handler before the call returns
+        return await real(self, job_ids)
+
+    monkeypatch.setattr(memory.MemoryBroker, method, interrupted_once)
+    try:
+        code = cli.main(["job", command, *ids, "--broker-url", url, "-q", "q"])
+    finally:
+        memory.forget_stores()
+    assert calls[0] == 0, calls  # the capability check sends no id
+    return code, len(calls) - 1

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
 
+from tests.support import brokers as support
 from tests.support import engine as es
-from tests.support.cli import run_cli
-from worker_runtime import brokers, cli, errors, producer
+from tests.support.cli import run_cli, run_job_command_interrupted
+from worker_runtime import cli, errors, producer
 from worker_runtime.brokers import base
 from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
 from worker_runtime.brokers.redis import keys, queue, stats
@@ -130,14 +130,6 @@ async def test_a_producer_on_the_memory_broker_cancels_through_the_broker() -> N
 # -- brokers that cannot cancel ------------------------------------------------------------------
 
 
-def _unopened(cls: type[Any], capabilities: base.Capabilities) -> Any:
-    """A broker object that was never connected (cancel must refuse before any I/O)."""
-    broker = object.__new__(cls)
-    broker.capabilities = capabilities
-    broker.queue = "q"
-    return broker
-
-
 @pytest.mark.parametrize(
     ("cls", "capabilities", "name"),
     [
@@ -150,7 +142,7 @@ async def test_rabbitmq_and_sqs_refuse_a_cancel_naming_the_broker(
     cls: type[Any], capabilities: base.Capabilities, name: str
 ) -> None:
     # Given a RabbitMQ or SQS broker, which declares it cannot cancel by id
-    broker = _unopened(cls, capabilities)
+    broker = support.build_unopened_broker(cls, capabilities)
     assert capabilities.cancel_by_id is False
     # When a job is cancelled through the seam or the producer
     # Then each says, in one line, which broker cannot
@@ -166,14 +158,9 @@ def test_job_cancel_on_rabbitmq_exits_2_with_one_line_naming_it(
 ) -> None:
     # Given the command line's broker is RabbitMQ (a stand-in object: no server is needed,
     # the refusal comes before anything is sent)
-    class Unconnected(rabbitmq_broker.RabbitMQBroker):
-        async def close(self) -> None:
-            return None
-
-    async def open_stand_in(url: str, queue_name: str, **_: Any) -> Any:
-        return _unopened(Unconnected, rabbitmq_broker.CAPABILITIES)
-
-    monkeypatch.setattr(brokers, "open_broker", open_stand_in)
+    support.open_unconnected_brokers(
+        monkeypatch, rabbitmq_broker.RabbitMQBroker, rabbitmq_broker.CAPABILITIES
+    )
     # When a job is cancelled
     code = cli.main(
         ["job", "cancel", "job-1", "--broker-url", "amqp://guest:guest@127.0.0.1:1/", "-q", "q"]
@@ -273,38 +260,13 @@ def test_job_cancel_exits_0_when_every_id_was_cancelled_and_answers_in_json(
 def test_ctrl_c_stops_job_cancel_between_calls_and_says_what_was_answered(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Given 600 waiting jobs on an in-process queue (two calls of 500 ids), and a Ctrl-C that
-    # comes while the first call runs
-    from worker_runtime.brokers import memory
-
-    url = "memory://cancel-ctrl-c"
-
-    async def seed() -> list[str]:
-        broker = await brokers.open_broker(url, "q")
-        results = await broker.enqueue_many([es.request() for _ in range(600)])
-        return [r.job_id for r in results]
-
-    ids = asyncio.run(seed())
-    calls: list[int] = []
-    cancel_jobs = memory.MemoryBroker.cancel_jobs
-
-    async def interrupted_once(self: Any, job_ids: Any) -> list[base.CancelOutcome]:
-        calls.append(len(job_ids))
-        if len(calls) == 2:  # the first call with ids (the first is the capability check)
-            signal.raise_signal(signal.SIGINT)
-            await asyncio.sleep(0.05)  # the loop runs the handler before the call returns
-        return await cancel_jobs(self, job_ids)
-
-    monkeypatch.setattr(memory.MemoryBroker, "cancel_jobs", interrupted_once)
-    try:
-        # When the 600 are cancelled
-        code = cli.main(["job", "cancel", *ids, "--broker-url", url, "-q", "q"])
-    finally:
-        memory.forget_stores()
-    # Then the first call's 500 are cancelled and reported, the second call is never made,
-    # and the summary says what was left unanswered, with the shell's code for SIGINT
+    # Given 600 waiting jobs on an in-process queue (two calls of 500 ids)
+    # When the 600 are cancelled, with a Ctrl-C while the first call runs
+    code, calls = run_job_command_interrupted(monkeypatch, "cancel", "cancel_jobs")
+    # Then the first call's 500 are cancelled and reported, the second call is never made, and the
+    # summary says what was left unanswered, with the shell's code for SIGINT
     out = capsys.readouterr()
     assert code == cli.INTERRUPTED_EXIT
-    assert calls == [0, 500]
+    assert calls == 1
     assert out.out.count("\ncancelled ") + out.out.startswith("cancelled ") == 500
     assert "interrupted: cancelled 500 of 600 job(s) on q; 100 id(s) not answered" in out.err
