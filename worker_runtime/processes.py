@@ -8,7 +8,8 @@ a child process of its own.
 * **spawn**, never fork: a child starts a fresh interpreter and imports the handler's module
   (the worker process has threads and open Redis connections a fork would copy);
 * **bounded**: at most ``size`` children; a job waiting for one keeps its worker slot (and its
-  lease, which the worker renews) but its timeout only starts once a child takes it;
+  lease, which the worker renews) but its timeout only starts once a child takes it; a job
+  whose lease was lost meanwhile gives its child back unused (:meth:`ProcessPool.release`);
 * **one job per child at a time**, so a crash, a kill or a leak is confined to that job;
 * **recycled** (like Celery's ``max_tasks_per_child``/``max_memory_per_child``) after
   ``max_jobs_per_child`` jobs, or when its peak resident memory grew by more than
@@ -313,6 +314,23 @@ class ProcessPool:
         except BaseException:
             self._slots.release()
             raise
+
+    async def release(self, child: _Child) -> None:
+        """Give an acquired child back unused: the job it was acquired for will not run.
+
+        It is idle again as it was (its job count unchanged, so recycling is not brought
+        forward); one that died meanwhile is forgotten, and one given back once :meth:`close`
+        began is stopped as a child whose job ended then is, so the drain does not wait for it.
+        """
+        try:
+            if self._closed:
+                await self._retire(child, "closed")
+            elif child.process.is_alive():
+                self._idle.append(child)
+            else:
+                await self._discard(child)
+        finally:
+            self._slots.release()
 
     async def run(self, child: _Child, call: Call) -> Reply:
         """Run ``call`` on an acquired child; the child returns to the pool (or is retired).

@@ -313,6 +313,13 @@ class JobRunner:
         except processes.ProcessPoolError as exc:
             await self.settler.failed(h, spec, exc, False)
             return
+        if h.lost:
+            # A renewal found the lease lost while the job waited for a child (run() checked
+            # before the wait): another worker may run it already. The child goes back unused;
+            # the lost lease was counted where it was found.
+            await pool.release(child)
+            log.info("lease lost while waiting for a child process; not started")
+            return
         ctx = self.build_context(h, spec)
         fields = None
         if spec.wants_context:
