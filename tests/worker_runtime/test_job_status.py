@@ -81,6 +81,23 @@ async def test_a_status_call_writes_nothing(redis_client: Any, queue_name: str) 
     assert await _dump_all(redis_client) == before
 
 
+async def test_a_status_look_up_answers_on_a_redis_that_is_out_of_memory(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given a waiting job, and then Redis full (maxmemory below what it uses, noeviction):
+    # when an on-call engineer most needs to know where jobs are
+    engine = es.make_engine(redis_client, queue_name)
+    [res] = await engine.enqueue_many([es.request()])
+    await redis_client.config_set("maxmemory", "1")
+    try:
+        # When the job is looked up
+        [found] = await engine_status(redis_client, queue_name, [res.job_id])
+    finally:
+        await redis_client.config_set("maxmemory", "0")
+    # Then it is found (the script declares it writes nothing, so Redis runs it)
+    assert found.state is JobState.WAITING
+
+
 async def _dump_all(client: Any) -> dict[str, Any]:
     return {key: await client.dump(key) async for key in client.scan_iter(count=1000)}
 
