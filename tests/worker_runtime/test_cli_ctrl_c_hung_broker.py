@@ -12,11 +12,13 @@ either back on the queue or still a dead letter, exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,7 +44,7 @@ def start_cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_until(check: Callable[[], bool], seconds: float = 20.0) -> None:
+def wait_until(check: Callable[[], bool], seconds: float = 60.0) -> None:
     deadline = time.monotonic() + seconds
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -58,22 +60,84 @@ def frozen(server: redis_servers.RedisServer) -> Iterator[None]:
         os.kill(server.pid, signal.SIGCONT)
 
 
+def open_files_of(pid: int) -> set[str]:
+    """What the process's descriptors point at ("socket:[1234]", a path, ...), in /proc."""
+    fds = f"/proc/{pid}/fd"
+    targets = set()
+    for fd in os.listdir(fds):
+        with contextlib.suppress(FileNotFoundError):  # closed since it was listed
+            targets.add(os.readlink(f"{fds}/{fd}"))
+    return targets
+
+
+def unread_requests(port: int, pid: int | None = None) -> int:
+    """How many connections to the server on ``port`` hold bytes it has not read yet (only
+    those of process ``pid`` when given): a frozen server's waiting calls, read from
+    /proc/net/tcp, where the server's end of each connection shows its unread bytes."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    # (local port, remote port, state, unread bytes, socket inode) of each connection end
+    ends = [
+        (int(row[1].rsplit(":", 1)[1], 16), int(row[2].rsplit(":", 1)[1], 16), row[3],
+         int(row[4].split(":")[1], 16), row[9])
+        for row in rows
+    ]  # fmt: skip
+    client_ports = None
+    if pid is not None:
+        sockets = open_files_of(pid)
+        client_ports = {
+            local
+            for local, remote, _, _, inode in ends
+            if remote == port and f"socket:[{inode}]" in sockets
+        }
+    established = "01"
+    return sum(
+        1
+        for local, remote, state, unread, _ in ends
+        if local == port and state == established and unread > 0
+        and (client_ports is None or remote in client_ports)
+    )  # fmt: skip
+
+
+def wait_until_waiting_on(server: redis_servers.RedisServer, proc: subprocess.Popen[str]) -> None:
+    """Until the command has a call out to the frozen server: started (its imports alone take
+    seconds on a loaded machine), connected, and waiting on the reply."""
+
+    def waiting() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        return unread_requests(server.port, proc.pid) > 0
+
+    wait_until(waiting)
+
+
 def stop_twice(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    """Two Ctrl-Cs half a second apart; the output once the process ended (8 s at most)."""
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    """Ctrl-C, and again once the command said it stops after the call in flight; the output
+    once the process ended (8 s at most after the second)."""
+    stderr = proc.stderr
+    assert stderr is not None
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(iter(stderr.readline, "")))
+    reader.start()
     try:
-        return proc.communicate(timeout=8)
+        proc.send_signal(signal.SIGINT)
+        # a second signal sent before the first was handled could merge with it
+        wait_until(lambda: any("Ctrl-C again" in line for line in said))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=8)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
+            proc.wait()
+        reader.join()
+    assert proc.stdout is not None
+    return proc.stdout.read(), "".join(said)
 
 
-def settled_ids(url: str, queue_name: str) -> tuple[list[str], set[str]]:
+def settled_ids(server: redis_servers.RedisServer, queue_name: str) -> tuple[list[str], set[str]]:
     """(ids on the queue, ids dead-lettered) once the resumed server ran what it was sent."""
-    time.sleep(0.3)  # the cut call, already in the server's input, runs first
+    # the cut call, already in the server's input, runs first: the server read all it was sent
+    wait_until(lambda: unread_requests(server.port) == 0)
+    url = server.url
     ready = memory_dead_letters.fetch_ready_ids(url, queue_name, 1000)
     return ready, memory_dead_letters.fetch_dead_letter_ids(url, queue_name)
 
@@ -93,7 +157,7 @@ def test_a_second_ctrl_c_stops_a_replay_hung_on_a_frozen_redis_at_once(
     # check can come after the second call too: the freeze then catches the third)
     wait_until(lambda: stats.zcard(dlq) <= 200)
     with frozen(server):
-        time.sleep(2.0)  # the next call is out now, waiting on the frozen server
+        wait_until_waiting_on(server, proc)  # the next call is out, waiting on the server
         # And the engineer presses Ctrl-C twice
         _, err = stop_twice(proc)
     # Then the command ended with 130, saying the first press waits for the call, how many
@@ -107,7 +171,7 @@ def test_a_second_ctrl_c_stops_a_replay_hung_on_a_frozen_redis_at_once(
     assert "may have replayed up to 100 more" in err
     # And every job is on the queue or a dead letter, once: the finished calls' jobs are on
     # the queue, and the cut call's, which the resumed server ran, too
-    ready, still_dead = settled_ids(server.url, queue_name)
+    ready, still_dead = settled_ids(server, queue_name)
     assert len(ready) == len(set(ready))
     assert not set(ready) & still_dead
     assert sorted([*ready, *still_dead]) == sorted(dead)
@@ -125,14 +189,14 @@ def test_a_second_ctrl_c_stops_a_purge_whose_count_hangs_before_it_deleted_anyth
     with frozen(server):
         proc = start_cli("dlq", "purge", "--redis-url", server.url, "-q", queue_name, "--all",
                          "--yes")  # fmt: skip
-        time.sleep(2.0)  # started, connected, its first read waiting on the frozen server
+        wait_until_waiting_on(server, proc)  # started, its first read waiting on the server
         # And the engineer presses Ctrl-C twice
         _, err = stop_twice(proc)
     # Then it ended with 130 having purged nothing, and every dead letter is still there
     assert proc.returncode == 130, err
     assert "interrupted: purged 0 of 0 dead letter(s)" in err
     assert "may have purged" not in err  # only reads were cut
-    ready, still_dead = settled_ids(server.url, queue_name)
+    ready, still_dead = settled_ids(server, queue_name)
     assert ready == []
     assert still_dead == set(dead)
 
@@ -148,7 +212,8 @@ def test_ctrl_c_during_a_read_that_hangs_ends_with_one_line_not_a_traceback(
             start_cli(*command, "--redis-url", server.url, "-q", queue_name)
             for command in (("queue", "stats"), ("dlq", "ls"))
         ]
-        time.sleep(2.0)  # started and waiting on the frozen server
+        for proc in commands:
+            wait_until_waiting_on(server, proc)  # started and waiting on the server
         for proc in commands:
             proc.send_signal(signal.SIGINT)
         ended = [proc.communicate(timeout=8) for proc in commands]
