@@ -307,3 +307,35 @@ def test_ctrl_c_stops_job_show_between_calls_and_says_what_was_answered(
     assert calls == 1
     assert out.out.count(": waiting (") == 500
     assert "interrupted: answered 500 of 600 job id(s) on q; 100 id(s) not answered" in out.err
+
+
+def test_a_broker_error_part_way_through_job_show_exits_1_after_showing_what_it_read(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given 600 ids (two calls of 500) on an in-process queue whose second call with ids fails
+    # as a broker that went away does
+    from worker_runtime.brokers import memory
+
+    real = memory.MemoryBroker.fetch_job_status
+    calls: list[int] = []
+
+    async def failing_second(self: Any, job_ids: Any) -> list[base.JobStatus]:
+        calls.append(len(job_ids))
+        if len(calls) == 3:  # the capability check, the first 500, then this one
+            raise errors.BrokerUnavailable("connection lost", operation="status")
+        return await real(self, job_ids)
+
+    monkeypatch.setattr(memory.MemoryBroker, "fetch_job_status", failing_second)
+    ids = [f"job-{n}" for n in range(600)]
+    try:
+        # When they are looked up
+        code = cli.main(["job", "show", *ids, "--broker-url", "memory://status-lost", "-q", "q"])
+    finally:
+        memory.forget_stores()
+    # Then the first 500 are shown, and it exits 1 saying what was answered and what was not
+    out = capsys.readouterr()
+    assert code == 1
+    assert calls == [0, 500, 100]
+    assert out.out.count(": unknown: not in q") == 500
+    assert "workerfleet: answered 500 of 600 job id(s), then: connection lost" in out.err
+    assert "100 id(s) have no answer" in out.err

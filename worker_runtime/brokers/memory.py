@@ -614,9 +614,9 @@ class MemoryBroker:
         change takes; a due delayed job reads waiting, as on Redis (the next fetch moves it)."""
         with self._q.lock:
             self._check_open()
-            return [self._job_status(job_id, self.clock()) for job_id in job_ids]
+            return [self._read_status(job_id, self.clock()) for job_id in job_ids]
 
-    def _job_status(self, job_id: str, now: float) -> base.JobStatus:
+    def _read_status(self, job_id: str, now: float) -> base.JobStatus:
         q = self._q
         job = q.jobs.get(job_id)
         if job is None:

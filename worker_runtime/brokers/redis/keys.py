@@ -65,6 +65,12 @@ script, and refuses a job in ``inflight`` (running) or in ``dlq`` (dead-lettered
 exactly while it has a ``state`` field: fetch hands out no id without one, so a cancelled job is
 never delivered even from an entry a cancel did not delete.
 
+A status look-up (``lua/status.lua``, ``flags=no-writes``) reads, for each id in one script,
+``state``, ``inflight``, ``leases``, ``delayed``, ``env``, ``history``, ``dlq``, ``dlq:data``
+and, for an id with neither a state nor a dead letter, its ``enqueued`` entry (when it was
+enqueued, while the dedup window keeps it); it writes nothing. No key records a finished job by
+id: ``done:<key>`` is keyed by idempotency key.
+
 Topics (events, :mod:`worker_runtime.events`). A subscription ``G`` of topic ``T`` is the
 ordinary queue ``Q = T:G`` above; the topic itself has one key:
 
