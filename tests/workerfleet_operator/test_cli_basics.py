@@ -548,7 +548,11 @@ def test_ctrl_c_during_a_long_replay_says_how_many_were_replayed_and_that_is_the
     redis_server: RedisServer, queue_name: str
 ) -> None:
 
-    # Given 100 dead letters and a replay at 20 jobs/s (about 5 s)
+    import redis as redis_sync
+
+    from worker_runtime.brokers.redis import keys
+
+    # Given 100 dead letters and a replay at 5 jobs/s (about 20 s)
     client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
 
     async def fill() -> None:
@@ -564,11 +568,17 @@ def test_ctrl_c_during_a_long_replay_says_how_many_were_replayed_and_that_is_the
     asyncio.run(fill())
     env = {**os.environ, "WORKERFLEET_REDIS_URL": redis_server.url, "WORKERFLEET_QUEUE": queue_name}
     proc = subprocess.Popen(
-        [WORKERFLEET, "dlq", "replay", "--all", "--rate", "20"],
+        [WORKERFLEET, "dlq", "replay", "--all", "--rate", "5"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    # When it is interrupted (Ctrl-C) after about two seconds
-    time.sleep(2.5)
+    # When it is interrupted (Ctrl-C) once it has replayed some (its start alone can take
+    # seconds on a loaded machine: a Ctrl-C before its first call replays none)
+    dlq = redis_sync.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 60.0
+    while int(dlq.zcard(keys.build_keys(queue_name).dlq)) == 100:
+        assert time.monotonic() < deadline and proc.poll() is None, "no replay started"
+        time.sleep(0.05)
+    dlq.close()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     # Then it exits 130 with a summary, and the summary matches the queue
