@@ -8,8 +8,6 @@ as it ran: a handler looping forever kept its job from ever being retried or dea
 
 from __future__ import annotations
 
-import time
-
 from tests.worker_runtime import workerproc
 from tests.worker_runtime.workerproc import wait_until
 from worker_runtime.worker import running
@@ -25,19 +23,20 @@ def test_a_handler_that_ignores_its_timeout_fails_each_attempt_and_ends_in_the_d
     worker = wf.spawn(app=STUCK_APP, concurrency=4)
     job = wf.producer.enqueue("swallows-cancel-timeout", {"seconds": 60.0, "marker": "s"})
     # When it runs
-    t0 = time.monotonic()
-    wait_until(lambda: wf.stats().dead_letter == 1, 20, "the dead letter")
-    elapsed = time.monotonic() - t0
+    wait_until(lambda: wf.stats().dead_letter == 1, 60, "the dead letter")
     # Then each attempt failed as timed out a moment after its timeout, not when the handler
     # ended, and the job went to the DLQ after its 3 attempts
     d = wf.dead_letter(job.job_id)
     assert d is not None and d.reason == "max_attempts" and d.attempts == 3
     assert [h.error_type for h in d.history] == ["TimeoutError"] * 3
     assert "ignored its cancellation" in d.history[0].message
-    assert elapsed < 3 * (0.5 + running.UNWIND_SECONDS) + 3.0
     starts = wf.starts()
     assert [e["attempt"] for e in starts] == [1, 2, 3]
     assert all(e["job"] == job.job_id for e in starts)
+    # (timed by the worker's own records, from each attempt's start to its failure: the
+    # worker's start, seconds on a loaded machine, is no part of it)
+    took = [failed.at - started["t"] for started, failed in zip(starts, d.history, strict=True)]
+    assert all(0.5 <= t < 0.5 + running.UNWIND_SECONDS + 2.0 for t in took), took
     assert not [e for e in wf.events() if e["event"] == "done"]
     # And the worker goes on with other jobs beside the three handlers left running
     wf.producer.enqueue("swallows-cancel", {"seconds": 0.1, "marker": "next"})
