@@ -54,7 +54,10 @@ def test_a_worker_draining_while_redis_is_frozen_exits_zero_within_its_budget(
             os.kill(server.pid, signal.SIGCONT)
         # Then the worker exits 0 when its budget is spent, not at the grace period's SIGKILL
         assert rc == 0, f"exit {rc} after {elapsed:.1f}s; log: {worker.logs()[-3000:]}"
-        assert elapsed < 5.0 + 0.5, f"exited after {elapsed:.1f}s"
+        assert worker.drained_seconds() < 5.0 + 0.5, worker.logs()[-3000:]
+        # (timed from outside too: the signal's delivery and the exit take seconds on a loaded
+        # machine, but stay far from the SIGKILL at budget + 15 s)
+        assert elapsed < 5.0 + 5.0, f"exited after {elapsed:.1f}s"
         # And once Redis answers again the job is not lost: its lease runs out and it waits in
         # the queue for another worker, never acknowledged
         wait_until(

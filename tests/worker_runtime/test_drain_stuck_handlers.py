@@ -39,7 +39,10 @@ def test_a_worker_whose_handler_does_not_let_go_still_exits_zero_within_its_drai
     # Then the process exits 0 when its budget is spent, not at the grace period's SIGKILL
     # (budget + 15 s on Kubernetes)
     assert rc == 0, f"exit {rc} after {elapsed:.1f}s; log: {worker.logs()[-3000:]}"
-    assert elapsed < 4.0 + 0.5, f"exited after {elapsed:.1f}s"
+    assert worker.drained_seconds() < 4.0 + 0.5, worker.logs()[-3000:]
+    # (timed from outside too: the signal's delivery and the exit take seconds on a loaded
+    # machine, but stay far from the SIGKILL at budget + 15 s)
+    assert elapsed < 4.0 + 5.0, f"exited after {elapsed:.1f}s"
     # And the job went back to the queue unspent, never acknowledged
     s = wf.stats()
     assert (s.backlog, s.in_flight, s.completed_total) == (1, 0, 0)

@@ -162,6 +162,14 @@ class WorkerProc:
                 out.append(json.loads(line))
         return out
 
+    def drained_seconds(self) -> float:
+        """Seconds from the drain's start (its ``draining`` line) to the last line the worker
+        logged before it ended, by the worker's own clock: a drain timed from outside also
+        counts the signal's delivery and the process's exit, seconds on a loaded machine."""
+        stamps = [float(r["ts"]) for r in self.log_records() if "ts" in r]
+        (started,) = [float(r["ts"]) for r in self.log_records() if r.get("msg") == "draining"]
+        return max(stamps) - started
+
     def http(self, path: str) -> tuple[int, dict[str, Any] | str]:
         url = f"http://127.0.0.1:{self.metrics_port}{path}"
         try:
