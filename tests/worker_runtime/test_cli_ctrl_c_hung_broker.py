@@ -18,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ import redis
 
 from tests.support import memory_dead_letters, redis_servers
 from tests.support.cli import REPO
+from tests.worker_runtime import workerproc
 from worker_runtime.brokers.redis import keys
 
 
@@ -113,24 +113,16 @@ def wait_until_waiting_on(server: redis_servers.RedisServer, proc: subprocess.Po
 def stop_twice(proc: subprocess.Popen[str]) -> tuple[str, str]:
     """Ctrl-C, and again once the command said it stops after the call in flight; the output
     once the process ended (8 s at most after the second)."""
-    stderr = proc.stderr
-    assert stderr is not None
-    said: list[str] = []
-    reader = threading.Thread(target=lambda: said.extend(iter(stderr.readline, "")))
-    reader.start()
+    stderr = workerproc.LinesRead(proc.stderr)
     try:
         proc.send_signal(signal.SIGINT)
         # a second signal sent before the first was handled could merge with it
-        wait_until(lambda: any("Ctrl-C again" in line for line in said))
+        wait_until(lambda: stderr.said("Ctrl-C again") > 0)
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=8)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join()
+        workerproc.end_process(proc, 8)
     assert proc.stdout is not None
-    return proc.stdout.read(), "".join(said)
+    return proc.stdout.read(), stderr.finish()
 
 
 def settled_ids(server: redis_servers.RedisServer, queue_name: str) -> tuple[list[str], set[str]]:

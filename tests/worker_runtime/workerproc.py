@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import redis
 import redis.asyncio
@@ -53,6 +54,36 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for: {message}")
         time.sleep(interval)
+
+
+class LinesRead:
+    """The lines a subprocess writes to one of its pipes, read by a thread as they come: a test
+    polls them while the process runs (a "said X" to wait for) and reads them all after."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None, "the process was started without this pipe"
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=lambda: self.lines.extend(iter(stream.readline, "")))
+        self._thread.start()
+
+    def said(self, text: str) -> int:
+        """How many lines so far hold ``text``."""
+        return sum(text in line for line in self.lines)
+
+    def finish(self) -> str:
+        """Everything read, once the pipe closed (the process ended)."""
+        self._thread.join()
+        return "".join(self.lines)
+
+
+def end_process(proc: subprocess.Popen[str], timeout: float) -> None:
+    """Wait up to ``timeout`` s for ``proc`` to end, then kill it if it has not (raising)."""
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class RedisLike(Protocol):
