@@ -401,6 +401,7 @@ def _render_stats(s: base.QueueStats, terminal: int | None) -> tuple[Any, int]:
         ("failed total", _total(s.failed_total)),
         ("retried total", _total(s.retried_total)),
         ("dead-lettered total", _total(s.dead_lettered_total)),
+        ("cancelled total", _total(s.cancelled_total)),
         ("workers lost total", _total(s.workers_lost_total)),
         ("heartbeats expired", f"{s.workers_expired:,}"),
     ]

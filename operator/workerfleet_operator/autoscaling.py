@@ -227,7 +227,16 @@ class WorkerSample:
 @dataclass(frozen=True, slots=True)
 class StatsSample:
     """The counters of one QueueStats reading, to measure arrival and completion rates (a
-    counter the broker does not keep is None, and so is the rate it would give)."""
+    counter the broker does not keep is None, and so is the rate it would give).
+
+    ``cancelled_total`` is not sampled. Arrivals count every enqueued job, a later-cancelled one
+    too: a cancel takes back jobs enqueued at any time before, so subtracting it would read a
+    backlog cancelled in bulk as arrivals below zero, scaling a pool down while real jobs still
+    arrive; a cancelled job leaves the backlog at once, which the backlog and capacity signals
+    already see. The
+    service rate reads completions only, which is what workers did. A queue whose every job
+    was cancelled is not "never used" (its enqueued total is above 0): it is idle, and the
+    idle rule (no backlog, nothing in flight) scales it to 0 as any other idle queue."""
 
     at: float
     enqueued_total: int | None

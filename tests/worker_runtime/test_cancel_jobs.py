@@ -257,6 +257,35 @@ def test_job_cancel_exits_0_when_every_id_was_cancelled_and_answers_in_json(
     }
 
 
+def test_queue_stats_shows_the_cancelled_total_so_the_totals_add_up(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a running, a dead-lettered, a waiting and a scheduled job, the last two cancelled
+    ids = _seed(redis_server.url, queue_name)
+    cancel = run_cli(
+        "job", "cancel", ids["waiting"], ids["scheduled"],
+        redis_url=redis_server.url, queue_name=queue_name,
+    )  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    # When on-call reads the queue's stats, as text and as JSON
+    shown = run_cli("queue", "stats", redis_url=redis_server.url, queue_name=queue_name)
+    as_json = run_cli("queue", "stats", "--json", redis_url=redis_server.url, queue_name=queue_name)
+    # Then the text shows the cancelled total beside the others: 4 enqueued, 1 dead-lettered,
+    # 2 cancelled (and 1 still in flight)
+    assert shown.returncode == 0, shown.stderr
+    totals = {
+        label: row.split()[-1]
+        for row in shown.stdout.splitlines()
+        for label in ("enqueued total", "dead-lettered total", "cancelled total")
+        if row.strip().startswith(label)
+    }
+    assert totals == {"enqueued total": "4", "dead-lettered total": "1", "cancelled total": "2"}
+    # And the JSON has it too
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert (data["enqueued_total"], data["cancelled_total"], data["in_flight"]) == (4, 2, 1)
+
+
 def test_ctrl_c_stops_job_cancel_between_calls_and_says_what_was_answered(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,8 +92,8 @@ def test_watching_stats_to_a_pipe_writes_each_frame_with_its_blank_line_in_one_w
     stats = base.QueueStats(
         queue="emails", now=0.0, backlog=3, due_delayed=0, future_delayed=1, in_flight=2,
         dead_letter=4, oldest_job_age_seconds=1.5, enqueued_total=10, completed_total=5,
-        failed_total=1, retried_total=1, dead_lettered_total=4, workers_lost_total=0,
-        workers_expired=0, workers=(),
+        failed_total=1, retried_total=1, dead_lettered_total=4, cancelled_total=2,
+        workers_lost_total=0, workers_expired=0, workers=(),
     )  # fmt: skip
 
     # When two ticks are shown, a frame and a failed read

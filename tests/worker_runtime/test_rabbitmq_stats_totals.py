@@ -25,7 +25,7 @@ from worker_runtime.brokers import base
 
 pytestmark = pytest.mark.slow
 
-UNKEPT = ("failed_total", "retried_total", "workers_lost_total")
+UNKEPT = ("failed_total", "retried_total", "cancelled_total", "workers_lost_total")
 
 
 def job(job_id: str) -> base.EnqueueRequest:
@@ -90,13 +90,13 @@ async def test_rabbitmq_stats_report_the_totals_it_does_not_keep_as_unknown_and_
     assert stats.enqueued_total is not None and stats.enqueued_total >= 3
     assert stats.completed_total is not None and stats.completed_total >= 3
     assert stats.dead_lettered_total == 1
-    # And failed, retried and workers lost are unknown: None, not a 0 that says the failure
-    # and the retry never happened
+    # And failed, retried, cancelled (RabbitMQ cannot cancel) and workers lost are unknown:
+    # None, not a 0 that says the failure and the retry never happened
     assert {name: getattr(stats, name) for name in UNKEPT} == dict.fromkeys(UNKEPT)
     # And `queue stats` says they are not kept, as text and as JSON nulls
     shown = run_cli("queue", "stats", "--broker-url", url, "-q", queue)
     assert shown.returncode == 0, shown.stderr
-    for label in ("failed total", "retried total", "workers lost total"):
+    for label in ("failed total", "retried total", "cancelled total", "workers lost total"):
         [line] = [row for row in shown.stdout.splitlines() if label in row]
         assert "not kept by this broker" in line, line
     as_json = run_cli("queue", "stats", "--json", "--broker-url", url, "-q", queue)

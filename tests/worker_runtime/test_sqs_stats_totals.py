@@ -26,6 +26,7 @@ TOTALS = (
     "failed_total",
     "retried_total",
     "dead_lettered_total",
+    "cancelled_total",
     "workers_lost_total",
 )
 
@@ -78,7 +79,7 @@ def test_sqs_stats_say_the_totals_are_unknown_while_the_queues_hold_their_counts
     flags = ("--broker-url", url, "-q", queue)
     shown = run_cli("queue", "stats", *flags)
     assert shown.returncode == 0, shown.stderr
-    for label in ("enqueued total", "completed total", "dead-lettered total"):
+    for label in ("enqueued total", "completed total", "dead-lettered total", "cancelled total"):
         [line] = [row for row in shown.stdout.splitlines() if label in row]
         assert "not kept by this broker" in line, line
     as_json = run_cli("queue", "stats", "--json", *flags)

@@ -71,6 +71,7 @@ def queue_stats(
         failed_total=0,
         retried_total=0,
         dead_lettered_total=0,
+        cancelled_total=0,
         workers_lost_total=0,
         workers_expired=0,
         workers=tuple(workers),

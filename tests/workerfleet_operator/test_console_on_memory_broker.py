@@ -88,6 +88,35 @@ async def test_pools_queue_dlq_job_and_a_replay_work_on_a_memory_url(queue_url: 
     await broker.close()
 
 
+async def test_the_queue_page_shows_the_cancelled_total_beside_the_other_totals(
+    queue_url: str,
+) -> None:
+    # Given a memory queue of three jobs, two of them cancelled, and a console over it
+    broker = await brokers.open_broker(queue_url, "jobs")
+    requests = [
+        base.EnqueueRequest(envelope_mod.build_envelope("resize", {"n": n})) for n in range(3)
+    ]
+    ids = [r.job_id for r in await broker.enqueue_many(requests)]
+    assert await broker.cancel_jobs(ids[:2]) == [base.CancelOutcome.CANCELLED] * 2
+    auth = security.AuthSettings(token=TOKEN)
+    source = sources.URLSource(queue_url, ["jobs"])
+    console = app.build_app(app.ConsoleSettings(auth=auth), source)
+    transport = httpx.ASGITransport(app=console)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://console") as web:
+            # When the queue's page is read
+            page = await web.get(
+                "/queue", params={"pool": "jobs"}, headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+    finally:
+        await source.close()
+        await broker.close()
+    # Then it shows 2 cancelled next to the 3 enqueued, so the totals add up
+    assert page.status_code == 200
+    assert '<th>enqueued total</th><td class="n">3</td>' in page.text
+    assert '<th>cancelled total</th><td class="n" id="cancelled-total">2</td>' in page.text
+
+
 def test_a_broker_url_never_shows_its_credentials_or_query() -> None:
     shown = brokers.describe_target("amqp://user:pa55@rabbit.example:5672/vhost")
     assert shown == "amqp://rabbit.example:5672/vhost"

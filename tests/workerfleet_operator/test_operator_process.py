@@ -44,6 +44,7 @@ POOL_SERIES = (
     "workerfleet_pool_jobs_completed_total",
     "workerfleet_pool_jobs_failed_total",
     "workerfleet_pool_jobs_dead_lettered_total",
+    "workerfleet_pool_jobs_cancelled_total",
     "workerfleet_pool_workers_killed_total",
 )
 # Series with more labels than the pool's: (name, the labels after the pool's, sorted as the

@@ -60,6 +60,7 @@ def _stats(
         failed_total=2,
         retried_total=1,
         dead_lettered_total=dead_letter,
+        cancelled_total=0,
         workers_lost_total=0,
         workers_expired=0,
         workers=(),

@@ -150,8 +150,8 @@ def test_a_pools_metric_series_cost_about_a_kilobyte_not_a_child_object_per_seri
     queue_stats = base.QueueStats(
         queue="q", now=1000.0, backlog=5, due_delayed=0, future_delayed=1, in_flight=2,
         dead_letter=3, oldest_job_age_seconds=4.0, enqueued_total=9, completed_total=4,
-        failed_total=3, retried_total=0, dead_lettered_total=3, workers_lost_total=0,
-        workers_expired=0, workers=(), maxmemory_policy="noeviction",
+        failed_total=3, retried_total=0, dead_lettered_total=3, cancelled_total=0,
+        workers_lost_total=0, workers_expired=0, workers=(), maxmemory_policy="noeviction",
     )  # fmt: skip
     names = iter(range(10**6))
 

@@ -32,6 +32,7 @@ QUEUE_SERIES = (
     "workerfleet_pool_jobs_completed_total",
     "workerfleet_pool_jobs_failed_total",
     "workerfleet_pool_jobs_dead_lettered_total",
+    "workerfleet_pool_jobs_cancelled_total",
     "workerfleet_pool_workers_killed_total",
 )
 # Set by every poll, read or not: absent until the first poll.
@@ -59,8 +60,8 @@ def build_stats(queue: str, *, dead_letter: int, dead_lettered_total: int) -> ba
         queue=queue, now=1000.0, backlog=7, due_delayed=0, future_delayed=2, in_flight=1,
         dead_letter=dead_letter, oldest_job_age_seconds=3.0, enqueued_total=9000,
         completed_total=8000, failed_total=600, retried_total=100,
-        dead_lettered_total=dead_lettered_total, workers_lost_total=4, workers_expired=0,
-        workers=(),
+        dead_lettered_total=dead_lettered_total, cancelled_total=30, workers_lost_total=4,
+        workers_expired=0, workers=(),
     )  # fmt: skip
 
 
@@ -118,6 +119,7 @@ def test_a_restarted_operator_exports_the_queue_series_first_with_their_redis_va
         "workerfleet_pool_jobs_completed_total": 8000,
         "workerfleet_pool_jobs_failed_total": 600,
         "workerfleet_pool_jobs_dead_lettered_total": 500,
+        "workerfleet_pool_jobs_cancelled_total": 30,
         "workerfleet_pool_workers_killed_total": 4,
     }
 

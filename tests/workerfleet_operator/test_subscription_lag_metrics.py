@@ -158,8 +158,8 @@ def test_a_forgotten_subscription_pool_leaves_no_lag_series() -> None:
     queue_stats = base.QueueStats(
         queue=labels[2], now=1000.0, backlog=5, due_delayed=0, future_delayed=0, in_flight=0,
         dead_letter=0, oldest_job_age_seconds=12.5, enqueued_total=5, completed_total=0,
-        failed_total=0, retried_total=0, dead_lettered_total=0, workers_lost_total=0,
-        workers_expired=0, workers=(),
+        failed_total=0, retried_total=0, dead_lettered_total=0, cancelled_total=0,
+        workers_lost_total=0, workers_expired=0, workers=(),
     )  # fmt: skip
     series.record_poll(
         queue_stats, desired=1, max_replicas=3, alert_threshold=1, oldest_job_age_target=0.0
@@ -267,8 +267,8 @@ def test_the_pools_oldest_job_age_series_is_absent_not_zero_on_a_broker_without_
     queue_stats = base.QueueStats(
         queue="invoices", now=1000.0, backlog=5, due_delayed=0, future_delayed=0, in_flight=0,
         dead_letter=0, oldest_job_age_seconds=42.0, enqueued_total=5, completed_total=0,
-        failed_total=0, retried_total=0, dead_lettered_total=0, workers_lost_total=0,
-        workers_expired=0, workers=(),
+        failed_total=0, retried_total=0, dead_lettered_total=0, cancelled_total=0,
+        workers_lost_total=0, workers_expired=0, workers=(),
     )  # fmt: skip
     poll = {"desired": 1, "max_replicas": 3, "alert_threshold": 1, "oldest_job_age_target": 30.0}
     series.record_poll(queue_stats, **poll)

@@ -24,6 +24,7 @@ TOTALS = (
     "workerfleet_pool_jobs_completed_total",
     "workerfleet_pool_jobs_failed_total",
     "workerfleet_pool_jobs_dead_lettered_total",
+    "workerfleet_pool_jobs_cancelled_total",
     "workerfleet_pool_workers_killed_total",
 )
 

@@ -801,9 +801,9 @@ class QueueStats:
     operator: the read-only stats API"); change it there first.
 
     The ``*_total`` counters only grow; None where the broker keeps no such counter (SQS keeps
-    none, RabbitMQ no failed, retried or workers-lost total): not a 0, which would read as
-    "nothing happened" to the alerts and the autoscaler's rates. Consumers show it as unknown
-    and derive nothing from it.
+    none, RabbitMQ no failed, retried, cancelled or workers-lost total): not a 0, which would
+    read as "nothing happened" to the alerts and the autoscaler's rates. Consumers show it as
+    unknown and derive nothing from it.
     """
 
     queue: str
@@ -819,6 +819,10 @@ class QueueStats:
     failed_total: int | None
     retried_total: int | None
     dead_lettered_total: int | None
+    cancelled_total: int | None
+    """Jobs removed by a cancel before they started (:class:`Cancelling`); with completed and
+    dead-lettered, where enqueued jobs went. None where the broker cannot cancel a job
+    (``Capabilities.cancel_by_id`` False: RabbitMQ, SQS)."""
     workers_lost_total: int | None
     workers_expired: int
     workers: tuple[WorkerHeartbeat, ...]

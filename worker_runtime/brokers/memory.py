@@ -740,6 +740,7 @@ class MemoryBroker:
                 failed_total=q.counters["failed"],
                 retried_total=q.counters["retried"],
                 dead_lettered_total=q.counters["dead_lettered"],
+                cancelled_total=q.counters["cancelled"],
                 workers_lost_total=q.counters["workers_lost"],
                 workers_expired=sum(1 for _, exp in q.workers.values() if exp <= now),
                 workers=live,

@@ -125,6 +125,10 @@ _MIRRORED: tuple[tuple[str, str], ...] = (
     ("workerfleet_pool_jobs_failed", "Handler failures (from Redis)."),
     ("workerfleet_pool_jobs_dead_lettered", "Jobs dead-lettered (from Redis)."),
     (
+        "workerfleet_pool_jobs_cancelled",
+        "Jobs cancelled by id before they started (from Redis).",
+    ),
+    (
         "workerfleet_pool_workers_killed",
         "Expired worker heartbeats reaped without a clean deregistration (from Redis).",
     ),
@@ -322,6 +326,7 @@ class PoolSeries:
                 s.completed_total,
                 s.failed_total,
                 s.dead_lettered_total,
+                s.cancelled_total,
                 s.workers_lost_total,
             )
         ]

@@ -523,6 +523,8 @@ async def test_stats_count_backlog_delayed_in_flight_and_dead_letters(
     assert stats.queue == contract.queue
     assert (stats.backlog, stats.future_delayed, stats.in_flight, stats.dead_letter) == (2, 1, 1, 1)
     assert (stats.enqueued_total, stats.dead_lettered_total) == (5, 1)
+    # And nothing was cancelled: 0 where the broker can cancel, unknown (None) where it cannot
+    assert stats.cancelled_total == (0 if broker.capabilities.cancel_by_id else None)
     assert running.id not in {d.job_id for d in await broker.list_dead_letters()}
 
 
@@ -657,6 +659,37 @@ async def test_an_unknown_or_already_cancelled_id_reads_unknown(
     answer = await broker.cancel_jobs([res.job_id, "no-such-job", res.job_id])
     # Then each id gets its own answer, in order
     assert answer == [CANCELLED, base.CancelOutcome.UNKNOWN, base.CancelOutcome.UNKNOWN]
+
+
+@pytest.mark.needs("cancel_by_id", "dead_letter_by_id", "exact_stats")
+async def test_stats_count_each_cancelled_job_once_so_the_totals_add_up(
+    contract: support.Contract,
+) -> None:
+    # Given five jobs: one completed, one dead-lettered, one running, one waiting, one scheduled
+    broker = await contract.open()
+    await broker.enqueue_many([request(), request(), request()])
+    [done, doomed, running] = await broker.fetch("w1", 3)
+    assert await broker.ack(done)
+    await broker.dead_letter(doomed, "non_retryable")
+    [waiting, scheduled] = await broker.enqueue_many([request(), request(delay=3600.0)])
+    # When both waiting jobs are cancelled, one of them twice, and the running job and the
+    # dead letter too (both refused)
+    ids = [waiting.job_id, scheduled.job_id, waiting.job_id, running.id, doomed.id]
+    answer = await broker.cancel_jobs(ids)
+    # Then the stats count the two cancelled jobs once each and the refused ones not at all
+    assert answer == [
+        CANCELLED,
+        CANCELLED,
+        base.CancelOutcome.UNKNOWN,
+        base.CancelOutcome.RUNNING,
+        base.CancelOutcome.DEAD_LETTERED,
+    ]
+    s = await broker.fetch_stats()
+    assert (s.enqueued_total, s.completed_total, s.dead_lettered_total) == (5, 1, 1)
+    assert s.cancelled_total == 2
+    # And every enqueued job is accounted for: finished one way or another, or still running
+    assert s.in_flight + s.backlog + s.future_delayed == 1
+    assert s.enqueued_total == s.completed_total + s.dead_lettered_total + s.cancelled_total + 1
 
 
 @pytest.mark.needs("cancel_by_id", "enqueue_dedup")

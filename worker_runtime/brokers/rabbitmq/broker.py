@@ -2395,6 +2395,7 @@ class RabbitMQBroker:
             failed_total=None,
             retried_total=None,
             dead_lettered_total=dead_published,
+            cancelled_total=None,  # no cancel by id (Capabilities.cancel_by_id)
             workers_lost_total=None,
             workers_expired=0,
             workers=(),

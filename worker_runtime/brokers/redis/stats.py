@@ -78,6 +78,7 @@ def build_queue_stats(queue: str, raw: Sequence[Any]) -> QueueStats:
         failed_total=counters.get("failed", 0),
         retried_total=counters.get("retried", 0),
         dead_lettered_total=counters.get("dead_lettered", 0),
+        cancelled_total=counters.get("cancelled", 0),
         # Only Redis' own counter: a reaped worker stays counted. An expired heartbeat not yet
         # reaped is a separate gauge, since its worker may still renew (a stall, not a kill).
         workers_lost_total=counters.get("workers_lost", 0),

@@ -1654,6 +1654,7 @@ class SqsBroker:
             failed_total=None,
             retried_total=None,
             dead_lettered_total=None,
+            cancelled_total=None,  # no cancel by id (Capabilities.cancel_by_id)
             workers_lost_total=None,
             workers_expired=0,
             workers=(),
