@@ -148,6 +148,11 @@ def test_a_second_ctrl_c_stops_a_replay_hung_on_a_frozen_redis_at_once(
     # And Redis freezes once the first call has replayed its 100 (on a loaded machine this
     # check can come after the second call too: the freeze then catches the third)
     wait_until(lambda: stats.zcard(dlq) <= 200)
+    # (one more round trip first: Redis writes its replies after the commands of a round of
+    # its event loop, so the count can come back before the call's own reply has left, and a
+    # freeze in between cut that call, which then came back through a retry on a new
+    # connection 5 s later; the next round begins only once every reply is out)
+    assert stats.ping()
     with frozen(server):
         wait_until_waiting_on(server, proc)  # the next call is out, waiting on the server
         # And the engineer presses Ctrl-C twice
