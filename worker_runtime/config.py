@@ -33,6 +33,10 @@ At 1 s one slow renewal (0.33 s interval + 0.5 s timeout + 0.25 s retry wait) lo
 held lease, and at 0.001 s no renewal could ever arrive in time: every job would be handed to
 another worker while it ran. (The operator asks for at least 3 s on its pools.)"""
 
+KEEP_FINISHED_MAX_SECONDS = 2_592_000.0
+"""The longest WORKERFLEET_KEEP_FINISHED_SECONDS (30 days; the broker seam's
+``base.KEEP_FINISHED_MAX_SECONDS`` is this value): a finished record costs broker memory per job."""
+
 MIN_RATE_LIMIT_PER_SECONDS = 0.001
 """The shortest rate-limit window: the Redis engine counts it in whole milliseconds, and a
 shorter one was sent as 0 ms, a window its token bucket cannot divide by."""
@@ -85,6 +89,13 @@ class WorkerSettings(BaseSettings):
     retry_backoff_jitter: Jitter = "full"
     dlq_max_length: int = Field(default=100_000, ge=1)
     dlq_retention_seconds: float = Field(default=604_800.0, gt=0.0)
+    keep_finished_seconds: float = Field(
+        default=0.0,
+        description=(
+            "keep a record of each finished job by id this long (workerfleet job show reads "
+            f"it done); 0 = off, at most {KEEP_FINISHED_MAX_SECONDS:.0f} s (30 days)"
+        ),
+    )
     process_pool_size: int | None = Field(
         default=None, ge=1, le=1024, description="children for process tasks; default cores"
     )
@@ -128,6 +139,17 @@ class WorkerSettings(BaseSettings):
                 f"WORKERFLEET_LEASE_SECONDS={value:g} is below the minimum of "
                 f"{MIN_LEASE_SECONDS:g} s: leases are renewed every third of the lease, and a "
                 f"renewal may take up to {RENEWAL_TIMEOUT_FLOOR_SECONDS:g} s to answer"
+            )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("keep_finished_seconds")
+    @classmethod
+    def _keep_finished_bounded(cls, value: float) -> float:
+        if not 0.0 <= value <= KEEP_FINISHED_MAX_SECONDS:
+            msg = (
+                f"WORKERFLEET_KEEP_FINISHED_SECONDS={value:g} must be between 0 (off: a finished "
+                f"job leaves no record) and {KEEP_FINISHED_MAX_SECONDS:.0f} s (30 days)"
             )
             raise ValueError(msg)
         return value

@@ -1752,10 +1752,15 @@ def _describe_state(s: base.JobStatus, queue: str) -> str:
         return f"running on worker {_printable(s.worker_id or '?')}"
     if state == "dead_lettered":
         return f"dead-lettered ({s.dead_letter_reason or 'no reason kept'})"
+    if state == "done":
+        at = _when(s.finished_at, s.checked_at) if s.finished_at is not None else "?"
+        run = f", its run took {s.run_seconds:.1f}s" if s.run_seconds is not None else ""
+        return f"done at {at}{run}"
     if s.enqueued_at is not None:
         return (
             f"unknown: no longer in {queue}, enqueued {_when(s.enqueued_at, s.checked_at)}: "
-            "finished, cancelled or its dead letter deleted (a finished job leaves no record)"
+            "finished, cancelled or its dead letter deleted (a finished job leaves a record "
+            "only while the queue keeps them: WORKERFLEET_KEEP_FINISHED_SECONDS)"
         )
     return f"unknown: not in {queue} (finished, cancelled, never enqueued, or a mistyped id)"
 
@@ -1766,6 +1771,15 @@ def describe_job_status(s: base.JobStatus, queue: str) -> list[str]:
     now = s.checked_at
     lines = [f"{_printable(s.job_id)}: {_describe_state(s, queue)}"]
     if s.state.value == "unknown":
+        return lines
+    if s.state.value == "done":
+        # attempts counts failed runs, so the run that finished it is one more
+        lines.append(
+            f"  task {_printable(s.task or '?')}, attempts {s.attempts + 1} "
+            f"({s.attempts} failed), deliveries {s.deliveries}"
+        )
+        if s.enqueued_at is not None:
+            lines.append(f"  enqueued {_when(s.enqueued_at, s.checked_at)}")
         return lines
     lines.append(
         f"  task {_printable(s.task or '?')}, priority {s.priority or '?'}, "

@@ -108,6 +108,23 @@ window the re-send would run a finished job again. 300 s covers the client's re-
 seconds) and an application's own retry loop; a longer horizon is what idempotency keys are for."""
 
 
+KEEP_FINISHED_MAX_SECONDS = config.KEEP_FINISHED_MAX_SECONDS
+"""The longest ``QueueOptions.keep_finished_seconds`` (30 days): finished records cost memory
+per job on the broker (about 100 B each on Redis), so a longer horizon belongs in the
+application's own store."""
+
+
+def validate_keep_finished_seconds(seconds: float, name: str = "keep_finished_seconds") -> float:
+    """Return ``seconds`` when it is a keep-finished horizon (0 = off, up to
+    :data:`KEEP_FINISHED_MAX_SECONDS`), else raise ``ValueError`` naming ``name``."""
+    if not 0.0 <= seconds <= KEEP_FINISHED_MAX_SECONDS:
+        raise ValueError(
+            f"{name}={seconds:g} must be between 0 (off: a finished job leaves no record) and "
+            f"{KEEP_FINISHED_MAX_SECONDS:.0f} s (30 days)"
+        )
+    return seconds
+
+
 class QueueRole(StrEnum):
     """What an opener of a queue's broker does with the queue's own settings (its lease and
     poison limit, which some brokers keep as attributes of the queue itself: SQS).
@@ -136,6 +153,10 @@ class QueueOptions:
     dlq_retention_seconds: float = 604_800.0
     rate_limit: RateLimit | None = None
     enqueue_dedup_seconds: float = ENQUEUE_DEDUP_SECONDS
+    keep_finished_seconds: float = 0.0
+    """Keep a record of each acknowledged job (when it finished, its attempts, deliveries, task
+    and run time) for this long, so a look-up by id reads DONE instead of UNKNOWN; 0 = off (the
+    ack writes nothing more). Honoured where ``Capabilities.keep_finished`` is True."""
 
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
@@ -144,6 +165,7 @@ class QueueOptions:
             raise ValueError("enqueue_dedup_seconds must be a finite number >= 0")
         if self.max_deliveries < 1:
             raise ValueError("max_deliveries must be at least 1")
+        validate_keep_finished_seconds(self.keep_finished_seconds)
 
 
 @dataclass(frozen=True)
@@ -350,6 +372,11 @@ class Capabilities:
     :func:`fetch_job_status` raises :class:`~worker_runtime.errors.CapabilityMissing` naming
     the broker (RabbitMQ's and SQS' queues can only be read from their head: finding a
     message by id would mean receiving, and so delivering, every message before it)."""
+    keep_finished: bool = False
+    """``QueueOptions.keep_finished_seconds`` > 0 keeps a record of each acknowledged job by id,
+    written in the ack's own step, so a look-up reads :attr:`JobState.DONE` with its finish
+    time until the record is older than the setting. False: the option is ignored and a
+    finished job reads UNKNOWN (RabbitMQ and SQS, which cannot look a job up by id at all)."""
 
 
 FULL_CONTRACT = Capabilities(
@@ -371,6 +398,7 @@ FULL_CONTRACT = Capabilities(
     topics=True,
     cancel_by_id=True,
     status_by_id=True,
+    keep_finished=True,
 )
 """Every promise (the Redis engine, which the seam was cut from, and the memory reference)."""
 
@@ -998,9 +1026,11 @@ async def cancel_jobs(broker: Broker, job_ids: Sequence[str]) -> list[CancelOutc
 class JobState(StrEnum):
     """Where one job is (:attr:`JobStatus.state`).
 
-    There is no "done": a broker that can look jobs up (Redis, memory) deletes a job when it
-    is acknowledged, and its done marker is keyed by the handler's idempotency key, not by the
-    job id, so a finished job cannot be told from one never enqueued: both read UNKNOWN."""
+    An acknowledged job reads DONE only while its queue keeps finished records
+    (``QueueOptions.keep_finished_seconds`` > 0, ``Capabilities.keep_finished``). Otherwise a
+    broker deletes a job when it is acknowledged, and its done marker is keyed by the handler's
+    idempotency key, not by the job id, so a finished job cannot be told from one never
+    enqueued: both read UNKNOWN."""
 
     WAITING = "waiting"
     """On the ready queue, to be handed to the next free worker (a scheduled job whose time
@@ -1013,10 +1043,15 @@ class JobState(StrEnum):
     a lease already expired is taken back by the next fetch and the job delivered again."""
     DEAD_LETTERED = "dead_lettered"
     """In the dead-letter queue (``workerfleet dlq show`` has its whole history)."""
+    DONE = "done"
+    """Acknowledged (finished) at :attr:`JobStatus.finished_at`, its record kept for
+    ``QueueOptions.keep_finished_seconds``; :attr:`JobStatus.attempts` counts the failed runs
+    before the one that finished it."""
     UNKNOWN = "unknown"
-    """Not in this queue: finished (acknowledged), cancelled, its dead letter deleted, never
-    enqueued, or a mistyped id or queue. :attr:`JobStatus.enqueued_at` set: the queue still
-    remembers enqueuing it (for ``QueueOptions.enqueue_dedup_seconds``), so it was no typo."""
+    """Not in this queue: finished (acknowledged) with no record kept, cancelled, its dead
+    letter deleted, never enqueued, or a mistyped id or queue. :attr:`JobStatus.enqueued_at`
+    set: the queue still remembers enqueuing it (for ``QueueOptions.enqueue_dedup_seconds``),
+    so it was no typo."""
 
 
 @dataclass(frozen=True)
@@ -1051,6 +1086,11 @@ class JobStatus:
     dead_letter_reason: str | None = None
     last_failure: FailureRecord | None = None
     """The newest failure of its history (a dead letter's too), if it failed."""
+    finished_at: float | None = None
+    """DONE: when it was acknowledged."""
+    run_seconds: float | None = None
+    """DONE: how long its finishing run took, from its delivery to its ack (None when the
+    broker does not know when the delivery was made)."""
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import math
 import threading
@@ -82,6 +83,8 @@ class _Queue:
     enqueued: dict[str, float] = field(default_factory=dict)
     idempotency: dict[str, tuple[str, float]] = field(default_factory=dict)
     done: dict[str, float] = field(default_factory=dict)
+    finished: dict[str, tuple[base.JobStatus, float]] = field(default_factory=dict)
+    """Acknowledged jobs' records and when each expires, oldest first (keep_finished_seconds)."""
     sweep_at: int = 1024  # idempotency + done entries at which the expired ones are dropped
     counters: collections.Counter[str] = field(default_factory=collections.Counter)
     workers: dict[str, tuple[base.WorkerHeartbeat, float]] = field(default_factory=dict)
@@ -174,6 +177,34 @@ def _add_jobs(
             _make_ready(q, env.id, now)
         out.append(base.EnqueueResult(env.id, True))
     return out
+
+
+FINISHED_TRIM_EXTRA = 10
+"""Expired finished records an ack drops beyond its own (the Redis ack's bound, keys.py)."""
+
+
+def _keep_finished(
+    q: _Queue, job_id: str, job: _Job, run_seconds: float, now: float, keep: float
+) -> None:
+    """Record acknowledged ``job`` for ``keep`` seconds (its lock held), first dropping at most
+    1 + FINISHED_TRIM_EXTRA expired records, oldest first, as the Redis ack does."""
+    for _ in range(1 + FINISHED_TRIM_EXTRA):
+        oldest = next(iter(q.finished.items()), None)
+        if oldest is None or oldest[1][1] > now:
+            break
+        del q.finished[oldest[0]]
+    q.finished.pop(job_id, None)  # a record of an earlier run of this id: the newest is kept
+    record = base.JobStatus(
+        job_id=job_id,
+        state=base.JobState.DONE,
+        checked_at=now,
+        task=job.envelope.task,
+        attempts=job.attempts,
+        deliveries=job.deliveries,
+        finished_at=now,
+        run_seconds=max(0.0, run_seconds),
+    )
+    q.finished[job_id] = (record, now + keep)
 
 
 def _make_ready(q: _Queue, job_id: str, now: float) -> None:
@@ -411,9 +442,18 @@ class MemoryBroker:
             if self._current(delivery) is None:
                 return False
             now = self.clock()
-            del self._q.leases[delivery.id]
-            del self._q.jobs[delivery.id]
+            lease = self._q.leases.pop(delivery.id)
+            job = self._q.jobs.pop(delivery.id)
             self._q.counters["completed"] += 1
+            if self.options.keep_finished_seconds > 0:
+                _keep_finished(
+                    self._q,
+                    delivery.id,
+                    job,
+                    now - lease.fetched_at,
+                    now,
+                    self.options.keep_finished_seconds,
+                )
             if done_key is not None:
                 self._q.done[done_key] = now + (done_ttl_seconds or 86_400.0)
                 _sweep_expired(self._q, now)
@@ -623,6 +663,12 @@ class MemoryBroker:
             letter = q.dlq.get(job_id)
             if letter is not None:
                 return base.build_dead_letter_status(job_id, letter, now)
+            kept = q.finished.get(job_id)
+            if kept is not None and kept[1] > now:
+                # as on Redis: the enqueue time only while the dedup record keeps it
+                return dataclasses.replace(
+                    kept[0], checked_at=now, enqueued_at=q.enqueued.get(job_id)
+                )
             # still remembered for enqueue dedup: enqueued here, and gone since
             enqueued_at = q.enqueued.get(job_id)
             return base.JobStatus(job_id, base.JobState.UNKNOWN, now, enqueued_at=enqueued_at)

@@ -106,6 +106,7 @@ class Worker:
             dlq_max_length=settings.dlq_max_length,
             dlq_retention_seconds=settings.dlq_retention_seconds,
             rate_limit=rate,
+            keep_finished_seconds=settings.keep_finished_seconds,
         )
 
     def _default_policy(self) -> policy_mod.DefaultRetryPolicy:

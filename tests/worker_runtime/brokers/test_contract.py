@@ -889,3 +889,71 @@ async def test_status_of_ids_never_enqueued_is_unknown_one_answer_per_id_in_orde
         JobState.UNKNOWN, JobState.WAITING, JobState.RUNNING, JobState.UNKNOWN, JobState.WAITING,
     ]  # fmt: skip
     assert statuses[0] == base.JobStatus("nope-1", JobState.UNKNOWN, statuses[0].checked_at)
+
+
+# -- a record of finished jobs (QueueOptions.keep_finished_seconds, Capabilities.keep_finished) --
+
+
+@pytest.mark.needs("status_by_id", "keep_finished")
+async def test_with_finished_records_kept_an_acked_job_reads_done_with_its_finish_time(
+    contract: support.Contract,
+) -> None:
+    # Given a queue that keeps finished records for 60 s, and two jobs: one that failed once
+    # and was acked on its second run, one acked together with the next fetch
+    broker = await contract.open(keep_finished_seconds=60.0)
+    [first] = await broker.enqueue_many([request(task="charge")])
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.retry(delivery, failure("card network down"), delay_seconds=0.0)
+    [again] = await broker.fetch("w1", 1)
+    before = contract.now()
+    assert await broker.ack(again)
+    [second] = await broker.enqueue_many([request(task="mail")])
+    [mail] = await broker.fetch("w1", 1)
+    assert (await broker.ack_and_fetch([mail], "w1", 1))[0] == [True]
+    # When both are looked up
+    charged, mailed = await base.fetch_job_status(broker, [first.job_id, second.job_id])
+    # Then both read done, with when they finished, their task and their runs
+    assert (charged.state, mailed.state) == (JobState.DONE, JobState.DONE)
+    assert (charged.task, charged.attempts, charged.deliveries) == ("charge", 1, 2)
+    assert (mailed.task, mailed.attempts, mailed.deliveries) == ("mail", 0, 1)
+    assert charged.finished_at is not None and before - 1.0 <= charged.finished_at
+    assert charged.finished_at <= charged.checked_at
+    assert charged.run_seconds is not None and charged.run_seconds >= 0.0
+    assert mailed.finished_at is not None and mailed.finished_at <= mailed.checked_at
+
+
+@pytest.mark.needs("status_by_id", "keep_finished")
+async def test_a_finished_record_reads_unknown_once_it_is_older_than_the_keep_time(
+    contract: support.Contract,
+) -> None:
+    # Given a queue that keeps finished records for 0.3 s, and a job acked there
+    broker = await contract.open(keep_finished_seconds=0.3)
+    [res] = await broker.enqueue_many([request()])
+    [delivery] = await broker.fetch("w1", 1)
+    assert await broker.ack(delivery)
+    [kept] = await base.fetch_job_status(broker, [res.job_id])
+    # When the keep time has passed
+    await contract.advance(0.5)
+    [gone] = await base.fetch_job_status(broker, [res.job_id])
+    # Then it read done first, and unknown after
+    assert (kept.state, gone.state) == (JobState.DONE, JobState.UNKNOWN)
+    assert (gone.task, gone.finished_at) == (None, None)
+
+
+@pytest.mark.needs("status_by_id")
+async def test_a_queue_that_keeps_no_finished_records_reads_an_acked_job_unknown(
+    contract: support.Contract,
+) -> None:
+    # Given a queue with the default options (keep_finished_seconds 0), and a job acked there
+    # alone and one acked with the next fetch
+    broker = await contract.open()
+    [res] = await broker.enqueue_many([request()])
+    [other] = await broker.enqueue_many([request()])
+    [first, second] = await broker.fetch("w1", 2)
+    assert await broker.ack(first)
+    assert (await broker.ack_and_fetch([second], "w1", 1))[0] == [True]
+    # When they are looked up
+    statuses = await base.fetch_job_status(broker, [res.job_id, other.job_id])
+    # Then both read unknown: nothing was kept of them
+    assert [s.state for s in statuses] == [JobState.UNKNOWN, JobState.UNKNOWN]
+    assert [s.finished_at for s in statuses] == [None, None]

@@ -57,6 +57,15 @@ key                            type    contents
 ``{wf:Q}:idem:<key>``          string  enqueue dedup: job id, with TTL (SET NX PX); a cancel
                                        keeps it until it expires.
 ``{wf:Q}:done:<key>``          string  "done" marker written atomically with an ack, with TTL.
+``{wf:Q}:finished``            hash    job id → ``finished ms|attempts|deliveries|run ms|task``
+                                       of an acknowledged job (``run ms`` empty when not
+                                       known); only with ``QueueOptions.keep_finished_seconds``
+                                       > 0. Written by the ack in the same script step.
+``{wf:Q}:finished:expiry``     zset    job id → ms its ``finished`` record expires (finished
+                                       ms + keep). Each ack trims at most as many expired
+                                       records as it acknowledges + ``FINISHED_TRIM_EXTRA``
+                                       (10), and sets both keys to expire ``keep`` ms after
+                                       the last ack, so an idle queue's records go too.
 =============================  ======  =====================================================
 
 A cancel (``lua/cancel.lua``) of a job that has not started deletes its ``state``, ``env`` and
@@ -67,9 +76,12 @@ never delivered even from an entry a cancel did not delete.
 
 A status look-up (``lua/status.lua``, ``flags=no-writes``) reads, for each id in one script,
 ``state``, ``inflight``, ``leases``, ``delayed``, ``env``, ``history``, ``dlq``, ``dlq:data``
-and, for an id with neither a state nor a dead letter, its ``enqueued`` entry (when it was
-enqueued, while the dedup window keeps it); it writes nothing. No key records a finished job by
-id: ``done:<key>`` is keyed by idempotency key.
+and, for an id with neither a state nor a dead letter, its ``finished:expiry`` score and
+``finished`` record (done, while the record has not expired) and its ``enqueued`` entry (when
+it was enqueued, while the dedup window keeps it); it writes nothing. Only ``finished`` records
+a finished job by id, and only while a queue keeps them: ``done:<key>`` is keyed by idempotency
+key. With ``keep_finished_seconds`` 0 (the default) the ack neither reads nor writes the two
+``finished`` keys.
 
 Topics (events, :mod:`worker_runtime.events`). A subscription ``G`` of topic ``T`` is the
 ordinary queue ``Q = T:G`` above; the topic itself has one key:
@@ -101,6 +113,11 @@ from worker_runtime.brokers import base
 
 PRIORITIES: tuple[str, ...] = ("high", "normal", "low")
 """Priority levels, most urgent first; fetch reads the streams in this order."""
+
+FINISHED_TRIM_EXTRA = 10
+"""Expired ``finished`` records an ack removes beyond the number of jobs it acknowledges (the
+script's bound, ``lua/ack.lua``): the records leave at least as fast as they come, and no ack
+walks an unbounded list."""
 
 GROUP = "workers"
 """The consumer group on every ready stream."""
@@ -134,6 +151,8 @@ class QueueKeys:
     ratelimit: str
     inflight: str
     enqueued: str
+    finished: str
+    finished_expiry: str
 
     def script_keys(self) -> list[str]:
         """The fixed KEYS list every engine script receives (order matters to the Lua side)."""
@@ -215,4 +234,6 @@ def build_keys(queue: str) -> QueueKeys:
         ratelimit=f"{p}:ratelimit",
         inflight=f"{p}:inflight",
         enqueued=f"{p}:enqueued",
+        finished=f"{p}:finished",
+        finished_expiry=f"{p}:finished:expiry",
     )

@@ -148,6 +148,13 @@ def encode_failure(failure: Failure, *, retry_in_seconds: float | None = None) -
     return json.dumps(record)
 
 
+def _finished_fields(job: base.Delivery) -> tuple[int, str]:
+    """A kept finished record's fields from the client: the delivery's fetch time (server ms,
+    0 when unknown) and its task (control characters cleaned: they separate packed fields)."""
+    fetched_ms = int(job.fetched_at * 1000) if job.fetched_at > 0 else 0
+    return fetched_ms, job.envelope.task.translate(_CONTROL)
+
+
 def _text(value: Any) -> str:
     # Replies carrying job data are read undecoded (see _build_jobs). An id that is not UTF-8
     # keeps its bytes as lone surrogates, which encode_packed turns back into the same bytes.
@@ -223,7 +230,7 @@ class _Coalescer(Generic[T, R]):
             await asyncio.wait({self._task})
 
 
-_AckItem = tuple[str, Token, str | None, float | None]
+_AckItem = tuple[str, Token, str | None, float | None, base.Delivery]
 _RetryItem = tuple[str, Token, float, str]
 _DeadItem = tuple[str, Token, str, str, bool]
 _ReleaseItem = tuple[str, Token, bool]  # id, token, lost (the holder dropped it)
@@ -261,6 +268,17 @@ class QueueClient:
             int(o.dlq_retention_seconds * 1000),
         )
         self._fetch_fixed = [str(v).encode() for v in fixed]  # fetch's ARGV[3..9]
+        # Finished records (keep_finished_seconds > 0): the ack's KEYS[16..17] and its
+        # ARGV[2..3]. Off (None), the ack sends exactly what it sent before the option existed.
+        self._keep_finished: tuple[list[scripts.Key], list[scripts.Arg]] | None = None
+        if o.keep_finished_seconds > 0:
+            self._keep_finished = (
+                [*self._k, self.keys.finished.encode(), self.keys.finished_expiry.encode()],
+                [
+                    str(max(1, int(o.keep_finished_seconds * 1000))).encode(),
+                    str(keys_mod.FINISHED_TRIM_EXTRA).encode(),
+                ],
+            )
         self.dead_lettered_by_fetch: collections.Counter[str] = collections.Counter()
         """Jobs this client's fetches sent to the DLQ, by reason (poison, bad envelopes):
         they never reach the worker, so its metrics read them here."""
@@ -377,15 +395,22 @@ class QueueClient:
             return [], await self.fetch(worker_id, count, block=block, wake=wake, holding=holding)
         if count <= 0 or (wake is not None and wake.is_set()):
             return [await self.ack(j) for j in jobs], []
-        # encode_packed's format (id, token, no done key, ttl 0), written directly: ~1 us per
-        # job less on the worker's hot path, the same bytes
-        packed = _RS.join([f"{j.id}{_US}{j.receipt}{_US}0{_US}0" for j in jobs]).encode(
-            "utf-8", "surrogateescape"
-        )
+        keys = self._k
+        if self._keep_finished is None:
+            # encode_packed's format (id, token, no done key, ttl 0), written directly: ~1 us
+            # per job less on the worker's hot path, the same bytes
+            packed = _RS.join([f"{j.id}{_US}{j.receipt}{_US}0{_US}0" for j in jobs]).encode(
+                "utf-8", "surrogateescape"
+            )
+            ack_args: list[scripts.Arg] = [packed]
+        else:
+            keys, keep_args = self._keep_finished
+            rows = [(j.id, j.receipt, 0, 0, *_finished_fields(j)) for j in jobs]
+            ack_args = [encode_packed(rows), *keep_args]
         raw = await scripts.ACK_FETCH(
             self.client,
-            self._k,
-            [*self._fetch_args(worker_id, min(count, MAX_FETCH)), packed],
+            keys,
+            [*self._fetch_args(worker_id, min(count, MAX_FETCH)), *ack_args],
             decode=False,
         )
         now_ms, poisoned, _next_event, _last_ids, flat, own, acked = raw
@@ -584,7 +609,7 @@ class QueueClient:
         done_ttl_seconds: float | None = None,
     ) -> bool:
         """Finish a job; False when the token is stale. ``done_key`` is set with the ack."""
-        return await self._acks.submit((job.id, job.receipt, done_key, done_ttl_seconds))
+        return await self._acks.submit((job.id, job.receipt, done_key, done_ttl_seconds, job))
 
     async def retry(self, job: base.Delivery, failure: Failure, *, delay_seconds: float) -> bool:
         """Record a failure (attempts+1) and make the job due again after ``delay_seconds``.
@@ -683,17 +708,22 @@ class QueueClient:
             await c.drain()
 
     async def _flush_acks(self, items: list[_AckItem]) -> list[bool]:
-        keys: list[scripts.Key] = self._k
+        keep = self._keep_finished
+        fixed, extra_args = (self._k, []) if keep is None else keep
+        keys: list[scripts.Key] = fixed
         rows: list[tuple[object, ...]] = []
-        for job_id, token, done_key, ttl in items:
+        for job_id, token, done_key, ttl, job in items:
+            # with finished records kept, each row also carries the delivery's fetch time and
+            # task (ack.lua's ARGV[1]); without, the four fields it always had
+            tail = () if keep is None else _finished_fields(job)
             if done_key is None:
-                rows.append((job_id, token, 0, 0))
+                rows.append((job_id, token, 0, 0, *tail))
                 continue
-            if keys is self._k:
-                keys = list(self._k)
+            if keys is fixed:
+                keys = list(fixed)
             keys.append(self.keys.done(done_key))
-            rows.append((job_id, token, len(keys), int((ttl or 86_400.0) * 1000)))
-        flags = await scripts.ACK(self.client, keys, [encode_packed(rows)])
+            rows.append((job_id, token, len(keys), int((ttl or 86_400.0) * 1000), *tail))
+        flags = await scripts.ACK(self.client, keys, [encode_packed(rows), *extra_args])
         return [int(f) == 1 for f in flags]
 
     async def _flush_retries(self, items: list[_RetryItem]) -> list[bool]:

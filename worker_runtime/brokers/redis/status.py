@@ -3,7 +3,8 @@
 Called by :meth:`worker_runtime.brokers.redis.broker.RedisBroker.fetch_job_status` (so
 ``workerfleet job show`` and ``Producer.status``) and by the producers over a plain Redis client.
 One ``lua/status.lua`` call (``flags=no-writes``) reads up to :data:`STATUS_BATCH` ids from the
-state, inflight, leases, delayed, env, history, dlq, dlq:data and enqueued keys of
+state, inflight, leases, delayed, env, history, dlq, dlq:data, enqueued, finished and
+finished:expiry keys of
 :mod:`worker_runtime.brokers.redis.keys` in one step, so a job moving while it is read is seen in
 exactly one place. Nothing is written.
 """
@@ -31,9 +32,10 @@ _FIELDS = 11
 
 
 def build_status_keys(queue: str) -> list[str]:
-    """The KEYS of a status call: the fixed layout, then ``{wf:Q}:enqueued`` (KEYS[16])."""
+    """The KEYS of a status call: the fixed layout, then ``{wf:Q}:enqueued`` (KEYS[16]),
+    ``{wf:Q}:finished`` (KEYS[17]) and ``{wf:Q}:finished:expiry`` (KEYS[18])."""
     k = keys.build_keys(queue)
-    return [*k.script_keys(), k.enqueued]
+    return [*k.script_keys(), k.enqueued, k.finished, k.finished_expiry]
 
 
 def _text(value: Any) -> str:
@@ -56,6 +58,36 @@ def _last_failure(raw: str) -> base.FailureRecord | None:
     return dlq.build_failure_record(data) if isinstance(data, dict) else None
 
 
+def build_done_status(
+    job_id: str, record: str, now: float, enqueued_at: float | None
+) -> base.JobStatus:
+    """The status of an acknowledged job from its ``{wf:Q}:finished`` record
+    (``finished ms|attempts|deliveries|run ms|task``, keys.py; pure). A record that does not
+    parse still reads DONE, with what could be read."""
+    parts = record.split("|", 4)
+    parts += [""] * (5 - len(parts))
+    finished, attempts, deliveries, run, task = parts
+
+    def number(text: str) -> float | None:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+
+    finished_ms, run_ms = number(finished), number(run)
+    return base.JobStatus(
+        job_id=job_id,
+        state=base.JobState.DONE,
+        checked_at=now,
+        task=task or None,
+        attempts=int(attempts) if attempts.isdigit() else 0,
+        deliveries=int(deliveries) if deliveries.isdigit() else 0,
+        enqueued_at=enqueued_at,
+        finished_at=finished_ms / 1000 if finished_ms is not None else None,
+        run_seconds=run_ms / 1000 if run_ms is not None else None,
+    )
+
+
 def build_job_statuses(job_ids: Sequence[str], raw: Sequence[Any]) -> list[base.JobStatus]:
     """Parse the status script's reply for ``job_ids`` (pure)."""
     now = int(raw[0]) / 1000
@@ -65,6 +97,9 @@ def build_job_statuses(job_ids: Sequence[str], raw: Sequence[Any]) -> list[base.
         state, prio, attempts, deliveries, task, enqueued, due, worker, lease, failure, rec = row
         if state == base.JobState.DEAD_LETTERED and rec:
             out.append(base.build_dead_letter_status(job_id, dlq.build_dead_letter(rec), now))
+            continue
+        if state == base.JobState.DONE:
+            out.append(build_done_status(job_id, rec, now, _seconds(enqueued)))
             continue
         job_state = base.JobState(state)
         tries = int(attempts) if attempts else 0

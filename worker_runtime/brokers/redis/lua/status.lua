@@ -8,17 +8,22 @@
 --          scheduled job or a retry waiting out its backoff), {wf:Q}:env (HGET: task and
 --          enqueued_at of the envelope), {wf:Q}:history (HGET: the newest failure),
 --          {wf:Q}:dlq (ZSCORE: dead-lettered ms), {wf:Q}:dlq:data (HGET: the dead letter's
---          record), {wf:Q}:enqueued (ZSCORE: enqueue ms of an id no longer live; KEYS[16]).
+--          record), {wf:Q}:enqueued (ZSCORE: enqueue ms of an id no longer live; KEYS[16]),
+--          {wf:Q}:finished:expiry (ZSCORE: when a finished record expires; KEYS[18]) and
+--          {wf:Q}:finished (HGET: the record of an acknowledged job; KEYS[17]), both only for
+--          an id with neither a state nor a dead letter.
 -- ARGV: the job ids, one per argument.
 -- Returns: {now ms, then per id 11 values: state ('waiting', 'scheduled', 'running',
---          'dead_lettered' or 'unknown'), priority, attempts, deliveries, task, enqueued_at
+--          'dead_lettered', 'done' or 'unknown'), priority, attempts, deliveries, task, enqueued_at
 --          (epoch seconds: the envelope's, or for an unknown id its {wf:Q}:enqueued entry's),
 --          due ms, worker, lease expiry ms, the newest failure (JSON), the dead letter's record
---          (JSON)}; '' where there is nothing.
+--          (JSON) or a done job's finished record (keys.py's text)}; '' where there is nothing.
 -- A live job (it has a state) wins over a dead letter of the same id (an id enqueued again
--- while its old dead letter waits). Nothing here tells a finished job from one never enqueued:
--- an ack deletes the job, and done markers are keyed by idempotency key, not by job id.
-local K_ENQUEUED = KEYS[16]
+-- while its old dead letter waits). A finished job reads done only while its queue keeps
+-- finished records (keep_finished_seconds) and its record has not expired (a record older than
+-- its expiry that no ack has trimmed yet reads unknown); otherwise nothing here tells it from
+-- one never enqueued: done markers are keyed by idempotency key, not by job id.
+local K_ENQUEUED, K_FIN, K_FINX = KEYS[16], KEYS[17], KEYS[18]
 local now = now_ms()
 local out = {now}
 
@@ -59,6 +64,11 @@ for _, id in ipairs(ARGV) do
     state = 'dead_lettered'
     letter = redis.call('HGET', K_DLQDATA, id) or ''
   else
+    local until_ = redis.call('ZSCORE', K_FINX, id)
+    if until_ and tonumber(until_) > now then
+      letter = redis.call('HGET', K_FIN, id) or ''
+      if letter ~= '' then state = 'done' end
+    end
     local at = redis.call('ZSCORE', K_ENQUEUED, id)
     if at then enqueued = string.format('%.3f', tonumber(at) / 1000) end
   end
