@@ -148,8 +148,8 @@ class WorkerSettings(BaseSettings):
     def _keep_finished_bounded(cls, value: float) -> float:
         if not 0.0 <= value <= KEEP_FINISHED_MAX_SECONDS:
             msg = (
-                f"WORKERFLEET_KEEP_FINISHED_SECONDS={value:g} must be between 0 (off: a finished "
-                f"job leaves no record) and {KEEP_FINISHED_MAX_SECONDS:.0f} s (30 days)"
+                f"WORKERFLEET_KEEP_FINISHED_SECONDS={value:.15g} must be between 0 (off: a "
+                f"finished job leaves no record) and {KEEP_FINISHED_MAX_SECONDS:.0f} s (30 days)"
             )
             raise ValueError(msg)
         return value

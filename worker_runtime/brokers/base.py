@@ -119,7 +119,7 @@ def validate_keep_finished_seconds(seconds: float, name: str = "keep_finished_se
     :data:`KEEP_FINISHED_MAX_SECONDS`), else raise ``ValueError`` naming ``name``."""
     if not 0.0 <= seconds <= KEEP_FINISHED_MAX_SECONDS:
         raise ValueError(
-            f"{name}={seconds:g} must be between 0 (off: a finished job leaves no record) and "
+            f"{name}={seconds:.15g} must be between 0 (off: a finished job leaves no record) and "
             f"{KEEP_FINISHED_MAX_SECONDS:.0f} s (30 days)"
         )
     return seconds
