@@ -22,9 +22,11 @@ import redis
 
 from tests.support import engine as es
 from tests.support.cli import run_cli
+from worker_runtime import app as app_mod
 from worker_runtime import config
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import keys, queue, status
+from worker_runtime.worker import core
 
 WAIT_SECONDS = 10.0
 """The longest a test waits for its MONITOR thread."""
@@ -215,8 +217,11 @@ def test_the_worker_reads_its_keep_time_from_the_environment(
     kept = config.WorkerSettings()
     monkeypatch.delenv("WORKERFLEET_KEEP_FINISHED_SECONDS")
     default = config.WorkerSettings()
-    # Then the first keeps them a day, the default keeps none
+    # Then the first keeps them a day, the default keeps none, and a worker opens its queue
+    # with that setting
     assert (kept.keep_finished_seconds, default.keep_finished_seconds) == (86_400.0, 0.0)
+    worker = core.Worker(app_mod.App(queue="q"), kept, install_signal_handlers=False)
+    assert worker.options.keep_finished_seconds == 86_400.0
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,7 @@ seconds) and an application's own retry loop; a longer horizon is what idempoten
 
 KEEP_FINISHED_MAX_SECONDS = config.KEEP_FINISHED_MAX_SECONDS
 """The longest ``QueueOptions.keep_finished_seconds`` (30 days): finished records cost memory
-per job on the broker (about 100 B each on Redis), so a longer horizon belongs in the
+per job on the broker (about 290 B each on Redis), so a longer horizon belongs in the
 application's own store."""
 
 
