@@ -77,6 +77,28 @@ async def test_an_ack_trims_at_most_its_own_count_and_ten_expired_records(
     assert set(await redis_client.zrange(k.finished_expiry, 0, -1)) == left
 
 
+async def test_the_records_of_a_queue_that_stops_acknowledging_go_with_their_keys(
+    redis_client: Any, queue_name: str
+) -> None:
+    # Given a queue keeping finished records for 0.3 s, and a job acked there, then no more
+    engine = es.make_engine(redis_client, queue_name, keep_finished_seconds=0.3)
+    k = keys.build_keys(queue_name)
+    [res] = await engine.enqueue_many([es.request()])
+    [job] = await engine.fetch("w1", 1)
+    assert await engine.ack(job)
+    assert await redis_client.exists(k.finished, k.finished_expiry) == 2
+    # When the keep time passes (waited for, at most WAIT_SECONDS: Redis' own clock expires it)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while await redis_client.exists(k.finished, k.finished_expiry) and (
+        time.monotonic() < deadline
+    ):
+        await asyncio.sleep(0.05)
+    # Then both keys are gone and the job reads unknown
+    assert await redis_client.exists(k.finished, k.finished_expiry) == 0
+    [found] = await queue_status(redis_client, queue_name, res.job_id)
+    assert found.state is base.JobState.UNKNOWN
+
+
 async def test_an_expired_record_not_yet_trimmed_reads_unknown(
     redis_client: Any, queue_name: str
 ) -> None:
