@@ -1860,7 +1860,8 @@ def cmd_job_show(args: argparse.Namespace) -> int:
     untried = len(named) - len(found)
     if failure:
         print(
-            f"workerfleet: answered {len(found)} of {len(named)} job id(s), then: {failure[0]}"
+            f"workerfleet: answered {len(found)} of {len(named)} job id(s) on {queue}, then: "
+            f"{failure[0]}"
             f"\nworkerfleet: {untried} id(s) have no answer",
             file=sys.stderr,
         )

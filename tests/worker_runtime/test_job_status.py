@@ -332,10 +332,11 @@ def test_a_broker_error_part_way_through_job_show_exits_1_after_showing_what_it_
         code = cli.main(["job", "show", *ids, "--broker-url", "memory://status-lost", "-q", "q"])
     finally:
         memory.forget_stores()
-    # Then the first 500 are shown, and it exits 1 saying what was answered and what was not
+    # Then the first 500 are shown, and it exits 1 saying what was answered on which queue
+    # (as its Ctrl-C line and job cancel's do) and what was not
     out = capsys.readouterr()
     assert code == 1
     assert calls == [0, 500, 100]
     assert out.out.count(": unknown: not in q") == 500
-    assert "workerfleet: answered 500 of 600 job id(s), then: connection lost" in out.err
+    assert "workerfleet: answered 500 of 600 job id(s) on q, then: connection lost" in out.err
     assert "100 id(s) have no answer" in out.err
