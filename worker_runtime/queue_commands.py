@@ -1659,6 +1659,76 @@ def _describe_cancel_counts(outcomes: Sequence[tuple[str, str]], named: int, que
     return text + (f" ({', '.join(rest)})" if rest else "")
 
 
+class _IdsAsked:
+    """How a ``job`` command's calls over its named ids ended (see :func:`_ask_in_chunks`)."""
+
+    def __init__(self) -> None:
+        self.interrupted = False  # Ctrl-C: it stopped between calls
+        self.cut = False  # a second Ctrl-C cancelled a call: its part of the work is unknown
+        self.failure: Exception | None = None  # the broker error that ended it
+
+
+async def _ask_in_chunks(
+    named: Sequence[str],
+    size: int,
+    ask: Callable[[list[str]], Awaitable[Sequence[R]]],
+    take: Callable[[list[str], Sequence[R]], None],
+    *,
+    writes: bool,
+) -> _IdsAsked:
+    """Ask the broker about ``named`` ids, ``size`` a call, handing each call's answers to
+    ``take`` as they come; a Ctrl-C stops between calls (a second, in the call) and a broker
+    error ends the asking, both kept in what it returns so the command reports the answers
+    it has. ``writes``: the calls change the queue (a cut one may have done part of its work)."""
+    asked = _IdsAsked()
+    failure: list[Exception] = []
+    stop = _stop_on_ctrl_c()
+    with _kept_broker_error(failure):
+        try:
+            for start in range(0, len(named), size):
+                chunk = list(named[start : start + size])
+                take(chunk, await stop.call(ask(chunk), writes=writes))
+                if stop.is_set():
+                    break
+        except _StoppedMidCall:
+            pass
+    asked.interrupted, asked.cut = stop.is_set(), stop.cut
+    asked.failure = failure[0] if failure else None
+    return asked
+
+
+def _report_ids_unanswered(
+    args: argparse.Namespace,
+    asked: _IdsAsked,
+    *,
+    summary: str,
+    untried: int,
+    result: dict[str, Any],
+    failed_may: str = "",
+    cut_may: str = "",
+) -> int | None:
+    """The last lines of a ``job`` command that did not answer every named id: after a broker
+    error (exit 1) or a Ctrl-C (exit 130), ``summary`` of what was answered and how many ids
+    were not (``failed_may``/``cut_may``: what the failed or cut call may have done), with
+    ``result`` in JSON. None when every call was made: the command reports its answers."""
+    if asked.failure is not None:
+        print(
+            f"workerfleet: {summary}, then: {asked.failure}\nworkerfleet: {untried} id(s) have "
+            f"no answer{failed_may}",
+            file=sys.stderr,
+        )
+        if args.json:
+            _print_json({**result, "error": str(asked.failure)})
+        return 1
+    if asked.interrupted:
+        maybe = cut_may if asked.cut else ""
+        print(f"interrupted: {summary}; {untried} id(s) not answered{maybe}", file=sys.stderr)
+        if args.json:
+            _print_json({**result, "interrupted": True})
+        return cli.INTERRUPTED_EXIT
+    return None
+
+
 @guard
 def cmd_job_cancel(args: argparse.Namespace) -> int:
     """Cancel jobs that have not started, by id: one line per id and a summary."""
@@ -1667,31 +1737,21 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
     url, queue = _broker_url(args), _queue_name(args)
     named = list(dict.fromkeys(args.job_ids))  # an id named twice is asked about once
     outcomes: list[tuple[str, str]] = []
-    interrupted = [False]
-    cut = [False]  # a second Ctrl-C cancelled a call: some of its ids may be cancelled
-    failure: list[Exception] = []
 
-    async def go(broker: Any) -> None:
+    def take(chunk: list[str], answers: Sequence[base.CancelOutcome]) -> None:
+        for job_id, outcome in zip(chunk, answers, strict=True):
+            outcomes.append((job_id, outcome.value))
+            if not args.json:
+                print(describe_cancel_outcome(job_id, outcome.value, queue))
+
+    async def go(broker: Any) -> _IdsAsked:
         # a broker that cannot cancel is refused here, before any id is sent (exit 2)
         await base.cancel_jobs(broker, [])
-        stop = _stop_on_ctrl_c()
-        with _kept_broker_error(failure):
-            try:
-                for start in range(0, len(named), CANCEL_CHUNK):
-                    chunk = named[start : start + CANCEL_CHUNK]
-                    answers = await stop.call(base.cancel_jobs(broker, chunk))
-                    for job_id, outcome in zip(chunk, answers, strict=True):
-                        outcomes.append((job_id, outcome.value))
-                        if not args.json:
-                            print(describe_cancel_outcome(job_id, outcome.value, queue))
-                    if stop.is_set():
-                        break
-            except _StoppedMidCall:
-                pass
-        interrupted[0] = stop.is_set()
-        cut[0] = stop.cut
+        return await _ask_in_chunks(
+            named, CANCEL_CHUNK, lambda ids: base.cancel_jobs(broker, ids), take, writes=True
+        )
 
-    _run_on_broker(url, queue, go)
+    asked = _run_on_broker(url, queue, go)
     summary = _describe_cancel_counts(outcomes, len(named), queue)
     result: dict[str, Any] = {
         "queue": queue,
@@ -1699,23 +1759,14 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
         "cancelled": sum(1 for _, o in outcomes if o == "cancelled"),
         "asked": len(named),
     }
-    untried = len(named) - len(outcomes)
-    if failure:
-        print(
-            f"workerfleet: {summary}, then: {failure[0]}\nworkerfleet: {untried} id(s) have no "
-            "answer; the call that failed may have cancelled some of them (asked again, an id "
-            "it cancelled reads unknown)",
-            file=sys.stderr,
-        )
-        if args.json:
-            _print_json({**result, "error": str(failure[0])})
-        return 1
-    if interrupted[0]:
-        maybe = "; the call stopped at the second Ctrl-C may have cancelled some" if cut[0] else ""
-        print(f"interrupted: {summary}; {untried} id(s) not answered{maybe}", file=sys.stderr)
-        if args.json:
-            _print_json({**result, "interrupted": True})
-        return cli.INTERRUPTED_EXIT
+    stopped = _report_ids_unanswered(
+        args, asked, summary=summary, untried=len(named) - len(outcomes), result=result,
+        failed_may="; the call that failed may have cancelled some of them (asked again, an "
+        "id it cancelled reads unknown)",
+        cut_may="; the call stopped at the second Ctrl-C may have cancelled some",
+    )  # fmt: skip
+    if stopped is not None:
+        return stopped
     if args.json:
         _print_json(result)
     else:
@@ -1827,29 +1878,21 @@ def cmd_job_show(args: argparse.Namespace) -> int:
     url, queue = _broker_url(args), _queue_name(args)
     named = list(dict.fromkeys(args.job_ids))  # an id named twice is shown once
     found: list[base.JobStatus] = []
-    interrupted = [False]
-    failure: list[Exception] = []
 
-    async def go(broker: Any) -> None:
+    def take(_chunk: list[str], answers: Sequence[base.JobStatus]) -> None:
+        found.extend(answers)
+        if not args.json:
+            for status in answers:
+                print("\n".join(describe_job_status(status, queue)))
+
+    async def go(broker: Any) -> _IdsAsked:
         # a broker that cannot look jobs up is refused here, before any id is sent (exit 2)
         await base.fetch_job_status(broker, [])
-        stop = _stop_on_ctrl_c()
-        with _kept_broker_error(failure):
-            try:
-                for start in range(0, len(named), STATUS_CHUNK):
-                    chunk = named[start : start + STATUS_CHUNK]
-                    answers = await stop.call(base.fetch_job_status(broker, chunk), writes=False)
-                    found.extend(answers)
-                    if not args.json:
-                        for status in answers:
-                            print("\n".join(describe_job_status(status, queue)))
-                    if stop.is_set():
-                        break
-            except _StoppedMidCall:
-                pass
-        interrupted[0] = stop.is_set()
+        return await _ask_in_chunks(
+            named, STATUS_CHUNK, lambda ids: base.fetch_job_status(broker, ids), take, writes=False
+        )
 
-    _run_on_broker(url, queue, go, role="reader")
+    asked = _run_on_broker(url, queue, go, role="reader")
     unknown = [s.job_id for s in found if s.state is base.JobState.UNKNOWN]
     result: dict[str, Any] = {
         "queue": queue,
@@ -1857,26 +1900,12 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         "asked": len(named),
         "unknown": len(unknown),
     }
-    untried = len(named) - len(found)
-    if failure:
-        print(
-            f"workerfleet: answered {len(found)} of {len(named)} job id(s) on {queue}, then: "
-            f"{failure[0]}"
-            f"\nworkerfleet: {untried} id(s) have no answer",
-            file=sys.stderr,
-        )
-        if args.json:
-            _print_json({**result, "error": str(failure[0])})
-        return 1
-    if interrupted[0]:
-        print(
-            f"interrupted: answered {len(found)} of {len(named)} job id(s) on {queue}; "
-            f"{untried} id(s) not answered",
-            file=sys.stderr,
-        )
-        if args.json:
-            _print_json({**result, "interrupted": True})
-        return cli.INTERRUPTED_EXIT
+    stopped = _report_ids_unanswered(
+        args, asked, summary=f"answered {len(found)} of {len(named)} job id(s) on {queue}",
+        untried=len(named) - len(found), result=result,
+    )  # fmt: skip
+    if stopped is not None:
+        return stopped
     if args.json:
         _print_json(result)
     if unknown:
