@@ -328,32 +328,30 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
 
     j = subparsers.add_parser("job", help="look up or cancel jobs by id (show, cancel)")
     jsub = j.add_subparsers(dest="job_command", metavar="COMMAND")
-    jc = jsub.add_parser(
+    _job_command(
+        jsub,
         "cancel",
-        help="cancel jobs that have not started (waiting, scheduled or waiting to retry)",
+        summary="cancel jobs that have not started (waiting, scheduled or waiting to retry)",
         description="Cancel jobs by id that have not started. A running job is refused (it "
         "finishes or fails as usual), a dead letter too (dlq purge deletes it). Exit 0 when "
         "every id was cancelled, 1 when some were refused or unknown (or the broker failed), "
         "2 on a usage error or a broker that cannot cancel by id (RabbitMQ, SQS).",
+        ids_help="job ids to cancel",
+        handler="cmd_job_cancel",
     )
-    _connection_flags(jc)
-    jc.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="job ids to cancel")
-    jc.add_argument("--json", action="store_true", help="machine-readable output")
-    jc.set_defaults(handler=_queue_command("cmd_job_cancel"))
-    js = jsub.add_parser(
+    _job_command(
+        jsub,
         "show",
-        help="where jobs are: waiting, scheduled, running, dead-lettered or unknown",
+        summary="where jobs are: waiting, scheduled, running, dead-lettered or unknown",
         description="Show where jobs are, by id (read-only): waiting, scheduled (when due; a "
         "retry waiting out its backoff), running (which worker, lease until when), "
         "dead-lettered, or unknown (finished, cancelled, never enqueued: a finished job leaves "
         "no record), with attempts and the last error. Exit 0 when every id was found, 1 when "
         "some were unknown (or the broker failed), 2 on a usage error or a broker that cannot "
         "look jobs up by id (RabbitMQ, SQS).",
+        ids_help="job ids to look up",
+        handler="cmd_job_show",
     )
-    _connection_flags(js)
-    js.add_argument("job_ids", nargs="+", metavar="JOB_ID", help="job ids to look up")
-    js.add_argument("--json", action="store_true", help="machine-readable output")
-    js.set_defaults(handler=_queue_command("cmd_job_show"))
     j.set_defaults(handler=_needs_subcommand(j))
 
     e = subparsers.add_parser("enqueue", help="enqueue one job (or many with --file)")
@@ -377,6 +375,18 @@ def register_commands(subparsers: SubParsers, *, only_worker: bool = False) -> N
     e.add_argument("--max-attempts", type=int, default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(handler=_queue_command("cmd_enqueue"))
+
+
+def _job_command(
+    jsub: SubParsers, name: str, *, summary: str, description: str, ids_help: str, handler: str
+) -> None:
+    """``job NAME JOB_ID... [--json]`` with the connection flags: the ``job`` commands take
+    the same arguments and differ in what they do with the ids."""
+    parser = jsub.add_parser(name, help=summary, description=description)
+    _connection_flags(parser)
+    parser.add_argument("job_ids", nargs="+", metavar="JOB_ID", help=ids_help)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=_queue_command(handler))
 
 
 def _queue_command(name: str) -> Callable[[argparse.Namespace], int]:
