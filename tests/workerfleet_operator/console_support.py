@@ -2,9 +2,10 @@
 
 ``ConsoleProcess`` runs ``workerfleet console`` as a subprocess on a free loopback port;
 ``seed_queue`` fills a real queue through the runtime's engine (dead letters of several tasks,
-reasons and error types; one job held by a worker; one delayed job); ``build_browser`` starts
-Debian's chromium through chromium-driver with Selenium. A missing chromium FAILS: the tests
-never skip (``make deps`` installs it through scripts/ensure-deps.sh).
+reasons and error types; one job held by a worker; one delayed job), ``enqueue_waiting_job``
+adds a waiting one; ``build_browser`` starts Debian's chromium through chromium-driver with
+Selenium. A missing chromium FAILS: the tests never skip (``make deps`` installs it through
+scripts/ensure-deps.sh).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import redis.asyncio
 import requests
 
 from tests.support.redis_servers import free_port
-from worker_runtime import envelope
+from worker_runtime import brokers, envelope
+from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import queue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,6 +161,28 @@ async def seed_queue(url: str, name: str) -> Seeded:
     finally:
         await client.aclose()
     return seeded
+
+
+async def enqueue_waiting_job(url: str, name: str, task: str) -> str:
+    """The id of a new job of ``task`` waiting on the queue for a worker."""
+    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    engine = queue.QueueClient(client, name, queue.QueueOptions())
+    try:
+        env = envelope.build_envelope(task, {})
+        [res] = await engine.enqueue_many([queue.EnqueueRequest(envelope=env)])
+        return str(res.job_id)
+    finally:
+        await client.aclose()
+
+
+async def fetch_job_state(url: str, name: str, job_id: str) -> str:
+    """Where the broker says ``job_id`` is (``waiting``, ``unknown``, ...)."""
+    broker = await brokers.open_broker(url, name, role=base.QueueRole.READER)
+    try:
+        [status] = await base.fetch_job_status(broker, [job_id])
+        return str(status.state)
+    finally:
+        await broker.close()
 
 
 async def fetch_ready_ids(url: str, name: str, want: int) -> set[str]:

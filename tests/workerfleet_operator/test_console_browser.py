@@ -227,6 +227,39 @@ def test_a_purge_needs_confirmation_and_deletes_only_what_was_listed(
     assert left == set(seeded.dead.values()) - {seeded.dead["mail"]}
 
 
+def test_a_waiting_job_found_by_its_id_is_cancelled_after_confirming_and_leaves_the_queue(
+    console: cs.ConsoleProcess, browser: Any, seeded_queue: tuple[str, str, cs.Seeded]
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    url, name, _seeded = seeded_queue
+    # Given a job waiting on the queue and a signed-in browser on the queue's page
+    waiting = asyncio.run(cs.enqueue_waiting_job(url, name, "thumbnail"))
+    sign_in(browser, console)
+    browser.get(console.base + f"/queue?pool={name}")
+    wait_for_title(browser, name)
+    # When its id is typed into the find form
+    browser.find_element(By.ID, "find-id").send_keys(waiting)
+    submit_and_wait_for_next_page(browser, browser.find_element(By.ID, "find"))
+    # Then its page says it is waiting, with its task
+    assert browser.find_element(By.ID, "state").text == "waiting"
+    assert browser.find_element(By.ID, "task").text == "thumbnail"
+    # When Cancel is chosen: a confirmation page, and the job still waits
+    browser.find_element(By.ID, "cancel-one").click()
+    wait_for_title(browser, "Confirm")
+    assert browser.find_element(By.ID, "chosen").text == waiting
+    assert asyncio.run(cs.fetch_job_state(url, name, waiting)) == "waiting"
+    # And it is confirmed
+    submit_and_wait_for_next_page(browser, browser.find_element(By.ID, "confirm"))
+    # Then the page says it was cancelled
+    assert browser.find_element(By.ID, "result").text == "Cancelled 1 of 1 job(s)"
+    outcome = browser.find_element(By.CSS_SELECTOR, f"tr[data-job='{waiting}'] td.outcome")
+    assert outcome.text == "cancelled"
+    # And the broker no longer holds it: it reads unknown and no worker gets it
+    assert asyncio.run(cs.fetch_job_state(url, name, waiting)) == "unknown"
+    assert asyncio.run(cs.fetch_ready_ids(url, name, want=10)) == set()
+
+
 def test_a_write_without_the_csrf_token_is_refused_and_changes_nothing(
     console: cs.ConsoleProcess, browser: Any, seeded_queue: tuple[str, str, cs.Seeded]
 ) -> None:

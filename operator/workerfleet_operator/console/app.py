@@ -1,4 +1,5 @@
-"""The web console: pools, queue detail, DLQ browser, job detail, replay and purge.
+"""The web console: pools, queue detail, finding a job by id, DLQ browser, dead-letter detail,
+replay, purge and cancelling a job that has not started.
 
 Built by :func:`build_app` for ``workerfleet console`` (:mod:`workerfleet_operator.console.cli`).
 Server-rendered (Starlette + Jinja2, autoescaped templates in ``templates/``), no JavaScript. Every
@@ -37,6 +38,14 @@ logger = logging.getLogger("workerfleet.console")
 
 ACTION_LIMIT = 1000
 """Most dead letters one replay or purge touches (the confirmation page lists them)."""
+
+DLQ_ACTIONS = ("replay", "purge")
+"""The writes of ``/dlq/{action}``: they act on dead letters."""
+JOB_ACTIONS = ("cancel",)
+"""The writes of ``/job/{action}``: they act on live jobs named by id."""
+CANCELLABLE = (base.JobState.WAITING, base.JobState.SCHEDULED)
+"""The states a job page offers Cancel for: a job that has not started (a running, dead-lettered
+or finished one would be refused by the broker anyway)."""
 
 PAGE_SIZE = 50
 
@@ -256,6 +265,36 @@ class Console:
             running=running,
             rates=rates,
             warning=stats.build_eviction_warning(s.maxmemory_policy),
+            can_find=broker.capabilities.status_by_id,
+        )
+
+    async def find(self, request: Request) -> Response:
+        broker, queue, key = await self._queue(request)
+        job_id = next(iter(_query_values(request, "id")), "").strip()
+        if not job_id:
+            return self.render(
+                request, "error.html", 400, message="no job id given", heading="Find a job"
+            )
+        try:
+            [status] = await base.fetch_job_status(broker, [job_id])
+        except errors.CapabilityMissing as exc:
+            # RabbitMQ and SQS read their queues from the head only: a page saying so, not a 500
+            return self.render(
+                request,
+                "error.html",
+                501,
+                message=str(exc),
+                heading="Finding a job is not available",
+            )
+        failure = status.last_failure
+        return self.render(
+            request,
+            "find.html",
+            key=key,
+            queue=queue,
+            j=status,
+            last_error=_printable(_first_line(failure.message)) if failure is not None else None,
+            can_cancel=broker.capabilities.cancel_by_id and status.state in CANCELLABLE,
         )
 
     def _filter(self, request: Request) -> tuple[Any, dict[str, str], str | None]:
@@ -327,12 +366,12 @@ class Console:
             payload=payload,
         )
 
-    async def _chosen_ids(self, request: Request, broker: Any) -> list[str]:
+    async def _chosen_ids(self, request: Request, broker: Any, action: str) -> list[str]:
         from worker_runtime import triage
 
         ids = [i for i in _query_values(request, "id") if i]
-        if ids:
-            return ids[:ACTION_LIMIT]
+        if ids or action in JOB_ACTIONS:
+            return ids[:ACTION_LIMIT]  # a job action names its jobs: it never takes a filter
         where, _params, problem = self._filter(request)
         if problem is not None:
             return []
@@ -341,10 +380,12 @@ class Console:
 
     async def confirm(self, request: Request) -> Response:
         action = request.path_params["action"]
-        if action not in ("replay", "purge"):
+        if action not in _actions_of(request):
             return self.render(request, "error.html", 404, message="no such action")
         broker, queue, key = await self._queue(request)
-        ids = await self._chosen_ids(request, broker)
+        if action == "cancel" and not broker.capabilities.cancel_by_id:
+            return self._cannot_cancel(request, broker)
+        ids = await self._chosen_ids(request, broker, action)
         _where, params, problem = self._filter(request)
         return self.render(
             request,
@@ -359,24 +400,48 @@ class Console:
 
     async def act(self, request: Request) -> Response:
         action = request.path_params["action"]
+        if action not in _actions_of(request):
+            return self.render(request, "error.html", 404, message="no such action")
         form = await request.form()
         key = str(form.get("pool", ""))
         broker, queue = await self.source.fetch_queue_broker(key)
-        letters = _dead_letters(broker)
         ids = [unquote_job_id(str(i)) for i in form.getlist("id") if str(i)][:ACTION_LIMIT]
-        if action == "replay":
-            done = await letters.replay_dead_letters(
+        outcomes: list[tuple[str, base.CancelOutcome]] = []
+        if action == "cancel":
+            if not broker.capabilities.cancel_by_id:
+                return self._cannot_cancel(request, broker)
+            outcomes = list(
+                zip(ids, await base.cancel_jobs(broker, ids) if ids else [], strict=True)
+            )
+            count = sum(o is base.CancelOutcome.CANCELLED for _i, o in outcomes)
+        elif action == "replay":
+            done = await _dead_letters(broker).replay_dead_letters(
                 job_ids=ids,
                 reset_attempts=form.get("reset_attempts") == "1",
                 rate_per_second=200.0,
             )
             count = len(done)
-        elif action == "purge":
-            count = await letters.purge_dead_letters(job_ids=ids) if ids else 0
-        else:
-            return self.render(request, "error.html", 404, message="no such action")
+        else:  # purge: _actions_of let no other action through
+            count = await _dead_letters(broker).purge_dead_letters(job_ids=ids) if ids else 0
         return self.render(
-            request, "done.html", key=key, queue=queue, action=action, count=count, asked=len(ids)
+            request,
+            "done.html",
+            key=key,
+            queue=queue,
+            action=action,
+            count=count,
+            asked=len(ids),
+            outcomes=outcomes,
+        )
+
+    def _cannot_cancel(self, request: Request, broker: Any) -> Response:
+        """The page of a cancel on a broker without ``cancel_by_id`` (its confirm or its act)."""
+        return self.render(
+            request,
+            "error.html",
+            501,
+            heading="Cancelling is not available",
+            message=f"the {base.describe_backend(broker)} broker cannot cancel a job by id",
         )
 
     # ---- login -------------------------------------------------------------------------------
@@ -444,6 +509,16 @@ def _dead_letters(broker: Any) -> base.DeadLetters:
     return broker
 
 
+def _actions_of(request: Request) -> tuple[str, ...]:
+    """The writes the request's path serves: ``/dlq/...`` the DLQ's, ``/job/...`` a job's."""
+    return JOB_ACTIONS if request.url.path.startswith("/job/") else DLQ_ACTIONS
+
+
+def _first_line(text: str) -> str:
+    """An error message's first line (a traceback or a multi-line message stays on its page)."""
+    return text.splitlines()[0] if text else ""
+
+
 def _same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
@@ -470,8 +545,11 @@ def build_app(settings: ConsoleSettings, source: sources.Source) -> Starlette:
         Route("/queue", c.guarded(c.queue)),
         Route("/dlq", c.guarded(c.dead_letters)),
         Route("/job", c.guarded(c.job)),
+        Route("/find", c.guarded(c.find)),
         Route("/dlq/{action}", c.guarded(c.confirm), methods=["GET"]),
         Route("/dlq/{action}", c.guarded(c.act, write=True), methods=["POST"]),
+        Route("/job/{action}", c.guarded(c.confirm), methods=["GET"]),
+        Route("/job/{action}", c.guarded(c.act, write=True), methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
