@@ -1,5 +1,6 @@
 """Cancelling jobs that have not started: Redis' script, the producer API, ``workerfleet job
-cancel`` on a real redis-server, and the one clear refusal on brokers that cannot cancel.
+cancel`` on a real redis-server, and the one clear refusal on brokers that cannot cancel or
+look jobs up (``job cancel``'s and ``job show``'s, tested together: they are the same shape).
 
 What every broker that can cancel promises is in the contract suite
 (tests/worker_runtime/brokers/test_contract.py, ``-k cancel``); here are the Redis engine's own
@@ -127,49 +128,86 @@ async def test_a_producer_on_the_memory_broker_cancels_through_the_broker() -> N
     assert await p.cancel(res.job_id) == CANCELLED
 
 
-# -- brokers that cannot cancel ------------------------------------------------------------------
+# -- brokers that cannot cancel or look jobs up (job cancel's and job show's refusals) ----------
+
+BROKERS_THAT_CANNOT = [
+    (rabbitmq_broker.RabbitMQBroker, rabbitmq_broker.CAPABILITIES, "RabbitMQ"),
+    (sqs_broker.SqsBroker, sqs_broker.STANDARD_CAPABILITIES, "SQS"),
+    (sqs_broker.SqsBroker, sqs_broker.FIFO_CAPABILITIES, "SQS"),
+]
+"""RabbitMQ and SQS (both kinds of queue), which declare they can neither cancel nor look a
+job up by id."""
+
+BY_ID = {
+    "cancel": ("cancel_by_id", "cancel a job by id"),
+    "show": ("status_by_id", "look a job up by id"),
+}
+"""Per ``job`` command: the capability it needs and the words of its refusal."""
 
 
-@pytest.mark.parametrize(
-    ("cls", "capabilities", "name"),
-    [
-        (rabbitmq_broker.RabbitMQBroker, rabbitmq_broker.CAPABILITIES, "RabbitMQ"),
-        (sqs_broker.SqsBroker, sqs_broker.STANDARD_CAPABILITIES, "SQS"),
-        (sqs_broker.SqsBroker, sqs_broker.FIFO_CAPABILITIES, "SQS"),
-    ],
-)
-async def test_rabbitmq_and_sqs_refuse_a_cancel_naming_the_broker(
-    cls: type[Any], capabilities: base.Capabilities, name: str
-) -> None:
-    # Given a RabbitMQ or SQS broker, which declares it cannot cancel by id
-    broker = support.build_unopened_broker(cls, capabilities)
-    assert capabilities.cancel_by_id is False
-    # When a job is cancelled through the seam or the producer
-    # Then each says, in one line, which broker cannot
-    expected = f"the {name} broker cannot cancel a job by id"
-    with pytest.raises(errors.CapabilityMissing, match=expected):
+async def _call_by_id(command: str, broker: Any) -> None:
+    """The seam's call behind ``job COMMAND``, for one id."""
+    if command == "cancel":
         await base.cancel_jobs(broker, ["job-1"])
-    with pytest.raises(errors.CapabilityMissing, match=expected):
-        await producer.Producer.on_broker(broker).cancel("job-1")
+    else:
+        await base.fetch_job_status(broker, ["job-1"])
 
 
-def test_job_cancel_on_rabbitmq_exits_2_with_one_line_naming_it(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+async def _call_producer_by_id(command: str, broker: Any) -> None:
+    """The producer's call behind ``job COMMAND``, for one id."""
+    p = producer.Producer.on_broker(broker)
+    if command == "cancel":
+        await p.cancel("job-1")
+    else:
+        await p.status("job-1")
+
+
+@pytest.mark.parametrize("command", sorted(BY_ID))
+@pytest.mark.parametrize(("cls", "capabilities", "name"), BROKERS_THAT_CANNOT)
+async def test_rabbitmq_and_sqs_refuse_a_cancel_or_a_look_up_naming_the_broker(
+    command: str, cls: type[Any], capabilities: base.Capabilities, name: str
 ) -> None:
-    # Given the command line's broker is RabbitMQ (a stand-in object: no server is needed,
-    # the refusal comes before anything is sent)
-    support.open_unconnected_brokers(
-        monkeypatch, rabbitmq_broker.RabbitMQBroker, rabbitmq_broker.CAPABILITIES
-    )
-    # When a job is cancelled
-    code = cli.main(
-        ["job", "cancel", "job-1", "--broker-url", "amqp://guest:guest@127.0.0.1:1/", "-q", "q"]
-    )
-    # Then it exits 2 with one line naming RabbitMQ, and prints nothing on stdout
+    # Given a RabbitMQ or SQS broker, which declares it cannot cancel or look jobs up by id
+    capability, words = BY_ID[command]
+    broker = support.build_unopened_broker(cls, capabilities)
+    assert getattr(capabilities, capability) is False
+    # When a job is cancelled or looked up through the seam or the producer
+    # Then each says, in one line, which broker cannot
+    expected = f"the {name} broker cannot {words}"
+    with pytest.raises(errors.CapabilityMissing, match=expected):
+        await _call_by_id(command, broker)
+    with pytest.raises(errors.CapabilityMissing, match=expected):
+        await _call_producer_by_id(command, broker)
+
+
+@pytest.mark.parametrize("command", sorted(BY_ID))
+@pytest.mark.parametrize(
+    ("cls", "capabilities", "url", "name"),
+    [
+        (rabbitmq_broker.RabbitMQBroker, rabbitmq_broker.CAPABILITIES,
+         "amqp://guest:guest@127.0.0.1:1/", "RabbitMQ"),
+        (sqs_broker.SqsBroker, sqs_broker.STANDARD_CAPABILITIES, "sqs://127.0.0.1:1", "SQS"),
+    ],
+)  # fmt: skip
+def test_job_cancel_and_show_on_rabbitmq_and_sqs_exit_2_with_one_line_naming_it(
+    command: str,
+    cls: type[Any],
+    capabilities: base.Capabilities,
+    url: str,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given the command line's broker is RabbitMQ or SQS (a stand-in object: no server is
+    # needed, the refusal comes before anything is sent)
+    support.open_unconnected_brokers(monkeypatch, cls, capabilities)
+    # When a job is cancelled or looked up
+    code = cli.main(["job", command, "job-1", "--broker-url", url, "-q", "q"])
+    # Then it exits 2 with one line naming the broker, and prints nothing on stdout
     out = capsys.readouterr()
     assert code == 2
     assert out.out == ""
-    assert out.err.startswith("workerfleet: the RabbitMQ broker cannot cancel a job by id")
+    assert out.err.startswith(f"workerfleet: the {name} broker cannot {BY_ID[command][1]}")
     assert out.err.count("\n") == 1
 
 

@@ -1,10 +1,10 @@
 """Looking jobs up by id ("where is my job?"): Redis' read-only script, the producer API,
-``workerfleet job show`` on a real redis-server, and the one clear refusal on brokers that cannot.
+and ``workerfleet job show`` on a real redis-server.
 
 What every broker that can look jobs up promises (each state after the operations that lead to
 it) is in the contract suite (tests/worker_runtime/brokers/test_contract.py, ``-k status``);
-here are the Redis engine's own cases, the producers' ``status``, the command line, and
-RabbitMQ and SQS saying they cannot.
+here are the Redis engine's own cases, the producers' ``status`` and the command line. RabbitMQ
+and SQS saying they cannot is tested with their cancel refusal in test_cancel_jobs.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ import pytest
 import redis
 import redis.asyncio
 
-from tests.support import brokers as support
 from tests.support import engine as es
 from tests.support.cli import run_cli, run_job_command_interrupted
 from worker_runtime import cli, errors, producer
 from worker_runtime.brokers import base
-from worker_runtime.brokers.rabbitmq import broker as rabbitmq_broker
 from worker_runtime.brokers.redis import keys, queue
-from worker_runtime.brokers.sqs import broker as sqs_broker
 
 JobState = base.JobState
 
@@ -147,50 +144,6 @@ async def test_a_producer_on_the_memory_broker_looks_up_through_the_broker() -> 
     p = producer.Producer.on_broker(broker)
     res = await p.enqueue("t", {"n": 1})
     assert (await p.status(res.job_id)).state is JobState.WAITING
-
-
-# -- brokers that cannot look jobs up ------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("cls", "capabilities", "name"),
-    [
-        (rabbitmq_broker.RabbitMQBroker, rabbitmq_broker.CAPABILITIES, "RabbitMQ"),
-        (sqs_broker.SqsBroker, sqs_broker.STANDARD_CAPABILITIES, "SQS"),
-        (sqs_broker.SqsBroker, sqs_broker.FIFO_CAPABILITIES, "SQS"),
-    ],
-)
-async def test_rabbitmq_and_sqs_refuse_a_status_look_up_naming_the_broker(
-    cls: type[Any], capabilities: base.Capabilities, name: str
-) -> None:
-    # Given a RabbitMQ or SQS broker, which declares it cannot look jobs up by id
-    broker = support.build_unopened_broker(cls, capabilities)
-    assert capabilities.status_by_id is False
-    # When a job is looked up through the seam or the producer
-    # Then each says, in one line, which broker cannot
-    expected = f"the {name} broker cannot look a job up by id"
-    with pytest.raises(errors.CapabilityMissing, match=expected):
-        await base.fetch_job_status(broker, ["job-1"])
-    with pytest.raises(errors.CapabilityMissing, match=expected):
-        await producer.Producer.on_broker(broker).status("job-1")
-
-
-def test_job_show_on_sqs_exits_2_with_one_line_naming_it(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # Given the command line's broker is SQS (a stand-in object: no server is needed, the
-    # refusal comes before anything is sent)
-    support.open_unconnected_brokers(
-        monkeypatch, sqs_broker.SqsBroker, sqs_broker.STANDARD_CAPABILITIES
-    )
-    # When a job is looked up
-    code = cli.main(["job", "show", "job-1", "--broker-url", "sqs://127.0.0.1:1", "-q", "q"])
-    # Then it exits 2 with one line naming SQS, and prints nothing on stdout
-    out = capsys.readouterr()
-    assert code == 2
-    assert out.out == ""
-    assert out.err.startswith("workerfleet: the SQS broker cannot look a job up by id")
-    assert out.err.count("\n") == 1
 
 
 # -- workerfleet job show on a real redis-server -------------------------------------------------
