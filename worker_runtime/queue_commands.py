@@ -1729,6 +1729,20 @@ def _report_ids_unanswered(
     return None
 
 
+def _say_unknown_ids(unknown: Sequence[str], named: int, url: str, queue: str) -> None:
+    """On stderr, the named ids a ``job`` command found nowhere in ``queue`` (the first five),
+    and the note when no queue of that name ever held a job: every id of a mistyped queue
+    name reads unknown. Nothing when there are none."""
+    if not unknown:
+        return
+    print(
+        f"workerfleet: {len(unknown)} of {named} job id(s) unknown in {queue}: "
+        f"{_list_ids(unknown)}",
+        file=sys.stderr,
+    )
+    _note_if_unknown_queue(url, queue)
+
+
 @guard
 def cmd_job_cancel(args: argparse.Namespace) -> int:
     """Cancel jobs that have not started, by id: one line per id and a summary."""
@@ -1772,6 +1786,14 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
     else:
         print(summary)
     if result["cancelled"] < len(named):
+        refused = [i for i, o in outcomes if o in ("running", "dead_lettered")]
+        if refused:
+            print(
+                f"workerfleet: {len(refused)} of {len(named)} job id(s) refused in {queue} "
+                f"(running or dead-lettered): {_list_ids(refused)}",
+                file=sys.stderr,
+            )
+        _say_unknown_ids([i for i, o in outcomes if o == "unknown"], len(named), url, queue)
         return NOT_ALL_CANCELLED_EXIT
     return 0
 
@@ -1909,11 +1931,6 @@ def cmd_job_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
     if unknown:
-        print(
-            f"workerfleet: {len(unknown)} of {len(named)} job id(s) unknown in {queue}: "
-            f"{_list_ids(unknown)}",
-            file=sys.stderr,
-        )
-        _note_if_unknown_queue(url, queue)
+        _say_unknown_ids(unknown, len(named), url, queue)
         return SOME_UNKNOWN_EXIT
     return 0

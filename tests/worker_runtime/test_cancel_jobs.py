@@ -295,6 +295,46 @@ def test_job_cancel_exits_0_when_every_id_was_cancelled_and_answers_in_json(
     }
 
 
+def test_job_cancel_says_on_stderr_which_ids_it_did_not_cancel_even_in_json(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a running, a dead-lettered, a waiting and a scheduled job
+    ids = _seed(redis_server.url, queue_name)
+    # When the running one, the dead letter and an unknown id are cancelled with --json
+    result = run_cli(
+        "job", "cancel", ids["running"], ids["dead"], "no-such-job", "--json",
+        redis_url=redis_server.url, queue_name=queue_name,
+    )  # fmt: skip
+    # Then it exits 1 and stderr says which were refused and which are unknown, as job show
+    # and the dlq commands say what they did not do (stdout is the JSON alone)
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["cancelled"] == 0
+    assert result.stderr.splitlines() == [
+        f"workerfleet: 2 of 3 job id(s) refused in {queue_name} (running or dead-lettered): "
+        f"{ids['running']}, {ids['dead']}",
+        f"workerfleet: 1 of 3 job id(s) unknown in {queue_name}: no-such-job",
+    ]
+
+
+def test_job_cancel_on_a_mistyped_queue_name_notes_the_queues_there_are(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue with a waiting job
+    ids = _seed(redis_server.url, queue_name)
+    # When the job is cancelled on a queue name with a typo
+    result = run_cli(
+        "job", "cancel", ids["waiting"], redis_url=redis_server.url, queue_name=queue_name + "x"
+    )
+    # Then the id reads unknown, exit 1, and a note names the queue it may have meant, as job
+    # show's does: every id of a mistyped queue reads unknown, which looks like a typo in them
+    assert result.returncode == 1, result.stderr
+    assert f"unknown {ids['waiting']}: no such job waiting in {queue_name}x" in result.stdout
+    assert (
+        f"note: no queue named '{queue_name}x' has held a job on this broker; "
+        f"did you mean '{queue_name}'?"
+    ) in result.stderr
+
+
 def test_queue_stats_shows_the_cancelled_total_so_the_totals_add_up(
     redis_server: Any, queue_name: str
 ) -> None:
