@@ -26,23 +26,28 @@ async def test_every_queue_page_and_a_write_answer_503_saying_the_broker_does_no
         async with httpx.AsyncClient(
             transport=transport, base_url="http://console", headers=headers
         ) as web:
-            # When the queue, DLQ and job pages are read, and a purge is confirmed
+            # When the queue, DLQ, dead letter and find pages are read, and a purge and a
+            # cancel are confirmed
             pages = [
                 await web.get("/queue", params={"pool": "jobs"}),
                 await web.get("/dlq", params={"pool": "jobs"}),
                 await web.get("/job", params={"pool": "jobs", "id": "j1"}),
             ]
             purge = await web.post("/dlq/purge", data={"pool": "jobs", "id": "j1", "csrf": csrf})
+            cancel = await web.post("/job/cancel", data={"pool": "jobs", "id": "j2", "csrf": csrf})
+            pages.append(await web.get("/find", params={"pool": "jobs", "id": "j2"}))
             pools = await web.get("/")
         # Then each is a console page (503, its security headers) saying the broker does not
         # answer, never with the URL's password
-        for page in [*pages, purge]:
+        for page in [*pages, purge, cancel]:
             assert page.status_code == 503, (page.url, page.text[:200])
             assert "does not answer" in page.text, page.text
             assert page.headers["content-security-policy"].startswith("default-src 'none'")
             assert "pw-secret" not in page.text
-        # And the write says its outcome may be unknown, and the pools page still shows the pool
-        assert "may not have been done" in purge.text
+        # And each write says its outcome may be unknown and where to look once the broker
+        # answers, and the pools page still shows the pool
+        assert "may not have been done" in purge.text and "dead letters page" in purge.text
+        assert "may not have been done" in cancel.text and "the page of each job" in cancel.text
         assert pools.status_code == 200 and "queue unreachable" in pools.text
     finally:
         await source.close()

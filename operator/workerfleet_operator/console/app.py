@@ -227,9 +227,14 @@ class Console:
                 )
                 message = f"the broker of this queue does not answer ({type(exc).__name__})"
                 if request.method == "POST":
+                    where = (
+                        "the page of each job shows where it is"
+                        if request.url.path.startswith("/job/")
+                        else "the dead letters page shows what is left"
+                    )
                     message += (
-                        ": the action may not have been done, or done in part; the dead letters "
-                        "page shows what is left once the broker answers"
+                        ": the action may not have been done, or done in part; "
+                        f"{where} once the broker answers"
                     )
                 return self.render(
                     request, "error.html", 503, message=message, heading="Broker unavailable"
