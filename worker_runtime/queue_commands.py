@@ -1705,11 +1705,12 @@ def _report_ids_unanswered(
     untried: int,
     result: dict[str, Any],
     failed_may: str = "",
-    cut_may: str = "",
+    cut_may: str | None = None,
 ) -> int | None:
     """The last lines of a ``job`` command that did not answer every named id: after a broker
     error (exit 1) or a Ctrl-C (exit 130), ``summary`` of what was answered and how many ids
-    were not (``failed_may``/``cut_may``: what the failed or cut call may have done), with
+    were not (``failed_may``: what the failed call may have done; ``cut_may``: what a call a
+    second Ctrl-C cancelled may have, also ``cut_call`` in JSON as in the dlq commands'), with
     ``result`` in JSON. None when every call was made: the command reports its answers."""
     if asked.failure is not None:
         print(
@@ -1721,10 +1722,11 @@ def _report_ids_unanswered(
             _print_json({**result, "error": str(asked.failure)})
         return 1
     if asked.interrupted:
-        maybe = cut_may if asked.cut else ""
+        cut = cut_may if asked.cut else None
+        maybe = f"; {cut}" if cut else ""
         print(f"interrupted: {summary}; {untried} id(s) not answered{maybe}", file=sys.stderr)
         if args.json:
-            _print_json({**result, "interrupted": True})
+            _print_json({**result, "interrupted": True, **({"cut_call": cut} if cut else {})})
         return cli.INTERRUPTED_EXIT
     return None
 
@@ -1777,7 +1779,7 @@ def cmd_job_cancel(args: argparse.Namespace) -> int:
         args, asked, summary=summary, untried=len(named) - len(outcomes), result=result,
         failed_may="; the call that failed may have cancelled some of them (asked again, an "
         "id it cancelled reads unknown)",
-        cut_may="; the call stopped at the second Ctrl-C may have cancelled some",
+        cut_may="the call stopped at the second Ctrl-C may have cancelled some",
     )  # fmt: skip
     if stopped is not None:
         return stopped

@@ -51,11 +51,15 @@ def run_cli(
     )
 
 
-def run_job_command_interrupted(monkeypatch: Any, command: str, method: str) -> tuple[int, int]:
+def run_job_command_interrupted(
+    monkeypatch: Any, command: str, method: str, *, presses: int = 1, json: bool = False
+) -> tuple[int, int]:
     """``workerfleet job COMMAND`` run in this process on the ids of 600 waiting jobs of an
     in-process queue ``q`` (two broker calls of 500), with a Ctrl-C while the first call with
     ids runs (``MemoryBroker.<method>``); returns its exit code and how many calls it made
-    with ids. Its output is left to the test's ``capsys``."""
+    with ids. Its output is left to the test's ``capsys``. ``presses=2``: a second Ctrl-C
+    while that call hangs (as on a frozen broker), so the command cuts it; ``json``: with
+    ``--json``."""
     import asyncio
     import signal
 
@@ -79,11 +83,15 @@ def run_job_command_interrupted(monkeypatch: Any, command: str, method: str) -> 
         if len(calls) == 2:  # the first call with ids (the first is the capability check)
             signal.raise_signal(signal.SIGINT)
             await asyncio.sleep(0.05)  # the loop runs the handler before the call returns
+            if presses == 2:
+                signal.raise_signal(signal.SIGINT)
+                await asyncio.sleep(30.0)  # hung until the second Ctrl-C cancels it
         return await real(self, job_ids)
 
     monkeypatch.setattr(memory.MemoryBroker, method, interrupted_once)
     try:
-        code = cli.main(["job", command, *ids, "--broker-url", url, "-q", "q"])
+        flags = ["--json"] if json else []
+        code = cli.main(["job", command, *ids, "--broker-url", url, "-q", "q", *flags])
     finally:
         memory.forget_stores()
     assert calls[0] == 0, calls  # the capability check sends no id

@@ -377,3 +377,25 @@ def test_ctrl_c_stops_job_cancel_between_calls_and_says_what_was_answered(
     assert calls == 1
     assert out.out.count("\ncancelled ") + out.out.startswith("cancelled ") == 500
     assert "interrupted: cancelled 500 of 600 job(s) on q; 100 id(s) not answered" in out.err
+
+
+def test_a_second_ctrl_c_cuts_a_hung_job_cancel_call_and_its_json_says_what_it_may_have_done(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given 600 waiting jobs on an in-process queue (two calls of 500)
+    # When the 600 are cancelled with --json, and Ctrl-C is pressed twice while the first call
+    # hangs
+    code, calls = run_job_command_interrupted(
+        monkeypatch, "cancel", "cancel_jobs", presses=2, json=True
+    )
+    # Then the hung call is cut, no second call is made, and the JSON says it was interrupted
+    # and what the cut call may have done, as the dlq commands' JSON does (cut_call)
+    out = capsys.readouterr()
+    assert code == cli.INTERRUPTED_EXIT
+    assert calls == 1
+    data = json.loads(out.out)
+    assert (data["interrupted"], data["cancelled"], data["asked"]) == (True, 0, 600)
+    assert data["cut_call"] == "the call stopped at the second Ctrl-C may have cancelled some"
+    assert "interrupted: cancelled 0 of 600 job(s) on q; 600 id(s) not answered; the call " in (
+        out.err
+    )
