@@ -108,6 +108,25 @@ async def test_the_async_producer_cancels_a_waiting_job_and_says_why_it_did_not(
     assert await p.cancel_many(["x", "y"]) == [base.CancelOutcome.UNKNOWN] * 2
 
 
+async def test_the_producer_cancels_a_job_id_that_is_not_utf8_by_its_own_bytes(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose id is the bytes b"bad\xff", as another producer wrote it (on a
+    # single Redis and on Redis Cluster)
+    k = keys.build_keys(queue_name)
+    record = b'{"id":"bad\xff","reason":"max_deliveries","envelope":"{}"}'
+    await engine_client.hset(k.dlq_data, b"bad\xff", record)
+    await engine_client.zadd(k.dlq, {b"bad\xff": 1700000000000})
+    # When the producer cancels that id (its bytes as lone surrogates, as Python reads them
+    # from a command line) and another such id never enqueued
+    p = producer.Producer(engine_client, queue_name)
+    answer = await p.cancel_many(["bad\udcff", "gone\udcfe"])
+    # Then each is judged by its own bytes: the first is refused as dead-lettered (its record
+    # found), the other unknown, and the dead letter is kept
+    assert answer == [base.CancelOutcome.DEAD_LETTERED, base.CancelOutcome.UNKNOWN]
+    assert await engine_client.zcard(k.dlq) == 1
+
+
 def test_the_blocking_producer_cancels_a_waiting_job(redis_server: Any, queue_name: str) -> None:
     client = redis.Redis(port=redis_server.port, decode_responses=True)
     try:

@@ -137,6 +137,44 @@ def test_the_blocking_producer_says_where_a_job_is(
         client.close()
 
 
+_RAW_RECORD = b'{"id":"bad\xff","reason":"max_deliveries","envelope":"{\\"task\\":\\"t\\"}"}'
+"""A dead letter whose id is the bytes b"bad\xff", as another producer may have written it."""
+
+
+async def test_the_producer_finds_a_job_id_that_is_not_utf8_by_its_own_bytes(
+    engine_client: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose id is not UTF-8 (on a single Redis and on Redis Cluster)
+    k = keys.build_keys(queue_name)
+    await engine_client.hset(k.dlq_data, b"bad\xff", _RAW_RECORD)
+    await engine_client.zadd(k.dlq, {b"bad\xff": 1700000000000})
+    # When the producer asks where that id is (its bytes as lone surrogates) and where another
+    # such id never enqueued is
+    p = producer.Producer(engine_client, queue_name)
+    found, missing = await p.status_many(["bad\udcff", "gone\udcfe"])
+    # Then the first reads as the dead letter its record describes, under the id asked for
+    assert (found.job_id, found.state, found.task) == ("bad\udcff", JobState.DEAD_LETTERED, "t")
+    assert found.dead_letter_reason == "max_deliveries"
+    assert (missing.job_id, missing.state) == ("gone\udcfe", JobState.UNKNOWN)
+
+
+def test_the_blocking_producer_finds_a_job_id_that_is_not_utf8_by_its_own_bytes(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose id is not UTF-8, and a blocking producer
+    client = redis.Redis(port=redis_server.port)
+    k = keys.build_keys(queue_name)
+    try:
+        client.hset(k.dlq_data, b"bad\xff", _RAW_RECORD)
+        client.zadd(k.dlq, {b"bad\xff": 1700000000000})
+        # When it asks where that id is
+        found = producer.SyncProducer(client, queue_name).status("bad\udcff")
+        # Then it is dead-lettered, under the id asked for
+        assert (found.job_id, found.state) == ("bad\udcff", JobState.DEAD_LETTERED)
+    finally:
+        client.close()
+
+
 async def test_a_producer_on_the_memory_broker_looks_up_through_the_broker() -> None:
     from worker_runtime.brokers import memory
 

@@ -167,6 +167,13 @@ _PRIORITY_TEXT = {p: p.value for p in envelope_mod.Priority}
 _CONTROL = str.maketrans({c: " " for c in map(chr, range(32))})
 
 
+def encode_job_ids(job_ids: Sequence[str]) -> list[bytes]:
+    """Job ids as the bytes to send as script arguments (pure). An id named on a command line
+    or read back from Redis that is not UTF-8 holds its bytes as lone surrogates: they are sent
+    as exactly those bytes (a plain str argument would fail to encode, refusing the call)."""
+    return [job_id.encode("utf-8", "surrogateescape") for job_id in job_ids]
+
+
 def encode_packed(rows: Sequence[Sequence[object]]) -> bytes:
     """Pack per-job values into the one ARGV string the batch scripts split (RS/US separated).
 
@@ -697,7 +704,7 @@ class QueueClient:
         ≤ MAX_BATCH ids per script call. One outcome per id, in order."""
         out: list[base.CancelOutcome] = []
         for start in range(0, len(job_ids), MAX_BATCH):
-            chunk = list(job_ids[start : start + MAX_BATCH])
+            chunk = encode_job_ids(job_ids[start : start + MAX_BATCH])
             out.extend(build_cancel_outcomes(await scripts.CANCEL(self.client, self._k, chunk)))
         return out
 

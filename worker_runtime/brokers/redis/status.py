@@ -20,6 +20,7 @@ import redis.asyncio.cluster
 
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import dlq, keys, scripts
+from worker_runtime.brokers.redis import queue as queue_mod
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
@@ -93,10 +94,14 @@ def build_job_statuses(job_ids: Sequence[str], raw: Sequence[Any]) -> list[base.
     now = int(raw[0]) / 1000
     out: list[base.JobStatus] = []
     for i, job_id in enumerate(job_ids):
-        row = [_text(v) for v in raw[1 + i * _FIELDS : 1 + (i + 1) * _FIELDS]]
+        values = raw[1 + i * _FIELDS : 1 + (i + 1) * _FIELDS]
+        row = [_text(v) for v in values]
         state, prio, attempts, deliveries, task, enqueued, due, worker, lease, failure, rec = row
         if state == base.JobState.DEAD_LETTERED and rec:
-            out.append(base.build_dead_letter_status(job_id, dlq.build_dead_letter(rec), now))
+            # parsed from its own bytes, as dlq show reads it: the record of an id that is not
+            # UTF-8 holds that id's bytes, and an escaped text of them is not JSON
+            letter = dlq.build_dead_letter(values[-1])
+            out.append(base.build_dead_letter_status(job_id, letter, now))
             continue
         if state == base.JobState.DONE:
             out.append(build_done_status(job_id, rec, now, _seconds(enqueued)))
@@ -132,7 +137,7 @@ async def fetch_job_statuses(
     out: list[base.JobStatus] = []
     for start in range(0, len(job_ids), STATUS_BATCH):
         chunk = list(job_ids[start : start + STATUS_BATCH])
-        raw = await scripts.STATUS(client, key_list, chunk, decode=False)
+        raw = await scripts.STATUS(client, key_list, queue_mod.encode_job_ids(chunk), decode=False)
         out.extend(build_job_statuses(chunk, raw))
     return out
 
@@ -145,5 +150,6 @@ def fetch_job_statuses_sync(
     out: list[base.JobStatus] = []
     for start in range(0, len(job_ids), STATUS_BATCH):
         chunk = list(job_ids[start : start + STATUS_BATCH])
-        out.extend(build_job_statuses(chunk, scripts.STATUS.call_sync(client, key_list, chunk)))
+        raw = scripts.STATUS.call_sync(client, key_list, queue_mod.encode_job_ids(chunk))
+        out.extend(build_job_statuses(chunk, raw))
     return out
