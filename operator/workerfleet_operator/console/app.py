@@ -8,7 +8,13 @@ writes enabled, go through a confirmation page listing exactly the jobs they wil
 the CSRF token. Queue data is read only through the runtime's read APIs
 (:mod:`worker_runtime.brokers.redis.stats`, :mod:`worker_runtime.brokers.redis.dlq`,
 :mod:`worker_runtime.brokers.redis.inflight`, :mod:`worker_runtime.triage`); writes are the
-runtime's own replay and purge.
+runtime's own replay, purge and cancel.
+
+Every write attempt that reaches a write route leaves one INFO line on the
+``workerfleet.console.audit`` logger (:func:`build_audit_fields`): the action, the queue, who
+(:func:`security.describe_identity`, never a token, cookie or CSRF token), the client address,
+the ids asked (the first :data:`AUDIT_IDS_SHOWN`, printable) and what was done, or why it was
+refused or failed.
 """
 
 from __future__ import annotations
@@ -19,25 +25,37 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from worker_runtime import errors
+from worker_runtime import errors, logs
 from worker_runtime.brokers import base
 from worker_runtime.brokers.redis import stats
 from workerfleet_operator.console import security, sources
 
 logger = logging.getLogger("workerfleet.console")
+audit_logger = logging.getLogger("workerfleet.console.audit")
+"""One INFO line per write attempt: the record of who replayed, purged or cancelled what."""
+
+AUDIT_IDS_SHOWN = 50
+"""Ids an audit line names at most (it says how many more there were)."""
+AUDIT_TEXT_MAX = 200
+"""Characters of one id (or other text from the request) an audit line keeps at most."""
 
 ACTION_LIMIT = 1000
 """Most dead letters one replay or purge touches (the confirmation page lists them)."""
+FORM_FIELDS_MAX = ACTION_LIMIT + 10
+"""Fields a posted form may have: a confirmation page's ids and its few others (Starlette's
+default, 1000, refused the form of a 1000-id confirmation page with a bare 400)."""
 
 DLQ_ACTIONS = ("replay", "purge")
 """The writes of ``/dlq/{action}``: they act on dead letters."""
@@ -123,6 +141,58 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def _audit_text(text: str) -> str:
+    """``text`` from a request as an audit line keeps it: printable, and bounded in length."""
+    shown = _printable(text)
+    if len(shown) <= AUDIT_TEXT_MAX:
+        return shown
+    return f"{shown[:AUDIT_TEXT_MAX]}...({len(shown)} chars)"
+
+
+def build_audit_fields(
+    action: str,
+    outcome: str,
+    *,
+    who: str,
+    client: str,
+    reason: str | None = None,
+    pool: str | None = None,
+    queue: str | None = None,
+    ids: Sequence[str] | None = None,
+    counts: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The fields of one write's audit line (pure), in the order the line shows them.
+
+    ``ids``: every id the request named; the line keeps the first :data:`AUDIT_IDS_SHOWN`
+    (printable, each bounded) and says how many more there were, so a 10,000-id form makes
+    a line of bounded length. ``None``: the ids were not read (a request not signed in)."""
+    fields: dict[str, Any] = {"action": _audit_text(action), "outcome": outcome}
+    if reason is not None:
+        fields["reason"] = reason
+    if pool is not None:
+        fields["pool"] = _audit_text(pool)
+    if queue is not None:
+        fields["queue"] = _audit_text(queue)
+    fields["who"] = who
+    fields["client"] = client
+    if ids is not None:
+        fields["asked"] = len(ids)
+    fields.update(counts or {})
+    if ids is not None:
+        fields["ids"] = [_audit_text(i) for i in ids[:AUDIT_IDS_SHOWN]]
+        if len(ids) > AUDIT_IDS_SHOWN:
+            fields["more_ids"] = len(ids) - AUDIT_IDS_SHOWN
+    return fields
+
+
+def log_audit(fields: Mapping[str, Any]) -> None:
+    """Write one audit line: ``console write: key=value ...`` (values JSON-quoted when not one
+    plain word, so an id with a newline cannot forge a line), the fields also on the record
+    (``audit``) for a JSON handler."""
+    text = " ".join(f"{k}={logs.encode_text_value(v)}" for k, v in fields.items())
+    audit_logger.info("console write: %s", text, extra={"audit": dict(fields)})
+
+
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
 header{background:#1d2430;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
@@ -191,23 +261,40 @@ class Console:
 
         async def run(request: Request) -> Response:
             if (refused := self._untrusted_proxy_header(request)) is not None:
+                if write:
+                    self._audit(request, None, "refused", "untrusted proxy header")
                 return refused
             bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
             if bearer and (refused := self._too_many_wrong_tokens(request)) is not None:
+                if write:
+                    self._audit(request, None, "refused", "too many wrong tokens")
                 return refused
             identity = self._identity(request)
             if identity is None:
                 if bearer:
                     self.wrong_tokens.record(_client_of(request))
+                if write:
+                    self._audit(request, None, "refused", "not signed in")
                 return self.render(request, "login.html", 401, error=None)
+            form: FormData | None = None
             if request.method == "POST":
-                form = await request.form()
+                try:
+                    form = await request.form(max_fields=FORM_FIELDS_MAX)
+                except HTTPException as exc:  # too many fields, a field too large
+                    if write:
+                        self._audit(request, identity, "refused", f"form: {exc.detail}")
+                    raise
                 offered = str(form.get("csrf", ""))
                 if not security.check_csrf_token(self.settings.auth, identity, offered):
+                    if write:
+                        self._audit(
+                            request, identity, "refused", "missing or wrong CSRF token", form=form
+                        )
                     return PlainTextResponse(
                         "refused: missing or wrong CSRF token", 403, headers=SECURITY_HEADERS
                     )
                 if write and not self.settings.allow_writes:
+                    self._audit(request, identity, "refused", "read-only console", form=form)
                     return PlainTextResponse(
                         "refused: this console is read-only (start it with --allow-writes)",
                         403,
@@ -216,8 +303,12 @@ class Console:
             try:
                 return await handler(request)
             except sources.PoolNotFoundError:
+                if write:
+                    self._audit(request, identity, "refused", "no such pool or queue", form=form)
                 return self.render(request, "error.html", 404, message="no such pool or queue")
             except errors.CapabilityMissing as exc:
+                if write:
+                    self._audit(request, identity, "refused", str(exc), form=form)
                 return self.render(request, "error.html", 501, message=str(exc))
             except (errors.BrokerError, OSError, TimeoutError) as exc:
                 # An incident page of the console, not a bare 500: the reason's type only (an
@@ -226,6 +317,14 @@ class Console:
                     "%s %s: the broker failed: %r", request.method, request.url.path, exc
                 )
                 message = f"the broker of this queue does not answer ({type(exc).__name__})"
+                if write:
+                    self._audit(
+                        request,
+                        identity,
+                        "failed",
+                        f"{message}: the action may have been done in part or not at all",
+                        form=form,
+                    )
                 if request.method == "POST":
                     where = (
                         "the page of each job shows where it is"
@@ -241,6 +340,39 @@ class Console:
                 )
 
         return run
+
+    def _audit(
+        self,
+        request: Request,
+        identity: str | None,
+        outcome: str,
+        reason: str | None = None,
+        counts: Mapping[str, int] | None = None,
+        *,
+        form: FormData | None = None,
+    ) -> None:
+        """Log the audit line of a write request (:func:`build_audit_fields`).
+
+        ``form``: the request's, once read; only a signed-in request's is (a stranger's body
+        is neither read nor logged, only that it tried)."""
+        pool: str | None = None
+        ids: list[str] | None = None
+        if form is not None:
+            pool = str(form.get("pool", ""))
+            ids = [unquote_job_id(str(i)) for i in form.getlist("id") if str(i)]
+        log_audit(
+            build_audit_fields(
+                str(request.path_params.get("action", "")),
+                outcome,
+                who=security.describe_identity(self.settings.auth, identity),
+                client=_client_of(request),
+                reason=reason,
+                pool=pool,
+                queue=getattr(request.state, "queue", None),
+                ids=ids,
+                counts=counts,
+            )
+        )
 
     async def _queue(self, request: Request) -> tuple[Any, str, str]:
         key = request.query_params.get("pool", "")
@@ -405,20 +537,30 @@ class Console:
 
     async def act(self, request: Request) -> Response:
         action = request.path_params["action"]
+        identity = self._identity(request)
+        form = await request.form(max_fields=FORM_FIELDS_MAX)  # read by guarded: its copy
         if action not in _actions_of(request):
+            self._audit(request, identity, "refused", "no such action", form=form)
             return self.render(request, "error.html", 404, message="no such action")
-        form = await request.form()
         key = str(form.get("pool", ""))
         broker, queue = await self.source.fetch_queue_broker(key)
-        ids = [unquote_job_id(str(i)) for i in form.getlist("id") if str(i)][:ACTION_LIMIT]
+        request.state.queue = queue  # for the audit line of a broker failing from here on
+        asked = [unquote_job_id(str(i)) for i in form.getlist("id") if str(i)]
+        ids = asked[:ACTION_LIMIT]
+        # past the limit, the ids the form named that this write does not touch
+        counts = {"over_limit": len(asked) - len(ids)} if len(asked) > len(ids) else {}
         outcomes: list[tuple[str, base.CancelOutcome]] = []
         if action == "cancel":
             if not broker.capabilities.cancel_by_id:
+                self._audit(
+                    request, identity, "refused", "the broker cannot cancel by id", form=form
+                )
                 return self._cannot_cancel(request, broker)
             outcomes = list(
                 zip(ids, await base.cancel_jobs(broker, ids) if ids else [], strict=True)
             )
             count = sum(o is base.CancelOutcome.CANCELLED for _i, o in outcomes)
+            counts |= {str(o): sum(o is x for _i, x in outcomes) for o in base.CancelOutcome}
         elif action == "replay":
             done = await _dead_letters(broker).replay_dead_letters(
                 job_ids=ids,
@@ -426,8 +568,11 @@ class Console:
                 rate_per_second=200.0,
             )
             count = len(done)
+            counts["replayed"] = count
         else:  # purge: _actions_of let no other action through
             count = await _dead_letters(broker).purge_dead_letters(job_ids=ids) if ids else 0
+            counts["purged"] = count
+        self._audit(request, identity, "done", counts=counts, form=form)
         return self.render(
             request,
             "done.html",

@@ -97,7 +97,8 @@ def register_commands(subparsers: SubParsers) -> None:
     c.add_argument(
         "--allow-writes",
         action="store_true",
-        help="enable replay and purge (with confirmation and CSRF protection)",
+        help="enable replay, purge and cancel (with confirmation and CSRF protection; each "
+        "write attempt is logged on workerfleet.console.audit)",
     )
     c.set_defaults(handler=cmd_console)
 
@@ -181,10 +182,12 @@ def cmd_console(args: argparse.Namespace) -> int:
             print(f"workerfleet: unusable broker URL: {exc}", file=sys.stderr)
             return 2
     settings = app.ConsoleSettings(auth=auth, allow_writes=args.allow_writes)
-    # The refusals the console logs (an untrusted proxy header) go to stderr with a time.
+    # The refusals the console logs (an untrusted proxy header) go to stderr with a time, and
+    # so does the audit line of every write (INFO, on its own logger: the rest stays quiet).
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    app.audit_logger.setLevel(logging.INFO)
     print(
         f"workerfleet console on http://{args.host}:{args.port} "
         f"({'writes enabled' if args.allow_writes else 'read-only'})",

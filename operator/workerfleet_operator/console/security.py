@@ -143,6 +143,24 @@ def identify(
     return None
 
 
+def describe_identity(settings: AuthSettings, identity: str | None) -> str:
+    """Who ``identity`` is, for the audit log, never a secret: the proxy's user
+    (``proxy:ana``), ``token:bearer``, or ``token:session-<12 hex>`` for a signed-in browser.
+
+    The session's part is a keyed digest of the cookie, not the cookie (which would let anyone
+    reading the log act as that session): it tells one sign-in's writes from another's within
+    this process. Everyone holding the token is the same ``token`` here; names need the proxy.
+    ``-`` when not signed in."""
+    if identity is None:
+        return "-"
+    kind, _, value = identity.partition("|")
+    if kind == "proxy":
+        return "proxy:" + value
+    if kind == "session":
+        return "token:session-" + _sign(settings.key, "audit|" + value)[:12]
+    return "token:" + kind
+
+
 def build_csrf_token(settings: AuthSettings, identity: str) -> str:
     """The CSRF token of ``identity``: every form carries it, every write checks it."""
     return _sign(settings.key, "csrf|" + identity)
