@@ -214,7 +214,7 @@ def _note_if_unknown_queue(url: str, queue: str) -> None:
         there = "no queue on this broker has held a job yet"
     else:
         more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
-        there = "queues here: " + ", ".join(shown[:5]) + more
+        there = "queues here: " + ", ".join(_printable(n) for n in shown[:5]) + more
     hint = f"; did you mean {near[0]!r}?" if near else ""
     print(
         f"note: no queue named {queue!r} has held a job on this broker{hint} ({there}; "
@@ -321,21 +321,41 @@ def _print_rows(
     cut: str,
     right: Collection[str] = (),
 ) -> None:
-    """Print plain-text rows as a fitted table (cells as Text, never parsed as markup: they
-    come from jobs and queues)."""
+    """Print plain-text rows as a fitted table (cells as Text, never parsed as markup, and
+    :func:`_printable`: they come from jobs and queues)."""
     from rich.text import Text
 
-    cells = [[Text(cell) for cell in row] for row in rows]
+    cells = [[Text(_printable(cell)) for cell in row] for row in rows]
     table, width = build_fitted_table(
         title, columns, cells, cut=cut, terminal=_terminal_width(), right=right
     )
     _print_fitted(table, width)
 
 
+_CONTROL_ESCAPES = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+"""The C0 and C1 control characters and DEL, as :func:`_printable` shows them."""
+
+
 def _printable(text: str) -> str:
     """``text`` for a terminal: bytes that were not UTF-8 (kept as lone surrogates so the id
-    still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output, and
+    so are control characters, ``\\x1b``, ``\\r``, ``\\n``: ids, task names and error texts
+    come from whoever enqueued the job, and an escape sequence would reach the terminal (colour
+    it, move its cursor) and a newline or carriage return fake a line of output. Printable
+    Unicode is kept as is."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.translate(_CONTROL_ESCAPES)
+
+
+def _printable_lines(text: str) -> str:
+    """:func:`_printable` of each line of ``text``: for free text of many lines (an error's
+    message, a traceback), whose newlines are its own."""
+    return "\n".join(_printable(line) for line in text.split("\n"))
 
 
 def _utc(epoch: float) -> str:
@@ -591,7 +611,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no trace for {args.correlation_id} (unknown or expired)", file=sys.stderr)
         return 1
-    print("\n".join(events.render_trace_tree(entries)))
+    # task names and event types come from whoever enqueued or published them
+    print("\n".join(_printable(line) for line in events.render_trace_tree(entries)))
     return 0
 
 
@@ -863,7 +884,10 @@ def cmd_dlq_summary(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right" if col == "count" else "left")
     for r in rows:
         table.add_row(
-            *map(Text, (r.reason, r.error_type or "-", f"{r.count:,}", ", ".join(r.tasks)))
+            *(
+                Text(_printable(cell))
+                for cell in (r.reason, r.error_type or "-", f"{r.count:,}", ", ".join(r.tasks))
+            )
         )
     _console().print(table)
     return 0
@@ -893,12 +917,17 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     # every value comes from the job or its errors: printed as Text, never parsed as markup
     console = _console()
     console.print(
-        Text.assemble((_printable(d.job_id), "bold"), f"  task={d.task}  reason={d.reason}")
+        Text.assemble(
+            (_printable(d.job_id), "bold"),
+            _printable(f"  task={d.task}  reason={d.reason}"),
+        )
     )
     console.print(
         Text(
-            f"attempts={d.attempts} deliveries={d.deliveries} lost={d.lost} "
-            f"worker={d.worker_id or '-'} correlation_id={d.correlation_id or '-'}"
+            _printable(
+                f"attempts={d.attempts} deliveries={d.deliveries} lost={d.lost} "
+                f"worker={d.worker_id or '-'} correlation_id={d.correlation_id or '-'}"
+            )
         )
     )
     now = time.time()
@@ -907,21 +936,21 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
     )
     from worker_runtime import triage
 
-    console.print(Text(f"why: {triage.explain_reason(d)}"))
+    console.print(Text(_printable(f"why: {triage.explain_reason(d)}")))
     console.print(Text(f"payload: {json.dumps((data.get('envelope') or {}).get('payload'))}"))
     if d.envelope_base64 is not None:
         # an envelope that is not UTF-8: escaped for reading, exact bytes for tools
-        console.print(Text(f"envelope (not UTF-8): {d.envelope_raw}"), soft_wrap=True)
+        console.print(Text(_printable(f"envelope (not UTF-8): {d.envelope_raw}")), soft_wrap=True)
         console.print(Text(f"envelope bytes (base64): {d.envelope_base64}"), soft_wrap=True)
     for i, f in enumerate(d.history, 1):
         # when, which try and which worker: what tells a flaky dependency from a bad payload
         where = f"{_utc(f.at)}  attempt {f.attempt}  delivery {f.delivery}"
-        where += f"  worker {f.worker_id}" if f.worker_id else ""
+        where += f"  worker {_printable(f.worker_id)}" if f.worker_id else ""
         console.print(Text.assemble((f"failure {i}", "bold"), f"  {where}"))
-        console.print(Text(textwrap.indent(f"{f.error_type}: {f.message}", "  ")))
+        console.print(Text(textwrap.indent(_printable_lines(f"{f.error_type}: {f.message}"), "  ")))
         trace = getattr(f, "traceback", "")
         if trace:
-            console.print(Text(trace.rstrip(), style="dim"))
+            console.print(Text(_printable_lines(trace.rstrip()), style="dim"))
     return 0
 
 
@@ -1137,7 +1166,7 @@ def _report_outcome(
     (``missing`` says)."""
     if failure is not None:
         print(
-            f"workerfleet: {summary}, then: {failure}\nworkerfleet: the rest stay "
+            f"workerfleet: {summary}, then: {_printable(str(failure))}\nworkerfleet: the rest stay "
             "dead-lettered; the call that failed may have done its part before it failed "
             "(workerfleet dlq ls shows what is left)",
             file=sys.stderr,
@@ -1509,9 +1538,12 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"job_id": result.job_id, "created": result.created, "queue": queue})
     elif result.created:
-        print(f"enqueued {result.job_id} on {queue}")
+        print(f"enqueued {_printable(result.job_id)} on {queue}")
     else:
-        print(f"duplicate of {result.job_id} (idempotency key already used); nothing enqueued")
+        print(
+            f"duplicate of {_printable(result.job_id)} (idempotency key already used); "
+            "nothing enqueued"
+        )
     return 0
 
 
@@ -1826,7 +1858,7 @@ def _describe_state(s: base.JobStatus, queue: str) -> str:
     if state == "running":
         return f"running on worker {_printable(s.worker_id or '?')}"
     if state == "dead_lettered":
-        return f"dead-lettered ({s.dead_letter_reason or 'no reason kept'})"
+        return f"dead-lettered ({_printable(s.dead_letter_reason or 'no reason kept')})"
     if state == "done":
         at = _when(s.finished_at, s.checked_at) if s.finished_at is not None else "?"
         run = f", its run took {s.run_seconds:.1f}s" if s.run_seconds is not None else ""
@@ -1857,7 +1889,7 @@ def describe_job_status(s: base.JobStatus, queue: str) -> list[str]:
             lines.append(f"  enqueued {_when(s.enqueued_at, s.checked_at)}")
         return lines
     lines.append(
-        f"  task {_printable(s.task or '?')}, priority {s.priority or '?'}, "
+        f"  task {_printable(s.task or '?')}, priority {_printable(s.priority or '?')}, "
         f"attempts {s.attempts}, deliveries {s.deliveries}"
     )
     if s.due_at is not None:

@@ -7,6 +7,7 @@ the Redis broker must send back as the same bytes. Real processes on a real Redi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -63,3 +64,61 @@ def test_a_non_utf8_job_id_named_on_the_command_line_is_looked_up_and_refused_a_
     assert "refused bad\\xff: dead-lettered" in cancel.stdout
     assert "unknown gone\\xfe" in cancel.stdout
     assert raw.zrange(keys.build_keys(queue_name).dlq, 0, -1) == [b"bad\xff"]
+
+
+SPOOF_ID = "ev\x1b[31mil\rX\nfake line\x07\x9b"
+"""A job id holding an escape sequence, CR, LF, BEL and a C1 control character (CSI)."""
+
+RAW_CONTROLS = ("\x1b", "\r", "\x07", "\x9b")
+"""Control characters no line for humans may carry (newlines are counted apart)."""
+
+
+def _store_spoofing_dead_letter(client: redis.Redis, queue_name: str) -> None:
+    """A dead letter whose id, task, worker and error carry control characters (its record
+    is valid JSON: another producer wrote it with its own JSON encoder)."""
+    k = keys.build_keys(queue_name)
+    record = {
+        "id": SPOOF_ID,
+        "reason": "max_deliveries",
+        "attempts": 1,
+        "deliveries": 1,
+        "worker": "w\x1b[2J",
+        "dead_lettered_at": 1700000000.0,
+        "history": [
+            {"error_type": "Boom\x1b[1m", "message": "one\x1b[31m\rtwo", "attempt": 1, "at": 1.0}
+        ],
+        "envelope": json.dumps({"task": "t\x1b[5mask", "payload": {}}),
+    }
+    client.hset(k.dlq_data, SPOOF_ID.encode(), json.dumps(record))
+    client.zadd(k.dlq, {SPOOF_ID.encode(): 1700000000000})
+
+
+def test_control_characters_of_a_job_show_escaped_to_humans_and_exact_in_json(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose id, task, worker and error carry control characters
+    client = redis.Redis(port=redis_server.port)
+    try:
+        _store_spoofing_dead_letter(client, queue_name)
+    finally:
+        client.close()
+    cli = {"redis_url": redis_server.url, "queue_name": queue_name}
+    commands = [("dlq", "ls"), ("dlq", "show", SPOOF_ID), ("job", "show", SPOOF_ID)]
+    commands.append(("job", "cancel", SPOOF_ID))
+    # When each command that prints it runs for humans, and with --json
+    human = [run_cli(*c, **cli) for c in commands]
+    machine = [run_cli(*c, "--json", **cli) for c in commands]
+    # Then humans see every control character escaped (the id as ev\x1b[31mil\rX\nfake
+    # line\x07\x9b, on one line), and the JSON carries the id exactly
+    for done in human:
+        output = done.stdout + done.stderr
+        assert done.returncode in (0, 1), done.stderr
+        assert not any(c in output for c in RAW_CONTROLS), output
+        assert "ev\\x1b[31mil\\rX\\nfake line\\x07\\x9b" in output
+        assert "fake line" not in output.replace("\\nfake line", "")
+    assert "t\\x1b[5mask" in human[1].stdout and "w\\x1b[2J" in human[1].stdout
+    assert "Boom\\x1b[1m: one\\x1b[31m\\rtwo" in human[1].stdout
+    dlq_ls, dlq_show, job_show, job_cancel = (json.loads(done.stdout) for done in machine)
+    assert dlq_ls[0]["job_id"] == dlq_show["job_id"] == SPOOF_ID
+    assert job_show["jobs"][0]["job_id"] == SPOOF_ID
+    assert job_cancel["outcomes"] == {SPOOF_ID: "dead_lettered"}
