@@ -905,7 +905,9 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
         role="reader",
     )
     if d is None:
-        print(f"workerfleet: no dead letter {args.job_id!r} in {queue}", file=sys.stderr)
+        print(
+            f"workerfleet: no dead letter '{_printable(args.job_id)}' in {queue}", file=sys.stderr
+        )
         _note_if_unknown_queue(url, queue)
         return 1
     data = build_dead_letter_json(d)
@@ -1118,7 +1120,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
             **({"not_found": missing} if missing else {}),
             **({"held_back": held_back} if held_back else {}),
         },
-        missing="; ".join(problems) or None,
+        missing="; ".join(problems) or None, queue_at=(url, queue),
     )  # fmt: skip
 
 
@@ -1159,11 +1161,13 @@ def _report_outcome(
     missing: str | None = None,
     failure: Exception | None = None,
     cut: str | None = None,
+    queue_at: tuple[str, str] | None = None,
 ) -> int:
     """The last lines of a long dlq command: what was done before a broker error (exit 1), a
     Ctrl-C summary (exit 130; ``cut`` says what a call a second Ctrl-C cancelled may have done)
     or what was done; exit 1 when job ids named on the command line were not dead letters
-    (``missing`` says)."""
+    (``missing`` says, followed by the note of :func:`_note_if_unknown_queue` on the ``(url,
+    queue)`` of ``queue_at``: every named id of a mistyped queue name has no dead letter)."""
     if failure is not None:
         print(
             f"workerfleet: {summary}, then: {_printable(str(failure))}\nworkerfleet: the rest stay "
@@ -1192,6 +1196,8 @@ def _report_outcome(
         print(done)
     if missing:
         print(f"workerfleet: {missing}", file=sys.stderr)
+        if queue_at is not None:
+            _note_if_unknown_queue(*queue_at)
         return 1
     return 0
 
@@ -1384,7 +1390,7 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
         cut="the call stopped at the second Ctrl-C may have purged some more" if cut[0] else None,
         done=f"purged {purged[0]} dead letter(s) from {queue}",
         result={"purged": purged[0], **({"not_found": absent} if absent else {})},
-        missing=_describe_missing(absent, queue),
+        missing=_describe_missing(absent, queue), queue_at=(url, queue),
     )  # fmt: skip
 
 

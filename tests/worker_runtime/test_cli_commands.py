@@ -538,6 +538,23 @@ def test_the_reads_of_a_mistyped_queue_say_no_such_queue_held_a_job_and_name_the
         assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
 
 
+def test_dlq_purge_and_replay_of_named_ids_on_a_mistyped_queue_name_the_real_one(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue with a dead letter, and its name with one letter missing
+    dead = _dead_letter_one(redis_server.url, queue_name, "charge")
+    typo = queue_name[:-1]
+    # When the dead letter is purged, then replayed, by id under the mistyped name
+    for command in (("dlq", "purge", dead), ("dlq", "replay", dead)):
+        out = run_cli(*command, redis_url=redis_server.url, queue_name=typo)
+        # Then each says the id had no dead letter there (exit 1), and notes that no queue of
+        # that name held a job, naming the real one, as dlq show and job cancel do
+        assert out.returncode == 1, out.stderr
+        assert f"had no dead letter in {typo}: {dead}" in out.stderr, command
+        assert f"no queue named '{typo}' has held a job" in out.stderr, command
+        assert f"did you mean '{queue_name}'?" in out.stderr, command
+
+
 def test_queue_stats_watch_outlives_a_redis_outage_and_shows_it(
     redis_factory: Any, queue_name: str
 ) -> None:

@@ -122,3 +122,16 @@ def test_control_characters_of_a_job_show_escaped_to_humans_and_exact_in_json(
     assert dlq_ls[0]["job_id"] == dlq_show["job_id"] == SPOOF_ID
     assert job_show["jobs"][0]["job_id"] == SPOOF_ID
     assert job_cancel["outcomes"] == {SPOOF_ID: "dead_lettered"}
+
+
+def test_dlq_show_of_an_id_with_no_dead_letter_names_it_escaped(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a queue with no dead letter of the id to be shown, which is not UTF-8 and holds an
+    # escape sequence
+    cli = {"redis_url": redis_server.url, "queue_name": queue_name}
+    # When dlq show names it
+    show = run_cli("dlq", "show", "bad\x1b[31m\udcff", **cli)
+    # Then it says so, the id escaped as every other line shows ids (not Python's repr of it)
+    assert show.returncode == 1
+    assert f"workerfleet: no dead letter 'bad\\x1b[31m\\xff' in {queue_name}" in show.stderr
