@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from tests.support import raw_dead_letters
 from tests.support.cli import run_cli
@@ -135,3 +136,26 @@ def test_dlq_show_of_an_id_with_no_dead_letter_names_it_escaped(
     # Then it says so, the id escaped as every other line shows ids (not Python's repr of it)
     assert show.returncode == 1
     assert f"workerfleet: no dead letter 'bad\\x1b[31m\\xff' in {queue_name}" in show.stderr
+
+
+def test_a_non_utf8_job_id_is_looked_up_and_refused_a_cancel_on_a_redis_cluster(
+    redis_cluster: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose id is not UTF-8, on a Redis Cluster
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    k = keys.build_keys(queue_name)
+    try:
+        record = b'{"id":"bad\xff","reason":"max_deliveries","envelope":"{}"}'
+        client.hset(k.dlq_data, b"bad\xff", record)
+        client.zadd(k.dlq, {b"bad\xff": 1700000000000})
+    finally:
+        client.close()
+    on = ("--broker-url", f"redis+cluster://127.0.0.1:{redis_cluster.ports[0]}/", "-q", queue_name)
+    # When job show and job cancel name it by its bytes
+    show = run_cli("job", "show", "bad\udcff", *on)
+    cancel = run_cli("job", "cancel", "bad\udcff", *on)
+    # Then the cluster answers for it: dead-lettered, so shown (exit 0) and not cancelled
+    assert show.returncode == 0, show.stderr
+    assert "bad\\xff: dead-lettered (max_deliveries)" in show.stdout
+    assert cancel.returncode == 1, cancel.stderr
+    assert "refused bad\\xff: dead-lettered" in cancel.stdout
