@@ -149,7 +149,9 @@ class TextFormatter(logging.Formatter):
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         job = _current_job.get()
         where = f" [{job.task_name} {job.job_id}]" if job is not None else ""
-        line = f"{stamp} {record.levelname.lower():<7} {record.name}{where}: {record.getMessage()}"
+        # the message and the job's names may hold what a producer sent: one line, no escapes
+        message = escape_controls(f"{where}: {record.getMessage()}")
+        line = f"{stamp} {record.levelname.lower():<7} {record.name}{message}"
         pairs = " ".join(f"{k}={encode_text_value(v)}" for k, v in _extra_fields(record).items())
         if pairs:
             line += " " + pairs
@@ -158,12 +160,37 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+CONTROL_ESCAPES = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+"""The C0 and C1 control characters and DEL, as :func:`escape_controls` writes them."""
+
+_JSON_C1_ESCAPES = {code: f"\\u{code:04x}" for code in range(0x7F, 0xA0)}
+# json.dumps(ensure_ascii=False) escapes C0 itself but writes DEL and C1 (0x9b is a terminal's
+# CSI, like ESC [) as they are.
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\n``): a job
+    id, task name or error text comes from whoever enqueued the job, and written raw to a
+    terminal an escape sequence recolours it or moves its cursor, and a newline or carriage
+    return fakes a line. Printable Unicode is kept as is."""
+    return text.translate(CONTROL_ESCAPES)
+
+
 def encode_text_value(value: Any) -> str:
-    """A field's value in a text log line: bare when it is one plain word, else JSON-quoted."""
+    """A field's value in a text log line: bare when it is one plain printable word, else
+    JSON-quoted, with every control character escaped (:func:`escape_controls`)."""
     if isinstance(value, str):
-        plain = value and not any(c.isspace() or c in '"=\\' for c in value)
-        return value if plain else json.dumps(value, ensure_ascii=False)
-    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+        plain = value.isprintable() and value and not any(c.isspace() or c in '"=\\' for c in value)
+        if plain:
+            return value
+        return json.dumps(value, ensure_ascii=False).translate(_JSON_C1_ESCAPES)
+    text = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+    return text.translate(_JSON_C1_ESCAPES)
 
 
 def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:

@@ -276,7 +276,7 @@ class SyncProducer:
         out: list[base.CancelOutcome] = []
         for start in range(0, len(job_ids), queue.MAX_BATCH):
             chunk = list(job_ids[start : start + queue.MAX_BATCH])
-            raw = scripts.CANCEL.call_sync(self._client, keys_list, chunk)
+            raw = scripts.CANCEL.call_sync(self._client, keys_list, queue.encode_job_ids(chunk))
             out.extend(queue.build_cancel_outcomes(raw))
         return out
 

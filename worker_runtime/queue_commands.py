@@ -32,7 +32,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from worker_runtime import cli
+from worker_runtime import cli, logs
 from worker_runtime.cli import CliError, guard
 
 if TYPE_CHECKING:
@@ -332,15 +332,6 @@ def _print_rows(
     _print_fitted(table, width)
 
 
-_CONTROL_ESCAPES = {
-    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
-    ord("\t"): "\\t",
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-}
-"""The C0 and C1 control characters and DEL, as :func:`_printable` shows them."""
-
-
 def _printable(text: str) -> str:
     """``text`` for a terminal: bytes that were not UTF-8 (kept as lone surrogates so the id
     still addresses its entry) are shown escaped, ``\\xff``, instead of failing the output, and
@@ -349,7 +340,7 @@ def _printable(text: str) -> str:
     it, move its cursor) and a newline or carriage return fake a line of output. Printable
     Unicode is kept as is."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return text.translate(_CONTROL_ESCAPES)
+    return logs.escape_controls(text)
 
 
 def _printable_lines(text: str) -> str:

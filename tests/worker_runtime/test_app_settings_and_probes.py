@@ -242,6 +242,45 @@ def test_text_log_lines_carry_the_record_fields_after_the_message() -> None:
     ), line
 
 
+def test_text_log_lines_escape_the_control_characters_a_producer_put_in_ids_and_errors() -> None:
+    # Given the text format, and a job whose id, task name and error text a producer chose:
+    # an escape sequence (ESC and the one-byte CSI 0x9b), a carriage return, a newline, DEL
+    stream = io.StringIO()
+    logs.configure("info", "text", stream=stream)
+    job_id = "j\x1b[2J\r"
+    try:
+        log = logs.get_logger("unit")
+        token = logs.bind_job(
+            logs.JobLogContext(
+                job_id=job_id, task_name="send\x9b31m", correlation_id=None, attempt=1, queue="q"
+            )
+        )
+        try:
+            log.warning("job %s failed\nfake line", job_id, extra={"error": "boom\x1b[31m\x7f"})
+        finally:
+            logs.unbind_job(token)
+    finally:
+        logging.getLogger().handlers = [
+            h for h in logging.getLogger().handlers if not getattr(h, "_workerfleet", False)
+        ]
+    # Then the record is one line with no control character in it, each shown escaped
+    text = stream.getvalue()
+    assert text.count("\n") == 1, text
+    line = text.rstrip("\n")
+    assert not any(c in line for c in "\x1b\x9b\r\x7f"), repr(line)
+    assert "[send\\x9b31m j\\x1b[2J\\r]" in line, line
+    assert "job j\\x1b[2J\\r failed\\nfake line" in line, line
+    assert 'error="boom\\u001b[31m\\u007f"' in line, line
+
+
+def test_a_field_value_that_is_one_printable_word_stays_bare_and_any_other_is_quoted() -> None:
+    assert logs.encode_text_value("jobs") == "jobs"
+    assert logs.encode_text_value("\u00e9t\u00e9") == "\u00e9t\u00e9"  # printable Unicode kept
+    assert logs.encode_text_value("a\x1bb") == '"a\\u001bb"'
+    assert logs.encode_text_value("a\x9bb") == '"a\\u009bb"'
+    assert logs.encode_text_value(["x\x9b"]) == '["x\\u009b"]'
+
+
 def test_a_redis_error_is_described_by_its_message_not_its_category() -> None:
     # Given redis-py's connection error (its repr is only "network:ConnectionError") mapped
     # onto the taxonomy as the broker does

@@ -175,6 +175,24 @@ def test_the_blocking_producer_finds_a_job_id_that_is_not_utf8_by_its_own_bytes(
         client.close()
 
 
+def test_the_blocking_producer_refuses_to_cancel_a_dead_letter_whose_id_is_not_utf8(
+    redis_server: Any, queue_name: str
+) -> None:
+    # Given a dead letter whose id is not UTF-8, and a blocking producer
+    client = redis.Redis(port=redis_server.port)
+    k = keys.build_keys(queue_name)
+    try:
+        client.hset(k.dlq_data, b"bad\xff", _RAW_RECORD)
+        client.zadd(k.dlq, {b"bad\xff": 1700000000000})
+        # When it is asked to cancel that id
+        outcome = producer.SyncProducer(client, queue_name).cancel("bad\udcff")
+        # Then the id reached Redis as its own bytes: a dead letter, refused and kept
+        assert outcome is base.CancelOutcome.DEAD_LETTERED
+        assert client.zscore(k.dlq, b"bad\xff") is not None
+    finally:
+        client.close()
+
+
 async def test_a_producer_on_the_memory_broker_looks_up_through_the_broker() -> None:
     from worker_runtime.brokers import memory
 

@@ -251,11 +251,12 @@ async def test_a_purge_of_the_most_ids_a_confirmation_lists_logs_a_line_no_id_ca
     console_over: tuple[Any, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a queue with a dead letter, a signed-in engineer, and a form as a 1000-id
-    # confirmation page posts it: the dead letter's id, one 100,000 characters long, one with a
-    # newline and a forged log line, one of bytes that are not UTF-8, and unknown ids
+    # confirmation page posts it: the dead letter's id, one 100,000 characters long, one with an
+    # escape sequence, a carriage return and a forged log line, one of bytes that are not
+    # UTF-8, and unknown ids
     console, broker = console_over
     dead = await _dead_letter(broker, "charge")
-    forged = "x\n2026-01-01 INFO workerfleet.console.audit: console write: action=nothing"
+    forged = "x\x1b[2K\r2026-01-01 INFO workerfleet.console.audit: console write: action=nothing"
     odd = [dead, forged, "a" * 100_000, "bad-\udcff-bytes"]
     ids = odd + [f"job-{n:04}" for n in range(app.ACTION_LIMIT - len(odd))]
     # When they post the purge (with reset_attempts, as a replay's form has it)
@@ -276,7 +277,10 @@ async def test_a_purge_of_the_most_ids_a_confirmation_lists_logs_a_line_no_id_ca
     fields = _fields(line)
     assert (fields["asked"], fields["purged"]) == (app.ACTION_LIMIT, 1)
     assert len(fields["ids"]) == app.AUDIT_IDS_SHOWN and fields["more_ids"] == 950
-    assert fields["ids"][:2] == [dead, forged] and fields["ids"][4] == "job-0000"
+    assert fields["ids"][0] == dead and fields["ids"][4] == "job-0000"
+    # a terminal reading the log gets no escape sequence or carriage return from an id
+    assert fields["ids"][1] == forged.replace("\x1b", "\\x1b").replace("\r", "\\r")
+    assert "\x1b" not in text and "\r" not in text
     assert fields["ids"][2] == "a" * app.AUDIT_TEXT_MAX + "...(100000 chars)"
     assert fields["ids"][3] == "bad-\\xff-bytes"
     text.encode("utf-8")  # printable: a handler writing UTF-8 does not fail on it

@@ -142,8 +142,9 @@ def _printable(text: str) -> str:
 
 
 def _audit_text(text: str) -> str:
-    """``text`` from a request as an audit line keeps it: printable, and bounded in length."""
-    shown = _printable(text)
+    """``text`` from a request as an audit line keeps it: printable (control characters
+    escaped, as a terminal reading the log needs), and bounded in length."""
+    shown = logs.escape_controls(_printable(text))
     if len(shown) <= AUDIT_TEXT_MAX:
         return shown
     return f"{shown[:AUDIT_TEXT_MAX]}...({len(shown)} chars)"
