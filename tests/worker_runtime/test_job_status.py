@@ -158,15 +158,21 @@ async def test_the_producer_finds_a_job_id_that_is_not_utf8_by_its_own_bytes(
     assert (missing.job_id, missing.state) == ("gone\udcfe", JobState.UNKNOWN)
 
 
+def _dead_letter_not_utf8(client: redis.Redis, queue_name: str) -> keys.QueueKeys:
+    """A dead letter stored under the id ``b"bad\\xff"`` (not UTF-8); the queue's keys."""
+    k = keys.build_keys(queue_name)
+    client.hset(k.dlq_data, b"bad\xff", _RAW_RECORD)
+    client.zadd(k.dlq, {b"bad\xff": 1700000000000})
+    return k
+
+
 def test_the_blocking_producer_finds_a_job_id_that_is_not_utf8_by_its_own_bytes(
     redis_server: Any, queue_name: str
 ) -> None:
     # Given a dead letter whose id is not UTF-8, and a blocking producer
     client = redis.Redis(port=redis_server.port)
-    k = keys.build_keys(queue_name)
+    _dead_letter_not_utf8(client, queue_name)
     try:
-        client.hset(k.dlq_data, b"bad\xff", _RAW_RECORD)
-        client.zadd(k.dlq, {b"bad\xff": 1700000000000})
         # When it asks where that id is
         found = producer.SyncProducer(client, queue_name).status("bad\udcff")
         # Then it is dead-lettered, under the id asked for
@@ -180,10 +186,8 @@ def test_the_blocking_producer_refuses_to_cancel_a_dead_letter_whose_id_is_not_u
 ) -> None:
     # Given a dead letter whose id is not UTF-8, and a blocking producer
     client = redis.Redis(port=redis_server.port)
-    k = keys.build_keys(queue_name)
+    k = _dead_letter_not_utf8(client, queue_name)
     try:
-        client.hset(k.dlq_data, b"bad\xff", _RAW_RECORD)
-        client.zadd(k.dlq, {b"bad\xff": 1700000000000})
         # When it is asked to cancel that id
         outcome = producer.SyncProducer(client, queue_name).cancel("bad\udcff")
         # Then the id reached Redis as its own bytes: a dead letter, refused and kept
