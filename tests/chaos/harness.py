@@ -627,6 +627,27 @@ class Bed:
         lines += [
             f"  fault {f.kind} pid={f.pid} +{f.t0 - t0:.3f}..+{f.t1 - t0:.3f}" for f in self.faults
         ]
+        # A worker logs a failed run's outcome ("retried", "dead_lettered") only once the
+        # broker took its settle: a named job whose last line says "retried" and that never
+        # ran again was handed back to the broker, which is where to look for it.
+        logged = sorted(
+            (
+                (float(record["ts"]), proc.pid, record)
+                for proc in self.procs
+                for record in proc.log_records()
+                if record.get("job_id") in named and isinstance(record.get("ts"), (int, float))
+            ),
+            key=lambda entry: (entry[0], entry[1]),
+        )
+        lines += [
+            f"  log {str(record['job_id'])[:8]} pid={pid} +{ts - t0:.3f} "
+            + " ".join(
+                f"{key}={record[key]}"
+                for key in ("msg", "attempt", "outcome", "reason", "error")
+                if key in record
+            )
+            for ts, pid, record in logged
+        ]
         return "\n".join(lines)
 
     def record_row(self, verdict: history.Verdict) -> Row:
@@ -645,7 +666,11 @@ def run_bed(bed: Bed, faults: Callable[[Bed], None]) -> history.Verdict:
         bed.run_until_settled(faults)
         bed.stop_workers()
         verdict = bed.verdict()
-        timeline = bed.describe_jobs(verdict) if verdict.violations else ""
+        timeline = ""
+        if verdict.violations:
+            # the broker's own account too: a job the verdict calls lost may still sit in a
+            # queue the settle check did not count (a delay bucket without counts)
+            timeline = f"{bed.describe_jobs(verdict)}\n  queues at the end: {bed.describe_queue()}"
     finally:
         bed.close()
     bed.record_row(verdict)

@@ -3,11 +3,18 @@
 The fault suite is only as good as its checker, so the checker is tested on its own: a clean
 history passes, and a lost job, a wrongly dead-lettered job, a phantom completion, an
 unexplained duplicate, a duplicate beyond its fault's bound and a double ack are each caught.
+A failure's timeline names what the workers logged about each job the verdict names.
 """
 
 from __future__ import annotations
 
+import typing
+from pathlib import Path
+from typing import Any
+
+from tests.chaos import harness
 from tests.chaos import history as h
+from tests.worker_runtime import workerproc
 
 MAX_ATTEMPTS = 4
 
@@ -366,3 +373,34 @@ def test_a_re_sent_enqueue_explains_no_more_copies_than_its_re_sends() -> None:
         spec, runs, [server_kill], final, max_attempts=MAX_ATTEMPTS, enqueue_resends=1
     )
     assert (v.duplicates, v.resent_copies, v.unexplained_duplicates) == (2, 1, 1), v.describe()
+
+
+class _LoggedWorker:
+    """A stand-in for a worker process: its pid and the JSON lines it logged."""
+
+    def __init__(self, pid: int, records: list[dict[str, Any]]) -> None:
+        self.pid = pid
+        self.records = records
+
+    def log_records(self) -> list[dict[str, Any]]:
+        return self.records
+
+
+def test_a_lost_jobs_timeline_shows_the_settles_the_workers_logged_for_it(tmp_path: Path) -> None:
+    # Given a bed whose verdict calls a job lost, and a worker that logged its retry as taken
+    # by the broker (and another job's line, which is not asked about)
+    bed = harness.Bed(harness.Config("timeline", jobs=1), server=None, directory=tmp_path)
+    bed.enqueues = [h.Enqueue("lostjob0000", 100.0, True, fails=2)]
+    retried = {"ts": 100.5, "msg": "job failed", "job_id": "lostjob0000", "attempt": 2}
+    other = {"ts": 100.6, "msg": "job failed", "job_id": "otherjob000", "attempt": 1}
+    worker = _LoggedWorker(4242, [{**retried, "outcome": "retried"}, other])
+    bed.procs = [typing.cast(workerproc.WorkerProc, worker)]
+    verdict = _check(bed.enqueues, [])
+    assert verdict.lost == 1
+
+    # When the failure's timeline is written
+    timeline = bed.describe_jobs(verdict)
+
+    # Then it shows that worker's line about the lost job, with its attempt and outcome
+    assert "log lostjob0 pid=4242 +0.500 msg=job failed attempt=2 outcome=retried" in timeline
+    assert "otherjob" not in timeline
